@@ -1,0 +1,52 @@
+/* The error table's lookups (see rcd_error.h). */
+#include <stdarg.h>
+#include <stdio.h>
+
+#include "common/rcd_error.h"
+
+const char *rcd_strerror(int err)
+{
+    switch (err) {
+#define RCD__MSG(name, val, grpc, msg)                                                  \
+    case val:                                                                           \
+        return msg;
+        RCD_ERRORS(RCD__MSG)
+#undef RCD__MSG
+    }
+    return "unknown error";
+}
+
+const char *rcd_errname(int err)
+{
+    switch (err) {
+#define RCD__NAME(name, val, grpc, msg)                                                 \
+    case val:                                                                           \
+        return "RCD_E" #name;
+        RCD_ERRORS(RCD__NAME)
+#undef RCD__NAME
+    }
+    return "RCD_E?";
+}
+
+int rcd_grpc_status(int err)
+{
+    switch (err) {
+#define RCD__GRPC(name, val, grpc, msg)                                                 \
+    case val:                                                                           \
+        return grpc;
+        RCD_ERRORS(RCD__GRPC)
+#undef RCD__GRPC
+    }
+    return 2; /* UNKNOWN */
+}
+
+int rcd_fail(int err, char *buf, size_t len, const char *fmt, ...)
+{
+    if (buf && len) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(buf, len, fmt, ap);
+        va_end(ap);
+    }
+    return err;
+}

@@ -1,0 +1,191 @@
+/* recurd-eval: runs a prompt through a checkpoint and writes the logits of every position
+ * (raw little-endian float32, [n_tokens x vocab]) — the stable interface for checking
+ * parity of any checkpoint against another implementation. */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "workers/wrk.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: recurd-eval --model DIR (--tokens 1,2,3,... | --tokens-file F)\n"
+            "                   [--chunk N] [--dump-logits FILE] [--greedy N] [--threads N]\n"
+            "                   [--isa auto|avx512|avx2|portable]\n"
+            "  Runs the prompt in chunks of N tokens (default: the whole prompt in one step)\n"
+            "  and writes the logits of every position to FILE as raw little-endian float32,\n"
+            "  row-major [n_tokens x vocab]. --greedy N then decodes N tokens greedily and\n"
+            "  prints their ids. A tokens file holds whitespace- or comma-separated ids.\n");
+}
+
+/* Parses ids separated by commas or whitespace; returns count or a negative error. */
+static int parse_ids(const char *s, int32_t **out, size_t *n, char *err, size_t errlen)
+{
+    size_t cap = 64, len = 0;
+    int32_t *v = malloc(cap * sizeof *v);
+    if (!v) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
+    const char *p = s;
+    for (;;) {
+        while (*p == ',' || *p == ' ' || *p == '\n' || *p == '\t' || *p == '\r') p++;
+        if (!*p) break;
+        char *end;
+        errno = 0;
+        long x = strtol(p, &end, 10);
+        if (end == p || errno || x < 0 || x > INT32_MAX) {
+            free(v);
+            return rcd_fail(RCD_EINVAL, err, errlen, "bad token id near \"%.16s\"", p);
+        }
+        if (len == cap) {
+            int32_t *nv = realloc(v, (cap *= 2) * sizeof *v);
+            if (!nv) {
+                free(v);
+                return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
+            }
+            v = nv;
+        }
+        v[len++] = (int32_t)x;
+        p = end;
+    }
+    *out = v;
+    *n = len;
+    return 0;
+}
+
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    size_t cap = 4096, len = 0;
+    char *buf = malloc(cap);
+    for (size_t r; buf && (r = fread(buf + len, 1, cap - len - 1, f)) > 0;) {
+        len += r;
+        if (len + 1 == cap) {
+            char *nb = realloc(buf, cap *= 2);
+            if (!nb) {
+                free(buf);
+                buf = NULL;
+            }
+            buf = nb;
+        }
+    }
+    fclose(f);
+    if (buf) buf[len] = 0;
+    return buf;
+}
+
+int main(int argc, char **argv)
+{
+    const char *model_dir = NULL, *tokens_arg = NULL, *tokens_file = NULL, *dump = NULL;
+    const char *isa = NULL;
+    long chunk = 0, greedy = 0, threads = 0;
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'},  {"tokens", required_argument, 0, 't'},
+        {"tokens-file", required_argument, 0, 'f'}, {"chunk", required_argument, 0, 'c'},
+        {"dump-logits", required_argument, 0, 'd'}, {"greedy", required_argument, 0, 'g'},
+        {"threads", required_argument, 0, 'j'}, {"isa", required_argument, 0, 'i'},
+        {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
+    for (int o; (o = getopt_long(argc, argv, "m:t:f:c:d:g:j:i:h", opts, NULL)) != -1;) {
+        switch (o) {
+        case 'm': model_dir = optarg; break;
+        case 't': tokens_arg = optarg; break;
+        case 'f': tokens_file = optarg; break;
+        case 'c': chunk = strtol(optarg, NULL, 10); break;
+        case 'd': dump = optarg; break;
+        case 'g': greedy = strtol(optarg, NULL, 10); break;
+        case 'j': threads = strtol(optarg, NULL, 10); break;
+        case 'i': isa = optarg; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (!model_dir || (!tokens_arg == !tokens_file) || chunk < 0 || greedy < 0 ||
+        greedy > 1000000 || threads < 0 || optind != argc) {
+        usage(stderr);
+        return 2;
+    }
+    char err[1024] = "";
+    int rc, status = 1;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    char *text = NULL;
+    float *logits = NULL;
+    wrk_model_t *m = NULL;
+    wrk_backend_t *b = NULL;
+    FILE *out = NULL;
+    if (tokens_file && !(text = slurp(tokens_file))) {
+        fprintf(stderr, "recurd-eval: %s: %s\n", tokens_file, strerror(errno));
+        goto cleanup;
+    }
+    if ((rc = parse_ids(tokens_arg ? tokens_arg : text, &ids, &n, err, sizeof err))) goto fail;
+    if (n == 0) {
+        fprintf(stderr, "recurd-eval: no tokens given\n");
+        goto cleanup;
+    }
+    if ((rc = wrk_model_load(model_dir, &m, err, sizeof err))) goto fail;
+    const wrk_model_info_t *mi = wrk_model_info(m);
+    if (chunk == 0 || (size_t)chunk > n) chunk = (long)n;
+    wrk_backend_opts_t bo = {.n_threads = (int)threads, .n_slots = 1,
+                             .max_step_tokens = (int)chunk, .isa = isa};
+    if ((rc = wrk_cpu_backend_create(m, &bo, &b, err, sizeof err))) goto fail;
+    fprintf(stderr, "recurd-eval: %s, %d layers, vocab %d, %s weights, state %zu bytes, "
+                    "fingerprint %s, kernels %s\n",
+            mi->architecture, mi->n_layers, mi->vocab_size, wrk_dtype_name(mi->weight_dtype),
+            mi->state_bytes, mi->fingerprint_hex, b->isa);
+    const size_t V = (size_t)mi->vocab_size;
+    logits = malloc(n * V * sizeof(float));
+    if (!logits) {
+        fprintf(stderr, "recurd-eval: cannot allocate logits for %zu tokens\n", n);
+        goto cleanup;
+    }
+    for (size_t pos = 0; pos < n; pos += (size_t)chunk) {
+        int len = (int)(n - pos < (size_t)chunk ? n - pos : (size_t)chunk);
+        wrk_seq_t s = {.slot = 0, .n_tokens = len, .tokens = ids + pos, .n_logits = len,
+                       .logits = logits + pos * V};
+        if ((rc = wrk_step(b, &s, 1, err, sizeof err))) goto fail;
+    }
+    if (dump) {
+        if (!(out = fopen(dump, "wb")) || fwrite(logits, sizeof(float), n * V, out) != n * V ||
+            fclose(out)) {
+            out = NULL;
+            fprintf(stderr, "recurd-eval: cannot write %s: %s\n", dump, strerror(errno));
+            goto cleanup;
+        }
+        out = NULL;
+        fprintf(stderr, "recurd-eval: wrote %zu x %zu logits to %s\n", n, V, dump);
+    }
+    if (greedy) {
+        const float *row = logits + (n - 1) * V;
+        float *next = malloc(V * sizeof(float));
+        if (!next) goto cleanup;
+        for (long g = 0; g < greedy; g++) {
+            int32_t best = 0;
+            for (size_t v = 1; v < V; v++)
+                if (row[v] > row[best]) best = (int32_t)v;
+            printf("%s%d", g ? "," : "", best);
+            wrk_seq_t s = {.slot = 0, .n_tokens = 1, .tokens = &best, .n_logits = 1,
+                           .logits = next};
+            if ((rc = wrk_step(b, &s, 1, err, sizeof err))) {
+                free(next);
+                goto fail;
+            }
+            row = next;
+        }
+        printf("\n");
+        free(next);
+    }
+    status = 0;
+    goto cleanup;
+fail:
+    fprintf(stderr, "recurd-eval: %s (%s)\n", err, rcd_strerror(rc));
+cleanup:
+    if (out) fclose(out);
+    wrk_backend_destroy(b);
+    wrk_model_free(m);
+    free(logits);
+    free(ids);
+    free(text);
+    return status;
+}

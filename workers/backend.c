@@ -1,0 +1,66 @@
+/* workers: the backend-independent wrappers over wrk_backend_i and batch validation. */
+#include <stdlib.h>
+
+#include "workers/wrk.h"
+
+int wrk__check_batch(const wrk_backend_t *b, const wrk_seq_t *seqs, int n_seqs, char *err,
+                     size_t errlen)
+{
+    const wrk_model_info_t *mi = wrk_model_info(b->model);
+    long total = 0;
+    if (n_seqs < 1 || !seqs) return rcd_fail(RCD_EINVAL, err, errlen, "step: empty batch");
+    if (n_seqs > b->n_slots)
+        return rcd_fail(RCD_EINVAL, err, errlen, "step: %d sequences but only %d slots", n_seqs,
+                        b->n_slots);
+    for (int i = 0; i < n_seqs; i++) {
+        const wrk_seq_t *s = &seqs[i];
+        if (s->slot < 0 || s->slot >= b->n_slots)
+            return rcd_fail(RCD_ERANGE, err, errlen, "step: entry %d: slot %d out of [0, %d)", i,
+                            s->slot, b->n_slots);
+        for (int j = 0; j < i; j++)
+            if (seqs[j].slot == s->slot)
+                return rcd_fail(RCD_EINVAL, err, errlen,
+                                "step: slot %d appears twice in one batch", s->slot);
+        if (s->n_tokens < 1 || !s->tokens)
+            return rcd_fail(RCD_EINVAL, err, errlen, "step: entry %d has no tokens", i);
+        if (s->n_logits < 0 || s->n_logits > s->n_tokens || (s->n_logits && !s->logits))
+            return rcd_fail(RCD_EINVAL, err, errlen,
+                            "step: entry %d asks for %d logit rows of %d tokens", i, s->n_logits,
+                            s->n_tokens);
+        for (int j = 0; j < s->n_tokens; j++)
+            if (s->tokens[j] < 0 || s->tokens[j] >= mi->vocab_size)
+                return rcd_fail(RCD_ERANGE, err, errlen,
+                                "step: entry %d: token id %d out of the vocabulary [0, %d)", i,
+                                s->tokens[j], mi->vocab_size);
+        total += s->n_tokens;
+    }
+    if (total > b->max_step_tokens)
+        return rcd_fail(RCD_ETOOBIG, err, errlen, "step: %ld tokens exceed the step budget of %d",
+                        total, b->max_step_tokens);
+    return 0;
+}
+
+int wrk_step(wrk_backend_t *b, const wrk_seq_t *seqs, int n_seqs, char *err, size_t errlen)
+{
+    return b->vt->step(b, seqs, n_seqs, err, errlen);
+}
+int wrk_state_reset(wrk_backend_t *b, int slot)
+{
+    return b->vt->state_reset(b, slot);
+}
+int wrk_state_read(wrk_backend_t *b, int slot, void *dst)
+{
+    return b->vt->state_read(b, slot, dst);
+}
+int wrk_state_write(wrk_backend_t *b, int slot, const void *src)
+{
+    return b->vt->state_write(b, slot, src);
+}
+int wrk_state_copy(wrk_backend_t *b, int dst_slot, int src_slot)
+{
+    return b->vt->state_copy(b, dst_slot, src_slot);
+}
+void wrk_backend_destroy(wrk_backend_t *b)
+{
+    if (b) b->vt->destroy(b);
+}

@@ -1,0 +1,158 @@
+/* workers/cpu: the CPU backend — state slots in host memory, activation buffers sized once
+ * for the step budget (no allocation in the hot path), and the vtable. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "workers/cpu/cpu_int.h"
+
+#include <cblas.h>
+#undef I /* complex.h, pulled in by cblas.h */
+
+static void cpu_destroy(wrk_backend_t *b)
+{
+    wrk_cpu_t *c = (wrk_cpu_t *)b;
+    wrk_pool_destroy(c->pool);
+    free(c->slots);
+    free(c->res);
+    free(c->u);
+    free(c->xz);
+    free(c->xc);
+    free(c->dbc);
+    free(c->dt);
+    free(c->y);
+    free(c->logit_in);
+    free(c->logit_out);
+    free(c->scratch);
+    free(c);
+}
+
+static int check_slot(const wrk_backend_t *b, int slot)
+{
+    return slot >= 0 && slot < b->n_slots ? 0 : RCD_ERANGE;
+}
+
+static int cpu_state_reset(wrk_backend_t *b, int slot)
+{
+    wrk_cpu_t *c = (wrk_cpu_t *)b;
+    if (check_slot(b, slot)) return RCD_ERANGE;
+    memset(c->slots + (size_t)slot * c->state_floats, 0, c->state_floats * sizeof(float));
+    return 0;
+}
+
+static int cpu_state_read(wrk_backend_t *b, int slot, void *dst)
+{
+    wrk_cpu_t *c = (wrk_cpu_t *)b;
+    if (check_slot(b, slot)) return RCD_ERANGE;
+    memcpy(dst, c->slots + (size_t)slot * c->state_floats, c->state_floats * sizeof(float));
+    return 0;
+}
+
+static int cpu_state_write(wrk_backend_t *b, int slot, const void *src)
+{
+    wrk_cpu_t *c = (wrk_cpu_t *)b;
+    if (check_slot(b, slot)) return RCD_ERANGE;
+    memcpy(c->slots + (size_t)slot * c->state_floats, src, c->state_floats * sizeof(float));
+    return 0;
+}
+
+static int cpu_state_copy(wrk_backend_t *b, int dst, int src)
+{
+    wrk_cpu_t *c = (wrk_cpu_t *)b;
+    if (check_slot(b, dst) || check_slot(b, src)) return RCD_ERANGE;
+    if (dst != src)
+        memcpy(c->slots + (size_t)dst * c->state_floats, c->slots + (size_t)src * c->state_floats,
+               c->state_floats * sizeof(float));
+    return 0;
+}
+
+static int cpu_step(wrk_backend_t *b, const wrk_seq_t *seqs, int n_seqs, char *err, size_t errlen)
+{
+    int rc = wrk__check_batch(b, seqs, n_seqs, err, errlen);
+    if (rc) return rc;
+    wrk_mamba_cpu_step((wrk_cpu_t *)b, seqs, n_seqs);
+    return 0;
+}
+
+static int cpu_sync(wrk_backend_t *b)
+{
+    return 0; /* steps are synchronous on the CPU */
+}
+
+static bool cpu_supports(const wrk_backend_t *b, wrk_feature_t f)
+{
+    return f == WRK_FEAT_RAGGED;
+}
+
+static const wrk_backend_i cpu_vt = {
+    .name = "cpu",
+    .destroy = cpu_destroy,
+    .state_reset = cpu_state_reset,
+    .state_read = cpu_state_read,
+    .state_write = cpu_state_write,
+    .state_copy = cpu_state_copy,
+    .step = cpu_step,
+    .sync = cpu_sync,
+    .supports = cpu_supports,
+};
+
+static float *alloc_floats(size_t n)
+{
+    return aligned_alloc(64, ((n ? n : 1) * sizeof(float) + 63) / 64 * 64);
+}
+
+int wrk_cpu_backend_create(const wrk_model_t *m, const wrk_backend_opts_t *opts,
+                           wrk_backend_t **out, char *err, size_t errlen)
+{
+    wrk_backend_opts_t o = opts ? *opts : (wrk_backend_opts_t){0};
+    const wrk_mamba_config_t *cfg = &m->cfg;
+    *out = NULL;
+    if (o.n_threads <= 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        o.n_threads = n > 0 ? (int)n : 1;
+    }
+    if (o.n_threads > 256) o.n_threads = 256;
+    if (o.n_slots <= 0) o.n_slots = 8;
+    if (o.max_step_tokens <= 0) o.max_step_tokens = 512;
+    if (o.n_slots > 1 << 20 || o.max_step_tokens > 1 << 20)
+        return rcd_fail(RCD_EINVAL, err, errlen, "backend: n_slots or max_step_tokens too large");
+    const wrk_kern_t *k = wrk_kern_select(o.isa);
+    if (!k)
+        return rcd_fail(RCD_EUNSUPPORTED, err, errlen,
+                        "backend: this CPU cannot run the \"%s\" kernels", o.isa);
+    wrk_cpu_t *c = calloc(1, sizeof *c);
+    if (!c) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
+    c->base = (wrk_backend_t){.vt = &cpu_vt, .model = m, .n_slots = o.n_slots,
+                              .max_step_tokens = o.max_step_tokens, .isa = k->isa};
+    c->k = k;
+    c->state_floats = m->info.state_bytes / sizeof(float);
+    const size_t T = (size_t)o.max_step_tokens, H = cfg->hidden, I = cfg->inner;
+    const size_t V = cfg->vocab, BC = (size_t)cfg->dt_rank + 2 * (size_t)cfg->d_state;
+    c->scratch_floats = (size_t)WRK_GEMM_BLOCK_ROWS * (H > I ? H : I);
+    c->slots = alloc_floats((size_t)o.n_slots * c->state_floats);
+    c->res = alloc_floats(T * H);
+    c->u = alloc_floats(T * H);
+    c->xz = alloc_floats(T * 2 * I);
+    c->xc = alloc_floats(T * I);
+    c->dbc = alloc_floats(T * BC);
+    c->dt = alloc_floats(T * I);
+    c->y = alloc_floats(T * I);
+    c->logit_in = alloc_floats(WRK_LOGIT_CHUNK * H);
+    c->logit_out = alloc_floats(WRK_LOGIT_CHUNK * V);
+    c->scratch = alloc_floats((size_t)o.n_threads * c->scratch_floats);
+    if (!c->slots || !c->res || !c->u || !c->xz || !c->xc || !c->dbc || !c->dt || !c->y ||
+        !c->logit_in || !c->logit_out || !c->scratch ||
+        wrk_pool_create(o.n_threads, &c->pool)) {
+        cpu_destroy(&c->base);
+        return rcd_fail(RCD_ENOMEM, err, errlen,
+                        "backend: cannot allocate %d state slots of %zu bytes and buffers for "
+                        "%d tokens",
+                        o.n_slots, m->info.state_bytes, o.max_step_tokens);
+    }
+    memset(c->slots, 0, (size_t)o.n_slots * c->state_floats * sizeof(float));
+    /* Our pool splits the work; each thread calls a single-threaded sgemm. */
+    openblas_set_num_threads(1);
+    *out = &c->base;
+    return 0;
+}

@@ -1,0 +1,57 @@
+/* workers/cpu: the compute kernels of the CPU backend, one table per instruction set
+ * (portable, AVX2+FMA+F16C, AVX-512), chosen at run time from the CPU's features. */
+#ifndef RCD_WRK_KERNELS_H
+#define RCD_WRK_KERNELS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "workers/model_int.h"
+
+/* Largest token count the GEMV kernels take; more tokens go through blocked GEMM. */
+#define WRK_GEMV_MAX_T 4
+
+typedef struct wrk_kern {
+    const char *isa;
+    /* y[t*ldy + o] = (acc ? y : 0) + x[t] . W[o] (+ bias[o]) for t < T <= WRK_GEMV_MAX_T and
+     * o in [o0, o1). Streams W once whatever T is. */
+    void (*gemv)(const wrk_mat_t *W, int o0, int o1, const float *x, int ldx, int T, float *y,
+                 int ldy, const float *bias, bool acc);
+    /* dst[i] = float(src[i]) for a row of any weight dtype. */
+    void (*to_f32)(float *dst, const void *src, wrk_dtype_t dt, size_t n);
+    /* y = w * (x * rsqrt(mean(x^2) + eps)), n elements. */
+    void (*rmsnorm)(float *y, const float *x, const float *w, int n, float eps);
+    /* Causal depthwise conv + SiLU over T tokens of one sequence for channels [c0, c1):
+     * x rows have stride ldx; win is the [K-1][I] window of earlier inputs (oldest first),
+     * updated to the last K-1 inputs on return; out is [T][I]. */
+    void (*conv_silu)(int T, int c0, int c1, int I, int K, const float *x, int ldx,
+                      const float *w, const float *b, float *win, float *out);
+    /* Selective scan over T tokens of one sequence for channels [c0, c1):
+     * delta = softplus(dt[t][c] + dt_b[c]); h[n][c] = exp(A[n][c]*delta) h + delta B[t][n] u;
+     * y[t][c] = (sum_n h[n][c] C[t][n] + D[c] u) * silu(z[t][c]), u = xc[t][c].
+     * dt, xc, y: stride I; z: stride ldz; bc: B at bc[t*ldbc + n], C at bc[t*ldbc + N + n]. */
+    void (*scan)(int T, int c0, int c1, int I, int N, const float *dt, const float *dt_b,
+                 const float *xc, const float *z, int ldz, const float *bc, int ldbc,
+                 const float *A, const float *D, float *h, float *y);
+    /* Vector exp/softplus/silu, exposed for the kernel tests. */
+    void (*vexp)(float *y, const float *x, int n);
+    void (*vsoftplus)(float *y, const float *x, int n);
+} wrk_kern_t;
+
+/* The kernels for `isa` ("auto"/NULL picks the best the CPU runs; "avx512", "avx2",
+ * "portable" force one). NULL if the CPU cannot run the one asked for. */
+const wrk_kern_t *wrk_kern_select(const char *isa);
+
+/* Per-ISA tables; NULL-returning where the compiler could not build them. */
+const wrk_kern_t *wrk__kern_portable(void);
+const wrk_kern_t *wrk__kern_avx2(void);
+const wrk_kern_t *wrk__kern_avx512(void);
+
+/* y[t*ldy + o] = (acc ? y : 0) + x[t] . W[o] (+ bias) for t < T, o in [o0, o1): GEMV for
+ * small T, else OpenBLAS sgemm over row blocks of W (converted to fp32 into `scratch`,
+ * which holds WRK_GEMM_BLOCK_ROWS x W->cols floats). Single-threaded; callers split rows. */
+#define WRK_GEMM_BLOCK_ROWS 64
+void wrk_matmul(const wrk_kern_t *k, float *scratch, const wrk_mat_t *W, int o0, int o1,
+                const float *x, int ldx, int T, float *y, int ldy, const float *bias, bool acc);
+
+#endif

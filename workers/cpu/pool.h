@@ -1,0 +1,26 @@
+/* workers/cpu: a small fixed thread pool that runs one function on every thread (the
+ * caller is thread 0) with barriers between phases, so a whole forward pass costs one wake. */
+#ifndef RCD_WRK_POOL_H
+#define RCD_WRK_POOL_H
+
+typedef struct wrk_pool wrk_pool_t;
+typedef void (*wrk_pool_cb)(void *arg, int ith, int nth);
+
+/* n_threads >= 1 (threads including the caller). */
+int wrk_pool_create(int n_threads, wrk_pool_t **out);
+void wrk_pool_destroy(wrk_pool_t *p); /* NULL-safe */
+int wrk_pool_size(const wrk_pool_t *p);
+/* Runs fn(arg, ith, nth) on every thread; returns when all have returned. Not reentrant. */
+void wrk_pool_run(wrk_pool_t *p, wrk_pool_cb fn, void *arg);
+/* Called by every thread inside fn: waits until all threads have reached it. */
+void wrk_pool_barrier(wrk_pool_t *p);
+
+/* [*lo, *hi) of n items for thread ith of nth, in multiples of `align` items. */
+static inline void wrk_split(int n, int align, int ith, int nth, int *lo, int *hi)
+{
+    int blocks = (n + align - 1) / align;
+    int b0 = (int)((long)blocks * ith / nth), b1 = (int)((long)blocks * (ith + 1) / nth);
+    *lo = b0 * align < n ? b0 * align : n;
+    *hi = b1 * align < n ? b1 * align : n;
+}
+#endif

@@ -1,0 +1,305 @@
+/* workers: Mamba (v1) config.json parsing and tensor binding, validated against the
+ * config so that a bad checkpoint is a clear error naming the file and tensor. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "workers/model_int.h"
+
+/* Reads an integer field; absent → dflt (or error if dflt < -1 means required). */
+static int get_int(const cJSON *root, const char *key, long dflt, long lo, long hi, long *out,
+                   char *err, size_t errlen)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!v || cJSON_IsNull(v)) {
+        if (dflt < lo)
+            return rcd_fail(RCD_EFORMAT, err, errlen, "config.json: required field \"%s\" missing",
+                            key);
+        *out = dflt;
+        return 0;
+    }
+    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) ||
+        v->valuedouble < (double)lo || v->valuedouble > (double)hi)
+        return rcd_fail(RCD_EFORMAT, err, errlen,
+                        "config.json: \"%s\" must be an integer in [%ld, %ld]", key, lo, hi);
+    *out = (long)v->valuedouble;
+    return 0;
+}
+
+static int get_bool(const cJSON *root, const char *key, bool dflt, bool *out, char *err,
+                    size_t errlen)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!v || cJSON_IsNull(v)) {
+        *out = dflt;
+        return 0;
+    }
+    if (!cJSON_IsBool(v))
+        return rcd_fail(RCD_EFORMAT, err, errlen, "config.json: \"%s\" must be true or false",
+                        key);
+    *out = cJSON_IsTrue(v);
+    return 0;
+}
+
+/* Token ids may be null, absent, an integer or (HF allows it for eos) a list: take the first. */
+static int get_token_id(const cJSON *root, const char *key, int *out, char *err, size_t errlen)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+    *out = -1;
+    if (cJSON_IsArray(v)) v = cJSON_GetArrayItem(v, 0);
+    if (!v || cJSON_IsNull(v)) return 0;
+    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || v->valuedouble < 0 ||
+        v->valuedouble > 1e9)
+        return rcd_fail(RCD_EFORMAT, err, errlen, "config.json: \"%s\" is not a token id", key);
+    *out = (int)v->valuedouble;
+    return 0;
+}
+
+int wrk_mamba_config_parse(const char *json, size_t len, wrk_mamba_config_t *cfg, char *err,
+                           size_t errlen)
+{
+    int rc = 0;
+    long v;
+    cJSON *root = cJSON_ParseWithLength(json, len);
+    memset(cfg, 0, sizeof *cfg);
+    if (!root || !cJSON_IsObject(root)) {
+        rc = rcd_fail(RCD_EFORMAT, err, errlen, "config.json: not a JSON object");
+        goto cleanup;
+    }
+    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
+    if (!cJSON_IsString(mt) || strcmp(mt->valuestring, "mamba") != 0) {
+        rc = rcd_fail(RCD_EUNSUPPORTED, err, errlen,
+                      "config.json: model_type %s%s%s is not supported (this build serves "
+                      "\"mamba\")",
+                      cJSON_IsString(mt) ? "\"" : "", cJSON_IsString(mt) ? mt->valuestring : "missing",
+                      cJSON_IsString(mt) ? "\"" : "");
+        goto cleanup;
+    }
+    const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "hidden_act");
+    if (act && !(cJSON_IsString(act) && strcmp(act->valuestring, "silu") == 0)) {
+        rc = rcd_fail(RCD_EUNSUPPORTED, err, errlen,
+                      "config.json: hidden_act must be \"silu\" (the only activation Mamba uses)");
+        goto cleanup;
+    }
+    /* Caps keep every derived size far from overflow and refuse absurd allocations. */
+    if ((rc = get_int(root, "vocab_size", 50280, 1, 1 << 24, &v, err, errlen))) goto cleanup;
+    cfg->vocab = (int)v;
+    if ((rc = get_int(root, "hidden_size", 768, 1, 1 << 16, &v, err, errlen))) goto cleanup;
+    cfg->hidden = (int)v;
+    if ((rc = get_int(root, "state_size", 16, 1, 1024, &v, err, errlen))) goto cleanup;
+    cfg->d_state = (int)v;
+    if ((rc = get_int(root, "num_hidden_layers", 32, 1, 1024, &v, err, errlen))) goto cleanup;
+    cfg->n_layers = (int)v;
+    long expand;
+    if ((rc = get_int(root, "expand", 2, 1, 64, &expand, err, errlen))) goto cleanup;
+    if ((rc = get_int(root, "intermediate_size", expand * cfg->hidden, 1, 1 << 18, &v, err,
+                      errlen)))
+        goto cleanup;
+    cfg->inner = (int)v;
+    if ((rc = get_int(root, "conv_kernel", 4, 1, 64, &v, err, errlen))) goto cleanup;
+    cfg->d_conv = (int)v;
+    const cJSON *tsr = cJSON_GetObjectItemCaseSensitive(root, "time_step_rank");
+    if (cJSON_IsString(tsr) && strcmp(tsr->valuestring, "auto") == 0) {
+        cfg->dt_rank = (cfg->hidden + 15) / 16;
+    } else {
+        if ((rc = get_int(root, "time_step_rank", (cfg->hidden + 15) / 16, 1, 1 << 16, &v, err,
+                          errlen)))
+            goto cleanup;
+        cfg->dt_rank = (int)v;
+    }
+    if ((rc = get_bool(root, "use_bias", false, &cfg->use_bias, err, errlen))) goto cleanup;
+    if ((rc = get_bool(root, "use_conv_bias", true, &cfg->use_conv_bias, err, errlen)))
+        goto cleanup;
+    if ((rc = get_bool(root, "tie_word_embeddings", true, &cfg->tie_embeddings, err, errlen)))
+        goto cleanup;
+    const cJSON *eps = cJSON_GetObjectItemCaseSensitive(root, "layer_norm_epsilon");
+    cfg->eps = 1e-5f;
+    if (eps && !cJSON_IsNull(eps)) {
+        if (!cJSON_IsNumber(eps) || !(eps->valuedouble > 0) || eps->valuedouble > 1) {
+            rc = rcd_fail(RCD_EFORMAT, err, errlen,
+                          "config.json: layer_norm_epsilon must be a number in (0, 1]");
+            goto cleanup;
+        }
+        cfg->eps = (float)eps->valuedouble;
+    }
+    if ((rc = get_token_id(root, "bos_token_id", &cfg->bos_id, err, errlen))) goto cleanup;
+    if ((rc = get_token_id(root, "eos_token_id", &cfg->eos_id, err, errlen))) goto cleanup;
+    if ((rc = get_token_id(root, "pad_token_id", &cfg->pad_id, err, errlen))) goto cleanup;
+    if (cfg->bos_id >= cfg->vocab) cfg->bos_id = -1;
+    if (cfg->eos_id >= cfg->vocab) cfg->eos_id = -1;
+    if (cfg->pad_id >= cfg->vocab) cfg->pad_id = -1;
+cleanup:
+    cJSON_Delete(root);
+    return rc;
+}
+
+/* ---- tensor binding ---------------------------------------------------------------------- */
+
+typedef struct binder {
+    wrk_model_t *m;
+    float *next; /* bump pointer into m->params */
+    char *err;
+    size_t errlen;
+} binder_t;
+
+static int want(binder_t *b, const char *name, int ndim, const int64_t *shape,
+                const wrk_st_tensor_t **out)
+{
+    const wrk_st_tensor_t *t = wrk_st_take(b->m->st, name);
+    if (!t)
+        return rcd_fail(RCD_ENOTFOUND, b->err, b->errlen, "checkpoint: tensor %s is missing",
+                        name);
+    bool ok = t->ndim == ndim;
+    for (int i = 0; ok && i < ndim; i++) ok = t->shape[i] == shape[i];
+    if (!ok) {
+        char got[96] = "", exp[96] = "";
+        for (int i = 0; i < t->ndim && i < 8; i++)
+            snprintf(got + strlen(got), sizeof got - strlen(got), "%s%lld", i ? "," : "",
+                     (long long)t->shape[i]);
+        for (int i = 0; i < ndim; i++)
+            snprintf(exp + strlen(exp), sizeof exp - strlen(exp), "%s%lld", i ? "," : "",
+                     (long long)shape[i]);
+        return rcd_fail(RCD_EFORMAT, b->err, b->errlen,
+                        "%s: tensor %s has shape [%s], config.json implies [%s]", t->file, name,
+                        got, exp);
+    }
+    *out = t;
+    return 0;
+}
+
+static float elem_f32(const wrk_st_tensor_t *t, size_t i)
+{
+    const uint8_t *p = (const uint8_t *)t->data;
+    uint16_t h;
+    float f;
+    switch (t->dtype) {
+    case WRK_DT_F32: memcpy(&f, p + 4 * i, 4); return f;
+    case WRK_DT_BF16: memcpy(&h, p + 2 * i, 2); return wrk_bf16_to_f32(h);
+    case WRK_DT_F16: memcpy(&h, p + 2 * i, 2); return wrk_f16_to_f32(h);
+    }
+    return 0.f;
+}
+
+/* A small parameter converted to fp32 into the params pool. */
+static int vec(binder_t *b, const char *name, int64_t n, const float **out)
+{
+    const wrk_st_tensor_t *t = NULL;
+    int rc = want(b, name, 1, (int64_t[]){n}, &t);
+    if (rc) return rc;
+    float *dst = b->next;
+    b->next += n;
+    for (int64_t i = 0; i < n; i++) dst[i] = elem_f32(t, (size_t)i);
+    *out = dst;
+    return 0;
+}
+
+static int mat(binder_t *b, const char *name, int rows, int cols, wrk_mat_t *out)
+{
+    const wrk_st_tensor_t *t = NULL;
+    int rc = want(b, name, 2, (int64_t[]){rows, cols}, &t);
+    if (rc) return rc;
+    *out = (wrk_mat_t){.dt = t->dtype, .data = t->data, .rows = rows, .cols = cols};
+    return 0;
+}
+
+static size_t params_floats(const wrk_mamba_config_t *c)
+{
+    size_t H = c->hidden, I = c->inner, N = c->d_state, K = c->d_conv;
+    size_t per = H + 2 * I + K * I + I + I + N * I + I + H;
+    return c->n_layers * per + H;
+}
+
+int wrk_mamba_bind(wrk_model_t *m, char *err, size_t errlen)
+{
+    const wrk_mamba_config_t *c = &m->cfg;
+    const int H = c->hidden, I = c->inner, N = c->d_state, K = c->d_conv, R = c->dt_rank;
+    char name[128];
+    int rc;
+    m->params = malloc(params_floats(c) * sizeof(float));
+    m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
+    if (!m->params || !m->layers) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
+    binder_t b = {.m = m, .next = m->params, .err = err, .errlen = errlen};
+
+    const char *emb = wrk_st_find(m->st, "backbone.embeddings.weight")
+                          ? "backbone.embeddings.weight"
+                          : "backbone.embedding.weight"; /* original mamba_ssm naming */
+    if ((rc = mat(&b, emb, c->vocab, H, &m->embed))) return rc;
+    if ((rc = vec(&b, "backbone.norm_f.weight", H, &m->norm_f))) return rc;
+    m->lm_head = m->embed;
+    if (!c->tie_embeddings) {
+        if ((rc = mat(&b, "lm_head.weight", c->vocab, H, &m->lm_head))) return rc;
+    } else if (wrk_st_find(m->st, "lm_head.weight")) {
+        /* A tied checkpoint may carry a duplicate head; it must at least have the right shape. */
+        wrk_mat_t dup;
+        if ((rc = mat(&b, "lm_head.weight", c->vocab, H, &dup))) return rc;
+    }
+    for (int l = 0; l < c->n_layers; l++) {
+        wrk_mamba_layer_t *L = &m->layers[l];
+#define NAME(s) (snprintf(name, sizeof name, "backbone.layers.%d.%s", l, s), name)
+        if ((rc = vec(&b, NAME("norm.weight"), H, &L->norm_w))) return rc;
+        if ((rc = mat(&b, NAME("mixer.in_proj.weight"), 2 * I, H, &L->in_proj))) return rc;
+        if (c->use_bias && (rc = vec(&b, NAME("mixer.in_proj.bias"), 2 * I, &L->in_b)))
+            return rc;
+        const wrk_st_tensor_t *cw = NULL;
+        if ((rc = want(&b, NAME("mixer.conv1d.weight"), 3, (int64_t[]){I, 1, K}, &cw)))
+            return rc;
+        float *cwt = b.next;
+        b.next += (size_t)K * I;
+        for (int ch = 0; ch < I; ch++)
+            for (int k = 0; k < K; k++) cwt[(size_t)k * I + ch] = elem_f32(cw, (size_t)ch * K + k);
+        L->conv_w = cwt;
+        if (c->use_conv_bias && (rc = vec(&b, NAME("mixer.conv1d.bias"), I, &L->conv_b)))
+            return rc;
+        if ((rc = mat(&b, NAME("mixer.x_proj.weight"), R + 2 * N, I, &L->x_proj))) return rc;
+        if ((rc = mat(&b, NAME("mixer.dt_proj.weight"), I, R, &L->dt_proj))) return rc;
+        if ((rc = vec(&b, NAME("mixer.dt_proj.bias"), I, &L->dt_b))) return rc;
+        const wrk_st_tensor_t *al = NULL;
+        if ((rc = want(&b, NAME("mixer.A_log"), 2, (int64_t[]){I, N}, &al))) return rc;
+        float *A = b.next;
+        b.next += (size_t)N * I;
+        for (int ch = 0; ch < I; ch++)
+            for (int n = 0; n < N; n++)
+                A[(size_t)n * I + ch] = -expf(elem_f32(al, (size_t)ch * N + n));
+        L->A = A;
+        if ((rc = vec(&b, NAME("mixer.D"), I, &L->D))) return rc;
+        if ((rc = mat(&b, NAME("mixer.out_proj.weight"), H, I, &L->out_proj))) return rc;
+        if (c->use_bias && (rc = vec(&b, NAME("mixer.out_proj.bias"), H, &L->out_b))) return rc;
+#undef NAME
+    }
+    const wrk_st_tensor_t *extra = wrk_st_first_unused(m->st);
+    if (extra)
+        return rcd_fail(RCD_EFORMAT, err, errlen,
+                        "%s: unexpected tensor %s (not part of a Mamba model with this "
+                        "config.json)",
+                        extra->file, extra->name);
+
+    /* State layout, per layer: conv window then SSM state. */
+    m->state_tensors = calloc(2 * (size_t)c->n_layers, sizeof *m->state_tensors);
+    if (!m->state_tensors) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
+    size_t off = 0;
+    for (int l = 0; l < c->n_layers; l++) {
+        wrk_state_tensor_t *cv = &m->state_tensors[2 * l], *ss = cv + 1;
+        snprintf(cv->name, sizeof cv->name, "layers.%d.conv", l);
+        cv->ndim = 2;
+        cv->shape[0] = K - 1;
+        cv->shape[1] = I;
+        cv->offset = off;
+        cv->bytes = (size_t)(K - 1) * I * sizeof(float);
+        off += cv->bytes;
+        snprintf(ss->name, sizeof ss->name, "layers.%d.ssm", l);
+        ss->ndim = 2;
+        ss->shape[0] = N;
+        ss->shape[1] = I;
+        ss->offset = off;
+        ss->bytes = (size_t)N * I * sizeof(float);
+        off += ss->bytes;
+    }
+    m->info.state_bytes = off;
+    m->info.n_state_tensors = 2 * c->n_layers;
+    m->info.state_tensors = m->state_tensors;
+    m->info.weight_dtype = m->layers[0].in_proj.dt;
+    return 0;
+}

@@ -1,0 +1,119 @@
+/* workers: the public interface of the model engine — load a Hugging Face checkpoint
+ * directory, allocate per-sequence state slots on a backend, and run `step` over ragged
+ * batches. Nothing here knows about sessions, RPCs or scheduling. */
+#ifndef RCD_WRK_H
+#define RCD_WRK_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/rcd_error.h"
+#include "workers/safetensors.h"
+
+/* ---- models ---------------------------------------------------------------------------- */
+
+typedef enum wrk_family { WRK_FAMILY_MAMBA = 1 } wrk_family_t;
+
+/* One tensor of a sequence's state, as the state store sees it: a named byte range of the
+ * state blob. Every model's state is fixed-size fp32 and known at load time. */
+typedef struct wrk_state_tensor {
+    char name[48];   /* e.g. "layers.3.conv" */
+    size_t offset;   /* bytes from the start of the state blob */
+    size_t bytes;
+    int ndim;
+    int64_t shape[3];
+} wrk_state_tensor_t;
+
+typedef struct wrk_model_info {
+    wrk_family_t family;
+    const char *architecture; /* "MambaForCausalLM"; owned by the model */
+    int vocab_size;
+    int hidden_size;
+    int n_layers;
+    wrk_dtype_t weight_dtype; /* dtype of the projection weights as stored */
+    size_t weight_bytes;      /* bytes of all tensors used */
+    size_t state_bytes;       /* per-sequence state, fixed */
+    int n_state_tensors;
+    const wrk_state_tensor_t *state_tensors; /* owned by the model */
+    /* Hash of config.json (canonical form), the tensor table and the weight bytes: a
+     * checkpoint taken with one model is only ever resumed on the identical model. */
+    uint64_t fingerprint;
+    char fingerprint_hex[17];
+    int bos_token_id, eos_token_id, pad_token_id; /* from config.json, -1 when absent */
+} wrk_model_info_t;
+
+typedef struct wrk_model wrk_model_t;
+
+/* Loads dir/config.json and dir/model.safetensors (or a sharded index). The weights stay
+ * mmapped; the model is immutable afterwards and may be shared by backends and threads.
+ * On failure returns a negative code and writes a message naming the file and tensor. */
+int wrk_model_load(const char *dir, wrk_model_t **out, char *err, size_t errlen);
+void wrk_model_free(wrk_model_t *m); /* NULL-safe; no backend may still use it */
+const wrk_model_info_t *wrk_model_info(const wrk_model_t *m);
+
+/* ---- backends ---------------------------------------------------------------------------- */
+
+/* One entry of a ragged batch: run n_tokens tokens of one sequence, continuing from the
+ * state in `slot`, and leave the state after the last token there. */
+typedef struct wrk_seq {
+    int32_t slot;           /* state slot index, [0, n_slots); at most once per step */
+    int32_t n_tokens;       /* >= 1: decode is 1, a prefill chunk more */
+    const int32_t *tokens;  /* borrowed, n_tokens ids in [0, vocab) */
+    int32_t n_logits;       /* logits wanted for the last n_logits positions, 0..n_tokens */
+    float *logits;          /* borrowed, caller-owned [n_logits x vocab] fp32, row-major */
+} wrk_seq_t;
+
+typedef struct wrk_backend_opts {
+    int n_threads;        /* 0: all online CPUs */
+    int n_slots;          /* state slots to allocate (default 8) */
+    int max_step_tokens;  /* token budget of one step (default 512) */
+    const char *isa;      /* CPU kernels: NULL/"auto", "avx512", "avx2", "portable" */
+} wrk_backend_opts_t;
+
+typedef enum wrk_feature {
+    WRK_FEAT_RAGGED = 1,  /* several sequences of different lengths in one step */
+} wrk_feature_t;
+
+typedef struct wrk_backend wrk_backend_t;
+
+/* The backend vtable (ggml-style). CPU is the reference; CUDA implements the same. */
+typedef struct wrk_backend_i {
+    const char *name;
+    void (*destroy)(wrk_backend_t *b);
+    int (*state_reset)(wrk_backend_t *b, int slot);
+    int (*state_read)(wrk_backend_t *b, int slot, void *dst);       /* state_bytes to host */
+    int (*state_write)(wrk_backend_t *b, int slot, const void *src); /* state_bytes from host */
+    int (*state_copy)(wrk_backend_t *b, int dst_slot, int src_slot);
+    int (*step)(wrk_backend_t *b, const wrk_seq_t *seqs, int n_seqs, char *err, size_t errlen);
+    int (*sync)(wrk_backend_t *b);
+    bool (*supports)(const wrk_backend_t *b, wrk_feature_t f);
+} wrk_backend_i;
+
+/* Fields every backend shares; callers may read them, never write. */
+struct wrk_backend {
+    const wrk_backend_i *vt;
+    const wrk_model_t *model; /* borrowed: must outlive the backend */
+    int n_slots;
+    int max_step_tokens;
+    const char *isa;          /* kernels in use, for logs and benchmarks */
+};
+
+/* Creates the CPU backend for a loaded model. */
+int wrk_cpu_backend_create(const wrk_model_t *m, const wrk_backend_opts_t *opts,
+                           wrk_backend_t **out, char *err, size_t errlen);
+
+/* Thin wrappers over the vtable; `step` validates the batch (slots, ids, budget) and
+ * returns RCD_EINVAL / RCD_ERANGE / RCD_ETOOBIG with a message, touching no state. */
+int wrk_step(wrk_backend_t *b, const wrk_seq_t *seqs, int n_seqs, char *err, size_t errlen);
+int wrk_state_reset(wrk_backend_t *b, int slot);
+int wrk_state_read(wrk_backend_t *b, int slot, void *dst);
+int wrk_state_write(wrk_backend_t *b, int slot, const void *src);
+int wrk_state_copy(wrk_backend_t *b, int dst_slot, int src_slot);
+void wrk_backend_destroy(wrk_backend_t *b); /* NULL-safe */
+
+/* Validation shared by every backend's step. */
+int wrk__check_batch(const wrk_backend_t *b, const wrk_seq_t *seqs, int n_seqs, char *err,
+                     size_t errlen);
+
+#endif
