@@ -118,9 +118,10 @@ int wrk_mamba_config_parse(const char *json, size_t len, wrk_mamba_config_t *cfg
     const cJSON *eps = cJSON_GetObjectItemCaseSensitive(root, "layer_norm_epsilon");
     cfg->eps = 1e-5f;
     if (eps && !cJSON_IsNull(eps)) {
-        if (!cJSON_IsNumber(eps) || !(eps->valuedouble > 0) || eps->valuedouble > 1) {
+        /* Checked as the float it becomes: 1e-55 would round to 0. */
+        if (!cJSON_IsNumber(eps) || !(eps->valuedouble >= 1e-30) || eps->valuedouble > 1) {
             rc = rcd_fail(RCD_EFORMAT, err, errlen,
-                          "config.json: layer_norm_epsilon must be a number in (0, 1]");
+                          "config.json: layer_norm_epsilon must be a number in [1e-30, 1]");
             goto cleanup;
         }
         cfg->eps = (float)eps->valuedouble;

@@ -1,6 +1,9 @@
 /* workers/cpu: choosing the kernel table from the CPU's features, and the matmul that
  * routes small token counts to the streaming GEMV and larger ones to OpenBLAS sgemm. */
 #include <string.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 
 #include "workers/cpu/kernels.h"
 
@@ -11,8 +14,10 @@ static bool cpu_has_avx2(void)
 {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c");
+    unsigned a, b, c, d;
+    /* F16C is CPUID.1:ECX bit 29 (not every compiler's __builtin_cpu_supports knows it). */
+    bool f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
 #else
     return false;
 #endif

@@ -91,11 +91,15 @@ static inline vf KFN(exp_v)(vf x)
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     vf e = p * (r * r) + r + 1.0f;
+    /* 2^n in two halves so that n = 128 (x near the top of the range) does not overflow
+     * the exponent field before the multiply. */
     vi ni = __builtin_convertvector(n, vi);
-    vi bits = (ni + 127) << 23;
-    vf scale;
-    memcpy(&scale, &bits, sizeof scale);
-    e = e * scale;
+    vi n1 = ni >> 1, n2 = ni - n1;
+    vi b1 = (n1 + 127) << 23, b2 = (n2 + 127) << 23;
+    vf s1, s2;
+    memcpy(&s1, &b1, sizeof s1);
+    memcpy(&s2, &b2, sizeof s2);
+    e = e * s1 * s2;
     e = KFN(vsel)(under, KFN(splat)(0.f), e);
     return KFN(vsel)(over, KFN(splat)(INFINITY), e);
 }

@@ -1,1 +1,287 @@
+/* CPU kernels against plain scalar references, for every ISA this CPU runs: exp and
+ * softplus accuracy, GEMV/GEMM for every weight dtype and token count, conv window updates,
+ * the scan, and the thread pool's barrier. */
+#include <float.h>
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
 
+#include "tests/rcd_test.h"
+#include "workers/cpu/kernels.h"
+#include "workers/cpu/pool.h"
+
+static const char *isas[] = {"portable", "avx2", "avx512"};
+
+static float frand(unsigned *s)
+{
+    *s = *s * 1103515245u + 12345u;
+    return ((*s >> 8) & 0xffff) / 32768.0f - 1.0f;
+}
+
+static void test_exp_softplus(void)
+{
+    enum { N = 4099 };
+    float *x = malloc(N * sizeof(float)), *y = malloc(N * sizeof(float));
+    for (int i = 0; i < N; i++) x[i] = -100.f + 200.f * i / (N - 1); /* spans under/overflow */
+    for (int ii = 0; ii < 3; ii++) {
+        const wrk_kern_t *k = wrk_kern_select(isas[ii]);
+        if (!k) continue;
+        k->vexp(y, x, N);
+        double worst = 0;
+        for (int i = 0; i < N; i++) {
+            double ref = exp((double)x[i]);
+            if (ref > FLT_MAX) {
+                CHECK(isinf(y[i]));
+                continue;
+            }
+            if (ref < 1e-37) {
+                CHECK(y[i] >= 0.f && y[i] < 1e-37f);
+                continue;
+            }
+            double rel = fabs(y[i] - ref) / ref;
+            if (rel > worst) worst = rel;
+        }
+        CHECK_MSG(worst < 4e-7, "%s exp rel err %g", isas[ii], worst);
+        k->vsoftplus(y, x, N);
+        worst = 0;
+        for (int i = 0; i < N; i++) {
+            double ref = x[i] > 20 ? x[i] : log1p(exp((double)x[i]));
+            /* below 1e-30 (the underflow region) an absolute error is what matters */
+            double rel = ref > 1e-30 ? fabs(y[i] - ref) / ref : fabs(y[i] - ref) * 1e23;
+            if (rel > worst) worst = rel;
+        }
+        CHECK_MSG(worst < 4e-7, "%s softplus rel err %g", isas[ii], worst);
+    }
+    free(x);
+    free(y);
+}
+
+static void fill_weights(void *w, wrk_dtype_t dt, const float *ref, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (dt == WRK_DT_F32) ((float *)w)[i] = ref[i];
+        else if (dt == WRK_DT_BF16) ((uint16_t *)w)[i] = wrk_f32_to_bf16(ref[i]);
+        else ((uint16_t *)w)[i] = wrk_f32_to_f16(ref[i]);
+    }
+}
+
+static float weight_value(const void *w, wrk_dtype_t dt, size_t i)
+{
+    if (dt == WRK_DT_F32) return ((const float *)w)[i];
+    if (dt == WRK_DT_BF16) return wrk_bf16_to_f32(((const uint16_t *)w)[i]);
+    return wrk_f16_to_f32(((const uint16_t *)w)[i]);
+}
+
+/* Every dtype, token counts on both sides of the GEMV/GEMM switch, odd shapes, bias and
+ * accumulate, unaligned weight rows. */
+static void test_matmul(void)
+{
+    static const int shapes[][2] = {{37, 29}, {64, 48}, {130, 257}, {16, 8}, {5, 3}};
+    static const int Ts[] = {1, 2, 3, 4, 5, 9, 33};
+    unsigned seed = 7;
+    float *scratch = malloc(WRK_GEMM_BLOCK_ROWS * 300 * sizeof(float));
+    for (int ii = 0; ii < 3; ii++) {
+        const wrk_kern_t *k = wrk_kern_select(isas[ii]);
+        if (!k) {
+            fprintf(stderr, "  skip: %s kernels (this CPU lacks the instructions)\n", isas[ii]);
+            continue;
+        }
+        for (int dt = 0; dt < 3; dt++)
+            for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+                const int O = shapes[si][0], K = shapes[si][1];
+                float *ref = malloc((size_t)O * K * sizeof(float));
+                char *wbuf = malloc((size_t)O * K * 4 + 2);
+                void *w = wbuf + 2; /* unaligned on purpose */
+                for (int i = 0; i < O * K; i++) ref[i] = frand(&seed);
+                fill_weights(w, (wrk_dtype_t)dt, ref, (size_t)O * K);
+                float bias[300];
+                for (int o = 0; o < O; o++) bias[o] = frand(&seed);
+                wrk_mat_t W = {.dt = (wrk_dtype_t)dt, .data = w, .rows = O, .cols = K};
+                for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
+                    const int T = Ts[ti], ldx = K + 3, ldy = O + 5;
+                    float *x = malloc((size_t)T * ldx * sizeof(float));
+                    float *y = malloc((size_t)T * ldy * sizeof(float));
+                    for (int i = 0; i < T * ldx; i++) x[i] = frand(&seed);
+                    for (int i = 0; i < T * ldy; i++) y[i] = 0.5f;
+                    /* two row ranges, as two threads would split them */
+                    wrk_matmul(k, scratch, &W, 0, O / 2, x, ldx, T, y, ldy, bias, true);
+                    wrk_matmul(k, scratch, &W, O / 2, O, x, ldx, T, y, ldy, bias, true);
+                    double worst = 0;
+                    for (int t = 0; t < T; t++)
+                        for (int o = 0; o < O; o++) {
+                            double s = 0.5 + bias[o];
+                            for (int kk = 0; kk < K; kk++)
+                                s += (double)weight_value(w, (wrk_dtype_t)dt, (size_t)o * K + kk) *
+                                     x[t * ldx + kk];
+                            double d = fabs(s - y[t * ldy + o]);
+                            if (d > worst) worst = d;
+                        }
+                    CHECK_MSG(worst < 1e-4, "%s dt %d %dx%d T=%d: err %g", isas[ii], dt, O, K, T,
+                              worst);
+                    free(x);
+                    free(y);
+                }
+                free(ref);
+                free(wbuf);
+            }
+    }
+    free(scratch);
+}
+
+static void ref_conv(int T, int I, int K, const float *x, int ldx, const float *w,
+                     const float *b, float *win, float *out)
+{
+    int W = K - 1;
+    float *all = malloc((size_t)(W + T) * I * sizeof(float));
+    memcpy(all, win, (size_t)W * I * sizeof(float));
+    for (int t = 0; t < T; t++) memcpy(all + (size_t)(W + t) * I, x + (size_t)t * ldx, I * sizeof(float));
+    for (int t = 0; t < T; t++)
+        for (int c = 0; c < I; c++) {
+            double s = b ? b[c] : 0;
+            for (int k = 0; k < K; k++) s += (double)w[k * I + c] * all[(size_t)(t + k) * I + c];
+            out[t * I + c] = (float)(s / (1 + exp(-s)));
+        }
+    memcpy(win, all + (size_t)T * I, (size_t)W * I * sizeof(float));
+    free(all);
+}
+
+/* Conv for T smaller and larger than the window, split over two channel ranges. */
+static void test_conv(void)
+{
+    unsigned seed = 11;
+    const int I = 27, ldx = 2 * I;
+    for (int ii = 0; ii < 3; ii++) {
+        const wrk_kern_t *k = wrk_kern_select(isas[ii]);
+        if (!k) continue;
+        for (int K = 1; K <= 5; K++)
+            for (int T = 1; T <= 7; T++) {
+                int W = K - 1;
+                float x[7 * 54], w[5 * 27], b[27], win[4 * 27], win2[4 * 27], out[7 * 27],
+                    out2[7 * 27];
+                for (int i = 0; i < T * ldx; i++) x[i] = frand(&seed);
+                for (int i = 0; i < K * I; i++) w[i] = frand(&seed);
+                for (int i = 0; i < I; i++) b[i] = frand(&seed);
+                for (int i = 0; i < W * I; i++) win[i] = win2[i] = frand(&seed);
+                ref_conv(T, I, K, x, ldx, w, b, win, out);
+                k->conv_silu(T, 0, 16, I, K, x, ldx, w, b, win2, out2);
+                k->conv_silu(T, 16, I, I, K, x, ldx, w, b, win2, out2);
+                double worst = 0;
+                for (int i = 0; i < T * I; i++) worst = fmax(worst, fabs(out[i] - out2[i]));
+                for (int i = 0; i < W * I; i++) worst = fmax(worst, fabs(win[i] - win2[i]));
+                CHECK_MSG(worst < 1e-5, "%s conv K=%d T=%d err %g", isas[ii], K, T, worst);
+            }
+    }
+}
+
+static void test_scan(void)
+{
+    unsigned seed = 5;
+    enum { T = 6, I = 37, N = 5, R = 2, LDBC = R + 2 * N, LDZ = 2 * I };
+    float dt[T * I], dtb[I], xc[T * I], z[T * LDZ], bc[T * LDBC], A[N * I], D[I];
+    for (int i = 0; i < T * I; i++) dt[i] = 3 * frand(&seed), xc[i] = frand(&seed);
+    for (int i = 0; i < T * LDZ; i++) z[i] = 2 * frand(&seed);
+    for (int i = 0; i < T * LDBC; i++) bc[i] = frand(&seed);
+    for (int i = 0; i < I; i++) dtb[i] = frand(&seed), D[i] = frand(&seed);
+    for (int i = 0; i < N * I; i++) A[i] = -expf(2 * frand(&seed));
+    float h0[N * I];
+    for (int i = 0; i < N * I; i++) h0[i] = frand(&seed);
+    /* double-precision reference */
+    double href[N * I], yref[T * I];
+    for (int i = 0; i < N * I; i++) href[i] = h0[i];
+    for (int t = 0; t < T; t++)
+        for (int c = 0; c < I; c++) {
+            double v = dt[t * I + c] + dtb[c];
+            double delta = v > 20 ? v : log1p(exp(v));
+            double u = xc[t * I + c], acc = 0;
+            for (int n = 0; n < N; n++) {
+                double *h = &href[n * I + c];
+                *h = exp(A[n * I + c] * delta) * *h + delta * bc[t * LDBC + R + n] * u;
+                acc += *h * bc[t * LDBC + R + N + n];
+            }
+            double zz = z[t * LDZ + I + c];
+            yref[t * I + c] = (acc + D[c] * u) * zz / (1 + exp(-zz));
+        }
+    for (int ii = 0; ii < 3; ii++) {
+        const wrk_kern_t *k = wrk_kern_select(isas[ii]);
+        if (!k) continue;
+        float h[N * I], y[T * I];
+        memcpy(h, h0, sizeof h);
+        k->scan(T, 0, 16, I, N, dt, dtb, xc, z + I, LDZ, bc + R, LDBC, A, D, h, y);
+        k->scan(T, 16, I, I, N, dt, dtb, xc, z + I, LDZ, bc + R, LDBC, A, D, h, y);
+        double worst = 0;
+        for (int i = 0; i < T * I; i++) worst = fmax(worst, fabs(y[i] - yref[i]));
+        for (int i = 0; i < N * I; i++) worst = fmax(worst, fabs(h[i] - href[i]));
+        CHECK_MSG(worst < 2e-5, "%s scan err %g", isas[ii], worst);
+    }
+}
+
+static void test_rmsnorm(void)
+{
+    float x[53], w[53], y[53];
+    unsigned seed = 3;
+    for (int i = 0; i < 53; i++) x[i] = 4 * frand(&seed), w[i] = frand(&seed);
+    double ss = 0;
+    for (int i = 0; i < 53; i++) ss += (double)x[i] * x[i];
+    double s = 1 / sqrt(ss / 53 + 1e-5);
+    for (int ii = 0; ii < 3; ii++) {
+        const wrk_kern_t *k = wrk_kern_select(isas[ii]);
+        if (!k) continue;
+        k->rmsnorm(y, x, w, 53, 1e-5f);
+        double worst = 0;
+        for (int i = 0; i < 53; i++) worst = fmax(worst, fabs(y[i] - w[i] * x[i] * s));
+        CHECK_MSG(worst < 1e-6, "%s rmsnorm err %g", isas[ii], worst);
+    }
+}
+
+typedef struct {
+    wrk_pool_t *p;
+    atomic_int phase_count[64];
+    atomic_int errors;
+} pool_ctx_t;
+
+static void pool_job(void *arg, int ith, int nth)
+{
+    pool_ctx_t *c = arg;
+    for (int ph = 0; ph < 64; ph++) {
+        atomic_fetch_add(&c->phase_count[ph], 1);
+        wrk_pool_barrier(c->p);
+        /* after the barrier every thread must have arrived at this phase */
+        if (atomic_load(&c->phase_count[ph]) != nth) atomic_fetch_add(&c->errors, 1);
+        wrk_pool_barrier(c->p);
+    }
+}
+
+static void test_pool(void)
+{
+    for (int n = 1; n <= 4; n++) {
+        wrk_pool_t *p = NULL;
+        CHECK(wrk_pool_create(n, &p) == 0);
+        CHECK(wrk_pool_size(p) == n);
+        for (int rep = 0; rep < 20; rep++) {
+            pool_ctx_t c = {.p = p};
+            wrk_pool_run(p, pool_job, &c);
+            CHECK(atomic_load(&c.errors) == 0);
+            for (int ph = 0; ph < 64; ph++) CHECK(atomic_load(&c.phase_count[ph]) == n);
+        }
+        wrk_pool_destroy(p);
+    }
+    int lo, hi, covered = 0;
+    for (int i = 0; i < 3; i++) {
+        wrk_split(100, 16, i, 3, &lo, &hi);
+        CHECK(lo % 16 == 0 && hi >= lo);
+        covered += hi - lo;
+    }
+    CHECK(covered == 100);
+}
+
+int main(void)
+{
+    RUN(test_exp_softplus);
+    RUN(test_matmul);
+    RUN(test_conv);
+    RUN(test_scan);
+    RUN(test_rmsnorm);
+    RUN(test_pool);
+    return rcd_test_summary();
+}

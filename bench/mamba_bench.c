@@ -1,0 +1,254 @@
+/* bench: Mamba engine throughput on the CPU backend next to the machine's limits measured
+ * in the same run — read bandwidth (a vectorized read of a buffer far larger than the
+ * caches) and GEMM peak (OpenBLAS sgemm, large square). Prints decode tokens/s at several
+ * batch sizes with step-latency percentiles, prefill tokens/s, and memory. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cblas.h>
+
+#include "workers/cpu/pool.h"
+#include "workers/model_int.h"
+#include "workers/wrk.h"
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void cpu_model(char *out, size_t len)
+{
+    snprintf(out, len, "unknown");
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    char line[512];
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "model name", 10)) {
+            char *p = strchr(line, ':');
+            if (p) snprintf(out, len, "%s", p + 2);
+            out[strcspn(out, "\n")] = 0;
+            break;
+        }
+    if (f) fclose(f);
+}
+
+static long peak_rss_kb(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long kb = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmHWM:", 6)) kb = strtol(line + 6, NULL, 10);
+    if (f) fclose(f);
+    return kb;
+}
+
+/* ---- limits ---- */
+typedef struct {
+    const float *buf;
+    size_t n;
+    double sums[64];
+} bw_t;
+
+static void bw_job(void *arg, int ith, int nth)
+{
+    bw_t *b = arg;
+    size_t lo = b->n * ith / nth, hi = b->n * (ith + 1) / nth;
+    typedef float v8 __attribute__((vector_size(32)));
+    v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+    const v8 *p = (const v8 *)(b->buf + lo);
+    size_t nv = (hi - lo) / 8;
+    for (size_t i = 0; i + 4 <= nv; i += 4) {
+        a0 += p[i];
+        a1 += p[i + 1];
+        a2 += p[i + 2];
+        a3 += p[i + 3];
+    }
+    v8 s = a0 + a1 + a2 + a3;
+    b->sums[ith] = s[0] + s[1] + s[2] + s[3] + s[4] + s[5] + s[6] + s[7];
+}
+
+static double read_bandwidth(wrk_pool_t *pool)
+{
+    size_t bytes = (size_t)1 << 30, n = bytes / sizeof(float);
+    float *buf = aligned_alloc(64, bytes);
+    if (!buf) return 0;
+    for (size_t i = 0; i < n; i++) buf[i] = (float)(i & 255);
+    bw_t b = {.buf = buf, .n = n};
+    double best = 0;
+    for (int rep = 0; rep < 5; rep++) {
+        double t = now();
+        wrk_pool_run(pool, bw_job, &b);
+        double gbs = bytes / (now() - t) / 1e9;
+        if (gbs > best) best = gbs;
+    }
+    free(buf);
+    return best;
+}
+
+static double gemm_peak(int threads)
+{
+    const int n = 2048;
+    float *a = malloc(sizeof(float) * n * n), *b = malloc(sizeof(float) * n * n),
+          *c = malloc(sizeof(float) * n * n);
+    for (int i = 0; i < n * n; i++) a[i] = b[i] = 1e-3f * (i % 97);
+    openblas_set_num_threads(threads);
+    double best = 0;
+    for (int rep = 0; rep < 4; rep++) {
+        double t = now();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1, a, n, b, n, 0, c, n);
+        double gf = 2.0 * n * n * n / (now() - t) / 1e9;
+        if (gf > best) best = gf;
+    }
+    openblas_set_num_threads(1);
+    free(a);
+    free(b);
+    free(c);
+    return best;
+}
+
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Matmul FLOPs per token excluding the lm_head (2 per weight element). */
+static double layer_flops_per_token(const wrk_model_t *m)
+{
+    const wrk_mamba_config_t *c = &m->cfg;
+    double per = 2.0 * c->hidden * c->inner + (double)c->inner * (c->dt_rank + 2 * c->d_state) +
+                 (double)c->dt_rank * c->inner + (double)c->inner * c->hidden;
+    return 2.0 * per * c->n_layers;
+}
+
+int main(int argc, char **argv)
+{
+    const char *model_dir = NULL;
+    int threads = 0, prefill_len = 512;
+    double secs = 3.0;
+    static const struct option opts[] = {{"model", required_argument, 0, 'm'},
+                                         {"threads", required_argument, 0, 'j'},
+                                         {"seconds", required_argument, 0, 's'},
+                                         {"prefill", required_argument, 0, 'p'},
+                                         {0, 0, 0, 0}};
+    for (int o; (o = getopt_long(argc, argv, "m:j:s:p:", opts, NULL)) != -1;) {
+        if (o == 'm') model_dir = optarg;
+        else if (o == 'j') threads = atoi(optarg);
+        else if (o == 's') secs = atof(optarg);
+        else if (o == 'p') prefill_len = atoi(optarg);
+        else return 2;
+    }
+    if (!model_dir || prefill_len < 1 || secs <= 0) {
+        fprintf(stderr, "usage: mamba_bench --model DIR [--threads N] [--seconds S] "
+                        "[--prefill TOKENS]\n");
+        return 2;
+    }
+    char err[1024], cpu[256];
+    wrk_model_t *m = NULL;
+    if (wrk_model_load(model_dir, &m, err, sizeof err)) {
+        fprintf(stderr, "mamba_bench: %s\n", err);
+        return 1;
+    }
+    const wrk_model_info_t *mi = wrk_model_info(m);
+    wrk_backend_t *b = NULL;
+    const int max_batch = 32;
+    wrk_backend_opts_t bo = {.n_threads = threads, .n_slots = max_batch,
+                             .max_step_tokens = prefill_len > max_batch ? prefill_len : max_batch};
+    if (wrk_cpu_backend_create(m, &bo, &b, err, sizeof err)) {
+        fprintf(stderr, "mamba_bench: %s\n", err);
+        return 1;
+    }
+    wrk_pool_t *pool = NULL;
+    int nth = threads > 0 ? threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    wrk_pool_create(nth, &pool);
+    cpu_model(cpu, sizeof cpu);
+    double bw = read_bandwidth(pool), peak = gemm_peak(nth);
+    const double weight_b = (double)mi->weight_bytes, state_b = (double)mi->state_bytes;
+    const double lm_flops = 2.0 * mi->vocab_size * mi->hidden_size;
+    printf("cpu: %s, %d threads, kernels %s\n", cpu, nth, b->isa);
+    printf("model: %s, %d layers, hidden %d, vocab %d, weights %s %.1f MB, state %.2f MB/seq\n",
+           model_dir, mi->n_layers, mi->hidden_size, mi->vocab_size,
+           wrk_dtype_name(mi->weight_dtype), weight_b / 1e6, state_b / 1e6);
+    printf("limits: read bandwidth %.1f GB/s, sgemm peak %.1f GFLOP/s (2048^3, %d threads)\n", bw,
+           peak, nth);
+    printf("%-8s %10s %10s %10s %10s %9s %s\n", "batch", "tok/s", "step_p50", "step_p99",
+           "GFLOP/s", "limit%", "(limit)");
+
+    const int V = mi->vocab_size;
+    float *logits = malloc(sizeof(float) * (size_t)max_batch * V);
+    int32_t toks[32];
+    static const int batches[] = {1, 2, 4, 8, 16, 32};
+    double *lat = malloc(sizeof(double) * 100000);
+    for (size_t bi = 0; bi < sizeof batches / sizeof batches[0]; bi++) {
+        int B = batches[bi];
+        wrk_seq_t seqs[32];
+        for (int i = 0; i < B; i++) {
+            wrk_state_reset(b, i);
+            toks[i] = (i * 7919) % V;
+            seqs[i] = (wrk_seq_t){.slot = i, .n_tokens = 1, .tokens = &toks[i], .n_logits = 1,
+                                  .logits = logits + (size_t)i * V};
+        }
+        for (int w = 0; w < 3; w++) wrk_step(b, seqs, B, err, sizeof err);
+        int steps = 0;
+        double t0 = now();
+        while ((now() - t0 < secs || steps < 5) && steps < 100000) {
+            double t = now();
+            if (wrk_step(b, seqs, B, err, sizeof err)) {
+                fprintf(stderr, "step: %s\n", err);
+                return 1;
+            }
+            lat[steps++] = now() - t;
+            for (int i = 0; i < B; i++) toks[i] = (toks[i] + 31) % V;
+        }
+        double el = now() - t0, tps = (double)steps * B / el;
+        qsort(lat, steps, sizeof *lat, cmp_d);
+        double gflops = tps * (layer_flops_per_token(m) + lm_flops) / 1e9;
+        /* batch 1 is bandwidth-bound: limit = bandwidth / (weights + state read and written);
+         * larger batches are compared with the GEMM peak. */
+        if (B == 1) {
+            double limit = bw * 1e9 / (weight_b + 2 * state_b);
+            printf("%-8d %10.1f %8.2fms %8.2fms %10.1f %8.1f%% (%.1f tok/s bw)\n", B, tps,
+                   lat[steps / 2] * 1e3, lat[steps * 99 / 100] * 1e3, gflops, 100 * tps / limit,
+                   limit);
+        } else {
+            printf("%-8d %10.1f %8.2fms %8.2fms %10.1f %8.1f%% (of sgemm peak)\n", B, tps,
+                   lat[steps / 2] * 1e3, lat[steps * 99 / 100] * 1e3, gflops,
+                   100 * gflops / peak);
+        }
+        fflush(stdout);
+    }
+    /* Prefill: one sequence, prefill_len tokens per step, logits for the last row only. */
+    int32_t *ptoks = malloc(sizeof(int32_t) * prefill_len);
+    for (int i = 0; i < prefill_len; i++) ptoks[i] = (i * 104729) % V;
+    wrk_seq_t ps = {.slot = 0, .n_tokens = prefill_len, .tokens = ptoks, .n_logits = 1,
+                    .logits = logits};
+    wrk_step(b, &ps, 1, err, sizeof err);
+    int steps = 0;
+    double t0 = now();
+    while ((now() - t0 < secs || steps < 3) && steps < 100000) {
+        double t = now();
+        wrk_state_reset(b, 0);
+        wrk_step(b, &ps, 1, err, sizeof err);
+        lat[steps++] = now() - t;
+    }
+    double el = now() - t0, tps = (double)steps * prefill_len / el;
+    qsort(lat, steps, sizeof *lat, cmp_d);
+    double gflops = (tps * layer_flops_per_token(m) + steps * lm_flops / el) / 1e9;
+    printf("prefill%-4d %7.1f %8.2fms %8.2fms %10.1f %8.1f%% (of sgemm peak)\n", prefill_len, tps,
+           lat[steps / 2] * 1e3, lat[steps * 99 / 100] * 1e3, gflops, 100 * gflops / peak);
+    printf("peak RSS: %.1f MB (weights are mmapped and counted once paged in)\n",
+           peak_rss_kb() / 1024.0);
+    free(ptoks);
+    free(lat);
+    free(logits);
+    wrk_pool_destroy(pool);
+    wrk_backend_destroy(b);
+    wrk_model_free(m);
+    return 0;
+}

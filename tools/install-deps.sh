@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs recurd's build and test dependencies from Debian 12's packages (needs root or
+# sudo). Idempotent: packages already present are skipped by apt.
+set -euo pipefail
+pkgs=(
+  build-essential cmake ninja-build pkg-config git
+  libcjson-dev libxxhash-dev libjemalloc-dev libopenblas-dev
+  libpcre2-dev libutf8proc-dev
+  clang libclang-rt-14-dev   # libFuzzer targets
+)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
