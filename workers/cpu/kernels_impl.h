@@ -53,12 +53,15 @@ static inline vf KFN(ld_w)(const void *row, wrk_dtype_t dt, int k)
     default: return KFN(ld)((const float *)row + k);
     }
 }
+/* One weight element; rows may be unaligned (safetensors offsets are arbitrary). */
 static inline float KFN(w1)(const void *row, wrk_dtype_t dt, int k)
 {
+    uint16_t h;
+    float f;
     switch (dt) {
-    case WRK_DT_BF16: return wrk_bf16_to_f32(((const uint16_t *)row)[k]);
-    case WRK_DT_F16: return wrk_f16_to_f32(((const uint16_t *)row)[k]);
-    default: return ((const float *)row)[k];
+    case WRK_DT_BF16: memcpy(&h, (const uint16_t *)row + k, 2); return wrk_bf16_to_f32(h);
+    case WRK_DT_F16: memcpy(&h, (const uint16_t *)row + k, 2); return wrk_f16_to_f32(h);
+    default: memcpy(&f, (const float *)row + k, 4); return f;
     }
 }
 static inline vf KFN(vsel)(vi mask, vf a, vf b)

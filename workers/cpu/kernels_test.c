@@ -59,18 +59,28 @@ static void test_exp_softplus(void)
 
 static void fill_weights(void *w, wrk_dtype_t dt, const float *ref, size_t n)
 {
+    /* memcpy: the buffer is deliberately unaligned */
     for (size_t i = 0; i < n; i++) {
-        if (dt == WRK_DT_F32) ((float *)w)[i] = ref[i];
-        else if (dt == WRK_DT_BF16) ((uint16_t *)w)[i] = wrk_f32_to_bf16(ref[i]);
-        else ((uint16_t *)w)[i] = wrk_f32_to_f16(ref[i]);
+        uint16_t h;
+        if (dt == WRK_DT_F32) {
+            memcpy((char *)w + 4 * i, &ref[i], 4);
+            continue;
+        }
+        h = dt == WRK_DT_BF16 ? wrk_f32_to_bf16(ref[i]) : wrk_f32_to_f16(ref[i]);
+        memcpy((char *)w + 2 * i, &h, 2);
     }
 }
 
 static float weight_value(const void *w, wrk_dtype_t dt, size_t i)
 {
-    if (dt == WRK_DT_F32) return ((const float *)w)[i];
-    if (dt == WRK_DT_BF16) return wrk_bf16_to_f32(((const uint16_t *)w)[i]);
-    return wrk_f16_to_f32(((const uint16_t *)w)[i]);
+    float f;
+    uint16_t h;
+    if (dt == WRK_DT_F32) {
+        memcpy(&f, (const char *)w + 4 * i, 4);
+        return f;
+    }
+    memcpy(&h, (const char *)w + 2 * i, 2);
+    return dt == WRK_DT_BF16 ? wrk_bf16_to_f32(h) : wrk_f16_to_f32(h);
 }
 
 /* Every dtype, token counts on both sides of the GEMV/GEMM switch, odd shapes, bias and

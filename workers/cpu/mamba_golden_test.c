@@ -27,7 +27,7 @@ typedef struct golden {
     int n_seqs;
     golden_seq_t seqs[MAX_SEQS];
     int n_prompt, n_gen;
-    int32_t greedy[64]; /* prompt then generated */
+    int32_t greedy[160]; /* prompt then generated */
     float *greedy_logits;
 } golden_t;
 
@@ -77,10 +77,11 @@ static int ids_from_json(const cJSON *arr, int32_t *out, int cap)
     return n;
 }
 
-static int golden_load(const char *name, golden_t *g)
+/* Loads goldens.json from dir (the model is in the same directory unless said otherwise). */
+static int golden_load_dir(const char *dir, golden_t *g)
 {
     memset(g, 0, sizeof *g);
-    snprintf(g->dir, sizeof g->dir, "%s/mamba/%s", golden_root(), name);
+    snprintf(g->dir, sizeof g->dir, "%s", dir);
     char path[1024];
     snprintf(path, sizeof path, "%s/goldens.json", g->dir);
     char *text = read_file(path, NULL);
@@ -103,11 +104,20 @@ static int golden_load(const char *name, golden_t *g)
     const cJSON *gr = cJSON_GetObjectItem(root, "greedy");
     g->n_prompt = ids_from_json(cJSON_GetObjectItem(gr, "prompt"), g->greedy, 64);
     g->n_gen = ids_from_json(cJSON_GetObjectItem(gr, "generated"), g->greedy + g->n_prompt,
-                             64 - g->n_prompt);
-    g->greedy_logits = read_logits(g->dir, cJSON_GetObjectItem(gr, "logits")->valuestring,
-                                   (size_t)(g->n_prompt + g->n_gen) * g->V);
+                             160 - g->n_prompt);
+    const cJSON *gl = cJSON_GetObjectItem(gr, "logits"); /* null: ids only */
+    if (cJSON_IsString(gl))
+        g->greedy_logits =
+            read_logits(g->dir, gl->valuestring, (size_t)(g->n_prompt + g->n_gen) * g->V);
     cJSON_Delete(root);
     return 0;
+}
+
+static int golden_load(const char *name, golden_t *g)
+{
+    char dir[600];
+    snprintf(dir, sizeof dir, "%s/mamba/%s", golden_root(), name);
+    return golden_load_dir(dir, g);
 }
 
 static void golden_free(golden_t *g)
@@ -280,8 +290,10 @@ static int greedy_run(const char *dir, const golden_t *g, float *worst, int *mis
     rc = wrk_step(b, &s, 1, err, sizeof err);
     for (int i = 0; i < g->n_gen && rc == 0; i++) {
         int pos = g->n_prompt + i - 1;
-        float d = max_diff(row, g->greedy_logits + (size_t)pos * V, (size_t)V);
-        if (d > *worst) *worst = d;
+        if (g->greedy_logits) {
+            float d = max_diff(row, g->greedy_logits + (size_t)pos * V, (size_t)V);
+            if (d > *worst) *worst = d;
+        }
         int32_t tok = argmax(row, V);
         if (tok != g->greedy[g->n_prompt + i] && *mismatch_at < 0) *mismatch_at = i;
         s = (wrk_seq_t){.slot = 3, .n_tokens = 1, .tokens = &tok, .n_logits = 1, .logits = row};
@@ -466,6 +478,43 @@ static void test_bad_batches(void)
     wrk_model_free(m);
 }
 
+/* The bundled default model (models/recurd-mamba-tiny) against transformers: every prompt
+ * at chunk sizes 1, 4 and whole, and 64 greedy tokens identical. */
+static void test_bundled(void)
+{
+    char gdir[600], mdir[600], err[512];
+    snprintf(gdir, sizeof gdir, "%s/bundled", golden_root());
+    snprintf(mdir, sizeof mdir, "%s/../../models/recurd-mamba-tiny", golden_root());
+    golden_t g;
+    if (golden_load_dir(gdir, &g)) {
+        CHECK(0);
+        return;
+    }
+    wrk_model_t *m = NULL;
+    int rc = wrk_model_load(mdir, &m, err, sizeof err);
+    CHECK_MSG(rc == 0, "%s", err);
+    if (rc) {
+        golden_free(&g);
+        return;
+    }
+    CHECK(g.n_seqs >= 3 && g.n_gen == 64);
+    wrk_backend_t *b = make_backend(m, NULL, 2);
+    float worst = 0.f;
+    for (int si = 0; si < g.n_seqs; si++)
+        for (int chunk = 1; chunk <= 64; chunk *= 4) {
+            float d = run_chunked(b, &g.seqs[si], g.V, chunk);
+            CHECK_MSG(d <= TOL_F32, "bundled %s chunk %d: max diff %g", g.seqs[si].name, chunk, d);
+            if (d > worst) worst = d;
+        }
+    fprintf(stderr, "  bundled model: max |dlogit| %.2e over %d prompts\n", worst, g.n_seqs);
+    wrk_backend_destroy(b);
+    wrk_model_free(m);
+    int mis;
+    if (greedy_run(mdir, &g, &worst, &mis) == 0)
+        CHECK_MSG(mis < 0, "bundled: greedy token %d of 64 differs", mis);
+    golden_free(&g);
+}
+
 int main(void)
 {
     RUN(test_chunkings);
@@ -475,5 +524,6 @@ int main(void)
     RUN(test_sharded);
     RUN(test_state_roundtrip);
     RUN(test_bad_batches);
+    RUN(test_bundled);
     return rcd_test_summary();
 }
