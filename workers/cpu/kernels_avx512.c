@@ -5,6 +5,7 @@
 #define KFN(name) avx512_##name
 #define KISA "avx512"
 #define LOAD_F16(p) ((vf)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(p))))
+#define LOAD_BF16_U32(p) ((vu)_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(const void *)(p))))
 #include "workers/cpu/kernels_impl.h"
 
 const wrk_kern_t *wrk__kern_avx512(void)

@@ -38,9 +38,13 @@ static inline float KFN(hsum)(vf v)
 }
 static inline vf KFN(ld_bf16)(const void *p)
 {
+#ifdef LOAD_BF16_U32
+    vu u = LOAD_BF16_U32(p) << 16; /* one widening load where the ISA has it */
+#else
     vh h;
     memcpy(&h, p, sizeof h);
     vu u = __builtin_convertvector(h, vu) << 16;
+#endif
     vf f;
     memcpy(&f, &u, sizeof f);
     return f;
@@ -207,36 +211,51 @@ static void KFN(rmsnorm)(float *y, const float *x, const float *w, int n, float 
     for (; i < n; i++) y[i] = w[i] * (x[i] * s);
 }
 
-/* GEMV over RB rows at a time for a compile-time T (always inlined per T). */
+/* GEMV over RB rows at a time with T and the weight dtype fixed at compile time (always
+ * inlined per combination), so the inner loop holds RB x T accumulators in registers and
+ * converts each weight vector once for all T tokens. */
+#ifndef PF_ROWS
+#define PF_ROWS 4
+#endif
 static inline __attribute__((always_inline)) void
-KFN(gemv_t)(const wrk_mat_t *W, int o0, int o1, const float *x, int ldx, const int T, float *y,
-            int ldy, const float *bias, bool acc)
+KFN(gemv_t)(const wrk_mat_t *W, int o0, int o1, const float *x, int ldx, const int T,
+            const wrk_dtype_t dt, float *y, int ldy, const float *bias, bool acc)
 {
     const int K = W->cols;
-    const size_t esz = W->dt == WRK_DT_F32 ? 4 : 2;
+    const size_t esz = dt == WRK_DT_F32 ? 4 : 2;
     const int RB = (T <= 2 || VW >= 16) ? 4 : 2;
-    int o = o0;
-    for (; o < o1; o += RB) {
+    for (int o = o0; o < o1; o += RB) {
         const int nr = o1 - o < RB ? o1 - o : RB;
-        const void *rows[4];
+        const char *rows[4];
+#pragma GCC unroll 4
         for (int r = 0; r < 4; r++)
             rows[r] = (const char *)W->data + (size_t)(o + (r < nr ? r : 0)) * K * esz;
         vf a[4][WRK_GEMV_MAX_T];
+#pragma GCC unroll 4
         for (int r = 0; r < RB; r++)
+#pragma GCC unroll 4
             for (int t = 0; t < T; t++) a[r][t] = KFN(splat)(0.f);
         int k = 0;
         for (; k + VW <= K; k += VW) {
             vf xv[WRK_GEMV_MAX_T];
+#pragma GCC unroll 4
             for (int t = 0; t < T; t++) xv[t] = KFN(ld)(x + (size_t)t * ldx + k);
+#pragma GCC unroll 4
             for (int r = 0; r < RB; r++) {
-                vf w = KFN(ld_w)(rows[r], W->dt, k);
+                /* Prefetch the same columns of the next row block: the hardware streamers
+                 * alone leave half-width weights well short of the bandwidth. */
+                if (((k * esz) & 63) == 0)
+                    __builtin_prefetch(rows[r] + (size_t)(k + PF_ROWS * K) * esz, 0, 0);
+                vf w = KFN(ld_w)(rows[r], dt, k);
+#pragma GCC unroll 4
                 for (int t = 0; t < T; t++) a[r][t] += w * xv[t];
             }
         }
         for (int r = 0; r < nr; r++) {
             for (int t = 0; t < T; t++) {
                 float s = KFN(hsum)(a[r][t]);
-                for (int kk = k; kk < K; kk++) s += KFN(w1)(rows[r], W->dt, kk) * x[(size_t)t * ldx + kk];
+                for (int kk = k; kk < K; kk++)
+                    s += KFN(w1)(rows[r], dt, kk) * x[(size_t)t * ldx + kk];
                 if (bias) s += bias[o + r];
                 float *dst = y + (size_t)t * ldy + o + r;
                 *dst = acc ? *dst + s : s;
@@ -245,16 +264,24 @@ KFN(gemv_t)(const wrk_mat_t *W, int o0, int o1, const float *x, int ldx, const i
     }
 }
 
+#define KGEMV_DT(DT)                                                                         \
+    switch (T) {                                                                             \
+    case 1: KFN(gemv_t)(W, o0, o1, x, ldx, 1, DT, y, ldy, bias, acc); break;                 \
+    case 2: KFN(gemv_t)(W, o0, o1, x, ldx, 2, DT, y, ldy, bias, acc); break;                 \
+    case 3: KFN(gemv_t)(W, o0, o1, x, ldx, 3, DT, y, ldy, bias, acc); break;                 \
+    default: KFN(gemv_t)(W, o0, o1, x, ldx, 4, DT, y, ldy, bias, acc); break;                \
+    }
+
 static void KFN(gemv)(const wrk_mat_t *W, int o0, int o1, const float *x, int ldx, int T,
                       float *y, int ldy, const float *bias, bool acc)
 {
-    switch (T) {
-    case 1: KFN(gemv_t)(W, o0, o1, x, ldx, 1, y, ldy, bias, acc); break;
-    case 2: KFN(gemv_t)(W, o0, o1, x, ldx, 2, y, ldy, bias, acc); break;
-    case 3: KFN(gemv_t)(W, o0, o1, x, ldx, 3, y, ldy, bias, acc); break;
-    default: KFN(gemv_t)(W, o0, o1, x, ldx, 4, y, ldy, bias, acc); break;
+    switch (W->dt) {
+    case WRK_DT_BF16: KGEMV_DT(WRK_DT_BF16); break;
+    case WRK_DT_F16: KGEMV_DT(WRK_DT_F16); break;
+    default: KGEMV_DT(WRK_DT_F32); break;
     }
 }
+#undef KGEMV_DT
 
 static void KFN(conv_silu)(int T, int c0, int c1, int I, int K, const float *x, int ldx,
                            const float *w, const float *b, float *win, float *out)
