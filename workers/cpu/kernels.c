@@ -58,11 +58,13 @@ void wrk_matmul(const wrk_kern_t *k, float *scratch, const wrk_mat_t *W, int o0,
     }
     const int K = W->cols;
     const size_t esz = wrk_dtype_size(W->dt);
-    for (int o = o0; o < o1; o += WRK_GEMM_BLOCK_ROWS) {
-        const int nr = o1 - o < WRK_GEMM_BLOCK_ROWS ? o1 - o : WRK_GEMM_BLOCK_ROWS;
+    const bool direct = W->dt == WRK_DT_F32 && ((uintptr_t)W->data & 3) == 0;
+    const int block = direct ? o1 - o0 : WRK_GEMM_BLOCK_ROWS;
+    for (int o = o0; o < o1; o += block) {
+        const int nr = o1 - o < block ? o1 - o : block;
         const float *wb;
         const void *src = (const char *)W->data + (size_t)o * K * esz;
-        if (W->dt == WRK_DT_F32 && ((uintptr_t)src & 3) == 0) {
+        if (direct) {
             wb = src;
         } else {
             k->to_f32(scratch, src, W->dt, (size_t)nr * K);

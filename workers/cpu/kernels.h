@@ -48,9 +48,11 @@ const wrk_kern_t *wrk__kern_avx2(void);
 const wrk_kern_t *wrk__kern_avx512(void);
 
 /* y[t*ldy + o] = (acc ? y : 0) + x[t] . W[o] (+ bias) for t < T, o in [o0, o1): GEMV for
- * small T, else OpenBLAS sgemm over row blocks of W (converted to fp32 into `scratch`,
- * which holds WRK_GEMM_BLOCK_ROWS x W->cols floats). Single-threaded; callers split rows. */
-#define WRK_GEMM_BLOCK_ROWS 64
+ * small T, else OpenBLAS sgemm: fp32 weights in one call over the whole row range (so the
+ * activations are packed once), half weights converted to fp32 WRK_GEMM_BLOCK_ROWS rows at
+ * a time into `scratch` (WRK_GEMM_BLOCK_ROWS x W->cols floats). Single-threaded; callers
+ * split rows between threads. */
+#define WRK_GEMM_BLOCK_ROWS 256
 void wrk_matmul(const wrk_kern_t *k, float *scratch, const wrk_mat_t *W, int o0, int o1,
                 const float *x, int ldx, int T, float *y, int ldy, const float *bias, bool acc);
 
