@@ -219,6 +219,16 @@ int wrk_mamba_bind(wrk_model_t *m, char *err, size_t errlen)
     const int H = c->hidden, I = c->inner, N = c->d_state, K = c->d_conv, R = c->dt_rank;
     char name[128];
     int rc;
+    /* Every small parameter is converted from one checkpoint element, so a config that needs
+     * more than the checkpoint holds is wrong: refuse before allocating for it. */
+    size_t held = 0;
+    for (size_t i = 0; i < wrk_st_count(m->st); i++) held += (size_t)wrk_st_at(m->st, i)->numel;
+    if (params_floats(c) > held)
+        return rcd_fail(RCD_EFORMAT, err, errlen,
+                        "config.json describes a larger model than the checkpoint holds "
+                        "(%zu parameters needed for norms, biases, conv, A and D; %zu in the "
+                        "files)",
+                        params_floats(c), held);
     m->params = malloc(params_floats(c) * sizeof(float));
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
     if (!m->params || !m->layers) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");

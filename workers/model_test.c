@@ -1,0 +1,130 @@
+/* Model loading refusals: a checkpoint whose config.json disagrees with its tensors, or
+ * that asks for what recurd does not serve, is a clear error naming the field or tensor. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "tests/rcd_test.h"
+#include "workers/wrk.h"
+
+static char base[600];
+
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = malloc((size_t)n + 1);
+    if (fread(b, 1, (size_t)n, f) != (size_t)n) n = 0;
+    b[n] = 0;
+    fclose(f);
+    return b;
+}
+
+/* A temp checkpoint dir: the tiny golden weights (symlinked) with config.json edited by
+ * replacing `from` with `to` (or written verbatim when from is NULL). */
+static void make_dir(char *dir, const char *from, const char *to, bool weights)
+{
+    strcpy(dir, "/tmp/rcd_model_test_XXXXXX");
+    if (!mkdtemp(dir)) return;
+    char path[1024];
+    char *cfg = slurp(strcat(strcpy(path, base), "/config.json"));
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    FILE *f = fopen(path, "w");
+    if (!from) {
+        fputs(to, f);
+    } else {
+        char *p = strstr(cfg, from);
+        CHECK_MSG(p != NULL, "fixture config lacks %s", from);
+        if (p) {
+            fwrite(cfg, 1, (size_t)(p - cfg), f);
+            fputs(to, f);
+            fputs(p + strlen(from), f);
+        }
+    }
+    fclose(f);
+    free(cfg);
+    if (weights) {
+        char src[1024];
+        snprintf(src, sizeof src, "%s/model.safetensors", base);
+        char *abs = realpath(src, NULL);
+        snprintf(path, sizeof path, "%s/model.safetensors", dir);
+        CHECK(abs && symlink(abs, path) == 0);
+        free(abs);
+    }
+}
+
+static void rm_dir(const char *dir)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    unlink(path);
+    rmdir(dir);
+}
+
+static void expect(const char *from, const char *to, bool weights, int code, const char *needle)
+{
+    char dir[64], err[1024] = "";
+    make_dir(dir, from, to, weights);
+    wrk_model_t *m = NULL;
+    int rc = wrk_model_load(dir, &m, err, sizeof err);
+    CHECK_MSG(rc == code, "edit %s -> %s: got %s (%s), want %s", from ? from : "(config)", to,
+              rcd_errname(rc), err, rcd_errname(code));
+    CHECK_MSG(strstr(err, needle) != NULL, "message \"%s\" lacks \"%s\"", err, needle);
+    CHECK(m == NULL);
+    rm_dir(dir);
+}
+
+static void test_refusals(void)
+{
+    /* the unedited copy loads */
+    char dir[64], err[1024];
+    make_dir(dir, "\"model_type\"", "\"model_type\"", true);
+    wrk_model_t *m = NULL;
+    CHECK_MSG(wrk_model_load(dir, &m, err, sizeof err) == 0, "%s", err);
+    wrk_model_free(m);
+    rm_dir(dir);
+
+    expect("\"model_type\": \"mamba\"", "\"model_type\": \"mamba2\"", true, RCD_EUNSUPPORTED,
+           "mamba2");
+    expect("\"model_type\": \"mamba\"", "\"model_typo\": \"mamba\"", true, RCD_EUNSUPPORTED,
+           "model_type missing");
+    expect("\"hidden_act\": \"silu\"", "\"hidden_act\": \"gelu\"", true, RCD_EUNSUPPORTED,
+           "hidden_act");
+    expect("\"hidden_size\": 32", "\"hidden_size\": 33", true, RCD_EFORMAT,
+           "backbone.embeddings.weight has shape [256,32]");
+    expect("\"state_size\": 8", "\"state_size\": 9", true, RCD_EFORMAT,
+           "mixer.x_proj.weight has shape [20,64], config.json implies [22,64]");
+    expect("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3", true, RCD_ENOTFOUND,
+           "backbone.layers.2.norm.weight is missing");
+    expect("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 1", true, RCD_EFORMAT,
+           "unexpected tensor backbone.layers.1.");
+    expect("\"use_bias\": true", "\"use_bias\": false", true, RCD_EFORMAT,
+           "unexpected tensor backbone.layers.0.mixer.in_proj.bias");
+    expect("\"tie_word_embeddings\": true", "\"tie_word_embeddings\": false", true, RCD_ENOTFOUND,
+           "lm_head.weight is missing");
+    expect("\"intermediate_size\": 64", "\"intermediate_size\": 262144", true, RCD_EFORMAT,
+           "larger model than the checkpoint holds");
+    expect("\"vocab_size\": 256", "\"vocab_size\": -3", true, RCD_EFORMAT, "vocab_size");
+    expect("\"layer_norm_epsilon\": 1e-05", "\"layer_norm_epsilon\": \"small\"", true,
+           RCD_EFORMAT, "layer_norm_epsilon");
+    expect("\"conv_kernel\": 4", "\"conv_kernel\": 4.5", true, RCD_EFORMAT, "conv_kernel");
+    expect(NULL, "{\"model_type\": \"mamba\",", true, RCD_EFORMAT, "not a JSON object");
+    expect(NULL, "[1, 2, 3]", true, RCD_EFORMAT, "not a JSON object");
+    expect("\"model_type\"", "\"model_type\"", false, RCD_ENOTFOUND, "");
+    CHECK(wrk_model_load("/nonexistent/dir", &m, err, sizeof err) == RCD_ENOTFOUND);
+    CHECK(strstr(err, "/nonexistent/dir/config.json") != NULL);
+}
+
+int main(void)
+{
+    const char *g = getenv("RCD_GOLDEN_DIR");
+    snprintf(base, sizeof base, "%s/mamba/tiny_bias_tied", g ? g : "tests/golden");
+    RUN(test_refusals);
+    return rcd_test_summary();
+}

@@ -1,0 +1,335 @@
+/* Parity with Hugging Face `tokenizers` over the committed corpus: for every fixture kind in
+ * tests/golden/tokenizer/ (made by tools/gen_tok_fixtures.py), each string must encode to HF's
+ * ids, decode to HF's text, round-trip where HF's does, and stream to the same text. */
+#include <dirent.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "common/rcd_error.h"
+#include "tests/rcd_test.h"
+#include "workers/tokenizer/tok.h"
+
+typedef struct {
+    const uint8_t *p, *end;
+} rd_t;
+
+static int rd_varint(rd_t *r, uint64_t *v)
+{
+    *v = 0;
+    for (int shift = 0; r->p < r->end && shift < 64; shift += 7) {
+        uint8_t b = *r->p++;
+        *v |= (uint64_t)(b & 0x7F) << shift;
+        if (!(b & 0x80))
+            return 0;
+    }
+    return -1;
+}
+
+static int rd_u32(rd_t *r, uint32_t *v)
+{
+    if (r->end - r->p < 4)
+        return -1;
+    *v = (uint32_t)r->p[0] | (uint32_t)r->p[1] << 8 | (uint32_t)r->p[2] << 16 |
+         (uint32_t)r->p[3] << 24;
+    r->p += 4;
+    return 0;
+}
+
+static uint8_t *slurp(const char *path, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long sz = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *p = malloc((size_t)sz + 1);
+    if (p && fread(p, 1, (size_t)sz, f) != (size_t)sz) {
+        free(p);
+        p = NULL;
+    }
+    fclose(f);
+    *n = (size_t)sz;
+    return p;
+}
+
+static uint32_t fnv1a(const void *data, size_t n)
+{
+    const uint8_t *p = data;
+    uint32_t h = 0x811C9DC5u;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ p[i]) * 0x01000193u;
+    return h;
+}
+
+static uint32_t ids_hash(const int32_t *ids, size_t n)
+{
+    uint32_t h = 0x811C9DC5u;
+    for (size_t i = 0; i < n; i++)
+        for (int k = 0; k < 4; k++)
+            h = (h ^ (((uint32_t)ids[i] >> (8 * k)) & 0xFF)) * 0x01000193u;
+    return h;
+}
+
+typedef struct {
+    const char **s;
+    size_t *len;
+    size_t n;
+} corpus_t;
+
+static int load_corpus(const char *path, corpus_t *c, uint8_t **buf)
+{
+    size_t n;
+    *buf = slurp(path, &n);
+    if (!*buf || n < 12 || memcmp(*buf, "RCDTOKC1", 8) != 0)
+        return -1;
+    rd_t r = {*buf + 8, *buf + n};
+    uint32_t count = 0;
+    rd_u32(&r, &count);
+    c->s = calloc(count, sizeof(*c->s));
+    c->len = calloc(count, sizeof(*c->len));
+    if (!c->s || !c->len)
+        return -1;
+    for (uint32_t i = 0; i < count; i++) {
+        uint64_t len;
+        if (rd_varint(&r, &len) || (uint64_t)(r.end - r.p) < len)
+            return -1;
+        c->s[i] = (const char *)r.p;
+        c->len[i] = (size_t)len;
+        r.p += len;
+    }
+    c->n = count;
+    return 0;
+}
+
+static void show_string(const char *s, size_t n)
+{
+    fputc('"', stderr);
+    for (size_t i = 0; i < n && i < 160; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c == '"' || c == '\\' || c == 0x7F)
+            fprintf(stderr, "\\x%02x", c);
+        else
+            fputc(c, stderr);
+    }
+    fprintf(stderr, n > 160 ? "\"...\n" : "\"\n");
+}
+
+static void show_ids(const char *what, const int32_t *ids, size_t n)
+{
+    fprintf(stderr, "    %s (%zu):", what, n);
+    for (size_t i = 0; i < n && i < 48; i++)
+        fprintf(stderr, " %d", ids[i]);
+    fprintf(stderr, n > 48 ? " ...\n" : "\n");
+}
+
+static void check_kind(const char *golden, const char *kind, const corpus_t *c)
+{
+    char path[1024], src[1024], err[512];
+    size_t n;
+    snprintf(path, sizeof(path), "%s/%s/source", golden, kind);
+    uint8_t *source = slurp(path, &n);
+    if (source) { /* a tokenizer that lives elsewhere in the tree (models/...) */
+        while (n && (source[n - 1] == '\n' || source[n - 1] == '\r'))
+            n--;
+        snprintf(src, sizeof(src), "%.*s", (int)n, (const char *)source);
+        free(source);
+    } else {
+        snprintf(src, sizeof(src), "%s/%s", golden, kind);
+    }
+    tok_t *tok = NULL;
+    int rc = tok_load(src, NULL, &tok, err, sizeof(err));
+    CHECK_MSG(rc == 0, "%s: %s", kind, err);
+    if (rc)
+        return;
+
+    snprintf(path, sizeof(path), "%s/%s/expected.bin", golden, kind);
+    uint8_t *buf = slurp(path, &n);
+    CHECK_MSG(buf && n >= 16 && memcmp(buf, "RCDTOKE2", 8) == 0, "%s: bad expected.bin", kind);
+    if (!buf || n < 16) {
+        free(buf);
+        tok_free(tok);
+        return;
+    }
+    rd_t r = {buf + 8, buf + n};
+    uint32_t count = 0, every = 0;
+    rd_u32(&r, &count);
+    rd_u32(&r, &every);
+    CHECK_MSG(count == c->n, "%s: %u expectations for %zu strings", kind, count, c->n);
+
+    tok_ids_t ids = {0}, plain = {0}, want = {0};
+    tok_text_t text = {0};
+    tok_stream_t *st = NULL;
+    tok_stream_new(tok, 0, &st, err, sizeof(err));
+    char *streamed = NULL;
+    size_t streamed_cap = 0;
+    size_t bad_ids = 0, bad_dec = 0, bad_rt = 0, n_rt = 0, bad_stream = 0, shown = 0;
+    for (uint32_t i = 0; i < count && i < c->n; i++) {
+        uint8_t flags = r.p < r.end ? *r.p++ : 0;
+        uint64_t n_ids;
+        uint32_t h_ids, h_dec;
+        if (rd_varint(&r, &n_ids) || rd_u32(&r, &h_ids) || rd_u32(&r, &h_dec)) {
+            CHECK_MSG(0, "%s: expected.bin truncated at string %u", kind, i);
+            break;
+        }
+        want.n = 0;
+        if (flags & 4) {
+            for (uint64_t k = 0; k < n_ids; k++) {
+                uint64_t v;
+                if (rd_varint(&r, &v))
+                    break;
+                if (want.n == want.cap) {
+                    want.cap = want.cap ? want.cap * 2 : 64;
+                    want.v = realloc(want.v, want.cap * sizeof(*want.v));
+                }
+                want.v[want.n++] = (int32_t)v;
+            }
+        }
+        const char *s = c->s[i];
+        size_t len = c->len[i];
+        rc = tok_encode(tok, s, len, (flags & 1) ? TOK_ADD_SPECIAL : 0, &ids, err, sizeof(err));
+        int ok = rc == 0 && ids.n == n_ids && ids_hash(ids.v, ids.n) == h_ids;
+        if (ok && (flags & 4))
+            ok = memcmp(ids.v, want.v, ids.n * sizeof(*ids.v)) == 0;
+        if (!ok) {
+            bad_ids++;
+            if (shown++ < 5) {
+                fprintf(stderr, "  %s #%u ids differ%s%s: ", kind, i, rc ? ": " : "",
+                        rc ? err : "");
+                show_string(s, len);
+                show_ids("ours", ids.v, ids.n);
+                if (flags & 4)
+                    show_ids("HF  ", want.v, want.n);
+                fprintf(stderr, "    HF's: tools/gen_tok_fixtures.py --show %s %u\n", kind, i);
+            }
+            continue;
+        }
+        rc = tok_decode(tok, ids.v, ids.n, 0, &text, err, sizeof(err));
+        if (rc || fnv1a(text.p, text.n) != h_dec) {
+            bad_dec++;
+            if (shown++ < 5) {
+                fprintf(stderr, "  %s #%u decode differs: ", kind, i);
+                show_string(text.p, text.n);
+            }
+        }
+        if (flags & 2) {
+            n_rt++;
+            const tok_ids_t *p = &ids;
+            if (flags & 1) {
+                tok_encode(tok, s, len, 0, &plain, err, sizeof(err));
+                p = &plain;
+            }
+            rc = tok_decode(tok, p->v, p->n, 0, &text, err, sizeof(err));
+            if (rc || text.n != len || memcmp(text.p, s, len) != 0)
+                bad_rt++;
+            if (p == &plain) /* the decode above was of other ids */
+                tok_decode(tok, ids.v, ids.n, 0, &text, err, sizeof(err));
+        }
+        size_t sn = 0;
+        int srr = 0;
+        for (size_t k = 0; k <= ids.n && !srr; k++) {
+            const char *d;
+            size_t dl;
+            srr = k < ids.n ? tok_stream_push(st, ids.v[k], &d, &dl, err, sizeof(err))
+                            : tok_stream_flush(st, &d, &dl, err, sizeof(err));
+            if (srr)
+                break;
+            if (sn + dl + 1 > streamed_cap) {
+                streamed_cap = (sn + dl + 1) * 2;
+                streamed = realloc(streamed, streamed_cap);
+            }
+            memcpy(streamed + sn, d, dl);
+            sn += dl;
+        }
+        if (srr) {
+            const char *d;
+            size_t dl;
+            tok_stream_flush(st, &d, &dl, err, sizeof(err));
+        }
+        if (srr || sn != text.n || (sn && memcmp(streamed, text.p, sn) != 0)) {
+            bad_stream++;
+            if (shown++ < 5) {
+                fprintf(stderr, "  %s #%u stream differs%s%s: ", kind, i, srr ? ": " : "",
+                        srr ? err : "");
+                show_string(streamed ? streamed : "", sn);
+            }
+        }
+    }
+    fprintf(stderr,
+            "parity %-18s %u strings: %zu id mismatches, %zu decode mismatches, "
+            "%zu/%zu round-trip failures, %zu stream mismatches\n",
+            kind, count, bad_ids, bad_dec, bad_rt, n_rt, bad_stream);
+    CHECK(bad_ids == 0);
+    CHECK(bad_dec == 0);
+    CHECK(bad_rt == 0);
+    CHECK(bad_stream == 0);
+    free(streamed);
+    tok_stream_free(st);
+    tok_ids_free(&ids);
+    tok_ids_free(&plain);
+    tok_ids_free(&want);
+    tok_text_free(&text);
+    free(buf);
+    tok_free(tok);
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void test_parity(void)
+{
+    const char *env = getenv("RCD_GOLDEN_DIR");
+    char golden[512], path[1024];
+    snprintf(golden, sizeof(golden), "%s/tokenizer", env && *env ? env : "tests/golden");
+    snprintf(path, sizeof(path), "%s/corpus.bin", golden);
+    corpus_t c = {0};
+    uint8_t *buf = NULL;
+    int rc = load_corpus(path, &c, &buf);
+    CHECK_MSG(rc == 0, "cannot read %s", path);
+    CHECK(c.n >= 10000);
+    DIR *d = rc == 0 ? opendir(golden) : NULL;
+    char *kinds[64];
+    size_t nk = 0;
+    for (struct dirent *e; d && (e = readdir(d)) && nk < 64;) {
+        struct stat st;
+        snprintf(path, sizeof(path), "%s/%s/expected.bin", golden, e->d_name);
+        if (e->d_name[0] != '.' && stat(path, &st) == 0)
+            kinds[nk++] = strdup(e->d_name);
+    }
+    if (d)
+        closedir(d);
+    qsort(kinds, nk, sizeof(*kinds), cmp_str);
+    CHECK(nk >= 4);
+    for (size_t i = 0; i < nk; i++) {
+        check_kind(golden, kinds[i], &c);
+        free(kinds[i]);
+    }
+    /* a model tokenizer without fixtures: tell whoever runs this to regenerate them */
+    d = opendir("models");
+    for (struct dirent *e; d && (e = readdir(d));) {
+        struct stat st;
+        snprintf(path, sizeof(path), "models/%s/tokenizer.json", e->d_name);
+        if (e->d_name[0] == '.' || stat(path, &st) != 0)
+            continue;
+        snprintf(path, sizeof(path), "%s/model-%s/expected.bin", golden, e->d_name);
+        if (stat(path, &st) != 0)
+            fprintf(stderr, "note: models/%s/tokenizer.json has no parity fixtures; run "
+                            "tools/gen_tok_fixtures.py\n", e->d_name);
+    }
+    if (d)
+        closedir(d);
+    free(c.s);
+    free(c.len);
+    free(buf);
+}
+
+int main(void)
+{
+    RUN(test_parity);
+    return rcd_test_summary();
+}
