@@ -10,20 +10,6 @@
 
 static char base[600];
 
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    if (fread(b, 1, (size_t)n, f) != (size_t)n) n = 0;
-    b[n] = 0;
-    fclose(f);
-    return b;
-}
-
 /* A temp checkpoint dir: the tiny golden weights (symlinked) with config.json edited by
  * replacing `from` with `to` (or written verbatim when from is NULL). */
 static void make_dir(char *dir, const char *from, const char *to, bool weights)
@@ -31,7 +17,7 @@ static void make_dir(char *dir, const char *from, const char *to, bool weights)
     strcpy(dir, "/tmp/rcd_model_test_XXXXXX");
     if (!mkdtemp(dir)) return;
     char path[1024];
-    char *cfg = slurp(strcat(strcpy(path, base), "/config.json"));
+    char *cfg = rcd_test_read_file(strcat(strcpy(path, base), "/config.json"), NULL);
     snprintf(path, sizeof path, "%s/config.json", dir);
     FILE *f = fopen(path, "w");
     if (!from) {

@@ -37,30 +37,12 @@ static const char *golden_root(void)
     return d ? d : "tests/golden";
 }
 
-static char *read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    if (buf) buf[n] = 0;
-    if (len) *len = (size_t)n;
-    return buf;
-}
-
 static float *read_logits(const char *dir, const char *file, size_t expect_floats)
 {
     char path[1024];
     size_t len;
     snprintf(path, sizeof path, "%s/%s", dir, file);
-    float *f = (float *)read_file(path, &len);
+    float *f = (float *)rcd_test_read_file(path, &len);
     if (!f || len != expect_floats * sizeof(float)) {
         fprintf(stderr, "bad golden file %s\n", path);
         free(f);
@@ -84,7 +66,7 @@ static int golden_load_dir(const char *dir, golden_t *g)
     snprintf(g->dir, sizeof g->dir, "%s", dir);
     char path[1024];
     snprintf(path, sizeof path, "%s/goldens.json", g->dir);
-    char *text = read_file(path, NULL);
+    char *text = rcd_test_read_file(path, NULL);
     cJSON *root = text ? cJSON_Parse(text) : NULL;
     free(text);
     if (!root) {
