@@ -12,7 +12,6 @@
 #include <cblas.h>
 
 #include "workers/cpu/pool.h"
-#include "workers/model_int.h"
 #include "workers/wrk.h"
 
 static double now(void)
@@ -118,15 +117,6 @@ static int cmp_d(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-/* Matmul FLOPs per token excluding the lm_head (2 per weight element). */
-static double layer_flops_per_token(const wrk_model_t *m)
-{
-    const wrk_mamba_config_t *c = &m->cfg;
-    double per = 2.0 * c->hidden * c->inner + (double)c->inner * (c->dt_rank + 2 * c->d_state) +
-                 (double)c->dt_rank * c->inner + (double)c->inner * c->hidden;
-    return 2.0 * per * c->n_layers;
-}
-
 int main(int argc, char **argv)
 {
     const char *model_dir = NULL;
@@ -208,7 +198,7 @@ int main(int argc, char **argv)
         }
         double el = now() - t0, tps = (double)steps * B / el;
         qsort(lat, steps, sizeof *lat, cmp_d);
-        double gflops = tps * (layer_flops_per_token(m) + lm_flops) / 1e9;
+        double gflops = tps * (mi->layer_flops + lm_flops) / 1e9;
         /* batch 1 is bandwidth-bound: limit = bandwidth / (weights + state read and written);
          * larger batches are compared with the GEMM peak. */
         if (B == 1) {
@@ -239,7 +229,7 @@ int main(int argc, char **argv)
     }
     double el = now() - t0, tps = (double)steps * prefill_len / el;
     qsort(lat, steps, sizeof *lat, cmp_d);
-    double gflops = (tps * layer_flops_per_token(m) + steps * lm_flops / el) / 1e9;
+    double gflops = (tps * mi->layer_flops + steps * lm_flops / el) / 1e9;
     printf("prefill%-4d %7.1f %8.2fms %8.2fms %10.1f %8.1f%% (of sgemm peak)\n", prefill_len, tps,
            lat[steps / 2] * 1e3, lat[steps * 99 / 100] * 1e3, gflops, 100 * gflops / peak);
     printf("peak RSS: %.1f MB (weights are mmapped and counted once paged in)\n",

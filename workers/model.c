@@ -92,14 +92,43 @@ cleanup:
     return rc;
 }
 
-static int read_architecture(wrk_model_t *m, const char *config, size_t len)
+static const wrk_family_i *const families[] = {&wrk_family_mamba};
+#define N_FAMILIES (sizeof families / sizeof families[0])
+
+/* Reads architectures[0] and picks the family by model_type. */
+static int pick_family(wrk_model_t *m, const char *config, size_t len, const char *path, char *err,
+                       size_t errlen)
 {
+    int rc = 0;
     cJSON *root = cJSON_ParseWithLength(config, len);
-    const cJSON *a = root ? cJSON_GetObjectItemCaseSensitive(root, "architectures") : NULL;
+    if (!root || !cJSON_IsObject(root)) {
+        rc = rcd_fail(RCD_EFORMAT, err, errlen, "%s: not a JSON object", path);
+        goto cleanup;
+    }
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(root, "architectures");
     const cJSON *a0 = cJSON_IsArray(a) ? cJSON_GetArrayItem(a, 0) : NULL;
-    snprintf(m->arch, sizeof m->arch, "%s", cJSON_IsString(a0) ? a0->valuestring : "MambaForCausalLM");
+    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
+    if (!cJSON_IsString(mt)) {
+        rc = rcd_fail(RCD_EUNSUPPORTED, err, errlen, "%s: model_type missing", path);
+        goto cleanup;
+    }
+    for (size_t i = 0; i < N_FAMILIES; i++)
+        if (strcmp(families[i]->model_type, mt->valuestring) == 0) m->fam = families[i];
+    if (!m->fam) {
+        char list[256] = "";
+        for (size_t i = 0; i < N_FAMILIES; i++)
+            snprintf(list + strlen(list), sizeof list - strlen(list), "%s\"%s\"", i ? ", " : "",
+                     families[i]->model_type);
+        rc = rcd_fail(RCD_EUNSUPPORTED, err, errlen,
+                      "%s: model_type \"%.64s\" is not supported (this build serves %s)", path,
+                      mt->valuestring, list);
+        goto cleanup;
+    }
+    snprintf(m->arch, sizeof m->arch, "%s",
+             cJSON_IsString(a0) ? a0->valuestring : m->fam->model_type);
+cleanup:
     cJSON_Delete(root);
-    return 0;
+    return rc;
 }
 
 int wrk_model_load(const char *dir, wrk_model_t **out, char *err, size_t errlen)
@@ -117,24 +146,27 @@ int wrk_model_load(const char *dir, wrk_model_t **out, char *err, size_t errlen)
         goto cleanup;
     }
     if ((rc = read_small_file(path, &config, &config_len, err, errlen))) goto cleanup;
-    char sub[512];
-    if ((rc = wrk_mamba_config_parse(config, config_len, &m->cfg, sub, sizeof sub))) {
-        rcd_fail(rc, err, errlen, "%s: %s", path, sub);
+    if ((rc = pick_family(m, config, config_len, path, err, errlen))) goto cleanup;
+    if ((rc = wrk_st_open_dir(dir, &m->st, err, errlen))) goto cleanup;
+    char sub[1024];
+    if ((rc = m->fam->load(m, config, config_len, sub, sizeof sub))) {
+        /* config problems name config.json; tensor problems already name their file */
+        if (strncmp(sub, "config.json", 11) == 0)
+            rcd_fail(rc, err, errlen, "%s/%s", dir, sub);
+        else
+            rcd_fail(rc, err, errlen, "%s", sub);
         goto cleanup;
     }
-    if ((rc = wrk_st_open_dir(dir, &m->st, err, errlen))) goto cleanup;
-    if ((rc = wrk_mamba_bind(m, err, errlen))) goto cleanup;
+    const wrk_st_tensor_t *extra = wrk_st_first_unused(m->st);
+    if (extra) {
+        rc = rcd_fail(RCD_EFORMAT, err, errlen,
+                      "%s: unexpected tensor %s (not part of a %s model with this config.json)",
+                      extra->file, extra->name, m->arch);
+        goto cleanup;
+    }
     if ((rc = fingerprint(m, config, config_len, err, errlen))) goto cleanup;
-    read_architecture(m, config, config_len);
-
-    m->info.family = WRK_FAMILY_MAMBA;
+    m->info.family = m->fam->family;
     m->info.architecture = m->arch;
-    m->info.vocab_size = m->cfg.vocab;
-    m->info.hidden_size = m->cfg.hidden;
-    m->info.n_layers = m->cfg.n_layers;
-    m->info.bos_token_id = m->cfg.bos_id;
-    m->info.eos_token_id = m->cfg.eos_id;
-    m->info.pad_token_id = m->cfg.pad_id;
     *out = m;
     m = NULL;
 cleanup:
@@ -146,11 +178,61 @@ cleanup:
 void wrk_model_free(wrk_model_t *m)
 {
     if (!m) return;
+    if (m->fam) m->fam->unload(m);
     wrk_st_close(m->st);
-    free(m->params);
-    free(m->layers);
     free(m->state_tensors);
     free(m);
+}
+
+float wrk_tensor_f32(const wrk_st_tensor_t *t, size_t i)
+{
+    const uint8_t *p = (const uint8_t *)t->data;
+    uint16_t h;
+    float f;
+    switch (t->dtype) {
+    case WRK_DT_F32: memcpy(&f, p + 4 * i, 4); return f;
+    case WRK_DT_BF16: memcpy(&h, p + 2 * i, 2); return wrk_bf16_to_f32(h);
+    case WRK_DT_F16: memcpy(&h, p + 2 * i, 2); return wrk_f16_to_f32(h);
+    }
+    return 0.f;
+}
+
+static void fmt_shape(char *buf, size_t len, int ndim, const int64_t *shape)
+{
+    buf[0] = 0;
+    for (int i = 0; i < ndim && i < WRK_ST_MAX_DIMS; i++)
+        snprintf(buf + strlen(buf), len - strlen(buf), "%s%lld", i ? "," : "",
+                 (long long)shape[i]);
+}
+
+int wrk_take_tensor(wrk_model_t *m, const char *name, int ndim, const int64_t *shape,
+                    const wrk_st_tensor_t **out, char *err, size_t errlen)
+{
+    const wrk_st_tensor_t *t = wrk_st_take(m->st, name);
+    if (!t)
+        return rcd_fail(RCD_ENOTFOUND, err, errlen, "checkpoint: tensor %s is missing", name);
+    bool ok = t->ndim == ndim;
+    for (int i = 0; ok && i < ndim; i++) ok = t->shape[i] == shape[i];
+    if (!ok) {
+        char got[160], exp[160];
+        fmt_shape(got, sizeof got, t->ndim, t->shape);
+        fmt_shape(exp, sizeof exp, ndim, shape);
+        return rcd_fail(RCD_EFORMAT, err, errlen,
+                        "%s: tensor %s has shape [%s], config.json implies [%s]", t->file, name,
+                        got, exp);
+    }
+    *out = t;
+    return 0;
+}
+
+int wrk_take_mat(wrk_model_t *m, const char *name, int rows, int cols, wrk_mat_t *out, char *err,
+                 size_t errlen)
+{
+    const wrk_st_tensor_t *t = NULL;
+    int rc = wrk_take_tensor(m, name, 2, (int64_t[]){rows, cols}, &t, err, errlen);
+    if (rc) return rc;
+    *out = (wrk_mat_t){.dt = t->dtype, .data = t->data, .rows = rows, .cols = cols};
+    return 0;
 }
 
 const wrk_model_info_t *wrk_model_info(const wrk_model_t *m)

@@ -1,4 +1,6 @@
-/* workers: the loaded model's private layout, shared by the loader and the backends. */
+/* workers: the loaded model's private layout, shared by the loader, the model families and
+ * the backends. A family (Mamba, Mamba2, ...) is one file that parses its config, binds its
+ * tensors and describes its state, plus one forward pass per backend. */
 #ifndef RCD_WRK_MODEL_INT_H
 #define RCD_WRK_MODEL_INT_H
 
@@ -12,58 +14,53 @@ typedef struct wrk_mat {
     int rows, cols;
 } wrk_mat_t;
 
-typedef struct wrk_mamba_config {
-    int vocab;      /* V */
-    int hidden;     /* H */
-    int inner;      /* I = intermediate_size */
-    int d_state;    /* N */
-    int d_conv;     /* K */
-    int dt_rank;    /* R */
-    int n_layers;   /* L */
-    bool use_bias, use_conv_bias, tie_embeddings;
-    float eps;
-    int bos_id, eos_id, pad_id;
-} wrk_mamba_config_t;
+struct wrk_cpu;
 
-typedef struct wrk_mamba_layer {
-    const float *norm_w;  /* [H] */
-    wrk_mat_t in_proj;    /* [2I x H] */
-    const float *in_b;    /* [2I] or NULL */
-    const float *conv_w;  /* [K x I]: transposed from HF's [I,1,K], tap k=K-1 is newest */
-    const float *conv_b;  /* [I] or NULL */
-    wrk_mat_t x_proj;     /* [R+2N x I] */
-    wrk_mat_t dt_proj;    /* [I x R] */
-    const float *dt_b;    /* [I] */
-    const float *A;       /* [N x I] = -exp(A_log), transposed */
-    const float *D;       /* [I] */
-    wrk_mat_t out_proj;   /* [H x I] */
-    const float *out_b;   /* [H] or NULL */
-} wrk_mamba_layer_t;
+typedef struct wrk_family_i {
+    const char *model_type; /* config.json "model_type" */
+    wrk_family_t family;
+    /* Parses config.json, binds and validates m->st's tensors (every tensor taken), and
+     * fills the model's common fields below, m->info's family fields (vocab_size,
+     * hidden_size, n_layers, weight_dtype, state_bytes, n_state_tensors, state_tensors,
+     * token ids) and m->priv. On failure the model is freed by the caller (unload runs). */
+    int (*load)(wrk_model_t *m, const char *json, size_t len, char *err, size_t errlen);
+    void (*unload)(wrk_model_t *m); /* frees m->priv and what load allocated; NULL-safe */
+    /* CPU backend: the family's activation buffers for c->base.max_step_tokens tokens. */
+    int (*cpu_init)(struct wrk_cpu *c, void **ctx);
+    void (*cpu_free)(void *ctx);
+    /* One step over a validated ragged batch: every sequence's tokens continue from its
+     * slot's state; logits rows written as wrk_seq_t asks. */
+    void (*cpu_step)(struct wrk_cpu *c, void *ctx, const wrk_seq_t *seqs, int n_seqs);
+} wrk_family_i;
 
 struct wrk_model {
     wrk_model_info_t info;
     char arch[64];
     wrk_st_set_t *st;
-    wrk_mamba_config_t cfg;
-    wrk_mat_t embed;   /* [V x H] */
-    wrk_mat_t lm_head; /* [V x H]: the embedding when tied */
-    const float *norm_f;
-    wrk_mamba_layer_t *layers;
-    float *params;     /* one allocation holding every small fp32 parameter */
-    wrk_state_tensor_t *state_tensors;
+    const wrk_family_i *fam;
+    void *priv; /* the family's own layout */
+    /* Common to every causal LM served here, set by the family's load: */
+    wrk_mat_t embed;          /* [V x H] */
+    wrk_mat_t lm_head;        /* [V x H]: the embedding when tied */
+    const float *norm_f;      /* [H], final RMSNorm weight as applied (w, or 1+w baked in) */
+    float norm_eps;
+    float embed_scale;        /* multiplies embedding rows (1 for Mamba) */
+    float logit_scale;        /* multiplies logits (1 for Mamba) */
+    float logit_softcap;      /* cap*tanh(logits/cap) when > 0 */
+    int max_matmul_cols;      /* widest matmul input, for the GEMM conversion scratch */
+    wrk_state_tensor_t *state_tensors; /* owned: freed by wrk_model_free */
 };
 
-/* Parses a Mamba config.json; every value range-checked. */
-int wrk_mamba_config_parse(const char *json, size_t len, wrk_mamba_config_t *cfg, char *err,
-                           size_t errlen);
-/* Maps and validates the tensors of a Mamba checkpoint into m (m->st and m->cfg set). */
-int wrk_mamba_bind(wrk_model_t *m, char *err, size_t errlen);
+extern const wrk_family_i wrk_family_mamba;
 
-/* State layout of a Mamba sequence, per layer: conv window [K-1][I] (oldest first), then
- * SSM state h [N][I]; fp32. */
-static inline size_t wrk_mamba_layer_state_floats(const wrk_mamba_config_t *c)
-{
-    return (size_t)(c->d_conv - 1) * c->inner + (size_t)c->d_state * c->inner;
-}
+/* Reads a small fp32 parameter out of a tensor of any dtype (element i). */
+float wrk_tensor_f32(const wrk_st_tensor_t *t, size_t i);
+
+/* Helper for families' load: take tensor `name` with exactly this shape, or fail with a
+ * message naming the file, tensor and both shapes. */
+int wrk_take_tensor(wrk_model_t *m, const char *name, int ndim, const int64_t *shape,
+                    const wrk_st_tensor_t **out, char *err, size_t errlen);
+int wrk_take_mat(wrk_model_t *m, const char *name, int rows, int cols, wrk_mat_t *out, char *err,
+                 size_t errlen);
 
 #endif

@@ -34,6 +34,7 @@ typedef struct wrk_model_info {
     wrk_dtype_t weight_dtype; /* dtype of the projection weights as stored */
     size_t weight_bytes;      /* bytes of all tensors used */
     size_t state_bytes;       /* per-sequence state, fixed */
+    double layer_flops;       /* matmul FLOPs per token in the layers (no embedding, lm_head) */
     int n_state_tensors;
     const wrk_state_tensor_t *state_tensors; /* owned by the model */
     /* Hash of config.json (canonical form), the tensor table and the weight bytes: a

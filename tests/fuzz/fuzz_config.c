@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "workers/model_int.h"
+#include "workers/mamba.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

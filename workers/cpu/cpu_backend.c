@@ -13,15 +13,10 @@
 static void cpu_destroy(wrk_backend_t *b)
 {
     wrk_cpu_t *c = (wrk_cpu_t *)b;
+    if (c->fam_ctx) c->m->fam->cpu_free(c->fam_ctx);
     wrk_pool_destroy(c->pool);
     free(c->slots);
     free(c->res);
-    free(c->u);
-    free(c->xz);
-    free(c->xc);
-    free(c->dbc);
-    free(c->dt);
-    free(c->y);
     free(c->logit_in);
     free(c->logit_out);
     free(c->scratch);
@@ -71,7 +66,8 @@ static int cpu_step(wrk_backend_t *b, const wrk_seq_t *seqs, int n_seqs, char *e
 {
     int rc = wrk__check_batch(b, seqs, n_seqs, err, errlen);
     if (rc) return rc;
-    wrk_mamba_cpu_step((wrk_cpu_t *)b, seqs, n_seqs);
+    wrk_cpu_t *c = (wrk_cpu_t *)b;
+    c->m->fam->cpu_step(c, c->fam_ctx, seqs, n_seqs);
     return 0;
 }
 
@@ -106,7 +102,6 @@ int wrk_cpu_backend_create(const wrk_model_t *m, const wrk_backend_opts_t *opts,
                            wrk_backend_t **out, char *err, size_t errlen)
 {
     wrk_backend_opts_t o = opts ? *opts : (wrk_backend_opts_t){0};
-    const wrk_mamba_config_t *cfg = &m->cfg;
     *out = NULL;
     if (o.n_threads <= 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
@@ -125,25 +120,20 @@ int wrk_cpu_backend_create(const wrk_model_t *m, const wrk_backend_opts_t *opts,
     if (!c) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
     c->base = (wrk_backend_t){.vt = &cpu_vt, .model = m, .n_slots = o.n_slots,
                               .max_step_tokens = o.max_step_tokens, .isa = k->isa};
+    c->m = m;
     c->k = k;
+    c->n_threads = o.n_threads;
     c->state_floats = m->info.state_bytes / sizeof(float);
-    const size_t T = (size_t)o.max_step_tokens, H = cfg->hidden, I = cfg->inner;
-    const size_t V = cfg->vocab, BC = (size_t)cfg->dt_rank + 2 * (size_t)cfg->d_state;
-    c->scratch_floats = (size_t)WRK_GEMM_BLOCK_ROWS * (H > I ? H : I);
+    const size_t T = (size_t)o.max_step_tokens, H = m->info.hidden_size;
+    const size_t V = m->info.vocab_size;
+    c->scratch_floats = (size_t)WRK_GEMM_BLOCK_ROWS * (size_t)m->max_matmul_cols;
     c->slots = alloc_floats((size_t)o.n_slots * c->state_floats);
     c->res = alloc_floats(T * H);
-    c->u = alloc_floats(T * H);
-    c->xz = alloc_floats(T * 2 * I);
-    c->xc = alloc_floats(T * I);
-    c->dbc = alloc_floats(T * BC);
-    c->dt = alloc_floats(T * I);
-    c->y = alloc_floats(T * I);
     c->logit_in = alloc_floats(WRK_LOGIT_CHUNK * H);
     c->logit_out = alloc_floats(WRK_LOGIT_CHUNK * V);
     c->scratch = alloc_floats((size_t)o.n_threads * c->scratch_floats);
-    if (!c->slots || !c->res || !c->u || !c->xz || !c->xc || !c->dbc || !c->dt || !c->y ||
-        !c->logit_in || !c->logit_out || !c->scratch ||
-        wrk_pool_create(o.n_threads, &c->pool)) {
+    if (!c->slots || !c->res || !c->logit_in || !c->logit_out || !c->scratch ||
+        wrk_pool_create(o.n_threads, &c->pool) || m->fam->cpu_init(c, &c->fam_ctx)) {
         cpu_destroy(&c->base);
         return rcd_fail(RCD_ENOMEM, err, errlen,
                         "backend: cannot allocate %d state slots of %zu bytes and buffers for "

@@ -1,5 +1,5 @@
-/* workers: Mamba (v1) config.json parsing and tensor binding, validated against the
- * config so that a bad checkpoint is a clear error naming the file and tensor. */
+/* workers: the Mamba (v1) family — config.json parsing and tensor binding, validated
+ * against the config so that a bad checkpoint is a clear error naming the file and tensor. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -7,7 +7,7 @@
 
 #include <cjson/cJSON.h>
 
-#include "workers/model_int.h"
+#include "workers/mamba.h"
 
 /* Reads an integer field; absent → dflt (or error if dflt < -1 means required). */
 static int get_int(const cJSON *root, const char *key, long dflt, long lo, long hi, long *out,
@@ -141,69 +141,27 @@ cleanup:
 
 typedef struct binder {
     wrk_model_t *m;
-    float *next; /* bump pointer into m->params */
+    float *next; /* bump pointer into the family's params */
     char *err;
     size_t errlen;
 } binder_t;
-
-static int want(binder_t *b, const char *name, int ndim, const int64_t *shape,
-                const wrk_st_tensor_t **out)
-{
-    const wrk_st_tensor_t *t = wrk_st_take(b->m->st, name);
-    if (!t)
-        return rcd_fail(RCD_ENOTFOUND, b->err, b->errlen, "checkpoint: tensor %s is missing",
-                        name);
-    bool ok = t->ndim == ndim;
-    for (int i = 0; ok && i < ndim; i++) ok = t->shape[i] == shape[i];
-    if (!ok) {
-        char got[96] = "", exp[96] = "";
-        for (int i = 0; i < t->ndim && i < 8; i++)
-            snprintf(got + strlen(got), sizeof got - strlen(got), "%s%lld", i ? "," : "",
-                     (long long)t->shape[i]);
-        for (int i = 0; i < ndim; i++)
-            snprintf(exp + strlen(exp), sizeof exp - strlen(exp), "%s%lld", i ? "," : "",
-                     (long long)shape[i]);
-        return rcd_fail(RCD_EFORMAT, b->err, b->errlen,
-                        "%s: tensor %s has shape [%s], config.json implies [%s]", t->file, name,
-                        got, exp);
-    }
-    *out = t;
-    return 0;
-}
-
-static float elem_f32(const wrk_st_tensor_t *t, size_t i)
-{
-    const uint8_t *p = (const uint8_t *)t->data;
-    uint16_t h;
-    float f;
-    switch (t->dtype) {
-    case WRK_DT_F32: memcpy(&f, p + 4 * i, 4); return f;
-    case WRK_DT_BF16: memcpy(&h, p + 2 * i, 2); return wrk_bf16_to_f32(h);
-    case WRK_DT_F16: memcpy(&h, p + 2 * i, 2); return wrk_f16_to_f32(h);
-    }
-    return 0.f;
-}
 
 /* A small parameter converted to fp32 into the params pool. */
 static int vec(binder_t *b, const char *name, int64_t n, const float **out)
 {
     const wrk_st_tensor_t *t = NULL;
-    int rc = want(b, name, 1, (int64_t[]){n}, &t);
+    int rc = wrk_take_tensor(b->m, name, 1, (int64_t[]){n}, &t, b->err, b->errlen);
     if (rc) return rc;
     float *dst = b->next;
     b->next += n;
-    for (int64_t i = 0; i < n; i++) dst[i] = elem_f32(t, (size_t)i);
+    for (int64_t i = 0; i < n; i++) dst[i] = wrk_tensor_f32(t, (size_t)i);
     *out = dst;
     return 0;
 }
 
 static int mat(binder_t *b, const char *name, int rows, int cols, wrk_mat_t *out)
 {
-    const wrk_st_tensor_t *t = NULL;
-    int rc = want(b, name, 2, (int64_t[]){rows, cols}, &t);
-    if (rc) return rc;
-    *out = (wrk_mat_t){.dt = t->dtype, .data = t->data, .rows = rows, .cols = cols};
-    return 0;
+    return wrk_take_mat(b->m, name, rows, cols, out, b->err, b->errlen);
 }
 
 static size_t params_floats(const wrk_mamba_config_t *c)
@@ -213,12 +171,16 @@ static size_t params_floats(const wrk_mamba_config_t *c)
     return c->n_layers * per + H;
 }
 
-int wrk_mamba_bind(wrk_model_t *m, char *err, size_t errlen)
+static int mamba_load(wrk_model_t *m, const char *json, size_t len, char *err, size_t errlen)
 {
-    const wrk_mamba_config_t *c = &m->cfg;
+    wrk_mamba_t *mb = calloc(1, sizeof *mb);
+    if (!mb) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
+    m->priv = mb;
+    int rc = wrk_mamba_config_parse(json, len, &mb->cfg, err, errlen);
+    if (rc) return rc;
+    const wrk_mamba_config_t *c = &mb->cfg;
     const int H = c->hidden, I = c->inner, N = c->d_state, K = c->d_conv, R = c->dt_rank;
     char name[128];
-    int rc;
     /* Every small parameter is converted from one checkpoint element, so a config that needs
      * more than the checkpoint holds is wrong: refuse before allocating for it. */
     size_t held = 0;
@@ -229,10 +191,10 @@ int wrk_mamba_bind(wrk_model_t *m, char *err, size_t errlen)
                         "(%zu parameters needed for norms, biases, conv, A and D; %zu in the "
                         "files)",
                         params_floats(c), held);
-    m->params = malloc(params_floats(c) * sizeof(float));
-    m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
-    if (!m->params || !m->layers) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
-    binder_t b = {.m = m, .next = m->params, .err = err, .errlen = errlen};
+    mb->params = malloc(params_floats(c) * sizeof(float));
+    mb->layers = calloc((size_t)c->n_layers, sizeof *mb->layers);
+    if (!mb->params || !mb->layers) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
+    binder_t b = {.m = m, .next = mb->params, .err = err, .errlen = errlen};
 
     const char *emb = wrk_st_find(m->st, "backbone.embeddings.weight")
                           ? "backbone.embeddings.weight"
@@ -248,19 +210,20 @@ int wrk_mamba_bind(wrk_model_t *m, char *err, size_t errlen)
         if ((rc = mat(&b, "lm_head.weight", c->vocab, H, &dup))) return rc;
     }
     for (int l = 0; l < c->n_layers; l++) {
-        wrk_mamba_layer_t *L = &m->layers[l];
+        wrk_mamba_layer_t *L = &mb->layers[l];
 #define NAME(s) (snprintf(name, sizeof name, "backbone.layers.%d.%s", l, s), name)
         if ((rc = vec(&b, NAME("norm.weight"), H, &L->norm_w))) return rc;
         if ((rc = mat(&b, NAME("mixer.in_proj.weight"), 2 * I, H, &L->in_proj))) return rc;
         if (c->use_bias && (rc = vec(&b, NAME("mixer.in_proj.bias"), 2 * I, &L->in_b)))
             return rc;
         const wrk_st_tensor_t *cw = NULL;
-        if ((rc = want(&b, NAME("mixer.conv1d.weight"), 3, (int64_t[]){I, 1, K}, &cw)))
+        if ((rc = wrk_take_tensor(m, NAME("mixer.conv1d.weight"), 3, (int64_t[]){I, 1, K}, &cw,
+                                  err, errlen)))
             return rc;
         float *cwt = b.next;
         b.next += (size_t)K * I;
         for (int ch = 0; ch < I; ch++)
-            for (int k = 0; k < K; k++) cwt[(size_t)k * I + ch] = elem_f32(cw, (size_t)ch * K + k);
+            for (int k = 0; k < K; k++) cwt[(size_t)k * I + ch] = wrk_tensor_f32(cw, (size_t)ch * K + k);
         L->conv_w = cwt;
         if (c->use_conv_bias && (rc = vec(&b, NAME("mixer.conv1d.bias"), I, &L->conv_b)))
             return rc;
@@ -268,25 +231,20 @@ int wrk_mamba_bind(wrk_model_t *m, char *err, size_t errlen)
         if ((rc = mat(&b, NAME("mixer.dt_proj.weight"), I, R, &L->dt_proj))) return rc;
         if ((rc = vec(&b, NAME("mixer.dt_proj.bias"), I, &L->dt_b))) return rc;
         const wrk_st_tensor_t *al = NULL;
-        if ((rc = want(&b, NAME("mixer.A_log"), 2, (int64_t[]){I, N}, &al))) return rc;
+        if ((rc = wrk_take_tensor(m, NAME("mixer.A_log"), 2, (int64_t[]){I, N}, &al, err,
+                                  errlen)))
+            return rc;
         float *A = b.next;
         b.next += (size_t)N * I;
         for (int ch = 0; ch < I; ch++)
             for (int n = 0; n < N; n++)
-                A[(size_t)n * I + ch] = -expf(elem_f32(al, (size_t)ch * N + n));
+                A[(size_t)n * I + ch] = -expf(wrk_tensor_f32(al, (size_t)ch * N + n));
         L->A = A;
         if ((rc = vec(&b, NAME("mixer.D"), I, &L->D))) return rc;
         if ((rc = mat(&b, NAME("mixer.out_proj.weight"), H, I, &L->out_proj))) return rc;
         if (c->use_bias && (rc = vec(&b, NAME("mixer.out_proj.bias"), H, &L->out_b))) return rc;
 #undef NAME
     }
-    const wrk_st_tensor_t *extra = wrk_st_first_unused(m->st);
-    if (extra)
-        return rcd_fail(RCD_EFORMAT, err, errlen,
-                        "%s: unexpected tensor %s (not part of a Mamba model with this "
-                        "config.json)",
-                        extra->file, extra->name);
-
     /* State layout, per layer: conv window then SSM state. */
     m->state_tensors = calloc(2 * (size_t)c->n_layers, sizeof *m->state_tensors);
     if (!m->state_tensors) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
@@ -311,6 +269,39 @@ int wrk_mamba_bind(wrk_model_t *m, char *err, size_t errlen)
     m->info.state_bytes = off;
     m->info.n_state_tensors = 2 * c->n_layers;
     m->info.state_tensors = m->state_tensors;
-    m->info.weight_dtype = m->layers[0].in_proj.dt;
+    m->info.weight_dtype = mb->layers[0].in_proj.dt;
+    m->info.vocab_size = c->vocab;
+    m->info.hidden_size = c->hidden;
+    m->info.n_layers = c->n_layers;
+    m->info.bos_token_id = c->bos_id;
+    m->info.eos_token_id = c->eos_id;
+    m->info.pad_token_id = c->pad_id;
+    m->norm_eps = c->eps;
+    m->embed_scale = 1.0f;
+    m->logit_scale = 1.0f;
+    m->logit_softcap = 0.0f;
+    m->max_matmul_cols = H > I ? H : I;
+    m->info.layer_flops = 2.0 * c->n_layers *
+                          ((double)2 * I * H + (double)(R + 2 * N) * I + (double)R * I + (double)H * I);
     return 0;
 }
+
+static void mamba_unload(wrk_model_t *m)
+{
+    wrk_mamba_t *mb = m->priv;
+    if (!mb) return;
+    free(mb->params);
+    free(mb->layers);
+    free(mb);
+    m->priv = NULL;
+}
+
+const wrk_family_i wrk_family_mamba = {
+    .model_type = "mamba",
+    .family = WRK_FAMILY_MAMBA,
+    .load = mamba_load,
+    .unload = mamba_unload,
+    .cpu_init = wrk_mamba_cpu_init,
+    .cpu_free = wrk_mamba_cpu_free,
+    .cpu_step = wrk_mamba_cpu_step,
+};

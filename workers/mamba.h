@@ -1,0 +1,57 @@
+/* workers: the Mamba (v1) family's private layout, shared by its loader (mamba.c) and its
+ * CPU forward pass (cpu/mamba_cpu.c). */
+#ifndef RCD_WRK_MAMBA_H
+#define RCD_WRK_MAMBA_H
+
+#include "workers/model_int.h"
+
+typedef struct wrk_mamba_config {
+    int vocab;      /* V */
+    int hidden;     /* H */
+    int inner;      /* I = intermediate_size */
+    int d_state;    /* N */
+    int d_conv;     /* K */
+    int dt_rank;    /* R */
+    int n_layers;   /* L */
+    bool use_bias, use_conv_bias, tie_embeddings;
+    float eps;
+    int bos_id, eos_id, pad_id;
+} wrk_mamba_config_t;
+
+typedef struct wrk_mamba_layer {
+    const float *norm_w;  /* [H] */
+    wrk_mat_t in_proj;    /* [2I x H] */
+    const float *in_b;    /* [2I] or NULL */
+    const float *conv_w;  /* [K x I]: transposed from HF's [I,1,K], tap k=K-1 is newest */
+    const float *conv_b;  /* [I] or NULL */
+    wrk_mat_t x_proj;     /* [R+2N x I] */
+    wrk_mat_t dt_proj;    /* [I x R] */
+    const float *dt_b;    /* [I] */
+    const float *A;       /* [N x I] = -exp(A_log), transposed */
+    const float *D;       /* [I] */
+    wrk_mat_t out_proj;   /* [H x I] */
+    const float *out_b;   /* [H] or NULL */
+} wrk_mamba_layer_t;
+
+typedef struct wrk_mamba {
+    wrk_mamba_config_t cfg;
+    wrk_mamba_layer_t *layers;
+    float *params; /* one allocation holding every small fp32 parameter */
+} wrk_mamba_t;
+
+/* Parses a Mamba config.json; every value range-checked. */
+int wrk_mamba_config_parse(const char *json, size_t len, wrk_mamba_config_t *cfg, char *err,
+                           size_t errlen);
+
+/* State layout of a Mamba sequence, per layer: conv window [K-1][I] (oldest first), then
+ * SSM state h [N][I]; fp32. */
+static inline size_t wrk_mamba_layer_state_floats(const wrk_mamba_config_t *c)
+{
+    return (size_t)(c->d_conv - 1) * c->inner + (size_t)c->d_state * c->inner;
+}
+
+int wrk_mamba_cpu_init(struct wrk_cpu *c, void **ctx);
+void wrk_mamba_cpu_free(void *ctx);
+void wrk_mamba_cpu_step(struct wrk_cpu *c, void *ctx, const wrk_seq_t *seqs, int n_seqs);
+
+#endif
