@@ -111,6 +111,42 @@ static inline vf KFN(exp_v)(vf x)
     return KFN(vsel)(over, KFN(splat)(INFINITY), e);
 }
 
+/* exp for x <= 0 (the scan's exp(A * delta), A < 0 < delta): no overflow path, and the
+ * underflow clamp is one max. Same polynomial and accuracy as exp_v; results below
+ * 2^-126 flush to zero. */
+static inline vf KFN(exp_neg_v)(vf x)
+{
+    const vf lo = KFN(splat)(-87.33654022216797f);
+#ifdef VMAX
+    x = VMAX(x, lo);
+    vi under = x <= lo;
+#else
+    vi under = x < lo;
+    x = KFN(vsel)(under, lo, x);
+#endif
+    const vf magic = KFN(splat)(12582912.0f);
+    vf n = (x * 1.44269504088896341f + magic) - magic;
+    vf r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    vf p = KFN(splat)(1.9875691500e-4f);
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    vf e = p * (r * r) + r + 1.0f;
+    /* n >= -126 here, so 2^n is one exponent field (n + 127 >= 1). */
+    vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
+    vf scale;
+    memcpy(&scale, &bits, sizeof scale);
+    vi ei;
+    vf res = e * scale;
+    memcpy(&ei, &res, sizeof ei);
+    ei &= ~under;
+    memcpy(&res, &ei, sizeof res);
+    return res;
+}
+
 /* log(x) for finite x >= 1 (all softplus needs): frexp, then the minimax polynomial on
  * [sqrt(1/2), sqrt(2)). */
 static inline vf KFN(log_v)(vf x)
@@ -340,7 +376,7 @@ static void KFN(scan)(int T, int c0, int c1, int I, int N, const float *dt, cons
             vf acc = KFN(splat)(0.f);
             for (int n = 0; n < N; n++) {
                 float *hp = h + (size_t)n * I + c;
-                vf dA = KFN(exp_v)(KFN(ld)(A + (size_t)n * I + c) * delta);
+                vf dA = KFN(exp_neg_v)(KFN(ld)(A + (size_t)n * I + c) * delta);
                 vf hv = dA * KFN(ld)(hp) + du * B[n];
                 KFN(st)(hp, hv);
                 acc += hv * C[n];
