@@ -13,8 +13,10 @@ typedef struct tok tok_t;
 
 /* Load options; pass NULL for the defaults. Zero fields mean "default". */
 typedef struct tok_opts {
-    size_t max_file_bytes;   /* tokenizer.json larger than this is rejected; default 256 MiB */
-    size_t max_input_bytes;  /* tok_encode of longer text fails with RCD_ETOOBIG; default 64 MiB */
+    size_t max_file_bytes;  /* tokenizer.json larger than this is rejected; default 256 MiB */
+    size_t max_input_bytes; /* tok_encode of longer text fails with RCD_ETOOBIG; default 8 MiB.
+                             * Encoding needs transient memory of up to ~70 bytes per input
+                             * byte (one pre-token as long as the input, fully merged). */
 } tok_opts_t;
 
 /* Encode flags. */
@@ -31,7 +33,7 @@ enum {
 
 /* Decode / stream flags. */
 enum {
-    TOK_SKIP_SPECIAL = 1 << 0,  /* drop special added tokens, as skip_special_tokens=True */
+    TOK_SKIP_SPECIAL = 1 << 0, /* drop special added tokens, as skip_special_tokens=True */
 };
 
 /* Caller-owned growable id buffer. Start zeroed ({0}); tok_encode replaces its contents and
@@ -65,8 +67,8 @@ void tok_free(tok_t *tok);
 /* Encodes `len` bytes of UTF-8 text (need not be NUL-terminated) into `out`, replacing its
  * contents. Invalid UTF-8 fails with RCD_EUTF8 (message gives the byte offset) unless
  * TOK_UTF8_REPLACE. Returns 0 or a negative RCD_E* code; on failure out->n is 0. */
-int tok_encode(const tok_t *tok, const char *text, size_t len, int flags, tok_ids_t *out,
-               char *err, size_t errlen);
+int tok_encode(const tok_t *tok, const char *text, size_t len, int flags, tok_ids_t *out, char *err,
+               size_t errlen);
 
 /* Decodes ids to text into `out`, replacing its contents, exactly as HF's
  * Tokenizer.decode. Ids that are not in the vocabulary are skipped (as HF does). */
@@ -109,8 +111,8 @@ int tok_stream_new(const tok_t *tok, int flags, tok_stream_t **out, char *err, s
 
 /* Appends one id. *delta and *delta_len receive the new text (possibly empty); the bytes are
  * owned by the stream and valid until the next call on it. */
-int tok_stream_push(tok_stream_t *s, int32_t id, const char **delta, size_t *delta_len,
-                    char *err, size_t errlen);
+int tok_stream_push(tok_stream_t *s, int32_t id, const char **delta, size_t *delta_len, char *err,
+                    size_t errlen);
 
 /* Ends the sequence: yields whatever is still held (an unfinished character becomes U+FFFD,
  * as tok_decode would). The stream is then empty and can be reused for a new sequence. */

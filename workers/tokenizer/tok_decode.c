@@ -22,16 +22,14 @@ static void list_free(list_t *l)
 static int list_add(list_t *l, const char *s, size_t n)
 {
     size_t st = l->text.n;
-    if (tok__buf_put(&l->text, s, n) || tok__spans_push(&l->at, st, st + n, 0))
-        return RCD_ENOMEM;
+    if (tok__buf_put(&l->text, s, n) || tok__spans_push(&l->at, st, st + n, 0)) return RCD_ENOMEM;
     return 0;
 }
 
 /* Appends to the last string of l (which must exist). */
 static int list_extend(list_t *l, const char *s, size_t n)
 {
-    if (tok__buf_put(&l->text, s, n))
-        return RCD_ENOMEM;
+    if (tok__buf_put(&l->text, s, n)) return RCD_ENOMEM;
     l->at.v[l->at.n - 1].end = l->text.n;
     return 0;
 }
@@ -52,11 +50,9 @@ static int bytelevel(const list_t *in, list_t *out, int stream, int *held)
             uint32_t cp;
             size_t cl = tok__utf8_next(s + k, &cp);
             int b = tok__cp_byte(cp);
-            if (b < 0)
-                break;
+            if (b < 0) break;
             char c = (char)b;
-            if ((rc = tok__buf_put(&bytes, &c, 1)))
-                break;
+            if ((rc = tok__buf_put(&bytes, &c, 1))) break;
             k += cl;
         }
         if (!rc && k < n) { /* not all byte characters: the token as is */
@@ -67,10 +63,8 @@ static int bytelevel(const list_t *in, list_t *out, int stream, int *held)
     if (!rc) { /* one string: the bytes, lossily decoded */
         size_t h = 0;
         rc = tok__utf8_lossy(bytes.p ? bytes.p : "", bytes.n, &out->text, stream == 1, &h);
-        if (!rc)
-            rc = tok__spans_push(&out->at, 0, out->text.n, 0);
-        if (h)
-            *held = 1;
+        if (!rc) rc = tok__spans_push(&out->at, 0, out->text.n, 0);
+        if (h) *held = 1;
     }
     tok__buf_free(&bytes);
     return rc;
@@ -78,18 +72,18 @@ static int bytelevel(const list_t *in, list_t *out, int stream, int *held)
 
 static int hexd(char c)
 {
-    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
-         : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+    return c >= '0' && c <= '9'   ? c - '0'
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                  : -1;
 }
 
 /* "<0xAB>" -> 0xAB, else -1. HF parses the two characters with Rust's u8::from_str_radix,
  * which also takes a '+' sign: "<0x+A>" is byte 0x0A. */
 static int byte_token(const char *s, size_t n)
 {
-    if (n != 6 || memcmp(s, "<0x", 3) != 0 || s[5] != '>')
-        return -1;
-    if (s[3] == '+')
-        return hexd(s[4]);
+    if (n != 6 || memcmp(s, "<0x", 3) != 0 || s[5] != '>') return -1;
+    if (s[3] == '+') return hexd(s[4]);
     int hi = hexd(s[3]), lo = hexd(s[4]);
     return hi < 0 || lo < 0 ? -1 : hi * 16 + lo;
 }
@@ -97,15 +91,12 @@ static int byte_token(const char *s, size_t n)
 static int flush_bytes(tok__buf_t *run, list_t *out, int stream, int last, int *held)
 {
     int rc = 0;
-    if (!run->n)
-        return 0;
+    if (!run->n) return 0;
     if (stream) {
         size_t h = 0, st = out->text.n;
-        if ((rc = tok__utf8_lossy(run->p, run->n, &out->text, stream == 1 && last, &h)))
-            return rc;
+        if ((rc = tok__utf8_lossy(run->p, run->n, &out->text, stream == 1 && last, &h))) return rc;
         rc = tok__spans_push(&out->at, st, out->text.n, 0);
-        if (h)
-            *held = 1;
+        if (h) *held = 1;
     } else if (tok__utf8_valid(run->p, run->n, NULL)) {
         rc = list_add(out, run->p, run->n);
     } else {
@@ -131,8 +122,7 @@ static int bytefallback(const list_t *in, list_t *out, int stream, int *held)
             rc = list_add(out, s, n);
         }
     }
-    if (!rc)
-        rc = flush_bytes(&run, out, stream, 1, held);
+    if (!rc) rc = flush_bytes(&run, out, stream, 1, held);
     tok__buf_free(&run);
     return rc;
 }
@@ -149,8 +139,7 @@ static int apply(const tok_t *t, const tok__dec_t *d, const list_t *in, list_t *
     case TOK__D_BYTEFALLBACK:
         return bytefallback(in, out, stream, held);
     case TOK__D_FUSE:
-        if ((rc = list_add(out, "", 0)))
-            return rc;
+        if ((rc = list_add(out, "", 0))) return rc;
         for (size_t i = 0; i < in->at.n && !rc; i++)
             rc = list_extend(out, TOK_STR(in, i), TOK_LEN(in, i));
         return rc;
@@ -158,14 +147,12 @@ static int apply(const tok_t *t, const tok__dec_t *d, const list_t *in, list_t *
         for (size_t i = 0; i < in->at.n && !rc; i++) {
             const char *s = TOK_STR(in, i);
             size_t n = TOK_LEN(in, i), k = 0;
-            if ((rc = list_add(out, "", 0)))
-                break;
+            if ((rc = list_add(out, "", 0))) break;
             while (k < n && !rc) {
                 size_t cl = tok__utf8_seq((const unsigned char *)s + k, n - k);
                 cl = cl ? cl : 1;
                 if (cl == d->rep_len && !memcmp(s + k, d->rep, cl)) {
-                    if (!(i == 0 && d->drop_first))
-                        rc = list_extend(out, " ", 1);
+                    if (!(i == 0 && d->drop_first)) rc = list_extend(out, " ", 1);
                 } else {
                     rc = list_extend(out, s + k, cl);
                 }
@@ -181,9 +168,9 @@ static int apply(const tok_t *t, const tok__dec_t *d, const list_t *in, list_t *
                 (rc = list_add(out, "", 0)))
                 break;
             for (size_t k = 0; k < sp.n && !rc; k++)
-                rc = sp.v[k].match ? list_extend(out, d->content, d->content_len)
-                                   : list_extend(out, s + sp.v[k].start,
-                                                 sp.v[k].end - sp.v[k].start);
+                rc = sp.v[k].match
+                         ? list_extend(out, d->content, d->content_len)
+                         : list_extend(out, s + sp.v[k].start, sp.v[k].end - sp.v[k].start);
         }
         tok__spans_free(&sp);
         return rc;
@@ -195,8 +182,7 @@ static int apply(const tok_t *t, const tok__dec_t *d, const list_t *in, list_t *
             uint32_t cp;
             for (k = 0; k < d->start && a < b; k++) {
                 size_t cl = tok__utf8_next(s + a, &cp);
-                if (cp != d->strip_cp)
-                    break;
+                if (cp != d->strip_cp) break;
                 a += cl;
             }
             for (k = 0; k < d->stop && b > a; k++) {
@@ -204,8 +190,7 @@ static int apply(const tok_t *t, const tok__dec_t *d, const list_t *in, list_t *
                 while (c > a && (s[c] & 0xC0) == 0x80)
                     c--;
                 tok__utf8_next(s + c, &cp);
-                if (cp != d->strip_cp)
-                    break;
+                if (cp != d->strip_cp) break;
                 b = c;
             }
             rc = list_add(out, (const char *)s + a, b - a);
@@ -228,8 +213,7 @@ int tok__decode(const tok_t *t, const int32_t *ids, size_t n, int flags, int str
     for (size_t i = 0; i < n && !rc; i++) {
         size_t len;
         const char *s = tok__id_str(t, ids[i], &len);
-        if (!s || ((flags & TOK_SKIP_SPECIAL) && t->special_by_id[ids[i]]))
-            continue;
+        if (!s || ((flags & TOK_SKIP_SPECIAL) && t->special_by_id[ids[i]])) continue;
         rc = list_add(&l[0], s, len);
     }
     for (size_t i = 0; i < t->n_decs && !rc; i++) {
@@ -239,25 +223,22 @@ int tok__decode(const tok_t *t, const int32_t *ids, size_t n, int flags, int str
     out->n = 0;
     if (!rc && (rc = tok__buf_put(out, "", 0)) == 0) {
         for (size_t i = 0; i < l[cur].at.n && !rc; i++) {
-            if (!t->has_decoder && i > 0)
-                rc = tok__buf_put(out, " ", 1);
-            if (!rc)
-                rc = tok__buf_put(out, TOK_STR(&l[cur], i), TOK_LEN(&l[cur], i));
+            if (!t->has_decoder && i > 0) rc = tok__buf_put(out, " ", 1);
+            if (!rc) rc = tok__buf_put(out, TOK_STR(&l[cur], i), TOK_LEN(&l[cur], i));
         }
     }
-    if (held)
-        *held = h;
+    if (held) *held = h;
     if (rc)
-        rcd_fail(rc, err, errlen, "tok_decode: %s", rc == RCD_ENOMEM ? "out of memory"
-                                                                   : "regex failure");
+        rcd_fail(rc, err, errlen, "tok_decode: %s",
+                 rc == RCD_ENOMEM ? "out of memory" : "regex failure");
     list_free(&l[0]);
     list_free(&l[1]);
     pcre2_match_data_free(md);
     return rc;
 }
 
-int tok_decode(const tok_t *t, const int32_t *ids, size_t n, int flags, tok_text_t *out,
-               char *err, size_t errlen)
+int tok_decode(const tok_t *t, const int32_t *ids, size_t n, int flags, tok_text_t *out, char *err,
+               size_t errlen)
 {
     if (!t || !out || (!ids && n))
         return rcd_fail(RCD_EINVAL, err, errlen, "tok_decode: bad arguments");
@@ -266,8 +247,7 @@ int tok_decode(const tok_t *t, const int32_t *ids, size_t n, int flags, tok_text
     out->p = b.p;
     out->cap = b.cap;
     out->n = rc ? 0 : b.n;
-    if (rc && out->p)
-        out->p[0] = 0;
+    if (rc && out->p) out->p[0] = 0;
     return rc;
 }
 
@@ -287,11 +267,9 @@ struct tok_stream {
 int tok_stream_new(const tok_t *t, int flags, tok_stream_t **out, char *err, size_t errlen)
 {
     *out = NULL;
-    if (!t)
-        return rcd_fail(RCD_EINVAL, err, errlen, "tok_stream_new: no tokenizer");
+    if (!t) return rcd_fail(RCD_EINVAL, err, errlen, "tok_stream_new: no tokenizer");
     tok_stream_t *s = calloc(1, sizeof(*s));
-    if (!s)
-        return rcd_fail(RCD_ENOMEM, err, errlen, "tok_stream_new: out of memory");
+    if (!s) return rcd_fail(RCD_ENOMEM, err, errlen, "tok_stream_new: out of memory");
     s->t = t;
     s->flags = flags;
     *out = s;
@@ -300,8 +278,7 @@ int tok_stream_new(const tok_t *t, int flags, tok_stream_t **out, char *err, siz
 
 void tok_stream_free(tok_stream_t *s)
 {
-    if (!s)
-        return;
+    if (!s) return;
     free(s->ids);
     tok__buf_free(&s->prefix);
     tok__buf_free(&s->cur);
@@ -317,19 +294,18 @@ static int emit(tok_stream_t *s, int mode, const char **delta, size_t *len, char
     *len = 0;
     if ((rc = tok__decode(s->t, s->ids, s->n, s->flags, mode, &s->cur, &held, err, errlen)))
         return rc;
-    if (held && s->n - s->prefix_ids < STREAM_MAX_HELD)
-        return 0;
+    if (held && s->n - s->prefix_ids < STREAM_MAX_HELD) return 0;
     if (held) /* give up on the unfinished character: replace it */
         if ((rc = tok__decode(s->t, s->ids, s->n, s->flags, 2, &s->cur, NULL, err, errlen)))
             return rc;
-    if (s->cur.n < s->prefix.n || memcmp(s->cur.p, s->prefix.p, s->prefix.n) != 0)
+    if (s->cur.n < s->prefix.n || (s->prefix.n && memcmp(s->cur.p, s->prefix.p, s->prefix.n)))
         return rcd_fail(RCD_EINTERNAL, err, errlen,
                         "tok_stream: decoded text no longer extends what was emitted");
     s->delta.n = 0;
-    if ((rc = tok__buf_put(&s->delta, s->cur.p + s->prefix.n, s->cur.n - s->prefix.n)))
-        return rc;
+    if ((rc = tok__buf_put(&s->delta, s->cur.p + s->prefix.n, s->cur.n - s->prefix.n))) return rc;
     /* keep the ids just emitted as left context for the next decode */
-    memmove(s->ids, s->ids + s->prefix_ids, (s->n - s->prefix_ids) * sizeof(*s->ids));
+    if (s->prefix_ids)
+        memmove(s->ids, s->ids + s->prefix_ids, (s->n - s->prefix_ids) * sizeof(*s->ids));
     s->n -= s->prefix_ids;
     s->prefix_ids = s->n;
     if ((rc = tok__decode(s->t, s->ids, s->n, s->flags, 2, &s->prefix, NULL, err, errlen)))
@@ -347,8 +323,7 @@ int tok_stream_push(tok_stream_t *s, int32_t id, const char **delta, size_t *len
     if (s->n == s->cap) {
         size_t cap = s->cap ? s->cap * 2 : 16;
         int32_t *v = realloc(s->ids, cap * sizeof(*v));
-        if (!v)
-            return rcd_fail(RCD_ENOMEM, err, errlen, "tok_stream: out of memory");
+        if (!v) return rcd_fail(RCD_ENOMEM, err, errlen, "tok_stream: out of memory");
         s->ids = v;
         s->cap = cap;
     }

@@ -14,8 +14,7 @@ static int trie_node(tok__trie_t *t)
     if (t->n == t->cap) {
         size_t cap = t->cap ? t->cap * 2 : 256;
         tok__trie_node_t *v = realloc(t->nodes, cap * sizeof(*v));
-        if (!v)
-            return -1;
+        if (!v) return -1;
         t->nodes = v;
         t->cap = cap;
     }
@@ -25,8 +24,7 @@ static int trie_node(tok__trie_t *t)
 
 int tok__trie_add(tok__trie_t *t, const char *s, size_t n, int32_t token)
 {
-    if (!t->n && trie_node(t) < 0)
-        return RCD_ENOMEM;
+    if (!t->n && trie_node(t) < 0) return RCD_ENOMEM;
     uint32_t cur = 0;
     for (size_t i = 0; i < n; i++) {
         uint8_t b = (uint8_t)s[i];
@@ -35,8 +33,7 @@ int tok__trie_add(tok__trie_t *t, const char *s, size_t n, int32_t token)
             c = t->nodes[c].sibling;
         if (!c) {
             int k = trie_node(t);
-            if (k < 0)
-                return RCD_ENOMEM;
+            if (k < 0) return RCD_ENOMEM;
             c = (uint32_t)k;
             t->nodes[c].byte = b;
             t->nodes[c].sibling = t->nodes[cur].child;
@@ -57,14 +54,12 @@ void tok__trie_free(tok__trie_t *t)
 }
 
 /* Leftmost-longest match at or after pos (Aho-Corasick MatchKind::LeftmostLongest). */
-static int trie_find(const tok__trie_t *t, const unsigned char *s, size_t n, size_t pos,
-                     size_t *ms, size_t *me)
+static int trie_find(const tok__trie_t *t, const unsigned char *s, size_t n, size_t pos, size_t *ms,
+                     size_t *me)
 {
-    if (!t->n)
-        return -1;
+    if (!t->n) return -1;
     for (size_t i = pos; i < n; i++) {
-        if (!(t->first[s[i] >> 3] & (1u << (s[i] & 7))))
-            continue;
+        if (!(t->first[s[i] >> 3] & (1u << (s[i] & 7)))) continue;
         uint32_t cur = 0;
         int best = -1;
         size_t best_end = 0;
@@ -72,8 +67,7 @@ static int trie_find(const tok__trie_t *t, const unsigned char *s, size_t n, siz
             uint32_t c = t->nodes[cur].child;
             while (c && t->nodes[c].byte != s[j])
                 c = t->nodes[c].sibling;
-            if (!c)
-                break;
+            if (!c) break;
             cur = c;
             if (t->nodes[c].token >= 0) {
                 best = t->nodes[c].token;
@@ -92,8 +86,7 @@ static int trie_find(const tok__trie_t *t, const unsigned char *s, size_t n, siz
 /* Whether the character ending at `end` / starting at `start` is a Rust-regex \w. */
 static int word_at(const tok_t *t, const char *s, size_t n, size_t start, pcre2_match_data **md)
 {
-    if (!*md && !(*md = pcre2_match_data_create(2, NULL)))
-        return -1;
+    if (!*md && !(*md = pcre2_match_data_create(2, NULL))) return -1;
     return pcre2_match(t->word_re, (PCRE2_SPTR)s, n, start, PCRE2_NO_UTF_CHECK, *md, NULL) >= 0;
 }
 
@@ -106,8 +99,8 @@ static size_t char_before(const char *s, size_t end)
 }
 
 /* Spans of s: text (match 0) and added tokens (match = index + 1), HF's find_matches. */
-static int added_split(const tok_t *t, const tok__trie_t *trie, const char *s, size_t n,
-                       int flags, tok__spans_t *out, pcre2_match_data **md)
+static int added_split(const tok_t *t, const tok__trie_t *trie, const char *s, size_t n, int flags,
+                       tok__spans_t *out, pcre2_match_data **md)
 {
     size_t pos = 0, start_off = 0;
     const unsigned char *u = (const unsigned char *)s;
@@ -115,19 +108,15 @@ static int added_split(const tok_t *t, const tok__trie_t *trie, const char *s, s
     for (;;) {
         size_t ms, me;
         int k = trie_find(trie, u, n, pos, &ms, &me);
-        if (k < 0)
-            break;
+        if (k < 0) break;
         pos = me;
         const tok__added_t *a = &t->added[k];
-        if ((flags & TOK_SPLIT_SPECIAL) && a->special)
-            continue;
+        if ((flags & TOK_SPLIT_SPECIAL) && a->special) continue;
         if (a->single_word) {
             int ws = ms > 0 ? word_at(t, s, n, char_before(s, ms), md) : 0;
             int we = me < n ? word_at(t, s, n, me, md) : 0;
-            if (ws < 0 || we < 0)
-                return RCD_ENOMEM;
-            if (ws || we)
-                continue;
+            if (ws < 0 || we < 0) return RCD_ENOMEM;
+            if (ws || we) continue;
         }
         if (a->lstrip) {
             size_t i = ms;
@@ -135,8 +124,7 @@ static int added_split(const tok_t *t, const tok__trie_t *trie, const char *s, s
                 size_t b = char_before(s, i);
                 uint32_t cp;
                 tok__utf8_next(u + b, &cp);
-                if (!tok__is_space(cp))
-                    break;
+                if (!tok__is_space(cp)) break;
                 i = b;
             }
             ms = i > start_off ? i : start_off;
@@ -146,14 +134,11 @@ static int added_split(const tok_t *t, const tok__trie_t *trie, const char *s, s
             while (me < n && (tok__utf8_next(u + me, &cp), tok__is_space(cp)))
                 me += tok__utf8_next(u + me, &cp);
         }
-        if (start_off < ms && tok__spans_push(out, start_off, ms, 0))
-            return RCD_ENOMEM;
-        if (tok__spans_push(out, ms, me, k + 1))
-            return RCD_ENOMEM;
+        if (start_off < ms && tok__spans_push(out, start_off, ms, 0)) return RCD_ENOMEM;
+        if (tok__spans_push(out, ms, me, k + 1)) return RCD_ENOMEM;
         start_off = me;
     }
-    if (start_off < n && tok__spans_push(out, start_off, n, 0))
-        return RCD_ENOMEM;
+    if (start_off < n && tok__spans_push(out, start_off, n, 0)) return RCD_ENOMEM;
     return 0;
 }
 
@@ -169,8 +154,7 @@ static void buf_swap(tok__buf_t *a, tok__buf_t *b)
 static int all_below(const char *s, size_t n, unsigned char limit)
 {
     for (size_t i = 0; i < n; i++)
-        if ((unsigned char)s[i] >= limit)
-            return 0;
+        if ((unsigned char)s[i] >= limit) return 0;
     return 1;
 }
 
@@ -184,10 +168,10 @@ static const struct {
     uint32_t lo, hi;
     uint8_t compat_only; /* only NFKC/NFKD differ */
 } hf_unknown[] = {
-    {0x07FD, 0x07FD, 0}, {0x0898, 0x089F, 0}, {0x08CA, 0x08D3, 0}, {0x09FE, 0x09FE, 0},
-    {0x0C3C, 0x0C3C, 0}, {0x0D3B, 0x0D3C, 0}, {0x0EBA, 0x0EBA, 0}, {0x1715, 0x1715, 0},
-    {0x1ABF, 0x1ACE, 0}, {0x1DF6, 0x1DFA, 0}, {0x32FF, 0x32FF, 1}, {0xA7F2, 0xA7F4, 1},
-    {0xA82C, 0xA82C, 0}, {0xAB69, 0xAB69, 1}, {0x10781, 0x10785, 1}, {0x10787, 0x107B0, 1},
+    {0x07FD, 0x07FD, 0},   {0x0898, 0x089F, 0},   {0x08CA, 0x08D3, 0},   {0x09FE, 0x09FE, 0},
+    {0x0C3C, 0x0C3C, 0},   {0x0D3B, 0x0D3C, 0},   {0x0EBA, 0x0EBA, 0},   {0x1715, 0x1715, 0},
+    {0x1ABF, 0x1ACE, 0},   {0x1DF6, 0x1DFA, 0},   {0x32FF, 0x32FF, 1},   {0xA7F2, 0xA7F4, 1},
+    {0xA82C, 0xA82C, 0},   {0xAB69, 0xAB69, 1},   {0x10781, 0x10785, 1}, {0x10787, 0x107B0, 1},
     {0x107B2, 0x107BA, 1}, {0x10D24, 0x10D27, 0}, {0x10EAB, 0x10EAC, 0}, {0x10EFD, 0x10EFF, 0},
     {0x10F46, 0x10F50, 0}, {0x10F82, 0x10F85, 0}, {0x11070, 0x11070, 0}, {0x1133B, 0x1133B, 0},
     {0x1145E, 0x1145E, 0}, {0x11839, 0x1183A, 0}, {0x11930, 0x11930, 0}, {0x11935, 0x11935, 0},
@@ -201,8 +185,7 @@ static const struct {
 static int is_hf_unknown(uint32_t cp, int compat)
 {
     size_t lo = 0, hi = sizeof(hf_unknown) / sizeof(hf_unknown[0]);
-    if (cp < 0x07FD)
-        return 0;
+    if (cp < 0x07FD) return 0;
     while (lo < hi) {
         size_t mid = (lo + hi) / 2;
         if (cp > hf_unknown[mid].hi)
@@ -217,8 +200,7 @@ static int is_hf_unknown(uint32_t cp, int compat)
 
 static int nf_run(const char *s, size_t n, int opt, tok__buf_t *out, char *err, size_t errlen)
 {
-    if (!n)
-        return 0;
+    if (!n) return 0;
     utf8proc_uint8_t *dst = NULL;
     utf8proc_ssize_t r = utf8proc_map((const utf8proc_uint8_t *)s, (utf8proc_ssize_t)n, &dst,
                                       (utf8proc_option_t)opt);
@@ -230,12 +212,27 @@ static int nf_run(const char *s, size_t n, int opt, tok__buf_t *out, char *err, 
     return rc;
 }
 
+/* Characters before which normalization can always restart (combining class 0, quick check
+ * Yes) and which a normalization form leaves unchanged on their own. A run from one of them
+ * up to the next is normalized independently, and a run of one such character is copied:
+ * most text then never reaches utf8proc. The sets are deliberately small and obvious. */
+static int stable_starter(uint32_t cp, int kind)
+{
+    if (cp < 0x80) return 1;
+    if (kind == TOK__N_NFC && cp < 0x300) /* Latin-1, Latin Extended, IPA: all NFC starters */
+        return 1;
+    return (cp >= 0x4E00 && cp <= 0x9FFF) || (cp >= 0x3400 && cp <= 0x4DBF) || /* CJK */
+           ((kind == TOK__N_NFC || kind == TOK__N_NFKC) &&
+            ((cp >= 0xAC00 && cp <= 0xD7A3) ||                                     /* Hangul */
+             (cp >= 0x3041 && cp <= 0x3096) || (cp >= 0x30A1 && cp <= 0x30FA))) || /* kana */
+           (cp >= 0x1F300 && cp <= 0x1FAFF);                                       /* emoji */
+}
+
 static int unicode_nf(const tok__norm_t *nm, tok__buf_t *cur, tok__buf_t *tmp, char *err,
                       size_t errlen)
 {
     /* fast paths: ASCII is invariant under all four forms; below U+0300 under NFC */
-    if (all_below(cur->p, cur->n, nm->kind == TOK__N_NFC ? 0xCC : 0x80))
-        return 0;
+    if (all_below(cur->p, cur->n, nm->kind == TOK__N_NFC ? 0xCC : 0x80)) return 0;
     int opt = UTF8PROC_STABLE, compat = 0;
     switch (nm->kind) {
     case TOK__N_NFC:
@@ -255,36 +252,55 @@ static int unicode_nf(const tok__norm_t *nm, tok__buf_t *cur, tok__buf_t *tmp, c
     }
     const unsigned char *u = (const unsigned char *)cur->p;
     size_t run = 0, i = 0;
-    int rc = 0;
+    int rc = 0, run_chars = 0, run_stable = 0; /* run_stable: the run is one stable starter */
     tmp->n = 0;
     while (i < cur->n && !rc) {
         uint32_t cp;
         size_t cl = tok__utf8_next(u + i, &cp);
-        if (is_hf_unknown(cp, compat)) {
-            if (!(rc = nf_run(cur->p + run, i - run, opt, tmp, err, errlen)))
-                rc = tok__buf_put(tmp, u + i, cl);
-            run = i + cl;
+        int unknown = is_hf_unknown(cp, compat);
+        if (unknown || stable_starter(cp, nm->kind)) {
+            if (run_chars == 1 && run_stable)
+                rc = tok__buf_put(tmp, u + run, i - run);
+            else
+                rc = nf_run(cur->p + run, i - run, opt, tmp, err, errlen);
+            run = i;
+            run_chars = 0;
+            if (unknown) { /* copied as is, and ends the run */
+                if (!rc) rc = tok__buf_put(tmp, u + i, cl);
+                run = i + cl;
+            } else {
+                run_stable = 1;
+                run_chars = 1;
+            }
+        } else {
+            if (!run_chars) run_stable = 0;
+            run_chars++;
         }
         i += cl;
     }
     if (!rc)
-        rc = nf_run(cur->p + run, cur->n - run, opt, tmp, err, errlen);
+        rc = run_chars == 1 && run_stable
+                 ? tok__buf_put(tmp, u + run, cur->n - run)
+                 : nf_run(cur->p + run, cur->n - run, opt, tmp, err, errlen);
     if (!rc) {
-        if (tok__buf_put(tmp, "", 0))
-            return RCD_ENOMEM;
+        if (tok__buf_put(tmp, "", 0)) return RCD_ENOMEM;
         buf_swap(cur, tmp);
     }
     return rc;
 }
 
 int tok__normalize(const tok_t *t, const char *s, size_t n, tok__buf_t *out, tok__buf_t *tmp,
-                   pcre2_match_data **md, char *err, size_t errlen)
+                   int *orig0, pcre2_match_data **md, char *err, size_t errlen)
 {
     tok__spans_t sp = {0};
     int rc = 0;
+    /* Whether the first normalized character still comes from the first original one (HF's
+     * offsets_original().0 == 0, which Metaspace's prepend_scheme "first" tests): lost when
+     * Strip or an empty Replace removes original leading characters. `ins` counts leading bytes
+     * inserted in front of them (Prepend, Replace content), which may go without loss. */
+    size_t ins = 0;
     out->n = 0;
-    if ((rc = tok__buf_put(out, s, n)))
-        return rc;
+    if ((rc = tok__buf_put(out, s, n))) return rc;
     for (size_t i = 0; i < t->n_norms && !rc; i++) {
         const tok__norm_t *nm = &t->norms[i];
         switch (nm->kind) {
@@ -295,23 +311,26 @@ int tok__normalize(const tok_t *t, const char *s, size_t n, tok__buf_t *out, tok
             rc = unicode_nf(nm, out, tmp, err, errlen);
             break;
         case TOK__N_PREPEND:
-            if (!out->n)
-                break;
+            if (!out->n) break;
             tmp->n = 0;
             if (!(rc = tok__buf_put(tmp, nm->str, nm->str_len)) &&
                 !(rc = tok__buf_put(tmp, out->p, out->n)))
                 buf_swap(out, tmp);
+            ins += nm->str_len;
             break;
         case TOK__N_REPLACE:
-            if ((rc = tok__pat_find(&nm->pat, out->p, out->n, md, &sp, err, errlen)))
-                break;
+            if ((rc = tok__pat_find(&nm->pat, out->p, out->n, md, &sp, err, errlen))) break;
             tmp->n = 0;
             for (size_t k = 0; k < sp.n && !rc; k++)
-                rc = sp.v[k].match ? tok__buf_put(tmp, nm->str, nm->str_len)
-                                   : tok__buf_put(tmp, out->p + sp.v[k].start,
-                                                  sp.v[k].end - sp.v[k].start);
-            if (!rc)
-                buf_swap(out, tmp);
+                rc = sp.v[k].match
+                         ? tok__buf_put(tmp, nm->str, nm->str_len)
+                         : tok__buf_put(tmp, out->p + sp.v[k].start, sp.v[k].end - sp.v[k].start);
+            if (!rc) buf_swap(out, tmp);
+            if (sp.n && sp.v[0].match && sp.v[0].start == 0 && sp.v[0].end > 0) {
+                size_t m = sp.v[0].end;
+                if (m > ins && !nm->str_len && orig0) *orig0 = 0;
+                ins = m > ins ? (nm->str_len ? nm->str_len - 1 : 0) : ins - m + nm->str_len;
+            }
             break;
         case TOK__N_STRIP: {
             const unsigned char *u = (const unsigned char *)out->p;
@@ -324,13 +343,14 @@ int tok__normalize(const tok_t *t, const char *s, size_t n, tok__buf_t *out, tok
                 while (b > a) {
                     size_t c = char_before(out->p, b);
                     tok__utf8_next(u + c, &cp);
-                    if (!tok__is_space(cp))
-                        break;
+                    if (!tok__is_space(cp)) break;
                     b = c;
                 }
             memmove(out->p, out->p + a, b - a);
             out->n = b - a;
             out->p[out->n] = 0;
+            if (a > ins && orig0) *orig0 = 0;
+            ins = a > ins ? 0 : ins - a;
             break;
         }
         }
@@ -357,8 +377,7 @@ typedef struct {
 
 static int is_numeric(uint32_t cp)
 {
-    if (cp < 0x80)
-        return cp >= '0' && cp <= '9';
+    if (cp < 0x80) return cp >= '0' && cp <= '9';
     utf8proc_category_t c = utf8proc_category((utf8proc_int32_t)cp);
     return c == UTF8PROC_CATEGORY_ND || c == UTF8PROC_CATEGORY_NL || c == UTF8PROC_CATEGORY_NO;
 }
@@ -366,8 +385,7 @@ static int is_numeric(uint32_t cp)
 static int pretok(enc_t *e, size_t stage, const char *s, size_t n, int at_start);
 
 /* Passes the kept, non-empty spans of s to the next stage. */
-static int each_span(enc_t *e, size_t stage, const tok__spans_t *sp, const char *s,
-                     int at_start)
+static int each_span(enc_t *e, size_t stage, const tok__spans_t *sp, const char *s, int at_start)
 {
     int rc = 0;
     for (size_t i = 0; i < sp->n && !rc; i++)
@@ -380,8 +398,7 @@ static int each_span(enc_t *e, size_t stage, const tok__spans_t *sp, const char 
 static int pretok(enc_t *e, size_t stage, const char *s, size_t n, int at_start)
 {
     const tok_t *t = e->t;
-    if (stage == t->n_pres)
-        return tok__bpe_word(&t->bpe, s, n, &e->bpe, e->out, e->err, e->errlen);
+    if (stage == t->n_pres) return tok__bpe_word(&t->bpe, s, n, &e->bpe, e->out, e->err, e->errlen);
     const tok__pre_t *p = &t->pres[stage];
     tok__buf_t *a = &e->a[stage], *b = &e->b[stage];
     tok__spans_t *sp = &e->sp[stage];
@@ -390,8 +407,7 @@ static int pretok(enc_t *e, size_t stage, const char *s, size_t n, int at_start)
     case TOK__P_BYTELEVEL: {
         if (p->add_prefix_space && n && s[0] != ' ') {
             a->n = 0;
-            if ((rc = tok__buf_put(a, " ", 1)) || (rc = tok__buf_put(a, s, n)))
-                return rc;
+            if ((rc = tok__buf_put(a, " ", 1)) || (rc = tok__buf_put(a, s, n))) return rc;
             s = a->p;
             n = a->n;
         }
@@ -400,15 +416,12 @@ static int pretok(enc_t *e, size_t stage, const char *s, size_t n, int at_start)
             rc = tok__pat_find(&p->pat, s, n, &e->md, sp, e->err, e->errlen);
         else
             rc = tok__spans_push(sp, 0, n, 0);
-        if (rc)
-            return rc;
+        if (rc) return rc;
         for (size_t i = 0; i < sp->n && !rc; i++) {
             size_t st = sp->v[i].start, en = sp->v[i].end;
-            if (en == st)
-                continue;
+            if (en == st) continue;
             b->n = 0;
-            if ((rc = tok__buf_reserve(b, 2 * (en - st))))
-                return rc;
+            if ((rc = tok__buf_reserve(b, 2 * (en - st)))) return rc;
             for (size_t k = st; k < en; k++)
                 b->n += tok__utf8_put(tok__byte_cp((unsigned char)s[k]), b->p + b->n);
             rc = pretok(e, stage + 1, b->p, b->n, at_start && st == 0);
@@ -417,32 +430,27 @@ static int pretok(enc_t *e, size_t stage, const char *s, size_t n, int at_start)
     }
     case TOK__P_METASPACE: {
         a->n = 0;
-        if ((rc = tok__buf_reserve(a, n * p->rep_len + p->rep_len)))
-            return rc;
+        if ((rc = tok__buf_reserve(a, n * p->rep_len + p->rep_len))) return rc;
         int prepend = n && (p->prepend == TOK__PREPEND_ALWAYS ||
                             (p->prepend == TOK__PREPEND_FIRST && at_start));
         /* the replacement is prepended unless the text (spaces replaced) starts with it */
         if (prepend && (s[0] == ' ' || (n >= p->rep_len && !memcmp(s, p->rep, p->rep_len))))
             prepend = 0;
-        if (prepend)
-            tok__buf_put(a, p->rep, p->rep_len);
+        if (prepend) tok__buf_put(a, p->rep, p->rep_len);
         for (size_t i = 0; i < n; i++) {
             if (s[i] == ' ')
                 tok__buf_put(a, p->rep, p->rep_len);
             else
                 a->p[a->n++] = s[i];
         }
-        if (!p->split)
-            return pretok(e, stage + 1, a->p, a->n, at_start);
+        if (!p->split) return pretok(e, stage + 1, a->p, a->n, at_start);
         tok__pat_t lit = {.lit = (char *)p->rep, .lit_len = p->rep_len};
-        if ((rc = tok__pat_find(&lit, a->p, a->n, &e->md, sp, e->err, e->errlen)))
-            return rc;
+        if ((rc = tok__pat_find(&lit, a->p, a->n, &e->md, sp, e->err, e->errlen))) return rc;
         tok__split_behavior(sp, TOK__SPLIT_MERGED_NEXT, 0);
         return each_span(e, stage, sp, a->p, at_start);
     }
     case TOK__P_SPLIT:
-        if ((rc = tok__pat_find(&p->pat, s, n, &e->md, sp, e->err, e->errlen)))
-            return rc;
+        if ((rc = tok__pat_find(&p->pat, s, n, &e->md, sp, e->err, e->errlen))) return rc;
         tok__split_behavior(sp, p->behavior, p->invert);
         return each_span(e, stage, sp, s, at_start);
     case TOK__P_DIGITS: {
@@ -460,8 +468,7 @@ static int pretok(enc_t *e, size_t stage, const char *s, size_t n, int at_start)
             }
             i += cl;
         }
-        if (last < n && tok__spans_push(sp, last, n, 0))
-            return RCD_ENOMEM;
+        if (last < n && tok__spans_push(sp, last, n, 0)) return RCD_ENOMEM;
         tok__split_behavior(sp, p->individual ? TOK__SPLIT_ISOLATED : TOK__SPLIT_CONTIGUOUS, 0);
         return each_span(e, stage, sp, s, at_start);
     }
@@ -489,13 +496,12 @@ static void enc_free(enc_t *e)
 static int push_ids(tok_ids_t *out, const int32_t *v, size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        if (tok__ids_push(out, v[i]))
-            return RCD_ENOMEM;
+        if (tok__ids_push(out, v[i])) return RCD_ENOMEM;
     return 0;
 }
 
-int tok_encode(const tok_t *t, const char *text, size_t len, int flags, tok_ids_t *out,
-               char *err, size_t errlen)
+int tok_encode(const tok_t *t, const char *text, size_t len, int flags, tok_ids_t *out, char *err,
+               size_t errlen)
 {
     enc_t e;
     tok__buf_t fixed = {0};
@@ -511,8 +517,7 @@ int tok_encode(const tok_t *t, const char *text, size_t len, int flags, tok_ids_
     if (!tok__utf8_valid(text, len, &bad)) {
         if (!(flags & TOK_UTF8_REPLACE))
             return rcd_fail(RCD_EUTF8, err, errlen, "invalid UTF-8 at byte offset %zu", bad);
-        if ((rc = tok__utf8_lossy(text, len, &fixed, 0, NULL)))
-            goto cleanup;
+        if ((rc = tok__utf8_lossy(text, len, &fixed, 0, NULL))) goto cleanup;
         text = fixed.p;
         len = fixed.n;
     }
@@ -521,19 +526,17 @@ int tok_encode(const tok_t *t, const char *text, size_t len, int flags, tok_ids_
     e.out = out;
     e.err = err;
     e.errlen = errlen;
-    if ((flags & TOK_ADD_SPECIAL) && (rc = push_ids(out, t->post_pre, t->n_post_pre)))
-        goto cleanup;
-    if ((rc = added_split(t, &t->trie_raw, text, len, flags, &e.seg, &e.md)))
-        goto cleanup;
+    if ((flags & TOK_ADD_SPECIAL) && (rc = push_ids(out, t->post_pre, t->n_post_pre))) goto cleanup;
+    if ((rc = added_split(t, &t->trie_raw, text, len, flags, &e.seg, &e.md))) goto cleanup;
     for (size_t i = 0; i < e.seg.n; i++) {
         const tok__span_t *sg = &e.seg.v[i];
         if (sg->match) {
-            if ((rc = tok__ids_push(out, t->added[sg->match - 1].id)))
-                goto cleanup;
+            if ((rc = tok__ids_push(out, t->added[sg->match - 1].id))) goto cleanup;
             continue;
         }
+        int orig0 = sg->start == 0;
         if ((rc = tok__normalize(t, text + sg->start, sg->end - sg->start, &e.norm, &e.norm_tmp,
-                                 &e.md, err, errlen)))
+                                 &orig0, &e.md, err, errlen)))
             goto cleanup;
         if ((rc = added_split(t, &t->trie_norm, e.norm.p, e.norm.n, flags, &e.sub, &e.md)))
             goto cleanup;
@@ -543,9 +546,8 @@ int tok_encode(const tok_t *t, const char *text, size_t len, int flags, tok_ids_
                 rc = tok__ids_push(out, t->added[sb->match - 1].id);
             else if (sb->end > sb->start)
                 rc = pretok(&e, 0, e.norm.p + sb->start, sb->end - sb->start,
-                            sg->start == 0 && sb->start == 0);
-            if (rc)
-                goto cleanup;
+                            orig0 && sb->start == 0);
+            if (rc) goto cleanup;
         }
     }
     if ((flags & TOK_ADD_SPECIAL) && (rc = push_ids(out, t->post_post, t->n_post_post)))
@@ -553,8 +555,7 @@ int tok_encode(const tok_t *t, const char *text, size_t len, int flags, tok_ids_
 cleanup:
     if (rc) {
         out->n = 0;
-        if (rc == RCD_ENOMEM)
-            rcd_fail(rc, err, errlen, "tok_encode: out of memory");
+        if (rc == RCD_ENOMEM) rcd_fail(rc, err, errlen, "tok_encode: out of memory");
     }
     tok__buf_free(&fixed);
     enc_free(&e);

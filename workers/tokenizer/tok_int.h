@@ -1,6 +1,6 @@
-/* Tokenizer internals shared by the .c files of workers/tokenizer: the loaded pipeline (normalizers,
- * pre-tokenizers, BPE model, decoders, post-processor, added tokens) and small helpers.
- * Callers outside this folder include only tok.h. */
+/* Tokenizer internals shared by the .c files of workers/tokenizer: the loaded pipeline
+ * (normalizers, pre-tokenizers, BPE model, decoders, post-processor, added tokens) and small
+ * helpers. Callers outside this folder include only tok.h. */
 #ifndef TOK_INT_H
 #define TOK_INT_H
 
@@ -36,6 +36,9 @@ typedef struct {
 
 int tok__spans_push(tok__spans_t *s, size_t start, size_t end, int match);
 void tok__spans_free(tok__spans_t *s);
+/* First occurrence of needle (nn >= 1) in hay, or NULL. Not memmem: ASan's interceptor for it
+ * checks the whole haystack on every call, which makes repeated searches quadratic. */
+const char *tok__find(const char *hay, size_t n, const char *needle, size_t nn);
 
 int tok__ids_push(tok_ids_t *ids, int32_t id);
 
@@ -64,7 +67,7 @@ typedef struct {
     uint32_t *off, *len; /* by id; len == UINT32_MAX: no string for this id */
     size_t n_ids;        /* max id + 1 */
     size_t ids_cap;
-    uint32_t *slots;     /* id + 1, 0 empty */
+    uint32_t *slots; /* id + 1, 0 empty */
     size_t mask;
     size_t count;
 } tok__strmap_t;
@@ -92,7 +95,34 @@ int tok__mergemap_init(tok__mergemap_t *m, size_t expect);
 void tok__mergemap_free(tok__mergemap_t *m);
 /* Later entries for the same pair replace earlier ones, as in HF's HashMap collect. */
 void tok__mergemap_put(tok__mergemap_t *m, int32_t a, int32_t b, uint32_t rank, int32_t new_id);
-const tok__merge_t *tok__mergemap_get(const tok__mergemap_t *m, int32_t a, int32_t b);
+
+static inline uint64_t tok__mix(uint64_t h)
+{
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ull;
+    h ^= h >> 33;
+    return h;
+}
+
+static inline uint64_t tok__pair_key(int32_t a, int32_t b)
+{
+    return ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
+}
+
+/* Inline: the BPE inner loop is mostly these lookups. */
+static inline const tok__merge_t *tok__mergemap_get(const tok__mergemap_t *m, int32_t a, int32_t b)
+{
+    uint64_t k = tok__pair_key(a, b);
+    size_t j = tok__mix(k) & m->mask;
+    for (;;) {
+        const tok__merge_t *e = &m->slots[j];
+        if (e->key == k) return e;
+        if (e->key == UINT64_MAX) return NULL;
+        j = (j + 1) & m->mask;
+    }
+}
 
 /* ---- patterns (tok_regex.c) ------------------------------------------------------------ */
 
@@ -106,24 +136,35 @@ typedef struct {
     int jit;
 } tok__pat_t;
 
-int tok__pat_compile_regex(tok__pat_t *p, const char *onig, size_t n, char *err,
-                           size_t errlen);
+int tok__pat_compile_regex(tok__pat_t *p, const char *onig, size_t n, char *err, size_t errlen);
 int tok__pat_set_literal(tok__pat_t *p, const char *s, size_t n);
 void tok__pat_free(tok__pat_t *p);
 /* Spans covering s (matches and the gaps between them), HF's Pattern::find_matches. */
 int tok__pat_find(const tok__pat_t *p, const char *s, size_t n, pcre2_match_data **md,
                   tok__spans_t *out, char *err, size_t errlen);
 
-enum { TOK__SPLIT_REMOVED, TOK__SPLIT_ISOLATED, TOK__SPLIT_MERGED_PREV, TOK__SPLIT_MERGED_NEXT,
-       TOK__SPLIT_CONTIGUOUS };
+enum {
+    TOK__SPLIT_REMOVED,
+    TOK__SPLIT_ISOLATED,
+    TOK__SPLIT_MERGED_PREV,
+    TOK__SPLIT_MERGED_NEXT,
+    TOK__SPLIT_CONTIGUOUS
+};
 /* Applies a SplitDelimiterBehavior to spans in place; the result has match=0 for pieces to
  * keep and match=1 for removed ones (empty pieces are for the caller to skip). */
 void tok__split_behavior(tok__spans_t *sp, int behavior, int invert);
 
 /* ---- pipeline description -------------------------------------------------------------- */
 
-enum { TOK__N_NFC, TOK__N_NFD, TOK__N_NFKC, TOK__N_NFKD, TOK__N_PREPEND, TOK__N_REPLACE,
-       TOK__N_STRIP };
+enum {
+    TOK__N_NFC,
+    TOK__N_NFD,
+    TOK__N_NFKC,
+    TOK__N_NFKD,
+    TOK__N_PREPEND,
+    TOK__N_REPLACE,
+    TOK__N_STRIP
+};
 
 typedef struct {
     int kind;
@@ -143,12 +184,18 @@ typedef struct {
     int behavior, invert;            /* Split */
     char rep[4];                     /* Metaspace replacement character */
     size_t rep_len;
-    int prepend, split;              /* Metaspace */
-    int individual;                  /* Digits */
+    int prepend, split; /* Metaspace */
+    int individual;     /* Digits */
 } tok__pre_t;
 
-enum { TOK__D_BYTELEVEL, TOK__D_METASPACE, TOK__D_REPLACE, TOK__D_BYTEFALLBACK, TOK__D_FUSE,
-       TOK__D_STRIP };
+enum {
+    TOK__D_BYTELEVEL,
+    TOK__D_METASPACE,
+    TOK__D_REPLACE,
+    TOK__D_BYTEFALLBACK,
+    TOK__D_FUSE,
+    TOK__D_STRIP
+};
 
 typedef struct {
     int kind;
@@ -165,8 +212,8 @@ typedef struct {
 typedef struct {
     tok__strmap_t vocab;
     tok__mergemap_t merges;
-    int32_t unk_id;   /* -1: none or not in vocab (see unk_name) */
-    char *unk_name;   /* unk_token as written, NULL if none */
+    int32_t unk_id; /* -1: none or not in vocab (see unk_name) */
+    char *unk_name; /* unk_token as written, NULL if none */
     int fuse_unk, byte_fallback, ignore_merges;
     char *prefix, *suffix; /* continuing_subword_prefix / end_of_word_suffix; NULL if none */
     size_t prefix_len, suffix_len;
@@ -175,7 +222,7 @@ typedef struct {
 } tok__bpe_t;
 
 typedef struct {
-    uint32_t off, len; /* content in tok->added_pool */
+    uint32_t off, len;           /* content in tok->added_pool */
     uint32_t norm_off, norm_len; /* normalized content (normalized tokens) */
     int32_t id;
     uint8_t special, single_word, lstrip, rstrip, normalized;
@@ -228,9 +275,10 @@ struct tok {
 int tok__trie_add(tok__trie_t *t, const char *s, size_t n, int32_t token);
 void tok__trie_free(tok__trie_t *t);
 
-/* Runs the normalizer chain over s into out (replacing its contents). */
+/* Runs the normalizer chain over s into out (replacing its contents). *orig0 (may be NULL)
+ * is cleared when the result no longer starts at the first original character. */
 int tok__normalize(const tok_t *t, const char *s, size_t n, tok__buf_t *out, tok__buf_t *tmp,
-                   pcre2_match_data **md, char *err, size_t errlen);
+                   int *orig0, pcre2_match_data **md, char *err, size_t errlen);
 
 typedef struct {
     uint32_t *id;
@@ -263,25 +311,18 @@ extern const char tok__gpt2_pattern[];
  * map to themselves, the other 68 to U+0100.. in byte order. */
 static inline uint32_t tok__byte_cp(unsigned b)
 {
-    if (b <= 32)
-        return 256 + b;
-    if (b >= 127 && b <= 160)
-        return 289 + (b - 127);
-    if (b == 173)
-        return 323;
+    if (b <= 32) return 256 + b;
+    if (b >= 127 && b <= 160) return 289 + (b - 127);
+    if (b == 173) return 323;
     return b;
 }
 
 static inline int tok__cp_byte(uint32_t cp)
 {
-    if ((cp >= 33 && cp <= 126) || (cp >= 161 && cp <= 255 && cp != 173))
-        return (int)cp;
-    if (cp >= 256 && cp <= 288)
-        return (int)(cp - 256);
-    if (cp >= 289 && cp <= 322)
-        return (int)(cp - 289 + 127);
-    if (cp == 323)
-        return 173;
+    if ((cp >= 33 && cp <= 126) || (cp >= 161 && cp <= 255 && cp != 173)) return (int)cp;
+    if (cp >= 256 && cp <= 288) return (int)(cp - 256);
+    if (cp >= 289 && cp <= 322) return (int)(cp - 289 + 127);
+    if (cp == 323) return 173;
     return -1;
 }
 

@@ -6,16 +6,6 @@
 #include "common/rcd_error.h"
 #include "workers/tokenizer/tok_int.h"
 
-static uint64_t mix(uint64_t h)
-{
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdull;
-    h ^= h >> 33;
-    h *= 0xc4ceb9fe1a85ec53ull;
-    h ^= h >> 33;
-    return h;
-}
-
 static uint64_t hash_bytes(const char *s, size_t n)
 {
     uint64_t h = 0x9E3779B97F4A7C15ull ^ (n * 0x100000001b3ull);
@@ -29,7 +19,7 @@ static uint64_t hash_bytes(const char *s, size_t n)
     }
     uint64_t w = 0;
     memcpy(&w, s, n);
-    return mix(h ^ w);
+    return tok__mix(h ^ w);
 }
 
 static size_t pow2_for(size_t expect)
@@ -45,8 +35,7 @@ int tok__strmap_init(tok__strmap_t *m, size_t expect)
     memset(m, 0, sizeof(*m));
     size_t cap = pow2_for(expect);
     m->slots = calloc(cap, sizeof(*m->slots));
-    if (!m->slots)
-        return RCD_ENOMEM;
+    if (!m->slots) return RCD_ENOMEM;
     m->mask = cap - 1;
     return 0;
 }
@@ -62,18 +51,15 @@ void tok__strmap_free(tok__strmap_t *m)
 
 static int grow_ids(tok__strmap_t *m, size_t need)
 {
-    if (need <= m->ids_cap)
-        return 0;
+    if (need <= m->ids_cap) return 0;
     size_t cap = m->ids_cap ? m->ids_cap : 256;
     while (cap < need)
         cap *= 2;
     uint32_t *off = realloc(m->off, cap * sizeof(*off));
-    if (!off)
-        return RCD_ENOMEM;
+    if (!off) return RCD_ENOMEM;
     m->off = off;
     uint32_t *len = realloc(m->len, cap * sizeof(*len));
-    if (!len)
-        return RCD_ENOMEM;
+    if (!len) return RCD_ENOMEM;
     m->len = len;
     for (size_t i = m->ids_cap; i < cap; i++)
         len[i] = UINT32_MAX;
@@ -85,12 +71,10 @@ static int rehash(tok__strmap_t *m)
 {
     size_t cap = (m->mask + 1) * 2;
     uint32_t *slots = calloc(cap, sizeof(*slots));
-    if (!slots)
-        return RCD_ENOMEM;
+    if (!slots) return RCD_ENOMEM;
     for (size_t i = 0; i <= m->mask; i++) {
         uint32_t v = m->slots[i];
-        if (!v)
-            continue;
+        if (!v) continue;
         uint32_t id = v - 1;
         size_t j = hash_bytes(m->pool + m->off[id], m->len[id]) & (cap - 1);
         while (slots[j])
@@ -105,23 +89,17 @@ static int rehash(tok__strmap_t *m)
 
 int tok__strmap_add(tok__strmap_t *m, const char *s, size_t n, int32_t id)
 {
-    if (id < 0 || n >= UINT32_MAX)
-        return RCD_ERANGE;
-    if (tok__strmap_get(m, s, n) >= 0)
-        return 1;
-    if ((size_t)id < m->ids_cap && m->len[id] != UINT32_MAX)
-        return RCD_EEXISTS;
-    if (grow_ids(m, (size_t)id + 1))
-        return RCD_ENOMEM;
+    if (id < 0 || n >= UINT32_MAX) return RCD_ERANGE;
+    if (tok__strmap_get(m, s, n) >= 0) return 1;
+    if ((size_t)id < m->ids_cap && m->len[id] != UINT32_MAX) return RCD_EEXISTS;
+    if (grow_ids(m, (size_t)id + 1)) return RCD_ENOMEM;
     if (m->pool_cap - m->pool_n < n + 1) {
         size_t cap = m->pool_cap ? m->pool_cap : 4096;
         while (cap - m->pool_n < n + 1)
             cap *= 2;
-        if (cap > UINT32_MAX)
-            return RCD_ETOOBIG;
+        if (cap > UINT32_MAX) return RCD_ETOOBIG;
         char *p = realloc(m->pool, cap);
-        if (!p)
-            return RCD_ENOMEM;
+        if (!p) return RCD_ENOMEM;
         m->pool = p;
         m->pool_cap = cap;
     }
@@ -130,10 +108,8 @@ int tok__strmap_add(tok__strmap_t *m, const char *s, size_t n, int32_t id)
     m->off[id] = (uint32_t)m->pool_n;
     m->len[id] = (uint32_t)n;
     m->pool_n += n + 1;
-    if ((size_t)id >= m->n_ids)
-        m->n_ids = (size_t)id + 1;
-    if ((m->count + 1) * 2 > m->mask + 1 && rehash(m))
-        return RCD_ENOMEM;
+    if ((size_t)id >= m->n_ids) m->n_ids = (size_t)id + 1;
+    if ((m->count + 1) * 2 > m->mask + 1 && rehash(m)) return RCD_ENOMEM;
     size_t j = hash_bytes(s, n) & m->mask;
     while (m->slots[j])
         j = (j + 1) & m->mask;
@@ -144,26 +120,21 @@ int tok__strmap_add(tok__strmap_t *m, const char *s, size_t n, int32_t id)
 
 int32_t tok__strmap_get(const tok__strmap_t *m, const char *s, size_t n)
 {
-    if (!m->slots)
-        return -1;
+    if (!m->slots) return -1;
     size_t j = hash_bytes(s, n) & m->mask;
     for (;;) {
         uint32_t v = m->slots[j];
-        if (!v)
-            return -1;
+        if (!v) return -1;
         uint32_t id = v - 1;
-        if (m->len[id] == n && memcmp(m->pool + m->off[id], s, n) == 0)
-            return (int32_t)id;
+        if (m->len[id] == n && memcmp(m->pool + m->off[id], s, n) == 0) return (int32_t)id;
         j = (j + 1) & m->mask;
     }
 }
 
 const char *tok__strmap_str(const tok__strmap_t *m, int32_t id, size_t *len)
 {
-    if (id < 0 || (size_t)id >= m->n_ids || m->len[id] == UINT32_MAX)
-        return NULL;
-    if (len)
-        *len = m->len[id];
+    if (id < 0 || (size_t)id >= m->n_ids || m->len[id] == UINT32_MAX) return NULL;
+    if (len) *len = m->len[id];
     return m->pool + m->off[id];
 }
 
@@ -173,8 +144,7 @@ int tok__mergemap_init(tok__mergemap_t *m, size_t expect)
 {
     size_t cap = pow2_for(expect);
     m->slots = malloc(cap * sizeof(*m->slots));
-    if (!m->slots)
-        return RCD_ENOMEM;
+    if (!m->slots) return RCD_ENOMEM;
     for (size_t i = 0; i < cap; i++)
         m->slots[i].key = UINT64_MAX;
     m->mask = cap - 1;
@@ -188,33 +158,13 @@ void tok__mergemap_free(tok__mergemap_t *m)
     memset(m, 0, sizeof(*m));
 }
 
-static inline uint64_t pair_key(int32_t a, int32_t b)
-{
-    return ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
-}
-
 void tok__mergemap_put(tok__mergemap_t *m, int32_t a, int32_t b, uint32_t rank, int32_t new_id)
 {
     /* sized by the caller for all merges (count <= expect), so never full */
-    uint64_t k = pair_key(a, b);
-    size_t j = mix(k) & m->mask;
+    uint64_t k = tok__pair_key(a, b);
+    size_t j = tok__mix(k) & m->mask;
     while (m->slots[j].key != UINT64_MAX && m->slots[j].key != k)
         j = (j + 1) & m->mask;
-    if (m->slots[j].key == UINT64_MAX)
-        m->count++;
+    if (m->slots[j].key == UINT64_MAX) m->count++;
     m->slots[j] = (tok__merge_t){k, rank, new_id};
-}
-
-const tok__merge_t *tok__mergemap_get(const tok__mergemap_t *m, int32_t a, int32_t b)
-{
-    uint64_t k = pair_key(a, b);
-    size_t j = mix(k) & m->mask;
-    for (;;) {
-        const tok__merge_t *e = &m->slots[j];
-        if (e->key == k)
-            return e;
-        if (e->key == UINT64_MAX)
-            return NULL;
-        j = (j + 1) & m->mask;
-    }
 }

@@ -5,9 +5,6 @@
  * except a few escapes, rewritten here: \s is Unicode White_Space (PCRE2 adds U+180E), \h is
  * a hex digit (PCRE2: horizontal space), \w is Unicode word, \uHHHH is a code point, ^/$ are
  * line anchors and (?m) means dot-all. */
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE /* memmem */
-#endif
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,8 +15,8 @@
 const char tok__gpt2_pattern[] =
     "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
 
-#define SPACE_ITEMS                                                                          \
-    "\\t-\\r \\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}"  \
+#define SPACE_ITEMS                                                                                \
+    "\\t-\\r \\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}"       \
     "\\x{3000}"
 #define WORD_ITEMS "\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}"
 #define HEX_ITEMS "0-9a-fA-F"
@@ -73,14 +70,12 @@ static int translate(const char *in, size_t n, tok__buf_t *out, char *err, size_
                 rc = puts_(out, "[^" HEX_ITEMS "]");
                 break;
             case 'u':
-                if (i + 4 >= n || !is_hex(in[i + 1]) || !is_hex(in[i + 2]) ||
-                    !is_hex(in[i + 3]) || !is_hex(in[i + 4]))
+                if (i + 4 >= n || !is_hex(in[i + 1]) || !is_hex(in[i + 2]) || !is_hex(in[i + 3]) ||
+                    !is_hex(in[i + 4]))
                     return rcd_fail(RCD_EFORMAT, err, errlen, "regex: bad \\u escape");
                 rc = puts_(out, "\\x{");
-                if (!rc)
-                    rc = tok__buf_put(out, in + i + 1, 4);
-                if (!rc)
-                    rc = puts_(out, "}");
+                if (!rc) rc = tok__buf_put(out, in + i + 1, 4);
+                if (!rc) rc = puts_(out, "}");
                 i += 4;
                 break;
             default: {
@@ -94,8 +89,7 @@ static int translate(const char *in, size_t n, tok__buf_t *out, char *err, size_
             if (c == '[') {
                 in_class = 1;
                 rc = tok__buf_put(out, "[", 1);
-                if (i + 1 < n && in[i + 1] == '^')
-                    rc = rc ? rc : tok__buf_put(out, in + ++i, 1);
+                if (i + 1 < n && in[i + 1] == '^') rc = rc ? rc : tok__buf_put(out, in + ++i, 1);
                 if (i + 1 < n && in[i + 1] == ']') /* a leading ']' is literal */
                     rc = rc ? rc : tok__buf_put(out, in + ++i, 1);
                 continue;
@@ -120,8 +114,7 @@ static int translate(const char *in, size_t n, tok__buf_t *out, char *err, size_
                             end = in + j + 2;
                             break;
                         }
-                    if (!end)
-                        return rcd_fail(RCD_EFORMAT, err, errlen, "regex: bad POSIX class");
+                    if (!end) return rcd_fail(RCD_EFORMAT, err, errlen, "regex: bad POSIX class");
                     rc = tok__buf_put(out, in + i, (size_t)(end - (in + i)));
                     i = (size_t)(end - in) - 1;
                     continue;
@@ -132,15 +125,12 @@ static int translate(const char *in, size_t n, tok__buf_t *out, char *err, size_
             if (c == '&' && i + 1 < n && in[i + 1] == '&')
                 return rcd_fail(RCD_EUNSUPPORTED, err, errlen,
                                 "regex: character class intersection (&&) is not supported");
-            if (c == ']')
-                in_class = 0;
+            if (c == ']') in_class = 0;
             rc = tok__buf_put(out, &c, 1);
         }
     }
-    if (rc)
-        return rc;
-    if (in_class)
-        return rcd_fail(RCD_EFORMAT, err, errlen, "regex: unterminated character class");
+    if (rc) return rc;
+    if (in_class) return rcd_fail(RCD_EFORMAT, err, errlen, "regex: unterminated character class");
     return tok__buf_put(out, "", 0);
 }
 
@@ -149,8 +139,7 @@ int tok__pat_compile_regex(tok__pat_t *p, const char *onig, size_t n, char *err,
     tok__buf_t b = {0};
     int rc = translate(onig, n, &b, err, errlen);
     memset(p, 0, sizeof(*p));
-    if (rc)
-        goto cleanup;
+    if (rc) goto cleanup;
     int code;
     PCRE2_SIZE off;
     p->re = pcre2_compile((PCRE2_SPTR)b.p, b.n, PCRE2_UTF | PCRE2_UCP | PCRE2_MULTILINE, &code,
@@ -172,8 +161,7 @@ int tok__pat_set_literal(tok__pat_t *p, const char *s, size_t n)
 {
     memset(p, 0, sizeof(*p));
     p->lit = malloc(n + 1);
-    if (!p->lit)
-        return RCD_ENOMEM;
+    if (!p->lit) return RCD_ENOMEM;
     memcpy(p->lit, s, n);
     p->lit[n] = 0;
     p->lit_len = n;
@@ -192,43 +180,41 @@ static int regex_find(const tok__pat_t *p, const char *s, size_t n, pcre2_match_
 {
     if (!*md) {
         *md = pcre2_match_data_create(4, NULL);
-        if (!*md)
-            return RCD_ENOMEM;
+        if (!*md) return RCD_ENOMEM;
     }
     size_t prev = 0, last_end = 0;
     int have_last = 0;
     size_t last_match_end = 0;
     while (last_end <= n) {
         int rc = p->jit ? pcre2_jit_match(p->re, (PCRE2_SPTR)s, n, last_end, 0, *md, NULL)
-                        : pcre2_match(p->re, (PCRE2_SPTR)s, n, last_end, PCRE2_NO_UTF_CHECK,
-                                      *md, NULL);
-        if (rc == PCRE2_ERROR_NOMATCH)
-            break;
+                        : PCRE2_ERROR_JIT_STACKLIMIT;
+        if (rc == PCRE2_ERROR_JIT_STACKLIMIT) /* JIT's small stack: the interpreter's is heap */
+            rc = pcre2_match(p->re, (PCRE2_SPTR)s, n, last_end,
+                             PCRE2_NO_UTF_CHECK | (p->jit ? PCRE2_NO_JIT : 0), *md, NULL);
+        if (rc == PCRE2_ERROR_NOMATCH) break;
         if (rc < 0) {
             PCRE2_UCHAR msg[160];
             pcre2_get_error_message(rc, msg, sizeof(msg));
-            return rcd_fail(rc == PCRE2_ERROR_NOMEMORY || rc == PCRE2_ERROR_JIT_STACKLIMIT
-                                ? RCD_ETOOBIG
-                                : RCD_EINTERNAL,
-                            err, errlen, "regex match failed: %s", (const char *)msg);
+            int big = rc == PCRE2_ERROR_NOMEMORY || rc == PCRE2_ERROR_JIT_STACKLIMIT ||
+                      rc == PCRE2_ERROR_MATCHLIMIT || rc == PCRE2_ERROR_DEPTHLIMIT ||
+                      rc == PCRE2_ERROR_HEAPLIMIT;
+            return rcd_fail(big ? RCD_ETOOBIG : RCD_EINTERNAL, err, errlen,
+                            "regex match failed: %s", (const char *)msg);
         }
         PCRE2_SIZE *ov = pcre2_get_ovector_pointer(*md);
         size_t ms = ov[0], me = ov[1];
         if (me == ms && have_last && last_match_end == me) {
             /* no empty match right after a match (rust-onig's find_iter): step one char */
-            size_t k = last_end < n ? tok__utf8_seq((const unsigned char *)s + last_end,
-                                                    n - last_end)
-                                    : 1;
+            size_t k =
+                last_end < n ? tok__utf8_seq((const unsigned char *)s + last_end, n - last_end) : 1;
             last_end += k ? k : 1;
             continue;
         }
         last_end = me;
         last_match_end = me;
         have_last = 1;
-        if (ms != prev && tok__spans_push(out, prev, ms, 0))
-            return RCD_ENOMEM;
-        if (tok__spans_push(out, ms, me, 1))
-            return RCD_ENOMEM;
+        if (ms != prev && tok__spans_push(out, prev, ms, 0)) return RCD_ENOMEM;
+        if (tok__spans_push(out, ms, me, 1)) return RCD_ENOMEM;
         prev = me;
     }
     *prev_out = prev;
@@ -239,30 +225,24 @@ int tok__pat_find(const tok__pat_t *p, const char *s, size_t n, pcre2_match_data
                   tok__spans_t *out, char *err, size_t errlen)
 {
     out->n = 0;
-    if (n == 0)
-        return tok__spans_push(out, 0, 0, 0);
+    if (n == 0) return tok__spans_push(out, 0, 0, 0);
     size_t prev = 0;
     if (p->re) {
         int rc = regex_find(p, s, n, md, out, &prev, err, errlen);
-        if (rc)
-            return rc;
+        if (rc) return rc;
     } else if (p->lit_len) {
         const char *at = s, *end = s + n;
         while ((size_t)(end - at) >= p->lit_len) {
-            const char *m = memmem(at, (size_t)(end - at), p->lit, p->lit_len);
-            if (!m)
-                break;
+            const char *m = tok__find(at, (size_t)(end - at), p->lit, p->lit_len);
+            if (!m) break;
             size_t ms = (size_t)(m - s);
-            if (ms != prev && tok__spans_push(out, prev, ms, 0))
-                return RCD_ENOMEM;
-            if (tok__spans_push(out, ms, ms + p->lit_len, 1))
-                return RCD_ENOMEM;
+            if (ms != prev && tok__spans_push(out, prev, ms, 0)) return RCD_ENOMEM;
+            if (tok__spans_push(out, ms, ms + p->lit_len, 1)) return RCD_ENOMEM;
             prev = ms + p->lit_len;
             at = s + prev;
         }
     }
-    if (prev != n && tok__spans_push(out, prev, n, 0))
-        return RCD_ENOMEM;
+    if (prev != n && tok__spans_push(out, prev, n, 0)) return RCD_ENOMEM;
     return 0;
 }
 

@@ -8,17 +8,14 @@
 
 int tok__buf_reserve(tok__buf_t *b, size_t extra)
 {
-    if (b->cap - b->n > extra)
-        return 0;
+    if (b->cap - b->n > extra) return 0;
     size_t cap = b->cap ? b->cap : 64;
     while (cap - b->n <= extra) {
-        if (cap > SIZE_MAX / 2)
-            return RCD_ENOMEM;
+        if (cap > SIZE_MAX / 2) return RCD_ENOMEM;
         cap *= 2;
     }
     char *p = realloc(b->p, cap);
-    if (!p)
-        return RCD_ENOMEM;
+    if (!p) return RCD_ENOMEM;
     b->p = p;
     b->cap = cap;
     return 0;
@@ -26,10 +23,8 @@ int tok__buf_reserve(tok__buf_t *b, size_t extra)
 
 int tok__buf_put(tok__buf_t *b, const void *p, size_t n)
 {
-    if (tok__buf_reserve(b, n))
-        return RCD_ENOMEM;
-    if (n)
-        memcpy(b->p + b->n, p, n);
+    if (tok__buf_reserve(b, n)) return RCD_ENOMEM;
+    if (n) memcpy(b->p + b->n, p, n);
     b->n += n;
     b->p[b->n] = 0; /* reserve keeps one spare byte */
     return 0;
@@ -46,8 +41,7 @@ int tok__spans_push(tok__spans_t *s, size_t start, size_t end, int match)
     if (s->n == s->cap) {
         size_t cap = s->cap ? s->cap * 2 : 32;
         tok__span_t *v = realloc(s->v, cap * sizeof(*v));
-        if (!v)
-            return RCD_ENOMEM;
+        if (!v) return RCD_ENOMEM;
         s->v = v;
         s->cap = cap;
     }
@@ -61,13 +55,24 @@ void tok__spans_free(tok__spans_t *s)
     memset(s, 0, sizeof(*s));
 }
 
+const char *tok__find(const char *hay, size_t n, const char *needle, size_t nn)
+{
+    const char *end = hay + n;
+    while ((size_t)(end - hay) >= nn) {
+        const char *p = memchr(hay, needle[0], (size_t)(end - hay) - nn + 1);
+        if (!p) return NULL;
+        if (memcmp(p, needle, nn) == 0) return p;
+        hay = p + 1;
+    }
+    return NULL;
+}
+
 int tok__ids_push(tok_ids_t *ids, int32_t id)
 {
     if (ids->n == ids->cap) {
         size_t cap = ids->cap ? ids->cap * 2 : 64;
         int32_t *v = realloc(ids->v, cap * sizeof(*v));
-        if (!v)
-            return RCD_ENOMEM;
+        if (!v) return RCD_ENOMEM;
         ids->v = v;
         ids->cap = cap;
     }
@@ -77,16 +82,14 @@ int tok__ids_push(tok_ids_t *ids, int32_t id)
 
 void tok_ids_free(tok_ids_t *ids)
 {
-    if (!ids)
-        return;
+    if (!ids) return;
     free(ids->v);
     memset(ids, 0, sizeof(*ids));
 }
 
 void tok_text_free(tok_text_t *text)
 {
-    if (!text)
-        return;
+    if (!text) return;
     free(text->p);
     memset(text, 0, sizeof(*text));
 }
@@ -122,11 +125,9 @@ static size_t seq_scan(const unsigned char *s, size_t n, int *complete)
         return 1; /* never valid as a lead byte: a one-byte subpart */
     size_t i = 1;
     for (; i < need; i++) {
-        if (i >= n)
-            return i; /* truncated: incomplete, not complete */
+        if (i >= n) return i; /* truncated: incomplete, not complete */
         unsigned b = s[i];
-        if (b < lo || b > hi)
-            return i;
+        if (b < lo || b > hi) return i;
         lo = 0x80;
         hi = 0xBF;
     }
@@ -137,8 +138,7 @@ static size_t seq_scan(const unsigned char *s, size_t n, int *complete)
 size_t tok__utf8_seq(const unsigned char *s, size_t n)
 {
     int complete;
-    if (!n)
-        return 0;
+    if (!n) return 0;
     size_t k = seq_scan(s, n, &complete);
     return complete ? k : 0;
 }
@@ -196,12 +196,10 @@ int tok__utf8_valid(const char *str, size_t n, size_t *bad)
         while (i + 8 <= n) {
             uint64_t w;
             memcpy(&w, s + i, 8);
-            if (w & 0x8080808080808080ull)
-                break;
+            if (w & 0x8080808080808080ull) break;
             i += 8;
         }
-        if (i >= n)
-            break;
+        if (i >= n) break;
         if (s[i] < 0x80) {
             i++;
             continue;
@@ -209,8 +207,7 @@ int tok__utf8_valid(const char *str, size_t n, size_t *bad)
         int complete;
         size_t k = seq_scan(s + i, n - i, &complete);
         if (!complete) {
-            if (bad)
-                *bad = i;
+            if (bad) *bad = i;
             return 0;
         }
         i += k;
@@ -223,10 +220,8 @@ int tok__utf8_lossy(const char *str, size_t n, tok__buf_t *out, int hold_tail, s
     static const char fffd[3] = {(char)0xEF, (char)0xBF, (char)0xBD};
     const unsigned char *s = (const unsigned char *)str;
     size_t i = 0, run = 0;
-    if (held)
-        *held = 0;
-    if (tok__buf_reserve(out, n + 3))
-        return RCD_ENOMEM;
+    if (held) *held = 0;
+    if (tok__buf_reserve(out, n + 3)) return RCD_ENOMEM;
     while (i < n) {
         if (s[i] < 0x80) {
             i++;
@@ -238,16 +233,13 @@ int tok__utf8_lossy(const char *str, size_t n, tok__buf_t *out, int hold_tail, s
             i += k;
             continue;
         }
-        if (tok__buf_put(out, s + run, i - run))
-            return RCD_ENOMEM;
+        if (tok__buf_put(out, s + run, i - run)) return RCD_ENOMEM;
         if (hold_tail && i + k == n && k < 4 && (s[i] >= 0xC2 && s[i] <= 0xF4)) {
             /* truncated, not invalid: may still be completed by more bytes */
-            if (held)
-                *held = k;
+            if (held) *held = k;
             return 0;
         }
-        if (tok__buf_put(out, fffd, 3))
-            return RCD_ENOMEM;
+        if (tok__buf_put(out, fffd, 3)) return RCD_ENOMEM;
         i += k;
         run = i;
     }
@@ -256,10 +248,8 @@ int tok__utf8_lossy(const char *str, size_t n, tok__buf_t *out, int hold_tail, s
 
 int tok__is_space(uint32_t c)
 {
-    if (c <= 0x20)
-        return c == 0x20 || (c >= 0x09 && c <= 0x0D);
-    if (c < 0x85)
-        return 0;
-    return c == 0x85 || c == 0xA0 || c == 0x1680 || (c >= 0x2000 && c <= 0x200A) ||
-           c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
+    if (c <= 0x20) return c == 0x20 || (c >= 0x09 && c <= 0x0D);
+    if (c < 0x85) return 0;
+    return c == 0x85 || c == 0xA0 || c == 0x1680 || (c >= 0x2000 && c <= 0x200A) || c == 0x2028 ||
+           c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
 }
