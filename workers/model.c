@@ -92,7 +92,7 @@ cleanup:
     return rc;
 }
 
-static const wrk_family_i *const families[] = {&wrk_family_mamba};
+static const wrk_family_i *const families[] = {&wrk_family_mamba, &wrk_family_mamba2};
 #define N_FAMILIES (sizeof families / sizeof families[0])
 
 /* Reads architectures[0] and picks the family by model_type. */

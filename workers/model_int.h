@@ -52,6 +52,7 @@ struct wrk_model {
 };
 
 extern const wrk_family_i wrk_family_mamba;
+extern const wrk_family_i wrk_family_mamba2;
 
 /* Reads a small fp32 parameter out of a tensor of any dtype (element i). */
 float wrk_tensor_f32(const wrk_st_tensor_t *t, size_t i);

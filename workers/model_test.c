@@ -76,8 +76,8 @@ static void test_refusals(void)
     wrk_model_free(m);
     rm_dir(dir);
 
-    expect("\"model_type\": \"mamba\"", "\"model_type\": \"mamba2\"", true, RCD_EUNSUPPORTED,
-           "mamba2");
+    expect("\"model_type\": \"mamba\"", "\"model_type\": \"mamba9\"", true, RCD_EUNSUPPORTED,
+           "mamba9");
     expect("\"model_type\": \"mamba\"", "\"model_typo\": \"mamba\"", true, RCD_EUNSUPPORTED,
            "model_type missing");
     expect("\"hidden_act\": \"silu\"", "\"hidden_act\": \"gelu\"", true, RCD_EUNSUPPORTED,

@@ -13,7 +13,7 @@
 
 /* ---- models ---------------------------------------------------------------------------- */
 
-typedef enum wrk_family { WRK_FAMILY_MAMBA = 1 } wrk_family_t;
+typedef enum wrk_family { WRK_FAMILY_MAMBA = 1, WRK_FAMILY_MAMBA2 = 2 } wrk_family_t;
 
 /* One tensor of a sequence's state, as the state store sees it: a named byte range of the
  * state blob. Every model's state is fixed-size fp32 and known at load time. */

@@ -1,0 +1,195 @@
+/* workers/cpu: the Mamba2 forward pass over a ragged batch. All sequences' tokens are stacked
+ * into one [T x H] activation so in_proj and out_proj are one matmul over the batch; the conv
+ * (over x, B and C together) and the per-head SSM recurrence run per sequence against its own
+ * state slot. Prefill uses the same sequential recurrence as decode: it is algebraically what
+ * transformers' chunked SSD computes (differences are fp32 rounding, ~1e-6 relative). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "workers/cpu/cpu_int.h"
+#include "workers/mamba2.h"
+
+typedef struct mamba2_ctx {
+    float *u;   /* [T x H] normed input */
+    float *zx;  /* [T x proj_dim]: z, xBC (pre-conv), dt */
+    float *xbc; /* [T x C] after conv + silu: x, B, C */
+    float *y;   /* [T x I] scan output, then gated-normed in place */
+} mamba2_ctx_t;
+
+typedef struct fwd {
+    wrk_cpu_t *c;
+    mamba2_ctx_t *a;
+    const wrk_seq_t *seqs;
+    int n_seqs;
+    int T;      /* tokens in the step */
+    int n_rows; /* logit rows in the step */
+} fwd_t;
+
+void wrk_mamba2_cpu_free(void *ctx)
+{
+    mamba2_ctx_t *a = ctx;
+    if (!a) return;
+    free(a->u);
+    free(a->zx);
+    free(a->xbc);
+    free(a->y);
+    free(a);
+}
+
+static float *alloc_floats(size_t n)
+{
+    return aligned_alloc(64, ((n ? n : 1) * sizeof(float) + 63) / 64 * 64);
+}
+
+int wrk_mamba2_cpu_init(struct wrk_cpu *c, void **ctx)
+{
+    const wrk_mamba2_config_t *cfg = &((const wrk_mamba2_t *)c->m->priv)->cfg;
+    const size_t T = (size_t)c->base.max_step_tokens;
+    mamba2_ctx_t *a = calloc(1, sizeof *a);
+    if (!a) return RCD_ENOMEM;
+    a->u = alloc_floats(T * cfg->hidden);
+    a->zx = alloc_floats(T * cfg->proj_dim);
+    a->xbc = alloc_floats(T * cfg->conv_dim);
+    a->y = alloc_floats(T * cfg->inner);
+    if (!a->u || !a->zx || !a->xbc || !a->y) {
+        wrk_mamba2_cpu_free(a);
+        return RCD_ENOMEM;
+    }
+    *ctx = a;
+    return 0;
+}
+
+/* torch.nn.functional.softplus (beta 1, threshold 20). */
+static inline float softplus(float v)
+{
+    return v > 20.f ? v : log1pf(expf(v));
+}
+
+static inline float silu(float v)
+{
+    return v / (1.f + expf(-v));
+}
+
+/* SSM recurrence of one sequence over T tokens for heads [h0, h1):
+ * dt = clamp(softplus(dt_raw + dt_b), lo, hi); S = exp(dt A) S + dt B (x) x;
+ * y = C . S + D x. S is [NH][P][N]; head h reads B, C of group h / (NH / G). */
+static void ssd_scan(const wrk_mamba2_config_t *cfg, const wrk_mamba2_layer_t *L, int T, int h0,
+                     int h1, const float *zx, const float *xbc, float *S, float *y)
+{
+    const int I = cfg->inner, P = cfg->head_dim, N = cfg->d_state, G = cfg->n_groups;
+    const int C = cfg->conv_dim, Dp = cfg->proj_dim, hpg = cfg->n_heads / G;
+    for (int t = 0; t < T; t++) {
+        const float *xr = xbc + (size_t)t * C;
+        const float *dtr = zx + (size_t)t * Dp + I + C;
+        float *yr = y + (size_t)t * I;
+        for (int h = h0; h < h1; h++) {
+            float dt = softplus(dtr[h] + L->dt_b[h]);
+            dt = fminf(fmaxf(dt, cfg->dt_min), cfg->dt_max);
+            const float dA = expf(dt * L->A[h]);
+            const int g = h / hpg;
+            const float *B = xr + I + (size_t)g * N;
+            const float *Cm = xr + I + (size_t)G * N + (size_t)g * N;
+            for (int p = 0; p < P; p++) {
+                const float xv = xr[h * P + p], dx = dt * xv;
+                float *s = S + ((size_t)h * P + p) * N;
+                /* Eight partial sums so the compiler vectorizes the C . S reduction. */
+                float acc8[8] = {0};
+                int n = 0;
+                for (; n + 8 <= N; n += 8)
+                    for (int j = 0; j < 8; j++) {
+                        const float v = dA * s[n + j] + dx * B[n + j];
+                        s[n + j] = v;
+                        acc8[j] += Cm[n + j] * v;
+                    }
+                for (; n < N; n++) {
+                    s[n] = dA * s[n] + dx * B[n];
+                    acc8[0] += Cm[n] * s[n];
+                }
+                const float acc = ((acc8[0] + acc8[4]) + (acc8[1] + acc8[5])) +
+                                  ((acc8[2] + acc8[6]) + (acc8[3] + acc8[7]));
+                yr[h * P + p] = acc + L->D[h] * xv;
+            }
+        }
+    }
+}
+
+/* Gated RMSNorm of one token, in place: q = y silu(z), normalized per group of `gs`
+ * channels, times w. */
+static void gated_norm(float *y, const float *z, const float *w, int I, int gs, float eps)
+{
+    for (int g0 = 0; g0 < I; g0 += gs) {
+        double ss = 0.0;
+        for (int i = g0; i < g0 + gs; i++) {
+            y[i] *= silu(z[i]);
+            ss += (double)y[i] * y[i];
+        }
+        const float r = 1.f / sqrtf((float)(ss / gs) + eps);
+        for (int i = g0; i < g0 + gs; i++)
+            y[i] = w[i] * (y[i] * r);
+    }
+}
+
+static void forward(void *arg, int ith, int nth)
+{
+    fwd_t *f = arg;
+    wrk_cpu_t *c = f->c;
+    mamba2_ctx_t *a = f->a;
+    const wrk_mamba2_t *mb = c->m->priv;
+    const wrk_mamba2_config_t *cfg = &mb->cfg;
+    const wrk_kern_t *k = c->k;
+    const int H = cfg->hidden, I = cfg->inner, K = cfg->d_conv, C = cfg->conv_dim;
+    const int Dp = cfg->proj_dim, T = f->T;
+    const size_t layer_floats = wrk_mamba2_layer_state_floats(cfg);
+    const size_t conv_floats = wrk_mamba2_conv_floats(cfg);
+    int t0, t1, c0, c1, h0, h1;
+
+    wrk_cpu_embed(c, ith, nth, f->seqs, f->n_seqs);
+    wrk_split(T, 1, ith, nth, &t0, &t1);
+    wrk_split(C, 16, ith, nth, &c0, &c1);
+    wrk_split(cfg->n_heads, 1, ith, nth, &h0, &h1);
+    wrk_pool_barrier(c->pool);
+
+    for (int l = 0; l < cfg->n_layers; l++) {
+        const wrk_mamba2_layer_t *L = &mb->layers[l];
+        for (int t = t0; t < t1; t++)
+            k->rmsnorm(a->u + (size_t)t * H, c->res + (size_t)t * H, L->norm_w, H, cfg->eps);
+        wrk_pool_barrier(c->pool);
+        wrk_cpu_mm(c, ith, nth, &L->in_proj, a->u, H, T, a->zx, Dp, L->in_b, false);
+        wrk_pool_barrier(c->pool);
+        if (c1 > c0) {
+            int t = 0;
+            for (int s = 0; s < f->n_seqs; s++) {
+                float *win = wrk_cpu_slot(c, f->seqs[s].slot) + l * layer_floats;
+                k->conv_silu(f->seqs[s].n_tokens, c0, c1, C, K, a->zx + (size_t)t * Dp + I, Dp,
+                             L->conv_w, L->conv_b, win, a->xbc + (size_t)t * C);
+                t += f->seqs[s].n_tokens;
+            }
+        }
+        wrk_pool_barrier(c->pool);
+        if (h1 > h0) {
+            int t = 0;
+            for (int s = 0; s < f->n_seqs; s++) {
+                float *S = wrk_cpu_slot(c, f->seqs[s].slot) + l * layer_floats + conv_floats;
+                ssd_scan(cfg, L, f->seqs[s].n_tokens, h0, h1, a->zx + (size_t)t * Dp,
+                         a->xbc + (size_t)t * C, S, a->y + (size_t)t * I);
+                t += f->seqs[s].n_tokens;
+            }
+        }
+        wrk_pool_barrier(c->pool);
+        for (int t = t0; t < t1; t++)
+            gated_norm(a->y + (size_t)t * I, a->zx + (size_t)t * Dp, L->gnorm_w, I, cfg->norm_group,
+                       cfg->eps);
+        wrk_pool_barrier(c->pool);
+        wrk_cpu_mm(c, ith, nth, &L->out_proj, a->y, I, T, c->res, H, L->out_b, true);
+        wrk_pool_barrier(c->pool);
+    }
+    wrk_cpu_logits(c, ith, nth, f->seqs, f->n_seqs, f->n_rows);
+}
+
+void wrk_mamba2_cpu_step(struct wrk_cpu *c, void *ctx, const wrk_seq_t *seqs, int n_seqs)
+{
+    fwd_t f = {.c = c, .a = ctx, .seqs = seqs, .n_seqs = n_seqs};
+    wrk_cpu_batch_size(seqs, n_seqs, &f.T, &f.n_rows);
+    wrk_pool_run(c->pool, forward, &f);
+}

@@ -1,0 +1,68 @@
+/* workers: the Mamba2 family's private layout (Mamba2ForCausalLM), shared by its loader
+ * (mamba2.c) and its CPU forward pass (cpu/mamba2_cpu.c). */
+#ifndef RCD_WRK_MAMBA2_H
+#define RCD_WRK_MAMBA2_H
+
+#include "workers/model_int.h"
+
+typedef struct wrk_mamba2_config {
+    int vocab;    /* V */
+    int hidden;   /* H */
+    int inner;    /* I = expand * H = n_heads * head_dim */
+    int n_heads;  /* NH */
+    int head_dim; /* P */
+    int d_state;  /* N */
+    int n_groups; /* G: B and C per group; head h uses group h / (NH / G) */
+    int d_conv;   /* K */
+    int n_layers; /* L */
+    int conv_dim; /* C = I + 2 G N: the channels the conv runs over (x, B, C) */
+    int proj_dim; /* in_proj rows: I (z) + C (xBC) + NH (dt) */
+    /* The gated RMSNorm normalizes groups of this many channels. transformers (5.x) uses
+     * I / G (like mamba_ssm's RMSNormGated); the spec, read at an older commit, says full I. */
+    int norm_group;
+    float dt_min, dt_max; /* time_step_limit: clamp of dt after softplus (max may be inf) */
+    bool use_bias, use_conv_bias, tie_embeddings;
+    float eps;
+    int bos_id, eos_id, pad_id;
+} wrk_mamba2_config_t;
+
+typedef struct wrk_mamba2_layer {
+    const float *norm_w;  /* [H] */
+    wrk_mat_t in_proj;    /* [I + C + NH x H]: z, xBC, dt */
+    const float *in_b;    /* [I + C + NH] or NULL */
+    const float *conv_w;  /* [K x C]: transposed from HF's [C,1,K], tap k=K-1 is newest */
+    const float *conv_b;  /* [C] or NULL */
+    const float *dt_b;    /* [NH] */
+    const float *A;       /* [NH] = -exp(A_log) */
+    const float *D;       /* [NH] */
+    const float *gnorm_w; /* [I], gated RMSNorm weight */
+    wrk_mat_t out_proj;   /* [H x I] */
+    const float *out_b;   /* [H] or NULL */
+} wrk_mamba2_layer_t;
+
+typedef struct wrk_mamba2 {
+    wrk_mamba2_config_t cfg;
+    wrk_mamba2_layer_t *layers;
+    float *params; /* one allocation holding every small fp32 parameter */
+} wrk_mamba2_t;
+
+/* Parses a Mamba2 config.json; every value range-checked. */
+int wrk_mamba2_config_parse(const char *json, size_t len, wrk_mamba2_config_t *cfg, char *err,
+                            size_t errlen);
+
+/* State layout of a Mamba2 sequence, per layer: conv window [K-1][C] (pre-conv xBC inputs,
+ * oldest first), then SSM state [NH][P][N]; fp32. */
+static inline size_t wrk_mamba2_conv_floats(const wrk_mamba2_config_t *c)
+{
+    return (size_t)(c->d_conv - 1) * c->conv_dim;
+}
+static inline size_t wrk_mamba2_layer_state_floats(const wrk_mamba2_config_t *c)
+{
+    return wrk_mamba2_conv_floats(c) + (size_t)c->n_heads * c->head_dim * c->d_state;
+}
+
+int wrk_mamba2_cpu_init(struct wrk_cpu *c, void **ctx);
+void wrk_mamba2_cpu_free(void *ctx);
+void wrk_mamba2_cpu_step(struct wrk_cpu *c, void *ctx, const wrk_seq_t *seqs, int n_seqs);
+
+#endif
