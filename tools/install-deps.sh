@@ -7,6 +7,8 @@ pkgs=(
   libcjson-dev libxxhash-dev libjemalloc-dev libopenblas-dev
   libpcre2-dev libutf8proc-dev
   clang libclang-rt-14-dev   # libFuzzer targets
+  libgrpc-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler libuv1-dev  # daemon
+  python3-grpcio python3-protobuf   # integration tests (Python gRPC client)
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -1,0 +1,140 @@
+/* daemon: private types shared by the daemon's files — the server context owned by the loop
+ * thread, the per-call record, and the completion plumbing (CQ thread → uv_async → loop). */
+#ifndef DMN_H
+#define DMN_H
+
+#include <grpc/grpc.h>
+#include <protobuf-c/protobuf-c.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "daemon/dmn_log.h"
+#include "daemon/dmn_opts.h"
+#include "statestore/store.h"
+#include "workers/tokenizer/tok.h"
+#include "workers/wrk.h"
+
+typedef struct dmn_server dmn_server_t;
+typedef struct dmn_call dmn_call_t;
+typedef struct dmn_runner dmn_runner_t;
+
+/* Methods served; DMN_M_UNKNOWN answers UNIMPLEMENTED. */
+typedef enum dmn_method {
+    DMN_M_LIST_MODELS,
+    DMN_M_CREATE_SESSION,
+    DMN_M_GET_SESSION,
+    DMN_M_FORK_SESSION,
+    DMN_M_DELETE_SESSION,
+    DMN_M_TOKENIZE,
+    DMN_M_DETOKENIZE,
+    DMN_M_GENERATE,
+    DMN_M_HEALTH_CHECK,
+    DMN_M_HEALTH_WATCH,
+    DMN_M__COUNT,
+    DMN_M_UNKNOWN = DMN_M__COUNT,
+} dmn_method_t;
+
+/* A completion-queue tag: the loop calls cb(op, ok) once per started batch. */
+typedef struct dmn_op {
+    void (*cb)(struct dmn_op *op, bool ok);
+} dmn_op_t;
+
+/* One accepted call. Freed when every started batch has completed and its owner (the
+ * method handler, e.g. a Generate turn in the runner) has released it. */
+struct dmn_call {
+    dmn_server_t *srv;
+    grpc_call *call;
+    dmn_method_t method;
+    char rid[40];         /* request id: x-request-id or generated */
+    uint64_t deadline_ns; /* uv_hrtime() clock, 0 = none */
+    uint64_t start_ns;
+    int batches;   /* started, not yet completed */
+    int holds;     /* owner references (handler state) */
+    bool closed;   /* RECV_CLOSE completed */
+    int cancelled; /* set by RECV_CLOSE: client cancelled or deadline */
+    bool md_sent, status_sent, send_busy;
+    dmn_op_t op_close, op_send;
+    grpc_byte_buffer *send_bb; /* alive until op_send completes */
+    grpc_slice status_details;
+    grpc_metadata md_rid; /* x-request-id echoed in the initial metadata */
+    bool has_details;
+    void (*on_send_done)(dmn_call_t *c, bool ok); /* streaming: next message */
+    void (*on_close)(dmn_call_t *c);              /* streaming: client went away */
+    void *ext;                                    /* handler state */
+    dmn_call_t *prev, *next;                      /* srv->calls */
+};
+
+struct dmn_server {
+    dmn_opts_t *opts;
+    uv_loop_t *loop;
+    wrk_model_t *model;
+    wrk_backend_t *backend;
+    tok_t *tok;
+    store_t *store;
+    dmn_runner_t *runner;
+    char model_id[128];
+    int vocab;
+    int32_t eos_id;
+
+    grpc_server *server;
+    grpc_completion_queue *cq;
+    void *methods[DMN_M__COUNT]; /* registered method handles */
+    pthread_t cq_thread;
+    bool cq_thread_started;
+    uv_async_t wake;
+    pthread_mutex_t mu; /* guards the event vector below */
+    struct dmn_ev {
+        dmn_op_t *op;
+        bool ok;
+    } * evs, *evs_spare;
+    size_t n_evs, cap_evs, cap_spare;
+
+    int port;
+    bool draining, shutting_down, server_shutdown_started;
+    dmn_op_t op_shutdown;
+    bool shutdown_done;
+    uv_timer_t grace_timer;
+    uv_signal_t sig_term, sig_int;
+    dmn_call_t *calls; /* every live call */
+    int n_turns;       /* Generate calls not yet finished */
+    uint64_t next_rid;
+    int exit_code;
+};
+
+/* ---- dmn_server.c: call plumbing ------------------------------------------------------- */
+int dmn_server_start(dmn_server_t *s, char *err, size_t errlen);
+void dmn_server_drain(dmn_server_t *s, const char *why);
+/* Starts a batch on the call with op as tag (counts it in c->batches). */
+grpc_call_error dmn_call_batch(dmn_call_t *c, const grpc_op *ops, size_t n, dmn_op_t *op);
+/* Unary: sends msg (may be NULL for an error) and the status, then frees the call. */
+void dmn_call_reply(dmn_call_t *c, const ProtobufCMessage *msg);
+void dmn_call_fail(dmn_call_t *c, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Streaming: starts RECV_CLOSE (calls c->on_close when the client goes away). */
+void dmn_call_watch_close(dmn_call_t *c);
+/* Streaming: sends one message (with the status when final != 0); c->send_busy until done.
+ * status_rc < 0 sends that error after msg (msg may be NULL). */
+int dmn_call_send(dmn_call_t *c, const ProtobufCMessage *msg, bool final, int status_rc,
+                  const char *details);
+void dmn_call_hold(dmn_call_t *c);
+void dmn_call_release(dmn_call_t *c); /* frees the call when nothing else holds it */
+/* Unpacks the request payload; INVALID_ARGUMENT reply on failure (returns NULL). */
+ProtobufCMessage *dmn_call_unpack(dmn_call_t *c, grpc_byte_buffer *bb,
+                                  const ProtobufCMessageDescriptor *d);
+void dmn_server_turn_done(dmn_server_t *s); /* a Generate finished: drain may proceed */
+
+/* ---- dmn_rpc.c: unary methods and health ---------------------------------------------- */
+void dmn_rpc_dispatch(dmn_call_t *c, grpc_byte_buffer *payload);
+void dmn_health_notify(dmn_server_t *s); /* serving status changed: tell Watch streams */
+void dmn_health_cancel_all(dmn_server_t *s);
+int64_t dmn_now_ms(void);
+void dmn_random_id(char *buf, size_t len, const char *prefix);
+
+/* ---- dmn_generate.c -------------------------------------------------------------------- */
+void dmn_generate_start(dmn_call_t *c, grpc_byte_buffer *payload);
+bool dmn_session_busy(dmn_server_t *s, const char *sid); /* a turn runs on it */
+void dmn_generate_cancel_all(dmn_server_t *s, int rc);
+
+#endif

@@ -1,0 +1,601 @@
+/* daemon: the Generate turn — validation, the session read, one runner sequence, sampling
+ * and stop conditions, the token/text stream (one SEND_MESSAGE in flight, deltas coalesced
+ * while one is), and the commit of the session on success only. */
+#include "daemon/dmn.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon/dmn_runner.h"
+#include "daemon/dmn_sample.h"
+#include "recurd/v1/inference.pb-c.h"
+
+#define MAX_STOPS 16
+#define MAX_STOP_BYTES 256
+#define MAX_LOGPROBS 20
+
+typedef struct dmn_gen {
+    dmn_call_t *call;
+    dmn_seq_t seq;
+    dmn_sampler_t smp;
+    tok_stream_t *ts;
+    int32_t *prompt;
+    int32_t n_prompt;
+    void *init_state, *state_out;
+    float *logits;
+    char sid[STORE_ID_MAX + 1];
+    bool has_session, in_runner, finished, freed;
+    uint64_t base_version, new_version, sess_tokens;
+    /* limits and stops */
+    uint32_t max_tokens, ctx_left;
+    char **stops;
+    size_t n_stops, max_stop;
+    int32_t *stop_ids;
+    size_t n_stop_ids;
+    bool ignore_eos;
+    int n_lp;
+    /* output */
+    int32_t *gen;
+    float *lp, *top_lp;
+    int32_t *top_ids;
+    uint32_t n_gen, sent_tok;
+    char *text;
+    size_t text_len, text_cap, emitted;
+    int finish_reason, final_rc;
+    char final_msg[256];
+    uint64_t t_submit, t_start, t_first, t_end;
+} dmn_gen_t;
+
+static void gen_pump(dmn_gen_t *g);
+
+bool dmn_session_busy(dmn_server_t *s, const char *sid)
+{
+    for (dmn_call_t *c = s->calls; c; c = c->next) {
+        dmn_gen_t *g = c->method == DMN_M_GENERATE ? c->ext : NULL;
+        /* A cancelled turn can no longer commit: it does not hold the session. */
+        if (g && g->has_session && !g->freed && !c->cancelled && !strcmp(g->sid, sid)) return true;
+    }
+    return false;
+}
+
+void dmn_generate_cancel_all(dmn_server_t *s, int rc)
+{
+    for (dmn_call_t *c = s->calls; c; c = c->next)
+        if (c->method == DMN_M_GENERATE && c->ext)
+            grpc_call_cancel_with_status(c->call, (grpc_status_code)rcd_grpc_status(rc),
+                                         "server shutting down", NULL);
+}
+
+static void gen_free(dmn_gen_t *g)
+{
+    dmn_call_t *c = g->call;
+    dmn_server_t *s = c->srv;
+    g->freed = true;
+    dmn_sampler_free(&g->smp);
+    tok_stream_free(g->ts);
+    free(g->prompt);
+    free(g->init_state);
+    free(g->state_out);
+    free(g->logits);
+    for (size_t i = 0; i < g->n_stops; i++)
+        free(g->stops[i]);
+    free(g->stops);
+    free(g->stop_ids);
+    free(g->gen);
+    free(g->lp);
+    free(g->top_lp);
+    free(g->top_ids);
+    free(g->text);
+    free(g);
+    c->ext = NULL;
+    c->on_close = NULL;
+    c->on_send_done = NULL;
+    s->n_turns--;
+    dmn_call_release(c);
+    dmn_server_turn_done(s);
+}
+
+static void gen_maybe_free(dmn_gen_t *g)
+{
+    dmn_call_t *c = g->call;
+    if (g->in_runner || c->send_busy) return;
+    if (c->status_sent || (c->closed && c->cancelled)) gen_free(g);
+}
+
+/* Ends generation: the final message and status go out as soon as the stream is free. */
+static void gen_complete(dmn_gen_t *g, int rc, const char *msg)
+{
+    if (g->finished) return;
+    g->finished = true;
+    g->final_rc = rc;
+    snprintf(g->final_msg, sizeof(g->final_msg), "%s", msg ? msg : "");
+    g->t_end = uv_hrtime();
+    const char *fr[] = {"unspecified", "length", "stop", "eos", "context"};
+    if (rc)
+        dmn_log(DMN_INFO, "turn_failed", g->call->rid, g->sid, "%s: %s", rcd_errname(rc),
+                g->final_msg);
+    else
+        dmn_log(DMN_INFO, "turn_done", g->call->rid, g->sid,
+                "prompt %d tokens, %u generated, finish %s, version %llu, %.1f ms", g->n_prompt,
+                g->n_gen, fr[g->finish_reason % 5], (unsigned long long)g->new_version,
+                (double)(g->t_end - g->t_submit) / 1e6);
+    gen_pump(g);
+}
+
+static int text_append(dmn_gen_t *g, const char *p, size_t n)
+{
+    if (g->text_len + n + 1 > g->text_cap) {
+        size_t cap = (g->text_len + n + 1) * 2;
+        char *t = realloc(g->text, cap);
+        if (!t) return RCD_ENOMEM;
+        g->text = t;
+        g->text_cap = cap;
+    }
+    memcpy(g->text + g->text_len, p, n);
+    g->text_len += n;
+    g->text[g->text_len] = 0;
+    return 0;
+}
+
+/* Truncates at the earliest stop string found in the text from `from`; true if found. */
+static bool find_stop(dmn_gen_t *g, size_t from)
+{
+    size_t best = SIZE_MAX;
+    for (size_t i = 0; i < g->n_stops; i++) {
+        const char *hit =
+            memmem(g->text + from, g->text_len - from, g->stops[i], strlen(g->stops[i]));
+        if (hit && (size_t)(hit - g->text) < best) best = (size_t)(hit - g->text);
+    }
+    if (best == SIZE_MAX) return false;
+    g->text_len = best;
+    g->text[best] = 0;
+    if (g->emitted > best) g->emitted = best;
+    return true;
+}
+
+/* Bytes that may be streamed now: text that could still begin a stop string is held back. */
+static size_t sendable(const dmn_gen_t *g)
+{
+    if (g->finished || g->max_stop <= 1) return g->text_len;
+    size_t hold = g->max_stop - 1;
+    size_t n = g->text_len > hold ? g->text_len - hold : 0;
+    while (n > g->emitted && n < g->text_len && ((unsigned char)g->text[n] & 0xC0) == 0x80)
+        n--;
+    return n < g->emitted ? g->emitted : n;
+}
+
+static void gen_pump(dmn_gen_t *g)
+{
+    dmn_call_t *c = g->call;
+    if (c->send_busy || c->status_sent || (c->closed && c->cancelled)) return;
+    size_t upto = sendable(g);
+    bool have = upto > g->emitted || g->n_gen > g->sent_tok;
+    if (!have && !g->finished) return;
+    if (g->finished && g->final_rc && !have) {
+        dmn_call_send(c, NULL, true, g->final_rc, g->final_msg);
+        return;
+    }
+    Recurd__V1__GenerateResponse r = RECURD__V1__GENERATE_RESPONSE__INIT;
+    Recurd__V1__Usage u = RECURD__V1__USAGE__INIT;
+    uint32_t nt = g->n_gen - g->sent_tok;
+    Recurd__V1__TokenLogprob *tl = NULL, **tlp = NULL;
+    Recurd__V1__TopLogprob *tops = NULL, **topp = NULL;
+    char *chunk = malloc(upto - g->emitted + 1);
+    if (!chunk) goto oom;
+    if (upto > g->emitted) /* g->text is NULL until the first text */
+        memcpy(chunk, g->text + g->emitted, upto - g->emitted);
+    chunk[upto - g->emitted] = 0;
+    r.text = chunk;
+    r.n_token_ids = nt;
+    r.token_ids = g->gen + g->sent_tok;
+    if (g->n_lp >= 0 && nt) {
+        size_t nl = (size_t)(g->n_lp > 0 ? g->n_lp : 0);
+        tl = calloc(nt, sizeof(*tl));
+        tlp = calloc(nt, sizeof(*tlp));
+        tops = calloc(nt * nl + 1, sizeof(*tops));
+        topp = calloc(nt * nl + 1, sizeof(*topp));
+        if (!tl || !tlp || !tops || !topp) goto oom;
+        for (uint32_t i = 0; i < nt; i++) {
+            uint32_t k = g->sent_tok + i;
+            recurd__v1__token_logprob__init(&tl[i]);
+            tl[i].token_id = g->gen[k];
+            tl[i].logprob = g->lp[k];
+            tl[i].n_top = nl;
+            tl[i].top = topp + i * nl;
+            for (size_t j = 0; j < nl; j++) {
+                Recurd__V1__TopLogprob *t = &tops[i * nl + j];
+                recurd__v1__top_logprob__init(t);
+                t->token_id = g->top_ids[k * nl + j];
+                t->logprob = g->top_lp[k * nl + j];
+                topp[i * nl + j] = t;
+            }
+            tlp[i] = &tl[i];
+        }
+        r.n_logprobs = nt;
+        r.logprobs = tlp;
+    }
+    bool final = g->finished;
+    if (final && !g->final_rc) {
+        r.finish_reason = (Recurd__V1__FinishReason)g->finish_reason;
+        u.prompt_tokens = (uint32_t)g->n_prompt;
+        u.completion_tokens = g->n_gen;
+        uint64_t t0 = g->t_submit, ts = g->t_start ? g->t_start : t0,
+                 tf = g->t_first ? g->t_first : ts;
+        u.queue_ms = (double)(ts - t0) / 1e6;
+        u.prefill_ms = (double)(tf - ts) / 1e6;
+        u.decode_ms = (double)(g->t_end - tf) / 1e6;
+        u.total_ms = (double)(g->t_end - t0) / 1e6;
+        r.usage = &u;
+        r.session_version = g->new_version;
+        r.session_id = g->has_session ? g->sid : "";
+        r.request_id = c->rid;
+    }
+    /* A failed turn sends the text it had, then the error status. */
+    if (dmn_call_send(c, &r.base, final, g->final_rc, g->final_msg) == 0) {
+        g->emitted = upto;
+        g->sent_tok = g->n_gen;
+    }
+    free(chunk);
+    free(tl);
+    free(tlp);
+    free(tops);
+    free(topp);
+    return;
+oom:
+    free(chunk);
+    free(tl);
+    free(tlp);
+    free(tops);
+    free(topp);
+    if (!g->finished) {
+        g->finished = true;
+        g->final_rc = RCD_ENOMEM;
+    }
+    dmn_call_send(c, NULL, true, RCD_ENOMEM, "out of memory");
+}
+
+/* ---- runner events ---------------------------------------------------------------------- */
+
+static void gen_end(dmn_gen_t *g, int reason, int32_t last)
+{
+    g->finish_reason = reason;
+    const char *d;
+    size_t dl;
+    if (tok_stream_flush(g->ts, &d, &dl, NULL, 0) == 0 && dl) {
+        size_t from = g->text_len;
+        text_append(g, d, dl);
+        if (g->n_stops) find_stop(g, from > g->max_stop ? from - g->max_stop : 0);
+    }
+    dmn_server_t *s = g->call->srv;
+    if (dmn_runner_finish(s->runner, &g->seq, last, g->has_session ? g->state_out : NULL))
+        return; /* DMN_SEQ_DONE commits */
+    g->in_runner = false;
+    gen_complete(g, 0, NULL);
+}
+
+static void on_logits(dmn_gen_t *g)
+{
+    dmn_call_t *c = g->call;
+    dmn_server_t *s = c->srv;
+    if (!g->t_first) g->t_first = uv_hrtime();
+    if (c->deadline_ns && uv_hrtime() > c->deadline_ns) {
+        dmn_runner_finish(s->runner, &g->seq, -1, NULL);
+        g->in_runner = false;
+        gen_complete(g, RCD_EDEADLINE, "deadline exceeded during generation");
+        return;
+    }
+    int32_t t = dmn_sample(&g->smp, g->logits);
+    dmn_sampler_accept(&g->smp, t);
+    uint32_t k = g->n_gen++;
+    g->gen[k] = t;
+    if (g->n_lp >= 0)
+        g->lp[k] = dmn_logprobs(&g->smp, g->logits, t, g->n_lp, g->top_ids + (size_t)k * g->n_lp,
+                                g->top_lp + (size_t)k * g->n_lp);
+    const char *d;
+    size_t dl;
+    bool stop_text = false;
+    if (tok_stream_push(g->ts, t, &d, &dl, NULL, 0) == 0 && dl) {
+        size_t from = g->text_len;
+        if (text_append(g, d, dl) == 0 && g->n_stops)
+            stop_text = find_stop(g, from > g->max_stop ? from - g->max_stop : 0);
+    }
+    bool stop_id = false;
+    for (size_t i = 0; i < g->n_stop_ids; i++)
+        stop_id |= g->stop_ids[i] == t;
+    if (stop_text || stop_id)
+        gen_end(g, RECURD__V1__FINISH_REASON__FINISH_REASON_STOP, t);
+    else if (!g->ignore_eos && t == s->eos_id)
+        gen_end(g, RECURD__V1__FINISH_REASON__FINISH_REASON_EOS, t);
+    else if (g->n_gen >= g->ctx_left && g->ctx_left < g->max_tokens)
+        gen_end(g, RECURD__V1__FINISH_REASON__FINISH_REASON_CONTEXT, t);
+    else if (g->n_gen >= g->max_tokens)
+        gen_end(g, RECURD__V1__FINISH_REASON__FINISH_REASON_LENGTH, t);
+    else
+        dmn_runner_feed(s->runner, &g->seq, t);
+    gen_pump(g);
+}
+
+static void on_seq(dmn_seq_t *seq, dmn_seq_ev_t ev)
+{
+    dmn_gen_t *g = seq->user;
+    dmn_server_t *s = g->call->srv;
+    switch (ev) {
+    case DMN_SEQ_STARTED:
+        g->t_start = uv_hrtime();
+        break;
+    case DMN_SEQ_LOGITS:
+        on_logits(g);
+        break;
+    case DMN_SEQ_DONE: {
+        g->in_runner = false;
+        uint64_t add = (uint64_t)g->n_prompt + g->n_gen;
+        int rc = store_commit(s->store, g->sid, g->base_version, g->state_out, add, dmn_now_ms(),
+                              &g->new_version);
+        if (rc == RCD_ENOTFOUND)
+            gen_complete(g, rc, "session was deleted during the turn");
+        else if (rc == RCD_EMISMATCH)
+            gen_complete(g, rc, "session changed during the turn");
+        else if (rc)
+            gen_complete(g, rc, "session commit failed");
+        else
+            gen_complete(g, 0, NULL);
+        break;
+    }
+    case DMN_SEQ_FAILED:
+        g->in_runner = false;
+        if (seq->rc == RCD_ECANCELLED)
+            gen_maybe_free(g);
+        else
+            gen_complete(g, seq->rc, "model step failed");
+        break;
+    }
+}
+
+/* ---- call events ------------------------------------------------------------------------ */
+
+static void on_close(dmn_call_t *c)
+{
+    dmn_gen_t *g = c->ext;
+    if (c->cancelled && g->in_runner && dmn_runner_cancel(c->srv->runner, &g->seq) == 0)
+        g->in_runner = false;
+    if (c->cancelled && !g->finished)
+        dmn_log(DMN_INFO, "turn_cancelled", c->rid, g->sid,
+                "client cancelled or deadline passed "
+                "after %u tokens",
+                g->n_gen);
+    gen_maybe_free(g);
+}
+
+static void on_send_done(dmn_call_t *c, bool ok)
+{
+    dmn_gen_t *g = c->ext;
+    if (!ok && g->in_runner && dmn_runner_cancel(c->srv->runner, &g->seq) == 0)
+        g->in_runner = false;
+    if (ok) gen_pump(g);
+    gen_maybe_free(g);
+}
+
+/* ---- request validation ----------------------------------------------------------------- */
+
+static int check_sampling(dmn_server_t *s, const Recurd__V1__SamplingParams *p, dmn_gen_t *g,
+                          dmn_sampling_t *out, char *err, size_t errlen)
+{
+    dmn_sampling_t d = {.temperature = 1.0f, .top_p = 1.0f, .repetition_penalty = 1.0f};
+    g->max_tokens = (uint32_t)s->opts->default_max_tokens;
+    g->n_lp = -1;
+    if (!p) {
+        d.seed = (uint64_t)uv_hrtime() ^ (uint64_t)(uintptr_t)g;
+        *out = d;
+        return 0;
+    }
+    if (p->_temperature_case == RECURD__V1__SAMPLING_PARAMS___TEMPERATURE_TEMPERATURE)
+        d.temperature = p->temperature;
+    if (!(d.temperature >= 0.0f && d.temperature <= 100.0f))
+        return rcd_fail(RCD_EINVAL, err, errlen, "temperature must be in [0, 100]");
+    if (p->top_k < 0) return rcd_fail(RCD_EINVAL, err, errlen, "top_k must be >= 0");
+    d.top_k = p->top_k;
+    if (!(p->top_p >= 0.0f && p->top_p <= 1.0f))
+        return rcd_fail(RCD_EINVAL, err, errlen, "top_p must be in [0, 1]");
+    d.top_p = p->top_p > 0.0f ? p->top_p : 1.0f;
+    if (!(p->min_p >= 0.0f && p->min_p <= 1.0f))
+        return rcd_fail(RCD_EINVAL, err, errlen, "min_p must be in [0, 1]");
+    d.min_p = p->min_p;
+    if (!(p->repetition_penalty >= 0.0f && p->repetition_penalty <= 100.0f))
+        return rcd_fail(RCD_EINVAL, err, errlen, "repetition_penalty must be in (0, 100]");
+    d.repetition_penalty = p->repetition_penalty > 0.0f ? p->repetition_penalty : 1.0f;
+    if (!(p->presence_penalty >= -2.0f && p->presence_penalty <= 2.0f) ||
+        !(p->frequency_penalty >= -2.0f && p->frequency_penalty <= 2.0f))
+        return rcd_fail(RCD_EINVAL, err, errlen,
+                        "presence_penalty and frequency_penalty must be in [-2, 2]");
+    d.presence_penalty = p->presence_penalty;
+    d.frequency_penalty = p->frequency_penalty;
+    d.seed = p->_seed_case == RECURD__V1__SAMPLING_PARAMS___SEED_SEED
+                 ? p->seed
+                 : (uint64_t)uv_hrtime() ^ (uint64_t)(uintptr_t)g;
+    if (p->max_tokens > (uint32_t)s->opts->max_context)
+        return rcd_fail(RCD_EINVAL, err, errlen, "max_tokens %u is over the context limit %ld",
+                        p->max_tokens, s->opts->max_context);
+    if (p->max_tokens) g->max_tokens = p->max_tokens;
+    if (p->logprobs > MAX_LOGPROBS)
+        return rcd_fail(RCD_EINVAL, err, errlen, "logprobs must be in [0, %d]", MAX_LOGPROBS);
+    g->n_lp = p->logprobs ? (int)p->logprobs : -1;
+    if (p->n_stop > MAX_STOPS)
+        return rcd_fail(RCD_EINVAL, err, errlen, "at most %d stop strings", MAX_STOPS);
+    g->stops = calloc(p->n_stop + 1, sizeof(char *));
+    if (!g->stops) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
+    for (size_t i = 0; i < p->n_stop; i++) {
+        size_t n = strlen(p->stop[i]);
+        if (n == 0 || n > MAX_STOP_BYTES)
+            return rcd_fail(RCD_EINVAL, err, errlen, "stop string %zu must be 1..%d bytes", i,
+                            MAX_STOP_BYTES);
+        if (!(g->stops[g->n_stops++] = strdup(p->stop[i])))
+            return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
+        if (n > g->max_stop) g->max_stop = n;
+    }
+    if (p->n_stop_token_ids > 1024)
+        return rcd_fail(RCD_EINVAL, err, errlen, "at most 1024 stop token ids");
+    for (size_t i = 0; i < p->n_stop_token_ids; i++)
+        if (p->stop_token_ids[i] < 0 || p->stop_token_ids[i] >= s->vocab)
+            return rcd_fail(RCD_EINVAL, err, errlen, "stop token id %d is outside [0, %d)",
+                            p->stop_token_ids[i], s->vocab);
+    if (p->n_stop_token_ids) {
+        g->stop_ids = malloc(p->n_stop_token_ids * sizeof(int32_t));
+        if (!g->stop_ids) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
+        memcpy(g->stop_ids, p->stop_token_ids, p->n_stop_token_ids * sizeof(int32_t));
+        g->n_stop_ids = p->n_stop_token_ids;
+    }
+    g->ignore_eos = p->ignore_eos;
+    *out = d;
+    return 0;
+}
+
+static int gen_prepare(dmn_gen_t *g, const Recurd__V1__GenerateRequest *req, char *err,
+                       size_t errlen)
+{
+    dmn_server_t *s = g->call->srv;
+    int rc;
+    dmn_sampling_t sp;
+    if (req->model[0] && strcmp(req->model, s->model_id) != 0)
+        return rcd_fail(RCD_ENOTFOUND, err, errlen, "model '%s' is not loaded", req->model);
+    if ((rc = check_sampling(s, req->sampling, g, &sp, err, errlen))) return rc;
+    /* prompt */
+    if (req->prompt_case == RECURD__V1__GENERATE_REQUEST__PROMPT_TEXT) {
+        if (!req->text[0]) return rcd_fail(RCD_EINVAL, err, errlen, "prompt text is empty");
+        /* Encoding runs on the loop thread: refuse text that cannot fit the token limit
+         * before spending time on it (over 64 bytes per token on average is no real prompt). */
+        size_t tlen = strlen(req->text);
+        if (tlen > (size_t)s->opts->max_prompt * 64)
+            return rcd_fail(RCD_ETOOBIG, err, errlen, "prompt text is %zu bytes, over %ld", tlen,
+                            s->opts->max_prompt * 64);
+        tok_ids_t ids = {0};
+        rc = tok_encode(s->tok, req->text, tlen, req->add_special_tokens ? TOK_ADD_SPECIAL : 0,
+                        &ids, err, errlen);
+        if (rc) {
+            tok_ids_free(&ids);
+            return rc == RCD_EUTF8 || rc == RCD_EINVAL ? RCD_EINVAL : rc;
+        }
+        g->prompt = ids.v;
+        g->n_prompt = (int32_t)ids.n;
+        if (ids.n > (size_t)s->opts->max_prompt)
+            return rcd_fail(RCD_ETOOBIG, err, errlen, "prompt is %zu tokens, over the limit %ld",
+                            ids.n, s->opts->max_prompt);
+    } else if (req->prompt_case == RECURD__V1__GENERATE_REQUEST__PROMPT_TOKENS) {
+        size_t n = req->tokens->n_ids;
+        if (n == 0) return rcd_fail(RCD_EINVAL, err, errlen, "prompt token list is empty");
+        if (n > (size_t)s->opts->max_prompt)
+            return rcd_fail(RCD_ETOOBIG, err, errlen, "prompt is %zu tokens, over the limit %ld", n,
+                            s->opts->max_prompt);
+        for (size_t i = 0; i < n; i++)
+            if (req->tokens->ids[i] < 0 || req->tokens->ids[i] >= s->vocab)
+                return rcd_fail(RCD_EINVAL, err, errlen, "token id %d at %zu is outside [0, %d)",
+                                req->tokens->ids[i], i, s->vocab);
+        if (!(g->prompt = malloc(n * sizeof(int32_t))))
+            return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
+        memcpy(g->prompt, req->tokens->ids, n * sizeof(int32_t));
+        g->n_prompt = (int32_t)n;
+    } else {
+        return rcd_fail(RCD_EINVAL, err, errlen, "prompt missing: set text or tokens");
+    }
+    if (g->n_prompt == 0) return rcd_fail(RCD_EINVAL, err, errlen, "prompt encodes to no tokens");
+    /* session */
+    size_t sb = s->store->state_bytes;
+    if (req->session_id[0]) {
+        if ((rc = store_check_id(req->session_id, err, errlen))) return rc;
+        snprintf(g->sid, sizeof(g->sid), "%s", req->session_id);
+        store_session_t ss = {0};
+        if ((rc = store_get(s->store, g->sid, &ss)))
+            return rcd_fail(rc, err, errlen, "session '%s' not found", g->sid);
+        store_session_clear(&ss);
+        if (req->_expected_version_case ==
+                RECURD__V1__GENERATE_REQUEST___EXPECTED_VERSION_EXPECTED_VERSION &&
+            req->expected_version != ss.version)
+            return rcd_fail(
+                RCD_EMISMATCH, err, errlen, "session '%s' is at version %llu, expected %llu",
+                g->sid, (unsigned long long)ss.version, (unsigned long long)req->expected_version);
+        if (dmn_session_busy(s, g->sid))
+            return rcd_fail(RCD_EBUSY, err, errlen, "session '%s' already has a turn in progress",
+                            g->sid);
+        g->base_version = ss.version;
+        g->sess_tokens = ss.n_tokens;
+        if (!(g->state_out = malloc(sb))) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
+        if (ss.has_state) {
+            if (!(g->init_state = malloc(sb)))
+                return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
+            if ((rc = store_read_state(s->store, g->sid, NULL, g->init_state)))
+                return rcd_fail(rc, err, errlen, "session state unreadable");
+        }
+        g->has_session = true;
+    } else if (req->_expected_version_case ==
+               RECURD__V1__GENERATE_REQUEST___EXPECTED_VERSION_EXPECTED_VERSION) {
+        return rcd_fail(RCD_EINVAL, err, errlen, "expected_version needs a session_id");
+    }
+    uint64_t used = g->sess_tokens + (uint64_t)g->n_prompt;
+    if (used >= (uint64_t)s->opts->max_context)
+        return rcd_fail(RCD_ETOOBIG, err, errlen,
+                        "session (%llu tokens) plus prompt (%d) reach the context limit %ld",
+                        (unsigned long long)g->sess_tokens, g->n_prompt, s->opts->max_context);
+    g->ctx_left = (uint32_t)((uint64_t)s->opts->max_context - used);
+    /* buffers */
+    size_t mt = g->max_tokens, nl = g->n_lp > 0 ? (size_t)g->n_lp : 0;
+    g->gen = malloc(mt * sizeof(int32_t));
+    g->lp = malloc(mt * sizeof(float));
+    g->top_ids = malloc(mt * nl * sizeof(int32_t) + 1);
+    g->top_lp = malloc(mt * nl * sizeof(float) + 1);
+    g->logits = malloc((size_t)s->vocab * sizeof(float));
+    if (!g->gen || !g->lp || !g->top_ids || !g->top_lp || !g->logits)
+        return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
+    if ((rc = dmn_sampler_init(&g->smp, &sp, s->vocab)))
+        return rcd_fail(rc, err, errlen, "out of memory");
+    for (int32_t i = 0; i < g->n_prompt; i++)
+        dmn_sampler_seen(&g->smp, g->prompt[i]);
+    if ((rc = tok_stream_new(s->tok, TOK_SKIP_SPECIAL, &g->ts, err, errlen))) return rc;
+    return 0;
+}
+
+void dmn_generate_start(dmn_call_t *c, grpc_byte_buffer *payload)
+{
+    dmn_server_t *s = c->srv;
+    Recurd__V1__GenerateRequest *req = (Recurd__V1__GenerateRequest *)dmn_call_unpack(
+        c, payload, &recurd__v1__generate_request__descriptor);
+    if (!req) return;
+    char err[300] = "";
+    dmn_gen_t *g = calloc(1, sizeof(*g));
+    if (!g) {
+        dmn_call_fail(c, RCD_ENOMEM, "out of memory");
+        goto cleanup;
+    }
+    g->call = c;
+    g->t_submit = uv_hrtime();
+    c->ext = g;
+    s->n_turns++;
+    int rc = gen_prepare(g, req, err, sizeof(err));
+    if (!rc) {
+        g->seq.prompt = g->prompt;
+        g->seq.n_prompt = g->n_prompt;
+        g->seq.init_state = g->init_state;
+        g->seq.logits = g->logits;
+        g->seq.cb = on_seq;
+        g->seq.user = g;
+        rc = dmn_runner_submit(s->runner, &g->seq);
+        if (rc == RCD_ETOOBIG)
+            snprintf(err, sizeof(err), "queue full (%d turns held)", dmn_runner_held(s->runner));
+    }
+    if (rc) {
+        /* Keep the hold for dmn_call_fail (it releases the call), then drop the turn. */
+        dmn_call_hold(c);
+        dmn_call_fail(c, rc, "%s", err[0] ? err : rcd_strerror(rc));
+        g->finished = true;
+        gen_free(g);
+        goto cleanup;
+    }
+    g->in_runner = true;
+    c->on_close = on_close;
+    c->on_send_done = on_send_done;
+    dmn_call_watch_close(c);
+    dmn_log(DMN_DEBUG, "turn_start", c->rid, g->sid, "prompt %d tokens, max_tokens %u", g->n_prompt,
+            g->max_tokens);
+cleanup:
+    protobuf_c_message_free_unpacked(&req->base, NULL);
+}

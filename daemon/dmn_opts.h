@@ -1,0 +1,55 @@
+/* daemon: the one option table. Each row yields a CLI flag (--name, dashes for
+ * underscores), an environment variable, a config-file key (name = value) and a --help
+ * line. Precedence: default < config file < environment < command line. */
+#ifndef DMN_OPTS_H
+#define DMN_OPTS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#ifndef RCD_DEFAULT_MODEL
+#define RCD_DEFAULT_MODEL "models/recurd-mamba-tiny"
+#endif
+
+/* X(field, type, default, env, help). Types: STR, INT, BOOL. */
+#define DMN_OPTIONS(X)                                                                             \
+    X(config, STR, "", "RECURD_CONFIG", "config file of `name = value` lines")                     \
+    X(model, STR, RCD_DEFAULT_MODEL, "RECURD_MODEL", "model directory (HF checkpoint)")            \
+    X(host, STR, "127.0.0.1", "RECURD_HOST", "address to listen on")                               \
+    X(listen_all, BOOL, "false", "RECURD_LISTEN_ALL", "listen on 0.0.0.0 (overrides host)")        \
+    X(port, INT, "50051", "RECURD_PORT", "TCP port; 0 picks a free one")                           \
+    X(port_file, STR, "", "RECURD_PORT_FILE", "write the bound port to this file")                 \
+    X(backend, STR, "cpu", "RECURD_BACKEND", "compute backend (cpu)")                              \
+    X(threads, INT, "0", "RECURD_THREADS", "CPU threads for the engine; 0: all")                   \
+    X(isa, STR, "auto", "RECURD_ISA", "CPU kernels: auto, avx512, avx2, portable")                 \
+    X(slots, INT, "8", "RECURD_SLOTS", "sequences decoded at once (state slots)")                  \
+    X(max_step_tokens, INT, "512", "RECURD_MAX_STEP_TOKENS", "token budget of one step")           \
+    X(max_queue, INT, "256", "RECURD_MAX_QUEUE", "turns waiting or running, at most")              \
+    X(max_context, INT, "8192", "RECURD_MAX_CONTEXT", "tokens a session may hold")                 \
+    X(max_prompt, INT, "4096", "RECURD_MAX_PROMPT", "tokens in one prompt, at most")               \
+    X(default_max_tokens, INT, "256", "RECURD_DEFAULT_MAX_TOKENS",                                 \
+      "max_tokens when a request gives none")                                                      \
+    X(max_message_bytes, INT, "4194304", "RECURD_MAX_MESSAGE_BYTES",                               \
+      "largest gRPC message received or sent")                                                     \
+    X(max_sessions, INT, "1024", "RECURD_MAX_SESSIONS", "sessions held in memory")                 \
+    X(drain_grace_ms, INT, "10000", "RECURD_DRAIN_GRACE_MS",                                       \
+      "on SIGTERM/SIGINT, how long in-flight turns may finish")                                    \
+    X(log_level, STR, "info", "RECURD_LOG_LEVEL", "debug, info, warn, error")                      \
+    X(progress, BOOL, "true", "RECURD_PROGRESS", "show load progress on a terminal")
+
+typedef struct dmn_opts {
+#define DMN__FIELD_STR char *
+#define DMN__FIELD_INT long
+#define DMN__FIELD_BOOL bool
+#define DMN__FIELD(name, type, def, env, help) DMN__FIELD_##type name;
+    DMN_OPTIONS(DMN__FIELD)
+#undef DMN__FIELD
+} dmn_opts_t;
+
+/* Parses argv (after argv[0]), the environment and the config file into o. Returns 0, 1 when
+ * --help/--version printed something (exit 0), or a negative code with a message in err. */
+int dmn_opts_parse(dmn_opts_t *o, int argc, char **argv, char *err, size_t errlen);
+void dmn_opts_free(dmn_opts_t *o);
+void dmn_opts_help(const char *prog);
+
+#endif

@@ -1,0 +1,76 @@
+/* Unit tests of the option table: defaults, precedence (flag > env > file > default),
+ * value checking. */
+#include "daemon/dmn_opts.h"
+#include "tests/rcd_test.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/rcd_error.h"
+
+static void test_defaults(void)
+{
+    dmn_opts_t o;
+    char err[256];
+    CHECK(dmn_opts_parse(&o, 0, NULL, err, sizeof(err)) == 0);
+    CHECK(o.port == 50051 && !strcmp(o.host, "127.0.0.1") && !o.listen_all);
+    CHECK(!strcmp(o.backend, "cpu") && o.slots == 8);
+    dmn_opts_free(&o);
+}
+
+static void test_precedence(void)
+{
+    dmn_opts_t o;
+    char err[256];
+    const char *path = "/tmp/dmn_opts_test.conf";
+    FILE *f = fopen(path, "w");
+    CHECK(f != NULL);
+    if (!f) return;
+    fprintf(f, "# comment\nport = 7000\nslots=3\nlog_level = debug\n");
+    fclose(f);
+    setenv("RECURD_SLOTS", "5", 1);
+    char *argv[] = {"--config", (char *)path, "--max-queue=9", "--listen-all", "--host", "::1"};
+    CHECK(dmn_opts_parse(&o, 6, argv, err, sizeof(err)) == 0);
+    CHECK(o.port == 7000);   /* file */
+    CHECK(o.slots == 5);     /* env beats file */
+    CHECK(o.max_queue == 9); /* flag */
+    CHECK(o.listen_all && !strcmp(o.host, "::1") && !strcmp(o.log_level, "debug"));
+    dmn_opts_free(&o);
+    char *argv2[] = {"--slots", "2"};
+    CHECK(dmn_opts_parse(&o, 2, argv2, err, sizeof(err)) == 0 && o.slots == 2); /* flag > env */
+    dmn_opts_free(&o);
+    unsetenv("RECURD_SLOTS");
+    remove(path);
+}
+
+static void test_errors(void)
+{
+    dmn_opts_t o;
+    char err[256];
+    char *a1[] = {"--port", "abc"};
+    CHECK(dmn_opts_parse(&o, 2, a1, err, sizeof(err)) == RCD_EINVAL);
+    dmn_opts_free(&o);
+    char *a2[] = {"--nope"};
+    CHECK(dmn_opts_parse(&o, 1, a2, err, sizeof(err)) == RCD_EINVAL);
+    dmn_opts_free(&o);
+    char *a3[] = {"--port"};
+    CHECK(dmn_opts_parse(&o, 1, a3, err, sizeof(err)) == RCD_EINVAL);
+    dmn_opts_free(&o);
+    char *a4[] = {"--port", "70000"};
+    CHECK(dmn_opts_parse(&o, 2, a4, err, sizeof(err)) == RCD_EINVAL);
+    dmn_opts_free(&o);
+    char *a5[] = {"--config", "/nonexistent/x.conf"};
+    CHECK(dmn_opts_parse(&o, 2, a5, err, sizeof(err)) == RCD_EIO);
+    dmn_opts_free(&o);
+    char *a6[] = {"--no-progress"};
+    CHECK(dmn_opts_parse(&o, 1, a6, err, sizeof(err)) == 0 && !o.progress);
+    dmn_opts_free(&o);
+}
+
+int main(void)
+{
+    RUN(test_defaults);
+    RUN(test_precedence);
+    RUN(test_errors);
+    return rcd_test_summary();
+}

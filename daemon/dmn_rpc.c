@@ -1,0 +1,463 @@
+/* daemon: the unary methods (models, sessions, tokenizer) and grpc.health.v1.Health. Every
+ * handler runs on the loop thread and answers through dmn_call_reply / dmn_call_fail. */
+#include "daemon/dmn.h"
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "grpc/health/v1/health.pb-c.h"
+#include "recurd/v1/inference.pb-c.h"
+
+int64_t dmn_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void dmn_random_id(char *buf, size_t len, const char *prefix)
+{
+    unsigned char r[12] = {0};
+    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || read(fd, r, sizeof(r)) != (ssize_t)sizeof(r)) {
+        uint64_t t = (uint64_t)dmn_now_ms() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)buf;
+        memcpy(r, &t, sizeof(t));
+    }
+    if (fd >= 0) close(fd);
+    size_t p = (size_t)snprintf(buf, len, "%s", prefix);
+    for (size_t i = 0; i < sizeof(r) && p + 2 < len; i++)
+        p += (size_t)snprintf(buf + p, len - p, "%02x", r[i]);
+}
+
+/* ---- models ----------------------------------------------------------------------------- */
+
+static bool model_ok(dmn_call_t *c, const char *model)
+{
+    if (model && model[0] && strcmp(model, c->srv->model_id) != 0) {
+        dmn_call_fail(c, RCD_ENOTFOUND, "model '%s' is not loaded (have '%s')", model,
+                      c->srv->model_id);
+        return false;
+    }
+    return true;
+}
+
+static void list_models(dmn_call_t *c, grpc_byte_buffer *bb)
+{
+    dmn_server_t *s = c->srv;
+    ProtobufCMessage *req = dmn_call_unpack(c, bb, &recurd__v1__list_models_request__descriptor);
+    if (!req) return;
+    protobuf_c_message_free_unpacked(req, NULL);
+    const wrk_model_info_t *mi = wrk_model_info(s->model);
+    Recurd__V1__Model m = RECURD__V1__MODEL__INIT;
+    m.id = s->model_id;
+    m.architecture = (char *)mi->architecture;
+    m.vocab_size = mi->vocab_size;
+    m.n_layers = mi->n_layers;
+    m.hidden_size = mi->hidden_size;
+    m.state_bytes = mi->state_bytes;
+    m.fingerprint = (char *)mi->fingerprint_hex;
+    m.max_context_tokens = (int32_t)s->opts->max_context;
+    m.backend = (char *)s->backend->vt->name;
+    Recurd__V1__Model *list[1] = {&m};
+    Recurd__V1__ListModelsResponse r = RECURD__V1__LIST_MODELS_RESPONSE__INIT;
+    r.n_models = 1;
+    r.models = list;
+    dmn_call_reply(c, &r.base);
+}
+
+/* ---- sessions --------------------------------------------------------------------------- */
+
+static void reply_session(dmn_call_t *c, const store_session_t *ss)
+{
+    Recurd__V1__Session m = RECURD__V1__SESSION__INIT;
+    Recurd__V1__MetadataEntry ents[STORE_META_MAX], *ptrs[STORE_META_MAX];
+    m.session_id = (char *)ss->id;
+    m.model = c->srv->model_id;
+    m.version = ss->version;
+    m.token_count = ss->n_tokens;
+    m.created_unix_ms = ss->created_ms;
+    m.updated_unix_ms = ss->updated_ms;
+    m.parent_session_id = (char *)ss->parent_id;
+    for (int i = 0; i < ss->n_meta && i < STORE_META_MAX; i++) {
+        recurd__v1__metadata_entry__init(&ents[i]);
+        ents[i].key = (char *)ss->meta[i].key;
+        ents[i].value = (char *)ss->meta[i].value;
+        ptrs[i] = &ents[i];
+    }
+    m.n_metadata = (size_t)ss->n_meta;
+    m.metadata = ptrs;
+    dmn_call_reply(c, &m.base);
+}
+
+static int meta_from_req(dmn_call_t *c, Recurd__V1__MetadataEntry **in, size_t n, store_meta_t *out)
+{
+    if (n > STORE_META_MAX) {
+        dmn_call_fail(c, RCD_EINVAL, "at most %d metadata entries", STORE_META_MAX);
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (!in[i]->key[0]) {
+            dmn_call_fail(c, RCD_EINVAL, "metadata key %zu is empty", i);
+            return -1;
+        }
+        out[i].key = in[i]->key;
+        out[i].value = in[i]->value;
+    }
+    return (int)n;
+}
+
+static void session_fail(dmn_call_t *c, int rc, const char *id)
+{
+    switch (rc) {
+    case RCD_ENOTFOUND:
+        dmn_call_fail(c, rc, "session '%s' not found", id);
+        break;
+    case RCD_EEXISTS:
+        dmn_call_fail(c, rc, "session '%s' already exists", id);
+        break;
+    case RCD_ETOOBIG:
+        dmn_call_fail(c, rc, "session store full (max %ld) or metadata over %d bytes",
+                      c->srv->opts->max_sessions, STORE_META_BYTES);
+        break;
+    case RCD_EINVAL: {
+        char err[200];
+        if (store_check_id(id, err, sizeof(err)))
+            dmn_call_fail(c, rc, "%s", err);
+        else
+            dmn_call_fail(c, rc, "invalid metadata");
+        break;
+    }
+    default:
+        dmn_call_fail(c, rc, "session '%s': %s", id, rcd_strerror(rc));
+    }
+}
+
+static void create_session(dmn_call_t *c, grpc_byte_buffer *bb)
+{
+    Recurd__V1__CreateSessionRequest *req = (Recurd__V1__CreateSessionRequest *)dmn_call_unpack(
+        c, bb, &recurd__v1__create_session_request__descriptor);
+    if (!req) return;
+    store_meta_t md[STORE_META_MAX];
+    store_session_t ss = {0};
+    char id[STORE_ID_MAX + 1];
+    int n_meta;
+    if (!model_ok(c, req->model)) goto cleanup;
+    if ((n_meta = meta_from_req(c, req->metadata, req->n_metadata, md)) < 0) goto cleanup;
+    if (req->session_id[0])
+        snprintf(id, sizeof(id), "%.*s", STORE_ID_MAX, req->session_id);
+    else
+        dmn_random_id(id, sizeof(id), "s-");
+    if (req->session_id[0] && strlen(req->session_id) > STORE_ID_MAX) {
+        dmn_call_fail(c, RCD_EINVAL, "session id longer than %d bytes", STORE_ID_MAX);
+        goto cleanup;
+    }
+    int rc = store_create(c->srv->store, id, md, n_meta, dmn_now_ms(), &ss);
+    if (rc) {
+        session_fail(c, rc, id);
+        goto cleanup;
+    }
+    dmn_log(DMN_INFO, "session_created", c->rid, id, "session created");
+    reply_session(c, &ss);
+cleanup:
+    store_session_clear(&ss);
+    protobuf_c_message_free_unpacked(&req->base, NULL);
+}
+
+static void get_session(dmn_call_t *c, grpc_byte_buffer *bb)
+{
+    Recurd__V1__GetSessionRequest *req = (Recurd__V1__GetSessionRequest *)dmn_call_unpack(
+        c, bb, &recurd__v1__get_session_request__descriptor);
+    if (!req) return;
+    store_session_t ss = {0};
+    int rc = store_check_id(req->session_id, NULL, 0);
+    if (!rc) rc = store_get(c->srv->store, req->session_id, &ss);
+    if (rc)
+        session_fail(c, rc, req->session_id);
+    else
+        reply_session(c, &ss);
+    store_session_clear(&ss);
+    protobuf_c_message_free_unpacked(&req->base, NULL);
+}
+
+static void fork_session(dmn_call_t *c, grpc_byte_buffer *bb)
+{
+    Recurd__V1__ForkSessionRequest *req = (Recurd__V1__ForkSessionRequest *)dmn_call_unpack(
+        c, bb, &recurd__v1__fork_session_request__descriptor);
+    if (!req) return;
+    store_meta_t md[STORE_META_MAX];
+    store_session_t ss = {0};
+    char id[STORE_ID_MAX + 1];
+    int n_meta, rc;
+    if ((n_meta = meta_from_req(c, req->metadata, req->n_metadata, md)) < 0) goto cleanup;
+    if ((rc = store_check_id(req->session_id, NULL, 0)) ||
+        (rc = store_get(c->srv->store, req->session_id, NULL))) {
+        session_fail(c, rc, req->session_id);
+        goto cleanup;
+    }
+    if (strlen(req->new_session_id) > STORE_ID_MAX) {
+        dmn_call_fail(c, RCD_EINVAL, "session id longer than %d bytes", STORE_ID_MAX);
+        goto cleanup;
+    }
+    if (req->new_session_id[0])
+        snprintf(id, sizeof(id), "%s", req->new_session_id);
+    else
+        dmn_random_id(id, sizeof(id), "s-");
+    rc = store_fork(c->srv->store, req->session_id, id, md, n_meta, dmn_now_ms(), &ss);
+    if (rc) {
+        session_fail(c, rc, id);
+        goto cleanup;
+    }
+    dmn_log(DMN_INFO, "session_forked", c->rid, id, "forked from %s at version %llu",
+            req->session_id, (unsigned long long)ss.version);
+    reply_session(c, &ss);
+cleanup:
+    store_session_clear(&ss);
+    protobuf_c_message_free_unpacked(&req->base, NULL);
+}
+
+static void delete_session(dmn_call_t *c, grpc_byte_buffer *bb)
+{
+    Recurd__V1__DeleteSessionRequest *req = (Recurd__V1__DeleteSessionRequest *)dmn_call_unpack(
+        c, bb, &recurd__v1__delete_session_request__descriptor);
+    if (!req) return;
+    int rc = store_check_id(req->session_id, NULL, 0);
+    if (!rc && dmn_session_busy(c->srv, req->session_id)) {
+        dmn_call_fail(c, RCD_EBUSY, "session '%s' has a turn in progress", req->session_id);
+        goto cleanup;
+    }
+    if (!rc) rc = store_delete(c->srv->store, req->session_id);
+    if (rc) {
+        session_fail(c, rc, req->session_id);
+        goto cleanup;
+    }
+    dmn_log(DMN_INFO, "session_deleted", c->rid, req->session_id, "session deleted");
+    Recurd__V1__DeleteSessionResponse r = RECURD__V1__DELETE_SESSION_RESPONSE__INIT;
+    dmn_call_reply(c, &r.base);
+cleanup:
+    protobuf_c_message_free_unpacked(&req->base, NULL);
+}
+
+/* ---- tokenizer ----------------------------------------------------------------------------
+ * Encoding a few MiB takes most of a second: it runs on the libuv pool, not on the loop. The
+ * tokenizer is immutable and thread-safe; the call stays held until the job replies. */
+
+typedef struct tok_job {
+    uv_work_t w;
+    dmn_call_t *c;
+    Recurd__V1__TokenizeRequest *enc; /* one of the two */
+    Recurd__V1__DetokenizeRequest *dec;
+    int rc;
+    char err[256];
+    tok_ids_t ids;
+    tok_text_t text;
+} tok_job_t;
+
+static void tok_work(uv_work_t *w)
+{
+    tok_job_t *j = w->data;
+    const tok_t *tok = j->c->srv->tok;
+    if (j->enc) /* protobuf-c does not check UTF-8 in strings; tok_encode does */
+        j->rc = tok_encode(tok, j->enc->text, strlen(j->enc->text),
+                           j->enc->add_special_tokens ? TOK_ADD_SPECIAL : 0, &j->ids, j->err,
+                           sizeof(j->err));
+    else
+        j->rc = tok_decode(tok, j->dec->token_ids, j->dec->n_token_ids,
+                           j->dec->skip_special_tokens ? TOK_SKIP_SPECIAL : 0, &j->text, j->err,
+                           sizeof(j->err));
+}
+
+static void tok_done(uv_work_t *w, int status)
+{
+    tok_job_t *j = w->data;
+    if (status || j->rc) {
+        dmn_call_fail(j->c, status ? RCD_EINTERNAL : j->rc, "%s: %s",
+                      j->enc ? "tokenize" : "detokenize", status ? "cancelled" : j->err);
+    } else if (j->enc) {
+        Recurd__V1__TokenizeResponse r = RECURD__V1__TOKENIZE_RESPONSE__INIT;
+        r.n_token_ids = j->ids.n;
+        r.token_ids = j->ids.v;
+        dmn_call_reply(j->c, &r.base);
+    } else {
+        Recurd__V1__DetokenizeResponse r = RECURD__V1__DETOKENIZE_RESPONSE__INIT;
+        r.text = j->text.p ? j->text.p : "";
+        dmn_call_reply(j->c, &r.base);
+    }
+    tok_ids_free(&j->ids);
+    tok_text_free(&j->text);
+    if (j->enc) protobuf_c_message_free_unpacked(&j->enc->base, NULL);
+    if (j->dec) protobuf_c_message_free_unpacked(&j->dec->base, NULL);
+    free(j);
+}
+
+static void tok_start(dmn_call_t *c, tok_job_t *j)
+{
+    j->c = c;
+    j->w.data = j;
+    if (uv_queue_work(c->srv->loop, &j->w, tok_work, tok_done) != 0) {
+        j->rc = RCD_EINTERNAL;
+        snprintf(j->err, sizeof(j->err), "cannot queue work");
+        tok_done(&j->w, 0);
+    }
+}
+
+static void tokenize(dmn_call_t *c, grpc_byte_buffer *bb)
+{
+    Recurd__V1__TokenizeRequest *req = (Recurd__V1__TokenizeRequest *)dmn_call_unpack(
+        c, bb, &recurd__v1__tokenize_request__descriptor);
+    if (!req) return;
+    tok_job_t *j = calloc(1, sizeof(*j));
+    if (!model_ok(c, req->model) || !j) {
+        if (!j) dmn_call_fail(c, RCD_ENOMEM, "out of memory");
+        protobuf_c_message_free_unpacked(&req->base, NULL);
+        free(j);
+        return;
+    }
+    j->enc = req;
+    tok_start(c, j);
+}
+
+static void detokenize(dmn_call_t *c, grpc_byte_buffer *bb)
+{
+    Recurd__V1__DetokenizeRequest *req = (Recurd__V1__DetokenizeRequest *)dmn_call_unpack(
+        c, bb, &recurd__v1__detokenize_request__descriptor);
+    if (!req) return;
+    tok_job_t *j = NULL;
+    if (!model_ok(c, req->model)) goto fail;
+    for (size_t i = 0; i < req->n_token_ids; i++)
+        if (req->token_ids[i] < 0 || req->token_ids[i] >= c->srv->vocab) {
+            dmn_call_fail(c, RCD_ERANGE, "token id %d at %zu is outside [0, %d)", req->token_ids[i],
+                          i, c->srv->vocab);
+            goto fail;
+        }
+    if (!(j = calloc(1, sizeof(*j)))) {
+        dmn_call_fail(c, RCD_ENOMEM, "out of memory");
+        goto fail;
+    }
+    j->dec = req;
+    tok_start(c, j);
+    return;
+fail:
+    protobuf_c_message_free_unpacked(&req->base, NULL);
+}
+
+/* ---- health ----------------------------------------------------------------------------- */
+
+/* A Watch stream: sends the status now and after every change. */
+typedef struct dmn_watch {
+    int last_sent; /* -1: nothing sent yet */
+    bool known;
+} dmn_watch_t;
+
+static int health_status(dmn_server_t *s, const char *service, bool *known)
+{
+    *known = !service[0] || !strcmp(service, "recurd.v1.Inference");
+    if (!*known) return GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN;
+    return s->draining ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING
+                       : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
+}
+
+static void watch_pump(dmn_call_t *c)
+{
+    dmn_watch_t *w = c->ext;
+    if (c->send_busy || c->closed || c->status_sent) return;
+    bool known;
+    int st = w->known ? health_status(c->srv, "", &known)
+                      : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN;
+    if (st == w->last_sent) return;
+    Grpc__Health__V1__HealthCheckResponse r = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+    r.status = (Grpc__Health__V1__HealthCheckResponse__ServingStatus)st;
+    if (dmn_call_send(c, &r.base, false, 0, NULL) == 0) w->last_sent = st;
+}
+
+static void watch_send_done(dmn_call_t *c, bool ok)
+{
+    if (ok) watch_pump(c);
+}
+
+static void watch_closed(dmn_call_t *c)
+{
+    free(c->ext);
+    c->ext = NULL;
+    c->on_close = NULL;
+    c->on_send_done = NULL;
+    dmn_call_release(c);
+}
+
+static void health(dmn_call_t *c, grpc_byte_buffer *bb, bool watch)
+{
+    Grpc__Health__V1__HealthCheckRequest *req =
+        (Grpc__Health__V1__HealthCheckRequest *)dmn_call_unpack(
+            c, bb, &grpc__health__v1__health_check_request__descriptor);
+    if (!req) return;
+    bool known;
+    int st = health_status(c->srv, req->service, &known);
+    if (!watch) {
+        if (!known) {
+            dmn_call_fail(c, RCD_ENOTFOUND, "unknown service '%s'", req->service);
+        } else {
+            Grpc__Health__V1__HealthCheckResponse r = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+            r.status = (Grpc__Health__V1__HealthCheckResponse__ServingStatus)st;
+            dmn_call_reply(c, &r.base);
+        }
+        protobuf_c_message_free_unpacked(&req->base, NULL);
+        return;
+    }
+    protobuf_c_message_free_unpacked(&req->base, NULL);
+    dmn_watch_t *w = calloc(1, sizeof(*w));
+    if (!w) {
+        dmn_call_fail(c, RCD_ENOMEM, "out of memory");
+        return;
+    }
+    w->last_sent = -1;
+    w->known = known;
+    c->ext = w;
+    c->on_close = watch_closed;
+    c->on_send_done = watch_send_done;
+    dmn_call_watch_close(c); /* the call's hold is released when the client goes away */
+    watch_pump(c);
+}
+
+void dmn_health_notify(dmn_server_t *s)
+{
+    for (dmn_call_t *c = s->calls; c; c = c->next)
+        if (c->method == DMN_M_HEALTH_WATCH && c->ext) watch_pump(c);
+}
+
+void dmn_rpc_dispatch(dmn_call_t *c, grpc_byte_buffer *payload)
+{
+    switch (c->method) {
+    case DMN_M_LIST_MODELS:
+        list_models(c, payload);
+        break;
+    case DMN_M_CREATE_SESSION:
+        create_session(c, payload);
+        break;
+    case DMN_M_GET_SESSION:
+        get_session(c, payload);
+        break;
+    case DMN_M_FORK_SESSION:
+        fork_session(c, payload);
+        break;
+    case DMN_M_DELETE_SESSION:
+        delete_session(c, payload);
+        break;
+    case DMN_M_TOKENIZE:
+        tokenize(c, payload);
+        break;
+    case DMN_M_DETOKENIZE:
+        detokenize(c, payload);
+        break;
+    case DMN_M_HEALTH_CHECK:
+        health(c, payload, false);
+        break;
+    case DMN_M_HEALTH_WATCH:
+        health(c, payload, true);
+        break;
+    default:
+        dmn_call_fail(c, RCD_EUNSUPPORTED, "method not implemented");
+    }
+}

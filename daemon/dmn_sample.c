@@ -1,0 +1,175 @@
+/* daemon: sampling. Runs on the loop thread; a vocab of a few thousand ids costs
+ * microseconds. xoshiro256** seeded through splitmix64 makes a seed reproducible. */
+#include "daemon/dmn_sample.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/rcd_error.h"
+
+static uint64_t splitmix(uint64_t *x)
+{
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static uint64_t rotl(uint64_t x, int k)
+{
+    return (x << k) | (x >> (64 - k));
+}
+
+static uint64_t next_u64(uint64_t *s)
+{
+    uint64_t r = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return r;
+}
+
+int dmn_sampler_init(dmn_sampler_t *s, const dmn_sampling_t *p, int vocab)
+{
+    memset(s, 0, sizeof(*s));
+    s->p = *p;
+    s->vocab = vocab;
+    uint64_t x = p->seed;
+    for (int i = 0; i < 4; i++)
+        s->rng[i] = splitmix(&x);
+    s->counts = calloc((size_t)vocab, sizeof(*s->counts));
+    s->seen = calloc((size_t)vocab, 1);
+    s->work = malloc((size_t)vocab * sizeof(*s->work));
+    s->idx = malloc((size_t)vocab * sizeof(*s->idx));
+    if (!s->counts || !s->seen || !s->work || !s->idx) {
+        dmn_sampler_free(s);
+        return RCD_ENOMEM;
+    }
+    return 0;
+}
+
+void dmn_sampler_free(dmn_sampler_t *s)
+{
+    free(s->counts);
+    free(s->seen);
+    free(s->work);
+    free(s->idx);
+    memset(s, 0, sizeof(*s));
+}
+
+void dmn_sampler_seen(dmn_sampler_t *s, int32_t id)
+{
+    if (id >= 0 && id < s->vocab) s->seen[id] = 1;
+}
+
+void dmn_sampler_accept(dmn_sampler_t *s, int32_t id)
+{
+    if (id >= 0 && id < s->vocab) {
+        s->seen[id] = 1;
+        s->counts[id]++;
+    }
+}
+
+static const float *g_sort_keys; /* qsort has no context argument; loop thread only */
+
+static int by_desc(const void *a, const void *b)
+{
+    float x = g_sort_keys[*(const int32_t *)a], y = g_sort_keys[*(const int32_t *)b];
+    if (x != y) return x < y ? 1 : -1;
+    return *(const int32_t *)a - *(const int32_t *)b;
+}
+
+int32_t dmn_sample(dmn_sampler_t *s, const float *logits)
+{
+    const dmn_sampling_t *p = &s->p;
+    int V = s->vocab;
+    float *w = s->work;
+    for (int i = 0; i < V; i++) {
+        float l = logits[i];
+        if (!isfinite(l)) l = -INFINITY;
+        if (s->seen[i] && p->repetition_penalty != 1.0f)
+            l = l > 0 ? l / p->repetition_penalty : l * p->repetition_penalty;
+        if (s->counts[i]) l -= p->presence_penalty + p->frequency_penalty * (float)s->counts[i];
+        w[i] = l;
+    }
+    if (p->temperature <= 0.0f) { /* greedy: lowest id wins ties */
+        int best = 0;
+        for (int i = 1; i < V; i++)
+            if (w[i] > w[best]) best = i;
+        return best;
+    }
+    int n = V;
+    for (int i = 0; i < V; i++)
+        s->idx[i] = i;
+    g_sort_keys = w;
+    int k = p->top_k > 0 && p->top_k < V ? p->top_k : V;
+    qsort(s->idx, (size_t)V, sizeof(int32_t), by_desc);
+    n = k;
+    float mx = w[s->idx[0]];
+    if (!isfinite(mx)) return s->idx[0];
+    double sum = 0;
+    for (int i = 0; i < n; i++) {
+        float e = expf((w[s->idx[i]] - mx) / p->temperature);
+        w[s->idx[i]] = e; /* w now holds unnormalized probabilities of the kept ids */
+        sum += e;
+    }
+    if (p->min_p > 0.0f) {
+        double cut = p->min_p * w[s->idx[0]];
+        int m = 1;
+        while (m < n && w[s->idx[m]] >= cut)
+            m++;
+        n = m;
+    }
+    if (p->top_p > 0.0f && p->top_p < 1.0f) {
+        double tot = 0;
+        for (int i = 0; i < n; i++)
+            tot += w[s->idx[i]];
+        double acc = 0;
+        int m = 0;
+        while (m < n) {
+            acc += w[s->idx[m]];
+            m++;
+            if (acc >= p->top_p * tot) break;
+        }
+        n = m;
+    }
+    sum = 0;
+    for (int i = 0; i < n; i++)
+        sum += w[s->idx[i]];
+    double u = (double)(next_u64(s->rng) >> 11) * (1.0 / 9007199254740992.0) * sum;
+    double acc = 0;
+    for (int i = 0; i < n; i++) {
+        acc += w[s->idx[i]];
+        if (u < acc) return s->idx[i];
+    }
+    return s->idx[n - 1];
+}
+
+float dmn_logprobs(dmn_sampler_t *s, const float *logits, int32_t id, int n, int32_t *top_ids,
+                   float *top_lp)
+{
+    int V = s->vocab;
+    float mx = -INFINITY;
+    for (int i = 0; i < V; i++)
+        if (logits[i] > mx) mx = logits[i];
+    double sum = 0;
+    for (int i = 0; i < V; i++)
+        sum += exp((double)logits[i] - mx);
+    float lse = mx + (float)log(sum);
+    for (int j = 0; j < n; j++) { /* n is small: repeated selection */
+        int best = -1;
+        for (int i = 0; i < V; i++) {
+            bool taken = false;
+            for (int q = 0; q < j; q++)
+                taken |= top_ids[q] == i;
+            if (!taken && (best < 0 || logits[i] > logits[best])) best = i;
+        }
+        top_ids[j] = best;
+        top_lp[j] = logits[best] - lse;
+    }
+    return logits[id] - lse;
+}

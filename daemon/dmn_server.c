@@ -1,0 +1,562 @@
+/* daemon: gRPC core plumbing — server and CQ setup, the CQ thread that forwards (tag, ok)
+ * pairs to the loop through uv_async, armed call requests per method, per-call batches and
+ * lifetime, and the drain/shutdown sequence (see shared/design/grpc-core-notes.md). */
+#include "daemon/dmn.h"
+
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/grpc_security.h>
+#include <grpc/support/time.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const struct {
+    const char *path;
+    int armed; /* requests kept pending for this method */
+} g_methods[DMN_M__COUNT] = {
+    [DMN_M_LIST_MODELS] = {"/recurd.v1.Inference/ListModels", 2},
+    [DMN_M_CREATE_SESSION] = {"/recurd.v1.Inference/CreateSession", 4},
+    [DMN_M_GET_SESSION] = {"/recurd.v1.Inference/GetSession", 4},
+    [DMN_M_FORK_SESSION] = {"/recurd.v1.Inference/ForkSession", 4},
+    [DMN_M_DELETE_SESSION] = {"/recurd.v1.Inference/DeleteSession", 4},
+    [DMN_M_TOKENIZE] = {"/recurd.v1.Inference/Tokenize", 4},
+    [DMN_M_DETOKENIZE] = {"/recurd.v1.Inference/Detokenize", 4},
+    [DMN_M_GENERATE] = {"/recurd.v1.Inference/Generate", 16},
+    [DMN_M_HEALTH_CHECK] = {"/grpc.health.v1.Health/Check", 2},
+    [DMN_M_HEALTH_WATCH] = {"/grpc.health.v1.Health/Watch", 2},
+};
+
+/* One armed request for a new call. */
+typedef struct dmn_pending {
+    dmn_op_t op;
+    dmn_server_t *srv;
+    dmn_method_t method;
+    grpc_call *call;
+    gpr_timespec deadline;
+    grpc_metadata_array md;
+    grpc_byte_buffer *payload;
+    grpc_call_details details; /* unregistered calls only */
+} dmn_pending_t;
+
+static void maybe_exit(dmn_server_t *s);
+
+/* ---- CQ thread → loop ------------------------------------------------------------------- */
+
+static void push_event(dmn_server_t *s, dmn_op_t *op, bool ok)
+{
+    pthread_mutex_lock(&s->mu);
+    if (s->n_evs == s->cap_evs) {
+        size_t cap = s->cap_evs ? s->cap_evs * 2 : 64;
+        void *p = realloc(s->evs, cap * sizeof(*s->evs));
+        if (!p) { /* cannot lose a completion: retry until memory frees up */
+            pthread_mutex_unlock(&s->mu);
+            uv_sleep(1);
+            push_event(s, op, ok);
+            return;
+        }
+        s->evs = p;
+        s->cap_evs = cap;
+    }
+    s->evs[s->n_evs].op = op;
+    s->evs[s->n_evs].ok = ok;
+    s->n_evs++;
+    pthread_mutex_unlock(&s->mu);
+    uv_async_send(&s->wake);
+}
+
+static void *cq_main(void *arg)
+{
+    dmn_server_t *s = arg;
+    for (;;) {
+        grpc_event ev = grpc_completion_queue_next(s->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+        if (ev.type == GRPC_QUEUE_SHUTDOWN) {
+            push_event(s, NULL, false);
+            return NULL;
+        }
+        if (ev.type == GRPC_OP_COMPLETE) push_event(s, ev.tag, ev.success != 0);
+    }
+}
+
+static void on_closed_handle(uv_handle_t *h)
+{
+    (void)h;
+}
+
+static void on_wake(uv_async_t *a)
+{
+    dmn_server_t *s = a->data;
+    pthread_mutex_lock(&s->mu);
+    struct dmn_ev *evs = s->evs;
+    size_t n = s->n_evs, cap = s->cap_evs;
+    s->evs = s->evs_spare;
+    s->cap_evs = s->cap_spare;
+    s->n_evs = 0;
+    s->evs_spare = evs;
+    s->cap_spare = cap;
+    pthread_mutex_unlock(&s->mu);
+    for (size_t i = 0; i < n; i++) {
+        if (!evs[i].op) { /* CQ shut down: the CQ thread has returned */
+            pthread_join(s->cq_thread, NULL);
+            s->cq_thread_started = false;
+            grpc_completion_queue_destroy(s->cq);
+            s->cq = NULL;
+            uv_close((uv_handle_t *)&s->wake, on_closed_handle);
+            uv_close((uv_handle_t *)&s->grace_timer, on_closed_handle);
+            uv_close((uv_handle_t *)&s->sig_term, on_closed_handle);
+            uv_close((uv_handle_t *)&s->sig_int, on_closed_handle);
+            continue;
+        }
+        evs[i].op->cb(evs[i].op, evs[i].ok);
+    }
+}
+
+/* ---- calls ------------------------------------------------------------------------------ */
+
+static void call_free_if_done(dmn_call_t *c)
+{
+    if (c->batches > 0 || c->holds > 0) return;
+    dmn_server_t *s = c->srv;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        s->calls = c->next;
+    if (c->next) c->next->prev = c->prev;
+    if (c->send_bb) grpc_byte_buffer_destroy(c->send_bb);
+    if (c->has_details) grpc_slice_unref(c->status_details);
+    grpc_call_unref(c->call);
+    free(c);
+    maybe_exit(s);
+}
+
+void dmn_call_hold(dmn_call_t *c)
+{
+    c->holds++;
+}
+
+void dmn_call_release(dmn_call_t *c)
+{
+    c->holds--;
+    call_free_if_done(c);
+}
+
+grpc_call_error dmn_call_batch(dmn_call_t *c, const grpc_op *ops, size_t n, dmn_op_t *op)
+{
+    grpc_call_error e = grpc_call_start_batch(c->call, ops, n, op, NULL);
+    if (e == GRPC_CALL_OK)
+        c->batches++;
+    else
+        dmn_log(DMN_ERROR, "grpc_batch", c->rid, NULL, "grpc_call_start_batch: %d", (int)e);
+    return e;
+}
+
+static void on_send_cb(dmn_op_t *op, bool ok)
+{
+    dmn_call_t *c = (dmn_call_t *)((char *)op - offsetof(dmn_call_t, op_send));
+    c->batches--;
+    c->send_busy = false;
+    if (c->send_bb) {
+        grpc_byte_buffer_destroy(c->send_bb);
+        c->send_bb = NULL;
+    }
+    c->holds++; /* the callback may release the handler's hold */
+    if (c->on_send_done && c->holds > 1) c->on_send_done(c, ok);
+    dmn_call_release(c);
+}
+
+static void on_close_cb(dmn_op_t *op, bool ok)
+{
+    dmn_call_t *c = (dmn_call_t *)((char *)op - offsetof(dmn_call_t, op_close));
+    c->batches--;
+    c->closed = true;
+    if (!ok) c->cancelled = 1;
+    c->holds++;
+    if (c->on_close && c->holds > 1) c->on_close(c);
+    dmn_call_release(c);
+}
+
+/* The initial metadata echoes the request id, so clients can find the call in the logs. */
+static void initial_md(dmn_call_t *c, grpc_op *op)
+{
+    op->op = GRPC_OP_SEND_INITIAL_METADATA;
+    c->md_rid.key = grpc_slice_from_static_string("x-request-id");
+    c->md_rid.value = grpc_slice_from_copied_string(c->rid);
+    op->data.send_initial_metadata.count = 1;
+    op->data.send_initial_metadata.metadata = &c->md_rid;
+}
+
+static grpc_byte_buffer *pack_bb(const ProtobufCMessage *msg)
+{
+    size_t n = protobuf_c_message_get_packed_size(msg);
+    grpc_slice sl = grpc_slice_malloc(n);
+    protobuf_c_message_pack(msg, GRPC_SLICE_START_PTR(sl));
+    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&sl, 1);
+    grpc_slice_unref(sl);
+    return bb;
+}
+
+int dmn_call_send(dmn_call_t *c, const ProtobufCMessage *msg, bool final, int status_rc,
+                  const char *details)
+{
+    grpc_op ops[4];
+    size_t n = 0;
+    memset(ops, 0, sizeof(ops));
+    if (c->send_busy || c->status_sent) return RCD_EBUSY;
+    if (!c->md_sent) {
+        initial_md(c, &ops[n++]);
+        c->md_sent = true;
+    }
+    if (msg) {
+        c->send_bb = pack_bb(msg);
+        ops[n].op = GRPC_OP_SEND_MESSAGE;
+        ops[n].data.send_message.send_message = c->send_bb;
+        n++;
+    }
+    if (final) {
+        if (c->has_details) grpc_slice_unref(c->status_details);
+        c->status_details = grpc_slice_from_copied_string(details     ? details
+                                                          : status_rc ? rcd_strerror(status_rc)
+                                                                      : "");
+        c->has_details = true;
+        ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+        ops[n].data.send_status_from_server.status =
+            (grpc_status_code)(status_rc ? rcd_grpc_status(status_rc) : 0);
+        ops[n].data.send_status_from_server.status_details = &c->status_details;
+        n++;
+        c->status_sent = true;
+    }
+    c->send_busy = true;
+    c->op_send.cb = on_send_cb;
+    if (dmn_call_batch(c, ops, n, &c->op_send) != GRPC_CALL_OK) {
+        c->send_busy = false;
+        return RCD_EINTERNAL;
+    }
+    return 0;
+}
+
+void dmn_call_watch_close(dmn_call_t *c)
+{
+    grpc_op op;
+    memset(&op, 0, sizeof(op));
+    op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+    op.data.recv_close_on_server.cancelled = &c->cancelled;
+    c->op_close.cb = on_close_cb;
+    dmn_call_batch(c, &op, 1, &c->op_close);
+}
+
+static void unary_done_cb(dmn_op_t *op, bool ok)
+{
+    on_send_cb(op, ok);
+}
+
+static void unary_finish(dmn_call_t *c, const ProtobufCMessage *msg, int rc, const char *details)
+{
+    grpc_op ops[4];
+    size_t n = 0;
+    memset(ops, 0, sizeof(ops));
+    initial_md(c, &ops[n++]);
+    if (msg) {
+        c->send_bb = pack_bb(msg);
+        ops[n].op = GRPC_OP_SEND_MESSAGE;
+        ops[n].data.send_message.send_message = c->send_bb;
+        n++;
+    }
+    c->status_details = grpc_slice_from_copied_string(details ? details : "");
+    c->has_details = true;
+    ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+    ops[n].data.send_status_from_server.status = (grpc_status_code)(rc ? rcd_grpc_status(rc) : 0);
+    ops[n].data.send_status_from_server.status_details = &c->status_details;
+    n++;
+    ops[n].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+    ops[n].data.recv_close_on_server.cancelled = &c->cancelled;
+    n++;
+    c->status_sent = c->md_sent = c->closed = true;
+    c->op_send.cb = unary_done_cb;
+    dmn_call_batch(c, ops, n, &c->op_send);
+    dmn_log(rc ? DMN_INFO : DMN_DEBUG, "rpc_done", c->rid, NULL, "method %s status %d%s%s",
+            c->method < DMN_M__COUNT ? g_methods[c->method].path : "unknown",
+            rc ? rcd_grpc_status(rc) : 0, details && *details ? ": " : "", details ? details : "");
+    dmn_call_release(c);
+}
+
+void dmn_call_reply(dmn_call_t *c, const ProtobufCMessage *msg)
+{
+    unary_finish(c, msg, 0, NULL);
+}
+
+void dmn_call_fail(dmn_call_t *c, int rc, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (rc == 0) rc = RCD_EINTERNAL;
+    unary_finish(c, NULL, rc, msg);
+}
+
+ProtobufCMessage *dmn_call_unpack(dmn_call_t *c, grpc_byte_buffer *bb,
+                                  const ProtobufCMessageDescriptor *d)
+{
+    ProtobufCMessage *m = NULL;
+    if (!bb) {
+        dmn_call_fail(c, RCD_EINVAL, "request message missing");
+        return NULL;
+    }
+    grpc_byte_buffer_reader rd;
+    if (!grpc_byte_buffer_reader_init(&rd, bb)) {
+        dmn_call_fail(c, RCD_EINVAL, "request message unreadable");
+        return NULL;
+    }
+    grpc_slice sl = grpc_byte_buffer_reader_readall(&rd);
+    grpc_byte_buffer_reader_destroy(&rd);
+    m = protobuf_c_message_unpack(d, NULL, GRPC_SLICE_LENGTH(sl), GRPC_SLICE_START_PTR(sl));
+    grpc_slice_unref(sl);
+    if (!m) dmn_call_fail(c, RCD_EINVAL, "request is not a valid %s", d->name);
+    return m;
+}
+
+/* ---- accepting calls ------------------------------------------------------------------- */
+
+static void on_new_call(dmn_op_t *op, bool ok);
+
+static void arm(dmn_server_t *s, dmn_method_t m)
+{
+    if (s->server_shutdown_started) return;
+    dmn_pending_t *p = calloc(1, sizeof(*p));
+    if (!p) {
+        dmn_log(DMN_ERROR, "arm", NULL, NULL, "out of memory arming a call request");
+        return;
+    }
+    p->op.cb = on_new_call;
+    p->srv = s;
+    p->method = m;
+    grpc_metadata_array_init(&p->md);
+    grpc_call_error e;
+    if (m == DMN_M_UNKNOWN) {
+        grpc_call_details_init(&p->details);
+        e = grpc_server_request_call(s->server, &p->call, &p->details, &p->md, s->cq, s->cq,
+                                     &p->op);
+    } else {
+        e = grpc_server_request_registered_call(s->server, s->methods[m], &p->call, &p->deadline,
+                                                &p->md, &p->payload, s->cq, s->cq, &p->op);
+    }
+    if (e != GRPC_CALL_OK) {
+        dmn_log(DMN_ERROR, "arm", NULL, NULL, "request call failed: %d", (int)e);
+        grpc_metadata_array_destroy(&p->md);
+        if (m == DMN_M_UNKNOWN) grpc_call_details_destroy(&p->details);
+        free(p);
+    }
+}
+
+static void pending_free(dmn_pending_t *p)
+{
+    grpc_metadata_array_destroy(&p->md);
+    if (p->method == DMN_M_UNKNOWN) grpc_call_details_destroy(&p->details);
+    if (p->payload) grpc_byte_buffer_destroy(p->payload);
+    free(p);
+}
+
+static void on_new_call(dmn_op_t *op, bool ok)
+{
+    dmn_pending_t *p = (dmn_pending_t *)op;
+    dmn_server_t *s = p->srv;
+    if (!ok) { /* server shutting down */
+        pending_free(p);
+        maybe_exit(s);
+        return;
+    }
+    arm(s, p->method);
+    dmn_call_t *c = calloc(1, sizeof(*c));
+    if (!c) {
+        grpc_call_cancel_with_status(p->call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory",
+                                     NULL);
+        grpc_call_unref(p->call);
+        pending_free(p);
+        return;
+    }
+    c->srv = s;
+    c->call = p->call;
+    c->method = p->method;
+    c->holds = 1;
+    c->start_ns = uv_hrtime();
+    c->next = s->calls;
+    if (s->calls) s->calls->prev = c;
+    s->calls = c;
+    gpr_timespec dl = p->method == DMN_M_UNKNOWN ? p->details.deadline : p->deadline;
+    dl = gpr_convert_clock_type(dl, GPR_CLOCK_MONOTONIC);
+    if (gpr_time_cmp(dl, gpr_inf_future(GPR_CLOCK_MONOTONIC)) != 0 && dl.tv_sec < INT64_MAX / 2)
+        c->deadline_ns = (uint64_t)dl.tv_sec * 1000000000ull + (uint64_t)dl.tv_nsec;
+    for (size_t i = 0; i < p->md.count; i++) {
+        grpc_slice k = p->md.metadata[i].key, v = p->md.metadata[i].value;
+        if (GRPC_SLICE_LENGTH(k) == 12 && !memcmp(GRPC_SLICE_START_PTR(k), "x-request-id", 12)) {
+            size_t n = GRPC_SLICE_LENGTH(v);
+            if (n >= sizeof(c->rid)) n = sizeof(c->rid) - 1;
+            memcpy(c->rid, GRPC_SLICE_START_PTR(v), n);
+            c->rid[n] = 0;
+            for (size_t j = 0; j < n; j++) /* keep logs and ids printable */
+                if ((unsigned char)c->rid[j] < 0x20 || (unsigned char)c->rid[j] > 0x7e)
+                    c->rid[j] = '?';
+        }
+    }
+    if (!c->rid[0]) snprintf(c->rid, sizeof(c->rid), "r%llu", (unsigned long long)++s->next_rid);
+    grpc_byte_buffer *payload = p->payload;
+    p->payload = NULL;
+    if (p->method == DMN_M_UNKNOWN) {
+        char path[200];
+        size_t n = GRPC_SLICE_LENGTH(p->details.method);
+        if (n >= sizeof(path)) n = sizeof(path) - 1;
+        memcpy(path, GRPC_SLICE_START_PTR(p->details.method), n);
+        path[n] = 0;
+        pending_free(p);
+        for (size_t j = 0; j < n; j++)
+            if ((unsigned char)path[j] < 0x20 || (unsigned char)path[j] > 0x7e) path[j] = '?';
+        dmn_call_fail(c, RCD_EUNSUPPORTED, "unknown method %s", path);
+        return;
+    }
+    pending_free(p);
+    if (s->draining && c->method != DMN_M_HEALTH_CHECK && c->method != DMN_M_HEALTH_WATCH) {
+        if (payload) grpc_byte_buffer_destroy(payload);
+        dmn_call_fail(c, RCD_EUNAVAILABLE, "server is draining");
+        return;
+    }
+    if (c->method == DMN_M_GENERATE)
+        dmn_generate_start(c, payload);
+    else
+        dmn_rpc_dispatch(c, payload);
+    if (payload) grpc_byte_buffer_destroy(payload);
+}
+
+/* ---- start, drain, exit ---------------------------------------------------------------- */
+
+static void on_shutdown_cb(dmn_op_t *op, bool ok);
+
+static void finish_drain(dmn_server_t *s)
+{
+    if (s->shutting_down) return;
+    s->shutting_down = true;
+    uv_timer_stop(&s->grace_timer);
+    dmn_log(DMN_INFO, "drain_cancel", NULL, NULL, "cancelling %d turn(s) and all open calls",
+            s->n_turns);
+    /* Until now the server kept accepting so that new calls got a clear UNAVAILABLE. */
+    s->server_shutdown_started = true;
+    s->op_shutdown.cb = on_shutdown_cb;
+    grpc_server_shutdown_and_notify(s->server, s->cq, &s->op_shutdown);
+    dmn_generate_cancel_all(s, RCD_EUNAVAILABLE);
+    grpc_server_cancel_all_calls(s->server);
+    maybe_exit(s);
+}
+
+static void maybe_exit(dmn_server_t *s)
+{
+    if (!s->shutting_down || !s->shutdown_done || s->calls || !s->server) return;
+    grpc_server_destroy(s->server);
+    s->server = NULL;
+    grpc_completion_queue_shutdown(s->cq);
+    dmn_log(DMN_INFO, "stopped", NULL, NULL, "server stopped");
+}
+
+static void on_shutdown_cb(dmn_op_t *op, bool ok)
+{
+    dmn_server_t *s = (dmn_server_t *)((char *)op - offsetof(dmn_server_t, op_shutdown));
+    s->shutdown_done = true;
+    maybe_exit(s);
+}
+
+static void on_grace(uv_timer_t *t)
+{
+    dmn_server_t *s = t->data;
+    dmn_log(DMN_WARN, "drain_grace_over", NULL, NULL, "grace period over with %d turn(s) left",
+            s->n_turns);
+    finish_drain(s);
+}
+
+void dmn_server_turn_done(dmn_server_t *s)
+{
+    if (s->draining && s->n_turns == 0) finish_drain(s);
+}
+
+void dmn_server_drain(dmn_server_t *s, const char *why)
+{
+    if (s->draining) {
+        if (!s->shutting_down) {
+            dmn_log(DMN_WARN, "drain_now", NULL, NULL, "second %s: cancelling now", why);
+            finish_drain(s);
+        }
+        return;
+    }
+    s->draining = true;
+    dmn_log(DMN_INFO, "drain", NULL, NULL, "%s: draining, %d turn(s) in flight, grace %ld ms", why,
+            s->n_turns, s->opts->drain_grace_ms);
+    dmn_health_notify(s);
+    uv_timer_start(&s->grace_timer, on_grace, (uint64_t)s->opts->drain_grace_ms, 0);
+    if (s->n_turns == 0) finish_drain(s);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    dmn_server_drain(h->data, signum == SIGTERM ? "SIGTERM" : "SIGINT");
+}
+
+int dmn_server_start(dmn_server_t *s, char *err, size_t errlen)
+{
+    grpc_arg args[] = {
+        {GRPC_ARG_INTEGER,
+         GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
+         {.integer = (int)s->opts->max_message_bytes}},
+        {GRPC_ARG_INTEGER,
+         GRPC_ARG_MAX_SEND_MESSAGE_LENGTH,
+         {.integer = (int)s->opts->max_message_bytes}},
+        {GRPC_ARG_INTEGER, GRPC_ARG_ALLOW_REUSEPORT, {.integer = 0}},
+        {GRPC_ARG_INTEGER,
+         GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
+         {.integer = 10000}},
+        {GRPC_ARG_INTEGER, GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, {.integer = 1}},
+        {GRPC_ARG_INTEGER, GRPC_ARG_KEEPALIVE_TIME_MS, {.integer = 60000}},
+    };
+    grpc_channel_args ca = {sizeof(args) / sizeof(args[0]), args};
+    s->cq = grpc_completion_queue_create_for_next(NULL);
+    s->server = grpc_server_create(&ca, NULL);
+    grpc_server_register_completion_queue(s->server, s->cq, NULL);
+    for (int m = 0; m < DMN_M__COUNT; m++)
+        s->methods[m] = grpc_server_register_method(s->server, g_methods[m].path, NULL,
+                                                    GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
+    char addr[300];
+    snprintf(addr, sizeof(addr), "%s:%ld", s->opts->listen_all ? "0.0.0.0" : s->opts->host,
+             s->opts->port);
+    grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
+    s->port = grpc_server_add_http2_port(s->server, addr, creds);
+    grpc_server_credentials_release(creds);
+    if (s->port <= 0) {
+        grpc_server_destroy(s->server);
+        s->server = NULL;
+        grpc_completion_queue_shutdown(s->cq);
+        while (grpc_completion_queue_next(s->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
+               GRPC_QUEUE_SHUTDOWN)
+            ;
+        grpc_completion_queue_destroy(s->cq);
+        s->cq = NULL;
+        return rcd_fail(RCD_EIO, err, errlen, "cannot listen on %s (in use?)", addr);
+    }
+    pthread_mutex_init(&s->mu, NULL);
+    uv_async_init(s->loop, &s->wake, on_wake);
+    s->wake.data = s;
+    uv_timer_init(s->loop, &s->grace_timer);
+    s->grace_timer.data = s;
+    uv_signal_init(s->loop, &s->sig_term);
+    uv_signal_init(s->loop, &s->sig_int);
+    s->sig_term.data = s->sig_int.data = s;
+    uv_signal_start(&s->sig_term, on_signal, SIGTERM);
+    uv_signal_start(&s->sig_int, on_signal, SIGINT);
+    grpc_server_start(s->server);
+    pthread_create(&s->cq_thread, NULL, cq_main, s);
+    s->cq_thread_started = true;
+    for (int m = 0; m <= DMN_M_UNKNOWN; m++) {
+        int n = m == DMN_M_UNKNOWN ? 2 : g_methods[m].armed;
+        for (int i = 0; i < n; i++)
+            arm(s, (dmn_method_t)m);
+    }
+    dmn_log(DMN_INFO, "listening", NULL, NULL, "listening on %s port %d",
+            s->opts->listen_all ? "0.0.0.0" : s->opts->host, s->port);
+    return 0;
+}

@@ -1,0 +1,147 @@
+/* daemon: recurd's main — options, model/tokenizer/store/runner setup, the gRPC server on
+ * the libuv loop, and orderly teardown after a drain (exit 0). */
+#include "daemon/dmn.h"
+#include "daemon/dmn_runner.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Load progress on a terminal: stages as percentages (the engine loads in one call). */
+static void progress(const dmn_opts_t *o, int pct, const char *what)
+{
+    if (!o->progress || !isatty(STDERR_FILENO)) return;
+    char bar[31];
+    int n = pct * 30 / 100;
+    for (int i = 0; i < 30; i++)
+        bar[i] = i < n ? '#' : '.';
+    bar[30] = 0;
+    fprintf(stderr, "\r[%s] %3d%% %-40s%s", bar, pct, what, pct == 100 ? "\n" : "");
+    fflush(stderr);
+}
+
+static int write_port_file(const char *path, int port)
+{
+    char tmp[4200];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f) return RCD_EIO;
+    fprintf(f, "%d\n", port);
+    if (fclose(f) != 0 || rename(tmp, path) != 0) return RCD_EIO;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    dmn_opts_t opts;
+    dmn_server_t srv;
+    uv_loop_t loop;
+    char err[512] = "";
+    int rc, exit_code = 1;
+    bool grpc_up = false, loop_up = false;
+    memset(&srv, 0, sizeof(srv));
+    rc = dmn_opts_parse(&opts, argc - 1, argv + 1, err, sizeof(err));
+    if (rc == 1) {
+        exit_code = 0;
+        goto cleanup;
+    }
+    if (rc) {
+        fprintf(stderr, "recurd: %s\n", err);
+        exit_code = 2;
+        goto cleanup;
+    }
+    if (dmn_log_set_level(opts.log_level)) {
+        fprintf(stderr, "recurd: unknown --log-level '%s'\n", opts.log_level);
+        exit_code = 2;
+        goto cleanup;
+    }
+    if (strcmp(opts.backend, "cpu") != 0) {
+        fprintf(stderr, "recurd: --backend %s is not built; only cpu\n", opts.backend);
+        exit_code = 2;
+        goto cleanup;
+    }
+    srv.opts = &opts;
+    progress(&opts, 0, "loading weights");
+    if ((rc = wrk_model_load(opts.model, &srv.model, err, sizeof(err)))) {
+        dmn_log(DMN_ERROR, "model_load", NULL, NULL, "%s: %s", opts.model, err);
+        goto cleanup;
+    }
+    progress(&opts, 60, "creating backend");
+    const wrk_model_info_t *mi = wrk_model_info(srv.model);
+    wrk_backend_opts_t bo = {.n_threads = (int)opts.threads,
+                             .n_slots = (int)opts.slots,
+                             .max_step_tokens = (int)opts.max_step_tokens,
+                             .isa = opts.isa};
+    if ((rc = wrk_cpu_backend_create(srv.model, &bo, &srv.backend, err, sizeof(err)))) {
+        dmn_log(DMN_ERROR, "backend", NULL, NULL, "%s", err);
+        goto cleanup;
+    }
+    progress(&opts, 80, "loading tokenizer");
+    tok_opts_t to = {.max_input_bytes = (size_t)opts.max_message_bytes};
+    if ((rc = tok_load(opts.model, &to, &srv.tok, err, sizeof(err)))) {
+        dmn_log(DMN_ERROR, "tokenizer_load", NULL, NULL, "%s", err);
+        goto cleanup;
+    }
+    progress(&opts, 100, "ready");
+    srv.vocab = mi->vocab_size;
+    srv.eos_id = tok_eos_id(srv.tok) >= 0 ? tok_eos_id(srv.tok) : mi->eos_token_id;
+    {
+        const char *base = strrchr(opts.model, '/');
+        base = base && base[1] ? base + 1 : opts.model;
+        size_t n = strlen(opts.model);
+        if (base == opts.model + n) /* trailing slash */
+            base = opts.model;
+        snprintf(srv.model_id, sizeof(srv.model_id), "%s", base);
+        char *slash = strchr(srv.model_id, '/');
+        if (slash) *slash = 0;
+    }
+    store_opts_t so = {.state_bytes = mi->state_bytes,
+                       .fingerprint = mi->fingerprint,
+                       .max_sessions = (size_t)opts.max_sessions};
+    if ((rc = store_mem_open(&so, &srv.store, err, sizeof(err)))) {
+        dmn_log(DMN_ERROR, "store", NULL, NULL, "%s", err);
+        goto cleanup;
+    }
+    if ((rc = uv_loop_init(&loop))) {
+        dmn_log(DMN_ERROR, "loop", NULL, NULL, "uv_loop_init: %s", uv_strerror(rc));
+        goto cleanup;
+    }
+    loop_up = true;
+    srv.loop = &loop;
+    if ((rc = dmn_runner_create(&loop, srv.backend, (int)opts.max_queue, &srv.runner))) {
+        dmn_log(DMN_ERROR, "runner", NULL, NULL, "%s", rcd_strerror(rc));
+        goto cleanup;
+    }
+    grpc_init();
+    grpc_up = true;
+    if ((rc = dmn_server_start(&srv, err, sizeof(err)))) {
+        dmn_log(DMN_ERROR, "listen", NULL, NULL, "%s", err);
+        goto cleanup;
+    }
+    dmn_log(DMN_INFO, "ready", NULL, NULL,
+            "model %s (%s, vocab %d, state %zu bytes, fingerprint %s), backend %s/%s, %d slots",
+            srv.model_id, mi->architecture, mi->vocab_size, mi->state_bytes, mi->fingerprint_hex,
+            srv.backend->vt->name, srv.backend->isa ? srv.backend->isa : "?", srv.backend->n_slots);
+    if (opts.port_file[0] && write_port_file(opts.port_file, srv.port))
+        dmn_log(DMN_WARN, "port_file", NULL, NULL, "cannot write %s", opts.port_file);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    exit_code = 0;
+cleanup:
+    if (loop_up) {
+        uv_run(&loop, UV_RUN_NOWAIT); /* let close callbacks run */
+        if (uv_loop_close(&loop) == UV_EBUSY)
+            dmn_log(DMN_WARN, "loop_close", NULL, NULL, "loop had live handles at exit");
+    }
+    if (grpc_up) grpc_shutdown();
+    dmn_runner_destroy(srv.runner);
+    store_close(srv.store);
+    tok_free(srv.tok);
+    wrk_backend_destroy(srv.backend);
+    wrk_model_free(srv.model);
+    free(srv.evs);
+    free(srv.evs_spare);
+    if (srv.cq_thread_started) pthread_mutex_destroy(&srv.mu);
+    dmn_opts_free(&opts);
+    return exit_code;
+}

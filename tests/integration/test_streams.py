@@ -1,0 +1,101 @@
+"""recurd integration: cancellation, deadlines, queue limits and 64 concurrent streams."""
+import threading
+import time
+import unittest
+
+import grpc
+
+from rcd_harness import DaemonTest, collect, gen_request, pb
+
+C = grpc.StatusCode
+
+
+class Streams(DaemonTest):
+    daemon_args = ("--slots", "8", "--max-queue", "80")
+
+    def test_cancel_mid_stream_frees_slot(self):
+        for _ in range(10):  # more cancels than slots: each must free its slot
+            sid = self.api.CreateSession(pb.CreateSessionRequest()).session_id
+            st = self.api.Generate(gen_request("Once upon a time", session=sid,
+                                               max_tokens=4000, ignore_eos=True), timeout=60)
+            next(st)
+            st.cancel()
+            self.assertEqual(st.code(), C.CANCELLED)
+        t0 = time.time()
+        while True:  # the last cancel lands within a step
+            try:
+                _, ids, _, last = collect(self.api.Generate(
+                    gen_request("hi", session=sid, max_tokens=3, ignore_eos=True,
+                                expected_version=0), timeout=60))
+                break
+            except grpc.RpcError as e:
+                self.assertEqual(e.code(), C.ABORTED)
+                self.assertLess(time.time() - t0, 10)
+                time.sleep(0.05)
+        self.assertEqual((len(ids), last.session_version), (3, 1))
+        self.assertIn('"turn_cancelled"', self.d.logs())
+
+    def test_deadline(self):
+        t0 = time.time()
+        st = self.api.Generate(gen_request("Once upon a time", max_tokens=4000,
+                                           ignore_eos=True), timeout=0.5)
+        with self.assertRaises(grpc.RpcError) as cm:
+            for _ in st:
+                pass
+        self.assertEqual(cm.exception.code(), C.DEADLINE_EXCEEDED)
+        self.assertLess(time.time() - t0, 5)
+        sid = self.api.CreateSession(pb.CreateSessionRequest()).session_id
+        self.assertCode(C.DEADLINE_EXCEEDED, self.api.Generate,
+                        gen_request("Once", session=sid, max_tokens=4000, ignore_eos=True),
+                        timeout=0.3)
+        time.sleep(0.5)
+        s = self.api.GetSession(pb.GetSessionRequest(session_id=sid))
+        self.assertEqual(s.version, 0)  # nothing committed
+        _, ids, _, _ = collect(self.api.Generate(gen_request("hi", max_tokens=2,
+                                                             ignore_eos=True), timeout=60))
+        self.assertEqual(len(ids), 2)
+
+    def test_64_concurrent_streams(self):
+        ref = collect(self.api.Generate(gen_request("The little bird", max_tokens=8,
+                                                    temperature=0, ignore_eos=True),
+                                        timeout=120))[1]
+        results, errors = {}, []
+
+        def run(i):
+            try:
+                if i % 2:
+                    sid = self.api.CreateSession(pb.CreateSessionRequest()).session_id
+                else:
+                    sid = None
+                _, ids, _, last = collect(self.api.Generate(
+                    gen_request("The little bird", session=sid, max_tokens=8, temperature=0,
+                                ignore_eos=True), timeout=300))
+                results[i] = (ids, last.finish_reason, last.session_version)
+            except Exception as e:  # noqa: BLE001
+                errors.append(repr(e))
+        ts = [threading.Thread(target=run, args=(i,)) for i in range(64)]
+        [t.start() for t in ts]
+        [t.join() for t in ts]
+        self.assertEqual(errors, [])
+        self.assertEqual(len(results), 64)
+        for i, (ids, fr, ver) in results.items():
+            self.assertEqual(ids, ref, "stream %d" % i)
+            self.assertEqual(fr, pb.FinishReason.FINISH_REASON_LENGTH)
+            self.assertEqual(ver, i % 2)
+
+
+class QueueFull(DaemonTest):
+    daemon_args = ("--slots", "1", "--max-queue", "2")
+
+    def test_queue_full(self):
+        a = self.api.Generate(gen_request("a", max_tokens=4000, ignore_eos=True), timeout=60)
+        b = self.api.Generate(gen_request("b", max_tokens=4000, ignore_eos=True), timeout=60)
+        next(a)
+        time.sleep(0.2)
+        self.assertCode(C.RESOURCE_EXHAUSTED, self.api.Generate, gen_request("c"), timeout=30)
+        a.cancel()
+        b.cancel()
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

@@ -1,0 +1,388 @@
+/* recurctl: command-line client of recurd over the gRPC C core (protobuf-c messages, method
+ * paths by hand). `recurctl generate "prompt"` streams text to stdout; session, models,
+ * tokenize and health commands print one line each. Exit status: 0, or the gRPC status. */
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/grpc.h>
+#include <grpc/grpc_security.h>
+#include <grpc/support/time.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "grpc/health/v1/health.pb-c.h"
+#include "recurd/v1/inference.pb-c.h"
+
+static const char *g_addr = "127.0.0.1:50051";
+static double g_timeout = 0; /* seconds, 0 = none */
+static grpc_channel *g_ch;
+static grpc_completion_queue *g_cq;
+
+static void usage(void)
+{
+    fprintf(stderr,
+            "usage: recurctl [--addr HOST:PORT] [--timeout SECONDS] COMMAND ...\n"
+            "  generate [--session ID] [--max-tokens N] [--temperature T] [--seed N]\n"
+            "           [--stop STR] [--expected-version V] PROMPT\n"
+            "  session create [--id ID] [--meta KEY=VALUE]...\n"
+            "  session get ID | session fork ID [--id NEW] | session delete ID\n"
+            "  models | tokenize TEXT | health\n"
+            "env RECURD_ADDR sets the default address (%s)\n",
+            g_addr);
+}
+
+typedef struct rpc {
+    grpc_call *call;
+    grpc_metadata_array md_init, md_trail;
+    grpc_status_code status;
+    grpc_slice details;
+    grpc_byte_buffer *send, *recv;
+} rpc_t;
+
+static void *tag(intptr_t x)
+{
+    return (void *)x;
+}
+
+static bool pluck(intptr_t t)
+{
+    grpc_event ev =
+        grpc_completion_queue_pluck(g_cq, tag(t), gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+    return ev.type == GRPC_OP_COMPLETE && ev.success;
+}
+
+/* Starts a call: sends the request and half-closes; reads initial metadata and status. */
+static int rpc_start(rpc_t *r, const char *method, const ProtobufCMessage *req)
+{
+    memset(r, 0, sizeof(*r));
+    gpr_timespec dl =
+        g_timeout > 0
+            ? gpr_time_add(gpr_now(GPR_CLOCK_REALTIME),
+                           gpr_time_from_millis((int64_t)(g_timeout * 1000), GPR_TIMESPAN))
+            : gpr_inf_future(GPR_CLOCK_REALTIME);
+    grpc_slice m = grpc_slice_from_static_string(method);
+    r->call =
+        grpc_channel_create_call(g_ch, NULL, GRPC_PROPAGATE_DEFAULTS, g_cq, m, NULL, dl, NULL);
+    size_t n = protobuf_c_message_get_packed_size(req);
+    grpc_slice sl = grpc_slice_malloc(n);
+    protobuf_c_message_pack(req, GRPC_SLICE_START_PTR(sl));
+    r->send = grpc_raw_byte_buffer_create(&sl, 1);
+    grpc_slice_unref(sl);
+    grpc_metadata_array_init(&r->md_init);
+    grpc_metadata_array_init(&r->md_trail);
+    grpc_op ops[5];
+    memset(ops, 0, sizeof(ops));
+    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[1].op = GRPC_OP_SEND_MESSAGE;
+    ops[1].data.send_message.send_message = r->send;
+    ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+    ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
+    ops[3].data.recv_initial_metadata.recv_initial_metadata = &r->md_init;
+    if (grpc_call_start_batch(r->call, ops, 4, tag(1), NULL) != GRPC_CALL_OK) return -1;
+    grpc_op st;
+    memset(&st, 0, sizeof(st));
+    st.op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+    st.data.recv_status_on_client.trailing_metadata = &r->md_trail;
+    st.data.recv_status_on_client.status = &r->status;
+    st.data.recv_status_on_client.status_details = &r->details;
+    if (grpc_call_start_batch(r->call, &st, 1, tag(2), NULL) != GRPC_CALL_OK) return -1;
+    return pluck(1) ? 0 : 1; /* on failure the status still arrives */
+}
+
+/* Next response message, or NULL at the end of the stream. */
+static ProtobufCMessage *rpc_next(rpc_t *r, const ProtobufCMessageDescriptor *d)
+{
+    grpc_op op;
+    memset(&op, 0, sizeof(op));
+    op.op = GRPC_OP_RECV_MESSAGE;
+    op.data.recv_message.recv_message = &r->recv;
+    r->recv = NULL;
+    if (grpc_call_start_batch(r->call, &op, 1, tag(3), NULL) != GRPC_CALL_OK || !pluck(3) ||
+        !r->recv)
+        return NULL;
+    grpc_byte_buffer_reader rd;
+    grpc_byte_buffer_reader_init(&rd, r->recv);
+    grpc_slice sl = grpc_byte_buffer_reader_readall(&rd);
+    grpc_byte_buffer_reader_destroy(&rd);
+    grpc_byte_buffer_destroy(r->recv);
+    r->recv = NULL;
+    ProtobufCMessage *m =
+        protobuf_c_message_unpack(d, NULL, GRPC_SLICE_LENGTH(sl), GRPC_SLICE_START_PTR(sl));
+    grpc_slice_unref(sl);
+    return m;
+}
+
+/* Waits for the status; prints it when not OK. Returns the status code. */
+static int rpc_finish(rpc_t *r)
+{
+    pluck(2);
+    int st = (int)r->status;
+    if (st != GRPC_STATUS_OK)
+        fprintf(stderr, "recurctl: error %d: %.*s\n", st, (int)GRPC_SLICE_LENGTH(r->details),
+                (const char *)GRPC_SLICE_START_PTR(r->details));
+    grpc_slice_unref(r->details);
+    grpc_metadata_array_destroy(&r->md_init);
+    grpc_metadata_array_destroy(&r->md_trail);
+    grpc_byte_buffer_destroy(r->send);
+    grpc_call_unref(r->call);
+    return st;
+}
+
+static int unary(const char *method, const ProtobufCMessage *req,
+                 const ProtobufCMessageDescriptor *d, ProtobufCMessage **out)
+{
+    rpc_t r;
+    *out = NULL;
+    int rc = rpc_start(&r, method, req);
+    if (rc < 0) return GRPC_STATUS_INTERNAL;
+    if (rc == 0) *out = rpc_next(&r, d);
+    int st = rpc_finish(&r);
+    if (st && *out) {
+        protobuf_c_message_free_unpacked(*out, NULL);
+        *out = NULL;
+    }
+    return st ? st : *out ? 0 : GRPC_STATUS_INTERNAL;
+}
+
+static void print_session(const Recurd__V1__Session *s)
+{
+    printf("{\"session_id\":\"%s\",\"model\":\"%s\",\"version\":%llu,\"token_count\":%llu,"
+           "\"created_unix_ms\":%lld,\"updated_unix_ms\":%lld,\"parent_session_id\":\"%s\"",
+           s->session_id, s->model, (unsigned long long)s->version,
+           (unsigned long long)s->token_count, (long long)s->created_unix_ms,
+           (long long)s->updated_unix_ms, s->parent_session_id);
+    printf(",\"metadata\":{");
+    for (size_t i = 0; i < s->n_metadata; i++)
+        printf("%s\"%s\":\"%s\"", i ? "," : "", s->metadata[i]->key, s->metadata[i]->value);
+    printf("}}\n");
+}
+
+static int cmd_generate(int argc, char **argv)
+{
+    Recurd__V1__GenerateRequest req = RECURD__V1__GENERATE_REQUEST__INIT;
+    Recurd__V1__SamplingParams sp = RECURD__V1__SAMPLING_PARAMS__INIT;
+    char *stops[16];
+    req.sampling = &sp;
+    const char *prompt = NULL;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        bool more = i + 1 < argc;
+        if (!strcmp(a, "--session") && more)
+            req.session_id = argv[++i];
+        else if (!strcmp(a, "--max-tokens") && more)
+            sp.max_tokens = (uint32_t)strtoul(argv[++i], NULL, 10);
+        else if (!strcmp(a, "--temperature") && more) {
+            sp._temperature_case = RECURD__V1__SAMPLING_PARAMS___TEMPERATURE_TEMPERATURE;
+            sp.temperature = strtof(argv[++i], NULL);
+        } else if (!strcmp(a, "--seed") && more) {
+            sp._seed_case = RECURD__V1__SAMPLING_PARAMS___SEED_SEED;
+            sp.seed = strtoull(argv[++i], NULL, 10);
+        } else if (!strcmp(a, "--stop") && more && sp.n_stop < 16)
+            stops[sp.n_stop++] = argv[++i];
+        else if (!strcmp(a, "--expected-version") && more) {
+            req._expected_version_case =
+                RECURD__V1__GENERATE_REQUEST___EXPECTED_VERSION_EXPECTED_VERSION;
+            req.expected_version = strtoull(argv[++i], NULL, 10);
+        } else if (a[0] == '-' && a[1] == '-') {
+            usage();
+            return 2;
+        } else
+            prompt = a;
+    }
+    if (!prompt) {
+        usage();
+        return 2;
+    }
+    sp.stop = stops;
+    req.prompt_case = RECURD__V1__GENERATE_REQUEST__PROMPT_TEXT;
+    req.text = (char *)prompt;
+    rpc_t r;
+    Recurd__V1__GenerateResponse *m;
+    int rc = rpc_start(&r, "/recurd.v1.Inference/Generate", &req.base);
+    if (rc < 0) return GRPC_STATUS_INTERNAL;
+    if (rc == 0) {
+        while ((m = (Recurd__V1__GenerateResponse *)rpc_next(
+                    &r, &recurd__v1__generate_response__descriptor))) {
+            fputs(m->text, stdout);
+            fflush(stdout);
+            if (m->usage) {
+                static const char *fr[] = {"unspecified", "length", "stop", "eos", "context"};
+                fprintf(stderr,
+                        "\n[finish %s, %u prompt + %u completion tokens, %.1f ms, session %s "
+                        "version %llu]\n",
+                        fr[(unsigned)m->finish_reason % 5], m->usage->prompt_tokens,
+                        m->usage->completion_tokens, m->usage->total_ms,
+                        m->session_id[0] ? m->session_id : "-",
+                        (unsigned long long)m->session_version);
+            }
+            protobuf_c_message_free_unpacked(&m->base, NULL);
+        }
+    }
+    return rpc_finish(&r);
+}
+
+static int cmd_session(int argc, char **argv)
+{
+    ProtobufCMessage *out = NULL;
+    int st;
+    if (argc < 1) {
+        usage();
+        return 2;
+    }
+    const char *sub = argv[0];
+    if (!strcmp(sub, "create")) {
+        Recurd__V1__CreateSessionRequest req = RECURD__V1__CREATE_SESSION_REQUEST__INIT;
+        Recurd__V1__MetadataEntry ents[32], *ptrs[32];
+        for (int i = 1; i < argc; i++) {
+            if (!strcmp(argv[i], "--id") && i + 1 < argc) {
+                req.session_id = argv[++i];
+            } else if (!strcmp(argv[i], "--meta") && i + 1 < argc && req.n_metadata < 32) {
+                char *kv = argv[++i], *eq = strchr(kv, '=');
+                if (!eq) {
+                    usage();
+                    return 2;
+                }
+                *eq = 0;
+                recurd__v1__metadata_entry__init(&ents[req.n_metadata]);
+                ents[req.n_metadata].key = kv;
+                ents[req.n_metadata].value = eq + 1;
+                ptrs[req.n_metadata] = &ents[req.n_metadata];
+                req.n_metadata++;
+            } else {
+                usage();
+                return 2;
+            }
+        }
+        req.metadata = ptrs;
+        st = unary("/recurd.v1.Inference/CreateSession", &req.base,
+                   &recurd__v1__session__descriptor, &out);
+    } else if (!strcmp(sub, "get") && argc == 2) {
+        Recurd__V1__GetSessionRequest req = RECURD__V1__GET_SESSION_REQUEST__INIT;
+        req.session_id = argv[1];
+        st = unary("/recurd.v1.Inference/GetSession", &req.base, &recurd__v1__session__descriptor,
+                   &out);
+    } else if (!strcmp(sub, "fork") && (argc == 2 || (argc == 4 && !strcmp(argv[2], "--id")))) {
+        Recurd__V1__ForkSessionRequest req = RECURD__V1__FORK_SESSION_REQUEST__INIT;
+        req.session_id = argv[1];
+        if (argc == 4) req.new_session_id = argv[3];
+        st = unary("/recurd.v1.Inference/ForkSession", &req.base, &recurd__v1__session__descriptor,
+                   &out);
+    } else if (!strcmp(sub, "delete") && argc == 2) {
+        Recurd__V1__DeleteSessionRequest req = RECURD__V1__DELETE_SESSION_REQUEST__INIT;
+        req.session_id = argv[1];
+        st = unary("/recurd.v1.Inference/DeleteSession", &req.base,
+                   &recurd__v1__delete_session_response__descriptor, &out);
+        if (!st) printf("{\"deleted\":\"%s\"}\n", argv[1]);
+        if (out) protobuf_c_message_free_unpacked(out, NULL);
+        return st;
+    } else {
+        usage();
+        return 2;
+    }
+    if (!st) print_session((const Recurd__V1__Session *)out);
+    if (out) protobuf_c_message_free_unpacked(out, NULL);
+    return st;
+}
+
+static int cmd_models(void)
+{
+    Recurd__V1__ListModelsRequest req = RECURD__V1__LIST_MODELS_REQUEST__INIT;
+    ProtobufCMessage *out;
+    int st = unary("/recurd.v1.Inference/ListModels", &req.base,
+                   &recurd__v1__list_models_response__descriptor, &out);
+    if (st) return st;
+    Recurd__V1__ListModelsResponse *r = (Recurd__V1__ListModelsResponse *)out;
+    for (size_t i = 0; i < r->n_models; i++) {
+        Recurd__V1__Model *m = r->models[i];
+        printf("{\"id\":\"%s\",\"architecture\":\"%s\",\"vocab_size\":%d,\"n_layers\":%d,"
+               "\"state_bytes\":%llu,\"fingerprint\":\"%s\",\"backend\":\"%s\"}\n",
+               m->id, m->architecture, m->vocab_size, m->n_layers,
+               (unsigned long long)m->state_bytes, m->fingerprint, m->backend);
+    }
+    protobuf_c_message_free_unpacked(out, NULL);
+    return 0;
+}
+
+static int cmd_tokenize(int argc, char **argv)
+{
+    if (argc != 1) {
+        usage();
+        return 2;
+    }
+    Recurd__V1__TokenizeRequest req = RECURD__V1__TOKENIZE_REQUEST__INIT;
+    req.text = argv[0];
+    ProtobufCMessage *out;
+    int st = unary("/recurd.v1.Inference/Tokenize", &req.base,
+                   &recurd__v1__tokenize_response__descriptor, &out);
+    if (st) return st;
+    Recurd__V1__TokenizeResponse *r = (Recurd__V1__TokenizeResponse *)out;
+    for (size_t i = 0; i < r->n_token_ids; i++)
+        printf("%s%d", i ? "," : "", r->token_ids[i]);
+    printf("\n");
+    protobuf_c_message_free_unpacked(out, NULL);
+    return 0;
+}
+
+static int cmd_health(void)
+{
+    Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    ProtobufCMessage *out;
+    int st = unary("/grpc.health.v1.Health/Check", &req.base,
+                   &grpc__health__v1__health_check_response__descriptor, &out);
+    if (st) return st;
+    int s = ((Grpc__Health__V1__HealthCheckResponse *)out)->status;
+    static const char *names[] = {"UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"};
+    printf("%s\n", names[(unsigned)s % 4]);
+    protobuf_c_message_free_unpacked(out, NULL);
+    return s == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING ? 0 : 1;
+}
+
+int main(int argc, char **argv)
+{
+    const char *env = getenv("RECURD_ADDR");
+    if (env && *env) g_addr = env;
+    int i = 1;
+    for (; i < argc && argv[i][0] == '-'; i++) {
+        if (!strcmp(argv[i], "--addr") && i + 1 < argc)
+            g_addr = argv[++i];
+        else if (!strcmp(argv[i], "--timeout") && i + 1 < argc)
+            g_timeout = strtod(argv[++i], NULL);
+        else {
+            usage();
+            return !strcmp(argv[i], "--help") || !strcmp(argv[i], "-h") ? 0 : 2;
+        }
+    }
+    if (i >= argc) {
+        usage();
+        return 2;
+    }
+    grpc_init();
+    grpc_channel_credentials *creds = grpc_insecure_credentials_create();
+    g_ch = grpc_channel_create(g_addr, creds, NULL);
+    grpc_channel_credentials_release(creds);
+    g_cq = grpc_completion_queue_create_for_pluck(NULL);
+    const char *cmd = argv[i++];
+    int rc;
+    if (!strcmp(cmd, "generate"))
+        rc = cmd_generate(argc - i, argv + i);
+    else if (!strcmp(cmd, "session"))
+        rc = cmd_session(argc - i, argv + i);
+    else if (!strcmp(cmd, "models"))
+        rc = cmd_models();
+    else if (!strcmp(cmd, "tokenize"))
+        rc = cmd_tokenize(argc - i, argv + i);
+    else if (!strcmp(cmd, "health"))
+        rc = cmd_health();
+    else {
+        usage();
+        rc = 2;
+    }
+    grpc_channel_destroy(g_ch);
+    grpc_completion_queue_shutdown(g_cq);
+    while (grpc_completion_queue_pluck(g_cq, NULL, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
+           GRPC_QUEUE_SHUTDOWN)
+        ;
+    grpc_completion_queue_destroy(g_cq);
+    grpc_shutdown();
+    return rc;
+}
