@@ -1,0 +1,765 @@
+/* scheduler unit tests: hand-built scenarios on a simulated clock. The randomized property
+ * tests with a fake worker live in sched_sim.h and run from here too (one main for the
+ * standalone build that compiles every scheduler .c file together). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "scheduler/sched.h"
+#include "tests/rcd_test.h"
+
+#include "scheduler/sched_sim.h"
+
+static char err[256];
+
+static sched_t *mk(const sched_config_t *c)
+{
+    sched_t *s = NULL;
+    int rc = sched_create(c, &s, err, sizeof(err));
+    CHECK_MSG(rc == 0 && s, "sched_create: %s", err);
+    return s;
+}
+
+static sched_event_t ev_arrive(uint64_t id, int prio, uint64_t tenant, int prompt, int max_new)
+{
+    sched_event_t e = {.kind = SCHED_EV_ARRIVE, .id = id};
+    e.arrive.priority = prio;
+    e.arrive.tenant = tenant;
+    e.arrive.prompt_tokens = prompt;
+    e.arrive.max_new_tokens = max_new;
+    return e;
+}
+
+static sched_event_t ev_cancel(uint64_t id)
+{
+    return (sched_event_t){.kind = SCHED_EV_CANCEL, .id = id};
+}
+
+static sched_event_t ev_done(uint64_t step, int status, const sched_result_t *res, int n)
+{
+    sched_event_t e = {.kind = SCHED_EV_STEP_DONE};
+    e.done.step = step;
+    e.done.status = status;
+    e.done.results = res;
+    e.done.n_results = n;
+    return e;
+}
+
+static const sched_plan_t *step(sched_t *s, int64_t now, const sched_event_t *ev, int n)
+{
+    const sched_plan_t *p = NULL;
+    int rc = sched_step(s, now, ev, n, &p, err, sizeof(err));
+    CHECK_MSG(rc == 0, "sched_step: %s", err);
+    return p;
+}
+
+/* Reports plan p done with every logits entry producing a plain token. */
+static const sched_plan_t *step_done(sched_t *s, int64_t now, const sched_plan_t *p)
+{
+    sched_event_t e = ev_done(p->step, 0, NULL, 0);
+    return step(s, now, &e, 1);
+}
+
+static const sched_entry_t *entry_of(const sched_plan_t *p, uint64_t id)
+{
+    for (int i = 0; i < p->n_entries; i++)
+        if (p->entries[i].id == id) return &p->entries[i];
+    return NULL;
+}
+
+static const sched_move_t *move_of(const sched_plan_t *p, uint64_t id)
+{
+    for (int i = 0; i < p->n_moves; i++)
+        if (p->moves[i].id == id) return &p->moves[i];
+    return NULL;
+}
+
+static const sched_finish_t *fin_of(const sched_plan_t *p, uint64_t id)
+{
+    for (int i = 0; i < p->n_finished; i++)
+        if (p->finished[i].id == id) return &p->finished[i];
+    return NULL;
+}
+
+static void test_config(void)
+{
+    sched_config_t c;
+    sched_t *s = NULL;
+    sched_config_default(&c);
+    c.step_tokens = 4; /* fewer than n_slots = 8: decodes could not all fit */
+    CHECK(sched_create(&c, &s, err, sizeof(err)) == RCD_EINVAL && !s);
+    CHECK(strstr(err, "step_tokens") != NULL);
+    sched_config_default(&c);
+    c.n_slots = 0;
+    CHECK(sched_create(&c, &s, err, sizeof(err)) == RCD_EINVAL && !s);
+    sched_config_default(&c);
+    c.max_inflight = 0;
+    CHECK(sched_create(&c, &s, err, sizeof(err)) == RCD_EINVAL && !s);
+    sched_config_default(&c);
+    c.max_chunk = c.step_tokens + 1;
+    CHECK(sched_create(&c, &s, err, sizeof(err)) == RCD_EINVAL && !s);
+    CHECK(sched_create(NULL, &s, err, sizeof(err)) == RCD_EINVAL);
+    sched_config_default(&c);
+    s = mk(&c);
+    sched_destroy(s);
+    sched_destroy(NULL);
+}
+
+static void test_admission_control(void)
+{
+    sched_config_t c;
+    sched_config_default(&c);
+    c.n_slots = 1;
+    c.max_queue = 2;
+    c.max_prompt_tokens = 1000;
+    c.max_new_tokens = 100;
+    c.n_host_slots = 0;
+    sched_t *s = mk(&c);
+    sched_event_t ev[9] = {
+        ev_arrive(1, 0, 0, 10, 5),   /* admitted */
+        ev_arrive(2, 0, 0, 10, 5),   /* queued */
+        ev_arrive(3, 0, 0, 10, 5),   /* queued: 1 free slot + max_queue 2 */
+        ev_arrive(4, 0, 0, 1001, 5), /* prompt too long */
+        ev_arrive(5, 0, 0, 10, 101), /* max_new too large */
+        ev_arrive(6, 9, 0, 10, 5),   /* bad priority */
+        ev_arrive(7, 0, 0, 0, 5),    /* empty prompt */
+        ev_arrive(2, 0, 0, 10, 5),   /* duplicate id */
+        ev_arrive(8, 0, 0, 10, 5),   /* queue full */
+    };
+    const sched_plan_t *p = step(s, 0, ev, 9);
+    CHECK(p->n_finished == 6);
+    const sched_finish_t *f;
+    CHECK((f = fin_of(p, 4)) && f->status == RCD_ETOOBIG && strstr(f->msg, "1001"));
+    CHECK((f = fin_of(p, 5)) && f->status == RCD_ETOOBIG && strstr(f->msg, "max_new_tokens"));
+    CHECK((f = fin_of(p, 6)) && f->status == RCD_EINVAL && strstr(f->msg, "priority"));
+    CHECK((f = fin_of(p, 7)) && f->status == RCD_EINVAL);
+    CHECK((f = fin_of(p, 2)) && f->status == RCD_EEXISTS);
+    CHECK((f = fin_of(p, 8)) && f->status == RCD_ETOOBIG && strstr(f->msg, "queue is full"));
+    CHECK(rcd_grpc_status(RCD_ETOOBIG) == 8); /* RESOURCE_EXHAUSTED */
+    CHECK(p->step == 1 && p->n_entries == 1 && p->entries[0].id == 1);
+    CHECK(p->n_moves == 1 && p->moves[0].kind == SCHED_MOVE_RESET && p->moves[0].slot == 0);
+
+    /* A deadline that has already passed is refused at once. */
+    sched_event_t late = ev_arrive(9, 0, 0, 10, 5);
+    late.arrive.deadline_us = 50;
+    p = step(s, 100, &late, 1);
+    CHECK((f = fin_of(p, 9)) && f->status == RCD_EDEADLINE);
+    CHECK(p->step == 0); /* step 1 is still in flight (max_inflight 1) */
+
+    /* Malformed calls change nothing. */
+    sched_event_t bad = ev_done(77, 0, NULL, 0);
+    CHECK(sched_step(s, 100, &bad, 1, &p, err, sizeof(err)) == RCD_EINVAL);
+    CHECK(strstr(err, "not in flight") != NULL);
+    CHECK(sched_step(s, 99, NULL, 0, &p, err, sizeof(err)) == RCD_EINVAL); /* time backwards */
+    sched_event_t odd = {.kind = 42};
+    CHECK(sched_step(s, 100, &odd, 1, &p, err, sizeof(err)) == RCD_EINVAL);
+    sched_stats_t st;
+    sched_get_stats(s, &st);
+    CHECK(st.running == 1 && st.waiting == 2 && st.rejected == 7 && st.inflight == 1);
+    sched_destroy(s);
+}
+
+/* A 1000-token prompt is chunked; a short request arriving later gets its first token long
+ * before the long prompt is done; the budget holds every step. */
+static void test_chunked_prefill(void)
+{
+    sched_config_t c;
+    sched_config_default(&c);
+    c.n_slots = 4;
+    c.step_tokens = 64;
+    c.max_chunk = 32;
+    sched_t *s = mk(&c);
+    sched_event_t a = ev_arrive(1, 0, 0, 1000, 2);
+    const sched_plan_t *p = step(s, 0, &a, 1);
+    const sched_entry_t *e = entry_of(p, 1);
+    CHECK(e && e->start == 0 && e->n_tokens == 64 && e->n_logits == 0 && !e->decode);
+    p = step_done(s, 10, p);
+    CHECK((e = entry_of(p, 1)) && e->start == 64 && e->n_tokens == 64);
+
+    sched_event_t ev[2] = {ev_done(p->step, 0, NULL, 0), ev_arrive(2, 0, 0, 10, 3)};
+    p = step(s, 20, ev, 2);
+    CHECK((e = entry_of(p, 1)) && e->start == 128 && e->n_tokens == 54);
+    CHECK((e = entry_of(p, 2)) && e->start == 0 && e->n_tokens == 10 && e->n_logits == 1);
+    CHECK(p->n_tokens == 64);
+    p = step_done(s, 30, p);
+    /* 2 decodes (1 token), 1 keeps prefilling with the rest. */
+    CHECK((e = entry_of(p, 2)) && e->decode && e->n_tokens == 1 && e->start == 10 &&
+          e->n_logits == 1);
+    CHECK((e = entry_of(p, 1)) && e->n_tokens == 63 && e->start == 182);
+    int64_t now = 40;
+    int steps = 0, first_token_2 = -1, done_2 = 0;
+    while (p->step && steps < 100) {
+        CHECK(p->n_tokens <= c.step_tokens);
+        p = step_done(s, now, p);
+        now += 10;
+        steps++;
+        const sched_finish_t *f = fin_of(p, 2);
+        if (f && !done_2) {
+            done_2 = 1;
+            first_token_2 = (int)f->ttft_us;
+            CHECK(f->status == 0 && f->n_generated == 3 && f->tpot_us == 10);
+        }
+        if ((f = fin_of(p, 1))) {
+            CHECK(f->status == 0 && f->n_generated == 2 && f->ttft_us > first_token_2);
+        }
+    }
+    CHECK(done_2 && first_token_2 == 10); /* arrived at 20, first token at 30 */
+    sched_stats_t st;
+    sched_get_stats(s, &st);
+    CHECK(st.completed == 2 && st.running == 0 && st.prefill_tokens == 1010);
+    CHECK(st.decode_tokens == 1 + 2); /* max_new - 1 decodes each */
+    sched_destroy(s);
+}
+
+/* Eight decoding sequences plus a long prefill: all eight decode every step. */
+static void test_decodes_first(void)
+{
+    sched_config_t c;
+    sched_config_default(&c);
+    c.n_slots = 9;
+    c.step_tokens = 16;
+    c.max_chunk = 16;
+    sched_t *s = mk(&c);
+    sched_event_t ev[9];
+    for (int i = 0; i < 8; i++)
+        ev[i] = ev_arrive((uint64_t)i + 1, 0, 0, 2, 50);
+    const sched_plan_t *p = step(s, 0, ev, 8);
+    CHECK(p->n_entries == 8 && p->n_tokens == 16);
+    ev[0] = ev_done(p->step, 0, NULL, 0);
+    ev[1] = ev_arrive(100, 3, 0, 500, 1); /* high priority, long */
+    p = step(s, 1, ev, 2);
+    for (int k = 0; k < 20; k++) {
+        int decodes = 0;
+        for (int i = 0; i < p->n_entries; i++)
+            decodes += p->entries[i].decode;
+        CHECK(decodes == 8);
+        const sched_entry_t *e = entry_of(p, 100);
+        CHECK(e && e->n_tokens == 8 && !e->decode);
+        CHECK(p->n_tokens == 16);
+        p = step_done(s, 2 + k, p);
+    }
+    sched_destroy(s);
+}
+
+static void test_cancel_frees_slot(void)
+{
+    sched_config_t c;
+    sched_config_default(&c);
+    c.n_slots = 1;
+    c.n_host_slots = 0;
+    sched_t *s = mk(&c);
+    sched_event_t ev[2] = {ev_arrive(1, 0, 0, 4, 100), ev_arrive(2, 0, 0, 4, 100)};
+    const sched_plan_t *p = step(s, 0, ev, 2);
+    CHECK(entry_of(p, 1) && !entry_of(p, 2));
+    p = step_done(s, 1, p);
+    CHECK(entry_of(p, 1) && !entry_of(p, 2));
+    ev[0] = ev_done(p->step, 0, NULL, 0);
+    ev[1] = ev_cancel(1);
+    p = step(s, 2, ev, 2);
+    const sched_finish_t *f = fin_of(p, 1);
+    CHECK(f && f->status == RCD_ECANCELLED && f->n_generated == 2);
+    const sched_move_t *m = move_of(p, 2);
+    CHECK(m && m->kind == SCHED_MOVE_RESET && m->slot == 0);
+    CHECK(entry_of(p, 2) && entry_of(p, 2)->slot == 0);
+    uint64_t in_flight = p->step;
+
+    /* Cancelling while the step is in flight: the in-flight results for it are ignored. */
+    ev[0] = ev_cancel(2);
+    ev[1] = ev_cancel(999); /* unknown: ignored */
+    const sched_plan_t *q = step(s, 3, ev, 2);
+    CHECK(q->step == 0 && (f = fin_of(q, 2)) && f->status == RCD_ECANCELLED);
+    sched_result_t r = {2, SCHED_OUT_TOKEN};
+    ev[0] = ev_done(in_flight, 0, &r, 1);
+    q = step(s, 4, ev, 1);
+    CHECK(q->step == 0 && q->n_finished == 0);
+    sched_stats_t st;
+    sched_get_stats(s, &st);
+    CHECK(st.running == 0 && st.cancelled == 2 && st.inflight == 0);
+    sched_destroy(s);
+}
+
+static void test_deadline_in_queue(void)
+{
+    sched_config_t c;
+    sched_config_default(&c);
+    c.n_slots = 1;
+    c.n_host_slots = 0;
+    sched_t *s = mk(&c);
+    sched_event_t ev[2] = {ev_arrive(1, 0, 0, 4, 3), ev_arrive(2, 0, 0, 4, 3)};
+    ev[1].arrive.deadline_us = 25;
+    const sched_plan_t *p = step(s, 0, ev, 2);
+    CHECK(sched_next_deadline(s) == 25);
+    p = step_done(s, 10, p);
+    p = step_done(s, 20, p);
+    CHECK(!fin_of(p, 2));
+    p = step_done(s, 30, p); /* 1 finishes now, but 2's deadline passed at 25 */
+    const sched_finish_t *f = fin_of(p, 2);
+    CHECK(f && f->status == RCD_EDEADLINE && f->queue_us == 30 && strstr(f->msg, "deadline"));
+    CHECK((f = fin_of(p, 1)) && f->status == 0);
+    CHECK(p->step == 0 && p->n_moves == 0); /* 2 never cost a step */
+    CHECK(sched_next_deadline(s) == INT64_MAX);
+    sched_destroy(s);
+}
+
+/* A high-priority arrival displaces a low-priority sequence, which later resumes where it
+ * was: the plan swaps it out before the swap-in and feeds on from the same position. */
+static void test_preempt_resume(void)
+{
+    sched_config_t c;
+    sched_config_default(&c);
+    c.n_slots = 1;
+    c.n_host_slots = 1;
+    c.min_run_steps = 2;
+    c.aging_us = 0;
+    sched_t *s = mk(&c);
+    sched_event_t ev[2] = {ev_arrive(1, 0, 7, 5, 10)};
+    const sched_plan_t *p = step(s, 0, ev, 1);
+    ev[0] = ev_done(p->step, 0, NULL, 0);
+    ev[1] = ev_arrive(2, 1, 7, 3, 2); /* min_run_steps not reached: waits one step */
+    p = step(s, 1, ev, 2);
+    CHECK(p->n_moves == 0 && entry_of(p, 1) && entry_of(p, 1)->start == 5);
+    p = step_done(s, 2, p);
+    CHECK(p->n_moves == 2);
+    CHECK(p->moves[0].kind == SCHED_MOVE_SWAP_OUT && p->moves[0].id == 1 && p->moves[0].slot == 0);
+    CHECK(p->moves[1].kind == SCHED_MOVE_RESET && p->moves[1].id == 2 && p->moves[1].slot == 0);
+    CHECK(!entry_of(p, 1) && entry_of(p, 2));
+    sched_stats_t st;
+    sched_get_stats(s, &st);
+    CHECK(st.swapped == 1 && st.preemptions == 1);
+    p = step_done(s, 3, p); /* 2: first token */
+    CHECK(entry_of(p, 2) && entry_of(p, 2)->decode);
+    p = step_done(s, 4, p); /* 2 done; 1 swaps back in */
+    const sched_finish_t *f = fin_of(p, 2);
+    CHECK(f && f->status == 0 && f->n_generated == 2);
+    const sched_move_t *m = move_of(p, 1);
+    CHECK(m && m->kind == SCHED_MOVE_SWAP_IN && m->slot == 0);
+    const sched_entry_t *e = entry_of(p, 1);
+    /* prompt 0..4, token 0 at 5 (fed before the swap), token 1 at 6: fed next */
+    CHECK(e && e->decode && e->start == 6 && e->n_tokens == 1);
+    while (p->step)
+        p = step_done(s, 5, p);
+    CHECK((f = fin_of(p, 1)) && f->status == 0 && f->n_generated == 10 && f->n_preemptions == 1);
+    CHECK(f->wait_us == 2);
+    sched_destroy(s);
+}
+
+/* Pipelining: with max_inflight 2 the next step is planned before the running one reports,
+ * decodes included (the daemon fills in the token sampled on completion). */
+static void test_pipelined(void)
+{
+    sched_config_t c;
+    sched_config_default(&c);
+    c.n_slots = 2;
+    c.step_tokens = 8;
+    c.max_chunk = 8;
+    c.max_inflight = 2;
+    sched_t *s = mk(&c);
+    sched_event_t ev[2] = {ev_arrive(1, 0, 0, 12, 3)};
+    const sched_plan_t *p = step(s, 0, ev, 1);
+    CHECK(p->step == 1 && entry_of(p, 1)->n_tokens == 8 && entry_of(p, 1)->n_logits == 0);
+    p = step(s, 1, NULL, 0);
+    CHECK(p->step == 2 && entry_of(p, 1)->start == 8 && entry_of(p, 1)->n_logits == 1);
+    p = step(s, 2, NULL, 0);
+    CHECK(p->step == 0); /* two in flight */
+    ev[0] = ev_done(1, 0, NULL, 0);
+    p = step(s, 3, ev, 1);
+    CHECK(p->step == 3 && entry_of(p, 1) && entry_of(p, 1)->decode && entry_of(p, 1)->start == 12);
+    ev[0] = ev_done(2, 0, NULL, 0);
+    p = step(s, 4, ev, 1);
+    CHECK(p->step == 4 && entry_of(p, 1)->start == 13);
+    /* A stop sampled from step 3 ends request 1 (the daemon drops its step-4 entry). */
+    sched_result_t r = {1, SCHED_OUT_STOP};
+    ev[0] = ev_done(3, 0, &r, 1);
+    p = step(s, 5, ev, 1);
+    const sched_finish_t *f = fin_of(p, 1);
+    CHECK(f && f->status == 0 && f->n_generated == 2 && p->step == 0);
+    ev[0] = ev_done(4, 0, NULL, 0);
+    p = step(s, 6, ev, 1);
+    CHECK(p->step == 0 && p->n_finished == 0);
+    sched_stats_t st;
+    sched_get_stats(s, &st);
+    CHECK(st.inflight == 0 && st.running == 0 && st.completed == 1);
+    sched_destroy(s);
+}
+
+static void test_step_failure(void)
+{
+    sched_config_t c;
+    sched_config_default(&c);
+    sched_t *s = mk(&c);
+    sched_event_t ev[3] = {ev_arrive(1, 0, 0, 4, 3), ev_arrive(2, 0, 0, 4, 3),
+                           ev_arrive(3, 0, 0, 4, 3)};
+    const sched_plan_t *p = step(s, 0, ev, 3);
+    sched_result_t r = {3, SCHED_OUT_FAILED};
+    ev[0] = ev_done(p->step, 0, &r, 1);
+    p = step(s, 1, ev, 1);
+    const sched_finish_t *f = fin_of(p, 3);
+    CHECK(f && f->status == RCD_EINTERNAL);
+    CHECK(p->n_entries == 2);
+    ev[0] = ev_done(p->step, RCD_EIO, NULL, 0);
+    p = step(s, 2, ev, 1);
+    CHECK(p->n_finished == 2 && p->step == 0);
+    CHECK((f = fin_of(p, 1)) && f->status == RCD_EIO && strstr(f->msg, "failed"));
+    sched_stats_t st;
+    sched_get_stats(s, &st);
+    CHECK(st.failed == 3 && st.running == 0);
+    sched_destroy(s);
+}
+
+/* A prompt-only request (max_new 0) and a resumed session (LOAD instead of RESET). */
+static void test_prompt_only_and_resume(void)
+{
+    sched_config_t c;
+    sched_config_default(&c);
+    c.step_tokens = 16;
+    c.max_chunk = 8;
+    sched_t *s = mk(&c);
+    sched_event_t ev[2] = {ev_arrive(1, 0, 0, 20, 0), ev_arrive(2, 0, 0, 3, 1)};
+    ev[1].arrive.resume = true;
+    const sched_plan_t *p = step(s, 0, ev, 2);
+    CHECK(move_of(p, 1)->kind == SCHED_MOVE_RESET && move_of(p, 2)->kind == SCHED_MOVE_LOAD);
+    CHECK(entry_of(p, 1)->n_logits == 0 && entry_of(p, 2)->n_logits == 1);
+    p = step_done(s, 1, p);
+    const sched_finish_t *f = fin_of(p, 2);
+    CHECK(f && f->status == 0 && f->n_generated == 1 && f->tpot_us == -1);
+    CHECK(entry_of(p, 1) && entry_of(p, 1)->n_logits == 0 &&
+          entry_of(p, 1)->start + entry_of(p, 1)->n_tokens == 20);
+    p = step_done(s, 2, p);
+    CHECK((f = fin_of(p, 1)) && f->status == 0 && f->n_generated == 0 && f->ttft_us == -1);
+    sched_destroy(s);
+}
+
+/* Strict priority, then first-come-first-served inside one priority. */
+static void test_priority_fcfs(void)
+{
+    sched_config_t c;
+    sched_config_default(&c);
+    c.n_slots = 1;
+    c.n_host_slots = 0;
+    c.aging_us = 0;
+    sched_t *s = mk(&c);
+    sched_event_t ev[5] = {ev_arrive(1, 0, 0, 1, 1), ev_arrive(2, 0, 0, 1, 1),
+                           ev_arrive(3, 2, 0, 1, 1), ev_arrive(4, 1, 0, 1, 1),
+                           ev_arrive(5, 2, 0, 1, 1)};
+    const sched_plan_t *p = step(s, 0, ev, 5);
+    uint64_t order[5];
+    int n = 0;
+    for (int64_t t = 1; p->step && n < 5; t++) {
+        order[n++] = p->entries[0].id;
+        p = step_done(s, t, p);
+    }
+    CHECK(n == 5 && order[0] == 3 && order[1] == 5 && order[2] == 4 && order[3] == 1 &&
+          order[4] == 2);
+    sched_destroy(s);
+}
+
+/* Aging: a low-priority request is not starved by a stream of high-priority ones. */
+static void test_aging(void)
+{
+    for (int aging = 0; aging < 2; aging++) {
+        sched_config_t c;
+        sched_config_default(&c);
+        c.n_slots = 1;
+        c.n_host_slots = 0;
+        c.aging_us = aging ? 100 : 0;
+        sched_t *s = mk(&c);
+        sched_event_t ev[3] = {ev_arrive(1, 3, 0, 1, 2), ev_arrive(2, 0, 0, 1, 2)};
+        const sched_plan_t *p = step(s, 0, ev, 2);
+        int64_t done_at = -1;
+        for (int64_t t = 1; t < 2000; t++) {
+            ev[0] = ev_done(p->step, 0, NULL, 0);
+            ev[1] = ev_arrive(1000 + (uint64_t)t, 3, 0, 1, 2); /* a steady high-priority stream */
+            ev[2] = ev_cancel(1000 + (uint64_t)t - 50);        /* keep the queue bounded */
+            p = step(s, t * 10, ev, 3);
+            if (fin_of(p, 2)) {
+                done_at = t * 10;
+                break;
+            }
+        }
+        if (aging)
+            CHECK_MSG(done_at > 0 && done_at < 2000, "aged request done at %lld",
+                      (long long)done_at);
+        else
+            CHECK(done_at < 0); /* strict priority does starve it: why aging exists */
+        sched_destroy(s);
+    }
+}
+
+/* Per-tenant share: tenant A's early burst does not keep tenant B out of every slot. */
+static void test_tenant_share(void)
+{
+    for (int mode = 0; mode < 3; mode++) {
+        sched_config_t c;
+        sched_config_default(&c);
+        c.n_slots = 4;
+        c.n_host_slots = 0;
+        c.aging_us = 0;
+        c.tenant_fair = mode == 1;
+        c.max_tenant_slots = mode == 2 ? 2 : 0;
+        sched_t *s = mk(&c);
+        sched_event_t ev[10];
+        for (int i = 0; i < 8; i++)
+            ev[i] = ev_arrive((uint64_t)i + 1, 0, 0xA, 1, 100);
+        ev[8] = ev_arrive(100, 0, 0xB, 1, 100);
+        ev[9] = ev_arrive(101, 0, 0xB, 1, 100);
+        const sched_plan_t *p = step(s, 0, ev, 10);
+        int b = (entry_of(p, 100) != NULL) + (entry_of(p, 101) != NULL);
+        CHECK_MSG(b == (mode == 0 ? 0 : 2), "mode %d: tenant B holds %d slots", mode, b);
+        sched_destroy(s);
+    }
+    /* The cap does not idle slots when only one tenant is waiting. */
+    sched_config_t c;
+    sched_config_default(&c);
+    c.n_slots = 4;
+    c.max_tenant_slots = 1;
+    sched_t *s = mk(&c);
+    sched_event_t ev[4];
+    for (int i = 0; i < 4; i++)
+        ev[i] = ev_arrive((uint64_t)i + 1, 0, 0xA, 1, 100);
+    const sched_plan_t *p = step(s, 0, ev, 4);
+    CHECK(p->n_entries == 4);
+    sched_destroy(s);
+}
+
+/* A preempted request waits like a queued one: its deadline can pass in the host tier, and
+ * then it is dropped without ever being swapped back in. Step times reach the stats. */
+static void test_deadline_while_swapped(void)
+{
+    sched_config_t c;
+    sched_config_default(&c);
+    c.n_slots = 1;
+    c.n_host_slots = 1;
+    c.min_run_steps = 1;
+    c.aging_us = 0;
+    sched_t *s = mk(&c);
+    sched_event_t ev[2] = {ev_arrive(1, 0, 0, 2, 50)};
+    ev[0].arrive.deadline_us = 500;
+    const sched_plan_t *p = step(s, 0, ev, 1);
+    ev[0] = ev_done(p->step, 0, NULL, 0);
+    ev[1] = ev_arrive(2, 1, 0, 2, 50);
+    p = step(s, 100, ev, 2);
+    CHECK(move_of(p, 1) && move_of(p, 1)->kind == SCHED_MOVE_SWAP_OUT);
+    p = step_done(s, 300, p);
+    CHECK(!fin_of(p, 1) && entry_of(p, 2));
+    p = step_done(s, 600, p);
+    const sched_finish_t *f = fin_of(p, 1);
+    CHECK(f && f->status == RCD_EDEADLINE && f->n_preemptions == 1 && f->wait_us == 500);
+    CHECK(f->queue_us == 0 && f->n_generated == 1);
+    CHECK(!move_of(p, 1));
+    sched_stats_t st;
+    sched_get_stats(s, &st);
+    CHECK(st.swapped == 0 && st.expired == 1 && st.steps_done == 3);
+    CHECK(st.step_us_sum == 100 + 200 + 300 && st.step_us_max == 300);
+    CHECK(st.budget_tokens == 4 * (uint64_t)c.step_tokens && st.tokens == 2 + 1 + 2 + 1);
+    sched_destroy(s);
+}
+
+/* commit: the final sampled token is fed once more (no logits) so the slot holds the turn's
+ * final state; the request finishes only when that step is done. */
+static void test_commit(void)
+{
+    sched_config_t c;
+    sched_config_default(&c);
+    c.max_inflight = 2;
+    sched_t *s = mk(&c);
+    sched_event_t ev[3] = {ev_arrive(1, 0, 0, 3, 2), ev_arrive(2, 0, 0, 3, 5),
+                           ev_arrive(3, 0, 0, 4, 0)};
+    for (int i = 0; i < 3; i++)
+        ev[i].arrive.commit = true;
+    const sched_plan_t *p = step(s, 0, ev, 3);
+    CHECK(p->step == 1 && p->n_entries == 3);
+    CHECK(entry_of(p, 3)->commit && entry_of(p, 3)->n_logits == 0); /* prompt-only: last chunk */
+    CHECK(!entry_of(p, 1)->commit && entry_of(p, 1)->n_logits == 1);
+    p = step(s, 1, NULL, 0); /* pipelined: decodes of 1 and 2 (token 0 filled in by the daemon) */
+    CHECK(p->step == 2 && entry_of(p, 1)->start == 3 && entry_of(p, 1)->n_logits == 1);
+    CHECK(entry_of(p, 2)->start == 3 && !entry_of(p, 3));
+    ev[0] = ev_done(1, 0, NULL, 0);
+    p = step(s, 2, ev, 1);
+    const sched_finish_t *f = fin_of(p, 3);
+    CHECK(f && f->status == 0);
+    /* 1's step-2 token is its last (max_new 2): its commit feed is planned right behind */
+    const sched_entry_t *e = entry_of(p, 1);
+    CHECK(p->step == 3 && e && e->commit && e->start == 4 && e->n_logits == 0 && e->decode);
+    CHECK(entry_of(p, 2) && entry_of(p, 2)->start == 4 && entry_of(p, 2)->n_logits == 1);
+    /* 2 stops on its step-2 token: the daemon drops 2's step-3 entry */
+    sched_result_t r = {2, SCHED_OUT_STOP};
+    ev[0] = ev_done(2, 0, &r, 1);
+    p = step(s, 3, ev, 1);
+    CHECK(!fin_of(p, 1) && !fin_of(p, 2));
+    e = entry_of(p, 2);
+    CHECK(p->step == 4 && e && e->commit && e->start == 4 && e->n_tokens == 1);
+    CHECK(!entry_of(p, 1));
+    ev[0] = ev_done(3, 0, NULL, 0); /* 1's commit done; 2's dropped decode: ignored */
+    p = step(s, 4, ev, 1);
+    CHECK((f = fin_of(p, 1)) && f->status == 0 && f->n_generated == 2);
+    CHECK(!fin_of(p, 2) && p->step == 0);
+    ev[0] = ev_done(4, 0, NULL, 0);
+    p = step(s, 5, ev, 1);
+    CHECK((f = fin_of(p, 2)) && f->status == 0 && f->n_generated == 2);
+    sched_stats_t st;
+    sched_get_stats(s, &st);
+    CHECK(st.running == 0 && st.inflight == 0 && st.completed == 3);
+    sched_destroy(s);
+}
+
+static void test_too_many_events(void)
+{
+    sched_config_t c;
+    sched_config_default(&c);
+    c.max_events = 2;
+    sched_t *s = mk(&c);
+    sched_event_t ev[3] = {ev_arrive(1, 0, 0, 1, 1), ev_arrive(2, 0, 0, 1, 1),
+                           ev_arrive(3, 0, 0, 1, 1)};
+    const sched_plan_t *p = NULL;
+    CHECK(sched_step(s, 0, ev, 3, &p, err, sizeof(err)) == RCD_ETOOBIG);
+    CHECK(p && p->step == 0 && p->n_finished == 0);
+    sched_stats_t st;
+    sched_get_stats(s, &st);
+    CHECK(st.arrived == 0);
+    sched_destroy(s);
+}
+
+static bool stats_balanced(const sched_stats_t *st)
+{
+    return st->completed + st->cancelled + st->expired + st->rejected + st->failed +
+               (uint64_t)st->running + (uint64_t)st->waiting + (uint64_t)st->swapped ==
+           st->arrived;
+}
+
+/* Random abuse over 200 seeds: malformed calls are refused and change nothing; odd but legal
+ * events (unknown or duplicate ids, bad arrival fields, results for ids not in the step,
+ * steps reported out of order, stops and failures anywhere) never break the invariants. */
+static void test_abuse(void)
+{
+    int refused = 0, bad_calls = 0;
+    for (uint64_t seed = 1; seed <= 200; seed++) {
+        uint64_t rng = seed * 977;
+        sched_config_t c;
+        sched_config_default(&c);
+        c.n_slots = sim_uniform(&rng, 1, 5);
+        c.n_host_slots = sim_uniform(&rng, 0, 3);
+        c.max_queue = sim_uniform(&rng, 0, 8);
+        c.step_tokens = sim_uniform(&rng, c.n_slots, 20);
+        c.max_inflight = sim_uniform(&rng, 1, 3);
+        c.min_run_steps = sim_uniform(&rng, 0, 2);
+        c.aging_us = sim_uniform(&rng, 0, 1) * 50;
+        c.max_prompt_tokens = sim_uniform(&rng, 0, 1) * 30;
+        c.max_new_tokens = sim_uniform(&rng, 0, 1) * 10;
+        c.max_events = 32;
+        sched_t *s = mk(&c);
+        uint64_t inflight[8] = {0};
+        int n_inflight = 0;
+        int64_t now = 0;
+        sched_event_t ev[32];
+        sched_result_t res[16];
+        for (int it = 0; it < 300; it++) {
+            int n = sim_uniform(&rng, 0, 6);
+            for (int k = 0; k < n; k++) {
+                uint64_t id = (uint64_t)sim_uniform(&rng, 1, 24);
+                int what = sim_uniform(&rng, 0, 9);
+                if (what < 5) {
+                    /* one draw per statement: argument order is unspecified in C */
+                    int prio = sim_uniform(&rng, -1, 4);
+                    uint64_t tenant = (uint64_t)sim_uniform(&rng, 0, 2);
+                    int prompt = sim_uniform(&rng, -1, 40);
+                    int max_new = sim_uniform(&rng, -1, 12);
+                    ev[k] = ev_arrive(id, prio, tenant, prompt, max_new);
+                    int has_deadline = sim_uniform(&rng, 0, 1);
+                    ev[k].arrive.deadline_us = has_deadline * (now + sim_uniform(&rng, -5, 200));
+                    ev[k].arrive.resume = sim_uniform(&rng, 0, 1);
+                    ev[k].arrive.commit = sim_uniform(&rng, 0, 1);
+                } else if (what < 7) {
+                    ev[k] = ev_cancel(id);
+                } else {
+                    ev[k] = ev_cancel(id + 1000); /* never existed */
+                }
+            }
+            /* report one in-flight step, oldest or not, with random outcomes */
+            if (n_inflight > 0 && sim_uniform(&rng, 0, 3) > 0) {
+                int j = sim_uniform(&rng, 0, n_inflight - 1);
+                int nr = sim_uniform(&rng, 0, 4);
+                for (int k = 0; k < nr; k++) {
+                    res[k].id = (uint64_t)sim_uniform(&rng, 1, 24);
+                    res[k].outcome = (sched_outcome_t)sim_uniform(&rng, 0, 2);
+                }
+                ev[n++] = ev_done(inflight[j], sim_uniform(&rng, 0, 9) ? 0 : RCD_EIO, res, nr);
+                inflight[j] = inflight[--n_inflight];
+            }
+            now += sim_uniform(&rng, 0, 30);
+            sched_stats_t before, after;
+            sched_get_stats(s, &before);
+            const sched_plan_t *p = NULL;
+            if (sim_uniform(&rng, 0, 9) == 0) {
+                /* a malformed call: refused whole, nothing applied */
+                sched_event_t bad[33];
+                memcpy(bad, ev, (size_t)n * sizeof(sched_event_t));
+                int m = n, kind = sim_uniform(&rng, 0, 5);
+                int64_t t = now;
+                sched_result_t odd = {1, (sched_outcome_t)7};
+                if (kind == 0) bad[m++] = (sched_event_t){.kind = 99};
+                if (kind == 1) bad[m++] = ev_done(123456, 0, NULL, 0);
+                if (kind == 2) bad[m++] = ev_done(inflight[0], 0, &odd, n_inflight ? 1 : 0);
+                if (kind == 3) bad[m++] = ev_done(inflight[0], 0, NULL, n_inflight ? 2 : -1);
+                if (kind == 4) t = before.steps ? -1 : -5;
+                if (kind == 5) m = 33;
+                if (kind == 2 && !n_inflight) bad[m - 1] = ev_done(0, 0, NULL, 0);
+                int rc = sched_step(s, t, bad, m, &p, err, sizeof(err));
+                CHECK_MSG(rc < 0 && p && p->step == 0 && p->n_finished == 0, "kind %d rc %d", kind,
+                          rc);
+                sched_get_stats(s, &after);
+                CHECK(memcmp(&before, &after, sizeof(before)) == 0);
+                bad_calls++;
+            }
+            p = step(s, now, ev, n);
+            if (!p) break;
+            for (int k = 0; k < p->n_finished; k++) {
+                CHECK(p->finished[k].status == 0 || p->finished[k].msg[0]);
+                refused += p->finished[k].status != 0;
+            }
+            CHECK(p->n_tokens <= c.step_tokens && p->n_entries <= c.n_slots);
+            if (p->step) {
+                CHECK(n_inflight < c.max_inflight);
+                inflight[n_inflight++] = p->step;
+            }
+            sched_get_stats(s, &after);
+            CHECK(after.running <= c.n_slots && after.swapped <= c.n_host_slots);
+            CHECK(after.waiting <= c.max_queue + c.n_slots);
+            CHECK(after.inflight == n_inflight);
+            CHECK(stats_balanced(&after));
+        }
+        /* drain: cancel everyone and report every step, in one call */
+        for (int k = 0; k < 24; k++)
+            ev[k] = ev_cancel((uint64_t)k + 1);
+        for (int k = 0; k < n_inflight; k++)
+            ev[24 + k] = ev_done(inflight[k], 0, NULL, 0);
+        const sched_plan_t *p = step(s, now, ev, 24 + n_inflight);
+        sched_stats_t st;
+        sched_get_stats(s, &st);
+        CHECK(p && p->step == 0 && st.running == 0 && st.waiting == 0 && st.swapped == 0 &&
+              st.inflight == 0 && stats_balanced(&st));
+        sched_destroy(s);
+    }
+    CHECK(refused > 1000 && bad_calls > 1000);
+}
+
+int main(void)
+{
+    RUN(test_config);
+    RUN(test_admission_control);
+    RUN(test_chunked_prefill);
+    RUN(test_decodes_first);
+    RUN(test_cancel_frees_slot);
+    RUN(test_deadline_in_queue);
+    RUN(test_preempt_resume);
+    RUN(test_pipelined);
+    RUN(test_step_failure);
+    RUN(test_prompt_only_and_resume);
+    RUN(test_priority_fcfs);
+    RUN(test_aging);
+    RUN(test_tenant_share);
+    RUN(test_deadline_while_swapped);
+    RUN(test_commit);
+    RUN(test_too_many_events);
+    RUN(test_abuse);
+    sim_run_all();
+    return rcd_test_summary();
+}
