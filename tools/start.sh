@@ -1,14 +1,10 @@
 #!/usr/bin/env bash
 # First command of the README: installs build dependencies if missing, builds the Release
-# preset and runs the bundled default model. Until the daemon exists (issue #5) this
-# generates from the command line; extra arguments are passed to the generator.
+# preset and starts the daemon on the bundled default model (models/recurd-mamba-tiny),
+# listening on 127.0.0.1:50051. Extra arguments go to recurd (see `recurd --help`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/install-deps.sh
 cmake --preset release >/dev/null
 cmake --build --preset release
-model=models/recurd-mamba-tiny
-if [ -x build/release/tools/recurd-generate ]; then
-  exec build/release/tools/recurd-generate --model "$model" "${@:-Once upon a time}"
-fi
-exec build/release/tools/recurd-eval --model "$model" --tokens "${1:-1,2,3}" --greedy 32
+exec build/release/daemon/recurd "$@"
