@@ -1,6 +1,6 @@
 /* libFuzzer target for the tokenizer's parsers of outside bytes: tokenizer.json (tok_load),
  * prompts (tok_encode, any bytes), and ids (tok_decode and the stream, any values).
- * Build with -DRCD_FUZZ=ON (clang); run from the repository root, or set RCD_GOLDEN_DIR.
+ * Built by the fuzz preset (tests/fuzz); run from the repository root, or set RCD_GOLDEN_DIR.
  * The first input byte picks the target. */
 #include <stdint.h>
 #include <stdio.h>
