@@ -14,12 +14,14 @@ Usage:  tools/make_bench_model.py --out bench/data/mamba130m-f32 [--dtype f32|bf
 import argparse
 import math
 import os
-import shutil
 import time
 
 import torch
 import transformers
 from transformers import MambaConfig, MambaForCausalLM
+
+from gen_mamba_goldens import BASE, perturb
+from golden_common import fresh_dir
 
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
 
@@ -38,39 +40,24 @@ def main():
     t0 = time.time()
     transformers.logging.set_verbosity_error()
     torch.manual_seed(args.seed)
+    # The golden generator's tiny config (same fields and flags) at mamba-130m's sizes.
     config = MambaConfig(
-        architectures=["MambaForCausalLM"],
-        vocab_size=args.vocab,
-        hidden_size=args.hidden,
-        state_size=args.state,
-        num_hidden_layers=args.layers,
-        expand=2,
-        intermediate_size=2 * args.hidden,
-        conv_kernel=4,
-        time_step_rank=math.ceil(args.hidden / 16),
-        use_bias=False,
-        use_conv_bias=True,
-        layer_norm_epsilon=1e-5,
-        residual_in_fp32=True,
-        hidden_act="silu",
-        tie_word_embeddings=True,
-        pad_token_id=0,
-        bos_token_id=0,
-        eos_token_id=0,
+        **dict(
+            BASE,
+            vocab_size=args.vocab,
+            hidden_size=args.hidden,
+            state_size=args.state,
+            num_hidden_layers=args.layers,
+            intermediate_size=2 * args.hidden,
+            time_step_rank=math.ceil(args.hidden / 16),
+            use_bias=False,
+        )
     )
     model = MambaForCausalLM(config).eval()
-    gen = torch.Generator().manual_seed(args.seed + 5000)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 1:
-                p.add_(torch.randn(p.shape, generator=gen) * 0.05)
-            elif name.endswith("A_log"):
-                p.add_(torch.randn(p.shape, generator=gen) * 0.1)
+    perturb(model, torch.Generator().manual_seed(args.seed + 5000))
     model = model.to(DTYPES[args.dtype])
 
-    if os.path.isdir(args.out):
-        shutil.rmtree(args.out)
-    os.makedirs(args.out)
+    fresh_dir(args.out)
     # one file regardless of size (mamba-130m-hf itself ships a single model.safetensors)
     model.save_pretrained(args.out, safe_serialization=True, max_shard_size="100GB")
 

@@ -1,5 +1,6 @@
 /* workers: the backend-independent wrappers over wrk_backend_i and batch validation. */
 #include <stdlib.h>
+#include <string.h>
 
 #include "workers/wrk.h"
 
@@ -64,3 +65,45 @@ void wrk_backend_destroy(wrk_backend_t *b)
 {
     if (b) b->vt->destroy(b);
 }
+
+size_t wrk_state_bytes(wrk_backend_t *b, int slot)
+{
+    if (b->vt->state_size) return b->vt->state_size(b, slot);
+    return wrk_model_info(b->model)->state_bytes;
+}
+int wrk_state_read_n(wrk_backend_t *b, int slot, void *dst, size_t cap, size_t *len)
+{
+    if (b->vt->state_read_n) return b->vt->state_read_n(b, slot, dst, cap, len);
+    const size_t n = wrk_model_info(b->model)->state_bytes;
+    if (cap < n) return RCD_ETOOBIG;
+    int rc = b->vt->state_read(b, slot, dst);
+    if (rc == 0 && len) *len = n;
+    return rc;
+}
+int wrk_state_write_n(wrk_backend_t *b, int slot, const void *src, size_t len)
+{
+    if (b->vt->state_write_n) return b->vt->state_write_n(b, slot, src, len);
+    if (len != wrk_model_info(b->model)->state_bytes) return RCD_EFORMAT;
+    return b->vt->state_write(b, slot, src);
+}
+
+int wrk_backend_create_by_name(const char *name, const wrk_model_t *m,
+                               const wrk_backend_opts_t *opts, wrk_backend_t **out, char *err,
+                               size_t errlen)
+{
+    *out = NULL;
+    if (!name || !strcmp(name, "cpu")) return wrk_cpu_backend_create(m, opts, out, err, errlen);
+    if (!strcmp(name, "cuda")) return wrk_cuda_backend_create(m, opts, out, err, errlen);
+    return rcd_fail(RCD_EINVAL, err, errlen, "unknown backend \"%s\" (cpu or cuda)", name);
+}
+
+#ifndef RCD_WITH_CUDA
+int wrk_cuda_backend_create(const wrk_model_t *m, const wrk_backend_opts_t *opts,
+                            wrk_backend_t **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    return rcd_fail(RCD_EUNSUPPORTED, err, errlen,
+                    "the cuda backend is not built in (configure with -DWITH_CUDA=ON where the "
+                    "CUDA toolkit is installed)");
+}
+#endif

@@ -7,62 +7,15 @@
 
 #include <cjson/cJSON.h>
 
+#include "workers/cfg_json.h"
 #include "workers/mamba.h"
-
-/* Reads an integer field; absent → dflt (or error if dflt < -1 means required). */
-static int get_int(const cJSON *root, const char *key, long dflt, long lo, long hi, long *out,
-                   char *err, size_t errlen)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
-    if (!v || cJSON_IsNull(v)) {
-        if (dflt < lo)
-            return rcd_fail(RCD_EFORMAT, err, errlen, "config.json: required field \"%s\" missing",
-                            key);
-        *out = dflt;
-        return 0;
-    }
-    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) ||
-        v->valuedouble < (double)lo || v->valuedouble > (double)hi)
-        return rcd_fail(RCD_EFORMAT, err, errlen,
-                        "config.json: \"%s\" must be an integer in [%ld, %ld]", key, lo, hi);
-    *out = (long)v->valuedouble;
-    return 0;
-}
-
-static int get_bool(const cJSON *root, const char *key, bool dflt, bool *out, char *err,
-                    size_t errlen)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
-    if (!v || cJSON_IsNull(v)) {
-        *out = dflt;
-        return 0;
-    }
-    if (!cJSON_IsBool(v))
-        return rcd_fail(RCD_EFORMAT, err, errlen, "config.json: \"%s\" must be true or false",
-                        key);
-    *out = cJSON_IsTrue(v);
-    return 0;
-}
-
-/* Token ids may be null, absent, an integer or (HF allows it for eos) a list: take the first. */
-static int get_token_id(const cJSON *root, const char *key, int *out, char *err, size_t errlen)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
-    *out = -1;
-    if (cJSON_IsArray(v)) v = cJSON_GetArrayItem(v, 0);
-    if (!v || cJSON_IsNull(v)) return 0;
-    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || v->valuedouble < 0 ||
-        v->valuedouble > 1e9)
-        return rcd_fail(RCD_EFORMAT, err, errlen, "config.json: \"%s\" is not a token id", key);
-    *out = (int)v->valuedouble;
-    return 0;
-}
 
 int wrk_mamba_config_parse(const char *json, size_t len, wrk_mamba_config_t *cfg, char *err,
                            size_t errlen)
 {
     int rc = 0;
     long v;
+    double eps;
     cJSON *root = cJSON_ParseWithLength(json, len);
     memset(cfg, 0, sizeof *cfg);
     if (!root || !cJSON_IsObject(root)) {
@@ -85,84 +38,49 @@ int wrk_mamba_config_parse(const char *json, size_t len, wrk_mamba_config_t *cfg
         goto cleanup;
     }
     /* Caps keep every derived size far from overflow and refuse absurd allocations. */
-    if ((rc = get_int(root, "vocab_size", 50280, 1, 1 << 24, &v, err, errlen))) goto cleanup;
+    if ((rc = wrk_cfg_int(root, "vocab_size", 50280, 1, 1 << 24, &v, err, errlen))) goto cleanup;
     cfg->vocab = (int)v;
-    if ((rc = get_int(root, "hidden_size", 768, 1, 1 << 16, &v, err, errlen))) goto cleanup;
+    if ((rc = wrk_cfg_int(root, "hidden_size", 768, 1, 1 << 16, &v, err, errlen))) goto cleanup;
     cfg->hidden = (int)v;
-    if ((rc = get_int(root, "state_size", 16, 1, 1024, &v, err, errlen))) goto cleanup;
+    if ((rc = wrk_cfg_int(root, "state_size", 16, 1, 1024, &v, err, errlen))) goto cleanup;
     cfg->d_state = (int)v;
-    if ((rc = get_int(root, "num_hidden_layers", 32, 1, 1024, &v, err, errlen))) goto cleanup;
+    if ((rc = wrk_cfg_int(root, "num_hidden_layers", 32, 1, 1024, &v, err, errlen))) goto cleanup;
     cfg->n_layers = (int)v;
     long expand;
-    if ((rc = get_int(root, "expand", 2, 1, 64, &expand, err, errlen))) goto cleanup;
-    if ((rc = get_int(root, "intermediate_size", expand * cfg->hidden, 1, 1 << 18, &v, err,
-                      errlen)))
+    if ((rc = wrk_cfg_int(root, "expand", 2, 1, 64, &expand, err, errlen))) goto cleanup;
+    if ((rc = wrk_cfg_int(root, "intermediate_size", expand * cfg->hidden, 1, 1 << 18, &v, err,
+                          errlen)))
         goto cleanup;
     cfg->inner = (int)v;
-    if ((rc = get_int(root, "conv_kernel", 4, 1, 64, &v, err, errlen))) goto cleanup;
+    if ((rc = wrk_cfg_int(root, "conv_kernel", 4, 1, 64, &v, err, errlen))) goto cleanup;
     cfg->d_conv = (int)v;
     const cJSON *tsr = cJSON_GetObjectItemCaseSensitive(root, "time_step_rank");
     if (cJSON_IsString(tsr) && strcmp(tsr->valuestring, "auto") == 0) {
         cfg->dt_rank = (cfg->hidden + 15) / 16;
     } else {
-        if ((rc = get_int(root, "time_step_rank", (cfg->hidden + 15) / 16, 1, 1 << 16, &v, err,
-                          errlen)))
+        if ((rc = wrk_cfg_int(root, "time_step_rank", (cfg->hidden + 15) / 16, 1, 1 << 16, &v, err,
+                              errlen)))
             goto cleanup;
         cfg->dt_rank = (int)v;
     }
-    if ((rc = get_bool(root, "use_bias", false, &cfg->use_bias, err, errlen))) goto cleanup;
-    if ((rc = get_bool(root, "use_conv_bias", true, &cfg->use_conv_bias, err, errlen)))
+    if ((rc = wrk_cfg_bool(root, "use_bias", false, &cfg->use_bias, err, errlen))) goto cleanup;
+    if ((rc = wrk_cfg_bool(root, "use_conv_bias", true, &cfg->use_conv_bias, err, errlen)))
         goto cleanup;
-    if ((rc = get_bool(root, "tie_word_embeddings", true, &cfg->tie_embeddings, err, errlen)))
+    if ((rc = wrk_cfg_bool(root, "tie_word_embeddings", true, &cfg->tie_embeddings, err, errlen)))
         goto cleanup;
-    const cJSON *eps = cJSON_GetObjectItemCaseSensitive(root, "layer_norm_epsilon");
-    cfg->eps = 1e-5f;
-    if (eps && !cJSON_IsNull(eps)) {
-        /* Checked as the float it becomes: 1e-55 would round to 0. */
-        if (!cJSON_IsNumber(eps) || !(eps->valuedouble >= 1e-30) || eps->valuedouble > 1) {
-            rc = rcd_fail(RCD_EFORMAT, err, errlen,
-                          "config.json: layer_norm_epsilon must be a number in [1e-30, 1]");
-            goto cleanup;
-        }
-        cfg->eps = (float)eps->valuedouble;
-    }
-    if ((rc = get_token_id(root, "bos_token_id", &cfg->bos_id, err, errlen))) goto cleanup;
-    if ((rc = get_token_id(root, "eos_token_id", &cfg->eos_id, err, errlen))) goto cleanup;
-    if ((rc = get_token_id(root, "pad_token_id", &cfg->pad_id, err, errlen))) goto cleanup;
-    if (cfg->bos_id >= cfg->vocab) cfg->bos_id = -1;
-    if (cfg->eos_id >= cfg->vocab) cfg->eos_id = -1;
-    if (cfg->pad_id >= cfg->vocab) cfg->pad_id = -1;
+    /* Checked as the float it becomes: 1e-55 would round to 0. */
+    if ((rc = wrk_cfg_num(root, "layer_norm_epsilon", 1e-5, 1e-30, 1.0, &eps, err, errlen)))
+        goto cleanup;
+    cfg->eps = (float)eps;
+    if ((rc = wrk_cfg_special_tokens(root, cfg->vocab, &cfg->bos_id, &cfg->eos_id, &cfg->pad_id,
+                                     err, errlen)))
+        goto cleanup;
 cleanup:
     cJSON_Delete(root);
     return rc;
 }
 
 /* ---- tensor binding ---------------------------------------------------------------------- */
-
-typedef struct binder {
-    wrk_model_t *m;
-    float *next; /* bump pointer into the family's params */
-    char *err;
-    size_t errlen;
-} binder_t;
-
-/* A small parameter converted to fp32 into the params pool. */
-static int vec(binder_t *b, const char *name, int64_t n, const float **out)
-{
-    const wrk_st_tensor_t *t = NULL;
-    int rc = wrk_take_tensor(b->m, name, 1, (int64_t[]){n}, &t, b->err, b->errlen);
-    if (rc) return rc;
-    float *dst = b->next;
-    b->next += n;
-    for (int64_t i = 0; i < n; i++) dst[i] = wrk_tensor_f32(t, (size_t)i);
-    *out = dst;
-    return 0;
-}
-
-static int mat(binder_t *b, const char *name, int rows, int cols, wrk_mat_t *out)
-{
-    return wrk_take_mat(b->m, name, rows, cols, out, b->err, b->errlen);
-}
 
 static size_t params_floats(const wrk_mamba_config_t *c)
 {
@@ -181,58 +99,35 @@ static int mamba_load(wrk_model_t *m, const char *json, size_t len, char *err, s
     const wrk_mamba_config_t *c = &mb->cfg;
     const int H = c->hidden, I = c->inner, N = c->d_state, K = c->d_conv, R = c->dt_rank;
     char name[128];
-    /* Every small parameter is converted from one checkpoint element, so a config that needs
-     * more than the checkpoint holds is wrong: refuse before allocating for it. */
-    size_t held = 0;
-    for (size_t i = 0; i < wrk_st_count(m->st); i++) held += (size_t)wrk_st_at(m->st, i)->numel;
-    if (params_floats(c) > held)
-        return rcd_fail(RCD_EFORMAT, err, errlen,
-                        "config.json describes a larger model than the checkpoint holds "
-                        "(%zu parameters needed for norms, biases, conv, A and D; %zu in the "
-                        "files)",
-                        params_floats(c), held);
-    mb->params = malloc(params_floats(c) * sizeof(float));
+    if ((rc = wrk_params_alloc(m, params_floats(c), "norms, biases, conv, A and D", &mb->params,
+                               err, errlen)))
+        return rc;
     mb->layers = calloc((size_t)c->n_layers, sizeof *mb->layers);
-    if (!mb->params || !mb->layers) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
-    binder_t b = {.m = m, .next = mb->params, .err = err, .errlen = errlen};
+    if (!mb->layers) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
+    wrk_binder_t b = {.m = m, .next = mb->params, .err = err, .errlen = errlen};
 
     const char *emb = wrk_st_find(m->st, "backbone.embeddings.weight")
                           ? "backbone.embeddings.weight"
                           : "backbone.embedding.weight"; /* original mamba_ssm naming */
-    if ((rc = mat(&b, emb, c->vocab, H, &m->embed))) return rc;
-    if ((rc = vec(&b, "backbone.norm_f.weight", H, &m->norm_f))) return rc;
-    m->lm_head = m->embed;
-    if (!c->tie_embeddings) {
-        if ((rc = mat(&b, "lm_head.weight", c->vocab, H, &m->lm_head))) return rc;
-    } else if (wrk_st_find(m->st, "lm_head.weight")) {
-        /* A tied checkpoint may carry a duplicate head; it must at least have the right shape. */
-        wrk_mat_t dup;
-        if ((rc = mat(&b, "lm_head.weight", c->vocab, H, &dup))) return rc;
-    }
+    if ((rc = wrk_bind_mat(&b, emb, c->vocab, H, &m->embed))) return rc;
+    if ((rc = wrk_bind_vec(&b, "backbone.norm_f.weight", H, &m->norm_f))) return rc;
+    if ((rc = wrk_bind_lm_head(&b, c->tie_embeddings, c->vocab, H))) return rc;
     for (int l = 0; l < c->n_layers; l++) {
         wrk_mamba_layer_t *L = &mb->layers[l];
 #define NAME(s) (snprintf(name, sizeof name, "backbone.layers.%d.%s", l, s), name)
-        if ((rc = vec(&b, NAME("norm.weight"), H, &L->norm_w))) return rc;
-        if ((rc = mat(&b, NAME("mixer.in_proj.weight"), 2 * I, H, &L->in_proj))) return rc;
-        if (c->use_bias && (rc = vec(&b, NAME("mixer.in_proj.bias"), 2 * I, &L->in_b)))
+        if ((rc = wrk_bind_vec(&b, NAME("norm.weight"), H, &L->norm_w))) return rc;
+        if ((rc = wrk_bind_mat(&b, NAME("mixer.in_proj.weight"), 2 * I, H, &L->in_proj))) return rc;
+        if (c->use_bias && (rc = wrk_bind_vec(&b, NAME("mixer.in_proj.bias"), 2 * I, &L->in_b)))
             return rc;
-        const wrk_st_tensor_t *cw = NULL;
-        if ((rc = wrk_take_tensor(m, NAME("mixer.conv1d.weight"), 3, (int64_t[]){I, 1, K}, &cw,
-                                  err, errlen)))
+        if ((rc = wrk_bind_conv(&b, NAME("mixer.conv1d.weight"), I, K, &L->conv_w))) return rc;
+        if (c->use_conv_bias && (rc = wrk_bind_vec(&b, NAME("mixer.conv1d.bias"), I, &L->conv_b)))
             return rc;
-        float *cwt = b.next;
-        b.next += (size_t)K * I;
-        for (int ch = 0; ch < I; ch++)
-            for (int k = 0; k < K; k++) cwt[(size_t)k * I + ch] = wrk_tensor_f32(cw, (size_t)ch * K + k);
-        L->conv_w = cwt;
-        if (c->use_conv_bias && (rc = vec(&b, NAME("mixer.conv1d.bias"), I, &L->conv_b)))
+        if ((rc = wrk_bind_mat(&b, NAME("mixer.x_proj.weight"), R + 2 * N, I, &L->x_proj)))
             return rc;
-        if ((rc = mat(&b, NAME("mixer.x_proj.weight"), R + 2 * N, I, &L->x_proj))) return rc;
-        if ((rc = mat(&b, NAME("mixer.dt_proj.weight"), I, R, &L->dt_proj))) return rc;
-        if ((rc = vec(&b, NAME("mixer.dt_proj.bias"), I, &L->dt_b))) return rc;
+        if ((rc = wrk_bind_mat(&b, NAME("mixer.dt_proj.weight"), I, R, &L->dt_proj))) return rc;
+        if ((rc = wrk_bind_vec(&b, NAME("mixer.dt_proj.bias"), I, &L->dt_b))) return rc;
         const wrk_st_tensor_t *al = NULL;
-        if ((rc = wrk_take_tensor(m, NAME("mixer.A_log"), 2, (int64_t[]){I, N}, &al, err,
-                                  errlen)))
+        if ((rc = wrk_take_tensor(m, NAME("mixer.A_log"), 2, (int64_t[]){I, N}, &al, err, errlen)))
             return rc;
         float *A = b.next;
         b.next += (size_t)N * I;
@@ -240,9 +135,10 @@ static int mamba_load(wrk_model_t *m, const char *json, size_t len, char *err, s
             for (int n = 0; n < N; n++)
                 A[(size_t)n * I + ch] = -expf(wrk_tensor_f32(al, (size_t)ch * N + n));
         L->A = A;
-        if ((rc = vec(&b, NAME("mixer.D"), I, &L->D))) return rc;
-        if ((rc = mat(&b, NAME("mixer.out_proj.weight"), H, I, &L->out_proj))) return rc;
-        if (c->use_bias && (rc = vec(&b, NAME("mixer.out_proj.bias"), H, &L->out_b))) return rc;
+        if ((rc = wrk_bind_vec(&b, NAME("mixer.D"), I, &L->D))) return rc;
+        if ((rc = wrk_bind_mat(&b, NAME("mixer.out_proj.weight"), H, I, &L->out_proj))) return rc;
+        if (c->use_bias && (rc = wrk_bind_vec(&b, NAME("mixer.out_proj.bias"), H, &L->out_b)))
+            return rc;
 #undef NAME
     }
     /* State layout, per layer: conv window then SSM state. */
@@ -250,39 +146,20 @@ static int mamba_load(wrk_model_t *m, const char *json, size_t len, char *err, s
     if (!m->state_tensors) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
     size_t off = 0;
     for (int l = 0; l < c->n_layers; l++) {
-        wrk_state_tensor_t *cv = &m->state_tensors[2 * l], *ss = cv + 1;
-        snprintf(cv->name, sizeof cv->name, "layers.%d.conv", l);
-        cv->ndim = 2;
-        cv->shape[0] = K - 1;
-        cv->shape[1] = I;
-        cv->offset = off;
-        cv->bytes = (size_t)(K - 1) * I * sizeof(float);
-        off += cv->bytes;
-        snprintf(ss->name, sizeof ss->name, "layers.%d.ssm", l);
-        ss->ndim = 2;
-        ss->shape[0] = N;
-        ss->shape[1] = I;
-        ss->offset = off;
-        ss->bytes = (size_t)N * I * sizeof(float);
-        off += ss->bytes;
+        off = wrk_state_tensor_set(&m->state_tensors[2 * l], l, "conv", 2, (int64_t[]){K - 1, I},
+                                   sizeof(float), off);
+        off = wrk_state_tensor_set(&m->state_tensors[2 * l + 1], l, "ssm", 2, (int64_t[]){N, I},
+                                   sizeof(float), off);
     }
     m->info.state_bytes = off;
     m->info.n_state_tensors = 2 * c->n_layers;
     m->info.state_tensors = m->state_tensors;
     m->info.weight_dtype = mb->layers[0].in_proj.dt;
-    m->info.vocab_size = c->vocab;
-    m->info.hidden_size = c->hidden;
-    m->info.n_layers = c->n_layers;
-    m->info.bos_token_id = c->bos_id;
-    m->info.eos_token_id = c->eos_id;
-    m->info.pad_token_id = c->pad_id;
-    m->norm_eps = c->eps;
-    m->embed_scale = 1.0f;
-    m->logit_scale = 1.0f;
-    m->logit_softcap = 0.0f;
+    wrk_model_set_lm(m, c->vocab, c->hidden, c->n_layers, c->bos_id, c->eos_id, c->pad_id, c->eps);
     m->max_matmul_cols = H > I ? H : I;
-    m->info.layer_flops = 2.0 * c->n_layers *
-                          ((double)2 * I * H + (double)(R + 2 * N) * I + (double)R * I + (double)H * I);
+    m->info.layer_flops =
+        2.0 * c->n_layers *
+        ((double)2 * I * H + (double)(R + 2 * N) * I + (double)R * I + (double)H * I);
     return 0;
 }
 
@@ -304,4 +181,5 @@ const wrk_family_i wrk_family_mamba = {
     .cpu_init = wrk_mamba_cpu_init,
     .cpu_free = wrk_mamba_cpu_free,
     .cpu_step = wrk_mamba_cpu_step,
+    .shard = wrk_mamba_shard,
 };

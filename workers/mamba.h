@@ -50,6 +50,10 @@ static inline size_t wrk_mamba_layer_state_floats(const wrk_mamba_config_t *c)
     return (size_t)(c->d_conv - 1) * c->inner + (size_t)c->d_state * c->inner;
 }
 
+/* Tensor-parallel shard by inner channels (tp_shard.c). */
+int wrk_mamba_shard(const wrk_model_t *m, int rank, int size, wrk_shard_t **out, char *err,
+                    size_t errlen);
+
 int wrk_mamba_cpu_init(struct wrk_cpu *c, void **ctx);
 void wrk_mamba_cpu_free(void *ctx);
 void wrk_mamba_cpu_step(struct wrk_cpu *c, void *ctx, const wrk_seq_t *seqs, int n_seqs);

@@ -24,6 +24,12 @@ typedef struct wrk_mamba2_config {
     bool use_bias, use_conv_bias, tie_embeddings;
     float eps;
     int bos_id, eos_id, pad_id;
+    /* Tensor-parallel shard (all 0 unsharded; tp_shard.c): this config is then one rank's
+     * heads [tp_head0, tp_head0 + n_heads) and groups [tp_group0, tp_group0 + n_groups) of
+     * a model with tp_hpg heads per group; when a rank boundary cuts a gated-norm group,
+     * tp_norm_groups (the model's I / norm_group) partial sums of squares are all-reduced. */
+    int tp_head0, tp_group0, tp_hpg, tp_norm_groups;
+    bool tp_norm_reduce;
 } wrk_mamba2_config_t;
 
 typedef struct wrk_mamba2_layer {
@@ -60,6 +66,44 @@ static inline size_t wrk_mamba2_layer_state_floats(const wrk_mamba2_config_t *c)
 {
     return wrk_mamba2_conv_floats(c) + (size_t)c->n_heads * c->head_dim * c->d_state;
 }
+
+/* ---- the Mamba2 mixer, shared with the hybrids that use it (Granite 4.0-H) ---------------- */
+
+/* Describes one mixer layer's two state tensors, t[0] "layers.<layer>.conv" and t[1]
+ * "layers.<layer>.ssm", from byte `off`; returns the offset after them. */
+size_t wrk_mamba2_describe_state(const wrk_mamba2_config_t *c, int layer, wrk_state_tensor_t *t,
+                                 size_t off);
+
+/* Binds one mixer's tensors, named prefix + "in_proj.weight", "conv1d.weight"/".bias",
+ * "dt_bias", "A_log", "D", "norm.weight", "out_proj.weight" (+ in/out biases when
+ * c->use_bias), into L (all but norm_w), converting the small ones to fp32 at *params, which
+ * advances by at most wrk_mamba2_mixer_floats(c). */
+int wrk_mamba2_bind_mixer(wrk_model_t *m, const wrk_mamba2_config_t *c, const char *prefix,
+                          float **params, wrk_mamba2_layer_t *L, char *err, size_t errlen);
+size_t wrk_mamba2_mixer_floats(const wrk_mamba2_config_t *c);
+
+/* CPU activations of the mixer for up to T tokens. */
+typedef struct wrk_mamba2_bufs {
+    float *zx;  /* [T x proj_dim]: z, xBC (pre-conv), dt */
+    float *xbc; /* [T x C] after conv + silu: x, B, C */
+    float *y;   /* [T x I] scan output, then gated-normed in place */
+    float *ss;  /* [T x tp_norm_groups] when tp_norm_reduce, else NULL */
+} wrk_mamba2_bufs_t;
+int wrk_mamba2_bufs_alloc(const wrk_mamba2_config_t *cfg, size_t T, wrk_mamba2_bufs_t *b);
+void wrk_mamba2_bufs_free(wrk_mamba2_bufs_t *b);
+
+/* One mixer over a validated ragged batch of T stacked tokens, called by every pool thread
+ * (ith of nth) with the normed input u [T x H] ready; each sequence's conv window and SSM
+ * state sit at `state_off` floats into its slot (the layout of wrk_mamba2_layer_state_floats).
+ * out [T x H] = (acc ? out : 0) + out_proj(...); returns after a barrier, out complete. */
+void wrk_mamba2_cpu_mixer(struct wrk_cpu *c, int ith, int nth, const wrk_mamba2_config_t *cfg,
+                          const wrk_mamba2_layer_t *L, const wrk_seq_t *seqs, int n_seqs, int T,
+                          size_t state_off, const float *u, const wrk_mamba2_bufs_t *b,
+                          float *out, bool acc);
+
+/* Tensor-parallel shard by heads (tp_shard.c). */
+int wrk_mamba2_shard(const wrk_model_t *m, int rank, int size, wrk_shard_t **out, char *err,
+                     size_t errlen);
 
 int wrk_mamba2_cpu_init(struct wrk_cpu *c, void **ctx);
 void wrk_mamba2_cpu_free(void *ctx);

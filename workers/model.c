@@ -1,6 +1,7 @@
 /* workers: loading a checkpoint directory (config.json + safetensors) into a wrk_model_t,
  * and the model fingerprint that checkpoints are tied to. */
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -92,7 +93,8 @@ cleanup:
     return rc;
 }
 
-static const wrk_family_i *const families[] = {&wrk_family_mamba, &wrk_family_mamba2};
+static const wrk_family_i *const families[] = {&wrk_family_mamba, &wrk_family_mamba2,
+                                               &wrk_family_granite, &wrk_family_recurrentgemma};
 #define N_FAMILIES (sizeof families / sizeof families[0])
 
 /* Reads architectures[0] and picks the family by model_type. */
@@ -238,4 +240,123 @@ int wrk_take_mat(wrk_model_t *m, const char *name, int rows, int cols, wrk_mat_t
 const wrk_model_info_t *wrk_model_info(const wrk_model_t *m)
 {
     return &m->info;
+}
+
+void wrk_model_set_lm(wrk_model_t *m, int vocab, int hidden, int n_layers, int bos_id,
+                      int eos_id, int pad_id, float norm_eps)
+{
+    m->info.vocab_size = vocab;
+    m->info.hidden_size = hidden;
+    m->info.n_layers = n_layers;
+    m->info.bos_token_id = bos_id;
+    m->info.eos_token_id = eos_id;
+    m->info.pad_token_id = pad_id;
+    m->norm_eps = norm_eps;
+    m->embed_scale = 1.0f;
+    m->logit_scale = 1.0f;
+    m->logit_softcap = 0.0f;
+}
+
+size_t wrk_state_tensor_set(wrk_state_tensor_t *t, int layer, const char *what, int ndim,
+                            const int64_t *shape, size_t elem_bytes, size_t off)
+{
+    if (layer >= 0)
+        snprintf(t->name, sizeof t->name, "layers.%d.%s", layer, what);
+    else
+        snprintf(t->name, sizeof t->name, "%s", what);
+    t->ndim = ndim;
+    t->offset = off;
+    t->bytes = elem_bytes;
+    for (int i = 0; i < ndim; i++) {
+        t->shape[i] = shape[i];
+        t->bytes *= (size_t)shape[i];
+    }
+    return off + t->bytes;
+}
+
+int wrk_params_alloc(const wrk_model_t *m, size_t n, const char *what, float **out, char *err,
+                     size_t errlen)
+{
+    size_t held = 0;
+    for (size_t i = 0; i < wrk_st_count(m->st); i++)
+        held += (size_t)wrk_st_at(m->st, i)->numel;
+    if (n > held)
+        return rcd_fail(RCD_EFORMAT, err, errlen,
+                        "config.json describes a larger model than the checkpoint holds "
+                        "(%zu parameters needed for %s; %zu in the files)",
+                        n, what, held);
+    *out = malloc((n ? n : 1) * sizeof(float));
+    return *out ? 0 : rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
+}
+
+int wrk_bind_vec_nd(wrk_binder_t *b, const char *name, int ndim, const int64_t *shape,
+                    wrk_bind_how_t how, const float **out)
+{
+    const wrk_st_tensor_t *t = NULL;
+    int rc = wrk_take_tensor(b->m, name, ndim, shape, &t, b->err, b->errlen);
+    if (rc) return rc;
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++)
+        n *= shape[i];
+    /* Block width of a BLOCK_T tensor (callers pass BLOCK_T with ndim 3 only); 0: no transpose. */
+    const int64_t bw = how == WRK_BIND_BLOCK_T && ndim == 3 ? shape[2] : 0;
+    float *dst = b->next;
+    b->next += n;
+    for (int64_t i = 0; i < n; i++) {
+        float x = wrk_tensor_f32(t, (size_t)i);
+        if (how == WRK_BIND_NEG_EXP)
+            x = -expf(x);
+        else if (how == WRK_BIND_ONE_PLUS)
+            x = 1.0f + x;
+        else if (how == WRK_BIND_NEG8_SOFTPLUS)
+            x = -8.0f * (x > 20.f ? x : log1pf(expf(x)));
+        if (bw > 0) {
+            const int64_t blk = i / (bw * bw), r = i / bw % bw, col = i % bw;
+            dst[(blk * bw + col) * bw + r] = x;
+        } else {
+            dst[i] = x;
+        }
+    }
+    *out = dst;
+    return 0;
+}
+
+int wrk_bind_vec_x(wrk_binder_t *b, const char *name, int64_t n, wrk_bind_how_t how,
+                   const float **out)
+{
+    return wrk_bind_vec_nd(b, name, 1, (int64_t[]){n}, how, out);
+}
+
+int wrk_bind_vec(wrk_binder_t *b, const char *name, int64_t n, const float **out)
+{
+    return wrk_bind_vec_x(b, name, n, WRK_BIND_AS_IS, out);
+}
+
+int wrk_bind_mat(wrk_binder_t *b, const char *name, int rows, int cols, wrk_mat_t *out)
+{
+    return wrk_take_mat(b->m, name, rows, cols, out, b->err, b->errlen);
+}
+
+int wrk_bind_conv(wrk_binder_t *b, const char *name, int C, int K, const float **out)
+{
+    const wrk_st_tensor_t *t = NULL;
+    int rc = wrk_take_tensor(b->m, name, 3, (int64_t[]){C, 1, K}, &t, b->err, b->errlen);
+    if (rc) return rc;
+    float *dst = b->next;
+    b->next += (size_t)K * C;
+    for (int ch = 0; ch < C; ch++)
+        for (int k = 0; k < K; k++)
+            dst[(size_t)k * C + ch] = wrk_tensor_f32(t, (size_t)ch * K + k);
+    *out = dst;
+    return 0;
+}
+
+int wrk_bind_lm_head(wrk_binder_t *b, bool tied, int vocab, int hidden)
+{
+    wrk_model_t *m = b->m;
+    m->lm_head = m->embed;
+    if (!tied) return wrk_bind_mat(b, "lm_head.weight", vocab, hidden, &m->lm_head);
+    if (!wrk_st_find(m->st, "lm_head.weight")) return 0;
+    wrk_mat_t dup;
+    return wrk_bind_mat(b, "lm_head.weight", vocab, hidden, &dup);
 }

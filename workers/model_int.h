@@ -16,6 +16,26 @@ typedef struct wrk_mat {
 
 struct wrk_cpu;
 
+/* Tensor parallelism: one rank's share of a model (workers/README.md, "Tensor parallelism").
+ * The rank's layout has the type of m->priv with local sizes and its own copies of the
+ * sliced weights; `runs` say where the rank's slice of a sequence's state sits in the full
+ * state blob, so a blob read from any TP degree is the TP=1 blob. */
+typedef struct wrk_shard_run {
+    size_t local, global, n; /* floats: local state [local, +n) is the blob's [global, +n) */
+    bool owner;              /* false: a lower rank holds the same values and writes them */
+} wrk_shard_run_t;
+
+typedef struct wrk_shard {
+    int rank, size;
+    const void *layout;     /* the family's layout of this rank's slice */
+    size_t state_floats;    /* this rank's part of one sequence's state */
+    int n_runs;
+    wrk_shard_run_t *runs;
+    void *alloc[4];         /* what the family allocated for it; freed by wrk_shard_free */
+} wrk_shard_t;
+
+void wrk_shard_free(wrk_shard_t *s); /* NULL-safe */
+
 typedef struct wrk_family_i {
     const char *model_type; /* config.json "model_type" */
     wrk_family_t family;
@@ -31,6 +51,10 @@ typedef struct wrk_family_i {
     /* One step over a validated ragged batch: every sequence's tokens continue from its
      * slot's state; logits rows written as wrk_seq_t asks. */
     void (*cpu_step)(struct wrk_cpu *c, void *ctx, const wrk_seq_t *seqs, int n_seqs);
+    /* Rank `rank` of `size`'s shard (NULL: the family has no sharded forward). Sizes that
+     * cannot be split are refused with a message naming them. */
+    int (*shard)(const wrk_model_t *m, int rank, int size, wrk_shard_t **out, char *err,
+                 size_t errlen);
 } wrk_family_i;
 
 struct wrk_model {
@@ -53,6 +77,8 @@ struct wrk_model {
 
 extern const wrk_family_i wrk_family_mamba;
 extern const wrk_family_i wrk_family_mamba2;
+extern const wrk_family_i wrk_family_granite;
+extern const wrk_family_i wrk_family_recurrentgemma;
 
 /* Reads a small fp32 parameter out of a tensor of any dtype (element i). */
 float wrk_tensor_f32(const wrk_st_tensor_t *t, size_t i);
@@ -63,5 +89,54 @@ int wrk_take_tensor(wrk_model_t *m, const char *name, int ndim, const int64_t *s
                     const wrk_st_tensor_t **out, char *err, size_t errlen);
 int wrk_take_mat(wrk_model_t *m, const char *name, int rows, int cols, wrk_mat_t *out, char *err,
                  size_t errlen);
+
+
+/* The fields every family's load fills alike: m->info's sizes and token ids and the final
+ * norm's epsilon; embedding scale and logit scale 1, no soft-cap (a family that differs sets
+ * those after). */
+void wrk_model_set_lm(wrk_model_t *m, int vocab, int hidden, int n_layers, int bos_id,
+                      int eos_id, int pad_id, float norm_eps);
+
+/* Describes state tensor t: named "layers.<layer>.<what>" (just `what` when layer < 0), of
+ * `ndim` dims, elements of elem_bytes each, at byte `off` of the blob; returns the offset
+ * after it. */
+size_t wrk_state_tensor_set(wrk_state_tensor_t *t, int layer, const char *what, int ndim,
+                            const int64_t *shape, size_t elem_bytes, size_t off);
+
+/* Binding a family's tensors in its load. Matrices stay zero-copy views into the mmapped
+ * files; small parameters (norms, biases, conv, A, D, gates) are converted to fp32 into one
+ * pool the family sizes up front and fills through a bump pointer. */
+typedef struct wrk_binder {
+    wrk_model_t *m;
+    float *next; /* bump pointer into the family's pool */
+    char *err;
+    size_t errlen;
+} wrk_binder_t;
+
+typedef enum wrk_bind_how {
+    WRK_BIND_AS_IS,
+    WRK_BIND_NEG_EXP,       /* -exp(w): A from A_log */
+    WRK_BIND_ONE_PLUS,      /* 1 + w: Gemma's RMSNorm weight, in fp32 as transformers adds it */
+    WRK_BIND_NEG8_SOFTPLUS, /* -8 softplus(w) (torch's: threshold 20): the RG-LRU's a */
+    WRK_BIND_BLOCK_T,       /* each [n][n] block of an [NB][n][n] tensor transposed */
+} wrk_bind_how_t;
+
+/* The family's pool of n floats (malloc'd; the family frees it). Every small parameter is
+ * converted from one checkpoint element, so a config that needs more than the checkpoint
+ * holds is refused before allocating for it; `what` names those parameters in the message. */
+int wrk_params_alloc(const wrk_model_t *m, size_t n, const char *what, float **out, char *err,
+                     size_t errlen);
+/* A small parameter of exactly this shape, converted (`how`) into the pool. */
+int wrk_bind_vec_nd(wrk_binder_t *b, const char *name, int ndim, const int64_t *shape,
+                    wrk_bind_how_t how, const float **out);
+int wrk_bind_vec_x(wrk_binder_t *b, const char *name, int64_t n, wrk_bind_how_t how,
+                   const float **out);
+int wrk_bind_vec(wrk_binder_t *b, const char *name, int64_t n, const float **out);
+int wrk_bind_mat(wrk_binder_t *b, const char *name, int rows, int cols, wrk_mat_t *out);
+/* A depthwise conv1d weight [C][1][K], stored [K][C] (tap-major) in the pool. */
+int wrk_bind_conv(wrk_binder_t *b, const char *name, int C, int K, const float **out);
+/* m->lm_head: lm_head.weight [vocab x hidden], or the embedding when tied (a tied checkpoint
+ * may carry a duplicate head, as transformers ties over it; it must have the right shape). */
+int wrk_bind_lm_head(wrk_binder_t *b, bool tied, int vocab, int hidden);
 
 #endif

@@ -13,10 +13,17 @@
 
 /* ---- models ---------------------------------------------------------------------------- */
 
-typedef enum wrk_family { WRK_FAMILY_MAMBA = 1, WRK_FAMILY_MAMBA2 = 2 } wrk_family_t;
+typedef enum wrk_family {
+    WRK_FAMILY_MAMBA = 1,
+    WRK_FAMILY_MAMBA2 = 2,
+    WRK_FAMILY_GRANITE = 3,
+    WRK_FAMILY_RECURRENTGEMMA = 4,
+} wrk_family_t;
 
 /* One tensor of a sequence's state, as the state store sees it: a named byte range of the
- * state blob. Every model's state is fixed-size fp32 and known at load time. */
+ * state blob. These describe the fixed part, fp32 and known at load time; models with a KV
+ * cache end it with "kv.n_tokens" (one uint64) and append the KV of that many positions
+ * (wrk_state_bytes, workers/README.md). */
 typedef struct wrk_state_tensor {
     char name[48];   /* e.g. "layers.3.conv" */
     size_t offset;   /* bytes from the start of the state blob */
@@ -37,6 +44,12 @@ typedef struct wrk_model_info {
     double layer_flops;       /* matmul FLOPs per token in the layers (no embedding, lm_head) */
     int n_state_tensors;
     const wrk_state_tensor_t *state_tensors; /* owned by the model */
+    /* Hybrids with global attention (Granite 4.0-H) also keep, per position seen, K and V of
+     * kv_width floats in each of n_kv_layers layers (paged; 0 layers: a fixed-size state).
+     * Their state is then variable-size: see wrk_state_bytes / wrk_state_read_n. */
+    int n_kv_layers;
+    int kv_width;
+    size_t kv_bytes_per_token;
     /* Hash of config.json (canonical form), the tensor table and the weight bytes: a
      * checkpoint taken with one model is only ever resumed on the identical model. */
     uint64_t fingerprint;
@@ -70,6 +83,10 @@ typedef struct wrk_backend_opts {
     int n_slots;          /* state slots to allocate (default 8) */
     int max_step_tokens;  /* token budget of one step (default 512) */
     const char *isa;      /* CPU kernels: NULL/"auto", "avx512", "avx2", "portable" */
+    int tp;               /* tensor-parallel ranks (0/1: none); CPU: in-process ranks, each
+                           * with n_threads / tp pool threads (workers/README.md) */
+    int kv_block_tokens;  /* paged KV (models with n_kv_layers > 0): tokens per block (16) */
+    int n_kv_blocks;      /* blocks in the pool (default: 2048 positions per slot) */
 } wrk_backend_opts_t;
 
 typedef enum wrk_feature {
@@ -89,6 +106,11 @@ typedef struct wrk_backend_i {
     int (*step)(wrk_backend_t *b, const wrk_seq_t *seqs, int n_seqs, char *err, size_t errlen);
     int (*sync)(wrk_backend_t *b);
     bool (*supports)(const wrk_backend_t *b, wrk_feature_t f);
+    /* Variable-size state (models with KV): the slot's state bytes now, and read/write with
+     * explicit sizes. NULL where every state is state_bytes. */
+    size_t (*state_size)(wrk_backend_t *b, int slot);
+    int (*state_read_n)(wrk_backend_t *b, int slot, void *dst, size_t cap, size_t *len);
+    int (*state_write_n)(wrk_backend_t *b, int slot, const void *src, size_t len);
 } wrk_backend_i;
 
 /* Fields every backend shares; callers may read them, never write. */
@@ -103,6 +125,15 @@ struct wrk_backend {
 /* Creates the CPU backend for a loaded model. */
 int wrk_cpu_backend_create(const wrk_model_t *m, const wrk_backend_opts_t *opts,
                            wrk_backend_t **out, char *err, size_t errlen);
+/* Creates the CUDA backend (device 0, or $RCD_CUDA_DEVICE; workers/cuda/wrk_cuda.h has the
+ * CUDA-only options). RCD_EUNSUPPORTED with the reason when this build has no CUDA, no device
+ * is present, or the model's family has no CUDA forward yet. */
+int wrk_cuda_backend_create(const wrk_model_t *m, const wrk_backend_opts_t *opts,
+                            wrk_backend_t **out, char *err, size_t errlen);
+/* The backend named `name` ("cpu" or "cuda"), as the daemon's and tools' --backend pick it. */
+int wrk_backend_create_by_name(const char *name, const wrk_model_t *m,
+                               const wrk_backend_opts_t *opts, wrk_backend_t **out, char *err,
+                               size_t errlen);
 
 /* Thin wrappers over the vtable; `step` validates the batch (slots, ids, budget) and
  * returns RCD_EINVAL / RCD_ERANGE / RCD_ETOOBIG with a message, touching no state. */
@@ -111,6 +142,16 @@ int wrk_state_reset(wrk_backend_t *b, int slot);
 int wrk_state_read(wrk_backend_t *b, int slot, void *dst);
 int wrk_state_write(wrk_backend_t *b, int slot, const void *src);
 int wrk_state_copy(wrk_backend_t *b, int dst_slot, int src_slot);
+/* Sized state I/O, for every model (variable-size ones included). A slot's state is
+ * info->state_bytes fixed bytes, then, when n_kv_layers > 0, the KV of every position seen:
+ * wrk_state_bytes(b, slot) = state_bytes + n_positions * kv_bytes_per_token (see
+ * workers/README.md for the layout). read_n fails with RCD_ETOOBIG when cap is smaller;
+ * write_n with RCD_EFORMAT when len disagrees with the blob's position count, RCD_ETOOBIG when
+ * the KV pool lacks blocks (the slot untouched). wrk_state_read/write are these with a buffer
+ * of exactly state_bytes: for a KV model they work only while the slot holds no position. */
+size_t wrk_state_bytes(wrk_backend_t *b, int slot);
+int wrk_state_read_n(wrk_backend_t *b, int slot, void *dst, size_t cap, size_t *len);
+int wrk_state_write_n(wrk_backend_t *b, int slot, const void *src, size_t len);
 void wrk_backend_destroy(wrk_backend_t *b); /* NULL-safe */
 
 /* Validation shared by every backend's step. */

@@ -20,6 +20,7 @@ static void cpu_destroy(wrk_backend_t *b)
     free(c->logit_in);
     free(c->logit_out);
     free(c->scratch);
+    wrk_kv_destroy(c->kv);
     free(c);
 }
 
@@ -33,29 +34,78 @@ static int cpu_state_reset(wrk_backend_t *b, int slot)
     wrk_cpu_t *c = (wrk_cpu_t *)b;
     if (check_slot(b, slot)) return RCD_ERANGE;
     memset(c->slots + (size_t)slot * c->state_floats, 0, c->state_floats * sizeof(float));
+    if (c->kv) wrk_kv_reset(c->kv, slot);
+    return 0;
+}
+
+/* A KV model's blob: the fixed part (info.state_bytes, whose last 8 bytes are the position
+ * count as a uint64; the slot keeps room for it but the count lives in c->kv), then the
+ * exported KV of those positions. */
+static size_t cpu_state_size(wrk_backend_t *b, int slot)
+{
+    wrk_cpu_t *c = (wrk_cpu_t *)b;
+    if (check_slot(b, slot)) return 0;
+    return c->m->info.state_bytes + (c->kv ? wrk_kv_export_bytes(c->kv, slot) : 0);
+}
+
+static int cpu_state_read_n(wrk_backend_t *b, int slot, void *dst, size_t cap, size_t *len)
+{
+    wrk_cpu_t *c = (wrk_cpu_t *)b;
+    if (check_slot(b, slot)) return RCD_ERANGE;
+    const size_t fixed = c->m->info.state_bytes, n = cpu_state_size(b, slot);
+    if (cap < n) return RCD_ETOOBIG;
+    memcpy(dst, c->slots + (size_t)slot * c->state_floats, fixed);
+    if (c->kv) {
+        const uint64_t count = (uint64_t)c->kv->n_tokens[slot];
+        memcpy((char *)dst + fixed - sizeof count, &count, sizeof count);
+        wrk_kv_export(c->kv, slot, (float *)((char *)dst + fixed));
+    }
+    if (len) *len = n;
+    return 0;
+}
+
+static int cpu_state_write_n(wrk_backend_t *b, int slot, const void *src, size_t len)
+{
+    wrk_cpu_t *c = (wrk_cpu_t *)b;
+    if (check_slot(b, slot)) return RCD_ERANGE;
+    const size_t fixed = c->m->info.state_bytes;
+    if (len < fixed) return RCD_EFORMAT;
+    if (c->kv) {
+        uint64_t count;
+        memcpy(&count, (const char *)src + fixed - sizeof count, sizeof count);
+        if (count > (uint64_t)wrk_kv_capacity(c->kv)) return RCD_ETOOBIG;
+        if (len != fixed + count * c->m->info.kv_bytes_per_token) return RCD_EFORMAT;
+        /* The blob may be unaligned: copy the KV part through the pool directly. */
+        const float *kvsrc = (const float *)((const char *)src + fixed);
+        int rc = wrk_kv_import(c->kv, slot, kvsrc, (int32_t)count);
+        if (rc) return rc;
+    } else if (len != fixed) {
+        return RCD_EFORMAT;
+    }
+    memcpy(c->slots + (size_t)slot * c->state_floats, src, fixed);
     return 0;
 }
 
 static int cpu_state_read(wrk_backend_t *b, int slot, void *dst)
 {
     wrk_cpu_t *c = (wrk_cpu_t *)b;
-    if (check_slot(b, slot)) return RCD_ERANGE;
-    memcpy(dst, c->slots + (size_t)slot * c->state_floats, c->state_floats * sizeof(float));
-    return 0;
+    return cpu_state_read_n(b, slot, dst, c->m->info.state_bytes, NULL);
 }
 
 static int cpu_state_write(wrk_backend_t *b, int slot, const void *src)
 {
     wrk_cpu_t *c = (wrk_cpu_t *)b;
-    if (check_slot(b, slot)) return RCD_ERANGE;
-    memcpy(c->slots + (size_t)slot * c->state_floats, src, c->state_floats * sizeof(float));
-    return 0;
+    return cpu_state_write_n(b, slot, src, c->m->info.state_bytes);
 }
 
 static int cpu_state_copy(wrk_backend_t *b, int dst, int src)
 {
     wrk_cpu_t *c = (wrk_cpu_t *)b;
     if (check_slot(b, dst) || check_slot(b, src)) return RCD_ERANGE;
+    if (c->kv && dst != src) {
+        int rc = wrk_kv_copy(c->kv, dst, src);
+        if (rc) return rc;
+    }
     if (dst != src)
         memcpy(c->slots + (size_t)dst * c->state_floats, c->slots + (size_t)src * c->state_floats,
                c->state_floats * sizeof(float));
@@ -67,7 +117,9 @@ static int cpu_step(wrk_backend_t *b, const wrk_seq_t *seqs, int n_seqs, char *e
     int rc = wrk__check_batch(b, seqs, n_seqs, err, errlen);
     if (rc) return rc;
     wrk_cpu_t *c = (wrk_cpu_t *)b;
+    if (c->kv && (rc = wrk_kv_reserve(c->kv, seqs, n_seqs, err, errlen))) return rc;
     c->m->fam->cpu_step(c, c->fam_ctx, seqs, n_seqs);
+    if (c->kv) wrk_kv_advance(c->kv, seqs, n_seqs);
     return 0;
 }
 
@@ -91,6 +143,9 @@ static const wrk_backend_i cpu_vt = {
     .step = cpu_step,
     .sync = cpu_sync,
     .supports = cpu_supports,
+    .state_size = cpu_state_size,
+    .state_read_n = cpu_state_read_n,
+    .state_write_n = cpu_state_write_n,
 };
 
 static float *alloc_floats(size_t n)
@@ -110,8 +165,29 @@ int wrk_cpu_backend_create(const wrk_model_t *m, const wrk_backend_opts_t *opts,
     if (o.n_threads > 256) o.n_threads = 256;
     if (o.n_slots <= 0) o.n_slots = 8;
     if (o.max_step_tokens <= 0) o.max_step_tokens = 512;
+    if (o.kv_block_tokens <= 0) o.kv_block_tokens = 16;
+    if (o.kv_block_tokens > 1 << 16)
+        return rcd_fail(RCD_EINVAL, err, errlen, "backend: kv_block_tokens too large");
+    if (o.n_kv_blocks <= 0)
+        o.n_kv_blocks = (int)(((long)o.n_slots * 2048 + o.kv_block_tokens - 1) / o.kv_block_tokens);
+    if ((long)o.n_kv_blocks * o.kv_block_tokens > 1L << 30)
+        return rcd_fail(RCD_EINVAL, err, errlen,
+                        "backend: n_kv_blocks x kv_block_tokens exceeds 2^30 positions");
     if (o.n_slots > 1 << 20 || o.max_step_tokens > 1 << 20)
         return rcd_fail(RCD_EINVAL, err, errlen, "backend: n_slots or max_step_tokens too large");
+    if (o.tp > 1) return wrk__cpu_tp_create(m, &o, out, err, errlen);
+    wrk_cpu_t *c;
+    int rc = wrk__cpu_create(m, &o, NULL, NULL, &c, err, errlen);
+    *out = rc ? NULL : &c->base;
+    return rc;
+}
+
+int wrk__cpu_create(const wrk_model_t *m, const wrk_backend_opts_t *opts,
+                    const wrk_shard_t *shard, wrk_comm_t *comm, wrk_cpu_t **out, char *err,
+                    size_t errlen)
+{
+    const wrk_backend_opts_t o = *opts; /* defaults already filled in */
+    *out = NULL;
     const wrk_kern_t *k = wrk_kern_select(o.isa);
     if (!k)
         return rcd_fail(RCD_EUNSUPPORTED, err, errlen,
@@ -123,7 +199,9 @@ int wrk_cpu_backend_create(const wrk_model_t *m, const wrk_backend_opts_t *opts,
     c->m = m;
     c->k = k;
     c->n_threads = o.n_threads;
-    c->state_floats = m->info.state_bytes / sizeof(float);
+    c->shard = shard;
+    c->comm = comm;
+    c->state_floats = shard ? shard->state_floats : m->info.state_bytes / sizeof(float);
     const size_t T = (size_t)o.max_step_tokens, H = m->info.hidden_size;
     const size_t V = m->info.vocab_size;
     c->scratch_floats = (size_t)WRK_GEMM_BLOCK_ROWS * (size_t)m->max_matmul_cols;
@@ -132,6 +210,15 @@ int wrk_cpu_backend_create(const wrk_model_t *m, const wrk_backend_opts_t *opts,
     c->logit_in = alloc_floats(WRK_LOGIT_CHUNK * H);
     c->logit_out = alloc_floats(WRK_LOGIT_CHUNK * V);
     c->scratch = alloc_floats((size_t)o.n_threads * c->scratch_floats);
+    if (m->info.n_kv_layers > 0 &&
+        wrk_kv_create(o.n_slots, m->info.n_kv_layers, m->info.kv_width, o.kv_block_tokens,
+                      o.n_kv_blocks, &c->kv)) {
+        cpu_destroy(&c->base);
+        return rcd_fail(RCD_ENOMEM, err, errlen,
+                        "backend: cannot allocate the KV cache: %d blocks of %d tokens x %zu "
+                        "bytes",
+                        o.n_kv_blocks, o.kv_block_tokens, m->info.kv_bytes_per_token);
+    }
     if (!c->slots || !c->res || !c->logit_in || !c->logit_out || !c->scratch ||
         wrk_pool_create(o.n_threads, &c->pool) || m->fam->cpu_init(c, &c->fam_ctx)) {
         cpu_destroy(&c->base);
@@ -143,6 +230,6 @@ int wrk_cpu_backend_create(const wrk_model_t *m, const wrk_backend_opts_t *opts,
     memset(c->slots, 0, (size_t)o.n_slots * c->state_floats * sizeof(float));
     /* Our pool splits the work; each thread calls a single-threaded sgemm. */
     openblas_set_num_threads(1);
-    *out = &c->base;
+    *out = c;
     return 0;
 }

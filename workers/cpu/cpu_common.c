@@ -88,3 +88,13 @@ void wrk_cpu_logits(wrk_cpu_t *c, int ith, int nth, const wrk_seq_t *seqs, int n
         wrk_pool_barrier(c->pool);
     }
 }
+
+void wrk_cpu_all_reduce(wrk_cpu_t *c, int ith, float *buf, size_t n)
+{
+    if (!c->comm) return;
+    if (ith == 0) {
+        int rc = wrk_comm_all_reduce_sum(c->comm, buf, n);
+        if (rc && !c->comm_rc) c->comm_rc = rc;
+    }
+    wrk_pool_barrier(c->pool);
+}

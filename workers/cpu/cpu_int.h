@@ -3,7 +3,9 @@
 #ifndef RCD_WRK_CPU_INT_H
 #define RCD_WRK_CPU_INT_H
 
+#include "workers/comm.h"
 #include "workers/cpu/kernels.h"
+#include "workers/cpu/kv_cache.h"
 #include "workers/cpu/pool.h"
 #include "workers/model_int.h"
 
@@ -23,7 +25,36 @@ typedef struct wrk_cpu {
     float *scratch;      /* per thread: WRK_GEMM_BLOCK_ROWS x m->max_matmul_cols */
     size_t scratch_floats;
     void *fam_ctx;       /* the family's activation buffers */
+    wrk_kv_t *kv;        /* paged KV of models with n_kv_layers > 0, else NULL */
+    /* Tensor parallelism (cpu_tp.c): this rank's shard and communicator; NULL at TP=1. */
+    const wrk_shard_t *shard;
+    wrk_comm_t *comm;
+    int comm_rc;         /* first communicator error of the step */
 } wrk_cpu_t;
+
+/* The family layout the forward runs: this rank's shard, or the whole model. */
+static inline const void *wrk_cpu_layout(const wrk_cpu_t *c)
+{
+    return c->shard ? c->shard->layout : c->m->priv;
+}
+
+/* Rank 0 (or no TP): adds the output biases once and computes the logits. */
+static inline bool wrk_cpu_lead(const wrk_cpu_t *c)
+{
+    return !c->comm || c->comm->rank == 0;
+}
+
+/* Sums buf [n] over the TP group in place (no-op at TP=1). Every pool thread calls it after
+ * the barrier that completed buf; thread 0 talks to the group; returns after a barrier. */
+void wrk_cpu_all_reduce(wrk_cpu_t *c, int ith, float *buf, size_t n);
+
+/* One CPU backend; with a shard and a communicator, one rank of a TP group (cpu_tp.c). */
+int wrk__cpu_create(const wrk_model_t *m, const wrk_backend_opts_t *opts,
+                    const wrk_shard_t *shard, wrk_comm_t *comm, wrk_cpu_t **out, char *err,
+                    size_t errlen);
+/* The TP group behind one wrk_backend_t (opts->tp > 1). */
+int wrk__cpu_tp_create(const wrk_model_t *m, const wrk_backend_opts_t *opts, wrk_backend_t **out,
+                       char *err, size_t errlen);
 
 static inline float *wrk_cpu_slot(wrk_cpu_t *c, int slot)
 {

@@ -11,10 +11,8 @@
 #include "workers/mamba2.h"
 
 typedef struct mamba2_ctx {
-    float *u;   /* [T x H] normed input */
-    float *zx;  /* [T x proj_dim]: z, xBC (pre-conv), dt */
-    float *xbc; /* [T x C] after conv + silu: x, B, C */
-    float *y;   /* [T x I] scan output, then gated-normed in place */
+    float *u; /* [T x H] normed input */
+    wrk_mamba2_bufs_t b;
 } mamba2_ctx_t;
 
 typedef struct fwd {
@@ -26,33 +24,50 @@ typedef struct fwd {
     int n_rows; /* logit rows in the step */
 } fwd_t;
 
-void wrk_mamba2_cpu_free(void *ctx)
-{
-    mamba2_ctx_t *a = ctx;
-    if (!a) return;
-    free(a->u);
-    free(a->zx);
-    free(a->xbc);
-    free(a->y);
-    free(a);
-}
-
 static float *alloc_floats(size_t n)
 {
     return aligned_alloc(64, ((n ? n : 1) * sizeof(float) + 63) / 64 * 64);
 }
 
+void wrk_mamba2_bufs_free(wrk_mamba2_bufs_t *b)
+{
+    free(b->zx);
+    free(b->xbc);
+    free(b->y);
+    free(b->ss);
+    *b = (wrk_mamba2_bufs_t){0};
+}
+
+int wrk_mamba2_bufs_alloc(const wrk_mamba2_config_t *cfg, size_t T, wrk_mamba2_bufs_t *b)
+{
+    b->zx = alloc_floats(T * cfg->proj_dim);
+    b->xbc = alloc_floats(T * cfg->conv_dim);
+    b->y = alloc_floats(T * cfg->inner);
+    if (cfg->tp_norm_reduce) b->ss = alloc_floats(T * cfg->tp_norm_groups);
+    if (!b->zx || !b->xbc || !b->y || (cfg->tp_norm_reduce && !b->ss)) {
+        wrk_mamba2_bufs_free(b);
+        return RCD_ENOMEM;
+    }
+    return 0;
+}
+
+void wrk_mamba2_cpu_free(void *ctx)
+{
+    mamba2_ctx_t *a = ctx;
+    if (!a) return;
+    free(a->u);
+    wrk_mamba2_bufs_free(&a->b);
+    free(a);
+}
+
 int wrk_mamba2_cpu_init(struct wrk_cpu *c, void **ctx)
 {
-    const wrk_mamba2_config_t *cfg = &((const wrk_mamba2_t *)c->m->priv)->cfg;
+    const wrk_mamba2_config_t *cfg = &((const wrk_mamba2_t *)wrk_cpu_layout(c))->cfg;
     const size_t T = (size_t)c->base.max_step_tokens;
     mamba2_ctx_t *a = calloc(1, sizeof *a);
     if (!a) return RCD_ENOMEM;
     a->u = alloc_floats(T * cfg->hidden);
-    a->zx = alloc_floats(T * cfg->proj_dim);
-    a->xbc = alloc_floats(T * cfg->conv_dim);
-    a->y = alloc_floats(T * cfg->inner);
-    if (!a->u || !a->zx || !a->xbc || !a->y) {
+    if (!a->u || wrk_mamba2_bufs_alloc(cfg, T, &a->b)) {
         wrk_mamba2_cpu_free(a);
         return RCD_ENOMEM;
     }
@@ -73,12 +88,14 @@ static inline float silu(float v)
 
 /* SSM recurrence of one sequence over T tokens for heads [h0, h1):
  * dt = clamp(softplus(dt_raw + dt_b), lo, hi); S = exp(dt A) S + dt B (x) x;
- * y = C . S + D x. S is [NH][P][N]; head h reads B, C of group h / (NH / G). */
+ * y = C . S + D x. S is [NH][P][N]; head h reads B, C of group h / (NH / G) (under TP, of
+ * the model's heads and groups: this rank's start at tp_head0, tp_group0). */
 static void ssd_scan(const wrk_mamba2_config_t *cfg, const wrk_mamba2_layer_t *L, int T, int h0,
                      int h1, const float *zx, const float *xbc, float *S, float *y)
 {
     const int I = cfg->inner, P = cfg->head_dim, N = cfg->d_state, G = cfg->n_groups;
-    const int C = cfg->conv_dim, Dp = cfg->proj_dim, hpg = cfg->n_heads / G;
+    const int C = cfg->conv_dim, Dp = cfg->proj_dim;
+    const int hpg = cfg->tp_hpg ? cfg->tp_hpg : cfg->n_heads / G;
     for (int t = 0; t < T; t++) {
         const float *xr = xbc + (size_t)t * C;
         const float *dtr = zx + (size_t)t * Dp + I + C;
@@ -87,7 +104,7 @@ static void ssd_scan(const wrk_mamba2_config_t *cfg, const wrk_mamba2_layer_t *L
             float dt = softplus(dtr[h] + L->dt_b[h]);
             dt = fminf(fmaxf(dt, cfg->dt_min), cfg->dt_max);
             const float dA = expf(dt * L->A[h]);
-            const int g = h / hpg;
+            const int g = (h + cfg->tp_head0) / hpg - cfg->tp_group0;
             const float *B = xr + I + (size_t)g * N;
             const float *Cm = xr + I + (size_t)G * N + (size_t)g * N;
             for (int p = 0; p < P; p++) {
@@ -130,61 +147,116 @@ static void gated_norm(float *y, const float *z, const float *w, int I, int gs, 
     }
 }
 
+/* Gated RMSNorm when a TP rank boundary cuts a norm group: each rank's sums of squares per
+ * (token, norm group of the model) are all-reduced before the scale. Called by every pool
+ * thread; tokens [t0, t1) are this thread's. */
+static void gated_norm_tp(struct wrk_cpu *c, int ith, const wrk_mamba2_config_t *cfg, int T,
+                          int t0, int t1, const float *zx, float *y, const float *w, float *ss)
+{
+    const int I = cfg->inner, Dp = cfg->proj_dim, gs = cfg->norm_group;
+    const int NG = cfg->tp_norm_groups, ch0 = cfg->tp_head0 * cfg->head_dim;
+    for (int t = t0; t < t1; t++) {
+        float *yr = y + (size_t)t * I, *sr = ss + (size_t)t * NG;
+        const float *z = zx + (size_t)t * Dp;
+        memset(sr, 0, (size_t)NG * sizeof(float));
+        for (int i = 0; i < I;) {
+            const int g = (ch0 + i) / gs, end = (g + 1) * gs - ch0 < I ? (g + 1) * gs - ch0 : I;
+            double acc = 0.0;
+            for (; i < end; i++) {
+                yr[i] *= silu(z[i]);
+                acc += (double)yr[i] * yr[i];
+            }
+            sr[g] = (float)acc;
+        }
+    }
+    wrk_pool_barrier(c->pool);
+    wrk_cpu_all_reduce(c, ith, ss, (size_t)T * NG);
+    for (int t = t0; t < t1; t++) {
+        float *yr = y + (size_t)t * I;
+        const float *sr = ss + (size_t)t * NG;
+        for (int i = 0; i < I;) {
+            const int g = (ch0 + i) / gs, end = (g + 1) * gs - ch0 < I ? (g + 1) * gs - ch0 : I;
+            const float r = 1.f / sqrtf(sr[g] / (float)gs + cfg->eps);
+            for (; i < end; i++) yr[i] = w[i] * (yr[i] * r);
+        }
+    }
+}
+
+void wrk_mamba2_cpu_mixer(struct wrk_cpu *c, int ith, int nth, const wrk_mamba2_config_t *cfg,
+                          const wrk_mamba2_layer_t *L, const wrk_seq_t *seqs, int n_seqs, int T,
+                          size_t state_off, const float *u, const wrk_mamba2_bufs_t *a,
+                          float *out, bool acc)
+{
+    const wrk_kern_t *k = c->k;
+    const int H = cfg->hidden, I = cfg->inner, K = cfg->d_conv, C = cfg->conv_dim;
+    const int Dp = cfg->proj_dim;
+    const size_t conv_floats = wrk_mamba2_conv_floats(cfg);
+    int t0, t1, c0, c1, h0, h1;
+    wrk_split(T, 1, ith, nth, &t0, &t1);
+    wrk_split(C, 16, ith, nth, &c0, &c1);
+    wrk_split(cfg->n_heads, 1, ith, nth, &h0, &h1);
+
+    wrk_cpu_mm(c, ith, nth, &L->in_proj, u, H, T, a->zx, Dp, L->in_b, false);
+    wrk_pool_barrier(c->pool);
+    if (c1 > c0) {
+        int t = 0;
+        for (int s = 0; s < n_seqs; s++) {
+            float *win = wrk_cpu_slot(c, seqs[s].slot) + state_off;
+            k->conv_silu(seqs[s].n_tokens, c0, c1, C, K, a->zx + (size_t)t * Dp + I, Dp, L->conv_w,
+                         L->conv_b, win, a->xbc + (size_t)t * C);
+            t += seqs[s].n_tokens;
+        }
+    }
+    wrk_pool_barrier(c->pool);
+    if (h1 > h0) {
+        int t = 0;
+        for (int s = 0; s < n_seqs; s++) {
+            float *S = wrk_cpu_slot(c, seqs[s].slot) + state_off + conv_floats;
+            ssd_scan(cfg, L, seqs[s].n_tokens, h0, h1, a->zx + (size_t)t * Dp,
+                     a->xbc + (size_t)t * C, S, a->y + (size_t)t * I);
+            t += seqs[s].n_tokens;
+        }
+    }
+    wrk_pool_barrier(c->pool);
+    if (cfg->tp_norm_reduce)
+        gated_norm_tp(c, ith, cfg, T, t0, t1, a->zx, a->y, L->gnorm_w, a->ss);
+    else
+        for (int t = t0; t < t1; t++)
+            gated_norm(a->y + (size_t)t * I, a->zx + (size_t)t * Dp, L->gnorm_w, I,
+                       cfg->norm_group, cfg->eps);
+    wrk_pool_barrier(c->pool);
+    wrk_cpu_mm(c, ith, nth, &L->out_proj, a->y, I, T, out, H, L->out_b, acc);
+    wrk_pool_barrier(c->pool);
+}
+
 static void forward(void *arg, int ith, int nth)
 {
     fwd_t *f = arg;
     wrk_cpu_t *c = f->c;
     mamba2_ctx_t *a = f->a;
-    const wrk_mamba2_t *mb = c->m->priv;
+    const wrk_mamba2_t *mb = wrk_cpu_layout(c);
     const wrk_mamba2_config_t *cfg = &mb->cfg;
-    const wrk_kern_t *k = c->k;
-    const int H = cfg->hidden, I = cfg->inner, K = cfg->d_conv, C = cfg->conv_dim;
-    const int Dp = cfg->proj_dim, T = f->T;
+    const int H = cfg->hidden, T = f->T;
+    const bool lead = wrk_cpu_lead(c);
     const size_t layer_floats = wrk_mamba2_layer_state_floats(cfg);
-    const size_t conv_floats = wrk_mamba2_conv_floats(cfg);
-    int t0, t1, c0, c1, h0, h1;
+    int t0, t1;
 
     wrk_cpu_embed(c, ith, nth, f->seqs, f->n_seqs);
     wrk_split(T, 1, ith, nth, &t0, &t1);
-    wrk_split(C, 16, ith, nth, &c0, &c1);
-    wrk_split(cfg->n_heads, 1, ith, nth, &h0, &h1);
     wrk_pool_barrier(c->pool);
 
     for (int l = 0; l < cfg->n_layers; l++) {
         const wrk_mamba2_layer_t *L = &mb->layers[l];
         for (int t = t0; t < t1; t++)
-            k->rmsnorm(a->u + (size_t)t * H, c->res + (size_t)t * H, L->norm_w, H, cfg->eps);
+            c->k->rmsnorm(a->u + (size_t)t * H, c->res + (size_t)t * H, L->norm_w, H, cfg->eps);
         wrk_pool_barrier(c->pool);
-        wrk_cpu_mm(c, ith, nth, &L->in_proj, a->u, H, T, a->zx, Dp, L->in_b, false);
-        wrk_pool_barrier(c->pool);
-        if (c1 > c0) {
-            int t = 0;
-            for (int s = 0; s < f->n_seqs; s++) {
-                float *win = wrk_cpu_slot(c, f->seqs[s].slot) + l * layer_floats;
-                k->conv_silu(f->seqs[s].n_tokens, c0, c1, C, K, a->zx + (size_t)t * Dp + I, Dp,
-                             L->conv_w, L->conv_b, win, a->xbc + (size_t)t * C);
-                t += f->seqs[s].n_tokens;
-            }
-        }
-        wrk_pool_barrier(c->pool);
-        if (h1 > h0) {
-            int t = 0;
-            for (int s = 0; s < f->n_seqs; s++) {
-                float *S = wrk_cpu_slot(c, f->seqs[s].slot) + l * layer_floats + conv_floats;
-                ssd_scan(cfg, L, f->seqs[s].n_tokens, h0, h1, a->zx + (size_t)t * Dp,
-                         a->xbc + (size_t)t * C, S, a->y + (size_t)t * I);
-                t += f->seqs[s].n_tokens;
-            }
-        }
-        wrk_pool_barrier(c->pool);
-        for (int t = t0; t < t1; t++)
-            gated_norm(a->y + (size_t)t * I, a->zx + (size_t)t * Dp, L->gnorm_w, I, cfg->norm_group,
-                       cfg->eps);
-        wrk_pool_barrier(c->pool);
-        wrk_cpu_mm(c, ith, nth, &L->out_proj, a->y, I, T, c->res, H, L->out_b, true);
-        wrk_pool_barrier(c->pool);
+        /* TP: rank 0 adds its partial out_proj (and the bias) to the residual, the others
+         * overwrite theirs; the all-reduce sums the lot: one per layer. */
+        wrk_mamba2_cpu_mixer(c, ith, nth, cfg, L, f->seqs, f->n_seqs, T, l * layer_floats, a->u,
+                             &a->b, c->res, lead);
+        wrk_cpu_all_reduce(c, ith, c->res, (size_t)T * H);
     }
-    wrk_cpu_logits(c, ith, nth, f->seqs, f->n_seqs, f->n_rows);
+    if (lead) wrk_cpu_logits(c, ith, nth, f->seqs, f->n_seqs, f->n_rows);
 }
 
 void wrk_mamba2_cpu_step(struct wrk_cpu *c, void *ctx, const wrk_seq_t *seqs, int n_seqs)

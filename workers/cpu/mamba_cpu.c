@@ -1,6 +1,8 @@
 /* workers/cpu: the Mamba (v1) forward pass over a ragged batch. All sequences' tokens are
  * stacked into one [T x H] activation so every projection is one matmul over the batch;
- * the conv and the scan run per sequence against its own state slot. */
+ * the conv and the scan run per sequence against its own state slot. Under tensor
+ * parallelism the same code runs one rank's channels: x_proj and out_proj then produce
+ * partial sums, all-reduced (two per layer: x_proj contracts over every channel). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -40,7 +42,7 @@ static float *alloc_floats(size_t n)
 
 int wrk_mamba_cpu_init(struct wrk_cpu *c, void **ctx)
 {
-    const wrk_mamba_config_t *cfg = &((const wrk_mamba_t *)c->m->priv)->cfg;
+    const wrk_mamba_config_t *cfg = &((const wrk_mamba_t *)wrk_cpu_layout(c))->cfg;
     const size_t T = (size_t)c->base.max_step_tokens, H = cfg->hidden, I = cfg->inner;
     const size_t BC = (size_t)cfg->dt_rank + 2 * (size_t)cfg->d_state;
     mamba_ctx_t *a = calloc(1, sizeof *a);
@@ -64,8 +66,9 @@ static void forward(void *arg, int ith, int nth)
     fwd_t *f = arg;
     wrk_cpu_t *c = f->c;
     mamba_ctx_t *a = f->a;
-    const wrk_mamba_t *mb = c->m->priv;
+    const wrk_mamba_t *mb = wrk_cpu_layout(c);
     const wrk_mamba_config_t *cfg = &mb->cfg;
+    const bool lead = wrk_cpu_lead(c);
     const wrk_kern_t *k = c->k;
     const int H = cfg->hidden, I = cfg->inner, N = cfg->d_state, K = cfg->d_conv;
     const int R = cfg->dt_rank, T = f->T, ldbc = R + 2 * N;
@@ -98,6 +101,7 @@ static void forward(void *arg, int ith, int nth)
         wrk_pool_barrier(c->pool);
         wrk_cpu_mm(c, ith, nth, &L->x_proj, a->xc, I, T, a->dbc, ldbc, NULL, false);
         wrk_pool_barrier(c->pool);
+        wrk_cpu_all_reduce(c, ith, a->dbc, (size_t)T * ldbc);
         wrk_matmul(k, wrk_cpu_scratch(c, ith), &L->dt_proj, c0, c1, a->dbc, ldbc, T, a->dt, I,
                    NULL, false);
         if (c1 > c0) {
@@ -113,10 +117,13 @@ static void forward(void *arg, int ith, int nth)
             }
         }
         wrk_pool_barrier(c->pool);
-        wrk_cpu_mm(c, ith, nth, &L->out_proj, a->y, I, T, c->res, H, L->out_b, true);
+        /* TP: rank 0 adds its partial product (and the bias) to the residual, the others
+         * overwrite theirs with their partial product; the all-reduce sums the lot. */
+        wrk_cpu_mm(c, ith, nth, &L->out_proj, a->y, I, T, c->res, H, L->out_b, lead);
         wrk_pool_barrier(c->pool);
+        wrk_cpu_all_reduce(c, ith, c->res, (size_t)T * H);
     }
-    wrk_cpu_logits(c, ith, nth, f->seqs, f->n_seqs, f->n_rows);
+    if (lead) wrk_cpu_logits(c, ith, nth, f->seqs, f->n_seqs, f->n_rows);
 }
 
 void wrk_mamba_cpu_step(struct wrk_cpu *c, void *ctx, const wrk_seq_t *seqs, int n_seqs)

@@ -1,0 +1,517 @@
+/* workers/cpu: what the golden tests share — reading the fixtures of tools/gen_*_goldens.py
+ * (goldens.json + raw .f32 logits), CPU backends on them, and the drivers every family runs
+ * (all chunkings on every ISA, ragged batches, greedy decode, state layout and resume).
+ * Header-only on purpose: CHECK counts into the including test's counters, which
+ * tests/rcd_test.h keeps per translation unit. A backend-agnostic piece (fixture reading,
+ * golden_max_diff, golden_argmax, golden_load_edited) needs no CPU backend. */
+#ifndef RCD_WRK_GOLDEN_UTIL_H
+#define RCD_WRK_GOLDEN_UTIL_H
+
+#include <math.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "tests/rcd_test.h"
+#include "workers/cpu/kernels.h"
+#include "workers/wrk.h"
+
+#define GOLDEN_MAX_SEQS 8
+#define GOLDEN_MAX_TOKENS 64
+#define GOLDEN_MAX_GREEDY 160
+
+typedef struct golden_seq {
+    char name[32];
+    int n;
+    int32_t tokens[GOLDEN_MAX_TOKENS];
+    float *logits; /* n x V, owned */
+} golden_seq_t;
+
+/* One fixture directory: its goldens.json and the logits files it names. */
+typedef struct golden {
+    char dir[600];
+    int V;
+    int n_seqs;
+    golden_seq_t seqs[GOLDEN_MAX_SEQS];
+    int n_prompt, n_gen;
+    int32_t greedy[GOLDEN_MAX_GREEDY]; /* prompt then generated */
+    float *greedy_logits;              /* (n_prompt + n_gen) x V, owned; NULL: ids only */
+} golden_t;
+
+/* A family's golden suite: where its fixtures are and how its backends are made. */
+typedef struct golden_suite {
+    const char *family;       /* folder under the golden root, e.g. "mamba" */
+    wrk_family_t family_id;   /* what its fixtures must load as */
+    const char *const *cases; /* the fp32 fixtures the drivers run */
+    int n_cases;
+    float tol;               /* max |dlogit| against transformers */
+    wrk_backend_opts_t opts; /* slots, step size, KV blocks; isa and n_threads per backend */
+    int ragged_pattern[8];   /* tokens a sequence wants per ragged step (by step + seq) */
+    bool ragged_last_row;    /* ragged steps also ask for the last logit row alone */
+} golden_suite_t;
+
+static inline const char *golden_root(void)
+{
+    const char *d = getenv("RCD_GOLDEN_DIR");
+    return d ? d : "tests/golden";
+}
+
+/* dir/file as exactly n floats, malloc'd; NULL (and a message) otherwise. */
+static inline float *golden_read_f32(const char *dir, const char *file, size_t n)
+{
+    char path[1024];
+    size_t len;
+    snprintf(path, sizeof path, "%s/%s", dir, file);
+    float *f = (float *)rcd_test_read_file(path, &len);
+    if (!f || len != n * sizeof(float)) {
+        fprintf(stderr, "bad golden file %s\n", path);
+        free(f);
+        return NULL;
+    }
+    return f;
+}
+
+static inline int golden__ids(const cJSON *arr, int32_t *out, int cap)
+{
+    int n = 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, arr) if (n < cap) out[n++] = (int32_t)it->valuedouble;
+    return n;
+}
+
+static inline void golden_free(golden_t *g)
+{
+    for (int i = 0; i < g->n_seqs; i++)
+        free(g->seqs[i].logits);
+    free(g->greedy_logits);
+    memset(g, 0, sizeof *g);
+}
+
+/* Loads dir/goldens.json and every logits file it names (the model is in the same directory
+ * unless said otherwise). -1 with a message, and g empty, when any of it is missing. */
+static inline int golden_load_dir(const char *dir, golden_t *g)
+{
+    memset(g, 0, sizeof *g);
+    snprintf(g->dir, sizeof g->dir, "%s", dir);
+    char path[1024];
+    snprintf(path, sizeof path, "%s/goldens.json", g->dir);
+    char *text = rcd_test_read_file(path, NULL);
+    cJSON *root = text ? cJSON_Parse(text) : NULL;
+    free(text);
+    const cJSON *vocab = cJSON_GetObjectItem(root, "vocab_size");
+    if (!root || !cJSON_IsNumber(vocab)) {
+        fprintf(stderr, "cannot read %s\n", path);
+        cJSON_Delete(root);
+        return -1;
+    }
+    g->V = vocab->valueint;
+    bool ok = true;
+    const cJSON *s;
+    cJSON_ArrayForEach(s, cJSON_GetObjectItem(root, "sequences"))
+    {
+        if (g->n_seqs == GOLDEN_MAX_SEQS) break;
+        golden_seq_t *q = &g->seqs[g->n_seqs++];
+        const char *name = cJSON_GetStringValue(cJSON_GetObjectItem(s, "name"));
+        const char *file = cJSON_GetStringValue(cJSON_GetObjectItem(s, "logits"));
+        snprintf(q->name, sizeof q->name, "%s", name ? name : "?");
+        q->n = golden__ids(cJSON_GetObjectItem(s, "tokens"), q->tokens, GOLDEN_MAX_TOKENS);
+        q->logits = file ? golden_read_f32(g->dir, file, (size_t)q->n * g->V) : NULL;
+        ok &= q->logits != NULL;
+    }
+    const cJSON *gr = cJSON_GetObjectItem(root, "greedy");
+    g->n_prompt = golden__ids(cJSON_GetObjectItem(gr, "prompt"), g->greedy, GOLDEN_MAX_TOKENS);
+    g->n_gen = golden__ids(cJSON_GetObjectItem(gr, "generated"), g->greedy + g->n_prompt,
+                           GOLDEN_MAX_GREEDY - g->n_prompt);
+    const cJSON *gl = cJSON_GetObjectItem(gr, "logits"); /* null: ids only */
+    if (cJSON_IsString(gl)) {
+        g->greedy_logits =
+            golden_read_f32(g->dir, gl->valuestring, (size_t)(g->n_prompt + g->n_gen) * g->V);
+        ok &= g->greedy_logits != NULL;
+    }
+    cJSON_Delete(root);
+    if (!ok) golden_free(g);
+    return ok ? 0 : -1;
+}
+
+/* The fixture <root>/<family>/<name>. */
+static inline int golden_load(const char *family, const char *name, golden_t *g)
+{
+    char dir[600];
+    snprintf(dir, sizeof dir, "%s/%s/%s", golden_root(), family, name);
+    return golden_load_dir(dir, g);
+}
+
+/* A further logits file a family's goldens.json names under `key` (n floats, malloc'd);
+ * NULL when the key is absent or the file is bad. */
+static inline float *golden_load_extra(const golden_t *g, const char *key, size_t n)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/goldens.json", g->dir);
+    char *text = rcd_test_read_file(path, NULL);
+    cJSON *root = text ? cJSON_Parse(text) : NULL;
+    free(text);
+    const char *file = cJSON_GetStringValue(cJSON_GetObjectItem(root, key));
+    float *f = file ? golden_read_f32(g->dir, file, n) : NULL;
+    cJSON_Delete(root);
+    return f;
+}
+
+/* The first sequence of n tokens, or NULL. */
+static inline const golden_seq_t *golden_find_seq(const golden_t *g, int n)
+{
+    for (int i = 0; i < g->n_seqs; i++)
+        if (g->seqs[i].n == n) return &g->seqs[i];
+    return NULL;
+}
+
+static inline float golden_max_diff(const float *a, const float *b, size_t n)
+{
+    float m = 0.f;
+    for (size_t i = 0; i < n; i++) {
+        float d = fabsf(a[i] - b[i]);
+        if (!(d <= m)) m = d; /* NaN propagates as a failure */
+    }
+    return m;
+}
+
+static inline int golden_argmax(const float *row, int V)
+{
+    int best = 0;
+    for (int v = 1; v < V; v++)
+        if (row[v] > row[best]) best = v;
+    return best;
+}
+
+/* Loads the model in dir; a failure is a failed check. */
+static inline wrk_model_t *golden_model(const char *dir)
+{
+    char err[512];
+    wrk_model_t *m = NULL;
+    int rc = wrk_model_load(dir, &m, err, sizeof err);
+    CHECK_MSG(rc == 0, "%s", err);
+    return rc ? NULL : m;
+}
+
+/* Fixture <family>/<name> and its model; NULL (g empty) when either is missing. Only the model
+ * failing to load is a failed check (an unreadable fixture has said so already). */
+static inline wrk_model_t *golden_open(const char *family, const char *name, golden_t *g)
+{
+    if (golden_load(family, name, g)) return NULL;
+    char err[512];
+    wrk_model_t *m = NULL;
+    if (wrk_model_load(g->dir, &m, err, sizeof err)) {
+        CHECK_MSG(0, "%s", err);
+        golden_free(g);
+        return NULL;
+    }
+    return m;
+}
+
+/* A CPU backend with the suite's options, `isa` (NULL: the best) and `threads`. */
+static inline wrk_backend_t *golden_backend(const golden_suite_t *s, const wrk_model_t *m,
+                                            const char *isa, int threads)
+{
+    char err[512];
+    wrk_backend_t *b = NULL;
+    wrk_backend_opts_t o = s->opts;
+    o.isa = isa;
+    o.n_threads = threads;
+    int rc = wrk_cpu_backend_create(m, &o, &b, err, sizeof err);
+    CHECK_MSG(rc == 0, "%s", err);
+    return b;
+}
+
+/* Runs q in chunks of `chunk` tokens on `slot` (reset first); logits into out (n x V). Each
+ * step is a check; the first failure stops the run. */
+static inline int golden_run_into(wrk_backend_t *b, int slot, const golden_seq_t *q, int V,
+                                  int chunk, float *out)
+{
+    char err[512];
+    wrk_state_reset(b, slot);
+    for (int p = 0; p < q->n; p += chunk) {
+        int len = q->n - p < chunk ? q->n - p : chunk;
+        wrk_seq_t s = {.slot = slot,
+                       .n_tokens = len,
+                       .tokens = q->tokens + p,
+                       .n_logits = len,
+                       .logits = out + (size_t)p * V};
+        int rc = wrk_step(b, &s, 1, err, sizeof err);
+        CHECK_MSG(rc == 0, "%s", err);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+/* q in chunks on slot 0: max |diff| against its golden logits (NaN when a step failed). */
+static inline float golden_run_chunked(wrk_backend_t *b, const golden_seq_t *q, int V, int chunk)
+{
+    float *out = malloc((size_t)q->n * V * sizeof(float));
+    float d = NAN;
+    if (golden_run_into(b, 0, q, V, chunk, out) == 0)
+        d = golden_max_diff(out, q->logits, (size_t)q->n * V);
+    free(out);
+    return d;
+}
+
+/* Every sequence of g at chunks 1, 4, 8 and whole, each within `tol`; the worst |dlogit|. */
+static inline float golden_check_chunks(wrk_backend_t *b, const golden_t *g, float tol,
+                                        const char *label)
+{
+    static const int chunks[] = {1, 4, 8, 64};
+    float worst = 0.f;
+    for (int si = 0; si < g->n_seqs; si++)
+        for (int k = 0; k < 4; k++) {
+            float d = golden_run_chunked(b, &g->seqs[si], g->V, chunks[k]);
+            CHECK_MSG(d <= tol, "%s %s chunk %d: max diff %g", label, g->seqs[si].name, chunks[k],
+                      d);
+            if (!(d <= worst)) worst = d;
+        }
+    return worst;
+}
+
+/* Every fp32 case loads as the family and matches at every chunking, on every ISA this CPU
+ * has, with 1 and 2 threads. */
+static inline void golden_test_chunkings(const golden_suite_t *s)
+{
+    static const char *isas[] = {"portable", "avx2", "avx512"};
+    for (int ci = 0; ci < s->n_cases; ci++) {
+        golden_t g;
+        if (golden_load(s->family, s->cases[ci], &g)) {
+            CHECK(0);
+            continue;
+        }
+        wrk_model_t *m = golden_model(g.dir);
+        if (m) CHECK(wrk_model_info(m)->family == s->family_id);
+        for (int ii = 0; m && ii < 3; ii++) {
+            if (!wrk_kern_select(isas[ii])) {
+                fprintf(stderr, "  skip: %s kernels (this CPU lacks the instructions)\n", isas[ii]);
+                continue;
+            }
+            for (int threads = 1; threads <= 2; threads++) {
+                wrk_backend_t *b = golden_backend(s, m, isas[ii], threads);
+                if (!b) continue;
+                char label[128];
+                snprintf(label, sizeof label, "%s %s/%d threads", s->cases[ci], isas[ii], threads);
+                float worst = golden_check_chunks(b, &g, s->tol, label);
+                fprintf(stderr, "  %-18s %-8s %d thr: max |dlogit| %.2e over all chunkings\n",
+                        s->cases[ci], isas[ii], threads, worst);
+                wrk_backend_destroy(b);
+            }
+        }
+        wrk_model_free(m);
+        golden_free(&g);
+    }
+}
+
+/* Ragged batches: the sequences of each fp32 case share every step at different lengths and
+ * phases (sequence i wants pattern[(step + i) % 8] tokens), on slots out of order, asking for
+ * logits of every row, none, or (ragged_last_row) the last; every row asked for must match its
+ * golden row. */
+static inline void golden_test_ragged(const golden_suite_t *s)
+{
+    for (int ci = 0; ci < s->n_cases; ci++) {
+        golden_t g;
+        if (golden_load(s->family, s->cases[ci], &g)) continue;
+        wrk_model_t *m = golden_model(g.dir);
+        wrk_backend_t *b = m ? golden_backend(s, m, NULL, 2) : NULL;
+        if (!b) {
+            wrk_model_free(m);
+            golden_free(&g);
+            continue;
+        }
+        char err[512];
+        const int V = g.V, ns = g.n_seqs;
+        int pos[GOLDEN_MAX_SEQS] = {0};
+        float *out[GOLDEN_MAX_SEQS];
+        for (int i = 0; i < ns; i++) {
+            out[i] = calloc((size_t)g.seqs[i].n * V, sizeof(float));
+            wrk_state_reset(b, i + 1);
+        }
+        for (int step = 0; step < 64; step++) {
+            wrk_seq_t batch[GOLDEN_MAX_SEQS];
+            int nb = 0;
+            for (int i = ns - 1; i >= 0; i--) {
+                const golden_seq_t *q = &g.seqs[i];
+                int want = s->ragged_pattern[(step + i) % 8];
+                int len = q->n - pos[i] < want ? q->n - pos[i] : want;
+                if (len <= 0) continue;
+                int mode = (step + i) % 3;
+                int nl = mode == 0 ? 0 : mode == 1 || !s->ragged_last_row ? len : 1;
+                batch[nb++] = (wrk_seq_t){.slot = i + 1,
+                                          .n_tokens = len,
+                                          .tokens = q->tokens + pos[i],
+                                          .n_logits = nl,
+                                          .logits = out[i] + (size_t)(pos[i] + len - nl) * V};
+                /* Rows not asked for: copy the golden so only computed rows are compared. */
+                memcpy(out[i] + (size_t)pos[i] * V, q->logits + (size_t)pos[i] * V,
+                       (size_t)(len - nl) * V * sizeof(float));
+                pos[i] += len;
+            }
+            if (!nb) break;
+            int rc = wrk_step(b, batch, nb, err, sizeof err);
+            CHECK_MSG(rc == 0, "%s", err);
+        }
+        float worst = 0.f;
+        for (int i = 0; i < ns; i++) {
+            float d = golden_max_diff(out[i], g.seqs[i].logits, (size_t)g.seqs[i].n * V);
+            CHECK_MSG(d <= s->tol, "%s ragged %s: max diff %g", s->cases[ci], g.seqs[i].name, d);
+            if (!(d <= worst)) worst = d;
+            free(out[i]);
+        }
+        fprintf(stderr, "  %-18s ragged: max |dlogit| %.2e\n", s->cases[ci], worst);
+        wrk_backend_destroy(b);
+        wrk_model_free(m);
+        golden_free(&g);
+    }
+}
+
+/* Greedy with the model in model_dir against g: prefill the prompt, then one-token decode
+ * steps; the worst |dlogit| against g's greedy logits (when it has them) and the first
+ * generated token that differs (-1: none). -1 when the model or backend cannot be made. */
+static inline int golden_greedy(const golden_suite_t *s, const char *model_dir, const golden_t *g,
+                                float *worst, int *mismatch_at)
+{
+    char err[512];
+    wrk_model_t *m = golden_model(model_dir);
+    wrk_backend_t *b = m ? golden_backend(s, m, NULL, 2) : NULL;
+    if (!b) {
+        wrk_model_free(m);
+        return -1;
+    }
+    const int V = g->V;
+    float *row = malloc((size_t)V * sizeof(float));
+    wrk_seq_t q = {
+        .slot = 3, .n_tokens = g->n_prompt, .tokens = g->greedy, .n_logits = 1, .logits = row};
+    *worst = 0.f;
+    *mismatch_at = -1;
+    int rc = wrk_step(b, &q, 1, err, sizeof err);
+    for (int i = 0; i < g->n_gen && rc == 0; i++) {
+        int pos = g->n_prompt + i - 1;
+        if (g->greedy_logits) {
+            float d = golden_max_diff(row, g->greedy_logits + (size_t)pos * V, (size_t)V);
+            if (!(d <= *worst)) *worst = d;
+        }
+        int32_t tok = golden_argmax(row, V);
+        if (tok != g->greedy[g->n_prompt + i] && *mismatch_at < 0) *mismatch_at = i;
+        q = (wrk_seq_t){.slot = 3, .n_tokens = 1, .tokens = &tok, .n_logits = 1, .logits = row};
+        rc = wrk_step(b, &q, 1, err, sizeof err);
+    }
+    CHECK_MSG(rc == 0, "%s", err);
+    free(row);
+    wrk_backend_destroy(b);
+    wrk_model_free(m);
+    return 0;
+}
+
+/* Every fp32 case: 32 greedy tokens identical, their logits within tol. */
+static inline void golden_test_greedy(const golden_suite_t *s)
+{
+    for (int ci = 0; ci < s->n_cases; ci++) {
+        golden_t g;
+        if (golden_load(s->family, s->cases[ci], &g)) continue;
+        float worst;
+        int mis;
+        CHECK(g.n_gen == 32 && g.greedy_logits);
+        if (golden_greedy(s, g.dir, &g, &worst, &mis) == 0) {
+            CHECK_MSG(mis < 0, "%s: greedy token %d differs", s->cases[ci], mis);
+            CHECK_MSG(worst <= s->tol, "%s: greedy logits max diff %g", s->cases[ci], worst);
+            fprintf(stderr, "  %-18s greedy: %d tokens, max |dlogit| %.2e\n", s->cases[ci], g.n_gen,
+                    worst);
+        }
+        golden_free(&g);
+    }
+}
+
+/* The state tensors tile the blob in order, without gaps. */
+static inline void golden_check_state_layout(const wrk_model_info_t *mi)
+{
+    size_t sum = 0;
+    for (int i = 0; i < mi->n_state_tensors; i++) {
+        CHECK(mi->state_tensors[i].offset == sum);
+        sum += mi->state_tensors[i].bytes;
+    }
+    CHECK(sum == mi->state_bytes);
+}
+
+/* A slot holding q's first `cut` tokens (restored, copied) continues with the rest of q to
+ * its golden logits. */
+static inline void golden_check_resume(wrk_backend_t *b, int slot, const golden_seq_t *q, int V,
+                                       int cut, float tol)
+{
+    char err[512];
+    float *out = malloc((size_t)(q->n - cut) * V * sizeof(float));
+    wrk_seq_t s = {.slot = slot,
+                   .n_tokens = q->n - cut,
+                   .tokens = q->tokens + cut,
+                   .n_logits = q->n - cut,
+                   .logits = out};
+    CHECK(wrk_step(b, &s, 1, err, sizeof err) == 0);
+    float d = golden_max_diff(out, q->logits + (size_t)cut * V, (size_t)(q->n - cut) * V);
+    CHECK_MSG(d <= tol, "slot %d resumed after %d tokens: max diff %g", slot, cut, d);
+    free(out);
+}
+
+/* Fixed-size state: q's first `cut` tokens on slot 0, read into blob (state_bytes), slot 0
+ * reset, the blob written into slot 5 and slot 5 copied to 6 (a fork); both continue to q's
+ * golden logits. blob keeps the state for the caller's own checks. */
+static inline void golden_check_state_roundtrip(wrk_backend_t *b, const golden_seq_t *q, int V,
+                                                int cut, float tol, void *blob)
+{
+    char err[512];
+    wrk_seq_t s = {.slot = 0, .n_tokens = cut, .tokens = q->tokens, .n_logits = 0};
+    CHECK(wrk_step(b, &s, 1, err, sizeof err) == 0);
+    CHECK(wrk_state_read(b, 0, blob) == 0);
+    wrk_state_reset(b, 0); /* the original is gone; only the blob remains */
+    CHECK(wrk_state_write(b, 5, blob) == 0);
+    CHECK(wrk_state_copy(b, 6, 5) == 0);
+    for (int slot = 5; slot <= 6; slot++)
+        golden_check_resume(b, slot, q, V, cut, tol);
+}
+
+/* Loads <family>/<name>'s weights next to its config.json with the first `from` replaced by
+ * `to` (a checkpoint whose config disagrees with its tensors); wrk_model_load's result. */
+static inline int golden_load_edited(const char *family, const char *name, const char *from,
+                                     const char *to, char *err, size_t errlen)
+{
+    char src[700], tmpl[] = "/tmp/rcd_golden_test_XXXXXX", path[700];
+    int rc = -1;
+    snprintf(src, sizeof src, "%s/%s/%s/config.json", golden_root(), family, name);
+    char *cfg = rcd_test_read_file(src, NULL);
+    snprintf(src, sizeof src, "%s/%s/%s/model.safetensors", golden_root(), family, name);
+    size_t wlen = 0;
+    char *w = rcd_test_read_file(src, &wlen);
+    char *at = cfg ? strstr(cfg, from) : NULL;
+    if (!cfg || !w || !at || !mkdtemp(tmpl)) {
+        CHECK_MSG(0, "cannot prepare an edited copy (%s)", from);
+        goto cleanup;
+    }
+    snprintf(path, sizeof path, "%s/config.json", tmpl);
+    FILE *f = fopen(path, "wb");
+    if (f) {
+        fprintf(f, "%.*s%s%s", (int)(at - cfg), cfg, to, at + strlen(from));
+        fclose(f);
+    }
+    snprintf(path, sizeof path, "%s/model.safetensors", tmpl);
+    f = fopen(path, "wb");
+    if (f) {
+        fwrite(w, 1, wlen, f);
+        fclose(f);
+    }
+    wrk_model_t *m = NULL;
+    rc = wrk_model_load(tmpl, &m, err, errlen);
+    wrk_model_free(m);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/config.json", tmpl);
+    unlink(path);
+    rmdir(tmpl);
+cleanup:
+    free(cfg);
+    free(w);
+    return rc;
+}
+
+#endif

@@ -1,0 +1,384 @@
+/* workers/cpu: the Granite 4.0-H forward pass over a ragged batch. All sequences' tokens are
+ * stacked into one [T x H] activation so every projection is one matmul over the batch.
+ * Mamba layers run the Mamba2 family's mixer on the slot's fixed state; attention layers
+ * append K/V to the slot's paged KV blocks (reserved by the backend before the step) and
+ * attend causally over all of them; each layer then runs the shared MLP and, with experts,
+ * the top-k MoE (tokens grouped per expert so each expert's weights are read once). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "workers/cpu/cpu_int.h"
+#include "workers/granite.h"
+
+typedef struct granite_ctx {
+    float *u; /* [T x H] normed input of a sublayer */
+    float *o; /* [T x H] sublayer output */
+    float *f; /* [T x H] MLP output: shared + MoE */
+    wrk_mamba2_bufs_t mb;
+    /* attention */
+    float *q, *k, *v; /* [T x NQ hd], [T x NKV hd] x2 */
+    float *att;       /* [T x NQ hd] */
+    float *scores;    /* per thread: the KV capacity */
+    size_t scores_floats;
+    int32_t *tok_slot, *tok_pos; /* per token of the step: slot and absolute position */
+    /* shared MLP */
+    float *t; /* [T x 2S] */
+    float *g; /* [T x S] */
+    /* MoE: T k (token, expert) rows grouped by expert */
+    float *rl;                /* [T x E] router logits */
+    int32_t *sel;             /* [T x k] chosen experts, ascending */
+    float *wt;                /* [T x k] their weights */
+    int32_t *row_of;          /* [T x k] row of (token, j) in the grouped buffers */
+    int32_t *row_tok;         /* [T k] token of each grouped row */
+    int32_t *start;           /* [E + 1] first grouped row of each expert */
+    float *xg, *tg, *ug, *og; /* [T k x H], [T k x 2F], [T k x F], [T k x H] */
+} granite_ctx_t;
+
+typedef struct fwd {
+    wrk_cpu_t *c;
+    granite_ctx_t *a;
+    const wrk_seq_t *seqs;
+    int n_seqs;
+    int T;
+    int n_rows;
+} fwd_t;
+
+static float *alloc_floats(size_t n)
+{
+    return aligned_alloc(64, ((n ? n : 1) * sizeof(float) + 63) / 64 * 64);
+}
+
+void wrk_granite_cpu_free(void *ctx)
+{
+    granite_ctx_t *a = ctx;
+    if (!a) return;
+    void *bufs[] = {a->u,        a->o,       a->f,  a->q,  a->k,  a->v,   a->att, a->scores,
+                    a->tok_slot, a->tok_pos, a->t,  a->g,  a->rl, a->sel, a->wt,  a->row_of,
+                    a->row_tok,  a->start,   a->xg, a->tg, a->ug, a->og};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        free(bufs[i]);
+    wrk_mamba2_bufs_free(&a->mb);
+    free(a);
+}
+
+int wrk_granite_cpu_init(struct wrk_cpu *c, void **ctx)
+{
+    const wrk_granite_config_t *cfg = &((const wrk_granite_t *)c->m->priv)->cfg;
+    const size_t T = (size_t)c->base.max_step_tokens, H = cfg->mx.hidden;
+    const size_t qd = (size_t)cfg->n_q * cfg->head_dim, kvd = (size_t)cfg->n_kv * cfg->head_dim;
+    const size_t S = cfg->shared_dim, F = cfg->expert_dim, E = cfg->n_experts;
+    const size_t TK = T * (cfg->n_experts ? cfg->top_k : 0);
+    granite_ctx_t *a = calloc(1, sizeof *a);
+    if (!a) return RCD_ENOMEM;
+    bool ok = (a->u = alloc_floats(T * H)) && (a->o = alloc_floats(T * H)) &&
+              (a->f = alloc_floats(T * H)) && (a->t = alloc_floats(T * 2 * S)) &&
+              (a->g = alloc_floats(T * S));
+    if (ok && cfg->n_mamba) ok = wrk_mamba2_bufs_alloc(&cfg->mx, T, &a->mb) == 0;
+    if (ok && cfg->n_attn) {
+        a->scores_floats = c->kv ? (size_t)wrk_kv_capacity(c->kv) : 0;
+        ok = c->kv && (a->q = alloc_floats(T * qd)) && (a->k = alloc_floats(T * kvd)) &&
+             (a->v = alloc_floats(T * kvd)) && (a->att = alloc_floats(T * qd)) &&
+             (a->scores = alloc_floats((size_t)c->n_threads * a->scores_floats)) &&
+             (a->tok_slot = malloc(T * sizeof(int32_t))) &&
+             (a->tok_pos = malloc(T * sizeof(int32_t)));
+    }
+    if (ok && E) {
+        ok = (a->rl = alloc_floats(T * E)) && (a->sel = malloc(TK * sizeof(int32_t))) &&
+             (a->wt = alloc_floats(TK)) && (a->row_of = malloc(TK * sizeof(int32_t))) &&
+             (a->row_tok = malloc(TK * sizeof(int32_t))) &&
+             (a->start = malloc((E + 1) * sizeof(int32_t))) && (a->xg = alloc_floats(TK * H)) &&
+             (a->tg = alloc_floats(TK * 2 * F)) && (a->ug = alloc_floats(TK * F)) &&
+             (a->og = alloc_floats(TK * H));
+    }
+    if (!ok) {
+        wrk_granite_cpu_free(a);
+        return RCD_ENOMEM;
+    }
+    *ctx = a;
+    return 0;
+}
+
+static inline float silu(float v)
+{
+    return v / (1.f + expf(-v));
+}
+
+/* Rotate-half RoPE of one head in place: for i < hd/2, (x_i, x_{i+hd/2}) turns by
+ * pos * inv_freq_i, with cos/sin computed in fp32 as transformers does. */
+static void rope(float *x, int hd, int32_t pos, const float *inv_freq)
+{
+    const int h2 = hd / 2;
+    for (int i = 0; i < h2; i++) {
+        const float ang = (float)pos * inv_freq[i];
+        const float cs = cosf(ang), sn = sinf(ang);
+        const float x0 = x[i], x1 = x[i + h2];
+        x[i] = x0 * cs - x1 * sn;
+        x[i + h2] = x1 * cs + x0 * sn;
+    }
+}
+
+/* One attention layer: q, k, v projections, RoPE, K/V appended to the paged cache, causal
+ * softmax attention over every stored position (GQA: query head h reads KV head
+ * h / (NQ / NKV)), o_proj into a->o. Ends after a barrier. */
+static void attention(fwd_t *f, int ith, int nth, const wrk_granite_layer_t *L)
+{
+    wrk_cpu_t *c = f->c;
+    granite_ctx_t *a = f->a;
+    const wrk_granite_t *g = c->m->priv;
+    const wrk_granite_config_t *cfg = &g->cfg;
+    wrk_kv_t *kv = c->kv;
+    const int H = cfg->mx.hidden, hd = cfg->head_dim, NQ = cfg->n_q, NKV = cfg->n_kv;
+    const int qd = NQ * hd, kvd = NKV * hd, rep = NQ / NKV, T = f->T, bs = kv->block_tokens;
+    int t0, t1;
+
+    wrk_cpu_mm(c, ith, nth, &L->q, a->u, H, T, a->q, qd, L->qb, false);
+    wrk_cpu_mm(c, ith, nth, &L->k, a->u, H, T, a->k, kvd, L->kb, false);
+    wrk_cpu_mm(c, ith, nth, &L->v, a->u, H, T, a->v, kvd, L->vb, false);
+    wrk_pool_barrier(c->pool);
+    wrk_split(T, 1, ith, nth, &t0, &t1);
+    for (int t = t0; t < t1; t++) {
+        const int slot = a->tok_slot[t];
+        const int32_t pos = a->tok_pos[t];
+        float *q = a->q + (size_t)t * qd, *k = a->k + (size_t)t * kvd;
+        if (cfg->rope) {
+            for (int h = 0; h < NQ; h++)
+                rope(q + (size_t)h * hd, hd, pos, g->inv_freq);
+            for (int h = 0; h < NKV; h++)
+                rope(k + (size_t)h * hd, hd, pos, g->inv_freq);
+        }
+        memcpy(wrk_kv_at(kv, slot, L->idx, 0, pos), k, (size_t)kvd * sizeof(float));
+        memcpy(wrk_kv_at(kv, slot, L->idx, 1, pos), a->v + (size_t)t * kvd,
+               (size_t)kvd * sizeof(float));
+    }
+    wrk_pool_barrier(c->pool);
+
+    int w0, w1;
+    float *sc = a->scores + (size_t)ith * a->scores_floats;
+    wrk_split(T * NQ, 1, ith, nth, &w0, &w1);
+    for (int w = w0; w < w1; w++) {
+        const int t = w / NQ, h = w % NQ, kh = h / rep;
+        const int slot = a->tok_slot[t];
+        const int32_t n = a->tok_pos[t] + 1; /* causal: every position up to this one */
+        const float *q = a->q + (size_t)t * qd + (size_t)h * hd;
+        float mx = -INFINITY;
+        for (int32_t p0 = 0; p0 < n; p0 += bs) {
+            const float *kb = wrk_kv_at(kv, slot, L->idx, 0, p0) + (size_t)kh * hd;
+            const int32_t pe = p0 + bs < n ? p0 + bs : n;
+            for (int32_t p = p0; p < pe; p++, kb += kvd) {
+                float s = 0.f;
+                for (int i = 0; i < hd; i++)
+                    s += q[i] * kb[i];
+                s *= cfg->attn_mult;
+                sc[p] = s;
+                if (s > mx) mx = s;
+            }
+        }
+        double sum = 0.0;
+        for (int32_t p = 0; p < n; p++) {
+            sc[p] = expf(sc[p] - mx);
+            sum += sc[p];
+        }
+        const float inv = (float)(1.0 / sum);
+        float *out = a->att + (size_t)t * qd + (size_t)h * hd;
+        memset(out, 0, (size_t)hd * sizeof(float));
+        for (int32_t p0 = 0; p0 < n; p0 += bs) {
+            const float *vb = wrk_kv_at(kv, slot, L->idx, 1, p0) + (size_t)kh * hd;
+            const int32_t pe = p0 + bs < n ? p0 + bs : n;
+            for (int32_t p = p0; p < pe; p++, vb += kvd) {
+                const float pr = sc[p] * inv;
+                for (int i = 0; i < hd; i++)
+                    out[i] += pr * vb[i];
+            }
+        }
+    }
+    wrk_pool_barrier(c->pool);
+    wrk_cpu_mm(c, ith, nth, &L->o, a->att, qd, T, a->o, H, L->ob, false);
+    wrk_pool_barrier(c->pool);
+}
+
+/* Router of one token: top-k of the E logits (descending, ties to the lower index, as
+ * torch.topk), softmax over those k only; stored in ascending expert order, the order
+ * transformers sums the experts in. */
+static void route(const float *rl, int E, int k, int32_t *sel, float *wt)
+{
+    int32_t idx[WRK_GRANITE_MAX_TOPK];
+    float lg[WRK_GRANITE_MAX_TOPK];
+    int n = 0;
+    for (int e = 0; e < E; e++) {
+        const float v = rl[e];
+        if (n == k && !(v > lg[k - 1])) continue;
+        int j = n < k ? n++ : k - 1;
+        while (j > 0 && v > lg[j - 1]) {
+            lg[j] = lg[j - 1];
+            idx[j] = idx[j - 1];
+            j--;
+        }
+        lg[j] = v;
+        idx[j] = e;
+    }
+    double sum = 0.0;
+    float ex[WRK_GRANITE_MAX_TOPK];
+    for (int j = 0; j < k; j++) {
+        ex[j] = expf(lg[j] - lg[0]);
+        sum += ex[j];
+    }
+    /* ascending expert index */
+    for (int j = 0; j < k; j++) {
+        int best = -1;
+        for (int i = 0; i < k; i++)
+            if (idx[i] >= 0 && (best < 0 || idx[i] < idx[best])) best = i;
+        sel[j] = idx[best];
+        wt[j] = (float)(ex[best] / sum);
+        idx[best] = -1;
+    }
+}
+
+/* Shared MLP into a->f, then (with experts) the MoE added to it. Ends after a barrier. */
+static void mlp(fwd_t *f, int ith, int nth, const wrk_granite_layer_t *L)
+{
+    wrk_cpu_t *c = f->c;
+    granite_ctx_t *a = f->a;
+    const wrk_granite_config_t *cfg = &((const wrk_granite_t *)c->m->priv)->cfg;
+    const int H = cfg->mx.hidden, S = cfg->shared_dim, F = cfg->expert_dim;
+    const int E = cfg->n_experts, K = cfg->top_k, T = f->T;
+    int t0, t1;
+    wrk_split(T, 1, ith, nth, &t0, &t1);
+
+    wrk_cpu_mm(c, ith, nth, &L->sh_in, a->u, H, T, a->t, 2 * S, NULL, false);
+    if (E) wrk_cpu_mm(c, ith, nth, &L->router, a->u, H, T, a->rl, E, NULL, false);
+    wrk_pool_barrier(c->pool);
+    for (int t = t0; t < t1; t++) {
+        const float *tr = a->t + (size_t)t * 2 * S;
+        float *gr = a->g + (size_t)t * S;
+        for (int i = 0; i < S; i++)
+            gr[i] = silu(tr[i]) * tr[S + i];
+        if (E) route(a->rl + (size_t)t * E, E, K, a->sel + (size_t)t * K, a->wt + (size_t)t * K);
+    }
+    wrk_pool_barrier(c->pool);
+    wrk_cpu_mm(c, ith, nth, &L->sh_out, a->g, S, T, a->f, H, NULL, false);
+    if (!E) {
+        wrk_pool_barrier(c->pool);
+        return;
+    }
+    if (ith == 0) { /* group the (token, expert) pairs by expert: a counting sort */
+        int32_t *st = a->start;
+        memset(st, 0, (size_t)(E + 1) * sizeof *st);
+        for (int r = 0; r < T * K; r++)
+            st[a->sel[r] + 1]++;
+        for (int e = 0; e < E; e++)
+            st[e + 1] += st[e];
+        for (int t = 0; t < T; t++)
+            for (int j = 0; j < K; j++) {
+                const int e = a->sel[(size_t)t * K + j];
+                const int32_t row = st[e]++;
+                a->row_of[(size_t)t * K + j] = row;
+                a->row_tok[row] = t;
+            }
+        for (int e = E; e > 0; e--)
+            st[e] = st[e - 1]; /* undo the fill's advance */
+        st[0] = 0;
+    }
+    wrk_pool_barrier(c->pool);
+    int r0, r1;
+    wrk_split(T * K, 1, ith, nth, &r0, &r1);
+    for (int r = r0; r < r1; r++)
+        memcpy(a->xg + (size_t)r * H, a->u + (size_t)a->row_tok[r] * H, (size_t)H * sizeof(float));
+    wrk_pool_barrier(c->pool);
+    for (int e = 0; e < E; e++) {
+        const int n = a->start[e + 1] - a->start[e];
+        if (!n) continue;
+        const wrk_mat_t w = wrk_granite_expert(&L->ex_in, e);
+        wrk_cpu_mm(c, ith, nth, &w, a->xg + (size_t)a->start[e] * H, H, n,
+                   a->tg + (size_t)a->start[e] * 2 * F, 2 * F, NULL, false);
+    }
+    wrk_pool_barrier(c->pool);
+    for (int r = r0; r < r1; r++) {
+        const float *tr = a->tg + (size_t)r * 2 * F;
+        float *ur = a->ug + (size_t)r * F;
+        for (int i = 0; i < F; i++)
+            ur[i] = silu(tr[i]) * tr[F + i];
+    }
+    wrk_pool_barrier(c->pool);
+    for (int e = 0; e < E; e++) {
+        const int n = a->start[e + 1] - a->start[e];
+        if (!n) continue;
+        const wrk_mat_t w = wrk_granite_expert(&L->ex_out, e);
+        wrk_cpu_mm(c, ith, nth, &w, a->ug + (size_t)a->start[e] * F, F, n,
+                   a->og + (size_t)a->start[e] * H, H, NULL, false);
+    }
+    wrk_pool_barrier(c->pool);
+    for (int t = t0; t < t1; t++) {
+        float *fr = a->f + (size_t)t * H;
+        const int32_t *ro = a->row_of + (size_t)t * K;
+        const float *wt = a->wt + (size_t)t * K;
+        for (int i = 0; i < H; i++) {
+            float moe = 0.f;
+            for (int j = 0; j < K; j++)
+                moe += wt[j] * a->og[(size_t)ro[j] * H + i];
+            fr[i] += moe;
+        }
+    }
+    wrk_pool_barrier(c->pool);
+}
+
+static void forward(void *arg, int ith, int nth)
+{
+    fwd_t *f = arg;
+    wrk_cpu_t *c = f->c;
+    granite_ctx_t *a = f->a;
+    const wrk_granite_t *g = c->m->priv;
+    const wrk_granite_config_t *cfg = &g->cfg;
+    const int H = cfg->mx.hidden, T = f->T;
+    const float rm = cfg->resid_mult;
+    const size_t layer_floats = wrk_mamba2_layer_state_floats(&cfg->mx);
+    int t0, t1;
+
+    wrk_cpu_embed(c, ith, nth, f->seqs, f->n_seqs);
+    if (ith == 0 && cfg->n_attn) {
+        int t = 0;
+        for (int s = 0; s < f->n_seqs; s++)
+            for (int j = 0; j < f->seqs[s].n_tokens; j++, t++) {
+                a->tok_slot[t] = f->seqs[s].slot;
+                a->tok_pos[t] = c->kv->n_tokens[f->seqs[s].slot] + j;
+            }
+    }
+    wrk_split(T, 1, ith, nth, &t0, &t1);
+    wrk_pool_barrier(c->pool);
+
+    for (int l = 0; l < cfg->mx.n_layers; l++) {
+        const wrk_granite_layer_t *L = &g->layers[l];
+        for (int t = t0; t < t1; t++)
+            c->k->rmsnorm(a->u + (size_t)t * H, c->res + (size_t)t * H, L->in_norm, H, cfg->mx.eps);
+        wrk_pool_barrier(c->pool);
+        if (L->attn)
+            attention(f, ith, nth, L);
+        else
+            wrk_mamba2_cpu_mixer(c, ith, nth, &cfg->mx, &L->mx, f->seqs, f->n_seqs, T,
+                                 (size_t)L->idx * layer_floats, a->u, &a->mb, a->o, false);
+        for (int t = t0; t < t1; t++) {
+            float *r = c->res + (size_t)t * H;
+            const float *o = a->o + (size_t)t * H;
+            for (int i = 0; i < H; i++)
+                r[i] += o[i] * rm;
+            c->k->rmsnorm(a->u + (size_t)t * H, r, L->post_norm, H, cfg->mx.eps);
+        }
+        wrk_pool_barrier(c->pool);
+        mlp(f, ith, nth, L);
+        for (int t = t0; t < t1; t++) {
+            float *r = c->res + (size_t)t * H;
+            const float *o = a->f + (size_t)t * H;
+            for (int i = 0; i < H; i++)
+                r[i] += o[i] * rm;
+        }
+        wrk_pool_barrier(c->pool);
+    }
+    wrk_cpu_logits(c, ith, nth, f->seqs, f->n_seqs, f->n_rows);
+}
+
+void wrk_granite_cpu_step(struct wrk_cpu *c, void *ctx, const wrk_seq_t *seqs, int n_seqs)
+{
+    fwd_t f = {.c = c, .a = ctx, .seqs = seqs, .n_seqs = n_seqs};
+    wrk_cpu_batch_size(seqs, n_seqs, &f.T, &f.n_rows);
+    wrk_pool_run(c->pool, forward, &f);
+}

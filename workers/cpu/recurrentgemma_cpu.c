@@ -1,0 +1,401 @@
+/* workers/cpu: the RecurrentGemma (Griffin) forward pass over a ragged batch. All sequences'
+ * tokens are stacked into one [T x D] activation so every projection is one matmul over the
+ * batch; the conv, the RG-LRU scan and local attention run per sequence against its own state
+ * slot. Attention keeps a ring of the last W post-RoPE keys/values per layer: a token at
+ * position p attends to positions max(0, p-W+1)..p, read from the ring for positions before
+ * the chunk and from this step's k/v rows for the chunk itself; the ring is written after all
+ * of the chunk's queries have read it, so a chunk may be longer than the window. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "workers/cpu/cpu_int.h"
+#include "workers/recurrentgemma.h"
+
+typedef struct rg_ctx {
+    float *u;          /* [T x D] normed input of a block */
+    float *yb;         /* [T x Lw] gelu(linear_y), then RG-LRU output times it */
+    float *xb;         /* [T x Lw] linear_x, then the input gate's pre-activation */
+    float *cb;         /* [T x Lw] conv output */
+    float *ga;         /* [T x Lw] the recurrent gate's pre-activation */
+    float *q, *att;    /* [T x NQ hd] */
+    float *k, *v;      /* [T x NKV hd] */
+    float *g, *up;     /* [T x M] MLP */
+    float *scores;     /* per thread: W */
+    int64_t *tok_pos;  /* [T] absolute position of every token */
+    int *tok_seq;      /* [T] its sequence in the batch */
+    int *seq_t0;       /* [T] first token row of every sequence */
+    int64_t *seq_pos0; /* [T] position of that first token */
+} rg_ctx_t;
+
+typedef struct fwd {
+    wrk_cpu_t *c;
+    rg_ctx_t *a;
+    const wrk_seq_t *seqs;
+    int n_seqs;
+    int T;      /* tokens in the step */
+    int n_rows; /* logit rows in the step */
+} fwd_t;
+
+void wrk_rg_cpu_free(void *ctx)
+{
+    rg_ctx_t *a = ctx;
+    if (!a) return;
+    free(a->u);
+    free(a->yb);
+    free(a->xb);
+    free(a->cb);
+    free(a->ga);
+    free(a->q);
+    free(a->att);
+    free(a->k);
+    free(a->v);
+    free(a->g);
+    free(a->up);
+    free(a->scores);
+    free(a->tok_pos);
+    free(a->tok_seq);
+    free(a->seq_t0);
+    free(a->seq_pos0);
+    free(a);
+}
+
+static float *alloc_floats(size_t n)
+{
+    return aligned_alloc(64, ((n ? n : 1) * sizeof(float) + 63) / 64 * 64);
+}
+
+int wrk_rg_cpu_init(struct wrk_cpu *c, void **ctx)
+{
+    const wrk_rg_config_t *cfg = &((const wrk_rg_t *)c->m->priv)->cfg;
+    const size_t T = (size_t)c->base.max_step_tokens, nth = (size_t)c->n_threads;
+    const size_t D = cfg->hidden, Lw = cfg->lru_width, M = cfg->mlp;
+    const size_t QD = (size_t)cfg->n_heads * cfg->head_dim;
+    const size_t KVD = (size_t)cfg->n_kv_heads * cfg->head_dim;
+    rg_ctx_t *a = calloc(1, sizeof *a);
+    if (!a) return RCD_ENOMEM;
+    a->u = alloc_floats(T * D);
+    a->yb = alloc_floats(T * Lw);
+    a->xb = alloc_floats(T * Lw);
+    a->cb = alloc_floats(T * Lw);
+    a->ga = alloc_floats(T * Lw);
+    a->q = alloc_floats(T * QD);
+    a->att = alloc_floats(T * QD);
+    a->k = alloc_floats(T * KVD);
+    a->v = alloc_floats(T * KVD);
+    a->g = alloc_floats(T * M);
+    a->up = alloc_floats(T * M);
+    a->scores = alloc_floats(nth * (size_t)cfg->window);
+    a->tok_pos = malloc(T * sizeof *a->tok_pos);
+    a->tok_seq = malloc(T * sizeof *a->tok_seq);
+    a->seq_t0 = malloc(T * sizeof *a->seq_t0);
+    a->seq_pos0 = malloc(T * sizeof *a->seq_pos0);
+    if (!a->u || !a->yb || !a->xb || !a->cb || !a->ga || !a->q || !a->att || !a->k || !a->v ||
+        !a->g || !a->up || !a->scores || !a->tok_pos || !a->tok_seq || !a->seq_t0 ||
+        !a->seq_pos0) {
+        wrk_rg_cpu_free(a);
+        return RCD_ENOMEM;
+    }
+    *ctx = a;
+    return 0;
+}
+
+/* torch's gelu(approximate="tanh") over a row, in place: 0.5 x (1 + tanh(u)) is
+ * x sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3), with the kernels' vector exp. */
+static void gelu_tanh_row(const wrk_kern_t *k, float *x, int n)
+{
+    float e[256];
+    for (int i0 = 0; i0 < n; i0 += 256) {
+        const int m = n - i0 < 256 ? n - i0 : 256;
+        float *r = x + i0;
+        for (int i = 0; i < m; i++)
+            e[i] = -1.5957691216057308f * (r[i] + 0.044715f * r[i] * r[i] * r[i]);
+        k->vexp(e, e, m);
+        for (int i = 0; i < m; i++) r[i] = r[i] / (1.0f + e[i]);
+    }
+}
+
+/* Causal depthwise conv (no activation) of one sequence's n tokens for channels [c0, c1):
+ * out[t] = b + sum_k w[k] in[t - (K-1) + k], earlier inputs from the [K-1][Lw] window, which
+ * is then advanced to the last K-1 inputs. */
+static void conv(int n, int c0, int c1, int Lw, int K, const float *x, const float *w,
+                 const float *b, float *win, float *out)
+{
+    for (int t = 0; t < n; t++) {
+        const float *xr = x + (size_t)t * Lw;
+        float *o = out + (size_t)t * Lw;
+        for (int ch = c0; ch < c1; ch++) o[ch] = b[ch] + w[(size_t)(K - 1) * Lw + ch] * xr[ch];
+        for (int k = 0; k < K - 1; k++) {
+            const int src = t - (K - 1) + k; /* < 0: from the window */
+            const float *in = src >= 0 ? x + (size_t)src * Lw : win + (size_t)(K - 1 + src) * Lw;
+            const float *wk = w + (size_t)k * Lw;
+            for (int ch = c0; ch < c1; ch++) o[ch] += wk[ch] * in[ch];
+        }
+    }
+    /* New window row r is input n - (K-1) + r; rows move towards the front, so reading a row
+     * not yet overwritten is safe in ascending order. */
+    for (int r = 0; r < K - 1; r++) {
+        const int src = n - (K - 1) + r;
+        const float *in = src >= 0 ? x + (size_t)src * Lw : win + (size_t)(K - 1 + src) * Lw;
+        float *dst = win + (size_t)r * Lw;
+        if (in != dst) memcpy(dst + c0, in + c0, (size_t)(c1 - c0) * sizeof(float));
+    }
+}
+
+/* RG-LRU scan of one sequence's n tokens for gate blocks [j0, j1), given the gates'
+ * pre-activations gx, ga (rows of Lw): a = exp(-8 sigmoid(ga) softplus(param)),
+ * hs = a hs + c sigmoid(gx) sqrt(1 - a^2), computed as transformers does (not via expm1); at
+ * position 0 hs = c sigmoid(gx). y[t] *= hs. */
+static void rg_lru(const wrk_rg_config_t *cfg, const wrk_rg_layer_t *L, int n, int64_t pos0,
+                   int j0, int j1, const float *cb, const float *gx, const float *ga, float *hs,
+                   float *y)
+{
+    const int Lw = cfg->lru_width, bw = cfg->block_w, ch0 = j0 * bw, ch1 = j1 * bw;
+    for (int t = 0; t < n; t++) {
+        const size_t r = (size_t)t * Lw;
+        if (pos0 + t == 0) {
+            /* The old state is dropped, not multiplied by 0 (a restored blob may hold
+             * anything). */
+            for (int ch = ch0; ch < ch1; ch++) {
+                hs[ch] = cb[r + ch] / (1.0f + expf(-gx[r + ch]));
+                y[r + ch] *= hs[ch];
+            }
+            continue;
+        }
+        for (int ch = ch0; ch < ch1; ch++) {
+            const float log_a = L->neg8_sp[ch] / (1.0f + expf(-ga[r + ch]));
+            const float gated = cb[r + ch] / (1.0f + expf(-gx[r + ch]));
+            hs[ch] = expf(log_a) * hs[ch] + gated * sqrtf(1.0f - expf(2.0f * log_a));
+            y[r + ch] *= hs[ch];
+        }
+    }
+}
+
+/* Partial RoPE of one token's heads (n_heads rows of hd) at position p: the first 2 nf dims
+ * rotate in rotate-half pairs (i, i + nf); the angle is float(p) * inv_freq in fp32. */
+static void rope(float *x, int n_heads, int hd, int nf, const float *inv_freq, int64_t p)
+{
+    const float pf = (float)p;
+    for (int i = 0; i < nf; i++) {
+        const float ang = pf * inv_freq[i], cs = cosf(ang), sn = sinf(ang);
+        for (int h = 0; h < n_heads; h++) {
+            float *r = x + (size_t)h * hd;
+            const float x1 = r[i], x2 = r[i + nf];
+            r[i] = x1 * cs - x2 * sn;
+            r[i + nf] = x2 * cs + x1 * sn;
+        }
+    }
+}
+
+/* One query head of one token: softmax(q . k / sqrt(hd)) v over positions
+ * max(0, p-W+1)..p; before the chunk start p0 from the rings, else from this step's rows. */
+static void attend(const wrk_rg_config_t *cfg, const float *qh, int g, int64_t p, int64_t p0,
+                   const float *kring, const float *vring, const float *kchunk,
+                   const float *vchunk, float scale, float *scores, float *out)
+{
+    const int hd = cfg->head_dim, W = cfg->window, KVD = cfg->n_kv_heads * hd;
+    const int64_t lo = p - W + 1 > 0 ? p - W + 1 : 0;
+    const int n = (int)(p - lo + 1);
+    float mx = -INFINITY;
+    for (int i = 0; i < n; i++) {
+        const int64_t j = lo + i;
+        const float *kr = j < p0 ? kring + (size_t)(j % W) * KVD : kchunk + (size_t)(j - p0) * KVD;
+        kr += (size_t)g * hd;
+        /* Eight partial sums so the compiler vectorizes the dot product. */
+        float acc8[8] = {0};
+        int d = 0;
+        for (; d + 8 <= hd; d += 8)
+            for (int e = 0; e < 8; e++) acc8[e] += qh[d + e] * kr[d + e];
+        for (; d < hd; d++) acc8[0] += qh[d] * kr[d];
+        const float s = (((acc8[0] + acc8[4]) + (acc8[1] + acc8[5])) +
+                         ((acc8[2] + acc8[6]) + (acc8[3] + acc8[7]))) *
+                        scale;
+        scores[i] = s;
+        if (s > mx) mx = s;
+    }
+    float sum = 0.f;
+    for (int i = 0; i < n; i++) {
+        scores[i] = expf(scores[i] - mx);
+        sum += scores[i];
+    }
+    const float inv = 1.0f / sum;
+    memset(out, 0, (size_t)hd * sizeof(float));
+    for (int i = 0; i < n; i++) {
+        const int64_t j = lo + i;
+        const float *vr = j < p0 ? vring + (size_t)(j % W) * KVD : vchunk + (size_t)(j - p0) * KVD;
+        vr += (size_t)g * hd;
+        const float w = scores[i] * inv;
+        for (int d = 0; d < hd; d++) out[d] += w * vr[d];
+    }
+}
+
+static void recurrent_block(fwd_t *f, const wrk_rg_layer_t *L, int ith, int nth)
+{
+    wrk_cpu_t *c = f->c;
+    rg_ctx_t *a = f->a;
+    const wrk_rg_config_t *cfg = &((const wrk_rg_t *)c->m->priv)->cfg;
+    const int D = cfg->hidden, Lw = cfg->lru_width, K = cfg->d_conv, bw = cfg->block_w, T = f->T;
+    int t0, t1, c0, c1, j0, j1;
+    wrk_split(T, 1, ith, nth, &t0, &t1);
+    wrk_split(Lw, 16, ith, nth, &c0, &c1);
+    wrk_split(cfg->n_heads, 1, ith, nth, &j0, &j1);
+
+    wrk_cpu_mm(c, ith, nth, &L->lin_y, a->u, D, T, a->yb, Lw, L->y_b, false);
+    wrk_cpu_mm(c, ith, nth, &L->lin_x, a->u, D, T, a->xb, Lw, L->x_b, false);
+    wrk_pool_barrier(c->pool);
+    for (int t = t0; t < t1; t++) gelu_tanh_row(c->k, a->yb + (size_t)t * Lw, Lw);
+    if (c1 > c0)
+        for (int s = 0; s < f->n_seqs; s++) {
+            float *win = wrk_cpu_slot(c, f->seqs[s].slot) + L->state_off;
+            if (a->seq_pos0[s] == 0) /* a sequence starts from zero padding, whatever the slot */
+                for (int r = 0; r < K - 1; r++)
+                    memset(win + (size_t)r * Lw + c0, 0, (size_t)(c1 - c0) * sizeof(float));
+            const size_t r = (size_t)a->seq_t0[s] * Lw;
+            conv(f->seqs[s].n_tokens, c0, c1, Lw, K, a->xb + r, L->conv_w, L->conv_b, win,
+                 a->cb + r);
+        }
+    wrk_pool_barrier(c->pool);
+    /* Gates of this thread's blocks for every token of the batch (they read only the conv
+     * output), then the scan of those blocks: no barrier between the two. */
+    for (int j = j0; j < j1; j++) {
+        const size_t bo = (size_t)j * bw;
+        const wrk_mat_t Wx = {.dt = WRK_DT_F32, .data = L->gate_x + bo * bw, .rows = bw,
+                              .cols = bw};
+        const wrk_mat_t Wa = {.dt = WRK_DT_F32, .data = L->gate_a + bo * bw, .rows = bw,
+                              .cols = bw};
+        wrk_matmul(c->k, wrk_cpu_scratch(c, ith), &Wx, 0, bw, a->cb + bo, Lw, T, a->xb + bo, Lw,
+                   L->gate_xb + bo, false);
+        wrk_matmul(c->k, wrk_cpu_scratch(c, ith), &Wa, 0, bw, a->cb + bo, Lw, T, a->ga + bo, Lw,
+                   L->gate_ab + bo, false);
+    }
+    if (j1 > j0)
+        for (int s = 0; s < f->n_seqs; s++) {
+            float *hs = wrk_cpu_slot(c, f->seqs[s].slot) + L->state_off + (size_t)(K - 1) * Lw;
+            const size_t r = (size_t)a->seq_t0[s] * Lw;
+            rg_lru(cfg, L, f->seqs[s].n_tokens, a->seq_pos0[s], j0, j1, a->cb + r, a->xb + r,
+                   a->ga + r, hs, a->yb + r);
+        }
+    wrk_pool_barrier(c->pool);
+    wrk_cpu_mm(c, ith, nth, &L->lin_out, a->yb, Lw, T, c->res, D, L->out_b, true);
+    wrk_pool_barrier(c->pool);
+}
+
+static void attention_block(fwd_t *f, const wrk_rg_layer_t *L, int ith, int nth)
+{
+    wrk_cpu_t *c = f->c;
+    rg_ctx_t *a = f->a;
+    const wrk_rg_t *rg = c->m->priv;
+    const wrk_rg_config_t *cfg = &rg->cfg;
+    const int D = cfg->hidden, T = f->T, NQ = cfg->n_heads, hd = cfg->head_dim;
+    const int QD = NQ * hd, KVD = cfg->n_kv_heads * hd, W = cfg->window;
+    const int per_kv = NQ / cfg->n_kv_heads;
+    const size_t ring = wrk_rg_ring_floats(cfg);
+    const float scale = (float)(1.0 / sqrt((double)hd));
+    int t0, t1;
+    wrk_split(T, 1, ith, nth, &t0, &t1);
+
+    wrk_cpu_mm(c, ith, nth, &L->q, a->u, D, T, a->q, QD, L->q_b, false);
+    wrk_cpu_mm(c, ith, nth, &L->k, a->u, D, T, a->k, KVD, L->k_b, false);
+    wrk_cpu_mm(c, ith, nth, &L->v, a->u, D, T, a->v, KVD, L->v_b, false);
+    wrk_pool_barrier(c->pool);
+    for (int t = t0; t < t1; t++) {
+        rope(a->q + (size_t)t * QD, NQ, hd, cfg->rot_freqs, rg->inv_freq, a->tok_pos[t]);
+        rope(a->k + (size_t)t * KVD, cfg->n_kv_heads, hd, cfg->rot_freqs, rg->inv_freq,
+             a->tok_pos[t]);
+    }
+    wrk_pool_barrier(c->pool);
+    /* One work item per (token, query head); T x NQ may pass INT_MAX. */
+    const int64_t items = (int64_t)T * NQ, i0 = items * ith / nth, i1 = items * (ith + 1) / nth;
+    float *scores = a->scores + (size_t)ith * W;
+    for (int64_t i = i0; i < i1; i++) {
+        const int t = (int)(i / NQ), h = (int)(i % NQ), s = a->tok_seq[t];
+        const float *st = wrk_cpu_slot(c, f->seqs[s].slot) + L->state_off;
+        const size_t r0 = (size_t)a->seq_t0[s];
+        attend(cfg, a->q + (size_t)t * QD + (size_t)h * hd, h / per_kv, a->tok_pos[t],
+               a->seq_pos0[s], st, st + ring, a->k + r0 * KVD, a->v + r0 * KVD, scale, scores,
+               a->att + (size_t)t * QD + (size_t)h * hd);
+    }
+    wrk_pool_barrier(c->pool);
+    /* Every query has read the rings: store the chunk's last min(n, W) keys and values. */
+    for (int t = t0; t < t1; t++) {
+        const int s = a->tok_seq[t];
+        const int64_t end = a->seq_pos0[s] + f->seqs[s].n_tokens, p = a->tok_pos[t];
+        if (p < end - W) continue;
+        float *st = wrk_cpu_slot(c, f->seqs[s].slot) + L->state_off;
+        const size_t row = (size_t)(p % W) * KVD;
+        memcpy(st + row, a->k + (size_t)t * KVD, (size_t)KVD * sizeof(float));
+        memcpy(st + ring + row, a->v + (size_t)t * KVD, (size_t)KVD * sizeof(float));
+    }
+    wrk_cpu_mm(c, ith, nth, &L->o, a->att, QD, T, c->res, D, L->o_b, true);
+    wrk_pool_barrier(c->pool);
+}
+
+static void mlp_block(fwd_t *f, const wrk_rg_layer_t *L, int ith, int nth)
+{
+    wrk_cpu_t *c = f->c;
+    rg_ctx_t *a = f->a;
+    const wrk_rg_config_t *cfg = &((const wrk_rg_t *)c->m->priv)->cfg;
+    const int D = cfg->hidden, M = cfg->mlp, T = f->T;
+    int t0, t1;
+    wrk_split(T, 1, ith, nth, &t0, &t1);
+    for (int t = t0; t < t1; t++)
+        c->k->rmsnorm(a->u + (size_t)t * D, c->res + (size_t)t * D, L->cnorm_w, D, cfg->eps);
+    wrk_pool_barrier(c->pool);
+    wrk_cpu_mm(c, ith, nth, &L->gate, a->u, D, T, a->g, M, L->gate_b, false);
+    wrk_cpu_mm(c, ith, nth, &L->up, a->u, D, T, a->up, M, L->up_b, false);
+    wrk_pool_barrier(c->pool);
+    for (int t = t0; t < t1; t++) {
+        float *gr = a->g + (size_t)t * M;
+        const float *ur = a->up + (size_t)t * M;
+        gelu_tanh_row(c->k, gr, M);
+        for (int i = 0; i < M; i++) gr[i] *= ur[i];
+    }
+    wrk_pool_barrier(c->pool);
+    wrk_cpu_mm(c, ith, nth, &L->down, a->g, M, T, c->res, D, L->down_b, true);
+    wrk_pool_barrier(c->pool);
+}
+
+static void forward(void *arg, int ith, int nth)
+{
+    fwd_t *f = arg;
+    wrk_cpu_t *c = f->c;
+    rg_ctx_t *a = f->a;
+    const wrk_rg_t *rg = c->m->priv;
+    const int D = rg->cfg.hidden;
+    int t0, t1;
+    wrk_cpu_embed(c, ith, nth, f->seqs, f->n_seqs);
+    wrk_split(f->T, 1, ith, nth, &t0, &t1);
+    wrk_pool_barrier(c->pool);
+    for (int l = 0; l < rg->cfg.n_layers; l++) {
+        const wrk_rg_layer_t *L = &rg->layers[l];
+        for (int t = t0; t < t1; t++)
+            c->k->rmsnorm(a->u + (size_t)t * D, c->res + (size_t)t * D, L->tnorm_w, D,
+                          rg->cfg.eps);
+        wrk_pool_barrier(c->pool);
+        if (L->attn)
+            attention_block(f, L, ith, nth);
+        else
+            recurrent_block(f, L, ith, nth);
+        mlp_block(f, L, ith, nth);
+    }
+    wrk_cpu_logits(c, ith, nth, f->seqs, f->n_seqs, f->n_rows);
+}
+
+void wrk_rg_cpu_step(struct wrk_cpu *c, void *ctx, const wrk_seq_t *seqs, int n_seqs)
+{
+    rg_ctx_t *a = ctx;
+    fwd_t f = {.c = c, .a = a, .seqs = seqs, .n_seqs = n_seqs};
+    wrk_cpu_batch_size(seqs, n_seqs, &f.T, &f.n_rows);
+    int t = 0;
+    for (int s = 0; s < n_seqs; s++) {
+        a->seq_t0[s] = t;
+        a->seq_pos0[s] = wrk_rg_pos_get(wrk_cpu_slot(c, seqs[s].slot));
+        for (int j = 0; j < seqs[s].n_tokens; j++, t++) {
+            a->tok_pos[t] = a->seq_pos0[s] + j;
+            a->tok_seq[t] = s;
+        }
+    }
+    wrk_pool_run(c->pool, forward, &f);
+    for (int s = 0; s < n_seqs; s++)
+        wrk_rg_pos_set(wrk_cpu_slot(c, seqs[s].slot), a->seq_pos0[s] + seqs[s].n_tokens);
+}

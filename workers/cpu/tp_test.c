@@ -1,0 +1,470 @@
+/* Tensor parallelism on the CPU backend: TP = 2, 3, 4 and 8 in-process ranks give the TP=1
+ * logits and state (and the transformers goldens) on every golden fixture of Mamba and
+ * Mamba2 — every chunking, ragged batches, uneven channel and head splits, groups shared
+ * between ranks, BF16 weights, several threads per rank; a state blob moves between TP
+ * degrees; sizes that cannot be split are refused with the sizes named. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "tests/rcd_test.h"
+#include "workers/mamba.h"
+#include "workers/mamba2.h"
+#include "workers/wrk.h"
+
+#define TOL_TP 1e-5f     /* TP=N vs TP=1, relative to max(1, |logit|) */
+#define TOL_GOLDEN 1e-4f /* vs transformers, as the golden tests */
+#define MAX_SEQS 8
+
+typedef struct fixture {
+    const char *family; /* folder under tests/golden */
+    const char *name;
+    const char *tokens_from; /* goldens.json of another fixture when this has none */
+} fixture_t;
+
+static const fixture_t fixtures[] = {
+    {"mamba", "tiny_bias_tied", NULL},
+    {"mamba", "tiny_nobias_untied", NULL},
+    {"mamba", "odd_sizes", NULL},
+    {"mamba", "edge_numerics", NULL},
+    {"mamba", "tiny_bias_tied_bf16", "tiny_bias_tied"},
+    {"mamba2", "tiny_g2_untied", NULL},
+    {"mamba2", "tiny_g1_bias_tied", NULL},
+    {"mamba2", "odd_sizes", NULL},
+    {"mamba2", "edge_numerics", NULL},
+    {"mamba2", "tiny_g2_untied_bf16", NULL},
+};
+#define N_FIXTURES (int)(sizeof fixtures / sizeof fixtures[0])
+static const int tps[] = {2, 3, 4, 8};
+#define N_TPS (int)(sizeof tps / sizeof tps[0])
+
+typedef struct seq {
+    int n;
+    int32_t tokens[64];
+    float *golden; /* n x V, or NULL */
+} seq_t;
+
+typedef struct fix {
+    char dir[600];
+    wrk_model_t *m;
+    int V, n_seqs;
+    seq_t seqs[MAX_SEQS];
+} fix_t;
+
+static const char *golden_root(void)
+{
+    const char *d = getenv("RCD_GOLDEN_DIR");
+    return d ? d : "tests/golden";
+}
+
+static int fix_load(const fixture_t *f, fix_t *x)
+{
+    memset(x, 0, sizeof *x);
+    snprintf(x->dir, sizeof x->dir, "%s/%s/%s", golden_root(), f->family, f->name);
+    char path[1024], err[512];
+    if (wrk_model_load(x->dir, &x->m, err, sizeof err)) {
+        fprintf(stderr, "%s\n", err);
+        return -1;
+    }
+    x->V = wrk_model_info(x->m)->vocab_size;
+    snprintf(path, sizeof path, "%s/%s/%s/goldens.json", golden_root(), f->family,
+             f->tokens_from ? f->tokens_from : f->name);
+    char *text = rcd_test_read_file(path, NULL);
+    cJSON *root = text ? cJSON_Parse(text) : NULL;
+    free(text);
+    if (!root) return -1;
+    const cJSON *s;
+    cJSON_ArrayForEach(s, cJSON_GetObjectItem(root, "sequences"))
+    {
+        if (x->n_seqs == MAX_SEQS) break;
+        seq_t *q = &x->seqs[x->n_seqs++];
+        const cJSON *it;
+        cJSON_ArrayForEach(it, cJSON_GetObjectItem(s, "tokens")) if (q->n < 64) q->tokens[q->n++] =
+            (int32_t)it->valuedouble;
+        if (f->tokens_from) continue; /* the goldens are another checkpoint's */
+        size_t len;
+        snprintf(path, sizeof path, "%s/%s", x->dir, cJSON_GetObjectItem(s, "logits")->valuestring);
+        q->golden = (float *)rcd_test_read_file(path, &len);
+        if (q->golden && len != (size_t)q->n * x->V * sizeof(float)) {
+            free(q->golden);
+            q->golden = NULL;
+        }
+    }
+    cJSON_Delete(root);
+    return 0;
+}
+
+static void fix_free(fix_t *x)
+{
+    for (int i = 0; i < x->n_seqs; i++)
+        free(x->seqs[i].golden);
+    wrk_model_free(x->m);
+}
+
+static wrk_backend_t *make(const wrk_model_t *m, int tp, int threads, char *err, size_t errlen)
+{
+    wrk_backend_t *b = NULL;
+    wrk_backend_opts_t o = {.n_threads = threads, .n_slots = 8, .max_step_tokens = 64, .tp = tp};
+    if (wrk_cpu_backend_create(m, &o, &b, err, errlen)) return NULL;
+    return b;
+}
+
+/* max |a - b| / max(1, |b|); NaN counts as a failure. */
+static float rel_diff(const float *a, const float *b, size_t n)
+{
+    float m = 0.f;
+    for (size_t i = 0; i < n; i++) {
+        float s = fabsf(b[i]) > 1.f ? fabsf(b[i]) : 1.f, d = fabsf(a[i] - b[i]) / s;
+        if (!(d <= m)) m = d;
+    }
+    return m;
+}
+
+/* Runs q on slot 0 from a reset state in chunks of `chunk`; logits into out [n x V], the
+ * final state into state. */
+static int run_chunked(wrk_backend_t *b, const seq_t *q, int V, int chunk, float *out, float *state)
+{
+    char err[512];
+    wrk_state_reset(b, 0);
+    for (int p = 0; p < q->n; p += chunk) {
+        int len = q->n - p < chunk ? q->n - p : chunk;
+        wrk_seq_t s = {.slot = 0,
+                       .n_tokens = len,
+                       .tokens = q->tokens + p,
+                       .n_logits = len,
+                       .logits = out + (size_t)p * V};
+        if (wrk_step(b, &s, 1, err, sizeof err)) {
+            fprintf(stderr, "step: %s\n", err);
+            return -1;
+        }
+    }
+    return wrk_state_read(b, 0, state);
+}
+
+/* Every chunking of every sequence: TP=N logits and final state vs TP=1, logits vs goldens. */
+static void test_chunkings(void)
+{
+    static const int chunks[] = {1, 4, 8, 64};
+    for (int fi = 0; fi < N_FIXTURES; fi++) {
+        fix_t x;
+        if (fix_load(&fixtures[fi], &x)) {
+            CHECK_MSG(0, "cannot load %s/%s", fixtures[fi].family, fixtures[fi].name);
+            continue;
+        }
+        char err[512];
+        const size_t sf = wrk_model_info(x.m)->state_bytes / sizeof(float);
+        float *ref = malloc(64 * (size_t)x.V * sizeof(float));
+        float *out = malloc(64 * (size_t)x.V * sizeof(float));
+        float *sref = malloc(sf * sizeof(float)), *stp = malloc(sf * sizeof(float));
+        wrk_backend_t *b1 = make(x.m, 1, 1, err, sizeof err);
+        CHECK_MSG(b1 != NULL, "%s", err);
+        for (int ti = 0; b1 && ti < N_TPS; ti++) {
+            const int tp = tps[ti];
+            /* Two threads per rank at TP=2: the pool inside a rank splits its shard. */
+            wrk_backend_t *b = make(x.m, tp, tp == 2 ? 4 : tp, err, sizeof err);
+            if (!b) {
+                /* Only Mamba2 edge_numerics (6 heads) cannot take 8 ranks. */
+                CHECK_MSG(tp == 8 && strstr(err, "num_heads is 6"), "%s tp %d: %s",
+                          fixtures[fi].name, tp, err);
+                continue;
+            }
+            CHECK(strcmp(b->vt->name, "cpu-tp") == 0);
+            float worst = 0.f, worst_state = 0.f, worst_golden = 0.f;
+            for (int si = 0; si < x.n_seqs; si++)
+                for (int k = 0; k < 4; k++) {
+                    const seq_t *q = &x.seqs[si];
+                    const size_t nv = (size_t)q->n * x.V;
+                    if (run_chunked(b1, q, x.V, chunks[k], ref, sref) ||
+                        run_chunked(b, q, x.V, chunks[k], out, stp)) {
+                        CHECK(0);
+                        continue;
+                    }
+                    float d = rel_diff(out, ref, nv), ds = rel_diff(stp, sref, sf);
+                    CHECK_MSG(d <= TOL_TP, "%s/%s tp %d len %d chunk %d: logits differ by %g",
+                              fixtures[fi].family, fixtures[fi].name, tp, q->n, chunks[k], d);
+                    CHECK_MSG(ds <= TOL_TP, "%s/%s tp %d len %d chunk %d: state differs by %g",
+                              fixtures[fi].family, fixtures[fi].name, tp, q->n, chunks[k], ds);
+                    if (d > worst) worst = d;
+                    if (ds > worst_state) worst_state = ds;
+                    if (q->golden) {
+                        float g = 0.f;
+                        for (size_t i = 0; i < nv; i++)
+                            if (!(fabsf(out[i] - q->golden[i]) <= g))
+                                g = fabsf(out[i] - q->golden[i]);
+                        CHECK_MSG(g <= TOL_GOLDEN, "%s/%s tp %d: %g from the golden",
+                                  fixtures[fi].family, fixtures[fi].name, tp, g);
+                        if (g > worst_golden) worst_golden = g;
+                    }
+                }
+            fprintf(stderr, "  %-6s %-20s tp %d: vs tp1 logits %.1e state %.1e; vs golden %.1e\n",
+                    fixtures[fi].family, fixtures[fi].name, tp, worst, worst_state, worst_golden);
+            wrk_backend_destroy(b);
+        }
+        wrk_backend_destroy(b1);
+        free(ref);
+        free(out);
+        free(sref);
+        free(stp);
+        fix_free(&x);
+    }
+}
+
+/* One ragged run: every sequence on its own slot (out of order), advancing by a different
+ * amount each step, some entries asking no logits. */
+static int ragged(wrk_backend_t *b, const fix_t *x, float **out)
+{
+    static const int pattern[] = {1, 3, 7, 2, 5, 1, 1, 4};
+    char err[512];
+    int pos[MAX_SEQS] = {0};
+    for (int i = 0; i < x->n_seqs; i++) {
+        memset(out[i], 0, (size_t)x->seqs[i].n * x->V * sizeof(float));
+        wrk_state_reset(b, i + 1);
+    }
+    for (int step = 0; step < 64; step++) {
+        wrk_seq_t batch[MAX_SEQS];
+        int nb = 0;
+        for (int i = x->n_seqs - 1; i >= 0; i--) {
+            const seq_t *q = &x->seqs[i];
+            int want = pattern[(step + i) % 8];
+            int len = q->n - pos[i] < want ? q->n - pos[i] : want;
+            if (len <= 0) continue;
+            batch[nb++] = (wrk_seq_t){.slot = i + 1,
+                                      .n_tokens = len,
+                                      .tokens = q->tokens + pos[i],
+                                      .n_logits = (step + i) % 3 == 0 ? 0 : len,
+                                      .logits = out[i] + (size_t)pos[i] * x->V};
+            pos[i] += len;
+        }
+        if (!nb) break;
+        if (wrk_step(b, batch, nb, err, sizeof err)) {
+            fprintf(stderr, "ragged step: %s\n", err);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void test_ragged(void)
+{
+    for (int fi = 0; fi < N_FIXTURES; fi++) {
+        fix_t x;
+        if (fix_load(&fixtures[fi], &x)) {
+            CHECK_MSG(0, "cannot load %s/%s", fixtures[fi].family, fixtures[fi].name);
+            continue;
+        }
+        char err[512];
+        float *ref[MAX_SEQS], *out[MAX_SEQS];
+        for (int i = 0; i < x.n_seqs; i++) {
+            ref[i] = malloc((size_t)x.seqs[i].n * x.V * sizeof(float));
+            out[i] = malloc((size_t)x.seqs[i].n * x.V * sizeof(float));
+        }
+        wrk_backend_t *b1 = make(x.m, 1, 2, err, sizeof err);
+        CHECK(b1 && ragged(b1, &x, ref) == 0);
+        for (int ti = 0; b1 && ti < 3; ti++) { /* 2, 3, 4 ranks */
+            wrk_backend_t *b = make(x.m, tps[ti], 2 * tps[ti], err, sizeof err);
+            CHECK_MSG(b != NULL, "%s", err);
+            if (!b) continue;
+            CHECK(ragged(b, &x, out) == 0);
+            float worst = 0.f;
+            for (int i = 0; i < x.n_seqs; i++) {
+                float d = rel_diff(out[i], ref[i], (size_t)x.seqs[i].n * x.V);
+                if (d > worst) worst = d;
+            }
+            CHECK_MSG(worst <= TOL_TP, "%s/%s ragged tp %d: logits differ by %g",
+                      fixtures[fi].family, fixtures[fi].name, tps[ti], worst);
+            wrk_backend_destroy(b);
+        }
+        wrk_backend_destroy(b1);
+        for (int i = 0; i < x.n_seqs; i++) {
+            free(ref[i]);
+            free(out[i]);
+        }
+        fix_free(&x);
+    }
+}
+
+/* A state blob is the TP=1 blob: written and read back bit for bit on any degree; a prefix
+ * run on TP=2, saved, continues on TP=4, TP=3 and TP=1 to the same logits; copy and reset
+ * act on every rank's shard. */
+static void test_state_portable(void)
+{
+    static const int order[] = {1, 2, 3, 4};
+    for (int fi = 0; fi < N_FIXTURES; fi++) {
+        fix_t x;
+        if (fix_load(&fixtures[fi], &x)) {
+            CHECK_MSG(0, "cannot load %s/%s", fixtures[fi].family, fixtures[fi].name);
+            continue;
+        }
+        char err[512];
+        const size_t sf = wrk_model_info(x.m)->state_bytes / sizeof(float);
+        const seq_t *q = &x.seqs[x.n_seqs - 1]; /* the longest */
+        const int half = q->n / 2, V = x.V;
+        float *blob = malloc(sf * sizeof(float)), *back = malloc(sf * sizeof(float));
+        float *saved = malloc(sf * sizeof(float));
+        float *ref = malloc((size_t)q->n * V * sizeof(float));
+        float *out = malloc((size_t)q->n * V * sizeof(float));
+        float *sref = malloc(sf * sizeof(float));
+        wrk_backend_t *b[5] = {0};
+        for (int i = 0; i < 4; i++) {
+            b[order[i]] = make(x.m, order[i], order[i], err, sizeof err);
+            CHECK_MSG(b[order[i]] != NULL, "%s", err);
+        }
+        if (!b[1] || !b[2] || !b[3] || !b[4]) goto next;
+        for (size_t i = 0; i < sf; i++)
+            blob[i] = (float)((i * 2654435761u) % 1000) * 1e-3f - 0.5f;
+        for (int i = 1; i <= 4; i++) {
+            memset(back, 0, sf * sizeof(float));
+            CHECK(wrk_state_write(b[i], 3, blob) == 0);
+            CHECK(wrk_state_copy(b[i], 5, 3) == 0);
+            CHECK(wrk_state_read(b[i], 5, back) == 0);
+            CHECK_MSG(memcmp(back, blob, sf * sizeof(float)) == 0,
+                      "%s/%s tp %d: state write/copy/read is not exact", fixtures[fi].family,
+                      fixtures[fi].name, i);
+            CHECK(wrk_state_reset(b[i], 5) == 0);
+            CHECK(wrk_state_read(b[i], 5, back) == 0);
+            int zero = 1;
+            for (size_t k = 0; k < sf; k++)
+                zero &= back[k] == 0.f;
+            CHECK_MSG(zero, "tp %d: reset left state behind", i);
+            CHECK(wrk_state_read(b[i], 8, back) == RCD_ERANGE);
+        }
+        /* The reference: the whole sequence on TP=1. */
+        CHECK(run_chunked(b[1], q, V, 64, ref, sref) == 0);
+        wrk_seq_t s = {.slot = 2, .n_tokens = half, .tokens = q->tokens, .n_logits = 0};
+        wrk_state_reset(b[2], 2);
+        CHECK(wrk_step(b[2], &s, 1, err, sizeof err) == 0);
+        CHECK(wrk_state_read(b[2], 2, saved) == 0);
+        for (int to = 1; to <= 4; to++) {
+            CHECK(wrk_state_write(b[to], 6, saved) == 0);
+            wrk_seq_t r = {.slot = 6,
+                           .n_tokens = q->n - half,
+                           .tokens = q->tokens + half,
+                           .n_logits = q->n - half,
+                           .logits = out + (size_t)half * V};
+            CHECK(wrk_step(b[to], &r, 1, err, sizeof err) == 0);
+            CHECK(wrk_state_read(b[to], 6, back) == 0);
+            float d =
+                rel_diff(out + (size_t)half * V, ref + (size_t)half * V, (size_t)(q->n - half) * V);
+            float ds = rel_diff(back, sref, sf);
+            CHECK_MSG(d <= TOL_TP && ds <= TOL_TP,
+                      "%s/%s: state from tp 2 resumed on tp %d: logits %g, state %g",
+                      fixtures[fi].family, fixtures[fi].name, to, d, ds);
+        }
+    next:
+        for (int i = 1; i <= 4; i++)
+            wrk_backend_destroy(b[i]);
+        free(blob);
+        free(back);
+        free(saved);
+        free(ref);
+        free(out);
+        free(sref);
+        fix_free(&x);
+    }
+}
+
+/* Sizes that cannot be split are refused with the sizes named; bad batches are refused by
+ * the TP backend as by the plain one. */
+static void test_refusals(void)
+{
+    fix_t x;
+    char err[512] = "";
+    CHECK(fix_load(&fixtures[3], &x) == 0);
+    if (x.m) { /* mamba edge_numerics: intermediate_size 24 */
+        CHECK(make(x.m, 25, 25, err, sizeof err) == NULL);
+        CHECK_MSG(strstr(err, "25 ranks") && strstr(err, "intermediate_size is 24"), "%s", err);
+        wrk_backend_t *b = make(x.m, 24, 1, err, sizeof err); /* one channel each: fine */
+        CHECK_MSG(b != NULL, "%s", err);
+        if (b) {
+            float logits[96];
+            int32_t bad = 96, ok = 5;
+            wrk_seq_t s = {
+                .slot = 0, .n_tokens = 1, .tokens = &bad, .n_logits = 1, .logits = logits};
+            CHECK(wrk_step(b, &s, 1, err, sizeof err) == RCD_ERANGE);
+            s.tokens = &ok;
+            CHECK(wrk_step(b, &s, 1, err, sizeof err) == 0);
+            wrk_seq_t two[2] = {s, s};
+            CHECK(wrk_step(b, two, 2, err, sizeof err) == RCD_EINVAL);
+            wrk_backend_destroy(b);
+        }
+        fix_free(&x);
+    }
+    CHECK(fix_load(&fixtures[8], &x) == 0);
+    if (x.m) { /* mamba2 edge_numerics: 6 heads */
+        CHECK(make(x.m, 7, 7, err, sizeof err) == NULL);
+        CHECK_MSG(strstr(err, "7 ranks") && strstr(err, "num_heads is 6"), "%s", err);
+        CHECK(make(x.m, 300, 1, err, sizeof err) == NULL);
+        CHECK_MSG(strstr(err, "300 ranks"), "%s", err);
+        fix_free(&x);
+    }
+}
+
+/* The shard layouts themselves: splits cover every channel or head once, uneven where the
+ * sizes say so; Mamba2 keeps gated-norm groups whole (one all-reduce per layer) exactly
+ * when there are at least as many groups as ranks. */
+static void test_shard_layout(void)
+{
+    static const struct {
+        int fixture, tp;
+        bool norm_reduce;
+        int first; /* channels (Mamba) or heads (Mamba2) of rank 0 */
+    } cases[] = {
+        {2, 3, false, 16}, /* mamba odd_sizes: I = 72 in blocks of 16: 16, 32, 24 */
+        {3, 24, false, 1}, /* mamba edge_numerics: I = 24, one channel each */
+        {5, 2, false, 4},  /* mamba2 tiny_g2_untied: G = 2, 8 heads: a group each */
+        {5, 4, true, 2},   /* ... 4 ranks > 2 groups: groups shared, norm all-reduced */
+        {6, 2, true, 4},   /* mamba2 tiny_g1_bias_tied: G = 1 */
+        {7, 2, false, 5},  /* mamba2 odd_sizes: G = 3, 15 heads: groups 1 + 2 */
+        {8, 4, false, 1},  /* mamba2 edge_numerics: G = 6: groups 1, 2, 1, 2 */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        fix_t x;
+        if (fix_load(&fixtures[cases[i].fixture], &x)) {
+            CHECK(0);
+            continue;
+        }
+        const wrk_model_t *m = x.m;
+        const bool m2 = !strcmp(fixtures[cases[i].fixture].family, "mamba2");
+        int total = 0, want = 0;
+        size_t state = 0;
+        for (int r = 0; r < cases[i].tp; r++) {
+            wrk_shard_t *s = NULL;
+            char err[256];
+            int rc = m->fam->shard(m, r, cases[i].tp, &s, err, sizeof err);
+            CHECK_MSG(rc == 0, "%s", err);
+            if (rc) continue;
+            int n;
+            if (m2) {
+                const wrk_mamba2_config_t *c = &((const wrk_mamba2_t *)s->layout)->cfg;
+                n = c->n_heads;
+                want = ((const wrk_mamba2_t *)m->priv)->cfg.n_heads;
+                CHECK_MSG(c->tp_norm_reduce == cases[i].norm_reduce, "case %zu rank %d", i, r);
+                CHECK(c->tp_head0 == total);
+            } else {
+                n = ((const wrk_mamba_t *)s->layout)->cfg.inner;
+                want = ((const wrk_mamba_t *)m->priv)->cfg.inner;
+            }
+            if (r == 0) CHECK_MSG(n == cases[i].first, "case %zu: rank 0 has %d", i, n);
+            CHECK(n >= 1);
+            total += n;
+            state += s->state_floats;
+            wrk_shard_free(s);
+        }
+        CHECK_MSG(total == want, "case %zu: %d of %d", i, total, want);
+        /* Shared B/C channels make the ranks' states add up to more than the blob. */
+        CHECK(state >= wrk_model_info(m)->state_bytes / sizeof(float));
+        fix_free(&x);
+    }
+}
+
+int main(void)
+{
+    RUN(test_shard_layout);
+    RUN(test_chunkings);
+    RUN(test_ragged);
+    RUN(test_state_portable);
+    RUN(test_refusals);
+    return rcd_test_summary();
+}

@@ -1,0 +1,509 @@
+/* CUDA vs CPU (and transformers) parity on the committed Mamba golden fixtures: chunkings
+ * 1, 4 and whole, ragged and multi-entry decode batches (graphs on and off), 32 greedy
+ * tokens, BF16/F16 weights, state blobs portable between the backends, the device argmax.
+ * Needs a GPU: without one it prints why and exits 77 (ctest: skipped). */
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "tests/rcd_test.h"
+#include "workers/cuda/wrk_cuda.h"
+
+#define TOL_F32 1e-3f  /* CUDA vs golden and vs CPU, fp32 weights */
+#define TOL_HALF 2e-2f /* BF16/F16 weights vs the fp32 golden (the CPU test's bound) */
+#define MAX_SEQS 8
+
+typedef struct golden_seq {
+    char name[32];
+    int n;
+    int32_t tokens[64];
+    float *logits; /* n x V */
+} golden_seq_t;
+
+typedef struct golden {
+    char dir[512];
+    int V, n_seqs, n_prompt, n_gen;
+    golden_seq_t seqs[MAX_SEQS];
+    int32_t greedy[160];
+    float *greedy_logits;
+} golden_t;
+
+static const char *golden_root(void)
+{
+    const char *d = getenv("RCD_GOLDEN_DIR");
+    return d ? d : "tests/golden";
+}
+
+static float *read_logits(const char *dir, const char *file, size_t n)
+{
+    char path[1024];
+    size_t len;
+    snprintf(path, sizeof path, "%s/%s", dir, file);
+    float *f = (float *)rcd_test_read_file(path, &len);
+    if (!f || len != n * sizeof(float)) {
+        fprintf(stderr, "bad golden file %s\n", path);
+        free(f);
+        return NULL;
+    }
+    return f;
+}
+
+static int ids(const cJSON *arr, int32_t *out, int cap)
+{
+    int n = 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, arr) if (n < cap) out[n++] = (int32_t)it->valuedouble;
+    return n;
+}
+
+static int golden_load(const char *name, golden_t *g)
+{
+    memset(g, 0, sizeof *g);
+    snprintf(g->dir, sizeof g->dir, "%s/mamba/%s", golden_root(), name);
+    char path[1024];
+    snprintf(path, sizeof path, "%s/goldens.json", g->dir);
+    char *text = rcd_test_read_file(path, NULL);
+    cJSON *root = text ? cJSON_Parse(text) : NULL;
+    free(text);
+    if (!root) {
+        fprintf(stderr, "cannot read %s\n", path);
+        return -1;
+    }
+    g->V = cJSON_GetObjectItem(root, "vocab_size")->valueint;
+    const cJSON *s;
+    cJSON_ArrayForEach(s, cJSON_GetObjectItem(root, "sequences"))
+    {
+        if (g->n_seqs == MAX_SEQS) break;
+        golden_seq_t *q = &g->seqs[g->n_seqs++];
+        snprintf(q->name, sizeof q->name, "%s", cJSON_GetObjectItem(s, "name")->valuestring);
+        q->n = ids(cJSON_GetObjectItem(s, "tokens"), q->tokens, 64);
+        q->logits =
+            read_logits(g->dir, cJSON_GetObjectItem(s, "logits")->valuestring, (size_t)q->n * g->V);
+    }
+    const cJSON *gr = cJSON_GetObjectItem(root, "greedy");
+    g->n_prompt = ids(cJSON_GetObjectItem(gr, "prompt"), g->greedy, 64);
+    g->n_gen =
+        ids(cJSON_GetObjectItem(gr, "generated"), g->greedy + g->n_prompt, 160 - g->n_prompt);
+    const cJSON *gl = cJSON_GetObjectItem(gr, "logits");
+    if (cJSON_IsString(gl))
+        g->greedy_logits =
+            read_logits(g->dir, gl->valuestring, (size_t)(g->n_prompt + g->n_gen) * g->V);
+    cJSON_Delete(root);
+    return 0;
+}
+
+static void golden_free(golden_t *g)
+{
+    for (int i = 0; i < g->n_seqs; i++)
+        free(g->seqs[i].logits);
+    free(g->greedy_logits);
+}
+
+static float max_diff(const float *a, const float *b, size_t n)
+{
+    float m = 0.f;
+    for (size_t i = 0; i < n; i++) {
+        float d = fabsf(a[i] - b[i]);
+        if (!(d <= m)) m = d; /* NaN propagates as a failure */
+    }
+    return m;
+}
+
+static int argmax(const float *row, int V)
+{
+    int best = 0;
+    for (int v = 1; v < V; v++)
+        if (row[v] > row[best]) best = v;
+    return best;
+}
+
+static wrk_backend_t *make_cuda(const wrk_model_t *m, int graphs)
+{
+    char err[512];
+    wrk_backend_t *b = NULL;
+    wrk_backend_opts_t o = {.n_slots = 16, .max_step_tokens = 128};
+    wrk_cuda_opts_t co = wrk_cuda_default_opts();
+    co.graphs = graphs;
+    int rc = wrk_cuda_backend_create_ex(m, &o, &co, &b, err, sizeof err);
+    CHECK_MSG(rc == 0, "cuda backend: %s", err);
+    return b;
+}
+
+static wrk_backend_t *make_cpu(const wrk_model_t *m)
+{
+    char err[512];
+    wrk_backend_t *b = NULL;
+    wrk_backend_opts_t o = {.n_threads = 2, .n_slots = 8, .max_step_tokens = 64};
+    int rc = wrk_cpu_backend_create(m, &o, &b, err, sizeof err);
+    CHECK_MSG(rc == 0, "cpu backend: %s", err);
+    return b;
+}
+
+/* Seq q in chunks on slot `slot`; all logits into out (n x V). */
+static int run_chunked(wrk_backend_t *b, const golden_seq_t *q, int V, int chunk, int slot,
+                       float *out)
+{
+    char err[512];
+    wrk_state_reset(b, slot);
+    for (int p = 0; p < q->n; p += chunk) {
+        int len = q->n - p < chunk ? q->n - p : chunk;
+        wrk_seq_t s = {.slot = slot,
+                       .n_tokens = len,
+                       .tokens = q->tokens + p,
+                       .n_logits = len,
+                       .logits = out + (size_t)p * V};
+        int rc = wrk_step(b, &s, 1, err, sizeof err);
+        CHECK_MSG(rc == 0, "%s", err);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+static const char *fp32_cases[] = {"tiny_bias_tied", "tiny_nobias_untied", "odd_sizes",
+                                   "edge_numerics"};
+#define N_CASES (int)(sizeof fp32_cases / sizeof fp32_cases[0])
+
+/* Chunkings 1, 4 and whole against transformers and against the CPU backend. */
+static void test_chunkings(void)
+{
+    for (int ci = 0; ci < N_CASES; ci++) {
+        golden_t g;
+        char err[512];
+        wrk_model_t *m = NULL;
+        if (golden_load(fp32_cases[ci], &g)) {
+            CHECK(0);
+            continue;
+        }
+        if (wrk_model_load(g.dir, &m, err, sizeof err)) {
+            CHECK_MSG(0, "%s", err);
+            golden_free(&g);
+            continue;
+        }
+        wrk_backend_t *cpu = make_cpu(m);
+        for (int graphs = 0; graphs <= 1; graphs++) {
+            wrk_backend_t *b = make_cuda(m, graphs);
+            if (!b || !cpu) break;
+            float worst = 0.f;
+            for (int si = 0; si < g.n_seqs; si++) {
+                const golden_seq_t *q = &g.seqs[si];
+                const size_t n = (size_t)q->n * g.V;
+                float *out = malloc(n * sizeof(float)), *ref = malloc(n * sizeof(float));
+                const int chunks[3] = {1, 4, q->n};
+                for (int k = 0; k < 3; k++) {
+                    if (run_chunked(b, q, g.V, chunks[k], k, out) ||
+                        run_chunked(cpu, q, g.V, chunks[k], k, ref))
+                        continue;
+                    float dg = max_diff(out, q->logits, n), dc = max_diff(out, ref, n);
+                    CHECK_MSG(dg <= TOL_F32 && dc <= TOL_F32,
+                              "%s graphs=%d %s chunk %d: max diff %g vs golden, %g vs cpu",
+                              fp32_cases[ci], graphs, q->name, chunks[k], dg, dc);
+                    if (dg > worst) worst = dg;
+                    if (dc > worst) worst = dc;
+                }
+                free(out);
+                free(ref);
+            }
+            fprintf(stderr, "  %-18s graphs=%d: max |dlogit| %.2e (chunks 1/4/whole)\n",
+                    fp32_cases[ci], graphs, worst);
+            wrk_backend_destroy(b);
+        }
+        wrk_backend_destroy(cpu);
+        wrk_model_free(m);
+        golden_free(&g);
+    }
+}
+
+/* Ragged batches (the CPU test's pattern: varying lengths, phases, slots and logit rows),
+ * then pure decode batches of every entry at once, with and without graphs. Each golden
+ * sequence runs in several slots at once, so batches reach 15 entries: decode steps go
+ * through the GEMV (<= 8 tokens) and cuBLAS paths, both inside captured graphs. */
+#define MAX_ENTRIES (3 * MAX_SEQS)
+static void test_batches(void)
+{
+    static const char *mode_name[] = {"ragged", "decode+graphs", "decode eager"};
+    for (int ci = 0; ci < N_CASES; ci++) {
+        golden_t g;
+        char err[512];
+        wrk_model_t *m = NULL;
+        if (golden_load(fp32_cases[ci], &g)) continue;
+        if (wrk_model_load(g.dir, &m, err, sizeof err)) {
+            CHECK_MSG(0, "%s", err);
+            golden_free(&g);
+            continue;
+        }
+        const int V = g.V, ns = g.n_seqs;
+        for (int mode = 0; mode < 3; mode++) {
+            wrk_backend_t *b = make_cuda(m, mode != 2);
+            if (!b) break;
+            const int ne = ns * (mode == 0 ? 2 : 3); /* entry e runs golden sequence e % ns */
+            int pos[MAX_ENTRIES] = {0};
+            float *out[MAX_ENTRIES];
+            for (int e = 0; e < ne; e++) {
+                out[e] = calloc((size_t)g.seqs[e % ns].n * V, sizeof(float));
+                wrk_state_reset(b, e + 1);
+            }
+            static const int pattern[] = {1, 3, 7, 2, 5, 1, 1, 4};
+            for (int step = 0; step < 200; step++) {
+                wrk_seq_t batch[MAX_ENTRIES];
+                int nb = 0;
+                for (int e = ne - 1; e >= 0; e--) {
+                    const golden_seq_t *q = &g.seqs[e % ns];
+                    int want = mode == 0 ? pattern[(step + e) % 8] : 1;
+                    int len = q->n - pos[e] < want ? q->n - pos[e] : want;
+                    if (len <= 0) continue;
+                    int nl = mode == 0 && (step + e) % 3 == 0 ? 0 : len;
+                    batch[nb++] = (wrk_seq_t){.slot = e + 1,
+                                              .n_tokens = len,
+                                              .tokens = q->tokens + pos[e],
+                                              .n_logits = nl,
+                                              .logits = out[e] + (size_t)pos[e] * V};
+                    if (nl == 0)
+                        memcpy(out[e] + (size_t)pos[e] * V, q->logits + (size_t)pos[e] * V,
+                               (size_t)len * V * sizeof(float));
+                    pos[e] += len;
+                }
+                if (!nb) break;
+                int rc = wrk_step(b, batch, nb, err, sizeof err);
+                CHECK_MSG(rc == 0, "%s", err);
+                if (rc) break;
+            }
+            float worst = 0.f;
+            for (int e = 0; e < ne; e++) {
+                const golden_seq_t *q = &g.seqs[e % ns];
+                float d = max_diff(out[e], q->logits, (size_t)q->n * V);
+                CHECK_MSG(d <= TOL_F32, "%s %s entry %d (%s): max diff %g", fp32_cases[ci],
+                          mode_name[mode], e, q->name, d);
+                if (d > worst) worst = d;
+                free(out[e]);
+            }
+            wrk_cuda_stats_t st;
+            wrk_cuda_stats(b, &st);
+            if (mode == 1)
+                CHECK_MSG(st.graph_launches > 0 && st.graph_capture_failures == 0,
+                          "graphs: %ld launches, %ld captures, %ld failed captures",
+                          st.graph_launches, st.graph_captures, st.graph_capture_failures);
+            fprintf(stderr, "  %-18s %-13s %2d entries: max |dlogit| %.2e, %ld graph launches\n",
+                    fp32_cases[ci], mode_name[mode], ne, worst, st.graph_launches);
+            wrk_backend_destroy(b);
+        }
+        wrk_model_free(m);
+        golden_free(&g);
+    }
+}
+
+/* Prefill the prompt, 32 one-token decode steps: identical tokens, logits close; the device
+ * argmax agrees with the host's. */
+static void greedy_run(const char *dir, const golden_t *g, float tol, const char *what)
+{
+    char err[512];
+    wrk_model_t *m = NULL;
+    int rc = wrk_model_load(dir, &m, err, sizeof err);
+    CHECK_MSG(rc == 0, "%s", err);
+    if (rc) return;
+    wrk_backend_t *b = make_cuda(m, 1);
+    if (!b) {
+        wrk_model_free(m);
+        return;
+    }
+    const int V = g->V;
+    float *row = malloc((size_t)V * sizeof(float)), worst = 0.f;
+    int mismatch = -1, dev_mismatch = -1;
+    wrk_seq_t s = {
+        .slot = 3, .n_tokens = g->n_prompt, .tokens = g->greedy, .n_logits = 1, .logits = row};
+    rc = wrk_step(b, &s, 1, err, sizeof err);
+    for (int i = 0; i < g->n_gen && rc == 0; i++) {
+        int pos = g->n_prompt + i - 1;
+        if (g->greedy_logits) {
+            float d = max_diff(row, g->greedy_logits + (size_t)pos * V, (size_t)V);
+            if (d > worst) worst = d;
+        }
+        int32_t tok = argmax(row, V), dev = -1;
+        if (wrk_cuda_last_argmax(b, &dev, 1) != 0 || dev != tok)
+            if (dev_mismatch < 0) dev_mismatch = i;
+        if (tok != g->greedy[g->n_prompt + i] && mismatch < 0) mismatch = i;
+        s = (wrk_seq_t){.slot = 3, .n_tokens = 1, .tokens = &tok, .n_logits = 1, .logits = row};
+        rc = wrk_step(b, &s, 1, err, sizeof err);
+    }
+    CHECK_MSG(rc == 0, "%s", err);
+    if (rc == 0) { /* the device top-5 of the last row: the host's order and values */
+        int32_t ids[5], want[5];
+        float vals[5];
+        CHECK(wrk_cuda_last_topk(b, 5, ids, vals, 1) == 0);
+        for (int p = 0; p < 5; p++) {
+            int best = -1;
+            for (int v = 0; v < V; v++) {
+                bool taken = false;
+                for (int q = 0; q < p; q++)
+                    taken = taken || want[q] == v;
+                if (!taken && (best < 0 || row[v] > row[best])) best = v;
+            }
+            want[p] = best;
+            CHECK_MSG(ids[p] == want[p] && vals[p] == row[want[p]],
+                      "%s: top-k %d: device %d (%g), host %d (%g)", what, p, ids[p], vals[p],
+                      want[p], row[want[p]]);
+        }
+    }
+    if (rc == 0) { /* the device softmax of the last row against the host's, temperature 0.7 */
+        float *p = malloc((size_t)V * sizeof(float)), mx = row[0];
+        double sum = 0.0, worst_p = 0.0;
+        CHECK(wrk_cuda_last_softmax(b, 0.7f, p, 1) == 0);
+        for (int v = 1; v < V; v++)
+            mx = row[v] > mx ? row[v] : mx;
+        for (int v = 0; v < V; v++)
+            sum += exp((row[v] - mx) / 0.7);
+        for (int v = 0; v < V; v++) {
+            double d = fabs(p[v] - exp((row[v] - mx) / 0.7) / sum);
+            worst_p = d > worst_p ? d : worst_p;
+        }
+        CHECK_MSG(worst_p <= 1e-5, "%s: device softmax max diff %g", what, worst_p);
+        free(p);
+    }
+    CHECK_MSG(mismatch < 0, "%s: greedy token %d differs", what, mismatch);
+    CHECK_MSG(dev_mismatch < 0, "%s: device argmax differs at step %d", what, dev_mismatch);
+    CHECK_MSG(worst <= tol, "%s: greedy logits max diff %g", what, worst);
+    fprintf(stderr, "  %-20s greedy %d tokens: max |dlogit| %.2e\n", what, g->n_gen, worst);
+    free(row);
+    wrk_backend_destroy(b);
+    wrk_model_free(m);
+}
+
+static void test_greedy(void)
+{
+    for (int ci = 0; ci < N_CASES; ci++) {
+        golden_t g;
+        if (golden_load(fp32_cases[ci], &g)) continue;
+        greedy_run(g.dir, &g, TOL_F32, fp32_cases[ci]);
+        golden_free(&g);
+    }
+}
+
+/* BF16 and F16 weights (decode through the GEMV kernel, whole prompts through cuBLAS with
+ * half activations) against the fp32 golden. */
+static void test_half_weights(void)
+{
+    static const char *variants[] = {"tiny_bias_tied_bf16", "tiny_bias_tied_f16"};
+    golden_t g;
+    if (golden_load("tiny_bias_tied", &g)) {
+        CHECK(0);
+        return;
+    }
+    for (int vi = 0; vi < 2; vi++) {
+        char dir[600], err[512];
+        snprintf(dir, sizeof dir, "%s/mamba/%s", golden_root(), variants[vi]);
+        greedy_run(dir, &g, TOL_HALF, variants[vi]);
+        wrk_model_t *m = NULL;
+        if (wrk_model_load(dir, &m, err, sizeof err)) {
+            CHECK_MSG(0, "%s", err);
+            continue;
+        }
+        wrk_backend_t *b = make_cuda(m, 1);
+        for (int si = 0; b && si < g.n_seqs; si++) {
+            const golden_seq_t *q = &g.seqs[si];
+            float *out = malloc((size_t)q->n * g.V * sizeof(float));
+            const int chunks[3] = {1, 4, q->n};
+            for (int k = 0; k < 3; k++)
+                if (run_chunked(b, q, g.V, chunks[k], 0, out) == 0) {
+                    float d = max_diff(out, q->logits, (size_t)q->n * g.V);
+                    CHECK_MSG(d <= TOL_HALF, "%s %s chunk %d: max diff %g", variants[vi], q->name,
+                              chunks[k], d);
+                }
+            free(out);
+        }
+        wrk_backend_destroy(b);
+        wrk_model_free(m);
+    }
+    golden_free(&g);
+}
+
+/* A state blob read from one backend continues on the other (same layout), and read/write/
+ * copy between CUDA slots continue exactly. */
+static void test_state_portable(void)
+{
+    golden_t g;
+    char err[512];
+    wrk_model_t *m = NULL;
+    if (golden_load("tiny_bias_tied", &g)) return;
+    if (wrk_model_load(g.dir, &m, err, sizeof err)) {
+        CHECK(0);
+        golden_free(&g);
+        return;
+    }
+    const wrk_model_info_t *mi = wrk_model_info(m);
+    wrk_backend_t *gpu = make_cuda(m, 1), *cpu = make_cpu(m);
+    const golden_seq_t *q = &g.seqs[g.n_seqs - 1];
+    const int V = g.V, cut = 10;
+    float *out = malloc((size_t)q->n * V * sizeof(float));
+    void *blob = malloc(mi->state_bytes), *blob2 = malloc(mi->state_bytes);
+    if (gpu && cpu) {
+        wrk_seq_t s = {.slot = 0, .n_tokens = cut, .tokens = q->tokens};
+        /* CUDA prefix -> blob -> CPU slot 2 and CUDA slots 5 (write) and 6 (copy). */
+        wrk_state_reset(gpu, 0);
+        CHECK(wrk_step(gpu, &s, 1, err, sizeof err) == 0);
+        CHECK(wrk_state_read(gpu, 0, blob) == 0);
+        wrk_state_reset(gpu, 0);
+        CHECK(wrk_state_write(gpu, 5, blob) == 0);
+        CHECK(wrk_state_copy(gpu, 6, 5) == 0);
+        CHECK(wrk_state_write(cpu, 2, blob) == 0);
+        /* The same prefix on the CPU gives the same blob (within fp32 rounding). */
+        wrk_state_reset(cpu, 0);
+        CHECK(wrk_step(cpu, &s, 1, err, sizeof err) == 0);
+        CHECK(wrk_state_read(cpu, 0, blob2) == 0);
+        CHECK_MSG(max_diff(blob, blob2, mi->state_bytes / 4) <= TOL_F32,
+                  "state after %d tokens: cuda vs cpu max diff %g", cut,
+                  max_diff(blob, blob2, mi->state_bytes / 4));
+        wrk_backend_t *bk[3] = {gpu, gpu, cpu};
+        const int slots[3] = {5, 6, 2};
+        for (int i = 0; i < 3; i++) {
+            s = (wrk_seq_t){.slot = slots[i],
+                            .n_tokens = q->n - cut,
+                            .tokens = q->tokens + cut,
+                            .n_logits = q->n - cut,
+                            .logits = out};
+            CHECK(wrk_step(bk[i], &s, 1, err, sizeof err) == 0);
+            float d = max_diff(out, q->logits + (size_t)cut * V, (size_t)(q->n - cut) * V);
+            CHECK_MSG(d <= TOL_F32, "resume %d on %s slot %d: max diff %g", i, bk[i]->vt->name,
+                      slots[i], d);
+        }
+        /* CPU prefix -> CUDA. */
+        CHECK(wrk_state_write(gpu, 7, blob2) == 0);
+        s = (wrk_seq_t){.slot = 7,
+                        .n_tokens = q->n - cut,
+                        .tokens = q->tokens + cut,
+                        .n_logits = q->n - cut,
+                        .logits = out};
+        CHECK(wrk_step(gpu, &s, 1, err, sizeof err) == 0);
+        CHECK(max_diff(out, q->logits + (size_t)cut * V, (size_t)(q->n - cut) * V) <= TOL_F32);
+        CHECK(wrk_state_read(gpu, 99, blob) == RCD_ERANGE);
+        CHECK(wrk_state_copy(gpu, -1, 0) == RCD_ERANGE);
+        /* Validation is the shared one. */
+        int32_t bad = 1 << 20;
+        s = (wrk_seq_t){.slot = 0, .n_tokens = 1, .tokens = &bad};
+        CHECK(wrk_step(gpu, &s, 1, err, sizeof err) == RCD_ERANGE);
+    }
+    free(blob);
+    free(blob2);
+    free(out);
+    wrk_backend_destroy(gpu);
+    wrk_backend_destroy(cpu);
+    wrk_model_free(m);
+    golden_free(&g);
+}
+
+int main(void)
+{
+    char why[256];
+    if (wrk_cuda_device_count(why, sizeof why) == 0) {
+        printf("SKIPPED: %s; the CUDA parity test needs a GPU (run tools/gpu_check.sh there)\n",
+               why);
+        return 77;
+    }
+    RUN(test_chunkings);
+    RUN(test_batches);
+    RUN(test_greedy);
+    RUN(test_half_weights);
+    RUN(test_state_portable);
+    return rcd_test_summary();
+}

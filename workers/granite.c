@@ -1,0 +1,409 @@
+/* workers: the Granite 4.0-H family (GraniteMoeHybridForCausalLM) — config.json parsing and
+ * tensor binding, validated against the config so that a bad checkpoint is a clear error
+ * naming the file and tensor. The Mamba layers are bound by the Mamba2 family's code. The
+ * math follows transformers' torch path (see ../shared/specs/granitemoehybrid.md). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "workers/cfg_json.h"
+#include "workers/granite.h"
+
+/* layer_types (or its alias layers_block_type): one string per layer. transformers 5.x
+ * writes "linear_attention" / "full_attention"; released checkpoints say "mamba" /
+ * "attention". Absent: every layer is a Mamba layer. */
+static int parse_layer_types(const cJSON *root, wrk_granite_config_t *cfg, char *err, size_t errlen)
+{
+    const char *key = "layer_types";
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!v || cJSON_IsNull(v)) {
+        key = "layers_block_type";
+        v = cJSON_GetObjectItemCaseSensitive(root, key);
+    }
+    const int L = cfg->mx.n_layers;
+    if (!v || cJSON_IsNull(v)) {
+        cfg->n_mamba = L;
+        return 0;
+    }
+    if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) != L)
+        return rcd_fail(RCD_EFORMAT, err, errlen,
+                        "config.json: \"%s\" must be a list of num_hidden_layers (%d) strings", key,
+                        L);
+    int l = 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, v)
+    {
+        const char *s = cJSON_IsString(it) ? it->valuestring : "";
+        if (!strcmp(s, "mamba") || !strcmp(s, "linear_attention"))
+            cfg->attn[l] = false;
+        else if (!strcmp(s, "attention") || !strcmp(s, "full_attention"))
+            cfg->attn[l] = true;
+        else
+            return rcd_fail(RCD_EUNSUPPORTED, err, errlen,
+                            "config.json: \"%s\"[%d] must be \"mamba\"/\"linear_attention\" or "
+                            "\"attention\"/\"full_attention\"",
+                            key, l);
+        cfg->n_attn += cfg->attn[l];
+        cfg->n_mamba += !cfg->attn[l];
+        l++;
+    }
+    return 0;
+}
+
+/* position_embedding_type: only "rope" enables positions (Granite 4.0-H says "nope"). */
+static int parse_positions(const cJSON *root, wrk_granite_config_t *cfg, char *err, size_t errlen)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "position_embedding_type");
+    cfg->rope = false;
+    cfg->rope_theta = 10000.f;
+    if (!v || cJSON_IsNull(v) || (cJSON_IsString(v) && !strcmp(v->valuestring, "nope"))) return 0;
+    if (!cJSON_IsString(v) || strcmp(v->valuestring, "rope") != 0)
+        return rcd_fail(RCD_EUNSUPPORTED, err, errlen,
+                        "config.json: \"position_embedding_type\" must be null, \"nope\" or "
+                        "\"rope\"");
+    cfg->rope = true;
+    double theta = 10000.0;
+    int rc;
+    const cJSON *rp = cJSON_GetObjectItemCaseSensitive(root, "rope_parameters");
+    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
+    if (rs && !cJSON_IsNull(rs))
+        return rcd_fail(RCD_EUNSUPPORTED, err, errlen,
+                        "config.json: \"rope_scaling\" is not supported (plain RoPE only)");
+    if (rp && !cJSON_IsNull(rp)) {
+        if (!cJSON_IsObject(rp))
+            return rcd_fail(RCD_EFORMAT, err, errlen,
+                            "config.json: \"rope_parameters\" must be an object");
+        const cJSON *t = cJSON_GetObjectItemCaseSensitive(rp, "rope_type");
+        if (t && !cJSON_IsNull(t) && !(cJSON_IsString(t) && !strcmp(t->valuestring, "default")))
+            return rcd_fail(RCD_EUNSUPPORTED, err, errlen,
+                            "config.json: rope_parameters.rope_type must be \"default\"");
+        if ((rc = wrk_cfg_num(rp, "rope_theta", theta, 1e-3, 1e12, &theta, err, errlen))) return rc;
+    } else if ((rc = wrk_cfg_num(root, "rope_theta", theta, 1e-3, 1e12, &theta, err, errlen))) {
+        return rc;
+    }
+    cfg->rope_theta = (float)theta;
+    return 0;
+}
+
+static int get_float(const cJSON *root, const char *key, double dflt, double lo, double hi,
+                     float *out, char *err, size_t errlen)
+{
+    double v;
+    int rc = wrk_cfg_num(root, key, dflt, lo, hi, &v, err, errlen);
+    if (rc == 0) *out = (float)v;
+    return rc;
+}
+
+int wrk_granite_config_parse(const char *json, size_t len, wrk_granite_config_t *cfg, char *err,
+                             size_t errlen)
+{
+    int rc = 0;
+    long v;
+    cJSON *root = cJSON_ParseWithLength(json, len);
+    memset(cfg, 0, sizeof *cfg);
+    wrk_mamba2_config_t *mx = &cfg->mx;
+    if (!root || !cJSON_IsObject(root)) {
+        rc = rcd_fail(RCD_EFORMAT, err, errlen, "config.json: not a JSON object");
+        goto cleanup;
+    }
+    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
+    if (!cJSON_IsString(mt) || strcmp(mt->valuestring, "granitemoehybrid") != 0) {
+        rc = rcd_fail(RCD_EUNSUPPORTED, err, errlen,
+                      "config.json: model_type is not \"granitemoehybrid\"");
+        goto cleanup;
+    }
+    const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "hidden_act");
+    if (act && !(cJSON_IsString(act) && strcmp(act->valuestring, "silu") == 0)) {
+        rc = rcd_fail(RCD_EUNSUPPORTED, err, errlen,
+                      "config.json: hidden_act must be \"silu\" (the only activation served for "
+                      "Granite 4.0-H)");
+        goto cleanup;
+    }
+#define INT(key, dflt, lo, hi, dst)                                                                \
+    do {                                                                                           \
+        if ((rc = wrk_cfg_int(root, key, dflt, lo, hi, &v, err, errlen))) goto cleanup;            \
+        dst = (int)v;                                                                              \
+    } while (0)
+    /* Caps keep every derived size far from overflow and refuse absurd allocations. */
+    INT("vocab_size", 32000, 1, 1 << 24, mx->vocab);
+    INT("hidden_size", 4096, 1, 1 << 16, mx->hidden);
+    INT("num_hidden_layers", 32, 1, WRK_GRANITE_MAX_LAYERS, mx->n_layers);
+    if ((rc = parse_layer_types(root, cfg, err, errlen))) goto cleanup;
+
+    INT("num_attention_heads", 32, 1, 1 << 12, cfg->n_q);
+    INT("num_key_value_heads", cfg->n_q, 1, 1 << 12, cfg->n_kv);
+    if (cfg->n_q % cfg->n_kv != 0) {
+        rc = rcd_fail(RCD_EFORMAT, err, errlen,
+                      "config.json: num_attention_heads (%d) must be a multiple of "
+                      "num_key_value_heads (%d)",
+                      cfg->n_q, cfg->n_kv);
+        goto cleanup;
+    }
+    /* transformers takes config.head_dim when present, else hidden_size / heads. */
+    if (mx->hidden / cfg->n_q < 1 && !cJSON_GetObjectItemCaseSensitive(root, "head_dim")) {
+        rc = rcd_fail(RCD_EFORMAT, err, errlen,
+                      "config.json: num_attention_heads (%d) is larger than hidden_size (%d)",
+                      cfg->n_q, mx->hidden);
+        goto cleanup;
+    }
+    INT("head_dim", mx->hidden / cfg->n_q, 1, 4096, cfg->head_dim);
+    if ((rc = wrk_cfg_bool(root, "attention_bias", false, &cfg->attn_bias, err, errlen)))
+        goto cleanup;
+    if ((rc = parse_positions(root, cfg, err, errlen))) goto cleanup;
+    if (cfg->rope && cfg->head_dim % 2) {
+        rc = rcd_fail(RCD_EFORMAT, err, errlen,
+                      "config.json: RoPE needs an even head dimension (got %d)", cfg->head_dim);
+        goto cleanup;
+    }
+    if ((rc = get_float(root, "attention_multiplier", 1.0, -1e6, 1e6, &cfg->attn_mult, err,
+                        errlen)) ||
+        (rc = get_float(root, "embedding_multiplier", 1.0, -1e6, 1e6, &cfg->embed_mult, err,
+                        errlen)) ||
+        (rc = get_float(root, "residual_multiplier", 1.0, -1e6, 1e6, &cfg->resid_mult, err,
+                        errlen)) ||
+        (rc = get_float(root, "logits_scaling", 1.0, -1e6, 1e6, &cfg->logits_div, err, errlen)))
+        goto cleanup;
+    if (cfg->logits_div == 0.f) {
+        rc = rcd_fail(RCD_EFORMAT, err, errlen, "config.json: \"logits_scaling\" must not be 0");
+        goto cleanup;
+    }
+    double eps;
+    if ((rc = wrk_cfg_num(root, "rms_norm_eps", 1e-6, 1e-30, 1.0, &eps, err, errlen))) goto cleanup;
+    mx->eps = (float)eps;
+
+    INT("num_local_experts", 8, 0, 1 << 12, cfg->n_experts);
+    INT("num_experts_per_tok", 2, 0, WRK_GRANITE_MAX_TOPK, cfg->top_k);
+    if (cfg->n_experts > 0 && (cfg->top_k < 1 || cfg->top_k > cfg->n_experts)) {
+        rc = rcd_fail(RCD_EFORMAT, err, errlen,
+                      "config.json: num_experts_per_tok (%d) must be in [1, num_local_experts "
+                      "(%d)] (at most %d)",
+                      cfg->top_k, cfg->n_experts, WRK_GRANITE_MAX_TOPK);
+        goto cleanup;
+    }
+    INT("intermediate_size", 11008, 1, 1 << 18, cfg->expert_dim);
+    INT("shared_intermediate_size", 1024, 1, 1 << 18, cfg->shared_dim);
+
+    /* The Mamba mixer (validated even with no Mamba layer, as transformers does). */
+    long expand;
+    if ((rc = wrk_cfg_int(root, "mamba_expand", 2, 1, 64, &expand, err, errlen))) goto cleanup;
+    const long I = expand * mx->hidden;
+    if (I > 1 << 18) {
+        rc =
+            rcd_fail(RCD_EFORMAT, err, errlen,
+                     "config.json: mamba_expand * hidden_size (%ld) is larger than %d", I, 1 << 18);
+        goto cleanup;
+    }
+    INT("mamba_n_heads", 128, 1, 1 << 14, mx->n_heads);
+    const cJSON *dh = cJSON_GetObjectItemCaseSensitive(root, "mamba_d_head");
+    if (!dh || cJSON_IsNull(dh) || (cJSON_IsString(dh) && !strcmp(dh->valuestring, "auto")))
+        mx->head_dim = (int)(I / mx->n_heads);
+    else
+        INT("mamba_d_head", 0, 1, 4096, mx->head_dim);
+    if ((long)mx->n_heads * mx->head_dim != I) {
+        rc = rcd_fail(RCD_EFORMAT, err, errlen,
+                      "config.json: mamba_n_heads * mamba_d_head (%ld) must equal mamba_expand * "
+                      "hidden_size (%ld)",
+                      (long)mx->n_heads * mx->head_dim, I);
+        goto cleanup;
+    }
+    INT("mamba_n_groups", 1, 1, 1 << 14, mx->n_groups);
+    INT("mamba_d_state", 256, 1, 1024, mx->d_state);
+    INT("mamba_d_conv", 4, 1, 64, mx->d_conv);
+    if (mx->n_heads % mx->n_groups != 0 || I % mx->n_groups != 0) {
+        rc = rcd_fail(RCD_EFORMAT, err, errlen,
+                      "config.json: mamba_n_heads (%d) must be a multiple of mamba_n_groups (%d)",
+                      mx->n_heads, mx->n_groups);
+        goto cleanup;
+    }
+    const long GN = (long)mx->n_groups * mx->d_state;
+    if (GN > 1 << 20) {
+        rc = rcd_fail(RCD_EFORMAT, err, errlen,
+                      "config.json: mamba_n_groups * mamba_d_state (%ld) is larger than %d", GN,
+                      1 << 20);
+        goto cleanup;
+    }
+    mx->inner = (int)I;
+    mx->conv_dim = (int)(I + 2 * GN);
+    mx->proj_dim = mx->inner + mx->conv_dim + mx->n_heads;
+    /* transformers 5.x normalizes the gated RMSNorm per group of I / G channels (the spec, read
+     * at an older commit, says full width; they agree for G = 1, every released checkpoint). */
+    mx->norm_group = mx->inner / mx->n_groups;
+    if ((rc = wrk_cfg_time_step_limit(root, &mx->dt_min, &mx->dt_max, err, errlen))) goto cleanup;
+    if ((rc = wrk_cfg_bool(root, "mamba_proj_bias", false, &mx->use_bias, err, errlen)) ||
+        (rc = wrk_cfg_bool(root, "mamba_conv_bias", true, &mx->use_conv_bias, err, errlen)) ||
+        (rc = wrk_cfg_bool(root, "tie_word_embeddings", false, &mx->tie_embeddings, err, errlen)))
+        goto cleanup;
+    if ((rc = wrk_cfg_special_tokens(root, mx->vocab, &mx->bos_id, &mx->eos_id, &mx->pad_id, err,
+                                     errlen)))
+        goto cleanup;
+#undef INT
+cleanup:
+    cJSON_Delete(root);
+    return rc;
+}
+
+/* ---- tensor binding ---------------------------------------------------------------------- */
+
+static size_t params_floats(const wrk_granite_config_t *c)
+{
+    const size_t H = c->mx.hidden, qd = (size_t)c->n_q * c->head_dim;
+    const size_t kvd = (size_t)c->n_kv * c->head_dim;
+    return (size_t)c->n_mamba * wrk_mamba2_mixer_floats(&c->mx) +
+           (size_t)c->n_attn * (qd + 2 * kvd + H) + (size_t)c->mx.n_layers * 2 * H + H;
+}
+
+/* A stacked [E][rows][cols] expert tensor, bound as expert 0's matrix. */
+static int experts(wrk_binder_t *b, const char *name, int E, int rows, int cols, wrk_mat_t *out)
+{
+    const wrk_st_tensor_t *t = NULL;
+    int rc = wrk_take_tensor(b->m, name, 3, (int64_t[]){E, rows, cols}, &t, b->err, b->errlen);
+    if (rc) return rc;
+    *out = (wrk_mat_t){.dt = t->dtype, .data = t->data, .rows = rows, .cols = cols};
+    return 0;
+}
+
+static int bind_layer(wrk_binder_t *b, const wrk_granite_config_t *c, int l, wrk_granite_layer_t *L)
+{
+    const int H = c->mx.hidden, qd = c->n_q * c->head_dim, kvd = c->n_kv * c->head_dim;
+    const int S = c->shared_dim, F = c->expert_dim, E = c->n_experts;
+    char name[160], prefix[64];
+    int rc;
+    snprintf(prefix, sizeof prefix, "model.layers.%d.", l);
+#define NAME(s) (snprintf(name, sizeof name, "%s%s", prefix, s), name)
+    if ((rc = wrk_bind_vec(b, NAME("input_layernorm.weight"), H, &L->in_norm)) ||
+        (rc = wrk_bind_vec(b, NAME("post_attention_layernorm.weight"), H, &L->post_norm)))
+        return rc;
+    if (L->attn) {
+        if ((rc = wrk_bind_mat(b, NAME("self_attn.q_proj.weight"), qd, H, &L->q)) ||
+            (rc = wrk_bind_mat(b, NAME("self_attn.k_proj.weight"), kvd, H, &L->k)) ||
+            (rc = wrk_bind_mat(b, NAME("self_attn.v_proj.weight"), kvd, H, &L->v)) ||
+            (rc = wrk_bind_mat(b, NAME("self_attn.o_proj.weight"), H, qd, &L->o)))
+            return rc;
+        if (c->attn_bias && ((rc = wrk_bind_vec(b, NAME("self_attn.q_proj.bias"), qd, &L->qb)) ||
+                             (rc = wrk_bind_vec(b, NAME("self_attn.k_proj.bias"), kvd, &L->kb)) ||
+                             (rc = wrk_bind_vec(b, NAME("self_attn.v_proj.bias"), kvd, &L->vb)) ||
+                             (rc = wrk_bind_vec(b, NAME("self_attn.o_proj.bias"), H, &L->ob))))
+            return rc;
+    } else {
+        snprintf(name, sizeof name, "%smamba.", prefix);
+        if ((rc = wrk_mamba2_bind_mixer(b->m, &c->mx, name, &b->next, &L->mx, b->err, b->errlen)))
+            return rc;
+        L->mx.norm_w = L->in_norm;
+    }
+    if ((rc = wrk_bind_mat(b, NAME("shared_mlp.input_linear.weight"), 2 * S, H, &L->sh_in)) ||
+        (rc = wrk_bind_mat(b, NAME("shared_mlp.output_linear.weight"), H, S, &L->sh_out)))
+        return rc;
+    if (E > 0 &&
+        ((rc = wrk_bind_mat(b, NAME("block_sparse_moe.router.layer.weight"), E, H, &L->router)) ||
+         (rc = experts(b, NAME("block_sparse_moe.input_linear.weight"), E, 2 * F, H, &L->ex_in)) ||
+         (rc = experts(b, NAME("block_sparse_moe.output_linear.weight"), E, H, F, &L->ex_out))))
+        return rc;
+#undef NAME
+    return 0;
+}
+
+/* State: per Mamba layer the conv window [K-1][C] and SSM state [NH][P][N] (the Mamba2
+ * layout), then, with attention layers, the position count the KV part holds. */
+static int describe_state(wrk_model_t *m, const wrk_granite_config_t *c, char *err, size_t errlen)
+{
+    const wrk_mamba2_config_t *mx = &c->mx;
+    const int n = 2 * c->n_mamba + (c->n_attn > 0);
+    m->state_tensors = calloc((size_t)(n ? n : 1), sizeof *m->state_tensors);
+    if (!m->state_tensors) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
+    size_t off = 0;
+    int i = 0;
+    for (int l = 0; l < mx->n_layers; l++) {
+        if (c->attn[l]) continue;
+        off = wrk_mamba2_describe_state(mx, l, &m->state_tensors[i], off);
+        i += 2;
+    }
+    if (c->n_attn > 0) /* one uint64, not fp32 */
+        off = wrk_state_tensor_set(&m->state_tensors[i++], -1, "kv.n_tokens", 1, (int64_t[]){1},
+                                   sizeof(uint64_t), off);
+    m->info.state_bytes = off;
+    m->info.n_state_tensors = i;
+    m->info.state_tensors = m->state_tensors;
+    m->info.n_kv_layers = c->n_attn;
+    m->info.kv_width = c->n_kv * c->head_dim;
+    m->info.kv_bytes_per_token = (size_t)c->n_attn * 2 * m->info.kv_width * sizeof(float);
+    return 0;
+}
+
+static int granite_load(wrk_model_t *m, const char *json, size_t len, char *err, size_t errlen)
+{
+    wrk_granite_t *g = calloc(1, sizeof *g);
+    if (!g) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
+    m->priv = g;
+    int rc = wrk_granite_config_parse(json, len, &g->cfg, err, errlen);
+    if (rc) return rc;
+    const wrk_granite_config_t *c = &g->cfg;
+    const wrk_mamba2_config_t *mx = &c->mx;
+    const int H = mx->hidden, V = mx->vocab;
+    if ((rc = wrk_params_alloc(m, params_floats(c), "norms, biases, conv, A, D and dt_bias",
+                               &g->params, err, errlen)))
+        return rc;
+    g->layers = calloc((size_t)mx->n_layers, sizeof *g->layers);
+    g->inv_freq = malloc((size_t)(c->head_dim / 2 + 1) * sizeof(float));
+    if (!g->layers || !g->inv_freq)
+        return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
+    wrk_binder_t b = {.m = m, .next = g->params, .err = err, .errlen = errlen};
+
+    if ((rc = wrk_bind_mat(&b, "model.embed_tokens.weight", V, H, &m->embed))) return rc;
+    if ((rc = wrk_bind_vec(&b, "model.norm.weight", H, &m->norm_f))) return rc;
+    if ((rc = wrk_bind_lm_head(&b, mx->tie_embeddings, V, H))) return rc;
+    int n_attn = 0, n_mamba = 0;
+    for (int l = 0; l < mx->n_layers; l++) {
+        wrk_granite_layer_t *L = &g->layers[l];
+        L->attn = c->attn[l];
+        L->idx = L->attn ? n_attn++ : n_mamba++;
+        if ((rc = bind_layer(&b, c, l, L))) return rc;
+    }
+    /* inv_freq_j = theta^(-2j/hd), as transformers computes it (in fp32 there; the double
+     * here differs by at most an ulp). */
+    for (int j = 0; j < c->head_dim / 2; j++)
+        g->inv_freq[j] = (float)(1.0 / pow((double)c->rope_theta, 2.0 * j / c->head_dim));
+    if ((rc = describe_state(m, c, err, errlen))) return rc;
+
+    m->info.weight_dtype = g->layers[0].sh_in.dt;
+    wrk_model_set_lm(m, V, H, mx->n_layers, mx->bos_id, mx->eos_id, mx->pad_id, mx->eps);
+    m->embed_scale = c->embed_mult;
+    m->logit_scale = 1.0f / c->logits_div;
+    const int qd = c->n_q * c->head_dim, kvd = c->n_kv * c->head_dim;
+    int widest = H > mx->inner ? H : mx->inner;
+    if (qd > widest) widest = qd;
+    if (c->shared_dim > widest) widest = c->shared_dim;
+    if (c->expert_dim > widest) widest = c->expert_dim;
+    m->max_matmul_cols = widest;
+    const double mamba_f = (double)mx->proj_dim * H + (double)H * mx->inner;
+    const double attn_f = (double)(qd + 2 * kvd) * H + (double)H * qd;
+    const double mlp_f =
+        3.0 * c->shared_dim * H +
+        (c->n_experts ? (double)c->n_experts * H + 3.0 * c->top_k * (double)c->expert_dim * H
+                      : 0.0);
+    m->info.layer_flops = 2.0 * (c->n_mamba * mamba_f + c->n_attn * attn_f + mx->n_layers * mlp_f);
+    return 0;
+}
+
+static void granite_unload(wrk_model_t *m)
+{
+    wrk_granite_t *g = m->priv;
+    if (!g) return;
+    free(g->params);
+    free(g->layers);
+    free(g->inv_freq);
+    free(g);
+    m->priv = NULL;
+}
+
+const wrk_family_i wrk_family_granite = {
+    .model_type = "granitemoehybrid",
+    .family = WRK_FAMILY_GRANITE,
+    .load = granite_load,
+    .unload = granite_unload,
+    .cpu_init = wrk_granite_cpu_init,
+    .cpu_free = wrk_granite_cpu_free,
+    .cpu_step = wrk_granite_cpu_step,
+};
