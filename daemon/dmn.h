@@ -131,6 +131,11 @@ void dmn_health_notify(dmn_server_t *s); /* serving status changed: tell Watch s
 void dmn_health_cancel_all(dmn_server_t *s);
 int64_t dmn_now_ms(void);
 void dmn_random_id(char *buf, size_t len, const char *prefix);
+/* When the store does not know session `id` but has a shared tier, looks it up there and
+ * returns true: again(c, req, rc, msg) follows on the loop (rc 0: now in the store; else why
+ * not) and owns req. Returns false (nothing started) otherwise. */
+typedef void (*dmn_refetch_fn)(dmn_call_t *c, ProtobufCMessage *req, int rc, const char *msg);
+bool dmn_session_fetch(dmn_call_t *c, const char *id, ProtobufCMessage *req, dmn_refetch_fn again);
 
 /* ---- dmn_generate.c -------------------------------------------------------------------- */
 void dmn_generate_start(dmn_call_t *c, grpc_byte_buffer *payload);

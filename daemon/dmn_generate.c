@@ -27,6 +27,7 @@ typedef struct dmn_gen {
     float *logits;
     char sid[STORE_ID_MAX + 1];
     bool has_session, in_runner, finished, freed;
+    bool loading, committing; /* a store callback is outstanding: g must stay */
     uint64_t base_version, new_version, sess_tokens;
     /* limits and stops */
     uint32_t max_tokens, ctx_left;
@@ -100,7 +101,7 @@ static void gen_free(dmn_gen_t *g)
 static void gen_maybe_free(dmn_gen_t *g)
 {
     dmn_call_t *c = g->call;
-    if (g->in_runner || c->send_busy) return;
+    if (g->in_runner || g->loading || g->committing || c->send_busy) return;
     if (c->status_sent || (c->closed && c->cancelled)) gen_free(g);
 }
 
@@ -118,9 +119,10 @@ static void gen_complete(dmn_gen_t *g, int rc, const char *msg)
                 g->final_msg);
     else
         dmn_log(DMN_INFO, "turn_done", g->call->rid, g->sid,
-                "prompt %d tokens, %u generated, finish %s, version %llu, %.1f ms", g->n_prompt,
-                g->n_gen, fr[g->finish_reason % 5], (unsigned long long)g->new_version,
-                (double)(g->t_end - g->t_submit) / 1e6);
+                "prompt %d tokens, %u generated, finish %s, version %llu, %.1f ms, "
+                "priority %d, preemptions %d",
+                g->n_prompt, g->n_gen, fr[g->finish_reason % 5], (unsigned long long)g->new_version,
+                (double)(g->t_end - g->t_submit) / 1e6, g->seq.priority, g->seq.n_preemptions);
     gen_pump(g);
 }
 
@@ -227,6 +229,7 @@ static void gen_pump(dmn_gen_t *g)
         u.prefill_ms = (double)(tf - ts) / 1e6;
         u.decode_ms = (double)(g->t_end - tf) / 1e6;
         u.total_ms = (double)(g->t_end - t0) / 1e6;
+        u.preemptions = (uint32_t)g->seq.n_preemptions;
         r.usage = &u;
         r.session_version = g->new_version;
         r.session_id = g->has_session ? g->sid : "";
@@ -269,8 +272,7 @@ static void gen_end(dmn_gen_t *g, int reason, int32_t last)
         if (g->n_stops) find_stop(g, from > g->max_stop ? from - g->max_stop : 0);
     }
     dmn_server_t *s = g->call->srv;
-    if (dmn_runner_finish(s->runner, &g->seq, last, g->has_session ? g->state_out : NULL))
-        return; /* DMN_SEQ_DONE commits */
+    if (dmn_runner_finish(s->runner, &g->seq, last)) return; /* DMN_SEQ_DONE commits */
     g->in_runner = false;
     gen_complete(g, 0, NULL);
 }
@@ -281,8 +283,7 @@ static void on_logits(dmn_gen_t *g)
     dmn_server_t *s = c->srv;
     if (!g->t_first) g->t_first = uv_hrtime();
     if (c->deadline_ns && uv_hrtime() > c->deadline_ns) {
-        dmn_runner_finish(s->runner, &g->seq, -1, NULL);
-        g->in_runner = false;
+        if (dmn_runner_cancel(s->runner, &g->seq) == 0) g->in_runner = false;
         gen_complete(g, RCD_EDEADLINE, "deadline exceeded during generation");
         return;
     }
@@ -317,6 +318,24 @@ static void on_logits(dmn_gen_t *g)
     gen_pump(g);
 }
 
+static void on_committed(void *user, int rc, uint64_t version, const char *msg)
+{
+    dmn_gen_t *g = user;
+    char why[600];
+    g->committing = false;
+    g->new_version = version;
+    if (rc == RCD_ENOTFOUND)
+        gen_complete(g, rc, "session was deleted during the turn");
+    else if (rc == RCD_EMISMATCH || rc == RCD_EBUSY)
+        gen_complete(g, rc, "session changed during the turn");
+    else if (rc) {
+        snprintf(why, sizeof(why), "session commit failed: %s", msg[0] ? msg : rcd_strerror(rc));
+        gen_complete(g, rc, why);
+    } else
+        gen_complete(g, 0, NULL);
+    gen_maybe_free(g); /* the client may have gone while the checkpoint was written */
+}
+
 static void on_seq(dmn_seq_t *seq, dmn_seq_ev_t ev)
 {
     dmn_gen_t *g = seq->user;
@@ -329,26 +348,25 @@ static void on_seq(dmn_seq_t *seq, dmn_seq_ev_t ev)
         on_logits(g);
         break;
     case DMN_SEQ_DONE: {
+        /* The turn is acknowledged (final message) only once its checkpoint is durable. */
         g->in_runner = false;
         uint64_t add = (uint64_t)g->n_prompt + g->n_gen;
-        int rc = store_commit(s->store, g->sid, g->base_version, g->state_out, add, dmn_now_ms(),
-                              &g->new_version);
-        if (rc == RCD_ENOTFOUND)
-            gen_complete(g, rc, "session was deleted during the turn");
-        else if (rc == RCD_EMISMATCH)
-            gen_complete(g, rc, "session changed during the turn");
-        else if (rc)
-            gen_complete(g, rc, "session commit failed");
+        void *state = g->state_out;
+        g->state_out = NULL; /* the store owns it now */
+        int rc = store_commit(s->store, g->sid, g->base_version, state, add, dmn_now_ms(),
+                              on_committed, g);
+        if (rc)
+            on_committed(g, rc, 0, "");
         else
-            gen_complete(g, 0, NULL);
+            g->committing = true;
         break;
     }
     case DMN_SEQ_FAILED:
         g->in_runner = false;
         if (seq->rc == RCD_ECANCELLED)
             gen_maybe_free(g);
-        else
-            gen_complete(g, seq->rc, "model step failed");
+        else /* refused (deadline passed while queued or preempted) or a failed step */
+            gen_complete(g, seq->rc, seq->msg[0] ? seq->msg : "model step failed");
         break;
     }
 }
@@ -451,6 +469,17 @@ static int check_sampling(dmn_server_t *s, const Recurd__V1__SamplingParams *p, 
     return 0;
 }
 
+/* FNV-1a: the scheduler only needs tenants told apart. */
+static uint64_t tenant_hash(const char *t)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (; t && *t; t++)
+        h = (h ^ (unsigned char)*t) * 1099511628211ull;
+    return h;
+}
+
+static void gen_loaded(void *user, int rc, uint64_t version, const char *msg);
+
 static int gen_prepare(dmn_gen_t *g, const Recurd__V1__GenerateRequest *req, char *err,
                        size_t errlen)
 {
@@ -460,6 +489,11 @@ static int gen_prepare(dmn_gen_t *g, const Recurd__V1__GenerateRequest *req, cha
     if (req->model[0] && strcmp(req->model, s->model_id) != 0)
         return rcd_fail(RCD_ENOTFOUND, err, errlen, "model '%s' is not loaded", req->model);
     if ((rc = check_sampling(s, req->sampling, g, &sp, err, errlen))) return rc;
+    if (req->priority >= DMN_RUNNER_PRIORITIES)
+        return rcd_fail(RCD_EINVAL, err, errlen, "priority %u is outside [0, %d]", req->priority,
+                        DMN_RUNNER_PRIORITIES - 1);
+    g->seq.priority = (int32_t)req->priority;
+    g->seq.tenant = tenant_hash(req->tenant);
     /* prompt */
     if (req->prompt_case == RECURD__V1__GENERATE_REQUEST__PROMPT_TEXT) {
         if (!req->text[0]) return rcd_fail(RCD_EINVAL, err, errlen, "prompt text is empty");
@@ -500,7 +534,7 @@ static int gen_prepare(dmn_gen_t *g, const Recurd__V1__GenerateRequest *req, cha
     }
     if (g->n_prompt == 0) return rcd_fail(RCD_EINVAL, err, errlen, "prompt encodes to no tokens");
     /* session */
-    size_t sb = s->store->state_bytes;
+    size_t sb = store_state_bytes(s->store);
     if (req->session_id[0]) {
         if ((rc = store_check_id(req->session_id, err, errlen))) return rc;
         snprintf(g->sid, sizeof(g->sid), "%s", req->session_id);
@@ -520,13 +554,11 @@ static int gen_prepare(dmn_gen_t *g, const Recurd__V1__GenerateRequest *req, cha
         g->base_version = ss.version;
         g->sess_tokens = ss.n_tokens;
         if (!(g->state_out = malloc(sb))) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
+        g->has_session = true;
         if (ss.has_state) {
             if (!(g->init_state = malloc(sb)))
                 return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
-            if ((rc = store_read_state(s->store, g->sid, NULL, g->init_state)))
-                return rcd_fail(rc, err, errlen, "session state unreadable");
         }
-        g->has_session = true;
     } else if (req->_expected_version_case ==
                RECURD__V1__GENERATE_REQUEST___EXPECTED_VERSION_EXPECTED_VERSION) {
         return rcd_fail(RCD_EINVAL, err, errlen, "expected_version needs a session_id");
@@ -551,15 +583,89 @@ static int gen_prepare(dmn_gen_t *g, const Recurd__V1__GenerateRequest *req, cha
     for (int32_t i = 0; i < g->n_prompt; i++)
         dmn_sampler_seen(&g->smp, g->prompt[i]);
     if ((rc = tok_stream_new(s->tok, TOK_SKIP_SPECIAL, &g->ts, err, errlen))) return rc;
+    /* Last, so that nothing fails with a load in flight: the state comes from the host cache
+     * at once, or from disk on the pool (gen_loaded submits the turn then). */
+    if (g->init_state) {
+        rc = store_load(s->store, g->sid, g->init_state, NULL, gen_loaded, g, err, errlen);
+        if (rc < 0) return rc;
+        g->loading = rc == STORE_PENDING;
+    }
     return 0;
+}
+
+/* Hands the prepared turn to the runner. */
+static int gen_submit(dmn_gen_t *g, char *err, size_t errlen)
+{
+    dmn_call_t *c = g->call;
+    dmn_server_t *s = c->srv;
+    int rc;
+    g->seq.prompt = g->prompt;
+    g->seq.n_prompt = g->n_prompt;
+    g->seq.max_new = (int32_t)(g->max_tokens < g->ctx_left ? g->max_tokens : g->ctx_left);
+    g->seq.init_state = g->init_state;
+    g->seq.state_out = g->has_session ? g->state_out : NULL;
+    g->seq.logits = g->logits;
+    g->seq.deadline_ns = c->deadline_ns;
+    g->seq.cb = on_seq;
+    g->seq.user = g;
+    rc = dmn_runner_submit(s->runner, &g->seq, err, errlen);
+    return rc;
+}
+
+/* The session's state arrived from disk (or did not): the turn starts or fails. */
+static void gen_loaded(void *user, int rc, uint64_t version, const char *msg)
+{
+    dmn_gen_t *g = user;
+    dmn_call_t *c = g->call;
+    char err[700];
+    g->loading = false;
+    if (c->cancelled) {
+        gen_maybe_free(g);
+        return;
+    }
+    err[0] = 0;
+    if (rc)
+        snprintf(err, sizeof(err), "session '%s': %s", g->sid, msg[0] ? msg : rcd_strerror(rc));
+    else if (version != g->base_version)
+        rc = rcd_fail(RCD_EMISMATCH, err, sizeof(err), "session changed while its state was read");
+    else
+        rc = gen_submit(g, err, sizeof(err));
+    if (rc) {
+        gen_complete(g, rc, err[0] ? err : rcd_strerror(rc));
+        return;
+    }
+    g->in_runner = true;
+    dmn_log(DMN_DEBUG, "turn_start", c->rid, g->sid, "prompt %d tokens, state read from disk",
+            g->n_prompt);
+}
+
+static void gen_begin(dmn_call_t *c, Recurd__V1__GenerateRequest *req);
+
+/* The session was looked up in the shared tier (dmn_session_fetch): start the turn now. */
+static void gen_fetched(dmn_call_t *c, ProtobufCMessage *req, int rc, const char *msg)
+{
+    if (rc && rc != RCD_ENOTFOUND) {
+        dmn_call_fail(c, rc, "%s", msg);
+        protobuf_c_message_free_unpacked(req, NULL);
+        return;
+    }
+    gen_begin(c, (Recurd__V1__GenerateRequest *)req);
 }
 
 void dmn_generate_start(dmn_call_t *c, grpc_byte_buffer *payload)
 {
-    dmn_server_t *s = c->srv;
     Recurd__V1__GenerateRequest *req = (Recurd__V1__GenerateRequest *)dmn_call_unpack(
         c, payload, &recurd__v1__generate_request__descriptor);
     if (!req) return;
+    /* A session unknown here may be in the shared tier: fetch it first. */
+    if (dmn_session_fetch(c, req->session_id, &req->base, gen_fetched)) return;
+    gen_begin(c, req);
+}
+
+/* Takes ownership of req. */
+static void gen_begin(dmn_call_t *c, Recurd__V1__GenerateRequest *req)
+{
+    dmn_server_t *s = c->srv;
     char err[300] = "";
     dmn_gen_t *g = calloc(1, sizeof(*g));
     if (!g) {
@@ -571,17 +677,13 @@ void dmn_generate_start(dmn_call_t *c, grpc_byte_buffer *payload)
     c->ext = g;
     s->n_turns++;
     int rc = gen_prepare(g, req, err, sizeof(err));
-    if (!rc) {
-        g->seq.prompt = g->prompt;
-        g->seq.n_prompt = g->n_prompt;
-        g->seq.init_state = g->init_state;
-        g->seq.logits = g->logits;
-        g->seq.cb = on_seq;
-        g->seq.user = g;
-        rc = dmn_runner_submit(s->runner, &g->seq);
-        if (rc == RCD_ETOOBIG)
-            snprintf(err, sizeof(err), "queue full (%d turns held)", dmn_runner_held(s->runner));
+    if (!rc && g->loading) { /* the state comes from disk: gen_loaded submits the turn */
+        c->on_close = on_close;
+        c->on_send_done = on_send_done;
+        dmn_call_watch_close(c);
+        goto cleanup;
     }
+    if (!rc) rc = gen_submit(g, err, sizeof(err));
     if (rc) {
         /* Keep the hold for dmn_call_fail (it releases the call), then drop the turn. */
         dmn_call_hold(c);
@@ -594,8 +696,8 @@ void dmn_generate_start(dmn_call_t *c, grpc_byte_buffer *payload)
     c->on_close = on_close;
     c->on_send_done = on_send_done;
     dmn_call_watch_close(c);
-    dmn_log(DMN_DEBUG, "turn_start", c->rid, g->sid, "prompt %d tokens, max_tokens %u", g->n_prompt,
-            g->max_tokens);
+    dmn_log(DMN_DEBUG, "turn_start", c->rid, g->sid, "prompt %d tokens, max_tokens %u, priority %d",
+            g->n_prompt, g->max_tokens, g->seq.priority);
 cleanup:
     protobuf_c_message_free_unpacked(&req->base, NULL);
 }

@@ -197,10 +197,14 @@ int dmn_opts_parse(dmn_opts_t *o, int argc, char **argv, char *err, size_t errle
     if (o->port > 65535)
         return rcd_fail(RCD_EINVAL, err, errlen, "--port %ld is out of range", o->port);
     if (o->slots < 1 || o->max_step_tokens < 1 || o->max_context < 1 || o->max_prompt < 1 ||
-        o->max_queue < 1 || o->max_message_bytes < 1024 || o->default_max_tokens < 1)
+        o->max_queue < 1 || o->max_message_bytes < 1024 || o->default_max_tokens < 1 ||
+        o->keep_versions < 1)
         return rcd_fail(RCD_EINVAL, err, errlen,
                         "--slots, --max-step-tokens, --max-context, --max-prompt, --max-queue and "
-                        "--default-max-tokens must be >= 1, --max-message-bytes >= 1024");
+                        "--default-max-tokens, --keep-versions must be >= 1, --max-message-bytes "
+                        ">= 1024");
+    if (strlen(o->state_dir) > 3000)
+        return rcd_fail(RCD_EINVAL, err, errlen, "--state-dir is longer than 3000 bytes");
     return 0;
 }
 
@@ -211,4 +215,20 @@ void dmn_opts_free(dmn_opts_t *o)
             free(*(char **)((char *)o + g_rows[k].off));
             *(char **)((char *)o + g_rows[k].off) = NULL;
         }
+}
+
+void dmn_opts_state_dir(const dmn_opts_t *o, char *buf, size_t len)
+{
+    const char *d = o->ephemeral ? "" : o->state_dir;
+    if (strcmp(d, DMN_DEFAULT_STATE_DIR) != 0) {
+        snprintf(buf, len, "%s", d);
+        return;
+    }
+    const char *xdg = getenv("XDG_STATE_HOME"), *home = getenv("HOME");
+    if (xdg && xdg[0] == '/')
+        snprintf(buf, len, "%s/recurd", xdg);
+    else if (home && home[0] == '/')
+        snprintf(buf, len, "%s/.local/state/recurd", home);
+    else
+        snprintf(buf, len, "recurd-state");
 }

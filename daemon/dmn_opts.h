@@ -11,6 +11,10 @@
 #define RCD_DEFAULT_MODEL "models/recurd-mamba-tiny"
 #endif
 
+/* The default state dir: $XDG_STATE_HOME/recurd, else $HOME/.local/state/recurd, else
+ * ./recurd-state (expanded by dmn_opts_state_dir). */
+#define DMN_DEFAULT_STATE_DIR "$XDG_STATE_HOME/recurd"
+
 /* X(field, type, default, env, help). Types: STR, INT, BOOL. */
 #define DMN_OPTIONS(X)                                                                             \
     X(config, STR, "", "RECURD_CONFIG", "config file of `name = value` lines")                     \
@@ -19,7 +23,7 @@
     X(listen_all, BOOL, "false", "RECURD_LISTEN_ALL", "listen on 0.0.0.0 (overrides host)")        \
     X(port, INT, "50051", "RECURD_PORT", "TCP port; 0 picks a free one")                           \
     X(port_file, STR, "", "RECURD_PORT_FILE", "write the bound port to this file")                 \
-    X(backend, STR, "cpu", "RECURD_BACKEND", "compute backend (cpu)")                              \
+    X(backend, STR, "cpu", "RECURD_BACKEND", "compute backend: cpu or cuda")                       \
     X(threads, INT, "0", "RECURD_THREADS", "CPU threads for the engine; 0: all")                   \
     X(isa, STR, "auto", "RECURD_ISA", "CPU kernels: auto, avx512, avx2, portable")                 \
     X(slots, INT, "8", "RECURD_SLOTS", "sequences decoded at once (state slots)")                  \
@@ -32,6 +36,14 @@
     X(max_message_bytes, INT, "4194304", "RECURD_MAX_MESSAGE_BYTES",                               \
       "largest gRPC message received or sent")                                                     \
     X(max_sessions, INT, "1024", "RECURD_MAX_SESSIONS", "sessions held in memory")                 \
+    X(state_dir, STR, DMN_DEFAULT_STATE_DIR, "RECURD_STATE_DIR",                                   \
+      "session checkpoints (no XDG_STATE_HOME: ~/.local/state/recurd); '' = memory only")          \
+    X(ephemeral, BOOL, "false", "RECURD_EPHEMERAL", "sessions in memory only (ignores state-dir)") \
+    X(keep_versions, INT, "2", "RECURD_KEEP_VERSIONS", "checkpoints kept per session (>= 1)")      \
+    X(host_cache_bytes, INT, "268435456", "RECURD_HOST_CACHE_BYTES",                               \
+      "bytes of session states cached in memory over the disk tier")                               \
+    X(redis, STR, "", "RECURD_REDIS",                                                              \
+      "host:port of a Redis shared tier (write-through, lookup on a miss)")                        \
     X(drain_grace_ms, INT, "10000", "RECURD_DRAIN_GRACE_MS",                                       \
       "on SIGTERM/SIGINT, how long in-flight turns may finish")                                    \
     X(log_level, STR, "info", "RECURD_LOG_LEVEL", "debug, info, warn, error")                      \
@@ -51,5 +63,8 @@ typedef struct dmn_opts {
 int dmn_opts_parse(dmn_opts_t *o, int argc, char **argv, char *err, size_t errlen);
 void dmn_opts_free(dmn_opts_t *o);
 void dmn_opts_help(const char *prog);
+/* The state directory to use, in buf: "" for memory only (--ephemeral or an empty
+ * --state-dir); the default's $XDG_STATE_HOME is expanded as documented above. */
+void dmn_opts_state_dir(const dmn_opts_t *o, char *buf, size_t len);
 
 #endif

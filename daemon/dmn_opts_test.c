@@ -67,9 +67,43 @@ static void test_errors(void)
     dmn_opts_free(&o);
 }
 
+static void test_state_dir(void)
+{
+    dmn_opts_t o;
+    char err[256], dir[4096];
+    setenv("XDG_STATE_HOME", "/var/x", 1);
+    CHECK(dmn_opts_parse(&o, 0, NULL, err, sizeof(err)) == 0 && o.keep_versions == 2);
+    dmn_opts_state_dir(&o, dir, sizeof(dir));
+    CHECK(!strcmp(dir, "/var/x/recurd"));
+    unsetenv("XDG_STATE_HOME");
+    setenv("HOME", "/home/u", 1);
+    dmn_opts_state_dir(&o, dir, sizeof(dir));
+    CHECK(!strcmp(dir, "/home/u/.local/state/recurd"));
+    dmn_opts_free(&o);
+    char *a1[] = {"--state-dir", "", "--host-cache-bytes", "0"};
+    CHECK(dmn_opts_parse(&o, 4, a1, err, sizeof(err)) == 0 && o.host_cache_bytes == 0);
+    dmn_opts_state_dir(&o, dir, sizeof(dir));
+    CHECK(dir[0] == 0); /* memory only */
+    dmn_opts_free(&o);
+    char *a2[] = {"--state-dir", "/srv/s", "--ephemeral"};
+    CHECK(dmn_opts_parse(&o, 3, a2, err, sizeof(err)) == 0);
+    dmn_opts_state_dir(&o, dir, sizeof(dir));
+    CHECK(dir[0] == 0); /* --ephemeral wins */
+    dmn_opts_free(&o);
+    char *a3[] = {"--state-dir", "/srv/s"};
+    CHECK(dmn_opts_parse(&o, 2, a3, err, sizeof(err)) == 0);
+    dmn_opts_state_dir(&o, dir, sizeof(dir));
+    CHECK(!strcmp(dir, "/srv/s"));
+    dmn_opts_free(&o);
+    char *a4[] = {"--keep-versions", "0"};
+    CHECK(dmn_opts_parse(&o, 2, a4, err, sizeof(err)) == RCD_EINVAL);
+    dmn_opts_free(&o);
+}
+
 int main(void)
 {
     RUN(test_defaults);
+    RUN(test_state_dir);
     RUN(test_precedence);
     RUN(test_errors);
     return rcd_test_summary();

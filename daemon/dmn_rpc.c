@@ -119,6 +119,22 @@ static void session_fail(dmn_call_t *c, int rc, const char *id)
     case RCD_EEXISTS:
         dmn_call_fail(c, rc, "session '%s' already exists", id);
         break;
+    case RCD_EBUSY:
+        dmn_call_fail(c, rc, "session '%s' has a commit in flight", id);
+        break;
+    case RCD_EMISMATCH: {
+        store_session_t ss = {0};
+        if (store_get(c->srv->store, id, &ss) == 0 && ss.foreign)
+            dmn_call_fail(c, rc,
+                          "session '%s' was checkpointed by model fingerprint %016llx; the loaded "
+                          "model's fingerprint is %s",
+                          id, (unsigned long long)ss.fingerprint,
+                          wrk_model_info(c->srv->model)->fingerprint_hex);
+        else
+            dmn_call_fail(c, rc, "session '%s': %s", id, rcd_strerror(rc));
+        store_session_clear(&ss);
+        break;
+    }
     case RCD_ETOOBIG:
         dmn_call_fail(c, rc, "session store full (max %ld) or metadata over %d bytes",
                       c->srv->opts->max_sessions, STORE_META_BYTES);
@@ -136,13 +152,85 @@ static void session_fail(dmn_call_t *c, int rc, const char *id)
     }
 }
 
+/* A create, fork or delete waiting for the store to make it durable; the call is answered
+ * only then, so an acknowledged session survives a restart. */
+typedef struct sess_pending {
+    dmn_call_t *c;
+    store_session_t ss;         /* the new session's record (create, fork); ss.id for delete */
+    char src[STORE_ID_MAX + 1]; /* fork source */
+    bool deleting;
+} sess_pending_t;
+
+static void session_durable(void *user, int rc, uint64_t version, const char *msg)
+{
+    sess_pending_t *p = user;
+    dmn_call_t *c = p->c;
+    (void)version;
+    if (rc) {
+        dmn_log(DMN_WARN, "session_store", c->rid, p->ss.id, "%s", msg);
+        dmn_call_fail(c, rc, "session '%s': %s", p->ss.id, msg[0] ? msg : rcd_strerror(rc));
+    } else if (p->deleting) {
+        dmn_log(DMN_INFO, "session_deleted", c->rid, p->ss.id, "session deleted");
+        Recurd__V1__DeleteSessionResponse r = RECURD__V1__DELETE_SESSION_RESPONSE__INIT;
+        dmn_call_reply(c, &r.base);
+    } else {
+        if (p->src[0])
+            dmn_log(DMN_INFO, "session_forked", c->rid, p->ss.id, "forked from %s at version %llu",
+                    p->src, (unsigned long long)p->ss.version);
+        else
+            dmn_log(DMN_INFO, "session_created", c->rid, p->ss.id, "session created");
+        reply_session(c, &p->ss);
+    }
+    store_session_clear(&p->ss);
+    free(p);
+}
+
+typedef struct refetch {
+    dmn_call_t *c;
+    ProtobufCMessage *req;
+    dmn_refetch_fn again;
+    char id[STORE_ID_MAX + 1];
+} refetch_t;
+
+static void refetched(void *user, int rc, uint64_t version, const char *msg)
+{
+    refetch_t *f = user;
+    (void)version;
+    if (rc == 0)
+        dmn_log(DMN_INFO, "session_fetched", f->c->rid, f->id,
+                "session read from the shared tier at version %llu", (unsigned long long)version);
+    else if (rc != RCD_ENOTFOUND)
+        dmn_log(DMN_WARN, "session_fetch", f->c->rid, f->id, "%s", msg);
+    f->again(f->c, f->req, rc, msg);
+    free(f);
+}
+
+bool dmn_session_fetch(dmn_call_t *c, const char *id, ProtobufCMessage *req, dmn_refetch_fn again)
+{
+    store_t *st = c->srv->store;
+    if (!store_shared(st) || !id || !id[0] || store_check_id(id, NULL, 0) ||
+        store_get(st, id, NULL) != RCD_ENOTFOUND)
+        return false;
+    refetch_t *f = calloc(1, sizeof(*f));
+    if (!f) return false;
+    f->c = c;
+    f->req = req;
+    f->again = again;
+    snprintf(f->id, sizeof(f->id), "%s", id);
+    if (store_fetch(st, id, refetched, f) != 0) {
+        free(f);
+        return false;
+    }
+    return true;
+}
+
 static void create_session(dmn_call_t *c, grpc_byte_buffer *bb)
 {
     Recurd__V1__CreateSessionRequest *req = (Recurd__V1__CreateSessionRequest *)dmn_call_unpack(
         c, bb, &recurd__v1__create_session_request__descriptor);
     if (!req) return;
     store_meta_t md[STORE_META_MAX];
-    store_session_t ss = {0};
+    sess_pending_t *p = NULL;
     char id[STORE_ID_MAX + 1];
     int n_meta;
     if (!model_ok(c, req->model)) goto cleanup;
@@ -155,23 +243,30 @@ static void create_session(dmn_call_t *c, grpc_byte_buffer *bb)
         dmn_call_fail(c, RCD_EINVAL, "session id longer than %d bytes", STORE_ID_MAX);
         goto cleanup;
     }
-    int rc = store_create(c->srv->store, id, md, n_meta, dmn_now_ms(), &ss);
+    if (!(p = calloc(1, sizeof(*p)))) {
+        dmn_call_fail(c, RCD_ENOMEM, "out of memory");
+        goto cleanup;
+    }
+    p->c = c;
+    int rc = store_create(c->srv->store, id, md, n_meta, dmn_now_ms(), &p->ss, session_durable, p);
     if (rc) {
         session_fail(c, rc, id);
         goto cleanup;
     }
-    dmn_log(DMN_INFO, "session_created", c->rid, id, "session created");
-    reply_session(c, &ss);
+    p = NULL; /* session_durable replies */
 cleanup:
-    store_session_clear(&ss);
+    free(p);
     protobuf_c_message_free_unpacked(&req->base, NULL);
 }
 
-static void get_session(dmn_call_t *c, grpc_byte_buffer *bb)
+static void get_session_req(dmn_call_t *c, ProtobufCMessage *m, int fetch_rc, const char *msg)
 {
-    Recurd__V1__GetSessionRequest *req = (Recurd__V1__GetSessionRequest *)dmn_call_unpack(
-        c, bb, &recurd__v1__get_session_request__descriptor);
-    if (!req) return;
+    Recurd__V1__GetSessionRequest *req = (Recurd__V1__GetSessionRequest *)m;
+    if (fetch_rc && fetch_rc != RCD_ENOTFOUND) {
+        dmn_call_fail(c, fetch_rc, "%s", msg);
+        protobuf_c_message_free_unpacked(m, NULL);
+        return;
+    }
     store_session_t ss = {0};
     int rc = store_check_id(req->session_id, NULL, 0);
     if (!rc) rc = store_get(c->srv->store, req->session_id, &ss);
@@ -183,13 +278,24 @@ static void get_session(dmn_call_t *c, grpc_byte_buffer *bb)
     protobuf_c_message_free_unpacked(&req->base, NULL);
 }
 
-static void fork_session(dmn_call_t *c, grpc_byte_buffer *bb)
+static void get_session(dmn_call_t *c, grpc_byte_buffer *bb)
 {
-    Recurd__V1__ForkSessionRequest *req = (Recurd__V1__ForkSessionRequest *)dmn_call_unpack(
-        c, bb, &recurd__v1__fork_session_request__descriptor);
-    if (!req) return;
+    Recurd__V1__GetSessionRequest *req = (Recurd__V1__GetSessionRequest *)dmn_call_unpack(
+        c, bb, &recurd__v1__get_session_request__descriptor);
+    if (req && !dmn_session_fetch(c, req->session_id, &req->base, get_session_req))
+        get_session_req(c, &req->base, 0, "");
+}
+
+static void fork_session_req(dmn_call_t *c, ProtobufCMessage *m, int fetch_rc, const char *msg)
+{
+    Recurd__V1__ForkSessionRequest *req = (Recurd__V1__ForkSessionRequest *)m;
+    if (fetch_rc && fetch_rc != RCD_ENOTFOUND) {
+        dmn_call_fail(c, fetch_rc, "%s", msg);
+        protobuf_c_message_free_unpacked(m, NULL);
+        return;
+    }
     store_meta_t md[STORE_META_MAX];
-    store_session_t ss = {0};
+    sess_pending_t *p = NULL;
     char id[STORE_ID_MAX + 1];
     int n_meta, rc;
     if ((n_meta = meta_from_req(c, req->metadata, req->n_metadata, md)) < 0) goto cleanup;
@@ -206,17 +312,33 @@ static void fork_session(dmn_call_t *c, grpc_byte_buffer *bb)
         snprintf(id, sizeof(id), "%s", req->new_session_id);
     else
         dmn_random_id(id, sizeof(id), "s-");
-    rc = store_fork(c->srv->store, req->session_id, id, md, n_meta, dmn_now_ms(), &ss);
-    if (rc) {
-        session_fail(c, rc, id);
+    if (!(p = calloc(1, sizeof(*p)))) {
+        dmn_call_fail(c, RCD_ENOMEM, "out of memory");
         goto cleanup;
     }
-    dmn_log(DMN_INFO, "session_forked", c->rid, id, "forked from %s at version %llu",
-            req->session_id, (unsigned long long)ss.version);
-    reply_session(c, &ss);
+    p->c = c;
+    snprintf(p->src, sizeof(p->src), "%s", req->session_id);
+    rc = store_fork(c->srv->store, req->session_id, id, md, n_meta, dmn_now_ms(), &p->ss,
+                    session_durable, p);
+    if (rc) {
+        if (rc == RCD_EMISMATCH || rc == RCD_EBUSY)
+            session_fail(c, rc, req->session_id);
+        else
+            session_fail(c, rc, id);
+        goto cleanup;
+    }
+    p = NULL; /* session_durable replies */
 cleanup:
-    store_session_clear(&ss);
+    free(p);
     protobuf_c_message_free_unpacked(&req->base, NULL);
+}
+
+static void fork_session(dmn_call_t *c, grpc_byte_buffer *bb)
+{
+    Recurd__V1__ForkSessionRequest *req = (Recurd__V1__ForkSessionRequest *)dmn_call_unpack(
+        c, bb, &recurd__v1__fork_session_request__descriptor);
+    if (req && !dmn_session_fetch(c, req->session_id, &req->base, fork_session_req))
+        fork_session_req(c, &req->base, 0, "");
 }
 
 static void delete_session(dmn_call_t *c, grpc_byte_buffer *bb)
@@ -229,14 +351,19 @@ static void delete_session(dmn_call_t *c, grpc_byte_buffer *bb)
         dmn_call_fail(c, RCD_EBUSY, "session '%s' has a turn in progress", req->session_id);
         goto cleanup;
     }
-    if (!rc) rc = store_delete(c->srv->store, req->session_id);
+    sess_pending_t *p = NULL;
+    if (!rc && !(p = calloc(1, sizeof(*p)))) rc = RCD_ENOMEM;
+    if (!rc) {
+        p->c = c;
+        p->deleting = true;
+        snprintf(p->ss.id, sizeof(p->ss.id), "%s", req->session_id);
+        rc = store_delete(c->srv->store, req->session_id, session_durable, p);
+    }
     if (rc) {
+        free(p);
         session_fail(c, rc, req->session_id);
         goto cleanup;
     }
-    dmn_log(DMN_INFO, "session_deleted", c->rid, req->session_id, "session deleted");
-    Recurd__V1__DeleteSessionResponse r = RECURD__V1__DELETE_SESSION_RESPONSE__INIT;
-    dmn_call_reply(c, &r.base);
 cleanup:
     protobuf_c_message_free_unpacked(&req->base, NULL);
 }

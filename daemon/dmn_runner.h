@@ -1,60 +1,102 @@
-/* daemon: the minimal batching runner — the seam a later session replaces with scheduler/.
- * It owns the backend's state slots, admits sequences FIFO, and runs one ragged step at a
- * time on a libuv worker thread: every decoding sequence's next token plus prefill chunks
- * within the step's token budget. Everything but the step itself runs on the loop thread. */
+/* daemon: the runner drives scheduler/ (sched_step) on the loop thread and runs its plans on a
+ * libuv worker thread: slot moves (swap out/in to a host buffer, load, reset), one ragged
+ * wrk_step, commit reads. Sampling stays with the caller (dmn_generate.c) through callbacks. */
 #ifndef DMN_RUNNER_H
 #define DMN_RUNNER_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
 
+#include "scheduler/sched.h"
 #include "workers/wrk.h"
 
 typedef struct dmn_runner dmn_runner_t;
 typedef struct dmn_seq dmn_seq_t;
+typedef struct dmn__req dmn__req_t;
 
 typedef enum dmn_seq_ev {
-    DMN_SEQ_LOGITS,  /* logits of the last fed token are in seq->logits: call _feed or _finish */
-    DMN_SEQ_STARTED, /* first step with this sequence began (for queue timings) */
-    DMN_SEQ_DONE,    /* terminal: _finish with a state completed; state_out is filled */
-    DMN_SEQ_FAILED,  /* terminal: seq->rc says why (RCD_ECANCELLED after _cancel) */
+    DMN_SEQ_LOGITS,  /* logits of the last fed token are in seq->logits: call _feed, _finish or
+                      * _cancel before returning */
+    DMN_SEQ_STARTED, /* the sequence's first step was handed to the worker (queue timing) */
+    DMN_SEQ_DONE,    /* terminal: the commit feed ran and state_out holds the final state */
+    DMN_SEQ_FAILED,  /* terminal: seq->rc and seq->msg say why (RCD_ECANCELLED after a _cancel
+                      * that returned 1; RCD_EDEADLINE when the deadline passed while queued or
+                      * preempted; a failed step's code) */
 } dmn_seq_ev_t;
 
 typedef void (*dmn_seq_cb)(dmn_seq_t *s, dmn_seq_ev_t ev);
 
-/* Filled by the caller before dmn_runner_submit; the runner owns the private part. The seq
- * and everything it points to must live until a terminal event or a synchronous release. */
+/* Filled by the caller before dmn_runner_submit. The seq and the buffers it points to must
+ * live until a terminal event, or until a _finish / _cancel that returned 0. */
 struct dmn_seq {
-    const int32_t *prompt; /* borrowed; tokens fed before the first logits, >= 1 */
+    const int32_t *prompt; /* copied at submit; >= 1 token */
     int32_t n_prompt;
-    const void *init_state; /* borrowed until DMN_SEQ_STARTED; NULL: zero state */
+    int32_t max_new;        /* tokens the caller may sample, >= 1 (it calls _finish at the
+                             * latest on the max_new-th) */
+    const void *init_state; /* borrowed until a terminal event; NULL: the zero state */
+    void *state_out;        /* caller-owned state_bytes; non-NULL: the turn commits (the last
+                             * sampled token is fed and the state after it copied here) */
     float *logits;          /* caller-owned, vocab floats */
+    int32_t priority;       /* 0..DMN_RUNNER_PRIORITIES-1, higher first (and may preempt) */
+    uint64_t tenant;        /* per-tenant share among equal priorities */
+    uint64_t deadline_ns;   /* uv_hrtime() clock, 0 = none: refused if it passes while queued */
     dmn_seq_cb cb;
     void *user;
-    int rc; /* for DMN_SEQ_FAILED */
-    /* private */
-    dmn_seq_t *next;
-    int32_t slot;
-    int32_t fed;     /* prompt tokens fed so far */
-    int32_t pending; /* token to feed next (-1: none) */
-    bool admitted, started, in_step, cancelled, finishing, decode_ready;
-    void *state_out;
+    /* set by the runner */
+    int rc;                /* for DMN_SEQ_FAILED */
+    char msg[112];         /* for DMN_SEQ_FAILED */
+    int32_t n_preemptions; /* times swapped out to host memory so far */
+    dmn__req_t *req;       /* private */
 };
 
+#define DMN_RUNNER_PRIORITIES 4
+
+typedef struct dmn_runner_config {
+    int max_queue;      /* sequences held (waiting + running), as --max-queue */
+    int n_host_slots;   /* host buffers for preempted states; 0: never preempt */
+    int64_t aging_ms;   /* waiting this long raises a sequence's priority by one */
+    int min_run_steps;  /* steps a sequence runs before it may be preempted */
+    int max_inflight;   /* 2: plan step N+1 while step N runs; 1: lockstep */
+    bool tenant_fair;   /* equal priorities: the tenant holding fewer slots first */
+    int stats_every_ms; /* scheduler metrics logged at debug this often (0: never) */
+} dmn_runner_config_t;
+
+/* Defaults: n_host_slots = backend slots, aging 5 s, min_run_steps 8, max_inflight 2,
+ * tenant_fair, stats every 10 s. */
+void dmn_runner_config_default(dmn_runner_config_t *c, const wrk_backend_t *be, int max_queue);
+int dmn_runner_create_cfg(uv_loop_t *loop, wrk_backend_t *be, const dmn_runner_config_t *cfg,
+                          dmn_runner_t **out, char *err, size_t errlen);
+/* dmn_runner_create_cfg with the defaults. */
 int dmn_runner_create(uv_loop_t *loop, wrk_backend_t *be, int max_queue, dmn_runner_t **out);
-void dmn_runner_destroy(dmn_runner_t *r); /* only when idle */
-/* Queues a sequence: RCD_ETOOBIG when max_queue sequences are already held. */
-int dmn_runner_submit(dmn_runner_t *r, dmn_seq_t *s);
-/* After DMN_SEQ_LOGITS: feed the sampled token; its logits come with the next event. */
+void dmn_runner_destroy(dmn_runner_t *r); /* only when no step is in flight; NULL-safe */
+
+/* Hands a sequence to the scheduler. Returns 0 (events follow), or a negative code with a
+ * message in err when the scheduler refuses it at once: RCD_ETOOBIG (queue full, over a
+ * limit), RCD_EDEADLINE (deadline already passed), RCD_EINVAL; then no event follows. */
+int dmn_runner_submit(dmn_runner_t *r, dmn_seq_t *s, char *err, size_t errlen);
+/* In DMN_SEQ_LOGITS: feed the sampled token; its logits come with a later event. */
 void dmn_runner_feed(dmn_runner_t *r, dmn_seq_t *s, int32_t token);
-/* After DMN_SEQ_LOGITS: the sequence ends. With state_out, `last` (the token sampled but not
- * yet fed, >= 0) is fed and the state after it copied into state_out; DMN_SEQ_DONE follows
- * and 1 is returned. Without, the slot is freed at once, no event follows, and 0 returned. */
-int dmn_runner_finish(dmn_runner_t *r, dmn_seq_t *s, int32_t last, void *state_out);
-/* Stops a sequence at the next step boundary. Returns 0 if it was released at once (no
- * event follows), 1 if DMN_SEQ_FAILED with RCD_ECANCELLED follows. */
+/* In DMN_SEQ_LOGITS: generation ends with `last` (the token just sampled, >= 0). With
+ * state_out, `last` is fed, DMN_SEQ_DONE follows and 1 is returned. Without, the runner
+ * forgets the seq at once, no event follows, and 0 is returned. */
+int dmn_runner_finish(dmn_runner_t *r, dmn_seq_t *s, int32_t last);
+/* Ends a sequence wherever it is. Returns 0 if the runner forgot it at once (no event follows),
+ * 1 if the worker is using its buffers: DMN_SEQ_FAILED with RCD_ECANCELLED follows. */
 int dmn_runner_cancel(dmn_runner_t *r, dmn_seq_t *s);
-int dmn_runner_held(const dmn_runner_t *r); /* sequences queued or running */
+
+int dmn_runner_held(const dmn_runner_t *r); /* sequences the runner holds */
+
+typedef struct dmn_runner_stats {
+    sched_stats_t sched;
+    uint64_t steps_run;     /* worker steps (a plan whose entries all dropped runs none) */
+    uint64_t planned_ahead; /* plans issued while the worker was busy (pipelining) */
+    uint64_t dropped;       /* plan entries dropped at submission (ended or stopped) */
+    uint64_t swap_outs, swap_ins, loads;
+    uint64_t worker_us; /* time inside work callbacks */
+    uint64_t gap_us;    /* worker idle time between steps while work was ready */
+} dmn_runner_stats_t;
+void dmn_runner_stats(const dmn_runner_t *r, dmn_runner_stats_t *out);
 
 #endif

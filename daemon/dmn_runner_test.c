@@ -1,6 +1,8 @@
-/* Unit test of the batching runner on the bundled model: sequences run together (chunked
- * prefill + batched decode, more sequences than slots) give the same greedy tokens as each
- * run alone, and _finish with a state returns the state after the last token. */
+/* Unit test of the runner (scheduler + worker thread) on the bundled model: sequences run
+ * together (chunked prefill, batched decode, more sequences than slots, pipelined planning)
+ * give the same greedy tokens as each run alone; a committed state continues the text; a
+ * high-priority arrival preempts a running sequence, which resumes from host memory with the
+ * same tokens and the same final state bit for bit; refusals come back with their codes. */
 #include "daemon/dmn_runner.h"
 #include "tests/rcd_test.h"
 
@@ -9,131 +11,367 @@
 
 #define N_SEQ 5
 #define N_GEN 6
+#define MAX_GEN 64
 
-typedef struct t_seq {
+typedef struct t_seq t_seq_t;
+struct t_seq {
     dmn_seq_t seq;
     dmn_runner_t *r;
-    int32_t prompt[40];
-    int32_t out[N_GEN];
-    int n_out, vocab;
-    bool done, failed, want_state;
+    int32_t prompt[64];
+    int32_t out[MAX_GEN];
+    int n_out, n_gen, vocab, done_order, fail_rc;
+    bool done, failed, forever, stop;
     void *state;
-} t_seq_t;
+    /* fires once when n_out reaches at_out (submits `then` from inside the callback) */
+    int at_out;
+    t_seq_t *then;
+};
+
+static int g_order;
 
 static void on_ev(dmn_seq_t *s, dmn_seq_ev_t ev)
 {
     t_seq_t *t = s->user;
-    if (ev == DMN_SEQ_DONE) {
+    if (ev == DMN_SEQ_DONE || ev == DMN_SEQ_FAILED) {
         t->done = true;
-        return;
-    }
-    if (ev == DMN_SEQ_FAILED) {
-        t->failed = t->done = true;
+        t->failed = ev == DMN_SEQ_FAILED;
+        t->fail_rc = s->rc;
+        t->done_order = ++g_order;
         return;
     }
     if (ev != DMN_SEQ_LOGITS) return;
     int best = 0;
     for (int i = 1; i < t->vocab; i++)
         if (s->logits[i] > s->logits[best]) best = i;
-    t->out[t->n_out++] = best;
-    if (t->n_out < N_GEN)
-        dmn_runner_feed(t->r, s, best);
-    else if (!dmn_runner_finish(t->r, s, best, t->want_state ? t->state : NULL))
+    if (t->n_out < MAX_GEN) t->out[t->n_out] = best;
+    t->n_out++;
+    if (t->then && t->n_out == t->at_out) {
+        char err[160];
+        CHECK(dmn_runner_submit(t->r, &t->then->seq, err, sizeof(err)) == 0);
+    }
+    if (t->stop) {
+        CHECK(dmn_runner_cancel(t->r, s) == 0); /* between steps nothing holds it */
         t->done = true;
+        t->done_order = ++g_order;
+    } else if (t->forever || t->n_out < t->n_gen) {
+        dmn_runner_feed(t->r, s, best);
+    } else if (!dmn_runner_finish(t->r, s, best)) {
+        t->done = true;
+        t->done_order = ++g_order;
+    }
 }
 
-static void setup(t_seq_t *t, dmn_runner_t *r, int k, int vocab, size_t state_bytes)
+static void setup(t_seq_t *t, dmn_runner_t *r, int k, int n_gen, int vocab, size_t state_bytes,
+                  bool commit)
 {
     memset(t, 0, sizeof(*t));
     t->r = r;
     t->vocab = vocab;
+    t->n_gen = n_gen;
     int n = 3 + 7 * k; /* different lengths: several prefill chunks for the longer ones */
     for (int i = 0; i < n; i++)
         t->prompt[i] = (int32_t)((k * 131 + i * 17) % vocab);
     t->seq.prompt = t->prompt;
     t->seq.n_prompt = n;
+    t->seq.max_new = n_gen;
     t->seq.logits = malloc(sizeof(float) * (size_t)vocab);
     t->seq.cb = on_ev;
     t->seq.user = t;
     t->state = calloc(1, state_bytes);
+    if (commit) t->seq.state_out = t->state;
+}
+
+static void teardown(t_seq_t *t)
+{
+    free(t->seq.logits);
+    free(t->state);
 }
 
 static void run(uv_loop_t *loop, dmn_runner_t *r, t_seq_t *ts, int n)
 {
+    char err[160];
     for (int i = 0; i < n; i++)
-        CHECK(dmn_runner_submit(r, &ts[i].seq) == 0);
+        CHECK(dmn_runner_submit(r, &ts[i].seq, err, sizeof(err)) == 0);
     uv_run(loop, UV_RUN_DEFAULT);
     for (int i = 0; i < n; i++)
-        CHECK(ts[i].done && !ts[i].failed);
+        CHECK_MSG(ts[i].done && !ts[i].failed, "seq %d: done %d rc %d %s", i, ts[i].done,
+                  ts[i].fail_rc, ts[i].seq.msg);
     CHECK(dmn_runner_held(r) == 0);
+}
+
+typedef struct fixture {
+    wrk_model_t *m;
+    wrk_backend_t *be;
+    const wrk_model_info_t *mi;
+    uv_loop_t loop;
+} fixture_t;
+
+static bool fx_open(fixture_t *f, int n_slots, int max_step_tokens)
+{
+    char err[256];
+    memset(f, 0, sizeof(*f));
+    if (wrk_model_load(RCD_DEFAULT_MODEL, &f->m, err, sizeof(err))) {
+        fprintf(stderr, "model: %s\n", err);
+        CHECK(0);
+        return false;
+    }
+    f->mi = wrk_model_info(f->m);
+    wrk_backend_opts_t bo = {
+        .n_threads = 1, .n_slots = n_slots, .max_step_tokens = max_step_tokens};
+    CHECK(wrk_cpu_backend_create(f->m, &bo, &f->be, err, sizeof(err)) == 0);
+    uv_loop_init(&f->loop);
+    return f->be != NULL;
+}
+
+static void fx_close(fixture_t *f)
+{
+    uv_loop_close(&f->loop);
+    wrk_backend_destroy(f->be);
+    wrk_model_free(f->m);
+}
+
+static bool state_close(const void *a, const void *b, size_t bytes)
+{
+    const float *x = a, *y = b;
+    for (size_t i = 0; i < bytes / sizeof(float); i++)
+        if (!(fabsf(x[i] - y[i]) <= 1e-4f * (1.0f + fabsf(y[i])))) {
+            fprintf(stderr, "state differs at float %zu: %g vs %g\n", i, x[i], y[i]);
+            return false;
+        }
+    return true;
 }
 
 static void test_batched_equals_alone(void)
 {
-    char err[256];
-    wrk_model_t *m = NULL;
-    wrk_backend_t *be = NULL;
-    if (wrk_model_load(RCD_DEFAULT_MODEL, &m, err, sizeof(err))) {
-        fprintf(stderr, "model: %s\n", err);
-        CHECK(0);
-        return;
-    }
-    const wrk_model_info_t *mi = wrk_model_info(m);
-    wrk_backend_opts_t bo = {.n_threads = 1, .n_slots = 3, .max_step_tokens = 16};
-    CHECK(wrk_cpu_backend_create(m, &bo, &be, err, sizeof(err)) == 0);
-    uv_loop_t loop;
-    uv_loop_init(&loop);
+    fixture_t f;
+    if (!fx_open(&f, 3, 16)) return;
+    int V = f.mi->vocab_size;
+    size_t SB = f.mi->state_bytes;
     dmn_runner_t *r = NULL;
-    CHECK(dmn_runner_create(&loop, be, 16, &r) == 0);
+    CHECK(dmn_runner_create(&f.loop, f.be, 16, &r) == 0);
     t_seq_t alone[N_SEQ], together[N_SEQ];
     for (int k = 0; k < N_SEQ; k++) {
-        setup(&alone[k], r, k, mi->vocab_size, mi->state_bytes);
-        alone[k].want_state = true;
-        run(&loop, r, &alone[k], 1);
+        setup(&alone[k], r, k, N_GEN, V, SB, true);
+        run(&f.loop, r, &alone[k], 1);
     }
     for (int k = 0; k < N_SEQ; k++)
-        setup(&together[k], r, k, mi->vocab_size, mi->state_bytes);
-    together[2].want_state = true;
-    run(&loop, r, together, N_SEQ);
+        setup(&together[k], r, k, N_GEN, V, SB, k == 2);
+    run(&f.loop, r, together, N_SEQ);
     for (int k = 0; k < N_SEQ; k++)
-        CHECK_MSG(memcmp(alone[k].out, together[k].out, sizeof(alone[k].out)) == 0, "seq %d", k);
-    /* The state that _finish returned continues the text: a run over prompt + outputs from
-     * zero and a run from that state agree on what comes next. */
-    t_seq_t again;
-    setup(&again, r, 2, mi->vocab_size, mi->state_bytes);
+        CHECK_MSG(memcmp(alone[k].out, together[k].out, sizeof(int32_t) * N_GEN) == 0, "seq %d", k);
+    /* The committed state continues the text: a run over prompt + outputs from zero and a run
+     * from that state agree on what comes next. */
+    t_seq_t again, cont;
+    setup(&again, r, 2, N_GEN, V, SB, false);
     int n = again.seq.n_prompt;
     for (int i = 0; i < N_GEN; i++)
         again.prompt[n + i] = alone[2].out[i];
     again.seq.n_prompt = n + N_GEN;
-    again.seq.init_state = NULL;
-    CHECK(dmn_runner_submit(r, &again.seq) == 0);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    t_seq_t cont;
-    setup(&cont, r, 0, mi->vocab_size, mi->state_bytes);
+    run(&f.loop, r, &again, 1);
+    setup(&cont, r, 0, N_GEN, V, SB, false);
     cont.prompt[0] = again.out[0];
     cont.seq.n_prompt = 1;
     cont.seq.init_state = alone[2].state;
-    CHECK(dmn_runner_submit(r, &cont.seq) == 0);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    CHECK(cont.done && memcmp(cont.out, again.out + 1, sizeof(int32_t) * (N_GEN - 1)) == 0);
+    run(&f.loop, r, &cont, 1);
+    CHECK(memcmp(cont.out, again.out + 1, sizeof(int32_t) * (N_GEN - 1)) == 0);
+    /* The state committed in a batch is the one committed alone (to rounding: batched
+     * prefill chunks differ from the ones run alone). */
+    CHECK(state_close(together[2].state, alone[2].state, SB));
+    dmn_runner_stats_t st;
+    dmn_runner_stats(r, &st);
+    CHECK(st.planned_ahead > 0); /* plans were made while the worker ran */
+    CHECK(st.sched.completed == 2 * N_SEQ + 2);
+    CHECK(st.sched.loads == 1 && st.loads == 1);
+    CHECK(st.sched.preemptions == 0);
     for (int k = 0; k < N_SEQ; k++) {
-        free(alone[k].seq.logits);
-        free(alone[k].state);
-        free(together[k].seq.logits);
-        free(together[k].state);
+        teardown(&alone[k]);
+        teardown(&together[k]);
     }
-    free(again.seq.logits);
-    free(again.state);
-    free(cont.seq.logits);
-    free(cont.state);
+    teardown(&again);
+    teardown(&cont);
     dmn_runner_destroy(r);
-    uv_loop_close(&loop);
-    wrk_backend_destroy(be);
-    wrk_model_free(m);
+    fx_close(&f);
+}
+
+/* One slot: a long low-priority sequence is running when a high-priority one arrives. The low
+ * one is swapped out to host memory, the high one runs to the end, the low one resumes: both
+ * produce exactly what they produce alone, and the low one's committed state is identical. */
+static void preempt_case(bool pipelined)
+{
+    fixture_t f;
+    if (!fx_open(&f, 1, 16)) return;
+    int V = f.mi->vocab_size;
+    size_t SB = f.mi->state_bytes;
+    dmn_runner_config_t c;
+    dmn_runner_config_default(&c, f.be, 8);
+    c.min_run_steps = 2;
+    c.max_inflight = pipelined ? 2 : 1;
+    dmn_runner_t *r = NULL;
+    char err[160];
+    CHECK(dmn_runner_create_cfg(&f.loop, f.be, &c, &r, err, sizeof(err)) == 0);
+    t_seq_t low_alone, high_alone, low, high;
+    setup(&low_alone, r, 3, 40, V, SB, true);
+    run(&f.loop, r, &low_alone, 1);
+    setup(&high_alone, r, 1, 8, V, SB, true);
+    high_alone.seq.priority = 3;
+    run(&f.loop, r, &high_alone, 1);
+
+    setup(&low, r, 3, 40, V, SB, true);
+    setup(&high, r, 1, 8, V, SB, true);
+    high.seq.priority = 3;
+    low.at_out = 5;
+    low.then = &high;
+    g_order = 0;
+    run(&f.loop, r, &low, 1);
+    CHECK(high.done && !high.failed);
+    CHECK(low.seq.n_preemptions == 1);
+    CHECK(high.seq.n_preemptions == 0);
+    CHECK_MSG(high.done_order < low.done_order, "high %d, low %d", high.done_order, low.done_order);
+    CHECK(memcmp(low.out, low_alone.out, sizeof(int32_t) * 40) == 0);
+    CHECK(memcmp(high.out, high_alone.out, sizeof(int32_t) * 8) == 0);
+    CHECK(memcmp(low.state, low_alone.state, SB) == 0);
+    CHECK(memcmp(high.state, high_alone.state, SB) == 0);
+    dmn_runner_stats_t st;
+    dmn_runner_stats(r, &st);
+    CHECK(st.swap_outs == 1 && st.swap_ins == 1 && st.sched.preemptions == 1);
+    teardown(&low_alone);
+    teardown(&high_alone);
+    teardown(&low);
+    teardown(&high);
+    dmn_runner_destroy(r);
+    fx_close(&f);
+}
+
+static void test_preempt_resumes_exactly(void)
+{
+    preempt_case(true);
+    preempt_case(false);
+}
+
+/* Refusals at submit (queue full, deadline already passed, bad priority), a deadline that
+ * passes while queued (DMN_SEQ_FAILED with RCD_EDEADLINE), cancelling a queued sequence. */
+static void test_refusals(void)
+{
+    fixture_t f;
+    if (!fx_open(&f, 1, 16)) return;
+    int V = f.mi->vocab_size;
+    size_t SB = f.mi->state_bytes;
+    dmn_runner_t *r = NULL;
+    CHECK(dmn_runner_create(&f.loop, f.be, 2, &r) == 0); /* 1 running + 1 waiting */
+    char err[160] = "";
+    t_seq_t a, b, c, d, e;
+    setup(&a, r, 1, 1 << 20, V, SB, false);
+    a.forever = true;
+    setup(&b, r, 2, 4, V, SB, false);
+    setup(&c, r, 3, 4, V, SB, false);
+    setup(&d, r, 0, 4, V, SB, false);
+    setup(&e, r, 0, 4, V, SB, false);
+    CHECK(dmn_runner_submit(r, &a.seq, err, sizeof(err)) == 0);
+    CHECK(dmn_runner_submit(r, &b.seq, err, sizeof(err)) == 0);
+    CHECK(dmn_runner_submit(r, &c.seq, err, sizeof(err)) == RCD_ETOOBIG);
+    CHECK_MSG(strstr(err, "queue is full") != NULL, "%s", err);
+    CHECK(dmn_runner_cancel(r, &b.seq) == 0); /* queued: forgotten at once */
+    d.seq.deadline_ns = uv_hrtime() - 1;
+    CHECK(dmn_runner_submit(r, &d.seq, err, sizeof(err)) == RCD_EDEADLINE);
+    CHECK_MSG(strstr(err, "deadline") != NULL, "%s", err);
+    d.seq.deadline_ns = 0;
+    d.seq.priority = DMN_RUNNER_PRIORITIES;
+    CHECK(dmn_runner_submit(r, &d.seq, err, sizeof(err)) == RCD_EINVAL);
+    CHECK(dmn_runner_held(r) == 1);
+    while (a.n_out < 1) /* a holds the slot */
+        uv_run(&f.loop, UV_RUN_ONCE);
+    /* e waits behind a (same priority, aging 5 s) until its deadline passes */
+    e.seq.deadline_ns = uv_hrtime() + 50 * 1000000ull;
+    CHECK(dmn_runner_submit(r, &e.seq, err, sizeof(err)) == 0);
+    while (!e.done)
+        uv_run(&f.loop, UV_RUN_ONCE);
+    CHECK(e.failed && e.fail_rc == RCD_EDEADLINE && e.n_out == 0);
+    CHECK_MSG(strstr(e.seq.msg, "deadline") != NULL, "%s", e.seq.msg);
+    CHECK(!a.done && a.n_out > 0);
+    a.stop = true;
+    uv_run(&f.loop, UV_RUN_DEFAULT);
+    CHECK(a.done && !b.done && !c.done);
+    CHECK(dmn_runner_held(r) == 0);
+    dmn_runner_stats_t st;
+    dmn_runner_stats(r, &st);
+    CHECK(st.sched.expired == 1 && st.sched.cancelled == 2 && st.sched.rejected == 3);
+    teardown(&a);
+    teardown(&b);
+    teardown(&c);
+    teardown(&d);
+    teardown(&e);
+    dmn_runner_destroy(r);
+    fx_close(&f);
+}
+
+/* A stop before max_new (STOP, pipelined: the entry planned past it is dropped and the commit
+ * feed re-planned) commits the same state as reaching max_new at that token (TOKEN). */
+static void test_stop_commits_like_length(void)
+{
+    fixture_t f;
+    if (!fx_open(&f, 2, 16)) return;
+    int V = f.mi->vocab_size;
+    size_t SB = f.mi->state_bytes;
+    dmn_runner_t *r = NULL;
+    CHECK(dmn_runner_create(&f.loop, f.be, 8, &r) == 0);
+    t_seq_t by_len, by_stop, other;
+    setup(&by_len, r, 2, 6, V, SB, true);
+    run(&f.loop, r, &by_len, 1);
+    setup(&by_stop, r, 2, 6, V, SB, true);
+    by_stop.seq.max_new = 30; /* the callback stops at 6 */
+    setup(&other, r, 4, 12, V, SB, false);
+    t_seq_t both[2];
+    both[0] = other; /* run() submits an array: copy, then fix the self-pointers */
+    both[1] = by_stop;
+    for (int i = 0; i < 2; i++)
+        both[i].seq.user = &both[i];
+    run(&f.loop, r, both, 2);
+    CHECK(memcmp(both[1].out, by_len.out, sizeof(int32_t) * 6) == 0);
+    CHECK(both[1].n_out == 6);
+    CHECK(state_close(both[1].state, by_len.state, SB));
+    dmn_runner_stats_t st;
+    dmn_runner_stats(r, &st);
+    CHECK(st.dropped > 0); /* the decode planned past the stop never ran */
+    teardown(&by_len);
+    teardown(&both[0]);
+    teardown(&both[1]);
+    dmn_runner_destroy(r);
+    fx_close(&f);
+}
+
+/* Cancelling a sequence whose step the worker is running: 1, then DMN_SEQ_FAILED(CANCELLED)
+ * after the step; the slot serves the next sequence. */
+static void test_cancel_in_step(void)
+{
+    fixture_t f;
+    if (!fx_open(&f, 1, 16)) return;
+    int V = f.mi->vocab_size;
+    size_t SB = f.mi->state_bytes;
+    dmn_runner_t *r = NULL;
+    CHECK(dmn_runner_create(&f.loop, f.be, 8, &r) == 0);
+    char err[160];
+    t_seq_t x, y;
+    setup(&x, r, 3, 6, V, SB, true);
+    setup(&y, r, 1, 4, V, SB, false);
+    CHECK(dmn_runner_submit(r, &x.seq, err, sizeof(err)) == 0); /* idle worker: runs at once */
+    CHECK(dmn_runner_cancel(r, &x.seq) == 1);
+    CHECK(dmn_runner_submit(r, &y.seq, err, sizeof(err)) == 0);
+    uv_run(&f.loop, UV_RUN_DEFAULT);
+    CHECK(x.done && x.failed && x.fail_rc == RCD_ECANCELLED && x.n_out == 0);
+    CHECK(y.done && !y.failed && y.n_out == 4);
+    CHECK(dmn_runner_held(r) == 0);
+    teardown(&x);
+    teardown(&y);
+    dmn_runner_destroy(r);
+    fx_close(&f);
 }
 
 int main(void)
 {
     RUN(test_batched_equals_alone);
+    RUN(test_preempt_resumes_exactly);
+    RUN(test_refusals);
+    RUN(test_stop_commits_like_length);
+    RUN(test_cancel_in_step);
     return rcd_test_summary();
 }

@@ -32,6 +32,72 @@ static int write_port_file(const char *path, int port)
     return 0;
 }
 
+static void store_warn(void *user, const char *sid, const char *msg)
+{
+    (void)user;
+    dmn_log(DMN_WARN, "checkpoint", NULL, sid, "%s", msg);
+}
+
+/* The session store: durable under the state dir unless memory-only; logs what the startup
+ * scan found, foreign models' checkpoints in particular. */
+static int open_store(dmn_server_t *srv, const wrk_model_info_t *mi, char *err, size_t errlen)
+{
+    const dmn_opts_t *o = srv->opts;
+    char dir[3200];
+    dmn_opts_state_dir(o, dir, sizeof(dir));
+    store_tensor_t *t = calloc((size_t)mi->n_state_tensors + 1, sizeof(*t));
+    if (!t) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
+    for (int i = 0; i < mi->n_state_tensors; i++) {
+        const wrk_state_tensor_t *w = &mi->state_tensors[i];
+        snprintf(t[i].name, sizeof(t[i].name), "%s", w->name);
+        t[i].offset = w->offset;
+        t[i].bytes = w->bytes;
+        t[i].ndim = w->ndim;
+        for (int d = 0; d < 3; d++)
+            t[i].shape[d] = w->shape[d];
+    }
+    store_opts_t so = {.state_bytes = mi->state_bytes,
+                       .fingerprint = mi->fingerprint,
+                       .max_sessions = (size_t)o->max_sessions,
+                       .loop = srv->loop,
+                       .dir = dir,
+                       .keep_versions = (int)o->keep_versions,
+                       .cache_bytes = (size_t)o->host_cache_bytes,
+                       .redis = o->redis,
+                       .n_tensors = mi->n_state_tensors,
+                       .tensors = t,
+                       .warn_cb = store_warn};
+    int rc = store_open(&so, &srv->store, err, errlen);
+    free(t);
+    if (rc) return rc;
+    store_stats_t st;
+    store_get_stats(srv->store, &st);
+    if (!dir[0]) {
+        dmn_log(DMN_INFO, "store", NULL, NULL,
+                "sessions in memory only (--ephemeral or empty --state-dir): nothing survives "
+                "a restart");
+        if (o->redis[0])
+            dmn_log(DMN_WARN, "store", NULL, NULL,
+                    "--redis %s ignored: the shared tier needs a --state-dir", o->redis);
+        return 0;
+    }
+    if (o->redis[0])
+        dmn_log(DMN_INFO, "store", NULL, NULL,
+                "shared tier: redis %s (commits written through, unknown sessions looked up)",
+                o->redis);
+    dmn_log(DMN_INFO, "store", NULL, NULL,
+            "state dir %s: %zu sessions, %zu quarantined checkpoints, scan %llu ms, keep %ld "
+            "versions, host cache %ld bytes",
+            dir, st.sessions, st.quarantined, (unsigned long long)st.scan_ms, o->keep_versions,
+            o->host_cache_bytes);
+    if (st.foreign)
+        dmn_log(DMN_WARN, "store_foreign", NULL, NULL,
+                "%zu sessions in %s were checkpointed by another model (e.g. fingerprint "
+                "%016llx; loaded model %s): they are listed but refused (FAILED_PRECONDITION)",
+                st.foreign, dir, (unsigned long long)st.foreign_fingerprint, mi->fingerprint_hex);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     dmn_opts_t opts;
@@ -56,8 +122,8 @@ int main(int argc, char **argv)
         exit_code = 2;
         goto cleanup;
     }
-    if (strcmp(opts.backend, "cpu") != 0) {
-        fprintf(stderr, "recurd: --backend %s is not built; only cpu\n", opts.backend);
+    if (strcmp(opts.backend, "cpu") != 0 && strcmp(opts.backend, "cuda") != 0) {
+        fprintf(stderr, "recurd: unknown --backend %s (cpu or cuda)\n", opts.backend);
         exit_code = 2;
         goto cleanup;
     }
@@ -73,7 +139,8 @@ int main(int argc, char **argv)
                              .n_slots = (int)opts.slots,
                              .max_step_tokens = (int)opts.max_step_tokens,
                              .isa = opts.isa};
-    if ((rc = wrk_cpu_backend_create(srv.model, &bo, &srv.backend, err, sizeof(err)))) {
+    if ((rc = wrk_backend_create_by_name(opts.backend, srv.model, &bo, &srv.backend, err,
+                                         sizeof(err)))) {
         dmn_log(DMN_ERROR, "backend", NULL, NULL, "%s", err);
         goto cleanup;
     }
@@ -96,19 +163,16 @@ int main(int argc, char **argv)
         char *slash = strchr(srv.model_id, '/');
         if (slash) *slash = 0;
     }
-    store_opts_t so = {.state_bytes = mi->state_bytes,
-                       .fingerprint = mi->fingerprint,
-                       .max_sessions = (size_t)opts.max_sessions};
-    if ((rc = store_mem_open(&so, &srv.store, err, sizeof(err)))) {
-        dmn_log(DMN_ERROR, "store", NULL, NULL, "%s", err);
-        goto cleanup;
-    }
     if ((rc = uv_loop_init(&loop))) {
         dmn_log(DMN_ERROR, "loop", NULL, NULL, "uv_loop_init: %s", uv_strerror(rc));
         goto cleanup;
     }
     loop_up = true;
     srv.loop = &loop;
+    if ((rc = open_store(&srv, mi, err, sizeof(err)))) {
+        dmn_log(DMN_ERROR, "store", NULL, NULL, "%s", err);
+        goto cleanup;
+    }
     if ((rc = dmn_runner_create(&loop, srv.backend, (int)opts.max_queue, &srv.runner))) {
         dmn_log(DMN_ERROR, "runner", NULL, NULL, "%s", rcd_strerror(rc));
         goto cleanup;
@@ -128,6 +192,9 @@ int main(int argc, char **argv)
     uv_run(&loop, UV_RUN_DEFAULT);
     exit_code = 0;
 cleanup:
+    /* Before the loop's last turn: the store's Redis connection closes a handle on it. */
+    store_close(srv.store);
+    srv.store = NULL;
     if (loop_up) {
         uv_run(&loop, UV_RUN_NOWAIT); /* let close callbacks run */
         if (uv_loop_close(&loop) == UV_EBUSY)
@@ -135,7 +202,6 @@ cleanup:
     }
     if (grpc_up) grpc_shutdown();
     dmn_runner_destroy(srv.runner);
-    store_close(srv.store);
     tok_free(srv.tok);
     wrk_backend_destroy(srv.backend);
     wrk_model_free(srv.model);

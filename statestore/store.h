@@ -1,25 +1,30 @@
 /* statestore: the session store seam. A session is (id, version, token count, timestamps,
- * metadata, committed state blob). The daemon only talks to this header; today's backing is
- * in memory (store_mem.c), a durable one will implement the same vtable. */
+ * metadata, committed state blob). The daemon only talks to this header. Tiers behind it:
+ * an in-memory index of every session, a host cache of states (LRU under a byte budget) and,
+ * unless the store is memory-only, a durable disk tier of self-describing checkpoints
+ * (ckpt.h). Disk I/O never runs on the calling (loop) thread: it runs on the libuv thread
+ * pool, one batch of jobs at a time in submission order, and completes on the loop. */
 #ifndef RCD_STORE_H
 #define RCD_STORE_H
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <uv.h>
 
 #include "common/rcd_error.h"
 
 #define STORE_ID_MAX 128      /* bytes of a session id, [A-Za-z0-9._:-] */
 #define STORE_META_MAX 32     /* metadata entries per session */
-#define STORE_META_BYTES 4096 /* bytes of keys + values per session */
+#define STORE_META_BYTES 4096 /* bytes of keys + values (+ 2 NULs each) per session */
+#define STORE_PENDING 1       /* "the callback follows" (see store_load) */
 
 typedef struct store_meta {
     const char *key;   /* borrowed by calls that take metadata; owned by store_session_t */
     const char *value; /* when returned in one */
 } store_meta_t;
 
-/* A copy of a session's metadata, owned by the caller; release with store_session_clear. */
+/* A copy of a session's record, owned by the caller; release with store_session_clear. */
 typedef struct store_session {
     char id[STORE_ID_MAX + 1];
     char parent_id[STORE_ID_MAX + 1]; /* "" unless forked */
@@ -27,64 +32,116 @@ typedef struct store_session {
     uint64_t n_tokens;                /* tokens absorbed into the committed state */
     int64_t created_ms, updated_ms;   /* Unix milliseconds */
     bool has_state;                   /* false until the first commit: start from zeros */
+    /* Found on disk with another model's fingerprint (`fingerprint`): listed, never loaded. */
+    bool foreign;
+    uint64_t fingerprint; /* of the model that wrote the checkpoint */
     int n_meta;
     store_meta_t *meta; /* owned; keys and values live in the same block */
 } store_session_t;
+
+/* One tensor of the state blob, written into every checkpoint's layout table. */
+typedef struct store_tensor {
+    char name[48];
+    uint64_t offset, bytes;
+    int ndim;
+    int64_t shape[3];
+} store_tensor_t;
 
 typedef struct store_opts {
     size_t state_bytes;   /* size of every state blob (wrk_model_info()->state_bytes) */
     uint64_t fingerprint; /* model fingerprint: a store never mixes models */
     size_t max_sessions;  /* 0: 1024; creating more fails with RCD_ETOOBIG */
+    uv_loop_t *loop;      /* required: jobs are queued on its pool, callbacks run on it */
+    const char *dir;      /* NULL or "": memory only (nothing survives a restart) */
+    int keep_versions;    /* disk: checkpoints kept per session, newest first; 0: 2 */
+    size_t cache_bytes;   /* disk: host cache budget for states; memory-only keeps all */
+    /* Shared tier: "host:port" of a Redis server, or NULL/"". Durable stores only. */
+    const char *redis;
+    int n_tensors; /* layout recorded in checkpoints (borrowed during store_open) */
+    const store_tensor_t *tensors;
+    /* Told about what the startup scan skipped or quarantined (and why), on the opening
+     * thread, and about corrupt checkpoints found later, on the loop. May be NULL. */
+    void (*warn_cb)(void *user, const char *session_id, const char *msg);
+    void *warn_user;
 } store_opts_t;
 
-typedef struct store store_t;
+typedef struct store_stats {
+    size_t sessions, foreign, quarantined; /* foreign/quarantined: found by the startup scan */
+    uint64_t foreign_fingerprint;          /* one of the foreign fingerprints, for the log */
+    size_t cache_entries, cache_bytes;
+    uint64_t cache_hits, cache_misses, commits, disk_loads, corrupt;
+    uint64_t scan_ms; /* time the startup scan took */
+    uint64_t redis_writes, redis_hits, redis_misses, redis_errors;
+} store_stats_t;
 
-/* The backing's vtable; every function runs on the one thread that owns the store. */
-typedef struct store_i {
-    const char *name;
-    void (*close)(store_t *s);
-    int (*create)(store_t *s, const char *id, const char *parent, const store_meta_t *meta,
-                  int n_meta, int64_t now_ms, store_session_t *out);
-    int (*get)(store_t *s, const char *id, store_session_t *out);
-    int (*read_state)(store_t *s, const char *id, uint64_t *version, void *dst);
-    int (*commit)(store_t *s, const char *id, uint64_t expected_version, const void *state,
-                  uint64_t add_tokens, int64_t now_ms, uint64_t *new_version);
-    int (*remove)(store_t *s, const char *id);
-    size_t (*count)(const store_t *s);
-} store_i;
+typedef struct store store_t; /* opaque; owned by the thread that opened it (the loop) */
 
-struct store {
-    const store_i *vt;
-    size_t state_bytes; /* read-only for callers */
-};
+/* Completion of an asynchronous call, on the loop thread, never from inside the call that
+ * queued it. rc is 0 or an RCD_E* code; version is the session's version after the call;
+ * msg is a human-readable reason on failure ("" otherwise), valid during the call only. */
+typedef void (*store_done_cb)(void *user, int rc, uint64_t version, const char *msg);
 
-/* In-memory backing. */
-int store_mem_open(const store_opts_t *opts, store_t **out, char *err, size_t errlen);
+/* Opens the store. With a dir: creates it if needed, takes an exclusive lock on dir/LOCK
+ * (RCD_EBUSY if another process holds it), and scans it — one header per session, not the
+ * payloads — into the index. Checkpoints that fail their header checks or are truncated are
+ * renamed *.corrupt and the newest good older version is used; sessions written by another
+ * model are indexed as foreign. Runs on the opening thread, before serving. */
+int store_open(const store_opts_t *opts, store_t **out, char *err, size_t errlen);
+/* Frees everything; call only when no callback is outstanding (the loop has run dry). */
+void store_close(store_t *s); /* NULL-safe */
 
 /* Checks an id's syntax: RCD_EINVAL with a message if it is empty, too long or has bytes
  * outside [A-Za-z0-9._:-]. */
 int store_check_id(const char *id, char *err, size_t errlen);
 
-/* Creates a session at version 0 with no state. RCD_EEXISTS if the id is taken, RCD_EINVAL
- * for a bad id or metadata, RCD_ETOOBIG when the store is full. `out` may be NULL. */
+/* The calls below that take a callback either fail at once (a negative code, and cb is never
+ * called) or return 0 (STORE_PENDING for store_load) and call cb exactly once later. */
+
+/* Creates a session at version 0 with no state; cb fires once its record is durable (then
+ * it survives a restart). The id is taken at once: `out` (may be NULL) is its record.
+ * RCD_EEXISTS, RCD_EINVAL (bad id or metadata), RCD_ETOOBIG (store full, metadata). */
 int store_create(store_t *s, const char *id, const store_meta_t *meta, int n_meta, int64_t now_ms,
-                 store_session_t *out);
+                 store_session_t *out, store_done_cb cb, void *user);
 /* New session `dst` with a copy of `src`'s committed state, version and token count;
- * metadata comes from `meta` (src's when n_meta is 0). */
+ * metadata comes from `meta` (src's when n_meta is 0). RCD_EBUSY while src has a commit in
+ * flight, RCD_EMISMATCH if src is foreign. */
 int store_fork(store_t *s, const char *src, const char *dst, const store_meta_t *meta, int n_meta,
-               int64_t now_ms, store_session_t *out);
-/* Copies a session's record; RCD_ENOTFOUND if absent. */
+               int64_t now_ms, store_session_t *out, store_done_cb cb, void *user);
+/* Copies a session's record; RCD_ENOTFOUND if absent. `out` may be NULL. */
 int store_get(store_t *s, const char *id, store_session_t *out);
-/* Copies the committed state (state_bytes) into dst and its version into *version.
- * RCD_ENOTFOUND if the session is absent, RCD_EAGAIN if it has no state yet (version 0). */
-int store_read_state(store_t *s, const char *id, uint64_t *version, void *dst);
-/* Replaces the committed state if the session is still at expected_version
- * (RCD_EMISMATCH otherwise), adds add_tokens to its count, bumps the version. */
-int store_commit(store_t *s, const char *id, uint64_t expected_version, const void *state,
-                 uint64_t add_tokens, int64_t now_ms, uint64_t *new_version);
-int store_delete(store_t *s, const char *id);
+/* Reads the committed state (state_bytes) into dst and its version into *version. Returns 0
+ * when it was served from the host cache (cb is not called), STORE_PENDING when it is read
+ * from disk (cb follows; dst must stay valid until then), or an error: RCD_ENOTFOUND,
+ * RCD_EAGAIN (no state yet), RCD_EBUSY (a commit is in flight), RCD_EMISMATCH (foreign
+ * session; err names both fingerprints). The callback reports RCD_ECORRUPT for a checkpoint
+ * that fails its checksum: it is quarantined (renamed *.corrupt), the session rolls back to
+ * its newest good older version (cb's version; the message says so), and the load may be
+ * retried. */
+int store_load(store_t *s, const char *id, void *dst, uint64_t *version, store_done_cb cb,
+               void *user, char *err, size_t errlen);
+/* Commits `state` as the session's next version if it is still at expected_version
+ * (RCD_EMISMATCH otherwise; RCD_EBUSY if a commit is in flight). Takes ownership of `state`
+ * (malloc'd, state_bytes) whatever it returns. cb fires once the checkpoint is durable (disk:
+ * written, fsynced, renamed, directory fsynced; then, with a shared tier, Redis answered the
+ * write — a Redis failure is counted and reported through warn_cb, not to cb); only then
+ * does the session's version move. */
+int store_commit(store_t *s, const char *id, uint64_t expected_version, void *state,
+                 uint64_t add_tokens, int64_t now_ms, store_done_cb cb, void *user);
+/* Looks a session this store does not know up in the shared tier (Redis). Returns
+ * RCD_ENOTFOUND at once when there is no shared tier (or it is down), else 0 and cb follows:
+ * 0 when the session is now in the index (its checkpoint was verified and written to the
+ * local disk first), RCD_ENOTFOUND, RCD_EMISMATCH (another model's; the message names both
+ * fingerprints), RCD_ECORRUPT, RCD_EUNAVAILABLE. */
+int store_fetch(store_t *s, const char *id, store_done_cb cb, void *user);
+bool store_shared(const store_t *s); /* a shared tier is configured */
+/* Removes a session from the index at once (and from the shared tier); its files go in the
+ * background and cb (may be NULL) fires when the removal is durable. RCD_EBUSY while a commit or
+ * create is in flight. */
+int store_delete(store_t *s, const char *id, store_done_cb cb, void *user);
 size_t store_count(const store_t *s);
-void store_close(store_t *s); /* NULL-safe */
+size_t store_state_bytes(const store_t *s);
+bool store_durable(const store_t *s); /* false for a memory-only store */
+void store_get_stats(const store_t *s, store_stats_t *out);
 
 void store_session_clear(store_session_t *ss); /* frees ss->meta; NULL-safe */
 

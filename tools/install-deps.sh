@@ -9,6 +9,7 @@ pkgs=(
   clang libclang-rt-14-dev   # libFuzzer targets
   libgrpc-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler libuv1-dev  # daemon
   python3-grpcio python3-protobuf   # integration tests (Python gRPC client)
+  libhiredis-dev redis-server       # statestore's Redis shared tier and its tests
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -78,7 +78,12 @@ class Daemon:
         self.log_path = os.path.join(self.tmp, "recurd.log")
         self.log = open(self.log_path, "wb")
         cmd = [daemon_binary(), "--port", "0", "--port-file", self.port_file, "--no-progress",
-               "--threads", "2"] + list(extra)
+               "--threads", "2"]
+        # Sessions are durable by default: keep each daemon's checkpoints in its own temp dir
+        # unless the test chooses a --state-dir (or --ephemeral) itself.
+        if not any(a.startswith("--state-dir") or a == "--ephemeral" for a in extra):
+            cmd += ["--state-dir", os.path.join(self.tmp, "state")]
+        cmd += list(extra)
         e = dict(os.environ)
         e.update(env or {})
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=e)

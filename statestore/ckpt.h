@@ -1,0 +1,85 @@
+/* statestore (private): the checkpoint file format and its disk operations. One file holds one
+ * version of one session: a self-describing header, then the state payload.
+ *
+ *   offset  field (little-endian)
+ *   0       magic "RCDCKPT\0"
+ *   8       u32 format version (1)          12  u32 header_bytes (all bytes before payload)
+ *   16      u64 model fingerprint           24  u64 session version
+ *   32      u64 token count                 40  i64 created_ms     48  i64 updated_ms
+ *   56      u64 payload_bytes               64  u64 payload XXH3-64
+ *   72      u32 dtype (1 = f32)             76  u32 n_tensors
+ *   80      u32 id_len   84 u32 parent_len  88  u32 n_meta         92  u32 meta_bytes
+ *   96      id, parent id (no NULs), n_tensors x 96-byte tensor records
+ *           (name[48] NUL-padded, u64 offset, u64 bytes, u32 ndim, u32 0, i64 shape[3]),
+ *           metadata as n_meta pairs of "key\0value\0"
+ *   header_bytes - 8: u64 XXH3-64 of every header byte before it
+ *   header_bytes: payload (payload_bytes)
+ *
+ * A file is valid only if its size is exactly header_bytes + payload_bytes and both hashes
+ * match: a torn or truncated write is never mistaken for a checkpoint. Files live in
+ * dir/s_<session id>/<version, 20 digits>.ckpt. */
+#ifndef RCD_CKPT_H
+#define RCD_CKPT_H
+
+#include <stdint.h>
+
+#include "statestore/store.h"
+
+#define CKPT_MAGIC "RCDCKPT"
+#define CKPT_FORMAT 1
+#define CKPT_FIXED 96
+#define CKPT_TENSOR_REC 96
+#define CKPT_DTYPE_F32 1
+#define CKPT_MAX_TENSORS 65536
+#define CKPT_MAX_HEADER                                                                            \
+    (CKPT_FIXED + 2 * STORE_ID_MAX + CKPT_MAX_TENSORS * CKPT_TENSOR_REC + STORE_META_BYTES + 8)
+
+/* A parsed header. Pointers are owned by the header (ckpt_hdr_free). */
+typedef struct ckpt_hdr {
+    uint64_t fingerprint, version, n_tokens;
+    int64_t created_ms, updated_ms;
+    uint64_t payload_bytes, payload_hash;
+    uint32_t dtype;
+    char id[STORE_ID_MAX + 1], parent[STORE_ID_MAX + 1];
+    int n_tensors;
+    store_tensor_t *tensors;
+    int n_meta;
+    store_meta_t *meta; /* entries followed by their strings, one block */
+} ckpt_hdr_t;
+
+/* Serializes h (payload_hash and payload_bytes as given) into a malloc'd buffer. */
+int ckpt_encode(const ckpt_hdr_t *h, uint8_t **out, size_t *len);
+/* header_bytes announced by a buffer's first CKPT_FIXED bytes, or a negative code. */
+int64_t ckpt_header_len(const uint8_t *buf, size_t len, char *err, size_t errlen);
+/* Parses and verifies a whole header (len >= its header_bytes). RCD_ECORRUPT with a message
+ * for anything wrong; never reads past len. */
+int ckpt_parse(const uint8_t *buf, size_t len, ckpt_hdr_t *out, char *err, size_t errlen);
+void ckpt_hdr_free(ckpt_hdr_t *h);
+/* Packs metadata into one block (entries then strings); RCD_EINVAL / RCD_ETOOBIG. */
+int ckpt_meta_pack(const store_meta_t *meta, int n_meta, store_meta_t **out);
+
+/* ---- disk operations: blocking, for the store's I/O jobs and its startup scan ---------- */
+
+/* Writes dir/s_<id>/<version>.ckpt crash-safely (temp file, fsync, rename, fsync of the
+ * session directory; the session directory is created and dir fsynced if new), then removes
+ * versions older than the newest `keep`. */
+int ckpt_write(const char *dir, const ckpt_hdr_t *h, const void *payload, int keep, char *err,
+               size_t errlen);
+/* Reads and verifies version `version` of session `id`. payload: state_bytes, or NULL to
+ * read and check the header and file size only. RCD_ENOTFOUND (no file), RCD_ECORRUPT (bad
+ * hashes, size, fields), RCD_EMISMATCH (another model's fingerprint: h is filled). */
+int ckpt_read(const char *dir, const char *id, uint64_t version, uint64_t fingerprint,
+              size_t state_bytes, ckpt_hdr_t *h, void *payload, char *err, size_t errlen);
+/* Renames a version to *.corrupt (kept for inspection, never loaded). */
+int ckpt_quarantine(const char *dir, const char *id, uint64_t version);
+/* Newest version < below whose header and size check out (payload not read); the ones that
+ * fail are quarantined (counted in *n_quarantined, reported through warn). RCD_ENOTFOUND if
+ * none; a foreign newest version returns RCD_EMISMATCH with h filled. */
+int ckpt_latest(const char *dir, const char *id, uint64_t below, uint64_t fingerprint,
+                size_t state_bytes, ckpt_hdr_t *h, size_t *n_quarantined,
+                void (*warn)(void *u, const char *id, const char *msg), void *warn_user);
+/* Removes a session's directory: renamed to a .trash name first (atomic, fsynced), then its
+ * files are unlinked. */
+int ckpt_remove_session(const char *dir, const char *id, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,291 @@
+/* Unit tests of the session store on a real libuv loop: the memory-only store, and the disk
+ * tier — durability across reopen, commit visibility only after the checkpoint is durable,
+ * version pruning, host cache hits and evictions, corrupt and truncated checkpoints (fall back
+ * to the previous version), another model's checkpoints, the dir lock, fork from disk. */
+#include "statestore/ckpt.h"
+#include "statestore/store.h"
+#include "tests/rcd_test.h"
+
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define SB 256
+#define FP 0xabcdef0123456789ull
+
+typedef struct res {
+    int calls, rc;
+    uint64_t version;
+    char msg[1000];
+} res_t;
+
+static void done(void *user, int rc, uint64_t version, const char *msg)
+{
+    res_t *r = user;
+    r->calls++;
+    r->rc = rc;
+    r->version = version;
+    snprintf(r->msg, sizeof(r->msg), "%s", msg);
+}
+
+static uv_loop_t g_loop;
+
+static void run(void)
+{
+    uv_run(&g_loop, UV_RUN_DEFAULT);
+}
+
+static void *blob(int seed)
+{
+    unsigned char *b = malloc(SB);
+    for (int i = 0; i < SB; i++)
+        b[i] = (unsigned char)(seed * 31 + i);
+    return b;
+}
+
+static bool is_blob(const void *p, int seed)
+{
+    void *b = blob(seed);
+    bool eq = memcmp(p, b, SB) == 0;
+    free(b);
+    return eq;
+}
+
+static store_t *open_store(const char *dir, uint64_t fp, size_t cache, int keep)
+{
+    static const store_tensor_t t[1] = {{"layers.0.ssm", 0, SB, 1, {SB / 4, 0, 0}}};
+    store_opts_t o = {.state_bytes = SB,
+                      .fingerprint = fp,
+                      .max_sessions = 8,
+                      .loop = &g_loop,
+                      .dir = dir,
+                      .keep_versions = keep,
+                      .cache_bytes = cache,
+                      .n_tensors = 1,
+                      .tensors = t};
+    store_t *s = NULL;
+    char err[300];
+    int rc = store_open(&o, &s, err, sizeof(err));
+    CHECK_MSG(rc == 0, "store_open: %s", err);
+    return s;
+}
+
+static int commit(store_t *s, const char *id, uint64_t expect, int seed, res_t *r)
+{
+    memset(r, 0, sizeof(*r));
+    int rc = store_commit(s, id, expect, blob(seed), 10, 500 + seed, done, r);
+    run();
+    return rc ? rc : r->rc;
+}
+
+static void test_memory(void)
+{
+    store_t *s = open_store(NULL, FP, 0, 0);
+    store_meta_t md[2] = {{"user", "ann"}, {"topic", "x"}};
+    store_session_t rec = {0};
+    res_t r = {0};
+    CHECK(store_create(s, "a", md, 2, 100, &rec, done, &r) == 0);
+    CHECK(r.calls == 0); /* never from inside the call */
+    run();
+    CHECK(r.calls == 1 && r.rc == 0);
+    CHECK(rec.version == 0 && !rec.has_state && rec.n_meta == 2 && !strcmp(rec.meta[1].value, "x"));
+    store_session_clear(&rec);
+    CHECK(store_create(s, "a", NULL, 0, 100, NULL, done, &r) == RCD_EEXISTS);
+    CHECK(store_create(s, "bad id", NULL, 0, 100, NULL, done, &r) == RCD_EINVAL);
+    CHECK(store_create(s, "", NULL, 0, 100, NULL, done, &r) == RCD_EINVAL);
+    unsigned char back[SB];
+    uint64_t v = 99;
+    CHECK(store_load(s, "a", back, &v, done, &r, NULL, 0) == RCD_EAGAIN && v == 0);
+    CHECK(commit(s, "a", 1, 1, &r) == RCD_EMISMATCH);
+    CHECK(commit(s, "a", 0, 1, &r) == 0 && r.version == 1);
+    CHECK(store_load(s, "a", back, &v, done, &r, NULL, 0) == 0 && v == 1 && is_blob(back, 1));
+    memset(&r, 0, sizeof(r));
+    CHECK(store_fork(s, "a", "b", NULL, 0, 300, &rec, done, &r) == 0);
+    run();
+    CHECK(r.rc == 0 && rec.version == 1 && rec.n_tokens == 10 && rec.has_state);
+    CHECK(!strcmp(rec.parent_id, "a") && rec.n_meta == 2);
+    store_session_clear(&rec);
+    CHECK(store_load(s, "b", back, &v, done, &r, NULL, 0) == 0 && is_blob(back, 1));
+    CHECK(commit(s, "b", 1, 2, &r) == 0);
+    CHECK(store_load(s, "a", back, &v, done, &r, NULL, 0) == 0 && is_blob(back, 1));
+    CHECK(store_delete(s, "a", NULL, NULL) == 0);
+    CHECK(store_get(s, "a", NULL) == RCD_ENOTFOUND && store_count(s) == 1);
+    for (int i = 0; i < 7; i++) {
+        char id[8];
+        snprintf(id, sizeof(id), "m%d", i);
+        CHECK(store_create(s, id, NULL, 0, 1, NULL, NULL, NULL) == (i < 7 ? 0 : RCD_ETOOBIG));
+    }
+    CHECK(store_create(s, "full", NULL, 0, 1, NULL, NULL, NULL) == RCD_ETOOBIG);
+    run();
+    store_close(s);
+}
+
+static int count_files(const char *dir, const char *id, const char *suffix)
+{
+    char path[600];
+    snprintf(path, sizeof(path), "%s/s_%s", dir, id);
+    DIR *d = opendir(path);
+    if (!d) return -1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        size_t l = strlen(e->d_name), k = strlen(suffix);
+        if (l > k && !strcmp(e->d_name + l - k, suffix)) n++;
+    }
+    closedir(d);
+    return n;
+}
+
+static void flip_byte(const char *dir, const char *id, uint64_t v, long from_end)
+{
+    char path[600];
+    snprintf(path, sizeof(path), "%s/s_%s/%020llu.ckpt", dir, id, (unsigned long long)v);
+    FILE *f = fopen(path, "r+b");
+    CHECK(f != NULL);
+    if (!f) return;
+    fseek(f, -from_end, SEEK_END);
+    int c = fgetc(f);
+    fseek(f, -from_end, SEEK_END);
+    fputc(c ^ 0x10, f);
+    fclose(f);
+}
+
+static void test_disk(void)
+{
+    char dir[] = "/tmp/store-test-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    store_t *s = open_store(dir, FP, 2 * SB, 2);
+    res_t r = {0};
+    store_stats_t st;
+    store_meta_t md[1] = {{"owner", "bob"}};
+    CHECK(store_create(s, "chat", md, 1, 100, NULL, done, &r) == 0);
+    run();
+    CHECK(r.rc == 0 && count_files(dir, "chat", ".ckpt") == 1);
+    /* the version moves only when the checkpoint is durable */
+    CHECK(store_commit(s, "chat", 0, blob(1), 7, 200, done, &r) == 0);
+    store_session_t rec = {0};
+    CHECK(store_get(s, "chat", &rec) == 0 && rec.version == 0);
+    store_session_clear(&rec);
+    CHECK(store_commit(s, "chat", 0, blob(9), 7, 200, done, &r) == RCD_EBUSY);
+    CHECK(store_delete(s, "chat", NULL, NULL) == RCD_EBUSY);
+    run();
+    CHECK(r.rc == 0 && r.version == 1);
+    CHECK(store_get(s, "chat", &rec) == 0 && rec.version == 1 && rec.n_tokens == 7);
+    store_session_clear(&rec);
+    CHECK(commit(s, "chat", 1, 2, &r) == 0 && commit(s, "chat", 2, 3, &r) == 0);
+    CHECK(count_files(dir, "chat", ".ckpt") == 2);                    /* keep 2 */
+    CHECK(store_create(s, "fresh", md, 1, 100, NULL, done, &r) == 0); /* never committed */
+    run();
+    store_close(s);
+
+    /* reopen: record and states come back from disk */
+    s = open_store(dir, FP, 2 * SB, 2);
+    CHECK(store_get(s, "chat", &rec) == 0);
+    CHECK(rec.version == 3 && rec.n_tokens == 27 && rec.has_state && rec.created_ms == 100);
+    CHECK(rec.updated_ms == 503 && rec.n_meta == 1 && !strcmp(rec.meta[0].value, "bob"));
+    CHECK(!rec.foreign);
+    store_session_clear(&rec);
+    CHECK(store_get(s, "fresh", &rec) == 0 && rec.version == 0 && !rec.has_state);
+    store_session_clear(&rec);
+    store_get_stats(s, &st);
+    CHECK(st.quarantined == 0);
+    CHECK(store_delete(s, "fresh", NULL, NULL) == 0);
+    unsigned char back[SB];
+    uint64_t v = 0;
+    memset(&r, 0, sizeof(r));
+    CHECK(store_load(s, "chat", back, &v, done, &r, NULL, 0) == STORE_PENDING);
+    run();
+    CHECK(r.calls == 1 && r.rc == 0 && r.version == 3 && is_blob(back, 3));
+    CHECK(store_load(s, "chat", back, &v, done, &r, NULL, 0) == 0 && is_blob(back, 3));
+    /* host cache: budget of 2 states, the least recently used one is evicted */
+    CHECK(store_create(s, "x", NULL, 0, 1, NULL, NULL, NULL) == 0);
+    CHECK(store_create(s, "y", NULL, 0, 1, NULL, NULL, NULL) == 0);
+    run();
+    CHECK(commit(s, "x", 0, 4, &r) == 0 && commit(s, "y", 0, 5, &r) == 0);
+    store_get_stats(s, &st);
+    CHECK(st.cache_entries == 2 && st.cache_bytes == 2 * SB);
+    CHECK(store_load(s, "y", back, &v, done, &r, NULL, 0) == 0 && is_blob(back, 5));
+    CHECK(store_load(s, "chat", back, &v, done, &r, NULL, 0) == STORE_PENDING);
+    run();
+    CHECK(r.rc == 0 && is_blob(back, 3));
+    /* fork of a session whose state is only on disk (x was evicted by chat) */
+    memset(&r, 0, sizeof(r));
+    CHECK(store_fork(s, "x", "x2", NULL, 0, 50, NULL, done, &r) == 0);
+    run();
+    CHECK(r.rc == 0 && r.version == 1);
+    CHECK(store_load(s, "x2", back, &v, done, &r, NULL, 0) == 0 && is_blob(back, 4));
+    /* delete is durable */
+    memset(&r, 0, sizeof(r));
+    CHECK(store_delete(s, "y", done, &r) == 0);
+    run();
+    CHECK(r.calls == 1 && r.rc == 0);
+    /* the dir is locked while open */
+    store_opts_t o2 = {.state_bytes = SB, .fingerprint = FP, .loop = &g_loop, .dir = dir};
+    store_t *s2 = NULL;
+    char err[400];
+    CHECK(store_open(&o2, &s2, err, sizeof(err)) == RCD_EBUSY && strstr(err, "locked"));
+    store_close(s);
+
+    /* corrupt payload of the newest version: found on load, rolled back to the previous one */
+    flip_byte(dir, "chat", 3, 10);
+    s = open_store(dir, FP, 2 * SB, 2);
+    CHECK(store_get(s, "y", NULL) == RCD_ENOTFOUND);
+    CHECK(store_get(s, "x2", &rec) == 0 && rec.version == 1 && !strcmp(rec.parent_id, "x"));
+    store_session_clear(&rec);
+    memset(&r, 0, sizeof(r));
+    CHECK(store_load(s, "chat", back, &v, done, &r, NULL, 0) == STORE_PENDING);
+    run();
+    CHECK(r.rc == RCD_ECORRUPT && r.version == 2);
+    CHECK_MSG(strstr(r.msg, "checksum") && strstr(r.msg, "rolled back to version 2"), "%s", r.msg);
+    CHECK(count_files(dir, "chat", ".corrupt") == 1);
+    CHECK(store_get(s, "chat", &rec) == 0 && rec.version == 2 && rec.n_tokens == 17);
+    store_session_clear(&rec);
+    CHECK(store_load(s, "chat", back, &v, done, &r, NULL, 0) == STORE_PENDING);
+    run();
+    CHECK(r.rc == 0 && r.version == 2 && is_blob(back, 2));
+    CHECK(commit(s, "chat", 2, 6, &r) == 0 && r.version == 3); /* the session goes on */
+    store_close(s);
+
+    /* truncated newest version: the scan quarantines it */
+    char path[600];
+    snprintf(path, sizeof(path), "%s/s_chat/%020d.ckpt", dir, 3);
+    CHECK(truncate(path, 300) == 0);
+    s = open_store(dir, FP, 2 * SB, 2);
+    store_get_stats(s, &st);
+    CHECK(st.quarantined == 1 && st.sessions == 3);
+    CHECK(store_get(s, "chat", &rec) == 0 && rec.version == 2);
+    store_session_clear(&rec);
+    store_close(s);
+
+    /* another model: listed as foreign, never loaded or written */
+    s = open_store(dir, FP ^ 1, 2 * SB, 2);
+    store_get_stats(s, &st);
+    CHECK(st.foreign == 3 && st.foreign_fingerprint == FP);
+    CHECK(store_get(s, "chat", &rec) == 0 && rec.foreign && rec.fingerprint == FP);
+    store_session_clear(&rec);
+    CHECK(store_load(s, "chat", back, &v, done, &r, err, sizeof(err)) == RCD_EMISMATCH);
+    CHECK_MSG(strstr(err, "abcdef0123456789") && strstr(err, "abcdef0123456788"), "%s", err);
+    CHECK(store_commit(s, "chat", 2, blob(1), 1, 1, done, &r) == RCD_EMISMATCH);
+    CHECK(store_fork(s, "chat", "c2", NULL, 0, 1, NULL, done, &r) == RCD_EMISMATCH);
+    CHECK(store_delete(s, "chat", NULL, NULL) == 0); /* it may still be deleted */
+    run();
+    store_close(s);
+    s = open_store(dir, FP, 0, 2);
+    CHECK(store_get(s, "chat", NULL) == RCD_ENOTFOUND && store_count(s) == 2);
+    CHECK(store_delete(s, "x", NULL, NULL) == 0 && store_delete(s, "x2", NULL, NULL) == 0);
+    run();
+    store_close(s);
+    snprintf(path, sizeof(path), "rm -rf '%s'", dir);
+    CHECK(system(path) == 0);
+}
+
+int main(void)
+{
+    uv_loop_init(&g_loop);
+    RUN(test_memory);
+    RUN(test_disk);
+    uv_loop_close(&g_loop);
+    return rcd_test_summary();
+}
