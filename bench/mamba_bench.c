@@ -122,21 +122,33 @@ int main(int argc, char **argv)
     const char *model_dir = NULL;
     int threads = 0, prefill_len = 512;
     double secs = 3.0;
+    int batches[16] = {1, 2, 4, 8, 16, 32}, n_batches = 6;
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},
+                                         {"batches", required_argument, 0, 'b'},
                                          {"threads", required_argument, 0, 'j'},
                                          {"seconds", required_argument, 0, 's'},
                                          {"prefill", required_argument, 0, 'p'},
                                          {0, 0, 0, 0}};
-    for (int o; (o = getopt_long(argc, argv, "m:j:s:p:", opts, NULL)) != -1;) {
+    for (int o; (o = getopt_long(argc, argv, "m:j:s:p:b:", opts, NULL)) != -1;) {
         if (o == 'm') model_dir = optarg;
         else if (o == 'j') threads = atoi(optarg);
         else if (o == 's') secs = atof(optarg);
         else if (o == 'p') prefill_len = atoi(optarg);
+        else if (o == 'b') {
+            n_batches = 0;
+            for (char *q = optarg; *q && n_batches < 16;) {
+                int v = (int)strtol(q, &q, 10);
+                if (v < 1 || v > 32) return 2;
+                batches[n_batches++] = v;
+                if (*q == ',') q++;
+                else if (*q) return 2;
+            }
+        }
         else return 2;
     }
-    if (!model_dir || prefill_len < 1 || secs <= 0) {
+    if (!model_dir || prefill_len < 0 || secs <= 0) {
         fprintf(stderr, "usage: mamba_bench --model DIR [--threads N] [--seconds S] "
-                        "[--prefill TOKENS]\n");
+                        "[--prefill TOKENS (0: skip)] [--batches 1,2,4,... (each <= 32)]\n");
         return 2;
     }
     char err[1024], cpu[256];
@@ -168,14 +180,13 @@ int main(int argc, char **argv)
     printf("limits: read bandwidth %.1f GB/s, sgemm peak %.1f GFLOP/s (2048^3, %d threads)\n", bw,
            peak, nth);
     printf("%-8s %10s %10s %10s %10s %9s %s\n", "batch", "tok/s", "step_p50", "step_p99",
-           "GFLOP/s", "limit%", "(limit)");
+           "GFLOP/s", "limit%", "(limit) step_min");
 
     const int V = mi->vocab_size;
     float *logits = malloc(sizeof(float) * (size_t)max_batch * V);
     int32_t toks[32];
-    static const int batches[] = {1, 2, 4, 8, 16, 32};
     double *lat = malloc(sizeof(double) * 100000);
-    for (size_t bi = 0; bi < sizeof batches / sizeof batches[0]; bi++) {
+    for (int bi = 0; bi < n_batches; bi++) {
         int B = batches[bi];
         wrk_seq_t seqs[32];
         for (int i = 0; i < B; i++) {
@@ -203,17 +214,18 @@ int main(int argc, char **argv)
          * larger batches are compared with the GEMM peak. */
         if (B == 1) {
             double limit = bw * 1e9 / (weight_b + 2 * state_b);
-            printf("%-8d %10.1f %8.2fms %8.2fms %10.1f %8.1f%% (%.1f tok/s bw)\n", B, tps,
+            printf("%-8d %10.1f %8.2fms %8.2fms %10.1f %8.1f%% (%.1f tok/s bw) %.2fms\n", B, tps,
                    lat[steps / 2] * 1e3, lat[steps * 99 / 100] * 1e3, gflops, 100 * tps / limit,
-                   limit);
+                   limit, lat[0] * 1e3);
         } else {
-            printf("%-8d %10.1f %8.2fms %8.2fms %10.1f %8.1f%% (of sgemm peak)\n", B, tps,
-                   lat[steps / 2] * 1e3, lat[steps * 99 / 100] * 1e3, gflops,
-                   100 * gflops / peak);
+            printf("%-8d %10.1f %8.2fms %8.2fms %10.1f %8.1f%% (of sgemm peak) %.2fms\n", B,
+                   tps, lat[steps / 2] * 1e3, lat[steps * 99 / 100] * 1e3, gflops,
+                   100 * gflops / peak, lat[0] * 1e3);
         }
         fflush(stdout);
     }
     /* Prefill: one sequence, prefill_len tokens per step, logits for the last row only. */
+    if (prefill_len == 0) goto done;
     int32_t *ptoks = malloc(sizeof(int32_t) * prefill_len);
     for (int i = 0; i < prefill_len; i++) ptoks[i] = (i * 104729) % V;
     wrk_seq_t ps = {.slot = 0, .n_tokens = prefill_len, .tokens = ptoks, .n_logits = 1,
@@ -230,11 +242,13 @@ int main(int argc, char **argv)
     double el = now() - t0, tps = (double)steps * prefill_len / el;
     qsort(lat, steps, sizeof *lat, cmp_d);
     double gflops = (tps * mi->layer_flops + steps * lm_flops / el) / 1e9;
-    printf("prefill%-4d %7.1f %8.2fms %8.2fms %10.1f %8.1f%% (of sgemm peak)\n", prefill_len, tps,
-           lat[steps / 2] * 1e3, lat[steps * 99 / 100] * 1e3, gflops, 100 * gflops / peak);
+    printf("prefill%-4d %7.1f %8.2fms %8.2fms %10.1f %8.1f%% (of sgemm peak) %.2fms\n",
+           prefill_len, tps, lat[steps / 2] * 1e3, lat[steps * 99 / 100] * 1e3, gflops,
+           100 * gflops / peak, lat[0] * 1e3);
+    free(ptoks);
+done:
     printf("peak RSS: %.1f MB (weights are mmapped and counted once paged in)\n",
            peak_rss_kb() / 1024.0);
-    free(ptoks);
     free(lat);
     free(logits);
     wrk_pool_destroy(pool);

@@ -56,6 +56,10 @@ void wrk_matmul(const wrk_kern_t *k, float *scratch, const wrk_mat_t *W, int o0,
         k->gemv(W, o0, o1, x, ldx, T, y, ldy, bias, acc);
         return;
     }
+    if (T <= WRK_STREAM_MAX_T && W->dt != WRK_DT_F32) {
+        k->gemm_stream(W, o0, o1, x, ldx, T, y, ldy, bias, acc);
+        return;
+    }
     const int K = W->cols;
     const size_t esz = wrk_dtype_size(W->dt);
     const bool direct = W->dt == WRK_DT_F32 && ((uintptr_t)W->data & 3) == 0;

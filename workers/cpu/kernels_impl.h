@@ -30,11 +30,25 @@ static inline vf KFN(splat)(float x)
 {
     return (vf){0} + x;
 }
+/* Horizontal sum by halving (log2(VW) shuffles and adds) instead of a lane-by-lane chain of
+ * VW extracts and dependent adds: the GEMV epilogue runs one per (row, token). */
+typedef float KFN(v8) __attribute__((vector_size(32)));
+typedef float KFN(v4) __attribute__((vector_size(16)));
 static inline float KFN(hsum)(vf v)
 {
-    float s = 0.f;
-    for (int i = 0; i < VW; i++) s += v[i];
-    return s;
+#if VW == 16
+    KFN(v8) h8 = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+                 __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+    KFN(v4) h4 = __builtin_shufflevector(h8, h8, 0, 1, 2, 3) +
+                 __builtin_shufflevector(h8, h8, 4, 5, 6, 7);
+#elif VW == 8
+    KFN(v4) h4 = __builtin_shufflevector(v, v, 0, 1, 2, 3) +
+                 __builtin_shufflevector(v, v, 4, 5, 6, 7);
+#else
+    KFN(v4) h4 = v;
+#endif
+    KFN(v4) h2 = h4 + __builtin_shufflevector(h4, h4, 2, 3, 0, 1);
+    return h2[0] + h2[1];
 }
 static inline vf KFN(ld_bf16)(const void *p)
 {
@@ -317,6 +331,25 @@ static void KFN(gemv)(const wrk_mat_t *W, int o0, int o1, const float *x, int ld
     default: KGEMV_DT(WRK_DT_F32); break;
     }
 }
+
+/* Any T: the rows in tiles small enough to stay in L1 while every 4-token chunk of x
+ * runs the GEMV over the tile, so weights come from memory once and are converted in
+ * registers (no fp32 copy, no packing). */
+static void KFN(gemm_stream)(const wrk_mat_t *W, int o0, int o1, const float *x, int ldx,
+                             int T, float *y, int ldy, const float *bias, bool acc)
+{
+    const size_t row_b = (size_t)W->cols * wrk_dtype_size(W->dt);
+    int tile = (int)(WRK_STREAM_TILE_BYTES / (row_b ? row_b : 1)) & ~3;
+    if (tile < 4) tile = 4;
+    for (int o = o0; o < o1; o += tile) {
+        const int oe = o1 - o < tile ? o1 : o + tile;
+        for (int t = 0; t < T; t += WRK_GEMV_MAX_T) {
+            const int tc = T - t < WRK_GEMV_MAX_T ? T - t : WRK_GEMV_MAX_T;
+            KFN(gemv)(W, o, oe, x + (size_t)t * ldx, ldx, tc, y + (size_t)t * ldy, ldy, bias,
+                      acc);
+        }
+    }
+}
 #undef KGEMV_DT
 
 static void KFN(conv_silu)(int T, int c0, int c1, int I, int K, const float *x, int ldx,
@@ -405,6 +438,7 @@ static void KFN(scan)(int T, int c0, int c1, int I, int N, const float *dt, cons
 static const wrk_kern_t KFN(table) = {
     .isa = KISA,
     .gemv = KFN(gemv),
+    .gemm_stream = KFN(gemm_stream),
     .to_f32 = KFN(to_f32),
     .rmsnorm = KFN(rmsnorm),
     .conv_silu = KFN(conv_silu),

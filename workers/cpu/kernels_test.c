@@ -83,12 +83,13 @@ static float weight_value(const void *w, wrk_dtype_t dt, size_t i)
     return dt == WRK_DT_BF16 ? wrk_bf16_to_f32(h) : wrk_f16_to_f32(h);
 }
 
-/* Every dtype, token counts on both sides of the GEMV/GEMM switch, odd shapes, bias and
- * accumulate, unaligned weight rows. */
+/* Every dtype, token counts on every side of the GEMV / streamed (half weights, <= 8) /
+ * GEMM switches, odd shapes, bias and accumulate, unaligned weight rows; gemm_stream also
+ * directly at every T (it takes any). */
 static void test_matmul(void)
 {
     static const int shapes[][2] = {{37, 29}, {64, 48}, {130, 257}, {16, 8}, {5, 3}};
-    static const int Ts[] = {1, 2, 3, 4, 5, 9, 33};
+    static const int Ts[] = {1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 33};
     unsigned seed = 7;
     float *scratch = malloc(WRK_GEMM_BLOCK_ROWS * 300 * sizeof(float));
     for (int ii = 0; ii < 3; ii++) {
@@ -117,6 +118,10 @@ static void test_matmul(void)
                     /* two row ranges, as two threads would split them */
                     wrk_matmul(k, scratch, &W, 0, O / 2, x, ldx, T, y, ldy, bias, true);
                     wrk_matmul(k, scratch, &W, O / 2, O, x, ldx, T, y, ldy, bias, true);
+                    float *y2 = malloc((size_t)T * ldy * sizeof(float));
+                    for (int i = 0; i < T * ldy; i++) y2[i] = 0.5f;
+                    k->gemm_stream(&W, 0, O / 2, x, ldx, T, y2, ldy, bias, true);
+                    k->gemm_stream(&W, O / 2, O, x, ldx, T, y2, ldy, bias, true);
                     double worst = 0;
                     for (int t = 0; t < T; t++)
                         for (int o = 0; o < O; o++) {
@@ -125,12 +130,15 @@ static void test_matmul(void)
                                 s += (double)weight_value(w, (wrk_dtype_t)dt, (size_t)o * K + kk) *
                                      x[t * ldx + kk];
                             double d = fabs(s - y[t * ldy + o]);
+                            double d2 = fabs(s - y2[t * ldy + o]);
+                            if (d2 > d) d = d2;
                             if (d > worst) worst = d;
                         }
                     CHECK_MSG(worst < 1e-4, "%s dt %d %dx%d T=%d: err %g", isas[ii], dt, O, K, T,
                               worst);
                     free(x);
                     free(y);
+                    free(y2);
                 }
                 free(ref);
                 free(wbuf);
