@@ -73,6 +73,7 @@ struct dmn_server {
     wrk_backend_t *backend;
     tok_t *tok;
     store_t *store;
+    struct store_prefix *prefix; /* prompt-prefix snapshots; NULL: disabled */
     dmn_runner_t *runner;
     char model_id[128];
     int vocab;

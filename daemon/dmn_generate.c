@@ -11,6 +11,7 @@
 #include "daemon/dmn_runner.h"
 #include "daemon/dmn_sample.h"
 #include "recurd/v1/inference.pb-c.h"
+#include "statestore/prefix.h"
 
 #define MAX_STOPS 16
 #define MAX_STOP_BYTES 256
@@ -24,11 +25,18 @@ typedef struct dmn_gen {
     int32_t *prompt;
     int32_t n_prompt;
     void *init_state, *state_out;
+    size_t init_len, state_cap; /* bytes (variable for models with a KV cache) */
     float *logits;
     char sid[STORE_ID_MAX + 1];
     bool has_session, in_runner, finished, freed;
     bool loading, committing; /* a store callback is outstanding: g must stay */
     uint64_t base_version, new_version, sess_tokens;
+    bool from_store; /* init_state is the session's committed state (else a prefix's or none) */
+    /* prefix snapshots: `cached` prompt tokens came from the cache (init_state); the state after
+     * snap_abs[j] prompt tokens is captured into snaps[j] and cached at the first logits */
+    int32_t cached, n_snaps;
+    int32_t snap_abs[DMN_SEQ_SNAPS];
+    void *snaps[DMN_SEQ_SNAPS];
     /* limits and stops */
     uint32_t max_tokens, ctx_left;
     char **stops;
@@ -80,6 +88,8 @@ static void gen_free(dmn_gen_t *g)
     free(g->init_state);
     free(g->state_out);
     free(g->logits);
+    for (int32_t j = 0; j < g->n_snaps; j++)
+        free(g->snaps[j]);
     for (size_t i = 0; i < g->n_stops; i++)
         free(g->stops[i]);
     free(g->stops);
@@ -230,6 +240,7 @@ static void gen_pump(dmn_gen_t *g)
         u.decode_ms = (double)(g->t_end - tf) / 1e6;
         u.total_ms = (double)(g->t_end - t0) / 1e6;
         u.preemptions = (uint32_t)g->seq.n_preemptions;
+        u.cached_prompt_tokens = (uint32_t)g->cached;
         r.usage = &u;
         r.session_version = g->new_version;
         r.session_id = g->has_session ? g->sid : "";
@@ -266,7 +277,7 @@ static void gen_end(dmn_gen_t *g, int reason, int32_t last)
     g->finish_reason = reason;
     const char *d;
     size_t dl;
-    if (tok_stream_flush(g->ts, &d, &dl, NULL, 0) == 0 && dl) {
+    if (g->ts && tok_stream_flush(g->ts, &d, &dl, NULL, 0) == 0 && dl) {
         size_t from = g->text_len;
         text_append(g, d, dl);
         if (g->n_stops) find_stop(g, from > g->max_stop ? from - g->max_stop : 0);
@@ -277,11 +288,28 @@ static void gen_end(dmn_gen_t *g, int reason, int32_t last)
     gen_complete(g, 0, NULL);
 }
 
+/* The prefix snapshots the runner took (all before the first logits) go into the cache. */
+static void gen_prefix_keep(dmn_gen_t *g)
+{
+    dmn_server_t *s = g->call->srv;
+    for (int32_t j = 0; j < g->n_snaps; j++) {
+        if (j < g->seq.n_snapped && s->prefix)
+            store_prefix_insert(s->prefix, g->prompt, g->snap_abs[j], g->snaps[j]);
+        free(g->snaps[j]);
+        g->snaps[j] = NULL;
+    }
+    g->n_snaps = 0;
+    g->seq.n_snaps = 0;
+}
+
 static void on_logits(dmn_gen_t *g)
 {
     dmn_call_t *c = g->call;
     dmn_server_t *s = c->srv;
-    if (!g->t_first) g->t_first = uv_hrtime();
+    if (!g->t_first) {
+        g->t_first = uv_hrtime();
+        gen_prefix_keep(g);
+    }
     if (c->deadline_ns && uv_hrtime() > c->deadline_ns) {
         if (dmn_runner_cancel(s->runner, &g->seq) == 0) g->in_runner = false;
         gen_complete(g, RCD_EDEADLINE, "deadline exceeded during generation");
@@ -297,7 +325,7 @@ static void on_logits(dmn_gen_t *g)
     const char *d;
     size_t dl;
     bool stop_text = false;
-    if (tok_stream_push(g->ts, t, &d, &dl, NULL, 0) == 0 && dl) {
+    if (g->ts && tok_stream_push(g->ts, t, &d, &dl, NULL, 0) == 0 && dl) {
         size_t from = g->text_len;
         if (text_append(g, d, dl) == 0 && g->n_stops)
             stop_text = find_stop(g, from > g->max_stop ? from - g->max_stop : 0);
@@ -353,8 +381,8 @@ static void on_seq(dmn_seq_t *seq, dmn_seq_ev_t ev)
         uint64_t add = (uint64_t)g->n_prompt + g->n_gen;
         void *state = g->state_out;
         g->state_out = NULL; /* the store owns it now */
-        int rc = store_commit(s->store, g->sid, g->base_version, state, add, dmn_now_ms(),
-                              on_committed, g);
+        int rc = store_commit_n(s->store, g->sid, g->base_version, state, seq->state_len, add,
+                                dmn_now_ms(), on_committed, g);
         if (rc)
             on_committed(g, rc, 0, "");
         else
@@ -480,6 +508,39 @@ static uint64_t tenant_hash(const char *t)
 
 static void gen_loaded(void *user, int rc, uint64_t version, const char *msg);
 
+/* Prefix snapshots of a prompt: the longest cached prefix (a multiple of the granularity G,
+ * at most n_prompt - 1 tokens: the last token is fed for its logits) becomes the initial state;
+ * the boundaries past it taken are G * 2^i and the last multiple of G before the end, at most
+ * DMN_SEQ_SNAPS of them (the longest), skipping those already cached. */
+static int gen_prefix_plan(dmn_gen_t *g, size_t sb)
+{
+    dmn_server_t *s = g->call->srv;
+    int32_t gran = store_prefix_granularity(s->prefix), last = g->n_prompt - 1;
+    if (last < gran) return 0;
+    void *st = malloc(sb);
+    if (!st) return RCD_ENOMEM;
+    int32_t h = store_prefix_lookup(s->prefix, g->prompt, last, st);
+    if (h > 0) {
+        g->init_state = st;
+        g->cached = h;
+    } else {
+        free(st);
+    }
+    int32_t cand[64], nc = 0;
+    for (int64_t k = gran; k <= last && nc < 62; k *= 2)
+        cand[nc++] = (int32_t)k;
+    int32_t top = last / gran * gran;
+    if (cand[nc - 1] != top) cand[nc++] = top;
+    int32_t keep[64], nk = 0;
+    for (int32_t i = 0; i < nc; i++)
+        if (cand[i] > h && !store_prefix_has(s->prefix, g->prompt, cand[i])) keep[nk++] = cand[i];
+    for (int32_t i = nk > DMN_SEQ_SNAPS ? nk - DMN_SEQ_SNAPS : 0; i < nk; i++) {
+        if (!(g->snaps[g->n_snaps] = malloc(sb))) return RCD_ENOMEM;
+        g->snap_abs[g->n_snaps++] = keep[i];
+    }
+    return 0;
+}
+
 static int gen_prepare(dmn_gen_t *g, const Recurd__V1__GenerateRequest *req, char *err,
                        size_t errlen)
 {
@@ -496,6 +557,9 @@ static int gen_prepare(dmn_gen_t *g, const Recurd__V1__GenerateRequest *req, cha
     g->seq.tenant = tenant_hash(req->tenant);
     /* prompt */
     if (req->prompt_case == RECURD__V1__GENERATE_REQUEST__PROMPT_TEXT) {
+        if (!s->tok) /* RCD_EMISMATCH: FAILED_PRECONDITION */
+            return rcd_fail(RCD_EMISMATCH, err, errlen,
+                            "model '%s' has no tokenizer: send token ids, not text", s->model_id);
         if (!req->text[0]) return rcd_fail(RCD_EINVAL, err, errlen, "prompt text is empty");
         /* Encoding runs on the loop thread: refuse text that cannot fit the token limit
          * before spending time on it (over 64 bytes per token on average is no real prompt). */
@@ -553,11 +617,12 @@ static int gen_prepare(dmn_gen_t *g, const Recurd__V1__GenerateRequest *req, cha
                             g->sid);
         g->base_version = ss.version;
         g->sess_tokens = ss.n_tokens;
-        if (!(g->state_out = malloc(sb))) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
         g->has_session = true;
-        if (ss.has_state) {
-            if (!(g->init_state = malloc(sb)))
+        if (ss.has_state) { /* the committed state's size (variable with a KV cache) */
+            g->init_len = ss.state_len ? (size_t)ss.state_len : sb;
+            if (!(g->init_state = malloc(g->init_len)))
                 return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
+            g->from_store = true;
         }
     } else if (req->_expected_version_case ==
                RECURD__V1__GENERATE_REQUEST___EXPECTED_VERSION_EXPECTED_VERSION) {
@@ -569,6 +634,23 @@ static int gen_prepare(dmn_gen_t *g, const Recurd__V1__GenerateRequest *req, cha
                         "session (%llu tokens) plus prompt (%d) reach the context limit %ld",
                         (unsigned long long)g->sess_tokens, g->n_prompt, s->opts->max_context);
     g->ctx_left = (uint32_t)((uint64_t)s->opts->max_context - used);
+    /* A turn from the zero state (stateless, or a session's first) may start from a cached
+     * prefix and captures the prefixes not cached yet. */
+    if (s->prefix && !g->from_store && g->sess_tokens == 0 && (rc = gen_prefix_plan(g, sb)))
+        return rcd_fail(rc, err, errlen, "out of memory");
+    if (g->has_session) {
+        /* The state after the turn: every position of the session, prompt and generation
+         * (state_bytes for fixed-size models). A KV model's prompt must also fit its pool. */
+        uint64_t mn = g->max_tokens < g->ctx_left ? g->max_tokens : g->ctx_left;
+        g->state_cap = dmn_runner_state_bound(s->runner, used + mn + 1);
+        if (g->state_cap == SIZE_MAX || !(g->state_out = malloc(g->state_cap ? g->state_cap : sb)))
+            return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory for the session state");
+    }
+    {
+        /* a KV model's turn must fit its pool whole (a step that runs out would fail others) */
+        uint64_t mn = g->max_tokens < g->ctx_left ? g->max_tokens : g->ctx_left;
+        if ((rc = dmn_runner_check_positions(s->runner, used + mn, err, errlen))) return rc;
+    }
     /* buffers */
     size_t mt = g->max_tokens, nl = g->n_lp > 0 ? (size_t)g->n_lp : 0;
     g->gen = malloc(mt * sizeof(int32_t));
@@ -582,10 +664,11 @@ static int gen_prepare(dmn_gen_t *g, const Recurd__V1__GenerateRequest *req, cha
         return rcd_fail(rc, err, errlen, "out of memory");
     for (int32_t i = 0; i < g->n_prompt; i++)
         dmn_sampler_seen(&g->smp, g->prompt[i]);
-    if ((rc = tok_stream_new(s->tok, TOK_SKIP_SPECIAL, &g->ts, err, errlen))) return rc;
+    if (s->tok && (rc = tok_stream_new(s->tok, TOK_SKIP_SPECIAL, &g->ts, err, errlen)))
+        return rc; /* no tokenizer: token ids only, no text deltas */
     /* Last, so that nothing fails with a load in flight: the state comes from the host cache
      * at once, or from disk on the pool (gen_loaded submits the turn then). */
-    if (g->init_state) {
+    if (g->from_store) {
         rc = store_load(s->store, g->sid, g->init_state, NULL, gen_loaded, g, err, errlen);
         if (rc < 0) return rc;
         g->loading = rc == STORE_PENDING;
@@ -599,11 +682,19 @@ static int gen_submit(dmn_gen_t *g, char *err, size_t errlen)
     dmn_call_t *c = g->call;
     dmn_server_t *s = c->srv;
     int rc;
-    g->seq.prompt = g->prompt;
-    g->seq.n_prompt = g->n_prompt;
+    g->seq.prompt = g->prompt + g->cached; /* a cached prefix is not fed again */
+    g->seq.n_prompt = g->n_prompt - g->cached;
+    g->seq.n_snaps = g->n_snaps;
+    for (int32_t j = 0; j < g->n_snaps; j++) {
+        g->seq.snap_at[j] = g->snap_abs[j] - g->cached;
+        g->seq.snap_out[j] = g->snaps[j];
+    }
     g->seq.max_new = (int32_t)(g->max_tokens < g->ctx_left ? g->max_tokens : g->ctx_left);
     g->seq.init_state = g->init_state;
+    g->seq.init_len = g->init_len;
     g->seq.state_out = g->has_session ? g->state_out : NULL;
+    g->seq.state_cap = g->state_cap;
+    g->seq.kv_positions = g->sess_tokens + (uint64_t)g->n_prompt + (uint64_t)g->seq.max_new;
     g->seq.logits = g->logits;
     g->seq.deadline_ns = c->deadline_ns;
     g->seq.cb = on_seq;
@@ -696,8 +787,10 @@ static void gen_begin(dmn_call_t *c, Recurd__V1__GenerateRequest *req)
     c->on_close = on_close;
     c->on_send_done = on_send_done;
     dmn_call_watch_close(c);
-    dmn_log(DMN_DEBUG, "turn_start", c->rid, g->sid, "prompt %d tokens, max_tokens %u, priority %d",
-            g->n_prompt, g->max_tokens, g->seq.priority);
+    dmn_log(DMN_DEBUG, "turn_start", c->rid, g->sid,
+            "prompt %d tokens (%d from a prefix snapshot, %d snapshots to take), max_tokens %u, "
+            "priority %d",
+            g->n_prompt, g->cached, g->n_snaps, g->max_tokens, g->seq.priority);
 cleanup:
     protobuf_c_message_free_unpacked(&req->base, NULL);
 }

@@ -28,6 +28,16 @@
     X(isa, STR, "auto", "RECURD_ISA", "CPU kernels: auto, avx512, avx2, portable")                 \
     X(slots, INT, "8", "RECURD_SLOTS", "sequences decoded at once (state slots)")                  \
     X(max_step_tokens, INT, "512", "RECURD_MAX_STEP_TOKENS", "token budget of one step")           \
+    X(prefill_chunk, INT, "256", "RECURD_PREFILL_CHUNK",                                           \
+      "prefill tokens a prompt gets per step before others get theirs (leftover budget is "        \
+      "shared); 0: no chunking, a prompt's prefill runs whole in one step")                        \
+    X(aging_ms, INT, "5000", "RECURD_AGING_MS",                                                    \
+      "waiting this long raises a turn's priority by one (0: strict priority)")                    \
+    X(kv_blocks, INT, "0", "RECURD_KV_BLOCKS",                                                     \
+      "KV-cache models (Granite 4.0-H): blocks in the KV pool, allocated at start, each "          \
+      "kv-block-tokens x kv_bytes_per_token bytes; 0: 2048 positions per slot")                    \
+    X(kv_block_tokens, INT, "16", "RECURD_KV_BLOCK_TOKENS",                                        \
+      "KV-cache models: positions per KV block")                                                   \
     X(max_queue, INT, "256", "RECURD_MAX_QUEUE", "turns waiting or running, at most")              \
     X(max_context, INT, "8192", "RECURD_MAX_CONTEXT", "tokens a session may hold")                 \
     X(max_prompt, INT, "4096", "RECURD_MAX_PROMPT", "tokens in one prompt, at most")               \
@@ -42,6 +52,8 @@
     X(keep_versions, INT, "2", "RECURD_KEEP_VERSIONS", "checkpoints kept per session (>= 1)")      \
     X(host_cache_bytes, INT, "268435456", "RECURD_HOST_CACHE_BYTES",                               \
       "bytes of session states cached in memory over the disk tier")                               \
+    X(prefix_cache_bytes, INT, "67108864", "RECURD_PREFIX_CACHE_BYTES",                            \
+      "bytes of prompt-prefix snapshots kept in memory (0: no prefix cache)")                      \
     X(redis, STR, "", "RECURD_REDIS",                                                              \
       "host:port of a Redis shared tier (write-through, lookup on a miss)")                        \
     X(drain_grace_ms, INT, "10000", "RECURD_DRAIN_GRACE_MS",                                       \

@@ -424,6 +424,12 @@ static void tok_start(dmn_call_t *c, tok_job_t *j)
 {
     j->c = c;
     j->w.data = j;
+    if (!c->srv->tok) { /* RCD_EMISMATCH: FAILED_PRECONDITION */
+        j->rc = rcd_fail(RCD_EMISMATCH, j->err, sizeof(j->err), "model '%s' has no tokenizer",
+                         c->srv->model_id);
+        tok_done(&j->w, 0);
+        return;
+    }
     if (uv_queue_work(c->srv->loop, &j->w, tok_work, tok_done) != 0) {
         j->rc = RCD_EINTERNAL;
         snprintf(j->err, sizeof(j->err), "cannot queue work");

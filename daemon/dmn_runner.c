@@ -11,6 +11,15 @@
 
 #include "daemon/dmn_log.h"
 
+/* A host-tier buffer for a swapped-out state. Fixed-size models: allocated once at create
+ * (state_bytes). Models with a KV cache: grown by the worker at swap-out to the slot's
+ * wrk_state_bytes and freed when it returns to the free list, so host memory follows the
+ * states actually swapped out. */
+typedef struct hbuf {
+    void *p;
+    size_t cap, len;
+} hbuf_t;
+
 /* One request as the runner sees it. Lives from submit until the scheduler has finished it
  * and no worker step uses its buffers, which may be after the caller's seq is gone. */
 struct dmn__req {
@@ -19,9 +28,14 @@ struct dmn__req {
     int32_t *toks;  /* the input stream: prompt, then every sampled token */
     int32_t n_toks, cap_toks, n_gen, max_new;
     const void *init_state; /* borrowed from the seq */
+    size_t init_len;        /* its bytes */
     float *logits;          /* the seq's */
     void *state_out;        /* the seq's */
-    void *host;             /* host-tier buffer while swapped out */
+    size_t state_cap;       /* its bytes */
+    size_t state_len;       /* written by the commit read */
+    hbuf_t *host;           /* host-tier buffer while swapped out */
+    int64_t kv_blocks;      /* KV blocks reserved for it (KV models) */
+    int32_t slot;           /* the slot it last ran in (-1: none) */
     sched_outcome_t outcome;
     bool in_step;       /* the worker's current step uses its buffers */
     bool sched_done;    /* the scheduler finished it */
@@ -32,6 +46,11 @@ struct dmn__req {
                          * were planned before the scheduler heard of the stop) */
     bool decided;       /* the LOGITS callback called feed, finish or cancel */
     bool started;
+    /* prefix snapshots (copied from the seq at submit); next_snap: the first not yet planned;
+     * w_snap_lo..w_snap_hi: those the worker's current step takes */
+    int32_t n_snaps, next_snap, w_snap_lo, w_snap_hi;
+    int32_t snap_at[DMN_SEQ_SNAPS];
+    void *snap_out[DMN_SEQ_SNAPS];
 };
 
 typedef struct plan_copy {
@@ -44,7 +63,10 @@ typedef struct plan_copy {
 typedef struct wmove {
     sched_move_kind_t kind;
     int32_t slot;
-    void *buf;
+    const void *buf; /* LOAD: the initial state (len bytes) */
+    size_t len;
+    hbuf_t *hb;  /* SWAP_OUT / SWAP_IN */
+    size_t grew; /* bytes the worker added to hb (stats) */
     dmn__req_t *req;
 } wmove_t;
 
@@ -53,7 +75,14 @@ struct dmn_runner {
     wrk_backend_t *be;
     dmn_runner_config_t cfg;
     sched_t *sched;
-    size_t state_bytes;
+    size_t state_bytes, kv_bpt; /* kv_bpt > 0: variable-size states (KV cache) */
+    int64_t kv_positions;       /* the KV pool's positions (0: unknown) */
+    /* the KV pool's blocks, tokens per block, and blocks reserved by held turns */
+    int64_t kv_pool_blocks, kv_bt, kv_reserved;
+    /* KV models: slots whose last occupant ended hold KV blocks until reset; the next work
+     * resets those nobody has used since (slot_owner: id of the last request in a slot) */
+    uint64_t *slot_owner, *pend_id;
+    int32_t *pend_slot, n_pend, *w_resets, w_n_resets;
     int n_slots, max_moves;
     /* request records */
     dmn__req_t *reqs;
@@ -61,7 +90,8 @@ struct dmn_runner {
     int32_t *free_recs, n_free_recs;
     uint64_t gen;
     /* host tier */
-    void **host_free;
+    hbuf_t *hbufs;
+    hbuf_t **host_free;
     int32_t n_host_free;
     /* events for the next sched_step */
     sched_event_t *ev;
@@ -104,9 +134,56 @@ static dmn__req_t *lookup(dmn_runner_t *r, uint64_t id)
     return &r->reqs[i];
 }
 
+/* Returns a host buffer to the free list (a KV model's memory goes back to the allocator). */
+static void host_put(dmn_runner_t *r, hbuf_t *hb)
+{
+    if (r->kv_bpt) {
+        r->st.host_bytes -= hb->cap;
+        free(hb->p);
+        hb->p = NULL;
+        hb->cap = 0;
+    }
+    hb->len = 0;
+    r->host_free[r->n_host_free++] = hb;
+}
+
+size_t dmn_runner_state_bound(const dmn_runner_t *r, uint64_t n_positions)
+{
+    if (!r->kv_bpt) return r->state_bytes;
+    if (n_positions > (SIZE_MAX - r->state_bytes) / r->kv_bpt) return SIZE_MAX;
+    return r->state_bytes + (size_t)n_positions * r->kv_bpt;
+}
+
+void dmn_runner_set_kv_pool(dmn_runner_t *r, int64_t n_blocks, int64_t block_tokens)
+{
+    if (n_blocks <= 0 || block_tokens <= 0) n_blocks = block_tokens = 0;
+    r->kv_pool_blocks = n_blocks;
+    r->kv_bt = block_tokens;
+    r->kv_positions = n_blocks * block_tokens;
+}
+
+int dmn_runner_check_positions(const dmn_runner_t *r, uint64_t n_positions, char *err,
+                               size_t errlen)
+{
+    if (!r->kv_bpt || !r->kv_positions || n_positions <= (uint64_t)r->kv_positions) return 0;
+    return rcd_fail(RCD_ETOOBIG, err, errlen,
+                    "session, prompt and max_tokens need %llu KV positions, the KV cache holds "
+                    "%lld (--kv-blocks x --kv-block-tokens)",
+                    (unsigned long long)n_positions, (long long)r->kv_positions);
+}
+
 static void rec_release(dmn_runner_t *r, dmn__req_t *q)
 {
-    if (q->host) r->host_free[r->n_host_free++] = q->host;
+    if (q->host) host_put(r, q->host);
+    r->kv_reserved -= q->kv_blocks;
+    if (r->kv_bpt && q->slot >= 0) { /* its KV blocks: see submit_plan (one entry per slot) */
+        int32_t i = 0;
+        while (i < r->n_pend && r->pend_slot[i] != q->slot)
+            i++;
+        r->pend_slot[i] = q->slot;
+        r->pend_id[i] = q->id;
+        if (i == r->n_pend) r->n_pend++;
+    }
     free(q->toks);
     int32_t i = (int32_t)(q - r->reqs);
     memset(q, 0, sizeof(*q));
@@ -176,6 +253,7 @@ void dmn_runner_config_default(dmn_runner_config_t *c, const wrk_backend_t *be, 
     c->max_inflight = 2;
     c->tenant_fair = true;
     c->stats_every_ms = 10000;
+    c->prefill_chunk = -1;
 }
 
 int dmn_runner_create(uv_loop_t *loop, wrk_backend_t *be, int max_queue, dmn_runner_t **out)
@@ -199,6 +277,9 @@ int dmn_runner_create_cfg(uv_loop_t *loop, wrk_backend_t *be, const dmn_runner_c
     r->cfg = *cfg;
     r->n_slots = be->n_slots;
     r->state_bytes = wrk_model_info(be->model)->state_bytes;
+    r->kv_bpt = wrk_model_info(be->model)->n_kv_layers > 0
+                    ? wrk_model_info(be->model)->kv_bytes_per_token
+                    : 0;
 
     sched_config_t sc;
     sched_config_default(&sc);
@@ -212,6 +293,11 @@ int dmn_runner_create_cfg(uv_loop_t *loop, wrk_backend_t *be, const dmn_runner_c
     sc.min_run_steps = cfg->min_run_steps;
     sc.max_inflight = cfg->max_inflight;
     sc.tenant_fair = cfg->tenant_fair;
+    sc.max_prompt_tokens = cfg->max_prompt > 0 ? cfg->max_prompt : 0;
+    if (cfg->prefill_chunk == 0)
+        sc.no_chunking = true;
+    else if (cfg->prefill_chunk > 0)
+        sc.max_chunk = cfg->prefill_chunk < sc.step_tokens ? cfg->prefill_chunk : sc.step_tokens;
     r->n_reqs = 2 * sc.n_slots + sc.max_queue + sc.n_host_slots + 1;
     if (cfg->max_queue < 1 || cfg->n_host_slots < 0 || r->n_reqs >= (1 << 24)) {
         rc = rcd_fail(RCD_EINVAL, err, errlen, "runner: max_queue %d / host slots %d out of range",
@@ -226,7 +312,8 @@ int dmn_runner_create_cfg(uv_loop_t *loop, wrk_backend_t *be, const dmn_runner_c
     int32_t nq = cfg->max_inflight;
     r->reqs = calloc((size_t)r->n_reqs, sizeof(*r->reqs));
     r->free_recs = malloc(sizeof(int32_t) * (size_t)r->n_reqs);
-    r->host_free = calloc((size_t)cfg->n_host_slots + 1, sizeof(void *));
+    r->host_free = calloc((size_t)cfg->n_host_slots + 1, sizeof(hbuf_t *));
+    r->hbufs = calloc((size_t)cfg->n_host_slots + 1, sizeof(hbuf_t));
     r->ev = calloc((size_t)r->cap_ev, sizeof(*r->ev));
     r->results = calloc((size_t)r->n_slots, sizeof(*r->results));
     r->q = calloc((size_t)nq, sizeof(*r->q));
@@ -234,8 +321,13 @@ int dmn_runner_create_cfg(uv_loop_t *loop, wrk_backend_t *be, const dmn_runner_c
     r->w_seqs = calloc((size_t)r->n_slots, sizeof(*r->w_seqs));
     r->w_reqs = calloc((size_t)r->n_slots, sizeof(*r->w_reqs));
     r->w_commit = calloc((size_t)r->n_slots, sizeof(*r->w_commit));
-    if (!r->reqs || !r->free_recs || !r->host_free || !r->ev || !r->results || !r->q ||
-        !r->w_moves || !r->w_seqs || !r->w_reqs || !r->w_commit)
+    r->slot_owner = calloc((size_t)r->n_slots, sizeof(uint64_t));
+    r->pend_id = calloc((size_t)r->n_slots, sizeof(uint64_t));
+    r->pend_slot = calloc((size_t)r->n_slots, sizeof(int32_t));
+    r->w_resets = calloc((size_t)r->n_slots, sizeof(int32_t));
+    if (!r->reqs || !r->free_recs || !r->host_free || !r->hbufs || !r->ev || !r->results || !r->q ||
+        !r->w_moves || !r->w_seqs || !r->w_reqs || !r->w_commit || !r->slot_owner || !r->pend_id ||
+        !r->pend_slot || !r->w_resets)
         goto oom;
     for (int32_t i = 0; i < nq; i++) {
         r->q[i].moves = calloc((size_t)r->max_moves, sizeof(sched_move_t));
@@ -245,8 +337,13 @@ int dmn_runner_create_cfg(uv_loop_t *loop, wrk_backend_t *be, const dmn_runner_c
     for (int32_t i = r->n_reqs - 1; i >= 0; i--)
         r->free_recs[r->n_free_recs++] = i;
     for (int i = 0; i < cfg->n_host_slots; i++) {
-        if (!(r->host_free[i] = malloc(r->state_bytes))) goto oom;
-        r->n_host_free++;
+        hbuf_t *hb = &r->hbufs[i];
+        if (!r->kv_bpt) { /* fixed-size: preallocated, as before */
+            if (!(hb->p = malloc(r->state_bytes))) goto oom;
+            hb->cap = r->state_bytes;
+            r->st.host_bytes += hb->cap;
+        }
+        r->host_free[r->n_host_free++] = hb;
     }
     r->work.data = r;
     r->last_stats_ns = uv_hrtime();
@@ -293,8 +390,9 @@ void dmn_runner_destroy(dmn_runner_t *r)
     }
     for (int32_t i = 0; r->reqs && i < r->n_reqs; i++)
         if (r->reqs[i].id) rec_release(r, &r->reqs[i]);
-    for (int32_t i = 0; r->host_free && i < r->n_host_free; i++)
-        free(r->host_free[i]);
+    for (int32_t i = 0; r->hbufs && i < r->cfg.n_host_slots; i++)
+        free(r->hbufs[i].p);
+    free(r->hbufs);
     for (int32_t i = 0; r->q && i < r->cfg.max_inflight; i++) {
         free(r->q[i].moves);
         free(r->q[i].entries);
@@ -309,6 +407,10 @@ void dmn_runner_destroy(dmn_runner_t *r)
     free(r->w_seqs);
     free(r->w_reqs);
     free(r->w_commit);
+    free(r->slot_owner);
+    free(r->pend_id);
+    free(r->pend_slot);
+    free(r->w_resets);
     free(r);
 }
 
@@ -335,6 +437,18 @@ int dmn_runner_submit(dmn_runner_t *r, dmn_seq_t *s, char *err, size_t errlen)
     if ((int64_t)s->n_prompt + s->max_new > INT32_MAX / 2)
         return rcd_fail(RCD_ETOOBIG, err, errlen, "prompt plus max_new is too large");
     int32_t cap = s->n_prompt + s->max_new;
+    int64_t kvb = 0;
+    if (r->kv_bpt && r->kv_pool_blocks) { /* a KV model: the turn's blocks are reserved */
+        uint64_t pos = s->kv_positions ? s->kv_positions : (uint64_t)cap;
+        if (pos > (uint64_t)r->kv_positions) return dmn_runner_check_positions(r, pos, err, errlen);
+        kvb = (int64_t)((pos + (uint64_t)r->kv_bt - 1) / (uint64_t)r->kv_bt);
+        if (r->kv_reserved + kvb > r->kv_pool_blocks)
+            return rcd_fail(RCD_ETOOBIG, err, errlen,
+                            "server busy: the KV cache's %lld blocks are reserved by held turns "
+                            "up to %lld; this turn needs %lld (--kv-blocks)",
+                            (long long)r->kv_pool_blocks, (long long)r->kv_reserved,
+                            (long long)kvb);
+    }
     int32_t *toks = malloc(sizeof(int32_t) * (size_t)cap);
     if (!toks) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
     memcpy(toks, s->prompt, sizeof(int32_t) * (size_t)s->n_prompt);
@@ -348,8 +462,22 @@ int dmn_runner_submit(dmn_runner_t *r, dmn_seq_t *s, char *err, size_t errlen)
     q->cap_toks = cap;
     q->max_new = s->max_new;
     q->init_state = s->init_state;
+    q->init_len = s->init_len ? s->init_len : r->state_bytes;
     q->logits = s->logits;
     q->state_out = s->state_out;
+    q->state_cap = s->state_cap ? s->state_cap : r->state_bytes;
+    q->slot = -1;
+    q->kv_blocks = kvb;
+    r->kv_reserved += kvb;
+    q->n_snaps = s->n_snaps > 0 && s->n_snaps <= DMN_SEQ_SNAPS && !r->kv_bpt ? s->n_snaps : 0;
+    for (int32_t j = 0; j < q->n_snaps; j++) {
+        q->snap_at[j] = s->snap_at[j];
+        q->snap_out[j] = s->snap_out[j];
+        if (q->snap_at[j] < 1 || q->snap_at[j] >= s->n_prompt || !q->snap_out[j] ||
+            (j && q->snap_at[j] <= q->snap_at[j - 1]))
+            q->n_snaps = j; /* malformed: take the well-formed ones before it */
+    }
+    s->n_snapped = 0;
     r->n_held++;
     s->req = q;
     s->rc = 0;
@@ -448,15 +576,35 @@ static void work_cb(uv_work_t *w)
     dmn_runner_t *r = w->data;
     uint64_t t0 = uv_hrtime();
     int rc = 0;
+    for (int32_t i = 0; i < r->w_n_resets; i++) /* ended occupants' KV blocks back to the pool */
+        wrk_state_reset(r->be, r->w_resets[i]);
     for (int32_t i = 0; i < r->w_n_moves && !rc; i++) {
-        const wmove_t *m = &r->w_moves[i];
+        wmove_t *m = &r->w_moves[i];
         switch (m->kind) {
-        case SCHED_MOVE_SWAP_OUT:
-            rc = wrk_state_read(r->be, m->slot, m->buf);
+        case SCHED_MOVE_SWAP_OUT: {
+            hbuf_t *hb = m->hb;
+            size_t need = wrk_state_bytes(r->be, m->slot);
+            if (need > hb->cap) { /* a KV model's state: sized now, on this thread */
+                void *p = realloc(hb->p, need);
+                if (!p) {
+                    rc = RCD_ENOMEM;
+                    break;
+                }
+                m->grew += need - hb->cap;
+                hb->p = p;
+                hb->cap = need;
+            }
+            rc = wrk_state_read_n(r->be, m->slot, hb->p, hb->cap, &hb->len);
+            /* its KV blocks go back to the pool at once (the slot is someone else's next) */
+            if (!rc && r->kv_bpt) rc = wrk_state_reset(r->be, m->slot);
             break;
+        }
         case SCHED_MOVE_SWAP_IN:
+            rc = wrk_state_write_n(r->be, m->slot, m->hb->p, m->hb->len);
+            break;
         case SCHED_MOVE_LOAD:
-            rc = m->buf ? wrk_state_write(r->be, m->slot, m->buf) : wrk_state_reset(r->be, m->slot);
+            rc = m->buf ? wrk_state_write_n(r->be, m->slot, m->buf, m->len)
+                        : wrk_state_reset(r->be, m->slot);
             break;
         case SCHED_MOVE_RESET:
             rc = wrk_state_reset(r->be, m->slot);
@@ -466,11 +614,44 @@ static void work_cb(uv_work_t *w)
             snprintf(r->w_err, sizeof(r->w_err), "slot move %d of slot %d failed: %s", m->kind,
                      m->slot, rcd_strerror(rc));
     }
+    /* Prefix snapshots inside a chunk: run the chunk's head alone up to the boundary and read
+     * the state there; the batch step below runs the rest. */
+    for (int32_t i = 0; i < r->w_n && !rc; i++) {
+        dmn__req_t *q = r->w_reqs[i];
+        wrk_seq_t *ws = &r->w_seqs[i];
+        for (int32_t j = q->w_snap_lo; j < q->w_snap_hi && !rc; j++) {
+            int32_t cur = (int32_t)(ws->tokens - q->toks), d = q->snap_at[j] - cur;
+            if (d >= ws->n_tokens) break; /* at the chunk's end: read after the step */
+            wrk_seq_t head = *ws;
+            head.n_tokens = d;
+            head.n_logits = 0;
+            rc = wrk_step(r->be, &head, 1, r->w_err, sizeof(r->w_err));
+            if (!rc) rc = wrk_state_read(r->be, ws->slot, q->snap_out[j]);
+            ws->tokens += d;
+            ws->n_tokens -= d;
+            if (ws->n_logits > ws->n_tokens) ws->n_logits = ws->n_tokens;
+        }
+    }
     if (!rc && r->w_n) rc = wrk_step(r->be, r->w_seqs, r->w_n, r->w_err, sizeof(r->w_err));
+    for (int32_t i = 0; i < r->w_n && !rc; i++) {
+        dmn__req_t *q = r->w_reqs[i];
+        const wrk_seq_t *ws = &r->w_seqs[i];
+        int32_t j = q->w_snap_hi - 1;
+        if (j >= q->w_snap_lo && q->snap_at[j] == (int32_t)(ws->tokens - q->toks) + ws->n_tokens)
+            rc = wrk_state_read(r->be, ws->slot, q->snap_out[j]);
+        if (rc) snprintf(r->w_err, sizeof(r->w_err), "prefix snapshot read failed");
+    }
     for (int32_t i = 0; i < r->w_n && !rc; i++)
         if (r->w_commit[i]) {
-            rc = wrk_state_read(r->be, r->w_seqs[i].slot, r->w_reqs[i]->state_out);
-            if (rc) snprintf(r->w_err, sizeof(r->w_err), "commit read failed");
+            dmn__req_t *q = r->w_reqs[i];
+            rc = wrk_state_read_n(r->be, r->w_seqs[i].slot, q->state_out, q->state_cap,
+                                  &q->state_len);
+            /* the turn is over: a KV model's slot gives its blocks back */
+            if (!rc && r->kv_bpt) wrk_state_reset(r->be, r->w_seqs[i].slot);
+            if (rc)
+                snprintf(r->w_err, sizeof(r->w_err),
+                         "commit read failed: the state is %zu bytes, the buffer %zu (%s)",
+                         wrk_state_bytes(r->be, r->w_seqs[i].slot), q->state_cap, rcd_strerror(rc));
         }
     r->w_rc = rc;
     r->w_us = uv_hrtime() - t0;
@@ -500,13 +681,17 @@ static void after_work_cb(uv_work_t *w, int status)
     for (int32_t i = 0; i < r->w_n_moves; i++) {
         wmove_t *m = &r->w_moves[i];
         m->req->in_step = false;
+        r->st.host_bytes += m->grew;
+        m->grew = 0;
         if (m->kind == SCHED_MOVE_SWAP_IN && m->req->host) { /* the host copy is spent */
-            r->host_free[r->n_host_free++] = m->req->host;
+            host_put(r, m->req->host);
             m->req->host = NULL;
         }
     }
-    for (int32_t i = 0; i < r->w_n; i++)
+    for (int32_t i = 0; i < r->w_n; i++) {
         r->w_reqs[i]->in_step = false;
+        if (!rc && r->w_reqs[i]->seq) r->w_reqs[i]->seq->n_snapped = r->w_reqs[i]->w_snap_hi;
+    }
     int32_t n_res = 0;
     for (int32_t i = 0; i < r->w_n && !rc; i++) {
         dmn__req_t *q = r->w_reqs[i];
@@ -555,6 +740,11 @@ static void submit_plan(dmn_runner_t *r)
     r->q_n--;
     r->w_step = p->step;
     r->w_n_moves = r->w_n = 0;
+    r->w_n_resets = 0;
+    for (int32_t i = 0; i < r->n_pend; i++) /* nobody used the slot since its occupant ended */
+        if (r->slot_owner[r->pend_slot[i]] == r->pend_id[i])
+            r->w_resets[r->w_n_resets++] = r->pend_slot[i];
+    r->n_pend = 0;
     for (int32_t i = 0; i < p->n_moves; i++) {
         const sched_move_t *m = &p->moves[i];
         dmn__req_t *q = lookup(r, m->id);
@@ -567,13 +757,16 @@ static void submit_plan(dmn_runner_t *r)
         wm->slot = m->slot;
         wm->req = q;
         wm->buf = NULL;
+        wm->len = 0;
+        wm->hb = NULL;
+        wm->grew = 0;
         switch (m->kind) {
         case SCHED_MOVE_SWAP_OUT:
             if (q->host || r->n_host_free == 0) {
                 fail_req(r, q, "host tier exhausted for a swap-out");
                 continue;
             }
-            q->host = wm->buf = r->host_free[--r->n_host_free];
+            q->host = wm->hb = r->host_free[--r->n_host_free];
             if (q->seq) q->seq->n_preemptions++;
             r->st.swap_outs++;
             break;
@@ -582,11 +775,12 @@ static void submit_plan(dmn_runner_t *r)
                 fail_req(r, q, "swap-in without a host copy");
                 continue;
             }
-            wm->buf = q->host;
+            wm->hb = q->host;
             r->st.swap_ins++;
             break;
         case SCHED_MOVE_LOAD:
-            wm->buf = (void *)q->init_state;
+            wm->buf = q->init_state;
+            wm->len = q->init_len;
             r->st.loads++;
             started(q);
             break;
@@ -595,6 +789,8 @@ static void submit_plan(dmn_runner_t *r)
             break;
         }
         q->in_step = true;
+        r->slot_owner[m->slot] = q->id;
+        q->slot = m->kind == SCHED_MOVE_SWAP_OUT ? -1 : m->slot;
         r->w_n_moves++;
     }
     for (int32_t i = 0; i < p->n_entries; i++) {
@@ -614,12 +810,20 @@ static void submit_plan(dmn_runner_t *r)
         ws->tokens = q->toks + e->start;
         ws->n_logits = e->n_logits;
         ws->logits = q->logits;
+        q->w_snap_lo = q->w_snap_hi = q->next_snap; /* boundaries in (start, start + n] */
+        while (q->w_snap_hi < q->n_snaps && q->snap_at[q->w_snap_hi] <= e->start + e->n_tokens)
+            q->w_snap_hi++;
+        if (q->w_snap_lo < q->w_snap_hi && q->snap_at[q->w_snap_lo] <= e->start)
+            q->n_snaps = q->w_snap_hi = q->w_snap_lo; /* passed without a split: stop taking */
+        q->next_snap = q->w_snap_hi;
         r->w_commit[r->w_n] = e->commit;
         r->w_reqs[r->w_n++] = q;
         q->in_step = true;
+        r->slot_owner[e->slot] = q->id;
+        q->slot = e->slot;
         started(q);
     }
-    if (r->w_n_moves + r->w_n == 0) { /* nothing left to run: report it done at once */
+    if (r->w_n_moves + r->w_n == 0 && r->w_n_resets == 0) { /* nothing to run: done at once */
         report_done(r, r->w_step, 0, 0);
         return;
     }
@@ -646,15 +850,16 @@ static void on_finished(dmn_runner_t *r, const sched_finish_t *f)
         q->seq->req = NULL;
         q->seq = NULL;
     } else if (q->seq && !q->cancel_event) {
-        if (f->status == 0 && q->state_out)
+        if (f->status == 0 && q->state_out) {
+            q->seq->state_len = q->state_len;
             deliver(q, DMN_SEQ_DONE, 0, NULL);
-        else if (f->status == 0) /* the caller finishes every sequence it does not commit */
+        } else if (f->status == 0) /* the caller finishes every sequence it does not commit */
             deliver(q, DMN_SEQ_FAILED, RCD_EINTERNAL, "ended without a final token");
         else
             deliver(q, DMN_SEQ_FAILED, f->status, f->msg);
     }
     if (!q->in_step && q->host) {
-        r->host_free[r->n_host_free++] = q->host;
+        host_put(r, q->host);
         q->host = NULL;
     }
     rec_maybe_release(r, q);

@@ -28,6 +28,8 @@ typedef enum dmn_seq_ev {
 
 typedef void (*dmn_seq_cb)(dmn_seq_t *s, dmn_seq_ev_t ev);
 
+#define DMN_SEQ_SNAPS 8 /* prefix snapshots one sequence may take */
+
 /* Filled by the caller before dmn_runner_submit. The seq and the buffers it points to must
  * live until a terminal event, or until a _finish / _cancel that returned 0. */
 struct dmn_seq {
@@ -36,18 +38,32 @@ struct dmn_seq {
     int32_t max_new;        /* tokens the caller may sample, >= 1 (it calls _finish at the
                              * latest on the max_new-th) */
     const void *init_state; /* borrowed until a terminal event; NULL: the zero state */
-    void *state_out;        /* caller-owned state_bytes; non-NULL: the turn commits (the last
-                             * sampled token is fed and the state after it copied here) */
+    size_t init_len;        /* bytes of init_state; 0: state_bytes (a fixed-size model) */
+    void *state_out;        /* caller-owned, state_cap bytes; non-NULL: the turn commits (the
+                             * last sampled token is fed and the state after it copied here) */
+    size_t state_cap;       /* bytes of state_out; 0: state_bytes. Models with a KV cache
+                             * (variable-size state): at least dmn_runner_state_bound() */
+    uint64_t kv_positions;  /* KV models: positions the turn may reach (session + prompt +
+                             * max_new); 0: n_prompt + max_new */
     float *logits;          /* caller-owned, vocab floats */
-    int32_t priority;       /* 0..DMN_RUNNER_PRIORITIES-1, higher first (and may preempt) */
-    uint64_t tenant;        /* per-tenant share among equal priorities */
-    uint64_t deadline_ns;   /* uv_hrtime() clock, 0 = none: refused if it passes while queued */
+    /* Prefix snapshots (fixed-size states): the state after the first snap_at[j] prompt
+     * tokens (ascending, in [1, n_prompt - 1]) is copied into snap_out[j] (caller-owned,
+     * state_bytes) on the worker: a prefill chunk that spans snap_at[j] runs as two steps,
+     * split there. All are taken before the first DMN_SEQ_LOGITS. */
+    int32_t n_snaps; /* 0..DMN_SEQ_SNAPS */
+    int32_t snap_at[DMN_SEQ_SNAPS];
+    void *snap_out[DMN_SEQ_SNAPS];
+    int32_t priority;     /* 0..DMN_RUNNER_PRIORITIES-1, higher first (and may preempt) */
+    uint64_t tenant;      /* per-tenant share among equal priorities */
+    uint64_t deadline_ns; /* uv_hrtime() clock, 0 = none: refused if it passes while queued */
     dmn_seq_cb cb;
     void *user;
     /* set by the runner */
     int rc;                /* for DMN_SEQ_FAILED */
     char msg[112];         /* for DMN_SEQ_FAILED */
     int32_t n_preemptions; /* times swapped out to host memory so far */
+    size_t state_len;      /* for DMN_SEQ_DONE: bytes of the state in state_out */
+    int32_t n_snapped;     /* prefix snapshots taken (the first n_snapped of snap_at) */
     dmn__req_t *req;       /* private */
 };
 
@@ -61,10 +77,15 @@ typedef struct dmn_runner_config {
     int max_inflight;   /* 2: plan step N+1 while step N runs; 1: lockstep */
     bool tenant_fair;   /* equal priorities: the tenant holding fewer slots first */
     int stats_every_ms; /* scheduler metrics logged at debug this often (0: never) */
+    int prefill_chunk;  /* prefill tokens one sequence gets per step before the others get
+                         * theirs (leftover budget is shared afterwards); -1: half the step
+                         * budget; 0: no chunking, a prompt's prefill runs whole in one step
+                         * (the backend's step budget must hold max_prompt + slots - 1) */
+    int max_prompt;     /* prompt tokens, at most (needed by prefill_chunk 0; 0: no limit) */
 } dmn_runner_config_t;
 
 /* Defaults: n_host_slots = backend slots, aging 5 s, min_run_steps 8, max_inflight 2,
- * tenant_fair, stats every 10 s. */
+ * tenant_fair, stats every 10 s, prefill_chunk -1, max_prompt 0. */
 void dmn_runner_config_default(dmn_runner_config_t *c, const wrk_backend_t *be, int max_queue);
 int dmn_runner_create_cfg(uv_loop_t *loop, wrk_backend_t *be, const dmn_runner_config_t *cfg,
                           dmn_runner_t **out, char *err, size_t errlen);
@@ -88,14 +109,28 @@ int dmn_runner_cancel(dmn_runner_t *r, dmn_seq_t *s);
 
 int dmn_runner_held(const dmn_runner_t *r); /* sequences the runner holds */
 
+/* Bytes of the state of a sequence holding n_positions positions: state_bytes, plus
+ * n_positions * kv_bytes_per_token for a model with a KV cache (wrk_state_bytes). */
+size_t dmn_runner_state_bound(const dmn_runner_t *r, uint64_t n_positions);
+/* Models with a KV cache: the backend's KV pool (n_kv_blocks of kv_block_tokens positions;
+ * 0: unknown, no admission). Submit then reserves ceil(dmn_seq.kv_positions / block_tokens)
+ * blocks per held turn and refuses (RCD_ETOOBIG, "server busy") a turn the unreserved blocks
+ * cannot hold, so a step never runs out of blocks. dmn_runner_check_positions refuses
+ * (RCD_ETOOBIG, a message naming the options) a turn whose session, prompt and max tokens
+ * need more positions than the pool; 0 otherwise. */
+void dmn_runner_set_kv_pool(dmn_runner_t *r, int64_t n_blocks, int64_t block_tokens);
+int dmn_runner_check_positions(const dmn_runner_t *r, uint64_t n_positions, char *err,
+                               size_t errlen);
+
 typedef struct dmn_runner_stats {
     sched_stats_t sched;
     uint64_t steps_run;     /* worker steps (a plan whose entries all dropped runs none) */
     uint64_t planned_ahead; /* plans issued while the worker was busy (pipelining) */
     uint64_t dropped;       /* plan entries dropped at submission (ended or stopped) */
     uint64_t swap_outs, swap_ins, loads;
-    uint64_t worker_us; /* time inside work callbacks */
-    uint64_t gap_us;    /* worker idle time between steps while work was ready */
+    uint64_t host_bytes; /* bytes of host swap buffers allocated (grow with KV states) */
+    uint64_t worker_us;  /* time inside work callbacks */
+    uint64_t gap_us;     /* worker idle time between steps while work was ready */
 } dmn_runner_stats_t;
 void dmn_runner_stats(const dmn_runner_t *r, dmn_runner_stats_t *out);
 

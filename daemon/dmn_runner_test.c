@@ -106,21 +106,29 @@ typedef struct fixture {
     uv_loop_t loop;
 } fixture_t;
 
-static bool fx_open(fixture_t *f, int n_slots, int max_step_tokens)
+static bool fx_open_model(fixture_t *f, const char *model, int n_slots, int max_step_tokens)
 {
     char err[256];
     memset(f, 0, sizeof(*f));
-    if (wrk_model_load(RCD_DEFAULT_MODEL, &f->m, err, sizeof(err))) {
+    if (wrk_model_load(model, &f->m, err, sizeof(err))) {
         fprintf(stderr, "model: %s\n", err);
         CHECK(0);
         return false;
     }
     f->mi = wrk_model_info(f->m);
-    wrk_backend_opts_t bo = {
-        .n_threads = 1, .n_slots = n_slots, .max_step_tokens = max_step_tokens};
+    wrk_backend_opts_t bo = {.n_threads = 1,
+                             .n_slots = n_slots,
+                             .max_step_tokens = max_step_tokens,
+                             .kv_block_tokens = 4,
+                             .n_kv_blocks = 64};
     CHECK(wrk_cpu_backend_create(f->m, &bo, &f->be, err, sizeof(err)) == 0);
     uv_loop_init(&f->loop);
     return f->be != NULL;
+}
+
+static bool fx_open(fixture_t *f, int n_slots, int max_step_tokens)
+{
+    return fx_open_model(f, RCD_DEFAULT_MODEL, n_slots, max_step_tokens);
 }
 
 static void fx_close(fixture_t *f)
@@ -248,6 +256,123 @@ static void test_preempt_resumes_exactly(void)
     preempt_case(false);
 }
 
+/* A commit buffer for a variable-size state of n positions. */
+static void kv_commit_buf(t_seq_t *t, dmn_runner_t *r, uint64_t n)
+{
+    free(t->state);
+    t->seq.state_cap = dmn_runner_state_bound(r, n);
+    t->state = calloc(1, t->seq.state_cap);
+    t->seq.state_out = t->state;
+}
+
+/* Granite 4.0-H (a KV cache: variable-size state). A committed state is state_bytes plus the
+ * KV of every position; a preempted sequence's KV state goes to a host buffer sized for it and
+ * back, with the same tokens and the same committed state bit for bit; the host buffer is
+ * freed at swap-in; a committed state continues the text; a commit buffer too small for the
+ * state fails the sequence cleanly. */
+static void test_kv_model(void)
+{
+    fixture_t f;
+    if (!fx_open_model(&f, "tests/golden/granite/mha_moe8", 1, 16)) return;
+    int V = f.mi->vocab_size;
+    size_t SB = f.mi->state_bytes, KV = f.mi->kv_bytes_per_token;
+    CHECK(f.mi->n_kv_layers > 0 && KV > 0);
+    dmn_runner_config_t c;
+    dmn_runner_config_default(&c, f.be, 8);
+    c.min_run_steps = 2;
+    dmn_runner_t *r = NULL;
+    char err[160];
+    CHECK(dmn_runner_create_cfg(&f.loop, f.be, &c, &r, err, sizeof(err)) == 0);
+    dmn_runner_set_kv_pool(r, 64, 4); /* the fixture's pool */
+    dmn_runner_stats_t st;
+    dmn_runner_stats(r, &st);
+    CHECK(st.host_bytes == 0); /* KV models: host buffers are sized at swap-out */
+    CHECK(dmn_runner_state_bound(r, 10) == SB + 10 * KV);
+    t_seq_t low_alone, high_alone, low, high;
+    setup(&low_alone, r, 3, 40, V, SB, true);
+    kv_commit_buf(&low_alone, r, 24 + 40);
+    run(&f.loop, r, &low_alone, 1);
+    const uint64_t n_low = (uint64_t)low_alone.seq.n_prompt + 40; /* the last token is fed */
+    CHECK_MSG(low_alone.seq.state_len == SB + n_low * KV, "state_len %zu", low_alone.seq.state_len);
+    setup(&high_alone, r, 1, 8, V, SB, true);
+    kv_commit_buf(&high_alone, r, 10 + 8);
+    high_alone.seq.priority = 3;
+    run(&f.loop, r, &high_alone, 1);
+
+    setup(&low, r, 3, 40, V, SB, true);
+    kv_commit_buf(&low, r, 24 + 40);
+    setup(&high, r, 1, 8, V, SB, true);
+    kv_commit_buf(&high, r, 10 + 8);
+    high.seq.priority = 3;
+    low.at_out = 5;
+    low.then = &high;
+    run(&f.loop, r, &low, 1);
+    CHECK(high.done && !high.failed);
+    CHECK(low.seq.n_preemptions == 1);
+    CHECK(memcmp(low.out, low_alone.out, sizeof(int32_t) * 40) == 0);
+    CHECK(memcmp(high.out, high_alone.out, sizeof(int32_t) * 8) == 0);
+    CHECK(low.seq.state_len == low_alone.seq.state_len);
+    CHECK(memcmp(low.state, low_alone.state, low.seq.state_len) == 0);
+    CHECK(high.seq.state_len == high_alone.seq.state_len);
+    CHECK(memcmp(high.state, high_alone.state, high.seq.state_len) == 0);
+    dmn_runner_stats(r, &st);
+    CHECK(st.swap_outs == 1 && st.swap_ins == 1);
+    CHECK(st.host_bytes == 0); /* freed at swap-in */
+
+    /* resume from the variable-size state: it continues the text */
+    t_seq_t again, cont;
+    setup(&again, r, 3, 6, V, SB, false);
+    int n = again.seq.n_prompt;
+    for (int i = 0; i < 40; i++)
+        again.prompt[n + i] = low_alone.out[i];
+    again.seq.n_prompt = n + 40;
+    run(&f.loop, r, &again, 1);
+    setup(&cont, r, 0, 5, V, SB, true);
+    kv_commit_buf(&cont, r, n_low + 1 + 5);
+    cont.prompt[0] = again.out[0];
+    cont.seq.n_prompt = 1;
+    cont.seq.init_state = low_alone.state;
+    cont.seq.init_len = low_alone.seq.state_len;
+    run(&f.loop, r, &cont, 1);
+    CHECK(memcmp(cont.out, again.out + 1, sizeof(int32_t) * 5) == 0);
+    CHECK(cont.seq.state_len == SB + (n_low + 1 + 5) * KV);
+
+    /* admission by KV blocks: over the pool, or over what held turns left, is refused */
+    t_seq_t big, b2;
+    setup(&big, r, 1, 4, V, SB, false);
+    big.seq.kv_positions = 257;
+    CHECK(dmn_runner_submit(r, &big.seq, err, sizeof(err)) == RCD_ETOOBIG);
+    CHECK(dmn_runner_check_positions(r, 257, err, sizeof(err)) == RCD_ETOOBIG &&
+          strstr(err, "--kv-blocks"));
+    big.seq.kv_positions = 200; /* 50 blocks */
+    setup(&b2, r, 2, 4, V, SB, false);
+    b2.seq.kv_positions = 60; /* 15 more: 65 > 64 */
+    CHECK(dmn_runner_submit(r, &big.seq, err, sizeof(err)) == 0);
+    CHECK(dmn_runner_submit(r, &b2.seq, err, sizeof(err)) == RCD_ETOOBIG && strstr(err, "busy"));
+    uv_run(&f.loop, UV_RUN_DEFAULT);
+    CHECK(big.done && !big.failed);
+    run(&f.loop, r, &b2, 1); /* the blocks came back */
+    teardown(&big);
+    teardown(&b2);
+
+    /* a commit buffer of state_bytes cannot hold a KV state: the sequence fails, nothing more */
+    t_seq_t small;
+    setup(&small, r, 1, 4, V, SB, true);
+    CHECK(dmn_runner_submit(r, &small.seq, err, sizeof(err)) == 0);
+    uv_run(&f.loop, UV_RUN_DEFAULT);
+    CHECK(small.done && small.failed && small.fail_rc != 0);
+    CHECK(dmn_runner_held(r) == 0);
+    teardown(&low_alone);
+    teardown(&high_alone);
+    teardown(&low);
+    teardown(&high);
+    teardown(&again);
+    teardown(&cont);
+    teardown(&small);
+    dmn_runner_destroy(r);
+    fx_close(&f);
+}
+
 /* Refusals at submit (queue full, deadline already passed, bad priority), a deadline that
  * passes while queued (DMN_SEQ_FAILED with RCD_EDEADLINE), cancelling a queued sequence. */
 static void test_refusals(void)
@@ -366,12 +491,68 @@ static void test_cancel_in_step(void)
     fx_close(&f);
 }
 
+/* Prefix snapshots: the states the runner captures inside and at the end of prefill chunks
+ * (in a batch with another sequence) are the states after those prompt prefixes: continuing
+ * from each with the rest of the prompt gives the uninterrupted run's tokens. */
+static void test_prefix_snapshots(void)
+{
+    fixture_t f;
+    if (!fx_open(&f, 2, 16)) return;
+    int V = f.mi->vocab_size;
+    size_t SB = f.mi->state_bytes;
+    dmn_runner_t *r = NULL;
+    CHECK(dmn_runner_create(&f.loop, f.be, 16, &r) == 0);
+    t_seq_t a[2];
+    setup(&a[0], r, 5, N_GEN, V, SB, false); /* 38 prompt tokens: several 16-token chunks */
+    setup(&a[1], r, 3, N_GEN, V, SB, false);
+    const int32_t at[] = {7, 16, 20, 37};
+    const int ns = 4;
+    void *snap[4];
+    for (int j = 0; j < ns; j++) {
+        snap[j] = calloc(1, SB);
+        a[0].seq.snap_at[j] = at[j];
+        a[0].seq.snap_out[j] = snap[j];
+    }
+    a[0].seq.n_snaps = ns;
+    run(&f.loop, r, a, 2);
+    CHECK(a[0].seq.n_snapped == ns);
+    for (int j = 0; j < ns; j++) {
+        t_seq_t c;
+        setup(&c, r, 0, N_GEN, V, SB, false);
+        int n = a[0].seq.n_prompt - at[j];
+        memcpy(c.prompt, a[0].prompt + at[j], sizeof(int32_t) * (size_t)n);
+        c.seq.n_prompt = n;
+        c.seq.init_state = snap[j];
+        run(&f.loop, r, &c, 1);
+        CHECK_MSG(memcmp(c.out, a[0].out, sizeof(int32_t) * N_GEN) == 0, "snapshot at %d", at[j]);
+        teardown(&c);
+    }
+    /* Malformed requests are ignored from the first bad one: out of order, past the prompt. */
+    t_seq_t b;
+    setup(&b, r, 5, 2, V, SB, false);
+    b.seq.n_snaps = 3;
+    b.seq.snap_at[0] = 10, b.seq.snap_out[0] = snap[0];
+    b.seq.snap_at[1] = 9, b.seq.snap_out[1] = snap[1];
+    b.seq.snap_at[2] = 38, b.seq.snap_out[2] = snap[2];
+    run(&f.loop, r, &b, 1);
+    CHECK(b.seq.n_snapped == 1);
+    teardown(&b);
+    for (int j = 0; j < ns; j++)
+        free(snap[j]);
+    teardown(&a[0]);
+    teardown(&a[1]);
+    dmn_runner_destroy(r);
+    fx_close(&f);
+}
+
 int main(void)
 {
     RUN(test_batched_equals_alone);
     RUN(test_preempt_resumes_exactly);
+    RUN(test_kv_model);
     RUN(test_refusals);
     RUN(test_stop_commits_like_length);
     RUN(test_cancel_in_step);
+    RUN(test_prefix_snapshots);
     return rcd_test_summary();
 }

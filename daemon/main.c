@@ -2,7 +2,9 @@
  * the libuv loop, and orderly teardown after a drain (exit 0). */
 #include "daemon/dmn.h"
 #include "daemon/dmn_runner.h"
+#include "statestore/prefix.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,6 +68,9 @@ static int open_store(dmn_server_t *srv, const wrk_model_info_t *mi, char *err, 
                        .redis = o->redis,
                        .n_tensors = mi->n_state_tensors,
                        .tensors = t,
+                       .kv_bytes_per_token = mi->n_kv_layers > 0 ? mi->kv_bytes_per_token : 0,
+                       .n_kv_layers = mi->n_kv_layers,
+                       .kv_width = mi->kv_width,
                        .warn_cb = store_warn};
     int rc = store_open(&so, &srv->store, err, errlen);
     free(t);
@@ -135,10 +140,20 @@ int main(int argc, char **argv)
     }
     progress(&opts, 60, "creating backend");
     const wrk_model_info_t *mi = wrk_model_info(srv.model);
+    long step_tokens = opts.max_step_tokens; /* no chunking: a whole prompt + slots - 1 decodes */
+    if (opts.prefill_chunk == 0 && step_tokens < opts.max_prompt + opts.slots - 1)
+        step_tokens = opts.max_prompt + opts.slots - 1;
     wrk_backend_opts_t bo = {.n_threads = (int)opts.threads,
                              .n_slots = (int)opts.slots,
-                             .max_step_tokens = (int)opts.max_step_tokens,
-                             .isa = opts.isa};
+                             .max_step_tokens = (int)step_tokens,
+                             .isa = opts.isa,
+                             .n_kv_blocks = (int)opts.kv_blocks,
+                             .kv_block_tokens = (int)opts.kv_block_tokens};
+    if (opts.kv_blocks > 1L << 30 || opts.kv_block_tokens > 1L << 16) {
+        dmn_log(DMN_ERROR, "backend", NULL, NULL, "--kv-blocks / --kv-block-tokens too large");
+        rc = RCD_EINVAL;
+        goto cleanup;
+    }
     if ((rc = wrk_backend_create_by_name(opts.backend, srv.model, &bo, &srv.backend, err,
                                          sizeof(err)))) {
         dmn_log(DMN_ERROR, "backend", NULL, NULL, "%s", err);
@@ -146,13 +161,20 @@ int main(int argc, char **argv)
     }
     progress(&opts, 80, "loading tokenizer");
     tok_opts_t to = {.max_input_bytes = (size_t)opts.max_message_bytes};
-    if ((rc = tok_load(opts.model, &to, &srv.tok, err, sizeof(err)))) {
+    char tokf[4200];
+    snprintf(tokf, sizeof(tokf), "%s/tokenizer.json", opts.model);
+    if (access(tokf, F_OK) != 0 && errno == ENOENT) {
+        /* token-id prompts only: text requests and Tokenize/Detokenize → FAILED_PRECONDITION */
+        dmn_log(DMN_WARN, "tokenizer_load", NULL, NULL,
+                "%s has no tokenizer.json: only token-id prompts are served", opts.model);
+        srv.tok = NULL;
+    } else if ((rc = tok_load(opts.model, &to, &srv.tok, err, sizeof(err)))) {
         dmn_log(DMN_ERROR, "tokenizer_load", NULL, NULL, "%s", err);
         goto cleanup;
     }
     progress(&opts, 100, "ready");
     srv.vocab = mi->vocab_size;
-    srv.eos_id = tok_eos_id(srv.tok) >= 0 ? tok_eos_id(srv.tok) : mi->eos_token_id;
+    srv.eos_id = srv.tok && tok_eos_id(srv.tok) >= 0 ? tok_eos_id(srv.tok) : mi->eos_token_id;
     {
         const char *base = strrchr(opts.model, '/');
         base = base && base[1] ? base + 1 : opts.model;
@@ -173,9 +195,32 @@ int main(int argc, char **argv)
         dmn_log(DMN_ERROR, "store", NULL, NULL, "%s", err);
         goto cleanup;
     }
-    if ((rc = dmn_runner_create(&loop, srv.backend, (int)opts.max_queue, &srv.runner))) {
-        dmn_log(DMN_ERROR, "runner", NULL, NULL, "%s", rcd_strerror(rc));
-        goto cleanup;
+    if (opts.prefix_cache_bytes > 0 && mi->n_kv_layers == 0 &&
+        store_prefix_create((size_t)opts.prefix_cache_bytes, mi->state_bytes, mi->fingerprint, 0,
+                            &srv.prefix) == 0)
+        dmn_log(DMN_INFO, "prefix_cache", NULL, NULL,
+                "prompt-prefix snapshots every %d tokens, %ld bytes", STORE_PREFIX_GRAN,
+                opts.prefix_cache_bytes);
+    {
+        dmn_runner_config_t rc_cfg;
+        dmn_runner_config_default(&rc_cfg, srv.backend, (int)opts.max_queue);
+        rc_cfg.prefill_chunk = (int)opts.prefill_chunk;
+        rc_cfg.max_prompt = (int)opts.max_prompt;
+        rc_cfg.aging_ms = opts.aging_ms;
+        if ((rc = dmn_runner_create_cfg(&loop, srv.backend, &rc_cfg, &srv.runner, err,
+                                        sizeof(err)))) {
+            dmn_log(DMN_ERROR, "runner", NULL, NULL, "%s", err);
+            goto cleanup;
+        }
+    }
+    if (mi->n_kv_layers > 0) { /* the backend's defaults (workers/cpu/cpu_backend.c) */
+        long bt = opts.kv_block_tokens > 0 ? opts.kv_block_tokens : 16;
+        long nb = opts.kv_blocks > 0 ? opts.kv_blocks : (srv.backend->n_slots * 2048L + bt - 1) / bt;
+        dmn_runner_set_kv_pool(srv.runner, nb, bt);
+        dmn_log(DMN_INFO, "kv_cache", NULL, NULL,
+                "%ld KV blocks of %ld positions: %ld positions, %.1f MiB (%zu bytes per position)",
+                nb, bt, nb * bt, (double)nb * bt * mi->kv_bytes_per_token / 1048576.0,
+                mi->kv_bytes_per_token);
     }
     grpc_init();
     grpc_up = true;
@@ -195,6 +240,19 @@ cleanup:
     /* Before the loop's last turn: the store's Redis connection closes a handle on it. */
     store_close(srv.store);
     srv.store = NULL;
+    if (srv.prefix) {
+        store_prefix_stats_t ps;
+        store_prefix_get_stats(srv.prefix, &ps);
+        dmn_log(DMN_INFO, "prefix_cache", NULL, NULL,
+                "hits %llu (%llu tokens), misses %llu, inserts %llu, evictions %llu, "
+                "collisions %llu, %zu entries, %zu bytes",
+                (unsigned long long)ps.hits, (unsigned long long)ps.hit_tokens,
+                (unsigned long long)ps.misses, (unsigned long long)ps.inserts,
+                (unsigned long long)ps.evictions, (unsigned long long)ps.collisions, ps.entries,
+                ps.bytes);
+    }
+    store_prefix_destroy(srv.prefix);
+    srv.prefix = NULL;
     if (loop_up) {
         uv_run(&loop, UV_RUN_NOWAIT); /* let close callbacks run */
         if (uv_loop_close(&loop) == UV_EBUSY)

@@ -58,6 +58,10 @@ int sched_config_check(const sched_config_t *c, char *err, size_t errlen)
         (rc = check_range("max_tenant_slots", c->max_tenant_slots, 0, c->n_slots, err, errlen)) ||
         (rc = check_range("max_events", c->max_events, 1, SCHED__MAX_EVENTS, err, errlen)))
         return rc;
+    if (c->no_chunking &&
+        (rc = check_range("max_prompt_tokens (no_chunking)", c->max_prompt_tokens, 1,
+                          (int64_t)c->step_tokens - c->n_slots + 1, err, errlen)))
+        return rc;
     return 0;
 }
 

@@ -22,6 +22,10 @@ typedef struct sched_config {
     int32_t step_tokens;       /* per-step token budget, >= n_slots (default 512) */
     int32_t max_chunk;         /* prefill tokens one request gets before the others get
                                 * theirs; leftovers are shared afterwards (0: step_tokens/2) */
+    bool no_chunking;          /* a prompt's prefill is never split: it runs whole in one
+                                * step, once the budget left after the decodes holds it (needs
+                                * 1 <= max_prompt_tokens <= step_tokens - n_slots + 1, so the
+                                * first in prefill order always fits); max_chunk is unused */
     int32_t max_prompt_tokens; /* a longer prompt is refused at once (0: no limit) */
     int32_t max_new_tokens;    /* a larger max_new_tokens is refused at once (0: no limit) */
     int32_t n_priorities;      /* priorities are 0..n_priorities-1, higher runs first */

@@ -251,10 +251,12 @@ static void build_batch(sched_t *s)
      * to max_chunk each in order, then whatever is left in order. */
     int32_t *take = s->take;
     for (int32_t k = 0; k < n_pre; k++) {
-        take[k] = budget > 0 ? 1 : 0;
+        /* no_chunking: a whole prompt or nothing; the first in order always fits */
+        int32_t left = s->reqs[s->order[k]].prompt - s->reqs[s->order[k]].fed;
+        take[k] = s->cfg.no_chunking ? (left <= budget ? left : 0) : budget > 0 ? 1 : 0;
         budget -= take[k];
     }
-    for (int pass = 0; pass < 2; pass++) {
+    for (int pass = 0; pass < 2 && !s->cfg.no_chunking; pass++) {
         for (int32_t k = 0; k < n_pre && budget > 0; k++) {
             sched__req_t *r = &s->reqs[s->order[k]];
             int32_t left = r->prompt - r->fed - take[k];

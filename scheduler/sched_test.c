@@ -210,6 +210,49 @@ static void test_chunked_prefill(void)
     sched_destroy(s);
 }
 
+/* no_chunking: each prompt runs whole in one step or waits; never a partial chunk. The config
+ * needs a prompt limit the budget holds next to n_slots - 1 decodes. */
+static void test_no_chunking(void)
+{
+    sched_config_t c;
+    sched_config_default(&c);
+    c.n_slots = 4;
+    c.step_tokens = 64;
+    c.no_chunking = true;
+    sched_t *bad = NULL;
+    CHECK(sched_create(&c, &bad, err, sizeof(err)) == RCD_EINVAL && !bad); /* no prompt limit */
+    c.max_prompt_tokens = 62;
+    CHECK(sched_create(&c, &bad, err, sizeof(err)) == RCD_EINVAL && !bad);
+    c.max_prompt_tokens = 61;
+    sched_t *s = mk(&c);
+    sched_event_t ev[3] = {ev_arrive(1, 0, 0, 61, 3), ev_arrive(2, 0, 0, 30, 3),
+                           ev_arrive(3, 0, 0, 62, 3)};
+    const sched_plan_t *p = step(s, 0, ev, 3);
+    const sched_finish_t *f = fin_of(p, 3);
+    CHECK(f && f->status == RCD_ETOOBIG);
+    const sched_entry_t *e = entry_of(p, 1);
+    CHECK(e && e->start == 0 && e->n_tokens == 61 && e->n_logits == 1);
+    CHECK(entry_of(p, 2) == NULL && p->n_tokens == 61); /* 3 left over, no partial chunk */
+    p = step_done(s, 10, p);
+    CHECK((e = entry_of(p, 1)) && e->decode && e->n_tokens == 1);
+    CHECK((e = entry_of(p, 2)) && e->start == 0 && e->n_tokens == 30 && e->n_logits == 1);
+    /* two decoding, a new full-size prompt still fits whole beside them */
+    sched_event_t ev2[2] = {ev_done(p->step, 0, NULL, 0), ev_arrive(4, 0, 0, 61, 1)};
+    p = step(s, 20, ev2, 2);
+    CHECK((e = entry_of(p, 4)) && e->start == 0 && e->n_tokens == 61);
+    CHECK(p->n_tokens == 63);
+    int guard = 0;
+    while (p->step && guard++ < 50) {
+        for (int i = 0; i < p->n_entries; i++)
+            CHECK(p->entries[i].decode || p->entries[i].commit || p->entries[i].start == 0);
+        p = step_done(s, 30 + 10 * guard, p);
+    }
+    sched_stats_t st;
+    sched_get_stats(s, &st);
+    CHECK(st.completed == 3 && st.rejected == 1 && st.prefill_tokens == 61 + 30 + 61);
+    sched_destroy(s);
+}
+
 /* Eight decoding sequences plus a long prefill: all eight decode every step. */
 static void test_decodes_first(void)
 {
@@ -746,6 +789,7 @@ int main(void)
     RUN(test_config);
     RUN(test_admission_control);
     RUN(test_chunked_prefill);
+    RUN(test_no_chunking);
     RUN(test_decodes_first);
     RUN(test_cancel_frees_slot);
     RUN(test_deadline_in_queue);

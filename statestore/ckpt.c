@@ -431,8 +431,22 @@ cleanup:
     return rc;
 }
 
+bool ckpt_payload_ok(uint64_t payload_bytes, size_t state_bytes, size_t kv_bpt)
+{
+    if (payload_bytes == 0 || payload_bytes == state_bytes) return true;
+    return kv_bpt > 0 && payload_bytes > state_bytes && (payload_bytes - state_bytes) % kv_bpt == 0;
+}
+
 int ckpt_read(const char *dir, const char *id, uint64_t version, uint64_t fingerprint,
               size_t state_bytes, ckpt_hdr_t *h, void *payload, char *err, size_t errlen)
+{
+    return ckpt_read_v(dir, id, version, fingerprint, state_bytes, 0, h, payload, state_bytes, err,
+                       errlen);
+}
+
+int ckpt_read_v(const char *dir, const char *id, uint64_t version, uint64_t fingerprint,
+                size_t state_bytes, size_t kv_bpt, ckpt_hdr_t *h, void *payload, size_t cap,
+                char *err, size_t errlen)
 {
     char path[4400], why[200];
     uint8_t fixed[CKPT_FIXED], *hb = NULL;
@@ -487,19 +501,28 @@ int ckpt_read(const char *dir, const char *id, uint64_t version, uint64_t finger
                      path, h->fingerprint, fingerprint);
         goto cleanup;
     }
-    if (h->payload_bytes != 0 && (h->payload_bytes != state_bytes || h->dtype != CKPT_DTYPE_F32)) {
+    if (h->payload_bytes != 0 &&
+        (!ckpt_payload_ok(h->payload_bytes, state_bytes, kv_bpt) || h->dtype != CKPT_DTYPE_F32)) {
         rc = rcd_fail(RCD_ECORRUPT, err, errlen,
-                      "%s: payload is %" PRIu64 " bytes of dtype %u, the model's state is %zu f32",
-                      path, h->payload_bytes, h->dtype, state_bytes);
+                      "%s: payload is %" PRIu64 " bytes of dtype %u, the model's state is %zu f32"
+                      " + n x %zu (KV per position)",
+                      path, h->payload_bytes, h->dtype, state_bytes, kv_bpt);
         goto cleanup;
     }
     if (payload && h->payload_bytes) {
-        got = read_all(fd, payload, state_bytes);
-        if (got != (ssize_t)state_bytes) {
+        if (h->payload_bytes > cap) {
+            rc = rcd_fail(RCD_ECORRUPT, err, errlen,
+                          "%s: payload is %" PRIu64 " bytes, the index says %zu", path,
+                          h->payload_bytes, cap);
+            goto cleanup;
+        }
+        size_t pb = (size_t)h->payload_bytes;
+        got = read_all(fd, payload, pb);
+        if (got != (ssize_t)pb) {
             rc = rcd_fail(RCD_ECORRUPT, err, errlen, "%s: payload truncated", path);
             goto cleanup;
         }
-        if (XXH3_64bits(payload, state_bytes) != h->payload_hash) {
+        if (XXH3_64bits(payload, pb) != h->payload_hash) {
             rc = rcd_fail(RCD_ECORRUPT, err, errlen, "%s: payload checksum mismatch", path);
             goto cleanup;
         }
@@ -526,6 +549,14 @@ int ckpt_latest(const char *dir, const char *id, uint64_t below, uint64_t finger
                 size_t state_bytes, ckpt_hdr_t *h, size_t *n_quarantined,
                 void (*warn)(void *u, const char *id, const char *msg), void *warn_user)
 {
+    return ckpt_latest_v(dir, id, below, fingerprint, state_bytes, 0, h, n_quarantined, warn,
+                         warn_user);
+}
+
+int ckpt_latest_v(const char *dir, const char *id, uint64_t below, uint64_t fingerprint,
+                  size_t state_bytes, size_t kv_bpt, ckpt_hdr_t *h, size_t *n_quarantined,
+                  void (*warn)(void *u, const char *id, const char *msg), void *warn_user)
+{
     uint64_t *v;
     size_t n;
     int rc = list_versions(dir, id, &v, &n);
@@ -534,7 +565,8 @@ int ckpt_latest(const char *dir, const char *id, uint64_t below, uint64_t finger
     for (size_t i = 0; i < n; i++) {
         if (v[i] >= below) continue;
         char why[700];
-        int r = ckpt_read(dir, id, v[i], fingerprint, state_bytes, h, NULL, why, sizeof(why));
+        int r = ckpt_read_v(dir, id, v[i], fingerprint, state_bytes, kv_bpt, h, NULL, 0, why,
+                            sizeof(why));
         if (r == 0 || r == RCD_EMISMATCH) {
             rc = r;
             break;

@@ -15,12 +15,20 @@
  *   header_bytes - 8: u64 XXH3-64 of every header byte before it
  *   header_bytes: payload (payload_bytes)
  *
+ * The payload is the model's state blob. Fixed-size models: always state_bytes. Models with a
+ * KV cache (Granite 4.0-H): state_bytes + P x kv_bytes_per_token, P the positions held (the
+ * fixed part's "kv.n_tokens" tensor); the tensor table then also describes the tail as
+ * "kv.k.<i>" / "kv.v.<i>" records [P][kv_width] per attention layer i, so the file stays
+ * self-describing. The header layout is unchanged (format 1): a reader built before variable
+ * payloads refuses such a file by its payload size, never misreads it.
+ *
  * A file is valid only if its size is exactly header_bytes + payload_bytes and both hashes
  * match: a torn or truncated write is never mistaken for a checkpoint. Files live in
  * dir/s_<session id>/<version, 20 digits>.ckpt. */
 #ifndef RCD_CKPT_H
 #define RCD_CKPT_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "statestore/store.h"
@@ -70,6 +78,15 @@ int ckpt_write(const char *dir, const ckpt_hdr_t *h, const void *payload, int ke
  * hashes, size, fields), RCD_EMISMATCH (another model's fingerprint: h is filled). */
 int ckpt_read(const char *dir, const char *id, uint64_t version, uint64_t fingerprint,
               size_t state_bytes, ckpt_hdr_t *h, void *payload, char *err, size_t errlen);
+/* ckpt_read for models with a variable-size state (a KV cache): a valid payload is
+ * state_bytes + n * kv_bpt bytes (n >= 0; kv_bpt 0: exactly state_bytes). payload: NULL, or
+ * a buffer of cap bytes (a larger payload is RCD_ECORRUPT). ckpt_read is this with kv_bpt 0
+ * and cap state_bytes. */
+int ckpt_read_v(const char *dir, const char *id, uint64_t version, uint64_t fingerprint,
+                size_t state_bytes, size_t kv_bpt, ckpt_hdr_t *h, void *payload, size_t cap,
+                char *err, size_t errlen);
+/* Whether payload_bytes is a valid state size under that rule (0: no state). */
+bool ckpt_payload_ok(uint64_t payload_bytes, size_t state_bytes, size_t kv_bpt);
 /* Renames a version to *.corrupt (kept for inspection, never loaded). */
 int ckpt_quarantine(const char *dir, const char *id, uint64_t version);
 /* Newest version < below whose header and size check out (payload not read); the ones that
@@ -78,6 +95,9 @@ int ckpt_quarantine(const char *dir, const char *id, uint64_t version);
 int ckpt_latest(const char *dir, const char *id, uint64_t below, uint64_t fingerprint,
                 size_t state_bytes, ckpt_hdr_t *h, size_t *n_quarantined,
                 void (*warn)(void *u, const char *id, const char *msg), void *warn_user);
+int ckpt_latest_v(const char *dir, const char *id, uint64_t below, uint64_t fingerprint,
+                  size_t state_bytes, size_t kv_bpt, ckpt_hdr_t *h, size_t *n_quarantined,
+                  void (*warn)(void *u, const char *id, const char *msg), void *warn_user);
 /* Removes a session's directory: renamed to a .trash name first (atomic, fsynced), then its
  * files are unlinked. */
 int ckpt_remove_session(const char *dir, const char *id, char *err, size_t errlen);

@@ -26,6 +26,7 @@ typedef struct sess {
     store_session_t rec;              /* rec.meta owned here */
     uint64_t gen;                     /* incarnation: jobs of a deleted session are ignored */
     void *state;                      /* cached blob of rec.version, or NULL */
+    size_t cached_len;                /* its bytes */
     bool pending;                     /* a create or commit job is in flight */
 } sess_t;
 
@@ -55,6 +56,8 @@ typedef struct job {
 struct store {
     uv_loop_t *loop;
     size_t state_bytes, max_sessions, n, n_buckets;
+    size_t kv_bpt; /* > 0: variable-size blobs (ckpt_payload_ok) */
+    int n_kv_layers, kv_width;
     uint64_t fingerprint, next_gen;
     char *dir; /* NULL: memory only */
     int keep, lock_fd;
@@ -143,20 +146,23 @@ static void cache_drop(store_t *s, sess_t *x)
     free(x->state);
     x->state = NULL;
     s->st.cache_entries--;
-    s->st.cache_bytes -= s->state_bytes;
+    s->st.cache_bytes -= x->cached_len;
+    x->cached_len = 0;
 }
 
 /* Takes ownership of blob as x's cached state; evicts the least recently used states beyond
  * the budget (memory-only stores keep everything: the cache is their only copy). */
-static void cache_put(store_t *s, sess_t *x, void *blob)
+static void cache_put(store_t *s, sess_t *x, void *blob, size_t len)
 {
     if (x->state) {
         free(x->state);
         lru_unlink(s, x);
+        s->st.cache_bytes -= x->cached_len;
     } else {
         s->st.cache_entries++;
-        s->st.cache_bytes += s->state_bytes;
     }
+    s->st.cache_bytes += len;
+    x->cached_len = len;
     x->state = blob;
     lru_push(s, x);
     while (s->dir && s->st.cache_bytes > s->cache_budget && s->lru_tail)
@@ -189,6 +195,7 @@ static int insert(store_t *s, const ckpt_hdr_t *h, sess_t **out)
     x->rec.created_ms = h->created_ms;
     x->rec.updated_ms = h->updated_ms;
     x->rec.has_state = h->payload_bytes > 0;
+    x->rec.state_len = h->payload_bytes;
     x->rec.fingerprint = h->fingerprint;
     x->rec.foreign = h->fingerprint != s->fingerprint;
     x->gen = ++s->next_gen;
@@ -226,11 +233,15 @@ static void job_run(store_t *s, job_t *j)
     case J_CREATE:
         if (j->from_disk) {
             ckpt_hdr_t src;
-            j->rc = ckpt_read(s->dir, j->src, j->src_version, s->fingerprint, s->state_bytes, &src,
-                              j->state, j->msg, sizeof(j->msg));
+            j->rc =
+                ckpt_read_v(s->dir, j->src, j->src_version, s->fingerprint, s->state_bytes,
+                            s->kv_bpt, &src, j->state, j->h.payload_bytes, j->msg, sizeof(j->msg));
+            if (!j->rc && src.payload_bytes != j->h.payload_bytes)
+                j->rc = rcd_fail(RCD_ECORRUPT, j->msg, sizeof(j->msg),
+                                 "fork source '%s' changed size on disk", j->src);
             ckpt_hdr_free(&src);
             if (j->rc) return;
-            j->h.payload_hash = XXH3_64bits(j->state, s->state_bytes);
+            j->h.payload_hash = XXH3_64bits(j->state, j->h.payload_bytes);
         }
         /* fall through */
     case J_COMMIT:
@@ -238,14 +249,18 @@ static void job_run(store_t *s, job_t *j)
         break;
     case J_LOAD: {
         ckpt_hdr_t h;
-        j->rc = ckpt_read(s->dir, j->h.id, j->h.version, s->fingerprint, s->state_bytes, &h,
-                          j->state, j->msg, sizeof(j->msg));
+        j->rc = ckpt_read_v(s->dir, j->h.id, j->h.version, s->fingerprint, s->state_bytes,
+                            s->kv_bpt, &h, j->state, j->h.payload_bytes, j->msg, sizeof(j->msg));
+        if (!j->rc && h.payload_bytes != j->h.payload_bytes)
+            j->rc = rcd_fail(RCD_ECORRUPT, j->msg, sizeof(j->msg),
+                             "checkpoint payload is %" PRIu64 " bytes, the index says %" PRIu64,
+                             h.payload_bytes, j->h.payload_bytes);
         ckpt_hdr_free(&h);
         if (j->rc != RCD_ECORRUPT) break;
         /* Keep the evidence, fall back to the newest good older version. */
         ckpt_quarantine(s->dir, j->h.id, j->h.version);
-        int r = ckpt_latest(s->dir, j->h.id, j->h.version, s->fingerprint, s->state_bytes, &j->fb,
-                            NULL, NULL, NULL);
+        int r = ckpt_latest_v(s->dir, j->h.id, j->h.version, s->fingerprint, s->state_bytes,
+                              s->kv_bpt, &j->fb, NULL, NULL, NULL);
         size_t l = strlen(j->msg);
         if (r == 0) {
             j->rolled_back = true;
@@ -306,8 +321,7 @@ static bool write_through(store_t *s, job_t *j)
     char key[STORE_ID_MAX + 32];
     if (ckpt_encode(&j->h, &hb, &hl)) return false;
     snprintf(key, sizeof(key), "recurd:ckpt:%s", j->h.id);
-    int rc =
-        rds_set(s->rds, key, hb, hl, j->state, j->h.payload_bytes ? s->state_bytes : 0, wt_done, j);
+    int rc = rds_set(s->rds, key, hb, hl, j->state, (size_t)j->h.payload_bytes, wt_done, j);
     free(hb);
     if (rc) {
         s->st.redis_errors++;
@@ -334,7 +348,7 @@ static bool job_finish(store_t *s, job_t *j)
             unindex(s, x);
             x = NULL;
         } else if (j->state) {
-            cache_put(s, x, j->state);
+            cache_put(s, x, j->state, (size_t)j->h.payload_bytes);
             j->state = NULL;
         }
         break;
@@ -346,16 +360,17 @@ static bool job_finish(store_t *s, job_t *j)
         x->rec.n_tokens = j->h.n_tokens;
         x->rec.updated_ms = j->h.updated_ms;
         x->rec.has_state = true;
-        cache_put(s, x, j->state);
+        x->rec.state_len = j->h.payload_bytes;
+        cache_put(s, x, j->state, (size_t)j->h.payload_bytes);
         j->state = NULL;
         s->st.commits++;
         break;
     case J_LOAD:
         if (j->rc == 0) {
-            memcpy(j->dst, j->state, s->state_bytes);
+            memcpy(j->dst, j->state, (size_t)j->h.payload_bytes);
             version = j->h.version;
             if (x && !x->state && !x->pending && x->rec.version == j->h.version) {
-                cache_put(s, x, j->state);
+                cache_put(s, x, j->state, (size_t)j->h.payload_bytes);
                 j->state = NULL;
             }
             break;
@@ -371,6 +386,7 @@ static bool job_finish(store_t *s, job_t *j)
             x->rec.n_tokens = j->fb.n_tokens;
             x->rec.updated_ms = j->fb.updated_ms;
             x->rec.has_state = j->fb.payload_bytes > 0;
+            x->rec.state_len = j->fb.payload_bytes;
         } else if (j->lost) {
             unindex(s, x);
             version = 0;
@@ -463,7 +479,9 @@ static int job_header(store_t *s, job_t *j, const sess_t *x)
     j->h.dtype = CKPT_DTYPE_F32;
     snprintf(j->h.parent, sizeof(j->h.parent), "%s", x->rec.parent_id);
     if (s->n_tensors) {
-        j->h.tensors = malloc(sizeof(*j->h.tensors) * (size_t)s->n_tensors);
+        /* room for the KV tail's records (kv_tensors) */
+        size_t n = (size_t)s->n_tensors + (s->kv_bpt ? 2 * (size_t)s->n_kv_layers : 0);
+        j->h.tensors = malloc(sizeof(*j->h.tensors) * n);
         if (!j->h.tensors) return RCD_ENOMEM;
         memcpy(j->h.tensors, s->tensors, sizeof(*j->h.tensors) * (size_t)s->n_tensors);
         j->h.n_tensors = s->n_tensors;
@@ -472,6 +490,28 @@ static int job_header(store_t *s, job_t *j, const sess_t *x)
     if (rc) return rc;
     j->h.n_meta = x->rec.n_meta;
     return 0;
+}
+
+/* Appends the layout of a variable-size blob's KV tail (payload_bytes set) to j's table:
+ * per attention layer i, kv.k.<i> then kv.v.<i>, [P][kv_width] f32 (workers/README.md). */
+static void kv_tensors(store_t *s, job_t *j)
+{
+    if (!s->kv_bpt || !s->n_tensors || !s->n_kv_layers || j->h.payload_bytes < s->state_bytes)
+        return;
+    uint64_t p = (j->h.payload_bytes - s->state_bytes) / s->kv_bpt;
+    uint64_t per = p * (uint64_t)s->kv_width * sizeof(float), off = s->state_bytes;
+    j->h.n_tensors = s->n_tensors;
+    for (int l = 0; l < s->n_kv_layers; l++)
+        for (int v = 0; v < 2; v++, off += per) {
+            store_tensor_t *t = &j->h.tensors[j->h.n_tensors++];
+            memset(t, 0, sizeof(*t));
+            snprintf(t->name, sizeof(t->name), "kv.%c.%d", v ? 'v' : 'k', l);
+            t->offset = off;
+            t->bytes = per;
+            t->ndim = 2;
+            t->shape[0] = (int64_t)p;
+            t->shape[1] = s->kv_width;
+        }
 }
 
 /* ---- public calls ----------------------------------------------------------------------- */
@@ -500,7 +540,7 @@ static int create_common(store_t *s, const char *id, const char *src_id, const s
         snprintf(h.parent, sizeof(h.parent), "%s", src_id);
         h.version = src->rec.version;
         h.n_tokens = src->rec.n_tokens;
-        h.payload_bytes = src->rec.has_state ? s->state_bytes : 0;
+        h.payload_bytes = src->rec.has_state ? src->rec.state_len : 0;
     }
     if ((rc = ckpt_meta_pack(meta, n_meta, &h.meta))) return rc;
     h.n_meta = n_meta;
@@ -511,11 +551,12 @@ static int create_common(store_t *s, const char *id, const char *src_id, const s
     if (!(j = job_new(s, J_CREATE, x, cb, user)) || (rc = job_header(s, j, x))) goto fail;
     x->rec.has_state = src && src->rec.has_state;
     if (x->rec.has_state) {
-        j->h.payload_bytes = s->state_bytes;
-        if (!(j->state = malloc(s->state_bytes))) goto fail;
+        j->h.payload_bytes = src->rec.state_len; /* a variable-size blob is copied whole */
+        kv_tensors(s, j);
+        if (!(j->state = malloc((size_t)src->rec.state_len))) goto fail;
         if (src->state) {
-            memcpy(j->state, src->state, s->state_bytes);
-            j->h.payload_hash = XXH3_64bits(j->state, s->state_bytes);
+            memcpy(j->state, src->state, (size_t)src->rec.state_len);
+            j->h.payload_hash = XXH3_64bits(j->state, (size_t)src->rec.state_len);
         } else {
             j->from_disk = true;
             snprintf(j->src, sizeof(j->src), "%s", src_id);
@@ -566,7 +607,7 @@ int store_load(store_t *s, const char *id, void *dst, uint64_t *version, store_d
         return rcd_fail(RCD_EBUSY, err, errlen, "session '%s' has a commit in flight", id);
     if (!x->rec.has_state) return rcd_fail(RCD_EAGAIN, err, errlen, "session has no state yet");
     if (x->state) {
-        memcpy(dst, x->state, s->state_bytes);
+        memcpy(dst, x->state, x->cached_len);
         lru_unlink(s, x);
         lru_push(s, x);
         s->st.cache_hits++;
@@ -575,11 +616,12 @@ int store_load(store_t *s, const char *id, void *dst, uint64_t *version, store_d
     s->st.cache_misses++;
     s->st.disk_loads++;
     job_t *j = job_new(s, J_LOAD, x, cb, user);
-    if (!j || !(j->state = malloc(s->state_bytes))) {
+    if (!j || !(j->state = malloc((size_t)x->rec.state_len))) {
         if (j) job_free(j);
         return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
     }
     j->h.version = x->rec.version;
+    j->h.payload_bytes = x->rec.state_len; /* what the read must find */
     j->dst = dst;
     enqueue(s, j);
     return STORE_PENDING;
@@ -588,10 +630,19 @@ int store_load(store_t *s, const char *id, void *dst, uint64_t *version, store_d
 int store_commit(store_t *s, const char *id, uint64_t expected_version, void *state,
                  uint64_t add_tokens, int64_t now_ms, store_done_cb cb, void *user)
 {
+    return store_commit_n(s, id, expected_version, state, s->state_bytes, add_tokens, now_ms, cb,
+                          user);
+}
+
+int store_commit_n(store_t *s, const char *id, uint64_t expected_version, void *state, size_t len,
+                   uint64_t add_tokens, int64_t now_ms, store_done_cb cb, void *user)
+{
     sess_t *x = lookup(s, id);
     int rc = 0;
     job_t *j = NULL;
-    if (!x)
+    if (len == 0 || !ckpt_payload_ok(len, s->state_bytes, s->kv_bpt))
+        rc = RCD_EINVAL;
+    else if (!x)
         rc = RCD_ENOTFOUND;
     else if (x->rec.foreign)
         rc = RCD_EMISMATCH;
@@ -609,8 +660,9 @@ int store_commit(store_t *s, const char *id, uint64_t expected_version, void *st
     j->h.version = x->rec.version + 1;
     j->h.n_tokens = x->rec.n_tokens + add_tokens;
     j->h.updated_ms = now_ms;
-    j->h.payload_bytes = s->state_bytes;
-    j->h.payload_hash = s->dir ? XXH3_64bits(state, s->state_bytes) : 0;
+    j->h.payload_bytes = len;
+    j->h.payload_hash = s->dir ? XXH3_64bits(state, len) : 0;
+    kv_tensors(s, j);
     j->state = state;
     x->pending = true;
     enqueue(s, j);
@@ -686,8 +738,9 @@ static void fetch_done(void *user, int rc, const char *data, size_t len, const c
                       "session '%s' was checkpointed by model fingerprint %016" PRIx64
                       "; the loaded model's fingerprint is %016" PRIx64,
                       h.id, h.fingerprint, s->fingerprint);
-    else if (h.payload_bytes && (h.payload_bytes != s->state_bytes || h.dtype != CKPT_DTYPE_F32 ||
-                                 XXH3_64bits(data + hl, s->state_bytes) != h.payload_hash))
+    else if (h.payload_bytes && (!ckpt_payload_ok(h.payload_bytes, s->state_bytes, s->kv_bpt) ||
+                                 h.dtype != CKPT_DTYPE_F32 ||
+                                 XXH3_64bits(data + hl, (size_t)h.payload_bytes) != h.payload_hash))
         rc = rcd_fail(RCD_ECORRUPT, why, sizeof(why), "shared-tier checkpoint fails its checks");
     if (rc) goto done;
     s->st.redis_hits++;
@@ -699,13 +752,13 @@ static void fetch_done(void *user, int rc, const char *data, size_t len, const c
         rc = rcd_fail(RCD_ETOOBIG, why, sizeof(why), "session store full");
         goto done;
     }
-    if (h.payload_bytes && !(j->state = malloc(s->state_bytes))) rc = RCD_ENOMEM;
+    if (h.payload_bytes && !(j->state = malloc((size_t)h.payload_bytes))) rc = RCD_ENOMEM;
     if (!rc) rc = insert(s, &h, &x);
     if (rc) {
         snprintf(why, sizeof(why), "%s", rcd_strerror(rc));
         goto done;
     }
-    if (j->state) memcpy(j->state, data + hl, s->state_bytes);
+    if (j->state) memcpy(j->state, data + hl, (size_t)h.payload_bytes);
     ckpt_hdr_free(&j->h);
     j->h = h; /* written to the local disk as it is, then indexed (J_CREATE) */
     j->gen = x->gen;
@@ -803,8 +856,8 @@ static int scan(store_t *s, char *err, size_t errlen)
             continue;
         }
         ckpt_hdr_t h;
-        int r = ckpt_latest(s->dir, id, UINT64_MAX, s->fingerprint, s->state_bytes, &h,
-                            &s->st.quarantined, s->warn_cb, s->warn_user);
+        int r = ckpt_latest_v(s->dir, id, UINT64_MAX, s->fingerprint, s->state_bytes, s->kv_bpt, &h,
+                              &s->st.quarantined, s->warn_cb, s->warn_user);
         if (r == RCD_ENOTFOUND) {
             warn(s, id, "session directory holds no valid checkpoint: skipped");
             continue;
@@ -843,6 +896,11 @@ int store_open(const store_opts_t *opts, store_t **out, char *err, size_t errlen
     s->loop = opts->loop;
     s->lock_fd = -1;
     s->state_bytes = opts->state_bytes;
+    s->kv_bpt = opts->kv_bytes_per_token;
+    s->n_kv_layers = opts->n_kv_layers > 0 ? opts->n_kv_layers : 0;
+    s->kv_width = opts->kv_width > 0 ? opts->kv_width : 0;
+    if (s->kv_bpt && (size_t)s->n_kv_layers * 2 * (size_t)s->kv_width * sizeof(float) != s->kv_bpt)
+        s->n_kv_layers = 0; /* no consistent description of the tail: sizes still checked */
     s->fingerprint = opts->fingerprint;
     s->max_sessions = opts->max_sessions ? opts->max_sessions : 1024;
     s->keep = opts->keep_versions > 0 ? opts->keep_versions : 2;

@@ -32,6 +32,8 @@ typedef struct store_session {
     uint64_t n_tokens;                /* tokens absorbed into the committed state */
     int64_t created_ms, updated_ms;   /* Unix milliseconds */
     bool has_state;                   /* false until the first commit: start from zeros */
+    uint64_t state_len;               /* bytes of the committed state (0: none); always
+                                       * state_bytes unless the model has a KV cache */
     /* Found on disk with another model's fingerprint (`fingerprint`): listed, never loaded. */
     bool foreign;
     uint64_t fingerprint; /* of the model that wrote the checkpoint */
@@ -48,7 +50,14 @@ typedef struct store_tensor {
 } store_tensor_t;
 
 typedef struct store_opts {
-    size_t state_bytes;   /* size of every state blob (wrk_model_info()->state_bytes) */
+    size_t state_bytes; /* size of every state blob (wrk_model_info()->state_bytes); with
+                         * kv_bytes_per_token, the fixed part of a variable-size blob */
+    /* Models with a KV cache (Granite 4.0-H): a blob is state_bytes + P * kv_bytes_per_token,
+     * P the positions it holds (per version; kept in the checkpoint's payload_bytes). The tail
+     * is recorded in each checkpoint's layout as kv.k.<i> / kv.v.<i> [P][kv_width] f32 for
+     * i < n_kv_layers. 0: every blob is exactly state_bytes. */
+    size_t kv_bytes_per_token;
+    int n_kv_layers, kv_width;
     uint64_t fingerprint; /* model fingerprint: a store never mixes models */
     size_t max_sessions;  /* 0: 1024; creating more fails with RCD_ETOOBIG */
     uv_loop_t *loop;      /* required: jobs are queued on its pool, callbacks run on it */
@@ -109,7 +118,8 @@ int store_fork(store_t *s, const char *src, const char *dst, const store_meta_t 
                int64_t now_ms, store_session_t *out, store_done_cb cb, void *user);
 /* Copies a session's record; RCD_ENOTFOUND if absent. `out` may be NULL. */
 int store_get(store_t *s, const char *id, store_session_t *out);
-/* Reads the committed state (state_bytes) into dst and its version into *version. Returns 0
+/* Reads the committed state (the record's state_len bytes, from store_get just before; dst
+ * must hold that many) into dst and its version into *version. Returns 0
  * when it was served from the host cache (cb is not called), STORE_PENDING when it is read
  * from disk (cb follows; dst must stay valid until then), or an error: RCD_ENOTFOUND,
  * RCD_EAGAIN (no state yet), RCD_EBUSY (a commit is in flight), RCD_EMISMATCH (foreign
@@ -127,6 +137,10 @@ int store_load(store_t *s, const char *id, void *dst, uint64_t *version, store_d
  * does the session's version move. */
 int store_commit(store_t *s, const char *id, uint64_t expected_version, void *state,
                  uint64_t add_tokens, int64_t now_ms, store_done_cb cb, void *user);
+/* store_commit of a blob of len bytes: state_bytes + P * kv_bytes_per_token (RCD_EINVAL for
+ * another size; `state` is freed whatever it returns). */
+int store_commit_n(store_t *s, const char *id, uint64_t expected_version, void *state, size_t len,
+                   uint64_t add_tokens, int64_t now_ms, store_done_cb cb, void *user);
 /* Looks a session this store does not know up in the shared tier (Redis). Returns
  * RCD_ENOTFOUND at once when there is no shared tier (or it is down), else 0 and cb follows:
  * 0 when the session is now in the index (its checkpoint was verified and written to the

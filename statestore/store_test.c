@@ -281,11 +281,133 @@ static void test_disk(void)
     CHECK(system(path) == 0);
 }
 
+/* Variable-size states (a KV cache): blobs of SB + P x KVB bytes, one size per version. */
+#define KVB 16 /* 1 layer x K,V x 2 floats */
+
+static void *vblob(int seed, size_t len)
+{
+    unsigned char *b = malloc(len);
+    for (size_t i = 0; i < len; i++)
+        b[i] = (unsigned char)(seed * 31 + i * 7);
+    return b;
+}
+
+static bool is_vblob(const void *p, int seed, size_t len)
+{
+    void *b = vblob(seed, len);
+    bool eq = memcmp(p, b, len) == 0;
+    free(b);
+    return eq;
+}
+
+static store_t *open_kv_store(const char *dir, size_t cache)
+{
+    static const store_tensor_t t[1] = {{"layers.0.ssm", 0, SB, 1, {SB / 4, 0, 0}}};
+    store_opts_t o = {.state_bytes = SB,
+                      .fingerprint = FP,
+                      .max_sessions = 8,
+                      .loop = &g_loop,
+                      .dir = dir,
+                      .cache_bytes = cache,
+                      .n_tensors = 1,
+                      .tensors = t,
+                      .kv_bytes_per_token = KVB,
+                      .n_kv_layers = 1,
+                      .kv_width = 2};
+    store_t *s = NULL;
+    char err[300];
+    int rc = store_open(&o, &s, err, sizeof(err));
+    CHECK_MSG(rc == 0, "store_open: %s", err);
+    return s;
+}
+
+static int vcommit(store_t *s, const char *id, uint64_t expect, int seed, size_t len, res_t *r)
+{
+    memset(r, 0, sizeof(*r));
+    int rc = store_commit_n(s, id, expect, vblob(seed, len), len, 10, 500 + seed, done, r);
+    run();
+    return rc ? rc : r->rc;
+}
+
+static int vload(store_t *s, const char *id, void **out, size_t *len)
+{
+    store_session_t rec = {0};
+    int rc = store_get(s, id, &rec);
+    store_session_clear(&rec);
+    if (rc) return rc;
+    *len = (size_t)rec.state_len;
+    *out = malloc(*len);
+    res_t r = {0};
+    rc = store_load(s, id, *out, NULL, done, &r, NULL, 0);
+    if (rc == STORE_PENDING) {
+        run();
+        rc = r.rc;
+    }
+    return rc;
+}
+
+static void test_variable_size(void)
+{
+    char dir[] = "/tmp/rcd-store-kv-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    store_t *s = open_kv_store(dir, 0); /* no cache: every load reads the disk */
+    res_t r;
+    void *b;
+    size_t len;
+    CHECK(store_create(s, "kv", NULL, 0, 1, NULL, NULL, NULL) == 0);
+    run();
+    CHECK(vcommit(s, "kv", 0, 1, SB + 5 * KVB, &r) == 0);
+    CHECK(vcommit(s, "kv", 1, 2, SB + 9 * KVB, &r) == 0);
+    /* sizes off the rule are refused (and freed) */
+    CHECK(vcommit(s, "kv", 2, 3, SB + 9 * KVB + 3, &r) == RCD_EINVAL);
+    CHECK(vcommit(s, "kv", 2, 3, SB - 4, &r) == RCD_EINVAL);
+    CHECK(vload(s, "kv", &b, &len) == 0 && len == SB + 9 * KVB && is_vblob(b, 2, len));
+    free(b);
+    /* the checkpoint records its payload length and the KV tail's layout */
+    ckpt_hdr_t h;
+    char err[600];
+    CHECK(ckpt_read_v(dir, "kv", 2, FP, SB, KVB, &h, NULL, 0, err, sizeof(err)) == 0);
+    CHECK(h.payload_bytes == SB + 9 * KVB && h.n_tensors == 3);
+    CHECK(!strcmp(h.tensors[1].name, "kv.k.0") && h.tensors[1].offset == SB &&
+          h.tensors[1].bytes == 9 * 8 && h.tensors[1].shape[0] == 9 && h.tensors[1].shape[1] == 2);
+    CHECK(!strcmp(h.tensors[2].name, "kv.v.0") && h.tensors[2].offset == SB + 9 * 8);
+    ckpt_hdr_free(&h);
+    /* a fixed-size reader refuses it by size */
+    CHECK(ckpt_read(dir, "kv", 2, FP, SB, &h, NULL, err, sizeof(err)) == RCD_ECORRUPT);
+    store_close(s);
+    /* reopen: the scan indexes the variable length; fork copies the blob read from disk */
+    s = open_kv_store(dir, 1 << 20);
+    store_session_t rec = {0};
+    CHECK(store_get(s, "kv", &rec) == 0 && rec.version == 2 && rec.state_len == SB + 9 * KVB);
+    store_session_clear(&rec);
+    memset(&r, 0, sizeof(r));
+    CHECK(store_fork(s, "kv", "kv2", NULL, 0, 1, &rec, done, &r) == 0);
+    run();
+    CHECK(r.rc == 0 && rec.state_len == SB + 9 * KVB);
+    store_session_clear(&rec);
+    CHECK(vload(s, "kv2", &b, &len) == 0 && len == SB + 9 * KVB && is_vblob(b, 2, len));
+    free(b);
+    /* a shorter state after a longer one (cache accounting follows each blob's size) */
+    CHECK(vcommit(s, "kv2", 2, 4, SB, &r) == 0);
+    CHECK(vload(s, "kv2", &b, &len) == 0 && len == SB && is_vblob(b, 4, len));
+    free(b);
+    store_stats_t st;
+    store_get_stats(s, &st);
+    CHECK_MSG(st.cache_bytes == SB + (SB + 9 * KVB) || st.cache_bytes == SB, "cache %zu",
+              st.cache_bytes);
+    CHECK(store_delete(s, "kv", NULL, NULL) == 0 && store_delete(s, "kv2", NULL, NULL) == 0);
+    run();
+    store_close(s);
+    snprintf(err, sizeof(err), "rm -rf '%s'", dir);
+    CHECK(system(err) == 0);
+}
+
 int main(void)
 {
     uv_loop_init(&g_loop);
     RUN(test_memory);
     RUN(test_disk);
+    RUN(test_variable_size);
     uv_loop_close(&g_loop);
     return rcd_test_summary();
 }

@@ -23,7 +23,7 @@ static void usage(void)
     fprintf(stderr,
             "usage: recurctl [--addr HOST:PORT] [--timeout SECONDS] COMMAND ...\n"
             "  generate [--session ID] [--max-tokens N] [--temperature T] [--seed N]\n"
-            "           [--stop STR] [--expected-version V] PROMPT\n"
+            "           [--stop STR] [--expected-version V] [--priority N] PROMPT\n"
             "  session create [--id ID] [--meta KEY=VALUE]...\n"
             "  session get ID | session fork ID [--id NEW] | session delete ID\n"
             "  models | tokenize TEXT | health\n"
@@ -179,6 +179,8 @@ static int cmd_generate(int argc, char **argv)
             sp.seed = strtoull(argv[++i], NULL, 10);
         } else if (!strcmp(a, "--stop") && more && sp.n_stop < 16)
             stops[sp.n_stop++] = argv[++i];
+        else if (!strcmp(a, "--priority") && more) /* 0..3, higher first; the daemon checks */
+            req.priority = (uint32_t)strtoul(argv[++i], NULL, 10);
         else if (!strcmp(a, "--expected-version") && more) {
             req._expected_version_case =
                 RECURD__V1__GENERATE_REQUEST___EXPECTED_VERSION_EXPECTED_VERSION;

@@ -1,4 +1,5 @@
-"""recurd integration: cancellation, deadlines, queue limits and 64 concurrent streams."""
+"""recurd integration: cancellation, deadlines, queue limits, 64 concurrent streams and 32
+distinct concurrent streams equal to one-at-a-time runs (chunked and unchunked prefill)."""
 import threading
 import time
 import unittest
@@ -82,6 +83,48 @@ class Streams(DaemonTest):
             self.assertEqual(ids, ref, "stream %d" % i)
             self.assertEqual(fr, pb.FinishReason.FINISH_REASON_LENGTH)
             self.assertEqual(ver, i % 2)
+
+
+class DistinctStreams(DaemonTest):
+    """Issue #6: 32 concurrent streams with different prompts (token ids, 1 to ~300 tokens, so
+    long prompts are prefilled in chunks next to decodes) produce the same greedy tokens as the
+    same requests run one at a time."""
+    daemon_args = ("--slots", "8", "--max-queue", "80", "--max-step-tokens", "64",
+                   "--prefill-chunk", "16")
+    N = 32
+
+    def requests(self):
+        reqs = []
+        for i in range(self.N):
+            n = 1 + (i * 37) % 300
+            toks = [(7 * i + 13 * k) % 4000 + 1 for k in range(n)]
+            reqs.append(gen_request(tokens=toks, max_tokens=4 + i % 9, temperature=0,
+                                    ignore_eos=True))
+        return reqs
+
+    def test_32_distinct_concurrent_equal_one_at_a_time(self):
+        reqs = self.requests()
+        ref = [collect(self.api.Generate(r, timeout=120))[1] for r in reqs]
+        results, errors = {}, []
+
+        def run(i):
+            try:
+                results[i] = collect(self.api.Generate(reqs[i], timeout=300))[1]
+            except Exception as e:  # noqa: BLE001
+                errors.append(repr(e))
+        ts = [threading.Thread(target=run, args=(i,)) for i in range(self.N)]
+        [t.start() for t in ts]
+        [t.join() for t in ts]
+        self.assertEqual(errors, [])
+        for i in range(self.N):
+            self.assertEqual(len(ref[i]), 4 + i % 9)
+            self.assertEqual(results[i], ref[i], "stream %d" % i)
+
+
+class DistinctStreamsUnchunked(DistinctStreams):
+    """The same with --prefill-chunk 0: every prompt's prefill runs whole in one step."""
+    daemon_args = ("--slots", "8", "--max-queue", "80", "--max-step-tokens", "64",
+                   "--prefill-chunk", "0", "--max-prompt", "512")
 
 
 class QueueFull(DaemonTest):

@@ -1,0 +1,238 @@
+"""recurd integration: models beyond Mamba served end to end, by token ids (the golden
+checkpoints have no tokenizer).
+
+Granite 4.0-H (tests/golden/granite/mha_moe8: Mamba2 layers and a global-attention layer with a
+paged KV cache) has a variable-size state: the fixed part plus the KV of every position. A
+session runs two turns, the daemon is SIGKILLed and restarted, and turn 3 equals turn 3 of a
+session that never stopped (tokens and logprobs); each checkpoint's payload is state_bytes +
+P x kv_bytes_per_token with P the session's tokens, so it grows per version; a fork (of a state
+read back from disk, and of a cached one) continues like its source; a session turn equals a
+sessionless run over the whole history; a prompt whose KV cannot fit the pool
+(--kv-blocks x --kv-block-tokens) is RESOURCE_EXHAUSTED with a message naming the options, and
+the daemon keeps serving. Preemption (state swap of a KV state to host memory) resumes exactly.
+RecurrentGemma (fixed-size state) serves sessions through the daemon (smoke)."""
+import os
+import shutil
+import signal
+import struct
+import tempfile
+import threading
+import unittest
+
+import grpc
+
+from rcd_harness import ROOT, Daemon, collect, gen_request, pb
+
+C = grpc.StatusCode
+GRANITE = os.path.join(ROOT, "tests", "golden", "granite", "mha_moe8")
+RGEMMA = os.path.join(ROOT, "tests", "golden", "recurrentgemma", "tiny_mqa_w16")
+T1 = [5, 17, 42, 99, 3, 250, 7, 64, 128, 11]
+T2 = [33, 8, 190, 77]
+T3 = [201, 4, 56]
+N = 6  # tokens generated per turn
+
+
+def ckpt(state_dir, sid, version):
+    return os.path.join(state_dir, "s_" + sid, "%020d.ckpt" % version)
+
+
+def payload_bytes(path):
+    with open(path, "rb") as f:
+        head = f.read(96)
+    assert head[:7] == b"RCDCKPT", path
+    (fmt,) = struct.unpack_from("<I", head, 8)
+    assert fmt == 1, fmt
+    (n,) = struct.unpack_from("<Q", head, 56)
+    return n
+
+
+class Base(unittest.TestCase):
+    model = GRANITE
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="recurd-granite-")
+        self.daemons = []
+
+    def tearDown(self):
+        for d in self.daemons:
+            if d.proc.poll() is None:
+                rc = d.stop()
+                self.assertEqual(rc, 0, d.logs()[-3000:])
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def start(self, *extra):
+        d = Daemon("--model", self.model, "--state-dir", self.dir, *extra)
+        self.daemons.append(d)
+        return d
+
+    def kill(self, d):
+        d.channel.close()
+        d.proc.send_signal(signal.SIGKILL)
+        d.proc.wait()
+        d.log.close()
+        shutil.rmtree(d.tmp, ignore_errors=True)
+
+    def turn(self, d, sid, ids, n=N, **kw):
+        _, out, lps, last = collect(d.api.Generate(
+            gen_request(tokens=ids, session=sid, max_tokens=n, temperature=0, ignore_eos=True,
+                        logprobs=3, **kw), timeout=120))
+        self.assertEqual(len(out), n)
+        return out, [(lp.token_id, lp.logprob, [(t.token_id, t.logprob) for t in lp.top])
+                     for lp in lps]
+
+    def assertClose(self, got, ref):
+        """Same tokens; logprobs equal up to float rounding (a different prefill split)."""
+        self.assertEqual(got[0], ref[0])
+        for a, b in zip(got[1], ref[1]):
+            self.assertEqual(a[0], b[0])
+            self.assertAlmostEqual(a[1], b[1], places=4)
+
+    def create(self, d, sid):
+        return d.api.CreateSession(pb.CreateSessionRequest(session_id=sid))
+
+
+class Granite(Base):
+    KV = ("--kv-blocks", "64", "--kv-block-tokens", "4")  # 256 positions
+
+    def test_resume_after_sigkill_and_fork(self):
+        a = self.start(*self.KV)
+        self.create(a, "ref")
+        r1 = self.turn(a, "ref", T1)
+        r2 = self.turn(a, "ref", T2)
+        r3 = self.turn(a, "ref", T3)
+        # a sessionless run over the whole history equals the session's turn 3
+        hist = T1 + r1[0] + T2 + r2[0] + T3
+        self.assertClose(self.turn(a, None, hist), r3)
+        # a fork of a cached state continues like its source
+        self.create(a, "s")
+        self.assertEqual(self.turn(a, "s", T1), r1)
+        a.api.ForkSession(pb.ForkSessionRequest(session_id="s", new_session_id="f1"))
+        self.assertEqual(self.turn(a, "f1", T2), r2)
+        self.assertEqual(self.turn(a, "s", T2), r2)
+        # checkpoints carry the variable-size state: it grows with the session's positions
+        p1, p2 = payload_bytes(ckpt(self.dir, "s", 1)), payload_bytes(ckpt(self.dir, "s", 2))
+        kv_per_pos = (p2 - p1) // (len(T2) + N)
+        self.assertGreater(kv_per_pos, 0)
+        self.assertEqual(p2 - p1, kv_per_pos * (len(T2) + N))
+        self.assertEqual(p1 - kv_per_pos * (len(T1) + N),
+                         p2 - kv_per_pos * (len(T1) + N + len(T2) + N))
+        self.kill(a)  # no drain: only the durable checkpoints survive
+
+        b = self.start(*self.KV)
+        s = b.api.GetSession(pb.GetSessionRequest(session_id="s"))
+        self.assertEqual(s.version, 2)
+        self.assertEqual(self.turn(b, "s", T3), r3)
+        # a fork of a state read back from disk
+        b.api.ForkSession(pb.ForkSessionRequest(session_id="f1", new_session_id="f2"))
+        self.assertEqual(self.turn(b, "f2", T3), r3)
+        self.assertEqual(self.turn(b, "f1", T3), r3)
+
+    def test_prompt_over_the_kv_pool_is_resource_exhausted(self):
+        d = self.start(*self.KV)
+        self.create(d, "big")
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.turn(d, "big", [7] * 300)
+        self.assertEqual(cm.exception.code(), C.RESOURCE_EXHAUSTED, cm.exception.details())
+        self.assertIn("kv-blocks", cm.exception.details())
+        with self.assertRaises(grpc.RpcError) as cm:  # no session: the same refusal
+            self.turn(d, None, [7] * 300)
+        self.assertEqual(cm.exception.code(), C.RESOURCE_EXHAUSTED, cm.exception.details())
+        # still serving, the session untouched
+        self.assertEqual(d.api.GetSession(pb.GetSessionRequest(session_id="big")).version, 0)
+        self.turn(d, "big", T1)
+
+    def test_kv_pool_admission(self):
+        # 16 blocks of 4 positions: one 50-position turn reserves 13 blocks. Concurrent turns
+        # beyond the pool are refused up front ("server busy"), never fail a step; turns in a
+        # row reuse the blocks of the ones that ended (sessionless and committed alike).
+        d = self.start("--kv-blocks", "16", "--kv-block-tokens", "4", "--slots", "4")
+        solo = self.turn(d, None, T1, n=40)
+        res, lock = [], threading.Lock()
+
+        def go():
+            try:
+                r = self.turn(d, None, T1, n=40)
+                with lock:
+                    res.append(r)
+            except grpc.RpcError as e:
+                with lock:
+                    res.append((e.code(), e.details()))
+
+        ts = [threading.Thread(target=go) for _ in range(4)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        ok = [r for r in res if r == solo]
+        busy = [r for r in res if r[0] == C.RESOURCE_EXHAUSTED and "KV cache" in r[1]]
+        self.assertGreaterEqual(len(ok), 1, res)
+        self.assertEqual(len(ok) + len(busy), 4, res)
+        for i in range(6):  # every slot in turn, each needing most of the pool
+            self.assertEqual(self.turn(d, None, T1, n=40), solo)
+        self.create(d, "c")
+        for i in range(3):
+            self.turn(d, "c", [9 + i], n=4)
+            self.assertEqual(self.turn(d, None, T1, n=40), solo)
+
+    def test_preempted_kv_state_resumes_exactly(self):
+        # One slot: a high-priority turn preempts a running low-priority session turn (its KV
+        # state is swapped to host memory and back); both equal their solo runs.
+        d = self.start(*self.KV, "--slots", "1", "--max-queue", "8")
+
+        def req(ids, n, sid=None, prio=0):
+            r = gen_request(tokens=ids, session=sid, max_tokens=n, temperature=0,
+                            ignore_eos=True, logprobs=2)
+            r.priority = prio
+            return r
+
+        def norm(res):
+            return res[1], [(lp.token_id, lp.logprob, [(t.token_id, t.logprob) for t in lp.top])
+                            for lp in res[2]]
+
+        for sid in ("solo", "pre"):
+            self.create(d, sid)
+        ref_low = collect(d.api.Generate(req(T1, 150, "solo"), timeout=120))
+        ref_high = collect(d.api.Generate(req(T3, 8, prio=3), timeout=120))
+        out, errors, started = {}, [], threading.Event()
+
+        def low():
+            try:
+                ids, lps, last = [], [], None
+                for m in d.api.Generate(req(T1, 150, "pre"), timeout=300):
+                    ids.extend(m.token_ids)
+                    lps.extend(m.logprobs)
+                    last = m
+                    if len(ids) >= 3:
+                        started.set()
+                out["low"] = ("", ids, lps, last)
+            except Exception as e:  # noqa: BLE001
+                errors.append(repr(e))
+            started.set()
+
+        t = threading.Thread(target=low)
+        t.start()
+        self.assertTrue(started.wait(120))
+        high = collect(d.api.Generate(req(T3, 8, prio=3), timeout=120))
+        t.join(300)
+        self.assertEqual(errors, [])
+        self.assertGreaterEqual(out["low"][3].usage.preemptions, 1)
+        self.assertEqual(norm(out["low"]), norm(ref_low))
+        self.assertEqual(norm(high), norm(ref_high))
+        # the preempted session's checkpoint equals the solo one's: the next turn agrees
+        self.assertEqual(self.turn(d, "pre", T2), self.turn(d, "solo", T2))
+
+
+class RecurrentGemma(Base):
+    model = RGEMMA
+
+    def test_session_smoke(self):
+        d = self.start()
+        self.create(d, "g")
+        r1 = self.turn(d, "g", T1)
+        r2 = self.turn(d, "g", T2)
+        self.assertClose(self.turn(d, None, T1 + r1[0] + T2), r2)
+        self.assertEqual(d.api.GetSession(pb.GetSessionRequest(session_id="g")).version, 2)
+
+
+if __name__ == "__main__":
+    unittest.main()
