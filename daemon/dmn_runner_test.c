@@ -545,6 +545,88 @@ static void test_prefix_snapshots(void)
     fx_close(&f);
 }
 
+/* A failing worker step (out of memory, a device error) fails the sequences it held, and
+ * only them: later sequences, alone or together, run as if it never happened. The failure
+ * is injected by swapping the backend's step for one that fails on its n-th call. */
+static const wrk_backend_i *g_real_vt;
+static int g_fail_in; /* > 0: the step call that fails, counting down */
+
+static int failing_step(wrk_backend_t *b, const wrk_seq_t *seqs, int n_seqs, char *err,
+                        size_t errlen)
+{
+    if (g_fail_in > 0 && --g_fail_in == 0) {
+        snprintf(err, errlen, "injected step failure");
+        return RCD_ENOMEM;
+    }
+    return g_real_vt->step(b, seqs, n_seqs, err, errlen);
+}
+
+static void step_failure_case(bool pipelined)
+{
+    fixture_t f;
+    if (!fx_open(&f, 2, 16)) return;
+    int V = f.mi->vocab_size;
+    size_t SB = f.mi->state_bytes;
+    dmn_runner_config_t c;
+    dmn_runner_config_default(&c, f.be, 16);
+    if (!pipelined) c.max_inflight = 1;
+    char err[160];
+    dmn_runner_t *r = NULL;
+    CHECK(dmn_runner_create_cfg(&f.loop, f.be, &c, &r, err, sizeof(err)) == 0);
+    t_seq_t ref[3];
+    for (int k = 0; k < 3; k++) {
+        setup(&ref[k], r, k, N_GEN, V, SB, false);
+        run(&f.loop, r, &ref[k], 1);
+    }
+    static wrk_backend_i faulty;
+    g_real_vt = f.be->vt;
+    faulty = *g_real_vt;
+    faulty.step = failing_step;
+    f.be->vt = &faulty;
+    t_seq_t hit[3];
+    for (int k = 0; k < 3; k++) {
+        setup(&hit[k], r, k, N_GEN, V, SB, false);
+        CHECK(dmn_runner_submit(r, &hit[k].seq, err, sizeof(err)) == 0);
+    }
+    g_fail_in = 3; /* mid-stream: prefills done, decodes running */
+    uv_run(&f.loop, UV_RUN_DEFAULT);
+    int n_failed = 0;
+    for (int k = 0; k < 3; k++) {
+        CHECK_MSG(hit[k].done, "seq %d never ended", k);
+        n_failed += hit[k].failed;
+        if (!hit[k].failed)
+            CHECK_MSG(memcmp(hit[k].out, ref[k].out, sizeof(int32_t) * N_GEN) == 0, "seq %d", k);
+    }
+    CHECK(n_failed >= 1);
+    CHECK(dmn_runner_held(r) == 0);
+    /* after it: alone and together, exactly as before */
+    t_seq_t after[3];
+    setup(&after[0], r, 0, N_GEN, V, SB, false);
+    run(&f.loop, r, &after[0], 1);
+    for (int k = 1; k < 3; k++)
+        setup(&after[k], r, k, N_GEN, V, SB, false);
+    run(&f.loop, r, &after[1], 2);
+    for (int k = 0; k < 3; k++)
+        CHECK_MSG(after[k].done && !after[k].failed &&
+                      memcmp(after[k].out, ref[k].out, sizeof(int32_t) * N_GEN) == 0,
+                  "pipelined %d: seq %d after the failure: rc %d %s", pipelined, k,
+                  after[k].fail_rc, after[k].seq.msg);
+    f.be->vt = g_real_vt;
+    for (int k = 0; k < 3; k++) {
+        teardown(&ref[k]);
+        teardown(&hit[k]);
+        teardown(&after[k]);
+    }
+    dmn_runner_destroy(r);
+    fx_close(&f);
+}
+
+static void test_step_failure_is_contained(void)
+{
+    step_failure_case(false);
+    step_failure_case(true);
+}
+
 int main(void)
 {
     RUN(test_batched_equals_alone);
@@ -554,5 +636,6 @@ int main(void)
     RUN(test_stop_commits_like_length);
     RUN(test_cancel_in_step);
     RUN(test_prefix_snapshots);
+    RUN(test_step_failure_is_contained);
     return rcd_test_summary();
 }
