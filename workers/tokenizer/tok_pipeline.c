@@ -129,30 +129,36 @@ int tok__junsupported(tok__ld_t *l, const char *path, const char *type)
                     type);
 }
 
+/* A "Sequence" stage, {"type": "Sequence", FIELD: [stage, ...]}: each stage parsed by `each`. */
+static int parse_sequence(tok__ld_t *l, const cJSON *o, const char *path, const char *field,
+                          int (*each)(tok__ld_t *, const cJSON *, const char *))
+{
+    const char *const keys[] = {"type", field, NULL};
+    char sub[256];
+    int rc = tok__jkeys(l, o, path, keys);
+    if (rc) return rc;
+    const cJSON *arr = tok__jfield(o, field);
+    if (!cJSON_IsArray(arr))
+        return rcd_fail(RCD_EFORMAT, l->err, l->errlen, "%s.%s: expected an array", path, field);
+    int i = 0;
+    for (const cJSON *c = arr->child; c; c = c->next, i++) {
+        snprintf(sub, sizeof(sub), "%s.%s[%d]", path, field, i);
+        if ((rc = each(l, c, sub))) return rc;
+    }
+    return 0;
+}
+
 /* ---- normalizers ----------------------------------------------------------------------- */
 
 int tok__parse_normalizer(tok__ld_t *l, const cJSON *o, const char *path)
 {
     tok_t *t = l->t;
     const char *type = tok__jtype(o);
-    char sub[256];
     int rc;
     if (!cJSON_IsObject(o))
         return rcd_fail(RCD_EFORMAT, l->err, l->errlen, "%s: expected an object", path);
-    if (type && strcmp(type, "Sequence") == 0) {
-        static const char *const keys[] = {"type", "normalizers", NULL};
-        if ((rc = tok__jkeys(l, o, path, keys))) return rc;
-        const cJSON *arr = tok__jfield(o, "normalizers");
-        if (!cJSON_IsArray(arr))
-            return rcd_fail(RCD_EFORMAT, l->err, l->errlen, "%s.normalizers: expected an array",
-                            path);
-        int i = 0;
-        for (const cJSON *c = arr->child; c; c = c->next, i++) {
-            snprintf(sub, sizeof(sub), "%s.normalizers[%d]", path, i);
-            if ((rc = tok__parse_normalizer(l, c, sub))) return rc;
-        }
-        return 0;
-    }
+    if (type && strcmp(type, "Sequence") == 0)
+        return parse_sequence(l, o, path, "normalizers", tok__parse_normalizer);
     if (t->n_norms == TOK__MAX_STAGES)
         return rcd_fail(RCD_EUNSUPPORTED, l->err, l->errlen, "%s: more than %d normalizers", path,
                         TOK__MAX_STAGES);
@@ -229,24 +235,11 @@ int tok__parse_pretokenizer(tok__ld_t *l, const cJSON *o, const char *path)
 {
     tok_t *t = l->t;
     const char *type = tok__jtype(o);
-    char sub[256];
     int rc;
     if (!cJSON_IsObject(o))
         return rcd_fail(RCD_EFORMAT, l->err, l->errlen, "%s: expected an object", path);
-    if (type && strcmp(type, "Sequence") == 0) {
-        static const char *const keys[] = {"type", "pretokenizers", NULL};
-        if ((rc = tok__jkeys(l, o, path, keys))) return rc;
-        const cJSON *arr = tok__jfield(o, "pretokenizers");
-        if (!cJSON_IsArray(arr))
-            return rcd_fail(RCD_EFORMAT, l->err, l->errlen, "%s.pretokenizers: expected an array",
-                            path);
-        int i = 0;
-        for (const cJSON *c = arr->child; c; c = c->next, i++) {
-            snprintf(sub, sizeof(sub), "%s.pretokenizers[%d]", path, i);
-            if ((rc = tok__parse_pretokenizer(l, c, sub))) return rc;
-        }
-        return 0;
-    }
+    if (type && strcmp(type, "Sequence") == 0)
+        return parse_sequence(l, o, path, "pretokenizers", tok__parse_pretokenizer);
     if (t->n_pres == TOK__MAX_STAGES)
         return rcd_fail(RCD_EUNSUPPORTED, l->err, l->errlen, "%s: more than %d pre-tokenizers",
                         path, TOK__MAX_STAGES);
@@ -325,23 +318,11 @@ int tok__parse_decoder(tok__ld_t *l, const cJSON *o, const char *path)
 {
     tok_t *t = l->t;
     const char *type = tok__jtype(o);
-    char sub[256];
     int rc;
     if (!cJSON_IsObject(o))
         return rcd_fail(RCD_EFORMAT, l->err, l->errlen, "%s: expected an object", path);
-    if (type && strcmp(type, "Sequence") == 0) {
-        static const char *const keys[] = {"type", "decoders", NULL};
-        if ((rc = tok__jkeys(l, o, path, keys))) return rc;
-        const cJSON *arr = tok__jfield(o, "decoders");
-        if (!cJSON_IsArray(arr))
-            return rcd_fail(RCD_EFORMAT, l->err, l->errlen, "%s.decoders: expected an array", path);
-        int i = 0;
-        for (const cJSON *c = arr->child; c; c = c->next, i++) {
-            snprintf(sub, sizeof(sub), "%s.decoders[%d]", path, i);
-            if ((rc = tok__parse_decoder(l, c, sub))) return rc;
-        }
-        return 0;
-    }
+    if (type && strcmp(type, "Sequence") == 0)
+        return parse_sequence(l, o, path, "decoders", tok__parse_decoder);
     if (t->n_decs == TOK__MAX_STAGES)
         return rcd_fail(RCD_EUNSUPPORTED, l->err, l->errlen, "%s: more than %d decoders", path,
                         TOK__MAX_STAGES);
@@ -500,24 +481,11 @@ int tok__parse_post(tok__ld_t *l, const cJSON *o, const char *path)
 {
     tok_t *t = l->t;
     const char *type = tok__jtype(o);
-    char sub[256];
     int rc;
     if (!cJSON_IsObject(o))
         return rcd_fail(RCD_EFORMAT, l->err, l->errlen, "%s: expected an object", path);
-    if (type && strcmp(type, "Sequence") == 0) {
-        static const char *const keys[] = {"type", "processors", NULL};
-        if ((rc = tok__jkeys(l, o, path, keys))) return rc;
-        const cJSON *arr = tok__jfield(o, "processors");
-        if (!cJSON_IsArray(arr))
-            return rcd_fail(RCD_EFORMAT, l->err, l->errlen, "%s.processors: expected an array",
-                            path);
-        int i = 0;
-        for (const cJSON *c = arr->child; c; c = c->next, i++) {
-            snprintf(sub, sizeof(sub), "%s.processors[%d]", path, i);
-            if ((rc = tok__parse_post(l, c, sub))) return rc;
-        }
-        return 0;
-    }
+    if (type && strcmp(type, "Sequence") == 0)
+        return parse_sequence(l, o, path, "processors", tok__parse_post);
     if (type && strcmp(type, "ByteLevel") == 0) { /* offsets only; ids unchanged */
         static const char *const keys[] = {"type", "add_prefix_space", "trim_offsets", "use_regex",
                                            NULL};
