@@ -17,9 +17,7 @@
  *
  * Output: one line per phase (baseline, idle-short, each rate) and each rate's throughput as a
  * multiple of the baseline's. Times in ms. */
-#include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc.h>
-#include <grpc/grpc_security.h>
 #include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
 #include <math.h>
@@ -30,6 +28,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "rcd_client.h"
 #include "recurd/v1/inference.pb-c.h"
 
 #define SHORT_MAX 128
@@ -48,11 +47,7 @@ typedef struct tag {
 } tag_t;
 
 struct req {
-    grpc_call *call;
-    grpc_metadata_array md_init, md_trail;
-    grpc_status_code status;
-    grpc_slice details;
-    grpc_byte_buffer *send, *recv;
+    rcd_call_t c;
     tag_t tags[3];
     int pending; /* batches outstanding */
     int32_t *prompt;
@@ -130,23 +125,14 @@ static req_t *req_new(const opts_t *o, const char *workload, double t_arrive)
 
 static void req_free(req_t *r)
 {
-    grpc_slice_unref(r->details);
-    grpc_metadata_array_destroy(&r->md_init);
-    grpc_metadata_array_destroy(&r->md_trail);
-    if (r->send) grpc_byte_buffer_destroy(r->send);
-    if (r->call) grpc_call_unref(r->call);
+    rcd_call_release(&r->c);
     free(r->prompt);
     free(r);
 }
 
 static void recv_next(req_t *r)
 {
-    grpc_op op;
-    memset(&op, 0, sizeof(op));
-    op.op = GRPC_OP_RECV_MESSAGE;
-    op.data.recv_message.recv_message = &r->recv;
-    r->recv = NULL;
-    if (grpc_call_start_batch(r->call, &op, 1, &r->tags[1], NULL) == GRPC_CALL_OK) r->pending++;
+    if (rcd_call_recv(&r->c, &r->tags[1])) r->pending++;
 }
 
 static void req_send(req_t *r)
@@ -163,33 +149,8 @@ static void req_send(req_t *r)
     sp.temperature = 0;
     sp.max_tokens = (uint32_t)r->max_out;
     sp.ignore_eos = 1;
-    r->call = grpc_channel_create_call(
-        g_ch, NULL, GRPC_PROPAGATE_DEFAULTS, g_cq,
-        grpc_slice_from_static_string("/recurd.v1.Inference/Generate"), NULL,
-        gpr_time_add(gpr_now(GPR_CLOCK_REALTIME), gpr_time_from_seconds(600, GPR_TIMESPAN)), NULL);
-    size_t n = protobuf_c_message_get_packed_size(&req.base);
-    grpc_slice sl = grpc_slice_malloc(n);
-    protobuf_c_message_pack(&req.base, GRPC_SLICE_START_PTR(sl));
-    r->send = grpc_raw_byte_buffer_create(&sl, 1);
-    grpc_slice_unref(sl);
-    grpc_metadata_array_init(&r->md_init);
-    grpc_metadata_array_init(&r->md_trail);
-    grpc_op ops[4];
-    memset(ops, 0, sizeof(ops));
-    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-    ops[1].op = GRPC_OP_SEND_MESSAGE;
-    ops[1].data.send_message.send_message = r->send;
-    ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
-    ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
-    ops[3].data.recv_initial_metadata.recv_initial_metadata = &r->md_init;
-    if (grpc_call_start_batch(r->call, ops, 4, &r->tags[0], NULL) == GRPC_CALL_OK) r->pending++;
-    grpc_op st;
-    memset(&st, 0, sizeof(st));
-    st.op = GRPC_OP_RECV_STATUS_ON_CLIENT;
-    st.data.recv_status_on_client.trailing_metadata = &r->md_trail;
-    st.data.recv_status_on_client.status = &r->status;
-    st.data.recv_status_on_client.status_details = &r->details;
-    if (grpc_call_start_batch(r->call, &st, 1, &r->tags[2], NULL) == GRPC_CALL_OK) r->pending++;
+    r->pending += rcd_call_start(&r->c, g_ch, g_cq, "/recurd.v1.Inference/Generate", &req.base,
+                                 rcd_client_deadline_ms(600 * 1000), &r->tags[0], &r->tags[2]);
     recv_next(r);
 }
 
@@ -199,17 +160,10 @@ static req_t *on_event(grpc_event ev)
     tag_t *t = ev.tag;
     req_t *r = t->r;
     r->pending--;
-    if (t->kind == 1 && ev.success && r->recv) {
+    if (t->kind == 1 && ev.success && r->c.recv) {
         double now = now_s();
-        grpc_byte_buffer_reader rd;
-        grpc_byte_buffer_reader_init(&rd, r->recv);
-        grpc_slice sl = grpc_byte_buffer_reader_readall(&rd);
-        grpc_byte_buffer_reader_destroy(&rd);
-        grpc_byte_buffer_destroy(r->recv);
-        r->recv = NULL;
-        Recurd__V1__GenerateResponse *m = recurd__v1__generate_response__unpack(
-            NULL, GRPC_SLICE_LENGTH(sl), GRPC_SLICE_START_PTR(sl));
-        grpc_slice_unref(sl);
+        Recurd__V1__GenerateResponse *m = (Recurd__V1__GenerateResponse *)rcd_call_take(
+            &r->c, &recurd__v1__generate_response__descriptor);
         if (m) {
             if (m->n_token_ids) {
                 if (!r->n_out) r->t_first = now;
@@ -226,12 +180,12 @@ static req_t *on_event(grpc_event ev)
 static sample_t req_sample(const req_t *r)
 {
     sample_t s = {.n_prompt = r->n_prompt, .n_out = r->n_out, .ttft = -1, .tpot = -1};
-    s.ok = r->status == GRPC_STATUS_OK && r->n_out == r->max_out;
+    s.ok = r->c.status == GRPC_STATUS_OK && r->n_out == r->max_out;
     if (r->n_out > 0) s.ttft = (r->t_first - r->t_arrive) * 1e3;
     if (r->n_out > 1) s.tpot = (r->t_last - r->t_first) * 1e3 / (r->n_out - 1);
-    if (r->status != GRPC_STATUS_OK) {
-        char *d = grpc_slice_to_c_string(r->details);
-        fprintf(stderr, "rcd_loadgen: request failed: status %d: %s\n", (int)r->status, d);
+    if (r->c.status != GRPC_STATUS_OK) {
+        char *d = grpc_slice_to_c_string(r->c.details);
+        fprintf(stderr, "rcd_loadgen: request failed: status %d: %s\n", (int)r->c.status, d);
         gpr_free(d);
     }
     return s;
@@ -439,9 +393,7 @@ int main(int argc, char **argv)
     g_rng = o.seed;
     g_out_scale = o.out_scale;
     grpc_init();
-    grpc_channel_credentials *creds = grpc_insecure_credentials_create();
-    g_ch = grpc_channel_create(o.addr, creds, NULL);
-    grpc_channel_credentials_release(creds);
+    g_ch = rcd_client_channel(o.addr);
     g_cq = grpc_completion_queue_create_for_next(NULL);
 
     printf("# workload %s, outputs x %.2f, max in flight %d, per rate <= %d requests / %.0f s; "
@@ -475,12 +427,7 @@ int main(int argc, char **argv)
         bad |= p.ok != p.n;
     }
     free(rates);
-    grpc_channel_destroy(g_ch);
-    grpc_completion_queue_shutdown(g_cq);
-    while (grpc_completion_queue_next(g_cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
-           GRPC_QUEUE_SHUTDOWN)
-        ;
-    grpc_completion_queue_destroy(g_cq);
+    rcd_client_close(g_ch, g_cq, false);
     grpc_shutdown();
     return bad ? 1 : 0;
 }

@@ -1,16 +1,14 @@
 /* recurctl: command-line client of recurd over the gRPC C core (protobuf-c messages, method
  * paths by hand). `recurctl generate "prompt"` streams text to stdout; session, models,
  * tokenize and health commands print one line each. Exit status: 0, or the gRPC status. */
-#include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc.h>
-#include <grpc/grpc_security.h>
-#include <grpc/support/time.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "grpc/health/v1/health.pb-c.h"
+#include "rcd_client.h"
 #include "recurd/v1/inference.pb-c.h"
 
 static const char *g_addr = "127.0.0.1:50051";
@@ -31,107 +29,43 @@ static void usage(void)
             g_addr);
 }
 
-typedef struct rpc {
-    grpc_call *call;
-    grpc_metadata_array md_init, md_trail;
-    grpc_status_code status;
-    grpc_slice details;
-    grpc_byte_buffer *send, *recv;
-} rpc_t;
-
+/* Tags on the pluck queue: 1 request sent, 2 status, 3 message. */
 static void *tag(intptr_t x)
 {
     return (void *)x;
 }
 
-static bool pluck(intptr_t t)
-{
-    grpc_event ev =
-        grpc_completion_queue_pluck(g_cq, tag(t), gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
-    return ev.type == GRPC_OP_COMPLETE && ev.success;
-}
-
 /* Starts a call: sends the request and half-closes; reads initial metadata and status. */
-static int rpc_start(rpc_t *r, const char *method, const ProtobufCMessage *req)
+static int rpc_start(rcd_call_t *r, const char *method, const ProtobufCMessage *req)
 {
-    memset(r, 0, sizeof(*r));
-    gpr_timespec dl =
-        g_timeout > 0
-            ? gpr_time_add(gpr_now(GPR_CLOCK_REALTIME),
-                           gpr_time_from_millis((int64_t)(g_timeout * 1000), GPR_TIMESPAN))
-            : gpr_inf_future(GPR_CLOCK_REALTIME);
-    grpc_slice m = grpc_slice_from_static_string(method);
-    r->call =
-        grpc_channel_create_call(g_ch, NULL, GRPC_PROPAGATE_DEFAULTS, g_cq, m, NULL, dl, NULL);
-    size_t n = protobuf_c_message_get_packed_size(req);
-    grpc_slice sl = grpc_slice_malloc(n);
-    protobuf_c_message_pack(req, GRPC_SLICE_START_PTR(sl));
-    r->send = grpc_raw_byte_buffer_create(&sl, 1);
-    grpc_slice_unref(sl);
-    grpc_metadata_array_init(&r->md_init);
-    grpc_metadata_array_init(&r->md_trail);
-    grpc_op ops[5];
-    memset(ops, 0, sizeof(ops));
-    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-    ops[1].op = GRPC_OP_SEND_MESSAGE;
-    ops[1].data.send_message.send_message = r->send;
-    ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
-    ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
-    ops[3].data.recv_initial_metadata.recv_initial_metadata = &r->md_init;
-    if (grpc_call_start_batch(r->call, ops, 4, tag(1), NULL) != GRPC_CALL_OK) return -1;
-    grpc_op st;
-    memset(&st, 0, sizeof(st));
-    st.op = GRPC_OP_RECV_STATUS_ON_CLIENT;
-    st.data.recv_status_on_client.trailing_metadata = &r->md_trail;
-    st.data.recv_status_on_client.status = &r->status;
-    st.data.recv_status_on_client.status_details = &r->details;
-    if (grpc_call_start_batch(r->call, &st, 1, tag(2), NULL) != GRPC_CALL_OK) return -1;
-    return pluck(1) ? 0 : 1; /* on failure the status still arrives */
+    gpr_timespec dl = rcd_client_deadline_ms(g_timeout > 0 ? (int64_t)(g_timeout * 1000) : -1);
+    if (rcd_call_start(r, g_ch, g_cq, method, req, dl, tag(1), tag(2)) != 2) return -1;
+    return rcd_client_pluck(g_cq, tag(1)) ? 0 : 1; /* on failure the status still arrives */
 }
 
 /* Next response message, or NULL at the end of the stream. */
-static ProtobufCMessage *rpc_next(rpc_t *r, const ProtobufCMessageDescriptor *d)
+static ProtobufCMessage *rpc_next(rcd_call_t *r, const ProtobufCMessageDescriptor *d)
 {
-    grpc_op op;
-    memset(&op, 0, sizeof(op));
-    op.op = GRPC_OP_RECV_MESSAGE;
-    op.data.recv_message.recv_message = &r->recv;
-    r->recv = NULL;
-    if (grpc_call_start_batch(r->call, &op, 1, tag(3), NULL) != GRPC_CALL_OK || !pluck(3) ||
-        !r->recv)
-        return NULL;
-    grpc_byte_buffer_reader rd;
-    grpc_byte_buffer_reader_init(&rd, r->recv);
-    grpc_slice sl = grpc_byte_buffer_reader_readall(&rd);
-    grpc_byte_buffer_reader_destroy(&rd);
-    grpc_byte_buffer_destroy(r->recv);
-    r->recv = NULL;
-    ProtobufCMessage *m =
-        protobuf_c_message_unpack(d, NULL, GRPC_SLICE_LENGTH(sl), GRPC_SLICE_START_PTR(sl));
-    grpc_slice_unref(sl);
-    return m;
+    if (!rcd_call_recv(r, tag(3)) || !rcd_client_pluck(g_cq, tag(3))) return NULL;
+    return rcd_call_take(r, d);
 }
 
 /* Waits for the status; prints it when not OK. Returns the status code. */
-static int rpc_finish(rpc_t *r)
+static int rpc_finish(rcd_call_t *r)
 {
-    pluck(2);
+    rcd_client_pluck(g_cq, tag(2));
     int st = (int)r->status;
     if (st != GRPC_STATUS_OK)
         fprintf(stderr, "recurctl: error %d: %.*s\n", st, (int)GRPC_SLICE_LENGTH(r->details),
                 (const char *)GRPC_SLICE_START_PTR(r->details));
-    grpc_slice_unref(r->details);
-    grpc_metadata_array_destroy(&r->md_init);
-    grpc_metadata_array_destroy(&r->md_trail);
-    grpc_byte_buffer_destroy(r->send);
-    grpc_call_unref(r->call);
+    rcd_call_release(r);
     return st;
 }
 
 static int unary(const char *method, const ProtobufCMessage *req,
                  const ProtobufCMessageDescriptor *d, ProtobufCMessage **out)
 {
-    rpc_t r;
+    rcd_call_t r;
     *out = NULL;
     int rc = rpc_start(&r, method, req);
     if (rc < 0) return GRPC_STATUS_INTERNAL;
@@ -198,7 +132,7 @@ static int cmd_generate(int argc, char **argv)
     sp.stop = stops;
     req.prompt_case = RECURD__V1__GENERATE_REQUEST__PROMPT_TEXT;
     req.text = (char *)prompt;
-    rpc_t r;
+    rcd_call_t r;
     Recurd__V1__GenerateResponse *m;
     int rc = rpc_start(&r, "/recurd.v1.Inference/Generate", &req.base);
     if (rc < 0) return GRPC_STATUS_INTERNAL;
@@ -359,9 +293,7 @@ int main(int argc, char **argv)
         return 2;
     }
     grpc_init();
-    grpc_channel_credentials *creds = grpc_insecure_credentials_create();
-    g_ch = grpc_channel_create(g_addr, creds, NULL);
-    grpc_channel_credentials_release(creds);
+    g_ch = rcd_client_channel(g_addr);
     g_cq = grpc_completion_queue_create_for_pluck(NULL);
     const char *cmd = argv[i++];
     int rc;
@@ -379,12 +311,7 @@ int main(int argc, char **argv)
         usage();
         rc = 2;
     }
-    grpc_channel_destroy(g_ch);
-    grpc_completion_queue_shutdown(g_cq);
-    while (grpc_completion_queue_pluck(g_cq, NULL, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
-           GRPC_QUEUE_SHUTDOWN)
-        ;
-    grpc_completion_queue_destroy(g_cq);
+    rcd_client_close(g_ch, g_cq, true);
     grpc_shutdown();
     return rc;
 }

@@ -1,10 +1,7 @@
 /* C integration test: starts the real recurd on a free loopback port and drives it with the
  * gRPC C core and protobuf-c — health, a two-turn session, 16 concurrent streams, a cancel
  * mid-stream, a deadline, an unknown method — then drains it with SIGTERM (exit 0). */
-#include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc.h>
-#include <grpc/grpc_security.h>
-#include <grpc/support/time.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -14,6 +11,7 @@
 #include <unistd.h>
 
 #include "grpc/health/v1/health.pb-c.h"
+#include "rcd_client.h"
 #include "recurd/v1/inference.pb-c.h"
 #include "tests/rcd_test.h"
 
@@ -21,88 +19,34 @@ static grpc_channel *g_ch;
 static grpc_completion_queue *g_cq;
 
 typedef struct rpc {
-    grpc_call *call;
-    grpc_metadata_array md_init, md_trail;
-    grpc_status_code status;
-    grpc_slice details;
-    grpc_byte_buffer *send, *recv;
+    rcd_call_t c;
     intptr_t tag; /* base tag: tag+0 start, +1 status, +2 message */
 } rpc_t;
-
-static bool pluck(intptr_t t)
-{
-    grpc_event ev =
-        grpc_completion_queue_pluck(g_cq, (void *)t, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
-    return ev.type == GRPC_OP_COMPLETE && ev.success;
-}
 
 static void rpc_start(rpc_t *r, intptr_t tag, const char *method, const ProtobufCMessage *req,
                       int deadline_ms)
 {
-    memset(r, 0, sizeof(*r));
     r->tag = tag;
-    gpr_timespec dl = deadline_ms > 0
-                          ? gpr_time_add(gpr_now(GPR_CLOCK_REALTIME),
-                                         gpr_time_from_millis(deadline_ms, GPR_TIMESPAN))
-                          : gpr_inf_future(GPR_CLOCK_REALTIME);
-    r->call = grpc_channel_create_call(g_ch, NULL, GRPC_PROPAGATE_DEFAULTS, g_cq,
-                                       grpc_slice_from_static_string(method), NULL, dl, NULL);
-    size_t n = protobuf_c_message_get_packed_size(req);
-    grpc_slice sl = grpc_slice_malloc(n);
-    protobuf_c_message_pack(req, GRPC_SLICE_START_PTR(sl));
-    r->send = grpc_raw_byte_buffer_create(&sl, 1);
-    grpc_slice_unref(sl);
-    grpc_metadata_array_init(&r->md_init);
-    grpc_metadata_array_init(&r->md_trail);
-    grpc_op ops[4];
-    memset(ops, 0, sizeof(ops));
-    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-    ops[1].op = GRPC_OP_SEND_MESSAGE;
-    ops[1].data.send_message.send_message = r->send;
-    ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
-    ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
-    ops[3].data.recv_initial_metadata.recv_initial_metadata = &r->md_init;
-    CHECK(grpc_call_start_batch(r->call, ops, 4, (void *)tag, NULL) == GRPC_CALL_OK);
-    grpc_op st;
-    memset(&st, 0, sizeof(st));
-    st.op = GRPC_OP_RECV_STATUS_ON_CLIENT;
-    st.data.recv_status_on_client.trailing_metadata = &r->md_trail;
-    st.data.recv_status_on_client.status = &r->status;
-    st.data.recv_status_on_client.status_details = &r->details;
-    CHECK(grpc_call_start_batch(r->call, &st, 1, (void *)(tag + 1), NULL) == GRPC_CALL_OK);
-    pluck(tag);
+    CHECK(rcd_call_start(&r->c, g_ch, g_cq, method, req,
+                         rcd_client_deadline_ms(deadline_ms > 0 ? deadline_ms : -1), (void *)tag,
+                         (void *)(tag + 1)) == 2);
+    rcd_client_pluck(g_cq, (void *)tag);
 }
 
 static ProtobufCMessage *rpc_next(rpc_t *r, const ProtobufCMessageDescriptor *d)
 {
-    grpc_op op;
-    memset(&op, 0, sizeof(op));
-    op.op = GRPC_OP_RECV_MESSAGE;
-    op.data.recv_message.recv_message = &r->recv;
-    r->recv = NULL;
-    if (grpc_call_start_batch(r->call, &op, 1, (void *)(r->tag + 2), NULL) != GRPC_CALL_OK ||
-        !pluck(r->tag + 2) || !r->recv)
+    if (!rcd_call_recv(&r->c, (void *)(r->tag + 2)) ||
+        !rcd_client_pluck(g_cq, (void *)(r->tag + 2)))
         return NULL;
-    grpc_byte_buffer_reader rd;
-    grpc_byte_buffer_reader_init(&rd, r->recv);
-    grpc_slice sl = grpc_byte_buffer_reader_readall(&rd);
-    grpc_byte_buffer_reader_destroy(&rd);
-    grpc_byte_buffer_destroy(r->recv);
-    ProtobufCMessage *m =
-        protobuf_c_message_unpack(d, NULL, GRPC_SLICE_LENGTH(sl), GRPC_SLICE_START_PTR(sl));
-    grpc_slice_unref(sl);
-    return m;
+    return rcd_call_take(&r->c, d);
 }
 
 static int rpc_finish(rpc_t *r)
 {
-    pluck(r->tag + 1);
-    grpc_slice_unref(r->details);
-    grpc_metadata_array_destroy(&r->md_init);
-    grpc_metadata_array_destroy(&r->md_trail);
-    grpc_byte_buffer_destroy(r->send);
-    grpc_call_unref(r->call);
-    return (int)r->status;
+    rcd_client_pluck(g_cq, (void *)(r->tag + 1));
+    int st = (int)r->c.status;
+    rcd_call_release(&r->c);
+    return st;
 }
 
 /* A whole Generate: concatenated token ids into ids (cap n), the last message's version. */
@@ -235,7 +179,7 @@ static void test_cancel_deadline_unknown(void)
     ProtobufCMessage *m = rpc_next(&r, &recurd__v1__generate_response__descriptor);
     CHECK(m != NULL);
     if (m) protobuf_c_message_free_unpacked(m, NULL);
-    grpc_call_cancel(r.call, NULL);
+    grpc_call_cancel(r.c.call, NULL);
     while ((m = rpc_next(&r, &recurd__v1__generate_response__descriptor)))
         protobuf_c_message_free_unpacked(m, NULL);
     CHECK(rpc_finish(&r) == GRPC_STATUS_CANCELLED);
@@ -282,20 +226,13 @@ int main(int argc, char **argv)
         char addr[64];
         snprintf(addr, sizeof(addr), "127.0.0.1:%d", port);
         grpc_init();
-        grpc_channel_credentials *creds = grpc_insecure_credentials_create();
-        g_ch = grpc_channel_create(addr, creds, NULL);
-        grpc_channel_credentials_release(creds);
+        g_ch = rcd_client_channel(addr);
         g_cq = grpc_completion_queue_create_for_pluck(NULL);
         RUN(test_health);
         RUN(test_session_turns);
         RUN(test_concurrent);
         RUN(test_cancel_deadline_unknown);
-        grpc_channel_destroy(g_ch);
-        grpc_completion_queue_shutdown(g_cq);
-        while (grpc_completion_queue_pluck(g_cq, NULL, gpr_inf_future(GPR_CLOCK_REALTIME), NULL)
-                   .type != GRPC_QUEUE_SHUTDOWN)
-            ;
-        grpc_completion_queue_destroy(g_cq);
+        rcd_client_close(g_ch, g_cq, true);
         grpc_shutdown();
     }
     kill(pid, SIGTERM);

@@ -7,118 +7,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <cjson/cJSON.h>
-
 #include "tests/rcd_test.h"
+#include "workers/cpu/golden_util.h"
 #include "workers/cuda/wrk_cuda.h"
 
 #define TOL_F32 1e-3f  /* CUDA vs golden and vs CPU, fp32 weights */
 #define TOL_HALF 2e-2f /* BF16/F16 weights vs the fp32 golden (the CPU test's bound) */
-#define MAX_SEQS 8
-
-typedef struct golden_seq {
-    char name[32];
-    int n;
-    int32_t tokens[64];
-    float *logits; /* n x V */
-} golden_seq_t;
-
-typedef struct golden {
-    char dir[512];
-    int V, n_seqs, n_prompt, n_gen;
-    golden_seq_t seqs[MAX_SEQS];
-    int32_t greedy[160];
-    float *greedy_logits;
-} golden_t;
-
-static const char *golden_root(void)
-{
-    const char *d = getenv("RCD_GOLDEN_DIR");
-    return d ? d : "tests/golden";
-}
-
-static float *read_logits(const char *dir, const char *file, size_t n)
-{
-    char path[1024];
-    size_t len;
-    snprintf(path, sizeof path, "%s/%s", dir, file);
-    float *f = (float *)rcd_test_read_file(path, &len);
-    if (!f || len != n * sizeof(float)) {
-        fprintf(stderr, "bad golden file %s\n", path);
-        free(f);
-        return NULL;
-    }
-    return f;
-}
-
-static int ids(const cJSON *arr, int32_t *out, int cap)
-{
-    int n = 0;
-    const cJSON *it;
-    cJSON_ArrayForEach(it, arr) if (n < cap) out[n++] = (int32_t)it->valuedouble;
-    return n;
-}
-
-static int golden_load(const char *name, golden_t *g)
-{
-    memset(g, 0, sizeof *g);
-    snprintf(g->dir, sizeof g->dir, "%s/mamba/%s", golden_root(), name);
-    char path[1024];
-    snprintf(path, sizeof path, "%s/goldens.json", g->dir);
-    char *text = rcd_test_read_file(path, NULL);
-    cJSON *root = text ? cJSON_Parse(text) : NULL;
-    free(text);
-    if (!root) {
-        fprintf(stderr, "cannot read %s\n", path);
-        return -1;
-    }
-    g->V = cJSON_GetObjectItem(root, "vocab_size")->valueint;
-    const cJSON *s;
-    cJSON_ArrayForEach(s, cJSON_GetObjectItem(root, "sequences"))
-    {
-        if (g->n_seqs == MAX_SEQS) break;
-        golden_seq_t *q = &g->seqs[g->n_seqs++];
-        snprintf(q->name, sizeof q->name, "%s", cJSON_GetObjectItem(s, "name")->valuestring);
-        q->n = ids(cJSON_GetObjectItem(s, "tokens"), q->tokens, 64);
-        q->logits =
-            read_logits(g->dir, cJSON_GetObjectItem(s, "logits")->valuestring, (size_t)q->n * g->V);
-    }
-    const cJSON *gr = cJSON_GetObjectItem(root, "greedy");
-    g->n_prompt = ids(cJSON_GetObjectItem(gr, "prompt"), g->greedy, 64);
-    g->n_gen =
-        ids(cJSON_GetObjectItem(gr, "generated"), g->greedy + g->n_prompt, 160 - g->n_prompt);
-    const cJSON *gl = cJSON_GetObjectItem(gr, "logits");
-    if (cJSON_IsString(gl))
-        g->greedy_logits =
-            read_logits(g->dir, gl->valuestring, (size_t)(g->n_prompt + g->n_gen) * g->V);
-    cJSON_Delete(root);
-    return 0;
-}
-
-static void golden_free(golden_t *g)
-{
-    for (int i = 0; i < g->n_seqs; i++)
-        free(g->seqs[i].logits);
-    free(g->greedy_logits);
-}
-
-static float max_diff(const float *a, const float *b, size_t n)
-{
-    float m = 0.f;
-    for (size_t i = 0; i < n; i++) {
-        float d = fabsf(a[i] - b[i]);
-        if (!(d <= m)) m = d; /* NaN propagates as a failure */
-    }
-    return m;
-}
-
-static int argmax(const float *row, int V)
-{
-    int best = 0;
-    for (int v = 1; v < V; v++)
-        if (row[v] > row[best]) best = v;
-    return best;
-}
 
 static wrk_backend_t *make_cuda(const wrk_model_t *m, int graphs)
 {
@@ -142,26 +36,6 @@ static wrk_backend_t *make_cpu(const wrk_model_t *m)
     return b;
 }
 
-/* Seq q in chunks on slot `slot`; all logits into out (n x V). */
-static int run_chunked(wrk_backend_t *b, const golden_seq_t *q, int V, int chunk, int slot,
-                       float *out)
-{
-    char err[512];
-    wrk_state_reset(b, slot);
-    for (int p = 0; p < q->n; p += chunk) {
-        int len = q->n - p < chunk ? q->n - p : chunk;
-        wrk_seq_t s = {.slot = slot,
-                       .n_tokens = len,
-                       .tokens = q->tokens + p,
-                       .n_logits = len,
-                       .logits = out + (size_t)p * V};
-        int rc = wrk_step(b, &s, 1, err, sizeof err);
-        CHECK_MSG(rc == 0, "%s", err);
-        if (rc) return rc;
-    }
-    return 0;
-}
-
 static const char *fp32_cases[] = {"tiny_bias_tied", "tiny_nobias_untied", "odd_sizes",
                                    "edge_numerics"};
 #define N_CASES (int)(sizeof fp32_cases / sizeof fp32_cases[0])
@@ -173,7 +47,7 @@ static void test_chunkings(void)
         golden_t g;
         char err[512];
         wrk_model_t *m = NULL;
-        if (golden_load(fp32_cases[ci], &g)) {
+        if (golden_load("mamba", fp32_cases[ci], &g)) {
             CHECK(0);
             continue;
         }
@@ -193,10 +67,11 @@ static void test_chunkings(void)
                 float *out = malloc(n * sizeof(float)), *ref = malloc(n * sizeof(float));
                 const int chunks[3] = {1, 4, q->n};
                 for (int k = 0; k < 3; k++) {
-                    if (run_chunked(b, q, g.V, chunks[k], k, out) ||
-                        run_chunked(cpu, q, g.V, chunks[k], k, ref))
+                    if (golden_run_into(b, k, q, g.V, chunks[k], out) ||
+                        golden_run_into(cpu, k, q, g.V, chunks[k], ref))
                         continue;
-                    float dg = max_diff(out, q->logits, n), dc = max_diff(out, ref, n);
+                    float dg = golden_max_diff(out, q->logits, n),
+                          dc = golden_max_diff(out, ref, n);
                     CHECK_MSG(dg <= TOL_F32 && dc <= TOL_F32,
                               "%s graphs=%d %s chunk %d: max diff %g vs golden, %g vs cpu",
                               fp32_cases[ci], graphs, q->name, chunks[k], dg, dc);
@@ -220,7 +95,7 @@ static void test_chunkings(void)
  * then pure decode batches of every entry at once, with and without graphs. Each golden
  * sequence runs in several slots at once, so batches reach 15 entries: decode steps go
  * through the GEMV (<= 8 tokens) and cuBLAS paths, both inside captured graphs. */
-#define MAX_ENTRIES (3 * MAX_SEQS)
+#define MAX_ENTRIES (3 * GOLDEN_MAX_SEQS)
 static void test_batches(void)
 {
     static const char *mode_name[] = {"ragged", "decode+graphs", "decode eager"};
@@ -228,7 +103,7 @@ static void test_batches(void)
         golden_t g;
         char err[512];
         wrk_model_t *m = NULL;
-        if (golden_load(fp32_cases[ci], &g)) continue;
+        if (golden_load("mamba", fp32_cases[ci], &g)) continue;
         if (wrk_model_load(g.dir, &m, err, sizeof err)) {
             CHECK_MSG(0, "%s", err);
             golden_free(&g);
@@ -273,7 +148,7 @@ static void test_batches(void)
             float worst = 0.f;
             for (int e = 0; e < ne; e++) {
                 const golden_seq_t *q = &g.seqs[e % ns];
-                float d = max_diff(out[e], q->logits, (size_t)q->n * V);
+                float d = golden_max_diff(out[e], q->logits, (size_t)q->n * V);
                 CHECK_MSG(d <= TOL_F32, "%s %s entry %d (%s): max diff %g", fp32_cases[ci],
                           mode_name[mode], e, q->name, d);
                 if (d > worst) worst = d;
@@ -317,10 +192,10 @@ static void greedy_run(const char *dir, const golden_t *g, float tol, const char
     for (int i = 0; i < g->n_gen && rc == 0; i++) {
         int pos = g->n_prompt + i - 1;
         if (g->greedy_logits) {
-            float d = max_diff(row, g->greedy_logits + (size_t)pos * V, (size_t)V);
+            float d = golden_max_diff(row, g->greedy_logits + (size_t)pos * V, (size_t)V);
             if (d > worst) worst = d;
         }
-        int32_t tok = argmax(row, V), dev = -1;
+        int32_t tok = golden_argmax(row, V), dev = -1;
         if (wrk_cuda_last_argmax(b, &dev, 1) != 0 || dev != tok)
             if (dev_mismatch < 0) dev_mismatch = i;
         if (tok != g->greedy[g->n_prompt + i] && mismatch < 0) mismatch = i;
@@ -374,7 +249,7 @@ static void test_greedy(void)
 {
     for (int ci = 0; ci < N_CASES; ci++) {
         golden_t g;
-        if (golden_load(fp32_cases[ci], &g)) continue;
+        if (golden_load("mamba", fp32_cases[ci], &g)) continue;
         greedy_run(g.dir, &g, TOL_F32, fp32_cases[ci]);
         golden_free(&g);
     }
@@ -386,7 +261,7 @@ static void test_half_weights(void)
 {
     static const char *variants[] = {"tiny_bias_tied_bf16", "tiny_bias_tied_f16"};
     golden_t g;
-    if (golden_load("tiny_bias_tied", &g)) {
+    if (golden_load("mamba", "tiny_bias_tied", &g)) {
         CHECK(0);
         return;
     }
@@ -405,8 +280,8 @@ static void test_half_weights(void)
             float *out = malloc((size_t)q->n * g.V * sizeof(float));
             const int chunks[3] = {1, 4, q->n};
             for (int k = 0; k < 3; k++)
-                if (run_chunked(b, q, g.V, chunks[k], 0, out) == 0) {
-                    float d = max_diff(out, q->logits, (size_t)q->n * g.V);
+                if (golden_run_into(b, 0, q, g.V, chunks[k], out) == 0) {
+                    float d = golden_max_diff(out, q->logits, (size_t)q->n * g.V);
                     CHECK_MSG(d <= TOL_HALF, "%s %s chunk %d: max diff %g", variants[vi], q->name,
                               chunks[k], d);
                 }
@@ -425,7 +300,7 @@ static void test_state_portable(void)
     golden_t g;
     char err[512];
     wrk_model_t *m = NULL;
-    if (golden_load("tiny_bias_tied", &g)) return;
+    if (golden_load("mamba", "tiny_bias_tied", &g)) return;
     if (wrk_model_load(g.dir, &m, err, sizeof err)) {
         CHECK(0);
         golden_free(&g);
@@ -451,9 +326,9 @@ static void test_state_portable(void)
         wrk_state_reset(cpu, 0);
         CHECK(wrk_step(cpu, &s, 1, err, sizeof err) == 0);
         CHECK(wrk_state_read(cpu, 0, blob2) == 0);
-        CHECK_MSG(max_diff(blob, blob2, mi->state_bytes / 4) <= TOL_F32,
+        CHECK_MSG(golden_max_diff(blob, blob2, mi->state_bytes / 4) <= TOL_F32,
                   "state after %d tokens: cuda vs cpu max diff %g", cut,
-                  max_diff(blob, blob2, mi->state_bytes / 4));
+                  golden_max_diff(blob, blob2, mi->state_bytes / 4));
         wrk_backend_t *bk[3] = {gpu, gpu, cpu};
         const int slots[3] = {5, 6, 2};
         for (int i = 0; i < 3; i++) {
@@ -463,7 +338,7 @@ static void test_state_portable(void)
                             .n_logits = q->n - cut,
                             .logits = out};
             CHECK(wrk_step(bk[i], &s, 1, err, sizeof err) == 0);
-            float d = max_diff(out, q->logits + (size_t)cut * V, (size_t)(q->n - cut) * V);
+            float d = golden_max_diff(out, q->logits + (size_t)cut * V, (size_t)(q->n - cut) * V);
             CHECK_MSG(d <= TOL_F32, "resume %d on %s slot %d: max diff %g", i, bk[i]->vt->name,
                       slots[i], d);
         }
@@ -475,7 +350,8 @@ static void test_state_portable(void)
                         .n_logits = q->n - cut,
                         .logits = out};
         CHECK(wrk_step(gpu, &s, 1, err, sizeof err) == 0);
-        CHECK(max_diff(out, q->logits + (size_t)cut * V, (size_t)(q->n - cut) * V) <= TOL_F32);
+        CHECK(golden_max_diff(out, q->logits + (size_t)cut * V, (size_t)(q->n - cut) * V) <=
+              TOL_F32);
         CHECK(wrk_state_read(gpu, 99, blob) == RCD_ERANGE);
         CHECK(wrk_state_copy(gpu, -1, 0) == RCD_ERANGE);
         /* Validation is the shared one. */
