@@ -6,6 +6,7 @@
 #include "daemon/dmn_runner.h"
 #include "tests/rcd_test.h"
 
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -549,12 +550,12 @@ static void test_prefix_snapshots(void)
  * only them: later sequences, alone or together, run as if it never happened. The failure
  * is injected by swapping the backend's step for one that fails on its n-th call. */
 static const wrk_backend_i *g_real_vt;
-static int g_fail_in; /* > 0: the step call that fails, counting down */
+static _Atomic int g_fail_in; /* > 0: the step call that fails, counting down */
 
 static int failing_step(wrk_backend_t *b, const wrk_seq_t *seqs, int n_seqs, char *err,
                         size_t errlen)
 {
-    if (g_fail_in > 0 && --g_fail_in == 0) {
+    if (atomic_load(&g_fail_in) > 0 && atomic_fetch_sub(&g_fail_in, 1) == 1) {
         snprintf(err, errlen, "injected step failure");
         return RCD_ENOMEM;
     }
@@ -584,11 +585,11 @@ static void step_failure_case(bool pipelined)
     faulty.step = failing_step;
     f.be->vt = &faulty;
     t_seq_t hit[3];
+    atomic_store(&g_fail_in, 3); /* mid-stream: prefills done, decodes running */
     for (int k = 0; k < 3; k++) {
         setup(&hit[k], r, k, N_GEN, V, SB, false);
         CHECK(dmn_runner_submit(r, &hit[k].seq, err, sizeof(err)) == 0);
     }
-    g_fail_in = 3; /* mid-stream: prefills done, decodes running */
     uv_run(&f.loop, UV_RUN_DEFAULT);
     int n_failed = 0;
     for (int k = 0; k < 3; k++) {
