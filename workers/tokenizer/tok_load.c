@@ -104,8 +104,10 @@ static int parse_model(tok__ld_t *l, const cJSON *o)
         if (cJSON_IsString(c)) { /* "a b": exactly one space, as HF requires */
             a = c->valuestring;
             const char *sp = strchr(a, ' ');
-            if (!sp || strchr(sp + 1, ' '))
-                return rcd_fail(RCD_EFORMAT, l->err, l->errlen, "%s: expected \"left right\"", sub);
+            if (!sp || strchr(sp + 1, ' ')) {
+                rc = rcd_fail(RCD_EFORMAT, l->err, l->errlen, "%s: expected \"left right\"", sub);
+                goto cleanup; /* tmp may hold an earlier merge's bytes */
+            }
             na = (size_t)(sp - a);
             b = sp + 1;
             nb = strlen(b);
@@ -116,7 +118,8 @@ static int parse_model(tok__ld_t *l, const cJSON *o)
             b = c->child->next->valuestring;
             nb = strlen(b);
         } else {
-            return rcd_fail(RCD_EFORMAT, l->err, l->errlen, "%s: expected a pair", sub);
+            rc = rcd_fail(RCD_EFORMAT, l->err, l->errlen, "%s: expected a pair", sub);
+            goto cleanup;
         }
         int32_t ia = 0, ib = 0, inew = 0;
         if ((rc = merge_token(l, a, na, &ia, sub)) || (rc = merge_token(l, b, nb, &ib, sub)))
