@@ -74,14 +74,21 @@ static void slice(size_t n, int r, int size, size_t *lo, size_t *hi)
     *hi = b1 * SLICE_ALIGN < n ? b1 * SLICE_ALIGN : n;
 }
 
-static void publish(inproc_t *c, void *buf, size_t len)
+/* Shares this rank's buffer. Every rank sees every length, so all of them agree on a
+ * mismatch (a caller bug) and return RCD_EINVAL together, after a barrier that keeps the
+ * lengths readable until all have looked: the group stays usable, nobody deadlocks. */
+static int publish(inproc_t *c, void *buf, size_t len)
 {
     group_t *g = c->g;
     g->ptr[c->base.rank] = buf;
     g->len[c->base.rank] = len;
     barrier(g);
-    for (int r = 0; r < g->size; r++) /* a programmer error: the group would deadlock later */
-        if (g->len[r] != len) abort();
+    bool same = true;
+    for (int r = 0; r < g->size; r++)
+        same = same && g->len[r] == len;
+    if (same) return 0;
+    barrier(g);
+    return RCD_EINVAL;
 }
 
 static int inproc_all_reduce_sum(wrk_comm_t *base, float *buf, size_t n)
@@ -90,7 +97,8 @@ static int inproc_all_reduce_sum(wrk_comm_t *base, float *buf, size_t n)
     group_t *g = c->g;
     const int me = base->rank, size = g->size;
     if (size == 1 || n == 0) return 0;
-    publish(c, buf, n);
+    int rc = publish(c, buf, n);
+    if (rc) return rc;
     /* Reduce-scatter: this rank sums its slice over every rank's buffer, in rank order, and
      * writes it into its own buffer. Nobody else reads this slice of this buffer in this
      * phase, and this rank reads nobody's own slice. */
@@ -120,7 +128,8 @@ static int inproc_broadcast(wrk_comm_t *base, void *buf, size_t bytes, int root)
     group_t *g = c->g;
     if (root < 0 || root >= g->size) return RCD_EINVAL;
     if (g->size == 1 || bytes == 0) return 0;
-    publish(c, buf, bytes);
+    int rc = publish(c, buf, bytes);
+    if (rc) return rc;
     if (base->rank != root) memcpy(buf, g->ptr[root], bytes);
     barrier(g);
     return 0;

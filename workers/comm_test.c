@@ -152,10 +152,51 @@ static void test_bad_size(void)
     CHECK(wrk_comm_inproc_create(WRK_COMM_INPROC_MAX + 1, c, err, sizeof err) == RCD_EINVAL);
 }
 
+/* Ranks that disagree on the length (a caller bug) all get RCD_EINVAL, and the group keeps
+ * working: the next all-reduce is correct. */
+static void *mismatch_rank(void *p)
+{
+    rank_arg_t *a = p;
+    wrk_comm_t *c = a->sh->comm[a->rank];
+    float buf[8];
+    for (int i = 0; i < 8; i++)
+        buf[i] = (float)(a->rank + 1);
+    if (wrk_comm_all_reduce_sum(c, buf, a->rank ? 8 : 7) != RCD_EINVAL)
+        atomic_fetch_add(&a->sh->failures, 1);
+    if (wrk_comm_broadcast(c, buf, a->rank ? 8 : 4, 0) != RCD_EINVAL)
+        atomic_fetch_add(&a->sh->failures, 1);
+    if (wrk_comm_all_reduce_sum(c, buf, 8) != 0) atomic_fetch_add(&a->sh->failures, 1);
+    for (int i = 0; i < 8; i++)
+        if (buf[i] != 6.0f) atomic_fetch_add(&a->sh->failures, 1); /* 1 + 2 + 3 */
+    return NULL;
+}
+
+static void test_length_mismatch(void)
+{
+    shared_t sh = {.size = 3};
+    char err[256];
+    int rc = wrk_comm_inproc_create(3, sh.comm, err, sizeof err);
+    CHECK_MSG(rc == 0, "%s", err);
+    if (rc) return;
+    pthread_t th[3];
+    rank_arg_t args[3];
+    for (int r = 0; r < 3; r++) {
+        args[r] = (rank_arg_t){.sh = &sh, .rank = r};
+        if (r) pthread_create(&th[r], NULL, mismatch_rank, &args[r]);
+    }
+    mismatch_rank(&args[0]);
+    for (int r = 1; r < 3; r++)
+        pthread_join(th[r], NULL);
+    CHECK_MSG(atomic_load(&sh.failures) == 0, "%d failures", atomic_load(&sh.failures));
+    for (int r = 0; r < 3; r++)
+        wrk_comm_destroy(sh.comm[r]);
+}
+
 int main(void)
 {
     RUN(test_order_matters);
     RUN(test_groups);
     RUN(test_bad_size);
+    RUN(test_length_mismatch);
     return rcd_test_summary();
 }
