@@ -1,5 +1,5 @@
 /* workers/cpu: choosing the kernel table from the CPU's features, and the matmul that
- * routes small token counts to the streaming GEMV and larger ones to OpenBLAS sgemm. */
+ * routes token counts to the streaming kernel or OpenBLAS sgemm. */
 #include <string.h>
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
@@ -52,12 +52,8 @@ void wrk_matmul(const wrk_kern_t *k, float *scratch, const wrk_mat_t *W, int o0,
                 const float *x, int ldx, int T, float *y, int ldy, const float *bias, bool acc)
 {
     if (o1 <= o0 || T <= 0) return;
-    if (T <= WRK_GEMV_MAX_T) {
-        k->gemv(W, o0, o1, x, ldx, T, y, ldy, bias, acc);
-        return;
-    }
-    if (T <= WRK_STREAM_MAX_T && W->dt != WRK_DT_F32) {
-        k->gemm_stream(W, o0, o1, x, ldx, T, y, ldy, bias, acc);
+    if (T <= WRK_MM_MAX_T) {
+        k->mm(W, o0, o1, x, ldx, T, y, ldy, bias, acc, scratch);
         return;
     }
     const int K = W->cols;

@@ -8,30 +8,23 @@
 
 #include "workers/model_int.h"
 
-/* Largest token count the GEMV kernels take; more go through gemm_stream or sgemm. */
-#define WRK_GEMV_MAX_T 4
-/* BF16/F16 weights at up to this many tokens go through gemm_stream (weights read once,
- * converted in registers) instead of conversion to fp32 + OpenBLAS sgemm: measured 1.6-2.7x
- * faster per matmul at 8 tokens, about even at 16 (its 4x4 register tile reaches about half of
- * sgemm's FLOP rate). fp32 weights go straight to sgemm above WRK_GEMV_MAX_T (no gain
- * measured from streaming them). */
-#ifndef WRK_STREAM_MAX_T
-#define WRK_STREAM_MAX_T 8
-#endif
-#ifndef WRK_STREAM_TILE_BYTES
-#define WRK_STREAM_TILE_BYTES 6144
+/* Scratch rows the matmul takes (bf16 weights de-interleave x into it, this many tokens
+ * at a time): the backend gives each thread WRK_GEMM_BLOCK_ROWS x max_matmul_cols floats. */
+#define WRK_GEMM_BLOCK_ROWS 256
+#define WRK_MM_XPACK_T WRK_GEMM_BLOCK_ROWS
+/* Token counts above this go to OpenBLAS sgemm instead of the streaming kernel (`mm`). */
+#ifndef WRK_MM_MAX_T
+#define WRK_MM_MAX_T 1000000
 #endif
 
 typedef struct wrk_kern {
     const char *isa;
-    /* y[t*ldy + o] = (acc ? y : 0) + x[t] . W[o] (+ bias[o]) for t < T <= WRK_GEMV_MAX_T and
-     * o in [o0, o1). Streams W once whatever T is. */
-    void (*gemv)(const wrk_mat_t *W, int o0, int o1, const float *x, int ldx, int T, float *y,
-                 int ldy, const float *bias, bool acc);
-    /* The same for any T: per tile of max(4, WRK_STREAM_TILE_BYTES / row bytes) rows (kept
-     * in L1), the GEMV over each 4-token chunk. */
-    void (*gemm_stream)(const wrk_mat_t *W, int o0, int o1, const float *x, int ldx, int T,
-                        float *y, int ldy, const float *bias, bool acc);
+    /* y[t*ldy + o] = (acc ? y : 0) + x[t] . W[o] (+ bias[o]) for t < T (any T) and o in
+     * [o0, o1): register tiles over row panels, weights read from memory once and converted
+     * in registers, fp32 sums in an order that does not depend on T (kernels_impl.h).
+     * `xpack`: WRK_MM_XPACK_T x W->cols floats of scratch. */
+    void (*mm)(const wrk_mat_t *W, int o0, int o1, const float *x, int ldx, int T, float *y,
+               int ldy, const float *bias, bool acc, float *xpack);
     /* dst[i] = float(src[i]) for a row of any weight dtype. */
     void (*to_f32)(float *dst, const void *src, wrk_dtype_t dt, size_t n);
     /* y = w * (x * rsqrt(mean(x^2) + eps)), n elements. */
@@ -62,13 +55,11 @@ const wrk_kern_t *wrk__kern_portable(void);
 const wrk_kern_t *wrk__kern_avx2(void);
 const wrk_kern_t *wrk__kern_avx512(void);
 
-/* y[t*ldy + o] = (acc ? y : 0) + x[t] . W[o] (+ bias) for t < T, o in [o0, o1): GEMV for
- * T <= 4, gemm_stream up to WRK_STREAM_MAX_T for half weights, else OpenBLAS
- * sgemm: fp32 weights in one call over the whole row range (so the activations are packed
- * once), half weights converted to fp32 WRK_GEMM_BLOCK_ROWS rows at a time into `scratch`
- * (WRK_GEMM_BLOCK_ROWS x W->cols floats). Single-threaded; callers split rows between
- * threads. */
-#define WRK_GEMM_BLOCK_ROWS 256
+/* y[t*ldy + o] = (acc ? y : 0) + x[t] . W[o] (+ bias) for t < T, o in [o0, o1): the kernel's
+ * `mm` up to WRK_MM_MAX_T tokens, else OpenBLAS sgemm (fp32 weights in one call over the
+ * row range; half weights converted to fp32 WRK_GEMM_BLOCK_ROWS rows at a time into
+ * `scratch`). `scratch`: WRK_GEMM_BLOCK_ROWS x W->cols floats. Single-threaded; callers
+ * split rows between threads. */
 void wrk_matmul(const wrk_kern_t *k, float *scratch, const wrk_mat_t *W, int o0, int o1,
                 const float *x, int ldx, int T, float *y, int ldy, const float *bias, bool acc);
 

@@ -261,96 +261,198 @@ static void KFN(rmsnorm)(float *y, const float *x, const float *w, int n, float 
     for (; i < n; i++) y[i] = w[i] * (x[i] * s);
 }
 
-/* GEMV over RB rows at a time with T and the weight dtype fixed at compile time (always
- * inlined per combination), so the inner loop holds RB x T accumulators in registers and
- * converts each weight vector once for all T tokens. */
+/* ---- matmul: y[t][o] = (acc ? y : 0) + x[t] . W[o] (+ bias[o]) ------------------------
+ *
+ * One kernel for every token count. A register tile holds R rows x up to TR tokens of
+ * accumulators; per step of 2*VW columns it loads (and converts) two weight vectors per row
+ * and two x vectors per token, and adds both products into the same accumulator. Rows go in
+ * panels of about MM_PANEL_BYTES of weights: the first token block streams a panel from
+ * memory, the later ones find it in L2, so weights are read from memory once per call.
+ *
+ * Every output element is computed in the same order whatever T, the tile or the panel it
+ * falls in (the per-lane sums over the steps, hsum, the scalar tail, then the bias), so a
+ * token's result does not depend on how many tokens share the call: prefill chunkings and
+ * batch compositions give bit-identical outputs.
+ *
+ * BF16 weights: a 2*VW step is VW 32-bit words, each a pair of bf16s; `w << 16` is the even
+ * elements and `w & 0xffff0000` the odd ones, one integer op per vector of fp32 weights
+ * (instead of a widening load and a shift). x is de-interleaved to match, once per call, into
+ * `xpack` (even elements of each 2*VW block, then the odd ones; the tail as is). */
+#ifndef MM_PANEL_BYTES
+#define MM_PANEL_BYTES (96 * 1024)
+#endif
 #ifndef PF_ROWS
 #define PF_ROWS 4
 #endif
+/* Software prefetch of the same columns PF_ROWS rows ahead, into L2 (locality 2: prefetcht1),
+ * on the pass that streams weights from memory; later passes over a panel find it in L2.
+ * Measured on a Sapphire Rapids VM, batch-1 decode of the 130m-shaped BF16 checkpoint: with
+ * prefetchnta (locality 0) or no software prefetch it reached about half the rate of
+ * prefetcht1/t2/t0, which were within noise of each other. */
+#ifndef MM_PF_LOC
+#define MM_PF_LOC 2
+#endif
+#if VW >= 16
+#define MM_TR 5 /* tokens per tile: 4x5 accumulators + 8 weight + 2 x vectors of 32 registers */
+#define MM_R(T) 4
+#else
+#define MM_TR 4 /* 16 registers: 2x4 accumulators, or 4 rows when there is one token */
+#define MM_R(T) ((T) == 1 ? 4 : 2)
+#endif
+
+/* The two fp32 weight vectors of columns [k, k + 2*VW) of a row, in x's order for dt. */
 static inline __attribute__((always_inline)) void
-KFN(gemv_t)(const wrk_mat_t *W, int o0, int o1, const float *x, int ldx, const int T,
-            const wrk_dtype_t dt, float *y, int ldy, const float *bias, bool acc)
+KFN(ld_w2)(const char *row, wrk_dtype_t dt, int k, vf *we, vf *wo)
 {
-    const int K = W->cols;
-    const size_t esz = dt == WRK_DT_F32 ? 4 : 2;
-    const int RB = (T <= 2 || VW >= 16) ? 4 : 2;
-    for (int o = o0; o < o1; o += RB) {
-        const int nr = o1 - o < RB ? o1 - o : RB;
-        const char *rows[4];
-#pragma GCC unroll 4
-        for (int r = 0; r < 4; r++)
-            rows[r] = (const char *)W->data + (size_t)(o + (r < nr ? r : 0)) * K * esz;
-        vf a[4][WRK_GEMV_MAX_T];
-#pragma GCC unroll 4
-        for (int r = 0; r < RB; r++)
-#pragma GCC unroll 4
-            for (int t = 0; t < T; t++) a[r][t] = KFN(splat)(0.f);
-        int k = 0;
-        for (; k + VW <= K; k += VW) {
-            vf xv[WRK_GEMV_MAX_T];
-#pragma GCC unroll 4
-            for (int t = 0; t < T; t++) xv[t] = KFN(ld)(x + (size_t)t * ldx + k);
-#pragma GCC unroll 4
-            for (int r = 0; r < RB; r++) {
-                /* Prefetch the same columns of the next row block: the hardware streamers
-                 * alone leave half-width weights well short of the bandwidth. */
-                if (((k * esz) & 63) == 0)
-                    __builtin_prefetch(rows[r] + (size_t)(k + PF_ROWS * K) * esz, 0, 0);
-                vf w = KFN(ld_w)(rows[r], dt, k);
-#pragma GCC unroll 4
-                for (int t = 0; t < T; t++) a[r][t] += w * xv[t];
-            }
-        }
-        for (int r = 0; r < nr; r++) {
-            for (int t = 0; t < T; t++) {
-                float s = KFN(hsum)(a[r][t]);
-                for (int kk = k; kk < K; kk++)
-                    s += KFN(w1)(rows[r], dt, kk) * x[(size_t)t * ldx + kk];
-                if (bias) s += bias[o + r];
-                float *dst = y + (size_t)t * ldy + o + r;
-                *dst = acc ? *dst + s : s;
-            }
-        }
+    if (dt == WRK_DT_BF16) {
+        vu u;
+        memcpy(&u, row + (size_t)k * 2, sizeof u);
+        vu e = u << 16, o = u & 0xffff0000u;
+        memcpy(we, &e, sizeof e);
+        memcpy(wo, &o, sizeof o);
+    } else if (dt == WRK_DT_F16) {
+        *we = LOAD_F16(row + (size_t)k * 2);
+        *wo = LOAD_F16(row + (size_t)(k + VW) * 2);
+    } else {
+        *we = KFN(ld)((const float *)(const void *)row + k);
+        *wo = KFN(ld)((const float *)(const void *)row + k + VW);
     }
 }
 
-#define KGEMV_DT(DT)                                                                         \
+static inline __attribute__((always_inline)) void
+KFN(mm_tile)(const wrk_mat_t *W, int o, int nr, const int R, const float *x, int ldx,
+             const int T, const wrk_dtype_t dt, float *y, int ldy, const float *bias, bool acc,
+             int pf)
+{
+    const int K = W->cols, KB = K / (2 * VW) * (2 * VW);
+    const size_t rb = (size_t)K * (dt == WRK_DT_F32 ? 4 : 2);
+    const char *rows[4];
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++) rows[r] = (const char *)W->data + (size_t)(o + (r < nr ? r : 0)) * rb;
+    vf a[4][MM_TR];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 8
+        for (int t = 0; t < T; t++) a[r][t] = KFN(splat)(0.f);
+    for (int k = 0; k < KB; k += 2 * VW) {
+        vf we[4], wo[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            /* the same columns of the next row block: the hardware streamers alone leave
+             * half-width weights short of the bandwidth */
+            const char *p = rows[r] + (size_t)PF_ROWS * rb + (size_t)k * (rb / K);
+            if (pf) {
+                __builtin_prefetch(p, 0, MM_PF_LOC);
+                if (dt == WRK_DT_F32 && VW >= 16) __builtin_prefetch(p + 64, 0, MM_PF_LOC);
+            }
+            KFN(ld_w2)(rows[r], dt, k, &we[r], &wo[r]);
+        }
+#pragma GCC unroll 8
+        for (int t = 0; t < T; t++) {
+            const vf xe = KFN(ld)(x + (size_t)t * ldx + k), xo = KFN(ld)(x + (size_t)t * ldx + k + VW);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) {
+                a[r][t] += we[r] * xe;
+                a[r][t] += wo[r] * xo;
+            }
+        }
+    }
+    int kt = KB;
+    if (K - KB >= VW) { /* one more vector of columns (x is not de-interleaved there) */
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            const vf w = KFN(ld_w)(rows[r], dt, KB);
+#pragma GCC unroll 8
+            for (int t = 0; t < T; t++) a[r][t] += w * KFN(ld)(x + (size_t)t * ldx + KB);
+        }
+        kt += VW;
+    }
+    for (int r = 0; r < nr; r++)
+        for (int t = 0; t < T; t++) {
+            float s = KFN(hsum)(a[r][t]);
+            for (int kk = kt; kk < K; kk++) s += KFN(w1)(rows[r], dt, kk) * x[(size_t)t * ldx + kk];
+            if (bias) s += bias[o + r];
+            float *dst = y + (size_t)t * ldy + o + r;
+            *dst = acc ? *dst + s : s;
+        }
+}
+
+/* All rows [o0, o1) for T <= MM_TR tokens, T and dt fixed at compile time per instance. */
+static inline __attribute__((always_inline)) void
+KFN(mm_rows)(const wrk_mat_t *W, int o0, int o1, const float *x, int ldx, const int T,
+             const wrk_dtype_t dt, float *y, int ldy, const float *bias, bool acc, int pf)
+{
+    const int R = MM_R(T);
+    for (int o = o0; o < o1; o += R)
+        KFN(mm_tile)(W, o, o1 - o < R ? o1 - o : R, R, x, ldx, T, dt, y, ldy, bias, acc, pf);
+}
+
+#define KMM_T(DT)                                                                            \
     switch (T) {                                                                             \
-    case 1: KFN(gemv_t)(W, o0, o1, x, ldx, 1, DT, y, ldy, bias, acc); break;                 \
-    case 2: KFN(gemv_t)(W, o0, o1, x, ldx, 2, DT, y, ldy, bias, acc); break;                 \
-    case 3: KFN(gemv_t)(W, o0, o1, x, ldx, 3, DT, y, ldy, bias, acc); break;                 \
-    default: KFN(gemv_t)(W, o0, o1, x, ldx, 4, DT, y, ldy, bias, acc); break;                \
+    case 1: KFN(mm_rows)(W, o0, o1, x, ldx, 1, DT, y, ldy, bias, acc, pf); break;                \
+    case 2: KFN(mm_rows)(W, o0, o1, x, ldx, 2, DT, y, ldy, bias, acc, pf); break;                \
+    case 3: KFN(mm_rows)(W, o0, o1, x, ldx, 3, DT, y, ldy, bias, acc, pf); break;                \
+    case 4: KFN(mm_rows)(W, o0, o1, x, ldx, 4, DT, y, ldy, bias, acc, pf); break;                \
+    default: KFN(mm_rows)(W, o0, o1, x, ldx, MM_TR, DT, y, ldy, bias, acc, pf); break;           \
     }
 
-static void KFN(gemv)(const wrk_mat_t *W, int o0, int o1, const float *x, int ldx, int T,
-                      float *y, int ldy, const float *bias, bool acc)
+/* Rows [o0, o1), T <= MM_TR tokens. */
+static void KFN(mm_block)(const wrk_mat_t *W, int o0, int o1, const float *x, int ldx, int T,
+                          float *y, int ldy, const float *bias, bool acc, int pf)
 {
     switch (W->dt) {
-    case WRK_DT_BF16: KGEMV_DT(WRK_DT_BF16); break;
-    case WRK_DT_F16: KGEMV_DT(WRK_DT_F16); break;
-    default: KGEMV_DT(WRK_DT_F32); break;
+    case WRK_DT_BF16: KMM_T(WRK_DT_BF16); break;
+    case WRK_DT_F16: KMM_T(WRK_DT_F16); break;
+    default: KMM_T(WRK_DT_F32); break;
+    }
+}
+#undef KMM_T
+
+/* x rows [0, T) de-interleaved per 2*VW block for bf16 weights (see above). */
+static void KFN(pack_x)(float *xp, const float *x, int ldx, int T, int K)
+{
+    const int KB = K / (2 * VW) * (2 * VW);
+    for (int t = 0; t < T; t++) {
+        const float *s = x + (size_t)t * ldx;
+        float *d = xp + (size_t)t * K;
+        for (int k = 0; k < KB; k += 2 * VW)
+            for (int j = 0; j < VW; j++) {
+                d[k + j] = s[k + 2 * j];
+                d[k + VW + j] = s[k + 2 * j + 1];
+            }
+        memcpy(d + KB, s + KB, (size_t)(K - KB) * sizeof(float));
     }
 }
 
-/* Any T: the rows in tiles small enough to stay in L1 while every 4-token chunk of x
- * runs the GEMV over the tile, so weights come from memory once and are converted in
- * registers (no fp32 copy, no packing). */
-static void KFN(gemm_stream)(const wrk_mat_t *W, int o0, int o1, const float *x, int ldx,
-                             int T, float *y, int ldy, const float *bias, bool acc)
+static void KFN(mm)(const wrk_mat_t *W, int o0, int o1, const float *x, int ldx, int T,
+                    float *y, int ldy, const float *bias, bool acc, float *xpack)
 {
-    const size_t row_b = (size_t)W->cols * wrk_dtype_size(W->dt);
-    int tile = (int)(WRK_STREAM_TILE_BYTES / (row_b ? row_b : 1)) & ~3;
-    if (tile < 4) tile = 4;
-    for (int o = o0; o < o1; o += tile) {
-        const int oe = o1 - o < tile ? o1 : o + tile;
-        for (int t = 0; t < T; t += WRK_GEMV_MAX_T) {
-            const int tc = T - t < WRK_GEMV_MAX_T ? T - t : WRK_GEMV_MAX_T;
-            KFN(gemv)(W, o, oe, x + (size_t)t * ldx, ldx, tc, y + (size_t)t * ldy, ldy, bias,
-                      acc);
+    const int K = W->cols;
+    const size_t rb = (size_t)K * wrk_dtype_size(W->dt);
+    int panel = (int)(MM_PANEL_BYTES / (rb ? rb : 1)) & ~3;
+    if (panel < 4) panel = 4;
+    for (int t0 = 0; t0 < T; t0 += WRK_MM_XPACK_T) {
+        const int tn = T - t0 < WRK_MM_XPACK_T ? T - t0 : WRK_MM_XPACK_T;
+        const float *xs = x + (size_t)t0 * ldx;
+        int lds = ldx;
+        if (W->dt == WRK_DT_BF16) {
+            KFN(pack_x)(xpack, xs, ldx, tn, K);
+            xs = xpack;
+            lds = K;
+        }
+        float *yt = y + (size_t)t0 * ldy;
+        if (tn <= MM_TR) { /* decode: no panels, every row once */
+            KFN(mm_block)(W, o0, o1, xs, lds, tn, yt, ldy, bias, acc, 1);
+            continue;
+        }
+        for (int p = o0; p < o1; p += panel) {
+            const int pe = o1 - p < panel ? o1 : p + panel;
+            for (int t = 0; t < tn; t += MM_TR)
+                KFN(mm_block)(W, p, pe, xs + (size_t)t * lds, lds, tn - t < MM_TR ? tn - t : MM_TR,
+                              yt + (size_t)t * ldy, ldy, bias, acc, t == 0);
         }
     }
 }
-#undef KGEMV_DT
 
 static void KFN(conv_silu)(int T, int c0, int c1, int I, int K, const float *x, int ldx,
                            const float *w, const float *b, float *win, float *out)
@@ -437,8 +539,7 @@ static void KFN(scan)(int T, int c0, int c1, int I, int N, const float *dt, cons
 
 static const wrk_kern_t KFN(table) = {
     .isa = KISA,
-    .gemv = KFN(gemv),
-    .gemm_stream = KFN(gemm_stream),
+    .mm = KFN(mm),
     .to_f32 = KFN(to_f32),
     .rmsnorm = KFN(rmsnorm),
     .conv_silu = KFN(conv_silu),

@@ -120,8 +120,8 @@ static void test_matmul(void)
                     wrk_matmul(k, scratch, &W, O / 2, O, x, ldx, T, y, ldy, bias, true);
                     float *y2 = malloc((size_t)T * ldy * sizeof(float));
                     for (int i = 0; i < T * ldy; i++) y2[i] = 0.5f;
-                    k->gemm_stream(&W, 0, O / 2, x, ldx, T, y2, ldy, bias, true);
-                    k->gemm_stream(&W, O / 2, O, x, ldx, T, y2, ldy, bias, true);
+                    k->mm(&W, 0, O / 2, x, ldx, T, y2, ldy, bias, true, scratch);
+                    k->mm(&W, O / 2, O, x, ldx, T, y2, ldy, bias, true, scratch);
                     double worst = 0;
                     for (int t = 0; t < T; t++)
                         for (int o = 0; o < O; o++) {
