@@ -32,11 +32,13 @@ typedef struct dmn_gen {
     bool loading, committing; /* a store callback is outstanding: g must stay */
     uint64_t base_version, new_version, sess_tokens;
     bool from_store; /* init_state is the session's committed state (else a prefix's or none) */
-    /* prefix snapshots: `cached` prompt tokens came from the cache (init_state); the state after
-     * snap_abs[j] prompt tokens is captured into snaps[j] and cached at the first logits */
+    /* prefix snapshots: `cached` prompt tokens came from the cache (init_state, init_len bytes);
+     * the state after snap_abs[j] prompt tokens is captured into snaps[j] (snap_cap[j] bytes:
+     * a KV model's holds snap_abs[j] positions) and cached at the first logits */
     int32_t cached, n_snaps;
     int32_t snap_abs[DMN_SEQ_SNAPS];
     void *snaps[DMN_SEQ_SNAPS];
+    size_t snap_cap[DMN_SEQ_SNAPS];
     /* limits and stops */
     uint32_t max_tokens, ctx_left;
     char **stops;
@@ -293,9 +295,18 @@ static void gen_prefix_keep(dmn_gen_t *g)
 {
     dmn_server_t *s = g->call->srv;
     for (int32_t j = 0; j < g->n_snaps; j++) {
-        if (j < g->seq.n_snapped && s->prefix)
-            store_prefix_insert(s->prefix, g->prompt, g->snap_abs[j], g->snaps[j]);
-        free(g->snaps[j]);
+        /* A state of another length than the cache expects (a bug) is never cached. */
+        if (j < g->seq.n_snapped && s->prefix &&
+            g->seq.snap_len[j] == store_prefix_state_len(s->prefix, g->snap_abs[j])) {
+            store_prefix_insert_own(s->prefix, g->prompt, g->snap_abs[j], g->snaps[j]);
+        } else {
+            if (j < g->seq.n_snapped)
+                dmn_log(DMN_WARN, "prefix_cache", g->call->rid, g->sid,
+                        "snapshot at %d tokens is %zu bytes, expected %zu: not cached",
+                        g->snap_abs[j], g->seq.snap_len[j],
+                        s->prefix ? store_prefix_state_len(s->prefix, g->snap_abs[j]) : 0);
+            free(g->snaps[j]);
+        }
         g->snaps[j] = NULL;
     }
     g->n_snaps = 0;
@@ -509,22 +520,25 @@ static uint64_t tenant_hash(const char *t)
 static void gen_loaded(void *user, int rc, uint64_t version, const char *msg);
 
 /* Prefix snapshots of a prompt: the longest cached prefix (a multiple of the granularity G,
- * at most n_prompt - 1 tokens: the last token is fed for its logits) becomes the initial state;
+ * at most n_prompt - 1 tokens: the last token is fed for its logits) becomes the initial state
+ * (for a KV model, with its positions' KV: the turn's KV reservation covers all n_prompt);
  * the boundaries past it taken are G * 2^i and the last multiple of G before the end, at most
- * DMN_SEQ_SNAPS of them (the longest), skipping those already cached. */
-static int gen_prefix_plan(dmn_gen_t *g, size_t sb)
+ * DMN_SEQ_SNAPS of them (the longest), skipping those already cached and, longest first,
+ * those the cache could not keep beside the longer ones (KV states grow with k). */
+static int gen_prefix_plan(dmn_gen_t *g)
 {
     dmn_server_t *s = g->call->srv;
     int32_t gran = store_prefix_granularity(s->prefix), last = g->n_prompt - 1;
     if (last < gran) return 0;
-    void *st = malloc(sb);
-    if (!st) return RCD_ENOMEM;
-    int32_t h = store_prefix_lookup(s->prefix, g->prompt, last, st);
+    void *st = NULL;
+    size_t len = 0;
+    int32_t h = store_prefix_lookup_dup(s->prefix, g->prompt, last, &st, &len);
     if (h > 0) {
         g->init_state = st;
+        g->init_len = len;
         g->cached = h;
     } else {
-        free(st);
+        h = 0; /* a miss, or no memory for the copy: a full prefill */
     }
     int32_t cand[64], nc = 0;
     for (int64_t k = gran; k <= last && nc < 62; k *= 2)
@@ -534,8 +548,20 @@ static int gen_prefix_plan(dmn_gen_t *g, size_t sb)
     int32_t keep[64], nk = 0;
     for (int32_t i = 0; i < nc; i++)
         if (cand[i] > h && !store_prefix_has(s->prefix, g->prompt, cand[i])) keep[nk++] = cand[i];
-    for (int32_t i = nk > DMN_SEQ_SNAPS ? nk - DMN_SEQ_SNAPS : 0; i < nk; i++) {
-        if (!(g->snaps[g->n_snaps] = malloc(sb))) return RCD_ENOMEM;
+    store_prefix_stats_t ps;
+    store_prefix_get_stats(s->prefix, &ps);
+    size_t total = 0;
+    int32_t from = nk;
+    while (from > 0 && nk - from < DMN_SEQ_SNAPS) {
+        size_t eb = store_prefix_entry_bytes(s->prefix, keep[from - 1]);
+        if (eb > ps.budget || total + eb > ps.budget) break;
+        total += eb;
+        from--;
+    }
+    for (int32_t i = from; i < nk; i++) { /* ascending, as the runner takes them */
+        size_t n = store_prefix_state_len(s->prefix, keep[i]);
+        if (!(g->snaps[g->n_snaps] = malloc(n))) return RCD_ENOMEM;
+        g->snap_cap[g->n_snaps] = n;
         g->snap_abs[g->n_snaps++] = keep[i];
     }
     return 0;
@@ -636,7 +662,7 @@ static int gen_prepare(dmn_gen_t *g, const Recurd__V1__GenerateRequest *req, cha
     g->ctx_left = (uint32_t)((uint64_t)s->opts->max_context - used);
     /* A turn from the zero state (stateless, or a session's first) may start from a cached
      * prefix and captures the prefixes not cached yet. */
-    if (s->prefix && !g->from_store && g->sess_tokens == 0 && (rc = gen_prefix_plan(g, sb)))
+    if (s->prefix && !g->from_store && g->sess_tokens == 0 && (rc = gen_prefix_plan(g)))
         return rcd_fail(rc, err, errlen, "out of memory");
     if (g->has_session) {
         /* The state after the turn: every position of the session, prompt and generation
@@ -688,6 +714,7 @@ static int gen_submit(dmn_gen_t *g, char *err, size_t errlen)
     for (int32_t j = 0; j < g->n_snaps; j++) {
         g->seq.snap_at[j] = g->snap_abs[j] - g->cached;
         g->seq.snap_out[j] = g->snaps[j];
+        g->seq.snap_cap[j] = g->snap_cap[j];
     }
     g->seq.max_new = (int32_t)(g->max_tokens < g->ctx_left ? g->max_tokens : g->ctx_left);
     g->seq.init_state = g->init_state;

@@ -51,6 +51,8 @@ struct dmn__req {
     int32_t n_snaps, next_snap, w_snap_lo, w_snap_hi;
     int32_t snap_at[DMN_SEQ_SNAPS];
     void *snap_out[DMN_SEQ_SNAPS];
+    size_t snap_cap[DMN_SEQ_SNAPS], snap_len[DMN_SEQ_SNAPS]; /* bytes of the buffer, read */
+    size_t snap_need; /* nonzero: a snapshot did not fit its buffer (logged after the step) */
 };
 
 typedef struct plan_copy {
@@ -83,6 +85,8 @@ struct dmn_runner {
      * resets those nobody has used since (slot_owner: id of the last request in a slot) */
     uint64_t *slot_owner, *pend_id;
     int32_t *pend_slot, n_pend, *w_resets, w_n_resets;
+    bool w_flush;                   /* the worker runs only w_resets (the runner fell idle) */
+    int64_t w_kv_free, w_kv_total; /* the KV pool after the worker's run */
     int n_slots, max_moves;
     /* request records */
     dmn__req_t *reqs;
@@ -366,7 +370,7 @@ static void log_stats(dmn_runner_t *r, dmn_level_t lvl)
             "budget use %.3f, mean batch %.2f, step ms mean %.2f max %.2f, worker ms %.1f, "
             "gap ms %.1f, arrived %llu, completed %llu, cancelled %llu, expired %llu, rejected "
             "%llu, failed %llu, preemptions %llu, swap-ins %llu, loads %llu, running %d, "
-            "waiting %d, swapped %d",
+            "waiting %d, swapped %d, kv blocks free %lld of %lld",
             (unsigned long long)s->steps, (unsigned long long)st.steps_run,
             (unsigned long long)st.planned_ahead, (unsigned long long)s->tokens,
             (unsigned long long)s->decode_tokens, (unsigned long long)s->prefill_tokens,
@@ -378,7 +382,8 @@ static void log_stats(dmn_runner_t *r, dmn_level_t lvl)
             (unsigned long long)s->cancelled, (unsigned long long)s->expired,
             (unsigned long long)s->rejected, (unsigned long long)s->failed,
             (unsigned long long)s->preemptions, (unsigned long long)s->swap_ins,
-            (unsigned long long)s->loads, s->running, s->waiting, s->swapped);
+            (unsigned long long)s->loads, s->running, s->waiting, s->swapped,
+            (long long)st.kv_free_blocks, (long long)st.kv_total_blocks);
 }
 
 void dmn_runner_destroy(dmn_runner_t *r)
@@ -469,10 +474,11 @@ int dmn_runner_submit(dmn_runner_t *r, dmn_seq_t *s, char *err, size_t errlen)
     q->slot = -1;
     q->kv_blocks = kvb;
     r->kv_reserved += kvb;
-    q->n_snaps = s->n_snaps > 0 && s->n_snaps <= DMN_SEQ_SNAPS && !r->kv_bpt ? s->n_snaps : 0;
+    q->n_snaps = s->n_snaps > 0 && s->n_snaps <= DMN_SEQ_SNAPS ? s->n_snaps : 0;
     for (int32_t j = 0; j < q->n_snaps; j++) {
         q->snap_at[j] = s->snap_at[j];
         q->snap_out[j] = s->snap_out[j];
+        q->snap_cap[j] = s->snap_cap[j] ? s->snap_cap[j] : r->state_bytes;
         if (q->snap_at[j] < 1 || q->snap_at[j] >= s->n_prompt || !q->snap_out[j] ||
             (j && q->snap_at[j] <= q->snap_at[j - 1]))
             q->n_snaps = j; /* malformed: take the well-formed ones before it */
@@ -571,6 +577,18 @@ int dmn_runner_cancel(dmn_runner_t *r, dmn_seq_t *s)
 
 /* ---- the worker's step ------------------------------------------------------------------- */
 
+/* Worker thread: prefix snapshot j of q, from its slot. Snapshots are an optimization: one
+ * that cannot be read (a KV state larger than its buffer) ends q's snapshots there (the first
+ * j stand) and the step goes on. Returns whether it was read. */
+static bool read_snap(dmn_runner_t *r, dmn__req_t *q, int32_t slot, int32_t j)
+{
+    if (!wrk_state_read_n(r->be, slot, q->snap_out[j], q->snap_cap[j], &q->snap_len[j]))
+        return true;
+    q->snap_need = wrk_state_bytes(r->be, slot);
+    q->n_snaps = q->next_snap = q->w_snap_hi = j;
+    return false;
+}
+
 static void work_cb(uv_work_t *w)
 {
     dmn_runner_t *r = w->data;
@@ -626,10 +644,10 @@ static void work_cb(uv_work_t *w)
             head.n_tokens = d;
             head.n_logits = 0;
             rc = wrk_step(r->be, &head, 1, r->w_err, sizeof(r->w_err));
-            if (!rc) rc = wrk_state_read(r->be, ws->slot, q->snap_out[j]);
             ws->tokens += d;
             ws->n_tokens -= d;
             if (ws->n_logits > ws->n_tokens) ws->n_logits = ws->n_tokens;
+            if (!rc && !read_snap(r, q, ws->slot, j)) break;
         }
     }
     if (!rc && r->w_n) rc = wrk_step(r->be, r->w_seqs, r->w_n, r->w_err, sizeof(r->w_err));
@@ -638,8 +656,7 @@ static void work_cb(uv_work_t *w)
         const wrk_seq_t *ws = &r->w_seqs[i];
         int32_t j = q->w_snap_hi - 1;
         if (j >= q->w_snap_lo && q->snap_at[j] == (int32_t)(ws->tokens - q->toks) + ws->n_tokens)
-            rc = wrk_state_read(r->be, ws->slot, q->snap_out[j]);
-        if (rc) snprintf(r->w_err, sizeof(r->w_err), "prefix snapshot read failed");
+            read_snap(r, q, ws->slot, j);
     }
     for (int32_t i = 0; i < r->w_n && !rc; i++)
         if (r->w_commit[i]) {
@@ -654,6 +671,7 @@ static void work_cb(uv_work_t *w)
                          wrk_state_bytes(r->be, r->w_seqs[i].slot), q->state_cap, rcd_strerror(rc));
         }
     r->w_rc = rc;
+    wrk_kv_blocks(r->be, &r->w_kv_free, &r->w_kv_total);
     r->w_us = uv_hrtime() - t0;
 }
 
@@ -672,6 +690,14 @@ static void after_work_cb(uv_work_t *w, int status)
     (void)status;
     dmn_runner_t *r = w->data;
     r->busy = false;
+    r->st.kv_free_blocks = r->w_kv_free;
+    r->st.kv_total_blocks = r->w_kv_total;
+    if (r->w_flush) { /* only resets ran: no step to report */
+        r->w_flush = false;
+        r->w_n_resets = 0;
+        pump(r);
+        return;
+    }
     r->t_done = uv_hrtime();
     r->gap_open = true;
     r->st.worker_us += r->w_us / 1000;
@@ -689,8 +715,20 @@ static void after_work_cb(uv_work_t *w, int status)
         }
     }
     for (int32_t i = 0; i < r->w_n; i++) {
-        r->w_reqs[i]->in_step = false;
-        if (!rc && r->w_reqs[i]->seq) r->w_reqs[i]->seq->n_snapped = r->w_reqs[i]->w_snap_hi;
+        dmn__req_t *q = r->w_reqs[i];
+        q->in_step = false;
+        if (q->snap_need) {
+            dmn_log(DMN_WARN, "prefix_snapshot", NULL, NULL,
+                    "request %llx: a %zu-byte state does not fit its %zu-byte snapshot buffer: "
+                    "%d snapshot(s) taken, no more",
+                    (unsigned long long)q->id, q->snap_need, q->snap_cap[q->w_snap_hi],
+                    q->w_snap_hi);
+            q->snap_need = 0;
+        }
+        if (rc || !q->seq) continue;
+        for (int32_t j = q->w_snap_lo; j < q->w_snap_hi; j++)
+            q->seq->snap_len[j] = q->snap_len[j];
+        q->seq->n_snapped = q->w_snap_hi;
     }
     int32_t n_res = 0;
     for (int32_t i = 0; i < r->w_n && !rc; i++) {
@@ -731,6 +769,29 @@ static void started(dmn__req_t *q)
     q->seq->cb(q->seq, DMN_SEQ_STARTED);
 }
 
+/* The slots whose occupant ended and that nobody used since: the worker resets them first. */
+static void take_resets(dmn_runner_t *r)
+{
+    r->w_n_resets = 0;
+    for (int32_t i = 0; i < r->n_pend; i++)
+        if (r->slot_owner[r->pend_slot[i]] == r->pend_id[i])
+            r->w_resets[r->w_n_resets++] = r->pend_slot[i];
+    r->n_pend = 0;
+}
+
+/* The runner fell idle with slots still holding ended turns' KV blocks: give them back now
+ * rather than at the next step, so an idle pool is all free (and its stats say so). */
+static void flush_resets(dmn_runner_t *r)
+{
+    r->w_n_moves = r->w_n = 0;
+    take_resets(r);
+    if (!r->w_n_resets) return;
+    r->w_flush = true;
+    r->busy = true;
+    r->w_rc = 0;
+    uv_queue_work(r->loop, &r->work, work_cb, after_work_cb);
+}
+
 /* Hands the oldest issued plan to the worker: drops what ended or stopped since it was
  * planned, turns entries into wrk_seq_t over each request's stream. */
 static void submit_plan(dmn_runner_t *r)
@@ -740,11 +801,7 @@ static void submit_plan(dmn_runner_t *r)
     r->q_n--;
     r->w_step = p->step;
     r->w_n_moves = r->w_n = 0;
-    r->w_n_resets = 0;
-    for (int32_t i = 0; i < r->n_pend; i++) /* nobody used the slot since its occupant ended */
-        if (r->slot_owner[r->pend_slot[i]] == r->pend_id[i])
-            r->w_resets[r->w_n_resets++] = r->pend_slot[i];
-    r->n_pend = 0;
+    take_resets(r);
     for (int32_t i = 0; i < p->n_moves; i++) {
         const sched_move_t *m = &p->moves[i];
         dmn__req_t *q = lookup(r, m->id);
@@ -921,6 +978,7 @@ static void pump(dmn_runner_t *r)
         }
         if (!r->repump) break;
     }
+    if (!r->busy && r->q_n == 0 && r->n_pend > 0) flush_resets(r);
     r->pumping = false;
     if (r->cfg.stats_every_ms > 0) {
         uint64_t t = uv_hrtime();

@@ -46,13 +46,17 @@ struct dmn_seq {
     uint64_t kv_positions;  /* KV models: positions the turn may reach (session + prompt +
                              * max_new); 0: n_prompt + max_new */
     float *logits;          /* caller-owned, vocab floats */
-    /* Prefix snapshots (fixed-size states): the state after the first snap_at[j] prompt
-     * tokens (ascending, in [1, n_prompt - 1]) is copied into snap_out[j] (caller-owned,
-     * state_bytes) on the worker: a prefill chunk that spans snap_at[j] runs as two steps,
-     * split there. All are taken before the first DMN_SEQ_LOGITS. */
+    /* Prefix snapshots: the state after the first snap_at[j] prompt tokens (ascending, in
+     * [1, n_prompt - 1]) is read into snap_out[j] (caller-owned, snap_cap[j] bytes; 0:
+     * state_bytes) on the worker, its length into snap_len[j]: a prefill chunk that spans
+     * snap_at[j] runs as two steps, split there. All are taken before the first
+     * DMN_SEQ_LOGITS. Models with a KV cache: the state holds every position the slot has
+     * (init_state's and the prompt's up to snap_at[j]), and a buffer too small for it fails
+     * the sequence. */
     int32_t n_snaps; /* 0..DMN_SEQ_SNAPS */
     int32_t snap_at[DMN_SEQ_SNAPS];
     void *snap_out[DMN_SEQ_SNAPS];
+    size_t snap_cap[DMN_SEQ_SNAPS];
     int32_t priority;     /* 0..DMN_RUNNER_PRIORITIES-1, higher first (and may preempt) */
     uint64_t tenant;      /* per-tenant share among equal priorities */
     uint64_t deadline_ns; /* uv_hrtime() clock, 0 = none: refused if it passes while queued */
@@ -64,6 +68,7 @@ struct dmn_seq {
     int32_t n_preemptions; /* times swapped out to host memory so far */
     size_t state_len;      /* for DMN_SEQ_DONE: bytes of the state in state_out */
     int32_t n_snapped;     /* prefix snapshots taken (the first n_snapped of snap_at) */
+    size_t snap_len[DMN_SEQ_SNAPS]; /* bytes read into snap_out[j], j < n_snapped */
     dmn__req_t *req;       /* private */
 };
 
@@ -129,6 +134,9 @@ typedef struct dmn_runner_stats {
     uint64_t dropped;       /* plan entries dropped at submission (ended or stopped) */
     uint64_t swap_outs, swap_ins, loads;
     uint64_t host_bytes; /* bytes of host swap buffers allocated (grow with KV states) */
+    /* KV models: the backend's KV pool after the last worker run (blocks of slots whose turn
+     * ended go back before the next step, or at once when the runner falls idle) */
+    int64_t kv_free_blocks, kv_total_blocks;
     uint64_t worker_us;  /* time inside work callbacks */
     uint64_t gap_us;     /* worker idle time between steps while work was ready */
 } dmn_runner_stats_t;

@@ -546,6 +546,96 @@ static void test_prefix_snapshots(void)
     fx_close(&f);
 }
 
+/* Prefix snapshots of a model with a KV cache: each holds the fixed part and exactly the
+ * positions up to its boundary (chunks of 16 split at 7, 20 and 37; 16 is a chunk's end); a
+ * sequence started from one (its KV restored into the slot's blocks) continues like the full
+ * prefill. A buffer too small for a snapshot ends the snapshots there, not the sequence.
+ * Afterwards, idle, every KV block is back in the pool. */
+static void test_kv_prefix_snapshots(void)
+{
+    fixture_t f;
+    if (!fx_open_model(&f, "tests/golden/granite/mha_moe8", 2, 16)) return;
+    int V = f.mi->vocab_size;
+    size_t SB = f.mi->state_bytes, KV = f.mi->kv_bytes_per_token;
+    dmn_runner_t *r = NULL;
+    CHECK(dmn_runner_create(&f.loop, f.be, 16, &r) == 0);
+    dmn_runner_set_kv_pool(r, 64, 4);
+    t_seq_t a[2];
+    setup(&a[0], r, 5, N_GEN, V, SB, false); /* 38 prompt tokens */
+    setup(&a[1], r, 3, N_GEN, V, SB, false);
+    const int32_t at[] = {7, 16, 20, 37};
+    const int ns = 4;
+    void *snap[4];
+    for (int j = 0; j < ns; j++) {
+        a[0].seq.snap_cap[j] = SB + (size_t)at[j] * KV;
+        snap[j] = calloc(1, a[0].seq.snap_cap[j]);
+        a[0].seq.snap_at[j] = at[j];
+        a[0].seq.snap_out[j] = snap[j];
+    }
+    a[0].seq.n_snaps = ns;
+    run(&f.loop, r, a, 2);
+    CHECK(a[0].seq.n_snapped == ns);
+    for (int j = 0; j < ns; j++) {
+        CHECK_MSG(a[0].seq.snap_len[j] == SB + (size_t)at[j] * KV, "snapshot %d: %zu bytes", j,
+                  a[0].seq.snap_len[j]);
+        uint64_t pos;
+        memcpy(&pos, (char *)snap[j] + SB - sizeof(pos), sizeof(pos)); /* kv.n_tokens, last */
+        CHECK(pos == (uint64_t)at[j]);
+    }
+    dmn_runner_stats_t st;
+    dmn_runner_stats(r, &st);
+    CHECK(st.kv_total_blocks == 64 && st.kv_free_blocks == 64);
+    for (int j = 0; j < ns; j++) {
+        t_seq_t c;
+        setup(&c, r, 0, N_GEN, V, SB, false);
+        int n = a[0].seq.n_prompt - at[j];
+        memcpy(c.prompt, a[0].prompt + at[j], sizeof(int32_t) * (size_t)n);
+        c.seq.n_prompt = n;
+        c.seq.init_state = snap[j];
+        c.seq.init_len = a[0].seq.snap_len[j];
+        c.seq.kv_positions = (uint64_t)a[0].seq.n_prompt + N_GEN;
+        run(&f.loop, r, &c, 1);
+        CHECK_MSG(memcmp(c.out, a[0].out, sizeof(int32_t) * N_GEN) == 0, "snapshot at %d", at[j]);
+        dmn_runner_stats(r, &st);
+        CHECK_MSG(st.kv_free_blocks == 64, "free blocks %lld", (long long)st.kv_free_blocks);
+        teardown(&c);
+    }
+    /* the second snapshot's buffer holds the fixed part only: one snapshot taken, the
+     * sequence runs on to the same tokens */
+    t_seq_t b;
+    setup(&b, r, 5, N_GEN, V, SB, false);
+    b.seq.n_snaps = 3;
+    for (int j = 0; j < 3; j++) {
+        b.seq.snap_at[j] = at[j];
+        b.seq.snap_out[j] = snap[j];
+        b.seq.snap_cap[j] = SB + (size_t)at[j] * KV;
+    }
+    b.seq.snap_cap[1] = SB;
+    run(&f.loop, r, &b, 1);
+    CHECK(b.seq.n_snapped == 1 && b.seq.snap_len[0] == SB + (size_t)at[0] * KV);
+    CHECK(memcmp(b.out, a[0].out, sizeof(int32_t) * N_GEN) == 0);
+    /* cancelled after a start from a snapshot: its blocks come back too */
+    t_seq_t c;
+    setup(&c, r, 0, N_GEN, V, SB, false);
+    memcpy(c.prompt, a[0].prompt + at[3], sizeof(int32_t));
+    c.seq.n_prompt = 1;
+    c.seq.init_state = snap[3];
+    c.seq.init_len = a[0].seq.snap_len[3];
+    c.stop = true;
+    run(&f.loop, r, &c, 1);
+    CHECK(c.out[0] == a[0].out[0]);
+    dmn_runner_stats(r, &st);
+    CHECK_MSG(st.kv_free_blocks == 64, "free blocks %lld", (long long)st.kv_free_blocks);
+    teardown(&b);
+    teardown(&c);
+    for (int j = 0; j < ns; j++)
+        free(snap[j]);
+    teardown(&a[0]);
+    teardown(&a[1]);
+    dmn_runner_destroy(r);
+    fx_close(&f);
+}
+
 /* A failing worker step (out of memory, a device error) fails the sequences it held, and
  * only them: later sequences, alone or together, run as if it never happened. The failure
  * is injected by swapping the backend's step for one that fails on its n-th call. */
@@ -637,6 +727,7 @@ int main(void)
     RUN(test_stop_commits_like_length);
     RUN(test_cancel_in_step);
     RUN(test_prefix_snapshots);
+    RUN(test_kv_prefix_snapshots);
     RUN(test_step_failure_is_contained);
     return rcd_test_summary();
 }

@@ -195,12 +195,16 @@ int main(int argc, char **argv)
         dmn_log(DMN_ERROR, "store", NULL, NULL, "%s", err);
         goto cleanup;
     }
-    if (opts.prefix_cache_bytes > 0 && mi->n_kv_layers == 0 &&
-        store_prefix_create((size_t)opts.prefix_cache_bytes, mi->state_bytes, mi->fingerprint, 0,
+    /* A KV model's snapshot after k tokens also holds k positions of KV (variable-size). */
+    if (opts.prefix_cache_bytes > 0 &&
+        store_prefix_create((size_t)opts.prefix_cache_bytes, mi->state_bytes,
+                            mi->n_kv_layers > 0 ? mi->kv_bytes_per_token : 0, mi->fingerprint, 0,
                             &srv.prefix) == 0)
         dmn_log(DMN_INFO, "prefix_cache", NULL, NULL,
-                "prompt-prefix snapshots every %d tokens, %ld bytes", STORE_PREFIX_GRAN,
-                opts.prefix_cache_bytes);
+                "prompt-prefix snapshots every %d tokens, %ld bytes (%zu per snapshot, plus %zu "
+                "per token)",
+                STORE_PREFIX_GRAN, opts.prefix_cache_bytes, mi->state_bytes,
+                mi->n_kv_layers > 0 ? mi->kv_bytes_per_token : (size_t)0);
     {
         dmn_runner_config_t rc_cfg;
         dmn_runner_config_default(&rc_cfg, srv.backend, (int)opts.max_queue);

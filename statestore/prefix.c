@@ -12,14 +12,14 @@ typedef struct pentry {
     uint64_t key[2];
     int32_t n;
     int32_t *toks;
-    void *state;
-    size_t bytes;               /* accounted */
+    void *state;                /* store_prefix_state_len(n) bytes */
+    size_t bytes;               /* accounted: state, ids, this record */
     struct pentry *prev, *next; /* LRU: head is the most recent */
     struct pentry *chain;       /* bucket */
 } pentry_t;
 
 struct store_prefix {
-    size_t budget, state_bytes, bytes;
+    size_t budget, state_bytes, kv_bpt, bytes; /* kv_bpt > 0: variable-size states */
     uint64_t fingerprint;
     int32_t gran;
     pentry_t *buckets[NBUCKETS];
@@ -29,8 +29,8 @@ struct store_prefix {
     store_prefix_stats_t st;
 };
 
-int store_prefix_create(size_t budget_bytes, size_t state_bytes, uint64_t fingerprint,
-                        int32_t granularity, store_prefix_t **out)
+int store_prefix_create(size_t budget_bytes, size_t state_bytes, size_t kv_bytes_per_token,
+                        uint64_t fingerprint, int32_t granularity, store_prefix_t **out)
 {
     *out = NULL;
     if (budget_bytes == 0 || state_bytes == 0 || granularity < 0) return RCD_EINVAL;
@@ -38,6 +38,7 @@ int store_prefix_create(size_t budget_bytes, size_t state_bytes, uint64_t finger
     if (!p) return RCD_ENOMEM;
     p->budget = budget_bytes;
     p->state_bytes = state_bytes;
+    p->kv_bpt = kv_bytes_per_token;
     p->fingerprint = fingerprint;
     p->gran = granularity ? granularity : STORE_PREFIX_GRAN;
     *out = p;
@@ -64,6 +65,26 @@ void store_prefix_destroy(store_prefix_t *p)
 int32_t store_prefix_granularity(const store_prefix_t *p)
 {
     return p->gran;
+}
+
+size_t store_prefix_state_len(const store_prefix_t *p, int32_t n)
+{
+    if (n < 0) return SIZE_MAX;
+    if (p->kv_bpt && (size_t)n > (SIZE_MAX - p->state_bytes) / p->kv_bpt) return SIZE_MAX;
+    return p->state_bytes + (size_t)n * p->kv_bpt;
+}
+
+size_t store_prefix_entry_bytes(const store_prefix_t *p, int32_t n)
+{
+    if (n < 0) return SIZE_MAX;
+    size_t st = store_prefix_state_len(p, n);
+    size_t extra = (size_t)n * sizeof(int32_t) + sizeof(pentry_t);
+    return st > SIZE_MAX - extra ? SIZE_MAX : st + extra;
+}
+
+bool store_prefix_fits(const store_prefix_t *p, int32_t n)
+{
+    return n > 0 && store_prefix_entry_bytes(p, n) <= p->budget;
 }
 
 void store_prefix_set_hash(store_prefix_t *p, store_prefix_hash_fn fn)
@@ -136,17 +157,19 @@ static void evict(store_prefix_t *p, pentry_t *e)
     entry_free(e);
 }
 
-int32_t store_prefix_lookup(store_prefix_t *p, const int32_t *toks, int32_t max_len, void *dst)
+/* The longest cached prefix of toks of at most max_len tokens (ids verified), counting a hit
+ * (and moving it to the front) or a miss. */
+static pentry_t *lookup_longest(store_prefix_t *p, const int32_t *toks, int32_t max_len)
 {
     int32_t nb = max_len > 0 ? max_len / p->gran : 0;
     if (nb == 0 || p->entries == 0) {
         p->st.misses++;
-        return 0;
+        return NULL;
     }
     uint64_t(*keys)[2] = malloc(sizeof(*keys) * (size_t)nb);
     if (!keys) {
         p->st.misses++;
-        return 0;
+        return NULL;
     }
     if (p->hash) {
         for (int32_t b = 0; b < nb; b++)
@@ -156,7 +179,7 @@ int32_t store_prefix_lookup(store_prefix_t *p, const int32_t *toks, int32_t max_
         if (!hs) {
             free(keys);
             p->st.misses++;
-            return 0;
+            return NULL;
         }
         XXH3_128bits_reset_withSeed(hs, p->fingerprint);
         for (int32_t b = 0; b < nb; b++) {
@@ -176,13 +199,41 @@ int32_t store_prefix_lookup(store_prefix_t *p, const int32_t *toks, int32_t max_
     free(keys);
     if (!hit) {
         p->st.misses++;
-        return 0;
+        return NULL;
     }
-    memcpy(dst, hit->state, p->state_bytes);
     lru_unlink(p, hit);
     lru_push(p, hit);
     p->st.hits++;
     p->st.hit_tokens += (uint64_t)hit->n;
+    return hit;
+}
+
+int32_t store_prefix_lookup(store_prefix_t *p, const int32_t *toks, int32_t max_len, void *dst)
+{
+    pentry_t *hit = lookup_longest(p, toks, max_len);
+    if (!hit) return 0;
+    memcpy(dst, hit->state, store_prefix_state_len(p, hit->n));
+    return hit->n;
+}
+
+int32_t store_prefix_lookup_dup(store_prefix_t *p, const int32_t *toks, int32_t max_len,
+                                void **out, size_t *len)
+{
+    *out = NULL;
+    *len = 0;
+    pentry_t *hit = lookup_longest(p, toks, max_len);
+    if (!hit) return 0;
+    size_t n = store_prefix_state_len(p, hit->n);
+    void *st = malloc(n);
+    if (!st) { /* the caller prefills instead: a miss */
+        p->st.hits--;
+        p->st.hit_tokens -= (uint64_t)hit->n;
+        p->st.misses++;
+        return RCD_ENOMEM;
+    }
+    memcpy(st, hit->state, n);
+    *out = st;
+    *len = n;
     return hit->n;
 }
 
@@ -194,31 +245,44 @@ bool store_prefix_has(store_prefix_t *p, const int32_t *toks, int32_t n)
     return find(p, k, toks, n, NULL) != NULL;
 }
 
-int store_prefix_insert(store_prefix_t *p, const int32_t *toks, int32_t n, const void *state)
+/* Inserts toks[0..n) with `state`, owned (kept or freed) when own, else copied. */
+static int insert(store_prefix_t *p, const int32_t *toks, int32_t n, void *state, bool own)
 {
-    if (n <= 0 || n % p->gran || !toks || !state) return RCD_EINVAL;
-    size_t bytes = p->state_bytes + (size_t)n * sizeof(int32_t) + sizeof(pentry_t);
-    if (bytes > p->budget) return RCD_ETOOBIG;
+    int rc = 0;
+    pentry_t *e = NULL;
+    if (n <= 0 || n % p->gran || !toks || !state) {
+        rc = RCD_EINVAL;
+        goto out;
+    }
+    size_t bytes = store_prefix_entry_bytes(p, n), len = store_prefix_state_len(p, n);
+    if (bytes > p->budget) {
+        rc = RCD_ETOOBIG;
+        goto out;
+    }
     uint64_t k[2];
     key_of(p, toks, n, k);
     bool coll = false;
-    pentry_t *e = find(p, k, toks, n, &coll);
-    if (e) {
+    if ((e = find(p, k, toks, n, &coll))) {
         lru_unlink(p, e);
         lru_push(p, e);
-        return 0;
+        e = NULL;
+        goto out;
     }
     if (coll) p->st.collisions++; /* both live in the chain: lookups compare the ids */
-    e = calloc(1, sizeof(*e));
-    if (!e) return RCD_ENOMEM;
-    e->toks = malloc((size_t)n * sizeof(int32_t));
-    e->state = malloc(p->state_bytes);
-    if (!e->toks || !e->state) {
-        entry_free(e);
-        return RCD_ENOMEM;
+    if (!(e = calloc(1, sizeof(*e))) || !(e->toks = malloc((size_t)n * sizeof(int32_t)))) {
+        rc = RCD_ENOMEM;
+        goto out;
+    }
+    if (own) {
+        e->state = state;
+        own = false; /* the entry has it now */
+    } else if ((e->state = malloc(len))) {
+        memcpy(e->state, state, len);
+    } else {
+        rc = RCD_ENOMEM;
+        goto out;
     }
     memcpy(e->toks, toks, (size_t)n * sizeof(int32_t));
-    memcpy(e->state, state, p->state_bytes);
     e->n = n;
     e->key[0] = k[0];
     e->key[1] = k[1];
@@ -232,7 +296,21 @@ int store_prefix_insert(store_prefix_t *p, const int32_t *toks, int32_t n, const
     p->bytes += bytes;
     p->entries++;
     p->st.inserts++;
-    return 0;
+    e = NULL;
+out:
+    if (e) entry_free(e);
+    if (own) free(state);
+    return rc;
+}
+
+int store_prefix_insert(store_prefix_t *p, const int32_t *toks, int32_t n, const void *state)
+{
+    return insert(p, toks, n, (void *)state, false);
+}
+
+int store_prefix_insert_own(store_prefix_t *p, const int32_t *toks, int32_t n, void *state)
+{
+    return insert(p, toks, n, state, true);
 }
 
 void store_prefix_get_stats(const store_prefix_t *p, store_prefix_stats_t *out)

@@ -80,6 +80,11 @@ int wrk_state_read_n(wrk_backend_t *b, int slot, void *dst, size_t cap, size_t *
     if (rc == 0 && len) *len = n;
     return rc;
 }
+void wrk_kv_blocks(wrk_backend_t *b, int64_t *n_free, int64_t *n_total)
+{
+    *n_free = *n_total = 0;
+    if (b->vt->kv_blocks) b->vt->kv_blocks(b, n_free, n_total);
+}
 int wrk_state_write_n(wrk_backend_t *b, int slot, const void *src, size_t len)
 {
     if (b->vt->state_write_n) return b->vt->state_write_n(b, slot, src, len);

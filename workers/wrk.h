@@ -111,6 +111,8 @@ typedef struct wrk_backend_i {
     size_t (*state_size)(wrk_backend_t *b, int slot);
     int (*state_read_n)(wrk_backend_t *b, int slot, void *dst, size_t cap, size_t *len);
     int (*state_write_n)(wrk_backend_t *b, int slot, const void *src, size_t len);
+    /* The paged KV pool: free and total blocks. NULL: no pool (fixed-size states). */
+    void (*kv_blocks)(wrk_backend_t *b, int64_t *n_free, int64_t *n_total);
 } wrk_backend_i;
 
 /* Fields every backend shares; callers may read them, never write. */
@@ -152,6 +154,9 @@ int wrk_state_copy(wrk_backend_t *b, int dst_slot, int src_slot);
 size_t wrk_state_bytes(wrk_backend_t *b, int slot);
 int wrk_state_read_n(wrk_backend_t *b, int slot, void *dst, size_t cap, size_t *len);
 int wrk_state_write_n(wrk_backend_t *b, int slot, const void *src, size_t len);
+/* The KV pool's free and total blocks (both 0 without a pool). Like the state calls, only
+ * on the thread that steps the backend (or while nothing steps it). */
+void wrk_kv_blocks(wrk_backend_t *b, int64_t *n_free, int64_t *n_total);
 void wrk_backend_destroy(wrk_backend_t *b); /* NULL-safe */
 
 /* Validation shared by every backend's step. */

@@ -128,6 +128,7 @@ class Daemon:
                 self.proc.kill()
                 self.proc.wait()
                 raise RuntimeError("recurd did not exit after signal:\n" + self.logs())
+        self.exit_logs = self.logs()  # the exit-time lines (stats), after the dir is gone
         self.log.close()
         if self.proc.returncode == 0:
             shutil.rmtree(self.tmp, ignore_errors=True)

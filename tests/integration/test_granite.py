@@ -10,13 +10,17 @@ read back from disk, and of a cached one) continues like its source; a session t
 sessionless run over the whole history; a prompt whose KV cannot fit the pool
 (--kv-blocks x --kv-block-tokens) is RESOURCE_EXHAUSTED with a message naming the options, and
 the daemon keeps serving. Preemption (state swap of a KV state to host memory) resumes exactly.
-RecurrentGemma (fixed-size state) serves sessions through the daemon (smoke)."""
+RecurrentGemma (fixed-size state) serves sessions through the daemon (smoke). Prefix
+snapshots of both (PrefixSnapshots): hits equal a daemon without the cache, and no KV block
+leaks."""
 import os
+import re
 import shutil
 import signal
 import struct
 import tempfile
 import threading
+import time
 import unittest
 
 import grpc
@@ -232,6 +236,171 @@ class RecurrentGemma(Base):
         r2 = self.turn(d, "g", T2)
         self.assertClose(self.turn(d, None, T1 + r1[0] + T2), r2)
         self.assertEqual(d.api.GetSession(pb.GetSessionRequest(session_id="g")).version, 2)
+
+
+def ids_of(seed, n, vocab=256):
+    """Deterministic pseudo-random token ids (the fixtures' vocab is 256)."""
+    x, out = seed, []
+    for _ in range(n):
+        x = (x * 1103515245 + 12345) & 0x7FFFFFFF
+        out.append((x >> 8) % vocab)
+    return out
+
+
+def kv_blocks_at_exit(d):
+    """(free, total) KV blocks in the runner's exit stats (after the idle flush)."""
+    m = re.findall(r"kv blocks free (\d+) of (\d+)", d.exit_logs)
+    assert m, d.exit_logs[-3000:]
+    return int(m[-1][0]), int(m[-1][1])
+
+
+class PrefixSnapshots(unittest.TestCase):
+    """Prefix snapshots of variable-size (Granite: the fixed part plus k positions of KV) and
+    ring-buffer (RecurrentGemma) states: a prompt sharing a >= 64-token prefix with an earlier
+    one is a hit (usage.cached_prompt_tokens) and its greedy tokens equal, logprobs within
+    1e-5, those of a daemon with --prefix-cache-bytes 0; after hits, cancellations and
+    completions every KV block is back in the pool."""
+    TOL = 1e-5
+    KV = ("--kv-blocks", "96", "--kv-block-tokens", "4")  # 384 positions
+
+    def setUp(self):
+        self.daemons = []
+
+    def tearDown(self):
+        for d in self.daemons:
+            if d.proc.poll() is None:
+                rc = d.stop()
+                self.assertEqual(rc, 0, d.logs()[-3000:])
+
+    def start(self, model, *extra):
+        # a small prefill chunk: boundaries (64, 128) fall inside chunks and between them
+        d = Daemon("--model", model, "--ephemeral", "--prefill-chunk", "48", *extra)
+        self.daemons.append(d)
+        return d
+
+    def gen(self, d, ids, n=8, sid=None, **kw):
+        return collect(d.api.Generate(
+            gen_request(tokens=ids, session=sid, max_tokens=n, temperature=0, ignore_eos=True,
+                        logprobs=3, **kw), timeout=120))
+
+    def same(self, on, off, ids, cached, n=8, sid_on=None, sid_off=None):
+        a, b = self.gen(on, ids, n, sid_on), self.gen(off, ids, n, sid_off)
+        self.assertEqual(a[1], b[1])  # the same greedy tokens
+        self.assertEqual(len(a[2]), len(b[2]))
+        for x, y in zip(a[2], b[2]):
+            self.assertEqual(x.token_id, y.token_id)
+            self.assertAlmostEqual(x.logprob, y.logprob, delta=self.TOL)
+            self.assertEqual([t.token_id for t in x.top], [t.token_id for t in y.top])
+            for u, v in zip(x.top, y.top):
+                self.assertAlmostEqual(u.logprob, v.logprob, delta=self.TOL)
+        self.assertEqual(a[3].usage.cached_prompt_tokens, cached)
+        self.assertEqual(b[3].usage.cached_prompt_tokens, 0)
+        self.assertEqual(a[3].usage.prompt_tokens, len(ids))
+        return a
+
+    def cancel_after(self, d, ids, k):
+        call = d.api.Generate(gen_request(tokens=ids, max_tokens=40, temperature=0,
+                                          ignore_eos=True), timeout=120)
+        got = 0
+        for m in call:
+            got += len(m.token_ids)
+            if got >= k:
+                call.cancel()
+                break
+        self.assertGreaterEqual(got, k)
+
+    def until_not_busy(self, fn):
+        deadline = time.time() + 30
+        while True:
+            try:
+                return fn()
+            except grpc.RpcError as e:
+                if (e.code() != C.RESOURCE_EXHAUSTED or "busy" not in e.details() or
+                        time.time() > deadline):
+                    raise
+                time.sleep(0.05)
+
+    def shared_prefix_cases(self, on, off):
+        base = ids_of(7, 260)
+        sys = base[:150]  # the shared prefix, not a multiple of 64
+        self.same(on, off, sys + base[150:170], 0)  # takes 64 and 128
+        self.same(on, off, sys + base[200:230], 128)
+        self.same(on, off, sys[:129], 128)  # one token past the boundary
+        self.same(on, off, sys[:128], 64)  # the last token is fed: 64 serves
+        other = list(sys)
+        other[70] = (other[70] + 1) % 256  # differs inside the second block
+        self.same(on, off, other + base[170:180], 64)
+        self.same(on, off, sys[:60] + base[180:200], 0)  # below 64 shared
+        # a session's first turn starts from the prefix; its committed state continues
+        for d, sid in ((on, "s"), (off, "s")):
+            d.api.CreateSession(pb.CreateSessionRequest(session_id=sid))
+        self.same(on, off, sys + base[230:240], 128, sid_on="s", sid_off="s")
+        self.same(on, off, base[240:250], 0, sid_on="s", sid_off="s")
+        return base, sys
+
+    def test_granite_prefix_hits_are_exact(self):
+        on = self.start(GRANITE, *self.KV)
+        off = self.start(GRANITE, *self.KV, "--prefix-cache-bytes", "0")
+        base, sys = self.shared_prefix_cases(on, off)
+        # a long prefix across several chunks: 256 is taken, then served
+        long = (base * 2)[:300]
+        self.same(on, off, long, 128)
+        self.same(on, off, long[:280] + base[:5], 256)
+        # hits cancelled mid-stream, then more hits: the blocks come back (a cancelled turn
+        # keeps its reservation until the daemon has seen the cancel: busy meanwhile)
+        for _ in range(2):
+            self.until_not_busy(lambda: self.cancel_after(on, sys + base[100:110], 3))
+        self.until_not_busy(lambda: self.same(on, off, sys + base[200:230], 128))
+        # several hits at once (admission reserves each turn's prompt + max_tokens): every
+        # one either runs (equal to the reference) or is refused up front as busy
+        ref = self.gen(off, sys + base[110:130], 20)
+        res, lock = [], threading.Lock()
+
+        def go():
+            try:
+                r = self.gen(on, sys + base[110:130], 20)
+                with lock:
+                    res.append(("ok", r[1], r[3].usage.cached_prompt_tokens))
+            except grpc.RpcError as e:
+                with lock:
+                    res.append((e.code(), e.details()))
+
+        ts = [threading.Thread(target=go) for _ in range(4)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        ok = [r for r in res if r[0] == "ok"]
+        self.assertGreaterEqual(len(ok), 1, res)
+        for r in ok:
+            self.assertEqual(r[1:], (ref[1], 128))
+        for r in res:
+            if r[0] != "ok":
+                self.assertEqual(r[0], C.RESOURCE_EXHAUSTED, r)
+                self.assertIn("KV cache", r[1])
+        for d in (on, off):
+            self.assertEqual(d.stop(), 0, d.logs()[-3000:])
+        free, total = kv_blocks_at_exit(on)
+        self.assertEqual((free, total), (96, 96))
+        self.assertIn("prefix_cache", on.exit_logs)
+
+    def test_granite_prefix_in_a_pool_of_one_turn(self):
+        # The pool holds exactly one 150 + 8 position turn (40 blocks of 4): a hit restores its
+        # 128 positions inside the turn's own reservation, never beyond the pool.
+        on = self.start(GRANITE, "--kv-blocks", "40", "--kv-block-tokens", "4")
+        off = self.start(GRANITE, "--prefix-cache-bytes", "0")
+        base = ids_of(11, 200)
+        self.same(on, off, base[:150], 0)
+        for i in range(3):
+            self.same(on, off, base[:140] + base[150 + i:160 + i], 128)
+        self.assertEqual(on.stop(), 0, on.logs()[-3000:])
+        self.assertEqual(kv_blocks_at_exit(on), (40, 40))
+
+    def test_recurrentgemma_prefix_hits_are_exact(self):
+        # a window of 16: the ring buffer at 64 and 128 holds exactly the last 16 keys
+        on = self.start(RGEMMA)
+        off = self.start(RGEMMA, "--prefix-cache-bytes", "0")
+        self.shared_prefix_cases(on, off)
 
 
 if __name__ == "__main__":

@@ -128,6 +128,13 @@ static int cpu_sync(wrk_backend_t *b)
     return 0; /* steps are synchronous on the CPU */
 }
 
+static void cpu_kv_blocks(wrk_backend_t *b, int64_t *n_free, int64_t *n_total)
+{
+    const wrk_cpu_t *c = (const wrk_cpu_t *)b;
+    *n_free = c->kv ? c->kv->n_free : 0;
+    *n_total = c->kv ? c->kv->n_blocks : 0;
+}
+
 static bool cpu_supports(const wrk_backend_t *b, wrk_feature_t f)
 {
     return f == WRK_FEAT_RAGGED;
@@ -146,6 +153,7 @@ static const wrk_backend_i cpu_vt = {
     .state_size = cpu_state_size,
     .state_read_n = cpu_state_read_n,
     .state_write_n = cpu_state_write_n,
+    .kv_blocks = cpu_kv_blocks,
 };
 
 static float *alloc_floats(size_t n)
