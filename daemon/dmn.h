@@ -98,8 +98,11 @@ struct dmn_server {
     bool shutdown_done;
     uv_timer_t grace_timer;
     uv_signal_t sig_term, sig_int;
-    dmn_call_t *calls; /* every live call */
-    int n_turns;       /* Generate calls not yet finished */
+    uv_timer_t sweep_timer;  /* session expiry (dmn_expiry.c) */
+    int64_t sweep_due_ms;    /* wall clock of its next run */
+    uint64_t sweep_fixed_ms; /* RECURD_SESSION_SWEEP_MS (tests): a fixed period; 0: adaptive */
+    dmn_call_t *calls;       /* every live call */
+    int n_turns;             /* Generate calls not yet finished */
     uint64_t next_rid;
     int exit_code;
 };
@@ -137,6 +140,12 @@ void dmn_random_id(char *buf, size_t len, const char *prefix);
  * not) and owns req. Returns false (nothing started) otherwise. */
 typedef void (*dmn_refetch_fn)(dmn_call_t *c, ProtobufCMessage *req, int rc, const char *msg);
 bool dmn_session_fetch(dmn_call_t *c, const char *id, ProtobufCMessage *req, dmn_refetch_fn again);
+
+/* ---- dmn_expiry.c: the sweep that expires idle sessions --------------------------------- */
+void dmn_expiry_start(dmn_server_t *s); /* inits and arms the timer (dmn_server_start) */
+void dmn_expiry_close(dmn_server_t *s); /* closes it (with the server's other handles) */
+/* A session that may expire at expires_ms (0: never) was created: sweep by then. */
+void dmn_expiry_hint(dmn_server_t *s, int64_t expires_ms);
 
 /* ---- dmn_generate.c -------------------------------------------------------------------- */
 void dmn_generate_start(dmn_call_t *c, grpc_byte_buffer *payload);

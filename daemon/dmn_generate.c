@@ -632,6 +632,8 @@ static int gen_prepare(dmn_gen_t *g, const Recurd__V1__GenerateRequest *req, cha
         if ((rc = store_get(s->store, g->sid, &ss)))
             return rcd_fail(rc, err, errlen, "session '%s' not found", g->sid);
         store_session_clear(&ss);
+        /* the session's owner is its turns' tenant unless the request names one */
+        if (!req->tenant[0] && ss.owner[0]) g->seq.tenant = tenant_hash(ss.owner);
         if (req->_expected_version_case ==
                 RECURD__V1__GENERATE_REQUEST___EXPECTED_VERSION_EXPECTED_VERSION &&
             req->expected_version != ss.version)

@@ -54,6 +54,9 @@
       "bytes of session states cached in memory over the disk tier")                               \
     X(prefix_cache_bytes, INT, "67108864", "RECURD_PREFIX_CACHE_BYTES",                            \
       "bytes of prompt-prefix snapshots kept in memory (0: no prefix cache)")                      \
+    X(session_ttl, INT, "0", "RECURD_SESSION_TTL",                                                 \
+      "seconds a session may go without a committed turn before it and its checkpoints are "       \
+      "deleted, unless it sets its own ttl_seconds; 0: never")                                     \
     X(redis, STR, "", "RECURD_REDIS",                                                              \
       "host:port of a Redis shared tier (write-through, lookup on a miss)")                        \
     X(drain_grace_ms, INT, "10000", "RECURD_DRAIN_GRACE_MS",                                       \

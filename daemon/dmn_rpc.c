@@ -82,6 +82,9 @@ static void reply_session(dmn_call_t *c, const store_session_t *ss)
     m.created_unix_ms = ss->created_ms;
     m.updated_unix_ms = ss->updated_ms;
     m.parent_session_id = (char *)ss->parent_id;
+    m.owner = (char *)ss->owner;
+    m.ttl_seconds = ss->eff_ttl_s;
+    m.expires_unix_ms = ss->expires_ms;
     for (int i = 0; i < ss->n_meta && i < STORE_META_MAX; i++) {
         recurd__v1__metadata_entry__init(&ents[i]);
         ents[i].key = (char *)ss->meta[i].key;
@@ -136,15 +139,20 @@ static void session_fail(dmn_call_t *c, int rc, const char *id)
         break;
     }
     case RCD_ETOOBIG:
-        dmn_call_fail(c, rc, "session store full (max %ld) or metadata over %d bytes",
-                      c->srv->opts->max_sessions, STORE_META_BYTES);
+        dmn_call_fail(c, rc,
+                      "session store full (max %ld) or metadata over %d entries or %d bytes (an "
+                      "owner and a ttl_seconds count as one entry each)",
+                      c->srv->opts->max_sessions, STORE_META_MAX, STORE_META_BYTES);
         break;
     case RCD_EINVAL: {
         char err[200];
         if (store_check_id(id, err, sizeof(err)))
             dmn_call_fail(c, rc, "%s", err);
         else
-            dmn_call_fail(c, rc, "invalid metadata");
+            dmn_call_fail(c, rc,
+                          "invalid metadata or owner (keys non-empty, not starting with "
+                          "'recurd.'; owner at most %d bytes, no control characters)",
+                          STORE_OWNER_MAX);
         break;
     }
     default:
@@ -248,11 +256,14 @@ static void create_session(dmn_call_t *c, grpc_byte_buffer *bb)
         goto cleanup;
     }
     p->c = c;
-    int rc = store_create(c->srv->store, id, md, n_meta, dmn_now_ms(), &p->ss, session_durable, p);
+    store_attrs_t attrs = {req->owner, req->ttl_seconds};
+    int rc = store_create(c->srv->store, id, md, n_meta, &attrs, dmn_now_ms(), &p->ss,
+                          session_durable, p);
     if (rc) {
         session_fail(c, rc, id);
         goto cleanup;
     }
+    dmn_expiry_hint(c->srv, p->ss.expires_ms);
     p = NULL; /* session_durable replies */
 cleanup:
     free(p);
@@ -318,7 +329,8 @@ static void fork_session_req(dmn_call_t *c, ProtobufCMessage *m, int fetch_rc, c
     }
     p->c = c;
     snprintf(p->src, sizeof(p->src), "%s", req->session_id);
-    rc = store_fork(c->srv->store, req->session_id, id, md, n_meta, dmn_now_ms(), &p->ss,
+    store_attrs_t attrs = {req->owner, req->ttl_seconds};
+    rc = store_fork(c->srv->store, req->session_id, id, md, n_meta, &attrs, dmn_now_ms(), &p->ss,
                     session_durable, p);
     if (rc) {
         if (rc == RCD_EMISMATCH || rc == RCD_EBUSY)
@@ -327,6 +339,7 @@ static void fork_session_req(dmn_call_t *c, ProtobufCMessage *m, int fetch_rc, c
             session_fail(c, rc, id);
         goto cleanup;
     }
+    dmn_expiry_hint(c->srv, p->ss.expires_ms);
     p = NULL; /* session_durable replies */
 cleanup:
     free(p);

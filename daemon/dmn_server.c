@@ -105,6 +105,7 @@ static void on_wake(uv_async_t *a)
             uv_close((uv_handle_t *)&s->grace_timer, on_closed_handle);
             uv_close((uv_handle_t *)&s->sig_term, on_closed_handle);
             uv_close((uv_handle_t *)&s->sig_int, on_closed_handle);
+            dmn_expiry_close(s);
             continue;
         }
         evs[i].op->cb(evs[i].op, evs[i].ok);
@@ -548,6 +549,7 @@ int dmn_server_start(dmn_server_t *s, char *err, size_t errlen)
     s->sig_term.data = s->sig_int.data = s;
     uv_signal_start(&s->sig_term, on_signal, SIGTERM);
     uv_signal_start(&s->sig_int, on_signal, SIGINT);
+    dmn_expiry_start(s);
     grpc_server_start(s->server);
     pthread_create(&s->cq_thread, NULL, cq_main, s);
     s->cq_thread_started = true;

@@ -71,12 +71,17 @@ static int open_store(dmn_server_t *srv, const wrk_model_info_t *mi, char *err, 
                        .kv_bytes_per_token = mi->n_kv_layers > 0 ? mi->kv_bytes_per_token : 0,
                        .n_kv_layers = mi->n_kv_layers,
                        .kv_width = mi->kv_width,
-                       .warn_cb = store_warn};
+                       .warn_cb = store_warn,
+                       .default_ttl_s = (uint32_t)o->session_ttl};
     int rc = store_open(&so, &srv->store, err, errlen);
     free(t);
     if (rc) return rc;
     store_stats_t st;
     store_get_stats(srv->store, &st);
+    if (o->session_ttl)
+        dmn_log(DMN_INFO, "store", NULL, NULL,
+                "sessions idle for %ld s (no committed turn) expire with their checkpoints",
+                o->session_ttl);
     if (!dir[0]) {
         dmn_log(DMN_INFO, "store", NULL, NULL,
                 "sessions in memory only (--ephemeral or empty --state-dir): nothing survives "
@@ -124,6 +129,12 @@ int main(int argc, char **argv)
     }
     if (dmn_log_set_level(opts.log_level)) {
         fprintf(stderr, "recurd: unknown --log-level '%s'\n", opts.log_level);
+        exit_code = 2;
+        goto cleanup;
+    }
+    if (opts.session_ttl > (long)UINT32_MAX) {
+        fprintf(stderr, "recurd: --session-ttl %ld is over %u seconds\n", opts.session_ttl,
+                UINT32_MAX);
         exit_code = 2;
         goto cleanup;
     }
@@ -241,6 +252,16 @@ int main(int argc, char **argv)
     uv_run(&loop, UV_RUN_DEFAULT);
     exit_code = 0;
 cleanup:
+    if (srv.store) {
+        store_stats_t st;
+        store_get_stats(srv.store, &st);
+        dmn_log(DMN_INFO, "store_stats", NULL, NULL,
+                "%zu sessions, %llu commits, cache hits %llu, misses %llu, disk loads %llu, "
+                "corrupt %llu, expired %llu",
+                st.sessions, (unsigned long long)st.commits, (unsigned long long)st.cache_hits,
+                (unsigned long long)st.cache_misses, (unsigned long long)st.disk_loads,
+                (unsigned long long)st.corrupt, (unsigned long long)st.expired);
+    }
     /* Before the loop's last turn: the store's Redis connection closes a handle on it. */
     store_close(srv.store);
     srv.store = NULL;

@@ -73,16 +73,61 @@ int ckpt_meta_pack(const store_meta_t *meta, int n_meta, store_meta_t **out)
     return 0;
 }
 
+bool ckpt_owner_ok(const char *owner, size_t len)
+{
+    if (len == 0 || len > STORE_OWNER_MAX) return false;
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char)owner[i] < 0x20 || owner[i] == 0x7f) return false;
+    return true;
+}
+
+/* The reserved pairs a header adds to its metadata: count and bytes ("key\0value\0"). */
+static void reserved_size(const char *owner, uint32_t ttl_s, int *n, size_t *bytes)
+{
+    char num[16];
+    *n = 0;
+    *bytes = 0;
+    if (owner && owner[0]) {
+        (*n)++;
+        *bytes += sizeof(CKPT_KEY_OWNER) + strlen(owner) + 1;
+    }
+    if (ttl_s) {
+        (*n)++;
+        *bytes += sizeof(CKPT_KEY_TTL) + (size_t)snprintf(num, sizeof(num), "%u", ttl_s) + 1;
+    }
+}
+
+int ckpt_meta_check(const store_meta_t *meta, int n_meta, const char *owner, uint32_t ttl_s)
+{
+    if (n_meta < 0 || (n_meta && !meta)) return RCD_EINVAL;
+    if (owner && owner[0] && !ckpt_owner_ok(owner, strlen(owner))) return RCD_EINVAL;
+    int n;
+    size_t bytes;
+    reserved_size(owner, ttl_s, &n, &bytes);
+    for (int i = 0; i < n_meta; i++) {
+        if (!meta[i].key || !meta[i].value || !meta[i].key[0]) return RCD_EINVAL;
+        if (!strncmp(meta[i].key, CKPT_KEY_PREFIX, strlen(CKPT_KEY_PREFIX))) return RCD_EINVAL;
+        bytes += strlen(meta[i].key) + strlen(meta[i].value) + 2;
+    }
+    if (n_meta + n > STORE_META_MAX || bytes > STORE_META_BYTES) return RCD_ETOOBIG;
+    return 0;
+}
+
 /* ---- encode / parse --------------------------------------------------------------------- */
 
 int ckpt_encode(const ckpt_hdr_t *h, uint8_t **out, size_t *len)
 {
     *out = NULL;
-    size_t id_len = strlen(h->id), par_len = strlen(h->parent), meta_bytes = 0;
+    size_t id_len = strlen(h->id), par_len = strlen(h->parent), meta_bytes;
+    int n_res;
+    char ttl[16];
+    snprintf(ttl, sizeof(ttl), "%u", h->ttl_s);
+    reserved_size(h->owner, h->ttl_s, &n_res, &meta_bytes);
     for (int i = 0; i < h->n_meta; i++)
         meta_bytes += strlen(h->meta[i].key) + strlen(h->meta[i].value) + 2;
     if (h->n_tensors < 0 || h->n_tensors > CKPT_MAX_TENSORS || id_len > STORE_ID_MAX ||
-        par_len > STORE_ID_MAX || meta_bytes > STORE_META_BYTES)
+        par_len > STORE_ID_MAX || meta_bytes > STORE_META_BYTES || h->n_meta < 0 ||
+        h->n_meta + n_res > STORE_META_MAX)
         return RCD_EINVAL;
     size_t n =
         CKPT_FIXED + id_len + par_len + (size_t)h->n_tensors * CKPT_TENSOR_REC + meta_bytes + 8;
@@ -102,7 +147,7 @@ int ckpt_encode(const ckpt_hdr_t *h, uint8_t **out, size_t *len)
     put32(b + 76, (uint32_t)h->n_tensors);
     put32(b + 80, (uint32_t)id_len);
     put32(b + 84, (uint32_t)par_len);
-    put32(b + 88, (uint32_t)h->n_meta);
+    put32(b + 88, (uint32_t)(h->n_meta + n_res));
     put32(b + 92, (uint32_t)meta_bytes);
     uint8_t *p = b + CKPT_FIXED;
     memcpy(p, h->id, id_len);
@@ -120,11 +165,22 @@ int ckpt_encode(const ckpt_hdr_t *h, uint8_t **out, size_t *len)
             put64(p + 72 + 8 * d, (uint64_t)t->shape[d]);
         p += CKPT_TENSOR_REC;
     }
-    for (int i = 0; i < h->n_meta; i++) {
-        size_t kl = strlen(h->meta[i].key) + 1, vl = strlen(h->meta[i].value) + 1;
-        memcpy(p, h->meta[i].key, kl);
+    for (int i = 0; i < h->n_meta + n_res; i++) {
+        const char *k, *v;
+        if (i < h->n_meta) {
+            k = h->meta[i].key;
+            v = h->meta[i].value;
+        } else if (i == h->n_meta && h->owner[0]) {
+            k = CKPT_KEY_OWNER;
+            v = h->owner;
+        } else {
+            k = CKPT_KEY_TTL;
+            v = ttl;
+        }
+        size_t kl = strlen(k) + 1, vl = strlen(v) + 1;
+        memcpy(p, k, kl);
         p += kl;
-        memcpy(p, h->meta[i].value, vl);
+        memcpy(p, v, vl);
         p += vl;
     }
     put64(p, XXH3_64bits(b, n - 8));
@@ -156,6 +212,21 @@ static bool id_ok(const uint8_t *p, size_t n)
     memcpy(tmp, p, n);
     tmp[n] = 0;
     return store_check_id(tmp, NULL, 0) == 0;
+}
+
+/* A recorded TTL: canonical decimal, 1..UINT32_MAX. */
+static bool parse_ttl(const char *v, uint32_t *out)
+{
+    size_t n = strlen(v);
+    if (n == 0 || n > 10 || v[0] == '0') return false;
+    uint64_t x = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (v[i] < '0' || v[i] > '9') return false;
+        x = x * 10 + (uint64_t)(v[i] - '0');
+    }
+    if (x > UINT32_MAX) return false;
+    *out = (uint32_t)x;
+    return true;
 }
 
 int ckpt_parse(const uint8_t *buf, size_t len, ckpt_hdr_t *out, char *err, size_t errlen)
@@ -227,12 +298,27 @@ int ckpt_parse(const uint8_t *buf, size_t len, ckpt_hdr_t *out, char *err, size_
             }
         }
         if (q != end) goto bad_meta;
-        int rc = ckpt_meta_pack(tmp, (int)n_meta, &out->meta);
+        /* Owner and TTL leave the caller-visible metadata (see ckpt.h). */
+        int n_user = 0;
+        bool has_owner = false;
+        for (uint32_t i = 0; i < n_meta; i++) {
+            if (!strcmp(tmp[i].key, CKPT_KEY_OWNER)) {
+                size_t ol = strlen(tmp[i].value);
+                if (has_owner || !ckpt_owner_ok(tmp[i].value, ol)) goto bad_meta;
+                memcpy(out->owner, tmp[i].value, ol + 1);
+                has_owner = true;
+            } else if (!strcmp(tmp[i].key, CKPT_KEY_TTL)) {
+                if (out->ttl_s || !parse_ttl(tmp[i].value, &out->ttl_s)) goto bad_meta;
+            } else {
+                tmp[n_user++] = tmp[i];
+            }
+        }
+        int rc = ckpt_meta_pack(tmp, n_user, &out->meta);
         if (rc) {
             ckpt_hdr_free(out);
             return rc;
         }
-        out->n_meta = (int)n_meta;
+        out->n_meta = n_user;
     } else if (meta_bytes) {
         goto bad_meta;
     }

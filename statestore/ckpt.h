@@ -24,7 +24,15 @@
  *
  * A file is valid only if its size is exactly header_bytes + payload_bytes and both hashes
  * match: a torn or truncated write is never mistaken for a checkpoint. Files live in
- * dir/s_<session id>/<version, 20 digits>.ckpt. */
+ * dir/s_<session id>/<version, 20 digits>.ckpt.
+ *
+ * Session owner and TTL ride in the metadata block under reserved keys (CKPT_KEY_OWNER,
+ * CKPT_KEY_TTL), written only when set, so format 1 is unchanged: a file without them (every
+ * file written before) has no owner and follows the store's default TTL, and a reader that
+ * predates them sees two more metadata pairs. They count against the same limits as the
+ * caller's metadata (STORE_META_MAX entries, STORE_META_BYTES), so an older reader never
+ * refuses a newer file. ckpt_encode adds them from ckpt_hdr_t.owner/ttl_s; ckpt_parse takes
+ * them out of `meta` again (a duplicate or a malformed value is RCD_ECORRUPT). */
 #ifndef RCD_CKPT_H
 #define RCD_CKPT_H
 
@@ -41,6 +49,9 @@
 #define CKPT_MAX_TENSORS 65536
 #define CKPT_MAX_HEADER                                                                            \
     (CKPT_FIXED + 2 * STORE_ID_MAX + CKPT_MAX_TENSORS * CKPT_TENSOR_REC + STORE_META_BYTES + 8)
+#define CKPT_KEY_OWNER "recurd.owner" /* value: the owner, 1..STORE_OWNER_MAX bytes */
+#define CKPT_KEY_TTL "recurd.ttl_s"   /* value: decimal seconds, 1..UINT32_MAX */
+#define CKPT_KEY_PREFIX "recurd."     /* reserved: refused in callers' metadata */
 
 /* A parsed header. Pointers are owned by the header (ckpt_hdr_free). */
 typedef struct ckpt_hdr {
@@ -52,7 +63,9 @@ typedef struct ckpt_hdr {
     int n_tensors;
     store_tensor_t *tensors;
     int n_meta;
-    store_meta_t *meta; /* entries followed by their strings, one block */
+    store_meta_t *meta; /* entries followed by their strings, one block; no reserved keys */
+    char owner[STORE_OWNER_MAX + 1]; /* "": none */
+    uint32_t ttl_s;                  /* the session's own idle TTL; 0: not recorded */
 } ckpt_hdr_t;
 
 /* Serializes h (payload_hash and payload_bytes as given) into a malloc'd buffer. */
@@ -65,6 +78,12 @@ int ckpt_parse(const uint8_t *buf, size_t len, ckpt_hdr_t *out, char *err, size_
 void ckpt_hdr_free(ckpt_hdr_t *h);
 /* Packs metadata into one block (entries then strings); RCD_EINVAL / RCD_ETOOBIG. */
 int ckpt_meta_pack(const store_meta_t *meta, int n_meta, store_meta_t **out);
+/* Whether a new session's metadata, owner and TTL fit one checkpoint: RCD_EINVAL (an empty
+ * or reserved key, a bad owner), RCD_ETOOBIG (over STORE_META_MAX entries or STORE_META_BYTES,
+ * the owner and TTL pairs included). */
+int ckpt_meta_check(const store_meta_t *meta, int n_meta, const char *owner, uint32_t ttl_s);
+/* Whether an owner string is acceptable: 1..STORE_OWNER_MAX bytes, none below 0x20 or 0x7f. */
+bool ckpt_owner_ok(const char *owner, size_t len);
 
 /* ---- disk operations: blocking, for the store's I/O jobs and its startup scan ---------- */
 

@@ -107,6 +107,63 @@ static void test_lying_fields(void)
     free(b);
 }
 
+/* Owner and TTL ride as reserved metadata pairs: they round-trip, stay out of `meta`, and a
+ * file without them (as every file before them) parses with none. */
+static void test_owner_ttl(void)
+{
+    store_meta_t md[1] = {{"k", "v"}};
+    ckpt_hdr_t h, p;
+    fill(&h, md);
+    h.n_meta = 1;
+    uint8_t *b;
+    size_t n, n_plain;
+    CHECK(ckpt_encode(&h, &b, &n_plain) == 0);
+    CHECK(ckpt_parse(b, n_plain, &p, NULL, 0) == 0 && p.owner[0] == 0 && p.ttl_s == 0);
+    CHECK(p.n_meta == 1);
+    ckpt_hdr_free(&p);
+    free(b);
+    strcpy(h.owner, "team-a/alice");
+    h.ttl_s = 4294967295u;
+    CHECK(ckpt_encode(&h, &b, &n) == 0);
+    CHECK(n == n_plain + sizeof(CKPT_KEY_OWNER) + 13 + sizeof(CKPT_KEY_TTL) + 11);
+    CHECK(ckpt_parse(b, n, &p, NULL, 0) == 0 && !strcmp(p.owner, "team-a/alice"));
+    CHECK(p.ttl_s == 4294967295u && p.n_meta == 1 && !strcmp(p.meta[0].key, "k"));
+    ckpt_hdr_free(&p);
+    free(b);
+    /* the pairs count against the metadata limits */
+    CHECK(ckpt_meta_check(md, 1, "x", 1) == 0);
+    CHECK(ckpt_meta_check(md, 1, "x\x01", 0) == RCD_EINVAL);
+    store_meta_t res[1] = {{CKPT_KEY_TTL, "5"}};
+    CHECK(ckpt_meta_check(res, 1, NULL, 0) == RCD_EINVAL);
+    /* hash-valid files with a duplicate or malformed reserved value are refused */
+    const char *bad_ttl[] = {"0", "07", "x", "4294967296", "", "12345678901"};
+    char err[200];
+    h.ttl_s = 0;
+    h.n_meta = 1;
+    h.meta = res;
+    for (size_t i = 0; i < sizeof(bad_ttl) / sizeof(bad_ttl[0]); i++) {
+        res[0].value = bad_ttl[i];
+        CHECK(ckpt_encode(&h, &b, &n) == 0);
+        CHECK_MSG(ckpt_parse(b, n, &p, err, sizeof(err)) == RCD_ECORRUPT, "ttl '%s'", bad_ttl[i]);
+        free(b);
+    }
+    res[0].value = "9";
+    h.ttl_s = 9; /* written twice */
+    CHECK(ckpt_encode(&h, &b, &n) == 0);
+    CHECK(ckpt_parse(b, n, &p, err, sizeof(err)) == RCD_ECORRUPT);
+    free(b);
+    h.ttl_s = 0;
+    res[0] = (store_meta_t){CKPT_KEY_OWNER, "bob"}; /* and the owner from h: twice */
+    CHECK(ckpt_encode(&h, &b, &n) == 0);
+    CHECK(ckpt_parse(b, n, &p, err, sizeof(err)) == RCD_ECORRUPT);
+    free(b);
+    h.owner[0] = 0;
+    res[0].value = "tab\there";
+    CHECK(ckpt_encode(&h, &b, &n) == 0);
+    CHECK(ckpt_parse(b, n, &p, err, sizeof(err)) == RCD_ECORRUPT);
+    free(b);
+}
+
 static void test_files(void)
 {
     char dir[] = "/tmp/ckpt-test-XXXXXX";
@@ -172,6 +229,7 @@ int main(void)
 {
     RUN(test_roundtrip_and_corruption);
     RUN(test_lying_fields);
+    RUN(test_owner_ttl);
     RUN(test_files);
     return rcd_test_summary();
 }

@@ -62,6 +62,7 @@ struct store {
     char *dir; /* NULL: memory only */
     int keep, lock_fd;
     size_t cache_budget;
+    uint32_t default_ttl_s;
     int n_tensors;
     store_tensor_t *tensors;
     void (*warn_cb)(void *user, const char *id, const char *msg);
@@ -107,11 +108,25 @@ static sess_t *lookup(store_t *s, const char *id)
     return id && store_check_id(id, NULL, 0) == 0 ? *find(s, id) : NULL;
 }
 
-static int rec_copy(const store_session_t *src, store_session_t *out)
+static uint32_t eff_ttl(const store_t *s, const store_session_t *r)
+{
+    return r->ttl_s ? r->ttl_s : s->default_ttl_s;
+}
+
+/* updated_ms + ttl, saturated: updated_ms comes from a file and may be anything. */
+static int64_t deadline_ms(int64_t updated_ms, uint32_t ttl_s)
+{
+    int64_t d = (int64_t)ttl_s * 1000;
+    return updated_ms > INT64_MAX - d ? INT64_MAX : updated_ms + d;
+}
+
+static int rec_copy(const store_t *s, const store_session_t *src, store_session_t *out)
 {
     if (!out) return 0;
     *out = *src;
     out->meta = NULL;
+    out->eff_ttl_s = eff_ttl(s, src);
+    out->expires_ms = out->eff_ttl_s ? deadline_ms(src->updated_ms, out->eff_ttl_s) : 0;
     return ckpt_meta_pack(src->meta, src->n_meta, &out->meta);
 }
 
@@ -189,6 +204,8 @@ static int insert(store_t *s, const ckpt_hdr_t *h, sess_t **out)
     }
     snprintf(x->rec.id, sizeof(x->rec.id), "%s", h->id);
     snprintf(x->rec.parent_id, sizeof(x->rec.parent_id), "%s", h->parent);
+    snprintf(x->rec.owner, sizeof(x->rec.owner), "%s", h->owner);
+    x->rec.ttl_s = h->ttl_s;
     x->rec.n_meta = h->n_meta;
     x->rec.version = h->version;
     x->rec.n_tokens = h->n_tokens;
@@ -478,6 +495,8 @@ static int job_header(store_t *s, job_t *j, const sess_t *x)
     j->h.updated_ms = x->rec.updated_ms;
     j->h.dtype = CKPT_DTYPE_F32;
     snprintf(j->h.parent, sizeof(j->h.parent), "%s", x->rec.parent_id);
+    snprintf(j->h.owner, sizeof(j->h.owner), "%s", x->rec.owner);
+    j->h.ttl_s = x->rec.ttl_s;
     if (s->n_tensors) {
         /* room for the KV tail's records (kv_tensors) */
         size_t n = (size_t)s->n_tensors + (s->kv_bpt ? 2 * (size_t)s->n_kv_layers : 0);
@@ -517,12 +536,14 @@ static void kv_tensors(store_t *s, job_t *j)
 /* ---- public calls ----------------------------------------------------------------------- */
 
 static int create_common(store_t *s, const char *id, const char *src_id, const store_meta_t *meta,
-                         int n_meta, int64_t now_ms, store_session_t *out, store_done_cb cb,
-                         void *user)
+                         int n_meta, const store_attrs_t *attrs, int64_t now_ms,
+                         store_session_t *out, store_done_cb cb, void *user)
 {
     int rc = store_check_id(id, NULL, 0);
     if (rc) return rc;
     sess_t *src = NULL, *x = NULL;
+    const char *owner = attrs && attrs->owner ? attrs->owner : "";
+    uint32_t ttl_s = attrs ? attrs->ttl_s : 0;
     if (src_id) {
         if (!(src = lookup(s, src_id))) return RCD_ENOTFOUND;
         if (src->rec.foreign) return RCD_EMISMATCH;
@@ -531,11 +552,16 @@ static int create_common(store_t *s, const char *id, const char *src_id, const s
             meta = src->rec.meta;
             n_meta = src->rec.n_meta;
         }
+        if (!owner[0]) owner = src->rec.owner;
+        if (!ttl_s) ttl_s = src->rec.ttl_s;
     }
+    if ((rc = ckpt_meta_check(meta, n_meta, owner, ttl_s))) return rc;
     if (*find(s, id)) return RCD_EEXISTS;
     if (s->n >= s->max_sessions) return RCD_ETOOBIG;
-    ckpt_hdr_t h = {.fingerprint = s->fingerprint, .created_ms = now_ms, .updated_ms = now_ms};
+    ckpt_hdr_t h = {
+        .fingerprint = s->fingerprint, .created_ms = now_ms, .updated_ms = now_ms, .ttl_s = ttl_s};
     snprintf(h.id, sizeof(h.id), "%s", id);
+    snprintf(h.owner, sizeof(h.owner), "%s", owner);
     if (src) {
         snprintf(h.parent, sizeof(h.parent), "%s", src_id);
         h.version = src->rec.version;
@@ -563,7 +589,7 @@ static int create_common(store_t *s, const char *id, const char *src_id, const s
             j->src_version = src->rec.version;
         }
     }
-    if ((rc = rec_copy(&x->rec, out))) goto fail;
+    if ((rc = rec_copy(s, &x->rec, out))) goto fail;
     x->pending = true;
     enqueue(s, j);
     return 0;
@@ -573,23 +599,25 @@ fail:
     return rc ? rc : RCD_ENOMEM;
 }
 
-int store_create(store_t *s, const char *id, const store_meta_t *meta, int n_meta, int64_t now_ms,
-                 store_session_t *out, store_done_cb cb, void *user)
+int store_create(store_t *s, const char *id, const store_meta_t *meta, int n_meta,
+                 const store_attrs_t *attrs, int64_t now_ms, store_session_t *out, store_done_cb cb,
+                 void *user)
 {
-    return create_common(s, id, NULL, meta, n_meta, now_ms, out, cb, user);
+    return create_common(s, id, NULL, meta, n_meta, attrs, now_ms, out, cb, user);
 }
 
 int store_fork(store_t *s, const char *src, const char *dst, const store_meta_t *meta, int n_meta,
-               int64_t now_ms, store_session_t *out, store_done_cb cb, void *user)
+               const store_attrs_t *attrs, int64_t now_ms, store_session_t *out, store_done_cb cb,
+               void *user)
 {
-    return create_common(s, dst, src, meta, n_meta, now_ms, out, cb, user);
+    return create_common(s, dst, src, meta, n_meta, attrs, now_ms, out, cb, user);
 }
 
 int store_get(store_t *s, const char *id, store_session_t *out)
 {
     sess_t *x = lookup(s, id);
     if (!x) return RCD_ENOTFOUND;
-    return rec_copy(&x->rec, out);
+    return rec_copy(s, &x->rec, out);
 }
 
 int store_load(store_t *s, const char *id, void *dst, uint64_t *version, store_done_cb cb,
@@ -669,21 +697,74 @@ int store_commit_n(store_t *s, const char *id, uint64_t expected_version, void *
     return 0;
 }
 
-int store_delete(store_t *s, const char *id, store_done_cb cb, void *user)
+/* Forgets x at once; its files (and shared-tier copy) go in the background. */
+static int delete_sess(store_t *s, sess_t *x, store_done_cb cb, void *user)
 {
-    sess_t *x = lookup(s, id);
-    if (!x) return RCD_ENOTFOUND;
-    if (x->pending) return RCD_EBUSY;
     job_t *j = job_new(s, J_DELETE, x, cb, user);
     if (!j) return RCD_ENOMEM;
     if (s->rds) { /* ordered before any later write of the same id on the one connection */
         char key[STORE_ID_MAX + 32];
-        snprintf(key, sizeof(key), "recurd:ckpt:%s", id);
+        snprintf(key, sizeof(key), "recurd:ckpt:%s", x->rec.id);
         rds_del(s->rds, key);
     }
     unindex(s, x);
     enqueue(s, j);
     return 0;
+}
+
+int store_delete(store_t *s, const char *id, store_done_cb cb, void *user)
+{
+    sess_t *x = lookup(s, id);
+    if (!x) return RCD_ENOTFOUND;
+    if (x->pending) return RCD_EBUSY;
+    return delete_sess(s, x, cb, user);
+}
+
+/* An expired session's files are gone, or could not be removed (told through warn_cb: the
+ * session is out of the index either way; the next startup scan would find leftovers). */
+static void expire_done(void *user, int rc, uint64_t version, const char *msg)
+{
+    store_t *s = user;
+    (void)version;
+    if (rc && s->warn_cb) s->warn_cb(s->warn_user, NULL, msg);
+}
+
+size_t store_expire(store_t *s, int64_t now_ms, store_busy_fn busy, store_expired_fn expired,
+                    void *user, int64_t *next_ms)
+{
+    int64_t next = INT64_MAX;
+    size_t n = 0;
+    for (size_t b = 0; b < s->n_buckets; b++) {
+        sess_t *nx;
+        for (sess_t *x = s->buckets[b]; x; x = nx) {
+            nx = x->next; /* x may leave the chain below */
+            uint32_t ttl = eff_ttl(s, &x->rec);
+            if (!ttl || x->rec.foreign) continue;
+            int64_t at = deadline_ms(x->rec.updated_ms, ttl), up = x->rec.updated_ms;
+            if (now_ms < at) {
+                if (at < next) next = at;
+                continue;
+            }
+            if (x->pending || (busy && busy(user, x->rec.id))) {
+                next = now_ms; /* due, but held: look again soon */
+                continue;
+            }
+            if (expired) {
+                store_session_t r;
+                int64_t idle = up < 0 && now_ms > INT64_MAX + up ? INT64_MAX : now_ms - up;
+                if (rec_copy(s, &x->rec, &r) == 0) expired(user, &r, idle);
+                store_session_clear(&r);
+            }
+            if (delete_sess(s, x, expire_done, s) != 0) {
+                next = now_ms; /* out of memory: try again at the next sweep */
+                continue;
+            }
+            s->st.expired++;
+            n++;
+        }
+    }
+    if (next_ms) *next_ms = next;
+    return n;
 }
 
 size_t store_count(const store_t *s)
@@ -907,6 +988,7 @@ int store_open(const store_opts_t *opts, store_t **out, char *err, size_t errlen
     s->cache_budget = opts->cache_bytes;
     s->warn_cb = opts->warn_cb;
     s->warn_user = opts->warn_user;
+    s->default_ttl_s = opts->default_ttl_s;
     s->n_buckets = 1024;
     s->buckets = calloc(s->n_buckets, sizeof(*s->buckets));
     if (opts->n_tensors) {

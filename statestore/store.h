@@ -17,6 +17,7 @@
 #define STORE_ID_MAX 128      /* bytes of a session id, [A-Za-z0-9._:-] */
 #define STORE_META_MAX 32     /* metadata entries per session */
 #define STORE_META_BYTES 4096 /* bytes of keys + values (+ 2 NULs each) per session */
+#define STORE_OWNER_MAX 128   /* bytes of an owner, none below 0x20 or 0x7f */
 #define STORE_PENDING 1       /* "the callback follows" (see store_load) */
 
 typedef struct store_meta {
@@ -38,8 +39,21 @@ typedef struct store_session {
     bool foreign;
     uint64_t fingerprint; /* of the model that wrote the checkpoint */
     int n_meta;
-    store_meta_t *meta; /* owned; keys and values live in the same block */
+    store_meta_t *meta;              /* owned; keys and values live in the same block */
+    char owner[STORE_OWNER_MAX + 1]; /* "" : none */
+    uint32_t ttl_s; /* the session's own idle TTL, seconds; 0: the store's default applies */
+    /* In force: ttl_s, else the store's default (0: never expires); and when the session
+     * expires if it stays idle, updated_ms + eff_ttl_s (Unix ms; 0: never). */
+    uint32_t eff_ttl_s;
+    int64_t expires_ms;
 } store_session_t;
+
+/* Owner and idle TTL of a new session (store_create, store_fork). NULL: none (create), the
+ * source's (fork). */
+typedef struct store_attrs {
+    const char *owner; /* NULL or "": none (fork: the source's) */
+    uint32_t ttl_s;    /* 0: the store's default (fork: the source's) */
+} store_attrs_t;
 
 /* One tensor of the state blob, written into every checkpoint's layout table. */
 typedef struct store_tensor {
@@ -72,6 +86,9 @@ typedef struct store_opts {
      * thread, and about corrupt checkpoints found later, on the loop. May be NULL. */
     void (*warn_cb)(void *user, const char *session_id, const char *msg);
     void *warn_user;
+    /* Idle TTL, seconds, of sessions that carry none of their own (0: they never expire).
+     * Expiry happens only when the caller runs store_expire. */
+    uint32_t default_ttl_s;
 } store_opts_t;
 
 typedef struct store_stats {
@@ -81,6 +98,7 @@ typedef struct store_stats {
     uint64_t cache_hits, cache_misses, commits, disk_loads, corrupt;
     uint64_t scan_ms; /* time the startup scan took */
     uint64_t redis_writes, redis_hits, redis_misses, redis_errors;
+    uint64_t expired; /* sessions removed by store_expire */
 } store_stats_t;
 
 typedef struct store store_t; /* opaque; owned by the thread that opened it (the loop) */
@@ -108,14 +126,19 @@ int store_check_id(const char *id, char *err, size_t errlen);
 
 /* Creates a session at version 0 with no state; cb fires once its record is durable (then
  * it survives a restart). The id is taken at once: `out` (may be NULL) is its record.
- * RCD_EEXISTS, RCD_EINVAL (bad id or metadata), RCD_ETOOBIG (store full, metadata). */
-int store_create(store_t *s, const char *id, const store_meta_t *meta, int n_meta, int64_t now_ms,
-                 store_session_t *out, store_done_cb cb, void *user);
+ * `attrs` (may be NULL): owner and TTL, recorded in every checkpoint. RCD_EEXISTS, RCD_EINVAL
+ * (bad id, metadata key empty or starting with "recurd.", bad owner), RCD_ETOOBIG (store
+ * full; metadata over STORE_META_MAX entries or STORE_META_BYTES, where an owner and a TTL
+ * count as one entry each). */
+int store_create(store_t *s, const char *id, const store_meta_t *meta, int n_meta,
+                 const store_attrs_t *attrs, int64_t now_ms, store_session_t *out, store_done_cb cb,
+                 void *user);
 /* New session `dst` with a copy of `src`'s committed state, version and token count;
- * metadata comes from `meta` (src's when n_meta is 0). RCD_EBUSY while src has a commit in
- * flight, RCD_EMISMATCH if src is foreign. */
+ * metadata comes from `meta` (src's when n_meta is 0), owner and TTL from `attrs` (src's
+ * where unset). RCD_EBUSY while src has a commit in flight, RCD_EMISMATCH if src is foreign. */
 int store_fork(store_t *s, const char *src, const char *dst, const store_meta_t *meta, int n_meta,
-               int64_t now_ms, store_session_t *out, store_done_cb cb, void *user);
+               const store_attrs_t *attrs, int64_t now_ms, store_session_t *out, store_done_cb cb,
+               void *user);
 /* Copies a session's record; RCD_ENOTFOUND if absent. `out` may be NULL. */
 int store_get(store_t *s, const char *id, store_session_t *out);
 /* Reads the committed state (the record's state_len bytes, from store_get just before; dst
@@ -152,6 +175,18 @@ bool store_shared(const store_t *s); /* a shared tier is configured */
  * background and cb (may be NULL) fires when the removal is durable. RCD_EBUSY while a commit or
  * create is in flight. */
 int store_delete(store_t *s, const char *id, store_done_cb cb, void *user);
+/* Expiry of idle sessions. A session is idle for now_ms - updated_ms (its last committed turn,
+ * else its creation); one idle for eff_ttl_s or longer is removed exactly like store_delete
+ * (index at once, files in the background, the shared tier's copy too) — unless a commit or
+ * create is in flight, it is foreign (its files belong to another model) or busy(user, id)
+ * says a turn holds it (running, queued, loading). expired(user, rec, idle_ms) (may be NULL)
+ * hears of each before it goes; neither callback may call into the store. Returns how many
+ * expired; *next_ms (may be NULL) is the earliest time another session may expire (INT64_MAX:
+ * none; now_ms when a due session was skipped as busy). The clock is the caller's. */
+typedef bool (*store_busy_fn)(void *user, const char *id);
+typedef void (*store_expired_fn)(void *user, const store_session_t *rec, int64_t idle_ms);
+size_t store_expire(store_t *s, int64_t now_ms, store_busy_fn busy, store_expired_fn expired,
+                    void *user, int64_t *next_ms);
 size_t store_count(const store_t *s);
 size_t store_state_bytes(const store_t *s);
 bool store_durable(const store_t *s); /* false for a memory-only store */

@@ -49,7 +49,7 @@ int main(int argc, char **argv)
     for (int i = 0; i < n; i++) {
         char id[32];
         snprintf(id, sizeof(id), "b%d", i);
-        store_create(s, id, NULL, 0, 0, NULL, NULL, NULL);
+        store_create(s, id, NULL, 0, NULL, 0, NULL, NULL, NULL);
     }
     uv_run(&g_loop, UV_RUN_DEFAULT);
     /* sequential: one commit durable before the next starts */

@@ -53,6 +53,8 @@ static bool is_blob(const void *p, int seed)
     return eq;
 }
 
+static uint32_t g_default_ttl; /* open_store's default_ttl_s */
+
 static store_t *open_store(const char *dir, uint64_t fp, size_t cache, int keep)
 {
     static const store_tensor_t t[1] = {{"layers.0.ssm", 0, SB, 1, {SB / 4, 0, 0}}};
@@ -64,7 +66,8 @@ static store_t *open_store(const char *dir, uint64_t fp, size_t cache, int keep)
                       .keep_versions = keep,
                       .cache_bytes = cache,
                       .n_tensors = 1,
-                      .tensors = t};
+                      .tensors = t,
+                      .default_ttl_s = g_default_ttl};
     store_t *s = NULL;
     char err[300];
     int rc = store_open(&o, &s, err, sizeof(err));
@@ -86,15 +89,15 @@ static void test_memory(void)
     store_meta_t md[2] = {{"user", "ann"}, {"topic", "x"}};
     store_session_t rec = {0};
     res_t r = {0};
-    CHECK(store_create(s, "a", md, 2, 100, &rec, done, &r) == 0);
+    CHECK(store_create(s, "a", md, 2, NULL, 100, &rec, done, &r) == 0);
     CHECK(r.calls == 0); /* never from inside the call */
     run();
     CHECK(r.calls == 1 && r.rc == 0);
     CHECK(rec.version == 0 && !rec.has_state && rec.n_meta == 2 && !strcmp(rec.meta[1].value, "x"));
     store_session_clear(&rec);
-    CHECK(store_create(s, "a", NULL, 0, 100, NULL, done, &r) == RCD_EEXISTS);
-    CHECK(store_create(s, "bad id", NULL, 0, 100, NULL, done, &r) == RCD_EINVAL);
-    CHECK(store_create(s, "", NULL, 0, 100, NULL, done, &r) == RCD_EINVAL);
+    CHECK(store_create(s, "a", NULL, 0, NULL, 100, NULL, done, &r) == RCD_EEXISTS);
+    CHECK(store_create(s, "bad id", NULL, 0, NULL, 100, NULL, done, &r) == RCD_EINVAL);
+    CHECK(store_create(s, "", NULL, 0, NULL, 100, NULL, done, &r) == RCD_EINVAL);
     unsigned char back[SB];
     uint64_t v = 99;
     CHECK(store_load(s, "a", back, &v, done, &r, NULL, 0) == RCD_EAGAIN && v == 0);
@@ -102,7 +105,7 @@ static void test_memory(void)
     CHECK(commit(s, "a", 0, 1, &r) == 0 && r.version == 1);
     CHECK(store_load(s, "a", back, &v, done, &r, NULL, 0) == 0 && v == 1 && is_blob(back, 1));
     memset(&r, 0, sizeof(r));
-    CHECK(store_fork(s, "a", "b", NULL, 0, 300, &rec, done, &r) == 0);
+    CHECK(store_fork(s, "a", "b", NULL, 0, NULL, 300, &rec, done, &r) == 0);
     run();
     CHECK(r.rc == 0 && rec.version == 1 && rec.n_tokens == 10 && rec.has_state);
     CHECK(!strcmp(rec.parent_id, "a") && rec.n_meta == 2);
@@ -115,9 +118,9 @@ static void test_memory(void)
     for (int i = 0; i < 7; i++) {
         char id[8];
         snprintf(id, sizeof(id), "m%d", i);
-        CHECK(store_create(s, id, NULL, 0, 1, NULL, NULL, NULL) == (i < 7 ? 0 : RCD_ETOOBIG));
+        CHECK(store_create(s, id, NULL, 0, NULL, 1, NULL, NULL, NULL) == (i < 7 ? 0 : RCD_ETOOBIG));
     }
-    CHECK(store_create(s, "full", NULL, 0, 1, NULL, NULL, NULL) == RCD_ETOOBIG);
+    CHECK(store_create(s, "full", NULL, 0, NULL, 1, NULL, NULL, NULL) == RCD_ETOOBIG);
     run();
     store_close(s);
 }
@@ -160,7 +163,7 @@ static void test_disk(void)
     res_t r = {0};
     store_stats_t st;
     store_meta_t md[1] = {{"owner", "bob"}};
-    CHECK(store_create(s, "chat", md, 1, 100, NULL, done, &r) == 0);
+    CHECK(store_create(s, "chat", md, 1, NULL, 100, NULL, done, &r) == 0);
     run();
     CHECK(r.rc == 0 && count_files(dir, "chat", ".ckpt") == 1);
     /* the version moves only when the checkpoint is durable */
@@ -175,8 +178,9 @@ static void test_disk(void)
     CHECK(store_get(s, "chat", &rec) == 0 && rec.version == 1 && rec.n_tokens == 7);
     store_session_clear(&rec);
     CHECK(commit(s, "chat", 1, 2, &r) == 0 && commit(s, "chat", 2, 3, &r) == 0);
-    CHECK(count_files(dir, "chat", ".ckpt") == 2);                    /* keep 2 */
-    CHECK(store_create(s, "fresh", md, 1, 100, NULL, done, &r) == 0); /* never committed */
+    CHECK(count_files(dir, "chat", ".ckpt") == 2); /* keep 2 */
+    /* never committed */
+    CHECK(store_create(s, "fresh", md, 1, NULL, 100, NULL, done, &r) == 0);
     run();
     store_close(s);
 
@@ -200,8 +204,8 @@ static void test_disk(void)
     CHECK(r.calls == 1 && r.rc == 0 && r.version == 3 && is_blob(back, 3));
     CHECK(store_load(s, "chat", back, &v, done, &r, NULL, 0) == 0 && is_blob(back, 3));
     /* host cache: budget of 2 states, the least recently used one is evicted */
-    CHECK(store_create(s, "x", NULL, 0, 1, NULL, NULL, NULL) == 0);
-    CHECK(store_create(s, "y", NULL, 0, 1, NULL, NULL, NULL) == 0);
+    CHECK(store_create(s, "x", NULL, 0, NULL, 1, NULL, NULL, NULL) == 0);
+    CHECK(store_create(s, "y", NULL, 0, NULL, 1, NULL, NULL, NULL) == 0);
     run();
     CHECK(commit(s, "x", 0, 4, &r) == 0 && commit(s, "y", 0, 5, &r) == 0);
     store_get_stats(s, &st);
@@ -212,7 +216,7 @@ static void test_disk(void)
     CHECK(r.rc == 0 && is_blob(back, 3));
     /* fork of a session whose state is only on disk (x was evicted by chat) */
     memset(&r, 0, sizeof(r));
-    CHECK(store_fork(s, "x", "x2", NULL, 0, 50, NULL, done, &r) == 0);
+    CHECK(store_fork(s, "x", "x2", NULL, 0, NULL, 50, NULL, done, &r) == 0);
     run();
     CHECK(r.rc == 0 && r.version == 1);
     CHECK(store_load(s, "x2", back, &v, done, &r, NULL, 0) == 0 && is_blob(back, 4));
@@ -268,7 +272,7 @@ static void test_disk(void)
     CHECK(store_load(s, "chat", back, &v, done, &r, err, sizeof(err)) == RCD_EMISMATCH);
     CHECK_MSG(strstr(err, "abcdef0123456789") && strstr(err, "abcdef0123456788"), "%s", err);
     CHECK(store_commit(s, "chat", 2, blob(1), 1, 1, done, &r) == RCD_EMISMATCH);
-    CHECK(store_fork(s, "chat", "c2", NULL, 0, 1, NULL, done, &r) == RCD_EMISMATCH);
+    CHECK(store_fork(s, "chat", "c2", NULL, 0, NULL, 1, NULL, done, &r) == RCD_EMISMATCH);
     CHECK(store_delete(s, "chat", NULL, NULL) == 0); /* it may still be deleted */
     run();
     store_close(s);
@@ -354,7 +358,7 @@ static void test_variable_size(void)
     res_t r;
     void *b;
     size_t len;
-    CHECK(store_create(s, "kv", NULL, 0, 1, NULL, NULL, NULL) == 0);
+    CHECK(store_create(s, "kv", NULL, 0, NULL, 1, NULL, NULL, NULL) == 0);
     run();
     CHECK(vcommit(s, "kv", 0, 1, SB + 5 * KVB, &r) == 0);
     CHECK(vcommit(s, "kv", 1, 2, SB + 9 * KVB, &r) == 0);
@@ -381,7 +385,7 @@ static void test_variable_size(void)
     CHECK(store_get(s, "kv", &rec) == 0 && rec.version == 2 && rec.state_len == SB + 9 * KVB);
     store_session_clear(&rec);
     memset(&r, 0, sizeof(r));
-    CHECK(store_fork(s, "kv", "kv2", NULL, 0, 1, &rec, done, &r) == 0);
+    CHECK(store_fork(s, "kv", "kv2", NULL, 0, NULL, 1, &rec, done, &r) == 0);
     run();
     CHECK(r.rc == 0 && rec.state_len == SB + 9 * KVB);
     store_session_clear(&rec);
@@ -402,12 +406,196 @@ static void test_variable_size(void)
     CHECK(system(err) == 0);
 }
 
+/* ---- expiry: the clock is the test's (every call takes now_ms) -------------------------- */
+
+typedef struct sweep {
+    const char *busy_id; /* the one session a "turn" holds */
+    int n_expired;
+    char ids[8][STORE_ID_MAX + 1];
+    int64_t idle[8];
+} sweep_t;
+
+static bool sw_busy(void *user, const char *id)
+{
+    sweep_t *w = user;
+    return w->busy_id && !strcmp(w->busy_id, id);
+}
+
+static void sw_expired(void *user, const store_session_t *rec, int64_t idle_ms)
+{
+    sweep_t *w = user;
+    if (w->n_expired < 8) {
+        snprintf(w->ids[w->n_expired], sizeof(w->ids[0]), "%s", rec->id);
+        w->idle[w->n_expired] = idle_ms;
+    }
+    w->n_expired++;
+}
+
+static bool sw_has(const sweep_t *w, const char *id, int64_t idle_ms)
+{
+    for (int i = 0; i < w->n_expired && i < 8; i++)
+        if (!strcmp(w->ids[i], id)) return idle_ms < 0 || w->idle[i] == idle_ms;
+    return false;
+}
+
+static bool sess_dir_exists(const char *dir, const char *id)
+{
+    char path[600];
+    snprintf(path, sizeof(path), "%s/s_%s", dir, id);
+    return access(path, F_OK) == 0;
+}
+
+static void create_as(store_t *s, const char *id, const char *owner, uint32_t ttl, int64_t now)
+{
+    store_attrs_t a = {owner, ttl};
+    res_t r = {0};
+    CHECK_MSG(store_create(s, id, NULL, 0, &a, now, NULL, done, &r) == 0, "create %s", id);
+    run();
+    CHECK(r.calls == 1 && r.rc == 0);
+}
+
+static void test_expiry(void)
+{
+    char dir[] = "/tmp/store-ttl-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    g_default_ttl = 10;
+    store_t *s = open_store(dir, FP, 4 * SB, 2);
+    res_t r = {0};
+    store_session_t rec = {0};
+    create_as(s, "idle", NULL, 0, 1000); /* the store's default: 10 s */
+    create_as(s, "own", "alice", 3, 1000);
+    create_as(s, "busy", NULL, 1, 1000);
+    create_as(s, "pend", NULL, 1, 1000);
+    create_as(s, "kept", "bob", 2, 1000);
+    CHECK(store_get(s, "idle", &rec) == 0 && rec.ttl_s == 0 && rec.eff_ttl_s == 10);
+    CHECK(rec.expires_ms == 11000 && rec.owner[0] == 0);
+    store_session_clear(&rec);
+    CHECK(store_get(s, "own", &rec) == 0 && rec.ttl_s == 3 && rec.eff_ttl_s == 3);
+    CHECK(rec.expires_ms == 4000 && !strcmp(rec.owner, "alice"));
+    store_session_clear(&rec);
+    /* a fork takes the source's owner and TTL unless it names its own */
+    CHECK(store_fork(s, "own", "ownfork", NULL, 0, NULL, 1500, &rec, done, &r) == 0);
+    CHECK(!strcmp(rec.owner, "alice") && rec.ttl_s == 3 && rec.expires_ms == 4500);
+    store_session_clear(&rec);
+    store_attrs_t other = {"carol", 7};
+    CHECK(store_fork(s, "own", "fork2", NULL, 0, &other, 1500, &rec, done, &r) == 0);
+    CHECK(!strcmp(rec.owner, "carol") && rec.ttl_s == 7);
+    store_session_clear(&rec);
+    run();
+    CHECK(store_delete(s, "fork2", NULL, NULL) == 0);
+    /* a turn keeps its session alive: the commit moves updated_ms */
+    CHECK(commit(s, "kept", 0, 1, &r) == 0); /* at 501 */
+    memset(&r, 0, sizeof(r));
+    CHECK(store_commit(s, "kept", 1, blob(2), 1, 2500, done, &r) == 0);
+    run();
+    CHECK(r.rc == 0 && store_get(s, "kept", &rec) == 0 && rec.expires_ms == 4500);
+    store_session_clear(&rec);
+
+    sweep_t w = {0};
+    int64_t next = 0;
+    CHECK(store_expire(s, 1999, sw_busy, sw_expired, &w, &next) == 0 && next == 2000);
+    /* due but held: a turn holds "busy", a commit is in flight on "pend" */
+    w.busy_id = "busy";
+    memset(&r, 0, sizeof(r));
+    CHECK(store_commit(s, "pend", 0, blob(3), 1, 3000, done, &r) == 0);
+    CHECK(store_expire(s, 3000, sw_busy, sw_expired, &w, &next) == 0 && next == 3000);
+    CHECK(w.n_expired == 0);
+    run(); /* pend's commit lands: idle since 3000 now */
+    CHECK(r.rc == 0);
+    w.busy_id = NULL;
+    CHECK(store_expire(s, 3999, sw_busy, sw_expired, &w, &next) == 1 && next == 4000);
+    CHECK(sw_has(&w, "busy", 2999));
+    CHECK(store_expire(s, 4000, sw_busy, sw_expired, &w, &next) == 2 && next == 4500);
+    CHECK(sw_has(&w, "own", 3000) && sw_has(&w, "pend", 1000) && w.n_expired == 3);
+    CHECK(store_get(s, "own", NULL) == RCD_ENOTFOUND &&
+          store_get(s, "busy", NULL) == RCD_ENOTFOUND);
+    unsigned char back[SB];
+    CHECK(store_load(s, "pend", back, NULL, done, &r, NULL, 0) == RCD_ENOTFOUND);
+    run(); /* the durable deletes */
+    CHECK(!sess_dir_exists(dir, "own") && !sess_dir_exists(dir, "busy"));
+    CHECK(!sess_dir_exists(dir, "pend") && sess_dir_exists(dir, "kept"));
+    store_stats_t st;
+    store_get_stats(s, &st);
+    CHECK(st.expired == 3 && st.sessions == 3);
+    create_as(s, "own", NULL, 0, 4000); /* the id is free again */
+    store_close(s);
+
+    /* reopen with no default TTL: the sessions' own TTLs and owners came back from disk */
+    g_default_ttl = 0;
+    s = open_store(dir, FP, 4 * SB, 2);
+    CHECK(store_get(s, "kept", &rec) == 0 && rec.ttl_s == 2 && !strcmp(rec.owner, "bob"));
+    CHECK(rec.expires_ms == 4500 && rec.version == 2);
+    store_session_clear(&rec);
+    CHECK(store_get(s, "ownfork", &rec) == 0 && rec.ttl_s == 3 && !strcmp(rec.owner, "alice"));
+    store_session_clear(&rec);
+    CHECK(store_get(s, "idle", &rec) == 0 && rec.eff_ttl_s == 0 && rec.expires_ms == 0);
+    store_session_clear(&rec);
+    memset(&w, 0, sizeof(w));
+    CHECK(store_expire(s, 4499, NULL, NULL, NULL, &next) == 0 && next == 4500);
+    CHECK(store_expire(s, 1000000, sw_busy, sw_expired, &w, &next) == 2 && next == INT64_MAX);
+    CHECK(sw_has(&w, "kept", -1) && sw_has(&w, "ownfork", -1));
+    CHECK(store_get(s, "idle", NULL) == 0 && store_get(s, "own", NULL) == 0);
+    run();
+
+    /* owner and TTL count against the metadata limits; "recurd." keys are reserved */
+    store_meta_t md[STORE_META_MAX];
+    for (int i = 0; i < STORE_META_MAX; i++)
+        md[i] = (store_meta_t){"k", "v"};
+    store_attrs_t a = {"dave", 5};
+    CHECK(store_create(s, "m1", md, STORE_META_MAX, &a, 1, NULL, NULL, NULL) == RCD_ETOOBIG);
+    CHECK(store_create(s, "m1", md, STORE_META_MAX - 2, &a, 1, NULL, NULL, NULL) == 0);
+    store_meta_t bad[1] = {{"recurd.owner", "eve"}};
+    CHECK(store_create(s, "m2", bad, 1, NULL, 1, NULL, NULL, NULL) == RCD_EINVAL);
+    store_attrs_t ctl = {"a\nb", 0};
+    CHECK(store_create(s, "m2", NULL, 0, &ctl, 1, NULL, NULL, NULL) == RCD_EINVAL);
+    char longo[STORE_OWNER_MAX + 2];
+    memset(longo, 'o', sizeof(longo) - 1);
+    longo[sizeof(longo) - 1] = 0;
+    store_attrs_t lo = {longo, 0};
+    CHECK(store_create(s, "m2", NULL, 0, &lo, 1, NULL, NULL, NULL) == RCD_EINVAL);
+    longo[STORE_OWNER_MAX] = 0;
+    CHECK(store_create(s, "m2", NULL, 0, &lo, 1, NULL, NULL, NULL) == 0);
+    run();
+    store_close(s);
+    s = open_store(dir, FP, 4 * SB, 2);
+    CHECK(store_get(s, "m1", &rec) == 0 && rec.n_meta == STORE_META_MAX - 2);
+    CHECK(!strcmp(rec.owner, "dave") && rec.ttl_s == 5);
+    store_session_clear(&rec);
+    CHECK(store_get(s, "m2", &rec) == 0 && strlen(rec.owner) == STORE_OWNER_MAX);
+    store_session_clear(&rec);
+    store_close(s);
+
+    /* a memory-only store expires too */
+    g_default_ttl = 1;
+    s = open_store(NULL, FP, 0, 2);
+    create_as(s, "mem", NULL, 0, 0);
+    CHECK(store_expire(s, 999, NULL, NULL, NULL, NULL) == 0);
+    CHECK(store_expire(s, 1000, NULL, NULL, NULL, NULL) == 1);
+    run();
+    CHECK(store_count(s) == 0);
+    /* timestamps at the ends of the range (a file may hold any): no overflow */
+    create_as(s, "late", NULL, 5, INT64_MAX - 5);
+    create_as(s, "early", NULL, 5, INT64_MIN + 5);
+    CHECK(store_get(s, "late", &rec) == 0 && rec.expires_ms == INT64_MAX);
+    store_session_clear(&rec);
+    memset(&w, 0, sizeof(w));
+    CHECK(store_expire(s, INT64_MAX - 1, sw_busy, sw_expired, &w, &next) == 1);
+    CHECK(next == INT64_MAX && sw_has(&w, "early", INT64_MAX));
+    run();
+    store_close(s);
+    g_default_ttl = 0;
+    char cmd[100];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    CHECK(system(cmd) == 0);
+}
+
 int main(void)
 {
     uv_loop_init(&g_loop);
     RUN(test_memory);
     RUN(test_disk);
     RUN(test_variable_size);
+    RUN(test_expiry);
     uv_loop_close(&g_loop);
     return rcd_test_summary();
 }

@@ -1,8 +1,10 @@
 /* recurctl: command-line client of recurd over the gRPC C core (protobuf-c messages, method
  * paths by hand). `recurctl generate "prompt"` streams text to stdout; session, models,
  * tokenize and health commands print one line each. Exit status: 0, or the gRPC status. */
+#include <errno.h>
 #include <grpc/grpc.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,7 +24,7 @@ static void usage(void)
             "usage: recurctl [--addr HOST:PORT] [--timeout SECONDS] COMMAND ...\n"
             "  generate [--session ID] [--max-tokens N] [--temperature T] [--seed N]\n"
             "           [--stop STR] [--expected-version V] [--priority N] PROMPT\n"
-            "  session create [--id ID] [--meta KEY=VALUE]...\n"
+            "  session create [--id ID] [--owner NAME] [--ttl SECONDS] [--meta KEY=VALUE]...\n"
             "  session get ID | session fork ID [--id NEW] | session delete ID\n"
             "  models | tokenize TEXT | health\n"
             "env RECURD_ADDR sets the default address (%s)\n",
@@ -78,6 +80,21 @@ static int unary(const char *method, const ProtobufCMessage *req,
     return st ? st : *out ? 0 : GRPC_STATUS_INTERNAL;
 }
 
+/* A JSON string (owners and metadata are the caller's bytes). */
+static void print_json_str(const char *str)
+{
+    putchar('"');
+    for (const unsigned char *p = (const unsigned char *)str; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            printf("\\%c", *p);
+        else if (*p < 0x20)
+            printf("\\u%04x", *p);
+        else
+            putchar(*p);
+    }
+    putchar('"');
+}
+
 static void print_session(const Recurd__V1__Session *s)
 {
     printf("{\"session_id\":\"%s\",\"model\":\"%s\",\"version\":%llu,\"token_count\":%llu,"
@@ -85,9 +102,17 @@ static void print_session(const Recurd__V1__Session *s)
            s->session_id, s->model, (unsigned long long)s->version,
            (unsigned long long)s->token_count, (long long)s->created_unix_ms,
            (long long)s->updated_unix_ms, s->parent_session_id);
+    printf(",\"owner\":");
+    print_json_str(s->owner);
+    printf(",\"ttl_seconds\":%u,\"expires_unix_ms\":%lld", s->ttl_seconds,
+           (long long)s->expires_unix_ms);
     printf(",\"metadata\":{");
-    for (size_t i = 0; i < s->n_metadata; i++)
-        printf("%s\"%s\":\"%s\"", i ? "," : "", s->metadata[i]->key, s->metadata[i]->value);
+    for (size_t i = 0; i < s->n_metadata; i++) {
+        printf("%s", i ? "," : "");
+        print_json_str(s->metadata[i]->key);
+        putchar(':');
+        print_json_str(s->metadata[i]->value);
+    }
     printf("}}\n");
 }
 
@@ -172,6 +197,17 @@ static int cmd_session(int argc, char **argv)
         for (int i = 1; i < argc; i++) {
             if (!strcmp(argv[i], "--id") && i + 1 < argc) {
                 req.session_id = argv[++i];
+            } else if (!strcmp(argv[i], "--owner") && i + 1 < argc) {
+                req.owner = argv[++i];
+            } else if (!strcmp(argv[i], "--ttl") && i + 1 < argc) {
+                char *end;
+                errno = 0;
+                unsigned long long v = strtoull(argv[++i], &end, 10);
+                if (errno || end == argv[i] || *end || argv[i][0] == '-' || v > UINT32_MAX) {
+                    fprintf(stderr, "recurctl: --ttl wants seconds (0..%u)\n", UINT32_MAX);
+                    return 2;
+                }
+                req.ttl_seconds = (uint32_t)v;
             } else if (!strcmp(argv[i], "--meta") && i + 1 < argc && req.n_metadata < 32) {
                 char *kv = argv[++i], *eq = strchr(kv, '=');
                 if (!eq) {
