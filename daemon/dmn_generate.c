@@ -65,8 +65,13 @@ bool dmn_session_busy(dmn_server_t *s, const char *sid)
 {
     for (dmn_call_t *c = s->calls; c; c = c->next) {
         dmn_gen_t *g = c->method == DMN_M_GENERATE ? c->ext : NULL;
-        /* A cancelled turn can no longer commit: it does not hold the session. */
-        if (g && g->has_session && !g->freed && !c->cancelled && !strcmp(g->sid, sid)) return true;
+        /* A cancelled turn can no longer commit: it does not hold the session. Nor does one
+         * that has finished (committed, or failed) and is out of the runner: its final
+         * message may already be with the client, who may send the next turn before the
+         * send completes and the turn is freed. */
+        if (!g || !g->has_session || g->freed || c->cancelled || strcmp(g->sid, sid)) continue;
+        if (g->finished && !g->committing && !g->loading && !g->in_runner) continue;
+        return true;
     }
     return false;
 }

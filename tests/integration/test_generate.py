@@ -150,6 +150,18 @@ class Generate(DaemonTest):
         self.assertEqual((s.version, s.token_count), (0, 0))
         self.assertEqual(last.session_version, 1)
 
+    def test_back_to_back_turns(self):
+        # A client that sends its next turn the moment the previous one's final message
+        # arrives must never be told the session is busy: an acknowledged turn no longer
+        # holds its session, even before the daemon has freed the finished call.
+        sid = self.api.CreateSession(pb.CreateSessionRequest()).session_id
+        for i in range(150):
+            _, ids, _, last = self.gen(gen_request("a" if i == 0 else None,
+                                                   tokens=None if i == 0 else [5],
+                                                   session=sid, max_tokens=1, temperature=0,
+                                                   expected_version=i))
+            self.assertEqual((len(ids), last.session_version), (1, i + 1))
+
     def test_stop_conditions(self):
         _, ids, _, _ = self.gen(gen_request("Once upon a time", max_tokens=30, temperature=0,
                                             ignore_eos=True))
