@@ -50,6 +50,9 @@
       "session checkpoints (no XDG_STATE_HOME: ~/.local/state/recurd); '' = memory only")          \
     X(ephemeral, BOOL, "false", "RECURD_EPHEMERAL", "sessions in memory only (ignores state-dir)") \
     X(keep_versions, INT, "2", "RECURD_KEEP_VERSIONS", "checkpoints kept per session (>= 1)")      \
+    X(group_commit, BOOL, "true", "RECURD_GROUP_COMMIT",                                           \
+      "checkpoints written in one I/O batch share their flushes (two syncfs per batch); "          \
+      "--no-group-commit: fsync each checkpoint and its directory on its own")                     \
     X(host_cache_bytes, INT, "268435456", "RECURD_HOST_CACHE_BYTES",                               \
       "bytes of session states cached in memory over the disk tier")                               \
     X(prefix_cache_bytes, INT, "67108864", "RECURD_PREFIX_CACHE_BYTES",                            \

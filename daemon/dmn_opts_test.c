@@ -78,6 +78,7 @@ static void test_state_dir(void)
     char err[256], dir[4096];
     setenv("XDG_STATE_HOME", "/var/x", 1);
     CHECK(dmn_opts_parse(&o, 0, NULL, err, sizeof(err)) == 0 && o.keep_versions == 2);
+    CHECK(o.group_commit); /* on by default */
     dmn_opts_state_dir(&o, dir, sizeof(dir));
     CHECK(!strcmp(dir, "/var/x/recurd"));
     unsetenv("XDG_STATE_HOME");
@@ -89,6 +90,9 @@ static void test_state_dir(void)
     CHECK(dmn_opts_parse(&o, 4, a1, err, sizeof(err)) == 0 && o.host_cache_bytes == 0);
     dmn_opts_state_dir(&o, dir, sizeof(dir));
     CHECK(dir[0] == 0); /* memory only */
+    dmn_opts_free(&o);
+    char *a1b[] = {"--no-group-commit"};
+    CHECK(dmn_opts_parse(&o, 1, a1b, err, sizeof(err)) == 0 && !o.group_commit);
     dmn_opts_free(&o);
     char *a2[] = {"--state-dir", "/srv/s", "--ephemeral"};
     CHECK(dmn_opts_parse(&o, 3, a2, err, sizeof(err)) == 0);

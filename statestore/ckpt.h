@@ -92,6 +92,24 @@ bool ckpt_owner_ok(const char *owner, size_t len);
  * versions older than the newest `keep`. */
 int ckpt_write(const char *dir, const ckpt_hdr_t *h, const void *payload, int keep, char *err,
                size_t errlen);
+/* The steps of ckpt_write, for a group commit that makes many checkpoints durable with shared
+ * flushes: ckpt_stage writes the temp file (sync: fsync it, and the state dir if the session
+ * directory is new), ckpt_publish renames it into place, ckpt_unstage undoes either (removes
+ * the temp or the renamed file, and the session directory if stage created it and it is
+ * empty), ckpt_prune drops versions beyond the newest `keep` (only once the new one is
+ * durable). A staged file that never gets renamed is a .tmp: removed at the next scan. */
+typedef struct ckpt_staged {
+    char sdir[4400], final[4400], tmp[4500]; /* tmp: "" once gone or renamed */
+    bool new_dir, published;
+} ckpt_staged_t;
+int ckpt_stage(const char *dir, const ckpt_hdr_t *h, const void *payload, bool sync,
+               ckpt_staged_t *st, char *err, size_t errlen);
+int ckpt_publish(ckpt_staged_t *st, char *err, size_t errlen);
+void ckpt_unstage(ckpt_staged_t *st);
+void ckpt_prune(const char *dir, const char *id, int keep);
+/* syncfs(2), called through this pointer so that tests can make a group flush fail. Since
+ * Linux 5.8 syncfs reports writeback errors of the filesystem since fd was opened. */
+extern int (*ckpt__syncfs)(int fd);
 /* Reads and verifies version `version` of session `id`. payload: state_bytes, or NULL to
  * read and check the header and file size only. RCD_ENOTFOUND (no file), RCD_ECORRUPT (bad
  * hashes, size, fields), RCD_EMISMATCH (another model's fingerprint: h is filled). */

@@ -78,6 +78,9 @@ typedef struct store_opts {
     const char *dir;      /* NULL or "": memory only (nothing survives a restart) */
     int keep_versions;    /* disk: checkpoints kept per session, newest first; 0: 2 */
     size_t cache_bytes;   /* disk: host cache budget for states; memory-only keeps all */
+    /* disk: true = every checkpoint gets its own fsyncs (file, then its directory). Default
+     * (false): group commit, the checkpoints of one I/O batch share two syncfs flushes. */
+    bool no_group_commit;
     /* Shared tier: "host:port" of a Redis server, or NULL/"". Durable stores only. */
     const char *redis;
     int n_tensors; /* layout recorded in checkpoints (borrowed during store_open) */
@@ -144,7 +147,9 @@ int store_get(store_t *s, const char *id, store_session_t *out);
 /* Reads the committed state (the record's state_len bytes, from store_get just before; dst
  * must hold that many) into dst and its version into *version. Returns 0
  * when it was served from the host cache (cb is not called), STORE_PENDING when it is read
- * from disk (cb follows; dst must stay valid until then), or an error: RCD_ENOTFOUND,
+ * from disk (cb follows; dst must stay valid and untouched until then: the pool thread reads
+ * and verifies the file in place, so after a failed load dst holds garbage; a state read from
+ * disk is not added to the host cache), or an error: RCD_ENOTFOUND,
  * RCD_EAGAIN (no state yet), RCD_EBUSY (a commit is in flight), RCD_EMISMATCH (foreign
  * session; err names both fingerprints). The callback reports RCD_ECORRUPT for a checkpoint
  * that fails its checksum: it is quarantined (renamed *.corrupt), the session rolls back to
@@ -155,9 +160,10 @@ int store_load(store_t *s, const char *id, void *dst, uint64_t *version, store_d
 /* Commits `state` as the session's next version if it is still at expected_version
  * (RCD_EMISMATCH otherwise; RCD_EBUSY if a commit is in flight). Takes ownership of `state`
  * (malloc'd, state_bytes) whatever it returns. cb fires once the checkpoint is durable (disk:
- * written, fsynced, renamed, directory fsynced; then, with a shared tier, Redis answered the
- * write — a Redis failure is counted and reported through warn_cb, not to cb); only then
- * does the session's version move. */
+ * written, fsynced, renamed, directory fsynced — or, with group commit, written, flushed with
+ * the other checkpoints of its batch, renamed, flushed again; then, with a shared tier, Redis
+ * answered the write — a Redis failure is counted and reported through warn_cb, not to cb);
+ * only then does the session's version move. */
 int store_commit(store_t *s, const char *id, uint64_t expected_version, void *state,
                  uint64_t add_tokens, int64_t now_ms, store_done_cb cb, void *user);
 /* store_commit of a blob of len bytes: state_bytes + P * kv_bytes_per_token (RCD_EINVAL for

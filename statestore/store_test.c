@@ -7,6 +7,8 @@
 #include "tests/rcd_test.h"
 
 #include <dirent.h>
+#include <errno.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -202,7 +204,11 @@ static void test_disk(void)
     CHECK(store_load(s, "chat", back, &v, done, &r, NULL, 0) == STORE_PENDING);
     run();
     CHECK(r.calls == 1 && r.rc == 0 && r.version == 3 && is_blob(back, 3));
-    CHECK(store_load(s, "chat", back, &v, done, &r, NULL, 0) == 0 && is_blob(back, 3));
+    /* a state read from disk is not cached (its turn commits the next one, which is) */
+    memset(back, 0, sizeof(back));
+    CHECK(store_load(s, "chat", back, &v, done, &r, NULL, 0) == STORE_PENDING);
+    run();
+    CHECK(r.calls == 2 && r.rc == 0 && is_blob(back, 3));
     /* host cache: budget of 2 states, the least recently used one is evicted */
     CHECK(store_create(s, "x", NULL, 0, NULL, 1, NULL, NULL, NULL) == 0);
     CHECK(store_create(s, "y", NULL, 0, NULL, 1, NULL, NULL, NULL) == 0);
@@ -214,7 +220,14 @@ static void test_disk(void)
     CHECK(store_load(s, "chat", back, &v, done, &r, NULL, 0) == STORE_PENDING);
     run();
     CHECK(r.rc == 0 && is_blob(back, 3));
-    /* fork of a session whose state is only on disk (x was evicted by chat) */
+    store_get_stats(s, &st);
+    CHECK(st.cache_entries == 2 && st.cache_bytes == 2 * SB);
+    CHECK(store_create(s, "z", NULL, 0, NULL, 1, NULL, NULL, NULL) == 0);
+    run();
+    CHECK(commit(s, "z", 0, 7, &r) == 0); /* evicts x, the least recently used */
+    CHECK(store_delete(s, "z", NULL, NULL) == 0);
+    run();
+    /* fork of a session whose state is only on disk (x was evicted by z) */
     memset(&r, 0, sizeof(r));
     CHECK(store_fork(s, "x", "x2", NULL, 0, NULL, 50, NULL, done, &r) == 0);
     run();
@@ -589,6 +602,165 @@ static void test_expiry(void)
     CHECK(system(cmd) == 0);
 }
 
+/* ---- group commit ------------------------------------------------------------------------ */
+
+#define GC_N 32
+static atomic_int g_syncfs_calls, g_syncfs_fail_at, g_gc_acks, g_acks_at_flush;
+
+/* Stands in for syncfs(2): counts the calls, notes how many commits were acknowledged when
+ * each flush ran, fails the g_syncfs_fail_at-th call (1-based; 0: none) with EIO. */
+static int fake_syncfs(int fd)
+{
+    int n = atomic_fetch_add(&g_syncfs_calls, 1) + 1;
+    atomic_fetch_add(&g_acks_at_flush, atomic_load(&g_gc_acks));
+    if (n == atomic_load(&g_syncfs_fail_at)) {
+        errno = EIO;
+        return -1;
+    }
+    return syncfs(fd);
+}
+
+static void gc_done(void *user, int rc, uint64_t version, const char *msg)
+{
+    atomic_fetch_add(&g_gc_acks, 1);
+    done(user, rc, version, msg);
+}
+
+static store_t *open_gc_store(const char *dir, bool no_group_commit)
+{
+    store_opts_t o = {.state_bytes = SB,
+                      .fingerprint = FP,
+                      .max_sessions = GC_N + 1,
+                      .loop = &g_loop,
+                      .dir = dir,
+                      .keep_versions = 2,
+                      .cache_bytes = 0, /* every load reads the file */
+                      .no_group_commit = no_group_commit};
+    store_t *s = NULL;
+    char err[300];
+    int rc = store_open(&o, &s, err, sizeof(err));
+    CHECK_MSG(rc == 0, "store_open: %s", err);
+    return s;
+}
+
+/* A commit of "lead" (its own batch of one: per-file fsyncs, acknowledged before the next
+ * batch starts), then every g<i> at once from version `from`: those GC_N share one batch.
+ * Returns how many of the group's callbacks reported success. */
+static uint64_t g_lead_v;
+
+static int commit_all(store_t *s, uint64_t from, int seed, res_t *r)
+{
+    res_t lr = {0};
+    atomic_store(&g_syncfs_calls, 0);
+    atomic_store(&g_acks_at_flush, 0);
+    atomic_store(&g_gc_acks, 0);
+    CHECK(store_commit(s, "lead", g_lead_v, blob(seed), 1, 0, gc_done, &lr) == 0);
+    for (int i = 0; i < GC_N; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "g%d", i);
+        memset(&r[i], 0, sizeof(r[i]));
+        CHECK(store_commit(s, id, from, blob(seed + i), 1, 0, gc_done, &r[i]) == 0);
+    }
+    run();
+    CHECK(lr.calls == 1 && lr.rc == 0 && lr.version == g_lead_v + 1);
+    g_lead_v = lr.version;
+    int ok = 0;
+    for (int i = 0; i < GC_N; i++)
+        ok += r[i].calls == 1 && r[i].rc == 0;
+    return ok;
+}
+
+/* How many sessions have version v and, read back from disk, the state of seed + i. */
+static int check_all(store_t *s, uint64_t v, int seed)
+{
+    int good = 0;
+    for (int i = 0; i < GC_N; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "g%d", i);
+        unsigned char back[SB];
+        uint64_t ver = 0;
+        res_t r = {0};
+        int rc = store_load(s, id, back, &ver, done, &r, NULL, 0);
+        if (rc == STORE_PENDING) {
+            run();
+            rc = r.rc;
+        }
+        good += rc == 0 && ver == v && is_blob(back, seed + i);
+    }
+    return good;
+}
+
+static void test_group_commit(void)
+{
+    char dir[] = "/tmp/store-gc-XXXXXX", cmd[100], v2[600];
+    CHECK(mkdtemp(dir) != NULL);
+    ckpt__syncfs = fake_syncfs;
+    atomic_store(&g_syncfs_fail_at, 0);
+    g_lead_v = 0;
+    store_t *s = open_gc_store(dir, false);
+    res_t r[GC_N];
+    CHECK(store_create(s, "lead", NULL, 0, NULL, 1, NULL, NULL, NULL) == 0);
+    for (int i = 0; i < GC_N; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "g%d", i);
+        CHECK(store_create(s, id, NULL, 0, NULL, 1, NULL, done, &r[i]) == 0);
+    }
+    run();
+    for (int i = 0; i < GC_N; i++)
+        CHECK(r[i].rc == 0);
+    /* the group: exactly two flushes, both before any of it was acknowledged (only lead was) */
+    CHECK(commit_all(s, 0, 10, r) == GC_N);
+    CHECK(atomic_load(&g_syncfs_calls) == 2);
+    CHECK(atomic_load(&g_acks_at_flush) == 2);
+    for (int i = 0; i < GC_N; i++)
+        CHECK(r[i].version == 1);
+    CHECK(count_files(dir, "g7", ".ckpt") == 2 && count_files(dir, "g7", ".tmp") == 0);
+    store_close(s);
+    s = open_gc_store(dir, false);
+    CHECK(store_count(s) == GC_N + 1 && check_all(s, 1, 10) == GC_N);
+
+    /* the data flush fails: every commit of the group fails, no temp file is left */
+    atomic_store(&g_syncfs_fail_at, 1);
+    CHECK(commit_all(s, 1, 20, r) == 0);
+    CHECK(atomic_load(&g_syncfs_calls) == 1);
+    for (int i = 0; i < GC_N; i++)
+        CHECK_MSG(r[i].rc == RCD_EIO && r[i].version == 1 && strstr(r[i].msg, "syncfs"), "%s",
+                  r[i].msg);
+    CHECK(count_files(dir, "g5", ".tmp") == 0 && count_files(dir, "g5", ".ckpt") == 2);
+    /* the names flush fails: the renamed files are removed again */
+    atomic_store(&g_syncfs_fail_at, 2);
+    CHECK(commit_all(s, 1, 30, r) == 0);
+    CHECK(atomic_load(&g_syncfs_calls) == 2);
+    for (int i = 0; i < GC_N; i++)
+        CHECK(r[i].rc == RCD_EIO && r[i].version == 1);
+    snprintf(v2, sizeof(v2), "%s/s_g9/%020d.ckpt", dir, 2);
+    CHECK(access(v2, F_OK) != 0 && count_files(dir, "g9", ".tmp") == 0);
+    CHECK(check_all(s, 1, 10) == GC_N);
+    store_close(s);
+    /* after reopen, the previous versions stand; the group goes on from them */
+    atomic_store(&g_syncfs_fail_at, 0);
+    s = open_gc_store(dir, false);
+    store_session_t rec = {0};
+    CHECK(store_get(s, "lead", &rec) == 0 && rec.version == 3);
+    store_session_clear(&rec);
+    CHECK(check_all(s, 1, 10) == GC_N);
+    CHECK(commit_all(s, 1, 40, r) == GC_N && check_all(s, 2, 40) == GC_N);
+    store_close(s);
+
+    /* --no-group-commit: the same batch fsyncs each file on its own, syncfs is never called */
+    s = open_gc_store(dir, true);
+    atomic_store(&g_syncfs_fail_at, 1);
+    CHECK(commit_all(s, 2, 50, r) == GC_N);
+    CHECK(atomic_load(&g_syncfs_calls) == 0);
+    store_close(s);
+    s = open_gc_store(dir, false);
+    CHECK(check_all(s, 3, 50) == GC_N);
+    store_close(s);
+    ckpt__syncfs = syncfs;
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    CHECK(system(cmd) == 0);
+}
+
 int main(void)
 {
     uv_loop_init(&g_loop);
@@ -596,6 +768,7 @@ int main(void)
     RUN(test_disk);
     RUN(test_variable_size);
     RUN(test_expiry);
+    RUN(test_group_commit);
     uv_loop_close(&g_loop);
     return rcd_test_summary();
 }

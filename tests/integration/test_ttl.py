@@ -133,9 +133,10 @@ class Ttl(unittest.TestCase):
         """One slot: a long stateless turn runs while a turn on the session waits behind it,
         past the session's TTL. The waiting turn holds the session: it is not expired, and
         its turn commits. Once idle again, it expires."""
-        d = self.start("--slots", "1", "--aging-ms", "0")
+        d = self.start("--slots", "1", "--aging-ms", "0", "--max-context", "1000000")
         self.create(d, "held", ttl=1)
-        long_call = d.api.Generate(gen_request("Once upon a time", max_tokens=4000,
+        # long enough to outlast the check on any machine (it is cancelled after it)
+        long_call = d.api.Generate(gen_request("Once upon a time", max_tokens=1000000,
                                                ignore_eos=True, temperature=0))
         first = next(long_call)  # the long turn holds the only slot
         self.assertIsNotNone(first)
