@@ -183,6 +183,8 @@ void wrk_model_free(wrk_model_t *m)
     if (m->fam) m->fam->unload(m);
     wrk_st_close(m->st);
     free(m->state_tensors);
+    free(m->mats);
+    wrk_packs_free(m->packs);
     free(m);
 }
 
@@ -234,6 +236,14 @@ int wrk_take_mat(wrk_model_t *m, const char *name, int rows, int cols, wrk_mat_t
     int rc = wrk_take_tensor(m, name, 2, (int64_t[]){rows, cols}, &t, err, errlen);
     if (rc) return rc;
     *out = (wrk_mat_t){.dt = t->dtype, .data = t->data, .rows = rows, .cols = cols};
+    if (m->n_mats == m->cap_mats) {
+        int cap = m->cap_mats ? 2 * m->cap_mats : 64;
+        wrk_mat_t *n = realloc(m->mats, (size_t)cap * sizeof *n);
+        if (!n) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
+        m->mats = n;
+        m->cap_mats = cap;
+    }
+    m->mats[m->n_mats++] = *out;
     return 0;
 }
 

@@ -12,6 +12,7 @@ typedef struct wrk_mat {
     wrk_dtype_t dt;
     const void *data;
     int rows, cols;
+    const void *pk; /* CPU: the same rows repacked in panels (workers/cpu/kernels.h), or NULL */
 } wrk_mat_t;
 
 struct wrk_cpu;
@@ -73,7 +74,16 @@ struct wrk_model {
     float logit_softcap;      /* cap*tanh(logits/cap) when > 0 */
     int max_matmul_cols;      /* widest matmul input, for the GEMM conversion scratch */
     wrk_state_tensor_t *state_tensors; /* owned: freed by wrk_model_free */
+    /* Every matrix the family bound (wrk_take_mat), by value; the CPU backend packs them
+     * once (workers/cpu/pack.c) and finds a packed copy by its data pointer. */
+    wrk_mat_t *mats;
+    int n_mats, cap_mats;
+    struct wrk_packs *packs; /* owned; NULL until a CPU backend asks */
 };
+
+/* Frees the CPU backend's packed weights (workers/cpu/pack.c). */
+struct wrk_packs;
+void wrk_packs_free(struct wrk_packs *p);
 
 extern const wrk_family_i wrk_family_mamba;
 extern const wrk_family_i wrk_family_mamba2;

@@ -200,6 +200,12 @@ int wrk__cpu_create(const wrk_model_t *m, const wrk_backend_opts_t *opts,
     if (!k)
         return rcd_fail(RCD_EUNSUPPORTED, err, errlen,
                         "backend: this CPU cannot run the \"%s\" kernels", o.isa);
+    /* The model's matrices in the matmul's panel layout, once per model (a TP rank's shard
+     * holds its own slices, which run unpacked). */
+    if (!shard) {
+        int prc = wrk_cpu_pack_model((wrk_model_t *)m, err, errlen);
+        if (prc) return prc;
+    }
     wrk_cpu_t *c = calloc(1, sizeof *c);
     if (!c) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
     c->base = (wrk_backend_t){.vt = &cpu_vt, .model = m, .n_slots = o.n_slots,

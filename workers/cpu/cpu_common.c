@@ -37,8 +37,16 @@ void wrk_cpu_mm(wrk_cpu_t *c, int ith, int nth, const wrk_mat_t *W, const float 
                 int T, float *y, int ldy, const float *bias, bool acc)
 {
     int o0, o1;
-    wrk_split(W->rows, 16, ith, nth, &o0, &o1);
-    wrk_matmul(c->k, wrk_cpu_scratch(c, ith), W, o0, o1, x, ldx, T, y, ldy, bias, acc);
+    wrk_split(W->rows, WRK_PANEL, ith, nth, &o0, &o1);
+    wrk_cpu_matmul(c, ith, W, o0, o1, x, ldx, T, y, ldy, bias, acc);
+}
+
+void wrk_cpu_matmul(wrk_cpu_t *c, int ith, const wrk_mat_t *W, int o0, int o1, const float *x,
+                    int ldx, int T, float *y, int ldy, const float *bias, bool acc)
+{
+    wrk_mat_t w = *W;
+    if (!w.pk) w.pk = wrk_cpu_packed(c->m, W);
+    wrk_matmul(c->k, wrk_cpu_scratch(c, ith), &w, o0, o1, x, ldx, T, y, ldy, bias, acc);
 }
 
 void wrk_cpu_logits(wrk_cpu_t *c, int ith, int nth, const wrk_seq_t *seqs, int n_seqs,
@@ -71,9 +79,9 @@ void wrk_cpu_logits(wrk_cpu_t *c, int ith, int nth, const wrk_seq_t *seqs, int n
         }
         wrk_pool_barrier(c->pool);
         int v0, v1;
-        wrk_split(V, 16, ith, nth, &v0, &v1);
-        wrk_matmul(c->k, wrk_cpu_scratch(c, ith), &m->lm_head, v0, v1, c->logit_in, H, nr,
-                   c->logit_out, V, NULL, false);
+        wrk_split(V, WRK_PANEL, ith, nth, &v0, &v1);
+        wrk_cpu_matmul(c, ith, &m->lm_head, v0, v1, c->logit_in, H, nr, c->logit_out, V, NULL,
+                       false);
         for (int r = 0; r < nr; r++) {
             float *dst = owner[r]->logits + (size_t)owner_row[r] * V;
             const float *src = c->logit_out + (size_t)r * V;

@@ -17,6 +17,26 @@
 #define WRK_MM_MAX_T 1000000
 #endif
 
+/* Packed weights: the CPU backend repacks every bound matrix once (workers/cpu/pack.c) so the
+ * matmul can run outer products over contiguous 16-row panels. Panel p holds rows
+ * [16p, 16p + 16) (rows past the end are zero):
+ *   BF16: for each column pair j, 16 x (W[r][2j], W[r][2j+1]) as 32-bit words (64 bytes); an
+ *         odd last column is paired with 0;
+ *   F16, F32: for each column k, W[r][k] for the 16 rows (32 or 64 bytes).
+ * The layout does not depend on the instruction set. */
+#define WRK_PANEL 16
+static inline size_t wrk_pack_panel_bytes(wrk_dtype_t dt, int cols)
+{
+    if (dt == WRK_DT_BF16) return (size_t)((cols + 1) / 2) * WRK_PANEL * 4;
+    return (size_t)cols * WRK_PANEL * (dt == WRK_DT_F32 ? 4 : 2);
+}
+static inline size_t wrk_pack_bytes(const wrk_mat_t *W)
+{
+    return (size_t)((W->rows + WRK_PANEL - 1) / WRK_PANEL) * wrk_pack_panel_bytes(W->dt, W->cols);
+}
+/* Writes W's rows in the packed layout to dst (wrk_pack_bytes(W) bytes). */
+void wrk_pack(const wrk_mat_t *W, void *dst);
+
 typedef struct wrk_kern {
     const char *isa;
     /* y[t*ldy + o] = (acc ? y : 0) + x[t] . W[o] (+ bias[o]) for t < T (any T) and o in

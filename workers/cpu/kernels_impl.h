@@ -26,9 +26,18 @@ static inline void KFN(st)(float *p, vf v)
 {
     memcpy(p, &v, sizeof v);
 }
+/* A broadcast (vbroadcastss): not `(vf){0} + x`, which the compiler must keep as a scalar
+ * add before the broadcast (0 + -0.0 is +0.0). */
 static inline vf KFN(splat)(float x)
 {
-    return (vf){0} + x;
+    vf v = {x};
+#if VW == 16
+    return __builtin_shufflevector(v, v, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+#elif VW == 8
+    return __builtin_shufflevector(v, v, 0, 0, 0, 0, 0, 0, 0, 0);
+#else
+    return __builtin_shufflevector(v, v, 0, 0, 0, 0);
+#endif
 }
 /* Horizontal sum by halving (log2(VW) shuffles and adds) instead of a lane-by-lane chain of
  * VW extracts and dependent adds: the GEMV epilogue runs one per (row, token). */
@@ -424,9 +433,207 @@ static void KFN(pack_x)(float *xp, const float *x, int ldx, int T, int K)
     }
 }
 
+/* ---- matmul over packed weights (W->pk, layout in kernels.h) -------------------------
+ *
+ * Outer products: a tile of NP panels (16 rows each, PV vectors) x up to PTR tokens of
+ * accumulators; per column k, one weight vector per panel and one broadcast x[t][k] per
+ * token. Each output element is a plain sequence of FMAs over k = 0, 1, ..., K-1 from 0,
+ * then + bias, then + y (acc): the same whatever T and tile, and no horizontal sums. */
+#define PV (WRK_PANEL / VW)
+#if VW >= 16
+#ifndef PTR
+#define PTR 12 /* 2 panels x 12 tokens: 24 accumulators + 4 weight vectors of 32 registers */
+#endif
+#define PNP(T) ((T) <= 2 ? 4 : 2)
+#elif VW == 8
+#define PTR 6 /* 1 panel (2 vectors) x 6 tokens of 16 registers */
+#define PNP(T) ((T) <= 2 ? 2 : 1)
+#else
+#define PTR 2
+#define PNP(T) 1
+#endif
+#define PNP_MAX 4
+#ifndef MM_PK_PF_DIST
+#define MM_PK_PF_DIST 1024
+#endif
+
+static inline __attribute__((always_inline)) void
+KFN(pk_tile)(const wrk_mat_t *W, int p, const int NP, const float *x, int ldx, const int T,
+             const wrk_dtype_t dt, float *y, int ldy, const float *bias, bool acc, int o0,
+             int o1, int pf)
+{
+    const int K = W->cols;
+    const size_t pb = wrk_pack_panel_bytes(dt, K);
+    const char *base = (const char *)W->pk + (size_t)p * pb;
+    vf a[PNP_MAX][PV][PTR];
+#pragma GCC unroll 4
+    for (int q = 0; q < NP; q++)
+#pragma GCC unroll 4
+        for (int v = 0; v < PV; v++)
+#pragma GCC unroll 12
+            for (int t = 0; t < T; t++) a[q][v][t] = KFN(splat)(0.f);
+    if (dt == WRK_DT_BF16) {
+        /* per pair of columns: 16 rows x (k, k+1) as 32-bit words */
+        const int KP = K / 2;
+        for (int j = 0; j <= KP; j++) {
+            if (j == KP && !(K & 1)) break;
+            vf we[PNP_MAX][PV], wo[PNP_MAX][PV];
+#pragma GCC unroll 4
+            for (int q = 0; q < NP; q++) {
+                const char *w = base + (size_t)q * pb + (size_t)j * WRK_PANEL * 4;
+                if (pf) __builtin_prefetch(w + MM_PK_PF_DIST, 0, MM_PF_LOC);
+#pragma GCC unroll 4
+                for (int v = 0; v < PV; v++) {
+                    vu u;
+                    memcpy(&u, w + (size_t)v * VW * 4, sizeof u);
+                    vu e = u << 16, o = u & 0xffff0000u;
+                    memcpy(&we[q][v], &e, sizeof e);
+                    memcpy(&wo[q][v], &o, sizeof o);
+                }
+            }
+#pragma GCC unroll 12
+            for (int t = 0; t < T; t++) {
+                const vf xb = KFN(splat)(x[(size_t)t * ldx + 2 * j]);
+#pragma GCC unroll 4
+                for (int q = 0; q < NP; q++)
+#pragma GCC unroll 4
+                    for (int v = 0; v < PV; v++) a[q][v][t] += we[q][v] * xb;
+            }
+            if (j == KP) break; /* odd K: the last column has no pair */
+#pragma GCC unroll 12
+            for (int t = 0; t < T; t++) {
+                const vf xb = KFN(splat)(x[(size_t)t * ldx + 2 * j + 1]);
+#pragma GCC unroll 4
+                for (int q = 0; q < NP; q++)
+#pragma GCC unroll 4
+                    for (int v = 0; v < PV; v++) a[q][v][t] += wo[q][v] * xb;
+            }
+        }
+    } else {
+        const size_t esz = dt == WRK_DT_F32 ? 4 : 2;
+        for (int k = 0; k < K; k++) {
+            vf w[PNP_MAX][PV];
+#pragma GCC unroll 4
+            for (int q = 0; q < NP; q++) {
+                const char *wp = base + (size_t)q * pb + (size_t)k * WRK_PANEL * esz;
+                if (pf) __builtin_prefetch(wp + MM_PK_PF_DIST, 0, MM_PF_LOC);
+#pragma GCC unroll 4
+                for (int v = 0; v < PV; v++)
+                    w[q][v] = dt == WRK_DT_F32 ? KFN(ld)((const float *)(const void *)wp + v * VW)
+                                               : LOAD_F16(wp + (size_t)v * VW * 2);
+            }
+#pragma GCC unroll 12
+            for (int t = 0; t < T; t++) {
+                const vf xb = KFN(splat)(x[(size_t)t * ldx + k]);
+#pragma GCC unroll 4
+                for (int q = 0; q < NP; q++)
+#pragma GCC unroll 4
+                    for (int v = 0; v < PV; v++) a[q][v][t] += w[q][v] * xb;
+            }
+        }
+    }
+    for (int q = 0; q < NP; q++)
+        for (int v = 0; v < PV; v++) {
+            const int r0 = (p + q) * WRK_PANEL + v * VW;
+            if (r0 >= o1 || r0 + VW <= o0) continue;
+            const bool full = r0 >= o0 && r0 + VW <= o1;
+            for (int t = 0; t < T; t++) {
+                float *dst = y + (size_t)t * ldy + r0;
+                vf r = a[q][v][t];
+                if (full) {
+                    if (bias) r += KFN(ld)(bias + r0);
+                    if (acc) r = KFN(ld)(dst) + r;
+                    KFN(st)(dst, r);
+                    continue;
+                }
+                for (int l = 0; l < VW; l++) {
+                    if (r0 + l < o0 || r0 + l >= o1) continue;
+                    float s = r[l];
+                    if (bias) s += bias[r0 + l];
+                    dst[l] = acc ? dst[l] + s : s;
+                }
+            }
+        }
+}
+
+/* Panels [pa, pb) for T <= PTR tokens, T and dt fixed at compile time per instance. */
+static inline __attribute__((always_inline)) void
+KFN(pk_rows)(const wrk_mat_t *W, int pa, int pe, const float *x, int ldx, const int T,
+             const wrk_dtype_t dt, float *y, int ldy, const float *bias, bool acc, int o0, int o1,
+             int pf)
+{
+    const int NP = PNP(T);
+    int p = pa;
+    for (; p + NP <= pe; p += NP)
+        KFN(pk_tile)(W, p, NP, x, ldx, T, dt, y, ldy, bias, acc, o0, o1, pf);
+    for (; p < pe; p++) KFN(pk_tile)(W, p, 1, x, ldx, T, dt, y, ldy, bias, acc, o0, o1, pf);
+}
+
+#define KPK_T(DT)                                                                            \
+    switch (T) {                                                                             \
+    case 1: KFN(pk_rows)(W, pa, pe, x, ldx, 1, DT, y, ldy, bias, acc, o0, o1, pf); break;    \
+    case 2: KFN(pk_rows)(W, pa, pe, x, ldx, 2, DT, y, ldy, bias, acc, o0, o1, pf); break;    \
+    PK_CASES_ABOVE_2(DT)                                                                     \
+    default: KFN(pk_rows)(W, pa, pe, x, ldx, PTR, DT, y, ldy, bias, acc, o0, o1, pf); break; \
+    }
+#if PTR == 12
+#define PK_CASES_ABOVE_2(DT)                                                                 \
+    case 3: KFN(pk_rows)(W, pa, pe, x, ldx, 3, DT, y, ldy, bias, acc, o0, o1, pf); break;    \
+    case 4: KFN(pk_rows)(W, pa, pe, x, ldx, 4, DT, y, ldy, bias, acc, o0, o1, pf); break;    \
+    case 5: KFN(pk_rows)(W, pa, pe, x, ldx, 5, DT, y, ldy, bias, acc, o0, o1, pf); break;    \
+    case 6: KFN(pk_rows)(W, pa, pe, x, ldx, 6, DT, y, ldy, bias, acc, o0, o1, pf); break;    \
+    case 7: KFN(pk_rows)(W, pa, pe, x, ldx, 7, DT, y, ldy, bias, acc, o0, o1, pf); break;    \
+    case 8: KFN(pk_rows)(W, pa, pe, x, ldx, 8, DT, y, ldy, bias, acc, o0, o1, pf); break;    \
+    case 9: KFN(pk_rows)(W, pa, pe, x, ldx, 9, DT, y, ldy, bias, acc, o0, o1, pf); break;    \
+    case 10: KFN(pk_rows)(W, pa, pe, x, ldx, 10, DT, y, ldy, bias, acc, o0, o1, pf); break;  \
+    case 11: KFN(pk_rows)(W, pa, pe, x, ldx, 11, DT, y, ldy, bias, acc, o0, o1, pf); break;
+#elif PTR == 6
+#define PK_CASES_ABOVE_2(DT)                                                                 \
+    case 3: KFN(pk_rows)(W, pa, pe, x, ldx, 3, DT, y, ldy, bias, acc, o0, o1, pf); break;    \
+    case 4: KFN(pk_rows)(W, pa, pe, x, ldx, 4, DT, y, ldy, bias, acc, o0, o1, pf); break;    \
+    case 5: KFN(pk_rows)(W, pa, pe, x, ldx, 5, DT, y, ldy, bias, acc, o0, o1, pf); break;
+#else
+#define PK_CASES_ABOVE_2(DT)
+#endif
+
+static void KFN(pk_block)(const wrk_mat_t *W, int pa, int pe, const float *x, int ldx, int T,
+                          float *y, int ldy, const float *bias, bool acc, int o0, int o1, int pf)
+{
+    switch (W->dt) {
+    case WRK_DT_BF16: KPK_T(WRK_DT_BF16); break;
+    case WRK_DT_F16: KPK_T(WRK_DT_F16); break;
+    default: KPK_T(WRK_DT_F32); break;
+    }
+}
+#undef KPK_T
+#undef PK_CASES_ABOVE_2
+
+static void KFN(mm_packed)(const wrk_mat_t *W, int o0, int o1, const float *x, int ldx, int T,
+                           float *y, int ldy, const float *bias, bool acc)
+{
+    const int p0 = o0 / WRK_PANEL, p1 = (o1 + WRK_PANEL - 1) / WRK_PANEL;
+    const size_t pb = wrk_pack_panel_bytes(W->dt, W->cols);
+    int group = (int)(MM_PANEL_BYTES / (pb ? pb : 1));
+    if (group < PNP_MAX) group = PNP_MAX;
+    if (T <= PTR) { /* decode: every panel once */
+        KFN(pk_block)(W, p0, p1, x, ldx, T, y, ldy, bias, acc, o0, o1, 1);
+        return;
+    }
+    for (int g = p0; g < p1; g += group) {
+        const int ge = p1 - g < group ? p1 : g + group;
+        for (int t = 0; t < T; t += PTR)
+            KFN(pk_block)(W, g, ge, x + (size_t)t * ldx, ldx, T - t < PTR ? T - t : PTR,
+                          y + (size_t)t * ldy, ldy, bias, acc, o0, o1, t == 0);
+    }
+}
+
 static void KFN(mm)(const wrk_mat_t *W, int o0, int o1, const float *x, int ldx, int T,
                     float *y, int ldy, const float *bias, bool acc, float *xpack)
 {
+    if (W->pk) {
+        KFN(mm_packed)(W, o0, o1, x, ldx, T, y, ldy, bias, acc);
+        return;
+    }
     const int K = W->cols;
     const size_t rb = (size_t)K * wrk_dtype_size(W->dt);
     int panel = (int)(MM_PANEL_BYTES / (rb ? rb : 1)) & ~3;

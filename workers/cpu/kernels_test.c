@@ -88,10 +88,11 @@ static float weight_value(const void *w, wrk_dtype_t dt, size_t i)
  * directly at every T (it takes any). */
 static void test_matmul(void)
 {
-    static const int shapes[][2] = {{37, 29}, {64, 48}, {130, 257}, {16, 8}, {5, 3}};
-    static const int Ts[] = {1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 33};
+    static const int shapes[][2] = {{37, 29}, {64, 48}, {130, 257}, {16, 8}, {5, 3}, {33, 1}};
+    static const int Ts[] = {1, 2, 3, 4, 5, 7, 8, 9, 12, 13, 16, 17, 25, 33};
     unsigned seed = 7;
     float *scratch = malloc(WRK_GEMM_BLOCK_ROWS * 300 * sizeof(float));
+    float *packed_one = malloc(40 * 300 * sizeof(float));
     for (int ii = 0; ii < 3; ii++) {
         const wrk_kern_t *k = wrk_kern_select(isas[ii]);
         if (!k) {
@@ -122,6 +123,31 @@ static void test_matmul(void)
                     for (int i = 0; i < T * ldy; i++) y2[i] = 0.5f;
                     k->mm(&W, 0, O / 2, x, ldx, T, y2, ldy, bias, true, scratch);
                     k->mm(&W, O / 2, O, x, ldx, T, y2, ldy, bias, true, scratch);
+                    /* the packed layout: the row split at a panel boundary, as the backend
+                     * splits rows, and also mid-panel (each side computes the shared panel and
+                     * stores only its rows) */
+                    float *y3 = malloc((size_t)T * ldy * sizeof(float));
+                    for (int i = 0; i < T * ldy; i++) y3[i] = 0.5f;
+                    wrk_mat_t P = W;
+                    void *pk = aligned_alloc(64, (wrk_pack_bytes(&W) + 63) / 64 * 64);
+                    wrk_pack(&W, pk);
+                    P.pk = pk;
+                    const int cut = (int)ti % 2 ? O / 2 : O / 2 / WRK_PANEL * WRK_PANEL;
+                    k->mm(&P, 0, cut, x, ldx, T, y3, ldy, bias, true, scratch);
+                    k->mm(&P, cut, O, x, ldx, T, y3, ldy, bias, true, scratch);
+                    /* one token at a time gives the same bits (the order per output does
+                     * not depend on T) */
+                    for (int t = 0; t < T; t++)
+                        for (int o = 0; o < O; o++) packed_one[t * O + o] = 0.5f;
+                    for (int t = 0; t < T; t++)
+                        k->mm(&P, 0, O, x + (size_t)t * ldx, ldx, 1, packed_one + (size_t)t * O,
+                              O, bias, true, scratch);
+                    for (int t = 0; t < T; t++)
+                        CHECK_MSG(memcmp(packed_one + (size_t)t * O, y3 + (size_t)t * ldy,
+                                         (size_t)O * sizeof(float)) == 0,
+                                  "%s dt %d %dx%d T=%d: packed row %d differs from T=1", isas[ii],
+                                  dt, O, K, T, t);
+                    free(pk);
                     double worst = 0;
                     for (int t = 0; t < T; t++)
                         for (int o = 0; o < O; o++) {
@@ -131,7 +157,9 @@ static void test_matmul(void)
                                      x[t * ldx + kk];
                             double d = fabs(s - y[t * ldy + o]);
                             double d2 = fabs(s - y2[t * ldy + o]);
+                            double d3 = fabs(s - y3[t * ldy + o]);
                             if (d2 > d) d = d2;
+                            if (d3 > d) d = d3;
                             if (d > worst) worst = d;
                         }
                     CHECK_MSG(worst < 1e-4, "%s dt %d %dx%d T=%d: err %g", isas[ii], dt, O, K, T,
@@ -139,12 +167,14 @@ static void test_matmul(void)
                     free(x);
                     free(y);
                     free(y2);
+                    free(y3);
                 }
                 free(ref);
                 free(wbuf);
             }
     }
     free(scratch);
+    free(packed_one);
 }
 
 static void ref_conv(int T, int I, int K, const float *x, int ldx, const float *w,

@@ -102,8 +102,7 @@ static void forward(void *arg, int ith, int nth)
         wrk_cpu_mm(c, ith, nth, &L->x_proj, a->xc, I, T, a->dbc, ldbc, NULL, false);
         wrk_pool_barrier(c->pool);
         wrk_cpu_all_reduce(c, ith, a->dbc, (size_t)T * ldbc);
-        wrk_matmul(k, wrk_cpu_scratch(c, ith), &L->dt_proj, c0, c1, a->dbc, ldbc, T, a->dt, I,
-                   NULL, false);
+        wrk_cpu_matmul(c, ith, &L->dt_proj, c0, c1, a->dbc, ldbc, T, a->dt, I, NULL, false);
         if (c1 > c0) {
             int t = 0;
             for (int s = 0; s < f->n_seqs; s++) {

@@ -1,0 +1,114 @@
+/* workers/cpu: packed copies of a model's matrices for the CPU matmul (layout in kernels.h).
+ * Made once per model, when the first CPU backend is created; found by data pointer. */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "workers/cpu/cpu_int.h"
+#include "workers/cpu/kernels.h"
+
+typedef struct pack_ent {
+    const void *data;
+    wrk_dtype_t dt;
+    int rows, cols;
+    void *pk;
+} pack_ent_t;
+
+struct wrk_packs {
+    int n;
+    pack_ent_t *e; /* sorted by data */
+};
+
+static pthread_mutex_t g_pack_mu = PTHREAD_MUTEX_INITIALIZER;
+
+void wrk_pack(const wrk_mat_t *W, void *dst)
+{
+    const int K = W->cols, np = (W->rows + WRK_PANEL - 1) / WRK_PANEL;
+    const size_t esz = wrk_dtype_size(W->dt), pb = wrk_pack_panel_bytes(W->dt, K);
+    memset(dst, 0, (size_t)np * pb);
+    for (int r = 0; r < W->rows; r++) {
+        const char *src = (const char *)W->data + (size_t)r * K * esz;
+        char *panel = (char *)dst + (size_t)(r / WRK_PANEL) * pb;
+        const int lane = r % WRK_PANEL;
+        if (W->dt == WRK_DT_BF16) {
+            /* column pair j of row `lane`: bytes [j*64 + lane*4, +4) = (W[r][2j], W[r][2j+1]) */
+            for (int k = 0; k < K; k++)
+                memcpy(panel + (size_t)(k / 2) * WRK_PANEL * 4 + (size_t)lane * 4 + (k & 1) * 2,
+                       src + (size_t)k * 2, 2);
+        } else {
+            for (int k = 0; k < K; k++)
+                memcpy(panel + ((size_t)k * WRK_PANEL + lane) * esz, src + (size_t)k * esz, esz);
+        }
+    }
+}
+
+void wrk_packs_free(struct wrk_packs *p)
+{
+    if (!p) return;
+    for (int i = 0; i < p->n; i++) free(p->e[i].pk);
+    free(p->e);
+    free(p);
+}
+
+static int ent_cmp(const void *a, const void *b)
+{
+    uintptr_t x = (uintptr_t)((const pack_ent_t *)a)->data,
+              y = (uintptr_t)((const pack_ent_t *)b)->data;
+    return x < y ? -1 : x > y;
+}
+
+int wrk_cpu_pack_model(wrk_model_t *m, char *err, size_t errlen)
+{
+    pthread_mutex_lock(&g_pack_mu);
+    int rc = 0;
+    if (m->packs) goto out;
+    struct wrk_packs *p = calloc(1, sizeof *p);
+    pack_ent_t *e = calloc((size_t)(m->n_mats ? m->n_mats : 1), sizeof *e);
+    if (!p || !e) {
+        free(p);
+        free(e);
+        rc = rcd_fail(RCD_ENOMEM, err, errlen, "out of memory packing weights");
+        goto out;
+    }
+    p->e = e;
+    for (int i = 0; i < m->n_mats; i++) {
+        const wrk_mat_t *W = &m->mats[i];
+        bool dup = false;
+        for (int j = 0; j < p->n && !dup; j++) dup = e[j].data == W->data;
+        if (dup || W->rows <= 0 || W->cols <= 0) continue;
+        size_t bytes = wrk_pack_bytes(W);
+        void *pk = aligned_alloc(64, (bytes + 63) / 64 * 64);
+        if (!pk) {
+            wrk_packs_free(p);
+            rc = rcd_fail(RCD_ENOMEM, err, errlen,
+                          "out of memory packing weights (%zu bytes for a %dx%d matrix)", bytes,
+                          W->rows, W->cols);
+            goto out;
+        }
+        wrk_pack(W, pk);
+        e[p->n++] = (pack_ent_t){W->data, W->dt, W->rows, W->cols, pk};
+    }
+    qsort(e, (size_t)p->n, sizeof *e, ent_cmp);
+    m->packs = p;
+out:
+    pthread_mutex_unlock(&g_pack_mu);
+    return rc;
+}
+
+const void *wrk_cpu_packed(const wrk_model_t *m, const wrk_mat_t *W)
+{
+    const struct wrk_packs *p = m->packs;
+    if (!p || !W->data) return NULL;
+    int lo = 0, hi = p->n - 1;
+    while (lo <= hi) {
+        int mid = (lo + hi) / 2;
+        const pack_ent_t *e = &p->e[mid];
+        if (e->data == W->data)
+            return e->dt == W->dt && e->rows == W->rows && e->cols == W->cols ? e->pk : NULL;
+        if ((uintptr_t)e->data < (uintptr_t)W->data)
+            lo = mid + 1;
+        else
+            hi = mid - 1;
+    }
+    return NULL;
+}
