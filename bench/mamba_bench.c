@@ -52,52 +52,63 @@ typedef struct {
     const float *buf;
     size_t n;
     int prefetch; /* 0: hardware prefetchers only; else software prefetch this many bytes ahead */
+    int streams;  /* concurrent sequential streams per thread */
     double sums[64];
 } bw_t;
 
-/* Each thread sums its contiguous share of the buffer with 4 accumulators; with `prefetch`
- * it also issues prefetcht1 for the line that many bytes ahead (what the matmul kernels do:
- * on these VMs hardware streaming alone reaches well under the memory's read rate). */
+/* Each thread sums its contiguous share of the buffer, split into `streams` parts read side
+ * by side (several streams keep more misses in flight than one); with `prefetch` it also
+ * issues prefetcht1 that many bytes ahead in each stream, as the matmul kernels do. */
 static void bw_job(void *arg, int ith, int nth)
 {
     bw_t *b = arg;
     size_t lo = b->n * ith / nth, hi = b->n * (ith + 1) / nth;
     typedef float v8 __attribute__((vector_size(32)));
+    enum { MAXS = 8 };
+    const int S = b->streams < 1 ? 1 : b->streams > MAXS ? MAXS : b->streams;
+    const size_t per = (hi - lo) / 8 / (size_t)S / 4 * 4; /* vectors per stream */
+    const v8 *p[MAXS];
+    for (int j = 0; j < S; j++) p[j] = (const v8 *)(b->buf + lo) + (size_t)j * per;
     v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-    const v8 *p = (const v8 *)(b->buf + lo);
-    size_t nv = (hi - lo) / 8;
     const size_t ahead = (size_t)b->prefetch / sizeof(v8);
-    for (size_t i = 0; i + 4 <= nv; i += 4) {
-        if (ahead) { /* 4 vectors of 32 bytes: two lines per iteration */
-            __builtin_prefetch(p + i + ahead, 0, 2);
-            __builtin_prefetch(p + i + ahead + 2, 0, 2);
+    for (size_t i = 0; i + 4 <= per; i += 4)
+        for (int j = 0; j < S; j++) {
+            if (ahead) { /* 4 vectors of 32 bytes: two lines per iteration */
+                __builtin_prefetch(p[j] + i + ahead, 0, 2);
+                __builtin_prefetch(p[j] + i + ahead + 2, 0, 2);
+            }
+            a0 += p[j][i];
+            a1 += p[j][i + 1];
+            a2 += p[j][i + 2];
+            a3 += p[j][i + 3];
         }
-        a0 += p[i];
-        a1 += p[i + 1];
-        a2 += p[i + 2];
-        a3 += p[i + 3];
-    }
     v8 s = a0 + a1 + a2 + a3;
     b->sums[ith] = s[0] + s[1] + s[2] + s[3] + s[4] + s[5] + s[6] + s[7];
 }
 
-static double read_bandwidth(wrk_pool_t *pool)
+/* Read bandwidth over a buffer of `bytes` (rounded to 64 floats). */
+static double read_bandwidth(wrk_pool_t *pool, size_t bytes)
 {
-    size_t bytes = (size_t)1 << 30, n = bytes / sizeof(float);
+    bytes = bytes / 256 * 256;
+    size_t n = bytes / sizeof(float);
     float *buf = aligned_alloc(64, bytes);
     if (!buf) return 0;
     for (size_t i = 0; i < n; i++) buf[i] = (float)(i & 255);
-    /* the best of plain streaming and software prefetch at a few distances, 3 runs each */
-    static const int dist[] = {0, 1024, 4096, 16384};
+    /* the best over 1, 2, 4 and 8 streams per thread, with and without software prefetch at
+     * a few distances, 2 runs each */
+    static const int dist[] = {0, 1024, 4096};
     double best = 0;
-    for (int d = 0; d < 4; d++)
-        for (int rep = 0; rep < 3; rep++) {
-            bw_t b = {.buf = buf, .n = n, .prefetch = dist[d]};
-            double t = now();
-            wrk_pool_run(pool, bw_job, &b);
-            double gbs = bytes / (now() - t) / 1e9;
-            if (gbs > best) best = gbs;
-        }
+    for (int st = 1; st <= 8; st *= 2)
+        for (int d = 0; d < 3; d++)
+            for (int rep = 0; rep < 2; rep++) {
+                bw_t b = {.buf = buf, .n = n, .prefetch = dist[d], .streams = st};
+                size_t used = (n / (size_t)wrk_pool_size(pool)) / 8 / (size_t)st / 4 * 4 * 8 *
+                              (size_t)st * (size_t)wrk_pool_size(pool) * sizeof(float);
+                double t = now();
+                wrk_pool_run(pool, bw_job, &b);
+                double gbs = used / (now() - t) / 1e9;
+                if (gbs > best) best = gbs;
+            }
     free(buf);
     return best;
 }
@@ -182,15 +193,24 @@ int main(int argc, char **argv)
     int nth = threads > 0 ? threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     wrk_pool_create(nth, &pool);
     cpu_model(cpu, sizeof cpu);
-    double bw = read_bandwidth(pool), peak = gemm_peak(nth);
+    /* Two read rates: "memory", over a buffer much larger than the caches (4x the last-level
+     * cache, at least 1 GiB), and "working set", over a buffer the size of the weights: where
+     * the weights fit in the last-level cache (480 MiB on some of these VMs) batch-1 decode
+     * streams them from there, not from memory, and the second is its real limit. */
     const double weight_b = (double)mi->weight_bytes, state_b = (double)mi->state_bytes;
+    long llc = sysconf(_SC_LEVEL3_CACHE_SIZE);
+    size_t big = llc > 0 && (size_t)llc * 4 > ((size_t)1 << 30) ? (size_t)llc * 4 : (size_t)1 << 30;
+    double bw_mem = read_bandwidth(pool, big);
+    double bw = read_bandwidth(pool, (size_t)(weight_b + 2 * state_b));
+    double peak = gemm_peak(nth);
     const double lm_flops = 2.0 * mi->vocab_size * mi->hidden_size;
     printf("cpu: %s, %d threads, kernels %s\n", cpu, nth, b->isa);
     printf("model: %s, %d layers, hidden %d, vocab %d, weights %s %.1f MB, state %.2f MB/seq\n",
            model_dir, mi->n_layers, mi->hidden_size, mi->vocab_size,
            wrk_dtype_name(mi->weight_dtype), weight_b / 1e6, state_b / 1e6);
-    printf("limits: read bandwidth %.1f GB/s, sgemm peak %.1f GFLOP/s (2048^3, %d threads)\n", bw,
-           peak, nth);
+    printf("limits: read bandwidth %.1f GB/s over the weights' size (%.1f GB/s over %.0f MiB, "
+           "L3 %.0f MiB), sgemm peak %.1f GFLOP/s (2048^3, %d threads)\n",
+           bw, bw_mem, (double)big / 1048576, llc > 0 ? (double)llc / 1048576 : 0, peak, nth);
     printf("%-8s %10s %10s %10s %10s %9s %s\n", "batch", "tok/s", "step_p50", "step_p99",
            "GFLOP/s", "limit%", "(limit) step_min");
 
@@ -226,9 +246,11 @@ int main(int argc, char **argv)
          * larger batches are compared with the GEMM peak. */
         if (B == 1) {
             double limit = bw * 1e9 / (weight_b + 2 * state_b);
-            printf("%-8d %10.1f %8.2fms %8.2fms %10.1f %8.1f%% (%.1f tok/s bw) %.2fms\n", B, tps,
-                   lat[steps / 2] * 1e3, lat[steps * 99 / 100] * 1e3, gflops, 100 * tps / limit,
-                   limit, lat[0] * 1e3);
+            double limit_mem = bw_mem * 1e9 / (weight_b + 2 * state_b);
+            printf("%-8d %10.1f %8.2fms %8.2fms %10.1f %8.1f%% (%.1f tok/s bw) %.2fms "
+                   "[%.1f%% of %.1f tok/s from memory]\n",
+                   B, tps, lat[steps / 2] * 1e3, lat[steps * 99 / 100] * 1e3, gflops,
+                   100 * tps / limit, limit, lat[0] * 1e3, 100 * tps / limit_mem, limit_mem);
         } else {
             printf("%-8d %10.1f %8.2fms %8.2fms %10.1f %8.1f%% (of sgemm peak) %.2fms\n", B,
                    tps, lat[steps / 2] * 1e3, lat[steps * 99 / 100] * 1e3, gflops,
