@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """Prefix snapshots and session resume against re-prefill, over a real recurd (issue #7).
 
-  RECURD_BIN=build/h-prefix/daemon/recurd python3 bench/prefix_bench.py [--reps N]
+  [RECURD_BIN=...] python3 bench/prefix_bench.py [--reps N] [--model DIR --vocab V]
+
+--model runs a checkpoint other than the bundled one (e.g. bench/data/mamba130m-bf16, which
+has no tokenizer: prompts are then random token ids below --vocab).
 
 1. TTFT of a prompt whose 64..2048-token prefix is cached (a hit: only the suffix is
    prefilled) against the same prompt shape with a fresh prefix (a miss: all of it).
-2. Resume of a session with 64..4096 tokens of history from its durable checkpoint (host
+2. Resume of a session with 64..8192 tokens of history from its durable checkpoint (host
    cache off: the state is read from disk, page cache warm) against a stateless re-prefill of
    the same history, in the same run.
 
@@ -37,7 +40,12 @@ def ttft(api, req):
     return first * 1e3, u.queue_ms + u.prefill_ms, u.cached_prompt_tokens
 
 
+VOCAB = 0  # > 0: the model has no tokenizer; draw ids below it
+
+
 def vocab_tokens(api, n, rng):
+    if VOCAB:
+        return [rng.randrange(VOCAB) for _ in range(n)]
     text = " ".join(rng.choice(["alpha", "river", "stone", "quiet", "north", "seven", "glass",
                                 "market", "winter", "signal", "orange", "pilot", "ledger"])
                     for _ in range(n))
@@ -50,9 +58,9 @@ def req(tokens, session=None):
                        ignore_eos=True)
 
 
-def bench_prefix(reps, threads):
-    d = Daemon("--ephemeral", "--max-prompt", "8192", "--max-context", "16384", "--threads",
-               str(threads), "--prefix-cache-bytes", str(256 << 20))
+def bench_prefix(reps, threads, model):
+    d = Daemon(*model, "--ephemeral", "--max-prompt", "16384", "--max-context", "32768",
+               "--threads", str(threads), "--prefix-cache-bytes", str(256 << 20))
     rng = random.Random(1)
     try:
         api = d.api
@@ -78,8 +86,9 @@ def bench_prefix(reps, threads):
         d.stop()
 
 
-def bench_resume(reps, threads):
-    d = Daemon("--max-prompt", "8192", "--max-context", "16384", "--threads", str(threads),
+def bench_resume(reps, threads, model):
+    d = Daemon(*model, "--max-prompt", "16384", "--max-context", "32768", "--threads",
+               str(threads),
                "--host-cache-bytes", "0", "--prefix-cache-bytes", "0")
     rng = random.Random(2)
     try:
@@ -87,7 +96,7 @@ def bench_resume(reps, threads):
         ttft(api, req(vocab_tokens(api, 16, rng)))
         print("history | resume from disk TTFT ms (client / server) | re-prefill TTFT ms "
               "(client / server) | ratio")
-        for n in (64, 256, 1024, 2048, 4096):
+        for n in (64, 256, 1024, 2048, 4096, 8192):
             res, pre = [], []
             for _ in range(reps):
                 hist = vocab_tokens(api, n, rng)
@@ -114,9 +123,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--model", default="")
+    ap.add_argument("--vocab", type=int, default=0)
     a = ap.parse_args()
-    bench_prefix(a.reps, a.threads)
-    bench_resume(a.reps, a.threads)
+    global VOCAB
+    VOCAB = a.vocab
+    model = ("--model", a.model) if a.model else ()
+    bench_prefix(a.reps, a.threads, model)
+    bench_resume(a.reps, a.threads, model)
 
 
 if __name__ == "__main__":

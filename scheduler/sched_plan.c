@@ -215,10 +215,16 @@ static sched_entry_t *add_entry(sched_t *s, sched__req_t *r, int32_t n, int32_t 
     return e;
 }
 
-/* Prefill order: effective priority (frozen at admission), then arrival. */
-static bool prefill_before(const sched__req_t *a, const sched__req_t *b)
+/* Prefill order: effective priority (frozen at admission), then (chunking) the fewest prompt
+ * tokens left — a short prompt admitted beside long ones gets its chunk first and reaches its
+ * first token in one step, while the long ones keep their one token per step and the rest of
+ * the budget — then arrival. Without chunking, arrival only: there is no one-token share, and
+ * the first in order must be the one that cannot be passed over. */
+static bool prefill_before(const sched_t *s, const sched__req_t *a, const sched__req_t *b)
 {
     if (a->eff_frozen != b->eff_frozen) return a->eff_frozen > b->eff_frozen;
+    const int32_t la = a->prompt - a->fed, lb = b->prompt - b->fed;
+    if (!s->cfg.no_chunking && la != lb) return la < lb;
     return a->seq < b->seq;
 }
 
@@ -239,7 +245,7 @@ static void build_batch(sched_t *s)
         } else if (r->fed < r->prompt) {
             /* insertion sort into prefill order; n_slots is small */
             int32_t j = n_pre++;
-            while (j > 0 && prefill_before(r, &s->reqs[s->order[j - 1]])) {
+            while (j > 0 && prefill_before(s, r, &s->reqs[s->order[j - 1]])) {
                 s->order[j] = s->order[j - 1];
                 j--;
             }

@@ -210,6 +210,40 @@ static void test_chunked_prefill(void)
     sched_destroy(s);
 }
 
+/* Two long prompts are prefilling when a short one is admitted: the short one's prompt goes
+ * first in the next plan (fewest tokens left), whole, and it reaches its first token in that
+ * step; the long ones keep moving (one token each at least, the budget's rest). In arrival
+ * order it would have had one token per step behind two full chunks. */
+static void test_short_prompt_first(void)
+{
+    sched_config_t c;
+    sched_config_default(&c);
+    c.n_slots = 4;
+    c.step_tokens = 64;
+    c.max_chunk = 32;
+    sched_t *s = mk(&c);
+    sched_event_t ev[2] = {ev_arrive(1, 0, 0, 1000, 2), ev_arrive(2, 0, 0, 900, 2)};
+    const sched_plan_t *p = step(s, 0, ev, 2);
+    const sched_entry_t *e;
+    CHECK((e = entry_of(p, 1)) && (e = entry_of(p, 2)) && p->n_tokens == 64);
+    sched_event_t ev2[2] = {ev_done(p->step, 0, NULL, 0), ev_arrive(3, 0, 0, 30, 2)};
+    p = step(s, 10, ev2, 2);
+    CHECK((e = entry_of(p, 3)) && e->start == 0 && e->n_tokens == 30 && e->n_logits == 1);
+    const sched_entry_t *e1 = entry_of(p, 1), *e2 = entry_of(p, 2);
+    CHECK(e1 && e2 && e1->n_tokens >= 1 && e2->n_tokens >= 1);
+    CHECK(p->n_tokens == 64);
+    /* the long ones: the one with fewer tokens left (2) is served before 1 */
+    CHECK(e1 && e2 && e2->n_tokens >= e1->n_tokens);
+    p = step_done(s, 20, p);
+    CHECK((e = entry_of(p, 3)) && e->decode); /* its first token came from the last step */
+    int guard = 0;
+    while (p->step && guard++ < 200) p = step_done(s, 30 + guard, p);
+    sched_stats_t st;
+    sched_get_stats(s, &st);
+    CHECK(st.completed == 3 && st.running == 0);
+    sched_destroy(s);
+}
+
 /* no_chunking: each prompt runs whole in one step or waits; never a partial chunk. The config
  * needs a prompt limit the budget holds next to n_slots - 1 decodes. */
 static void test_no_chunking(void)
@@ -790,6 +824,7 @@ int main(void)
     RUN(test_admission_control);
     RUN(test_chunked_prefill);
     RUN(test_no_chunking);
+    RUN(test_short_prompt_first);
     RUN(test_decodes_first);
     RUN(test_cancel_frees_slot);
     RUN(test_deadline_in_queue);
