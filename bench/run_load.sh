@@ -9,6 +9,7 @@
 #   CHAT_RATES=1,0 MIXED_RATES=0.5 DURATION=20 MAX_REQ=32 BASELINE=2 IDLE_SHORT=4
 #   OUT_SCALE=0.1 (output lengths x this) STEP_TOKENS=256 CHUNK=128
 #   SHORT_RATE=0.5 (mixed runs: extra short requests/s next to the workload's arrivals)
+#   PIPELINE=2 (recurd --pipeline: plans in flight) UNCHUNKED=1 (0: skip the unchunked run)
 #   WORKLOADS="chat mixed" (either or both)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +29,8 @@ STEP_TOKENS=${STEP_TOKENS:-256}
 CHUNK=${CHUNK:-128}
 SHORT_RATE=${SHORT_RATE:-0.5}
 WORKLOADS=${WORKLOADS:-chat mixed}
+PIPELINE=${PIPELINE:-2}
+UNCHUNKED=${UNCHUNKED:-1}
 RECURD=$BUILD/daemon/recurd
 LOADGEN=$BUILD/bench/rcd_loadgen
 [ -x "$RECURD" ] && [ -x "$LOADGEN" ] || { echo "build $RECURD and $LOADGEN first" >&2; exit 1; }
@@ -42,12 +45,12 @@ start() { # start LABEL recurd-args...
   rm -f "$TMP/port"
   "$RECURD" --model "$MODEL" --ephemeral --port 0 --port-file "$TMP/port" --no-progress \
     --threads "$THREADS" --slots "$SLOTS" --max-queue 1024 --max-prompt 2048 \
-    --max-step-tokens "$STEP_TOKENS" "$@" 2>"$TMP/$label.log" &
+    --max-step-tokens "$STEP_TOKENS" --pipeline "$PIPELINE" "$@" 2>"$TMP/$label.log" &
   PID=$!
   for _ in $(seq 600); do [ -s "$TMP/port" ] && break; sleep 0.1; done
   [ -s "$TMP/port" ] || { echo "recurd did not start:" >&2; cat "$TMP/$label.log" >&2; exit 1; }
   ADDR=127.0.0.1:$(cat "$TMP/port")
-  echo "## $label: recurd --slots $SLOTS --max-step-tokens $STEP_TOKENS $*"
+  echo "## $label: recurd --slots $SLOTS --max-step-tokens $STEP_TOKENS --pipeline $PIPELINE $*"
 }
 
 LG=(--max-inflight "$MAX_INFLIGHT" --max-requests "$MAX_REQ" --duration "$DURATION"
@@ -65,6 +68,7 @@ start mixed-chunked --prefill-chunk "$CHUNK"
 "$LOADGEN" --addr "$ADDR" --workload mixed --rates "$MIXED_RATES" --baseline "$BASELINE" \
   --idle-short "$IDLE_SHORT" --short-rate "$SHORT_RATE" "${LG[@]}"
 stop
+[ "$UNCHUNKED" = 1 ] || exit 0
 
 start mixed-unchunked --prefill-chunk 0
 "$LOADGEN" --addr "$ADDR" --workload mixed --rates "$MIXED_RATES" --baseline "$BASELINE" \

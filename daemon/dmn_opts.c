@@ -203,6 +203,9 @@ int dmn_opts_parse(dmn_opts_t *o, int argc, char **argv, char *err, size_t errle
                         "--slots, --max-step-tokens, --max-context, --max-prompt, --max-queue and "
                         "--default-max-tokens, --keep-versions must be >= 1, --max-message-bytes "
                         ">= 1024");
+    if (o->pipeline < 1 || o->pipeline > 2)
+        return rcd_fail(RCD_EINVAL, err, errlen, "--pipeline must be 1 or 2, not %ld",
+                        o->pipeline);
     if (strlen(o->state_dir) > 3000)
         return rcd_fail(RCD_EINVAL, err, errlen, "--state-dir is longer than 3000 bytes");
     return 0;

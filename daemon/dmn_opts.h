@@ -33,6 +33,9 @@
       "shared); 0: no chunking, a prompt's prefill runs whole in one step")                        \
     X(aging_ms, INT, "5000", "RECURD_AGING_MS",                                                    \
       "waiting this long raises a turn's priority by one (0: strict priority)")                    \
+    X(pipeline, INT, "2", "RECURD_PIPELINE",                                                       \
+      "plans in flight: 2 plans step N+1 while step N runs; 1: lockstep (a new request waits "     \
+      "for at most one step, not two)")                                                            \
     X(kv_blocks, INT, "0", "RECURD_KV_BLOCKS",                                                     \
       "KV-cache models (Granite 4.0-H): blocks in the KV pool, allocated at start, each "          \
       "kv-block-tokens x kv_bytes_per_token bytes; 0: 2048 positions per slot")                    \

@@ -15,11 +15,16 @@ static void test_defaults(void)
     CHECK(dmn_opts_parse(&o, 0, NULL, err, sizeof(err)) == 0);
     CHECK(o.port == 50051 && !strcmp(o.host, "127.0.0.1") && !o.listen_all);
     CHECK(!strcmp(o.backend, "cpu") && o.slots == 8);
-    CHECK(o.prefill_chunk == 256 && o.aging_ms == 5000);
+    CHECK(o.prefill_chunk == 256 && o.aging_ms == 5000 && o.pipeline == 2);
     dmn_opts_free(&o);
     char *argv[] = {"--prefill-chunk", "0", "--aging-ms=0"}; /* 0: no chunking, strict */
     CHECK(dmn_opts_parse(&o, 3, argv, err, sizeof(err)) == 0);
     CHECK(o.prefill_chunk == 0 && o.aging_ms == 0);
+    dmn_opts_free(&o);
+    char *p1[] = {"--pipeline", "1"}, *p3[] = {"--pipeline", "3"};
+    CHECK(dmn_opts_parse(&o, 2, p1, err, sizeof(err)) == 0 && o.pipeline == 1);
+    dmn_opts_free(&o);
+    CHECK(dmn_opts_parse(&o, 2, p3, err, sizeof(err)) == RCD_EINVAL && strstr(err, "--pipeline"));
     dmn_opts_free(&o);
 }
 

@@ -223,6 +223,7 @@ int main(int argc, char **argv)
         rc_cfg.prefill_chunk = (int)opts.prefill_chunk;
         rc_cfg.max_prompt = (int)opts.max_prompt;
         rc_cfg.aging_ms = opts.aging_ms;
+        rc_cfg.max_inflight = (int)opts.pipeline;
         if ((rc = dmn_runner_create_cfg(&loop, srv.backend, &rc_cfg, &srv.runner, err,
                                         sizeof(err)))) {
             dmn_log(DMN_ERROR, "runner", NULL, NULL, "%s", err);

@@ -481,7 +481,7 @@ KFN(pk_tile)(const wrk_mat_t *W, int p, const int NP, const float *x, int ldx, c
 #pragma GCC unroll 4
             for (int q = 0; q < NP; q++) {
                 const char *w = base + (size_t)q * pb + (size_t)j * WRK_PANEL * 4;
-                if (pf) __builtin_prefetch(w + MM_PK_PF_DIST, 0, MM_PF_LOC);
+                if (pf) __builtin_prefetch(w + pf, 0, MM_PF_LOC);
 #pragma GCC unroll 4
                 for (int v = 0; v < PV; v++) {
                     vu u;
@@ -516,7 +516,7 @@ KFN(pk_tile)(const wrk_mat_t *W, int p, const int NP, const float *x, int ldx, c
 #pragma GCC unroll 4
             for (int q = 0; q < NP; q++) {
                 const char *wp = base + (size_t)q * pb + (size_t)k * WRK_PANEL * esz;
-                if (pf) __builtin_prefetch(wp + MM_PK_PF_DIST, 0, MM_PF_LOC);
+                if (pf) __builtin_prefetch(wp + pf, 0, MM_PF_LOC);
 #pragma GCC unroll 4
                 for (int v = 0; v < PV; v++)
                     w[q][v] = dt == WRK_DT_F32 ? KFN(ld)((const float *)(const void *)wp + v * VW)
@@ -616,14 +616,19 @@ static void KFN(mm_packed)(const wrk_mat_t *W, int o0, int o1, const float *x, i
     int group = (int)(MM_PANEL_BYTES / (pb ? pb : 1));
     if (group < PNP_MAX) group = PNP_MAX;
     if (T <= PTR) { /* decode: every panel once */
-        KFN(pk_block)(W, p0, p1, x, ldx, T, y, ldy, bias, acc, o0, o1, 1);
+        KFN(pk_block)(W, p0, p1, x, ldx, T, y, ldy, bias, acc, o0, o1, MM_PK_PF_DIST);
         return;
     }
+    /* The first token block streams the group from memory (prefetching just ahead); the later
+     * ones find it in L2 and prefetch the same place in the next group, so the memory traffic
+     * is spread over the whole group's compute instead of bunched in its first pass. */
     for (int g = p0; g < p1; g += group) {
         const int ge = p1 - g < group ? p1 : g + group;
+        const int next = ge < p1 ? (int)((size_t)(ge - g) * pb) : 0;
         for (int t = 0; t < T; t += PTR)
             KFN(pk_block)(W, g, ge, x + (size_t)t * ldx, ldx, T - t < PTR ? T - t : PTR,
-                          y + (size_t)t * ldy, ldy, bias, acc, o0, o1, t == 0);
+                          y + (size_t)t * ldy, ldy, bias, acc, o0, o1,
+                          t == 0 ? MM_PK_PF_DIST : next);
     }
 }
 
