@@ -83,9 +83,10 @@ static float weight_value(const void *w, wrk_dtype_t dt, size_t i)
     return dt == WRK_DT_BF16 ? wrk_bf16_to_f32(h) : wrk_f16_to_f32(h);
 }
 
-/* Every dtype, token counts on every side of the GEMV / streamed (half weights, <= 8) /
- * GEMM switches, odd shapes, bias and accumulate, unaligned weight rows; gemm_stream also
- * directly at every T (it takes any). */
+/* Every dtype, token counts on every side of the kernels' register tiles (5 and 12 tokens),
+ * odd shapes, bias and accumulate, unaligned weight rows: wrk_matmul, the row-major `mm`, and
+ * `mm` over the packed layout (split at and inside a panel), each against a double-precision
+ * reference; the packed result of every token also bit-identical to a T = 1 call. */
 static void test_matmul(void)
 {
     static const int shapes[][2] = {{37, 29}, {64, 48}, {130, 257}, {16, 8}, {5, 3}, {33, 1}};
