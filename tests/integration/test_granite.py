@@ -15,17 +15,14 @@ snapshots of both (PrefixSnapshots): hits equal a daemon without the cache, and 
 leaks."""
 import os
 import re
-import shutil
-import signal
 import struct
-import tempfile
 import threading
 import time
 import unittest
 
 import grpc
 
-from rcd_harness import ROOT, Daemon, collect, gen_request, pb
+from rcd_harness import ROOT, OwnDaemonsTest, collect, gen_request, pb
 
 C = grpc.StatusCode
 GRANITE = os.path.join(ROOT, "tests", "golden", "granite", "mha_moe8")
@@ -50,31 +47,12 @@ def payload_bytes(path):
     return n
 
 
-class Base(unittest.TestCase):
+class Base(OwnDaemonsTest):
     model = GRANITE
-
-    def setUp(self):
-        self.dir = tempfile.mkdtemp(prefix="recurd-granite-")
-        self.daemons = []
-
-    def tearDown(self):
-        for d in self.daemons:
-            if d.proc.poll() is None:
-                rc = d.stop()
-                self.assertEqual(rc, 0, d.logs()[-3000:])
-        shutil.rmtree(self.dir, ignore_errors=True)
+    state_prefix = "recurd-granite-"
 
     def start(self, *extra):
-        d = Daemon("--model", self.model, "--state-dir", self.dir, *extra)
-        self.daemons.append(d)
-        return d
-
-    def kill(self, d):
-        d.channel.close()
-        d.proc.send_signal(signal.SIGKILL)
-        d.proc.wait()
-        d.log.close()
-        shutil.rmtree(d.tmp, ignore_errors=True)
+        return self.spawn("--model", self.model, "--state-dir", self.dir, *extra)
 
     def turn(self, d, sid, ids, n=N, **kw):
         _, out, lps, last = collect(d.api.Generate(
@@ -254,7 +232,7 @@ def kv_blocks_at_exit(d):
     return int(m[-1][0]), int(m[-1][1])
 
 
-class PrefixSnapshots(unittest.TestCase):
+class PrefixSnapshots(OwnDaemonsTest):
     """Prefix snapshots of variable-size (Granite: the fixed part plus k positions of KV) and
     ring-buffer (RecurrentGemma) states: a prompt sharing a >= 64-token prefix with an earlier
     one is a hit (usage.cached_prompt_tokens) and its greedy tokens equal, logprobs within
@@ -263,20 +241,9 @@ class PrefixSnapshots(unittest.TestCase):
     TOL = 1e-5
     KV = ("--kv-blocks", "96", "--kv-block-tokens", "4")  # 384 positions
 
-    def setUp(self):
-        self.daemons = []
-
-    def tearDown(self):
-        for d in self.daemons:
-            if d.proc.poll() is None:
-                rc = d.stop()
-                self.assertEqual(rc, 0, d.logs()[-3000:])
-
     def start(self, model, *extra):
         # a small prefill chunk: boundaries (64, 128) fall inside chunks and between them
-        d = Daemon("--model", model, "--ephemeral", "--prefill-chunk", "48", *extra)
-        self.daemons.append(d)
-        return d
+        return self.spawn("--model", model, "--ephemeral", "--prefill-chunk", "48", *extra)
 
     def gen(self, d, ids, n=8, sid=None, **kw):
         return collect(d.api.Generate(

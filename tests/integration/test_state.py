@@ -12,14 +12,13 @@ import os
 import random
 import shutil
 import signal
-import tempfile
 import threading
 import time
 import unittest
 
 import grpc
 
-from rcd_harness import ROOT, Daemon, collect, gen_request, pb
+from rcd_harness import ROOT, Daemon, OwnDaemonsTest, collect, gen_request, pb
 
 C = grpc.StatusCode
 P1 = "Once upon a time, there was"
@@ -31,33 +30,22 @@ def ckpt(state_dir, sid, version):
     return os.path.join(state_dir, "s_" + sid, "%020d.ckpt" % version)
 
 
-class State(unittest.TestCase):
+class State(OwnDaemonsTest):
+    state_prefix = "recurd-state-"
+
     def setUp(self):
-        self.dir = tempfile.mkdtemp(prefix="recurd-state-")
-        self.daemons = []
+        super().setUp()
         self.mounts = []
 
     def tearDown(self):
-        for d in self.daemons:
-            if d.proc.poll() is None:
-                rc = d.stop()
-                self.assertEqual(rc, 0, d.logs()[-3000:])
-        for m in self.mounts:
-            os.system("umount -l '%s'" % m)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        try:
+            super().tearDown()
+        finally:
+            for m in self.mounts:
+                os.system("umount -l '%s'" % m)
 
     def start(self, *extra):
-        d = Daemon("--state-dir", self.dir, *extra)
-        self.daemons.append(d)
-        return d
-
-    def kill(self, d):
-        """SIGKILL: no drain, no flush — only what was durable survives."""
-        d.channel.close()
-        d.proc.send_signal(signal.SIGKILL)
-        d.proc.wait()
-        d.log.close()
-        shutil.rmtree(d.tmp, ignore_errors=True)
+        return self.spawn("--state-dir", self.dir, *extra)
 
     def tok(self, d, text):
         return list(d.api.Tokenize(pb.TokenizeRequest(text=text)).token_ids)

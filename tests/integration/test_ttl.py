@@ -6,17 +6,14 @@ source's owner and TTL; bad owners and reserved metadata keys are refused; recur
 --owner/--ttl. The sweep runs every 200 ms here (RECURD_SESSION_SWEEP_MS, a test knob)."""
 import json
 import os
-import shutil
-import signal
 import subprocess
-import tempfile
 import threading
 import time
 import unittest
 
 import grpc
 
-from rcd_harness import ROOT, Daemon, collect, gen_request, pb
+from rcd_harness import ROOT, OwnDaemonsTest, collect, gen_request, pb
 
 C = grpc.StatusCode
 SWEEP = {"RECURD_SESSION_SWEEP_MS": "200"}
@@ -26,31 +23,14 @@ def now_ms():
     return int(time.time() * 1000)
 
 
-class Ttl(unittest.TestCase):
-    def setUp(self):
-        self.dir = tempfile.mkdtemp(prefix="recurd-ttl-")
-        self.daemons = []
-
-    def tearDown(self):
-        for d in self.daemons:
-            if d.proc.poll() is None:
-                rc = d.stop()
-                self.assertEqual(rc, 0, d.logs()[-3000:])
-        shutil.rmtree(self.dir, ignore_errors=True)
+class Ttl(OwnDaemonsTest):
+    state_prefix = "recurd-ttl-"
 
     def start(self, *extra):
         t0 = time.time()
-        d = Daemon("--state-dir", self.dir, *extra, env=SWEEP)
+        d = self.spawn("--state-dir", self.dir, *extra, env=SWEEP)
         d.startup_s = time.time() - t0
-        self.daemons.append(d)
         return d
-
-    def kill(self, d):
-        d.channel.close()
-        d.proc.send_signal(signal.SIGKILL)
-        d.proc.wait()
-        d.log.close()
-        shutil.rmtree(d.tmp, ignore_errors=True)
 
     def sdir(self, sid):
         return os.path.join(self.dir, "s_" + sid)
