@@ -15,6 +15,7 @@
 #include "statestore/store_redis.h"
 
 #include <fcntl.h>
+#include <setjmp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,10 +53,13 @@ static double median(double *v, int n)
     return pct(v, n, 50);
 }
 
+/* A failed store call ends the benchmark: back to main, which stops Redis and returns 1. */
+static jmp_buf g_bail;
+
 static void die(const char *what, const char *err)
 {
     fprintf(stderr, "store_bench: %s: %s\n", what, err);
-    exit(1);
+    longjmp(g_bail, 1);
 }
 
 static void rm_rf(const char *dir)
@@ -441,7 +445,7 @@ static void bench_resume(const char *redis)
 
 static pid_t g_redis_pid = -1;
 
-static void stop_redis(void) /* also on die() */
+static void stop_redis(void)
 {
     if (g_redis_pid > 0) {
         kill(g_redis_pid, SIGTERM);
@@ -469,6 +473,15 @@ static pid_t start_redis(const char *bin, char *addr, size_t n)
     int st;
     if (waitpid(pid, &st, WNOHANG) == pid) return -1; /* exited at once */
     return pid;
+}
+
+/* The sections asked for; 1 if one failed (die). */
+static int run(const char *only, const char *redis)
+{
+    if (setjmp(g_bail)) return 1;
+    if (strcmp(only, "resume") != 0) bench_commit();
+    if (strcmp(only, "commit") != 0) bench_resume(redis);
+    return 0;
 }
 
 int main(int argc, char **argv)
@@ -502,7 +515,6 @@ int main(int argc, char **argv)
     uv_loop_init(&g_loop);
     if (!redis && !no_redis && strcmp(only, "commit") != 0) {
         g_redis_pid = start_redis(redis_bin, addr, sizeof(addr));
-        atexit(stop_redis);
         if (g_redis_pid > 0)
             redis = addr;
         else
@@ -514,9 +526,9 @@ int main(int argc, char **argv)
     strftime(when, sizeof(when), "%Y-%m-%d %H:%M UTC", gmtime(&t));
     printf("store_bench: dir %s, %s, %d reps%s%s\n", g_base, when, g_reps, redis ? ", redis " : "",
            redis ? redis : "");
-    if (strcmp(only, "resume") != 0) bench_commit();
-    if (strcmp(only, "commit") != 0) bench_resume(redis);
+    int rc = run(only, redis);
     stop_redis();
+    if (rc) return 1;
     uv_loop_close(&g_loop);
     return 0;
 }
