@@ -7,8 +7,6 @@
 
 #include "workers/cpu/cpu_int.h"
 
-#include <cblas.h>
-#undef I /* complex.h, pulled in by cblas.h */
 
 static void cpu_destroy(wrk_backend_t *b)
 {
@@ -242,8 +240,6 @@ int wrk__cpu_create(const wrk_model_t *m, const wrk_backend_opts_t *opts,
                         o.n_slots, m->info.state_bytes, o.max_step_tokens);
     }
     memset(c->slots, 0, (size_t)o.n_slots * c->state_floats * sizeof(float));
-    /* Our pool splits the work; each thread calls a single-threaded sgemm. */
-    openblas_set_num_threads(1);
     *out = c;
     return 0;
 }

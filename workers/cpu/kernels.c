@@ -1,14 +1,10 @@
-/* workers/cpu: choosing the kernel table from the CPU's features, and the matmul that
- * routes token counts to the streaming kernel or OpenBLAS sgemm. */
+/* workers/cpu: choosing the kernel table from the CPU's features, and the matmul entry. */
 #include <string.h>
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
 #endif
 
 #include "workers/cpu/kernels.h"
-
-#include <cblas.h>
-#undef I /* complex.h, pulled in by cblas.h */
 
 static bool cpu_has_avx2(void)
 {
@@ -52,28 +48,5 @@ void wrk_matmul(const wrk_kern_t *k, float *scratch, const wrk_mat_t *W, int o0,
                 const float *x, int ldx, int T, float *y, int ldy, const float *bias, bool acc)
 {
     if (o1 <= o0 || T <= 0) return;
-    if (T <= WRK_MM_MAX_T) {
-        k->mm(W, o0, o1, x, ldx, T, y, ldy, bias, acc, scratch);
-        return;
-    }
-    const int K = W->cols;
-    const size_t esz = wrk_dtype_size(W->dt);
-    const bool direct = W->dt == WRK_DT_F32 && ((uintptr_t)W->data & 3) == 0;
-    const int block = direct ? o1 - o0 : WRK_GEMM_BLOCK_ROWS;
-    for (int o = o0; o < o1; o += block) {
-        const int nr = o1 - o < block ? o1 - o : block;
-        const float *wb;
-        const void *src = (const char *)W->data + (size_t)o * K * esz;
-        if (direct) {
-            wb = src;
-        } else {
-            k->to_f32(scratch, src, W->dt, (size_t)nr * K);
-            wb = scratch;
-        }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, nr, K, 1.0f, x, ldx, wb, K,
-                    acc ? 1.0f : 0.0f, y + o, ldy);
-        if (bias)
-            for (int t = 0; t < T; t++)
-                for (int r = 0; r < nr; r++) y[(size_t)t * ldy + o + r] += bias[o + r];
-    }
+    k->mm(W, o0, o1, x, ldx, T, y, ldy, bias, acc, scratch);
 }

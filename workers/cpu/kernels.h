@@ -12,10 +12,6 @@
  * at a time): the backend gives each thread WRK_GEMM_BLOCK_ROWS x max_matmul_cols floats. */
 #define WRK_GEMM_BLOCK_ROWS 256
 #define WRK_MM_XPACK_T WRK_GEMM_BLOCK_ROWS
-/* Token counts above this go to OpenBLAS sgemm instead of the streaming kernel (`mm`). */
-#ifndef WRK_MM_MAX_T
-#define WRK_MM_MAX_T 1000000
-#endif
 
 /* Packed weights: the CPU backend repacks every bound matrix once (workers/cpu/pack.c) so the
  * matmul can run outer products over contiguous 16-row panels. Panel p holds rows
@@ -76,10 +72,8 @@ const wrk_kern_t *wrk__kern_avx2(void);
 const wrk_kern_t *wrk__kern_avx512(void);
 
 /* y[t*ldy + o] = (acc ? y : 0) + x[t] . W[o] (+ bias) for t < T, o in [o0, o1): the kernel's
- * `mm` up to WRK_MM_MAX_T tokens, else OpenBLAS sgemm (fp32 weights in one call over the
- * row range; half weights converted to fp32 WRK_GEMM_BLOCK_ROWS rows at a time into
- * `scratch`). `scratch`: WRK_GEMM_BLOCK_ROWS x W->cols floats. Single-threaded; callers
- * split rows between threads. */
+ * `mm` for any T (one kernel, so results do not depend on T). `scratch`: WRK_GEMM_BLOCK_ROWS
+ * x W->cols floats. Single-threaded; callers split rows between threads. */
 void wrk_matmul(const wrk_kern_t *k, float *scratch, const wrk_mat_t *W, int o0, int o1,
                 const float *x, int ldx, int T, float *y, int ldy, const float *bias, bool acc);
 

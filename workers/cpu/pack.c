@@ -71,24 +71,29 @@ int wrk_cpu_pack_model(wrk_model_t *m, char *err, size_t errlen)
         goto out;
     }
     p->e = e;
+    /* by data pointer, so a tensor bound twice (a tied head) is packed once */
     for (int i = 0; i < m->n_mats; i++) {
         const wrk_mat_t *W = &m->mats[i];
-        bool dup = false;
-        for (int j = 0; j < p->n && !dup; j++) dup = e[j].data == W->data;
-        if (dup || W->rows <= 0 || W->cols <= 0) continue;
-        size_t bytes = wrk_pack_bytes(W);
+        e[i] = (pack_ent_t){W->data, W->dt, W->rows, W->cols, NULL};
+    }
+    qsort(e, (size_t)m->n_mats, sizeof *e, ent_cmp);
+    for (int i = 0; i < m->n_mats; i++) {
+        if (e[i].rows <= 0 || e[i].cols <= 0 || (p->n && e[p->n - 1].data == e[i].data)) continue;
+        const wrk_mat_t W = {.dt = e[i].dt, .data = e[i].data, .rows = e[i].rows,
+                             .cols = e[i].cols};
+        size_t bytes = wrk_pack_bytes(&W);
         void *pk = aligned_alloc(64, (bytes + 63) / 64 * 64);
         if (!pk) {
             wrk_packs_free(p);
             rc = rcd_fail(RCD_ENOMEM, err, errlen,
                           "out of memory packing weights (%zu bytes for a %dx%d matrix)", bytes,
-                          W->rows, W->cols);
+                          W.rows, W.cols);
             goto out;
         }
-        wrk_pack(W, pk);
-        e[p->n++] = (pack_ent_t){W->data, W->dt, W->rows, W->cols, pk};
+        wrk_pack(&W, pk);
+        e[p->n] = e[i];
+        e[p->n++].pk = pk;
     }
-    qsort(e, (size_t)p->n, sizeof *e, ent_cmp);
     m->packs = p;
 out:
     pthread_mutex_unlock(&g_pack_mu);
