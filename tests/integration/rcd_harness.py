@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
@@ -221,3 +222,25 @@ class OwnDaemonsTest(unittest.TestCase):
         d.proc.wait()
         d.log.close()
         shutil.rmtree(d.tmp, ignore_errors=True)
+
+
+def concurrently(fn, n):
+    """Runs fn() on n threads at once; returns what each returned, or (status code, details)
+    for a call that raised grpc.RpcError, in completion order."""
+    import grpc
+    res, lock = [], threading.Lock()
+
+    def go():
+        try:
+            r = fn()
+        except grpc.RpcError as e:
+            r = (e.code(), e.details())
+        with lock:
+            res.append(r)
+
+    ts = [threading.Thread(target=go) for _ in range(n)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return res

@@ -22,7 +22,7 @@ import unittest
 
 import grpc
 
-from rcd_harness import ROOT, OwnDaemonsTest, collect, gen_request, pb
+from rcd_harness import ROOT, OwnDaemonsTest, collect, concurrently, gen_request, pb
 
 C = grpc.StatusCode
 GRANITE = os.path.join(ROOT, "tests", "golden", "granite", "mha_moe8")
@@ -129,22 +129,7 @@ class Granite(Base):
         # row reuse the blocks of the ones that ended (sessionless and committed alike).
         d = self.start("--kv-blocks", "16", "--kv-block-tokens", "4", "--slots", "4")
         solo = self.turn(d, None, T1, n=40)
-        res, lock = [], threading.Lock()
-
-        def go():
-            try:
-                r = self.turn(d, None, T1, n=40)
-                with lock:
-                    res.append(r)
-            except grpc.RpcError as e:
-                with lock:
-                    res.append((e.code(), e.details()))
-
-        ts = [threading.Thread(target=go) for _ in range(4)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
+        res = concurrently(lambda: self.turn(d, None, T1, n=40), 4)
         ok = [r for r in res if r == solo]
         busy = [r for r in res if r[0] == C.RESOURCE_EXHAUSTED and "KV cache" in r[1]]
         self.assertGreaterEqual(len(ok), 1, res)
@@ -321,22 +306,12 @@ class PrefixSnapshots(OwnDaemonsTest):
         # several hits at once (admission reserves each turn's prompt + max_tokens): every
         # one either runs (equal to the reference) or is refused up front as busy
         ref = self.gen(off, sys + base[110:130], 20)
-        res, lock = [], threading.Lock()
 
-        def go():
-            try:
-                r = self.gen(on, sys + base[110:130], 20)
-                with lock:
-                    res.append(("ok", r[1], r[3].usage.cached_prompt_tokens))
-            except grpc.RpcError as e:
-                with lock:
-                    res.append((e.code(), e.details()))
+        def hit():
+            r = self.gen(on, sys + base[110:130], 20)
+            return ("ok", r[1], r[3].usage.cached_prompt_tokens)
 
-        ts = [threading.Thread(target=go) for _ in range(4)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
+        res = concurrently(hit, 4)
         ok = [r for r in res if r[0] == "ok"]
         self.assertGreaterEqual(len(ok), 1, res)
         for r in ok:
