@@ -142,7 +142,7 @@ static int cmp_d(const void *a, const void *b)
 
 int main(int argc, char **argv)
 {
-    const char *model_dir = NULL;
+    const char *model_dir = NULL, *matmul = NULL;
     int threads = 0, prefill_len = 512;
     double secs = 3.0;
     int batches[16] = {1, 2, 4, 8, 16, 32}, n_batches = 6;
@@ -151,12 +151,14 @@ int main(int argc, char **argv)
                                          {"threads", required_argument, 0, 'j'},
                                          {"seconds", required_argument, 0, 's'},
                                          {"prefill", required_argument, 0, 'p'},
+                                         {"matmul", required_argument, 0, 'x'},
                                          {0, 0, 0, 0}};
-    for (int o; (o = getopt_long(argc, argv, "m:j:s:p:b:", opts, NULL)) != -1;) {
+    for (int o; (o = getopt_long(argc, argv, "m:j:s:p:b:x:", opts, NULL)) != -1;) {
         if (o == 'm') model_dir = optarg;
         else if (o == 'j') threads = atoi(optarg);
         else if (o == 's') secs = atof(optarg);
         else if (o == 'p') prefill_len = atoi(optarg);
+        else if (o == 'x') matmul = optarg;
         else if (o == 'b') {
             n_batches = 0;
             for (char *q = optarg; *q && n_batches < 16;) {
@@ -171,7 +173,8 @@ int main(int argc, char **argv)
     }
     if (!model_dir || prefill_len < 0 || secs <= 0) {
         fprintf(stderr, "usage: mamba_bench --model DIR [--threads N] [--seconds S] "
-                        "[--prefill TOKENS (0: skip)] [--batches 1,2,4,... (each <= 32)]\n");
+                        "[--prefill TOKENS (0: skip)] [--batches 1,2,4,... (each <= 32)] "
+                        "[--matmul fp32|bf16]\n");
         return 2;
     }
     char err[1024], cpu[256];
@@ -183,7 +186,7 @@ int main(int argc, char **argv)
     const wrk_model_info_t *mi = wrk_model_info(m);
     wrk_backend_t *b = NULL;
     const int max_batch = 32;
-    wrk_backend_opts_t bo = {.n_threads = threads, .n_slots = max_batch,
+    wrk_backend_opts_t bo = {.n_threads = threads, .n_slots = max_batch, .matmul = matmul,
                              .max_step_tokens = prefill_len > max_batch ? prefill_len : max_batch};
     if (wrk_cpu_backend_create(m, &bo, &b, err, sizeof err)) {
         fprintf(stderr, "mamba_bench: %s\n", err);

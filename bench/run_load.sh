@@ -10,6 +10,7 @@
 #   OUT_SCALE=0.1 (output lengths x this) STEP_TOKENS=256 CHUNK=128
 #   SHORT_RATE=0.5 (mixed runs: extra short requests/s next to the workload's arrivals)
 #   PIPELINE=2 (recurd --pipeline: plans in flight) UNCHUNKED=1 (0: skip the unchunked run)
+#   MATMUL=fp32 (recurd --matmul: fp32, or bf16 on AMX CPUs)
 #   WORKLOADS="chat mixed" (either or both)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +31,7 @@ CHUNK=${CHUNK:-128}
 SHORT_RATE=${SHORT_RATE:-0.5}
 WORKLOADS=${WORKLOADS:-chat mixed}
 PIPELINE=${PIPELINE:-2}
+MATMUL=${MATMUL:-fp32}
 UNCHUNKED=${UNCHUNKED:-1}
 RECURD=$BUILD/daemon/recurd
 LOADGEN=$BUILD/bench/rcd_loadgen
@@ -45,12 +47,14 @@ start() { # start LABEL recurd-args...
   rm -f "$TMP/port"
   "$RECURD" --model "$MODEL" --ephemeral --port 0 --port-file "$TMP/port" --no-progress \
     --threads "$THREADS" --slots "$SLOTS" --max-queue 1024 --max-prompt 2048 \
-    --max-step-tokens "$STEP_TOKENS" --pipeline "$PIPELINE" "$@" 2>"$TMP/$label.log" &
+    --max-step-tokens "$STEP_TOKENS" --pipeline "$PIPELINE" --matmul "$MATMUL" "$@" \
+    2>"$TMP/$label.log" &
   PID=$!
   for _ in $(seq 600); do [ -s "$TMP/port" ] && break; sleep 0.1; done
   [ -s "$TMP/port" ] || { echo "recurd did not start:" >&2; cat "$TMP/$label.log" >&2; exit 1; }
   ADDR=127.0.0.1:$(cat "$TMP/port")
-  echo "## $label: recurd --slots $SLOTS --max-step-tokens $STEP_TOKENS --pipeline $PIPELINE $*"
+  echo "## $label: recurd --slots $SLOTS --max-step-tokens $STEP_TOKENS --pipeline $PIPELINE" \
+    "--matmul $MATMUL $*"
 }
 
 LG=(--max-inflight "$MAX_INFLIGHT" --max-requests "$MAX_REQ" --duration "$DURATION"

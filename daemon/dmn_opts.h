@@ -26,6 +26,9 @@
     X(backend, STR, "cpu", "RECURD_BACKEND", "compute backend: cpu or cuda")                       \
     X(threads, INT, "0", "RECURD_THREADS", "CPU threads for the engine; 0: all")                   \
     X(isa, STR, "auto", "RECURD_ISA", "CPU kernels: auto, avx512, avx2, portable")                 \
+    X(matmul, STR, "fp32", "RECURD_MATMUL",                                                        \
+      "CPU matmul precision: fp32 (logits match transformers in fp32) or bf16 (BF16 weights: "     \
+      "inputs rounded to bf16, fp32 sums, on AMX; several times the batched throughput)")          \
     X(slots, INT, "8", "RECURD_SLOTS", "sequences decoded at once (state slots)")                  \
     X(max_step_tokens, INT, "512", "RECURD_MAX_STEP_TOKENS", "token budget of one step")           \
     X(prefill_chunk, INT, "256", "RECURD_PREFILL_CHUNK",                                           \

@@ -28,6 +28,42 @@ static void test_greedy(void)
     dmn_sampler_free(&s);
 }
 
+/* Plain greedy (the vectorized pass) against a scalar scan, over vocabularies around its
+ * 16-wide blocks: NaN and +inf never win, ties go to the lowest id, all non-finite gives 0;
+ * the same logits with a penalty that changes nothing (the adjusted path) agree. */
+static void test_greedy_edges(void)
+{
+    static float l[300];
+    unsigned seed = 3;
+    for (int n = 1; n <= 300; n += 7) {
+        for (int r = 0; r < 20; r++) {
+            for (int i = 0; i < n; i++) {
+                seed = seed * 1103515245u + 12345u;
+                l[i] = (float)((seed >> 16) % 9) - 4.0f; /* many ties */
+                if ((seed >> 8) % 11 == 0) l[i] = NAN;
+                if ((seed >> 8) % 13 == 0) l[i] = INFINITY;
+                if ((seed >> 8) % 17 == 0) l[i] = -INFINITY;
+            }
+            if (r == 0)
+                for (int i = 0; i < n; i++) l[i] = i % 2 ? NAN : INFINITY;
+            int want = 0;
+            for (int i = 0; i < n; i++) {
+                float a = isfinite(l[i]) ? l[i] : -INFINITY, b = isfinite(l[want]) ? l[want] : -INFINITY;
+                if (a > b) want = i;
+            }
+            dmn_sampler_t s;
+            dmn_sampling_t p = {.temperature = 0, .top_p = 1, .repetition_penalty = 1};
+            CHECK(dmn_sampler_init(&s, &p, n) == 0);
+            int got = dmn_sample(&s, l);
+            s.p.frequency_penalty = 1.0f; /* nothing accepted yet: adjusts nothing */
+            int got2 = dmn_sample(&s, l);
+            CHECK_MSG(got == want && got2 == want, "n=%d r=%d: %d / %d, want %d", n, r, got, got2,
+                      want);
+            dmn_sampler_free(&s);
+        }
+    }
+}
+
 static void test_seeded(void)
 {
     float l[V];
@@ -103,6 +139,7 @@ static void test_logprobs(void)
 int main(void)
 {
     RUN(test_greedy);
+    RUN(test_greedy_edges);
     RUN(test_seeded);
     RUN(test_limits);
     RUN(test_logprobs);

@@ -159,6 +159,7 @@ int main(int argc, char **argv)
                              .n_slots = (int)opts.slots,
                              .max_step_tokens = (int)step_tokens,
                              .isa = opts.isa,
+                             .matmul = opts.matmul,
                              .n_kv_blocks = (int)opts.kv_blocks,
                              .kv_block_tokens = (int)opts.kv_block_tokens};
     if (opts.kv_blocks > 1L << 30 || opts.kv_block_tokens > 1L << 16) {

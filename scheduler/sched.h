@@ -21,7 +21,9 @@ typedef struct sched_config {
                                 * (default 256); more arrivals: RCD_ETOOBIG at once */
     int32_t step_tokens;       /* per-step token budget, >= n_slots (default 512) */
     int32_t max_chunk;         /* prefill tokens one request gets before the others get
-                                * theirs; leftovers are shared afterwards (0: step_tokens/2) */
+                                * theirs, unless the rest of its prompt fits in the budget
+                                * left (then it finishes); leftovers are shared afterwards
+                                * (0: step_tokens/2) */
     bool no_chunking;          /* a prompt's prefill is never split: it runs whole in one
                                 * step, once the budget left after the decodes holds it (needs
                                 * 1 <= max_prompt_tokens <= step_tokens - n_slots + 1, so the

@@ -254,7 +254,9 @@ static void build_batch(sched_t *s)
     }
 
     /* Prefill chunks share the rest: one token each (so every admitted sequence moves), then up
-     * to max_chunk each in order, then whatever is left in order. */
+     * to max_chunk each in order — or the whole rest of a prompt that fits in what is left of
+     * the budget, so a short prompt reaches its first token in one step even when it is longer
+     * than a chunk — then whatever is left in order. */
     int32_t *take = s->take;
     for (int32_t k = 0; k < n_pre; k++) {
         /* no_chunking: a whole prompt or nothing; the first in order always fits */
@@ -266,7 +268,7 @@ static void build_batch(sched_t *s)
         for (int32_t k = 0; k < n_pre && budget > 0; k++) {
             sched__req_t *r = &s->reqs[s->order[k]];
             int32_t left = r->prompt - r->fed - take[k];
-            int32_t room = pass == 0 ? s->cfg.max_chunk - take[k] : budget;
+            int32_t room = pass == 0 && left > budget ? s->cfg.max_chunk - take[k] : budget;
             int32_t n = left < room ? left : room;
             if (n > budget) n = budget;
             if (n > 0) {

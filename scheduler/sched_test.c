@@ -210,6 +210,38 @@ static void test_chunked_prefill(void)
     sched_destroy(s);
 }
 
+/* A prompt longer than a chunk that fits in what is left of the budget runs whole: a short
+ * request beside a long prefill reaches its first token in one step, not two; the long one
+ * gets the rest. */
+static void test_short_prompt_whole(void)
+{
+    sched_config_t c;
+    sched_config_default(&c);
+    c.n_slots = 4;
+    c.step_tokens = 64;
+    c.max_chunk = 16;
+    sched_t *s = mk(&c);
+    sched_event_t a = ev_arrive(1, 0, 0, 1000, 2);
+    const sched_plan_t *p = step(s, 0, &a, 1);
+    sched_event_t ev[2] = {ev_done(p->step, 0, NULL, 0), ev_arrive(2, 0, 0, 50, 2)};
+    p = step(s, 10, ev, 2);
+    const sched_entry_t *e;
+    CHECK((e = entry_of(p, 2)) && e->start == 0 && e->n_tokens == 50 && e->n_logits == 1);
+    CHECK((e = entry_of(p, 1)) && e->n_tokens == 14 && p->n_tokens == 64);
+    /* 70 tokens do not fit beside the long one's token: a chunk (16), the rest after it */
+    p = step_done(s, 20, p);
+    sched_event_t ev2[2] = {ev_done(p->step, 0, NULL, 0), ev_arrive(3, 0, 0, 70, 2)};
+    p = step(s, 30, ev2, 2);
+    CHECK((e = entry_of(p, 3)) && e->start == 0 && e->n_tokens < 70 && e->n_tokens >= 16);
+    CHECK(p->n_tokens == 64);
+    int guard = 0;
+    while (p->step && guard++ < 200) p = step_done(s, 40 + guard, p);
+    sched_stats_t st;
+    sched_get_stats(s, &st);
+    CHECK(st.completed == 3 && st.running == 0);
+    sched_destroy(s);
+}
+
 /* Two long prompts are prefilling when a short one is admitted: the short one's prompt goes
  * first in the next plan (fewest tokens left), whole, and it reaches its first token in that
  * step; the long ones keep moving (one token each at least, the budget's rest). In arrival
@@ -825,6 +857,7 @@ int main(void)
     RUN(test_chunked_prefill);
     RUN(test_no_chunking);
     RUN(test_short_prompt_first);
+    RUN(test_short_prompt_whole);
     RUN(test_decodes_first);
     RUN(test_cancel_frees_slot);
     RUN(test_deadline_in_queue);

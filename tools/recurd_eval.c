@@ -14,13 +14,15 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: recurd-eval --model DIR (--tokens 1,2,3,... | --tokens-file F)\n"
             "                   [--chunk N] [--dump-logits FILE] [--greedy N] [--threads N]\n"
-            "                   [--isa auto|avx512|avx2|portable] [--backend cpu|cuda] [--tp N]\n"
+            "                   [--isa auto|avx512|avx2|portable] [--matmul fp32|bf16]\n"
+            "                   [--backend cpu|cuda] [--tp N]\n"
             "  Runs the prompt in chunks of N tokens (default: the whole prompt in one step)\n"
             "  and writes the logits of every position to FILE as raw little-endian float32,\n"
             "  row-major [n_tokens x vocab]. --greedy N then decodes N tokens greedily and\n"
             "  prints their ids. A tokens file holds whitespace- or comma-separated ids.\n"
             "  --tp N runs N tensor-parallel ranks (CPU: in-process, threads split between\n"
-            "  them): the logits must match --tp 1 within fp32 rounding.\n");
+            "  them): the logits must match --tp 1 within fp32 rounding. --matmul bf16 rounds\n"
+            "  the matmuls' inputs to bf16 (BF16 weights, AMX CPUs).\n");
 }
 
 /* Parses ids separated by commas or whitespace; returns count or a negative error. */
@@ -81,7 +83,7 @@ static char *slurp(const char *path)
 int main(int argc, char **argv)
 {
     const char *model_dir = NULL, *tokens_arg = NULL, *tokens_file = NULL, *dump = NULL;
-    const char *isa = NULL, *backend = "cpu";
+    const char *isa = NULL, *backend = "cpu", *matmul = NULL;
     long chunk = 0, greedy = 0, threads = 0, tp = 1;
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},  {"tokens", required_argument, 0, 't'},
@@ -89,9 +91,9 @@ int main(int argc, char **argv)
         {"dump-logits", required_argument, 0, 'd'}, {"greedy", required_argument, 0, 'g'},
         {"threads", required_argument, 0, 'j'}, {"isa", required_argument, 0, 'i'},
         {"backend", required_argument, 0, 'b'}, {"tp", required_argument, 0, 'p'},
-        {"help", no_argument, 0, 'h'},
+        {"matmul", required_argument, 0, 'x'}, {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
-    for (int o; (o = getopt_long(argc, argv, "m:t:f:c:d:g:j:i:b:p:h", opts, NULL)) != -1;) {
+    for (int o; (o = getopt_long(argc, argv, "m:t:f:c:d:g:j:i:b:p:x:h", opts, NULL)) != -1;) {
         switch (o) {
         case 'm': model_dir = optarg; break;
         case 't': tokens_arg = optarg; break;
@@ -103,6 +105,7 @@ int main(int argc, char **argv)
         case 'i': isa = optarg; break;
         case 'b': backend = optarg; break;
         case 'p': tp = strtol(optarg, NULL, 10); break;
+        case 'x': matmul = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -134,7 +137,8 @@ int main(int argc, char **argv)
     const wrk_model_info_t *mi = wrk_model_info(m);
     if (chunk == 0 || (size_t)chunk > n) chunk = (long)n;
     wrk_backend_opts_t bo = {.n_threads = (int)threads, .n_slots = 1,
-                             .max_step_tokens = (int)chunk, .isa = isa, .tp = (int)tp};
+                             .max_step_tokens = (int)chunk, .isa = isa, .tp = (int)tp,
+                             .matmul = matmul};
     /* Models with a KV cache (Granite 4.0-H): room for the prompt and the greedy tokens. */
     if (mi->n_kv_layers > 0 && n + (size_t)greedy <= (size_t)1 << 30)
         bo.n_kv_blocks = (int)((n + (size_t)greedy + 15) / 16);

@@ -83,6 +83,9 @@ typedef struct wrk_backend_opts {
     int n_slots;          /* state slots to allocate (default 8) */
     int max_step_tokens;  /* token budget of one step (default 512) */
     const char *isa;      /* CPU kernels: NULL/"auto", "avx512", "avx2", "portable" */
+    const char *matmul;   /* CPU: NULL/"fp32" (products of fp32 x, parity with transformers in
+                           * fp32), or "bf16": x rounded to bf16 for BF16 weights, fp32 sums,
+                           * on AMX (opt-in: logits move by the rounding; workers/README.md) */
     int tp;               /* tensor-parallel ranks (0/1: none); CPU: in-process ranks, each
                            * with n_threads / tp pool threads (workers/README.md) */
     int kv_block_tokens;  /* paged KV (models with n_kv_layers > 0): tokens per block (16) */

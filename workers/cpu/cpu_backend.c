@@ -194,10 +194,12 @@ int wrk__cpu_create(const wrk_model_t *m, const wrk_backend_opts_t *opts,
 {
     const wrk_backend_opts_t o = *opts; /* defaults already filled in */
     *out = NULL;
-    const wrk_kern_t *k = wrk_kern_select(o.isa);
+    const char *why = "";
+    const wrk_kern_t *k = wrk_kern_for(o.isa, o.matmul, &why);
     if (!k)
         return rcd_fail(RCD_EUNSUPPORTED, err, errlen,
-                        "backend: this CPU cannot run the \"%s\" kernels", o.isa);
+                        "backend: cannot run the \"%s\" kernels with the %s matmul: %s",
+                        o.isa ? o.isa : "auto", o.matmul ? o.matmul : "fp32", why);
     /* The model's matrices in the matmul's panel layout, once per model (a TP rank's shard
      * holds its own slices, which run unpacked). */
     if (!shard) {

@@ -441,6 +441,77 @@ static inline void golden_test_greedy(const golden_suite_t *s)
     }
 }
 
+/* The opt-in bf16 matmul (x rounded to bf16, AMX) on the BF16 checkpoint <family>/<model_case>
+ * against the goldens of <family>/<golden_case>: every chunking within tol of them and
+ * bit-identical to each other, with 1 and 2 threads, and the fixture's greedy ids up to
+ * near-ties. Skipped, with the reason, where the CPU has no AMX. */
+static inline void golden_test_bf16_matmul(const golden_suite_t *s, const char *golden_case,
+                                           const char *model_case, float tol)
+{
+    const char *why = "";
+    if (!wrk_kern_for(NULL, "bf16", &why)) {
+        fprintf(stderr, "  skip: bf16 matmul (%s)\n", why);
+        return;
+    }
+    golden_t g;
+    if (golden_load(s->family, golden_case, &g)) {
+        CHECK(0);
+        return;
+    }
+    char dir[600];
+    snprintf(dir, sizeof dir, "%s/%s/%s", golden_root(), s->family, model_case);
+    golden_suite_t sb = *s;
+    sb.opts.matmul = "bf16";
+    wrk_model_t *m = golden_model(dir);
+    for (int threads = 1; m && threads <= 2; threads++) {
+        wrk_backend_t *b = golden_backend(&sb, m, NULL, threads);
+        if (!b) continue;
+        CHECK(strcmp(b->isa, "avx512+amx-bf16") == 0);
+        char label[160];
+        snprintf(label, sizeof label, "%s bf16 matmul/%d threads", model_case, threads);
+        float worst = golden_check_chunks(b, &g, tol, label);
+        fprintf(stderr, "  %s, bf16 matmul, %d thr: max |dlogit| %.2e vs %s goldens\n",
+                model_case, threads, worst, golden_case);
+        wrk_backend_destroy(b);
+    }
+    /* Greedy ids, teacher-forced: near-ties may flip under the rounding, so where this picks
+     * another token than the golden, the golden's token must be within 2 tol of the top in
+     * this row (what |dlogit| <= tol allows), and the rows within tol where they exist. */
+    wrk_backend_t *b = m && g.n_gen > 0 ? golden_backend(&sb, m, NULL, 2) : NULL;
+    float *row = malloc((size_t)g.V * sizeof(float));
+    char err[512];
+    int flips = 0;
+    float margin = 0.f, worst = 0.f;
+    for (int i = -1; b && i < g.n_gen - 1; i++) {
+        const int pos = g.n_prompt + i; /* the row after the tokens fed so far */
+        wrk_seq_t q = {.slot = 1, .n_tokens = i < 0 ? g.n_prompt : 1,
+                       .tokens = i < 0 ? g.greedy : &g.greedy[pos], .n_logits = 1, .logits = row};
+        if (i < 0) wrk_state_reset(b, 1);
+        int rc = wrk_step(b, &q, 1, err, sizeof err);
+        CHECK_MSG(rc == 0, "%s", err);
+        if (rc) break;
+        const int want = g.greedy[pos + 1], got = golden_argmax(row, g.V);
+        if (got != want) {
+            flips++;
+            if (row[got] - row[want] > margin) margin = row[got] - row[want];
+        }
+        if (g.greedy_logits) {
+            float d = golden_max_diff(row, g.greedy_logits + (size_t)pos * g.V, (size_t)g.V);
+            if (!(d <= worst)) worst = d;
+        }
+    }
+    CHECK_MSG(margin <= 2 * tol, "%s bf16 matmul: a greedy token flipped by %g", model_case,
+              margin);
+    CHECK_MSG(worst <= tol, "%s bf16 matmul: greedy logits max diff %g", model_case, worst);
+    if (b)
+        fprintf(stderr, "  %s, bf16 matmul: %d greedy tokens, %d near-tie flips (margin %.2e)\n",
+                model_case, g.n_gen, flips, margin);
+    free(row);
+    wrk_backend_destroy(b);
+    wrk_model_free(m);
+    golden_free(&g);
+}
+
 /* The state tensors tile the blob in order, without gaps. */
 static inline void golden_check_state_layout(const wrk_model_info_t *mi)
 {

@@ -7,6 +7,11 @@
 #include <string.h>
 
 #include "workers/cpu/golden_util.h"
+
+/* The bf16 matmul must be no further from the goldens than transformers' own bf16 forward of
+ * the same checkpoint: max |dlogit| of that against the moe_nope_tied_bf16 goldens
+ * (tools/hf_bf16_error.py). */
+#define TOL_BF16_MATMUL 5.27e-3f
 #include "workers/cpu/kv_cache.h"
 #include "workers/granite.h"
 
@@ -439,6 +444,12 @@ static void test_bad_checkpoints(void)
     CHECK_MSG(rc == RCD_EFORMAT && strstr(err, "shared_intermediate_size"), "%s", err);
 }
 
+/* The opt-in bf16 matmul on the BF16 copy (golden_util.h): within TOL_BF16_MATMUL. */
+static void test_bf16_matmul(void)
+{
+    golden_test_bf16_matmul(&suite, "moe_nope_tied_bf16", "moe_nope_tied_bf16", TOL_BF16_MATMUL);
+}
+
 int main(void)
 {
     RUN(test_config);
@@ -446,6 +457,7 @@ int main(void)
     RUN(test_ragged);
     RUN(test_greedy);
     RUN(test_bf16_weights);
+    RUN(test_bf16_matmul);
     RUN(test_state_roundtrip);
     RUN(test_kv_exhaustion);
     RUN(test_kv_pool);

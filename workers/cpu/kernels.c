@@ -50,3 +50,23 @@ void wrk_matmul(const wrk_kern_t *k, float *scratch, const wrk_mat_t *W, int o0,
     if (o1 <= o0 || T <= 0) return;
     k->mm(W, o0, o1, x, ldx, T, y, ldy, bias, acc, scratch);
 }
+
+const wrk_kern_t *wrk_kern_for(const char *isa, const char *matmul, const char **why)
+{
+    static const char *unused;
+    if (!why) why = &unused;
+    if (!matmul || !*matmul || strcmp(matmul, "fp32") == 0) {
+        const wrk_kern_t *k = wrk_kern_select(isa);
+        if (!k) *why = "this CPU cannot run those kernels";
+        return k;
+    }
+    if (strcmp(matmul, "bf16") != 0) {
+        *why = "matmul must be fp32 or bf16";
+        return NULL;
+    }
+    if (isa && *isa && strcmp(isa, "auto") != 0 && strcmp(isa, "avx512") != 0) {
+        *why = "the bf16 matmul runs on the avx512 kernels only";
+        return NULL;
+    }
+    return wrk__kern_amx_bf16(why);
+}

@@ -17,13 +17,15 @@
  * matmul can run outer products over contiguous 16-row panels. Panel p holds rows
  * [16p, 16p + 16) (rows past the end are zero):
  *   BF16: for each column pair j, 16 x (W[r][2j], W[r][2j+1]) as 32-bit words (64 bytes); an
- *         odd last column is paired with 0;
+ *         odd last column is paired with 0, and zero pairs pad the panel to a multiple of 16
+ *         pairs (so 16 pairs, 1 KiB, are one AMX B tile: kernels_amx.c);
  *   F16, F32: for each column k, W[r][k] for the 16 rows (32 or 64 bytes).
  * The layout does not depend on the instruction set. */
 #define WRK_PANEL 16
+#define WRK_PACK_BF16_PAIRS(cols) ((((cols) + 1) / 2 + 15) / 16 * 16)
 static inline size_t wrk_pack_panel_bytes(wrk_dtype_t dt, int cols)
 {
-    if (dt == WRK_DT_BF16) return (size_t)((cols + 1) / 2) * WRK_PANEL * 4;
+    if (dt == WRK_DT_BF16) return (size_t)WRK_PACK_BF16_PAIRS(cols) * WRK_PANEL * 4;
     return (size_t)cols * WRK_PANEL * (dt == WRK_DT_F32 ? 4 : 2);
 }
 static inline size_t wrk_pack_bytes(const wrk_mat_t *W)
@@ -66,10 +68,18 @@ typedef struct wrk_kern {
  * "portable" force one). NULL if the CPU cannot run the one asked for. */
 const wrk_kern_t *wrk_kern_select(const char *isa);
 
+/* The kernels for a backend: wrk_kern_select(isa), or with matmul "bf16" the opt-in bf16
+ * matmul (x rounded to bf16, fp32 sums, on AMX: kernels_amx.c; isa must be auto or avx512).
+ * matmul NULL/""/"fp32": the fp32 kernels. NULL, with *why, when it cannot be had. */
+const wrk_kern_t *wrk_kern_for(const char *isa, const char *matmul, const char **why);
+
 /* Per-ISA tables; NULL-returning where the compiler could not build them. */
 const wrk_kern_t *wrk__kern_portable(void);
 const wrk_kern_t *wrk__kern_avx2(void);
 const wrk_kern_t *wrk__kern_avx512(void);
+/* The AVX-512 table with the AMX bf16 matmul; NULL, with *why, where the CPU, the OS or the
+ * build cannot run it. */
+const wrk_kern_t *wrk__kern_amx_bf16(const char **why);
 
 /* y[t*ldy + o] = (acc ? y : 0) + x[t] . W[o] (+ bias) for t < T, o in [o0, o1): the kernel's
  * `mm` for any T (one kernel, so results do not depend on T). `scratch`: WRK_GEMM_BLOCK_ROWS

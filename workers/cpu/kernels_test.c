@@ -178,6 +178,94 @@ static void test_matmul(void)
     free(packed_one);
 }
 
+/* The opt-in bf16 matmul (AMX): against a double-precision reference of x rounded to bf16
+ * (the products are exact, so only the fp32 sums differ), shapes around its 32-column blocks
+ * and 16-token tiles, token counts past its x buffer; every token bit-identical to a T = 1
+ * call; F32/F16 weights give exactly the fp32 kernels' result. Skipped, with the reason, where
+ * the CPU or the kernel has no AMX. */
+static void test_matmul_bf16(void)
+{
+    const char *why = "";
+    const wrk_kern_t *k = wrk_kern_for(NULL, "bf16", &why), *k32 = wrk_kern_select("avx512");
+    CHECK(!wrk_kern_for("avx2", "bf16", NULL) && !wrk_kern_for(NULL, "fp16", NULL));
+    if (!k) {
+        fprintf(stderr, "  skip: bf16 matmul (%s)\n", why);
+        return;
+    }
+    static const int shapes[][2] = {{37, 29}, {64, 64}, {130, 257}, {16, 33}, {5, 3}, {33, 1},
+                                    {48, 300}};
+    static const int Ts[] = {1, 2, 15, 16, 17, 31, 32, 33, 48, 50, 100};
+    unsigned seed = 11;
+    float *scratch = malloc(WRK_GEMM_BLOCK_ROWS * 300 * sizeof(float));
+    float *one = malloc((size_t)100 * 300 * sizeof(float));
+    for (int dt = 0; dt < 3; dt++)
+        for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+            const int O = shapes[si][0], K = shapes[si][1];
+            float *ref = malloc((size_t)O * K * sizeof(float));
+            char *wbuf = malloc((size_t)O * K * 4);
+            for (int i = 0; i < O * K; i++) ref[i] = frand(&seed);
+            fill_weights(wbuf, (wrk_dtype_t)dt, ref, (size_t)O * K);
+            float bias[300];
+            for (int o = 0; o < O; o++) bias[o] = frand(&seed);
+            wrk_mat_t P = {.dt = (wrk_dtype_t)dt, .data = wbuf, .rows = O, .cols = K};
+            void *pk = aligned_alloc(64, (wrk_pack_bytes(&P) + 63) / 64 * 64);
+            wrk_pack(&P, pk);
+            P.pk = pk;
+            for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
+                const int T = Ts[ti], ldx = K + 3, ldy = O + 5;
+                float *x = malloc((size_t)T * ldx * sizeof(float));
+                float *y = malloc((size_t)T * ldy * sizeof(float));
+                for (int i = 0; i < T * ldx; i++) x[i] = frand(&seed) * 4;
+                for (int i = 0; i < T * ldy; i++) y[i] = 0.5f;
+                const int cut = (int)ti % 2 ? O / 2 : O / 2 / WRK_PANEL * WRK_PANEL;
+                k->mm(&P, 0, cut, x, ldx, T, y, ldy, bias, true, scratch);
+                k->mm(&P, cut, O, x, ldx, T, y, ldy, bias, true, scratch);
+                for (int t = 0; t < T; t++)
+                    for (int o = 0; o < O; o++) one[t * O + o] = 0.5f;
+                for (int t = 0; t < T; t++)
+                    k->mm(&P, 0, O, x + (size_t)t * ldx, ldx, 1, one + (size_t)t * O, O, bias, true,
+                          scratch);
+                bool same = true;
+                for (int t = 0; t < T; t++)
+                    same &= memcmp(one + (size_t)t * O, y + (size_t)t * ldy, O * sizeof(float)) == 0;
+                CHECK_MSG(same, "bf16 matmul dt %d %dx%d T=%d: differs from T=1 calls", dt, O, K, T);
+                if (dt != WRK_DT_BF16) { /* not AMX: the fp32 kernel's bits */
+                    float *y32 = malloc((size_t)T * ldy * sizeof(float));
+                    for (int i = 0; i < T * ldy; i++) y32[i] = 0.5f;
+                    k32->mm(&P, 0, O, x, ldx, T, y32, ldy, bias, true, scratch);
+                    for (int t = 0; t < T; t++)
+                        same &= memcmp(y32 + (size_t)t * ldy, y + (size_t)t * ldy,
+                                       O * sizeof(float)) == 0;
+                    CHECK_MSG(same, "bf16 matmul dt %d: not the fp32 kernel's result", dt);
+                    free(y32);
+                }
+                double worst = 0;
+                for (int t = 0; t < T; t++)
+                    for (int o = 0; o < O; o++) {
+                        double s = 0.5 + bias[o], mag = fabs(s);
+                        for (int kk = 0; kk < K; kk++) {
+                            float xv = x[t * ldx + kk];
+                            if (dt == WRK_DT_BF16) xv = wrk_bf16_to_f32(wrk_f32_to_bf16(xv));
+                            double p = (double)weight_value(wbuf, (wrk_dtype_t)dt, (size_t)o * K + kk) * xv;
+                            s += p;
+                            mag += fabs(p);
+                        }
+                        double d = fabs(s - y[t * ldy + o]) / (mag + 1);
+                        if (d > worst) worst = d;
+                    }
+                CHECK_MSG(worst < 1e-6, "bf16 matmul dt %d %dx%d T=%d: rel err %g", dt, O, K, T,
+                          worst);
+                free(x);
+                free(y);
+            }
+            free(pk);
+            free(ref);
+            free(wbuf);
+        }
+    free(scratch);
+    free(one);
+}
+
 static void ref_conv(int T, int I, int K, const float *x, int ldx, const float *w,
                      const float *b, float *win, float *out)
 {
@@ -328,6 +416,7 @@ int main(void)
 {
     RUN(test_exp_softplus);
     RUN(test_matmul);
+    RUN(test_matmul_bf16);
     RUN(test_conv);
     RUN(test_scan);
     RUN(test_rmsnorm);

@@ -5,6 +5,11 @@
 
 #include "workers/cpu/golden_util.h"
 
+/* The bf16 matmul must be no further from the goldens than transformers' own bf16 forward of
+ * the same checkpoint: max |dlogit| of that against the tiny_bias_tied (fp32 goldens) goldens
+ * (tools/hf_bf16_error.py). */
+#define TOL_BF16_MATMUL 1.52e-2f
+
 #define TOL_F32 1e-4f
 
 static const char *fp32_cases[] = {"tiny_bias_tied", "tiny_nobias_untied", "odd_sizes",
@@ -199,12 +204,19 @@ static void test_bundled(void)
     golden_free(&g);
 }
 
+/* The opt-in bf16 matmul on the BF16 copy (golden_util.h): within TOL_BF16_MATMUL. */
+static void test_bf16_matmul(void)
+{
+    golden_test_bf16_matmul(&suite, "tiny_bias_tied", "tiny_bias_tied_bf16", TOL_BF16_MATMUL);
+}
+
 int main(void)
 {
     RUN(test_chunkings);
     RUN(test_ragged);
     RUN(test_greedy);
     RUN(test_half_weights);
+    RUN(test_bf16_matmul);
     RUN(test_sharded);
     RUN(test_state_roundtrip);
     RUN(test_bad_batches);

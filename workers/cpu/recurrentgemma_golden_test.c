@@ -6,6 +6,11 @@
 #include <string.h>
 
 #include "workers/cpu/golden_util.h"
+
+/* The bf16 matmul must be no further from the goldens than transformers' own bf16 forward of
+ * the same checkpoint: max |dlogit| of that against the tiny_mqa_w16_bf16 goldens
+ * (tools/hf_bf16_error.py). */
+#define TOL_BF16_MATMUL 1.23e-2f
 #include "workers/recurrentgemma.h"
 
 #define TOL_F32 1e-4f
@@ -351,6 +356,12 @@ static void test_bad_checkpoints(void)
     CHECK_MSG(rc == 0, "%s", err);
 }
 
+/* The opt-in bf16 matmul on the BF16 copy (golden_util.h): within TOL_BF16_MATMUL. */
+static void test_bf16_matmul(void)
+{
+    golden_test_bf16_matmul(&suite, "tiny_mqa_w16_bf16", "tiny_mqa_w16_bf16", TOL_BF16_MATMUL);
+}
+
 int main(void)
 {
     RUN(test_config);
@@ -358,6 +369,7 @@ int main(void)
     RUN(test_ragged);
     RUN(test_greedy);
     RUN(test_bf16_weights);
+    RUN(test_bf16_matmul);
     RUN(test_state_roundtrip);
     RUN(test_goldens_discriminate);
     RUN(test_bad_checkpoints);
