@@ -172,6 +172,11 @@ int main(int argc, char **argv)
         dmn_log(DMN_ERROR, "backend", NULL, NULL, "%s", err);
         goto cleanup;
     }
+    if (strcmp(opts.matmul, "bf16") == 0 && mi->weight_dtype != WRK_DT_BF16)
+        dmn_log(DMN_WARN, "backend", NULL, NULL,
+                "--matmul bf16 applies to BF16 weights; this model's are %s, so its matmuls "
+                "run in fp32",
+                wrk_dtype_name(mi->weight_dtype));
     progress(&opts, 80, "loading tokenizer");
     tok_opts_t to = {.max_input_bytes = (size_t)opts.max_message_bytes};
     char tokf[4200];

@@ -1,7 +1,8 @@
 """recurd integration: the opt-in bf16 matmul (--matmul bf16, AMX) served end to end, by token
 ids on a BF16 checkpoint (tests/golden/mamba/tiny_bias_tied_bf16).
 
-A bad --matmul value stops the daemon at start with a message naming the choices. On a CPU
+A bad --matmul value stops the daemon at start with a message naming the choices; on an F32
+checkpoint the mode changes nothing and the log says so. On a CPU
 without AMX-BF16 --matmul bf16 also stops it, saying why (checked), and the tests that need the
 mode are skipped with that reason. With AMX: the daemon logs the kernels it runs; 16 distinct
 greedy streams at once give the same tokens and logprobs, bit for bit, as the same requests one
@@ -43,7 +44,8 @@ class Bf16Matmul(OwnDaemonsTest):
             msg = str(e)
             self.assertIn("bf16 matmul", msg)
             why = [w for w in ("no AMX-BF16", "no AVX512-BF16", "does not grant AMX",
-                               "refused AMX", "no AMX kernels") if w in msg]
+                               "refused AMX", "no AMX kernels", "AVX-512 kernels are not")
+                   if w in msg]
             self.assertTrue(why, msg[-2000:])
             self.skipTest("--matmul bf16 refused here: " + why[0])
 
@@ -51,6 +53,13 @@ class Bf16Matmul(OwnDaemonsTest):
         with self.assertRaises(RuntimeError) as cm:
             self.start("--matmul", "fp16")
         self.assertIn("matmul must be fp32 or bf16", str(cm.exception))
+
+    def test_fp32_weights_warned(self):
+        """On an F32 checkpoint the mode changes nothing, and the log says so."""
+        d = self.start_bf16("--model", os.path.join(ROOT, "tests", "golden", "mamba",
+                                                    "tiny_bias_tied"))
+        self.assertIn("applies to BF16 weights; this model's are F32", d.logs())
+        self.assertEqual(len(run(d, requests()[0])[0]), 6)
 
     def test_concurrent_equals_one_at_a_time(self):
         d = self.start_bf16()
