@@ -24,8 +24,9 @@
 
 #include "workers/cpu/kernels.h"
 
-#if defined(__x86_64__) && defined(__AMX_TILE__) && defined(__AMX_BF16__) && \
-    defined(__AVX512BF16__)
+/* GCC spells the feature macros __AMX_TILE__/__AMX_BF16__, clang 14 __AMXTILE__/__AMXBF16__. */
+#if defined(__x86_64__) && (defined(__AMX_TILE__) || defined(__AMXTILE__)) && \
+    (defined(__AMX_BF16__) || defined(__AMXBF16__)) && defined(__AVX512BF16__)
 #define RCD_HAVE_AMX 1
 #endif
 
