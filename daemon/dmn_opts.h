@@ -28,7 +28,7 @@
     X(isa, STR, "auto", "RECURD_ISA", "CPU kernels: auto, avx512, avx2, portable")                 \
     X(matmul, STR, "fp32", "RECURD_MATMUL",                                                        \
       "CPU matmul precision: fp32 (logits match transformers in fp32) or bf16 (BF16 weights: "     \
-      "inputs rounded to bf16, fp32 sums, on AMX; several times the batched throughput)")          \
+      "inputs rounded to bf16, fp32 sums, on AMX: 130m shape 1.7x at 32 sequences, 2.6x prefill)") \
     X(slots, INT, "8", "RECURD_SLOTS", "sequences decoded at once (state slots)")                  \
     X(max_step_tokens, INT, "512", "RECURD_MAX_STEP_TOKENS", "token budget of one step")           \
     X(prefill_chunk, INT, "256", "RECURD_PREFILL_CHUNK",                                           \
