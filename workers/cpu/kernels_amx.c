@@ -9,8 +9,9 @@
  * token blocks of 16 tokens x 32 columns of x in bf16, B (tmm6-7) two panels' 16 column pairs
  * (one KiB of the packed layout, kernels.h). A token's row of C depends only on its own row
  * of A, and every output is summed over k blocks in the same order whatever T, so results are
- * bit-identical for every batch composition and chunking, as in the fp32 kernels. x is padded
- * to a multiple of 16 tokens with zero rows and to the packed 32 columns with zeros. */
+ * bit-identical for every batch composition and chunking, as in the fp32 kernels. From 16
+ * tokens x is padded to whole 16-token blocks with zero rows; columns to the packed 32 with
+ * zeros. */
 #include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -106,7 +107,7 @@ static void amx_out(const float *c, int nt, int p, float *y, int ldy, const floa
 }
 
 /* x rows [0, tn) to bf16 rows of kp elements (lda bytes apart), columns past K and rows up
- * to tpad zero. */
+ * to tpad zero (tpad: what the tiles read). */
 static void amx_pack_x(uint16_t *xa, int kp, const float *x, int ldx, int tn, int tpad, int K)
 {
     for (int t = 0; t < tpad; t++) {
@@ -159,7 +160,8 @@ static void amx_mm(const wrk_mat_t *W, int o0, int o1, const float *x, int ldx, 
     float c[4][256] __attribute__((aligned(64)));
     uint16_t *xa = (uint16_t *)(void *)xpack;
     for (int t0 = 0; t0 < T; t0 += tb) {
-        const int tn = T - t0 < tb ? T - t0 : tb, tpad = (tn + 15) / 16 * 16;
+        /* rows of x the tiles read: T when T < 16, else whole 16-token blocks */
+        const int tn = T - t0 < tb ? T - t0 : tb, tpad = (tn + rows - 1) / rows * rows;
         amx_pack_x(xa, kp, x + (size_t)t0 * ldx, ldx, tn, tpad, K);
         for (int g = p0; g < p1; g += group) {
             const int ge = p1 - g < group ? p1 : g + group;
