@@ -98,13 +98,7 @@ int wrk_backend_create_by_name(const char *name, const wrk_model_t *m,
 {
     *out = NULL;
     if (!name || !strcmp(name, "cpu")) return wrk_cpu_backend_create(m, opts, out, err, errlen);
-    if (!strcmp(name, "cuda")) {
-        if (opts && opts->matmul && *opts->matmul && strcmp(opts->matmul, "fp32") != 0)
-            return rcd_fail(RCD_EINVAL, err, errlen,
-                            "matmul \"%s\" is a CPU setting; the cuda backend takes fp32",
-                            opts->matmul);
-        return wrk_cuda_backend_create(m, opts, out, err, errlen);
-    }
+    if (!strcmp(name, "cuda")) return wrk_cuda_backend_create(m, opts, out, err, errlen);
     return rcd_fail(RCD_EINVAL, err, errlen, "unknown backend \"%s\" (cpu or cuda)", name);
 }
 

@@ -429,6 +429,9 @@ int wrk_cuda_backend_create_ex(const wrk_model_t *m, const wrk_backend_opts_t *o
     char why[160];
     int rc = 0;
     *out = NULL;
+    if (o.matmul && *o.matmul && strcmp(o.matmul, "fp32") != 0)
+        return rcd_fail(RCD_EINVAL, err, errlen,
+                        "matmul \"%s\" is a CPU setting; the cuda backend takes fp32", o.matmul);
     if (o.n_slots <= 0) o.n_slots = 8;
     if (o.max_step_tokens <= 0) o.max_step_tokens = 512;
     if (o.n_slots > 1 << 20 || o.max_step_tokens > 1 << 20)
