@@ -1,10 +1,13 @@
 /* statestore: the prefix snapshot cache (see prefix.h). A chained hash table over 128-bit
- * keys and a doubly linked LRU list; every entry owns a copy of its token ids and state. */
+ * keys and the common LRU list (common/rcd_lru.h); every entry owns a copy of its token ids
+ * and state. */
 #include "statestore/prefix.h"
 
 #include <stdlib.h>
 #include <string.h>
 #include <xxhash.h>
+
+#include "common/rcd_lru.h"
 
 #define NBUCKETS 4096 /* power of two */
 
@@ -14,8 +17,8 @@ typedef struct pentry {
     int32_t *toks;
     void *state;                /* store_prefix_state_len(n) bytes */
     size_t bytes;               /* accounted: state, ids, this record */
-    struct pentry *prev, *next; /* LRU: head is the most recent */
-    struct pentry *chain;       /* bucket */
+    rcd_lru_node_t lru;
+    struct pentry *chain; /* bucket */
 } pentry_t;
 
 struct store_prefix {
@@ -23,8 +26,7 @@ struct store_prefix {
     uint64_t fingerprint;
     int32_t gran;
     pentry_t *buckets[NBUCKETS];
-    pentry_t *head, *tail;
-    size_t entries;
+    rcd_lru_t lru; /* every entry; lru.n counts them */
     store_prefix_hash_fn hash; /* NULL: XXH3-128 seeded with the fingerprint */
     store_prefix_stats_t st;
 };
@@ -55,9 +57,9 @@ static void entry_free(pentry_t *e)
 void store_prefix_destroy(store_prefix_t *p)
 {
     if (!p) return;
-    for (pentry_t *e = p->head, *n; e; e = n) {
-        n = e->next;
-        entry_free(e);
+    for (rcd_lru_node_t *x = p->lru.head, *n; x; x = n) {
+        n = x->next;
+        entry_free(RCD_CONTAINER_OF(x, pentry_t, lru));
     }
     free(p);
 }
@@ -121,38 +123,15 @@ static pentry_t *find(store_prefix_t *p, const uint64_t k[2], const int32_t *tok
     return NULL;
 }
 
-static void lru_unlink(store_prefix_t *p, pentry_t *e)
-{
-    if (e->prev)
-        e->prev->next = e->next;
-    else
-        p->head = e->next;
-    if (e->next)
-        e->next->prev = e->prev;
-    else
-        p->tail = e->prev;
-    e->prev = e->next = NULL;
-}
-
-static void lru_push(store_prefix_t *p, pentry_t *e)
-{
-    e->prev = NULL;
-    e->next = p->head;
-    if (p->head) p->head->prev = e;
-    p->head = e;
-    if (!p->tail) p->tail = e;
-}
-
 static void evict(store_prefix_t *p, pentry_t *e)
 {
-    lru_unlink(p, e);
+    rcd_lru_unlink(&p->lru, &e->lru);
     for (pentry_t **pp = bucket(p, e->key); *pp; pp = &(*pp)->chain)
         if (*pp == e) {
             *pp = e->chain;
             break;
         }
     p->bytes -= e->bytes;
-    p->entries--;
     p->st.evictions++;
     entry_free(e);
 }
@@ -162,7 +141,7 @@ static void evict(store_prefix_t *p, pentry_t *e)
 static pentry_t *lookup_longest(store_prefix_t *p, const int32_t *toks, int32_t max_len)
 {
     int32_t nb = max_len > 0 ? max_len / p->gran : 0;
-    if (nb == 0 || p->entries == 0) {
+    if (nb == 0 || p->lru.n == 0) {
         p->st.misses++;
         return NULL;
     }
@@ -201,8 +180,7 @@ static pentry_t *lookup_longest(store_prefix_t *p, const int32_t *toks, int32_t 
         p->st.misses++;
         return NULL;
     }
-    lru_unlink(p, hit);
-    lru_push(p, hit);
+    rcd_lru_touch(&p->lru, &hit->lru);
     p->st.hits++;
     p->st.hit_tokens += (uint64_t)hit->n;
     return hit;
@@ -263,8 +241,7 @@ static int insert(store_prefix_t *p, const int32_t *toks, int32_t n, void *state
     key_of(p, toks, n, k);
     bool coll = false;
     if ((e = find(p, k, toks, n, &coll))) {
-        lru_unlink(p, e);
-        lru_push(p, e);
+        rcd_lru_touch(&p->lru, &e->lru);
         e = NULL;
         goto out;
     }
@@ -287,14 +264,13 @@ static int insert(store_prefix_t *p, const int32_t *toks, int32_t n, void *state
     e->key[0] = k[0];
     e->key[1] = k[1];
     e->bytes = bytes;
-    while (p->tail && p->bytes + bytes > p->budget)
-        evict(p, p->tail);
+    while (rcd_lru_oldest(&p->lru) && p->bytes + bytes > p->budget)
+        evict(p, RCD_CONTAINER_OF(rcd_lru_oldest(&p->lru), pentry_t, lru));
     pentry_t **b = bucket(p, k);
     e->chain = *b;
     *b = e;
-    lru_push(p, e);
+    rcd_lru_push(&p->lru, &e->lru);
     p->bytes += bytes;
-    p->entries++;
     p->st.inserts++;
     e = NULL;
 out:
@@ -316,7 +292,7 @@ int store_prefix_insert_own(store_prefix_t *p, const int32_t *toks, int32_t n, v
 void store_prefix_get_stats(const store_prefix_t *p, store_prefix_stats_t *out)
 {
     *out = p->st;
-    out->entries = p->entries;
+    out->entries = p->lru.n;
     out->bytes = p->bytes;
     out->budget = p->budget;
 }
