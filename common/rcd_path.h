@@ -12,8 +12,9 @@
 /* Writes dir + "/" + name into dst[cap] (cap: the buffer's size, NUL included). Slashes at
  * the end of dir and at the start of name collapse into one separator, except that a dir
  * of only slashes stays "/" ("/" + "a" -> "/a"). An empty dir yields name unchanged; an
- * empty name, or one of only slashes, yields dir unchanged. Returns 0, or RCD_ERANGE when the result does not fit in cap or is
- * RCD_PATH_MAX bytes or longer (dst is then ""), or RCD_EINVAL for a NULL argument or cap 0. */
+ * empty name, or one of only slashes, yields dir unchanged. Returns 0, or RCD_ERANGE when
+ * the result does not fit in cap or is RCD_PATH_MAX bytes or longer (dst is then ""), or
+ * RCD_EINVAL for a NULL argument or cap 0. */
 int rcd_path_join(char *dst, size_t cap, const char *dir, const char *name);
 
 /* snprintf into dst[cap] with the same rule: 0, or RCD_ERANGE (dst "") when the result does

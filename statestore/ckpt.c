@@ -343,15 +343,24 @@ void ckpt_hdr_free(ckpt_hdr_t *h)
 
 /* ---- files ------------------------------------------------------------------------------ */
 
-static void sess_dir(char *buf, size_t n, const char *dir, const char *id)
+/* dir/s_<id>, or RCD_ERANGE when it would not fit a path. */
+static int sess_dir(char buf[RCD_PATH_MAX], const char *dir, const char *id)
 {
-    snprintf(buf, n, "%s/s_%s", dir, id);
+    return rcd_path_fmt(buf, RCD_PATH_MAX, "%s/s_%s", dir, id);
 }
 
-static void ver_path(char *buf, size_t n, const char *dir, const char *id, uint64_t v,
-                     const char *suffix)
+/* dir/s_<id>/<version>.ckpt<suffix>, or RCD_ERANGE when it would not fit a path. */
+static int ver_path(char buf[RCD_PATH_MAX], const char *dir, const char *id, uint64_t v,
+                    const char *suffix)
 {
-    snprintf(buf, n, "%s/s_%s/%020" PRIu64 ".ckpt%s", dir, id, v, suffix);
+    return rcd_path_fmt(buf, RCD_PATH_MAX, "%s/s_%s/%020" PRIu64 ".ckpt%s", dir, id, v, suffix);
+}
+
+static int too_long(char *err, size_t errlen, const char *dir, const char *id)
+{
+    return rcd_fail(RCD_ERANGE, err, errlen,
+                    "checkpoint path of session '%s' under %s is longer than %d bytes", id, dir,
+                    RCD_PATH_MAX - 1);
 }
 
 static int fsync_dir(const char *path)
@@ -412,10 +421,10 @@ static int cmp_desc(const void *a, const void *b)
 /* Versions of a session on disk, newest first (malloc'd); removes stale *.tmp files. */
 static int list_versions(const char *dir, const char *id, uint64_t **out, size_t *n_out)
 {
-    char path[4400];
-    sess_dir(path, sizeof(path), dir, id);
+    char path[RCD_PATH_MAX];
     *out = NULL;
     *n_out = 0;
+    if (sess_dir(path, dir, id)) return RCD_ERANGE;
     DIR *d = opendir(path);
     if (!d) return errno == ENOENT ? RCD_ENOTFOUND : RCD_EIO;
     uint64_t *v = NULL;
@@ -464,7 +473,13 @@ int ckpt_stage(const char *dir, const ckpt_hdr_t *h, const void *payload, bool s
     int fd = -1, rc = ckpt_encode(h, &hdr, &hlen);
     memset(st, 0, sizeof(*st));
     if (rc) return rcd_fail(rc, err, errlen, "cannot encode checkpoint header");
-    sess_dir(st->sdir, sizeof(st->sdir), dir, h->id);
+    if (sess_dir(st->sdir, dir, h->id) || ver_path(st->final, dir, h->id, h->version, "") ||
+        rcd_path_fmt(st->tmp, sizeof(st->tmp), "%s.%u.tmp", st->final,
+                     atomic_fetch_add(&g_tmp_seq, 1))) {
+        rc = too_long(err, errlen, dir, h->id);
+        st->tmp[0] = 0;
+        goto cleanup;
+    }
     if (mkdir(st->sdir, 0755) == 0) {
         st->new_dir = true;
         /* unsynced (group commit): the batch's syncfs covers the new entry */
@@ -476,8 +491,6 @@ int ckpt_stage(const char *dir, const ckpt_hdr_t *h, const void *payload, bool s
         rc = rcd_fail(RCD_EIO, err, errlen, "mkdir %s: %s", st->sdir, strerror(errno));
         goto cleanup;
     }
-    ver_path(st->final, sizeof(st->final), dir, h->id, h->version, "");
-    snprintf(st->tmp, sizeof(st->tmp), "%s.%u.tmp", st->final, atomic_fetch_add(&g_tmp_seq, 1));
     fd = open(st->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) {
         rc = rcd_fail(RCD_EIO, err, errlen, "create %s: %s", st->tmp, strerror(errno));
@@ -533,9 +546,8 @@ void ckpt_prune(const char *dir, const char *id, int keep)
     size_t n;
     if (keep <= 0 || list_versions(dir, id, &v, &n) != 0) return;
     for (size_t i = (size_t)keep; i < n; i++) {
-        char old[4400];
-        ver_path(old, sizeof(old), dir, id, v[i], "");
-        unlink(old);
+        char old[RCD_PATH_MAX];
+        if (ver_path(old, dir, id, v[i], "") == 0) unlink(old);
     }
     free(v);
 }
@@ -600,11 +612,11 @@ int ckpt_read_v(const char *dir, const char *id, uint64_t version, uint64_t fing
                 size_t state_bytes, size_t kv_bpt, ckpt_hdr_t *h, void *payload, size_t cap,
                 char *err, size_t errlen)
 {
-    char path[4400], why[200];
+    char path[RCD_PATH_MAX], why[200];
     uint8_t fixed[CKPT_FIXED], *hb = NULL;
     int rc = 0;
     memset(h, 0, sizeof(*h));
-    ver_path(path, sizeof(path), dir, id, version, "");
+    if (ver_path(path, dir, id, version, "")) return too_long(err, errlen, dir, id);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         if (errno == ENOENT) return rcd_fail(RCD_ENOTFOUND, err, errlen, "%s: no such file", path);
@@ -681,11 +693,11 @@ cleanup:
 
 int ckpt_quarantine(const char *dir, const char *id, uint64_t version)
 {
-    char from[4400], to[4420], sdir[4400];
-    ver_path(from, sizeof(from), dir, id, version, "");
-    ver_path(to, sizeof(to), dir, id, version, ".corrupt");
+    char from[RCD_PATH_MAX], to[RCD_PATH_MAX], sdir[RCD_PATH_MAX];
+    if (ver_path(from, dir, id, version, "") || ver_path(to, dir, id, version, ".corrupt") ||
+        sess_dir(sdir, dir, id))
+        return RCD_ERANGE;
     if (rename(from, to) != 0) return RCD_EIO;
-    sess_dir(sdir, sizeof(sdir), dir, id);
     fsync_dir(sdir);
     return 0;
 }
@@ -737,10 +749,10 @@ static atomic_uint g_trash_seq;
 
 int ckpt_remove_session(const char *dir, const char *id, char *err, size_t errlen)
 {
-    char sdir[4400], trash[4400];
-    sess_dir(sdir, sizeof(sdir), dir, id);
-    snprintf(trash, sizeof(trash), "%s/.trash-%d-%u", dir, (int)getpid(),
-             atomic_fetch_add(&g_trash_seq, 1));
+    char sdir[RCD_PATH_MAX], trash[RCD_PATH_MAX];
+    if (sess_dir(sdir, dir, id) || rcd_path_fmt(trash, sizeof(trash), "%s/.trash-%d-%u", dir,
+                                                (int)getpid(), atomic_fetch_add(&g_trash_seq, 1)))
+        return too_long(err, errlen, dir, id);
     if (rename(sdir, trash) != 0) {
         if (errno == ENOENT) return 0; /* never written */
         return rcd_fail(RCD_EIO, err, errlen, "rename %s: %s", sdir, strerror(errno));

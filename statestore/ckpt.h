@@ -39,6 +39,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "common/rcd_path.h"
 #include "statestore/store.h"
 
 #define CKPT_MAGIC "RCDCKPT"
@@ -98,8 +99,11 @@ int ckpt_write(const char *dir, const ckpt_hdr_t *h, const void *payload, int ke
  * the temp or the renamed file, and the session directory if stage created it and it is
  * empty), ckpt_prune drops versions beyond the newest `keep` (only once the new one is
  * durable). A staged file that never gets renamed is a .tmp: removed at the next scan. */
+/* The longest tail a checkpoint path adds to the state dir: "/s_<id>/<20 digits>.ckpt" and
+ * ".<u32>.tmp" (longer than ".corrupt" and than a ".trash-<pid>-<n>" entry). */
+#define CKPT_PATH_TAIL_MAX (3 + STORE_ID_MAX + 1 + 25 + 15)
 typedef struct ckpt_staged {
-    char sdir[4400], final[4400], tmp[4500]; /* tmp: "" once gone or renamed */
+    char sdir[RCD_PATH_MAX], final[RCD_PATH_MAX], tmp[RCD_PATH_MAX]; /* tmp: "" once gone */
     bool new_dir, published;
 } ckpt_staged_t;
 int ckpt_stage(const char *dir, const ckpt_hdr_t *h, const void *payload, bool sync,

@@ -194,8 +194,8 @@ static void test_files(void)
     CHECK(r.fingerprint == h.fingerprint && strstr(err, "1122334455667788") != NULL);
     ckpt_hdr_free(&r);
     /* a flipped payload byte: only the payload checksum sees it */
-    char path[600];
-    snprintf(path, sizeof(path), "%s/s_%s/%020d.ckpt", dir, h.id, 4);
+    char path[RCD_PATH_MAX];
+    CHECK(rcd_path_fmt(path, sizeof(path), "%s/s_%s/%020d.ckpt", dir, h.id, 4) == 0);
     FILE *f = fopen(path, "r+b");
     CHECK(f != NULL);
     fseek(f, -5, SEEK_END);
@@ -208,13 +208,13 @@ static void test_files(void)
     CHECK(ckpt_read(dir, h.id, 4, h.fingerprint, 128, &r, back, err, sizeof(err)) == RCD_ECORRUPT);
     CHECK(strstr(err, "payload checksum") != NULL);
     /* truncated newest: ckpt_latest quarantines it and falls back to version 3 */
-    snprintf(path, sizeof(path), "%s/s_%s/%020d.ckpt", dir, h.id, 4);
+    CHECK(rcd_path_fmt(path, sizeof(path), "%s/s_%s/%020d.ckpt", dir, h.id, 4) == 0);
     CHECK(truncate(path, 200) == 0);
     size_t q = 0;
     CHECK(ckpt_latest(dir, h.id, UINT64_MAX, h.fingerprint, 128, &r, &q, NULL, NULL) == 0);
     CHECK(r.version == 3 && q == 1);
     ckpt_hdr_free(&r);
-    strcat(path, ".corrupt");
+    CHECK(rcd_path_fmt(path, sizeof(path), "%s/s_%s/%020d.ckpt.corrupt", dir, h.id, 4) == 0);
     struct stat st;
     CHECK(stat(path, &st) == 0);
     /* wrong state size for this model */
@@ -225,11 +225,34 @@ static void test_files(void)
     CHECK(rmdir(dir) == 0); /* nothing left behind */
 }
 
+/* A state dir so long that the checkpoint paths under it do not fit: each file operation
+ * fails with RCD_ERANGE and says why, instead of touching a shortened name. */
+static void test_path_too_long(void)
+{
+    static char dir[RCD_PATH_MAX];
+    memset(dir, 'd', sizeof(dir) - 1);
+    dir[0] = '/';
+    dir[RCD_PATH_MAX - 10] = 0; /* the dir fits; "/s_chat.1:x-y" under it does not */
+    store_meta_t md[2] = {{"user", "ann"}, {"topic", ""}};
+    ckpt_hdr_t h, r;
+    fill(&h, md);
+    uint8_t payload[128] = {0};
+    char err[RCD_PATH_MAX + 200] = "";
+    CHECK(ckpt_write(dir, &h, payload, 2, err, sizeof(err)) == RCD_ERANGE);
+    CHECK_MSG(strstr(err, "longer than 4095 bytes") != NULL, "%s", err);
+    CHECK(ckpt_read(dir, h.id, 7, h.fingerprint, 128, &r, payload, err, sizeof(err)) == RCD_ERANGE);
+    CHECK(ckpt_latest(dir, h.id, UINT64_MAX, h.fingerprint, 128, &r, NULL, NULL, NULL) ==
+          RCD_ERANGE);
+    CHECK(ckpt_quarantine(dir, h.id, 7) == RCD_ERANGE);
+    CHECK(ckpt_remove_session(dir, h.id, err, sizeof(err)) == RCD_ERANGE);
+}
+
 int main(void)
 {
     RUN(test_roundtrip_and_corruption);
     RUN(test_lying_fields);
     RUN(test_owner_ttl);
     RUN(test_files);
+    RUN(test_path_too_long);
     return rcd_test_summary();
 }

@@ -15,8 +15,8 @@ typedef struct pentry {
     uint64_t key[2];
     int32_t n;
     int32_t *toks;
-    void *state;                /* store_prefix_state_len(n) bytes */
-    size_t bytes;               /* accounted: state, ids, this record */
+    void *state;  /* store_prefix_state_len(n) bytes */
+    size_t bytes; /* accounted: state, ids, this record */
     rcd_lru_node_t lru;
     struct pentry *chain; /* bucket */
 } pentry_t;
@@ -26,7 +26,7 @@ struct store_prefix {
     uint64_t fingerprint;
     int32_t gran;
     pentry_t *buckets[NBUCKETS];
-    rcd_lru_t lru; /* every entry; lru.n counts them */
+    rcd_lru_t lru;             /* every entry; lru.n counts them */
     store_prefix_hash_fn hash; /* NULL: XXH3-128 seeded with the fingerprint */
     store_prefix_stats_t st;
 };

@@ -184,7 +184,8 @@ static int create_common(store_t *s, const char *id, const char *src_id, const s
     rc = store__insert(s, &h, &x);
     ckpt_hdr_free(&h);
     if (rc) return rc;
-    if (!(j = store__job_new(s, J_CREATE, x, cb, user)) || (rc = store__job_header(s, j, x))) goto fail;
+    if (!(j = store__job_new(s, J_CREATE, x, cb, user)) || (rc = store__job_header(s, j, x)))
+        goto fail;
     x->rec.has_state = src && src->rec.has_state;
     if (x->rec.has_state) {
         j->h.payload_bytes = src->rec.state_len; /* a variable-size blob is copied whole */

@@ -16,8 +16,11 @@
 
 static int mkdirs(const char *path)
 {
-    char tmp[4096];
-    snprintf(tmp, sizeof(tmp), "%s", path);
+    char tmp[RCD_PATH_MAX];
+    if (rcd_path_fmt(tmp, sizeof(tmp), "%s", path)) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
     for (char *p = tmp + 1; *p; p++) {
         if (*p != '/') continue;
         *p = 0;
@@ -51,10 +54,9 @@ static int scan(store_t *s, char *err, size_t errlen)
     int rc = 0;
     while ((e = readdir(d))) {
         const char *name = e->d_name;
-        char path[4600];
+        char path[RCD_PATH_MAX];
         if (!strncmp(name, ".trash-", 7)) { /* a delete that was cut short */
-            snprintf(path, sizeof(path), "%s/%s", s->dir, name);
-            remove_tree1(path);
+            if (rcd_path_join(path, sizeof(path), s->dir, name) == 0) remove_tree1(path);
             continue;
         }
         if (strncmp(name, "s_", 2) != 0) continue;
@@ -132,16 +134,24 @@ int store_open(const store_opts_t *opts, store_t **out, char *err, size_t errlen
     if (opts->dir && opts->dir[0]) {
         struct timespec t0, t1;
         clock_gettime(CLOCK_MONOTONIC, &t0);
-        if (strlen(opts->dir) > 3000 || !(s->dir = strdup(opts->dir))) {
-            rc = rcd_fail(RCD_EINVAL, err, errlen, "store: state dir path too long");
+        /* every checkpoint path under it must fit (ckpt.c checks each one too) */
+        size_t l = strlen(opts->dir);
+        if (l + CKPT_PATH_TAIL_MAX >= RCD_PATH_MAX) {
+            rc = rcd_fail(RCD_EINVAL, err, errlen,
+                          "store: state dir path too long (%zu bytes; at most %d)", l,
+                          RCD_PATH_MAX - 1 - CKPT_PATH_TAIL_MAX);
+            goto fail;
+        }
+        if (!(s->dir = strdup(opts->dir))) {
+            rc = rcd_fail(RCD_ENOMEM, err, errlen, "store: out of memory");
             goto fail;
         }
         if (mkdirs(s->dir) != 0) {
             rc = rcd_fail(RCD_EIO, err, errlen, "state dir %s: %s", s->dir, strerror(errno));
             goto fail;
         }
-        char lock[3100];
-        snprintf(lock, sizeof(lock), "%s/LOCK", s->dir);
+        char lock[RCD_PATH_MAX];
+        rcd_path_join(lock, sizeof(lock), s->dir, "LOCK"); /* fits: checked above */
         s->lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
         if (s->lock_fd < 0) {
             rc = rcd_fail(RCD_EIO, err, errlen, "state dir %s: %s", lock, strerror(errno));

@@ -129,8 +129,8 @@ static void test_memory(void)
 
 static int count_files(const char *dir, const char *id, const char *suffix)
 {
-    char path[600];
-    snprintf(path, sizeof(path), "%s/s_%s", dir, id);
+    char path[RCD_PATH_MAX];
+    CHECK(rcd_path_fmt(path, sizeof(path), "%s/s_%s", dir, id) == 0);
     DIR *d = opendir(path);
     if (!d) return -1;
     int n = 0;
@@ -145,8 +145,9 @@ static int count_files(const char *dir, const char *id, const char *suffix)
 
 static void flip_byte(const char *dir, const char *id, uint64_t v, long from_end)
 {
-    char path[600];
-    snprintf(path, sizeof(path), "%s/s_%s/%020llu.ckpt", dir, id, (unsigned long long)v);
+    char path[RCD_PATH_MAX];
+    CHECK(rcd_path_fmt(path, sizeof(path), "%s/s_%s/%020llu.ckpt", dir, id,
+                       (unsigned long long)v) == 0);
     FILE *f = fopen(path, "r+b");
     CHECK(f != NULL);
     if (!f) return;
@@ -266,8 +267,8 @@ static void test_disk(void)
     store_close(s);
 
     /* truncated newest version: the scan quarantines it */
-    char path[600];
-    snprintf(path, sizeof(path), "%s/s_chat/%020d.ckpt", dir, 3);
+    char path[RCD_PATH_MAX];
+    CHECK(rcd_path_fmt(path, sizeof(path), "%s/s_chat/%020d.ckpt", dir, 3) == 0);
     CHECK(truncate(path, 300) == 0);
     s = open_store(dir, FP, 2 * SB, 2);
     store_get_stats(s, &st);
@@ -453,8 +454,8 @@ static bool sw_has(const sweep_t *w, const char *id, int64_t idle_ms)
 
 static bool sess_dir_exists(const char *dir, const char *id)
 {
-    char path[600];
-    snprintf(path, sizeof(path), "%s/s_%s", dir, id);
+    char path[RCD_PATH_MAX];
+    CHECK(rcd_path_fmt(path, sizeof(path), "%s/s_%s", dir, id) == 0);
     return access(path, F_OK) == 0;
 }
 
@@ -690,9 +691,23 @@ static int check_all(store_t *s, uint64_t v, int seed)
     return good;
 }
 
+/* A state dir too long for the checkpoint paths under it is refused at open. */
+static void test_dir_too_long(void)
+{
+    static char dir[RCD_PATH_MAX];
+    memset(dir, 'd', sizeof(dir) - 1);
+    dir[0] = '/';
+    dir[RCD_PATH_MAX - CKPT_PATH_TAIL_MAX] = 0;
+    store_opts_t o = {.state_bytes = SB, .loop = &g_loop, .dir = dir};
+    store_t *s = NULL;
+    char err[300] = "";
+    CHECK(store_open(&o, &s, err, sizeof(err)) == RCD_EINVAL && s == NULL);
+    CHECK_MSG(strstr(err, "state dir path too long") != NULL, "%s", err);
+}
+
 static void test_group_commit(void)
 {
-    char dir[] = "/tmp/store-gc-XXXXXX", cmd[100], v2[600];
+    char dir[] = "/tmp/store-gc-XXXXXX", cmd[100], v2[RCD_PATH_MAX];
     CHECK(mkdtemp(dir) != NULL);
     ckpt__syncfs = fake_syncfs;
     atomic_store(&g_syncfs_fail_at, 0);
@@ -733,7 +748,7 @@ static void test_group_commit(void)
     CHECK(atomic_load(&g_syncfs_calls) == 2);
     for (int i = 0; i < GC_N; i++)
         CHECK(r[i].rc == RCD_EIO && r[i].version == 1);
-    snprintf(v2, sizeof(v2), "%s/s_g9/%020d.ckpt", dir, 2);
+    CHECK(rcd_path_fmt(v2, sizeof(v2), "%s/s_g9/%020d.ckpt", dir, 2) == 0);
     CHECK(access(v2, F_OK) != 0 && count_files(dir, "g9", ".tmp") == 0);
     CHECK(check_all(s, 1, 10) == GC_N);
     store_close(s);
@@ -768,6 +783,7 @@ int main(void)
     RUN(test_disk);
     RUN(test_variable_size);
     RUN(test_expiry);
+    RUN(test_dir_too_long);
     RUN(test_group_commit);
     uv_loop_close(&g_loop);
     return rcd_test_summary();
