@@ -11,6 +11,7 @@
  *                    [--redis-server PATH] [--no-redis]
  * Without --redis, a redis-server from PATH (default "redis-server") is started on a loopback
  * port for the run; if it cannot be started the Redis rows are skipped. */
+#include "common/rcd_path.h"
 #include "statestore/store.h"
 #include "statestore/store_redis.h"
 
@@ -25,7 +26,7 @@
 #include <unistd.h>
 
 static uv_loop_t g_loop;
-static char g_base[3000] = "/tmp";
+static char g_base[RCD_PATH_MAX] = "/tmp";
 static int g_reps = 5;
 
 static double now_ms(void)
@@ -165,11 +166,13 @@ static void bench_commit(void)
         unsigned char *tmpl = malloc(sb);
         for (size_t i = 0; i < sb; i++)
             tmpl[i] = (unsigned char)(i * 131 + 7);
-        char dir[2][3100];
+        char dir[2][RCD_PATH_MAX];
         store_t *st[2];
         committer_t cs[2][64];
         for (int m = 0; m < 2; m++) { /* m 0: group commit on, 1: off */
-            snprintf(dir[m], sizeof(dir[m]), "%s/store-bench-%d-gc%d", g_base, (int)getpid(), m);
+            if (rcd_path_fmt(dir[m], sizeof(dir[m]), "%s/store-bench-%d-gc%d", g_base,
+                             (int)getpid(), m))
+                die("--dir", "path too long");
             st[m] = open_store(dir[m], sb, 64, 0, m == 1, NULL);
             for (int i = 0; i < 64; i++) {
                 memset(&cs[m][i], 0, sizeof(cs[m][i]));
@@ -242,8 +245,10 @@ static double load_once(store_t *s, const char *id, void *dst)
 /* Drops the page cache of a session's checkpoint file (clean pages: it was fsynced). */
 static void drop_cache(const char *dir, const char *id, uint64_t version)
 {
-    char path[3200];
-    snprintf(path, sizeof(path), "%s/s_%s/%020llu.ckpt", dir, id, (unsigned long long)version);
+    char path[RCD_PATH_MAX];
+    if (rcd_path_fmt(path, sizeof(path), "%s/s_%s/%020llu.ckpt", dir, id,
+                     (unsigned long long)version))
+        die("checkpoint path too long", dir);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) die("open", path);
     posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
@@ -311,9 +316,10 @@ static void bench_resume(const char *redis)
         for (size_t i = 0; i < sb; i++)
             tmpl[i] = (unsigned char)(i * 131 + 7);
         memset(dst, 0, sb);
-        char dir[3100], rdir[3100];
-        snprintf(dir, sizeof(dir), "%s/store-bench-%d-load", g_base, (int)getpid());
-        snprintf(rdir, sizeof(rdir), "%s/store-bench-%d-rload", g_base, (int)getpid());
+        char dir[RCD_PATH_MAX], rdir[RCD_PATH_MAX];
+        if (rcd_path_fmt(dir, sizeof(dir), "%s/store-bench-%d-load", g_base, (int)getpid()) ||
+            rcd_path_fmt(rdir, sizeof(rdir), "%s/store-bench-%d-rload", g_base, (int)getpid()))
+            die("--dir", "path too long");
         /* the writer: one session per sample (each also written through to Redis) */
         store_t *s = open_store(dir, sb, (size_t)n, 0, false, redis);
         bool use_redis = redis && redis_ready(s);
@@ -490,9 +496,12 @@ int main(int argc, char **argv)
     bool no_redis = false;
     char addr[64];
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--dir") && i + 1 < argc)
-            snprintf(g_base, sizeof(g_base), "%s", argv[++i]);
-        else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
+        if (!strcmp(argv[i], "--dir") && i + 1 < argc) {
+            if (rcd_path_fmt(g_base, sizeof(g_base), "%s", argv[++i])) {
+                fprintf(stderr, "store_bench: --dir is longer than %d bytes\n", RCD_PATH_MAX - 1);
+                return 2;
+            }
+        } else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
             g_reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--only") && i + 1 < argc)
             only = argv[++i];

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "common/rcd_error.h"
+#include "common/rcd_path.h"
 
 enum { T_STR, T_INT, T_BOOL };
 
@@ -220,18 +221,12 @@ void dmn_opts_free(dmn_opts_t *o)
         }
 }
 
-void dmn_opts_state_dir(const dmn_opts_t *o, char *buf, size_t len)
+int dmn_opts_state_dir(const dmn_opts_t *o, char *buf, size_t len)
 {
     const char *d = o->ephemeral ? "" : o->state_dir;
-    if (strcmp(d, DMN_DEFAULT_STATE_DIR) != 0) {
-        snprintf(buf, len, "%s", d);
-        return;
-    }
+    if (strcmp(d, DMN_DEFAULT_STATE_DIR) != 0) return rcd_path_fmt(buf, len, "%s", d);
     const char *xdg = getenv("XDG_STATE_HOME"), *home = getenv("HOME");
-    if (xdg && xdg[0] == '/')
-        snprintf(buf, len, "%s/recurd", xdg);
-    else if (home && home[0] == '/')
-        snprintf(buf, len, "%s/.local/state/recurd", home);
-    else
-        snprintf(buf, len, "recurd-state");
+    if (xdg && xdg[0] == '/') return rcd_path_join(buf, len, xdg, "recurd");
+    if (home && home[0] == '/') return rcd_path_join(buf, len, home, ".local/state/recurd");
+    return rcd_path_fmt(buf, len, "recurd-state");
 }

@@ -88,7 +88,8 @@ int dmn_opts_parse(dmn_opts_t *o, int argc, char **argv, char *err, size_t errle
 void dmn_opts_free(dmn_opts_t *o);
 void dmn_opts_help(const char *prog);
 /* The state directory to use, in buf: "" for memory only (--ephemeral or an empty
- * --state-dir); the default's $XDG_STATE_HOME is expanded as documented above. */
-void dmn_opts_state_dir(const dmn_opts_t *o, char *buf, size_t len);
+ * --state-dir); the default's $XDG_STATE_HOME is expanded as documented above. Returns 0,
+ * or RCD_ERANGE (buf "") when it does not fit buf (common/rcd_path.h). */
+int dmn_opts_state_dir(const dmn_opts_t *o, char *buf, size_t len);
 
 #endif

@@ -108,6 +108,8 @@ static void test_state_dir(void)
     CHECK(dmn_opts_parse(&o, 2, a3, err, sizeof(err)) == 0);
     dmn_opts_state_dir(&o, dir, sizeof(dir));
     CHECK(!strcmp(dir, "/srv/s"));
+    CHECK(dmn_opts_state_dir(&o, dir, 7) == 0 && !strcmp(dir, "/srv/s")); /* exact fit */
+    CHECK(dmn_opts_state_dir(&o, dir, 6) == RCD_ERANGE && dir[0] == 0);  /* never cut short */
     dmn_opts_free(&o);
     char *a4[] = {"--keep-versions", "0"};
     CHECK(dmn_opts_parse(&o, 2, a4, err, sizeof(err)) == RCD_EINVAL);

@@ -1,5 +1,6 @@
 /* daemon: recurd's main — options, model/tokenizer/store/runner setup, the gRPC server on
  * the libuv loop, and orderly teardown after a drain (exit 0). */
+#include "common/rcd_path.h"
 #include "daemon/dmn.h"
 #include "daemon/dmn_runner.h"
 #include "statestore/prefix.h"
@@ -25,8 +26,8 @@ static void progress(const dmn_opts_t *o, int pct, const char *what)
 
 static int write_port_file(const char *path, int port)
 {
-    char tmp[4200];
-    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    char tmp[RCD_PATH_MAX];
+    if (rcd_path_fmt(tmp, sizeof(tmp), "%s.tmp", path)) return RCD_ERANGE;
     FILE *f = fopen(tmp, "w");
     if (!f) return RCD_EIO;
     fprintf(f, "%d\n", port);
@@ -45,8 +46,10 @@ static void store_warn(void *user, const char *sid, const char *msg)
 static int open_store(dmn_server_t *srv, const wrk_model_info_t *mi, char *err, size_t errlen)
 {
     const dmn_opts_t *o = srv->opts;
-    char dir[3200];
-    dmn_opts_state_dir(o, dir, sizeof(dir));
+    char dir[RCD_PATH_MAX];
+    if (dmn_opts_state_dir(o, dir, sizeof(dir)))
+        return rcd_fail(RCD_ERANGE, err, errlen, "state dir path longer than %d bytes",
+                        RCD_PATH_MAX - 1);
     store_tensor_t *t = calloc((size_t)mi->n_state_tensors + 1, sizeof(*t));
     if (!t) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
     for (int i = 0; i < mi->n_state_tensors; i++) {

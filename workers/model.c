@@ -9,6 +9,7 @@
 #include <cjson/cJSON.h>
 #include <xxhash.h>
 
+#include "common/rcd_path.h"
 #include "workers/model_int.h"
 
 #define CONFIG_MAX_BYTES (4u << 20)
@@ -136,15 +137,15 @@ cleanup:
 int wrk_model_load(const char *dir, wrk_model_t **out, char *err, size_t errlen)
 {
     int rc;
-    char path[4096];
+    char path[RCD_PATH_MAX];
     char *config = NULL;
     size_t config_len = 0;
     *out = NULL;
     wrk_model_t *m = calloc(1, sizeof *m);
     if (!m) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
 
-    if (snprintf(path, sizeof path, "%s/config.json", dir) >= (int)sizeof path) {
-        rc = rcd_fail(RCD_EINVAL, err, errlen, "model directory path too long");
+    if ((rc = rcd_path_join(path, sizeof path, dir, "config.json"))) {
+        rc = rcd_fail(rc, err, errlen, "model directory path too long");
         goto cleanup;
     }
     if ((rc = read_small_file(path, &config, &config_len, err, errlen))) goto cleanup;

@@ -5,10 +5,11 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/rcd_path.h"
 #include "tests/rcd_test.h"
 #include "workers/wrk.h"
 
-static char base[600];
+static char base[RCD_PATH_MAX];
 
 /* A temp checkpoint dir: the tiny golden weights (symlinked) with config.json edited by
  * replacing `from` with `to` (or written verbatim when from is NULL). */
@@ -16,9 +17,10 @@ static void make_dir(char *dir, const char *from, const char *to, bool weights)
 {
     strcpy(dir, "/tmp/rcd_model_test_XXXXXX");
     if (!mkdtemp(dir)) return;
-    char path[1024];
-    char *cfg = rcd_test_read_file(strcat(strcpy(path, base), "/config.json"), NULL);
-    snprintf(path, sizeof path, "%s/config.json", dir);
+    char path[RCD_PATH_MAX];
+    CHECK(rcd_path_join(path, sizeof(path), base, "config.json") == 0);
+    char *cfg = rcd_test_read_file(path, NULL);
+    CHECK(rcd_path_fmt(path, sizeof(path), "%s/config.json", dir) == 0);
     FILE *f = fopen(path, "w");
     if (!from) {
         fputs(to, f);
@@ -34,10 +36,10 @@ static void make_dir(char *dir, const char *from, const char *to, bool weights)
     fclose(f);
     free(cfg);
     if (weights) {
-        char src[1024];
-        snprintf(src, sizeof src, "%s/model.safetensors", base);
+        char src[RCD_PATH_MAX];
+        CHECK(rcd_path_fmt(src, sizeof(src), "%s/model.safetensors", base) == 0);
         char *abs = realpath(src, NULL);
-        snprintf(path, sizeof path, "%s/model.safetensors", dir);
+        CHECK(rcd_path_fmt(path, sizeof(path), "%s/model.safetensors", dir) == 0);
         CHECK(abs && symlink(abs, path) == 0);
         free(abs);
     }
@@ -45,10 +47,10 @@ static void make_dir(char *dir, const char *from, const char *to, bool weights)
 
 static void rm_dir(const char *dir)
 {
-    char path[1024];
-    snprintf(path, sizeof path, "%s/config.json", dir);
+    char path[RCD_PATH_MAX];
+    CHECK(rcd_path_fmt(path, sizeof(path), "%s/config.json", dir) == 0);
     unlink(path);
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    CHECK(rcd_path_fmt(path, sizeof(path), "%s/model.safetensors", dir) == 0);
     unlink(path);
     rmdir(dir);
 }
@@ -110,7 +112,7 @@ static void test_refusals(void)
 int main(void)
 {
     const char *g = getenv("RCD_GOLDEN_DIR");
-    snprintf(base, sizeof base, "%s/mamba/tiny_bias_tied", g ? g : "tests/golden");
+    CHECK(rcd_path_fmt(base, sizeof(base), "%s/mamba/tiny_bias_tied", g ? g : "tests/golden") == 0);
     RUN(test_refusals);
     return rcd_test_summary();
 }

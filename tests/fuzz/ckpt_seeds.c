@@ -7,13 +7,14 @@
 #include <string.h>
 #include <xxhash.h>
 
+#include "common/rcd_path.h"
 #include "statestore/ckpt.h"
 
 static int put(const char *dir, const char *name, const uint8_t *a, size_t na, const uint8_t *b,
                size_t nb)
 {
-    char path[4200];
-    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    char path[RCD_PATH_MAX];
+    if (rcd_path_join(path, sizeof(path), dir, name)) return -1;
     FILE *f = fopen(path, "wb");
     if (!f) return -1;
     size_t w = fwrite(a, 1, na, f) + (nb ? fwrite(b, 1, nb, f) : 0);

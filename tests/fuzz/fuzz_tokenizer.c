@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/rcd_path.h"
 #include "workers/tokenizer/tok.h"
 
 static tok_t *toks[8];
@@ -19,11 +20,12 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
         "neox",      "bytelevel_split", "gemma",       "llama",
         "metaspace", "feat-affixes",    "feat-splits", "feat-metaspace-always"};
     const char *env = getenv("RCD_GOLDEN_DIR");
-    char path[1024], err[256];
+    char path[RCD_PATH_MAX], err[256];
     for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
-        snprintf(path, sizeof(path), "%s/tokenizer/%s", env && *env ? env : "tests/golden",
-                 kinds[i]);
-        if (tok_load(path, NULL, &toks[n_toks], err, sizeof(err)) == 0)
+        if (rcd_path_fmt(path, sizeof(path), "%s/tokenizer/%s", env && *env ? env : "tests/golden",
+                         kinds[i]))
+            snprintf(err, sizeof(err), "RCD_GOLDEN_DIR is longer than %d bytes", RCD_PATH_MAX - 1);
+        else if (tok_load(path, NULL, &toks[n_toks], err, sizeof(err)) == 0)
             n_toks++;
         else
             fprintf(stderr, "tok_fuzz: %s\n", err);

@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 
 #include "common/rcd_error.h"
+#include "common/rcd_path.h"
 #include "workers/tokenizer/tok_int.h"
 #include "workers/tokenizer/tok_json.h"
 
@@ -375,8 +376,11 @@ int tok_load(const char *path, const tok_opts_t *opts, tok_t **out, char *err, s
             rc = RCD_ENOMEM;
             goto cleanup;
         }
-        snprintf(file, n, "%s/tokenizer.json", path);
-        snprintf(cfg_file, n, "%s/tokenizer_config.json", path);
+        if ((rc = rcd_path_join(file, n, path, "tokenizer.json")) ||
+            (rc = rcd_path_join(cfg_file, n, path, "tokenizer_config.json"))) {
+            rc = rcd_fail(rc, err, errlen, "tokenizer directory path too long: %.200s", path);
+            goto cleanup;
+        }
     } else if (!(file = strdup(path))) {
         rc = RCD_ENOMEM;
         goto cleanup;

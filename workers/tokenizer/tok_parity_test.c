@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 
 #include "common/rcd_error.h"
+#include "common/rcd_path.h"
 #include "tests/rcd_test.h"
 #include "workers/tokenizer/tok.h"
 
@@ -149,24 +150,24 @@ static void show_ids(const char *what, const int32_t *ids, size_t n)
 
 static void check_kind(const char *golden, const char *kind, const corpus_t *c)
 {
-    char path[1024], src[1024], err[512];
+    char path[RCD_PATH_MAX], src[RCD_PATH_MAX], err[512];
     size_t n;
-    snprintf(path, sizeof(path), "%s/%s/source", golden, kind);
+    CHECK(rcd_path_fmt(path, sizeof(path), "%s/%s/source", golden, kind) == 0);
     uint8_t *source = slurp(path, &n);
     if (source) { /* a tokenizer that lives elsewhere in the tree (models/...) */
         while (n && (source[n - 1] == '\n' || source[n - 1] == '\r'))
             n--;
-        snprintf(src, sizeof(src), "%.*s", (int)n, (const char *)source);
+        CHECK(rcd_path_fmt(src, sizeof(src), "%.*s", (int)n, (const char *)source) == 0);
         free(source);
     } else {
-        snprintf(src, sizeof(src), "%s/%s", golden, kind);
+        CHECK(rcd_path_fmt(src, sizeof(src), "%s/%s", golden, kind) == 0);
     }
-    snprintf(path, sizeof(path), "%s/%s/source.fnv1a32", golden, kind);
+    CHECK(rcd_path_fmt(path, sizeof(path), "%s/%s/source.fnv1a32", golden, kind) == 0);
     uint8_t *stamp = slurp(path, &n);
     if (stamp) { /* fixtures of a tokenizer elsewhere in the tree: still that tokenizer? */
-        char tj[1100];
+        char tj[RCD_PATH_MAX];
         size_t tn;
-        snprintf(tj, sizeof(tj), "%s/tokenizer.json", src);
+        CHECK(rcd_path_fmt(tj, sizeof(tj), "%s/tokenizer.json", src) == 0);
         uint8_t *body = slurp(tj, &tn);
         unsigned long want = strtoul((const char *)stamp, NULL, 16);
         int fresh = body && fnv1a(body, tn) == (uint32_t)want;
@@ -183,7 +184,7 @@ static void check_kind(const char *golden, const char *kind, const corpus_t *c)
     CHECK_MSG(rc == 0, "%s: %s", kind, err);
     if (rc) return;
 
-    snprintf(path, sizeof(path), "%s/%s/expected.bin", golden, kind);
+    CHECK(rcd_path_fmt(path, sizeof(path), "%s/%s/expected.bin", golden, kind) == 0);
     uint8_t *buf = slurp(path, &n);
     CHECK_MSG(buf && n >= 16 && memcmp(buf, "RCDTOKE2", 8) == 0, "%s: bad expected.bin", kind);
     if (!buf || n < 16) {
@@ -318,9 +319,10 @@ static int cmp_str(const void *a, const void *b)
 static void test_parity(void)
 {
     const char *env = getenv("RCD_GOLDEN_DIR");
-    char golden[512], path[1024];
-    snprintf(golden, sizeof(golden), "%s/tokenizer", env && *env ? env : "tests/golden");
-    snprintf(path, sizeof(path), "%s/corpus.bin", golden);
+    char golden[RCD_PATH_MAX], path[RCD_PATH_MAX];
+    CHECK(rcd_path_fmt(golden, sizeof(golden), "%s/tokenizer",
+                       env && *env ? env : "tests/golden") == 0);
+    CHECK(rcd_path_fmt(path, sizeof(path), "%s/corpus.bin", golden) == 0);
     corpus_t c = {0};
     uint8_t *buf = NULL;
     int rc = load_corpus(path, &c, &buf);
@@ -331,7 +333,7 @@ static void test_parity(void)
     size_t nk = 0;
     for (struct dirent *e; d && (e = readdir(d)) && nk < 64;) {
         struct stat st;
-        snprintf(path, sizeof(path), "%s/%s/expected.bin", golden, e->d_name);
+        CHECK(rcd_path_fmt(path, sizeof(path), "%s/%s/expected.bin", golden, e->d_name) == 0);
         if (e->d_name[0] != '.' && stat(path, &st) == 0) kinds[nk++] = strdup(e->d_name);
     }
     if (d) closedir(d);
@@ -345,9 +347,10 @@ static void test_parity(void)
     d = opendir("models");
     for (struct dirent *e; d && (e = readdir(d));) {
         struct stat st;
-        snprintf(path, sizeof(path), "models/%s/tokenizer.json", e->d_name);
+        CHECK(rcd_path_fmt(path, sizeof(path), "models/%s/tokenizer.json", e->d_name) == 0);
         if (e->d_name[0] == '.' || stat(path, &st) != 0) continue;
-        snprintf(path, sizeof(path), "%s/model-%s/expected.bin", golden, e->d_name);
+        CHECK(rcd_path_fmt(path, sizeof(path), "%s/model-%s/expected.bin", golden, e->d_name) ==
+              0);
         if (stat(path, &st) != 0)
             fprintf(stderr,
                     "note: models/%s/tokenizer.json has no parity fixtures; run "

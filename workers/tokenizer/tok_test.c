@@ -11,16 +11,17 @@
 #include <cjson/cJSON.h>
 
 #include "common/rcd_error.h"
+#include "common/rcd_path.h"
 #include "tests/rcd_test.h"
 #include "workers/tokenizer/tok.h"
 
-static char golden[512];
+static char golden[RCD_PATH_MAX];
 
 static tok_t *load_kind(const char *kind)
 {
-    char path[1024], err[512];
+    char path[RCD_PATH_MAX], err[512];
     tok_t *t = NULL;
-    snprintf(path, sizeof(path), "%s/%s", golden, kind);
+    CHECK(rcd_path_fmt(path, sizeof(path), "%s/%s", golden, kind) == 0);
     int rc = tok_load(path, NULL, &t, err, sizeof(err));
     CHECK_MSG(rc == 0, "%s: %s", kind, err);
     return t;
@@ -238,8 +239,8 @@ static void test_empty_and_special(void)
 /* HF's encode_special_tokens and skip_special_tokens, recorded in units.json. */
 static void test_units(void)
 {
-    char path[1024], err[512];
-    snprintf(path, sizeof(path), "%s/units.json", golden);
+    char path[RCD_PATH_MAX], err[512];
+    CHECK(rcd_path_fmt(path, sizeof(path), "%s/units.json", golden) == 0);
     FILE *f = fopen(path, "rb");
     CHECK_MSG(f != NULL, "cannot open %s", path);
     if (!f) return;
@@ -344,8 +345,8 @@ static void test_large_inputs(void)
         tok_free(t);
     }
     /* the input limit */
-    char path[1024], err[512];
-    snprintf(path, sizeof(path), "%s/neox", golden);
+    char path[RCD_PATH_MAX], err[512];
+    CHECK(rcd_path_fmt(path, sizeof(path), "%s/neox", golden) == 0);
     tok_t *t = NULL;
     tok_opts_t o = {.max_input_bytes = 10};
     CHECK(tok_load(path, &o, &t, err, sizeof(err)) == 0);
@@ -563,7 +564,8 @@ static void test_threads(void)
 int main(void)
 {
     const char *env = getenv("RCD_GOLDEN_DIR");
-    snprintf(golden, sizeof(golden), "%s/tokenizer", env && *env ? env : "tests/golden");
+    CHECK(rcd_path_fmt(golden, sizeof(golden), "%s/tokenizer",
+                       env && *env ? env : "tests/golden") == 0);
     RUN(test_load_errors);
     RUN(test_utf8);
     RUN(test_empty_and_special);
