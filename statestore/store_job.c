@@ -332,7 +332,6 @@ job_t *store__job_new(store_t *s, job_kind_t kind, sess_t *x, store_done_cb cb, 
     return j;
 }
 
-/* The checkpoint header for x's current record (version, tokens, metadata, layout). */
 int store__job_header(store_t *s, job_t *j, const sess_t *x)
 {
     j->h.fingerprint = s->fingerprint;

@@ -12,6 +12,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "common/rcd_path.h"
 #include "workers/cuda/wrk_cuda.h"
 
 static double now(void)
@@ -104,9 +105,9 @@ static int make_model(const char *dir, synth_t *s)
     hl += (size_t)snprintf(hdr + hl, hcap - hl, "}");
     while (hl % 8)
         hdr[hl++] = ' ';
-    char path[1024];
+    char path[RCD_PATH_MAX];
     mkdir(dir, 0755);
-    snprintf(path, sizeof path, "%s/config.json", dir);
+    if (rcd_path_join(path, sizeof path, dir, "config.json")) return -1;
     FILE *cf = fopen(path, "w");
     if (!cf) return -1;
     fprintf(cf,
@@ -118,7 +119,7 @@ static int make_model(const char *dir, synth_t *s)
             "\"eos_token_id\":0,\"pad_token_id\":0}\n",
             s->V, s->H, s->N, s->L, s->I, s->K, s->R);
     fclose(cf);
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    if (rcd_path_join(path, sizeof path, dir, "model.safetensors")) return -1;
     FILE *f = fopen(path, "wb");
     if (!f) return -1;
     uint64_t hlen = hl;
