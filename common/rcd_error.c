@@ -1,4 +1,5 @@
 /* The error table's lookups (see rcd_error.h). */
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 
@@ -38,6 +39,11 @@ int rcd_grpc_status(int err)
 #undef RCD__GRPC
     }
     return 2; /* UNKNOWN */
+}
+
+int rcd_errno_code(int errnum)
+{
+    return errnum == ENOSPC || errnum == EDQUOT ? RCD_ENOSPACE : RCD_EIO;
 }
 
 int rcd_fail(int err, char *buf, size_t len, const char *fmt, ...)

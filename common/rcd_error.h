@@ -1,5 +1,7 @@
 /* recurd's one error table: every function returns 0 or a negative RCD_E* code.
- * The same table yields the message (rcd_strerror) and the gRPC status a code maps to. */
+ * The same table yields the message (rcd_strerror) and the gRPC status a code maps to.
+ * RCD_EREPLIED is an outcome, not an error: a request handler returns it when it has already
+ * answered the call (with an error), so its caller only cleans up. */
 #ifndef RCD_ERROR_H
 #define RCD_ERROR_H
 
@@ -26,7 +28,10 @@
     X(EXISTS, -15, 6, "already exists")                                                 \
     X(INTERNAL, -16, 13, "internal error")                                              \
     X(AGAIN, -17, 14, "try again")                                                      \
-    X(UTF8, -18, 3, "invalid UTF-8")
+    X(UTF8, -18, 3, "invalid UTF-8")                                                    \
+    X(PRECONDITION, -19, 9, "not possible in the current state")                        \
+    X(NOSPACE, -20, 8, "no space left (disk full or quota reached)")                    \
+    X(REPLIED, -21, 13, "already answered (no further reply)")
 
 enum rcd_err {
 #define RCD__ENUM(name, val, grpc, msg) RCD_E##name = (val),
@@ -41,6 +46,11 @@ const char *rcd_strerror(int err);
 const char *rcd_errname(int err);
 /* gRPC status code (grpc_status_code value) for an error code. */
 int rcd_grpc_status(int err);
+
+/* The code for a failed system call's errno: RCD_ENOSPACE for ENOSPC and EDQUOT (the client
+ * can free space: RESOURCE_EXHAUSTED), RCD_EIO for the rest. Callers name the errno's text in
+ * their message. */
+int rcd_errno_code(int errnum);
 
 /* Formats a message into a caller buffer (NULL-safe, always NUL-terminated) and returns err:
  * `return rcd_fail(err, buf, len, "tensor %s: ...", name);` */

@@ -1,4 +1,5 @@
 /* The error table: every code has a distinct value, a message, a name and a gRPC status. */
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -22,6 +23,10 @@ static void test_table(void)
     CHECK(rcd_grpc_status(RCD_EINVAL) == 3);
     CHECK(rcd_grpc_status(RCD_ENOTFOUND) == 5);
     CHECK(rcd_grpc_status(RCD_EMISMATCH) == 9);
+    CHECK(rcd_grpc_status(RCD_EPRECONDITION) == 9); /* FAILED_PRECONDITION */
+    CHECK(rcd_grpc_status(RCD_ENOSPACE) == 8);      /* RESOURCE_EXHAUSTED */
+    CHECK(rcd_grpc_status(RCD_ENOMEM) == 8);
+    CHECK(RCD_EREPLIED != RCD_ENOMEM && RCD_EREPLIED < 0 && RCD_EREPLIED != -1);
     CHECK(rcd_grpc_status(-9999) == 2);
     CHECK(strcmp(rcd_strerror(-9999), "unknown error") == 0);
     char buf[16];
@@ -31,8 +36,22 @@ static void test_table(void)
     CHECK(rcd_fail(RCD_EIO, NULL, 0, "x") == RCD_EIO);
 }
 
+/* A failed system call's errno: a full disk or quota is the client's RESOURCE_EXHAUSTED, every
+ * other errno an I/O error (INTERNAL). */
+static void test_errno(void)
+{
+    CHECK(rcd_errno_code(ENOSPC) == RCD_ENOSPACE);
+    CHECK(rcd_errno_code(EDQUOT) == RCD_ENOSPACE);
+    CHECK(rcd_grpc_status(rcd_errno_code(ENOSPC)) == 8);
+    CHECK(rcd_errno_code(EIO) == RCD_EIO);
+    CHECK(rcd_errno_code(EACCES) == RCD_EIO);
+    CHECK(rcd_errno_code(0) == RCD_EIO);
+    CHECK(rcd_grpc_status(rcd_errno_code(EIO)) == 13);
+}
+
 int main(void)
 {
     RUN(test_table);
+    RUN(test_errno);
     return rcd_test_summary();
 }

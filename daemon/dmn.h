@@ -59,7 +59,8 @@ struct dmn_call {
     grpc_byte_buffer *send_bb; /* alive until op_send completes */
     grpc_slice status_details;
     grpc_metadata md_rid; /* x-request-id echoed in the initial metadata */
-    bool has_details;
+    bool has_details;     /* status_details holds a slice reference */
+    bool has_md_rid;      /* md_rid.value holds a slice reference */
     void (*on_send_done)(dmn_call_t *c, bool ok); /* streaming: next message */
     void (*on_close)(dmn_call_t *c);              /* streaming: client went away */
     void *ext;                                    /* handler state */

@@ -588,8 +588,8 @@ static int gen_prepare(dmn_gen_t *g, const Recurd__V1__GenerateRequest *req, cha
     g->seq.tenant = tenant_hash(req->tenant);
     /* prompt */
     if (req->prompt_case == RECURD__V1__GENERATE_REQUEST__PROMPT_TEXT) {
-        if (!s->tok) /* RCD_EMISMATCH: FAILED_PRECONDITION */
-            return rcd_fail(RCD_EMISMATCH, err, errlen,
+        if (!s->tok)
+            return rcd_fail(RCD_EPRECONDITION, err, errlen,
                             "model '%s' has no tokenizer: send token ids, not text", s->model_id);
         if (!req->text[0]) return rcd_fail(RCD_EINVAL, err, errlen, "prompt text is empty");
         /* Encoding runs on the loop thread: refuse text that cannot fit the token limit

@@ -1,5 +1,6 @@
 /* daemon: option parsing driven by DMN_OPTIONS. Every option is first UNSET; layers are
- * applied from highest precedence down and only fill options still UNSET. */
+ * applied from highest precedence down and only fill options still UNSET. Each value is
+ * checked against its row's range or choices as it is set, defaults included. */
 #include "daemon/dmn_opts.h"
 
 #include <errno.h>
@@ -16,15 +17,77 @@ typedef struct opt_row {
     const char *name, *def, *env, *help;
     int type;
     size_t off;
+    long min, max;       /* INT */
+    const char *choices; /* STR: "a|b|c", NULL: any */
 } opt_row_t;
 
 static const opt_row_t g_rows[] = {
-#define DMN__ROW(name, type, def, env, help)                                                       \
-    {#name, def, env, help, T_##type, offsetof(dmn_opts_t, name)},
+#define DMN__ROW(name_, type_, def_, env_, allowed, help_)                                         \
+    {.name = #name_,                                                                               \
+     .def = def_,                                                                                  \
+     .env = env_,                                                                                  \
+     .help = help_,                                                                                \
+     .type = T_##type_,                                                                            \
+     .off = offsetof(dmn_opts_t, name_),                                                           \
+     allowed},
     DMN_OPTIONS(DMN__ROW)
 #undef DMN__ROW
 };
 #define N_ROWS (sizeof(g_rows) / sizeof(g_rows[0]))
+
+/* "a|b|c" as "a, b or c". */
+static void choices_text(const char *choices, char *buf, size_t len)
+{
+    size_t p = 0;
+    buf[0] = 0;
+    for (const char *w = choices; *w && p + 1 < len;) {
+        const char *e = strchr(w, '|');
+        size_t n = e ? (size_t)(e - w) : strlen(w);
+        const char *sep = w == choices ? "" : e ? ", " : " or ";
+        int k = snprintf(buf + p, len - p, "%s%.*s", sep, (int)n, w);
+        if (k < 0) break;
+        p += (size_t)k;
+        w += n + (e != NULL);
+    }
+}
+
+static bool is_choice(const char *choices, const char *v)
+{
+    size_t n = strlen(v);
+    for (const char *w = choices; *w;) {
+        const char *e = strchr(w, '|');
+        size_t wn = e ? (size_t)(e - w) : strlen(w);
+        if (wn == n && !strncmp(w, v, n)) return true;
+        w += wn + (e != NULL);
+    }
+    return false;
+}
+
+/* An INT range whose top is only the type's limit: shown as "at least min". */
+static bool open_ended(const opt_row_t *r)
+{
+    return r->max == DMN_INT_MAX || r->max == DMN_LONG_MAX;
+}
+
+/* The option as a flag: --name with dashes for underscores. */
+static void flag_name(const opt_row_t *r, char *buf, size_t len)
+{
+    snprintf(buf, len, "--%s", r->name);
+    for (char *p = buf + 2; *p; p++)
+        if (*p == '_') *p = '-';
+}
+
+/* What a row allows, for --help ("" when anything of its type goes). */
+static void allowed_text(const opt_row_t *r, char *buf, size_t len)
+{
+    buf[0] = 0;
+    if (r->type == T_STR && r->choices)
+        choices_text(r->choices, buf, len);
+    else if (r->type == T_INT && !open_ended(r))
+        snprintf(buf, len, "%ld to %ld", r->min, r->max);
+    else if (r->type == T_INT && r->min > 0)
+        snprintf(buf, len, "at least %ld", r->min);
+}
 
 void dmn_opts_help(const char *prog)
 {
@@ -33,25 +96,33 @@ void dmn_opts_help(const char *prog)
            "default.\n\n",
            prog);
     for (size_t i = 0; i < N_ROWS; i++) {
-        char flag[64];
-        snprintf(flag, sizeof(flag), "--%s", g_rows[i].name);
-        for (char *p = flag + 2; *p; p++)
-            if (*p == '_') *p = '-';
+        char flag[64], allowed[240];
+        flag_name(&g_rows[i], flag, sizeof(flag));
         const char *meta = g_rows[i].type == T_INT ? " N" : g_rows[i].type == T_STR ? " S" : "";
         char left[96];
         snprintf(left, sizeof(left), "%s%s", flag, meta);
-        printf("  %-26s %s\n  %-26s [env %s, default \"%s\"]\n", left, g_rows[i].help, "",
-               g_rows[i].env, g_rows[i].def);
+        allowed_text(&g_rows[i], allowed, sizeof(allowed));
+        printf("  %-26s %s\n  %-26s [env %s, default \"%s\"%s%s]\n", left, g_rows[i].help, "",
+               g_rows[i].env, g_rows[i].def, allowed[0] ? "; " : "", allowed);
     }
     printf("  %-26s %s\n", "--help", "print this help");
 }
 
+/* Checks v against the row's type and allowed values and stores it; src says where v came
+ * from, for the message. */
 static int set_value(dmn_opts_t *o, const opt_row_t *r, const char *v, const char *src, char *err,
                      size_t errlen)
 {
     void *field = (char *)o + r->off;
+    char allowed[240], flag[64];
+    flag_name(r, flag, sizeof(flag));
     switch (r->type) {
     case T_STR: {
+        if (r->choices && !is_choice(r->choices, v)) {
+            choices_text(r->choices, allowed, sizeof(allowed));
+            return rcd_fail(RCD_EINVAL, err, errlen, "%s: %s must be %s, got '%s'", src, flag,
+                            allowed, v);
+        }
         char *d = strdup(v);
         if (!d) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
         *(char **)field = d;
@@ -61,11 +132,16 @@ static int set_value(dmn_opts_t *o, const opt_row_t *r, const char *v, const cha
         char *end;
         errno = 0;
         long x = strtol(v, &end, 10);
-        if (errno || end == v || *end || x < 0)
-            return rcd_fail(RCD_EINVAL, err, errlen,
-                            "%s: --%s wants a non-negative integer, got "
-                            "'%s'",
-                            src, r->name, v);
+        if (end == v || *end)
+            return rcd_fail(RCD_EINVAL, err, errlen, "%s: %s wants an integer, got '%s'", src, flag,
+                            v);
+        if (errno == ERANGE || x < r->min || x > r->max) {
+            if (open_ended(r))
+                return rcd_fail(RCD_EINVAL, err, errlen, "%s: %s must be at least %ld, got '%s'",
+                                src, flag, r->min, v);
+            return rcd_fail(RCD_EINVAL, err, errlen, "%s: %s must be between %ld and %ld, got '%s'",
+                            src, flag, r->min, r->max, v);
+        }
         *(long *)field = x;
         return 0;
     }
@@ -75,8 +151,8 @@ static int set_value(dmn_opts_t *o, const opt_row_t *r, const char *v, const cha
         else if (!strcmp(v, "0") || !strcmp(v, "false") || !strcmp(v, "no") || !strcmp(v, "off"))
             *(bool *)field = false;
         else
-            return rcd_fail(RCD_EINVAL, err, errlen, "%s: --%s wants true or false, got '%s'", src,
-                            r->name, v);
+            return rcd_fail(RCD_EINVAL, err, errlen, "%s: %s wants true or false, got '%s'", src,
+                            flag, v);
         return 0;
     }
 }
@@ -193,20 +269,6 @@ int dmn_opts_parse(dmn_opts_t *o, int argc, char **argv, char *err, size_t errle
     for (size_t k = 0; k < N_ROWS; k++)
         if (!set[k] && (rc = set_value(o, &g_rows[k], g_rows[k].def, "default", err, errlen)))
             return rc;
-    if (o->max_message_bytes > (1L << 30))
-        return rcd_fail(RCD_EINVAL, err, errlen, "--max-message-bytes is over 1 GiB");
-    if (o->port > 65535)
-        return rcd_fail(RCD_EINVAL, err, errlen, "--port %ld is out of range", o->port);
-    if (o->slots < 1 || o->max_step_tokens < 1 || o->max_context < 1 || o->max_prompt < 1 ||
-        o->max_queue < 1 || o->max_message_bytes < 1024 || o->default_max_tokens < 1 ||
-        o->keep_versions < 1)
-        return rcd_fail(RCD_EINVAL, err, errlen,
-                        "--slots, --max-step-tokens, --max-context, --max-prompt, --max-queue and "
-                        "--default-max-tokens, --keep-versions must be >= 1, --max-message-bytes "
-                        ">= 1024");
-    if (o->pipeline < 1 || o->pipeline > 2)
-        return rcd_fail(RCD_EINVAL, err, errlen, "--pipeline must be 1 or 2, not %ld",
-                        o->pipeline);
     if (strlen(o->state_dir) > 3000)
         return rcd_fail(RCD_EINVAL, err, errlen, "--state-dir is longer than 3000 bytes");
     return 0;

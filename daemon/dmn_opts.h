@@ -1,9 +1,10 @@
 /* daemon: the one option table. Each row yields a CLI flag (--name, dashes for
- * underscores), an environment variable, a config-file key (name = value) and a --help
- * line. Precedence: default < config file < environment < command line. */
+ * underscores), an environment variable, a config-file key (name = value), the values it
+ * allows and a --help line. Precedence: default < config file < environment < command line. */
 #ifndef DMN_OPTS_H
 #define DMN_OPTS_H
 
+#include <limits.h>
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -15,69 +16,90 @@
  * ./recurd-state (expanded by dmn_opts_state_dir). */
 #define DMN_DEFAULT_STATE_DIR "$XDG_STATE_HOME/recurd"
 
-/* X(field, type, default, env, help). Types: STR, INT, BOOL. */
+/* What a value may be: a range for INT (both ends included), a set of words for STR (choices
+ * separated by '|'), DMN_ANY for the rest. The parser refuses anything else, naming the
+ * option, where the value came from and what is allowed; --help shows it. */
+#define DMN_RANGE(lo, hi) .min = (lo), .max = (hi)
+#define DMN_ONE_OF(words) .choices = (words)
+#define DMN_ANY .choices = NULL
+#define DMN_INT_MAX 2147483647L /* options passed on as an int */
+#define DMN_LONG_MAX LONG_MAX
+
+/* X(field, type, default, env, allowed, help). Types: STR, INT, BOOL. */
 #define DMN_OPTIONS(X)                                                                             \
-    X(config, STR, "", "RECURD_CONFIG", "config file of `name = value` lines")                     \
-    X(model, STR, RCD_DEFAULT_MODEL, "RECURD_MODEL", "model directory (HF checkpoint)")            \
-    X(host, STR, "127.0.0.1", "RECURD_HOST", "address to listen on")                               \
-    X(listen_all, BOOL, "false", "RECURD_LISTEN_ALL", "listen on 0.0.0.0 (overrides host)")        \
-    X(port, INT, "50051", "RECURD_PORT", "TCP port; 0 picks a free one")                           \
-    X(port_file, STR, "", "RECURD_PORT_FILE", "write the bound port to this file")                 \
-    X(backend, STR, "cpu", "RECURD_BACKEND", "compute backend: cpu or cuda")                       \
-    X(threads, INT, "0", "RECURD_THREADS", "CPU threads for the engine; 0: all")                   \
-    X(isa, STR, "auto", "RECURD_ISA", "CPU kernels: auto, avx512, avx2, portable")                 \
-    X(matmul, STR, "fp32", "RECURD_MATMUL",                                                        \
+    X(config, STR, "", "RECURD_CONFIG", DMN_ANY, "config file of `name = value` lines")            \
+    X(model, STR, RCD_DEFAULT_MODEL, "RECURD_MODEL", DMN_ANY, "model directory (HF checkpoint)")   \
+    X(host, STR, "127.0.0.1", "RECURD_HOST", DMN_ANY, "address to listen on")                      \
+    X(listen_all, BOOL, "false", "RECURD_LISTEN_ALL", DMN_ANY,                                     \
+      "listen on 0.0.0.0 (overrides host)")                                                        \
+    X(port, INT, "50051", "RECURD_PORT", DMN_RANGE(0, 65535), "TCP port; 0 picks a free one")      \
+    X(port_file, STR, "", "RECURD_PORT_FILE", DMN_ANY, "write the bound port to this file")        \
+    X(backend, STR, "cpu", "RECURD_BACKEND", DMN_ONE_OF("cpu|cuda"), "compute backend")            \
+    X(threads, INT, "0", "RECURD_THREADS", DMN_RANGE(0, DMN_INT_MAX),                              \
+      "CPU threads for the engine; 0: all")                                                        \
+    X(isa, STR, "auto", "RECURD_ISA", DMN_ONE_OF("auto|avx512|avx2|portable"), "CPU kernels")      \
+    X(matmul, STR, "fp32", "RECURD_MATMUL", DMN_ONE_OF("fp32|bf16"),                               \
       "CPU matmul precision: fp32 (logits match transformers in fp32) or bf16 (BF16 weights: "     \
       "inputs rounded to bf16, fp32 sums, on AMX: 130m shape 1.7x at 32 sequences, 2.6x prefill)") \
-    X(slots, INT, "8", "RECURD_SLOTS", "sequences decoded at once (state slots)")                  \
-    X(max_step_tokens, INT, "512", "RECURD_MAX_STEP_TOKENS", "token budget of one step")           \
-    X(prefill_chunk, INT, "256", "RECURD_PREFILL_CHUNK",                                           \
+    X(slots, INT, "8", "RECURD_SLOTS", DMN_RANGE(1, DMN_INT_MAX),                                  \
+      "sequences decoded at once (state slots)")                                                   \
+    X(max_step_tokens, INT, "512", "RECURD_MAX_STEP_TOKENS", DMN_RANGE(1, DMN_INT_MAX),            \
+      "token budget of one step")                                                                  \
+    X(prefill_chunk, INT, "256", "RECURD_PREFILL_CHUNK", DMN_RANGE(0, DMN_INT_MAX),                \
       "prefill tokens a prompt gets per step before others get theirs (leftover budget is "        \
       "shared); 0: no chunking, a prompt's prefill runs whole in one step")                        \
-    X(aging_ms, INT, "5000", "RECURD_AGING_MS",                                                    \
+    X(aging_ms, INT, "5000", "RECURD_AGING_MS", DMN_RANGE(0, DMN_LONG_MAX),                        \
       "waiting this long raises a turn's priority by one (0: strict priority)")                    \
-    X(pipeline, INT, "2", "RECURD_PIPELINE",                                                       \
+    X(pipeline, INT, "2", "RECURD_PIPELINE", DMN_RANGE(1, 2),                                      \
       "plans in flight: 2 plans step N+1 while step N runs; 1: lockstep (a new request waits "     \
       "for at most one step, not two)")                                                            \
-    X(kv_blocks, INT, "0", "RECURD_KV_BLOCKS",                                                     \
+    X(kv_blocks, INT, "0", "RECURD_KV_BLOCKS", DMN_RANGE(0, 1L << 30),                             \
       "KV-cache models (Granite 4.0-H): blocks in the KV pool, allocated at start, each "          \
       "kv-block-tokens x kv_bytes_per_token bytes; 0: 2048 positions per slot")                    \
-    X(kv_block_tokens, INT, "16", "RECURD_KV_BLOCK_TOKENS",                                        \
+    X(kv_block_tokens, INT, "16", "RECURD_KV_BLOCK_TOKENS", DMN_RANGE(0, 1L << 16),                \
       "KV-cache models: positions per KV block")                                                   \
-    X(max_queue, INT, "256", "RECURD_MAX_QUEUE", "turns waiting or running, at most")              \
-    X(max_context, INT, "8192", "RECURD_MAX_CONTEXT", "tokens a session may hold")                 \
-    X(max_prompt, INT, "4096", "RECURD_MAX_PROMPT", "tokens in one prompt, at most")               \
-    X(default_max_tokens, INT, "256", "RECURD_DEFAULT_MAX_TOKENS",                                 \
+    X(max_queue, INT, "256", "RECURD_MAX_QUEUE", DMN_RANGE(1, DMN_INT_MAX),                        \
+      "turns waiting or running, at most")                                                         \
+    X(max_context, INT, "8192", "RECURD_MAX_CONTEXT", DMN_RANGE(1, DMN_INT_MAX),                   \
+      "tokens a session may hold")                                                                 \
+    X(max_prompt, INT, "4096", "RECURD_MAX_PROMPT", DMN_RANGE(1, DMN_INT_MAX),                     \
+      "tokens in one prompt, at most")                                                             \
+    X(default_max_tokens, INT, "256", "RECURD_DEFAULT_MAX_TOKENS", DMN_RANGE(1, DMN_INT_MAX),      \
       "max_tokens when a request gives none")                                                      \
-    X(max_message_bytes, INT, "4194304", "RECURD_MAX_MESSAGE_BYTES",                               \
+    X(max_message_bytes, INT, "4194304", "RECURD_MAX_MESSAGE_BYTES", DMN_RANGE(1024, 1L << 30),    \
       "largest gRPC message received or sent")                                                     \
-    X(max_sessions, INT, "1024", "RECURD_MAX_SESSIONS", "sessions held in memory")                 \
-    X(state_dir, STR, DMN_DEFAULT_STATE_DIR, "RECURD_STATE_DIR",                                   \
+    X(max_sessions, INT, "1024", "RECURD_MAX_SESSIONS", DMN_RANGE(0, DMN_LONG_MAX),                \
+      "sessions held in memory")                                                                   \
+    X(state_dir, STR, DMN_DEFAULT_STATE_DIR, "RECURD_STATE_DIR", DMN_ANY,                          \
       "session checkpoints (no XDG_STATE_HOME: ~/.local/state/recurd); '' = memory only")          \
-    X(ephemeral, BOOL, "false", "RECURD_EPHEMERAL", "sessions in memory only (ignores state-dir)") \
-    X(keep_versions, INT, "2", "RECURD_KEEP_VERSIONS", "checkpoints kept per session (>= 1)")      \
-    X(group_commit, BOOL, "true", "RECURD_GROUP_COMMIT",                                           \
+    X(ephemeral, BOOL, "false", "RECURD_EPHEMERAL", DMN_ANY,                                       \
+      "sessions in memory only (ignores state-dir)")                                               \
+    X(keep_versions, INT, "2", "RECURD_KEEP_VERSIONS", DMN_RANGE(1, DMN_INT_MAX),                  \
+      "checkpoints kept per session")                                                              \
+    X(group_commit, BOOL, "true", "RECURD_GROUP_COMMIT", DMN_ANY,                                  \
       "checkpoints written in one I/O batch share their flushes (two syncfs per batch); "          \
       "--no-group-commit: fsync each checkpoint and its directory on its own")                     \
-    X(host_cache_bytes, INT, "268435456", "RECURD_HOST_CACHE_BYTES",                               \
+    X(host_cache_bytes, INT, "268435456", "RECURD_HOST_CACHE_BYTES", DMN_RANGE(0, DMN_LONG_MAX),   \
       "bytes of session states cached in memory over the disk tier")                               \
     X(prefix_cache_bytes, INT, "67108864", "RECURD_PREFIX_CACHE_BYTES",                            \
+      DMN_RANGE(0, DMN_LONG_MAX),                                                                  \
       "bytes of prompt-prefix snapshots kept in memory (0: no prefix cache)")                      \
-    X(session_ttl, INT, "0", "RECURD_SESSION_TTL",                                                 \
+    X(session_ttl, INT, "0", "RECURD_SESSION_TTL", DMN_RANGE(0, 4294967295L),                      \
       "seconds a session may go without a committed turn before it and its checkpoints are "       \
       "deleted, unless it sets its own ttl_seconds; 0: never")                                     \
-    X(redis, STR, "", "RECURD_REDIS",                                                              \
+    X(redis, STR, "", "RECURD_REDIS", DMN_ANY,                                                     \
       "host:port of a Redis shared tier (write-through, lookup on a miss)")                        \
-    X(drain_grace_ms, INT, "10000", "RECURD_DRAIN_GRACE_MS",                                       \
+    X(drain_grace_ms, INT, "10000", "RECURD_DRAIN_GRACE_MS", DMN_RANGE(0, DMN_LONG_MAX),           \
       "on SIGTERM/SIGINT, how long in-flight turns may finish")                                    \
-    X(log_level, STR, "info", "RECURD_LOG_LEVEL", "debug, info, warn, error")                      \
-    X(progress, BOOL, "true", "RECURD_PROGRESS", "show load progress on a terminal")
+    X(log_level, STR, "info", "RECURD_LOG_LEVEL", DMN_ONE_OF("debug|info|warn|error"),             \
+      "least severe log line written")                                                             \
+    X(progress, BOOL, "true", "RECURD_PROGRESS", DMN_ANY, "show load progress on a terminal")
 
 typedef struct dmn_opts {
 #define DMN__FIELD_STR char *
 #define DMN__FIELD_INT long
 #define DMN__FIELD_BOOL bool
-#define DMN__FIELD(name, type, def, env, help) DMN__FIELD_##type name;
+#define DMN__FIELD(name, type, def, env, allowed, help) DMN__FIELD_##type name;
     DMN_OPTIONS(DMN__FIELD)
 #undef DMN__FIELD
 } dmn_opts_t;

@@ -96,16 +96,18 @@ static void reply_session(dmn_call_t *c, const store_session_t *ss)
     dmn_call_reply(c, &m.base);
 }
 
+/* The request's metadata entries into out: their count, or RCD_EREPLIED when a bad one was
+ * answered with INVALID_ARGUMENT. */
 static int meta_from_req(dmn_call_t *c, Recurd__V1__MetadataEntry **in, size_t n, store_meta_t *out)
 {
     if (n > STORE_META_MAX) {
         dmn_call_fail(c, RCD_EINVAL, "at most %d metadata entries", STORE_META_MAX);
-        return -1;
+        return RCD_EREPLIED;
     }
     for (size_t i = 0; i < n; i++) {
         if (!in[i]->key[0]) {
             dmn_call_fail(c, RCD_EINVAL, "metadata key %zu is empty", i);
-            return -1;
+            return RCD_EREPLIED;
         }
         out[i].key = in[i]->key;
         out[i].value = in[i]->value;
@@ -437,8 +439,8 @@ static void tok_start(dmn_call_t *c, tok_job_t *j)
 {
     j->c = c;
     j->w.data = j;
-    if (!c->srv->tok) { /* RCD_EMISMATCH: FAILED_PRECONDITION */
-        j->rc = rcd_fail(RCD_EMISMATCH, j->err, sizeof(j->err), "model '%s' has no tokenizer",
+    if (!c->srv->tok) {
+        j->rc = rcd_fail(RCD_EPRECONDITION, j->err, sizeof(j->err), "model '%s' has no tokenizer",
                          c->srv->model_id);
         tok_done(&j->w, 0);
         return;

@@ -125,6 +125,7 @@ static void call_free_if_done(dmn_call_t *c)
     if (c->next) c->next->prev = c->prev;
     if (c->send_bb) grpc_byte_buffer_destroy(c->send_bb);
     if (c->has_details) grpc_slice_unref(c->status_details);
+    if (c->has_md_rid) grpc_slice_unref(c->md_rid.value);
     grpc_call_unref(c->call);
     free(c);
     maybe_exit(s);
@@ -176,12 +177,16 @@ static void on_close_cb(dmn_op_t *op, bool ok)
     dmn_call_release(c);
 }
 
-/* The initial metadata echoes the request id, so clients can find the call in the logs. */
+/* The initial metadata echoes the request id, so clients can find the call in the logs. An id
+ * too long to be inlined is a heap slice: call_free_if_done releases it. */
 static void initial_md(dmn_call_t *c, grpc_op *op)
 {
     op->op = GRPC_OP_SEND_INITIAL_METADATA;
-    c->md_rid.key = grpc_slice_from_static_string("x-request-id");
-    c->md_rid.value = grpc_slice_from_copied_string(c->rid);
+    if (!c->has_md_rid) {
+        c->md_rid.key = grpc_slice_from_static_string("x-request-id");
+        c->md_rid.value = grpc_slice_from_copied_string(c->rid);
+        c->has_md_rid = true;
+    }
     op->data.send_initial_metadata.count = 1;
     op->data.send_initial_metadata.metadata = &c->md_rid;
 }
@@ -262,6 +267,7 @@ static void unary_finish(dmn_call_t *c, const ProtobufCMessage *msg, int rc, con
         ops[n].data.send_message.send_message = c->send_bb;
         n++;
     }
+    if (c->has_details) grpc_slice_unref(c->status_details);
     c->status_details = grpc_slice_from_copied_string(details ? details : "");
     c->has_details = true;
     ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
@@ -508,6 +514,9 @@ int dmn_server_start(dmn_server_t *s, char *err, size_t errlen)
         {GRPC_ARG_INTEGER,
          GRPC_ARG_MAX_SEND_MESSAGE_LENGTH,
          {.integer = (int)s->opts->max_message_bytes}},
+        /* Request metadata up to 16 KiB (gRPC's default, 8 KiB in all, refuses an 8 KiB
+         * x-request-id; the daemon keeps and echoes only its first 39 bytes). */
+        {GRPC_ARG_INTEGER, GRPC_ARG_MAX_METADATA_SIZE, {.integer = 16 * 1024}},
         {GRPC_ARG_INTEGER, GRPC_ARG_ALLOW_REUSEPORT, {.integer = 0}},
         {GRPC_ARG_INTEGER,
          GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,

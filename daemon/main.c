@@ -1,5 +1,6 @@
-/* daemon: recurd's main — options, model/tokenizer/store/runner setup, the gRPC server on
- * the libuv loop, and orderly teardown after a drain (exit 0). */
+/* daemon: recurd's main — options, then three phases: load (model, backend, tokenizer), open
+ * the store (sessions, prefix cache), serve (runner, gRPC server on the libuv loop until a
+ * drain); then an orderly teardown (exit 0). Each phase logs its own failure. */
 #include "common/rcd_path.h"
 #include "daemon/dmn.h"
 #include "daemon/dmn_runner.h"
@@ -43,7 +44,7 @@ static void store_warn(void *user, const char *sid, const char *msg)
 
 /* The session store: durable under the state dir unless memory-only; logs what the startup
  * scan found, foreign models' checkpoints in particular. */
-static int open_store(dmn_server_t *srv, const wrk_model_info_t *mi, char *err, size_t errlen)
+static int store_start(dmn_server_t *srv, const wrk_model_info_t *mi, char *err, size_t errlen)
 {
     const dmn_opts_t *o = srv->opts;
     char dir[RCD_PATH_MAX];
@@ -112,6 +113,191 @@ static int open_store(dmn_server_t *srv, const wrk_model_info_t *mi, char *err, 
     return 0;
 }
 
+/* The served model's id: the last component of --model (a trailing slash ignored). */
+static void set_model_id(dmn_server_t *srv)
+{
+    const char *model = srv->opts->model;
+    const char *base = strrchr(model, '/');
+    base = base && base[1] ? base + 1 : model;
+    if (base == model + strlen(model)) /* trailing slash */
+        base = model;
+    snprintf(srv->model_id, sizeof(srv->model_id), "%s", base);
+    char *slash = strchr(srv->model_id, '/');
+    if (slash) *slash = 0;
+}
+
+/* Phase 1, load: the model's weights, the backend that runs them and the tokenizer (none when
+ * the model directory has no tokenizer.json: token-id prompts only). */
+static int load(dmn_server_t *srv)
+{
+    const dmn_opts_t *o = srv->opts;
+    char err[512] = "";
+    int rc;
+    progress(o, 0, "loading weights");
+    if ((rc = wrk_model_load(o->model, &srv->model, err, sizeof(err)))) {
+        dmn_log(DMN_ERROR, "model_load", NULL, NULL, "%s: %s", o->model, err);
+        return rc;
+    }
+    progress(o, 60, "creating backend");
+    const wrk_model_info_t *mi = wrk_model_info(srv->model);
+    long step_tokens = o->max_step_tokens; /* no chunking: a whole prompt + slots - 1 decodes */
+    if (o->prefill_chunk == 0 && step_tokens < o->max_prompt + o->slots - 1)
+        step_tokens = o->max_prompt + o->slots - 1;
+    wrk_backend_opts_t bo = {.n_threads = (int)o->threads,
+                             .n_slots = (int)o->slots,
+                             .max_step_tokens = (int)step_tokens,
+                             .isa = o->isa,
+                             .matmul = o->matmul,
+                             .n_kv_blocks = (int)o->kv_blocks,
+                             .kv_block_tokens = (int)o->kv_block_tokens};
+    if ((rc = wrk_backend_create_by_name(o->backend, srv->model, &bo, &srv->backend, err,
+                                         sizeof(err)))) {
+        dmn_log(DMN_ERROR, "backend", NULL, NULL, "%s", err);
+        return rc;
+    }
+    if (strcmp(o->matmul, "bf16") == 0 && mi->weight_dtype != WRK_DT_BF16)
+        dmn_log(DMN_WARN, "backend", NULL, NULL,
+                "--matmul bf16 applies to BF16 weights; this model's are %s, so its matmuls "
+                "run in fp32",
+                wrk_dtype_name(mi->weight_dtype));
+    progress(o, 80, "loading tokenizer");
+    tok_opts_t to = {.max_input_bytes = (size_t)o->max_message_bytes};
+    char tokf[4200];
+    snprintf(tokf, sizeof(tokf), "%s/tokenizer.json", o->model);
+    if (access(tokf, F_OK) != 0 && errno == ENOENT) {
+        /* token-id prompts only: text requests and Tokenize/Detokenize → FAILED_PRECONDITION */
+        dmn_log(DMN_WARN, "tokenizer_load", NULL, NULL,
+                "%s has no tokenizer.json: only token-id prompts are served", o->model);
+        srv->tok = NULL;
+    } else if ((rc = tok_load(o->model, &to, &srv->tok, err, sizeof(err)))) {
+        dmn_log(DMN_ERROR, "tokenizer_load", NULL, NULL, "%s", err);
+        return rc;
+    }
+    progress(o, 100, "ready");
+    srv->vocab = mi->vocab_size;
+    srv->eos_id = srv->tok && tok_eos_id(srv->tok) >= 0 ? tok_eos_id(srv->tok) : mi->eos_token_id;
+    set_model_id(srv);
+    return 0;
+}
+
+/* Phase 2, open the store: the session store on srv->loop and the prompt-prefix cache. */
+static int open_store(dmn_server_t *srv)
+{
+    const dmn_opts_t *o = srv->opts;
+    const wrk_model_info_t *mi = wrk_model_info(srv->model);
+    char err[512] = "";
+    int rc;
+    if ((rc = store_start(srv, mi, err, sizeof(err)))) {
+        dmn_log(DMN_ERROR, "store", NULL, NULL, "%s", err);
+        return rc;
+    }
+    /* A KV model's snapshot after k tokens also holds k positions of KV (variable-size). */
+    if (o->prefix_cache_bytes > 0 &&
+        store_prefix_create((size_t)o->prefix_cache_bytes, mi->state_bytes,
+                            mi->n_kv_layers > 0 ? mi->kv_bytes_per_token : 0, mi->fingerprint, 0,
+                            &srv->prefix) == 0)
+        dmn_log(DMN_INFO, "prefix_cache", NULL, NULL,
+                "prompt-prefix snapshots every %d tokens, %ld bytes (%zu per snapshot, plus %zu "
+                "per token)",
+                STORE_PREFIX_GRAN, o->prefix_cache_bytes, mi->state_bytes,
+                mi->n_kv_layers > 0 ? mi->kv_bytes_per_token : (size_t)0);
+    return 0;
+}
+
+/* A KV-cache model's pool, as the backend sized it (its defaults: workers/cpu/cpu_backend.c). */
+static void set_kv_pool(dmn_server_t *srv, const wrk_model_info_t *mi)
+{
+    const dmn_opts_t *o = srv->opts;
+    if (mi->n_kv_layers <= 0) return;
+    long bt = o->kv_block_tokens > 0 ? o->kv_block_tokens : 16;
+    long nb = o->kv_blocks > 0 ? o->kv_blocks : (srv->backend->n_slots * 2048L + bt - 1) / bt;
+    dmn_runner_set_kv_pool(srv->runner, nb, bt);
+    dmn_log(DMN_INFO, "kv_cache", NULL, NULL,
+            "%ld KV blocks of %ld positions: %ld positions, %.1f MiB (%zu bytes per position)", nb,
+            bt, nb * bt, (double)nb * bt * mi->kv_bytes_per_token / 1048576.0,
+            mi->kv_bytes_per_token);
+}
+
+/* Phase 3, serve: the runner, then the gRPC server; runs the loop until a drain stopped the
+ * server. *grpc_up tells the teardown that grpc_init ran. */
+static int serve(dmn_server_t *srv, bool *grpc_up)
+{
+    const dmn_opts_t *o = srv->opts;
+    const wrk_model_info_t *mi = wrk_model_info(srv->model);
+    char err[512] = "";
+    int rc;
+    dmn_runner_config_t rc_cfg;
+    dmn_runner_config_default(&rc_cfg, srv->backend, (int)o->max_queue);
+    rc_cfg.prefill_chunk = (int)o->prefill_chunk;
+    rc_cfg.max_prompt = (int)o->max_prompt;
+    rc_cfg.aging_ms = o->aging_ms;
+    rc_cfg.max_inflight = (int)o->pipeline;
+    if ((rc = dmn_runner_create_cfg(srv->loop, srv->backend, &rc_cfg, &srv->runner, err,
+                                    sizeof(err)))) {
+        dmn_log(DMN_ERROR, "runner", NULL, NULL, "%s", err);
+        return rc;
+    }
+    set_kv_pool(srv, mi);
+    grpc_init();
+    *grpc_up = true;
+    if ((rc = dmn_server_start(srv, err, sizeof(err)))) {
+        dmn_log(DMN_ERROR, "listen", NULL, NULL, "%s", err);
+        return rc;
+    }
+    dmn_log(DMN_INFO, "ready", NULL, NULL,
+            "model %s (%s, vocab %d, state %zu bytes, fingerprint %s), backend %s/%s, %d slots",
+            srv->model_id, mi->architecture, mi->vocab_size, mi->state_bytes, mi->fingerprint_hex,
+            srv->backend->vt->name, srv->backend->isa ? srv->backend->isa : "?",
+            srv->backend->n_slots);
+    if (o->port_file[0] && write_port_file(o->port_file, srv->port))
+        dmn_log(DMN_WARN, "port_file", NULL, NULL, "cannot write %s", o->port_file);
+    uv_run(srv->loop, UV_RUN_DEFAULT);
+    return 0;
+}
+
+/* Undoes open_store, logging the store's and the prefix cache's totals. */
+static void close_store(dmn_server_t *srv)
+{
+    if (srv->store) {
+        store_stats_t st;
+        store_get_stats(srv->store, &st);
+        dmn_log(DMN_INFO, "store_stats", NULL, NULL,
+                "%zu sessions, %llu commits, cache hits %llu, misses %llu, disk loads %llu, "
+                "corrupt %llu, expired %llu",
+                st.sessions, (unsigned long long)st.commits, (unsigned long long)st.cache_hits,
+                (unsigned long long)st.cache_misses, (unsigned long long)st.disk_loads,
+                (unsigned long long)st.corrupt, (unsigned long long)st.expired);
+    }
+    /* Before the loop's last turn: the store's Redis connection closes a handle on it. */
+    store_close(srv->store);
+    srv->store = NULL;
+    if (srv->prefix) {
+        store_prefix_stats_t ps;
+        store_prefix_get_stats(srv->prefix, &ps);
+        dmn_log(DMN_INFO, "prefix_cache", NULL, NULL,
+                "hits %llu (%llu tokens), misses %llu, inserts %llu, evictions %llu, "
+                "collisions %llu, %zu entries, %zu bytes",
+                (unsigned long long)ps.hits, (unsigned long long)ps.hit_tokens,
+                (unsigned long long)ps.misses, (unsigned long long)ps.inserts,
+                (unsigned long long)ps.evictions, (unsigned long long)ps.collisions, ps.entries,
+                ps.bytes);
+    }
+    store_prefix_destroy(srv->prefix);
+    srv->prefix = NULL;
+}
+
+/* Undoes load and what serve left (the runner, the server's event buffers). */
+static void unload(dmn_server_t *srv)
+{
+    dmn_runner_destroy(srv->runner);
+    tok_free(srv->tok);
+    wrk_backend_destroy(srv->backend);
+    wrk_model_free(srv->model);
+    free(srv->evs);
+    free(srv->evs_spare);
+    if (srv->cq_thread_started) pthread_mutex_destroy(&srv->mu);
+}
+
 int main(int argc, char **argv)
 {
     dmn_opts_t opts;
@@ -122,186 +308,31 @@ int main(int argc, char **argv)
     bool grpc_up = false, loop_up = false;
     memset(&srv, 0, sizeof(srv));
     rc = dmn_opts_parse(&opts, argc - 1, argv + 1, err, sizeof(err));
-    if (rc == 1) {
-        exit_code = 0;
+    if (rc) { /* 1: --help or --version printed */
+        if (rc < 0) fprintf(stderr, "recurd: %s\n", err);
+        exit_code = rc == 1 ? 0 : 2;
         goto cleanup;
     }
-    if (rc) {
-        fprintf(stderr, "recurd: %s\n", err);
-        exit_code = 2;
-        goto cleanup;
-    }
-    if (dmn_log_set_level(opts.log_level)) {
-        fprintf(stderr, "recurd: unknown --log-level '%s'\n", opts.log_level);
-        exit_code = 2;
-        goto cleanup;
-    }
-    if (opts.session_ttl > (long)UINT32_MAX) {
-        fprintf(stderr, "recurd: --session-ttl %ld is over %u seconds\n", opts.session_ttl,
-                UINT32_MAX);
-        exit_code = 2;
-        goto cleanup;
-    }
-    if (strcmp(opts.backend, "cpu") != 0 && strcmp(opts.backend, "cuda") != 0) {
-        fprintf(stderr, "recurd: unknown --backend %s (cpu or cuda)\n", opts.backend);
-        exit_code = 2;
-        goto cleanup;
-    }
+    dmn_log_set_level(opts.log_level); /* one of DMN_OPTIONS' choices: cannot fail */
     srv.opts = &opts;
-    progress(&opts, 0, "loading weights");
-    if ((rc = wrk_model_load(opts.model, &srv.model, err, sizeof(err)))) {
-        dmn_log(DMN_ERROR, "model_load", NULL, NULL, "%s: %s", opts.model, err);
-        goto cleanup;
-    }
-    progress(&opts, 60, "creating backend");
-    const wrk_model_info_t *mi = wrk_model_info(srv.model);
-    long step_tokens = opts.max_step_tokens; /* no chunking: a whole prompt + slots - 1 decodes */
-    if (opts.prefill_chunk == 0 && step_tokens < opts.max_prompt + opts.slots - 1)
-        step_tokens = opts.max_prompt + opts.slots - 1;
-    wrk_backend_opts_t bo = {.n_threads = (int)opts.threads,
-                             .n_slots = (int)opts.slots,
-                             .max_step_tokens = (int)step_tokens,
-                             .isa = opts.isa,
-                             .matmul = opts.matmul,
-                             .n_kv_blocks = (int)opts.kv_blocks,
-                             .kv_block_tokens = (int)opts.kv_block_tokens};
-    if (opts.kv_blocks > 1L << 30 || opts.kv_block_tokens > 1L << 16) {
-        dmn_log(DMN_ERROR, "backend", NULL, NULL, "--kv-blocks / --kv-block-tokens too large");
-        rc = RCD_EINVAL;
-        goto cleanup;
-    }
-    if ((rc = wrk_backend_create_by_name(opts.backend, srv.model, &bo, &srv.backend, err,
-                                         sizeof(err)))) {
-        dmn_log(DMN_ERROR, "backend", NULL, NULL, "%s", err);
-        goto cleanup;
-    }
-    if (strcmp(opts.matmul, "bf16") == 0 && mi->weight_dtype != WRK_DT_BF16)
-        dmn_log(DMN_WARN, "backend", NULL, NULL,
-                "--matmul bf16 applies to BF16 weights; this model's are %s, so its matmuls "
-                "run in fp32",
-                wrk_dtype_name(mi->weight_dtype));
-    progress(&opts, 80, "loading tokenizer");
-    tok_opts_t to = {.max_input_bytes = (size_t)opts.max_message_bytes};
-    char tokf[4200];
-    snprintf(tokf, sizeof(tokf), "%s/tokenizer.json", opts.model);
-    if (access(tokf, F_OK) != 0 && errno == ENOENT) {
-        /* token-id prompts only: text requests and Tokenize/Detokenize → FAILED_PRECONDITION */
-        dmn_log(DMN_WARN, "tokenizer_load", NULL, NULL,
-                "%s has no tokenizer.json: only token-id prompts are served", opts.model);
-        srv.tok = NULL;
-    } else if ((rc = tok_load(opts.model, &to, &srv.tok, err, sizeof(err)))) {
-        dmn_log(DMN_ERROR, "tokenizer_load", NULL, NULL, "%s", err);
-        goto cleanup;
-    }
-    progress(&opts, 100, "ready");
-    srv.vocab = mi->vocab_size;
-    srv.eos_id = srv.tok && tok_eos_id(srv.tok) >= 0 ? tok_eos_id(srv.tok) : mi->eos_token_id;
-    {
-        const char *base = strrchr(opts.model, '/');
-        base = base && base[1] ? base + 1 : opts.model;
-        size_t n = strlen(opts.model);
-        if (base == opts.model + n) /* trailing slash */
-            base = opts.model;
-        snprintf(srv.model_id, sizeof(srv.model_id), "%s", base);
-        char *slash = strchr(srv.model_id, '/');
-        if (slash) *slash = 0;
-    }
+    if (load(&srv)) goto cleanup;
     if ((rc = uv_loop_init(&loop))) {
         dmn_log(DMN_ERROR, "loop", NULL, NULL, "uv_loop_init: %s", uv_strerror(rc));
         goto cleanup;
     }
     loop_up = true;
     srv.loop = &loop;
-    if ((rc = open_store(&srv, mi, err, sizeof(err)))) {
-        dmn_log(DMN_ERROR, "store", NULL, NULL, "%s", err);
-        goto cleanup;
-    }
-    /* A KV model's snapshot after k tokens also holds k positions of KV (variable-size). */
-    if (opts.prefix_cache_bytes > 0 &&
-        store_prefix_create((size_t)opts.prefix_cache_bytes, mi->state_bytes,
-                            mi->n_kv_layers > 0 ? mi->kv_bytes_per_token : 0, mi->fingerprint, 0,
-                            &srv.prefix) == 0)
-        dmn_log(DMN_INFO, "prefix_cache", NULL, NULL,
-                "prompt-prefix snapshots every %d tokens, %ld bytes (%zu per snapshot, plus %zu "
-                "per token)",
-                STORE_PREFIX_GRAN, opts.prefix_cache_bytes, mi->state_bytes,
-                mi->n_kv_layers > 0 ? mi->kv_bytes_per_token : (size_t)0);
-    {
-        dmn_runner_config_t rc_cfg;
-        dmn_runner_config_default(&rc_cfg, srv.backend, (int)opts.max_queue);
-        rc_cfg.prefill_chunk = (int)opts.prefill_chunk;
-        rc_cfg.max_prompt = (int)opts.max_prompt;
-        rc_cfg.aging_ms = opts.aging_ms;
-        rc_cfg.max_inflight = (int)opts.pipeline;
-        if ((rc = dmn_runner_create_cfg(&loop, srv.backend, &rc_cfg, &srv.runner, err,
-                                        sizeof(err)))) {
-            dmn_log(DMN_ERROR, "runner", NULL, NULL, "%s", err);
-            goto cleanup;
-        }
-    }
-    if (mi->n_kv_layers > 0) { /* the backend's defaults (workers/cpu/cpu_backend.c) */
-        long bt = opts.kv_block_tokens > 0 ? opts.kv_block_tokens : 16;
-        long nb = opts.kv_blocks > 0 ? opts.kv_blocks : (srv.backend->n_slots * 2048L + bt - 1) / bt;
-        dmn_runner_set_kv_pool(srv.runner, nb, bt);
-        dmn_log(DMN_INFO, "kv_cache", NULL, NULL,
-                "%ld KV blocks of %ld positions: %ld positions, %.1f MiB (%zu bytes per position)",
-                nb, bt, nb * bt, (double)nb * bt * mi->kv_bytes_per_token / 1048576.0,
-                mi->kv_bytes_per_token);
-    }
-    grpc_init();
-    grpc_up = true;
-    if ((rc = dmn_server_start(&srv, err, sizeof(err)))) {
-        dmn_log(DMN_ERROR, "listen", NULL, NULL, "%s", err);
-        goto cleanup;
-    }
-    dmn_log(DMN_INFO, "ready", NULL, NULL,
-            "model %s (%s, vocab %d, state %zu bytes, fingerprint %s), backend %s/%s, %d slots",
-            srv.model_id, mi->architecture, mi->vocab_size, mi->state_bytes, mi->fingerprint_hex,
-            srv.backend->vt->name, srv.backend->isa ? srv.backend->isa : "?", srv.backend->n_slots);
-    if (opts.port_file[0] && write_port_file(opts.port_file, srv.port))
-        dmn_log(DMN_WARN, "port_file", NULL, NULL, "cannot write %s", opts.port_file);
-    uv_run(&loop, UV_RUN_DEFAULT);
+    if (open_store(&srv) || serve(&srv, &grpc_up)) goto cleanup;
     exit_code = 0;
 cleanup:
-    if (srv.store) {
-        store_stats_t st;
-        store_get_stats(srv.store, &st);
-        dmn_log(DMN_INFO, "store_stats", NULL, NULL,
-                "%zu sessions, %llu commits, cache hits %llu, misses %llu, disk loads %llu, "
-                "corrupt %llu, expired %llu",
-                st.sessions, (unsigned long long)st.commits, (unsigned long long)st.cache_hits,
-                (unsigned long long)st.cache_misses, (unsigned long long)st.disk_loads,
-                (unsigned long long)st.corrupt, (unsigned long long)st.expired);
-    }
-    /* Before the loop's last turn: the store's Redis connection closes a handle on it. */
-    store_close(srv.store);
-    srv.store = NULL;
-    if (srv.prefix) {
-        store_prefix_stats_t ps;
-        store_prefix_get_stats(srv.prefix, &ps);
-        dmn_log(DMN_INFO, "prefix_cache", NULL, NULL,
-                "hits %llu (%llu tokens), misses %llu, inserts %llu, evictions %llu, "
-                "collisions %llu, %zu entries, %zu bytes",
-                (unsigned long long)ps.hits, (unsigned long long)ps.hit_tokens,
-                (unsigned long long)ps.misses, (unsigned long long)ps.inserts,
-                (unsigned long long)ps.evictions, (unsigned long long)ps.collisions, ps.entries,
-                ps.bytes);
-    }
-    store_prefix_destroy(srv.prefix);
-    srv.prefix = NULL;
+    close_store(&srv);
     if (loop_up) {
         uv_run(&loop, UV_RUN_NOWAIT); /* let close callbacks run */
         if (uv_loop_close(&loop) == UV_EBUSY)
             dmn_log(DMN_WARN, "loop_close", NULL, NULL, "loop had live handles at exit");
     }
     if (grpc_up) grpc_shutdown();
-    dmn_runner_destroy(srv.runner);
-    tok_free(srv.tok);
-    wrk_backend_destroy(srv.backend);
-    wrk_model_free(srv.model);
-    free(srv.evs);
-    free(srv.evs_spare);
-    if (srv.cq_thread_started) pthread_mutex_destroy(&srv.mu);
+    unload(&srv);
     dmn_opts_free(&opts);
     return exit_code;
 }

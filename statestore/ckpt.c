@@ -484,22 +484,24 @@ int ckpt_stage(const char *dir, const ckpt_hdr_t *h, const void *payload, bool s
         st->new_dir = true;
         /* unsynced (group commit): the batch's syncfs covers the new entry */
         if (sync && fsync_dir(dir) != 0) {
-            rc = rcd_fail(RCD_EIO, err, errlen, "fsync %s: %s", dir, strerror(errno));
+            rc = rcd_fail(rcd_errno_code(errno), err, errlen, "fsync %s: %s", dir, strerror(errno));
             goto cleanup;
         }
     } else if (errno != EEXIST) {
-        rc = rcd_fail(RCD_EIO, err, errlen, "mkdir %s: %s", st->sdir, strerror(errno));
+        rc =
+            rcd_fail(rcd_errno_code(errno), err, errlen, "mkdir %s: %s", st->sdir, strerror(errno));
         goto cleanup;
     }
     fd = open(st->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) {
-        rc = rcd_fail(RCD_EIO, err, errlen, "create %s: %s", st->tmp, strerror(errno));
+        rc =
+            rcd_fail(rcd_errno_code(errno), err, errlen, "create %s: %s", st->tmp, strerror(errno));
         st->tmp[0] = 0;
         goto cleanup;
     }
     if (write_all(fd, hdr, hlen) ||
         (h->payload_bytes && write_all(fd, payload, h->payload_bytes)) || (sync && fsync(fd))) {
-        rc = rcd_fail(RCD_EIO, err, errlen, "write %s: %s", st->tmp, strerror(errno));
+        rc = rcd_fail(rcd_errno_code(errno), err, errlen, "write %s: %s", st->tmp, strerror(errno));
         goto cleanup;
     }
     /* Group commit: start the writeback now, so that it overlaps the batch's other writes
@@ -507,7 +509,8 @@ int ckpt_stage(const char *dir, const ckpt_hdr_t *h, const void *payload, bool s
     if (!sync) sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
     int r = close(fd);
     fd = -1;
-    if (r != 0) rc = rcd_fail(RCD_EIO, err, errlen, "close %s: %s", st->tmp, strerror(errno));
+    if (r != 0)
+        rc = rcd_fail(rcd_errno_code(errno), err, errlen, "close %s: %s", st->tmp, strerror(errno));
 cleanup:
     if (fd >= 0) close(fd);
     if (rc && st->tmp[0]) unlink(st->tmp);
@@ -519,7 +522,8 @@ cleanup:
 int ckpt_publish(ckpt_staged_t *st, char *err, size_t errlen)
 {
     if (rename(st->tmp, st->final) != 0) {
-        int rc = rcd_fail(RCD_EIO, err, errlen, "rename %s: %s", st->tmp, strerror(errno));
+        int rc =
+            rcd_fail(rcd_errno_code(errno), err, errlen, "rename %s: %s", st->tmp, strerror(errno));
         unlink(st->tmp);
         st->tmp[0] = 0;
         return rc;
@@ -559,7 +563,7 @@ int ckpt_write(const char *dir, const ckpt_hdr_t *h, const void *payload, int ke
     int rc = ckpt_stage(dir, h, payload, true, &st, err, errlen);
     if (!rc) rc = ckpt_publish(&st, err, errlen);
     if (!rc && fsync_dir(st.sdir) != 0)
-        rc = rcd_fail(RCD_EIO, err, errlen, "fsync %s: %s", st.sdir, strerror(errno));
+        rc = rcd_fail(rcd_errno_code(errno), err, errlen, "fsync %s: %s", st.sdir, strerror(errno));
     /* durable; now drop versions beyond the newest `keep` (best effort) */
     if (!rc) ckpt_prune(dir, h->id, keep);
     return rc;

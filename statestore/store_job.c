@@ -97,7 +97,7 @@ static bool group_flush(store_t *s, int fd, const char *what, int n)
         if (!j->staged) continue;
         ckpt_unstage(&j->stg);
         j->staged = false;
-        j->rc = rcd_fail(RCD_EIO, j->msg, sizeof(j->msg),
+        j->rc = rcd_fail(rcd_errno_code(e), j->msg, sizeof(j->msg),
                          "group commit: syncfs of %s (%s of %d checkpoints) failed: %s", s->dir,
                          what, n, strerror(e));
     }

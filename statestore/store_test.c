@@ -607,15 +607,16 @@ static void test_expiry(void)
 
 #define GC_N 32
 static atomic_int g_syncfs_calls, g_syncfs_fail_at, g_gc_acks, g_acks_at_flush;
+static atomic_int g_syncfs_errno = EIO;
 
 /* Stands in for syncfs(2): counts the calls, notes how many commits were acknowledged when
- * each flush ran, fails the g_syncfs_fail_at-th call (1-based; 0: none) with EIO. */
+ * each flush ran, fails the g_syncfs_fail_at-th call (1-based; 0: none) with g_syncfs_errno. */
 static int fake_syncfs(int fd)
 {
     int n = atomic_fetch_add(&g_syncfs_calls, 1) + 1;
     atomic_fetch_add(&g_acks_at_flush, atomic_load(&g_gc_acks));
     if (n == atomic_load(&g_syncfs_fail_at)) {
-        errno = EIO;
+        errno = atomic_load(&g_syncfs_errno);
         return -1;
     }
     return syncfs(fd);
@@ -751,12 +752,22 @@ static void test_group_commit(void)
     CHECK(rcd_path_fmt(v2, sizeof(v2), "%s/s_g9/%020d.ckpt", dir, 2) == 0);
     CHECK(access(v2, F_OK) != 0 && count_files(dir, "g9", ".tmp") == 0);
     CHECK(check_all(s, 1, 10) == GC_N);
+    /* a full disk (ENOSPC, or EDQUOT) is RCD_ENOSPACE (RESOURCE_EXHAUSTED), its text named */
+    atomic_store(&g_syncfs_errno, ENOSPC);
+    atomic_store(&g_syncfs_fail_at, 1);
+    CHECK(commit_all(s, 1, 35, r) == 0);
+    for (int i = 0; i < GC_N; i++)
+        CHECK_MSG(r[i].rc == RCD_ENOSPACE && r[i].version == 1 &&
+                      strstr(r[i].msg, strerror(ENOSPC)),
+                  "%s", r[i].msg);
+    atomic_store(&g_syncfs_errno, EIO);
+    CHECK(check_all(s, 1, 10) == GC_N);
     store_close(s);
     /* after reopen, the previous versions stand; the group goes on from them */
     atomic_store(&g_syncfs_fail_at, 0);
     s = open_gc_store(dir, false);
     store_session_t rec = {0};
-    CHECK(store_get(s, "lead", &rec) == 0 && rec.version == 3);
+    CHECK(store_get(s, "lead", &rec) == 0 && rec.version == 4);
     store_session_clear(&rec);
     CHECK(check_all(s, 1, 10) == GC_N);
     CHECK(commit_all(s, 1, 40, r) == GC_N && check_all(s, 2, 40) == GC_N);

@@ -10,7 +10,8 @@ read back from disk, and of a cached one) continues like its source; a session t
 sessionless run over the whole history; a prompt whose KV cannot fit the pool
 (--kv-blocks x --kv-block-tokens) is RESOURCE_EXHAUSTED with a message naming the options, and
 the daemon keeps serving. Preemption (state swap of a KV state to host memory) resumes exactly.
-RecurrentGemma (fixed-size state) serves sessions through the daemon (smoke). Prefix
+RecurrentGemma (fixed-size state) serves sessions through the daemon (smoke); text requests
+are FAILED_PRECONDITION (no tokenizer). Prefix
 snapshots of both (PrefixSnapshots): hits equal a daemon without the cache, and no KV block
 leaks."""
 import os
@@ -199,6 +200,14 @@ class RecurrentGemma(Base):
         r2 = self.turn(d, "g", T2)
         self.assertClose(self.turn(d, None, T1 + r1[0] + T2), r2)
         self.assertEqual(d.api.GetSession(pb.GetSessionRequest(session_id="g")).version, 2)
+        # no tokenizer.json: text is refused as FAILED_PRECONDITION, the reason named
+        for call in (lambda: d.api.Tokenize(pb.TokenizeRequest(text="hi")),
+                     lambda: d.api.Detokenize(pb.DetokenizeRequest(token_ids=[1])),
+                     lambda: collect(d.api.Generate(gen_request("hi", max_tokens=1)))):
+            with self.assertRaises(grpc.RpcError) as cm:
+                call()
+            self.assertEqual(cm.exception.code(), C.FAILED_PRECONDITION)
+            self.assertIn("has no tokenizer", cm.exception.details())
 
 
 def ids_of(seed, n, vocab=256):

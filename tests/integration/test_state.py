@@ -338,9 +338,10 @@ class State(OwnDaemonsTest):
         self.assertEqual(glob.glob(os.path.join(self.dir, "*", "*.corrupt")), [])
 
     def test_full_disk_fails_the_turn_cleanly(self):
-        """ENOSPC mid-checkpoint: the turn fails (INTERNAL, the reason named), the session
-        stays at its acknowledged version, no temp file is left, the daemon keeps serving, and
-        the commit succeeds once there is room. Needs a small tmpfs (root); else skipped."""
+        """ENOSPC mid-checkpoint: the turn fails (RESOURCE_EXHAUSTED, the reason named), the
+        session stays at its acknowledged version, no temp file is left, the daemon keeps
+        serving, and the commit succeeds once there is room. Needs a small tmpfs (root); else
+        skipped."""
         mnt = os.path.join(self.dir, "small")
         os.mkdir(mnt)
         if os.geteuid() != 0 or os.system("mount -t tmpfs -o size=800k tmpfs '%s' 2>/dev/null"
@@ -356,7 +357,7 @@ class State(OwnDaemonsTest):
         self.assertEqual(self.turn(d, "s", P2, n=2)[2].session_version, 2)
         with self.assertRaises(grpc.RpcError) as cm:  # 3 checkpoints + a temp: no room
             self.turn(d, "s", P3, n=2)
-        self.assertEqual(cm.exception.code(), C.INTERNAL, cm.exception.details())
+        self.assertEqual(cm.exception.code(), C.RESOURCE_EXHAUSTED, cm.exception.details())
         self.assertIn("No space left on device", cm.exception.details())
         self.assertEqual(d.api.GetSession(pb.GetSessionRequest(session_id="s")).version, 2)
         self.assertEqual(glob.glob(os.path.join(mnt, "*", "*.tmp")), [])
