@@ -1,7 +1,7 @@
-/* daemon: recurd's main — options, model/tokenizer/store/runner setup, the gRPC server on
+/* daemon: recurd's main — options, model/tokenizer/store/engine setup, the gRPC server on
  * the libuv loop, and orderly teardown after a drain (exit 0). */
 #include "daemon/dmn.h"
-#include "daemon/dmn_runner.h"
+#include "engine/eng_runner.h"
 #include "statestore/prefix.h"
 
 #include <errno.h>
@@ -32,6 +32,15 @@ static int write_port_file(const char *path, int port)
     fprintf(f, "%d\n", port);
     if (fclose(f) != 0 || rename(tmp, path) != 0) return RCD_EIO;
     return 0;
+}
+
+/* The engine's logs, as the daemon's JSON lines. */
+static void engine_log(void *user, eng_level_t lvl, const char *event, const char *msg)
+{
+    _Static_assert((int)ENG_DEBUG == (int)DMN_DEBUG && (int)ENG_ERROR == (int)DMN_ERROR,
+                   "eng_level_t and dmn_level_t in the same order");
+    (void)user;
+    dmn_log((dmn_level_t)lvl, event, NULL, NULL, "%s", msg);
 }
 
 static void store_warn(void *user, const char *sid, const char *msg)
@@ -152,12 +161,9 @@ int main(int argc, char **argv)
     }
     progress(&opts, 60, "creating backend");
     const wrk_model_info_t *mi = wrk_model_info(srv.model);
-    long step_tokens = opts.max_step_tokens; /* no chunking: a whole prompt + slots - 1 decodes */
-    if (opts.prefill_chunk == 0 && step_tokens < opts.max_prompt + opts.slots - 1)
-        step_tokens = opts.max_prompt + opts.slots - 1;
     wrk_backend_opts_t bo = {.n_threads = (int)opts.threads,
                              .n_slots = (int)opts.slots,
-                             .max_step_tokens = (int)step_tokens,
+                             .max_step_tokens = (int)opts.max_step_tokens,
                              .isa = opts.isa,
                              .matmul = opts.matmul,
                              .n_kv_blocks = (int)opts.kv_blocks,
@@ -167,6 +173,7 @@ int main(int argc, char **argv)
         rc = RCD_EINVAL;
         goto cleanup;
     }
+    eng_backend_opts_fill(&bo, mi, (int)opts.prefill_chunk, (int)opts.max_prompt);
     if ((rc = wrk_backend_create_by_name(opts.backend, srv.model, &bo, &srv.backend, err,
                                          sizeof(err)))) {
         dmn_log(DMN_ERROR, "backend", NULL, NULL, "%s", err);
@@ -224,26 +231,20 @@ int main(int argc, char **argv)
                 STORE_PREFIX_GRAN, opts.prefix_cache_bytes, mi->state_bytes,
                 mi->n_kv_layers > 0 ? mi->kv_bytes_per_token : (size_t)0);
     {
-        dmn_runner_config_t rc_cfg;
-        dmn_runner_config_default(&rc_cfg, srv.backend, (int)opts.max_queue);
+        eng_runner_config_t rc_cfg;
+        eng_runner_config_default(&rc_cfg, srv.backend, (int)opts.max_queue);
         rc_cfg.prefill_chunk = (int)opts.prefill_chunk;
         rc_cfg.max_prompt = (int)opts.max_prompt;
         rc_cfg.aging_ms = opts.aging_ms;
         rc_cfg.max_inflight = (int)opts.pipeline;
-        if ((rc = dmn_runner_create_cfg(&loop, srv.backend, &rc_cfg, &srv.runner, err,
+        rc_cfg.kv_blocks = bo.n_kv_blocks; /* the pool eng_backend_opts_fill gave the backend */
+        rc_cfg.kv_block_tokens = bo.kv_block_tokens;
+        rc_cfg.log = engine_log;
+        if ((rc = eng_runner_create_cfg(&loop, srv.backend, &rc_cfg, &srv.runner, err,
                                         sizeof(err)))) {
             dmn_log(DMN_ERROR, "runner", NULL, NULL, "%s", err);
             goto cleanup;
         }
-    }
-    if (mi->n_kv_layers > 0) { /* the backend's defaults (workers/cpu/cpu_backend.c) */
-        long bt = opts.kv_block_tokens > 0 ? opts.kv_block_tokens : 16;
-        long nb = opts.kv_blocks > 0 ? opts.kv_blocks : (srv.backend->n_slots * 2048L + bt - 1) / bt;
-        dmn_runner_set_kv_pool(srv.runner, nb, bt);
-        dmn_log(DMN_INFO, "kv_cache", NULL, NULL,
-                "%ld KV blocks of %ld positions: %ld positions, %.1f MiB (%zu bytes per position)",
-                nb, bt, nb * bt, (double)nb * bt * mi->kv_bytes_per_token / 1048576.0,
-                mi->kv_bytes_per_token);
     }
     grpc_init();
     grpc_up = true;
@@ -286,13 +287,15 @@ cleanup:
     }
     store_prefix_destroy(srv.prefix);
     srv.prefix = NULL;
+    /* Before the loop's last turn too: it joins the device thread and closes its wake-up. */
+    eng_runner_destroy(srv.runner);
+    srv.runner = NULL;
     if (loop_up) {
         uv_run(&loop, UV_RUN_NOWAIT); /* let close callbacks run */
         if (uv_loop_close(&loop) == UV_EBUSY)
             dmn_log(DMN_WARN, "loop_close", NULL, NULL, "loop had live handles at exit");
     }
     if (grpc_up) grpc_shutdown();
-    dmn_runner_destroy(srv.runner);
     tok_free(srv.tok);
     wrk_backend_destroy(srv.backend);
     wrk_model_free(srv.model);
