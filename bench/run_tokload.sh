@@ -4,16 +4,16 @@
 #   bench/run_tokload.sh BEFORE_RECURD AFTER_RECURD [REPEATS]
 # Each run starts its own daemon (bench/sched_load.py): streams 1 and STREAMS (closed loop,
 # REQUESTS per level, MAX_TOKENS each), then again with TOK_CLIENTS clients sending Tokenize of
-# TOK_BYTES bytes in a loop next to the streams. Env knobs: STREAMS=16 REQUESTS=32
-# MAX_TOKENS=64 SLOTS=16 TOK_CLIENTS=4 TOK_BYTES=4000000 PYTHON=/usr/bin/python3.
+# TOK_BYTES bytes in a loop next to the streams. Env knobs: STREAMS=16 REQUESTS=8
+# MAX_TOKENS=32 SLOTS=16 TOK_CLIENTS=4 TOK_BYTES=4000000 PYTHON=/usr/bin/python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BEFORE=${1:?before recurd}
 AFTER=${2:?after recurd}
 REPEATS=${3:-3}
 STREAMS=${STREAMS:-16}
-REQUESTS=${REQUESTS:-32}
-MAX_TOKENS=${MAX_TOKENS:-64}
+REQUESTS=${REQUESTS:-8}
+MAX_TOKENS=${MAX_TOKENS:-32}
 SLOTS=${SLOTS:-16}
 TOK_CLIENTS=${TOK_CLIENTS:-4}
 TOK_BYTES=${TOK_BYTES:-4000000}
