@@ -8,8 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/eng_runner.h"
 #include "daemon/dmn_sample.h"
+#include "engine/eng_runner.h"
 #include "recurd/v1/inference.pb-c.h"
 #include "statestore/prefix.h"
 

@@ -13,9 +13,9 @@
 
 /* ---- running a plan (device thread) ------------------------------------------------------ */
 
-/* Prefix snapshot j of q, from its slot. Snapshots are an optimization: one
- * that cannot be read (a KV state larger than its buffer) ends q's snapshots there (the first
- * j stand) and the step goes on. Returns whether it was read. */
+/* Prefix snapshot j of q, from its slot. Snapshots are an optimization: one that cannot be
+ * read (a KV state larger than its buffer) ends q's snapshots there (the first j stand) and
+ * the step goes on. Returns whether it was read. */
 static bool read_snap(eng_runner_t *r, eng__req_t *q, int32_t slot, int32_t j)
 {
     if (!wrk_state_read_n(r->be, slot, q->snap_out[j], q->snap_cap[j], &q->snap_len[j]))

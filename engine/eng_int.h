@@ -139,8 +139,8 @@ struct eng_runner {
 
 /* ---- eng_device.c: the device thread ---------------------------------------------------- */
 int eng__dev_start(eng_runner_t *r, char *err, size_t errlen);
-void eng__dev_stop(eng_runner_t *r); /* joins the thread (after the plan it runs) and closes
-                                      * the wake-up handle; NULL-safe parts, idempotent */
+void eng__dev_stop(eng_runner_t *r); /* joins the thread (after the plan in hand) and closes
+                                      * the wake-up handle; idempotent */
 void eng__dev_run(eng_runner_t *r);  /* loop: hands the w_* plan to the thread (r->busy) */
 
 /* ---- eng_runner.c: called on the loop by eng_device.c ----------------------------------- */

@@ -201,8 +201,8 @@ static void watchdog(uv_timer_t *t)
 {
     rds_t *r = t->data;
     const rds_ev_t *ev = r->ac ? r->ac->ev.data : NULL;
-    if (r->ac && ((ev && ev->failed) ||
-                  (r->inflight > 0 && uv_hrtime() - r->progress_ns > RDS_TIMEOUT_NS)))
+    if (r->ac &&
+        ((ev && ev->failed) || (r->inflight > 0 && uv_hrtime() - r->progress_ns > RDS_TIMEOUT_NS)))
         drop(r);
 }
 
