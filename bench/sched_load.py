@@ -10,7 +10,13 @@ is the one-request-at-a-time baseline of the same run.
 Arguments after `--` go to the recurd it starts (RECURD_BIN, default build/release). Prompts
 are random token ids (lengths uniform in --prompt), greedy, ignore_eos, --max-tokens each.
 Inter-token latency: a message carrying k tokens counts its gap to the previous message as k
-gaps of gap/k (the daemon coalesces tokens while a send is in flight)."""
+gaps of gap/k (the daemon coalesces tokens while a send is in flight).
+
+--tokenize-load N runs N more clients next to every level, each sending Tokenize of
+--tokenize-bytes of text (default ~4 MB; start the daemon with a --max-message-bytes above it)
+in a loop: the daemon tokenizes on libuv's pool, where checkpoint I/O also runs (and, before
+the engine's device thread, the model's steps). Their calls and mean latency are printed per
+level (tok_calls, tok_ms)."""
 import argparse
 import json
 import os
@@ -57,6 +63,49 @@ def one(api, rng, args, vocab):
         ntok += len(m.token_ids)
         prev = t
     return ttft, gaps, ntok, high
+
+
+class TokenizeLoad:
+    """N threads calling Tokenize in a loop until stop(); counts calls and their latency. Its
+    own channel (connection), so its large messages do not share HTTP/2 flow control with the
+    Generate streams."""
+
+    def __init__(self, addr, n, n_bytes):
+        words = ("the quick brown fox jumps over lazy dogs while 12345 numbers and "
+                 "punctuation, (like this) follow; ").encode()
+        text = (words * (n_bytes // len(words) + 1))[:n_bytes].decode()
+        self.req = pb.TokenizeRequest(text=text)
+        self.channel = grpc.insecure_channel(addr, options=[
+            ("grpc.max_receive_message_length", 64 << 20)])
+        api = Stub(self.channel, pb.DESCRIPTOR.services_by_name["Inference"], pb)
+        self.api, self.lock, self.running = api, threading.Lock(), True
+        self.calls, self.secs, self.errors = 0, 0.0, []
+        self.threads = [threading.Thread(target=self.loop) for _ in range(n)]
+        [t.start() for t in self.threads]
+
+    def loop(self):
+        while self.running:
+            t0 = time.monotonic()
+            try:
+                self.api.Tokenize(self.req, timeout=600)
+            except grpc.RpcError as e:
+                self.errors.append(e.code().name)
+                time.sleep(0.1)
+                continue
+            with self.lock:
+                self.calls += 1
+                self.secs += time.monotonic() - t0
+
+    def take(self):  # calls and mean latency since the last take
+        with self.lock:
+            c, s = self.calls, self.secs
+            self.calls, self.secs = 0, 0.0
+        return c, (s / c * 1e3 if c else float("nan"))
+
+    def stop(self):
+        self.running = False
+        [t.join() for t in self.threads]
+        self.channel.close()
 
 
 def level(api, n_streams, args, vocab):
@@ -106,6 +155,9 @@ def main():
     ap.add_argument("--high-frac", type=float, default=0.0,
                     help="fraction of requests sent with priority 3 (the rest 0); their TTFT "
                     "is reported apart (ttft_* columns are then the priority-0 requests')")
+    ap.add_argument("--tokenize-load", type=int, default=0,
+                    help="clients sending large Tokenize calls in a loop next to every level")
+    ap.add_argument("--tokenize-bytes", type=int, default=4000000)
     ap.add_argument("daemon_args", nargs="*", help="after --: recurd options")
     args = ap.parse_args()
     args.prompt = [int(x) for x in args.prompt.split(",")]
@@ -122,18 +174,30 @@ def main():
               % (m.id, m.architecture, m.backend, args.prompt[0], args.prompt[1],
                  args.max_tokens, " ".join(args.daemon_args) or args.addr))
         one(api, random.Random(0), args, m.vocab_size)  # warm-up
-        print("%8s %8s %8s %9s %10s %10s %10s %10s"
+        tl = None
+        if args.tokenize_load:
+            tl = TokenizeLoad(args.addr or d.addr, args.tokenize_load, args.tokenize_bytes)
+            print("tokenize load: %d clients, %d bytes per call" % (args.tokenize_load,
+                                                                   args.tokenize_bytes))
+        print("%8s %8s %8s %9s %10s %10s %10s %10s%s"
               % ("streams", "requests", "tokens", "tok/s", "ttft_p50", "ttft_p99", "itl_p50",
-                 "itl_p99"))
+                 "itl_p99", "  tok_calls tok_ms" if tl else ""))
         base = None
         for n in [int(x) for x in args.streams.split(",")]:
+            if tl:
+                tl.take()
             r = level(api, n, args, m.vocab_size)
             base = base or r["tok_s"]
-            print("%8d %8d %8d %9.1f %8.1fms %8.1fms %8.2fms %8.2fms  x%.2f%s"
+            tok = " %10d %6.0f" % tl.take() if tl else ""
+            print("%8d %8d %8d %9.1f %8.1fms %8.1fms %8.2fms %8.2fms%s  x%.2f%s"
                   % (n, r["requests"], r["tokens"], r["tok_s"], r["ttft_p50"] * 1e3,
-                     r["ttft_p99"] * 1e3, r["itl_p50"] * 1e3, r["itl_p99"] * 1e3,
+                     r["ttft_p99"] * 1e3, r["itl_p50"] * 1e3, r["itl_p99"] * 1e3, tok,
                      r["tok_s"] / base,
                      ("  errors: %s" % r["errors"][:5]) if r["errors"] else ""), flush=True)
+        if tl:
+            tl.stop()
+            if tl.errors:
+                print("tokenize errors: %s" % tl.errors[:5])
             if r["n_high"]:
                 print("%8s %8d %8s %9s %8.1fms %8.1fms   (priority 3)"
                       % ("", r["n_high"], "", "", r["hi_ttft_p50"] * 1e3,

@@ -18,7 +18,7 @@
 
 typedef struct dmn_server dmn_server_t;
 typedef struct dmn_call dmn_call_t;
-typedef struct dmn_runner dmn_runner_t;
+typedef struct eng_runner eng_runner_t;
 
 /* Methods served; DMN_M_UNKNOWN answers UNIMPLEMENTED. */
 typedef enum dmn_method {
@@ -75,7 +75,8 @@ struct dmn_server {
     tok_t *tok;
     store_t *store;
     struct store_prefix *prefix; /* prompt-prefix snapshots; NULL: disabled */
-    dmn_runner_t *runner;
+    eng_runner_t *runner;
+    int kv_blocks, kv_block_tokens; /* the KV pool the engine sized for the backend (0: none) */
     char model_id[128];
     int vocab;
     int32_t eos_id;

@@ -8,8 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "daemon/dmn_runner.h"
 #include "daemon/dmn_sample.h"
+#include "engine/eng_runner.h"
 #include "recurd/v1/inference.pb-c.h"
 #include "statestore/prefix.h"
 
@@ -19,7 +19,7 @@
 
 typedef struct dmn_gen {
     dmn_call_t *call;
-    dmn_seq_t seq;
+    eng_seq_t seq;
     dmn_sampler_t smp;
     tok_stream_t *ts;
     int32_t *prompt;
@@ -36,9 +36,9 @@ typedef struct dmn_gen {
      * the state after snap_abs[j] prompt tokens is captured into snaps[j] (snap_cap[j] bytes:
      * a KV model's holds snap_abs[j] positions) and cached at the first logits */
     int32_t cached, n_snaps;
-    int32_t snap_abs[DMN_SEQ_SNAPS];
-    void *snaps[DMN_SEQ_SNAPS];
-    size_t snap_cap[DMN_SEQ_SNAPS];
+    int32_t snap_abs[ENG_SEQ_SNAPS];
+    void *snaps[ENG_SEQ_SNAPS];
+    size_t snap_cap[ENG_SEQ_SNAPS];
     /* limits and stops */
     uint32_t max_tokens, ctx_left;
     char **stops;
@@ -290,7 +290,7 @@ static void gen_end(dmn_gen_t *g, int reason, int32_t last)
         if (g->n_stops) find_stop(g, from > g->max_stop ? from - g->max_stop : 0);
     }
     dmn_server_t *s = g->call->srv;
-    if (dmn_runner_finish(s->runner, &g->seq, last)) return; /* DMN_SEQ_DONE commits */
+    if (eng_runner_finish(s->runner, &g->seq, last)) return; /* ENG_SEQ_DONE commits */
     g->in_runner = false;
     gen_complete(g, 0, NULL);
 }
@@ -327,7 +327,7 @@ static void on_logits(dmn_gen_t *g)
         gen_prefix_keep(g);
     }
     if (c->deadline_ns && uv_hrtime() > c->deadline_ns) {
-        if (dmn_runner_cancel(s->runner, &g->seq) == 0) g->in_runner = false;
+        if (eng_runner_cancel(s->runner, &g->seq) == 0) g->in_runner = false;
         gen_complete(g, RCD_EDEADLINE, "deadline exceeded during generation");
         return;
     }
@@ -358,7 +358,7 @@ static void on_logits(dmn_gen_t *g)
     else if (g->n_gen >= g->max_tokens)
         gen_end(g, RECURD__V1__FINISH_REASON__FINISH_REASON_LENGTH, t);
     else
-        dmn_runner_feed(s->runner, &g->seq, t);
+        eng_runner_feed(s->runner, &g->seq, t);
     gen_pump(g);
 }
 
@@ -380,18 +380,18 @@ static void on_committed(void *user, int rc, uint64_t version, const char *msg)
     gen_maybe_free(g); /* the client may have gone while the checkpoint was written */
 }
 
-static void on_seq(dmn_seq_t *seq, dmn_seq_ev_t ev)
+static void on_seq(eng_seq_t *seq, eng_seq_ev_t ev)
 {
     dmn_gen_t *g = seq->user;
     dmn_server_t *s = g->call->srv;
     switch (ev) {
-    case DMN_SEQ_STARTED:
+    case ENG_SEQ_STARTED:
         g->t_start = uv_hrtime();
         break;
-    case DMN_SEQ_LOGITS:
+    case ENG_SEQ_LOGITS:
         on_logits(g);
         break;
-    case DMN_SEQ_DONE: {
+    case ENG_SEQ_DONE: {
         /* The turn is acknowledged (final message) only once its checkpoint is durable. */
         g->in_runner = false;
         uint64_t add = (uint64_t)g->n_prompt + g->n_gen;
@@ -405,7 +405,7 @@ static void on_seq(dmn_seq_t *seq, dmn_seq_ev_t ev)
             g->committing = true;
         break;
     }
-    case DMN_SEQ_FAILED:
+    case ENG_SEQ_FAILED:
         g->in_runner = false;
         if (seq->rc == RCD_ECANCELLED)
             gen_maybe_free(g);
@@ -420,7 +420,7 @@ static void on_seq(dmn_seq_t *seq, dmn_seq_ev_t ev)
 static void on_close(dmn_call_t *c)
 {
     dmn_gen_t *g = c->ext;
-    if (c->cancelled && g->in_runner && dmn_runner_cancel(c->srv->runner, &g->seq) == 0)
+    if (c->cancelled && g->in_runner && eng_runner_cancel(c->srv->runner, &g->seq) == 0)
         g->in_runner = false;
     if (c->cancelled && !g->finished)
         dmn_log(DMN_INFO, "turn_cancelled", c->rid, g->sid,
@@ -433,7 +433,7 @@ static void on_close(dmn_call_t *c)
 static void on_send_done(dmn_call_t *c, bool ok)
 {
     dmn_gen_t *g = c->ext;
-    if (!ok && g->in_runner && dmn_runner_cancel(c->srv->runner, &g->seq) == 0)
+    if (!ok && g->in_runner && eng_runner_cancel(c->srv->runner, &g->seq) == 0)
         g->in_runner = false;
     if (ok) gen_pump(g);
     gen_maybe_free(g);
@@ -528,7 +528,7 @@ static void gen_loaded(void *user, int rc, uint64_t version, const char *msg);
  * at most n_prompt - 1 tokens: the last token is fed for its logits) becomes the initial state
  * (for a KV model, with its positions' KV: the turn's KV reservation covers all n_prompt);
  * the boundaries past it taken are G * 2^i and the last multiple of G before the end, at most
- * DMN_SEQ_SNAPS of them (the longest), skipping those already cached and, longest first,
+ * ENG_SEQ_SNAPS of them (the longest), skipping those already cached and, longest first,
  * those the cache could not keep beside the longer ones (KV states grow with k). */
 static int gen_prefix_plan(dmn_gen_t *g)
 {
@@ -557,7 +557,7 @@ static int gen_prefix_plan(dmn_gen_t *g)
     store_prefix_get_stats(s->prefix, &ps);
     size_t total = 0;
     int32_t from = nk;
-    while (from > 0 && nk - from < DMN_SEQ_SNAPS) {
+    while (from > 0 && nk - from < ENG_SEQ_SNAPS) {
         size_t eb = store_prefix_entry_bytes(s->prefix, keep[from - 1]);
         if (eb > ps.budget || total + eb > ps.budget) break;
         total += eb;
@@ -581,9 +581,9 @@ static int gen_prepare(dmn_gen_t *g, const Recurd__V1__GenerateRequest *req, cha
     if (req->model[0] && strcmp(req->model, s->model_id) != 0)
         return rcd_fail(RCD_ENOTFOUND, err, errlen, "model '%s' is not loaded", req->model);
     if ((rc = check_sampling(s, req->sampling, g, &sp, err, errlen))) return rc;
-    if (req->priority >= DMN_RUNNER_PRIORITIES)
+    if (req->priority >= ENG_RUNNER_PRIORITIES)
         return rcd_fail(RCD_EINVAL, err, errlen, "priority %u is outside [0, %d]", req->priority,
-                        DMN_RUNNER_PRIORITIES - 1);
+                        ENG_RUNNER_PRIORITIES - 1);
     g->seq.priority = (int32_t)req->priority;
     g->seq.tenant = tenant_hash(req->tenant);
     /* prompt */
@@ -675,14 +675,14 @@ static int gen_prepare(dmn_gen_t *g, const Recurd__V1__GenerateRequest *req, cha
         /* The state after the turn: every position of the session, prompt and generation
          * (state_bytes for fixed-size models). A KV model's prompt must also fit its pool. */
         uint64_t mn = g->max_tokens < g->ctx_left ? g->max_tokens : g->ctx_left;
-        g->state_cap = dmn_runner_state_bound(s->runner, used + mn + 1);
+        g->state_cap = eng_runner_state_bound(s->runner, used + mn + 1);
         if (g->state_cap == SIZE_MAX || !(g->state_out = malloc(g->state_cap ? g->state_cap : sb)))
             return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory for the session state");
     }
     {
         /* a KV model's turn must fit its pool whole (a step that runs out would fail others) */
         uint64_t mn = g->max_tokens < g->ctx_left ? g->max_tokens : g->ctx_left;
-        if ((rc = dmn_runner_check_positions(s->runner, used + mn, err, errlen))) return rc;
+        if ((rc = eng_runner_check_positions(s->runner, used + mn, err, errlen))) return rc;
     }
     /* buffers */
     size_t mt = g->max_tokens, nl = g->n_lp > 0 ? (size_t)g->n_lp : 0;
@@ -733,7 +733,7 @@ static int gen_submit(dmn_gen_t *g, char *err, size_t errlen)
     g->seq.deadline_ns = c->deadline_ns;
     g->seq.cb = on_seq;
     g->seq.user = g;
-    rc = dmn_runner_submit(s->runner, &g->seq, err, errlen);
+    rc = eng_runner_submit(s->runner, &g->seq, err, errlen);
     return rc;
 }
 

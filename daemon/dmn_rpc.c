@@ -445,9 +445,10 @@ static void tok_start(dmn_call_t *c, tok_job_t *j)
         tok_done(&j->w, 0);
         return;
     }
-    if (uv_queue_work(c->srv->loop, &j->w, tok_work, tok_done) != 0) {
+    int urc = uv_queue_work(c->srv->loop, &j->w, tok_work, tok_done);
+    if (urc) {
         j->rc = RCD_EINTERNAL;
-        snprintf(j->err, sizeof(j->err), "cannot queue work");
+        snprintf(j->err, sizeof(j->err), "cannot queue the tokenizer job: %s", uv_strerror(urc));
         tok_done(&j->w, 0);
     }
 }

@@ -505,6 +505,19 @@ static void on_signal(uv_signal_t *h, int signum)
     dmn_server_drain(h->data, signum == SIGTERM ? "SIGTERM" : "SIGINT");
 }
 
+/* Drops the listening server and its completion queue before anything started on them. */
+static void unlisten(dmn_server_t *s)
+{
+    grpc_server_destroy(s->server);
+    s->server = NULL;
+    grpc_completion_queue_shutdown(s->cq);
+    while (grpc_completion_queue_next(s->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
+           GRPC_QUEUE_SHUTDOWN)
+        ;
+    grpc_completion_queue_destroy(s->cq);
+    s->cq = NULL;
+}
+
 int dmn_server_start(dmn_server_t *s, char *err, size_t errlen)
 {
     grpc_arg args[] = {
@@ -538,30 +551,49 @@ int dmn_server_start(dmn_server_t *s, char *err, size_t errlen)
     s->port = grpc_server_add_http2_port(s->server, addr, creds);
     grpc_server_credentials_release(creds);
     if (s->port <= 0) {
-        grpc_server_destroy(s->server);
-        s->server = NULL;
-        grpc_completion_queue_shutdown(s->cq);
-        while (grpc_completion_queue_next(s->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
-               GRPC_QUEUE_SHUTDOWN)
-            ;
-        grpc_completion_queue_destroy(s->cq);
-        s->cq = NULL;
+        unlisten(s);
         return rcd_fail(RCD_EIO, err, errlen, "cannot listen on %s (in use?)", addr);
     }
-    pthread_mutex_init(&s->mu, NULL);
-    uv_async_init(s->loop, &s->wake, on_wake);
+    /* The loop's handles and the CQ thread, before the server starts taking calls. */
+    uv_handle_t *opened[4];
+    int n_open = 0, urc;
+    const char *what = "";
+    if ((urc = -pthread_mutex_init(&s->mu, NULL))) {
+        what = "the event mutex";
+        goto fail;
+    }
+    if ((urc = uv_async_init(s->loop, &s->wake, on_wake))) {
+        what = "the completion-queue wake-up";
+        goto fail;
+    }
+    opened[n_open++] = (uv_handle_t *)&s->wake;
     s->wake.data = s;
-    uv_timer_init(s->loop, &s->grace_timer);
+    uv_timer_init(s->loop, &s->grace_timer); /* cannot fail */
+    opened[n_open++] = (uv_handle_t *)&s->grace_timer;
     s->grace_timer.data = s;
-    uv_signal_init(s->loop, &s->sig_term);
-    uv_signal_init(s->loop, &s->sig_int);
+    if ((urc = uv_signal_init(s->loop, &s->sig_term))) {
+        what = "the SIGTERM handler";
+        goto fail;
+    }
+    opened[n_open++] = (uv_handle_t *)&s->sig_term;
+    if ((urc = uv_signal_init(s->loop, &s->sig_int))) {
+        what = "the SIGINT handler";
+        goto fail;
+    }
+    opened[n_open++] = (uv_handle_t *)&s->sig_int;
     s->sig_term.data = s->sig_int.data = s;
-    uv_signal_start(&s->sig_term, on_signal, SIGTERM);
-    uv_signal_start(&s->sig_int, on_signal, SIGINT);
+    if ((urc = uv_signal_start(&s->sig_term, on_signal, SIGTERM)) ||
+        (urc = uv_signal_start(&s->sig_int, on_signal, SIGINT))) {
+        what = "the signal handlers";
+        goto fail;
+    }
+    if ((urc = -pthread_create(&s->cq_thread, NULL, cq_main, s))) {
+        what = "the completion-queue thread";
+        goto fail;
+    }
+    s->cq_thread_started = true;
     dmn_expiry_start(s);
     grpc_server_start(s->server);
-    pthread_create(&s->cq_thread, NULL, cq_main, s);
-    s->cq_thread_started = true;
     for (int m = 0; m <= DMN_M_UNKNOWN; m++) {
         int n = m == DMN_M_UNKNOWN ? 2 : g_methods[m].armed;
         for (int i = 0; i < n; i++)
@@ -570,4 +602,9 @@ int dmn_server_start(dmn_server_t *s, char *err, size_t errlen)
     dmn_log(DMN_INFO, "listening", NULL, NULL, "listening on %s port %d",
             s->opts->listen_all ? "0.0.0.0" : s->opts->host, s->port);
     return 0;
+fail: /* the handles opened so far close on the loop's last turn (main's cleanup) */
+    for (int i = 0; i < n_open; i++)
+        uv_close(opened[i], on_closed_handle);
+    unlisten(s);
+    return rcd_fail(RCD_EINTERNAL, err, errlen, "cannot create %s: %s", what, uv_strerror(urc));
 }

@@ -1,9 +1,9 @@
 /* daemon: recurd's main — options, then three phases: load (model, backend, tokenizer), open
- * the store (sessions, prefix cache), serve (runner, gRPC server on the libuv loop until a
+ * the store (sessions, prefix cache), serve (engine, gRPC server on the libuv loop until a
  * drain); then an orderly teardown (exit 0). Each phase logs its own failure. */
 #include "common/rcd_path.h"
 #include "daemon/dmn.h"
-#include "daemon/dmn_runner.h"
+#include "engine/eng_runner.h"
 #include "statestore/prefix.h"
 
 #include <errno.h>
@@ -34,6 +34,15 @@ static int write_port_file(const char *path, int port)
     fprintf(f, "%d\n", port);
     if (fclose(f) != 0 || rename(tmp, path) != 0) return RCD_EIO;
     return 0;
+}
+
+/* The engine's logs, as the daemon's JSON lines. */
+static void engine_log(void *user, eng_level_t lvl, const char *event, const char *msg)
+{
+    _Static_assert((int)ENG_DEBUG == (int)DMN_DEBUG && (int)ENG_ERROR == (int)DMN_ERROR,
+                   "eng_level_t and dmn_level_t in the same order");
+    (void)user;
+    dmn_log((dmn_level_t)lvl, event, NULL, NULL, "%s", msg);
 }
 
 static void store_warn(void *user, const char *sid, const char *msg)
@@ -140,16 +149,17 @@ static int load(dmn_server_t *srv)
     }
     progress(o, 60, "creating backend");
     const wrk_model_info_t *mi = wrk_model_info(srv->model);
-    long step_tokens = o->max_step_tokens; /* no chunking: a whole prompt + slots - 1 decodes */
-    if (o->prefill_chunk == 0 && step_tokens < o->max_prompt + o->slots - 1)
-        step_tokens = o->max_prompt + o->slots - 1;
     wrk_backend_opts_t bo = {.n_threads = (int)o->threads,
                              .n_slots = (int)o->slots,
-                             .max_step_tokens = (int)step_tokens,
+                             .max_step_tokens = (int)o->max_step_tokens,
                              .isa = o->isa,
                              .matmul = o->matmul,
                              .n_kv_blocks = (int)o->kv_blocks,
                              .kv_block_tokens = (int)o->kv_block_tokens};
+    /* The engine's derived sizes: the step budget without chunking, the KV pool. */
+    eng_backend_opts_fill(&bo, mi, (int)o->prefill_chunk, (int)o->max_prompt);
+    srv->kv_blocks = bo.n_kv_blocks;
+    srv->kv_block_tokens = bo.kv_block_tokens;
     if ((rc = wrk_backend_create_by_name(o->backend, srv->model, &bo, &srv->backend, err,
                                          sizeof(err)))) {
         dmn_log(DMN_ERROR, "backend", NULL, NULL, "%s", err);
@@ -162,8 +172,12 @@ static int load(dmn_server_t *srv)
                 wrk_dtype_name(mi->weight_dtype));
     progress(o, 80, "loading tokenizer");
     tok_opts_t to = {.max_input_bytes = (size_t)o->max_message_bytes};
-    char tokf[4200];
-    snprintf(tokf, sizeof(tokf), "%s/tokenizer.json", o->model);
+    char tokf[RCD_PATH_MAX];
+    if ((rc = rcd_path_join(tokf, sizeof(tokf), o->model, "tokenizer.json"))) {
+        dmn_log(DMN_ERROR, "tokenizer_load", NULL, NULL, "model directory path too long: %s",
+                o->model);
+        return rc;
+    }
     if (access(tokf, F_OK) != 0 && errno == ENOENT) {
         /* token-id prompts only: text requests and Tokenize/Detokenize → FAILED_PRECONDITION */
         dmn_log(DMN_WARN, "tokenizer_load", NULL, NULL,
@@ -204,20 +218,6 @@ static int open_store(dmn_server_t *srv)
     return 0;
 }
 
-/* A KV-cache model's pool, as the backend sized it (its defaults: workers/cpu/cpu_backend.c). */
-static void set_kv_pool(dmn_server_t *srv, const wrk_model_info_t *mi)
-{
-    const dmn_opts_t *o = srv->opts;
-    if (mi->n_kv_layers <= 0) return;
-    long bt = o->kv_block_tokens > 0 ? o->kv_block_tokens : 16;
-    long nb = o->kv_blocks > 0 ? o->kv_blocks : (srv->backend->n_slots * 2048L + bt - 1) / bt;
-    dmn_runner_set_kv_pool(srv->runner, nb, bt);
-    dmn_log(DMN_INFO, "kv_cache", NULL, NULL,
-            "%ld KV blocks of %ld positions: %ld positions, %.1f MiB (%zu bytes per position)", nb,
-            bt, nb * bt, (double)nb * bt * mi->kv_bytes_per_token / 1048576.0,
-            mi->kv_bytes_per_token);
-}
-
 /* Phase 3, serve: the runner, then the gRPC server; runs the loop until a drain stopped the
  * server. *grpc_up tells the teardown that grpc_init ran. */
 static int serve(dmn_server_t *srv, bool *grpc_up)
@@ -226,18 +226,20 @@ static int serve(dmn_server_t *srv, bool *grpc_up)
     const wrk_model_info_t *mi = wrk_model_info(srv->model);
     char err[512] = "";
     int rc;
-    dmn_runner_config_t rc_cfg;
-    dmn_runner_config_default(&rc_cfg, srv->backend, (int)o->max_queue);
+    eng_runner_config_t rc_cfg;
+    eng_runner_config_default(&rc_cfg, srv->backend, (int)o->max_queue);
     rc_cfg.prefill_chunk = (int)o->prefill_chunk;
     rc_cfg.max_prompt = (int)o->max_prompt;
     rc_cfg.aging_ms = o->aging_ms;
     rc_cfg.max_inflight = (int)o->pipeline;
-    if ((rc = dmn_runner_create_cfg(srv->loop, srv->backend, &rc_cfg, &srv->runner, err,
+    rc_cfg.kv_blocks = srv->kv_blocks; /* the pool eng_backend_opts_fill gave the backend */
+    rc_cfg.kv_block_tokens = srv->kv_block_tokens;
+    rc_cfg.log = engine_log;
+    if ((rc = eng_runner_create_cfg(srv->loop, srv->backend, &rc_cfg, &srv->runner, err,
                                     sizeof(err)))) {
         dmn_log(DMN_ERROR, "runner", NULL, NULL, "%s", err);
         return rc;
     }
-    set_kv_pool(srv, mi);
     grpc_init();
     *grpc_up = true;
     if ((rc = dmn_server_start(srv, err, sizeof(err)))) {
@@ -284,12 +286,14 @@ static void close_store(dmn_server_t *srv)
     }
     store_prefix_destroy(srv->prefix);
     srv->prefix = NULL;
+    /* Before the loop's last turn too: it joins the device thread and closes its wake-up. */
+    eng_runner_destroy(srv->runner);
+    srv->runner = NULL;
 }
 
-/* Undoes load and what serve left (the runner, the server's event buffers). */
+/* Undoes load and what serve left (the server's event buffers). */
 static void unload(dmn_server_t *srv)
 {
-    dmn_runner_destroy(srv->runner);
     tok_free(srv->tok);
     wrk_backend_destroy(srv->backend);
     wrk_model_free(srv->model);

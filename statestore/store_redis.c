@@ -39,6 +39,7 @@ typedef struct rds_ev {
     redisAsyncContext *ac;
     uv_poll_t handle;
     int events;
+    bool failed; /* the socket could not be watched: the watchdog drops the connection */
 } rds_ev_t;
 
 struct rds {
@@ -73,9 +74,10 @@ static void ev_poll(uv_poll_t *h, int status, int events)
 static void ev_update(rds_ev_t *p, int add, int del)
 {
     p->events = (p->events | add) & ~del;
-    if (p->events)
-        uv_poll_start(&p->handle, p->events, ev_poll);
-    else
+    if (p->events) {
+        /* Not from inside hiredis's hook: the watchdog drops it (and conn() reconnects). */
+        if (uv_poll_start(&p->handle, p->events, ev_poll)) p->failed = true;
+    } else
         uv_poll_stop(&p->handle);
 }
 
@@ -198,7 +200,10 @@ static void drop(rds_t *r)
 static void watchdog(uv_timer_t *t)
 {
     rds_t *r = t->data;
-    if (r->ac && r->inflight > 0 && uv_hrtime() - r->progress_ns > RDS_TIMEOUT_NS) drop(r);
+    const rds_ev_t *ev = r->ac ? r->ac->ev.data : NULL;
+    if (r->ac &&
+        ((ev && ev->failed) || (r->inflight > 0 && uv_hrtime() - r->progress_ns > RDS_TIMEOUT_NS)))
+        drop(r);
 }
 
 int rds_open(uv_loop_t *loop, const char *addr, rds_t **out, char *err, size_t errlen)

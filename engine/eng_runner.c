@@ -1,137 +1,22 @@
-/* daemon: the runner (see dmn_runner.h). The loop thread owns the scheduler, the request
- * records and a small FIFO of issued plans; the worker thread runs one plan at a time
- * (moves, wrk_step, commit reads) through uv_queue_work. With max_inflight = 2, plan N+1 is
- * made while step N runs; only sampling of step N and the submission of N+1 sit between two
- * worker steps (N+1's decodes feed the tokens sampled from N's logits). */
-#include "daemon/dmn_runner.h"
+/* engine: the runner's loop side (see eng_runner.h). The loop thread owns the scheduler, the
+ * request records, the host swap buffers and a small FIFO of issued plans; the device thread
+ * (eng_device.c) runs one plan at a time (moves, wrk_step, commit reads). With
+ * max_inflight = 2, plan N+1 is made while step N runs; only sampling of step N and the
+ * submission of N+1 sit between two device steps (N+1's decodes feed the tokens sampled from
+ * N's logits). */
+#include "engine/eng_int.h"
 
+#include <limits.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "daemon/dmn_log.h"
-
-/* A host-tier buffer for a swapped-out state. Fixed-size models: allocated once at create
- * (state_bytes). Models with a KV cache: grown by the worker at swap-out to the slot's
- * wrk_state_bytes and freed when it returns to the free list, so host memory follows the
- * states actually swapped out. */
-typedef struct hbuf {
-    void *p;
-    size_t cap, len;
-} hbuf_t;
-
-/* One request as the runner sees it. Lives from submit until the scheduler has finished it
- * and no worker step uses its buffers, which may be after the caller's seq is gone. */
-struct dmn__req {
-    uint64_t id;    /* scheduler id: generation << 24 | index; 0: free record */
-    dmn_seq_t *seq; /* NULL once the caller was told it ended (or let it go) */
-    int32_t *toks;  /* the input stream: prompt, then every sampled token */
-    int32_t n_toks, cap_toks, n_gen, max_new;
-    const void *init_state; /* borrowed from the seq */
-    size_t init_len;        /* its bytes */
-    float *logits;          /* the seq's */
-    void *state_out;        /* the seq's */
-    size_t state_cap;       /* its bytes */
-    size_t state_len;       /* written by the commit read */
-    hbuf_t *host;           /* host-tier buffer while swapped out */
-    int64_t kv_blocks;      /* KV blocks reserved for it (KV models) */
-    int32_t slot;           /* the slot it last ran in (-1: none) */
-    sched_outcome_t outcome;
-    bool in_step;       /* the worker's current step uses its buffers */
-    bool sched_done;    /* the scheduler finished it */
-    bool cancelled;     /* CANCEL sent: plans for it are dropped */
-    bool cancel_event;  /* the caller must still get FAILED(cancel_rc) after the step */
-    int cancel_rc;      /* RCD_ECANCELLED, or RCD_EINTERNAL for an inconsistent plan */
-    uint64_t stop_upto; /* STOP sampled: entries of plans up to this step are dropped (they
-                         * were planned before the scheduler heard of the stop) */
-    bool decided;       /* the LOGITS callback called feed, finish or cancel */
-    bool started;
-    /* prefix snapshots (copied from the seq at submit); next_snap: the first not yet planned;
-     * w_snap_lo..w_snap_hi: those the worker's current step takes */
-    int32_t n_snaps, next_snap, w_snap_lo, w_snap_hi;
-    int32_t snap_at[DMN_SEQ_SNAPS];
-    void *snap_out[DMN_SEQ_SNAPS];
-    size_t snap_cap[DMN_SEQ_SNAPS], snap_len[DMN_SEQ_SNAPS]; /* bytes of the buffer, read */
-    size_t snap_need; /* nonzero: a snapshot did not fit its buffer (logged after the step) */
-};
-
-typedef struct plan_copy {
-    uint64_t step;
-    int32_t n_moves, n_entries;
-    sched_move_t *moves;
-    sched_entry_t *entries;
-} plan_copy_t;
-
-typedef struct wmove {
-    sched_move_kind_t kind;
-    int32_t slot;
-    const void *buf; /* LOAD: the initial state (len bytes) */
-    size_t len;
-    hbuf_t *hb;  /* SWAP_OUT / SWAP_IN */
-    size_t grew; /* bytes the worker added to hb (stats) */
-    dmn__req_t *req;
-} wmove_t;
-
-struct dmn_runner {
-    uv_loop_t *loop;
-    wrk_backend_t *be;
-    dmn_runner_config_t cfg;
-    sched_t *sched;
-    size_t state_bytes, kv_bpt; /* kv_bpt > 0: variable-size states (KV cache) */
-    int64_t kv_positions;       /* the KV pool's positions (0: unknown) */
-    /* the KV pool's blocks, tokens per block, and blocks reserved by held turns */
-    int64_t kv_pool_blocks, kv_bt, kv_reserved;
-    /* KV models: slots whose last occupant ended hold KV blocks until reset; the next work
-     * resets those nobody has used since (slot_owner: id of the last request in a slot) */
-    uint64_t *slot_owner, *pend_id;
-    int32_t *pend_slot, n_pend, *w_resets, w_n_resets;
-    bool w_flush;                   /* the worker runs only w_resets (the runner fell idle) */
-    int64_t w_kv_free, w_kv_total; /* the KV pool after the worker's run */
-    int n_slots, max_moves;
-    /* request records */
-    dmn__req_t *reqs;
-    int32_t n_reqs, n_held;
-    int32_t *free_recs, n_free_recs;
-    uint64_t gen;
-    /* host tier */
-    hbuf_t *hbufs;
-    hbuf_t **host_free;
-    int32_t n_host_free;
-    /* events for the next sched_step */
-    sched_event_t *ev;
-    int32_t n_ev, cap_ev;
-    sched_result_t *results; /* of the STEP_DONE in ev (one at a time) */
-    /* issued plans not yet handed to the worker, FIFO */
-    plan_copy_t *q;
-    int32_t q_head, q_n;
-    /* the worker's step */
-    bool busy, pumping, repump, try_plan;
-    uv_work_t work;
-    uint64_t w_step;
-    int32_t w_n_moves, w_n;
-    wmove_t *w_moves;
-    wrk_seq_t *w_seqs;
-    dmn__req_t **w_reqs;
-    bool *w_commit;
-    int w_rc;
-    char w_err[256];
-    uint64_t w_us, t_done;
-    bool gap_open;
-    /* submit's synchronous refusal */
-    dmn__req_t *submitting;
-    int submit_rc;
-    char submit_msg[112];
-    int64_t last_now;
-    uint64_t last_issued; /* the newest plan's step */
-    uint64_t last_stats_ns;
-    dmn_runner_stats_t st;
-};
-
-static void pump(dmn_runner_t *r);
+static void pump(eng_runner_t *r);
 
 /* ---- records ------------------------------------------------------------------------------ */
 
-static dmn__req_t *lookup(dmn_runner_t *r, uint64_t id)
+static eng__req_t *lookup(eng_runner_t *r, uint64_t id)
 {
     uint64_t i = id & 0xffffff;
     if (i >= (uint64_t)r->n_reqs || r->reqs[i].id != id) return NULL;
@@ -139,7 +24,7 @@ static dmn__req_t *lookup(dmn_runner_t *r, uint64_t id)
 }
 
 /* Returns a host buffer to the free list (a KV model's memory goes back to the allocator). */
-static void host_put(dmn_runner_t *r, hbuf_t *hb)
+static void host_put(eng_runner_t *r, hbuf_t *hb)
 {
     if (r->kv_bpt) {
         r->st.host_bytes -= hb->cap;
@@ -151,22 +36,22 @@ static void host_put(dmn_runner_t *r, hbuf_t *hb)
     r->host_free[r->n_host_free++] = hb;
 }
 
-size_t dmn_runner_state_bound(const dmn_runner_t *r, uint64_t n_positions)
+size_t eng_runner_state_bound(const eng_runner_t *r, uint64_t n_positions)
 {
     if (!r->kv_bpt) return r->state_bytes;
     if (n_positions > (SIZE_MAX - r->state_bytes) / r->kv_bpt) return SIZE_MAX;
     return r->state_bytes + (size_t)n_positions * r->kv_bpt;
 }
 
-void dmn_runner_set_kv_pool(dmn_runner_t *r, int64_t n_blocks, int64_t block_tokens)
+static void set_kv_pool(eng_runner_t *r, int64_t n_blocks, int64_t block_tokens)
 {
-    if (n_blocks <= 0 || block_tokens <= 0) n_blocks = block_tokens = 0;
+    if (!r->kv_bpt || n_blocks <= 0 || block_tokens <= 0) n_blocks = block_tokens = 0;
     r->kv_pool_blocks = n_blocks;
     r->kv_bt = block_tokens;
     r->kv_positions = n_blocks * block_tokens;
 }
 
-int dmn_runner_check_positions(const dmn_runner_t *r, uint64_t n_positions, char *err,
+int eng_runner_check_positions(const eng_runner_t *r, uint64_t n_positions, char *err,
                                size_t errlen)
 {
     if (!r->kv_bpt || !r->kv_positions || n_positions <= (uint64_t)r->kv_positions) return 0;
@@ -176,7 +61,7 @@ int dmn_runner_check_positions(const dmn_runner_t *r, uint64_t n_positions, char
                     (unsigned long long)n_positions, (long long)r->kv_positions);
 }
 
-static void rec_release(dmn_runner_t *r, dmn__req_t *q)
+static void rec_release(eng_runner_t *r, eng__req_t *q)
 {
     if (q->host) host_put(r, q->host);
     r->kv_reserved -= q->kv_blocks;
@@ -195,26 +80,26 @@ static void rec_release(dmn_runner_t *r, dmn__req_t *q)
     r->n_held--;
 }
 
-static void rec_maybe_release(dmn_runner_t *r, dmn__req_t *q)
+static void rec_maybe_release(eng_runner_t *r, eng__req_t *q)
 {
     if (q->id && q->sched_done && !q->in_step && !q->seq) rec_release(r, q);
 }
 
-static bool rec_dead(const dmn__req_t *q)
+static bool rec_dead(const eng__req_t *q)
 {
     return q->sched_done || q->cancelled;
 }
 
-static void push_event(dmn_runner_t *r, const sched_event_t *e)
+static void push_event(eng_runner_t *r, const sched_event_t *e)
 {
     if (r->n_ev == r->cap_ev) { /* bounded by records; a full buffer is a bug, not input */
-        dmn_log(DMN_ERROR, "runner", NULL, NULL, "event buffer full (%d)", r->cap_ev);
+        eng__log(r, ENG_ERROR, "runner", "event buffer full (%d)", r->cap_ev);
         return;
     }
     r->ev[r->n_ev++] = *e;
 }
 
-static void send_cancel(dmn_runner_t *r, dmn__req_t *q)
+static void send_cancel(eng_runner_t *r, eng__req_t *q)
 {
     if (q->cancelled || q->sched_done) return;
     q->cancelled = true;
@@ -223,9 +108,9 @@ static void send_cancel(dmn_runner_t *r, dmn__req_t *q)
 }
 
 /* The caller is told the sequence ended (rc, msg) and forgotten. */
-static void deliver(dmn__req_t *q, dmn_seq_ev_t ev, int rc, const char *msg)
+static void deliver(eng__req_t *q, eng_seq_ev_t ev, int rc, const char *msg)
 {
-    dmn_seq_t *s = q->seq;
+    eng_seq_t *s = q->seq;
     if (!s) return;
     q->seq = NULL;
     s->req = NULL;
@@ -235,19 +120,53 @@ static void deliver(dmn__req_t *q, dmn_seq_ev_t ev, int rc, const char *msg)
 }
 
 /* An inconsistency between the plan and what the runner holds: end the request cleanly. */
-static void fail_req(dmn_runner_t *r, dmn__req_t *q, const char *why)
+static void fail_req(eng_runner_t *r, eng__req_t *q, const char *why)
 {
-    dmn_log(DMN_ERROR, "runner", NULL, NULL, "request %llx: %s", (unsigned long long)q->id, why);
+    eng__log(r, ENG_ERROR, "runner", "request %llx: %s", (unsigned long long)q->id, why);
     send_cancel(r, q);
     if (!q->in_step)
-        deliver(q, DMN_SEQ_FAILED, RCD_EINTERNAL, why);
+        deliver(q, ENG_SEQ_FAILED, RCD_EINTERNAL, why);
     else
         q->cancel_event = true, q->cancel_rc = RCD_EINTERNAL;
 }
 
-/* ---- create / destroy -------------------------------------------------------------------- */
+/* ---- logs, options, create / destroy ------------------------------------------------------ */
 
-void dmn_runner_config_default(dmn_runner_config_t *c, const wrk_backend_t *be, int max_queue)
+static void log_stderr(eng_level_t lvl, const char *event, const char *msg)
+{
+    static const char *const names[] = {"debug", "info", "warn", "error"};
+    if (lvl >= ENG_INFO) fprintf(stderr, "engine %s %s: %s\n", names[lvl], event, msg);
+}
+
+void eng__log(const eng_runner_t *r, eng_level_t lvl, const char *event, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (r && r->cfg.log)
+        r->cfg.log(r->cfg.log_user, lvl, event, msg);
+    else
+        log_stderr(lvl, event, msg);
+}
+
+void eng_backend_opts_fill(wrk_backend_opts_t *bo, const wrk_model_info_t *mi, int prefill_chunk,
+                           int max_prompt)
+{
+    /* no chunking: the first prompt in line (up to max_prompt) plus every other slot's decode */
+    long whole = (long)max_prompt + bo->n_slots - 1;
+    if (prefill_chunk == 0 && bo->max_step_tokens < whole)
+        bo->max_step_tokens = whole < INT_MAX ? (int)whole : INT_MAX;
+    if (mi->n_kv_layers <= 0) return; /* fixed-size states: no pool */
+    if (bo->kv_block_tokens <= 0) bo->kv_block_tokens = 16;
+    if (bo->n_kv_blocks <= 0 && bo->n_slots > 0) {
+        long nb = ((long)bo->n_slots * 2048 + bo->kv_block_tokens - 1) / bo->kv_block_tokens;
+        bo->n_kv_blocks = nb < INT_MAX ? (int)nb : INT_MAX;
+    }
+}
+
+void eng_runner_config_default(eng_runner_config_t *c, const wrk_backend_t *be, int max_queue)
 {
     memset(c, 0, sizeof(*c));
     c->max_queue = max_queue;
@@ -260,21 +179,21 @@ void dmn_runner_config_default(dmn_runner_config_t *c, const wrk_backend_t *be, 
     c->prefill_chunk = -1;
 }
 
-int dmn_runner_create(uv_loop_t *loop, wrk_backend_t *be, int max_queue, dmn_runner_t **out)
+int eng_runner_create(uv_loop_t *loop, wrk_backend_t *be, int max_queue, eng_runner_t **out)
 {
-    dmn_runner_config_t c;
-    dmn_runner_config_default(&c, be, max_queue);
+    eng_runner_config_t c;
+    eng_runner_config_default(&c, be, max_queue);
     char err[200];
-    int rc = dmn_runner_create_cfg(loop, be, &c, out, err, sizeof(err));
-    if (rc) dmn_log(DMN_ERROR, "runner", NULL, NULL, "%s", err);
+    int rc = eng_runner_create_cfg(loop, be, &c, out, err, sizeof(err));
+    if (rc) eng__log(NULL, ENG_ERROR, "runner", "%s", err);
     return rc;
 }
 
-int dmn_runner_create_cfg(uv_loop_t *loop, wrk_backend_t *be, const dmn_runner_config_t *cfg,
-                          dmn_runner_t **out, char *err, size_t errlen)
+int eng_runner_create_cfg(uv_loop_t *loop, wrk_backend_t *be, const eng_runner_config_t *cfg,
+                          eng_runner_t **out, char *err, size_t errlen)
 {
     int rc = 0;
-    dmn_runner_t *r = calloc(1, sizeof(*r));
+    eng_runner_t *r = calloc(1, sizeof(*r));
     if (!r) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
     r->loop = loop;
     r->be = be;
@@ -292,7 +211,7 @@ int dmn_runner_create_cfg(uv_loop_t *loop, wrk_backend_t *be, const dmn_runner_c
     /* --max-queue counts every held turn; the scheduler's queue only the waiting ones. */
     sc.max_queue = cfg->max_queue > be->n_slots ? cfg->max_queue - be->n_slots : 1;
     sc.n_host_slots = cfg->n_host_slots;
-    sc.n_priorities = DMN_RUNNER_PRIORITIES;
+    sc.n_priorities = ENG_RUNNER_PRIORITIES;
     sc.aging_us = cfg->aging_ms * 1000;
     sc.min_run_steps = cfg->min_run_steps;
     sc.max_inflight = cfg->max_inflight;
@@ -349,48 +268,56 @@ int dmn_runner_create_cfg(uv_loop_t *loop, wrk_backend_t *be, const dmn_runner_c
         }
         r->host_free[r->n_host_free++] = hb;
     }
-    r->work.data = r;
+    set_kv_pool(r, cfg->kv_blocks, cfg->kv_block_tokens);
+    if (r->kv_positions)
+        eng__log(r, ENG_INFO, "kv_cache",
+                 "%lld KV blocks of %lld positions: %lld positions, %.1f MiB (%zu bytes per "
+                 "position)",
+                 (long long)r->kv_pool_blocks, (long long)r->kv_bt, (long long)r->kv_positions,
+                 (double)r->kv_positions * (double)r->kv_bpt / 1048576.0, r->kv_bpt);
+    if ((rc = eng__dev_start(r, err, errlen))) goto fail;
     r->last_stats_ns = uv_hrtime();
     *out = r;
     return 0;
 oom:
     rc = rcd_fail(RCD_ENOMEM, err, errlen, "runner: out of memory");
 fail:
-    dmn_runner_destroy(r);
+    eng_runner_destroy(r);
     return rc;
 }
 
-static void log_stats(dmn_runner_t *r, dmn_level_t lvl)
+static void log_stats(eng_runner_t *r, eng_level_t lvl)
 {
-    dmn_runner_stats_t st;
-    dmn_runner_stats(r, &st);
+    eng_runner_stats_t st;
+    eng_runner_stats(r, &st);
     const sched_stats_t *s = &st.sched;
-    dmn_log(lvl, "sched_stats", NULL, NULL,
-            "steps %llu (run %llu, planned ahead %llu), tokens %llu (decode %llu, prefill %llu), "
-            "budget use %.3f, mean batch %.2f, step ms mean %.2f max %.2f, worker ms %.1f, "
-            "gap ms %.1f, arrived %llu, completed %llu, cancelled %llu, expired %llu, rejected "
-            "%llu, failed %llu, preemptions %llu, swap-ins %llu, loads %llu, running %d, "
-            "waiting %d, swapped %d, kv blocks free %lld of %lld",
-            (unsigned long long)s->steps, (unsigned long long)st.steps_run,
-            (unsigned long long)st.planned_ahead, (unsigned long long)s->tokens,
-            (unsigned long long)s->decode_tokens, (unsigned long long)s->prefill_tokens,
-            s->budget_tokens ? (double)s->tokens / (double)s->budget_tokens : 0.0,
-            s->steps ? (double)s->entries / (double)s->steps : 0.0,
-            s->steps_done ? (double)s->step_us_sum / (double)s->steps_done / 1e3 : 0.0,
-            (double)s->step_us_max / 1e3, (double)st.worker_us / 1e3, (double)st.gap_us / 1e3,
-            (unsigned long long)s->arrived, (unsigned long long)s->completed,
-            (unsigned long long)s->cancelled, (unsigned long long)s->expired,
-            (unsigned long long)s->rejected, (unsigned long long)s->failed,
-            (unsigned long long)s->preemptions, (unsigned long long)s->swap_ins,
-            (unsigned long long)s->loads, s->running, s->waiting, s->swapped,
-            (long long)st.kv_free_blocks, (long long)st.kv_total_blocks);
+    eng__log(r, lvl, "sched_stats",
+             "steps %llu (run %llu, planned ahead %llu), tokens %llu (decode %llu, prefill %llu), "
+             "budget use %.3f, mean batch %.2f, step ms mean %.2f max %.2f, worker ms %.1f, "
+             "gap ms %.1f, arrived %llu, completed %llu, cancelled %llu, expired %llu, rejected "
+             "%llu, failed %llu, preemptions %llu, swap-ins %llu, loads %llu, running %d, "
+             "waiting %d, swapped %d, kv blocks free %lld of %lld",
+             (unsigned long long)s->steps, (unsigned long long)st.steps_run,
+             (unsigned long long)st.planned_ahead, (unsigned long long)s->tokens,
+             (unsigned long long)s->decode_tokens, (unsigned long long)s->prefill_tokens,
+             s->budget_tokens ? (double)s->tokens / (double)s->budget_tokens : 0.0,
+             s->steps ? (double)s->entries / (double)s->steps : 0.0,
+             s->steps_done ? (double)s->step_us_sum / (double)s->steps_done / 1e3 : 0.0,
+             (double)s->step_us_max / 1e3, (double)st.worker_us / 1e3, (double)st.gap_us / 1e3,
+             (unsigned long long)s->arrived, (unsigned long long)s->completed,
+             (unsigned long long)s->cancelled, (unsigned long long)s->expired,
+             (unsigned long long)s->rejected, (unsigned long long)s->failed,
+             (unsigned long long)s->preemptions, (unsigned long long)s->swap_ins,
+             (unsigned long long)s->loads, s->running, s->waiting, s->swapped,
+             (long long)st.kv_free_blocks, (long long)st.kv_total_blocks);
 }
 
-void dmn_runner_destroy(dmn_runner_t *r)
+void eng_runner_destroy(eng_runner_t *r)
 {
     if (!r) return;
+    eng__dev_stop(r); /* nothing runs on the records and buffers below any more */
     if (r->sched) {
-        log_stats(r, DMN_INFO);
+        log_stats(r, ENG_INFO);
         sched_destroy(r->sched);
     }
     for (int32_t i = 0; r->reqs && i < r->n_reqs; i++)
@@ -419,12 +346,12 @@ void dmn_runner_destroy(dmn_runner_t *r)
     free(r);
 }
 
-int dmn_runner_held(const dmn_runner_t *r)
+int eng_runner_held(const eng_runner_t *r)
 {
     return r->n_held;
 }
 
-void dmn_runner_stats(const dmn_runner_t *r, dmn_runner_stats_t *out)
+void eng_runner_stats(const eng_runner_t *r, eng_runner_stats_t *out)
 {
     *out = r->st;
     sched_get_stats(r->sched, &out->sched);
@@ -432,7 +359,7 @@ void dmn_runner_stats(const dmn_runner_t *r, dmn_runner_stats_t *out)
 
 /* ---- the caller's side ------------------------------------------------------------------ */
 
-int dmn_runner_submit(dmn_runner_t *r, dmn_seq_t *s, char *err, size_t errlen)
+int eng_runner_submit(eng_runner_t *r, eng_seq_t *s, char *err, size_t errlen)
 {
     if (s->n_prompt < 1 || s->max_new < 1 || !s->prompt || !s->logits || !s->cb)
         return rcd_fail(RCD_EINVAL, err, errlen, "runner: bad sequence");
@@ -445,7 +372,7 @@ int dmn_runner_submit(dmn_runner_t *r, dmn_seq_t *s, char *err, size_t errlen)
     int64_t kvb = 0;
     if (r->kv_bpt && r->kv_pool_blocks) { /* a KV model: the turn's blocks are reserved */
         uint64_t pos = s->kv_positions ? s->kv_positions : (uint64_t)cap;
-        if (pos > (uint64_t)r->kv_positions) return dmn_runner_check_positions(r, pos, err, errlen);
+        if (pos > (uint64_t)r->kv_positions) return eng_runner_check_positions(r, pos, err, errlen);
         kvb = (int64_t)((pos + (uint64_t)r->kv_bt - 1) / (uint64_t)r->kv_bt);
         if (r->kv_reserved + kvb > r->kv_pool_blocks)
             return rcd_fail(RCD_ETOOBIG, err, errlen,
@@ -458,7 +385,7 @@ int dmn_runner_submit(dmn_runner_t *r, dmn_seq_t *s, char *err, size_t errlen)
     if (!toks) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
     memcpy(toks, s->prompt, sizeof(int32_t) * (size_t)s->n_prompt);
     int32_t i = r->free_recs[--r->n_free_recs];
-    dmn__req_t *q = &r->reqs[i];
+    eng__req_t *q = &r->reqs[i];
     memset(q, 0, sizeof(*q));
     q->id = (++r->gen << 24) | (uint64_t)i;
     q->seq = s;
@@ -474,7 +401,7 @@ int dmn_runner_submit(dmn_runner_t *r, dmn_seq_t *s, char *err, size_t errlen)
     q->slot = -1;
     q->kv_blocks = kvb;
     r->kv_reserved += kvb;
-    q->n_snaps = s->n_snaps > 0 && s->n_snaps <= DMN_SEQ_SNAPS ? s->n_snaps : 0;
+    q->n_snaps = s->n_snaps > 0 && s->n_snaps <= ENG_SEQ_SNAPS ? s->n_snaps : 0;
     for (int32_t j = 0; j < q->n_snaps; j++) {
         q->snap_at[j] = s->snap_at[j];
         q->snap_out[j] = s->snap_out[j];
@@ -500,7 +427,7 @@ int dmn_runner_submit(dmn_runner_t *r, dmn_seq_t *s, char *err, size_t errlen)
     e.arrive.commit = s->state_out != NULL;
     push_event(r, &e);
     /* Nested in a runner callback, the arrival is planned when that returns, and a refusal
-     * arrives as DMN_SEQ_FAILED; otherwise it is decided here. */
+     * arrives as ENG_SEQ_FAILED; otherwise it is decided here. */
     bool nested = r->pumping;
     if (!nested) r->submitting = q;
     r->submit_rc = 0;
@@ -516,19 +443,19 @@ int dmn_runner_submit(dmn_runner_t *r, dmn_seq_t *s, char *err, size_t errlen)
 }
 
 /* Appends a sampled token to the stream (the next decode or the commit feed reads it). */
-static void append(dmn__req_t *q, int32_t token)
+static void append(eng__req_t *q, int32_t token)
 {
     if (q->n_toks < q->cap_toks) q->toks[q->n_toks++] = token;
     q->n_gen++;
 }
 
-void dmn_runner_feed(dmn_runner_t *r, dmn_seq_t *s, int32_t token)
+void eng_runner_feed(eng_runner_t *r, eng_seq_t *s, int32_t token)
 {
-    dmn__req_t *q = s->req;
+    eng__req_t *q = s->req;
     if (!q) return;
     if (q->n_gen + 1 >= q->max_new) { /* the caller should have finished it: the last token */
-        dmn_log(DMN_ERROR, "runner", NULL, NULL, "token fed past max_new: finishing");
-        dmn_runner_finish(r, s, token);
+        eng__log(r, ENG_ERROR, "runner", "token fed past max_new: finishing");
+        eng_runner_finish(r, s, token);
         return;
     }
     append(q, token);
@@ -536,9 +463,9 @@ void dmn_runner_feed(dmn_runner_t *r, dmn_seq_t *s, int32_t token)
     q->decided = true;
 }
 
-int dmn_runner_finish(dmn_runner_t *r, dmn_seq_t *s, int32_t last)
+int eng_runner_finish(eng_runner_t *r, eng_seq_t *s, int32_t last)
 {
-    dmn__req_t *q = s->req;
+    eng__req_t *q = s->req;
     if (!q) return 0;
     append(q, last);
     q->decided = true;
@@ -556,9 +483,9 @@ int dmn_runner_finish(dmn_runner_t *r, dmn_seq_t *s, int32_t last)
     return 0;
 }
 
-int dmn_runner_cancel(dmn_runner_t *r, dmn_seq_t *s)
+int eng_runner_cancel(eng_runner_t *r, eng_seq_t *s)
 {
-    dmn__req_t *q = s->req;
+    eng__req_t *q = s->req;
     if (!q) return 0;
     q->decided = true;
     send_cancel(r, q);
@@ -575,107 +502,7 @@ int dmn_runner_cancel(dmn_runner_t *r, dmn_seq_t *s)
     return 0;
 }
 
-/* ---- the worker's step ------------------------------------------------------------------- */
-
-/* Worker thread: prefix snapshot j of q, from its slot. Snapshots are an optimization: one
- * that cannot be read (a KV state larger than its buffer) ends q's snapshots there (the first
- * j stand) and the step goes on. Returns whether it was read. */
-static bool read_snap(dmn_runner_t *r, dmn__req_t *q, int32_t slot, int32_t j)
-{
-    if (!wrk_state_read_n(r->be, slot, q->snap_out[j], q->snap_cap[j], &q->snap_len[j]))
-        return true;
-    q->snap_need = wrk_state_bytes(r->be, slot);
-    q->n_snaps = q->next_snap = q->w_snap_hi = j;
-    return false;
-}
-
-static void work_cb(uv_work_t *w)
-{
-    dmn_runner_t *r = w->data;
-    uint64_t t0 = uv_hrtime();
-    int rc = 0;
-    for (int32_t i = 0; i < r->w_n_resets; i++) /* ended occupants' KV blocks back to the pool */
-        wrk_state_reset(r->be, r->w_resets[i]);
-    for (int32_t i = 0; i < r->w_n_moves && !rc; i++) {
-        wmove_t *m = &r->w_moves[i];
-        switch (m->kind) {
-        case SCHED_MOVE_SWAP_OUT: {
-            hbuf_t *hb = m->hb;
-            size_t need = wrk_state_bytes(r->be, m->slot);
-            if (need > hb->cap) { /* a KV model's state: sized now, on this thread */
-                void *p = realloc(hb->p, need);
-                if (!p) {
-                    rc = RCD_ENOMEM;
-                    break;
-                }
-                m->grew += need - hb->cap;
-                hb->p = p;
-                hb->cap = need;
-            }
-            rc = wrk_state_read_n(r->be, m->slot, hb->p, hb->cap, &hb->len);
-            /* its KV blocks go back to the pool at once (the slot is someone else's next) */
-            if (!rc && r->kv_bpt) rc = wrk_state_reset(r->be, m->slot);
-            break;
-        }
-        case SCHED_MOVE_SWAP_IN:
-            rc = wrk_state_write_n(r->be, m->slot, m->hb->p, m->hb->len);
-            break;
-        case SCHED_MOVE_LOAD:
-            rc = m->buf ? wrk_state_write_n(r->be, m->slot, m->buf, m->len)
-                        : wrk_state_reset(r->be, m->slot);
-            break;
-        case SCHED_MOVE_RESET:
-            rc = wrk_state_reset(r->be, m->slot);
-            break;
-        }
-        if (rc)
-            snprintf(r->w_err, sizeof(r->w_err), "slot move %d of slot %d failed: %s", m->kind,
-                     m->slot, rcd_strerror(rc));
-    }
-    /* Prefix snapshots inside a chunk: run the chunk's head alone up to the boundary and read
-     * the state there; the batch step below runs the rest. */
-    for (int32_t i = 0; i < r->w_n && !rc; i++) {
-        dmn__req_t *q = r->w_reqs[i];
-        wrk_seq_t *ws = &r->w_seqs[i];
-        for (int32_t j = q->w_snap_lo; j < q->w_snap_hi && !rc; j++) {
-            int32_t cur = (int32_t)(ws->tokens - q->toks), d = q->snap_at[j] - cur;
-            if (d >= ws->n_tokens) break; /* at the chunk's end: read after the step */
-            wrk_seq_t head = *ws;
-            head.n_tokens = d;
-            head.n_logits = 0;
-            rc = wrk_step(r->be, &head, 1, r->w_err, sizeof(r->w_err));
-            ws->tokens += d;
-            ws->n_tokens -= d;
-            if (ws->n_logits > ws->n_tokens) ws->n_logits = ws->n_tokens;
-            if (!rc && !read_snap(r, q, ws->slot, j)) break;
-        }
-    }
-    if (!rc && r->w_n) rc = wrk_step(r->be, r->w_seqs, r->w_n, r->w_err, sizeof(r->w_err));
-    for (int32_t i = 0; i < r->w_n && !rc; i++) {
-        dmn__req_t *q = r->w_reqs[i];
-        const wrk_seq_t *ws = &r->w_seqs[i];
-        int32_t j = q->w_snap_hi - 1;
-        if (j >= q->w_snap_lo && q->snap_at[j] == (int32_t)(ws->tokens - q->toks) + ws->n_tokens)
-            read_snap(r, q, ws->slot, j);
-    }
-    for (int32_t i = 0; i < r->w_n && !rc; i++)
-        if (r->w_commit[i]) {
-            dmn__req_t *q = r->w_reqs[i];
-            rc = wrk_state_read_n(r->be, r->w_seqs[i].slot, q->state_out, q->state_cap,
-                                  &q->state_len);
-            /* the turn is over: a KV model's slot gives its blocks back */
-            if (!rc && r->kv_bpt) wrk_state_reset(r->be, r->w_seqs[i].slot);
-            if (rc)
-                snprintf(r->w_err, sizeof(r->w_err),
-                         "commit read failed: the state is %zu bytes, the buffer %zu (%s)",
-                         wrk_state_bytes(r->be, r->w_seqs[i].slot), q->state_cap, rcd_strerror(rc));
-        }
-    r->w_rc = rc;
-    wrk_kv_blocks(r->be, &r->w_kv_free, &r->w_kv_total);
-    r->w_us = uv_hrtime() - t0;
-}
-
-static void report_done(dmn_runner_t *r, uint64_t step, int status, int32_t n_results)
+static void report_done(eng_runner_t *r, uint64_t step, int status, int32_t n_results)
 {
     sched_event_t e = {.kind = SCHED_EV_STEP_DONE};
     e.done.step = step;
@@ -685,10 +512,8 @@ static void report_done(dmn_runner_t *r, uint64_t step, int status, int32_t n_re
     push_event(r, &e);
 }
 
-static void after_work_cb(uv_work_t *w, int status)
+void eng__plan_done(eng_runner_t *r)
 {
-    (void)status;
-    dmn_runner_t *r = w->data;
     r->busy = false;
     r->st.kv_free_blocks = r->w_kv_free;
     r->st.kv_total_blocks = r->w_kv_total;
@@ -703,7 +528,7 @@ static void after_work_cb(uv_work_t *w, int status)
     r->st.worker_us += r->w_us / 1000;
     r->pumping = true; /* callbacks below may feed/finish/cancel/submit: pump once at the end */
     int rc = r->w_rc;
-    if (rc) dmn_log(DMN_ERROR, "step_failed", NULL, NULL, "%s", r->w_err);
+    if (rc) eng__log(r, ENG_ERROR, "step_failed", "%s", r->w_err);
     for (int32_t i = 0; i < r->w_n_moves; i++) {
         wmove_t *m = &r->w_moves[i];
         m->req->in_step = false;
@@ -715,14 +540,14 @@ static void after_work_cb(uv_work_t *w, int status)
         }
     }
     for (int32_t i = 0; i < r->w_n; i++) {
-        dmn__req_t *q = r->w_reqs[i];
+        eng__req_t *q = r->w_reqs[i];
         q->in_step = false;
         if (q->snap_need) {
-            dmn_log(DMN_WARN, "prefix_snapshot", NULL, NULL,
-                    "request %llx: a %zu-byte state does not fit its %zu-byte snapshot buffer: "
-                    "%d snapshot(s) taken, no more",
-                    (unsigned long long)q->id, q->snap_need, q->snap_cap[q->w_snap_hi],
-                    q->w_snap_hi);
+            eng__log(r, ENG_WARN, "prefix_snapshot",
+                     "request %llx: a %zu-byte state does not fit its %zu-byte snapshot buffer: "
+                     "%d snapshot(s) taken, no more",
+                     (unsigned long long)q->id, q->snap_need, q->snap_cap[q->w_snap_hi],
+                     q->w_snap_hi);
             q->snap_need = 0;
         }
         if (rc || !q->seq) continue;
@@ -732,11 +557,11 @@ static void after_work_cb(uv_work_t *w, int status)
     }
     int32_t n_res = 0;
     for (int32_t i = 0; i < r->w_n && !rc; i++) {
-        dmn__req_t *q = r->w_reqs[i];
+        eng__req_t *q = r->w_reqs[i];
         if (!r->w_seqs[i].n_logits || !q->seq || rec_dead(q)) continue;
         q->decided = false;
         q->outcome = SCHED_OUT_TOKEN;
-        q->seq->cb(q->seq, DMN_SEQ_LOGITS);
+        q->seq->cb(q->seq, ENG_SEQ_LOGITS);
         if (!q->decided) {
             fail_req(r, q, "the sampler neither fed nor finished the sequence");
             continue;
@@ -745,12 +570,12 @@ static void after_work_cb(uv_work_t *w, int status)
         r->results[n_res].id = q->id;
         r->results[n_res++].outcome = q->outcome;
     }
-    /* Sequences cancelled while the worker held them are told now. */
+    /* Sequences cancelled while the device held them are told now. */
     for (int32_t i = 0; i < r->w_n_moves + r->w_n; i++) {
-        dmn__req_t *q = i < r->w_n_moves ? r->w_moves[i].req : r->w_reqs[i - r->w_n_moves];
+        eng__req_t *q = i < r->w_n_moves ? r->w_moves[i].req : r->w_reqs[i - r->w_n_moves];
         if (q->cancel_event) {
             q->cancel_event = false;
-            deliver(q, DMN_SEQ_FAILED, q->cancel_rc,
+            deliver(q, ENG_SEQ_FAILED, q->cancel_rc,
                     q->cancel_rc == RCD_ECANCELLED ? "cancelled" : "internal error");
         }
     }
@@ -762,15 +587,15 @@ static void after_work_cb(uv_work_t *w, int status)
     pump(r);
 }
 
-static void started(dmn__req_t *q)
+static void started(eng__req_t *q)
 {
     if (q->started || !q->seq) return;
     q->started = true;
-    q->seq->cb(q->seq, DMN_SEQ_STARTED);
+    q->seq->cb(q->seq, ENG_SEQ_STARTED);
 }
 
-/* The slots whose occupant ended and that nobody used since: the worker resets them first. */
-static void take_resets(dmn_runner_t *r)
+/* The slots whose occupant ended and that nobody used since: the device resets them first. */
+static void take_resets(eng_runner_t *r)
 {
     r->w_n_resets = 0;
     for (int32_t i = 0; i < r->n_pend; i++)
@@ -781,20 +606,18 @@ static void take_resets(dmn_runner_t *r)
 
 /* The runner fell idle with slots still holding ended turns' KV blocks: give them back now
  * rather than at the next step, so an idle pool is all free (and its stats say so). */
-static void flush_resets(dmn_runner_t *r)
+static void flush_resets(eng_runner_t *r)
 {
     r->w_n_moves = r->w_n = 0;
     take_resets(r);
     if (!r->w_n_resets) return;
     r->w_flush = true;
-    r->busy = true;
-    r->w_rc = 0;
-    uv_queue_work(r->loop, &r->work, work_cb, after_work_cb);
+    eng__dev_run(r);
 }
 
-/* Hands the oldest issued plan to the worker: drops what ended or stopped since it was
+/* Hands the oldest issued plan to the device thread: drops what ended or stopped since it was
  * planned, turns entries into wrk_seq_t over each request's stream. */
-static void submit_plan(dmn_runner_t *r)
+static void submit_plan(eng_runner_t *r)
 {
     plan_copy_t *p = &r->q[r->q_head];
     r->q_head = (r->q_head + 1) % r->cfg.max_inflight;
@@ -804,7 +627,7 @@ static void submit_plan(dmn_runner_t *r)
     take_resets(r);
     for (int32_t i = 0; i < p->n_moves; i++) {
         const sched_move_t *m = &p->moves[i];
-        dmn__req_t *q = lookup(r, m->id);
+        eng__req_t *q = lookup(r, m->id);
         if (!q || !q->seq || rec_dead(q)) { /* nothing of it runs any more */
             r->st.dropped++;
             continue;
@@ -852,7 +675,7 @@ static void submit_plan(dmn_runner_t *r)
     }
     for (int32_t i = 0; i < p->n_entries; i++) {
         const sched_entry_t *e = &p->entries[i];
-        dmn__req_t *q = lookup(r, e->id);
+        eng__req_t *q = lookup(r, e->id);
         if (!q || !q->seq || rec_dead(q) || p->step <= q->stop_upto) {
             r->st.dropped++;
             continue;
@@ -889,16 +712,14 @@ static void submit_plan(dmn_runner_t *r)
         r->st.gap_us += (uv_hrtime() - r->t_done) / 1000;
         r->gap_open = false;
     }
-    r->busy = true;
-    r->w_rc = 0;
-    uv_queue_work(r->loop, &r->work, work_cb, after_work_cb);
+    eng__dev_run(r);
 }
 
 /* ---- the scheduler's side ---------------------------------------------------------------- */
 
-static void on_finished(dmn_runner_t *r, const sched_finish_t *f)
+static void on_finished(eng_runner_t *r, const sched_finish_t *f)
 {
-    dmn__req_t *q = lookup(r, f->id);
+    eng__req_t *q = lookup(r, f->id);
     if (!q || f->status == RCD_EEXISTS) return; /* ids are never reused while live */
     q->sched_done = true;
     if (q == r->submitting && q->seq) { /* refused on arrival: submit returns it */
@@ -909,11 +730,11 @@ static void on_finished(dmn_runner_t *r, const sched_finish_t *f)
     } else if (q->seq && !q->cancel_event) {
         if (f->status == 0 && q->state_out) {
             q->seq->state_len = q->state_len;
-            deliver(q, DMN_SEQ_DONE, 0, NULL);
+            deliver(q, ENG_SEQ_DONE, 0, NULL);
         } else if (f->status == 0) /* the caller finishes every sequence it does not commit */
-            deliver(q, DMN_SEQ_FAILED, RCD_EINTERNAL, "ended without a final token");
+            deliver(q, ENG_SEQ_FAILED, RCD_EINTERNAL, "ended without a final token");
         else
-            deliver(q, DMN_SEQ_FAILED, f->status, f->msg);
+            deliver(q, ENG_SEQ_FAILED, f->status, f->msg);
     }
     if (!q->in_step && q->host) {
         host_put(r, q->host);
@@ -922,7 +743,7 @@ static void on_finished(dmn_runner_t *r, const sched_finish_t *f)
     rec_maybe_release(r, q);
 }
 
-static void run_sched(dmn_runner_t *r)
+static void run_sched(eng_runner_t *r)
 {
     int64_t now = (int64_t)(uv_hrtime() / 1000);
     if (now < r->last_now) now = r->last_now;
@@ -933,14 +754,14 @@ static void run_sched(dmn_runner_t *r)
     r->n_ev = 0;
     int rc = sched_step(r->sched, now, r->ev, n, &p, err, sizeof(err));
     if (rc) { /* the runner built a malformed call: a bug; say so loudly */
-        dmn_log(DMN_ERROR, "runner", NULL, NULL, "sched_step: %s", err);
+        eng__log(r, ENG_ERROR, "runner", "sched_step: %s", err);
         return;
     }
     for (int32_t i = 0; i < p->n_finished; i++)
         on_finished(r, &p->finished[i]);
     if (!p->step) return;
     if (p->n_moves > r->max_moves) { /* cannot happen: moves are bounded by 3 * slots */
-        dmn_log(DMN_ERROR, "runner", NULL, NULL, "plan with %d moves", p->n_moves);
+        eng__log(r, ENG_ERROR, "runner", "plan with %d moves", p->n_moves);
         return;
     }
     plan_copy_t *c = &r->q[(r->q_head + r->q_n) % r->cfg.max_inflight];
@@ -955,10 +776,10 @@ static void run_sched(dmn_runner_t *r)
     r->try_plan = true; /* room for one more in flight? ask again */
 }
 
-/* Runs until nothing is left to do now: hands issued plans to an idle worker, feeds events to
+/* Runs until nothing is left to do now: hands issued plans to an idle device, feeds events to
  * the scheduler and keeps up to max_inflight plans issued. Never nested: a call made while it
  * runs (from a callback) is folded into the running one. */
-static void pump(dmn_runner_t *r)
+static void pump(eng_runner_t *r)
 {
     if (r->pumping) {
         r->repump = true;
@@ -984,7 +805,7 @@ static void pump(dmn_runner_t *r)
         uint64_t t = uv_hrtime();
         if (t - r->last_stats_ns >= (uint64_t)r->cfg.stats_every_ms * 1000000u) {
             r->last_stats_ns = t;
-            log_stats(r, DMN_DEBUG);
+            log_stats(r, ENG_DEBUG);
         }
     }
 }

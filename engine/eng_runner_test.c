@@ -1,9 +1,9 @@
-/* Unit test of the runner (scheduler + worker thread) on the bundled model: sequences run
+/* Unit test of the runner (scheduler + device thread) on the bundled model: sequences run
  * together (chunked prefill, batched decode, more sequences than slots, pipelined planning)
  * give the same greedy tokens as each run alone; a committed state continues the text; a
  * high-priority arrival preempts a running sequence, which resumes from host memory with the
  * same tokens and the same final state bit for bit; refusals come back with their codes. */
-#include "daemon/dmn_runner.h"
+#include "engine/eng_runner.h"
 #include "tests/rcd_test.h"
 
 #include <stdatomic.h>
@@ -16,8 +16,8 @@
 
 typedef struct t_seq t_seq_t;
 struct t_seq {
-    dmn_seq_t seq;
-    dmn_runner_t *r;
+    eng_seq_t seq;
+    eng_runner_t *r;
     int32_t prompt[64];
     int32_t out[MAX_GEN];
     int n_out, n_gen, vocab, done_order, fail_rc;
@@ -30,17 +30,17 @@ struct t_seq {
 
 static int g_order;
 
-static void on_ev(dmn_seq_t *s, dmn_seq_ev_t ev)
+static void on_ev(eng_seq_t *s, eng_seq_ev_t ev)
 {
     t_seq_t *t = s->user;
-    if (ev == DMN_SEQ_DONE || ev == DMN_SEQ_FAILED) {
+    if (ev == ENG_SEQ_DONE || ev == ENG_SEQ_FAILED) {
         t->done = true;
-        t->failed = ev == DMN_SEQ_FAILED;
+        t->failed = ev == ENG_SEQ_FAILED;
         t->fail_rc = s->rc;
         t->done_order = ++g_order;
         return;
     }
-    if (ev != DMN_SEQ_LOGITS) return;
+    if (ev != ENG_SEQ_LOGITS) return;
     int best = 0;
     for (int i = 1; i < t->vocab; i++)
         if (s->logits[i] > s->logits[best]) best = i;
@@ -48,21 +48,21 @@ static void on_ev(dmn_seq_t *s, dmn_seq_ev_t ev)
     t->n_out++;
     if (t->then && t->n_out == t->at_out) {
         char err[160];
-        CHECK(dmn_runner_submit(t->r, &t->then->seq, err, sizeof(err)) == 0);
+        CHECK(eng_runner_submit(t->r, &t->then->seq, err, sizeof(err)) == 0);
     }
     if (t->stop) {
-        CHECK(dmn_runner_cancel(t->r, s) == 0); /* between steps nothing holds it */
+        CHECK(eng_runner_cancel(t->r, s) == 0); /* between steps nothing holds it */
         t->done = true;
         t->done_order = ++g_order;
     } else if (t->forever || t->n_out < t->n_gen) {
-        dmn_runner_feed(t->r, s, best);
-    } else if (!dmn_runner_finish(t->r, s, best)) {
+        eng_runner_feed(t->r, s, best);
+    } else if (!eng_runner_finish(t->r, s, best)) {
         t->done = true;
         t->done_order = ++g_order;
     }
 }
 
-static void setup(t_seq_t *t, dmn_runner_t *r, int k, int n_gen, int vocab, size_t state_bytes,
+static void setup(t_seq_t *t, eng_runner_t *r, int k, int n_gen, int vocab, size_t state_bytes,
                   bool commit)
 {
     memset(t, 0, sizeof(*t));
@@ -88,16 +88,16 @@ static void teardown(t_seq_t *t)
     free(t->state);
 }
 
-static void run(uv_loop_t *loop, dmn_runner_t *r, t_seq_t *ts, int n)
+static void run(uv_loop_t *loop, eng_runner_t *r, t_seq_t *ts, int n)
 {
     char err[160];
     for (int i = 0; i < n; i++)
-        CHECK(dmn_runner_submit(r, &ts[i].seq, err, sizeof(err)) == 0);
+        CHECK(eng_runner_submit(r, &ts[i].seq, err, sizeof(err)) == 0);
     uv_run(loop, UV_RUN_DEFAULT);
     for (int i = 0; i < n; i++)
         CHECK_MSG(ts[i].done && !ts[i].failed, "seq %d: done %d rc %d %s", i, ts[i].done,
                   ts[i].fail_rc, ts[i].seq.msg);
-    CHECK(dmn_runner_held(r) == 0);
+    CHECK(eng_runner_held(r) == 0);
 }
 
 typedef struct fixture {
@@ -134,7 +134,8 @@ static bool fx_open(fixture_t *f, int n_slots, int max_step_tokens)
 
 static void fx_close(fixture_t *f)
 {
-    uv_loop_close(&f->loop);
+    uv_run(&f->loop, UV_RUN_NOWAIT); /* the runner's wake-up handle is freed when it closes */
+    CHECK(uv_loop_close(&f->loop) == 0);
     wrk_backend_destroy(f->be);
     wrk_model_free(f->m);
 }
@@ -156,8 +157,8 @@ static void test_batched_equals_alone(void)
     if (!fx_open(&f, 3, 16)) return;
     int V = f.mi->vocab_size;
     size_t SB = f.mi->state_bytes;
-    dmn_runner_t *r = NULL;
-    CHECK(dmn_runner_create(&f.loop, f.be, 16, &r) == 0);
+    eng_runner_t *r = NULL;
+    CHECK(eng_runner_create(&f.loop, f.be, 16, &r) == 0);
     t_seq_t alone[N_SEQ], together[N_SEQ];
     for (int k = 0; k < N_SEQ; k++) {
         setup(&alone[k], r, k, N_GEN, V, SB, true);
@@ -186,9 +187,9 @@ static void test_batched_equals_alone(void)
     /* The state committed in a batch is the one committed alone (to rounding: batched
      * prefill chunks differ from the ones run alone). */
     CHECK(state_close(together[2].state, alone[2].state, SB));
-    dmn_runner_stats_t st;
-    dmn_runner_stats(r, &st);
-    CHECK(st.planned_ahead > 0); /* plans were made while the worker ran */
+    eng_runner_stats_t st;
+    eng_runner_stats(r, &st);
+    CHECK(st.planned_ahead > 0); /* plans were made while the device ran */
     CHECK(st.sched.completed == 2 * N_SEQ + 2);
     CHECK(st.sched.loads == 1 && st.loads == 1);
     CHECK(st.sched.preemptions == 0);
@@ -198,7 +199,7 @@ static void test_batched_equals_alone(void)
     }
     teardown(&again);
     teardown(&cont);
-    dmn_runner_destroy(r);
+    eng_runner_destroy(r);
     fx_close(&f);
 }
 
@@ -211,13 +212,13 @@ static void preempt_case(bool pipelined)
     if (!fx_open(&f, 1, 16)) return;
     int V = f.mi->vocab_size;
     size_t SB = f.mi->state_bytes;
-    dmn_runner_config_t c;
-    dmn_runner_config_default(&c, f.be, 8);
+    eng_runner_config_t c;
+    eng_runner_config_default(&c, f.be, 8);
     c.min_run_steps = 2;
     c.max_inflight = pipelined ? 2 : 1;
-    dmn_runner_t *r = NULL;
+    eng_runner_t *r = NULL;
     char err[160];
-    CHECK(dmn_runner_create_cfg(&f.loop, f.be, &c, &r, err, sizeof(err)) == 0);
+    CHECK(eng_runner_create_cfg(&f.loop, f.be, &c, &r, err, sizeof(err)) == 0);
     t_seq_t low_alone, high_alone, low, high;
     setup(&low_alone, r, 3, 40, V, SB, true);
     run(&f.loop, r, &low_alone, 1);
@@ -240,14 +241,14 @@ static void preempt_case(bool pipelined)
     CHECK(memcmp(high.out, high_alone.out, sizeof(int32_t) * 8) == 0);
     CHECK(memcmp(low.state, low_alone.state, SB) == 0);
     CHECK(memcmp(high.state, high_alone.state, SB) == 0);
-    dmn_runner_stats_t st;
-    dmn_runner_stats(r, &st);
+    eng_runner_stats_t st;
+    eng_runner_stats(r, &st);
     CHECK(st.swap_outs == 1 && st.swap_ins == 1 && st.sched.preemptions == 1);
     teardown(&low_alone);
     teardown(&high_alone);
     teardown(&low);
     teardown(&high);
-    dmn_runner_destroy(r);
+    eng_runner_destroy(r);
     fx_close(&f);
 }
 
@@ -258,10 +259,10 @@ static void test_preempt_resumes_exactly(void)
 }
 
 /* A commit buffer for a variable-size state of n positions. */
-static void kv_commit_buf(t_seq_t *t, dmn_runner_t *r, uint64_t n)
+static void kv_commit_buf(t_seq_t *t, eng_runner_t *r, uint64_t n)
 {
     free(t->state);
-    t->seq.state_cap = dmn_runner_state_bound(r, n);
+    t->seq.state_cap = eng_runner_state_bound(r, n);
     t->state = calloc(1, t->seq.state_cap);
     t->seq.state_out = t->state;
 }
@@ -278,17 +279,18 @@ static void test_kv_model(void)
     int V = f.mi->vocab_size;
     size_t SB = f.mi->state_bytes, KV = f.mi->kv_bytes_per_token;
     CHECK(f.mi->n_kv_layers > 0 && KV > 0);
-    dmn_runner_config_t c;
-    dmn_runner_config_default(&c, f.be, 8);
+    eng_runner_config_t c;
+    eng_runner_config_default(&c, f.be, 8);
     c.min_run_steps = 2;
-    dmn_runner_t *r = NULL;
+    c.kv_blocks = 64; /* the fixture's pool */
+    c.kv_block_tokens = 4;
+    eng_runner_t *r = NULL;
     char err[160];
-    CHECK(dmn_runner_create_cfg(&f.loop, f.be, &c, &r, err, sizeof(err)) == 0);
-    dmn_runner_set_kv_pool(r, 64, 4); /* the fixture's pool */
-    dmn_runner_stats_t st;
-    dmn_runner_stats(r, &st);
+    CHECK(eng_runner_create_cfg(&f.loop, f.be, &c, &r, err, sizeof(err)) == 0);
+    eng_runner_stats_t st;
+    eng_runner_stats(r, &st);
     CHECK(st.host_bytes == 0); /* KV models: host buffers are sized at swap-out */
-    CHECK(dmn_runner_state_bound(r, 10) == SB + 10 * KV);
+    CHECK(eng_runner_state_bound(r, 10) == SB + 10 * KV);
     t_seq_t low_alone, high_alone, low, high;
     setup(&low_alone, r, 3, 40, V, SB, true);
     kv_commit_buf(&low_alone, r, 24 + 40);
@@ -316,7 +318,7 @@ static void test_kv_model(void)
     CHECK(memcmp(low.state, low_alone.state, low.seq.state_len) == 0);
     CHECK(high.seq.state_len == high_alone.seq.state_len);
     CHECK(memcmp(high.state, high_alone.state, high.seq.state_len) == 0);
-    dmn_runner_stats(r, &st);
+    eng_runner_stats(r, &st);
     CHECK(st.swap_outs == 1 && st.swap_ins == 1);
     CHECK(st.host_bytes == 0); /* freed at swap-in */
 
@@ -342,14 +344,14 @@ static void test_kv_model(void)
     t_seq_t big, b2;
     setup(&big, r, 1, 4, V, SB, false);
     big.seq.kv_positions = 257;
-    CHECK(dmn_runner_submit(r, &big.seq, err, sizeof(err)) == RCD_ETOOBIG);
-    CHECK(dmn_runner_check_positions(r, 257, err, sizeof(err)) == RCD_ETOOBIG &&
+    CHECK(eng_runner_submit(r, &big.seq, err, sizeof(err)) == RCD_ETOOBIG);
+    CHECK(eng_runner_check_positions(r, 257, err, sizeof(err)) == RCD_ETOOBIG &&
           strstr(err, "--kv-blocks"));
     big.seq.kv_positions = 200; /* 50 blocks */
     setup(&b2, r, 2, 4, V, SB, false);
     b2.seq.kv_positions = 60; /* 15 more: 65 > 64 */
-    CHECK(dmn_runner_submit(r, &big.seq, err, sizeof(err)) == 0);
-    CHECK(dmn_runner_submit(r, &b2.seq, err, sizeof(err)) == RCD_ETOOBIG && strstr(err, "busy"));
+    CHECK(eng_runner_submit(r, &big.seq, err, sizeof(err)) == 0);
+    CHECK(eng_runner_submit(r, &b2.seq, err, sizeof(err)) == RCD_ETOOBIG && strstr(err, "busy"));
     uv_run(&f.loop, UV_RUN_DEFAULT);
     CHECK(big.done && !big.failed);
     run(&f.loop, r, &b2, 1); /* the blocks came back */
@@ -359,10 +361,10 @@ static void test_kv_model(void)
     /* a commit buffer of state_bytes cannot hold a KV state: the sequence fails, nothing more */
     t_seq_t small;
     setup(&small, r, 1, 4, V, SB, true);
-    CHECK(dmn_runner_submit(r, &small.seq, err, sizeof(err)) == 0);
+    CHECK(eng_runner_submit(r, &small.seq, err, sizeof(err)) == 0);
     uv_run(&f.loop, UV_RUN_DEFAULT);
     CHECK(small.done && small.failed && small.fail_rc != 0);
-    CHECK(dmn_runner_held(r) == 0);
+    CHECK(eng_runner_held(r) == 0);
     teardown(&low_alone);
     teardown(&high_alone);
     teardown(&low);
@@ -370,20 +372,20 @@ static void test_kv_model(void)
     teardown(&again);
     teardown(&cont);
     teardown(&small);
-    dmn_runner_destroy(r);
+    eng_runner_destroy(r);
     fx_close(&f);
 }
 
 /* Refusals at submit (queue full, deadline already passed, bad priority), a deadline that
- * passes while queued (DMN_SEQ_FAILED with RCD_EDEADLINE), cancelling a queued sequence. */
+ * passes while queued (ENG_SEQ_FAILED with RCD_EDEADLINE), cancelling a queued sequence. */
 static void test_refusals(void)
 {
     fixture_t f;
     if (!fx_open(&f, 1, 16)) return;
     int V = f.mi->vocab_size;
     size_t SB = f.mi->state_bytes;
-    dmn_runner_t *r = NULL;
-    CHECK(dmn_runner_create(&f.loop, f.be, 2, &r) == 0); /* 1 running + 1 waiting */
+    eng_runner_t *r = NULL;
+    CHECK(eng_runner_create(&f.loop, f.be, 2, &r) == 0); /* 1 running + 1 waiting */
     char err[160] = "";
     t_seq_t a, b, c, d, e;
     setup(&a, r, 1, 1 << 20, V, SB, false);
@@ -392,23 +394,23 @@ static void test_refusals(void)
     setup(&c, r, 3, 4, V, SB, false);
     setup(&d, r, 0, 4, V, SB, false);
     setup(&e, r, 0, 4, V, SB, false);
-    CHECK(dmn_runner_submit(r, &a.seq, err, sizeof(err)) == 0);
-    CHECK(dmn_runner_submit(r, &b.seq, err, sizeof(err)) == 0);
-    CHECK(dmn_runner_submit(r, &c.seq, err, sizeof(err)) == RCD_ETOOBIG);
+    CHECK(eng_runner_submit(r, &a.seq, err, sizeof(err)) == 0);
+    CHECK(eng_runner_submit(r, &b.seq, err, sizeof(err)) == 0);
+    CHECK(eng_runner_submit(r, &c.seq, err, sizeof(err)) == RCD_ETOOBIG);
     CHECK_MSG(strstr(err, "queue is full") != NULL, "%s", err);
-    CHECK(dmn_runner_cancel(r, &b.seq) == 0); /* queued: forgotten at once */
+    CHECK(eng_runner_cancel(r, &b.seq) == 0); /* queued: forgotten at once */
     d.seq.deadline_ns = uv_hrtime() - 1;
-    CHECK(dmn_runner_submit(r, &d.seq, err, sizeof(err)) == RCD_EDEADLINE);
+    CHECK(eng_runner_submit(r, &d.seq, err, sizeof(err)) == RCD_EDEADLINE);
     CHECK_MSG(strstr(err, "deadline") != NULL, "%s", err);
     d.seq.deadline_ns = 0;
-    d.seq.priority = DMN_RUNNER_PRIORITIES;
-    CHECK(dmn_runner_submit(r, &d.seq, err, sizeof(err)) == RCD_EINVAL);
-    CHECK(dmn_runner_held(r) == 1);
+    d.seq.priority = ENG_RUNNER_PRIORITIES;
+    CHECK(eng_runner_submit(r, &d.seq, err, sizeof(err)) == RCD_EINVAL);
+    CHECK(eng_runner_held(r) == 1);
     while (a.n_out < 1) /* a holds the slot */
         uv_run(&f.loop, UV_RUN_ONCE);
     /* e waits behind a (same priority, aging 5 s) until its deadline passes */
     e.seq.deadline_ns = uv_hrtime() + 50 * 1000000ull;
-    CHECK(dmn_runner_submit(r, &e.seq, err, sizeof(err)) == 0);
+    CHECK(eng_runner_submit(r, &e.seq, err, sizeof(err)) == 0);
     while (!e.done)
         uv_run(&f.loop, UV_RUN_ONCE);
     CHECK(e.failed && e.fail_rc == RCD_EDEADLINE && e.n_out == 0);
@@ -417,16 +419,16 @@ static void test_refusals(void)
     a.stop = true;
     uv_run(&f.loop, UV_RUN_DEFAULT);
     CHECK(a.done && !b.done && !c.done);
-    CHECK(dmn_runner_held(r) == 0);
-    dmn_runner_stats_t st;
-    dmn_runner_stats(r, &st);
+    CHECK(eng_runner_held(r) == 0);
+    eng_runner_stats_t st;
+    eng_runner_stats(r, &st);
     CHECK(st.sched.expired == 1 && st.sched.cancelled == 2 && st.sched.rejected == 3);
     teardown(&a);
     teardown(&b);
     teardown(&c);
     teardown(&d);
     teardown(&e);
-    dmn_runner_destroy(r);
+    eng_runner_destroy(r);
     fx_close(&f);
 }
 
@@ -438,8 +440,8 @@ static void test_stop_commits_like_length(void)
     if (!fx_open(&f, 2, 16)) return;
     int V = f.mi->vocab_size;
     size_t SB = f.mi->state_bytes;
-    dmn_runner_t *r = NULL;
-    CHECK(dmn_runner_create(&f.loop, f.be, 8, &r) == 0);
+    eng_runner_t *r = NULL;
+    CHECK(eng_runner_create(&f.loop, f.be, 8, &r) == 0);
     t_seq_t by_len, by_stop, other;
     setup(&by_len, r, 2, 6, V, SB, true);
     run(&f.loop, r, &by_len, 1);
@@ -455,17 +457,17 @@ static void test_stop_commits_like_length(void)
     CHECK(memcmp(both[1].out, by_len.out, sizeof(int32_t) * 6) == 0);
     CHECK(both[1].n_out == 6);
     CHECK(state_close(both[1].state, by_len.state, SB));
-    dmn_runner_stats_t st;
-    dmn_runner_stats(r, &st);
+    eng_runner_stats_t st;
+    eng_runner_stats(r, &st);
     CHECK(st.dropped > 0); /* the decode planned past the stop never ran */
     teardown(&by_len);
     teardown(&both[0]);
     teardown(&both[1]);
-    dmn_runner_destroy(r);
+    eng_runner_destroy(r);
     fx_close(&f);
 }
 
-/* Cancelling a sequence whose step the worker is running: 1, then DMN_SEQ_FAILED(CANCELLED)
+/* Cancelling a sequence whose step the device is running: 1, then ENG_SEQ_FAILED(CANCELLED)
  * after the step; the slot serves the next sequence. */
 static void test_cancel_in_step(void)
 {
@@ -473,22 +475,22 @@ static void test_cancel_in_step(void)
     if (!fx_open(&f, 1, 16)) return;
     int V = f.mi->vocab_size;
     size_t SB = f.mi->state_bytes;
-    dmn_runner_t *r = NULL;
-    CHECK(dmn_runner_create(&f.loop, f.be, 8, &r) == 0);
+    eng_runner_t *r = NULL;
+    CHECK(eng_runner_create(&f.loop, f.be, 8, &r) == 0);
     char err[160];
     t_seq_t x, y;
     setup(&x, r, 3, 6, V, SB, true);
     setup(&y, r, 1, 4, V, SB, false);
-    CHECK(dmn_runner_submit(r, &x.seq, err, sizeof(err)) == 0); /* idle worker: runs at once */
-    CHECK(dmn_runner_cancel(r, &x.seq) == 1);
-    CHECK(dmn_runner_submit(r, &y.seq, err, sizeof(err)) == 0);
+    CHECK(eng_runner_submit(r, &x.seq, err, sizeof(err)) == 0); /* idle device: runs at once */
+    CHECK(eng_runner_cancel(r, &x.seq) == 1);
+    CHECK(eng_runner_submit(r, &y.seq, err, sizeof(err)) == 0);
     uv_run(&f.loop, UV_RUN_DEFAULT);
     CHECK(x.done && x.failed && x.fail_rc == RCD_ECANCELLED && x.n_out == 0);
     CHECK(y.done && !y.failed && y.n_out == 4);
-    CHECK(dmn_runner_held(r) == 0);
+    CHECK(eng_runner_held(r) == 0);
     teardown(&x);
     teardown(&y);
-    dmn_runner_destroy(r);
+    eng_runner_destroy(r);
     fx_close(&f);
 }
 
@@ -501,8 +503,8 @@ static void test_prefix_snapshots(void)
     if (!fx_open(&f, 2, 16)) return;
     int V = f.mi->vocab_size;
     size_t SB = f.mi->state_bytes;
-    dmn_runner_t *r = NULL;
-    CHECK(dmn_runner_create(&f.loop, f.be, 16, &r) == 0);
+    eng_runner_t *r = NULL;
+    CHECK(eng_runner_create(&f.loop, f.be, 16, &r) == 0);
     t_seq_t a[2];
     setup(&a[0], r, 5, N_GEN, V, SB, false); /* 38 prompt tokens: several 16-token chunks */
     setup(&a[1], r, 3, N_GEN, V, SB, false);
@@ -542,7 +544,7 @@ static void test_prefix_snapshots(void)
         free(snap[j]);
     teardown(&a[0]);
     teardown(&a[1]);
-    dmn_runner_destroy(r);
+    eng_runner_destroy(r);
     fx_close(&f);
 }
 
@@ -557,9 +559,13 @@ static void test_kv_prefix_snapshots(void)
     if (!fx_open_model(&f, "tests/golden/granite/mha_moe8", 2, 16)) return;
     int V = f.mi->vocab_size;
     size_t SB = f.mi->state_bytes, KV = f.mi->kv_bytes_per_token;
-    dmn_runner_t *r = NULL;
-    CHECK(dmn_runner_create(&f.loop, f.be, 16, &r) == 0);
-    dmn_runner_set_kv_pool(r, 64, 4);
+    eng_runner_config_t cfg;
+    eng_runner_config_default(&cfg, f.be, 16);
+    cfg.kv_blocks = 64; /* the fixture's pool */
+    cfg.kv_block_tokens = 4;
+    eng_runner_t *r = NULL;
+    char err[160];
+    CHECK(eng_runner_create_cfg(&f.loop, f.be, &cfg, &r, err, sizeof(err)) == 0);
     t_seq_t a[2];
     setup(&a[0], r, 5, N_GEN, V, SB, false); /* 38 prompt tokens */
     setup(&a[1], r, 3, N_GEN, V, SB, false);
@@ -582,8 +588,8 @@ static void test_kv_prefix_snapshots(void)
         memcpy(&pos, (char *)snap[j] + SB - sizeof(pos), sizeof(pos)); /* kv.n_tokens, last */
         CHECK(pos == (uint64_t)at[j]);
     }
-    dmn_runner_stats_t st;
-    dmn_runner_stats(r, &st);
+    eng_runner_stats_t st;
+    eng_runner_stats(r, &st);
     CHECK(st.kv_total_blocks == 64 && st.kv_free_blocks == 64);
     for (int j = 0; j < ns; j++) {
         t_seq_t c;
@@ -596,7 +602,7 @@ static void test_kv_prefix_snapshots(void)
         c.seq.kv_positions = (uint64_t)a[0].seq.n_prompt + N_GEN;
         run(&f.loop, r, &c, 1);
         CHECK_MSG(memcmp(c.out, a[0].out, sizeof(int32_t) * N_GEN) == 0, "snapshot at %d", at[j]);
-        dmn_runner_stats(r, &st);
+        eng_runner_stats(r, &st);
         CHECK_MSG(st.kv_free_blocks == 64, "free blocks %lld", (long long)st.kv_free_blocks);
         teardown(&c);
     }
@@ -624,7 +630,7 @@ static void test_kv_prefix_snapshots(void)
     c.stop = true;
     run(&f.loop, r, &c, 1);
     CHECK(c.out[0] == a[0].out[0]);
-    dmn_runner_stats(r, &st);
+    eng_runner_stats(r, &st);
     CHECK_MSG(st.kv_free_blocks == 64, "free blocks %lld", (long long)st.kv_free_blocks);
     teardown(&b);
     teardown(&c);
@@ -632,7 +638,7 @@ static void test_kv_prefix_snapshots(void)
         free(snap[j]);
     teardown(&a[0]);
     teardown(&a[1]);
-    dmn_runner_destroy(r);
+    eng_runner_destroy(r);
     fx_close(&f);
 }
 
@@ -658,12 +664,12 @@ static void step_failure_case(bool pipelined)
     if (!fx_open(&f, 2, 16)) return;
     int V = f.mi->vocab_size;
     size_t SB = f.mi->state_bytes;
-    dmn_runner_config_t c;
-    dmn_runner_config_default(&c, f.be, 16);
+    eng_runner_config_t c;
+    eng_runner_config_default(&c, f.be, 16);
     if (!pipelined) c.max_inflight = 1;
     char err[160];
-    dmn_runner_t *r = NULL;
-    CHECK(dmn_runner_create_cfg(&f.loop, f.be, &c, &r, err, sizeof(err)) == 0);
+    eng_runner_t *r = NULL;
+    CHECK(eng_runner_create_cfg(&f.loop, f.be, &c, &r, err, sizeof(err)) == 0);
     t_seq_t ref[3];
     for (int k = 0; k < 3; k++) {
         setup(&ref[k], r, k, N_GEN, V, SB, false);
@@ -678,7 +684,7 @@ static void step_failure_case(bool pipelined)
     atomic_store(&g_fail_in, 3); /* mid-stream: prefills done, decodes running */
     for (int k = 0; k < 3; k++) {
         setup(&hit[k], r, k, N_GEN, V, SB, false);
-        CHECK(dmn_runner_submit(r, &hit[k].seq, err, sizeof(err)) == 0);
+        CHECK(eng_runner_submit(r, &hit[k].seq, err, sizeof(err)) == 0);
     }
     uv_run(&f.loop, UV_RUN_DEFAULT);
     int n_failed = 0;
@@ -689,7 +695,7 @@ static void step_failure_case(bool pipelined)
             CHECK_MSG(memcmp(hit[k].out, ref[k].out, sizeof(int32_t) * N_GEN) == 0, "seq %d", k);
     }
     CHECK(n_failed >= 1);
-    CHECK(dmn_runner_held(r) == 0);
+    CHECK(eng_runner_held(r) == 0);
     /* after it: alone and together, exactly as before */
     t_seq_t after[3];
     setup(&after[0], r, 0, N_GEN, V, SB, false);
@@ -708,7 +714,7 @@ static void step_failure_case(bool pipelined)
         teardown(&hit[k]);
         teardown(&after[k]);
     }
-    dmn_runner_destroy(r);
+    eng_runner_destroy(r);
     fx_close(&f);
 }
 
@@ -718,8 +724,89 @@ static void test_step_failure_is_contained(void)
     step_failure_case(true);
 }
 
+/* Steps run on the runner's own device thread, not on libuv's shared pool: with every pool
+ * thread blocked (as by large Tokenize calls or checkpoint I/O), sequences still run to the end
+ * with their solo tokens. (Steps on the pool would wait for the gate: the timer fails it.) */
+#define POOL_THREADS 2
+static uv_sem_t g_gate;
+static bool g_gate_open;
+
+static void pool_block(uv_work_t *w)
+{
+    (void)w;
+    uv_sem_wait(&g_gate);
+}
+
+static void pool_after(uv_work_t *w, int status)
+{
+    (void)w;
+    (void)status;
+}
+
+static void open_gate(void)
+{
+    if (g_gate_open) return;
+    g_gate_open = true;
+    for (int i = 0; i < POOL_THREADS; i++)
+        uv_sem_post(&g_gate);
+}
+
+static void on_gate_timeout(uv_timer_t *t)
+{
+    CHECK_MSG(0, "the runner did not finish while the pool was blocked");
+    open_gate();
+}
+
+static void test_steps_beside_a_blocked_pool(void)
+{
+    fixture_t f;
+    if (!fx_open(&f, 2, 16)) return;
+    int V = f.mi->vocab_size;
+    size_t SB = f.mi->state_bytes;
+    eng_runner_t *r = NULL;
+    CHECK(eng_runner_create(&f.loop, f.be, 8, &r) == 0);
+    t_seq_t ref[2], blocked[2];
+    for (int k = 0; k < 2; k++) {
+        setup(&ref[k], r, k + 1, N_GEN, V, SB, false);
+        run(&f.loop, r, &ref[k], 1);
+    }
+    CHECK(uv_sem_init(&g_gate, 0) == 0);
+    g_gate_open = false;
+    uv_work_t jobs[POOL_THREADS];
+    for (int i = 0; i < POOL_THREADS; i++)
+        CHECK(uv_queue_work(&f.loop, &jobs[i], pool_block, pool_after) == 0);
+    uv_timer_t timer;
+    uv_timer_init(&f.loop, &timer);
+    uv_timer_start(&timer, on_gate_timeout, 60000, 0);
+    char err[160];
+    for (int k = 0; k < 2; k++) {
+        setup(&blocked[k], r, k + 1, N_GEN, V, SB, false);
+        CHECK(eng_runner_submit(r, &blocked[k].seq, err, sizeof(err)) == 0);
+    }
+    while (!(blocked[0].done && blocked[1].done) && !g_gate_open)
+        uv_run(&f.loop, UV_RUN_ONCE);
+    CHECK(!g_gate_open); /* finished with the pool still blocked */
+    open_gate();
+    uv_close((uv_handle_t *)&timer, NULL);
+    uv_run(&f.loop, UV_RUN_DEFAULT);
+    for (int k = 0; k < 2; k++)
+        CHECK_MSG(blocked[k].done && !blocked[k].failed &&
+                      memcmp(blocked[k].out, ref[k].out, sizeof(int32_t) * N_GEN) == 0,
+                  "seq %d", k);
+    CHECK(eng_runner_held(r) == 0);
+    for (int k = 0; k < 2; k++) {
+        teardown(&ref[k]);
+        teardown(&blocked[k]);
+    }
+    uv_sem_destroy(&g_gate);
+    eng_runner_destroy(r);
+    fx_close(&f);
+}
+
 int main(void)
 {
+    /* before the pool's first use: test_steps_beside_a_blocked_pool blocks all of it */
+    setenv("UV_THREADPOOL_SIZE", "2", 1);
     RUN(test_batched_equals_alone);
     RUN(test_preempt_resumes_exactly);
     RUN(test_kv_model);
@@ -729,5 +816,6 @@ int main(void)
     RUN(test_prefix_snapshots);
     RUN(test_kv_prefix_snapshots);
     RUN(test_step_failure_is_contained);
+    RUN(test_steps_beside_a_blocked_pool);
     return rcd_test_summary();
 }

@@ -1,0 +1,167 @@
+/* engine: the runner drives scheduler/ (sched_step) on the loop thread and runs its plans on
+ * the backend's device thread: slot moves (swap out/in to a host buffer, load, reset), one
+ * ragged wrk_step, commit reads. It knows no RPC: sampling stays with the caller (the daemon's
+ * dmn_generate.c) through callbacks. Every call below is made on the loop thread. */
+#ifndef ENG_RUNNER_H
+#define ENG_RUNNER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "scheduler/sched.h"
+#include "workers/wrk.h"
+
+typedef struct eng_runner eng_runner_t;
+typedef struct eng_seq eng_seq_t;
+typedef struct eng__req eng__req_t;
+
+typedef enum eng_seq_ev {
+    ENG_SEQ_LOGITS,  /* logits of the last fed token are in seq->logits: call _feed, _finish or
+                      * _cancel before returning */
+    ENG_SEQ_STARTED, /* the sequence's first step was handed to the device (queue timing) */
+    ENG_SEQ_DONE,    /* terminal: the commit feed ran and state_out holds the final state */
+    ENG_SEQ_FAILED,  /* terminal: seq->rc and seq->msg say why (RCD_ECANCELLED after a _cancel
+                      * that returned 1; RCD_EDEADLINE when the deadline passed while queued or
+                      * preempted; a failed step's code) */
+} eng_seq_ev_t;
+
+typedef void (*eng_seq_cb)(eng_seq_t *s, eng_seq_ev_t ev);
+
+/* Logs: a level, an event name and a message (the daemon adds its ids and formatting). */
+typedef enum eng_level { ENG_DEBUG, ENG_INFO, ENG_WARN, ENG_ERROR } eng_level_t;
+typedef void (*eng_log_cb)(void *user, eng_level_t lvl, const char *event, const char *msg);
+
+#define ENG_SEQ_SNAPS 8 /* prefix snapshots one sequence may take */
+
+/* Filled by the caller before eng_runner_submit. The seq and the buffers it points to must
+ * live until a terminal event, or until a _finish / _cancel that returned 0. */
+struct eng_seq {
+    const int32_t *prompt; /* copied at submit; >= 1 token */
+    int32_t n_prompt;
+    int32_t max_new;        /* tokens the caller may sample, >= 1 (it calls _finish at the
+                             * latest on the max_new-th) */
+    const void *init_state; /* borrowed until a terminal event; NULL: the zero state */
+    size_t init_len;        /* bytes of init_state; 0: state_bytes (a fixed-size model) */
+    void *state_out;        /* caller-owned, state_cap bytes; non-NULL: the turn commits (the
+                             * last sampled token is fed and the state after it copied here) */
+    size_t state_cap;       /* bytes of state_out; 0: state_bytes. Models with a KV cache
+                             * (variable-size state): at least eng_runner_state_bound() */
+    uint64_t kv_positions;  /* KV models: positions the turn may reach (session + prompt +
+                             * max_new); 0: n_prompt + max_new */
+    float *logits;          /* caller-owned, vocab floats */
+    /* Prefix snapshots: the state after the first snap_at[j] prompt tokens (ascending, in
+     * [1, n_prompt - 1]) is read into snap_out[j] (caller-owned, snap_cap[j] bytes; 0:
+     * state_bytes) on the device thread, its length into snap_len[j]: a prefill chunk that spans
+     * snap_at[j] runs as two steps, split there. All are taken before the first
+     * ENG_SEQ_LOGITS. Models with a KV cache: the state holds every position the slot has
+     * (init_state's and the prompt's up to snap_at[j]), and a buffer too small for it fails
+     * the sequence. */
+    int32_t n_snaps; /* 0..ENG_SEQ_SNAPS */
+    int32_t snap_at[ENG_SEQ_SNAPS];
+    void *snap_out[ENG_SEQ_SNAPS];
+    size_t snap_cap[ENG_SEQ_SNAPS];
+    int32_t priority;     /* 0..ENG_RUNNER_PRIORITIES-1, higher first (and may preempt) */
+    uint64_t tenant;      /* per-tenant share among equal priorities */
+    uint64_t deadline_ns; /* uv_hrtime() clock, 0 = none: refused if it passes while queued */
+    eng_seq_cb cb;
+    void *user;
+    /* set by the runner */
+    int rc;                         /* for ENG_SEQ_FAILED */
+    char msg[112];                  /* for ENG_SEQ_FAILED */
+    int32_t n_preemptions;          /* times swapped out to host memory so far */
+    size_t state_len;               /* for ENG_SEQ_DONE: bytes of the state in state_out */
+    int32_t n_snapped;              /* prefix snapshots taken (the first n_snapped of snap_at) */
+    size_t snap_len[ENG_SEQ_SNAPS]; /* bytes read into snap_out[j], j < n_snapped */
+    eng__req_t *req;                /* private */
+};
+
+#define ENG_RUNNER_PRIORITIES 4
+
+typedef struct eng_runner_config {
+    int max_queue;      /* sequences held (waiting + running), as --max-queue */
+    int n_host_slots;   /* host buffers for preempted states; 0: never preempt */
+    int64_t aging_ms;   /* waiting this long raises a sequence's priority by one */
+    int min_run_steps;  /* steps a sequence runs before it may be preempted */
+    int max_inflight;   /* 2: plan step N+1 while step N runs; 1: lockstep */
+    bool tenant_fair;   /* equal priorities: the tenant holding fewer slots first */
+    int stats_every_ms; /* scheduler metrics logged at debug this often (0: never) */
+    int prefill_chunk;  /* prefill tokens one sequence gets per step before the others get
+                         * theirs (leftover budget is shared afterwards); -1: half the step
+                         * budget; 0: no chunking, a prompt's prefill runs whole in one step
+                         * (the backend's step budget must hold max_prompt + slots - 1) */
+    int max_prompt;     /* prompt tokens, at most (needed by prefill_chunk 0; 0: no limit) */
+    /* Models with a KV cache: the backend's KV pool, n_kv_blocks of kv_block_tokens positions
+     * (the values eng_backend_opts_fill put in its options; 0: unknown, no admission). Submit
+     * then reserves ceil(eng_seq.kv_positions / kv_block_tokens) blocks per held turn and
+     * refuses (RCD_ETOOBIG, "server busy") a turn the unreserved blocks cannot hold, so a step
+     * never runs out of blocks. */
+    int64_t kv_blocks, kv_block_tokens;
+    eng_log_cb log; /* where the engine's logs go; NULL: info and above to stderr */
+    void *log_user;
+} eng_runner_config_t;
+
+/* What the engine decides in the backend's options, before the backend is created from them:
+ * with prefill_chunk 0 the step budget holds a whole prompt and the other slots' decodes
+ * (max_prompt + n_slots - 1); a model with a KV cache gets its pool's defaults where they are
+ * unset (kv_block_tokens 16, n_kv_blocks 2048 positions per slot; needs n_slots set). Give the
+ * runner the same pool (eng_runner_config_t.kv_blocks / kv_block_tokens). */
+void eng_backend_opts_fill(wrk_backend_opts_t *bo, const wrk_model_info_t *mi, int prefill_chunk,
+                           int max_prompt);
+
+/* Defaults: n_host_slots = backend slots, aging 5 s, min_run_steps 8, max_inflight 2,
+ * tenant_fair, stats every 10 s, prefill_chunk -1, max_prompt 0, no KV pool, logs to stderr. */
+void eng_runner_config_default(eng_runner_config_t *c, const wrk_backend_t *be, int max_queue);
+/* Starts the backend's device thread (one per runner; every wrk_step and state move of `be`
+ * runs on it from now on) and a wake-up handle on `loop`, which keeps the loop alive only
+ * while a plan runs. */
+int eng_runner_create_cfg(uv_loop_t *loop, wrk_backend_t *be, const eng_runner_config_t *cfg,
+                          eng_runner_t **out, char *err, size_t errlen);
+/* eng_runner_create_cfg with the defaults. */
+int eng_runner_create(uv_loop_t *loop, wrk_backend_t *be, int max_queue, eng_runner_t **out);
+/* Joins the device thread (after the plan it runs, if any: its results are dropped, no event
+ * follows) and closes the wake-up handle: call it before uv_loop_close, and let the loop turn
+ * once more (uv_run) so the handle's close callback frees it. NULL-safe. */
+void eng_runner_destroy(eng_runner_t *r);
+
+/* Hands a sequence to the scheduler. Returns 0 (events follow), or a negative code with a
+ * message in err when the scheduler refuses it at once: RCD_ETOOBIG (queue full, over a
+ * limit), RCD_EDEADLINE (deadline already passed), RCD_EINVAL; then no event follows. */
+int eng_runner_submit(eng_runner_t *r, eng_seq_t *s, char *err, size_t errlen);
+/* In ENG_SEQ_LOGITS: feed the sampled token; its logits come with a later event. */
+void eng_runner_feed(eng_runner_t *r, eng_seq_t *s, int32_t token);
+/* In ENG_SEQ_LOGITS: generation ends with `last` (the token just sampled, >= 0). With
+ * state_out, `last` is fed, ENG_SEQ_DONE follows and 1 is returned. Without, the runner
+ * forgets the seq at once, no event follows, and 0 is returned. */
+int eng_runner_finish(eng_runner_t *r, eng_seq_t *s, int32_t last);
+/* Ends a sequence wherever it is. Returns 0 if the runner forgot it at once (no event follows),
+ * 1 if the device is using its buffers: ENG_SEQ_FAILED with RCD_ECANCELLED follows. */
+int eng_runner_cancel(eng_runner_t *r, eng_seq_t *s);
+
+int eng_runner_held(const eng_runner_t *r); /* sequences the runner holds */
+
+/* Bytes of the state of a sequence holding n_positions positions: state_bytes, plus
+ * n_positions * kv_bytes_per_token for a model with a KV cache (wrk_state_bytes). */
+size_t eng_runner_state_bound(const eng_runner_t *r, uint64_t n_positions);
+/* Models with a KV cache: refuses (RCD_ETOOBIG, a message naming the options) a turn whose
+ * session, prompt and max tokens need more positions than the pool; 0 otherwise. */
+int eng_runner_check_positions(const eng_runner_t *r, uint64_t n_positions, char *err,
+                               size_t errlen);
+
+typedef struct eng_runner_stats {
+    sched_stats_t sched;
+    uint64_t steps_run;     /* device steps (a plan whose entries all dropped runs none) */
+    uint64_t planned_ahead; /* plans issued while the device was busy (pipelining) */
+    uint64_t dropped;       /* plan entries dropped at submission (ended or stopped) */
+    uint64_t swap_outs, swap_ins, loads;
+    uint64_t host_bytes; /* bytes of host swap buffers allocated (grow with KV states) */
+    /* KV models: the backend's KV pool after the last device run (blocks of slots whose turn
+     * ended go back before the next step, or at once when the runner falls idle) */
+    int64_t kv_free_blocks, kv_total_blocks;
+    uint64_t worker_us; /* time the device thread spent running plans */
+    uint64_t gap_us;    /* device idle time between steps while work was ready */
+} eng_runner_stats_t;
+void eng_runner_stats(const eng_runner_t *r, eng_runner_stats_t *out);
+
+#endif
