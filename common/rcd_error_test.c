@@ -3,7 +3,7 @@
 #include <string.h>
 
 #include "common/rcd_error.h"
-#include "tests/rcd_test.h"
+#include "tests/support/rcd_test.h"
 
 static void test_table(void)
 {
@@ -31,8 +31,9 @@ static void test_table(void)
     CHECK(rcd_fail(RCD_EIO, NULL, 0, "x") == RCD_EIO);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    rcd_test_init(argc, argv);
     RUN(test_table);
     return rcd_test_summary();
 }

@@ -1,7 +1,7 @@
 /* Unit tests of the option table: defaults, precedence (flag > env > file > default),
  * value checking. */
 #include "daemon/dmn_opts.h"
-#include "tests/rcd_test.h"
+#include "tests/support/rcd_test.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -114,8 +114,9 @@ static void test_state_dir(void)
     dmn_opts_free(&o);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    rcd_test_init(argc, argv);
     RUN(test_defaults);
     RUN(test_state_dir);
     RUN(test_precedence);

@@ -4,7 +4,7 @@
  * high-priority arrival preempts a running sequence, which resumes from host memory with the
  * same tokens and the same final state bit for bit; refusals come back with their codes. */
 #include "daemon/dmn_runner.h"
-#include "tests/rcd_test.h"
+#include "tests/support/rcd_test.h"
 
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -718,8 +718,9 @@ static void test_step_failure_is_contained(void)
     step_failure_case(true);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    rcd_test_init(argc, argv);
     RUN(test_batched_equals_alone);
     RUN(test_preempt_resumes_exactly);
     RUN(test_kv_model);

@@ -2,7 +2,7 @@
  * truncation of a header is refused (never crashes), and the file operations detect torn,
  * padded, foreign and corrupt files. */
 #include "statestore/ckpt.h"
-#include "tests/rcd_test.h"
+#include "tests/support/rcd_test.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -225,8 +225,9 @@ static void test_files(void)
     CHECK(rmdir(dir) == 0); /* nothing left behind */
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    rcd_test_init(argc, argv);
     RUN(test_roundtrip_and_corruption);
     RUN(test_lying_fields);
     RUN(test_owner_ttl);

@@ -5,7 +5,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "tests/rcd_test.h"
+#include "tests/support/rcd_test.h"
 #include "workers/wrk.h"
 
 static char base[600];
@@ -107,8 +107,9 @@ static void test_refusals(void)
     CHECK(strstr(err, "/nonexistent/dir/config.json") != NULL);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    rcd_test_init(argc, argv);
     const char *g = getenv("RCD_GOLDEN_DIR");
     snprintf(base, sizeof base, "%s/mamba/tiny_bias_tied", g ? g : "tests/golden");
     RUN(test_refusals);

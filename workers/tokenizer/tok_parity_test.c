@@ -9,7 +9,7 @@
 #include <sys/stat.h>
 
 #include "common/rcd_error.h"
-#include "tests/rcd_test.h"
+#include "tests/support/rcd_test.h"
 #include "workers/tokenizer/tok.h"
 
 typedef struct {
@@ -360,8 +360,9 @@ static void test_parity(void)
     free(buf);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    rcd_test_init(argc, argv);
     RUN(test_parity);
     return rcd_test_summary();
 }

@@ -11,7 +11,7 @@
 #include <cjson/cJSON.h>
 
 #include "common/rcd_error.h"
-#include "tests/rcd_test.h"
+#include "tests/support/rcd_test.h"
 #include "workers/tokenizer/tok.h"
 
 static char golden[512];
@@ -560,8 +560,9 @@ static void test_threads(void)
     tok_free(t);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    rcd_test_init(argc, argv);
     const char *env = getenv("RCD_GOLDEN_DIR");
     snprintf(golden, sizeof(golden), "%s/tokenizer", env && *env ? env : "tests/golden");
     RUN(test_load_errors);
