@@ -20,9 +20,9 @@ static struct {
 static void usage(const char *prog)
 {
     fprintf(stderr,
-            "usage: %s               run every test case\n"
-            "       %s NAME...       run only these\n"
-            "       %s --list        print the case names\n"
+            "usage: %s                   run every test case\n"
+            "       %s NAME...           run only these\n"
+            "       %s --list            print the case names\n"
             "       %s --expect NAME...  check the cases are exactly these\n",
             prog, prog, prog, prog);
     exit(2);
