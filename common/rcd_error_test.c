@@ -4,7 +4,7 @@
 #include <string.h>
 
 #include "common/rcd_error.h"
-#include "tests/rcd_test.h"
+#include "tests/support/rcd_test.h"
 
 static void test_table(void)
 {
@@ -49,8 +49,9 @@ static void test_errno(void)
     CHECK(rcd_grpc_status(rcd_errno_code(EIO)) == 13);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    rcd_test_init(argc, argv);
     RUN(test_table);
     RUN(test_errno);
     return rcd_test_summary();

@@ -1,6 +1,6 @@
 /* The intrusive LRU list: order, touch, unlink at every position, membership. */
 #include "common/rcd_lru.h"
-#include "tests/rcd_test.h"
+#include "tests/support/rcd_test.h"
 
 typedef struct {
     int id;
@@ -49,8 +49,9 @@ static void test_lru(void)
     CHECK(order_is(&l, (int[]){2}, 1));
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    rcd_test_init(argc, argv);
     RUN(test_lru);
     return rcd_test_summary();
 }

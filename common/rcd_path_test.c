@@ -3,7 +3,7 @@
 
 #include "common/rcd_error.h"
 #include "common/rcd_path.h"
-#include "tests/rcd_test.h"
+#include "tests/support/rcd_test.h"
 
 static char buf[RCD_PATH_MAX + 64];
 
@@ -72,8 +72,9 @@ static void test_fmt(void)
     CHECK(rcd_path_fmt(buf, sizeof buf, "%s", big) == RCD_ERANGE && buf[0] == 0);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    rcd_test_init(argc, argv);
     RUN(test_join_parts);
     RUN(test_join_fit);
     RUN(test_fmt);

@@ -1,7 +1,7 @@
 /* Unit tests of the option table: defaults, precedence (flag > env > file > default),
  * value checking: types, ranges and choices from every source, and --help showing them. */
 #include "daemon/dmn_opts.h"
-#include "tests/rcd_test.h"
+#include "tests/support/rcd_test.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -245,8 +245,9 @@ static void test_help(void)
     CHECK(strstr(buf, "[env RECURD_THREADS, default \"0\"]") != NULL); /* nothing to add */
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    rcd_test_init(argc, argv);
     RUN(test_defaults);
     RUN(test_state_dir);
     RUN(test_precedence);

@@ -1,7 +1,7 @@
 /* Unit tests of the sampler: greedy, seeded reproducibility, top-k/top-p/min-p limits,
  * penalties, log-probabilities. */
 #include "daemon/dmn_sample.h"
-#include "tests/rcd_test.h"
+#include "tests/support/rcd_test.h"
 
 #include <math.h>
 #include <string.h>
@@ -136,8 +136,9 @@ static void test_logprobs(void)
     dmn_sampler_free(&s);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    rcd_test_init(argc, argv);
     RUN(test_greedy);
     RUN(test_greedy_edges);
     RUN(test_seeded);

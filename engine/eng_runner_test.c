@@ -4,7 +4,8 @@
  * high-priority arrival preempts a running sequence, which resumes from host memory with the
  * same tokens and the same final state bit for bit; refusals come back with their codes. */
 #include "engine/eng_runner.h"
-#include "tests/rcd_test.h"
+#include "daemon/dmn_runner.h"
+#include "tests/support/rcd_test.h"
 
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -803,8 +804,9 @@ static void test_steps_beside_a_blocked_pool(void)
     fx_close(&f);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    rcd_test_init(argc, argv);
     /* before the pool's first use: test_steps_beside_a_blocked_pool blocks all of it */
     setenv("UV_THREADPOOL_SIZE", "2", 1);
     RUN(test_batched_equals_alone);

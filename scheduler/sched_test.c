@@ -1,13 +1,12 @@
 /* scheduler unit tests: hand-built scenarios on a simulated clock. The randomized property
- * tests with a fake worker live in sched_sim.h and run from here too (one main for the
- * standalone build that compiles every scheduler .c file together). */
+ * tests with a fake worker are sched_sim_test.c. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "scheduler/sched.h"
-#include "tests/rcd_test.h"
+#include "tests/support/rcd_test.h"
 
-#include "scheduler/sched_sim.h"
+#include "tests/support/sched_sim.h"
 
 static char err[256];
 
@@ -850,8 +849,9 @@ static void test_abuse(void)
     CHECK(refused > 1000 && bad_calls > 1000);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    rcd_test_init(argc, argv);
     RUN(test_config);
     RUN(test_admission_control);
     RUN(test_chunked_prefill);
@@ -872,6 +872,5 @@ int main(void)
     RUN(test_commit);
     RUN(test_too_many_events);
     RUN(test_abuse);
-    sim_run_all();
     return rcd_test_summary();
 }

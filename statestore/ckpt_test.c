@@ -2,7 +2,7 @@
  * truncation of a header is refused (never crashes), and the file operations detect torn,
  * padded, foreign and corrupt files. */
 #include "statestore/ckpt.h"
-#include "tests/rcd_test.h"
+#include "tests/support/rcd_test.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -247,8 +247,9 @@ static void test_path_too_long(void)
     CHECK(ckpt_remove_session(dir, h.id, err, sizeof(err)) == RCD_ERANGE);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    rcd_test_init(argc, argv);
     RUN(test_roundtrip_and_corruption);
     RUN(test_lying_fields);
     RUN(test_owner_ttl);

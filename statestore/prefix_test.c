@@ -1,7 +1,7 @@
 /* statestore: prefix snapshot cache — longest-prefix lookup at the granularity, LRU under the
  * byte budget, hash collisions never served (ids verified), streaming vs one-shot keys. */
 #include "statestore/prefix.h"
-#include "tests/rcd_test.h"
+#include "tests/support/rcd_test.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -210,8 +210,9 @@ static void test_variable_size(void)
     store_prefix_destroy(p);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    rcd_test_init(argc, argv);
     RUN(test_lookup);
     RUN(test_lru_budget);
     RUN(test_collision);

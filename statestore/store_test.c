@@ -4,7 +4,7 @@
  * to the previous version), another model's checkpoints, the dir lock, fork from disk. */
 #include "statestore/ckpt.h"
 #include "statestore/store.h"
-#include "tests/rcd_test.h"
+#include "tests/support/rcd_test.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -787,8 +787,9 @@ static void test_group_commit(void)
     CHECK(system(cmd) == 0);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    rcd_test_init(argc, argv);
     uv_loop_init(&g_loop);
     RUN(test_memory);
     RUN(test_disk);

@@ -7,7 +7,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "tests/rcd_test.h"
+#include "tests/support/rcd_test.h"
 #include "workers/comm.h"
 
 #define MAX_RANKS 8
@@ -192,8 +192,9 @@ static void test_length_mismatch(void)
         wrk_comm_destroy(sh.comm[r]);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    rcd_test_init(argc, argv);
     RUN(test_order_matters);
     RUN(test_groups);
     RUN(test_bad_size);

@@ -6,7 +6,7 @@
 #include <unistd.h>
 
 #include "common/rcd_path.h"
-#include "tests/rcd_test.h"
+#include "tests/support/rcd_test.h"
 #include "workers/wrk.h"
 
 static char base[RCD_PATH_MAX];
@@ -109,8 +109,9 @@ static void test_refusals(void)
     CHECK(strstr(err, "/nonexistent/dir/config.json") != NULL);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    rcd_test_init(argc, argv);
     const char *g = getenv("RCD_GOLDEN_DIR");
     CHECK(rcd_path_fmt(base, sizeof(base), "%s/mamba/tiny_bias_tied", g ? g : "tests/golden") == 0);
     RUN(test_refusals);

@@ -11,7 +11,7 @@
 #include <unistd.h>
 
 #include "common/rcd_error.h"
-#include "tests/rcd_test.h"
+#include "tests/support/rcd_test.h"
 #include "workers/safetensors.h"
 
 static char g_tmp[64];
@@ -651,8 +651,9 @@ static void test_rounding_sweep(void)
     CHECK_MSG(badbf == 0, "%d f32->bf16 results are not nearest-even", badbf);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    rcd_test_init(argc, argv);
     snprintf(g_tmp, sizeof g_tmp, "/tmp/st_test_XXXXXX");
     if (!mkdtemp(g_tmp)) {
         perror("mkdtemp");

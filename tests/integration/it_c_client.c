@@ -13,7 +13,7 @@
 #include "grpc/health/v1/health.pb-c.h"
 #include "rcd_client.h"
 #include "recurd/v1/inference.pb-c.h"
-#include "tests/rcd_test.h"
+#include "tests/support/rcd_test.h"
 
 static grpc_channel *g_ch;
 static grpc_completion_queue *g_cq;
@@ -196,6 +196,7 @@ static void test_cancel_deadline_unknown(void)
 
 int main(int argc, char **argv)
 {
+    rcd_test_init(argc, argv);
     const char *bin = getenv("RECURD_BIN");
     if (!bin) {
         fprintf(stderr, "set RECURD_BIN\n");
@@ -239,8 +240,6 @@ int main(int argc, char **argv)
     int st = 0;
     waitpid(pid, &st, 0);
     CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0, "recurd exit status %d (log %s)", st, logf);
-    (void)argc;
-    (void)argv;
     int rc = rcd_test_summary();
     if (rc == 0) { /* keep the log of a failed run */
         remove(portf);

@@ -6,7 +6,7 @@
  * detail (attention scale, gated-norm groups, RoPE, MoE routing). */
 #include <string.h>
 
-#include "workers/cpu/golden_util.h"
+#include "tests/support/golden_util.h"
 
 /* The bf16 matmul must be no further from the goldens than transformers' own bf16 forward of
  * the same checkpoint: max |dlogit| of that against the moe_nope_tied_bf16 goldens
@@ -450,8 +450,9 @@ static void test_bf16_matmul(void)
     golden_test_bf16_matmul(&suite, "moe_nope_tied_bf16", "moe_nope_tied_bf16", TOL_BF16_MATMUL);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    rcd_test_init(argc, argv);
     RUN(test_config);
     RUN(test_chunkings);
     RUN(test_ragged);

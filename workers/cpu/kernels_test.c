@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "tests/rcd_test.h"
+#include "tests/support/rcd_test.h"
 #include "workers/cpu/kernels.h"
 #include "workers/cpu/pool.h"
 
@@ -412,8 +412,9 @@ static void test_pool(void)
     CHECK(covered == 100);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    rcd_test_init(argc, argv);
     RUN(test_exp_softplus);
     RUN(test_matmul);
     RUN(test_matmul_bf16);

@@ -4,7 +4,7 @@
  * width of the gated norm and the dt clamp. */
 #include <string.h>
 
-#include "workers/cpu/golden_util.h"
+#include "tests/support/golden_util.h"
 
 /* The bf16 matmul must be no further from the goldens than transformers' own bf16 forward of
  * the same checkpoint: max |dlogit| of that against the tiny_g2_untied_bf16 goldens
@@ -247,8 +247,9 @@ static void test_bf16_matmul(void)
     golden_test_bf16_matmul(&suite, "tiny_g2_untied_bf16", "tiny_g2_untied_bf16", TOL_BF16_MATMUL);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    rcd_test_init(argc, argv);
     RUN(test_config);
     RUN(test_chunkings);
     RUN(test_ragged);

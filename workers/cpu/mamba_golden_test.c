@@ -3,7 +3,7 @@
  * weights, sharded checkpoints, state save/restore, and batch validation errors. */
 #include <string.h>
 
-#include "workers/cpu/golden_util.h"
+#include "tests/support/golden_util.h"
 
 /* The bf16 matmul must be no further from the goldens than transformers' own bf16 forward of
  * the same checkpoint: max |dlogit| of that against the tiny_bias_tied (fp32 goldens) goldens
@@ -210,8 +210,9 @@ static void test_bf16_matmul(void)
     golden_test_bf16_matmul(&suite, "tiny_bias_tied", "tiny_bias_tied_bf16", TOL_BF16_MATMUL);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    rcd_test_init(argc, argv);
     RUN(test_chunkings);
     RUN(test_ragged);
     RUN(test_greedy);

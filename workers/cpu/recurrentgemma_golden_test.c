@@ -5,7 +5,7 @@
  * goldens do see the window, the bf16 embedding scale and the soft-cap. */
 #include <string.h>
 
-#include "workers/cpu/golden_util.h"
+#include "tests/support/golden_util.h"
 
 /* The bf16 matmul must be no further from the goldens than transformers' own bf16 forward of
  * the same checkpoint: max |dlogit| of that against the tiny_mqa_w16_bf16 goldens
@@ -362,8 +362,9 @@ static void test_bf16_matmul(void)
     golden_test_bf16_matmul(&suite, "tiny_mqa_w16_bf16", "tiny_mqa_w16_bf16", TOL_BF16_MATMUL);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    rcd_test_init(argc, argv);
     RUN(test_config);
     RUN(test_chunkings);
     RUN(test_ragged);

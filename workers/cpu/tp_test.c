@@ -9,7 +9,7 @@
 
 #include <cjson/cJSON.h>
 
-#include "tests/rcd_test.h"
+#include "tests/support/rcd_test.h"
 #include "workers/mamba.h"
 #include "workers/mamba2.h"
 #include "workers/wrk.h"
@@ -459,8 +459,9 @@ static void test_shard_layout(void)
     }
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    rcd_test_init(argc, argv);
     RUN(test_shard_layout);
     RUN(test_chunkings);
     RUN(test_ragged);

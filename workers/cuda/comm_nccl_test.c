@@ -8,7 +8,7 @@
 
 #include <cuda_runtime_api.h>
 
-#include "tests/rcd_test.h"
+#include "tests/support/rcd_test.h"
 #include "workers/comm.h"
 
 #define MAX_DEV 16
@@ -68,8 +68,9 @@ static void *rank_main(void *p)
     return NULL;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    rcd_test_init(argc, argv);
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess || n < 1) {
         fprintf(stderr, "skip: no CUDA device\n");

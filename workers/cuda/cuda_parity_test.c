@@ -7,8 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "tests/rcd_test.h"
-#include "workers/cpu/golden_util.h"
+#include "tests/support/rcd_test.h"
+#include "tests/support/golden_util.h"
 #include "workers/cuda/wrk_cuda.h"
 
 #define TOL_F32 1e-3f  /* CUDA vs golden and vs CPU, fp32 weights */
@@ -368,8 +368,9 @@ static void test_state_portable(void)
     golden_free(&g);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    rcd_test_init(argc, argv);
     char why[256];
     if (wrk_cuda_device_count(why, sizeof why) == 0) {
         printf("SKIPPED: %s; the CUDA parity test needs a GPU (run tools/gpu_check.sh there)\n",

@@ -10,7 +10,7 @@
 
 #include "common/rcd_error.h"
 #include "common/rcd_path.h"
-#include "tests/rcd_test.h"
+#include "tests/support/rcd_test.h"
 #include "workers/tokenizer/tok.h"
 
 typedef struct {
@@ -363,8 +363,9 @@ static void test_parity(void)
     free(buf);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    rcd_test_init(argc, argv);
     RUN(test_parity);
     return rcd_test_summary();
 }

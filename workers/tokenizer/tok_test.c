@@ -12,7 +12,7 @@
 
 #include "common/rcd_error.h"
 #include "common/rcd_path.h"
-#include "tests/rcd_test.h"
+#include "tests/support/rcd_test.h"
 #include "workers/tokenizer/tok.h"
 
 static char golden[RCD_PATH_MAX];
@@ -561,8 +561,9 @@ static void test_threads(void)
     tok_free(t);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    rcd_test_init(argc, argv);
     const char *env = getenv("RCD_GOLDEN_DIR");
     CHECK(rcd_path_fmt(golden, sizeof(golden), "%s/tokenizer",
                        env && *env ? env : "tests/golden") == 0);

@@ -1,67 +1,13 @@
-/* workers/cpu: what the golden tests share — reading the fixtures of tools/gen_*_goldens.py
- * (goldens.json + raw .f32 logits), CPU backends on them, and the drivers every family runs
- * (all chunkings on every ISA, ragged batches, greedy decode, state layout and resume).
- * Header-only on purpose: CHECK counts into the including test's counters, which
- * tests/rcd_test.h keeps per translation unit. A backend-agnostic piece (fixture reading,
- * golden_max_diff, golden_argmax, golden_load_edited) needs no CPU backend. */
-#ifndef RCD_WRK_GOLDEN_UTIL_H
-#define RCD_WRK_GOLDEN_UTIL_H
+/* tests/support: the fixture reader, backends and drivers of golden_util.h. */
+#include "tests/support/golden_util.h"
 
-#include <math.h>
-#include <stdbool.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <unistd.h>
-
-#include <cjson/cJSON.h>
-
-#include "tests/rcd_test.h"
-#include "workers/cpu/kernels.h"
-#include "workers/wrk.h"
-
-#define GOLDEN_MAX_SEQS 8
-#define GOLDEN_MAX_TOKENS 64
-#define GOLDEN_MAX_GREEDY 160
-
-typedef struct golden_seq {
-    char name[32];
-    int n;
-    int32_t tokens[GOLDEN_MAX_TOKENS];
-    float *logits; /* n x V, owned */
-} golden_seq_t;
-
-/* One fixture directory: its goldens.json and the logits files it names. */
-typedef struct golden {
-    char dir[600];
-    int V;
-    int n_seqs;
-    golden_seq_t seqs[GOLDEN_MAX_SEQS];
-    int n_prompt, n_gen;
-    int32_t greedy[GOLDEN_MAX_GREEDY]; /* prompt then generated */
-    float *greedy_logits;              /* (n_prompt + n_gen) x V, owned; NULL: ids only */
-} golden_t;
-
-/* A family's golden suite: where its fixtures are and how its backends are made. */
-typedef struct golden_suite {
-    const char *family;       /* folder under the golden root, e.g. "mamba" */
-    wrk_family_t family_id;   /* what its fixtures must load as */
-    const char *const *cases; /* the fp32 fixtures the drivers run */
-    int n_cases;
-    float tol;               /* max |dlogit| against transformers */
-    wrk_backend_opts_t opts; /* slots, step size, KV blocks; isa and n_threads per backend */
-    int ragged_pattern[8];   /* tokens a sequence wants per ragged step (by step + seq) */
-    bool ragged_last_row;    /* ragged steps also ask for the last logit row alone */
-} golden_suite_t;
-
-static inline const char *golden_root(void)
+const char *golden_root(void)
 {
     const char *d = getenv("RCD_GOLDEN_DIR");
     return d ? d : "tests/golden";
 }
 
-/* dir/file as exactly n floats, malloc'd; NULL (and a message) otherwise. */
-static inline float *golden_read_f32(const char *dir, const char *file, size_t n)
+float *golden_read_f32(const char *dir, const char *file, size_t n)
 {
     char path[1024];
     size_t len;
@@ -75,7 +21,7 @@ static inline float *golden_read_f32(const char *dir, const char *file, size_t n
     return f;
 }
 
-static inline int golden__ids(const cJSON *arr, int32_t *out, int cap)
+static int golden__ids(const cJSON *arr, int32_t *out, int cap)
 {
     int n = 0;
     const cJSON *it;
@@ -83,7 +29,7 @@ static inline int golden__ids(const cJSON *arr, int32_t *out, int cap)
     return n;
 }
 
-static inline void golden_free(golden_t *g)
+void golden_free(golden_t *g)
 {
     for (int i = 0; i < g->n_seqs; i++)
         free(g->seqs[i].logits);
@@ -91,9 +37,7 @@ static inline void golden_free(golden_t *g)
     memset(g, 0, sizeof *g);
 }
 
-/* Loads dir/goldens.json and every logits file it names (the model is in the same directory
- * unless said otherwise). -1 with a message, and g empty, when any of it is missing. */
-static inline int golden_load_dir(const char *dir, golden_t *g)
+int golden_load_dir(const char *dir, golden_t *g)
 {
     memset(g, 0, sizeof *g);
     snprintf(g->dir, sizeof g->dir, "%s", dir);
@@ -137,17 +81,14 @@ static inline int golden_load_dir(const char *dir, golden_t *g)
     return ok ? 0 : -1;
 }
 
-/* The fixture <root>/<family>/<name>. */
-static inline int golden_load(const char *family, const char *name, golden_t *g)
+int golden_load(const char *family, const char *name, golden_t *g)
 {
     char dir[600];
     snprintf(dir, sizeof dir, "%s/%s/%s", golden_root(), family, name);
     return golden_load_dir(dir, g);
 }
 
-/* A further logits file a family's goldens.json names under `key` (n floats, malloc'd);
- * NULL when the key is absent or the file is bad. */
-static inline float *golden_load_extra(const golden_t *g, const char *key, size_t n)
+float *golden_load_extra(const golden_t *g, const char *key, size_t n)
 {
     char path[1024];
     snprintf(path, sizeof path, "%s/goldens.json", g->dir);
@@ -160,15 +101,14 @@ static inline float *golden_load_extra(const golden_t *g, const char *key, size_
     return f;
 }
 
-/* The first sequence of n tokens, or NULL. */
-static inline const golden_seq_t *golden_find_seq(const golden_t *g, int n)
+const golden_seq_t *golden_find_seq(const golden_t *g, int n)
 {
     for (int i = 0; i < g->n_seqs; i++)
         if (g->seqs[i].n == n) return &g->seqs[i];
     return NULL;
 }
 
-static inline float golden_max_diff(const float *a, const float *b, size_t n)
+float golden_max_diff(const float *a, const float *b, size_t n)
 {
     float m = 0.f;
     for (size_t i = 0; i < n; i++) {
@@ -178,7 +118,7 @@ static inline float golden_max_diff(const float *a, const float *b, size_t n)
     return m;
 }
 
-static inline int golden_argmax(const float *row, int V)
+int golden_argmax(const float *row, int V)
 {
     int best = 0;
     for (int v = 1; v < V; v++)
@@ -186,8 +126,7 @@ static inline int golden_argmax(const float *row, int V)
     return best;
 }
 
-/* Loads the model in dir; a failure is a failed check. */
-static inline wrk_model_t *golden_model(const char *dir)
+wrk_model_t *golden_model(const char *dir)
 {
     char err[512];
     wrk_model_t *m = NULL;
@@ -196,9 +135,7 @@ static inline wrk_model_t *golden_model(const char *dir)
     return rc ? NULL : m;
 }
 
-/* Fixture <family>/<name> and its model; NULL (g empty) when either is missing. Only the model
- * failing to load is a failed check (an unreadable fixture has said so already). */
-static inline wrk_model_t *golden_open(const char *family, const char *name, golden_t *g)
+wrk_model_t *golden_open(const char *family, const char *name, golden_t *g)
 {
     if (golden_load(family, name, g)) return NULL;
     char err[512];
@@ -211,9 +148,8 @@ static inline wrk_model_t *golden_open(const char *family, const char *name, gol
     return m;
 }
 
-/* A CPU backend with the suite's options, `isa` (NULL: the best) and `threads`. */
-static inline wrk_backend_t *golden_backend(const golden_suite_t *s, const wrk_model_t *m,
-                                            const char *isa, int threads)
+wrk_backend_t *golden_backend(const golden_suite_t *s, const wrk_model_t *m, const char *isa,
+                              int threads)
 {
     char err[512];
     wrk_backend_t *b = NULL;
@@ -225,10 +161,7 @@ static inline wrk_backend_t *golden_backend(const golden_suite_t *s, const wrk_m
     return b;
 }
 
-/* Runs q in chunks of `chunk` tokens on `slot` (reset first); logits into out (n x V). Each
- * step is a check; the first failure stops the run. */
-static inline int golden_run_into(wrk_backend_t *b, int slot, const golden_seq_t *q, int V,
-                                  int chunk, float *out)
+int golden_run_into(wrk_backend_t *b, int slot, const golden_seq_t *q, int V, int chunk, float *out)
 {
     char err[512];
     wrk_state_reset(b, slot);
@@ -246,8 +179,7 @@ static inline int golden_run_into(wrk_backend_t *b, int slot, const golden_seq_t
     return 0;
 }
 
-/* q in chunks on slot 0: max |diff| against its golden logits (NaN when a step failed). */
-static inline float golden_run_chunked(wrk_backend_t *b, const golden_seq_t *q, int V, int chunk)
+float golden_run_chunked(wrk_backend_t *b, const golden_seq_t *q, int V, int chunk)
 {
     float *out = malloc((size_t)q->n * V * sizeof(float));
     float d = NAN;
@@ -257,12 +189,7 @@ static inline float golden_run_chunked(wrk_backend_t *b, const golden_seq_t *q, 
     return d;
 }
 
-/* Every sequence of g at chunks 1, 4, 8 and whole, each within `tol`; the worst |dlogit|.
- * The kernels compute each output in an order that does not depend on how many tokens share
- * a step, so every chunking must also give bit-identical logits (what makes a resumed or
- * prefix-restored sequence continue exactly as an uninterrupted one). */
-static inline float golden_check_chunks(wrk_backend_t *b, const golden_t *g, float tol,
-                                        const char *label)
+float golden_check_chunks(wrk_backend_t *b, const golden_t *g, float tol, const char *label)
 {
     static const int chunks[] = {1, 4, 8, 64};
     float worst = 0.f;
@@ -288,9 +215,7 @@ static inline float golden_check_chunks(wrk_backend_t *b, const golden_t *g, flo
     return worst;
 }
 
-/* Every fp32 case loads as the family and matches at every chunking, on every ISA this CPU
- * has, with 1 and 2 threads. */
-static inline void golden_test_chunkings(const golden_suite_t *s)
+void golden_test_chunkings(const golden_suite_t *s)
 {
     static const char *isas[] = {"portable", "avx2", "avx512"};
     for (int ci = 0; ci < s->n_cases; ci++) {
@@ -322,11 +247,7 @@ static inline void golden_test_chunkings(const golden_suite_t *s)
     }
 }
 
-/* Ragged batches: the sequences of each fp32 case share every step at different lengths and
- * phases (sequence i wants pattern[(step + i) % 8] tokens), on slots out of order, asking for
- * logits of every row, none, or (ragged_last_row) the last; every row asked for must match its
- * golden row. */
-static inline void golden_test_ragged(const golden_suite_t *s)
+void golden_test_ragged(const golden_suite_t *s)
 {
     for (int ci = 0; ci < s->n_cases; ci++) {
         golden_t g;
@@ -384,11 +305,8 @@ static inline void golden_test_ragged(const golden_suite_t *s)
     }
 }
 
-/* Greedy with the model in model_dir against g: prefill the prompt, then one-token decode
- * steps; the worst |dlogit| against g's greedy logits (when it has them) and the first
- * generated token that differs (-1: none). -1 when the model or backend cannot be made. */
-static inline int golden_greedy(const golden_suite_t *s, const char *model_dir, const golden_t *g,
-                                float *worst, int *mismatch_at)
+int golden_greedy(const golden_suite_t *s, const char *model_dir, const golden_t *g, float *worst,
+                  int *mismatch_at)
 {
     char err[512];
     wrk_model_t *m = golden_model(model_dir);
@@ -422,8 +340,7 @@ static inline int golden_greedy(const golden_suite_t *s, const char *model_dir, 
     return 0;
 }
 
-/* Every fp32 case: 32 greedy tokens identical, their logits within tol. */
-static inline void golden_test_greedy(const golden_suite_t *s)
+void golden_test_greedy(const golden_suite_t *s)
 {
     for (int ci = 0; ci < s->n_cases; ci++) {
         golden_t g;
@@ -441,12 +358,8 @@ static inline void golden_test_greedy(const golden_suite_t *s)
     }
 }
 
-/* The opt-in bf16 matmul (x rounded to bf16, AMX) on the BF16 checkpoint <family>/<model_case>
- * against the goldens of <family>/<golden_case>: every chunking within tol of them and
- * bit-identical to each other, with 1 and 2 threads, and the fixture's greedy ids up to
- * near-ties. Skipped, with the reason, where the CPU has no AMX. */
-static inline void golden_test_bf16_matmul(const golden_suite_t *s, const char *golden_case,
-                                           const char *model_case, float tol)
+void golden_test_bf16_matmul(const golden_suite_t *s, const char *golden_case,
+                             const char *model_case, float tol)
 {
     const char *why = "";
     if (!wrk_kern_for(NULL, "bf16", &why)) {
@@ -470,8 +383,8 @@ static inline void golden_test_bf16_matmul(const golden_suite_t *s, const char *
         char label[160];
         snprintf(label, sizeof label, "%s bf16 matmul/%d threads", model_case, threads);
         float worst = golden_check_chunks(b, &g, tol, label);
-        fprintf(stderr, "  %s, bf16 matmul, %d thr: max |dlogit| %.2e vs %s goldens\n",
-                model_case, threads, worst, golden_case);
+        fprintf(stderr, "  %s, bf16 matmul, %d thr: max |dlogit| %.2e vs %s goldens\n", model_case,
+                threads, worst, golden_case);
         wrk_backend_destroy(b);
     }
     /* Greedy ids, teacher-forced: near-ties may flip under the rounding, so where this picks
@@ -484,8 +397,11 @@ static inline void golden_test_bf16_matmul(const golden_suite_t *s, const char *
     float margin = 0.f, worst = 0.f;
     for (int i = -1; b && i < g.n_gen - 1; i++) {
         const int pos = g.n_prompt + i; /* the row after the tokens fed so far */
-        wrk_seq_t q = {.slot = 1, .n_tokens = i < 0 ? g.n_prompt : 1,
-                       .tokens = i < 0 ? g.greedy : &g.greedy[pos], .n_logits = 1, .logits = row};
+        wrk_seq_t q = {.slot = 1,
+                       .n_tokens = i < 0 ? g.n_prompt : 1,
+                       .tokens = i < 0 ? g.greedy : &g.greedy[pos],
+                       .n_logits = 1,
+                       .logits = row};
         if (i < 0) wrk_state_reset(b, 1);
         int rc = wrk_step(b, &q, 1, err, sizeof err);
         CHECK_MSG(rc == 0, "%s", err);
@@ -512,8 +428,7 @@ static inline void golden_test_bf16_matmul(const golden_suite_t *s, const char *
     golden_free(&g);
 }
 
-/* The state tensors tile the blob in order, without gaps. */
-static inline void golden_check_state_layout(const wrk_model_info_t *mi)
+void golden_check_state_layout(const wrk_model_info_t *mi)
 {
     size_t sum = 0;
     for (int i = 0; i < mi->n_state_tensors; i++) {
@@ -523,10 +438,8 @@ static inline void golden_check_state_layout(const wrk_model_info_t *mi)
     CHECK(sum == mi->state_bytes);
 }
 
-/* A slot holding q's first `cut` tokens (restored, copied) continues with the rest of q to
- * its golden logits. */
-static inline void golden_check_resume(wrk_backend_t *b, int slot, const golden_seq_t *q, int V,
-                                       int cut, float tol)
+void golden_check_resume(wrk_backend_t *b, int slot, const golden_seq_t *q, int V, int cut,
+                         float tol)
 {
     char err[512];
     float *out = malloc((size_t)(q->n - cut) * V * sizeof(float));
@@ -541,11 +454,8 @@ static inline void golden_check_resume(wrk_backend_t *b, int slot, const golden_
     free(out);
 }
 
-/* Fixed-size state: q's first `cut` tokens on slot 0, read into blob (state_bytes), slot 0
- * reset, the blob written into slot 5 and slot 5 copied to 6 (a fork); both continue to q's
- * golden logits. blob keeps the state for the caller's own checks. */
-static inline void golden_check_state_roundtrip(wrk_backend_t *b, const golden_seq_t *q, int V,
-                                                int cut, float tol, void *blob)
+void golden_check_state_roundtrip(wrk_backend_t *b, const golden_seq_t *q, int V, int cut,
+                                  float tol, void *blob)
 {
     char err[512];
     wrk_seq_t s = {.slot = 0, .n_tokens = cut, .tokens = q->tokens, .n_logits = 0};
@@ -558,10 +468,8 @@ static inline void golden_check_state_roundtrip(wrk_backend_t *b, const golden_s
         golden_check_resume(b, slot, q, V, cut, tol);
 }
 
-/* Loads <family>/<name>'s weights next to its config.json with the first `from` replaced by
- * `to` (a checkpoint whose config disagrees with its tensors); wrk_model_load's result. */
-static inline int golden_load_edited(const char *family, const char *name, const char *from,
-                                     const char *to, char *err, size_t errlen)
+int golden_load_edited(const char *family, const char *name, const char *from, const char *to,
+                       char *err, size_t errlen)
 {
     char src[700], tmpl[] = "/tmp/rcd_golden_test_XXXXXX", path[700];
     int rc = -1;
@@ -599,5 +507,3 @@ cleanup:
     free(w);
     return rc;
 }
-
-#endif
