@@ -4,7 +4,6 @@
  * high-priority arrival preempts a running sequence, which resumes from host memory with the
  * same tokens and the same final state bit for bit; refusals come back with their codes. */
 #include "engine/eng_runner.h"
-#include "daemon/dmn_runner.h"
 #include "tests/support/rcd_test.h"
 
 #include <stdatomic.h>
