@@ -5,6 +5,7 @@
  * same tokens and the same final state bit for bit; refusals come back with their codes. */
 #include "daemon/dmn_runner.h"
 #include "tests/rcd_test.h"
+#include "workers/backend_int.h" /* the vtable, to inject step failures */
 
 #include <stdatomic.h>
 #include <stdlib.h>

@@ -238,7 +238,7 @@ int main(int argc, char **argv)
     }
     if (mi->n_kv_layers > 0) { /* the backend's defaults (workers/cpu/cpu_backend.c) */
         long bt = opts.kv_block_tokens > 0 ? opts.kv_block_tokens : 16;
-        long nb = opts.kv_blocks > 0 ? opts.kv_blocks : (srv.backend->n_slots * 2048L + bt - 1) / bt;
+        long nb = opts.kv_blocks > 0 ? opts.kv_blocks : (wrk_backend_n_slots(srv.backend) * 2048L + bt - 1) / bt;
         dmn_runner_set_kv_pool(srv.runner, nb, bt);
         dmn_log(DMN_INFO, "kv_cache", NULL, NULL,
                 "%ld KV blocks of %ld positions: %ld positions, %.1f MiB (%zu bytes per position)",
@@ -254,7 +254,8 @@ int main(int argc, char **argv)
     dmn_log(DMN_INFO, "ready", NULL, NULL,
             "model %s (%s, vocab %d, state %zu bytes, fingerprint %s), backend %s/%s, %d slots",
             srv.model_id, mi->architecture, mi->vocab_size, mi->state_bytes, mi->fingerprint_hex,
-            srv.backend->vt->name, srv.backend->isa ? srv.backend->isa : "?", srv.backend->n_slots);
+            wrk_backend_name(srv.backend), wrk_backend_isa(srv.backend),
+            wrk_backend_n_slots(srv.backend));
     if (opts.port_file[0] && write_port_file(opts.port_file, srv.port))
         dmn_log(DMN_WARN, "port_file", NULL, NULL, "cannot write %s", opts.port_file);
     uv_run(&loop, UV_RUN_DEFAULT);

@@ -3,13 +3,33 @@
 #ifndef RCD_WRK_CPU_INT_H
 #define RCD_WRK_CPU_INT_H
 
+#include "workers/backend_int.h"
 #include "workers/comm.h"
 #include "workers/cpu/kernels.h"
 #include "workers/cpu/kv_cache.h"
 #include "workers/cpu/pool.h"
-#include "workers/model_int.h"
+#include "workers/model/model_int.h"
 
 #define WRK_LOGIT_CHUNK 64 /* logit rows computed per lm_head pass */
+
+struct wrk_cpu;
+
+/* A model family's CPU forward (cpu/<family>_cpu.c); cpu_backend.c's table maps each
+ * wrk_family_t to one. */
+typedef struct wrk_cpu_family_i {
+    wrk_family_t family;
+    /* The family's activation buffers for c->base.max_step_tokens tokens. */
+    int (*init)(struct wrk_cpu *c, void **ctx);
+    void (*free)(void *ctx);
+    /* One step over a validated ragged batch: every sequence's tokens continue from its
+     * slot's state; logits rows written as wrk_seq_t asks. */
+    void (*step)(struct wrk_cpu *c, void *ctx, const wrk_seq_t *seqs, int n_seqs);
+} wrk_cpu_family_i;
+
+extern const wrk_cpu_family_i wrk_cpu_mamba;
+extern const wrk_cpu_family_i wrk_cpu_mamba2;
+extern const wrk_cpu_family_i wrk_cpu_granite;
+extern const wrk_cpu_family_i wrk_cpu_recurrentgemma;
 
 typedef struct wrk_cpu {
     wrk_backend_t base;
@@ -24,7 +44,8 @@ typedef struct wrk_cpu {
     float *logit_out;    /* WRK_LOGIT_CHUNK x V */
     float *scratch;      /* per thread: WRK_GEMM_BLOCK_ROWS x m->max_matmul_cols */
     size_t scratch_floats;
-    void *fam_ctx;       /* the family's activation buffers */
+    const wrk_cpu_family_i *fam; /* the model family's forward */
+    void *fam_ctx;       /* its activation buffers */
     wrk_kv_t *kv;        /* paged KV of models with n_kv_layers > 0, else NULL */
     /* Tensor parallelism (cpu_tp.c): this rank's shard and communicator; NULL at TP=1. */
     const wrk_shard_t *shard;

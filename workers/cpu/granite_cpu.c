@@ -8,8 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "workers/cpu/cpu_int.h"
-#include "workers/granite.h"
+#include "workers/cpu/mamba2_cpu.h"
+#include "workers/families/granite.h"
 
 typedef struct granite_ctx {
     float *u; /* [T x H] normed input of a sublayer */
@@ -49,7 +49,7 @@ static float *alloc_floats(size_t n)
     return aligned_alloc(64, ((n ? n : 1) * sizeof(float) + 63) / 64 * 64);
 }
 
-void wrk_granite_cpu_free(void *ctx)
+static void cpu_free(void *ctx)
 {
     granite_ctx_t *a = ctx;
     if (!a) return;
@@ -62,7 +62,7 @@ void wrk_granite_cpu_free(void *ctx)
     free(a);
 }
 
-int wrk_granite_cpu_init(struct wrk_cpu *c, void **ctx)
+static int cpu_init(struct wrk_cpu *c, void **ctx)
 {
     const wrk_granite_config_t *cfg = &((const wrk_granite_t *)c->m->priv)->cfg;
     const size_t T = (size_t)c->base.max_step_tokens, H = cfg->mx.hidden;
@@ -92,7 +92,7 @@ int wrk_granite_cpu_init(struct wrk_cpu *c, void **ctx)
              (a->og = alloc_floats(TK * H));
     }
     if (!ok) {
-        wrk_granite_cpu_free(a);
+        cpu_free(a);
         return RCD_ENOMEM;
     }
     *ctx = a;
@@ -376,9 +376,16 @@ static void forward(void *arg, int ith, int nth)
     wrk_cpu_logits(c, ith, nth, f->seqs, f->n_seqs, f->n_rows);
 }
 
-void wrk_granite_cpu_step(struct wrk_cpu *c, void *ctx, const wrk_seq_t *seqs, int n_seqs)
+static void cpu_step(struct wrk_cpu *c, void *ctx, const wrk_seq_t *seqs, int n_seqs)
 {
     fwd_t f = {.c = c, .a = ctx, .seqs = seqs, .n_seqs = n_seqs};
     wrk_cpu_batch_size(seqs, n_seqs, &f.T, &f.n_rows);
     wrk_pool_run(c->pool, forward, &f);
 }
+
+const wrk_cpu_family_i wrk_cpu_granite = {
+    .family = WRK_FAMILY_GRANITE,
+    .init = cpu_init,
+    .free = cpu_free,
+    .step = cpu_step,
+};

@@ -7,8 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "workers/cpu/cpu_int.h"
-#include "workers/mamba2.h"
+#include "workers/cpu/mamba2_cpu.h"
 
 typedef struct mamba2_ctx {
     float *u; /* [T x H] normed input */
@@ -51,7 +50,7 @@ int wrk_mamba2_bufs_alloc(const wrk_mamba2_config_t *cfg, size_t T, wrk_mamba2_b
     return 0;
 }
 
-void wrk_mamba2_cpu_free(void *ctx)
+static void cpu_free(void *ctx)
 {
     mamba2_ctx_t *a = ctx;
     if (!a) return;
@@ -60,7 +59,7 @@ void wrk_mamba2_cpu_free(void *ctx)
     free(a);
 }
 
-int wrk_mamba2_cpu_init(struct wrk_cpu *c, void **ctx)
+static int cpu_init(struct wrk_cpu *c, void **ctx)
 {
     const wrk_mamba2_config_t *cfg = &((const wrk_mamba2_t *)wrk_cpu_layout(c))->cfg;
     const size_t T = (size_t)c->base.max_step_tokens;
@@ -68,7 +67,7 @@ int wrk_mamba2_cpu_init(struct wrk_cpu *c, void **ctx)
     if (!a) return RCD_ENOMEM;
     a->u = alloc_floats(T * cfg->hidden);
     if (!a->u || wrk_mamba2_bufs_alloc(cfg, T, &a->b)) {
-        wrk_mamba2_cpu_free(a);
+        cpu_free(a);
         return RCD_ENOMEM;
     }
     *ctx = a;
@@ -259,9 +258,16 @@ static void forward(void *arg, int ith, int nth)
     if (lead) wrk_cpu_logits(c, ith, nth, f->seqs, f->n_seqs, f->n_rows);
 }
 
-void wrk_mamba2_cpu_step(struct wrk_cpu *c, void *ctx, const wrk_seq_t *seqs, int n_seqs)
+static void cpu_step(struct wrk_cpu *c, void *ctx, const wrk_seq_t *seqs, int n_seqs)
 {
     fwd_t f = {.c = c, .a = ctx, .seqs = seqs, .n_seqs = n_seqs};
     wrk_cpu_batch_size(seqs, n_seqs, &f.T, &f.n_rows);
     wrk_pool_run(c->pool, forward, &f);
 }
+
+const wrk_cpu_family_i wrk_cpu_mamba2 = {
+    .family = WRK_FAMILY_MAMBA2,
+    .init = cpu_init,
+    .free = cpu_free,
+    .step = cpu_step,
+};

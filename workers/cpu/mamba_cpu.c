@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "workers/cpu/cpu_int.h"
-#include "workers/mamba.h"
+#include "workers/families/mamba.h"
 
 typedef struct mamba_ctx {
     float *u, *xz, *xc, *dbc, *dt, *y; /* activations for max_step_tokens rows */
@@ -22,7 +22,7 @@ typedef struct fwd {
     int n_rows; /* logit rows in the step */
 } fwd_t;
 
-void wrk_mamba_cpu_free(void *ctx)
+static void cpu_free(void *ctx)
 {
     mamba_ctx_t *a = ctx;
     if (!a) return;
@@ -40,7 +40,7 @@ static float *alloc_floats(size_t n)
     return aligned_alloc(64, ((n ? n : 1) * sizeof(float) + 63) / 64 * 64);
 }
 
-int wrk_mamba_cpu_init(struct wrk_cpu *c, void **ctx)
+static int cpu_init(struct wrk_cpu *c, void **ctx)
 {
     const wrk_mamba_config_t *cfg = &((const wrk_mamba_t *)wrk_cpu_layout(c))->cfg;
     const size_t T = (size_t)c->base.max_step_tokens, H = cfg->hidden, I = cfg->inner;
@@ -54,7 +54,7 @@ int wrk_mamba_cpu_init(struct wrk_cpu *c, void **ctx)
     a->dt = alloc_floats(T * I);
     a->y = alloc_floats(T * I);
     if (!a->u || !a->xz || !a->xc || !a->dbc || !a->dt || !a->y) {
-        wrk_mamba_cpu_free(a);
+        cpu_free(a);
         return RCD_ENOMEM;
     }
     *ctx = a;
@@ -125,9 +125,16 @@ static void forward(void *arg, int ith, int nth)
     if (lead) wrk_cpu_logits(c, ith, nth, f->seqs, f->n_seqs, f->n_rows);
 }
 
-void wrk_mamba_cpu_step(struct wrk_cpu *c, void *ctx, const wrk_seq_t *seqs, int n_seqs)
+static void cpu_step(struct wrk_cpu *c, void *ctx, const wrk_seq_t *seqs, int n_seqs)
 {
     fwd_t f = {.c = c, .a = ctx, .seqs = seqs, .n_seqs = n_seqs};
     wrk_cpu_batch_size(seqs, n_seqs, &f.T, &f.n_rows);
     wrk_pool_run(c->pool, forward, &f);
 }
+
+const wrk_cpu_family_i wrk_cpu_mamba = {
+    .family = WRK_FAMILY_MAMBA,
+    .init = cpu_init,
+    .free = cpu_free,
+    .step = cpu_step,
+};

@@ -10,7 +10,7 @@
 #include <string.h>
 
 #include "workers/cpu/cpu_int.h"
-#include "workers/recurrentgemma.h"
+#include "workers/families/recurrentgemma.h"
 
 typedef struct rg_ctx {
     float *u;          /* [T x D] normed input of a block */
@@ -37,7 +37,7 @@ typedef struct fwd {
     int n_rows; /* logit rows in the step */
 } fwd_t;
 
-void wrk_rg_cpu_free(void *ctx)
+static void cpu_free(void *ctx)
 {
     rg_ctx_t *a = ctx;
     if (!a) return;
@@ -65,7 +65,7 @@ static float *alloc_floats(size_t n)
     return aligned_alloc(64, ((n ? n : 1) * sizeof(float) + 63) / 64 * 64);
 }
 
-int wrk_rg_cpu_init(struct wrk_cpu *c, void **ctx)
+static int cpu_init(struct wrk_cpu *c, void **ctx)
 {
     const wrk_rg_config_t *cfg = &((const wrk_rg_t *)c->m->priv)->cfg;
     const size_t T = (size_t)c->base.max_step_tokens, nth = (size_t)c->n_threads;
@@ -93,7 +93,7 @@ int wrk_rg_cpu_init(struct wrk_cpu *c, void **ctx)
     if (!a->u || !a->yb || !a->xb || !a->cb || !a->ga || !a->q || !a->att || !a->k || !a->v ||
         !a->g || !a->up || !a->scores || !a->tok_pos || !a->tok_seq || !a->seq_t0 ||
         !a->seq_pos0) {
-        wrk_rg_cpu_free(a);
+        cpu_free(a);
         return RCD_ENOMEM;
     }
     *ctx = a;
@@ -381,7 +381,7 @@ static void forward(void *arg, int ith, int nth)
     wrk_cpu_logits(c, ith, nth, f->seqs, f->n_seqs, f->n_rows);
 }
 
-void wrk_rg_cpu_step(struct wrk_cpu *c, void *ctx, const wrk_seq_t *seqs, int n_seqs)
+static void cpu_step(struct wrk_cpu *c, void *ctx, const wrk_seq_t *seqs, int n_seqs)
 {
     rg_ctx_t *a = ctx;
     fwd_t f = {.c = c, .a = a, .seqs = seqs, .n_seqs = n_seqs};
@@ -399,3 +399,10 @@ void wrk_rg_cpu_step(struct wrk_cpu *c, void *ctx, const wrk_seq_t *seqs, int n_
     for (int s = 0; s < n_seqs; s++)
         wrk_rg_pos_set(wrk_cpu_slot(c, seqs[s].slot), a->seq_pos0[s] + seqs[s].n_tokens);
 }
+
+const wrk_cpu_family_i wrk_cpu_recurrentgemma = {
+    .family = WRK_FAMILY_RECURRENTGEMMA,
+    .init = cpu_init,
+    .free = cpu_free,
+    .step = cpu_step,
+};

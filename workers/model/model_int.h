@@ -15,8 +15,6 @@ typedef struct wrk_mat {
     const void *pk; /* CPU: the same rows repacked in panels (workers/cpu/kernels.h), or NULL */
 } wrk_mat_t;
 
-struct wrk_cpu;
-
 /* Tensor parallelism: one rank's share of a model (workers/README.md, "Tensor parallelism").
  * The rank's layout has the type of m->priv with local sizes and its own copies of the
  * sliced weights; `runs` say where the rank's slice of a sequence's state sits in the full
@@ -46,12 +44,6 @@ typedef struct wrk_family_i {
      * token ids) and m->priv. On failure the model is freed by the caller (unload runs). */
     int (*load)(wrk_model_t *m, const char *json, size_t len, char *err, size_t errlen);
     void (*unload)(wrk_model_t *m); /* frees m->priv and what load allocated; NULL-safe */
-    /* CPU backend: the family's activation buffers for c->base.max_step_tokens tokens. */
-    int (*cpu_init)(struct wrk_cpu *c, void **ctx);
-    void (*cpu_free)(void *ctx);
-    /* One step over a validated ragged batch: every sequence's tokens continue from its
-     * slot's state; logits rows written as wrk_seq_t asks. */
-    void (*cpu_step)(struct wrk_cpu *c, void *ctx, const wrk_seq_t *seqs, int n_seqs);
     /* Rank `rank` of `size`'s shard (NULL: the family has no sharded forward). Sizes that
      * cannot be split are refused with a message naming them. */
     int (*shard)(const wrk_model_t *m, int rank, int size, wrk_shard_t **out, char *err,
@@ -79,16 +71,18 @@ struct wrk_model {
     wrk_mat_t *mats;
     int n_mats, cap_mats;
     struct wrk_packs *packs; /* owned; NULL until a CPU backend asks */
+    void (*packs_free)(struct wrk_packs *p); /* set with packs, by the backend that made them */
 };
-
-/* Frees the CPU backend's packed weights (workers/cpu/pack.c). */
-struct wrk_packs;
-void wrk_packs_free(struct wrk_packs *p);
 
 extern const wrk_family_i wrk_family_mamba;
 extern const wrk_family_i wrk_family_mamba2;
 extern const wrk_family_i wrk_family_granite;
 extern const wrk_family_i wrk_family_recurrentgemma;
+
+/* Hashes config (canonical form), the tensor table and every weight byte into m->info's
+ * fingerprint and weight_bytes (fingerprint.c). */
+int wrk__fingerprint(wrk_model_t *m, const char *config, size_t config_len, char *err,
+                     size_t errlen);
 
 /* Reads a small fp32 parameter out of a tensor of any dtype (element i). */
 float wrk_tensor_f32(const wrk_st_tensor_t *t, size_t i);

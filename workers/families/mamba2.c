@@ -2,6 +2,7 @@
  * validated against the config so that a bad checkpoint is a clear error naming the file and
  * tensor. The math follows transformers' torch path (see ../shared/specs/mamba2.md). */
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,116 +10,87 @@
 
 #include <cjson/cJSON.h>
 
-#include "workers/cfg_json.h"
-#include "workers/mamba2.h"
+#include "workers/model/cfg_json.h"
+#include "workers/families/mamba2.h"
+
+/* The sizes that follow from the table's: I = expand * hidden_size = num_heads * head_dim, the
+ * conv and in_proj widths, the gated-norm group; and time_step_limit. */
+static int derive(const cJSON *root, void *out, char *err, size_t errlen)
+{
+    wrk_mamba2_config_t *cfg = out;
+    long I = (long)cfg->expand * cfg->hidden;
+    if (I != (long)cfg->n_heads * cfg->head_dim)
+        return rcd_fail(RCD_EFORMAT, err, errlen,
+                        "config.json: expand * hidden_size (%ld) must equal num_heads * head_dim "
+                        "(%ld)",
+                        I, (long)cfg->n_heads * cfg->head_dim);
+    if (I > 1 << 18)
+        return rcd_fail(RCD_EFORMAT, err, errlen,
+                        "config.json: expand * hidden_size (%ld) is larger than %d", I, 1 << 18);
+    if (cfg->n_heads % cfg->n_groups != 0)
+        return rcd_fail(RCD_EFORMAT, err, errlen,
+                        "config.json: num_heads (%d) must be a multiple of n_groups (%d)",
+                        cfg->n_heads, cfg->n_groups);
+    long GN = (long)cfg->n_groups * cfg->d_state;
+    if (GN > 1 << 20)
+        return rcd_fail(RCD_EFORMAT, err, errlen,
+                        "config.json: n_groups * state_size (%ld) is larger than %d", GN, 1 << 20);
+    wrk_mamba2_derive(cfg, I, GN);
+    return wrk_cfg_time_step_limit(root, &cfg->dt_min, &cfg->dt_max, err, errlen);
+}
+
+#define F(field) offsetof(wrk_mamba2_config_t, field)
+/* Caps keep every derived size far from overflow and refuse absurd allocations; epsilons are
+ * checked as the float they become (1e-55 would round to 0). rms_norm and norm_before_gate
+ * are ignored by transformers, but their other values would mean another model. */
+static const wrk_cfg_row_t rows[] = {
+    WRK_CFG_S("hidden_act", "silu", "the only activation Mamba2 uses", false),
+    WRK_CFG_ONLY("rms_norm", true, "LayerNorm; Mamba2 here uses RMSNorm, as transformers does"),
+    WRK_CFG_ONLY("norm_before_gate", false,
+                 "transformers' Mamba2 gates with silu(z) before the gated RMSNorm"),
+    WRK_CFG_I("vocab_size", 32768, 1, 1 << 24, F(vocab)),
+    WRK_CFG_I("hidden_size", 4096, 1, 1 << 16, F(hidden)),
+    WRK_CFG_I("num_hidden_layers", 64, 1, 1024, F(n_layers)),
+    WRK_CFG_I("num_heads", 128, 1, 1 << 14, F(n_heads)),
+    WRK_CFG_I("head_dim", 64, 1, 4096, F(head_dim)),
+    WRK_CFG_I("state_size", 128, 1, 1024, F(d_state)),
+    WRK_CFG_I("n_groups", 8, 1, 1 << 14, F(n_groups)),
+    WRK_CFG_I("conv_kernel", 4, 1, 64, F(d_conv)),
+    WRK_CFG_I("expand", 2, 1, 64, F(expand)),
+    WRK_CFG_B("use_bias", false, F(use_bias)),
+    WRK_CFG_B("use_conv_bias", true, F(use_conv_bias)),
+    WRK_CFG_B("tie_word_embeddings", false, F(tie_embeddings)),
+    WRK_CFG_B("residual_in_fp32", true, WRK_CFG_NONE),
+    WRK_CFG_F("layer_norm_epsilon", 1e-5, 1e-30, 1.0, F(eps)),
+};
+
+static const wrk_cfg_spec_t spec = {
+    .model_type = "mamba2",
+    .rows = rows,
+    .n_rows = sizeof rows / sizeof rows[0],
+    .size = sizeof(wrk_mamba2_config_t),
+    .derive = derive,
+    .vocab = F(vocab),
+    .bos = F(bos_id),
+    .eos = F(eos_id),
+    .pad = F(pad_id),
+};
+#undef F
 
 int wrk_mamba2_config_parse(const char *json, size_t len, wrk_mamba2_config_t *cfg, char *err,
                             size_t errlen)
 {
-    int rc = 0;
-    long v;
-    double eps;
-    cJSON *root = cJSON_ParseWithLength(json, len);
-    memset(cfg, 0, sizeof *cfg);
-    if (!root || !cJSON_IsObject(root)) {
-        rc = rcd_fail(RCD_EFORMAT, err, errlen, "config.json: not a JSON object");
-        goto cleanup;
-    }
-    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
-    if (!cJSON_IsString(mt) || strcmp(mt->valuestring, "mamba2") != 0) {
-        rc = rcd_fail(RCD_EUNSUPPORTED, err, errlen, "config.json: model_type is not \"mamba2\"");
-        goto cleanup;
-    }
-    const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "hidden_act");
-    if (act && !(cJSON_IsString(act) && strcmp(act->valuestring, "silu") == 0)) {
-        rc = rcd_fail(RCD_EUNSUPPORTED, err, errlen,
-                      "config.json: hidden_act must be \"silu\" (the only activation Mamba2 "
-                      "uses)");
-        goto cleanup;
-    }
-    /* Fields transformers ignores but whose non-default values would mean another model:
-     * refuse rather than silently compute something else. */
-    bool flag = true;
-    if ((rc = wrk_cfg_bool(root, "rms_norm", true, &flag, err, errlen))) goto cleanup;
-    if (!flag) {
-        rc = rcd_fail(RCD_EUNSUPPORTED, err, errlen,
-                      "config.json: \"rms_norm\": false (LayerNorm) is not supported; "
-                      "Mamba2 here uses RMSNorm, as transformers does");
-        goto cleanup;
-    }
-    if ((rc = wrk_cfg_bool(root, "norm_before_gate", false, &flag, err, errlen))) goto cleanup;
-    if (flag) {
-        rc = rcd_fail(RCD_EUNSUPPORTED, err, errlen,
-                      "config.json: \"norm_before_gate\": true is not supported (transformers' "
-                      "Mamba2 gates with silu(z) before the gated RMSNorm)");
-        goto cleanup;
-    }
-    /* Caps keep every derived size far from overflow and refuse absurd allocations. */
-    if ((rc = wrk_cfg_int(root, "vocab_size", 32768, 1, 1 << 24, &v, err, errlen))) goto cleanup;
-    cfg->vocab = (int)v;
-    if ((rc = wrk_cfg_int(root, "hidden_size", 4096, 1, 1 << 16, &v, err, errlen))) goto cleanup;
-    cfg->hidden = (int)v;
-    if ((rc = wrk_cfg_int(root, "num_hidden_layers", 64, 1, 1024, &v, err, errlen))) goto cleanup;
-    cfg->n_layers = (int)v;
-    if ((rc = wrk_cfg_int(root, "num_heads", 128, 1, 1 << 14, &v, err, errlen))) goto cleanup;
-    cfg->n_heads = (int)v;
-    if ((rc = wrk_cfg_int(root, "head_dim", 64, 1, 4096, &v, err, errlen))) goto cleanup;
-    cfg->head_dim = (int)v;
-    if ((rc = wrk_cfg_int(root, "state_size", 128, 1, 1024, &v, err, errlen))) goto cleanup;
-    cfg->d_state = (int)v;
-    if ((rc = wrk_cfg_int(root, "n_groups", 8, 1, 1 << 14, &v, err, errlen))) goto cleanup;
-    cfg->n_groups = (int)v;
-    if ((rc = wrk_cfg_int(root, "conv_kernel", 4, 1, 64, &v, err, errlen))) goto cleanup;
-    cfg->d_conv = (int)v;
-    long expand;
-    if ((rc = wrk_cfg_int(root, "expand", 2, 1, 64, &expand, err, errlen))) goto cleanup;
-    long I = expand * cfg->hidden;
-    if (I != (long)cfg->n_heads * cfg->head_dim) {
-        rc = rcd_fail(RCD_EFORMAT, err, errlen,
-                      "config.json: expand * hidden_size (%ld) must equal num_heads * head_dim "
-                      "(%ld)",
-                      I, (long)cfg->n_heads * cfg->head_dim);
-        goto cleanup;
-    }
-    if (I > 1 << 18) {
-        rc = rcd_fail(RCD_EFORMAT, err, errlen,
-                      "config.json: expand * hidden_size (%ld) is larger than %d", I, 1 << 18);
-        goto cleanup;
-    }
-    if (cfg->n_heads % cfg->n_groups != 0) {
-        rc = rcd_fail(RCD_EFORMAT, err, errlen,
-                      "config.json: num_heads (%d) must be a multiple of n_groups (%d)",
-                      cfg->n_heads, cfg->n_groups);
-        goto cleanup;
-    }
-    long GN = (long)cfg->n_groups * cfg->d_state;
-    if (GN > 1 << 20) {
-        rc = rcd_fail(RCD_EFORMAT, err, errlen,
-                      "config.json: n_groups * state_size (%ld) is larger than %d", GN, 1 << 20);
-        goto cleanup;
-    }
-    cfg->inner = (int)I;
-    cfg->conv_dim = (int)(I + 2 * GN);
-    cfg->proj_dim = cfg->inner + cfg->conv_dim + cfg->n_heads;
-    cfg->norm_group = cfg->inner / cfg->n_groups;
-    if ((rc = wrk_cfg_time_step_limit(root, &cfg->dt_min, &cfg->dt_max, err, errlen)))
-        goto cleanup;
-    if ((rc = wrk_cfg_bool(root, "use_bias", false, &cfg->use_bias, err, errlen))) goto cleanup;
-    if ((rc = wrk_cfg_bool(root, "use_conv_bias", true, &cfg->use_conv_bias, err, errlen)))
-        goto cleanup;
-    if ((rc = wrk_cfg_bool(root, "tie_word_embeddings", false, &cfg->tie_embeddings, err, errlen)))
-        goto cleanup;
-    if ((rc = wrk_cfg_bool(root, "residual_in_fp32", true, &flag, err, errlen))) goto cleanup;
-    /* Checked as the float it becomes: 1e-55 would round to 0. */
-    if ((rc = wrk_cfg_num(root, "layer_norm_epsilon", 1e-5, 1e-30, 1.0, &eps, err, errlen)))
-        goto cleanup;
-    cfg->eps = (float)eps;
-    if ((rc = wrk_cfg_special_tokens(root, cfg->vocab, &cfg->bos_id, &cfg->eos_id, &cfg->pad_id,
-                                     err, errlen)))
-        goto cleanup;
-cleanup:
-    cJSON_Delete(root);
-    return rc;
+    return wrk_cfg_parse(json, len, &spec, cfg, err, errlen);
+}
+
+void wrk_mamba2_derive(wrk_mamba2_config_t *c, long inner, long gn)
+{
+    c->inner = (int)inner;
+    c->conv_dim = (int)(inner + 2 * gn);
+    c->proj_dim = c->inner + c->conv_dim + c->n_heads;
+    /* transformers 5.x normalizes the gated RMSNorm per group of I / G channels (the spec, read
+     * at an older commit, says full width; they agree for G = 1, every released checkpoint). */
+    c->norm_group = c->inner / c->n_groups;
 }
 
 /* ---- tensor binding ---------------------------------------------------------------------- */
@@ -231,8 +203,5 @@ const wrk_family_i wrk_family_mamba2 = {
     .family = WRK_FAMILY_MAMBA2,
     .load = mamba2_load,
     .unload = mamba2_unload,
-    .cpu_init = wrk_mamba2_cpu_init,
-    .cpu_free = wrk_mamba2_cpu_free,
-    .cpu_step = wrk_mamba2_cpu_step,
     .shard = wrk_mamba2_shard,
 };
