@@ -113,7 +113,7 @@ static int cpu_step(wrk_backend_t *b, const wrk_seq_t *seqs, int n_seqs, char *e
     if (rc) return rc;
     wrk_cpu_t *c = (wrk_cpu_t *)b;
     if (c->kv && (rc = wrk_kv_reserve(c->kv, seqs, n_seqs, err, errlen))) return rc;
-    c->fam->step(c, c->fam_ctx, seqs, n_seqs);
+    wrk__cpu_forward(c, seqs, n_seqs);
     if (c->kv) wrk_kv_advance(c->kv, seqs, n_seqs);
     return 0;
 }
@@ -136,11 +136,6 @@ static const wrk_backend_i cpu_vt = {
     .state_write_n = cpu_state_write_n,
     .kv_blocks = cpu_kv_blocks,
 };
-
-static float *alloc_floats(size_t n)
-{
-    return aligned_alloc(64, ((n ? n : 1) * sizeof(float) + 63) / 64 * 64);
-}
 
 int wrk_cpu_backend_create(const wrk_model_t *m, const wrk_backend_opts_t *opts,
                            wrk_backend_t **out, char *err, size_t errlen)
@@ -192,11 +187,11 @@ int wrk__cpu_create(const wrk_model_t *m, const wrk_backend_opts_t *opts,
     const size_t T = (size_t)o.max_step_tokens, H = m->info.hidden_size;
     const size_t V = m->info.vocab_size;
     c->scratch_floats = (size_t)WRK_GEMM_BLOCK_ROWS * (size_t)m->max_matmul_cols;
-    c->slots = alloc_floats((size_t)o.n_slots * c->state_floats);
-    c->res = alloc_floats(T * H);
-    c->logit_in = alloc_floats(WRK_LOGIT_CHUNK * H);
-    c->logit_out = alloc_floats(WRK_LOGIT_CHUNK * V);
-    c->scratch = alloc_floats((size_t)o.n_threads * c->scratch_floats);
+    c->slots = wrk_cpu_alloc_floats((size_t)o.n_slots * c->state_floats);
+    c->res = wrk_cpu_alloc_floats(T * H);
+    c->logit_in = wrk_cpu_alloc_floats(WRK_LOGIT_CHUNK * H);
+    c->logit_out = wrk_cpu_alloc_floats(WRK_LOGIT_CHUNK * V);
+    c->scratch = wrk_cpu_alloc_floats((size_t)o.n_threads * c->scratch_floats);
     if (m->info.n_kv_layers > 0 &&
         wrk_kv_create(o.n_slots, m->info.n_kv_layers, m->info.kv_width, o.kv_block_tokens,
                       o.n_kv_blocks, &c->kv)) {
@@ -217,4 +212,18 @@ int wrk__cpu_create(const wrk_model_t *m, const wrk_backend_opts_t *opts,
     memset(c->slots, 0, (size_t)o.n_slots * c->state_floats * sizeof(float));
     *out = c;
     return 0;
+}
+
+void wrk__cpu_forward(wrk_cpu_t *c, const wrk_seq_t *seqs, int n_seqs)
+{
+    wrk_cpu_fwd_t f = {.c = c, .a = c->fam_ctx, .seqs = seqs, .n_seqs = n_seqs};
+    wrk_cpu_batch_size(seqs, n_seqs, &f.T, &f.n_rows);
+    if (c->fam->prepare) c->fam->prepare(&f);
+    wrk_pool_run(c->pool, c->fam->forward, &f);
+    if (c->fam->finish) c->fam->finish(&f);
+}
+
+float *wrk_cpu_alloc_floats(size_t n)
+{
+    return aligned_alloc(64, ((n ? n : 1) * sizeof(float) + 63) / 64 * 64);
 }

@@ -13,6 +13,7 @@
 #define WRK_LOGIT_CHUNK 64 /* logit rows computed per lm_head pass */
 
 struct wrk_cpu;
+struct wrk_cpu_fwd;
 
 /* A model family's CPU forward (cpu/<family>_cpu.c); cpu_backend.c's table maps each
  * wrk_family_t to one. */
@@ -21,9 +22,13 @@ typedef struct wrk_cpu_family_i {
     /* The family's activation buffers for c->base.max_step_tokens tokens. */
     int (*init)(struct wrk_cpu *c, void **ctx);
     void (*free)(void *ctx);
-    /* One step over a validated ragged batch: every sequence's tokens continue from its
-     * slot's state; logits rows written as wrk_seq_t asks. */
-    void (*step)(struct wrk_cpu *c, void *ctx, const wrk_seq_t *seqs, int n_seqs);
+    /* One step over a validated ragged batch, run by every pool thread (ith of nth) with
+     * arg a wrk_cpu_fwd_t: every sequence's tokens continue from its slot's state; logits
+     * rows written as wrk_seq_t asks. */
+    wrk_pool_cb forward;
+    /* Optional, run by the stepping thread before and after forward (arg as forward's). */
+    void (*prepare)(struct wrk_cpu_fwd *f);
+    void (*finish)(struct wrk_cpu_fwd *f);
 } wrk_cpu_family_i;
 
 extern const wrk_cpu_family_i wrk_cpu_mamba;
@@ -76,6 +81,22 @@ int wrk__cpu_create(const wrk_model_t *m, const wrk_backend_opts_t *opts,
 /* The TP group behind one wrk_backend_t (opts->tp > 1). */
 int wrk__cpu_tp_create(const wrk_model_t *m, const wrk_backend_opts_t *opts, wrk_backend_t **out,
                        char *err, size_t errlen);
+
+/* One step as a family's forward sees it (wrk__cpu_forward fills it). */
+typedef struct wrk_cpu_fwd {
+    wrk_cpu_t *c;
+    void *a; /* the family's activation buffers (its init's ctx) */
+    const wrk_seq_t *seqs;
+    int n_seqs;
+    int T;      /* tokens in the step */
+    int n_rows; /* logit rows in the step */
+} wrk_cpu_fwd_t;
+
+/* Runs the family's forward over a validated batch on c's pool. */
+void wrk__cpu_forward(wrk_cpu_t *c, const wrk_seq_t *seqs, int n_seqs);
+
+/* n floats, 64-byte aligned (free() them); NULL when out of memory. */
+float *wrk_cpu_alloc_floats(size_t n);
 
 static inline float *wrk_cpu_slot(wrk_cpu_t *c, int slot)
 {

@@ -38,7 +38,7 @@ static void run_rank(void *arg, int r, int n)
     float *local = j->op == OP_STEP ? NULL : wrk_cpu_slot(c, j->slot);
     switch (j->op) {
     case OP_STEP:
-        c->fam->step(c, c->fam_ctx, j->seqs, j->n_seqs);
+        wrk__cpu_forward(c, j->seqs, j->n_seqs);
         break;
     case OP_RESET:
         memset(local, 0, c->state_floats * sizeof(float));

@@ -184,24 +184,8 @@ static const wrk_cfg_row_t rows[] = {
     WRK_CFG_B("tie_word_embeddings", false, F(mx.tie_embeddings)),
 };
 
-static const wrk_cfg_spec_t spec = {
-    .model_type = "granitemoehybrid",
-    .rows = rows,
-    .n_rows = sizeof rows / sizeof rows[0],
-    .size = sizeof(wrk_granite_config_t),
-    .derive = derive,
-    .vocab = F(mx.vocab),
-    .bos = F(mx.bos_id),
-    .eos = F(mx.eos_id),
-    .pad = F(mx.pad_id),
-};
 #undef F
-
-int wrk_granite_config_parse(const char *json, size_t len, wrk_granite_config_t *cfg, char *err,
-                             size_t errlen)
-{
-    return wrk_cfg_parse(json, len, &spec, cfg, err, errlen);
-}
+WRK_CFG_PARSER(wrk_granite_config_parse, wrk_granite_config_t, "granitemoehybrid", rows, derive, mx.)
 
 /* ---- tensor binding ---------------------------------------------------------------------- */
 
@@ -269,7 +253,7 @@ static int describe_state(wrk_model_t *m, const wrk_granite_config_t *c, char *e
 {
     const wrk_mamba2_config_t *mx = &c->mx;
     const int n = 2 * c->n_mamba + (c->n_attn > 0);
-    m->state_tensors = calloc((size_t)(n ? n : 1), sizeof *m->state_tensors);
+    m->state_tensors = wrk_model_alloc(m, (size_t)(n ? n : 1), sizeof *m->state_tensors);
     if (!m->state_tensors) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
     size_t off = 0;
     int i = 0;
@@ -292,7 +276,7 @@ static int describe_state(wrk_model_t *m, const wrk_granite_config_t *c, char *e
 
 static int granite_load(wrk_model_t *m, const char *json, size_t len, char *err, size_t errlen)
 {
-    wrk_granite_t *g = calloc(1, sizeof *g);
+    wrk_granite_t *g = wrk_model_alloc(m, 1, sizeof *g);
     if (!g) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
     m->priv = g;
     int rc = wrk_granite_config_parse(json, len, &g->cfg, err, errlen);
@@ -303,8 +287,8 @@ static int granite_load(wrk_model_t *m, const char *json, size_t len, char *err,
     if ((rc = wrk_params_alloc(m, params_floats(c), "norms, biases, conv, A, D and dt_bias",
                                &g->params, err, errlen)))
         return rc;
-    g->layers = calloc((size_t)mx->n_layers, sizeof *g->layers);
-    g->inv_freq = malloc((size_t)(c->head_dim / 2 + 1) * sizeof(float));
+    g->layers = wrk_model_alloc(m, (size_t)mx->n_layers, sizeof *g->layers);
+    g->inv_freq = wrk_model_alloc(m, (size_t)(c->head_dim / 2 + 1) , sizeof(float));
     if (!g->layers || !g->inv_freq)
         return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
     wrk_binder_t b = {.m = m, .next = g->params, .err = err, .errlen = errlen};
@@ -345,20 +329,8 @@ static int granite_load(wrk_model_t *m, const char *json, size_t len, char *err,
     return 0;
 }
 
-static void granite_unload(wrk_model_t *m)
-{
-    wrk_granite_t *g = m->priv;
-    if (!g) return;
-    free(g->params);
-    free(g->layers);
-    free(g->inv_freq);
-    free(g);
-    m->priv = NULL;
-}
-
 const wrk_family_i wrk_family_granite = {
     .model_type = "granitemoehybrid",
     .family = WRK_FAMILY_GRANITE,
     .load = granite_load,
-    .unload = granite_unload,
 };

@@ -47,24 +47,8 @@ static const wrk_cfg_row_t rows[] = {
     WRK_CFG_F("layer_norm_epsilon", 1e-5, 1e-30, 1.0, F(eps)),
 };
 
-static const wrk_cfg_spec_t spec = {
-    .model_type = "mamba",
-    .rows = rows,
-    .n_rows = sizeof rows / sizeof rows[0],
-    .size = sizeof(wrk_mamba_config_t),
-    .derive = derive,
-    .vocab = F(vocab),
-    .bos = F(bos_id),
-    .eos = F(eos_id),
-    .pad = F(pad_id),
-};
 #undef F
-
-int wrk_mamba_config_parse(const char *json, size_t len, wrk_mamba_config_t *cfg, char *err,
-                           size_t errlen)
-{
-    return wrk_cfg_parse(json, len, &spec, cfg, err, errlen);
-}
+WRK_CFG_PARSER(wrk_mamba_config_parse, wrk_mamba_config_t, "mamba", rows, derive, )
 
 /* ---- tensor binding ---------------------------------------------------------------------- */
 
@@ -77,7 +61,7 @@ static size_t params_floats(const wrk_mamba_config_t *c)
 
 static int mamba_load(wrk_model_t *m, const char *json, size_t len, char *err, size_t errlen)
 {
-    wrk_mamba_t *mb = calloc(1, sizeof *mb);
+    wrk_mamba_t *mb = wrk_model_alloc(m, 1, sizeof *mb);
     if (!mb) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
     m->priv = mb;
     int rc = wrk_mamba_config_parse(json, len, &mb->cfg, err, errlen);
@@ -88,7 +72,7 @@ static int mamba_load(wrk_model_t *m, const char *json, size_t len, char *err, s
     if ((rc = wrk_params_alloc(m, params_floats(c), "norms, biases, conv, A and D", &mb->params,
                                err, errlen)))
         return rc;
-    mb->layers = calloc((size_t)c->n_layers, sizeof *mb->layers);
+    mb->layers = wrk_model_alloc(m, (size_t)c->n_layers, sizeof *mb->layers);
     if (!mb->layers) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
     wrk_binder_t b = {.m = m, .next = mb->params, .err = err, .errlen = errlen};
 
@@ -128,7 +112,7 @@ static int mamba_load(wrk_model_t *m, const char *json, size_t len, char *err, s
 #undef NAME
     }
     /* State layout, per layer: conv window then SSM state. */
-    m->state_tensors = calloc(2 * (size_t)c->n_layers, sizeof *m->state_tensors);
+    m->state_tensors = wrk_model_alloc(m, 2 * (size_t)c->n_layers, sizeof *m->state_tensors);
     if (!m->state_tensors) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
     size_t off = 0;
     for (int l = 0; l < c->n_layers; l++) {
@@ -149,20 +133,9 @@ static int mamba_load(wrk_model_t *m, const char *json, size_t len, char *err, s
     return 0;
 }
 
-static void mamba_unload(wrk_model_t *m)
-{
-    wrk_mamba_t *mb = m->priv;
-    if (!mb) return;
-    free(mb->params);
-    free(mb->layers);
-    free(mb);
-    m->priv = NULL;
-}
-
 const wrk_family_i wrk_family_mamba = {
     .model_type = "mamba",
     .family = WRK_FAMILY_MAMBA,
     .load = mamba_load,
-    .unload = mamba_unload,
     .shard = wrk_mamba_shard,
 };

@@ -64,24 +64,8 @@ static const wrk_cfg_row_t rows[] = {
     WRK_CFG_F("layer_norm_epsilon", 1e-5, 1e-30, 1.0, F(eps)),
 };
 
-static const wrk_cfg_spec_t spec = {
-    .model_type = "mamba2",
-    .rows = rows,
-    .n_rows = sizeof rows / sizeof rows[0],
-    .size = sizeof(wrk_mamba2_config_t),
-    .derive = derive,
-    .vocab = F(vocab),
-    .bos = F(bos_id),
-    .eos = F(eos_id),
-    .pad = F(pad_id),
-};
 #undef F
-
-int wrk_mamba2_config_parse(const char *json, size_t len, wrk_mamba2_config_t *cfg, char *err,
-                            size_t errlen)
-{
-    return wrk_cfg_parse(json, len, &spec, cfg, err, errlen);
-}
+WRK_CFG_PARSER(wrk_mamba2_config_parse, wrk_mamba2_config_t, "mamba2", rows, derive, )
 
 void wrk_mamba2_derive(wrk_mamba2_config_t *c, long inner, long gn)
 {
@@ -143,7 +127,7 @@ size_t wrk_mamba2_describe_state(const wrk_mamba2_config_t *c, int layer, wrk_st
 
 static int mamba2_load(wrk_model_t *m, const char *json, size_t len, char *err, size_t errlen)
 {
-    wrk_mamba2_t *mb = calloc(1, sizeof *mb);
+    wrk_mamba2_t *mb = wrk_model_alloc(m, 1, sizeof *mb);
     if (!mb) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
     m->priv = mb;
     int rc = wrk_mamba2_config_parse(json, len, &mb->cfg, err, errlen);
@@ -154,7 +138,7 @@ static int mamba2_load(wrk_model_t *m, const char *json, size_t len, char *err, 
     if ((rc = wrk_params_alloc(m, params_floats(c), "norms, biases, conv, A, D and dt_bias",
                                &mb->params, err, errlen)))
         return rc;
-    mb->layers = calloc((size_t)c->n_layers, sizeof *mb->layers);
+    mb->layers = wrk_model_alloc(m, (size_t)c->n_layers, sizeof *mb->layers);
     if (!mb->layers) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
     wrk_binder_t b = {.m = m, .next = mb->params, .err = err, .errlen = errlen};
 
@@ -173,7 +157,7 @@ static int mamba2_load(wrk_model_t *m, const char *json, size_t len, char *err, 
 #undef NAME
     }
     /* State layout, per layer: conv window then SSM state. */
-    m->state_tensors = calloc(2 * (size_t)c->n_layers, sizeof *m->state_tensors);
+    m->state_tensors = wrk_model_alloc(m, 2 * (size_t)c->n_layers, sizeof *m->state_tensors);
     if (!m->state_tensors) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
     size_t off = 0;
     for (int l = 0; l < c->n_layers; l++)
@@ -188,20 +172,9 @@ static int mamba2_load(wrk_model_t *m, const char *json, size_t len, char *err, 
     return 0;
 }
 
-static void mamba2_unload(wrk_model_t *m)
-{
-    wrk_mamba2_t *mb = m->priv;
-    if (!mb) return;
-    free(mb->params);
-    free(mb->layers);
-    free(mb);
-    m->priv = NULL;
-}
-
 const wrk_family_i wrk_family_mamba2 = {
     .model_type = "mamba2",
     .family = WRK_FAMILY_MAMBA2,
     .load = mamba2_load,
-    .unload = mamba2_unload,
     .shard = wrk_mamba2_shard,
 };

@@ -160,24 +160,8 @@ static const wrk_cfg_row_t rows[] = {
     WRK_CFG_B("tie_word_embeddings", true, F(tie_embeddings)),
 };
 
-static const wrk_cfg_spec_t spec = {
-    .model_type = "recurrent_gemma",
-    .rows = rows,
-    .n_rows = sizeof rows / sizeof rows[0],
-    .size = sizeof(wrk_rg_config_t),
-    .derive = derive,
-    .vocab = F(vocab),
-    .bos = F(bos_id),
-    .eos = F(eos_id),
-    .pad = F(pad_id),
-};
 #undef F
-
-int wrk_rg_config_parse(const char *json, size_t len, wrk_rg_config_t *cfg, char *err,
-                        size_t errlen)
-{
-    return wrk_cfg_parse(json, len, &spec, cfg, err, errlen);
-}
+WRK_CFG_PARSER(wrk_rg_config_parse, wrk_rg_config_t, "recurrent_gemma", rows, derive, )
 
 /* ---- tensor binding ---------------------------------------------------------------------- */
 
@@ -250,7 +234,7 @@ static int describe_state(wrk_model_t *m, wrk_rg_t *rg, char *err, size_t errlen
 {
     const wrk_rg_config_t *c = &rg->cfg;
     const int n = 1 + 2 * c->n_layers;
-    m->state_tensors = calloc((size_t)n, sizeof *m->state_tensors);
+    m->state_tensors = wrk_model_alloc(m, (size_t)n, sizeof *m->state_tensors);
     if (!m->state_tensors) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
     wrk_state_tensor_t *st = m->state_tensors;
     size_t off = wrk_state_tensor_set(st++, -1, "position", 1, (int64_t[]){WRK_RG_POS_FLOATS},
@@ -277,7 +261,7 @@ static int describe_state(wrk_model_t *m, wrk_rg_t *rg, char *err, size_t errlen
 
 static int rg_load(wrk_model_t *m, const char *json, size_t len, char *err, size_t errlen)
 {
-    wrk_rg_t *rg = calloc(1, sizeof *rg);
+    wrk_rg_t *rg = wrk_model_alloc(m, 1, sizeof *rg);
     if (!rg) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
     m->priv = rg;
     int rc = wrk_rg_config_parse(json, len, &rg->cfg, err, errlen);
@@ -288,8 +272,8 @@ static int rg_load(wrk_model_t *m, const char *json, size_t len, char *err, size
     if ((rc = wrk_params_alloc(m, params_floats(c), "norms, biases, conv and RG-LRU gates",
                                &rg->params, err, errlen)))
         return rc;
-    rg->layers = calloc((size_t)c->n_layers, sizeof *rg->layers);
-    rg->inv_freq = malloc(((size_t)c->rot_freqs + 1) * sizeof(float));
+    rg->layers = wrk_model_alloc(m, (size_t)c->n_layers, sizeof *rg->layers);
+    rg->inv_freq = wrk_model_alloc(m, ((size_t)c->rot_freqs + 1) , sizeof(float));
     if (!rg->layers || !rg->inv_freq)
         return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
     /* 1 / theta^(arange(0, dim, 2) / dim) in fp32, as transformers builds inv_freq. */
@@ -343,20 +327,8 @@ static int rg_load(wrk_model_t *m, const char *json, size_t len, char *err, size
     return 0;
 }
 
-static void rg_unload(wrk_model_t *m)
-{
-    wrk_rg_t *rg = m->priv;
-    if (!rg) return;
-    free(rg->params);
-    free(rg->layers);
-    free(rg->inv_freq);
-    free(rg);
-    m->priv = NULL;
-}
-
 const wrk_family_i wrk_family_recurrentgemma = {
     .model_type = "recurrent_gemma",
     .family = WRK_FAMILY_RECURRENTGEMMA,
     .load = rg_load,
-    .unload = rg_unload,
 };

@@ -84,7 +84,15 @@ size_t wrk_state_tensor_set(wrk_state_tensor_t *t, int layer, const char *what, 
     return off + t->bytes;
 }
 
-int wrk_params_alloc(const wrk_model_t *m, size_t n, const char *what, float **out, char *err,
+void *wrk_model_alloc(wrk_model_t *m, size_t n, size_t size)
+{
+    if (m->n_owned == WRK_MODEL_MAX_OWNED) return NULL; /* a family's bug: it says so as ENOMEM */
+    void *p = calloc(n ? n : 1, size);
+    if (p) m->owned[m->n_owned++] = p;
+    return p;
+}
+
+int wrk_params_alloc(wrk_model_t *m, size_t n, const char *what, float **out, char *err,
                      size_t errlen)
 {
     size_t held = 0;
@@ -95,7 +103,7 @@ int wrk_params_alloc(const wrk_model_t *m, size_t n, const char *what, float **o
                         "config.json describes a larger model than the checkpoint holds "
                         "(%zu parameters needed for %s; %zu in the files)",
                         n, what, held);
-    *out = malloc((n ? n : 1) * sizeof(float));
+    *out = wrk_model_alloc(m, n ? n : 1, sizeof(float));
     return *out ? 0 : rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
 }
 

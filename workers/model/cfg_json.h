@@ -58,6 +58,24 @@ typedef struct wrk_cfg_spec {
     ptrdiff_t vocab, bos, eos, pad;
 } wrk_cfg_spec_t;
 
+/* Defines the family's parser `int fn(const char *json, size_t len, type *cfg, char *err,
+ * size_t errlen)` over `rows_` and `derive_`; `lm` is where vocab and bos_id/eos_id/pad_id sit
+ * in `type`: empty, or a member path ending in '.'. */
+#define WRK_CFG_PARSER(fn, type, model_type_, rows_, derive_, lm)                                 \
+    static const wrk_cfg_spec_t fn##_spec = {.model_type = model_type_,                           \
+                                             .rows = rows_,                                       \
+                                             .n_rows = sizeof rows_ / sizeof rows_[0],            \
+                                             .size = sizeof(type),                                \
+                                             .derive = derive_,                                   \
+                                             .vocab = offsetof(type, lm vocab),                   \
+                                             .bos = offsetof(type, lm bos_id),                    \
+                                             .eos = offsetof(type, lm eos_id),                    \
+                                             .pad = offsetof(type, lm pad_id)};                   \
+    int fn(const char *json, size_t len, type *cfg, char *err, size_t errlen)                     \
+    {                                                                                             \
+        return wrk_cfg_parse(json, len, &fn##_spec, cfg, err, errlen);                            \
+    }
+
 /* Parses json (len bytes) as spec's family's config.json into cfg. RCD_EFORMAT (a value of the
  * wrong type or out of range, not JSON) or RCD_EUNSUPPORTED (another model_type or a setting
  * not served) with a message naming the field. */

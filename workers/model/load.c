@@ -132,11 +132,11 @@ cleanup:
 void wrk_model_free(wrk_model_t *m)
 {
     if (!m) return;
-    if (m->fam) m->fam->unload(m);
     wrk_st_close(m->st);
-    free(m->state_tensors);
     free(m->mats);
     if (m->packs) m->packs_free(m->packs);
+    for (int i = 0; i < m->n_owned; i++)
+        free(m->owned[i]);
     free(m);
 }
 

@@ -41,14 +41,16 @@ typedef struct wrk_family_i {
     /* Parses config.json, binds and validates m->st's tensors (every tensor taken), and
      * fills the model's common fields below, m->info's family fields (vocab_size,
      * hidden_size, n_layers, weight_dtype, state_bytes, n_state_tensors, state_tensors,
-     * token ids) and m->priv. On failure the model is freed by the caller (unload runs). */
+     * token ids) and m->priv. What it allocates with wrk_model_alloc / wrk_params_alloc is
+     * freed with the model (on failure too). */
     int (*load)(wrk_model_t *m, const char *json, size_t len, char *err, size_t errlen);
-    void (*unload)(wrk_model_t *m); /* frees m->priv and what load allocated; NULL-safe */
     /* Rank `rank` of `size`'s shard (NULL: the family has no sharded forward). Sizes that
      * cannot be split are refused with a message naming them. */
     int (*shard)(const wrk_model_t *m, int rank, int size, wrk_shard_t **out, char *err,
                  size_t errlen);
 } wrk_family_i;
+
+#define WRK_MODEL_MAX_OWNED 8
 
 struct wrk_model {
     wrk_model_info_t info;
@@ -65,11 +67,13 @@ struct wrk_model {
     float logit_scale;        /* multiplies logits (1 for Mamba) */
     float logit_softcap;      /* cap*tanh(logits/cap) when > 0 */
     int max_matmul_cols;      /* widest matmul input, for the GEMM conversion scratch */
-    wrk_state_tensor_t *state_tensors; /* owned: freed by wrk_model_free */
+    wrk_state_tensor_t *state_tensors; /* wrk_model_alloc'd */
     /* Every matrix the family bound (wrk_take_mat), by value; the CPU backend packs them
      * once (workers/cpu/pack.c) and finds a packed copy by its data pointer. */
     wrk_mat_t *mats;
     int n_mats, cap_mats;
+    void *owned[WRK_MODEL_MAX_OWNED]; /* the family's allocations (wrk_model_alloc) */
+    int n_owned;
     struct wrk_packs *packs; /* owned; NULL until a CPU backend asks */
     void (*packs_free)(struct wrk_packs *p); /* set with packs, by the backend that made them */
 };
@@ -125,10 +129,14 @@ typedef enum wrk_bind_how {
     WRK_BIND_BLOCK_T,       /* each [n][n] block of an [NB][n][n] tensor transposed */
 } wrk_bind_how_t;
 
-/* The family's pool of n floats (malloc'd; the family frees it). Every small parameter is
+/* n zeroed elements of `size` bytes owned by the model (freed by wrk_model_free): the family's
+ * layout and its arrays. NULL when out of memory. */
+void *wrk_model_alloc(wrk_model_t *m, size_t n, size_t size);
+
+/* The family's pool of n floats (owned by the model, as wrk_model_alloc). Every small parameter is
  * converted from one checkpoint element, so a config that needs more than the checkpoint
  * holds is refused before allocating for it; `what` names those parameters in the message. */
-int wrk_params_alloc(const wrk_model_t *m, size_t n, const char *what, float **out, char *err,
+int wrk_params_alloc(wrk_model_t *m, size_t n, const char *what, float **out, char *err,
                      size_t errlen);
 /* A small parameter of exactly this shape, converted (`how`) into the pool. */
 int wrk_bind_vec_nd(wrk_binder_t *b, const char *name, int ndim, const int64_t *shape,
