@@ -290,7 +290,8 @@ int dmn_runner_create_cfg(uv_loop_t *loop, wrk_backend_t *be, const dmn_runner_c
     sc.n_slots = wrk_backend_n_slots(be);
     sc.step_tokens = wrk_backend_max_step_tokens(be);
     /* --max-queue counts every held turn; the scheduler's queue only the waiting ones. */
-    sc.max_queue = cfg->max_queue > wrk_backend_n_slots(be) ? cfg->max_queue - wrk_backend_n_slots(be) : 1;
+    sc.max_queue =
+        cfg->max_queue > wrk_backend_n_slots(be) ? cfg->max_queue - wrk_backend_n_slots(be) : 1;
     sc.n_host_slots = cfg->n_host_slots;
     sc.n_priorities = DMN_RUNNER_PRIORITIES;
     sc.aging_us = cfg->aging_ms * 1000;

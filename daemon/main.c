@@ -238,7 +238,8 @@ int main(int argc, char **argv)
     }
     if (mi->n_kv_layers > 0) { /* the backend's defaults (workers/cpu/cpu_backend.c) */
         long bt = opts.kv_block_tokens > 0 ? opts.kv_block_tokens : 16;
-        long nb = opts.kv_blocks > 0 ? opts.kv_blocks : (wrk_backend_n_slots(srv.backend) * 2048L + bt - 1) / bt;
+        long nb = opts.kv_blocks > 0 ? opts.kv_blocks
+                                     : (wrk_backend_n_slots(srv.backend) * 2048L + bt - 1) / bt;
         dmn_runner_set_kv_pool(srv.runner, nb, bt);
         dmn_log(DMN_INFO, "kv_cache", NULL, NULL,
                 "%ld KV blocks of %ld positions: %ld positions, %.1f MiB (%zu bytes per position)",

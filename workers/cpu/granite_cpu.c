@@ -63,8 +63,9 @@ static int cpu_init(struct wrk_cpu *c, void **ctx)
     if (ok && cfg->n_mamba) ok = wrk_mamba2_bufs_alloc(&cfg->mx, T, &a->mb) == 0;
     if (ok && cfg->n_attn) {
         a->scores_floats = c->kv ? (size_t)wrk_kv_capacity(c->kv) : 0;
-        ok = c->kv && (a->q = wrk_cpu_alloc_floats(T * qd)) && (a->k = wrk_cpu_alloc_floats(T * kvd)) &&
-             (a->v = wrk_cpu_alloc_floats(T * kvd)) && (a->att = wrk_cpu_alloc_floats(T * qd)) &&
+        ok = c->kv && (a->q = wrk_cpu_alloc_floats(T * qd)) &&
+             (a->k = wrk_cpu_alloc_floats(T * kvd)) && (a->v = wrk_cpu_alloc_floats(T * kvd)) &&
+             (a->att = wrk_cpu_alloc_floats(T * qd)) &&
              (a->scores = wrk_cpu_alloc_floats((size_t)c->n_threads * a->scores_floats)) &&
              (a->tok_slot = malloc(T * sizeof(int32_t))) &&
              (a->tok_pos = malloc(T * sizeof(int32_t)));
@@ -73,9 +74,9 @@ static int cpu_init(struct wrk_cpu *c, void **ctx)
         ok = (a->rl = wrk_cpu_alloc_floats(T * E)) && (a->sel = malloc(TK * sizeof(int32_t))) &&
              (a->wt = wrk_cpu_alloc_floats(TK)) && (a->row_of = malloc(TK * sizeof(int32_t))) &&
              (a->row_tok = malloc(TK * sizeof(int32_t))) &&
-             (a->start = malloc((E + 1) * sizeof(int32_t))) && (a->xg = wrk_cpu_alloc_floats(TK * H)) &&
-             (a->tg = wrk_cpu_alloc_floats(TK * 2 * F)) && (a->ug = wrk_cpu_alloc_floats(TK * F)) &&
-             (a->og = wrk_cpu_alloc_floats(TK * H));
+             (a->start = malloc((E + 1) * sizeof(int32_t))) &&
+             (a->xg = wrk_cpu_alloc_floats(TK * H)) && (a->tg = wrk_cpu_alloc_floats(TK * 2 * F)) &&
+             (a->ug = wrk_cpu_alloc_floats(TK * F)) && (a->og = wrk_cpu_alloc_floats(TK * H));
     }
     if (!ok) {
         cpu_free(a);

@@ -103,15 +103,16 @@ static void test_state_roundtrip(void)
     char *blob = malloc(n + 1);
     size_t len = 0;
     CHECK(wrk_state_read_n(b, 0, blob, n - 1, &len) == RCD_ETOOBIG);
-    CHECK(wrk_state_read_n(b, 0, blob, mi->state_bytes, NULL) == RCD_ETOOBIG); /* a fixed-size buffer is too small */
+    CHECK(wrk_state_read_n(b, 0, blob, mi->state_bytes, NULL) ==
+          RCD_ETOOBIG); /* a fixed-size buffer is too small */
     CHECK(wrk_state_read_n(b, 0, blob + 1, n, &len) == 0 && len == n); /* unaligned too */
     uint64_t count;
     memcpy(&count, blob + 1 + mi->state_bytes - 8, 8);
     CHECK(count == (uint64_t)cut);
     wrk_state_reset(b, 0); /* the original is gone; only the blob remains */
     CHECK(wrk_state_bytes(b, 0) == mi->state_bytes);
-    CHECK(wrk_state_write_n(b, 5, blob + 1, n - 4) == RCD_EFORMAT); /* length disagrees */
-    CHECK(wrk_state_write_n(b, 5, blob + 1, mi->state_bytes) == RCD_EFORMAT);          /* count > 0 */
+    CHECK(wrk_state_write_n(b, 5, blob + 1, n - 4) == RCD_EFORMAT);           /* length disagrees */
+    CHECK(wrk_state_write_n(b, 5, blob + 1, mi->state_bytes) == RCD_EFORMAT); /* count > 0 */
     CHECK(wrk_state_write_n(b, 5, blob + 1, n) == 0);
     CHECK(wrk_state_copy(b, 6, 5) == 0);
     CHECK(wrk_state_bytes(b, 6) == n);

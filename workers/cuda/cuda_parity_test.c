@@ -339,8 +339,8 @@ static void test_state_portable(void)
                             .logits = out};
             CHECK(wrk_step(bk[i], &s, 1, err, sizeof err) == 0);
             float d = golden_max_diff(out, q->logits + (size_t)cut * V, (size_t)(q->n - cut) * V);
-            CHECK_MSG(d <= TOL_F32, "resume %d on %s slot %d: max diff %g", i, wrk_backend_name(bk[i]),
-                      slots[i], d);
+            CHECK_MSG(d <= TOL_F32, "resume %d on %s slot %d: max diff %g", i,
+                      wrk_backend_name(bk[i]), slots[i], d);
         }
         /* CPU prefix -> CUDA. */
         CHECK(wrk_state_write_n(gpu, 7, blob2, mi->state_bytes) == 0);

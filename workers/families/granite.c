@@ -185,7 +185,8 @@ static const wrk_cfg_row_t rows[] = {
 };
 
 #undef F
-WRK_CFG_PARSER(wrk_granite_config_parse, wrk_granite_config_t, "granitemoehybrid", rows, derive, mx.)
+WRK_CFG_PARSER(wrk_granite_config_parse, config, wrk_granite_config_t, "granitemoehybrid", rows,
+               derive, mx.)
 
 /* ---- tensor binding ---------------------------------------------------------------------- */
 
@@ -274,13 +275,10 @@ static int describe_state(wrk_model_t *m, const wrk_granite_config_t *c, char *e
     return 0;
 }
 
-static int granite_load(wrk_model_t *m, const char *json, size_t len, char *err, size_t errlen)
+static int granite_load(wrk_model_t *m, char *err, size_t errlen)
 {
-    wrk_granite_t *g = wrk_model_alloc(m, 1, sizeof *g);
-    if (!g) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
-    m->priv = g;
-    int rc = wrk_granite_config_parse(json, len, &g->cfg, err, errlen);
-    if (rc) return rc;
+    wrk_granite_t *g = m->priv;
+    int rc;
     const wrk_granite_config_t *c = &g->cfg;
     const wrk_mamba2_config_t *mx = &c->mx;
     const int H = mx->hidden, V = mx->vocab;
@@ -332,5 +330,7 @@ static int granite_load(wrk_model_t *m, const char *json, size_t len, char *err,
 const wrk_family_i wrk_family_granite = {
     .model_type = "granitemoehybrid",
     .family = WRK_FAMILY_GRANITE,
+    .layout_size = sizeof(wrk_granite_t),
+    .config = &config,
     .load = granite_load,
 };

@@ -48,7 +48,7 @@ static const wrk_cfg_row_t rows[] = {
 };
 
 #undef F
-WRK_CFG_PARSER(wrk_mamba_config_parse, wrk_mamba_config_t, "mamba", rows, derive, )
+WRK_CFG_PARSER(wrk_mamba_config_parse, config, wrk_mamba_config_t, "mamba", rows, derive, )
 
 /* ---- tensor binding ---------------------------------------------------------------------- */
 
@@ -59,13 +59,10 @@ static size_t params_floats(const wrk_mamba_config_t *c)
     return c->n_layers * per + H;
 }
 
-static int mamba_load(wrk_model_t *m, const char *json, size_t len, char *err, size_t errlen)
+static int mamba_load(wrk_model_t *m, char *err, size_t errlen)
 {
-    wrk_mamba_t *mb = wrk_model_alloc(m, 1, sizeof *mb);
-    if (!mb) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
-    m->priv = mb;
-    int rc = wrk_mamba_config_parse(json, len, &mb->cfg, err, errlen);
-    if (rc) return rc;
+    wrk_mamba_t *mb = m->priv;
+    int rc;
     const wrk_mamba_config_t *c = &mb->cfg;
     const int H = c->hidden, I = c->inner, N = c->d_state, K = c->d_conv, R = c->dt_rank;
     char name[128];
@@ -136,6 +133,8 @@ static int mamba_load(wrk_model_t *m, const char *json, size_t len, char *err, s
 const wrk_family_i wrk_family_mamba = {
     .model_type = "mamba",
     .family = WRK_FAMILY_MAMBA,
+    .layout_size = sizeof(wrk_mamba_t),
+    .config = &config,
     .load = mamba_load,
     .shard = wrk_mamba_shard,
 };

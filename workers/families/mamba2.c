@@ -65,7 +65,7 @@ static const wrk_cfg_row_t rows[] = {
 };
 
 #undef F
-WRK_CFG_PARSER(wrk_mamba2_config_parse, wrk_mamba2_config_t, "mamba2", rows, derive, )
+WRK_CFG_PARSER(wrk_mamba2_config_parse, config, wrk_mamba2_config_t, "mamba2", rows, derive, )
 
 void wrk_mamba2_derive(wrk_mamba2_config_t *c, long inner, long gn)
 {
@@ -125,13 +125,10 @@ size_t wrk_mamba2_describe_state(const wrk_mamba2_config_t *c, int layer, wrk_st
                                 off);
 }
 
-static int mamba2_load(wrk_model_t *m, const char *json, size_t len, char *err, size_t errlen)
+static int mamba2_load(wrk_model_t *m, char *err, size_t errlen)
 {
-    wrk_mamba2_t *mb = wrk_model_alloc(m, 1, sizeof *mb);
-    if (!mb) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
-    m->priv = mb;
-    int rc = wrk_mamba2_config_parse(json, len, &mb->cfg, err, errlen);
-    if (rc) return rc;
+    wrk_mamba2_t *mb = m->priv;
+    int rc;
     const wrk_mamba2_config_t *c = &mb->cfg;
     const int H = c->hidden, I = c->inner;
     char name[128];
@@ -175,6 +172,8 @@ static int mamba2_load(wrk_model_t *m, const char *json, size_t len, char *err, 
 const wrk_family_i wrk_family_mamba2 = {
     .model_type = "mamba2",
     .family = WRK_FAMILY_MAMBA2,
+    .layout_size = sizeof(wrk_mamba2_t),
+    .config = &config,
     .load = mamba2_load,
     .shard = wrk_mamba2_shard,
 };

@@ -161,7 +161,7 @@ static const wrk_cfg_row_t rows[] = {
 };
 
 #undef F
-WRK_CFG_PARSER(wrk_rg_config_parse, wrk_rg_config_t, "recurrent_gemma", rows, derive, )
+WRK_CFG_PARSER(wrk_rg_config_parse, config, wrk_rg_config_t, "recurrent_gemma", rows, derive, )
 
 /* ---- tensor binding ---------------------------------------------------------------------- */
 
@@ -259,13 +259,10 @@ static int describe_state(wrk_model_t *m, wrk_rg_t *rg, char *err, size_t errlen
     return 0;
 }
 
-static int rg_load(wrk_model_t *m, const char *json, size_t len, char *err, size_t errlen)
+static int rg_load(wrk_model_t *m, char *err, size_t errlen)
 {
-    wrk_rg_t *rg = wrk_model_alloc(m, 1, sizeof *rg);
-    if (!rg) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
-    m->priv = rg;
-    int rc = wrk_rg_config_parse(json, len, &rg->cfg, err, errlen);
-    if (rc) return rc;
+    wrk_rg_t *rg = m->priv;
+    int rc;
     const wrk_rg_config_t *c = &rg->cfg;
     const int D = c->hidden, M = c->mlp;
     char name[160];
@@ -330,5 +327,7 @@ static int rg_load(wrk_model_t *m, const char *json, size_t len, char *err, size
 const wrk_family_i wrk_family_recurrentgemma = {
     .model_type = "recurrent_gemma",
     .family = WRK_FAMILY_RECURRENTGEMMA,
+    .layout_size = sizeof(wrk_rg_t),
+    .config = &config,
     .load = rg_load,
 };

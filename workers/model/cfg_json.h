@@ -58,11 +58,11 @@ typedef struct wrk_cfg_spec {
     ptrdiff_t vocab, bos, eos, pad;
 } wrk_cfg_spec_t;
 
-/* Defines the family's parser `int fn(const char *json, size_t len, type *cfg, char *err,
- * size_t errlen)` over `rows_` and `derive_`; `lm` is where vocab and bos_id/eos_id/pad_id sit
- * in `type`: empty, or a member path ending in '.'. */
-#define WRK_CFG_PARSER(fn, type, model_type_, rows_, derive_, lm)                                 \
-    static const wrk_cfg_spec_t fn##_spec = {.model_type = model_type_,                           \
+/* Defines the family's spec `spec` over `rows_` and `derive_`, and its typed parser
+ * `int fn(const char *json, size_t len, type *cfg, char *err, size_t errlen)`; `lm` is where
+ * vocab and bos_id/eos_id/pad_id sit in `type`: empty, or a member path ending in '.'. */
+#define WRK_CFG_PARSER(fn, spec, type, model_type_, rows_, derive_, lm)                           \
+    static const wrk_cfg_spec_t spec = {.model_type = model_type_,                                \
                                              .rows = rows_,                                       \
                                              .n_rows = sizeof rows_ / sizeof rows_[0],            \
                                              .size = sizeof(type),                                \
@@ -73,7 +73,7 @@ typedef struct wrk_cfg_spec {
                                              .pad = offsetof(type, lm pad_id)};                   \
     int fn(const char *json, size_t len, type *cfg, char *err, size_t errlen)                     \
     {                                                                                             \
-        return wrk_cfg_parse(json, len, &fn##_spec, cfg, err, errlen);                            \
+        return wrk_cfg_parse(json, len, &spec, cfg, err, errlen);                                 \
     }
 
 /* Parses json (len bytes) as spec's family's config.json into cfg. RCD_EFORMAT (a value of the

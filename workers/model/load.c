@@ -8,6 +8,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "workers/model/cfg_json.h"
 #include "workers/model/model_int.h"
 
 #define CONFIG_MAX_BYTES (4u << 20)
@@ -103,7 +104,12 @@ int wrk_model_load(const char *dir, wrk_model_t **out, char *err, size_t errlen)
     if ((rc = pick_family(m, config, config_len, path, err, errlen))) goto cleanup;
     if ((rc = wrk_st_open_dir(dir, &m->st, err, errlen))) goto cleanup;
     char sub[1024];
-    if ((rc = m->fam->load(m, config, config_len, sub, sizeof sub))) {
+    if (!(m->priv = wrk_model_alloc(m, 1, m->fam->layout_size))) {
+        rc = rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
+        goto cleanup;
+    }
+    if ((rc = wrk_cfg_parse(config, config_len, m->fam->config, m->priv, sub, sizeof sub)) ||
+        (rc = m->fam->load(m, sub, sizeof sub))) {
         /* config problems name config.json; tensor problems already name their file */
         if (strncmp(sub, "config.json", 11) == 0)
             rcd_fail(rc, err, errlen, "%s/%s", dir, sub);

@@ -38,12 +38,16 @@ void wrk_shard_free(wrk_shard_t *s); /* NULL-safe */
 typedef struct wrk_family_i {
     const char *model_type; /* config.json "model_type" */
     wrk_family_t family;
-    /* Parses config.json, binds and validates m->st's tensors (every tensor taken), and
+    /* The family's layout (m->priv, allocated zeroed by the loader) starts with its config,
+     * which the loader parses from config.json with this spec (workers/model/cfg_json.h). */
+    size_t layout_size;
+    const struct wrk_cfg_spec *config;
+    /* Binds and validates m->st's tensors (every tensor taken) against the parsed config, and
      * fills the model's common fields below, m->info's family fields (vocab_size,
      * hidden_size, n_layers, weight_dtype, state_bytes, n_state_tensors, state_tensors,
-     * token ids) and m->priv. What it allocates with wrk_model_alloc / wrk_params_alloc is
-     * freed with the model (on failure too). */
-    int (*load)(wrk_model_t *m, const char *json, size_t len, char *err, size_t errlen);
+     * token ids) and the rest of m->priv. What it allocates with wrk_model_alloc /
+     * wrk_params_alloc is freed with the model (on failure too). */
+    int (*load)(wrk_model_t *m, char *err, size_t errlen);
     /* Rank `rank` of `size`'s shard (NULL: the family has no sharded forward). Sizes that
      * cannot be split are refused with a message naming them. */
     int (*shard)(const wrk_model_t *m, int rank, int size, wrk_shard_t **out, char *err,
