@@ -9,6 +9,8 @@
 
 #define BLAS_WORKSPACE_BYTES ((size_t)32 << 20)
 
+/* The families this backend runs, its own table (cpu/cpu_backend.c keeps the CPU's): a family
+ * with a CUDA forward adds it here. */
 static const cuda_family_t *const families[] = {&cuda_family_mamba};
 
 const char *cuda__errstr(int code)
