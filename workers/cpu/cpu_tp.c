@@ -165,8 +165,8 @@ int wrk__cpu_tp_create(const wrk_model_t *m, const wrk_backend_opts_t *opts, wrk
                         WRK_COMM_INPROC_MAX);
     if (!m->fam->shard)
         return rcd_fail(RCD_EUNSUPPORTED, err, errlen,
-                        "tensor parallel: the %s family has no sharded forward (use tp 1)",
-                        m->fam->model_type);
+                        "tensor parallel: %s has no sharded forward (use tp 1)",
+                        m->info.architecture);
     tp_t *t = calloc(1, sizeof *t);
     if (!t) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
     t->n = n;

@@ -328,7 +328,6 @@ static int granite_load(wrk_model_t *m, char *err, size_t errlen)
 }
 
 const wrk_family_i wrk_family_granite = {
-    .model_type = "granitemoehybrid",
     .family = WRK_FAMILY_GRANITE,
     .layout_size = sizeof(wrk_granite_t),
     .config = &config,

@@ -131,7 +131,6 @@ static int mamba_load(wrk_model_t *m, char *err, size_t errlen)
 }
 
 const wrk_family_i wrk_family_mamba = {
-    .model_type = "mamba",
     .family = WRK_FAMILY_MAMBA,
     .layout_size = sizeof(wrk_mamba_t),
     .config = &config,

@@ -170,7 +170,6 @@ static int mamba2_load(wrk_model_t *m, char *err, size_t errlen)
 }
 
 const wrk_family_i wrk_family_mamba2 = {
-    .model_type = "mamba2",
     .family = WRK_FAMILY_MAMBA2,
     .layout_size = sizeof(wrk_mamba2_t),
     .config = &config,

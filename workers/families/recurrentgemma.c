@@ -325,7 +325,6 @@ static int rg_load(wrk_model_t *m, char *err, size_t errlen)
 }
 
 const wrk_family_i wrk_family_recurrentgemma = {
-    .model_type = "recurrent_gemma",
     .family = WRK_FAMILY_RECURRENTGEMMA,
     .layout_size = sizeof(wrk_rg_t),
     .config = &config,

@@ -68,19 +68,19 @@ static int pick_family(wrk_model_t *m, const char *config, size_t len, const cha
         goto cleanup;
     }
     for (size_t i = 0; i < N_FAMILIES; i++)
-        if (strcmp(families[i]->model_type, mt->valuestring) == 0) m->fam = families[i];
+        if (strcmp(families[i]->config->model_type, mt->valuestring) == 0) m->fam = families[i];
     if (!m->fam) {
         char list[256] = "";
         for (size_t i = 0; i < N_FAMILIES; i++)
             snprintf(list + strlen(list), sizeof list - strlen(list), "%s\"%s\"", i ? ", " : "",
-                     families[i]->model_type);
+                     families[i]->config->model_type);
         rc = rcd_fail(RCD_EUNSUPPORTED, err, errlen,
                       "%s: model_type \"%.64s\" is not supported (this build serves %s)", path,
                       mt->valuestring, list);
         goto cleanup;
     }
     snprintf(m->arch, sizeof m->arch, "%s",
-             cJSON_IsString(a0) ? a0->valuestring : m->fam->model_type);
+             cJSON_IsString(a0) ? a0->valuestring : m->fam->config->model_type);
 cleanup:
     cJSON_Delete(root);
     return rc;

@@ -36,10 +36,10 @@ typedef struct wrk_shard {
 void wrk_shard_free(wrk_shard_t *s); /* NULL-safe */
 
 typedef struct wrk_family_i {
-    const char *model_type; /* config.json "model_type" */
     wrk_family_t family;
     /* The family's layout (m->priv, allocated zeroed by the loader) starts with its config,
-     * which the loader parses from config.json with this spec (workers/model/cfg_json.h). */
+     * which the loader parses from config.json with this spec (workers/model/cfg_json.h);
+     * the spec's model_type is the one the loader picks the family by. */
     size_t layout_size;
     const struct wrk_cfg_spec *config;
     /* Binds and validates m->st's tensors (every tensor taken) against the parsed config, and
