@@ -207,7 +207,7 @@ int main(int argc, char **argv)
     double bw = read_bandwidth(pool, (size_t)(weight_b + 2 * state_b));
     double peak = gemm_peak(nth);
     const double lm_flops = 2.0 * mi->vocab_size * mi->hidden_size;
-    printf("cpu: %s, %d threads, kernels %s\n", cpu, nth, b->isa);
+    printf("cpu: %s, %d threads, kernels %s\n", cpu, nth, wrk_backend_isa(b));
     printf("model: %s, %d layers, hidden %d, vocab %d, weights %s %.1f MB, state %.2f MB/seq\n",
            model_dir, mi->n_layers, mi->hidden_size, mi->vocab_size,
            wrk_dtype_name(mi->weight_dtype), weight_b / 1e6, state_b / 1e6);

@@ -61,7 +61,7 @@ static void list_models(dmn_call_t *c, grpc_byte_buffer *bb)
     m.state_bytes = mi->state_bytes;
     m.fingerprint = (char *)mi->fingerprint_hex;
     m.max_context_tokens = (int32_t)s->opts->max_context;
-    m.backend = (char *)s->backend->vt->name;
+    m.backend = (char *)wrk_backend_name(s->backend);
     Recurd__V1__Model *list[1] = {&m};
     Recurd__V1__ListModelsResponse r = RECURD__V1__LIST_MODELS_RESPONSE__INIT;
     r.n_models = 1;

@@ -249,8 +249,8 @@ static int serve(dmn_server_t *srv, bool *grpc_up)
     dmn_log(DMN_INFO, "ready", NULL, NULL,
             "model %s (%s, vocab %d, state %zu bytes, fingerprint %s), backend %s/%s, %d slots",
             srv->model_id, mi->architecture, mi->vocab_size, mi->state_bytes, mi->fingerprint_hex,
-            srv->backend->vt->name, srv->backend->isa ? srv->backend->isa : "?",
-            srv->backend->n_slots);
+            wrk_backend_name(srv->backend), wrk_backend_isa(srv->backend),
+            wrk_backend_n_slots(srv->backend));
     if (o->port_file[0] && write_port_file(o->port_file, srv->port))
         dmn_log(DMN_WARN, "port_file", NULL, NULL, "cannot write %s", o->port_file);
     uv_run(srv->loop, UV_RUN_DEFAULT);

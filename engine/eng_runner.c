@@ -170,7 +170,7 @@ void eng_runner_config_default(eng_runner_config_t *c, const wrk_backend_t *be, 
 {
     memset(c, 0, sizeof(*c));
     c->max_queue = max_queue;
-    c->n_host_slots = be ? be->n_slots : 8;
+    c->n_host_slots = be ? wrk_backend_n_slots(be) : 8;
     c->aging_ms = 5000;
     c->min_run_steps = 8;
     c->max_inflight = 2;
@@ -198,18 +198,19 @@ int eng_runner_create_cfg(uv_loop_t *loop, wrk_backend_t *be, const eng_runner_c
     r->loop = loop;
     r->be = be;
     r->cfg = *cfg;
-    r->n_slots = be->n_slots;
-    r->state_bytes = wrk_model_info(be->model)->state_bytes;
-    r->kv_bpt = wrk_model_info(be->model)->n_kv_layers > 0
-                    ? wrk_model_info(be->model)->kv_bytes_per_token
+    r->n_slots = wrk_backend_n_slots(be);
+    r->state_bytes = wrk_model_info(wrk_backend_model(be))->state_bytes;
+    r->kv_bpt = wrk_model_info(wrk_backend_model(be))->n_kv_layers > 0
+                    ? wrk_model_info(wrk_backend_model(be))->kv_bytes_per_token
                     : 0;
 
     sched_config_t sc;
     sched_config_default(&sc);
-    sc.n_slots = be->n_slots;
-    sc.step_tokens = be->max_step_tokens;
+    sc.n_slots = wrk_backend_n_slots(be);
+    sc.step_tokens = wrk_backend_max_step_tokens(be);
     /* --max-queue counts every held turn; the scheduler's queue only the waiting ones. */
-    sc.max_queue = cfg->max_queue > be->n_slots ? cfg->max_queue - be->n_slots : 1;
+    sc.max_queue =
+        cfg->max_queue > wrk_backend_n_slots(be) ? cfg->max_queue - wrk_backend_n_slots(be) : 1;
     sc.n_host_slots = cfg->n_host_slots;
     sc.n_priorities = ENG_RUNNER_PRIORITIES;
     sc.aging_us = cfg->aging_ms * 1000;

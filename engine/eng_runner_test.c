@@ -5,6 +5,7 @@
  * same tokens and the same final state bit for bit; refusals come back with their codes. */
 #include "engine/eng_runner.h"
 #include "tests/support/rcd_test.h"
+#include "workers/backend_int.h" /* the vtable, to inject step failures */
 
 #include <stdatomic.h>
 #include <stdlib.h>

@@ -143,11 +143,13 @@ int main(int argc, char **argv)
     if (mi->n_kv_layers > 0 && n + (size_t)greedy <= (size_t)1 << 30)
         bo.n_kv_blocks = (int)((n + (size_t)greedy + 15) / 16);
     if ((rc = wrk_backend_create_by_name(backend, m, &bo, &b, err, sizeof err))) goto fail;
-    fprintf(stderr, "recurd-eval: %s, %d layers, vocab %d, %s weights, state %zu bytes, "
-                    "fingerprint %s, kernels %s\n",
+    fprintf(stderr,
+            "recurd-eval: %s, %d layers, vocab %d, %s weights, state %zu bytes, "
+            "fingerprint %s, kernels %s\n",
             mi->architecture, mi->n_layers, mi->vocab_size, wrk_dtype_name(mi->weight_dtype),
-            mi->state_bytes, mi->fingerprint_hex, b->isa);
-    if (tp > 1) fprintf(stderr, "recurd-eval: %ld tensor-parallel ranks (%s)\n", tp, b->vt->name);
+            mi->state_bytes, mi->fingerprint_hex, wrk_backend_isa(b));
+    if (tp > 1)
+        fprintf(stderr, "recurd-eval: %ld tensor-parallel ranks (%s)\n", tp, wrk_backend_name(b));
     const size_t V = (size_t)mi->vocab_size;
     logits = malloc(n * V * sizeof(float));
     if (!logits) {

@@ -1,8 +1,35 @@
-/* workers: the backend-independent wrappers over wrk_backend_i and batch validation. */
+/* workers: the backend-independent side of every backend — the wrappers and accessors over
+ * wrk_backend_i, the option defaults and the batch validation (backend_int.h). */
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
-#include "workers/wrk.h"
+#include "workers/backend_int.h"
+
+int wrk__backend_opts(const wrk_backend_opts_t *opts, wrk_backend_opts_t *out, char *err,
+                      size_t errlen)
+{
+    wrk_backend_opts_t o = opts ? *opts : (wrk_backend_opts_t){0};
+    if (o.n_threads <= 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        o.n_threads = n > 0 ? (int)n : 1;
+    }
+    if (o.n_threads > 256) o.n_threads = 256;
+    if (o.n_slots <= 0) o.n_slots = 8;
+    if (o.max_step_tokens <= 0) o.max_step_tokens = 512;
+    if (o.kv_block_tokens <= 0) o.kv_block_tokens = 16;
+    if (o.kv_block_tokens > 1 << 16)
+        return rcd_fail(RCD_EINVAL, err, errlen, "backend: kv_block_tokens too large");
+    if (o.n_kv_blocks <= 0)
+        o.n_kv_blocks = (int)(((long)o.n_slots * 2048 + o.kv_block_tokens - 1) / o.kv_block_tokens);
+    if ((long)o.n_kv_blocks * o.kv_block_tokens > 1L << 30)
+        return rcd_fail(RCD_EINVAL, err, errlen,
+                        "backend: n_kv_blocks x kv_block_tokens exceeds 2^30 positions");
+    if (o.n_slots > 1 << 20 || o.max_step_tokens > 1 << 20)
+        return rcd_fail(RCD_EINVAL, err, errlen, "backend: n_slots or max_step_tokens too large");
+    *out = o;
+    return 0;
+}
 
 int wrk__check_batch(const wrk_backend_t *b, const wrk_seq_t *seqs, int n_seqs, char *err,
                      size_t errlen)
@@ -41,6 +68,27 @@ int wrk__check_batch(const wrk_backend_t *b, const wrk_seq_t *seqs, int n_seqs, 
     return 0;
 }
 
+const char *wrk_backend_name(const wrk_backend_t *b)
+{
+    return b->vt->name;
+}
+int wrk_backend_n_slots(const wrk_backend_t *b)
+{
+    return b->n_slots;
+}
+int wrk_backend_max_step_tokens(const wrk_backend_t *b)
+{
+    return b->max_step_tokens;
+}
+const char *wrk_backend_isa(const wrk_backend_t *b)
+{
+    return b->isa;
+}
+const wrk_model_t *wrk_backend_model(const wrk_backend_t *b)
+{
+    return b->model;
+}
+
 int wrk_step(wrk_backend_t *b, const wrk_seq_t *seqs, int n_seqs, char *err, size_t errlen)
 {
     return b->vt->step(b, seqs, n_seqs, err, errlen);
@@ -48,14 +96,6 @@ int wrk_step(wrk_backend_t *b, const wrk_seq_t *seqs, int n_seqs, char *err, siz
 int wrk_state_reset(wrk_backend_t *b, int slot)
 {
     return b->vt->state_reset(b, slot);
-}
-int wrk_state_read(wrk_backend_t *b, int slot, void *dst)
-{
-    return b->vt->state_read(b, slot, dst);
-}
-int wrk_state_write(wrk_backend_t *b, int slot, const void *src)
-{
-    return b->vt->state_write(b, slot, src);
 }
 int wrk_state_copy(wrk_backend_t *b, int dst_slot, int src_slot)
 {
@@ -73,42 +113,21 @@ size_t wrk_state_bytes(wrk_backend_t *b, int slot)
 }
 int wrk_state_read_n(wrk_backend_t *b, int slot, void *dst, size_t cap, size_t *len)
 {
-    if (b->vt->state_read_n) return b->vt->state_read_n(b, slot, dst, cap, len);
+    if (b->vt->state_size) return b->vt->state_read_n(b, slot, dst, cap, len);
     const size_t n = wrk_model_info(b->model)->state_bytes;
     if (cap < n) return RCD_ETOOBIG;
-    int rc = b->vt->state_read(b, slot, dst);
+    int rc = b->vt->state_read_n(b, slot, dst, n, NULL);
     if (rc == 0 && len) *len = n;
     return rc;
+}
+int wrk_state_write_n(wrk_backend_t *b, int slot, const void *src, size_t len)
+{
+    if (b->vt->state_size) return b->vt->state_write_n(b, slot, src, len);
+    if (len != wrk_model_info(b->model)->state_bytes) return RCD_EFORMAT;
+    return b->vt->state_write_n(b, slot, src, len);
 }
 void wrk_kv_blocks(wrk_backend_t *b, int64_t *n_free, int64_t *n_total)
 {
     *n_free = *n_total = 0;
     if (b->vt->kv_blocks) b->vt->kv_blocks(b, n_free, n_total);
 }
-int wrk_state_write_n(wrk_backend_t *b, int slot, const void *src, size_t len)
-{
-    if (b->vt->state_write_n) return b->vt->state_write_n(b, slot, src, len);
-    if (len != wrk_model_info(b->model)->state_bytes) return RCD_EFORMAT;
-    return b->vt->state_write(b, slot, src);
-}
-
-int wrk_backend_create_by_name(const char *name, const wrk_model_t *m,
-                               const wrk_backend_opts_t *opts, wrk_backend_t **out, char *err,
-                               size_t errlen)
-{
-    *out = NULL;
-    if (!name || !strcmp(name, "cpu")) return wrk_cpu_backend_create(m, opts, out, err, errlen);
-    if (!strcmp(name, "cuda")) return wrk_cuda_backend_create(m, opts, out, err, errlen);
-    return rcd_fail(RCD_EINVAL, err, errlen, "unknown backend \"%s\" (cpu or cuda)", name);
-}
-
-#ifndef RCD_WITH_CUDA
-int wrk_cuda_backend_create(const wrk_model_t *m, const wrk_backend_opts_t *opts,
-                            wrk_backend_t **out, char *err, size_t errlen)
-{
-    *out = NULL;
-    return rcd_fail(RCD_EUNSUPPORTED, err, errlen,
-                    "the cuda backend is not built in (configure with -DWITH_CUDA=ON where the "
-                    "CUDA toolkit is installed)");
-}
-#endif

@@ -9,7 +9,7 @@
 #include <stdint.h>
 
 #include "common/rcd_error.h"
-#include "workers/safetensors.h"
+#include "workers/model/safetensors.h"
 
 /* ---- models ---------------------------------------------------------------------------- */
 
@@ -92,40 +92,8 @@ typedef struct wrk_backend_opts {
     int n_kv_blocks;      /* blocks in the pool (default: 2048 positions per slot) */
 } wrk_backend_opts_t;
 
-typedef enum wrk_feature {
-    WRK_FEAT_RAGGED = 1,  /* several sequences of different lengths in one step */
-} wrk_feature_t;
-
+/* A model on one backend: state slots and the step. Opaque; the accessors below read it. */
 typedef struct wrk_backend wrk_backend_t;
-
-/* The backend vtable (ggml-style). CPU is the reference; CUDA implements the same. */
-typedef struct wrk_backend_i {
-    const char *name;
-    void (*destroy)(wrk_backend_t *b);
-    int (*state_reset)(wrk_backend_t *b, int slot);
-    int (*state_read)(wrk_backend_t *b, int slot, void *dst);       /* state_bytes to host */
-    int (*state_write)(wrk_backend_t *b, int slot, const void *src); /* state_bytes from host */
-    int (*state_copy)(wrk_backend_t *b, int dst_slot, int src_slot);
-    int (*step)(wrk_backend_t *b, const wrk_seq_t *seqs, int n_seqs, char *err, size_t errlen);
-    int (*sync)(wrk_backend_t *b);
-    bool (*supports)(const wrk_backend_t *b, wrk_feature_t f);
-    /* Variable-size state (models with KV): the slot's state bytes now, and read/write with
-     * explicit sizes. NULL where every state is state_bytes. */
-    size_t (*state_size)(wrk_backend_t *b, int slot);
-    int (*state_read_n)(wrk_backend_t *b, int slot, void *dst, size_t cap, size_t *len);
-    int (*state_write_n)(wrk_backend_t *b, int slot, const void *src, size_t len);
-    /* The paged KV pool: free and total blocks. NULL: no pool (fixed-size states). */
-    void (*kv_blocks)(wrk_backend_t *b, int64_t *n_free, int64_t *n_total);
-} wrk_backend_i;
-
-/* Fields every backend shares; callers may read them, never write. */
-struct wrk_backend {
-    const wrk_backend_i *vt;
-    const wrk_model_t *model; /* borrowed: must outlive the backend */
-    int n_slots;
-    int max_step_tokens;
-    const char *isa;          /* kernels in use, for logs and benchmarks */
-};
 
 /* Creates the CPU backend for a loaded model. */
 int wrk_cpu_backend_create(const wrk_model_t *m, const wrk_backend_opts_t *opts,
@@ -140,20 +108,25 @@ int wrk_backend_create_by_name(const char *name, const wrk_model_t *m,
                                const wrk_backend_opts_t *opts, wrk_backend_t **out, char *err,
                                size_t errlen);
 
-/* Thin wrappers over the vtable; `step` validates the batch (slots, ids, budget) and
- * returns RCD_EINVAL / RCD_ERANGE / RCD_ETOOBIG with a message, touching no state. */
+/* The backend's name ("cpu", "cpu-tp", "cuda"), slots, step budget (tokens), kernels in use
+ * ("avx512", "cuda", ...: for logs and benchmarks) and model (borrowed). */
+const char *wrk_backend_name(const wrk_backend_t *b);
+int wrk_backend_n_slots(const wrk_backend_t *b);
+int wrk_backend_max_step_tokens(const wrk_backend_t *b);
+const char *wrk_backend_isa(const wrk_backend_t *b);
+const wrk_model_t *wrk_backend_model(const wrk_backend_t *b);
+
+/* `step` validates the batch (slots, ids, budget) and returns RCD_EINVAL / RCD_ERANGE /
+ * RCD_ETOOBIG with a message, touching no state. */
 int wrk_step(wrk_backend_t *b, const wrk_seq_t *seqs, int n_seqs, char *err, size_t errlen);
 int wrk_state_reset(wrk_backend_t *b, int slot);
-int wrk_state_read(wrk_backend_t *b, int slot, void *dst);
-int wrk_state_write(wrk_backend_t *b, int slot, const void *src);
 int wrk_state_copy(wrk_backend_t *b, int dst_slot, int src_slot);
-/* Sized state I/O, for every model (variable-size ones included). A slot's state is
+/* State I/O, for every model (variable-size ones included). A slot's state is
  * info->state_bytes fixed bytes, then, when n_kv_layers > 0, the KV of every position seen:
  * wrk_state_bytes(b, slot) = state_bytes + n_positions * kv_bytes_per_token (see
  * workers/README.md for the layout). read_n fails with RCD_ETOOBIG when cap is smaller;
  * write_n with RCD_EFORMAT when len disagrees with the blob's position count, RCD_ETOOBIG when
- * the KV pool lacks blocks (the slot untouched). wrk_state_read/write are these with a buffer
- * of exactly state_bytes: for a KV model they work only while the slot holds no position. */
+ * the KV pool lacks blocks (the slot untouched). A slot out of range: RCD_ERANGE. */
 size_t wrk_state_bytes(wrk_backend_t *b, int slot);
 int wrk_state_read_n(wrk_backend_t *b, int slot, void *dst, size_t cap, size_t *len);
 int wrk_state_write_n(wrk_backend_t *b, int slot, const void *src, size_t len);
@@ -161,9 +134,5 @@ int wrk_state_write_n(wrk_backend_t *b, int slot, const void *src, size_t len);
  * on the thread that steps the backend (or while nothing steps it). */
 void wrk_kv_blocks(wrk_backend_t *b, int64_t *n_free, int64_t *n_total);
 void wrk_backend_destroy(wrk_backend_t *b); /* NULL-safe */
-
-/* Validation shared by every backend's step. */
-int wrk__check_batch(const wrk_backend_t *b, const wrk_seq_t *seqs, int n_seqs, char *err,
-                     size_t errlen);
 
 #endif

@@ -4,10 +4,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "workers/mamba.h"
-#include "workers/granite.h"
-#include "workers/mamba2.h"
-#include "workers/recurrentgemma.h"
+#include "workers/families/mamba.h"
+#include "workers/families/granite.h"
+#include "workers/families/mamba2.h"
+#include "workers/families/recurrentgemma.h"
 
 static void mamba(const char *json, size_t size)
 {

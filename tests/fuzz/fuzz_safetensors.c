@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "common/rcd_error.h"
-#include "workers/safetensors.h"
+#include "workers/model/safetensors.h"
 
 /* A broken invariant is a bug in the parser, not in the input: crash so libFuzzer keeps it. */
 #define FZ_REQUIRE(c)                                                                              \

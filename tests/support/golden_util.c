@@ -379,7 +379,7 @@ void golden_test_bf16_matmul(const golden_suite_t *s, const char *golden_case,
     for (int threads = 1; m && threads <= 2; threads++) {
         wrk_backend_t *b = golden_backend(&sb, m, NULL, threads);
         if (!b) continue;
-        CHECK(strcmp(b->isa, "avx512+amx-bf16") == 0);
+        CHECK(strcmp(wrk_backend_isa(b), "avx512+amx-bf16") == 0);
         char label[160];
         snprintf(label, sizeof label, "%s bf16 matmul/%d threads", model_case, threads);
         float worst = golden_check_chunks(b, &g, tol, label);
@@ -458,11 +458,12 @@ void golden_check_state_roundtrip(wrk_backend_t *b, const golden_seq_t *q, int V
                                   float tol, void *blob)
 {
     char err[512];
+    const size_t sb = wrk_model_info(wrk_backend_model(b))->state_bytes;
     wrk_seq_t s = {.slot = 0, .n_tokens = cut, .tokens = q->tokens, .n_logits = 0};
     CHECK(wrk_step(b, &s, 1, err, sizeof err) == 0);
-    CHECK(wrk_state_read(b, 0, blob) == 0);
+    CHECK(wrk_state_read_n(b, 0, blob, sb, NULL) == 0);
     wrk_state_reset(b, 0); /* the original is gone; only the blob remains */
-    CHECK(wrk_state_write(b, 5, blob) == 0);
+    CHECK(wrk_state_write_n(b, 5, blob, sb) == 0);
     CHECK(wrk_state_copy(b, 6, 5) == 0);
     for (int slot = 5; slot <= 6; slot++)
         golden_check_resume(b, slot, q, V, cut, tol);

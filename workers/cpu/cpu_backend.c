@@ -3,15 +3,24 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "workers/cpu/cpu_int.h"
 
+/* The families this backend runs: a new family adds its forward here. */
+static const wrk_cpu_family_i *const families[] = {&wrk_cpu_mamba, &wrk_cpu_mamba2,
+                                                   &wrk_cpu_granite, &wrk_cpu_recurrentgemma};
+
+static const wrk_cpu_family_i *find_family(wrk_family_t f)
+{
+    for (size_t i = 0; i < sizeof families / sizeof families[0]; i++)
+        if (families[i]->family == f) return families[i];
+    return NULL;
+}
 
 static void cpu_destroy(wrk_backend_t *b)
 {
     wrk_cpu_t *c = (wrk_cpu_t *)b;
-    if (c->fam_ctx) c->m->fam->cpu_free(c->fam_ctx);
+    if (c->fam_ctx) c->fam->free(c->fam_ctx);
     wrk_pool_destroy(c->pool);
     free(c->slots);
     free(c->res);
@@ -84,18 +93,6 @@ static int cpu_state_write_n(wrk_backend_t *b, int slot, const void *src, size_t
     return 0;
 }
 
-static int cpu_state_read(wrk_backend_t *b, int slot, void *dst)
-{
-    wrk_cpu_t *c = (wrk_cpu_t *)b;
-    return cpu_state_read_n(b, slot, dst, c->m->info.state_bytes, NULL);
-}
-
-static int cpu_state_write(wrk_backend_t *b, int slot, const void *src)
-{
-    wrk_cpu_t *c = (wrk_cpu_t *)b;
-    return cpu_state_write_n(b, slot, src, c->m->info.state_bytes);
-}
-
 static int cpu_state_copy(wrk_backend_t *b, int dst, int src)
 {
     wrk_cpu_t *c = (wrk_cpu_t *)b;
@@ -116,14 +113,9 @@ static int cpu_step(wrk_backend_t *b, const wrk_seq_t *seqs, int n_seqs, char *e
     if (rc) return rc;
     wrk_cpu_t *c = (wrk_cpu_t *)b;
     if (c->kv && (rc = wrk_kv_reserve(c->kv, seqs, n_seqs, err, errlen))) return rc;
-    c->m->fam->cpu_step(c, c->fam_ctx, seqs, n_seqs);
+    wrk__cpu_forward(c, seqs, n_seqs);
     if (c->kv) wrk_kv_advance(c->kv, seqs, n_seqs);
     return 0;
-}
-
-static int cpu_sync(wrk_backend_t *b)
-{
-    return 0; /* steps are synchronous on the CPU */
 }
 
 static void cpu_kv_blocks(wrk_backend_t *b, int64_t *n_free, int64_t *n_total)
@@ -133,57 +125,28 @@ static void cpu_kv_blocks(wrk_backend_t *b, int64_t *n_free, int64_t *n_total)
     *n_total = c->kv ? c->kv->n_blocks : 0;
 }
 
-static bool cpu_supports(const wrk_backend_t *b, wrk_feature_t f)
-{
-    return f == WRK_FEAT_RAGGED;
-}
-
 static const wrk_backend_i cpu_vt = {
     .name = "cpu",
     .destroy = cpu_destroy,
     .state_reset = cpu_state_reset,
-    .state_read = cpu_state_read,
-    .state_write = cpu_state_write,
     .state_copy = cpu_state_copy,
     .step = cpu_step,
-    .sync = cpu_sync,
-    .supports = cpu_supports,
     .state_size = cpu_state_size,
     .state_read_n = cpu_state_read_n,
     .state_write_n = cpu_state_write_n,
     .kv_blocks = cpu_kv_blocks,
 };
 
-static float *alloc_floats(size_t n)
-{
-    return aligned_alloc(64, ((n ? n : 1) * sizeof(float) + 63) / 64 * 64);
-}
-
 int wrk_cpu_backend_create(const wrk_model_t *m, const wrk_backend_opts_t *opts,
                            wrk_backend_t **out, char *err, size_t errlen)
 {
-    wrk_backend_opts_t o = opts ? *opts : (wrk_backend_opts_t){0};
+    wrk_backend_opts_t o;
     *out = NULL;
-    if (o.n_threads <= 0) {
-        long n = sysconf(_SC_NPROCESSORS_ONLN);
-        o.n_threads = n > 0 ? (int)n : 1;
-    }
-    if (o.n_threads > 256) o.n_threads = 256;
-    if (o.n_slots <= 0) o.n_slots = 8;
-    if (o.max_step_tokens <= 0) o.max_step_tokens = 512;
-    if (o.kv_block_tokens <= 0) o.kv_block_tokens = 16;
-    if (o.kv_block_tokens > 1 << 16)
-        return rcd_fail(RCD_EINVAL, err, errlen, "backend: kv_block_tokens too large");
-    if (o.n_kv_blocks <= 0)
-        o.n_kv_blocks = (int)(((long)o.n_slots * 2048 + o.kv_block_tokens - 1) / o.kv_block_tokens);
-    if ((long)o.n_kv_blocks * o.kv_block_tokens > 1L << 30)
-        return rcd_fail(RCD_EINVAL, err, errlen,
-                        "backend: n_kv_blocks x kv_block_tokens exceeds 2^30 positions");
-    if (o.n_slots > 1 << 20 || o.max_step_tokens > 1 << 20)
-        return rcd_fail(RCD_EINVAL, err, errlen, "backend: n_slots or max_step_tokens too large");
+    int rc = wrk__backend_opts(opts, &o, err, errlen);
+    if (rc) return rc;
     if (o.tp > 1) return wrk__cpu_tp_create(m, &o, out, err, errlen);
     wrk_cpu_t *c;
-    int rc = wrk__cpu_create(m, &o, NULL, NULL, &c, err, errlen);
+    rc = wrk__cpu_create(m, &o, NULL, NULL, &c, err, errlen);
     *out = rc ? NULL : &c->base;
     return rc;
 }
@@ -206,8 +169,13 @@ int wrk__cpu_create(const wrk_model_t *m, const wrk_backend_opts_t *opts,
         int prc = wrk_cpu_pack_model((wrk_model_t *)m, err, errlen);
         if (prc) return prc;
     }
+    const wrk_cpu_family_i *fam = find_family(m->info.family);
+    if (!fam)
+        return rcd_fail(RCD_EUNSUPPORTED, err, errlen, "backend: the cpu backend has no %s forward",
+                        m->info.architecture);
     wrk_cpu_t *c = calloc(1, sizeof *c);
     if (!c) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
+    c->fam = fam;
     c->base = (wrk_backend_t){.vt = &cpu_vt, .model = m, .n_slots = o.n_slots,
                               .max_step_tokens = o.max_step_tokens, .isa = k->isa};
     c->m = m;
@@ -219,11 +187,11 @@ int wrk__cpu_create(const wrk_model_t *m, const wrk_backend_opts_t *opts,
     const size_t T = (size_t)o.max_step_tokens, H = m->info.hidden_size;
     const size_t V = m->info.vocab_size;
     c->scratch_floats = (size_t)WRK_GEMM_BLOCK_ROWS * (size_t)m->max_matmul_cols;
-    c->slots = alloc_floats((size_t)o.n_slots * c->state_floats);
-    c->res = alloc_floats(T * H);
-    c->logit_in = alloc_floats(WRK_LOGIT_CHUNK * H);
-    c->logit_out = alloc_floats(WRK_LOGIT_CHUNK * V);
-    c->scratch = alloc_floats((size_t)o.n_threads * c->scratch_floats);
+    c->slots = wrk_cpu_alloc_floats((size_t)o.n_slots * c->state_floats);
+    c->res = wrk_cpu_alloc_floats(T * H);
+    c->logit_in = wrk_cpu_alloc_floats(WRK_LOGIT_CHUNK * H);
+    c->logit_out = wrk_cpu_alloc_floats(WRK_LOGIT_CHUNK * V);
+    c->scratch = wrk_cpu_alloc_floats((size_t)o.n_threads * c->scratch_floats);
     if (m->info.n_kv_layers > 0 &&
         wrk_kv_create(o.n_slots, m->info.n_kv_layers, m->info.kv_width, o.kv_block_tokens,
                       o.n_kv_blocks, &c->kv)) {
@@ -234,7 +202,7 @@ int wrk__cpu_create(const wrk_model_t *m, const wrk_backend_opts_t *opts,
                         o.n_kv_blocks, o.kv_block_tokens, m->info.kv_bytes_per_token);
     }
     if (!c->slots || !c->res || !c->logit_in || !c->logit_out || !c->scratch ||
-        wrk_pool_create(o.n_threads, &c->pool) || m->fam->cpu_init(c, &c->fam_ctx)) {
+        wrk_pool_create(o.n_threads, &c->pool) || c->fam->init(c, &c->fam_ctx)) {
         cpu_destroy(&c->base);
         return rcd_fail(RCD_ENOMEM, err, errlen,
                         "backend: cannot allocate %d state slots of %zu bytes and buffers for "
@@ -244,4 +212,18 @@ int wrk__cpu_create(const wrk_model_t *m, const wrk_backend_opts_t *opts,
     memset(c->slots, 0, (size_t)o.n_slots * c->state_floats * sizeof(float));
     *out = c;
     return 0;
+}
+
+void wrk__cpu_forward(wrk_cpu_t *c, const wrk_seq_t *seqs, int n_seqs)
+{
+    wrk_cpu_fwd_t f = {.c = c, .a = c->fam_ctx, .seqs = seqs, .n_seqs = n_seqs};
+    wrk_cpu_batch_size(seqs, n_seqs, &f.T, &f.n_rows);
+    if (c->fam->prepare) c->fam->prepare(&f);
+    wrk_pool_run(c->pool, c->fam->forward, &f);
+    if (c->fam->finish) c->fam->finish(&f);
+}
+
+float *wrk_cpu_alloc_floats(size_t n)
+{
+    return aligned_alloc(64, ((n ? n : 1) * sizeof(float) + 63) / 64 * 64);
 }

@@ -3,13 +3,38 @@
 #ifndef RCD_WRK_CPU_INT_H
 #define RCD_WRK_CPU_INT_H
 
+#include "workers/backend_int.h"
 #include "workers/comm.h"
 #include "workers/cpu/kernels.h"
 #include "workers/cpu/kv_cache.h"
 #include "workers/cpu/pool.h"
-#include "workers/model_int.h"
+#include "workers/model/model_int.h"
 
 #define WRK_LOGIT_CHUNK 64 /* logit rows computed per lm_head pass */
+
+struct wrk_cpu;
+struct wrk_cpu_fwd;
+
+/* A model family's CPU forward (cpu/<family>_cpu.c); cpu_backend.c's table maps each
+ * wrk_family_t to one. */
+typedef struct wrk_cpu_family_i {
+    wrk_family_t family;
+    /* The family's activation buffers for c->base.max_step_tokens tokens. */
+    int (*init)(struct wrk_cpu *c, void **ctx);
+    void (*free)(void *ctx);
+    /* One step over a validated ragged batch, run by every pool thread (ith of nth) with
+     * arg a wrk_cpu_fwd_t: every sequence's tokens continue from its slot's state; logits
+     * rows written as wrk_seq_t asks. */
+    wrk_pool_cb forward;
+    /* Optional, run by the stepping thread before and after forward (arg as forward's). */
+    void (*prepare)(struct wrk_cpu_fwd *f);
+    void (*finish)(struct wrk_cpu_fwd *f);
+} wrk_cpu_family_i;
+
+extern const wrk_cpu_family_i wrk_cpu_mamba;
+extern const wrk_cpu_family_i wrk_cpu_mamba2;
+extern const wrk_cpu_family_i wrk_cpu_granite;
+extern const wrk_cpu_family_i wrk_cpu_recurrentgemma;
 
 typedef struct wrk_cpu {
     wrk_backend_t base;
@@ -24,7 +49,8 @@ typedef struct wrk_cpu {
     float *logit_out;    /* WRK_LOGIT_CHUNK x V */
     float *scratch;      /* per thread: WRK_GEMM_BLOCK_ROWS x m->max_matmul_cols */
     size_t scratch_floats;
-    void *fam_ctx;       /* the family's activation buffers */
+    const wrk_cpu_family_i *fam; /* the model family's forward */
+    void *fam_ctx;       /* its activation buffers */
     wrk_kv_t *kv;        /* paged KV of models with n_kv_layers > 0, else NULL */
     /* Tensor parallelism (cpu_tp.c): this rank's shard and communicator; NULL at TP=1. */
     const wrk_shard_t *shard;
@@ -55,6 +81,22 @@ int wrk__cpu_create(const wrk_model_t *m, const wrk_backend_opts_t *opts,
 /* The TP group behind one wrk_backend_t (opts->tp > 1). */
 int wrk__cpu_tp_create(const wrk_model_t *m, const wrk_backend_opts_t *opts, wrk_backend_t **out,
                        char *err, size_t errlen);
+
+/* One step as a family's forward sees it (wrk__cpu_forward fills it). */
+typedef struct wrk_cpu_fwd {
+    wrk_cpu_t *c;
+    void *a; /* the family's activation buffers (its init's ctx) */
+    const wrk_seq_t *seqs;
+    int n_seqs;
+    int T;      /* tokens in the step */
+    int n_rows; /* logit rows in the step */
+} wrk_cpu_fwd_t;
+
+/* Runs the family's forward over a validated batch on c's pool. */
+void wrk__cpu_forward(wrk_cpu_t *c, const wrk_seq_t *seqs, int n_seqs);
+
+/* n floats, 64-byte aligned (free() them); NULL when out of memory. */
+float *wrk_cpu_alloc_floats(size_t n);
 
 static inline float *wrk_cpu_slot(wrk_cpu_t *c, int slot)
 {

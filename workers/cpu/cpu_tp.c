@@ -38,7 +38,7 @@ static void run_rank(void *arg, int r, int n)
     float *local = j->op == OP_STEP ? NULL : wrk_cpu_slot(c, j->slot);
     switch (j->op) {
     case OP_STEP:
-        c->m->fam->cpu_step(c, c->fam_ctx, j->seqs, j->n_seqs);
+        wrk__cpu_forward(c, j->seqs, j->n_seqs);
         break;
     case OP_RESET:
         memset(local, 0, c->state_floats * sizeof(float));
@@ -91,12 +91,13 @@ static int tp_state_reset(wrk_backend_t *b, int slot)
     return run_slot_op(b, OP_RESET, slot, slot, NULL, NULL);
 }
 
-static int tp_state_read(wrk_backend_t *b, int slot, void *dst)
+/* Fixed-size states (no state_size): the wrappers checked cap and len. */
+static int tp_state_read_n(wrk_backend_t *b, int slot, void *dst, size_t cap, size_t *len)
 {
     return run_slot_op(b, OP_READ, slot, slot, dst, NULL);
 }
 
-static int tp_state_write(wrk_backend_t *b, int slot, const void *src)
+static int tp_state_write_n(wrk_backend_t *b, int slot, const void *src, size_t len)
 {
     return run_slot_op(b, OP_WRITE, slot, slot, NULL, src);
 }
@@ -121,26 +122,14 @@ static int tp_step(wrk_backend_t *b, const wrk_seq_t *seqs, int n_seqs, char *er
     return 0;
 }
 
-static int tp_sync(wrk_backend_t *b)
-{
-    return 0; /* steps are synchronous on the CPU */
-}
-
-static bool tp_supports(const wrk_backend_t *b, wrk_feature_t f)
-{
-    return f == WRK_FEAT_RAGGED;
-}
-
 static const wrk_backend_i tp_vt = {
     .name = "cpu-tp",
     .destroy = tp_destroy,
     .state_reset = tp_state_reset,
-    .state_read = tp_state_read,
-    .state_write = tp_state_write,
     .state_copy = tp_state_copy,
     .step = tp_step,
-    .sync = tp_sync,
-    .supports = tp_supports,
+    .state_read_n = tp_state_read_n,
+    .state_write_n = tp_state_write_n,
 };
 
 /* The shards' owned runs must cover the blob exactly once, or a state read would leave
@@ -176,8 +165,8 @@ int wrk__cpu_tp_create(const wrk_model_t *m, const wrk_backend_opts_t *opts, wrk
                         WRK_COMM_INPROC_MAX);
     if (!m->fam->shard)
         return rcd_fail(RCD_EUNSUPPORTED, err, errlen,
-                        "tensor parallel: the %s family has no sharded forward (use tp 1)",
-                        m->fam->model_type);
+                        "tensor parallel: %s has no sharded forward (use tp 1)",
+                        m->info.architecture);
     tp_t *t = calloc(1, sizeof *t);
     if (!t) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
     t->n = n;

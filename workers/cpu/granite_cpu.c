@@ -8,8 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "workers/cpu/cpu_int.h"
-#include "workers/granite.h"
+#include "workers/cpu/mamba2_cpu.h"
+#include "workers/families/granite.h"
 
 typedef struct granite_ctx {
     float *u; /* [T x H] normed input of a sublayer */
@@ -35,21 +35,7 @@ typedef struct granite_ctx {
     float *xg, *tg, *ug, *og; /* [T k x H], [T k x 2F], [T k x F], [T k x H] */
 } granite_ctx_t;
 
-typedef struct fwd {
-    wrk_cpu_t *c;
-    granite_ctx_t *a;
-    const wrk_seq_t *seqs;
-    int n_seqs;
-    int T;
-    int n_rows;
-} fwd_t;
-
-static float *alloc_floats(size_t n)
-{
-    return aligned_alloc(64, ((n ? n : 1) * sizeof(float) + 63) / 64 * 64);
-}
-
-void wrk_granite_cpu_free(void *ctx)
+static void cpu_free(void *ctx)
 {
     granite_ctx_t *a = ctx;
     if (!a) return;
@@ -62,7 +48,7 @@ void wrk_granite_cpu_free(void *ctx)
     free(a);
 }
 
-int wrk_granite_cpu_init(struct wrk_cpu *c, void **ctx)
+static int cpu_init(struct wrk_cpu *c, void **ctx)
 {
     const wrk_granite_config_t *cfg = &((const wrk_granite_t *)c->m->priv)->cfg;
     const size_t T = (size_t)c->base.max_step_tokens, H = cfg->mx.hidden;
@@ -71,28 +57,29 @@ int wrk_granite_cpu_init(struct wrk_cpu *c, void **ctx)
     const size_t TK = T * (cfg->n_experts ? cfg->top_k : 0);
     granite_ctx_t *a = calloc(1, sizeof *a);
     if (!a) return RCD_ENOMEM;
-    bool ok = (a->u = alloc_floats(T * H)) && (a->o = alloc_floats(T * H)) &&
-              (a->f = alloc_floats(T * H)) && (a->t = alloc_floats(T * 2 * S)) &&
-              (a->g = alloc_floats(T * S));
+    bool ok = (a->u = wrk_cpu_alloc_floats(T * H)) && (a->o = wrk_cpu_alloc_floats(T * H)) &&
+              (a->f = wrk_cpu_alloc_floats(T * H)) && (a->t = wrk_cpu_alloc_floats(T * 2 * S)) &&
+              (a->g = wrk_cpu_alloc_floats(T * S));
     if (ok && cfg->n_mamba) ok = wrk_mamba2_bufs_alloc(&cfg->mx, T, &a->mb) == 0;
     if (ok && cfg->n_attn) {
         a->scores_floats = c->kv ? (size_t)wrk_kv_capacity(c->kv) : 0;
-        ok = c->kv && (a->q = alloc_floats(T * qd)) && (a->k = alloc_floats(T * kvd)) &&
-             (a->v = alloc_floats(T * kvd)) && (a->att = alloc_floats(T * qd)) &&
-             (a->scores = alloc_floats((size_t)c->n_threads * a->scores_floats)) &&
+        ok = c->kv && (a->q = wrk_cpu_alloc_floats(T * qd)) &&
+             (a->k = wrk_cpu_alloc_floats(T * kvd)) && (a->v = wrk_cpu_alloc_floats(T * kvd)) &&
+             (a->att = wrk_cpu_alloc_floats(T * qd)) &&
+             (a->scores = wrk_cpu_alloc_floats((size_t)c->n_threads * a->scores_floats)) &&
              (a->tok_slot = malloc(T * sizeof(int32_t))) &&
              (a->tok_pos = malloc(T * sizeof(int32_t)));
     }
     if (ok && E) {
-        ok = (a->rl = alloc_floats(T * E)) && (a->sel = malloc(TK * sizeof(int32_t))) &&
-             (a->wt = alloc_floats(TK)) && (a->row_of = malloc(TK * sizeof(int32_t))) &&
+        ok = (a->rl = wrk_cpu_alloc_floats(T * E)) && (a->sel = malloc(TK * sizeof(int32_t))) &&
+             (a->wt = wrk_cpu_alloc_floats(TK)) && (a->row_of = malloc(TK * sizeof(int32_t))) &&
              (a->row_tok = malloc(TK * sizeof(int32_t))) &&
-             (a->start = malloc((E + 1) * sizeof(int32_t))) && (a->xg = alloc_floats(TK * H)) &&
-             (a->tg = alloc_floats(TK * 2 * F)) && (a->ug = alloc_floats(TK * F)) &&
-             (a->og = alloc_floats(TK * H));
+             (a->start = malloc((E + 1) * sizeof(int32_t))) &&
+             (a->xg = wrk_cpu_alloc_floats(TK * H)) && (a->tg = wrk_cpu_alloc_floats(TK * 2 * F)) &&
+             (a->ug = wrk_cpu_alloc_floats(TK * F)) && (a->og = wrk_cpu_alloc_floats(TK * H));
     }
     if (!ok) {
-        wrk_granite_cpu_free(a);
+        cpu_free(a);
         return RCD_ENOMEM;
     }
     *ctx = a;
@@ -121,7 +108,7 @@ static void rope(float *x, int hd, int32_t pos, const float *inv_freq)
 /* One attention layer: q, k, v projections, RoPE, K/V appended to the paged cache, causal
  * softmax attention over every stored position (GQA: query head h reads KV head
  * h / (NQ / NKV)), o_proj into a->o. Ends after a barrier. */
-static void attention(fwd_t *f, int ith, int nth, const wrk_granite_layer_t *L)
+static void attention(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_granite_layer_t *L)
 {
     wrk_cpu_t *c = f->c;
     granite_ctx_t *a = f->a;
@@ -235,7 +222,7 @@ static void route(const float *rl, int E, int k, int32_t *sel, float *wt)
 }
 
 /* Shared MLP into a->f, then (with experts) the MoE added to it. Ends after a barrier. */
-static void mlp(fwd_t *f, int ith, int nth, const wrk_granite_layer_t *L)
+static void mlp(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_granite_layer_t *L)
 {
     wrk_cpu_t *c = f->c;
     granite_ctx_t *a = f->a;
@@ -324,7 +311,7 @@ static void mlp(fwd_t *f, int ith, int nth, const wrk_granite_layer_t *L)
 
 static void forward(void *arg, int ith, int nth)
 {
-    fwd_t *f = arg;
+    wrk_cpu_fwd_t *f = arg;
     wrk_cpu_t *c = f->c;
     granite_ctx_t *a = f->a;
     const wrk_granite_t *g = c->m->priv;
@@ -376,9 +363,9 @@ static void forward(void *arg, int ith, int nth)
     wrk_cpu_logits(c, ith, nth, f->seqs, f->n_seqs, f->n_rows);
 }
 
-void wrk_granite_cpu_step(struct wrk_cpu *c, void *ctx, const wrk_seq_t *seqs, int n_seqs)
-{
-    fwd_t f = {.c = c, .a = ctx, .seqs = seqs, .n_seqs = n_seqs};
-    wrk_cpu_batch_size(seqs, n_seqs, &f.T, &f.n_rows);
-    wrk_pool_run(c->pool, forward, &f);
-}
+const wrk_cpu_family_i wrk_cpu_granite = {
+    .family = WRK_FAMILY_GRANITE,
+    .init = cpu_init,
+    .free = cpu_free,
+    .forward = forward,
+};

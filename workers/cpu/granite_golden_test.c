@@ -13,7 +13,7 @@
  * (tools/hf_bf16_error.py). */
 #define TOL_BF16_MATMUL 5.27e-3f
 #include "workers/cpu/kv_cache.h"
-#include "workers/granite.h"
+#include "workers/families/granite.h"
 
 #define TOL_F32 1e-4f
 
@@ -103,15 +103,16 @@ static void test_state_roundtrip(void)
     char *blob = malloc(n + 1);
     size_t len = 0;
     CHECK(wrk_state_read_n(b, 0, blob, n - 1, &len) == RCD_ETOOBIG);
-    CHECK(wrk_state_read(b, 0, blob) == RCD_ETOOBIG); /* a fixed-size buffer is too small */
+    CHECK(wrk_state_read_n(b, 0, blob, mi->state_bytes, NULL) ==
+          RCD_ETOOBIG); /* a fixed-size buffer is too small */
     CHECK(wrk_state_read_n(b, 0, blob + 1, n, &len) == 0 && len == n); /* unaligned too */
     uint64_t count;
     memcpy(&count, blob + 1 + mi->state_bytes - 8, 8);
     CHECK(count == (uint64_t)cut);
     wrk_state_reset(b, 0); /* the original is gone; only the blob remains */
     CHECK(wrk_state_bytes(b, 0) == mi->state_bytes);
-    CHECK(wrk_state_write_n(b, 5, blob + 1, n - 4) == RCD_EFORMAT); /* length disagrees */
-    CHECK(wrk_state_write(b, 5, blob + 1) == RCD_EFORMAT);          /* count > 0 */
+    CHECK(wrk_state_write_n(b, 5, blob + 1, n - 4) == RCD_EFORMAT);           /* length disagrees */
+    CHECK(wrk_state_write_n(b, 5, blob + 1, mi->state_bytes) == RCD_EFORMAT); /* count > 0 */
     CHECK(wrk_state_write_n(b, 5, blob + 1, n) == 0);
     CHECK(wrk_state_copy(b, 6, 5) == 0);
     CHECK(wrk_state_bytes(b, 6) == n);
@@ -119,8 +120,8 @@ static void test_state_roundtrip(void)
         golden_check_resume(b, slot, q, V, cut, TOL_F32);
     /* A fresh state goes through the fixed-size API (no positions yet). */
     wrk_state_reset(b, 7);
-    CHECK(wrk_state_read(b, 7, blob) == 0);
-    CHECK(wrk_state_write(b, 4, blob) == 0);
+    CHECK(wrk_state_read_n(b, 7, blob, mi->state_bytes, NULL) == 0);
+    CHECK(wrk_state_write_n(b, 4, blob, mi->state_bytes) == 0);
     free(blob);
     wrk_backend_destroy(b);
     wrk_model_free(m);
@@ -265,11 +266,11 @@ static void test_fixed_state_without_attention(void)
     CHECK(wrk_state_bytes(b, 0) == mi->state_bytes);
     char *x = malloc(mi->state_bytes), *y = malloc(mi->state_bytes);
     size_t len = 0;
-    CHECK(wrk_state_read(b, 0, x) == 0);
+    CHECK(wrk_state_read_n(b, 0, x, mi->state_bytes, NULL) == 0);
     CHECK(wrk_state_read_n(b, 0, y, mi->state_bytes, &len) == 0 && len == mi->state_bytes);
     CHECK(memcmp(x, y, len) == 0);
     CHECK(wrk_state_write_n(b, 1, x, mi->state_bytes + 4) == RCD_EFORMAT);
-    CHECK(wrk_state_write(b, 1, x) == 0);
+    CHECK(wrk_state_write_n(b, 1, x, mi->state_bytes) == 0);
     free(x);
     free(y);
     wrk_backend_destroy(b);

@@ -6,7 +6,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "workers/model_int.h"
+#include "workers/model/model_int.h"
 
 /* Scratch rows the matmul takes (bf16 weights de-interleave x into it, this many tokens
  * at a time): the backend gives each thread WRK_GEMM_BLOCK_ROWS x max_matmul_cols floats. */

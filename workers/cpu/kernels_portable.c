@@ -1,5 +1,5 @@
 /* workers/cpu: the portable kernels (4-float vectors: SSE2 on x86-64, NEON elsewhere). */
-#include "workers/safetensors.h"
+#include "workers/model/safetensors.h"
 
 static inline __attribute__((always_inline)) void portable_f16x4(const void *p, float *out)
 {

@@ -7,27 +7,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "workers/cpu/cpu_int.h"
-#include "workers/mamba2.h"
+#include "workers/cpu/mamba2_cpu.h"
 
 typedef struct mamba2_ctx {
     float *u; /* [T x H] normed input */
     wrk_mamba2_bufs_t b;
 } mamba2_ctx_t;
-
-typedef struct fwd {
-    wrk_cpu_t *c;
-    mamba2_ctx_t *a;
-    const wrk_seq_t *seqs;
-    int n_seqs;
-    int T;      /* tokens in the step */
-    int n_rows; /* logit rows in the step */
-} fwd_t;
-
-static float *alloc_floats(size_t n)
-{
-    return aligned_alloc(64, ((n ? n : 1) * sizeof(float) + 63) / 64 * 64);
-}
 
 void wrk_mamba2_bufs_free(wrk_mamba2_bufs_t *b)
 {
@@ -40,10 +25,10 @@ void wrk_mamba2_bufs_free(wrk_mamba2_bufs_t *b)
 
 int wrk_mamba2_bufs_alloc(const wrk_mamba2_config_t *cfg, size_t T, wrk_mamba2_bufs_t *b)
 {
-    b->zx = alloc_floats(T * cfg->proj_dim);
-    b->xbc = alloc_floats(T * cfg->conv_dim);
-    b->y = alloc_floats(T * cfg->inner);
-    if (cfg->tp_norm_reduce) b->ss = alloc_floats(T * cfg->tp_norm_groups);
+    b->zx = wrk_cpu_alloc_floats(T * cfg->proj_dim);
+    b->xbc = wrk_cpu_alloc_floats(T * cfg->conv_dim);
+    b->y = wrk_cpu_alloc_floats(T * cfg->inner);
+    if (cfg->tp_norm_reduce) b->ss = wrk_cpu_alloc_floats(T * cfg->tp_norm_groups);
     if (!b->zx || !b->xbc || !b->y || (cfg->tp_norm_reduce && !b->ss)) {
         wrk_mamba2_bufs_free(b);
         return RCD_ENOMEM;
@@ -51,7 +36,7 @@ int wrk_mamba2_bufs_alloc(const wrk_mamba2_config_t *cfg, size_t T, wrk_mamba2_b
     return 0;
 }
 
-void wrk_mamba2_cpu_free(void *ctx)
+static void cpu_free(void *ctx)
 {
     mamba2_ctx_t *a = ctx;
     if (!a) return;
@@ -60,15 +45,15 @@ void wrk_mamba2_cpu_free(void *ctx)
     free(a);
 }
 
-int wrk_mamba2_cpu_init(struct wrk_cpu *c, void **ctx)
+static int cpu_init(struct wrk_cpu *c, void **ctx)
 {
     const wrk_mamba2_config_t *cfg = &((const wrk_mamba2_t *)wrk_cpu_layout(c))->cfg;
     const size_t T = (size_t)c->base.max_step_tokens;
     mamba2_ctx_t *a = calloc(1, sizeof *a);
     if (!a) return RCD_ENOMEM;
-    a->u = alloc_floats(T * cfg->hidden);
+    a->u = wrk_cpu_alloc_floats(T * cfg->hidden);
     if (!a->u || wrk_mamba2_bufs_alloc(cfg, T, &a->b)) {
-        wrk_mamba2_cpu_free(a);
+        cpu_free(a);
         return RCD_ENOMEM;
     }
     *ctx = a;
@@ -231,7 +216,7 @@ void wrk_mamba2_cpu_mixer(struct wrk_cpu *c, int ith, int nth, const wrk_mamba2_
 
 static void forward(void *arg, int ith, int nth)
 {
-    fwd_t *f = arg;
+    wrk_cpu_fwd_t *f = arg;
     wrk_cpu_t *c = f->c;
     mamba2_ctx_t *a = f->a;
     const wrk_mamba2_t *mb = wrk_cpu_layout(c);
@@ -259,9 +244,9 @@ static void forward(void *arg, int ith, int nth)
     if (lead) wrk_cpu_logits(c, ith, nth, f->seqs, f->n_seqs, f->n_rows);
 }
 
-void wrk_mamba2_cpu_step(struct wrk_cpu *c, void *ctx, const wrk_seq_t *seqs, int n_seqs)
-{
-    fwd_t f = {.c = c, .a = ctx, .seqs = seqs, .n_seqs = n_seqs};
-    wrk_cpu_batch_size(seqs, n_seqs, &f.T, &f.n_rows);
-    wrk_pool_run(c->pool, forward, &f);
-}
+const wrk_cpu_family_i wrk_cpu_mamba2 = {
+    .family = WRK_FAMILY_MAMBA2,
+    .init = cpu_init,
+    .free = cpu_free,
+    .forward = forward,
+};

@@ -10,7 +10,7 @@
  * the same checkpoint: max |dlogit| of that against the tiny_g2_untied_bf16 goldens
  * (tools/hf_bf16_error.py). */
 #define TOL_BF16_MATMUL 2.44e-2f
-#include "workers/mamba2.h"
+#include "workers/families/mamba2.h"
 
 #define TOL_F32 1e-4f
 

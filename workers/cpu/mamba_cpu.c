@@ -7,22 +7,13 @@
 #include <string.h>
 
 #include "workers/cpu/cpu_int.h"
-#include "workers/mamba.h"
+#include "workers/families/mamba.h"
 
 typedef struct mamba_ctx {
     float *u, *xz, *xc, *dbc, *dt, *y; /* activations for max_step_tokens rows */
 } mamba_ctx_t;
 
-typedef struct fwd {
-    wrk_cpu_t *c;
-    mamba_ctx_t *a;
-    const wrk_seq_t *seqs;
-    int n_seqs;
-    int T;      /* tokens in the step */
-    int n_rows; /* logit rows in the step */
-} fwd_t;
-
-void wrk_mamba_cpu_free(void *ctx)
+static void cpu_free(void *ctx)
 {
     mamba_ctx_t *a = ctx;
     if (!a) return;
@@ -35,26 +26,21 @@ void wrk_mamba_cpu_free(void *ctx)
     free(a);
 }
 
-static float *alloc_floats(size_t n)
-{
-    return aligned_alloc(64, ((n ? n : 1) * sizeof(float) + 63) / 64 * 64);
-}
-
-int wrk_mamba_cpu_init(struct wrk_cpu *c, void **ctx)
+static int cpu_init(struct wrk_cpu *c, void **ctx)
 {
     const wrk_mamba_config_t *cfg = &((const wrk_mamba_t *)wrk_cpu_layout(c))->cfg;
     const size_t T = (size_t)c->base.max_step_tokens, H = cfg->hidden, I = cfg->inner;
     const size_t BC = (size_t)cfg->dt_rank + 2 * (size_t)cfg->d_state;
     mamba_ctx_t *a = calloc(1, sizeof *a);
     if (!a) return RCD_ENOMEM;
-    a->u = alloc_floats(T * H);
-    a->xz = alloc_floats(T * 2 * I);
-    a->xc = alloc_floats(T * I);
-    a->dbc = alloc_floats(T * BC);
-    a->dt = alloc_floats(T * I);
-    a->y = alloc_floats(T * I);
+    a->u = wrk_cpu_alloc_floats(T * H);
+    a->xz = wrk_cpu_alloc_floats(T * 2 * I);
+    a->xc = wrk_cpu_alloc_floats(T * I);
+    a->dbc = wrk_cpu_alloc_floats(T * BC);
+    a->dt = wrk_cpu_alloc_floats(T * I);
+    a->y = wrk_cpu_alloc_floats(T * I);
     if (!a->u || !a->xz || !a->xc || !a->dbc || !a->dt || !a->y) {
-        wrk_mamba_cpu_free(a);
+        cpu_free(a);
         return RCD_ENOMEM;
     }
     *ctx = a;
@@ -63,7 +49,7 @@ int wrk_mamba_cpu_init(struct wrk_cpu *c, void **ctx)
 
 static void forward(void *arg, int ith, int nth)
 {
-    fwd_t *f = arg;
+    wrk_cpu_fwd_t *f = arg;
     wrk_cpu_t *c = f->c;
     mamba_ctx_t *a = f->a;
     const wrk_mamba_t *mb = wrk_cpu_layout(c);
@@ -125,9 +111,9 @@ static void forward(void *arg, int ith, int nth)
     if (lead) wrk_cpu_logits(c, ith, nth, f->seqs, f->n_seqs, f->n_rows);
 }
 
-void wrk_mamba_cpu_step(struct wrk_cpu *c, void *ctx, const wrk_seq_t *seqs, int n_seqs)
-{
-    fwd_t f = {.c = c, .a = ctx, .seqs = seqs, .n_seqs = n_seqs};
-    wrk_cpu_batch_size(seqs, n_seqs, &f.T, &f.n_rows);
-    wrk_pool_run(c->pool, forward, &f);
-}
+const wrk_cpu_family_i wrk_cpu_mamba = {
+    .family = WRK_FAMILY_MAMBA,
+    .init = cpu_init,
+    .free = cpu_free,
+    .forward = forward,
+};

@@ -116,7 +116,7 @@ static void test_state_roundtrip(void)
     wrk_backend_t *b = golden_backend(&suite, m, NULL, 2);
     void *blob = malloc(mi->state_bytes);
     golden_check_state_roundtrip(b, &g.seqs[g.n_seqs - 1], g.V, 10, TOL_F32, blob);
-    CHECK(wrk_state_read(b, 99, blob) == RCD_ERANGE);
+    CHECK(wrk_state_read_n(b, 99, blob, mi->state_bytes, NULL) == RCD_ERANGE);
     CHECK(wrk_state_copy(b, -1, 0) == RCD_ERANGE);
     free(blob);
     wrk_backend_destroy(b);

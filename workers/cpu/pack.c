@@ -42,7 +42,7 @@ void wrk_pack(const wrk_mat_t *W, void *dst)
     }
 }
 
-void wrk_packs_free(struct wrk_packs *p)
+static void packs_free(struct wrk_packs *p)
 {
     if (!p) return;
     for (int i = 0; i < p->n; i++) free(p->e[i].pk);
@@ -84,7 +84,7 @@ int wrk_cpu_pack_model(wrk_model_t *m, char *err, size_t errlen)
         size_t bytes = wrk_pack_bytes(&W);
         void *pk = aligned_alloc(64, (bytes + 63) / 64 * 64);
         if (!pk) {
-            wrk_packs_free(p);
+            packs_free(p);
             rc = rcd_fail(RCD_ENOMEM, err, errlen,
                           "out of memory packing weights (%zu bytes for a %dx%d matrix)", bytes,
                           W.rows, W.cols);
@@ -95,6 +95,7 @@ int wrk_cpu_pack_model(wrk_model_t *m, char *err, size_t errlen)
         e[p->n++].pk = pk;
     }
     m->packs = p;
+    m->packs_free = packs_free;
 out:
     pthread_mutex_unlock(&g_pack_mu);
     return rc;

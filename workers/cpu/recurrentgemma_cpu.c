@@ -10,7 +10,7 @@
 #include <string.h>
 
 #include "workers/cpu/cpu_int.h"
-#include "workers/recurrentgemma.h"
+#include "workers/families/recurrentgemma.h"
 
 typedef struct rg_ctx {
     float *u;          /* [T x D] normed input of a block */
@@ -28,16 +28,7 @@ typedef struct rg_ctx {
     int64_t *seq_pos0; /* [T] position of that first token */
 } rg_ctx_t;
 
-typedef struct fwd {
-    wrk_cpu_t *c;
-    rg_ctx_t *a;
-    const wrk_seq_t *seqs;
-    int n_seqs;
-    int T;      /* tokens in the step */
-    int n_rows; /* logit rows in the step */
-} fwd_t;
-
-void wrk_rg_cpu_free(void *ctx)
+static void cpu_free(void *ctx)
 {
     rg_ctx_t *a = ctx;
     if (!a) return;
@@ -60,12 +51,7 @@ void wrk_rg_cpu_free(void *ctx)
     free(a);
 }
 
-static float *alloc_floats(size_t n)
-{
-    return aligned_alloc(64, ((n ? n : 1) * sizeof(float) + 63) / 64 * 64);
-}
-
-int wrk_rg_cpu_init(struct wrk_cpu *c, void **ctx)
+static int cpu_init(struct wrk_cpu *c, void **ctx)
 {
     const wrk_rg_config_t *cfg = &((const wrk_rg_t *)c->m->priv)->cfg;
     const size_t T = (size_t)c->base.max_step_tokens, nth = (size_t)c->n_threads;
@@ -74,18 +60,18 @@ int wrk_rg_cpu_init(struct wrk_cpu *c, void **ctx)
     const size_t KVD = (size_t)cfg->n_kv_heads * cfg->head_dim;
     rg_ctx_t *a = calloc(1, sizeof *a);
     if (!a) return RCD_ENOMEM;
-    a->u = alloc_floats(T * D);
-    a->yb = alloc_floats(T * Lw);
-    a->xb = alloc_floats(T * Lw);
-    a->cb = alloc_floats(T * Lw);
-    a->ga = alloc_floats(T * Lw);
-    a->q = alloc_floats(T * QD);
-    a->att = alloc_floats(T * QD);
-    a->k = alloc_floats(T * KVD);
-    a->v = alloc_floats(T * KVD);
-    a->g = alloc_floats(T * M);
-    a->up = alloc_floats(T * M);
-    a->scores = alloc_floats(nth * (size_t)cfg->window);
+    a->u = wrk_cpu_alloc_floats(T * D);
+    a->yb = wrk_cpu_alloc_floats(T * Lw);
+    a->xb = wrk_cpu_alloc_floats(T * Lw);
+    a->cb = wrk_cpu_alloc_floats(T * Lw);
+    a->ga = wrk_cpu_alloc_floats(T * Lw);
+    a->q = wrk_cpu_alloc_floats(T * QD);
+    a->att = wrk_cpu_alloc_floats(T * QD);
+    a->k = wrk_cpu_alloc_floats(T * KVD);
+    a->v = wrk_cpu_alloc_floats(T * KVD);
+    a->g = wrk_cpu_alloc_floats(T * M);
+    a->up = wrk_cpu_alloc_floats(T * M);
+    a->scores = wrk_cpu_alloc_floats(nth * (size_t)cfg->window);
     a->tok_pos = malloc(T * sizeof *a->tok_pos);
     a->tok_seq = malloc(T * sizeof *a->tok_seq);
     a->seq_t0 = malloc(T * sizeof *a->seq_t0);
@@ -93,7 +79,7 @@ int wrk_rg_cpu_init(struct wrk_cpu *c, void **ctx)
     if (!a->u || !a->yb || !a->xb || !a->cb || !a->ga || !a->q || !a->att || !a->k || !a->v ||
         !a->g || !a->up || !a->scores || !a->tok_pos || !a->tok_seq || !a->seq_t0 ||
         !a->seq_pos0) {
-        wrk_rg_cpu_free(a);
+        cpu_free(a);
         return RCD_ENOMEM;
     }
     *ctx = a;
@@ -229,7 +215,7 @@ static void attend(const wrk_rg_config_t *cfg, const float *qh, int g, int64_t p
     }
 }
 
-static void recurrent_block(fwd_t *f, const wrk_rg_layer_t *L, int ith, int nth)
+static void recurrent_block(wrk_cpu_fwd_t *f, const wrk_rg_layer_t *L, int ith, int nth)
 {
     wrk_cpu_t *c = f->c;
     rg_ctx_t *a = f->a;
@@ -280,7 +266,7 @@ static void recurrent_block(fwd_t *f, const wrk_rg_layer_t *L, int ith, int nth)
     wrk_pool_barrier(c->pool);
 }
 
-static void attention_block(fwd_t *f, const wrk_rg_layer_t *L, int ith, int nth)
+static void attention_block(wrk_cpu_fwd_t *f, const wrk_rg_layer_t *L, int ith, int nth)
 {
     wrk_cpu_t *c = f->c;
     rg_ctx_t *a = f->a;
@@ -330,7 +316,7 @@ static void attention_block(fwd_t *f, const wrk_rg_layer_t *L, int ith, int nth)
     wrk_pool_barrier(c->pool);
 }
 
-static void mlp_block(fwd_t *f, const wrk_rg_layer_t *L, int ith, int nth)
+static void mlp_block(wrk_cpu_fwd_t *f, const wrk_rg_layer_t *L, int ith, int nth)
 {
     wrk_cpu_t *c = f->c;
     rg_ctx_t *a = f->a;
@@ -357,7 +343,7 @@ static void mlp_block(fwd_t *f, const wrk_rg_layer_t *L, int ith, int nth)
 
 static void forward(void *arg, int ith, int nth)
 {
-    fwd_t *f = arg;
+    wrk_cpu_fwd_t *f = arg;
     wrk_cpu_t *c = f->c;
     rg_ctx_t *a = f->a;
     const wrk_rg_t *rg = c->m->priv;
@@ -381,21 +367,34 @@ static void forward(void *arg, int ith, int nth)
     wrk_cpu_logits(c, ith, nth, f->seqs, f->n_seqs, f->n_rows);
 }
 
-void wrk_rg_cpu_step(struct wrk_cpu *c, void *ctx, const wrk_seq_t *seqs, int n_seqs)
+/* Before the pool runs: every token's position and sequence (serially, once per step). */
+static void prepare(wrk_cpu_fwd_t *f)
 {
-    rg_ctx_t *a = ctx;
-    fwd_t f = {.c = c, .a = a, .seqs = seqs, .n_seqs = n_seqs};
-    wrk_cpu_batch_size(seqs, n_seqs, &f.T, &f.n_rows);
+    rg_ctx_t *a = f->a;
     int t = 0;
-    for (int s = 0; s < n_seqs; s++) {
+    for (int s = 0; s < f->n_seqs; s++) {
         a->seq_t0[s] = t;
-        a->seq_pos0[s] = wrk_rg_pos_get(wrk_cpu_slot(c, seqs[s].slot));
-        for (int j = 0; j < seqs[s].n_tokens; j++, t++) {
+        a->seq_pos0[s] = wrk_rg_pos_get(wrk_cpu_slot(f->c, f->seqs[s].slot));
+        for (int j = 0; j < f->seqs[s].n_tokens; j++, t++) {
             a->tok_pos[t] = a->seq_pos0[s] + j;
             a->tok_seq[t] = s;
         }
     }
-    wrk_pool_run(c->pool, forward, &f);
-    for (int s = 0; s < n_seqs; s++)
-        wrk_rg_pos_set(wrk_cpu_slot(c, seqs[s].slot), a->seq_pos0[s] + seqs[s].n_tokens);
 }
+
+/* After it: each slot's position advances by its tokens. */
+static void finish(wrk_cpu_fwd_t *f)
+{
+    const rg_ctx_t *a = f->a;
+    for (int s = 0; s < f->n_seqs; s++)
+        wrk_rg_pos_set(wrk_cpu_slot(f->c, f->seqs[s].slot), a->seq_pos0[s] + f->seqs[s].n_tokens);
+}
+
+const wrk_cpu_family_i wrk_cpu_recurrentgemma = {
+    .family = WRK_FAMILY_RECURRENTGEMMA,
+    .init = cpu_init,
+    .free = cpu_free,
+    .prepare = prepare,
+    .forward = forward,
+    .finish = finish,
+};

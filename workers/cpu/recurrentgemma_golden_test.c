@@ -11,7 +11,7 @@
  * the same checkpoint: max |dlogit| of that against the tiny_mqa_w16_bf16 goldens
  * (tools/hf_bf16_error.py). */
 #define TOL_BF16_MATMUL 1.23e-2f
-#include "workers/recurrentgemma.h"
+#include "workers/families/recurrentgemma.h"
 
 #define TOL_F32 1e-4f
 
@@ -143,7 +143,7 @@ static void test_state_roundtrip(void)
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         blob[0] = bad[i][0];
         blob[1] = bad[i][1];
-        CHECK(wrk_state_write(b, 7, blob) == 0);
+        CHECK(wrk_state_write_n(b, 7, blob, mi->state_bytes) == 0);
         wrk_seq_t s = {
             .slot = 7, .n_tokens = q->n, .tokens = q->tokens, .n_logits = q->n, .logits = out};
         CHECK(wrk_step(b, &s, 1, err, sizeof err) == 0);

@@ -10,8 +10,8 @@
 #include <cjson/cJSON.h>
 
 #include "tests/support/rcd_test.h"
-#include "workers/mamba.h"
-#include "workers/mamba2.h"
+#include "workers/families/mamba.h"
+#include "workers/families/mamba2.h"
 #include "workers/wrk.h"
 
 #define TOL_TP 1e-5f     /* TP=N vs TP=1, relative to max(1, |logit|) */
@@ -140,7 +140,7 @@ static int run_chunked(wrk_backend_t *b, const seq_t *q, int V, int chunk, float
             return -1;
         }
     }
-    return wrk_state_read(b, 0, state);
+    return wrk_state_read_n(b, 0, state, wrk_model_info(wrk_backend_model(b))->state_bytes, NULL);
 }
 
 /* Every chunking of every sequence: TP=N logits and final state vs TP=1, logits vs goldens. */
@@ -170,7 +170,7 @@ static void test_chunkings(void)
                           fixtures[fi].name, tp, err);
                 continue;
             }
-            CHECK(strcmp(b->vt->name, "cpu-tp") == 0);
+            CHECK(strcmp(wrk_backend_name(b), "cpu-tp") == 0);
             float worst = 0.f, worst_state = 0.f, worst_golden = 0.f;
             for (int si = 0; si < x.n_seqs; si++)
                 for (int k = 0; k < 4; k++) {
@@ -316,35 +316,35 @@ static void test_state_portable(void)
             blob[i] = (float)((i * 2654435761u) % 1000) * 1e-3f - 0.5f;
         for (int i = 1; i <= 4; i++) {
             memset(back, 0, sf * sizeof(float));
-            CHECK(wrk_state_write(b[i], 3, blob) == 0);
+            CHECK(wrk_state_write_n(b[i], 3, blob, sf * sizeof(float)) == 0);
             CHECK(wrk_state_copy(b[i], 5, 3) == 0);
-            CHECK(wrk_state_read(b[i], 5, back) == 0);
+            CHECK(wrk_state_read_n(b[i], 5, back, sf * sizeof(float), NULL) == 0);
             CHECK_MSG(memcmp(back, blob, sf * sizeof(float)) == 0,
                       "%s/%s tp %d: state write/copy/read is not exact", fixtures[fi].family,
                       fixtures[fi].name, i);
             CHECK(wrk_state_reset(b[i], 5) == 0);
-            CHECK(wrk_state_read(b[i], 5, back) == 0);
+            CHECK(wrk_state_read_n(b[i], 5, back, sf * sizeof(float), NULL) == 0);
             int zero = 1;
             for (size_t k = 0; k < sf; k++)
                 zero &= back[k] == 0.f;
             CHECK_MSG(zero, "tp %d: reset left state behind", i);
-            CHECK(wrk_state_read(b[i], 8, back) == RCD_ERANGE);
+            CHECK(wrk_state_read_n(b[i], 8, back, sf * sizeof(float), NULL) == RCD_ERANGE);
         }
         /* The reference: the whole sequence on TP=1. */
         CHECK(run_chunked(b[1], q, V, 64, ref, sref) == 0);
         wrk_seq_t s = {.slot = 2, .n_tokens = half, .tokens = q->tokens, .n_logits = 0};
         wrk_state_reset(b[2], 2);
         CHECK(wrk_step(b[2], &s, 1, err, sizeof err) == 0);
-        CHECK(wrk_state_read(b[2], 2, saved) == 0);
+        CHECK(wrk_state_read_n(b[2], 2, saved, sf * sizeof(float), NULL) == 0);
         for (int to = 1; to <= 4; to++) {
-            CHECK(wrk_state_write(b[to], 6, saved) == 0);
+            CHECK(wrk_state_write_n(b[to], 6, saved, sf * sizeof(float)) == 0);
             wrk_seq_t r = {.slot = 6,
                            .n_tokens = q->n - half,
                            .tokens = q->tokens + half,
                            .n_logits = q->n - half,
                            .logits = out + (size_t)half * V};
             CHECK(wrk_step(b[to], &r, 1, err, sizeof err) == 0);
-            CHECK(wrk_state_read(b[to], 6, back) == 0);
+            CHECK(wrk_state_read_n(b[to], 6, back, sf * sizeof(float), NULL) == 0);
             float d =
                 rel_diff(out + (size_t)half * V, ref + (size_t)half * V, (size_t)(q->n - half) * V);
             float ds = rel_diff(back, sref, sf);

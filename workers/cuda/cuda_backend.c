@@ -9,6 +9,8 @@
 
 #define BLAS_WORKSPACE_BYTES ((size_t)32 << 20)
 
+/* The families this backend runs, its own table (cpu/cpu_backend.c keeps the CPU's): a family
+ * with a CUDA forward adds it here. */
 static const cuda_family_t *const families[] = {&cuda_family_mamba};
 
 const char *cuda__errstr(int code)
@@ -145,7 +147,8 @@ static int cuda_state_reset(wrk_backend_t *b, int slot)
     return xfer_end(c, false);
 }
 
-static int cuda_state_read(wrk_backend_t *b, int slot, void *dst)
+/* Fixed-size states (no state_size): the wrappers checked cap and len. */
+static int cuda_state_read_n(wrk_backend_t *b, int slot, void *dst, size_t cap, size_t *len)
 {
     wrk_cuda_t *c = (wrk_cuda_t *)b;
     const size_t bytes = c->state_floats * sizeof(float);
@@ -159,7 +162,7 @@ static int cuda_state_read(wrk_backend_t *b, int slot, void *dst)
     return rc;
 }
 
-static int cuda_state_write(wrk_backend_t *b, int slot, const void *src)
+static int cuda_state_write_n(wrk_backend_t *b, int slot, const void *src, size_t len)
 {
     wrk_cuda_t *c = (wrk_cuda_t *)b;
     const size_t bytes = c->state_floats * sizeof(float);
@@ -297,30 +300,14 @@ static int cuda_step(wrk_backend_t *b, const wrk_seq_t *seqs, int n_seqs, char *
     return 0;
 }
 
-static int cuda_sync(wrk_backend_t *b)
-{
-    wrk_cuda_t *c = (wrk_cuda_t *)b;
-    if (bind(c)) return RCD_EINTERNAL;
-    if (cudaStreamSynchronize(c->cs) != cudaSuccess || cudaStreamSynchronize(c->xs) != cudaSuccess)
-        return RCD_EINTERNAL;
-    return 0;
-}
-
-static bool cuda_supports(const wrk_backend_t *b, wrk_feature_t f)
-{
-    return f == WRK_FEAT_RAGGED;
-}
-
 static const wrk_backend_i cuda_vt = {
     .name = "cuda",
     .destroy = cuda_destroy,
     .state_reset = cuda_state_reset,
-    .state_read = cuda_state_read,
-    .state_write = cuda_state_write,
     .state_copy = cuda_state_copy,
     .step = cuda_step,
-    .sync = cuda_sync,
-    .supports = cuda_supports,
+    .state_read_n = cuda_state_read_n,
+    .state_write_n = cuda_state_write_n,
 };
 
 /* ---- public helpers ---- */
@@ -422,20 +409,17 @@ int wrk_cuda_backend_create_ex(const wrk_model_t *m, const wrk_backend_opts_t *o
                                const wrk_cuda_opts_t *copts, wrk_backend_t **out, char *err,
                                size_t errlen)
 {
-    wrk_backend_opts_t o = opts ? *opts : (wrk_backend_opts_t){0};
+    wrk_backend_opts_t o;
     wrk_cuda_opts_t co = copts ? *copts : wrk_cuda_default_opts();
     const wrk_model_info_t *mi = &m->info;
     const cuda_family_t *fam = NULL;
     char why[160];
     int rc = 0;
     *out = NULL;
+    if ((rc = wrk__backend_opts(opts, &o, err, errlen))) return rc;
     if (o.matmul && *o.matmul && strcmp(o.matmul, "fp32") != 0)
         return rcd_fail(RCD_EINVAL, err, errlen,
                         "matmul \"%s\" is a CPU setting; the cuda backend takes fp32", o.matmul);
-    if (o.n_slots <= 0) o.n_slots = 8;
-    if (o.max_step_tokens <= 0) o.max_step_tokens = 512;
-    if (o.n_slots > 1 << 20 || o.max_step_tokens > 1 << 20)
-        return rcd_fail(RCD_EINVAL, err, errlen, "backend: n_slots or max_step_tokens too large");
     if (o.tp > 1)
         return rcd_fail(RCD_EUNSUPPORTED, err, errlen,
                         "cuda: tensor parallelism (tp %d) is not built for the CUDA backend yet",

@@ -11,8 +11,9 @@
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
+#include "workers/backend_int.h"
 #include "workers/cuda/wrk_cuda.h"
-#include "workers/model_int.h"
+#include "workers/model/model_int.h"
 
 #ifdef __cplusplus
 extern "C" {

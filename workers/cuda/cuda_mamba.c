@@ -5,7 +5,7 @@
 #include <stdlib.h>
 
 #include "workers/cuda/cuda_int.h"
-#include "workers/mamba.h"
+#include "workers/families/mamba.h"
 
 typedef struct cuda_mamba_layer {
     float *norm_w, *in_b, *conv_w, *conv_b, *dt_b, *A, *D, *out_b;

@@ -317,15 +317,15 @@ static void test_state_portable(void)
         /* CUDA prefix -> blob -> CPU slot 2 and CUDA slots 5 (write) and 6 (copy). */
         wrk_state_reset(gpu, 0);
         CHECK(wrk_step(gpu, &s, 1, err, sizeof err) == 0);
-        CHECK(wrk_state_read(gpu, 0, blob) == 0);
+        CHECK(wrk_state_read_n(gpu, 0, blob, mi->state_bytes, NULL) == 0);
         wrk_state_reset(gpu, 0);
-        CHECK(wrk_state_write(gpu, 5, blob) == 0);
+        CHECK(wrk_state_write_n(gpu, 5, blob, mi->state_bytes) == 0);
         CHECK(wrk_state_copy(gpu, 6, 5) == 0);
-        CHECK(wrk_state_write(cpu, 2, blob) == 0);
+        CHECK(wrk_state_write_n(cpu, 2, blob, mi->state_bytes) == 0);
         /* The same prefix on the CPU gives the same blob (within fp32 rounding). */
         wrk_state_reset(cpu, 0);
         CHECK(wrk_step(cpu, &s, 1, err, sizeof err) == 0);
-        CHECK(wrk_state_read(cpu, 0, blob2) == 0);
+        CHECK(wrk_state_read_n(cpu, 0, blob2, mi->state_bytes, NULL) == 0);
         CHECK_MSG(golden_max_diff(blob, blob2, mi->state_bytes / 4) <= TOL_F32,
                   "state after %d tokens: cuda vs cpu max diff %g", cut,
                   golden_max_diff(blob, blob2, mi->state_bytes / 4));
@@ -339,11 +339,11 @@ static void test_state_portable(void)
                             .logits = out};
             CHECK(wrk_step(bk[i], &s, 1, err, sizeof err) == 0);
             float d = golden_max_diff(out, q->logits + (size_t)cut * V, (size_t)(q->n - cut) * V);
-            CHECK_MSG(d <= TOL_F32, "resume %d on %s slot %d: max diff %g", i, bk[i]->vt->name,
-                      slots[i], d);
+            CHECK_MSG(d <= TOL_F32, "resume %d on %s slot %d: max diff %g", i,
+                      wrk_backend_name(bk[i]), slots[i], d);
         }
         /* CPU prefix -> CUDA. */
-        CHECK(wrk_state_write(gpu, 7, blob2) == 0);
+        CHECK(wrk_state_write_n(gpu, 7, blob2, mi->state_bytes) == 0);
         s = (wrk_seq_t){.slot = 7,
                         .n_tokens = q->n - cut,
                         .tokens = q->tokens + cut,
@@ -352,7 +352,7 @@ static void test_state_portable(void)
         CHECK(wrk_step(gpu, &s, 1, err, sizeof err) == 0);
         CHECK(golden_max_diff(out, q->logits + (size_t)cut * V, (size_t)(q->n - cut) * V) <=
               TOL_F32);
-        CHECK(wrk_state_read(gpu, 99, blob) == RCD_ERANGE);
+        CHECK(wrk_state_read_n(gpu, 99, blob, mi->state_bytes, NULL) == RCD_ERANGE);
         CHECK(wrk_state_copy(gpu, -1, 0) == RCD_ERANGE);
         /* Validation is the shared one. */
         int32_t bad = 1 << 20;

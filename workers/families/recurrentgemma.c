@@ -3,14 +3,15 @@
  * naming the file and tensor. The math follows transformers 5.x (see
  * ../shared/specs/recurrentgemma.md and the quirks in workers/README.md). */
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <cjson/cJSON.h>
 
-#include "workers/cfg_json.h"
-#include "workers/recurrentgemma.h"
+#include "workers/model/cfg_json.h"
+#include "workers/families/recurrentgemma.h"
 
 /* block_types (transformers 5.x), else _block_types (the name recurrentgemma-2b's hub config
  * uses, which 5.x ignores in favour of the default — the same pattern for that checkpoint),
@@ -83,97 +84,48 @@ static int get_rope(const cJSON *root, wrk_rg_config_t *cfg, char *err, size_t e
     return 0;
 }
 
-int wrk_rg_config_parse(const char *json, size_t len, wrk_rg_config_t *cfg, char *err,
-                        size_t errlen)
+/* Fields that depend on others or on a structure: the MLP width (intermediate_size / 2), the
+ * KV heads (default: the query heads), head_dim, the LRU width and its blocks, RoPE, the
+ * block pattern, and the state's size. */
+static int derive(const cJSON *root, void *out, char *err, size_t errlen)
 {
-    int rc = 0;
+    wrk_rg_config_t *cfg = out;
     long v;
-    double d;
-    cJSON *root = cJSON_ParseWithLength(json, len);
-    memset(cfg, 0, sizeof *cfg);
-    if (!root || !cJSON_IsObject(root)) {
-        rc = rcd_fail(RCD_EFORMAT, err, errlen, "config.json: not a JSON object");
-        goto cleanup;
-    }
-    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
-    if (!cJSON_IsString(mt) || strcmp(mt->valuestring, "recurrent_gemma") != 0) {
-        rc = rcd_fail(RCD_EUNSUPPORTED, err, errlen,
-                      "config.json: model_type is not \"recurrent_gemma\"");
-        goto cleanup;
-    }
-    const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "hidden_activation");
-    if (act && !cJSON_IsNull(act) &&
-        !(cJSON_IsString(act) && strcmp(act->valuestring, "gelu_pytorch_tanh") == 0)) {
-        rc = rcd_fail(RCD_EUNSUPPORTED, err, errlen,
-                      "config.json: hidden_activation must be \"gelu_pytorch_tanh\"");
-        goto cleanup;
-    }
-    /* Caps keep every derived size far from overflow and refuse absurd allocations. */
-    if ((rc = wrk_cfg_int(root, "vocab_size", 256000, 1, 1 << 24, &v, err, errlen))) goto cleanup;
-    cfg->vocab = (int)v;
-    if ((rc = wrk_cfg_int(root, "hidden_size", 2560, 1, 1 << 16, &v, err, errlen))) goto cleanup;
-    cfg->hidden = (int)v;
-    if ((rc = wrk_cfg_int(root, "num_hidden_layers", 26, 1, 1024, &v, err, errlen))) goto cleanup;
-    cfg->n_layers = (int)v;
+    int rc;
     if ((rc = wrk_cfg_int(root, "intermediate_size", 3 * 2560, 2, 1 << 20, &v, err, errlen)))
-        goto cleanup;
+        return rc;
     cfg->mlp = (int)(v / 2);
-    if ((rc = wrk_cfg_int(root, "num_attention_heads", 10, 1, 4096, &v, err, errlen))) goto cleanup;
-    cfg->n_heads = (int)v;
     if ((rc = wrk_cfg_int(root, "num_key_value_heads", cfg->n_heads, 1, 4096, &v, err, errlen)))
-        goto cleanup;
+        return rc;
     cfg->n_kv_heads = (int)v;
-    if (cfg->n_heads % cfg->n_kv_heads != 0) {
-        rc = rcd_fail(RCD_EFORMAT, err, errlen,
-                      "config.json: num_attention_heads (%d) must be a multiple of "
-                      "num_key_value_heads (%d)",
-                      cfg->n_heads, cfg->n_kv_heads);
-        goto cleanup;
-    }
+    if (cfg->n_heads % cfg->n_kv_heads != 0)
+        return rcd_fail(RCD_EFORMAT, err, errlen,
+                        "config.json: num_attention_heads (%d) must be a multiple of "
+                        "num_key_value_heads (%d)",
+                        cfg->n_heads, cfg->n_kv_heads);
     /* transformers derives head_dim = hidden_size // heads but lets config.json override it. */
     const cJSON *hdj = cJSON_GetObjectItemCaseSensitive(root, "head_dim");
-    if (cfg->hidden < cfg->n_heads && (!hdj || cJSON_IsNull(hdj))) {
-        rc = rcd_fail(RCD_EFORMAT, err, errlen,
-                      "config.json: hidden_size (%d) is smaller than num_attention_heads (%d) "
-                      "and no head_dim is given",
-                      cfg->hidden, cfg->n_heads);
-        goto cleanup;
-    }
+    if (cfg->hidden < cfg->n_heads && (!hdj || cJSON_IsNull(hdj)))
+        return rcd_fail(RCD_EFORMAT, err, errlen,
+                        "config.json: hidden_size (%d) is smaller than num_attention_heads (%d) "
+                        "and no head_dim is given",
+                        cfg->hidden, cfg->n_heads);
     if ((rc = wrk_cfg_int(root, "head_dim", cfg->hidden / cfg->n_heads, 1, 4096, &v, err, errlen)))
-        goto cleanup;
+        return rc;
     cfg->head_dim = (int)v;
-    if ((long)cfg->n_heads * cfg->head_dim > 1 << 18) {
-        rc = rcd_fail(RCD_EFORMAT, err, errlen,
-                      "config.json: num_attention_heads * head_dim is larger than %d", 1 << 18);
-        goto cleanup;
-    }
-    if ((rc = wrk_cfg_int(root, "lru_width", cfg->hidden, 1, 1 << 18, &v, err, errlen)))
-        goto cleanup;
+    if ((long)cfg->n_heads * cfg->head_dim > 1 << 18)
+        return rcd_fail(RCD_EFORMAT, err, errlen,
+                        "config.json: num_attention_heads * head_dim is larger than %d", 1 << 18);
+    if ((rc = wrk_cfg_int(root, "lru_width", cfg->hidden, 1, 1 << 18, &v, err, errlen))) return rc;
     cfg->lru_width = (int)v;
-    if (cfg->lru_width % cfg->n_heads != 0) {
-        rc = rcd_fail(RCD_EFORMAT, err, errlen,
-                      "config.json: lru_width (%d) must be a multiple of num_attention_heads (%d): "
-                      "the RG-LRU gates are one block per head",
-                      cfg->lru_width, cfg->n_heads);
-        goto cleanup;
-    }
+    if (cfg->lru_width % cfg->n_heads != 0)
+        return rcd_fail(RCD_EFORMAT, err, errlen,
+                        "config.json: lru_width (%d) must be a multiple of num_attention_heads "
+                        "(%d): the RG-LRU gates are one block per head",
+                        cfg->lru_width, cfg->n_heads);
     cfg->block_w = cfg->lru_width / cfg->n_heads;
-    if ((rc = wrk_cfg_int(root, "attention_window_size", 2048, 1, 1 << 20, &v, err, errlen)))
-        goto cleanup;
-    cfg->window = (int)v;
-    if ((rc = wrk_cfg_int(root, "conv1d_width", 4, 1, 64, &v, err, errlen))) goto cleanup;
-    cfg->d_conv = (int)v;
-    if ((rc = wrk_cfg_num(root, "logits_soft_cap", 30.0, 1e-6, 1e6, &d, err, errlen))) goto cleanup;
-    cfg->softcap = (float)d;
-    /* Checked as the float it becomes: 1e-55 would round to 0. */
-    if ((rc = wrk_cfg_num(root, "rms_norm_eps", 1e-6, 1e-30, 1.0, &d, err, errlen))) goto cleanup;
-    cfg->eps = (float)d;
-    if ((rc = wrk_cfg_bool(root, "attention_bias", false, &cfg->attn_bias, err, errlen)))
-        goto cleanup;
-    if ((rc = wrk_cfg_bool(root, "tie_word_embeddings", true, &cfg->tie_embeddings, err, errlen)))
-        goto cleanup;
-    if ((rc = get_rope(root, cfg, err, errlen))) goto cleanup;
-    if ((rc = get_pattern(root, cfg, err, errlen))) goto cleanup;
+    if ((rc = get_rope(root, cfg, err, errlen))) return rc;
+    if ((rc = get_pattern(root, cfg, err, errlen))) return rc;
     for (int l = 0; l < cfg->n_layers; l++) {
         if (cfg->pattern_attn[l % cfg->n_pattern])
             cfg->n_attn++;
@@ -183,20 +135,33 @@ int wrk_rg_config_parse(const char *json, size_t len, wrk_rg_config_t *cfg, char
     /* The KV rings dominate the state: refuse a sequence state over 4 GiB. */
     double state = (double)cfg->n_attn * 2 * wrk_rg_ring_floats(cfg) +
                    (double)cfg->n_rec * wrk_rg_rec_floats(cfg);
-    if (state * 4 > 4.0 * (1 << 30)) {
-        rc = rcd_fail(RCD_EFORMAT, err, errlen,
-                      "config.json: the per-sequence state (%.0f MiB: attention_window_size x "
-                      "num_key_value_heads x head_dim per attention layer) is over 4 GiB",
-                      state * 4 / (1 << 20));
-        goto cleanup;
-    }
-    if ((rc = wrk_cfg_special_tokens(root, cfg->vocab, &cfg->bos_id, &cfg->eos_id, &cfg->pad_id,
-                                     err, errlen)))
-        goto cleanup;
-cleanup:
-    cJSON_Delete(root);
-    return rc;
+    if (state * 4 > 4.0 * (1 << 30))
+        return rcd_fail(RCD_EFORMAT, err, errlen,
+                        "config.json: the per-sequence state (%.0f MiB: attention_window_size x "
+                        "num_key_value_heads x head_dim per attention layer) is over 4 GiB",
+                        state * 4 / (1 << 20));
+    return 0;
 }
+
+#define F(field) offsetof(wrk_rg_config_t, field)
+/* Caps keep every derived size far from overflow and refuse absurd allocations; epsilons are
+ * checked as the float they become (1e-55 would round to 0). */
+static const wrk_cfg_row_t rows[] = {
+    WRK_CFG_S("hidden_activation", "gelu_pytorch_tanh", NULL, true),
+    WRK_CFG_I("vocab_size", 256000, 1, 1 << 24, F(vocab)),
+    WRK_CFG_I("hidden_size", 2560, 1, 1 << 16, F(hidden)),
+    WRK_CFG_I("num_hidden_layers", 26, 1, 1024, F(n_layers)),
+    WRK_CFG_I("num_attention_heads", 10, 1, 4096, F(n_heads)),
+    WRK_CFG_I("attention_window_size", 2048, 1, 1 << 20, F(window)),
+    WRK_CFG_I("conv1d_width", 4, 1, 64, F(d_conv)),
+    WRK_CFG_F("logits_soft_cap", 30.0, 1e-6, 1e6, F(softcap)),
+    WRK_CFG_F("rms_norm_eps", 1e-6, 1e-30, 1.0, F(eps)),
+    WRK_CFG_B("attention_bias", false, F(attn_bias)),
+    WRK_CFG_B("tie_word_embeddings", true, F(tie_embeddings)),
+};
+
+#undef F
+WRK_CFG_PARSER(wrk_rg_config_parse, config, wrk_rg_config_t, "recurrent_gemma", rows, derive, )
 
 /* ---- tensor binding ---------------------------------------------------------------------- */
 
@@ -269,7 +234,7 @@ static int describe_state(wrk_model_t *m, wrk_rg_t *rg, char *err, size_t errlen
 {
     const wrk_rg_config_t *c = &rg->cfg;
     const int n = 1 + 2 * c->n_layers;
-    m->state_tensors = calloc((size_t)n, sizeof *m->state_tensors);
+    m->state_tensors = wrk_model_alloc(m, (size_t)n, sizeof *m->state_tensors);
     if (!m->state_tensors) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
     wrk_state_tensor_t *st = m->state_tensors;
     size_t off = wrk_state_tensor_set(st++, -1, "position", 1, (int64_t[]){WRK_RG_POS_FLOATS},
@@ -294,21 +259,18 @@ static int describe_state(wrk_model_t *m, wrk_rg_t *rg, char *err, size_t errlen
     return 0;
 }
 
-static int rg_load(wrk_model_t *m, const char *json, size_t len, char *err, size_t errlen)
+static int rg_load(wrk_model_t *m, char *err, size_t errlen)
 {
-    wrk_rg_t *rg = calloc(1, sizeof *rg);
-    if (!rg) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
-    m->priv = rg;
-    int rc = wrk_rg_config_parse(json, len, &rg->cfg, err, errlen);
-    if (rc) return rc;
+    wrk_rg_t *rg = m->priv;
+    int rc;
     const wrk_rg_config_t *c = &rg->cfg;
     const int D = c->hidden, M = c->mlp;
     char name[160];
     if ((rc = wrk_params_alloc(m, params_floats(c), "norms, biases, conv and RG-LRU gates",
                                &rg->params, err, errlen)))
         return rc;
-    rg->layers = calloc((size_t)c->n_layers, sizeof *rg->layers);
-    rg->inv_freq = malloc(((size_t)c->rot_freqs + 1) * sizeof(float));
+    rg->layers = wrk_model_alloc(m, (size_t)c->n_layers, sizeof *rg->layers);
+    rg->inv_freq = wrk_model_alloc(m, ((size_t)c->rot_freqs + 1) , sizeof(float));
     if (!rg->layers || !rg->inv_freq)
         return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
     /* 1 / theta^(arange(0, dim, 2) / dim) in fp32, as transformers builds inv_freq. */
@@ -362,23 +324,9 @@ static int rg_load(wrk_model_t *m, const char *json, size_t len, char *err, size
     return 0;
 }
 
-static void rg_unload(wrk_model_t *m)
-{
-    wrk_rg_t *rg = m->priv;
-    if (!rg) return;
-    free(rg->params);
-    free(rg->layers);
-    free(rg->inv_freq);
-    free(rg);
-    m->priv = NULL;
-}
-
 const wrk_family_i wrk_family_recurrentgemma = {
-    .model_type = "recurrent_gemma",
     .family = WRK_FAMILY_RECURRENTGEMMA,
+    .layout_size = sizeof(wrk_rg_t),
+    .config = &config,
     .load = rg_load,
-    .unload = rg_unload,
-    .cpu_init = wrk_rg_cpu_init,
-    .cpu_free = wrk_rg_cpu_free,
-    .cpu_step = wrk_rg_cpu_step,
 };

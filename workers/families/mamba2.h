@@ -3,7 +3,7 @@
 #ifndef RCD_WRK_MAMBA2_H
 #define RCD_WRK_MAMBA2_H
 
-#include "workers/model_int.h"
+#include "workers/model/model_int.h"
 
 typedef struct wrk_mamba2_config {
     int vocab;    /* V */
@@ -15,6 +15,7 @@ typedef struct wrk_mamba2_config {
     int n_groups; /* G: B and C per group; head h uses group h / (NH / G) */
     int d_conv;   /* K */
     int n_layers; /* L */
+    int expand;   /* I / H */
     int conv_dim; /* C = I + 2 G N: the channels the conv runs over (x, B, C) */
     int proj_dim; /* in_proj rows: I (z) + C (xBC) + NH (dt) */
     /* The gated RMSNorm normalizes groups of this many channels. transformers (5.x) uses
@@ -56,6 +57,10 @@ typedef struct wrk_mamba2 {
 int wrk_mamba2_config_parse(const char *json, size_t len, wrk_mamba2_config_t *cfg, char *err,
                             size_t errlen);
 
+/* The widths that follow from the geometry (n_heads, n_groups set): inner = I, conv_dim,
+ * proj_dim and norm_group, for inner I and gn = n_groups * d_state (shared with Granite). */
+void wrk_mamba2_derive(wrk_mamba2_config_t *c, long inner, long gn);
+
 /* State layout of a Mamba2 sequence, per layer: conv window [K-1][C] (pre-conv xBC inputs,
  * oldest first), then SSM state [NH][P][N]; fp32. */
 static inline size_t wrk_mamba2_conv_floats(const wrk_mamba2_config_t *c)
@@ -82,31 +87,8 @@ int wrk_mamba2_bind_mixer(wrk_model_t *m, const wrk_mamba2_config_t *c, const ch
                           float **params, wrk_mamba2_layer_t *L, char *err, size_t errlen);
 size_t wrk_mamba2_mixer_floats(const wrk_mamba2_config_t *c);
 
-/* CPU activations of the mixer for up to T tokens. */
-typedef struct wrk_mamba2_bufs {
-    float *zx;  /* [T x proj_dim]: z, xBC (pre-conv), dt */
-    float *xbc; /* [T x C] after conv + silu: x, B, C */
-    float *y;   /* [T x I] scan output, then gated-normed in place */
-    float *ss;  /* [T x tp_norm_groups] when tp_norm_reduce, else NULL */
-} wrk_mamba2_bufs_t;
-int wrk_mamba2_bufs_alloc(const wrk_mamba2_config_t *cfg, size_t T, wrk_mamba2_bufs_t *b);
-void wrk_mamba2_bufs_free(wrk_mamba2_bufs_t *b);
-
-/* One mixer over a validated ragged batch of T stacked tokens, called by every pool thread
- * (ith of nth) with the normed input u [T x H] ready; each sequence's conv window and SSM
- * state sit at `state_off` floats into its slot (the layout of wrk_mamba2_layer_state_floats).
- * out [T x H] = (acc ? out : 0) + out_proj(...); returns after a barrier, out complete. */
-void wrk_mamba2_cpu_mixer(struct wrk_cpu *c, int ith, int nth, const wrk_mamba2_config_t *cfg,
-                          const wrk_mamba2_layer_t *L, const wrk_seq_t *seqs, int n_seqs, int T,
-                          size_t state_off, const float *u, const wrk_mamba2_bufs_t *b,
-                          float *out, bool acc);
-
 /* Tensor-parallel shard by heads (tp_shard.c). */
 int wrk_mamba2_shard(const wrk_model_t *m, int rank, int size, wrk_shard_t **out, char *err,
                      size_t errlen);
-
-int wrk_mamba2_cpu_init(struct wrk_cpu *c, void **ctx);
-void wrk_mamba2_cpu_free(void *ctx);
-void wrk_mamba2_cpu_step(struct wrk_cpu *c, void *ctx, const wrk_seq_t *seqs, int n_seqs);
 
 #endif

@@ -1,6 +1,6 @@
 /* The safetensors loader: header validation, shard index handling, name lookup, and the
  * bf16/f16 conversions that every weight path shares. Nothing read from a file is trusted. */
-#include "workers/safetensors.h"
+#include "workers/model/safetensors.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>

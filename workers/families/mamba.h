@@ -3,7 +3,7 @@
 #ifndef RCD_WRK_MAMBA_H
 #define RCD_WRK_MAMBA_H
 
-#include "workers/model_int.h"
+#include "workers/model/model_int.h"
 
 typedef struct wrk_mamba_config {
     int vocab;      /* V */
@@ -13,6 +13,7 @@ typedef struct wrk_mamba_config {
     int d_conv;     /* K */
     int dt_rank;    /* R */
     int n_layers;   /* L */
+    int expand;     /* I = expand * H unless intermediate_size says otherwise */
     bool use_bias, use_conv_bias, tie_embeddings;
     float eps;
     int bos_id, eos_id, pad_id;
@@ -53,9 +54,5 @@ static inline size_t wrk_mamba_layer_state_floats(const wrk_mamba_config_t *c)
 /* Tensor-parallel shard by inner channels (tp_shard.c). */
 int wrk_mamba_shard(const wrk_model_t *m, int rank, int size, wrk_shard_t **out, char *err,
                     size_t errlen);
-
-int wrk_mamba_cpu_init(struct wrk_cpu *c, void **ctx);
-void wrk_mamba_cpu_free(void *ctx);
-void wrk_mamba_cpu_step(struct wrk_cpu *c, void *ctx, const wrk_seq_t *seqs, int n_seqs);
 
 #endif

@@ -1,10 +1,11 @@
-/* workers: typed, range-checked reads of config.json fields (see cfg_json.h). */
+/* workers/model: the table-driven config.json parser and typed, range-checked reads of
+ * config.json fields (see cfg_json.h). */
 #include <math.h>
 #include <string.h>
 #include <strings.h>
 
 #include "common/rcd_error.h"
-#include "workers/cfg_json.h"
+#include "workers/model/cfg_json.h"
 
 int wrk_cfg_int(const cJSON *root, const char *key, long dflt, long lo, long hi, long *out,
                 char *err, size_t errlen)
@@ -120,4 +121,76 @@ int wrk_cfg_num(const cJSON *root, const char *key, double dflt, double lo, doub
                         "config.json: \"%s\" must be a number in [%g, %g]", key, lo, hi);
     *out = v->valuedouble;
     return 0;
+}
+
+static int read_row(const cJSON *root, const wrk_cfg_row_t *r, char *base, char *err,
+                    size_t errlen)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, r->key);
+    void *dst = r->off == WRK_CFG_NONE ? NULL : base + r->off;
+    if (r->type == WRK_CFG_STR) {
+        if (!v || (r->null_ok && cJSON_IsNull(v)) ||
+            (cJSON_IsString(v) && strcmp(v->valuestring, r->str) == 0))
+            return 0;
+        return rcd_fail(RCD_EUNSUPPORTED, err, errlen, "config.json: %s must be \"%s\"%s%s%s",
+                        r->key, r->str, r->why ? " (" : "", r->why ? r->why : "",
+                        r->why ? ")" : "");
+    }
+    if (r->required && (!v || cJSON_IsNull(v)))
+        return rcd_fail(RCD_EFORMAT, err, errlen, "config.json: required field \"%s\" missing",
+                        r->key);
+    int rc = 0;
+    switch (r->type) {
+    case WRK_CFG_INT: {
+        long x = 0;
+        rc = wrk_cfg_int(root, r->key, (long)r->dflt, (long)r->lo, (long)r->hi, &x, err, errlen);
+        if (!rc && dst) *(int *)dst = (int)x;
+        break;
+    }
+    case WRK_CFG_FLOAT: {
+        double x = 0;
+        rc = wrk_cfg_num(root, r->key, r->dflt, r->lo, r->hi, &x, err, errlen);
+        if (!rc && dst) *(float *)dst = (float)x;
+        break;
+    }
+    case WRK_CFG_BOOL: {
+        bool x = false;
+        rc = wrk_cfg_bool(root, r->key, r->dflt != 0, &x, err, errlen);
+        if (!rc && r->why && x != (r->dflt != 0))
+            rc = rcd_fail(RCD_EUNSUPPORTED, err, errlen,
+                          "config.json: \"%s\": %s is not supported (%s)", r->key,
+                          x ? "true" : "false", r->why);
+        if (!rc && dst) *(bool *)dst = x;
+        break;
+    }
+    case WRK_CFG_STR: break;
+    }
+    return rc;
+}
+
+int wrk_cfg_parse(const char *json, size_t len, const wrk_cfg_spec_t *spec, void *cfg, char *err,
+                  size_t errlen)
+{
+    int rc = 0;
+    char *base = cfg;
+    cJSON *root = cJSON_ParseWithLength(json, len);
+    memset(cfg, 0, spec->size);
+    if (!root || !cJSON_IsObject(root)) {
+        rc = rcd_fail(RCD_EFORMAT, err, errlen, "config.json: not a JSON object");
+        goto cleanup;
+    }
+    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
+    if (!cJSON_IsString(mt) || strcmp(mt->valuestring, spec->model_type) != 0) {
+        rc = rcd_fail(RCD_EUNSUPPORTED, err, errlen, "config.json: model_type is not \"%s\"",
+                      spec->model_type);
+        goto cleanup;
+    }
+    for (size_t i = 0; i < spec->n_rows; i++)
+        if ((rc = read_row(root, &spec->rows[i], base, err, errlen))) goto cleanup;
+    if (spec->derive && (rc = spec->derive(root, cfg, err, errlen))) goto cleanup;
+    rc = wrk_cfg_special_tokens(root, *(int *)(base + spec->vocab), (int *)(base + spec->bos),
+                                (int *)(base + spec->eos), (int *)(base + spec->pad), err, errlen);
+cleanup:
+    cJSON_Delete(root);
+    return rc;
 }

@@ -3,14 +3,15 @@
  * naming the file and tensor. The Mamba layers are bound by the Mamba2 family's code. The
  * math follows transformers' torch path (see ../shared/specs/granitemoehybrid.md). */
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <cjson/cJSON.h>
 
-#include "workers/cfg_json.h"
-#include "workers/granite.h"
+#include "workers/model/cfg_json.h"
+#include "workers/families/granite.h"
 
 /* layer_types (or its alias layers_block_type): one string per layer. transformers 5.x
  * writes "linear_attention" / "full_attention"; released checkpoints say "mamba" /
@@ -88,162 +89,104 @@ static int parse_positions(const cJSON *root, wrk_granite_config_t *cfg, char *e
     return 0;
 }
 
-static int get_float(const cJSON *root, const char *key, double dflt, double lo, double hi,
-                     float *out, char *err, size_t errlen)
+/* Fields that depend on others or on a structure: layer_types, the KV heads (default: the
+ * query heads) and head_dim, positions, the expert count against top-k, and the Mamba mixer's
+ * geometry (validated even with no Mamba layer, as transformers does). */
+static int derive(const cJSON *root, void *out, char *err, size_t errlen)
 {
-    double v;
-    int rc = wrk_cfg_num(root, key, dflt, lo, hi, &v, err, errlen);
-    if (rc == 0) *out = (float)v;
-    return rc;
-}
-
-int wrk_granite_config_parse(const char *json, size_t len, wrk_granite_config_t *cfg, char *err,
-                             size_t errlen)
-{
-    int rc = 0;
-    long v;
-    cJSON *root = cJSON_ParseWithLength(json, len);
-    memset(cfg, 0, sizeof *cfg);
+    wrk_granite_config_t *cfg = out;
     wrk_mamba2_config_t *mx = &cfg->mx;
-    if (!root || !cJSON_IsObject(root)) {
-        rc = rcd_fail(RCD_EFORMAT, err, errlen, "config.json: not a JSON object");
-        goto cleanup;
-    }
-    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
-    if (!cJSON_IsString(mt) || strcmp(mt->valuestring, "granitemoehybrid") != 0) {
-        rc = rcd_fail(RCD_EUNSUPPORTED, err, errlen,
-                      "config.json: model_type is not \"granitemoehybrid\"");
-        goto cleanup;
-    }
-    const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "hidden_act");
-    if (act && !(cJSON_IsString(act) && strcmp(act->valuestring, "silu") == 0)) {
-        rc = rcd_fail(RCD_EUNSUPPORTED, err, errlen,
-                      "config.json: hidden_act must be \"silu\" (the only activation served for "
-                      "Granite 4.0-H)");
-        goto cleanup;
-    }
-#define INT(key, dflt, lo, hi, dst)                                                                \
-    do {                                                                                           \
-        if ((rc = wrk_cfg_int(root, key, dflt, lo, hi, &v, err, errlen))) goto cleanup;            \
-        dst = (int)v;                                                                              \
-    } while (0)
-    /* Caps keep every derived size far from overflow and refuse absurd allocations. */
-    INT("vocab_size", 32000, 1, 1 << 24, mx->vocab);
-    INT("hidden_size", 4096, 1, 1 << 16, mx->hidden);
-    INT("num_hidden_layers", 32, 1, WRK_GRANITE_MAX_LAYERS, mx->n_layers);
-    if ((rc = parse_layer_types(root, cfg, err, errlen))) goto cleanup;
-
-    INT("num_attention_heads", 32, 1, 1 << 12, cfg->n_q);
-    INT("num_key_value_heads", cfg->n_q, 1, 1 << 12, cfg->n_kv);
-    if (cfg->n_q % cfg->n_kv != 0) {
-        rc = rcd_fail(RCD_EFORMAT, err, errlen,
-                      "config.json: num_attention_heads (%d) must be a multiple of "
-                      "num_key_value_heads (%d)",
-                      cfg->n_q, cfg->n_kv);
-        goto cleanup;
-    }
+    long v;
+    int rc;
+    if ((rc = parse_layer_types(root, cfg, err, errlen))) return rc;
+    if ((rc = wrk_cfg_int(root, "num_key_value_heads", cfg->n_q, 1, 1 << 12, &v, err, errlen)))
+        return rc;
+    cfg->n_kv = (int)v;
+    if (cfg->n_q % cfg->n_kv != 0)
+        return rcd_fail(RCD_EFORMAT, err, errlen,
+                        "config.json: num_attention_heads (%d) must be a multiple of "
+                        "num_key_value_heads (%d)",
+                        cfg->n_q, cfg->n_kv);
     /* transformers takes config.head_dim when present, else hidden_size / heads. */
-    if (mx->hidden / cfg->n_q < 1 && !cJSON_GetObjectItemCaseSensitive(root, "head_dim")) {
-        rc = rcd_fail(RCD_EFORMAT, err, errlen,
-                      "config.json: num_attention_heads (%d) is larger than hidden_size (%d)",
-                      cfg->n_q, mx->hidden);
-        goto cleanup;
-    }
-    INT("head_dim", mx->hidden / cfg->n_q, 1, 4096, cfg->head_dim);
-    if ((rc = wrk_cfg_bool(root, "attention_bias", false, &cfg->attn_bias, err, errlen)))
-        goto cleanup;
-    if ((rc = parse_positions(root, cfg, err, errlen))) goto cleanup;
-    if (cfg->rope && cfg->head_dim % 2) {
-        rc = rcd_fail(RCD_EFORMAT, err, errlen,
-                      "config.json: RoPE needs an even head dimension (got %d)", cfg->head_dim);
-        goto cleanup;
-    }
-    if ((rc = get_float(root, "attention_multiplier", 1.0, -1e6, 1e6, &cfg->attn_mult, err,
-                        errlen)) ||
-        (rc = get_float(root, "embedding_multiplier", 1.0, -1e6, 1e6, &cfg->embed_mult, err,
-                        errlen)) ||
-        (rc = get_float(root, "residual_multiplier", 1.0, -1e6, 1e6, &cfg->resid_mult, err,
-                        errlen)) ||
-        (rc = get_float(root, "logits_scaling", 1.0, -1e6, 1e6, &cfg->logits_div, err, errlen)))
-        goto cleanup;
-    if (cfg->logits_div == 0.f) {
-        rc = rcd_fail(RCD_EFORMAT, err, errlen, "config.json: \"logits_scaling\" must not be 0");
-        goto cleanup;
-    }
-    double eps;
-    if ((rc = wrk_cfg_num(root, "rms_norm_eps", 1e-6, 1e-30, 1.0, &eps, err, errlen))) goto cleanup;
-    mx->eps = (float)eps;
-
-    INT("num_local_experts", 8, 0, 1 << 12, cfg->n_experts);
-    INT("num_experts_per_tok", 2, 0, WRK_GRANITE_MAX_TOPK, cfg->top_k);
-    if (cfg->n_experts > 0 && (cfg->top_k < 1 || cfg->top_k > cfg->n_experts)) {
-        rc = rcd_fail(RCD_EFORMAT, err, errlen,
-                      "config.json: num_experts_per_tok (%d) must be in [1, num_local_experts "
-                      "(%d)] (at most %d)",
-                      cfg->top_k, cfg->n_experts, WRK_GRANITE_MAX_TOPK);
-        goto cleanup;
-    }
-    INT("intermediate_size", 11008, 1, 1 << 18, cfg->expert_dim);
-    INT("shared_intermediate_size", 1024, 1, 1 << 18, cfg->shared_dim);
-
-    /* The Mamba mixer (validated even with no Mamba layer, as transformers does). */
-    long expand;
-    if ((rc = wrk_cfg_int(root, "mamba_expand", 2, 1, 64, &expand, err, errlen))) goto cleanup;
-    const long I = expand * mx->hidden;
-    if (I > 1 << 18) {
-        rc =
-            rcd_fail(RCD_EFORMAT, err, errlen,
-                     "config.json: mamba_expand * hidden_size (%ld) is larger than %d", I, 1 << 18);
-        goto cleanup;
-    }
-    INT("mamba_n_heads", 128, 1, 1 << 14, mx->n_heads);
+    if (mx->hidden / cfg->n_q < 1 && !cJSON_GetObjectItemCaseSensitive(root, "head_dim"))
+        return rcd_fail(RCD_EFORMAT, err, errlen,
+                        "config.json: num_attention_heads (%d) is larger than hidden_size (%d)",
+                        cfg->n_q, mx->hidden);
+    if ((rc = wrk_cfg_int(root, "head_dim", mx->hidden / cfg->n_q, 1, 4096, &v, err, errlen)))
+        return rc;
+    cfg->head_dim = (int)v;
+    if ((rc = parse_positions(root, cfg, err, errlen))) return rc;
+    if (cfg->rope && cfg->head_dim % 2)
+        return rcd_fail(RCD_EFORMAT, err, errlen,
+                        "config.json: RoPE needs an even head dimension (got %d)", cfg->head_dim);
+    if (cfg->logits_div == 0.f)
+        return rcd_fail(RCD_EFORMAT, err, errlen, "config.json: \"logits_scaling\" must not be 0");
+    if (cfg->n_experts > 0 && (cfg->top_k < 1 || cfg->top_k > cfg->n_experts))
+        return rcd_fail(RCD_EFORMAT, err, errlen,
+                        "config.json: num_experts_per_tok (%d) must be in [1, num_local_experts "
+                        "(%d)] (at most %d)",
+                        cfg->top_k, cfg->n_experts, WRK_GRANITE_MAX_TOPK);
+    const long I = (long)mx->expand * mx->hidden;
+    if (I > 1 << 18)
+        return rcd_fail(RCD_EFORMAT, err, errlen,
+                        "config.json: mamba_expand * hidden_size (%ld) is larger than %d", I,
+                        1 << 18);
     const cJSON *dh = cJSON_GetObjectItemCaseSensitive(root, "mamba_d_head");
-    if (!dh || cJSON_IsNull(dh) || (cJSON_IsString(dh) && !strcmp(dh->valuestring, "auto")))
-        mx->head_dim = (int)(I / mx->n_heads);
-    else
-        INT("mamba_d_head", 0, 1, 4096, mx->head_dim);
-    if ((long)mx->n_heads * mx->head_dim != I) {
-        rc = rcd_fail(RCD_EFORMAT, err, errlen,
-                      "config.json: mamba_n_heads * mamba_d_head (%ld) must equal mamba_expand * "
-                      "hidden_size (%ld)",
-                      (long)mx->n_heads * mx->head_dim, I);
-        goto cleanup;
-    }
-    INT("mamba_n_groups", 1, 1, 1 << 14, mx->n_groups);
-    INT("mamba_d_state", 256, 1, 1024, mx->d_state);
-    INT("mamba_d_conv", 4, 1, 64, mx->d_conv);
-    if (mx->n_heads % mx->n_groups != 0 || I % mx->n_groups != 0) {
-        rc = rcd_fail(RCD_EFORMAT, err, errlen,
-                      "config.json: mamba_n_heads (%d) must be a multiple of mamba_n_groups (%d)",
-                      mx->n_heads, mx->n_groups);
-        goto cleanup;
-    }
+    v = I / mx->n_heads;
+    if (!(!dh || cJSON_IsNull(dh) || (cJSON_IsString(dh) && !strcmp(dh->valuestring, "auto"))) &&
+        (rc = wrk_cfg_int(root, "mamba_d_head", 0, 1, 4096, &v, err, errlen)))
+        return rc;
+    mx->head_dim = (int)v;
+    if ((long)mx->n_heads * mx->head_dim != I)
+        return rcd_fail(RCD_EFORMAT, err, errlen,
+                        "config.json: mamba_n_heads * mamba_d_head (%ld) must equal mamba_expand * "
+                        "hidden_size (%ld)",
+                        (long)mx->n_heads * mx->head_dim, I);
+    if (mx->n_heads % mx->n_groups != 0 || I % mx->n_groups != 0)
+        return rcd_fail(RCD_EFORMAT, err, errlen,
+                        "config.json: mamba_n_heads (%d) must be a multiple of mamba_n_groups (%d)",
+                        mx->n_heads, mx->n_groups);
     const long GN = (long)mx->n_groups * mx->d_state;
-    if (GN > 1 << 20) {
-        rc = rcd_fail(RCD_EFORMAT, err, errlen,
-                      "config.json: mamba_n_groups * mamba_d_state (%ld) is larger than %d", GN,
-                      1 << 20);
-        goto cleanup;
-    }
-    mx->inner = (int)I;
-    mx->conv_dim = (int)(I + 2 * GN);
-    mx->proj_dim = mx->inner + mx->conv_dim + mx->n_heads;
-    /* transformers 5.x normalizes the gated RMSNorm per group of I / G channels (the spec, read
-     * at an older commit, says full width; they agree for G = 1, every released checkpoint). */
-    mx->norm_group = mx->inner / mx->n_groups;
-    if ((rc = wrk_cfg_time_step_limit(root, &mx->dt_min, &mx->dt_max, err, errlen))) goto cleanup;
-    if ((rc = wrk_cfg_bool(root, "mamba_proj_bias", false, &mx->use_bias, err, errlen)) ||
-        (rc = wrk_cfg_bool(root, "mamba_conv_bias", true, &mx->use_conv_bias, err, errlen)) ||
-        (rc = wrk_cfg_bool(root, "tie_word_embeddings", false, &mx->tie_embeddings, err, errlen)))
-        goto cleanup;
-    if ((rc = wrk_cfg_special_tokens(root, mx->vocab, &mx->bos_id, &mx->eos_id, &mx->pad_id, err,
-                                     errlen)))
-        goto cleanup;
-#undef INT
-cleanup:
-    cJSON_Delete(root);
-    return rc;
+    if (GN > 1 << 20)
+        return rcd_fail(RCD_EFORMAT, err, errlen,
+                        "config.json: mamba_n_groups * mamba_d_state (%ld) is larger than %d", GN,
+                        1 << 20);
+    wrk_mamba2_derive(mx, I, GN);
+    return wrk_cfg_time_step_limit(root, &mx->dt_min, &mx->dt_max, err, errlen);
 }
+
+#define F(field) offsetof(wrk_granite_config_t, field)
+/* Caps keep every derived size far from overflow and refuse absurd allocations; epsilons are
+ * checked as the float they become (1e-55 would round to 0). */
+static const wrk_cfg_row_t rows[] = {
+    WRK_CFG_S("hidden_act", "silu", "the only activation served for Granite 4.0-H", false),
+    WRK_CFG_I("vocab_size", 32000, 1, 1 << 24, F(mx.vocab)),
+    WRK_CFG_I("hidden_size", 4096, 1, 1 << 16, F(mx.hidden)),
+    WRK_CFG_I("num_hidden_layers", 32, 1, WRK_GRANITE_MAX_LAYERS, F(mx.n_layers)),
+    WRK_CFG_I("num_attention_heads", 32, 1, 1 << 12, F(n_q)),
+    WRK_CFG_B("attention_bias", false, F(attn_bias)),
+    WRK_CFG_F("attention_multiplier", 1.0, -1e6, 1e6, F(attn_mult)),
+    WRK_CFG_F("embedding_multiplier", 1.0, -1e6, 1e6, F(embed_mult)),
+    WRK_CFG_F("residual_multiplier", 1.0, -1e6, 1e6, F(resid_mult)),
+    WRK_CFG_F("logits_scaling", 1.0, -1e6, 1e6, F(logits_div)),
+    WRK_CFG_F("rms_norm_eps", 1e-6, 1e-30, 1.0, F(mx.eps)),
+    WRK_CFG_I("num_local_experts", 8, 0, 1 << 12, F(n_experts)),
+    WRK_CFG_I("num_experts_per_tok", 2, 0, WRK_GRANITE_MAX_TOPK, F(top_k)),
+    WRK_CFG_I("intermediate_size", 11008, 1, 1 << 18, F(expert_dim)),
+    WRK_CFG_I("shared_intermediate_size", 1024, 1, 1 << 18, F(shared_dim)),
+    WRK_CFG_I("mamba_expand", 2, 1, 64, F(mx.expand)),
+    WRK_CFG_I("mamba_n_heads", 128, 1, 1 << 14, F(mx.n_heads)),
+    WRK_CFG_I("mamba_n_groups", 1, 1, 1 << 14, F(mx.n_groups)),
+    WRK_CFG_I("mamba_d_state", 256, 1, 1024, F(mx.d_state)),
+    WRK_CFG_I("mamba_d_conv", 4, 1, 64, F(mx.d_conv)),
+    WRK_CFG_B("mamba_proj_bias", false, F(mx.use_bias)),
+    WRK_CFG_B("mamba_conv_bias", true, F(mx.use_conv_bias)),
+    WRK_CFG_B("tie_word_embeddings", false, F(mx.tie_embeddings)),
+};
+
+#undef F
+WRK_CFG_PARSER(wrk_granite_config_parse, config, wrk_granite_config_t, "granitemoehybrid", rows,
+               derive, mx.)
 
 /* ---- tensor binding ---------------------------------------------------------------------- */
 
@@ -311,7 +254,7 @@ static int describe_state(wrk_model_t *m, const wrk_granite_config_t *c, char *e
 {
     const wrk_mamba2_config_t *mx = &c->mx;
     const int n = 2 * c->n_mamba + (c->n_attn > 0);
-    m->state_tensors = calloc((size_t)(n ? n : 1), sizeof *m->state_tensors);
+    m->state_tensors = wrk_model_alloc(m, (size_t)(n ? n : 1), sizeof *m->state_tensors);
     if (!m->state_tensors) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
     size_t off = 0;
     int i = 0;
@@ -332,21 +275,18 @@ static int describe_state(wrk_model_t *m, const wrk_granite_config_t *c, char *e
     return 0;
 }
 
-static int granite_load(wrk_model_t *m, const char *json, size_t len, char *err, size_t errlen)
+static int granite_load(wrk_model_t *m, char *err, size_t errlen)
 {
-    wrk_granite_t *g = calloc(1, sizeof *g);
-    if (!g) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
-    m->priv = g;
-    int rc = wrk_granite_config_parse(json, len, &g->cfg, err, errlen);
-    if (rc) return rc;
+    wrk_granite_t *g = m->priv;
+    int rc;
     const wrk_granite_config_t *c = &g->cfg;
     const wrk_mamba2_config_t *mx = &c->mx;
     const int H = mx->hidden, V = mx->vocab;
     if ((rc = wrk_params_alloc(m, params_floats(c), "norms, biases, conv, A, D and dt_bias",
                                &g->params, err, errlen)))
         return rc;
-    g->layers = calloc((size_t)mx->n_layers, sizeof *g->layers);
-    g->inv_freq = malloc((size_t)(c->head_dim / 2 + 1) * sizeof(float));
+    g->layers = wrk_model_alloc(m, (size_t)mx->n_layers, sizeof *g->layers);
+    g->inv_freq = wrk_model_alloc(m, (size_t)(c->head_dim / 2 + 1) , sizeof(float));
     if (!g->layers || !g->inv_freq)
         return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
     wrk_binder_t b = {.m = m, .next = g->params, .err = err, .errlen = errlen};
@@ -387,23 +327,9 @@ static int granite_load(wrk_model_t *m, const char *json, size_t len, char *err,
     return 0;
 }
 
-static void granite_unload(wrk_model_t *m)
-{
-    wrk_granite_t *g = m->priv;
-    if (!g) return;
-    free(g->params);
-    free(g->layers);
-    free(g->inv_freq);
-    free(g);
-    m->priv = NULL;
-}
-
 const wrk_family_i wrk_family_granite = {
-    .model_type = "granitemoehybrid",
     .family = WRK_FAMILY_GRANITE,
+    .layout_size = sizeof(wrk_granite_t),
+    .config = &config,
     .load = granite_load,
-    .unload = granite_unload,
-    .cpu_init = wrk_granite_cpu_init,
-    .cpu_free = wrk_granite_cpu_free,
-    .cpu_step = wrk_granite_cpu_step,
 };

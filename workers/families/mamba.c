@@ -1,84 +1,54 @@
 /* workers: the Mamba (v1) family — config.json parsing and tensor binding, validated
  * against the config so that a bad checkpoint is a clear error naming the file and tensor. */
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <cjson/cJSON.h>
 
-#include "workers/cfg_json.h"
-#include "workers/mamba.h"
+#include "workers/model/cfg_json.h"
+#include "workers/families/mamba.h"
 
-int wrk_mamba_config_parse(const char *json, size_t len, wrk_mamba_config_t *cfg, char *err,
-                           size_t errlen)
+/* Fields whose defaults depend on others: intermediate_size (expand x hidden_size) and
+ * time_step_rank ("auto" or absent: ceil(hidden_size / 16)). */
+static int derive(const cJSON *root, void *out, char *err, size_t errlen)
 {
-    int rc = 0;
+    wrk_mamba_config_t *cfg = out;
     long v;
-    double eps;
-    cJSON *root = cJSON_ParseWithLength(json, len);
-    memset(cfg, 0, sizeof *cfg);
-    if (!root || !cJSON_IsObject(root)) {
-        rc = rcd_fail(RCD_EFORMAT, err, errlen, "config.json: not a JSON object");
-        goto cleanup;
-    }
-    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
-    if (!cJSON_IsString(mt) || strcmp(mt->valuestring, "mamba") != 0) {
-        rc = rcd_fail(RCD_EUNSUPPORTED, err, errlen,
-                      "config.json: model_type %s%s%s is not supported (this build serves "
-                      "\"mamba\")",
-                      cJSON_IsString(mt) ? "\"" : "", cJSON_IsString(mt) ? mt->valuestring : "missing",
-                      cJSON_IsString(mt) ? "\"" : "");
-        goto cleanup;
-    }
-    const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "hidden_act");
-    if (act && !(cJSON_IsString(act) && strcmp(act->valuestring, "silu") == 0)) {
-        rc = rcd_fail(RCD_EUNSUPPORTED, err, errlen,
-                      "config.json: hidden_act must be \"silu\" (the only activation Mamba uses)");
-        goto cleanup;
-    }
-    /* Caps keep every derived size far from overflow and refuse absurd allocations. */
-    if ((rc = wrk_cfg_int(root, "vocab_size", 50280, 1, 1 << 24, &v, err, errlen))) goto cleanup;
-    cfg->vocab = (int)v;
-    if ((rc = wrk_cfg_int(root, "hidden_size", 768, 1, 1 << 16, &v, err, errlen))) goto cleanup;
-    cfg->hidden = (int)v;
-    if ((rc = wrk_cfg_int(root, "state_size", 16, 1, 1024, &v, err, errlen))) goto cleanup;
-    cfg->d_state = (int)v;
-    if ((rc = wrk_cfg_int(root, "num_hidden_layers", 32, 1, 1024, &v, err, errlen))) goto cleanup;
-    cfg->n_layers = (int)v;
-    long expand;
-    if ((rc = wrk_cfg_int(root, "expand", 2, 1, 64, &expand, err, errlen))) goto cleanup;
-    if ((rc = wrk_cfg_int(root, "intermediate_size", expand * cfg->hidden, 1, 1 << 18, &v, err,
-                          errlen)))
-        goto cleanup;
+    int rc = wrk_cfg_int(root, "intermediate_size", (long)cfg->expand * cfg->hidden, 1, 1 << 18,
+                         &v, err, errlen);
+    if (rc) return rc;
     cfg->inner = (int)v;
-    if ((rc = wrk_cfg_int(root, "conv_kernel", 4, 1, 64, &v, err, errlen))) goto cleanup;
-    cfg->d_conv = (int)v;
     const cJSON *tsr = cJSON_GetObjectItemCaseSensitive(root, "time_step_rank");
-    if (cJSON_IsString(tsr) && strcmp(tsr->valuestring, "auto") == 0) {
-        cfg->dt_rank = (cfg->hidden + 15) / 16;
-    } else {
-        if ((rc = wrk_cfg_int(root, "time_step_rank", (cfg->hidden + 15) / 16, 1, 1 << 16, &v, err,
-                              errlen)))
-            goto cleanup;
-        cfg->dt_rank = (int)v;
-    }
-    if ((rc = wrk_cfg_bool(root, "use_bias", false, &cfg->use_bias, err, errlen))) goto cleanup;
-    if ((rc = wrk_cfg_bool(root, "use_conv_bias", true, &cfg->use_conv_bias, err, errlen)))
-        goto cleanup;
-    if ((rc = wrk_cfg_bool(root, "tie_word_embeddings", true, &cfg->tie_embeddings, err, errlen)))
-        goto cleanup;
-    /* Checked as the float it becomes: 1e-55 would round to 0. */
-    if ((rc = wrk_cfg_num(root, "layer_norm_epsilon", 1e-5, 1e-30, 1.0, &eps, err, errlen)))
-        goto cleanup;
-    cfg->eps = (float)eps;
-    if ((rc = wrk_cfg_special_tokens(root, cfg->vocab, &cfg->bos_id, &cfg->eos_id, &cfg->pad_id,
-                                     err, errlen)))
-        goto cleanup;
-cleanup:
-    cJSON_Delete(root);
-    return rc;
+    v = (cfg->hidden + 15) / 16;
+    if (!(cJSON_IsString(tsr) && strcmp(tsr->valuestring, "auto") == 0) &&
+        (rc = wrk_cfg_int(root, "time_step_rank", v, 1, 1 << 16, &v, err, errlen)))
+        return rc;
+    cfg->dt_rank = (int)v;
+    return 0;
 }
+
+#define F(field) offsetof(wrk_mamba_config_t, field)
+/* Caps keep every derived size far from overflow and refuse absurd allocations; epsilons are
+ * checked as the float they become (1e-55 would round to 0). */
+static const wrk_cfg_row_t rows[] = {
+    WRK_CFG_S("hidden_act", "silu", "the only activation Mamba uses", false),
+    WRK_CFG_I("vocab_size", 50280, 1, 1 << 24, F(vocab)),
+    WRK_CFG_I("hidden_size", 768, 1, 1 << 16, F(hidden)),
+    WRK_CFG_I("state_size", 16, 1, 1024, F(d_state)),
+    WRK_CFG_I("num_hidden_layers", 32, 1, 1024, F(n_layers)),
+    WRK_CFG_I("expand", 2, 1, 64, F(expand)),
+    WRK_CFG_I("conv_kernel", 4, 1, 64, F(d_conv)),
+    WRK_CFG_B("use_bias", false, F(use_bias)),
+    WRK_CFG_B("use_conv_bias", true, F(use_conv_bias)),
+    WRK_CFG_B("tie_word_embeddings", true, F(tie_embeddings)),
+    WRK_CFG_F("layer_norm_epsilon", 1e-5, 1e-30, 1.0, F(eps)),
+};
+
+#undef F
+WRK_CFG_PARSER(wrk_mamba_config_parse, config, wrk_mamba_config_t, "mamba", rows, derive, )
 
 /* ---- tensor binding ---------------------------------------------------------------------- */
 
@@ -89,20 +59,17 @@ static size_t params_floats(const wrk_mamba_config_t *c)
     return c->n_layers * per + H;
 }
 
-static int mamba_load(wrk_model_t *m, const char *json, size_t len, char *err, size_t errlen)
+static int mamba_load(wrk_model_t *m, char *err, size_t errlen)
 {
-    wrk_mamba_t *mb = calloc(1, sizeof *mb);
-    if (!mb) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
-    m->priv = mb;
-    int rc = wrk_mamba_config_parse(json, len, &mb->cfg, err, errlen);
-    if (rc) return rc;
+    wrk_mamba_t *mb = m->priv;
+    int rc;
     const wrk_mamba_config_t *c = &mb->cfg;
     const int H = c->hidden, I = c->inner, N = c->d_state, K = c->d_conv, R = c->dt_rank;
     char name[128];
     if ((rc = wrk_params_alloc(m, params_floats(c), "norms, biases, conv, A and D", &mb->params,
                                err, errlen)))
         return rc;
-    mb->layers = calloc((size_t)c->n_layers, sizeof *mb->layers);
+    mb->layers = wrk_model_alloc(m, (size_t)c->n_layers, sizeof *mb->layers);
     if (!mb->layers) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
     wrk_binder_t b = {.m = m, .next = mb->params, .err = err, .errlen = errlen};
 
@@ -142,7 +109,7 @@ static int mamba_load(wrk_model_t *m, const char *json, size_t len, char *err, s
 #undef NAME
     }
     /* State layout, per layer: conv window then SSM state. */
-    m->state_tensors = calloc(2 * (size_t)c->n_layers, sizeof *m->state_tensors);
+    m->state_tensors = wrk_model_alloc(m, 2 * (size_t)c->n_layers, sizeof *m->state_tensors);
     if (!m->state_tensors) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
     size_t off = 0;
     for (int l = 0; l < c->n_layers; l++) {
@@ -163,23 +130,10 @@ static int mamba_load(wrk_model_t *m, const char *json, size_t len, char *err, s
     return 0;
 }
 
-static void mamba_unload(wrk_model_t *m)
-{
-    wrk_mamba_t *mb = m->priv;
-    if (!mb) return;
-    free(mb->params);
-    free(mb->layers);
-    free(mb);
-    m->priv = NULL;
-}
-
 const wrk_family_i wrk_family_mamba = {
-    .model_type = "mamba",
     .family = WRK_FAMILY_MAMBA,
+    .layout_size = sizeof(wrk_mamba_t),
+    .config = &config,
     .load = mamba_load,
-    .unload = mamba_unload,
-    .cpu_init = wrk_mamba_cpu_init,
-    .cpu_free = wrk_mamba_cpu_free,
-    .cpu_step = wrk_mamba_cpu_step,
     .shard = wrk_mamba_shard,
 };

@@ -15,8 +15,6 @@ typedef struct wrk_mat {
     const void *pk; /* CPU: the same rows repacked in panels (workers/cpu/kernels.h), or NULL */
 } wrk_mat_t;
 
-struct wrk_cpu;
-
 /* Tensor parallelism: one rank's share of a model (workers/README.md, "Tensor parallelism").
  * The rank's layout has the type of m->priv with local sizes and its own copies of the
  * sliced weights; `runs` say where the rank's slice of a sequence's state sits in the full
@@ -38,25 +36,25 @@ typedef struct wrk_shard {
 void wrk_shard_free(wrk_shard_t *s); /* NULL-safe */
 
 typedef struct wrk_family_i {
-    const char *model_type; /* config.json "model_type" */
     wrk_family_t family;
-    /* Parses config.json, binds and validates m->st's tensors (every tensor taken), and
+    /* The family's layout (m->priv, allocated zeroed by the loader) starts with its config,
+     * which the loader parses from config.json with this spec (workers/model/cfg_json.h);
+     * the spec's model_type is the one the loader picks the family by. */
+    size_t layout_size;
+    const struct wrk_cfg_spec *config;
+    /* Binds and validates m->st's tensors (every tensor taken) against the parsed config, and
      * fills the model's common fields below, m->info's family fields (vocab_size,
      * hidden_size, n_layers, weight_dtype, state_bytes, n_state_tensors, state_tensors,
-     * token ids) and m->priv. On failure the model is freed by the caller (unload runs). */
-    int (*load)(wrk_model_t *m, const char *json, size_t len, char *err, size_t errlen);
-    void (*unload)(wrk_model_t *m); /* frees m->priv and what load allocated; NULL-safe */
-    /* CPU backend: the family's activation buffers for c->base.max_step_tokens tokens. */
-    int (*cpu_init)(struct wrk_cpu *c, void **ctx);
-    void (*cpu_free)(void *ctx);
-    /* One step over a validated ragged batch: every sequence's tokens continue from its
-     * slot's state; logits rows written as wrk_seq_t asks. */
-    void (*cpu_step)(struct wrk_cpu *c, void *ctx, const wrk_seq_t *seqs, int n_seqs);
+     * token ids) and the rest of m->priv. What it allocates with wrk_model_alloc /
+     * wrk_params_alloc is freed with the model (on failure too). */
+    int (*load)(wrk_model_t *m, char *err, size_t errlen);
     /* Rank `rank` of `size`'s shard (NULL: the family has no sharded forward). Sizes that
      * cannot be split are refused with a message naming them. */
     int (*shard)(const wrk_model_t *m, int rank, int size, wrk_shard_t **out, char *err,
                  size_t errlen);
 } wrk_family_i;
+
+#define WRK_MODEL_MAX_OWNED 8
 
 struct wrk_model {
     wrk_model_info_t info;
@@ -73,22 +71,26 @@ struct wrk_model {
     float logit_scale;        /* multiplies logits (1 for Mamba) */
     float logit_softcap;      /* cap*tanh(logits/cap) when > 0 */
     int max_matmul_cols;      /* widest matmul input, for the GEMM conversion scratch */
-    wrk_state_tensor_t *state_tensors; /* owned: freed by wrk_model_free */
+    wrk_state_tensor_t *state_tensors; /* wrk_model_alloc'd */
     /* Every matrix the family bound (wrk_take_mat), by value; the CPU backend packs them
      * once (workers/cpu/pack.c) and finds a packed copy by its data pointer. */
     wrk_mat_t *mats;
     int n_mats, cap_mats;
+    void *owned[WRK_MODEL_MAX_OWNED]; /* the family's allocations (wrk_model_alloc) */
+    int n_owned;
     struct wrk_packs *packs; /* owned; NULL until a CPU backend asks */
+    void (*packs_free)(struct wrk_packs *p); /* set with packs, by the backend that made them */
 };
-
-/* Frees the CPU backend's packed weights (workers/cpu/pack.c). */
-struct wrk_packs;
-void wrk_packs_free(struct wrk_packs *p);
 
 extern const wrk_family_i wrk_family_mamba;
 extern const wrk_family_i wrk_family_mamba2;
 extern const wrk_family_i wrk_family_granite;
 extern const wrk_family_i wrk_family_recurrentgemma;
+
+/* Hashes config (canonical form), the tensor table and every weight byte into m->info's
+ * fingerprint and weight_bytes (fingerprint.c). */
+int wrk__fingerprint(wrk_model_t *m, const char *config, size_t config_len, char *err,
+                     size_t errlen);
 
 /* Reads a small fp32 parameter out of a tensor of any dtype (element i). */
 float wrk_tensor_f32(const wrk_st_tensor_t *t, size_t i);
@@ -131,10 +133,14 @@ typedef enum wrk_bind_how {
     WRK_BIND_BLOCK_T,       /* each [n][n] block of an [NB][n][n] tensor transposed */
 } wrk_bind_how_t;
 
-/* The family's pool of n floats (malloc'd; the family frees it). Every small parameter is
+/* n zeroed elements of `size` bytes owned by the model (freed by wrk_model_free): the family's
+ * layout and its arrays. NULL when out of memory. */
+void *wrk_model_alloc(wrk_model_t *m, size_t n, size_t size);
+
+/* The family's pool of n floats (owned by the model, as wrk_model_alloc). Every small parameter is
  * converted from one checkpoint element, so a config that needs more than the checkpoint
  * holds is refused before allocating for it; `what` names those parameters in the message. */
-int wrk_params_alloc(const wrk_model_t *m, size_t n, const char *what, float **out, char *err,
+int wrk_params_alloc(wrk_model_t *m, size_t n, const char *what, float **out, char *err,
                      size_t errlen);
 /* A small parameter of exactly this shape, converted (`how`) into the pool. */
 int wrk_bind_vec_nd(wrk_binder_t *b, const char *name, int ndim, const int64_t *shape,

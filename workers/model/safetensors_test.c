@@ -12,7 +12,7 @@
 
 #include "common/rcd_error.h"
 #include "tests/support/rcd_test.h"
-#include "workers/safetensors.h"
+#include "workers/model/safetensors.h"
 
 static char g_tmp[64];
 

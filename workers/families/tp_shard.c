@@ -5,8 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "workers/mamba.h"
-#include "workers/mamba2.h"
+#include "workers/families/mamba.h"
+#include "workers/families/mamba2.h"
 
 /* Two passes over the same code: the first (base NULL) only counts bytes. */
 typedef struct arena {

@@ -5,7 +5,7 @@
 #ifndef RCD_WRK_GRANITE_H
 #define RCD_WRK_GRANITE_H
 
-#include "workers/mamba2.h"
+#include "workers/families/mamba2.h"
 
 #define WRK_GRANITE_MAX_LAYERS 1024
 #define WRK_GRANITE_MAX_TOPK 64
@@ -60,9 +60,5 @@ static inline wrk_mat_t wrk_granite_expert(const wrk_mat_t *base, int e)
 
 int wrk_granite_config_parse(const char *json, size_t len, wrk_granite_config_t *cfg, char *err,
                              size_t errlen);
-
-int wrk_granite_cpu_init(struct wrk_cpu *c, void **ctx);
-void wrk_granite_cpu_free(void *ctx);
-void wrk_granite_cpu_step(struct wrk_cpu *c, void *ctx, const wrk_seq_t *seqs, int n_seqs);
 
 #endif

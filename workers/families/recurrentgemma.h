@@ -6,7 +6,7 @@
 #include <math.h>
 #include <stdint.h>
 
-#include "workers/model_int.h"
+#include "workers/model/model_int.h"
 
 #define WRK_RG_MAX_PATTERN 64 /* entries of block_types */
 
@@ -101,9 +101,5 @@ static inline void wrk_rg_pos_set(float *state, int64_t pos)
     state[0] = (float)(pos % 16777216);
     state[1] = (float)(pos / 16777216);
 }
-
-int wrk_rg_cpu_init(struct wrk_cpu *c, void **ctx);
-void wrk_rg_cpu_free(void *ctx);
-void wrk_rg_cpu_step(struct wrk_cpu *c, void *ctx, const wrk_seq_t *seqs, int n_seqs);
 
 #endif
