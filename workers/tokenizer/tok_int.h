@@ -95,6 +95,9 @@ int tok__uset_lookup(const char *name, size_t n, uint32_t *mask);
  * in a set nor in a complement. Oniguruma's meanings: \d Nd, \w L Nl M Nd Pc and a few
  * others, \s White_Space, \h hex digit. */
 int tok__uset_build(tok__uset_t *s, int kind, uint32_t mask, int negate);
+/* The same set for a PCRE2 class: PCRE2 property items appended to props (e.g. "\\p{L}") and
+ * ranges added to s, whose union is exactly the set (faster to match than ranges alone). */
+int tok__uset_spell(int kind, uint32_t mask, int negate, tok__buf_t *props, tok__uset_t *s);
 
 /* ---- hash maps (tok_map.c) ------------------------------------------------------------- */
 

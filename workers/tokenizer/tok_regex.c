@@ -60,20 +60,23 @@ typedef struct {
  * wrapped in (?-i:...). */
 static int put_set(tr_t *t, int kind, uint32_t mask, int negate)
 {
-    if (t->in_class) return tok__uset_build(&t->cls, kind, mask, negate);
+    if (t->in_class) return tok__uset_spell(kind, mask, negate, t->out, &t->cls);
     tok__uset_t s = {0};
+    tok__buf_t props = {0};
     int wrap = t->ci && (kind == TOK__USET_GC || kind == TOK__USET_WORD);
-    int rc = tok__uset_build(&s, kind, mask, 0);
+    int rc = tok__uset_spell(kind, mask, 0, &props, &s);
     if (!rc && wrap) rc = puts_(t->out, "(?-i:");
-    if (!rc && !s.n) /* nothing (only \p{Cs}): a class that matches nothing, or anything */
+    if (!rc && !s.n && !props.n) /* nothing (only \p{Cs}): match nothing, or anything */
         rc = puts_(t->out, negate ? "[" ALL : "[^" ALL);
     else if (!rc) {
         rc = puts_(t->out, negate ? "[^" : "[");
+        if (!rc && props.n) rc = tok__buf_put(t->out, props.p, props.n);
         if (!rc) rc = put_ranges(t->out, &s);
         if (!rc) rc = puts_(t->out, "]");
     }
     if (!rc && wrap) rc = puts_(t->out, ")");
     tok__uset_free(&s);
+    tok__buf_free(&props);
     return rc;
 }
 

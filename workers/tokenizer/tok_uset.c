@@ -1,6 +1,14 @@
 /* Code point sets from the generated Unicode tables (tok_ucd.c): Oniguruma's general
- * category properties by name, \d, \w, \s and \h as range lists, for tok_regex.c to spell
- * out for PCRE2; and Rust's char::is_numeric for the Digits pre-tokenizer. */
+ * category properties by name, \d, \w, \s and \h, spelled for PCRE2 (tok_regex.c); and
+ * Rust's char::is_numeric for the Digits pre-tokenizer.
+ *
+ * A set is spelled as PCRE2's own property items plus the code points PCRE2's tables lack
+ * (for example [\p{L}\x{1C89}...]) when its tables hold no code point outside the set;
+ * otherwise as ranges only. PCRE2 tests a class's explicit ranges one by one, so a class of
+ * only ranges (~700 for \p{L}) is ~1.5x slower on text beyond Latin-1. What PCRE2's tables
+ * hold is measured once per property by matching it against every code point. */
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -226,6 +234,163 @@ int tok__uset_build(tok__uset_t *s, int kind, uint32_t mask, int negate)
         rc = negate ? add_complement(s, &pos) : add_pairs(s, (const uint32_t(*)[2])pos.r, pos.n);
     }
     tok__uset_free(&pos);
+    return rc;
+}
+
+/* a - b (both normalized) into out. */
+static int set_diff(const tok__uset_t *a, const tok__uset_t *b, tok__uset_t *out)
+{
+    size_t j = 0;
+    int rc = 0;
+    for (size_t i = 0; i < a->n && !rc; i++) {
+        uint32_t lo = a->r[i][0], hi = a->r[i][1];
+        while (j < b->n && b->r[j][1] < lo)
+            j++;
+        for (size_t k = j; k < b->n && b->r[k][0] <= hi && lo <= hi && !rc; k++) {
+            if (b->r[k][0] > lo) rc = tok__uset_add(out, lo, b->r[k][0] - 1);
+            if (b->r[k][1] >= hi) lo = hi + 1; /* the rest is covered */
+            else lo = b->r[k][1] + 1;
+        }
+        if (!rc && lo <= hi) rc = tok__uset_add(out, lo, hi);
+    }
+    return rc;
+}
+
+/* PCRE2's property items for a category mask: whole groups as \p{L}, Lu|Ll|Lt as \p{L&},
+ * the rest one category each. */
+static size_t pcre2_names(uint32_t mask, char *out, size_t cap, int *count)
+{
+    static const struct {
+        const char *name;
+        uint32_t mask;
+    } groups[] = {{"L&", GC(LU) | GC(LL) | GC(LT)}, {"L", GC_L}, {"M", GC_M}, {"N", GC_N},
+                  {"P", GC_P}, {"S", GC_S}, {"Z", GC_Z}, {"C", GC_C}};
+    size_t n = 0;
+    *count = 0;
+    if (mask == groups[0].mask) {
+        (*count)++;
+        return (size_t)snprintf(out, cap, "\\p{L&}");
+    }
+    for (size_t g = 1; g < sizeof(groups) / sizeof(groups[0]); g++)
+        if ((mask & groups[g].mask) == groups[g].mask) {
+            n += (size_t)snprintf(out + n, cap - n, "\\p{%s}", groups[g].name);
+            mask &= ~groups[g].mask;
+            (*count)++;
+        }
+    for (int c = 0; c < TOK__GC_COUNT; c++)
+        if (mask & GC(c)) {
+            n += (size_t)snprintf(out + n, cap - n, "\\p{%s}", tok__ucd_gc_names[c]);
+            (*count)++;
+        }
+    return n;
+}
+
+/* The code points (no surrogates) PCRE2's own tables put in [names]: matched against a
+ * subject of every code point. */
+static int pcre2_probe(const char *names, tok__uset_t *out)
+{
+    char pat[320];
+    snprintf(pat, sizeof(pat), "[%s]+", names);
+    int code, rc = 0;
+    PCRE2_SIZE off;
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)pat, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP,
+                                   &code, &off, NULL);
+    pcre2_match_data *md = re ? pcre2_match_data_create(2, NULL) : NULL;
+    char *subj = md ? malloc(4 * 0x110000) : NULL;
+    if (!subj) {
+        rc = re ? RCD_ENOMEM : RCD_EINTERNAL;
+        goto cleanup;
+    }
+    pcre2_jit_compile(re, PCRE2_JIT_COMPLETE);
+    size_t n = 0;
+    for (uint32_t c = 0; c < 0x110000; c = c == 0xD7FF ? 0xE000 : c + 1)
+        n += tok__utf8_put(c, subj + n);
+    for (size_t at = 0; at < n && !rc;) {
+        int m = pcre2_match(re, (PCRE2_SPTR)subj, n, at, PCRE2_NO_UTF_CHECK, md, NULL);
+        if (m == PCRE2_ERROR_NOMATCH) break;
+        if (m < 0) {
+            rc = RCD_EINTERNAL;
+            break;
+        }
+        PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
+        uint32_t lo, hi;
+        size_t last = ov[1] - 1;
+        while (((unsigned char)subj[last] & 0xC0) == 0x80)
+            last--;
+        tok__utf8_next((const unsigned char *)subj + ov[0], &lo);
+        tok__utf8_next((const unsigned char *)subj + last, &hi);
+        rc = add_gap(out, lo, hi);
+        at = ov[1];
+    }
+cleanup:
+    free(subj);
+    pcre2_match_data_free(md);
+    pcre2_code_free(re);
+    return rc;
+}
+
+/* PCRE2's set for a category mask, measured once per process. */
+static int pcre2_set(uint32_t mask, const char *names, const tok__uset_t **out)
+{
+    static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    static struct {
+        uint32_t mask;
+        tok__uset_t set;
+    } cache[32];
+    static size_t n_cache;
+    int rc = 0;
+    *out = NULL;
+    pthread_mutex_lock(&mu);
+    for (size_t i = 0; i < n_cache && !*out; i++)
+        if (cache[i].mask == mask) *out = &cache[i].set;
+    if (!*out && n_cache < sizeof(cache) / sizeof(cache[0])) {
+        tok__uset_t s = {0};
+        rc = pcre2_probe(names, &s);
+        if (rc) {
+            tok__uset_free(&s);
+        } else {
+            cache[n_cache].mask = mask;
+            cache[n_cache].set = s;
+            *out = &cache[n_cache++].set;
+        }
+    }
+    pthread_mutex_unlock(&mu);
+    return rc;
+}
+
+int tok__uset_spell(int kind, uint32_t mask, int negate, tok__buf_t *props, tok__uset_t *s)
+{
+    if (kind == TOK__USET_DIGIT) mask = GC(ND);
+    if (kind == TOK__USET_WORD) mask = GC_L | GC(NL) | GC_M | GC(ND) | GC(PC);
+    if ((kind != TOK__USET_GC && kind != TOK__USET_DIGIT && kind != TOK__USET_WORD) ||
+        !(mask & ~GC(CS))) /* \s, \h; and \p{Cs}, which nothing valid matches */
+        return tok__uset_build(s, kind, mask, negate);
+    tok__uset_t ours = {0};
+    char names[256];
+    int count, rc = tok__uset_build(&ours, kind, mask, 0);
+    size_t nl = pcre2_names(mask & ~GC(CS), names, sizeof(names), &count);
+    const tok__uset_t *theirs = NULL;
+    if (!rc && (!negate || count == 1)) rc = pcre2_set(mask & ~GC(CS), names, &theirs);
+    if (!rc && theirs) {
+        tok__uset_t extra = {0}, missing = {0};
+        rc = set_diff(negate ? &ours : theirs, negate ? theirs : &ours, &extra);
+        if (!rc) rc = set_diff(negate ? theirs : &ours, negate ? &ours : theirs, &missing);
+        if (!rc && !extra.n) { /* PCRE2's items plus what they lack */
+            if (negate) names[1] = 'P';
+            rc = tok__buf_put(props, names, nl);
+            if (!rc) rc = add_pairs(s, (const uint32_t(*)[2])missing.r, missing.n);
+            tok__uset_free(&extra);
+            tok__uset_free(&missing);
+            tok__uset_free(&ours);
+            return rc;
+        }
+        tok__uset_free(&extra);
+        tok__uset_free(&missing);
+    }
+    if (!rc)
+        rc = negate ? add_complement(s, &ours)
+                    : add_pairs(s, (const uint32_t(*)[2])ours.r, ours.n);
+    tok__uset_free(&ours);
     return rc;
 }
 
