@@ -10,6 +10,8 @@ Usage:  /opt/rcdvenv/bin/python tools/gen_tok_fixtures.py [--out tests/golden/to
         [--models models]   (every models/*/tokenizer.json found gets a parity kind too)
         tools/gen_tok_fixtures.py --show KIND INDEX   (HF's encoding of one corpus string)
         tools/gen_tok_fixtures.py --sweep /tmp/sweep  (all code points; not committed)
+        tools/gen_tok_fixtures.py --unicode /tmp/ucd-17.0.0  (every assigned code point:
+                              unicode.cps, <kind>/unicode.bin; see tools/gen_tok_unicode.py)
 
 Files written (all little-endian, "varint" = unsigned LEB128):
   corpus.bin            b"RCDTOKC1", u32 count, then per string: varint len, bytes (UTF-8)
