@@ -370,7 +370,10 @@ int tok__uset_spell(int kind, uint32_t mask, int negate, tok__buf_t *props, tok_
     int count, rc = tok__uset_build(&ours, kind, mask, 0);
     size_t nl = pcre2_names(mask & ~GC(CS), names, sizeof(names), &count);
     const tok__uset_t *theirs = NULL;
-    if (!rc && (!negate || count == 1)) rc = pcre2_set(mask & ~GC(CS), names, &theirs);
+    if (!rc && (!negate || count == 1)) {
+        rc = pcre2_set(mask & ~GC(CS), names, &theirs);
+        if (rc == RCD_EINTERNAL) rc = 0; /* PCRE2 lacks the property: ranges only */
+    }
     if (!rc && theirs) {
         tok__uset_t extra = {0}, missing = {0};
         rc = set_diff(negate ? &ours : theirs, negate ? theirs : &ours, &extra);
