@@ -6,7 +6,7 @@
  * (for example [\p{L}\x{1C89}...]) when its tables hold no code point outside the set;
  * otherwise as ranges only. PCRE2 tests a class's explicit ranges one by one, so a class of
  * only ranges (~700 for \p{L}) is ~1.5x slower on text beyond Latin-1. What PCRE2's tables
- * hold is measured once per property by matching it against every code point. */
+ * hold is measured once per process by matching every code point (~10-40 ms). */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -285,76 +285,82 @@ static size_t pcre2_names(uint32_t mask, char *out, size_t cap, int *count)
     return n;
 }
 
-/* The code points (no surrogates) PCRE2's own tables put in [names]: matched against a
- * subject of every code point. */
-static int pcre2_probe(const char *names, tok__uset_t *out)
+/* PCRE2's own general category of every code point, as runs like tok__ucd_gc_runs: one
+ * match of (\p{Cn}+)|(\p{Lu}+)|... after another over a subject of every code point. */
+static struct {
+    pthread_once_t once;
+    uint32_t *runs;
+    size_t n;
+    int rc;
+} theirs = {PTHREAD_ONCE_INIT, NULL, 0, 0};
+
+static void probe_pcre2(void)
 {
-    char pat[320];
-    snprintf(pat, sizeof(pat), "[%s]+", names);
+    char pat[TOK__GC_COUNT * 12 + 1];
+    size_t pn = 0;
+    for (int g = 0; g < TOK__GC_COUNT; g++)
+        pn += (size_t)snprintf(pat + pn, sizeof(pat) - pn, "%s(\\p{%s}+)", g ? "|" : "",
+                               tok__ucd_gc_names[g]);
     int code, rc = 0;
     PCRE2_SIZE off;
-    pcre2_code *re = pcre2_compile((PCRE2_SPTR)pat, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP,
-                                   &code, &off, NULL);
-    pcre2_match_data *md = re ? pcre2_match_data_create(2, NULL) : NULL;
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)pat, pn, PCRE2_UTF | PCRE2_UCP, &code, &off, NULL);
+    pcre2_match_data *md = re ? pcre2_match_data_create(TOK__GC_COUNT + 1, NULL) : NULL;
     char *subj = md ? malloc(4 * 0x110000) : NULL;
-    if (!subj) {
+    size_t cap = 8192, n = 0;
+    uint32_t *runs = subj ? malloc(cap * sizeof(*runs)) : NULL;
+    if (!runs) {
         rc = re ? RCD_ENOMEM : RCD_EINTERNAL;
         goto cleanup;
     }
     pcre2_jit_compile(re, PCRE2_JIT_COMPLETE);
-    size_t n = 0;
+    size_t len = 0;
     for (uint32_t c = 0; c < 0x110000; c = c == 0xD7FF ? 0xE000 : c + 1)
-        n += tok__utf8_put(c, subj + n);
-    for (size_t at = 0; at < n && !rc;) {
-        int m = pcre2_match(re, (PCRE2_SPTR)subj, n, at, PCRE2_NO_UTF_CHECK, md, NULL);
-        if (m == PCRE2_ERROR_NOMATCH) break;
-        if (m < 0) {
+        len += tok__utf8_put(c, subj + len);
+    for (size_t at = 0; at < len && !rc;) {
+        int m = pcre2_match(re, (PCRE2_SPTR)subj, len, at, PCRE2_NO_UTF_CHECK, md, NULL);
+        PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
+        if (m < 2 || ov[0] != at) { /* every code point has a category */
             rc = RCD_EINTERNAL;
             break;
         }
-        PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
-        uint32_t lo, hi;
-        size_t last = ov[1] - 1;
-        while (((unsigned char)subj[last] & 0xC0) == 0x80)
-            last--;
-        tok__utf8_next((const unsigned char *)subj + ov[0], &lo);
-        tok__utf8_next((const unsigned char *)subj + last, &hi);
-        rc = add_gap(out, lo, hi);
+        uint32_t cp;
+        tok__utf8_next((const unsigned char *)subj + at, &cp);
+        if (n == cap) {
+            uint32_t *r = realloc(runs, 2 * cap * sizeof(*runs));
+            if (!r) {
+                rc = RCD_ENOMEM;
+                break;
+            }
+            runs = r;
+            cap *= 2;
+        }
+        runs[n++] = cp << 5 | (uint32_t)(m - 2);
         at = ov[1];
     }
 cleanup:
+    if (rc) {
+        free(runs);
+        runs = NULL;
+    }
+    theirs.runs = runs;
+    theirs.n = n;
+    theirs.rc = rc;
     free(subj);
     pcre2_match_data_free(md);
     pcre2_code_free(re);
-    return rc;
 }
 
-/* PCRE2's set for a category mask, measured once per process. */
-static int pcre2_set(uint32_t mask, const char *names, const tok__uset_t **out)
+/* The code points PCRE2's tables put in a category mask (no surrogates). */
+static int pcre2_set(uint32_t mask, tok__uset_t *out)
 {
-    static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-    static struct {
-        uint32_t mask;
-        tok__uset_t set;
-    } cache[32];
-    static size_t n_cache;
-    int rc = 0;
-    *out = NULL;
-    pthread_mutex_lock(&mu);
-    for (size_t i = 0; i < n_cache && !*out; i++)
-        if (cache[i].mask == mask) *out = &cache[i].set;
-    if (!*out && n_cache < sizeof(cache) / sizeof(cache[0])) {
-        tok__uset_t s = {0};
-        rc = pcre2_probe(names, &s);
-        if (rc) {
-            tok__uset_free(&s);
-        } else {
-            cache[n_cache].mask = mask;
-            cache[n_cache].set = s;
-            *out = &cache[n_cache++].set;
-        }
+    pthread_once(&theirs.once, probe_pcre2);
+    int rc = theirs.rc;
+    for (size_t i = 0; i < theirs.n && !rc; i++) {
+        uint32_t v = theirs.runs[i];
+        if (!(mask & GC(v & 31))) continue;
+        uint32_t end = i + 1 < theirs.n ? theirs.runs[i + 1] >> 5 : 0x110000;
+        rc = add_gap(out, v >> 5, end - 1);
     }
-    pthread_mutex_unlock(&mu);
     return rc;
 }
 
@@ -369,26 +375,30 @@ int tok__uset_spell(int kind, uint32_t mask, int negate, tok__buf_t *props, tok_
     char names[256];
     int count, rc = tok__uset_build(&ours, kind, mask, 0);
     size_t nl = pcre2_names(mask & ~GC(CS), names, sizeof(names), &count);
-    const tok__uset_t *theirs = NULL;
+    tok__uset_t pcre = {0};
+    int have = 0;
     if (!rc && (!negate || count == 1)) {
-        rc = pcre2_set(mask & ~GC(CS), names, &theirs);
-        if (rc == RCD_EINTERNAL) rc = 0; /* PCRE2 lacks the property: ranges only */
+        rc = pcre2_set(mask & ~GC(CS), &pcre);
+        have = !rc;
+        if (rc == RCD_EINTERNAL) rc = 0; /* PCRE2 lacks a category: ranges only */
     }
-    if (!rc && theirs) {
+    if (!rc && have) {
         tok__uset_t extra = {0}, missing = {0};
-        rc = set_diff(negate ? &ours : theirs, negate ? theirs : &ours, &extra);
-        if (!rc) rc = set_diff(negate ? theirs : &ours, negate ? &ours : theirs, &missing);
+        rc = set_diff(negate ? &ours : &pcre, negate ? &pcre : &ours, &extra);
+        if (!rc) rc = set_diff(negate ? &pcre : &ours, negate ? &ours : &pcre, &missing);
         if (!rc && !extra.n) { /* PCRE2's items plus what they lack */
             if (negate) names[1] = 'P';
             rc = tok__buf_put(props, names, nl);
             if (!rc) rc = add_pairs(s, (const uint32_t(*)[2])missing.r, missing.n);
-            tok__uset_free(&extra);
-            tok__uset_free(&missing);
-            tok__uset_free(&ours);
-            return rc;
+            have = 2;
         }
         tok__uset_free(&extra);
         tok__uset_free(&missing);
+    }
+    tok__uset_free(&pcre);
+    if (have == 2) {
+        tok__uset_free(&ours);
+        return rc;
     }
     if (!rc)
         rc = negate ? add_complement(s, &ours)
