@@ -157,7 +157,11 @@ static int load(dmn_server_t *srv)
                              .n_kv_blocks = (int)o->kv_blocks,
                              .kv_block_tokens = (int)o->kv_block_tokens};
     /* The engine's derived sizes: the step budget without chunking, the KV pool. */
-    eng_backend_opts_fill(&bo, mi, (int)o->prefill_chunk, (int)o->max_prompt);
+    if ((rc = eng_backend_opts_fill(&bo, (int)o->prefill_chunk, (int)o->max_prompt, err,
+                                    sizeof(err)))) {
+        dmn_log(DMN_ERROR, "backend", NULL, NULL, "%s", err);
+        return rc;
+    }
     srv->kv_blocks = bo.n_kv_blocks;
     srv->kv_block_tokens = bo.kv_block_tokens;
     if ((rc = wrk_backend_create_by_name(o->backend, srv->model, &bo, &srv->backend, err,

@@ -151,19 +151,16 @@ void eng__log(const eng_runner_t *r, eng_level_t lvl, const char *event, const c
         log_stderr(lvl, event, msg);
 }
 
-void eng_backend_opts_fill(wrk_backend_opts_t *bo, const wrk_model_info_t *mi, int prefill_chunk,
-                           int max_prompt)
+int eng_backend_opts_fill(wrk_backend_opts_t *bo, int prefill_chunk, int max_prompt, char *err,
+                          size_t errlen)
 {
+    int rc = wrk_backend_opts_resolve(bo, bo, err, errlen);
+    if (rc) return rc;
     /* no chunking: the first prompt in line (up to max_prompt) plus every other slot's decode */
     long whole = (long)max_prompt + bo->n_slots - 1;
     if (prefill_chunk == 0 && bo->max_step_tokens < whole)
         bo->max_step_tokens = whole < INT_MAX ? (int)whole : INT_MAX;
-    if (mi->n_kv_layers <= 0) return; /* fixed-size states: no pool */
-    if (bo->kv_block_tokens <= 0) bo->kv_block_tokens = 16;
-    if (bo->n_kv_blocks <= 0 && bo->n_slots > 0) {
-        long nb = ((long)bo->n_slots * 2048 + bo->kv_block_tokens - 1) / bo->kv_block_tokens;
-        bo->n_kv_blocks = nb < INT_MAX ? (int)nb : INT_MAX;
-    }
+    return wrk_backend_opts_resolve(bo, bo, err, errlen); /* the raised budget in range too */
 }
 
 void eng_runner_config_default(eng_runner_config_t *c, const wrk_backend_t *be, int max_queue)

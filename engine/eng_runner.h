@@ -103,12 +103,13 @@ typedef struct eng_runner_config {
 } eng_runner_config_t;
 
 /* What the engine decides in the backend's options, before the backend is created from them:
- * with prefill_chunk 0 the step budget holds a whole prompt and the other slots' decodes
- * (max_prompt + n_slots - 1); a model with a KV cache gets its pool's defaults where they are
- * unset (kv_block_tokens 16, n_kv_blocks 2048 positions per slot; needs n_slots set). Give the
- * runner the same pool (eng_runner_config_t.kv_blocks / kv_block_tokens). */
-void eng_backend_opts_fill(wrk_backend_opts_t *bo, const wrk_model_info_t *mi, int prefill_chunk,
-                           int max_prompt);
+ * every default filled in (wrk_backend_opts_resolve, so the pool below is the one the backend
+ * will make), and with prefill_chunk 0 a step budget that holds a whole prompt and the other
+ * slots' decodes (max_prompt + n_slots - 1). Give the runner the same pool
+ * (eng_runner_config_t.kv_blocks / kv_block_tokens; a model without KV layers ignores it).
+ * RCD_EINVAL with a message when an option is out of range. */
+int eng_backend_opts_fill(wrk_backend_opts_t *bo, int prefill_chunk, int max_prompt, char *err,
+                          size_t errlen);
 
 /* Defaults: n_host_slots = backend slots, aging 5 s, min_run_steps 8, max_inflight 2,
  * tenant_fair, stats every 10 s, prefill_chunk -1, max_prompt 0, no KV pool, logs to stderr. */

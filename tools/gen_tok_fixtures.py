@@ -10,6 +10,8 @@ Usage:  /opt/rcdvenv/bin/python tools/gen_tok_fixtures.py [--out tests/golden/to
         [--models models]   (every models/*/tokenizer.json found gets a parity kind too)
         tools/gen_tok_fixtures.py --show KIND INDEX   (HF's encoding of one corpus string)
         tools/gen_tok_fixtures.py --sweep /tmp/sweep  (all code points; not committed)
+        tools/gen_tok_fixtures.py --unicode /tmp/ucd-17.0.0  (every assigned code point:
+                              unicode.cps, <kind>/unicode.bin; see tools/gen_tok_unicode.py)
 
 Files written (all little-endian, "varint" = unsigned LEB128):
   corpus.bin            b"RCDTOKC1", u32 count, then per string: varint len, bytes (UTF-8)
@@ -819,6 +821,67 @@ def sweep(out, kinds_dir):
         print(f"sweep {kind}: {len(corpus)} strings", file=sys.stderr)
 
 
+# Every assigned code point of the reference's newest Unicode (its Rust std; Oniguruma's is
+# older, so the regex classes see the newest letters as unassigned, as HF does), in groups
+# of UNICODE_GROUP, each next to an apostrophe-s, a letter and a digit. The code points are
+# stored as ranges (unicode.cps) and tok_parity_test builds the same strings from them.
+UNICODE_GROUP = 128
+UNICODE_KINDS = ["neox", "bytelevel_split", "gemma", "feat-affixes", "feat-splits",
+                 "model-recurd-mamba-tiny"]
+
+
+def unicode_segment(c):
+    """Must match unicode_segment() in workers/tokenizer/tok_parity_test.c."""
+    x = chr(c)
+    return x + "'s a" + x + "1" + x + " "
+
+
+def unicode_ranges(ucd_dir):
+    """Assigned code points (no surrogates; of each private-use block its first and last)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from gen_tok_unicode import RUST_UNICODE, load_ucd
+    cats = load_ucd(ucd_dir, RUST_UNICODE)
+    cps = [c for c, g in enumerate(cats) if g not in ("Cn", "Cs") and
+           not (g == "Co" and cats[c - 1] == "Co" and c + 1 < len(cats) and cats[c + 1] == "Co")]
+    out = []
+    for c in cps:
+        if out and out[-1][1] == c - 1:
+            out[-1][1] = c
+        else:
+            out.append([c, c])
+    return RUST_UNICODE, out
+
+
+def write_unicode(out_dir, ucd_dir):
+    version, rngs = unicode_ranges(ucd_dir)
+    cps = [c for lo, hi in rngs for c in range(lo, hi + 1)]
+    corpus = ["".join(unicode_segment(c) for c in cps[i:i + UNICODE_GROUP])
+              for i in range(0, len(cps), UNICODE_GROUP)]
+    # unicode.cps: b"RCDTOKU1", u32 group, u32 n_ranges, then per range: varint gap from the
+    # previous range's end (first: from 0), varint length - 1
+    blob = bytearray(b"RCDTOKU1" + struct.pack("<II", UNICODE_GROUP, len(rngs)))
+    prev = 0
+    for lo, hi in rngs:
+        blob += varint(lo - prev) + varint(hi - lo)
+        prev = hi
+    with open(os.path.join(out_dir, "unicode.cps"), "wb") as f:
+        f.write(blob)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for kind in UNICODE_KINDS:
+        d = os.path.join(out_dir, kind)
+        src = os.path.join(d, "source")
+        if os.path.isfile(src):
+            with open(src) as f:
+                d_tok = os.path.join(root, f.read().strip())
+        else:
+            d_tok = d
+        tok = Tokenizer.from_file(os.path.join(d_tok, "tokenizer.json"))
+        n_rt = write_expected(os.path.join(d, "unicode.bin"), tok, corpus, 1 << 30)
+        print(f"unicode {kind}: {len(cps)} code points of Unicode {version} in {len(corpus)} "
+              f"strings, {n_rt} round-trip", file=sys.stderr)
+    return corpus
+
+
 def show(args, root):
     corpus = make_corpus(CORPUS_SEED, N_STRINGS)
     d = os.path.join(args.out, args.show[0])
@@ -844,11 +907,38 @@ def main():
     ap.add_argument("--models", default=os.path.join(root, "models"))
     ap.add_argument("--show", nargs=2, metavar=("KIND", "INDEX"),
                     help="print HF's encoding of one corpus string and exit")
+    ap.add_argument("--unicode", metavar="UCD",
+                    help="write only the every-assigned-code-point fixtures (unicode.cps, "
+                         "<kind>/unicode.bin) from unicodedata2 installed in UCD (see "
+                         "tools/gen_tok_unicode.py) and exit")
+    ap.add_argument("--unicode-plain", metavar="OUT",
+                    help="with --unicode: also write them to OUT/tokenizer/ as corpus.bin and "
+                         "<kind>/expected.bin, the format of older tok_parity_test builds")
     ap.add_argument("--sweep", metavar="OUT",
                     help="write the all-code-points check to OUT/tokenizer/ and exit")
     args = ap.parse_args()
     if args.sweep:
         sweep(args.sweep, os.path.relpath(args.out, root))
+        return
+    if args.unicode:
+        corpus = write_unicode(args.out, args.unicode)
+        if args.unicode_plain:
+            base = os.path.join(args.unicode_plain, "tokenizer")
+            os.makedirs(base, exist_ok=True)
+            write_corpus(os.path.join(base, "corpus.bin"), corpus)
+            for kind in UNICODE_KINDS:
+                os.makedirs(os.path.join(base, kind), exist_ok=True)
+                src = os.path.join(args.out, kind, "source")
+                with open(os.path.join(base, kind, "source"), "w") as f:
+                    if os.path.isfile(src):
+                        with open(src) as g:
+                            f.write(g.read())
+                    else:
+                        f.write(os.path.relpath(os.path.join(args.out, kind), root) + "\n")
+                with open(os.path.join(args.out, kind, "unicode.bin"), "rb") as g:
+                    data = g.read()
+                with open(os.path.join(base, kind, "expected.bin"), "wb") as f:
+                    f.write(data)
         return
     if args.show:
         show(args, root)

@@ -6,8 +6,8 @@
 
 #include "workers/backend_int.h"
 
-int wrk__backend_opts(const wrk_backend_opts_t *opts, wrk_backend_opts_t *out, char *err,
-                      size_t errlen)
+int wrk_backend_opts_resolve(const wrk_backend_opts_t *opts, wrk_backend_opts_t *out, char *err,
+                             size_t errlen)
 {
     wrk_backend_opts_t o = opts ? *opts : (wrk_backend_opts_t){0};
     if (o.n_threads <= 0) {
@@ -17,6 +17,8 @@ int wrk__backend_opts(const wrk_backend_opts_t *opts, wrk_backend_opts_t *out, c
     if (o.n_threads > 256) o.n_threads = 256;
     if (o.n_slots <= 0) o.n_slots = 8;
     if (o.max_step_tokens <= 0) o.max_step_tokens = 512;
+    if (o.n_slots > 1 << 20 || o.max_step_tokens > 1 << 20)
+        return rcd_fail(RCD_EINVAL, err, errlen, "backend: n_slots or max_step_tokens too large");
     if (o.kv_block_tokens <= 0) o.kv_block_tokens = 16;
     if (o.kv_block_tokens > 1 << 16)
         return rcd_fail(RCD_EINVAL, err, errlen, "backend: kv_block_tokens too large");
@@ -25,8 +27,6 @@ int wrk__backend_opts(const wrk_backend_opts_t *opts, wrk_backend_opts_t *out, c
     if ((long)o.n_kv_blocks * o.kv_block_tokens > 1L << 30)
         return rcd_fail(RCD_EINVAL, err, errlen,
                         "backend: n_kv_blocks x kv_block_tokens exceeds 2^30 positions");
-    if (o.n_slots > 1 << 20 || o.max_step_tokens > 1 << 20)
-        return rcd_fail(RCD_EINVAL, err, errlen, "backend: n_slots or max_step_tokens too large");
     *out = o;
     return 0;
 }

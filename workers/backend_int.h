@@ -32,12 +32,6 @@ struct wrk_backend {
     const char *isa;          /* kernels in use, for logs and benchmarks */
 };
 
-/* *out = *opts (or zeros) with every backend's defaults filled in (n_threads: the online
- * CPUs, at most 256; 8 slots; 512 step tokens; KV blocks of 16 tokens, 2048 positions per
- * slot), or RCD_EINVAL naming the option that is out of range. */
-int wrk__backend_opts(const wrk_backend_opts_t *opts, wrk_backend_opts_t *out, char *err,
-                      size_t errlen);
-
 /* Validation shared by every backend's step. */
 int wrk__check_batch(const wrk_backend_t *b, const wrk_seq_t *seqs, int n_seqs, char *err,
                      size_t errlen);

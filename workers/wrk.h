@@ -95,6 +95,14 @@ typedef struct wrk_backend_opts {
 /* A model on one backend: state slots and the step. Opaque; the accessors below read it. */
 typedef struct wrk_backend wrk_backend_t;
 
+/* *out = *opts (or zeros) with every backend's defaults filled in (n_threads: the online CPUs,
+ * at most 256; 8 slots; 512 step tokens; KV blocks of 16 tokens, 2048 positions per slot), or
+ * RCD_EINVAL naming the option that is out of range. Every backend applies it to what it is
+ * given; a caller that sizes something after the backend (the engine's KV admission) resolves
+ * the same options first, so both agree. */
+int wrk_backend_opts_resolve(const wrk_backend_opts_t *opts, wrk_backend_opts_t *out, char *err,
+                             size_t errlen);
+
 /* Creates the CPU backend for a loaded model. */
 int wrk_cpu_backend_create(const wrk_model_t *m, const wrk_backend_opts_t *opts,
                            wrk_backend_t **out, char *err, size_t errlen);

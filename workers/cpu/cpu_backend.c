@@ -142,7 +142,7 @@ int wrk_cpu_backend_create(const wrk_model_t *m, const wrk_backend_opts_t *opts,
 {
     wrk_backend_opts_t o;
     *out = NULL;
-    int rc = wrk__backend_opts(opts, &o, err, errlen);
+    int rc = wrk_backend_opts_resolve(opts, &o, err, errlen);
     if (rc) return rc;
     if (o.tp > 1) return wrk__cpu_tp_create(m, &o, out, err, errlen);
     wrk_cpu_t *c;

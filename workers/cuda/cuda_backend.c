@@ -416,7 +416,7 @@ int wrk_cuda_backend_create_ex(const wrk_model_t *m, const wrk_backend_opts_t *o
     char why[160];
     int rc = 0;
     *out = NULL;
-    if ((rc = wrk__backend_opts(opts, &o, err, errlen))) return rc;
+    if ((rc = wrk_backend_opts_resolve(opts, &o, err, errlen))) return rc;
     if (o.matmul && *o.matmul && strcmp(o.matmul, "fp32") != 0)
         return rcd_fail(RCD_EINVAL, err, errlen,
                         "matmul \"%s\" is a CPU setting; the cuda backend takes fp32", o.matmul);

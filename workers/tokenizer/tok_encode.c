@@ -375,13 +375,6 @@ typedef struct {
     size_t errlen;
 } enc_t;
 
-static int is_numeric(uint32_t cp)
-{
-    if (cp < 0x80) return cp >= '0' && cp <= '9';
-    utf8proc_category_t c = utf8proc_category((utf8proc_int32_t)cp);
-    return c == UTF8PROC_CATEGORY_ND || c == UTF8PROC_CATEGORY_NL || c == UTF8PROC_CATEGORY_NO;
-}
-
 static int pretok(enc_t *e, size_t stage, const char *s, size_t n, int at_start);
 
 /* Passes the kept, non-empty spans of s to the next stage. */
@@ -460,7 +453,7 @@ static int pretok(enc_t *e, size_t stage, const char *s, size_t n, int at_start)
         for (size_t i = 0; i < n;) {
             uint32_t cp;
             size_t cl = tok__utf8_next(u + i, &cp);
-            if (is_numeric(cp)) {
+            if (tok__is_numeric(cp)) {
                 if ((last < i && tok__spans_push(sp, last, i, 0)) ||
                     tok__spans_push(sp, i, i + cl, 1))
                     return RCD_ENOMEM;

@@ -1,6 +1,7 @@
 /* Parity with Hugging Face `tokenizers` over the committed corpus: for every fixture kind in
  * tests/golden/tokenizer/ (made by tools/gen_tok_fixtures.py), each string must encode to HF's
- * ids, decode to HF's text, round-trip where HF's does, and stream to the same text. */
+ * ids, decode to HF's text, round-trip where HF's does, and stream to the same text. The same
+ * over every assigned code point of the reference's Unicode (unicode.cps, <kind>/unicode.bin). */
 #include <dirent.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -148,7 +149,8 @@ static void show_ids(const char *what, const int32_t *ids, size_t n)
     fprintf(stderr, n > 48 ? " ...\n" : "\n");
 }
 
-static void check_kind(const char *golden, const char *kind, const corpus_t *c)
+static void check_kind(const char *golden, const char *kind, const corpus_t *c,
+                       const char *file)
 {
     char path[RCD_PATH_MAX], src[RCD_PATH_MAX], err[512];
     size_t n;
@@ -184,9 +186,9 @@ static void check_kind(const char *golden, const char *kind, const corpus_t *c)
     CHECK_MSG(rc == 0, "%s: %s", kind, err);
     if (rc) return;
 
-    CHECK(rcd_path_fmt(path, sizeof(path), "%s/%s/expected.bin", golden, kind) == 0);
+    CHECK(rcd_path_fmt(path, sizeof(path), "%s/%s/%s", golden, kind, file) == 0);
     uint8_t *buf = slurp(path, &n);
-    CHECK_MSG(buf && n >= 16 && memcmp(buf, "RCDTOKE2", 8) == 0, "%s: bad expected.bin", kind);
+    CHECK_MSG(buf && n >= 16 && memcmp(buf, "RCDTOKE2", 8) == 0, "%s: bad %s", kind, file);
     if (!buf || n < 16) {
         free(buf);
         tok_free(tok);
@@ -294,9 +296,9 @@ static void check_kind(const char *golden, const char *kind, const corpus_t *c)
         }
     }
     fprintf(stderr,
-            "parity %-18s %u strings: %zu id mismatches, %zu decode mismatches, "
+            "parity %-23s %-12s %6u strings: %zu id mismatches, %zu decode mismatches, "
             "%zu/%zu round-trip failures, %zu stream mismatches\n",
-            kind, count, bad_ids, bad_dec, bad_rt, n_rt, bad_stream);
+            kind, file, count, bad_ids, bad_dec, bad_rt, n_rt, bad_stream);
     CHECK(bad_ids == 0);
     CHECK(bad_dec == 0);
     CHECK(bad_rt == 0);
@@ -340,7 +342,7 @@ static void test_parity(void)
     qsort(kinds, nk, sizeof(*kinds), cmp_str);
     CHECK(nk >= 4);
     for (size_t i = 0; i < nk; i++) {
-        check_kind(golden, kinds[i], &c);
+        check_kind(golden, kinds[i], &c, "expected.bin");
         free(kinds[i]);
     }
     /* a model tokenizer without fixtures: tell whoever runs this to regenerate them */
@@ -363,9 +365,108 @@ static void test_parity(void)
     free(buf);
 }
 
+static size_t utf8_put(uint32_t c, char *o)
+{
+    if (c < 0x80) return o[0] = (char)c, 1;
+    if (c < 0x800) return o[0] = (char)(0xC0 | c >> 6), o[1] = (char)(0x80 | (c & 63)), 2;
+    if (c < 0x10000)
+        return o[0] = (char)(0xE0 | c >> 12), o[1] = (char)(0x80 | (c >> 6 & 63)),
+               o[2] = (char)(0x80 | (c & 63)), 3;
+    o[0] = (char)(0xF0 | c >> 18), o[1] = (char)(0x80 | (c >> 12 & 63));
+    o[2] = (char)(0x80 | (c >> 6 & 63)), o[3] = (char)(0x80 | (c & 63));
+    return 4;
+}
+
+/* Must match unicode_segment() in tools/gen_tok_fixtures.py: X's aX1X and a space. */
+static size_t unicode_segment(uint32_t c, char *out)
+{
+    char x[4];
+    size_t k = utf8_put(c, x), n = 0;
+    static const char *const glue[] = {"'s a", "1", " "};
+    for (int part = 0; part < 3; part++) {
+        memcpy(out + n, x, k);
+        n += k;
+        memcpy(out + n, glue[part], strlen(glue[part]));
+        n += strlen(glue[part]);
+    }
+    return n;
+}
+
+/* Every assigned code point of the reference's Unicode (tools/gen_tok_fixtures.py
+ * --unicode): the strings are built from the code point ranges in unicode.cps. */
+static void test_unicode(void)
+{
+    const char *env = getenv("RCD_GOLDEN_DIR");
+    char golden[RCD_PATH_MAX], path[RCD_PATH_MAX];
+    CHECK(rcd_path_join(golden, sizeof(golden), env && *env ? env : "tests/golden", "tokenizer") ==
+          0);
+    CHECK(rcd_path_join(path, sizeof(path), golden, "unicode.cps") == 0);
+    size_t n;
+    uint8_t *buf = slurp(path, &n);
+    CHECK_MSG(buf && n >= 16 && memcmp(buf, "RCDTOKU1", 8) == 0, "cannot read %s", path);
+    if (!buf || n < 16) {
+        free(buf);
+        return;
+    }
+    rd_t r = {buf + 8, buf + n};
+    uint32_t group = 0, n_ranges = 0, prev = 0;
+    rd_u32(&r, &group);
+    rd_u32(&r, &n_ranges);
+    uint32_t *cps = NULL;
+    size_t n_cps = 0, cap = 0;
+    for (uint32_t i = 0; i < n_ranges; i++) {
+        uint64_t gap, len;
+        if (rd_varint(&r, &gap) || rd_varint(&r, &len) || prev + gap + len > 0x10FFFF) break;
+        for (uint32_t c = prev + (uint32_t)gap; c <= prev + gap + len; c++) {
+            if (n_cps == cap) {
+                cap = cap ? cap * 2 : 1 << 16;
+                cps = realloc(cps, cap * sizeof(*cps));
+            }
+            cps[n_cps++] = c;
+        }
+        prev += (uint32_t)(gap + len);
+    }
+    CHECK_MSG(group > 0 && n_cps > 150000, "%s: %zu code points in groups of %u", path, n_cps,
+              group);
+    corpus_t c = {0};
+    size_t n_str = group ? (n_cps + group - 1) / group : 0;
+    char *text = malloc(n_cps * 18 + 1);
+    c.s = calloc(n_str, sizeof(*c.s));
+    c.len = calloc(n_str, sizeof(*c.len));
+    size_t at = 0;
+    for (size_t i = 0; i < n_cps && text && c.s && c.len; i++) {
+        if (i % group == 0) c.s[c.n++] = text + at;
+        at += unicode_segment(cps[i], text + at);
+        c.len[c.n - 1] = (size_t)(text + at - c.s[c.n - 1]);
+    }
+    DIR *d = opendir(golden);
+    char *kinds[64];
+    size_t nk = 0;
+    for (struct dirent *e; d && (e = readdir(d)) && nk < 64;) {
+        struct stat st;
+        if (e->d_name[0] != '.' &&
+            rcd_path_fmt(path, sizeof(path), "%s/%s/unicode.bin", golden, e->d_name) == 0 &&
+            stat(path, &st) == 0)
+            kinds[nk++] = strdup(e->d_name);
+    }
+    if (d) closedir(d);
+    qsort(kinds, nk, sizeof(*kinds), cmp_str);
+    CHECK(nk >= 4);
+    for (size_t i = 0; i < nk; i++) {
+        check_kind(golden, kinds[i], &c, "unicode.bin");
+        free(kinds[i]);
+    }
+    free(c.s);
+    free(c.len);
+    free(text);
+    free(cps);
+    free(buf);
+}
+
 int main(int argc, char **argv)
 {
     rcd_test_init(argc, argv);
     RUN(test_parity);
+    RUN(test_unicode);
     return rcd_test_summary();
 }

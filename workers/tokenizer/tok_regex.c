@@ -2,9 +2,11 @@
  * UTF and JIT, HF's find_matches over them, and the Split delimiter behaviors.
  *
  * HF compiles regexes with Oniguruma's Ruby syntax. PCRE2 agrees on everything tokenizers use
- * except a few escapes, rewritten here: \s is Unicode White_Space (PCRE2 adds U+180E), \h is
- * a hex digit (PCRE2: horizontal space), \w is Unicode word, \uHHHH is a code point, ^/$ are
- * line anchors and (?m) means dot-all. */
+ * except a few escapes, rewritten here: general category properties (\p{L}, \P{Lu},
+ * \p{^N}, \p{Letter}, ...), \d and \w are spelled out as code point ranges from the
+ * Unicode tables of the reference (tok_ucd.c: PCRE2's own are older); \s is Unicode
+ * White_Space (PCRE2 adds U+180E), \h is a hex digit (PCRE2: horizontal space), \uHHHH is
+ * a code point, ^/$ are line anchors and (?m) means dot-all. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,12 +16,6 @@
 
 const char tok__gpt2_pattern[] =
     "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
-
-#define SPACE_ITEMS                                                                                \
-    "\\t-\\r \\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}"       \
-    "\\x{3000}"
-#define WORD_ITEMS "\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}"
-#define HEX_ITEMS "0-9a-fA-F"
 
 static int puts_(tok__buf_t *b, const char *s)
 {
@@ -31,48 +27,172 @@ static int is_hex(char c)
     return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
 }
 
+static int put_ranges(tok__buf_t *b, const tok__uset_t *s)
+{
+    int rc = 0;
+    for (size_t i = 0; i < s->n && !rc; i++) {
+        char r[32];
+        int k = s->r[i][0] == s->r[i][1]
+                    ? snprintf(r, sizeof(r), "\\x{%X}", (unsigned)s->r[i][0])
+                    : snprintf(r, sizeof(r), "\\x{%X}-\\x{%X}", (unsigned)s->r[i][0],
+                               (unsigned)s->r[i][1]);
+        rc = tok__buf_put(b, r, (size_t)k);
+    }
+    return rc;
+}
+
+#define ALL "\\x{0}-\\x{10FFFF}]"
+#define CI_DEPTH 64
+
+typedef struct {
+    tok__buf_t *out;
+    int in_class;
+    size_t class_mark;  /* out->n after the class's "[" or "[^" */
+    int class_negated;
+    tok__uset_t cls;    /* the property sets of the open class, emitted at its ']' */
+    int ci;             /* (?i) may be in effect here */
+    int depth;          /* open groups */
+    unsigned char saved[CI_DEPTH]; /* ci to restore at each group's ')' */
+} tr_t;
+
+/* A class escape: added to the open class, or spelled out as a class of its own. Oniguruma
+ * case-folds a bracketed class but not a lone \p{..} (nor \w), so under (?i) the latter is
+ * wrapped in (?-i:...). */
+static int put_set(tr_t *t, int kind, uint32_t mask, int negate)
+{
+    if (t->in_class) return tok__uset_spell(kind, mask, negate, t->out, &t->cls);
+    tok__uset_t s = {0};
+    tok__buf_t props = {0};
+    int wrap = t->ci && (kind == TOK__USET_GC || kind == TOK__USET_WORD);
+    int rc = tok__uset_spell(kind, mask, 0, &props, &s);
+    if (!rc && wrap) rc = puts_(t->out, "(?-i:");
+    if (!rc && !s.n && !props.n) /* nothing (only \p{Cs}): match nothing, or anything */
+        rc = puts_(t->out, negate ? "[" ALL : "[^" ALL);
+    else if (!rc) {
+        rc = puts_(t->out, negate ? "[^" : "[");
+        if (!rc && props.n) rc = tok__buf_put(t->out, props.p, props.n);
+        if (!rc) rc = put_ranges(t->out, &s);
+        if (!rc) rc = puts_(t->out, "]");
+    }
+    if (!rc && wrap) rc = puts_(t->out, ")");
+    tok__uset_free(&s);
+    tok__buf_free(&props);
+    return rc;
+}
+
+/* \p{Name}, \p{^Name}, \P{Name} at in[*i] (the 'p' or 'P'). */
+static int put_property(tr_t *t, const char *in, size_t n, size_t *i, char *err, size_t errlen)
+{
+    char d = in[*i];
+    if (*i + 1 >= n || in[*i + 1] != '{') /* Ruby syntax: \pL is "pL" */
+        return tok__buf_put(t->out, &d, 1);
+    const char *name = in + *i + 2, *end = memchr(name, '}', n - (*i + 2));
+    if (!end) return rcd_fail(RCD_EFORMAT, err, errlen, "regex: unterminated \\%c{", d);
+    size_t len = (size_t)(end - name);
+    int negate = d == 'P';
+    if (len && name[0] == '^') {
+        negate = !negate;
+        name++;
+        len--;
+    }
+    uint32_t mask;
+    int rc;
+    if (tok__uset_lookup(name, len, &mask)) {
+        rc = put_set(t, TOK__USET_GC, mask, negate);
+    } else { /* not a general category: PCRE2's own tables (scripts, binary properties) */
+        rc = tok__buf_put(t->out, "\\", 1);
+        if (!rc) rc = tok__buf_put(t->out, in + *i, (size_t)(end + 1 - (in + *i)));
+    }
+    *i = (size_t)(end - in);
+    return rc;
+}
+
+/* "(?" at in[*i]: Ruby's inline options (m is dot-all: PCRE2's s), and where (?i) holds. */
+static int open_group(tr_t *t, const char *in, size_t n, size_t *i)
+{
+    int ci = t->ci, on = 1, rc = tok__buf_put(t->out, "(?", 2);
+    ++*i;
+    while (!rc && *i + 1 < n && strchr("imx-", in[*i + 1])) {
+        char o = in[++*i];
+        if (o == '-') on = 0;
+        if (o == 'i') ci = on;
+        if (o == 'm') o = 's';
+        rc = tok__buf_put(t->out, &o, 1);
+    }
+    if (*i + 1 < n && in[*i + 1] == ')') { /* (?i): for the rest of the enclosing group */
+        t->ci = ci;
+        ++*i;
+        return rc ? rc : tok__buf_put(t->out, ")", 1);
+    }
+    if (t->depth < CI_DEPTH) t->saved[t->depth] = (unsigned char)t->ci;
+    t->depth++;
+    t->ci = ci;
+    return rc;
+}
+
+static void close_group(tr_t *t)
+{
+    if (t->depth == 0) return; /* unbalanced: PCRE2 reports it */
+    t->depth--;
+    t->ci = t->depth < CI_DEPTH ? t->saved[t->depth] : 1;
+}
+
+static int close_class(tr_t *t)
+{
+    int rc = 0;
+    tok__uset_normalize(&t->cls);
+    if (!t->cls.n && t->out->n == t->class_mark) { /* only \p{Cs}: [] is not a class */
+        t->out->n = t->class_mark - (t->class_negated ? 2 : 1);
+        rc = puts_(t->out, t->class_negated ? "[" ALL : "[^" ALL);
+    } else {
+        rc = put_ranges(t->out, &t->cls);
+        if (!rc) rc = tok__buf_put(t->out, "]", 1);
+    }
+    t->cls.n = 0;
+    t->in_class = 0;
+    return rc;
+}
+
 /* Rewrites an Oniguruma (Ruby syntax) pattern for PCRE2. */
 static int translate(const char *in, size_t n, tok__buf_t *out, char *err, size_t errlen)
 {
-    int in_class = 0, rc = 0;
+    tr_t t = {.out = out};
+    int rc = 0;
     for (size_t i = 0; i < n && !rc; i++) {
         char c = in[i];
         if (c == '\\') {
-            if (i + 1 >= n)
-                return rcd_fail(RCD_EFORMAT, err, errlen, "regex ends with a backslash");
+            if (i + 1 >= n) {
+                rc = rcd_fail(RCD_EFORMAT, err, errlen, "regex ends with a backslash");
+                break;
+            }
             char d = in[++i];
             switch (d) {
             case 's':
-                rc = puts_(out, in_class ? SPACE_ITEMS : "[" SPACE_ITEMS "]");
-                break;
             case 'S':
-                if (in_class)
-                    return rcd_fail(RCD_EUNSUPPORTED, err, errlen,
-                                    "regex: \\S inside a character class is not supported");
-                rc = puts_(out, "[^" SPACE_ITEMS "]");
+                rc = put_set(&t, TOK__USET_SPACE, 0, d == 'S');
                 break;
             case 'w':
-                rc = puts_(out, in_class ? WORD_ITEMS : "[" WORD_ITEMS "]");
-                break;
             case 'W':
-                if (in_class)
-                    return rcd_fail(RCD_EUNSUPPORTED, err, errlen,
-                                    "regex: \\W inside a character class is not supported");
-                rc = puts_(out, "[^" WORD_ITEMS "]");
+                rc = put_set(&t, TOK__USET_WORD, 0, d == 'W');
+                break;
+            case 'd':
+            case 'D':
+                rc = put_set(&t, TOK__USET_DIGIT, 0, d == 'D');
                 break;
             case 'h':
-                rc = puts_(out, in_class ? HEX_ITEMS : "[" HEX_ITEMS "]");
-                break;
             case 'H':
-                if (in_class)
-                    return rcd_fail(RCD_EUNSUPPORTED, err, errlen,
-                                    "regex: \\H inside a character class is not supported");
-                rc = puts_(out, "[^" HEX_ITEMS "]");
+                rc = put_set(&t, TOK__USET_HEX, 0, d == 'H');
+                break;
+            case 'p':
+            case 'P':
+                rc = put_property(&t, in, n, &i, err, errlen);
                 break;
             case 'u':
                 if (i + 4 >= n || !is_hex(in[i + 1]) || !is_hex(in[i + 2]) || !is_hex(in[i + 3]) ||
-                    !is_hex(in[i + 4]))
-                    return rcd_fail(RCD_EFORMAT, err, errlen, "regex: bad \\u escape");
+                    !is_hex(in[i + 4])) {
+                    rc = rcd_fail(RCD_EFORMAT, err, errlen, "regex: bad \\u escape");
+                    break;
+                }
                 rc = puts_(out, "\\x{");
                 if (!rc) rc = tok__buf_put(out, in + i + 1, 4);
                 if (!rc) rc = puts_(out, "}");
@@ -85,24 +205,26 @@ static int translate(const char *in, size_t n, tok__buf_t *out, char *err, size_
             }
             continue;
         }
-        if (!in_class) {
+        if (!t.in_class) {
             if (c == '[') {
-                in_class = 1;
-                rc = tok__buf_put(out, "[", 1);
-                if (i + 1 < n && in[i + 1] == '^') rc = rc ? rc : tok__buf_put(out, in + ++i, 1);
+                t.in_class = 1;
+                t.class_negated = i + 1 < n && in[i + 1] == '^';
+                rc = puts_(out, t.class_negated ? "[^" : "[");
+                i += (size_t)t.class_negated;
+                t.class_mark = out->n;
                 if (i + 1 < n && in[i + 1] == ']') /* a leading ']' is literal */
                     rc = rc ? rc : tok__buf_put(out, in + ++i, 1);
                 continue;
             }
             if (c == '(' && i + 1 < n && in[i + 1] == '?') {
-                /* inline options: Ruby's m is dot-all (PCRE2's s) */
-                rc = tok__buf_put(out, "(?", 2);
-                i++;
-                while (!rc && i + 1 < n && strchr("imx-", in[i + 1])) {
-                    char o = in[++i] == 'm' ? 's' : in[i];
-                    rc = tok__buf_put(out, &o, 1);
-                }
+                rc = open_group(&t, in, n, &i);
                 continue;
+            }
+            if (c == '(') {
+                if (t.depth < CI_DEPTH) t.saved[t.depth] = (unsigned char)t.ci;
+                t.depth++;
+            } else if (c == ')') {
+                close_group(&t);
             }
             rc = tok__buf_put(out, &c, 1);
         } else {
@@ -114,24 +236,30 @@ static int translate(const char *in, size_t n, tok__buf_t *out, char *err, size_
                             end = in + j + 2;
                             break;
                         }
-                    if (!end) return rcd_fail(RCD_EFORMAT, err, errlen, "regex: bad POSIX class");
+                    if (!end) {
+                        rc = rcd_fail(RCD_EFORMAT, err, errlen, "regex: bad POSIX class");
+                        break;
+                    }
                     rc = tok__buf_put(out, in + i, (size_t)(end - (in + i)));
                     i = (size_t)(end - in) - 1;
                     continue;
                 }
-                return rcd_fail(RCD_EUNSUPPORTED, err, errlen,
-                                "regex: nested character classes are not supported");
+                rc = rcd_fail(RCD_EUNSUPPORTED, err, errlen,
+                              "regex: nested character classes are not supported");
+                break;
             }
-            if (c == '&' && i + 1 < n && in[i + 1] == '&')
-                return rcd_fail(RCD_EUNSUPPORTED, err, errlen,
-                                "regex: character class intersection (&&) is not supported");
-            if (c == ']') in_class = 0;
-            rc = tok__buf_put(out, &c, 1);
+            if (c == '&' && i + 1 < n && in[i + 1] == '&') {
+                rc = rcd_fail(RCD_EUNSUPPORTED, err, errlen,
+                              "regex: character class intersection (&&) is not supported");
+                break;
+            }
+            rc = c == ']' ? close_class(&t) : tok__buf_put(out, &c, 1);
         }
     }
-    if (rc) return rc;
-    if (in_class) return rcd_fail(RCD_EFORMAT, err, errlen, "regex: unterminated character class");
-    return tok__buf_put(out, "", 0);
+    if (!rc && t.in_class)
+        rc = rcd_fail(RCD_EFORMAT, err, errlen, "regex: unterminated character class");
+    tok__uset_free(&t.cls);
+    return rc ? rc : tok__buf_put(out, "", 0);
 }
 
 int tok__pat_compile_regex(tok__pat_t *p, const char *onig, size_t n, char *err, size_t errlen)

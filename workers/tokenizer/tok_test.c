@@ -14,6 +14,7 @@
 #include "common/rcd_path.h"
 #include "tests/support/rcd_test.h"
 #include "workers/tokenizer/tok.h"
+#include "workers/tokenizer/tok_int.h"
 
 static char golden[RCD_PATH_MAX];
 
@@ -561,6 +562,54 @@ static void test_threads(void)
     tok_free(t);
 }
 
+/* The first match of an Oniguruma pattern in s: its length in bytes, or -1 for none. */
+static long first_match(const char *pat, const char *s)
+{
+    tok__pat_t p;
+    char err[256];
+    int rc = tok__pat_compile_regex(&p, pat, strlen(pat), err, sizeof(err));
+    CHECK_MSG(rc == 0, "%s: %s", pat, err);
+    if (rc) return -2;
+    tok__spans_t sp = {0};
+    pcre2_match_data *md = NULL;
+    long len = -1;
+    if (tok__pat_find(&p, s, strlen(s), &md, &sp, err, sizeof(err)) == 0)
+        for (size_t i = 0; i < sp.n && len < 0; i++)
+            if (sp.v[i].match) len = sp.v[i].start == 0 ? (long)(sp.v[i].end - sp.v[i].start) : -1;
+    pcre2_match_data_free(md);
+    tok__spans_free(&sp);
+    tok__pat_free(&p);
+    return len;
+}
+
+/* Property classes follow the reference's Unicode (16.0 for regexes, 17.0 for Digits), not
+ * the system PCRE2's: the issue's examples, each before 's. */
+static void test_unicode_classes(void)
+{
+    const char *gpt2 = tok__gpt2_pattern;
+    /* CJK Ext-H U+31350, Kawi U+11F04, Egyptian Hieroglyphs Ext-A U+13460: letters */
+    CHECK(first_match(gpt2, "\xF0\xB1\x8D\x90's") == 4);
+    CHECK(first_match(gpt2, "\xF0\x91\xBC\x84's") == 4);
+    CHECK(first_match(gpt2, "\xF0\x93\x91\xA0's") == 4);
+    /* Myanmar Ext-C digit U+116D0: \p{N}, \d, Digits */
+    CHECK(first_match(gpt2, "\xF0\x91\x9B\x90's") == 4);
+    CHECK(first_match("\\d", "\xF0\x91\x9B\x90") == 4);
+    CHECK(tok__is_numeric(0x116D0) && tok__is_numeric(0x11DE0) && !tok__is_numeric(0x10940));
+    /* Sidetic U+10940 is a letter only from Unicode 17.0: not to Oniguruma */
+    CHECK(first_match("\\p{L}", "\xF0\x90\xA5\x80") == -1);
+    CHECK(first_match("\\P{L}", "\xF0\x90\xA5\x80") == 4);
+    CHECK(first_match("[^\\s\\p{L}\\p{N}]", "\xF0\xB1\x8D\x90") == -1);
+    CHECK(first_match("\\p{^Letter}", "\xF0\xB1\x8D\x90") == -1);
+    CHECK(first_match("\\p{other_letter}+", "\xF0\xB1\x8D\x90\xF0\x93\x91\xA0") == 8);
+    CHECK(first_match("(?i)\\p{Lu}", "a") == -1); /* a lone property is not case-folded */
+    CHECK(first_match("(?i:x)\\p{Lu}", "xA") == 2);
+    CHECK(first_match("\\pL", "pL") == 2); /* Ruby syntax: no braces, no property */
+    CHECK(first_match("[\\p{Cs}]", "a") == -1);
+    CHECK(first_match("[^\\p{Cs}]", "a") == 1);
+    CHECK(first_match("[\\S]+", "ab c") == 2);
+    CHECK(first_match("\\p{Han}", "\xE4\xB8\x80") == 3); /* scripts: PCRE2's own tables */
+}
+
 int main(int argc, char **argv)
 {
     rcd_test_init(argc, argv);
@@ -575,5 +624,6 @@ int main(int argc, char **argv)
     RUN(test_decode);
     RUN(test_stream);
     RUN(test_threads);
+    RUN(test_unicode_classes);
     return rcd_test_summary();
 }
