@@ -1,5 +1,6 @@
 /* tests/support: the fixture reader, backends and drivers of golden_util.h. */
 #include "tests/support/golden_util.h"
+#include "common/rcd_path.h"
 
 const char *golden_root(void)
 {
@@ -9,9 +10,9 @@ const char *golden_root(void)
 
 float *golden_read_f32(const char *dir, const char *file, size_t n)
 {
-    char path[1024];
+    char path[RCD_PATH_MAX];
     size_t len;
-    snprintf(path, sizeof path, "%s/%s", dir, file);
+    CHECK(rcd_path_fmt(path, sizeof path, "%s/%s", dir, file) == 0);
     float *f = (float *)rcd_test_read_file(path, &len);
     if (!f || len != n * sizeof(float)) {
         fprintf(stderr, "bad golden file %s\n", path);
@@ -40,9 +41,9 @@ void golden_free(golden_t *g)
 int golden_load_dir(const char *dir, golden_t *g)
 {
     memset(g, 0, sizeof *g);
-    snprintf(g->dir, sizeof g->dir, "%s", dir);
-    char path[1024];
-    snprintf(path, sizeof path, "%s/goldens.json", g->dir);
+    CHECK(rcd_path_fmt(g->dir, sizeof g->dir, "%s", dir) == 0);
+    char path[RCD_PATH_MAX];
+    CHECK(rcd_path_fmt(path, sizeof path, "%s/goldens.json", g->dir) == 0);
     char *text = rcd_test_read_file(path, NULL);
     cJSON *root = text ? cJSON_Parse(text) : NULL;
     free(text);
@@ -83,15 +84,15 @@ int golden_load_dir(const char *dir, golden_t *g)
 
 int golden_load(const char *family, const char *name, golden_t *g)
 {
-    char dir[600];
-    snprintf(dir, sizeof dir, "%s/%s/%s", golden_root(), family, name);
+    char dir[RCD_PATH_MAX];
+    CHECK(rcd_path_fmt(dir, sizeof dir, "%s/%s/%s", golden_root(), family, name) == 0);
     return golden_load_dir(dir, g);
 }
 
 float *golden_load_extra(const golden_t *g, const char *key, size_t n)
 {
-    char path[1024];
-    snprintf(path, sizeof path, "%s/goldens.json", g->dir);
+    char path[RCD_PATH_MAX];
+    CHECK(rcd_path_fmt(path, sizeof path, "%s/goldens.json", g->dir) == 0);
     char *text = rcd_test_read_file(path, NULL);
     cJSON *root = text ? cJSON_Parse(text) : NULL;
     free(text);
@@ -371,8 +372,8 @@ void golden_test_bf16_matmul(const golden_suite_t *s, const char *golden_case,
         CHECK(0);
         return;
     }
-    char dir[600];
-    snprintf(dir, sizeof dir, "%s/%s/%s", golden_root(), s->family, model_case);
+    char dir[RCD_PATH_MAX];
+    CHECK(rcd_path_fmt(dir, sizeof dir, "%s/%s/%s", golden_root(), s->family, model_case) == 0);
     golden_suite_t sb = *s;
     sb.opts.matmul = "bf16";
     wrk_model_t *m = golden_model(dir);
@@ -472,11 +473,12 @@ void golden_check_state_roundtrip(wrk_backend_t *b, const golden_seq_t *q, int V
 int golden_load_edited(const char *family, const char *name, const char *from, const char *to,
                        char *err, size_t errlen)
 {
-    char src[700], tmpl[] = "/tmp/rcd_golden_test_XXXXXX", path[700];
+    char src[RCD_PATH_MAX], tmpl[] = "/tmp/rcd_golden_test_XXXXXX", path[700];
     int rc = -1;
-    snprintf(src, sizeof src, "%s/%s/%s/config.json", golden_root(), family, name);
+    CHECK(rcd_path_fmt(src, sizeof src, "%s/%s/%s/config.json", golden_root(), family, name) == 0);
     char *cfg = rcd_test_read_file(src, NULL);
-    snprintf(src, sizeof src, "%s/%s/%s/model.safetensors", golden_root(), family, name);
+    CHECK(rcd_path_fmt(src, sizeof src, "%s/%s/%s/model.safetensors", golden_root(), family,
+                       name) == 0);
     size_t wlen = 0;
     char *w = rcd_test_read_file(src, &wlen);
     char *at = cfg ? strstr(cfg, from) : NULL;
@@ -484,13 +486,13 @@ int golden_load_edited(const char *family, const char *name, const char *from, c
         CHECK_MSG(0, "cannot prepare an edited copy (%s)", from);
         goto cleanup;
     }
-    snprintf(path, sizeof path, "%s/config.json", tmpl);
+    CHECK(rcd_path_fmt(path, sizeof path, "%s/config.json", tmpl) == 0);
     FILE *f = fopen(path, "wb");
     if (f) {
         fprintf(f, "%.*s%s%s", (int)(at - cfg), cfg, to, at + strlen(from));
         fclose(f);
     }
-    snprintf(path, sizeof path, "%s/model.safetensors", tmpl);
+    CHECK(rcd_path_fmt(path, sizeof path, "%s/model.safetensors", tmpl) == 0);
     f = fopen(path, "wb");
     if (f) {
         fwrite(w, 1, wlen, f);
@@ -500,7 +502,7 @@ int golden_load_edited(const char *family, const char *name, const char *from, c
     rc = wrk_model_load(tmpl, &m, err, errlen);
     wrk_model_free(m);
     unlink(path);
-    snprintf(path, sizeof path, "%s/config.json", tmpl);
+    CHECK(rcd_path_fmt(path, sizeof path, "%s/config.json", tmpl) == 0);
     unlink(path);
     rmdir(tmpl);
 cleanup:

@@ -15,6 +15,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "common/rcd_path.h"
 #include "tests/support/rcd_test.h"
 #include "workers/cpu/kernels.h"
 #include "workers/wrk.h"
@@ -32,7 +33,7 @@ typedef struct golden_seq {
 
 /* One fixture directory: its goldens.json and the logits files it names. */
 typedef struct golden {
-    char dir[600];
+    char dir[RCD_PATH_MAX];
     int V;
     int n_seqs;
     golden_seq_t seqs[GOLDEN_MAX_SEQS];

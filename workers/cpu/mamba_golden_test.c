@@ -3,6 +3,7 @@
  * weights, sharded checkpoints, state save/restore, and batch validation errors. */
 #include <string.h>
 
+#include "common/rcd_path.h"
 #include "tests/support/golden_util.h"
 
 /* The bf16 matmul must be no further from the goldens than transformers' own bf16 forward of
@@ -47,8 +48,8 @@ static void test_half_weights(void)
         return;
     }
     for (int vi = 0; vi < 2; vi++) {
-        char dir[600];
-        snprintf(dir, sizeof dir, "%s/mamba/%s", golden_root(), variants[vi]);
+        char dir[RCD_PATH_MAX];
+        CHECK(rcd_path_fmt(dir, sizeof dir, "%s/mamba/%s", golden_root(), variants[vi]) == 0);
         float worst;
         int mis;
         if (golden_greedy(&suite, dir, &g, &worst, &mis) == 0) {
@@ -75,9 +76,10 @@ static void test_half_weights(void)
 /* A sharded save of a checkpoint is the same model: same fingerprint, same logits. */
 static void test_sharded(void)
 {
-    char a[600], bdir[600], err[512];
-    snprintf(a, sizeof a, "%s/mamba/tiny_nobias_untied", golden_root());
-    snprintf(bdir, sizeof bdir, "%s/mamba/tiny_nobias_untied_sharded", golden_root());
+    char a[RCD_PATH_MAX], bdir[RCD_PATH_MAX], err[512];
+    CHECK(rcd_path_fmt(a, sizeof a, "%s/mamba/tiny_nobias_untied", golden_root()) == 0);
+    CHECK(rcd_path_fmt(bdir, sizeof bdir, "%s/mamba/tiny_nobias_untied_sharded", golden_root()) ==
+          0);
     wrk_model_t *m1 = NULL, *m2 = NULL;
     int rc1 = wrk_model_load(a, &m1, err, sizeof err);
     CHECK_MSG(rc1 == 0, "%s", err);
@@ -95,7 +97,7 @@ static void test_sharded(void)
     }
     /* Different models have different fingerprints. */
     wrk_model_t *m3 = NULL;
-    snprintf(a, sizeof a, "%s/mamba/tiny_bias_tied", golden_root());
+    CHECK(rcd_path_fmt(a, sizeof a, "%s/mamba/tiny_bias_tied", golden_root()) == 0);
     if (wrk_model_load(a, &m3, err, sizeof err) == 0 && m1)
         CHECK(wrk_model_info(m1)->fingerprint != wrk_model_info(m3)->fingerprint);
     wrk_model_free(m1);
@@ -126,8 +128,8 @@ static void test_state_roundtrip(void)
 
 static void test_bad_batches(void)
 {
-    char dir[600], err[512];
-    snprintf(dir, sizeof dir, "%s/mamba/tiny_bias_tied", golden_root());
+    char dir[RCD_PATH_MAX], err[512];
+    CHECK(rcd_path_fmt(dir, sizeof dir, "%s/mamba/tiny_bias_tied", golden_root()) == 0);
     wrk_model_t *m = NULL;
     if (wrk_model_load(dir, &m, err, sizeof err)) {
         CHECK(0);
@@ -171,9 +173,9 @@ static void test_bad_batches(void)
  * at chunk sizes 1, 4 and whole, and 64 greedy tokens identical. */
 static void test_bundled(void)
 {
-    char gdir[600], mdir[600], err[512];
-    snprintf(gdir, sizeof gdir, "%s/bundled", golden_root());
-    snprintf(mdir, sizeof mdir, "%s/../../models/recurd-mamba-tiny", golden_root());
+    char gdir[RCD_PATH_MAX], mdir[RCD_PATH_MAX], err[512];
+    CHECK(rcd_path_fmt(gdir, sizeof gdir, "%s/bundled", golden_root()) == 0);
+    CHECK(rcd_path_fmt(mdir, sizeof mdir, "%s/../../models/recurd-mamba-tiny", golden_root()) == 0);
     golden_t g;
     if (golden_load_dir(gdir, &g)) {
         CHECK(0);

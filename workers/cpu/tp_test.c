@@ -9,6 +9,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "common/rcd_path.h"
 #include "tests/support/rcd_test.h"
 #include "workers/families/mamba.h"
 #include "workers/families/mamba2.h"
@@ -47,7 +48,7 @@ typedef struct seq {
 } seq_t;
 
 typedef struct fix {
-    char dir[600];
+    char dir[RCD_PATH_MAX];
     wrk_model_t *m;
     int V, n_seqs;
     seq_t seqs[MAX_SEQS];
@@ -62,15 +63,16 @@ static const char *golden_root(void)
 static int fix_load(const fixture_t *f, fix_t *x)
 {
     memset(x, 0, sizeof *x);
-    snprintf(x->dir, sizeof x->dir, "%s/%s/%s", golden_root(), f->family, f->name);
-    char path[1024], err[512];
+    CHECK(rcd_path_fmt(x->dir, sizeof x->dir, "%s/%s/%s", golden_root(), f->family, f->name) == 0);
+    char path[RCD_PATH_MAX], err[512];
     if (wrk_model_load(x->dir, &x->m, err, sizeof err)) {
         fprintf(stderr, "%s\n", err);
         return -1;
     }
     x->V = wrk_model_info(x->m)->vocab_size;
-    snprintf(path, sizeof path, "%s/%s/%s/goldens.json", golden_root(), f->family,
-             f->tokens_from ? f->tokens_from : f->name);
+    CHECK(rcd_path_fmt(path, sizeof path, "%s/%s/%s/goldens.json", golden_root(), f->family,
+                       f->tokens_from ? f->tokens_from : f->name) == 0);
+
     char *text = rcd_test_read_file(path, NULL);
     cJSON *root = text ? cJSON_Parse(text) : NULL;
     free(text);
@@ -85,7 +87,8 @@ static int fix_load(const fixture_t *f, fix_t *x)
             (int32_t)it->valuedouble;
         if (f->tokens_from) continue; /* the goldens are another checkpoint's */
         size_t len;
-        snprintf(path, sizeof path, "%s/%s", x->dir, cJSON_GetObjectItem(s, "logits")->valuestring);
+        CHECK(rcd_path_fmt(path, sizeof path, "%s/%s", x->dir,
+                           cJSON_GetObjectItem(s, "logits")->valuestring) == 0);
         q->golden = (float *)rcd_test_read_file(path, &len);
         if (q->golden && len != (size_t)q->n * x->V * sizeof(float)) {
             free(q->golden);

@@ -7,8 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "tests/support/rcd_test.h"
+#include "common/rcd_path.h"
 #include "tests/support/golden_util.h"
+#include "tests/support/rcd_test.h"
 #include "workers/cuda/wrk_cuda.h"
 
 #define TOL_F32 1e-3f  /* CUDA vs golden and vs CPU, fp32 weights */
@@ -266,8 +267,8 @@ static void test_half_weights(void)
         return;
     }
     for (int vi = 0; vi < 2; vi++) {
-        char dir[600], err[512];
-        snprintf(dir, sizeof dir, "%s/mamba/%s", golden_root(), variants[vi]);
+        char dir[RCD_PATH_MAX], err[512];
+        CHECK(rcd_path_fmt(dir, sizeof dir, "%s/mamba/%s", golden_root(), variants[vi]) == 0);
         greedy_run(dir, &g, TOL_HALF, variants[vi]);
         wrk_model_t *m = NULL;
         if (wrk_model_load(dir, &m, err, sizeof err)) {
