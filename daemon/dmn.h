@@ -50,6 +50,7 @@ struct dmn_call {
     char rid[40];         /* request id: x-request-id or generated */
     uint64_t deadline_ns; /* uv_hrtime() clock, 0 = none */
     uint64_t start_ns;
+    size_t text_len; /* the request's `text` length on the wire: it may hold NUL bytes */
     int batches;   /* started, not yet completed */
     int holds;     /* owner references (handler state) */
     bool closed;   /* RECV_CLOSE completed */
@@ -126,7 +127,8 @@ int dmn_call_send(dmn_call_t *c, const ProtobufCMessage *msg, bool final, int st
                   const char *details);
 void dmn_call_hold(dmn_call_t *c);
 void dmn_call_release(dmn_call_t *c); /* frees the call when nothing else holds it */
-/* Unpacks the request payload; INVALID_ARGUMENT reply on failure (returns NULL). */
+/* Unpacks the request payload and sets c->text_len; INVALID_ARGUMENT reply (returns NULL) on
+ * failure and when a string field other than `text` holds a NUL byte (dmn_wire.h). */
 ProtobufCMessage *dmn_call_unpack(dmn_call_t *c, grpc_byte_buffer *bb,
                                   const ProtobufCMessageDescriptor *d);
 void dmn_server_turn_done(dmn_server_t *s); /* a Generate finished: drain may proceed */

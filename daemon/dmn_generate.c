@@ -591,10 +591,10 @@ static int gen_prepare(dmn_gen_t *g, const Recurd__V1__GenerateRequest *req, cha
         if (!s->tok)
             return rcd_fail(RCD_EPRECONDITION, err, errlen,
                             "model '%s' has no tokenizer: send token ids, not text", s->model_id);
-        if (!req->text[0]) return rcd_fail(RCD_EINVAL, err, errlen, "prompt text is empty");
+        size_t tlen = g->call->text_len; /* not strlen: the text may hold NUL bytes */
+        if (!tlen) return rcd_fail(RCD_EINVAL, err, errlen, "prompt text is empty");
         /* Encoding runs on the loop thread: refuse text that cannot fit the token limit
          * before spending time on it (over 64 bytes per token on average is no real prompt). */
-        size_t tlen = strlen(req->text);
         if (tlen > (size_t)s->opts->max_prompt * 64)
             return rcd_fail(RCD_ETOOBIG, err, errlen, "prompt text is %zu bytes, over %ld", tlen,
                             s->opts->max_prompt * 64);

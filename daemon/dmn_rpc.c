@@ -403,7 +403,7 @@ static void tok_work(uv_work_t *w)
     tok_job_t *j = w->data;
     const tok_t *tok = j->c->srv->tok;
     if (j->enc) /* protobuf-c does not check UTF-8 in strings; tok_encode does */
-        j->rc = tok_encode(tok, j->enc->text, strlen(j->enc->text),
+        j->rc = tok_encode(tok, j->enc->text, j->c->text_len,
                            j->enc->add_special_tokens ? TOK_ADD_SPECIAL : 0, &j->ids, j->err,
                            sizeof(j->err));
     else

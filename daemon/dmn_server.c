@@ -2,6 +2,7 @@
  * pairs to the loop through uv_async, armed call requests per method, per-call batches and
  * lifetime, and the drain/shutdown sequence (see shared/design/grpc-core-notes.md). */
 #include "daemon/dmn.h"
+#include "daemon/dmn_wire.h"
 
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc_security.h>
@@ -318,9 +319,19 @@ ProtobufCMessage *dmn_call_unpack(dmn_call_t *c, grpc_byte_buffer *bb,
     grpc_slice sl = grpc_byte_buffer_reader_readall(&rd);
     grpc_byte_buffer_reader_destroy(&rd);
     m = protobuf_c_message_unpack(d, NULL, GRPC_SLICE_LENGTH(sl), GRPC_SLICE_START_PTR(sl));
+    dmn_wire_t w;
+    int rc = m ? dmn_wire_scan(d, GRPC_SLICE_START_PTR(sl), GRPC_SLICE_LENGTH(sl), &w) : 0;
     grpc_slice_unref(sl);
-    if (!m) dmn_call_fail(c, RCD_EINVAL, "request is not a valid %s", d->name);
-    return m;
+    if (!m || rc) {
+        dmn_call_fail(c, RCD_EINVAL, "request is not a valid %s", d->name);
+    } else if (w.bad[0]) {
+        dmn_call_fail(c, RCD_EINVAL, "%s holds a NUL byte (only text may)", w.bad);
+    } else {
+        c->text_len = w.text_len;
+        return m;
+    }
+    if (m) protobuf_c_message_free_unpacked(m, NULL);
+    return NULL;
 }
 
 /* ---- accepting calls ------------------------------------------------------------------- */
