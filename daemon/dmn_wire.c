@@ -30,8 +30,7 @@ static int walk(const ProtobufCMessageDescriptor *d, const uint8_t *p, const uin
     if (depth > WIRE_MAX_DEPTH) return RCD_EINVAL;
     while (p < end) {
         uint64_t tag, n;
-        if (read_varint(&p, end, &tag) || tag >> 3 == 0 || tag >> 3 > UINT32_MAX)
-            return RCD_EINVAL;
+        if (read_varint(&p, end, &tag) || tag >> 3 == 0 || tag >> 3 > UINT32_MAX) return RCD_EINVAL;
         switch (tag & 7) {
         case 0:
             if (read_varint(&p, end, &n)) return RCD_EINVAL;
@@ -50,7 +49,8 @@ static int walk(const ProtobufCMessageDescriptor *d, const uint8_t *p, const uin
         }
         if (n > (uint64_t)(end - p)) return RCD_EINVAL;
         const ProtobufCFieldDescriptor *f =
-            (tag & 7) == 2 ? protobuf_c_message_descriptor_get_field(d, (unsigned)(tag >> 3)) : NULL;
+            (tag & 7) == 2 ? protobuf_c_message_descriptor_get_field(d, (unsigned)(tag >> 3))
+                           : NULL;
         if (f && (f->type == PROTOBUF_C_TYPE_STRING || f->type == PROTOBUF_C_TYPE_MESSAGE)) {
             char sub[sizeof(out->bad)];
             snprintf(sub, sizeof(sub), "%s%s%s", path, path[0] ? "." : "", f->name);
