@@ -320,8 +320,9 @@ static double cpu_now(void)
 }
 
 /* Worst cases for merging and for the split regex: one 1 MB word, one 1 MB whitespace run.
- * Each takes well under a second (see tok_bench for speed); the bound here is loose, to fail
- * only on a quadratic path (minutes), never on a busy or sanitized build. */
+ * Each takes well under a second in Release (see tok_bench for speed); the bound here is loose,
+ * to fail only on a quadratic path (minutes), never on a busy or sanitized build (the 1 MB
+ * whitespace run took 5.5-7 s of CPU under TSan on a loaded 2-core machine, so 30 s). */
 static void test_large_inputs(void)
 {
     const char *kinds[] = {"neox", "gemma", "bytelevel_split"};
@@ -341,7 +342,7 @@ static void test_large_inputs(void)
             CHECK(rc == 0 && ids.n > 0);
             fprintf(stderr, "  %s: 1 MB of shape %d: %zu tokens in %.0f ms CPU\n", kinds[k], shape,
                     ids.n, dt * 1e3);
-            CHECK_MSG(dt < 5.0, "%s: 1 MB took %.2f s of CPU", kinds[k], dt);
+            CHECK_MSG(dt < 30.0, "%s: 1 MB took %.2f s of CPU", kinds[k], dt);
         }
         tok_free(t);
     }
