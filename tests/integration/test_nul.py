@@ -97,6 +97,25 @@ class NulBytes(DaemonTest):
             gen_request(prompt="\0", max_tokens=1, temperature=0, ignore_eos=True), timeout=60))
         self.assertEqual(len(ids), 1)
 
+    def test_reply_keeps_nul(self):
+        """Reply text is packed at its real length: a token that decodes to the byte 0x00
+        reaches the client, in Detokenize and in Generate's stream."""
+        nul = byte_token(0)
+        r = self.api.Detokenize(pb.DetokenizeRequest(token_ids=[nul]))
+        self.assertEqual(r.text, "\0")
+        ab = list(self.api.Tokenize(pb.TokenizeRequest(text="ab")).token_ids)
+        r = self.api.Detokenize(pb.DetokenizeRequest(token_ids=ab + [nul, nul] + ab))
+        self.assertEqual(r.text, "ab\0\0ab")
+        # A prompt of that token with frequency_penalty -2 makes it the greedy choice.
+        text, ids, _, last = collect(self.api.Generate(
+            gen_request(tokens=[nul] * 64, max_tokens=8, temperature=0, ignore_eos=True,
+                        frequency_penalty=-2.0), timeout=60))
+        self.assertEqual(last.usage.completion_tokens, 8)
+        self.assertIn(nul, ids)
+        want = self.api.Detokenize(pb.DetokenizeRequest(token_ids=ids)).text
+        self.assertEqual(text, want)
+        self.assertEqual(text.count("\0"), ids.count(nul))
+
 
 if __name__ == "__main__":
     unittest.main()
