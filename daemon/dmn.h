@@ -12,6 +12,7 @@
 
 #include "daemon/dmn_log.h"
 #include "daemon/dmn_opts.h"
+#include "daemon/dmn_validate.h"
 #include "statestore/store.h"
 #include "workers/tokenizer/tok.h"
 #include "workers/wrk.h"
@@ -47,10 +48,14 @@ struct dmn_call {
     dmn_server_t *srv;
     grpc_call *call;
     dmn_method_t method;
-    char rid[40];         /* request id: x-request-id or generated */
+    char rid[40];         /* request id: x-request-id (dmn_meta.h) or generated */
     uint64_t deadline_ns; /* uv_hrtime() clock, 0 = none */
     uint64_t start_ns;
     size_t text_len; /* the request's `text` length on the wire: it may hold NUL bytes */
+    /* The next reply's `text` length (Detokenize, a Generate delta), set just before sending
+     * it: the text may hold NUL bytes, which protobuf-c's strlen would cut (dmn_wire.h). */
+    size_t reply_text_len;
+    bool has_reply_text;
     int batches;   /* started, not yet completed */
     int holds;     /* owner references (handler state) */
     bool closed;   /* RECV_CLOSE completed */
@@ -138,6 +143,7 @@ void dmn_rpc_dispatch(dmn_call_t *c, grpc_byte_buffer *payload);
 void dmn_health_notify(dmn_server_t *s); /* serving status changed: tell Watch streams */
 void dmn_health_cancel_all(dmn_server_t *s);
 int64_t dmn_now_ms(void);
+void dmn_limits_get(const dmn_server_t *s, dmn_limits_t *out); /* what requests are checked against */
 void dmn_random_id(char *buf, size_t len, const char *prefix);
 /* When the store does not know session `id` but has a shared tier, looks it up there and
  * returns true: again(c, req, rc, msg) follows on the loop (rc 0: now in the store; else why

@@ -13,9 +13,6 @@
 #include "recurd/v1/inference.pb-c.h"
 #include "statestore/prefix.h"
 
-#define MAX_STOPS 16
-#define MAX_STOP_BYTES 256
-#define MAX_LOGPROBS 20
 
 typedef struct dmn_gen {
     dmn_call_t *call;
@@ -253,6 +250,8 @@ static void gen_pump(dmn_gen_t *g)
         r.session_id = g->has_session ? g->sid : "";
         r.request_id = c->rid;
     }
+    c->reply_text_len = upto - g->emitted; /* the chunk may hold NUL bytes */
+    c->has_reply_text = true;
     /* A failed turn sends the text it had, then the error status. */
     if (dmn_call_send(c, &r.base, final, g->final_rc, g->final_msg) == 0) {
         g->emitted = upto;
@@ -441,6 +440,7 @@ static void on_send_done(dmn_call_t *c, bool ok)
 
 /* ---- request validation ----------------------------------------------------------------- */
 
+/* The turn's sampling from params dmn_validate_sampling accepted. */
 static int check_sampling(dmn_server_t *s, const Recurd__V1__SamplingParams *p, dmn_gen_t *g,
                           dmn_sampling_t *out, char *err, size_t errlen)
 {
@@ -454,54 +454,25 @@ static int check_sampling(dmn_server_t *s, const Recurd__V1__SamplingParams *p, 
     }
     if (p->_temperature_case == RECURD__V1__SAMPLING_PARAMS___TEMPERATURE_TEMPERATURE)
         d.temperature = p->temperature;
-    if (!(d.temperature >= 0.0f && d.temperature <= 100.0f))
-        return rcd_fail(RCD_EINVAL, err, errlen, "temperature must be in [0, 100]");
-    if (p->top_k < 0) return rcd_fail(RCD_EINVAL, err, errlen, "top_k must be >= 0");
     d.top_k = p->top_k;
-    if (!(p->top_p >= 0.0f && p->top_p <= 1.0f))
-        return rcd_fail(RCD_EINVAL, err, errlen, "top_p must be in [0, 1]");
     d.top_p = p->top_p > 0.0f ? p->top_p : 1.0f;
-    if (!(p->min_p >= 0.0f && p->min_p <= 1.0f))
-        return rcd_fail(RCD_EINVAL, err, errlen, "min_p must be in [0, 1]");
     d.min_p = p->min_p;
-    if (!(p->repetition_penalty >= 0.0f && p->repetition_penalty <= 100.0f))
-        return rcd_fail(RCD_EINVAL, err, errlen, "repetition_penalty must be in (0, 100]");
     d.repetition_penalty = p->repetition_penalty > 0.0f ? p->repetition_penalty : 1.0f;
-    if (!(p->presence_penalty >= -2.0f && p->presence_penalty <= 2.0f) ||
-        !(p->frequency_penalty >= -2.0f && p->frequency_penalty <= 2.0f))
-        return rcd_fail(RCD_EINVAL, err, errlen,
-                        "presence_penalty and frequency_penalty must be in [-2, 2]");
     d.presence_penalty = p->presence_penalty;
     d.frequency_penalty = p->frequency_penalty;
     d.seed = p->_seed_case == RECURD__V1__SAMPLING_PARAMS___SEED_SEED
                  ? p->seed
                  : (uint64_t)uv_hrtime() ^ (uint64_t)(uintptr_t)g;
-    if (p->max_tokens > (uint32_t)s->opts->max_context)
-        return rcd_fail(RCD_EINVAL, err, errlen, "max_tokens %u is over the context limit %ld",
-                        p->max_tokens, s->opts->max_context);
     if (p->max_tokens) g->max_tokens = p->max_tokens;
-    if (p->logprobs > MAX_LOGPROBS)
-        return rcd_fail(RCD_EINVAL, err, errlen, "logprobs must be in [0, %d]", MAX_LOGPROBS);
     g->n_lp = p->logprobs ? (int)p->logprobs : -1;
-    if (p->n_stop > MAX_STOPS)
-        return rcd_fail(RCD_EINVAL, err, errlen, "at most %d stop strings", MAX_STOPS);
     g->stops = calloc(p->n_stop + 1, sizeof(char *));
     if (!g->stops) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
     for (size_t i = 0; i < p->n_stop; i++) {
         size_t n = strlen(p->stop[i]);
-        if (n == 0 || n > MAX_STOP_BYTES)
-            return rcd_fail(RCD_EINVAL, err, errlen, "stop string %zu must be 1..%d bytes", i,
-                            MAX_STOP_BYTES);
         if (!(g->stops[g->n_stops++] = strdup(p->stop[i])))
             return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
         if (n > g->max_stop) g->max_stop = n;
     }
-    if (p->n_stop_token_ids > 1024)
-        return rcd_fail(RCD_EINVAL, err, errlen, "at most 1024 stop token ids");
-    for (size_t i = 0; i < p->n_stop_token_ids; i++)
-        if (p->stop_token_ids[i] < 0 || p->stop_token_ids[i] >= s->vocab)
-            return rcd_fail(RCD_EINVAL, err, errlen, "stop token id %d is outside [0, %d)",
-                            p->stop_token_ids[i], s->vocab);
     if (p->n_stop_token_ids) {
         g->stop_ids = malloc(p->n_stop_token_ids * sizeof(int32_t));
         if (!g->stop_ids) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
@@ -578,26 +549,15 @@ static int gen_prepare(dmn_gen_t *g, const Recurd__V1__GenerateRequest *req, cha
     dmn_server_t *s = g->call->srv;
     int rc;
     dmn_sampling_t sp;
-    if (req->model[0] && strcmp(req->model, s->model_id) != 0)
-        return rcd_fail(RCD_ENOTFOUND, err, errlen, "model '%s' is not loaded", req->model);
+    dmn_limits_t lim;
+    dmn_limits_get(s, &lim);
+    if ((rc = dmn_validate_generate(req, g->call->text_len, &lim, err, errlen))) return rc;
     if ((rc = check_sampling(s, req->sampling, g, &sp, err, errlen))) return rc;
-    if (req->priority >= ENG_RUNNER_PRIORITIES)
-        return rcd_fail(RCD_EINVAL, err, errlen, "priority %u is outside [0, %d]", req->priority,
-                        ENG_RUNNER_PRIORITIES - 1);
     g->seq.priority = (int32_t)req->priority;
     g->seq.tenant = tenant_hash(req->tenant);
     /* prompt */
     if (req->prompt_case == RECURD__V1__GENERATE_REQUEST__PROMPT_TEXT) {
-        if (!s->tok)
-            return rcd_fail(RCD_EPRECONDITION, err, errlen,
-                            "model '%s' has no tokenizer: send token ids, not text", s->model_id);
         size_t tlen = g->call->text_len; /* not strlen: the text may hold NUL bytes */
-        if (!tlen) return rcd_fail(RCD_EINVAL, err, errlen, "prompt text is empty");
-        /* Encoding runs on the loop thread: refuse text that cannot fit the token limit
-         * before spending time on it (over 64 bytes per token on average is no real prompt). */
-        if (tlen > (size_t)s->opts->max_prompt * 64)
-            return rcd_fail(RCD_ETOOBIG, err, errlen, "prompt text is %zu bytes, over %ld", tlen,
-                            s->opts->max_prompt * 64);
         tok_ids_t ids = {0};
         rc = tok_encode(s->tok, req->text, tlen, req->add_special_tokens ? TOK_ADD_SPECIAL : 0,
                         &ids, err, errlen);
@@ -610,28 +570,17 @@ static int gen_prepare(dmn_gen_t *g, const Recurd__V1__GenerateRequest *req, cha
         if (ids.n > (size_t)s->opts->max_prompt)
             return rcd_fail(RCD_ETOOBIG, err, errlen, "prompt is %zu tokens, over the limit %ld",
                             ids.n, s->opts->max_prompt);
-    } else if (req->prompt_case == RECURD__V1__GENERATE_REQUEST__PROMPT_TOKENS) {
+    } else { /* tokens (dmn_validate_generate refused a missing prompt) */
         size_t n = req->tokens->n_ids;
-        if (n == 0) return rcd_fail(RCD_EINVAL, err, errlen, "prompt token list is empty");
-        if (n > (size_t)s->opts->max_prompt)
-            return rcd_fail(RCD_ETOOBIG, err, errlen, "prompt is %zu tokens, over the limit %ld", n,
-                            s->opts->max_prompt);
-        for (size_t i = 0; i < n; i++)
-            if (req->tokens->ids[i] < 0 || req->tokens->ids[i] >= s->vocab)
-                return rcd_fail(RCD_EINVAL, err, errlen, "token id %d at %zu is outside [0, %d)",
-                                req->tokens->ids[i], i, s->vocab);
         if (!(g->prompt = malloc(n * sizeof(int32_t))))
             return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
         memcpy(g->prompt, req->tokens->ids, n * sizeof(int32_t));
         g->n_prompt = (int32_t)n;
-    } else {
-        return rcd_fail(RCD_EINVAL, err, errlen, "prompt missing: set text or tokens");
     }
     if (g->n_prompt == 0) return rcd_fail(RCD_EINVAL, err, errlen, "prompt encodes to no tokens");
     /* session */
     size_t sb = store_state_bytes(s->store);
     if (req->session_id[0]) {
-        if ((rc = store_check_id(req->session_id, err, errlen))) return rc;
         snprintf(g->sid, sizeof(g->sid), "%s", req->session_id);
         store_session_t ss = {0};
         if ((rc = store_get(s->store, g->sid, &ss)))
@@ -657,9 +606,6 @@ static int gen_prepare(dmn_gen_t *g, const Recurd__V1__GenerateRequest *req, cha
                 return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
             g->from_store = true;
         }
-    } else if (req->_expected_version_case ==
-               RECURD__V1__GENERATE_REQUEST___EXPECTED_VERSION_EXPECTED_VERSION) {
-        return rcd_fail(RCD_EINVAL, err, errlen, "expected_version needs a session_id");
     }
     uint64_t used = g->sess_tokens + (uint64_t)g->n_prompt;
     if (used >= (uint64_t)s->opts->max_context)

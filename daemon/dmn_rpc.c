@@ -9,6 +9,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "daemon/dmn_validate.h"
+#include "engine/eng_runner.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "recurd/v1/inference.pb-c.h"
 
@@ -35,14 +37,29 @@ void dmn_random_id(char *buf, size_t len, const char *prefix)
 
 /* ---- models ----------------------------------------------------------------------------- */
 
+void dmn_limits_get(const dmn_server_t *s, dmn_limits_t *out)
+{
+    out->model_id = s->model_id;
+    out->vocab = s->vocab;
+    out->max_context = s->opts->max_context;
+    out->max_prompt = s->opts->max_prompt;
+    out->priorities = ENG_RUNNER_PRIORITIES;
+    out->has_tokenizer = s->tok != NULL;
+}
+
+/* The outcome of a dmn_validate_* check: false once the call was answered with its error. */
+static bool valid(dmn_call_t *c, int rc, const char *err)
+{
+    if (rc) dmn_call_fail(c, rc, "%s", err);
+    return rc == 0;
+}
+
 static bool model_ok(dmn_call_t *c, const char *model)
 {
-    if (model && model[0] && strcmp(model, c->srv->model_id) != 0) {
-        dmn_call_fail(c, RCD_ENOTFOUND, "model '%s' is not loaded (have '%s')", model,
-                      c->srv->model_id);
-        return false;
-    }
-    return true;
+    char err[512];
+    dmn_limits_t lim;
+    dmn_limits_get(c->srv, &lim);
+    return valid(c, dmn_validate_model(model, &lim, err, sizeof(err)), err);
 }
 
 static void list_models(dmn_call_t *c, grpc_byte_buffer *bb)
@@ -96,23 +113,14 @@ static void reply_session(dmn_call_t *c, const store_session_t *ss)
     dmn_call_reply(c, &m.base);
 }
 
-/* The request's metadata entries into out: their count, or RCD_EREPLIED when a bad one was
- * answered with INVALID_ARGUMENT. */
-static int meta_from_req(dmn_call_t *c, Recurd__V1__MetadataEntry **in, size_t n, store_meta_t *out)
+/* The request's metadata entries (checked by dmn_validate_meta) into out: their count. */
+static int meta_from_req(Recurd__V1__MetadataEntry **in, size_t n, store_meta_t *out)
 {
-    if (n > STORE_META_MAX) {
-        dmn_call_fail(c, RCD_EINVAL, "at most %d metadata entries", STORE_META_MAX);
-        return RCD_EREPLIED;
-    }
-    for (size_t i = 0; i < n; i++) {
-        if (!in[i]->key[0]) {
-            dmn_call_fail(c, RCD_EINVAL, "metadata key %zu is empty", i);
-            return RCD_EREPLIED;
-        }
+    for (size_t i = 0; i < n && i < STORE_META_MAX; i++) {
         out[i].key = in[i]->key;
         out[i].value = in[i]->value;
     }
-    return (int)n;
+    return n < STORE_META_MAX ? (int)n : STORE_META_MAX;
 }
 
 static void session_fail(dmn_call_t *c, int rc, const char *id)
@@ -241,18 +249,15 @@ static void create_session(dmn_call_t *c, grpc_byte_buffer *bb)
     if (!req) return;
     store_meta_t md[STORE_META_MAX];
     sess_pending_t *p = NULL;
-    char id[STORE_ID_MAX + 1];
-    int n_meta;
-    if (!model_ok(c, req->model)) goto cleanup;
-    if ((n_meta = meta_from_req(c, req->metadata, req->n_metadata, md)) < 0) goto cleanup;
+    char id[STORE_ID_MAX + 1], err[512];
+    dmn_limits_t lim;
+    dmn_limits_get(c->srv, &lim);
+    if (!valid(c, dmn_validate_create(req, &lim, err, sizeof(err)), err)) goto cleanup;
+    int n_meta = meta_from_req(req->metadata, req->n_metadata, md);
     if (req->session_id[0])
         snprintf(id, sizeof(id), "%.*s", STORE_ID_MAX, req->session_id);
     else
         dmn_random_id(id, sizeof(id), "s-");
-    if (req->session_id[0] && strlen(req->session_id) > STORE_ID_MAX) {
-        dmn_call_fail(c, RCD_EINVAL, "session id longer than %d bytes", STORE_ID_MAX);
-        goto cleanup;
-    }
     if (!(p = calloc(1, sizeof(*p)))) {
         dmn_call_fail(c, RCD_ENOMEM, "out of memory");
         goto cleanup;
@@ -309,16 +314,12 @@ static void fork_session_req(dmn_call_t *c, ProtobufCMessage *m, int fetch_rc, c
     }
     store_meta_t md[STORE_META_MAX];
     sess_pending_t *p = NULL;
-    char id[STORE_ID_MAX + 1];
+    char id[STORE_ID_MAX + 1], err[512];
     int n_meta, rc;
-    if ((n_meta = meta_from_req(c, req->metadata, req->n_metadata, md)) < 0) goto cleanup;
-    if ((rc = store_check_id(req->session_id, NULL, 0)) ||
-        (rc = store_get(c->srv->store, req->session_id, NULL))) {
+    if (!valid(c, dmn_validate_fork(req, err, sizeof(err)), err)) goto cleanup;
+    n_meta = meta_from_req(req->metadata, req->n_metadata, md);
+    if ((rc = store_get(c->srv->store, req->session_id, NULL))) {
         session_fail(c, rc, req->session_id);
-        goto cleanup;
-    }
-    if (strlen(req->new_session_id) > STORE_ID_MAX) {
-        dmn_call_fail(c, RCD_EINVAL, "session id longer than %d bytes", STORE_ID_MAX);
         goto cleanup;
     }
     if (req->new_session_id[0])
@@ -426,6 +427,8 @@ static void tok_done(uv_work_t *w, int status)
     } else {
         Recurd__V1__DetokenizeResponse r = RECURD__V1__DETOKENIZE_RESPONSE__INIT;
         r.text = j->text.p ? j->text.p : "";
+        j->c->reply_text_len = j->text.p ? j->text.n : 0; /* it may hold NUL bytes */
+        j->c->has_reply_text = true;
         dmn_call_reply(j->c, &r.base);
     }
     tok_ids_free(&j->ids);
@@ -475,13 +478,10 @@ static void detokenize(dmn_call_t *c, grpc_byte_buffer *bb)
         c, bb, &recurd__v1__detokenize_request__descriptor);
     if (!req) return;
     tok_job_t *j = NULL;
-    if (!model_ok(c, req->model)) goto fail;
-    for (size_t i = 0; i < req->n_token_ids; i++)
-        if (req->token_ids[i] < 0 || req->token_ids[i] >= c->srv->vocab) {
-            dmn_call_fail(c, RCD_ERANGE, "token id %d at %zu is outside [0, %d)", req->token_ids[i],
-                          i, c->srv->vocab);
-            goto fail;
-        }
+    char err[512];
+    dmn_limits_t lim;
+    dmn_limits_get(c->srv, &lim);
+    if (!valid(c, dmn_validate_detokenize(req, &lim, err, sizeof(err)), err)) goto fail;
     if (!(j = calloc(1, sizeof(*j)))) {
         dmn_call_fail(c, RCD_ENOMEM, "out of memory");
         goto fail;

@@ -2,6 +2,7 @@
  * pairs to the loop through uv_async, armed call requests per method, per-call batches and
  * lifetime, and the drain/shutdown sequence (see shared/design/grpc-core-notes.md). */
 #include "daemon/dmn.h"
+#include "daemon/dmn_meta.h"
 #include "daemon/dmn_wire.h"
 
 #include <grpc/byte_buffer_reader.h>
@@ -192,11 +193,14 @@ static void initial_md(dmn_call_t *c, grpc_op *op)
     op->data.send_initial_metadata.metadata = &c->md_rid;
 }
 
-static grpc_byte_buffer *pack_bb(const ProtobufCMessage *msg)
+/* A reply's text is packed at c->reply_text_len when the handler set it (dmn_wire_pack_text). */
+static grpc_byte_buffer *pack_bb(dmn_call_t *c, const ProtobufCMessage *msg)
 {
-    size_t n = protobuf_c_message_get_packed_size(msg);
+    size_t tl = c->has_reply_text ? c->reply_text_len : 0;
+    c->has_reply_text = false;
+    size_t n = dmn_wire_pack_text(msg, tl, NULL);
     grpc_slice sl = grpc_slice_malloc(n);
-    protobuf_c_message_pack(msg, GRPC_SLICE_START_PTR(sl));
+    dmn_wire_pack_text(msg, tl, GRPC_SLICE_START_PTR(sl));
     grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&sl, 1);
     grpc_slice_unref(sl);
     return bb;
@@ -208,13 +212,16 @@ int dmn_call_send(dmn_call_t *c, const ProtobufCMessage *msg, bool final, int st
     grpc_op ops[4];
     size_t n = 0;
     memset(ops, 0, sizeof(ops));
-    if (c->send_busy || c->status_sent) return RCD_EBUSY;
+    if (c->send_busy || c->status_sent) {
+        c->has_reply_text = false;
+        return RCD_EBUSY;
+    }
     if (!c->md_sent) {
         initial_md(c, &ops[n++]);
         c->md_sent = true;
     }
     if (msg) {
-        c->send_bb = pack_bb(msg);
+        c->send_bb = pack_bb(c, msg);
         ops[n].op = GRPC_OP_SEND_MESSAGE;
         ops[n].data.send_message.send_message = c->send_bb;
         n++;
@@ -263,7 +270,7 @@ static void unary_finish(dmn_call_t *c, const ProtobufCMessage *msg, int rc, con
     memset(ops, 0, sizeof(ops));
     initial_md(c, &ops[n++]);
     if (msg) {
-        c->send_bb = pack_bb(msg);
+        c->send_bb = pack_bb(c, msg);
         ops[n].op = GRPC_OP_SEND_MESSAGE;
         ops[n].data.send_message.send_message = c->send_bb;
         n++;
@@ -405,18 +412,15 @@ static void on_new_call(dmn_op_t *op, bool ok)
     dl = gpr_convert_clock_type(dl, GPR_CLOCK_MONOTONIC);
     if (gpr_time_cmp(dl, gpr_inf_future(GPR_CLOCK_MONOTONIC)) != 0 && dl.tv_sec < INT64_MAX / 2)
         c->deadline_ns = (uint64_t)dl.tv_sec * 1000000000ull + (uint64_t)dl.tv_nsec;
+    dmn_meta_t md;
+    dmn_meta_init(&md);
     for (size_t i = 0; i < p->md.count; i++) {
         grpc_slice k = p->md.metadata[i].key, v = p->md.metadata[i].value;
-        if (GRPC_SLICE_LENGTH(k) == 12 && !memcmp(GRPC_SLICE_START_PTR(k), "x-request-id", 12)) {
-            size_t n = GRPC_SLICE_LENGTH(v);
-            if (n >= sizeof(c->rid)) n = sizeof(c->rid) - 1;
-            memcpy(c->rid, GRPC_SLICE_START_PTR(v), n);
-            c->rid[n] = 0;
-            for (size_t j = 0; j < n; j++) /* keep logs and ids printable */
-                if ((unsigned char)c->rid[j] < 0x20 || (unsigned char)c->rid[j] > 0x7e)
-                    c->rid[j] = '?';
-        }
+        dmn_meta_add(&md, (const char *)GRPC_SLICE_START_PTR(k), GRPC_SLICE_LENGTH(k),
+                     (const char *)GRPC_SLICE_START_PTR(v), GRPC_SLICE_LENGTH(v));
     }
+    _Static_assert(sizeof(c->rid) == sizeof(md.rid), "a request id fits dmn_call_t.rid");
+    memcpy(c->rid, md.rid, sizeof(c->rid));
     if (!c->rid[0]) snprintf(c->rid, sizeof(c->rid), "r%llu", (unsigned long long)++s->next_rid);
     grpc_byte_buffer *payload = p->payload;
     p->payload = NULL;

@@ -2,6 +2,7 @@
  * accepted the same bytes, yet checks every bound itself: no request byte reaches an assert. */
 #include "daemon/dmn_wire.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -75,4 +76,38 @@ int dmn_wire_scan(const ProtobufCMessageDescriptor *d, const uint8_t *buf, size_
     if (!len) return 0;
     if (!buf) return RCD_EINVAL;
     return walk(d, buf, buf + len, "", 0, out);
+}
+
+static size_t put_varint(uint64_t v, uint8_t *out)
+{
+    size_t n = 0;
+    do {
+        uint8_t b = (uint8_t)(v & 0x7f);
+        v >>= 7;
+        if (out) out[n] = (uint8_t)(b | (v ? 0x80 : 0));
+        n++;
+    } while (v);
+    return n;
+}
+
+size_t dmn_wire_pack_text(const ProtobufCMessage *msg, size_t text_len, uint8_t *out)
+{
+    const ProtobufCMessageDescriptor *d = msg->descriptor;
+    const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field_by_name(d, "text");
+    /* a shallow copy with `text` emptied; the replies are a few hundred bytes */
+    _Alignas(max_align_t) unsigned char copy[1024];
+    if (!text_len || !f || f->type != PROTOBUF_C_TYPE_STRING ||
+        f->label == PROTOBUF_C_LABEL_REPEATED || (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) ||
+        d->sizeof_message > sizeof(copy))
+        return out ? protobuf_c_message_pack(msg, out) : protobuf_c_message_get_packed_size(msg);
+    memcpy(copy, msg, d->sizeof_message);
+    const char *text = *(char *const *)(copy + f->offset);
+    *(const char **)(copy + f->offset) = "";
+    const ProtobufCMessage *rest = (const ProtobufCMessage *)(const void *)copy;
+    size_t n = put_varint((uint64_t)f->id << 3 | 2, out);
+    n += put_varint(text_len, out ? out + n : NULL);
+    if (out) memcpy(out + n, text, text_len);
+    n += text_len;
+    return n + (out ? protobuf_c_message_pack(rest, out + n)
+                    : protobuf_c_message_get_packed_size(rest));
 }

@@ -21,4 +21,13 @@ typedef struct dmn_wire {
 int dmn_wire_scan(const ProtobufCMessageDescriptor *d, const uint8_t *buf, size_t len,
                   dmn_wire_t *out);
 
+/* Packs a reply like protobuf_c_message_pack, except that its string field named `text`
+ * (DetokenizeResponse, GenerateResponse) is written as text_len bytes, NUL bytes included:
+ * protobuf-c packs strings by strlen and would cut the text at its first NUL. The field is
+ * written by hand, then the rest of the message by protobuf-c with that field empty; `text`
+ * is field 1 of both replies, so the bytes stay in field order. Messages without such a field
+ * (or text_len 0) are packed as protobuf-c packs them. out NULL: returns the size only; else
+ * writes that many bytes to out. */
+size_t dmn_wire_pack_text(const ProtobufCMessage *msg, size_t text_len, uint8_t *out);
+
 #endif

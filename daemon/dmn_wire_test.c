@@ -116,6 +116,41 @@ static void test_malformed(void)
     CHECK(SCAN(*d, "\x31\x01\x02", &w) == RCD_EINVAL); /* short fixed64 */
 }
 
+/* Reply text is packed at its real length: a NUL byte (a byte-fallback token for 0x00) stays. */
+static void test_pack_text(void)
+{
+    uint8_t buf[256];
+    dmn_wire_t w;
+    Recurd__V1__DetokenizeResponse d = RECURD__V1__DETOKENIZE_RESPONSE__INIT;
+    d.text = "a\0b";
+    size_t n = dmn_wire_pack_text(&d.base, 3, NULL);
+    CHECK(n == 5 && dmn_wire_pack_text(&d.base, 3, buf) == 5);
+    CHECK(memcmp(buf, "\x0a\x03" "a\0b", 5) == 0);
+    /* GenerateResponse: text first, then the other fields as protobuf-c packs them */
+    Recurd__V1__GenerateResponse g = RECURD__V1__GENERATE_RESPONSE__INIT;
+    int32_t ids[2] = {189, 7};
+    static const char nul[] = "\0";
+    g.text = (char *)nul;
+    g.n_token_ids = 2;
+    g.token_ids = ids;
+    g.request_id = "r1";
+    n = dmn_wire_pack_text(&g.base, 1, buf);
+    CHECK(n == dmn_wire_pack_text(&g.base, 1, NULL));
+    CHECK(dmn_wire_scan(&recurd__v1__generate_response__descriptor, buf, n, &w) == 0);
+    CHECK(w.text_len == 1 && buf[0] == 0x0a && buf[1] == 1 && buf[2] == 0);
+    Recurd__V1__GenerateResponse *u = recurd__v1__generate_response__unpack(NULL, n, buf);
+    CHECK(u && u->n_token_ids == 2 && u->token_ids[0] == 189 && strcmp(u->request_id, "r1") == 0);
+    recurd__v1__generate_response__free_unpacked(u, NULL);
+    CHECK(g.text == nul); /* the message itself is untouched */
+    /* text_len 0, or no text field: protobuf-c's own packing */
+    g.text = "";
+    CHECK(dmn_wire_pack_text(&g.base, 0, buf) == recurd__v1__generate_response__pack(&g, buf + 128));
+    CHECK(memcmp(buf, buf + 128, recurd__v1__generate_response__get_packed_size(&g)) == 0);
+    Recurd__V1__Session s = RECURD__V1__SESSION__INIT;
+    s.session_id = "s1";
+    CHECK(dmn_wire_pack_text(&s.base, 7, NULL) == recurd__v1__session__get_packed_size(&s));
+}
+
 int main(int argc, char **argv)
 {
     rcd_test_init(argc, argv);
@@ -123,5 +158,6 @@ int main(int argc, char **argv)
     RUN(test_nested);
     RUN(test_text);
     RUN(test_malformed);
+    RUN(test_pack_text);
     return rcd_test_summary();
 }
