@@ -67,6 +67,10 @@ struct dmn_call {
     grpc_metadata md_rid; /* x-request-id echoed in the initial metadata */
     bool has_details;     /* status_details holds a slice reference */
     bool has_md_rid;      /* md_rid.value holds a slice reference */
+    int64_t retry_after_ms; /* > 0: an error status carries retry-after-ms and
+                             * grpc-retry-pushback-ms trailing metadata (a quota's hint) */
+    grpc_metadata md_trail[2];
+    bool has_md_trail;                            /* md_trail's values hold slice references */
     void (*on_send_done)(dmn_call_t *c, bool ok); /* streaming: next message */
     void (*on_close)(dmn_call_t *c);              /* streaming: client went away */
     void *ext;                                    /* handler state */
@@ -81,6 +85,7 @@ struct dmn_server {
     tok_t *tok;
     store_t *store;
     struct store_prefix *prefix; /* prompt-prefix snapshots; NULL: disabled */
+    struct dmn_quota *quota;     /* per-tenant quotas (dmn_quota.h); NULL: none */
     eng_runner_t *runner;
     int kv_blocks, kv_block_tokens; /* the KV pool the engine sized for the backend (0: none) */
     char model_id[128];
@@ -124,6 +129,9 @@ grpc_call_error dmn_call_batch(dmn_call_t *c, const grpc_op *ops, size_t n, dmn_
 void dmn_call_reply(dmn_call_t *c, const ProtobufCMessage *msg);
 void dmn_call_fail(dmn_call_t *c, int rc, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* The next error status of c (dmn_call_fail, or a stream's final dmn_call_send) carries
+ * `retry-after-ms: ms` and `grpc-retry-pushback-ms: ms` trailing metadata. */
+void dmn_call_retry_after(dmn_call_t *c, int64_t ms);
 /* Streaming: starts RECV_CLOSE (calls c->on_close when the client goes away). */
 void dmn_call_watch_close(dmn_call_t *c);
 /* Streaming: sends one message (with the status when final != 0); c->send_busy until done.
@@ -158,6 +166,15 @@ void dmn_expiry_close(dmn_server_t *s); /* closes it (with the server's other ha
 void dmn_expiry_hint(dmn_server_t *s, int64_t expires_ms);
 
 /* ---- dmn_generate.c -------------------------------------------------------------------- */
+/* The tenant a call acts for, the one seam quotas and fair scheduling key on: `requested`
+ * (GenerateRequest.tenant) if set, else `owner` (the session's, may be NULL), else "" (the
+ * anonymous tenant). Session quotas pass NULL and the session's owner. */
+const char *dmn_tenant_of(const dmn_call_t *c, const char *requested, const char *owner);
+/* A quota refusal: sets c's retry-after hint, logs it, writes the message into err and
+ * returns RCD_ETOOBIG (RESOURCE_EXHAUSTED). */
+struct dmn_quota_refusal;
+int dmn_quota_refuse(dmn_call_t *c, const char *tenant, const struct dmn_quota_refusal *why,
+                     char *err, size_t errlen);
 void dmn_generate_start(dmn_call_t *c, grpc_byte_buffer *payload);
 bool dmn_session_busy(dmn_server_t *s, const char *sid); /* a turn runs on it */
 void dmn_generate_cancel_all(dmn_server_t *s, int rc);

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "daemon/dmn_quota.h"
 #include "daemon/dmn_sample.h"
 #include "engine/eng_runner.h"
 #include "recurd/v1/inference.pb-c.h"
@@ -54,9 +55,39 @@ typedef struct dmn_gen {
     int finish_reason, final_rc;
     char final_msg[256];
     uint64_t t_submit, t_start, t_first, t_end;
+    dmn_quota_hold_t quota; /* the turn's hold on its tenant's quotas, until it ends */
 } dmn_gen_t;
 
 static void gen_pump(dmn_gen_t *g);
+
+/* The quotas' clock: monotonic milliseconds. */
+static int64_t mono_ms(void)
+{
+    return (int64_t)(uv_hrtime() / 1000000);
+}
+
+const char *dmn_tenant_of(const dmn_call_t *c, const char *requested, const char *owner)
+{
+    (void)c; /* authentication will take the call's tenant from here */
+    if (requested && requested[0]) return requested;
+    return owner ? owner : "";
+}
+
+int dmn_quota_refuse(dmn_call_t *c, const char *tenant, const dmn_quota_refusal_t *why, char *err,
+                     size_t errlen)
+{
+    dmn_call_retry_after(c, why->retry_after_ms);
+    char who[96];
+    if (tenant[0])
+        snprintf(who, sizeof(who), "tenant '%.64s%s'", tenant, strlen(tenant) > 64 ? "..." : "");
+    else
+        snprintf(who, sizeof(who), "the anonymous tenant");
+    dmn_log(DMN_INFO, "quota_refused", c->rid, NULL, "%s: %s %ld, retry after %lld ms", who,
+            why->quota, why->limit, (long long)why->retry_after_ms);
+    return rcd_fail(RCD_ETOOBIG, err, errlen,
+                    "quota exceeded: %s is at its limit %s %ld; retry after %lld ms", who,
+                    why->quota, why->limit, (long long)why->retry_after_ms);
+}
 
 bool dmn_session_busy(dmn_server_t *s, const char *sid)
 {
@@ -86,6 +117,7 @@ static void gen_free(dmn_gen_t *g)
     dmn_call_t *c = g->call;
     dmn_server_t *s = c->srv;
     g->freed = true;
+    dmn_quota_turn_end(s->quota, &g->quota, mono_ms());
     dmn_sampler_free(&g->smp);
     tok_stream_free(g->ts);
     free(g->prompt);
@@ -125,6 +157,9 @@ static void gen_complete(dmn_gen_t *g, int rc, const char *msg)
     if (g->finished) return;
     g->finished = true;
     g->final_rc = rc;
+    /* The turn no longer counts once its outcome is known: the client may send the next one
+     * as soon as it reads the final message. */
+    dmn_quota_turn_end(g->call->srv->quota, &g->quota, mono_ms());
     snprintf(g->final_msg, sizeof(g->final_msg), "%s", msg ? msg : "");
     g->t_end = uv_hrtime();
     const char *fr[] = {"unspecified", "length", "stop", "eos", "context"};
@@ -332,6 +367,7 @@ static void on_logits(dmn_gen_t *g)
     }
     int32_t t = dmn_sample(&g->smp, g->logits);
     dmn_sampler_accept(&g->smp, t);
+    dmn_quota_turn_tokens(s->quota, &g->quota, mono_ms(), 1);
     uint32_t k = g->n_gen++;
     g->gen[k] = t;
     if (g->n_lp >= 0)
@@ -386,6 +422,7 @@ static void on_seq(eng_seq_t *seq, eng_seq_ev_t ev)
     switch (ev) {
     case ENG_SEQ_STARTED:
         g->t_start = uv_hrtime();
+        dmn_quota_turn_started(s->quota, &g->quota);
         break;
     case ENG_SEQ_LOGITS:
         on_logits(g);
@@ -421,6 +458,7 @@ static void on_close(dmn_call_t *c)
     dmn_gen_t *g = c->ext;
     if (c->cancelled && g->in_runner && eng_runner_cancel(c->srv->runner, &g->seq) == 0)
         g->in_runner = false;
+    if (c->cancelled) dmn_quota_turn_end(c->srv->quota, &g->quota, mono_ms());
     if (c->cancelled && !g->finished)
         dmn_log(DMN_INFO, "turn_cancelled", c->rid, g->sid,
                 "client cancelled or deadline passed "
@@ -543,18 +581,41 @@ static int gen_prefix_plan(dmn_gen_t *g)
     return 0;
 }
 
+/* The turn's quotas (dmn_quota.h): counted from here until it ends. A session turn may grow
+ * its owner's stored state from cur_len to the state after the turn (state_cap: its bound
+ * for a KV model, else state_bytes). */
+static int gen_quota_admit(dmn_gen_t *g, const char *tenant, const char *owner, uint64_t cur_len,
+                           char *err, size_t errlen)
+{
+    dmn_server_t *s = g->call->srv;
+    if (!dmn_quota_enabled(s->quota)) return 0;
+    uint64_t n_sess = 0, stored = 0, grow = 0;
+    if (g->has_session && dmn_quota_limits(s->quota)->max_state_bytes) {
+        uint64_t next = g->state_cap ? g->state_cap : store_state_bytes(s->store);
+        grow = next > cur_len ? next - cur_len : 0;
+        store_owner_usage(s->store, owner, &n_sess, &stored);
+    }
+    dmn_quota_refusal_t why;
+    int rc = dmn_quota_turn_admit(s->quota, tenant, mono_ms(), g->n_prompt, stored, grow, &g->quota,
+                                  &why);
+    if (rc == RCD_ETOOBIG) return dmn_quota_refuse(g->call, tenant, &why, err, errlen);
+    if (rc) return rcd_fail(rc, err, errlen, "out of memory");
+    return 0;
+}
+
 static int gen_prepare(dmn_gen_t *g, const Recurd__V1__GenerateRequest *req, char *err,
                        size_t errlen)
 {
     dmn_server_t *s = g->call->srv;
     int rc;
     dmn_sampling_t sp;
+    char owner[STORE_OWNER_MAX + 1] = "";
+    uint64_t cur_len = 0; /* the session's committed state bytes */
     dmn_limits_t lim;
     dmn_limits_get(s, &lim);
     if ((rc = dmn_validate_generate(req, g->call->text_len, &lim, err, errlen))) return rc;
     if ((rc = check_sampling(s, req->sampling, g, &sp, err, errlen))) return rc;
     g->seq.priority = (int32_t)req->priority;
-    g->seq.tenant = tenant_hash(req->tenant);
     /* prompt */
     if (req->prompt_case == RECURD__V1__GENERATE_REQUEST__PROMPT_TEXT) {
         size_t tlen = g->call->text_len; /* not strlen: the text may hold NUL bytes */
@@ -586,8 +647,8 @@ static int gen_prepare(dmn_gen_t *g, const Recurd__V1__GenerateRequest *req, cha
         if ((rc = store_get(s->store, g->sid, &ss)))
             return rcd_fail(rc, err, errlen, "session '%s' not found", g->sid);
         store_session_clear(&ss);
-        /* the session's owner is its turns' tenant unless the request names one */
-        if (!req->tenant[0] && ss.owner[0]) g->seq.tenant = tenant_hash(ss.owner);
+        snprintf(owner, sizeof(owner), "%s", ss.owner);
+        cur_len = ss.has_state ? (ss.state_len ? ss.state_len : sb) : 0;
         if (req->_expected_version_case ==
                 RECURD__V1__GENERATE_REQUEST___EXPECTED_VERSION_EXPECTED_VERSION &&
             req->expected_version != ss.version)
@@ -613,6 +674,9 @@ static int gen_prepare(dmn_gen_t *g, const Recurd__V1__GenerateRequest *req, cha
                         "session (%llu tokens) plus prompt (%d) reach the context limit %ld",
                         (unsigned long long)g->sess_tokens, g->n_prompt, s->opts->max_context);
     g->ctx_left = (uint32_t)((uint64_t)s->opts->max_context - used);
+    /* the session's owner is its turns' tenant unless the request names one */
+    const char *tenant = dmn_tenant_of(g->call, req->tenant, owner);
+    g->seq.tenant = tenant_hash(tenant);
     /* A turn from the zero state (stateless, or a session's first) may start from a cached
      * prefix and captures the prefixes not cached yet. */
     if (s->prefix && !g->from_store && g->sess_tokens == 0 && (rc = gen_prefix_plan(g)))
@@ -630,6 +694,7 @@ static int gen_prepare(dmn_gen_t *g, const Recurd__V1__GenerateRequest *req, cha
         uint64_t mn = g->max_tokens < g->ctx_left ? g->max_tokens : g->ctx_left;
         if ((rc = eng_runner_check_positions(s->runner, used + mn, err, errlen))) return rc;
     }
+    if ((rc = gen_quota_admit(g, tenant, owner, cur_len, err, errlen))) return rc;
     /* buffers */
     size_t mt = g->max_tokens, nl = g->n_lp > 0 ? (size_t)g->n_lp : 0;
     g->gen = malloc(mt * sizeof(int32_t));

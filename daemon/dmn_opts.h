@@ -91,6 +91,25 @@
       "host:port of a Redis shared tier (write-through, lookup on a miss)")                        \
     X(drain_grace_ms, INT, "10000", "RECURD_DRAIN_GRACE_MS", DMN_RANGE(0, DMN_LONG_MAX),           \
       "on SIGTERM/SIGINT, how long in-flight turns may finish")                                    \
+    X(tenant_max_turns, INT, "0", "RECURD_TENANT_MAX_TURNS", DMN_RANGE(0, DMN_INT_MAX),            \
+      "turns one tenant may have in progress (queued or running, until they end); 0: unlimited")   \
+    X(tenant_max_queued, INT, "0", "RECURD_TENANT_MAX_QUEUED", DMN_RANGE(0, DMN_INT_MAX),          \
+      "turns of one tenant waiting for their first slot; 0: unlimited")                            \
+    X(tenant_tokens_per_minute, INT, "0", "RECURD_TENANT_TOKENS_PER_MINUTE",                       \
+      DMN_RANGE(0, 1000000000),                                                                    \
+      "token bucket per tenant, prompt tokens at admission and generated tokens as sampled; "      \
+      "refills N per minute, holds N; 0: unlimited")                                               \
+    X(tenant_max_sessions, INT, "0", "RECURD_TENANT_MAX_SESSIONS", DMN_RANGE(0, DMN_LONG_MAX),     \
+      "sessions one owner (tenant) may hold; 0: unlimited")                                        \
+    X(tenant_max_state_bytes, INT, "0", "RECURD_TENANT_MAX_STATE_BYTES",                           \
+      DMN_RANGE(0, DMN_LONG_MAX),                                                                  \
+      "committed state bytes of one owner's sessions (newest version each); 0: unlimited")         \
+    X(tenant_fair, BOOL, "true", "RECURD_TENANT_FAIR", DMN_ANY,                                    \
+      "among equal priorities the tenant holding the fewest slots goes first "                     \
+      "(--no-tenant-fair: first come, first served)")                                              \
+    X(max_tenant_slots, INT, "0", "RECURD_MAX_TENANT_SLOTS", DMN_RANGE(0, DMN_INT_MAX),            \
+      "slots one tenant may hold while another tenant's turn waits (above --slots: --slots); "     \
+      "0: no cap")                                                                                 \
     X(log_level, STR, "info", "RECURD_LOG_LEVEL", DMN_ONE_OF("debug|info|warn|error"),             \
       "least severe log line written")                                                             \
     X(progress, BOOL, "true", "RECURD_PROGRESS", DMN_ANY, "show load progress on a terminal")

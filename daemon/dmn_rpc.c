@@ -1,6 +1,7 @@
 /* daemon: the unary methods (models, sessions, tokenizer) and grpc.health.v1.Health. Every
  * handler runs on the loop thread and answers through dmn_call_reply / dmn_call_fail. */
 #include "daemon/dmn.h"
+#include "daemon/dmn_quota.h"
 
 #include <fcntl.h>
 #include <stdio.h>
@@ -242,6 +243,26 @@ bool dmn_session_fetch(dmn_call_t *c, const char *id, ProtobufCMessage *req, dmn
     return true;
 }
 
+/* Per-tenant quotas of a new session of `owner` holding add_bytes of state: false (the call
+ * answered RESOURCE_EXHAUSTED with a retry hint) when the owner is at --tenant-max-sessions or
+ * would pass --tenant-max-state-bytes. */
+static bool session_quota_ok(dmn_call_t *c, const char *owner, uint64_t add_bytes)
+{
+    dmn_server_t *s = c->srv;
+    if (!s->quota) return true;
+    const dmn_quota_limits_t *l = dmn_quota_limits(s->quota);
+    if (!l->max_sessions && !l->max_state_bytes) return true;
+    const char *tenant = dmn_tenant_of(c, NULL, owner);
+    uint64_t n = 0, bytes = 0;
+    store_owner_usage(s->store, owner ? owner : "", &n, &bytes);
+    dmn_quota_refusal_t why;
+    if (!dmn_quota_session_check(s->quota, tenant, n, bytes, add_bytes, &why)) return true;
+    char err[300];
+    dmn_quota_refuse(c, tenant, &why, err, sizeof(err));
+    dmn_call_fail(c, RCD_ETOOBIG, "%s", err);
+    return false;
+}
+
 static void create_session(dmn_call_t *c, grpc_byte_buffer *bb)
 {
     Recurd__V1__CreateSessionRequest *req = (Recurd__V1__CreateSessionRequest *)dmn_call_unpack(
@@ -263,6 +284,7 @@ static void create_session(dmn_call_t *c, grpc_byte_buffer *bb)
         goto cleanup;
     }
     p->c = c;
+    if (!session_quota_ok(c, req->owner, 0)) goto cleanup;
     store_attrs_t attrs = {req->owner, req->ttl_seconds};
     int rc = store_create(c->srv->store, id, md, n_meta, &attrs, dmn_now_ms(), &p->ss,
                           session_durable, p);
@@ -316,9 +338,10 @@ static void fork_session_req(dmn_call_t *c, ProtobufCMessage *m, int fetch_rc, c
     sess_pending_t *p = NULL;
     char id[STORE_ID_MAX + 1], err[512];
     int n_meta, rc;
+    store_session_t src = {0};
     if (!valid(c, dmn_validate_fork(req, err, sizeof(err)), err)) goto cleanup;
     n_meta = meta_from_req(req->metadata, req->n_metadata, md);
-    if ((rc = store_get(c->srv->store, req->session_id, NULL))) {
+    if ((rc = store_get(c->srv->store, req->session_id, &src))) {
         session_fail(c, rc, req->session_id);
         goto cleanup;
     }
@@ -331,6 +354,10 @@ static void fork_session_req(dmn_call_t *c, ProtobufCMessage *m, int fetch_rc, c
         goto cleanup;
     }
     p->c = c;
+    /* the fork belongs to its own owner, else the source's, and starts with the source's state */
+    if (!session_quota_ok(c, req->owner[0] ? req->owner : src.owner,
+                          src.has_state ? src.state_len : 0))
+        goto cleanup;
     snprintf(p->src, sizeof(p->src), "%s", req->session_id);
     store_attrs_t attrs = {req->owner, req->ttl_seconds};
     rc = store_fork(c->srv->store, req->session_id, id, md, n_meta, &attrs, dmn_now_ms(), &p->ss,
@@ -345,6 +372,7 @@ static void fork_session_req(dmn_call_t *c, ProtobufCMessage *m, int fetch_rc, c
     dmn_expiry_hint(c->srv, p->ss.expires_ms);
     p = NULL; /* session_durable replies */
 cleanup:
+    store_session_clear(&src);
     free(p);
     protobuf_c_message_free_unpacked(&req->base, NULL);
 }

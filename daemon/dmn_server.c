@@ -128,6 +128,9 @@ static void call_free_if_done(dmn_call_t *c)
     if (c->send_bb) grpc_byte_buffer_destroy(c->send_bb);
     if (c->has_details) grpc_slice_unref(c->status_details);
     if (c->has_md_rid) grpc_slice_unref(c->md_rid.value);
+    if (c->has_md_trail)
+        for (int i = 0; i < 2; i++)
+            grpc_slice_unref(c->md_trail[i].value);
     grpc_call_unref(c->call);
     free(c);
     maybe_exit(s);
@@ -206,6 +209,30 @@ static grpc_byte_buffer *pack_bb(dmn_call_t *c, const ProtobufCMessage *msg)
     return bb;
 }
 
+void dmn_call_retry_after(dmn_call_t *c, int64_t ms)
+{
+    c->retry_after_ms = ms;
+}
+
+/* An error status with a retry hint carries it as trailing metadata: retry-after-ms for
+ * clients, grpc-retry-pushback-ms for gRPC's own retry policy. The slices live until the call
+ * is freed (call_free_if_done). */
+static void trailing_md(dmn_call_t *c, int rc, grpc_op *op)
+{
+    if (!rc || c->retry_after_ms <= 0) return;
+    if (!c->has_md_trail) {
+        char v[24];
+        snprintf(v, sizeof(v), "%lld", (long long)c->retry_after_ms);
+        c->md_trail[0].key = grpc_slice_from_static_string("retry-after-ms");
+        c->md_trail[0].value = grpc_slice_from_copied_string(v);
+        c->md_trail[1].key = grpc_slice_from_static_string("grpc-retry-pushback-ms");
+        c->md_trail[1].value = grpc_slice_from_copied_string(v);
+        c->has_md_trail = true;
+    }
+    op->data.send_status_from_server.trailing_metadata_count = 2;
+    op->data.send_status_from_server.trailing_metadata = c->md_trail;
+}
+
 int dmn_call_send(dmn_call_t *c, const ProtobufCMessage *msg, bool final, int status_rc,
                   const char *details)
 {
@@ -236,6 +263,7 @@ int dmn_call_send(dmn_call_t *c, const ProtobufCMessage *msg, bool final, int st
         ops[n].data.send_status_from_server.status =
             (grpc_status_code)(status_rc ? rcd_grpc_status(status_rc) : 0);
         ops[n].data.send_status_from_server.status_details = &c->status_details;
+        trailing_md(c, status_rc, &ops[n]);
         n++;
         c->status_sent = true;
     }
@@ -281,6 +309,7 @@ static void unary_finish(dmn_call_t *c, const ProtobufCMessage *msg, int rc, con
     ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
     ops[n].data.send_status_from_server.status = (grpc_status_code)(rc ? rcd_grpc_status(rc) : 0);
     ops[n].data.send_status_from_server.status_details = &c->status_details;
+    trailing_md(c, rc, &ops[n]);
     n++;
     ops[n].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
     ops[n].data.recv_close_on_server.cancelled = &c->cancelled;

@@ -3,6 +3,7 @@
  * drain); then an orderly teardown (exit 0). Each phase logs its own failure. */
 #include "common/rcd_path.h"
 #include "daemon/dmn.h"
+#include "daemon/dmn_quota.h"
 #include "engine/eng_runner.h"
 #include "statestore/prefix.h"
 
@@ -236,6 +237,8 @@ static int serve(dmn_server_t *srv, bool *grpc_up)
     rc_cfg.max_prompt = (int)o->max_prompt;
     rc_cfg.aging_ms = o->aging_ms;
     rc_cfg.max_inflight = (int)o->pipeline;
+    rc_cfg.tenant_fair = o->tenant_fair;
+    rc_cfg.max_tenant_slots = (int)o->max_tenant_slots;
     rc_cfg.kv_blocks = srv->kv_blocks; /* the pool eng_backend_opts_fill gave the backend */
     rc_cfg.kv_block_tokens = srv->kv_block_tokens;
     rc_cfg.log = engine_log;
@@ -244,6 +247,21 @@ static int serve(dmn_server_t *srv, bool *grpc_up)
         dmn_log(DMN_ERROR, "runner", NULL, NULL, "%s", err);
         return rc;
     }
+    dmn_quota_limits_t ql = {.max_turns = o->tenant_max_turns,
+                             .max_queued = o->tenant_max_queued,
+                             .tokens_per_minute = o->tenant_tokens_per_minute,
+                             .max_sessions = o->tenant_max_sessions,
+                             .max_state_bytes = o->tenant_max_state_bytes};
+    if ((rc = dmn_quota_create(&ql, 0, &srv->quota))) {
+        dmn_log(DMN_ERROR, "quota", NULL, NULL, "out of memory");
+        return rc;
+    }
+    if (dmn_quota_enabled(srv->quota))
+        dmn_log(DMN_INFO, "quota", NULL, NULL,
+                "per tenant (0: unlimited): %ld turns, %ld queued, %ld tokens per minute, %ld "
+                "sessions, %ld state bytes",
+                ql.max_turns, ql.max_queued, ql.tokens_per_minute, ql.max_sessions,
+                ql.max_state_bytes);
     grpc_init();
     *grpc_up = true;
     if ((rc = dmn_server_start(srv, err, sizeof(err)))) {
@@ -298,6 +316,8 @@ static void close_store(dmn_server_t *srv)
 /* Undoes load and what serve left (the server's event buffers). */
 static void unload(dmn_server_t *srv)
 {
+    dmn_quota_destroy(srv->quota);
+    srv->quota = NULL;
     tok_free(srv->tok);
     wrk_backend_destroy(srv->backend);
     wrk_model_free(srv->model);

@@ -214,6 +214,7 @@ int eng_runner_create_cfg(uv_loop_t *loop, wrk_backend_t *be, const eng_runner_c
     sc.min_run_steps = cfg->min_run_steps;
     sc.max_inflight = cfg->max_inflight;
     sc.tenant_fair = cfg->tenant_fair;
+    sc.max_tenant_slots = cfg->max_tenant_slots < sc.n_slots ? cfg->max_tenant_slots : sc.n_slots;
     sc.max_prompt_tokens = cfg->max_prompt > 0 ? cfg->max_prompt : 0;
     if (cfg->prefill_chunk == 0)
         sc.no_chunking = true;

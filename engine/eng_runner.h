@@ -86,6 +86,8 @@ typedef struct eng_runner_config {
     int min_run_steps;  /* steps a sequence runs before it may be preempted */
     int max_inflight;   /* 2: plan step N+1 while step N runs; 1: lockstep */
     bool tenant_fair;   /* equal priorities: the tenant holding fewer slots first */
+    int max_tenant_slots; /* slots one tenant may hold while another's turn waits (0: no cap;
+                           * above the backend's slots: its slots) */
     int stats_every_ms; /* scheduler metrics logged at debug this often (0: never) */
     int prefill_chunk;  /* prefill tokens one sequence gets per step before the others get
                          * theirs (leftover budget is shared afterwards); -1: half the step

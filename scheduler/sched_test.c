@@ -628,6 +628,80 @@ static void test_tenant_share(void)
     sched_destroy(s);
 }
 
+/* The fairness guarantee (README, "Tenants"): tenant A floods 50 turns, then tenant B sends 2.
+ * With tenant_fair, B takes the next free slots ahead of A's 46 queued turns, so B waits at
+ * most as long as A's running turns have left (bounded by one turn's length), both tenants
+ * share the slots while B has work, no slot idles, and every turn completes. Without it
+ * (first come, first served) B waits for A's whole backlog: the contrast shows the test can
+ * fail. With max_tenant_slots = 2 the same holds. */
+static void test_tenant_flood(void)
+{
+    for (int mode = 0; mode < 3; mode++) {
+        sched_config_t c;
+        sched_config_default(&c);
+        c.n_slots = 4;
+        c.n_host_slots = 0;
+        c.aging_us = 0;
+        c.max_inflight = 1;
+        c.max_queue = 64;
+        c.tenant_fair = mode != 0;
+        c.max_tenant_slots = mode == 2 ? 2 : 0;
+        sched_t *s = mk(&c);
+        sched_event_t ev[50];
+        for (int i = 0; i < 50; i++)
+            ev[i] = ev_arrive((uint64_t)i + 1, 0, 0xA, 4, 8);
+        const sched_plan_t *p = step(s, 0, ev, 50);
+        int b_admit[2] = {-1, -1}, b_done[2] = {-1, -1}, a_done = 0, shared_steps = 0;
+        int64_t now = 0;
+        for (int k = 1; k < 2000 && (a_done < 50 || b_done[0] < 0 || b_done[1] < 0); k++) {
+            sched_event_t e[3];
+            int n = 0;
+            if (p->step) e[n++] = ev_done(p->step, 0, NULL, 0);
+            if (k == 3) { /* A holds every slot, 46 of its turns wait */
+                CHECK(p->n_entries == 4);
+                e[n++] = ev_arrive(1001, 0, 0xB, 4, 8);
+                e[n++] = ev_arrive(1002, 0, 0xB, 4, 8);
+            }
+            now += 1000;
+            p = step(s, now, e, n);
+            for (int i = 0; i < p->n_finished; i++) {
+                const sched_finish_t *f = &p->finished[i];
+                CHECK_MSG(f->status == 0, "mode %d: request %llu ended %d", mode,
+                          (unsigned long long)f->id, f->status);
+                if (f->id > 1000)
+                    b_done[f->id - 1001] = k;
+                else
+                    a_done++;
+            }
+            for (int i = 0; i < p->n_moves; i++)
+                if (p->moves[i].id > 1000 && b_admit[p->moves[i].id - 1001] < 0)
+                    b_admit[p->moves[i].id - 1001] = k;
+            int nb = 0;
+            for (int i = 0; i < p->n_entries; i++)
+                nb += p->entries[i].id > 1000;
+            if (nb == 2) {
+                shared_steps++;
+                CHECK_MSG(p->n_entries == 4, "mode %d: %d slots busy while A waits", mode,
+                          p->n_entries);
+            }
+        }
+        CHECK_MSG(a_done == 50 && b_done[0] > 0 && b_done[1] > 0, "mode %d: A %d, B %d %d", mode,
+                  a_done, b_done[0], b_done[1]);
+        /* a turn lasts 1 prefill + 8 decode steps (+1 to report): B waits at most that long */
+        int bound = 3 + 10;
+        for (int j = 0; j < 2; j++) {
+            if (mode)
+                CHECK_MSG(b_admit[j] > 3 && b_admit[j] <= bound,
+                          "mode %d: B's turn %d admitted at step %d, bound %d", mode, j, b_admit[j],
+                          bound);
+            else
+                CHECK_MSG(b_admit[j] > 50, "FCFS: B's turn %d admitted at step %d", j, b_admit[j]);
+        }
+        if (mode) CHECK_MSG(shared_steps >= 8, "mode %d: shared %d steps", mode, shared_steps);
+        sched_destroy(s);
+    }
+}
+
 /* A preempted request waits like a queued one: its deadline can pass in the host tier, and
  * then it is dropped without ever being swapped back in. Step times reach the stats. */
 static void test_deadline_while_swapped(void)
@@ -868,6 +942,7 @@ int main(int argc, char **argv)
     RUN(test_priority_fcfs);
     RUN(test_aging);
     RUN(test_tenant_share);
+    RUN(test_tenant_flood);
     RUN(test_deadline_while_swapped);
     RUN(test_commit);
     RUN(test_too_many_events);

@@ -379,6 +379,19 @@ size_t store_count(const store_t *s)
     return s->n;
 }
 
+void store_owner_usage(const store_t *s, const char *owner, uint64_t *sessions, uint64_t *bytes)
+{
+    uint64_t n = 0, b = 0;
+    for (size_t i = 0; i < s->n_buckets; i++)
+        for (const sess_t *x = s->buckets[i]; x; x = x->next)
+            if (!strcmp(x->rec.owner, owner)) {
+                n++;
+                b += x->rec.has_state ? x->rec.state_len : 0;
+            }
+    *sessions = n;
+    *bytes = b;
+}
+
 size_t store_state_bytes(const store_t *s)
 {
     return s->state_bytes;

@@ -194,6 +194,10 @@ typedef void (*store_expired_fn)(void *user, const store_session_t *rec, int64_t
 size_t store_expire(store_t *s, int64_t now_ms, store_busy_fn busy, store_expired_fn expired,
                     void *user, int64_t *next_ms);
 size_t store_count(const store_t *s);
+/* Sessions whose owner is `owner` ("": none) and the bytes of their committed states (each
+ * session's newest version, state_len; none yet: 0), for per-tenant quotas. Walks the whole
+ * index: O(sessions). Sessions being created count at once. */
+void store_owner_usage(const store_t *s, const char *owner, uint64_t *sessions, uint64_t *bytes);
 size_t store_state_bytes(const store_t *s);
 bool store_durable(const store_t *s); /* false for a memory-only store */
 void store_get_stats(const store_t *s, store_stats_t *out);
