@@ -247,7 +247,16 @@ class Abuse(DaemonTest):
         for i in range(n(30)):
             # gRPC counts 32 bytes per entry besides key and value: 150 keys ~ 8 KiB
             many = [("k-%d" % j, "v" * 20) for j in range(150)]
-            r = self.api.ListModels(pb.ListModelsRequest(), metadata=many, timeout=30)
+            for attempt in range(5):
+                # the refused calls below may make gRPC close the connection they came on; a
+                # call racing that close sees UNAVAILABLE, which clients retry (as here)
+                try:
+                    r = self.api.ListModels(pb.ListModelsRequest(), metadata=many, timeout=30)
+                    break
+                except grpc.RpcError as e:
+                    if e.code() != C.UNAVAILABLE or attempt == 4:
+                        raise
+                    time.sleep(0.1)
             self.assertEqual(len(r.models), 1)
             for md in ([("x-big", "b" * 20000)], [("k-%d" % j, "v" * 100) for j in range(400)],
                        [("x-request-id", "r" * 17000)]):
@@ -264,11 +273,24 @@ class Abuse(DaemonTest):
         """Hundreds of concurrent Generate calls cancelled at random points (before the first
         token, mid-prefill, mid-stream, near the end), round after round."""
         t0 = time.time()
-        rounds, width = n(4), n(200)
-        counts, odd = self._storm(rounds, width)
-        self.report.append("abuse cancel_storms: %s" % counts)
+        rounds, width = max(n(4), 3), n(200)
+        counts, odd, rss = {"done": 0, "cancelled": 0, "busy": 0}, [], []
+        for _ in range(rounds):
+            c, o = self._storm(1, width)
+            for k in counts:
+                counts[k] += c[k]
+            odd += o
+            time.sleep(1.0)
+            rss.append(self.rss_mb())
+        self.report.append("abuse cancel_storms: %s  rss per round %s MB" %
+                           (counts, " ".join("%.0f" % r for r in rss)))
         self.assertEqual(odd, [])
         self.assertEqual(sum(counts.values()), rounds * width)
+        if not SANITIZED:
+            # A leak grows with every round; allocator retention reaches its peak in the first
+            # ones. Measured (Release, jemalloc): 8 rounds stayed within 258-271 MB.
+            self.assertLessEqual(rss[-1], max(rss[:2]) * 1.10 + 8,
+                                 "RSS grows round after round: %s" % rss)
         self.assertRecovered("cancel_storms", t0)
 
 
