@@ -27,7 +27,7 @@ typedef struct dmn_gen {
     void *init_state, *state_out;
     size_t init_len, state_cap; /* bytes (variable for models with a KV cache) */
     float *logits;
-    char sid[STORE_ID_MAX + 1];
+    char sid[STORE_SID_MAX + 1]; /* the store id (tenant-scoped with API keys) */
     bool has_session, in_runner, finished, freed;
     bool loading, committing; /* a store callback is outstanding: g must stay */
     uint64_t base_version, new_version, sess_tokens;
@@ -250,7 +250,7 @@ static void gen_pump(dmn_gen_t *g)
         u.cached_prompt_tokens = (uint32_t)g->cached;
         r.usage = &u;
         r.session_version = g->new_version;
-        r.session_id = g->has_session ? g->sid : "";
+        r.session_id = g->has_session ? (char *)store_unscope_id(g->sid) : "";
         r.request_id = c->rid;
     }
     /* A failed turn sends the text it had, then the error status. */
@@ -303,7 +303,8 @@ static void gen_prefix_keep(dmn_gen_t *g)
         /* A state of another length than the cache expects (a bug) is never cached. */
         if (j < g->seq.n_snapped && s->prefix &&
             g->seq.snap_len[j] == store_prefix_state_len(s->prefix, g->snap_abs[j])) {
-            store_prefix_insert_own(s->prefix, g->prompt, g->snap_abs[j], g->snaps[j]);
+            store_prefix_insert_own_ns(s->prefix, dmn_prefix_ns(g->call), g->prompt,
+                                       g->snap_abs[j], g->snaps[j]);
         } else {
             if (j < g->seq.n_snapped)
                 dmn_log(DMN_WARN, "prefix_cache", g->call->rid, g->sid,
@@ -537,7 +538,8 @@ static int gen_prefix_plan(dmn_gen_t *g)
     if (last < gran) return 0;
     void *st = NULL;
     size_t len = 0;
-    int32_t h = store_prefix_lookup_dup(s->prefix, g->prompt, last, &st, &len);
+    const char *ns = dmn_prefix_ns(g->call); /* snapshots are per tenant unless shared */
+    int32_t h = store_prefix_lookup_dup_ns(s->prefix, ns, g->prompt, last, &st, &len);
     if (h > 0) {
         g->init_state = st;
         g->init_len = len;
@@ -552,7 +554,8 @@ static int gen_prefix_plan(dmn_gen_t *g)
     if (cand[nc - 1] != top) cand[nc++] = top;
     int32_t keep[64], nk = 0;
     for (int32_t i = 0; i < nc; i++)
-        if (cand[i] > h && !store_prefix_has(s->prefix, g->prompt, cand[i])) keep[nk++] = cand[i];
+        if (cand[i] > h && !store_prefix_has_ns(s->prefix, ns, g->prompt, cand[i]))
+            keep[nk++] = cand[i];
     store_prefix_stats_t ps;
     store_prefix_get_stats(s->prefix, &ps);
     size_t total = 0;
@@ -586,6 +589,12 @@ static int gen_prepare(dmn_gen_t *g, const Recurd__V1__GenerateRequest *req, cha
                         ENG_RUNNER_PRIORITIES - 1);
     g->seq.priority = (int32_t)req->priority;
     g->seq.tenant = tenant_hash(req->tenant);
+    if (s->keys) { /* with API keys the turn's tenant is the authenticated one */
+        if (req->tenant[0] && strcmp(req->tenant, g->call->auth_tenant))
+            return rcd_fail(RCD_EFORBIDDEN, err, errlen,
+                            "tenant '%s' is not the API key's tenant", req->tenant);
+        g->seq.tenant = tenant_hash(g->call->auth_tenant);
+    }
     /* prompt */
     if (req->prompt_case == RECURD__V1__GENERATE_REQUEST__PROMPT_TEXT) {
         if (!s->tok)
@@ -632,22 +641,24 @@ static int gen_prepare(dmn_gen_t *g, const Recurd__V1__GenerateRequest *req, cha
     size_t sb = store_state_bytes(s->store);
     if (req->session_id[0]) {
         if ((rc = store_check_id(req->session_id, err, errlen))) return rc;
-        snprintf(g->sid, sizeof(g->sid), "%s", req->session_id);
+        if ((rc = dmn_scope(g->call, req->session_id, g->sid))) return rc;
         store_session_t ss = {0};
         if ((rc = store_get(s->store, g->sid, &ss)))
-            return rcd_fail(rc, err, errlen, "session '%s' not found", g->sid);
+            return rcd_fail(rc, err, errlen, "session '%s' not found", req->session_id);
         store_session_clear(&ss);
-        /* the session's owner is its turns' tenant unless the request names one */
-        if (!req->tenant[0] && ss.owner[0]) g->seq.tenant = tenant_hash(ss.owner);
+        /* the session's owner is its turns' tenant unless the request names one (without
+         * API keys: with keys it is the key's tenant, above) */
+        if (!req->tenant[0] && ss.owner[0] && !s->keys) g->seq.tenant = tenant_hash(ss.owner);
         if (req->_expected_version_case ==
                 RECURD__V1__GENERATE_REQUEST___EXPECTED_VERSION_EXPECTED_VERSION &&
             req->expected_version != ss.version)
             return rcd_fail(
                 RCD_EMISMATCH, err, errlen, "session '%s' is at version %llu, expected %llu",
-                g->sid, (unsigned long long)ss.version, (unsigned long long)req->expected_version);
+                req->session_id, (unsigned long long)ss.version,
+                (unsigned long long)req->expected_version);
         if (dmn_session_busy(s, g->sid))
             return rcd_fail(RCD_EBUSY, err, errlen, "session '%s' already has a turn in progress",
-                            g->sid);
+                            req->session_id);
         g->base_version = ss.version;
         g->sess_tokens = ss.n_tokens;
         g->has_session = true;
@@ -750,7 +761,8 @@ static void gen_loaded(void *user, int rc, uint64_t version, const char *msg)
     }
     err[0] = 0;
     if (rc)
-        snprintf(err, sizeof(err), "session '%s': %s", g->sid, msg[0] ? msg : rcd_strerror(rc));
+        snprintf(err, sizeof(err), "session '%s': %s", store_unscope_id(g->sid),
+                 msg[0] ? msg : rcd_strerror(rc));
     else if (version != g->base_version)
         rc = rcd_fail(RCD_EMISMATCH, err, sizeof(err), "session changed while its state was read");
     else
@@ -783,7 +795,9 @@ void dmn_generate_start(dmn_call_t *c, grpc_byte_buffer *payload)
         c, payload, &recurd__v1__generate_request__descriptor);
     if (!req) return;
     /* A session unknown here may be in the shared tier: fetch it first. */
-    if (dmn_session_fetch(c, req->session_id, &req->base, gen_fetched)) return;
+    char sid[STORE_SID_MAX + 1];
+    if (dmn_scope(c, req->session_id, sid)) sid[0] = 0; /* gen_prepare says what is wrong */
+    if (dmn_session_fetch(c, sid, &req->base, gen_fetched)) return;
     gen_begin(c, req);
 }
 
