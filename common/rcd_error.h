@@ -8,7 +8,8 @@
 /* X(name, value, grpc_status, message)
  * gRPC status numbers: 0 OK, 1 CANCELLED, 3 INVALID_ARGUMENT, 4 DEADLINE_EXCEEDED,
  * 5 NOT_FOUND, 6 ALREADY_EXISTS, 8 RESOURCE_EXHAUSTED, 9 FAILED_PRECONDITION, 10 ABORTED,
- * 12 UNIMPLEMENTED, 13 INTERNAL, 14 UNAVAILABLE, 15 DATA_LOSS. */
+ * 12 UNIMPLEMENTED, 13 INTERNAL, 14 UNAVAILABLE, 15 DATA_LOSS, 16 UNAUTHENTICATED,
+ * 7 PERMISSION_DENIED. */
 #define RCD_ERRORS(X)                                                                   \
     X(OK, 0, 0, "success")                                                              \
     X(NOMEM, -1, 8, "out of memory")                                                    \
@@ -31,7 +32,9 @@
     X(UTF8, -18, 3, "invalid UTF-8")                                                    \
     X(PRECONDITION, -19, 9, "not possible in the current state")                        \
     X(NOSPACE, -20, 8, "no space left (disk full or quota reached)")                    \
-    X(REPLIED, -21, 13, "already answered (no further reply)")
+    X(REPLIED, -21, 13, "already answered (no further reply)")                          \
+    X(UNAUTHENTICATED, -22, 16, "missing or invalid API key")                           \
+    X(FORBIDDEN, -23, 7, "permission denied")
 
 enum rcd_err {
 #define RCD__ENUM(name, val, grpc, msg) RCD_E##name = (val),

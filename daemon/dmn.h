@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "daemon/dmn_auth.h"
 #include "daemon/dmn_log.h"
 #include "daemon/dmn_opts.h"
 #include "daemon/dmn_validate.h"
@@ -56,6 +57,11 @@ struct dmn_call {
      * it: the text may hold NUL bytes, which protobuf-c's strlen would cut (dmn_wire.h). */
     size_t reply_text_len;
     bool has_reply_text;
+    /* API keys (dmn_tenant.c): the tenant whose session ids the call names (its scope: the
+     * key's tenant, or an admin's x-recurd-tenant) and the key's own tenant; both "" when
+     * the daemon runs without keys. */
+    char tenant[STORE_TENANT_MAX + 1];
+    char auth_tenant[STORE_TENANT_MAX + 1];
     int batches;   /* started, not yet completed */
     int holds;     /* owner references (handler state) */
     bool closed;   /* RECV_CLOSE completed */
@@ -111,6 +117,8 @@ struct dmn_server {
     bool shutdown_done;
     uv_timer_t grace_timer;
     uv_signal_t sig_term, sig_int;
+    uv_signal_t sig_hup; /* reload (dmn_reload.c) */
+    dmn_keys_t *keys;    /* --api-keys; NULL: no keys, sessions are unprotected */
     uv_timer_t sweep_timer;  /* session expiry (dmn_expiry.c) */
     int64_t sweep_due_ms;    /* wall clock of its next run */
     uint64_t sweep_fixed_ms; /* RECURD_SESSION_SWEEP_MS (tests): a fixed period; 0: adaptive */
@@ -164,6 +172,28 @@ void dmn_expiry_start(dmn_server_t *s); /* inits and arms the timer (dmn_server_
 void dmn_expiry_close(dmn_server_t *s); /* closes it (with the server's other handles) */
 /* A session that may expire at expires_ms (0: never) was created: sweep by then. */
 void dmn_expiry_hint(dmn_server_t *s, int64_t expires_ms);
+
+/* ---- dmn_tenant.c: API keys, tenant scoping, audit ------------------------------------ */
+/* Loads --api-keys at startup (nothing when unset): RCD_EINVAL with "file:line: why". */
+int dmn_auth_open(dmn_server_t *s, char *err, size_t errlen);
+void dmn_auth_close(dmn_server_t *s);
+/* SIGHUP: reads the keys file again; a file that fails keeps the old keys (logged). */
+void dmn_auth_reload(dmn_server_t *s);
+/* Checks the call's key (not for health): 0 and c->tenant set, or RCD_EREPLIED when it was
+ * answered UNAUTHENTICATED / PERMISSION_DENIED / INVALID_ARGUMENT (and audited). */
+int dmn_auth_call(dmn_call_t *c, const dmn_auth_md_t *md);
+/* The store id of client id `id` in the call's scope (id itself without keys); RCD_EINVAL
+ * for a bad id (out ""). */
+int dmn_scope(const dmn_call_t *c, const char *id, char out[STORE_SID_MAX + 1]);
+/* Audit line: event, request id, tenant and session id (a store id is split into both), never
+ * prompt text or keys; written whatever --log-level. */
+void dmn_audit(const char *event, const char *rid, const char *tenant, const char *sid,
+               const char *reason, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+/* The prefix-cache namespace of the call's turns: its tenant, "" when shared. */
+const char *dmn_prefix_ns(const dmn_call_t *c);
+
+/* ---- dmn_reload.c: SIGHUP --------------------------------------------------------------- */
+void dmn_reload(dmn_server_t *s);
 
 /* ---- dmn_generate.c -------------------------------------------------------------------- */
 /* The tenant a call acts for, the one seam quotas and fair scheduling key on: `requested`

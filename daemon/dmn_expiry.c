@@ -35,6 +35,8 @@ static void sweep_expired(void *user, const store_session_t *rec, int64_t idle_m
     dmn_log(DMN_INFO, "session_expired", NULL, rec->id,
             "idle %lld ms, ttl %u s: deleted with its checkpoints (version %llu, owner '%s')",
             (long long)idle_ms, rec->eff_ttl_s, (unsigned long long)rec->version, rec->owner);
+    dmn_audit("audit_session_expire", NULL, NULL, rec->id, NULL, "idle %lld ms, ttl %u s",
+              (long long)idle_ms, rec->eff_ttl_s);
 }
 
 static void on_sweep(uv_timer_t *t)

@@ -25,7 +25,7 @@ typedef struct dmn_gen {
     void *init_state, *state_out;
     size_t init_len, state_cap; /* bytes (variable for models with a KV cache) */
     float *logits;
-    char sid[STORE_ID_MAX + 1];
+    char sid[STORE_SID_MAX + 1]; /* the store id (tenant-scoped with API keys) */
     bool has_session, in_runner, finished, freed;
     bool loading, committing; /* a store callback is outstanding: g must stay */
     uint64_t base_version, new_version, sess_tokens;
@@ -68,7 +68,7 @@ static int64_t mono_ms(void)
 
 const char *dmn_tenant_of(const dmn_call_t *c, const char *requested, const char *owner)
 {
-    (void)c; /* authentication will take the call's tenant from here */
+    if (c->srv->keys) return c->tenant; /* API keys: the key's tenant (an admin's x-recurd-tenant) */
     if (requested && requested[0]) return requested;
     return owner ? owner : "";
 }
@@ -282,7 +282,7 @@ static void gen_pump(dmn_gen_t *g)
         u.cached_prompt_tokens = (uint32_t)g->cached;
         r.usage = &u;
         r.session_version = g->new_version;
-        r.session_id = g->has_session ? g->sid : "";
+        r.session_id = g->has_session ? (char *)store_unscope_id(g->sid) : "";
         r.request_id = c->rid;
     }
     c->reply_text_len = upto - g->emitted; /* the chunk may hold NUL bytes */
@@ -337,7 +337,8 @@ static void gen_prefix_keep(dmn_gen_t *g)
         /* A state of another length than the cache expects (a bug) is never cached. */
         if (j < g->seq.n_snapped && s->prefix &&
             g->seq.snap_len[j] == store_prefix_state_len(s->prefix, g->snap_abs[j])) {
-            store_prefix_insert_own(s->prefix, g->prompt, g->snap_abs[j], g->snaps[j]);
+            store_prefix_insert_own_ns(s->prefix, dmn_prefix_ns(g->call), g->prompt,
+                                       g->snap_abs[j], g->snaps[j]);
         } else {
             if (j < g->seq.n_snapped)
                 dmn_log(DMN_WARN, "prefix_cache", g->call->rid, g->sid,
@@ -546,7 +547,8 @@ static int gen_prefix_plan(dmn_gen_t *g)
     if (last < gran) return 0;
     void *st = NULL;
     size_t len = 0;
-    int32_t h = store_prefix_lookup_dup(s->prefix, g->prompt, last, &st, &len);
+    const char *ns = dmn_prefix_ns(g->call); /* snapshots are per tenant unless shared */
+    int32_t h = store_prefix_lookup_dup_ns(s->prefix, ns, g->prompt, last, &st, &len);
     if (h > 0) {
         g->init_state = st;
         g->init_len = len;
@@ -561,7 +563,8 @@ static int gen_prefix_plan(dmn_gen_t *g)
     if (cand[nc - 1] != top) cand[nc++] = top;
     int32_t keep[64], nk = 0;
     for (int32_t i = 0; i < nc; i++)
-        if (cand[i] > h && !store_prefix_has(s->prefix, g->prompt, cand[i])) keep[nk++] = cand[i];
+        if (cand[i] > h && !store_prefix_has_ns(s->prefix, ns, g->prompt, cand[i]))
+            keep[nk++] = cand[i];
     store_prefix_stats_t ps;
     store_prefix_get_stats(s->prefix, &ps);
     size_t total = 0;
@@ -616,6 +619,10 @@ static int gen_prepare(dmn_gen_t *g, const Recurd__V1__GenerateRequest *req, cha
     if ((rc = dmn_validate_generate(req, g->call->text_len, &lim, err, errlen))) return rc;
     if ((rc = check_sampling(s, req->sampling, g, &sp, err, errlen))) return rc;
     g->seq.priority = (int32_t)req->priority;
+    if (s->keys && req->tenant[0] && strcmp(req->tenant, g->call->auth_tenant))
+        /* with API keys the turn's tenant is the authenticated one (dmn_tenant_of) */
+        return rcd_fail(RCD_EFORBIDDEN, err, errlen, "tenant '%s' is not the API key's tenant",
+                        req->tenant);
     /* prompt */
     if (req->prompt_case == RECURD__V1__GENERATE_REQUEST__PROMPT_TEXT) {
         size_t tlen = g->call->text_len; /* not strlen: the text may hold NUL bytes */
@@ -642,10 +649,10 @@ static int gen_prepare(dmn_gen_t *g, const Recurd__V1__GenerateRequest *req, cha
     /* session */
     size_t sb = store_state_bytes(s->store);
     if (req->session_id[0]) {
-        snprintf(g->sid, sizeof(g->sid), "%s", req->session_id);
+        if ((rc = dmn_scope(g->call, req->session_id, g->sid))) return rc;
         store_session_t ss = {0};
         if ((rc = store_get(s->store, g->sid, &ss)))
-            return rcd_fail(rc, err, errlen, "session '%s' not found", g->sid);
+            return rcd_fail(rc, err, errlen, "session '%s' not found", req->session_id);
         store_session_clear(&ss);
         snprintf(owner, sizeof(owner), "%s", ss.owner);
         cur_len = ss.has_state ? (ss.state_len ? ss.state_len : sb) : 0;
@@ -654,10 +661,11 @@ static int gen_prepare(dmn_gen_t *g, const Recurd__V1__GenerateRequest *req, cha
             req->expected_version != ss.version)
             return rcd_fail(
                 RCD_EMISMATCH, err, errlen, "session '%s' is at version %llu, expected %llu",
-                g->sid, (unsigned long long)ss.version, (unsigned long long)req->expected_version);
+                req->session_id, (unsigned long long)ss.version,
+                (unsigned long long)req->expected_version);
         if (dmn_session_busy(s, g->sid))
             return rcd_fail(RCD_EBUSY, err, errlen, "session '%s' already has a turn in progress",
-                            g->sid);
+                            req->session_id);
         g->base_version = ss.version;
         g->sess_tokens = ss.n_tokens;
         g->has_session = true;
@@ -761,7 +769,8 @@ static void gen_loaded(void *user, int rc, uint64_t version, const char *msg)
     }
     err[0] = 0;
     if (rc)
-        snprintf(err, sizeof(err), "session '%s': %s", g->sid, msg[0] ? msg : rcd_strerror(rc));
+        snprintf(err, sizeof(err), "session '%s': %s", store_unscope_id(g->sid),
+                 msg[0] ? msg : rcd_strerror(rc));
     else if (version != g->base_version)
         rc = rcd_fail(RCD_EMISMATCH, err, sizeof(err), "session changed while its state was read");
     else
@@ -794,7 +803,9 @@ void dmn_generate_start(dmn_call_t *c, grpc_byte_buffer *payload)
         c, payload, &recurd__v1__generate_request__descriptor);
     if (!req) return;
     /* A session unknown here may be in the shared tier: fetch it first. */
-    if (dmn_session_fetch(c, req->session_id, &req->base, gen_fetched)) return;
+    char sid[STORE_SID_MAX + 1];
+    if (dmn_scope(c, req->session_id, sid)) sid[0] = 0; /* gen_prepare says what is wrong */
+    if (dmn_session_fetch(c, sid, &req->base, gen_fetched)) return;
     gen_begin(c, req);
 }
 

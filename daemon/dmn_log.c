@@ -51,15 +51,11 @@ static void put(char *buf, size_t cap, size_t *pos, const char *s)
     }
 }
 
-void dmn_log(dmn_level_t lvl, const char *event, const char *rid, const char *sid, const char *fmt,
-             ...)
+static void vlog(dmn_level_t lvl, const char *event, const char *rid, const char *sid,
+                 const char *const *kv, const char *fmt, va_list ap)
 {
-    if (lvl < g_level) return;
     char msg[1024], line[4096];
-    va_list ap;
-    va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     struct tm tm;
@@ -81,8 +77,36 @@ void dmn_log(dmn_level_t lvl, const char *event, const char *rid, const char *si
         dmn_json_escape(line, sizeof(line), &p, sid);
         put(line, sizeof(line), &p, "\"");
     }
+    for (; kv && kv[0]; kv += 2) {
+        if (!kv[1]) continue;
+        put(line, sizeof(line), &p, ",\"");
+        dmn_json_escape(line, sizeof(line), &p, kv[0]);
+        put(line, sizeof(line), &p, "\":\"");
+        dmn_json_escape(line, sizeof(line), &p, kv[1]);
+        put(line, sizeof(line), &p, "\"");
+    }
     put(line, sizeof(line), &p, ",\"msg\":\"");
     dmn_json_escape(line, sizeof(line), &p, msg);
     put(line, sizeof(line), &p, "\"}\n");
     fwrite(line, 1, strlen(line), stderr);
+}
+
+void dmn_log(dmn_level_t lvl, const char *event, const char *rid, const char *sid, const char *fmt,
+             ...)
+{
+    if (lvl < g_level) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vlog(lvl, event, rid, sid, NULL, fmt, ap);
+    va_end(ap);
+}
+
+void dmn_log_kv(dmn_level_t lvl, bool always, const char *event, const char *rid, const char *sid,
+                const char *const *kv, const char *fmt, ...)
+{
+    if (lvl < g_level && !always) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vlog(lvl, event, rid, sid, kv, fmt, ap);
+    va_end(ap);
 }

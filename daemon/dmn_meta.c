@@ -24,5 +24,6 @@ int dmn_meta_add(dmn_meta_t *m, const char *key, size_t key_len, const char *val
         }
         m->rid[n] = 0;
     }
+    dmn_auth_md_take(&m->auth, key, key_len, value, value_len);
     return 0;
 }

@@ -6,6 +6,8 @@
 
 #include <stddef.h>
 
+#include "daemon/dmn_auth.h"
+
 #define DMN_RID_MAX 39 /* bytes of a request id kept, logged and echoed */
 
 typedef struct dmn_meta {
@@ -13,8 +15,9 @@ typedef struct dmn_meta {
      * echoed header stay printable); the last one sent wins; "" when none (the caller then
      * generates one). */
     char rid[DMN_RID_MAX + 1];
-    /* The keys the auth and tenant work reads go here, each filled by dmn_meta_add:
-     * `authorization` (Bearer key), `x-recurd-tenant`, `x-session-id`. */
+    /* `authorization` (Bearer key: its SHA-256 only) and `x-recurd-tenant`, for the API-key
+     * check (dmn_auth.h, dmn_auth_md_take). */
+    dmn_auth_md_t auth;
 } dmn_meta_t;
 
 void dmn_meta_init(dmn_meta_t *m);

@@ -89,6 +89,11 @@
       "deleted, unless it sets its own ttl_seconds; 0: never")                                     \
     X(redis, STR, "", "RECURD_REDIS", DMN_ANY,                                                     \
       "host:port of a Redis shared tier (write-through, lookup on a miss)")                        \
+    X(api_keys, STR, "", "RECURD_API_KEYS", DMN_ANY,                                             \
+      "API keys file (lines: SHA256_HEX TENANT user|admin); clients send authorization: Bearer "  \
+      "KEY and session ids are per tenant; reloads on SIGHUP; '' = no keys, sessions unprotected") \
+    X(share_prefix_across_tenants, BOOL, "false", "RECURD_SHARE_PREFIX_ACROSS_TENANTS", DMN_ANY,   \
+      "with API keys, let every tenant's prompts hit prefix snapshots taken for other tenants")   \
     X(drain_grace_ms, INT, "10000", "RECURD_DRAIN_GRACE_MS", DMN_RANGE(0, DMN_LONG_MAX),           \
       "on SIGTERM/SIGINT, how long in-flight turns may finish")                                    \
     X(tenant_max_turns, INT, "0", "RECURD_TENANT_MAX_TURNS", DMN_RANGE(0, DMN_INT_MAX),            \

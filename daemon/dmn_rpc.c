@@ -93,13 +93,13 @@ static void reply_session(dmn_call_t *c, const store_session_t *ss)
 {
     Recurd__V1__Session m = RECURD__V1__SESSION__INIT;
     Recurd__V1__MetadataEntry ents[STORE_META_MAX], *ptrs[STORE_META_MAX];
-    m.session_id = (char *)ss->id;
+    m.session_id = (char *)store_unscope_id(ss->id); /* the client's own id, never the scope */
     m.model = c->srv->model_id;
     m.version = ss->version;
     m.token_count = ss->n_tokens;
     m.created_unix_ms = ss->created_ms;
     m.updated_unix_ms = ss->updated_ms;
-    m.parent_session_id = (char *)ss->parent_id;
+    m.parent_session_id = (char *)store_unscope_id(ss->parent_id);
     m.owner = (char *)ss->owner;
     m.ttl_seconds = ss->eff_ttl_s;
     m.expires_unix_ms = ss->expires_ms;
@@ -138,7 +138,8 @@ static void session_fail(dmn_call_t *c, int rc, const char *id)
         break;
     case RCD_EMISMATCH: {
         store_session_t ss = {0};
-        if (store_get(c->srv->store, id, &ss) == 0 && ss.foreign)
+        char sid[STORE_SID_MAX + 1];
+        if (dmn_scope(c, id, sid) == 0 && store_get(c->srv->store, sid, &ss) == 0 && ss.foreign)
             dmn_call_fail(c, rc,
                           "session '%s' was checkpointed by model fingerprint %016llx; the loaded "
                           "model's fingerprint is %s",
@@ -176,7 +177,7 @@ static void session_fail(dmn_call_t *c, int rc, const char *id)
 typedef struct sess_pending {
     dmn_call_t *c;
     store_session_t ss;         /* the new session's record (create, fork); ss.id for delete */
-    char src[STORE_ID_MAX + 1]; /* fork source */
+    char src[STORE_SID_MAX + 1]; /* fork source */
     bool deleting;
 } sess_pending_t;
 
@@ -187,17 +188,29 @@ static void session_durable(void *user, int rc, uint64_t version, const char *ms
     (void)version;
     if (rc) {
         dmn_log(DMN_WARN, "session_store", c->rid, p->ss.id, "%s", msg);
-        dmn_call_fail(c, rc, "session '%s': %s", p->ss.id, msg[0] ? msg : rcd_strerror(rc));
+        dmn_call_fail(c, rc, "session '%s': %s", store_unscope_id(p->ss.id),
+                      msg[0] ? msg : rcd_strerror(rc));
     } else if (p->deleting) {
         dmn_log(DMN_INFO, "session_deleted", c->rid, p->ss.id, "session deleted");
+        dmn_audit("audit_session_delete", c->rid, NULL, p->ss.id, NULL, "session deleted%s%s",
+                  c->auth_tenant[0] && strcmp(c->auth_tenant, c->tenant) ? " by admin of " : "",
+                  c->auth_tenant[0] && strcmp(c->auth_tenant, c->tenant) ? c->auth_tenant : "");
         Recurd__V1__DeleteSessionResponse r = RECURD__V1__DELETE_SESSION_RESPONSE__INIT;
         dmn_call_reply(c, &r.base);
     } else {
-        if (p->src[0])
+        bool by_admin = c->auth_tenant[0] && strcmp(c->auth_tenant, c->tenant);
+        if (p->src[0]) {
             dmn_log(DMN_INFO, "session_forked", c->rid, p->ss.id, "forked from %s at version %llu",
                     p->src, (unsigned long long)p->ss.version);
-        else
+            dmn_audit("audit_session_fork", c->rid, NULL, p->ss.id, NULL,
+                      "forked from %s at version %llu%s%s", store_unscope_id(p->src),
+                      (unsigned long long)p->ss.version, by_admin ? " by admin of " : "",
+                      by_admin ? c->auth_tenant : "");
+        } else {
             dmn_log(DMN_INFO, "session_created", c->rid, p->ss.id, "session created");
+            dmn_audit("audit_session_create", c->rid, NULL, p->ss.id, NULL, "session created%s%s",
+                      by_admin ? " by admin of " : "", by_admin ? c->auth_tenant : "");
+        }
         reply_session(c, &p->ss);
     }
     store_session_clear(&p->ss);
@@ -208,7 +221,7 @@ typedef struct refetch {
     dmn_call_t *c;
     ProtobufCMessage *req;
     dmn_refetch_fn again;
-    char id[STORE_ID_MAX + 1];
+    char id[STORE_SID_MAX + 1];
 } refetch_t;
 
 static void refetched(void *user, int rc, uint64_t version, const char *msg)
@@ -227,7 +240,7 @@ static void refetched(void *user, int rc, uint64_t version, const char *msg)
 bool dmn_session_fetch(dmn_call_t *c, const char *id, ProtobufCMessage *req, dmn_refetch_fn again)
 {
     store_t *st = c->srv->store;
-    if (!store_shared(st) || !id || !id[0] || store_check_id(id, NULL, 0) ||
+    if (!store_shared(st) || !id || !id[0] || store_check_sid(id) ||
         store_get(st, id, NULL) != RCD_ENOTFOUND)
         return false;
     refetch_t *f = calloc(1, sizeof(*f));
@@ -270,7 +283,7 @@ static void create_session(dmn_call_t *c, grpc_byte_buffer *bb)
     if (!req) return;
     store_meta_t md[STORE_META_MAX];
     sess_pending_t *p = NULL;
-    char id[STORE_ID_MAX + 1], err[512];
+    char id[STORE_ID_MAX + 1], sid[STORE_SID_MAX + 1], err[512];
     dmn_limits_t lim;
     dmn_limits_get(c->srv, &lim);
     if (!valid(c, dmn_validate_create(req, &lim, err, sizeof(err)), err)) goto cleanup;
@@ -286,7 +299,9 @@ static void create_session(dmn_call_t *c, grpc_byte_buffer *bb)
     p->c = c;
     if (!session_quota_ok(c, req->owner, 0)) goto cleanup;
     store_attrs_t attrs = {req->owner, req->ttl_seconds};
-    int rc = store_create(c->srv->store, id, md, n_meta, &attrs, dmn_now_ms(), &p->ss,
+    int rc = dmn_scope(c, id, sid); /* RCD_EINVAL for a bad id: session_fail says why */
+    if (!rc)
+        rc = store_create(c->srv->store, sid, md, n_meta, &attrs, dmn_now_ms(), &p->ss,
                           session_durable, p);
     if (rc) {
         session_fail(c, rc, id);
@@ -308,8 +323,10 @@ static void get_session_req(dmn_call_t *c, ProtobufCMessage *m, int fetch_rc, co
         return;
     }
     store_session_t ss = {0};
+    char sid[STORE_SID_MAX + 1];
     int rc = store_check_id(req->session_id, NULL, 0);
-    if (!rc) rc = store_get(c->srv->store, req->session_id, &ss);
+    if (!rc) rc = dmn_scope(c, req->session_id, sid);
+    if (!rc) rc = store_get(c->srv->store, sid, &ss);
     if (rc)
         session_fail(c, rc, req->session_id);
     else
@@ -322,7 +339,9 @@ static void get_session(dmn_call_t *c, grpc_byte_buffer *bb)
 {
     Recurd__V1__GetSessionRequest *req = (Recurd__V1__GetSessionRequest *)dmn_call_unpack(
         c, bb, &recurd__v1__get_session_request__descriptor);
-    if (req && !dmn_session_fetch(c, req->session_id, &req->base, get_session_req))
+    char sid[STORE_SID_MAX + 1];
+    if (req && dmn_scope(c, req->session_id, sid)) sid[0] = 0;
+    if (req && !dmn_session_fetch(c, sid, &req->base, get_session_req))
         get_session_req(c, &req->base, 0, "");
 }
 
@@ -336,12 +355,14 @@ static void fork_session_req(dmn_call_t *c, ProtobufCMessage *m, int fetch_rc, c
     }
     store_meta_t md[STORE_META_MAX];
     sess_pending_t *p = NULL;
-    char id[STORE_ID_MAX + 1], err[512];
+    char id[STORE_ID_MAX + 1], err[512], srcid[STORE_SID_MAX + 1], sid[STORE_SID_MAX + 1];
     int n_meta, rc;
     store_session_t src = {0};
     if (!valid(c, dmn_validate_fork(req, err, sizeof(err)), err)) goto cleanup;
     n_meta = meta_from_req(req->metadata, req->n_metadata, md);
-    if ((rc = store_get(c->srv->store, req->session_id, &src))) {
+    /* the source and the fork are in the call's scope: a fork inherits the tenant */
+    if ((rc = dmn_scope(c, req->session_id, srcid)) ||
+        (rc = store_get(c->srv->store, srcid, &src))) {
         session_fail(c, rc, req->session_id);
         goto cleanup;
     }
@@ -358,10 +379,12 @@ static void fork_session_req(dmn_call_t *c, ProtobufCMessage *m, int fetch_rc, c
     if (!session_quota_ok(c, req->owner[0] ? req->owner : src.owner,
                           src.has_state ? src.state_len : 0))
         goto cleanup;
-    snprintf(p->src, sizeof(p->src), "%s", req->session_id);
+    snprintf(p->src, sizeof(p->src), "%s", srcid);
     store_attrs_t attrs = {req->owner, req->ttl_seconds};
-    rc = store_fork(c->srv->store, req->session_id, id, md, n_meta, &attrs, dmn_now_ms(), &p->ss,
-                    session_durable, p);
+    rc = dmn_scope(c, id, sid);
+    if (!rc)
+        rc = store_fork(c->srv->store, srcid, sid, md, n_meta, &attrs, dmn_now_ms(), &p->ss,
+                        session_durable, p);
     if (rc) {
         if (rc == RCD_EMISMATCH || rc == RCD_EBUSY)
             session_fail(c, rc, req->session_id);
@@ -381,7 +404,9 @@ static void fork_session(dmn_call_t *c, grpc_byte_buffer *bb)
 {
     Recurd__V1__ForkSessionRequest *req = (Recurd__V1__ForkSessionRequest *)dmn_call_unpack(
         c, bb, &recurd__v1__fork_session_request__descriptor);
-    if (req && !dmn_session_fetch(c, req->session_id, &req->base, fork_session_req))
+    char sid[STORE_SID_MAX + 1];
+    if (req && dmn_scope(c, req->session_id, sid)) sid[0] = 0;
+    if (req && !dmn_session_fetch(c, sid, &req->base, fork_session_req))
         fork_session_req(c, &req->base, 0, "");
 }
 
@@ -390,8 +415,10 @@ static void delete_session(dmn_call_t *c, grpc_byte_buffer *bb)
     Recurd__V1__DeleteSessionRequest *req = (Recurd__V1__DeleteSessionRequest *)dmn_call_unpack(
         c, bb, &recurd__v1__delete_session_request__descriptor);
     if (!req) return;
+    char sid[STORE_SID_MAX + 1];
     int rc = store_check_id(req->session_id, NULL, 0);
-    if (!rc && dmn_session_busy(c->srv, req->session_id)) {
+    if (!rc) rc = dmn_scope(c, req->session_id, sid);
+    if (!rc && dmn_session_busy(c->srv, sid)) {
         dmn_call_fail(c, RCD_EBUSY, "session '%s' has a turn in progress", req->session_id);
         goto cleanup;
     }
@@ -400,8 +427,8 @@ static void delete_session(dmn_call_t *c, grpc_byte_buffer *bb)
     if (!rc) {
         p->c = c;
         p->deleting = true;
-        snprintf(p->ss.id, sizeof(p->ss.id), "%s", req->session_id);
-        rc = store_delete(c->srv->store, req->session_id, session_durable, p);
+        snprintf(p->ss.id, sizeof(p->ss.id), "%s", sid);
+        rc = store_delete(c->srv->store, sid, session_durable, p);
     }
     if (rc) {
         free(p);

@@ -107,6 +107,7 @@ static void on_wake(uv_async_t *a)
             uv_close((uv_handle_t *)&s->grace_timer, on_closed_handle);
             uv_close((uv_handle_t *)&s->sig_term, on_closed_handle);
             uv_close((uv_handle_t *)&s->sig_int, on_closed_handle);
+            uv_close((uv_handle_t *)&s->sig_hup, on_closed_handle);
             dmn_expiry_close(s);
             continue;
         }
@@ -471,6 +472,12 @@ static void on_new_call(dmn_op_t *op, bool ok)
         dmn_call_fail(c, RCD_EUNAVAILABLE, "server is draining");
         return;
     }
+    /* grpc.health.v1 answers without a key (probes carry none) */
+    if (c->method != DMN_M_HEALTH_CHECK && c->method != DMN_M_HEALTH_WATCH &&
+        dmn_auth_call(c, &md.auth) != 0) {
+        if (payload) grpc_byte_buffer_destroy(payload);
+        return;
+    }
     if (c->method == DMN_M_GENERATE)
         dmn_generate_start(c, payload);
     else
@@ -544,6 +551,12 @@ void dmn_server_drain(dmn_server_t *s, const char *why)
     if (s->n_turns == 0) finish_drain(s);
 }
 
+static void on_sighup(uv_signal_t *h, int signum)
+{
+    (void)signum;
+    dmn_reload(h->data);
+}
+
 static void on_signal(uv_signal_t *h, int signum)
 {
     dmn_server_drain(h->data, signum == SIGTERM ? "SIGTERM" : "SIGINT");
@@ -599,7 +612,7 @@ int dmn_server_start(dmn_server_t *s, char *err, size_t errlen)
         return rcd_fail(RCD_EIO, err, errlen, "cannot listen on %s (in use?)", addr);
     }
     /* The loop's handles and the CQ thread, before the server starts taking calls. */
-    uv_handle_t *opened[4];
+    uv_handle_t *opened[5];
     int n_open = 0, urc;
     const char *what = "";
     if ((urc = -pthread_mutex_init(&s->mu, NULL))) {
@@ -625,9 +638,15 @@ int dmn_server_start(dmn_server_t *s, char *err, size_t errlen)
         goto fail;
     }
     opened[n_open++] = (uv_handle_t *)&s->sig_int;
-    s->sig_term.data = s->sig_int.data = s;
+    if ((urc = uv_signal_init(s->loop, &s->sig_hup))) {
+        what = "the SIGHUP handler";
+        goto fail;
+    }
+    opened[n_open++] = (uv_handle_t *)&s->sig_hup;
+    s->sig_term.data = s->sig_int.data = s->sig_hup.data = s;
     if ((urc = uv_signal_start(&s->sig_term, on_signal, SIGTERM)) ||
-        (urc = uv_signal_start(&s->sig_int, on_signal, SIGINT))) {
+        (urc = uv_signal_start(&s->sig_int, on_signal, SIGINT)) ||
+        (urc = uv_signal_start(&s->sig_hup, on_sighup, SIGHUP))) {
         what = "the signal handlers";
         goto fail;
     }

@@ -343,6 +343,11 @@ int main(int argc, char **argv)
     }
     dmn_log_set_level(opts.log_level); /* one of DMN_OPTIONS' choices: cannot fail */
     srv.opts = &opts;
+    if (dmn_auth_open(&srv, err, sizeof(err))) {
+        dmn_log(DMN_ERROR, "api_keys", NULL, NULL, "%s", err);
+        exit_code = 2;
+        goto cleanup;
+    }
     if (load(&srv)) goto cleanup;
     if ((rc = uv_loop_init(&loop))) {
         dmn_log(DMN_ERROR, "loop", NULL, NULL, "uv_loop_init: %s", uv_strerror(rc));
@@ -361,6 +366,7 @@ cleanup:
     }
     if (grpc_up) grpc_shutdown();
     unload(&srv);
+    dmn_auth_close(&srv);
     dmn_opts_free(&opts);
     return exit_code;
 }

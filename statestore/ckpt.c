@@ -125,8 +125,8 @@ int ckpt_encode(const ckpt_hdr_t *h, uint8_t **out, size_t *len)
     reserved_size(h->owner, h->ttl_s, &n_res, &meta_bytes);
     for (int i = 0; i < h->n_meta; i++)
         meta_bytes += strlen(h->meta[i].key) + strlen(h->meta[i].value) + 2;
-    if (h->n_tensors < 0 || h->n_tensors > CKPT_MAX_TENSORS || id_len > STORE_ID_MAX ||
-        par_len > STORE_ID_MAX || meta_bytes > STORE_META_BYTES || h->n_meta < 0 ||
+    if (h->n_tensors < 0 || h->n_tensors > CKPT_MAX_TENSORS || id_len > STORE_SID_MAX ||
+        par_len > STORE_SID_MAX || meta_bytes > STORE_META_BYTES || h->n_meta < 0 ||
         h->n_meta + n_res > STORE_META_MAX)
         return RCD_EINVAL;
     size_t n =
@@ -207,11 +207,11 @@ int64_t ckpt_header_len(const uint8_t *buf, size_t len, char *err, size_t errlen
 
 static bool id_ok(const uint8_t *p, size_t n)
 {
-    char tmp[STORE_ID_MAX + 1];
-    if (n > STORE_ID_MAX) return false;
+    char tmp[STORE_SID_MAX + 1];
+    if (n > STORE_SID_MAX) return false;
     memcpy(tmp, p, n);
     tmp[n] = 0;
-    return store_check_id(tmp, NULL, 0) == 0;
+    return store_check_sid(tmp) == 0;
 }
 
 /* A recorded TTL: canonical decimal, 1..UINT32_MAX. */
@@ -242,7 +242,7 @@ int ckpt_parse(const uint8_t *buf, size_t len, ckpt_hdr_t *out, char *err, size_
     /* The hash matched, but a checkpoint is outside data: every field is still checked. */
     uint32_t n_t = get32(buf + 76), id_len = get32(buf + 80), par_len = get32(buf + 84),
              n_meta = get32(buf + 88), meta_bytes = get32(buf + 92);
-    if (n_t > CKPT_MAX_TENSORS || id_len == 0 || id_len > STORE_ID_MAX || par_len > STORE_ID_MAX ||
+    if (n_t > CKPT_MAX_TENSORS || id_len == 0 || id_len > STORE_SID_MAX || par_len > STORE_SID_MAX ||
         n_meta > STORE_META_MAX || meta_bytes > STORE_META_BYTES ||
         (uint64_t)CKPT_FIXED + id_len + par_len + (uint64_t)n_t * CKPT_TENSOR_REC + meta_bytes +
                 8 !=

@@ -49,7 +49,7 @@
 #define CKPT_DTYPE_F32 1
 #define CKPT_MAX_TENSORS 65536
 #define CKPT_MAX_HEADER                                                                            \
-    (CKPT_FIXED + 2 * STORE_ID_MAX + CKPT_MAX_TENSORS * CKPT_TENSOR_REC + STORE_META_BYTES + 8)
+    (CKPT_FIXED + 2 * STORE_SID_MAX + CKPT_MAX_TENSORS * CKPT_TENSOR_REC + STORE_META_BYTES + 8)
 #define CKPT_KEY_OWNER "recurd.owner" /* value: the owner, 1..STORE_OWNER_MAX bytes */
 #define CKPT_KEY_TTL "recurd.ttl_s"   /* value: decimal seconds, 1..UINT32_MAX */
 #define CKPT_KEY_PREFIX "recurd."     /* reserved: refused in callers' metadata */
@@ -60,7 +60,7 @@ typedef struct ckpt_hdr {
     int64_t created_ms, updated_ms;
     uint64_t payload_bytes, payload_hash;
     uint32_t dtype;
-    char id[STORE_ID_MAX + 1], parent[STORE_ID_MAX + 1];
+    char id[STORE_SID_MAX + 1], parent[STORE_SID_MAX + 1];
     int n_tensors;
     store_tensor_t *tensors;
     int n_meta;
@@ -101,7 +101,7 @@ int ckpt_write(const char *dir, const ckpt_hdr_t *h, const void *payload, int ke
  * durable). A staged file that never gets renamed is a .tmp: removed at the next scan. */
 /* The longest tail a checkpoint path adds to the state dir: "/s_<id>/<20 digits>.ckpt" and
  * ".<u32>.tmp" (longer than ".corrupt" and than a ".trash-<pid>-<n>" entry). */
-#define CKPT_PATH_TAIL_MAX (3 + STORE_ID_MAX + 1 + 25 + 15)
+#define CKPT_PATH_TAIL_MAX (3 + STORE_SID_MAX + 1 + 25 + 15)
 typedef struct ckpt_staged {
     char sdir[RCD_PATH_MAX], final[RCD_PATH_MAX], tmp[RCD_PATH_MAX]; /* tmp: "" once gone */
     bool new_dir, published;

@@ -13,6 +13,7 @@
 
 typedef struct pentry {
     uint64_t key[2];
+    char *ns; /* the namespace (tenant) it belongs to, owned; NULL: "" (shared) */
     int32_t n;
     int32_t *toks;
     void *state;  /* store_prefix_state_len(n) bytes */
@@ -49,6 +50,7 @@ int store_prefix_create(size_t budget_bytes, size_t state_bytes, size_t kv_bytes
 
 static void entry_free(pentry_t *e)
 {
+    free(e->ns);
     free(e->toks);
     free(e->state);
     free(e);
@@ -94,13 +96,20 @@ void store_prefix_set_hash(store_prefix_t *p, store_prefix_hash_fn fn)
     p->hash = fn;
 }
 
-static void key_of(const store_prefix_t *p, const int32_t *toks, int32_t n, uint64_t k[2])
+/* The hash seed of a namespace: the fingerprint, mixed with the namespace's hash. */
+static uint64_t seed_of(const store_prefix_t *p, const char *ns)
+{
+    return ns && ns[0] ? p->fingerprint ^ XXH3_64bits(ns, strlen(ns)) : p->fingerprint;
+}
+
+static void key_of(const store_prefix_t *p, const char *ns, const int32_t *toks, int32_t n,
+                   uint64_t k[2])
 {
     if (p->hash) {
-        p->hash(p->fingerprint, toks, n, k);
+        p->hash(seed_of(p, ns), toks, n, k);
         return;
     }
-    XXH128_hash_t h = XXH3_128bits_withSeed(toks, (size_t)n * sizeof(int32_t), p->fingerprint);
+    XXH128_hash_t h = XXH3_128bits_withSeed(toks, (size_t)n * sizeof(int32_t), seed_of(p, ns));
     k[0] = h.low64;
     k[1] = h.high64;
 }
@@ -110,14 +119,16 @@ static pentry_t **bucket(store_prefix_t *p, const uint64_t k[2])
     return &p->buckets[k[0] & (NBUCKETS - 1)];
 }
 
-/* The entry for exactly toks[0..n): same key, same length, same ids. *collided is set when
- * an entry has the key but other ids. */
-static pentry_t *find(store_prefix_t *p, const uint64_t k[2], const int32_t *toks, int32_t n,
-                      bool *collided)
+/* The entry for exactly toks[0..n) in namespace ns: same key, same namespace, same length,
+ * same ids. *collided is set when an entry has the key but other ids or namespace. */
+static pentry_t *find(store_prefix_t *p, const char *ns, const uint64_t k[2], const int32_t *toks,
+                      int32_t n, bool *collided)
 {
     for (pentry_t *e = *bucket(p, k); e; e = e->chain) {
         if (e->key[0] != k[0] || e->key[1] != k[1]) continue;
-        if (e->n == n && !memcmp(e->toks, toks, (size_t)n * sizeof(int32_t))) return e;
+        if (e->n == n && !strcmp(e->ns ? e->ns : "", ns) &&
+            !memcmp(e->toks, toks, (size_t)n * sizeof(int32_t)))
+            return e;
         if (collided) *collided = true;
     }
     return NULL;
@@ -138,7 +149,8 @@ static void evict(store_prefix_t *p, pentry_t *e)
 
 /* The longest cached prefix of toks of at most max_len tokens (ids verified), counting a hit
  * (and moving it to the front) or a miss. */
-static pentry_t *lookup_longest(store_prefix_t *p, const int32_t *toks, int32_t max_len)
+static pentry_t *lookup_longest(store_prefix_t *p, const char *ns, const int32_t *toks,
+                                int32_t max_len)
 {
     int32_t nb = max_len > 0 ? max_len / p->gran : 0;
     if (nb == 0 || p->lru.n == 0) {
@@ -152,7 +164,7 @@ static pentry_t *lookup_longest(store_prefix_t *p, const int32_t *toks, int32_t 
     }
     if (p->hash) {
         for (int32_t b = 0; b < nb; b++)
-            key_of(p, toks, (b + 1) * p->gran, keys[b]);
+            key_of(p, ns, toks, (b + 1) * p->gran, keys[b]);
     } else { /* one pass: the digest of a streaming state equals the one-shot hash */
         XXH3_state_t *hs = XXH3_createState();
         if (!hs) {
@@ -160,7 +172,7 @@ static pentry_t *lookup_longest(store_prefix_t *p, const int32_t *toks, int32_t 
             p->st.misses++;
             return NULL;
         }
-        XXH3_128bits_reset_withSeed(hs, p->fingerprint);
+        XXH3_128bits_reset_withSeed(hs, seed_of(p, ns));
         for (int32_t b = 0; b < nb; b++) {
             XXH3_128bits_update(hs, toks + (size_t)b * p->gran, (size_t)p->gran * sizeof(int32_t));
             XXH128_hash_t h = XXH3_128bits_digest(hs);
@@ -172,7 +184,7 @@ static pentry_t *lookup_longest(store_prefix_t *p, const int32_t *toks, int32_t 
     pentry_t *hit = NULL;
     for (int32_t b = nb - 1; b >= 0 && !hit; b--) {
         bool coll = false;
-        hit = find(p, keys[b], toks, (b + 1) * p->gran, &coll);
+        hit = find(p, ns, keys[b], toks, (b + 1) * p->gran, &coll);
         if (coll) p->st.collisions++;
     }
     free(keys);
@@ -188,7 +200,7 @@ static pentry_t *lookup_longest(store_prefix_t *p, const int32_t *toks, int32_t 
 
 int32_t store_prefix_lookup(store_prefix_t *p, const int32_t *toks, int32_t max_len, void *dst)
 {
-    pentry_t *hit = lookup_longest(p, toks, max_len);
+    pentry_t *hit = lookup_longest(p, "", toks, max_len);
     if (!hit) return 0;
     memcpy(dst, hit->state, store_prefix_state_len(p, hit->n));
     return hit->n;
@@ -197,9 +209,16 @@ int32_t store_prefix_lookup(store_prefix_t *p, const int32_t *toks, int32_t max_
 int32_t store_prefix_lookup_dup(store_prefix_t *p, const int32_t *toks, int32_t max_len,
                                 void **out, size_t *len)
 {
+    return store_prefix_lookup_dup_ns(p, "", toks, max_len, out, len);
+}
+
+int32_t store_prefix_lookup_dup_ns(store_prefix_t *p, const char *ns, const int32_t *toks,
+                                   int32_t max_len, void **out, size_t *len)
+{
     *out = NULL;
     *len = 0;
-    pentry_t *hit = lookup_longest(p, toks, max_len);
+    if (!ns || strlen(ns) > STORE_PREFIX_NS_MAX) return 0;
+    pentry_t *hit = lookup_longest(p, ns, toks, max_len);
     if (!hit) return 0;
     size_t n = store_prefix_state_len(p, hit->n);
     void *st = malloc(n);
@@ -217,18 +236,24 @@ int32_t store_prefix_lookup_dup(store_prefix_t *p, const int32_t *toks, int32_t 
 
 bool store_prefix_has(store_prefix_t *p, const int32_t *toks, int32_t n)
 {
-    if (n <= 0) return false;
+    return store_prefix_has_ns(p, "", toks, n);
+}
+
+bool store_prefix_has_ns(store_prefix_t *p, const char *ns, const int32_t *toks, int32_t n)
+{
+    if (n <= 0 || !ns || strlen(ns) > STORE_PREFIX_NS_MAX) return false;
     uint64_t k[2];
-    key_of(p, toks, n, k);
-    return find(p, k, toks, n, NULL) != NULL;
+    key_of(p, ns, toks, n, k);
+    return find(p, ns, k, toks, n, NULL) != NULL;
 }
 
 /* Inserts toks[0..n) with `state`, owned (kept or freed) when own, else copied. */
-static int insert(store_prefix_t *p, const int32_t *toks, int32_t n, void *state, bool own)
+static int insert(store_prefix_t *p, const char *ns, const int32_t *toks, int32_t n, void *state,
+                  bool own)
 {
     int rc = 0;
     pentry_t *e = NULL;
-    if (n <= 0 || n % p->gran || !toks || !state) {
+    if (n <= 0 || n % p->gran || !toks || !state || !ns || strlen(ns) > STORE_PREFIX_NS_MAX) {
         rc = RCD_EINVAL;
         goto out;
     }
@@ -238,9 +263,9 @@ static int insert(store_prefix_t *p, const int32_t *toks, int32_t n, void *state
         goto out;
     }
     uint64_t k[2];
-    key_of(p, toks, n, k);
+    key_of(p, ns, toks, n, k);
     bool coll = false;
-    if ((e = find(p, k, toks, n, &coll))) {
+    if ((e = find(p, ns, k, toks, n, &coll))) {
         rcd_lru_touch(&p->lru, &e->lru);
         e = NULL;
         goto out;
@@ -261,6 +286,10 @@ static int insert(store_prefix_t *p, const int32_t *toks, int32_t n, void *state
     }
     memcpy(e->toks, toks, (size_t)n * sizeof(int32_t));
     e->n = n;
+    if (ns[0] && !(e->ns = strdup(ns))) {
+        rc = RCD_ENOMEM;
+        goto out;
+    }
     e->key[0] = k[0];
     e->key[1] = k[1];
     e->bytes = bytes;
@@ -281,12 +310,18 @@ out:
 
 int store_prefix_insert(store_prefix_t *p, const int32_t *toks, int32_t n, const void *state)
 {
-    return insert(p, toks, n, (void *)state, false);
+    return insert(p, "", toks, n, (void *)state, false);
 }
 
 int store_prefix_insert_own(store_prefix_t *p, const int32_t *toks, int32_t n, void *state)
 {
-    return insert(p, toks, n, state, true);
+    return insert(p, "", toks, n, state, true);
+}
+
+int store_prefix_insert_own_ns(store_prefix_t *p, const char *ns, const int32_t *toks, int32_t n,
+                               void *state)
+{
+    return insert(p, ns, toks, n, state, true);
 }
 
 void store_prefix_get_stats(const store_prefix_t *p, store_prefix_stats_t *out)

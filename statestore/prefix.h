@@ -64,6 +64,18 @@ int store_prefix_insert(store_prefix_t *p, const int32_t *toks, int32_t n, const
  * store_prefix_state_len(p, n) bytes) instead of copying it: kept by the entry, or freed
  * when the call fails or the prefix was cached already. Spares a copy of a large KV state. */
 int store_prefix_insert_own(store_prefix_t *p, const int32_t *toks, int32_t n, void *state);
+
+/* Namespaces (the daemon's tenants): the same calls within namespace `ns` (1..
+ * STORE_PREFIX_NS_MAX bytes; "" is the shared namespace the calls above use). An entry is
+ * found only in the namespace it was inserted in: the key's seed mixes in the namespace and
+ * a lookup compares it as it compares the ids. A namespace that is too long: a miss, false,
+ * RCD_EINVAL (the state freed). */
+#define STORE_PREFIX_NS_MAX 64
+int32_t store_prefix_lookup_dup_ns(store_prefix_t *p, const char *ns, const int32_t *toks,
+                                   int32_t max_len, void **out, size_t *len);
+bool store_prefix_has_ns(store_prefix_t *p, const char *ns, const int32_t *toks, int32_t n);
+int store_prefix_insert_own_ns(store_prefix_t *p, const char *ns, const int32_t *toks, int32_t n,
+                               void *state);
 void store_prefix_get_stats(const store_prefix_t *p, store_prefix_stats_t *out);
 
 /* Tests only: replaces the key hash (e.g. by a constant, to force collisions). */

@@ -210,6 +210,55 @@ static void test_variable_size(void)
     store_prefix_destroy(p);
 }
 
+/* Namespaces (the daemon's tenants): an entry serves only its own namespace, "" included,
+ * even when the hash is forced to collide. */
+static void test_namespaces(void)
+{
+    for (int forced = 0; forced < 2; forced++) {
+        store_prefix_t *p;
+        CHECK(store_prefix_create(1 << 20, SB, 0, FP, G, &p) == 0);
+        if (forced) store_prefix_set_hash(p, const_hash);
+        int32_t toks[16];
+        for (int i = 0; i < 16; i++)
+            toks[i] = i + 3;
+        void *st = malloc(SB), *out = NULL;
+        size_t len = 0;
+        fill(st, 7);
+        CHECK(store_prefix_insert_own_ns(p, "alice", toks, 8, st) == 0);
+        CHECK(store_prefix_has_ns(p, "alice", toks, 8));
+        CHECK(!store_prefix_has_ns(p, "bob", toks, 8));
+        CHECK(!store_prefix_has(p, toks, 8)); /* "" is a namespace of its own */
+        CHECK(store_prefix_lookup_dup_ns(p, "bob", toks, 15, &out, &len) == 0 && !out);
+        CHECK(store_prefix_lookup_dup(p, toks, 15, &out, &len) == 0 && !out);
+        CHECK(store_prefix_lookup_dup_ns(p, "alice", toks, 15, &out, &len) == 8);
+        CHECK(out && len == SB && ((unsigned char *)out)[0] == 7);
+        free(out);
+        /* bob's own entry for the same ids, and a shared one */
+        st = malloc(SB);
+        fill(st, 9);
+        CHECK(store_prefix_insert_own_ns(p, "bob", toks, 8, st) == 0);
+        st = malloc(SB);
+        fill(st, 11);
+        CHECK(store_prefix_insert_own(p, toks, 8, st) == 0);
+        CHECK(store_prefix_lookup_dup_ns(p, "bob", toks, 15, &out, &len) == 8);
+        CHECK(((unsigned char *)out)[0] == 9);
+        free(out);
+        CHECK(store_prefix_lookup_dup(p, toks, 15, &out, &len) == 8);
+        CHECK(((unsigned char *)out)[0] == 11);
+        free(out);
+        store_prefix_stats_t s;
+        store_prefix_get_stats(p, &s);
+        CHECK(s.entries == 3);
+        /* a namespace over the limit: refused, the state freed */
+        char big[STORE_PREFIX_NS_MAX + 2];
+        memset(big, 'x', sizeof(big) - 1);
+        big[sizeof(big) - 1] = 0;
+        CHECK(store_prefix_insert_own_ns(p, big, toks, 8, malloc(SB)) == RCD_EINVAL);
+        CHECK(!store_prefix_has_ns(p, big, toks, 8));
+        store_prefix_destroy(p);
+    }
+}
+
 int main(int argc, char **argv)
 {
     rcd_test_init(argc, argv);
@@ -217,5 +266,6 @@ int main(int argc, char **argv)
     RUN(test_lru_budget);
     RUN(test_collision);
     RUN(test_variable_size);
+    RUN(test_namespaces);
     return rcd_test_summary();
 }

@@ -28,6 +28,45 @@ int store_check_id(const char *id, char *err, size_t errlen)
     return 0;
 }
 
+int store_check_tenant(const char *t, size_t n)
+{
+    if (!t || n == 0 || n > STORE_TENANT_MAX) return RCD_EINVAL;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)t[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-'))
+            return RCD_EINVAL;
+    }
+    return 0;
+}
+
+int store_check_sid(const char *sid)
+{
+    const char *sep = sid ? strchr(sid, STORE_SCOPE_SEP) : NULL;
+    if (!sep) return store_check_id(sid, NULL, 0);
+    if (store_check_tenant(sid, (size_t)(sep - sid))) return RCD_EINVAL;
+    return store_check_id(sep + 1, NULL, 0);
+}
+
+int store_scope_id(char out[STORE_SID_MAX + 1], const char *tenant, const char *id)
+{
+    out[0] = 0;
+    if (store_check_id(id, NULL, 0)) return RCD_EINVAL;
+    if (!tenant || !tenant[0]) {
+        snprintf(out, STORE_SID_MAX + 1, "%s", id);
+        return 0;
+    }
+    if (store_check_tenant(tenant, strlen(tenant))) return RCD_EINVAL;
+    snprintf(out, STORE_SID_MAX + 1, "%s%c%s", tenant, STORE_SCOPE_SEP, id);
+    return 0;
+}
+
+const char *store_unscope_id(const char *sid)
+{
+    const char *sep = strchr(sid, STORE_SCOPE_SEP);
+    return sep ? sep + 1 : sid;
+}
+
 /* ---- index ------------------------------------------------------------------------------ */
 
 sess_t **store__find(store_t *s, const char *id)
@@ -41,7 +80,7 @@ sess_t **store__find(store_t *s, const char *id)
 
 static sess_t *lookup(store_t *s, const char *id)
 {
-    return id && store_check_id(id, NULL, 0) == 0 ? *store__find(s, id) : NULL;
+    return id && store_check_sid(id) == 0 ? *store__find(s, id) : NULL;
 }
 
 static uint32_t eff_ttl(const store_t *s, const store_session_t *r)
@@ -149,7 +188,7 @@ static int create_common(store_t *s, const char *id, const char *src_id, const s
                          int n_meta, const store_attrs_t *attrs, int64_t now_ms,
                          store_session_t *out, store_done_cb cb, void *user)
 {
-    int rc = store_check_id(id, NULL, 0);
+    int rc = store_check_sid(id);
     if (rc) return rc;
     sess_t *src = NULL, *x = NULL;
     const char *owner = attrs && attrs->owner ? attrs->owner : "";
@@ -475,7 +514,7 @@ done:
 int store_fetch(store_t *s, const char *id, store_done_cb cb, void *user)
 {
     if (!s->rds) return RCD_ENOTFOUND;
-    int rc = store_check_id(id, NULL, 0);
+    int rc = store_check_sid(id);
     if (rc) return rc;
     job_t *j = store__job_new(s, J_CREATE, NULL, cb, user);
     if (!j) return RCD_ENOMEM;

@@ -15,6 +15,13 @@
 #include "common/rcd_error.h"
 
 #define STORE_ID_MAX 128      /* bytes of a session id, [A-Za-z0-9._:-] */
+/* Tenant-scoped ids (the daemon with API keys): "TENANT~ID", TENANT 1..STORE_TENANT_MAX bytes
+ * of [A-Za-z0-9._-] and ID a session id as above. '~' is in neither set, so a scoped id never
+ * equals an unscoped one nor another tenant's. Every id the store takes or returns (its
+ * "store id") is one of the two forms, at most STORE_SID_MAX bytes. */
+#define STORE_TENANT_MAX 64
+#define STORE_SCOPE_SEP '~'
+#define STORE_SID_MAX (STORE_TENANT_MAX + 1 + STORE_ID_MAX)
 #define STORE_META_MAX 32     /* metadata entries per session */
 #define STORE_META_BYTES 4096 /* bytes of keys + values (+ 2 NULs each) per session */
 #define STORE_OWNER_MAX 128   /* bytes of an owner, none below 0x20 or 0x7f */
@@ -27,8 +34,8 @@ typedef struct store_meta {
 
 /* A copy of a session's record, owned by the caller; release with store_session_clear. */
 typedef struct store_session {
-    char id[STORE_ID_MAX + 1];
-    char parent_id[STORE_ID_MAX + 1]; /* "" unless forked */
+    char id[STORE_SID_MAX + 1];
+    char parent_id[STORE_SID_MAX + 1]; /* "" unless forked */
     uint64_t version;                 /* 0 at creation, +1 per commit */
     uint64_t n_tokens;                /* tokens absorbed into the committed state */
     int64_t created_ms, updated_ms;   /* Unix milliseconds */
@@ -123,6 +130,15 @@ void store_close(store_t *s); /* NULL-safe */
 /* Checks an id's syntax: RCD_EINVAL with a message if it is empty, too long or has bytes
  * outside [A-Za-z0-9._:-]. */
 int store_check_id(const char *id, char *err, size_t errlen);
+/* Checks a tenant name: 1..STORE_TENANT_MAX bytes of [A-Za-z0-9._-]. */
+int store_check_tenant(const char *tenant, size_t len);
+/* Checks a store id: a session id, or "TENANT~ID" (both parts checked as above). */
+int store_check_sid(const char *sid);
+/* Writes the store id of client id `id` in `tenant`'s scope into out ("" tenant: id itself).
+ * RCD_EINVAL when either part is invalid (out is then ""). */
+int store_scope_id(char out[STORE_SID_MAX + 1], const char *tenant, const char *id);
+/* The client part of a store id (after the tenant and '~'; the id itself when unscoped). */
+const char *store_unscope_id(const char *sid);
 
 /* The calls below that take a callback either fail at once (a negative code, and cb is never
  * called) or return 0 (STORE_PENDING for store_load) and call cb exactly once later. */

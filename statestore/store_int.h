@@ -32,7 +32,7 @@ typedef struct job {
     uint64_t gen;
     ckpt_hdr_t h;               /* create/commit: the checkpoint to write; load: what was read */
     void *state;                /* owned: the payload to write, or the buffer a load fills */
-    char src[STORE_ID_MAX + 1]; /* fork from disk: read src_version of src first */
+    char src[STORE_SID_MAX + 1]; /* fork from disk: read src_version of src first */
     uint64_t src_version;
     bool from_disk;
     bool staged; /* group commit: written to stg, awaiting the batch's flush */
@@ -72,7 +72,7 @@ struct store {
 };
 
 /* Longest shared-tier key: "recurd:ckpt:" and a session id. */
-#define STORE_RDS_KEY_MAX (STORE_ID_MAX + 32)
+#define STORE_RDS_KEY_MAX (STORE_SID_MAX + 32)
 
 /* ---- store.c: the index (loop thread) and the host cache ---- */
 /* The chain slot that holds id, or the empty slot at its end. */

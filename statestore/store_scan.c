@@ -61,7 +61,7 @@ static int scan(store_t *s, char *err, size_t errlen)
         }
         if (strncmp(name, "s_", 2) != 0) continue;
         const char *id = name + 2;
-        if (store_check_id(id, NULL, 0)) {
+        if (store_check_sid(id)) {
             warn(s, NULL, "state dir entry with an invalid session id skipped");
             continue;
         }

@@ -425,7 +425,7 @@ static void test_variable_size(void)
 typedef struct sweep {
     const char *busy_id; /* the one session a "turn" holds */
     int n_expired;
-    char ids[8][STORE_ID_MAX + 1];
+    char ids[8][STORE_SID_MAX + 1];
     int64_t idle[8];
 } sweep_t;
 

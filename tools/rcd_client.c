@@ -6,6 +6,16 @@
 #include <grpc/support/time.h>
 #include <string.h>
 
+/* Metadata every call sends (rcd_client_set_metadata); borrowed. */
+static const grpc_metadata *g_md;
+static size_t g_n_md;
+
+void rcd_client_set_metadata(const grpc_metadata *md, size_t n)
+{
+    g_md = md;
+    g_n_md = n;
+}
+
 grpc_channel *rcd_client_channel(const char *addr)
 {
     grpc_channel_credentials *creds = grpc_insecure_credentials_create();
@@ -76,6 +86,8 @@ int rcd_call_start(rcd_call_t *c, grpc_channel *ch, grpc_completion_queue *cq, c
     grpc_op ops[4];
     memset(ops, 0, sizeof(ops));
     ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[0].data.send_initial_metadata.count = g_n_md;
+    ops[0].data.send_initial_metadata.metadata = (grpc_metadata *)g_md;
     ops[1].op = GRPC_OP_SEND_MESSAGE;
     ops[1].data.send_message.send_message = c->send;
     ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;

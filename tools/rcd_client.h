@@ -20,6 +20,9 @@ typedef struct rcd_call {
 
 /* An insecure channel to addr ("host:port"); the caller owns it. grpc_init() first. */
 grpc_channel *rcd_client_channel(const char *addr);
+/* Metadata sent with every call started by rcd_call_start from now on (e.g. authorization);
+ * md is borrowed and must outlive those calls. NULL, 0: none. */
+void rcd_client_set_metadata(const grpc_metadata *md, size_t n);
 /* Destroys ch, shuts cq down, drains it (pluck or next, as it was created) and destroys it. */
 void rcd_client_close(grpc_channel *ch, grpc_completion_queue *cq, bool pluck_cq);
 /* Absolute deadline ms from now (0: now, already past); ms < 0 means none. */

@@ -3,6 +3,8 @@
  * tokenize and health commands print one line each. Exit status: 0, or the gRPC status. */
 #include <errno.h>
 #include <grpc/grpc.h>
+#include <openssl/evp.h>
+#include <sys/random.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -27,6 +29,9 @@ static void usage(void)
             "  session create [--id ID] [--owner NAME] [--ttl SECONDS] [--meta KEY=VALUE]...\n"
             "  session get ID | session fork ID [--id NEW] | session delete ID\n"
             "  models | tokenize TEXT | health\n"
+            "  keys new --tenant T [--role user|admin]   (prints a new key, then its\n"
+            "           --api-keys line; no daemon needed)\n"
+            "--api-key KEY (env RECURD_API_KEY) sends authorization: Bearer KEY\n"
             "env RECURD_ADDR sets the default address (%s)\n",
             g_addr);
 }
@@ -309,16 +314,82 @@ static int cmd_health(void)
     return s == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING ? 0 : 1;
 }
 
+/* keys new: 256 bits from getrandom as base64url without padding (43 characters, so that a key
+ * is never mistaken for the 64-hex-digit digest that goes in the file), then the file line. */
+static int cmd_keys(int argc, char **argv)
+{
+    const char *tenant = NULL, *role = "user";
+    if (argc < 1 || strcmp(argv[0], "new")) {
+        usage();
+        return 2;
+    }
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--tenant") && i + 1 < argc)
+            tenant = argv[++i];
+        else if (!strcmp(argv[i], "--role") && i + 1 < argc)
+            role = argv[++i];
+        else {
+            usage();
+            return 2;
+        }
+    }
+    size_t tl = tenant ? strlen(tenant) : 0;
+    bool ok = tl >= 1 && tl <= 64;
+    for (size_t i = 0; ok && i < tl; i++) {
+        unsigned char c = (unsigned char)tenant[i];
+        ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+             c == '.' || c == '_' || c == '-';
+    }
+    if (!ok) {
+        fprintf(stderr, "recurctl: --tenant must be 1 to 64 bytes of [A-Za-z0-9._-]\n");
+        return 2;
+    }
+    if (strcmp(role, "user") && strcmp(role, "admin")) {
+        fprintf(stderr, "recurctl: --role must be user or admin\n");
+        return 2;
+    }
+    unsigned char r[32];
+    if (getrandom(r, sizeof(r), 0) != (ssize_t)sizeof(r)) {
+        fprintf(stderr, "recurctl: getrandom: %s\n", strerror(errno));
+        return 1;
+    }
+    static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    char key[44];
+    size_t n = 0;
+    for (size_t i = 0; i < sizeof(r); i += 3) {
+        uint32_t v = (uint32_t)r[i] << 16 | (i + 1 < sizeof(r) ? (uint32_t)r[i + 1] << 8 : 0) |
+                     (i + 2 < sizeof(r) ? r[i + 2] : 0);
+        size_t chars = i + 2 < sizeof(r) ? 4 : i + 1 < sizeof(r) ? 3 : 2;
+        for (size_t j = 0; j < chars; j++)
+            key[n++] = b64[(v >> (18 - 6 * j)) & 63];
+    }
+    key[n] = 0;
+    unsigned char d[32];
+    unsigned int dl = 0;
+    if (!EVP_Digest(key, n, d, &dl, EVP_sha256(), NULL) || dl != 32) {
+        fprintf(stderr, "recurctl: SHA-256 failed\n");
+        return 1;
+    }
+    printf("%s\n", key);
+    for (int i = 0; i < 32; i++)
+        printf("%02x", d[i]);
+    printf(" %s %s\n", tenant, role);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *env = getenv("RECURD_ADDR");
     if (env && *env) g_addr = env;
+    const char *api_key = getenv("RECURD_API_KEY");
     int i = 1;
     for (; i < argc && argv[i][0] == '-'; i++) {
         if (!strcmp(argv[i], "--addr") && i + 1 < argc)
             g_addr = argv[++i];
         else if (!strcmp(argv[i], "--timeout") && i + 1 < argc)
             g_timeout = strtod(argv[++i], NULL);
+        else if (!strcmp(argv[i], "--api-key") && i + 1 < argc)
+            api_key = argv[++i];
         else {
             usage();
             return !strcmp(argv[i], "--help") || !strcmp(argv[i], "-h") ? 0 : 2;
@@ -328,7 +399,19 @@ int main(int argc, char **argv)
         usage();
         return 2;
     }
+    if (!strcmp(argv[i], "keys")) return cmd_keys(argc - i - 1, argv + i + 1);
     grpc_init();
+    char *bearer = NULL;
+    grpc_metadata auth;
+    if (api_key && *api_key) {
+        size_t n = strlen(api_key) + 8;
+        if (!(bearer = malloc(n))) return 1;
+        snprintf(bearer, n, "Bearer %s", api_key);
+        memset(&auth, 0, sizeof(auth));
+        auth.key = grpc_slice_from_static_string("authorization");
+        auth.value = grpc_slice_from_copied_string(bearer);
+        rcd_client_set_metadata(&auth, 1);
+    }
     g_ch = rcd_client_channel(g_addr);
     g_cq = grpc_completion_queue_create_for_pluck(NULL);
     const char *cmd = argv[i++];
@@ -348,6 +431,10 @@ int main(int argc, char **argv)
         rc = 2;
     }
     rcd_client_close(g_ch, g_cq, true);
+    if (bearer) {
+        grpc_slice_unref(auth.value);
+        free(bearer);
+    }
     grpc_shutdown();
     return rc;
 }

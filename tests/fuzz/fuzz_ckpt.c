@@ -33,8 +33,8 @@ static void check_msg(const char *err)
 
 static void check_fields(const ckpt_hdr_t *h)
 {
-    FZ_REQUIRE(store_check_id(h->id, NULL, 0) == 0);
-    FZ_REQUIRE(!h->parent[0] || store_check_id(h->parent, NULL, 0) == 0);
+    FZ_REQUIRE(store_check_sid(h->id) == 0);
+    FZ_REQUIRE(!h->parent[0] || store_check_sid(h->parent) == 0);
     FZ_REQUIRE(h->n_tensors >= 0 && h->n_tensors <= CKPT_MAX_TENSORS);
     FZ_REQUIRE(h->n_tensors == 0 || h->tensors != NULL);
     for (int i = 0; i < h->n_tensors; i++) {
