@@ -101,6 +101,8 @@ struct dmn_server {
     bool shutdown_done;
     uv_timer_t grace_timer;
     uv_signal_t sig_term, sig_int;
+    uv_signal_t sig_hup;     /* SIGHUP: dmn_reload */
+    struct dmn_tls *tls;     /* TLS files and their reload; NULL: plaintext (main owns it) */
     uv_timer_t sweep_timer;  /* session expiry (dmn_expiry.c) */
     int64_t sweep_due_ms;    /* wall clock of its next run */
     uint64_t sweep_fixed_ms; /* RECURD_SESSION_SWEEP_MS (tests): a fixed period; 0: adaptive */
@@ -144,6 +146,10 @@ void dmn_random_id(char *buf, size_t len, const char *prefix);
  * not) and owns req. Returns false (nothing started) otherwise. */
 typedef void (*dmn_refetch_fn)(dmn_call_t *c, ProtobufCMessage *req, int rc, const char *msg);
 bool dmn_session_fetch(dmn_call_t *c, const char *id, ProtobufCMessage *req, dmn_refetch_fn again);
+
+/* ---- dmn_reload.c: SIGHUP ---------------------------------------------------------------- */
+/* Re-reads what may change without a restart (TLS files); logs event "reload". Loop thread. */
+void dmn_reload(dmn_server_t *s);
 
 /* ---- dmn_expiry.c: the sweep that expires idle sessions --------------------------------- */
 void dmn_expiry_start(dmn_server_t *s); /* inits and arms the timer (dmn_server_start) */

@@ -2,6 +2,7 @@
  * pairs to the loop through uv_async, armed call requests per method, per-call batches and
  * lifetime, and the drain/shutdown sequence (see shared/design/grpc-core-notes.md). */
 #include "daemon/dmn.h"
+#include "daemon/dmn_tls.h"
 #include "daemon/dmn_wire.h"
 
 #include <grpc/byte_buffer_reader.h>
@@ -106,6 +107,7 @@ static void on_wake(uv_async_t *a)
             uv_close((uv_handle_t *)&s->grace_timer, on_closed_handle);
             uv_close((uv_handle_t *)&s->sig_term, on_closed_handle);
             uv_close((uv_handle_t *)&s->sig_int, on_closed_handle);
+            uv_close((uv_handle_t *)&s->sig_hup, on_closed_handle);
             dmn_expiry_close(s);
             continue;
         }
@@ -516,6 +518,13 @@ static void on_signal(uv_signal_t *h, int signum)
     dmn_server_drain(h->data, signum == SIGTERM ? "SIGTERM" : "SIGINT");
 }
 
+/* SIGHUP reloads; it never drains. */
+static void on_sighup(uv_signal_t *h, int signum)
+{
+    (void)signum;
+    dmn_reload(h->data);
+}
+
 /* Drops the listening server and its completion queue before anything started on them. */
 static void unlisten(dmn_server_t *s)
 {
@@ -558,15 +567,16 @@ int dmn_server_start(dmn_server_t *s, char *err, size_t errlen)
     char addr[300];
     snprintf(addr, sizeof(addr), "%s:%ld", s->opts->listen_all ? "0.0.0.0" : s->opts->host,
              s->opts->port);
-    grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
-    s->port = grpc_server_add_http2_port(s->server, addr, creds);
-    grpc_server_credentials_release(creds);
+    grpc_server_credentials *creds = s->tls ? dmn_tls_server_credentials(s->tls)
+                                            : grpc_insecure_server_credentials_create();
+    s->port = creds ? grpc_server_add_http2_port(s->server, addr, creds) : 0;
+    if (creds) grpc_server_credentials_release(creds);
     if (s->port <= 0) {
         unlisten(s);
         return rcd_fail(RCD_EIO, err, errlen, "cannot listen on %s (in use?)", addr);
     }
     /* The loop's handles and the CQ thread, before the server starts taking calls. */
-    uv_handle_t *opened[4];
+    uv_handle_t *opened[5];
     int n_open = 0, urc;
     const char *what = "";
     if ((urc = -pthread_mutex_init(&s->mu, NULL))) {
@@ -592,9 +602,15 @@ int dmn_server_start(dmn_server_t *s, char *err, size_t errlen)
         goto fail;
     }
     opened[n_open++] = (uv_handle_t *)&s->sig_int;
-    s->sig_term.data = s->sig_int.data = s;
+    if ((urc = uv_signal_init(s->loop, &s->sig_hup))) {
+        what = "the SIGHUP handler";
+        goto fail;
+    }
+    opened[n_open++] = (uv_handle_t *)&s->sig_hup;
+    s->sig_term.data = s->sig_int.data = s->sig_hup.data = s;
     if ((urc = uv_signal_start(&s->sig_term, on_signal, SIGTERM)) ||
-        (urc = uv_signal_start(&s->sig_int, on_signal, SIGINT))) {
+        (urc = uv_signal_start(&s->sig_int, on_signal, SIGINT)) ||
+        (urc = uv_signal_start(&s->sig_hup, on_sighup, SIGHUP))) {
         what = "the signal handlers";
         goto fail;
     }
@@ -610,8 +626,13 @@ int dmn_server_start(dmn_server_t *s, char *err, size_t errlen)
         for (int i = 0; i < n; i++)
             arm(s, (dmn_method_t)m);
     }
-    dmn_log(DMN_INFO, "listening", NULL, NULL, "listening on %s port %d",
-            s->opts->listen_all ? "0.0.0.0" : s->opts->host, s->port);
+    dmn_log(DMN_INFO, "listening", NULL, NULL, "listening on %s port %d (%s)",
+            s->opts->listen_all ? "0.0.0.0" : s->opts->host, s->port, dmn_tls_mode(s->tls));
+    if (!s->tls && !dmn_host_is_loopback(s->opts))
+        dmn_log(DMN_WARN, "plaintext_listen_all", NULL, NULL,
+                "serving plaintext gRPC on %s, reachable beyond this machine: anyone on the "
+                "network can read the traffic; give --tls-cert and --tls-key",
+                s->opts->listen_all ? "0.0.0.0 (--listen-all)" : s->opts->host);
     return 0;
 fail: /* the handles opened so far close on the loop's last turn (main's cleanup) */
     for (int i = 0; i < n_open; i++)

@@ -3,6 +3,7 @@
  * drain); then an orderly teardown (exit 0). Each phase logs its own failure. */
 #include "common/rcd_path.h"
 #include "daemon/dmn.h"
+#include "daemon/dmn_tls.h"
 #include "engine/eng_runner.h"
 #include "statestore/prefix.h"
 
@@ -323,6 +324,11 @@ int main(int argc, char **argv)
     }
     dmn_log_set_level(opts.log_level); /* one of DMN_OPTIONS' choices: cannot fail */
     srv.opts = &opts;
+    /* TLS files first: a bad one is refused before the model loads. */
+    if ((rc = dmn_tls_create(&opts, &srv.tls, err, sizeof(err)))) {
+        dmn_log(DMN_ERROR, "tls", NULL, NULL, "%s", err);
+        goto cleanup;
+    }
     if (load(&srv)) goto cleanup;
     if ((rc = uv_loop_init(&loop))) {
         dmn_log(DMN_ERROR, "loop", NULL, NULL, "uv_loop_init: %s", uv_strerror(rc));
@@ -340,6 +346,7 @@ cleanup:
             dmn_log(DMN_WARN, "loop_close", NULL, NULL, "loop had live handles at exit");
     }
     if (grpc_up) grpc_shutdown();
+    dmn_tls_destroy(srv.tls); /* after grpc_shutdown: gRPC's threads fetch from it */
     unload(&srv);
     dmn_opts_free(&opts);
     return exit_code;
