@@ -220,7 +220,10 @@ class Reload(OwnDaemonsTest, TlsMixin):
         d = Daemon("--ephemeral", "--tls-cert", os.path.join(self.dir, "server.crt"),
                    "--tls-key", os.path.join(self.dir, "server.key"), creds=creds("ca1"))
         self.daemons.append(d)
-        # A long stream on the first connection, open across the reloads.
+        # Two streams on the first connection, open across the reloads: a long Generate, and a
+        # health Watch that stays open until the drain at the end.
+        watch = d.health.Watch(hpb.HealthCheckRequest(), timeout=300)
+        self.assertEqual(next(watch).status, hpb.HealthCheckResponse.SERVING)
         stream = d.api.Generate(gen_request("Once upon a time", max_tokens=3000, ignore_eos=True,
                                             temperature=0), timeout=300)
         first = next(stream)
@@ -259,6 +262,9 @@ class Reload(OwnDaemonsTest, TlsMixin):
             last = m
         self.assertEqual(n, 3000)
         self.assertEqual(last.finish_reason, pb.FINISH_REASON_LENGTH)
+        logs = d.logs()
+        self.assertLess(logs.index('"event":"reload"'), logs.index('"event":"turn_done"'),
+                        "the turn ended before the first reload")
         # and back to the first certificate
         self.install("server1.crt", "server1.key")
         self.sighup(d, 4)
@@ -267,6 +273,11 @@ class Reload(OwnDaemonsTest, TlsMixin):
         ch.close()
         self.assertRefused(channel(d.addr, creds("ca2")))
         self.assertNotIn("drain", d.logs())
+        # the Watch opened before the first reload still hears the drain
+        d.proc.send_signal(signal.SIGTERM)
+        self.assertEqual(next(watch).status, hpb.HealthCheckResponse.NOT_SERVING)
+        watch.cancel()
+        self.assertEqual(d.proc.wait(timeout=60), 0)
 
 
 class Startup(unittest.TestCase):
