@@ -567,8 +567,8 @@ int dmn_server_start(dmn_server_t *s, char *err, size_t errlen)
     char addr[300];
     snprintf(addr, sizeof(addr), "%s:%ld", s->opts->listen_all ? "0.0.0.0" : s->opts->host,
              s->opts->port);
-    grpc_server_credentials *creds = s->tls ? dmn_tls_server_credentials(s->tls)
-                                            : grpc_insecure_server_credentials_create();
+    grpc_server_credentials *creds =
+        s->tls ? dmn_tls_server_credentials(s->tls) : grpc_insecure_server_credentials_create();
     s->port = creds ? grpc_server_add_http2_port(s->server, addr, creds) : 0;
     if (creds) grpc_server_credentials_release(creds);
     if (s->port <= 0) {

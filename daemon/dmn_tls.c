@@ -98,8 +98,8 @@ static int read_file(const char *what, const char *path, char **out, char *err, 
     else if (n == 0)
         rc = rcd_fail(RCD_EINVAL, err, errlen, "%s %s: empty file", what, path);
     else if (memchr(buf, 0, n))
-        rc = rcd_fail(RCD_EINVAL, err, errlen, "%s %s: holds a NUL byte (not PEM text)", what,
-                      path);
+        rc =
+            rcd_fail(RCD_EINVAL, err, errlen, "%s %s: holds a NUL byte (not PEM text)", what, path);
     if (rc) {
         if (buf) OPENSSL_cleanse(buf, n);
         free(buf);

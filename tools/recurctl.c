@@ -23,20 +23,21 @@ static grpc_completion_queue *g_cq;
 
 static void usage(void)
 {
-    fprintf(stderr,
-            "usage: recurctl [--addr HOST:PORT] [--timeout SECONDS] [--tls-ca FILE]\n"
-            "                [--tls-cert FILE --tls-key FILE] [--tls-server-name NAME] COMMAND ...\n"
-            "  generate [--session ID] [--max-tokens N] [--temperature T] [--seed N]\n"
-            "           [--stop STR] [--expected-version V] [--priority N] PROMPT\n"
-            "  session create [--id ID] [--owner NAME] [--ttl SECONDS] [--meta KEY=VALUE]...\n"
-            "  session get ID | session fork ID [--id NEW] | session delete ID\n"
-            "  models | tokenize TEXT | health\n"
-            "--tls-ca: the server's CA certificate (PEM): connect over TLS; --tls-cert/--tls-key:\n"
-            "  a client certificate and key (PEM) for a server that requires them (mTLS);\n"
-            "  --tls-server-name: the name the server's certificate must carry (default: HOST)\n"
-            "env RECURD_ADDR sets the default address (%s); RECURCTL_TLS_CA, RECURCTL_TLS_CERT,\n"
-            "RECURCTL_TLS_KEY and RECURCTL_TLS_SERVER_NAME the TLS defaults\n",
-            g_addr);
+    fprintf(
+        stderr,
+        "usage: recurctl [--addr HOST:PORT] [--timeout SECONDS] [--tls-ca FILE]\n"
+        "                [--tls-cert FILE --tls-key FILE] [--tls-server-name NAME] COMMAND ...\n"
+        "  generate [--session ID] [--max-tokens N] [--temperature T] [--seed N]\n"
+        "           [--stop STR] [--expected-version V] [--priority N] PROMPT\n"
+        "  session create [--id ID] [--owner NAME] [--ttl SECONDS] [--meta KEY=VALUE]...\n"
+        "  session get ID | session fork ID [--id NEW] | session delete ID\n"
+        "  models | tokenize TEXT | health\n"
+        "--tls-ca: the server's CA certificate (PEM): connect over TLS; --tls-cert/--tls-key:\n"
+        "  a client certificate and key (PEM) for a server that requires them (mTLS);\n"
+        "  --tls-server-name: the name the server's certificate must carry (default: HOST)\n"
+        "env RECURD_ADDR sets the default address (%s); RECURCTL_TLS_CA, RECURCTL_TLS_CERT,\n"
+        "RECURCTL_TLS_KEY and RECURCTL_TLS_SERVER_NAME the TLS defaults\n",
+        g_addr);
 }
 
 /* Tags on the pluck queue: 1 request sent, 2 status, 3 message. */
@@ -326,7 +327,9 @@ static char *read_pem(const char *flag, const char *path)
     if (f && (buf = malloc((1 << 20) + 1))) n = fread(buf, 1, 1 << 20, f);
     if (!f || !buf || ferror(f) || n == 0 || memchr(buf, 0, n)) {
         fprintf(stderr, "recurctl: %s %s: %s\n", flag, path,
-                !f ? strerror(errno) : !buf ? "out of memory" : "unreadable, empty or not PEM");
+                !f     ? strerror(errno)
+                : !buf ? "out of memory"
+                       : "unreadable, empty or not PEM");
         free(buf);
         buf = NULL;
     } else {

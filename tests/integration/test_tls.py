@@ -322,6 +322,14 @@ class Startup(unittest.TestCase):
         d = Daemon("--ephemeral")
         try:
             self.assertNotIn("plaintext_listen_all", d.logs())
+            # SIGHUP without TLS: nothing to reload, and the daemon serves on
+            d.proc.send_signal(signal.SIGHUP)
+            deadline = time.time() + 20
+            while '"event":"reload"' not in d.logs() and time.time() < deadline:
+                time.sleep(0.05)
+            self.assertIn("SIGHUP: nothing to reload", d.logs())
+            self.assertEqual(d.health.Check(hpb.HealthCheckRequest(), timeout=10).status,
+                             hpb.HealthCheckResponse.SERVING)
         finally:
             self.assertEqual(d.stop(), 0)
 
