@@ -8,6 +8,7 @@
 #include "statestore/prefix.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -324,6 +325,8 @@ int main(int argc, char **argv)
     }
     dmn_log_set_level(opts.log_level); /* one of DMN_OPTIONS' choices: cannot fail */
     srv.opts = &opts;
+    /* SIGHUP means reload (dmn_reload, once the server listens), never exit: ignored till then. */
+    signal(SIGHUP, SIG_IGN);
     /* TLS files first: a bad one is refused before the model loads. */
     if ((rc = dmn_tls_create(&opts, &srv.tls, err, sizeof(err)))) {
         dmn_log(DMN_ERROR, "tls", NULL, NULL, "%s", err);
