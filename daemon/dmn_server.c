@@ -573,7 +573,8 @@ int dmn_server_start(dmn_server_t *s, char *err, size_t errlen)
     if (creds) grpc_server_credentials_release(creds);
     if (s->port <= 0) {
         unlisten(s);
-        return rcd_fail(RCD_EIO, err, errlen, "cannot listen on %s (in use?)", addr);
+        return rcd_fail(RCD_EIO, err, errlen, "cannot listen on %s (in use?%s)", addr,
+                        s->tls ? " or the TLS setup failed: see gRPC's message" : "");
     }
     /* The loop's handles and the CQ thread, before the server starts taking calls. */
     uv_handle_t *opened[5];
