@@ -117,8 +117,9 @@ struct dmn_server {
     bool shutdown_done;
     uv_timer_t grace_timer;
     uv_signal_t sig_term, sig_int;
-    uv_signal_t sig_hup; /* reload (dmn_reload.c) */
-    dmn_keys_t *keys;    /* --api-keys; NULL: no keys, sessions are unprotected */
+    uv_signal_t sig_hup;     /* SIGHUP: dmn_reload */
+    struct dmn_tls *tls;     /* TLS files and their reload; NULL: plaintext (main owns it) */
+    dmn_keys_t *keys;        /* --api-keys; NULL: no keys, sessions are unprotected */
     uv_timer_t sweep_timer;  /* session expiry (dmn_expiry.c) */
     int64_t sweep_due_ms;    /* wall clock of its next run */
     uint64_t sweep_fixed_ms; /* RECURD_SESSION_SWEEP_MS (tests): a fixed period; 0: adaptive */
@@ -167,6 +168,10 @@ void dmn_random_id(char *buf, size_t len, const char *prefix);
 typedef void (*dmn_refetch_fn)(dmn_call_t *c, ProtobufCMessage *req, int rc, const char *msg);
 bool dmn_session_fetch(dmn_call_t *c, const char *id, ProtobufCMessage *req, dmn_refetch_fn again);
 
+/* ---- dmn_reload.c: SIGHUP ---------------------------------------------------------------- */
+/* Re-reads what may change without a restart (TLS files); logs event "reload". Loop thread. */
+void dmn_reload(dmn_server_t *s);
+
 /* ---- dmn_expiry.c: the sweep that expires idle sessions --------------------------------- */
 void dmn_expiry_start(dmn_server_t *s); /* inits and arms the timer (dmn_server_start) */
 void dmn_expiry_close(dmn_server_t *s); /* closes it (with the server's other handles) */
@@ -177,8 +182,8 @@ void dmn_expiry_hint(dmn_server_t *s, int64_t expires_ms);
 /* Loads --api-keys at startup (nothing when unset): RCD_EINVAL with "file:line: why". */
 int dmn_auth_open(dmn_server_t *s, char *err, size_t errlen);
 void dmn_auth_close(dmn_server_t *s);
-/* SIGHUP: reads the keys file again; a file that fails keeps the old keys (logged). */
-void dmn_auth_reload(dmn_server_t *s);
+/* SIGHUP: reads the keys file again; a file that fails keeps the old keys (logged): -1. */
+int dmn_auth_reload(dmn_server_t *s);
 /* Checks the call's key (not for health): 0 and c->tenant set, or RCD_EREPLIED when it was
  * answered UNAUTHENTICATED / PERMISSION_DENIED / INVALID_ARGUMENT (and audited). */
 int dmn_auth_call(dmn_call_t *c, const dmn_auth_md_t *md);
@@ -200,6 +205,9 @@ void dmn_reload(dmn_server_t *s);
  * (GenerateRequest.tenant) if set, else `owner` (the session's, may be NULL), else "" (the
  * anonymous tenant). Session quotas pass NULL and the session's owner. */
 const char *dmn_tenant_of(const dmn_call_t *c, const char *requested, const char *owner);
+/* The sessions and stored state bytes that count against the tenant's quotas: with API keys
+ * those in the call's tenant scope, else those whose owner is `owner` (NULL: ""). */
+void dmn_tenant_usage(const dmn_call_t *c, const char *owner, uint64_t *sessions, uint64_t *bytes);
 /* A quota refusal: sets c's retry-after hint, logs it, writes the message into err and
  * returns RCD_ETOOBIG (RESOURCE_EXHAUSTED). */
 struct dmn_quota_refusal;

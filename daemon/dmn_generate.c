@@ -73,6 +73,14 @@ const char *dmn_tenant_of(const dmn_call_t *c, const char *requested, const char
     return owner ? owner : "";
 }
 
+void dmn_tenant_usage(const dmn_call_t *c, const char *owner, uint64_t *sessions, uint64_t *bytes)
+{
+    if (c->srv->keys)
+        store_scope_usage(c->srv->store, c->tenant, sessions, bytes);
+    else
+        store_owner_usage(c->srv->store, owner ? owner : "", sessions, bytes);
+}
+
 int dmn_quota_refuse(dmn_call_t *c, const char *tenant, const dmn_quota_refusal_t *why, char *err,
                      size_t errlen)
 {
@@ -596,7 +604,7 @@ static int gen_quota_admit(dmn_gen_t *g, const char *tenant, const char *owner, 
     if (g->has_session && dmn_quota_limits(s->quota)->max_state_bytes) {
         uint64_t next = g->state_cap ? g->state_cap : store_state_bytes(s->store);
         grow = next > cur_len ? next - cur_len : 0;
-        store_owner_usage(s->store, owner, &n_sess, &stored);
+        dmn_tenant_usage(g->call, owner, &n_sess, &stored);
     }
     dmn_quota_refusal_t why;
     int rc = dmn_quota_turn_admit(s->quota, tenant, mono_ms(), g->n_prompt, stored, grow, &g->quota,

@@ -34,6 +34,14 @@
       "listen on 0.0.0.0 (overrides host)")                                                        \
     X(port, INT, "50051", "RECURD_PORT", DMN_RANGE(0, 65535), "TCP port; 0 picks a free one")      \
     X(port_file, STR, "", "RECURD_PORT_FILE", DMN_ANY, "write the bound port to this file")        \
+    X(tls_cert, STR, "", "RECURD_TLS_CERT", DMN_ANY,                                               \
+      "PEM certificate chain (server's first): serve gRPC over TLS; needs --tls-key; SIGHUP "      \
+      "reloads it")                                                                                \
+    X(tls_key, STR, "", "RECURD_TLS_KEY", DMN_ANY,                                                 \
+      "PEM private key of --tls-cert (unencrypted); SIGHUP reloads it")                            \
+    X(tls_client_ca, STR, "", "RECURD_TLS_CLIENT_CA", DMN_ANY,                                     \
+      "PEM CA certificates: clients must present a certificate signed by one (mTLS); needs "       \
+      "--tls-cert; SIGHUP reloads it")                                                             \
     X(backend, STR, "cpu", "RECURD_BACKEND", DMN_ONE_OF("cpu|cuda"), "compute backend")            \
     X(threads, INT, "0", "RECURD_THREADS", DMN_RANGE(0, DMN_INT_MAX),                              \
       "CPU threads for the engine; 0: all")                                                        \

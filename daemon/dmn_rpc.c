@@ -267,7 +267,7 @@ static bool session_quota_ok(dmn_call_t *c, const char *owner, uint64_t add_byte
     if (!l->max_sessions && !l->max_state_bytes) return true;
     const char *tenant = dmn_tenant_of(c, NULL, owner);
     uint64_t n = 0, bytes = 0;
-    store_owner_usage(s->store, owner ? owner : "", &n, &bytes);
+    dmn_tenant_usage(c, owner, &n, &bytes);
     dmn_quota_refusal_t why;
     if (!dmn_quota_session_check(s->quota, tenant, n, bytes, add_bytes, &why)) return true;
     char err[300];

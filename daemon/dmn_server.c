@@ -3,6 +3,7 @@
  * lifetime, and the drain/shutdown sequence (see shared/design/grpc-core-notes.md). */
 #include "daemon/dmn.h"
 #include "daemon/dmn_meta.h"
+#include "daemon/dmn_tls.h"
 #include "daemon/dmn_wire.h"
 
 #include <grpc/byte_buffer_reader.h>
@@ -551,15 +552,16 @@ void dmn_server_drain(dmn_server_t *s, const char *why)
     if (s->n_turns == 0) finish_drain(s);
 }
 
+static void on_signal(uv_signal_t *h, int signum)
+{
+    dmn_server_drain(h->data, signum == SIGTERM ? "SIGTERM" : "SIGINT");
+}
+
+/* SIGHUP reloads; it never drains. */
 static void on_sighup(uv_signal_t *h, int signum)
 {
     (void)signum;
     dmn_reload(h->data);
-}
-
-static void on_signal(uv_signal_t *h, int signum)
-{
-    dmn_server_drain(h->data, signum == SIGTERM ? "SIGTERM" : "SIGINT");
 }
 
 /* Drops the listening server and its completion queue before anything started on them. */
@@ -604,12 +606,14 @@ int dmn_server_start(dmn_server_t *s, char *err, size_t errlen)
     char addr[300];
     snprintf(addr, sizeof(addr), "%s:%ld", s->opts->listen_all ? "0.0.0.0" : s->opts->host,
              s->opts->port);
-    grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
-    s->port = grpc_server_add_http2_port(s->server, addr, creds);
-    grpc_server_credentials_release(creds);
+    grpc_server_credentials *creds =
+        s->tls ? dmn_tls_server_credentials(s->tls) : grpc_insecure_server_credentials_create();
+    s->port = creds ? grpc_server_add_http2_port(s->server, addr, creds) : 0;
+    if (creds) grpc_server_credentials_release(creds);
     if (s->port <= 0) {
         unlisten(s);
-        return rcd_fail(RCD_EIO, err, errlen, "cannot listen on %s (in use?)", addr);
+        return rcd_fail(RCD_EIO, err, errlen, "cannot listen on %s (in use?%s)", addr,
+                        s->tls ? " or the TLS setup failed: see gRPC's message" : "");
     }
     /* The loop's handles and the CQ thread, before the server starts taking calls. */
     uv_handle_t *opened[5];
@@ -662,8 +666,13 @@ int dmn_server_start(dmn_server_t *s, char *err, size_t errlen)
         for (int i = 0; i < n; i++)
             arm(s, (dmn_method_t)m);
     }
-    dmn_log(DMN_INFO, "listening", NULL, NULL, "listening on %s port %d",
-            s->opts->listen_all ? "0.0.0.0" : s->opts->host, s->port);
+    dmn_log(DMN_INFO, "listening", NULL, NULL, "listening on %s port %d (%s)",
+            s->opts->listen_all ? "0.0.0.0" : s->opts->host, s->port, dmn_tls_mode(s->tls));
+    if (!s->tls && !dmn_host_is_loopback(s->opts))
+        dmn_log(DMN_WARN, "plaintext_listen_all", NULL, NULL,
+                "serving plaintext gRPC on %s, reachable beyond this machine: anyone on the "
+                "network can read the traffic; give --tls-cert and --tls-key",
+                s->opts->listen_all ? "0.0.0.0 (--listen-all)" : s->opts->host);
     return 0;
 fail: /* the handles opened so far close on the loop's last turn (main's cleanup) */
     for (int i = 0; i < n_open; i++)

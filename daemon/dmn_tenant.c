@@ -36,20 +36,21 @@ void dmn_auth_close(dmn_server_t *s)
     s->keys = NULL;
 }
 
-void dmn_auth_reload(dmn_server_t *s)
+int dmn_auth_reload(dmn_server_t *s)
 {
-    if (!s->keys) return; /* started without keys: a reload does not turn them on */
+    if (!s->keys) return 0; /* started without keys: a reload does not turn them on */
     char err[512];
     dmn_keys_t k = {0};
     if (dmn_keys_load(s->opts->api_keys, &k, err, sizeof(err))) {
         dmn_log(DMN_ERROR, "api_keys_reload", NULL, NULL, "%s; keeping the %zu key(s) in use",
                 err, s->keys->n);
-        return;
+        return -1;
     }
     dmn_keys_free(s->keys);
     *s->keys = k;
     dmn_log(DMN_INFO, "api_keys_reload", NULL, NULL, "%zu API key(s) for %zu tenant(s) from %s",
             k.n, k.n_tenants, s->opts->api_keys);
+    return 0;
 }
 
 static const char *method_name(dmn_method_t m)

@@ -4,10 +4,12 @@
 #include "common/rcd_path.h"
 #include "daemon/dmn.h"
 #include "daemon/dmn_quota.h"
+#include "daemon/dmn_tls.h"
 #include "engine/eng_runner.h"
 #include "statestore/prefix.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -343,6 +345,14 @@ int main(int argc, char **argv)
     }
     dmn_log_set_level(opts.log_level); /* one of DMN_OPTIONS' choices: cannot fail */
     srv.opts = &opts;
+    /* SIGHUP means reload (dmn_reload, once the server listens), never exit: ignored till then. */
+    signal(SIGHUP, SIG_IGN);
+    /* TLS files first: a bad one is refused before the model loads. */
+    if ((rc = dmn_tls_create(&opts, &srv.tls, err, sizeof(err)))) {
+        dmn_log(DMN_ERROR, "tls", NULL, NULL, "%s", err);
+        exit_code = 1;
+        goto cleanup;
+    }
     if (dmn_auth_open(&srv, err, sizeof(err))) {
         dmn_log(DMN_ERROR, "api_keys", NULL, NULL, "%s", err);
         exit_code = 2;
@@ -365,6 +375,7 @@ cleanup:
             dmn_log(DMN_WARN, "loop_close", NULL, NULL, "loop had live handles at exit");
     }
     if (grpc_up) grpc_shutdown();
+    dmn_tls_destroy(srv.tls); /* after grpc_shutdown: gRPC's threads fetch from it */
     unload(&srv);
     dmn_auth_close(&srv);
     dmn_opts_free(&opts);

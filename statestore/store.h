@@ -214,6 +214,8 @@ size_t store_count(const store_t *s);
  * session's newest version, state_len; none yet: 0), for per-tenant quotas. Walks the whole
  * index: O(sessions). Sessions being created count at once. */
 void store_owner_usage(const store_t *s, const char *owner, uint64_t *sessions, uint64_t *bytes);
+/* The same for the sessions in tenant `tenant`'s scope (store ids "tenant~id", API keys). */
+void store_scope_usage(const store_t *s, const char *tenant, uint64_t *sessions, uint64_t *bytes);
 size_t store_state_bytes(const store_t *s);
 bool store_durable(const store_t *s); /* false for a memory-only store */
 void store_get_stats(const store_t *s, store_stats_t *out);

@@ -24,6 +24,20 @@ grpc_channel *rcd_client_channel(const char *addr)
     return ch;
 }
 
+grpc_channel *rcd_client_channel_tls(const char *addr, const char *ca_pem, const char *cert_pem,
+                                     const char *key_pem, const char *server_name)
+{
+    grpc_ssl_pem_key_cert_pair pair = {key_pem, cert_pem};
+    grpc_channel_credentials *creds =
+        grpc_ssl_credentials_create(ca_pem, cert_pem && key_pem ? &pair : NULL, NULL, NULL);
+    grpc_arg arg = {
+        GRPC_ARG_STRING, GRPC_SSL_TARGET_NAME_OVERRIDE_ARG, {.string = (char *)server_name}};
+    grpc_channel_args args = {server_name ? 1 : 0, &arg};
+    grpc_channel *ch = grpc_channel_create(addr, creds, &args);
+    grpc_channel_credentials_release(creds);
+    return ch;
+}
+
 void rcd_client_close(grpc_channel *ch, grpc_completion_queue *cq, bool pluck_cq)
 {
     gpr_timespec inf = gpr_inf_future(GPR_CLOCK_REALTIME);

@@ -23,6 +23,11 @@ grpc_channel *rcd_client_channel(const char *addr);
 /* Metadata sent with every call started by rcd_call_start from now on (e.g. authorization);
  * md is borrowed and must outlive those calls. NULL, 0: none. */
 void rcd_client_set_metadata(const grpc_metadata *md, size_t n);
+/* A TLS channel to addr: ca_pem the server's CA (NULL: gRPC's default roots), cert_pem and
+ * key_pem a client certificate for mTLS (both or NULL), server_name the name checked against
+ * the server's certificate (NULL: addr's host). The PEM texts are copied. */
+grpc_channel *rcd_client_channel_tls(const char *addr, const char *ca_pem, const char *cert_pem,
+                                     const char *key_pem, const char *server_name);
 /* Destroys ch, shuts cq down, drains it (pluck or next, as it was created) and destroys it. */
 void rcd_client_close(grpc_channel *ch, grpc_completion_queue *cq, bool pluck_cq);
 /* Absolute deadline ms from now (0: now, already past); ms < 0 means none. */

@@ -16,24 +16,33 @@
 #include "recurd/v1/inference.pb-c.h"
 
 static const char *g_addr = "127.0.0.1:50051";
+/* TLS: the server's CA (enables TLS), a client certificate and key (mTLS), a name to check the
+ * server's certificate against instead of the address's host. */
+static const char *g_tls_ca, *g_tls_cert, *g_tls_key, *g_tls_name;
 static double g_timeout = 0; /* seconds, 0 = none */
 static grpc_channel *g_ch;
 static grpc_completion_queue *g_cq;
 
 static void usage(void)
 {
-    fprintf(stderr,
-            "usage: recurctl [--addr HOST:PORT] [--timeout SECONDS] COMMAND ...\n"
-            "  generate [--session ID] [--max-tokens N] [--temperature T] [--seed N]\n"
-            "           [--stop STR] [--expected-version V] [--priority N] PROMPT\n"
-            "  session create [--id ID] [--owner NAME] [--ttl SECONDS] [--meta KEY=VALUE]...\n"
-            "  session get ID | session fork ID [--id NEW] | session delete ID\n"
-            "  models | tokenize TEXT | health\n"
-            "  keys new --tenant T [--role user|admin]   (prints a new key, then its\n"
-            "           --api-keys line; no daemon needed)\n"
-            "--api-key KEY (env RECURD_API_KEY) sends authorization: Bearer KEY\n"
-            "env RECURD_ADDR sets the default address (%s)\n",
-            g_addr);
+    fprintf(
+        stderr,
+        "usage: recurctl [--addr HOST:PORT] [--timeout SECONDS] [--tls-ca FILE]\n"
+        "                [--tls-cert FILE --tls-key FILE] [--tls-server-name NAME] COMMAND ...\n"
+        "  generate [--session ID] [--max-tokens N] [--temperature T] [--seed N]\n"
+        "           [--stop STR] [--expected-version V] [--priority N] PROMPT\n"
+        "  session create [--id ID] [--owner NAME] [--ttl SECONDS] [--meta KEY=VALUE]...\n"
+        "  session get ID | session fork ID [--id NEW] | session delete ID\n"
+        "  models | tokenize TEXT | health\n"
+        "  keys new --tenant T [--role user|admin]   (prints a new key, then its\n"
+        "           --api-keys line; no daemon needed)\n"
+        "--api-key KEY (env RECURD_API_KEY) sends authorization: Bearer KEY\n"
+        "--tls-ca: the server's CA certificate (PEM): connect over TLS; --tls-cert/--tls-key:\n"
+        "  a client certificate and key (PEM) for a server that requires them (mTLS);\n"
+        "  --tls-server-name: the name the server's certificate must carry (default: HOST)\n"
+        "env RECURD_ADDR sets the default address (%s); RECURCTL_TLS_CA, RECURCTL_TLS_CERT,\n"
+        "RECURCTL_TLS_KEY and RECURCTL_TLS_SERVER_NAME the TLS defaults\n",
+        g_addr);
 }
 
 /* Tags on the pluck queue: 1 request sent, 2 status, 3 message. */
@@ -377,11 +386,65 @@ static int cmd_keys(int argc, char **argv)
     return 0;
 }
 
+/* A PEM file's text (malloc'd), or NULL with a message. */
+static char *read_pem(const char *flag, const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    char *buf = NULL;
+    size_t n = 0;
+    if (f && (buf = malloc((1 << 20) + 1))) n = fread(buf, 1, 1 << 20, f);
+    if (!f || !buf || ferror(f) || n == 0 || memchr(buf, 0, n)) {
+        fprintf(stderr, "recurctl: %s %s: %s\n", flag, path,
+                !f     ? strerror(errno)
+                : !buf ? "out of memory"
+                       : "unreadable, empty or not PEM");
+        free(buf);
+        buf = NULL;
+    } else {
+        buf[n] = 0;
+    }
+    if (f) fclose(f);
+    return buf;
+}
+
+static const char *env_or(const char *name, const char *def)
+{
+    const char *v = getenv(name);
+    return v && *v ? v : def;
+}
+
+/* The channel: plaintext unless a TLS option is set. NULL (message printed) on a bad file. */
+static grpc_channel *open_channel(void)
+{
+    if (!g_tls_ca && !g_tls_cert && !g_tls_key) return rcd_client_channel(g_addr);
+    if (!g_tls_cert != !g_tls_key) {
+        fprintf(stderr, "recurctl: --tls-cert and --tls-key go together\n");
+        return NULL;
+    }
+    char *ca = g_tls_ca ? read_pem("--tls-ca", g_tls_ca) : NULL;
+    char *cert = g_tls_cert ? read_pem("--tls-cert", g_tls_cert) : NULL;
+    char *key = g_tls_key ? read_pem("--tls-key", g_tls_key) : NULL;
+    grpc_channel *ch = NULL;
+    if ((!g_tls_ca || ca) && (!g_tls_cert || cert) && (!g_tls_key || key))
+        ch = rcd_client_channel_tls(g_addr, ca, cert, key, g_tls_name);
+    free(ca);
+    free(cert);
+    if (key) {
+        memset(key, 0, strlen(key));
+        free(key);
+    }
+    return ch;
+}
+
 int main(int argc, char **argv)
 {
     const char *env = getenv("RECURD_ADDR");
     if (env && *env) g_addr = env;
     const char *api_key = getenv("RECURD_API_KEY");
+    g_tls_ca = env_or("RECURCTL_TLS_CA", NULL);
+    g_tls_cert = env_or("RECURCTL_TLS_CERT", NULL);
+    g_tls_key = env_or("RECURCTL_TLS_KEY", NULL);
+    g_tls_name = env_or("RECURCTL_TLS_SERVER_NAME", NULL);
     int i = 1;
     for (; i < argc && argv[i][0] == '-'; i++) {
         if (!strcmp(argv[i], "--addr") && i + 1 < argc)
@@ -390,6 +453,14 @@ int main(int argc, char **argv)
             g_timeout = strtod(argv[++i], NULL);
         else if (!strcmp(argv[i], "--api-key") && i + 1 < argc)
             api_key = argv[++i];
+        else if (!strcmp(argv[i], "--tls-ca") && i + 1 < argc)
+            g_tls_ca = argv[++i];
+        else if (!strcmp(argv[i], "--tls-cert") && i + 1 < argc)
+            g_tls_cert = argv[++i];
+        else if (!strcmp(argv[i], "--tls-key") && i + 1 < argc)
+            g_tls_key = argv[++i];
+        else if (!strcmp(argv[i], "--tls-server-name") && i + 1 < argc)
+            g_tls_name = argv[++i];
         else {
             usage();
             return !strcmp(argv[i], "--help") || !strcmp(argv[i], "-h") ? 0 : 2;
@@ -412,7 +483,11 @@ int main(int argc, char **argv)
         auth.value = grpc_slice_from_copied_string(bearer);
         rcd_client_set_metadata(&auth, 1);
     }
-    g_ch = rcd_client_channel(g_addr);
+    g_ch = open_channel();
+    if (!g_ch) {
+        grpc_shutdown();
+        return 2;
+    }
     g_cq = grpc_completion_queue_create_for_pluck(NULL);
     const char *cmd = argv[i++];
     int rc;

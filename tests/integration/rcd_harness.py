@@ -73,7 +73,8 @@ def daemon_binary():
 
 
 class Daemon:
-    def __init__(self, *extra, env=None):
+    def __init__(self, *extra, env=None, creds=None):
+        """creds: grpc channel credentials for self.channel (a daemon serving TLS)."""
         self.tmp = tempfile.mkdtemp(prefix="recurd-it-")
         self.port_file = os.path.join(self.tmp, "port")
         self.log_path = os.path.join(self.tmp, "recurd.log")
@@ -100,7 +101,8 @@ class Daemon:
         with open(self.port_file) as f:
             self.port = int(f.read())
         self.addr = "127.0.0.1:%d" % self.port
-        self.channel = grpc.insecure_channel(self.addr)
+        self.channel = (grpc.secure_channel(self.addr, creds) if creds
+                        else grpc.insecure_channel(self.addr))
         grpc.channel_ready_future(self.channel).result(timeout=30)
         self.api = Stub(self.channel, pb.DESCRIPTOR.services_by_name["Inference"], pb)
         self.health = Stub(self.channel, hpb.DESCRIPTOR.services_by_name["Health"], hpb)

@@ -324,6 +324,43 @@ class SharedPrefix(unittest.TestCase):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+class Quotas(unittest.TestCase):
+    """With API keys the quotas count the key's tenant: its own sessions (whatever their owner
+    label) and turns; another tenant is unaffected."""
+
+    def test_quota_per_key_tenant(self):
+        tmp = tempfile.mkdtemp(prefix="recurd-auth-")
+        keys = os.path.join(tmp, "keys")
+        keys_file(keys, BASE_KEYS)
+        d = Daemon("--ephemeral", "--api-keys", keys, "--tenant-max-sessions", "1",
+                   "--tenant-max-turns", "1")
+        try:
+            d.api.CreateSession(pb.CreateSessionRequest(session_id="q1", owner="someone-else"),
+                                metadata=md(KA))
+            with self.assertRaises(grpc.RpcError) as cm:
+                d.api.CreateSession(pb.CreateSessionRequest(session_id="q2"), metadata=md(KA))
+            self.assertEqual(cm.exception.code(), C.RESOURCE_EXHAUSTED)
+            self.assertIn("tenant 'alice'", cm.exception.details())
+            # bob has his own quota; the admin acting for alice is counted as alice
+            d.api.CreateSession(pb.CreateSessionRequest(session_id="q2"), metadata=md(KB))
+            with self.assertRaises(grpc.RpcError) as cm:
+                d.api.CreateSession(pb.CreateSessionRequest(session_id="q3"),
+                                    metadata=md(KADM, tenant="alice"))
+            self.assertEqual(cm.exception.code(), C.RESOURCE_EXHAUSTED)
+            # a GenerateRequest.tenant naming someone else cannot dodge the key's turn quota
+            slow = d.api.Generate(gen_request(tokens=[1, 2, 3], max_tokens=4000, ignore_eos=True),
+                                  metadata=md(KA))
+            next(slow)
+            with self.assertRaises(grpc.RpcError) as cm:
+                collect(d.api.Generate(gen_request(tokens=[1, 2], max_tokens=2), metadata=md(KA)))
+            self.assertEqual(cm.exception.code(), C.RESOURCE_EXHAUSTED)
+            collect(d.api.Generate(gen_request(tokens=[1, 2], max_tokens=2), metadata=md(KB)))
+            slow.cancel()
+        finally:
+            self.assertEqual(d.stop(), 0)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
