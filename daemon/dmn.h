@@ -50,6 +50,10 @@ struct dmn_call {
     grpc_call *call;
     dmn_method_t method;
     char rid[40];         /* request id: x-request-id (dmn_meta.h) or generated */
+    /* x-session-id (dmn_meta.h): a call whose request has a session_id field must carry the
+     * same id when it sends the header (dmn_call_unpack) */
+    bool has_sid_md, sid_md_bad;
+    char sid_md[STORE_ID_MAX + 1];
     uint64_t deadline_ns; /* uv_hrtime() clock, 0 = none */
     uint64_t start_ns;
     size_t text_len; /* the request's `text` length on the wire: it may hold NUL bytes */
@@ -70,9 +74,10 @@ struct dmn_call {
     dmn_op_t op_close, op_send;
     grpc_byte_buffer *send_bb; /* alive until op_send completes */
     grpc_slice status_details;
-    grpc_metadata md_rid; /* x-request-id echoed in the initial metadata */
+    /* initial metadata: x-request-id (echoed) and x-recurd-replica (the server's name) */
+    grpc_metadata md_init[2];
     bool has_details;     /* status_details holds a slice reference */
-    bool has_md_rid;      /* md_rid.value holds a slice reference */
+    bool has_md_rid;      /* md_init[0].value holds a slice reference */
     int64_t retry_after_ms; /* > 0: an error status carries retry-after-ms and
                              * grpc-retry-pushback-ms trailing metadata (a quota's hint) */
     grpc_metadata md_trail[2];
@@ -95,6 +100,7 @@ struct dmn_server {
     eng_runner_t *runner;
     int kv_blocks, kv_block_tokens; /* the KV pool the engine sized for the backend (0: none) */
     char model_id[128];
+    char replica[256]; /* --replica-name, else the host name (x-recurd-replica) */
     int vocab;
     int32_t eos_id;
 

@@ -24,6 +24,13 @@ int dmn_meta_add(dmn_meta_t *m, const char *key, size_t key_len, const char *val
         }
         m->rid[n] = 0;
     }
+    if (key_is(key, key_len, "x-session-id")) { /* the last one sent wins */
+        m->has_sid = true;
+        m->sid_bad = value_len > STORE_ID_MAX || memchr(value, 0, value_len) != NULL;
+        size_t n = m->sid_bad ? 0 : value_len;
+        memcpy(m->sid, value, n);
+        m->sid[n] = 0;
+    }
     dmn_auth_md_take(&m->auth, key, key_len, value, value_len);
     return 0;
 }

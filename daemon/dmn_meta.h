@@ -4,9 +4,11 @@
 #ifndef DMN_META_H
 #define DMN_META_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "daemon/dmn_auth.h"
+#include "statestore/store.h"
 
 #define DMN_RID_MAX 39 /* bytes of a request id kept, logged and echoed */
 
@@ -18,6 +20,11 @@ typedef struct dmn_meta {
     /* `authorization` (Bearer key: its SHA-256 only) and `x-recurd-tenant`, for the API-key
      * check (dmn_auth.h, dmn_auth_md_take). */
     dmn_auth_md_t auth;
+    /* x-session-id (the load balancer's routing key; must equal the request's session_id):
+     * has_sid when sent; sid its value, sid_bad when it cannot be a session id at all (over
+     * STORE_ID_MAX bytes, or a NUL byte: then sid is ""). */
+    bool has_sid, sid_bad;
+    char sid[STORE_ID_MAX + 1];
 } dmn_meta_t;
 
 void dmn_meta_init(dmn_meta_t *m);

@@ -102,6 +102,9 @@
       "KEY and session ids are per tenant; reloads on SIGHUP; '' = no keys, sessions unprotected") \
     X(share_prefix_across_tenants, BOOL, "false", "RECURD_SHARE_PREFIX_ACROSS_TENANTS", DMN_ANY,   \
       "with API keys, let every tenant's prompts hit prefix snapshots taken for other tenants")   \
+    X(replica_name, STR, "", "RECURD_REPLICA_NAME", DMN_ANY,                                      \
+      "this replica's name, sent in every response's x-recurd-replica metadata; '' = the host "    \
+      "name")                                                                                      \
     X(drain_grace_ms, INT, "10000", "RECURD_DRAIN_GRACE_MS", DMN_RANGE(0, DMN_LONG_MAX),           \
       "on SIGTERM/SIGINT, how long in-flight turns may finish")                                    \
     X(tenant_max_turns, INT, "0", "RECURD_TENANT_MAX_TURNS", DMN_RANGE(0, DMN_INT_MAX),            \

@@ -129,7 +129,7 @@ static void call_free_if_done(dmn_call_t *c)
     if (c->next) c->next->prev = c->prev;
     if (c->send_bb) grpc_byte_buffer_destroy(c->send_bb);
     if (c->has_details) grpc_slice_unref(c->status_details);
-    if (c->has_md_rid) grpc_slice_unref(c->md_rid.value);
+    if (c->has_md_rid) grpc_slice_unref(c->md_init[0].value);
     if (c->has_md_trail)
         for (int i = 0; i < 2; i++)
             grpc_slice_unref(c->md_trail[i].value);
@@ -184,18 +184,22 @@ static void on_close_cb(dmn_op_t *op, bool ok)
     dmn_call_release(c);
 }
 
-/* The initial metadata echoes the request id, so clients can find the call in the logs. An id
- * too long to be inlined is a heap slice: call_free_if_done releases it. */
+/* The initial metadata echoes the request id, so clients can find the call in the logs, and
+ * names the replica that served it (x-recurd-replica: operators, the scale-out tests). An id
+ * too long to be inlined is a heap slice: call_free_if_done releases it; the replica's name
+ * lives as long as the server. */
 static void initial_md(dmn_call_t *c, grpc_op *op)
 {
     op->op = GRPC_OP_SEND_INITIAL_METADATA;
     if (!c->has_md_rid) {
-        c->md_rid.key = grpc_slice_from_static_string("x-request-id");
-        c->md_rid.value = grpc_slice_from_copied_string(c->rid);
+        c->md_init[0].key = grpc_slice_from_static_string("x-request-id");
+        c->md_init[0].value = grpc_slice_from_copied_string(c->rid);
+        c->md_init[1].key = grpc_slice_from_static_string("x-recurd-replica");
+        c->md_init[1].value = grpc_slice_from_static_string(c->srv->replica);
         c->has_md_rid = true;
     }
-    op->data.send_initial_metadata.count = 1;
-    op->data.send_initial_metadata.metadata = &c->md_rid;
+    op->data.send_initial_metadata.count = 2;
+    op->data.send_initial_metadata.metadata = c->md_init;
 }
 
 /* A reply's text is packed at c->reply_text_len when the handler set it (dmn_wire_pack_text). */
@@ -341,6 +345,33 @@ void dmn_call_fail(dmn_call_t *c, int rc, const char *fmt, ...)
     unary_finish(c, NULL, rc, msg);
 }
 
+/* x-session-id routes a session's calls (a load balancer hashes it onto a replica, since it
+ * cannot read the body): when the call sends it and the request has a session_id field, the
+ * two must be equal, or the call could be served by a replica the ring does not give the
+ * session to. A request without that field (ListModels, Tokenize, ...) ignores it. False:
+ * answered INVALID_ARGUMENT. */
+static bool sid_header_ok(dmn_call_t *c, const ProtobufCMessage *m)
+{
+    if (!c->has_sid_md) return true;
+    const ProtobufCFieldDescriptor *f =
+        protobuf_c_message_descriptor_get_field_by_name(m->descriptor, "session_id");
+    if (!f || f->type != PROTOBUF_C_TYPE_STRING || f->label == PROTOBUF_C_LABEL_REPEATED)
+        return true;
+    const char *sid = *(char *const *)((const char *)m + f->offset);
+    if (!sid) sid = "";
+    if (c->sid_md_bad) {
+        dmn_call_fail(c, RCD_EINVAL, "x-session-id is not a session id (over %d bytes or a NUL byte)",
+                      STORE_ID_MAX);
+        return false;
+    }
+    if (strcmp(sid, c->sid_md) != 0) {
+        dmn_call_fail(c, RCD_EINVAL, "x-session-id '%s' does not match the request's session_id '%s'",
+                      c->sid_md, sid);
+        return false;
+    }
+    return true;
+}
+
 ProtobufCMessage *dmn_call_unpack(dmn_call_t *c, grpc_byte_buffer *bb,
                                   const ProtobufCMessageDescriptor *d)
 {
@@ -364,6 +395,8 @@ ProtobufCMessage *dmn_call_unpack(dmn_call_t *c, grpc_byte_buffer *bb,
         dmn_call_fail(c, RCD_EINVAL, "request is not a valid %s", d->name);
     } else if (w.bad[0]) {
         dmn_call_fail(c, RCD_EINVAL, "%s holds a NUL byte (only text may)", w.bad);
+    } else if (!sid_header_ok(c, m)) {
+        /* answered */
     } else {
         c->text_len = w.text_len;
         return m;
@@ -452,6 +485,9 @@ static void on_new_call(dmn_op_t *op, bool ok)
     }
     _Static_assert(sizeof(c->rid) == sizeof(md.rid), "a request id fits dmn_call_t.rid");
     memcpy(c->rid, md.rid, sizeof(c->rid));
+    c->has_sid_md = md.has_sid;
+    c->sid_md_bad = md.sid_bad;
+    memcpy(c->sid_md, md.sid, sizeof(c->sid_md));
     if (!c->rid[0]) snprintf(c->rid, sizeof(c->rid), "r%llu", (unsigned long long)++s->next_rid);
     grpc_byte_buffer *payload = p->payload;
     p->payload = NULL;

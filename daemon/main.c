@@ -125,6 +125,30 @@ static int store_start(dmn_server_t *srv, const wrk_model_info_t *mi, char *err,
     return 0;
 }
 
+/* x-recurd-replica: --replica-name, else the host name. A metadata value: 1-255 bytes of
+ * printable ASCII. */
+static int set_replica(dmn_server_t *srv, char *err, size_t errlen)
+{
+    const char *name = srv->opts->replica_name;
+    if (!name[0]) {
+        if (gethostname(srv->replica, sizeof(srv->replica)) != 0) {
+            snprintf(srv->replica, sizeof(srv->replica), "recurd");
+        }
+        srv->replica[sizeof(srv->replica) - 1] = 0;
+        name = srv->replica;
+    }
+    size_t n = strlen(name);
+    bool ok = n >= 1 && n < sizeof(srv->replica);
+    for (size_t i = 0; ok && i < n; i++)
+        ok = name[i] >= 0x21 && name[i] <= 0x7e;
+    if (!ok)
+        return rcd_fail(RCD_EINVAL, err, errlen,
+                        "--replica-name '%.64s' must be 1 to 255 printable ASCII bytes, no spaces",
+                        name);
+    if (name != srv->replica) snprintf(srv->replica, sizeof(srv->replica), "%s", name);
+    return 0;
+}
+
 /* The served model's id: the last component of --model (a trailing slash ignored). */
 static void set_model_id(dmn_server_t *srv)
 {
@@ -351,6 +375,11 @@ int main(int argc, char **argv)
     if ((rc = dmn_tls_create(&opts, &srv.tls, err, sizeof(err)))) {
         dmn_log(DMN_ERROR, "tls", NULL, NULL, "%s", err);
         exit_code = 1;
+        goto cleanup;
+    }
+    if (set_replica(&srv, err, sizeof(err))) {
+        dmn_log(DMN_ERROR, "replica_name", NULL, NULL, "%s", err);
+        exit_code = 2;
         goto cleanup;
     }
     if (dmn_auth_open(&srv, err, sizeof(err))) {

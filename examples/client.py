@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import uuid
 
 import grpc
 
@@ -39,16 +40,30 @@ pb = load_messages()
 
 
 class Inference:
-    """A stub for recurd.v1.Inference, built from the service descriptor."""
+    """A stub for recurd.v1.Inference, built from the service descriptor. Every call that names
+    a session also sends it as `x-session-id` metadata (a load balancer in front of several
+    replicas hashes it: it cannot read the request body), and `authorization: Bearer KEY` when
+    an API key is given."""
 
-    def __init__(self, channel):
+    def __init__(self, channel, api_key=None):
         svc = pb.DESCRIPTOR.services_by_name["Inference"]
+        base = [("authorization", "Bearer " + api_key)] if api_key else []
         for m in svc.methods:
             kind = channel.unary_stream if m.server_streaming else channel.unary_unary
-            setattr(self, m.name, kind(
-                "/recurd.v1.Inference/" + m.name,
-                request_serializer=getattr(pb, m.input_type.name).SerializeToString,
-                response_deserializer=getattr(pb, m.output_type.name).FromString))
+            fn = kind("/recurd.v1.Inference/" + m.name,
+                      request_serializer=getattr(pb, m.input_type.name).SerializeToString,
+                      response_deserializer=getattr(pb, m.output_type.name).FromString)
+            setattr(self, m.name, self._wrap(fn, base))
+
+    @staticmethod
+    def _wrap(fn, base):
+        def call(req, metadata=(), **kw):
+            md = list(base) + list(metadata)
+            sid = getattr(req, "session_id", "")
+            if sid:
+                md.append(("x-session-id", sid))
+            return fn(req, metadata=md, **kw)
+        return call
 
 
 def turn(api, session_id, text, max_tokens):
@@ -71,15 +86,20 @@ def main():
     ap.add_argument("--addr", default=os.environ.get("RECURD_ADDR", "127.0.0.1:50051"))
     ap.add_argument("--prompt", default="Once upon a time")
     ap.add_argument("--max-tokens", type=int, default=40)
+    ap.add_argument("--api-key", default=os.environ.get("RECURD_API_KEY"),
+                    help="sent as authorization: Bearer KEY (a daemon run with --api-keys)")
     a = ap.parse_args()
     with grpc.insecure_channel(a.addr) as ch:
-        api = Inference(ch)
+        api = Inference(ch, a.api_key)
         print(api.ListModels(pb.ListModelsRequest()).models[0])
+        # The client picks the id, so that even the create is routed to the session's replica.
         s = api.CreateSession(pb.CreateSessionRequest(
+            session_id="example-" + uuid.uuid4().hex,
             metadata=[pb.MetadataEntry(key="client", value="examples/client.py")]))
         print("session", s.session_id)
         turn(api, s.session_id, a.prompt, a.max_tokens)
         turn(api, s.session_id, " Then", a.max_tokens)  # continues the first turn
+        # A fork is routed by its source (session_id): it is made where the source's state is.
         fork = api.ForkSession(pb.ForkSessionRequest(session_id=s.session_id))
         print("forked %s at version %d" % (fork.session_id, fork.version))
         turn(api, fork.session_id, " But", a.max_tokens)

@@ -51,9 +51,32 @@ static void *tag(intptr_t x)
     return (void *)x;
 }
 
+/* Metadata every call sends: authorization (--api-key) first, then x-session-id for a call
+ * that names a session (route), which a load balancer hashes onto a replica. */
+static grpc_metadata g_md[2];
+static size_t g_n_auth;
+
+static void route(const ProtobufCMessage *req)
+{
+    const ProtobufCFieldDescriptor *f =
+        protobuf_c_message_descriptor_get_field_by_name(req->descriptor, "session_id");
+    const char *sid =
+        f && f->type == PROTOBUF_C_TYPE_STRING ? *(char *const *)((const char *)req + f->offset)
+                                               : NULL;
+    size_t n = g_n_auth;
+    if (sid && *sid) {
+        memset(&g_md[n], 0, sizeof(g_md[n]));
+        g_md[n].key = grpc_slice_from_static_string("x-session-id");
+        g_md[n].value = grpc_slice_from_static_string(sid); /* argv: lives to the end */
+        n++;
+    }
+    rcd_client_set_metadata(n ? g_md : NULL, n);
+}
+
 /* Starts a call: sends the request and half-closes; reads initial metadata and status. */
 static int rpc_start(rcd_call_t *r, const char *method, const ProtobufCMessage *req)
 {
+    route(req);
     gpr_timespec dl = rcd_client_deadline_ms(g_timeout > 0 ? (int64_t)(g_timeout * 1000) : -1);
     if (rcd_call_start(r, g_ch, g_cq, method, req, dl, tag(1), tag(2)) != 2) return -1;
     return rcd_client_pluck(g_cq, tag(1)) ? 0 : 1; /* on failure the status still arrives */
@@ -481,7 +504,8 @@ int main(int argc, char **argv)
         memset(&auth, 0, sizeof(auth));
         auth.key = grpc_slice_from_static_string("authorization");
         auth.value = grpc_slice_from_copied_string(bearer);
-        rcd_client_set_metadata(&auth, 1);
+        g_md[0] = auth;
+        g_n_auth = 1;
     }
     g_ch = open_channel();
     if (!g_ch) {
