@@ -89,6 +89,23 @@
       "deleted, unless it sets its own ttl_seconds; 0: never")                                     \
     X(redis, STR, "", "RECURD_REDIS", DMN_ANY,                                                     \
       "host:port of a Redis shared tier (write-through, lookup on a miss)")                        \
+    X(redis_user, STR, "", "RECURD_REDIS_USER", DMN_ANY,                                           \
+      "Redis ACL user (AUTH user password); '': the default user")                                 \
+    X(redis_password_file, STR, "", "RECURD_REDIS_PASSWORD_FILE", DMN_ANY,                         \
+      "file whose first line is the Redis AUTH password (else env RECURD_REDIS_PASSWORD; never "   \
+      "a flag: argv is public)")                                                                   \
+    X(redis_tls, BOOL, "false", "RECURD_REDIS_TLS", DMN_ANY,                                       \
+      "TLS to Redis; the server's certificate is always verified")                                 \
+    X(redis_tls_ca, STR, "", "RECURD_REDIS_TLS_CA", DMN_ANY,                                       \
+      "CA bundle (PEM) that verifies Redis's certificate; '': the system's")                       \
+    X(redis_tls_cert, STR, "", "RECURD_REDIS_TLS_CERT", DMN_ANY,                                   \
+      "client certificate (PEM) for Redis tls-auth-clients; with --redis-tls-key")                 \
+    X(redis_tls_key, STR, "", "RECURD_REDIS_TLS_KEY", DMN_ANY,                                     \
+      "the client certificate's private key (PEM)")                                                \
+    X(redis_tls_server_name, STR, "", "RECURD_REDIS_TLS_SERVER_NAME", DMN_ANY,                     \
+      "name or IP Redis's certificate must match (and SNI); '': the host of --redis")              \
+    X(redis_prefix, STR, "recurd:", "RECURD_REDIS_PREFIX", DMN_ANY,                                \
+      "Redis key prefix (keys are PREFIXckpt:ID): 1-64 of A-Z a-z 0-9 : _ - . { } /")              \
     X(drain_grace_ms, INT, "10000", "RECURD_DRAIN_GRACE_MS", DMN_RANGE(0, DMN_LONG_MAX),           \
       "on SIGTERM/SIGINT, how long in-flight turns may finish")                                    \
     X(log_level, STR, "info", "RECURD_LOG_LEVEL", DMN_ONE_OF("debug|info|warn|error"),             \

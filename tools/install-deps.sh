@@ -10,6 +10,7 @@ pkgs=(
   libgrpc-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler libuv1-dev  # daemon
   python3-grpcio python3-protobuf   # integration tests (Python gRPC client)
   libhiredis-dev redis-server       # statestore's Redis shared tier and its tests
+  libssl-dev openssl                # TLS to Redis (OpenSSL); the tests make certificates
 )
 missing=()
 for p in "${pkgs[@]}"; do
