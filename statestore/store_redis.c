@@ -54,8 +54,14 @@ void rds_close(rds_t *r) {}
 #define RDS_BACKOFF_MIN_NS 1000000000ull
 #define RDS_BACKOFF_MAX_NS 8000000000ull
 #define RDS_BACKOFF_CONFIG_NS 30000000000ull
+/* A reply is buffered up to this size (a checkpoint of a large KV state is tens of MiB): a server
+ * that announces a longer one cannot make the daemon buffer without bound. */
+#define RDS_MAX_BUFFERED (1ull << 30)
 /* The same failure is logged again at most this often. */
 #define RDS_RELOG_NS 60000000000ull
+
+#define RDS_STR_(x) #x
+#define RDS_STR(x) RDS_STR_(x)
 
 typedef struct rds_op {
     struct rds_op *next;
@@ -128,11 +134,12 @@ static void conn_defer(rds_conn_t *c, const char *msg)
     snprintf(c->fail_msg, sizeof(c->fail_msg), "%s", msg);
 }
 
-static void say(rds_t *r, const char *msg, bool failure)
+/* Logs msg; a failure whose cause (NULL: none) is the last one logged waits RDS_RELOG_NS. */
+static void say(rds_t *r, const char *msg, const char *cause)
 {
     uint64_t now = uv_hrtime();
-    if (failure && !strcmp(msg, r->last_msg) && now - r->last_log_ns < RDS_RELOG_NS) return;
-    snprintf(r->last_msg, sizeof(r->last_msg), "%s", failure ? msg : "");
+    if (cause && !strcmp(cause, r->last_msg) && now - r->last_log_ns < RDS_RELOG_NS) return;
+    snprintf(r->last_msg, sizeof(r->last_msg), "%s", cause ? cause : "");
     r->last_log_ns = now;
     if (r->log.cb) r->log.cb(r->log.user, NULL, msg);
 }
@@ -181,6 +188,27 @@ int rds__reply(rds_op_kind_t kind, const redisReply *rep, const char **data, siz
     return 0;
 }
 
+static redisReplyObjectFunctions g_fn;
+static void *(*g_create_array)(const redisReadTask *, int);
+
+static void *create_array(const redisReadTask *t, int elements)
+{
+    return elements > RDS_MAX_ELEMENTS ? NULL : g_create_array(t, elements);
+}
+
+redisReader *rds__reader_new(void)
+{
+    redisReader *r = redisReaderCreate();
+    if (!r) return NULL;
+    if (!g_create_array) { /* hiredis's own functions, but for arrays (one table, never freed) */
+        g_fn = *r->fn;
+        g_create_array = g_fn.createArray;
+        g_fn.createArray = create_array;
+    }
+    r->fn = &g_fn;
+    return r;
+}
+
 /* ---- the transport ----------------------------------------------------------------------- */
 
 static void on_written(uv_write_t *req, int status)
@@ -223,10 +251,17 @@ static void feed(rds_conn_t *c, const char *buf, size_t n)
         conn_fail(c, false, "out of memory");
         return;
     }
+    if (c->reader->len - c->reader->pos > RDS_MAX_BUFFERED) {
+        conn_fail(c, false, "protocol error: a reply over %llu bytes", RDS_MAX_BUFFERED);
+        return;
+    }
     while (c->r) {
         void *rep = NULL;
         if (redisReaderGetReply(c->reader, &rep) != REDIS_OK) {
-            conn_fail(c, false, "protocol error: %s", c->reader->errstr);
+            conn_fail(c, false, "protocol error: %s",
+                      c->reader->err == REDIS_ERR_OOM
+                          ? "out of memory, or an array over " RDS_STR(RDS_MAX_ELEMENTS) " elements"
+                          : c->reader->errstr);
             return;
         }
         if (!rep) return;
@@ -324,7 +359,9 @@ static void tls_pump(rds_conn_t *c)
             return;
         }
         tls_why(c, why, sizeof(why));
-        conn_fail(c, false, "TLS read failed: %s", why);
+        /* TLS 1.3: the server judges our certificate after our side of the handshake is done,
+         * and says so with an alert here ("certificate required", "bad certificate"). */
+        conn_fail(c, strstr(why, "certificate") != NULL, "TLS read failed: %s", why);
         return;
     }
     tls_flush(c);
@@ -478,7 +515,7 @@ static void conn_fail(rds_conn_t *c, bool config, const char *fmt, ...)
     snprintf(line, sizeof(line), "shared tier: redis %s: %s; the tier is down (turns commit to "
              "disk only), next try in %u s",
              r->addr, m, (unsigned)(r->backoff_ns / 1000000000ull));
-    say(r, line, true);
+    say(r, line, m);
     char why[450];
     snprintf(why, sizeof(why), "redis connection lost: %.400s", m);
     drop(r, why);
@@ -513,7 +550,7 @@ static void dispatch(rds_conn_t *c, rds_op_t *op, const redisReply *rep)
 #endif
                      r->user ? ", ACL user " : r->pass ? ", AUTH" : "", r->user ? r->user : "");
             /* The first connection is quiet; one after a failure is news. */
-            if (r->was_ready || r->last_msg[0]) say(r, line, false);
+            if (r->was_ready || r->last_msg[0]) say(r, line, NULL);
             r->was_ready = true;
         }
         return;
@@ -612,7 +649,7 @@ static void conn_start(rds_t *r)
     if (!c) return;
     c->tail = &c->head;
     c->started_ns = uv_hrtime();
-    if (!(c->reader = redisReaderCreate()) || uv_tcp_init(r->loop, &c->tcp)) {
+    if (!(c->reader = rds__reader_new()) || uv_tcp_init(r->loop, &c->tcp)) {
         if (c->reader) redisReaderFree(c->reader);
         free(c);
         return;

@@ -47,4 +47,10 @@ struct redisReply;
 int rds__reply(rds_op_kind_t kind, const struct redisReply *rep, const char **data, size_t *len,
                char *msg, size_t msglen);
 
+/* The reply parser the connection uses: hiredis's redisReader, except that an array announcing
+ * more than RDS_MAX_ELEMENTS elements is a protocol error (hiredis 0.14 callocs whatever count a
+ * reply announces, up to 2^31 pointers; no reply of ours is an array at all). NULL: no memory. */
+#define RDS_MAX_ELEMENTS 1024
+struct redisReader *rds__reader_new(void);
+
 #endif
