@@ -6,6 +6,8 @@
 
 #include <arpa/inet.h>
 #include <inttypes.h>
+#include <limits.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -196,16 +198,22 @@ static void *create_array(const redisReadTask *t, int elements)
     return elements > RDS_MAX_ELEMENTS ? NULL : g_create_array(t, elements);
 }
 
-redisReader *rds__reader_new(void)
+static void fn_init(void)
 {
     redisReader *r = redisReaderCreate();
-    if (!r) return NULL;
-    if (!g_create_array) { /* hiredis's own functions, but for arrays (one table, never freed) */
-        g_fn = *r->fn;
-        g_create_array = g_fn.createArray;
-        g_fn.createArray = create_array;
-    }
-    r->fn = &g_fn;
+    if (!r) return;
+    g_fn = *r->fn; /* hiredis's own functions, but for arrays (one table, never freed) */
+    g_create_array = g_fn.createArray;
+    g_fn.createArray = create_array;
+    redisReaderFree(r);
+}
+
+redisReader *rds__reader_new(void)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, fn_init);
+    redisReader *r = g_create_array ? redisReaderCreate() : NULL;
+    if (r) r->fn = &g_fn;
     return r;
 }
 
@@ -866,6 +874,7 @@ int rds_set(rds_t *r, const char *key, const void *a, size_t alen, const void *b
             rds_cb cb, void *user)
 {
     rds_arg_t argv[3] = {{"SET", NULL, 3, 0}, {key, NULL, strlen(key), 0}, {a, b, alen, blen}};
+    if (alen + blen > INT_MAX - 1024) return RCD_ETOOBIG; /* one uv_buf / SSL_write */
     return command(r, RDS_OP_SET, cb, user, 3, argv);
 }
 
