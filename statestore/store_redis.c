@@ -458,10 +458,12 @@ static bool send_cmd(rds_conn_t *c, rds_op_kind_t kind, rds_cb cb, void *user, i
     return true;
 }
 
+/* The connection keeps the loop alive while replies are awaited, its own handshake's included
+ * (at most 2 s: the watchdog), never while idle (the daemon's drain). */
 static void set_ref(rds_t *r)
 {
     if (!r->c) return;
-    if (r->inflight)
+    if (r->inflight || !r->ready)
         uv_ref((uv_handle_t *)&r->c->tcp);
     else
         uv_unref((uv_handle_t *)&r->c->tcp);
@@ -549,6 +551,7 @@ static void dispatch(rds_conn_t *c, rds_op_t *op, const redisReply *rep)
         if (op->kind == RDS_OP_PING) { /* the handshake's last reply */
             r->ready = true;
             r->backoff_ns = 0;
+            set_ref(r);
             char line[1024];
             snprintf(line, sizeof(line), "shared tier: redis %s: connected%s%s%s", r->addr,
 #ifdef RCD_HAVE_OPENSSL
@@ -666,7 +669,7 @@ static void conn_start(rds_t *r)
     c->r = r;
     r->c = c;
     r->ready = false;
-    set_ref(r); /* an idle connection must not keep the loop alive (the daemon's drain) */
+    set_ref(r);
     uv_tcp_nodelay(&c->tcp, 1);
 #ifdef RCD_HAVE_OPENSSL
     if (r->tls) {

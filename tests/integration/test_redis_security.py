@@ -66,8 +66,8 @@ def make_certs(d):
 class RedisServer:
     """A redis-server on a free port; tls: a dict of certificate paths (the port is TLS only)."""
 
-    def __init__(self, tmp, *extra, tls=None):
-        self.port = free_port()
+    def __init__(self, tmp, *extra, tls=None, port=None):
+        self.port = port or free_port()
         self.tls = tls
         self.auth = None
         self.dir = tempfile.mkdtemp(dir=tmp)
@@ -308,6 +308,30 @@ class RedisSecurity(unittest.TestCase):
         # the same prefix shares: a third daemon resumes a's session at version 1
         c = self.start(*pw, "--redis-prefix", "depA:")
         self.assertEqual(c.api.GetSession(pb.GetSessionRequest(session_id="shared-id")).version, 1)
+
+    # ---- reconnection ----
+
+    def test_reconnects_after_restart(self):
+        """Redis goes away and comes back on the same port (with its password): turns commit
+        to disk meanwhile, the tier reconnects by itself (backoff 1 s doubling to 8 s), logs
+        `connected`, and the next acknowledged turn is in Redis again."""
+        r = RedisServer(self.tmp, "--requirepass", PW)
+        r.auth = (b"default", PW.encode())
+        try:
+            d = self.start("--redis", r.addr, "--redis-password-file", self.secret(PW, "pw_rc"))
+            self.session(d, "rc")
+            self.assertTrue(r.exists("recurd:ckpt:rc"))
+            r.stop()
+            self.assertEqual(self.turn(d, "rc", P2).session_version, 2)
+            self.wait_log(d, r'"event":"redis".*tier is down')
+            r2 = RedisServer(self.tmp, "--requirepass", PW, port=r.port)
+            r2.auth = r.auth
+            r = r2
+            self.wait_log(d, r'"event":"redis".*connected, AUTH', timeout=30)
+            self.assertEqual(self.turn(d, "rc", P1).session_version, 3)
+            self.assertTrue(r.exists("recurd:ckpt:rc"))
+        finally:
+            r.stop()
 
     # ---- options ----
 
