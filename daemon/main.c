@@ -160,8 +160,10 @@ static int store_start(dmn_server_t *srv, const wrk_model_info_t *mi, char *err,
                 "%s%s%s%s, key prefix '%s')",
                 o->redis, o->redis_tls ? "TLS" : "plaintext",
                 o->redis_tls && o->redis_tls_cert[0] ? " with a client certificate" : "",
-                o->redis_user[0] ? ", ACL user " : pw_given ? ", AUTH" : "", o->redis_user,
-                o->redis_prefix);
+                o->redis_user[0] ? ", ACL user "
+                : pw_given       ? ", AUTH"
+                                 : "",
+                o->redis_user, o->redis_prefix);
     dmn_log(DMN_INFO, "store", NULL, NULL,
             "state dir %s: %zu sessions, %zu quarantined checkpoints, scan %llu ms, keep %ld "
             "versions, host cache %ld bytes",

@@ -439,8 +439,8 @@ static void fetch_done(void *user, int rc, const char *data, size_t len, const c
         rc = rcd_fail(RCD_ENOTFOUND, why, sizeof(why), "not in the shared tier");
         goto done;
     }
-    rc = store__shared_check(j->h.id, s->fingerprint, s->state_bytes, s->kv_bpt, data, len, &h,
-                             &hl, why, sizeof(why));
+    rc = store__shared_check(j->h.id, s->fingerprint, s->state_bytes, s->kv_bpt, data, len, &h, &hl,
+                             why, sizeof(why));
     if (rc) goto done;
     s->st.redis_hits++;
     if ((x = *store__find(s, h.id))) { /* created here meanwhile */

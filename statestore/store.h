@@ -101,7 +101,8 @@ typedef struct store_opts {
     bool no_group_commit;
     /* Shared tier: "host:port" of a Redis server, or NULL/"". Durable stores only. */
     const char *redis;
-    store_redis_opts_t redis_opts; /* its AUTH, TLS and key prefix (all optional) */
+    /* Its AUTH, TLS and key prefix (all optional). */
+    store_redis_opts_t redis_opts;
     int n_tensors; /* layout recorded in checkpoints (borrowed during store_open) */
     const store_tensor_t *tensors;
     /* Told about what the startup scan skipped or quarantined (and why), on the opening

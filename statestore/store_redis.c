@@ -148,8 +148,8 @@ static void say(rds_t *r, const char *msg, const char *cause)
 
 /* ---- replies ------------------------------------------------------------------------------ */
 
-int rds__reply(rds_op_kind_t kind, const redisReply *rep, const char **data, size_t *len,
-               char *msg, size_t msglen)
+int rds__reply(rds_op_kind_t kind, const redisReply *rep, const char **data, size_t *len, char *msg,
+               size_t msglen)
 {
     static const char *const names[] = {"GET", "SET", "DEL", "AUTH", "PING"};
     *data = NULL;
@@ -161,7 +161,8 @@ int rds__reply(rds_op_kind_t kind, const redisReply *rep, const char **data, siz
         int n = (int)(rep->len < 300 ? rep->len : 300);
         /* AUTH refused, or a server that wants it: only a configuration change helps. */
         bool auth = kind == RDS_OP_AUTH || !strncmp(e, "NOAUTH", 6) ||
-                    !strncmp(e, "WRONGPASS", 9) || (kind == RDS_OP_PING && !strncmp(e, "NOPERM", 6));
+                    !strncmp(e, "WRONGPASS", 9) ||
+                    (kind == RDS_OP_PING && !strncmp(e, "NOPERM", 6));
         return rcd_fail(auth ? RCD_EPRECONDITION : RCD_EIO, msg, msglen, "redis %s: %.*s",
                         names[kind], n, e);
     }
@@ -332,8 +333,8 @@ static void tls_pump(rds_conn_t *c)
             if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
                 tls_why(c, why, sizeof(why));
                 tls_flush(c); /* the alert, if any */
-                conn_fail(c, SSL_get_verify_result(c->ssl) != X509_V_OK,
-                          "TLS handshake failed: %s", why);
+                conn_fail(c, SSL_get_verify_result(c->ssl) != X509_V_OK, "TLS handshake failed: %s",
+                          why);
                 return;
             }
             tls_flush(c);
@@ -522,7 +523,8 @@ static void conn_fail(rds_conn_t *c, bool config, const char *fmt, ...)
     else if ((r->backoff_ns *= 2) > RDS_BACKOFF_MAX_NS)
         r->backoff_ns = RDS_BACKOFF_MAX_NS;
     r->next_try_ns = uv_hrtime() + r->backoff_ns;
-    snprintf(line, sizeof(line), "shared tier: redis %s: %s; the tier is down (turns commit to "
+    snprintf(line, sizeof(line),
+             "shared tier: redis %s: %s; the tier is down (turns commit to "
              "disk only), next try in %u s",
              r->addr, m, (unsigned)(r->backoff_ns / 1000000000ull));
     say(r, line, m);
@@ -559,7 +561,10 @@ static void dispatch(rds_conn_t *c, rds_op_t *op, const redisReply *rep)
 #else
                      "",
 #endif
-                     r->user ? ", ACL user " : r->pass ? ", AUTH" : "", r->user ? r->user : "");
+                     r->user   ? ", ACL user "
+                     : r->pass ? ", AUTH"
+                               : "",
+                     r->user ? r->user : "");
             /* The first connection is quiet; one after a failure is news. */
             if (r->was_ready || r->last_msg[0]) say(r, line, NULL);
             r->was_ready = true;
@@ -588,8 +593,8 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
     rds_conn_t *c = s->data;
     if (!c->r) return;
     if (n < 0) {
-        conn_fail(c, false, "%s", n == UV_EOF ? "connection closed by the server"
-                                              : uv_strerror((int)n));
+        conn_fail(c, false, "%s",
+                  n == UV_EOF ? "connection closed by the server" : uv_strerror((int)n));
         return;
     }
     if (n == 0) return;
@@ -684,7 +689,8 @@ static void conn_start(rds_t *r)
         SSL_set_bio(c->ssl, c->net_in, c->net_out); /* SSL owns them now */
         SSL_set_connect_state(c->ssl);
         struct in6_addr ip;
-        bool is_ip = inet_pton(AF_INET, r->name, &ip) == 1 || inet_pton(AF_INET6, r->name, &ip) == 1;
+        bool is_ip =
+            inet_pton(AF_INET, r->name, &ip) == 1 || inet_pton(AF_INET6, r->name, &ip) == 1;
         X509_VERIFY_PARAM *vp = SSL_get0_param(c->ssl);
         X509_VERIFY_PARAM_set_hostflags(vp, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
         if (is_ip ? X509_VERIFY_PARAM_set1_ip_asc(vp, r->name) != 1
@@ -697,8 +703,8 @@ static void conn_start(rds_t *r)
 #endif
     if (r->pass || r->user) {
         const char *u = r->user, *p = r->pass ? r->pass : "";
-        rds_arg_t a[3] = {{"AUTH", NULL, 4, 0}, {u, NULL, u ? strlen(u) : 0, 0},
-                          {p, NULL, strlen(p), 0}};
+        rds_arg_t a[3] = {
+            {"AUTH", NULL, 4, 0}, {u, NULL, u ? strlen(u) : 0, 0}, {p, NULL, strlen(p), 0}};
         if (!u) a[1] = a[2];
         if (!send_cmd(c, RDS_OP_AUTH, NULL, NULL, u ? 3 : 2, a)) return;
     }
@@ -759,10 +765,9 @@ static int tls_ctx(rds_t *r, const store_redis_opts_t *o, char *err, size_t errl
     SSL_CTX_set_min_proto_version(r->tls, TLS1_2_VERSION);
     SSL_CTX_set_verify(r->tls, SSL_VERIFY_PEER, NULL);
     if (given(o->tls_ca) ? SSL_CTX_load_verify_locations(r->tls, o->tls_ca, NULL) != 1
-                       : SSL_CTX_set_default_verify_paths(r->tls) != 1)
+                         : SSL_CTX_set_default_verify_paths(r->tls) != 1)
         what = given(o->tls_ca) ? o->tls_ca : "the system's CA bundle";
-    else if (given(o->tls_cert) &&
-             SSL_CTX_use_certificate_chain_file(r->tls, o->tls_cert) != 1)
+    else if (given(o->tls_cert) && SSL_CTX_use_certificate_chain_file(r->tls, o->tls_cert) != 1)
         what = o->tls_cert;
     else if (given(o->tls_key) &&
              (SSL_CTX_use_PrivateKey_file(r->tls, o->tls_key, SSL_FILETYPE_PEM) != 1 ||
@@ -791,8 +796,8 @@ static void rds_free(uv_handle_t *h)
     free(r);
 }
 
-int rds_open(uv_loop_t *loop, const char *addr, const store_redis_opts_t *o,
-             const rds_log_t *log, rds_t **out, char *err, size_t errlen)
+int rds_open(uv_loop_t *loop, const char *addr, const store_redis_opts_t *o, const rds_log_t *log,
+             rds_t **out, char *err, size_t errlen)
 {
     *out = NULL;
     if (!strncmp(addr, "redis://", 8) || !strncmp(addr, "rediss://", 9))
@@ -806,14 +811,15 @@ int rds_open(uv_loop_t *loop, const char *addr, const store_redis_opts_t *o,
     if (!colon || colon == addr || (size_t)(colon - addr) >= 256 || *end || port < 1 ||
         port > 65535)
         return rcd_fail(RCD_EINVAL, err, errlen, "redis address '%s' is not host:port", addr);
-    if (!o->tls && (given(o->tls_ca) || given(o->tls_cert) || given(o->tls_key) ||
-                    given(o->tls_server_name)))
+    if (!o->tls &&
+        (given(o->tls_ca) || given(o->tls_cert) || given(o->tls_key) || given(o->tls_server_name)))
         return rcd_fail(RCD_EINVAL, err, errlen,
                         "redis: --redis-tls-ca/-cert/-key/-server-name need --redis-tls");
     if (given(o->tls_cert) != given(o->tls_key))
         return rcd_fail(RCD_EINVAL, err, errlen,
                         "redis: --redis-tls-cert and --redis-tls-key go together");
-    if ((given(o->user) && strlen(o->user) > 255) || (given(o->password) && strlen(o->password) > 4096))
+    if ((given(o->user) && strlen(o->user) > 255) ||
+        (given(o->password) && strlen(o->password) > 4096))
         return rcd_fail(RCD_EINVAL, err, errlen, "redis: user or password too long");
 #ifndef RCD_HAVE_OPENSSL
     if (o->tls)
@@ -832,7 +838,8 @@ int rds_open(uv_loop_t *loop, const char *addr, const store_redis_opts_t *o,
     }
     r->port = (int)port;
     snprintf(r->addr, sizeof(r->addr), "%s", addr);
-    snprintf(r->name, sizeof(r->name), "%s", given(o->tls_server_name) ? o->tls_server_name : r->host);
+    snprintf(r->name, sizeof(r->name), "%s",
+             given(o->tls_server_name) ? o->tls_server_name : r->host);
     if (log) r->log = *log;
     int rc = 0;
     if ((given(o->user) && !(r->user = strdup(o->user))) ||

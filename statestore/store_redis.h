@@ -41,9 +41,10 @@ void rds_close(rds_t *r);
 /* What one reply means for the command it answers (the fuzz target drives this). */
 typedef enum { RDS_OP_GET, RDS_OP_SET, RDS_OP_DEL, RDS_OP_AUTH, RDS_OP_PING } rds_op_kind_t;
 struct redisReply;
-/* 0: the expected reply (GET: data and len give the bulk string, data NULL for nil); RCD_EPRECONDITION:
- * AUTH refused, or the server wants AUTH (NOAUTH / WRONGPASS / NOPERM on the handshake);
- * RCD_EIO: an error reply or a reply of another type. msg says which (valid while rep is). */
+/* 0: the expected reply (GET: data and len give the bulk string, data NULL for nil);
+ * RCD_EPRECONDITION: AUTH refused, or the server wants AUTH (NOAUTH / WRONGPASS / NOPERM on the
+ * handshake); RCD_EIO: an error reply or a reply of another type. msg says which (valid while rep
+ * is). */
 int rds__reply(rds_op_kind_t kind, const struct redisReply *rep, const char **data, size_t *len,
                char *msg, size_t msglen);
 

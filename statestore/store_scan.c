@@ -175,8 +175,8 @@ int store_open(const store_opts_t *opts, store_t **out, char *err, size_t errlen
             }
             memcpy(s->rds_prefix, p, pl + 1);
             rds_log_t log = {.cb = s->warn_cb, .user = s->warn_user};
-            if ((rc = rds_open(s->loop, opts->redis, &opts->redis_opts, &log, &s->rds, err,
-                               errlen)))
+            if ((rc =
+                     rds_open(s->loop, opts->redis, &opts->redis_opts, &log, &s->rds, err, errlen)))
                 goto fail;
         }
         clock_gettime(CLOCK_MONOTONIC, &t1);

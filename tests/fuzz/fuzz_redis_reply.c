@@ -60,8 +60,9 @@ static void interpret(const redisReply *rep)
             rc = store__shared_check(ids[i], 0x1122334455667788ull, 128, 64, d, n, &h, &hl, why,
                                      sizeof(why));
             FZ_REQUIRE(rc == 0 || rc == RCD_ECORRUPT || rc == RCD_EMISMATCH);
-            FZ_REQUIRE(rc ? why[0] != 0 : (hl > 0 && (uint64_t)n == (uint64_t)hl + h.payload_bytes &&
-                                           !strcmp(h.id, ids[i])));
+            FZ_REQUIRE(rc ? why[0] != 0
+                          : (hl > 0 && (uint64_t)n == (uint64_t)hl + h.payload_bytes &&
+                             !strcmp(h.id, ids[i])));
             ckpt_hdr_free(&h);
         }
     }
