@@ -404,11 +404,12 @@ static void bench_resume(const char *redis)
             /* the bare GET round trip of the same values, no checks, no disk */
             rds_t *rd;
             char err[300];
-            if (rds_open(&g_loop, redis, &rd, err, sizeof(err)) || !rds_ready(rd))
+            if (rds_open(&g_loop, redis, &(store_redis_opts_t){0}, NULL, &rd, err, sizeof(err)) ||
+                !rds_ready(rd))
                 die("redis", "cannot connect");
             for (int i = 0; i < n; i++) {
                 char key[64];
-                snprintf(key, sizeof(key), "recurd:ckpt:r%d", i);
+                snprintf(key, sizeof(key), STORE_REDIS_PREFIX_DEFAULT "ckpt:r%d", i);
                 rget_t g = {0};
                 double t0 = now_ms();
                 if (rds_get(rd, key, rget_done, &g)) die("redis", "GET refused");

@@ -97,6 +97,23 @@
       "deleted, unless it sets its own ttl_seconds; 0: never")                                     \
     X(redis, STR, "", "RECURD_REDIS", DMN_ANY,                                                     \
       "host:port of a Redis shared tier (write-through, lookup on a miss)")                        \
+    X(redis_user, STR, "", "RECURD_REDIS_USER", DMN_ANY,                                           \
+      "Redis ACL user (AUTH user password); '': the default user")                                 \
+    X(redis_password_file, STR, "", "RECURD_REDIS_PASSWORD_FILE", DMN_ANY,                         \
+      "file whose first line is the Redis AUTH password (else env RECURD_REDIS_PASSWORD; never "   \
+      "a flag: argv is public)")                                                                   \
+    X(redis_tls, BOOL, "false", "RECURD_REDIS_TLS", DMN_ANY,                                       \
+      "TLS to Redis; the server's certificate is always verified")                                 \
+    X(redis_tls_ca, STR, "", "RECURD_REDIS_TLS_CA", DMN_ANY,                                       \
+      "CA bundle (PEM) that verifies Redis's certificate; '': the system's")                       \
+    X(redis_tls_cert, STR, "", "RECURD_REDIS_TLS_CERT", DMN_ANY,                                   \
+      "client certificate (PEM) for Redis tls-auth-clients; with --redis-tls-key")                 \
+    X(redis_tls_key, STR, "", "RECURD_REDIS_TLS_KEY", DMN_ANY,                                     \
+      "the client certificate's private key (PEM)")                                                \
+    X(redis_tls_server_name, STR, "", "RECURD_REDIS_TLS_SERVER_NAME", DMN_ANY,                     \
+      "name or IP Redis's certificate must match (and SNI); '': the host of --redis")              \
+    X(redis_prefix, STR, "recurd:", "RECURD_REDIS_PREFIX", DMN_ANY,                                \
+      "Redis key prefix (keys are PREFIXckpt:ID): 1-64 of A-Z a-z 0-9 : _ - . { } /")              \
     X(api_keys, STR, "", "RECURD_API_KEYS", DMN_ANY,                                             \
       "API keys file (lines: SHA256_HEX TENANT user|admin); clients send authorization: Bearer "  \
       "KEY and session ids are per tenant; reloads on SIGHUP; '' = no keys, sessions unprotected") \

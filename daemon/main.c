@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* Load progress on a terminal: stages as percentages (the engine loads in one call). */
@@ -51,7 +52,42 @@ static void engine_log(void *user, eng_level_t lvl, const char *event, const cha
 static void store_warn(void *user, const char *sid, const char *msg)
 {
     (void)user;
-    dmn_log(DMN_WARN, "checkpoint", NULL, sid, "%s", msg);
+    /* no session: the shared tier's connection (connected, refused, TLS, AUTH) */
+    dmn_log(DMN_WARN, sid ? "checkpoint" : "redis", NULL, sid, "%s", msg);
+}
+
+/* The Redis AUTH password: the first line of --redis-password-file, else the environment's
+ * RECURD_REDIS_PASSWORD, else none (""). Never a flag: a command line is world-readable. */
+static int redis_password(const dmn_opts_t *o, char *pw, size_t len, char *err, size_t errlen)
+{
+    pw[0] = 0;
+    if (!o->redis_password_file[0]) {
+        const char *e = getenv("RECURD_REDIS_PASSWORD");
+        if (e && strlen(e) >= len)
+            return rcd_fail(RCD_EINVAL, err, errlen, "RECURD_REDIS_PASSWORD is too long");
+        if (e) snprintf(pw, len, "%s", e);
+        return 0;
+    }
+    FILE *f = fopen(o->redis_password_file, "r");
+    if (!f)
+        return rcd_fail(RCD_EIO, err, errlen, "--redis-password-file %s: %s",
+                        o->redis_password_file, strerror(errno));
+    struct stat st;
+    if (fstat(fileno(f), &st) == 0 && (st.st_mode & 077))
+        dmn_log(DMN_WARN, "redis", NULL, NULL,
+                "--redis-password-file %s is readable by group or others (chmod 600 it)",
+                o->redis_password_file);
+    bool got = fgets(pw, (int)len, f) != NULL;
+    fclose(f);
+    size_t n = got ? strcspn(pw, "\r\n") : 0;
+    if (got && n == strlen(pw) && n == len - 1)
+        return rcd_fail(RCD_EINVAL, err, errlen, "--redis-password-file %s: line too long",
+                        o->redis_password_file);
+    pw[n] = 0;
+    if (!n)
+        return rcd_fail(RCD_EINVAL, err, errlen, "--redis-password-file %s: empty first line",
+                        o->redis_password_file);
+    return 0;
 }
 
 /* The session store: durable under the state dir unless memory-only; logs what the startup
@@ -63,6 +99,9 @@ static int store_start(dmn_server_t *srv, const wrk_model_info_t *mi, char *err,
     if (dmn_opts_state_dir(o, dir, sizeof(dir)))
         return rcd_fail(RCD_ERANGE, err, errlen, "state dir path longer than %d bytes",
                         RCD_PATH_MAX - 1);
+    char pw[4097];
+    int rc = dir[0] && o->redis[0] ? redis_password(o, pw, sizeof(pw), err, errlen) : 0;
+    if (rc) return rc;
     store_tensor_t *t = calloc((size_t)mi->n_state_tensors + 1, sizeof(*t));
     if (!t) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
     for (int i = 0; i < mi->n_state_tensors; i++) {
@@ -83,6 +122,14 @@ static int store_start(dmn_server_t *srv, const wrk_model_info_t *mi, char *err,
                        .cache_bytes = (size_t)o->host_cache_bytes,
                        .no_group_commit = !o->group_commit,
                        .redis = o->redis,
+                       .redis_opts = {.user = o->redis_user,
+                                      .password = pw,
+                                      .prefix = o->redis_prefix,
+                                      .tls = o->redis_tls,
+                                      .tls_ca = o->redis_tls_ca,
+                                      .tls_cert = o->redis_tls_cert,
+                                      .tls_key = o->redis_tls_key,
+                                      .tls_server_name = o->redis_tls_server_name},
                        .n_tensors = mi->n_state_tensors,
                        .tensors = t,
                        .kv_bytes_per_token = mi->n_kv_layers > 0 ? mi->kv_bytes_per_token : 0,
@@ -90,7 +137,9 @@ static int store_start(dmn_server_t *srv, const wrk_model_info_t *mi, char *err,
                        .kv_width = mi->kv_width,
                        .warn_cb = store_warn,
                        .default_ttl_s = (uint32_t)o->session_ttl};
-    int rc = store_open(&so, &srv->store, err, errlen);
+    rc = store_open(&so, &srv->store, err, errlen);
+    bool pw_given = pw[0] != 0;
+    explicit_bzero(pw, sizeof(pw)); /* the store keeps its own copy */
     free(t);
     if (rc) return rc;
     store_stats_t st;
@@ -110,8 +159,14 @@ static int store_start(dmn_server_t *srv, const wrk_model_info_t *mi, char *err,
     }
     if (o->redis[0])
         dmn_log(DMN_INFO, "store", NULL, NULL,
-                "shared tier: redis %s (commits written through, unknown sessions looked up)",
-                o->redis);
+                "shared tier: redis %s (commits written through, unknown sessions looked up; "
+                "%s%s%s%s, key prefix '%s')",
+                o->redis, o->redis_tls ? "TLS" : "plaintext",
+                o->redis_tls && o->redis_tls_cert[0] ? " with a client certificate" : "",
+                o->redis_user[0] ? ", ACL user "
+                : pw_given       ? ", AUTH"
+                                 : "",
+                o->redis_user, o->redis_prefix);
     dmn_log(DMN_INFO, "store", NULL, NULL,
             "state dir %s: %zu sessions, %zu quarantined checkpoints, scan %llu ms, keep %ld "
             "versions, host cache %ld bytes",

@@ -350,7 +350,7 @@ static int delete_sess(store_t *s, sess_t *x, store_done_cb cb, void *user)
     if (!j) return RCD_ENOMEM;
     if (s->rds) { /* ordered before any later write of the same id on the one connection */
         char key[STORE_RDS_KEY_MAX];
-        store__rds_key(key, x->rec.id);
+        store__rds_key(s, key, x->rec.id);
         rds_del(s->rds, key);
     }
     store__unindex(s, x);
@@ -462,6 +462,30 @@ bool store_shared(const store_t *s)
 
 /* ---- shared tier: lookup on a miss ------------------------------------------------------ */
 
+int store__shared_check(const char *id, uint64_t fingerprint, size_t state_bytes, size_t kv_bpt,
+                        const char *data, size_t len, ckpt_hdr_t *h, int64_t *hl, char *why,
+                        size_t whylen)
+{
+    int rc = 0;
+    /* Outside bytes: the same checks as a file. */
+    *hl = ckpt_header_len((const uint8_t *)data, len, NULL, 0);
+    if (*hl < 0 || ckpt_parse((const uint8_t *)data, len, h, NULL, 0))
+        rc = rcd_fail(RCD_ECORRUPT, why, whylen, "shared-tier checkpoint is corrupt");
+    else if (strcmp(h->id, id) != 0 || (uint64_t)len != (uint64_t)*hl + h->payload_bytes)
+        rc = rcd_fail(RCD_ECORRUPT, why, whylen, "shared-tier checkpoint is malformed");
+    else if (h->fingerprint != fingerprint)
+        rc = rcd_fail(RCD_EMISMATCH, why, whylen,
+                      "session '%s' was checkpointed by model fingerprint %016" PRIx64
+                      "; the loaded model's fingerprint is %016" PRIx64,
+                      h->id, h->fingerprint, fingerprint);
+    else if (h->payload_bytes &&
+             (!ckpt_payload_ok(h->payload_bytes, state_bytes, kv_bpt) ||
+              h->dtype != CKPT_DTYPE_F32 ||
+              XXH3_64bits(data + *hl, (size_t)h->payload_bytes) != h->payload_hash))
+        rc = rcd_fail(RCD_ECORRUPT, why, whylen, "shared-tier checkpoint fails its checks");
+    return rc;
+}
+
 static void fetch_done(void *user, int rc, const char *data, size_t len, const char *msg)
 {
     job_t *j = user;
@@ -481,21 +505,8 @@ static void fetch_done(void *user, int rc, const char *data, size_t len, const c
         rc = rcd_fail(RCD_ENOTFOUND, why, sizeof(why), "not in the shared tier");
         goto done;
     }
-    /* Outside bytes: the same checks as a file. */
-    hl = ckpt_header_len((const uint8_t *)data, len, NULL, 0);
-    if (hl < 0 || ckpt_parse((const uint8_t *)data, len, &h, NULL, 0))
-        rc = rcd_fail(RCD_ECORRUPT, why, sizeof(why), "shared-tier checkpoint is corrupt");
-    else if (strcmp(h.id, j->h.id) != 0 || (uint64_t)len != (uint64_t)hl + h.payload_bytes)
-        rc = rcd_fail(RCD_ECORRUPT, why, sizeof(why), "shared-tier checkpoint is malformed");
-    else if (h.fingerprint != s->fingerprint)
-        rc = rcd_fail(RCD_EMISMATCH, why, sizeof(why),
-                      "session '%s' was checkpointed by model fingerprint %016" PRIx64
-                      "; the loaded model's fingerprint is %016" PRIx64,
-                      h.id, h.fingerprint, s->fingerprint);
-    else if (h.payload_bytes && (!ckpt_payload_ok(h.payload_bytes, s->state_bytes, s->kv_bpt) ||
-                                 h.dtype != CKPT_DTYPE_F32 ||
-                                 XXH3_64bits(data + hl, (size_t)h.payload_bytes) != h.payload_hash))
-        rc = rcd_fail(RCD_ECORRUPT, why, sizeof(why), "shared-tier checkpoint fails its checks");
+    rc = store__shared_check(j->h.id, s->fingerprint, s->state_bytes, s->kv_bpt, data, len, &h, &hl,
+                             why, sizeof(why));
     if (rc) goto done;
     s->st.redis_hits++;
     if ((x = *store__find(s, h.id))) { /* created here meanwhile */
@@ -535,7 +546,7 @@ int store_fetch(store_t *s, const char *id, store_done_cb cb, void *user)
     j->no_wt = true;
     snprintf(j->h.id, sizeof(j->h.id), "%s", id);
     char key[STORE_RDS_KEY_MAX];
-    store__rds_key(key, id);
+    store__rds_key(s, key, id);
     if (rds_get(s->rds, key, fetch_done, j) != 0) {
         store__job_free(j);
         return RCD_ENOTFOUND; /* shared tier down: a miss */

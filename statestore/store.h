@@ -70,6 +70,24 @@ typedef struct store_tensor {
     int64_t shape[3];
 } store_tensor_t;
 
+/* The shared tier's security (README.md, "Shared tier"). Strings are borrowed during store_open
+ * (the password is copied, and wiped when the store closes); NULL or "" means unset. */
+typedef struct store_redis_opts {
+    const char *user;     /* ACL user: AUTH user password (with no password: an empty one) */
+    const char *password; /* AUTH password; with no user: AUTH password (the default user) */
+    const char *prefix;   /* key prefix, STORE_REDIS_PREFIX_CHARS, 1-STORE_REDIS_PREFIX_MAX bytes;
+                           * unset: STORE_REDIS_PREFIX_DEFAULT. Keys are <prefix>ckpt:<id>. */
+    bool tls;             /* TLS (OpenSSL), the server's certificate always verified */
+    const char *tls_ca;   /* CA bundle (PEM) the server's chain must end in; unset: the system's */
+    const char *tls_cert, *tls_key; /* client certificate and key (PEM), both or neither */
+    const char *tls_server_name;    /* name (or IP) the certificate must match; unset: the host */
+} store_redis_opts_t;
+
+#define STORE_REDIS_PREFIX_DEFAULT "recurd:"
+#define STORE_REDIS_PREFIX_MAX 64
+#define STORE_REDIS_PREFIX_CHARS                                                                   \
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789:_-.{}/"
+
 typedef struct store_opts {
     size_t state_bytes; /* size of every state blob (wrk_model_info()->state_bytes); with
                          * kv_bytes_per_token, the fixed part of a variable-size blob */
@@ -90,6 +108,8 @@ typedef struct store_opts {
     bool no_group_commit;
     /* Shared tier: "host:port" of a Redis server, or NULL/"". Durable stores only. */
     const char *redis;
+    /* Its AUTH, TLS and key prefix (all optional). */
+    store_redis_opts_t redis_opts;
     int n_tensors; /* layout recorded in checkpoints (borrowed during store_open) */
     const store_tensor_t *tensors;
     /* Told about what the startup scan skipped or quarantined (and why), on the opening

@@ -68,11 +68,12 @@ struct store {
     job_t *batch;           /* running on the pool */
     uv_work_t work;
     rds_t *rds; /* shared tier, or NULL */
+    char rds_prefix[STORE_REDIS_PREFIX_MAX + 1];
     store_stats_t st;
 };
 
-/* Longest shared-tier key: "recurd:ckpt:" and a session id. */
-#define STORE_RDS_KEY_MAX (STORE_SID_MAX + 32)
+/* Longest shared-tier key: the prefix, "ckpt:" and a (tenant-scoped) session id. */
+#define STORE_RDS_KEY_MAX (STORE_REDIS_PREFIX_MAX + STORE_SID_MAX + 32)
 
 /* ---- store.c: the index (loop thread) and the host cache ---- */
 /* The chain slot that holds id, or the empty slot at its end. */
@@ -97,6 +98,13 @@ void store__kv_tensors(store_t *s, job_t *j);
 /* Queues j; it runs in the next batch, after every job queued before it. */
 void store__enqueue(store_t *s, job_t *j);
 /* The shared-tier key of session id. */
-void store__rds_key(char key[STORE_RDS_KEY_MAX], const char *id);
+void store__rds_key(const store_t *s, char key[STORE_RDS_KEY_MAX], const char *id);
+/* The checks a shared-tier value (GET's reply for session id) must pass before it is used, the
+ * same as a file's: header hash, sizes, id, fingerprint, payload hash. 0 with h parsed (free it
+ * with ckpt_hdr_free) and *hl its header length; RCD_ECORRUPT or RCD_EMISMATCH with why. The
+ * fuzz target drives it (tests/fuzz/fuzz_redis_reply.c). */
+int store__shared_check(const char *id, uint64_t fingerprint, size_t state_bytes, size_t kv_bpt,
+                        const char *data, size_t len, ckpt_hdr_t *h, int64_t *hl, char *why,
+                        size_t whylen);
 
 #endif

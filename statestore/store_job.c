@@ -188,7 +188,7 @@ static bool write_through(store_t *s, job_t *j)
     size_t hl;
     char key[STORE_RDS_KEY_MAX];
     if (ckpt_encode(&j->h, &hb, &hl)) return false;
-    store__rds_key(key, j->h.id);
+    store__rds_key(s, key, j->h.id);
     int rc = rds_set(s->rds, key, hb, hl, j->state, (size_t)j->h.payload_bytes, wt_done, j);
     free(hb);
     if (rc) {
@@ -379,7 +379,8 @@ void store__kv_tensors(store_t *s, job_t *j)
         }
 }
 
-void store__rds_key(char key[STORE_RDS_KEY_MAX], const char *id)
+void store__rds_key(const store_t *s, char key[STORE_RDS_KEY_MAX], const char *id)
 {
-    snprintf(key, STORE_RDS_KEY_MAX, "recurd:ckpt:%s", id); /* ids are checked: it fits */
+    /* ids and the prefix are checked: it fits */
+    snprintf(key, STORE_RDS_KEY_MAX, "%sckpt:%s", s->rds_prefix, id);
 }

@@ -163,9 +163,22 @@ int store_open(const store_opts_t *opts, store_t **out, char *err, size_t errlen
             goto fail;
         }
         if ((rc = scan(s, err, errlen))) goto fail;
-        if (opts->redis && opts->redis[0] &&
-            (rc = rds_open(s->loop, opts->redis, &s->rds, err, errlen)))
-            goto fail;
+        if (opts->redis && opts->redis[0]) {
+            const char *p = opts->redis_opts.prefix;
+            if (!p || !p[0]) p = STORE_REDIS_PREFIX_DEFAULT;
+            size_t pl = strlen(p);
+            if (pl > STORE_REDIS_PREFIX_MAX || strspn(p, STORE_REDIS_PREFIX_CHARS) != pl) {
+                rc = rcd_fail(RCD_EINVAL, err, errlen,
+                              "redis key prefix '%s': 1 to %d of A-Z a-z 0-9 : _ - . { } /", p,
+                              STORE_REDIS_PREFIX_MAX);
+                goto fail;
+            }
+            memcpy(s->rds_prefix, p, pl + 1);
+            rds_log_t log = {.cb = s->warn_cb, .user = s->warn_user};
+            if ((rc =
+                     rds_open(s->loop, opts->redis, &opts->redis_opts, &log, &s->rds, err, errlen)))
+                goto fail;
+        }
         clock_gettime(CLOCK_MONOTONIC, &t1);
         s->st.scan_ms =
             (uint64_t)((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000);

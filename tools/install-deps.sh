@@ -10,7 +10,7 @@ pkgs=(
   libgrpc-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler libuv1-dev  # daemon
   python3-grpcio python3-protobuf   # integration tests (Python gRPC client)
   libhiredis-dev redis-server       # statestore's Redis shared tier and its tests
-  libssl-dev openssl                # TLS (dmn_tls.c), SHA-256 of API keys (dmn_auth.c); certificates in the tests
+  libssl-dev openssl                # TLS (gRPC port, Redis), SHA-256 of API keys; certificates in the tests
 )
 missing=()
 for p in "${pkgs[@]}"; do
