@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 K8S_VERSION=${K8S_VERSION:-1.30.0}
 venv=build/deploy-venv
 # Same list, with reasons, in deploy/README.md "Static scan exceptions".
-SKIPS=CKV_K8S_43,CKV_K8S_35,CKV_K8S_21,CKV2_K8S_6
+SKIPS=CKV_K8S_43,CKV2_K8S_6
 
 if ! "$venv/bin/python" -c 'import kubernetes_validate, checkov' 2>/dev/null \
    || ! cmp -s deploy/requirements-check.txt "$venv/.requirements"; then
