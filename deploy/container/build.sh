@@ -10,7 +10,9 @@
 #
 # usage: deploy/container/build.sh [--tag TAG] [--mirror URL] [--rebuild-base] [--smoke]
 # needs: root (debootstrap), podman or buildah, debootstrap (apt-get install podman buildah
-# debootstrap), network access to the Debian mirror. Env: RECURD_IMAGE_BUILDER=podman|buildah.
+# debootstrap), network access to the Debian mirror. Env: RECURD_IMAGE_BUILDER=podman|buildah,
+# RECURD_IMAGE_ISOLATION=oci|chroot (build steps' isolation; chroot needs no OCI runtime, for
+# sandboxes where crun cannot start containers: deploy/README.md).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 tag=dev
@@ -27,6 +29,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 base=localhost/recurd-base:bookworm
+isolation=${RECURD_IMAGE_ISOLATION:-oci}
 image=localhost/recurd:$tag
 
 builder=${RECURD_IMAGE_BUILDER:-}
@@ -69,9 +72,9 @@ fi
 # ---- 3: the image -------------------------------------------------------------------------
 echo "== build $image"
 if [ "$builder" = podman ]; then
-  podman build --pull=never --build-arg BASE="$base" -f deploy/container/Containerfile -t "$image" .
+  podman build --pull=never --isolation "$isolation" --build-arg BASE="$base" -f deploy/container/Containerfile -t "$image" .
 else
-  buildah bud --pull-never --build-arg BASE="$base" -f deploy/container/Containerfile -t "$image" .
+  buildah bud --pull-never --isolation "$isolation" --build-arg BASE="$base" -f deploy/container/Containerfile -t "$image" .
 fi
 
 [ "$smoke" = 1 ] || exit 0
