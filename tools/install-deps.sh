@@ -11,6 +11,7 @@ pkgs=(
   python3-grpcio python3-protobuf   # integration tests (Python gRPC client)
   libhiredis-dev redis-server       # statestore's Redis shared tier and its tests
   libssl-dev openssl                # TLS (gRPC port, Redis), SHA-256 of API keys; certificates in the tests
+  python3-venv python3-pip          # deploy/check-k8s.sh: pinned kubernetes-validate + checkov in build/deploy-venv
 )
 missing=()
 for p in "${pkgs[@]}"; do
