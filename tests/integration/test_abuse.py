@@ -50,8 +50,8 @@ class Abuse(DaemonTest):
         for _ in range(3):
             collect(cls.api.Generate(gen_request(tokens=[1, 2, 3], max_tokens=64,
                                                  temperature=0, ignore_eos=True), timeout=120))
-        cls._abandon(cls, 64, cancel_ratio=0.5)
-        cls._storm(cls, 0, 200)  # the peak the storms reach: RSS is compared after it
+        cls._abandon(cls, n(64), cancel_ratio=0.5)
+        cls._storm(cls, 0, n(200))  # the peak the storms reach: RSS is compared after it
         time.sleep(0.5)
         cls.base_rss = cls.rss_mb(cls)
         cls.base_fds = cls.fds(cls)
