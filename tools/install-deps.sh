@@ -11,6 +11,7 @@ pkgs=(
   python3-grpcio python3-protobuf   # integration tests (Python gRPC client)
   libhiredis-dev redis-server       # statestore's Redis shared tier and its tests
   libssl-dev openssl                # TLS (dmn_tls.c), SHA-256 of API keys (dmn_auth.c); certificates in the tests
+  haproxy                           # the load balancer in front of replicas (deploy/haproxy, test_scaleout)
 )
 missing=()
 for p in "${pkgs[@]}"; do
