@@ -49,23 +49,30 @@ def stub(addr):
     return ch, Stub(ch, pb.DESCRIPTOR.services_by_name["Inference"], pb)
 
 
-def latency(api, sid, n, tokens):
-    lm, tt = [], []
-    for _ in range(20):  # warm-up
-        api.ListModels(pb.ListModelsRequest())
-    for _ in range(n):
-        t0 = time.perf_counter()
-        api.ListModels(pb.ListModelsRequest())
-        lm.append((time.perf_counter() - t0) * 1e3)
-    v = api.GetSession(pb.GetSessionRequest(session_id=sid), metadata=H.md(sid)).version
+def latency(paths, n, tokens):
+    """Alternates the paths call by call (the machine's load hits them alike); each path turns
+    its own fresh session. Returns {name: (ListModels ms, turn ms)}."""
+    out = {}
+    for name, api in paths:
+        sid = "lat-" + name
+        api.CreateSession(pb.CreateSessionRequest(session_id=sid), metadata=H.md(sid))
+        for _ in range(20):  # warm-up
+            api.ListModels(pb.ListModelsRequest())
+        out[name] = ([], [], [0])
     for i in range(n):
-        t0 = time.perf_counter()
-        _, _, _, last = collect(api.Generate(gen_request(
-            tokens=[5 + i % 100, 7, 9], session=sid, max_tokens=tokens, temperature=0,
-            ignore_eos=True, expected_version=v), metadata=H.md(sid)))
-        tt.append((time.perf_counter() - t0) * 1e3)
-        v = last.session_version
-    return lm, tt
+        for name, api in paths:
+            lm, tt, v = out[name]
+            t0 = time.perf_counter()
+            api.ListModels(pb.ListModelsRequest())
+            lm.append((time.perf_counter() - t0) * 1e3)
+            sid = "lat-" + name
+            t0 = time.perf_counter()
+            _, _, _, last = collect(api.Generate(gen_request(
+                tokens=[5 + i % 100, 7, 9], session=sid, max_tokens=tokens, temperature=0,
+                ignore_eos=True, expected_version=v[0]), metadata=H.md(sid)))
+            tt.append((time.perf_counter() - t0) * 1e3)
+            v[0] = last.session_version
+    return {k: (lm, tt) for k, (lm, tt, _) in out.items()}
 
 
 def throughput(c, clients, seconds, tokens):
@@ -102,7 +109,7 @@ def throughput(c, clients, seconds, tokens):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=300, help="sequential calls per latency series")
+    ap.add_argument("--n", type=int, default=300, help="calls per path (alternated)")
     ap.add_argument("--tokens", type=int, default=4, help="tokens generated per turn")
     ap.add_argument("--clients", type=int, default=12)
     ap.add_argument("--seconds", type=float, default=10)
@@ -112,18 +119,10 @@ def main():
           % (cpu_model(), os.cpu_count()))
 
     with H.Cluster(1) as c:
-        sid = "lat"
-        c.api.CreateSession(pb.CreateSessionRequest(session_id=sid), metadata=H.md(sid))
         ch, direct = stub(c.replicas[0].addr)
-        rows = []
-        for name, api in (("direct", direct), ("haproxy", c.api), ("direct", direct),
-                          ("haproxy", c.api)):
-            rows.append((name,) + latency(api, sid, a.n, a.tokens))
+        res = latency((("direct", direct), ("haproxy", c.api)), a.n, a.tokens)
         ch.close()
-        res = {}
-        for name, lm, tt in rows:  # the second round of each (warm)
-            res[name] = (lm, tt)
-        print("\nlatency, %d sequential calls each (ms)" % a.n)
+        print("\nlatency, %d calls per path, alternated (ms)" % a.n)
         print("%-8s %18s %18s" % ("path", "ListModels p50/p99", "turn(%d tok) p50/p99"
                                   % a.tokens))
         for name in ("direct", "haproxy"):
