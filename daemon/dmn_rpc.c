@@ -179,7 +179,7 @@ static void session_fail(dmn_call_t *c, int rc, const char *id)
  * only then, so an acknowledged session survives a restart. */
 typedef struct sess_pending {
     dmn_call_t *c;
-    store_session_t ss;         /* the new session's record (create, fork); ss.id for delete */
+    store_session_t ss;          /* the new session's record (create, fork); ss.id for delete */
     char src[STORE_SID_MAX + 1]; /* fork source */
     bool deleting;
 } sess_pending_t;
@@ -253,7 +253,8 @@ bool dmn_session_fetch(dmn_call_t *c, const char *id, ProtobufCMessage *req, dmn
         int rc = store_sync(st, id, refetched, f);
         if (rc == RCD_EUNAVAILABLE) {
             free(f);
-            again(c, req, rc, "shared tier (redis) unreachable: session calls refused until it is back");
+            again(c, req, rc,
+                  "shared tier (redis) unreachable: session calls refused until it is back");
             return true;
         }
         if (rc) free(f);

@@ -632,8 +632,8 @@ static void sync_done(void *user, int rc, const char *data, size_t len, const ch
         const uint8_t *theirs = (const uint8_t *)data + 1;
         if (x) store__ident(x, mine);
         if (x && x->pending) {
-            rc = rcd_fail(RCD_EBUSY, why, sizeof(why), "session '%s' has a commit in flight",
-                          q->id);
+            rc =
+                rcd_fail(RCD_EBUSY, why, sizeof(why), "session '%s' has a commit in flight", q->id);
         } else if (x && !memcmp(mine, theirs, sizeof(mine))) {
             s->st.redis_checks_current++;
             version = x->rec.version; /* the local copy is the latest: use it */
@@ -660,8 +660,8 @@ static void sync_done(void *user, int rc, const char *data, size_t len, const ch
         }
     } else if (len == 1 && data[0] == 'D') {
         if (x && x->pending)
-            rc = rcd_fail(RCD_EBUSY, why, sizeof(why), "session '%s' has a commit in flight",
-                          q->id);
+            rc =
+                rcd_fail(RCD_EBUSY, why, sizeof(why), "session '%s' has a commit in flight", q->id);
         else {
             if (x) store__drop_local(s, x);
             rc = rcd_fail(RCD_ENOTFOUND, why, sizeof(why), "session '%s' was deleted", q->id);

@@ -34,12 +34,12 @@ typedef struct job {
     struct job *next;
     struct store *s;
     job_kind_t kind;
-    bool no_wt; /* came from the shared tier, or a local-only removal: not written back */
-    bool has_expect;                     /* authority: the version the commit/delete replaces */
+    bool no_wt;      /* came from the shared tier, or a local-only removal: not written back */
+    bool has_expect; /* authority: the version the commit/delete replaces */
     uint8_t expect[STORE_IDENT_LEN];
     uint64_t gen;
-    ckpt_hdr_t h;               /* create/commit: the checkpoint to write; load: what was read */
-    void *state;                /* owned: the payload to write, or the buffer a load fills */
+    ckpt_hdr_t h;                /* create/commit: the checkpoint to write; load: what was read */
+    void *state;                 /* owned: the payload to write, or the buffer a load fills */
     char src[STORE_SID_MAX + 1]; /* fork from disk: read src_version of src first */
     uint64_t src_version;
     bool from_disk;
@@ -75,7 +75,7 @@ struct store {
     job_t *q_head, *q_tail; /* waiting */
     job_t *batch;           /* running on the pool */
     uv_work_t work;
-    rds_t *rds; /* shared tier, or NULL */
+    rds_t *rds;     /* shared tier, or NULL */
     bool authority; /* opts.redis_authority */
     char rds_prefix[STORE_REDIS_PREFIX_MAX + 1];
     store_stats_t st;

@@ -163,24 +163,22 @@ static void batch_start(store_t *s);
  * one bulk string: "K" done; "V" + the current identity (another version is there); "D" the
  * session was deleted (tombstone); "E" + identity (create: the id exists); "N" (check: never
  * seen). */
-const char store__lua_check[] =
-    "local v = redis.call('GETRANGE', KEYS[1], 24, 71)\n"
-    "if v ~= '' then return 'V' .. v end\n"
-    "if redis.call('EXISTS', KEYS[2]) == 1 then return 'D' end\n"
-    "return 'N'\n";
+const char store__lua_check[] = "local v = redis.call('GETRANGE', KEYS[1], 24, 71)\n"
+                                "if v ~= '' then return 'V' .. v end\n"
+                                "if redis.call('EXISTS', KEYS[2]) == 1 then return 'D' end\n"
+                                "return 'N'\n";
 /* ARGV[1]: 'c' create (the key must not exist; a tombstone goes) or 'u' commit; ARGV[2]: the
  * identity the commit replaces; ARGV[3]: the checkpoint. A commit over a missing key is accepted
  * only without a tombstone (a session that predates the shared tier). */
-const char store__lua_commit[] =
-    "local v = redis.call('GETRANGE', KEYS[1], 24, 71)\n"
-    "if ARGV[1] == 'c' then\n"
-    "  if v ~= '' then return 'E' .. v end\n"
-    "  redis.call('DEL', KEYS[2])\n"
-    "elseif v == '' then\n"
-    "  if redis.call('EXISTS', KEYS[2]) == 1 then return 'D' end\n"
-    "elseif v ~= ARGV[2] then return 'V' .. v end\n"
-    "redis.call('SET', KEYS[1], ARGV[3])\n"
-    "return 'K'\n";
+const char store__lua_commit[] = "local v = redis.call('GETRANGE', KEYS[1], 24, 71)\n"
+                                 "if ARGV[1] == 'c' then\n"
+                                 "  if v ~= '' then return 'E' .. v end\n"
+                                 "  redis.call('DEL', KEYS[2])\n"
+                                 "elseif v == '' then\n"
+                                 "  if redis.call('EXISTS', KEYS[2]) == 1 then return 'D' end\n"
+                                 "elseif v ~= ARGV[2] then return 'V' .. v end\n"
+                                 "redis.call('SET', KEYS[1], ARGV[3])\n"
+                                 "return 'K'\n";
 /* ARGV[1]: '' unconditional, else the identity that must still be there (expiry). */
 const char store__lua_delete[] =
     "local v = redis.call('GETRANGE', KEYS[1], 24, 71)\n"

@@ -916,8 +916,11 @@ void rds_del(rds_t *r, const char *key)
 int rds_eval(rds_t *r, const char *script, const char *key1, const char *key2, int nargs,
              const rds_val_t *args, rds_cb cb, void *user)
 {
-    rds_arg_t argv[16] = {{"EVAL", NULL, 4, 0}, {script, NULL, strlen(script), 0}, {"2", NULL, 1, 0},
-                          {key1, NULL, strlen(key1), 0}, {key2, NULL, strlen(key2), 0}};
+    rds_arg_t argv[16] = {{"EVAL", NULL, 4, 0},
+                          {script, NULL, strlen(script), 0},
+                          {"2", NULL, 1, 0},
+                          {key1, NULL, strlen(key1), 0},
+                          {key2, NULL, strlen(key2), 0}};
     size_t total = 0;
     if (nargs < 0 || nargs > 11) return RCD_EINVAL;
     for (int i = 0; i < nargs; i++) {
