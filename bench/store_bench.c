@@ -287,7 +287,7 @@ static bool redis_ready(store_t *s)
     return false;
 }
 
-static bool rds_ready(rds_t *r)
+static bool rds_wait_ready(rds_t *r)
 {
     for (int i = 0; i < 500; i++) {
         rget_t g = {0};
@@ -405,7 +405,7 @@ static void bench_resume(const char *redis)
             rds_t *rd;
             char err[300];
             if (rds_open(&g_loop, redis, &(store_redis_opts_t){0}, NULL, &rd, err, sizeof(err)) ||
-                !rds_ready(rd))
+                !rds_wait_ready(rd))
                 die("redis", "cannot connect");
             for (int i = 0; i < n; i++) {
                 char key[64];

@@ -34,7 +34,8 @@
     X(NOSPACE, -20, 8, "no space left (disk full or quota reached)")                    \
     X(REPLIED, -21, 13, "already answered (no further reply)")                          \
     X(UNAUTHENTICATED, -22, 16, "missing or invalid API key")                           \
-    X(FORBIDDEN, -23, 7, "permission denied")
+    X(FORBIDDEN, -23, 7, "permission denied")                                           \
+    X(CONFLICT, -24, 10, "refused: another replica committed a newer version")
 
 enum rcd_err {
 #define RCD__ENUM(name, val, grpc, msg) RCD_E##name = (val),

@@ -28,6 +28,7 @@ static void test_table(void)
     CHECK(rcd_grpc_status(RCD_ENOMEM) == 8);
     CHECK(rcd_grpc_status(RCD_EUNAUTHENTICATED) == 16);
     CHECK(rcd_grpc_status(RCD_EFORBIDDEN) == 7); /* PERMISSION_DENIED */
+    CHECK(rcd_grpc_status(RCD_ECONFLICT) == 10); /* ABORTED */
     CHECK(RCD_EREPLIED != RCD_ENOMEM && RCD_EREPLIED < 0 && RCD_EREPLIED != -1);
     CHECK(rcd_grpc_status(-9999) == 2);
     CHECK(strcmp(rcd_strerror(-9999), "unknown error") == 0);

@@ -114,6 +114,9 @@
       "name or IP Redis's certificate must match (and SNI); '': the host of --redis")              \
     X(redis_prefix, STR, "recurd:", "RECURD_REDIS_PREFIX", DMN_ANY,                                \
       "Redis key prefix (keys are PREFIXckpt:ID): 1-64 of A-Z a-z 0-9 : _ - . { } /")              \
+    X(redis_authority, BOOL, "true", "RECURD_REDIS_AUTHORITY", DMN_ANY,                            \
+      "with --redis: Redis is the authority for each session's latest version (conditional "      \
+      "commits; Redis unreachable: session calls UNAVAILABLE); off: write-through only")           \
     X(api_keys, STR, "", "RECURD_API_KEYS", DMN_ANY,                                             \
       "API keys file (lines: SHA256_HEX TENANT user|admin); clients send authorization: Bearer "  \
       "KEY and session ids are per tenant; reloads on SIGHUP; '' = no keys, sessions unprotected") \

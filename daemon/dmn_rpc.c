@@ -136,6 +136,9 @@ static void session_fail(dmn_call_t *c, int rc, const char *id)
     case RCD_EBUSY:
         dmn_call_fail(c, rc, "session '%s' has a commit in flight", id);
         break;
+    case RCD_EUNAVAILABLE: /* --redis-authority: nothing is committed that Redis cannot fence */
+        dmn_call_fail(c, rc, "session '%s': the shared tier (redis) is unreachable; retry", id);
+        break;
     case RCD_EMISMATCH: {
         store_session_t ss = {0};
         char sid[STORE_SID_MAX + 1];
@@ -176,7 +179,7 @@ static void session_fail(dmn_call_t *c, int rc, const char *id)
  * only then, so an acknowledged session survives a restart. */
 typedef struct sess_pending {
     dmn_call_t *c;
-    store_session_t ss;         /* the new session's record (create, fork); ss.id for delete */
+    store_session_t ss;          /* the new session's record (create, fork); ss.id for delete */
     char src[STORE_SID_MAX + 1]; /* fork source */
     bool deleting;
 } sess_pending_t;
@@ -240,6 +243,23 @@ static void refetched(void *user, int rc, uint64_t version, const char *msg)
 bool dmn_session_fetch(dmn_call_t *c, const char *id, ProtobufCMessage *req, dmn_refetch_fn again)
 {
     store_t *st = c->srv->store;
+    if (store_authority(st) && id && id[0] && store_check_sid(id) == 0) {
+        /* Redis is the authority: its latest version is checked before any local copy is used
+         * (and fetched if ours is stale); Redis unreachable: UNAVAILABLE, never a fork. */
+        refetch_t *f = calloc(1, sizeof(*f));
+        if (!f) return false;
+        *f = (refetch_t){.c = c, .req = req, .again = again};
+        snprintf(f->id, sizeof(f->id), "%s", id);
+        int rc = store_sync(st, id, refetched, f);
+        if (rc == RCD_EUNAVAILABLE) {
+            free(f);
+            again(c, req, rc,
+                  "shared tier (redis) unreachable: session calls refused until it is back");
+            return true;
+        }
+        if (rc) free(f);
+        return rc == 0;
+    }
     if (!store_shared(st) || !id || !id[0] || store_check_sid(id) ||
         store_get(st, id, NULL) != RCD_ENOTFOUND)
         return false;
@@ -410,11 +430,14 @@ static void fork_session(dmn_call_t *c, grpc_byte_buffer *bb)
         fork_session_req(c, &req->base, 0, "");
 }
 
-static void delete_session(dmn_call_t *c, grpc_byte_buffer *bb)
+static void delete_session_req(dmn_call_t *c, ProtobufCMessage *m, int fetch_rc, const char *msg)
 {
-    Recurd__V1__DeleteSessionRequest *req = (Recurd__V1__DeleteSessionRequest *)dmn_call_unpack(
-        c, bb, &recurd__v1__delete_session_request__descriptor);
-    if (!req) return;
+    Recurd__V1__DeleteSessionRequest *req = (Recurd__V1__DeleteSessionRequest *)m;
+    if (fetch_rc && fetch_rc != RCD_ENOTFOUND) {
+        dmn_call_fail(c, fetch_rc, "%s", msg);
+        protobuf_c_message_free_unpacked(m, NULL);
+        return;
+    }
     char sid[STORE_SID_MAX + 1];
     int rc = store_check_id(req->session_id, NULL, 0);
     if (!rc) rc = dmn_scope(c, req->session_id, sid);
@@ -437,6 +460,19 @@ static void delete_session(dmn_call_t *c, grpc_byte_buffer *bb)
     }
 cleanup:
     protobuf_c_message_free_unpacked(&req->base, NULL);
+}
+
+static void delete_session(dmn_call_t *c, grpc_byte_buffer *bb)
+{
+    Recurd__V1__DeleteSessionRequest *req = (Recurd__V1__DeleteSessionRequest *)dmn_call_unpack(
+        c, bb, &recurd__v1__delete_session_request__descriptor);
+    char sid[STORE_SID_MAX + 1];
+    if (req && dmn_scope(c, req->session_id, sid)) sid[0] = 0;
+    /* authority mode: the delete is checked against Redis like a turn (a session another
+     * replica holds is deleted there too) */
+    if (req && !(store_authority(c->srv->store) &&
+                 dmn_session_fetch(c, sid, &req->base, delete_session_req)))
+        delete_session_req(c, &req->base, 0, "");
 }
 
 /* ---- tokenizer ----------------------------------------------------------------------------

@@ -130,6 +130,7 @@ static int store_start(dmn_server_t *srv, const wrk_model_info_t *mi, char *err,
                                       .tls_cert = o->redis_tls_cert,
                                       .tls_key = o->redis_tls_key,
                                       .tls_server_name = o->redis_tls_server_name},
+                       .redis_authority = o->redis_authority,
                        .n_tensors = mi->n_state_tensors,
                        .tensors = t,
                        .kv_bytes_per_token = mi->n_kv_layers > 0 ? mi->kv_bytes_per_token : 0,
@@ -159,9 +160,13 @@ static int store_start(dmn_server_t *srv, const wrk_model_info_t *mi, char *err,
     }
     if (o->redis[0])
         dmn_log(DMN_INFO, "store", NULL, NULL,
-                "shared tier: redis %s (commits written through, unknown sessions looked up; "
+                "shared tier: redis %s (%s; "
                 "%s%s%s%s, key prefix '%s')",
-                o->redis, o->redis_tls ? "TLS" : "plaintext",
+                o->redis,
+                o->redis_authority ? "the authority: conditional commits, versions checked before "
+                                     "use, session calls refused while it is unreachable"
+                                   : "commits written through, unknown sessions looked up",
+                o->redis_tls ? "TLS" : "plaintext",
                 o->redis_tls && o->redis_tls_cert[0] ? " with a client certificate" : "",
                 o->redis_user[0] ? ", ACL user "
                 : pw_given       ? ", AUTH"

@@ -165,6 +165,7 @@ int store__insert(store_t *s, const ckpt_hdr_t *h, sess_t **out)
     x->rec.state_len = h->payload_bytes;
     x->rec.fingerprint = h->fingerprint;
     x->rec.foreign = h->fingerprint != s->fingerprint;
+    x->phash = h->payload_hash;
     x->gen = ++s->next_gen;
     *pp = x;
     s->n++;
@@ -190,6 +191,7 @@ static int create_common(store_t *s, const char *id, const char *src_id, const s
 {
     int rc = store_check_sid(id);
     if (rc) return rc;
+    if (s->authority && !rds_ready(s->rds)) return RCD_EUNAVAILABLE;
     sess_t *src = NULL, *x = NULL;
     const char *owner = attrs && attrs->owner ? attrs->owner : "";
     uint32_t ttl_s = attrs ? attrs->ttl_s : 0;
@@ -324,6 +326,8 @@ int store_commit_n(store_t *s, const char *id, uint64_t expected_version, void *
         rc = RCD_EBUSY;
     else if (x->rec.version != expected_version)
         rc = RCD_EMISMATCH;
+    else if (s->authority && !rds_ready(s->rds))
+        rc = RCD_EUNAVAILABLE; /* nothing is committed that Redis cannot fence */
     else if (!(j = store__job_new(s, J_COMMIT, x, cb, user)) || (rc = store__job_header(s, j, x)))
         rc = rc ? rc : RCD_ENOMEM;
     if (rc) {
@@ -335,20 +339,30 @@ int store_commit_n(store_t *s, const char *id, uint64_t expected_version, void *
     j->h.n_tokens = x->rec.n_tokens + add_tokens;
     j->h.updated_ms = now_ms;
     j->h.payload_bytes = len;
-    j->h.payload_hash = s->dir ? XXH3_64bits(state, len) : 0;
+    j->h.payload_hash = s->dir || s->rds ? XXH3_64bits(state, len) : 0;
     store__kv_tensors(s, j);
     j->state = state;
+    if (s->authority) { /* the commit script replaces exactly this version */
+        store__ident(x, j->expect);
+        j->has_expect = true;
+    }
     x->pending = true;
     store__enqueue(s, j);
     return 0;
 }
 
-/* Forgets x at once; its files (and shared-tier copy) go in the background. */
-static int delete_sess(store_t *s, sess_t *x, store_done_cb cb, void *user)
+/* Forgets x at once; its files (and shared-tier copy) go in the background. Authority mode:
+ * the delete script runs when the files are gone (store_job.c, before any later script of the
+ * same id); `cond` makes it conditional on x's version (expiry: a replica's idle copy must not
+ * delete a session another replica moved on). */
+static int delete_sess(store_t *s, sess_t *x, bool cond, store_done_cb cb, void *user)
 {
     job_t *j = store__job_new(s, J_DELETE, x, cb, user);
     if (!j) return RCD_ENOMEM;
-    if (s->rds) { /* ordered before any later write of the same id on the one connection */
+    if (s->authority) {
+        if (cond) store__ident(x, j->expect);
+        j->has_expect = cond;
+    } else if (s->rds) { /* ordered before any later write of the same id on the one connection */
         char key[STORE_RDS_KEY_MAX];
         store__rds_key(s, key, x->rec.id);
         rds_del(s->rds, key);
@@ -363,7 +377,8 @@ int store_delete(store_t *s, const char *id, store_done_cb cb, void *user)
     sess_t *x = lookup(s, id);
     if (!x) return RCD_ENOTFOUND;
     if (x->pending) return RCD_EBUSY;
-    return delete_sess(s, x, cb, user);
+    if (s->authority && !rds_ready(s->rds)) return RCD_EUNAVAILABLE;
+    return delete_sess(s, x, false, cb, user);
 }
 
 /* An expired session's files are gone, or could not be removed (told through warn_cb: the
@@ -401,7 +416,7 @@ size_t store_expire(store_t *s, int64_t now_ms, store_busy_fn busy, store_expire
                 if (rec_copy(s, &x->rec, &r) == 0) expired(user, &r, idle);
                 store_session_clear(&r);
             }
-            if (delete_sess(s, x, expire_done, s) != 0) {
+            if (delete_sess(s, x, true, expire_done, s) != 0) {
                 next = now_ms; /* out of memory: try again at the next sweep */
                 continue;
             }
@@ -458,6 +473,37 @@ bool store_durable(const store_t *s)
 bool store_shared(const store_t *s)
 {
     return s->rds != NULL;
+}
+
+bool store_authority(const store_t *s)
+{
+    return s->rds != NULL && s->authority;
+}
+
+static void put_u64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+void store__ident(const sess_t *x, uint8_t out[STORE_IDENT_LEN])
+{
+    /* the header's offsets 24..71 (ckpt.h), little-endian */
+    put_u64(out, x->rec.version);
+    put_u64(out + 8, x->rec.n_tokens);
+    put_u64(out + 16, (uint64_t)x->rec.created_ms);
+    put_u64(out + 24, (uint64_t)x->rec.updated_ms);
+    put_u64(out + 32, x->rec.has_state ? x->rec.state_len : 0);
+    put_u64(out + 40, x->phash);
+}
+
+void store__drop_local(store_t *s, sess_t *x)
+{
+    job_t *j = store__job_new(s, J_DELETE, x, NULL, NULL);
+    store__unindex(s, x);
+    if (!j) return; /* out of memory: the files stay; the next sync compares them again */
+    j->no_wt = true;
+    store__enqueue(s, j);
 }
 
 /* ---- shared tier: lookup on a miss ------------------------------------------------------ */
@@ -552,6 +598,108 @@ int store_fetch(store_t *s, const char *id, store_done_cb cb, void *user)
         return RCD_ENOTFOUND; /* shared tier down: a miss */
     }
     return 0;
+}
+
+/* ---- authority mode: the check before a copy is trusted --------------------------------- */
+
+typedef struct sync_req {
+    store_t *s;
+    store_done_cb cb;
+    void *user;
+    char id[STORE_SID_MAX + 1];
+} sync_req_t;
+
+static uint64_t get_u64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+
+static void sync_done(void *user, int rc, const char *data, size_t len, const char *msg)
+{
+    sync_req_t *q = user;
+    store_t *s = q->s;
+    char why[500] = "";
+    uint64_t version = 0;
+    sess_t *x = lookup(s, q->id);
+    uint8_t mine[STORE_IDENT_LEN];
+    if (rc) {
+        s->st.redis_errors++;
+        rc = rcd_fail(RCD_EUNAVAILABLE, why, sizeof(why), "shared tier unavailable: %s", msg);
+    } else if (len == 1 + STORE_IDENT_LEN && data[0] == 'V') {
+        const uint8_t *theirs = (const uint8_t *)data + 1;
+        if (x) store__ident(x, mine);
+        if (x && x->pending) {
+            rc =
+                rcd_fail(RCD_EBUSY, why, sizeof(why), "session '%s' has a commit in flight", q->id);
+        } else if (x && !memcmp(mine, theirs, sizeof(mine))) {
+            s->st.redis_checks_current++;
+            version = x->rec.version; /* the local copy is the latest: use it */
+        } else {
+            /* Stale (or forked by a refused commit): never used; the latest comes from Redis. */
+            if (x) {
+                s->st.redis_checks_stale++;
+                if (s->warn_cb) {
+                    snprintf(why, sizeof(why),
+                             "local copy at version %" PRIu64 " is not the shared tier's %" PRIu64
+                             ": dropped, fetching the latest",
+                             x->rec.version, get_u64(theirs));
+                    s->warn_cb(s->warn_user, q->id, why);
+                    why[0] = 0;
+                }
+                store__drop_local(s, x);
+            }
+            rc = store_fetch(s, q->id, q->cb, q->user);
+            if (rc == 0) {
+                free(q);
+                return; /* fetch_done answers */
+            }
+            rc = rcd_fail(RCD_EUNAVAILABLE, why, sizeof(why), "shared tier unavailable");
+        }
+    } else if (len == 1 && data[0] == 'D') {
+        if (x && x->pending)
+            rc =
+                rcd_fail(RCD_EBUSY, why, sizeof(why), "session '%s' has a commit in flight", q->id);
+        else {
+            if (x) store__drop_local(s, x);
+            rc = rcd_fail(RCD_ENOTFOUND, why, sizeof(why), "session '%s' was deleted", q->id);
+        }
+    } else if (len == 1 && data[0] == 'N') {
+        /* Redis has never seen it: a local copy predates the shared tier (its next commit
+         * writes it there); no local copy: it does not exist. */
+        if (x)
+            version = x->rec.version;
+        else
+            rc = rcd_fail(RCD_ENOTFOUND, why, sizeof(why), "not in the shared tier");
+    } else {
+        s->st.redis_errors++;
+        rc = rcd_fail(RCD_EUNAVAILABLE, why, sizeof(why), "shared tier: unexpected check reply");
+    }
+    q->cb(q->user, rc, version, why);
+    free(q);
+}
+
+int store_sync(store_t *s, const char *id, store_done_cb cb, void *user)
+{
+    if (!store_authority(s)) return RCD_ENOTFOUND;
+    int rc = store_check_sid(id);
+    if (rc) return rc;
+    if (!rds_ready(s->rds)) return RCD_EUNAVAILABLE;
+    sync_req_t *q = calloc(1, sizeof(*q));
+    if (!q) return RCD_ENOMEM;
+    q->s = s;
+    q->cb = cb;
+    q->user = user;
+    snprintf(q->id, sizeof(q->id), "%s", id);
+    char key[STORE_RDS_KEY_MAX], tomb[STORE_RDS_KEY_MAX];
+    store__rds_key(s, key, id);
+    store__rds_tomb(s, tomb, id);
+    s->st.redis_checks++;
+    rc = rds_eval(s->rds, store__lua_check, key, tomb, 0, NULL, sync_done, q);
+    if (rc) free(q);
+    return rc;
 }
 
 void store_get_stats(const store_t *s, store_stats_t *out)

@@ -110,6 +110,11 @@ typedef struct store_opts {
     const char *redis;
     /* Its AUTH, TLS and key prefix (all optional). */
     store_redis_opts_t redis_opts;
+    /* Redis is the authority for each session's latest version (README.md, "Redis as the
+     * authority"): commits, creates, forks and deletes are conditional scripts, acknowledged only
+     * once Redis accepted them; while Redis is down they fail with RCD_EUNAVAILABLE; a refused
+     * commit is RCD_ECONFLICT. false: write-through (a Redis failure never fails a commit). */
+    bool redis_authority;
     int n_tensors; /* layout recorded in checkpoints (borrowed during store_open) */
     const store_tensor_t *tensors;
     /* Told about what the startup scan skipped or quarantined (and why), on the opening
@@ -128,6 +133,9 @@ typedef struct store_stats {
     uint64_t cache_hits, cache_misses, commits, disk_loads, corrupt;
     uint64_t scan_ms; /* time the startup scan took */
     uint64_t redis_writes, redis_hits, redis_misses, redis_errors;
+    /* authority mode: version checks (store_sync), of which the local copy was the latest /
+     * stale; commits, creates and deletes Redis refused */
+    uint64_t redis_checks, redis_checks_current, redis_checks_stale, redis_refused;
     uint64_t expired; /* sessions removed by store_expire */
 } store_stats_t;
 
@@ -213,6 +221,16 @@ int store_commit_n(store_t *s, const char *id, uint64_t expected_version, void *
  * fingerprints), RCD_ECORRUPT, RCD_EUNAVAILABLE. */
 int store_fetch(store_t *s, const char *id, store_done_cb cb, void *user);
 bool store_shared(const store_t *s); /* a shared tier is configured */
+bool store_authority(const store_t *s); /* ... and it is the authority (redis_authority) */
+/* Authority mode: asks Redis for the session's latest version before the caller trusts its own
+ * copy (host cache or disk). 0 and cb follows: cb 0 when the index now holds exactly the
+ * version Redis holds (kept if it was already, else the local copy dropped and the
+ * authoritative one fetched: store_fetch), or kept because Redis has never seen the session
+ * (it predates the shared tier); RCD_ENOTFOUND when it is nowhere or was deleted elsewhere
+ * (a local copy is dropped); RCD_EBUSY (a commit of it in flight here), RCD_EUNAVAILABLE,
+ * RCD_EMISMATCH, RCD_ECORRUPT. At once: RCD_EUNAVAILABLE while Redis is unreachable,
+ * RCD_EINVAL for a bad id, RCD_ENOTFOUND without authority mode. */
+int store_sync(store_t *s, const char *id, store_done_cb cb, void *user);
 /* Removes a session from the index at once (and from the shared tier); its files go in the
  * background and cb (may be NULL) fires when the removal is durable. RCD_EBUSY while a commit or
  * create is in flight. */

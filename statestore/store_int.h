@@ -20,7 +20,13 @@ typedef struct sess {
     void *state;         /* cached blob of rec.version, or NULL */
     size_t cached_len;   /* its bytes */
     bool pending;        /* a create or commit job is in flight */
+    uint64_t phash;      /* the payload hash of rec.version's checkpoint (its identity) */
 } sess_t;
+
+/* A version's identity in the shared tier: the checkpoint header's bytes 24..71 (version,
+ * tokens, created_ms, updated_ms, payload_bytes, payload hash), what the scripts compare. */
+#define STORE_IDENT_OFF 24
+#define STORE_IDENT_LEN 48
 
 typedef enum { J_CREATE, J_COMMIT, J_LOAD, J_DELETE } job_kind_t;
 
@@ -28,10 +34,12 @@ typedef struct job {
     struct job *next;
     struct store *s;
     job_kind_t kind;
-    bool no_wt; /* came from the shared tier: not written back */
+    bool no_wt;      /* came from the shared tier, or a local-only removal: not written back */
+    bool has_expect; /* authority: the version the commit/delete replaces */
+    uint8_t expect[STORE_IDENT_LEN];
     uint64_t gen;
-    ckpt_hdr_t h;               /* create/commit: the checkpoint to write; load: what was read */
-    void *state;                /* owned: the payload to write, or the buffer a load fills */
+    ckpt_hdr_t h;                /* create/commit: the checkpoint to write; load: what was read */
+    void *state;                 /* owned: the payload to write, or the buffer a load fills */
     char src[STORE_SID_MAX + 1]; /* fork from disk: read src_version of src first */
     uint64_t src_version;
     bool from_disk;
@@ -67,7 +75,8 @@ struct store {
     job_t *q_head, *q_tail; /* waiting */
     job_t *batch;           /* running on the pool */
     uv_work_t work;
-    rds_t *rds; /* shared tier, or NULL */
+    rds_t *rds;     /* shared tier, or NULL */
+    bool authority; /* opts.redis_authority */
     char rds_prefix[STORE_REDIS_PREFIX_MAX + 1];
     store_stats_t st;
 };
@@ -99,6 +108,14 @@ void store__kv_tensors(store_t *s, job_t *j);
 void store__enqueue(store_t *s, job_t *j);
 /* The shared-tier key of session id. */
 void store__rds_key(const store_t *s, char key[STORE_RDS_KEY_MAX], const char *id);
+/* Its tombstone's key (authority mode: a deleted session; a late commit is refused). */
+void store__rds_tomb(const store_t *s, char key[STORE_RDS_KEY_MAX], const char *id);
+/* The identity bytes of x's current version. */
+void store__ident(const sess_t *x, uint8_t out[STORE_IDENT_LEN]);
+/* Authority mode: forgets x and removes its local files (not the shared tier's copy). */
+void store__drop_local(store_t *s, sess_t *x);
+/* The scripts (store_job.c). */
+extern const char store__lua_commit[], store__lua_check[], store__lua_delete[];
 /* The checks a shared-tier value (GET's reply for session id) must pass before it is used, the
  * same as a file's: header hash, sizes, id, fingerprint, payload hash. 0 with h parsed (free it
  * with ckpt_hdr_free) and *hl its header length; RCD_ECORRUPT or RCD_EMISMATCH with why. The

@@ -158,16 +158,94 @@ static void batch_work(uv_work_t *w)
 
 static void batch_start(store_t *s);
 
+/* Authority mode's scripts (README.md, "Redis as the authority"). KEYS[1] is the checkpoint key,
+ * KEYS[2] the tombstone key; a version's identity is the checkpoint's bytes 24..71. Each answers
+ * one bulk string: "K" done; "V" + the current identity (another version is there); "D" the
+ * session was deleted (tombstone); "E" + identity (create: the id exists); "N" (check: never
+ * seen). */
+const char store__lua_check[] = "local v = redis.call('GETRANGE', KEYS[1], 24, 71)\n"
+                                "if v ~= '' then return 'V' .. v end\n"
+                                "if redis.call('EXISTS', KEYS[2]) == 1 then return 'D' end\n"
+                                "return 'N'\n";
+/* ARGV[1]: 'c' create (the key must not exist; a tombstone goes) or 'u' commit; ARGV[2]: the
+ * identity the commit replaces; ARGV[3]: the checkpoint. A commit over a missing key is accepted
+ * only without a tombstone (a session that predates the shared tier). */
+const char store__lua_commit[] = "local v = redis.call('GETRANGE', KEYS[1], 24, 71)\n"
+                                 "if ARGV[1] == 'c' then\n"
+                                 "  if v ~= '' then return 'E' .. v end\n"
+                                 "  redis.call('DEL', KEYS[2])\n"
+                                 "elseif v == '' then\n"
+                                 "  if redis.call('EXISTS', KEYS[2]) == 1 then return 'D' end\n"
+                                 "elseif v ~= ARGV[2] then return 'V' .. v end\n"
+                                 "redis.call('SET', KEYS[1], ARGV[3])\n"
+                                 "return 'K'\n";
+/* ARGV[1]: '' unconditional, else the identity that must still be there (expiry). */
+const char store__lua_delete[] =
+    "local v = redis.call('GETRANGE', KEYS[1], 24, 71)\n"
+    "if ARGV[1] ~= '' and v ~= '' and v ~= ARGV[1] then return 'V' .. v end\n"
+    "redis.call('SET', KEYS[2], '1')\n"
+    "redis.call('DEL', KEYS[1])\n"
+    "return 'K'\n";
+
+/* What a script's refusal means: RCD_ECONFLICT (another version), RCD_ENOTFOUND (deleted),
+ * RCD_EEXISTS (create of an existing id); 0 for "K". */
+static int script_verdict(const store_t *s, const job_t *j, const char *data, size_t len, char *msg,
+                          size_t msglen)
+{
+    (void)s;
+    if (len == 1 && data[0] == 'K') return 0;
+    if (len == 1 && data[0] == 'D')
+        return rcd_fail(RCD_ENOTFOUND, msg, msglen,
+                        "session '%s' was deleted (on another replica): version %" PRIu64
+                        " refused",
+                        j->h.id, j->h.version);
+    if (len == 1 + STORE_IDENT_LEN && (data[0] == 'V' || data[0] == 'E')) {
+        uint64_t v = 0;
+        for (int i = 8; i >= 1; i--)
+            v = v << 8 | (uint8_t)data[i];
+        if (data[0] == 'E')
+            return rcd_fail(RCD_EEXISTS, msg, msglen,
+                            "session '%s' already exists in the shared tier (version %" PRIu64 ")",
+                            j->h.id, v);
+        return rcd_fail(RCD_ECONFLICT, msg, msglen,
+                        "session '%s': version %" PRIu64 " refused, the shared tier holds version "
+                        "%" PRIu64 " committed by another replica (this replica's copy was stale)",
+                        j->h.id, j->h.version, v);
+    }
+    return rcd_fail(RCD_EUNAVAILABLE, msg, msglen, "shared tier: unexpected script reply");
+}
+
 static void wt_done(void *user, int rc, const char *data, size_t len, const char *msg)
 {
     job_t *j = user;
     store_t *s = j->s;
-    (void)data;
-    (void)len;
     sess_t *x = *store__find(s, j->h.id);
-    if (x && x->gen == j->gen) x->pending = false;
+    if (x && x->gen != j->gen) x = NULL;
+    if (x) x->pending = false;
+    char m[600];
+    if (s->authority) {
+        /* The acknowledgement: only once the conditional commit was accepted. Anything else
+         * leaves the local copy unacknowledged (and maybe forked): it is dropped, the next call
+         * fetches the authoritative version. */
+        if (rc) {
+            s->st.redis_errors++;
+            rc = rcd_fail(RCD_EUNAVAILABLE, m, sizeof(m),
+                          "shared tier: commit of version %" PRIu64 " not confirmed: %s",
+                          j->h.version, msg);
+        } else if ((rc = script_verdict(s, j, data, len, m, sizeof(m))) != 0) {
+            s->st.redis_refused++;
+        } else {
+            s->st.redis_writes++;
+        }
+        if (rc) {
+            if (s->warn_cb) s->warn_cb(s->warn_user, j->h.id, m);
+            if (x) store__drop_local(s, x);
+        }
+        if (j->cb) j->cb(j->user, rc, rc ? 0 : j->h.version, rc ? m : "");
+        store__job_free(j);
+        return;
+    }
     if (rc) {
-        char m[300];
         s->st.redis_errors++;
         snprintf(m, sizeof(m), "shared tier: write of version %" PRIu64 " failed: %s", j->h.version,
                  msg);
@@ -186,16 +264,67 @@ static bool write_through(store_t *s, job_t *j)
     if (!s->rds || j->no_wt) return false;
     uint8_t *hb;
     size_t hl;
-    char key[STORE_RDS_KEY_MAX];
-    if (ckpt_encode(&j->h, &hb, &hl)) return false;
+    char key[STORE_RDS_KEY_MAX], tomb[STORE_RDS_KEY_MAX];
+    if (ckpt_encode(&j->h, &hb, &hl)) {
+        if (s->authority) j->rc = rcd_fail(RCD_ENOMEM, j->msg, sizeof(j->msg), "out of memory");
+        return false;
+    }
     store__rds_key(s, key, j->h.id);
-    int rc = rds_set(s->rds, key, hb, hl, j->state, (size_t)j->h.payload_bytes, wt_done, j);
+    int rc;
+    if (s->authority) {
+        store__rds_tomb(s, tomb, j->h.id);
+        rds_val_t args[3] = {{j->kind == J_CREATE ? "c" : "u", NULL, 1, 0},
+                             {j->expect, NULL, j->has_expect ? STORE_IDENT_LEN : 0, 0},
+                             {hb, j->state, hl, (size_t)j->h.payload_bytes}};
+        rc = rds_eval(s->rds, store__lua_commit, key, tomb, 3, args, wt_done, j);
+    } else {
+        rc = rds_set(s->rds, key, hb, hl, j->state, (size_t)j->h.payload_bytes, wt_done, j);
+    }
     free(hb);
     if (rc) {
         s->st.redis_errors++;
+        if (s->authority) { /* cannot be fenced: not acknowledged */
+            j->rc = RCD_EUNAVAILABLE;
+            snprintf(j->msg, sizeof(j->msg), "shared tier unavailable: commit not confirmed");
+        }
         return false;
     }
     return true;
+}
+
+static void del_done(void *user, int rc, const char *data, size_t len, const char *msg)
+{
+    job_t *j = user;
+    store_t *s = j->s;
+    char m[600] = "";
+    if (rc) {
+        s->st.redis_errors++;
+        rc = rcd_fail(RCD_EUNAVAILABLE, m, sizeof(m), "shared tier: delete not confirmed: %s", msg);
+    } else if (len == 1 + STORE_IDENT_LEN && data[0] == 'V') {
+        /* expiry of a copy another replica moved on: only the local copy went */
+        rc = 0;
+    } else if ((rc = script_verdict(s, j, data, len, m, sizeof(m))) == RCD_ENOTFOUND) {
+        rc = 0; /* deleted already */
+        m[0] = 0;
+    }
+    if (j->cb) j->cb(j->user, rc, 0, rc ? m : "");
+    store__job_free(j);
+}
+
+/* Authority mode: the delete script (a tombstone) for a removed session; true if del_done will
+ * finish j. */
+static bool delete_through(store_t *s, job_t *j)
+{
+    if (!s->authority || j->no_wt || j->rc) return false;
+    char key[STORE_RDS_KEY_MAX], tomb[STORE_RDS_KEY_MAX];
+    store__rds_key(s, key, j->h.id);
+    store__rds_tomb(s, tomb, j->h.id);
+    rds_val_t arg = {j->expect, NULL, j->has_expect ? STORE_IDENT_LEN : 0, 0};
+    if (rds_eval(s->rds, store__lua_delete, key, tomb, 1, &arg, del_done, j) == 0) return true;
+    s->st.redis_errors++;
+    j->rc = RCD_EUNAVAILABLE;
+    snprintf(j->msg, sizeof(j->msg), "shared tier unavailable: delete not confirmed");
+    return false;
 }
 
 /* On the loop: applies each finished job to the index, then tells its caller. Returns false
@@ -206,8 +335,18 @@ static bool job_finish(store_t *s, job_t *j)
     if (x && x->gen != j->gen) x = NULL; /* deleted (and maybe re-created) meanwhile */
     uint64_t version = x ? x->rec.version : 0;
     /* Durable on disk; with a shared tier the caller hears back once Redis has it too. */
-    bool deferred =
-        x && !j->rc && (j->kind == J_CREATE || j->kind == J_COMMIT) && write_through(s, j);
+    bool deferred = false;
+    if (x && !j->rc && (j->kind == J_CREATE || j->kind == J_COMMIT)) {
+        x->phash = j->h.payload_hash; /* the identity of the version being made */
+        deferred = write_through(s, j);
+        if (!deferred && j->rc) {
+            /* authority: written here, not fenced by Redis: never acknowledged, never resumed */
+            x->pending = false;
+            store__drop_local(s, x);
+            x = NULL;
+        }
+    }
+    if (j->kind == J_DELETE && delete_through(s, j)) return false;
     switch (j->kind) {
     case J_CREATE:
         if (!x) break;
@@ -247,6 +386,7 @@ static bool job_finish(store_t *s, job_t *j)
         if (j->rolled_back) {
             store__cache_drop(s, x);
             x->rec.version = version = j->fb.version;
+            x->phash = j->fb.payload_hash;
             x->rec.n_tokens = j->fb.n_tokens;
             x->rec.updated_ms = j->fb.updated_ms;
             x->rec.has_state = j->fb.payload_bytes > 0;
@@ -383,4 +523,9 @@ void store__rds_key(const store_t *s, char key[STORE_RDS_KEY_MAX], const char *i
 {
     /* ids and the prefix are checked: it fits */
     snprintf(key, STORE_RDS_KEY_MAX, "%sckpt:%s", s->rds_prefix, id);
+}
+
+void store__rds_tomb(const store_t *s, char key[STORE_RDS_KEY_MAX], const char *id)
+{
+    snprintf(key, STORE_RDS_KEY_MAX, "%sdeleted:%s", s->rds_prefix, id);
 }

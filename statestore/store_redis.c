@@ -38,6 +38,15 @@ int rds_get(rds_t *r, const char *key, rds_cb cb, void *user)
     return RCD_EUNAVAILABLE;
 }
 void rds_del(rds_t *r, const char *key) {}
+int rds_eval(rds_t *r, const char *script, const char *key1, const char *key2, int nargs,
+             const rds_val_t *args, rds_cb cb, void *user)
+{
+    return RCD_EUNAVAILABLE;
+}
+bool rds_ready(const rds_t *r)
+{
+    return false;
+}
 void rds_close(rds_t *r) {}
 #else
 #include <hiredis/hiredis.h>
@@ -151,7 +160,7 @@ static void say(rds_t *r, const char *msg, const char *cause)
 int rds__reply(rds_op_kind_t kind, const redisReply *rep, const char **data, size_t *len, char *msg,
                size_t msglen)
 {
-    static const char *const names[] = {"GET", "SET", "DEL", "AUTH", "PING"};
+    static const char *const names[] = {"GET", "SET", "DEL", "AUTH", "PING", "EVAL"};
     *data = NULL;
     *len = 0;
     msg[0] = 0;
@@ -177,6 +186,13 @@ int rds__reply(rds_op_kind_t kind, const redisReply *rep, const char **data, siz
         break;
     case RDS_OP_DEL:
         ok = rep->type == REDIS_REPLY_INTEGER;
+        break;
+    case RDS_OP_EVAL:
+        ok = rep->type == REDIS_REPLY_STRING;
+        if (ok) {
+            *data = rep->str ? rep->str : "";
+            *len = rep->len;
+        }
         break;
     case RDS_OP_PING:
         ok = rep->type == REDIS_REPLY_STATUS && rep->len == 4 && !memcmp(rep->str, "PONG", 4);
@@ -414,10 +430,7 @@ static void send_buf(rds_conn_t *c, char *buf, size_t len)
 
 /* A RESP command: an array of bulk strings. A part may be split in two pieces (SET's value is
  * the checkpoint header then the state), so the value is copied once. */
-typedef struct rds_arg {
-    const void *a, *b;
-    size_t alen, blen;
-} rds_arg_t;
+typedef rds_val_t rds_arg_t;
 
 static char *encode(int argc, const rds_arg_t *argv, size_t *out_len)
 {
@@ -898,6 +911,29 @@ void rds_del(rds_t *r, const char *key)
 {
     rds_arg_t argv[2] = {{"DEL", NULL, 3, 0}, {key, NULL, strlen(key), 0}};
     command(r, RDS_OP_DEL, NULL, NULL, 2, argv);
+}
+
+int rds_eval(rds_t *r, const char *script, const char *key1, const char *key2, int nargs,
+             const rds_val_t *args, rds_cb cb, void *user)
+{
+    rds_arg_t argv[16] = {{"EVAL", NULL, 4, 0},
+                          {script, NULL, strlen(script), 0},
+                          {"2", NULL, 1, 0},
+                          {key1, NULL, strlen(key1), 0},
+                          {key2, NULL, strlen(key2), 0}};
+    size_t total = 0;
+    if (nargs < 0 || nargs > 11) return RCD_EINVAL;
+    for (int i = 0; i < nargs; i++) {
+        argv[5 + i] = args[i];
+        total += args[i].alen + args[i].blen;
+    }
+    if (total > INT_MAX - 4096) return RCD_ETOOBIG; /* one uv_buf / SSL_write */
+    return command(r, RDS_OP_EVAL, cb, user, 5 + nargs, argv);
+}
+
+bool rds_ready(const rds_t *r)
+{
+    return r && r->c && r->ready;
 }
 
 void rds_close(rds_t *r)

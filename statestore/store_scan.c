@@ -178,6 +178,7 @@ int store_open(const store_opts_t *opts, store_t **out, char *err, size_t errlen
             if ((rc =
                      rds_open(s->loop, opts->redis, &opts->redis_opts, &log, &s->rds, err, errlen)))
                 goto fail;
+            s->authority = opts->redis_authority;
         }
         clock_gettime(CLOCK_MONOTONIC, &t1);
         s->st.scan_ms =

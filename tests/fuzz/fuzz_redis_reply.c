@@ -40,7 +40,7 @@ static bool same(const redisReply *a, const redisReply *b)
 static void interpret(const redisReply *rep)
 {
     static const char *const ids[] = {"fork-2", "chat.1:x-y"};
-    for (int k = RDS_OP_GET; k <= RDS_OP_PING; k++) {
+    for (int k = RDS_OP_GET; k <= RDS_OP_EVAL; k++) {
         const char *d;
         size_t n;
         char msg[400];

@@ -2,7 +2,7 @@
 daemons on different state dirs share it: a session committed by the first resumes on the
 second exactly (turn 3 equals an uninterrupted run), fork and get of a session only Redis
 knows, deletes reach Redis, and a daemon whose Redis is down (or silent) keeps serving from
-its disk.
+its disk with --redis-authority off (the default, authority mode, is test_fencing.py's).
 Skipped (exit 77) when redis-server is not installed."""
 import os
 import shutil
@@ -135,7 +135,7 @@ class Redis(unittest.TestCase):
         srv.bind(("127.0.0.1", 0))
         srv.listen(8)
         self.addCleanup(srv.close)
-        d = self.start("--redis", "127.0.0.1:%d" % srv.getsockname()[1])
+        d = self.start("--redis", "127.0.0.1:%d" % srv.getsockname()[1], "--redis-authority=off")
         t0 = time.time()
         d.api.CreateSession(pb.CreateSessionRequest(session_id="q"), timeout=30)
         self.assertEqual(self.turn(d, "q", P1, n=2)[2].session_version, 1)
@@ -143,7 +143,9 @@ class Redis(unittest.TestCase):
         self.assertIn("shared tier", d.logs())
 
     def test_redis_down_keeps_serving(self):
-        d = self.start("--redis", "127.0.0.1:%d" % free_port())  # nothing listens there
+        """--redis-authority off (write-through only): a Redis outage never fails a turn. The
+        default (authority) refuses session calls instead: test_fencing.py."""
+        d = self.start("--redis", "127.0.0.1:%d" % free_port(), "--redis-authority=off")
         d.api.CreateSession(pb.CreateSessionRequest(session_id="x"))
         self.assertEqual(self.turn(d, "x", P1, n=2)[2].session_version, 1)
         self.assertEqual(self.turn(d, "x", P2, n=2)[2].session_version, 2)

@@ -125,6 +125,9 @@ class RedisServer:
         self.proc.wait()
 
 
+OFF = "--redis-authority=off"  # write-through only: a refusing Redis never fails a turn
+
+
 class RedisSecurity(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -188,7 +191,9 @@ class RedisSecurity(unittest.TestCase):
             time.sleep(0.1)
 
     def assertServes(self, d, sid):
-        """The daemon commits turns locally whatever Redis does."""
+        """With --redis-authority=off (OFF) the daemon commits turns locally whatever Redis
+        does. In the default authority mode a Redis that refuses us means UNAVAILABLE session
+        calls instead (test_fencing.py)."""
         self.session(d, sid)
         self.assertEqual(self.turn(d, sid, P2).session_version, 2)
 
@@ -209,7 +214,7 @@ class RedisSecurity(unittest.TestCase):
 
     def test_wrong_password_is_reported_and_turns_commit(self):
         d = self.start("--redis", self.pw.addr, "--redis-password-file",
-                       self.secret("not-the-password", "pw_bad"))
+                       self.secret("not-the-password", "pw_bad"), OFF)
         self.wait_log(d, r'"event":"redis".*WRONGPASS')
         self.assertServes(d, "wp")
         self.assertFalse(self.pw.exists("recurd:ckpt:wp"))
@@ -220,7 +225,7 @@ class RedisSecurity(unittest.TestCase):
         self.assertNotIn("not-the-password", d.logs())
 
     def test_missing_password_is_reported(self):
-        d = self.start("--redis", self.pw.addr)
+        d = self.start("--redis", self.pw.addr, OFF)
         self.wait_log(d, r"NOAUTH.*--redis-password-file")
         self.assertServes(d, "np")
         self.assertFalse(self.pw.exists("recurd:ckpt:np"))
@@ -235,13 +240,13 @@ class RedisSecurity(unittest.TestCase):
         # Redis enforces the user's key pattern: outside tenA:* every write is refused (NOPERM)
         # and reported, while turns commit to disk
         e = self.start("--redis", self.pw.addr, "--redis-user", "alice", "--redis-password-file",
-                       alice)
+                       alice, OFF)
         self.assertServes(e, "acl2")
         self.assertIn("NOPERM", e.logs())
         self.assertFalse(self.pw.exists("recurd:ckpt:acl2"))
         # a wrong password for the user
         f = self.start("--redis", self.pw.addr, "--redis-user", "alice",
-                       "--redis-password-file", self.secret(PW, "pw_alice_bad"))
+                       "--redis-password-file", self.secret(PW, "pw_alice_bad"), OFF)
         self.wait_log(f, r"WRONGPASS")
         self.assertServes(f, "acl3")
 
@@ -261,25 +266,25 @@ class RedisSecurity(unittest.TestCase):
         self.assertIn("session_fetched", b.logs())
 
     def test_tls_wrong_ca_refused(self):
-        d = self.start(*self.tls_args(self.tls, "other_ca.pem"))
+        d = self.start(*self.tls_args(self.tls, "other_ca.pem"), OFF)
         self.wait_log(d, r"TLS handshake failed: certificate verify failed")
         self.assertServes(d, "t2")
         self.assertFalse(self.tls.exists("recurd:ckpt:t2"))
 
     def test_tls_wrong_name_refused(self):
         d = self.start(*self.tls_args(self.tls, "ca.pem", "--redis-tls-server-name",
-                                      "redis.example.com"))
+                                      "redis.example.com"), OFF)
         self.wait_log(d, r"certificate verify failed")
         self.assertServes(d, "t3")
         self.assertFalse(self.tls.exists("recurd:ckpt:t3"))
 
     def test_plaintext_to_tls_port_fails(self):
-        d = self.start("--redis", self.tls.addr)
+        d = self.start("--redis", self.tls.addr, OFF)
         self.wait_log(d, r'"event":"redis".*tier is down')
         self.assertServes(d, "t4")
 
     def test_mtls(self):
-        d = self.start(*self.tls_args(self.mtls))  # no client certificate
+        d = self.start(*self.tls_args(self.mtls), OFF)  # no client certificate
         self.wait_log(d, r'"event":"redis".*TLS')
         self.assertServes(d, "m1")
         self.assertFalse(self.mtls.exists("recurd:ckpt:m1"))
@@ -312,9 +317,11 @@ class RedisSecurity(unittest.TestCase):
     # ---- reconnection ----
 
     def test_reconnects_after_restart(self):
-        """Redis goes away and comes back on the same port (with its password): turns commit
-        to disk meanwhile, the tier reconnects by itself (backoff 1 s doubling to 8 s), logs
-        `connected`, and the next acknowledged turn is in Redis again."""
+        """Redis goes away and comes back on the same port (with its password): session turns
+        are UNAVAILABLE meanwhile (the default --redis-authority: nothing commits that Redis
+        cannot fence), the tier reconnects by itself (backoff 1 s doubling to 8 s), logs
+        `connected`, and the next acknowledged turn is in Redis again (this Redis kept no data:
+        the session's key is missing without a tombstone, so the local copy is adopted)."""
         r = RedisServer(self.tmp, "--requirepass", PW)
         r.auth = (b"default", PW.encode())
         try:
@@ -322,13 +329,15 @@ class RedisSecurity(unittest.TestCase):
             self.session(d, "rc")
             self.assertTrue(r.exists("recurd:ckpt:rc"))
             r.stop()
-            self.assertEqual(self.turn(d, "rc", P2).session_version, 2)
             self.wait_log(d, r'"event":"redis".*tier is down')
+            with self.assertRaises(grpc.RpcError) as cm:
+                self.turn(d, "rc", P2)
+            self.assertEqual(cm.exception.code(), grpc.StatusCode.UNAVAILABLE)
             r2 = RedisServer(self.tmp, "--requirepass", PW, port=r.port)
             r2.auth = r.auth
             r = r2
             self.wait_log(d, r'"event":"redis".*connected, AUTH', timeout=30)
-            self.assertEqual(self.turn(d, "rc", P1).session_version, 3)
+            self.assertEqual(self.turn(d, "rc", P1).session_version, 2)
             self.assertTrue(r.exists("recurd:ckpt:rc"))
         finally:
             r.stop()
