@@ -40,7 +40,7 @@ RETRIABLE = (C.UNAVAILABLE,)
 # Set True once the daemon checks Redis's authoritative version before trusting its own
 # host-cache or disk copy (fencing): tests where a replica comes back on its own state dir
 # after its sessions advanced elsewhere need it.
-FENCED = False
+FENCED = True  # statestore: Redis is the authority (--redis-authority, on by default)
 
 
 def broken_stream(e):
