@@ -5,6 +5,7 @@ import atexit
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -171,7 +172,35 @@ def collect(stream):
     return "".join(text), ids, lps, last
 
 
-class DaemonTest(unittest.TestCase):
+def free_port():
+    """A loopback TCP port free at the time of the call."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redis_cmd(port, *args, timeout=5):
+    """One RESP command to a redis-server on loopback; returns the raw reply bytes."""
+    req = b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(req)
+        return s.recv(1 << 20)
+
+
+class CodeAssertions:
+    """assertCode for unittest.TestCase subclasses."""
+
+    def assertCode(self, code, fn, *args, **kw):
+        with self.assertRaises(grpc.RpcError) as cm:
+            r = fn(*args, **kw)
+            if hasattr(r, "__iter__") and not hasattr(r, "SerializeToString"):
+                for _ in r:
+                    pass
+        self.assertEqual(cm.exception.code(), code, cm.exception.details())
+        return cm.exception
+
+
+class DaemonTest(CodeAssertions, unittest.TestCase):
     """One daemon per test class; checks that it drains cleanly (exit 0) at the end."""
     daemon_args = ()
 
@@ -185,16 +214,6 @@ class DaemonTest(unittest.TestCase):
         rc = cls.d.stop()
         if rc != 0:
             raise AssertionError("recurd exited %d:\n%s" % (rc, cls.d.logs()[-4000:]))
-
-    def assertCode(self, code, fn, *args, **kw):
-        with self.assertRaises(grpc.RpcError) as cm:
-            r = fn(*args, **kw)
-            if hasattr(r, "__iter__") and not hasattr(r, "SerializeToString"):
-                for _ in r:
-                    pass
-        self.assertEqual(cm.exception.code(), code, cm.exception.details())
-        return cm.exception
-
 
 class OwnDaemonsTest(unittest.TestCase):
     """Tests that start, SIGKILL and restart their own daemons over one state directory

@@ -27,7 +27,8 @@ if not shutil.which("haproxy") or not shutil.which("redis-server"):
 
 import grpc  # noqa: E402
 
-from rcd_harness import ROOT, Stub, collect, daemon_binary, gen_request, hpb, pb  # noqa: E402
+from rcd_harness import (ROOT, Stub, collect, daemon_binary, free_port, gen_request, hpb,  # noqa: E402
+                         pb)
 
 C = grpc.StatusCode
 RENDER = os.path.join(ROOT, "deploy", "haproxy", "render.py")
@@ -49,12 +50,6 @@ def broken_stream(e):
 
 def retriable(e):
     return e.code() in RETRIABLE or broken_stream(e)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def md(sid):

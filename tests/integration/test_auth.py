@@ -15,7 +15,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,7 @@ import unittest
 
 import grpc
 
-from rcd_harness import Daemon, OwnDaemonsTest, collect, gen_request, hpb, pb
+from rcd_harness import Daemon, OwnDaemonsTest, collect, free_port, gen_request, hpb, pb
 
 C = grpc.StatusCode
 PROMPT = "Zebras quietly audit the moonlit harbour"
@@ -359,12 +358,6 @@ class Quotas(unittest.TestCase):
         finally:
             self.assertEqual(d.stop(), 0)
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Restarts(OwnDaemonsTest):

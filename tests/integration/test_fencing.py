@@ -15,7 +15,6 @@ Skipped (exit 77) when redis-server is not installed."""
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,24 +28,12 @@ if not shutil.which("redis-server"):
 
 import grpc  # noqa: E402
 
-from rcd_harness import Daemon, collect, gen_request, pb  # noqa: E402
+from rcd_harness import (CodeAssertions, Daemon, collect, free_port, gen_request,  # noqa: E402
+                         pb, redis_cmd)
 
 C = grpc.StatusCode
 PROMPTS = ["Once upon a time, there was", " a little dog who", " and the next day",
            " the sun came out", " so they went to the park"]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def redis_cmd(port, *args, timeout=5):
-    req = b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(req)
-        return s.recv(1 << 20)
 
 
 class RedisProc:
@@ -83,7 +70,7 @@ class RedisProc:
             self.proc.wait()
 
 
-class Fencing(unittest.TestCase):
+class Fencing(CodeAssertions, unittest.TestCase):
     def setUp(self):
         self.tmp = tempfile.mkdtemp(prefix="recurd-fence-")
         self.daemons = []
@@ -120,15 +107,6 @@ class Fencing(unittest.TestCase):
         self.assertEqual(got[2].session_version, version)
         self.assertEqual(got[0], want[0])
         self.assertEqual(got[1], want[1])
-
-    def assertCode(self, code, fn, *args, **kw):
-        with self.assertRaises(grpc.RpcError) as cm:
-            r = fn(*args, **kw)
-            if hasattr(r, "__iter__") and not hasattr(r, "SerializeToString"):
-                for _ in r:
-                    pass
-        self.assertEqual(cm.exception.code(), code, cm.exception.details())
-        return cm.exception
 
     def test_stale_copy_is_never_resumed(self):
         a, b = self.start(), self.start()

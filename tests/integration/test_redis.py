@@ -19,24 +19,10 @@ if not shutil.which("redis-server"):
 
 import grpc  # noqa: E402
 
-from rcd_harness import Daemon, collect, gen_request, pb  # noqa: E402
+from rcd_harness import Daemon, collect, free_port, gen_request, pb, redis_cmd  # noqa: E402
 
 C = grpc.StatusCode
 P1, P2, P3 = "Once upon a time, there was", " a little dog who", " and the next day"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def redis_cmd(port, *args):
-    """One RESP command; returns the raw reply bytes."""
-    req = b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(req)
-        return s.recv(1 << 20)
 
 
 class Redis(unittest.TestCase):

@@ -27,17 +27,11 @@ if not shutil.which("redis-server") or not shutil.which("openssl"):
 
 import grpc  # noqa: E402
 
-from rcd_harness import Daemon, collect, gen_request, pb  # noqa: E402
+from rcd_harness import Daemon, collect, free_port, gen_request, pb  # noqa: E402
 
 C = grpc.StatusCode
 P1, P2 = "Once upon a time, there was", " a little dog who"
 PW, ALICE_PW = "s3cret-pw-8c1f", "alice-pw-77d0"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def openssl(*args, cwd):
