@@ -8,7 +8,7 @@
  * then the load; and the bare GET round trip). p50/p99 of each. Variants are interleaved within
  * each repetition; the medians over repetitions are printed. usage: store_bench [--dir DIR] [--reps
  * N] [--only commit|resume] [--redis HOST:PORT]
- *                    [--redis-server PATH] [--no-redis]
+ *                    [--redis-server PATH] [--no-redis] [--sizes BYTES,BYTES,...] [--authority]
  * Without --redis, a redis-server from PATH (default "redis-server") is started on a loopback
  * port for the run; if it cannot be started the Redis rows are skipped. */
 #include "common/rcd_path.h"
@@ -28,6 +28,10 @@
 static uv_loop_t g_loop;
 static char g_base[RCD_PATH_MAX] = "/tmp";
 static int g_reps = 5;
+/* --sizes: the resume states (bytes), default the table in bench_resume */
+static size_t g_sizes[16];
+static int g_nsizes;
+static bool g_authority; /* --authority: the stores with Redis run with redis_authority */
 
 static double now_ms(void)
 {
@@ -81,7 +85,8 @@ static store_t *open_store(const char *dir, size_t sb, size_t n_sess, size_t cac
                       .keep_versions = 2,
                       .cache_bytes = cache,
                       .no_group_commit = no_gc,
-                      .redis = redis};
+                      .redis = redis,
+                      .redis_authority = redis && g_authority};
     store_t *s;
     char err[300];
     if (store_open(&o, &s, err, sizeof(err))) die("store_open", err);
@@ -303,13 +308,15 @@ static bool rds_wait_ready(rds_t *r)
 
 static void bench_resume(const char *redis)
 {
-    static const size_t sizes[] = {233472, 1u << 20, 3u << 20, 12u << 20, 48u << 20};
+    static const size_t dflt[] = {233472, 1u << 20, 3u << 20, 12u << 20, 48u << 20};
+    const size_t *sizes = g_nsizes ? g_sizes : dflt;
+    size_t nsizes = g_nsizes ? (size_t)g_nsizes : sizeof(dflt) / sizeof(*dflt);
     printf("\n## Resume latency into memory (ms), p50 / p99 of the samples, medians of %d reps\n\n",
            g_reps);
     printf("| state | samples | disk, warm | disk, cold (fadvise DONTNEED) | host cache |"
-           " Redis fetch+load | Redis GET only |\n");
-    printf("|---|---|---|---|---|---|---|\n");
-    for (size_t zi = 0; zi < sizeof(sizes) / sizeof(*sizes); zi++) {
+           " Redis fetch+load | Redis GET only | Redis fetch (to its callback) |\n");
+    printf("|---|---|---|---|---|---|---|---|\n");
+    for (size_t zi = 0; zi < nsizes; zi++) {
         size_t sb = sizes[zi];
         int n = sb >= (48u << 20) ? 8 : sb >= (12u << 20) ? 16 : 40; /* per rep */
         unsigned char *tmpl = malloc(sb), *dst = malloc(sb);
@@ -337,8 +344,8 @@ static void bench_resume(const char *redis)
         }
         store_close(s);
         uv_run(&g_loop, UV_RUN_DEFAULT);
-        double med[5][2][32] = {{{0}}};
-        double *v = malloc(sizeof(double) * (size_t)n);
+        double med[6][2][32] = {{{0}}};
+        double *v = malloc(sizeof(double) * (size_t)n), *vf = malloc(sizeof(double) * (size_t)n);
         for (int r = 0; r < g_reps && r < 32; r++) {
             /* From disk, as the daemon does it: a store with a host cache (which the session is
              * not in: just opened), each session loaded once into a fresh buffer. warm: the
@@ -394,10 +401,14 @@ static void bench_resume(const char *redis)
                 if (store_fetch(rs, id, wait_done, &w)) die("fetch", id);
                 uv_run(&g_loop, UV_RUN_DEFAULT);
                 if (w.rc) die("fetch", w.msg);
+                vf[i] = w.t1 - t0;
                 load_once(rs, id, dst);
                 v[i] = now_ms() - t0;
+                if (i == 0 && memcmp(dst, tmpl, sb) != 0)
+                    die("fetch", "state differs from what was committed");
             }
             med[3][0][r] = pct(v, n, 50), med[3][1][r] = pct(v, n, 99);
+            med[5][0][r] = pct(vf, n, 50), med[5][1][r] = pct(vf, n, 99);
             store_close(rs);
             uv_run(&g_loop, UV_RUN_DEFAULT);
             rm_rf(rdir);
@@ -414,7 +425,11 @@ static void bench_resume(const char *redis)
                 double t0 = now_ms();
                 if (rds_get(rd, key, rget_done, &g)) die("redis", "GET refused");
                 uv_run(&g_loop, UV_RUN_DEFAULT);
-                if (g.rc || g.len < sb) die("redis", "GET failed");
+                if (g.rc || g.len < sb) {
+                    char m[80];
+                    snprintf(m, sizeof(m), "GET failed (rc %d, %zu bytes)", g.rc, g.len);
+                    die("redis", m);
+                }
                 v[i] = g.t1 - t0;
             }
             med[4][0][r] = pct(v, n, 50), med[4][1][r] = pct(v, n, 99);
@@ -423,7 +438,7 @@ static void bench_resume(const char *redis)
         }
         int reps = g_reps < 32 ? g_reps : 32;
         printf("| %zu B | %d x %d |", sb, n, reps);
-        for (int k = 0; k < 5; k++) {
+        for (int k = 0; k < 6; k++) {
             if (k >= 3 && !use_redis)
                 printf(" — |");
             else
@@ -432,6 +447,7 @@ static void bench_resume(const char *redis)
         printf("\n");
         fflush(stdout);
         free(v);
+        free(vf);
         /* delete the sessions and their Redis keys */
         s = open_store(dir, sb, (size_t)n, 0, false, use_redis ? redis : NULL);
         if (use_redis && !redis_ready(s)) die("redis", "the shared tier does not answer");
@@ -512,10 +528,23 @@ int main(int argc, char **argv)
             redis_bin = argv[++i];
         else if (!strcmp(argv[i], "--no-redis"))
             no_redis = true;
+        else if (!strcmp(argv[i], "--authority"))
+            g_authority = true;
+        else if (!strcmp(argv[i], "--sizes") && i + 1 < argc) {
+            char *p = argv[++i], *e;
+            for (g_nsizes = 0; *p && g_nsizes < 16; p = *e ? e + 1 : e) {
+                unsigned long long z = strtoull(p, &e, 10);
+                if (e == p || z == 0 || (*e && *e != ',')) {
+                    fprintf(stderr, "store_bench: --sizes wants bytes, comma-separated\n");
+                    return 2;
+                }
+                g_sizes[g_nsizes++] = (size_t)z;
+            }
+        }
         else {
             fprintf(stderr,
                     "usage: %s [--dir DIR] [--reps N] [--only commit|resume] "
-                    "[--redis HOST:PORT] [--redis-server PATH] [--no-redis]\n",
+                    "[--redis HOST:PORT] [--redis-server PATH] [--no-redis] [--sizes B,B,..] [--authority]\n",
                     argv[0]);
             return 2;
         }

@@ -572,6 +572,7 @@ static void fetch_done(void *user, int rc, const char *data, size_t len, const c
     if (j->state) memcpy(j->state, data + hl, (size_t)h.payload_bytes);
     ckpt_hdr_free(&j->h);
     j->h = h; /* written to the local disk as it is, then indexed (J_CREATE) */
+    j->cache_copy = s->authority;
     j->gen = x->gen;
     x->pending = true;
     store__enqueue(s, j);

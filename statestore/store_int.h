@@ -35,6 +35,7 @@ typedef struct job {
     struct store *s;
     job_kind_t kind;
     bool no_wt;      /* came from the shared tier, or a local-only removal: not written back */
+    bool cache_copy; /* authority: a copy of Redis's version, written without fsync (README.md) */
     bool has_expect; /* authority: the version the commit/delete replaces */
     uint8_t expect[STORE_IDENT_LEN];
     uint64_t gen;

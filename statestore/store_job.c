@@ -37,7 +37,20 @@ static int fork_read(store_t *s, job_t *j)
 
 static bool durable_write(const job_t *j)
 {
-    return j->kind == J_CREATE || j->kind == J_COMMIT;
+    return (j->kind == J_CREATE || j->kind == J_COMMIT) && !j->cache_copy;
+}
+
+/* authority mode, a version fetched from Redis: the local file is a cache of it (verified
+ * against Redis's identity before use, its payload hash on every load), so it is written and
+ * renamed into place without waiting for the disk; a crash may lose it or leave it torn, and
+ * the next resume fetches it again. */
+static int cache_copy_write(store_t *s, job_t *j)
+{
+    ckpt_staged_t st;
+    int rc = ckpt_stage(s->dir, &j->h, j->state, false, &st, j->msg, sizeof(j->msg));
+    if (!rc) rc = ckpt_publish(&st, j->msg, sizeof(j->msg));
+    if (!rc) ckpt_prune(s->dir, j->h.id, s->keep);
+    return rc;
 }
 
 /* Runs on a pool thread: touches only the job and the store's immutable fields. */
@@ -49,7 +62,10 @@ static void job_run(store_t *s, job_t *j)
         if (j->from_disk && (j->rc = fork_read(s, j))) return;
         /* fall through */
     case J_COMMIT:
-        j->rc = ckpt_write(s->dir, &j->h, j->state, s->keep, j->msg, sizeof(j->msg));
+        if (j->cache_copy)
+            j->rc = cache_copy_write(s, j);
+        else
+            j->rc = ckpt_write(s->dir, &j->h, j->state, s->keep, j->msg, sizeof(j->msg));
         break;
     case J_LOAD: {
         ckpt_hdr_t h;

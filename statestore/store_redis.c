@@ -51,6 +51,7 @@ void rds_close(rds_t *r) {}
 #else
 #include <hiredis/hiredis.h>
 #include <hiredis/read.h>
+#include <hiredis/sds.h>
 #ifdef RCD_HAVE_OPENSSL
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -269,6 +270,23 @@ static void sock_write(rds_conn_t *c, char *buf, size_t len)
 
 static void dispatch(rds_conn_t *c, rds_op_t *op, const redisReply *rep);
 
+/* A top-level bulk reply ("$<n>\r\n") whose head has arrived: room for all of it in the
+ * reader's buffer at once. Otherwise sds grows it 1 MB at a time past 1 MB, and each growth
+ * may copy what has arrived (a 20 MB state: ~20 copies). Best effort: on failure sds grows. */
+static void reserve_bulk(redisReader *r)
+{
+    if (r->ridx != -1 || r->len - r->pos < 4 || r->buf[r->pos] != '$') return;
+    unsigned long long n = 0;
+    size_t i = r->pos + 1;
+    for (; i < r->len && r->buf[i] >= '0' && r->buf[i] <= '9' && n <= RDS_MAX_BUFFERED; i++)
+        n = n * 10 + (unsigned)(r->buf[i] - '0');
+    if (i >= r->len || r->buf[i] != '\r' || n > RDS_MAX_BUFFERED) return;
+    size_t want = (i - r->pos) + 2 + (size_t)n + 2, have = r->len - r->pos;
+    if (want <= have || sdsavail(r->buf) >= want - have) return;
+    sds b = sdsMakeRoomFor(r->buf, want - have);
+    if (b) r->buf = b;
+}
+
 /* Parses what arrived; each reply answers the oldest command. */
 static void feed(rds_conn_t *c, const char *buf, size_t n)
 {
@@ -276,6 +294,7 @@ static void feed(rds_conn_t *c, const char *buf, size_t n)
         conn_fail(c, false, "out of memory");
         return;
     }
+    reserve_bulk(c->reader);
     if (c->reader->len - c->reader->pos > RDS_MAX_BUFFERED) {
         conn_fail(c, false, "protocol error: a reply over %llu bytes", RDS_MAX_BUFFERED);
         return;
