@@ -11,9 +11,9 @@ deploy/haproxy/haproxy.cfg.tmpl, on loopback (scaleout_harness.py).
 - Rolling restart of all replicas under load (SIGTERM drain, restart, next): no error but
   retriable UNAVAILABLE, nothing lost, every turn equal to the reference.
 Skipped (exit 77) without haproxy or redis-server."""
+import os
 import threading
 import time
-import os
 import unittest
 
 import scaleout_harness as H  # exits 77 without haproxy/redis-server
