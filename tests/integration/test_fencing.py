@@ -135,12 +135,19 @@ class Fencing(CodeAssertions, unittest.TestCase):
         self.turn(a, "sb", PROMPTS[0], n=2)
         got = {}
         started = threading.Event()
+        # A's turn must outlast the SIGSTOP (which follows its first message) and end within
+        # its deadline after SIGCONT: ~20 s of this build's decode (TSan is ~50x slower than
+        # Release), between 400 and 4000 tokens.
+        t0 = time.time()
+        collect(a.api.Generate(gen_request(tokens=[1, 2, 3], max_tokens=64, temperature=0,
+                                           ignore_eos=True), timeout=300))
+        n_long = int(min(4000, max(400, 20 * 64 / max(time.time() - t0, 1e-3))))
 
         def long_turn():
             try:
                 stream = a.api.Generate(gen_request(
-                    tokens=self.tok(a, PROMPTS[1]), session="sb", max_tokens=4000,
-                    temperature=0, ignore_eos=True), timeout=300)
+                    tokens=self.tok(a, PROMPTS[1]), session="sb", max_tokens=n_long,
+                    temperature=0, ignore_eos=True), timeout=600)
                 for m in stream:
                     started.set()
                     got["last"] = m
@@ -160,7 +167,7 @@ class Fencing(CodeAssertions, unittest.TestCase):
             self.assertEqual(self.turn(b, "sb", PROMPTS[3], n=2)[2].session_version, 3)
         finally:
             os.kill(a.proc.pid, signal.SIGCONT)
-        t.join(300)
+        t.join(600)
         self.assertFalse(t.is_alive())
         self.assertNotIn("ok", got)
         self.assertEqual(got.get("code"), C.ABORTED, got)
