@@ -187,6 +187,24 @@ def redis_cmd(port, *args, timeout=5):
         return s.recv(1 << 20)
 
 
+def start_redis(port, dir, *extra):
+    """redis-server on 127.0.0.1:port (no RDB saves, files in dir, then extra arguments);
+    returns the process once it answers PING."""
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                             "--save", "", "--dir", dir] + list(extra),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 20
+    while True:
+        try:
+            if redis_cmd(port, b"PING").startswith(b"+PONG"):
+                return proc
+        except OSError:
+            pass
+        if time.time() > deadline or proc.poll() is not None:
+            raise RuntimeError("redis-server did not start")
+        time.sleep(0.05)
+
+
 class CodeAssertions:
     """assertCode for unittest.TestCase subclasses."""
 

@@ -29,7 +29,7 @@ if not shutil.which("redis-server"):
 import grpc  # noqa: E402
 
 from rcd_harness import (CodeAssertions, Daemon, collect, free_port, gen_request,  # noqa: E402
-                         pb, redis_cmd)
+                         pb, redis_cmd, start_redis)
 
 C = grpc.StatusCode
 PROMPTS = ["Once upon a time, there was", " a little dog who", " and the next day",
@@ -40,21 +40,8 @@ class RedisProc:
     def __init__(self, tmp, port=None, aof=False):
         self.port = port or free_port()
         self.tmp = tmp
-        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--dir", tmp]
-        args += (["--appendonly", "yes", "--appendfsync", "always"] if aof
-                 else ["--appendonly", "no"])
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 20
-        while True:
-            try:
-                if redis_cmd(self.port, b"PING").startswith(b"+PONG"):
-                    break
-            except OSError:
-                pass
-            if time.time() > deadline or self.proc.poll() is not None:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.05)
+        self.proc = start_redis(self.port, tmp, *(["--appendonly", "yes", "--appendfsync", "always"]
+                                                  if aof else ["--appendonly", "no"]))
         self.addr = "127.0.0.1:%d" % self.port
 
     def version(self, sid):

@@ -19,7 +19,8 @@ if not shutil.which("redis-server"):
 
 import grpc  # noqa: E402
 
-from rcd_harness import Daemon, collect, free_port, gen_request, pb, redis_cmd  # noqa: E402
+from rcd_harness import (Daemon, collect, free_port, gen_request, pb, redis_cmd,  # noqa: E402
+                         start_redis)
 
 C = grpc.StatusCode
 P1, P2, P3 = "Once upon a time, there was", " a little dog who", " and the next day"
@@ -30,20 +31,7 @@ class Redis(unittest.TestCase):
     def setUpClass(cls):
         cls.tmp = tempfile.mkdtemp(prefix="recurd-redis-")
         cls.port = free_port()
-        cls.redis = subprocess.Popen(
-            ["redis-server", "--port", str(cls.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", cls.tmp],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 20
-        while True:
-            try:
-                if redis_cmd(cls.port, b"PING").startswith(b"+PONG"):
-                    break
-            except OSError:
-                pass
-            if time.time() > deadline or cls.redis.poll() is not None:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.05)
+        cls.redis = start_redis(cls.port, cls.tmp, "--appendonly", "no")
         cls.addr = "127.0.0.1:%d" % cls.port
 
     @classmethod
