@@ -1,0 +1,26 @@
+/* workers/tokenizer: chat templates — the subset of Jinja that Hugging Face chat templates
+ * (tokenizer_config.json's `chat_template`) use, compiled once and rendered per request. */
+#ifndef RCD_CHAT_TMPL_H
+#define RCD_CHAT_TMPL_H
+
+#include <stddef.h>
+
+#include <cjson/cJSON.h>
+
+typedef struct chat_tmpl chat_tmpl_t;
+
+/* Compiles template text (len bytes, may not be NUL-terminated). 0 and *out, or RCD_EINVAL
+ * (syntax; err names line and column) / RCD_EUNSUPPORTED (a construct outside the subset,
+ * named) / RCD_ENOMEM. */
+int chat_tmpl_compile(const char *text, size_t len, chat_tmpl_t **out, char *err, size_t errlen);
+void chat_tmpl_free(chat_tmpl_t *t);
+
+/* Renders t with the variables of ctx (a cJSON object: `messages`, `add_generation_prompt`,
+ * `bos_token`, `eos_token`, and any others such as `tools`). 0 and *out (malloc'd,
+ * NUL-terminated, *out_len bytes), or RCD_EINVAL (raise_exception(msg) → err is msg, or a
+ * type error at render time, named) / RCD_ENOMEM / RCD_ERANGE (output or loop budget
+ * exceeded). */
+int chat_tmpl_render(const chat_tmpl_t *t, const cJSON *ctx, char **out, size_t *out_len,
+                     char *err, size_t errlen);
+
+#endif
