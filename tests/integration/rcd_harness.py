@@ -205,6 +205,59 @@ def start_redis(port, dir, *extra):
         time.sleep(0.05)
 
 
+PYCLIENT_DIR = os.path.join(ROOT, "clients", "python")
+
+
+def pyclient():
+    """The Python client package of this tree (clients/python, module recurd_client), built
+    and put on sys.path: `pip install --no-build-isolation --no-deps --no-index --target DIR`
+    (this Python's setuptools and protoc, nothing downloaded) of a copy of clients/python
+    with proto/ copied in (an sdist's layout), so the source tree gets no build files. The
+    build is cached in the temp dir by a hash of the package's and proto/'s files."""
+    import hashlib
+    skip = ("build", "dist", "__pycache__", "_proto", "proto")
+    h = hashlib.sha256()
+    for base in (PYCLIENT_DIR, PROTO_DIR):
+        for dirpath, dirs, files in os.walk(base):
+            dirs[:] = sorted(d for d in dirs if d not in skip and not d.endswith(".egg-info")
+                             or base == PROTO_DIR)
+            for f in sorted(files):
+                p = os.path.join(dirpath, f)
+                h.update(os.path.relpath(p, ROOT).encode() + b"\0")
+                with open(p, "rb") as fh:
+                    h.update(fh.read())
+    cache = os.path.join(tempfile.gettempdir(),
+                         "recurd-pyclient-%d-%s" % (os.getuid(), h.hexdigest()[:16]))
+    if not os.path.isdir(cache):
+        work = tempfile.mkdtemp(prefix="recurd-pyclient-build-")
+        try:
+            src = os.path.join(work, "src")
+            shutil.copytree(PYCLIENT_DIR, src, ignore=shutil.ignore_patterns(
+                "build", "dist", "*.egg-info", "__pycache__", "_proto", "proto"))
+            for p in PROTOS:
+                os.makedirs(os.path.dirname(os.path.join(src, "proto", p)), exist_ok=True)
+                shutil.copyfile(os.path.join(PROTO_DIR, p), os.path.join(src, "proto", p))
+            out = os.path.join(work, "out")
+            env = dict(os.environ, PIP_ROOT_USER_ACTION="ignore",
+                       PIP_DISABLE_PIP_VERSION_CHECK="1")
+            r = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet",
+                                "--no-build-isolation", "--no-deps", "--no-index",
+                                "--target", out, src],
+                               capture_output=True, text=True, env=env)
+            if r.returncode != 0:
+                raise RuntimeError("pip install clients/python failed:\n" + r.stdout + r.stderr)
+            try:
+                os.rename(out, cache)
+            except OSError:
+                pass  # another test built it meanwhile
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    if cache not in sys.path:
+        sys.path.insert(0, cache)
+    import recurd_client
+    return recurd_client
+
+
 class CodeAssertions:
     """assertCode for unittest.TestCase subclasses."""
 
