@@ -12,6 +12,7 @@ pkgs=(
   libhiredis-dev redis-server       # statestore's Redis shared tier and its tests
   libssl-dev openssl                # TLS (gRPC port, Redis), SHA-256 of API keys; certificates in the tests
   python3-venv python3-pip          # deploy/check-k8s.sh: pinned kubernetes-validate + checkov in build/deploy-venv
+  python3-setuptools python3-wheel  # clients/python: pip install --no-build-isolation (the tests' build of it)
   haproxy                           # the load balancer in front of replicas (deploy/haproxy, test_scaleout)
 )
 missing=()

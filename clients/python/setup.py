@@ -55,25 +55,28 @@ def protoc_cmd():
 
 
 def protobuf_floor(cmd):
-    """The oldest protobuf (Python) runtime that loads what `cmd` generates: the Python release
-    of the same protobuf version (protoc 3.21 = Python 4.21, 22-25 = 4.x, 26-29 = 5.x,
-    30+ = 6.x; since 5.26 a generated module refuses an older runtime at import)."""
+    """The oldest protobuf (Python) runtime that loads what `cmd` generates. Since protoc 22
+    a generated module names its Python version in its header ("Protobuf Python Version:
+    5.29.0"; since 5.26 it refuses an older runtime at import), so one module is generated
+    here to read it; older protoc: 3.21 is Python 4.21, 3.x (x <= 20) is 3.x."""
     try:
+        with tempfile.TemporaryDirectory(prefix="recurd-client-ver-") as tmp:
+            p = "recurd/v1/inference.proto"
+            subprocess.run(cmd + ["-I", proto_dir(), "--python_out", tmp, p],
+                           capture_output=True, timeout=120, check=True)
+            with open(os.path.join(tmp, "recurd/v1/inference_pb2.py")) as f:
+                head = f.read(2000)
+        m = re.search(r"Protobuf Python Version: (\d+)\.(\d+)", head)
+        if m:
+            return "%s.%s" % (m.group(1), m.group(2))
         out = subprocess.run(cmd + ["--version"], capture_output=True, text=True,
                              timeout=60).stdout
-    except (OSError, subprocess.SubprocessError):
-        out = ""
-    m = re.search(r"(\d+)\.(\d+)", out)
-    if not m:
+    except (OSError, subprocess.SubprocessError, SystemExit):
         return "4.21"
-    major, minor = int(m.group(1)), int(m.group(2))
-    if major == 3:
-        return "3.%d" % minor if minor <= 20 else "4.%d" % minor
-    if major <= 25:
-        return "4.%d" % major
-    if major <= 29:
-        return "5.%d" % major
-    return "6.%d" % major
+    m = re.search(r"(\d+)\.(\d+)", out)
+    if m and int(m.group(1)) == 3 and int(m.group(2)) <= 20:
+        return "3.%s" % m.group(2)
+    return "4.21"
 
 
 def generate(dest):
