@@ -237,6 +237,27 @@ class Api(DaemonTest):
         ref.delete()
 
 
+class Example(DaemonTest):
+    daemon_args = ("--ephemeral",)
+
+    def test_examples_client(self):
+        """examples/client.py runs on the package: two turns, a fork, both versions."""
+        import subprocess
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(rc.__file__)))
+        r = subprocess.run([sys.executable, os.path.join(root, "examples", "client.py"),
+                            "--addr", self.d.addr, "--max-tokens", "5"],
+                           capture_output=True, text=True, env=env, timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        lines = r.stdout.splitlines()
+        self.assertTrue(lines[0].startswith("ModelInfo(id="), lines)
+        self.assertEqual(sum("session version" in ln for ln in lines), 3, r.stdout)
+        self.assertTrue(any(ln.startswith("forked s-") and ln.endswith("at version 2")
+                            for ln in lines), r.stdout)
+        self.assertTrue(lines[-2].endswith(": version 2, %s tokens" % lines[-2].split()[-2]))
+        self.assertIn(": version 3, ", lines[-1])
+
+
 class Recorded(unittest.TestCase):
     """A grpcio server that records each call's metadata: the client sends x-session-id (the
     session's id; a fork's is the source's) on every session call and none otherwise, and the
@@ -306,6 +327,71 @@ class ApiKeys(unittest.TestCase):
             self.assertEqual(cm.exception.retry_after_ms, 60000)
             self.assertIn("--tenant-max-sessions", cm.exception.details)
             c.close()
+        finally:
+            self.assertEqual(d.stop(), 0)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@unittest.skipUnless(shutil.which("openssl"), "the openssl command is not installed")
+class Tls(unittest.TestCase):
+    """TLS options: a daemon with mTLS (certificates made by the openssl CLI): root
+    certificates and a client certificate as paths or bytes, server_name."""
+
+    def test_mtls(self):
+        import subprocess
+        tmp = tempfile.mkdtemp(prefix="recurd-pyc-tls-")
+
+        def ossl(*a):
+            subprocess.run(["openssl"] + list(a), check=True, capture_output=True, cwd=tmp)
+
+        def pth(n):
+            return os.path.join(tmp, n)
+
+        for ca in ("ca", "clientca"):
+            ossl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                 "-nodes", "-keyout", ca + ".key", "-out", ca + ".crt", "-days", "2", "-subj",
+                 "/CN=recurd pyclient " + ca)
+        for name, ca, usage in (("server", "ca", "serverAuth"),
+                                ("client", "clientca", "clientAuth")):
+            with open(pth(name + ".ext"), "w") as f:
+                f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=%s\n"
+                        % usage)
+            ossl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                 "-keyout", name + ".key", "-out", name + ".csr", "-subj", "/CN=" + name)
+            ossl("x509", "-req", "-in", name + ".csr", "-CA", ca + ".crt", "-CAkey", ca + ".key",
+                 "-CAcreateserial", "-out", name + ".crt", "-days", "2", "-extfile",
+                 name + ".ext")
+        with open(pth("ca.crt"), "rb") as f:
+            ca_pem = f.read()
+        with open(pth("client.crt"), "rb") as f:
+            cert_pem = f.read()
+        with open(pth("client.key"), "rb") as f:
+            key_pem = f.read()
+        d = Daemon("--ephemeral", "--tls-cert", pth("server.crt"), "--tls-key", pth("server.key"),
+                   "--tls-client-ca", pth("clientca.crt"),
+                   creds=grpc.ssl_channel_credentials(ca_pem, key_pem, cert_pem))
+        local = [("grpc.use_local_subchannel_pool", 1)]  # no connection shared between cases
+        try:
+            c = rc.Client(d.addr, root_certificates=pth("ca.crt"),
+                          certificate_chain=pth("client.crt"), private_key=pth("client.key"),
+                          timeout=60, channel_options=local)
+            s = c.create_session()
+            self.assertEqual(s.turn("Hello", max_tokens=3).collect().session_version, 1)
+            c.close()
+            c = rc.Client("localhost:%d" % d.port, root_certificates=ca_pem,
+                          certificate_chain=cert_pem, private_key=key_pem,
+                          server_name="localhost", timeout=60, channel_options=local)
+            self.assertEqual(c.health(), "SERVING")
+            c.close()
+            for kw in ({"root_certificates": ca_pem},  # no client certificate
+                       {"root_certificates": ca_pem, "certificate_chain": cert_pem,
+                        "private_key": key_pem, "server_name": "other.example"}, {}):
+                c = rc.Client(d.addr, retries=0, timeout=10, channel_options=local, **kw)
+                with self.assertRaises(rc.Unavailable, msg=str(kw)):
+                    c.list_models()
+                c.close()
+            with self.assertRaises(ValueError):
+                rc.Client(d.addr, certificate_chain=cert_pem)
         finally:
             self.assertEqual(d.stop(), 0)
             shutil.rmtree(tmp, ignore_errors=True)
