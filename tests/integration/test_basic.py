@@ -6,12 +6,23 @@ import unittest
 
 import grpc
 
-from rcd_harness import ROOT, DaemonTest, Daemon, pb, hpb
+from rcd_harness import ROOT, DaemonTest, Daemon, pb, hpb, pyclient
 
 C = grpc.StatusCode
+rc = pyclient()  # the Python client package, clients/python
 
 
 class Basic(DaemonTest):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.c = rc.Client(cls.d.addr, timeout=60)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.c.close()
+        super().tearDownClass()
+
     def test_health(self):
         r = self.d.health.Check(hpb.HealthCheckRequest())
         self.assertEqual(r.status, hpb.HealthCheckResponse.SERVING)
@@ -23,9 +34,9 @@ class Basic(DaemonTest):
         w.cancel()
 
     def test_models(self):
-        r = self.api.ListModels(pb.ListModelsRequest())
-        self.assertEqual(len(r.models), 1)
-        m = r.models[0]
+        models = self.c.list_models()
+        self.assertEqual(len(models), 1)
+        m = models[0]
         self.assertEqual(m.id, "recurd-mamba-tiny")
         self.assertEqual(m.architecture, "MambaForCausalLM")
         self.assertEqual(m.vocab_size, 4096)
@@ -49,33 +60,31 @@ class Basic(DaemonTest):
         self.assertGreater(len(big.token_ids), 150000)
 
     def test_sessions(self):
-        s = self.api.CreateSession(pb.CreateSessionRequest(
-            session_id="basic-1", metadata=[pb.MetadataEntry(key="user", value="ann")]))
-        self.assertEqual((s.session_id, s.version, s.token_count), ("basic-1", 0, 0))
-        self.assertGreater(s.created_unix_ms, 0)
-        g = self.api.GetSession(pb.GetSessionRequest(session_id="basic-1"))
-        self.assertEqual(g.metadata[0].value, "ann")
+        s = self.c.create_session("basic-1", metadata={"user": "ann"})
+        self.assertEqual((s.id, s.version, s.info.token_count), ("basic-1", 0, 0))
+        self.assertGreater(s.info.created_unix_ms, 0)
+        g = self.c.get_session("basic-1").info
+        self.assertEqual(g.metadata, {"user": "ann"})
         self.assertEqual(g.model, "recurd-mamba-tiny")
-        self.assertCode(C.ALREADY_EXISTS, self.api.CreateSession,
-                        pb.CreateSessionRequest(session_id="basic-1"))
-        self.assertCode(C.INVALID_ARGUMENT, self.api.CreateSession,
-                        pb.CreateSessionRequest(session_id="bad id!"))
-        self.assertCode(C.INVALID_ARGUMENT, self.api.CreateSession,
-                        pb.CreateSessionRequest(session_id="x" * 200))
-        auto = self.api.CreateSession(pb.CreateSessionRequest())
+        with self.assertRaises(rc.AlreadyExists):
+            self.c.create_session("basic-1")
+        with self.assertRaises(rc.InvalidArgument):
+            self.c.create_session("bad id!")
+        with self.assertRaises(rc.InvalidArgument):
+            self.c.create_session("x" * 200)
+        auto = self.api.CreateSession(pb.CreateSessionRequest())  # the server picks the id
         self.assertTrue(auto.session_id.startswith("s-"))
-        f = self.api.ForkSession(pb.ForkSessionRequest(session_id="basic-1",
-                                                       new_session_id="basic-2"))
-        self.assertEqual((f.session_id, f.parent_session_id), ("basic-2", "basic-1"))
-        self.assertEqual(f.metadata[0].key, "user")
-        self.assertCode(C.NOT_FOUND, self.api.ForkSession,
-                        pb.ForkSessionRequest(session_id="nope"))
-        self.api.DeleteSession(pb.DeleteSessionRequest(session_id="basic-1"))
-        self.assertCode(C.NOT_FOUND, self.api.GetSession,
-                        pb.GetSessionRequest(session_id="basic-1"))
-        self.assertCode(C.NOT_FOUND, self.api.DeleteSession,
-                        pb.DeleteSessionRequest(session_id="basic-1"))
-        self.api.GetSession(pb.GetSessionRequest(session_id="basic-2"))
+        f = s.fork("basic-2")
+        self.assertEqual((f.id, f.info.parent_session_id), ("basic-2", "basic-1"))
+        self.assertEqual(f.info.metadata, {"user": "ann"})
+        with self.assertRaises(rc.NotFound):
+            self.c.fork_session("nope")
+        s.delete()
+        with self.assertRaises(rc.NotFound):
+            self.c.get_session("basic-1")
+        with self.assertRaises(rc.NotFound):
+            self.c.delete_session("basic-1")
+        self.c.get_session("basic-2")
 
     def test_request_id(self):
         _, call = self.api.Tokenize.with_call(pb.TokenizeRequest(text="hi"),

@@ -10,9 +10,10 @@ import unittest
 
 import grpc
 
-from rcd_harness import Daemon, DaemonTest, collect, gen_request, hpb, pb
+from rcd_harness import Daemon, DaemonTest, collect, gen_request, hpb, pb, pyclient
 
 C = grpc.StatusCode
+rc = pyclient()  # the Python client package, clients/python
 
 
 def replica(call):
@@ -38,20 +39,21 @@ class Routing(DaemonTest):
         self.assertEqual(replica(call), "recurd-2")
 
     def test_matching_header_is_served(self):
-        sid = "route-ok"
-        md = [("x-session-id", sid)]
-        self.api.CreateSession(pb.CreateSessionRequest(session_id=sid), metadata=md)
-        _, ids, _, last = collect(self.api.Generate(gen_request(tokens=[5, 6], max_tokens=3,
-                                                                session=sid), metadata=md))
-        self.assertEqual(last.session_version, 1)
-        self.assertEqual(self.api.GetSession(pb.GetSessionRequest(session_id=sid),
-                                             metadata=md).version, 1)
-        f = self.api.ForkSession(pb.ForkSessionRequest(session_id=sid, new_session_id="route-f"),
-                                 metadata=md)  # routed by its source
-        self.assertEqual(f.session_id, "route-f")
-        self.api.DeleteSession(pb.DeleteSessionRequest(session_id="route-f"),
-                               metadata=[("x-session-id", "route-f")])
+        # the client package sends x-session-id (= the session id) on every session call
+        c = rc.Client(self.d.addr, timeout=60)
+        s = c.create_session("route-ok")
+        r = s.turn([5, 6], max_tokens=3).collect()
+        self.assertEqual((r.session_version, r.replica), (1, "recurd-2"))
+        self.assertEqual(c.get_session("route-ok").version, 1)
+        f = s.fork("route-f")  # routed by its source
+        self.assertEqual(f.id, "route-f")
+        f.delete()
+        with self.assertRaises(rc.NotFound) as cm:
+            c.get_session("route-f")
+        self.assertEqual(cm.exception.replica, "recurd-2")
+        c.close()
         # calls without a session_id field ignore the header
+        md = [("x-session-id", "route-ok")]
         self.assertEqual(len(self.api.ListModels(pb.ListModelsRequest(), metadata=md).models), 1)
         self.api.Tokenize(pb.TokenizeRequest(text="hi"), metadata=md)
 
