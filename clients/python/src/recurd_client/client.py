@@ -216,7 +216,8 @@ class Client:
     # -- connection ---------------------------------------------------------------------
     def _connect(self) -> None:
         self.channel: grpc.Channel = (
-            grpc.secure_channel(self.addr, self._creds, options=self._options) if self._tls
+            grpc.secure_channel(self.addr, self._creds, options=self._options)
+            if self._creds is not None
             else grpc.insecure_channel(self.addr, options=self._options))
         #: raw stubs (recurd.v1.Inference, grpc.health.v1.Health), messages in recurd_client.pb
         self.stub: Any = _Stub(self.channel, pb.DESCRIPTOR.services_by_name["Inference"], pb)

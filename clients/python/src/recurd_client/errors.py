@@ -1,6 +1,6 @@
 """Exceptions of recurd-client: one class per gRPC status the daemon answers, all subclasses of
 RecurdError, which carries the status code, the details and the retry-after hint."""
-from typing import Dict, Optional, Sequence, Tuple, Type
+from typing import Any, Dict, Optional, Sequence, Tuple, Type
 
 import grpc
 
@@ -107,7 +107,7 @@ class TurnConflict(FailedPrecondition):
     was started on, `session_version` the session's version now. Never a turn applied twice."""
 
     def __init__(self, details: str, *, expected_version: int,
-                 session_version: Optional[int], **kw) -> None:  # type: ignore[no-untyped-def]
+                 session_version: Optional[int], **kw: Any) -> None:
         super().__init__(details, **kw)
         self.expected_version = expected_version
         self.session_version = session_version
@@ -124,10 +124,12 @@ def from_rpc_error(e: grpc.RpcError, replica: Optional[str] = None) -> RecurdErr
     """The RecurdError for a grpc.RpcError (a grpc.Call)."""
     code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
     details = (e.details() if hasattr(e, "details") else str(e)) or ""
+    tmd: Tuple[Tuple[str, str], ...] = ()
     try:
-        tmd = tuple((k, v) for k, v in (e.trailing_metadata() or ()))  # type: ignore[attr-defined]
+        md: Any = e.trailing_metadata()
+        tmd = tuple((str(k), str(v)) for k, v in (md or ()))
     except Exception:  # noqa: BLE001 - a local error has no trailing metadata
-        tmd = ()
+        pass
     if replica is None:
         try:
             replica = dict(e.initial_metadata() or ()).get("x-recurd-replica")  # type: ignore[attr-defined]
