@@ -231,6 +231,21 @@ class Api(DaemonTest):
             h = c2.session(s.id)  # a handle with no call: its turn asks for the version
             h.turn([15], max_tokens=1, temperature=0).collect()
             self.assertEqual(h.version, 3)
+            c2.reconnect()  # a new channel: the handle goes on
+            h.turn([16], max_tokens=1, temperature=0).collect()
+            self.assertEqual((h.version, s2.refresh().version), (4, 4))
+            # leaving a `with` block early cancels the turn: nothing commits
+            with h.turn([1], max_tokens=4000, ignore_eos=True) as st:
+                next(st)
+            with self.assertRaises(rc.Cancelled):
+                st.collect()
+            time.sleep(0.2)
+            self.assertEqual(h.refresh().version, 4)
+            # so does dropping a stream part-read: the next turn is not refused ABORTED
+            st = h.turn([1], max_tokens=4000, ignore_eos=True)
+            next(st)
+            del st
+            self.assertEqual(h.turn([2], max_tokens=1).collect().session_version, 5)
         b = ref.turn([14], max_tokens=5, temperature=0, ignore_eos=True).collect()
         self.assertEqual(a.token_ids, b.token_ids)
         s.delete()

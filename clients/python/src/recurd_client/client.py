@@ -4,6 +4,7 @@ import os
 import threading
 import time
 import uuid
+import weakref
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -508,7 +509,9 @@ class TurnStream(Iterator[Delta]):
         self.result: Optional[TurnResult] = None
         self.replica: Optional[str] = None
         self.attempts = 0
-        self._gen = self._run()
+        # The generator sees this object through a weak proxy: no reference cycle, so a stream
+        # dropped part-read is freed at once and its generator's GeneratorExit cancels the call.
+        self._gen = TurnStream._run(weakref.proxy(self))
 
     def __iter__(self) -> "TurnStream":
         return self
@@ -527,6 +530,14 @@ class TurnStream(Iterator[Delta]):
         self._cancelled = True
         if self._call is not None:
             self._call.cancel()
+
+    def __enter__(self) -> "TurnStream":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        """Leaving a `with` block before the stream ended cancels it."""
+        if self.result is None:
+            self.cancel()
 
     def _run(self) -> Iterator[Delta]:
         c = self._client
@@ -549,7 +560,7 @@ class TurnStream(Iterator[Delta]):
             if self._cancelled:
                 call.cancel()
             try:
-                for m in call:
+                for m in call:  # a consumer that drops the stream (GeneratorExit): cancelled
                     got_msg = True
                     if self.replica is None:
                         self.replica = _replica(call)
@@ -565,6 +576,9 @@ class TurnStream(Iterator[Delta]):
                         final = m
             except grpc.RpcError as e:
                 err = e
+            except GeneratorExit:
+                call.cancel()
+                raise
             replica = _replica(call)
             if replica:
                 self.replica = c.last_replica = replica
