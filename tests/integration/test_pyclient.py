@@ -452,11 +452,11 @@ class Retries(OwnDaemonsTest):
             s = c.create_session()
             s.turn([1, 2], max_tokens=3, temperature=0, ignore_eos=True).collect()
             ref = direct.fork_session(s.id)
-            want = ref.turn([7, 8], max_tokens=200, temperature=0, ignore_eos=True).collect()
+            want = ref.turn([7, 8], max_tokens=60, temperature=0, ignore_eos=True).collect()
 
             # 1. cut after the first delta: the daemon sees its client gone and cancels (or,
             # rarely, has committed already); the retry carries expected_version 1
-            st = s.turn([7, 8], max_tokens=200, temperature=0, ignore_eos=True)
+            st = s.turn([7, 8], max_tokens=60, temperature=0, ignore_eos=True)
             deltas = []
             conflict = None
             try:
@@ -512,14 +512,14 @@ class Retries(OwnDaemonsTest):
             c0.close()
 
             # 4. a stateless generate cut mid-stream is simply run again
-            st = c.generate([5, 5], max_tokens=100, temperature=0, ignore_eos=True)
+            st = c.generate([5, 5], max_tokens=40, temperature=0, ignore_eos=True)
             n = 0
             for _ in st:
                 n += 1
                 if n == 1:
                     p.cut()
             self.assertGreaterEqual(st.attempts, 2)
-            self.assertEqual(len(st.result.token_ids), 100)
+            self.assertEqual(len(st.result.token_ids), 40)
         finally:
             c.close()
             direct.close()
