@@ -8,7 +8,6 @@ its final message (retried, restart delta), and a turn that committed while its 
 cut (retried with expected_version: refused, TurnConflict, never applied twice)."""
 import os
 import shutil
-import signal
 import socket
 import sys
 import tempfile
