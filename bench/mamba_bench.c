@@ -3,6 +3,7 @@
  * caches) and GEMM peak (OpenBLAS sgemm, large square). Prints decode tokens/s at several
  * batch sizes with step-latency percentiles, prefill tokens/s, and memory. */
 #include <getopt.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -87,6 +88,78 @@ static void bw_job(void *arg, int ith, int nth)
 }
 
 /* Read bandwidth over a buffer of `bytes` (rounded to 64 floats). */
+/* Reads one small sysfs file into buf (trailing newline dropped); false when absent. */
+static bool read_small(const char *path, char *buf, size_t len)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return false;
+    bool ok = fgets(buf, (int)len, f) != NULL;
+    fclose(f);
+    if (ok)
+        buf[strcspn(buf, "\n")] = 0;
+    return ok;
+}
+
+/* The last-level cache as lscpu counts it: the unified caches of the highest level in sysfs
+ * (/sys/devices/system/cpu/cpuN/cache/indexM), one instance per distinct shared_cpu_list,
+ * summed. glibc's sysconf(_SC_LEVEL3_CACHE_SIZE) reads CPUID leaves that some hypervisors
+ * fill wrongly (320 MiB reported where lscpu says 32 MiB on one AMD VM). Returns the total
+ * bytes (0 if sysfs has no cache topology) and the level and instance count. */
+static size_t llc_sysfs(int *level_out, int *instances_out)
+{
+    enum { MAX_INST = 256 };
+    char lists[MAX_INST][64];
+    size_t sizes[MAX_INST];
+    int n = 0, best = 0;
+    long ncpu = sysconf(_SC_NPROCESSORS_CONF);
+    for (long c = 0; c < ncpu && c < 4096; c++) {
+        for (int i = 0; i < 16; i++) {
+            char path[128], buf[64];
+            snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu%ld/cache/index%d/level", c, i);
+            if (!read_small(path, buf, sizeof buf))
+                break;
+            int level = atoi(buf);
+            snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu%ld/cache/index%d/type", c, i);
+            if (!read_small(path, buf, sizeof buf) || strcmp(buf, "Unified") != 0 || level < best)
+                continue;
+            if (level > best) { /* a higher level: forget the lower one's instances */
+                best = level;
+                n = 0;
+            }
+            char list[64], size[64];
+            snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu%ld/cache/index%d/size", c, i);
+            if (!read_small(path, size, sizeof size))
+                continue;
+            snprintf(path, sizeof path,
+                     "/sys/devices/system/cpu/cpu%ld/cache/index%d/shared_cpu_list", c, i);
+            if (!read_small(path, list, sizeof list))
+                snprintf(list, sizeof list, "cpu%ld", c);
+            bool seen = false;
+            for (int k = 0; k < n && !seen; k++)
+                seen = strcmp(lists[k], list) == 0;
+            if (seen || n == MAX_INST)
+                continue;
+            char *end = NULL;
+            unsigned long long v = strtoull(size, &end, 10);
+            if (end && (*end == 'K' || *end == 'k'))
+                v <<= 10;
+            else if (end && *end == 'M')
+                v <<= 20;
+            else if (end && *end == 'G')
+                v <<= 30;
+            snprintf(lists[n], sizeof lists[n], "%s", list);
+            sizes[n++] = (size_t)v;
+        }
+    }
+    size_t total = 0;
+    for (int k = 0; k < n; k++)
+        total += sizes[k];
+    *level_out = best;
+    *instances_out = n;
+    return total;
+}
+
 static double read_bandwidth(wrk_pool_t *pool, size_t bytes)
 {
     bytes = bytes / 256 * 256;
@@ -201,7 +274,15 @@ int main(int argc, char **argv)
      * the weights fit in the last-level cache (480 MiB on some of these VMs) batch-1 decode
      * streams them from there, not from memory, and the second is its real limit. */
     const double weight_b = (double)mi->weight_bytes, state_b = (double)mi->state_bytes;
-    long llc = sysconf(_SC_LEVEL3_CACHE_SIZE);
+    int llc_level = 0, llc_inst = 0;
+    long llc_cpuid = sysconf(_SC_LEVEL3_CACHE_SIZE);
+    long llc = (long)llc_sysfs(&llc_level, &llc_inst);
+    if (llc <= 0) /* no sysfs cache topology: CPUID's figure, said so */
+        llc = llc_cpuid;
+    else if (llc_cpuid > 0 && llc_cpuid != llc)
+        printf("note: CPUID (sysconf) says L3 %.0f MiB, sysfs L%d %.0f MiB in %d instance(s); "
+               "using sysfs, as lscpu does\n",
+               (double)llc_cpuid / 1048576, llc_level, (double)llc / 1048576, llc_inst);
     size_t big = llc > 0 && (size_t)llc * 4 > ((size_t)1 << 30) ? (size_t)llc * 4 : (size_t)1 << 30;
     double bw_mem = read_bandwidth(pool, big);
     double bw = read_bandwidth(pool, (size_t)(weight_b + 2 * state_b));
@@ -212,7 +293,7 @@ int main(int argc, char **argv)
            model_dir, mi->n_layers, mi->hidden_size, mi->vocab_size,
            wrk_dtype_name(mi->weight_dtype), weight_b / 1e6, state_b / 1e6);
     printf("limits: read bandwidth %.1f GB/s over the weights' size (%.1f GB/s over %.0f MiB, "
-           "L3 %.0f MiB), sgemm peak %.1f GFLOP/s (2048^3, %d threads)\n",
+           "last-level cache %.0f MiB), sgemm peak %.1f GFLOP/s (2048^3, %d threads)\n",
            bw, bw_mem, (double)big / 1048576, llc > 0 ? (double)llc / 1048576 : 0, peak, nth);
     printf("%-8s %10s %10s %10s %10s %9s %s\n", "batch", "tok/s", "step_p50", "step_p99",
            "GFLOP/s", "limit%", "(limit) step_min");
