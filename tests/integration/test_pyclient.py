@@ -245,6 +245,8 @@ class Api(DaemonTest):
             next(st)
             del st
             self.assertEqual(h.turn([2], max_tokens=1).collect().session_version, 5)
+            r = c2.turn(s.session_id, [3], max_tokens=1).collect()  # by id: asks the version
+            self.assertEqual(r.session_version, 6)
         b = ref.turn([14], max_tokens=5, temperature=0, ignore_eos=True).collect()
         self.assertEqual(a.token_ids, b.token_ids)
         s.delete()

@@ -394,6 +394,11 @@ class Client:
             if e.attempts == 1:
                 raise
 
+    def turn(self, session_id: str, prompt: Prompt, **kw: Any) -> "TurnStream":
+        """session(session_id).turn(prompt, **kw): a turn on a session by id (the version to
+        expect is fetched first, unless expected_version is given)."""
+        return self.session(session_id).turn(prompt, **kw)
+
     def session(self, id: str, version: Optional[int] = None) -> "Session":
         """A Session handle without a call. version None: unknown, so its first turn asks the
         daemon (GetSession) for the version to expect."""
@@ -439,6 +444,11 @@ class Session:
 
     def __repr__(self) -> str:
         return "Session(%r, version=%r)" % (self.id, self.version)
+
+    @property
+    def session_id(self) -> str:
+        """The same as `id`."""
+        return self.id
 
     def refresh(self, *, timeout: Optional[float] = None) -> SessionInfo:
         """GetSession: updates `info` and `version`."""
