@@ -236,6 +236,7 @@ static void refetched(void *user, int rc, uint64_t version, const char *msg)
                 "session read from the shared tier at version %llu", (unsigned long long)version);
     else if (rc != RCD_ENOTFOUND)
         dmn_log(DMN_WARN, "session_fetch", f->c->rid, f->id, "%s", msg);
+    if (rc == 0 && !store_authority(f->c->srv->store)) f->c->fetched_shared = true;
     f->again(f->c, f->req, rc, msg);
     free(f);
 }
