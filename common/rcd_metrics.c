@@ -24,16 +24,16 @@ static const uint64_t b_io[] = {MS / 10, MS / 4,  MS / 2,   MS,       5 * MS / 2
 const char *const rcd_resume_src_name[RCD_RESUME__COUNT] = {"slot", "host_cache", "disk", "redis"};
 
 rcd_metrics_t rcd_metrics = {
-    .step_batch_size = RCD_HIST_INIT(b_batch, 1.0),
-    .step_budget_use = RCD_HIST_INIT(b_permille, 1e-3),
-    .group_commit_size = RCD_HIST_INIT(b_group, 1.0),
-    .commit_ns = RCD_HIST_INIT(b_io, 1e-9),
+    .step_batch_size = RCD_HIST_INIT(b_batch, 1),
+    .step_budget_use = RCD_HIST_INIT(b_permille, 1000),
+    .group_commit_size = RCD_HIST_INIT(b_group, 1),
+    .commit_ns = RCD_HIST_INIT(b_io, RCD_NS_PER_S),
     .resume_ns =
         {
-            RCD_HIST_INIT(b_io, 1e-9),
-            RCD_HIST_INIT(b_io, 1e-9),
-            RCD_HIST_INIT(b_io, 1e-9),
-            RCD_HIST_INIT(b_io, 1e-9),
+            RCD_HIST_INIT(b_io, RCD_NS_PER_S),
+            RCD_HIST_INIT(b_io, RCD_NS_PER_S),
+            RCD_HIST_INIT(b_io, RCD_NS_PER_S),
+            RCD_HIST_INIT(b_io, RCD_NS_PER_S),
         },
 };
 
@@ -208,7 +208,7 @@ void rcd_mw_hist(rcd_mw_t *w, const rcd_label_t *labels, int n, const rcd_hist_t
     for (int i = 0; i <= h->n_bounds; i++) {
         cum += atomic_load_explicit(&m->b[i], memory_order_relaxed);
         if (i < h->n_bounds)
-            rcd_metrics_fmt_double(le, sizeof(le), (double)h->bounds[i] * h->scale);
+            rcd_metrics_fmt_double(le, sizeof(le), (double)h->bounds[i] / (double)h->per);
         else
             snprintf(le, sizeof(le), "+Inf");
         putf(w, "%s_bucket", w->family);
@@ -217,7 +217,7 @@ void rcd_mw_hist(rcd_mw_t *w, const rcd_label_t *labels, int n, const rcd_hist_t
     }
     char sum[40];
     rcd_metrics_fmt_double(sum, sizeof(sum),
-                           (double)atomic_load_explicit(&m->sum, memory_order_relaxed) * h->scale);
+                           (double)atomic_load_explicit(&m->sum, memory_order_relaxed) / (double)h->per);
     putf(w, "%s_sum", w->family);
     put_labels(w, labels, n, NULL);
     putf(w, " %s\n%s_count", sum, w->family);

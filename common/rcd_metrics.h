@@ -18,21 +18,23 @@ typedef struct rcd_counter {
 
 #define RCD_HIST_MAX 24 /* finite buckets, at most */
 
-/* Observations are integers in the histogram's unit (nanoseconds, tokens, per mille); `scale`
- * turns them into the exposed unit (1e-9: seconds). bounds: ascending upper bounds (static),
+/* Observations are integers in the histogram's unit (nanoseconds, tokens, per mille); `per` of
+ * them make one exposed unit (1000000000: nanoseconds exposed as seconds; a division, so that
+ * round bounds print round). bounds: ascending upper bounds (static),
  * n_bounds <= RCD_HIST_MAX; +Inf is implicit. b[] holds per-bucket counts (not cumulative). */
 typedef struct rcd_hist {
     const uint64_t *bounds;
     int n_bounds;
-    double scale;
+    uint64_t per;
     _Atomic uint64_t b[RCD_HIST_MAX + 1];
     _Atomic uint64_t sum;
 } rcd_hist_t;
 
-#define RCD_HIST_INIT(bounds_, scale_)                                                             \
+#define RCD_NS_PER_S 1000000000ull /* a histogram of nanoseconds exposed in seconds */
+#define RCD_HIST_INIT(bounds_, per_)                                                               \
     {                                                                                              \
         .bounds = (bounds_), .n_bounds = (int)(sizeof(bounds_) / sizeof((bounds_)[0])),            \
-        .scale = (scale_)                                                                          \
+        .per = (per_)                                                                              \
     }
 
 static inline void rcd_counter_add(rcd_counter_t *c, uint64_t n)
@@ -93,7 +95,7 @@ void rcd_mw_common(rcd_mw_t *w, const rcd_label_t *labels, int n);
 void rcd_mw_uint(rcd_mw_t *w, const rcd_label_t *labels, int n, uint64_t v);
 void rcd_mw_double(rcd_mw_t *w, const rcd_label_t *labels, int n, double v);
 /* One histogram series of the current histogram family: buckets made cumulative, _count is
- * the +Inf bucket, _sum scaled. */
+ * the +Inf bucket, _sum in the exposed unit. */
 void rcd_mw_hist(rcd_mw_t *w, const rcd_label_t *labels, int n, const rcd_hist_t *h);
 /* Ends the exposition (OpenMetrics: "# EOF"); 0 and *out (malloc'd, NUL-terminated, *len
  * bytes) or RCD_ENOMEM (nothing returned). The writer is reset. */

@@ -56,12 +56,12 @@ static struct {
     rcd_hist_t ttft, itl, e2e, queue, prefill, decode;
     rcd_counter_t rpc[DMN_M__COUNT + 1][17];
 } g_m = {
-    .ttft = RCD_HIST_INIT(b_req, 1e-9),
-    .itl = RCD_HIST_INIT(b_itl, 1e-9),
-    .e2e = RCD_HIST_INIT(b_req, 1e-9),
-    .queue = RCD_HIST_INIT(b_req, 1e-9),
-    .prefill = RCD_HIST_INIT(b_req, 1e-9),
-    .decode = RCD_HIST_INIT(b_req, 1e-9),
+    .ttft = RCD_HIST_INIT(b_req, RCD_NS_PER_S),
+    .itl = RCD_HIST_INIT(b_itl, RCD_NS_PER_S),
+    .e2e = RCD_HIST_INIT(b_req, RCD_NS_PER_S),
+    .queue = RCD_HIST_INIT(b_req, RCD_NS_PER_S),
+    .prefill = RCD_HIST_INIT(b_req, RCD_NS_PER_S),
+    .decode = RCD_HIST_INIT(b_req, RCD_NS_PER_S),
 };
 
 static const char *const method_name[DMN_M__COUNT + 1] = {
