@@ -408,8 +408,10 @@ int dmn_metrics_render(struct dmn_server *s, bool openmetrics, char **out, size_
     rcd_label_t common = {"model", model};
     rcd_mw_family(&w, "recurd_build", RCD_MT_INFO, NULL,
                   "recurd's version and the model it serves (always 1).");
-    rcd_label_t bi[2] = {{"version", RCD_VERSION}, {"model", model}};
-    rcd_mw_uint(&w, bi, 2, 1);
+    rcd_label_t bi[3] = {{"version", RCD_VERSION},
+                         {"model", model},
+                         {"backend", s && s->backend ? wrk_backend_name(s->backend) : ""}};
+    rcd_mw_uint(&w, bi, 3, 1);
     rcd_mw_common(&w, &common, 1);
     render_requests(&w, s);
     render_engine(&w, s);

@@ -98,7 +98,8 @@ static void test_render_known(void)
         snprintf(line, sizeof(line), __VA_ARGS__);                                         \
         CHECK(has(text, line));                                                            \
     } while (0)
-    HAS("recurd_build_info{version=\"%s\",model=\"tiny \\\"q\\\"\"} 1\n", RCD_VERSION);
+    HAS("recurd_build_info{version=\"%s\",model=\"tiny \\\"q\\\"\",backend=\"\"} 1\n",
+        RCD_VERSION);
     HAS("recurd_requests_finished_total{%s,outcome=\"length\"} 1\n", M);
     HAS("recurd_requests_finished_total{%s,outcome=\"eos\"} 1\n", M);
     HAS("recurd_requests_finished_total{%s,outcome=\"error\"} 1\n", M);
@@ -154,7 +155,8 @@ static void test_tenants_bounded(void)
     }
     char *text = render(&s, false), *om = render(&s, true);
     char line[256];
-    HAS("recurd_prompt_tokens_total{model=\"\",tenant=\"t00\"} 8\n");
+    HAS("recurd_prompt_tokens_total{model=\"\",tenant=\"t01\"} 8\n"); /* t00: index 0, which
+                                                                  * test_render_known shares */
     HAS("recurd_prompt_tokens_total{model=\"\",tenant=\"t31\"} 8\n");
     HAS("recurd_prompt_tokens_total{model=\"\",tenant=\"other\"} 64\n");
     HAS("recurd_generation_tokens_total{model=\"\",tenant=\"other\"} 16\n");

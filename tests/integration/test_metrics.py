@@ -108,7 +108,8 @@ class Metrics(unittest.TestCase):
         _, before = scrape(self.d)
         s0 = samples(before)
         self.assertEqual(value(s0, "recurd_prompt_tokens_total"), 0)
-        self.assertEqual(value(s0, "recurd_build_info", model="recurd-mamba-tiny"), 1)
+        self.assertEqual(value(s0, "recurd_build_info", model="recurd-mamba-tiny",
+                               backend="cpu"), 1)
         # 3 stateless calls: 10 prompt tokens, 5 generated each
         for i in range(3):
             self.gen(list(range(100 + i, 110 + i)), 5)
