@@ -19,8 +19,8 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-static const uint64_t b_lat[] = {1000000,   2500000,   5000000,    10000000,   25000000,
-                                 50000000,  100000000, 250000000,  500000000,  1000000000,
+static const uint64_t b_lat[] = {1000000,    2500000,    5000000,    10000000,  25000000,
+                                 50000000,   100000000,  250000000,  500000000, 1000000000,
                                  2500000000, 5000000000, 10000000000};
 static rcd_hist_t g_h = RCD_HIST_INIT(b_lat, RCD_NS_PER_S);
 static long g_n;
@@ -61,7 +61,9 @@ int main(int argc, char **argv)
     double two = (now_s() - t0) / (double)g_n * 1e9;
     printf("dmn_metrics_token: %.1f ns per token\n", tok);
     printf("rcd_hist_observe, 1 thread: %.1f ns\n", one);
-    printf("rcd_hist_observe, 2 threads on one histogram: %.1f ns per observe (wall / per-thread count)\n", two);
+    printf("rcd_hist_observe, 2 threads on one histogram: %.1f ns per observe (wall / per-thread "
+           "count)\n",
+           two);
     for (int om = 0; om < 2; om++) {
         int reps = 2000;
         size_t len = 0;

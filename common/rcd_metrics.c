@@ -17,8 +17,8 @@ static const uint64_t b_batch[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512};
 static const uint64_t b_permille[] = {50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 950, 1000};
 static const uint64_t b_group[] = {1, 2, 4, 8, 16, 32, 64, 128};
 /* store latencies: 100 us .. 10 s */
-static const uint64_t b_io[] = {MS / 10, MS / 4,  MS / 2,   MS,       5 * MS / 2, 5 * MS,
-                                10 * MS, 25 * MS, 50 * MS,  100 * MS, 250 * MS,   500 * MS,
+static const uint64_t b_io[] = {MS / 10,   MS / 4,    MS / 2,    MS,        5 * MS / 2, 5 * MS,
+                                10 * MS,   25 * MS,   50 * MS,   100 * MS,  250 * MS,   500 * MS,
                                 1000 * MS, 2500 * MS, 5000 * MS, 10000 * MS};
 
 const char *const rcd_resume_src_name[RCD_RESUME__COUNT] = {"slot", "host_cache", "disk", "redis"};
@@ -155,8 +155,7 @@ void rcd_mw_family(rcd_mw_t *w, const char *name, rcd_mtype_t type, const char *
     }
     putf(w, "# HELP %s%s ", name, suffix(type));
     put_escaped(w, help, false);
-    putf(w, "\n# TYPE %s%s %s\n", name, suffix(type),
-         type == RCD_MT_INFO ? "gauge" : types[type]);
+    putf(w, "\n# TYPE %s%s %s\n", name, suffix(type), type == RCD_MT_INFO ? "gauge" : types[type]);
 }
 
 void rcd_mw_common(rcd_mw_t *w, const rcd_label_t *labels, int n)
@@ -217,7 +216,8 @@ void rcd_mw_hist(rcd_mw_t *w, const rcd_label_t *labels, int n, const rcd_hist_t
     }
     char sum[40];
     rcd_metrics_fmt_double(sum, sizeof(sum),
-                           (double)atomic_load_explicit(&m->sum, memory_order_relaxed) / (double)h->per);
+                           (double)atomic_load_explicit(&m->sum, memory_order_relaxed) /
+                               (double)h->per);
     putf(w, "%s_sum", w->family);
     put_labels(w, labels, n, NULL);
     putf(w, " %s\n%s_count", sum, w->family);

@@ -77,8 +77,8 @@ typedef struct rcd_mw {
     char *p;
     size_t len, cap;
     int err;
-    bool om;                   /* OpenMetrics 1.0.0, else text 0.0.4 */
-    const char *family;        /* the family being written */
+    bool om;            /* OpenMetrics 1.0.0, else text 0.0.4 */
+    const char *family; /* the family being written */
     rcd_mtype_t type;
     const rcd_label_t *common; /* labels put first on every sample (e.g. model); may be NULL */
     int n_common;
@@ -119,11 +119,11 @@ typedef enum rcd_resume_src {
 extern const char *const rcd_resume_src_name[RCD_RESUME__COUNT];
 
 typedef struct rcd_metrics {
-    rcd_hist_t step_batch_size;       /* engine: entries (sequences) per planned step */
-    rcd_hist_t step_budget_use;       /* engine: tokens / step budget, per mille */
-    rcd_hist_t group_commit_size;     /* statestore: checkpoints per group flush */
-    rcd_hist_t commit_ns;             /* daemon: a turn's checkpoint commit (store call -> ack) */
-    rcd_hist_t resume_ns[RCD_RESUME__COUNT]; /* a session's state ready, by source */
+    rcd_hist_t step_batch_size;   /* engine: entries (sequences) per planned step */
+    rcd_hist_t step_budget_use;   /* engine: tokens / step budget, per mille */
+    rcd_hist_t group_commit_size; /* statestore: checkpoints per group flush */
+    rcd_hist_t commit_ns;         /* daemon: a turn's checkpoint commit (store call -> ack) */
+    rcd_hist_t resume_ns[RCD_RESUME__COUNT];               /* a session's state ready, by source */
     rcd_counter_t spec_draft_tokens, spec_accepted_tokens; /* speculative decoding (none yet) */
 } rcd_metrics_t;
 

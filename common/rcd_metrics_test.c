@@ -112,7 +112,8 @@ static void test_escaping(void)
         rcd_mw_family(&w, "t_g", RCD_MT_GAUGE, NULL, "a \\ b\nc \"d\"");
         rcd_mw_uint(&w, (rcd_label_t[]){{"tenant", "x\"y\\z\nw"}}, 1, 7);
         char *out = finish(&w);
-        const char *help = om ? "# HELP t_g a \\\\ b\\nc \\\"d\\\"\n" : "# HELP t_g a \\\\ b\\nc \"d\"\n";
+        const char *help =
+            om ? "# HELP t_g a \\\\ b\\nc \\\"d\\\"\n" : "# HELP t_g a \\\\ b\\nc \"d\"\n";
         CHECK_MSG(out && strstr(out, help), "om %d:\n%s", om, out ? out : "(null)");
         CHECK_MSG(out && strstr(out, "t_g{tenant=\"x\\\"y\\\\z\\nw\"} 7\n"), "om %d:\n%s", om,
                   out ? out : "(null)");
@@ -126,9 +127,10 @@ static void test_fmt_double(void)
     struct {
         double v;
         const char *want;
-    } cases[] = {{0.005, "0.005"}, {1.0, "1.0"},   {5000000 * 1e-9, "0.005"}, {2.5, "2.5"},
-                 {160.0, "160.0"}, {0.1, "0.1"},   {1.0 / 0.0, "+Inf"},       {-1.0 / 0.0, "-Inf"},
-                 {0.0, "0.0"},     {1e-4, "0.0001"}, {12345678.0, "12345678.0"}};
+    } cases[] = {
+        {0.005, "0.005"}, {1.0, "1.0"},     {5000000 * 1e-9, "0.005"}, {2.5, "2.5"},
+        {160.0, "160.0"}, {0.1, "0.1"},     {1.0 / 0.0, "+Inf"},       {-1.0 / 0.0, "-Inf"},
+        {0.0, "0.0"},     {1e-4, "0.0001"}, {12345678.0, "12345678.0"}};
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         rcd_metrics_fmt_double(b, sizeof(b), cases[i].v);
         CHECK_MSG(!strcmp(b, cases[i].want), "%g: got %s, want %s", cases[i].v, b, cases[i].want);

@@ -36,16 +36,18 @@ static const char *const out_name[OUT__COUNT] = {"stop",    "length",    "eos",
 
 #define MS 1000000ull
 /* request latencies: 1 ms .. 160 s */
-static const uint64_t b_req[] = {MS,        5 * MS / 2, 5 * MS,     10 * MS,    25 * MS,
-                                 50 * MS,   100 * MS,   250 * MS,   500 * MS,   1000 * MS,
-                                 2500 * MS, 5000 * MS,  10000 * MS, 20000 * MS, 40000 * MS,
+static const uint64_t b_req[] = {MS,         5 * MS / 2, 5 * MS,     10 * MS,    25 * MS,
+                                 50 * MS,    100 * MS,   250 * MS,   500 * MS,   1000 * MS,
+                                 2500 * MS,  5000 * MS,  10000 * MS, 20000 * MS, 40000 * MS,
                                  80000 * MS, 160000 * MS};
 /* inter-token latency: 1 ms .. 2.5 s */
-static const uint64_t b_itl[] = {MS,       5 * MS / 2, 5 * MS,   15 * MS / 2, 10 * MS,
-                                 15 * MS,  20 * MS,    25 * MS,  30 * MS,     40 * MS,
-                                 50 * MS,  75 * MS,    100 * MS, 150 * MS,    200 * MS,
-                                 300 * MS, 400 * MS,   500 * MS, 750 * MS,    1000 * MS,
-                                 2500 * MS};
+static const uint64_t b_itl[] = {MS,       5 * MS / 2, 5 * MS,   15 * MS / 2, 10 * MS,  15 * MS,
+                                 20 * MS,  25 * MS,    30 * MS,  40 * MS,     50 * MS,  75 * MS,
+                                 100 * MS, 150 * MS,   200 * MS, 300 * MS,    400 * MS, 500 * MS,
+                                 750 * MS, 1000 * MS,  2500 * MS};
+/* tokens per turn: 1, 2, 5 .. 100000 */
+static const uint64_t b_len[] = {1,   2,    5,    10,   20,    50,    100,   200,
+                                 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000};
 
 static struct {
     char tenants[DMN_MT_TENANTS][STORE_TENANT_MAX + 1];
@@ -53,7 +55,7 @@ static struct {
     bool other_used;
     rcd_counter_t finished[DMN_MT_TENANTS + 1][OUT__COUNT];
     rcd_counter_t prompt_tokens[DMN_MT_TENANTS + 1], gen_tokens[DMN_MT_TENANTS + 1];
-    rcd_hist_t ttft, itl, e2e, queue, prefill, decode;
+    rcd_hist_t ttft, itl, e2e, queue, prefill, decode, prompt_len, gen_len;
     rcd_counter_t rpc[DMN_M__COUNT + 1][17];
 } g_m = {
     .ttft = RCD_HIST_INIT(b_req, RCD_NS_PER_S),
@@ -62,22 +64,41 @@ static struct {
     .queue = RCD_HIST_INIT(b_req, RCD_NS_PER_S),
     .prefill = RCD_HIST_INIT(b_req, RCD_NS_PER_S),
     .decode = RCD_HIST_INIT(b_req, RCD_NS_PER_S),
+    .prompt_len = RCD_HIST_INIT(b_len, 1),
+    .gen_len = RCD_HIST_INIT(b_len, 1),
 };
 
 static const char *const method_name[DMN_M__COUNT + 1] = {
-    [DMN_M_LIST_MODELS] = "ListModels",       [DMN_M_CREATE_SESSION] = "CreateSession",
-    [DMN_M_GET_SESSION] = "GetSession",       [DMN_M_FORK_SESSION] = "ForkSession",
-    [DMN_M_DELETE_SESSION] = "DeleteSession", [DMN_M_TOKENIZE] = "Tokenize",
-    [DMN_M_DETOKENIZE] = "Detokenize",        [DMN_M_GENERATE] = "Generate",
-    [DMN_M_HEALTH_CHECK] = "HealthCheck",     [DMN_M_HEALTH_WATCH] = "HealthWatch",
+    [DMN_M_LIST_MODELS] = "ListModels",
+    [DMN_M_CREATE_SESSION] = "CreateSession",
+    [DMN_M_GET_SESSION] = "GetSession",
+    [DMN_M_FORK_SESSION] = "ForkSession",
+    [DMN_M_DELETE_SESSION] = "DeleteSession",
+    [DMN_M_TOKENIZE] = "Tokenize",
+    [DMN_M_DETOKENIZE] = "Detokenize",
+    [DMN_M_GENERATE] = "Generate",
+    [DMN_M_HEALTH_CHECK] = "HealthCheck",
+    [DMN_M_HEALTH_WATCH] = "HealthWatch",
     [DMN_M_UNKNOWN] = "unknown",
 };
 
 static const char *const grpc_code_name[17] = {
-    "OK",        "CANCELLED",          "UNKNOWN",        "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED", "NOT_FOUND",  "ALREADY_EXISTS", "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
-    "UNIMPLEMENTED", "INTERNAL",       "UNAVAILABLE",    "DATA_LOSS",
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
     "UNAUTHENTICATED",
 };
 
@@ -97,7 +118,7 @@ static int tenant_index(const dmn_call_t *c)
 void dmn_metrics_turn_begin(const dmn_call_t *c, dmn_mturn_t *m)
 {
     m->t_submit = uv_hrtime();
-    m->t_last = m->t_commit = 0;
+    m->t_last = m->t_commit = m->n_tokens = 0;
     m->tenant = tenant_index(c);
     m->begun = true;
 }
@@ -106,6 +127,7 @@ void dmn_metrics_token(dmn_mturn_t *m)
 {
     uint64_t now = uv_hrtime();
     rcd_counter_add(&g_m.gen_tokens[m->tenant], 1);
+    m->n_tokens++;
     if (m->t_last)
         rcd_hist_observe(&g_m.itl, now - m->t_last);
     else
@@ -134,17 +156,16 @@ void dmn_metrics_resume(const dmn_call_t *c, bool from_disk)
 }
 
 void dmn_metrics_turn_end(dmn_mturn_t *m, int rc, bool finished, int finish_reason,
-                          int32_t prompt_tokens, uint64_t t_start, uint64_t t_first,
-                          uint64_t t_end)
+                          int32_t prompt_tokens, uint64_t t_start, uint64_t t_first, uint64_t t_end)
 {
     if (!m->begun) return;
     m->begun = false;
-    int o = !finished                 ? OUT_CANCELLED
-            : rc                      ? OUT_ERROR
-            : finish_reason == 1      ? OUT_LENGTH
-            : finish_reason == 3      ? OUT_EOS
-            : finish_reason == 4      ? OUT_CONTEXT
-                                      : OUT_STOP;
+    int o = !finished            ? OUT_CANCELLED
+            : rc                 ? OUT_ERROR
+            : finish_reason == 1 ? OUT_LENGTH
+            : finish_reason == 3 ? OUT_EOS
+            : finish_reason == 4 ? OUT_CONTEXT
+                                 : OUT_STOP;
     rcd_counter_add(&g_m.finished[m->tenant][o], 1);
     if (prompt_tokens > 0) rcd_counter_add(&g_m.prompt_tokens[m->tenant], (uint64_t)prompt_tokens);
     if (!finished || rc || !t_end) return;
@@ -154,6 +175,8 @@ void dmn_metrics_turn_end(dmn_mturn_t *m, int rc, bool finished, int finish_reas
     rcd_hist_observe(&g_m.queue, ts - t0);
     rcd_hist_observe(&g_m.prefill, tf - ts);
     rcd_hist_observe(&g_m.decode, t_end - tf);
+    rcd_hist_observe(&g_m.prompt_len, (uint64_t)(prompt_tokens > 0 ? prompt_tokens : 0));
+    rcd_hist_observe(&g_m.gen_len, m->n_tokens);
 }
 
 void dmn_metrics_rpc(int method, int status_rc)
@@ -273,14 +296,17 @@ static void render_requests(rcd_mw_t *w, dmn_server_t *s)
     family_h(w, "recurd_inter_token_latency_seconds", "seconds",
              "Generate turns: time between two consecutive sampled tokens.", &g_m.itl);
     family_h(w, "recurd_e2e_request_latency_seconds", "seconds",
-             "Generate turns that succeeded: arrival to the end (the commit included).",
-             &g_m.e2e);
+             "Generate turns that succeeded: arrival to the end (the commit included).", &g_m.e2e);
     family_h(w, "recurd_request_queue_time_seconds", "seconds",
              "Generate turns that succeeded: arrival to the engine's first step.", &g_m.queue);
     family_h(w, "recurd_request_prefill_time_seconds", "seconds",
              "Generate turns that succeeded: first step to the first token.", &g_m.prefill);
     family_h(w, "recurd_request_decode_time_seconds", "seconds",
              "Generate turns that succeeded: first token to the end.", &g_m.decode);
+    family_h(w, "recurd_request_prompt_tokens", NULL,
+             "Generate turns that succeeded: prompt tokens per turn.", &g_m.prompt_len);
+    family_h(w, "recurd_request_generation_tokens", NULL,
+             "Generate turns that succeeded: tokens sampled per turn.", &g_m.gen_len);
     rcd_mw_family(w, "recurd_rpc_requests", RCD_MT_COUNTER, NULL,
                   "gRPC calls answered, by method and status code.");
     for (int m = 0; m <= DMN_M__COUNT; m++)
@@ -340,8 +366,8 @@ static void render_store(rcd_mw_t *w, dmn_server_t *s)
              "Bytes of session states in the store's host cache.", (uint64_t)st.cache_bytes);
     family_u(w, "recurd_store_commits", RCD_MT_COUNTER, NULL, "Session checkpoints committed.",
              st.commits);
-    family_u(w, "recurd_session_expiries", RCD_MT_COUNTER, NULL,
-             "Sessions removed by idle expiry.", st.expired);
+    family_u(w, "recurd_session_expiries", RCD_MT_COUNTER, NULL, "Sessions removed by idle expiry.",
+             st.expired);
     family_u(w, "recurd_redis_errors", RCD_MT_COUNTER, NULL,
              "Shared-tier (Redis) operations that failed.", st.redis_errors);
     rcd_mw_family(w, "recurd_session_resumes", RCD_MT_COUNTER, NULL,
@@ -358,8 +384,7 @@ static void render_store(rcd_mw_t *w, dmn_server_t *s)
         rcd_mw_hist(w, &l, 1, &rcd_metrics.resume_ns[i]);
     }
     family_h(w, "recurd_checkpoint_commit_seconds", "seconds",
-             "A turn's checkpoint commit: handed to the store to durable.",
-             &rcd_metrics.commit_ns);
+             "A turn's checkpoint commit: handed to the store to durable.", &rcd_metrics.commit_ns);
     family_h(w, "recurd_group_commit_size", NULL,
              "Checkpoints made durable by one group flush (group commit; disk stores).",
              &rcd_metrics.group_commit_size);

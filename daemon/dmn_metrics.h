@@ -18,6 +18,7 @@ int dmn_metrics_render(struct dmn_server *s, bool openmetrics, char **out, size_
 /* A Generate turn's metrics record (kept in the turn; zeroed with it). */
 typedef struct dmn_mturn {
     uint64_t t_submit, t_last, t_commit; /* uv_hrtime() */
+    uint64_t n_tokens;                   /* sampled so far */
     int tenant;                          /* index in the tenant table (API keys), else 0 */
     bool begun;
 } dmn_mturn_t;

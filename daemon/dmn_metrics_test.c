@@ -80,8 +80,8 @@ static void test_render_known(void)
     uint64_t t = m[0].t_submit, t1 = m[1].t_submit;
     dmn_metrics_turn_end(&m[0], 0, true, 1, 5, t + 1000, t + 2000, t + 3000);    /* length */
     dmn_metrics_turn_end(&m[1], 0, true, 3, 7, t1 + 1000, t1 + 2000, t1 + 3000); /* eos */
-    dmn_metrics_turn_end(&m[2], RCD_ETOOBIG, true, 0, 0, 0, 0, 0);           /* refused */
-    dmn_metrics_turn_end(&m[3], 0, false, 0, 9, t + 1000, t + 2000, 0);       /* cancelled */
+    dmn_metrics_turn_end(&m[2], RCD_ETOOBIG, true, 0, 0, 0, 0, 0);               /* refused */
+    dmn_metrics_turn_end(&m[3], 0, false, 0, 9, t + 1000, t + 2000, 0);          /* cancelled */
     dmn_metrics_turn_end(&m[3], 0, false, 0, 9, 0, 0, 0); /* a second end counts nothing */
     dmn_metrics_resume(&c, false);
     c.fetched_shared = true;
@@ -93,13 +93,12 @@ static void test_render_known(void)
     char *text = render(&s, false), *om = render(&s, true);
     const char *M = "model=\"tiny \\\"q\\\"\"";
     char line[256];
-#define HAS(...)                                                                           \
-    do {                                                                                   \
-        snprintf(line, sizeof(line), __VA_ARGS__);                                         \
-        CHECK(has(text, line));                                                            \
+#define HAS(...)                                                                                   \
+    do {                                                                                           \
+        snprintf(line, sizeof(line), __VA_ARGS__);                                                 \
+        CHECK(has(text, line));                                                                    \
     } while (0)
-    HAS("recurd_build_info{version=\"%s\",model=\"tiny \\\"q\\\"\",backend=\"\"} 1\n",
-        RCD_VERSION);
+    HAS("recurd_build_info{version=\"%s\",model=\"tiny \\\"q\\\"\",backend=\"\"} 1\n", RCD_VERSION);
     HAS("recurd_requests_finished_total{%s,outcome=\"length\"} 1\n", M);
     HAS("recurd_requests_finished_total{%s,outcome=\"eos\"} 1\n", M);
     HAS("recurd_requests_finished_total{%s,outcome=\"error\"} 1\n", M);
@@ -112,6 +111,12 @@ static void test_render_known(void)
     HAS("recurd_e2e_request_latency_seconds_count{%s} 2\n", M);
     HAS("recurd_e2e_request_latency_seconds_sum{%s} 6e-06\n", M);
     HAS("recurd_request_decode_time_seconds_bucket{%s,le=\"0.001\"} 2\n", M);
+    HAS("recurd_request_prompt_tokens_bucket{%s,le=\"5.0\"} 1\n", M);
+    HAS("recurd_request_prompt_tokens_bucket{%s,le=\"10.0\"} 2\n", M);
+    HAS("recurd_request_prompt_tokens_sum{%s} 12.0\n", M);
+    HAS("recurd_request_generation_tokens_bucket{%s,le=\"2.0\"} 1\n", M);
+    HAS("recurd_request_generation_tokens_bucket{%s,le=\"5.0\"} 2\n", M);
+    HAS("recurd_request_generation_tokens_sum{%s} 4.0\n", M);
     HAS("recurd_session_resumes_total{%s,source=\"host_cache\"} 1\n", M);
     HAS("recurd_session_resumes_total{%s,source=\"redis\"} 1\n", M);
     HAS("recurd_session_resumes_total{%s,source=\"slot\"} 0\n", M);
@@ -156,7 +161,7 @@ static void test_tenants_bounded(void)
     char *text = render(&s, false), *om = render(&s, true);
     char line[256];
     HAS("recurd_prompt_tokens_total{model=\"\",tenant=\"t01\"} 8\n"); /* t00: index 0, which
-                                                                  * test_render_known shares */
+                                                                       * test_render_known shares */
     HAS("recurd_prompt_tokens_total{model=\"\",tenant=\"t31\"} 8\n");
     HAS("recurd_prompt_tokens_total{model=\"\",tenant=\"other\"} 64\n");
     HAS("recurd_generation_tokens_total{model=\"\",tenant=\"other\"} 16\n");

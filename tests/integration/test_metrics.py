@@ -147,6 +147,12 @@ class Metrics(unittest.TestCase):
                   "request_decode_time"):
             self.assertEqual(value(s, "recurd_%s_seconds_count" % h), turns, h)
             self.assertEqual(value(s, "recurd_%s_seconds_bucket" % h, le="+Inf"), turns, h)
+        self.assertEqual(value(s, "recurd_request_prompt_tokens_count"), turns)
+        self.assertEqual(value(s, "recurd_request_prompt_tokens_sum"), 30 + 16 + 200)
+        self.assertEqual(value(s, "recurd_request_prompt_tokens_bucket", le="10.0"), 5)
+        self.assertEqual(value(s, "recurd_request_generation_tokens_sum"), 27)
+        self.assertEqual(value(s, "recurd_request_generation_tokens_bucket", le="2.0"), 2)
+        self.assertEqual(value(s, "recurd_request_generation_tokens_bucket", le="5.0"), turns)
         self.assertEqual(value(s, "recurd_session_resumes_total", source="disk"), 1)
         self.assertEqual(value(s, "recurd_session_resumes_total", source="host_cache"), 0)
         self.assertEqual(value(s, "recurd_session_resumes_total", source="redis"), 0)
