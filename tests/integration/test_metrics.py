@@ -200,6 +200,24 @@ class Metrics(unittest.TestCase):
             h = fams["recurd_e2e_request_latency_seconds"]
             self.assertEqual([x.value for x in h.samples if x.name.endswith("_count")], [turns])
 
+        # a stream the client cancels after its first message: outcome "cancelled"
+        stream = self.api.Generate(gen_request(tokens=[7, 8, 9], max_tokens=4000,
+                                               ignore_eos=True), timeout=300)
+        next(stream)
+        stream.cancel()
+        deadline = time.time() + 60
+        while True:
+            s = samples(scrape(self.d)[1])
+            if (value(s, "recurd_requests_finished_total", outcome="cancelled") == 1
+                    and value(s, "recurd_requests_running") == 0):
+                break
+            self.assertLess(time.time(), deadline, "the cancelled turn was never counted (or "
+                            "never left its slot)")
+            time.sleep(0.05)
+        self.assertEqual(value(s, "recurd_requests_finished_total", outcome="length"), turns)
+        self.assertEqual(value(s, "recurd_e2e_request_latency_seconds_count"), turns)
+        self.assertGreaterEqual(value(s, "recurd_generation_tokens_total"), 27 + 1)
+
 
 def _digest(key):
     return hashlib.sha256(key.encode()).hexdigest()
