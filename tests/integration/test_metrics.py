@@ -223,6 +223,30 @@ def _digest(key):
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+class Documented(unittest.TestCase):
+    """Every family the daemon exposes is in daemon/README.md's "Metrics" table, and every
+    metric the table names is exposed."""
+
+    def test_readme_lists_every_family(self):
+        with open(os.path.join(os.path.dirname(__file__), "..", "..", "daemon",
+                               "README.md")) as f:
+            doc = f.read()
+        section = doc.split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
+        rows = [l for l in section.splitlines() if l.startswith("| `")]
+        documented = set()
+        for row in rows:
+            documented.update(re.findall(r"`((?:recurd|process)_[a-z0-9_]+)`", row.split("|")[1]))
+        d = Daemon("--ephemeral")
+        try:
+            text = scrape(d)[1]
+        finally:
+            self.assertEqual(d.stop(), 0)
+        exposed = set(re.findall(r"^# TYPE (\S+) ", text, re.M))
+        self.assertEqual(exposed - documented, set(), "exposed but not documented")
+        self.assertEqual(documented - exposed, set(), "documented but not exposed")
+        self.assertGreater(len(exposed), 40)
+
+
 class Tenants(unittest.TestCase):
     """With --api-keys, the request and token counters carry the key's tenant."""
 
