@@ -2,7 +2,9 @@
  * pairs to the loop through uv_async, armed call requests per method, per-call batches and
  * lifetime, and the drain/shutdown sequence (see shared/design/grpc-core-notes.md). */
 #include "daemon/dmn.h"
+#include "daemon/dmn_http.h"
 #include "daemon/dmn_meta.h"
+#include "daemon/dmn_metrics.h"
 #include "daemon/dmn_tls.h"
 #include "daemon/dmn_wire.h"
 
@@ -272,6 +274,7 @@ int dmn_call_send(dmn_call_t *c, const ProtobufCMessage *msg, bool final, int st
         trailing_md(c, status_rc, &ops[n]);
         n++;
         c->status_sent = true;
+        dmn_metrics_rpc(c->method, status_rc);
     }
     c->send_busy = true;
     c->op_send.cb = on_send_cb;
@@ -321,6 +324,7 @@ static void unary_finish(dmn_call_t *c, const ProtobufCMessage *msg, int rc, con
     ops[n].data.recv_close_on_server.cancelled = &c->cancelled;
     n++;
     c->status_sent = c->md_sent = c->closed = true;
+    dmn_metrics_rpc(c->method, rc);
     c->op_send.cb = unary_done_cb;
     dmn_call_batch(c, ops, n, &c->op_send);
     dmn_log(rc ? DMN_INFO : DMN_DEBUG, "rpc_done", c->rid, NULL, "method %s status %d%s%s",
@@ -539,6 +543,7 @@ static void finish_drain(dmn_server_t *s)
     grpc_server_shutdown_and_notify(s->server, s->cq, &s->op_shutdown);
     dmn_generate_cancel_all(s, RCD_EUNAVAILABLE);
     grpc_server_cancel_all_calls(s->server);
+    dmn_http_stop(s); /* closes every HTTP connection; the listener's handles go with them */
     maybe_exit(s);
 }
 
@@ -584,6 +589,7 @@ void dmn_server_drain(dmn_server_t *s, const char *why)
     dmn_log(DMN_INFO, "drain", NULL, NULL, "%s: draining, %d turn(s) in flight, grace %ld ms", why,
             s->n_turns, s->opts->drain_grace_ms);
     dmn_health_notify(s);
+    dmn_http_drain(s); /* stops accepting; /health answers 503 */
     uv_timer_start(&s->grace_timer, on_grace, (uint64_t)s->opts->drain_grace_ms, 0);
     if (s->n_turns == 0) finish_drain(s);
 }
