@@ -192,10 +192,10 @@ void dmn_server_turn_done(dmn_server_t *s); /* a Generate finished: drain may pr
  * out of memory. */
 dmn_call_t *dmn_call_local(dmn_server_t *s, dmn_method_t m, const dmn_sink_i *sink, void *user,
                            const char *rid);
-/* Runs c's handler on req (packed as the gRPC payload would be: one validation path), after
- * the drain check (UNAVAILABLE) and the API key check (md; NULL: none sent). Every outcome is
- * a reply through the sink. */
-void dmn_call_local_start(dmn_call_t *c, const ProtobufCMessage *req, const dmn_auth_md_t *md);
+/* Runs c's handler on req (packed as the gRPC payload would be: one unpack and validation
+ * path) after the drain check (UNAVAILABLE). The caller has set c->tenant / c->auth_tenant
+ * (its own API key check, dmn_tenant.c's rules). Every outcome is a reply through the sink. */
+void dmn_call_local_start(dmn_call_t *c, const ProtobufCMessage *req);
 void dmn_call_sent(dmn_call_t *c, bool ok); /* the sink wrote the last send (ok) or failed */
 void dmn_call_gone(dmn_call_t *c);          /* the sink's client went away */
 

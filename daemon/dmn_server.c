@@ -357,16 +357,13 @@ dmn_call_t *dmn_call_local(dmn_server_t *s, dmn_method_t m, const dmn_sink_i *si
     return c;
 }
 
-void dmn_call_local_start(dmn_call_t *c, const ProtobufCMessage *req, const dmn_auth_md_t *md)
+void dmn_call_local_start(dmn_call_t *c, const ProtobufCMessage *req)
 {
     dmn_server_t *s = c->srv;
     if (s->draining) {
         dmn_call_fail(c, RCD_EUNAVAILABLE, "server is draining");
         return;
     }
-    dmn_auth_md_t none;
-    memset(&none, 0, sizeof(none));
-    if (dmn_auth_call(c, md ? md : &none) != 0) return;
     /* the same bytes a gRPC client would send: one unpack and validation path */
     size_t n = protobuf_c_message_get_packed_size(req);
     grpc_slice sl = grpc_slice_malloc(n);
