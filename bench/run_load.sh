@@ -45,7 +45,7 @@ trap 'stop; rm -rf "$TMP"' EXIT
 start() { # start LABEL recurd-args...
   local label=$1; shift
   rm -f "$TMP/port"
-  "$RECURD" --model "$MODEL" --ephemeral --port 0 --port-file "$TMP/port" --no-progress \
+  "$RECURD" --model "$MODEL" --ephemeral --port 0 --port-file "$TMP/port" --http-port 0 --no-progress \
     --threads "$THREADS" --slots "$SLOTS" --max-queue 1024 --max-prompt 2048 \
     --max-step-tokens "$STEP_TOKENS" --pipeline "$PIPELINE" --matmul "$MATMUL" "$@" \
     2>"$TMP/$label.log" &

@@ -253,7 +253,7 @@ class Daemon:
 
     def cmd(self):
         return [self.a.recurd, "--model", self.a.model, "--state-dir", self.state_dir,
-                "--port", str(self.port), "--no-progress", "--threads", str(self.a.threads),
+                "--port", str(self.port), "--http-port", "0", "--no-progress", "--threads", str(self.a.threads),
                 "--slots", str(self.a.slots)] + self.a.daemon_args
 
     def start(self):

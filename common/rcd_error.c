@@ -41,6 +41,24 @@ int rcd_grpc_status(int err)
     return 2; /* UNKNOWN */
 }
 
+int rcd_http_status(int err)
+{
+    switch (rcd_grpc_status(err)) {
+    case 0: return 200;
+    case 1: return 499;
+    case 3: case 9: case 11: return 400;
+    case 4: return 504;
+    case 5: return 404;
+    case 6: case 10: return 409;
+    case 7: return 403;
+    case 8: return 429;
+    case 12: return 501;
+    case 14: return 503;
+    case 16: return 401;
+    default: return 500;
+    }
+}
+
 int rcd_errno_code(int errnum)
 {
     return errnum == ENOSPC || errnum == EDQUOT ? RCD_ENOSPACE : RCD_EIO;

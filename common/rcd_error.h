@@ -50,6 +50,12 @@ const char *rcd_strerror(int err);
 const char *rcd_errname(int err);
 /* gRPC status code (grpc_status_code value) for an error code. */
 int rcd_grpc_status(int err);
+/* HTTP status for an error code, from its gRPC status (the usual gRPC/HTTP mapping, so the
+ * table stays one): INVALID_ARGUMENT, FAILED_PRECONDITION, OUT_OF_RANGE 400, UNAUTHENTICATED
+ * 401, PERMISSION_DENIED 403, NOT_FOUND 404, ALREADY_EXISTS and ABORTED 409,
+ * RESOURCE_EXHAUSTED 429, CANCELLED 499, UNIMPLEMENTED 501, UNAVAILABLE 503,
+ * DEADLINE_EXCEEDED 504, the rest 500; 0 → 200. */
+int rcd_http_status(int err);
 
 /* The code for a failed system call's errno: RCD_ENOSPACE for ENOSPC and EDQUOT (the client
  * can free space: RESOURCE_EXHAUSTED), RCD_EIO for the rest. Callers name the errno's text in

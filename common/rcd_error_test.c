@@ -22,6 +22,17 @@ static void test_table(void)
     CHECK(rcd_grpc_status(RCD_OK) == 0);
     CHECK(rcd_grpc_status(RCD_EINVAL) == 3);
     CHECK(rcd_grpc_status(RCD_ENOTFOUND) == 5);
+    /* the HTTP status comes from the gRPC one: every code has one, within 200..599 */
+    CHECK(rcd_http_status(RCD_OK) == 200);
+    CHECK(rcd_http_status(RCD_EINVAL) == 400);
+    CHECK(rcd_http_status(RCD_ENOTFOUND) == 404);
+    CHECK(rcd_http_status(RCD_ETOOBIG) == 429);
+    CHECK(rcd_http_status(RCD_EUNAUTHENTICATED) == 401);
+    CHECK(rcd_http_status(RCD_EFORBIDDEN) == 403);
+    CHECK(rcd_http_status(RCD_EUNAVAILABLE) == 503);
+    CHECK(rcd_http_status(RCD_ECONFLICT) == 409);
+    CHECK(rcd_http_status(RCD_EINTERNAL) == 500);
+    CHECK(rcd_http_status(-9999) == 500);
     CHECK(rcd_grpc_status(RCD_EMISMATCH) == 9);
     CHECK(rcd_grpc_status(RCD_EPRECONDITION) == 9); /* FAILED_PRECONDITION */
     CHECK(rcd_grpc_status(RCD_ENOSPACE) == 8);      /* RESOURCE_EXHAUSTED */

@@ -153,6 +153,7 @@ struct dmn_server {
     uv_signal_t sig_hup;     /* SIGHUP: dmn_reload */
     struct dmn_tls *tls;     /* TLS files and their reload; NULL: plaintext (main owns it) */
     dmn_keys_t *keys;        /* --api-keys; NULL: no keys, sessions are unprotected */
+    struct dmn_http *http;   /* the HTTP listener (dmn_http.h); NULL: none */
     uv_timer_t sweep_timer;  /* session expiry (dmn_expiry.c) */
     int64_t sweep_due_ms;    /* wall clock of its next run */
     uint64_t sweep_fixed_ms; /* RECURD_SESSION_SWEEP_MS (tests): a fixed period; 0: adaptive */
@@ -231,6 +232,13 @@ int dmn_auth_reload(dmn_server_t *s);
 /* Checks the call's key (not for health): 0 and c->tenant set, or RCD_EREPLIED when it was
  * answered UNAUTHENTICATED / PERMISSION_DENIED / INVALID_ARGUMENT (and audited). */
 int dmn_auth_call(dmn_call_t *c, const dmn_auth_md_t *md);
+/* The check itself, for any transport (gRPC above, HTTP in dmn_http.c): with keys, finds md's
+ * key and fills tenant and auth_tenant (as dmn_call_t's), auditing failures against `what`
+ * (the method or path). 0, or RCD_EUNAUTHENTICATED / RCD_EFORBIDDEN / RCD_EINVAL with the
+ * message in err. Without keys: 0 and both "". */
+int dmn_auth_check(dmn_server_t *s, const char *rid, const char *what, const dmn_auth_md_t *md,
+                   char tenant[STORE_TENANT_MAX + 1], char auth_tenant[STORE_TENANT_MAX + 1],
+                   char *err, size_t errlen);
 /* The store id of client id `id` in the call's scope (id itself without keys); RCD_EINVAL
  * for a bad id (out ""). */
 int dmn_scope(const dmn_call_t *c, const char *id, char out[STORE_SID_MAX + 1]);

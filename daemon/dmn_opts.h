@@ -34,6 +34,35 @@
       "listen on 0.0.0.0 (overrides host)")                                                        \
     X(port, INT, "50051", "RECURD_PORT", DMN_RANGE(0, 65535), "TCP port; 0 picks a free one")      \
     X(port_file, STR, "", "RECURD_PORT_FILE", DMN_ANY, "write the bound port to this file")        \
+    X(http_port, INT, "8080", "RECURD_HTTP_PORT", DMN_RANGE(-1, 65535),                           \
+      "HTTP port (OpenAI API, /metrics, /health), on --host or --listen-all like gRPC; 0 picks a " \
+      "free one; -1: no HTTP listener")                                                            \
+    X(http_port_file, STR, "", "RECURD_HTTP_PORT_FILE", DMN_ANY,                                   \
+      "write the bound HTTP port to this file")                                                    \
+    X(http_max_body_bytes, INT, "8388608", "RECURD_HTTP_MAX_BODY_BYTES",                           \
+      DMN_RANGE(1024, 1L << 30), "largest HTTP request body; longer ones get 413")                 \
+    X(http_max_headers, INT, "64", "RECURD_HTTP_MAX_HEADERS", DMN_RANGE(1, 100),                   \
+      "request headers an HTTP request may carry; more get 431 (over 100: H2O answers 400)")       \
+    X(http_max_header_bytes, INT, "16384", "RECURD_HTTP_MAX_HEADER_BYTES",                         \
+      DMN_RANGE(1024, 262144),                                                                     \
+      "bytes of request headers (names and values) an HTTP request may carry; more get 431")       \
+    X(http_max_connections, INT, "1024", "RECURD_HTTP_MAX_CONNECTIONS",                           \
+      DMN_RANGE(1, DMN_INT_MAX), "open HTTP connections; new ones beyond are closed at once")     \
+    X(http_idle_timeout_ms, INT, "60000", "RECURD_HTTP_IDLE_TIMEOUT_MS",                           \
+      DMN_RANGE(100, DMN_INT_MAX),                                                                 \
+      "an HTTP connection waiting this long for a request is closed (keep-alive idle)")           \
+    X(http_request_timeout_ms, INT, "10000", "RECURD_HTTP_REQUEST_TIMEOUT_MS",                     \
+      DMN_RANGE(100, DMN_INT_MAX),                                                                 \
+      "time a client has to send a whole HTTP request (headers and body) and to finish the TLS "  \
+      "handshake; slower ones are cut")                                                            \
+    X(http_write_timeout_ms, INT, "30000", "RECURD_HTTP_WRITE_TIMEOUT_MS",                         \
+      DMN_RANGE(100, DMN_INT_MAX),                                                                 \
+      "a streaming HTTP client that takes no byte of a pending write this long is cut")           \
+    X(http_max_queued_bytes, INT, "1048576", "RECURD_HTTP_MAX_QUEUED_BYTES",                       \
+      DMN_RANGE(4096, 1L << 30),                                                                   \
+      "bytes of a streaming HTTP response queued for a slow reader before its writer pauses")     \
+    X(metrics_require_key, BOOL, "false", "RECURD_METRICS_REQUIRE_KEY", DMN_ANY,                   \
+      "with --api-keys, GET /metrics needs a key too (default: open, as scrapers expect)")        \
     X(tls_cert, STR, "", "RECURD_TLS_CERT", DMN_ANY,                                               \
       "PEM certificate chain (server's first): serve gRPC over TLS; needs --tls-key; SIGHUP "      \
       "reloads it")                                                                                \

@@ -1,6 +1,7 @@
 /* daemon: SIGHUP — re-reads what may change without a restart, one call per part, each of which
  * logs its own failure and keeps what it had. Nothing drains or stops: open calls go on. */
 #include "daemon/dmn.h"
+#include "daemon/dmn_http.h"
 #include "daemon/dmn_tls.h"
 
 #include <stdio.h>
@@ -30,6 +31,16 @@ void dmn_reload(dmn_server_t *s)
     char done[1500] = "";
     int failed = 0;
     failed += reload_tls(s, done, sizeof(done)) != 0;
+    {
+        char what[600], err[600];
+        if (dmn_http_reload_tls(s, what, sizeof(what), err, sizeof(err)) == 0) {
+            if (s->opts->tls_cert[0] && dmn_http_port(s)) add_part(done, sizeof(done), "https", what);
+        } else {
+            dmn_log(DMN_ERROR, "reload", NULL, NULL, "https: %s; keeping the previous certificate",
+                    err);
+            failed++;
+        }
+    }
     if (s->keys) { /* started without keys: a reload does not turn them on */
         if (dmn_auth_reload(s) == 0) add_part(done, sizeof(done), "api keys", s->opts->api_keys);
         else failed++;

@@ -2,6 +2,7 @@
  * pairs to the loop through uv_async, armed call requests per method, per-call batches and
  * lifetime, and the drain/shutdown sequence (see shared/design/grpc-core-notes.md). */
 #include "daemon/dmn.h"
+#include "daemon/dmn_http.h"
 #include "daemon/dmn_meta.h"
 #include "daemon/dmn_tls.h"
 #include "daemon/dmn_wire.h"
@@ -634,6 +635,7 @@ static void finish_drain(dmn_server_t *s)
     grpc_server_shutdown_and_notify(s->server, s->cq, &s->op_shutdown);
     dmn_generate_cancel_all(s, RCD_EUNAVAILABLE);
     grpc_server_cancel_all_calls(s->server);
+    dmn_http_stop(s); /* closes every HTTP connection; the listener's handles go with them */
     maybe_exit(s);
 }
 
@@ -679,6 +681,7 @@ void dmn_server_drain(dmn_server_t *s, const char *why)
     dmn_log(DMN_INFO, "drain", NULL, NULL, "%s: draining, %d turn(s) in flight, grace %ld ms", why,
             s->n_turns, s->opts->drain_grace_ms);
     dmn_health_notify(s);
+    dmn_http_drain(s); /* stops accepting; /health answers 503 */
     uv_timer_start(&s->grace_timer, on_grace, (uint64_t)s->opts->drain_grace_ms, 0);
     if (s->n_turns == 0) finish_drain(s);
 }

@@ -65,39 +65,46 @@ static const char *method_name(dmn_method_t m)
     return m < DMN_M__COUNT ? names[m] : "unknown";
 }
 
-int dmn_auth_call(dmn_call_t *c, const dmn_auth_md_t *md)
+int dmn_auth_check(dmn_server_t *s, const char *rid, const char *what, const dmn_auth_md_t *md,
+                   char tenant[STORE_TENANT_MAX + 1], char auth_tenant[STORE_TENANT_MAX + 1],
+                   char *err, size_t errlen)
 {
-    dmn_server_t *s = c->srv;
-    c->tenant[0] = c->auth_tenant[0] = 0;
+    tenant[0] = auth_tenant[0] = 0;
     if (!s->keys) return 0;
     const dmn_key_t *k = md->authz_form ? dmn_keys_find(s->keys, md->digest) : NULL;
     if (!k) {
-        dmn_audit("audit_auth_failure", c->rid, NULL, NULL, md->has_authz ? "invalid" : "missing",
-                  "%s: %s API key", method_name(c->method),
-                  md->has_authz ? "invalid" : "missing");
-        dmn_call_fail(c, RCD_EUNAUTHENTICATED,
-                      "missing or invalid API key (send metadata authorization: Bearer KEY)");
-        return RCD_EREPLIED;
+        dmn_audit("audit_auth_failure", rid, NULL, NULL, md->has_authz ? "invalid" : "missing",
+                  "%s: %s API key", what, md->has_authz ? "invalid" : "missing");
+        return rcd_fail(RCD_EUNAUTHENTICATED, err, errlen,
+                        "missing or invalid API key (send metadata authorization: Bearer KEY)");
     }
-    snprintf(c->auth_tenant, sizeof(c->auth_tenant), "%s", k->tenant);
+    snprintf(auth_tenant, STORE_TENANT_MAX + 1, "%s", k->tenant);
     if (!md->has_tenant) {
-        snprintf(c->tenant, sizeof(c->tenant), "%s", k->tenant);
+        snprintf(tenant, STORE_TENANT_MAX + 1, "%s", k->tenant);
         return 0;
     }
     if (k->role != DMN_ROLE_ADMIN) {
-        dmn_audit("audit_auth_failure", c->rid, k->tenant, NULL, "forbidden",
-                  "%s: x-recurd-tenant sent with a user key", method_name(c->method));
-        dmn_call_fail(c, RCD_EFORBIDDEN, "x-recurd-tenant needs an admin key");
-        return RCD_EREPLIED;
+        dmn_audit("audit_auth_failure", rid, k->tenant, NULL, "forbidden",
+                  "%s: x-recurd-tenant sent with a user key", what);
+        return rcd_fail(RCD_EFORBIDDEN, err, errlen, "x-recurd-tenant needs an admin key");
     }
-    if (store_check_tenant(md->tenant, md->tenant_len) || md->tenant_len > STORE_TENANT_MAX) {
-        dmn_call_fail(c, RCD_EINVAL, "x-recurd-tenant must be 1 to %d bytes of [A-Za-z0-9._-]",
-                      STORE_TENANT_MAX);
-        return RCD_EREPLIED;
-    }
-    memcpy(c->tenant, md->tenant, md->tenant_len); /* checked: 1..STORE_TENANT_MAX bytes */
-    c->tenant[md->tenant_len] = 0;
+    if (store_check_tenant(md->tenant, md->tenant_len) || md->tenant_len > STORE_TENANT_MAX)
+        return rcd_fail(RCD_EINVAL, err, errlen,
+                        "x-recurd-tenant must be 1 to %d bytes of [A-Za-z0-9._-]",
+                        STORE_TENANT_MAX);
+    memcpy(tenant, md->tenant, md->tenant_len); /* checked: 1..STORE_TENANT_MAX bytes */
+    tenant[md->tenant_len] = 0;
     return 0;
+}
+
+int dmn_auth_call(dmn_call_t *c, const dmn_auth_md_t *md)
+{
+    char err[200];
+    int rc = dmn_auth_check(c->srv, c->rid, method_name(c->method), md, c->tenant,
+                            c->auth_tenant, err, sizeof(err));
+    if (!rc) return 0;
+    dmn_call_fail(c, rc, "%s", err);
+    return RCD_EREPLIED;
 }
 
 int dmn_scope(const dmn_call_t *c, const char *id, char out[STORE_SID_MAX + 1])

@@ -3,6 +3,7 @@
  * drain); then an orderly teardown (exit 0). Each phase logs its own failure. */
 #include "common/rcd_path.h"
 #include "daemon/dmn.h"
+#include "daemon/dmn_http.h"
 #include "daemon/dmn_quota.h"
 #include "daemon/dmn_tls.h"
 #include "engine/eng_runner.h"
@@ -354,6 +355,12 @@ static int serve(dmn_server_t *srv, bool *grpc_up)
         dmn_log(DMN_ERROR, "listen", NULL, NULL, "%s", err);
         return rc;
     }
+    if ((rc = dmn_http_start(srv, err, sizeof(err)))) {
+        dmn_log(DMN_ERROR, "http_listen", NULL, NULL, "%s", err);
+        dmn_server_drain(srv, "HTTP listener failed");
+        uv_run(srv->loop, UV_RUN_DEFAULT);
+        return rc;
+    }
     dmn_log(DMN_INFO, "ready", NULL, NULL,
             "model %s (%s, vocab %d, state %zu bytes, fingerprint %s), backend %s/%s, %d slots",
             srv->model_id, mi->architecture, mi->vocab_size, mi->state_bytes, mi->fingerprint_hex,
@@ -466,6 +473,7 @@ cleanup:
     if (grpc_up) grpc_shutdown();
     dmn_tls_destroy(srv.tls); /* after grpc_shutdown: gRPC's threads fetch from it */
     unload(&srv);
+    dmn_http_free(&srv);
     dmn_auth_close(&srv);
     dmn_opts_free(&opts);
     return exit_code;

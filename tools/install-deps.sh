@@ -13,6 +13,7 @@ pkgs=(
   libssl-dev openssl                # TLS (gRPC port, Redis), SHA-256 of API keys; certificates in the tests
   python3-venv python3-pip          # deploy/check-k8s.sh: pinned kubernetes-validate + checkov in build/deploy-venv
   haproxy                           # the load balancer in front of replicas (deploy/haproxy, test_scaleout)
+  libh2o-dev curl                   # the HTTP listener (H2O, libuv build); curl in test_http
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -210,7 +210,7 @@ int main(int argc, char **argv)
     if (pid == 0) {
         if (!freopen(logf, "w", stderr)) _exit(127);
         execl(bin, bin, "--port", "0", "--port-file", portf, "--no-progress", "--threads", "2",
-              (char *)NULL);
+              "--http-port", "0", (char *)NULL);
         _exit(127);
     }
     int port = 0;

@@ -78,6 +78,7 @@ class Daemon:
         """creds: grpc channel credentials for self.channel (a daemon serving TLS)."""
         self.tmp = tempfile.mkdtemp(prefix="recurd-it-")
         self.port_file = os.path.join(self.tmp, "port")
+        self.http_port_file = os.path.join(self.tmp, "http_port")
         self.log_path = os.path.join(self.tmp, "recurd.log")
         self.log = open(self.log_path, "wb")
         cmd = [daemon_binary(), "--port", "0", "--port-file", self.port_file, "--no-progress",
@@ -86,6 +87,10 @@ class Daemon:
         # unless the test chooses a --state-dir (or --ephemeral) itself.
         if not any(a.startswith("--state-dir") or a == "--ephemeral" for a in extra):
             cmd += ["--state-dir", os.path.join(self.tmp, "state")]
+        # Each daemon gets its own free HTTP port (tests run in parallel: never 8080), unless the
+        # test picks one (--http-port N, or -1 for none).
+        if not any(a.startswith("--http-port") for a in extra):
+            cmd += ["--http-port", "0", "--http-port-file", self.http_port_file]
         cmd += list(extra)
         e = dict(os.environ)
         e.update(env or {})
@@ -102,6 +107,11 @@ class Daemon:
         with open(self.port_file) as f:
             self.port = int(f.read())
         self.addr = "127.0.0.1:%d" % self.port
+        # the HTTP listener's port (written before the gRPC port file), None when not known
+        self.http_port = None
+        if os.path.exists(self.http_port_file):
+            with open(self.http_port_file) as f:
+                self.http_port = int(f.read())
         self.channel = (grpc.secure_channel(self.addr, creds) if creds
                         else grpc.insecure_channel(self.addr))
         grpc.channel_ready_future(self.channel).result(timeout=30)

@@ -134,7 +134,7 @@ class Replica:
         cmd = [daemon_binary(), "--port", str(self.port), "--port-file", port_file,
                "--no-progress", "--threads", "1", "--state-dir", self.state_dir,
                "--redis", self.redis_addr, "--replica-name", self.name,
-               "--drain-grace-ms", "20000"] + self.extra + list(extra)
+               "--drain-grace-ms", "20000", "--http-port", "0"] + self.extra + list(extra)
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 120
         while not os.path.exists(port_file):
