@@ -23,4 +23,23 @@ void chat_tmpl_free(chat_tmpl_t *t);
 int chat_tmpl_render(const chat_tmpl_t *t, const cJSON *ctx, char **out, size_t *out_len,
                      char *err, size_t errlen);
 
+/* Render limits (each 0 → the default below) and the clock strftime_now() reads. */
+#define CHAT_TMPL_MAX_SOURCE (1 << 20)      /* template text bytes (compile: RCD_ERANGE) */
+#define CHAT_TMPL_MAX_OUTPUT (16u << 20)    /* rendered bytes, also any string built */
+#define CHAT_TMPL_MAX_STEPS 2000000u        /* statements run + loop iterations + calls */
+#define CHAT_TMPL_MAX_DEPTH 64              /* nested macro calls */
+#define CHAT_TMPL_MAX_MEMORY (256u << 20)   /* render-time values (arena bytes) */
+struct chat_tmpl_opts {
+    size_t max_output;
+    unsigned long long max_steps;
+    int max_depth;
+    size_t max_memory;
+    long long now; /* Unix seconds for strftime_now (local time); 0: time(NULL) */
+};
+
+/* chat_tmpl_render with explicit limits (opts may be NULL); a limit hit is RCD_ERANGE. */
+int chat_tmpl_render_opts(const chat_tmpl_t *t, const cJSON *ctx,
+                          const struct chat_tmpl_opts *opts, char **out, size_t *out_len,
+                          char *err, size_t errlen);
+
 #endif
