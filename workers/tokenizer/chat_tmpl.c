@@ -1,5 +1,6 @@
 /* Chat templates: compile (normalize + parse) and render (a tree walk over ct_val_t values
  * with jinja2's semantics as Hugging Face's ImmutableSandboxedEnvironment sets it up). */
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -106,6 +107,34 @@ int chat_tmpl_compile(const char *text, size_t len, chat_tmpl_t **out, char *err
     }
     *out = t;
     return 0;
+}
+
+int chat_tmpl_compile_file(const char *path, chat_tmpl_t **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return rcd_fail(errno == ENOENT ? RCD_ENOTFOUND : RCD_EIO, err, errlen,
+                        "%s: %s", path, strerror(errno));
+    char *text = malloc(CHAT_TMPL_MAX_SOURCE + 1);
+    size_t n = text ? fread(text, 1, CHAT_TMPL_MAX_SOURCE + 1, f) : 0;
+    int rc = 0;
+    if (!text)
+        rc = rcd_fail(RCD_ENOMEM, err, errlen, "%s: out of memory", path);
+    else if (ferror(f))
+        rc = rcd_fail(RCD_EIO, err, errlen, "%s: read error", path);
+    else if (n > CHAT_TMPL_MAX_SOURCE)
+        rc = rcd_fail(RCD_ERANGE, err, errlen, "%s: larger than %d bytes", path,
+                      CHAT_TMPL_MAX_SOURCE);
+    fclose(f);
+    if (rc == 0) {
+        char msg[512];
+        rc = chat_tmpl_compile(text, n, out, msg, sizeof(msg));
+        if (rc)
+            rcd_fail(rc, err, errlen, "%s: %s", path, msg);
+    }
+    free(text);
+    return rc;
 }
 
 void chat_tmpl_free(chat_tmpl_t *t)
