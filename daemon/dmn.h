@@ -15,6 +15,7 @@
 #include "daemon/dmn_opts.h"
 #include "daemon/dmn_validate.h"
 #include "statestore/store.h"
+#include "workers/tokenizer/chat_tmpl.h"
 #include "workers/tokenizer/tok.h"
 #include "workers/wrk.h"
 
@@ -121,6 +122,12 @@ struct dmn_server {
     wrk_model_t *model;
     wrk_backend_t *backend;
     tok_t *tok;
+    /* Chat requests (issue 16): the compiled template (--chat-template, else the model's
+     * tokenizer_config.json chat_template, else CHAT_TMPL_DEFAULT; never NULL once loaded) and
+     * the bos_token / eos_token strings it renders with ("" when the model names none). main
+     * owns all three; read-only after start-up, so any thread may render. */
+    struct chat_tmpl *chat_tmpl;
+    char *bos_token, *eos_token;
     store_t *store;
     struct store_prefix *prefix; /* prompt-prefix snapshots; NULL: disabled */
     struct dmn_quota *quota;     /* per-tenant quotas (dmn_quota.h); NULL: none */

@@ -223,6 +223,46 @@ static void set_model_id(dmn_server_t *srv)
     if (slash) *slash = 0;
 }
 
+/* The chat template (--chat-template, else tokenizer_config.json's, else CHAT_TMPL_DEFAULT) and
+ * the bos/eos strings it renders with. A template that does not compile stops the daemon. */
+static int load_chat_template(dmn_server_t *srv)
+{
+    const dmn_opts_t *o = srv->opts;
+    const char *model_tmpl = srv->tok ? tok_chat_template(srv->tok) : NULL;
+    const char *bos = srv->tok ? tok_bos_token(srv->tok) : NULL;
+    const char *eos = srv->tok ? tok_eos_token(srv->tok) : NULL;
+    const char *source;
+    char err[512] = "";
+    int rc;
+    if (o->chat_template && *o->chat_template) {
+        source = o->chat_template;
+        rc = chat_tmpl_compile_file(o->chat_template, &srv->chat_tmpl, err, sizeof(err));
+    } else if (model_tmpl) {
+        source = "tokenizer_config.json";
+        rc = chat_tmpl_compile(model_tmpl, strlen(model_tmpl), &srv->chat_tmpl, err,
+                               sizeof(err));
+    } else {
+        source = "default (ChatML)";
+        rc = chat_tmpl_compile(CHAT_TMPL_DEFAULT, strlen(CHAT_TMPL_DEFAULT), &srv->chat_tmpl,
+                               err, sizeof(err));
+    }
+    if (rc) {
+        if (model_tmpl && !(o->chat_template && *o->chat_template))
+            dmn_log(DMN_ERROR, "chat_template", NULL, NULL,
+                    "%s/tokenizer_config.json chat_template: %s (--chat-template FILE overrides it)",
+                    o->model, err);
+        else
+            dmn_log(DMN_ERROR, "chat_template", NULL, NULL, "--chat-template %s", err);
+        return rc;
+    }
+    srv->bos_token = strdup(bos ? bos : "");
+    srv->eos_token = strdup(eos ? eos : "");
+    if (!srv->bos_token || !srv->eos_token)
+        return RCD_ENOMEM;
+    dmn_log(DMN_INFO, "chat_template", NULL, NULL, "chat template: %s", source);
+    return 0;
+}
+
 /* Phase 1, load: the model's weights, the backend that runs them and the tokenizer (none when
  * the model directory has no tokenizer.json: token-id prompts only). */
 static int load(dmn_server_t *srv)
@@ -279,6 +319,8 @@ static int load(dmn_server_t *srv)
         dmn_log(DMN_ERROR, "tokenizer_load", NULL, NULL, "%s", err);
         return rc;
     }
+    if ((rc = load_chat_template(srv)))
+        return rc;
     progress(o, 100, "ready");
     srv->vocab = mi->vocab_size;
     srv->eos_id = srv->tok && tok_eos_id(srv->tok) >= 0 ? tok_eos_id(srv->tok) : mi->eos_token_id;
@@ -412,6 +454,11 @@ static void unload(dmn_server_t *srv)
     dmn_quota_destroy(srv->quota);
     srv->quota = NULL;
     tok_free(srv->tok);
+    chat_tmpl_free(srv->chat_tmpl);
+    srv->chat_tmpl = NULL;
+    free(srv->bos_token);
+    free(srv->eos_token);
+    srv->bos_token = srv->eos_token = NULL;
     wrk_backend_destroy(srv->backend);
     wrk_model_free(srv->model);
     free(srv->evs);
