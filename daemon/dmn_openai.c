@@ -835,6 +835,26 @@ oom:
     return NULL;
 }
 
+char *dmn_oai_error_json(const char *msg, const char *type, const char *param, const char *code)
+{
+    cJSON *o = cJSON_CreateObject(), *e = NULL;
+    if (!o || !(e = cJSON_AddObjectToObject(o, "error"))) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    cJSON_AddStringToObject(e, "message", msg ? msg : "");
+    cJSON_AddStringToObject(e, "type", type ? type : "invalid_request_error");
+    if (param && param[0])
+        cJSON_AddStringToObject(e, "param", param);
+    else
+        cJSON_AddNullToObject(e, "param");
+    if (code)
+        cJSON_AddStringToObject(e, "code", code);
+    else
+        cJSON_AddNullToObject(e, "code");
+    return print_free(o);
+}
+
 char *dmn_oai_sse_error(int http_status, const char *type, const char *code, const char *msg,
                         size_t *len)
 {

@@ -116,6 +116,9 @@ char *dmn_oai_sse(dmn_oai_acc_t *a, const Recurd__V1__GenerateResponse *m, size_
 /* An SSE error event (OpenAI's error object) followed by `data: [DONE]`. */
 char *dmn_oai_sse_error(int http_status, const char *type, const char *code, const char *msg,
                         size_t *len);
+/* OpenAI's error body {"error":{"message","type","param","code"}} (param / code NULL: null),
+ * the shape dmn_http_error writes, with the offending field in param. malloc'd; NULL: no memory. */
+char *dmn_oai_error_json(const char *msg, const char *type, const char *param, const char *code);
 /* OpenAI's finish_reason for ours ("stop", "length"). */
 const char *dmn_oai_finish(int finish_reason);
 

@@ -4,6 +4,7 @@
 #include "common/rcd_path.h"
 #include "daemon/dmn.h"
 #include "daemon/dmn_http.h"
+#include "daemon/dmn_openai.h"
 #include "daemon/dmn_quota.h"
 #include "daemon/dmn_tls.h"
 #include "engine/eng_runner.h"
@@ -395,6 +396,10 @@ static int serve(dmn_server_t *srv, bool *grpc_up)
     *grpc_up = true;
     if ((rc = dmn_server_start(srv, err, sizeof(err)))) {
         dmn_log(DMN_ERROR, "listen", NULL, NULL, "%s", err);
+        return rc;
+    }
+    if ((rc = dmn_openai_routes(srv))) { /* the /v1 routes (dmn_openai_http.c) */
+        dmn_log(DMN_ERROR, "http_listen", NULL, NULL, "out of memory adding routes");
         return rc;
     }
     if ((rc = dmn_http_start(srv, err, sizeof(err)))) {
