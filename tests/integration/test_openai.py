@@ -251,6 +251,7 @@ class OpenAI(DaemonTest):
         self.assertBad(400, C, {"prompt": "a", "whatever": 1}, param="whatever")
         self.assertBad(400, H, {"messages": [{"content": "x"}]}, param="messages[0].role")
         self.assertBad(404, C, {"prompt": "a", "session_id": "no-such"})  # unknown session
+        self.assertBad(404, C, {"prompt": "a", "model": "gpt-4o"})        # unknown model
         self.post("/v1/sessions", {"session_id": "ver"})
         e = self.assertBad(400, C, {"prompt": "a", "session_id": "ver", "expected_version": 5})
         self.assertIn("version", e["message"])                          # version conflict
@@ -290,6 +291,51 @@ class OpenAI(DaemonTest):
             self.assertTrue(p.startswith(b"data: {"), p)
             json.loads(p[6:])
         self.assertIn(b"\"usage\"", parts[-2])
+
+
+
+class OpenAIKeys(DaemonTest):
+    """With --api-keys: the Bearer key selects the tenant as for gRPC; sessions are per tenant
+    over HTTP too, and a quota refusal is a 429 with Retry-After."""
+
+    @classmethod
+    def setUpClass(cls):
+        import hashlib
+        cls.keys = tempfile.NamedTemporaryFile("w", suffix=".keys", delete=False)
+        for key, tenant in (("key-a", "alice"), ("key-b", "bob")):
+            cls.keys.write("%s %s user\n" % (hashlib.sha256(key.encode()).hexdigest(), tenant))
+        cls.keys.close()
+        cls.daemon_args = ("--ephemeral", "--api-keys", cls.keys.name, "--tenant-max-sessions",
+                           "1")
+        super().setUpClass()
+        base = "http://127.0.0.1:%d/v1" % cls.d.http_port
+        cls.a = openai.OpenAI(base_url=base, api_key="key-a", max_retries=0, timeout=60)
+        cls.b = openai.OpenAI(base_url=base, api_key="key-b", max_retries=0, timeout=60)
+        cls.nokey = openai.OpenAI(base_url=base, api_key="wrong", max_retries=0, timeout=60)
+
+    @classmethod
+    def tearDownClass(cls):
+        super().tearDownClass()
+        os.unlink(cls.keys.name)
+
+    def test_tenants(self):
+        with self.assertRaises(openai.AuthenticationError):
+            self.nokey.completions.create(model="", prompt="a", max_tokens=1)
+        s = self.a.post("/sessions", body={"session_id": "mine"}, cast_to=object)
+        self.assertEqual(s["id"], "mine")
+        r = self.a.completions.create(model="", prompt="Hello", max_tokens=2, temperature=0,
+                                      extra_body={"session_id": "mine"})
+        self.assertEqual(r.model_extra["session_version"], 1)
+        # bob does not see alice's session, over either endpoint
+        with self.assertRaises(openai.NotFoundError):
+            self.b.completions.create(model="", prompt="Hello", max_tokens=2,
+                                      extra_body={"session_id": "mine"})
+        with self.assertRaises(openai.NotFoundError):
+            self.b.get("/sessions/mine", cast_to=object)
+        # alice is at her one-session quota: 429 with a retry hint
+        with self.assertRaises(openai.RateLimitError) as cm:
+            self.a.post("/sessions", body={"session_id": "second"}, cast_to=object)
+        self.assertTrue(cm.exception.response.headers.get("retry-after"))
 
 
 if __name__ == "__main__":
