@@ -210,9 +210,17 @@ int dmn_oai_parse(dmn_oai_kind_t kind, const char *body, size_t len, dmn_oai_req
             }
             snprintf(r->model, sizeof(r->model), "%s", v->valuestring);
         } else if (!strcmp(k, "prompt") && kind == DMN_OAI_COMPLETIONS) {
+            if (have_prompt) {
+                rc = bad(param, plen, k, err, errlen, "given twice");
+                goto fail;
+            }
             if ((rc = parse_prompt(r, v, param, plen, err, errlen))) goto fail;
             have_prompt = true;
         } else if (!strcmp(k, "messages") && kind == DMN_OAI_CHAT) {
+            if (have_prompt) {
+                rc = bad(param, plen, k, err, errlen, "given twice");
+                goto fail;
+            }
             if ((rc = parse_messages(r, v, param, plen, err, errlen))) goto fail;
             have_prompt = true;
         } else if (!strcmp(k, "stream")) {
@@ -927,6 +935,7 @@ static int session_body(const char *body, size_t len, cJSON **root, const char *
             if (cJSON_IsNull(v)) continue;
             if (!cJSON_IsObject(v))
                 return bad(param, plen, k, err, errlen, "must be an object of strings");
+            if (*md) return bad(param, plen, k, err, errlen, "given twice");
             int n = cJSON_GetArraySize(v);
             *md = calloc((size_t)n + 1, sizeof(**md) + sizeof(Recurd__V1__MetadataEntry));
             if (!*md) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");

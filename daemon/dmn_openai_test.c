@@ -160,6 +160,9 @@ static void test_refusals(void)
             "\"image_url\":{}}]}]}",
             "messages[0].content");
     refused(C, "{\"model\":5,\"prompt\":\"a\"}", "model");
+    refused(C, "{\"prompt\":\"a\",\"prompt\":\"b\"}", "prompt");
+    refused(H, "{\"messages\":[{\"role\":\"user\"}],\"messages\":[{\"role\":\"user\"}]}",
+            "messages");
     /* \u0000 would be cut by cJSON: refused; an escaped backslash before u0000 is text */
     refused(C, "{\"prompt\":\"a\\u0000\"}", "");
     CHECK(parse(C, "{\"prompt\":\"a\\\\u0000\"}") == 0);
@@ -348,6 +351,12 @@ static void test_sessions(void)
     dmn_oai_session_msg_free(&cr.base);
     cJSON_Delete(root);
     b = "{\"metadata\":{\"k\":1}}";
+    CHECK(dmn_oai_session_create_parse(b, strlen(b), &cr, &root, P, sizeof(P), E, sizeof(E)) ==
+          RCD_EINVAL);
+    CHECK(strcmp(P, "metadata") == 0);
+    dmn_oai_session_msg_free(&cr.base);
+    cJSON_Delete(root);
+    b = "{\"metadata\":{\"k\":\"v\"},\"metadata\":{}}";
     CHECK(dmn_oai_session_create_parse(b, strlen(b), &cr, &root, P, sizeof(P), E, sizeof(E)) ==
           RCD_EINVAL);
     CHECK(strcmp(P, "metadata") == 0);
