@@ -10,7 +10,9 @@ of the shared machine hits both): `streams` client threads each send `requests` 
 completions of `max_tokens` tokens (greedy, distinct prompts; the same requests on both paths,
 so both generate the same tokens), back to back. Reported per pass: generated tokens per second
 of wall time (all streams), and TTFT (request sent -> first chunk with text or tokens) p50 and
-p99 over the requests. The HTTP client reads the raw SSE stream (http.client, keep-alive), counts
+p99 over the requests, and the daemon's own CPU time per generated token (/proc, when the
+script started the daemon) — the client runs on the same machine, in Python, and its cost is
+in the wall-clock figures. The HTTP client reads the raw SSE stream (http.client, keep-alive), counts
 its `data:` events and parses only the usage chunk, so the client's cost stays near gRPC's.
 Without --addr the script starts its own daemon (--ephemeral)."""
 import argparse
@@ -73,8 +75,18 @@ def http_one(conn, i, max_tokens):
     return first, n
 
 
-def run_pass(kind, d_api, host, http_port, streams, requests, max_tokens, base):
+def cpu_s(pid):
+    """The process's user + system CPU seconds (None: unknown)."""
+    if not pid:
+        return None
+    with open("/proc/%d/stat" % pid) as f:
+        v = f.read().rsplit(")", 1)[1].split()
+    return (int(v[11]) + int(v[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_pass(kind, d_api, host, http_port, streams, requests, max_tokens, base, pid=None):
     ttfts, tokens, errors = [], [0], []
+    c0 = cpu_s(pid)
     lock = threading.Lock()
 
     def worker(w):
@@ -101,9 +113,12 @@ def run_pass(kind, d_api, host, http_port, streams, requests, max_tokens, base):
     wall = time.perf_counter() - t0
     if errors:
         raise RuntimeError("%s pass failed: %s" % (kind, errors[0]))
+    c1 = cpu_s(pid)
     ttfts.sort()
     p99 = ttfts[min(len(ttfts) - 1, int(round(0.99 * (len(ttfts) - 1))))]
-    return tokens[0] / wall, statistics.median(ttfts), p99, tokens[0]
+    # the daemon's CPU milliseconds per generated token (its own cost, apart from the client's)
+    cpu = (c1 - c0) * 1e3 / max(tokens[0], 1) if c0 is not None else float("nan")
+    return tokens[0] / wall, statistics.median(ttfts), p99, cpu, tokens[0]
 
 
 def cpu_model():
@@ -136,6 +151,7 @@ def main():
     else:
         d = Daemon("--ephemeral")
         api, host, http_port = d.api, "127.0.0.1", d.http_port
+    pid = d.proc.pid if d else None
     print("CPU: %s (%d online); max_tokens %d, %d requests per stream per pass, %d rounds"
           % (cpu_model(), os.cpu_count(), a.max_tokens, a.requests, a.rounds))
     streams = [int(x) for x in a.streams.split(",")]
@@ -149,25 +165,27 @@ def main():
             for s in streams:
                 for kind in ("grpc", "http"):
                     # the same prompts on both paths in a round: the same tokens
-                    r = run_pass(kind, api, host, http_port, s, a.requests, a.max_tokens, base)
+                    r = run_pass(kind, api, host, http_port, s, a.requests, a.max_tokens, base,
+                                 pid)
                     res.setdefault((s, kind), []).append(r)
                     print("round %d streams %2d %-4s: %8.1f tok/s  TTFT p50 %7.1f ms  "
-                          "p99 %7.1f ms  (%d tokens)" % (rnd, s, kind, *r), flush=True)
+                          "p99 %7.1f ms  server %.3f CPU ms/token  (%d tokens)" % (rnd, s, kind, *r),
+                          flush=True)
                 base += s * a.requests
     finally:
         if d:
             d.stop()
     print("\nmedian over rounds:")
-    print("| streams | path | tok/s | TTFT p50 ms | TTFT p99 ms |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| streams | path | tok/s | TTFT p50 ms | TTFT p99 ms | daemon CPU ms/token |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for s in streams:
         med = {}
         for kind in ("grpc", "http"):
             rs = res[(s, kind)]
-            med[kind] = [statistics.median(x[j] for x in rs) for j in range(3)]
-            print("| %d | %s | %.1f | %.1f | %.1f |" % (s, kind, *med[kind]))
-        print("| %d | HTTP/gRPC throughput | %.3f | | |"
-              % (s, med["http"][0] / med["grpc"][0]))
+            med[kind] = [statistics.median(x[j] for x in rs) for j in range(4)]
+            print("| %d | %s | %.1f | %.1f | %.1f | %.3f |" % (s, kind, *med[kind]))
+        print("| %d | HTTP/gRPC | %.3f | | | %.3f |"
+              % (s, med["http"][0] / med["grpc"][0], med["http"][3] / med["grpc"][3]))
 
 
 if __name__ == "__main__":

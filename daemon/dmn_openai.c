@@ -756,10 +756,105 @@ static cJSON *chunk_head(const dmn_oai_acc_t *a)
     return o;
 }
 
+/* A growing byte buffer for the chunks' fast path. */
+typedef struct sbuf {
+    char *p;
+    size_t n, cap;
+    bool oom;
+} sbuf_t;
+
+static void sb_put(sbuf_t *b, const char *p, size_t n)
+{
+    if (b->oom) return;
+    if (b->n + n + 1 > b->cap) {
+        size_t cap = (b->n + n + 1) * 2;
+        char *q = realloc(b->p, cap);
+        if (!q) {
+            b->oom = true;
+            return;
+        }
+        b->p = q;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->n, p, n);
+    b->n += n;
+    b->p[b->n] = 0;
+}
+
+static void sb_str(sbuf_t *b, const char *s)
+{
+    sb_put(b, s, strlen(s));
+}
+
+/* p[0..n) as a JSON string, escaped as cJSON prints (", \, control characters), NUL bytes
+ * included as \u0000. */
+static void sb_json(sbuf_t *b, const char *p, size_t n)
+{
+    sb_put(b, "\"", 1);
+    size_t run = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)p[i];
+        if (c >= 0x20 && c != '"' && c != '\\') continue;
+        sb_put(b, p + run, i - run);
+        run = i + 1;
+        char e[8];
+        switch (c) {
+        case '"': sb_put(b, "\\\"", 2); break;
+        case '\\': sb_put(b, "\\\\", 2); break;
+        case '\n': sb_put(b, "\\n", 2); break;
+        case '\r': sb_put(b, "\\r", 2); break;
+        case '\t': sb_put(b, "\\t", 2); break;
+        case '\b': sb_put(b, "\\b", 2); break;
+        case '\f': sb_put(b, "\\f", 2); break;
+        default:
+            snprintf(e, sizeof(e), "\\u%04x", c);
+            sb_put(b, e, 6);
+        }
+    }
+    sb_put(b, p + run, n - run);
+    sb_put(b, "\"", 1);
+}
+
+/* The common chunk — a delta of text without logprobs, not the last — written directly
+ * (no cJSON tree per token): the same JSON as the general path. */
+static char *sse_delta_fast(dmn_oai_acc_t *a, const char *text, size_t text_len, size_t *len)
+{
+    sbuf_t b = {0};
+    char num[32];
+    sb_str(&b, "data: {\"id\":");
+    sb_json(&b, a->id, strlen(a->id));
+    sb_str(&b, a->kind == DMN_OAI_CHAT ? ",\"object\":\"chat.completion.chunk\",\"created\":"
+                                       : ",\"object\":\"text_completion\",\"created\":");
+    snprintf(num, sizeof(num), "%lld", (long long)a->created);
+    sb_str(&b, num);
+    sb_str(&b, ",\"model\":");
+    sb_json(&b, a->model, strlen(a->model));
+    sb_str(&b, ",\"choices\":[{\"index\":0,");
+    if (a->kind == DMN_OAI_CHAT) {
+        sb_str(&b, a->role_sent ? "\"delta\":{\"content\":" : "\"delta\":{\"role\":\"assistant\",\"content\":");
+        sb_json(&b, text, text_len);
+        sb_str(&b, "},");
+    } else {
+        sb_str(&b, "\"text\":");
+        sb_json(&b, text, text_len);
+        sb_str(&b, ",");
+    }
+    sb_str(&b, "\"logprobs\":null,\"finish_reason\":null}]}\n\n");
+    if (b.oom) {
+        free(b.p);
+        return NULL;
+    }
+    a->role_sent = true;
+    *len = b.n;
+    return b.p;
+}
+
 char *dmn_oai_sse(dmn_oai_acc_t *a, const Recurd__V1__GenerateResponse *m, size_t text_len,
                   bool final, const struct tok *tok, size_t *len)
 {
     *len = 0;
+    if (!final && !(a->logprobs && m->n_logprobs))
+        return sse_delta_fast(a, m->text ? m->text : "", text_len, len);
     char *buf = NULL;
     cJSON *o = chunk_head(a), *lp = NULL;
     if (!o) return NULL;

@@ -324,6 +324,26 @@ static void test_sse(void)
     free(s);
     dmn_oai_acc_free(&a);
     dmn_oai_req_free(&R);
+    /* the fast path (a text delta without logprobs) escapes like cJSON, NUL bytes included */
+    CHECK(parse(DMN_OAI_COMPLETIONS, "{\"prompt\":\"x\",\"stream\":true}") == 0);
+    dmn_oai_acc_init(&a, &R, "q\"1", 1, "ti\\ny");
+    static const char odd[] = "a\"b\\c\nd\x01e\0f\xc3\xa9";
+    Recurd__V1__GenerateResponse od = delta(odd);
+    s = dmn_oai_sse(&a, &od, sizeof(odd) - 1, false, NULL, &n);
+    CHECK(s && n == strlen(s) && strncmp(s, "data: {", 7) == 0 && !strcmp(s + n - 2, "\n\n"));
+    o = cJSON_ParseWithLength(s + 6, n - 8);
+    CHECK(o);
+    CHECK(strcmp(cJSON_GetObjectItem(o, "id")->valuestring, "cmpl-q\"1") == 0);
+    CHECK(strcmp(cJSON_GetObjectItem(o, "model")->valuestring, "ti\\ny") == 0);
+    ch = cJSON_GetArrayItem(cJSON_GetObjectItem(o, "choices"), 0);
+    CHECK(strcmp(cJSON_GetObjectItem(ch, "text")->valuestring, "a\"b\\c\nd\x01e") == 0);
+    CHECK(strstr(s, "e\\u0000f\xc3\xa9\"")); /* cJSON reads up to the NUL; the bytes are there */
+    CHECK(cJSON_IsNull(cJSON_GetObjectItem(ch, "finish_reason")));
+    CHECK(cJSON_IsNull(cJSON_GetObjectItem(ch, "logprobs")));
+    cJSON_Delete(o);
+    free(s);
+    dmn_oai_acc_free(&a);
+    dmn_oai_req_free(&R);
     s = dmn_oai_sse_error(409, "invalid_request_error", "aborted", "conflict", &n);
     CHECK(s && strstr(s, "\"error\"") && strstr(s, "conflict") && strstr(s, "data: [DONE]"));
     free(s);
