@@ -342,10 +342,9 @@ int dmn_oai_parse(dmn_oai_kind_t kind, const char *body, size_t len, dmn_oai_req
                 r->user[o] = 0;
             }
         } else if (!strcmp(k, "session_id")) {
-            if (cJSON_IsNull(v)) continue;
-            if (!cJSON_IsString(v) || !v->valuestring[0] ||
-                strlen(v->valuestring) > STORE_ID_MAX) {
-                rc = bad(param, plen, k, err, errlen, "must be a string of 1 to %d bytes",
+            if (cJSON_IsNull(v)) continue; /* null or "": a stateless call, as gRPC's "" */
+            if (!cJSON_IsString(v) || strlen(v->valuestring) > STORE_ID_MAX) {
+                rc = bad(param, plen, k, err, errlen, "must be a string of at most %d bytes",
                          STORE_ID_MAX);
                 goto fail;
             }

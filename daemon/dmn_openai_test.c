@@ -134,7 +134,9 @@ static void test_refusals(void)
     refused(C, "{\"prompt\":\"a\",\"stream\":1}", "stream");
     refused(C, "{\"prompt\":\"a\",\"stream_options\":{\"include_usage\":1}}", "stream_options");
     refused(C, "{\"prompt\":\"a\",\"user\":5}", "user");
-    refused(C, "{\"prompt\":\"a\",\"session_id\":\"\"}", "session_id");
+    CHECK(parse(C, "{\"prompt\":\"a\",\"session_id\":\"\"}") == 0); /* "": stateless */
+    CHECK(R.gen.session_id[0] == 0);
+    dmn_oai_req_free(&R);
     refused(C, "{\"prompt\":\"a\",\"session_id\":7}", "session_id");
     refused(C, "{\"prompt\":\"a\",\"expected_version\":1}", "expected_version");
     refused(C, "{\"prompt\":\"a\",\"session_id\":\"s\",\"expected_version\":-1}",

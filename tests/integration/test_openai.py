@@ -273,6 +273,38 @@ class OpenAI(DaemonTest):
         # the daemon is fine
         self.assertEqual(self.client.models.list().data[0].id, self.model)
 
+    def test_client_gone(self):
+        """A client that closes its connection mid-stream cancels its turn (a session turn does
+        not commit) and nothing else: the daemon goes on serving (SIGPIPE is ignored)."""
+        import socket
+        self.post("/v1/sessions", {"session_id": "gone"})
+        for i in range(3):
+            body = json.dumps({"prompt": "x", "max_tokens": 4000, "temperature": 2, "seed": 1,
+                               "stream": True, "session_id": "gone" if i == 0 else ""}).encode()
+            s = socket.create_connection(("127.0.0.1", self.d.http_port), timeout=60)
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                      b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            got = b""
+            while got.count(b"data: ") < 2:
+                b = s.recv(4096)
+                self.assertTrue(b, got)  # the daemon must not close (or die)
+                got += b
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            s.close()  # RST: the daemon's next write fails
+        # the cut turn never commits: once the daemon has seen the client go (409 until then),
+        # a turn expecting version 0 is accepted and makes version 1
+        import time
+        deadline = time.time() + 60
+        while True:
+            st, j = self.post("/v1/completions", {"prompt": "y", "max_tokens": 1,
+                                                  "session_id": "gone", "expected_version": 0})
+            if st != 409 or time.time() > deadline:
+                break
+            time.sleep(0.05)
+        self.assertEqual((st, j.get("session_version")), (200, 1), j)
+        self.assertEqual(self.client.models.list().data[0].id, self.model)
+        self.assertIsNone(self.d.proc.poll())
+
     def test_sse_framing(self):
         """curl: the raw bytes are `data: {json}\\n\\n` events ending in `data: [DONE]\\n\\n`."""
         body = json.dumps({"prompt": "Hi", "max_tokens": 4, "temperature": 0, "stream": True,
@@ -336,6 +368,49 @@ class OpenAIKeys(DaemonTest):
         with self.assertRaises(openai.RateLimitError) as cm:
             self.a.post("/sessions", body={"session_id": "second"}, cast_to=object)
         self.assertTrue(cm.exception.response.headers.get("retry-after"))
+
+
+
+class OpenAIDrain(unittest.TestCase):
+    """SIGTERM with --drain-grace-ms 0 while an SSE stream runs: the stream ends with an error
+    event and `data: [DONE]`, and the daemon exits 0."""
+
+    def test_drain_cuts_stream(self):
+        import http.client
+        import signal
+        from rcd_harness import Daemon
+        d = Daemon("--ephemeral", "--drain-grace-ms", "0")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", d.http_port, timeout=60)
+            # temperature 2: near-uniform sampling, EOS rarely comes before max_tokens
+            conn.request("POST", "/v1/completions", json.dumps(
+                {"prompt": "x", "max_tokens": 4000, "temperature": 2, "seed": 1,
+                 "stream": True}), {"Content-Type": "application/json"})
+            r = conn.getresponse()
+            self.assertEqual(r.status, 200)
+            events = []
+            while len(events) < 3:
+                line = r.readline()
+                if line.startswith(b"data: "):
+                    events.append(line)
+            d.proc.send_signal(signal.SIGTERM)
+            while True:
+                line = r.readline()
+                if not line:
+                    break
+                if line.startswith(b"data: "):
+                    events.append(line)
+            self.assertEqual(events[-1], b"data: [DONE]\n")
+            last = json.loads(events[-2][6:])
+            # cut: an error event (or, on a very slow machine, the turn's own end)
+            self.assertTrue("error" in last or last["choices"][0]["finish_reason"], last)
+            if "error" in last:
+                self.assertEqual(last["error"]["code"], "unavailable")
+            conn.close()
+            d.proc.wait(timeout=60)
+            self.assertEqual(d.proc.returncode, 0, d.logs()[-3000:])
+        finally:
+            d._kill_if_alive()
 
 
 if __name__ == "__main__":
