@@ -18,9 +18,21 @@ const char *const dmn_oai_ignored[] = {
 
 /* Fields that change results and are not supported: a clear 400 naming them. */
 static const char *const unsupported[] = {
-    "tools",          "tool_choice", "functions", "function_call", "response_format",
-    "logit_bias",     "best_of",     "echo",      "suffix",        "audio",
-    "modalities",     "prediction",  "reasoning_effort", "web_search_options", NULL,
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "response_format",
+    "logit_bias",
+    "best_of",
+    "echo",
+    "suffix",
+    "audio",
+    "modalities",
+    "prediction",
+    "reasoning_effort",
+    "web_search_options",
+    NULL,
 };
 
 static int bad(char *param, size_t plen, const char *field, char *err, size_t errlen,
@@ -34,8 +46,7 @@ static int bad(char *param, size_t plen, const char *field, char *err, size_t er
     va_start(ap, fmt);
     vsnprintf(m, sizeof(m), fmt, ap);
     va_end(ap);
-    if (field[0])
-        return rcd_fail(RCD_EINVAL, err, errlen, "%s: %s", field, m);
+    if (field[0]) return rcd_fail(RCD_EINVAL, err, errlen, "%s: %s", field, m);
     return rcd_fail(RCD_EINVAL, err, errlen, "%s", m);
 }
 
@@ -124,7 +135,8 @@ static int parse_messages(dmn_oai_req_t *r, cJSON *v, char *param, size_t plen, 
                 const cJSON *x = cJSON_GetObjectItemCaseSensitive(p, "text");
                 if (!cJSON_IsString(t) || strcmp(t->valuestring, "text") || !cJSON_IsString(x)) {
                     snprintf(f, sizeof(f), "messages[%d].content", i);
-                    return bad(param, plen, f, err, errlen, "only text content parts are supported");
+                    return bad(param, plen, f, err, errlen,
+                               "only text content parts are supported");
                 }
                 n += strlen(x->valuestring);
             }
@@ -426,8 +438,8 @@ void dmn_oai_req_free(dmn_oai_req_t *r)
 #define SENT_B "\x01recurd-prev-assistant\x01"
 
 int dmn_oai_chat_prompt(const cJSON *messages, bool continuation, const char *eot,
-                        dmn_oai_render_fn render, void *arg, char **out, size_t *out_len,
-                        char *err, size_t errlen)
+                        dmn_oai_render_fn render, void *arg, char **out, size_t *out_len, char *err,
+                        size_t errlen)
 {
     *out = NULL;
     *out_len = 0;
@@ -438,7 +450,8 @@ int dmn_oai_chat_prompt(const cJSON *messages, bool continuation, const char *eo
     if (!msgs || !u || !a) goto oom;
     cJSON_AddItemToArray(msgs, u);
     cJSON_AddItemToArray(msgs, a);
-    if (!cJSON_AddStringToObject(u, "role", "user") || !cJSON_AddStringToObject(u, "content", SENT_A) ||
+    if (!cJSON_AddStringToObject(u, "role", "user") ||
+        !cJSON_AddStringToObject(u, "content", SENT_A) ||
         !cJSON_AddStringToObject(a, "role", "assistant") ||
         !cJSON_AddStringToObject(a, "content", SENT_B))
         goto oom_arr;
@@ -647,8 +660,8 @@ static cJSON *completion_logprobs(const cJSON *entries, size_t *offset)
         for (const cJSON *x = tl ? tl->child : NULL; x && m; x = x->next) {
             const char *k = cJSON_GetObjectItemCaseSensitive(x, "token")->valuestring;
             if (!cJSON_GetObjectItemCaseSensitive(m, k))
-                cJSON_AddNumberToObject(m, k,
-                                        cJSON_GetObjectItemCaseSensitive(x, "logprob")->valuedouble);
+                cJSON_AddNumberToObject(
+                    m, k, cJSON_GetObjectItemCaseSensitive(x, "logprob")->valuedouble);
         }
         cJSON_AddItemToArray(tops, m ? m : cJSON_CreateNull());
     }
@@ -686,7 +699,8 @@ char *dmn_oai_response(const dmn_oai_acc_t *a)
     cJSON *o = cJSON_CreateObject();
     if (!o) return NULL;
     cJSON_AddStringToObject(o, "id", a->id);
-    cJSON_AddStringToObject(o, "object", a->kind == DMN_OAI_CHAT ? "chat.completion" : "text_completion");
+    cJSON_AddStringToObject(o, "object",
+                            a->kind == DMN_OAI_CHAT ? "chat.completion" : "text_completion");
     cJSON_AddNumberToObject(o, "created", (double)a->created);
     cJSON_AddStringToObject(o, "model", a->model);
     cJSON *choices = cJSON_AddArrayToObject(o, "choices");
@@ -709,8 +723,9 @@ char *dmn_oai_response(const dmn_oai_acc_t *a)
         }
         if (a->logprobs) {
             cJSON *l = cJSON_AddObjectToObject(c, "logprobs");
-            if (l) cJSON_AddItemToObject(l, "content", a->lp ? cJSON_Duplicate(a->lp, 1)
-                                                               : cJSON_CreateArray());
+            if (l)
+                cJSON_AddItemToObject(l, "content",
+                                      a->lp ? cJSON_Duplicate(a->lp, 1) : cJSON_CreateArray());
         } else {
             cJSON_AddNullToObject(c, "logprobs");
         }
@@ -798,13 +813,27 @@ static void sb_json(sbuf_t *b, const char *p, size_t n)
         run = i + 1;
         char e[8];
         switch (c) {
-        case '"': sb_put(b, "\\\"", 2); break;
-        case '\\': sb_put(b, "\\\\", 2); break;
-        case '\n': sb_put(b, "\\n", 2); break;
-        case '\r': sb_put(b, "\\r", 2); break;
-        case '\t': sb_put(b, "\\t", 2); break;
-        case '\b': sb_put(b, "\\b", 2); break;
-        case '\f': sb_put(b, "\\f", 2); break;
+        case '"':
+            sb_put(b, "\\\"", 2);
+            break;
+        case '\\':
+            sb_put(b, "\\\\", 2);
+            break;
+        case '\n':
+            sb_put(b, "\\n", 2);
+            break;
+        case '\r':
+            sb_put(b, "\\r", 2);
+            break;
+        case '\t':
+            sb_put(b, "\\t", 2);
+            break;
+        case '\b':
+            sb_put(b, "\\b", 2);
+            break;
+        case '\f':
+            sb_put(b, "\\f", 2);
+            break;
         default:
             snprintf(e, sizeof(e), "\\u%04x", c);
             sb_put(b, e, 6);
@@ -830,7 +859,8 @@ static char *sse_delta_fast(dmn_oai_acc_t *a, const char *text, size_t text_len,
     sb_json(&b, a->model, strlen(a->model));
     sb_str(&b, ",\"choices\":[{\"index\":0,");
     if (a->kind == DMN_OAI_CHAT) {
-        sb_str(&b, a->role_sent ? "\"delta\":{\"content\":" : "\"delta\":{\"role\":\"assistant\",\"content\":");
+        sb_str(&b, a->role_sent ? "\"delta\":{\"content\":"
+                                : "\"delta\":{\"role\":\"assistant\",\"content\":");
         sb_json(&b, text, text_len);
         sb_str(&b, "},");
     } else {
@@ -881,8 +911,10 @@ char *dmn_oai_sse(dmn_oai_acc_t *a, const Recurd__V1__GenerateResponse *m, size_
             cJSON_Delete(txt);
         if (lp) {
             cJSON *l = cJSON_AddObjectToObject(c, "logprobs");
-            if (l) cJSON_AddItemToObject(l, "content", lp);
-            else cJSON_Delete(lp);
+            if (l)
+                cJSON_AddItemToObject(l, "content", lp);
+            else
+                cJSON_Delete(lp);
         } else {
             cJSON_AddNullToObject(c, "logprobs");
         }
@@ -1003,14 +1035,15 @@ char *dmn_oai_models(const char *model_id, int64_t created_s, const char *owned_
 
 /* ---- sessions ------------------------------------------------------------------------------ */
 
-static int session_body(const char *body, size_t len, cJSON **root, const char *id_field,
-                        char **id, Recurd__V1__MetadataEntry ***md, size_t *n_md, char **owner,
-                        uint32_t *ttl, char *param, size_t plen, char *err, size_t errlen)
+static int session_body(const char *body, size_t len, cJSON **root, const char *id_field, char **id,
+                        Recurd__V1__MetadataEntry ***md, size_t *n_md, char **owner, uint32_t *ttl,
+                        char *param, size_t plen, char *err, size_t errlen)
 {
     if (param && plen) param[0] = 0;
     *root = len ? cJSON_ParseWithLength(body, len) : cJSON_CreateObject();
     if (!*root) return bad(param, plen, "", err, errlen, "the body is not valid JSON");
-    if (!cJSON_IsObject(*root)) return bad(param, plen, "", err, errlen, "the body must be a JSON object");
+    if (!cJSON_IsObject(*root))
+        return bad(param, plen, "", err, errlen, "the body must be a JSON object");
     for (cJSON *v = (*root)->child; v; v = v->next) {
         const char *k = v->string;
         int64_t iv;

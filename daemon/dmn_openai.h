@@ -22,8 +22,8 @@ typedef enum dmn_oai_kind {
     DMN_OAI_CHAT,        /* POST /v1/chat/completions */
 } dmn_oai_kind_t;
 
-#define DMN_OAI_MAX_STOP 16        /* stop strings per request */
-#define DMN_OAI_MAX_TOP_LOGPROBS 20 /* OpenAI's bound */
+#define DMN_OAI_MAX_STOP 16          /* stop strings per request */
+#define DMN_OAI_MAX_TOP_LOGPROBS 20  /* OpenAI's bound */
 #define DMN_OAI_MAX_BODY_IDS 1048576 /* token ids in a completions prompt */
 
 /* A parsed request. gen is the internal request (its strings point into this struct or its
@@ -31,16 +31,16 @@ typedef enum dmn_oai_kind {
  * `messages` by dmn_oai_chat_prompt). */
 typedef struct dmn_oai_req {
     dmn_oai_kind_t kind;
-    cJSON *root;      /* the parsed body (owned) */
-    cJSON *messages;  /* chat: the `messages` array (in root) */
+    cJSON *root;     /* the parsed body (owned) */
+    cJSON *messages; /* chat: the `messages` array (in root) */
     bool stream, include_usage;
-    bool logprobs;     /* the response carries logprobs */
-    int top_logprobs;  /* alternatives per token (0..20) */
+    bool logprobs;    /* the response carries logprobs */
+    int top_logprobs; /* alternatives per token (0..20) */
     char model[128];
-    char user[128];    /* `user`: logged only */
-    char *prompt;      /* completions: the prompt text (owned; NULL with prompt ids) */
+    char user[128]; /* `user`: logged only */
+    char *prompt;   /* completions: the prompt text (owned; NULL with prompt ids) */
     size_t prompt_len;
-    int32_t *ids;      /* completions: a prompt of token ids (owned) */
+    int32_t *ids; /* completions: a prompt of token ids (owned) */
     size_t n_ids;
     char *stops[DMN_OAI_MAX_STOP];
     Recurd__V1__GenerateRequest gen;
@@ -74,8 +74,8 @@ extern const char *const dmn_oai_ignored[];
 typedef int (*dmn_oai_render_fn)(void *arg, const cJSON *messages, bool add_generation_prompt,
                                  char **out, size_t *out_len, char *err, size_t errlen);
 int dmn_oai_chat_prompt(const cJSON *messages, bool continuation, const char *eot,
-                        dmn_oai_render_fn render, void *arg, char **out, size_t *out_len,
-                        char *err, size_t errlen);
+                        dmn_oai_render_fn render, void *arg, char **out, size_t *out_len, char *err,
+                        size_t errlen);
 
 /* ---- responses ------------------------------------------------------------------------- */
 
@@ -83,14 +83,14 @@ int dmn_oai_chat_prompt(const cJSON *messages, bool continuation, const char *eo
  * the id, the created time and whether the role was sent). */
 typedef struct dmn_oai_acc {
     dmn_oai_kind_t kind;
-    char id[64];      /* "chatcmpl-<rid>" / "cmpl-<rid>" */
-    int64_t created;  /* unix seconds */
+    char id[64];     /* "chatcmpl-<rid>" / "cmpl-<rid>" */
+    int64_t created; /* unix seconds */
     char model[128];
     bool include_usage, logprobs, role_sent;
     int top_logprobs;
-    char *text;       /* the generated text (owned) */
+    char *text; /* the generated text (owned) */
     size_t text_len, text_cap;
-    cJSON *lp;        /* logprob entries so far (chat: content[]; completions: built at the end) */
+    cJSON *lp; /* logprob entries so far (chat: content[]; completions: built at the end) */
     size_t text_offset;
     int finish_reason; /* Recurd__V1__FinishReason */
     Recurd__V1__Usage usage;

@@ -23,9 +23,9 @@ typedef struct oai_x {
     dmn_oai_req_t req; /* Generate: the parsed body */
     dmn_oai_acc_t acc;
     bool is_gen, stream, streaming;
-    bool paused;       /* a write waits for on_drain before dmn_call_sent */
+    bool paused; /* a write waits for on_drain before dmn_call_sent */
     bool sent_due, sent_ok, gone_due;
-    uv_timer_t tm;     /* defers dmn_call_sent / dmn_call_gone to the next loop turn */
+    uv_timer_t tm;              /* defers dmn_call_sent / dmn_call_gone to the next loop turn */
     char sid[STORE_ID_MAX + 1]; /* session routes: the id in the path */
 } oai_x_t;
 
@@ -377,8 +377,8 @@ static void on_generate(dmn_http_req_t *r, dmn_oai_kind_t kind)
     oai_x_t *x = x_new(r, DMN_M_GENERATE);
     if (!x) return;
     char param[64], err[512];
-    int rc = dmn_oai_parse(kind, r->body, r->body_len, &x->req, param, sizeof(param), err,
-                           sizeof(err));
+    int rc =
+        dmn_oai_parse(kind, r->body, r->body_len, &x->req, param, sizeof(param), err, sizeof(err));
     if (rc) {
         x_fail_early(x, rc == RCD_EINVAL ? 400 : 0, param, err, rc);
         return;
@@ -392,8 +392,8 @@ static void on_generate(dmn_http_req_t *r, dmn_oai_kind_t kind)
         char *text = NULL;
         size_t n = 0;
         bool cont = session_continues(x, x->req.gen.session_id);
-        rc = dmn_oai_chat_prompt(x->req.messages, cont, x->s->eos_token, render_cb, x->s, &text,
-                                 &n, err, sizeof(err));
+        rc = dmn_oai_chat_prompt(x->req.messages, cont, x->s->eos_token, render_cb, x->s, &text, &n,
+                                 err, sizeof(err));
         if (rc) {
             x_fail_early(x, rc == RCD_EINVAL ? 400 : 0, "messages", err, rc);
             return;
@@ -458,9 +458,9 @@ static void on_session_id(dmn_http_req_t *r, void *arg)
     const char *rest = "";
     bool ok = path_id(r->path, id, sizeof(id), &rest);
     bool fork = !strcmp(rest, "/fork") && !strcmp(r->method, "POST");
-    dmn_method_t m = fork                             ? DMN_M_FORK_SESSION
-                     : !strcmp(r->method, "DELETE")   ? DMN_M_DELETE_SESSION
-                                                      : DMN_M_GET_SESSION;
+    dmn_method_t m = fork                           ? DMN_M_FORK_SESSION
+                     : !strcmp(r->method, "DELETE") ? DMN_M_DELETE_SESSION
+                                                    : DMN_M_GET_SESSION;
     if (!ok || (rest[0] && !fork) || (!rest[0] && !strcmp(r->method, "POST"))) {
         if (!ok && strlen(r->path) > strlen("/v1/sessions/") + STORE_ID_MAX)
             dmn_http_error(r, 400, NULL, "invalid_parameter", "session id over %d bytes",
