@@ -698,7 +698,7 @@ static int call_macro(ct_rt_t *rt, const ct_node_t *at, const ct_node_t *m, ct_v
         return rc;
     if (rt->depth >= rt->max_depth)
         return ct_fail(rt, at, RCD_ERANGE, "macro calls nested deeper than %d", rt->max_depth);
-    ct_frame_t *f = frame_new(rt, rt->globals);
+    ct_frame_t *f = frame_new(rt, rt->top);
     if (!f)
         return oom(rt, at);
     size_t np = m->nnames;
@@ -799,6 +799,7 @@ static int eval(ct_rt_t *rt, ct_frame_t *f, const ct_node_t *n, ct_val_t *out)
                 return rc;
             l->n++;
         }
+        l->tuple = n->kind == N_TUPLE;
         out->t = CT_LIST;
         out->u.l = l;
         return 0;
@@ -1134,6 +1135,7 @@ int chat_tmpl_render_opts(const chat_tmpl_t *t, const cJSON *ctx,
     ct_frame_t *top = rc ? NULL : frame_new(&rt, rt.globals);
     if (rc == 0 && !top)
         rc = oom(&rt, NULL);
+    rt.top = top;
     if (rc == 0)
         rc = exec(&rt, top, t->root);
     if (rc == 0 && ct_buf_put(&rt, &rt.out, "", 0) == 0 && rt.out.p) {

@@ -62,6 +62,7 @@ typedef struct ct_val {
 struct ct_list {
     ct_val_t *v;
     size_t n, cap;
+    int tuple; /* prints as (a, b): tuple literals, items() and dictsort pairs */
 };
 
 typedef struct ct_str {
@@ -149,6 +150,7 @@ typedef struct ct_rt {
     int depth, max_depth;
     int64_t now;
     ct_frame_t *globals; /* the context's variables */
+    ct_frame_t *top;     /* the template's own (set at top level, macros): macros see it */
     char *err;
     size_t errlen;
     int rc;       /* first error */

@@ -922,7 +922,7 @@ int ct_test(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *v, ct_val_t *args,
     else if (EQ(t, "sequence"))
         *out = v->t == CT_STR || v->t == CT_LIST || v->t == CT_DICT || v->t == CT_UNDEF;
     else if (EQ(t, "callable"))
-        *out = v->t == CT_MACRO || v->t == CT_FUNC || v->t == CT_CYCLE;
+        *out = v->t == CT_MACRO || v->t == CT_FUNC || v->t == CT_CYCLE || v->t == CT_UNDEF;
     else if (EQ(t, "lower") || EQ(t, "upper")) {
         ct_val_t s, r;
         int rc = ct_str_val(rt, v, &s);
@@ -1133,6 +1133,7 @@ int ct_method(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *obj, ct_str_t m,
                     p->v[0] = k;
                     p->v[1] = d->v[i];
                     p->n = 2;
+                    p->tuple = 1;
                     l->v[l->n++] = mklist(p);
                 }
             }

@@ -276,7 +276,7 @@ static int lex_tag(lexer_t *lx, size_t *pos, int block, char *end_mod)
                 } else {
                     char *endp;
                     unsigned long long u = strtoull(num, &endp, 10);
-                    if (k > 18 || u > INT64_MAX)
+                    if (k > 19 || u > INT64_MAX)
                         return lex_fail(lx, i, RCD_EUNSUPPORTED, "integer literal too large");
                     lx->v[lx->nt - 1].i = (int64_t)u;
                 }

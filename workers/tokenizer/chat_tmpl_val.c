@@ -366,14 +366,17 @@ static int repr(ct_rt_t *rt, ct_buf_t *b, const ct_val_t *v, int depth)
     if (v->t == CT_STR)
         return repr_str(rt, b, v->u.s.p, v->u.s.n);
     if (v->t == CT_LIST) {
-        int rc = ct_buf_put(rt, b, "[", 1);
+        int tup = v->u.l->tuple;
+        int rc = ct_buf_put(rt, b, tup ? "(" : "[", 1);
         for (size_t i = 0; rc == 0 && i < v->u.l->n; i++) {
             if (i)
                 rc = ct_buf_put(rt, b, ", ", 2);
             if (rc == 0)
                 rc = repr(rt, b, &v->u.l->v[i], depth + 1);
         }
-        return rc ? rc : ct_buf_put(rt, b, "]", 1);
+        if (rc == 0 && tup && v->u.l->n == 1)
+            rc = ct_buf_put(rt, b, ",", 1);
+        return rc ? rc : ct_buf_put(rt, b, tup ? ")" : "]", 1);
     }
     if (v->t == CT_DICT) {
         int rc = v->u.d->ns ? ct_buf_put(rt, b, "<Namespace ", 11) : 0;
