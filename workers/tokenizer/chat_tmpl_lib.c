@@ -605,7 +605,8 @@ int ct_filter(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *v, ct_val_t *arg
             ct_list_t *c = ct_list_new(rt, l->n);
             if (!c)
                 return oom(rt, at);
-            memcpy(c->v, l->v, l->n * sizeof(*l->v));
+            if (l->n)
+                memcpy(c->v, l->v, l->n * sizeof(*l->v));
             c->n = l->n;
             *out = mklist(c);
         }
