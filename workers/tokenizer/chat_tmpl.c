@@ -392,8 +392,8 @@ static int slice_of(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *obj, ct_va
 {
     if (obj->t == CT_UNDEF)
         return fail_undef(rt, at, obj);
-    if (obj->t != CT_LIST && obj->t != CT_STR)
-        return ct_fail(rt, at, RCD_EINVAL, "cannot slice a %s", ct_type_name(obj));
+    if (obj->t != CT_LIST && obj->t != CT_STR) /* jinja2 slices bypass getitem: TypeError */
+        return ct_fail(rt, at, RCD_EINVAL, "'%s' object is not subscriptable", ct_type_name(obj));
     int64_t v[3], len = obj->t == CT_LIST ? (int64_t)obj->u.l->n : utf8_len(obj->u.s.p, obj->u.s.n);
     for (int i = 0; i < 3; i++) {
         if (part[i].t == CT_NONE || part[i].t == CT_UNDEF)
@@ -623,6 +623,8 @@ static int compare(ct_rt_t *rt, const ct_node_t *at, int op, const ct_val_t *a,
             for (size_t i = 0; i < b->u.l->n && !in; i++)
                 in = ct_equal(a, &b->u.l->v[i]);
         } else if (b->t == CT_DICT) {
+            if (a->t == CT_LIST || a->t == CT_DICT)
+                return ct_fail(rt, at, RCD_EINVAL, "unhashable type: '%s'", ct_type_name(a));
             in = a->t == CT_STR && ct_dict_get(b->u.d, a->u.s.p, a->u.s.n) != NULL;
         } else if (b->t != CT_UNDEF) {
             return ct_fail(rt, at, RCD_EINVAL, "argument of type '%s' is not iterable",

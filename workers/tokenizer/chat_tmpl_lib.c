@@ -422,7 +422,8 @@ static int select_(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *seq, ct_val
                    size_t nargs, int by_attr, int keep, ct_val_t *out)
 {
     ct_list_t *l;
-    int rc = ct_iterate(rt, at, seq, &l);
+    ct_val_t none = {.t = CT_UNDEF};
+    int rc = ct_iterate(rt, at, ct_truthy(seq) ? seq : &none, &l); /* jinja2: `if seq:` */
     if (rc)
         return rc;
     if (by_attr && (nargs < 1 || args[0].t != CT_STR))
@@ -644,7 +645,8 @@ int ct_filter(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *v, ct_val_t *arg
         return select_(rt, at, v, args, nargs, 0, EQ(f, "select"), out);
     if (EQ(f, "map")) {
         ct_list_t *l, *r;
-        rc = ct_iterate(rt, at, v, &l);
+        ct_val_t none = {.t = CT_UNDEF};
+        rc = ct_iterate(rt, at, ct_truthy(v) ? v : &none, &l); /* jinja2: `if value:` */
         if (rc)
             return rc;
         r = ct_list_new(rt, l->n);
@@ -750,8 +752,11 @@ int ct_filter(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *v, ct_val_t *arg
                 return oom(rt, at);
             for (size_t i = 0; i < l->n; i++) {
                 int seen = 0;
-                for (size_t j = 0; j < r->n && !seen; j++)
-                    seen = ct_equal(&r->v[j], &l->v[i]);
+                for (size_t j = 0; j < r->n && !seen; j++) /* strings: case-insensitive */
+                    seen = l->v[i].t == CT_STR && r->v[j].t == CT_STR
+                               ? l->v[i].u.s.n == r->v[j].u.s.n &&
+                                     strncasecmp(l->v[i].u.s.p, r->v[j].u.s.p, l->v[i].u.s.n) == 0
+                               : ct_equal(&r->v[j], &l->v[i]);
                 if (!seen)
                     r->v[r->n++] = l->v[i];
                 if (i % 64 == 0 && ++rt->steps > rt->max_steps)
@@ -858,6 +863,9 @@ int ct_filter(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *v, ct_val_t *arg
         return rc ? rc : replace(rt, at, &s, &os, &ns, c && c->t == CT_INT ? c->u.i : -1, out);
     }
     if (EQ(f, "indent")) {
+        if (v->t != CT_STR) /* jinja2 appends "\n" to the value itself */
+            return ct_fail(rt, at, RCD_EINVAL, "indent: expected a string, got %s",
+                           ct_type_name(v));
         const ct_val_t *w = arg(args, kw, nargs, 0, "width");
         const ct_val_t *fi = arg(args, kw, nargs, 1, "first");
         const ct_val_t *bl = arg(args, kw, nargs, 2, "blank");
