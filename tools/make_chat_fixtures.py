@@ -144,6 +144,87 @@ def cases():
         "documents": [{"doc_id": 1, "title": "Notes", "text": "Line one\nLine two"}]}
 
 
+# Random templates over the supported constructs (fixed seed), rendered by jinja2 too: a
+# differential check of expressions, filters, tests, methods, loops and whitespace control.
+# Cases whose jinja2 result hits a documented difference (workers/tokenizer/README.md) are
+# skipped: Python %-formatting, ordering comparisons of lists/dicts, unhashable `in`,
+# printing a generator.
+RANDOM_SEED, RANDOM_COUNT = 20261206, 300
+SKIP_MARKERS = ("generator object", "not all arguments converted", "unhashable",
+                "not supported between instances of 'list'", "not supported between instances of 'dict'",
+                "format", "SyntaxWarning")
+
+
+def random_templates():
+    import random
+    r = random.Random(RANDOM_SEED)
+    atoms = ["1", "0", "-3", "2.5", "'ab'", "''", "'A b'", "none", "true", "false", "[1, 2]", "[]",
+             "{'k': 'v'}", "messages", "messages[0]", "messages[-1].content", "messages[1]['role']",
+             "m", "x", "'é中'", "messages | length", "ns.a", "loop_var"]
+    binops = ["+", "-", "*", "//", "~", "==", "!=", "<", ">=", "and", "or", "in", "not in"]
+    filters = ["length", "trim", "upper", "lower", "string", "first", "last", "list", "tojson",
+               "default('d')", "join(',')", "reverse | list", "int", "capitalize", "title",
+               "items | list", "map(attribute='role') | list",
+               "selectattr('role', 'equalto', 'user') | list", "unique | list", "e",
+               "replace('a', 'b')", "tojson(indent=1)", "trim('a')", "wordcount"]
+    tests = ["defined", "none", "string", "number", "mapping", "iterable", "sequence", "integer",
+             "odd", "true", "undefined", "boolean"]
+    methods = [".upper()", ".strip()", ".split()", ".startswith('a')", ".endswith('b')",
+               ".replace('a', 'x')", ".lstrip('a')", ".title()", ".get('role')",
+               ".items() | list", ".keys() | list", "[1:]", "[::-1]", "[0]", ".rstrip()",
+               ".split('a')", ".find('b')", ".count('a')"]
+
+    def expr(d=0):
+        x = r.random()
+        if d > 2 or x < 0.3:
+            return r.choice(atoms)
+        if x < 0.5:
+            return "(%s %s %s)" % (expr(d + 1), r.choice(binops), expr(d + 1))
+        if x < 0.65:
+            return "(%s | %s)" % (expr(d + 1), r.choice(filters))
+        if x < 0.75:
+            return "(%s is %s%s)" % (expr(d + 1), r.choice(["", "not "]), r.choice(tests))
+        if x < 0.85:
+            return "(%s)%s" % (expr(d + 1), r.choice(methods))
+        if x < 0.93:
+            return "(%s if %s else %s)" % (expr(d + 1), expr(d + 1), expr(d + 1))
+        return "(not %s)" % expr(d + 1)
+
+    def sp():
+        return r.choice(["", " ", "\n", "  \n ", "\n\n", "\t"])
+
+    def ws():
+        return r.choice(["", "-", "", "+"])
+
+    def stmt(d):
+        x = r.random()
+        if d > 2 or x < 0.35:
+            return sp() + "{{" + r.choice(["", "-"]) + " " + expr() + " " + r.choice(["", "-"]) + "}}" + sp()
+        if x < 0.55:
+            return (sp() + "{%" + ws() + " if " + expr() + " %}" + body(d) + "{% else " +
+                    r.choice(["", "-"]) + "%}" + body(d) + "{%" + ws() + " endif %}" + sp())
+        if x < 0.75:
+            return (sp() + "{%" + ws() + " for loop_var in " +
+                    r.choice(["messages", "[1, 2, 3]", "'abc'", "{'a': 1, 'b': 2}", "x", "range(3)"]) +
+                    r.choice(["", " if loop_var"]) + " %}" + body(d) + "{{ loop.index }}{% endfor " +
+                    r.choice(["", "-"]) + "%}" + sp())
+        if x < 0.9:
+            return sp() + "{% set ns.a = " + expr() + " %}" + sp()
+        return sp() + "{#" + ws() + " c " + r.choice(["", "-"]) + "#}" + sp()
+
+    def body(d):
+        return "".join(stmt(d + 1) for _ in range(r.randint(1, 3)))
+
+    for i in range(RANDOM_COUNT):
+        yield "random_%03d" % i, "{% set ns = namespace(a=0) %}" + body(0)
+
+
+RANDOM_CTX = {"messages": [{"role": "system", "content": " Sys\n"},
+                           {"role": "user", "content": "Hi a b"},
+                           {"role": "assistant", "content": "é"}],
+              "m": {"a": [1, {"b": None}]}}
+
+
 def feature_cases():
     for name, text in FEATURES.items():
         yield name, text
@@ -197,6 +278,21 @@ def main():
         except Exception as e:
             res = {"error": {"type": type(e).__name__, "message": str(e)}}
         out.append({"template_text": text, "conversation": name, "context": FEATURE_CTX, **res})
+    import warnings
+    skipped = 0
+    for name, text in random_templates():
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            try:
+                res = {"output": ctu._compile_jinja_template(text).render(**copy.deepcopy(RANDOM_CTX))}
+            except Exception as e:
+                res = {"error": {"type": type(e).__name__, "message": str(e)}}
+        flat = json.dumps(res) + " ".join(str(x.message) for x in w)
+        if any(m in flat for m in SKIP_MARKERS):
+            skipped += 1
+            continue
+        out.append({"template_text": text, "conversation": name, "context": RANDOM_CTX, **res})
+    print(f"random templates: {RANDOM_COUNT - skipped} kept, {skipped} skipped (documented differences)")
     meta = {"transformers": transformers.__version__, "jinja2": jinja2.__version__,
             "python": sys.version.split()[0], "generator": "tools/make_chat_fixtures.py"}
     with open(os.path.join(GOLDEN, "cases.json"), "w", encoding="utf-8") as f:

@@ -338,6 +338,8 @@ static int attr_of(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *obj, const 
         return 0;
     }
     default:
+        if (obj->t == CT_NONE) /* jinja2's object_type_repr */
+            return undef(rt, out, "'None' has no attribute '%.*s'", (int)kn, k) ? oom(rt, at) : 0;
         return undef(rt, out, "'%s object' has no attribute '%.*s'", ct_type_name(obj), (int)kn,
                      k)
                    ? oom(rt, at)
@@ -651,6 +653,13 @@ static int compare(ct_rt_t *rt, const ct_node_t *at, int op, const ct_val_t *a,
         c = m ? memcmp(a->u.s.p, b->u.s.p, m) : 0;
         if (c == 0)
             c = a->u.s.n < b->u.s.n ? -1 : a->u.s.n > b->u.s.n;
+    } else if (a->t == CT_LIST && b->t == CT_LIST) { /* Python: the first unequal pair */
+        size_t i = 0;
+        while (i < a->u.l->n && i < b->u.l->n && ct_equal(&a->u.l->v[i], &b->u.l->v[i]))
+            i++;
+        if (i < a->u.l->n && i < b->u.l->n)
+            return compare(rt, at, op, &a->u.l->v[i], &b->u.l->v[i], res);
+        c = a->u.l->n < b->u.l->n ? -1 : a->u.l->n > b->u.l->n;
     } else {
         return ct_fail(rt, at, RCD_EINVAL, "'%c' not supported between %s and %s",
                        op == 'L' ? '<' : op == 'G' ? '>' : op, ct_type_name(a), ct_type_name(b));
@@ -767,6 +776,36 @@ static int call_value(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *fn, ct_v
     }
 }
 
+/* Whether jinja2's optimizer would fold n to a constant (no names, calls or loop state). */
+static int is_const(const ct_node_t *n)
+{
+    if (!n)
+        return 1;
+    switch (n->kind) {
+    case N_LIT:
+        return 1;
+    case N_LIST:
+    case N_TUPLE:
+    case N_DICT:
+    case N_UNARY:
+    case N_BIN:
+    case N_CMP:
+    case N_AND:
+    case N_OR:
+    case N_COND:
+    case N_TEST:
+    case N_FILTER:
+        if (!is_const(n->a) || !is_const(n->b) || !is_const(n->c))
+            return 0;
+        for (size_t i = 0; i < n->nkids; i++)
+            if (!is_const(n->kids[i]))
+                return 0;
+        return 1;
+    default:
+        return 0;
+    }
+}
+
 static int eval(ct_rt_t *rt, ct_frame_t *f, const ct_node_t *n, ct_val_t *out)
 {
     int rc = 0;
@@ -843,6 +882,10 @@ static int eval(ct_rt_t *rt, ct_frame_t *f, const ct_node_t *n, ct_val_t *out)
             else
                 memset(&part[i], 0, sizeof(part[i])), part[i].t = CT_NONE;
         }
+        if (rc == 0 && a.t != CT_LIST && a.t != CT_STR && a.t != CT_UNDEF && is_const(n->a))
+            /* jinja2 folds a constant expression through getitem, which gives an undefined */
+            return undef(rt, out, "'%s object' has no element", ct_type_name(&a)) ? oom(rt, n)
+                                                                                  : 0;
         return rc ? rc : slice_of(rt, n, &a, part, out);
     }
     case N_CALL: {

@@ -618,7 +618,13 @@ int ct_filter(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *v, ct_val_t *arg
         rc = ct_iterate(rt, at, v, &l);
         if (rc)
             return rc;
-        *out = l->n ? l->v[EQ(f, "first") ? 0 : l->n - 1] : mkundef();
+        if (l->n) {
+            *out = l->v[EQ(f, "first") ? 0 : l->n - 1];
+            return 0;
+        }
+        *out = EQ(f, "first") ? ct_mkstr("No first item, sequence was empty.", 34)
+                              : ct_mkstr("No last item, sequence was empty.", 33);
+        out->t = CT_UNDEF; /* jinja2's hint, raised if the undefined is used */
         return 0;
     }
     if (EQ(f, "items")) {
