@@ -1,5 +1,5 @@
-/* Chat templates: the lexer (jinja2's, with Hugging Face's trim_blocks and lstrip_blocks) and
- * a recursive-descent parser of the supported statements and expressions into ct_node_t. */
+/* Chat templates: a recursive-descent parser of the supported statements and expressions (over
+ * chat_tmpl_lex.c's tokens) into ct_node_t. */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,401 +10,15 @@
 
 #define CT_MAX_NEST 200
 
-enum {
-    T_TEXT,
-    T_VAR_BEGIN,
-    T_VAR_END,
-    T_BLOCK_BEGIN,
-    T_BLOCK_END,
-    T_NAME,
-    T_INT,
-    T_FLOAT,
-    T_STR,
-    T_OP,
-    T_EOF
-};
-
-typedef struct tok {
-    int type, line, col;
-    const char *p; /* source text (T_STR: the decoded value) */
-    size_t n;
-    int64_t i;
-    double f;
-} tok_t_;
-
-typedef struct lexer {
-    chat_tmpl_t *t;
-    const char *src;
-    size_t n;
-    tok_t_ *v;
-    size_t nt, cap;
-    /* line/column cursor */
-    size_t cpos;
-    int line, col;
-    /* parser */
-    size_t p;
-    int nest;
-    char *err;
-    size_t errlen;
-} lexer_t;
-
-static void cursor_to(lexer_t *lx, size_t off)
-{
-    while (lx->cpos < off && lx->cpos < lx->n) {
-        if (lx->src[lx->cpos] == '\n') {
-            lx->line++;
-            lx->col = 1;
-        } else if (((unsigned char)lx->src[lx->cpos] & 0xC0) != 0x80) {
-            lx->col++;
-        }
-        lx->cpos++;
-    }
-}
-
-static int lex_fail(lexer_t *lx, size_t off, int rc, const char *what)
-{
-    cursor_to(lx, off);
-    return rcd_fail(rc, lx->err, lx->errlen, "chat template line %d:%d: %s", lx->line, lx->col,
-                    what);
-}
-
-static int push_tok(lexer_t *lx, int type, size_t off, const char *p, size_t n)
-{
-    if (lx->nt == lx->cap) {
-        size_t cap = lx->cap ? lx->cap * 2 : 256;
-        tok_t_ *v = realloc(lx->v, cap * sizeof(*v));
-        if (!v)
-            return RCD_ENOMEM;
-        lx->v = v;
-        lx->cap = cap;
-    }
-    cursor_to(lx, off);
-    tok_t_ *t = &lx->v[lx->nt++];
-    memset(t, 0, sizeof(*t));
-    t->type = type;
-    t->line = lx->line;
-    t->col = lx->col;
-    t->p = p;
-    t->n = n;
-    return 0;
-}
-
-static int is_ws(char c)
-{
-    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
-}
-
-static int is_name0(char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
-}
-
-static int is_digit(char c)
-{
-    return c >= '0' && c <= '9';
-}
-
-static void put_utf8(char *o, size_t *k, uint32_t cp)
-{
-    if (cp < 0x80) {
-        o[(*k)++] = (char)cp;
-    } else if (cp < 0x800) {
-        o[(*k)++] = (char)(0xC0 | (cp >> 6));
-        o[(*k)++] = (char)(0x80 | (cp & 0x3F));
-    } else if (cp < 0x10000) {
-        o[(*k)++] = (char)(0xE0 | (cp >> 12));
-        o[(*k)++] = (char)(0x80 | ((cp >> 6) & 0x3F));
-        o[(*k)++] = (char)(0x80 | (cp & 0x3F));
-    } else {
-        o[(*k)++] = (char)(0xF0 | (cp >> 18));
-        o[(*k)++] = (char)(0x80 | ((cp >> 12) & 0x3F));
-        o[(*k)++] = (char)(0x80 | ((cp >> 6) & 0x3F));
-        o[(*k)++] = (char)(0x80 | (cp & 0x3F));
-    }
-}
-
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-/* A string literal's value with Python's unicode-escape decoding (jinja2's); unknown escapes
- * stay as written. */
-static int lex_string(lexer_t *lx, size_t start, size_t *end)
-{
-    char q = lx->src[start];
-    size_t i = start + 1;
-    while (i < lx->n && lx->src[i] != q) {
-        if (lx->src[i] == '\\' && i + 1 < lx->n)
-            i++;
-        i++;
-    }
-    if (i >= lx->n)
-        return lex_fail(lx, start, RCD_EINVAL, "unterminated string literal");
-    *end = i + 1;
-    const char *s = lx->src + start + 1;
-    size_t n = i - start - 1, k = 0;
-    char *o = ct_alloc(&lx->t->arena, n + 1);
-    if (!o)
-        return RCD_ENOMEM;
-    for (size_t j = 0; j < n; j++) {
-        if (s[j] != '\\' || j + 1 >= n) {
-            o[k++] = s[j];
-            continue;
-        }
-        char c = s[++j];
-        int digits = 0;
-        switch (c) {
-        case 'n': o[k++] = '\n'; break;
-        case 't': o[k++] = '\t'; break;
-        case 'r': o[k++] = '\r'; break;
-        case '\\': o[k++] = '\\'; break;
-        case '\'': o[k++] = '\''; break;
-        case '"': o[k++] = '"'; break;
-        case 'a': o[k++] = '\a'; break;
-        case 'b': o[k++] = '\b'; break;
-        case 'f': o[k++] = '\f'; break;
-        case 'v': o[k++] = '\v'; break;
-        case '\n': break;
-        case 'x': digits = 2; break;
-        case 'u': digits = 4; break;
-        case 'U': digits = 8; break;
-        default:
-            if (c >= '0' && c <= '7') {
-                uint32_t cp = 0;
-                int m = 0;
-                while (m < 3 && j < n && s[j] >= '0' && s[j] <= '7') {
-                    cp = cp * 8 + (uint32_t)(s[j] - '0');
-                    j++;
-                    m++;
-                }
-                j--;
-                put_utf8(o, &k, cp);
-            } else {
-                o[k++] = '\\';
-                o[k++] = c;
-            }
-        }
-        if (digits) {
-            uint32_t cp = 0;
-            for (int m = 0; m < digits; m++) {
-                int h = j + 1 + (size_t)m < n ? hexval(s[j + 1 + m]) : -1;
-                if (h < 0)
-                    return lex_fail(lx, start, RCD_EINVAL, "truncated \\x/\\u escape in string");
-                cp = cp * 16 + (uint32_t)h;
-            }
-            if (cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
-                return lex_fail(lx, start, RCD_EINVAL, "escape is not a Unicode scalar value");
-            j += (size_t)digits;
-            put_utf8(o, &k, cp);
-        }
-    }
-    int rc = push_tok(lx, T_STR, start, o, k);
-    return rc;
-}
-
-/* Tokens inside {{ }} or {% %} up to the end delimiter; returns its kind via *end_mod. */
-static int lex_tag(lexer_t *lx, size_t *pos, int block, char *end_mod)
-{
-    size_t i = *pos;
-    int depth = 0;
-    for (;;) {
-        while (i < lx->n && is_ws(lx->src[i]))
-            i++;
-        if (i >= lx->n)
-            return lex_fail(lx, *pos, RCD_EINVAL, block ? "unclosed '{%'" : "unclosed '{{'");
-        const char *s = lx->src + i;
-        size_t left = lx->n - i;
-        char ec = block ? '%' : '}';
-        if (depth == 0) {
-            if ((s[0] == '-' || s[0] == '+') && left >= 3 && s[1] == ec && s[2] == '}') {
-                *end_mod = s[0];
-                *pos = i + 3;
-                return push_tok(lx, block ? T_BLOCK_END : T_VAR_END, i, s, 3);
-            }
-            if (left >= 2 && s[0] == ec && s[1] == '}') {
-                *end_mod = 0;
-                *pos = i + 2;
-                return push_tok(lx, block ? T_BLOCK_END : T_VAR_END, i, s, 2);
-            }
-        }
-        int rc;
-        if (is_name0(s[0])) {
-            size_t j = 1;
-            while (j < left && (is_name0(s[j]) || is_digit(s[j])))
-                j++;
-            rc = push_tok(lx, T_NAME, i, s, j);
-            i += j;
-        } else if (is_digit(s[0])) {
-            size_t j = 0;
-            int fl = 0;
-            while (j < left && (is_digit(s[j]) || s[j] == '_'))
-                j++;
-            if (j + 1 < left && s[j] == '.' && is_digit(s[j + 1])) {
-                fl = 1;
-                j++;
-                while (j < left && (is_digit(s[j]) || s[j] == '_'))
-                    j++;
-            }
-            if (j < left && (s[j] == 'e' || s[j] == 'E')) {
-                size_t e = j + 1;
-                if (e < left && (s[e] == '+' || s[e] == '-'))
-                    e++;
-                if (e < left && is_digit(s[e])) {
-                    fl = 1;
-                    j = e;
-                    while (j < left && is_digit(s[j]))
-                        j++;
-                }
-            }
-            char num[64];
-            size_t k = 0;
-            for (size_t m = 0; m < j && k + 1 < sizeof(num); m++)
-                if (s[m] != '_')
-                    num[k++] = s[m];
-            num[k] = 0;
-            rc = push_tok(lx, fl ? T_FLOAT : T_INT, i, s, j);
-            if (rc == 0) {
-                if (fl) {
-                    lx->v[lx->nt - 1].f = strtod(num, NULL);
-                } else {
-                    char *endp;
-                    unsigned long long u = strtoull(num, &endp, 10);
-                    if (k > 19 || u > INT64_MAX)
-                        return lex_fail(lx, i, RCD_EUNSUPPORTED, "integer literal too large");
-                    lx->v[lx->nt - 1].i = (int64_t)u;
-                }
-            }
-            i += j;
-        } else if (s[0] == '\'' || s[0] == '"') {
-            size_t end = lx->n;
-            rc = lex_string(lx, i, &end);
-            i = end;
-        } else {
-            static const char *const two[] = {"//", "**", "==", "!=", "<=", ">="};
-            size_t len = 0;
-            for (size_t m = 0; m < sizeof(two) / sizeof(two[0]); m++)
-                if (left >= 2 && s[0] == two[m][0] && s[1] == two[m][1])
-                    len = 2;
-            if (!len && strchr("+-/*%~[](){}<>=.:|,", s[0]) && s[0])
-                len = 1;
-            if (!len)
-                return lex_fail(lx, i, RCD_EINVAL, "unexpected character");
-            if (len == 1 && (s[0] == '(' || s[0] == '[' || s[0] == '{'))
-                depth++;
-            if (len == 1 && (s[0] == ')' || s[0] == ']' || s[0] == '}') && depth > 0)
-                depth--;
-            rc = push_tok(lx, T_OP, i, s, len);
-            i += len;
-        }
-        if (rc)
-            return rc;
-    }
-}
-
-static int lex(lexer_t *lx)
-{
-    size_t pos = 0;
-    int strip_next = 0, trim_nl = 0, line_starting = 1;
-    while (pos <= lx->n) {
-        size_t t = pos;
-        while (t + 1 < lx->n &&
-               !(lx->src[t] == '{' && (lx->src[t + 1] == '{' || lx->src[t + 1] == '%' ||
-                                       lx->src[t + 1] == '#')))
-            t++;
-        int found = t + 1 < lx->n;
-        if (!found)
-            t = lx->n;
-        size_t a = pos, b = t;
-        if (strip_next) {
-            while (a < b && is_ws(lx->src[a]))
-                a++;
-        } else if (trim_nl && a < b && lx->src[a] == '\n') {
-            a++;
-        }
-        if (a > pos)
-            line_starting = lx->src[a - 1] == '\n';
-        char kind = found ? lx->src[t + 1] : 0;
-        char mod = found && t + 2 < lx->n ? lx->src[t + 2] : 0;
-        if (found && mod == '-') {
-            while (b > a && is_ws(lx->src[b - 1]))
-                b--;
-        } else if (found && kind != '{' && mod != '+') {
-            size_t l = b;
-            while (l > a && lx->src[l - 1] != '\n')
-                l--;
-            if (l > a || line_starting || (l == a && a == 0)) {
-                size_t m = l;
-                while (m < b && is_ws(lx->src[m]))
-                    m++;
-                if (m == b)
-                    b = l;
-            }
-        }
-        if (b > a) {
-            int rc = push_tok(lx, T_TEXT, a, lx->src + a, b - a);
-            if (rc)
-                return rc;
-        }
-        if (!found)
-            break;
-        size_t inner = t + 2 + (mod == '-' || mod == '+');
-        char end_mod = 0;
-        if (kind == '#') {
-            size_t e = inner;
-            while (e + 1 < lx->n && !(lx->src[e] == '#' && lx->src[e + 1] == '}'))
-                e++;
-            if (e + 1 >= lx->n)
-                return lex_fail(lx, t, RCD_EINVAL, "unclosed comment '{#'");
-            end_mod = e > inner && (lx->src[e - 1] == '-' || lx->src[e - 1] == '+')
-                          ? lx->src[e - 1]
-                          : 0;
-            pos = e + 2;
-            kind = '%'; /* trims like a block */
-        } else {
-            int rc = push_tok(lx, kind == '{' ? T_VAR_BEGIN : T_BLOCK_BEGIN, t, lx->src + t,
-                              inner - t);
-            if (rc)
-                return rc;
-            pos = inner;
-            rc = lex_tag(lx, &pos, kind == '%', &end_mod);
-            if (rc)
-                return rc;
-        }
-        strip_next = end_mod == '-';
-        trim_nl = kind == '%' && end_mod != '+' && end_mod != '-';
-        line_starting = 0;
-        if (strip_next) {
-            size_t e = pos;
-            while (e < lx->n && is_ws(lx->src[e]))
-                e++;
-            if (e > pos)
-                line_starting = lx->src[e - 1] == '\n';
-        } else if (trim_nl && pos < lx->n && lx->src[pos] == '\n') {
-            line_starting = 1;
-        }
-    }
-    return push_tok(lx, T_EOF, lx->n, lx->src + lx->n, 0);
-}
-
-/* ------------------------------------------------------------------------------------------ */
-/* parser */
-
-static tok_t_ *cur(lexer_t *lx)
+static ct_tok_t *cur(ct_lexer_t *lx)
 {
     return &lx->v[lx->p];
 }
 
-static int perr(lexer_t *lx, const tok_t_ *t, int rc, const char *fmt, ...)
+static int perr(ct_lexer_t *lx, const ct_tok_t *t, int rc, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
-static int perr(lexer_t *lx, const tok_t_ *t, int rc, const char *fmt, ...)
+static int perr(ct_lexer_t *lx, const ct_tok_t *t, int rc, const char *fmt, ...)
 {
     char msg[256];
     va_list ap;
@@ -415,17 +29,17 @@ static int perr(lexer_t *lx, const tok_t_ *t, int rc, const char *fmt, ...)
                     msg);
 }
 
-static int is_op(const tok_t_ *t, const char *op)
+static int is_op(const ct_tok_t *t, const char *op)
 {
-    return t->type == T_OP && t->n == strlen(op) && memcmp(t->p, op, t->n) == 0;
+    return t->type == CTK_OP && t->n == strlen(op) && memcmp(t->p, op, t->n) == 0;
 }
 
-static int is_name(const tok_t_ *t, const char *nm)
+static int is_name(const ct_tok_t *t, const char *nm)
 {
-    return t->type == T_NAME && t->n == strlen(nm) && memcmp(t->p, nm, t->n) == 0;
+    return t->type == CTK_NAME && t->n == strlen(nm) && memcmp(t->p, nm, t->n) == 0;
 }
 
-static int expect_op(lexer_t *lx, const char *op)
+static int expect_op(ct_lexer_t *lx, const char *op)
 {
     if (!is_op(cur(lx), op))
         return perr(lx, cur(lx), RCD_EINVAL, "expected '%s'", op);
@@ -433,7 +47,7 @@ static int expect_op(lexer_t *lx, const char *op)
     return 0;
 }
 
-static ct_node_t *mk(lexer_t *lx, int kind, const tok_t_ *at)
+static ct_node_t *mk(ct_lexer_t *lx, int kind, const ct_tok_t *at)
 {
     ct_node_t *n = ct_alloc(&lx->t->arena, sizeof(*n));
     if (n) {
@@ -451,7 +65,7 @@ typedef struct kidv {
     size_t n, cap;
 } kidv_t;
 
-static int kid_push(lexer_t *lx, kidv_t *k, ct_node_t *n, ct_str_t kw)
+static int kid_push(ct_lexer_t *lx, kidv_t *k, ct_node_t *n, ct_str_t kw)
 {
     if (k->n == k->cap) {
         size_t cap = k->cap ? k->cap * 2 : 4;
@@ -480,10 +94,10 @@ static void kid_set(ct_node_t *n, kidv_t *k)
     n->nkids = k->n;
 }
 
-static int parse_expr(lexer_t *lx, ct_node_t **out, int with_cond);
-static int parse_unary(lexer_t *lx, ct_node_t **out, int with_filter);
+static int parse_expr(ct_lexer_t *lx, ct_node_t **out, int with_cond);
+static int parse_unary(ct_lexer_t *lx, ct_node_t **out, int with_filter);
 
-static int nest_in(lexer_t *lx)
+static int nest_in(ct_lexer_t *lx)
 {
     if (++lx->nest > CT_MAX_NEST)
         return perr(lx, cur(lx), RCD_ERANGE, "nesting deeper than %d", CT_MAX_NEST);
@@ -491,13 +105,13 @@ static int nest_in(lexer_t *lx)
 }
 
 /* `(args)` of a call, filter or test; the '(' is current. */
-static int parse_args(lexer_t *lx, ct_node_t *n)
+static int parse_args(ct_lexer_t *lx, ct_node_t *n)
 {
     kidv_t k = {0};
     int rc = expect_op(lx, "(");
     while (rc == 0 && !is_op(cur(lx), ")")) {
         ct_str_t kw = {0};
-        if (cur(lx)->type == T_NAME && is_op(&lx->v[lx->p + 1], "=")) {
+        if (cur(lx)->type == CTK_NAME && is_op(&lx->v[lx->p + 1], "=")) {
             kw.p = cur(lx)->p;
             kw.n = cur(lx)->n;
             lx->p += 2;
@@ -517,12 +131,12 @@ static int parse_args(lexer_t *lx, ct_node_t *n)
     return rc;
 }
 
-static int parse_primary(lexer_t *lx, ct_node_t **out)
+static int parse_primary(ct_lexer_t *lx, ct_node_t **out)
 {
-    tok_t_ *t = cur(lx);
+    ct_tok_t *t = cur(lx);
     ct_node_t *n = NULL;
     int rc = 0;
-    if (t->type == T_NAME) {
+    if (t->type == CTK_NAME) {
         n = mk(lx, N_LIT, t);
         if (!n)
             return RCD_ENOMEM;
@@ -539,30 +153,30 @@ static int parse_primary(lexer_t *lx, ct_node_t **out)
             n->name.p = t->p;
             n->name.n = t->n;
         }
-    } else if (t->type == T_STR) {
+    } else if (t->type == CTK_STR) {
         n = mk(lx, N_LIT, t);
         if (!n)
             return RCD_ENOMEM;
         size_t total = 0;
         size_t q = lx->p;
-        while (lx->v[q].type == T_STR)
+        while (lx->v[q].type == CTK_STR)
             total += lx->v[q++].n;
         char *s = ct_alloc(&lx->t->arena, total + 1);
         if (!s)
             return RCD_ENOMEM;
         size_t k = 0;
-        while (cur(lx)->type == T_STR) { /* adjacent literals concatenate */
+        while (cur(lx)->type == CTK_STR) { /* adjacent literals concatenate */
             memcpy(s + k, cur(lx)->p, cur(lx)->n);
             k += cur(lx)->n;
             lx->p++;
         }
         n->lit = ct_mkstr(s, k);
-    } else if (t->type == T_INT || t->type == T_FLOAT) {
+    } else if (t->type == CTK_INT || t->type == CTK_FLOAT) {
         n = mk(lx, N_LIT, t);
         if (!n)
             return RCD_ENOMEM;
-        n->lit.t = t->type == T_INT ? CT_INT : CT_FLOAT;
-        if (t->type == T_INT)
+        n->lit.t = t->type == CTK_INT ? CT_INT : CT_FLOAT;
+        if (t->type == CTK_INT)
             n->lit.u.i = t->i;
         else
             n->lit.u.f = t->f;
@@ -619,7 +233,7 @@ static int parse_primary(lexer_t *lx, ct_node_t **out)
         if (rc == 0)
             rc = expect_op(lx, close);
         kid_set(n, &k);
-    } else if (t->type == T_EOF || t->type == T_VAR_END || t->type == T_BLOCK_END) {
+    } else if (t->type == CTK_EOF || t->type == CTK_VAR_END || t->type == CTK_BLOCK_END) {
         return perr(lx, t, RCD_EINVAL, "unexpected end of expression");
     } else {
         return perr(lx, t, RCD_EINVAL, "unexpected '%.*s'", (int)t->n, t->p);
@@ -628,15 +242,15 @@ static int parse_primary(lexer_t *lx, ct_node_t **out)
     return rc;
 }
 
-static int parse_postfix(lexer_t *lx, ct_node_t **node)
+static int parse_postfix(ct_lexer_t *lx, ct_node_t **node)
 {
     for (;;) {
-        tok_t_ *t = cur(lx);
+        ct_tok_t *t = cur(lx);
         ct_node_t *n;
         if (is_op(t, ".")) {
             lx->p++;
-            tok_t_ *nm = cur(lx);
-            if (nm->type == T_INT) {
+            ct_tok_t *nm = cur(lx);
+            if (nm->type == CTK_INT) {
                 n = mk(lx, N_INDEX, t);
                 if (!n)
                     return RCD_ENOMEM;
@@ -645,7 +259,7 @@ static int parse_postfix(lexer_t *lx, ct_node_t **node)
                     return RCD_ENOMEM;
                 n->b->lit.t = CT_INT;
                 n->b->lit.u.i = nm->i;
-            } else if (nm->type == T_NAME) {
+            } else if (nm->type == CTK_NAME) {
                 n = mk(lx, N_ATTR, t);
                 if (!n)
                     return RCD_ENOMEM;
@@ -708,14 +322,14 @@ static int parse_postfix(lexer_t *lx, ct_node_t **node)
     }
 }
 
-static int parse_filters(lexer_t *lx, ct_node_t **node)
+static int parse_filters(ct_lexer_t *lx, ct_node_t **node)
 {
     for (;;) {
-        tok_t_ *t = cur(lx);
+        ct_tok_t *t = cur(lx);
         if (is_op(t, "|")) {
             lx->p++;
-            tok_t_ *nm = cur(lx);
-            if (nm->type != T_NAME)
+            ct_tok_t *nm = cur(lx);
+            if (nm->type != CTK_NAME)
                 return perr(lx, nm, RCD_EINVAL, "expected a filter name after '|'");
             ct_node_t *n = mk(lx, N_FILTER, nm);
             if (!n)
@@ -743,8 +357,8 @@ static int parse_filters(lexer_t *lx, ct_node_t **node)
                 n->neg = 1;
                 lx->p++;
             }
-            tok_t_ *nm = cur(lx);
-            if (nm->type != T_NAME)
+            ct_tok_t *nm = cur(lx);
+            if (nm->type != CTK_NAME)
                 return perr(lx, nm, RCD_EINVAL, "expected a test name after 'is'");
             n->name.p = nm->p;
             n->name.n = nm->n;
@@ -759,12 +373,12 @@ static int parse_filters(lexer_t *lx, ct_node_t **node)
                     return rc;
             } else {
                 /* a single bare argument: `is divisibleby 3`, `is sameas false` */
-                tok_t_ *x = cur(lx);
-                if ((x->type == T_NAME && !is_name(x, "else") && !is_name(x, "and") &&
+                ct_tok_t *x = cur(lx);
+                if ((x->type == CTK_NAME && !is_name(x, "else") && !is_name(x, "and") &&
                      !is_name(x, "or") && !is_name(x, "if") && !is_name(x, "in") &&
                      !is_name(x, "is") && !is_name(x, "not")) ||
-                    x->type == T_STR || x->type == T_INT || x->type == T_FLOAT ||
-                    (x->type == T_OP && (is_op(x, "[") || is_op(x, "{")))) {
+                    x->type == CTK_STR || x->type == CTK_INT || x->type == CTK_FLOAT ||
+                    (x->type == CTK_OP && (is_op(x, "[") || is_op(x, "{")))) {
                     ct_node_t *arg;
                     int rc = parse_primary(lx, &arg);
                     if (rc == 0)
@@ -795,12 +409,12 @@ static int parse_filters(lexer_t *lx, ct_node_t **node)
     }
 }
 
-static int parse_unary(lexer_t *lx, ct_node_t **out, int with_filter)
+static int parse_unary(ct_lexer_t *lx, ct_node_t **out, int with_filter)
 {
     int rc = nest_in(lx);
     if (rc)
         return rc;
-    tok_t_ *t = cur(lx);
+    ct_tok_t *t = cur(lx);
     if (is_op(t, "-") || is_op(t, "+")) {
         lx->p++;
         ct_node_t *n = mk(lx, N_UNARY, t);
@@ -820,7 +434,7 @@ static int parse_unary(lexer_t *lx, ct_node_t **out, int with_filter)
     return rc;
 }
 
-static int bin(lexer_t *lx, int kind, int op, tok_t_ *at, ct_node_t **l, ct_node_t *r)
+static int bin(ct_lexer_t *lx, int kind, int op, ct_tok_t *at, ct_node_t **l, ct_node_t *r)
 {
     ct_node_t *n = mk(lx, kind, at);
     if (!n)
@@ -832,11 +446,11 @@ static int bin(lexer_t *lx, int kind, int op, tok_t_ *at, ct_node_t **l, ct_node
     return 0;
 }
 
-static int parse_pow(lexer_t *lx, ct_node_t **out)
+static int parse_pow(ct_lexer_t *lx, ct_node_t **out)
 {
     int rc = parse_unary(lx, out, 1);
     while (rc == 0 && is_op(cur(lx), "**")) {
-        tok_t_ *t = cur(lx);
+        ct_tok_t *t = cur(lx);
         lx->p++;
         ct_node_t *r;
         rc = parse_unary(lx, &r, 1);
@@ -846,11 +460,11 @@ static int parse_pow(lexer_t *lx, ct_node_t **out)
     return rc;
 }
 
-static int parse_math2(lexer_t *lx, ct_node_t **out)
+static int parse_math2(ct_lexer_t *lx, ct_node_t **out)
 {
     int rc = parse_pow(lx, out);
     for (;;) {
-        tok_t_ *t = cur(lx);
+        ct_tok_t *t = cur(lx);
         int op = is_op(t, "*") ? '*' : is_op(t, "/") ? '/' : is_op(t, "//") ? 'F'
                  : is_op(t, "%")                     ? '%'
                                                      : 0;
@@ -864,11 +478,11 @@ static int parse_math2(lexer_t *lx, ct_node_t **out)
     }
 }
 
-static int parse_concat(lexer_t *lx, ct_node_t **out)
+static int parse_concat(ct_lexer_t *lx, ct_node_t **out)
 {
     int rc = parse_math2(lx, out);
     while (rc == 0 && is_op(cur(lx), "~")) {
-        tok_t_ *t = cur(lx);
+        ct_tok_t *t = cur(lx);
         lx->p++;
         ct_node_t *r;
         rc = parse_math2(lx, &r);
@@ -878,11 +492,11 @@ static int parse_concat(lexer_t *lx, ct_node_t **out)
     return rc;
 }
 
-static int parse_math1(lexer_t *lx, ct_node_t **out)
+static int parse_math1(ct_lexer_t *lx, ct_node_t **out)
 {
     int rc = parse_concat(lx, out);
     for (;;) {
-        tok_t_ *t = cur(lx);
+        ct_tok_t *t = cur(lx);
         int op = is_op(t, "+") ? '+' : is_op(t, "-") ? '-' : 0;
         if (rc || !op)
             return rc;
@@ -894,11 +508,11 @@ static int parse_math1(lexer_t *lx, ct_node_t **out)
     }
 }
 
-static int parse_compare(lexer_t *lx, ct_node_t **out)
+static int parse_compare(ct_lexer_t *lx, ct_node_t **out)
 {
     int rc = parse_math1(lx, out);
     for (;;) {
-        tok_t_ *t = cur(lx);
+        ct_tok_t *t = cur(lx);
         int op = 0;
         if (is_op(t, "=="))
             op = 'E';
@@ -926,9 +540,9 @@ static int parse_compare(lexer_t *lx, ct_node_t **out)
     }
 }
 
-static int parse_not(lexer_t *lx, ct_node_t **out)
+static int parse_not(ct_lexer_t *lx, ct_node_t **out)
 {
-    tok_t_ *t = cur(lx);
+    ct_tok_t *t = cur(lx);
     if (is_name(t, "not")) {
         int rc = nest_in(lx);
         if (rc)
@@ -946,11 +560,11 @@ static int parse_not(lexer_t *lx, ct_node_t **out)
     return parse_compare(lx, out);
 }
 
-static int parse_and(lexer_t *lx, ct_node_t **out)
+static int parse_and(ct_lexer_t *lx, ct_node_t **out)
 {
     int rc = parse_not(lx, out);
     while (rc == 0 && is_name(cur(lx), "and")) {
-        tok_t_ *t = cur(lx);
+        ct_tok_t *t = cur(lx);
         lx->p++;
         ct_node_t *r;
         rc = parse_not(lx, &r);
@@ -960,11 +574,11 @@ static int parse_and(lexer_t *lx, ct_node_t **out)
     return rc;
 }
 
-static int parse_or(lexer_t *lx, ct_node_t **out)
+static int parse_or(ct_lexer_t *lx, ct_node_t **out)
 {
     int rc = parse_and(lx, out);
     while (rc == 0 && is_name(cur(lx), "or")) {
-        tok_t_ *t = cur(lx);
+        ct_tok_t *t = cur(lx);
         lx->p++;
         ct_node_t *r;
         rc = parse_and(lx, &r);
@@ -974,13 +588,13 @@ static int parse_or(lexer_t *lx, ct_node_t **out)
     return rc;
 }
 
-static int parse_expr(lexer_t *lx, ct_node_t **out, int with_cond)
+static int parse_expr(ct_lexer_t *lx, ct_node_t **out, int with_cond)
 {
     int rc = nest_in(lx);
     if (rc == 0)
         rc = parse_or(lx, out);
     while (rc == 0 && with_cond && is_name(cur(lx), "if")) {
-        tok_t_ *t = cur(lx);
+        ct_tok_t *t = cur(lx);
         lx->p++;
         ct_node_t *n = mk(lx, N_COND, t);
         if (!n)
@@ -1000,11 +614,11 @@ static int parse_expr(lexer_t *lx, ct_node_t **out, int with_cond)
 /* ------------------------------------------------------------------------------------------ */
 /* statements */
 
-static int parse_body(lexer_t *lx, const char *const *stops, ct_node_t **out, tok_t_ **stop_tok);
+static int parse_body(ct_lexer_t *lx, const char *const *stops, ct_node_t **out, ct_tok_t **stop_tok);
 
-static int expect_block_end(lexer_t *lx)
+static int expect_block_end(ct_lexer_t *lx)
 {
-    if (cur(lx)->type != T_BLOCK_END)
+    if (cur(lx)->type != CTK_BLOCK_END)
         return perr(lx, cur(lx), RCD_EINVAL, "expected '%%}', found '%.*s'", (int)cur(lx)->n,
                     cur(lx)->p);
     lx->p++;
@@ -1012,13 +626,13 @@ static int expect_block_end(lexer_t *lx)
 }
 
 /* After parse_body stopped at a keyword: consumes it (and checks `%}` when bare). */
-static int end_tag(lexer_t *lx, int bare)
+static int end_tag(ct_lexer_t *lx, int bare)
 {
     lx->p++;
     return bare ? expect_block_end(lx) : 0;
 }
 
-static int parse_if(lexer_t *lx, tok_t_ *at, ct_node_t **out)
+static int parse_if(ct_lexer_t *lx, ct_tok_t *at, ct_node_t **out)
 {
     static const char *const stops[] = {"elif", "else", "endif", NULL};
     ct_node_t *n = mk(lx, S_IF, at);
@@ -1027,7 +641,7 @@ static int parse_if(lexer_t *lx, tok_t_ *at, ct_node_t **out)
     kidv_t k = {0};
     for (;;) {
         ct_node_t *cond, *body;
-        tok_t_ *st;
+        ct_tok_t *st;
         int rc = parse_expr(lx, &cond, 1);
         if (rc == 0)
             rc = expect_block_end(lx);
@@ -1059,7 +673,7 @@ static int parse_if(lexer_t *lx, tok_t_ *at, ct_node_t **out)
     }
 }
 
-static int parse_targets(lexer_t *lx, ct_node_t *n, int allow_attr)
+static int parse_targets(ct_lexer_t *lx, ct_node_t *n, int allow_attr)
 {
     ct_str_t names[8];
     size_t nn = 0;
@@ -1067,8 +681,8 @@ static int parse_targets(lexer_t *lx, ct_node_t *n, int allow_attr)
     if (paren)
         lx->p++;
     for (;;) {
-        tok_t_ *t = cur(lx);
-        if (t->type != T_NAME)
+        ct_tok_t *t = cur(lx);
+        if (t->type != CTK_NAME)
             return perr(lx, t, RCD_EINVAL, "expected a variable name");
         if (nn == 8)
             return perr(lx, t, RCD_EUNSUPPORTED, "more than 8 unpacking targets");
@@ -1078,7 +692,7 @@ static int parse_targets(lexer_t *lx, ct_node_t *n, int allow_attr)
         lx->p++;
         if (allow_attr && nn == 1 && is_op(cur(lx), ".")) {
             lx->p++;
-            if (cur(lx)->type != T_NAME)
+            if (cur(lx)->type != CTK_NAME)
                 return perr(lx, cur(lx), RCD_EINVAL, "expected an attribute name");
             n->name2.p = cur(lx)->p;
             n->name2.n = cur(lx)->n;
@@ -1102,7 +716,7 @@ static int parse_targets(lexer_t *lx, ct_node_t *n, int allow_attr)
     return 0;
 }
 
-static int parse_for(lexer_t *lx, tok_t_ *at, ct_node_t **out)
+static int parse_for(ct_lexer_t *lx, ct_tok_t *at, ct_node_t **out)
 {
     static const char *const stops[] = {"else", "endfor", NULL};
     ct_node_t *n = mk(lx, S_FOR, at);
@@ -1129,7 +743,7 @@ static int parse_for(lexer_t *lx, tok_t_ *at, ct_node_t **out)
     if (!n->kids)
         return RCD_ENOMEM;
     n->nkids = 2;
-    tok_t_ *st;
+    ct_tok_t *st;
     if (rc == 0)
         rc = parse_body(lx, stops, &n->kids[0], &st);
     if (rc == 0 && is_name(st, "else")) {
@@ -1143,7 +757,7 @@ static int parse_for(lexer_t *lx, tok_t_ *at, ct_node_t **out)
     return rc;
 }
 
-static int parse_set(lexer_t *lx, tok_t_ *at, ct_node_t **out)
+static int parse_set(ct_lexer_t *lx, ct_tok_t *at, ct_node_t **out)
 {
     static const char *const stops[] = {"endset", NULL};
     ct_node_t *n = mk(lx, S_SET, at);
@@ -1153,7 +767,7 @@ static int parse_set(lexer_t *lx, tok_t_ *at, ct_node_t **out)
     if (rc)
         return rc;
     *out = n;
-    if (cur(lx)->type == T_BLOCK_END) { /* {% set x %}...{% endset %} */
+    if (cur(lx)->type == CTK_BLOCK_END) { /* {% set x %}...{% endset %} */
         if (n->nnames != 1 || n->name2.p)
             return perr(lx, cur(lx), RCD_EINVAL, "block set takes one variable name");
         lx->p++;
@@ -1161,7 +775,7 @@ static int parse_set(lexer_t *lx, tok_t_ *at, ct_node_t **out)
         if (!n->kids)
             return RCD_ENOMEM;
         n->nkids = 1;
-        tok_t_ *st;
+        ct_tok_t *st;
         rc = parse_body(lx, stops, &n->kids[0], &st);
         return rc ? rc : end_tag(lx, 1);
     }
@@ -1189,13 +803,13 @@ static int parse_set(lexer_t *lx, tok_t_ *at, ct_node_t **out)
     return rc ? rc : expect_block_end(lx);
 }
 
-static int parse_macro(lexer_t *lx, tok_t_ *at, ct_node_t **out)
+static int parse_macro(ct_lexer_t *lx, ct_tok_t *at, ct_node_t **out)
 {
     static const char *const stops[] = {"endmacro", NULL};
     ct_node_t *n = mk(lx, S_MACRO, at);
     if (!n)
         return RCD_ENOMEM;
-    if (cur(lx)->type != T_NAME)
+    if (cur(lx)->type != CTK_NAME)
         return perr(lx, cur(lx), RCD_EINVAL, "expected a macro name");
     n->name.p = cur(lx)->p;
     n->name.n = cur(lx)->n;
@@ -1205,7 +819,7 @@ static int parse_macro(lexer_t *lx, tok_t_ *at, ct_node_t **out)
     ct_str_t names[32];
     size_t nn = 0;
     while (rc == 0 && !is_op(cur(lx), ")")) {
-        if (cur(lx)->type != T_NAME)
+        if (cur(lx)->type != CTK_NAME)
             return perr(lx, cur(lx), RCD_EINVAL, "expected a parameter name");
         if (nn == 32)
             return perr(lx, cur(lx), RCD_EUNSUPPORTED, "more than 32 macro parameters");
@@ -1228,14 +842,14 @@ static int parse_macro(lexer_t *lx, tok_t_ *at, ct_node_t **out)
     if (rc == 0)
         rc = expect_block_end(lx);
     ct_node_t *body;
-    tok_t_ *st;
+    ct_tok_t *st;
     if (rc == 0)
         rc = parse_body(lx, stops, &body, &st);
     if (rc == 0)
         rc = kid_push(lx, &k, body, (ct_str_t){0});
     if (rc == 0)
         rc = end_tag(lx, 0);
-    if (rc == 0 && cur(lx)->type == T_NAME) /* {% endmacro name %} */
+    if (rc == 0 && cur(lx)->type == CTK_NAME) /* {% endmacro name %} */
         lx->p++;
     if (rc == 0)
         rc = expect_block_end(lx);
@@ -1251,9 +865,9 @@ static int parse_macro(lexer_t *lx, tok_t_ *at, ct_node_t **out)
     return 0;
 }
 
-static int parse_tag(lexer_t *lx, ct_node_t **out)
+static int parse_tag(ct_lexer_t *lx, ct_node_t **out)
 {
-    tok_t_ *kw = cur(lx);
+    ct_tok_t *kw = cur(lx);
     static const char *const gen_stop[] = {"endgeneration", NULL};
     lx->p++;
     if (is_name(kw, "if"))
@@ -1271,7 +885,7 @@ static int parse_tag(lexer_t *lx, ct_node_t **out)
         return expect_block_end(lx);
     }
     if (is_name(kw, "generation")) { /* transformers' AssistantTracker: renders its body */
-        tok_t_ *st;
+        ct_tok_t *st;
         int rc = expect_block_end(lx);
         if (rc == 0)
             rc = parse_body(lx, gen_stop, out, &st);
@@ -1287,7 +901,7 @@ static int parse_tag(lexer_t *lx, ct_node_t **out)
     return perr(lx, kw, RCD_EINVAL, "unknown or unexpected tag '%.*s'", (int)kw->n, kw->p);
 }
 
-static int parse_body(lexer_t *lx, const char *const *stops, ct_node_t **out, tok_t_ **stop_tok)
+static int parse_body(ct_lexer_t *lx, const char *const *stops, ct_node_t **out, ct_tok_t **stop_tok)
 {
     int rc = nest_in(lx);
     if (rc)
@@ -1297,9 +911,9 @@ static int parse_body(lexer_t *lx, const char *const *stops, ct_node_t **out, to
         return RCD_ENOMEM;
     kidv_t k = {0};
     for (;;) {
-        tok_t_ *t = cur(lx);
+        ct_tok_t *t = cur(lx);
         ct_node_t *n = NULL;
-        if (t->type == T_EOF) {
+        if (t->type == CTK_EOF) {
             if (stops && stops[0])
                 return perr(lx, t, RCD_EINVAL, "unexpected end of template: missing '%s'",
                             stops[0][0] == 'e' && stops[0][1] == 'n' ? stops[0]
@@ -1307,14 +921,14 @@ static int parse_body(lexer_t *lx, const char *const *stops, ct_node_t **out, to
                                                                       : stops[0]);
             break;
         }
-        if (t->type == T_TEXT) {
+        if (t->type == CTK_TEXT) {
             n = mk(lx, S_TEXT, t);
             if (!n)
                 return RCD_ENOMEM;
             n->name.p = t->p;
             n->name.n = t->n;
             lx->p++;
-        } else if (t->type == T_VAR_BEGIN) {
+        } else if (t->type == CTK_VAR_BEGIN) {
             lx->p++;
             n = mk(lx, S_OUT, t);
             if (!n)
@@ -1322,13 +936,13 @@ static int parse_body(lexer_t *lx, const char *const *stops, ct_node_t **out, to
             rc = parse_expr(lx, &n->a, 1);
             if (rc)
                 return rc;
-            if (cur(lx)->type != T_VAR_END)
+            if (cur(lx)->type != CTK_VAR_END)
                 return perr(lx, cur(lx), RCD_EINVAL, "expected '}}', found '%.*s'",
                             (int)cur(lx)->n, cur(lx)->p);
             lx->p++;
-        } else if (t->type == T_BLOCK_BEGIN) {
-            tok_t_ *kw = &lx->v[lx->p + 1];
-            if (kw->type != T_NAME)
+        } else if (t->type == CTK_BLOCK_BEGIN) {
+            ct_tok_t *kw = &lx->v[lx->p + 1];
+            if (kw->type != CTK_NAME)
                 return perr(lx, kw, RCD_EINVAL, "expected a tag name after '{%%'");
             int stop = 0;
             for (size_t i = 0; stops && stops[i]; i++)
@@ -1357,11 +971,11 @@ static int parse_body(lexer_t *lx, const char *const *stops, ct_node_t **out, to
 
 int ct_parse(chat_tmpl_t *t, const char *src, size_t n, char *err, size_t errlen)
 {
-    lexer_t lx = {.t = t, .src = src, .n = n, .line = 1, .col = 1, .err = err, .errlen = errlen};
-    int rc = lex(&lx);
+    ct_lexer_t lx = {.t = t, .src = src, .n = n, .line = 1, .col = 1, .err = err, .errlen = errlen};
+    int rc = ct_lex(&lx);
     if (rc == 0) {
         lx.p = 0;
-        tok_t_ *st = NULL;
+        ct_tok_t *st = NULL;
         rc = parse_body(&lx, NULL, &t->root, &st);
     }
     free(lx.v);
