@@ -24,15 +24,13 @@ static double now_s(void)
 static char *slurp(const char *path, size_t *n)
 {
     FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
+    if (!f) return NULL;
     fseek(f, 0, SEEK_END);
     long len = ftell(f);
     fseek(f, 0, SEEK_SET);
     char *b = len >= 0 ? malloc((size_t)len + 1) : NULL;
     *n = b ? fread(b, 1, (size_t)len, f) : 0;
-    if (b)
-        b[*n] = 0;
+    if (b) b[*n] = 0;
     fclose(f);
     return b;
 }
@@ -86,14 +84,12 @@ int main(int argc, char **argv)
     int rc = 0;
     while ((e = readdir(d))) {
         size_t nl = strlen(e->d_name);
-        if (nl < 7 || strcmp(e->d_name + nl - 6, ".jinja") != 0)
-            continue;
+        if (nl < 7 || strcmp(e->d_name + nl - 6, ".jinja") != 0) continue;
         char path[4096], err[512];
         snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
         size_t n = 0;
         char *src = slurp(path, &n);
-        if (!src)
-            continue;
+        if (!src) continue;
         double best_c = 1e9, best_r = 1e9;
         size_t out_n = 0;
         for (int run = 0; run < 5; run++) {
@@ -110,8 +106,7 @@ int main(int argc, char **argv)
                 }
             }
             double c = (now_s() - t0) / iters;
-            if (!t)
-                break;
+            if (!t) break;
             t0 = now_s();
             for (int k = 0; k < iters; k++) {
                 char *out = NULL;

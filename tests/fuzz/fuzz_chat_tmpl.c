@@ -38,8 +38,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     chat_tmpl_t *t = NULL;
     char err[256], *out = NULL;
     size_t n = 0;
-    if (chat_tmpl_compile((const char *)data, size, &t, err, sizeof(err)) != 0)
-        return 0;
+    if (chat_tmpl_compile((const char *)data, size, &t, err, sizeof(err)) != 0) return 0;
     struct chat_tmpl_opts o = {.max_output = 1 << 20,
                                .max_steps = 20000,
                                .max_depth = 16,

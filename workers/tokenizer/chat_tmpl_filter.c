@@ -27,12 +27,10 @@ static ct_val_t get_attr_path(const ct_val_t *v, const ct_val_t *path)
             size_t idx = (size_t)strtoull(k, NULL, 10);
             x = idx < cur.u.l->n ? &cur.u.l->v[idx] : NULL;
         }
-        if (!x)
-            return ct_mkundef();
+        if (!x) return ct_mkundef();
         cur = *x;
         i = e + 1;
-        if (!dot)
-            break;
+        if (!dot) break;
     }
     return cur;
 }
@@ -40,11 +38,9 @@ static ct_val_t get_attr_path(const ct_val_t *v, const ct_val_t *path)
 static int run_test(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *v, const ct_val_t *name,
                     ct_val_t *args, size_t nargs, int *res)
 {
-    if (!name)
-        return (*res = ct_truthy(v)), 0;
+    if (!name) return (*res = ct_truthy(v)), 0;
     int rc = ct_need_str(rt, at, name, "test name");
-    if (rc)
-        return rc;
+    if (rc) return rc;
     if (!ct_test_known(name->u.s.p, name->u.s.n))
         return ct_fail(rt, at, RCD_EUNSUPPORTED, "no test named '%.*s'", (int)name->u.s.n,
                        name->u.s.p);
@@ -62,24 +58,20 @@ static int select_(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *seq, ct_val
     ct_list_t *l;
     ct_val_t none = {.t = CT_UNDEF};
     int rc = ct_iterate(rt, at, ct_truthy(seq) ? seq : &none, &l); /* jinja2: `if seq:` */
-    if (rc)
-        return rc;
+    if (rc) return rc;
     if (by_attr && (nargs < 1 || args[0].t != CT_STR))
         return ct_fail(rt, at, RCD_EINVAL, "selectattr/rejectattr need an attribute name");
     size_t off = by_attr ? 1 : 0;
     const ct_val_t *test = nargs > off ? &args[off] : NULL;
     ct_list_t *r = ct_list_new(rt, l->n);
-    if (!r)
-        return ct_oom(rt, at);
+    if (!r) return ct_oom(rt, at);
     for (size_t i = 0; i < l->n; i++) {
         ct_val_t x = by_attr ? get_attr_path(&l->v[i], &args[0]) : l->v[i];
         int t = 0;
         rc = run_test(rt, at, &x, test, nargs > off + 1 ? args + off + 1 : NULL,
                       nargs > off + 1 ? nargs - off - 1 : 0, &t);
-        if (rc)
-            return rc;
-        if (t == keep)
-            r->v[r->n++] = l->v[i];
+        if (rc) return rc;
+        if (t == keep) r->v[r->n++] = l->v[i];
     }
     *out = ct_mklist(r);
     return 0;
@@ -91,8 +83,7 @@ static int to_int(ct_rt_t *rt, const ct_val_t *v, int64_t dflt, ct_val_t *out)
     if (v->t == CT_INT || v->t == CT_BOOL) {
         out->u.i = v->u.i;
     } else if (v->t == CT_FLOAT) {
-        if (isfinite(v->u.f) && fabs(v->u.f) < 9.2e18)
-            out->u.i = (int64_t)v->u.f;
+        if (isfinite(v->u.f) && fabs(v->u.f) < 9.2e18) out->u.i = (int64_t)v->u.f;
     } else if (v->t == CT_STR) {
         char buf[64];
         if (v->u.s.n < sizeof(buf)) {
@@ -108,8 +99,7 @@ static int to_int(ct_rt_t *rt, const ct_val_t *v, int64_t dflt, ct_val_t *out)
                 double d = strtod(buf, &e);
                 while (*e == ' ')
                     e++;
-                if (e != buf && !*e && isfinite(d) && fabs(d) < 9.2e18)
-                    out->u.i = (int64_t)d;
+                if (e != buf && !*e && isfinite(d) && fabs(d) < 9.2e18) out->u.i = (int64_t)d;
             }
         }
     }
@@ -117,8 +107,8 @@ static int to_int(ct_rt_t *rt, const ct_val_t *v, int64_t dflt, ct_val_t *out)
     return 0;
 }
 
-static int indent(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *s, const ct_val_t *w,
-                  int first, int blank, ct_val_t *out)
+static int indent(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *s, const ct_val_t *w, int first,
+                  int blank, ct_val_t *out)
 {
     ct_buf_t pad = {0}, b = {0};
     int rc = 0;
@@ -137,39 +127,36 @@ static int indent(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *s, const ct_
         int empty = e == i;
         if ((line > 0 || first) && (blank || !empty) && pad.n)
             rc = ct_buf_put(rt, &b, pad.p, pad.n);
-        if (rc == 0)
-            rc = ct_buf_put(rt, &b, s->u.s.p + i, e - i);
-        if (rc == 0 && nl)
-            rc = ct_buf_put(rt, &b, "\n", 1);
+        if (rc == 0) rc = ct_buf_put(rt, &b, s->u.s.p + i, e - i);
+        if (rc == 0 && nl) rc = ct_buf_put(rt, &b, "\n", 1);
         line++;
         i = e + 1;
-        if (!nl)
-            break;
+        if (!nl) break;
     }
-    if (rc == 0 && ct_mkstr_copy(rt, b.p ? b.p : "", b.n, out))
-        rc = ct_oom(rt, at);
+    if (rc == 0 && ct_mkstr_copy(rt, b.p ? b.p : "", b.n, out)) rc = ct_oom(rt, at);
     free(pad.p);
     free(b.p);
     return rc;
 }
 
 static const char *const filters[] = {
-    "trim", "tojson", "length", "count", "upper", "lower", "default", "d", "join", "replace",
-    "first", "last", "list", "selectattr", "rejectattr", "select", "reject", "map", "items",
-    "string", "int", "float", "safe", "capitalize", "title", "abs", "reverse", "indent",
-    "escape", "e", "round", "unique", "sum", "min", "max", "wordcount", "dictsort", NULL};
+    "trim",       "tojson",   "length",     "count",  "upper", "lower",   "default",
+    "d",          "join",     "replace",    "first",  "last",  "list",    "selectattr",
+    "rejectattr", "select",   "reject",     "map",    "items", "string",  "int",
+    "float",      "safe",     "capitalize", "title",  "abs",   "reverse", "indent",
+    "escape",     "e",        "round",      "unique", "sum",   "min",     "max",
+    "wordcount",  "dictsort", NULL};
 
 static const char *const tests[] = {
-    "defined", "undefined", "none", "string", "number", "integer", "float", "boolean",
-    "mapping", "iterable", "sequence", "true", "false", "odd", "even", "divisibleby", "eq",
-    "equalto", "ne", "lt", "gt", "le", "ge", "lessthan", "greaterthan", "in", "lower",
-    "upper", "callable", "sameas", NULL};
+    "defined",     "undefined", "none",     "string", "number",   "integer", "float", "boolean",
+    "mapping",     "iterable",  "sequence", "true",   "false",    "odd",     "even",  "divisibleby",
+    "eq",          "equalto",   "ne",       "lt",     "gt",       "le",      "ge",    "lessthan",
+    "greaterthan", "in",        "lower",    "upper",  "callable", "sameas",  NULL};
 
 static int known(const char *const *list, const char *name, size_t n)
 {
     for (size_t i = 0; list[i]; i++)
-        if (strlen(list[i]) == n && memcmp(list[i], name, n) == 0)
-            return 1;
+        if (strlen(list[i]) == n && memcmp(list[i], name, n) == 0) return 1;
     return 0;
 }
 
@@ -235,17 +222,14 @@ int ct_filter(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *v, ct_val_t *arg
         *out = ct_mkint(n);
         return rc;
     }
-    if (EQ(f, "string"))
-        return str_of(rt, at, v, out);
+    if (EQ(f, "string")) return str_of(rt, at, v, out);
     if (EQ(f, "list")) {
         ct_list_t *l;
         rc = ct_iterate(rt, at, v, &l);
         if (rc == 0) {
             ct_list_t *c = ct_list_new(rt, l->n);
-            if (!c)
-                return ct_oom(rt, at);
-            if (l->n)
-                memcpy(c->v, l->v, l->n * sizeof(*l->v));
+            if (!c) return ct_oom(rt, at);
+            if (l->n) memcpy(c->v, l->v, l->n * sizeof(*l->v));
             c->n = l->n;
             *out = ct_mklist(c);
         }
@@ -254,8 +238,7 @@ int ct_filter(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *v, ct_val_t *arg
     if (EQ(f, "first") || EQ(f, "last")) {
         ct_list_t *l;
         rc = ct_iterate(rt, at, v, &l);
-        if (rc)
-            return rc;
+        if (rc) return rc;
         if (l->n) {
             *out = l->v[EQ(f, "first") ? 0 : l->n - 1];
             return 0;
@@ -268,8 +251,7 @@ int ct_filter(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *v, ct_val_t *arg
     if (EQ(f, "items")) {
         if (v->t == CT_UNDEF) {
             ct_list_t *l = ct_list_new(rt, 0);
-            if (!l)
-                return ct_oom(rt, at);
+            if (!l) return ct_oom(rt, at);
             *out = ct_mklist(l);
             return 0;
         }
@@ -283,19 +265,18 @@ int ct_filter(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *v, ct_val_t *arg
         return ct_join(rt, at, v, sep, ct_arg(args, kw, nargs, 1, "attribute"), out);
     }
     if (EQ(f, "selectattr") || EQ(f, "rejectattr"))
-        return kw && nargs && kw[0].p ? ct_fail(rt, at, RCD_EUNSUPPORTED, "keyword arguments to %.*s", (int)f.n, f.p)
-                                      : select_(rt, at, v, args, nargs, 1, EQ(f, "selectattr"), out);
+        return kw && nargs && kw[0].p
+                   ? ct_fail(rt, at, RCD_EUNSUPPORTED, "keyword arguments to %.*s", (int)f.n, f.p)
+                   : select_(rt, at, v, args, nargs, 1, EQ(f, "selectattr"), out);
     if (EQ(f, "select") || EQ(f, "reject"))
         return select_(rt, at, v, args, nargs, 0, EQ(f, "select"), out);
     if (EQ(f, "map")) {
         ct_list_t *l, *r;
         ct_val_t none = {.t = CT_UNDEF};
         rc = ct_iterate(rt, at, ct_truthy(v) ? v : &none, &l); /* jinja2: `if value:` */
-        if (rc)
-            return rc;
+        if (rc) return rc;
         r = ct_list_new(rt, l->n);
-        if (!r)
-            return ct_oom(rt, at);
+        if (!r) return ct_oom(rt, at);
         const ct_val_t *attr = ct_arg(args, kw, nargs, 99, "attribute");
         const ct_val_t *dflt = ct_arg(args, kw, nargs, 99, "default");
         if (attr && attr->t == CT_STR) {
@@ -313,8 +294,7 @@ int ct_filter(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *v, ct_val_t *arg
             for (size_t i = 0; i < l->n; i++) {
                 rc = ct_filter(rt, &tmp, &l->v[i], args + 1, kw ? kw + 1 : NULL, nargs - 1,
                                &r->v[r->n]);
-                if (rc)
-                    return rc;
+                if (rc) return rc;
                 r->n++;
             }
         } else {
@@ -353,7 +333,9 @@ int ct_filter(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *v, ct_val_t *arg
     }
     if (EQ(f, "round")) {
         const ct_val_t *p = ct_arg(args, kw, nargs, 0, "precision");
-        double x = v->t == CT_FLOAT ? v->u.f : (v->t == CT_INT || v->t == CT_BOOL) ? (double)v->u.i : NAN;
+        double x = v->t == CT_FLOAT                      ? v->u.f
+                   : (v->t == CT_INT || v->t == CT_BOOL) ? (double)v->u.i
+                                                         : NAN;
         if (isnan(x) && v->t != CT_FLOAT)
             return ct_fail(rt, at, RCD_EINVAL, "round: expected a number");
         double m = pow(10, p && p->t == CT_INT ? (double)p->u.i : 0);
@@ -368,18 +350,15 @@ int ct_filter(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *v, ct_val_t *arg
             ct_buf_t b = {0};
             for (size_t i = l ? l->n : 0; rc == 0 && i-- > 0;)
                 rc = ct_buf_put(rt, &b, l->v[i].u.s.p, l->v[i].u.s.n);
-            if (rc == 0 && ct_mkstr_copy(rt, b.p ? b.p : "", b.n, out))
-                rc = ct_oom(rt, at);
+            if (rc == 0 && ct_mkstr_copy(rt, b.p ? b.p : "", b.n, out)) rc = ct_oom(rt, at);
             free(b.p);
             return rc;
         }
         ct_list_t *l;
         rc = ct_iterate(rt, at, v, &l);
-        if (rc)
-            return rc;
+        if (rc) return rc;
         ct_list_t *r = ct_list_new(rt, l->n);
-        if (!r)
-            return ct_oom(rt, at);
+        if (!r) return ct_oom(rt, at);
         for (size_t i = l->n; i-- > 0;)
             r->v[r->n++] = l->v[i];
         *out = ct_mklist(r);
@@ -388,12 +367,10 @@ int ct_filter(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *v, ct_val_t *arg
     if (EQ(f, "unique") || EQ(f, "sum") || EQ(f, "min") || EQ(f, "max")) {
         ct_list_t *l;
         rc = ct_iterate(rt, at, v, &l);
-        if (rc)
-            return rc;
+        if (rc) return rc;
         if (EQ(f, "unique")) {
             ct_list_t *r = ct_list_new(rt, l->n);
-            if (!r)
-                return ct_oom(rt, at);
+            if (!r) return ct_oom(rt, at);
             for (size_t i = 0; i < l->n; i++) {
                 int seen = 0;
                 for (size_t j = 0; j < r->n && !seen; j++) /* strings: case-insensitive */
@@ -401,8 +378,7 @@ int ct_filter(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *v, ct_val_t *arg
                                ? l->v[i].u.s.n == r->v[j].u.s.n &&
                                      strncasecmp(l->v[i].u.s.p, r->v[j].u.s.p, l->v[i].u.s.n) == 0
                                : ct_equal(&r->v[j], &l->v[i]);
-                if (!seen)
-                    r->v[r->n++] = l->v[i];
+                if (!seen) r->v[r->n++] = l->v[i];
                 if (i % 64 == 0 && ++rt->steps > rt->max_steps)
                     return ct_fail(rt, at, RCD_ERANGE, "render step budget exceeded");
             }
@@ -415,7 +391,9 @@ int ct_filter(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *v, ct_val_t *arg
                 ct_val_t x = l->v[i];
                 if (x.t == CT_FLOAT || acc.t == CT_FLOAT) {
                     double a = acc.t == CT_FLOAT ? acc.u.f : (double)acc.u.i;
-                    double b = x.t == CT_FLOAT ? x.u.f : (x.t == CT_INT || x.t == CT_BOOL) ? (double)x.u.i : NAN;
+                    double b = x.t == CT_FLOAT                     ? x.u.f
+                               : (x.t == CT_INT || x.t == CT_BOOL) ? (double)x.u.i
+                                                                   : NAN;
                     acc.t = CT_FLOAT;
                     acc.u.f = a + b;
                 } else if (x.t == CT_INT || x.t == CT_BOOL) {
@@ -456,25 +434,21 @@ int ct_filter(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *v, ct_val_t *arg
                 return ct_fail(rt, at, RCD_EINVAL, "%.*s: values cannot be compared", (int)f.n,
                                f.p);
             }
-            if (EQ(f, "min") ? less : (!less && !ct_equal(x, out)))
-                *out = *x;
+            if (EQ(f, "min") ? less : (!less && !ct_equal(x, out))) *out = *x;
         }
         return 0;
     }
     if (EQ(f, "dictsort")) {
-        if (v->t != CT_DICT)
-            return ct_fail(rt, at, RCD_EINVAL, "dictsort: expected a mapping");
+        if (v->t != CT_DICT) return ct_fail(rt, at, RCD_EINVAL, "dictsort: expected a mapping");
         ct_val_t items;
-        if (ct_method(rt, at, v, (ct_str_t){"items", 5}, NULL, NULL, 0, &items) < 0)
-            return rt->rc;
+        if (ct_method(rt, at, v, (ct_str_t){"items", 5}, NULL, NULL, 0, &items) < 0) return rt->rc;
         ct_list_t *l = items.u.l;
         for (size_t i = 1; i < l->n; i++) /* insertion sort by key, case-insensitive */
             for (size_t j = i; j > 0; j--) {
                 const ct_val_t *a = &l->v[j - 1].u.l->v[0], *b = &l->v[j].u.l->v[0];
                 size_t m = a->u.s.n < b->u.s.n ? a->u.s.n : b->u.s.n;
                 int c = m ? strncasecmp(a->u.s.p, b->u.s.p, m) : 0;
-                if (c < 0 || (c == 0 && a->u.s.n <= b->u.s.n))
-                    break;
+                if (c < 0 || (c == 0 && a->u.s.n <= b->u.s.n)) break;
                 ct_val_t t = l->v[j];
                 l->v[j] = l->v[j - 1];
                 l->v[j - 1] = t;
@@ -484,26 +458,28 @@ int ct_filter(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *v, ct_val_t *arg
     }
     /* string filters: the value through str() first, as jinja2's soft_str */
     rc = ct_str_val(rt, v, &s);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     if (EQ(f, "trim")) {
         const ct_val_t *ch = ct_arg(args, kw, nargs, 0, "chars");
-        if (ch && ch->t != CT_STR && ch->t != CT_NONE)
-            return ct_need_str(rt, at, ch, "trim");
+        if (ch && ch->t != CT_STR && ch->t != CT_NONE) return ct_need_str(rt, at, ch, "trim");
         *out = ct_strip(&s, ch && ch->t == CT_STR ? ch : NULL, 1, 1);
         return 0;
     }
     if (EQ(f, "upper") || EQ(f, "lower") || EQ(f, "capitalize") || EQ(f, "title"))
-        return ct_recase(rt, at, &s, EQ(f, "upper") ? 'u' : EQ(f, "lower") ? 'l' : EQ(f, "title") ? 'j' : 'c', out);
+        return ct_recase(rt, at, &s,
+                         EQ(f, "upper")   ? 'u'
+                         : EQ(f, "lower") ? 'l'
+                         : EQ(f, "title") ? 'j'
+                                          : 'c',
+                         out);
     if (EQ(f, "replace")) {
-        const ct_val_t *o = ct_arg(args, kw, nargs, 0, "old"), *n = ct_arg(args, kw, nargs, 1, "new");
+        const ct_val_t *o = ct_arg(args, kw, nargs, 0, "old"),
+                       *n = ct_arg(args, kw, nargs, 1, "new");
         const ct_val_t *c = ct_arg(args, kw, nargs, 2, "count");
         ct_val_t os, ns;
-        if (!o || !n)
-            return ct_fail(rt, at, RCD_EINVAL, "replace needs old and new");
+        if (!o || !n) return ct_fail(rt, at, RCD_EINVAL, "replace needs old and new");
         rc = ct_str_val(rt, o, &os);
-        if (rc == 0)
-            rc = ct_str_val(rt, n, &ns);
+        if (rc == 0) rc = ct_str_val(rt, n, &ns);
         return rc ? rc : ct_replace(rt, at, &s, &os, &ns, c && c->t == CT_INT ? c->u.i : -1, out);
     }
     if (EQ(f, "indent")) {
@@ -520,17 +496,18 @@ int ct_filter(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *v, ct_val_t *arg
         size_t run = 0;
         for (size_t i = 0; rc == 0 && i <= s.u.s.n; i++) {
             char c = i < s.u.s.n ? s.u.s.p[i] : 0;
-            const char *r = c == '&' ? "&amp;" : c == '<' ? "&lt;" : c == '>' ? "&gt;"
-                            : c == '"' ? "&#34;" : c == '\'' ? "&#39;" : NULL;
-            if (!r && i < s.u.s.n)
-                continue;
+            const char *r = c == '&'    ? "&amp;"
+                            : c == '<'  ? "&lt;"
+                            : c == '>'  ? "&gt;"
+                            : c == '"'  ? "&#34;"
+                            : c == '\'' ? "&#39;"
+                                        : NULL;
+            if (!r && i < s.u.s.n) continue;
             rc = ct_buf_put(rt, &b, s.u.s.p + run, i - run);
-            if (rc == 0 && r)
-                rc = ct_buf_put(rt, &b, r, strlen(r));
+            if (rc == 0 && r) rc = ct_buf_put(rt, &b, r, strlen(r));
             run = i + 1;
         }
-        if (rc == 0 && ct_mkstr_copy(rt, b.p ? b.p : "", b.n, out))
-            rc = ct_oom(rt, at);
+        if (rc == 0 && ct_mkstr_copy(rt, b.p ? b.p : "", b.n, out)) rc = ct_oom(rt, at);
         free(b.p);
         return rc;
     }

@@ -57,7 +57,7 @@ typedef struct ct_val {
         ct_list_t *l;
         ct_dict_t *d;
         ct_loop_t *loop;
-        const ct_node_t *m;
+        struct ct_macro *m;
     } u;
 } ct_val_t;
 
@@ -77,6 +77,14 @@ struct ct_dict {
     ct_val_t *v;
     size_t n, cap;
     int ns; /* a namespace(): attributes may be assigned */
+};
+
+typedef struct ct_frame ct_frame_t;
+
+/* A macro and the scope it was defined in (it sees that scope's names when called). */
+struct ct_macro {
+    const ct_node_t *node;
+    ct_frame_t *scope;
 };
 
 struct ct_loop {
@@ -181,8 +189,6 @@ typedef struct ct_buf {
     size_t n, cap;
 } ct_buf_t;
 
-typedef struct ct_frame ct_frame_t;
-
 typedef struct ct_rt {
     ct_arena_t arena;
     ct_buf_t out;
@@ -194,9 +200,9 @@ typedef struct ct_rt {
     ct_frame_t *top;     /* the template's own (set at top level, macros): macros see it */
     char *err;
     size_t errlen;
-    int rc;       /* first error */
-    int raised;   /* the error came from raise_exception: err is the message alone */
-    int brk;      /* 1 break, 2 continue pending */
+    int rc;     /* first error */
+    int raised; /* the error came from raise_exception: err is the message alone */
+    int brk;    /* 1 break, 2 continue pending */
 } ct_rt_t;
 
 /* Records the first error (with the node's line:column) and returns rc. */
@@ -228,8 +234,8 @@ int ct_filter(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *v, ct_val_t *arg
 int ct_test(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *v, ct_val_t *args, size_t nargs,
             int *out);
 /* 1 when obj has a method `name` (and *out is its result), 0 when not, <0 on error. */
-int ct_method(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *obj, ct_str_t name,
-              ct_val_t *args, ct_str_t *kw, size_t nargs, ct_val_t *out);
+int ct_method(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *obj, ct_str_t name, ct_val_t *args,
+              ct_str_t *kw, size_t nargs, ct_val_t *out);
 int ct_call_func(ct_rt_t *rt, const ct_node_t *at, int fn, ct_val_t *args, ct_str_t *kw,
                  size_t nargs, ct_val_t *out);
 enum { CT_FN_RAISE, CT_FN_RANGE, CT_FN_NAMESPACE, CT_FN_DICT, CT_FN_STRFTIME };
@@ -237,8 +243,8 @@ int ct_global_func(const char *name, size_t n);
 /* 1 when the filter / test exists (checked at compile time, as jinja2 does). */
 int ct_filter_known(const char *name, size_t n);
 int ct_test_known(const char *name, size_t n);
-int ct_tojson(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *v, int indent, int ascii,
-              int sort, const ct_str_t *seps, ct_val_t *out);
+int ct_tojson(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *v, int indent, int ascii, int sort,
+              const ct_str_t *seps, ct_val_t *out);
 uint32_t ct_utf8_next(const char *s, size_t n, size_t *i);
 
 /* ---- helpers shared by the library files (chat_tmpl_lib.c, chat_tmpl_filter.c) ---- */
@@ -285,13 +291,12 @@ static inline ct_val_t ct_mkundef(void)
 
 /* Arguments by position or keyword: the value of parameter `name` at position `pos`. */
 static inline const ct_val_t *ct_arg(ct_val_t *args, ct_str_t *kw, size_t nargs, size_t pos,
-                           const char *name)
+                                     const char *name)
 {
     size_t k = 0;
     for (size_t i = 0; i < nargs; i++) {
         if (kw && kw[i].p) {
-            if (kw[i].n == strlen(name) && memcmp(kw[i].p, name, kw[i].n) == 0)
-                return &args[i];
+            if (kw[i].n == strlen(name) && memcmp(kw[i].p, name, kw[i].n) == 0) return &args[i];
         } else if (k++ == pos) {
             return &args[i];
         }
@@ -301,11 +306,9 @@ static inline const ct_val_t *ct_arg(ct_val_t *args, ct_str_t *kw, size_t nargs,
 
 static inline int ct_need_str(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *v, const char *what)
 {
-    if (v->t == CT_STR)
-        return 0;
+    if (v->t == CT_STR) return 0;
     return ct_fail(rt, at, RCD_EINVAL, "%s: expected a string, got %s", what, ct_type_name(v));
 }
-
 
 /* Python str methods and builtins used by filters too (chat_tmpl_lib.c). */
 ct_val_t ct_strip(const ct_val_t *s, const ct_val_t *chars, int left, int right);

@@ -32,8 +32,7 @@ static int push_tok(ct_lexer_t *lx, int type, size_t off, const char *p, size_t 
     if (lx->nt == lx->cap) {
         size_t cap = lx->cap ? lx->cap * 2 : 256;
         ct_tok_t *v = realloc(lx->v, cap * sizeof(*v));
-        if (!v)
-            return RCD_ENOMEM;
+        if (!v) return RCD_ENOMEM;
         lx->v = v;
         lx->cap = cap;
     }
@@ -84,12 +83,9 @@ static void put_utf8(char *o, size_t *k, uint32_t cp)
 
 static int hexval(char c)
 {
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
     return -1;
 }
 
@@ -100,18 +96,15 @@ static int lex_string(ct_lexer_t *lx, size_t start, size_t *end)
     char q = lx->src[start];
     size_t i = start + 1;
     while (i < lx->n && lx->src[i] != q) {
-        if (lx->src[i] == '\\' && i + 1 < lx->n)
-            i++;
+        if (lx->src[i] == '\\' && i + 1 < lx->n) i++;
         i++;
     }
-    if (i >= lx->n)
-        return lex_fail(lx, start, RCD_EINVAL, "unterminated string literal");
+    if (i >= lx->n) return lex_fail(lx, start, RCD_EINVAL, "unterminated string literal");
     *end = i + 1;
     const char *s = lx->src + start + 1;
     size_t n = i - start - 1, k = 0;
     char *o = ct_alloc(&lx->t->arena, n + 1);
-    if (!o)
-        return RCD_ENOMEM;
+    if (!o) return RCD_ENOMEM;
     for (size_t j = 0; j < n; j++) {
         if (s[j] != '\\' || j + 1 >= n) {
             o[k++] = s[j];
@@ -120,20 +113,47 @@ static int lex_string(ct_lexer_t *lx, size_t start, size_t *end)
         char c = s[++j];
         int digits = 0;
         switch (c) {
-        case 'n': o[k++] = '\n'; break;
-        case 't': o[k++] = '\t'; break;
-        case 'r': o[k++] = '\r'; break;
-        case '\\': o[k++] = '\\'; break;
-        case '\'': o[k++] = '\''; break;
-        case '"': o[k++] = '"'; break;
-        case 'a': o[k++] = '\a'; break;
-        case 'b': o[k++] = '\b'; break;
-        case 'f': o[k++] = '\f'; break;
-        case 'v': o[k++] = '\v'; break;
-        case '\n': break;
-        case 'x': digits = 2; break;
-        case 'u': digits = 4; break;
-        case 'U': digits = 8; break;
+        case 'n':
+            o[k++] = '\n';
+            break;
+        case 't':
+            o[k++] = '\t';
+            break;
+        case 'r':
+            o[k++] = '\r';
+            break;
+        case '\\':
+            o[k++] = '\\';
+            break;
+        case '\'':
+            o[k++] = '\'';
+            break;
+        case '"':
+            o[k++] = '"';
+            break;
+        case 'a':
+            o[k++] = '\a';
+            break;
+        case 'b':
+            o[k++] = '\b';
+            break;
+        case 'f':
+            o[k++] = '\f';
+            break;
+        case 'v':
+            o[k++] = '\v';
+            break;
+        case '\n':
+            break;
+        case 'x':
+            digits = 2;
+            break;
+        case 'u':
+            digits = 4;
+            break;
+        case 'U':
+            digits = 8;
+            break;
         default:
             if (c >= '0' && c <= '7') {
                 uint32_t cp = 0;
@@ -213,8 +233,7 @@ static int lex_tag(ct_lexer_t *lx, size_t *pos, int block, char *end_mod)
             }
             if (j < left && (s[j] == 'e' || s[j] == 'E')) {
                 size_t e = j + 1;
-                if (e < left && (s[e] == '+' || s[e] == '-'))
-                    e++;
+                if (e < left && (s[e] == '+' || s[e] == '-')) e++;
                 if (e < left && is_digit(s[e])) {
                     fl = 1;
                     j = e;
@@ -225,8 +244,7 @@ static int lex_tag(ct_lexer_t *lx, size_t *pos, int block, char *end_mod)
             char num[64];
             size_t k = 0;
             for (size_t m = 0; m < j && k + 1 < sizeof(num); m++)
-                if (s[m] != '_')
-                    num[k++] = s[m];
+                if (s[m] != '_') num[k++] = s[m];
             num[k] = 0;
             rc = push_tok(lx, fl ? CTK_FLOAT : CTK_INT, i, s, j);
             if (rc == 0) {
@@ -249,21 +267,15 @@ static int lex_tag(ct_lexer_t *lx, size_t *pos, int block, char *end_mod)
             static const char *const two[] = {"//", "**", "==", "!=", "<=", ">="};
             size_t len = 0;
             for (size_t m = 0; m < sizeof(two) / sizeof(two[0]); m++)
-                if (left >= 2 && s[0] == two[m][0] && s[1] == two[m][1])
-                    len = 2;
-            if (!len && strchr("+-/*%~[](){}<>=.:|,", s[0]) && s[0])
-                len = 1;
-            if (!len)
-                return lex_fail(lx, i, RCD_EINVAL, "unexpected character");
-            if (len == 1 && (s[0] == '(' || s[0] == '[' || s[0] == '{'))
-                depth++;
-            if (len == 1 && (s[0] == ')' || s[0] == ']' || s[0] == '}') && depth > 0)
-                depth--;
+                if (left >= 2 && s[0] == two[m][0] && s[1] == two[m][1]) len = 2;
+            if (!len && strchr("+-/*%~[](){}<>=.:|,", s[0]) && s[0]) len = 1;
+            if (!len) return lex_fail(lx, i, RCD_EINVAL, "unexpected character");
+            if (len == 1 && (s[0] == '(' || s[0] == '[' || s[0] == '{')) depth++;
+            if (len == 1 && (s[0] == ')' || s[0] == ']' || s[0] == '}') && depth > 0) depth--;
             rc = push_tok(lx, CTK_OP, i, s, len);
             i += len;
         }
-        if (rc)
-            return rc;
+        if (rc) return rc;
     }
 }
 
@@ -276,12 +288,11 @@ int ct_lex(ct_lexer_t *lx)
     while (pos <= lx->n) {
         size_t t = pos;
         while (t + 1 < lx->n &&
-               !(lx->src[t] == '{' && (lx->src[t + 1] == '{' || lx->src[t + 1] == '%' ||
-                                       lx->src[t + 1] == '#')))
+               !(lx->src[t] == '{' &&
+                 (lx->src[t + 1] == '{' || lx->src[t + 1] == '%' || lx->src[t + 1] == '#')))
             t++;
         int found = t + 1 < lx->n;
-        if (!found)
-            t = lx->n;
+        if (!found) t = lx->n;
         size_t a = pos, b = t;
         if (strip_next) {
             while (a < b && is_ws(lx->src[a]))
@@ -289,8 +300,7 @@ int ct_lex(ct_lexer_t *lx)
         } else if (trim_nl && a < b && lx->src[a] == '\n') {
             a++;
         }
-        if (a > pos)
-            line_starting = lx->src[a - 1] == '\n';
+        if (a > pos) line_starting = lx->src[a - 1] == '\n';
         char kind = found ? lx->src[t + 1] : 0;
         char mod = found && t + 2 < lx->n ? lx->src[t + 2] : 0;
         if (found && mod == '-') {
@@ -304,39 +314,32 @@ int ct_lex(ct_lexer_t *lx)
                 size_t m = l;
                 while (m < b && is_ws(lx->src[m]))
                     m++;
-                if (m == b)
-                    b = l;
+                if (m == b) b = l;
             }
         }
         if (b > a) {
             int rc = push_tok(lx, CTK_TEXT, a, lx->src + a, b - a);
-            if (rc)
-                return rc;
+            if (rc) return rc;
         }
-        if (!found)
-            break;
+        if (!found) break;
         size_t inner = t + 2 + (mod == '-' || mod == '+');
         char end_mod = 0;
         if (kind == '#') {
             size_t e = inner;
             while (e + 1 < lx->n && !(lx->src[e] == '#' && lx->src[e + 1] == '}'))
                 e++;
-            if (e + 1 >= lx->n)
-                return lex_fail(lx, t, RCD_EINVAL, "unclosed comment '{#'");
-            end_mod = e > inner && (lx->src[e - 1] == '-' || lx->src[e - 1] == '+')
-                          ? lx->src[e - 1]
-                          : 0;
+            if (e + 1 >= lx->n) return lex_fail(lx, t, RCD_EINVAL, "unclosed comment '{#'");
+            end_mod =
+                e > inner && (lx->src[e - 1] == '-' || lx->src[e - 1] == '+') ? lx->src[e - 1] : 0;
             pos = e + 2;
             kind = '%'; /* trims like a block */
         } else {
             int rc = push_tok(lx, kind == '{' ? CTK_VAR_BEGIN : CTK_BLOCK_BEGIN, t, lx->src + t,
                               inner - t);
-            if (rc)
-                return rc;
+            if (rc) return rc;
             pos = inner;
             rc = lex_tag(lx, &pos, kind == '%', &end_mod);
-            if (rc)
-                return rc;
+            if (rc) return rc;
         }
         strip_next = end_mod == '-';
         trim_nl = kind == '%' && end_mod != '+' && end_mod != '-';
@@ -345,8 +348,7 @@ int ct_lex(ct_lexer_t *lx)
             size_t e = pos;
             while (e < lx->n && is_ws(lx->src[e]))
                 e++;
-            if (e > pos)
-                line_starting = lx->src[e - 1] == '\n';
+            if (e > pos) line_starting = lx->src[e - 1] == '\n';
         } else if (trim_nl && pos < lx->n && lx->src[pos] == '\n') {
             line_starting = 1;
         }

@@ -42,8 +42,7 @@ int ct_iterate(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *v, ct_list_t **
     default:
         return ct_fail(rt, at, RCD_EINVAL, "'%s' object is not iterable", ct_type_name(v));
     }
-    if (!l)
-        return ct_oom(rt, at);
+    if (!l) return ct_oom(rt, at);
     *out = l;
     return 0;
 }
@@ -58,12 +57,10 @@ static int py_space(uint32_t c)
 
 static int in_chars(uint32_t c, const ct_val_t *chars)
 {
-    if (!chars)
-        return py_space(c);
+    if (!chars) return py_space(c);
     size_t i = 0;
     while (i < chars->u.s.n)
-        if (ct_utf8_next(chars->u.s.p, chars->u.s.n, &i) == c)
-            return 1;
+        if (ct_utf8_next(chars->u.s.p, chars->u.s.n, &i) == c) return 1;
     return 0;
 }
 
@@ -75,8 +72,7 @@ ct_val_t ct_strip(const ct_val_t *s, const ct_val_t *chars, int left, int right)
         while (a < b) {
             size_t i = a;
             uint32_t c = ct_utf8_next(s->u.s.p, b, &i);
-            if (!in_chars(c, chars))
-                break;
+            if (!in_chars(c, chars)) break;
             a = i;
         }
     }
@@ -87,8 +83,7 @@ ct_val_t ct_strip(const ct_val_t *s, const ct_val_t *chars, int left, int right)
                 st--;
             size_t i = st;
             uint32_t c = ct_utf8_next(s->u.s.p, b, &i);
-            if (!in_chars(c, chars))
-                break;
+            if (!in_chars(c, chars)) break;
             b = st;
         }
     }
@@ -105,13 +100,19 @@ int ct_recase(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *s, int mode, ct_
         uint32_t c = ct_utf8_next(s->u.s.p, s->u.s.n, &i);
         int32_t r = (int32_t)c;
         switch (mode) {
-        case 'u': r = utf8proc_toupper(r); break;
-        case 'l': r = utf8proc_tolower(r); break;
-        case 'c': r = first ? utf8proc_toupper(r) : utf8proc_tolower(r); break;
+        case 'u':
+            r = utf8proc_toupper(r);
+            break;
+        case 'l':
+            r = utf8proc_tolower(r);
+            break;
+        case 'c':
+            r = first ? utf8proc_toupper(r) : utf8proc_tolower(r);
+            break;
         case 't': {
             const utf8proc_property_t *p = utf8proc_get_property(r);
-            int cased = p->category == UTF8PROC_CATEGORY_LU || p->category == UTF8PROC_CATEGORY_LL ||
-                        p->category == UTF8PROC_CATEGORY_LT;
+            int cased = p->category == UTF8PROC_CATEGORY_LU ||
+                        p->category == UTF8PROC_CATEGORY_LL || p->category == UTF8PROC_CATEGORY_LT;
             r = prev_cased ? utf8proc_tolower(r) : utf8proc_toupper(r);
             prev_cased = cased;
             break;
@@ -126,14 +127,13 @@ int ct_recase(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *s, int mode, ct_
         utf8proc_ssize_t k = utf8proc_encode_char(r, enc);
         rc = ct_buf_put(rt, &b, (const char *)enc, (size_t)k);
     }
-    if (rc == 0 && ct_mkstr_copy(rt, b.p ? b.p : "", b.n, out))
-        rc = ct_oom(rt, at);
+    if (rc == 0 && ct_mkstr_copy(rt, b.p ? b.p : "", b.n, out)) rc = ct_oom(rt, at);
     free(b.p);
     return rc;
 }
 
 int ct_replace(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *s, const ct_val_t *old,
-                   const ct_val_t *new, int64_t count, ct_val_t *out)
+               const ct_val_t *new, int64_t count, ct_val_t *out)
 {
     ct_buf_t b = {0};
     int rc = 0;
@@ -151,8 +151,7 @@ int ct_replace(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *s, const ct_val
                 i++;
             }
         }
-        if (rc == 0 && i < s->u.s.n)
-            rc = ct_buf_put(rt, &b, s->u.s.p + i, s->u.s.n - i);
+        if (rc == 0 && i < s->u.s.n) rc = ct_buf_put(rt, &b, s->u.s.p + i, s->u.s.n - i);
     } else {
         while (rc == 0) {
             const char *hit = (count < 0 || done < count) && i < s->u.s.n
@@ -164,25 +163,22 @@ int ct_replace(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *s, const ct_val
             }
             size_t h = (size_t)(hit - s->u.s.p);
             rc = ct_buf_put(rt, &b, s->u.s.p + i, h - i);
-            if (rc == 0)
-                rc = ct_buf_put(rt, &b, new->u.s.p, new->u.s.n);
+            if (rc == 0) rc = ct_buf_put(rt, &b, new->u.s.p, new->u.s.n);
             i = h + old->u.s.n;
             done++;
         }
     }
-    if (rc == 0 && ct_mkstr_copy(rt, b.p ? b.p : "", b.n, out))
-        rc = ct_oom(rt, at);
+    if (rc == 0 && ct_mkstr_copy(rt, b.p ? b.p : "", b.n, out)) rc = ct_oom(rt, at);
     free(b.p);
     return rc;
 }
 
 /* Python str.split(sep=None, maxsplit=-1). */
 int ct_split(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *s, const ct_val_t *sep,
-                 int64_t maxsplit, ct_val_t *out)
+             int64_t maxsplit, ct_val_t *out)
 {
     ct_list_t *l = ct_list_new(rt, 0);
-    if (!l)
-        return ct_oom(rt, at);
+    if (!l) return ct_oom(rt, at);
     const char *p = s->u.s.p;
     size_t n = s->u.s.n, i = 0;
     int64_t done = 0;
@@ -190,12 +186,10 @@ int ct_split(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *s, const ct_val_t
         for (;;) {
             while (i < n) { /* skip whitespace */
                 size_t k = i;
-                if (!py_space(ct_utf8_next(p, n, &k)))
-                    break;
+                if (!py_space(ct_utf8_next(p, n, &k))) break;
                 i = k;
             }
-            if (i >= n)
-                break;
+            if (i >= n) break;
             size_t st = i;
             if (maxsplit >= 0 && done >= maxsplit) {
                 size_t e = n;
@@ -204,36 +198,29 @@ int ct_split(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *s, const ct_val_t
                     while (q > st && ((unsigned char)p[q] & 0xC0) == 0x80)
                         q--;
                     size_t k = q;
-                    if (!py_space(ct_utf8_next(p, n, &k)))
-                        break;
+                    if (!py_space(ct_utf8_next(p, n, &k))) break;
                     e = q;
                 }
-                if (ct_list_push(rt, l, ct_mkstr(p + st, e - st)))
-                    return ct_oom(rt, at);
+                if (ct_list_push(rt, l, ct_mkstr(p + st, e - st))) return ct_oom(rt, at);
                 break;
             }
             while (i < n) {
                 size_t k = i;
-                if (py_space(ct_utf8_next(p, n, &k)))
-                    break;
+                if (py_space(ct_utf8_next(p, n, &k))) break;
                 i = k;
             }
-            if (ct_list_push(rt, l, ct_mkstr(p + st, i - st)))
-                return ct_oom(rt, at);
+            if (ct_list_push(rt, l, ct_mkstr(p + st, i - st))) return ct_oom(rt, at);
             done++;
         }
     } else {
-        if (sep->u.s.n == 0)
-            return ct_fail(rt, at, RCD_EINVAL, "split: empty separator");
+        if (sep->u.s.n == 0) return ct_fail(rt, at, RCD_EINVAL, "split: empty separator");
         for (;;) {
             const char *hit = (maxsplit < 0 || done < maxsplit) && i <= n
                                   ? memmem(p + i, n - i, sep->u.s.p, sep->u.s.n)
                                   : NULL;
             size_t e = hit ? (size_t)(hit - p) : n;
-            if (ct_list_push(rt, l, ct_mkstr(p + i, e - i)))
-                return ct_oom(rt, at);
-            if (!hit)
-                break;
+            if (ct_list_push(rt, l, ct_mkstr(p + i, e - i))) return ct_oom(rt, at);
+            if (!hit) break;
             i = e + sep->u.s.n;
             done++;
         }
@@ -249,30 +236,26 @@ static int starts_ends(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *s, cons
     if (x->t == CT_LIST) {
         for (size_t i = 0; i < x->u.l->n && !*res; i++) {
             int rc = starts_ends(rt, at, s, &x->u.l->v[i], ends, res);
-            if (rc)
-                return rc;
+            if (rc) return rc;
         }
         return 0;
     }
     int rc = ct_need_str(rt, at, x, ends ? "endswith" : "startswith");
-    if (rc)
-        return rc;
+    if (rc) return rc;
     if (x->u.s.n <= s->u.s.n)
         *res = memcmp(ends ? s->u.s.p + s->u.s.n - x->u.s.n : s->u.s.p, x->u.s.p, x->u.s.n) == 0;
     return 0;
 }
 
 int ct_join(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *seq, const ct_val_t *sep,
-                const ct_val_t *attr, ct_val_t *out)
+            const ct_val_t *attr, ct_val_t *out)
 {
     ct_list_t *l;
     int rc = ct_iterate(rt, at, seq, &l);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     ct_buf_t b = {0};
     for (size_t i = 0; rc == 0 && i < l->n; i++) {
-        if (i && sep)
-            rc = ct_to_str(rt, &b, sep);
+        if (i && sep) rc = ct_to_str(rt, &b, sep);
         const ct_val_t *v = &l->v[i];
         if (rc == 0 && attr && attr->t == CT_STR) {
             ct_val_t *a = v->t == CT_DICT ? ct_dict_get(v->u.d, attr->u.s.p, attr->u.s.n) : NULL;
@@ -282,8 +265,7 @@ int ct_join(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *seq, const ct_val_
             rc = ct_to_str(rt, &b, v);
         }
     }
-    if (rc == 0 && ct_mkstr_copy(rt, b.p ? b.p : "", b.n, out))
-        rc = ct_oom(rt, at);
+    if (rc == 0 && ct_mkstr_copy(rt, b.p ? b.p : "", b.n, out)) rc = ct_oom(rt, at);
     free(b.p);
     return rc;
 }
@@ -299,10 +281,18 @@ int64_t ct_str_len(const ct_val_t *s)
 int ct_length(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *v, int64_t *n)
 {
     switch (v->t) {
-    case CT_STR: *n = ct_str_len(v); return 0;
-    case CT_LIST: *n = (int64_t)v->u.l->n; return 0;
-    case CT_DICT: *n = (int64_t)v->u.d->n; return 0;
-    case CT_UNDEF: *n = 0; return 0;
+    case CT_STR:
+        *n = ct_str_len(v);
+        return 0;
+    case CT_LIST:
+        *n = (int64_t)v->u.l->n;
+        return 0;
+    case CT_DICT:
+        *n = (int64_t)v->u.d->n;
+        return 0;
+    case CT_UNDEF:
+        *n = 0;
+        return 0;
     default:
         return ct_fail(rt, at, RCD_EINVAL, "object of type '%s' has no len()", ct_type_name(v));
     }
@@ -345,24 +335,20 @@ int ct_test(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *v, ct_val_t *args,
     else if (EQ(t, "lower") || EQ(t, "upper")) {
         ct_val_t s, r;
         int rc = ct_str_val(rt, v, &s);
-        if (rc == 0)
-            rc = ct_recase(rt, at, &s, EQ(t, "lower") ? 'l' : 'u', &r);
-        if (rc)
-            return rc;
+        if (rc == 0) rc = ct_recase(rt, at, &s, EQ(t, "lower") ? 'l' : 'u', &r);
+        if (rc) return rc;
         *out = ct_equal(&s, &r);
     } else if (EQ(t, "odd") || EQ(t, "even") || EQ(t, "divisibleby")) {
         if (v->t != CT_INT && v->t != CT_BOOL)
             return ct_fail(rt, at, RCD_EINVAL, "test '%.*s' needs an integer", (int)t.n, t.p);
         int64_t d = EQ(t, "divisibleby") ? (a && (a->t == CT_INT) ? a->u.i : 0) : 2;
-        if (d == 0)
-            return ct_fail(rt, at, RCD_EINVAL, "divisibleby: needs a non-zero integer");
+        if (d == 0) return ct_fail(rt, at, RCD_EINVAL, "divisibleby: needs a non-zero integer");
         int64_t r = v->u.i % d;
         *out = EQ(t, "odd") ? r != 0 : r == 0;
     } else if (EQ(t, "sameas")) {
         *out = a && ct_equal(v, a) && v->t == a->t;
     } else {
-        if (!a)
-            return ct_fail(rt, at, RCD_EINVAL, "test '%.*s' needs an argument", (int)t.n, t.p);
+        if (!a) return ct_fail(rt, at, RCD_EINVAL, "test '%.*s' needs an argument", (int)t.n, t.p);
         if (EQ(t, "eq") || EQ(t, "equalto"))
             *out = ct_equal(v, a);
         else if (EQ(t, "ne"))
@@ -413,37 +399,39 @@ static int str_method(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *s, ct_st
     int rc;
     if (EQ(m, "startswith") || EQ(m, "endswith")) {
         int r;
-        if (nargs < 1)
-            return ct_fail(rt, at, RCD_EINVAL, "%.*s takes a prefix", (int)m.n, m.p);
+        if (nargs < 1) return ct_fail(rt, at, RCD_EINVAL, "%.*s takes a prefix", (int)m.n, m.p);
         rc = starts_ends(rt, at, s, &args[0], EQ(m, "endswith"), &r);
         *out = ct_mkbool(r);
         return rc ? rc : 1;
     }
     if (EQ(m, "strip") || EQ(m, "lstrip") || EQ(m, "rstrip")) {
         const ct_val_t *ch = ct_arg(args, kw, nargs, 0, "chars");
-        if (ch && ch->t != CT_STR && ch->t != CT_NONE)
-            return ct_need_str(rt, at, ch, "strip");
+        if (ch && ch->t != CT_STR && ch->t != CT_NONE) return ct_need_str(rt, at, ch, "strip");
         *out = ct_strip(s, ch && ch->t == CT_STR ? ch : NULL, !EQ(m, "rstrip"), !EQ(m, "lstrip"));
         return 1;
     }
     if (EQ(m, "split")) {
         const ct_val_t *sep = ct_arg(args, kw, nargs, 0, "sep");
         const ct_val_t *mx = ct_arg(args, kw, nargs, 1, "maxsplit");
-        if (sep && sep->t != CT_STR && sep->t != CT_NONE)
-            return ct_need_str(rt, at, sep, "split");
+        if (sep && sep->t != CT_STR && sep->t != CT_NONE) return ct_need_str(rt, at, sep, "split");
         rc = ct_split(rt, at, s, sep && sep->t == CT_STR ? sep : NULL,
-                   mx && mx->t == CT_INT ? mx->u.i : -1, out);
+                      mx && mx->t == CT_INT ? mx->u.i : -1, out);
         return rc ? rc : 1;
     }
     if (EQ(m, "replace")) {
         if (nargs < 2 || args[0].t != CT_STR || args[1].t != CT_STR)
             return ct_fail(rt, at, RCD_EINVAL, "replace takes two strings");
         rc = ct_replace(rt, at, s, &args[0], &args[1],
-                     nargs > 2 && args[2].t == CT_INT ? args[2].u.i : -1, out);
+                        nargs > 2 && args[2].t == CT_INT ? args[2].u.i : -1, out);
         return rc ? rc : 1;
     }
     if (EQ(m, "upper") || EQ(m, "lower") || EQ(m, "title") || EQ(m, "capitalize")) {
-        rc = ct_recase(rt, at, s, EQ(m, "upper") ? 'u' : EQ(m, "lower") ? 'l' : EQ(m, "title") ? 't' : 'c', out);
+        rc = ct_recase(rt, at, s,
+                       EQ(m, "upper")   ? 'u'
+                       : EQ(m, "lower") ? 'l'
+                       : EQ(m, "title") ? 't'
+                                        : 'c',
+                       out);
         return rc ? rc : 1;
     }
     if (EQ(m, "find") || EQ(m, "rfind") || EQ(m, "count")) {
@@ -458,16 +446,13 @@ static int str_method(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *s, ct_st
             size_t i = 0;
             while (i + x->u.s.n <= s->u.s.n) {
                 const char *h = memmem(s->u.s.p + i, s->u.s.n - i, x->u.s.p, x->u.s.n);
-                if (!h)
-                    break;
+                if (!h) break;
                 size_t off = (size_t)(h - s->u.s.p);
                 ct_val_t pre = ct_mkstr(s->u.s.p, off);
-                if (found < 0 || EQ(m, "rfind"))
-                    found = ct_str_len(&pre);
+                if (found < 0 || EQ(m, "rfind")) found = ct_str_len(&pre);
                 cnt++;
                 i = off + x->u.s.n;
-                if (EQ(m, "find"))
-                    break;
+                if (EQ(m, "find")) break;
             }
         }
         *out = ct_mkint(EQ(m, "count") ? cnt : found);
@@ -480,17 +465,14 @@ static int str_method(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *s, ct_st
     }
     if (EQ(m, "splitlines")) {
         ct_list_t *l = ct_list_new(rt, 0);
-        if (!l)
-            return ct_oom(rt, at);
+        if (!l) return ct_oom(rt, at);
         size_t i = 0, n = s->u.s.n;
         while (i < n) {
             size_t e = i;
             while (e < n && s->u.s.p[e] != '\n' && s->u.s.p[e] != '\r')
                 e++;
-            if (ct_list_push(rt, l, ct_mkstr(s->u.s.p + i, e - i)))
-                return ct_oom(rt, at);
-            if (e + 1 < n && s->u.s.p[e] == '\r' && s->u.s.p[e + 1] == '\n')
-                e++;
+            if (ct_list_push(rt, l, ct_mkstr(s->u.s.p + i, e - i))) return ct_oom(rt, at);
+            if (e + 1 < n && s->u.s.p[e] == '\r' && s->u.s.p[e + 1] == '\n') e++;
             i = e + 1;
         }
         *out = ct_mklist(l);
@@ -506,7 +488,8 @@ static int str_method(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *s, ct_st
                                      : ct_mkstr(s->u.s.p, s->u.s.n - k);
         return 1;
     }
-    if (EQ(m, "isdigit") || EQ(m, "isspace") || EQ(m, "isalpha") || EQ(m, "isupper") || EQ(m, "islower")) {
+    if (EQ(m, "isdigit") || EQ(m, "isspace") || EQ(m, "isalpha") || EQ(m, "isupper") ||
+        EQ(m, "islower")) {
         int r = s->u.s.n > 0;
         for (size_t i = 0; r && i < s->u.s.n; i++) {
             unsigned char c = (unsigned char)s->u.s.p[i];
@@ -527,18 +510,16 @@ static int str_method(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *s, ct_st
     return 0;
 }
 
-int ct_method(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *obj, ct_str_t m,
-              ct_val_t *args, ct_str_t *kw, size_t nargs, ct_val_t *out)
+int ct_method(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *obj, ct_str_t m, ct_val_t *args,
+              ct_str_t *kw, size_t nargs, ct_val_t *out)
 {
     memset(out, 0, sizeof(*out));
-    if (obj->t == CT_STR)
-        return str_method(rt, at, obj, m, args, kw, nargs, out);
+    if (obj->t == CT_STR) return str_method(rt, at, obj, m, args, kw, nargs, out);
     if (obj->t == CT_DICT && !obj->u.d->ns) {
         const ct_dict_t *d = obj->u.d;
         if (EQ(m, "items") || EQ(m, "keys") || EQ(m, "values")) {
             ct_list_t *l = ct_list_new(rt, d->n);
-            if (!l)
-                return ct_oom(rt, at);
+            if (!l) return ct_oom(rt, at);
             for (size_t i = 0; i < d->n; i++) {
                 ct_val_t k = ct_mkstr(d->k[i].p, d->k[i].n);
                 if (EQ(m, "keys")) {
@@ -547,8 +528,7 @@ int ct_method(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *obj, ct_str_t m,
                     l->v[l->n++] = d->v[i];
                 } else {
                     ct_list_t *p = ct_list_new(rt, 2);
-                    if (!p)
-                        return ct_oom(rt, at);
+                    if (!p) return ct_oom(rt, at);
                     p->v[0] = k;
                     p->v[1] = d->v[i];
                     p->n = 2;
@@ -573,22 +553,20 @@ int ct_method(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *obj, ct_str_t m,
         }
     }
     if (obj->t == CT_LIST || obj->t == CT_DICT) {
-        static const char *const mut[] = {"append", "extend", "pop", "insert", "remove",
-                                          "clear", "update", "sort", "reverse", "setdefault",
-                                          "popitem", NULL};
+        static const char *const mut[] = {"append",  "extend",     "pop",     "insert",
+                                          "remove",  "clear",      "update",  "sort",
+                                          "reverse", "setdefault", "popitem", NULL};
         for (size_t i = 0; mut[i]; i++)
             if (m.n == strlen(mut[i]) && memcmp(m.p, mut[i], m.n) == 0)
                 return ct_fail(rt, at, RCD_EINVAL,
                                "access to %s.%.*s is unsafe (the sandbox makes values immutable)",
                                ct_type_name(obj), (int)m.n, m.p);
         if (obj->t == CT_LIST && (EQ(m, "index") || EQ(m, "count"))) {
-            if (nargs < 1)
-                return ct_fail(rt, at, RCD_EINVAL, "%.*s takes a value", (int)m.n, m.p);
+            if (nargs < 1) return ct_fail(rt, at, RCD_EINVAL, "%.*s takes a value", (int)m.n, m.p);
             int64_t idx = -1, cnt = 0;
             for (size_t i = 0; i < obj->u.l->n; i++)
                 if (ct_equal(&obj->u.l->v[i], &args[0])) {
-                    if (idx < 0)
-                        idx = (int64_t)i;
+                    if (idx < 0) idx = (int64_t)i;
                     cnt++;
                 }
             if (EQ(m, "index") && idx < 0)
@@ -603,16 +581,11 @@ int ct_method(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *obj, ct_str_t m,
 int ct_global_func(const char *name, size_t n)
 {
     ct_str_t s = {name, n};
-    if (EQ(s, "raise_exception"))
-        return CT_FN_RAISE;
-    if (EQ(s, "range"))
-        return CT_FN_RANGE;
-    if (EQ(s, "namespace"))
-        return CT_FN_NAMESPACE;
-    if (EQ(s, "dict"))
-        return CT_FN_DICT;
-    if (EQ(s, "strftime_now"))
-        return CT_FN_STRFTIME;
+    if (EQ(s, "raise_exception")) return CT_FN_RAISE;
+    if (EQ(s, "range")) return CT_FN_RANGE;
+    if (EQ(s, "namespace")) return CT_FN_NAMESPACE;
+    if (EQ(s, "dict")) return CT_FN_DICT;
+    if (EQ(s, "strftime_now")) return CT_FN_STRFTIME;
     return -1;
 }
 
@@ -623,10 +596,8 @@ int ct_call_func(ct_rt_t *rt, const ct_node_t *at, int fn, ct_val_t *args, ct_st
     switch (fn) {
     case CT_FN_RAISE: {
         ct_val_t s = ct_mkstr("", 0);
-        if (nargs && ct_str_val(rt, &args[0], &s))
-            return rt->rc;
-        if (rt->rc)
-            return rt->rc;
+        if (nargs && ct_str_val(rt, &args[0], &s)) return rt->rc;
+        if (rt->rc) return rt->rc;
         rt->rc = RCD_EINVAL;
         rt->raised = 1;
         rcd_fail(RCD_EINVAL, rt->err, rt->errlen, "%.*s", (int)s.u.s.n, s.u.s.p);
@@ -646,18 +617,16 @@ int ct_call_func(ct_rt_t *rt, const ct_node_t *at, int fn, ct_val_t *args, ct_st
         } else {
             return ct_fail(rt, at, RCD_EINVAL, "range() takes 1 to 3 arguments");
         }
-        if (st == 0)
-            return ct_fail(rt, at, RCD_EINVAL, "range() arg 3 must not be zero");
-        double cnt = st > 0 ? ((double)b - (double)a) / (double)st : ((double)a - (double)b) / (double)-st;
+        if (st == 0) return ct_fail(rt, at, RCD_EINVAL, "range() arg 3 must not be zero");
+        double cnt =
+            st > 0 ? ((double)b - (double)a) / (double)st : ((double)a - (double)b) / (double)-st;
         if (cnt > (double)(rt->max_steps - rt->steps))
             return ct_fail(rt, at, RCD_ERANGE, "range() longer than the step budget");
         ct_list_t *l = ct_list_new(rt, cnt > 0 ? (size_t)ceil(cnt) : 0);
-        if (!l)
-            return ct_oom(rt, at);
+        if (!l) return ct_oom(rt, at);
         for (int64_t i = a; st > 0 ? i < b : i > b; i += st) {
             l->v[l->n++] = ct_mkint(i);
-            if (l->n == l->cap)
-                break;
+            if (l->n == l->cap) break;
         }
         rt->steps += l->n;
         *out = ct_mklist(l);
@@ -666,16 +635,14 @@ int ct_call_func(ct_rt_t *rt, const ct_node_t *at, int fn, ct_val_t *args, ct_st
     case CT_FN_NAMESPACE:
     case CT_FN_DICT: {
         ct_dict_t *d = ct_dict_new(rt, nargs);
-        if (!d)
-            return ct_oom(rt, at);
+        if (!d) return ct_oom(rt, at);
         d->ns = fn == CT_FN_NAMESPACE;
         for (size_t i = 0; i < nargs; i++) {
             if (kw && kw[i].p) {
                 if (d->ns && kw[i].n && kw[i].p[0] == '_')
                     return ct_fail(rt, at, RCD_EINVAL,
                                    "namespace attributes may not start with '_'");
-                if (ct_dict_set(rt, d, kw[i].p, kw[i].n, args[i]))
-                    return ct_oom(rt, at);
+                if (ct_dict_set(rt, d, kw[i].p, kw[i].n, args[i])) return ct_oom(rt, at);
             } else if (args[i].t == CT_DICT && i == 0) {
                 for (size_t j = 0; j < args[i].u.d->n; j++)
                     if (ct_dict_set(rt, d, args[i].u.d->k[j].p, args[i].u.d->k[j].n,
@@ -698,11 +665,9 @@ int ct_call_func(ct_rt_t *rt, const ct_node_t *at, int fn, ct_val_t *args, ct_st
         fmt[args[0].u.s.n] = 0;
         time_t now = (time_t)rt->now;
         struct tm tm;
-        if (!localtime_r(&now, &tm))
-            return ct_fail(rt, at, RCD_EINVAL, "strftime_now: bad clock");
+        if (!localtime_r(&now, &tm)) return ct_fail(rt, at, RCD_EINVAL, "strftime_now: bad clock");
         size_t k = fmt[0] ? strftime(buf, sizeof(buf), fmt, &tm) : 0;
-        if (ct_mkstr_copy(rt, buf, k, out))
-            return ct_oom(rt, at);
+        if (ct_mkstr_copy(rt, buf, k, out)) return ct_oom(rt, at);
         return 0;
     }
     }

@@ -25,8 +25,7 @@ static int perr(ct_lexer_t *lx, const ct_tok_t *t, int rc, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    return rcd_fail(rc, lx->err, lx->errlen, "chat template line %d:%d: %s", t->line, t->col,
-                    msg);
+    return rcd_fail(rc, lx->err, lx->errlen, "chat template line %d:%d: %s", t->line, t->col, msg);
 }
 
 static int is_op(const ct_tok_t *t, const char *op)
@@ -41,8 +40,7 @@ static int is_name(const ct_tok_t *t, const char *nm)
 
 static int expect_op(ct_lexer_t *lx, const char *op)
 {
-    if (!is_op(cur(lx), op))
-        return perr(lx, cur(lx), RCD_EINVAL, "expected '%s'", op);
+    if (!is_op(cur(lx), op)) return perr(lx, cur(lx), RCD_EINVAL, "expected '%s'", op);
     lx->p++;
     return 0;
 }
@@ -71,8 +69,7 @@ static int kid_push(ct_lexer_t *lx, kidv_t *k, ct_node_t *n, ct_str_t kw)
         size_t cap = k->cap ? k->cap * 2 : 4;
         ct_node_t **v = ct_alloc(&lx->t->arena, cap * sizeof(*v));
         ct_str_t *w = ct_alloc(&lx->t->arena, cap * sizeof(*w));
-        if (!v || !w)
-            return RCD_ENOMEM;
+        if (!v || !w) return RCD_ENOMEM;
         if (k->n) {
             memcpy(v, k->v, k->n * sizeof(*v));
             memcpy(w, k->kw, k->n * sizeof(*w));
@@ -120,13 +117,10 @@ static int parse_args(ct_lexer_t *lx, ct_node_t *n)
         }
         ct_node_t *a;
         rc = parse_expr(lx, &a, 1);
-        if (rc == 0)
-            rc = kid_push(lx, &k, a, kw);
-        if (rc == 0 && !is_op(cur(lx), ")"))
-            rc = expect_op(lx, ",");
+        if (rc == 0) rc = kid_push(lx, &k, a, kw);
+        if (rc == 0 && !is_op(cur(lx), ")")) rc = expect_op(lx, ",");
     }
-    if (rc == 0)
-        rc = expect_op(lx, ")");
+    if (rc == 0) rc = expect_op(lx, ")");
     kid_set(n, &k);
     return rc;
 }
@@ -138,8 +132,7 @@ static int parse_primary(ct_lexer_t *lx, ct_node_t **out)
     int rc = 0;
     if (t->type == CTK_NAME) {
         n = mk(lx, N_LIT, t);
-        if (!n)
-            return RCD_ENOMEM;
+        if (!n) return RCD_ENOMEM;
         lx->p++;
         if (is_name(t, "true") || is_name(t, "True")) {
             n->lit.t = CT_BOOL;
@@ -155,15 +148,13 @@ static int parse_primary(ct_lexer_t *lx, ct_node_t **out)
         }
     } else if (t->type == CTK_STR) {
         n = mk(lx, N_LIT, t);
-        if (!n)
-            return RCD_ENOMEM;
+        if (!n) return RCD_ENOMEM;
         size_t total = 0;
         size_t q = lx->p;
         while (lx->v[q].type == CTK_STR)
             total += lx->v[q++].n;
         char *s = ct_alloc(&lx->t->arena, total + 1);
-        if (!s)
-            return RCD_ENOMEM;
+        if (!s) return RCD_ENOMEM;
         size_t k = 0;
         while (cur(lx)->type == CTK_STR) { /* adjacent literals concatenate */
             memcpy(s + k, cur(lx)->p, cur(lx)->n);
@@ -173,8 +164,7 @@ static int parse_primary(ct_lexer_t *lx, ct_node_t **out)
         n->lit = ct_mkstr(s, k);
     } else if (t->type == CTK_INT || t->type == CTK_FLOAT) {
         n = mk(lx, N_LIT, t);
-        if (!n)
-            return RCD_ENOMEM;
+        if (!n) return RCD_ENOMEM;
         n->lit.t = t->type == CTK_INT ? CT_INT : CT_FLOAT;
         if (t->type == CTK_INT)
             n->lit.u.i = t->i;
@@ -188,50 +178,40 @@ static int parse_primary(ct_lexer_t *lx, ct_node_t **out)
         while (rc == 0 && !is_op(cur(lx), ")")) {
             ct_node_t *a;
             rc = parse_expr(lx, &a, 1);
-            if (rc == 0)
-                rc = kid_push(lx, &k, a, (ct_str_t){0});
+            if (rc == 0) rc = kid_push(lx, &k, a, (ct_str_t){0});
             if (rc == 0 && !is_op(cur(lx), ")")) {
                 rc = expect_op(lx, ",");
                 tuple = 1;
             }
         }
-        if (rc == 0)
-            rc = expect_op(lx, ")");
-        if (rc)
-            return rc;
+        if (rc == 0) rc = expect_op(lx, ")");
+        if (rc) return rc;
         if (k.n == 1 && !tuple) {
             n = k.v[0];
         } else {
             n = mk(lx, N_TUPLE, t);
-            if (!n)
-                return RCD_ENOMEM;
+            if (!n) return RCD_ENOMEM;
             kid_set(n, &k);
         }
     } else if (is_op(t, "[") || is_op(t, "{")) {
         int dict = is_op(t, "{");
         lx->p++;
         n = mk(lx, dict ? N_DICT : N_LIST, t);
-        if (!n)
-            return RCD_ENOMEM;
+        if (!n) return RCD_ENOMEM;
         kidv_t k = {0};
         const char *close = dict ? "}" : "]";
         while (rc == 0 && !is_op(cur(lx), close)) {
             ct_node_t *a;
             rc = parse_expr(lx, &a, 1);
-            if (rc == 0)
-                rc = kid_push(lx, &k, a, (ct_str_t){0});
+            if (rc == 0) rc = kid_push(lx, &k, a, (ct_str_t){0});
             if (rc == 0 && dict) {
                 rc = expect_op(lx, ":");
-                if (rc == 0)
-                    rc = parse_expr(lx, &a, 1);
-                if (rc == 0)
-                    rc = kid_push(lx, &k, a, (ct_str_t){0});
+                if (rc == 0) rc = parse_expr(lx, &a, 1);
+                if (rc == 0) rc = kid_push(lx, &k, a, (ct_str_t){0});
             }
-            if (rc == 0 && !is_op(cur(lx), close))
-                rc = expect_op(lx, ",");
+            if (rc == 0 && !is_op(cur(lx), close)) rc = expect_op(lx, ",");
         }
-        if (rc == 0)
-            rc = expect_op(lx, close);
+        if (rc == 0) rc = expect_op(lx, close);
         kid_set(n, &k);
     } else if (t->type == CTK_EOF || t->type == CTK_VAR_END || t->type == CTK_BLOCK_END) {
         return perr(lx, t, RCD_EINVAL, "unexpected end of expression");
@@ -252,17 +232,14 @@ static int parse_postfix(ct_lexer_t *lx, ct_node_t **node)
             ct_tok_t *nm = cur(lx);
             if (nm->type == CTK_INT) {
                 n = mk(lx, N_INDEX, t);
-                if (!n)
-                    return RCD_ENOMEM;
+                if (!n) return RCD_ENOMEM;
                 n->b = mk(lx, N_LIT, nm);
-                if (!n->b)
-                    return RCD_ENOMEM;
+                if (!n->b) return RCD_ENOMEM;
                 n->b->lit.t = CT_INT;
                 n->b->lit.u.i = nm->i;
             } else if (nm->type == CTK_NAME) {
                 n = mk(lx, N_ATTR, t);
-                if (!n)
-                    return RCD_ENOMEM;
+                if (!n) return RCD_ENOMEM;
                 n->name.p = nm->p;
                 n->name.n = nm->n;
             } else {
@@ -282,25 +259,19 @@ static int parse_postfix(ct_lexer_t *lx, ct_node_t **node)
                     lx->p++;
                     continue;
                 }
-                if (is_op(cur(lx), "]"))
-                    break;
-                if (part[colons])
-                    return perr(lx, cur(lx), RCD_EINVAL, "expected ']'");
+                if (is_op(cur(lx), "]")) break;
+                if (part[colons]) return perr(lx, cur(lx), RCD_EINVAL, "expected ']'");
                 rc = parse_expr(lx, &part[colons], 1);
-                if (rc)
-                    return rc;
+                if (rc) return rc;
             }
             lx->p++;
-            if (colons == 0 && !part[0])
-                return perr(lx, t, RCD_EINVAL, "empty subscript");
+            if (colons == 0 && !part[0]) return perr(lx, t, RCD_EINVAL, "empty subscript");
             n = mk(lx, colons ? N_SLICE : N_INDEX, t);
-            if (!n)
-                return RCD_ENOMEM;
+            if (!n) return RCD_ENOMEM;
             n->a = *node;
             if (colons) {
                 n->kids = ct_alloc(&lx->t->arena, 3 * sizeof(*n->kids));
-                if (!n->kids)
-                    return RCD_ENOMEM;
+                if (!n->kids) return RCD_ENOMEM;
                 memcpy(n->kids, part, sizeof(part));
                 n->nkids = 3;
             } else {
@@ -309,12 +280,10 @@ static int parse_postfix(ct_lexer_t *lx, ct_node_t **node)
             *node = n;
         } else if (is_op(t, "(")) {
             n = mk(lx, N_CALL, t);
-            if (!n)
-                return RCD_ENOMEM;
+            if (!n) return RCD_ENOMEM;
             n->a = *node;
             int rc = parse_args(lx, n);
-            if (rc)
-                return rc;
+            if (rc) return rc;
             *node = n;
         } else {
             return 0;
@@ -332,27 +301,24 @@ static int parse_filters(ct_lexer_t *lx, ct_node_t **node)
             if (nm->type != CTK_NAME)
                 return perr(lx, nm, RCD_EINVAL, "expected a filter name after '|'");
             ct_node_t *n = mk(lx, N_FILTER, nm);
-            if (!n)
-                return RCD_ENOMEM;
+            if (!n) return RCD_ENOMEM;
             n->name.p = nm->p;
             n->name.n = nm->n;
             if (!ct_filter_known(nm->p, nm->n))
-                return perr(lx, nm, RCD_EUNSUPPORTED, "no filter named '%.*s' in the supported subset",
-                            (int)nm->n, nm->p);
+                return perr(lx, nm, RCD_EUNSUPPORTED,
+                            "no filter named '%.*s' in the supported subset", (int)nm->n, nm->p);
             lx->p++;
             /* dotted filter names are not used by chat templates */
             if (is_op(cur(lx), "(")) {
                 int rc = parse_args(lx, n);
-                if (rc)
-                    return rc;
+                if (rc) return rc;
             }
             n->a = *node;
             *node = n;
         } else if (is_name(t, "is")) {
             lx->p++;
             ct_node_t *n = mk(lx, N_TEST, t);
-            if (!n)
-                return RCD_ENOMEM;
+            if (!n) return RCD_ENOMEM;
             if (is_name(cur(lx), "not")) {
                 n->neg = 1;
                 lx->p++;
@@ -363,14 +329,13 @@ static int parse_filters(ct_lexer_t *lx, ct_node_t **node)
             n->name.p = nm->p;
             n->name.n = nm->n;
             if (!ct_test_known(nm->p, nm->n))
-                return perr(lx, nm, RCD_EUNSUPPORTED, "no test named '%.*s' in the supported subset",
-                            (int)nm->n, nm->p);
+                return perr(lx, nm, RCD_EUNSUPPORTED,
+                            "no test named '%.*s' in the supported subset", (int)nm->n, nm->p);
             lx->p++;
             n->a = *node;
             if (is_op(cur(lx), "(")) {
                 int rc = parse_args(lx, n);
-                if (rc)
-                    return rc;
+                if (rc) return rc;
             } else {
                 /* a single bare argument: `is divisibleby 3`, `is sameas false` */
                 ct_tok_t *x = cur(lx);
@@ -381,14 +346,11 @@ static int parse_filters(ct_lexer_t *lx, ct_node_t **node)
                     (x->type == CTK_OP && (is_op(x, "[") || is_op(x, "{")))) {
                     ct_node_t *arg;
                     int rc = parse_primary(lx, &arg);
-                    if (rc == 0)
-                        rc = parse_postfix(lx, &arg);
-                    if (rc)
-                        return rc;
+                    if (rc == 0) rc = parse_postfix(lx, &arg);
+                    if (rc) return rc;
                     n->kids = ct_alloc(&lx->t->arena, sizeof(*n->kids));
                     n->kw = ct_alloc(&lx->t->arena, sizeof(*n->kw));
-                    if (!n->kids || !n->kw)
-                        return RCD_ENOMEM;
+                    if (!n->kids || !n->kw) return RCD_ENOMEM;
                     n->kids[0] = arg;
                     n->nkids = 1;
                 }
@@ -396,12 +358,10 @@ static int parse_filters(ct_lexer_t *lx, ct_node_t **node)
             *node = n;
         } else if (is_op(t, "(")) {
             ct_node_t *n = mk(lx, N_CALL, t);
-            if (!n)
-                return RCD_ENOMEM;
+            if (!n) return RCD_ENOMEM;
             n->a = *node;
             int rc = parse_args(lx, n);
-            if (rc)
-                return rc;
+            if (rc) return rc;
             *node = n;
         } else {
             return 0;
@@ -412,24 +372,20 @@ static int parse_filters(ct_lexer_t *lx, ct_node_t **node)
 static int parse_unary(ct_lexer_t *lx, ct_node_t **out, int with_filter)
 {
     int rc = nest_in(lx);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     ct_tok_t *t = cur(lx);
     if (is_op(t, "-") || is_op(t, "+")) {
         lx->p++;
         ct_node_t *n = mk(lx, N_UNARY, t);
-        if (!n)
-            return RCD_ENOMEM;
+        if (!n) return RCD_ENOMEM;
         n->op = t->p[0];
         rc = parse_unary(lx, &n->a, 0);
         *out = n;
     } else {
         rc = parse_primary(lx, out);
     }
-    if (rc == 0)
-        rc = parse_postfix(lx, out);
-    if (rc == 0 && with_filter)
-        rc = parse_filters(lx, out);
+    if (rc == 0) rc = parse_postfix(lx, out);
+    if (rc == 0 && with_filter) rc = parse_filters(lx, out);
     lx->nest--;
     return rc;
 }
@@ -437,8 +393,7 @@ static int parse_unary(ct_lexer_t *lx, ct_node_t **out, int with_filter)
 static int bin(ct_lexer_t *lx, int kind, int op, ct_tok_t *at, ct_node_t **l, ct_node_t *r)
 {
     ct_node_t *n = mk(lx, kind, at);
-    if (!n)
-        return RCD_ENOMEM;
+    if (!n) return RCD_ENOMEM;
     n->op = op;
     n->a = *l;
     n->b = r;
@@ -454,8 +409,7 @@ static int parse_pow(ct_lexer_t *lx, ct_node_t **out)
         lx->p++;
         ct_node_t *r;
         rc = parse_unary(lx, &r, 1);
-        if (rc == 0)
-            rc = bin(lx, N_BIN, 'P', t, out, r);
+        if (rc == 0) rc = bin(lx, N_BIN, 'P', t, out, r);
     }
     return rc;
 }
@@ -465,16 +419,16 @@ static int parse_math2(ct_lexer_t *lx, ct_node_t **out)
     int rc = parse_pow(lx, out);
     for (;;) {
         ct_tok_t *t = cur(lx);
-        int op = is_op(t, "*") ? '*' : is_op(t, "/") ? '/' : is_op(t, "//") ? 'F'
-                 : is_op(t, "%")                     ? '%'
-                                                     : 0;
-        if (rc || !op)
-            return rc;
+        int op = is_op(t, "*")    ? '*'
+                 : is_op(t, "/")  ? '/'
+                 : is_op(t, "//") ? 'F'
+                 : is_op(t, "%")  ? '%'
+                                  : 0;
+        if (rc || !op) return rc;
         lx->p++;
         ct_node_t *r;
         rc = parse_pow(lx, &r);
-        if (rc == 0)
-            rc = bin(lx, N_BIN, op, t, out, r);
+        if (rc == 0) rc = bin(lx, N_BIN, op, t, out, r);
     }
 }
 
@@ -486,8 +440,7 @@ static int parse_concat(ct_lexer_t *lx, ct_node_t **out)
         lx->p++;
         ct_node_t *r;
         rc = parse_math2(lx, &r);
-        if (rc == 0)
-            rc = bin(lx, N_BIN, '~', t, out, r);
+        if (rc == 0) rc = bin(lx, N_BIN, '~', t, out, r);
     }
     return rc;
 }
@@ -498,13 +451,11 @@ static int parse_math1(ct_lexer_t *lx, ct_node_t **out)
     for (;;) {
         ct_tok_t *t = cur(lx);
         int op = is_op(t, "+") ? '+' : is_op(t, "-") ? '-' : 0;
-        if (rc || !op)
-            return rc;
+        if (rc || !op) return rc;
         lx->p++;
         ct_node_t *r;
         rc = parse_concat(lx, &r);
-        if (rc == 0)
-            rc = bin(lx, N_BIN, op, t, out, r);
+        if (rc == 0) rc = bin(lx, N_BIN, op, t, out, r);
     }
 }
 
@@ -530,13 +481,11 @@ static int parse_compare(ct_lexer_t *lx, ct_node_t **out)
             op = 'i';
         else if (is_name(t, "not") && is_name(&lx->v[lx->p + 1], "in"))
             op = 'I';
-        if (rc || !op)
-            return rc;
+        if (rc || !op) return rc;
         lx->p += op == 'I' ? 2 : 1;
         ct_node_t *r;
         rc = parse_math1(lx, &r);
-        if (rc == 0)
-            rc = bin(lx, N_CMP, op, t, out, r);
+        if (rc == 0) rc = bin(lx, N_CMP, op, t, out, r);
     }
 }
 
@@ -545,12 +494,10 @@ static int parse_not(ct_lexer_t *lx, ct_node_t **out)
     ct_tok_t *t = cur(lx);
     if (is_name(t, "not")) {
         int rc = nest_in(lx);
-        if (rc)
-            return rc;
+        if (rc) return rc;
         lx->p++;
         ct_node_t *n = mk(lx, N_UNARY, t);
-        if (!n)
-            return RCD_ENOMEM;
+        if (!n) return RCD_ENOMEM;
         n->op = 'n';
         rc = parse_not(lx, &n->a);
         *out = n;
@@ -568,8 +515,7 @@ static int parse_and(ct_lexer_t *lx, ct_node_t **out)
         lx->p++;
         ct_node_t *r;
         rc = parse_not(lx, &r);
-        if (rc == 0)
-            rc = bin(lx, N_AND, 0, t, out, r);
+        if (rc == 0) rc = bin(lx, N_AND, 0, t, out, r);
     }
     return rc;
 }
@@ -582,8 +528,7 @@ static int parse_or(ct_lexer_t *lx, ct_node_t **out)
         lx->p++;
         ct_node_t *r;
         rc = parse_and(lx, &r);
-        if (rc == 0)
-            rc = bin(lx, N_OR, 0, t, out, r);
+        if (rc == 0) rc = bin(lx, N_OR, 0, t, out, r);
     }
     return rc;
 }
@@ -591,14 +536,12 @@ static int parse_or(ct_lexer_t *lx, ct_node_t **out)
 static int parse_expr(ct_lexer_t *lx, ct_node_t **out, int with_cond)
 {
     int rc = nest_in(lx);
-    if (rc == 0)
-        rc = parse_or(lx, out);
+    if (rc == 0) rc = parse_or(lx, out);
     while (rc == 0 && with_cond && is_name(cur(lx), "if")) {
         ct_tok_t *t = cur(lx);
         lx->p++;
         ct_node_t *n = mk(lx, N_COND, t);
-        if (!n)
-            return RCD_ENOMEM;
+        if (!n) return RCD_ENOMEM;
         n->b = *out;
         rc = parse_or(lx, &n->a);
         if (rc == 0 && is_name(cur(lx), "else")) {
@@ -614,7 +557,8 @@ static int parse_expr(ct_lexer_t *lx, ct_node_t **out, int with_cond)
 /* ------------------------------------------------------------------------------------------ */
 /* statements */
 
-static int parse_body(ct_lexer_t *lx, const char *const *stops, ct_node_t **out, ct_tok_t **stop_tok);
+static int parse_body(ct_lexer_t *lx, const char *const *stops, ct_node_t **out,
+                      ct_tok_t **stop_tok);
 
 static int expect_block_end(ct_lexer_t *lx)
 {
@@ -636,35 +580,26 @@ static int parse_if(ct_lexer_t *lx, ct_tok_t *at, ct_node_t **out)
 {
     static const char *const stops[] = {"elif", "else", "endif", NULL};
     ct_node_t *n = mk(lx, S_IF, at);
-    if (!n)
-        return RCD_ENOMEM;
+    if (!n) return RCD_ENOMEM;
     kidv_t k = {0};
     for (;;) {
         ct_node_t *cond, *body;
         ct_tok_t *st;
         int rc = parse_expr(lx, &cond, 1);
-        if (rc == 0)
-            rc = expect_block_end(lx);
-        if (rc == 0)
-            rc = parse_body(lx, stops, &body, &st);
-        if (rc == 0)
-            rc = kid_push(lx, &k, cond, (ct_str_t){0});
-        if (rc == 0)
-            rc = kid_push(lx, &k, body, (ct_str_t){0});
-        if (rc)
-            return rc;
+        if (rc == 0) rc = expect_block_end(lx);
+        if (rc == 0) rc = parse_body(lx, stops, &body, &st);
+        if (rc == 0) rc = kid_push(lx, &k, cond, (ct_str_t){0});
+        if (rc == 0) rc = kid_push(lx, &k, body, (ct_str_t){0});
+        if (rc) return rc;
         if (is_name(st, "elif")) {
             lx->p++;
             continue;
         }
         if (is_name(st, "else")) {
             rc = end_tag(lx, 1);
-            if (rc == 0)
-                rc = parse_body(lx, stops + 2, &body, &st);
-            if (rc == 0)
-                rc = kid_push(lx, &k, body, (ct_str_t){0});
-            if (rc)
-                return rc;
+            if (rc == 0) rc = parse_body(lx, stops + 2, &body, &st);
+            if (rc == 0) rc = kid_push(lx, &k, body, (ct_str_t){0});
+            if (rc) return rc;
         }
         rc = end_tag(lx, 1);
         kid_set(n, &k);
@@ -678,14 +613,11 @@ static int parse_targets(ct_lexer_t *lx, ct_node_t *n, int allow_attr)
     ct_str_t names[8];
     size_t nn = 0;
     int paren = is_op(cur(lx), "(");
-    if (paren)
-        lx->p++;
+    if (paren) lx->p++;
     for (;;) {
         ct_tok_t *t = cur(lx);
-        if (t->type != CTK_NAME)
-            return perr(lx, t, RCD_EINVAL, "expected a variable name");
-        if (nn == 8)
-            return perr(lx, t, RCD_EUNSUPPORTED, "more than 8 unpacking targets");
+        if (t->type != CTK_NAME) return perr(lx, t, RCD_EINVAL, "expected a variable name");
+        if (nn == 8) return perr(lx, t, RCD_EUNSUPPORTED, "more than 8 unpacking targets");
         names[nn].p = t->p;
         names[nn].n = t->n;
         nn++;
@@ -699,18 +631,15 @@ static int parse_targets(ct_lexer_t *lx, ct_node_t *n, int allow_attr)
             lx->p++;
             break;
         }
-        if (!is_op(cur(lx), ","))
-            break;
+        if (!is_op(cur(lx), ",")) break;
         lx->p++;
     }
     if (paren) {
         int rc = expect_op(lx, ")");
-        if (rc)
-            return rc;
+        if (rc) return rc;
     }
     n->names = ct_alloc(&lx->t->arena, nn * sizeof(*n->names));
-    if (!n->names)
-        return RCD_ENOMEM;
+    if (!n->names) return RCD_ENOMEM;
     memcpy(n->names, names, nn * sizeof(*names));
     n->nnames = nn;
     return 0;
@@ -720,13 +649,10 @@ static int parse_for(ct_lexer_t *lx, ct_tok_t *at, ct_node_t **out)
 {
     static const char *const stops[] = {"else", "endfor", NULL};
     ct_node_t *n = mk(lx, S_FOR, at);
-    if (!n)
-        return RCD_ENOMEM;
+    if (!n) return RCD_ENOMEM;
     int rc = parse_targets(lx, n, 0);
-    if (rc)
-        return rc;
-    if (!is_name(cur(lx), "in"))
-        return perr(lx, cur(lx), RCD_EINVAL, "expected 'in' in for loop");
+    if (rc) return rc;
+    if (!is_name(cur(lx), "in")) return perr(lx, cur(lx), RCD_EINVAL, "expected 'in' in for loop");
     lx->p++;
     rc = parse_expr(lx, &n->a, 0);
     if (rc == 0 && is_op(cur(lx), ",")) /* `for x in a, b` iterates a tuple */
@@ -737,22 +663,17 @@ static int parse_for(ct_lexer_t *lx, ct_tok_t *at, ct_node_t **out)
     }
     if (rc == 0 && is_name(cur(lx), "recursive"))
         return perr(lx, cur(lx), RCD_EUNSUPPORTED, "recursive for loops");
-    if (rc == 0)
-        rc = expect_block_end(lx);
+    if (rc == 0) rc = expect_block_end(lx);
     n->kids = ct_alloc(&lx->t->arena, 2 * sizeof(*n->kids));
-    if (!n->kids)
-        return RCD_ENOMEM;
+    if (!n->kids) return RCD_ENOMEM;
     n->nkids = 2;
     ct_tok_t *st;
-    if (rc == 0)
-        rc = parse_body(lx, stops, &n->kids[0], &st);
+    if (rc == 0) rc = parse_body(lx, stops, &n->kids[0], &st);
     if (rc == 0 && is_name(st, "else")) {
         rc = end_tag(lx, 1);
-        if (rc == 0)
-            rc = parse_body(lx, stops + 1, &n->kids[1], &st);
+        if (rc == 0) rc = parse_body(lx, stops + 1, &n->kids[1], &st);
     }
-    if (rc == 0)
-        rc = end_tag(lx, 1);
+    if (rc == 0) rc = end_tag(lx, 1);
     *out = n;
     return rc;
 }
@@ -761,41 +682,34 @@ static int parse_set(ct_lexer_t *lx, ct_tok_t *at, ct_node_t **out)
 {
     static const char *const stops[] = {"endset", NULL};
     ct_node_t *n = mk(lx, S_SET, at);
-    if (!n)
-        return RCD_ENOMEM;
+    if (!n) return RCD_ENOMEM;
     int rc = parse_targets(lx, n, 1);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     *out = n;
     if (cur(lx)->type == CTK_BLOCK_END) { /* {% set x %}...{% endset %} */
         if (n->nnames != 1 || n->name2.p)
             return perr(lx, cur(lx), RCD_EINVAL, "block set takes one variable name");
         lx->p++;
         n->kids = ct_alloc(&lx->t->arena, sizeof(*n->kids));
-        if (!n->kids)
-            return RCD_ENOMEM;
+        if (!n->kids) return RCD_ENOMEM;
         n->nkids = 1;
         ct_tok_t *st;
         rc = parse_body(lx, stops, &n->kids[0], &st);
         return rc ? rc : end_tag(lx, 1);
     }
-    if (is_op(cur(lx), "|"))
-        return perr(lx, cur(lx), RCD_EUNSUPPORTED, "filtered block set");
+    if (is_op(cur(lx), "|")) return perr(lx, cur(lx), RCD_EUNSUPPORTED, "filtered block set");
     rc = expect_op(lx, "=");
-    if (rc == 0)
-        rc = parse_expr(lx, &n->a, 1);
+    if (rc == 0) rc = parse_expr(lx, &n->a, 1);
     if (rc == 0 && is_op(cur(lx), ",")) { /* set a = 1, 2 */
         ct_node_t *tup = mk(lx, N_TUPLE, cur(lx));
-        if (!tup)
-            return RCD_ENOMEM;
+        if (!tup) return RCD_ENOMEM;
         kidv_t k = {0};
         rc = kid_push(lx, &k, n->a, (ct_str_t){0});
         while (rc == 0 && is_op(cur(lx), ",")) {
             lx->p++;
             ct_node_t *e;
             rc = parse_expr(lx, &e, 1);
-            if (rc == 0)
-                rc = kid_push(lx, &k, e, (ct_str_t){0});
+            if (rc == 0) rc = kid_push(lx, &k, e, (ct_str_t){0});
         }
         kid_set(tup, &k);
         n->a = tup;
@@ -807,10 +721,8 @@ static int parse_macro(ct_lexer_t *lx, ct_tok_t *at, ct_node_t **out)
 {
     static const char *const stops[] = {"endmacro", NULL};
     ct_node_t *n = mk(lx, S_MACRO, at);
-    if (!n)
-        return RCD_ENOMEM;
-    if (cur(lx)->type != CTK_NAME)
-        return perr(lx, cur(lx), RCD_EINVAL, "expected a macro name");
+    if (!n) return RCD_ENOMEM;
+    if (cur(lx)->type != CTK_NAME) return perr(lx, cur(lx), RCD_EINVAL, "expected a macro name");
     n->name.p = cur(lx)->p;
     n->name.n = cur(lx)->n;
     lx->p++;
@@ -821,8 +733,7 @@ static int parse_macro(ct_lexer_t *lx, ct_tok_t *at, ct_node_t **out)
     while (rc == 0 && !is_op(cur(lx), ")")) {
         if (cur(lx)->type != CTK_NAME)
             return perr(lx, cur(lx), RCD_EINVAL, "expected a parameter name");
-        if (nn == 32)
-            return perr(lx, cur(lx), RCD_EUNSUPPORTED, "more than 32 macro parameters");
+        if (nn == 32) return perr(lx, cur(lx), RCD_EUNSUPPORTED, "more than 32 macro parameters");
         names[nn].p = cur(lx)->p;
         names[nn].n = cur(lx)->n;
         nn++;
@@ -832,33 +743,23 @@ static int parse_macro(ct_lexer_t *lx, ct_tok_t *at, ct_node_t **out)
             lx->p++;
             rc = parse_expr(lx, &def, 1);
         }
-        if (rc == 0)
-            rc = kid_push(lx, &k, def, (ct_str_t){0});
-        if (rc == 0 && !is_op(cur(lx), ")"))
-            rc = expect_op(lx, ",");
+        if (rc == 0) rc = kid_push(lx, &k, def, (ct_str_t){0});
+        if (rc == 0 && !is_op(cur(lx), ")")) rc = expect_op(lx, ",");
     }
-    if (rc == 0)
-        rc = expect_op(lx, ")");
-    if (rc == 0)
-        rc = expect_block_end(lx);
+    if (rc == 0) rc = expect_op(lx, ")");
+    if (rc == 0) rc = expect_block_end(lx);
     ct_node_t *body;
     ct_tok_t *st;
-    if (rc == 0)
-        rc = parse_body(lx, stops, &body, &st);
-    if (rc == 0)
-        rc = kid_push(lx, &k, body, (ct_str_t){0});
-    if (rc == 0)
-        rc = end_tag(lx, 0);
+    if (rc == 0) rc = parse_body(lx, stops, &body, &st);
+    if (rc == 0) rc = kid_push(lx, &k, body, (ct_str_t){0});
+    if (rc == 0) rc = end_tag(lx, 0);
     if (rc == 0 && cur(lx)->type == CTK_NAME) /* {% endmacro name %} */
         lx->p++;
-    if (rc == 0)
-        rc = expect_block_end(lx);
-    if (rc)
-        return rc;
+    if (rc == 0) rc = expect_block_end(lx);
+    if (rc) return rc;
     kid_set(n, &k);
     n->names = ct_alloc(&lx->t->arena, (nn ? nn : 1) * sizeof(*n->names));
-    if (!n->names)
-        return RCD_ENOMEM;
+    if (!n->names) return RCD_ENOMEM;
     memcpy(n->names, names, nn * sizeof(*names));
     n->nnames = nn;
     *out = n;
@@ -870,30 +771,24 @@ static int parse_tag(ct_lexer_t *lx, ct_node_t **out)
     ct_tok_t *kw = cur(lx);
     static const char *const gen_stop[] = {"endgeneration", NULL};
     lx->p++;
-    if (is_name(kw, "if"))
-        return parse_if(lx, kw, out);
-    if (is_name(kw, "for"))
-        return parse_for(lx, kw, out);
-    if (is_name(kw, "set"))
-        return parse_set(lx, kw, out);
-    if (is_name(kw, "macro"))
-        return parse_macro(lx, kw, out);
+    if (is_name(kw, "if")) return parse_if(lx, kw, out);
+    if (is_name(kw, "for")) return parse_for(lx, kw, out);
+    if (is_name(kw, "set")) return parse_set(lx, kw, out);
+    if (is_name(kw, "macro")) return parse_macro(lx, kw, out);
     if (is_name(kw, "break") || is_name(kw, "continue")) {
         *out = mk(lx, is_name(kw, "break") ? S_BREAK : S_CONTINUE, kw);
-        if (!*out)
-            return RCD_ENOMEM;
+        if (!*out) return RCD_ENOMEM;
         return expect_block_end(lx);
     }
     if (is_name(kw, "generation")) { /* transformers' AssistantTracker: renders its body */
         ct_tok_t *st;
         int rc = expect_block_end(lx);
-        if (rc == 0)
-            rc = parse_body(lx, gen_stop, out, &st);
+        if (rc == 0) rc = parse_body(lx, gen_stop, out, &st);
         return rc ? rc : end_tag(lx, 1);
     }
-    static const char *const unsupported[] = {"include", "extends", "import", "from", "block",
-                                              "call", "raw", "with", "autoescape", "filter",
-                                              "do", "print", "trans", NULL};
+    static const char *const unsupported[] = {
+        "include", "extends",    "import", "from", "block", "call",  "raw",
+        "with",    "autoescape", "filter", "do",   "print", "trans", NULL};
     for (size_t i = 0; unsupported[i]; i++)
         if (is_name(kw, unsupported[i]))
             return perr(lx, kw, RCD_EUNSUPPORTED, "the '%s' tag is outside the supported subset",
@@ -901,14 +796,13 @@ static int parse_tag(ct_lexer_t *lx, ct_node_t **out)
     return perr(lx, kw, RCD_EINVAL, "unknown or unexpected tag '%.*s'", (int)kw->n, kw->p);
 }
 
-static int parse_body(ct_lexer_t *lx, const char *const *stops, ct_node_t **out, ct_tok_t **stop_tok)
+static int parse_body(ct_lexer_t *lx, const char *const *stops, ct_node_t **out,
+                      ct_tok_t **stop_tok)
 {
     int rc = nest_in(lx);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     ct_node_t *blk = mk(lx, S_BLOCK, cur(lx));
-    if (!blk)
-        return RCD_ENOMEM;
+    if (!blk) return RCD_ENOMEM;
     kidv_t k = {0};
     for (;;) {
         ct_tok_t *t = cur(lx);
@@ -917,28 +811,25 @@ static int parse_body(ct_lexer_t *lx, const char *const *stops, ct_node_t **out,
             if (stops && stops[0])
                 return perr(lx, t, RCD_EINVAL, "unexpected end of template: missing '%s'",
                             stops[0][0] == 'e' && stops[0][1] == 'n' ? stops[0]
-                            : stops[1]                                ? stops[1]
-                                                                      : stops[0]);
+                            : stops[1]                               ? stops[1]
+                                                                     : stops[0]);
             break;
         }
         if (t->type == CTK_TEXT) {
             n = mk(lx, S_TEXT, t);
-            if (!n)
-                return RCD_ENOMEM;
+            if (!n) return RCD_ENOMEM;
             n->name.p = t->p;
             n->name.n = t->n;
             lx->p++;
         } else if (t->type == CTK_VAR_BEGIN) {
             lx->p++;
             n = mk(lx, S_OUT, t);
-            if (!n)
-                return RCD_ENOMEM;
+            if (!n) return RCD_ENOMEM;
             rc = parse_expr(lx, &n->a, 1);
-            if (rc)
-                return rc;
+            if (rc) return rc;
             if (cur(lx)->type != CTK_VAR_END)
-                return perr(lx, cur(lx), RCD_EINVAL, "expected '}}', found '%.*s'",
-                            (int)cur(lx)->n, cur(lx)->p);
+                return perr(lx, cur(lx), RCD_EINVAL, "expected '}}', found '%.*s'", (int)cur(lx)->n,
+                            cur(lx)->p);
             lx->p++;
         } else if (t->type == CTK_BLOCK_BEGIN) {
             ct_tok_t *kw = &lx->v[lx->p + 1];
@@ -954,14 +845,12 @@ static int parse_body(ct_lexer_t *lx, const char *const *stops, ct_node_t **out,
             }
             lx->p++;
             rc = parse_tag(lx, &n);
-            if (rc)
-                return rc;
+            if (rc) return rc;
         } else {
             return perr(lx, t, RCD_EINVAL, "unexpected '%.*s'", (int)t->n, t->p);
         }
         rc = kid_push(lx, &k, n, (ct_str_t){0});
-        if (rc)
-            return rc;
+        if (rc) return rc;
     }
     kid_set(blk, &k);
     *out = blk;
@@ -979,7 +868,6 @@ int ct_parse(chat_tmpl_t *t, const char *src, size_t n, char *err, size_t errlen
         rc = parse_body(&lx, NULL, &t->root, &st);
     }
     free(lx.v);
-    if (rc == RCD_ENOMEM)
-        rcd_fail(rc, err, errlen, "chat template: out of memory");
+    if (rc == RCD_ENOMEM) rcd_fail(rc, err, errlen, "chat template: out of memory");
     return rc;
 }

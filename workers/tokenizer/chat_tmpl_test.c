@@ -23,16 +23,14 @@ static int render_str(const char *tmpl, const char *ctx_json, const struct chat_
     size_t n = 0;
     *out = NULL;
     int rc = chat_tmpl_compile(tmpl, strlen(tmpl), &t, err, errlen);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     cJSON *ctx = cJSON_Parse(ctx_json ? ctx_json : "{}");
     if (!ctx) {
         chat_tmpl_free(t);
         return RCD_EFORMAT;
     }
     rc = chat_tmpl_render_opts(t, ctx, o, out, &n, err, errlen);
-    if (rc == 0 && strlen(*out) != n)
-        rc = RCD_EINTERNAL;
+    if (rc == 0 && strlen(*out) != n) rc = RCD_EINTERNAL;
     cJSON_Delete(ctx);
     chat_tmpl_free(t);
     return rc;
@@ -66,8 +64,7 @@ static void test_fixtures(void)
     CHECK(rcd_path_fmt(path, sizeof(path), "%s/cases.json", golden) == 0);
     char *text = rcd_test_read_file(path, &len);
     CHECK_MSG(text, "cannot read %s", path);
-    if (!text)
-        return;
+    if (!text) return;
     cJSON *root = cJSON_ParseWithLength(text, len);
     CHECK(root);
     const cJSON *cases = cJSON_GetObjectItemCaseSensitive(root, "cases");
@@ -94,20 +91,17 @@ static void test_fixtures(void)
             int seen = 0;
             for (int i = 0; i < n_templates; i++)
                 seen |= strcmp(templates_seen[i], tname->valuestring) == 0;
-            if (!seen && n_templates < 16)
-                templates_seen[n_templates++] = tname->valuestring;
+            if (!seen && n_templates < 16) templates_seen[n_templates++] = tname->valuestring;
         } else if (cJSON_IsString(ttext)) {
             src = strdup(ttext->valuestring);
             slen = strlen(src);
         }
-        if (!src)
-            continue;
+        if (!src) continue;
         chat_tmpl_t *t = NULL;
         char *out = NULL;
         size_t on = 0;
         int rc = chat_tmpl_compile(src, slen, &t, err, sizeof(err));
-        if (rc == 0)
-            rc = chat_tmpl_render(t, ctx, &out, &on, err, sizeof(err));
+        if (rc == 0) rc = chat_tmpl_render(t, ctx, &out, &on, err, sizeof(err));
         if (werr) {
             n_err++;
             const char *type = cJSON_GetObjectItemCaseSensitive(werr, "type")->valuestring;
@@ -134,9 +128,9 @@ static void test_fixtures(void)
     }
     CHECK_MSG(n >= 120, "only %d fixture cases", n);
     CHECK(n_err >= 10);
-    static const char *const must[] = {"granite-4.0-h-micro", "qwen3", "gemma-3-it",
-                                       "mistral-7b-instruct-v0.3", "openhermes-2.5-chatml",
-                                       "recurd-default"};
+    static const char *const must[] = {
+        "granite-4.0-h-micro",   "qwen3",         "gemma-3-it", "mistral-7b-instruct-v0.3",
+        "openhermes-2.5-chatml", "recurd-default"};
     for (size_t i = 0; i < sizeof(must) / sizeof(must[0]); i++) {
         int seen = 0;
         for (int j = 0; j < n_templates; j++)
@@ -170,8 +164,8 @@ static void test_errors(void)
                "Roles must alternate");
     {
         char *out = NULL, err[128];
-        CHECK(render_str("x{{ raise_exception('m' ~ 1) }}", NULL, NULL, &out, err,
-                         sizeof(err)) == RCD_EINVAL);
+        CHECK(render_str("x{{ raise_exception('m' ~ 1) }}", NULL, NULL, &out, err, sizeof(err)) ==
+              RCD_EINVAL);
         CHECK(strcmp(err, "m1") == 0);
     }
     /* syntax errors name line:column */
@@ -284,8 +278,8 @@ static void test_limits(void)
         cJSON_AddStringToObject(mm, "content", "some words");
         cJSON_AddItemToArray(msgs, mm);
     }
-    CHECK(chat_tmpl_compile(CHAT_TMPL_DEFAULT, strlen(CHAT_TMPL_DEFAULT), &t, err,
-                            sizeof(err)) == 0);
+    CHECK(chat_tmpl_compile(CHAT_TMPL_DEFAULT, strlen(CHAT_TMPL_DEFAULT), &t, err, sizeof(err)) ==
+          0);
     size_t n = 0;
     CHECK(chat_tmpl_render(t, ctx, &out, &n, err, sizeof(err)) == 0 && n > 5000 * 20);
     free(out);
@@ -298,8 +292,8 @@ static void test_strftime_now(void)
     setenv("TZ", "UTC", 1);
     struct chat_tmpl_opts o = {.now = 1735689600}; /* 2025-01-01T00:00:00Z */
     char *out = NULL, err[256];
-    CHECK(render_str("Today: {{ strftime_now('%d %B %Y') }}.", NULL, &o, &out, err,
-                     sizeof(err)) == 0);
+    CHECK(render_str("Today: {{ strftime_now('%d %B %Y') }}.", NULL, &o, &out, err, sizeof(err)) ==
+          0);
     CHECK(out && strcmp(out, "Today: 01 January 2025.") == 0);
     free(out);
 }
@@ -310,8 +304,8 @@ static void test_reuse(void)
     chat_tmpl_t *t = NULL;
     char err[256], *a = NULL, *b = NULL;
     size_t an = 0, bn = 0;
-    CHECK(chat_tmpl_compile(CHAT_TMPL_DEFAULT, strlen(CHAT_TMPL_DEFAULT), &t, err,
-                            sizeof(err)) == 0);
+    CHECK(chat_tmpl_compile(CHAT_TMPL_DEFAULT, strlen(CHAT_TMPL_DEFAULT), &t, err, sizeof(err)) ==
+          0);
     cJSON *ctx = cJSON_Parse("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}");
     CHECK(chat_tmpl_render(t, ctx, &a, &an, err, sizeof(err)) == 0);
     CHECK(chat_tmpl_render(t, ctx, &b, &bn, err, sizeof(err)) == 0);
@@ -326,8 +320,7 @@ int main(int argc, char **argv)
 {
     rcd_test_init(argc, argv);
     const char *env = getenv("RCD_GOLDEN_DIR");
-    CHECK(rcd_path_fmt(golden, sizeof(golden), "%s/chat", env && *env ? env : "tests/golden") ==
-          0);
+    CHECK(rcd_path_fmt(golden, sizeof(golden), "%s/chat", env && *env ? env : "tests/golden") == 0);
     RUN(test_fixtures);
     RUN(test_default_template);
     RUN(test_errors);
