@@ -3,6 +3,7 @@
  * language features, rendered by transformers — tools/make_chat_fixtures.py) byte for byte;
  * errors (raise_exception's message, syntax positions, undefined values, unsupported
  * constructs); the render limits; the built-in default; and strftime_now's injected clock. */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -316,6 +317,58 @@ static void test_reuse(void)
     chat_tmpl_free(t);
 }
 
+/* One compiled template rendered by several threads at once gives every thread the same text
+ * (a compiled template is read-only; each render has its own arena). */
+struct thr {
+    const chat_tmpl_t *t;
+    const cJSON *ctx;
+    const char *want;
+    int bad;
+};
+
+static void *render_loop(void *arg)
+{
+    struct thr *a = arg;
+    for (int i = 0; i < 200; i++) {
+        char *out = NULL, err[128];
+        size_t n = 0;
+        if (chat_tmpl_render(a->t, a->ctx, &out, &n, err, sizeof(err)) != 0 ||
+            strcmp(out, a->want) != 0)
+            a->bad++;
+        free(out);
+    }
+    return NULL;
+}
+
+static void test_threads(void)
+{
+    char path[RCD_PATH_MAX], err[256], *want = NULL;
+    size_t len = 0, n = 0;
+    CHECK(rcd_path_fmt(path, sizeof(path), "%s/templates/qwen3.jinja", golden) == 0);
+    char *src = rcd_test_read_file(path, &len);
+    chat_tmpl_t *t = NULL;
+    CHECK(src && chat_tmpl_compile(src, len, &t, err, sizeof(err)) == 0);
+    cJSON *ctx = cJSON_Parse("{\"messages\":[{\"role\":\"system\",\"content\":\"s\"},"
+                             "{\"role\":\"user\",\"content\":\"q \u00e9\"},{\"role\":"
+                             "\"assistant\",\"content\":\"<think>x</think>a\"},{\"role\":"
+                             "\"user\",\"content\":\"again\"}],\"add_generation_prompt\":true}");
+    CHECK(t && ctx && chat_tmpl_render(t, ctx, &want, &n, err, sizeof(err)) == 0);
+    struct thr a[4];
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++) {
+        a[i] = (struct thr){t, ctx, want, 0};
+        CHECK(pthread_create(&th[i], NULL, render_loop, &a[i]) == 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        CHECK(a[i].bad == 0);
+    }
+    free(want);
+    cJSON_Delete(ctx);
+    chat_tmpl_free(t);
+    free(src);
+}
+
 int main(int argc, char **argv)
 {
     rcd_test_init(argc, argv);
@@ -327,5 +380,6 @@ int main(int argc, char **argv)
     RUN(test_limits);
     RUN(test_strftime_now);
     RUN(test_reuse);
+    RUN(test_threads);
     return rcd_test_summary();
 }
