@@ -669,6 +669,7 @@ static int eval_args(ct_rt_t *rt, ct_frame_t *f, const ct_node_t *n, ct_val_t **
 
 static int capture(ct_rt_t *rt, ct_frame_t *f, const ct_node_t *body, ct_val_t *out)
 {
+    if (!f) return oom(rt, body); /* a block set's own scope could not be made */
     ct_buf_t saved = rt->out;
     memset(&rt->out, 0, sizeof(rt->out));
     int rc = exec(rt, f, body);
@@ -1035,7 +1036,7 @@ static int exec(ct_rt_t *rt, ct_frame_t *f, const ct_node_t *n)
         return exec_for(rt, f, n);
     case S_SET:
         if (n->nkids)
-            rc = capture(rt, f, n->kids[0], &v);
+            rc = capture(rt, frame_new(rt, f), n->kids[0], &v);
         else
             rc = eval(rt, f, n->a, &v);
         if (rc) return rc;

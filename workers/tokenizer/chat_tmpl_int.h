@@ -173,7 +173,8 @@ typedef struct ct_lexer {
     size_t cpos; /* line/column cursor */
     int line, col;
     size_t p; /* the parser's position in v */
-    int nest; /* the parser's recursion depth */
+    int nest;  /* the parser's recursion depth */
+    int loops; /* for loops around the current statement (break/continue need one) */
     char *err;
     size_t errlen;
 } ct_lexer_t;

@@ -668,7 +668,9 @@ static int parse_for(ct_lexer_t *lx, ct_tok_t *at, ct_node_t **out)
     if (!n->kids) return RCD_ENOMEM;
     n->nkids = 2;
     ct_tok_t *st;
+    lx->loops++;
     if (rc == 0) rc = parse_body(lx, stops, &n->kids[0], &st);
+    lx->loops--;
     if (rc == 0 && is_name(st, "else")) {
         rc = end_tag(lx, 1);
         if (rc == 0) rc = parse_body(lx, stops + 1, &n->kids[1], &st);
@@ -750,7 +752,10 @@ static int parse_macro(ct_lexer_t *lx, ct_tok_t *at, ct_node_t **out)
     if (rc == 0) rc = expect_block_end(lx);
     ct_node_t *body;
     ct_tok_t *st;
+    int loops = lx->loops; /* a macro's body is its own function: no loop around it */
+    lx->loops = 0;
     if (rc == 0) rc = parse_body(lx, stops, &body, &st);
+    lx->loops = loops;
     if (rc == 0) rc = kid_push(lx, &k, body, (ct_str_t){0});
     if (rc == 0) rc = end_tag(lx, 0);
     if (rc == 0 && cur(lx)->type == CTK_NAME) /* {% endmacro name %} */
@@ -776,6 +781,8 @@ static int parse_tag(ct_lexer_t *lx, ct_node_t **out)
     if (is_name(kw, "set")) return parse_set(lx, kw, out);
     if (is_name(kw, "macro")) return parse_macro(lx, kw, out);
     if (is_name(kw, "break") || is_name(kw, "continue")) {
+        if (lx->loops == 0)
+            return perr(lx, kw, RCD_EINVAL, "'%.*s' outside a for loop", (int)kw->n, kw->p);
         *out = mk(lx, is_name(kw, "break") ? S_BREAK : S_CONTINUE, kw);
         if (!*out) return RCD_ENOMEM;
         return expect_block_end(lx);

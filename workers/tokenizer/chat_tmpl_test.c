@@ -178,6 +178,15 @@ static void test_errors(void)
     expect_err("{# never closed", NULL, RCD_EINVAL, "unclosed comment");
     expect_err("{{ 1 + * 2 }}", NULL, RCD_EINVAL, "line 1:8");
     expect_err("{% endif %}", NULL, RCD_EINVAL, "endif");
+    /* break/continue need a loop around them (a macro's body is not inside its caller's) */
+    expect_err("{% if 1 %}{% break %}{% endif %}", NULL, RCD_EINVAL, "'break' outside a for loop");
+    expect_err("{% for x in [1] %}{% macro m() %}{% continue %}{% endmacro %}{% endfor %}", NULL,
+               RCD_EINVAL, "'continue' outside");
+    expect("{% for x in [1, 2, 3] %}{% if x == 2 %}{% break %}{% endif %}{{ x }}{% else %}E"
+           "{% endfor %}",
+           NULL, "1");
+    /* a block set's body has its own scope */
+    expect("{% set y = 1 %}{% set b %}{% set y = 2 %}{{ y }}{% endset %}{{ y }}{{ b }}", NULL, "12");
     /* outside the subset: named */
     expect_err("{{ x | wordwrap }}", NULL, RCD_EUNSUPPORTED, "wordwrap");
     expect_err("{% if x is escaped %}{% endif %}", NULL, RCD_EUNSUPPORTED, "escaped");
