@@ -11,20 +11,17 @@
 int ct_buf_put(ct_rt_t *rt, ct_buf_t *b, const char *s, size_t n)
 {
     if (n > rt->max_output || b->n > rt->max_output - n)
-        return ct_fail(rt, NULL, RCD_ERANGE, "output exceeds the %zu-byte budget",
-                       rt->max_output);
+        return ct_fail(rt, NULL, RCD_ERANGE, "output exceeds the %zu-byte budget", rt->max_output);
     if (b->n + n + 1 > b->cap) {
         size_t cap = b->cap ? b->cap : 256;
         while (cap < b->n + n + 1)
             cap *= 2;
         char *p = realloc(b->p, cap);
-        if (!p)
-            return ct_fail(rt, NULL, RCD_ENOMEM, "out of memory");
+        if (!p) return ct_fail(rt, NULL, RCD_ENOMEM, "out of memory");
         b->p = p;
         b->cap = cap;
     }
-    if (n)
-        memcpy(b->p + b->n, s, n);
+    if (n) memcpy(b->p + b->n, s, n);
     b->n += n;
     return 0;
 }
@@ -42,8 +39,7 @@ ct_val_t ct_mkstr(const char *p, size_t n)
 int ct_mkstr_copy(ct_rt_t *rt, const char *p, size_t n, ct_val_t *out)
 {
     char *s = ct_strdup(&rt->arena, p, n);
-    if (!s)
-        return RCD_ENOMEM;
+    if (!s) return RCD_ENOMEM;
     *out = ct_mkstr(s, n);
     return 0;
 }
@@ -51,14 +47,11 @@ int ct_mkstr_copy(ct_rt_t *rt, const char *p, size_t n, ct_val_t *out)
 ct_list_t *ct_list_new(ct_rt_t *rt, size_t cap)
 {
     ct_list_t *l = ct_alloc(&rt->arena, sizeof(*l));
-    if (!l)
-        return NULL;
+    if (!l) return NULL;
     if (cap) {
-        if (cap > SIZE_MAX / sizeof(ct_val_t) / 2)
-            return NULL;
+        if (cap > SIZE_MAX / sizeof(ct_val_t) / 2) return NULL;
         l->v = ct_alloc(&rt->arena, cap * sizeof(*l->v));
-        if (!l->v)
-            return NULL;
+        if (!l->v) return NULL;
         l->cap = cap;
     }
     return l;
@@ -69,10 +62,8 @@ int ct_list_push(ct_rt_t *rt, ct_list_t *l, ct_val_t v)
     if (l->n == l->cap) {
         size_t cap = l->cap ? l->cap * 2 : 8;
         ct_val_t *nv = ct_alloc(&rt->arena, cap * sizeof(*nv));
-        if (!nv)
-            return RCD_ENOMEM;
-        if (l->n)
-            memcpy(nv, l->v, l->n * sizeof(*nv));
+        if (!nv) return RCD_ENOMEM;
+        if (l->n) memcpy(nv, l->v, l->n * sizeof(*nv));
         l->v = nv;
         l->cap = cap;
     }
@@ -83,13 +74,11 @@ int ct_list_push(ct_rt_t *rt, ct_list_t *l, ct_val_t v)
 ct_dict_t *ct_dict_new(ct_rt_t *rt, size_t cap)
 {
     ct_dict_t *d = ct_alloc(&rt->arena, sizeof(*d));
-    if (!d)
-        return NULL;
+    if (!d) return NULL;
     if (cap) {
         d->k = ct_alloc(&rt->arena, cap * sizeof(*d->k));
         d->v = ct_alloc(&rt->arena, cap * sizeof(*d->v));
-        if (!d->k || !d->v)
-            return NULL;
+        if (!d->k || !d->v) return NULL;
         d->cap = cap;
     }
     return d;
@@ -101,8 +90,7 @@ static int dict_append(ct_rt_t *rt, ct_dict_t *d, const char *k, size_t kn, ct_v
         size_t cap = d->cap ? d->cap * 2 : 8;
         ct_str_t *nk = ct_alloc(&rt->arena, cap * sizeof(*nk));
         ct_val_t *nv = ct_alloc(&rt->arena, cap * sizeof(*nv));
-        if (!nk || !nv)
-            return RCD_ENOMEM;
+        if (!nk || !nv) return RCD_ENOMEM;
         if (d->n) {
             memcpy(nk, d->k, d->n * sizeof(*nk));
             memcpy(nv, d->v, d->n * sizeof(*nv));
@@ -132,8 +120,7 @@ int ct_dict_set(ct_rt_t *rt, ct_dict_t *d, const char *k, size_t kn, ct_val_t v)
 ct_val_t *ct_dict_get(const ct_dict_t *d, const char *k, size_t kn)
 {
     for (size_t i = d->n; i-- > 0;)
-        if (d->k[i].n == kn && memcmp(d->k[i].p, k, kn) == 0)
-            return &d->v[i];
+        if (d->k[i].n == kn && memcmp(d->k[i].p, k, kn) == 0) return &d->v[i];
     return NULL;
 }
 
@@ -159,28 +146,23 @@ int ct_from_json(ct_rt_t *rt, const cJSON *j, ct_val_t *out)
         out->t = CT_NONE;
     } else if (cJSON_IsArray(j)) {
         ct_list_t *l = ct_list_new(rt, (size_t)cJSON_GetArraySize(j));
-        if (!l)
-            return RCD_ENOMEM;
+        if (!l) return RCD_ENOMEM;
         for (const cJSON *c = j->child; c; c = c->next) {
             int rc = ct_from_json(rt, c, &l->v[l->n]);
-            if (rc)
-                return rc;
+            if (rc) return rc;
             l->n++;
         }
         out->t = CT_LIST;
         out->u.l = l;
     } else if (cJSON_IsObject(j)) {
         ct_dict_t *d = ct_dict_new(rt, (size_t)cJSON_GetArraySize(j));
-        if (!d)
-            return RCD_ENOMEM;
+        if (!d) return RCD_ENOMEM;
         for (const cJSON *c = j->child; c; c = c->next) {
             ct_val_t v;
             int rc = ct_from_json(rt, c, &v);
-            if (rc)
-                return rc;
+            if (rc) return rc;
             const char *k = c->string ? c->string : "";
-            if (dict_append(rt, d, k, strlen(k), v))
-                return RCD_ENOMEM;
+            if (dict_append(rt, d, k, strlen(k), v)) return RCD_ENOMEM;
         }
         out->t = CT_DICT;
         out->u.d = d;
@@ -193,17 +175,28 @@ int ct_from_json(ct_rt_t *rt, const cJSON *j, ct_val_t *out)
 const char *ct_type_name(const ct_val_t *v)
 {
     switch (v->t) {
-    case CT_UNDEF: return "Undefined";
-    case CT_NONE: return "NoneType";
-    case CT_BOOL: return "bool";
-    case CT_INT: return "int";
-    case CT_FLOAT: return "float";
-    case CT_STR: return "str";
-    case CT_LIST: return "list";
-    case CT_DICT: return v->u.d->ns ? "Namespace" : "dict";
-    case CT_LOOP: return "LoopContext";
-    case CT_MACRO: return "Macro";
-    default: return "function";
+    case CT_UNDEF:
+        return "Undefined";
+    case CT_NONE:
+        return "NoneType";
+    case CT_BOOL:
+        return "bool";
+    case CT_INT:
+        return "int";
+    case CT_FLOAT:
+        return "float";
+    case CT_STR:
+        return "str";
+    case CT_LIST:
+        return "list";
+    case CT_DICT:
+        return v->u.d->ns ? "Namespace" : "dict";
+    case CT_LOOP:
+        return "LoopContext";
+    case CT_MACRO:
+        return "Macro";
+    default:
+        return "function";
     }
 }
 
@@ -211,14 +204,21 @@ int ct_truthy(const ct_val_t *v)
 {
     switch (v->t) {
     case CT_BOOL:
-    case CT_INT: return v->u.i != 0;
-    case CT_FLOAT: return v->u.f != 0;
-    case CT_STR: return v->u.s.n != 0;
-    case CT_LIST: return v->u.l->n != 0;
-    case CT_DICT: return v->u.d->ns || v->u.d->n != 0;
+    case CT_INT:
+        return v->u.i != 0;
+    case CT_FLOAT:
+        return v->u.f != 0;
+    case CT_STR:
+        return v->u.s.n != 0;
+    case CT_LIST:
+        return v->u.l->n != 0;
+    case CT_DICT:
+        return v->u.d->ns || v->u.d->n != 0;
     case CT_UNDEF:
-    case CT_NONE: return 0;
-    default: return 1;
+    case CT_NONE:
+        return 0;
+    default:
+        return 1;
     }
 }
 
@@ -234,34 +234,33 @@ int ct_equal(const ct_val_t *a, const ct_val_t *b)
         }
         return a->u.i == b->u.i;
     }
-    if (a->t != b->t)
-        return 0;
+    if (a->t != b->t) return 0;
     switch (a->t) {
     case CT_UNDEF:
-    case CT_NONE: return 1;
-    case CT_STR: return a->u.s.n == b->u.s.n && memcmp(a->u.s.p, b->u.s.p, a->u.s.n) == 0;
+    case CT_NONE:
+        return 1;
+    case CT_STR:
+        return a->u.s.n == b->u.s.n && memcmp(a->u.s.p, b->u.s.p, a->u.s.n) == 0;
     case CT_LIST:
-        if (a->u.l->n != b->u.l->n)
-            return 0;
+        if (a->u.l->n != b->u.l->n) return 0;
         for (size_t i = 0; i < a->u.l->n; i++)
-            if (!ct_equal(&a->u.l->v[i], &b->u.l->v[i]))
-                return 0;
+            if (!ct_equal(&a->u.l->v[i], &b->u.l->v[i])) return 0;
         return 1;
     case CT_DICT:
-        if (a->u.d->ns || b->u.d->ns)
-            return a->u.d == b->u.d;
-        if (a->u.d->n != b->u.d->n)
-            return 0;
+        if (a->u.d->ns || b->u.d->ns) return a->u.d == b->u.d;
+        if (a->u.d->n != b->u.d->n) return 0;
         for (size_t i = 0; i < a->u.d->n; i++) {
             ct_val_t *o = ct_dict_get(b->u.d, a->u.d->k[i].p, a->u.d->k[i].n);
-            if (!o || !ct_equal(&a->u.d->v[i], o))
-                return 0;
+            if (!o || !ct_equal(&a->u.d->v[i], o)) return 0;
         }
         return 1;
     case CT_LOOP:
-    case CT_CYCLE: return a->u.loop == b->u.loop;
-    case CT_MACRO: return a->u.m == b->u.m;
-    default: return a->u.i == b->u.i;
+    case CT_CYCLE:
+        return a->u.loop == b->u.loop;
+    case CT_MACRO:
+        return a->u.m == b->u.m;
+    default:
+        return a->u.i == b->u.i;
     }
 }
 
@@ -279,26 +278,22 @@ static void fmt_float(char *o, size_t on, double d, int json)
     char buf[40];
     for (int p = 1; p <= 17; p++) {
         snprintf(buf, sizeof(buf), "%.*e", p - 1, d);
-        if (strtod(buf, NULL) == d)
-            break;
+        if (strtod(buf, NULL) == d) break;
     }
     const char *s = buf;
     int neg = *s == '-';
-    if (neg)
-        s++;
+    if (neg) s++;
     char dig[24];
     size_t nd = 0;
     for (; *s && *s != 'e'; s++)
-        if (*s >= '0' && *s <= '9' && nd < sizeof(dig) - 1)
-            dig[nd++] = *s;
+        if (*s >= '0' && *s <= '9' && nd < sizeof(dig) - 1) dig[nd++] = *s;
     int e = *s == 'e' ? atoi(s + 1) : 0;
     while (nd > 1 && dig[nd - 1] == '0')
         nd--;
     dig[nd] = 0;
     size_t k = 0;
     char r[64];
-    if (neg)
-        r[k++] = '-';
+    if (neg) r[k++] = '-';
     if (e >= -5 && e < 16) {
         if (e >= 0) {
             for (int i = 0; i <= e; i++)
@@ -337,12 +332,10 @@ static int repr_str(ct_rt_t *rt, ct_buf_t *b, const char *s, size_t n)
     size_t run = 0;
     for (size_t i = 0; rc == 0 && i <= n; i++) {
         unsigned char c = i < n ? (unsigned char)s[i] : 0;
-        if (i < n && c >= 0x20 && c != 0x7f && c != '\\' && c != (unsigned char)q)
-            continue;
+        if (i < n && c >= 0x20 && c != 0x7f && c != '\\' && c != (unsigned char)q) continue;
         rc = ct_buf_put(rt, b, s + run, i - run);
         run = i + 1;
-        if (rc || i == n)
-            break;
+        if (rc || i == n) break;
         char e[8];
         if (c == '\n')
             snprintf(e, sizeof(e), "\\n");
@@ -361,40 +354,31 @@ static int repr_str(ct_rt_t *rt, ct_buf_t *b, const char *s, size_t n)
 
 static int repr(ct_rt_t *rt, ct_buf_t *b, const ct_val_t *v, int depth)
 {
-    if (depth > 100)
-        return ct_fail(rt, NULL, RCD_ERANGE, "value nested too deeply to print");
-    if (v->t == CT_STR)
-        return repr_str(rt, b, v->u.s.p, v->u.s.n);
+    if (depth > 100) return ct_fail(rt, NULL, RCD_ERANGE, "value nested too deeply to print");
+    if (v->t == CT_STR) return repr_str(rt, b, v->u.s.p, v->u.s.n);
     if (v->t == CT_LIST) {
-        int rc = ct_buf_put(rt, b, "[", 1);
+        int tup = v->u.l->tuple;
+        int rc = ct_buf_put(rt, b, tup ? "(" : "[", 1);
         for (size_t i = 0; rc == 0 && i < v->u.l->n; i++) {
-            if (i)
-                rc = ct_buf_put(rt, b, ", ", 2);
-            if (rc == 0)
-                rc = repr(rt, b, &v->u.l->v[i], depth + 1);
+            if (i) rc = ct_buf_put(rt, b, ", ", 2);
+            if (rc == 0) rc = repr(rt, b, &v->u.l->v[i], depth + 1);
         }
-        return rc ? rc : ct_buf_put(rt, b, "]", 1);
+        if (rc == 0 && tup && v->u.l->n == 1) rc = ct_buf_put(rt, b, ",", 1);
+        return rc ? rc : ct_buf_put(rt, b, tup ? ")" : "]", 1);
     }
     if (v->t == CT_DICT) {
         int rc = v->u.d->ns ? ct_buf_put(rt, b, "<Namespace ", 11) : 0;
-        if (rc == 0)
-            rc = ct_buf_put(rt, b, "{", 1);
+        if (rc == 0) rc = ct_buf_put(rt, b, "{", 1);
         for (size_t i = 0; rc == 0 && i < v->u.d->n; i++) {
-            if (i)
-                rc = ct_buf_put(rt, b, ", ", 2);
-            if (rc == 0)
-                rc = repr_str(rt, b, v->u.d->k[i].p, v->u.d->k[i].n);
-            if (rc == 0)
-                rc = ct_buf_put(rt, b, ": ", 2);
-            if (rc == 0)
-                rc = repr(rt, b, &v->u.d->v[i], depth + 1);
+            if (i) rc = ct_buf_put(rt, b, ", ", 2);
+            if (rc == 0) rc = repr_str(rt, b, v->u.d->k[i].p, v->u.d->k[i].n);
+            if (rc == 0) rc = ct_buf_put(rt, b, ": ", 2);
+            if (rc == 0) rc = repr(rt, b, &v->u.d->v[i], depth + 1);
         }
-        if (rc == 0)
-            rc = ct_buf_put(rt, b, "}", 1);
+        if (rc == 0) rc = ct_buf_put(rt, b, "}", 1);
         return rc || !v->u.d->ns ? rc : ct_buf_put(rt, b, ">", 1);
     }
-    if (v->t == CT_UNDEF)
-        return ct_buf_put(rt, b, "Undefined", 9);
+    if (v->t == CT_UNDEF) return ct_buf_put(rt, b, "Undefined", 9);
     return ct_to_str(rt, b, v);
 }
 
@@ -402,23 +386,30 @@ int ct_to_str(ct_rt_t *rt, ct_buf_t *b, const ct_val_t *v)
 {
     char num[64];
     switch (v->t) {
-    case CT_UNDEF: return 0;
-    case CT_NONE: return ct_buf_put(rt, b, "None", 4);
-    case CT_BOOL: return v->u.i ? ct_buf_put(rt, b, "True", 4) : ct_buf_put(rt, b, "False", 5);
+    case CT_UNDEF:
+        return 0;
+    case CT_NONE:
+        return ct_buf_put(rt, b, "None", 4);
+    case CT_BOOL:
+        return v->u.i ? ct_buf_put(rt, b, "True", 4) : ct_buf_put(rt, b, "False", 5);
     case CT_INT:
         snprintf(num, sizeof(num), "%lld", (long long)v->u.i);
         return ct_buf_put(rt, b, num, strlen(num));
     case CT_FLOAT:
         fmt_float(num, sizeof(num), v->u.f, 0);
         return ct_buf_put(rt, b, num, strlen(num));
-    case CT_STR: return ct_buf_put(rt, b, v->u.s.p, v->u.s.n);
+    case CT_STR:
+        return ct_buf_put(rt, b, v->u.s.p, v->u.s.n);
     case CT_LIST:
-    case CT_DICT: return repr(rt, b, v, 0);
-    case CT_LOOP: return ct_buf_put(rt, b, "<LoopContext>", 13);
+    case CT_DICT:
+        return repr(rt, b, v, 0);
+    case CT_LOOP:
+        return ct_buf_put(rt, b, "<LoopContext>", 13);
     case CT_MACRO:
         snprintf(num, sizeof(num), "<Macro '%.40s'>", "macro");
         return ct_buf_put(rt, b, num, strlen(num));
-    default: return ct_buf_put(rt, b, "<function>", 10);
+    default:
+        return ct_buf_put(rt, b, "<function>", 10);
     }
 }
 
@@ -447,7 +438,11 @@ typedef struct json_opts {
 static uint32_t utf8_next(const char *s, size_t n, size_t *i)
 {
     unsigned char c = (unsigned char)s[*i];
-    int len = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
+    int len = c < 0x80             ? 1
+              : (c & 0xE0) == 0xC0 ? 2
+              : (c & 0xF0) == 0xE0 ? 3
+              : (c & 0xF8) == 0xF0 ? 4
+                                   : 0;
     if (len == 0 || *i + (size_t)len > n) {
         (*i)++;
         return 0xFFFD;
@@ -476,42 +471,56 @@ static int json_str(ct_rt_t *rt, ct_buf_t *b, const char *s, size_t n, int ascii
             continue;
         }
         rc = ct_buf_put(rt, b, s + run, i - run);
-        if (rc)
-            break;
+        if (rc) break;
         char e[16];
         if (c >= 0x80) {
             uint32_t cp = utf8_next(s, n, &i);
             if (cp >= 0x10000) {
                 cp -= 0x10000;
-                snprintf(e, sizeof(e), "\\u%04x\\u%04x", 0xD800 + (cp >> 10), 0xDC00 + (cp & 0x3FF));
+                snprintf(e, sizeof(e), "\\u%04x\\u%04x", 0xD800 + (cp >> 10),
+                         0xDC00 + (cp & 0x3FF));
             } else {
                 snprintf(e, sizeof(e), "\\u%04x", cp);
             }
         } else {
             i++;
             switch (c) {
-            case '"': snprintf(e, sizeof(e), "\\\""); break;
-            case '\\': snprintf(e, sizeof(e), "\\\\"); break;
-            case '\n': snprintf(e, sizeof(e), "\\n"); break;
-            case '\r': snprintf(e, sizeof(e), "\\r"); break;
-            case '\t': snprintf(e, sizeof(e), "\\t"); break;
-            case '\b': snprintf(e, sizeof(e), "\\b"); break;
-            case '\f': snprintf(e, sizeof(e), "\\f"); break;
-            default: snprintf(e, sizeof(e), "\\u%04x", c); break;
+            case '"':
+                snprintf(e, sizeof(e), "\\\"");
+                break;
+            case '\\':
+                snprintf(e, sizeof(e), "\\\\");
+                break;
+            case '\n':
+                snprintf(e, sizeof(e), "\\n");
+                break;
+            case '\r':
+                snprintf(e, sizeof(e), "\\r");
+                break;
+            case '\t':
+                snprintf(e, sizeof(e), "\\t");
+                break;
+            case '\b':
+                snprintf(e, sizeof(e), "\\b");
+                break;
+            case '\f':
+                snprintf(e, sizeof(e), "\\f");
+                break;
+            default:
+                snprintf(e, sizeof(e), "\\u%04x", c);
+                break;
             }
         }
         run = i;
         rc = ct_buf_put(rt, b, e, strlen(e));
     }
-    if (rc == 0)
-        rc = ct_buf_put(rt, b, s + run, n - run);
+    if (rc == 0) rc = ct_buf_put(rt, b, s + run, n - run);
     return rc ? rc : ct_buf_put(rt, b, "\"", 1);
 }
 
 static int json_nl(ct_rt_t *rt, ct_buf_t *b, const json_opts_t *o, int level)
 {
-    if (o->indent < 0)
-        return 0;
+    if (o->indent < 0) return 0;
     int rc = ct_buf_put(rt, b, "\n", 1);
     for (int i = 0; rc == 0 && i < o->indent * level; i++)
         rc = ct_buf_put(rt, b, " ", 1);
@@ -531,67 +540,55 @@ static int json_dump(ct_rt_t *rt, const ct_node_t *at, ct_buf_t *b, const ct_val
 {
     char num[64];
     int rc = 0;
-    if (level > 200)
-        return ct_fail(rt, at, RCD_ERANGE, "tojson: value nested too deeply");
+    if (level > 200) return ct_fail(rt, at, RCD_ERANGE, "tojson: value nested too deeply");
     switch (v->t) {
-    case CT_NONE: return ct_buf_put(rt, b, "null", 4);
-    case CT_BOOL: return v->u.i ? ct_buf_put(rt, b, "true", 4) : ct_buf_put(rt, b, "false", 5);
-    case CT_INT: return ct_to_str(rt, b, v);
+    case CT_NONE:
+        return ct_buf_put(rt, b, "null", 4);
+    case CT_BOOL:
+        return v->u.i ? ct_buf_put(rt, b, "true", 4) : ct_buf_put(rt, b, "false", 5);
+    case CT_INT:
+        return ct_to_str(rt, b, v);
     case CT_FLOAT:
         fmt_float(num, sizeof(num), v->u.f, 1);
         return ct_buf_put(rt, b, num, strlen(num));
-    case CT_STR: return json_str(rt, b, v->u.s.p, v->u.s.n, o->ascii);
+    case CT_STR:
+        return json_str(rt, b, v->u.s.p, v->u.s.n, o->ascii);
     case CT_LIST:
-        if (v->u.l->n == 0)
-            return ct_buf_put(rt, b, "[]", 2);
+        if (v->u.l->n == 0) return ct_buf_put(rt, b, "[]", 2);
         rc = ct_buf_put(rt, b, "[", 1);
         for (size_t i = 0; rc == 0 && i < v->u.l->n; i++) {
-            if (i)
-                rc = ct_buf_put(rt, b, o->item_sep.p, o->item_sep.n);
-            if (rc == 0)
-                rc = json_nl(rt, b, o, level + 1);
-            if (rc == 0)
-                rc = json_dump(rt, at, b, &v->u.l->v[i], o, level + 1);
+            if (i) rc = ct_buf_put(rt, b, o->item_sep.p, o->item_sep.n);
+            if (rc == 0) rc = json_nl(rt, b, o, level + 1);
+            if (rc == 0) rc = json_dump(rt, at, b, &v->u.l->v[i], o, level + 1);
         }
-        if (rc == 0)
-            rc = json_nl(rt, b, o, level);
+        if (rc == 0) rc = json_nl(rt, b, o, level);
         return rc ? rc : ct_buf_put(rt, b, "]", 1);
     case CT_DICT: {
         const ct_dict_t *d = v->u.d;
-        if (d->ns)
-            break;
-        if (d->n == 0)
-            return ct_buf_put(rt, b, "{}", 2);
+        if (d->ns) break;
+        if (d->n == 0) return ct_buf_put(rt, b, "{}", 2);
         /* keys in order (sorted when asked); a repeated key prints once, with its last value */
         ct_str_t **keys = ct_alloc(&rt->arena, d->n * sizeof(*keys));
-        if (!keys)
-            return ct_fail(rt, at, RCD_ERANGE, "render memory budget exceeded");
+        if (!keys) return ct_fail(rt, at, RCD_ERANGE, "render memory budget exceeded");
         size_t nk = 0;
         for (size_t i = 0; i < d->n; i++) {
             int dup = 0;
             if (d->n <= 64)
                 for (size_t j = 0; j < nk && !dup; j++)
                     dup = keys[j]->n == d->k[i].n && memcmp(keys[j]->p, d->k[i].p, d->k[i].n) == 0;
-            if (!dup)
-                keys[nk++] = &d->k[i];
+            if (!dup) keys[nk++] = &d->k[i];
         }
-        if (o->sort)
-            qsort(keys, nk, sizeof(*keys), key_cmp);
+        if (o->sort) qsort(keys, nk, sizeof(*keys), key_cmp);
         rc = ct_buf_put(rt, b, "{", 1);
         for (size_t i = 0; rc == 0 && i < nk; i++) {
-            if (i)
-                rc = ct_buf_put(rt, b, o->item_sep.p, o->item_sep.n);
-            if (rc == 0)
-                rc = json_nl(rt, b, o, level + 1);
-            if (rc == 0)
-                rc = json_str(rt, b, keys[i]->p, keys[i]->n, o->ascii);
-            if (rc == 0)
-                rc = ct_buf_put(rt, b, o->key_sep.p, o->key_sep.n);
+            if (i) rc = ct_buf_put(rt, b, o->item_sep.p, o->item_sep.n);
+            if (rc == 0) rc = json_nl(rt, b, o, level + 1);
+            if (rc == 0) rc = json_str(rt, b, keys[i]->p, keys[i]->n, o->ascii);
+            if (rc == 0) rc = ct_buf_put(rt, b, o->key_sep.p, o->key_sep.n);
             if (rc == 0)
                 rc = json_dump(rt, at, b, ct_dict_get(d, keys[i]->p, keys[i]->n), o, level + 1);
         }
-        if (rc == 0)
-            rc = json_nl(rt, b, o, level);
+        if (rc == 0) rc = json_nl(rt, b, o, level);
         return rc ? rc : ct_buf_put(rt, b, "}", 1);
     }
     default:
@@ -601,8 +598,8 @@ static int json_dump(ct_rt_t *rt, const ct_node_t *at, ct_buf_t *b, const ct_val
                    ct_type_name(v));
 }
 
-int ct_tojson(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *v, int indent, int ascii,
-              int sort, const ct_str_t *seps, ct_val_t *out)
+int ct_tojson(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *v, int indent, int ascii, int sort,
+              const ct_str_t *seps, ct_val_t *out)
 {
     json_opts_t o = {.indent = indent, .ascii = ascii, .sort = sort};
     if (seps) {
