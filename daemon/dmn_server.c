@@ -570,7 +570,7 @@ static void on_grace(uv_timer_t *t)
 
 void dmn_server_turn_done(dmn_server_t *s)
 {
-    if (s->draining && s->n_turns == 0) finish_drain(s);
+    if (s->draining && s->n_turns == 0 && !dmn_http_active(s)) finish_drain(s);
 }
 
 void dmn_server_drain(dmn_server_t *s, const char *why)
@@ -583,12 +583,13 @@ void dmn_server_drain(dmn_server_t *s, const char *why)
         return;
     }
     s->draining = true;
-    dmn_log(DMN_INFO, "drain", NULL, NULL, "%s: draining, %d turn(s) in flight, grace %ld ms", why,
-            s->n_turns, s->opts->drain_grace_ms);
+    dmn_log(DMN_INFO, "drain", NULL, NULL,
+            "%s: draining, %d turn(s) and %d HTTP request(s) in flight, grace %ld ms", why,
+            s->n_turns, dmn_http_active(s), s->opts->drain_grace_ms);
     dmn_health_notify(s);
     dmn_http_drain(s); /* stops accepting; /health answers 503 */
     uv_timer_start(&s->grace_timer, on_grace, (uint64_t)s->opts->drain_grace_ms, 0);
-    if (s->n_turns == 0) finish_drain(s);
+    if (s->n_turns == 0 && !dmn_http_active(s)) finish_drain(s);
 }
 
 static void on_signal(uv_signal_t *h, int signum)

@@ -438,6 +438,9 @@ int main(int argc, char **argv)
     srv.opts = &opts;
     /* SIGHUP means reload (dmn_reload, once the server listens), never exit: ignored till then. */
     signal(SIGHUP, SIG_IGN);
+    /* A peer that closed its socket is an error on that connection (EPIPE), never the end of
+     * the daemon: the HTTP listener writes to sockets with plain write(2). */
+    signal(SIGPIPE, SIG_IGN);
     /* TLS files first: a bad one is refused before the model loads. */
     if ((rc = dmn_tls_create(&opts, &srv.tls, err, sizeof(err)))) {
         dmn_log(DMN_ERROR, "tls", NULL, NULL, "%s", err);
