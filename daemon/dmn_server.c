@@ -4,6 +4,7 @@
 #include "daemon/dmn.h"
 #include "daemon/dmn_http.h"
 #include "daemon/dmn_meta.h"
+#include "daemon/dmn_metrics.h"
 #include "daemon/dmn_tls.h"
 #include "daemon/dmn_wire.h"
 
@@ -273,6 +274,7 @@ int dmn_call_send(dmn_call_t *c, const ProtobufCMessage *msg, bool final, int st
         trailing_md(c, status_rc, &ops[n]);
         n++;
         c->status_sent = true;
+        dmn_metrics_rpc(c->method, status_rc);
     }
     c->send_busy = true;
     c->op_send.cb = on_send_cb;
@@ -322,6 +324,7 @@ static void unary_finish(dmn_call_t *c, const ProtobufCMessage *msg, int rc, con
     ops[n].data.recv_close_on_server.cancelled = &c->cancelled;
     n++;
     c->status_sent = c->md_sent = c->closed = true;
+    dmn_metrics_rpc(c->method, rc);
     c->op_send.cb = unary_done_cb;
     dmn_call_batch(c, ops, n, &c->op_send);
     dmn_log(rc ? DMN_INFO : DMN_DEBUG, "rpc_done", c->rid, NULL, "method %s status %d%s%s",
