@@ -79,6 +79,7 @@ struct dmn_call {
     /* x-session-id (dmn_meta.h): a call whose request has a session_id field must carry the
      * same id when it sends the header (dmn_call_unpack) */
     bool has_sid_md, sid_md_bad;
+    bool fetched_shared; /* the session was fetched from the shared tier for this call */
     char sid_md[STORE_ID_MAX + 1];
     uint64_t deadline_ns; /* uv_hrtime() clock, 0 = none */
     uint64_t start_ns;

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "daemon/dmn_metrics.h"
 #include "daemon/dmn_quota.h"
 #include "daemon/dmn_sample.h"
 #include "engine/eng_runner.h"
@@ -56,6 +57,7 @@ typedef struct dmn_gen {
     char final_msg[256];
     uint64_t t_submit, t_start, t_first, t_end;
     dmn_quota_hold_t quota; /* the turn's hold on its tenant's quotas, until it ends */
+    dmn_mturn_t mt;         /* its metrics (dmn_metrics.h) */
 } dmn_gen_t;
 
 static void gen_pump(dmn_gen_t *g);
@@ -127,6 +129,8 @@ static void gen_free(dmn_gen_t *g)
     dmn_call_t *c = g->call;
     dmn_server_t *s = c->srv;
     g->freed = true;
+    dmn_metrics_turn_end(&g->mt, g->final_rc, g->finished, g->finish_reason,
+                         g->t_start ? g->n_prompt : 0, g->t_start, g->t_first, g->t_end);
     dmn_quota_turn_end(s->quota, &g->quota, mono_ms());
     dmn_sampler_free(&g->smp);
     tok_stream_free(g->ts);
@@ -379,6 +383,7 @@ static void on_logits(dmn_gen_t *g)
     int32_t t = dmn_sample(&g->smp, g->logits);
     dmn_sampler_accept(&g->smp, t);
     dmn_quota_turn_tokens(s->quota, &g->quota, mono_ms(), 1);
+    dmn_metrics_token(&g->mt);
     uint32_t k = g->n_gen++;
     g->gen[k] = t;
     if (g->n_lp >= 0)
@@ -413,6 +418,7 @@ static void on_committed(void *user, int rc, uint64_t version, const char *msg)
     dmn_gen_t *g = user;
     char why[600];
     g->committing = false;
+    dmn_metrics_commit_done(&g->mt);
     g->new_version = version;
     if (rc == RCD_ENOTFOUND)
         gen_complete(g, rc, "session was deleted during the turn");
@@ -446,6 +452,7 @@ static void on_seq(eng_seq_t *seq, eng_seq_ev_t ev)
         g->state_out = NULL; /* the store owns it now */
         int rc = store_commit_n(s->store, g->sid, g->base_version, state, seq->state_len, add,
                                 dmn_now_ms(), on_committed, g);
+        dmn_metrics_commit_start(&g->mt);
         if (rc)
             on_committed(g, rc, 0, "");
         else
@@ -734,6 +741,7 @@ static int gen_prepare(dmn_gen_t *g, const Recurd__V1__GenerateRequest *req, cha
         rc = store_load(s->store, g->sid, g->init_state, NULL, gen_loaded, g, err, errlen);
         if (rc < 0) return rc;
         g->loading = rc == STORE_PENDING;
+        if (!g->loading) dmn_metrics_resume(g->call, false);
     }
     return 0;
 }
@@ -783,8 +791,10 @@ static void gen_loaded(void *user, int rc, uint64_t version, const char *msg)
                  msg[0] ? msg : rcd_strerror(rc));
     else if (version != g->base_version)
         rc = rcd_fail(RCD_EMISMATCH, err, sizeof(err), "session changed while its state was read");
-    else
+    else {
+        dmn_metrics_resume(c, true);
         rc = gen_submit(g, err, sizeof(err));
+    }
     if (rc) {
         gen_complete(g, rc, err[0] ? err : rcd_strerror(rc));
         return;
@@ -831,6 +841,7 @@ static void gen_begin(dmn_call_t *c, Recurd__V1__GenerateRequest *req)
     }
     g->call = c;
     g->t_submit = uv_hrtime();
+    dmn_metrics_turn_begin(c, &g->mt);
     c->ext = g;
     s->n_turns++;
     int rc = gen_prepare(g, req, err, sizeof(err));
@@ -846,6 +857,7 @@ static void gen_begin(dmn_call_t *c, Recurd__V1__GenerateRequest *req)
         dmn_call_hold(c);
         dmn_call_fail(c, rc, "%s", err[0] ? err : rcd_strerror(rc));
         g->finished = true;
+        g->final_rc = rc;
         gen_free(g);
         goto cleanup;
     }

@@ -225,6 +225,9 @@ typedef struct refetch {
     ProtobufCMessage *req;
     dmn_refetch_fn again;
     char id[STORE_SID_MAX + 1];
+    bool sync;           /* authority mode: store_sync (else store_fetch) */
+    bool had_local;      /* sync: the index held the session before (at local_version) */
+    uint64_t local_version;
 } refetch_t;
 
 static void refetched(void *user, int rc, uint64_t version, const char *msg)
@@ -236,6 +239,9 @@ static void refetched(void *user, int rc, uint64_t version, const char *msg)
                 "session read from the shared tier at version %llu", (unsigned long long)version);
     else if (rc != RCD_ENOTFOUND)
         dmn_log(DMN_WARN, "session_fetch", f->c->rid, f->id, "%s", msg);
+    /* the state now comes from the shared tier (metrics: resume source "redis") */
+    if (rc == 0 && (!f->sync || !f->had_local || version != f->local_version))
+        f->c->fetched_shared = true;
     f->again(f->c, f->req, rc, msg);
     free(f);
 }
@@ -248,8 +254,12 @@ bool dmn_session_fetch(dmn_call_t *c, const char *id, ProtobufCMessage *req, dmn
          * (and fetched if ours is stale); Redis unreachable: UNAVAILABLE, never a fork. */
         refetch_t *f = calloc(1, sizeof(*f));
         if (!f) return false;
-        *f = (refetch_t){.c = c, .req = req, .again = again};
+        *f = (refetch_t){.c = c, .req = req, .again = again, .sync = true};
         snprintf(f->id, sizeof(f->id), "%s", id);
+        store_session_t loc = {0};
+        f->had_local = store_get(st, id, &loc) == 0;
+        f->local_version = loc.version;
+        store_session_clear(&loc);
         int rc = store_sync(st, id, refetched, f);
         if (rc == RCD_EUNAVAILABLE) {
             free(f);

@@ -4,6 +4,7 @@
 #include "daemon/dmn.h"
 #include "daemon/dmn_http.h"
 #include "daemon/dmn_meta.h"
+#include "daemon/dmn_metrics.h"
 #include "daemon/dmn_tls.h"
 #include "daemon/dmn_wire.h"
 
@@ -278,6 +279,7 @@ int dmn_call_send(dmn_call_t *c, const ProtobufCMessage *msg, bool final, int st
         trailing_md(c, status_rc, &ops[n]);
         n++;
         c->status_sent = true;
+        dmn_metrics_rpc(c->method, status_rc);
     }
     c->send_busy = true;
     c->op_send.cb = on_send_cb;
@@ -417,6 +419,7 @@ static void unary_finish(dmn_call_t *c, const ProtobufCMessage *msg, int rc, con
     ops[n].data.recv_close_on_server.cancelled = &c->cancelled;
     n++;
     c->status_sent = c->md_sent = c->closed = true;
+    dmn_metrics_rpc(c->method, rc);
     c->op_send.cb = unary_done_cb;
     dmn_call_batch(c, ops, n, &c->op_send);
     dmn_log(rc ? DMN_INFO : DMN_DEBUG, "rpc_done", c->rid, NULL, "method %s status %d%s%s",
@@ -665,7 +668,7 @@ static void on_grace(uv_timer_t *t)
 
 void dmn_server_turn_done(dmn_server_t *s)
 {
-    if (s->draining && s->n_turns == 0) finish_drain(s);
+    if (s->draining && s->n_turns == 0 && !dmn_http_active(s)) finish_drain(s);
 }
 
 void dmn_server_drain(dmn_server_t *s, const char *why)
@@ -678,12 +681,13 @@ void dmn_server_drain(dmn_server_t *s, const char *why)
         return;
     }
     s->draining = true;
-    dmn_log(DMN_INFO, "drain", NULL, NULL, "%s: draining, %d turn(s) in flight, grace %ld ms", why,
-            s->n_turns, s->opts->drain_grace_ms);
+    dmn_log(DMN_INFO, "drain", NULL, NULL,
+            "%s: draining, %d turn(s) and %d HTTP request(s) in flight, grace %ld ms", why,
+            s->n_turns, dmn_http_active(s), s->opts->drain_grace_ms);
     dmn_health_notify(s);
     dmn_http_drain(s); /* stops accepting; /health answers 503 */
     uv_timer_start(&s->grace_timer, on_grace, (uint64_t)s->opts->drain_grace_ms, 0);
-    if (s->n_turns == 0) finish_drain(s);
+    if (s->n_turns == 0 && !dmn_http_active(s)) finish_drain(s);
 }
 
 static void on_signal(uv_signal_t *h, int signum)

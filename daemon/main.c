@@ -490,9 +490,8 @@ int main(int argc, char **argv)
     srv.opts = &opts;
     /* SIGHUP means reload (dmn_reload, once the server listens), never exit: ignored till then. */
     signal(SIGHUP, SIG_IGN);
-    /* A client that closes its connection while a response is written (an HTTP stream cut
-     * mid-way) must not kill the daemon: libuv writes with write(2), which raises SIGPIPE;
-     * the write fails with EPIPE instead and the connection is closed. */
+    /* A peer that closed its socket is an error on that connection (EPIPE), never the end of
+     * the daemon: the HTTP listener writes to sockets with plain write(2). */
     signal(SIGPIPE, SIG_IGN);
     /* TLS files first: a bad one is refused before the model loads. */
     if ((rc = dmn_tls_create(&opts, &srv.tls, err, sizeof(err)))) {

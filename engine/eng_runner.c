@@ -5,6 +5,7 @@
  * submission of N+1 sit between two device steps (N+1's decodes feed the tokens sampled from
  * N's logits). */
 #include "engine/eng_int.h"
+#include "common/rcd_metrics.h"
 
 #include <limits.h>
 #include <stdarg.h>
@@ -772,6 +773,7 @@ static void run_sched(eng_runner_t *r)
     memcpy(c->moves, p->moves, sizeof(sched_move_t) * (size_t)p->n_moves);
     memcpy(c->entries, p->entries, sizeof(sched_entry_t) * (size_t)p->n_entries);
     if (r->busy) r->st.planned_ahead++;
+    rcd_metrics_step(p->n_entries, p->n_tokens, wrk_backend_max_step_tokens(r->be));
     r->try_plan = true; /* room for one more in flight? ask again */
 }
 

@@ -11,6 +11,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "common/rcd_metrics.h"
 #include "statestore/store_int.h"
 
 void store__job_free(job_t *j)
@@ -155,6 +156,7 @@ static void batch_group(store_t *s)
                 }
     }
     if (fd >= 0) close(fd);
+    if (n) rcd_hist_observe(&rcd_metrics.group_commit_size, (uint64_t)n);
 }
 
 static void batch_work(uv_work_t *w)
@@ -168,6 +170,7 @@ static void batch_work(uv_work_t *w)
         batch_group(s);
         return;
     }
+    if (writes == 1) rcd_hist_observe(&rcd_metrics.group_commit_size, 1);
     for (job_t *j = s->batch; j; j = j->next)
         job_run(s, j);
 }

@@ -14,6 +14,7 @@ pkgs=(
   python3-venv python3-pip          # deploy/check-k8s.sh: pinned kubernetes-validate + checkov in build/deploy-venv
   haproxy                           # the load balancer in front of replicas (deploy/haproxy, test_scaleout)
   libh2o-dev curl                   # the HTTP listener (H2O, libuv build); curl in test_http
+  prometheus python3-prometheus-client  # promtool check metrics, the OpenMetrics parser (metrics tests)
 )
 missing=()
 for p in "${pkgs[@]}"; do
