@@ -15,6 +15,7 @@
 #include "daemon/dmn_opts.h"
 #include "daemon/dmn_validate.h"
 #include "statestore/store.h"
+#include "workers/tokenizer/chat_tmpl.h"
 #include "workers/tokenizer/tok.h"
 #include "workers/wrk.h"
 
@@ -42,6 +43,31 @@ typedef enum dmn_method {
 typedef struct dmn_op {
     void (*cb)(struct dmn_op *op, bool ok);
 } dmn_op_t;
+
+/* A call's sink (dmn_sink_i): where its replies go when it did not come over gRPC (the HTTP
+ * front, dmn_openai.h). Such a call has call == NULL and runs the same handlers (the Generate
+ * turn, the unary methods) as a gRPC call: the handler calls dmn_call_send / dmn_call_reply /
+ * dmn_call_fail as usual and they hand each reply to the sink:
+ * - send(c, msg, final, rc, details): one reply. msg (NULL: none) is the method's response
+ *   message: for Generate a GenerateResponse delta (new text of c->reply_text_len bytes when
+ *   c->has_reply_text, the tokens and logprobs since the previous one); the final one carries
+ *   finish_reason, usage and session_version. final: the call ends with status rc (0, or an
+ *   RCD_E* code with details; a failed turn may send its text first). 0, or an error (the
+ *   reply was not taken; the sink then also calls dmn_call_gone).
+ *   Backpressure: one send is in flight at a time (c->send_busy); the sink calls
+ *   dmn_call_sent(c, ok) exactly once per accepted send, once the bytes are written or the
+ *   client is gone (never from inside send), and the turn
+ *   sends the next delta then, coalescing what was generated meanwhile.
+ * - cancel(c, rc, why): the server shuts down: end the call (the sink then calls
+ *   dmn_call_gone unless the final reply was already sent).
+ * - free(c): the call is freed; c->sink_user must not be used after.
+ * The sink calls dmn_call_gone(c) when the client went away (connection closed). */
+typedef struct dmn_sink_i {
+    int (*send)(dmn_call_t *c, const ProtobufCMessage *msg, bool final, int rc,
+                const char *details);
+    void (*cancel)(dmn_call_t *c, int rc, const char *why);
+    void (*free)(dmn_call_t *c);
+} dmn_sink_i;
 
 /* One accepted call. Freed when every started batch has completed and its owner (the
  * method handler, e.g. a Generate turn in the runner) has released it. */
@@ -86,6 +112,8 @@ struct dmn_call {
     void (*on_send_done)(dmn_call_t *c, bool ok); /* streaming: next message */
     void (*on_close)(dmn_call_t *c);              /* streaming: client went away */
     void *ext;                                    /* handler state */
+    const dmn_sink_i *sink; /* NULL: a gRPC call; else call is NULL and replies go here */
+    void *sink_user;        /* the sink's state (e.g. the HTTP request) */
     dmn_call_t *prev, *next;                      /* srv->calls */
 };
 
@@ -95,6 +123,12 @@ struct dmn_server {
     wrk_model_t *model;
     wrk_backend_t *backend;
     tok_t *tok;
+    /* Chat requests (issue 16): the compiled template (--chat-template, else the model's
+     * tokenizer_config.json chat_template, else CHAT_TMPL_DEFAULT; never NULL once loaded) and
+     * the bos_token / eos_token strings it renders with ("" when the model names none). main
+     * owns all three; read-only after start-up, so any thread may render. */
+    struct chat_tmpl *chat_tmpl;
+    char *bos_token, *eos_token;
     store_t *store;
     struct store_prefix *prefix; /* prompt-prefix snapshots; NULL: disabled */
     struct dmn_quota *quota;     /* per-tenant quotas (dmn_quota.h); NULL: none */
@@ -162,6 +196,17 @@ void dmn_call_release(dmn_call_t *c); /* frees the call when nothing else holds 
 ProtobufCMessage *dmn_call_unpack(dmn_call_t *c, grpc_byte_buffer *bb,
                                   const ProtobufCMessageDescriptor *d);
 void dmn_server_turn_done(dmn_server_t *s); /* a Generate finished: drain may proceed */
+/* A call with a sink (dmn_sink_i, not over gRPC) for method m: linked into s->calls with one
+ * hold (the one its handler releases), a fresh request id (rid: NULL or "" picks one). NULL:
+ * out of memory. */
+dmn_call_t *dmn_call_local(dmn_server_t *s, dmn_method_t m, const dmn_sink_i *sink, void *user,
+                           const char *rid);
+/* Runs c's handler on req (packed as the gRPC payload would be: one unpack and validation
+ * path) after the drain check (UNAVAILABLE). The caller has set c->tenant / c->auth_tenant
+ * (its own API key check, dmn_tenant.c's rules). Every outcome is a reply through the sink. */
+void dmn_call_local_start(dmn_call_t *c, const ProtobufCMessage *req);
+void dmn_call_sent(dmn_call_t *c, bool ok); /* the sink wrote the last send (ok) or failed */
+void dmn_call_gone(dmn_call_t *c);          /* the sink's client went away */
 
 /* ---- dmn_rpc.c: unary methods and health ---------------------------------------------- */
 void dmn_rpc_dispatch(dmn_call_t *c, grpc_byte_buffer *payload);

@@ -117,7 +117,9 @@ bool dmn_session_busy(dmn_server_t *s, const char *sid)
 void dmn_generate_cancel_all(dmn_server_t *s, int rc)
 {
     for (dmn_call_t *c = s->calls; c; c = c->next)
-        if (c->method == DMN_M_GENERATE && c->ext)
+        if (c->method == DMN_M_GENERATE && c->ext && c->sink)
+            c->sink->cancel(c, rc, "server shutting down");
+        else if (c->method == DMN_M_GENERATE && c->ext)
             grpc_call_cancel_with_status(c->call, (grpc_status_code)rcd_grpc_status(rc),
                                          "server shutting down", NULL);
 }

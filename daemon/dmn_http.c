@@ -35,6 +35,8 @@ typedef struct conn_rec {
     uv_tcp_t tcp;
     h2o_socket_t *sock;
     struct dmn_http *h;
+    int stuck;           /* ticks seen waiting for a write libuv does not have (reap_stuck) */
+    size_t stuck_written; /* the socket's bytes_written when first seen so */
     struct conn_rec *prev, *next;
 } conn_rec_t;
 
@@ -77,6 +79,7 @@ typedef struct dmn_http {
     long n_conns;
     uint64_t refused; /* connections closed at once: over --http-max-connections */
     dmn_http__req_t *streams;
+    int n_active; /* requests allocated (handler working, or response still being written) */
 } dmn_http_t;
 
 typedef struct {
@@ -190,10 +193,18 @@ static void stream_unlink(dmn_http__req_t *p)
 
 static void req_free(dmn_http__req_t *p)
 {
+    dmn_http_t *h = p->h;
     stream_unlink(p);
     buf_free(&p->inflight);
     buf_free(&p->pending);
     free(p->pub); /* the req_alloc_t: pub is its first member */
+    h->n_active--;
+    if (h->srv->draining && !h->n_active) dmn_server_turn_done(h->srv); /* drain may end */
+}
+
+int dmn_http_active(const dmn_server_t *s)
+{
+    return s->http ? s->http->n_active : 0;
 }
 
 /* The handler ended the request: free it unless H2O still has it (its dispose frees). */
@@ -443,9 +454,57 @@ static conn_rec_t *conn_of(dmn_http_t *h, h2o_conn_t *conn)
     return NULL;
 }
 
+/* Stopping: every connection goes now. shutdown() fails a pending read or write; a connection
+ * H2O is not reading or writing (waiting on its own timer) goes by running H2O's timeouts
+ * with a limit of 0, H2O's own way to close it. Runs from the loop (never inside H2O). */
+static void stop_conns(dmn_http_t *h)
+{
+    for (conn_rec_t *c = h->conns; c; c = c->next)
+        conn_cut(c);
+    if (!h->ctx_up) return;
+    h2o_timeout_t *ts[] = {&h->ctx.handshake_timeout, &h->ctx.http1.req_timeout,
+                           &h->ctx.http2.idle_timeout};
+    for (size_t i = 0; i < sizeof(ts) / sizeof(ts[0]); i++) {
+        ts[i]->timeout = 0;
+        h2o_timeout_run(h->ctx.loop, ts[i], h2o_now(h->ctx.loop));
+    }
+}
+
+/* H2O 2.2's libuv binding ignores a uv_write that fails at once: after a read error (a client
+ * that resets the connection, e.g. right after a TLS handshake) libuv refuses writes with
+ * UV_EPIPE synchronously, and the socket waits forever for a write callback (TLS: its
+ * close_notify), holding its connection slot. A connection seen in that state (a write
+ * callback awaited, no byte queued in libuv) on two ticks in a row with no write in between
+ * (so not a completion libuv is about to deliver) gets the callback, with an error, as libuv
+ * would have given it; H2O then closes it. */
+static void reap_stuck(dmn_http_t *h)
+{
+    for (conn_rec_t *c = h->conns, *next; c; c = next) {
+        next = c->next;
+        uv_handle_t *uh = (uv_handle_t *)&c->tcp;
+        if (!c->sock || uv_is_closing(uh) || !c->sock->_cb.write || c->tcp.write_queue_size ||
+            (c->stuck && c->sock->bytes_written != c->stuck_written)) {
+            c->stuck = 0;
+            continue;
+        }
+        c->stuck_written = c->sock->bytes_written;
+        if (++c->stuck < 2) continue;
+        c->stuck = 0;
+        dmn_log(DMN_DEBUG, "http_stuck_write", NULL, NULL, "a connection waited for a lost write: closing it");
+        h2o_socket_cb cb = c->sock->_cb.write; /* what H2O's on_write_complete does */
+        c->sock->_cb.write = NULL;
+        cb(c->sock, h2o_socket_error_io);
+    }
+}
+
 static void on_tick(uv_timer_t *t)
 {
     dmn_http_t *h = t->data;
+    reap_stuck(h);
+    if (h->stopping) {
+        stop_conns(h);
+        return;
+    }
     uint64_t now = now_ms(), limit = (uint64_t)h->srv->opts->http_write_timeout_ms;
     for (dmn_http__req_t *p = h->streams; p; p = p->snext) {
         if (!p->sending || !p->h2o || now - p->send_since_ms < limit) continue;
@@ -528,6 +587,7 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         h2o_send_error_503(req, "Service Unavailable", "out of memory\n", 0);
         return 0;
     }
+    h->n_active++;
     dmn_http_req_t *r = &a->pub;
     dmn_http__req_t *p = &a->priv;
     r->priv = p;
@@ -635,6 +695,107 @@ static void on_metrics(dmn_http_req_t *r, void *arg)
     free(out);
 }
 #endif
+
+/* ---- the tests' streaming route ----------------------------------------------------------
+ * GET /_test/stream?n=CHUNKS&size=BYTES&ms=INTERVAL, served only when the environment has
+ * RECURD_HTTP_TEST_ROUTES=1 (the integration tests): Server-Sent Events of `size`-byte data
+ * lines, one every `ms` ms (0: as fast as the queue takes them), honouring the pause. */
+
+typedef struct test_stream {
+    uv_timer_t timer;
+    dmn_http_req_t *r;
+    long left, size, ms;
+} test_stream_t;
+
+static void test_timer_closed(uv_handle_t *uh)
+{
+    free(uh->data);
+}
+
+static void test_finish(test_stream_t *t)
+{
+    uv_timer_stop(&t->timer);
+    dmn_http_req_t *r = t->r;
+    r->ext = NULL;
+    t->timer.data = t;
+    uv_close((uv_handle_t *)&t->timer, test_timer_closed);
+    dmn_http_stream_end(r);
+}
+
+static void test_tick(uv_timer_t *tm)
+{
+    test_stream_t *t = (test_stream_t *)tm;
+    for (;;) {
+        if (t->left <= 0) {
+            dmn_http_stream_write(t->r, "data: [DONE]\n\n", 14);
+            test_finish(t);
+            return;
+        }
+        char *line = malloc((size_t)t->size + 8);
+        if (!line) {
+            test_finish(t);
+            return;
+        }
+        memcpy(line, "data: ", 6);
+        memset(line + 6, 'x', (size_t)t->size);
+        memcpy(line + 6 + t->size, "\n\n", 2);
+        int rc = dmn_http_stream_write(t->r, line, (size_t)t->size + 8);
+        free(line);
+        t->left--;
+        if (rc < 0) {
+            test_finish(t);
+            return;
+        }
+        if (rc == 1) { /* paused: on_drain restarts */
+            uv_timer_stop(&t->timer);
+            return;
+        }
+        if (t->ms > 0) return;
+    }
+}
+
+static void test_on_drain(dmn_http_req_t *r)
+{
+    test_stream_t *t = r->ext;
+    uv_timer_start(&t->timer, test_tick, (uint64_t)t->ms, (uint64_t)(t->ms ? t->ms : 1));
+}
+
+static void test_on_close(dmn_http_req_t *r)
+{
+    if (r->ext) test_finish(r->ext);
+}
+
+static long query_long(const char *q, const char *name, long def, long lo, long hi)
+{
+    size_t n = strlen(name);
+    for (const char *p = q; p && *p; p = strchr(p, '&') ? strchr(p, '&') + 1 : NULL) {
+        if (!strncmp(p, name, n) && p[n] == '=') {
+            long v = strtol(p + n + 1, NULL, 10);
+            return v < lo ? lo : v > hi ? hi : v;
+        }
+    }
+    return def;
+}
+
+static void on_test_stream(dmn_http_req_t *r, void *arg)
+{
+    (void)arg;
+    test_stream_t *t = calloc(1, sizeof(*t));
+    if (!t) {
+        dmn_http_fail(r, RCD_ENOMEM, "out of memory");
+        return;
+    }
+    t->r = r;
+    t->left = query_long(r->query, "n", 10, 0, 1L << 30);
+    t->size = query_long(r->query, "size", 16, 1, 1 << 20);
+    t->ms = query_long(r->query, "ms", 0, 0, 60000);
+    uv_timer_init(r->srv->loop, &t->timer);
+    r->ext = t;
+    r->on_close = test_on_close;
+    r->on_drain = test_on_drain;
+    dmn_http_stream_start(r, 200, "text/event-stream");
+    uv_timer_start(&t->timer, test_tick, (uint64_t)t->ms, (uint64_t)(t->ms ? t->ms : 1));
+}
 
 /* ---- TLS -------------------------------------------------------------------------------- */
 
@@ -783,6 +944,11 @@ int dmn_http_start(dmn_server_t *s, char *err, size_t errlen)
         dmn_log(DMN_INFO, "http_off", NULL, NULL, "no HTTP listener (--http-port -1)");
         return 0;
     }
+    if (!o->listen_all && !strncmp(o->host, "unix:", 5)) {
+        dmn_log(DMN_WARN, "http_off", NULL, NULL,
+                "no HTTP listener: --host is a unix socket and the HTTP listener is TCP only");
+        return 0;
+    }
     dmn_http_t *h = http_get(s);
     if (!h) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
     if (dmn_http_route(s, "GET", "/health", DMN_HTTP_OPEN, on_health, NULL))
@@ -792,6 +958,10 @@ int dmn_http_start(dmn_server_t *s, char *err, size_t errlen)
                        on_metrics, NULL))
         return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
 #endif
+    const char *tr = getenv("RECURD_HTTP_TEST_ROUTES");
+    if (tr && !strcmp(tr, "1") &&
+        dmn_http_route(s, "GET", "/_test/stream", 0, on_test_stream, NULL))
+        return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
     if (dmn_tls_enabled(o) && !(h->ssl = ssl_make(o, err, errlen))) return RCD_EINVAL;
 
     h2o_config_init(&h->config);
@@ -875,8 +1045,7 @@ void dmn_http_stop(dmn_server_t *s)
     if (!h || h->stopping) return;
     dmn_http_drain(s);
     h->stopping = true;
-    for (conn_rec_t *c = h->conns; c; c = c->next)
-        conn_cut(c);
+    if (h->tick_up) uv_timer_start(&h->tick, on_tick, 0, 100); /* stop_conns, from the loop */
     maybe_dispose(h);
 }
 

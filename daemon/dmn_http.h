@@ -132,6 +132,9 @@ void dmn_http_stream_end(dmn_http_req_t *r);
  * "http_listening" with the bound port and writes --http-port-file. 0 or an error with the
  * message in err. */
 int dmn_http_start(struct dmn_server *s, char *err, size_t errlen);
+/* Requests in flight (handler working or response still being written): the drain waits for
+ * them as for gRPC turns, until --drain-grace-ms. */
+int dmn_http_active(const struct dmn_server *s);
 /* The bound port (0 when not listening). */
 int dmn_http_port(const struct dmn_server *s);
 /* Drain began: stop accepting, close idle keep-alive connections, /health answers 503 and new

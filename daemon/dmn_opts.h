@@ -101,6 +101,9 @@
       "tokens a session may hold")                                                                 \
     X(max_prompt, INT, "4096", "RECURD_MAX_PROMPT", DMN_RANGE(1, DMN_INT_MAX),                     \
       "tokens in one prompt, at most")                                                             \
+    X(chat_template, STR, "", "RECURD_CHAT_TEMPLATE", DMN_ANY,                                     \
+      "Jinja chat template file for chat requests; '' = the model's tokenizer_config.json "         \
+      "chat_template, else the built-in ChatML default")                                           \
     X(default_max_tokens, INT, "256", "RECURD_DEFAULT_MAX_TOKENS", DMN_RANGE(1, DMN_INT_MAX),      \
       "max_tokens when a request gives none")                                                      \
     X(max_message_bytes, INT, "4194304", "RECURD_MAX_MESSAGE_BYTES", DMN_RANGE(1024, 1L << 30),    \

@@ -23,6 +23,13 @@ static int reload_tls(dmn_server_t *s, char *done, size_t len)
         return -1;
     }
     add_part(done, len, "tls", what);
+    /* HTTPS serves the same files, checked just now: it reloads them only when gRPC did */
+    if (dmn_http_reload_tls(s, what, sizeof(what), err, sizeof(err))) {
+        dmn_log(DMN_ERROR, "https_reload", NULL, NULL, "%s; HTTPS keeps the previous certificate",
+                err);
+        return -1;
+    }
+    if (dmn_http_port(s)) add_part(done, len, "https", what);
     return 0;
 }
 
@@ -31,16 +38,6 @@ void dmn_reload(dmn_server_t *s)
     char done[1500] = "";
     int failed = 0;
     failed += reload_tls(s, done, sizeof(done)) != 0;
-    {
-        char what[600], err[600];
-        if (dmn_http_reload_tls(s, what, sizeof(what), err, sizeof(err)) == 0) {
-            if (s->opts->tls_cert[0] && dmn_http_port(s)) add_part(done, sizeof(done), "https", what);
-        } else {
-            dmn_log(DMN_ERROR, "reload", NULL, NULL, "https: %s; keeping the previous certificate",
-                    err);
-            failed++;
-        }
-    }
     if (s->keys) { /* started without keys: a reload does not turn them on */
         if (dmn_auth_reload(s) == 0) add_part(done, sizeof(done), "api keys", s->opts->api_keys);
         else failed++;

@@ -135,7 +135,8 @@ static void call_free_if_done(dmn_call_t *c)
     if (c->has_md_trail)
         for (int i = 0; i < 2; i++)
             grpc_slice_unref(c->md_trail[i].value);
-    grpc_call_unref(c->call);
+    if (c->call) grpc_call_unref(c->call);
+    if (c->sink && c->sink->free) c->sink->free(c);
     free(c);
     maybe_exit(s);
 }
@@ -241,6 +242,9 @@ static void trailing_md(dmn_call_t *c, int rc, grpc_op *op)
     op->data.send_status_from_server.trailing_metadata = c->md_trail;
 }
 
+static int sink_send(dmn_call_t *c, const ProtobufCMessage *msg, bool final, int rc,
+                     const char *details);
+
 int dmn_call_send(dmn_call_t *c, const ProtobufCMessage *msg, bool final, int status_rc,
                   const char *details)
 {
@@ -251,6 +255,7 @@ int dmn_call_send(dmn_call_t *c, const ProtobufCMessage *msg, bool final, int st
         c->has_reply_text = false;
         return RCD_EBUSY;
     }
+    if (c->sink) return sink_send(c, msg, final, status_rc, details);
     if (!c->md_sent) {
         initial_md(c, &ops[n++]);
         c->md_sent = true;
@@ -287,12 +292,92 @@ int dmn_call_send(dmn_call_t *c, const ProtobufCMessage *msg, bool final, int st
 
 void dmn_call_watch_close(dmn_call_t *c)
 {
+    if (c->sink) return; /* the sink calls dmn_call_gone */
     grpc_op op;
     memset(&op, 0, sizeof(op));
     op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
     op.data.recv_close_on_server.cancelled = &c->cancelled;
     c->op_close.cb = on_close_cb;
     dmn_call_batch(c, &op, 1, &c->op_close);
+}
+
+/* ---- calls with a sink (dmn_sink_i) ----------------------------------------------------- */
+
+/* A send in flight counts as a batch, so the call lives until dmn_call_sent. */
+static int sink_send(dmn_call_t *c, const ProtobufCMessage *msg, bool final, int rc,
+                     const char *details)
+{
+    if (final) c->status_sent = true;
+    c->md_sent = true;
+    c->send_busy = true;
+    c->batches++;
+    int e = c->sink->send(c, msg, final, rc, details ? details : rc ? rcd_strerror(rc) : "");
+    c->has_reply_text = false;
+    if (e) {
+        c->send_busy = false;
+        c->batches--;
+    }
+    return e;
+}
+
+void dmn_call_sent(dmn_call_t *c, bool ok)
+{
+    c->batches--;
+    c->send_busy = false;
+    c->holds++; /* the callback may release the handler's hold */
+    if (c->on_send_done && c->holds > 1) c->on_send_done(c, ok);
+    dmn_call_release(c);
+}
+
+void dmn_call_gone(dmn_call_t *c)
+{
+    if (c->closed) return;
+    c->closed = true;
+    c->cancelled = 1;
+    c->holds++;
+    if (c->on_close && c->holds > 1) c->on_close(c);
+    dmn_call_release(c);
+}
+
+dmn_call_t *dmn_call_local(dmn_server_t *s, dmn_method_t m, const dmn_sink_i *sink, void *user,
+                           const char *rid)
+{
+    dmn_call_t *c = calloc(1, sizeof(*c));
+    if (!c) return NULL;
+    c->srv = s;
+    c->method = m;
+    c->sink = sink;
+    c->sink_user = user;
+    c->holds = 1;
+    c->start_ns = uv_hrtime();
+    c->next = s->calls;
+    if (s->calls) s->calls->prev = c;
+    s->calls = c;
+    if (rid && rid[0])
+        snprintf(c->rid, sizeof(c->rid), "%s", rid);
+    else
+        snprintf(c->rid, sizeof(c->rid), "r%llu", (unsigned long long)++s->next_rid);
+    return c;
+}
+
+void dmn_call_local_start(dmn_call_t *c, const ProtobufCMessage *req)
+{
+    dmn_server_t *s = c->srv;
+    if (s->draining) {
+        dmn_call_fail(c, RCD_EUNAVAILABLE, "server is draining");
+        return;
+    }
+    /* the same bytes a gRPC client would send: one unpack and validation path */
+    size_t n = protobuf_c_message_get_packed_size(req);
+    grpc_slice sl = grpc_slice_malloc(n);
+    protobuf_c_message_pack(req, GRPC_SLICE_START_PTR(sl));
+    grpc_byte_buffer *payload = grpc_raw_byte_buffer_create(&sl, 1);
+    grpc_slice_unref(sl);
+    if (c->method == DMN_M_GENERATE)
+        dmn_generate_start(c, payload);
+    else
+        dmn_rpc_dispatch(c, payload);
+    grpc_byte_buffer_destroy(payload);
 }
 
 static void unary_done_cb(dmn_op_t *op, bool ok)
@@ -305,6 +390,16 @@ static void unary_finish(dmn_call_t *c, const ProtobufCMessage *msg, int rc, con
     grpc_op ops[4];
     size_t n = 0;
     memset(ops, 0, sizeof(ops));
+    if (c->sink) {
+        c->closed = true; /* nothing more to watch: the reply ends the request */
+        sink_send(c, msg, true, rc, details);
+        dmn_log(rc ? DMN_INFO : DMN_DEBUG, "rpc_done", c->rid, NULL, "http %s status %d%s%s",
+                c->method < DMN_M__COUNT ? g_methods[c->method].path : "unknown",
+                rc ? rcd_grpc_status(rc) : 0, details && *details ? ": " : "",
+                details ? details : "");
+        dmn_call_release(c);
+        return;
+    }
     initial_md(c, &ops[n++]);
     if (msg) {
         c->send_bb = pack_bb(c, msg);
@@ -573,7 +668,7 @@ static void on_grace(uv_timer_t *t)
 
 void dmn_server_turn_done(dmn_server_t *s)
 {
-    if (s->draining && s->n_turns == 0) finish_drain(s);
+    if (s->draining && s->n_turns == 0 && !dmn_http_active(s)) finish_drain(s);
 }
 
 void dmn_server_drain(dmn_server_t *s, const char *why)
@@ -586,12 +681,13 @@ void dmn_server_drain(dmn_server_t *s, const char *why)
         return;
     }
     s->draining = true;
-    dmn_log(DMN_INFO, "drain", NULL, NULL, "%s: draining, %d turn(s) in flight, grace %ld ms", why,
-            s->n_turns, s->opts->drain_grace_ms);
+    dmn_log(DMN_INFO, "drain", NULL, NULL,
+            "%s: draining, %d turn(s) and %d HTTP request(s) in flight, grace %ld ms", why,
+            s->n_turns, dmn_http_active(s), s->opts->drain_grace_ms);
     dmn_health_notify(s);
     dmn_http_drain(s); /* stops accepting; /health answers 503 */
     uv_timer_start(&s->grace_timer, on_grace, (uint64_t)s->opts->drain_grace_ms, 0);
-    if (s->n_turns == 0) finish_drain(s);
+    if (s->n_turns == 0 && !dmn_http_active(s)) finish_drain(s);
 }
 
 static void on_signal(uv_signal_t *h, int signum)

@@ -4,6 +4,7 @@
 #include "common/rcd_path.h"
 #include "daemon/dmn.h"
 #include "daemon/dmn_http.h"
+#include "daemon/dmn_openai.h"
 #include "daemon/dmn_quota.h"
 #include "daemon/dmn_tls.h"
 #include "engine/eng_runner.h"
@@ -223,6 +224,46 @@ static void set_model_id(dmn_server_t *srv)
     if (slash) *slash = 0;
 }
 
+/* The chat template (--chat-template, else tokenizer_config.json's, else CHAT_TMPL_DEFAULT) and
+ * the bos/eos strings it renders with. A template that does not compile stops the daemon. */
+static int load_chat_template(dmn_server_t *srv)
+{
+    const dmn_opts_t *o = srv->opts;
+    const char *model_tmpl = srv->tok ? tok_chat_template(srv->tok) : NULL;
+    const char *bos = srv->tok ? tok_bos_token(srv->tok) : NULL;
+    const char *eos = srv->tok ? tok_eos_token(srv->tok) : NULL;
+    const char *source;
+    char err[512] = "";
+    int rc;
+    if (o->chat_template && *o->chat_template) {
+        source = o->chat_template;
+        rc = chat_tmpl_compile_file(o->chat_template, &srv->chat_tmpl, err, sizeof(err));
+    } else if (model_tmpl) {
+        source = "tokenizer_config.json";
+        rc = chat_tmpl_compile(model_tmpl, strlen(model_tmpl), &srv->chat_tmpl, err,
+                               sizeof(err));
+    } else {
+        source = "default (ChatML)";
+        rc = chat_tmpl_compile(CHAT_TMPL_DEFAULT, strlen(CHAT_TMPL_DEFAULT), &srv->chat_tmpl,
+                               err, sizeof(err));
+    }
+    if (rc) {
+        if (model_tmpl && !(o->chat_template && *o->chat_template))
+            dmn_log(DMN_ERROR, "chat_template", NULL, NULL,
+                    "%s/tokenizer_config.json chat_template: %s (--chat-template FILE overrides it)",
+                    o->model, err);
+        else
+            dmn_log(DMN_ERROR, "chat_template", NULL, NULL, "--chat-template %s", err);
+        return rc;
+    }
+    srv->bos_token = strdup(bos ? bos : "");
+    srv->eos_token = strdup(eos ? eos : "");
+    if (!srv->bos_token || !srv->eos_token)
+        return RCD_ENOMEM;
+    dmn_log(DMN_INFO, "chat_template", NULL, NULL, "chat template: %s", source);
+    return 0;
+}
+
 /* Phase 1, load: the model's weights, the backend that runs them and the tokenizer (none when
  * the model directory has no tokenizer.json: token-id prompts only). */
 static int load(dmn_server_t *srv)
@@ -279,6 +320,8 @@ static int load(dmn_server_t *srv)
         dmn_log(DMN_ERROR, "tokenizer_load", NULL, NULL, "%s", err);
         return rc;
     }
+    if ((rc = load_chat_template(srv)))
+        return rc;
     progress(o, 100, "ready");
     srv->vocab = mi->vocab_size;
     srv->eos_id = srv->tok && tok_eos_id(srv->tok) >= 0 ? tok_eos_id(srv->tok) : mi->eos_token_id;
@@ -355,6 +398,10 @@ static int serve(dmn_server_t *srv, bool *grpc_up)
         dmn_log(DMN_ERROR, "listen", NULL, NULL, "%s", err);
         return rc;
     }
+    if ((rc = dmn_openai_routes(srv))) { /* the /v1 routes (dmn_openai_http.c) */
+        dmn_log(DMN_ERROR, "http_listen", NULL, NULL, "out of memory adding routes");
+        return rc;
+    }
     if ((rc = dmn_http_start(srv, err, sizeof(err)))) {
         dmn_log(DMN_ERROR, "http_listen", NULL, NULL, "%s", err);
         dmn_server_drain(srv, "HTTP listener failed");
@@ -412,6 +459,11 @@ static void unload(dmn_server_t *srv)
     dmn_quota_destroy(srv->quota);
     srv->quota = NULL;
     tok_free(srv->tok);
+    chat_tmpl_free(srv->chat_tmpl);
+    srv->chat_tmpl = NULL;
+    free(srv->bos_token);
+    free(srv->eos_token);
+    srv->bos_token = srv->eos_token = NULL;
     wrk_backend_destroy(srv->backend);
     wrk_model_free(srv->model);
     free(srv->evs);
@@ -438,6 +490,9 @@ int main(int argc, char **argv)
     srv.opts = &opts;
     /* SIGHUP means reload (dmn_reload, once the server listens), never exit: ignored till then. */
     signal(SIGHUP, SIG_IGN);
+    /* A peer that closed its socket is an error on that connection (EPIPE), never the end of
+     * the daemon: the HTTP listener writes to sockets with plain write(2). */
+    signal(SIGPIPE, SIG_IGN);
     /* TLS files first: a bad one is refused before the model loads. */
     if ((rc = dmn_tls_create(&opts, &srv.tls, err, sizeof(err)))) {
         dmn_log(DMN_ERROR, "tls", NULL, NULL, "%s", err);

@@ -92,6 +92,10 @@ int tok_is_special(const tok_t *tok, int32_t id);
 /* bos/eos ids from tokenizer_config.json (bos_token / eos_token), or -1 when not given. */
 int32_t tok_bos_id(const tok_t *tok);
 int32_t tok_eos_id(const tok_t *tok);
+/* The bos_token / eos_token strings of tokenizer_config.json (a string or {"content": ...}),
+ * or NULL when not given. Owned by tok. */
+const char *tok_bos_token(const tok_t *tok);
+const char *tok_eos_token(const tok_t *tok);
 
 /* The chat template (Jinja source) from tokenizer_config.json, or NULL. When the config has a
  * list of named templates, the one named "default" (else the first). Owned by tok. */

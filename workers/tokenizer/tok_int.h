@@ -308,6 +308,7 @@ struct tok {
     size_t vocab_size;
     int32_t bos, eos;
     char *chat_template;
+    char *bos_token, *eos_token; /* tokenizer_config.json strings, NULL when absent */
     size_t max_input;
 };
 

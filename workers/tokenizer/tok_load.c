@@ -295,20 +295,22 @@ static int parse_json(const char *file, const char *text, size_t n, cJSON **out,
     return 0;
 }
 
-static int config_token(tok_t *t, const cJSON *cfg, const char *key, int32_t *id)
+static int config_token(tok_t *t, const cJSON *cfg, const char *key, int32_t *id, char **str)
 {
     const cJSON *v = tok__jfield(cfg, key);
     *id = -1;
     if (cJSON_IsObject(v)) v = tok__jfield(v, "content");
     if (!cJSON_IsString(v)) return 0;
     *id = tok_piece_to_id(t, v->valuestring, strlen(v->valuestring));
+    if (!(*str = strdup(v->valuestring))) return RCD_ENOMEM;
     return 0;
 }
 
 static int parse_config(tok_t *t, const cJSON *cfg)
 {
-    config_token(t, cfg, "bos_token", &t->bos);
-    config_token(t, cfg, "eos_token", &t->eos);
+    if (config_token(t, cfg, "bos_token", &t->bos, &t->bos_token) ||
+        config_token(t, cfg, "eos_token", &t->eos, &t->eos_token))
+        return RCD_ENOMEM;
     const cJSON *ct = tok__jfield(cfg, "chat_template");
     const char *tmpl = NULL;
     if (cJSON_IsString(ct)) {
@@ -499,6 +501,8 @@ void tok_free(tok_t *t)
     tok__trie_free(&t->trie_norm);
     pcre2_code_free(t->word_re);
     free(t->chat_template);
+    free(t->bos_token);
+    free(t->eos_token);
     free(t);
 }
 
@@ -547,6 +551,16 @@ int32_t tok_bos_id(const tok_t *t)
 int32_t tok_eos_id(const tok_t *t)
 {
     return t->eos;
+}
+
+const char *tok_bos_token(const tok_t *t)
+{
+    return t->bos_token;
+}
+
+const char *tok_eos_token(const tok_t *t)
+{
+    return t->eos_token;
 }
 
 const char *tok_chat_template(const tok_t *t)
