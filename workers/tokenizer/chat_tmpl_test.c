@@ -191,7 +191,8 @@ static void test_errors(void)
     expect("{{ tools | length }}{{ add_generation_prompt }}",
            "{\"tools\":[1],\"add_generation_prompt\":true}", "1True");
     /* a block set's body has its own scope */
-    expect("{% set y = 1 %}{% set b %}{% set y = 2 %}{{ y }}{% endset %}{{ y }}{{ b }}", NULL, "12");
+    expect("{% set y = 1 %}{% set b %}{% set y = 2 %}{{ y }}{% endset %}{{ y }}{{ b }}", NULL,
+           "12");
     /* outside the subset: named */
     expect_err("{{ x | wordwrap }}", NULL, RCD_EUNSUPPORTED, "wordwrap");
     expect_err("{% if x is escaped %}{% endif %}", NULL, RCD_EUNSUPPORTED, "escaped");
