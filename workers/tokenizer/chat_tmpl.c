@@ -1093,6 +1093,15 @@ int chat_tmpl_render_opts(const chat_tmpl_t *t, const cJSON *ctx, const struct c
             rc = RCD_ENOMEM;
         if (rc && !rt.rc) rc = oom(&rt, NULL);
     }
+    /* What apply_chat_template always passes: tools and documents (None when absent) and
+     * add_generation_prompt (False), so `tools is not none` reads as it does there. */
+    static const char *const always[] = {"tools", "documents", "add_generation_prompt"};
+    for (size_t i = 0; rc == 0 && i < sizeof(always) / sizeof(always[0]); i++) {
+        ct_val_t v = {.t = i == 2 ? CT_BOOL : CT_NONE};
+        ct_str_t k = {always[i], strlen(always[i])};
+        if (!frame_get(rt.globals, k.p, k.n) && frame_set(&rt, rt.globals, k, v))
+            rc = oom(&rt, NULL);
+    }
     ct_frame_t *top = rc ? NULL : frame_new(&rt, rt.globals);
     if (rc == 0 && !top) rc = oom(&rt, NULL);
     rt.top = top;

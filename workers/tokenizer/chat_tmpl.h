@@ -16,10 +16,11 @@ int chat_tmpl_compile(const char *text, size_t len, chat_tmpl_t **out, char *err
 void chat_tmpl_free(chat_tmpl_t *t);
 
 /* Renders t with the variables of ctx (a cJSON object: `messages`, `add_generation_prompt`,
- * `bos_token`, `eos_token`, and any others such as `tools`). 0 and *out (malloc'd,
- * NUL-terminated, *out_len bytes), or RCD_EINVAL (raise_exception(msg) → err is msg, or a
- * type error at render time, named) / RCD_ENOMEM / RCD_ERANGE (output or loop budget
- * exceeded). */
+ * `bos_token`, `eos_token`, and any others such as `tools`; `tools` and `documents` absent
+ * are none and `add_generation_prompt` absent is false, as apply_chat_template passes them).
+ * 0 and *out (malloc'd, NUL-terminated, *out_len bytes), or RCD_EINVAL (raise_exception(msg)
+ * → err is msg, or a type error at render time, named) / RCD_ENOMEM / RCD_ERANGE (output or
+ * loop budget exceeded). */
 int chat_tmpl_render(const chat_tmpl_t *t, const cJSON *ctx, char **out, size_t *out_len,
                      char *err, size_t errlen);
 

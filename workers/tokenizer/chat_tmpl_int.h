@@ -172,7 +172,7 @@ typedef struct ct_lexer {
     size_t nt, cap;
     size_t cpos; /* line/column cursor */
     int line, col;
-    size_t p; /* the parser's position in v */
+    size_t p;  /* the parser's position in v */
     int nest;  /* the parser's recursion depth */
     int loops; /* for loops around the current statement (break/continue need one) */
     char *err;

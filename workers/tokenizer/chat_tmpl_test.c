@@ -185,8 +185,14 @@ static void test_errors(void)
     expect("{% for x in [1, 2, 3] %}{% if x == 2 %}{% break %}{% endif %}{{ x }}{% else %}E"
            "{% endfor %}",
            NULL, "1");
+    /* what apply_chat_template always passes, when the caller leaves it out */
+    expect("{{ tools is none }}{{ documents is none }}{{ add_generation_prompt }}", NULL,
+           "TrueTrueFalse");
+    expect("{{ tools | length }}{{ add_generation_prompt }}",
+           "{\"tools\":[1],\"add_generation_prompt\":true}", "1True");
     /* a block set's body has its own scope */
-    expect("{% set y = 1 %}{% set b %}{% set y = 2 %}{{ y }}{% endset %}{{ y }}{{ b }}", NULL, "12");
+    expect("{% set y = 1 %}{% set b %}{% set y = 2 %}{{ y }}{% endset %}{{ y }}{{ b }}", NULL,
+           "12");
     /* outside the subset: named */
     expect_err("{{ x | wordwrap }}", NULL, RCD_EUNSUPPORTED, "wordwrap");
     expect_err("{% if x is escaped %}{% endif %}", NULL, RCD_EUNSUPPORTED, "escaped");
