@@ -349,6 +349,7 @@ static void on_proceed(h2o_generator_t *g, h2o_req_t *req)
     p->sending = false;
     p->inflight.len = 0;
     stream_kick(p);
+    if (p->ended) return; /* the end is on its way: no writer to wake */
     if (p->paused && !p->gone &&
         p->inflight.len + p->pending.len <=
             (size_t)p->h->srv->opts->http_max_queued_bytes / 2) {
@@ -418,12 +419,10 @@ int dmn_http_stream_write(dmn_http_req_t *r, const void *data, size_t n)
     }
     memcpy(p->pending.p + p->pending.len, data, n);
     p->pending.len += n;
-    stream_kick(p);
-    if (queued + n > max) {
-        p->paused = true;
-        return 1;
-    }
-    return 0;
+    int ret = queued + n > max;
+    if (ret) p->paused = true;
+    stream_kick(p); /* last: nothing of p is touched after H2O had it */
+    return ret;
 }
 
 void dmn_http_stream_end(dmn_http_req_t *r)
