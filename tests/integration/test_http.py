@@ -1,8 +1,8 @@
 """recurd integration: the HTTP listener (--http-port). Keep-alive; 404/405 in OpenAI's error
 JSON; 413 for a body over --http-max-body-bytes; 431 for too many or too large headers;
 --http-max-connections (the next connection is closed at once); the idle and request
-timeouts (a keep-alive connection left idle, and a slow-loris client sending its headers a
-byte at a time, are both cut); a streaming client that never reads: other clients are served
+timeouts (a keep-alive connection left idle, a slow-loris client sending its headers a line at
+a time, and one sending its body a byte at a time, are all cut); a streaming client that never reads: other clients are served
 meanwhile, the daemon's RSS stays flat (the queue per stream is bounded) and the reader is cut
 after --http-write-timeout-ms; HTTPS with mTLS and HTTP/2 by ALPN, certificates reloaded on
 SIGHUP; API keys (401 in OpenAI's shape, /health open); the drain (an open stream finishes,
@@ -184,6 +184,31 @@ class Listener(unittest.TestCase):
                 break
         self.assertTrue(cut, "a slow client kept its connection 10 s")
         self.assertLess(time.time() - t0, 8)
+        s.close()
+
+    def test_slow_body(self):
+        s = socket.create_connection(("127.0.0.1", self.port))
+        s.sendall(b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+        t0, cut = time.time(), False
+        while time.time() - t0 < 10:  # a body byte every 100 ms: 100 s for all of it
+            try:
+                s.sendall(b"x")
+            except OSError:
+                cut = True
+                break
+            s.settimeout(0.1)
+            try:
+                data = s.recv(100)
+                if data == b"":
+                    cut = True
+                    break
+                self.assertNotIn(b"405", data)  # never read whole: never routed
+            except socket.timeout:
+                pass
+            except ConnectionResetError:
+                cut = True
+                break
+        self.assertTrue(cut, "a slow body kept its connection 10 s")
         s.close()
 
     def test_stream_framing_curl(self):
