@@ -96,6 +96,17 @@ class Listener(unittest.TestCase):
         self.assertEqual(json.loads(data)["status"], "SERVING")
         self.assertTrue(r.getheader("x-request-id"))
 
+    def test_metrics_negotiation(self):
+        r, data = get(self.port, "/metrics")
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.getheader("content-type"), "text/plain; version=0.0.4; charset=utf-8")
+        self.assertIn(b"# TYPE recurd_build_info", data)
+        r, data = get(self.port, "/metrics",
+                      headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+        self.assertEqual(r.getheader("content-type"),
+                         "application/openmetrics-text; version=1.0.0; charset=utf-8")
+        self.assertTrue(data.endswith(b"# EOF\n"))
+
     def test_keep_alive(self):
         c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         get(self.port, "/health", conn=c)
@@ -439,8 +450,10 @@ class ApiKeys(unittest.TestCase):
         self.assertTrue(data.endswith(b"data: [DONE]\n\n"))
         self.assertIn("audit_auth_failure", self.d.logs())
 
-    def test_health_open(self):
+    def test_health_and_metrics_open(self):
         r, _ = get(self.port, "/health")
+        self.assertEqual(r.status, 200)
+        r, _ = get(self.port, "/metrics")  # scrapers have no key (--metrics-require-key: off)
         self.assertEqual(r.status, 200)
 
     def test_user_key_naming_tenant_forbidden(self):
@@ -448,6 +461,21 @@ class ApiKeys(unittest.TestCase):
                       headers={"Authorization": "Bearer " + self.key, "x-recurd-tenant": "bob"})
         self.assertEqual(r.status, 403, data)
         self.assertEqual(json.loads(data)["error"]["type"], "permission_error")
+
+
+class MetricsKey(OwnDaemonsTest):
+    def test_metrics_require_key(self):
+        key = secrets.token_urlsafe(24)
+        path = os.path.join(self.dir, "keys")
+        with open(path, "w") as f:
+            f.write("%s ops user\n" % hashlib.sha256(key.encode()).hexdigest())
+        d = self.spawn("--ephemeral", "--api-keys", path, "--metrics-require-key")
+        r, data = get(d.http_port, "/metrics")
+        self.assertEqual(r.status, 401, data)
+        r, _ = get(d.http_port, "/metrics", headers={"Authorization": "Bearer " + key})
+        self.assertEqual(r.status, 200)
+        r, _ = get(d.http_port, "/health")
+        self.assertEqual(r.status, 200)
 
 
 class Drain(OwnDaemonsTest):
