@@ -6,9 +6,9 @@
 
 #include <h2o.h>
 #include <h2o/http2.h>
+#include <limits.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
-#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,7 +35,7 @@ typedef struct conn_rec {
     uv_tcp_t tcp;
     h2o_socket_t *sock;
     struct dmn_http *h;
-    int stuck;           /* ticks seen waiting for a write libuv does not have (reap_stuck) */
+    int stuck;            /* ticks seen waiting for a write libuv does not have (reap_stuck) */
     size_t stuck_written; /* the socket's bytes_written when first seen so */
     struct conn_rec *prev, *next;
 } conn_rec_t;
@@ -49,11 +49,11 @@ typedef struct buf {
 struct dmn_http__req {
     dmn_http_req_t *pub;
     struct dmn_http *h;
-    h2o_req_t *h2o;       /* NULL once H2O disposed the request (client gone or done) */
-    h2o_generator_t gen;  /* streaming */
-    bool done;            /* the handler ended it */
-    bool gone;            /* the client went away before the end */
-    bool in_dispose;      /* inside the pool's dispose callback: it frees */
+    h2o_req_t *h2o;      /* NULL once H2O disposed the request (client gone or done) */
+    h2o_generator_t gen; /* streaming */
+    bool done;           /* the handler ended it */
+    bool gone;           /* the client went away before the end */
+    bool in_dispose;     /* inside the pool's dispose callback: it frees */
     bool streaming, ended, sending, paused;
     int64_t retry_after_ms;
     uint64_t send_since_ms; /* when the write in flight started (streaming) */
@@ -137,10 +137,22 @@ const char *dmn_http_error_type(int status)
 static const char *grpc_code_name(int g)
 {
     static const char *const n[] = {
-        "ok",        "cancelled",         "unknown",           "invalid_argument",
-        "deadline_exceeded", "not_found", "already_exists",    "permission_denied",
-        "resource_exhausted", "failed_precondition", "aborted", "out_of_range",
-        "unimplemented", "internal",      "unavailable",       "data_loss",
+        "ok",
+        "cancelled",
+        "unknown",
+        "invalid_argument",
+        "deadline_exceeded",
+        "not_found",
+        "already_exists",
+        "permission_denied",
+        "resource_exhausted",
+        "failed_precondition",
+        "aborted",
+        "out_of_range",
+        "unimplemented",
+        "internal",
+        "unavailable",
+        "data_loss",
         "unauthenticated",
     };
     return g >= 0 && g < (int)(sizeof(n) / sizeof(n[0])) ? n[g] : "unknown";
@@ -149,26 +161,46 @@ static const char *grpc_code_name(int g)
 static const char *reason_phrase(int status)
 {
     switch (status) {
-    case 200: return "OK";
-    case 201: return "Created";
-    case 204: return "No Content";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 409: return "Conflict";
-    case 413: return "Payload Too Large";
-    case 422: return "Unprocessable Entity";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 499: return "Client Closed Request";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    default: return status < 400 ? "OK" : status < 500 ? "Bad Request" : "Internal Server Error";
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 204:
+        return "No Content";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 409:
+        return "Conflict";
+    case 413:
+        return "Payload Too Large";
+    case 422:
+        return "Unprocessable Entity";
+    case 429:
+        return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 499:
+        return "Client Closed Request";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    default:
+        return status < 400 ? "OK" : status < 500 ? "Bad Request" : "Internal Server Error";
     }
 }
 
@@ -184,8 +216,10 @@ static void buf_free(buf_t *b)
 static void stream_unlink(dmn_http__req_t *p)
 {
     if (!p->streaming) return;
-    if (p->sprev) p->sprev->snext = p->snext;
-    else if (p->h->streams == p) p->h->streams = p->snext;
+    if (p->sprev)
+        p->sprev->snext = p->snext;
+    else if (p->h->streams == p)
+        p->h->streams = p->snext;
     if (p->snext) p->snext->sprev = p->sprev;
     p->sprev = p->snext = NULL;
     p->streaming = false;
@@ -305,7 +339,8 @@ static void verror(dmn_http_req_t *r, int status, const char *type, const char *
     int k = snprintf(out, sizeof(out), "{\"error\":{\"message\":\"");
     pos = (size_t)k;
     dmn_json_escape(out, sizeof(out) - 200, &pos, msg);
-    k = snprintf(out + pos, sizeof(out) - pos, "\",\"type\":\"%s\",\"param\":null,\"code\":%s%s%s}}\n",
+    k = snprintf(out + pos, sizeof(out) - pos,
+                 "\",\"type\":\"%s\",\"param\":null,\"code\":%s%s%s}}\n",
                  type ? type : dmn_http_error_type(status), code ? "\"" : "", code ? code : "null",
                  code ? "\"" : "");
     if (k > 0) pos += (size_t)k;
@@ -349,9 +384,9 @@ static void on_proceed(h2o_generator_t *g, h2o_req_t *req)
     p->sending = false;
     p->inflight.len = 0;
     stream_kick(p);
+    if (p->ended) return; /* the end is on its way: no writer to wake */
     if (p->paused && !p->gone &&
-        p->inflight.len + p->pending.len <=
-            (size_t)p->h->srv->opts->http_max_queued_bytes / 2) {
+        p->inflight.len + p->pending.len <= (size_t)p->h->srv->opts->http_max_queued_bytes / 2) {
         p->paused = false;
         if (p->pub->on_drain) p->pub->on_drain(p->pub);
     }
@@ -377,7 +412,8 @@ static void stream_kick(dmn_http__req_t *p)
     h2o_iovec_t v = h2o_iovec_init(p->inflight.p, p->inflight.len);
     p->sending = !p->ended;
     p->send_since_ms = now_ms();
-    h2o_send(p->h2o, &v, v.len ? 1 : 0, p->ended ? H2O_SEND_STATE_FINAL : H2O_SEND_STATE_IN_PROGRESS);
+    h2o_send(p->h2o, &v, v.len ? 1 : 0,
+             p->ended ? H2O_SEND_STATE_FINAL : H2O_SEND_STATE_IN_PROGRESS);
 }
 
 void dmn_http_stream_start(dmn_http_req_t *r, int status, const char *content_type)
@@ -418,12 +454,10 @@ int dmn_http_stream_write(dmn_http_req_t *r, const void *data, size_t n)
     }
     memcpy(p->pending.p + p->pending.len, data, n);
     p->pending.len += n;
-    stream_kick(p);
-    if (queued + n > max) {
-        p->paused = true;
-        return 1;
-    }
-    return 0;
+    int ret = queued + n > max;
+    if (ret) p->paused = true;
+    stream_kick(p); /* last: nothing of p is touched after H2O had it */
+    return ret;
 }
 
 void dmn_http_stream_end(dmn_http_req_t *r)
@@ -490,7 +524,8 @@ static void reap_stuck(dmn_http_t *h)
         c->stuck_written = c->sock->bytes_written;
         if (++c->stuck < 2) continue;
         c->stuck = 0;
-        dmn_log(DMN_DEBUG, "http_stuck_write", NULL, NULL, "a connection waited for a lost write: closing it");
+        dmn_log(DMN_DEBUG, "http_stuck_write", NULL, NULL,
+                "a connection waited for a lost write: closing it");
         h2o_socket_cb cb = c->sock->_cb.write; /* what H2O's on_write_complete does */
         c->sock->_cb.write = NULL;
         cb(c->sock, h2o_socket_error_io);
@@ -521,7 +556,8 @@ static void on_tick(uv_timer_t *t)
 
 static bool route_match(const route_t *rt, const char *path, size_t n)
 {
-    if (rt->flags & DMN_HTTP_PREFIX) return n >= rt->path_len && !memcmp(path, rt->path, rt->path_len);
+    if (rt->flags & DMN_HTTP_PREFIX)
+        return n >= rt->path_len && !memcmp(path, rt->path, rt->path_len);
     return n == rt->path_len && !memcmp(path, rt->path, n);
 }
 
@@ -601,10 +637,9 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     r->method = pool_str(&req->pool, req->method.base, req->method.len);
     size_t plen = req->query_at != SIZE_MAX ? req->query_at : req->path.len;
     r->path = pool_str(&req->pool, req->path.base, plen);
-    r->query = req->query_at != SIZE_MAX
-                   ? pool_str(&req->pool, req->path.base + req->query_at + 1,
-                              req->path.len - req->query_at - 1)
-                   : "";
+    r->query = req->query_at != SIZE_MAX ? pool_str(&req->pool, req->path.base + req->query_at + 1,
+                                                    req->path.len - req->query_at - 1)
+                                         : "";
     r->body = req->entity.base ? req->entity.base : "";
     r->body_len = req->entity.base ? req->entity.len : 0;
 
@@ -630,8 +665,8 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     if (!rt) {
         if (path_known) {
             dmn_http_add_header(r, "allow", allow);
-            dmn_http_error(r, 405, NULL, "method_not_allowed", "method %s not allowed on %s (allowed: %s)",
-                           r->method, r->path, allow);
+            dmn_http_error(r, 405, NULL, "method_not_allowed",
+                           "method %s not allowed on %s (allowed: %s)", r->method, r->path, allow);
         } else {
             dmn_http_error(r, 404, NULL, "not_found", "no route for %s %s", r->method, r->path);
         }
@@ -856,8 +891,10 @@ static void on_conn_closed(uv_handle_t *uh)
     conn_rec_t *c = (conn_rec_t *)uh;
     dmn_http_t *h = c->h;
     if (c->sock) { /* an H2O connection: unlink */
-        if (c->prev) c->prev->next = c->next;
-        else h->conns = c->next;
+        if (c->prev)
+            c->prev->next = c->next;
+        else
+            h->conns = c->next;
         if (c->next) c->next->prev = c->prev;
         h->n_conns--;
     }
@@ -954,8 +991,8 @@ int dmn_http_start(dmn_server_t *s, char *err, size_t errlen)
     if (dmn_http_route(s, "GET", "/health", DMN_HTTP_OPEN, on_health, NULL))
         return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
 #ifdef DMN_HAVE_METRICS
-    if (dmn_http_route(s, "GET", "/metrics", o->metrics_require_key ? 0 : DMN_HTTP_OPEN,
-                       on_metrics, NULL))
+    if (dmn_http_route(s, "GET", "/metrics", o->metrics_require_key ? 0 : DMN_HTTP_OPEN, on_metrics,
+                       NULL))
         return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
 #endif
     const char *tr = getenv("RECURD_HTTP_TEST_ROUTES");
@@ -1023,8 +1060,9 @@ int dmn_http_start(dmn_server_t *s, char *err, size_t errlen)
     char pstr[16];
     snprintf(pstr, sizeof(pstr), "%d", h->port);
     const char *kv[] = {"port", pstr, NULL};
-    dmn_log_kv(DMN_INFO, false, "http_listening", NULL, NULL, kv, "HTTP listening on %s port %d (%s)", host,
-            h->port, h->ssl ? "HTTPS, HTTP/1.1 and HTTP/2 by ALPN" : "HTTP/1.1 and h2c");
+    dmn_log_kv(DMN_INFO, false, "http_listening", NULL, NULL, kv,
+               "HTTP listening on %s port %d (%s)", host, h->port,
+               h->ssl ? "HTTPS, HTTP/1.1 and HTTP/2 by ALPN" : "HTTP/1.1 and h2c");
     if (o->http_port_file[0] && write_port_file(o->http_port_file, h->port))
         dmn_log(DMN_WARN, "http_port_file", NULL, NULL, "cannot write %s", o->http_port_file);
     return 0;

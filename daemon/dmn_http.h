@@ -144,8 +144,7 @@ void dmn_http_drain(struct dmn_server *s);
  * then end once they are closed. */
 void dmn_http_stop(struct dmn_server *s);
 /* SIGHUP: re-reads the TLS files for new HTTPS connections. 0, or -1 (logged) keeping the old. */
-int dmn_http_reload_tls(struct dmn_server *s, char *what, size_t whatlen, char *err,
-                        size_t errlen);
+int dmn_http_reload_tls(struct dmn_server *s, char *what, size_t whatlen, char *err, size_t errlen);
 /* Frees what is left after the loop ended (main's cleanup). NULL-safe. */
 void dmn_http_free(struct dmn_server *s);
 

@@ -1,8 +1,8 @@
 """recurd integration: the HTTP listener (--http-port). Keep-alive; 404/405 in OpenAI's error
 JSON; 413 for a body over --http-max-body-bytes; 431 for too many or too large headers;
 --http-max-connections (the next connection is closed at once); the idle and request
-timeouts (a keep-alive connection left idle, and a slow-loris client sending its headers a
-byte at a time, are both cut); a streaming client that never reads: other clients are served
+timeouts (a keep-alive connection left idle, a slow-loris client sending its headers a line at
+a time, and one sending its body a byte at a time, are all cut); a streaming client that never reads: other clients are served
 meanwhile, the daemon's RSS stays flat (the queue per stream is bounded) and the reader is cut
 after --http-write-timeout-ms; HTTPS with mTLS and HTTP/2 by ALPN, certificates reloaded on
 SIGHUP; API keys (401 in OpenAI's shape, /health open); the drain (an open stream finishes,
@@ -96,6 +96,17 @@ class Listener(unittest.TestCase):
         self.assertEqual(json.loads(data)["status"], "SERVING")
         self.assertTrue(r.getheader("x-request-id"))
 
+    def test_metrics_negotiation(self):
+        r, data = get(self.port, "/metrics")
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.getheader("content-type"), "text/plain; version=0.0.4; charset=utf-8")
+        self.assertIn(b"# TYPE recurd_build_info", data)
+        r, data = get(self.port, "/metrics",
+                      headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+        self.assertEqual(r.getheader("content-type"),
+                         "application/openmetrics-text; version=1.0.0; charset=utf-8")
+        self.assertTrue(data.endswith(b"# EOF\n"))
+
     def test_keep_alive(self):
         c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         get(self.port, "/health", conn=c)
@@ -184,6 +195,31 @@ class Listener(unittest.TestCase):
                 break
         self.assertTrue(cut, "a slow client kept its connection 10 s")
         self.assertLess(time.time() - t0, 8)
+        s.close()
+
+    def test_slow_body(self):
+        s = socket.create_connection(("127.0.0.1", self.port))
+        s.sendall(b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+        t0, cut = time.time(), False
+        while time.time() - t0 < 10:  # a body byte every 100 ms: 100 s for all of it
+            try:
+                s.sendall(b"x")
+            except OSError:
+                cut = True
+                break
+            s.settimeout(0.1)
+            try:
+                data = s.recv(100)
+                if data == b"":
+                    cut = True
+                    break
+                self.assertNotIn(b"405", data)  # never read whole: never routed
+            except socket.timeout:
+                pass
+            except ConnectionResetError:
+                cut = True
+                break
+        self.assertTrue(cut, "a slow body kept its connection 10 s")
         s.close()
 
     def test_stream_framing_curl(self):
@@ -414,8 +450,10 @@ class ApiKeys(unittest.TestCase):
         self.assertTrue(data.endswith(b"data: [DONE]\n\n"))
         self.assertIn("audit_auth_failure", self.d.logs())
 
-    def test_health_open(self):
+    def test_health_and_metrics_open(self):
         r, _ = get(self.port, "/health")
+        self.assertEqual(r.status, 200)
+        r, _ = get(self.port, "/metrics")  # scrapers have no key (--metrics-require-key: off)
         self.assertEqual(r.status, 200)
 
     def test_user_key_naming_tenant_forbidden(self):
@@ -423,6 +461,21 @@ class ApiKeys(unittest.TestCase):
                       headers={"Authorization": "Bearer " + self.key, "x-recurd-tenant": "bob"})
         self.assertEqual(r.status, 403, data)
         self.assertEqual(json.loads(data)["error"]["type"], "permission_error")
+
+
+class MetricsKey(OwnDaemonsTest):
+    def test_metrics_require_key(self):
+        key = secrets.token_urlsafe(24)
+        path = os.path.join(self.dir, "keys")
+        with open(path, "w") as f:
+            f.write("%s ops user\n" % hashlib.sha256(key.encode()).hexdigest())
+        d = self.spawn("--ephemeral", "--api-keys", path, "--metrics-require-key")
+        r, data = get(d.http_port, "/metrics")
+        self.assertEqual(r.status, 401, data)
+        r, _ = get(d.http_port, "/metrics", headers={"Authorization": "Bearer " + key})
+        self.assertEqual(r.status, 200)
+        r, _ = get(d.http_port, "/health")
+        self.assertEqual(r.status, 200)
 
 
 class Drain(OwnDaemonsTest):
