@@ -372,6 +372,45 @@ static bool session_continues(oai_x_t *x, const char *id)
     return cont;
 }
 
+/* Chat: renders the messages (only the new ones when the session holds tokens) and starts
+ * the turn. */
+static void chat_start(oai_x_t *x)
+{
+    char *text = NULL, err[512];
+    size_t n = 0;
+    bool cont = session_continues(x, x->req.gen.session_id);
+    int rc = dmn_oai_chat_prompt(x->req.messages, cont, x->s->eos_token, render_cb, x->s, &text,
+                                 &n, err, sizeof(err));
+    if (rc) {
+        x_fail_early(x, rc == RCD_EINVAL ? 400 : 0, "messages", err, rc);
+        return;
+    }
+    x->req.prompt = text; /* owned by req from here */
+    x->req.prompt_len = n;
+    x->req.gen.text = text;
+    x->req.gen.prompt_case = RECURD__V1__GENERATE_REQUEST__PROMPT_TEXT;
+    /* the template writes the BOS token itself when the model wants one */
+    x->req.gen.add_special_tokens = false;
+    dmn_call_local_start(x->c, &x->req.gen.base);
+}
+
+/* The chat turn's session was looked up in the shared tier first (another replica may have
+ * served its earlier turns: without it here, the new messages would render as a first turn). */
+static void chat_fetched(dmn_call_t *c, ProtobufCMessage *req, int rc, const char *msg)
+{
+    (void)req; /* x->req.gen, owned by x */
+    oai_x_t *x = c->sink_user;
+    if (!x->r) { /* the client went away meanwhile: drop the call (frees x) */
+        c->closed = true;
+        dmn_call_release(c);
+        return;
+    }
+    if (rc && rc != RCD_ENOTFOUND)
+        x_fail_early(x, 0, NULL, msg, rc);
+    else
+        chat_start(x); /* not found: the turn's own lookup answers NOT_FOUND */
+}
+
 static void on_generate(dmn_http_req_t *r, dmn_oai_kind_t kind)
 {
     oai_x_t *x = x_new(r, DMN_M_GENERATE);
@@ -388,24 +427,16 @@ static void on_generate(dmn_http_req_t *r, dmn_oai_kind_t kind)
     if (x->req.user[0])
         dmn_log(DMN_INFO, "http_user", x->c->rid, NULL, "user '%s' tenant '%s'", x->req.user,
                 x->c->tenant);
-    if (kind == DMN_OAI_CHAT) {
-        char *text = NULL;
-        size_t n = 0;
-        bool cont = session_continues(x, x->req.gen.session_id);
-        rc = dmn_oai_chat_prompt(x->req.messages, cont, x->s->eos_token, render_cb, x->s, &text, &n,
-                                 err, sizeof(err));
-        if (rc) {
-            x_fail_early(x, rc == RCD_EINVAL ? 400 : 0, "messages", err, rc);
-            return;
-        }
-        x->req.prompt = text; /* owned by req from here */
-        x->req.prompt_len = n;
-        x->req.gen.text = text;
-        x->req.gen.prompt_case = RECURD__V1__GENERATE_REQUEST__PROMPT_TEXT;
-        /* the template writes the BOS token itself when the model wants one */
-        x->req.gen.add_special_tokens = false;
+    if (kind != DMN_OAI_CHAT) {
+        dmn_call_local_start(x->c, &x->req.gen.base);
+        return;
     }
-    dmn_call_local_start(x->c, &x->req.gen.base);
+    char sid[STORE_SID_MAX + 1];
+    const char *id = x->req.gen.session_id;
+    if (id && id[0] && dmn_scope(x->c, id, sid) == 0 &&
+        dmn_session_fetch(x->c, sid, &x->req.gen.base, chat_fetched))
+        return;
+    chat_start(x);
 }
 
 static void on_completions(dmn_http_req_t *r, void *arg)
