@@ -364,6 +364,12 @@ static void render_store(rcd_mw_t *w, dmn_server_t *s)
              (uint64_t)st.sessions);
     family_u(w, "recurd_store_cache_bytes", RCD_MT_GAUGE, "bytes",
              "Bytes of session states in the store's host cache.", (uint64_t)st.cache_bytes);
+    uint64_t n_total = 0, state_total = 0;
+    if (s && s->store) store_total_usage(s->store, &n_total, &state_total);
+    family_u(w, "recurd_store_state_bytes", RCD_MT_GAUGE, "bytes",
+             "Bytes of committed session state the store holds (each session's latest "
+             "checkpoint payload; on disk, or in memory with --ephemeral).",
+             state_total);
     family_u(w, "recurd_store_commits", RCD_MT_COUNTER, NULL, "Session checkpoints committed.",
              st.commits);
     family_u(w, "recurd_session_expiries", RCD_MT_COUNTER, NULL, "Sessions removed by idle expiry.",

@@ -460,6 +460,18 @@ void store_scope_usage(const store_t *s, const char *tenant, uint64_t *sessions,
     *bytes = b;
 }
 
+void store_total_usage(const store_t *s, uint64_t *sessions, uint64_t *bytes)
+{
+    uint64_t n = 0, b = 0;
+    for (size_t i = 0; i < s->n_buckets; i++)
+        for (const sess_t *x = s->buckets[i]; x; x = x->next) {
+            n++;
+            b += x->rec.has_state ? x->rec.state_len : 0;
+        }
+    *sessions = n;
+    *bytes = b;
+}
+
 size_t store_state_bytes(const store_t *s)
 {
     return s->state_bytes;

@@ -254,6 +254,8 @@ size_t store_count(const store_t *s);
 void store_owner_usage(const store_t *s, const char *owner, uint64_t *sessions, uint64_t *bytes);
 /* The same for the sessions in tenant `tenant`'s scope (store ids "tenant~id", API keys). */
 void store_scope_usage(const store_t *s, const char *tenant, uint64_t *sessions, uint64_t *bytes);
+/* The same over every session in the store (an O(sessions) walk: for the metrics scrape). */
+void store_total_usage(const store_t *s, uint64_t *sessions, uint64_t *bytes);
 size_t store_state_bytes(const store_t *s);
 bool store_durable(const store_t *s); /* false for a memory-only store */
 void store_get_stats(const store_t *s, store_stats_t *out);

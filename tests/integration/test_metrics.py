@@ -119,6 +119,10 @@ class Metrics(unittest.TestCase):
         self.gen(list(range(300, 308)), 4, session="m1")
         _, mid = scrape(self.d)
         self.assertEqual(value(samples(mid), "recurd_store_sessions"), 1)
+        # one session with a committed state: one state's bytes (the model's state size)
+        state_bytes = self.api.ListModels(pb.ListModelsRequest()).models[0].state_bytes
+        self.assertGreater(state_bytes, 0)
+        self.assertEqual(value(samples(mid), "recurd_store_state_bytes"), state_bytes)
         # a prefix hit: the same 100-token prompt twice, the second starts at the 64 snapshot
         p = list(range(400, 500))
         self.gen(p, 2)
@@ -162,6 +166,7 @@ class Metrics(unittest.TestCase):
         self.assertGreaterEqual(value(s, "recurd_group_commit_size_count"), 2)
         self.assertEqual(value(s, "recurd_store_commits_total"), 2)
         self.assertEqual(value(s, "recurd_store_sessions"), 0)
+        self.assertEqual(value(s, "recurd_store_state_bytes"), 0)
         self.assertEqual(value(s, "recurd_prefix_cache_lookups_total"), 2)
         self.assertEqual(value(s, "recurd_prefix_cache_hits_total"), 1)
         self.assertEqual(value(s, "recurd_prefix_cache_hit_tokens_total"), 64)
