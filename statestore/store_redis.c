@@ -38,6 +38,10 @@ int rds_get(rds_t *r, const char *key, rds_cb cb, void *user)
     return RCD_EUNAVAILABLE;
 }
 void rds_del(rds_t *r, const char *key) {}
+void *rds_take(rds_t *r, const char *data)
+{
+    return NULL;
+}
 int rds_eval(rds_t *r, const char *script, const char *key1, const char *key2, int nargs,
              const rds_val_t *args, rds_cb cb, void *user)
 {
@@ -100,6 +104,7 @@ struct rds {
     char last_msg[1024];  /* the last failure logged, and when */
     uint64_t last_log_ns;
     bool was_ready;
+    redisReply *cur; /* the reply whose callback runs (rds_take) */
 #ifdef RCD_HAVE_OPENSSL
     SSL_CTX *tls; /* NULL: plaintext */
 #endif
@@ -607,7 +612,9 @@ static void dispatch(rds_conn_t *c, rds_op_t *op, const redisReply *rep)
     r->inflight--;
     r->progress_ns = uv_hrtime();
     set_ref(r);
+    r->cur = (redisReply *)rep;
     op->cb(op->user, rc, data, len, rc ? msg : "");
+    r->cur = NULL;
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -924,6 +931,14 @@ int rds_get(rds_t *r, const char *key, rds_cb cb, void *user)
 {
     rds_arg_t argv[2] = {{"GET", NULL, 3, 0}, {key, NULL, strlen(key), 0}};
     return command(r, RDS_OP_GET, cb, user, 2, argv);
+}
+
+void *rds_take(rds_t *r, const char *data)
+{
+    redisReply *rep = r ? r->cur : NULL;
+    if (!rep || rep->type != REDIS_REPLY_STRING || !data || rep->str != data) return NULL;
+    rep->str = NULL; /* freeReplyObject frees what is left */
+    return (void *)data;
 }
 
 void rds_del(rds_t *r, const char *key)
