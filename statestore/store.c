@@ -118,12 +118,13 @@ void store__cache_drop(store_t *s, sess_t *x)
     x->cached_len = 0;
 }
 
-static void cache_set(store_t *s, sess_t *x, void *blob, size_t len, bool lent)
+static void cache_set(store_t *s, sess_t *x, void *blob, void *mem, size_t len, bool lent)
 {
     store__cache_drop(s, x);
     s->st.cache_bytes += len;
     x->cached_len = len;
     x->state = blob;
+    x->state_mem = mem;
     x->lent = lent;
     rcd_lru_push(&s->lru, &x->lru);
     while (s->dir && s->st.cache_bytes > s->cache_budget && rcd_lru_oldest(&s->lru))
@@ -134,12 +135,17 @@ static void cache_set(store_t *s, sess_t *x, void *blob, size_t len, bool lent)
  * the budget (memory-only stores keep everything: the cache is their only copy). */
 void store__cache_put(store_t *s, sess_t *x, void *blob, size_t len)
 {
-    cache_set(s, x, blob, len, false);
+    cache_set(s, x, blob, NULL, len, false);
+}
+
+void store__cache_put_mem(store_t *s, sess_t *x, void *blob, void *mem, size_t len)
+{
+    cache_set(s, x, blob, mem, len, false);
 }
 
 void store__cache_lend(store_t *s, sess_t *x, void *blob, size_t len)
 {
-    cache_set(s, x, blob, len, true);
+    cache_set(s, x, blob, NULL, len, true);
 }
 
 void store__sess_free(store_t *s, sess_t *x)

@@ -100,6 +100,8 @@ void store__unindex(store_t *s, sess_t *x);
 void store__sess_free(store_t *s, sess_t *x);
 /* Takes ownership of blob as x's cached state, evicting beyond the budget. */
 void store__cache_put(store_t *s, sess_t *x, void *blob, size_t len);
+/* The same for a blob that lies inside the allocation mem (a fetch's taken reply; NULL: blob). */
+void store__cache_put_mem(store_t *s, sess_t *x, void *blob, void *mem, size_t len);
 /* The same for a write-behind copy: blob lies in job j's allocation, which j frees unless it
  * hands it over to the cache when it finishes (store_job.c, behind_finish). */
 void store__cache_lend(store_t *s, sess_t *x, void *blob, size_t len);

@@ -405,8 +405,9 @@ static bool job_finish(store_t *s, job_t *j)
             store__unindex(s, x);
             x = NULL;
         } else if (j->state) {
-            store__cache_put(s, x, j->state, (size_t)j->h.payload_bytes);
-            j->state = NULL;
+            /* a fetch's state may lie in its taken reply (j->mem) */
+            store__cache_put_mem(s, x, j->state, j->mem, (size_t)j->h.payload_bytes);
+            j->state = j->mem = NULL;
         }
         break;
     case J_COMMIT:

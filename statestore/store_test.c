@@ -840,7 +840,7 @@ static void redis_stop(void)
     g_redis_pid = 0;
 }
 
-static store_t *open_auth(uv_loop_t *loop, const char *dir)
+static store_t *open_redis(uv_loop_t *loop, const char *dir, bool authority)
 {
     static const store_tensor_t t[1] = {{"layers.0.ssm", 0, SB, 1, {SB / 4, 0, 0}}};
     store_opts_t o = {.state_bytes = SB,
@@ -853,7 +853,7 @@ static store_t *open_auth(uv_loop_t *loop, const char *dir)
                       .n_tensors = 1,
                       .tensors = t,
                       .redis = g_redis_addr,
-                      .redis_authority = true};
+                      .redis_authority = authority};
     store_t *s = NULL;
     char err[300];
     int rc = store_open(&o, &s, err, sizeof(err));
@@ -861,7 +861,8 @@ static store_t *open_auth(uv_loop_t *loop, const char *dir)
     /* wait until the connection answers (redis-server may still be starting) */
     for (int i = 0; s && i < 1000; i++) {
         res_t r = {0};
-        if (store_sync(s, "probe", done, &r) == 0) {
+        if ((authority ? store_sync(s, "probe", done, &r) : store_fetch(s, "probe", done, &r)) ==
+            0) {
             uv_run(loop, UV_RUN_DEFAULT);
             CHECK(r.rc == RCD_ENOTFOUND);
             return s;
@@ -871,6 +872,11 @@ static store_t *open_auth(uv_loop_t *loop, const char *dir)
     }
     CHECK_MSG(false, "redis %s never answered", g_redis_addr);
     return s;
+}
+
+static store_t *open_auth(uv_loop_t *loop, const char *dir)
+{
+    return open_redis(loop, dir, true);
 }
 
 static atomic_int g_behind_block; /* the hook waits while set (step 0) */
@@ -1012,9 +1018,23 @@ static void test_redis_behind(void)
     run();
     CHECK(r.rc == 0 && is_blob(buf, 4));
     store_close(c);
+
+    /* write-through mode (not the authority): the fetch answers once its local copy is durable,
+     * and the state, inside the taken reply, is cached and freed with it */
+    char dw[] = "/tmp/store-rb-w-XXXXXX";
+    CHECK(mkdtemp(dw) != NULL);
+    store_t *w = open_redis(&g_loop, dw, false);
+    memset(&r, 0, sizeof(r));
+    CHECK(store_fetch(w, "m", done, &r) == 0);
+    run();
+    CHECK(r.rc == 0 && r.version == 4 && count_files(dw, "m", ".ckpt") == 1);
+    CHECK(store_load(w, "m", buf, NULL, done, &r, NULL, 0) == 0 && is_blob(buf, 4));
+    store_get_stats(w, &st);
+    CHECK(st.redis_behind == 0);
+    store_close(w);
     store__behind_hook = NULL;
     redis_stop();
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s' '%s' '%s'", da, db, dc);
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s' '%s' '%s' '%s'", da, db, dc, dw);
     CHECK(system(cmd) == 0);
 }
 
