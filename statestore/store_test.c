@@ -918,24 +918,35 @@ static void behind_cb(void *user, int rc, uint64_t version, const char *msg)
     atomic_store(&g_behind_block, 0);
 }
 
-/* A child process: opens dir against Redis, fetches id, and is killed by the hook at `step`. */
+/* The crash child (`store_test --behind-crash DIR ID STEP REDIS`, a process of its own: exec'd,
+ * not only forked, since the test process has threads): opens DIR against Redis, fetches ID, and
+ * is killed by the hook at STEP (exit 41 + STEP). */
+static int behind_crash_child(char **argv)
+{
+    snprintf(g_redis_addr, sizeof(g_redis_addr), "%s", argv[5]);
+    uv_loop_init(&g_loop);
+    store__behind_hook = behind_hook;
+    store_t *s = open_auth(&g_loop, argv[2]);
+    atomic_store(&g_behind_exit, atoi(argv[4]) + 1);
+    res_t r = {0};
+    if (!s || rcd__failed || store_sync(s, argv[3], done, &r)) return 2;
+    uv_run(&g_loop, UV_RUN_DEFAULT);
+    return 3; /* the hook did not fire */
+}
+
 static int crash_at(const char *dir, const char *id, int step)
 {
+    char st[8];
+    snprintf(st, sizeof(st), "%d", step);
     pid_t pid = fork();
     if (pid == 0) {
-        uv_loop_t loop;
-        uv_loop_init(&loop);
-        rcd__failed = 0;
-        store_t *s = open_auth(&loop, dir);
-        atomic_store(&g_behind_exit, step + 1);
-        res_t r = {0};
-        if (!s || rcd__failed || store_sync(s, id, done, &r)) _exit(2);
-        uv_run(&loop, UV_RUN_DEFAULT);
-        _exit(3); /* the hook did not fire */
+        execl("/proc/self/exe", "store_test", "--behind-crash", dir, id, st, g_redis_addr,
+              (char *)NULL);
+        _exit(127);
     }
-    int st = 0;
-    waitpid(pid, &st, 0);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    int status = 0;
+    waitpid(pid, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
 static void test_redis_behind(void)
@@ -1040,6 +1051,7 @@ static void test_redis_behind(void)
 
 int main(int argc, char **argv)
 {
+    if (argc == 6 && !strcmp(argv[1], "--behind-crash")) return behind_crash_child(argv);
     rcd_test_init(argc, argv);
     uv_loop_init(&g_loop);
     RUN(test_memory);
