@@ -8,7 +8,8 @@ For each of --sessions sessions: --turns turns on A (its history), then
   back    the next turn on A again, whose copy is now stale (dropped, the latest fetched).
 Each sample is the time to the first streamed token of a --prompt-token prompt (client side,
 through gRPC); p50/p99 over the sessions, the calls of one session back to back and the
-three kinds interleaved session by session (the machine's load hits them alike).
+three kinds interleaved session by session (the machine's load hits them alike), and the
+per-session differences moved - hot and back - hot (p50, p90).
 
     RECURD_BIN=build/release/daemon/recurd /usr/bin/python3 bench/resume_bench.py [--sessions 40]
         [--turns 3] [--prompt 8] [--model DIR --vocab V] [--threads 2]
@@ -114,7 +115,11 @@ def main():
         print("|---|---|---|")
         for kind in ("hot", "moved", "back"):
             print("| %s | %.2f | %.2f |" % (kind, pct(res[kind], 50), pct(res[kind], 99)))
-        print("moved - hot, p50: %.2f ms" % (pct(res["moved"], 50) - pct(res["hot"], 50)))
+        # paired by session (the load of the moment hits both calls of a pair alike)
+        for kind in ("moved", "back"):
+            d = [m - h for m, h in zip(res[kind], res["hot"])]
+            print("%s - hot, per session: p50 %.2f ms, p90 %.2f ms" % (kind, pct(d, 50),
+                                                                        pct(d, 90)))
     finally:
         for d in reps:
             d.stop()
