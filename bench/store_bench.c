@@ -6,9 +6,9 @@
  * cache warm, and cold: the file's pages dropped with POSIX_FADV_DONTNEED before each load), from
  * the host cache, and from Redis (the store_fetch path: GET, verify, index, and the local write —
  * durable before the answer in write-through mode, written behind it with --authority; then the
- * load; the bare GET round trip; and the time until the local copy is on disk). p50/p99 of each. Variants are interleaved within
- * each repetition; the medians over repetitions are printed. usage: store_bench [--dir DIR] [--reps
- * N] [--only commit|resume] [--redis HOST:PORT]
+ * load; the bare GET round trip; and the time until the local copy is on disk). p50/p99 of each.
+ * Variants are interleaved within each repetition; the medians over repetitions are printed. usage:
+ * store_bench [--dir DIR] [--reps N] [--only commit|resume] [--redis HOST:PORT]
  *                    [--redis-server PATH] [--no-redis] [--sizes BYTES,BYTES,...] [--authority]
  * Without --redis, a redis-server from PATH (default "redis-server") is started on a loopback
  * port for the run; if it cannot be started the Redis rows are skipped. */

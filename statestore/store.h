@@ -222,8 +222,8 @@ int store_commit_n(store_t *s, const char *id, uint64_t expected_version, void *
  * 0 when the session is now in the index (its checkpoint was verified; write-through mode: and
  * written durably to the local disk first; authority mode: it is in the host cache and its
  * local copy is written behind, without fsync — loads, commits and deletes may follow at once
- * and reach the disk after it, in order), RCD_ENOTFOUND, RCD_EMISMATCH (another model's; the message names both
- * fingerprints), RCD_ECORRUPT, RCD_EUNAVAILABLE. */
+ * and reach the disk after it, in order), RCD_ENOTFOUND, RCD_EMISMATCH (another model's; the
+ * message names both fingerprints), RCD_ECORRUPT, RCD_EUNAVAILABLE. */
 int store_fetch(store_t *s, const char *id, store_done_cb cb, void *user);
 bool store_shared(const store_t *s); /* a shared tier is configured */
 bool store_authority(const store_t *s); /* ... and it is the authority (redis_authority) */

@@ -36,7 +36,7 @@ typedef struct job {
     struct job *next;
     struct store *s;
     job_kind_t kind;
-    bool no_wt;      /* came from the shared tier, or a local-only removal: not written back */
+    bool no_wt; /* came from the shared tier, or a local-only removal: not written back */
     /* authority: a copy of Redis's version, written behind without fsync after the fetch was
      * answered from the host cache (README.md); its state is lent to the session's cache entry */
     bool cache_copy;

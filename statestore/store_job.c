@@ -366,7 +366,8 @@ static void behind_finish(store_t *s, job_t *j, sess_t *x)
     s->st.redis_behind_failed++;
     if (s->warn_cb) {
         char m[1000];
-        snprintf(m, sizeof(m), "local copy of the shared tier's version %" PRIu64 " not written: %s",
+        snprintf(m, sizeof(m),
+                 "local copy of the shared tier's version %" PRIu64 " not written: %s",
                  j->h.version, j->msg);
         s->warn_cb(s->warn_user, j->h.id, m);
     }

@@ -106,7 +106,7 @@ struct rds {
     bool was_ready;
     redisReply *cur; /* the reply whose callback runs (rds_take) */
 #ifdef RCD_HAVE_OPENSSL
-    SSL_CTX *tls; /* NULL: plaintext */
+    SSL_CTX *tls;    /* NULL: plaintext */
 #endif
 };
 
@@ -337,8 +337,7 @@ static int bulk_start(rds_conn_t *c)
     for (; i < avail && p[i] >= '0' && p[i] <= '9' && i < 12; i++)
         n = n * 10 + (unsigned)(p[i] - '0');
     if (i + 1 >= avail) return i < 12 ? -1 : 0;
-    if (i == 1 || p[i] != '\r' || p[i + 1] != '\n' || n < RDS_BULK_DIRECT ||
-        n > RDS_MAX_BUFFERED)
+    if (i == 1 || p[i] != '\r' || p[i + 1] != '\n' || n < RDS_BULK_DIRECT || n > RDS_MAX_BUFFERED)
         return 0;
     char *b = malloc((size_t)n + 2);
     if (!b) return 0; /* hiredis takes it */

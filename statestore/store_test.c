@@ -894,9 +894,9 @@ typedef struct behind_probe {
     store_t *s;
     res_t r;
     const char *dir, *id;
-    int seed;          /* the state the fetch must have answered with */
-    bool do_commit;    /* commit seed + 1 from the callback (expected = the fetched version) */
-    bool do_delete;    /* delete from the callback */
+    int seed;       /* the state the fetch must have answered with */
+    bool do_commit; /* commit seed + 1 from the callback (expected = the fetched version) */
+    bool do_delete; /* delete from the callback */
     int load_rc, act_rc, files_then;
     bool state_ok;
     res_t act;
@@ -973,10 +973,11 @@ static void test_redis_behind(void)
     CHECK(store_sync(b, "m", behind_cb, &p) == 0);
     run();
     CHECK_MSG(p.r.calls == 1 && p.r.rc == 0 && p.r.version == 2, "%d %s", p.r.rc, p.r.msg);
-    CHECK_MSG(p.files_then <= 0, "%d", p.files_then); /* answered while the copy was still a temp file */
+    CHECK_MSG(p.files_then <= 0, "%d",
+              p.files_then); /* answered while the copy was still a temp file */
     CHECK(p.load_rc == 0 && p.state_ok);
-    CHECK_MSG(p.act_rc == 0 && p.act.rc == 0 && p.act.version == 3, "%d %d %s", p.act_rc,
-              p.act.rc, p.act.msg);
+    CHECK_MSG(p.act_rc == 0 && p.act.rc == 0 && p.act.version == 3, "%d %d %s", p.act_rc, p.act.rc,
+              p.act.msg);
     store_stats_t st;
     store_get_stats(b, &st);
     CHECK(st.redis_behind == 1 && st.redis_behind_failed == 0);
