@@ -840,17 +840,20 @@ static void redis_stop(void)
     g_redis_pid = 0;
 }
 
+#define BIG_SB ((3u << 20) + 4) /* a state whose GET reply spans many reads */
+static bool g_big;              /* open_redis: BIG_SB states, no layout table */
+
 static store_t *open_redis(uv_loop_t *loop, const char *dir, bool authority)
 {
     static const store_tensor_t t[1] = {{"layers.0.ssm", 0, SB, 1, {SB / 4, 0, 0}}};
-    store_opts_t o = {.state_bytes = SB,
+    store_opts_t o = {.state_bytes = g_big ? BIG_SB : SB,
                       .fingerprint = FP,
                       .max_sessions = 8,
                       .loop = loop,
                       .dir = dir,
                       .keep_versions = 2,
-                      .cache_bytes = 1 << 20,
-                      .n_tensors = 1,
+                      .cache_bytes = 16 << 20,
+                      .n_tensors = g_big ? 0 : 1,
                       .tensors = t,
                       .redis = g_redis_addr,
                       .redis_authority = authority};
@@ -956,7 +959,7 @@ static void test_redis_behind(void)
         return;
     }
     char da[] = "/tmp/store-rb-a-XXXXXX", db[] = "/tmp/store-rb-b-XXXXXX",
-         dc[] = "/tmp/store-rb-c-XXXXXX", cmd[200];
+         dc[] = "/tmp/store-rb-c-XXXXXX", cmd[300];
     CHECK(mkdtemp(da) && mkdtemp(db) && mkdtemp(dc));
     store__behind_hook = behind_hook;
     store_t *a = open_auth(&g_loop, da), *b = open_auth(&g_loop, db);
@@ -1044,9 +1047,38 @@ static void test_redis_behind(void)
     store_get_stats(w, &st);
     CHECK(st.redis_behind == 0);
     store_close(w);
+
+    /* a 3 MiB state: its GET reply is read straight into one buffer over many socket reads
+     * (store_redis.c, bulk_start), which becomes the cached state; byte for byte */
+    g_big = true;
+    char dx[] = "/tmp/store-rb-x-XXXXXX", dy[] = "/tmp/store-rb-y-XXXXXX";
+    CHECK(mkdtemp(dx) && mkdtemp(dy));
+    store_t *x = open_auth(&g_loop, dx), *y = open_auth(&g_loop, dy);
+    unsigned char *big = malloc(BIG_SB), *got = malloc(BIG_SB);
+    for (size_t i = 0; i < BIG_SB; i++)
+        big[i] = (unsigned char)(i * 7 + i / 4099);
+    CHECK(store_create(x, "big", NULL, 0, NULL, 1, NULL, done, &r) == 0);
+    run();
+    void *cp = malloc(BIG_SB);
+    memcpy(cp, big, BIG_SB);
+    CHECK(store_commit(x, "big", 0, cp, 1, 2, done, &r) == 0);
+    run();
+    CHECK(r.rc == 0 && r.version == 1);
+    memset(&r, 0, sizeof(r));
+    CHECK(store_sync(y, "big", done, &r) == 0);
+    run();
+    CHECK_MSG(r.rc == 0 && r.version == 1, "%d %s", r.rc, r.msg);
+    memset(got, 0, BIG_SB);
+    CHECK(store_load(y, "big", got, NULL, done, &r, NULL, 0) == 0 && !memcmp(got, big, BIG_SB));
+    store_close(x);
+    store_close(y);
+    run();
+    free(big);
+    free(got);
+    g_big = false;
     store__behind_hook = NULL;
     redis_stop();
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s' '%s' '%s' '%s'", da, db, dc, dw);
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s' '%s' '%s' '%s' '%s' '%s'", da, db, dc, dw, dx, dy);
     CHECK(system(cmd) == 0);
 }
 
