@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -814,6 +815,7 @@ static bool redis_start(void)
     snprintf(port, sizeof(port), "%d", ntohs(a.sin_port));
     snprintf(g_redis_addr, sizeof(g_redis_addr), "127.0.0.1:%s", port);
     if ((g_redis_pid = fork()) == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGTERM); /* a test that dies leaves no redis-server behind */
         int null = open("/dev/null", O_WRONLY);
         dup2(null, 1);
         dup2(null, 2);
