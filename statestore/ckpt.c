@@ -455,7 +455,7 @@ static int list_versions(const char *dir, const char *id, uint64_t **out, size_t
         free(v);
         return rc;
     }
-    qsort(v, n, sizeof(*v), cmp_desc);
+    if (n > 1) qsort(v, n, sizeof(*v), cmp_desc); /* v is NULL when n is 0 */
     *out = v;
     *n_out = n;
     return 0;

@@ -111,27 +111,41 @@ void store__cache_drop(store_t *s, sess_t *x)
 {
     if (!x->state) return;
     rcd_lru_unlink(&s->lru, &x->lru);
-    free(x->state);
-    x->state = NULL;
+    if (!x->lent) free(x->state_mem ? x->state_mem : x->state); /* a lent one: its job frees it */
+    x->state = x->state_mem = NULL;
+    x->lent = false;
     s->st.cache_bytes -= x->cached_len;
     x->cached_len = 0;
+}
+
+static void cache_set(store_t *s, sess_t *x, void *blob, void *mem, size_t len, bool lent)
+{
+    store__cache_drop(s, x);
+    s->st.cache_bytes += len;
+    x->cached_len = len;
+    x->state = blob;
+    x->state_mem = mem;
+    x->lent = lent;
+    rcd_lru_push(&s->lru, &x->lru);
+    while (s->dir && s->st.cache_bytes > s->cache_budget && rcd_lru_oldest(&s->lru))
+        store__cache_drop(s, RCD_CONTAINER_OF(rcd_lru_oldest(&s->lru), sess_t, lru));
 }
 
 /* Takes ownership of blob as x's cached state; evicts the least recently used states beyond
  * the budget (memory-only stores keep everything: the cache is their only copy). */
 void store__cache_put(store_t *s, sess_t *x, void *blob, size_t len)
 {
-    if (x->state) {
-        free(x->state);
-        rcd_lru_unlink(&s->lru, &x->lru);
-        s->st.cache_bytes -= x->cached_len;
-    }
-    s->st.cache_bytes += len;
-    x->cached_len = len;
-    x->state = blob;
-    rcd_lru_push(&s->lru, &x->lru);
-    while (s->dir && s->st.cache_bytes > s->cache_budget && rcd_lru_oldest(&s->lru))
-        store__cache_drop(s, RCD_CONTAINER_OF(rcd_lru_oldest(&s->lru), sess_t, lru));
+    cache_set(s, x, blob, NULL, len, false);
+}
+
+void store__cache_put_mem(store_t *s, sess_t *x, void *blob, void *mem, size_t len)
+{
+    cache_set(s, x, blob, mem, len, false);
+}
+
+void store__cache_lend(store_t *s, sess_t *x, void *blob, size_t len)
+{
+    cache_set(s, x, blob, NULL, len, true);
 }
 
 void store__sess_free(store_t *s, sess_t *x)
@@ -575,17 +589,39 @@ static void fetch_done(void *user, int rc, const char *data, size_t len, const c
         rc = rcd_fail(RCD_ETOOBIG, why, sizeof(why), "session store full");
         goto done;
     }
-    if (h.payload_bytes && !(j->state = malloc((size_t)h.payload_bytes))) rc = RCD_ENOMEM;
+    if (h.payload_bytes) {
+        /* The reply's own buffer (the verified bytes, header then payload): no second copy. */
+        if ((j->mem = rds_take(s->rds, data)))
+            j->state = (char *)j->mem + hl;
+        else if ((j->state = malloc((size_t)h.payload_bytes)))
+            memcpy(j->state, data + hl, (size_t)h.payload_bytes);
+        else
+            rc = RCD_ENOMEM;
+    }
     if (!rc) rc = store__insert(s, &h, &x);
     if (rc) {
         snprintf(why, sizeof(why), "%s", rcd_strerror(rc));
         goto done;
     }
-    if (j->state) memcpy(j->state, data + hl, (size_t)h.payload_bytes);
     ckpt_hdr_free(&j->h);
     j->h = h; /* written to the local disk as it is, then indexed (J_CREATE) */
-    j->cache_copy = s->authority;
     j->gen = x->gen;
+    if (s->authority) {
+        /* Redis holds the version: answer from the verified bytes at once (host cache) and
+         * write the local copy behind, without fsync. The session is not `pending`: a load is
+         * served from the cache, and any later job of the id (commit, load from disk, delete)
+         * queues behind the copy's write, so the disk sees them in order (README.md). */
+        store_done_cb cb = j->cb;
+        void *cu = j->user;
+        j->cb = NULL;
+        j->cache_copy = true;
+        version = x->rec.version;
+        if (j->state) store__cache_lend(s, x, j->state, (size_t)h.payload_bytes);
+        s->st.redis_behind++;
+        store__enqueue(s, j);
+        if (cb) cb(cu, 0, version, "");
+        return;
+    }
     x->pending = true;
     store__enqueue(s, j);
     return;

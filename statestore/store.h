@@ -136,6 +136,9 @@ typedef struct store_stats {
     /* authority mode: version checks (store_sync), of which the local copy was the latest /
      * stale; commits, creates and deletes Redis refused */
     uint64_t redis_checks, redis_checks_current, redis_checks_stale, redis_refused;
+    /* authority mode: fetched versions answered from the host cache with their local copy
+     * written behind, and those copies whose write failed (the local copy was dropped again) */
+    uint64_t redis_behind, redis_behind_failed;
     uint64_t expired; /* sessions removed by store_expire */
 } store_stats_t;
 
@@ -216,9 +219,11 @@ int store_commit_n(store_t *s, const char *id, uint64_t expected_version, void *
                    uint64_t add_tokens, int64_t now_ms, store_done_cb cb, void *user);
 /* Looks a session this store does not know up in the shared tier (Redis). Returns
  * RCD_ENOTFOUND at once when there is no shared tier (or it is down), else 0 and cb follows:
- * 0 when the session is now in the index (its checkpoint was verified and written to the
- * local disk first), RCD_ENOTFOUND, RCD_EMISMATCH (another model's; the message names both
- * fingerprints), RCD_ECORRUPT, RCD_EUNAVAILABLE. */
+ * 0 when the session is now in the index (its checkpoint was verified; write-through mode: and
+ * written durably to the local disk first; authority mode: it is in the host cache and its
+ * local copy is written behind, without fsync — loads, commits and deletes may follow at once
+ * and reach the disk after it, in order), RCD_ENOTFOUND, RCD_EMISMATCH (another model's; the
+ * message names both fingerprints), RCD_ECORRUPT, RCD_EUNAVAILABLE. */
 int store_fetch(store_t *s, const char *id, store_done_cb cb, void *user);
 bool store_shared(const store_t *s); /* a shared tier is configured */
 bool store_authority(const store_t *s); /* ... and it is the authority (redis_authority) */

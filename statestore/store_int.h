@@ -18,8 +18,10 @@ typedef struct sess {
     store_session_t rec; /* rec.meta owned here */
     uint64_t gen;        /* incarnation: jobs of a deleted session are ignored */
     void *state;         /* cached blob of rec.version, or NULL */
+    void *state_mem;     /* the allocation state lies in (a taken Redis reply), or NULL: state */
     size_t cached_len;   /* its bytes */
-    bool pending;        /* a create or commit job is in flight */
+    bool lent;           /* state belongs to a write-behind job (job_t.mem): not freed here */
+    bool pending;        /* a create or commit job is in flight (not a write-behind copy) */
     uint64_t phash;      /* the payload hash of rec.version's checkpoint (its identity) */
 } sess_t;
 
@@ -34,13 +36,16 @@ typedef struct job {
     struct job *next;
     struct store *s;
     job_kind_t kind;
-    bool no_wt;      /* came from the shared tier, or a local-only removal: not written back */
-    bool cache_copy; /* authority: a copy of Redis's version, written without fsync (README.md) */
+    bool no_wt; /* came from the shared tier, or a local-only removal: not written back */
+    /* authority: a copy of Redis's version, written behind without fsync after the fetch was
+     * answered from the host cache (README.md); its state is lent to the session's cache entry */
+    bool cache_copy;
     bool has_expect; /* authority: the version the commit/delete replaces */
     uint8_t expect[STORE_IDENT_LEN];
     uint64_t gen;
     ckpt_hdr_t h;                /* create/commit: the checkpoint to write; load: what was read */
     void *state;                 /* owned: the payload to write, or the buffer a load fills */
+    void *mem;                   /* owned instead when set: the allocation state lies in */
     char src[STORE_SID_MAX + 1]; /* fork from disk: read src_version of src first */
     uint64_t src_version;
     bool from_disk;
@@ -95,6 +100,11 @@ void store__unindex(store_t *s, sess_t *x);
 void store__sess_free(store_t *s, sess_t *x);
 /* Takes ownership of blob as x's cached state, evicting beyond the budget. */
 void store__cache_put(store_t *s, sess_t *x, void *blob, size_t len);
+/* The same for a blob that lies inside the allocation mem (a fetch's taken reply; NULL: blob). */
+void store__cache_put_mem(store_t *s, sess_t *x, void *blob, void *mem, size_t len);
+/* The same for a write-behind copy: blob lies in job j's allocation, which j frees unless it
+ * hands it over to the cache when it finishes (store_job.c, behind_finish). */
+void store__cache_lend(store_t *s, sess_t *x, void *blob, size_t len);
 void store__cache_drop(store_t *s, sess_t *x);
 
 /* ---- store_job.c: checkpoint I/O on the libuv pool, in submission order ---- */
@@ -115,6 +125,9 @@ void store__rds_tomb(const store_t *s, char key[STORE_RDS_KEY_MAX], const char *
 void store__ident(const sess_t *x, uint8_t out[STORE_IDENT_LEN]);
 /* Authority mode: forgets x and removes its local files (not the shared tier's copy). */
 void store__drop_local(store_t *s, sess_t *x);
+/* Test hook (store_test): called on the pool thread while a write-behind copy is written, step 0
+ * with its temp file written (not renamed), step 1 once renamed into place. NULL: none. */
+extern void (*store__behind_hook)(const char *id, int step);
 /* The scripts (store_job.c). */
 extern const char store__lua_commit[], store__lua_check[], store__lua_delete[];
 /* The checks a shared-tier value (GET's reply for session id) must pass before it is used, the

@@ -18,7 +18,7 @@ void store__job_free(job_t *j)
 {
     ckpt_hdr_free(&j->h);
     ckpt_hdr_free(&j->fb);
-    free(j->state);
+    free(j->mem ? j->mem : j->state);
     free(j);
 }
 
@@ -42,14 +42,21 @@ static bool durable_write(const job_t *j)
 }
 
 /* authority mode, a version fetched from Redis: the local file is a cache of it (verified
- * against Redis's identity before use, its payload hash on every load), so it is written and
- * renamed into place without waiting for the disk; a crash may lose it or leave it torn, and
- * the next resume fetches it again. */
+ * against Redis's identity before use, its payload hash on every load), so it is written behind
+ * the fetch's answer (the caller already has the state from the host cache) to a temp file and
+ * renamed into place without waiting for the disk. A process crash leaves a .tmp (removed at the
+ * next scan) or the complete file; a power loss may also tear a renamed one, which its payload
+ * hash refuses on load; either way the next resume fetches it again. Later jobs of the id
+ * (commit, load, delete) are queued behind this one, so they reach the disk after it. */
+void (*store__behind_hook)(const char *id, int step);
+
 static int cache_copy_write(store_t *s, job_t *j)
 {
     ckpt_staged_t st;
     int rc = ckpt_stage(s->dir, &j->h, j->state, false, &st, j->msg, sizeof(j->msg));
+    if (!rc && store__behind_hook) store__behind_hook(j->h.id, 0);
     if (!rc) rc = ckpt_publish(&st, j->msg, sizeof(j->msg));
+    if (!rc && store__behind_hook) store__behind_hook(j->h.id, 1);
     if (!rc) ckpt_prune(s->dir, j->h.id, s->keep);
     return rc;
 }
@@ -346,12 +353,40 @@ static bool delete_through(store_t *s, job_t *j)
     return false;
 }
 
+/* A write-behind copy is on disk (or failed): its buffer goes to the session's cache entry if
+ * that still holds it (else the job frees it). A failed write drops the local copy again, unless
+ * a commit is in flight (queued behind it, it writes a complete checkpoint of its own): the
+ * index must not point at a file that is not there; the next call fetches again. The caller was
+ * answered when the fetch was. */
+static void behind_finish(store_t *s, job_t *j, sess_t *x)
+{
+    if (x && x->lent && j->state && x->state == j->state) {
+        x->lent = false;
+        x->state_mem = j->mem;
+        j->state = j->mem = NULL;
+    }
+    if (!j->rc) return;
+    s->st.redis_behind_failed++;
+    if (s->warn_cb) {
+        char m[1000];
+        snprintf(m, sizeof(m),
+                 "local copy of the shared tier's version %" PRIu64 " not written: %s",
+                 j->h.version, j->msg);
+        s->warn_cb(s->warn_user, j->h.id, m);
+    }
+    if (x && !x->pending) store__drop_local(s, x);
+}
+
 /* On the loop: applies each finished job to the index, then tells its caller. Returns false
  * when the job lives on (its write-through to the shared tier finishes it). */
 static bool job_finish(store_t *s, job_t *j)
 {
     sess_t *x = *store__find(s, j->h.id);
     if (x && x->gen != j->gen) x = NULL; /* deleted (and maybe re-created) meanwhile */
+    if (j->cache_copy) {
+        behind_finish(s, j, x);
+        return true;
+    }
     uint64_t version = x ? x->rec.version : 0;
     /* Durable on disk; with a shared tier the caller hears back once Redis has it too. */
     bool deferred = false;
@@ -374,8 +409,9 @@ static bool job_finish(store_t *s, job_t *j)
             store__unindex(s, x);
             x = NULL;
         } else if (j->state) {
-            store__cache_put(s, x, j->state, (size_t)j->h.payload_bytes);
-            j->state = NULL;
+            /* a fetch's state may lie in its taken reply (j->mem) */
+            store__cache_put_mem(s, x, j->state, j->mem, (size_t)j->h.payload_bytes);
+            j->state = j->mem = NULL;
         }
         break;
     case J_COMMIT:

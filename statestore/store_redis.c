@@ -38,6 +38,10 @@ int rds_get(rds_t *r, const char *key, rds_cb cb, void *user)
     return RCD_EUNAVAILABLE;
 }
 void rds_del(rds_t *r, const char *key) {}
+void *rds_take(rds_t *r, const char *data)
+{
+    return NULL;
+}
 int rds_eval(rds_t *r, const char *script, const char *key1, const char *key2, int nargs,
              const rds_val_t *args, rds_cb cb, void *user)
 {
@@ -100,8 +104,9 @@ struct rds {
     char last_msg[1024];  /* the last failure logged, and when */
     uint64_t last_log_ns;
     bool was_ready;
+    redisReply *cur; /* the reply whose callback runs (rds_take) */
 #ifdef RCD_HAVE_OPENSSL
-    SSL_CTX *tls; /* NULL: plaintext */
+    SSL_CTX *tls;    /* NULL: plaintext */
 #endif
 };
 
@@ -120,6 +125,10 @@ struct rds_conn {
     bool up;    /* connected (and the TLS handshake done): commands go out at once */
     char *pend; /* commands queued before that */
     size_t pend_len;
+    /* A GET's large bulk reply taken out of hiredis (bulk_start): its n bytes and CRLF, read
+     * straight into this buffer; NULL when none is under way. */
+    char *bulk;
+    size_t bulk_need, bulk_have;
     char rbuf[65536];
 #ifdef RCD_HAVE_OPENSSL
     char nbuf[65536]; /* ciphertext read from the socket (rbuf takes the plaintext) */
@@ -287,10 +296,75 @@ static void reserve_bulk(redisReader *r)
     if (b) r->buf = b;
 }
 
+/* A GET's bulk reply of at least this many bytes bypasses hiredis (bulk_start). */
+#define RDS_BULK_DIRECT (64u << 10)
+
+/* The direct bulk is complete: the oldest command (the GET) gets it as a string reply, whose
+ * buffer its callback may take (rds_take). */
+static void bulk_done(rds_conn_t *c)
+{
+    char *b = c->bulk;
+    size_t n = c->bulk_need - 2;
+    c->bulk = NULL;
+    if (b[n] != '\r' || b[n + 1] != '\n') {
+        free(b);
+        conn_fail(c, false, "protocol error: a bulk reply not ended by CRLF");
+        return;
+    }
+    b[n] = 0;
+    rds_op_t *op = c->head;
+    if (!(c->head = op->next)) c->tail = &c->head;
+    redisReply rep = {.type = REDIS_REPLY_STRING, .str = b, .len = n};
+    dispatch(c, op, &rep);
+    free(rep.str); /* NULL if the callback took it */
+    free(op);
+}
+
+/* When the oldest command is a GET and its reply, a bulk string of RDS_BULK_DIRECT bytes or
+ * more, starts at the reader's unparsed bytes: takes it out of hiredis into a buffer of its own
+ * (reserved whole at once), which the rest of it is read into directly (on_alloc), instead of
+ * through the reader's buffer and then a copy into hiredis's reply object. 1: started; 0: not
+ * such a reply (hiredis parses it); -1: its head (`$<n>\r\n`) is not complete yet. */
+static int bulk_start(rds_conn_t *c)
+{
+    redisReader *r = c->reader;
+    if (c->bulk || !c->head || c->head->kind != RDS_OP_GET || r->ridx != -1) return 0;
+    const char *p = r->buf + r->pos;
+    size_t avail = r->len - r->pos, i = 1;
+    if (avail == 0) return -1;
+    if (p[0] != '$') return 0;
+    unsigned long long n = 0;
+    for (; i < avail && p[i] >= '0' && p[i] <= '9' && i < 12; i++)
+        n = n * 10 + (unsigned)(p[i] - '0');
+    if (i + 1 >= avail) return i < 12 ? -1 : 0;
+    if (i == 1 || p[i] != '\r' || p[i + 1] != '\n' || n < RDS_BULK_DIRECT || n > RDS_MAX_BUFFERED)
+        return 0;
+    char *b = malloc((size_t)n + 2);
+    if (!b) return 0; /* hiredis takes it */
+    size_t head = i + 2, take = avail - head;
+    if (take > n + 2) take = (size_t)n + 2;
+    memcpy(b, p + head, take);
+    r->pos += head + take;
+    c->bulk = b;
+    c->bulk_need = (size_t)n + 2;
+    c->bulk_have = take;
+    return 1;
+}
+
 /* Parses what arrived; each reply answers the oldest command. */
 static void feed(rds_conn_t *c, const char *buf, size_t n)
 {
-    if (redisReaderFeed(c->reader, buf, n) != REDIS_OK) {
+    if (c->bulk) { /* TLS: plaintext for the direct bulk */
+        size_t k = c->bulk_need - c->bulk_have < n ? c->bulk_need - c->bulk_have : n;
+        memcpy(c->bulk + c->bulk_have, buf, k);
+        c->bulk_have += k;
+        buf += k;
+        n -= k;
+        if (c->bulk_have < c->bulk_need) return;
+        bulk_done(c);
+        if (!c->r) return;
+    }
+    if (n && redisReaderFeed(c->reader, buf, n) != REDIS_OK) {
         conn_fail(c, false, "out of memory");
         return;
     }
@@ -300,6 +374,12 @@ static void feed(rds_conn_t *c, const char *buf, size_t n)
         return;
     }
     while (c->r) {
+        int bs = bulk_start(c);
+        if (bs < 0 || (bs > 0 && c->bulk_have < c->bulk_need)) return;
+        if (bs > 0) {
+            bulk_done(c);
+            continue;
+        }
         void *rep = NULL;
         if (redisReaderGetReply(c->reader, &rep) != REDIS_OK) {
             conn_fail(c, false, "protocol error: %s",
@@ -509,6 +589,7 @@ static void conn_closed(uv_handle_t *h)
     if (c->ssl) SSL_free(c->ssl); /* and its BIOs */
 #endif
     free(c->pend);
+    free(c->bulk);
     if (c->reader) redisReaderFree(c->reader);
     free(c);
 }
@@ -607,7 +688,9 @@ static void dispatch(rds_conn_t *c, rds_op_t *op, const redisReply *rep)
     r->inflight--;
     r->progress_ns = uv_hrtime();
     set_ref(r);
+    r->cur = (redisReply *)rep;
     op->cb(op->user, rc, data, len, rc ? msg : "");
+    r->cur = NULL;
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -616,8 +699,15 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     (void)suggested;
     *buf = uv_buf_init(c->rbuf, sizeof(c->rbuf));
 #ifdef RCD_HAVE_OPENSSL
-    if (c->ssl) *buf = uv_buf_init(c->nbuf, sizeof(c->nbuf));
+    if (c->ssl) {
+        *buf = uv_buf_init(c->nbuf, sizeof(c->nbuf));
+        return;
+    }
 #endif
+    if (c->bulk) { /* the rest of a direct bulk: read into its place (on_read) */
+        size_t left = c->bulk_need - c->bulk_have;
+        *buf = uv_buf_init(c->bulk + c->bulk_have, left > (1u << 30) ? 1u << 30 : (unsigned)left);
+    }
 }
 
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
@@ -640,6 +730,13 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
         return;
     }
 #endif
+    if (c->bulk && buf->base == c->bulk + c->bulk_have) {
+        if ((c->bulk_have += (size_t)n) == c->bulk_need) {
+            bulk_done(c);
+            if (c->r) feed(c, NULL, 0); /* replies that arrived behind it, already buffered */
+        }
+        return;
+    }
     feed(c, buf->base, (size_t)n);
 }
 
@@ -924,6 +1021,14 @@ int rds_get(rds_t *r, const char *key, rds_cb cb, void *user)
 {
     rds_arg_t argv[2] = {{"GET", NULL, 3, 0}, {key, NULL, strlen(key), 0}};
     return command(r, RDS_OP_GET, cb, user, 2, argv);
+}
+
+void *rds_take(rds_t *r, const char *data)
+{
+    redisReply *rep = r ? r->cur : NULL;
+    if (!rep || rep->type != REDIS_REPLY_STRING || !data || rep->str != data) return NULL;
+    rep->str = NULL; /* freeReplyObject frees what is left */
+    return (void *)data;
 }
 
 void rds_del(rds_t *r, const char *key)

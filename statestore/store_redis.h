@@ -33,6 +33,9 @@ int rds_open(uv_loop_t *loop, const char *addr, const store_redis_opts_t *opts,
 int rds_set(rds_t *r, const char *key, const void *a, size_t alen, const void *b, size_t blen,
             rds_cb cb, void *user);
 int rds_get(rds_t *r, const char *key, rds_cb cb, void *user);
+/* Inside a GET callback, with its data: takes the reply's buffer (malloc'd, data[len] is a NUL),
+ * which the caller then frees; NULL (the caller copies) for anything else. */
+void *rds_take(rds_t *r, const char *data);
 void rds_del(rds_t *r, const char *key); /* fire and forget */
 /* One argument of rds_eval: the bytes a (alen) then b (blen), sent as one bulk string. */
 typedef struct rds_val {
