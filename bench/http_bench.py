@@ -19,7 +19,6 @@ import argparse
 import http.client
 import json
 import os
-import platform
 import statistics
 import sys
 import threading
@@ -28,6 +27,8 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests",
                                 "integration"))
 from rcd_harness import Daemon, gen_request, pb  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # noqa: E402
+from benchlib import cpu_model  # noqa: E402
 
 WORDS = ["alpha", "river", "stone", "quiet", "north", "seven", "glass", "market", "winter",
          "signal", "orange", "pilot", "ledger", "copper", "meadow", "harbor"]
@@ -120,16 +121,6 @@ def run_pass(kind, d_api, host, http_port, streams, requests, max_tokens, base, 
     cpu = (c1 - c0) * 1e3 / max(tokens[0], 1) if c0 is not None else float("nan")
     return tokens[0] / wall, statistics.median(ttfts), p99, cpu, tokens[0]
 
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main():

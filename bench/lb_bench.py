@@ -12,7 +12,6 @@ deploy/haproxy/haproxy.cfg.tmpl on loopback (tests/integration/scaleout_harness.
 Needs python3-grpcio, haproxy, redis-server."""
 import argparse
 import os
-import platform
 import statistics
 import sys
 import threading
@@ -25,22 +24,14 @@ import scaleout_harness as H  # noqa: E402
 from rcd_harness import Stub, collect, gen_request, pb  # noqa: E402
 
 import grpc  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # noqa: E402
+from benchlib import cpu_model  # noqa: E402
 
 
 def pct(xs, p):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(p / 100.0 * (len(xs) - 1))))]
 
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def stub(addr):

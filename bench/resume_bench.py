@@ -19,7 +19,6 @@ at mamba-130m's shape); --vocab V draws token ids below V for a model without a 
 Needs python3-grpcio and redis-server. Not a test: bench/RESULTS.md has the numbers."""
 import argparse
 import os
-import platform
 import random
 import shutil
 import sys
@@ -30,22 +29,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
                                 "integration"))
 from rcd_harness import Daemon, gen_request, pb  # noqa: E402
 from test_fencing import RedisProc  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # noqa: E402
+from benchlib import cpu_model  # noqa: E402
 
 
 def pct(xs, p):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(p / 100.0 * (len(xs) - 1))))]
 
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def first_token(d, sid, toks):

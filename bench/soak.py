@@ -39,6 +39,8 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 from rcd_harness import Stub, gen_request, hpb, pb  # noqa: E402  (exits 77 without grpcio)
 
 import grpc  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # noqa: E402
+from benchlib import cpu_model  # noqa: E402
 
 SC = grpc.StatusCode
 
@@ -972,16 +974,6 @@ class _Err(grpc.RpcError):
     def details(self):
         return self._details
 
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def log_levels(out, n):
