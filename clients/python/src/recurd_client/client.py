@@ -349,14 +349,21 @@ class Client:
         sid = id if id is not None else self.new_session_id()
         req = pb.CreateSessionRequest(model=model, session_id=sid, owner=owner,
                                       ttl_seconds=ttl_seconds)
+        return self._make_session("CreateSession", req, metadata, sid, sid, timeout)
+
+    def _make_session(self, method: str, req: Any, metadata: Optional[Mapping[str, str]],
+                      route_id: str, new_id: str, timeout: Optional[float]) -> "Session":
+        """Create or Fork: sends req (with metadata) routed by route_id. A retry after
+        UNAVAILABLE that finds new_id taken (ALREADY_EXISTS) returns that session: the first
+        attempt made it."""
         for k, v in (metadata or {}).items():
             req.metadata.add(key=k, value=v)
         try:
-            resp, _ = self._unary("CreateSession", req, session_id=sid, timeout=timeout)
+            resp, _ = self._unary(method, req, session_id=route_id, timeout=timeout)
         except errors.AlreadyExists as e:
             if e.attempts == 1:
                 raise
-            return self.get_session(sid, timeout=timeout)
+            return self.get_session(new_id, timeout=timeout)
         return Session(self, SessionInfo._of(resp))
 
     def get_session(self, id: str, *, timeout: Optional[float] = None) -> "Session":
@@ -374,15 +381,7 @@ class Client:
         nid = new_id if new_id is not None else self.new_session_id()
         req = pb.ForkSessionRequest(session_id=id, new_session_id=nid, owner=owner,
                                     ttl_seconds=ttl_seconds)
-        for k, v in (metadata or {}).items():
-            req.metadata.add(key=k, value=v)
-        try:
-            resp, _ = self._unary("ForkSession", req, session_id=id, timeout=timeout)
-        except errors.AlreadyExists as e:
-            if e.attempts == 1:
-                raise
-            return self.get_session(nid, timeout=timeout)
-        return Session(self, SessionInfo._of(resp))
+        return self._make_session("ForkSession", req, metadata, id, nid, timeout)
 
     def delete_session(self, id: str, *, timeout: Optional[float] = None) -> None:
         """Deletes session `id` (NotFound if none; a delete retried after UNAVAILABLE that
