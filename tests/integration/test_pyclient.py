@@ -453,11 +453,12 @@ class Retries(OwnDaemonsTest):
             s = c.create_session()
             s.turn([1, 2], max_tokens=3, temperature=0, ignore_eos=True).collect()
             ref = direct.fork_session(s.id)
-            want = ref.turn([7, 8], max_tokens=60, temperature=0, ignore_eos=True).collect()
+            want = ref.turn([7, 8], max_tokens=300, temperature=0, ignore_eos=True).collect()
 
-            # 1. cut after the first delta: the daemon sees its client gone and cancels (or,
+            # 1. cut after the first delta (300 tokens: the turn does not end before the cut reaches
+            # it); the daemon sees its client gone and cancels (or,
             # rarely, has committed already); the retry carries expected_version 1
-            st = s.turn([7, 8], max_tokens=60, temperature=0, ignore_eos=True)
+            st = s.turn([7, 8], max_tokens=300, temperature=0, ignore_eos=True)
             deltas = []
             conflict = None
             try:
