@@ -18,6 +18,10 @@ typedef enum wrk_family {
     WRK_FAMILY_MAMBA2 = 2,
     WRK_FAMILY_GRANITE = 3,
     WRK_FAMILY_RECURRENTGEMMA = 4,
+    WRK_FAMILY_NEMOTRON_H = 5,  /* issue 20 */
+    WRK_FAMILY_FALCON_H1 = 6,   /* issue 20 */
+    WRK_FAMILY_JAMBA = 7,       /* issue 20 */
+    WRK_FAMILY_QWEN3_NEXT = 8,  /* issue 20 (Gated DeltaNet) */
 } wrk_family_t;
 
 /* One tensor of a sequence's state, as the state store sees it: a named byte range of the
