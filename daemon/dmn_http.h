@@ -72,6 +72,9 @@ enum {
  * 0 or RCD_ENOMEM. */
 int dmn_http_route(struct dmn_server *s, const char *method, const char *path, int flags,
                    dmn_http_handler_cb cb, void *arg);
+/* dmn_http_routes.c: adds /health, /metrics and (RECURD_HTTP_TEST_ROUTES=1) /_test/stream;
+ * 0 or RCD_ENOMEM. Called by dmn_http_start. */
+int dmn_http__builtin_routes(struct dmn_server *s);
 
 /* The value of request header `name` (case-insensitive; the first if sent more than once), or
  * NULL; *len (if not NULL) gets its length. Valid while r is. */

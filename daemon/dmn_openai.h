@@ -142,6 +142,10 @@ void dmn_oai_session_msg_free(ProtobufCMessage *m); /* frees the metadata arrays
 /* A Session as JSON: {"object":"session","id",...,"version",...}. */
 char *dmn_oai_session_json(const Recurd__V1__Session *s);
 
+/* Shared by dmn_openai.c and dmn_openai_resp.c: prints o unformatted and deletes it (NULL if
+ * o is NULL or printing fails). */
+char *dmn_oai__print_free(cJSON *o);
+
 /* ---- routes (dmn_openai_http.c) --------------------------------------------------------- */
 /* Adds the /v1 routes to the HTTP listener (before dmn_http_start). 0 or RCD_ENOMEM. */
 int dmn_openai_routes(struct dmn_server *s);

@@ -209,6 +209,25 @@ typedef struct ct_rt {
 /* Records the first error (with the node's line:column) and returns rc. */
 int ct_fail(ct_rt_t *rt, const ct_node_t *at, int rc, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+/* *out = an Undefined that remembers why (the message jinja2 raises when it is used). */
+int ct_undef(ct_rt_t *rt, ct_val_t *out, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* The error of using the Undefined v. */
+int ct_fail_undef(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *v);
+
+/* What values do (chat_tmpl_ops.c), jinja2's semantics; each returns 0 or the error it
+ * recorded with ct_fail. obj.k / obj[key] / obj[a:b:c]: */
+int ct_attr_of(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *obj, const char *k, size_t kn,
+               ct_val_t *out);
+int ct_index_of(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *obj, const ct_val_t *key,
+                ct_val_t *out);
+int ct_slice_of(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *obj, ct_val_t part[3],
+                ct_val_t *out);
+/* a op b, op as the parser stores it in ct_node_t.op: arithmetic (*out), comparison (*res 0/1). */
+int ct_arith(ct_rt_t *rt, const ct_node_t *at, int op, const ct_val_t *a, const ct_val_t *b,
+             ct_val_t *out);
+int ct_compare(ct_rt_t *rt, const ct_node_t *at, int op, const ct_val_t *a, const ct_val_t *b,
+               int *res);
 
 int ct_truthy(const ct_val_t *v);
 int ct_equal(const ct_val_t *a, const ct_val_t *b);
@@ -248,11 +267,14 @@ int ct_tojson(ct_rt_t *rt, const ct_node_t *at, const ct_val_t *v, int indent, i
               const ct_str_t *seps, ct_val_t *out);
 uint32_t ct_utf8_next(const char *s, size_t n, size_t *i);
 
-/* ---- helpers shared by the library files (chat_tmpl_lib.c, chat_tmpl_filter.c) ---- */
+/* ---- helpers shared by the render files (chat_tmpl.c, _ops.c, _lib.c, _filter.c) ---- */
+/* The error of a failed allocation: the render memory budget, or out of memory. */
 static inline int ct_oom(ct_rt_t *rt, const ct_node_t *at)
 {
-    return ct_fail(rt, at, rt->arena.over ? RCD_ERANGE : RCD_ENOMEM,
-                   rt->arena.over ? "render memory budget exceeded" : "out of memory");
+    if (rt->arena.over)
+        return ct_fail(rt, at, RCD_ERANGE, "render memory budget (%zu bytes) exceeded",
+                       rt->arena.budget);
+    return ct_fail(rt, at, RCD_ENOMEM, "out of memory");
 }
 
 static inline ct_val_t ct_mkbool(int b)
