@@ -82,7 +82,8 @@ CASES = {
             tie_word_embeddings=False,
         ),
     ),
-    # Odd sizes (grouped_mm wants 16-byte strides, so the expert width stays a multiple of 4): V=131, H=40, MQA (5 heads of 6, one KV head: head_dim * heads != H), K=3, N=8,
+    # Odd sizes (grouped_mm wants 16-byte strides: the expert width stays a multiple of 4):
+    # V=131, H=40, MQA (5 heads of 6, one KV head: head_dim * heads != H), K=3, N=8,
     # G=3, chunk 5, two MoE blocks in a row, 6 experts top-3 ungrouped, no top-k
     # normalization, a larger time_step_min, eps 1e-6.
     "mqa_odd": (

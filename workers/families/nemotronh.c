@@ -1,7 +1,7 @@
 /* workers: the Nemotron-H family (NemotronHForCausalLM) — config.json parsing and tensor
  * binding, validated against the config so that a bad checkpoint is a clear error naming the
  * file and tensor. Mamba blocks are bound by the Mamba2 family's code. The math follows
- * transformers 5.23's torch path (see ../../docs/specs/nemotronh.md). */
+ * transformers 5.23's torch path (see docs/specs/nemotronh.md). */
 #include <math.h>
 #include <stddef.h>
 #include <stdio.h>
