@@ -62,7 +62,7 @@ static int parse_layers(const cJSON *root, wrk_nemotronh_config_t *cfg, char *er
                             "config.json: \"hybrid_override_pattern\" must have 1 to %d letters",
                             WRK_NEMOTRONH_MAX_LAYERS);
         for (size_t i = 0; i < n; i++) {
-            if (!strchr("M*-E", s[i]) || !s[i])
+            if (!strchr("M*-E", s[i]))
                 return rcd_fail(RCD_EUNSUPPORTED, err, errlen,
                                 "config.json: \"hybrid_override_pattern\"[%zu] must be one of "
                                 "M, *, -, E",
