@@ -123,6 +123,13 @@ CASES = {
         dict(hybrid_override_pattern="*E-E", n_group=4, topk_group=2, num_experts_per_tok=3,
              num_attention_heads=4, num_key_value_heads=1),
     ),
+    # Latent MoE (moe_latent_size: experts between fc1/fc2 latent projections), MLP biases
+    # everywhere (latent projections and shared expert too), MQA, G=1.
+    "moe_latent_bias": (
+        4006,
+        dict(hybrid_override_pattern="ME*E", moe_latent_size=16, mlp_bias=True, n_groups=1,
+             num_key_value_heads=1, n_group=1, topk_group=1, routed_scaling_factor=1.5),
+    ),
 }
 
 

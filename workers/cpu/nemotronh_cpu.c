@@ -28,16 +28,17 @@ typedef struct nemotronh_ctx {
     int32_t *row_of;     /* [T x k] row of (token, j) in the grouped buffers */
     int32_t *row_tok;    /* [T k] token of each grouped row */
     int32_t *start;      /* [E + 1] first grouped row of each expert */
-    float *xg, *tg, *og; /* [T k x H], [T k x Fe], [T k x H] */
+    float *xg, *tg, *og; /* [T k x D], [T k x Fe], [T k x D]; D = latent or H */
+    float *lx, *ly, *lo; /* latent: [T x D] fc1 output, [T x D] routed sum, [T x H] fc2 */
 } nemotronh_ctx_t;
 
 static void cpu_free(void *ctx)
 {
     nemotronh_ctx_t *a = ctx;
     if (!a) return;
-    void *bufs[] = {a->u,        a->o,       a->q,     a->k,  a->v,  a->att, a->scores,
-                    a->tok_slot, a->tok_pos, a->t,     a->rl, a->sc, a->sel, a->wt,
-                    a->row_of,   a->row_tok, a->start, a->xg, a->tg, a->og};
+    void *bufs[] = {a->u,       a->o,  a->q,  a->k,  a->v,   a->att, a->scores, a->tok_slot,
+                    a->tok_pos, a->t,  a->rl, a->sc, a->sel, a->wt,  a->row_of, a->row_tok,
+                    a->start,   a->xg, a->tg, a->og, a->lx,  a->ly,  a->lo};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         free(bufs[i]);
     wrk_mamba2_bufs_free(&a->mb);
@@ -50,6 +51,7 @@ static int cpu_init(struct wrk_cpu *c, void **ctx)
     const size_t T = (size_t)c->base.max_step_tokens, H = cfg->mx.hidden;
     const size_t qd = (size_t)cfg->n_q * cfg->head_dim, kvd = (size_t)cfg->n_kv * cfg->head_dim;
     const size_t E = cfg->n_experts, Fe = cfg->expert_dim;
+    const size_t D = cfg->latent ? (size_t)cfg->latent : H;
     size_t F = cfg->n_mlp ? (size_t)cfg->mlp_dim : 0;
     if (cfg->n_moe && (size_t)cfg->shared_dim > F) F = cfg->shared_dim;
     const size_t TK = T * (cfg->n_moe ? cfg->top_k : 0);
@@ -73,8 +75,11 @@ static int cpu_init(struct wrk_cpu *c, void **ctx)
              (a->row_of = malloc(TK * sizeof(int32_t))) &&
              (a->row_tok = malloc(TK * sizeof(int32_t))) &&
              (a->start = malloc((E + 1) * sizeof(int32_t))) &&
-             (a->xg = wrk_cpu_alloc_floats(TK * H)) && (a->tg = wrk_cpu_alloc_floats(TK * Fe)) &&
-             (a->og = wrk_cpu_alloc_floats(TK * H));
+             (a->xg = wrk_cpu_alloc_floats(TK * D)) && (a->tg = wrk_cpu_alloc_floats(TK * Fe)) &&
+             (a->og = wrk_cpu_alloc_floats(TK * D));
+        if (ok && cfg->latent)
+            ok = (a->lx = wrk_cpu_alloc_floats(T * D)) && (a->ly = wrk_cpu_alloc_floats(T * D)) &&
+                 (a->lo = wrk_cpu_alloc_floats(T * H));
     }
     if (!ok) {
         cpu_free(a);
@@ -188,6 +193,20 @@ static void route(const wrk_nemotronh_config_t *cfg, const float *corr, float *r
     }
 }
 
+/* Token t's routed experts, weighted and summed in ascending expert order, into dst [D]:
+ * dst = sum + dst when add (the shared expert there), else the sum. */
+static void routed_sum_into(const nemotronh_ctx_t *a, int t, int K, int D, float *dst, bool add)
+{
+    const int32_t *ro = a->row_of + (size_t)t * K;
+    const float *wt = a->wt + (size_t)t * K;
+    for (int i = 0; i < D; i++) {
+        float acc = 0.f;
+        for (int j = 0; j < K; j++)
+            acc += a->og[(size_t)ro[j] * D + i] * wt[j];
+        dst[i] = add ? acc + dst[i] : acc;
+    }
+}
+
 /* The MoE block into out: routed experts (weighted, summed in ascending expert order) plus the
  * shared expert. Ends after a barrier. */
 static void moe(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_nemotronh_layer_t *L, float *out)
@@ -196,11 +215,14 @@ static void moe(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_nemotronh_layer_t 
     nemotronh_ctx_t *a = f->a;
     const wrk_nemotronh_config_t *cfg = &((const wrk_nemotronh_t *)c->m->priv)->cfg;
     const int H = cfg->mx.hidden, Fe = cfg->expert_dim;
-    const int E = cfg->n_experts, K = cfg->top_k, T = f->T;
+    const int E = cfg->n_experts, K = cfg->top_k, T = f->T, D = cfg->latent ? cfg->latent : H;
+    /* the experts' input: u, or its fc1 latent projection */
+    const float *xin = cfg->latent ? a->lx : a->u;
     int t0, t1;
     wrk_split(T, 1, ith, nth, &t0, &t1);
 
     wrk_cpu_mm(c, ith, nth, &L->router, a->u, H, T, a->rl, E, NULL, false);
+    if (cfg->latent) wrk_cpu_mm(c, ith, nth, &L->lat_in, a->u, H, T, a->lx, D, L->lat_in_b, false);
     wrk_pool_barrier(c->pool);
     for (int t = t0; t < t1; t++)
         route(cfg, L->corr, a->rl + (size_t)t * E, a->sc + (size_t)t * E, a->sel + (size_t)t * K,
@@ -228,12 +250,12 @@ static void moe(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_nemotronh_layer_t 
     int r0, r1;
     wrk_split(T * K, 1, ith, nth, &r0, &r1);
     for (int r = r0; r < r1; r++)
-        memcpy(a->xg + (size_t)r * H, a->u + (size_t)a->row_tok[r] * H, (size_t)H * sizeof(float));
+        memcpy(a->xg + (size_t)r * D, xin + (size_t)a->row_tok[r] * D, (size_t)D * sizeof(float));
     wrk_pool_barrier(c->pool);
     for (int e = 0; e < E; e++) {
         const int n = a->start[e + 1] - a->start[e];
         if (!n) continue;
-        wrk_cpu_mm(c, ith, nth, &L->ex_up[e], a->xg + (size_t)a->start[e] * H, H, n,
+        wrk_cpu_mm(c, ith, nth, &L->ex_up[e], a->xg + (size_t)a->start[e] * D, D, n,
                    a->tg + (size_t)a->start[e] * Fe, Fe, NULL, false);
     }
     wrk_pool_barrier(c->pool);
@@ -247,20 +269,26 @@ static void moe(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_nemotronh_layer_t 
         const int n = a->start[e + 1] - a->start[e];
         if (!n) continue;
         wrk_cpu_mm(c, ith, nth, &L->ex_down[e], a->tg + (size_t)a->start[e] * Fe, Fe, n,
-                   a->og + (size_t)a->start[e] * H, H, NULL, false);
+                   a->og + (size_t)a->start[e] * D, D, NULL, false);
     }
-    /* the shared expert into out (its own scratch), then the routed sum added */
+    /* the shared expert into out (its own scratch; ends after a barrier), the routed sum
+     * (in the latent width: then through fc2), added to it */
     mlp(c, ith, nth, T, H, cfg->shared_dim, L, a->u, a->t, out);
-    for (int t = t0; t < t1; t++) {
-        float *fr = out + (size_t)t * H;
-        const int32_t *ro = a->row_of + (size_t)t * K;
-        const float *wt = a->wt + (size_t)t * K;
-        for (int i = 0; i < H; i++) {
-            float acc = 0.f;
-            for (int j = 0; j < K; j++)
-                acc += a->og[(size_t)ro[j] * H + i] * wt[j];
-            fr[i] = acc + fr[i];
+    if (cfg->latent) {
+        for (int t = t0; t < t1; t++)
+            routed_sum_into(a, t, K, D, a->ly + (size_t)t * D, false);
+        wrk_pool_barrier(c->pool);
+        wrk_cpu_mm(c, ith, nth, &L->lat_out, a->ly, D, T, a->lo, H, L->lat_out_b, false);
+        wrk_pool_barrier(c->pool);
+        for (int t = t0; t < t1; t++) {
+            float *fr = out + (size_t)t * H;
+            const float *lr = a->lo + (size_t)t * H;
+            for (int i = 0; i < H; i++)
+                fr[i] = lr[i] + fr[i];
         }
+    } else {
+        for (int t = t0; t < t1; t++)
+            routed_sum_into(a, t, K, H, out + (size_t)t * H, true);
     }
     wrk_pool_barrier(c->pool);
 }

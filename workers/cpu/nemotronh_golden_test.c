@@ -13,7 +13,7 @@
 #define TOL_F32 1e-4f
 
 static const char *fp32_cases[] = {"moe_gqa_tied", "dense_mha_untied", "mqa_odd", "all_mamba",
-                                   "moe_groups4"};
+                                   "moe_groups4", "moe_latent_bias"};
 #define N_CASES (int)(sizeof fp32_cases / sizeof fp32_cases[0])
 static const golden_suite_t suite = {
     .family = "nemotronh",
@@ -209,7 +209,7 @@ static void test_config(void)
     } bad[] = {
         {CFG("\"mlp_hidden_act\":\"silu\","), "mlp_hidden_act", RCD_EUNSUPPORTED},
         {CFG("\"mamba_hidden_act\":\"gelu\","), "mamba_hidden_act", RCD_EUNSUPPORTED},
-        {CFG("\"moe_latent_size\":16,"), "moe_latent_size", RCD_EUNSUPPORTED},
+        {CFG("\"moe_latent_size\":0,"), "moe_latent_size", RCD_EFORMAT},
         {CFG("\"n_shared_experts\":2,"), "n_shared_experts", RCD_EUNSUPPORTED},
         {CFG("\"n_shared_experts\":0,"), "n_shared_experts", RCD_EUNSUPPORTED},
         {CFG("\"num_nextn_predict_layers\":1,"), "num_nextn_predict_layers", RCD_EUNSUPPORTED},

@@ -116,11 +116,16 @@ static int derive(const cJSON *root, void *out, char *err, size_t errlen)
     int rc;
     if ((rc = parse_layers(root, cfg, err, errlen)) || (rc = aliases(root, cfg, err, errlen)))
         return rc;
-    if ((rc = only_null(root, "moe_latent_size", "latent MoE projections are not served", err,
-                        errlen)) ||
-        (rc = only_null(root, "sliding_window", "only full causal attention is served", err,
+    if ((rc = only_null(root, "sliding_window", "only full causal attention is served", err,
                         errlen)))
         return rc;
+    /* moe_latent_size: null (experts on H) or the latent width */
+    const cJSON *lat = cJSON_GetObjectItemCaseSensitive(root, "moe_latent_size");
+    v = 0;
+    if (lat && !cJSON_IsNull(lat) &&
+        (rc = wrk_cfg_int(root, "moe_latent_size", 1, 1, 1 << 16, &v, err, errlen)))
+        return rc;
+    cfg->latent = (int)v;
     if ((rc = wrk_cfg_int(root, "num_key_value_heads", cfg->n_q, 1, 1 << 12, &v, err, errlen)))
         return rc;
     cfg->n_kv = (int)v;
@@ -234,7 +239,8 @@ static size_t params_floats(const wrk_nemotronh_config_t *c)
 {
     const size_t H = c->mx.hidden, F = c->mlp_dim, S = c->shared_dim, E = c->n_experts;
     return (size_t)c->n_mamba * wrk_mamba2_mixer_floats(&c->mx) + (size_t)c->n_mlp * (F + H) +
-           (size_t)c->n_moe * (S + H + E) + (size_t)c->mx.n_layers * H + H;
+           (size_t)c->n_moe * (S + H + E + (c->latent ? (size_t)c->latent + H : 0)) +
+           (size_t)c->mx.n_layers * H + H;
 }
 
 static int bind_mlp(wrk_binder_t *b, const wrk_nemotronh_config_t *c, const char *prefix, int F,
@@ -258,7 +264,7 @@ static int bind_layer(wrk_binder_t *b, const wrk_nemotronh_config_t *c, const ch
                       wrk_nemotronh_layer_t *L)
 {
     const int H = c->mx.hidden, qd = c->n_q * c->head_dim, kvd = c->n_kv * c->head_dim;
-    const int E = c->n_experts, Fe = c->expert_dim;
+    const int E = c->n_experts, Fe = c->expert_dim, D = c->latent ? c->latent : H;
     char name[192], prefix[96];
     int rc;
     snprintf(prefix, sizeof prefix, "%slayers.%d.mixer.", root, l);
@@ -292,9 +298,17 @@ static int bind_layer(wrk_binder_t *b, const wrk_nemotronh_config_t *c, const ch
     if (!L->ex_up || !L->ex_down) return rcd_fail(RCD_ENOMEM, b->err, b->errlen, "out of memory");
     for (int e = 0; e < E; e++) {
         snprintf(name, sizeof name, "%sexperts.%d.up_proj.weight", prefix, e);
-        if ((rc = wrk_bind_mat(b, name, Fe, H, &L->ex_up[e]))) return rc;
+        if ((rc = wrk_bind_mat(b, name, Fe, D, &L->ex_up[e]))) return rc;
         snprintf(name, sizeof name, "%sexperts.%d.down_proj.weight", prefix, e);
-        if ((rc = wrk_bind_mat(b, name, H, Fe, &L->ex_down[e]))) return rc;
+        if ((rc = wrk_bind_mat(b, name, D, Fe, &L->ex_down[e]))) return rc;
+    }
+    if (c->latent) {
+        if ((rc = wrk_bind_mat(b, NAME("fc1_latent_proj.weight"), D, H, &L->lat_in)) ||
+            (rc = wrk_bind_mat(b, NAME("fc2_latent_proj.weight"), H, D, &L->lat_out)))
+            return rc;
+        if (c->mlp_bias && ((rc = wrk_bind_vec(b, NAME("fc1_latent_proj.bias"), D, &L->lat_in_b)) ||
+                            (rc = wrk_bind_vec(b, NAME("fc2_latent_proj.bias"), H, &L->lat_out_b))))
+            return rc;
     }
 #undef NAME
     snprintf(name, sizeof name, "%sshared_experts.", prefix);
@@ -367,12 +381,15 @@ static int nemotronh_load(wrk_model_t *m, char *err, size_t errlen)
     if (c->n_mlp && c->mlp_dim > widest) widest = c->mlp_dim;
     if (c->n_moe && c->shared_dim > widest) widest = c->shared_dim;
     if (c->n_moe && c->expert_dim > widest) widest = c->expert_dim;
+    if (c->n_moe && c->latent > widest) widest = c->latent;
     m->max_matmul_cols = widest;
     const double mamba_f = (double)mx->proj_dim * H + (double)H * mx->inner;
     const double attn_f = (double)(qd + 2 * kvd) * H + (double)H * qd;
     const double mlp_f = 2.0 * c->mlp_dim * H;
+    const double moe_d = c->latent ? c->latent : H;
     const double moe_f = 2.0 * c->shared_dim * H + (double)c->n_experts * H +
-                         2.0 * c->top_k * (double)c->expert_dim * H;
+                         2.0 * c->top_k * (double)c->expert_dim * moe_d +
+                         (c->latent ? 2.0 * c->latent * H : 0.0);
     m->info.layer_flops =
         2.0 * (c->n_mamba * mamba_f + c->n_attn * attn_f + c->n_mlp * mlp_f + c->n_moe * moe_f);
     return 0;

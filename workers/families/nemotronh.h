@@ -26,6 +26,7 @@ typedef struct wrk_nemotronh_config {
     int mlp_dim;             /* intermediate_size */
     bool mlp_bias;           /* MLPs, shared experts (experts never have biases) */
     int n_experts, top_k, expert_dim, shared_dim;
+    int latent; /* moe_latent_size: experts run in this width between two projections; 0: H */
     int n_group, topk_group; /* grouped routing: keep the topk_group best groups */
     bool norm_topk;
     float routed_scale;
@@ -41,7 +42,9 @@ typedef struct wrk_nemotronh_layer {
     const float *up_b, *down_b; /* or NULL (mlp_bias) */
     wrk_mat_t router;           /* E: [E x H] */
     const float *corr;          /* E: [E] e_score_correction_bias */
-    wrk_mat_t *ex_up, *ex_down; /* E: [E] of [Fe x H], [H x Fe] */
+    wrk_mat_t *ex_up, *ex_down; /* E: [E] of [Fe x D], [D x Fe], D = latent or H */
+    wrk_mat_t lat_in, lat_out;  /* E with latent: [D x H], [H x D] */
+    const float *lat_in_b, *lat_out_b; /* or NULL (mlp_bias) */
 } wrk_nemotronh_layer_t;
 
 typedef struct wrk_nemotronh {
