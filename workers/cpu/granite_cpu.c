@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "workers/cpu/granite_cpu.h"
 #include "workers/cpu/mamba2_cpu.h"
 #include "workers/families/granite.h"
 
@@ -105,58 +106,54 @@ static void rope(float *x, int hd, int32_t pos, const float *inv_freq)
     }
 }
 
-/* One attention layer: q, k, v projections, RoPE, K/V appended to the paged cache, causal
- * softmax attention over every stored position (GQA: query head h reads KV head
- * h / (NQ / NKV)), o_proj into a->o. Ends after a barrier. */
-static void attention(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_granite_layer_t *L)
+/* One attention layer (granite_cpu.h): q, k, v projections, RoPE, K/V appended to the paged
+ * cache, causal softmax attention over every stored position (GQA), o_proj. */
+void wrk_granite_cpu_attention(struct wrk_cpu *c, int ith, int nth, int T,
+                               const wrk_granite_attn_t *A, const float *u, float *out)
 {
-    wrk_cpu_t *c = f->c;
-    granite_ctx_t *a = f->a;
-    const wrk_granite_t *g = c->m->priv;
-    const wrk_granite_config_t *cfg = &g->cfg;
     wrk_kv_t *kv = c->kv;
-    const int H = cfg->mx.hidden, hd = cfg->head_dim, NQ = cfg->n_q, NKV = cfg->n_kv;
-    const int qd = NQ * hd, kvd = NKV * hd, rep = NQ / NKV, T = f->T, bs = kv->block_tokens;
+    const int H = A->hidden, hd = A->head_dim, NQ = A->n_q, NKV = A->n_kv, li = A->kv_layer;
+    const int qd = NQ * hd, kvd = NKV * hd, rep = NQ / NKV, bs = kv->block_tokens;
     int t0, t1;
 
-    wrk_cpu_mm(c, ith, nth, &L->q, a->u, H, T, a->q, qd, L->qb, false);
-    wrk_cpu_mm(c, ith, nth, &L->k, a->u, H, T, a->k, kvd, L->kb, false);
-    wrk_cpu_mm(c, ith, nth, &L->v, a->u, H, T, a->v, kvd, L->vb, false);
+    wrk_cpu_mm(c, ith, nth, A->q, u, H, T, A->q_buf, qd, A->qb, false);
+    wrk_cpu_mm(c, ith, nth, A->k, u, H, T, A->k_buf, kvd, A->kb, false);
+    wrk_cpu_mm(c, ith, nth, A->v, u, H, T, A->v_buf, kvd, A->vb, false);
     wrk_pool_barrier(c->pool);
     wrk_split(T, 1, ith, nth, &t0, &t1);
     for (int t = t0; t < t1; t++) {
-        const int slot = a->tok_slot[t];
-        const int32_t pos = a->tok_pos[t];
-        float *q = a->q + (size_t)t * qd, *k = a->k + (size_t)t * kvd;
-        if (cfg->rope) {
+        const int slot = A->tok_slot[t];
+        const int32_t pos = A->tok_pos[t];
+        float *q = A->q_buf + (size_t)t * qd, *k = A->k_buf + (size_t)t * kvd;
+        if (A->inv_freq) {
             for (int h = 0; h < NQ; h++)
-                rope(q + (size_t)h * hd, hd, pos, g->inv_freq);
+                rope(q + (size_t)h * hd, hd, pos, A->inv_freq);
             for (int h = 0; h < NKV; h++)
-                rope(k + (size_t)h * hd, hd, pos, g->inv_freq);
+                rope(k + (size_t)h * hd, hd, pos, A->inv_freq);
         }
-        memcpy(wrk_kv_at(kv, slot, L->idx, 0, pos), k, (size_t)kvd * sizeof(float));
-        memcpy(wrk_kv_at(kv, slot, L->idx, 1, pos), a->v + (size_t)t * kvd,
+        memcpy(wrk_kv_at(kv, slot, li, 0, pos), k, (size_t)kvd * sizeof(float));
+        memcpy(wrk_kv_at(kv, slot, li, 1, pos), A->v_buf + (size_t)t * kvd,
                (size_t)kvd * sizeof(float));
     }
     wrk_pool_barrier(c->pool);
 
     int w0, w1;
-    float *sc = a->scores + (size_t)ith * a->scores_floats;
+    float *sc = A->scores + (size_t)ith * A->scores_floats;
     wrk_split(T * NQ, 1, ith, nth, &w0, &w1);
     for (int w = w0; w < w1; w++) {
         const int t = w / NQ, h = w % NQ, kh = h / rep;
-        const int slot = a->tok_slot[t];
-        const int32_t n = a->tok_pos[t] + 1; /* causal: every position up to this one */
-        const float *q = a->q + (size_t)t * qd + (size_t)h * hd;
+        const int slot = A->tok_slot[t];
+        const int32_t n = A->tok_pos[t] + 1; /* causal: every position up to this one */
+        const float *q = A->q_buf + (size_t)t * qd + (size_t)h * hd;
         float mx = -INFINITY;
         for (int32_t p0 = 0; p0 < n; p0 += bs) {
-            const float *kb = wrk_kv_at(kv, slot, L->idx, 0, p0) + (size_t)kh * hd;
+            const float *kb = wrk_kv_at(kv, slot, li, 0, p0) + (size_t)kh * hd;
             const int32_t pe = p0 + bs < n ? p0 + bs : n;
             for (int32_t p = p0; p < pe; p++, kb += kvd) {
                 float s = 0.f;
                 for (int i = 0; i < hd; i++)
                     s += q[i] * kb[i];
-                s *= cfg->attn_mult;
+                s *= A->scale;
                 sc[p] = s;
                 if (s > mx) mx = s;
             }
@@ -167,21 +164,40 @@ static void attention(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_granite_laye
             sum += sc[p];
         }
         const float inv = (float)(1.0 / sum);
-        float *out = a->att + (size_t)t * qd + (size_t)h * hd;
-        memset(out, 0, (size_t)hd * sizeof(float));
+        float *o = A->att + (size_t)t * qd + (size_t)h * hd;
+        memset(o, 0, (size_t)hd * sizeof(float));
         for (int32_t p0 = 0; p0 < n; p0 += bs) {
-            const float *vb = wrk_kv_at(kv, slot, L->idx, 1, p0) + (size_t)kh * hd;
+            const float *vb = wrk_kv_at(kv, slot, li, 1, p0) + (size_t)kh * hd;
             const int32_t pe = p0 + bs < n ? p0 + bs : n;
             for (int32_t p = p0; p < pe; p++, vb += kvd) {
                 const float pr = sc[p] * inv;
                 for (int i = 0; i < hd; i++)
-                    out[i] += pr * vb[i];
+                    o[i] += pr * vb[i];
             }
         }
     }
     wrk_pool_barrier(c->pool);
-    wrk_cpu_mm(c, ith, nth, &L->o, a->att, qd, T, a->o, H, L->ob, false);
+    wrk_cpu_mm(c, ith, nth, A->o, A->att, qd, T, out, H, A->ob, false);
     wrk_pool_barrier(c->pool);
+}
+
+/* One attention layer of Granite: its weights and scratch handed to the shared code above. */
+static void attention(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_granite_layer_t *L)
+{
+    granite_ctx_t *a = f->a;
+    const wrk_granite_t *g = f->c->m->priv;
+    const wrk_granite_config_t *cfg = &g->cfg;
+    const wrk_granite_attn_t A = {
+        .q = &L->q, .k = &L->k, .v = &L->v, .o = &L->o,
+        .qb = L->qb, .kb = L->kb, .vb = L->vb, .ob = L->ob,
+        .hidden = cfg->mx.hidden, .n_q = cfg->n_q, .n_kv = cfg->n_kv,
+        .head_dim = cfg->head_dim, .kv_layer = L->idx, .scale = cfg->attn_mult,
+        .inv_freq = cfg->rope ? g->inv_freq : NULL,
+        .tok_slot = a->tok_slot, .tok_pos = a->tok_pos,
+        .q_buf = a->q, .k_buf = a->k, .v_buf = a->v, .att = a->att,
+        .scores = a->scores, .scores_floats = a->scores_floats,
+    };
+    wrk_granite_cpu_attention(f->c, ith, nth, f->T, &A, a->u, a->o);
 }
 
 /* Router of one token: top-k of the E logits (descending, ties to the lower index, as
