@@ -200,6 +200,9 @@ static void test_config(void)
     CHECK(c.n_kv == 4);
     const char *nokv = "{\"model_type\":\"jamba\",\"num_attention_heads\":16,\"hidden_size\":64}";
     CHECK(wrk_jamba_config_parse(nokv, strlen(nokv), &c, err, sizeof err) == 0 && c.n_kv == 8);
+    const char *alias = CFG("\"num_experts\":null,\"num_local_experts\":6,");
+    CHECK(wrk_jamba_config_parse(alias, strlen(alias), &c, err, sizeof err) == 0);
+    CHECK(c.n_experts == 6 && c.n_moe == 4);
     CHECK(parse(CFG("\"hidden_act\":\"gelu\","), err, sizeof err) == RCD_EUNSUPPORTED);
     CHECK(strstr(err, "hidden_act") != NULL);
     CHECK(parse(CFG("\"attn_layer_offset\":8,"), err, sizeof err) == RCD_EFORMAT);

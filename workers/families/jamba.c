@@ -22,6 +22,14 @@ static int derive(const cJSON *root, void *out, char *err, size_t errlen)
     wrk_mamba_config_t *mx = &cfg->mx;
     long v;
     int rc;
+    /* num_local_experts is transformers' alias of num_experts (attribute_map). */
+    const cJSON *ne = cJSON_GetObjectItemCaseSensitive(root, "num_experts");
+    if ((!ne || cJSON_IsNull(ne)) &&
+        cJSON_GetObjectItemCaseSensitive(root, "num_local_experts")) {
+        if ((rc = wrk_cfg_int(root, "num_local_experts", 16, 1, 1 << 12, &v, err, errlen)))
+            return rc;
+        cfg->n_experts = (int)v;
+    }
     if (cfg->attn_offset >= cfg->attn_period)
         return rcd_fail(RCD_EFORMAT, err, errlen,
                         "config.json: attn_layer_offset (%d) must be smaller than "
