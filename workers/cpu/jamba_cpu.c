@@ -173,7 +173,7 @@ static void forward(void *arg, int ith, int nth)
                                     .n_q = cfg->n_q,
                                     .n_kv = cfg->n_kv,
                                     .head_dim = cfg->head_dim,
-                                    .scale = 1.0f / sqrtf((float)cfg->head_dim),
+                                    .scale = (float)(1.0 / sqrt((double)cfg->head_dim)),
                                     .kv_layer = L->idx};
             wrk_attn_cpu(c, ith, nth, &w, &a->ab, T, a->u, a->o);
         } else {
