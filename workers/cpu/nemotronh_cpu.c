@@ -17,10 +17,8 @@ typedef struct nemotronh_ctx {
     float *u; /* [T x H] normed input of a block */
     float *o; /* [T x H] mixer output */
     wrk_mamba2_bufs_t mb;
-    float *q, *k, *v, *att, *scores; /* attention (see wrk_granite_attn_t) */
-    size_t scores_floats;
-    int32_t *tok_slot, *tok_pos;
-    float *t; /* [T x max(F, S)] MLP hidden */
+    wrk_attn_bufs_t ab; /* attention (granite_cpu.h) */
+    float *t;           /* [T x max(F, S)] MLP hidden */
     /* MoE: T k (token, expert) rows grouped by expert */
     float *rl, *sc;      /* [T x E] router logits, then sigmoid scores; choice scores */
     int32_t *sel;        /* [T x k] chosen experts, ascending */
@@ -36,12 +34,12 @@ static void cpu_free(void *ctx)
 {
     nemotronh_ctx_t *a = ctx;
     if (!a) return;
-    void *bufs[] = {a->u,       a->o,  a->q,  a->k,  a->v,   a->att, a->scores, a->tok_slot,
-                    a->tok_pos, a->t,  a->rl, a->sc, a->sel, a->wt,  a->row_of, a->row_tok,
-                    a->start,   a->xg, a->tg, a->og, a->lx,  a->ly,  a->lo};
+    void *bufs[] = {a->u,       a->o,     a->t,  a->rl, a->sc, a->sel, a->wt, a->row_of,
+                    a->row_tok, a->start, a->xg, a->tg, a->og, a->lx,  a->ly, a->lo};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         free(bufs[i]);
     wrk_mamba2_bufs_free(&a->mb);
+    wrk_attn_bufs_free(&a->ab);
     free(a);
 }
 
@@ -49,7 +47,6 @@ static int cpu_init(struct wrk_cpu *c, void **ctx)
 {
     const wrk_nemotronh_config_t *cfg = &((const wrk_nemotronh_t *)c->m->priv)->cfg;
     const size_t T = (size_t)c->base.max_step_tokens, H = cfg->mx.hidden;
-    const size_t qd = (size_t)cfg->n_q * cfg->head_dim, kvd = (size_t)cfg->n_kv * cfg->head_dim;
     const size_t E = cfg->n_experts, Fe = cfg->expert_dim;
     const size_t D = cfg->latent ? (size_t)cfg->latent : H;
     size_t F = cfg->n_mlp ? (size_t)cfg->mlp_dim : 0;
@@ -60,15 +57,8 @@ static int cpu_init(struct wrk_cpu *c, void **ctx)
     bool ok = (a->u = wrk_cpu_alloc_floats(T * H)) && (a->o = wrk_cpu_alloc_floats(T * H));
     if (ok && F) ok = (a->t = wrk_cpu_alloc_floats(T * F)) != NULL;
     if (ok && cfg->n_mamba) ok = wrk_mamba2_bufs_alloc(&cfg->mx, T, &a->mb) == 0;
-    if (ok && cfg->n_attn) {
-        a->scores_floats = c->kv ? (size_t)wrk_kv_capacity(c->kv) : 0;
-        ok = c->kv && (a->q = wrk_cpu_alloc_floats(T * qd)) &&
-             (a->k = wrk_cpu_alloc_floats(T * kvd)) && (a->v = wrk_cpu_alloc_floats(T * kvd)) &&
-             (a->att = wrk_cpu_alloc_floats(T * qd)) &&
-             (a->scores = wrk_cpu_alloc_floats((size_t)c->n_threads * a->scores_floats)) &&
-             (a->tok_slot = malloc(T * sizeof(int32_t))) &&
-             (a->tok_pos = malloc(T * sizeof(int32_t)));
-    }
+    if (ok && cfg->n_attn)
+        ok = wrk_attn_bufs_alloc(c, cfg->n_q, cfg->n_kv, cfg->head_dim, T, &a->ab) == 0;
     if (ok && cfg->n_moe) {
         ok = (a->rl = wrk_cpu_alloc_floats(T * E)) && (a->sc = wrk_cpu_alloc_floats(T * E)) &&
              (a->sel = malloc(TK * sizeof(int32_t))) && (a->wt = wrk_cpu_alloc_floats(TK)) &&
@@ -305,14 +295,7 @@ static void forward(void *arg, int ith, int nth)
     int t0, t1;
 
     wrk_cpu_embed(c, ith, nth, f->seqs, f->n_seqs);
-    if (ith == 0 && cfg->n_attn) {
-        int t = 0;
-        for (int s = 0; s < f->n_seqs; s++)
-            for (int j = 0; j < f->seqs[s].n_tokens; j++, t++) {
-                a->tok_slot[t] = f->seqs[s].slot;
-                a->tok_pos[t] = c->kv->n_tokens[f->seqs[s].slot] + j;
-            }
-    }
+    if (ith == 0 && cfg->n_attn) wrk_attn_positions(c, f->seqs, f->n_seqs, &a->ab);
     wrk_split(T, 1, ith, nth, &t0, &t1);
     wrk_pool_barrier(c->pool);
 
@@ -327,28 +310,18 @@ static void forward(void *arg, int ith, int nth)
                                  (size_t)L->idx * layer_floats, a->u, &a->mb, a->o, false);
             break;
         case WRK_NH_ATTN: {
-            const wrk_granite_attn_t A = {
-                .q = &L->q,
-                .k = &L->k,
-                .v = &L->v,
-                .o = &L->o,
-                .hidden = H,
-                .n_q = cfg->n_q,
-                .n_kv = cfg->n_kv,
-                .head_dim = cfg->head_dim,
-                .kv_layer = L->idx,
-                .scale = cfg->attn_scale,
-                .inv_freq = NULL,
-                .tok_slot = a->tok_slot,
-                .tok_pos = a->tok_pos,
-                .q_buf = a->q,
-                .k_buf = a->k,
-                .v_buf = a->v,
-                .att = a->att,
-                .scores = a->scores,
-                .scores_floats = a->scores_floats,
-            };
-            wrk_granite_cpu_attention(c, ith, nth, T, &A, a->u, a->o);
+            const wrk_attn_w_t w = {.q = L->q,
+                                    .k = L->k,
+                                    .v = L->v,
+                                    .o = L->o,
+                                    .hidden = H,
+                                    .n_q = cfg->n_q,
+                                    .n_kv = cfg->n_kv,
+                                    .head_dim = cfg->head_dim,
+                                    .scale = cfg->attn_scale,
+                                    .inv_freq = NULL,
+                                    .kv_layer = L->idx};
+            wrk_attn_cpu(c, ith, nth, &w, &a->ab, T, a->u, a->o);
             break;
         }
         case WRK_NH_MLP:

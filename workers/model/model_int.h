@@ -84,6 +84,7 @@ struct wrk_model {
 
 extern const wrk_family_i wrk_family_mamba;
 extern const wrk_family_i wrk_family_mamba2;
+extern const wrk_family_i wrk_family_jamba;
 extern const wrk_family_i wrk_family_granite;
 extern const wrk_family_i wrk_family_recurrentgemma;
 extern const wrk_family_i wrk_family_nemotronh;
