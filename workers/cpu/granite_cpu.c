@@ -8,8 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "workers/cpu/granite_cpu.h"
 #include "workers/cpu/mamba2_cpu.h"
-#include "workers/families/granite.h"
 
 typedef struct granite_ctx {
     float *u; /* [T x H] normed input of a sublayer */
@@ -105,30 +105,29 @@ static void rope(float *x, int hd, int32_t pos, const float *inv_freq)
     }
 }
 
-/* One attention layer: q, k, v projections, RoPE, K/V appended to the paged cache, causal
- * softmax attention over every stored position (GQA: query head h reads KV head
- * h / (NQ / NKV)), o_proj into a->o. Ends after a barrier. */
-static void attention(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_granite_layer_t *L)
+void wrk_granite_cpu_attention(struct wrk_cpu *c, int ith, int nth, int T,
+                               const wrk_attn_geom_t *g, const wrk_granite_layer_t *L,
+                               const wrk_attn_bufs_t *b, const float *u, float *out)
 {
-    wrk_cpu_t *c = f->c;
-    granite_ctx_t *a = f->a;
-    const wrk_granite_t *g = c->m->priv;
-    const wrk_granite_config_t *cfg = &g->cfg;
+    const wrk_attn_bufs_t *a = b;
     wrk_kv_t *kv = c->kv;
-    const int H = cfg->mx.hidden, hd = cfg->head_dim, NQ = cfg->n_q, NKV = cfg->n_kv;
-    const int qd = NQ * hd, kvd = NKV * hd, rep = NQ / NKV, T = f->T, bs = kv->block_tokens;
+    const int H = g->hidden, hd = g->head_dim, NQ = g->n_q, NKV = g->n_kv;
+    const int qd = NQ * hd, kvd = NKV * hd, rep = NQ / NKV, bs = kv->block_tokens;
     int t0, t1;
 
-    wrk_cpu_mm(c, ith, nth, &L->q, a->u, H, T, a->q, qd, L->qb, false);
-    wrk_cpu_mm(c, ith, nth, &L->k, a->u, H, T, a->k, kvd, L->kb, false);
-    wrk_cpu_mm(c, ith, nth, &L->v, a->u, H, T, a->v, kvd, L->vb, false);
+    wrk_cpu_mm(c, ith, nth, &L->q, u, H, T, a->q, qd, L->qb, false);
+    wrk_cpu_mm(c, ith, nth, &L->k, u, H, T, a->k, kvd, L->kb, false);
+    wrk_cpu_mm(c, ith, nth, &L->v, u, H, T, a->v, kvd, L->vb, false);
     wrk_pool_barrier(c->pool);
     wrk_split(T, 1, ith, nth, &t0, &t1);
     for (int t = t0; t < t1; t++) {
         const int slot = a->tok_slot[t];
         const int32_t pos = a->tok_pos[t];
         float *q = a->q + (size_t)t * qd, *k = a->k + (size_t)t * kvd;
-        if (cfg->rope) {
+        if (g->k_mult != 1.f)
+            for (int i = 0; i < kvd; i++)
+                k[i] *= g->k_mult;
+        if (g->rope) {
             for (int h = 0; h < NQ; h++)
                 rope(q + (size_t)h * hd, hd, pos, g->inv_freq);
             for (int h = 0; h < NKV; h++)
@@ -156,7 +155,7 @@ static void attention(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_granite_laye
                 float s = 0.f;
                 for (int i = 0; i < hd; i++)
                     s += q[i] * kb[i];
-                s *= cfg->attn_mult;
+                s *= g->scale;
                 sc[p] = s;
                 if (s > mx) mx = s;
             }
@@ -180,8 +179,33 @@ static void attention(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_granite_laye
         }
     }
     wrk_pool_barrier(c->pool);
-    wrk_cpu_mm(c, ith, nth, &L->o, a->att, qd, T, a->o, H, L->ob, false);
+    wrk_cpu_mm(c, ith, nth, &L->o, a->att, qd, T, out, H, L->ob, false);
     wrk_pool_barrier(c->pool);
+}
+
+/* One attention layer of Granite (see granite_cpu.h). Ends after a barrier. */
+static void attention(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_granite_layer_t *L)
+{
+    granite_ctx_t *a = f->a;
+    const wrk_granite_t *g = f->c->m->priv;
+    const wrk_granite_config_t *cfg = &g->cfg;
+    const wrk_attn_geom_t geom = {.hidden = cfg->mx.hidden,
+                                  .n_q = cfg->n_q,
+                                  .n_kv = cfg->n_kv,
+                                  .head_dim = cfg->head_dim,
+                                  .rope = cfg->rope,
+                                  .inv_freq = g->inv_freq,
+                                  .scale = cfg->attn_mult,
+                                  .k_mult = 1.f};
+    const wrk_attn_bufs_t b = {.q = a->q,
+                               .k = a->k,
+                               .v = a->v,
+                               .att = a->att,
+                               .scores = a->scores,
+                               .scores_floats = a->scores_floats,
+                               .tok_slot = a->tok_slot,
+                               .tok_pos = a->tok_pos};
+    wrk_granite_cpu_attention(f->c, ith, nth, f->T, &geom, L, &b, a->u, a->o);
 }
 
 /* Router of one token: top-k of the E logits (descending, ties to the lower index, as
