@@ -13,11 +13,13 @@ import os
 import unittest
 
 from rcd_harness import ROOT, OwnDaemonsTest, collect, gen_request, pb
-from test_granite import T2, T3, Base, ckpt, ids_of, kv_blocks_at_exit, payload_bytes
+from test_granite import Base, ckpt, ids_of, kv_blocks_at_exit, payload_bytes
 
 FALCON = os.path.join(ROOT, "tests", "golden", "falconh1", "mqa_nonorm_tied")
 V = 160  # the fixture's vocabulary
 T1 = [5, 17, 42, 99, 3, 150, 7, 64, 128, 11]
+T2 = [33, 8, 140, 77]
+T3 = [101, 4, 56]
 N = 6
 
 
