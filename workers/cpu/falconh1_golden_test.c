@@ -39,6 +39,60 @@ static void test_greedy(void)
     golden_test_greedy(&suite);
 }
 
+/* Batch invariance: every sequence's logits in ragged batches (all of a fixture's sequences
+ * together, uneven chunks, 2 threads) are bit-identical to the same sequence run alone. */
+static void test_batch_invariant(void)
+{
+    for (int ci = 0; ci < N_CASES; ci++) {
+        golden_t g;
+        if (golden_load(suite.family, fp32_cases[ci], &g)) {
+            CHECK(0);
+            continue;
+        }
+        wrk_model_t *m = golden_model(g.dir);
+        wrk_backend_t *b = m ? golden_backend(&suite, m, NULL, 2) : NULL;
+        char err[512];
+        const int V = g.V, ns = g.n_seqs;
+        float *alone[GOLDEN_MAX_SEQS], *mixed[GOLDEN_MAX_SEQS];
+        int pos[GOLDEN_MAX_SEQS] = {0};
+        for (int i = 0; b && i < ns; i++) {
+            alone[i] = malloc((size_t)g.seqs[i].n * V * sizeof(float));
+            mixed[i] = malloc((size_t)g.seqs[i].n * V * sizeof(float));
+            CHECK(golden_run_into(b, 0, &g.seqs[i], V, 64, alone[i]) == 0);
+            wrk_state_reset(b, i + 1);
+        }
+        for (int step = 0; b && step < 64; step++) {
+            wrk_seq_t batch[GOLDEN_MAX_SEQS];
+            int nb = 0;
+            for (int i = 0; i < ns; i++) {
+                const golden_seq_t *q = &g.seqs[i];
+                const int want = suite.ragged_pattern[(step + 2 * i) % 8] + (step % 3 == 0 ? 5 : 0);
+                const int len = q->n - pos[i] < want ? q->n - pos[i] : want;
+                if (len <= 0) continue;
+                batch[nb++] = (wrk_seq_t){.slot = i + 1,
+                                          .n_tokens = len,
+                                          .tokens = q->tokens + pos[i],
+                                          .n_logits = len,
+                                          .logits = mixed[i] + (size_t)pos[i] * V};
+                pos[i] += len;
+            }
+            if (!nb) break;
+            CHECK_MSG(wrk_step(b, batch, nb, err, sizeof err) == 0, "%s", err);
+        }
+        for (int i = 0; b && i < ns; i++) {
+            const size_t n = (size_t)g.seqs[i].n * V;
+            CHECK_MSG(memcmp(alone[i], mixed[i], n * sizeof(float)) == 0,
+                      "%s %s: batched logits differ from alone (max %g)", fp32_cases[ci],
+                      g.seqs[i].name, golden_max_diff(alone[i], mixed[i], n));
+            free(alone[i]);
+            free(mixed[i]);
+        }
+        wrk_backend_destroy(b);
+        wrk_model_free(m);
+        golden_free(&g);
+    }
+}
+
 /* The state layout and the variable-size state: read after a prefix, written into another
  * slot, continued exactly; a copied slot (fork) too. */
 static void test_state_roundtrip(void)
@@ -280,6 +334,7 @@ int main(int argc, char **argv)
     RUN(test_chunkings);
     RUN(test_ragged);
     RUN(test_greedy);
+    RUN(test_batch_invariant);
     RUN(test_state_roundtrip);
     RUN(test_goldens_discriminate);
     RUN(test_bad_checkpoints);
