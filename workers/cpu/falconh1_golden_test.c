@@ -112,6 +112,13 @@ static void test_state_roundtrip(void)
     /* Every layer has attention: 2 layers x K,V x 2 kv heads x hd 8 x 4 bytes. */
     CHECK(mi->n_kv_layers == 2 && mi->kv_width == 16 && mi->kv_bytes_per_token == 2 * 2 * 16 * 4);
     golden_check_state_layout(mi);
+    /* No sharded forward: tensor parallelism is refused, naming the architecture. */
+    wrk_backend_t *tp = NULL;
+    wrk_backend_opts_t o = suite.opts;
+    o.n_threads = 1;
+    o.tp = 2;
+    CHECK(wrk_cpu_backend_create(m, &o, &tp, err, sizeof err) == RCD_EUNSUPPORTED && !tp);
+    CHECK(strstr(err, "FalconH1ForCausalLM") != NULL);
     wrk_backend_t *b = golden_backend(&suite, m, NULL, 2);
     const golden_seq_t *q = &g.seqs[g.n_seqs - 1];
     const int V = g.V, cut = 10;
