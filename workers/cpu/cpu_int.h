@@ -37,6 +37,7 @@ extern const wrk_cpu_family_i wrk_cpu_granite;
 extern const wrk_cpu_family_i wrk_cpu_recurrentgemma;
 extern const wrk_cpu_family_i wrk_cpu_nemotronh;
 extern const wrk_cpu_family_i wrk_cpu_jamba;
+extern const wrk_cpu_family_i wrk_cpu_falconh1;
 
 typedef struct wrk_cpu {
     wrk_backend_t base;

@@ -164,6 +164,9 @@ void wrk_attn_cpu(struct wrk_cpu *c, int ith, int nth, const wrk_attn_w_t *w,
         const int slot = a->tok_slot[t];
         const int32_t pos = a->tok_pos[t];
         float *q = a->q + (size_t)t * qd, *k = a->k + (size_t)t * kvd;
+        if (w->k_mult != 0.f && w->k_mult != 1.f)
+            for (int i = 0; i < kvd; i++)
+                k[i] *= w->k_mult;
         if (w->inv_freq) {
             for (int h = 0; h < NQ; h++)
                 rope(q + (size_t)h * hd, hd, pos, w->inv_freq);
@@ -353,8 +356,7 @@ void wrk_moe_cpu(struct wrk_cpu *c, int ith, int nth, const wrk_moe_bufs_t *a,
 }
 
 /* Granite's stacked experts: the e-th matrices of [E][2F x H] and [E][H x F]. */
-static void granite_expert(const void *ctx, int e, wrk_mat_t *gate, wrk_mat_t *up,
-                           wrk_mat_t *down)
+static void granite_expert(const void *ctx, int e, wrk_mat_t *gate, wrk_mat_t *up, wrk_mat_t *down)
 {
     const wrk_granite_layer_t *L = ctx;
     *gate = wrk_granite_expert(&L->ex_in, e);

@@ -1,5 +1,5 @@
 /* workers/cpu: Granite 4.0-H's attention over the paged KV cache and its grouped top-k MoE,
- * shared with the hybrids that have the same blocks (Jamba). */
+ * shared with the hybrids that have the same blocks (Nemotron-H, Jamba, Falcon-H1). */
 #ifndef RCD_WRK_GRANITE_CPU_H
 #define RCD_WRK_GRANITE_CPU_H
 
@@ -13,6 +13,7 @@ typedef struct wrk_attn_w {
     float scale;           /* softmax scale */
     const float *inv_freq; /* [head_dim / 2] RoPE inverse frequencies, or NULL: no positions */
     int kv_layer;          /* index among the attention layers */
+    float k_mult;          /* multiplies k_proj's output before RoPE (Falcon-H1); 0 or 1: none */
 } wrk_attn_w_t;
 
 /* Attention activations for up to T tokens. tok_slot / tok_pos (slot and absolute position

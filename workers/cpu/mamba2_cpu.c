@@ -132,6 +132,35 @@ static void gated_norm(float *y, const float *z, const float *w, int I, int gs, 
     }
 }
 
+/* Falcon-H1's variants of the above: RMSNorm(y) w silu(z) per group (norm before gate), or
+ * y silu(z) alone (gs == 0: no norm). */
+static void norm_gate(float *y, const float *z, const float *w, int I, int gs, float eps)
+{
+    if (!gs) {
+        for (int i = 0; i < I; i++)
+            y[i] *= silu(z[i]);
+        return;
+    }
+    for (int g0 = 0; g0 < I; g0 += gs) {
+        double ss = 0.0;
+        for (int i = g0; i < g0 + gs; i++)
+            ss += (double)y[i] * y[i];
+        const float r = 1.f / sqrtf((float)(ss / gs) + eps);
+        for (int i = g0; i < g0 + gs; i++)
+            y[i] = (w[i] * (y[i] * r)) * silu(z[i]);
+    }
+}
+
+/* Falcon-H1's in_proj multipliers: segments z [0, I), x [I, 2I), B, C (G N each), dt. */
+static void proj_mult(const wrk_mamba2_config_t *cfg, float *zx)
+{
+    const int I = cfg->inner, GN = (cfg->conv_dim - I) / 2;
+    const int end[5] = {I, 2 * I, 2 * I + GN, 2 * I + 2 * GN, cfg->proj_dim};
+    for (int s = 0, i = 0; s < 5; s++)
+        for (; i < end[s]; i++)
+            zx[i] *= cfg->proj_mult[s];
+}
+
 /* Gated RMSNorm when a TP rank boundary cuts a norm group: each rank's sums of squares per
  * (token, norm group of the model) are all-reduced before the scale. Called by every pool
  * thread; tokens [t0, t1) are this thread's. */
@@ -183,6 +212,11 @@ void wrk_mamba2_cpu_mixer(struct wrk_cpu *c, int ith, int nth, const wrk_mamba2_
 
     wrk_cpu_mm(c, ith, nth, &L->in_proj, u, H, T, a->zx, Dp, L->in_b, false);
     wrk_pool_barrier(c->pool);
+    if (cfg->proj_mult_on) {
+        for (int t = t0; t < t1; t++)
+            proj_mult(cfg, a->zx + (size_t)t * Dp);
+        wrk_pool_barrier(c->pool);
+    }
     if (c1 > c0) {
         int t = 0;
         for (int s = 0; s < n_seqs; s++) {
@@ -205,6 +239,10 @@ void wrk_mamba2_cpu_mixer(struct wrk_cpu *c, int ith, int nth, const wrk_mamba2_
     wrk_pool_barrier(c->pool);
     if (cfg->tp_norm_reduce)
         gated_norm_tp(c, ith, cfg, T, t0, t1, a->zx, a->y, L->gnorm_w, a->ss);
+    else if (cfg->gate != WRK_MAMBA2_GATE_NORM)
+        for (int t = t0; t < t1; t++)
+            norm_gate(a->y + (size_t)t * I, a->zx + (size_t)t * Dp, L->gnorm_w, I,
+                      cfg->gate == WRK_MAMBA2_GATE_ONLY ? 0 : cfg->norm_group, cfg->eps);
     else
         for (int t = t0; t < t1; t++)
             gated_norm(a->y + (size_t)t * I, a->zx + (size_t)t * Dp, L->gnorm_w, I,

@@ -107,7 +107,9 @@ int wrk_mamba2_bind_mixer(wrk_model_t *m, const wrk_mamba2_config_t *c, const ch
     if ((rc = wrk_bind_vec(&b, NAME("dt_bias"), NH, &L->dt_b))) return rc;
     if ((rc = wrk_bind_vec_x(&b, NAME("A_log"), NH, WRK_BIND_NEG_EXP, &L->A))) return rc;
     if ((rc = wrk_bind_vec(&b, NAME("D"), NH, &L->D))) return rc;
-    if ((rc = wrk_bind_vec(&b, NAME("norm.weight"), I, &L->gnorm_w))) return rc;
+    if (c->gate != WRK_MAMBA2_GATE_ONLY &&
+        (rc = wrk_bind_vec(&b, NAME("norm.weight"), I, &L->gnorm_w)))
+        return rc;
     if ((rc = wrk_bind_mat(&b, NAME("out_proj.weight"), H, I, &L->out_proj))) return rc;
     if (c->use_bias && (rc = wrk_bind_vec(&b, NAME("out_proj.bias"), H, &L->out_b))) return rc;
 #undef NAME

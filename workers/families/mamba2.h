@@ -31,7 +31,17 @@ typedef struct wrk_mamba2_config {
      * tp_norm_groups (the model's I / norm_group) partial sums of squares are all-reduced. */
     int tp_head0, tp_group0, tp_hpg, tp_norm_groups;
     bool tp_norm_reduce;
+    /* Falcon-H1's mixer variants (all 0 for Mamba2 and Granite): with proj_mult_on the in_proj
+     * output's segments z, x, B, C, dt are multiplied by proj_mult[0..4] (after its bias);
+     * gate says what follows the scan (WRK_MAMBA2_GATE_*). */
+    bool proj_mult_on;
+    float proj_mult[5];
+    int gate;
 } wrk_mamba2_config_t;
+
+/* What follows the scan: RMSNorm(y silu(z)) per group (Mamba2), RMSNorm(y) silu(z) per group
+ * (norm_before_gate), or y silu(z) with no norm and no norm.weight tensor. */
+enum { WRK_MAMBA2_GATE_NORM = 0, WRK_MAMBA2_NORM_GATE = 1, WRK_MAMBA2_GATE_ONLY = 2 };
 
 typedef struct wrk_mamba2_layer {
     const float *norm_w;  /* [H] */
@@ -80,8 +90,8 @@ size_t wrk_mamba2_describe_state(const wrk_mamba2_config_t *c, int layer, wrk_st
                                  size_t off);
 
 /* Binds one mixer's tensors, named prefix + "in_proj.weight", "conv1d.weight"/".bias",
- * "dt_bias", "A_log", "D", "norm.weight", "out_proj.weight" (+ in/out biases when
- * c->use_bias), into L (all but norm_w), converting the small ones to fp32 at *params, which
+ * "dt_bias", "A_log", "D", "norm.weight" (not with WRK_MAMBA2_GATE_ONLY), "out_proj.weight"
+ * (+ in/out biases when c->use_bias), into L (all but norm_w), converting the small ones to fp32 at *params, which
  * advances by at most wrk_mamba2_mixer_floats(c). */
 int wrk_mamba2_bind_mixer(wrk_model_t *m, const wrk_mamba2_config_t *c, const char *prefix,
                           float **params, wrk_mamba2_layer_t *L, char *err, size_t errlen);
