@@ -109,6 +109,7 @@ CASES = {
     "all_mamba_dense": (
         4005,
         dict(
+            vocab_size=128,
             num_hidden_layers=2,
             attn_layer_period=4,
             attn_layer_offset=3,
