@@ -82,7 +82,7 @@ static inline size_t wrk_mamba2_layer_state_floats(const wrk_mamba2_config_t *c)
     return wrk_mamba2_conv_floats(c) + (size_t)c->n_heads * c->head_dim * c->d_state;
 }
 
-/* ---- the Mamba2 mixer, shared with the hybrids that use it (Granite 4.0-H) ---------------- */
+/* ---- the Mamba2 mixer, shared with the hybrids that use it (Granite 4.0-H, Nemotron-H) ---- */
 
 /* Describes one mixer layer's two state tensors, t[0] "layers.<layer>.conv" and t[1]
  * "layers.<layer>.ssm", from byte `off`; returns the offset after them. */
