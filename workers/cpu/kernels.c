@@ -1,5 +1,4 @@
 /* workers/cpu: choosing the kernel table from the CPU's features, and the matmul entry. */
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -81,12 +80,9 @@ const wrk_kern_t *wrk_kern_for(const char *isa, const char *matmul, const char *
         if (k) return k;
     }
     const wrk_kern_t *k = wrk__kern_avx512_bf16(why);
-    if (!k && !force_dp) {
-        static char both[256];
-        static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-        pthread_mutex_lock(&mu); /* the two reasons are fixed strings: one text per process */
+    if (!k && !force_dp) { /* both reasons, in this thread's buffer (read right after) */
+        static _Thread_local char both[256];
         snprintf(both, sizeof both, "%s; %s", why_amx, *why);
-        pthread_mutex_unlock(&mu);
         *why = both;
     }
     return k;

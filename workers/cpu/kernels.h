@@ -72,7 +72,8 @@ const wrk_kern_t *wrk_kern_select(const char *isa);
  * matmul (x rounded to bf16, fp32 sums; isa must be auto or avx512): on AMX (kernels_amx.c)
  * where present, else on AVX512_BF16 (kernels_avx512bf16.c); "bf16-avx512", or "bf16" with
  * RCD_MATMUL_NO_AMX=1 in the environment, forces the AVX512_BF16 one.
- * matmul NULL/""/"fp32": the fp32 kernels. NULL, with *why, when it cannot be had. */
+ * matmul NULL/""/"fp32": the fp32 kernels. NULL, with *why, when it cannot be had (*why may
+ * be this thread's buffer, valid until its next call). */
 const wrk_kern_t *wrk_kern_for(const char *isa, const char *matmul, const char **why);
 
 /* Per-ISA tables; NULL-returning where the compiler could not build them. */
