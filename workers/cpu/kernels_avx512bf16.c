@@ -37,7 +37,12 @@
 #ifndef DP_PF_DIST
 #define DP_PF_DIST 1024 /* bytes ahead, per panel, while a group streams from memory */
 #endif
+#ifndef DP_TR
 #define DP_TR 12 /* tokens per tile */
+#endif
+#ifndef DP_NP
+#define DP_NP 2 /* panels per tile from 3 tokens */
+#endif
 #define DP_NP_MAX 4
 
 static const wrk_kern_t *g_base;
@@ -116,14 +121,16 @@ static inline __attribute__((always_inline)) void
 dp_rows(const wrk_mat_t *W, int pa, int pe, const uint32_t *xa, int kp, const int T, float *y,
         int ldy, const float *bias, bool acc, int o0, int o1, int pf)
 {
-    const int NP = T <= 2 ? 4 : 2;
+    const int NP = T <= 2 ? 4 : DP_NP;
     int p = pa;
     for (; p + NP <= pe; p += NP) dp_tile(W, p, NP, xa, kp, T, y, ldy, bias, acc, o0, o1, pf);
     for (; p < pe; p++) dp_tile(W, p, 1, xa, kp, T, y, ldy, bias, acc, o0, o1, pf);
 }
 
 #define DP_CASE(n)                                                                           \
-    case n: dp_rows(W, pa, pe, xa, kp, n, y, ldy, bias, acc, o0, o1, pf); break;
+    case n:                                                                                  \
+        dp_rows(W, pa, pe, xa, kp, n < DP_TR ? n : DP_TR, y, ldy, bias, acc, o0, o1, pf);    \
+        break;
 
 /* Panels [pa, pe) for T <= DP_TR tokens, T fixed at compile time per instance. */
 static void dp_block(const wrk_mat_t *W, int pa, int pe, const uint32_t *xa, int kp, int T,
