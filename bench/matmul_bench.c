@@ -48,8 +48,11 @@ static double now(void)
 __attribute__((target("avx512f"))) static double fma_rate(long it)
 {
     const __m512 w = _mm512_set1_ps(1.0f), x = _mm512_set1_ps(0.5f);
-    __m512 a0 = _mm512_set1_ps(1), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0,
-           a7 = a0, a8 = a0, a9 = a0, a10 = a0, a11 = a0;
+    /* distinct starts, or the compiler folds the twelve equal chains into one */
+    __m512 a0 = _mm512_set1_ps(1), a1 = _mm512_set1_ps(2), a2 = _mm512_set1_ps(3),
+           a3 = _mm512_set1_ps(4), a4 = _mm512_set1_ps(5), a5 = _mm512_set1_ps(6),
+           a6 = _mm512_set1_ps(7), a7 = _mm512_set1_ps(8), a8 = _mm512_set1_ps(9),
+           a9 = _mm512_set1_ps(10), a10 = _mm512_set1_ps(11), a11 = _mm512_set1_ps(12);
 #define FMA(a) _mm512_fmadd_ps(a, w, x)
     double t = now();
     for (long i = 0; i < it; i++) {
@@ -67,8 +70,11 @@ __attribute__((target("avx512f,avx512bf16"))) static double dpbf16_rate(long it)
 {
     const __m512bh w = (__m512bh)_mm512_set1_epi32(0x3f803f80); /* (1, 1) */
     const __m512bh x = (__m512bh)_mm512_set1_epi32(0x3f003f00); /* (0.5, 0.5) */
-    __m512 a0 = _mm512_set1_ps(1), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0,
-           a7 = a0, a8 = a0, a9 = a0, a10 = a0, a11 = a0;
+    /* distinct starts, or the compiler folds the twelve equal chains into one */
+    __m512 a0 = _mm512_set1_ps(1), a1 = _mm512_set1_ps(2), a2 = _mm512_set1_ps(3),
+           a3 = _mm512_set1_ps(4), a4 = _mm512_set1_ps(5), a5 = _mm512_set1_ps(6),
+           a6 = _mm512_set1_ps(7), a7 = _mm512_set1_ps(8), a8 = _mm512_set1_ps(9),
+           a9 = _mm512_set1_ps(10), a10 = _mm512_set1_ps(11), a11 = _mm512_set1_ps(12);
 #define DP(a) _mm512_dpbf16_ps(a, w, x)
     double t = now();
     for (long i = 0; i < it; i++) {
