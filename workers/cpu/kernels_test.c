@@ -283,11 +283,16 @@ static void test_matmul_bf16(void)
     }
     CHECK(strcmp(dp->isa, "avx512+avx512-bf16") == 0);
     if (k != dp) check_bf16_kernel(dp);
+    char saved[16] = "";
+    const char *env = getenv("RCD_MATMUL_NO_AMX"); /* the caller's, restored below */
+    if (env) snprintf(saved, sizeof saved, "%s", env);
     setenv("RCD_MATMUL_NO_AMX", "1", 1);
     CHECK(wrk_kern_for(NULL, "bf16", NULL) == dp && wrk_kern_for("avx512", "bf16", NULL) == dp);
     setenv("RCD_MATMUL_NO_AMX", "0", 1);
-    CHECK(wrk_kern_for(NULL, "bf16", NULL) == k);
-    unsetenv("RCD_MATMUL_NO_AMX");
+    const wrk_kern_t *amx = wrk__kern_amx_bf16(NULL);
+    CHECK(wrk_kern_for(NULL, "bf16", NULL) == (amx ? amx : dp));
+    if (env) setenv("RCD_MATMUL_NO_AMX", saved, 1);
+    else unsetenv("RCD_MATMUL_NO_AMX");
 }
 
 /* bf16 as VDPBF16PS rounds it (x >= 2^-126 in magnitude: no denormals here). */
