@@ -160,6 +160,26 @@ static size_t llc_sysfs(int *level_out, int *instances_out)
     return total;
 }
 
+/* lscpu's own figure for the last-level cache (`lscpu -C=LEVEL,TYPE,ALL-SIZE -B`: the
+ * highest-level unified cache, all instances), as the cross-check of llc_sysfs; 0 when lscpu
+ * is missing or prints nothing usable. */
+static long llc_from_lscpu(void)
+{
+    FILE *p = popen("lscpu -C=LEVEL,TYPE,ALL-SIZE -B 2>/dev/null", "r");
+    if (!p) return 0;
+    char line[256], type[64];
+    int best = 0, level;
+    long size = 0, v;
+    while (fgets(line, sizeof line, p))
+        if (sscanf(line, "%d %63s %ld", &level, type, &v) == 3 && !strcmp(type, "Unified") &&
+            level >= best) {
+            best = level;
+            size = v;
+        }
+    pclose(p);
+    return size;
+}
+
 static double read_bandwidth(wrk_pool_t *pool, size_t bytes)
 {
     bytes = bytes / 256 * 256;
@@ -216,7 +236,7 @@ static int cmp_d(const void *a, const void *b)
 int main(int argc, char **argv)
 {
     const char *model_dir = NULL, *matmul = NULL;
-    int threads = 0, prefill_len = 512;
+    int threads = 0, prefill_len = 512, repeat = 0;
     double secs = 3.0;
     int batches[16] = {1, 2, 4, 8, 16, 32}, n_batches = 6;
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},
@@ -225,13 +245,15 @@ int main(int argc, char **argv)
                                          {"seconds", required_argument, 0, 's'},
                                          {"prefill", required_argument, 0, 'p'},
                                          {"matmul", required_argument, 0, 'x'},
+                                         {"repeat", required_argument, 0, 'r'},
                                          {0, 0, 0, 0}};
-    for (int o; (o = getopt_long(argc, argv, "m:j:s:p:b:x:", opts, NULL)) != -1;) {
+    for (int o; (o = getopt_long(argc, argv, "m:j:s:p:b:x:r:", opts, NULL)) != -1;) {
         if (o == 'm') model_dir = optarg;
         else if (o == 'j') threads = atoi(optarg);
         else if (o == 's') secs = atof(optarg);
         else if (o == 'p') prefill_len = atoi(optarg);
         else if (o == 'x') matmul = optarg;
+        else if (o == 'r') repeat = atoi(optarg);
         else if (o == 'b') {
             n_batches = 0;
             for (char *q = optarg; *q && n_batches < 16;) {
@@ -244,10 +266,26 @@ int main(int argc, char **argv)
         }
         else return 2;
     }
-    if (!model_dir || prefill_len < 0 || secs <= 0) {
+    /* --matmul: one mode or several separated by commas, each measured in turn in this run */
+    enum { MAX_MODES = 4 };
+    char modes_buf[128];
+    const char *modes[MAX_MODES] = {matmul};
+    int n_modes = 1;
+    if (matmul && strlen(matmul) < sizeof modes_buf) {
+        snprintf(modes_buf, sizeof modes_buf, "%s", matmul);
+        n_modes = 0;
+        for (char *save = NULL, *tok = strtok_r(modes_buf, ",", &save); tok;
+             tok = strtok_r(NULL, ",", &save))
+            if (n_modes < MAX_MODES) modes[n_modes++] = tok;
+            else return 2;
+    }
+    if (!model_dir || prefill_len < 0 || secs <= 0 || repeat < 0 || repeat > 100 ||
+        n_modes == 0 || (matmul && strlen(matmul) >= sizeof modes_buf)) {
         fprintf(stderr, "usage: mamba_bench --model DIR [--threads N] [--seconds S] "
                         "[--prefill TOKENS (0: skip)] [--batches 1,2,4,... (each <= 32)] "
-                        "[--matmul fp32|bf16]\n");
+                        "[--matmul fp32|bf16|bf16-avx512[,...] (several: each in turn, with "
+                        "ratios to the first)] [--repeat N (batch 1 N more times, each after a "
+                        "bandwidth measurement)]\n");
         return 2;
     }
     char err[1024], cpu[256];
@@ -257,14 +295,7 @@ int main(int argc, char **argv)
         return 1;
     }
     const wrk_model_info_t *mi = wrk_model_info(m);
-    wrk_backend_t *b = NULL;
     const int max_batch = 32;
-    wrk_backend_opts_t bo = {.n_threads = threads, .n_slots = max_batch, .matmul = matmul,
-                             .max_step_tokens = prefill_len > max_batch ? prefill_len : max_batch};
-    if (wrk_cpu_backend_create(m, &bo, &b, err, sizeof err)) {
-        fprintf(stderr, "mamba_bench: %s\n", err);
-        return 1;
-    }
     wrk_pool_t *pool = NULL;
     int nth = threads > 0 ? threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     wrk_pool_create(nth, &pool);
@@ -277,6 +308,14 @@ int main(int argc, char **argv)
     int llc_level = 0, llc_inst = 0;
     long llc_cpuid = sysconf(_SC_LEVEL3_CACHE_SIZE);
     long llc = (long)llc_sysfs(&llc_level, &llc_inst);
+    long llc_lscpu = llc_from_lscpu();
+    /* The cross-check: sysfs (what is used), lscpu's own figure, and CPUID's (glibc). */
+    printf("last-level cache: sysfs L%d %.0f MiB (%d instance(s)); lscpu %s%.0f MiB; CPUID "
+           "(sysconf) L3 %.0f MiB%s\n",
+           llc_level, (double)llc / 1048576, llc_inst, llc_lscpu > 0 ? "" : "n/a ",
+           (double)(llc_lscpu > 0 ? llc_lscpu : 0) / 1048576,
+           (double)(llc_cpuid > 0 ? llc_cpuid : 0) / 1048576,
+           llc > 0 && llc_lscpu > 0 && llc_lscpu != llc ? " -- sysfs and lscpu DIFFER" : "");
     if (llc <= 0) /* no sysfs cache topology: CPUID's figure, said so */
         llc = llc_cpuid;
     else if (llc_cpuid > 0 && llc_cpuid != llc)
@@ -284,93 +323,159 @@ int main(int argc, char **argv)
                "using sysfs, as lscpu does\n",
                (double)llc_cpuid / 1048576, llc_level, (double)llc / 1048576, llc_inst);
     size_t big = llc > 0 && (size_t)llc * 4 > ((size_t)1 << 30) ? (size_t)llc * 4 : (size_t)1 << 30;
+    const size_t ws = (size_t)(weight_b + 2 * state_b);
     double bw_mem = read_bandwidth(pool, big);
-    double bw = read_bandwidth(pool, (size_t)(weight_b + 2 * state_b));
+    double bw = read_bandwidth(pool, ws);
     double peak = gemm_peak(nth);
     const double lm_flops = 2.0 * mi->vocab_size * mi->hidden_size;
-    printf("cpu: %s, %d threads, kernels %s\n", cpu, nth, wrk_backend_isa(b));
+    printf("cpu: %s, %d threads\n", cpu, nth);
     printf("model: %s, %d layers, hidden %d, vocab %d, weights %s %.1f MB, state %.2f MB/seq\n",
            model_dir, mi->n_layers, mi->hidden_size, mi->vocab_size,
            wrk_dtype_name(mi->weight_dtype), weight_b / 1e6, state_b / 1e6);
     printf("limits: read bandwidth %.1f GB/s over the weights' size (%.1f GB/s over %.0f MiB, "
            "last-level cache %.0f MiB), sgemm peak %.1f GFLOP/s (2048^3, %d threads)\n",
            bw, bw_mem, (double)big / 1048576, llc > 0 ? (double)llc / 1048576 : 0, peak, nth);
-    printf("%-8s %10s %10s %10s %10s %9s %s\n", "batch", "tok/s", "step_p50", "step_p99",
-           "GFLOP/s", "limit%", "(limit) step_min");
 
     const int V = mi->vocab_size;
     float *logits = malloc(sizeof(float) * (size_t)max_batch * V);
     int32_t toks[32];
     double *lat = malloc(sizeof(double) * 100000);
-    for (int bi = 0; bi < n_batches; bi++) {
-        int B = batches[bi];
-        wrk_seq_t seqs[32];
-        for (int i = 0; i < B; i++) {
-            wrk_state_reset(b, i);
-            toks[i] = (i * 7919) % V;
-            seqs[i] = (wrk_seq_t){.slot = i, .n_tokens = 1, .tokens = &toks[i], .n_logits = 1,
-                                  .logits = logits + (size_t)i * V};
+    double tps_at[MAX_MODES][17] = {{0}}; /* per mode: tok/s per batch index, [16] prefill */
+    const char *isa_of[MAX_MODES] = {0};
+    for (int md = 0; md < n_modes; md++) {
+        wrk_backend_t *b = NULL;
+        wrk_backend_opts_t bo = {.n_threads = threads, .n_slots = max_batch, .matmul = modes[md],
+                                 .max_step_tokens = prefill_len > max_batch ? prefill_len
+                                                                            : max_batch};
+        if (wrk_cpu_backend_create(m, &bo, &b, err, sizeof err)) {
+            fprintf(stderr, "mamba_bench: %s\n", err);
+            return 1;
         }
-        for (int w = 0; w < 3; w++) wrk_step(b, seqs, B, err, sizeof err);
-        int steps = 0;
-        double t0 = now();
-        while ((now() - t0 < secs || steps < 5) && steps < 100000) {
-            double t = now();
-            if (wrk_step(b, seqs, B, err, sizeof err)) {
-                fprintf(stderr, "step: %s\n", err);
-                return 1;
+        isa_of[md] = wrk_backend_isa(b);
+        printf("--- matmul %s: kernels %s\n", modes[md] ? modes[md] : "fp32", isa_of[md]);
+        printf("%-8s %10s %10s %10s %10s %9s %s\n", "batch", "tok/s", "step_p50", "step_p99",
+               "GFLOP/s", "limit%", "(limit) step_min");
+        for (int bi = 0; bi < n_batches; bi++) {
+            int B = batches[bi];
+            wrk_seq_t seqs[32];
+            for (int i = 0; i < B; i++) {
+                wrk_state_reset(b, i);
+                toks[i] = (i * 7919) % V;
+                seqs[i] = (wrk_seq_t){.slot = i, .n_tokens = 1, .tokens = &toks[i],
+                                      .n_logits = 1, .logits = logits + (size_t)i * V};
             }
-            lat[steps++] = now() - t;
-            for (int i = 0; i < B; i++) toks[i] = (toks[i] + 31) % V;
+            for (int w = 0; w < 3; w++) wrk_step(b, seqs, B, err, sizeof err);
+            int steps = 0;
+            double t0 = now();
+            while ((now() - t0 < secs || steps < 5) && steps < 100000) {
+                double t = now();
+                if (wrk_step(b, seqs, B, err, sizeof err)) {
+                    fprintf(stderr, "step: %s\n", err);
+                    return 1;
+                }
+                lat[steps++] = now() - t;
+                for (int i = 0; i < B; i++) toks[i] = (toks[i] + 31) % V;
+            }
+            double el = now() - t0, tps = (double)steps * B / el;
+            tps_at[md][bi] = tps;
+            qsort(lat, steps, sizeof *lat, cmp_d);
+            double gflops = tps * (mi->layer_flops + lm_flops) / 1e9;
+            /* batch 1 is bandwidth-bound: limit = bandwidth / (weights + state read and
+             * written); larger batches are compared with the GEMM peak. */
+            if (B == 1) {
+                double limit = bw * 1e9 / (weight_b + 2 * state_b);
+                double limit_mem = bw_mem * 1e9 / (weight_b + 2 * state_b);
+                printf("%-8d %10.1f %8.2fms %8.2fms %10.1f %8.1f%% (%.1f tok/s bw) %.2fms "
+                       "[%.1f%% of %.1f tok/s from memory]\n",
+                       B, tps, lat[steps / 2] * 1e3, lat[steps * 99 / 100] * 1e3, gflops,
+                       100 * tps / limit, limit, lat[0] * 1e3, 100 * tps / limit_mem, limit_mem);
+            } else {
+                printf("%-8d %10.1f %8.2fms %8.2fms %10.1f %8.1f%% (of sgemm peak) %.2fms\n", B,
+                       tps, lat[steps / 2] * 1e3, lat[steps * 99 / 100] * 1e3, gflops,
+                       100 * gflops / peak, lat[0] * 1e3);
+            }
+            fflush(stdout);
         }
-        double el = now() - t0, tps = (double)steps * B / el;
-        qsort(lat, steps, sizeof *lat, cmp_d);
-        double gflops = tps * (mi->layer_flops + lm_flops) / 1e9;
-        /* batch 1 is bandwidth-bound: limit = bandwidth / (weights + state read and written);
-         * larger batches are compared with the GEMM peak. */
-        if (B == 1) {
-            double limit = bw * 1e9 / (weight_b + 2 * state_b);
-            double limit_mem = bw_mem * 1e9 / (weight_b + 2 * state_b);
-            printf("%-8d %10.1f %8.2fms %8.2fms %10.1f %8.1f%% (%.1f tok/s bw) %.2fms "
-                   "[%.1f%% of %.1f tok/s from memory]\n",
-                   B, tps, lat[steps / 2] * 1e3, lat[steps * 99 / 100] * 1e3, gflops,
-                   100 * tps / limit, limit, lat[0] * 1e3, 100 * tps / limit_mem, limit_mem);
-        } else {
-            printf("%-8d %10.1f %8.2fms %8.2fms %10.1f %8.1f%% (of sgemm peak) %.2fms\n", B,
-                   tps, lat[steps / 2] * 1e3, lat[steps * 99 / 100] * 1e3, gflops,
+        /* Prefill: one sequence, prefill_len tokens per step, logits for the last row only. */
+        if (prefill_len > 0) {
+            int32_t *ptoks = malloc(sizeof(int32_t) * prefill_len);
+            for (int i = 0; i < prefill_len; i++) ptoks[i] = (i * 104729) % V;
+            wrk_seq_t ps = {.slot = 0, .n_tokens = prefill_len, .tokens = ptoks, .n_logits = 1,
+                            .logits = logits};
+            wrk_step(b, &ps, 1, err, sizeof err);
+            int steps = 0;
+            double t0 = now();
+            while ((now() - t0 < secs || steps < 3) && steps < 100000) {
+                double t = now();
+                wrk_state_reset(b, 0);
+                wrk_step(b, &ps, 1, err, sizeof err);
+                lat[steps++] = now() - t;
+            }
+            double el = now() - t0, tps = (double)steps * prefill_len / el;
+            tps_at[md][16] = tps;
+            qsort(lat, steps, sizeof *lat, cmp_d);
+            double gflops = (tps * mi->layer_flops + steps * lm_flops / el) / 1e9;
+            printf("prefill%-4d %7.1f %8.2fms %8.2fms %10.1f %8.1f%% (of sgemm peak) %.2fms\n",
+                   prefill_len, tps, lat[steps / 2] * 1e3, lat[steps * 99 / 100] * 1e3, gflops,
                    100 * gflops / peak, lat[0] * 1e3);
+            free(ptoks);
         }
-        fflush(stdout);
+        /* Bandwidth noise: the read rate of these VMs moves by up to 2x between runs, so batch
+         * 1 is repeated, each time right after a bandwidth measurement over the weights' size,
+         * and each pair gives its own share of the limit; their median is the figure. */
+        if (repeat > 0) {
+            double ratio[100];
+            wrk_seq_t s1 = {.slot = 0, .n_tokens = 1, .tokens = &toks[0], .n_logits = 1,
+                            .logits = logits};
+            wrk_state_reset(b, 0);
+            toks[0] = 1;
+            for (int w = 0; w < 3; w++) wrk_step(b, &s1, 1, err, sizeof err);
+            for (int r = 0; r < repeat; r++) {
+                const double bwr = read_bandwidth(pool, ws);
+                int steps = 0;
+                double t0 = now();
+                while ((now() - t0 < secs || steps < 5) && steps < 100000) {
+                    if (wrk_step(b, &s1, 1, err, sizeof err)) {
+                        fprintf(stderr, "step: %s\n", err);
+                        return 1;
+                    }
+                    steps++;
+                    toks[0] = (toks[0] + 31) % V;
+                }
+                const double tps = steps / (now() - t0), limit = bwr * 1e9 / (double)ws;
+                ratio[r] = tps / limit;
+                printf("repeat %-3d bandwidth %.1f GB/s, batch 1 %.1f tok/s = %.1f%% of its "
+                       "%.1f tok/s limit\n",
+                       r + 1, bwr, tps, 100 * ratio[r], limit);
+                fflush(stdout);
+            }
+            qsort(ratio, (size_t)repeat, sizeof ratio[0], cmp_d);
+            const double med = repeat % 2 ? ratio[repeat / 2]
+                                          : (ratio[repeat / 2 - 1] + ratio[repeat / 2]) / 2;
+            printf("repeat median: batch 1 at %.1f%% of the bandwidth limit (min %.1f%%, max "
+                   "%.1f%%, %d pairs)\n",
+                   100 * med, 100 * ratio[0], 100 * ratio[repeat - 1], repeat);
+        }
+        wrk_backend_destroy(b);
     }
-    /* Prefill: one sequence, prefill_len tokens per step, logits for the last row only. */
-    if (prefill_len == 0) goto done;
-    int32_t *ptoks = malloc(sizeof(int32_t) * prefill_len);
-    for (int i = 0; i < prefill_len; i++) ptoks[i] = (i * 104729) % V;
-    wrk_seq_t ps = {.slot = 0, .n_tokens = prefill_len, .tokens = ptoks, .n_logits = 1,
-                    .logits = logits};
-    wrk_step(b, &ps, 1, err, sizeof err);
-    int steps = 0;
-    double t0 = now();
-    while ((now() - t0 < secs || steps < 3) && steps < 100000) {
-        double t = now();
-        wrk_state_reset(b, 0);
-        wrk_step(b, &ps, 1, err, sizeof err);
-        lat[steps++] = now() - t;
+    if (n_modes > 1) { /* the ratios of each mode to the first, measured in this run */
+        printf("ratios to matmul %s (%s):", modes[0] ? modes[0] : "fp32", isa_of[0]);
+        for (int md = 1; md < n_modes; md++) {
+            printf("\n  %s (%s):", modes[md] ? modes[md] : "fp32", isa_of[md]);
+            for (int bi = 0; bi < n_batches; bi++)
+                printf(" b%d %.2fx", batches[bi],
+                       tps_at[0][bi] > 0 ? tps_at[md][bi] / tps_at[0][bi] : 0);
+            if (prefill_len > 0)
+                printf(" prefill%d %.2fx", prefill_len,
+                       tps_at[0][16] > 0 ? tps_at[md][16] / tps_at[0][16] : 0);
+        }
+        printf("\n");
     }
-    double el = now() - t0, tps = (double)steps * prefill_len / el;
-    qsort(lat, steps, sizeof *lat, cmp_d);
-    double gflops = (tps * mi->layer_flops + steps * lm_flops / el) / 1e9;
-    printf("prefill%-4d %7.1f %8.2fms %8.2fms %10.1f %8.1f%% (of sgemm peak) %.2fms\n",
-           prefill_len, tps, lat[steps / 2] * 1e3, lat[steps * 99 / 100] * 1e3, gflops,
-           100 * gflops / peak, lat[0] * 1e3);
-    free(ptoks);
-done:
     printf("peak RSS: %.1f MB (weights are mmapped and counted once paged in)\n",
            peak_rss_kb() / 1024.0);
     free(lat);
     free(logits);
     wrk_pool_destroy(pool);
-    wrk_backend_destroy(b);
     wrk_model_free(m);
     return 0;
 }

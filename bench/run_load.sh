@@ -10,7 +10,7 @@
 #   OUT_SCALE=0.1 (output lengths x this) STEP_TOKENS=256 CHUNK=128
 #   SHORT_RATE=0.5 (mixed runs: extra short requests/s next to the workload's arrivals)
 #   PIPELINE=2 (recurd --pipeline: plans in flight) UNCHUNKED=1 (0: skip the unchunked run)
-#   MATMUL=fp32 (recurd --matmul: fp32, or bf16 on AMX CPUs)
+#   MATMUL=fp32 (recurd --matmul: fp32, or bf16 on AMX or AVX512_BF16 CPUs)
 #   WORKLOADS="chat mixed" (either or both)
 set -euo pipefail
 cd "$(dirname "$0")/.."

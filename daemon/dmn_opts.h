@@ -77,7 +77,8 @@
     X(isa, STR, "auto", "RECURD_ISA", DMN_ONE_OF("auto|avx512|avx2|portable"), "CPU kernels")      \
     X(matmul, STR, "fp32", "RECURD_MATMUL", DMN_ONE_OF("fp32|bf16"),                               \
       "CPU matmul precision: fp32 (logits match transformers in fp32) or bf16 (BF16 weights: "     \
-      "inputs rounded to bf16, fp32 sums, on AMX: 130m shape 1.7x at 32 sequences, 2.6x prefill)") \
+      "inputs rounded to bf16, fp32 sums, on AMX: 130m shape 1.7x at 32 sequences, 2.6x prefill; " \
+      "without AMX on AVX512_BF16)")                                                             \
     X(slots, INT, "8", "RECURD_SLOTS", DMN_RANGE(1, DMN_INT_MAX),                                  \
       "sequences decoded at once (state slots)")                                                   \
     X(max_step_tokens, INT, "512", "RECURD_MAX_STEP_TOKENS", DMN_RANGE(1, DMN_INT_MAX),            \

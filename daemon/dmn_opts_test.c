@@ -171,6 +171,8 @@ static void test_choices(void)
     char *b[] = {"--backend", "tpu"}, *m[] = {"--matmul=fp16"}, *i[] = {"--isa", "sse"};
     refused(2, b, "--backend must be cpu or cuda, got 'tpu'", NULL);
     refused(1, m, "matmul must be fp32 or bf16", NULL); /* test_matmul.py looks for this */
+    char *m2[] = {"--matmul", "bf16-avx512"}; /* the engine's forcing value is not an option */
+    refused(2, m2, "--matmul must be fp32 or bf16, got 'bf16-avx512'", NULL);
     refused(2, i, "--isa must be auto, avx512, avx2 or portable", NULL);
     char *l[] = {"--log-level", "Info"}, *e[] = {"--backend", ""};
     refused(2, l, "--log-level must be debug, info, warn or error, got 'Info'", NULL);

@@ -14,7 +14,7 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: recurd-eval --model DIR (--tokens 1,2,3,... | --tokens-file F)\n"
             "                   [--chunk N] [--dump-logits FILE] [--greedy N] [--threads N]\n"
-            "                   [--isa auto|avx512|avx2|portable] [--matmul fp32|bf16]\n"
+            "                   [--isa auto|avx512|avx2|portable] [--matmul fp32|bf16|bf16-avx512]\n"
             "                   [--backend cpu|cuda] [--tp N]\n"
             "  Runs the prompt in chunks of N tokens (default: the whole prompt in one step)\n"
             "  and writes the logits of every position to FILE as raw little-endian float32,\n"
@@ -22,7 +22,8 @@ static void usage(FILE *f)
             "  prints their ids. A tokens file holds whitespace- or comma-separated ids.\n"
             "  --tp N runs N tensor-parallel ranks (CPU: in-process, threads split between\n"
             "  them): the logits must match --tp 1 within fp32 rounding. --matmul bf16 rounds\n"
-            "  the matmuls' inputs to bf16 (BF16 weights, AMX CPUs).\n");
+            "  the matmuls' inputs to bf16 (BF16 weights; AMX, else AVX512_BF16);\n"
+            "  bf16-avx512 forces the AVX512_BF16 kernel (no AMX).\n");
 }
 
 /* Parses ids separated by commas or whitespace; returns count or a negative error. */

@@ -1,5 +1,6 @@
 """recurd integration: the opt-in bf16 matmul (--matmul bf16, AMX) served end to end, by token
-ids on a BF16 checkpoint (tests/golden/mamba/tiny_bias_tied_bf16).
+ids on a BF16 checkpoint (tests/golden/mamba/tiny_bias_tied_bf16). The AVX512_BF16 path (CPUs
+without AMX; forced here by RCD_MATMUL_NO_AMX=1) gets the same checks where the CPU has it.
 
 A bad --matmul value stops the daemon at start with a message naming the choices; on an F32
 checkpoint the mode changes nothing and the log says so. On a CPU
@@ -32,14 +33,14 @@ def run(d, req):
 class Bf16Matmul(OwnDaemonsTest):
     state_prefix = "recurd-matmul-"
 
-    def start(self, *extra):
-        return self.spawn("--model", MODEL, "--ephemeral", "--slots", "16", *extra)
+    def start(self, *extra, env=None):
+        return self.spawn("--model", MODEL, "--ephemeral", "--slots", "16", *extra, env=env)
 
-    def start_bf16(self, *extra):
+    def start_bf16(self, *extra, env=None):
         """A --matmul bf16 daemon, or a skip with the daemon's reason where the CPU (or the
         kernel) has no AMX-BF16; any other failure to start is a failure."""
         try:
-            return self.start("--matmul", "bf16", *extra)
+            return self.start("--matmul", "bf16", *extra, env=env)
         except RuntimeError as e:
             msg = str(e)
             self.assertIn("bf16 matmul", msg)
@@ -63,7 +64,9 @@ class Bf16Matmul(OwnDaemonsTest):
 
     def test_concurrent_equals_one_at_a_time(self):
         d = self.start_bf16()
-        self.assertIn("avx512+amx-bf16", d.logs())
+        # AMX where the CPU has it, else AVX512_BF16 (Zen 4): the log names which
+        self.assertTrue("avx512+amx-bf16" in d.logs() or "avx512+avx512-bf16" in d.logs(),
+                        d.logs()[-2000:])
         reqs = requests()
         ref = [run(d, r) for r in reqs]
         for i, (ids, _) in enumerate(ref):
@@ -86,6 +89,36 @@ class Bf16Matmul(OwnDaemonsTest):
         chunked = self.start_bf16("--prefill-chunk", "4", "--max-step-tokens", "16")
         for i, r in enumerate(reqs):
             self.assertEqual(run(chunked, r), ref[i], "request %d" % i)
+
+    def test_avx512_bf16_path(self):
+        """RCD_MATMUL_NO_AMX=1: --matmul bf16 runs on VDPBF16PS (logged), concurrent streams
+        and a chunked prefill give the same bits as one at a time / whole, and the tokens are
+        those of the AMX path up to near-ties (same rounding of x, other fp32 sum order)."""
+        env = {"RCD_MATMUL_NO_AMX": "1"}
+        try:
+            d = self.start("--matmul", "bf16", env=env)
+        except RuntimeError as e:
+            self.assertIn("no AVX512-BF16", str(e))
+            self.skipTest("no AVX512-BF16 here")
+        self.assertIn("avx512+avx512-bf16", d.logs())
+        reqs = requests()
+        ref = [run(d, r) for r in reqs]
+        it = iter(range(N))
+        got = {}
+
+        def one():
+            i = next(it)
+            got[i] = run(d, reqs[i])
+        self.assertEqual([r for r in concurrently(one, N) if r is not None], [])
+        for i in range(N):
+            self.assertEqual(got[i], ref[i], "stream %d" % i)
+        chunked = self.start("--matmul", "bf16", "--prefill-chunk", "4", "--max-step-tokens",
+                             "16", env=env)
+        for i, r in enumerate(reqs[:6]):
+            self.assertEqual(run(chunked, r), ref[i], "request %d" % i)
+        fp32 = self.start()
+        same = sum(run(fp32, r)[0] == ref[i][0] for i, r in enumerate(reqs[:6]))
+        self.assertGreaterEqual(same, 4, "greedy ids far from the fp32 path's")
 
 
 if __name__ == "__main__":

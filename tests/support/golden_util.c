@@ -359,14 +359,10 @@ void golden_test_greedy(const golden_suite_t *s)
     }
 }
 
-void golden_test_bf16_matmul(const golden_suite_t *s, const char *golden_case,
-                             const char *model_case, float tol)
+static void bf16_matmul_mode(const golden_suite_t *s, const char *golden_case,
+                             const char *model_case, float tol, const char *mode,
+                             const char *isa)
 {
-    const char *why = "";
-    if (!wrk_kern_for(NULL, "bf16", &why)) {
-        fprintf(stderr, "  skip: bf16 matmul (%s)\n", why);
-        return;
-    }
     golden_t g;
     if (golden_load(s->family, golden_case, &g)) {
         CHECK(0);
@@ -375,17 +371,17 @@ void golden_test_bf16_matmul(const golden_suite_t *s, const char *golden_case,
     char dir[RCD_PATH_MAX];
     CHECK(rcd_path_fmt(dir, sizeof dir, "%s/%s/%s", golden_root(), s->family, model_case) == 0);
     golden_suite_t sb = *s;
-    sb.opts.matmul = "bf16";
+    sb.opts.matmul = mode;
     wrk_model_t *m = golden_model(dir);
     for (int threads = 1; m && threads <= 2; threads++) {
         wrk_backend_t *b = golden_backend(&sb, m, NULL, threads);
         if (!b) continue;
-        CHECK(strcmp(wrk_backend_isa(b), "avx512+amx-bf16") == 0);
+        CHECK(strcmp(wrk_backend_isa(b), isa) == 0);
         char label[160];
-        snprintf(label, sizeof label, "%s bf16 matmul/%d threads", model_case, threads);
+        snprintf(label, sizeof label, "%s %s matmul/%d threads", model_case, isa, threads);
         float worst = golden_check_chunks(b, &g, tol, label);
-        fprintf(stderr, "  %s, bf16 matmul, %d thr: max |dlogit| %.2e vs %s goldens\n", model_case,
-                threads, worst, golden_case);
+        fprintf(stderr, "  %s, %s matmul, %d thr: max |dlogit| %.2e vs %s goldens\n", model_case,
+                isa, threads, worst, golden_case);
         wrk_backend_destroy(b);
     }
     /* Greedy ids, teacher-forced: near-ties may flip under the rounding, so where this picks
@@ -417,16 +413,35 @@ void golden_test_bf16_matmul(const golden_suite_t *s, const char *golden_case,
             if (!(d <= worst)) worst = d;
         }
     }
-    CHECK_MSG(margin <= 2 * tol, "%s bf16 matmul: a greedy token flipped by %g", model_case,
+    CHECK_MSG(margin <= 2 * tol, "%s %s matmul: a greedy token flipped by %g", model_case, isa,
               margin);
-    CHECK_MSG(worst <= tol, "%s bf16 matmul: greedy logits max diff %g", model_case, worst);
+    CHECK_MSG(worst <= tol, "%s %s matmul: greedy logits max diff %g", model_case, isa, worst);
     if (b)
-        fprintf(stderr, "  %s, bf16 matmul: %d greedy tokens, %d near-tie flips (margin %.2e)\n",
-                model_case, g.n_gen, flips, margin);
+        fprintf(stderr, "  %s, %s matmul: %d greedy tokens, %d near-tie flips (margin %.2e)\n",
+                model_case, isa, g.n_gen, flips, margin);
     free(row);
     wrk_backend_destroy(b);
     wrk_model_free(m);
     golden_free(&g);
+}
+
+void golden_test_bf16_matmul(const golden_suite_t *s, const char *golden_case,
+                             const char *model_case, float tol)
+{
+    /* "bf16" as the daemon picks it (AMX where present), then the AVX512_BF16 path forced
+     * where that is another kernel: both within the same tol. */
+    const char *why = "";
+    const wrk_kern_t *k = wrk_kern_for(NULL, "bf16", &why);
+    if (!k) {
+        fprintf(stderr, "  skip: bf16 matmul (%s)\n", why);
+        return;
+    }
+    bf16_matmul_mode(s, golden_case, model_case, tol, "bf16", k->isa);
+    const wrk_kern_t *dp = wrk_kern_for(NULL, "bf16-avx512", &why);
+    if (!dp)
+        fprintf(stderr, "  skip: bf16-avx512 matmul (%s)\n", why);
+    else if (dp != k)
+        bf16_matmul_mode(s, golden_case, model_case, tol, "bf16-avx512", dp->isa);
 }
 
 void golden_check_state_layout(const wrk_model_info_t *mi)

@@ -123,10 +123,11 @@ int golden_greedy(const golden_suite_t *s, const char *model_dir, const golden_t
 /* Every fp32 case: 32 greedy tokens identical, their logits within tol. */
 void golden_test_greedy(const golden_suite_t *s);
 
-/* The opt-in bf16 matmul (x rounded to bf16, AMX) on the BF16 checkpoint <family>/<model_case>
+/* The opt-in bf16 matmul (x rounded to bf16) on the BF16 checkpoint <family>/<model_case>
  * against the goldens of <family>/<golden_case>: every chunking within tol of them and
  * bit-identical to each other, with 1 and 2 threads, and the fixture's greedy ids up to
- * near-ties. Skipped, with the reason, where the CPU has no AMX. */
+ * near-ties. Run as "bf16" picks it (AMX, else AVX512_BF16) and, where that was AMX, again on
+ * the AVX512_BF16 path ("bf16-avx512"). Skipped, with the reason, where the CPU has neither. */
 void golden_test_bf16_matmul(const golden_suite_t *s, const char *golden_case,
                              const char *model_case, float tol);
 

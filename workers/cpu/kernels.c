@@ -1,4 +1,6 @@
 /* workers/cpu: choosing the kernel table from the CPU's features, and the matmul entry. */
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
@@ -60,13 +62,28 @@ const wrk_kern_t *wrk_kern_for(const char *isa, const char *matmul, const char *
         if (!k) *why = "this CPU cannot run those kernels";
         return k;
     }
-    if (strcmp(matmul, "bf16") != 0) {
-        *why = "matmul must be fp32 or bf16";
+    const bool force_dp = strcmp(matmul, "bf16-avx512") == 0;
+    if (strcmp(matmul, "bf16") != 0 && !force_dp) {
+        *why = "matmul must be fp32, bf16 or bf16-avx512";
         return NULL;
     }
     if (isa && *isa && strcmp(isa, "auto") != 0 && strcmp(isa, "avx512") != 0) {
         *why = "the bf16 matmul runs on the avx512 kernels only";
         return NULL;
     }
-    return wrk__kern_amx_bf16(why);
+    /* bf16: AMX where the CPU and the kernel have it, else AVX512_BF16 (kernels_avx512bf16.c);
+     * RCD_MATMUL_NO_AMX=1 in the environment, or bf16-avx512, skips AMX. */
+    const char *no_amx = getenv("RCD_MATMUL_NO_AMX");
+    const char *why_amx = "AMX not tried (RCD_MATMUL_NO_AMX)";
+    if (!force_dp && !(no_amx && *no_amx && strcmp(no_amx, "0") != 0)) {
+        const wrk_kern_t *k = wrk__kern_amx_bf16(&why_amx);
+        if (k) return k;
+    }
+    const wrk_kern_t *k = wrk__kern_avx512_bf16(why);
+    if (!k && !force_dp) { /* both reasons, in this thread's buffer (read right after) */
+        static _Thread_local char both[256];
+        snprintf(both, sizeof both, "%s; %s", why_amx, *why);
+        *why = both;
+    }
+    return k;
 }

@@ -69,8 +69,11 @@ typedef struct wrk_kern {
 const wrk_kern_t *wrk_kern_select(const char *isa);
 
 /* The kernels for a backend: wrk_kern_select(isa), or with matmul "bf16" the opt-in bf16
- * matmul (x rounded to bf16, fp32 sums, on AMX: kernels_amx.c; isa must be auto or avx512).
- * matmul NULL/""/"fp32": the fp32 kernels. NULL, with *why, when it cannot be had. */
+ * matmul (x rounded to bf16, fp32 sums; isa must be auto or avx512): on AMX (kernels_amx.c)
+ * where present, else on AVX512_BF16 (kernels_avx512bf16.c); "bf16-avx512", or "bf16" with
+ * RCD_MATMUL_NO_AMX=1 in the environment, forces the AVX512_BF16 one.
+ * matmul NULL/""/"fp32": the fp32 kernels. NULL, with *why, when it cannot be had (*why may
+ * be this thread's buffer, valid until its next call). */
 const wrk_kern_t *wrk_kern_for(const char *isa, const char *matmul, const char **why);
 
 /* Per-ISA tables; NULL-returning where the compiler could not build them. */
@@ -80,6 +83,8 @@ const wrk_kern_t *wrk__kern_avx512(void);
 /* The AVX-512 table with the AMX bf16 matmul; NULL, with *why, where the CPU, the OS or the
  * build cannot run it. */
 const wrk_kern_t *wrk__kern_amx_bf16(const char **why);
+/* The AVX-512 table with the AVX512_BF16 (VDPBF16PS) bf16 matmul; NULL, with *why, likewise. */
+const wrk_kern_t *wrk__kern_avx512_bf16(const char **why);
 
 /* y[t*ldy + o] = (acc ? y : 0) + x[t] . W[o] (+ bias) for t < T, o in [o0, o1): the kernel's
  * `mm` for any T (one kernel, so results do not depend on T). `scratch`: WRK_GEMM_BLOCK_ROWS

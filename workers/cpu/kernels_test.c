@@ -178,23 +178,17 @@ static void test_matmul(void)
     free(packed_one);
 }
 
-/* The opt-in bf16 matmul (AMX): against a double-precision reference of x rounded to bf16
- * (the products are exact, so only the fp32 sums differ), shapes around its 32-column blocks
- * and 16-token tiles, token counts past its x buffer; every token bit-identical to a T = 1
- * call; F32/F16 weights give exactly the fp32 kernels' result. Skipped, with the reason, where
- * the CPU or the kernel has no AMX. */
-static void test_matmul_bf16(void)
+/* The bf16 matmul kernel k (AMX or AVX512_BF16): against a double-precision reference of x
+ * rounded to bf16 (the products are exact, so only the fp32 sums differ), shapes around its
+ * 32-column blocks, 16-token (AMX) and 12-token (AVX512_BF16) tiles, token counts past its x
+ * buffer; every token bit-identical to a T = 1 call; F32/F16 weights give exactly the fp32
+ * kernels' result. */
+static void check_bf16_kernel(const wrk_kern_t *k)
 {
-    const char *why = "";
-    const wrk_kern_t *k = wrk_kern_for(NULL, "bf16", &why), *k32 = wrk_kern_select("avx512");
-    CHECK(!wrk_kern_for("avx2", "bf16", NULL) && !wrk_kern_for(NULL, "fp16", NULL));
-    if (!k) {
-        fprintf(stderr, "  skip: bf16 matmul (%s)\n", why);
-        return;
-    }
+    const wrk_kern_t *k32 = wrk_kern_select("avx512");
     static const int shapes[][2] = {{37, 29}, {64, 64}, {130, 257}, {16, 33}, {5, 3}, {33, 1},
                                     {48, 300}};
-    static const int Ts[] = {1, 2, 15, 16, 17, 31, 32, 33, 48, 50, 100};
+    static const int Ts[] = {1, 2, 11, 12, 13, 15, 16, 17, 31, 32, 33, 40, 48, 50, 100};
     unsigned seed = 11;
     float *scratch = malloc(WRK_GEMM_BLOCK_ROWS * 300 * sizeof(float));
     float *one = malloc((size_t)100 * 300 * sizeof(float));
@@ -228,7 +222,8 @@ static void test_matmul_bf16(void)
                 bool same = true;
                 for (int t = 0; t < T; t++)
                     same &= memcmp(one + (size_t)t * O, y + (size_t)t * ldy, O * sizeof(float)) == 0;
-                CHECK_MSG(same, "bf16 matmul dt %d %dx%d T=%d: differs from T=1 calls", dt, O, K, T);
+                CHECK_MSG(same, "%s dt %d %dx%d T=%d: differs from T=1 calls", k->isa, dt, O, K,
+                          T);
                 if (dt != WRK_DT_BF16) { /* not AMX: the fp32 kernel's bits */
                     float *y32 = malloc((size_t)T * ldy * sizeof(float));
                     for (int i = 0; i < T * ldy; i++) y32[i] = 0.5f;
@@ -253,7 +248,7 @@ static void test_matmul_bf16(void)
                         double d = fabs(s - y[t * ldy + o]) / (mag + 1);
                         if (d > worst) worst = d;
                     }
-                CHECK_MSG(worst < 1e-6, "bf16 matmul dt %d %dx%d T=%d: rel err %g", dt, O, K, T,
+                CHECK_MSG(worst < 1e-6, "%s dt %d %dx%d T=%d: rel err %g", k->isa, dt, O, K, T,
                           worst);
                 free(x);
                 free(y);
@@ -264,6 +259,138 @@ static void test_matmul_bf16(void)
         }
     free(scratch);
     free(one);
+}
+
+/* The opt-in bf16 matmul as `matmul = "bf16"` picks it (AMX where present, else AVX512_BF16),
+ * and the AVX512_BF16 one forced ("bf16-avx512", or RCD_MATMUL_NO_AMX=1). Skipped, with the
+ * reason, where the CPU or the kernel has neither. */
+static void test_matmul_bf16(void)
+{
+    const char *why = "";
+    const wrk_kern_t *k = wrk_kern_for(NULL, "bf16", &why);
+    CHECK(!wrk_kern_for("avx2", "bf16", NULL) && !wrk_kern_for(NULL, "fp16", NULL) &&
+          !wrk_kern_for("portable", "bf16-avx512", NULL));
+    if (!k) {
+        fprintf(stderr, "  skip: bf16 matmul (%s)\n", why);
+        return;
+    }
+    fprintf(stderr, "  bf16 matmul: %s\n", k->isa);
+    check_bf16_kernel(k);
+    const wrk_kern_t *dp = wrk_kern_for(NULL, "bf16-avx512", &why);
+    if (!dp) {
+        fprintf(stderr, "  skip: bf16-avx512 matmul (%s)\n", why);
+        return;
+    }
+    CHECK(strcmp(dp->isa, "avx512+avx512-bf16") == 0);
+    if (k != dp) check_bf16_kernel(dp);
+    char saved[16] = "";
+    const char *env = getenv("RCD_MATMUL_NO_AMX"); /* the caller's, restored below */
+    if (env) snprintf(saved, sizeof saved, "%s", env);
+    setenv("RCD_MATMUL_NO_AMX", "1", 1);
+    CHECK(wrk_kern_for(NULL, "bf16", NULL) == dp && wrk_kern_for("avx512", "bf16", NULL) == dp);
+    setenv("RCD_MATMUL_NO_AMX", "0", 1);
+    const wrk_kern_t *amx = wrk__kern_amx_bf16(NULL);
+    CHECK(wrk_kern_for(NULL, "bf16", NULL) == (amx ? amx : dp));
+    if (env) setenv("RCD_MATMUL_NO_AMX", saved, 1);
+    else unsetenv("RCD_MATMUL_NO_AMX");
+}
+
+/* bf16 as VDPBF16PS rounds it (x >= 2^-126 in magnitude: no denormals here). */
+static float bf16r(float v)
+{
+    return wrk_bf16_to_f32(wrk_f32_to_bf16(v));
+}
+
+/* The AVX512_BF16 matmul bit for bit against a scalar model of its documented order
+ * (kernels_avx512bf16.c): s = +0; per column pair j, s = fl(s + w[2j+1] x[2j+1]) then
+ * s = fl(s + w[2j] x[2j]) (x rounded to bf16; an odd last column pairs with zeros);
+ * then s + bias, then y + s. Odd and even column counts, rows split inside a panel, T on every
+ * side of the 12-token tile and past the 256-token x buffer; T = 1 and T = 40 calls give the
+ * same bits (the model is the same for every T). */
+static void test_matmul_bf16_dp_exact(void)
+{
+    const char *why = "";
+    const wrk_kern_t *k = wrk_kern_for(NULL, "bf16-avx512", &why);
+    if (!k) {
+        fprintf(stderr, "  skip: AVX512_BF16 matmul (%s)\n", why);
+        return;
+    }
+    static const int shapes[][2] = {{37, 29}, {64, 64}, {130, 257}, {16, 33}, {5, 3},
+                                    {33, 1},  {48, 300}, {100, 768}, {20, 2}};
+    static const int Ts[] = {1, 2, 3, 12, 13, 40, 300};
+    unsigned seed = 23;
+    int checked = 0;
+    float *scratch = malloc((size_t)WRK_GEMM_BLOCK_ROWS * 768 * sizeof(float));
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        const int O = shapes[si][0], K = shapes[si][1];
+        float *ref = malloc((size_t)O * K * sizeof(float));
+        uint16_t *wbuf = malloc((size_t)O * K * 2);
+        for (int i = 0; i < O * K; i++) ref[i] = frand(&seed);
+        fill_weights(wbuf, WRK_DT_BF16, ref, (size_t)O * K);
+        float *bias = malloc((size_t)O * sizeof(float));
+        for (int o = 0; o < O; o++) bias[o] = frand(&seed);
+        wrk_mat_t P = {.dt = WRK_DT_BF16, .data = wbuf, .rows = O, .cols = K};
+        void *pk = aligned_alloc(64, (wrk_pack_bytes(&P) + 63) / 64 * 64);
+        wrk_pack(&P, pk);
+        P.pk = pk;
+        for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
+            const int T = Ts[ti], ldx = K + 1, ldy = O + 2;
+            float *x = malloc((size_t)T * ldx * sizeof(float));
+            float *y = malloc((size_t)T * ldy * sizeof(float));
+            float *y1 = malloc((size_t)T * ldy * sizeof(float));
+            for (int i = 0; i < T * ldx; i++) x[i] = frand(&seed) * 3 + (i % 5 == 0 ? 0.5f : 0);
+            for (int i = 0; i < T * ldy; i++) y[i] = y1[i] = frand(&seed);
+            const bool acc = ti % 2 == 0, use_bias = ti % 3 != 1;
+            const int cut = O / 2 + (int)ti % 3; /* inside a panel */
+            k->mm(&P, 0, cut, x, ldx, T, y, ldy, use_bias ? bias : NULL, acc, scratch);
+            k->mm(&P, cut, O, x, ldx, T, y, ldy, use_bias ? bias : NULL, acc, scratch);
+            int bad = -1;
+            for (int t = 0; t < T && bad < 0; t++)
+                for (int o = 0; o < O && bad < 0; o++) {
+                    const float *xt = x + (size_t)t * ldx;
+                    float sum = 0.f;
+                    for (int j = 0; 2 * j < K; j++) {
+                        const float we = weight_value(wbuf, WRK_DT_BF16, (size_t)o * K + 2 * j);
+                        const float wo = 2 * j + 1 < K ? weight_value(wbuf, WRK_DT_BF16,
+                                                                      (size_t)o * K + 2 * j + 1)
+                                                       : 0.f;
+                        const float xe = bf16r(xt[2 * j]), xo = 2 * j + 1 < K ? bf16r(xt[2 * j + 1]) : 0.f;
+                        volatile float po = wo * xo, pe = we * xe; /* exact */
+                        sum = sum + po;
+                        sum = sum + pe;
+                    }
+                    if (use_bias) sum = sum + bias[o];
+                    const float want = acc ? y1[(size_t)t * ldy + o] + sum : sum;
+                    if (memcmp(&want, &y[(size_t)t * ldy + o], 4) != 0) bad = t * O + o;
+                }
+            CHECK_MSG(bad < 0, "AVX512_BF16 %dx%d T=%d: output (t %d, o %d) is not the model's",
+                      O, K, T, bad / (O ? O : 1), bad % (O ? O : 1));
+            for (int i = 0; i < T * ldy; i++) y1[i] = 0.f;
+            for (int t = 0; t < T; t++) /* T = 1 calls, no acc: the same sums */
+                k->mm(&P, 0, O, x + (size_t)t * ldx, ldx, 1, y1 + (size_t)t * ldy, ldy, NULL,
+                      false, scratch);
+            if (T == 40) {
+                float *y40 = malloc((size_t)T * ldy * sizeof(float));
+                k->mm(&P, 0, O, x, ldx, T, y40, ldy, NULL, false, scratch);
+                bool same = true;
+                for (int t = 0; t < T; t++)
+                    same &= memcmp(y40 + (size_t)t * ldy, y1 + (size_t)t * ldy,
+                                   (size_t)O * sizeof(float)) == 0;
+                CHECK_MSG(same, "AVX512_BF16 %dx%d: T=40 differs from T=1 calls", O, K);
+                free(y40);
+            }
+            checked += T * O;
+            free(x);
+            free(y);
+            free(y1);
+        }
+        free(pk);
+        free(bias);
+        free(ref);
+        free(wbuf);
+    }
+    fprintf(stderr, "  AVX512_BF16 matmul: %d outputs bit-exact against the model\n", checked);
+    free(scratch);
 }
 
 static void ref_conv(int T, int I, int K, const float *x, int ldx, const float *w,
@@ -418,6 +545,7 @@ int main(int argc, char **argv)
     RUN(test_exp_softplus);
     RUN(test_matmul);
     RUN(test_matmul_bf16);
+    RUN(test_matmul_bf16_dp_exact);
     RUN(test_conv);
     RUN(test_scan);
     RUN(test_rmsnorm);
