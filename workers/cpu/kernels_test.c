@@ -23,7 +23,8 @@ static void test_exp_softplus(void)
 {
     enum { N = 4099 };
     float *x = malloc(N * sizeof(float)), *y = malloc(N * sizeof(float));
-    for (int i = 0; i < N; i++) x[i] = -100.f + 200.f * i / (N - 1); /* spans under/overflow */
+    for (int i = 0; i < N; i++)
+        x[i] = -100.f + 200.f * i / (N - 1); /* spans under/overflow */
     for (int ii = 0; ii < 3; ii++) {
         const wrk_kern_t *k = wrk_kern_select(isas[ii]);
         if (!k) continue;
@@ -106,29 +107,35 @@ static void test_matmul(void)
                 float *ref = malloc((size_t)O * K * sizeof(float));
                 char *wbuf = malloc((size_t)O * K * 4 + 2);
                 void *w = wbuf + 2; /* unaligned on purpose */
-                for (int i = 0; i < O * K; i++) ref[i] = frand(&seed);
+                for (int i = 0; i < O * K; i++)
+                    ref[i] = frand(&seed);
                 fill_weights(w, (wrk_dtype_t)dt, ref, (size_t)O * K);
                 float bias[300];
-                for (int o = 0; o < O; o++) bias[o] = frand(&seed);
+                for (int o = 0; o < O; o++)
+                    bias[o] = frand(&seed);
                 wrk_mat_t W = {.dt = (wrk_dtype_t)dt, .data = w, .rows = O, .cols = K};
                 for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
                     const int T = Ts[ti], ldx = K + 3, ldy = O + 5;
                     float *x = malloc((size_t)T * ldx * sizeof(float));
                     float *y = malloc((size_t)T * ldy * sizeof(float));
-                    for (int i = 0; i < T * ldx; i++) x[i] = frand(&seed);
-                    for (int i = 0; i < T * ldy; i++) y[i] = 0.5f;
+                    for (int i = 0; i < T * ldx; i++)
+                        x[i] = frand(&seed);
+                    for (int i = 0; i < T * ldy; i++)
+                        y[i] = 0.5f;
                     /* two row ranges, as two threads would split them */
                     wrk_matmul(k, scratch, &W, 0, O / 2, x, ldx, T, y, ldy, bias, true);
                     wrk_matmul(k, scratch, &W, O / 2, O, x, ldx, T, y, ldy, bias, true);
                     float *y2 = malloc((size_t)T * ldy * sizeof(float));
-                    for (int i = 0; i < T * ldy; i++) y2[i] = 0.5f;
+                    for (int i = 0; i < T * ldy; i++)
+                        y2[i] = 0.5f;
                     k->mm(&W, 0, O / 2, x, ldx, T, y2, ldy, bias, true, scratch);
                     k->mm(&W, O / 2, O, x, ldx, T, y2, ldy, bias, true, scratch);
                     /* the packed layout: the row split at a panel boundary, as the backend
                      * splits rows, and also mid-panel (each side computes the shared panel and
                      * stores only its rows) */
                     float *y3 = malloc((size_t)T * ldy * sizeof(float));
-                    for (int i = 0; i < T * ldy; i++) y3[i] = 0.5f;
+                    for (int i = 0; i < T * ldy; i++)
+                        y3[i] = 0.5f;
                     wrk_mat_t P = W;
                     void *pk = aligned_alloc(64, (wrk_pack_bytes(&W) + 63) / 64 * 64);
                     wrk_pack(&W, pk);
@@ -139,10 +146,11 @@ static void test_matmul(void)
                     /* one token at a time gives the same bits (the order per output does
                      * not depend on T) */
                     for (int t = 0; t < T; t++)
-                        for (int o = 0; o < O; o++) packed_one[t * O + o] = 0.5f;
+                        for (int o = 0; o < O; o++)
+                            packed_one[t * O + o] = 0.5f;
                     for (int t = 0; t < T; t++)
-                        k->mm(&P, 0, O, x + (size_t)t * ldx, ldx, 1, packed_one + (size_t)t * O,
-                              O, bias, true, scratch);
+                        k->mm(&P, 0, O, x + (size_t)t * ldx, ldx, 1, packed_one + (size_t)t * O, O,
+                              bias, true, scratch);
                     for (int t = 0; t < T; t++)
                         CHECK_MSG(memcmp(packed_one + (size_t)t * O, y3 + (size_t)t * ldy,
                                          (size_t)O * sizeof(float)) == 0,
@@ -186,8 +194,8 @@ static void test_matmul(void)
 static void check_bf16_kernel(const wrk_kern_t *k)
 {
     const wrk_kern_t *k32 = wrk_kern_select("avx512");
-    static const int shapes[][2] = {{37, 29}, {64, 64}, {130, 257}, {16, 33}, {5, 3}, {33, 1},
-                                    {48, 300}};
+    static const int shapes[][2] = {{37, 29}, {64, 64}, {130, 257}, {16, 33},
+                                    {5, 3},   {33, 1},  {48, 300}};
     static const int Ts[] = {1, 2, 11, 12, 13, 15, 16, 17, 31, 32, 33, 40, 48, 50, 100};
     unsigned seed = 11;
     float *scratch = malloc(WRK_GEMM_BLOCK_ROWS * 300 * sizeof(float));
@@ -197,10 +205,12 @@ static void check_bf16_kernel(const wrk_kern_t *k)
             const int O = shapes[si][0], K = shapes[si][1];
             float *ref = malloc((size_t)O * K * sizeof(float));
             char *wbuf = malloc((size_t)O * K * 4);
-            for (int i = 0; i < O * K; i++) ref[i] = frand(&seed);
+            for (int i = 0; i < O * K; i++)
+                ref[i] = frand(&seed);
             fill_weights(wbuf, (wrk_dtype_t)dt, ref, (size_t)O * K);
             float bias[300];
-            for (int o = 0; o < O; o++) bias[o] = frand(&seed);
+            for (int o = 0; o < O; o++)
+                bias[o] = frand(&seed);
             wrk_mat_t P = {.dt = (wrk_dtype_t)dt, .data = wbuf, .rows = O, .cols = K};
             void *pk = aligned_alloc(64, (wrk_pack_bytes(&P) + 63) / 64 * 64);
             wrk_pack(&P, pk);
@@ -209,24 +219,28 @@ static void check_bf16_kernel(const wrk_kern_t *k)
                 const int T = Ts[ti], ldx = K + 3, ldy = O + 5;
                 float *x = malloc((size_t)T * ldx * sizeof(float));
                 float *y = malloc((size_t)T * ldy * sizeof(float));
-                for (int i = 0; i < T * ldx; i++) x[i] = frand(&seed) * 4;
-                for (int i = 0; i < T * ldy; i++) y[i] = 0.5f;
+                for (int i = 0; i < T * ldx; i++)
+                    x[i] = frand(&seed) * 4;
+                for (int i = 0; i < T * ldy; i++)
+                    y[i] = 0.5f;
                 const int cut = (int)ti % 2 ? O / 2 : O / 2 / WRK_PANEL * WRK_PANEL;
                 k->mm(&P, 0, cut, x, ldx, T, y, ldy, bias, true, scratch);
                 k->mm(&P, cut, O, x, ldx, T, y, ldy, bias, true, scratch);
                 for (int t = 0; t < T; t++)
-                    for (int o = 0; o < O; o++) one[t * O + o] = 0.5f;
+                    for (int o = 0; o < O; o++)
+                        one[t * O + o] = 0.5f;
                 for (int t = 0; t < T; t++)
                     k->mm(&P, 0, O, x + (size_t)t * ldx, ldx, 1, one + (size_t)t * O, O, bias, true,
                           scratch);
                 bool same = true;
                 for (int t = 0; t < T; t++)
-                    same &= memcmp(one + (size_t)t * O, y + (size_t)t * ldy, O * sizeof(float)) == 0;
-                CHECK_MSG(same, "%s dt %d %dx%d T=%d: differs from T=1 calls", k->isa, dt, O, K,
-                          T);
+                    same &=
+                        memcmp(one + (size_t)t * O, y + (size_t)t * ldy, O * sizeof(float)) == 0;
+                CHECK_MSG(same, "%s dt %d %dx%d T=%d: differs from T=1 calls", k->isa, dt, O, K, T);
                 if (dt != WRK_DT_BF16) { /* not AMX: the fp32 kernel's bits */
                     float *y32 = malloc((size_t)T * ldy * sizeof(float));
-                    for (int i = 0; i < T * ldy; i++) y32[i] = 0.5f;
+                    for (int i = 0; i < T * ldy; i++)
+                        y32[i] = 0.5f;
                     k32->mm(&P, 0, O, x, ldx, T, y32, ldy, bias, true, scratch);
                     for (int t = 0; t < T; t++)
                         same &= memcmp(y32 + (size_t)t * ldy, y + (size_t)t * ldy,
@@ -241,7 +255,9 @@ static void check_bf16_kernel(const wrk_kern_t *k)
                         for (int kk = 0; kk < K; kk++) {
                             float xv = x[t * ldx + kk];
                             if (dt == WRK_DT_BF16) xv = wrk_bf16_to_f32(wrk_f32_to_bf16(xv));
-                            double p = (double)weight_value(wbuf, (wrk_dtype_t)dt, (size_t)o * K + kk) * xv;
+                            double p =
+                                (double)weight_value(wbuf, (wrk_dtype_t)dt, (size_t)o * K + kk) *
+                                xv;
                             s += p;
                             mag += fabs(p);
                         }
@@ -291,8 +307,10 @@ static void test_matmul_bf16(void)
     setenv("RCD_MATMUL_NO_AMX", "0", 1);
     const wrk_kern_t *amx = wrk__kern_amx_bf16(NULL);
     CHECK(wrk_kern_for(NULL, "bf16", NULL) == (amx ? amx : dp));
-    if (env) setenv("RCD_MATMUL_NO_AMX", saved, 1);
-    else unsetenv("RCD_MATMUL_NO_AMX");
+    if (env)
+        setenv("RCD_MATMUL_NO_AMX", saved, 1);
+    else
+        unsetenv("RCD_MATMUL_NO_AMX");
 }
 
 /* bf16 as VDPBF16PS rounds it (x >= 2^-126 in magnitude: no denormals here). */
@@ -301,12 +319,35 @@ static float bf16r(float v)
     return wrk_bf16_to_f32(wrk_f32_to_bf16(v));
 }
 
-/* The AVX512_BF16 matmul bit for bit against a scalar model of its documented order
- * (kernels_avx512bf16.c): s = +0; per column pair j, s = fl(s + w[2j+1] x[2j+1]) then
- * s = fl(s + w[2j] x[2j]) (x rounded to bf16; an odd last column pairs with zeros);
- * then s + bias, then y + s. Odd and even column counts, rows split inside a panel, T on every
- * side of the 12-token tile and past the 256-token x buffer; T = 1 and T = 40 calls give the
- * same bits (the model is the same for every T). */
+/* One column pair's step of VDPBF16PS on the running sum s (the bf16 products po, pe are exact
+ * in fp32). Intel documents mode 0: s = fl(s + po), then s = fl(s + pe) (kernels_avx512bf16.c).
+ * Other vendors' silicon may round differently, so the test also knows mode 1 (even product
+ * first), 2 (the pair summed first) and 3 (one rounding of the three-term sum). */
+static float dp_step(int mode, float s, float po, float pe)
+{
+    volatile float a = s, b = po, c = pe; /* no contraction or reassociation */
+    switch (mode) {
+    case 0:
+        a = a + b;
+        return a + c;
+    case 1:
+        a = a + c;
+        return a + b;
+    case 2:
+        b = b + c;
+        return a + b;
+    default:
+        return (float)((double)a + (double)b + (double)c);
+    }
+}
+
+/* The AVX512_BF16 matmul bit for bit against a scalar model of its order: s = +0; per column
+ * pair j, dp_step(s, w[2j+1] x[2j+1], w[2j] x[2j]) (x rounded to bf16; an odd last column
+ * pairs with zeros); then s + bias, then y + s. The mode is the one the first shape's outputs
+ * all match (Intel's documented mode 0 on Intel CPUs), then every output of every shape must
+ * match it. Odd and even column counts, rows split inside a panel, T on every side of the
+ * 12-token tile and past the 256-token x buffer; T = 1 and T = 40 calls give the same bits
+ * (the model is the same for every T). */
 static void test_matmul_bf16_dp_exact(void)
 {
     const char *why = "";
@@ -315,20 +356,22 @@ static void test_matmul_bf16_dp_exact(void)
         fprintf(stderr, "  skip: AVX512_BF16 matmul (%s)\n", why);
         return;
     }
-    static const int shapes[][2] = {{37, 29}, {64, 64}, {130, 257}, {16, 33}, {5, 3},
+    static const int shapes[][2] = {{37, 29}, {64, 64},  {130, 257}, {16, 33}, {5, 3},
                                     {33, 1},  {48, 300}, {100, 768}, {20, 2}};
     static const int Ts[] = {1, 2, 3, 12, 13, 40, 300};
     unsigned seed = 23;
-    int checked = 0;
+    int checked = 0, mode = -1; /* dp_step's mode, found on the first shape */
     float *scratch = malloc((size_t)WRK_GEMM_BLOCK_ROWS * 768 * sizeof(float));
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
         const int O = shapes[si][0], K = shapes[si][1];
         float *ref = malloc((size_t)O * K * sizeof(float));
         uint16_t *wbuf = malloc((size_t)O * K * 2);
-        for (int i = 0; i < O * K; i++) ref[i] = frand(&seed);
+        for (int i = 0; i < O * K; i++)
+            ref[i] = frand(&seed);
         fill_weights(wbuf, WRK_DT_BF16, ref, (size_t)O * K);
         float *bias = malloc((size_t)O * sizeof(float));
-        for (int o = 0; o < O; o++) bias[o] = frand(&seed);
+        for (int o = 0; o < O; o++)
+            bias[o] = frand(&seed);
         wrk_mat_t P = {.dt = WRK_DT_BF16, .data = wbuf, .rows = O, .cols = K};
         void *pk = aligned_alloc(64, (wrk_pack_bytes(&P) + 63) / 64 * 64);
         wrk_pack(&P, pk);
@@ -338,37 +381,48 @@ static void test_matmul_bf16_dp_exact(void)
             float *x = malloc((size_t)T * ldx * sizeof(float));
             float *y = malloc((size_t)T * ldy * sizeof(float));
             float *y1 = malloc((size_t)T * ldy * sizeof(float));
-            for (int i = 0; i < T * ldx; i++) x[i] = frand(&seed) * 3 + (i % 5 == 0 ? 0.5f : 0);
-            for (int i = 0; i < T * ldy; i++) y[i] = y1[i] = frand(&seed);
+            for (int i = 0; i < T * ldx; i++)
+                x[i] = frand(&seed) * 3 + (i % 5 == 0 ? 0.5f : 0);
+            for (int i = 0; i < T * ldy; i++)
+                y[i] = y1[i] = frand(&seed);
             const bool acc = ti % 2 == 0, use_bias = ti % 3 != 1;
             const int cut = O / 2 + (int)ti % 3; /* inside a panel */
             k->mm(&P, 0, cut, x, ldx, T, y, ldy, use_bias ? bias : NULL, acc, scratch);
             k->mm(&P, cut, O, x, ldx, T, y, ldy, use_bias ? bias : NULL, acc, scratch);
             int bad = -1;
-            for (int t = 0; t < T && bad < 0; t++)
-                for (int o = 0; o < O && bad < 0; o++) {
-                    const float *xt = x + (size_t)t * ldx;
-                    float sum = 0.f;
-                    for (int j = 0; 2 * j < K; j++) {
-                        const float we = weight_value(wbuf, WRK_DT_BF16, (size_t)o * K + 2 * j);
-                        const float wo = 2 * j + 1 < K ? weight_value(wbuf, WRK_DT_BF16,
-                                                                      (size_t)o * K + 2 * j + 1)
-                                                       : 0.f;
-                        const float xe = bf16r(xt[2 * j]), xo = 2 * j + 1 < K ? bf16r(xt[2 * j + 1]) : 0.f;
-                        volatile float po = wo * xo, pe = we * xe; /* exact */
-                        sum = sum + po;
-                        sum = sum + pe;
+            for (int m = mode < 0 ? 0 : mode; m < (mode < 0 ? 4 : mode + 1); m++) {
+                bad = -1;
+                for (int t = 0; t < T && bad < 0; t++)
+                    for (int o = 0; o < O && bad < 0; o++) {
+                        const float *xt = x + (size_t)t * ldx;
+                        float sum = 0.f;
+                        for (int j = 0; 2 * j < K; j++) {
+                            const size_t at = (size_t)o * K + 2 * j;
+                            const bool odd = 2 * j + 1 < K;
+                            const float we = weight_value(wbuf, WRK_DT_BF16, at);
+                            const float wo = odd ? weight_value(wbuf, WRK_DT_BF16, at + 1) : 0.f;
+                            const float xe = bf16r(xt[2 * j]),
+                                        xo = odd ? bf16r(xt[2 * j + 1]) : 0.f;
+                            sum = dp_step(m, sum, wo * xo, we * xe); /* products exact */
+                        }
+                        if (use_bias) sum = sum + bias[o];
+                        const float want = acc ? y1[(size_t)t * ldy + o] + sum : sum;
+                        if (memcmp(&want, &y[(size_t)t * ldy + o], 4) != 0) bad = t * O + o;
                     }
-                    if (use_bias) sum = sum + bias[o];
-                    const float want = acc ? y1[(size_t)t * ldy + o] + sum : sum;
-                    if (memcmp(&want, &y[(size_t)t * ldy + o], 4) != 0) bad = t * O + o;
+                if (bad < 0 && mode < 0) {
+                    mode = m;
+                    fprintf(stderr, "  VDPBF16PS rounding: mode %d%s\n", m,
+                            m == 0 ? " (Intel's documented order)" : "");
                 }
-            CHECK_MSG(bad < 0, "AVX512_BF16 %dx%d T=%d: output (t %d, o %d) is not the model's",
-                      O, K, T, bad / (O ? O : 1), bad % (O ? O : 1));
-            for (int i = 0; i < T * ldy; i++) y1[i] = 0.f;
+                if (bad < 0) break;
+            }
+            CHECK_MSG(bad < 0, "AVX512_BF16 %dx%d T=%d: output (t %d, o %d) is not the model's", O,
+                      K, T, bad / (O ? O : 1), bad % (O ? O : 1));
+            for (int i = 0; i < T * ldy; i++)
+                y1[i] = 0.f;
             for (int t = 0; t < T; t++) /* T = 1 calls, no acc: the same sums */
-                k->mm(&P, 0, O, x + (size_t)t * ldx, ldx, 1, y1 + (size_t)t * ldy, ldy, NULL,
-                      false, scratch);
+                k->mm(&P, 0, O, x + (size_t)t * ldx, ldx, 1, y1 + (size_t)t * ldy, ldy, NULL, false,
+                      scratch);
             if (T == 40) {
                 float *y40 = malloc((size_t)T * ldy * sizeof(float));
                 k->mm(&P, 0, O, x, ldx, T, y40, ldy, NULL, false, scratch);
@@ -393,17 +447,19 @@ static void test_matmul_bf16_dp_exact(void)
     free(scratch);
 }
 
-static void ref_conv(int T, int I, int K, const float *x, int ldx, const float *w,
-                     const float *b, float *win, float *out)
+static void ref_conv(int T, int I, int K, const float *x, int ldx, const float *w, const float *b,
+                     float *win, float *out)
 {
     int W = K - 1;
     float *all = malloc((size_t)(W + T) * I * sizeof(float));
     memcpy(all, win, (size_t)W * I * sizeof(float));
-    for (int t = 0; t < T; t++) memcpy(all + (size_t)(W + t) * I, x + (size_t)t * ldx, I * sizeof(float));
+    for (int t = 0; t < T; t++)
+        memcpy(all + (size_t)(W + t) * I, x + (size_t)t * ldx, I * sizeof(float));
     for (int t = 0; t < T; t++)
         for (int c = 0; c < I; c++) {
             double s = b ? b[c] : 0;
-            for (int k = 0; k < K; k++) s += (double)w[k * I + c] * all[(size_t)(t + k) * I + c];
+            for (int k = 0; k < K; k++)
+                s += (double)w[k * I + c] * all[(size_t)(t + k) * I + c];
             out[t * I + c] = (float)(s / (1 + exp(-s)));
         }
     memcpy(win, all + (size_t)T * I, (size_t)W * I * sizeof(float));
@@ -423,16 +479,22 @@ static void test_conv(void)
                 int W = K - 1;
                 float x[7 * 54], w[5 * 27], b[27], win[4 * 27], win2[4 * 27], out[7 * 27],
                     out2[7 * 27];
-                for (int i = 0; i < T * ldx; i++) x[i] = frand(&seed);
-                for (int i = 0; i < K * I; i++) w[i] = frand(&seed);
-                for (int i = 0; i < I; i++) b[i] = frand(&seed);
-                for (int i = 0; i < W * I; i++) win[i] = win2[i] = frand(&seed);
+                for (int i = 0; i < T * ldx; i++)
+                    x[i] = frand(&seed);
+                for (int i = 0; i < K * I; i++)
+                    w[i] = frand(&seed);
+                for (int i = 0; i < I; i++)
+                    b[i] = frand(&seed);
+                for (int i = 0; i < W * I; i++)
+                    win[i] = win2[i] = frand(&seed);
                 ref_conv(T, I, K, x, ldx, w, b, win, out);
                 k->conv_silu(T, 0, 16, I, K, x, ldx, w, b, win2, out2);
                 k->conv_silu(T, 16, I, I, K, x, ldx, w, b, win2, out2);
                 double worst = 0;
-                for (int i = 0; i < T * I; i++) worst = fmax(worst, fabs(out[i] - out2[i]));
-                for (int i = 0; i < W * I; i++) worst = fmax(worst, fabs(win[i] - win2[i]));
+                for (int i = 0; i < T * I; i++)
+                    worst = fmax(worst, fabs(out[i] - out2[i]));
+                for (int i = 0; i < W * I; i++)
+                    worst = fmax(worst, fabs(win[i] - win2[i]));
                 CHECK_MSG(worst < 1e-5, "%s conv K=%d T=%d err %g", isas[ii], K, T, worst);
             }
     }
@@ -443,16 +505,23 @@ static void test_scan(void)
     unsigned seed = 5;
     enum { T = 6, I = 37, N = 5, R = 2, LDBC = R + 2 * N, LDZ = 2 * I };
     float dt[T * I], dtb[I], xc[T * I], z[T * LDZ], bc[T * LDBC], A[N * I], D[I];
-    for (int i = 0; i < T * I; i++) dt[i] = 3 * frand(&seed), xc[i] = frand(&seed);
-    for (int i = 0; i < T * LDZ; i++) z[i] = 2 * frand(&seed);
-    for (int i = 0; i < T * LDBC; i++) bc[i] = frand(&seed);
-    for (int i = 0; i < I; i++) dtb[i] = frand(&seed), D[i] = frand(&seed);
-    for (int i = 0; i < N * I; i++) A[i] = -expf(2 * frand(&seed));
+    for (int i = 0; i < T * I; i++)
+        dt[i] = 3 * frand(&seed), xc[i] = frand(&seed);
+    for (int i = 0; i < T * LDZ; i++)
+        z[i] = 2 * frand(&seed);
+    for (int i = 0; i < T * LDBC; i++)
+        bc[i] = frand(&seed);
+    for (int i = 0; i < I; i++)
+        dtb[i] = frand(&seed), D[i] = frand(&seed);
+    for (int i = 0; i < N * I; i++)
+        A[i] = -expf(2 * frand(&seed));
     float h0[N * I];
-    for (int i = 0; i < N * I; i++) h0[i] = frand(&seed);
+    for (int i = 0; i < N * I; i++)
+        h0[i] = frand(&seed);
     /* double-precision reference */
     double href[N * I], yref[T * I];
-    for (int i = 0; i < N * I; i++) href[i] = h0[i];
+    for (int i = 0; i < N * I; i++)
+        href[i] = h0[i];
     for (int t = 0; t < T; t++)
         for (int c = 0; c < I; c++) {
             double v = dt[t * I + c] + dtb[c];
@@ -474,8 +543,10 @@ static void test_scan(void)
         k->scan(T, 0, 16, I, N, dt, dtb, xc, z + I, LDZ, bc + R, LDBC, A, D, h, y);
         k->scan(T, 16, I, I, N, dt, dtb, xc, z + I, LDZ, bc + R, LDBC, A, D, h, y);
         double worst = 0;
-        for (int i = 0; i < T * I; i++) worst = fmax(worst, fabs(y[i] - yref[i]));
-        for (int i = 0; i < N * I; i++) worst = fmax(worst, fabs(h[i] - href[i]));
+        for (int i = 0; i < T * I; i++)
+            worst = fmax(worst, fabs(y[i] - yref[i]));
+        for (int i = 0; i < N * I; i++)
+            worst = fmax(worst, fabs(h[i] - href[i]));
         CHECK_MSG(worst < 2e-5, "%s scan err %g", isas[ii], worst);
     }
 }
@@ -484,16 +555,19 @@ static void test_rmsnorm(void)
 {
     float x[53], w[53], y[53];
     unsigned seed = 3;
-    for (int i = 0; i < 53; i++) x[i] = 4 * frand(&seed), w[i] = frand(&seed);
+    for (int i = 0; i < 53; i++)
+        x[i] = 4 * frand(&seed), w[i] = frand(&seed);
     double ss = 0;
-    for (int i = 0; i < 53; i++) ss += (double)x[i] * x[i];
+    for (int i = 0; i < 53; i++)
+        ss += (double)x[i] * x[i];
     double s = 1 / sqrt(ss / 53 + 1e-5);
     for (int ii = 0; ii < 3; ii++) {
         const wrk_kern_t *k = wrk_kern_select(isas[ii]);
         if (!k) continue;
         k->rmsnorm(y, x, w, 53, 1e-5f);
         double worst = 0;
-        for (int i = 0; i < 53; i++) worst = fmax(worst, fabs(y[i] - w[i] * x[i] * s));
+        for (int i = 0; i < 53; i++)
+            worst = fmax(worst, fabs(y[i] - w[i] * x[i] * s));
         CHECK_MSG(worst < 1e-6, "%s rmsnorm err %g", isas[ii], worst);
     }
 }
@@ -526,7 +600,8 @@ static void test_pool(void)
             pool_ctx_t c = {.p = p};
             wrk_pool_run(p, pool_job, &c);
             CHECK(atomic_load(&c.errors) == 0);
-            for (int ph = 0; ph < 64; ph++) CHECK(atomic_load(&c.phase_count[ph]) == n);
+            for (int ph = 0; ph < 64; ph++)
+                CHECK(atomic_load(&c.phase_count[ph]) == n);
         }
         wrk_pool_destroy(p);
     }
