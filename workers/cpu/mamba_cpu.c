@@ -47,6 +47,54 @@ static int cpu_init(struct wrk_cpu *c, void **ctx)
     return 0;
 }
 
+/* Speculative rollback: per layer, for WRK_SPEC_MAX_TOKENS positions, the conv input x
+ * [MAXT][I], the dt_proj output [MAXT][I] and B, C [MAXT][2N] of the verify pass. */
+#define MAXT WRK_SPEC_MAX_TOKENS
+static size_t spec_layer_floats(const wrk_mamba_config_t *cfg)
+{
+    return (size_t)MAXT * (2 * (size_t)cfg->inner + 2 * (size_t)cfg->d_state);
+}
+
+static void spec_sizes(const struct wrk_cpu *c, size_t *rec, size_t *tmp, size_t *saved)
+{
+    (void)saved; /* the whole fixed state */
+    const wrk_mamba_config_t *cfg = &((const wrk_mamba_t *)wrk_cpu_layout(c))->cfg;
+    *rec = (size_t)cfg->n_layers * spec_layer_floats(cfg);
+    *tmp = (size_t)MAXT * 2 * cfg->inner; /* conv output, scan output */
+}
+
+/* Rows [t0, t0 + n) of `src` (stride lds), columns [c0, c1), into dst (stride ldd). */
+static void keep_rows(float *dst, int ldd, const float *src, int lds, int n, int c0, int c1)
+{
+    for (int j = 0; j < n; j++)
+        memcpy(dst + (size_t)j * ldd + c0, src + (size_t)j * lds + c0,
+               (size_t)(c1 - c0) * sizeof(float));
+}
+
+static void spec_replay(void *arg, int ith, int nth)
+{
+    const wrk_cpu_replay_t *r = arg;
+    wrk_cpu_t *c = r->c;
+    const wrk_mamba_t *mb = wrk_cpu_layout(c);
+    const wrk_mamba_config_t *cfg = &mb->cfg;
+    const int I = cfg->inner, N = cfg->d_state, K = cfg->d_conv;
+    const size_t layer_floats = wrk_mamba_layer_state_floats(cfg);
+    float *xc = r->tmp, *y = r->tmp + (size_t)MAXT * I;
+    int c0, c1;
+    wrk_split(I, 16, ith, nth, &c0, &c1);
+    if (c1 <= c0) return;
+    for (int l = 0; l < cfg->n_layers; l++) {
+        const wrk_mamba_layer_t *L = &mb->layers[l];
+        const float *x = r->rec + (size_t)l * spec_layer_floats(cfg);
+        const float *dt = x + (size_t)MAXT * I, *bc = dt + (size_t)MAXT * I;
+        float *win = wrk_cpu_slot(c, r->slot) + l * layer_floats;
+        c->k->conv_silu(r->n, c0, c1, I, K, x, I, L->conv_w, L->conv_b, win, xc);
+        /* z only gates y, which is dropped: x stands in for it. */
+        c->k->scan(r->n, c0, c1, I, N, dt, L->dt_b, xc, x, I, bc, 2 * N, L->A, L->D,
+                   win + (size_t)(K - 1) * I, y);
+    }
+}
+
 static void forward(void *arg, int ith, int nth)
 {
     wrk_cpu_fwd_t *f = arg;
@@ -78,6 +126,10 @@ static void forward(void *arg, int ith, int nth)
         if (c1 > c0) {
             int t = 0;
             for (int s = 0; s < f->n_seqs; s++) {
+                float *keep = wrk_cpu_spec_rec(c, &f->seqs[s]);
+                if (keep)
+                    keep_rows(keep + (size_t)l * spec_layer_floats(cfg), I,
+                              a->xz + (size_t)t * 2 * I, 2 * I, f->seqs[s].n_tokens, c0, c1);
                 float *win = wrk_cpu_slot(c, f->seqs[s].slot) + l * layer_floats;
                 k->conv_silu(f->seqs[s].n_tokens, c0, c1, I, K, a->xz + (size_t)t * 2 * I,
                              2 * I, L->conv_w, L->conv_b, win, a->xc + (size_t)t * I);
@@ -95,6 +147,14 @@ static void forward(void *arg, int ith, int nth)
                 float *h = wrk_cpu_slot(c, f->seqs[s].slot) + l * layer_floats +
                            (size_t)(K - 1) * I;
                 size_t o = (size_t)t;
+                float *keep = wrk_cpu_spec_rec(c, &f->seqs[s]);
+                if (keep) {
+                    float *kdt = keep + (size_t)l * spec_layer_floats(cfg) + (size_t)MAXT * I;
+                    keep_rows(kdt, I, a->dt + o * I, I, f->seqs[s].n_tokens, c0, c1);
+                    if (c0 == 0) /* B, C: shared by every channel; one thread keeps them */
+                        keep_rows(kdt + (size_t)MAXT * I, 2 * N, a->dbc + o * ldbc + R, ldbc,
+                                  f->seqs[s].n_tokens, 0, 2 * N);
+                }
                 k->scan(f->seqs[s].n_tokens, c0, c1, I, N, a->dt + o * I, L->dt_b,
                         a->xc + o * I, a->xz + o * 2 * I + I, 2 * I, a->dbc + o * ldbc + R, ldbc,
                         L->A, L->D, h, a->y + o * I);
@@ -116,4 +176,6 @@ const wrk_cpu_family_i wrk_cpu_mamba = {
     .init = cpu_init,
     .free = cpu_free,
     .forward = forward,
+    .spec_sizes = spec_sizes,
+    .spec_replay = spec_replay,
 };
