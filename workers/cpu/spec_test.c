@@ -17,7 +17,7 @@
 
 typedef struct ref_run {
     int32_t tokens[SEQ_LEN];
-    float *logits;           /* SEQ_LEN x V: row p is the logits after tokens [0, p] */
+    float *logits;            /* SEQ_LEN x V: row p is the logits after tokens [0, p] */
     void *state[SEQ_LEN + 1]; /* the state after p tokens */
     size_t len[SEQ_LEN + 1];
 } ref_run_t;
@@ -48,7 +48,10 @@ static int ref_build(wrk_backend_t *b, ref_run_t *r, int V)
     wrk_state_reset(b, 0);
     r->state[0] = read_state(b, 0, &r->len[0]);
     for (int p = 0; p < SEQ_LEN; p++) {
-        wrk_seq_t s = {.slot = 0, .n_tokens = 1, .tokens = &r->tokens[p], .n_logits = 1,
+        wrk_seq_t s = {.slot = 0,
+                       .n_tokens = 1,
+                       .tokens = &r->tokens[p],
+                       .n_logits = 1,
                        .logits = r->logits + (size_t)p * V};
         int rc = wrk_step(b, &s, 1, err, sizeof err);
         CHECK_MSG(rc == 0, "reference step %d: %s", p, err);
@@ -61,7 +64,8 @@ static int ref_build(wrk_backend_t *b, ref_run_t *r, int V)
 static void ref_free(ref_run_t *r)
 {
     free(r->logits);
-    for (int p = 0; p <= SEQ_LEN; p++) free(r->state[p]);
+    for (int p = 0; p <= SEQ_LEN; p++)
+        free(r->state[p]);
 }
 
 static bool state_is(wrk_backend_t *b, int slot, const ref_run_t *r, int pos)
@@ -139,8 +143,8 @@ static int run_mixed(wrk_backend_t *b, ref_run_t *refs, int V, int mode, const c
             const int first = s->n_tokens - s->n_logits;
             for (int j = first; j < keep[i]; j++)
                 CHECK_MSG(memcmp(lg[i] + (size_t)(j - first) * V,
-                                 r->logits + (size_t)(pos[i] + j) * V, (size_t)V * sizeof(float)) ==
-                              0,
+                                 r->logits + (size_t)(pos[i] + j) * V,
+                                 (size_t)V * sizeof(float)) == 0,
                           "%s: seq %d position %d: logits differ", label, i, pos[i] + j);
             if (s->verify) {
                 rc = wrk_spec_accept(b, s->slot, keep[i]);
@@ -193,12 +197,16 @@ static void check_contract(wrk_backend_t *b, const ref_run_t *r, int V, const ch
     CHECK(wrk_spec_accept(b, 0, 1) == RCD_EINVAL);
     /* Verify entries longer than WRK_SPEC_MAX_TOKENS are refused. */
     int32_t many[WRK_SPEC_MAX_TOKENS + 1] = {0};
-    wrk_seq_t big = {.slot = 0, .n_tokens = WRK_SPEC_MAX_TOKENS + 1, .tokens = many,
-                     .verify = true};
+    wrk_seq_t big = {
+        .slot = 0, .n_tokens = WRK_SPEC_MAX_TOKENS + 1, .tokens = many, .verify = true};
     CHECK(wrk_step(b, &big, 1, err, sizeof err) == RCD_EINVAL);
     /* The longest one, all kept but the last. */
-    wrk_seq_t full = {.slot = 0, .n_tokens = WRK_SPEC_MAX_TOKENS, .tokens = r->tokens,
-                      .n_logits = WRK_SPEC_MAX_TOKENS, .logits = lg, .verify = true};
+    wrk_seq_t full = {.slot = 0,
+                      .n_tokens = WRK_SPEC_MAX_TOKENS,
+                      .tokens = r->tokens,
+                      .n_logits = WRK_SPEC_MAX_TOKENS,
+                      .logits = lg,
+                      .verify = true};
     CHECK(wrk_step(b, &full, 1, err, sizeof err) == 0);
     CHECK(wrk_spec_accept(b, 0, WRK_SPEC_MAX_TOKENS - 1) == 0);
     CHECK_MSG(state_is(b, 0, r, WRK_SPEC_MAX_TOKENS - 1), "%s: longest verify", label);
@@ -227,8 +235,8 @@ static void check_model(const char *dir, const char *label, const wrk_backend_op
         /* Some sequences repeat a short pattern: realistic drafts, long kept runs. */
         const int period = i % 2 ? 3 + i : 0;
         for (int p = 0; p < SEQ_LEN; p++)
-            refs[i].tokens[p] = period && p >= period ? refs[i].tokens[p - period]
-                                                      : (int32_t)(rnd() % (uint32_t)V);
+            refs[i].tokens[p] =
+                period && p >= period ? refs[i].tokens[p - period] : (int32_t)(rnd() % (uint32_t)V);
         ok = ref_build(b, &refs[i], V) == 0;
     }
     if (ok) {
@@ -240,13 +248,14 @@ static void check_model(const char *dir, const char *label, const wrk_backend_op
             CHECK(run_mixed(b, refs, V, mode, l2) > 0);
         }
     }
-    for (int i = 0; i < N_SEQ; i++) ref_free(&refs[i]);
+    for (int i = 0; i < N_SEQ; i++)
+        ref_free(&refs[i]);
     wrk_backend_destroy(b);
     wrk_model_free(m);
 }
 
-static const wrk_backend_opts_t opts = {.n_threads = 2, .n_slots = 8, .max_step_tokens = 64,
-                                        .kv_block_tokens = 4, .n_kv_blocks = 256};
+static const wrk_backend_opts_t opts = {
+    .n_threads = 2, .n_slots = 8, .max_step_tokens = 64, .kv_block_tokens = 4, .n_kv_blocks = 256};
 
 static void check_family(const char *family, const char *const *cases, int n)
 {
