@@ -312,6 +312,24 @@ static void test_bundled(void)
     check_model(dir, "bundled", &opts);
 }
 
+/* 1 and 3 threads (uneven splits: on the odd sizes some threads own no channel, and the one
+ * that owns channel 0 keeps B and C): the same bit-identity. */
+static void test_threads(void)
+{
+    static const char *dirs[][2] = {
+        {"mamba", "odd_sizes"}, {"mamba2", "odd_sizes"}, {"recurrentgemma", "odd_sizes"}};
+    for (int nt = SANITIZED ? 3 : 1; nt <= 3; nt += 2)
+        for (int i = 0; i < 3; i++) {
+            char dir[RCD_PATH_MAX], label[96];
+            CHECK(rcd_path_fmt(dir, sizeof dir, "%s/%s/%s", golden_root(), dirs[i][0],
+                               dirs[i][1]) == 0);
+            snprintf(label, sizeof label, "%s/%s/%d threads", dirs[i][0], dirs[i][1], nt);
+            wrk_backend_opts_t o = opts;
+            o.n_threads = nt;
+            check_model(dir, label, &o);
+        }
+}
+
 /* The KV pool gets back the blocks of rejected positions. */
 static void test_kv_blocks_back(void)
 {
@@ -371,6 +389,7 @@ int main(int argc, char **argv)
     RUN(test_granite);
     RUN(test_recurrentgemma);
     RUN(test_bundled);
+    RUN(test_threads);
     RUN(test_kv_blocks_back);
     RUN(test_unsupported);
     return rcd_test_summary();
