@@ -341,10 +341,10 @@ static void forward(void *arg, int ith, int nth)
         if (L->attn)
             attention(f, ith, nth, L);
         else
-            wrk_mamba2_cpu_mixer(c, ith, nth, &cfg->mx, &L->mx, f->seqs, f->n_seqs, T,
-                                 (size_t)L->idx * layer_floats,
-                                 (size_t)L->idx * wrk_mamba2_spec_layer_floats(&cfg->mx), a->u,
-                                 &a->mb, a->o, false);
+            wrk_mamba2_cpu_mixer_rec(c, ith, nth, &cfg->mx, &L->mx, f->seqs, f->n_seqs, T,
+                                     (size_t)L->idx * layer_floats,
+                                     (size_t)L->idx * wrk_mamba2_spec_layer_floats(&cfg->mx),
+                                     a->u, &a->mb, a->o, false);
         for (int t = t0; t < t1; t++) {
             float *r = c->res + (size_t)t * H;
             const float *o = a->o + (size_t)t * H;

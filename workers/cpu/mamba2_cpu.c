@@ -193,10 +193,13 @@ void wrk_mamba2_cpu_replay(struct wrk_cpu *c, int ith, int nth, const wrk_mamba2
     wrk_pool_barrier(c->pool);
 }
 
-void wrk_mamba2_cpu_mixer(struct wrk_cpu *c, int ith, int nth, const wrk_mamba2_config_t *cfg,
-                          const wrk_mamba2_layer_t *L, const wrk_seq_t *seqs, int n_seqs, int T,
-                          size_t state_off, size_t rec_off, const float *u,
-                          const wrk_mamba2_bufs_t *a, float *out, bool acc)
+/* rec_off NO_REC: keep nothing (the plain mixer). */
+#define NO_REC ((size_t)-1)
+
+static void mixer(struct wrk_cpu *c, int ith, int nth, const wrk_mamba2_config_t *cfg,
+                  const wrk_mamba2_layer_t *L, const wrk_seq_t *seqs, int n_seqs, int T,
+                  size_t state_off, size_t rec_off, const float *u, const wrk_mamba2_bufs_t *a,
+                  float *out, bool acc)
 {
     const wrk_kern_t *k = c->k;
     const int H = cfg->hidden, I = cfg->inner, K = cfg->d_conv, C = cfg->conv_dim;
@@ -212,7 +215,7 @@ void wrk_mamba2_cpu_mixer(struct wrk_cpu *c, int ith, int nth, const wrk_mamba2_
     if (c1 > c0) {
         int t = 0;
         for (int s = 0; s < n_seqs; s++) {
-            float *keep = wrk_cpu_spec_rec(c, &seqs[s]);
+            float *keep = rec_off != NO_REC ? wrk_cpu_spec_rec(c, &seqs[s]) : NULL;
             if (keep)
                 keep_rows(keep + rec_off, C, a->zx + (size_t)t * Dp + I, Dp, seqs[s].n_tokens, c0,
                           c1);
@@ -227,7 +230,7 @@ void wrk_mamba2_cpu_mixer(struct wrk_cpu *c, int ith, int nth, const wrk_mamba2_
         int t = 0;
         for (int s = 0; s < n_seqs; s++) {
             float *S = wrk_cpu_slot(c, seqs[s].slot) + state_off + conv_floats;
-            float *keep = wrk_cpu_spec_rec(c, &seqs[s]);
+            float *keep = rec_off != NO_REC ? wrk_cpu_spec_rec(c, &seqs[s]) : NULL;
             if (keep)
                 keep_rows(keep + rec_off + (size_t)WRK_SPEC_MAX_TOKENS * C, cfg->n_heads,
                           a->zx + (size_t)t * Dp + I + C, Dp, seqs[s].n_tokens, h0, h1);
@@ -246,6 +249,23 @@ void wrk_mamba2_cpu_mixer(struct wrk_cpu *c, int ith, int nth, const wrk_mamba2_
     wrk_pool_barrier(c->pool);
     wrk_cpu_mm(c, ith, nth, &L->out_proj, a->y, I, T, out, H, L->out_b, acc);
     wrk_pool_barrier(c->pool);
+}
+
+void wrk_mamba2_cpu_mixer(struct wrk_cpu *c, int ith, int nth, const wrk_mamba2_config_t *cfg,
+                          const wrk_mamba2_layer_t *L, const wrk_seq_t *seqs, int n_seqs, int T,
+                          size_t state_off, const float *u, const wrk_mamba2_bufs_t *b,
+                          float *out, bool acc)
+{
+    mixer(c, ith, nth, cfg, L, seqs, n_seqs, T, state_off, NO_REC, u, b, out, acc);
+}
+
+void wrk_mamba2_cpu_mixer_rec(struct wrk_cpu *c, int ith, int nth,
+                              const wrk_mamba2_config_t *cfg, const wrk_mamba2_layer_t *L,
+                              const wrk_seq_t *seqs, int n_seqs, int T, size_t state_off,
+                              size_t rec_off, const float *u, const wrk_mamba2_bufs_t *b,
+                              float *out, bool acc)
+{
+    mixer(c, ith, nth, cfg, L, seqs, n_seqs, T, state_off, rec_off, u, b, out, acc);
 }
 
 static void forward(void *arg, int ith, int nth)
@@ -271,8 +291,9 @@ static void forward(void *arg, int ith, int nth)
         wrk_pool_barrier(c->pool);
         /* TP: rank 0 adds its partial out_proj (and the bias) to the residual, the others
          * overwrite theirs; the all-reduce sums the lot: one per layer. */
-        wrk_mamba2_cpu_mixer(c, ith, nth, cfg, L, f->seqs, f->n_seqs, T, l * layer_floats,
-                             l * wrk_mamba2_spec_layer_floats(cfg), a->u, &a->b, c->res, lead);
+        wrk_mamba2_cpu_mixer_rec(c, ith, nth, cfg, L, f->seqs, f->n_seqs, T, l * layer_floats,
+                                 l * wrk_mamba2_spec_layer_floats(cfg), a->u, &a->b, c->res,
+                                 lead);
         wrk_cpu_all_reduce(c, ith, c->res, (size_t)T * H);
     }
     if (lead) wrk_cpu_logits(c, ith, nth, f->seqs, f->n_seqs, f->n_rows);

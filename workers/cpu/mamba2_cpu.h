@@ -20,12 +20,19 @@ void wrk_mamba2_bufs_free(wrk_mamba2_bufs_t *b);
  * (ith of nth) with the normed input u [T x H] ready; each sequence's conv window and SSM
  * state sit at `state_off` floats into its slot (the layout of wrk_mamba2_layer_state_floats).
  * out [T x H] = (acc ? out : 0) + out_proj(...); returns after a barrier, out complete. */
-/* A verify entry's conv inputs and raw dt go to its slot's rollback record at rec_off floats
- * (wrk_mamba2_spec_layer_floats per mixer layer). */
 void wrk_mamba2_cpu_mixer(struct wrk_cpu *c, int ith, int nth, const wrk_mamba2_config_t *cfg,
                           const wrk_mamba2_layer_t *L, const wrk_seq_t *seqs, int n_seqs, int T,
-                          size_t state_off, size_t rec_off, const float *u,
-                          const wrk_mamba2_bufs_t *b, float *out, bool acc);
+                          size_t state_off, const float *u, const wrk_mamba2_bufs_t *b,
+                          float *out, bool acc);
+/* The same, for a family with speculative rollback: a verify entry's conv inputs and raw dt
+ * also go to its slot's rollback record at rec_off floats (wrk_mamba2_spec_layer_floats per
+ * mixer layer). A family that calls the plain mixer has no spec hooks, so its verify entries
+ * are refused before the forward runs. */
+void wrk_mamba2_cpu_mixer_rec(struct wrk_cpu *c, int ith, int nth,
+                              const wrk_mamba2_config_t *cfg, const wrk_mamba2_layer_t *L,
+                              const wrk_seq_t *seqs, int n_seqs, int T, size_t state_off,
+                              size_t rec_off, const float *u, const wrk_mamba2_bufs_t *b,
+                              float *out, bool acc);
 
 /* Speculative rollback of one mixer layer: per layer, the verify pass keeps the conv input
  * [MAXT][conv_dim] and the raw dt [MAXT][n_heads]; the replay reruns the conv and the scan over
