@@ -55,6 +55,14 @@ int wrk__check_batch(const wrk_backend_t *b, const wrk_seq_t *seqs, int n_seqs, 
             return rcd_fail(RCD_EINVAL, err, errlen,
                             "step: entry %d asks for %d logit rows of %d tokens", i, s->n_logits,
                             s->n_tokens);
+        if (s->verify && !b->vt->spec_accept)
+            return rcd_fail(RCD_EUNSUPPORTED, err, errlen,
+                            "step: entry %d: the %s backend has no speculative verify", i,
+                            b->vt->name);
+        if (s->verify && s->n_tokens > WRK_SPEC_MAX_TOKENS)
+            return rcd_fail(RCD_EINVAL, err, errlen,
+                            "step: entry %d: a verify entry of %d tokens (at most %d)", i,
+                            s->n_tokens, WRK_SPEC_MAX_TOKENS);
         for (int j = 0; j < s->n_tokens; j++)
             if (s->tokens[j] < 0 || s->tokens[j] >= mi->vocab_size)
                 return rcd_fail(RCD_ERANGE, err, errlen,
@@ -125,6 +133,12 @@ int wrk_state_write_n(wrk_backend_t *b, int slot, const void *src, size_t len)
     if (b->vt->state_size) return b->vt->state_write_n(b, slot, src, len);
     if (len != wrk_model_info(b->model)->state_bytes) return RCD_EFORMAT;
     return b->vt->state_write_n(b, slot, src, len);
+}
+int wrk_spec_accept(wrk_backend_t *b, int slot, int n_keep)
+{
+    if (!b->vt->spec_accept) return RCD_EUNSUPPORTED;
+    if (slot < 0 || slot >= b->n_slots) return RCD_ERANGE;
+    return b->vt->spec_accept(b, slot, n_keep);
 }
 void wrk_kv_blocks(wrk_backend_t *b, int64_t *n_free, int64_t *n_total)
 {

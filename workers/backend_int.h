@@ -21,6 +21,8 @@ typedef struct wrk_backend_i {
     int (*state_write_n)(wrk_backend_t *b, int slot, const void *src, size_t len);
     /* The paged KV pool: free and total blocks. NULL: no pool (fixed-size states). */
     void (*kv_blocks)(wrk_backend_t *b, int64_t *n_free, int64_t *n_total);
+    /* wrk_spec_accept; NULL: no speculative rollback, verify entries are refused. */
+    int (*spec_accept)(wrk_backend_t *b, int slot, int n_keep);
 } wrk_backend_i;
 
 /* Fields every backend shares (its own struct starts with one); set at creation. */

@@ -80,7 +80,15 @@ typedef struct wrk_seq {
     const int32_t *tokens;  /* borrowed, n_tokens ids in [0, vocab) */
     int32_t n_logits;       /* logits wanted for the last n_logits positions, 0..n_tokens */
     float *logits;          /* borrowed, caller-owned [n_logits x vocab] fp32, row-major */
+    /* A speculative verify entry (draft tokens after the last accepted one, n_tokens at most
+     * WRK_SPEC_MAX_TOKENS): the backend also keeps what wrk_spec_accept needs to roll the slot
+     * back to any prefix of these tokens. A backend without rollback refuses the step with
+     * RCD_EUNSUPPORTED. */
+    bool verify;
 } wrk_seq_t;
+
+/* Most tokens of one verify entry (k drafts + 1). */
+#define WRK_SPEC_MAX_TOKENS 16
 
 typedef struct wrk_backend_opts {
     int n_threads;        /* 0: all online CPUs */
@@ -142,6 +150,18 @@ int wrk_state_copy(wrk_backend_t *b, int dst_slot, int src_slot);
 size_t wrk_state_bytes(wrk_backend_t *b, int slot);
 int wrk_state_read_n(wrk_backend_t *b, int slot, void *dst, size_t cap, size_t *len);
 int wrk_state_write_n(wrk_backend_t *b, int slot, const void *src, size_t len);
+/* Speculative rollback. After a step that ran a verify entry on `slot`, keeps only the
+ * first n_keep (0..n_tokens) of its tokens: the slot's state becomes bit-identical to the one
+ * a run over just those tokens reaches (the fixed state is restored from the copy the verify
+ * step took, and only the recurrences -- conv windows, scans, RG-LRU, the local-attention
+ * ring rows -- rerun over the kept positions from the inputs that step kept, no matmuls;
+ * paged KV drops the positions past them). n_keep = n_tokens costs nothing. The pending
+ * verify ends with the call; any other step, reset, write or copy into the slot before it
+ * keeps every token. RCD_ERANGE for a bad slot or n_keep, RCD_EINVAL when the slot has no
+ * pending verify, RCD_EUNSUPPORTED on a backend without rollback (CUDA, CPU tensor
+ * parallelism). Like the state calls, only on the thread that steps the backend (it runs the
+ * replay on the backend's pool). Memory per slot: workers/README.md, "Speculative verify". */
+int wrk_spec_accept(wrk_backend_t *b, int slot, int n_keep);
 /* The KV pool's free and total blocks (both 0 without a pool). Like the state calls, only
  * on the thread that steps the backend (or while nothing steps it). */
 void wrk_kv_blocks(wrk_backend_t *b, int64_t *n_free, int64_t *n_total);

@@ -30,7 +30,20 @@ static void cpu_destroy(wrk_backend_t *b)
     free(c->logit_out);
     free(c->scratch);
     wrk_kv_destroy(c->kv);
+    if (c->spec)
+        for (int i = 0; i < c->base.n_slots; i++) {
+            free(c->spec[i].saved);
+            free(c->spec[i].rec);
+        }
+    free(c->spec);
+    free(c->spec_tmp);
     free(c);
+}
+
+/* A pending verify on the slot ends, keeping every token (reset, write, copy into, step). */
+static void spec_drop(wrk_cpu_t *c, int slot)
+{
+    if (c->spec) c->spec[slot].n_tokens = 0;
 }
 
 static int check_slot(const wrk_backend_t *b, int slot)
@@ -44,6 +57,7 @@ static int cpu_state_reset(wrk_backend_t *b, int slot)
     if (check_slot(b, slot)) return RCD_ERANGE;
     memset(c->slots + (size_t)slot * c->state_floats, 0, c->state_floats * sizeof(float));
     if (c->kv) wrk_kv_reset(c->kv, slot);
+    spec_drop(c, slot);
     return 0;
 }
 
@@ -92,6 +106,7 @@ static int cpu_state_write_n(wrk_backend_t *b, int slot, const void *src, size_t
         return RCD_EFORMAT;
     }
     memcpy(c->slots + (size_t)slot * c->state_floats, src, fixed);
+    spec_drop(c, slot);
     return 0;
 }
 
@@ -103,9 +118,36 @@ static int cpu_state_copy(wrk_backend_t *b, int dst, int src)
         int rc = wrk_kv_copy(c->kv, dst, src);
         if (rc) return rc;
     }
-    if (dst != src)
+    if (dst != src) {
         memcpy(c->slots + (size_t)dst * c->state_floats, c->slots + (size_t)src * c->state_floats,
                c->state_floats * sizeof(float));
+        spec_drop(c, dst);
+    }
+    return 0;
+}
+
+/* The rollback buffers of every verify entry's slot (and the replay scratch), before the
+ * step touches anything. */
+static int spec_alloc(wrk_cpu_t *c, const wrk_seq_t *seqs, int n_seqs, char *err, size_t errlen)
+{
+    for (int i = 0; i < n_seqs; i++) {
+        if (!seqs[i].verify) continue;
+        if (!c->spec || !c->fam->spec_replay)
+            return rcd_fail(RCD_EUNSUPPORTED, err, errlen,
+                            "step: entry %d: no speculative verify for %s on this backend", i,
+                            c->m->info.architecture);
+        wrk_cpu_spec_t *sp = &c->spec[seqs[i].slot];
+        if (!c->spec_tmp && (c->spec_tmp = wrk_cpu_alloc_floats(c->spec_tmp_floats)))
+            memset(c->spec_tmp, 0, c->spec_tmp_floats * sizeof(float));
+        if (!sp->saved) sp->saved = wrk_cpu_alloc_floats(c->spec_saved_floats);
+        if (!sp->rec) sp->rec = wrk_cpu_alloc_floats(c->spec_rec_floats);
+        if (!c->spec_tmp || !sp->saved || !sp->rec)
+            return rcd_fail(RCD_ENOMEM, err, errlen,
+                            "step: cannot allocate the speculative rollback buffers of slot %d "
+                            "(%zu bytes)",
+                            seqs[i].slot,
+                            (c->spec_saved_floats + c->spec_rec_floats) * sizeof(float));
+    }
     return 0;
 }
 
@@ -114,7 +156,20 @@ static int cpu_step(wrk_backend_t *b, const wrk_seq_t *seqs, int n_seqs, char *e
     int rc = wrk__check_batch(b, seqs, n_seqs, err, errlen);
     if (rc) return rc;
     wrk_cpu_t *c = (wrk_cpu_t *)b;
+    if ((rc = spec_alloc(c, seqs, n_seqs, err, errlen))) return rc;
     if (c->kv && (rc = wrk_kv_reserve(c->kv, seqs, n_seqs, err, errlen))) return rc;
+    for (int i = 0; i < n_seqs; i++) {
+        const int slot = seqs[i].slot;
+        spec_drop(c, slot);
+        if (!seqs[i].verify) continue;
+        wrk_cpu_spec_t *sp = &c->spec[slot];
+        if (c->fam->spec_save)
+            c->fam->spec_save(c, slot, seqs[i].n_tokens, sp->saved);
+        else
+            memcpy(sp->saved, wrk_cpu_slot(c, slot), c->state_floats * sizeof(float));
+        sp->n_tokens = seqs[i].n_tokens;
+        sp->kv0 = c->kv ? c->kv->n_tokens[slot] : 0;
+    }
     wrk__cpu_forward(c, seqs, n_seqs);
     if (c->kv) wrk_kv_advance(c->kv, seqs, n_seqs);
     return 0;
@@ -127,6 +182,27 @@ static void cpu_kv_blocks(wrk_backend_t *b, int64_t *n_free, int64_t *n_total)
     *n_total = c->kv ? c->kv->n_blocks : 0;
 }
 
+static int cpu_spec_accept(wrk_backend_t *b, int slot, int n_keep)
+{
+    wrk_cpu_t *c = (wrk_cpu_t *)b;
+    if (check_slot(b, slot)) return RCD_ERANGE;
+    wrk_cpu_spec_t *sp = c->spec ? &c->spec[slot] : NULL;
+    if (!sp || sp->n_tokens == 0) return RCD_EINVAL;
+    if (n_keep < 0 || n_keep > sp->n_tokens) return RCD_ERANGE;
+    if (n_keep < sp->n_tokens) {
+        if (c->fam->spec_restore)
+            c->fam->spec_restore(c, slot, sp->n_tokens, sp->saved);
+        else
+            memcpy(wrk_cpu_slot(c, slot), sp->saved, c->state_floats * sizeof(float));
+        wrk_cpu_replay_t r = {.c = c, .slot = slot, .n = n_keep, .rec = sp->rec,
+                              .tmp = c->spec_tmp};
+        if (n_keep > 0) wrk_pool_run(c->pool, c->fam->spec_replay, &r);
+        if (c->kv) wrk_kv_truncate(c->kv, slot, sp->kv0 + n_keep);
+    }
+    sp->n_tokens = 0;
+    return 0;
+}
+
 static const wrk_backend_i cpu_vt = {
     .name = "cpu",
     .destroy = cpu_destroy,
@@ -137,6 +213,7 @@ static const wrk_backend_i cpu_vt = {
     .state_read_n = cpu_state_read_n,
     .state_write_n = cpu_state_write_n,
     .kv_blocks = cpu_kv_blocks,
+    .spec_accept = cpu_spec_accept,
 };
 
 int wrk_cpu_backend_create(const wrk_model_t *m, const wrk_backend_opts_t *opts,
@@ -212,6 +289,15 @@ int wrk__cpu_create(const wrk_model_t *m, const wrk_backend_opts_t *opts,
                         o.n_slots, m->info.state_bytes, o.max_step_tokens);
     }
     memset(c->slots, 0, (size_t)o.n_slots * c->state_floats * sizeof(float));
+    /* Speculative rollback on one rank only (the TP group refuses verify entries). */
+    if (!shard && fam->spec_sizes) {
+        fam->spec_sizes(c, &c->spec_rec_floats, &c->spec_tmp_floats, &c->spec_saved_floats);
+        if (!c->spec_saved_floats) c->spec_saved_floats = c->state_floats;
+        if (!(c->spec = calloc((size_t)o.n_slots, sizeof *c->spec))) {
+            cpu_destroy(&c->base);
+            return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
+        }
+    }
     *out = c;
     return 0;
 }

@@ -29,7 +29,38 @@ typedef struct wrk_cpu_family_i {
     /* Optional, run by the stepping thread before and after forward (arg as forward's). */
     void (*prepare)(struct wrk_cpu_fwd *f);
     void (*finish)(struct wrk_cpu_fwd *f);
+    /* Speculative rollback (NULL: verify entries refused). spec_sizes: the floats a slot keeps
+     * of a verify pass's recurrence inputs (for WRK_SPEC_MAX_TOKENS positions; the forward
+     * writes them to wrk_cpu_spec_rec) and the replay's scratch (both preset to 0).
+     * spec_replay: run by every pool thread with a wrk_cpu_replay_t after the slot's fixed
+     * state was restored: reruns the recurrences over the first n positions from those inputs
+     * (no matmuls). Optional: spec_save / spec_restore keep only the part of the fixed state a
+     * verify of n tokens changes (spec_sizes' *saved_floats of it; RecurrentGemma's rings:
+     * only the rows it overwrites); without them the whole fixed state is copied. */
+    void (*spec_sizes)(const struct wrk_cpu *c, size_t *rec_floats, size_t *tmp_floats,
+                       size_t *saved_floats);
+    wrk_pool_cb spec_replay;
+    void (*spec_save)(struct wrk_cpu *c, int slot, int n, float *saved);
+    void (*spec_restore)(struct wrk_cpu *c, int slot, int n, const float *saved);
 } wrk_cpu_family_i;
+
+/* A slot's speculative rollback data (cpu_backend.c), allocated at its first verify entry. */
+typedef struct wrk_cpu_spec {
+    float *saved;     /* the fixed state before the verify step (or the part of it
+                       * spec_save keeps: spec_saved_floats) */
+    float *rec;       /* the family's recurrence inputs of the verify pass (spec_sizes) */
+    int32_t n_tokens; /* tokens of the pending verify entry; 0: none pending */
+    int32_t kv0;      /* paged KV positions before it */
+} wrk_cpu_spec_t;
+
+/* What spec_replay gets. */
+typedef struct wrk_cpu_replay {
+    struct wrk_cpu *c;
+    int slot;
+    int n;      /* positions to replay, 1..WRK_SPEC_MAX_TOKENS */
+    float *rec; /* the slot's wrk_cpu_spec_t.rec */
+    float *tmp; /* the backend's replay scratch (spec_sizes' tmp_floats) */
+} wrk_cpu_replay_t;
 
 extern const wrk_cpu_family_i wrk_cpu_mamba;
 extern const wrk_cpu_family_i wrk_cpu_mamba2;
@@ -59,7 +90,16 @@ typedef struct wrk_cpu {
     const wrk_shard_t *shard;
     wrk_comm_t *comm;
     int comm_rc;         /* first communicator error of the step */
+    wrk_cpu_spec_t *spec; /* n_slots, speculative rollback; NULL under TP */
+    float *spec_tmp;      /* the replay's scratch, allocated with the first verify */
+    size_t spec_rec_floats, spec_tmp_floats, spec_saved_floats;
 } wrk_cpu_t;
+
+/* Where the forward keeps a verify entry's recurrence inputs; NULL for other entries. */
+static inline float *wrk_cpu_spec_rec(const wrk_cpu_t *c, const wrk_seq_t *q)
+{
+    return q->verify ? c->spec[q->slot].rec : NULL;
+}
 
 /* The family layout the forward runs: this rank's shard, or the whole model. */
 static inline const void *wrk_cpu_layout(const wrk_cpu_t *c)

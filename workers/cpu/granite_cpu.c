@@ -421,8 +421,10 @@ static void forward(void *arg, int ith, int nth)
         if (L->attn)
             attention(f, ith, nth, L);
         else
-            wrk_mamba2_cpu_mixer(c, ith, nth, &cfg->mx, &L->mx, f->seqs, f->n_seqs, T,
-                                 (size_t)L->idx * layer_floats, a->u, &a->mb, a->o, false);
+            wrk_mamba2_cpu_mixer_rec(c, ith, nth, &cfg->mx, &L->mx, f->seqs, f->n_seqs, T,
+                                     (size_t)L->idx * layer_floats,
+                                     (size_t)L->idx * wrk_mamba2_spec_layer_floats(&cfg->mx),
+                                     a->u, &a->mb, a->o, false);
         for (int t = t0; t < t1; t++) {
             float *r = c->res + (size_t)t * H;
             const float *o = a->o + (size_t)t * H;
@@ -443,9 +445,37 @@ static void forward(void *arg, int ith, int nth)
     wrk_cpu_logits(c, ith, nth, f->seqs, f->n_seqs, f->n_rows);
 }
 
+/* Speculative rollback: the Mamba layers keep what the Mamba2 mixer's replay needs; the
+ * attention layers keep nothing (the backend truncates their paged KV). */
+static void spec_sizes(const struct wrk_cpu *c, size_t *rec, size_t *tmp, size_t *saved)
+{
+    (void)saved; /* the whole fixed state */
+    const wrk_granite_config_t *cfg = &((const wrk_granite_t *)c->m->priv)->cfg;
+    *rec = (size_t)cfg->n_mamba * wrk_mamba2_spec_layer_floats(&cfg->mx);
+    *tmp = cfg->n_mamba ? wrk_mamba2_spec_tmp_floats(&cfg->mx) : 0;
+}
+
+static void spec_replay(void *arg, int ith, int nth)
+{
+    const wrk_cpu_replay_t *r = arg;
+    const wrk_granite_t *g = r->c->m->priv;
+    const wrk_granite_config_t *cfg = &g->cfg;
+    const size_t layer_floats = wrk_mamba2_layer_state_floats(&cfg->mx);
+    for (int l = 0; l < cfg->mx.n_layers; l++) {
+        const wrk_granite_layer_t *L = &g->layers[l];
+        if (L->attn) continue;
+        wrk_mamba2_cpu_replay(r->c, ith, nth, &cfg->mx, &L->mx, r->slot, r->n,
+                              (size_t)L->idx * layer_floats,
+                              r->rec + (size_t)L->idx * wrk_mamba2_spec_layer_floats(&cfg->mx),
+                              r->tmp);
+    }
+}
+
 const wrk_cpu_family_i wrk_cpu_granite = {
     .family = WRK_FAMILY_GRANITE,
     .init = cpu_init,
     .free = cpu_free,
     .forward = forward,
+    .spec_sizes = spec_sizes,
+    .spec_replay = spec_replay,
 };

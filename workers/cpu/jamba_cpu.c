@@ -177,8 +177,9 @@ static void forward(void *arg, int ith, int nth)
                                     .kv_layer = L->idx};
             wrk_attn_cpu(c, ith, nth, &w, &a->ab, T, a->u, a->o);
         } else {
-            wrk_mamba_cpu_mixer(c, ith, nth, &cfg->mx, &L->mx, f->seqs, f->n_seqs, T,
-                                (size_t)L->idx * layer_floats, a->u, &a->mb, a->o, false);
+            wrk_mamba_cpu_mixer(
+                c, ith, nth, &cfg->mx, &L->mx, f->seqs, f->n_seqs, T, (size_t)L->idx * layer_floats,
+                0 /* no verify entries: Jamba has no rollback yet */, a->u, &a->mb, a->o, false);
         }
         for (int t = t0; t < t1; t++) {
             float *r = c->res + (size_t)t * H;

@@ -96,6 +96,17 @@ void wrk_kv_reset(wrk_kv_t *kv, int slot)
     kv->n_tokens[slot] = 0;
 }
 
+void wrk_kv_truncate(wrk_kv_t *kv, int slot, int32_t n)
+{
+    if (n < 0 || n >= kv->n_tokens[slot]) return;
+    const int32_t keep = blocks_for(kv, n);
+    const int32_t *tab = kv->tables + (size_t)slot * kv->n_blocks;
+    for (int32_t i = kv->n_held[slot]; i-- > keep;)
+        kv->free_list[kv->n_free++] = tab[i];
+    kv->n_held[slot] = keep;
+    kv->n_tokens[slot] = n;
+}
+
 int wrk_kv_copy(wrk_kv_t *kv, int dst, int src)
 {
     if (dst == src) return 0;

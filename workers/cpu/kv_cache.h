@@ -50,6 +50,8 @@ static inline float *wrk_kv_at(wrk_kv_t *kv, int slot, int layer, int v, int32_t
 int wrk_kv_reserve(wrk_kv_t *kv, const wrk_seq_t *seqs, int n_seqs, char *err, size_t errlen);
 /* After the step wrote them: every sequence's length grows by its n_tokens. */
 void wrk_kv_advance(wrk_kv_t *kv, const wrk_seq_t *seqs, int n_seqs);
+/* Keeps the slot's first n positions (n <= its length), giving back the blocks past them. */
+void wrk_kv_truncate(wrk_kv_t *kv, int slot, int32_t n);
 /* Gives the slot's blocks back; length 0. */
 void wrk_kv_reset(wrk_kv_t *kv, int slot);
 /* dst becomes a copy of src (its own blocks), or RCD_ETOOBIG and dst is untouched. */

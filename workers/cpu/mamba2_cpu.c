@@ -76,14 +76,14 @@ static inline float silu(float v)
  * y = C . S + D x. S is [NH][P][N]; head h reads B, C of group h / (NH / G) (under TP, of
  * the model's heads and groups: this rank's start at tp_head0, tp_group0). */
 static void ssd_scan(const wrk_mamba2_config_t *cfg, const wrk_mamba2_layer_t *L, int T, int h0,
-                     int h1, const float *zx, const float *xbc, float *S, float *y)
+                     int h1, const float *dt_raw, int lddt, const float *xbc, float *S, float *y)
 {
     const int I = cfg->inner, P = cfg->head_dim, N = cfg->d_state, G = cfg->n_groups;
-    const int C = cfg->conv_dim, Dp = cfg->proj_dim;
+    const int C = cfg->conv_dim;
     const int hpg = cfg->tp_hpg ? cfg->tp_hpg : cfg->n_heads / G;
     for (int t = 0; t < T; t++) {
         const float *xr = xbc + (size_t)t * C;
-        const float *dtr = zx + (size_t)t * Dp + I + C;
+        const float *dtr = dt_raw + (size_t)t * lddt;
         float *yr = y + (size_t)t * I;
         for (int h = h0; h < h1; h++) {
             float dt = softplus(dtr[h] + L->dt_b[h]);
@@ -196,10 +196,39 @@ static void gated_norm_tp(struct wrk_cpu *c, int ith, const wrk_mamba2_config_t 
     }
 }
 
-void wrk_mamba2_cpu_mixer(struct wrk_cpu *c, int ith, int nth, const wrk_mamba2_config_t *cfg,
-                          const wrk_mamba2_layer_t *L, const wrk_seq_t *seqs, int n_seqs, int T,
-                          size_t state_off, const float *u, const wrk_mamba2_bufs_t *a,
-                          float *out, bool acc)
+/* Rows [0, n) of src (stride lds), columns [c0, c1), into dst (stride ldd). */
+static void keep_rows(float *dst, int ldd, const float *src, int lds, int n, int c0, int c1)
+{
+    for (int j = 0; j < n; j++)
+        memcpy(dst + (size_t)j * ldd + c0, src + (size_t)j * lds + c0,
+               (size_t)(c1 - c0) * sizeof(float));
+}
+
+void wrk_mamba2_cpu_replay(struct wrk_cpu *c, int ith, int nth, const wrk_mamba2_config_t *cfg,
+                           const wrk_mamba2_layer_t *L, int slot, int n, size_t state_off,
+                           const float *rec, float *tmp)
+{
+    const int K = cfg->d_conv, C = cfg->conv_dim, NH = cfg->n_heads;
+    const float *xin = rec, *dt = rec + (size_t)WRK_SPEC_MAX_TOKENS * C;
+    float *xbc = tmp, *y = tmp + (size_t)WRK_SPEC_MAX_TOKENS * C;
+    float *win = wrk_cpu_slot(c, slot) + state_off;
+    int c0, c1, h0, h1;
+    wrk_split(C, 16, ith, nth, &c0, &c1);
+    wrk_split(NH, 1, ith, nth, &h0, &h1);
+    if (c1 > c0) c->k->conv_silu(n, c0, c1, C, K, xin, C, L->conv_w, L->conv_b, win, xbc);
+    wrk_pool_barrier(c->pool);
+    if (h1 > h0)
+        ssd_scan(cfg, L, n, h0, h1, dt, NH, xbc, win + wrk_mamba2_conv_floats(cfg), y);
+    wrk_pool_barrier(c->pool);
+}
+
+/* rec_off NO_REC: keep nothing (the plain mixer). */
+#define NO_REC ((size_t)-1)
+
+static void mixer(struct wrk_cpu *c, int ith, int nth, const wrk_mamba2_config_t *cfg,
+                  const wrk_mamba2_layer_t *L, const wrk_seq_t *seqs, int n_seqs, int T,
+                  size_t state_off, size_t rec_off, const float *u, const wrk_mamba2_bufs_t *a,
+                  float *out, bool acc)
 {
     const wrk_kern_t *k = c->k;
     const int H = cfg->hidden, I = cfg->inner, K = cfg->d_conv, C = cfg->conv_dim;
@@ -220,6 +249,10 @@ void wrk_mamba2_cpu_mixer(struct wrk_cpu *c, int ith, int nth, const wrk_mamba2_
     if (c1 > c0) {
         int t = 0;
         for (int s = 0; s < n_seqs; s++) {
+            float *keep = rec_off != NO_REC ? wrk_cpu_spec_rec(c, &seqs[s]) : NULL;
+            if (keep)
+                keep_rows(keep + rec_off, C, a->zx + (size_t)t * Dp + I, Dp, seqs[s].n_tokens, c0,
+                          c1);
             float *win = wrk_cpu_slot(c, seqs[s].slot) + state_off;
             k->conv_silu(seqs[s].n_tokens, c0, c1, C, K, a->zx + (size_t)t * Dp + I, Dp, L->conv_w,
                          L->conv_b, win, a->xbc + (size_t)t * C);
@@ -231,7 +264,11 @@ void wrk_mamba2_cpu_mixer(struct wrk_cpu *c, int ith, int nth, const wrk_mamba2_
         int t = 0;
         for (int s = 0; s < n_seqs; s++) {
             float *S = wrk_cpu_slot(c, seqs[s].slot) + state_off + conv_floats;
-            ssd_scan(cfg, L, seqs[s].n_tokens, h0, h1, a->zx + (size_t)t * Dp,
+            float *keep = rec_off != NO_REC ? wrk_cpu_spec_rec(c, &seqs[s]) : NULL;
+            if (keep)
+                keep_rows(keep + rec_off + (size_t)WRK_SPEC_MAX_TOKENS * C, cfg->n_heads,
+                          a->zx + (size_t)t * Dp + I + C, Dp, seqs[s].n_tokens, h0, h1);
+            ssd_scan(cfg, L, seqs[s].n_tokens, h0, h1, a->zx + (size_t)t * Dp + I + C, Dp,
                      a->xbc + (size_t)t * C, S, a->y + (size_t)t * I);
             t += seqs[s].n_tokens;
         }
@@ -250,6 +287,23 @@ void wrk_mamba2_cpu_mixer(struct wrk_cpu *c, int ith, int nth, const wrk_mamba2_
     wrk_pool_barrier(c->pool);
     wrk_cpu_mm(c, ith, nth, &L->out_proj, a->y, I, T, out, H, L->out_b, acc);
     wrk_pool_barrier(c->pool);
+}
+
+void wrk_mamba2_cpu_mixer(struct wrk_cpu *c, int ith, int nth, const wrk_mamba2_config_t *cfg,
+                          const wrk_mamba2_layer_t *L, const wrk_seq_t *seqs, int n_seqs, int T,
+                          size_t state_off, const float *u, const wrk_mamba2_bufs_t *b,
+                          float *out, bool acc)
+{
+    mixer(c, ith, nth, cfg, L, seqs, n_seqs, T, state_off, NO_REC, u, b, out, acc);
+}
+
+void wrk_mamba2_cpu_mixer_rec(struct wrk_cpu *c, int ith, int nth,
+                              const wrk_mamba2_config_t *cfg, const wrk_mamba2_layer_t *L,
+                              const wrk_seq_t *seqs, int n_seqs, int T, size_t state_off,
+                              size_t rec_off, const float *u, const wrk_mamba2_bufs_t *b,
+                              float *out, bool acc)
+{
+    mixer(c, ith, nth, cfg, L, seqs, n_seqs, T, state_off, rec_off, u, b, out, acc);
 }
 
 static void forward(void *arg, int ith, int nth)
@@ -275,11 +329,32 @@ static void forward(void *arg, int ith, int nth)
         wrk_pool_barrier(c->pool);
         /* TP: rank 0 adds its partial out_proj (and the bias) to the residual, the others
          * overwrite theirs; the all-reduce sums the lot: one per layer. */
-        wrk_mamba2_cpu_mixer(c, ith, nth, cfg, L, f->seqs, f->n_seqs, T, l * layer_floats, a->u,
-                             &a->b, c->res, lead);
+        wrk_mamba2_cpu_mixer_rec(c, ith, nth, cfg, L, f->seqs, f->n_seqs, T, l * layer_floats,
+                                 l * wrk_mamba2_spec_layer_floats(cfg), a->u, &a->b, c->res,
+                                 lead);
         wrk_cpu_all_reduce(c, ith, c->res, (size_t)T * H);
     }
     if (lead) wrk_cpu_logits(c, ith, nth, f->seqs, f->n_seqs, f->n_rows);
+}
+
+static void spec_sizes(const struct wrk_cpu *c, size_t *rec, size_t *tmp, size_t *saved)
+{
+    (void)saved; /* the whole fixed state */
+    const wrk_mamba2_config_t *cfg = &((const wrk_mamba2_t *)wrk_cpu_layout(c))->cfg;
+    *rec = (size_t)cfg->n_layers * wrk_mamba2_spec_layer_floats(cfg);
+    *tmp = wrk_mamba2_spec_tmp_floats(cfg);
+}
+
+static void spec_replay(void *arg, int ith, int nth)
+{
+    const wrk_cpu_replay_t *r = arg;
+    const wrk_mamba2_t *mb = wrk_cpu_layout(r->c);
+    const wrk_mamba2_config_t *cfg = &mb->cfg;
+    const size_t layer_floats = wrk_mamba2_layer_state_floats(cfg);
+    for (int l = 0; l < cfg->n_layers; l++)
+        wrk_mamba2_cpu_replay(r->c, ith, nth, cfg, &mb->layers[l], r->slot, r->n,
+                              l * layer_floats, r->rec + l * wrk_mamba2_spec_layer_floats(cfg),
+                              r->tmp);
 }
 
 const wrk_cpu_family_i wrk_cpu_mamba2 = {
@@ -287,4 +362,6 @@ const wrk_cpu_family_i wrk_cpu_mamba2 = {
     .init = cpu_init,
     .free = cpu_free,
     .forward = forward,
+    .spec_sizes = spec_sizes,
+    .spec_replay = spec_replay,
 };

@@ -63,10 +63,34 @@ static int cpu_init(struct wrk_cpu *c, void **ctx)
     return 0;
 }
 
+/* Speculative rollback: per layer, for WRK_SPEC_MAX_TOKENS positions, the conv input x
+ * [MAXT][I], the dt_proj output [MAXT][I] and B, C [MAXT][2N] of the verify pass. */
+#define MAXT WRK_SPEC_MAX_TOKENS
+static size_t spec_layer_floats(const wrk_mamba_config_t *cfg)
+{
+    return (size_t)MAXT * (2 * (size_t)cfg->inner + 2 * (size_t)cfg->d_state);
+}
+
+static void spec_sizes(const struct wrk_cpu *c, size_t *rec, size_t *tmp, size_t *saved)
+{
+    (void)saved; /* the whole fixed state */
+    const wrk_mamba_config_t *cfg = &((const wrk_mamba_t *)wrk_cpu_layout(c))->cfg;
+    *rec = (size_t)cfg->n_layers * spec_layer_floats(cfg);
+    *tmp = (size_t)MAXT * 2 * cfg->inner; /* conv output, scan output */
+}
+
+/* Rows [t0, t0 + n) of `src` (stride lds), columns [c0, c1), into dst (stride ldd). */
+static void keep_rows(float *dst, int ldd, const float *src, int lds, int n, int c0, int c1)
+{
+    for (int j = 0; j < n; j++)
+        memcpy(dst + (size_t)j * ldd + c0, src + (size_t)j * lds + c0,
+               (size_t)(c1 - c0) * sizeof(float));
+}
+
 void wrk_mamba_cpu_mixer(struct wrk_cpu *c, int ith, int nth, const wrk_mamba_config_t *cfg,
                          const wrk_mamba_layer_t *L, const wrk_seq_t *seqs, int n_seqs, int T,
-                         size_t state_off, const float *u, const wrk_mamba_bufs_t *a, float *out,
-                         bool acc)
+                         size_t state_off, size_t rec_off, const float *u,
+                         const wrk_mamba_bufs_t *a, float *out, bool acc)
 {
     const wrk_kern_t *k = c->k;
     const int H = cfg->hidden, I = cfg->inner, N = cfg->d_state, K = cfg->d_conv;
@@ -81,6 +105,10 @@ void wrk_mamba_cpu_mixer(struct wrk_cpu *c, int ith, int nth, const wrk_mamba_co
     if (c1 > c0) {
         int t = 0;
         for (int s = 0; s < n_seqs; s++) {
+            float *keep = wrk_cpu_spec_rec(c, &seqs[s]);
+            if (keep)
+                keep_rows(keep + rec_off, I, a->xz + (size_t)t * 2 * I, 2 * I, seqs[s].n_tokens, c0,
+                          c1);
             float *win = wrk_cpu_slot(c, seqs[s].slot) + state_off;
             k->conv_silu(seqs[s].n_tokens, c0, c1, I, K, a->xz + (size_t)t * 2 * I, 2 * I,
                          L->conv_w, L->conv_b, win, a->xc + (size_t)t * I);
@@ -108,6 +136,14 @@ void wrk_mamba_cpu_mixer(struct wrk_cpu *c, int ith, int nth, const wrk_mamba_co
         for (int s = 0; s < n_seqs; s++) {
             float *h = wrk_cpu_slot(c, seqs[s].slot) + state_off + (size_t)(K - 1) * I;
             size_t o = (size_t)t;
+            float *keep = wrk_cpu_spec_rec(c, &seqs[s]);
+            if (keep) {
+                float *kdt = keep + rec_off + (size_t)MAXT * I;
+                keep_rows(kdt, I, a->dt + o * I, I, seqs[s].n_tokens, c0, c1);
+                if (c0 == 0) /* B, C (after Jamba's norms): shared by every channel */
+                    keep_rows(kdt + (size_t)MAXT * I, 2 * N, a->dbc + o * ldbc + R, ldbc,
+                              seqs[s].n_tokens, 0, 2 * N);
+            }
             k->scan(seqs[s].n_tokens, c0, c1, I, N, a->dt + o * I, L->dt_b, a->xc + o * I,
                     a->xz + o * 2 * I + I, 2 * I, a->dbc + o * ldbc + R, ldbc, L->A, L->D, h,
                     a->y + o * I);
@@ -120,6 +156,30 @@ void wrk_mamba_cpu_mixer(struct wrk_cpu *c, int ith, int nth, const wrk_mamba_co
     wrk_cpu_mm(c, ith, nth, &L->out_proj, a->y, I, T, out, H, L->out_b, acc);
     wrk_pool_barrier(c->pool);
     wrk_cpu_all_reduce(c, ith, out, (size_t)T * H);
+}
+
+static void spec_replay(void *arg, int ith, int nth)
+{
+    const wrk_cpu_replay_t *r = arg;
+    wrk_cpu_t *c = r->c;
+    const wrk_mamba_t *mb = wrk_cpu_layout(c);
+    const wrk_mamba_config_t *cfg = &mb->cfg;
+    const int I = cfg->inner, N = cfg->d_state, K = cfg->d_conv;
+    const size_t layer_floats = wrk_mamba_layer_state_floats(cfg);
+    float *xc = r->tmp, *y = r->tmp + (size_t)MAXT * I;
+    int c0, c1;
+    wrk_split(I, 16, ith, nth, &c0, &c1);
+    if (c1 <= c0) return;
+    for (int l = 0; l < cfg->n_layers; l++) {
+        const wrk_mamba_layer_t *L = &mb->layers[l];
+        const float *x = r->rec + (size_t)l * spec_layer_floats(cfg);
+        const float *dt = x + (size_t)MAXT * I, *bc = dt + (size_t)MAXT * I;
+        float *win = wrk_cpu_slot(c, r->slot) + l * layer_floats;
+        c->k->conv_silu(r->n, c0, c1, I, K, x, I, L->conv_w, L->conv_b, win, xc);
+        /* z only gates y, which is dropped: x stands in for it. */
+        c->k->scan(r->n, c0, c1, I, N, dt, L->dt_b, xc, x, I, bc, 2 * N, L->A, L->D,
+                   win + (size_t)(K - 1) * I, y);
+    }
 }
 
 static void forward(void *arg, int ith, int nth)
@@ -145,8 +205,8 @@ static void forward(void *arg, int ith, int nth)
             k->rmsnorm(a->u + (size_t)t * H, c->res + (size_t)t * H, L->norm_w, H, cfg->eps);
         wrk_pool_barrier(c->pool);
         /* TP: rank 0 adds its partial product (and the bias) to the residual. */
-        wrk_mamba_cpu_mixer(c, ith, nth, cfg, L, f->seqs, f->n_seqs, T, l * layer_floats, a->u,
-                            &a->mb, c->res, lead);
+        wrk_mamba_cpu_mixer(c, ith, nth, cfg, L, f->seqs, f->n_seqs, T, l * layer_floats,
+                            (size_t)l * spec_layer_floats(cfg), a->u, &a->mb, c->res, lead);
     }
     if (lead) wrk_cpu_logits(c, ith, nth, f->seqs, f->n_seqs, f->n_rows);
 }
@@ -156,4 +216,6 @@ const wrk_cpu_family_i wrk_cpu_mamba = {
     .init = cpu_init,
     .free = cpu_free,
     .forward = forward,
+    .spec_sizes = spec_sizes,
+    .spec_replay = spec_replay,
 };

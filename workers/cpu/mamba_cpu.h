@@ -21,10 +21,12 @@ void wrk_mamba_bufs_free(wrk_mamba_bufs_t *b);
  * (ith of nth) with the normed input u [T x H] ready; each sequence's conv window [K-1][I] and
  * SSM state [N][I] sit at `state_off` floats into its slot. With L->dt_norm (Jamba), dt, B and
  * C are RMS-normed after x_proj. out [T x H] = (acc ? out : 0) + out_proj(...); under TP the
- * partial sums are all-reduced. Returns after a barrier, out complete. */
+ * partial sums are all-reduced. A verify entry (speculative decoding) records its conv input,
+ * dt and B, C at `rec_off` floats into the slot's record (wrk_cpu_spec_rec; the Mamba family's
+ * rollback replays them). Returns after a barrier, out complete. */
 void wrk_mamba_cpu_mixer(struct wrk_cpu *c, int ith, int nth, const wrk_mamba_config_t *cfg,
                          const wrk_mamba_layer_t *L, const wrk_seq_t *seqs, int n_seqs, int T,
-                         size_t state_off, const float *u, const wrk_mamba_bufs_t *b, float *out,
-                         bool acc);
+                         size_t state_off, size_t rec_off, const float *u,
+                         const wrk_mamba_bufs_t *b, float *out, bool acc);
 
 #endif

@@ -215,6 +215,33 @@ static void attend(const wrk_rg_config_t *cfg, const float *qh, int g, int64_t p
     }
 }
 
+/* Speculative rollback: per layer, for WRK_SPEC_MAX_TOKENS positions, what the verify pass
+ * keeps -- a recurrent block: the conv input, the input and recurrent gates' pre-activations
+ * (3 x [MAXT][Lw]); an attention block: the post-RoPE keys and values (2 x [MAXT][NKV hd]),
+ * to rewrite the ring rows of the kept positions after the restore. */
+#define MAXT WRK_SPEC_MAX_TOKENS
+static size_t spec_layer_floats(const wrk_rg_config_t *cfg, bool attn)
+{
+    return (size_t)MAXT * (attn ? 2 * (size_t)cfg->n_kv_heads * cfg->head_dim
+                                : 3 * (size_t)cfg->lru_width);
+}
+
+/* Where layer l's record starts in a slot's. */
+static size_t spec_off(const wrk_rg_t *rg, int l)
+{
+    size_t off = 0;
+    for (int i = 0; i < l; i++) off += spec_layer_floats(&rg->cfg, rg->layers[i].attn);
+    return off;
+}
+
+/* Rows [0, n) of src (stride lds), columns [c0, c1), into dst (stride ldd). */
+static void keep_rows(float *dst, int ldd, const float *src, int lds, int n, int c0, int c1)
+{
+    for (int j = 0; j < n; j++)
+        memcpy(dst + (size_t)j * ldd + c0, src + (size_t)j * lds + c0,
+               (size_t)(c1 - c0) * sizeof(float));
+}
+
 static void recurrent_block(wrk_cpu_fwd_t *f, const wrk_rg_layer_t *L, int ith, int nth)
 {
     wrk_cpu_t *c = f->c;
@@ -226,12 +253,17 @@ static void recurrent_block(wrk_cpu_fwd_t *f, const wrk_rg_layer_t *L, int ith, 
     wrk_split(Lw, 16, ith, nth, &c0, &c1);
     wrk_split(cfg->n_heads, 1, ith, nth, &j0, &j1);
 
+    const size_t rec_off = spec_off(c->m->priv, (int)(L - ((const wrk_rg_t *)c->m->priv)->layers));
     wrk_cpu_mm(c, ith, nth, &L->lin_y, a->u, D, T, a->yb, Lw, L->y_b, false);
     wrk_cpu_mm(c, ith, nth, &L->lin_x, a->u, D, T, a->xb, Lw, L->x_b, false);
     wrk_pool_barrier(c->pool);
     for (int t = t0; t < t1; t++) gelu_tanh_row(c->k, a->yb + (size_t)t * Lw, Lw);
     if (c1 > c0)
         for (int s = 0; s < f->n_seqs; s++) {
+            float *keep = wrk_cpu_spec_rec(c, &f->seqs[s]);
+            if (keep)
+                keep_rows(keep + rec_off, Lw, a->xb + (size_t)a->seq_t0[s] * Lw, Lw,
+                          f->seqs[s].n_tokens, c0, c1);
             float *win = wrk_cpu_slot(c, f->seqs[s].slot) + L->state_off;
             if (a->seq_pos0[s] == 0) /* a sequence starts from zero padding, whatever the slot */
                 for (int r = 0; r < K - 1; r++)
@@ -258,6 +290,13 @@ static void recurrent_block(wrk_cpu_fwd_t *f, const wrk_rg_layer_t *L, int ith, 
         for (int s = 0; s < f->n_seqs; s++) {
             float *hs = wrk_cpu_slot(c, f->seqs[s].slot) + L->state_off + (size_t)(K - 1) * Lw;
             const size_t r = (size_t)a->seq_t0[s] * Lw;
+            float *keep = wrk_cpu_spec_rec(c, &f->seqs[s]);
+            if (keep) {
+                keep = keep + rec_off + (size_t)MAXT * Lw;
+                keep_rows(keep, Lw, a->xb + r, Lw, f->seqs[s].n_tokens, j0 * bw, j1 * bw);
+                keep_rows(keep + (size_t)MAXT * Lw, Lw, a->ga + r, Lw, f->seqs[s].n_tokens,
+                          j0 * bw, j1 * bw);
+            }
             rg_lru(cfg, L, f->seqs[s].n_tokens, a->seq_pos0[s], j0, j1, a->cb + r, a->xb + r,
                    a->ga + r, hs, a->yb + r);
         }
@@ -302,9 +341,18 @@ static void attention_block(wrk_cpu_fwd_t *f, const wrk_rg_layer_t *L, int ith, 
                a->att + (size_t)t * QD + (size_t)h * hd);
     }
     wrk_pool_barrier(c->pool);
-    /* Every query has read the rings: store the chunk's last min(n, W) keys and values. */
+    /* Every query has read the rings: store the chunk's last min(n, W) keys and values (a
+     * verify entry also keeps all of them for its rollback). */
+    const size_t rec_off = spec_off(rg, (int)(L - rg->layers));
     for (int t = t0; t < t1; t++) {
         const int s = a->tok_seq[t];
+        float *keep = wrk_cpu_spec_rec(c, &f->seqs[s]);
+        if (keep) {
+            const size_t j = (size_t)(t - a->seq_t0[s]);
+            memcpy(keep + rec_off + j * KVD, a->k + (size_t)t * KVD, (size_t)KVD * sizeof(float));
+            memcpy(keep + rec_off + (MAXT + j) * KVD, a->v + (size_t)t * KVD,
+                   (size_t)KVD * sizeof(float));
+        }
         const int64_t end = a->seq_pos0[s] + f->seqs[s].n_tokens, p = a->tok_pos[t];
         if (p < end - W) continue;
         float *st = wrk_cpu_slot(c, f->seqs[s].slot) + L->state_off;
@@ -390,6 +438,119 @@ static void finish(wrk_cpu_fwd_t *f)
         wrk_rg_pos_set(wrk_cpu_slot(f->c, f->seqs[s].slot), a->seq_pos0[s] + f->seqs[s].n_tokens);
 }
 
+/* Rows of a ring a verify of n tokens overwrites: min(n, W). */
+static int ring_rows(const wrk_rg_config_t *cfg, int n)
+{
+    return n < cfg->window ? n : cfg->window;
+}
+
+static void spec_sizes(const struct wrk_cpu *c, size_t *rec, size_t *tmp, size_t *saved)
+{
+    const wrk_rg_t *rg = c->m->priv;
+    const wrk_rg_config_t *cfg = &rg->cfg;
+    *rec = spec_off(rg, cfg->n_layers);
+    *tmp = (size_t)MAXT * 2 * cfg->lru_width; /* conv output, RG-LRU output */
+    /* The position, every recurrent block's window and state, and per attention block only
+     * the ring rows (keys and values) a verify entry overwrites, not the rings. */
+    *saved = WRK_RG_POS_FLOATS + (size_t)cfg->n_rec * wrk_rg_rec_floats(cfg) +
+             (size_t)cfg->n_attn * 2 * ring_rows(cfg, MAXT) * cfg->n_kv_heads * cfg->head_dim;
+}
+
+/* n floats from st to saved (save) or back; the next place in saved. */
+static float *move(float *saved, float *st, size_t n, bool save)
+{
+    memcpy(save ? saved : st, save ? st : saved, n * sizeof(float));
+    return saved + n;
+}
+
+/* Copies the part of the state a verify of n tokens from the slot's position changes between
+ * the slot and `saved` (to saved when save, else back). */
+static void spec_move(struct wrk_cpu *c, int slot, int n, float *saved, bool save)
+{
+    const wrk_rg_t *rg = c->m->priv;
+    const wrk_rg_config_t *cfg = &rg->cfg;
+    const int W = cfg->window, KVD = cfg->n_kv_heads * cfg->head_dim, rows = ring_rows(cfg, n);
+    const size_t ring = wrk_rg_ring_floats(cfg);
+    float *st = wrk_cpu_slot(c, slot);
+    /* The position first: on restore it is the verify's start again before the rows below. */
+    saved = move(saved, st, WRK_RG_POS_FLOATS, save);
+    const int64_t pos0 = wrk_rg_pos_get(save ? st : saved - WRK_RG_POS_FLOATS);
+    for (int l = 0; l < cfg->n_layers; l++) {
+        const wrk_rg_layer_t *L = &rg->layers[l];
+        if (!L->attn) {
+            saved = move(saved, st + L->state_off, wrk_rg_rec_floats(cfg), save);
+            continue;
+        }
+        for (int j = n - rows; j < n; j++) {
+            const size_t row = (size_t)((pos0 + j) % W) * KVD;
+            saved = move(saved, st + L->state_off + row, (size_t)KVD, save);
+            saved = move(saved, st + L->state_off + ring + row, (size_t)KVD, save);
+        }
+    }
+}
+
+static void spec_save(struct wrk_cpu *c, int slot, int n, float *saved)
+{
+    spec_move(c, slot, n, saved, true);
+}
+
+static void spec_restore(struct wrk_cpu *c, int slot, int n, const float *saved)
+{
+    spec_move(c, slot, n, (float *)saved, false);
+}
+
+/* On the restored state: the recurrent blocks rerun conv and RG-LRU over the kept positions;
+ * the attention blocks write those positions' keys and values back into the ring rows the
+ * verify pass had overwritten; the position advances by n. */
+static void spec_replay(void *arg, int ith, int nth)
+{
+    const wrk_cpu_replay_t *r = arg;
+    wrk_cpu_t *c = r->c;
+    const wrk_rg_t *rg = c->m->priv;
+    const wrk_rg_config_t *cfg = &rg->cfg;
+    const int Lw = cfg->lru_width, K = cfg->d_conv, W = cfg->window;
+    const int KVD = cfg->n_kv_heads * cfg->head_dim;
+    const size_t ring = wrk_rg_ring_floats(cfg);
+    float *st = wrk_cpu_slot(c, r->slot);
+    const int64_t pos0 = wrk_rg_pos_get(st), end = pos0 + r->n;
+    float *cb = r->tmp, *y = r->tmp + (size_t)MAXT * Lw;
+    int c0, c1, j0, j1, q0, q1;
+    wrk_split(Lw, 16, ith, nth, &c0, &c1);
+    wrk_split(cfg->n_heads, 1, ith, nth, &j0, &j1);
+    wrk_split(r->n, 1, ith, nth, &q0, &q1);
+    size_t off = 0;
+    for (int l = 0; l < cfg->n_layers; l++) {
+        const wrk_rg_layer_t *L = &rg->layers[l];
+        const float *rec = r->rec + off;
+        off += spec_layer_floats(cfg, L->attn);
+        if (L->attn) {
+            for (int j = q0; j < q1; j++) {
+                const int64_t p = pos0 + j;
+                if (p < end - W) continue;
+                const size_t row = (size_t)(p % W) * KVD;
+                memcpy(st + L->state_off + row, rec + (size_t)j * KVD, (size_t)KVD * sizeof(float));
+                memcpy(st + L->state_off + ring + row, rec + (size_t)(MAXT + j) * KVD,
+                       (size_t)KVD * sizeof(float));
+            }
+            continue;
+        }
+        float *win = st + L->state_off;
+        if (c1 > c0) {
+            if (pos0 == 0)
+                for (int k = 0; k < K - 1; k++)
+                    memset(win + (size_t)k * Lw + c0, 0, (size_t)(c1 - c0) * sizeof(float));
+            conv(r->n, c0, c1, Lw, K, rec, L->conv_w, L->conv_b, win, cb);
+        }
+        wrk_pool_barrier(c->pool);
+        if (j1 > j0)
+            rg_lru(cfg, L, r->n, pos0, j0, j1, cb, rec + (size_t)MAXT * Lw,
+                   rec + (size_t)2 * MAXT * Lw, win + (size_t)(K - 1) * Lw, y);
+        wrk_pool_barrier(c->pool);
+    }
+    wrk_pool_barrier(c->pool); /* every thread has read pos0 */
+    if (ith == 0) wrk_rg_pos_set(st, end);
+}
+
 const wrk_cpu_family_i wrk_cpu_recurrentgemma = {
     .family = WRK_FAMILY_RECURRENTGEMMA,
     .init = cpu_init,
@@ -397,4 +558,8 @@ const wrk_cpu_family_i wrk_cpu_recurrentgemma = {
     .prepare = prepare,
     .forward = forward,
     .finish = finish,
+    .spec_sizes = spec_sizes,
+    .spec_replay = spec_replay,
+    .spec_save = spec_save,
+    .spec_restore = spec_restore,
 };

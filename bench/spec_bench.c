@@ -1,0 +1,138 @@
+/* spec_bench: the cost of speculative verification in the workers. For batch 1 and 8 (every
+ * sequence in the step gets the same entry): one decode step (1 token, logits) against one
+ * verify step of k + 1 tokens (k = 1..8, logits at every position), and the rollback
+ * (wrk_spec_accept) per sequence keeping 1 token and keeping k. Median of repeated steps.
+ *   spec_bench --model DIR [--threads N] [--reps R] [--kmax K]
+ * Figures: bench/RESULTS.md ("Speculative verify"). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "workers/wrk.h"
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static int cmp_d(const void *a, const void *b)
+{
+    const double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_d);
+    return v[n / 2];
+}
+
+#define MAX_B 8
+#define MAX_K 8
+
+int main(int argc, char **argv)
+{
+    const char *dir = NULL;
+    int threads = 0, reps = 15, kmax = MAX_K;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--model") && i + 1 < argc)
+            dir = argv[++i];
+        else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
+            threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
+            reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--kmax") && i + 1 < argc)
+            kmax = atoi(argv[++i]);
+        else {
+            fprintf(stderr, "usage: spec_bench --model DIR [--threads N] [--reps R] [--kmax K]\n");
+            return 2;
+        }
+    }
+    if (!dir || reps < 3 || reps > 1000 || kmax < 1 || kmax > MAX_K) {
+        fprintf(stderr, "spec_bench: --model DIR needed; reps 3..1000, kmax 1..%d\n", MAX_K);
+        return 2;
+    }
+    char err[512];
+    wrk_model_t *m = NULL;
+    if (wrk_model_load(dir, &m, err, sizeof err)) {
+        fprintf(stderr, "spec_bench: %s\n", err);
+        return 1;
+    }
+    const wrk_model_info_t *mi = wrk_model_info(m);
+    const int V = mi->vocab_size;
+    wrk_backend_opts_t o = {.n_threads = threads, .n_slots = MAX_B, .max_step_tokens = 128};
+    wrk_backend_t *b = NULL;
+    if (wrk_cpu_backend_create(m, &o, &b, err, sizeof err)) {
+        fprintf(stderr, "spec_bench: %s\n", err);
+        wrk_model_free(m);
+        return 1;
+    }
+    float *logits = malloc((size_t)MAX_B * (MAX_K + 1) * V * sizeof(float));
+    double *t = malloc((size_t)reps * sizeof *t), *ta = malloc((size_t)reps * sizeof *ta);
+    double *tk = malloc((size_t)reps * sizeof *tk);
+    int32_t toks[MAX_B][MAX_K + 1];
+    for (int s = 0; s < MAX_B; s++)
+        for (int j = 0; j <= MAX_K; j++)
+            toks[s][j] = (s * 131 + j * 17 + 5) % V;
+    printf("model %s (%s), backend %s/%s, state %zu B per sequence, median of %d\n", dir,
+           mi->architecture, wrk_backend_name(b), wrk_backend_isa(b), mi->state_bytes, reps);
+    printf("batch  k  step_ms  vs_decode  accept1_ms  acceptk_ms (per sequence)\n");
+    wrk_seq_t seqs[MAX_B];
+    int rc = 0;
+    for (int B = 1; B <= MAX_B && !rc; B *= 8) {
+        double dec = 0;
+        for (int k = 0; k <= kmax && !rc; k++) {
+            const int n = k + 1;
+            for (int s = 0; s < B; s++)
+                seqs[s] = (wrk_seq_t){.slot = s,
+                                      .n_tokens = n,
+                                      .tokens = toks[s],
+                                      .n_logits = n,
+                                      .logits = logits + (size_t)s * (MAX_K + 1) * V,
+                                      .verify = k > 0};
+            for (int r = -2; r < reps && !rc; r++) { /* two warm-up steps */
+                double t0 = now_ms();
+                rc = wrk_step(b, seqs, B, err, sizeof err);
+                const double t1 = now_ms();
+                if (rc || k == 0) {
+                    if (r >= 0) t[r] = t1 - t0;
+                    continue;
+                }
+                /* Keep 1 token (a full replay of 1 position) on the others... */
+                for (int s = 1; s < B; s++)
+                    rc |= wrk_spec_accept(b, s, 1);
+                const double t2 = now_ms();
+                rc |= wrk_spec_accept(b, 0, k); /* ...and k (the longest replay) on slot 0 */
+                const double t3 = now_ms();
+                if (r >= 0) {
+                    t[r] = t1 - t0;
+                    ta[r] = B > 1 ? (t2 - t1) / (B - 1) : 0;
+                    tk[r] = t3 - t2;
+                }
+            }
+            if (rc) break;
+            const double step = median(t, reps);
+            if (k == 0) {
+                dec = step;
+                printf("%5d  0  %7.2f  %9s  %10s  %10s\n", B, step, "1.00x", "-", "-");
+            } else {
+                char a1[16] = "-";
+                if (B > 1) snprintf(a1, sizeof a1, "%.3f", median(ta, reps));
+                printf("%5d %2d  %7.2f  %8.2fx  %10s  %10.3f\n", B, k, step, step / dec, a1,
+                       median(tk, reps));
+            }
+            fflush(stdout);
+        }
+    }
+    if (rc) fprintf(stderr, "spec_bench: step failed (%d): %s\n", rc, err);
+    free(logits);
+    free(t);
+    free(ta);
+    free(tk);
+    wrk_backend_destroy(b);
+    wrk_model_free(m);
+    return rc ? 1 : 0;
+}

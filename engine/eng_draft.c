@@ -1,0 +1,187 @@
+/* engine: draft sources and the speculation policy (eng_draft.h). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/rcd_error.h"
+#include "engine/eng_draft.h"
+
+void eng_draft_destroy(eng_draft_t *d)
+{
+    if (d) d->vt->destroy(d);
+}
+
+static void free_draft(eng_draft_t *d)
+{
+    free(d);
+}
+
+/* ---- prompt lookup ------------------------------------------------------------------------ */
+
+typedef struct ngram {
+    eng_draft_t base;
+    eng_ngram_opts_t o;
+} ngram_t;
+
+/* Among the i in [lo, n_hist - n) with hist[i, i + n) equal to the last n tokens: the most
+ * recent one followed by at least k tokens, else the one followed by the most (the earliest);
+ * -1 if none. */
+static int32_t find_match(const int32_t *hist, int32_t n_hist, int n, int k, int32_t lo)
+{
+    const int32_t *suf = hist + n_hist - n;
+    int32_t best = -1;
+    for (int32_t i = n_hist - n - 1; i >= lo; i--) {
+        if (hist[i] != suf[0] || memcmp(hist + i, suf, (size_t)n * sizeof *suf) != 0) continue;
+        best = i;
+        if (n_hist - (i + n) >= k) break;
+    }
+    return best;
+}
+
+static int ngram_propose(eng_draft_t *d, const int32_t *hist, int32_t n_hist, int k, int32_t *out)
+{
+    const ngram_t *g = (const ngram_t *)d;
+    if (k < 1 || !hist || n_hist < 2) return 0;
+    if (k > ENG_DRAFT_MAX) k = ENG_DRAFT_MAX;
+    const int32_t lo = n_hist > g->o.window ? n_hist - g->o.window : 0;
+    for (int n = g->o.max_ngram; n >= g->o.min_ngram; n--) {
+        if (n >= n_hist - lo) continue;
+        const int32_t i = find_match(hist, n_hist, n, k, lo);
+        if (i < 0) continue;
+        int m = 0;
+        for (int32_t j = i + n; j < n_hist && m < k; j++)
+            out[m++] = hist[j];
+        return m;
+    }
+    return 0;
+}
+
+static const eng_draft_i ngram_vt = {
+    .name = "ngram", .propose = ngram_propose, .destroy = free_draft};
+
+int eng_draft_ngram_create(const eng_ngram_opts_t *opts, eng_draft_t **out)
+{
+    eng_ngram_opts_t o = opts ? *opts : (eng_ngram_opts_t){0};
+    *out = NULL;
+    if (o.max_ngram < 0 || o.min_ngram < 0 || o.window < 0) return RCD_EINVAL;
+    if (!o.max_ngram) o.max_ngram = 4;
+    if (!o.min_ngram) o.min_ngram = 1;
+    if (!o.window) o.window = 8192;
+    if (o.min_ngram > o.max_ngram || o.max_ngram > 64) return RCD_EINVAL;
+    ngram_t *g = calloc(1, sizeof *g);
+    if (!g) return RCD_ENOMEM;
+    g->base.vt = &ngram_vt;
+    g->o = o;
+    *out = &g->base;
+    return 0;
+}
+
+/* ---- test-only oracle --------------------------------------------------------------------- */
+
+typedef struct oracle {
+    eng_draft_t base;
+    const int32_t *truth;
+    int32_t n_truth, vocab;
+    eng_oracle_mode_t mode;
+    uint64_t rng;
+} oracle_t;
+
+static uint32_t next_rand(uint64_t *s)
+{
+    *s = *s * 6364136223846793005ull + 1442695040888963407ull;
+    return (uint32_t)(*s >> 33);
+}
+
+static int oracle_propose(eng_draft_t *d, const int32_t *hist, int32_t n_hist, int k, int32_t *out)
+{
+    oracle_t *o = (oracle_t *)d;
+    (void)hist;
+    if (k > ENG_DRAFT_MAX) k = ENG_DRAFT_MAX;
+    int m = 0;
+    for (; m < k && n_hist + m < o->n_truth; m++) {
+        const int32_t t = o->truth[n_hist + m];
+        bool right = o->mode == ENG_ORACLE_RIGHT ||
+                     (o->mode == ENG_ORACLE_RANDOM && (next_rand(&o->rng) & 1));
+        out[m] =
+            right ? t
+                  : (int32_t)((t + 1 + (int32_t)(next_rand(&o->rng) % (uint32_t)(o->vocab - 1))) %
+                              o->vocab);
+    }
+    return m;
+}
+
+static const eng_draft_i oracle_vt = {
+    .name = "oracle", .propose = oracle_propose, .destroy = free_draft};
+
+int eng_draft_oracle_create(const int32_t *truth, int32_t n_truth, int32_t vocab,
+                            eng_oracle_mode_t mode, uint64_t seed, eng_draft_t **out)
+{
+    *out = NULL;
+    if (!truth || n_truth < 0 || vocab < 2 || mode < ENG_ORACLE_RIGHT || mode > ENG_ORACLE_RANDOM)
+        return RCD_EINVAL;
+    oracle_t *o = calloc(1, sizeof *o);
+    if (!o) return RCD_ENOMEM;
+    *o = (oracle_t){.base.vt = &oracle_vt,
+                    .truth = truth,
+                    .n_truth = n_truth,
+                    .vocab = vocab,
+                    .mode = mode,
+                    .rng = seed};
+    *out = &o->base;
+    return 0;
+}
+
+/* ---- acceptance and policy ---------------------------------------------------------------- */
+
+int eng_spec_greedy_keep(const int32_t *draft, int k, const int32_t *sampled)
+{
+    int m = 0;
+    while (m < k && draft[m] == sampled[m])
+        m++;
+    return m + 1;
+}
+
+void eng_spec_policy_init(eng_spec_policy_t *p, int k_max, int max_batch)
+{
+    if (k_max < 0) k_max = 0;
+    if (k_max > ENG_DRAFT_MAX) k_max = ENG_DRAFT_MAX;
+    *p = (eng_spec_policy_t){.k_max = k_max,
+                             .miss_limit = 4,
+                             .pause_steps = 16,
+                             .max_batch = max_batch < 0 ? 0 : max_batch,
+                             .k = k_max};
+}
+
+int eng_spec_policy_next(eng_spec_policy_t *p, int batch)
+{
+    if (p->k_max == 0) return 0;
+    if (p->paused > 0) {
+        if (--p->paused == 0) p->k = 1;
+        return 0;
+    }
+    if (p->max_batch > 0 && batch > p->max_batch) return 0;
+    return p->k;
+}
+
+void eng_spec_policy_update(eng_spec_policy_t *p, int k, int accepted)
+{
+    if (k <= 0) return;
+    if (accepted < 0) accepted = 0;
+    if (accepted > k) accepted = k;
+    p->verifies++;
+    p->drafted += (uint64_t)k;
+    p->accepted += (uint64_t)accepted;
+    if (accepted == k) {
+        p->misses = 0;
+        p->k = k + 1 < p->k_max ? k + 1 : p->k_max;
+        return;
+    }
+    p->k = accepted + 1;
+    if (accepted > 0) {
+        p->misses = 0;
+        return;
+    }
+    if (++p->misses >= p->miss_limit) {
+        p->misses = 0;
+        p->paused = p->pause_steps;
+    }
+}
