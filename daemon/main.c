@@ -283,6 +283,7 @@ static int load(dmn_server_t *srv)
                              .max_step_tokens = (int)o->max_step_tokens,
                              .isa = o->isa,
                              .matmul = o->matmul,
+                             .weights = o->weights,
                              .n_kv_blocks = (int)o->kv_blocks,
                              .kv_block_tokens = (int)o->kv_block_tokens};
     /* The engine's derived sizes: the step budget without chunking, the KV pool. */

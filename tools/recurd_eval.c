@@ -15,14 +15,15 @@ static void usage(FILE *f)
             "usage: recurd-eval --model DIR (--tokens 1,2,3,... | --tokens-file F)\n"
             "                   [--chunk N] [--dump-logits FILE] [--greedy N] [--threads N]\n"
             "                   [--isa auto|avx512|avx2|portable] [--matmul fp32|bf16]\n"
-            "                   [--backend cpu|cuda] [--tp N]\n"
+            "                   [--backend cpu|cuda] [--tp N] [--weights native|q8|q4]\n"
             "  Runs the prompt in chunks of N tokens (default: the whole prompt in one step)\n"
             "  and writes the logits of every position to FILE as raw little-endian float32,\n"
             "  row-major [n_tokens x vocab]. --greedy N then decodes N tokens greedily and\n"
             "  prints their ids. A tokens file holds whitespace- or comma-separated ids.\n"
             "  --tp N runs N tensor-parallel ranks (CPU: in-process, threads split between\n"
             "  them): the logits must match --tp 1 within fp32 rounding. --matmul bf16 rounds\n"
-            "  the matmuls' inputs to bf16 (BF16 weights, AMX CPUs).\n");
+            "  the matmuls' inputs to bf16 (BF16 weights, AMX CPUs). --weights q8|q4 quantizes\n"
+            "  the projections when packing (CPU, --tp 1; workers/README.md).\n");
 }
 
 /* Parses ids separated by commas or whitespace; returns count or a negative error. */
@@ -83,7 +84,7 @@ static char *slurp(const char *path)
 int main(int argc, char **argv)
 {
     const char *model_dir = NULL, *tokens_arg = NULL, *tokens_file = NULL, *dump = NULL;
-    const char *isa = NULL, *backend = "cpu", *matmul = NULL;
+    const char *isa = NULL, *backend = "cpu", *matmul = NULL, *weights = NULL;
     long chunk = 0, greedy = 0, threads = 0, tp = 1;
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},  {"tokens", required_argument, 0, 't'},
@@ -92,8 +93,9 @@ int main(int argc, char **argv)
         {"threads", required_argument, 0, 'j'}, {"isa", required_argument, 0, 'i'},
         {"backend", required_argument, 0, 'b'}, {"tp", required_argument, 0, 'p'},
         {"matmul", required_argument, 0, 'x'}, {"help", no_argument, 0, 'h'},
+        {"weights", required_argument, 0, 'w'},
         {0, 0, 0, 0}};
-    for (int o; (o = getopt_long(argc, argv, "m:t:f:c:d:g:j:i:b:p:x:h", opts, NULL)) != -1;) {
+    for (int o; (o = getopt_long(argc, argv, "m:t:f:c:d:g:j:i:b:p:x:w:h", opts, NULL)) != -1;) {
         switch (o) {
         case 'm': model_dir = optarg; break;
         case 't': tokens_arg = optarg; break;
@@ -106,6 +108,7 @@ int main(int argc, char **argv)
         case 'b': backend = optarg; break;
         case 'p': tp = strtol(optarg, NULL, 10); break;
         case 'x': matmul = optarg; break;
+        case 'w': weights = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -138,7 +141,7 @@ int main(int argc, char **argv)
     if (chunk == 0 || (size_t)chunk > n) chunk = (long)n;
     wrk_backend_opts_t bo = {.n_threads = (int)threads, .n_slots = 1,
                              .max_step_tokens = (int)chunk, .isa = isa, .tp = (int)tp,
-                             .matmul = matmul};
+                             .matmul = matmul, .weights = weights};
     /* Models with a KV cache (Granite 4.0-H): room for the prompt and the greedy tokens. */
     if (mi->n_kv_layers > 0 && n + (size_t)greedy <= (size_t)1 << 30)
         bo.n_kv_blocks = (int)((n + (size_t)greedy + 15) / 16);
