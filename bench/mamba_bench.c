@@ -10,6 +10,9 @@
 #include <time.h>
 #include <unistd.h>
 
+/* before cblas.h, whose <complex.h> defines I (a parameter name in the kernel headers) */
+#include "workers/cpu/cpu_int.h"
+
 #include <cblas.h>
 
 #include "workers/cpu/pool.h"
@@ -215,7 +218,7 @@ static int cmp_d(const void *a, const void *b)
 
 int main(int argc, char **argv)
 {
-    const char *model_dir = NULL, *matmul = NULL;
+    const char *model_dir = NULL, *matmul = NULL, *weights = NULL;
     int threads = 0, prefill_len = 512;
     double secs = 3.0;
     int batches[16] = {1, 2, 4, 8, 16, 32}, n_batches = 6;
@@ -225,13 +228,15 @@ int main(int argc, char **argv)
                                          {"seconds", required_argument, 0, 's'},
                                          {"prefill", required_argument, 0, 'p'},
                                          {"matmul", required_argument, 0, 'x'},
+                                         {"weights", required_argument, 0, 'w'},
                                          {0, 0, 0, 0}};
-    for (int o; (o = getopt_long(argc, argv, "m:j:s:p:b:x:", opts, NULL)) != -1;) {
+    for (int o; (o = getopt_long(argc, argv, "m:j:s:p:b:x:w:", opts, NULL)) != -1;) {
         if (o == 'm') model_dir = optarg;
         else if (o == 'j') threads = atoi(optarg);
         else if (o == 's') secs = atof(optarg);
         else if (o == 'p') prefill_len = atoi(optarg);
         else if (o == 'x') matmul = optarg;
+        else if (o == 'w') weights = optarg;
         else if (o == 'b') {
             n_batches = 0;
             for (char *q = optarg; *q && n_batches < 16;) {
@@ -247,7 +252,7 @@ int main(int argc, char **argv)
     if (!model_dir || prefill_len < 0 || secs <= 0) {
         fprintf(stderr, "usage: mamba_bench --model DIR [--threads N] [--seconds S] "
                         "[--prefill TOKENS (0: skip)] [--batches 1,2,4,... (each <= 32)] "
-                        "[--matmul fp32|bf16]\n");
+                        "[--matmul fp32|bf16] [--weights native|q8|q4]\n");
         return 2;
     }
     char err[1024], cpu[256];
@@ -260,6 +265,7 @@ int main(int argc, char **argv)
     wrk_backend_t *b = NULL;
     const int max_batch = 32;
     wrk_backend_opts_t bo = {.n_threads = threads, .n_slots = max_batch, .matmul = matmul,
+                             .weights = weights,
                              .max_step_tokens = prefill_len > max_batch ? prefill_len : max_batch};
     if (wrk_cpu_backend_create(m, &bo, &b, err, sizeof err)) {
         fprintf(stderr, "mamba_bench: %s\n", err);
@@ -273,7 +279,12 @@ int main(int argc, char **argv)
      * cache, at least 1 GiB), and "working set", over a buffer the size of the weights: where
      * the weights fit in the last-level cache (480 MiB on some of these VMs) batch-1 decode
      * streams them from there, not from memory, and the second is its real limit. */
-    const double weight_b = (double)mi->weight_bytes, state_b = (double)mi->state_bytes;
+    /* the bytes a decode step reads: the packed matrices as packed (quantized with --weights
+     * q8|q4) and every other tensor as stored */
+    size_t pk_native = 0, pk_packed = 0;
+    wrk_cpu_pack_stats(m, &pk_native, &pk_packed);
+    const double weight_b = (double)mi->weight_bytes - (double)pk_native + (double)pk_packed,
+                 state_b = (double)mi->state_bytes;
     int llc_level = 0, llc_inst = 0;
     long llc_cpuid = sysconf(_SC_LEVEL3_CACHE_SIZE);
     long llc = (long)llc_sysfs(&llc_level, &llc_inst);
@@ -289,9 +300,11 @@ int main(int argc, char **argv)
     double peak = gemm_peak(nth);
     const double lm_flops = 2.0 * mi->vocab_size * mi->hidden_size;
     printf("cpu: %s, %d threads, kernels %s\n", cpu, nth, wrk_backend_isa(b));
-    printf("model: %s, %d layers, hidden %d, vocab %d, weights %s %.1f MB, state %.2f MB/seq\n",
+    printf("model: %s, %d layers, hidden %d, vocab %d, weights %s --weights %s %.1f MB read per "
+           "step (%.1f MB stored), state %.2f MB/seq\n",
            model_dir, mi->n_layers, mi->hidden_size, mi->vocab_size,
-           wrk_dtype_name(mi->weight_dtype), weight_b / 1e6, state_b / 1e6);
+           wrk_dtype_name(mi->weight_dtype), weights ? weights : "native", weight_b / 1e6,
+           (double)mi->weight_bytes / 1e6, state_b / 1e6);
     printf("limits: read bandwidth %.1f GB/s over the weights' size (%.1f GB/s over %.0f MiB, "
            "last-level cache %.0f MiB), sgemm peak %.1f GFLOP/s (2048^3, %d threads)\n",
            bw, bw_mem, (double)big / 1048576, llc > 0 ? (double)llc / 1048576 : 0, peak, nth);

@@ -121,6 +121,9 @@ void wrk_cpu_embed(wrk_cpu_t *c, int ith, int nth, const wrk_seq_t *seqs, int n_
  * format in *qf, or NULL. */
 int wrk_cpu_pack_model(wrk_model_t *m, wrk_wq_t weights, char *err, size_t errlen);
 const void *wrk_cpu_packed(const wrk_model_t *m, const wrk_mat_t *W, wrk_wq_t *qf);
+/* Bytes of the packed matrices as stored in the checkpoint and as packed (quantized or not):
+ * what a batch-1 decode step reads is weight_bytes - native + packed (bench/mamba_bench). */
+void wrk_cpu_pack_stats(const wrk_model_t *m, size_t *native, size_t *packed);
 /* wrk_matmul on this backend: W's packed copy when it has one. */
 void wrk_cpu_matmul(wrk_cpu_t *c, int ith, const wrk_mat_t *W, int o0, int o1, const float *x,
                     int ldx, int T, float *y, int ldy, const float *bias, bool acc);

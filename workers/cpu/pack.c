@@ -149,3 +149,19 @@ const void *wrk_cpu_packed(const wrk_model_t *m, const wrk_mat_t *W, wrk_wq_t *q
     }
     return NULL;
 }
+
+void wrk_cpu_pack_stats(const wrk_model_t *m, size_t *native, size_t *packed)
+{
+    *native = *packed = 0;
+    const struct wrk_packs *p = m->packs;
+    for (int i = 0; p && i < p->n; i++) {
+        const pack_ent_t *e = &p->e[i];
+        *native += (size_t)e->rows * (size_t)e->cols * wrk_dtype_size(e->dt);
+        if (e->qf) {
+            *packed += wrk_pack_q_bytes(e->qf, e->rows, e->cols);
+        } else {
+            const wrk_mat_t W = {.dt = e->dt, .rows = e->rows, .cols = e->cols};
+            *packed += wrk_pack_bytes(&W);
+        }
+    }
+}
