@@ -1,7 +1,9 @@
 /* workers/cpu: the quantized matmul (kernels_q.h), written once over GCC vector extensions
  * and compiled once per instruction set. The including file defines VW (floats per vector)
- * and KFN(name), and compiles with -ffp-contract=fast so a*b+c is one FMA where the ISA has
- * one.
+ * KFN(name), and LOAD_I8(p) / LOAD_U8(p) (VW signed / unsigned bytes at p widened to a vi:
+ * one vpmovsxbd / vpmovzxbd; GCC's __builtin_convertvector from byte vectors goes through
+ * general registers), and compiles with -ffp-contract=fast so a*b+c is one FMA where the ISA
+ * has one.
  *
  * Outer products as in the native packed kernels: a tile of NP panels (16 rows, QPV vectors
  * each) x up to QTR tokens of fp32 accumulators; per column, one int8 (or nibble) vector per
@@ -14,8 +16,6 @@
 
 typedef float vf __attribute__((vector_size(VW * 4)));
 typedef int32_t vi __attribute__((vector_size(VW * 4)));
-typedef int8_t vb __attribute__((vector_size(VW)));
-typedef uint8_t vub __attribute__((vector_size(VW)));
 
 #define QPV (WRK_PANEL / VW)
 #if VW >= 16
@@ -95,9 +95,7 @@ KFN(q8_tile)(const wrk_mat_t *W, int p, const int NP, const float *x, int ldx, c
             if (pf && !(k & 3)) __builtin_prefetch(wp + pf, 0, 2);
 #pragma GCC unroll 4
             for (int v = 0; v < QPV; v++) {
-                vb b;
-                memcpy(&b, wp + v * VW, sizeof b);
-                w[q][v] = __builtin_convertvector(b, vf);
+                w[q][v] = __builtin_convertvector((vi)LOAD_I8(wp + v * VW), vf);
             }
         }
 #pragma GCC unroll 8
@@ -151,9 +149,7 @@ KFN(q4_tile)(const wrk_mat_t *W, int p, const int NP, const float *x, int ldx, c
                 if (pf && !(j & 3)) __builtin_prefetch(wp + pf, 0, 2);
 #pragma GCC unroll 4
                 for (int v = 0; v < QPV; v++) {
-                    vub b;
-                    memcpy(&b, wp + v * VW, sizeof b);
-                    const vi bi = __builtin_convertvector(b, vi);
+                    const vi bi = (vi)LOAD_U8(wp + v * VW);
                     lo[q][v] = __builtin_convertvector((bi & 15) - 8, vf);
                     hi[q][v] = __builtin_convertvector((bi >> 4) - 8, vf);
                 }
