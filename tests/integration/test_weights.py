@@ -37,6 +37,7 @@ class Weights(OwnDaemonsTest):
     def test_q4_serves(self):
         d = self.start("--weights", "q4", "--ephemeral")
         self.assertEqual(len(self.turn(d)[0]), 6)
+        self.assertIn("weights q4", d.logs())
 
     def test_q8_checkpoint_refused_by_native_daemon(self):
         a = self.start("--weights", "q8")
