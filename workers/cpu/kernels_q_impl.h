@@ -2,7 +2,8 @@
  * and compiled once per instruction set. The including file defines VW (floats per vector)
  * KFN(name), and LOAD_I8(p) / LOAD_U8(p) (VW signed / unsigned bytes at p widened to a vi:
  * one vpmovsxbd / vpmovzxbd; GCC's __builtin_convertvector from byte vectors goes through
- * general registers), and compiles with -ffp-contract=fast so a*b+c is one FMA where the ISA
+ * general registers), optionally NIB_F(tbl, v) (the low 4 bits of each lane of v looked up in
+ * tbl = {-8, ..., 7}: one vpermps instead of and/sub/convert), and compiles with -ffp-contract=fast so a*b+c is one FMA where the ISA
  * has one.
  *
  * Outer products as in the native packed kernels: a tile of NP panels (16 rows, QPV vectors
@@ -123,6 +124,10 @@ KFN(q4_tile)(const wrk_mat_t *W, int p, const int NP, const float *x, int ldx, c
 {
     const int K = W->cols, G = (K + WRK_Q4_GROUP - 1) / WRK_Q4_GROUP;
     const size_t pb = wrk_pack_q_panel_bytes(WRK_WQ_Q4, K);
+#ifdef NIB_F
+    const vf nib_tbl = {-8.f, -7.f, -6.f, -5.f, -4.f, -3.f, -2.f, -1.f,
+                        0.f,  1.f,  2.f,  3.f,  4.f,  5.f,  6.f,  7.f};
+#endif
     const unsigned char *base = (const unsigned char *)W->pk + (size_t)p * pb;
     vf a[QNP_MAX][QPV][QTR];
 #pragma GCC unroll 4
@@ -150,8 +155,13 @@ KFN(q4_tile)(const wrk_mat_t *W, int p, const int NP, const float *x, int ldx, c
 #pragma GCC unroll 4
                 for (int v = 0; v < QPV; v++) {
                     const vi bi = (vi)LOAD_U8(wp + v * VW);
+#ifdef NIB_F
+                    lo[q][v] = NIB_F(nib_tbl, bi);
+                    hi[q][v] = NIB_F(nib_tbl, bi >> 4);
+#else
                     lo[q][v] = __builtin_convertvector((bi & 15) - 8, vf);
                     hi[q][v] = __builtin_convertvector((bi >> 4) - 8, vf);
+#endif
                 }
             }
             const float *xk = x + k0 + 2 * j;
