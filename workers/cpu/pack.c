@@ -1,8 +1,10 @@
 /* workers/cpu: packed copies of a model's matrices for the CPU matmul (layout in kernels.h).
  * Made once per model, when the first CPU backend is created; found by data pointer. */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "workers/cpu/cpu_int.h"
 #include "workers/cpu/kernels.h"
@@ -43,6 +45,45 @@ void wrk_pack(const wrk_mat_t *W, void *dst)
                 memcpy(panel + ((size_t)k * WRK_PANEL + lane) * esz, src + (size_t)k * esz, esz);
         }
     }
+}
+
+/* Packing (and quantizing) the entries on up to 16 threads, one matrix at a time each. */
+typedef struct pack_job {
+    struct wrk_packs *p;
+    atomic_int next;
+    atomic_int failed;
+} pack_job_t;
+
+static void *pack_worker(void *arg)
+{
+    pack_job_t *j = arg;
+    for (int i; (i = atomic_fetch_add(&j->next, 1)) < j->p->n;) {
+        const pack_ent_t *e = &j->p->e[i];
+        const wrk_mat_t W = {.dt = e->dt, .data = e->data, .rows = e->rows, .cols = e->cols};
+        if (e->qf) {
+            if (wrk_pack_q(&W, e->qf, e->pk)) atomic_store(&j->failed, 1);
+        } else {
+            wrk_pack(&W, e->pk);
+        }
+    }
+    return NULL;
+}
+
+static int pack_all(struct wrk_packs *p)
+{
+    pack_job_t j = {.p = p};
+    atomic_init(&j.next, 0);
+    atomic_init(&j.failed, 0);
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    int nth = ncpu < 1 ? 1 : ncpu > 16 ? 16 : (int)ncpu;
+    if (nth > p->n) nth = p->n > 0 ? p->n : 1;
+    pthread_t th[16];
+    int started = 0;
+    for (int t = 1; t < nth; t++)
+        if (pthread_create(&th[started], NULL, pack_worker, &j) == 0) started++;
+    pack_worker(&j);
+    for (int t = 0; t < started; t++) pthread_join(th[t], NULL);
+    return atomic_load(&j.failed) ? RCD_ENOMEM : 0;
 }
 
 static void packs_free(struct wrk_packs *p)
@@ -105,19 +146,14 @@ int wrk_cpu_pack_model(wrk_model_t *m, wrk_wq_t weights, char *err, size_t errle
                           W.rows, W.cols);
             goto out;
         }
-        if (qf) {
-            if (wrk_pack_q(&W, qf, pk)) {
-                free(pk);
-                packs_free(p);
-                rc = rcd_fail(RCD_ENOMEM, err, errlen, "out of memory quantizing weights");
-                goto out;
-            }
-        } else {
-            wrk_pack(&W, pk);
-        }
         e[p->n] = e[i];
         e[p->n].qf = qf;
         e[p->n++].pk = pk;
+    }
+    if (pack_all(p)) {
+        packs_free(p);
+        rc = rcd_fail(RCD_ENOMEM, err, errlen, "out of memory quantizing weights");
+        goto out;
     }
     m->packs = p;
     m->packs_free = packs_free;
