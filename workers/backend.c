@@ -29,8 +29,8 @@ int wrk_backend_opts_resolve(const wrk_backend_opts_t *opts, wrk_backend_opts_t 
                         "backend: n_kv_blocks x kv_block_tokens exceeds 2^30 positions");
     if (o.weights && *o.weights && strcmp(o.weights, "native") != 0 &&
         strcmp(o.weights, "q8") != 0 && strcmp(o.weights, "q4") != 0)
-        return rcd_fail(RCD_EINVAL, err, errlen, "backend: weights must be native, q8 or q4 (got \"%s\")",
-                        o.weights);
+        return rcd_fail(RCD_EINVAL, err, errlen,
+                        "backend: weights must be native, q8 or q4 (got \"%s\")", o.weights);
     *out = o;
     return 0;
 }

@@ -3,8 +3,8 @@
  * KFN(name), and LOAD_I8(p) / LOAD_U8(p) (VW signed / unsigned bytes at p widened to a vi:
  * one vpmovsxbd / vpmovzxbd; GCC's __builtin_convertvector from byte vectors goes through
  * general registers), optionally NIB_F(tbl, v) (the low 4 bits of each lane of v looked up in
- * tbl = {-8, ..., 7}: one vpermps instead of and/sub/convert), and compiles with -ffp-contract=fast so a*b+c is one FMA where the ISA
- * has one.
+ * tbl = {-8, ..., 7}: one vpermps instead of and/sub/convert), and compiles with -ffp-contract=fast
+ * so a*b+c is one FMA where the ISA has one.
  *
  * Outer products as in the native packed kernels: a tile of NP panels (16 rows, QPV vectors
  * each) x up to QTR tokens of fp32 accumulators; per column, one int8 (or nibble) vector per
@@ -87,7 +87,8 @@ KFN(q8_tile)(const wrk_mat_t *W, int p, const int NP, const float *x, int ldx, c
 #pragma GCC unroll 4
         for (int v = 0; v < QPV; v++)
 #pragma GCC unroll 8
-            for (int t = 0; t < T; t++) a[q][v][t] = KFN(qsplat)(0.f);
+            for (int t = 0; t < T; t++)
+                a[q][v][t] = KFN(qsplat)(0.f);
     for (int k = 0; k < K; k++) {
         vf w[QNP_MAX][QPV];
 #pragma GCC unroll 4
@@ -105,7 +106,8 @@ KFN(q8_tile)(const wrk_mat_t *W, int p, const int NP, const float *x, int ldx, c
 #pragma GCC unroll 4
             for (int q = 0; q < NP; q++)
 #pragma GCC unroll 4
-                for (int v = 0; v < QPV; v++) a[q][v][t] += w[q][v] * xb;
+                for (int v = 0; v < QPV; v++)
+                    a[q][v][t] += w[q][v] * xb;
         }
     }
     for (int q = 0; q < NP; q++)
@@ -135,7 +137,8 @@ KFN(q4_tile)(const wrk_mat_t *W, int p, const int NP, const float *x, int ldx, c
 #pragma GCC unroll 4
         for (int v = 0; v < QPV; v++)
 #pragma GCC unroll 8
-            for (int t = 0; t < T; t++) a[q][v][t] = KFN(qsplat)(0.f);
+            for (int t = 0; t < T; t++)
+                a[q][v][t] = KFN(qsplat)(0.f);
     for (int g = 0; g < G; g++) {
         const int k0 = g * WRK_Q4_GROUP, kn = K - k0 < WRK_Q4_GROUP ? K - k0 : WRK_Q4_GROUP;
         vf ga[QNP_MAX][QPV][QTR];
@@ -144,7 +147,8 @@ KFN(q4_tile)(const wrk_mat_t *W, int p, const int NP, const float *x, int ldx, c
 #pragma GCC unroll 4
             for (int v = 0; v < QPV; v++)
 #pragma GCC unroll 8
-                for (int t = 0; t < T; t++) ga[q][v][t] = KFN(qsplat)(0.f);
+                for (int t = 0; t < T; t++)
+                    ga[q][v][t] = KFN(qsplat)(0.f);
         for (int j = 0; 2 * j < kn; j++) {
             vf lo[QNP_MAX][QPV], hi[QNP_MAX][QPV];
 #pragma GCC unroll 4
@@ -171,7 +175,8 @@ KFN(q4_tile)(const wrk_mat_t *W, int p, const int NP, const float *x, int ldx, c
 #pragma GCC unroll 4
                 for (int q = 0; q < NP; q++)
 #pragma GCC unroll 4
-                    for (int v = 0; v < QPV; v++) ga[q][v][t] += lo[q][v] * xb;
+                    for (int v = 0; v < QPV; v++)
+                        ga[q][v][t] += lo[q][v] * xb;
             }
             if (2 * j + 1 >= kn) break; /* odd last column */
 #pragma GCC unroll 8
@@ -180,7 +185,8 @@ KFN(q4_tile)(const wrk_mat_t *W, int p, const int NP, const float *x, int ldx, c
 #pragma GCC unroll 4
                 for (int q = 0; q < NP; q++)
 #pragma GCC unroll 4
-                    for (int v = 0; v < QPV; v++) ga[q][v][t] += hi[q][v] * xb;
+                    for (int v = 0; v < QPV; v++)
+                        ga[q][v][t] += hi[q][v] * xb;
             }
         }
 #pragma GCC unroll 4
@@ -190,7 +196,8 @@ KFN(q4_tile)(const wrk_mat_t *W, int p, const int NP, const float *x, int ldx, c
                 const vf s = KFN(qld)(base + (size_t)q * pb + (size_t)g * Q4_GROUP_BYTES +
                                       (size_t)v * VW * 4);
 #pragma GCC unroll 8
-                for (int t = 0; t < T; t++) a[q][v][t] += ga[q][v][t] * s;
+                for (int t = 0; t < T; t++)
+                    a[q][v][t] += ga[q][v][t] * s;
             }
     }
     for (int q = 0; q < NP; q++)
@@ -203,24 +210,31 @@ KFN(q4_tile)(const wrk_mat_t *W, int p, const int NP, const float *x, int ldx, c
 }
 
 /* Panels [pa, pe) for T <= QTR tokens, T and the format fixed at compile time per instance. */
-static inline __attribute__((always_inline)) void
-KFN(q_rows)(const wrk_mat_t *W, int pa, int pe, const float *x, int ldx, const int T,
-            const wrk_wq_t qf, float *y, int ldy, const float *bias, bool acc, int o0, int o1,
-            int pf)
+static inline __attribute__((always_inline)) void KFN(q_rows)(const wrk_mat_t *W, int pa, int pe,
+                                                              const float *x, int ldx, const int T,
+                                                              const wrk_wq_t qf, float *y, int ldy,
+                                                              const float *bias, bool acc, int o0,
+                                                              int o1, int pf)
 {
     const int NP = QNP(T);
     int p = pa;
     if (qf == WRK_WQ_Q8) {
-        for (; p + NP <= pe; p += NP) KFN(q8_tile)(W, p, NP, x, ldx, T, y, ldy, bias, acc, o0, o1, pf);
-        for (; p < pe; p++) KFN(q8_tile)(W, p, 1, x, ldx, T, y, ldy, bias, acc, o0, o1, pf);
+        for (; p + NP <= pe; p += NP)
+            KFN(q8_tile)(W, p, NP, x, ldx, T, y, ldy, bias, acc, o0, o1, pf);
+        for (; p < pe; p++)
+            KFN(q8_tile)(W, p, 1, x, ldx, T, y, ldy, bias, acc, o0, o1, pf);
     } else {
-        for (; p + NP <= pe; p += NP) KFN(q4_tile)(W, p, NP, x, ldx, T, y, ldy, bias, acc, o0, o1, pf);
-        for (; p < pe; p++) KFN(q4_tile)(W, p, 1, x, ldx, T, y, ldy, bias, acc, o0, o1, pf);
+        for (; p + NP <= pe; p += NP)
+            KFN(q4_tile)(W, p, NP, x, ldx, T, y, ldy, bias, acc, o0, o1, pf);
+        for (; p < pe; p++)
+            KFN(q4_tile)(W, p, 1, x, ldx, T, y, ldy, bias, acc, o0, o1, pf);
     }
 }
 
-#define QCASE(n, QF)                                                                         \
-    case n: KFN(q_rows)(W, pa, pe, x, ldx, n, QF, y, ldy, bias, acc, o0, o1, pf); break;
+#define QCASE(n, QF)                                                                               \
+    case n:                                                                                        \
+        KFN(q_rows)(W, pa, pe, x, ldx, n, QF, y, ldy, bias, acc, o0, o1, pf);                      \
+        break;
 #if QTR == 6
 #define QCASES(QF) QCASE(1, QF) QCASE(2, QF) QCASE(3, QF) QCASE(4, QF) QCASE(5, QF)
 #elif QTR == 3
@@ -235,20 +249,24 @@ static void KFN(q_block)(const wrk_mat_t *W, int pa, int pe, const float *x, int
     if (W->qf == WRK_WQ_Q8) {
         switch (T) {
             QCASES(WRK_WQ_Q8)
-        default: KFN(q_rows)(W, pa, pe, x, ldx, QTR, WRK_WQ_Q8, y, ldy, bias, acc, o0, o1, pf); break;
+        default:
+            KFN(q_rows)(W, pa, pe, x, ldx, QTR, WRK_WQ_Q8, y, ldy, bias, acc, o0, o1, pf);
+            break;
         }
     } else {
         switch (T) {
             QCASES(WRK_WQ_Q4)
-        default: KFN(q_rows)(W, pa, pe, x, ldx, QTR, WRK_WQ_Q4, y, ldy, bias, acc, o0, o1, pf); break;
+        default:
+            KFN(q_rows)(W, pa, pe, x, ldx, QTR, WRK_WQ_Q4, y, ldy, bias, acc, o0, o1, pf);
+            break;
         }
     }
 }
 #undef QCASE
 #undef QCASES
 
-static void KFN(qmm)(const wrk_mat_t *W, int o0, int o1, const float *x, int ldx, int T,
-                     float *y, int ldy, const float *bias, bool acc)
+static void KFN(qmm)(const wrk_mat_t *W, int o0, int o1, const float *x, int ldx, int T, float *y,
+                     int ldy, const float *bias, bool acc)
 {
     if (o1 <= o0 || T <= 0) return;
     const int p0 = o0 / WRK_PANEL, p1 = (o1 + WRK_PANEL - 1) / WRK_PANEL;
@@ -265,7 +283,8 @@ static void KFN(qmm)(const wrk_mat_t *W, int o0, int o1, const float *x, int ldx
         const int ge = p1 - g < group ? p1 : g + group;
         const int next = ge < p1 ? (int)((size_t)(ge - g) * pb) : 0;
         for (int t = 0; t < T; t += QTR)
-            KFN(q_block)(W, g, ge, x + (size_t)t * ldx, ldx, T - t < QTR ? T - t : QTR,
-                         y + (size_t)t * ldy, ldy, bias, acc, o0, o1, t == 0 ? QMM_PF_DIST : next);
+            KFN(q_block)
+            (W, g, ge, x + (size_t)t * ldx, ldx, T - t < QTR ? T - t : QTR, y + (size_t)t * ldy,
+             ldy, bias, acc, o0, o1, t == 0 ? QMM_PF_DIST : next);
     }
 }

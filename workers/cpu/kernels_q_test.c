@@ -37,7 +37,8 @@ static void test_matches_python_reference(void)
     const int R = dims[0], K = dims[1];
     CHECK(R > 0 && R < 4096 && K > 0 && K < 4096);
     const size_t n = (size_t)R * K;
-    float *w = malloc(n * 4), *ref[2] = {malloc(n * 4), malloc(n * 4)}, *row = malloc((size_t)K * 4);
+    float *w = malloc(n * 4), *ref[2] = {malloc(n * 4), malloc(n * 4)},
+          *row = malloc((size_t)K * 4);
     CHECK(fread(w, 4, n, f) == n && fread(ref[0], 4, n, f) == n && fread(ref[1], 4, n, f) == n);
     fclose(f);
     const wrk_wq_t fmts[2] = {WRK_WQ_Q8, WRK_WQ_Q4};
@@ -56,7 +57,8 @@ static void test_matches_python_reference(void)
                         break;
                     }
         }
-        CHECK_MSG(bad == 0, "%s: %d rows differ from tools/quant_ref.py", wrk_wq_name(fmts[fi]), bad);
+        CHECK_MSG(bad == 0, "%s: %d rows differ from tools/quant_ref.py", wrk_wq_name(fmts[fi]),
+                  bad);
         free(pk);
     }
     free(w);
@@ -73,9 +75,11 @@ static void test_quant_error_bound(void)
     float w[K];
     int8_t q[K];
     float s[(K + 31) / 32];
-    for (int k = 0; k < K; k++) w[k] = frand(&seed) * 3.f;
+    for (int k = 0; k < K; k++)
+        w[k] = frand(&seed) * 3.f;
     wrk_quant_row(WRK_WQ_Q8, w, K, q, s);
-    for (int k = 0; k < K; k++) CHECK(fabsf(w[k] - q[k] * s[0]) <= s[0] * 0.5f * 1.0001f);
+    for (int k = 0; k < K; k++)
+        CHECK(fabsf(w[k] - q[k] * s[0]) <= s[0] * 0.5f * 1.0001f);
     wrk_quant_row(WRK_WQ_Q4, w, K, q, s);
     for (int k = 0; k < K; k++) {
         CHECK(q[k] >= -8 && q[k] <= 7);
@@ -93,13 +97,17 @@ static void check_shape(wrk_wq_t qf, int R, int K, const int *Ts, int nT)
     float *x = malloc((size_t)TM * K * 4), *bias = malloc((size_t)R * 4);
     float *y = malloc((size_t)TM * R * 4), *y1 = malloc((size_t)TM * R * 4);
     float *avx2_y = malloc((size_t)TM * R * 4);
-    for (size_t i = 0; i < (size_t)R * K; i++) w[i] = frand(&seed) * 0.1f;
-    for (size_t i = 0; i < (size_t)TM * K; i++) x[i] = frand(&seed);
-    for (int i = 0; i < R; i++) bias[i] = frand(&seed);
+    for (size_t i = 0; i < (size_t)R * K; i++)
+        w[i] = frand(&seed) * 0.1f;
+    for (size_t i = 0; i < (size_t)TM * K; i++)
+        x[i] = frand(&seed);
+    for (int i = 0; i < R; i++)
+        bias[i] = frand(&seed);
     const wrk_mat_t W0 = {.dt = WRK_DT_F32, .data = w, .rows = R, .cols = K};
     void *pk = aligned_alloc(64, (wrk_pack_q_bytes(qf, R, K) + 63) / 64 * 64);
     CHECK(wrk_pack_q(&W0, qf, pk) == 0);
-    for (int r = 0; r < R; r++) wrk_dequant_row(pk, qf, K, r, dq + (size_t)r * K);
+    for (int r = 0; r < R; r++)
+        wrk_dequant_row(pk, qf, K, r, dq + (size_t)r * K);
     wrk_mat_t W = W0;
     W.pk = pk;
     W.qf = qf;
@@ -109,7 +117,8 @@ static void check_shape(wrk_wq_t qf, int R, int K, const int *Ts, int nT)
         if (!k) continue;
         /* T = 1 row by row: the reference of every other T */
         for (int t = 0; t < TM; t++)
-            wrk_matmul(k, NULL, &W, 0, R, x + (size_t)t * K, K, 1, y1 + (size_t)t * R, R, bias, false);
+            wrk_matmul(k, NULL, &W, 0, R, x + (size_t)t * K, K, 1, y1 + (size_t)t * R, R, bias,
+                       false);
         for (int t = 0; t < TM; t++)
             for (int o = 0; o < R; o++) {
                 double ref = bias[o], mag = fabs(bias[o]);
@@ -129,7 +138,8 @@ static void check_shape(wrk_wq_t qf, int R, int K, const int *Ts, int nT)
                       isas[ii], wrk_wq_name(qf), R, K, T);
             /* a row range off the panel edges, accumulating onto y */
             const int o0 = R > 20 ? 5 : 0, o1 = R > 20 ? R - 3 : R;
-            for (size_t i = 0; i < (size_t)T * R; i++) y[i] = 1.0f;
+            for (size_t i = 0; i < (size_t)T * R; i++)
+                y[i] = 1.0f;
             wrk_matmul(k, NULL, &W, o0, o1, x, K, T, y, R, bias, true);
             for (int t = 0; t < T; t++)
                 for (int o = 0; o < R; o++) {

@@ -67,7 +67,9 @@ static void row_f32(const wrk_mat_t *W, int r, float *out)
             memcpy(&h, src + 2 * (size_t)k, 2);
             out[k] = wrk_f16_to_f32(h);
             break;
-        default: memcpy(&out[k], src + 4 * (size_t)k, 4); break;
+        default:
+            memcpy(&out[k], src + 4 * (size_t)k, 4);
+            break;
         }
     }
 }
@@ -106,7 +108,8 @@ int wrk_pack_q(const wrk_mat_t *W, wrk_wq_t qf, void *dst)
             unsigned char *gp = panel + (size_t)g * gb;
             memcpy(gp + (size_t)lane * 4, &s[g], 4);
             for (int k = g * WRK_Q4_GROUP; k < K && k < (g + 1) * WRK_Q4_GROUP; k++) {
-                unsigned char *b = gp + WRK_PANEL * 4 + (size_t)((k % WRK_Q4_GROUP) / 2) * WRK_PANEL + lane;
+                unsigned char *b =
+                    gp + WRK_PANEL * 4 + (size_t)((k % WRK_Q4_GROUP) / 2) * WRK_PANEL + lane;
                 const unsigned char nib = (unsigned char)(q[k] + 8);
                 *b = (k & 1) ? (unsigned char)((*b & 0x0f) | nib << 4)
                              : (unsigned char)((*b & 0xf0) | nib);
@@ -135,7 +138,8 @@ void wrk_dequant_row(const void *pk, wrk_wq_t qf, int cols, int r, float *out)
     for (int k = 0; k < cols; k++) {
         const unsigned char *gp = panel + (size_t)(k / WRK_Q4_GROUP) * gb;
         memcpy(&s, gp + (size_t)lane * 4, 4);
-        const unsigned char b = gp[WRK_PANEL * 4 + (size_t)((k % WRK_Q4_GROUP) / 2) * WRK_PANEL + lane];
+        const unsigned char b =
+            gp[WRK_PANEL * 4 + (size_t)((k % WRK_Q4_GROUP) / 2) * WRK_PANEL + lane];
         out[k] = (float)(((k & 1) ? b >> 4 : b & 15) - 8) * s;
     }
 }
@@ -144,8 +148,10 @@ void wrk_qmm(const wrk_kern_t *k, const wrk_mat_t *W, int o0, int o1, const floa
              int T, float *y, int ldy, const float *bias, bool acc)
 {
     wrk_qmm_fn f = NULL;
-    if (strncmp(k->isa, "avx512", 6) == 0) f = wrk__qmm_avx512();
-    else if (strcmp(k->isa, "avx2") == 0) f = wrk__qmm_avx2();
+    if (strncmp(k->isa, "avx512", 6) == 0)
+        f = wrk__qmm_avx512();
+    else if (strcmp(k->isa, "avx2") == 0)
+        f = wrk__qmm_avx2();
     if (!f) f = wrk__qmm_portable();
     f(W, o0, o1, x, ldx, T, y, ldy, bias, acc);
 }
