@@ -10,6 +10,9 @@
 #include <time.h>
 #include <unistd.h>
 
+/* before cblas.h, whose <complex.h> defines I (a parameter name in the kernel headers) */
+#include "workers/cpu/cpu_int.h" /* wrk_cpu_pack_stats */
+
 #include <cblas.h>
 
 #include "workers/cpu/pool.h"
@@ -69,7 +72,8 @@ static void bw_job(void *arg, int ith, int nth)
     const int S = b->streams < 1 ? 1 : b->streams > MAXS ? MAXS : b->streams;
     const size_t per = (hi - lo) / 8 / (size_t)S / 4 * 4; /* vectors per stream */
     const v8 *p[MAXS];
-    for (int j = 0; j < S; j++) p[j] = (const v8 *)(b->buf + lo) + (size_t)j * per;
+    for (int j = 0; j < S; j++)
+        p[j] = (const v8 *)(b->buf + lo) + (size_t)j * per;
     v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
     const size_t ahead = (size_t)b->prefetch / sizeof(v8);
     for (size_t i = 0; i + 4 <= per; i += 4)
@@ -92,12 +96,10 @@ static void bw_job(void *arg, int ith, int nth)
 static bool read_small(const char *path, char *buf, size_t len)
 {
     FILE *f = fopen(path, "r");
-    if (!f)
-        return false;
+    if (!f) return false;
     bool ok = fgets(buf, (int)len, f) != NULL;
     fclose(f);
-    if (ok)
-        buf[strcspn(buf, "\n")] = 0;
+    if (ok) buf[strcspn(buf, "\n")] = 0;
     return ok;
 }
 
@@ -117,8 +119,7 @@ static size_t llc_sysfs(int *level_out, int *instances_out)
         for (int i = 0; i < 16; i++) {
             char path[128], buf[64];
             snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu%ld/cache/index%d/level", c, i);
-            if (!read_small(path, buf, sizeof buf))
-                break;
+            if (!read_small(path, buf, sizeof buf)) break;
             int level = atoi(buf);
             snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu%ld/cache/index%d/type", c, i);
             if (!read_small(path, buf, sizeof buf) || strcmp(buf, "Unified") != 0 || level < best)
@@ -129,17 +130,14 @@ static size_t llc_sysfs(int *level_out, int *instances_out)
             }
             char list[64], size[64];
             snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu%ld/cache/index%d/size", c, i);
-            if (!read_small(path, size, sizeof size))
-                continue;
+            if (!read_small(path, size, sizeof size)) continue;
             snprintf(path, sizeof path,
                      "/sys/devices/system/cpu/cpu%ld/cache/index%d/shared_cpu_list", c, i);
-            if (!read_small(path, list, sizeof list))
-                snprintf(list, sizeof list, "cpu%ld", c);
+            if (!read_small(path, list, sizeof list)) snprintf(list, sizeof list, "cpu%ld", c);
             bool seen = false;
             for (int k = 0; k < n && !seen; k++)
                 seen = strcmp(lists[k], list) == 0;
-            if (seen || n == MAX_INST)
-                continue;
+            if (seen || n == MAX_INST) continue;
             char *end = NULL;
             unsigned long long v = strtoull(size, &end, 10);
             if (end && (*end == 'K' || *end == 'k'))
@@ -186,7 +184,8 @@ static double read_bandwidth(wrk_pool_t *pool, size_t bytes)
     size_t n = bytes / sizeof(float);
     float *buf = aligned_alloc(64, bytes);
     if (!buf) return 0;
-    for (size_t i = 0; i < n; i++) buf[i] = (float)(i & 255);
+    for (size_t i = 0; i < n; i++)
+        buf[i] = (float)(i & 255);
     /* the best over 1, 2, 4 and 8 streams per thread, with and without software prefetch at
      * a few distances, 2 runs each */
     static const int dist[] = {0, 1024, 4096};
@@ -211,7 +210,8 @@ static double gemm_peak(int threads)
     const int n = 2048;
     float *a = malloc(sizeof(float) * n * n), *b = malloc(sizeof(float) * n * n),
           *c = malloc(sizeof(float) * n * n);
-    for (int i = 0; i < n * n; i++) a[i] = b[i] = 1e-3f * (i % 97);
+    for (int i = 0; i < n * n; i++)
+        a[i] = b[i] = 1e-3f * (i % 97);
     openblas_set_num_threads(threads);
     double best = 0;
     for (int rep = 0; rep < 4; rep++) {
@@ -235,7 +235,7 @@ static int cmp_d(const void *a, const void *b)
 
 int main(int argc, char **argv)
 {
-    const char *model_dir = NULL, *matmul = NULL;
+    const char *model_dir = NULL, *matmul = NULL, *weights = NULL;
     int threads = 0, prefill_len = 512, repeat = 0;
     double secs = 3.0;
     int batches[16] = {1, 2, 4, 8, 16, 32}, n_batches = 6;
@@ -246,25 +246,36 @@ int main(int argc, char **argv)
                                          {"prefill", required_argument, 0, 'p'},
                                          {"matmul", required_argument, 0, 'x'},
                                          {"repeat", required_argument, 0, 'r'},
+                                         {"weights", required_argument, 0, 'w'},
                                          {0, 0, 0, 0}};
-    for (int o; (o = getopt_long(argc, argv, "m:j:s:p:b:x:r:", opts, NULL)) != -1;) {
-        if (o == 'm') model_dir = optarg;
-        else if (o == 'j') threads = atoi(optarg);
-        else if (o == 's') secs = atof(optarg);
-        else if (o == 'p') prefill_len = atoi(optarg);
-        else if (o == 'x') matmul = optarg;
-        else if (o == 'r') repeat = atoi(optarg);
+    for (int o; (o = getopt_long(argc, argv, "m:j:s:p:b:x:r:w:", opts, NULL)) != -1;) {
+        if (o == 'm')
+            model_dir = optarg;
+        else if (o == 'j')
+            threads = atoi(optarg);
+        else if (o == 's')
+            secs = atof(optarg);
+        else if (o == 'p')
+            prefill_len = atoi(optarg);
+        else if (o == 'x')
+            matmul = optarg;
+        else if (o == 'r')
+            repeat = atoi(optarg);
+        else if (o == 'w')
+            weights = optarg;
         else if (o == 'b') {
             n_batches = 0;
             for (char *q = optarg; *q && n_batches < 16;) {
                 int v = (int)strtol(q, &q, 10);
                 if (v < 1 || v > 32) return 2;
                 batches[n_batches++] = v;
-                if (*q == ',') q++;
-                else if (*q) return 2;
+                if (*q == ',')
+                    q++;
+                else if (*q)
+                    return 2;
             }
-        }
-        else return 2;
+        } else
+            return 2;
     }
     /* --matmul: one mode or several separated by commas, each measured in turn in this run */
     enum { MAX_MODES = 4 };
@@ -276,16 +287,18 @@ int main(int argc, char **argv)
         n_modes = 0;
         for (char *save = NULL, *tok = strtok_r(modes_buf, ",", &save); tok;
              tok = strtok_r(NULL, ",", &save))
-            if (n_modes < MAX_MODES) modes[n_modes++] = tok;
-            else return 2;
+            if (n_modes < MAX_MODES)
+                modes[n_modes++] = tok;
+            else
+                return 2;
     }
-    if (!model_dir || prefill_len < 0 || secs <= 0 || repeat < 0 || repeat > 100 ||
-        n_modes == 0 || (matmul && strlen(matmul) >= sizeof modes_buf)) {
+    if (!model_dir || prefill_len < 0 || secs <= 0 || repeat < 0 || repeat > 100 || n_modes == 0 ||
+        (matmul && strlen(matmul) >= sizeof modes_buf)) {
         fprintf(stderr, "usage: mamba_bench --model DIR [--threads N] [--seconds S] "
                         "[--prefill TOKENS (0: skip)] [--batches 1,2,4,... (each <= 32)] "
                         "[--matmul fp32|bf16|bf16-avx512[,...] (several: each in turn, with "
                         "ratios to the first)] [--repeat N (batch 1 N more times, each after a "
-                        "bandwidth measurement)]\n");
+                        "bandwidth measurement)] [--weights native|q8|q4]\n");
         return 2;
     }
     char err[1024], cpu[256];
@@ -304,7 +317,21 @@ int main(int argc, char **argv)
      * cache, at least 1 GiB), and "working set", over a buffer the size of the weights: where
      * the weights fit in the last-level cache (480 MiB on some of these VMs) batch-1 decode
      * streams them from there, not from memory, and the second is its real limit. */
-    const double weight_b = (double)mi->weight_bytes, state_b = (double)mi->state_bytes;
+    /* the bytes a decode step reads: the packed matrices as packed (quantized with --weights
+     * q8|q4) and every other tensor as stored; a first backend packs the model */
+    {
+        wrk_backend_t *b0 = NULL;
+        wrk_backend_opts_t bo0 = {.n_threads = 1, .n_slots = 1, .weights = weights};
+        if (wrk_cpu_backend_create(m, &bo0, &b0, err, sizeof err)) {
+            fprintf(stderr, "mamba_bench: %s\n", err);
+            return 1;
+        }
+        wrk_backend_destroy(b0);
+    }
+    size_t pk_native = 0, pk_packed = 0;
+    wrk_cpu_pack_stats(m, &pk_native, &pk_packed);
+    const double weight_b = (double)mi->weight_bytes - (double)pk_native + (double)pk_packed,
+                 state_b = (double)mi->state_bytes;
     int llc_level = 0, llc_inst = 0;
     long llc_cpuid = sysconf(_SC_LEVEL3_CACHE_SIZE);
     long llc = (long)llc_sysfs(&llc_level, &llc_inst);
@@ -329,9 +356,11 @@ int main(int argc, char **argv)
     double peak = gemm_peak(nth);
     const double lm_flops = 2.0 * mi->vocab_size * mi->hidden_size;
     printf("cpu: %s, %d threads\n", cpu, nth);
-    printf("model: %s, %d layers, hidden %d, vocab %d, weights %s %.1f MB, state %.2f MB/seq\n",
+    printf("model: %s, %d layers, hidden %d, vocab %d, weights %s --weights %s %.1f MB read per "
+           "step (%.1f MB stored), state %.2f MB/seq\n",
            model_dir, mi->n_layers, mi->hidden_size, mi->vocab_size,
-           wrk_dtype_name(mi->weight_dtype), weight_b / 1e6, state_b / 1e6);
+           wrk_dtype_name(mi->weight_dtype), weights ? weights : "native", weight_b / 1e6,
+           (double)mi->weight_bytes / 1e6, state_b / 1e6);
     printf("limits: read bandwidth %.1f GB/s over the weights' size (%.1f GB/s over %.0f MiB, "
            "last-level cache %.0f MiB), sgemm peak %.1f GFLOP/s (2048^3, %d threads)\n",
            bw, bw_mem, (double)big / 1048576, llc > 0 ? (double)llc / 1048576 : 0, peak, nth);
@@ -344,9 +373,12 @@ int main(int argc, char **argv)
     const char *isa_of[MAX_MODES] = {0};
     for (int md = 0; md < n_modes; md++) {
         wrk_backend_t *b = NULL;
-        wrk_backend_opts_t bo = {.n_threads = threads, .n_slots = max_batch, .matmul = modes[md],
-                                 .max_step_tokens = prefill_len > max_batch ? prefill_len
-                                                                            : max_batch};
+        wrk_backend_opts_t bo = {.n_threads = threads,
+                                 .n_slots = max_batch,
+                                 .matmul = modes[md],
+                                 .weights = weights,
+                                 .max_step_tokens =
+                                     prefill_len > max_batch ? prefill_len : max_batch};
         if (wrk_cpu_backend_create(m, &bo, &b, err, sizeof err)) {
             fprintf(stderr, "mamba_bench: %s\n", err);
             return 1;
@@ -361,10 +393,14 @@ int main(int argc, char **argv)
             for (int i = 0; i < B; i++) {
                 wrk_state_reset(b, i);
                 toks[i] = (i * 7919) % V;
-                seqs[i] = (wrk_seq_t){.slot = i, .n_tokens = 1, .tokens = &toks[i],
-                                      .n_logits = 1, .logits = logits + (size_t)i * V};
+                seqs[i] = (wrk_seq_t){.slot = i,
+                                      .n_tokens = 1,
+                                      .tokens = &toks[i],
+                                      .n_logits = 1,
+                                      .logits = logits + (size_t)i * V};
             }
-            for (int w = 0; w < 3; w++) wrk_step(b, seqs, B, err, sizeof err);
+            for (int w = 0; w < 3; w++)
+                wrk_step(b, seqs, B, err, sizeof err);
             int steps = 0;
             double t0 = now();
             while ((now() - t0 < secs || steps < 5) && steps < 100000) {
@@ -374,7 +410,8 @@ int main(int argc, char **argv)
                     return 1;
                 }
                 lat[steps++] = now() - t;
-                for (int i = 0; i < B; i++) toks[i] = (toks[i] + 31) % V;
+                for (int i = 0; i < B; i++)
+                    toks[i] = (toks[i] + 31) % V;
             }
             double el = now() - t0, tps = (double)steps * B / el;
             tps_at[md][bi] = tps;
@@ -399,8 +436,12 @@ int main(int argc, char **argv)
         /* Prefill: one sequence, prefill_len tokens per step, logits for the last row only. */
         if (prefill_len > 0) {
             int32_t *ptoks = malloc(sizeof(int32_t) * prefill_len);
-            for (int i = 0; i < prefill_len; i++) ptoks[i] = (i * 104729) % V;
-            wrk_seq_t ps = {.slot = 0, .n_tokens = prefill_len, .tokens = ptoks, .n_logits = 1,
+            for (int i = 0; i < prefill_len; i++)
+                ptoks[i] = (i * 104729) % V;
+            wrk_seq_t ps = {.slot = 0,
+                            .n_tokens = prefill_len,
+                            .tokens = ptoks,
+                            .n_logits = 1,
                             .logits = logits};
             wrk_step(b, &ps, 1, err, sizeof err);
             int steps = 0;
@@ -425,11 +466,12 @@ int main(int argc, char **argv)
          * and each pair gives its own share of the limit; their median is the figure. */
         if (repeat > 0) {
             double ratio[100];
-            wrk_seq_t s1 = {.slot = 0, .n_tokens = 1, .tokens = &toks[0], .n_logits = 1,
-                            .logits = logits};
+            wrk_seq_t s1 = {
+                .slot = 0, .n_tokens = 1, .tokens = &toks[0], .n_logits = 1, .logits = logits};
             wrk_state_reset(b, 0);
             toks[0] = 1;
-            for (int w = 0; w < 3; w++) wrk_step(b, &s1, 1, err, sizeof err);
+            for (int w = 0; w < 3; w++)
+                wrk_step(b, &s1, 1, err, sizeof err);
             for (int r = 0; r < repeat; r++) {
                 const double bwr = read_bandwidth(pool, ws);
                 int steps = 0;
@@ -450,8 +492,8 @@ int main(int argc, char **argv)
                 fflush(stdout);
             }
             qsort(ratio, (size_t)repeat, sizeof ratio[0], cmp_d);
-            const double med = repeat % 2 ? ratio[repeat / 2]
-                                          : (ratio[repeat / 2 - 1] + ratio[repeat / 2]) / 2;
+            const double med =
+                repeat % 2 ? ratio[repeat / 2] : (ratio[repeat / 2 - 1] + ratio[repeat / 2]) / 2;
             printf("repeat median: batch 1 at %.1f%% of the bandwidth limit (min %.1f%%, max "
                    "%.1f%%, %d pairs)\n",
                    100 * med, 100 * ratio[0], 100 * ratio[repeat - 1], repeat);

@@ -79,6 +79,9 @@
       "CPU matmul precision: fp32 (logits match transformers in fp32) or bf16 (BF16 weights: "     \
       "inputs rounded to bf16, fp32 sums, on AMX: 130m shape 1.7x at 32 sequences, 2.6x prefill; " \
       "without AMX on AVX512_BF16)")                                                             \
+    X(weights, STR, "native", "RECURD_WEIGHTS", DMN_ONE_OF("native|q8|q4"),                       \
+      "CPU weight format: native (as stored), q8 (int8 per output row) or q4 (4-bit groups of "    \
+      "32) quantized at load; checkpoints are tied to it (workers/README.md)")                     \
     X(slots, INT, "8", "RECURD_SLOTS", DMN_RANGE(1, DMN_INT_MAX),                                  \
       "sequences decoded at once (state slots)")                                                   \
     X(max_step_tokens, INT, "512", "RECURD_MAX_STEP_TOKENS", DMN_RANGE(1, DMN_INT_MAX),            \

@@ -283,6 +283,7 @@ static int load(dmn_server_t *srv)
                              .max_step_tokens = (int)o->max_step_tokens,
                              .isa = o->isa,
                              .matmul = o->matmul,
+                             .weights = o->weights,
                              .n_kv_blocks = (int)o->kv_blocks,
                              .kv_block_tokens = (int)o->kv_block_tokens};
     /* The engine's derived sizes: the step budget without chunking, the KV pool. */
@@ -409,9 +410,10 @@ static int serve(dmn_server_t *srv, bool *grpc_up)
         return rc;
     }
     dmn_log(DMN_INFO, "ready", NULL, NULL,
-            "model %s (%s, vocab %d, state %zu bytes, fingerprint %s), backend %s/%s, %d slots",
+            "model %s (%s, vocab %d, state %zu bytes, fingerprint %s), backend %s/%s, "
+            "weights %s, %d slots",
             srv->model_id, mi->architecture, mi->vocab_size, mi->state_bytes, mi->fingerprint_hex,
-            wrk_backend_name(srv->backend), wrk_backend_isa(srv->backend),
+            wrk_backend_name(srv->backend), wrk_backend_isa(srv->backend), o->weights,
             wrk_backend_n_slots(srv->backend));
     if (o->port_file[0] && write_port_file(o->port_file, srv->port))
         dmn_log(DMN_WARN, "port_file", NULL, NULL, "cannot write %s", o->port_file);

@@ -11,19 +11,20 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: recurd-eval --model DIR (--tokens 1,2,3,... | --tokens-file F)\n"
-            "                   [--chunk N] [--dump-logits FILE] [--greedy N] [--threads N]\n"
-            "                   [--isa auto|avx512|avx2|portable] [--matmul fp32|bf16|bf16-avx512]\n"
-            "                   [--backend cpu|cuda] [--tp N]\n"
-            "  Runs the prompt in chunks of N tokens (default: the whole prompt in one step)\n"
-            "  and writes the logits of every position to FILE as raw little-endian float32,\n"
-            "  row-major [n_tokens x vocab]. --greedy N then decodes N tokens greedily and\n"
-            "  prints their ids. A tokens file holds whitespace- or comma-separated ids.\n"
-            "  --tp N runs N tensor-parallel ranks (CPU: in-process, threads split between\n"
-            "  them): the logits must match --tp 1 within fp32 rounding. --matmul bf16 rounds\n"
-            "  the matmuls' inputs to bf16 (BF16 weights; AMX, else AVX512_BF16);\n"
-            "  bf16-avx512 forces the AVX512_BF16 kernel (no AMX).\n");
+    fprintf(
+        f, "usage: recurd-eval --model DIR (--tokens 1,2,3,... | --tokens-file F)\n"
+           "                   [--chunk N] [--dump-logits FILE] [--greedy N] [--threads N]\n"
+           "                   [--isa auto|avx512|avx2|portable] [--matmul fp32|bf16|bf16-avx512]\n"
+           "                   [--backend cpu|cuda] [--tp N]\n"
+           "  Runs the prompt in chunks of N tokens (default: the whole prompt in one step)\n"
+           "  and writes the logits of every position to FILE as raw little-endian float32,\n"
+           "  row-major [n_tokens x vocab]. --greedy N then decodes N tokens greedily and\n"
+           "  prints their ids. A tokens file holds whitespace- or comma-separated ids.\n"
+           "  --tp N runs N tensor-parallel ranks (CPU: in-process, threads split between\n"
+           "  them): the logits must match --tp 1 within fp32 rounding. --matmul bf16 rounds\n"
+           "  the matmuls' inputs to bf16 (BF16 weights; AMX, else AVX512_BF16);\n"
+           "  bf16-avx512 forces the AVX512_BF16 kernel (no AMX). --weights q8|q4 quantizes\n"
+           "  the projections when packing (CPU, --tp 1; workers/README.md).\n");
 }
 
 /* Parses ids separated by commas or whitespace; returns count or a negative error. */
@@ -34,7 +35,8 @@ static int parse_ids(const char *s, int32_t **out, size_t *n, char *err, size_t 
     if (!v) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
     const char *p = s;
     for (;;) {
-        while (*p == ',' || *p == ' ' || *p == '\n' || *p == '\t' || *p == '\r') p++;
+        while (*p == ',' || *p == ' ' || *p == '\n' || *p == '\t' || *p == '\r')
+            p++;
         if (!*p) break;
         char *end;
         errno = 0;
@@ -84,31 +86,60 @@ static char *slurp(const char *path)
 int main(int argc, char **argv)
 {
     const char *model_dir = NULL, *tokens_arg = NULL, *tokens_file = NULL, *dump = NULL;
-    const char *isa = NULL, *backend = "cpu", *matmul = NULL;
+    const char *isa = NULL, *backend = "cpu", *matmul = NULL, *weights = NULL;
     long chunk = 0, greedy = 0, threads = 0, tp = 1;
     static const struct option opts[] = {
-        {"model", required_argument, 0, 'm'},  {"tokens", required_argument, 0, 't'},
+        {"model", required_argument, 0, 'm'},       {"tokens", required_argument, 0, 't'},
         {"tokens-file", required_argument, 0, 'f'}, {"chunk", required_argument, 0, 'c'},
         {"dump-logits", required_argument, 0, 'd'}, {"greedy", required_argument, 0, 'g'},
-        {"threads", required_argument, 0, 'j'}, {"isa", required_argument, 0, 'i'},
-        {"backend", required_argument, 0, 'b'}, {"tp", required_argument, 0, 'p'},
-        {"matmul", required_argument, 0, 'x'}, {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0}};
-    for (int o; (o = getopt_long(argc, argv, "m:t:f:c:d:g:j:i:b:p:x:h", opts, NULL)) != -1;) {
+        {"threads", required_argument, 0, 'j'},     {"isa", required_argument, 0, 'i'},
+        {"backend", required_argument, 0, 'b'},     {"tp", required_argument, 0, 'p'},
+        {"matmul", required_argument, 0, 'x'},      {"help", no_argument, 0, 'h'},
+        {"weights", required_argument, 0, 'w'},     {0, 0, 0, 0}};
+    for (int o; (o = getopt_long(argc, argv, "m:t:f:c:d:g:j:i:b:p:x:w:h", opts, NULL)) != -1;) {
         switch (o) {
-        case 'm': model_dir = optarg; break;
-        case 't': tokens_arg = optarg; break;
-        case 'f': tokens_file = optarg; break;
-        case 'c': chunk = strtol(optarg, NULL, 10); break;
-        case 'd': dump = optarg; break;
-        case 'g': greedy = strtol(optarg, NULL, 10); break;
-        case 'j': threads = strtol(optarg, NULL, 10); break;
-        case 'i': isa = optarg; break;
-        case 'b': backend = optarg; break;
-        case 'p': tp = strtol(optarg, NULL, 10); break;
-        case 'x': matmul = optarg; break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        case 'm':
+            model_dir = optarg;
+            break;
+        case 't':
+            tokens_arg = optarg;
+            break;
+        case 'f':
+            tokens_file = optarg;
+            break;
+        case 'c':
+            chunk = strtol(optarg, NULL, 10);
+            break;
+        case 'd':
+            dump = optarg;
+            break;
+        case 'g':
+            greedy = strtol(optarg, NULL, 10);
+            break;
+        case 'j':
+            threads = strtol(optarg, NULL, 10);
+            break;
+        case 'i':
+            isa = optarg;
+            break;
+        case 'b':
+            backend = optarg;
+            break;
+        case 'p':
+            tp = strtol(optarg, NULL, 10);
+            break;
+        case 'x':
+            matmul = optarg;
+            break;
+        case 'w':
+            weights = optarg;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
         }
     }
     if (!model_dir || (!tokens_arg == !tokens_file) || chunk < 0 || greedy < 0 ||
@@ -137,9 +168,13 @@ int main(int argc, char **argv)
     if ((rc = wrk_model_load(model_dir, &m, err, sizeof err))) goto fail;
     const wrk_model_info_t *mi = wrk_model_info(m);
     if (chunk == 0 || (size_t)chunk > n) chunk = (long)n;
-    wrk_backend_opts_t bo = {.n_threads = (int)threads, .n_slots = 1,
-                             .max_step_tokens = (int)chunk, .isa = isa, .tp = (int)tp,
-                             .matmul = matmul};
+    wrk_backend_opts_t bo = {.n_threads = (int)threads,
+                             .n_slots = 1,
+                             .max_step_tokens = (int)chunk,
+                             .isa = isa,
+                             .tp = (int)tp,
+                             .matmul = matmul,
+                             .weights = weights};
     /* Models with a KV cache (Granite 4.0-H): room for the prompt and the greedy tokens. */
     if (mi->n_kv_layers > 0 && n + (size_t)greedy <= (size_t)1 << 30)
         bo.n_kv_blocks = (int)((n + (size_t)greedy + 15) / 16);
@@ -159,7 +194,10 @@ int main(int argc, char **argv)
     }
     for (size_t pos = 0; pos < n; pos += (size_t)chunk) {
         int len = (int)(n - pos < (size_t)chunk ? n - pos : (size_t)chunk);
-        wrk_seq_t s = {.slot = 0, .n_tokens = len, .tokens = ids + pos, .n_logits = len,
+        wrk_seq_t s = {.slot = 0,
+                       .n_tokens = len,
+                       .tokens = ids + pos,
+                       .n_logits = len,
                        .logits = logits + pos * V};
         if ((rc = wrk_step(b, &s, 1, err, sizeof err))) goto fail;
     }
@@ -182,8 +220,8 @@ int main(int argc, char **argv)
             for (size_t v = 1; v < V; v++)
                 if (row[v] > row[best]) best = (int32_t)v;
             printf("%s%d", g ? "," : "", best);
-            wrk_seq_t s = {.slot = 0, .n_tokens = 1, .tokens = &best, .n_logits = 1,
-                           .logits = next};
+            wrk_seq_t s = {
+                .slot = 0, .n_tokens = 1, .tokens = &best, .n_logits = 1, .logits = next};
             if ((rc = wrk_step(b, &s, 1, err, sizeof err))) {
                 free(next);
                 goto fail;

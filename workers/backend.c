@@ -27,6 +27,10 @@ int wrk_backend_opts_resolve(const wrk_backend_opts_t *opts, wrk_backend_opts_t 
     if ((long)o.n_kv_blocks * o.kv_block_tokens > 1L << 30)
         return rcd_fail(RCD_EINVAL, err, errlen,
                         "backend: n_kv_blocks x kv_block_tokens exceeds 2^30 positions");
+    if (o.weights && *o.weights && strcmp(o.weights, "native") != 0 &&
+        strcmp(o.weights, "q8") != 0 && strcmp(o.weights, "q4") != 0)
+        return rcd_fail(RCD_EINVAL, err, errlen,
+                        "backend: weights must be native, q8 or q4 (got \"%s\")", o.weights);
     *out = o;
     return 0;
 }

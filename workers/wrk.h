@@ -102,6 +102,9 @@ typedef struct wrk_backend_opts {
                            * with n_threads / tp pool threads (workers/README.md) */
     int kv_block_tokens;  /* paged KV (models with n_kv_layers > 0): tokens per block (16) */
     int n_kv_blocks;      /* blocks in the pool (default: 2048 positions per slot) */
+    const char *weights;  /* CPU: NULL/"native" (as stored), "q8" or "q4": the bound matrices
+                           * quantized when packed (workers/README.md, "Quantized weights");
+                           * the model's fingerprint then names the format */
 } wrk_backend_opts_t;
 
 /* A model on one backend: state slots and the step. Opaque; the accessors below read it. */

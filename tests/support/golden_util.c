@@ -359,9 +359,55 @@ void golden_test_greedy(const golden_suite_t *s)
     }
 }
 
+void golden_test_quantized(const golden_suite_t *s, const char *golden_case, float tol_q8,
+                           float tol_q4)
+{
+    static const char *isas[] = {"portable", "avx2", "avx512"};
+    static const char *fmts[] = {"q8", "q4"};
+    const float tols[] = {tol_q8, tol_q4};
+    golden_t g;
+    if (golden_load(s->family, golden_case, &g)) {
+        CHECK(0);
+        return;
+    }
+    uint64_t fps[3] = {0, 0, 0};
+    wrk_model_t *m0 = golden_model(g.dir);
+    if (m0) fps[2] = wrk_model_info(m0)->fingerprint;
+    wrk_model_free(m0);
+    for (int fi = 0; fi < 2; fi++) {
+        golden_suite_t sq = *s;
+        sq.opts.weights = fmts[fi];
+        wrk_model_t *m = golden_model(g.dir);
+        if (!m) continue;
+        float worst = 0.f;
+        for (int ii = 0; ii < 3; ii++) {
+            if (!wrk_kern_select(isas[ii])) continue;
+            wrk_backend_t *b = golden_backend(&sq, m, isas[ii], 2);
+            if (!b) continue;
+            char label[128];
+            snprintf(label, sizeof label, "%s --weights %s %s", golden_case, fmts[fi], isas[ii]);
+            float d = golden_check_chunks(b, &g, tols[fi], label);
+            if (!(d <= worst)) worst = d;
+            wrk_backend_destroy(b);
+        }
+        fprintf(stderr, "  %-18s --weights %s: max |dlogit| %.3e vs fp32 goldens (bound %.3g)\n",
+                golden_case, fmts[fi], worst, tols[fi]);
+        fps[fi] = wrk_model_info(m)->fingerprint;
+        /* the model is packed as fmts[fi]: a native backend on it is refused */
+        char err[512] = "";
+        wrk_backend_t *b = NULL;
+        golden_suite_t sn = *s;
+        sn.opts.weights = "native";
+        CHECK(wrk_cpu_backend_create(m, &sn.opts, &b, err, sizeof err) == RCD_EINVAL);
+        CHECK_MSG(strstr(err, "already packed with --weights"), "%s", err);
+        wrk_model_free(m);
+    }
+    CHECK(fps[0] != fps[2] && fps[1] != fps[2] && fps[0] != fps[1]);
+    golden_free(&g);
+}
+
 static void bf16_matmul_mode(const golden_suite_t *s, const char *golden_case,
-                             const char *model_case, float tol, const char *mode,
-                             const char *isa)
+                             const char *model_case, float tol, const char *mode, const char *isa)
 {
     golden_t g;
     if (golden_load(s->family, golden_case, &g)) {

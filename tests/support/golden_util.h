@@ -131,6 +131,13 @@ void golden_test_greedy(const golden_suite_t *s);
 void golden_test_bf16_matmul(const golden_suite_t *s, const char *golden_case,
                              const char *model_case, float tol);
 
+/* --weights q8 and q4 (load-time quantization, workers/README.md) on <family>/<golden_case>
+ * against its fp32 goldens: every chunking within tol_q8 / tol_q4 and bit-identical to each
+ * other, on every ISA this CPU has; the fingerprint names the format (native, q8 and q4
+ * differ) and a model packed with one format refuses a backend asking for another. */
+void golden_test_quantized(const golden_suite_t *s, const char *golden_case, float tol_q8,
+                           float tol_q4);
+
 /* The state tensors tile the blob in order, without gaps. */
 void golden_check_state_layout(const wrk_model_info_t *mi);
 

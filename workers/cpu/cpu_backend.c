@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "workers/cpu/cpu_int.h"
+#include "workers/cpu/kernels_q.h"
 
 /* The families this backend runs: a new family adds its forward here. */
 static const wrk_cpu_family_i *const families[] = {&wrk_cpu_mamba, &wrk_cpu_mamba2,
@@ -244,8 +245,15 @@ int wrk__cpu_create(const wrk_model_t *m, const wrk_backend_opts_t *opts,
                         o.isa ? o.isa : "auto", o.matmul ? o.matmul : "fp32", why);
     /* The model's matrices in the matmul's panel layout, once per model (a TP rank's shard
      * holds its own slices, which run unpacked). */
+    const int wq = wrk_wq_parse(o.weights);
+    if (wq < 0)
+        return rcd_fail(RCD_EINVAL, err, errlen, "backend: weights must be native, q8 or q4");
+    if (wq != WRK_WQ_NATIVE && (shard || o.tp > 1))
+        return rcd_fail(RCD_EUNSUPPORTED, err, errlen,
+                        "backend: --weights %s does not run with tensor parallelism yet (--tp 1)",
+                        o.weights);
     if (!shard) {
-        int prc = wrk_cpu_pack_model((wrk_model_t *)m, err, errlen);
+        int prc = wrk_cpu_pack_model((wrk_model_t *)m, (wrk_wq_t)wq, err, errlen);
         if (prc) return prc;
     }
     const wrk_cpu_family_i *fam = find_family(m->info.family);

@@ -158,10 +158,15 @@ void wrk_cpu_batch_size(const wrk_seq_t *seqs, int n_seqs, int *T, int *n_rows);
 void wrk_cpu_embed(wrk_cpu_t *c, int ith, int nth, const wrk_seq_t *seqs, int n_seqs);
 
 /* y = (acc ? y : 0) + x W^T (+ bias) for T tokens, rows of W split between threads. */
-/* Packs every matrix the model bound, once per model (pack.c); the packed copy of W (same
- * data pointer and shape), or NULL. */
-int wrk_cpu_pack_model(wrk_model_t *m, char *err, size_t errlen);
-const void *wrk_cpu_packed(const wrk_model_t *m, const wrk_mat_t *W);
+/* Packs every matrix the model bound, once per model (pack.c), quantized with `weights`
+ * q8/q4 (kernels_q.h; the fingerprint then names the format; RCD_EINVAL if the model was
+ * packed with another format); the packed copy of W (same data pointer and shape) and its
+ * format in *qf, or NULL. */
+int wrk_cpu_pack_model(wrk_model_t *m, wrk_wq_t weights, char *err, size_t errlen);
+const void *wrk_cpu_packed(const wrk_model_t *m, const wrk_mat_t *W, wrk_wq_t *qf);
+/* Bytes of the packed matrices as stored in the checkpoint and as packed (quantized or not):
+ * what a batch-1 decode step reads is weight_bytes - native + packed (bench/mamba_bench). */
+void wrk_cpu_pack_stats(const wrk_model_t *m, size_t *native, size_t *packed);
 /* wrk_matmul on this backend: W's packed copy when it has one. */
 void wrk_cpu_matmul(wrk_cpu_t *c, int ith, const wrk_mat_t *W, int o0, int o1, const float *x,
                     int ldx, int T, float *y, int ldy, const float *bias, bool acc);

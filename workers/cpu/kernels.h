@@ -87,7 +87,8 @@ const wrk_kern_t *wrk__kern_amx_bf16(const char **why);
 const wrk_kern_t *wrk__kern_avx512_bf16(const char **why);
 
 /* y[t*ldy + o] = (acc ? y : 0) + x[t] . W[o] (+ bias) for t < T, o in [o0, o1): the kernel's
- * `mm` for any T (one kernel, so results do not depend on T). `scratch`: WRK_GEMM_BLOCK_ROWS
+ * `mm` for any T, or for quantized packs (W->qf q8/q4) the same ISA's quantized matmul
+ * (kernels_q.h) (one kernel, so results do not depend on T). `scratch`: WRK_GEMM_BLOCK_ROWS
  * x W->cols floats. Single-threaded; callers split rows between threads. */
 void wrk_matmul(const wrk_kern_t *k, float *scratch, const wrk_mat_t *W, int o0, int o1,
                 const float *x, int ldx, int T, float *y, int ldy, const float *bias, bool acc);

@@ -6,6 +6,13 @@
 #include "common/rcd_path.h"
 #include "tests/support/golden_util.h"
 
+/* --weights q8 / q4 against the fp32 goldens: max |dlogit| measured 1.67e-2 (q8) and 1.55e-1 (q4)
+ * over all ISAs and chunkings (Sapphire Rapids); bound about 2x that: the quantization error
+ * is the same on every CPU, what else moves is fp32 rounding, orders of magnitude smaller,
+ * while a wrong scale or nibble order moves logits by O(1) (workers/README.md). */
+#define TOL_Q8 0.04f
+#define TOL_Q4 0.35f
+
 /* The bf16 matmul must be no further from the goldens than transformers' own bf16 forward of
  * the same checkpoint: max |dlogit| of that against the tiny_bias_tied (fp32 goldens) goldens
  * (tools/hf_bf16_error.py). */
@@ -212,6 +219,13 @@ static void test_bf16_matmul(void)
     golden_test_bf16_matmul(&suite, "tiny_bias_tied", "tiny_bias_tied_bf16", TOL_BF16_MATMUL);
 }
 
+/* --weights q8|q4 on the first fp32 case: within the measured bounds (workers/README.md,
+ * "Quantized weights"), every chunking bit-identical, fingerprint per format. */
+static void test_quantized(void)
+{
+    golden_test_quantized(&suite, "tiny_bias_tied", TOL_Q8, TOL_Q4);
+}
+
 int main(int argc, char **argv)
 {
     rcd_test_init(argc, argv);
@@ -224,5 +238,6 @@ int main(int argc, char **argv)
     RUN(test_state_roundtrip);
     RUN(test_bad_batches);
     RUN(test_bundled);
+    RUN(test_quantized);
     return rcd_test_summary();
 }

@@ -1,21 +1,26 @@
 /* workers/cpu: packed copies of a model's matrices for the CPU matmul (layout in kernels.h).
  * Made once per model, when the first CPU backend is created; found by data pointer. */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "workers/cpu/cpu_int.h"
 #include "workers/cpu/kernels.h"
+#include "workers/cpu/kernels_q.h"
 
 typedef struct pack_ent {
     const void *data;
     wrk_dtype_t dt;
     int rows, cols;
     void *pk;
+    wrk_wq_t qf; /* the format pk holds */
 } pack_ent_t;
 
 struct wrk_packs {
     int n;
+    wrk_wq_t weights; /* --weights the model was packed with */
     pack_ent_t *e; /* sorted by data */
 };
 
@@ -42,6 +47,45 @@ void wrk_pack(const wrk_mat_t *W, void *dst)
     }
 }
 
+/* Packing (and quantizing) the entries on up to 16 threads, one matrix at a time each. */
+typedef struct pack_job {
+    struct wrk_packs *p;
+    atomic_int next;
+    atomic_int failed;
+} pack_job_t;
+
+static void *pack_worker(void *arg)
+{
+    pack_job_t *j = arg;
+    for (int i; (i = atomic_fetch_add(&j->next, 1)) < j->p->n;) {
+        const pack_ent_t *e = &j->p->e[i];
+        const wrk_mat_t W = {.dt = e->dt, .data = e->data, .rows = e->rows, .cols = e->cols};
+        if (e->qf) {
+            if (wrk_pack_q(&W, e->qf, e->pk)) atomic_store(&j->failed, 1);
+        } else {
+            wrk_pack(&W, e->pk);
+        }
+    }
+    return NULL;
+}
+
+static int pack_all(struct wrk_packs *p)
+{
+    pack_job_t j = {.p = p};
+    atomic_init(&j.next, 0);
+    atomic_init(&j.failed, 0);
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    int nth = ncpu < 1 ? 1 : ncpu > 16 ? 16 : (int)ncpu;
+    if (nth > p->n) nth = p->n > 0 ? p->n : 1;
+    pthread_t th[16];
+    int started = 0;
+    for (int t = 1; t < nth; t++)
+        if (pthread_create(&th[started], NULL, pack_worker, &j) == 0) started++;
+    pack_worker(&j);
+    for (int t = 0; t < started; t++) pthread_join(th[t], NULL);
+    return atomic_load(&j.failed) ? RCD_ENOMEM : 0;
+}
+
 static void packs_free(struct wrk_packs *p)
 {
     if (!p) return;
@@ -57,11 +101,18 @@ static int ent_cmp(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-int wrk_cpu_pack_model(wrk_model_t *m, char *err, size_t errlen)
+int wrk_cpu_pack_model(wrk_model_t *m, wrk_wq_t weights, char *err, size_t errlen)
 {
     pthread_mutex_lock(&g_pack_mu);
     int rc = 0;
-    if (m->packs) goto out;
+    if (m->packs) {
+        if (m->packs->weights != weights)
+            rc = rcd_fail(RCD_EINVAL, err, errlen,
+                          "backend: this model is already packed with --weights %s; a backend "
+                          "with --weights %s needs its own load of the model",
+                          wrk_wq_name(m->packs->weights), wrk_wq_name(weights));
+        goto out;
+    }
     struct wrk_packs *p = calloc(1, sizeof *p);
     pack_ent_t *e = calloc((size_t)(m->n_mats ? m->n_mats : 1), sizeof *e);
     if (!p || !e) {
@@ -71,17 +122,22 @@ int wrk_cpu_pack_model(wrk_model_t *m, char *err, size_t errlen)
         goto out;
     }
     p->e = e;
+    p->weights = weights;
     /* by data pointer, so a tensor bound twice (a tied head) is packed once */
     for (int i = 0; i < m->n_mats; i++) {
         const wrk_mat_t *W = &m->mats[i];
-        e[i] = (pack_ent_t){W->data, W->dt, W->rows, W->cols, NULL};
+        e[i] = (pack_ent_t){W->data, W->dt, W->rows, W->cols, NULL, WRK_WQ_NATIVE};
     }
     qsort(e, (size_t)m->n_mats, sizeof *e, ent_cmp);
     for (int i = 0; i < m->n_mats; i++) {
         if (e[i].rows <= 0 || e[i].cols <= 0 || (p->n && e[p->n - 1].data == e[i].data)) continue;
         const wrk_mat_t W = {.dt = e[i].dt, .data = e[i].data, .rows = e[i].rows,
                              .cols = e[i].cols};
-        size_t bytes = wrk_pack_bytes(&W);
+        /* q4: the lm_head (the embedding when tied) is q8, as llama.cpp keeps output.weight
+         * above 4 bits (workers/README.md, "Quantized weights") */
+        wrk_wq_t qf = weights;
+        if (qf == WRK_WQ_Q4 && e[i].data == m->lm_head.data) qf = WRK_WQ_Q8;
+        size_t bytes = qf ? wrk_pack_q_bytes(qf, W.rows, W.cols) : wrk_pack_bytes(&W);
         void *pk = aligned_alloc(64, (bytes + 63) / 64 * 64);
         if (!pk) {
             packs_free(p);
@@ -90,31 +146,58 @@ int wrk_cpu_pack_model(wrk_model_t *m, char *err, size_t errlen)
                           W.rows, W.cols);
             goto out;
         }
-        wrk_pack(&W, pk);
         e[p->n] = e[i];
+        e[p->n].qf = qf;
         e[p->n++].pk = pk;
+    }
+    if (pack_all(p)) {
+        packs_free(p);
+        rc = rcd_fail(RCD_ENOMEM, err, errlen, "out of memory quantizing weights");
+        goto out;
     }
     m->packs = p;
     m->packs_free = packs_free;
+    /* checkpoints of a quantized model are its own (the state layout is unchanged) */
+    if (weights) wrk__fingerprint_weights(m, wrk_wq_name(weights));
 out:
     pthread_mutex_unlock(&g_pack_mu);
     return rc;
 }
 
-const void *wrk_cpu_packed(const wrk_model_t *m, const wrk_mat_t *W)
+const void *wrk_cpu_packed(const wrk_model_t *m, const wrk_mat_t *W, wrk_wq_t *qf)
 {
+    *qf = WRK_WQ_NATIVE;
     const struct wrk_packs *p = m->packs;
     if (!p || !W->data) return NULL;
     int lo = 0, hi = p->n - 1;
     while (lo <= hi) {
         int mid = (lo + hi) / 2;
         const pack_ent_t *e = &p->e[mid];
-        if (e->data == W->data)
-            return e->dt == W->dt && e->rows == W->rows && e->cols == W->cols ? e->pk : NULL;
+        if (e->data == W->data) {
+            if (e->dt != W->dt || e->rows != W->rows || e->cols != W->cols) return NULL;
+            *qf = e->qf;
+            return e->pk;
+        }
         if ((uintptr_t)e->data < (uintptr_t)W->data)
             lo = mid + 1;
         else
             hi = mid - 1;
     }
     return NULL;
+}
+
+void wrk_cpu_pack_stats(const wrk_model_t *m, size_t *native, size_t *packed)
+{
+    *native = *packed = 0;
+    const struct wrk_packs *p = m->packs;
+    for (int i = 0; p && i < p->n; i++) {
+        const pack_ent_t *e = &p->e[i];
+        *native += (size_t)e->rows * (size_t)e->cols * wrk_dtype_size(e->dt);
+        if (e->qf) {
+            *packed += wrk_pack_q_bytes(e->qf, e->rows, e->cols);
+        } else {
+            const wrk_mat_t W = {.dt = e->dt, .rows = e->rows, .cols = e->cols};
+            *packed += wrk_pack_bytes(&W);
+        }
+    }
 }

@@ -417,6 +417,10 @@ int wrk_cuda_backend_create_ex(const wrk_model_t *m, const wrk_backend_opts_t *o
     int rc = 0;
     *out = NULL;
     if ((rc = wrk_backend_opts_resolve(opts, &o, err, errlen))) return rc;
+    if (o.weights && *o.weights && strcmp(o.weights, "native") != 0)
+        return rcd_fail(RCD_EUNSUPPORTED, err, errlen,
+                        "weights \"%s\" is a CPU setting; the cuda backend runs native weights",
+                        o.weights);
     if (o.matmul && *o.matmul && strcmp(o.matmul, "fp32") != 0)
         return rcd_fail(RCD_EINVAL, err, errlen,
                         "matmul \"%s\" is a CPU setting; the cuda backend takes fp32", o.matmul);

@@ -55,3 +55,12 @@ cleanup:
     free(sorted);
     return rc;
 }
+
+void wrk__fingerprint_weights(wrk_model_t *m, const char *fmt)
+{
+    char buf[64];
+    int n = snprintf(buf, sizeof buf, "weights=%s", fmt);
+    m->info.fingerprint = XXH3_64bits_withSeed(buf, (size_t)n, m->info.fingerprint);
+    snprintf(m->info.fingerprint_hex, sizeof m->info.fingerprint_hex, "%016llx",
+             (unsigned long long)m->info.fingerprint);
+}

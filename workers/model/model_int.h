@@ -6,6 +6,10 @@
 
 #include "workers/wrk.h"
 
+/* The CPU backend's weight format (--weights): as stored, or quantized when packed
+ * (workers/cpu/kernels_q.h). */
+typedef enum wrk_wq { WRK_WQ_NATIVE = 0, WRK_WQ_Q8 = 1, WRK_WQ_Q4 = 2 } wrk_wq_t;
+
 /* A weight matrix [rows x cols], row-major, as stored in the checkpoint (zero-copy view
  * into the mmapped file; may be unaligned). */
 typedef struct wrk_mat {
@@ -13,6 +17,7 @@ typedef struct wrk_mat {
     const void *data;
     int rows, cols;
     const void *pk; /* CPU: the same rows repacked in panels (workers/cpu/kernels.h), or NULL */
+    wrk_wq_t qf;    /* with pk: WRK_WQ_Q8/Q4 when pk holds quantized panels (kernels_q.h) */
 } wrk_mat_t;
 
 /* Tensor parallelism: one rank's share of a model (workers/README.md, "Tensor parallelism").
@@ -92,6 +97,9 @@ extern const wrk_family_i wrk_family_falconh1;
 
 /* Hashes config (canonical form), the tensor table and every weight byte into m->info's
  * fingerprint and weight_bytes (fingerprint.c). */
+/* The fingerprint of m's weights in format `fmt` (q8, q4): XXH3-64 of the native fingerprint
+ * and the name, in place (checkpoints then refuse a model run with other weights). */
+void wrk__fingerprint_weights(wrk_model_t *m, const char *fmt);
 int wrk__fingerprint(wrk_model_t *m, const char *config, size_t config_len, char *err,
                      size_t errlen);
 

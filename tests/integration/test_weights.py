@@ -1,0 +1,65 @@
+"""recurd integration: --weights q8|q4 (load-time quantization of the CPU backend's matrices).
+
+A bad --weights value stops the daemon at start naming the choices; a --weights q8 daemon
+serves turns (and q4 too); its model fingerprint differs from the native one, so a session
+checkpointed under q8 is refused (FAILED_PRECONDITION naming both fingerprints) by a daemon
+started on the same state dir with native weights, and the checkpoint resumes again under q8."""
+import unittest
+
+import grpc
+
+from rcd_harness import OwnDaemonsTest, collect, gen_request, pb
+
+C = grpc.StatusCode
+
+
+class Weights(OwnDaemonsTest):
+    state_prefix = "recurd-weights-"
+
+    def start(self, *extra):
+        return self.spawn("--state-dir", self.dir, "--slots", "2", *extra)
+
+    def turn(self, d, sid=None, n=6):
+        _, ids, _, last = collect(d.api.Generate(
+            gen_request(tokens=[5, 17, 3, 99, 42], session=sid, max_tokens=n, temperature=0,
+                        ignore_eos=True), timeout=120))
+        return ids, last
+
+    def fp(self, d):
+        return d.api.ListModels(pb.ListModelsRequest()).models[0].fingerprint
+
+    def test_bad_value_refused(self):
+        with self.assertRaises(RuntimeError) as cm:
+            self.start("--weights", "int4")
+        self.assertIn("weights", str(cm.exception))
+        self.assertIn("q8", str(cm.exception))
+
+    def test_q4_serves(self):
+        d = self.start("--weights", "q4", "--ephemeral")
+        self.assertEqual(len(self.turn(d)[0]), 6)
+        self.assertIn("weights q4", d.logs())
+
+    def test_q8_checkpoint_refused_by_native_daemon(self):
+        a = self.start("--weights", "q8")
+        a.api.CreateSession(pb.CreateSessionRequest(session_id="q"))
+        ids, last = self.turn(a, "q")
+        self.assertEqual(len(ids), 6)
+        self.assertEqual(last.session_version, 1)
+        fp_q8 = self.fp(a)
+        self.assertEqual(a.stop(), 0)
+        b = self.start()  # native weights, same state dir
+        fp_native = self.fp(b)
+        self.assertNotEqual(fp_q8, fp_native)
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.turn(b, "q")
+        self.assertEqual(cm.exception.code(), C.FAILED_PRECONDITION, cm.exception.details())
+        self.assertIn(fp_q8, cm.exception.details())
+        self.assertIn(fp_native, cm.exception.details())
+        self.assertEqual(b.stop(), 0)
+        c = self.start("--weights", "q8")  # the same format resumes it
+        self.assertEqual(self.fp(c), fp_q8)
+        self.assertEqual(self.turn(c, "q")[1].session_version, 2)
+
+
+if __name__ == "__main__":
+    unittest.main()
