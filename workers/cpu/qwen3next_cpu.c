@@ -218,15 +218,16 @@ static void gdn(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_qwen3next_layer_t 
             const float *ba = a->pba + t * 2 * NV + (size_t)kh * 2 * r;
             const float beta = sigmoid(ba[h % r]);
             const float decay = expf(A * softplus(ba[r + h % r] + dtb));
-            for (int i = 0; i < dk * dv; i++)
-                S[i] *= decay;
+            /* S <- e^g S and Sᵀk in one pass over S; then S += k ⊗ delta and Sᵀq in another */
             for (int e = 0; e < dv; e++)
                 kvm[e] = 0.f;
             for (int i = 0; i < dk; i++) {
                 const float ki = kn[i];
-                const float *Si = S + (size_t)i * dv;
-                for (int e = 0; e < dv; e++)
+                float *Si = S + (size_t)i * dv;
+                for (int e = 0; e < dv; e++) {
+                    Si[e] *= decay;
                     kvm[e] += Si[e] * ki;
+                }
             }
             for (int e = 0; e < dv; e++)
                 kvm[e] = (v[e] - kvm[e]) * beta; /* delta */
