@@ -168,30 +168,14 @@ static void gdn(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_qwen3next_layer_t 
     }
     wrk_pool_barrier(c->pool);
 
-    /* The conv, channels split between threads; each keeps its channels' windows. */
+    /* The conv (the kernels' causal depthwise conv + SiLU, no bias), channels split between
+     * threads in blocks of 16 so a channel's vector/scalar path does not depend on T. */
     int c0, c1;
-    wrk_split(C, 1, ith, nth, &c0, &c1);
-    float win[64];
-    for (int s = 0, tb = 0; s < f->n_seqs; tb += f->seqs[s].n_tokens, s++) {
-        float *st = wrk_cpu_slot(c, f->seqs[s].slot) + lay_off; /* [K-1][C] */
-        const int n = f->seqs[s].n_tokens;
-        for (int ch = c0; ch < c1; ch++) {
-            for (int k = 0; k < K - 1; k++)
-                win[k] = st[(size_t)k * C + ch];
-            for (int j = 0; j < n; j++) {
-                const size_t t = (size_t)(tb + j);
-                win[K - 1] = a->xc[t * C + ch];
-                float acc = 0.f;
-                for (int k = 0; k < K; k++)
-                    acc += L->conv_w[(size_t)k * C + ch] * win[k];
-                a->yc[t * C + ch] = silu(acc);
-                for (int k = 0; k < K - 1; k++)
-                    win[k] = win[k + 1];
-            }
-            for (int k = 0; k < K - 1; k++)
-                st[(size_t)k * C + ch] = win[k];
-        }
-    }
+    wrk_split(C, 16, ith, nth, &c0, &c1);
+    for (int s = 0, tb = 0; s < f->n_seqs; tb += f->seqs[s].n_tokens, s++)
+        c->k->conv_silu(f->seqs[s].n_tokens, c0, c1, C, K, a->xc + (size_t)tb * C, C, L->conv_w,
+                        NULL, wrk_cpu_slot(c, f->seqs[s].slot) + lay_off,
+                        a->yc + (size_t)tb * C);
     wrk_pool_barrier(c->pool);
 
     /* The delta rule, one (sequence, value head) per work item. */
