@@ -249,6 +249,22 @@ static void test_bad_checkpoints(void)
     CHECK_MSG(rc == RCD_EFORMAT && strstr(err, "shared_expert"), "%s", err);
 }
 
+/* No sharded forward: tensor parallelism is refused at creation, naming the reason. */
+static void test_tp_refused(void)
+{
+    golden_t g;
+    wrk_model_t *m = golden_open(suite.family, "moe_shared_tied", &g);
+    if (!m) return;
+    char err[512] = "";
+    wrk_backend_t *b = NULL;
+    wrk_backend_opts_t o = {.n_threads = 1, .n_slots = 2, .max_step_tokens = 16, .tp = 2};
+    int rc = wrk_cpu_backend_create(m, &o, &b, err, sizeof err);
+    CHECK_MSG(rc == RCD_EUNSUPPORTED && strstr(err, "no sharded forward") && !b, "rc %d: %s", rc,
+              err);
+    wrk_model_free(m);
+    golden_free(&g);
+}
+
 int main(int argc, char **argv)
 {
     rcd_test_init(argc, argv);
@@ -260,5 +276,6 @@ int main(int argc, char **argv)
     RUN(test_fixed_state_without_attention);
     RUN(test_goldens_discriminate);
     RUN(test_bad_checkpoints);
+    RUN(test_tp_refused);
     return rcd_test_summary();
 }
