@@ -182,7 +182,7 @@ static void gdn(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_qwen3next_layer_t 
     int w0, w1;
     wrk_split(f->n_seqs * NV, 1, ith, nth, &w0, &w1);
     float *hs = a->hs + (size_t)ith * a->hs_floats;
-    float *qn = hs, *kn = hs + dk, *kvm = hs + 2 * dk, *ov = hs + 2 * dk + dv;
+    float *qn = hs, *kn = hs + dk, *ov = hs + 2 * dk;
     const float qscale = 1.f / sqrtf((float)dk);
     for (int w = w0; w < w1; w++) {
         const int s = w / NV, h = w % NV, kh = h / r;
@@ -202,29 +202,7 @@ static void gdn(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_qwen3next_layer_t 
             const float *ba = a->pba + t * 2 * NV + (size_t)kh * 2 * r;
             const float beta = sigmoid(ba[h % r]);
             const float decay = expf(A * softplus(ba[r + h % r] + dtb));
-            /* S <- e^g S and Sᵀk in one pass over S; then S += k ⊗ delta and Sᵀq in another */
-            for (int e = 0; e < dv; e++)
-                kvm[e] = 0.f;
-            for (int i = 0; i < dk; i++) {
-                const float ki = kn[i];
-                float *Si = S + (size_t)i * dv;
-                for (int e = 0; e < dv; e++) {
-                    Si[e] *= decay;
-                    kvm[e] += Si[e] * ki;
-                }
-            }
-            for (int e = 0; e < dv; e++)
-                kvm[e] = (v[e] - kvm[e]) * beta; /* delta */
-            for (int e = 0; e < dv; e++)
-                ov[e] = 0.f;
-            for (int i = 0; i < dk; i++) {
-                const float ki = kn[i], qi = qn[i];
-                float *Si = S + (size_t)i * dv;
-                for (int e = 0; e < dv; e++) {
-                    Si[e] += ki * kvm[e];
-                    ov[e] += Si[e] * qi;
-                }
-            }
+            c->k->delta_rule(dk, dv, S, kn, qn, v, beta, decay, ov);
             /* gated RMSNorm over the head: w * (o / rms(o)) * silu(z) */
             float ss = 0.f;
             for (int e = 0; e < dv; e++)
