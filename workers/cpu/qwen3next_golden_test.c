@@ -249,8 +249,9 @@ static void test_bad_checkpoints(void)
     CHECK_MSG(rc == RCD_EFORMAT && strstr(err, "shared_expert"), "%s", err);
 }
 
-/* No sharded forward: tensor parallelism is refused at creation, naming the reason. */
-static void test_tp_refused(void)
+/* Refused at creation, naming the reason: tensor parallelism (no sharded forward) and the
+ * CUDA backend (no CUDA forward; or not built in) — before any device is touched. */
+static void test_refused_backends(void)
 {
     golden_t g;
     wrk_model_t *m = golden_open(suite.family, "moe_shared_tied", &g);
@@ -261,6 +262,11 @@ static void test_tp_refused(void)
     int rc = wrk_cpu_backend_create(m, &o, &b, err, sizeof err);
     CHECK_MSG(rc == RCD_EUNSUPPORTED && strstr(err, "no sharded forward") && !b, "rc %d: %s", rc,
               err);
+    o.tp = 1;
+    rc = wrk_cuda_backend_create(m, &o, &b, err, sizeof err);
+    CHECK_MSG(rc == RCD_EUNSUPPORTED && !b &&
+                  (strstr(err, "no CUDA forward") || strstr(err, "not built in")),
+              "rc %d: %s", rc, err);
     wrk_model_free(m);
     golden_free(&g);
 }
@@ -276,6 +282,6 @@ int main(int argc, char **argv)
     RUN(test_fixed_state_without_attention);
     RUN(test_goldens_discriminate);
     RUN(test_bad_checkpoints);
-    RUN(test_tp_refused);
+    RUN(test_refused_backends);
     return rcd_test_summary();
 }
