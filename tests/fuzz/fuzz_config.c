@@ -6,6 +6,7 @@
 
 #include "workers/families/mamba.h"
 #include "workers/families/granite.h"
+#include "workers/families/jamba.h"
 #include "workers/families/mamba2.h"
 #include "workers/families/recurrentgemma.h"
 
@@ -76,11 +77,30 @@ static void granite(const char *json, size_t size)
     }
 }
 
+static void jamba(const char *json, size_t size)
+{
+    wrk_jamba_config_t cfg;
+    char err[256] = "";
+    if (wrk_jamba_config_parse(json, size, &cfg, err, sizeof err) == 0) {
+        const wrk_mamba_config_t *mx = &cfg.mx;
+        if (mx->vocab < 1 || mx->hidden < 1 || mx->n_layers < 1 || mx->inner < 1 ||
+            mx->d_state < 1 || mx->d_conv < 1 || mx->dt_rank < 1 || !(mx->eps > 0) ||
+            cfg.n_q < 1 || cfg.n_kv < 1 || cfg.head_dim < 1 || cfg.ffn_dim < 1)
+            abort();
+        if (cfg.n_q % cfg.n_kv || cfg.n_attn + cfg.n_mamba != mx->n_layers ||
+            (cfg.n_moe && (cfg.top_k < 1 || cfg.top_k > cfg.n_experts)))
+            abort();
+    } else if (!err[0]) {
+        abort();
+    }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     mamba((const char *)data, size);
     mamba2((const char *)data, size);
     recurrentgemma((const char *)data, size);
     granite((const char *)data, size);
+    jamba((const char *)data, size);
     return 0;
 }

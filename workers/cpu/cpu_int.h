@@ -35,6 +35,8 @@ extern const wrk_cpu_family_i wrk_cpu_mamba;
 extern const wrk_cpu_family_i wrk_cpu_mamba2;
 extern const wrk_cpu_family_i wrk_cpu_granite;
 extern const wrk_cpu_family_i wrk_cpu_recurrentgemma;
+extern const wrk_cpu_family_i wrk_cpu_nemotronh;
+extern const wrk_cpu_family_i wrk_cpu_jamba;
 extern const wrk_cpu_family_i wrk_cpu_qwen3next;
 
 typedef struct wrk_cpu {

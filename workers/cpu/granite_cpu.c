@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "workers/cpu/granite_cpu.h"
 #include "workers/cpu/mamba2_cpu.h"
 #include "workers/families/granite.h"
 
@@ -16,35 +17,23 @@ typedef struct granite_ctx {
     float *o; /* [T x H] sublayer output */
     float *f; /* [T x H] MLP output: shared + MoE */
     wrk_mamba2_bufs_t mb;
-    /* attention */
-    float *q, *k, *v; /* [T x NQ hd], [T x NKV hd] x2 */
-    float *att;       /* [T x NQ hd] */
-    float *scores;    /* per thread: the KV capacity */
-    size_t scores_floats;
-    int32_t *tok_slot, *tok_pos; /* per token of the step: slot and absolute position */
+    wrk_attn_bufs_t ab;
     /* shared MLP */
-    float *t; /* [T x 2S] */
-    float *g; /* [T x S] */
-    /* MoE: T k (token, expert) rows grouped by expert */
-    float *rl;                /* [T x E] router logits */
-    int32_t *sel;             /* [T x k] chosen experts, ascending */
-    float *wt;                /* [T x k] their weights */
-    int32_t *row_of;          /* [T x k] row of (token, j) in the grouped buffers */
-    int32_t *row_tok;         /* [T k] token of each grouped row */
-    int32_t *start;           /* [E + 1] first grouped row of each expert */
-    float *xg, *tg, *ug, *og; /* [T k x H], [T k x 2F], [T k x F], [T k x H] */
+    float *t;           /* [T x 2S] */
+    float *g;           /* [T x S] */
+    wrk_moe_bufs_t moe; /* T k (token, expert) rows grouped by expert */
 } granite_ctx_t;
 
 static void cpu_free(void *ctx)
 {
     granite_ctx_t *a = ctx;
     if (!a) return;
-    void *bufs[] = {a->u,        a->o,       a->f,  a->q,  a->k,  a->v,   a->att, a->scores,
-                    a->tok_slot, a->tok_pos, a->t,  a->g,  a->rl, a->sel, a->wt,  a->row_of,
-                    a->row_tok,  a->start,   a->xg, a->tg, a->ug, a->og};
+    void *bufs[] = {a->u, a->o, a->f, a->t, a->g};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         free(bufs[i]);
     wrk_mamba2_bufs_free(&a->mb);
+    wrk_attn_bufs_free(&a->ab);
+    wrk_moe_bufs_free(&a->moe);
     free(a);
 }
 
@@ -52,38 +41,90 @@ static int cpu_init(struct wrk_cpu *c, void **ctx)
 {
     const wrk_granite_config_t *cfg = &((const wrk_granite_t *)c->m->priv)->cfg;
     const size_t T = (size_t)c->base.max_step_tokens, H = cfg->mx.hidden;
-    const size_t qd = (size_t)cfg->n_q * cfg->head_dim, kvd = (size_t)cfg->n_kv * cfg->head_dim;
-    const size_t S = cfg->shared_dim, F = cfg->expert_dim, E = cfg->n_experts;
-    const size_t TK = T * (cfg->n_experts ? cfg->top_k : 0);
+    const size_t S = cfg->shared_dim;
     granite_ctx_t *a = calloc(1, sizeof *a);
     if (!a) return RCD_ENOMEM;
     bool ok = (a->u = wrk_cpu_alloc_floats(T * H)) && (a->o = wrk_cpu_alloc_floats(T * H)) &&
               (a->f = wrk_cpu_alloc_floats(T * H)) && (a->t = wrk_cpu_alloc_floats(T * 2 * S)) &&
               (a->g = wrk_cpu_alloc_floats(T * S));
     if (ok && cfg->n_mamba) ok = wrk_mamba2_bufs_alloc(&cfg->mx, T, &a->mb) == 0;
-    if (ok && cfg->n_attn) {
-        a->scores_floats = c->kv ? (size_t)wrk_kv_capacity(c->kv) : 0;
-        ok = c->kv && (a->q = wrk_cpu_alloc_floats(T * qd)) &&
-             (a->k = wrk_cpu_alloc_floats(T * kvd)) && (a->v = wrk_cpu_alloc_floats(T * kvd)) &&
-             (a->att = wrk_cpu_alloc_floats(T * qd)) &&
-             (a->scores = wrk_cpu_alloc_floats((size_t)c->n_threads * a->scores_floats)) &&
-             (a->tok_slot = malloc(T * sizeof(int32_t))) &&
-             (a->tok_pos = malloc(T * sizeof(int32_t)));
-    }
-    if (ok && E) {
-        ok = (a->rl = wrk_cpu_alloc_floats(T * E)) && (a->sel = malloc(TK * sizeof(int32_t))) &&
-             (a->wt = wrk_cpu_alloc_floats(TK)) && (a->row_of = malloc(TK * sizeof(int32_t))) &&
-             (a->row_tok = malloc(TK * sizeof(int32_t))) &&
-             (a->start = malloc((E + 1) * sizeof(int32_t))) &&
-             (a->xg = wrk_cpu_alloc_floats(TK * H)) && (a->tg = wrk_cpu_alloc_floats(TK * 2 * F)) &&
-             (a->ug = wrk_cpu_alloc_floats(TK * F)) && (a->og = wrk_cpu_alloc_floats(TK * H));
-    }
+    if (ok && cfg->n_attn)
+        ok = wrk_attn_bufs_alloc(c, cfg->n_q, cfg->n_kv, cfg->head_dim, T, &a->ab) == 0;
+    if (ok && cfg->n_experts)
+        ok = wrk_moe_bufs_alloc(cfg->mx.hidden, cfg->expert_dim, cfg->n_experts, cfg->top_k, T,
+                                &a->moe) == 0;
     if (!ok) {
         cpu_free(a);
         return RCD_ENOMEM;
     }
     *ctx = a;
     return 0;
+}
+
+/* ---- attention and MoE, exported through granite_cpu.h -------------------------------- */
+
+int wrk_attn_bufs_alloc(struct wrk_cpu *c, int n_q, int n_kv, int head_dim, size_t T,
+                        wrk_attn_bufs_t *b)
+{
+    const size_t qd = (size_t)n_q * head_dim, kvd = (size_t)n_kv * head_dim;
+    *b = (wrk_attn_bufs_t){0};
+    b->scores_floats = c->kv ? (size_t)wrk_kv_capacity(c->kv) : 0;
+    bool ok =
+        c->kv && (b->q = wrk_cpu_alloc_floats(T * qd)) && (b->k = wrk_cpu_alloc_floats(T * kvd)) &&
+        (b->v = wrk_cpu_alloc_floats(T * kvd)) && (b->att = wrk_cpu_alloc_floats(T * qd)) &&
+        (b->scores = wrk_cpu_alloc_floats((size_t)c->n_threads * b->scores_floats)) &&
+        (b->tok_slot = malloc(T * sizeof(int32_t))) && (b->tok_pos = malloc(T * sizeof(int32_t)));
+    if (!ok) {
+        wrk_attn_bufs_free(b);
+        return RCD_ENOMEM;
+    }
+    return 0;
+}
+
+void wrk_attn_bufs_free(wrk_attn_bufs_t *b)
+{
+    void *bufs[] = {b->q, b->k, b->v, b->att, b->scores, b->tok_slot, b->tok_pos};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        free(bufs[i]);
+    *b = (wrk_attn_bufs_t){0};
+}
+
+void wrk_attn_positions(struct wrk_cpu *c, const wrk_seq_t *seqs, int n_seqs,
+                        const wrk_attn_bufs_t *b)
+{
+    int t = 0;
+    for (int s = 0; s < n_seqs; s++)
+        for (int j = 0; j < seqs[s].n_tokens; j++, t++) {
+            b->tok_slot[t] = seqs[s].slot;
+            b->tok_pos[t] = c->kv->n_tokens[seqs[s].slot] + j;
+        }
+}
+
+int wrk_moe_bufs_alloc(int H, int F, int E, int k, size_t T, wrk_moe_bufs_t *b)
+{
+    const size_t TK = T * (size_t)k;
+    *b = (wrk_moe_bufs_t){0};
+    bool ok = (b->rl = wrk_cpu_alloc_floats(T * E)) && (b->sel = malloc(TK * sizeof(int32_t))) &&
+              (b->wt = wrk_cpu_alloc_floats(TK)) && (b->row_of = malloc(TK * sizeof(int32_t))) &&
+              (b->row_tok = malloc(TK * sizeof(int32_t))) &&
+              (b->start = malloc(((size_t)E + 1) * sizeof(int32_t))) &&
+              (b->xg = wrk_cpu_alloc_floats(TK * H)) &&
+              (b->tg = wrk_cpu_alloc_floats(TK * 2 * (size_t)F)) &&
+              (b->ug = wrk_cpu_alloc_floats(TK * F)) && (b->og = wrk_cpu_alloc_floats(TK * H));
+    if (!ok) {
+        wrk_moe_bufs_free(b);
+        return RCD_ENOMEM;
+    }
+    return 0;
+}
+
+void wrk_moe_bufs_free(wrk_moe_bufs_t *b)
+{
+    void *bufs[] = {b->rl,    b->sel, b->wt, b->row_of, b->row_tok,
+                    b->start, b->xg,  b->tg, b->ug,     b->og};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        free(bufs[i]);
+    *b = (wrk_moe_bufs_t){0};
 }
 
 static inline float silu(float v)
@@ -105,37 +146,32 @@ static void rope(float *x, int hd, int32_t pos, const float *inv_freq)
     }
 }
 
-/* One attention layer: q, k, v projections, RoPE, K/V appended to the paged cache, causal
- * softmax attention over every stored position (GQA: query head h reads KV head
- * h / (NQ / NKV)), o_proj into a->o. Ends after a barrier. */
-static void attention(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_granite_layer_t *L)
+void wrk_attn_cpu(struct wrk_cpu *c, int ith, int nth, const wrk_attn_w_t *w,
+                  const wrk_attn_bufs_t *a, int T, const float *u, float *out)
 {
-    wrk_cpu_t *c = f->c;
-    granite_ctx_t *a = f->a;
-    const wrk_granite_t *g = c->m->priv;
-    const wrk_granite_config_t *cfg = &g->cfg;
     wrk_kv_t *kv = c->kv;
-    const int H = cfg->mx.hidden, hd = cfg->head_dim, NQ = cfg->n_q, NKV = cfg->n_kv;
-    const int qd = NQ * hd, kvd = NKV * hd, rep = NQ / NKV, T = f->T, bs = kv->block_tokens;
+    const int H = w->hidden, hd = w->head_dim, NQ = w->n_q, NKV = w->n_kv;
+    const int qd = NQ * hd, kvd = NKV * hd, rep = NQ / NKV, bs = kv->block_tokens;
+    const int layer = w->kv_layer;
     int t0, t1;
 
-    wrk_cpu_mm(c, ith, nth, &L->q, a->u, H, T, a->q, qd, L->qb, false);
-    wrk_cpu_mm(c, ith, nth, &L->k, a->u, H, T, a->k, kvd, L->kb, false);
-    wrk_cpu_mm(c, ith, nth, &L->v, a->u, H, T, a->v, kvd, L->vb, false);
+    wrk_cpu_mm(c, ith, nth, &w->q, u, H, T, a->q, qd, w->qb, false);
+    wrk_cpu_mm(c, ith, nth, &w->k, u, H, T, a->k, kvd, w->kb, false);
+    wrk_cpu_mm(c, ith, nth, &w->v, u, H, T, a->v, kvd, w->vb, false);
     wrk_pool_barrier(c->pool);
     wrk_split(T, 1, ith, nth, &t0, &t1);
     for (int t = t0; t < t1; t++) {
         const int slot = a->tok_slot[t];
         const int32_t pos = a->tok_pos[t];
         float *q = a->q + (size_t)t * qd, *k = a->k + (size_t)t * kvd;
-        if (cfg->rope) {
+        if (w->inv_freq) {
             for (int h = 0; h < NQ; h++)
-                rope(q + (size_t)h * hd, hd, pos, g->inv_freq);
+                rope(q + (size_t)h * hd, hd, pos, w->inv_freq);
             for (int h = 0; h < NKV; h++)
-                rope(k + (size_t)h * hd, hd, pos, g->inv_freq);
+                rope(k + (size_t)h * hd, hd, pos, w->inv_freq);
         }
-        memcpy(wrk_kv_at(kv, slot, L->idx, 0, pos), k, (size_t)kvd * sizeof(float));
-        memcpy(wrk_kv_at(kv, slot, L->idx, 1, pos), a->v + (size_t)t * kvd,
+        memcpy(wrk_kv_at(kv, slot, layer, 0, pos), k, (size_t)kvd * sizeof(float));
+        memcpy(wrk_kv_at(kv, slot, layer, 1, pos), a->v + (size_t)t * kvd,
                (size_t)kvd * sizeof(float));
     }
     wrk_pool_barrier(c->pool);
@@ -143,20 +179,20 @@ static void attention(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_granite_laye
     int w0, w1;
     float *sc = a->scores + (size_t)ith * a->scores_floats;
     wrk_split(T * NQ, 1, ith, nth, &w0, &w1);
-    for (int w = w0; w < w1; w++) {
-        const int t = w / NQ, h = w % NQ, kh = h / rep;
+    for (int wi = w0; wi < w1; wi++) {
+        const int t = wi / NQ, h = wi % NQ, kh = h / rep;
         const int slot = a->tok_slot[t];
         const int32_t n = a->tok_pos[t] + 1; /* causal: every position up to this one */
         const float *q = a->q + (size_t)t * qd + (size_t)h * hd;
         float mx = -INFINITY;
         for (int32_t p0 = 0; p0 < n; p0 += bs) {
-            const float *kb = wrk_kv_at(kv, slot, L->idx, 0, p0) + (size_t)kh * hd;
+            const float *kb = wrk_kv_at(kv, slot, layer, 0, p0) + (size_t)kh * hd;
             const int32_t pe = p0 + bs < n ? p0 + bs : n;
             for (int32_t p = p0; p < pe; p++, kb += kvd) {
                 float s = 0.f;
                 for (int i = 0; i < hd; i++)
                     s += q[i] * kb[i];
-                s *= cfg->attn_mult;
+                s *= w->scale;
                 sc[p] = s;
                 if (s > mx) mx = s;
             }
@@ -167,21 +203,45 @@ static void attention(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_granite_laye
             sum += sc[p];
         }
         const float inv = (float)(1.0 / sum);
-        float *out = a->att + (size_t)t * qd + (size_t)h * hd;
-        memset(out, 0, (size_t)hd * sizeof(float));
+        float *o = a->att + (size_t)t * qd + (size_t)h * hd;
+        memset(o, 0, (size_t)hd * sizeof(float));
         for (int32_t p0 = 0; p0 < n; p0 += bs) {
-            const float *vb = wrk_kv_at(kv, slot, L->idx, 1, p0) + (size_t)kh * hd;
+            const float *vb = wrk_kv_at(kv, slot, layer, 1, p0) + (size_t)kh * hd;
             const int32_t pe = p0 + bs < n ? p0 + bs : n;
             for (int32_t p = p0; p < pe; p++, vb += kvd) {
                 const float pr = sc[p] * inv;
                 for (int i = 0; i < hd; i++)
-                    out[i] += pr * vb[i];
+                    o[i] += pr * vb[i];
             }
         }
     }
     wrk_pool_barrier(c->pool);
-    wrk_cpu_mm(c, ith, nth, &L->o, a->att, qd, T, a->o, H, L->ob, false);
+    wrk_cpu_mm(c, ith, nth, &w->o, a->att, qd, T, out, H, w->ob, false);
     wrk_pool_barrier(c->pool);
+}
+
+/* One Granite attention layer into a->o. */
+static void attention(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_granite_layer_t *L)
+{
+    granite_ctx_t *a = f->a;
+    const wrk_granite_t *g = f->c->m->priv;
+    const wrk_granite_config_t *cfg = &g->cfg;
+    const wrk_attn_w_t w = {.q = L->q,
+                            .k = L->k,
+                            .v = L->v,
+                            .o = L->o,
+                            .qb = L->qb,
+                            .kb = L->kb,
+                            .vb = L->vb,
+                            .ob = L->ob,
+                            .hidden = cfg->mx.hidden,
+                            .n_q = cfg->n_q,
+                            .n_kv = cfg->n_kv,
+                            .head_dim = cfg->head_dim,
+                            .scale = cfg->attn_mult,
+                            .inv_freq = cfg->rope ? g->inv_freq : NULL,
+                            .kv_layer = L->idx};
+    wrk_attn_cpu(f->c, ith, nth, &w, &a->ab, f->T, a->u, a->o);
 }
 
 /* Router of one token: top-k of the E logits (descending, ties to the lower index, as
@@ -221,33 +281,12 @@ static void route(const float *rl, int E, int k, int32_t *sel, float *wt)
     }
 }
 
-/* Shared MLP into a->f, then (with experts) the MoE added to it. Ends after a barrier. */
-static void mlp(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_granite_layer_t *L)
+void wrk_moe_cpu(struct wrk_cpu *c, int ith, int nth, const wrk_moe_bufs_t *a,
+                 wrk_moe_expert_fn expert, const void *ctx, int H, int F, int E, int K, int T,
+                 const float *u, float *out)
 {
-    wrk_cpu_t *c = f->c;
-    granite_ctx_t *a = f->a;
-    const wrk_granite_config_t *cfg = &((const wrk_granite_t *)c->m->priv)->cfg;
-    const int H = cfg->mx.hidden, S = cfg->shared_dim, F = cfg->expert_dim;
-    const int E = cfg->n_experts, K = cfg->top_k, T = f->T;
     int t0, t1;
     wrk_split(T, 1, ith, nth, &t0, &t1);
-
-    wrk_cpu_mm(c, ith, nth, &L->sh_in, a->u, H, T, a->t, 2 * S, NULL, false);
-    if (E) wrk_cpu_mm(c, ith, nth, &L->router, a->u, H, T, a->rl, E, NULL, false);
-    wrk_pool_barrier(c->pool);
-    for (int t = t0; t < t1; t++) {
-        const float *tr = a->t + (size_t)t * 2 * S;
-        float *gr = a->g + (size_t)t * S;
-        for (int i = 0; i < S; i++)
-            gr[i] = silu(tr[i]) * tr[S + i];
-        if (E) route(a->rl + (size_t)t * E, E, K, a->sel + (size_t)t * K, a->wt + (size_t)t * K);
-    }
-    wrk_pool_barrier(c->pool);
-    wrk_cpu_mm(c, ith, nth, &L->sh_out, a->g, S, T, a->f, H, NULL, false);
-    if (!E) {
-        wrk_pool_barrier(c->pool);
-        return;
-    }
     if (ith == 0) { /* group the (token, expert) pairs by expert: a counting sort */
         int32_t *st = a->start;
         memset(st, 0, (size_t)(E + 1) * sizeof *st);
@@ -270,14 +309,17 @@ static void mlp(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_granite_layer_t *L
     int r0, r1;
     wrk_split(T * K, 1, ith, nth, &r0, &r1);
     for (int r = r0; r < r1; r++)
-        memcpy(a->xg + (size_t)r * H, a->u + (size_t)a->row_tok[r] * H, (size_t)H * sizeof(float));
+        memcpy(a->xg + (size_t)r * H, u + (size_t)a->row_tok[r] * H, (size_t)H * sizeof(float));
     wrk_pool_barrier(c->pool);
     for (int e = 0; e < E; e++) {
         const int n = a->start[e + 1] - a->start[e];
         if (!n) continue;
-        const wrk_mat_t w = wrk_granite_expert(&L->ex_in, e);
-        wrk_cpu_mm(c, ith, nth, &w, a->xg + (size_t)a->start[e] * H, H, n,
-                   a->tg + (size_t)a->start[e] * 2 * F, 2 * F, NULL, false);
+        wrk_mat_t gate, up, down;
+        expert(ctx, e, &gate, &up, &down);
+        const float *x = a->xg + (size_t)a->start[e] * H;
+        float *y = a->tg + (size_t)a->start[e] * 2 * F;
+        wrk_cpu_mm(c, ith, nth, &gate, x, H, n, y, 2 * F, NULL, false);
+        if (up.data) wrk_cpu_mm(c, ith, nth, &up, x, H, n, y + F, 2 * F, NULL, false);
     }
     wrk_pool_barrier(c->pool);
     for (int r = r0; r < r1; r++) {
@@ -290,13 +332,14 @@ static void mlp(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_granite_layer_t *L
     for (int e = 0; e < E; e++) {
         const int n = a->start[e + 1] - a->start[e];
         if (!n) continue;
-        const wrk_mat_t w = wrk_granite_expert(&L->ex_out, e);
-        wrk_cpu_mm(c, ith, nth, &w, a->ug + (size_t)a->start[e] * F, F, n,
+        wrk_mat_t gate, up, down;
+        expert(ctx, e, &gate, &up, &down);
+        wrk_cpu_mm(c, ith, nth, &down, a->ug + (size_t)a->start[e] * F, F, n,
                    a->og + (size_t)a->start[e] * H, H, NULL, false);
     }
     wrk_pool_barrier(c->pool);
     for (int t = t0; t < t1; t++) {
-        float *fr = a->f + (size_t)t * H;
+        float *fr = out + (size_t)t * H;
         const int32_t *ro = a->row_of + (size_t)t * K;
         const float *wt = a->wt + (size_t)t * K;
         for (int i = 0; i < H; i++) {
@@ -307,6 +350,48 @@ static void mlp(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_granite_layer_t *L
         }
     }
     wrk_pool_barrier(c->pool);
+}
+
+/* Granite's stacked experts: the e-th matrices of [E][2F x H] and [E][H x F]. */
+static void granite_expert(const void *ctx, int e, wrk_mat_t *gate, wrk_mat_t *up,
+                           wrk_mat_t *down)
+{
+    const wrk_granite_layer_t *L = ctx;
+    *gate = wrk_granite_expert(&L->ex_in, e);
+    *up = (wrk_mat_t){0};
+    *down = wrk_granite_expert(&L->ex_out, e);
+}
+
+/* Shared MLP into a->f, then (with experts) the MoE added to it. Ends after a barrier. */
+static void mlp(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_granite_layer_t *L)
+{
+    wrk_cpu_t *c = f->c;
+    granite_ctx_t *a = f->a;
+    const wrk_granite_config_t *cfg = &((const wrk_granite_t *)c->m->priv)->cfg;
+    const int H = cfg->mx.hidden, S = cfg->shared_dim, F = cfg->expert_dim;
+    const int E = cfg->n_experts, K = cfg->top_k, T = f->T;
+    int t0, t1;
+    wrk_split(T, 1, ith, nth, &t0, &t1);
+
+    wrk_cpu_mm(c, ith, nth, &L->sh_in, a->u, H, T, a->t, 2 * S, NULL, false);
+    if (E) wrk_cpu_mm(c, ith, nth, &L->router, a->u, H, T, a->moe.rl, E, NULL, false);
+    wrk_pool_barrier(c->pool);
+    for (int t = t0; t < t1; t++) {
+        const float *tr = a->t + (size_t)t * 2 * S;
+        float *gr = a->g + (size_t)t * S;
+        for (int i = 0; i < S; i++)
+            gr[i] = silu(tr[i]) * tr[S + i];
+        if (E)
+            route(a->moe.rl + (size_t)t * E, E, K, a->moe.sel + (size_t)t * K,
+                  a->moe.wt + (size_t)t * K);
+    }
+    wrk_pool_barrier(c->pool);
+    wrk_cpu_mm(c, ith, nth, &L->sh_out, a->g, S, T, a->f, H, NULL, false);
+    if (!E) {
+        wrk_pool_barrier(c->pool);
+        return;
+    }
+    wrk_moe_cpu(c, ith, nth, &a->moe, granite_expert, L, H, F, E, K, T, a->u, a->f);
 }
 
 static void forward(void *arg, int ith, int nth)
@@ -322,14 +407,7 @@ static void forward(void *arg, int ith, int nth)
     int t0, t1;
 
     wrk_cpu_embed(c, ith, nth, f->seqs, f->n_seqs);
-    if (ith == 0 && cfg->n_attn) {
-        int t = 0;
-        for (int s = 0; s < f->n_seqs; s++)
-            for (int j = 0; j < f->seqs[s].n_tokens; j++, t++) {
-                a->tok_slot[t] = f->seqs[s].slot;
-                a->tok_pos[t] = c->kv->n_tokens[f->seqs[s].slot] + j;
-            }
-    }
+    if (ith == 0 && cfg->n_attn) wrk_attn_positions(c, f->seqs, f->n_seqs, &a->ab);
     wrk_split(T, 1, ith, nth, &t0, &t1);
     wrk_pool_barrier(c->pool);
 

@@ -6,11 +6,37 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "workers/cpu/cpu_int.h"
-#include "workers/families/mamba.h"
+#include "workers/cpu/mamba_cpu.h"
+
+int wrk_mamba_bufs_alloc(const wrk_mamba_config_t *cfg, size_t T, wrk_mamba_bufs_t *b)
+{
+    const size_t I = cfg->inner, BC = (size_t)cfg->dt_rank + 2 * (size_t)cfg->d_state;
+    *b = (wrk_mamba_bufs_t){0};
+    b->xz = wrk_cpu_alloc_floats(T * 2 * I);
+    b->xc = wrk_cpu_alloc_floats(T * I);
+    b->dbc = wrk_cpu_alloc_floats(T * BC);
+    b->dt = wrk_cpu_alloc_floats(T * I);
+    b->y = wrk_cpu_alloc_floats(T * I);
+    if (!b->xz || !b->xc || !b->dbc || !b->dt || !b->y) {
+        wrk_mamba_bufs_free(b);
+        return RCD_ENOMEM;
+    }
+    return 0;
+}
+
+void wrk_mamba_bufs_free(wrk_mamba_bufs_t *b)
+{
+    free(b->xz);
+    free(b->xc);
+    free(b->dbc);
+    free(b->dt);
+    free(b->y);
+    *b = (wrk_mamba_bufs_t){0};
+}
 
 typedef struct mamba_ctx {
-    float *u, *xz, *xc, *dbc, *dt, *y; /* activations for max_step_tokens rows */
+    float *u; /* [T x H] normed layer input */
+    wrk_mamba_bufs_t mb;
 } mamba_ctx_t;
 
 static void cpu_free(void *ctx)
@@ -18,33 +44,82 @@ static void cpu_free(void *ctx)
     mamba_ctx_t *a = ctx;
     if (!a) return;
     free(a->u);
-    free(a->xz);
-    free(a->xc);
-    free(a->dbc);
-    free(a->dt);
-    free(a->y);
+    wrk_mamba_bufs_free(&a->mb);
     free(a);
 }
 
 static int cpu_init(struct wrk_cpu *c, void **ctx)
 {
     const wrk_mamba_config_t *cfg = &((const wrk_mamba_t *)wrk_cpu_layout(c))->cfg;
-    const size_t T = (size_t)c->base.max_step_tokens, H = cfg->hidden, I = cfg->inner;
-    const size_t BC = (size_t)cfg->dt_rank + 2 * (size_t)cfg->d_state;
+    const size_t T = (size_t)c->base.max_step_tokens, H = cfg->hidden;
     mamba_ctx_t *a = calloc(1, sizeof *a);
     if (!a) return RCD_ENOMEM;
     a->u = wrk_cpu_alloc_floats(T * H);
-    a->xz = wrk_cpu_alloc_floats(T * 2 * I);
-    a->xc = wrk_cpu_alloc_floats(T * I);
-    a->dbc = wrk_cpu_alloc_floats(T * BC);
-    a->dt = wrk_cpu_alloc_floats(T * I);
-    a->y = wrk_cpu_alloc_floats(T * I);
-    if (!a->u || !a->xz || !a->xc || !a->dbc || !a->dt || !a->y) {
+    if (!a->u || wrk_mamba_bufs_alloc(cfg, T, &a->mb)) {
         cpu_free(a);
         return RCD_ENOMEM;
     }
     *ctx = a;
     return 0;
+}
+
+void wrk_mamba_cpu_mixer(struct wrk_cpu *c, int ith, int nth, const wrk_mamba_config_t *cfg,
+                         const wrk_mamba_layer_t *L, const wrk_seq_t *seqs, int n_seqs, int T,
+                         size_t state_off, const float *u, const wrk_mamba_bufs_t *a, float *out,
+                         bool acc)
+{
+    const wrk_kern_t *k = c->k;
+    const int H = cfg->hidden, I = cfg->inner, N = cfg->d_state, K = cfg->d_conv;
+    const int R = cfg->dt_rank, ldbc = R + 2 * N;
+    int c0, c1;
+    /* Channels of the conv and the scan for this thread; dt_proj uses the same rows, so the
+     * scan reads only dt values this thread wrote. */
+    wrk_split(I, 16, ith, nth, &c0, &c1);
+
+    wrk_cpu_mm(c, ith, nth, &L->in_proj, u, H, T, a->xz, 2 * I, L->in_b, false);
+    wrk_pool_barrier(c->pool);
+    if (c1 > c0) {
+        int t = 0;
+        for (int s = 0; s < n_seqs; s++) {
+            float *win = wrk_cpu_slot(c, seqs[s].slot) + state_off;
+            k->conv_silu(seqs[s].n_tokens, c0, c1, I, K, a->xz + (size_t)t * 2 * I, 2 * I,
+                         L->conv_w, L->conv_b, win, a->xc + (size_t)t * I);
+            t += seqs[s].n_tokens;
+        }
+    }
+    wrk_pool_barrier(c->pool);
+    wrk_cpu_mm(c, ith, nth, &L->x_proj, a->xc, I, T, a->dbc, ldbc, NULL, false);
+    wrk_pool_barrier(c->pool);
+    wrk_cpu_all_reduce(c, ith, a->dbc, (size_t)T * ldbc);
+    if (L->dt_norm) { /* Jamba: RMSNorm of dt, B and C, each over its own width, in place */
+        int t0, t1;
+        wrk_split(T, 1, ith, nth, &t0, &t1);
+        for (int t = t0; t < t1; t++) {
+            float *r = a->dbc + (size_t)t * ldbc;
+            k->rmsnorm(r, r, L->dt_norm, R, cfg->eps);
+            k->rmsnorm(r + R, r + R, L->b_norm, N, cfg->eps);
+            k->rmsnorm(r + R + N, r + R + N, L->c_norm, N, cfg->eps);
+        }
+        wrk_pool_barrier(c->pool);
+    }
+    wrk_cpu_matmul(c, ith, &L->dt_proj, c0, c1, a->dbc, ldbc, T, a->dt, I, NULL, false);
+    if (c1 > c0) {
+        int t = 0;
+        for (int s = 0; s < n_seqs; s++) {
+            float *h = wrk_cpu_slot(c, seqs[s].slot) + state_off + (size_t)(K - 1) * I;
+            size_t o = (size_t)t;
+            k->scan(seqs[s].n_tokens, c0, c1, I, N, a->dt + o * I, L->dt_b, a->xc + o * I,
+                    a->xz + o * 2 * I + I, 2 * I, a->dbc + o * ldbc + R, ldbc, L->A, L->D, h,
+                    a->y + o * I);
+            t += seqs[s].n_tokens;
+        }
+    }
+    wrk_pool_barrier(c->pool);
+    /* TP: rank 0 adds its partial product (and the bias) to out, the others overwrite theirs
+     * with their partial product; the all-reduce sums the lot. */
+    wrk_cpu_mm(c, ith, nth, &L->out_proj, a->y, I, T, out, H, L->out_b, acc);
+    wrk_pool_barrier(c->pool);
+    wrk_cpu_all_reduce(c, ith, out, (size_t)T * H);
 }
 
 static void forward(void *arg, int ith, int nth)
@@ -56,16 +131,12 @@ static void forward(void *arg, int ith, int nth)
     const wrk_mamba_config_t *cfg = &mb->cfg;
     const bool lead = wrk_cpu_lead(c);
     const wrk_kern_t *k = c->k;
-    const int H = cfg->hidden, I = cfg->inner, N = cfg->d_state, K = cfg->d_conv;
-    const int R = cfg->dt_rank, T = f->T, ldbc = R + 2 * N;
+    const int H = cfg->hidden, T = f->T;
     const size_t layer_floats = wrk_mamba_layer_state_floats(cfg);
-    int t0, t1, c0, c1;
+    int t0, t1;
 
     wrk_cpu_embed(c, ith, nth, f->seqs, f->n_seqs);
     wrk_split(T, 1, ith, nth, &t0, &t1);
-    /* Channels of the conv and the scan for this thread; dt_proj uses the same rows, so the
-     * scan reads only dt values this thread wrote. */
-    wrk_split(I, 16, ith, nth, &c0, &c1);
     wrk_pool_barrier(c->pool);
 
     for (int l = 0; l < cfg->n_layers; l++) {
@@ -73,40 +144,9 @@ static void forward(void *arg, int ith, int nth)
         for (int t = t0; t < t1; t++)
             k->rmsnorm(a->u + (size_t)t * H, c->res + (size_t)t * H, L->norm_w, H, cfg->eps);
         wrk_pool_barrier(c->pool);
-        wrk_cpu_mm(c, ith, nth, &L->in_proj, a->u, H, T, a->xz, 2 * I, L->in_b, false);
-        wrk_pool_barrier(c->pool);
-        if (c1 > c0) {
-            int t = 0;
-            for (int s = 0; s < f->n_seqs; s++) {
-                float *win = wrk_cpu_slot(c, f->seqs[s].slot) + l * layer_floats;
-                k->conv_silu(f->seqs[s].n_tokens, c0, c1, I, K, a->xz + (size_t)t * 2 * I,
-                             2 * I, L->conv_w, L->conv_b, win, a->xc + (size_t)t * I);
-                t += f->seqs[s].n_tokens;
-            }
-        }
-        wrk_pool_barrier(c->pool);
-        wrk_cpu_mm(c, ith, nth, &L->x_proj, a->xc, I, T, a->dbc, ldbc, NULL, false);
-        wrk_pool_barrier(c->pool);
-        wrk_cpu_all_reduce(c, ith, a->dbc, (size_t)T * ldbc);
-        wrk_cpu_matmul(c, ith, &L->dt_proj, c0, c1, a->dbc, ldbc, T, a->dt, I, NULL, false);
-        if (c1 > c0) {
-            int t = 0;
-            for (int s = 0; s < f->n_seqs; s++) {
-                float *h = wrk_cpu_slot(c, f->seqs[s].slot) + l * layer_floats +
-                           (size_t)(K - 1) * I;
-                size_t o = (size_t)t;
-                k->scan(f->seqs[s].n_tokens, c0, c1, I, N, a->dt + o * I, L->dt_b,
-                        a->xc + o * I, a->xz + o * 2 * I + I, 2 * I, a->dbc + o * ldbc + R, ldbc,
-                        L->A, L->D, h, a->y + o * I);
-                t += f->seqs[s].n_tokens;
-            }
-        }
-        wrk_pool_barrier(c->pool);
-        /* TP: rank 0 adds its partial product (and the bias) to the residual, the others
-         * overwrite theirs with their partial product; the all-reduce sums the lot. */
-        wrk_cpu_mm(c, ith, nth, &L->out_proj, a->y, I, T, c->res, H, L->out_b, lead);
-        wrk_pool_barrier(c->pool);
-        wrk_cpu_all_reduce(c, ith, c->res, (size_t)T * H);
+        /* TP: rank 0 adds its partial product (and the bias) to the residual. */
+        wrk_mamba_cpu_mixer(c, ith, nth, cfg, L, f->seqs, f->n_seqs, T, l * layer_floats, a->u,
+                            &a->mb, c->res, lead);
     }
     if (lead) wrk_cpu_logits(c, ith, nth, f->seqs, f->n_seqs, f->n_rows);
 }

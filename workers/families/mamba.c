@@ -59,6 +59,42 @@ static size_t params_floats(const wrk_mamba_config_t *c)
     return c->n_layers * per + H;
 }
 
+size_t wrk_mamba_mixer_floats(const wrk_mamba_config_t *c)
+{
+    const size_t H = c->hidden, I = c->inner, N = c->d_state, K = c->d_conv;
+    return 2 * I + K * I + I + I + N * I + I + H;
+}
+
+int wrk_mamba_bind_mixer(wrk_binder_t *b, const wrk_mamba_config_t *c, const char *prefix,
+                         wrk_mamba_layer_t *L)
+{
+    const int H = c->hidden, I = c->inner, N = c->d_state, K = c->d_conv, R = c->dt_rank;
+    char name[192];
+    int rc;
+#define NAME(s) (snprintf(name, sizeof name, "%s%s", prefix, s), name)
+    if ((rc = wrk_bind_mat(b, NAME("in_proj.weight"), 2 * I, H, &L->in_proj))) return rc;
+    if (c->use_bias && (rc = wrk_bind_vec(b, NAME("in_proj.bias"), 2 * I, &L->in_b))) return rc;
+    if ((rc = wrk_bind_conv(b, NAME("conv1d.weight"), I, K, &L->conv_w))) return rc;
+    if (c->use_conv_bias && (rc = wrk_bind_vec(b, NAME("conv1d.bias"), I, &L->conv_b))) return rc;
+    if ((rc = wrk_bind_mat(b, NAME("x_proj.weight"), R + 2 * N, I, &L->x_proj))) return rc;
+    if ((rc = wrk_bind_mat(b, NAME("dt_proj.weight"), I, R, &L->dt_proj))) return rc;
+    if ((rc = wrk_bind_vec(b, NAME("dt_proj.bias"), I, &L->dt_b))) return rc;
+    const wrk_st_tensor_t *al = NULL;
+    if ((rc = wrk_take_tensor(b->m, NAME("A_log"), 2, (int64_t[]){I, N}, &al, b->err, b->errlen)))
+        return rc;
+    float *A = b->next;
+    b->next += (size_t)N * I;
+    for (int ch = 0; ch < I; ch++)
+        for (int n = 0; n < N; n++)
+            A[(size_t)n * I + ch] = -expf(wrk_tensor_f32(al, (size_t)ch * N + n));
+    L->A = A;
+    if ((rc = wrk_bind_vec(b, NAME("D"), I, &L->D))) return rc;
+    if ((rc = wrk_bind_mat(b, NAME("out_proj.weight"), H, I, &L->out_proj))) return rc;
+    if (c->use_bias && (rc = wrk_bind_vec(b, NAME("out_proj.bias"), H, &L->out_b))) return rc;
+#undef NAME
+    return 0;
+}
+
 static int mamba_load(wrk_model_t *m, char *err, size_t errlen)
 {
     wrk_mamba_t *mb = m->priv;
@@ -83,29 +119,8 @@ static int mamba_load(wrk_model_t *m, char *err, size_t errlen)
         wrk_mamba_layer_t *L = &mb->layers[l];
 #define NAME(s) (snprintf(name, sizeof name, "backbone.layers.%d.%s", l, s), name)
         if ((rc = wrk_bind_vec(&b, NAME("norm.weight"), H, &L->norm_w))) return rc;
-        if ((rc = wrk_bind_mat(&b, NAME("mixer.in_proj.weight"), 2 * I, H, &L->in_proj))) return rc;
-        if (c->use_bias && (rc = wrk_bind_vec(&b, NAME("mixer.in_proj.bias"), 2 * I, &L->in_b)))
-            return rc;
-        if ((rc = wrk_bind_conv(&b, NAME("mixer.conv1d.weight"), I, K, &L->conv_w))) return rc;
-        if (c->use_conv_bias && (rc = wrk_bind_vec(&b, NAME("mixer.conv1d.bias"), I, &L->conv_b)))
-            return rc;
-        if ((rc = wrk_bind_mat(&b, NAME("mixer.x_proj.weight"), R + 2 * N, I, &L->x_proj)))
-            return rc;
-        if ((rc = wrk_bind_mat(&b, NAME("mixer.dt_proj.weight"), I, R, &L->dt_proj))) return rc;
-        if ((rc = wrk_bind_vec(&b, NAME("mixer.dt_proj.bias"), I, &L->dt_b))) return rc;
-        const wrk_st_tensor_t *al = NULL;
-        if ((rc = wrk_take_tensor(m, NAME("mixer.A_log"), 2, (int64_t[]){I, N}, &al, err, errlen)))
-            return rc;
-        float *A = b.next;
-        b.next += (size_t)N * I;
-        for (int ch = 0; ch < I; ch++)
-            for (int n = 0; n < N; n++)
-                A[(size_t)n * I + ch] = -expf(wrk_tensor_f32(al, (size_t)ch * N + n));
-        L->A = A;
-        if ((rc = wrk_bind_vec(&b, NAME("mixer.D"), I, &L->D))) return rc;
-        if ((rc = wrk_bind_mat(&b, NAME("mixer.out_proj.weight"), H, I, &L->out_proj))) return rc;
-        if (c->use_bias && (rc = wrk_bind_vec(&b, NAME("mixer.out_proj.bias"), H, &L->out_b)))
-            return rc;
+        snprintf(name, sizeof name, "backbone.layers.%d.mixer.", l);
+        if ((rc = wrk_mamba_bind_mixer(&b, c, name, L))) return rc;
 #undef NAME
     }
     /* State layout, per layer: conv window then SSM state. */

@@ -32,6 +32,9 @@ typedef struct wrk_mamba_layer {
     const float *D;       /* [I] */
     wrk_mat_t out_proj;   /* [H x I] */
     const float *out_b;   /* [H] or NULL */
+    /* Jamba's RMSNorms of x_proj's dt [R], B [N] and C [N] parts (eps = cfg eps); NULL for
+     * Mamba. */
+    const float *dt_norm, *b_norm, *c_norm;
 } wrk_mamba_layer_t;
 
 typedef struct wrk_mamba {
@@ -50,6 +53,16 @@ static inline size_t wrk_mamba_layer_state_floats(const wrk_mamba_config_t *c)
 {
     return (size_t)(c->d_conv - 1) * c->inner + (size_t)c->d_state * c->inner;
 }
+
+/* ---- the Mamba (v1) mixer, shared with the hybrids that use it (Jamba) ------------------- */
+
+/* Binds one mixer's tensors, named prefix + "in_proj.weight", "conv1d.weight"/".bias",
+ * "x_proj.weight", "dt_proj.weight"/".bias", "A_log", "D", "out_proj.weight" (+ in/out biases
+ * when c->use_bias), into L (all but norm_w and the Jamba norms), the small ones converted to
+ * fp32 through b, which advances by at most wrk_mamba_mixer_floats(c). */
+int wrk_mamba_bind_mixer(wrk_binder_t *b, const wrk_mamba_config_t *c, const char *prefix,
+                         wrk_mamba_layer_t *L);
+size_t wrk_mamba_mixer_floats(const wrk_mamba_config_t *c);
 
 /* Tensor-parallel shard by inner channels (tp_shard.c). */
 int wrk_mamba_shard(const wrk_model_t *m, int rank, int size, wrk_shard_t **out, char *err,

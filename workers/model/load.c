@@ -49,6 +49,7 @@ cleanup:
 
 static const wrk_family_i *const families[] = {&wrk_family_mamba, &wrk_family_mamba2,
                                                &wrk_family_granite, &wrk_family_recurrentgemma,
+                                               &wrk_family_nemotronh, &wrk_family_jamba,
                                                &wrk_family_qwen3next};
 #define N_FAMILIES (sizeof families / sizeof families[0])
 

@@ -84,8 +84,10 @@ struct wrk_model {
 
 extern const wrk_family_i wrk_family_mamba;
 extern const wrk_family_i wrk_family_mamba2;
+extern const wrk_family_i wrk_family_jamba;
 extern const wrk_family_i wrk_family_granite;
 extern const wrk_family_i wrk_family_recurrentgemma;
+extern const wrk_family_i wrk_family_nemotronh;
 extern const wrk_family_i wrk_family_qwen3next;
 
 /* Hashes config (canonical form), the tensor table and every weight byte into m->info's

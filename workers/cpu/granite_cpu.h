@@ -1,0 +1,64 @@
+/* workers/cpu: Granite 4.0-H's attention over the paged KV cache and its grouped top-k MoE,
+ * shared with the hybrids that have the same blocks (Jamba). */
+#ifndef RCD_WRK_GRANITE_CPU_H
+#define RCD_WRK_GRANITE_CPU_H
+
+#include "workers/cpu/cpu_int.h"
+
+/* One GQA attention layer's weights and geometry. */
+typedef struct wrk_attn_w {
+    wrk_mat_t q, k, v, o;           /* [NQ hd x H], [NKV hd x H] x2, [H x NQ hd] */
+    const float *qb, *kb, *vb, *ob; /* or NULL */
+    int hidden, n_q, n_kv, head_dim;
+    float scale;           /* softmax scale */
+    const float *inv_freq; /* [head_dim / 2] RoPE inverse frequencies, or NULL: no positions */
+    int kv_layer;          /* index among the attention layers */
+} wrk_attn_w_t;
+
+/* Attention activations for up to T tokens. tok_slot / tok_pos (slot and absolute position
+ * of every token of the step) are filled by the family before its first attention layer. */
+typedef struct wrk_attn_bufs {
+    float *q, *k, *v, *att;
+    float *scores; /* per thread: the KV capacity */
+    size_t scores_floats;
+    int32_t *tok_slot, *tok_pos;
+} wrk_attn_bufs_t;
+int wrk_attn_bufs_alloc(struct wrk_cpu *c, int n_q, int n_kv, int head_dim, size_t T,
+                        wrk_attn_bufs_t *b);
+void wrk_attn_bufs_free(wrk_attn_bufs_t *b);
+/* tok_slot / tok_pos of the batch (thread 0; positions continue from the KV length). */
+void wrk_attn_positions(struct wrk_cpu *c, const wrk_seq_t *seqs, int n_seqs,
+                        const wrk_attn_bufs_t *b);
+
+/* q, k, v projections of u [T x H], RoPE when inv_freq, K/V appended to the paged cache,
+ * causal softmax attention over every stored position (query head h reads KV head
+ * h / (NQ / NKV)), o_proj into out [T x H]. All pool threads; ends after a barrier. */
+void wrk_attn_cpu(struct wrk_cpu *c, int ith, int nth, const wrk_attn_w_t *w,
+                  const wrk_attn_bufs_t *b, int T, const float *u, float *out);
+
+/* Top-k MoE activations for up to T tokens. */
+typedef struct wrk_moe_bufs {
+    float *rl;                /* [T x E] router logits */
+    int32_t *sel;             /* [T x k] chosen experts, ascending */
+    float *wt;                /* [T x k] their weights */
+    int32_t *row_of;          /* [T x k] row of (token, j) in the grouped buffers */
+    int32_t *row_tok;         /* [T k] token of each grouped row */
+    int32_t *start;           /* [E + 1] first grouped row of each expert */
+    float *xg, *tg, *ug, *og; /* [T k x H], [T k x 2F], [T k x F], [T k x H] */
+} wrk_moe_bufs_t;
+int wrk_moe_bufs_alloc(int H, int F, int E, int k, size_t T, wrk_moe_bufs_t *b);
+void wrk_moe_bufs_free(wrk_moe_bufs_t *b);
+
+/* Expert e's matrices: its gate/up projection either fused ([2F x H], gate rows first; up.data
+ * NULL) or as two [F x H] matrices, and its down projection [H x F]. */
+typedef void (*wrk_moe_expert_fn)(const void *ctx, int e, wrk_mat_t *gate, wrk_mat_t *up,
+                                  wrk_mat_t *down);
+
+/* out [T x H] += sum over each token's k experts of wt * down(silu(gate u) * up u), with
+ * b->sel / b->wt filled and a barrier passed since. Tokens are grouped per expert (a counting
+ * sort) so each expert's weights are read once. All pool threads; ends after a barrier. */
+void wrk_moe_cpu(struct wrk_cpu *c, int ith, int nth, const wrk_moe_bufs_t *b,
+                 wrk_moe_expert_fn expert, const void *ctx, int H, int F, int E, int k, int T,
+                 const float *u, float *out);
+
+#endif
