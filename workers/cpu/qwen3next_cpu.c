@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "workers/cpu/cpu_int.h"
+#include "workers/cpu/granite_cpu.h"
 #include "workers/families/qwen3next.h"
 
 typedef struct q3n_ctx {
@@ -34,12 +35,7 @@ typedef struct q3n_ctx {
     /* MLPs */
     float *t1, *t2; /* [T x max(ffn, shared)] gate, up */
     float *sg;      /* [T] shared expert gate logit */
-    /* MoE */
-    float *rl;
-    int32_t *sel;
-    float *wt;
-    int32_t *row_of, *row_tok, *start;
-    float *xg, *gg, *ug, *og; /* [TK x H], [TK x F] x2, [TK x H] */
+    wrk_moe_bufs_t mb; /* MoE: Granite's grouped top-k buffers (granite_cpu.h) */
 } q3n_ctx_t;
 
 static void cpu_free(void *ctx)
@@ -48,10 +44,10 @@ static void cpu_free(void *ctx)
     if (!a) return;
     void *bufs[] = {a->u,  a->o,   a->f,      a->pz,      a->pba,    a->xc,  a->yc,  a->z,
                     a->core, a->hs, a->qg,    a->q,       a->k,      a->v,   a->att, a->scores,
-                    a->tok_slot, a->tok_pos, a->t1, a->t2, a->sg,   a->rl,  a->sel, a->wt,
-                    a->row_of, a->row_tok, a->start, a->xg, a->gg,   a->ug,  a->og};
+                    a->tok_slot, a->tok_pos, a->t1, a->t2, a->sg};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         free(bufs[i]);
+    wrk_moe_bufs_free(&a->mb);
     free(a);
 }
 
@@ -65,7 +61,6 @@ static int cpu_init(struct wrk_cpu *c, void **ctx)
     bool any_moe = false;
     for (int l = 0; l < cfg->n_layers; l++)
         any_moe |= cfg->moe[l];
-    const size_t TK = any_moe ? T * cfg->top_k : 0, F = cfg->expert_dim;
     q3n_ctx_t *a = calloc(1, sizeof *a);
     if (!a) return RCD_ENOMEM;
     bool ok = (a->u = wrk_cpu_alloc_floats(T * H)) && (a->o = wrk_cpu_alloc_floats(T * H)) &&
@@ -88,15 +83,9 @@ static int cpu_init(struct wrk_cpu *c, void **ctx)
              (a->tok_slot = malloc(T * sizeof(int32_t))) &&
              (a->tok_pos = malloc(T * sizeof(int32_t)));
     }
-    if (ok && any_moe) {
-        ok = (a->sg = wrk_cpu_alloc_floats(T)) && (a->rl = wrk_cpu_alloc_floats(T * E)) &&
-             (a->sel = malloc(TK * sizeof(int32_t))) && (a->wt = wrk_cpu_alloc_floats(TK)) &&
-             (a->row_of = malloc(TK * sizeof(int32_t))) &&
-             (a->row_tok = malloc(TK * sizeof(int32_t))) &&
-             (a->start = malloc((E + 1) * sizeof(int32_t))) &&
-             (a->xg = wrk_cpu_alloc_floats(TK * H)) && (a->gg = wrk_cpu_alloc_floats(TK * F)) &&
-             (a->ug = wrk_cpu_alloc_floats(TK * F)) && (a->og = wrk_cpu_alloc_floats(TK * H));
-    }
+    if (ok && any_moe)
+        ok = (a->sg = wrk_cpu_alloc_floats(T)) &&
+             wrk_moe_bufs_alloc((int)H, cfg->expert_dim, (int)E, cfg->top_k, T, &a->mb) == 0;
     if (!ok) {
         cpu_free(a);
         return RCD_ENOMEM;
@@ -398,8 +387,18 @@ static void route(const float *rl, int E, int k, bool norm, int32_t *sel, float 
     }
 }
 
-/* The sparse MoE block into a->f: the shared expert times sigmoid(shared_expert_gate x) plus
- * the routed experts' weighted sum. Ends after a barrier. */
+/* Qwen3-Next's experts: separate gate and up matrices per expert. */
+static void q3n_expert(const void *ctx, int e, wrk_mat_t *gate, wrk_mat_t *up, wrk_mat_t *down)
+{
+    const wrk_qwen3next_layer_t *L = ctx;
+    *gate = L->ex_gate[e];
+    *up = L->ex_up[e];
+    *down = L->ex_down[e];
+}
+
+/* The sparse MoE block into a->f: the shared expert times sigmoid(shared_expert_gate x), then
+ * the routed experts' weighted sum added by Granite's grouped MoE (wrk_moe_cpu). Ends after a
+ * barrier. */
 static void moe(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_qwen3next_layer_t *L)
 {
     wrk_cpu_t *c = f->c;
@@ -411,74 +410,19 @@ static void moe(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_qwen3next_layer_t 
     wrk_split(T, 1, ith, nth, &t0, &t1);
 
     if (S > 0) swiglu(f, ith, nth, &L->gate, &L->up, &L->down, S, a->f);
-    wrk_cpu_mm(c, ith, nth, &L->router, a->u, H, T, a->rl, E, NULL, false);
+    wrk_cpu_mm(c, ith, nth, &L->router, a->u, H, T, a->mb.rl, E, NULL, false);
     wrk_cpu_mm(c, ith, nth, &L->sh_gate, a->u, H, T, a->sg, 1, NULL, false);
     wrk_pool_barrier(c->pool);
-    for (int t = t0; t < t1; t++)
-        route(a->rl + (size_t)t * E, E, K, cfg->norm_topk, a->sel + (size_t)t * K,
-              a->wt + (size_t)t * K);
-    wrk_pool_barrier(c->pool);
-    if (ith == 0) { /* group the (token, expert) pairs by expert: a counting sort */
-        int32_t *st = a->start;
-        memset(st, 0, (size_t)(E + 1) * sizeof *st);
-        for (int r = 0; r < T * K; r++)
-            st[a->sel[r] + 1]++;
-        for (int e = 0; e < E; e++)
-            st[e + 1] += st[e];
-        for (int t = 0; t < T; t++)
-            for (int j = 0; j < K; j++) {
-                const int e = a->sel[(size_t)t * K + j];
-                const int32_t row = st[e]++;
-                a->row_of[(size_t)t * K + j] = row;
-                a->row_tok[row] = t;
-            }
-        for (int e = E; e > 0; e--)
-            st[e] = st[e - 1];
-        st[0] = 0;
-    }
-    wrk_pool_barrier(c->pool);
-    int r0, r1;
-    wrk_split(T * K, 1, ith, nth, &r0, &r1);
-    for (int r = r0; r < r1; r++)
-        memcpy(a->xg + (size_t)r * H, a->u + (size_t)a->row_tok[r] * H, (size_t)H * sizeof(float));
-    wrk_pool_barrier(c->pool);
-    for (int e = 0; e < E; e++) {
-        const int n = a->start[e + 1] - a->start[e];
-        if (!n) continue;
-        const float *x = a->xg + (size_t)a->start[e] * H;
-        wrk_cpu_mm(c, ith, nth, &L->ex_gate[e], x, H, n, a->gg + (size_t)a->start[e] * F, F, NULL,
-                   false);
-        wrk_cpu_mm(c, ith, nth, &L->ex_up[e], x, H, n, a->ug + (size_t)a->start[e] * F, F, NULL,
-                   false);
-    }
-    wrk_pool_barrier(c->pool);
-    for (int r = r0; r < r1; r++) {
-        float *gr = a->gg + (size_t)r * F;
-        const float *ur = a->ug + (size_t)r * F;
-        for (int i = 0; i < F; i++)
-            gr[i] = silu(gr[i]) * ur[i];
-    }
-    wrk_pool_barrier(c->pool);
-    for (int e = 0; e < E; e++) {
-        const int n = a->start[e + 1] - a->start[e];
-        if (!n) continue;
-        wrk_cpu_mm(c, ith, nth, &L->ex_down[e], a->gg + (size_t)a->start[e] * F, F, n,
-                   a->og + (size_t)a->start[e] * H, H, NULL, false);
-    }
-    wrk_pool_barrier(c->pool);
     for (int t = t0; t < t1; t++) {
+        route(a->mb.rl + (size_t)t * E, E, K, cfg->norm_topk, a->mb.sel + (size_t)t * K,
+              a->mb.wt + (size_t)t * K);
         float *fr = a->f + (size_t)t * H;
-        const int32_t *ro = a->row_of + (size_t)t * K;
-        const float *wt = a->wt + (size_t)t * K;
         const float sgate = sigmoid(a->sg[t]);
-        for (int i = 0; i < H; i++) {
-            float acc = 0.f;
-            for (int j = 0; j < K; j++)
-                acc += a->og[(size_t)ro[j] * H + i] * wt[j];
-            fr[i] = S > 0 ? acc + sgate * fr[i] : acc;
-        }
+        for (int i = 0; i < H; i++)
+            fr[i] = S > 0 ? sgate * fr[i] : 0.f;
     }
     wrk_pool_barrier(c->pool);
+    wrk_moe_cpu(c, ith, nth, &a->mb, q3n_expert, L, H, F, E, K, T, a->u, a->f);
 }
 
 static void forward(void *arg, int ith, int nth)
