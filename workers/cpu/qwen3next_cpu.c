@@ -25,13 +25,8 @@ typedef struct q3n_ctx {
     float *hs;   /* per thread: 2 dk + 2 dv floats */
     size_t hs_floats;
     /* attention */
-    float *qg;     /* [T x 2 qd]: per head query, gate */
-    float *q;      /* [T x qd] normed, rotated query */
-    float *k, *v;  /* [T x kvd] */
-    float *att;    /* [T x qd] */
-    float *scores; /* per thread: the KV capacity */
-    size_t scores_floats;
-    int32_t *tok_slot, *tok_pos;
+    float *qg;          /* [T x 2 qd]: per head query, gate */
+    wrk_attn_bufs_t ab; /* q (normed, rotated), k, v, att, scores, tok_slot/tok_pos (granite_cpu.h) */
     /* MLPs */
     float *t1, *t2; /* [T x max(ffn, shared)] gate, up */
     float *sg;      /* [T] shared expert gate logit */
@@ -43,11 +38,11 @@ static void cpu_free(void *ctx)
     q3n_ctx_t *a = ctx;
     if (!a) return;
     void *bufs[] = {a->u,  a->o,   a->f,      a->pz,      a->pba,    a->xc,  a->yc,  a->z,
-                    a->core, a->hs, a->qg,    a->q,       a->k,      a->v,   a->att, a->scores,
-                    a->tok_slot, a->tok_pos, a->t1, a->t2, a->sg};
+                    a->core, a->hs, a->qg, a->t1, a->t2, a->sg};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         free(bufs[i]);
     wrk_moe_bufs_free(&a->mb);
+    wrk_attn_bufs_free(&a->ab);
     free(a);
 }
 
@@ -55,7 +50,7 @@ static int cpu_init(struct wrk_cpu *c, void **ctx)
 {
     const wrk_qwen3next_config_t *cfg = &((const wrk_qwen3next_t *)c->m->priv)->cfg;
     const size_t T = (size_t)c->base.max_step_tokens, H = cfg->hidden;
-    const size_t qd = (size_t)cfg->n_q * cfg->head_dim, kvd = (size_t)cfg->n_kv * cfg->head_dim;
+    const size_t qd = (size_t)cfg->n_q * cfg->head_dim;
     const size_t C = cfg->conv_dim, VD = cfg->value_dim, E = cfg->n_experts;
     size_t FM = cfg->ffn_dim > cfg->shared_dim ? cfg->ffn_dim : cfg->shared_dim;
     bool any_moe = false;
@@ -74,15 +69,9 @@ static int cpu_init(struct wrk_cpu *c, void **ctx)
              (a->z = wrk_cpu_alloc_floats(T * VD)) && (a->core = wrk_cpu_alloc_floats(T * VD)) &&
              (a->hs = wrk_cpu_alloc_floats((size_t)c->n_threads * a->hs_floats));
     }
-    if (ok && cfg->n_attn) {
-        a->scores_floats = c->kv ? (size_t)wrk_kv_capacity(c->kv) : 0;
-        ok = c->kv && (a->qg = wrk_cpu_alloc_floats(T * 2 * qd)) &&
-             (a->q = wrk_cpu_alloc_floats(T * qd)) && (a->k = wrk_cpu_alloc_floats(T * kvd)) &&
-             (a->v = wrk_cpu_alloc_floats(T * kvd)) && (a->att = wrk_cpu_alloc_floats(T * qd)) &&
-             (a->scores = wrk_cpu_alloc_floats((size_t)c->n_threads * a->scores_floats)) &&
-             (a->tok_slot = malloc(T * sizeof(int32_t))) &&
-             (a->tok_pos = malloc(T * sizeof(int32_t)));
-    }
+    if (ok && cfg->n_attn)
+        ok = (a->qg = wrk_cpu_alloc_floats(T * 2 * qd)) &&
+             wrk_attn_bufs_alloc(c, cfg->n_q, cfg->n_kv, cfg->head_dim, T, &a->ab) == 0;
     if (ok && any_moe)
         ok = (a->sg = wrk_cpu_alloc_floats(T)) &&
              wrk_moe_bufs_alloc((int)H, cfg->expert_dim, (int)E, cfg->top_k, T, &a->mb) == 0;
@@ -250,14 +239,14 @@ static void attention(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_qwen3next_la
     int t0, t1;
 
     wrk_cpu_mm(c, ith, nth, &L->q, a->u, H, T, a->qg, 2 * qd, L->qb, false);
-    wrk_cpu_mm(c, ith, nth, &L->k, a->u, H, T, a->k, kvd, L->kb, false);
-    wrk_cpu_mm(c, ith, nth, &L->v, a->u, H, T, a->v, kvd, L->vb, false);
+    wrk_cpu_mm(c, ith, nth, &L->k, a->u, H, T, a->ab.k, kvd, L->kb, false);
+    wrk_cpu_mm(c, ith, nth, &L->v, a->u, H, T, a->ab.v, kvd, L->vb, false);
     wrk_pool_barrier(c->pool);
     wrk_split(T, 1, ith, nth, &t0, &t1);
     for (int t = t0; t < t1; t++) {
-        const int slot = a->tok_slot[t];
-        const int32_t pos = a->tok_pos[t];
-        float *q = a->q + (size_t)t * qd, *k = a->k + (size_t)t * kvd;
+        const int slot = a->ab.tok_slot[t];
+        const int32_t pos = a->ab.tok_pos[t];
+        float *q = a->ab.q + (size_t)t * qd, *k = a->ab.k + (size_t)t * kvd;
         for (int h = 0; h < NQ; h++) {
             float *qh = q + (size_t)h * hd;
             memcpy(qh, a->qg + (size_t)t * 2 * qd + (size_t)h * 2 * hd, (size_t)hd * sizeof(float));
@@ -269,19 +258,19 @@ static void attention(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_qwen3next_la
             rope(k + (size_t)h * hd, cfg->rot_dim, pos, g->inv_freq);
         }
         memcpy(wrk_kv_at(kv, slot, L->idx, 0, pos), k, (size_t)kvd * sizeof(float));
-        memcpy(wrk_kv_at(kv, slot, L->idx, 1, pos), a->v + (size_t)t * kvd,
+        memcpy(wrk_kv_at(kv, slot, L->idx, 1, pos), a->ab.v + (size_t)t * kvd,
                (size_t)kvd * sizeof(float));
     }
     wrk_pool_barrier(c->pool);
 
     int w0, w1;
-    float *sc = a->scores + (size_t)ith * a->scores_floats;
+    float *sc = a->ab.scores + (size_t)ith * a->ab.scores_floats;
     wrk_split(T * NQ, 1, ith, nth, &w0, &w1);
     for (int w = w0; w < w1; w++) {
         const int t = w / NQ, h = w % NQ, kh = h / rep;
-        const int slot = a->tok_slot[t];
-        const int32_t n = a->tok_pos[t] + 1;
-        const float *q = a->q + (size_t)t * qd + (size_t)h * hd;
+        const int slot = a->ab.tok_slot[t];
+        const int32_t n = a->ab.tok_pos[t] + 1;
+        const float *q = a->ab.q + (size_t)t * qd + (size_t)h * hd;
         float mx = -INFINITY;
         for (int32_t p0 = 0; p0 < n; p0 += bs) {
             const float *kb = wrk_kv_at(kv, slot, L->idx, 0, p0) + (size_t)kh * hd;
@@ -301,7 +290,7 @@ static void attention(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_qwen3next_la
             sum += sc[p];
         }
         const float inv = (float)(1.0 / sum);
-        float *out = a->att + (size_t)t * qd + (size_t)h * hd;
+        float *out = a->ab.att + (size_t)t * qd + (size_t)h * hd;
         memset(out, 0, (size_t)hd * sizeof(float));
         for (int32_t p0 = 0; p0 < n; p0 += bs) {
             const float *vb = wrk_kv_at(kv, slot, L->idx, 1, p0) + (size_t)kh * hd;
@@ -317,7 +306,7 @@ static void attention(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_qwen3next_la
             out[i] *= sigmoid(gate[i]);
     }
     wrk_pool_barrier(c->pool);
-    wrk_cpu_mm(c, ith, nth, &L->o, a->att, qd, T, a->o, H, L->ob, false);
+    wrk_cpu_mm(c, ith, nth, &L->o, a->ab.att, qd, T, a->o, H, L->ob, false);
     wrk_pool_barrier(c->pool);
 }
 
@@ -436,14 +425,7 @@ static void forward(void *arg, int ith, int nth)
     int t0, t1;
 
     wrk_cpu_embed(c, ith, nth, f->seqs, f->n_seqs);
-    if (ith == 0 && cfg->n_attn) {
-        int t = 0;
-        for (int s = 0; s < f->n_seqs; s++)
-            for (int j = 0; j < f->seqs[s].n_tokens; j++, t++) {
-                a->tok_slot[t] = f->seqs[s].slot;
-                a->tok_pos[t] = c->kv->n_tokens[f->seqs[s].slot] + j;
-            }
-    }
+    if (ith == 0 && cfg->n_attn) wrk_attn_positions(c, f->seqs, f->n_seqs, &a->ab);
     wrk_split(T, 1, ith, nth, &t0, &t1);
     wrk_pool_barrier(c->pool);
 
