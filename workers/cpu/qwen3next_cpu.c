@@ -26,10 +26,10 @@ typedef struct q3n_ctx {
     size_t hs_floats;
     /* attention */
     float *qg;          /* [T x 2 qd]: per head query, gate */
-    wrk_attn_bufs_t ab; /* q (normed, rotated), k, v, att, scores, tok_slot/tok_pos (granite_cpu.h) */
+    wrk_attn_bufs_t ab; /* q (normed, rotated), k, v, att, scores, positions */
     /* MLPs */
-    float *t1, *t2; /* [T x max(ffn, shared)] gate, up */
-    float *sg;      /* [T] shared expert gate logit */
+    float *t1, *t2;    /* [T x max(ffn, shared)] gate, up */
+    float *sg;         /* [T] shared expert gate logit */
     wrk_moe_bufs_t mb; /* MoE: Granite's grouped top-k buffers (granite_cpu.h) */
 } q3n_ctx_t;
 
@@ -37,8 +37,8 @@ static void cpu_free(void *ctx)
 {
     q3n_ctx_t *a = ctx;
     if (!a) return;
-    void *bufs[] = {a->u,  a->o,   a->f,      a->pz,      a->pba,    a->xc,  a->yc,  a->z,
-                    a->core, a->hs, a->qg, a->t1, a->t2, a->sg};
+    void *bufs[] = {a->u, a->o,    a->f,  a->pz, a->pba, a->xc, a->yc,
+                    a->z, a->core, a->hs, a->qg, a->t1,  a->t2, a->sg};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         free(bufs[i]);
     wrk_moe_bufs_free(&a->mb);
@@ -152,8 +152,7 @@ static void gdn(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_qwen3next_layer_t 
     wrk_split(C, 16, ith, nth, &c0, &c1);
     for (int s = 0, tb = 0; s < f->n_seqs; tb += f->seqs[s].n_tokens, s++)
         c->k->conv_silu(f->seqs[s].n_tokens, c0, c1, C, K, a->xc + (size_t)tb * C, C, L->conv_w,
-                        NULL, wrk_cpu_slot(c, f->seqs[s].slot) + lay_off,
-                        a->yc + (size_t)tb * C);
+                        NULL, wrk_cpu_slot(c, f->seqs[s].slot) + lay_off, a->yc + (size_t)tb * C);
     wrk_pool_barrier(c->pool);
 
     /* The delta rule, one (sequence, value head) per work item. */

@@ -282,8 +282,7 @@ static int bind_layer(wrk_binder_t *b, const wrk_qwen3next_config_t *c, int l,
 
 /* State: per GDN layer "layers.<l>.conv" [K-1][C] and "layers.<l>.recurrent" [nv][dk][dv],
  * then, with attention layers, "kv.n_tokens" (the positions the KV part holds). */
-static int describe_state(wrk_model_t *m, const wrk_qwen3next_config_t *c, char *err,
-                          size_t errlen)
+static int describe_state(wrk_model_t *m, const wrk_qwen3next_config_t *c, char *err, size_t errlen)
 {
     const int n = 2 * c->n_gdn + (c->n_attn > 0);
     m->state_tensors = wrk_model_alloc(m, (size_t)(n ? n : 1), sizeof *m->state_tensors);
@@ -324,11 +323,11 @@ static int qwen3next_load(wrk_model_t *m, char *err, size_t errlen)
     g->layers = wrk_model_alloc(m, (size_t)c->n_layers, sizeof *g->layers);
     g->inv_freq = wrk_model_alloc(m, (size_t)(c->head_dim / 2 + 1), sizeof(float));
     wrk_mat_t *ex = wrk_model_alloc(m, (size_t)n_moe * 3 * E + 1, sizeof(wrk_mat_t));
-    if (!g->layers || !g->inv_freq || !ex) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
+    if (!g->layers || !g->inv_freq || !ex)
+        return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
     wrk_binder_t b = {.m = m, .next = g->params, .err = err, .errlen = errlen};
     if ((rc = wrk_bind_mat(&b, "model.embed_tokens.weight", V, H, &m->embed))) return rc;
-    if ((rc = wrk_bind_vec_x(&b, "model.norm.weight", H, WRK_BIND_ONE_PLUS, &m->norm_f)))
-        return rc;
+    if ((rc = wrk_bind_vec_x(&b, "model.norm.weight", H, WRK_BIND_ONE_PLUS, &m->norm_f))) return rc;
     if ((rc = wrk_bind_lm_head(&b, c->tie_embeddings, V, H))) return rc;
     int n_attn = 0, n_gdn = 0;
     for (int l = 0; l < c->n_layers; l++) {
@@ -354,8 +353,8 @@ static int qwen3next_load(wrk_model_t *m, char *err, size_t errlen)
     for (size_t i = 0; i < sizeof w / sizeof w[0]; i++)
         if (w[i] > widest) widest = w[i];
     m->max_matmul_cols = widest;
-    const double gdn_f = (double)(2 * c->key_dim + 2 * c->value_dim + 2 * c->nv) * H +
-                         (double)H * c->value_dim;
+    const double gdn_f =
+        (double)(2 * c->key_dim + 2 * c->value_dim + 2 * c->nv) * H + (double)H * c->value_dim;
     const double attn_f = (double)(2 * qd + 2 * kvd) * H + (double)H * qd;
     double f = 0.0;
     for (int l = 0; l < c->n_layers; l++) {

@@ -40,8 +40,8 @@ typedef struct wrk_qwen3next_layer {
     int idx;                          /* index among the layers of its kind (state / KV layer) */
     const float *in_norm, *post_norm; /* [H], 1 + w */
     /* Gated DeltaNet */
-    wrk_mat_t qkvz; /* [2 key_dim + 2 value_dim x H], per key head: q, k, v (r dv), z (r dv) */
-    wrk_mat_t ba;   /* [2 nv x H], per key head: b (r), a (r) */
+    wrk_mat_t qkvz;      /* [2 key_dim + 2 value_dim x H], per key head: q, k, v (r dv), z (r dv) */
+    wrk_mat_t ba;        /* [2 nv x H], per key head: b (r), a (r) */
     const float *conv_w; /* [K x C], tap K-1 newest, channels q | k | v */
     const float *dt_b;   /* [nv] */
     const float *A;      /* [nv] = -exp(A_log) */
@@ -52,9 +52,9 @@ typedef struct wrk_qwen3next_layer {
     const float *qb, *kb, *vb, *ob;
     const float *q_norm, *k_norm; /* [hd], 1 + w */
     /* MLP */
-    wrk_mat_t gate, up, down;                   /* dense: [F x H] x2, [H x F]; shared expert */
-    wrk_mat_t router, sh_gate;                  /* [E x H], [1 x H] */
-    wrk_mat_t *ex_gate, *ex_up, *ex_down;       /* [E] each */
+    wrk_mat_t gate, up, down;             /* dense: [F x H] x2, [H x F]; shared expert */
+    wrk_mat_t router, sh_gate;            /* [E x H], [1 x H] */
+    wrk_mat_t *ex_gate, *ex_up, *ex_down; /* [E] each */
 } wrk_qwen3next_layer_t;
 
 typedef struct wrk_qwen3next {
@@ -75,7 +75,7 @@ static inline size_t wrk_qwen3next_layer_state_floats(const wrk_qwen3next_config
     return wrk_qwen3next_conv_floats(c) + (size_t)c->nv * c->dk * c->dv;
 }
 
-int wrk_qwen3next_config_parse(const char *json, size_t len, wrk_qwen3next_config_t *cfg,
-                               char *err, size_t errlen);
+int wrk_qwen3next_config_parse(const char *json, size_t len, wrk_qwen3next_config_t *cfg, char *err,
+                               size_t errlen);
 
 #endif
