@@ -7,6 +7,7 @@
 #include "workers/families/mamba.h"
 #include "workers/families/granite.h"
 #include "workers/families/jamba.h"
+#include "workers/families/qwen3next.h"
 #include "workers/families/mamba2.h"
 #include "workers/families/recurrentgemma.h"
 
@@ -95,6 +96,26 @@ static void jamba(const char *json, size_t size)
     }
 }
 
+static void qwen3next(const char *json, size_t size)
+{
+    wrk_qwen3next_config_t cfg;
+    char err[256] = "";
+    if (wrk_qwen3next_config_parse(json, size, &cfg, err, sizeof err) == 0) {
+        bool any_moe = false;
+        for (int l = 0; l < cfg.n_layers; l++)
+            any_moe |= cfg.moe[l];
+        if (cfg.vocab < 1 || cfg.hidden < 1 || cfg.n_layers < 1 || !(cfg.eps > 0) ||
+            cfg.n_q < 1 || cfg.n_kv < 1 || cfg.n_q % cfg.n_kv || cfg.nk < 1 || cfg.nv % cfg.nk ||
+            cfg.d_conv < 1 || cfg.rot_dim % 2 || cfg.rot_dim > cfg.head_dim ||
+            cfg.n_attn + cfg.n_gdn != cfg.n_layers ||
+            cfg.conv_dim != 2 * cfg.nk * cfg.dk + cfg.nv * cfg.dv ||
+            (any_moe && (cfg.top_k < 1 || cfg.top_k > cfg.n_experts)))
+            abort();
+    } else if (!err[0]) {
+        abort();
+    }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     mamba((const char *)data, size);
@@ -102,5 +123,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     recurrentgemma((const char *)data, size);
     granite((const char *)data, size);
     jamba((const char *)data, size);
+    qwen3next((const char *)data, size);
     return 0;
 }

@@ -11,7 +11,8 @@
 static const wrk_cpu_family_i *const families[] = {&wrk_cpu_mamba, &wrk_cpu_mamba2,
                                                    &wrk_cpu_granite, &wrk_cpu_recurrentgemma,
                                                    &wrk_cpu_nemotronh, &wrk_cpu_jamba,
-                                                   &wrk_cpu_falconh1};
+                                                   &wrk_cpu_falconh1,
+                                                   &wrk_cpu_qwen3next};
 
 static const wrk_cpu_family_i *find_family(wrk_family_t f)
 {

@@ -69,6 +69,7 @@ extern const wrk_cpu_family_i wrk_cpu_recurrentgemma;
 extern const wrk_cpu_family_i wrk_cpu_nemotronh;
 extern const wrk_cpu_family_i wrk_cpu_jamba;
 extern const wrk_cpu_family_i wrk_cpu_falconh1;
+extern const wrk_cpu_family_i wrk_cpu_qwen3next;
 
 typedef struct wrk_cpu {
     wrk_backend_t base;

@@ -59,6 +59,11 @@ typedef struct wrk_kern {
     void (*scan)(int T, int c0, int c1, int I, int N, const float *dt, const float *dt_b,
                  const float *xc, const float *z, int ldz, const float *bc, int ldbc,
                  const float *A, const float *D, float *h, float *y);
+    /* One token of the gated delta rule on one head's state S [dk][dv] (Gated DeltaNet):
+     * S <- decay S; d = beta (v - S^T k); S += k (x) d; o = S^T q. Lanes run over dv; each
+     * output's arithmetic depends only on its column, never on how many tokens a step has. */
+    void (*delta_rule)(int dk, int dv, float *S, const float *k, const float *q, const float *v,
+                       float beta, float decay, float *o);
     /* Vector exp/softplus/silu, exposed for the kernel tests. */
     void (*vexp)(float *y, const float *x, int n);
     void (*vsoftplus)(float *y, const float *x, int n);

@@ -708,6 +708,45 @@ static void KFN(conv_silu)(int T, int c0, int c1, int I, int K, const float *x, 
     }
 }
 
+static void KFN(delta_rule)(int dk, int dv, float *S, const float *k, const float *q,
+                            const float *v, float beta, float decay, float *o)
+{
+    int e = 0;
+    for (; e + VW <= dv; e += VW) {
+        const vf dc = KFN(splat)(decay);
+        vf u = KFN(splat)(0.f), acc = KFN(splat)(0.f);
+        for (int i = 0; i < dk; i++) {
+            float *Si = S + (size_t)i * dv + e;
+            const vf s = KFN(ld)(Si) * dc;
+            KFN(st)(Si, s);
+            u += s * KFN(splat)(k[i]);
+        }
+        const vf d = (KFN(ld)(v + e) - u) * KFN(splat)(beta);
+        for (int i = 0; i < dk; i++) {
+            float *Si = S + (size_t)i * dv + e;
+            const vf s = KFN(ld)(Si) + KFN(splat)(k[i]) * d;
+            KFN(st)(Si, s);
+            acc += s * KFN(splat)(q[i]);
+        }
+        KFN(st)(o + e, acc);
+    }
+    for (; e < dv; e++) {
+        float u = 0.f, acc = 0.f;
+        for (int i = 0; i < dk; i++) {
+            float *Si = S + (size_t)i * dv + e;
+            *Si *= decay;
+            u += *Si * k[i];
+        }
+        const float d = (v[e] - u) * beta;
+        for (int i = 0; i < dk; i++) {
+            float *Si = S + (size_t)i * dv + e;
+            *Si += k[i] * d;
+            acc += *Si * q[i];
+        }
+        o[e] = acc;
+    }
+}
+
 static void KFN(scan)(int T, int c0, int c1, int I, int N, const float *dt, const float *dt_b,
                       const float *xc, const float *z, int ldz, const float *bc, int ldbc,
                       const float *A, const float *D, float *h, float *y)
@@ -756,6 +795,7 @@ static const wrk_kern_t KFN(table) = {
     .rmsnorm = KFN(rmsnorm),
     .conv_silu = KFN(conv_silu),
     .scan = KFN(scan),
+    .delta_rule = KFN(delta_rule),
     .vexp = KFN(vexp),
     .vsoftplus = KFN(vsoftplus),
 };

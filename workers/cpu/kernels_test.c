@@ -500,6 +500,47 @@ static void test_conv(void)
     }
 }
 
+/* The gated delta rule against a double-precision reference, dv with and without a
+ * vector tail, several tokens in a row on the same state. */
+static void test_delta_rule(void)
+{
+    unsigned seed = 23;
+    enum { DK = 7, DVMAX = 37, TOK = 4 };
+    const int dvs[] = {16, 37, 5};
+    for (int ii = 0; ii < 3; ii++) {
+        const wrk_kern_t *kr = wrk_kern_select(isas[ii]);
+        if (!kr) continue;
+        for (int di = 0; di < 3; di++) {
+            const int dv = dvs[di];
+            float S[DK * DVMAX], k[DK], q[DK], v[DVMAX], o[DVMAX];
+            double R[DK * DVMAX];
+            for (int i = 0; i < DK * dv; i++) R[i] = S[i] = frand(&seed);
+            double worst = 0;
+            for (int t = 0; t < TOK; t++) {
+                for (int i = 0; i < DK; i++) k[i] = frand(&seed), q[i] = frand(&seed);
+                for (int e = 0; e < dv; e++) v[e] = frand(&seed);
+                const float beta = 0.5f + 0.4f * frand(&seed), decay = 0.9f + 0.05f * frand(&seed);
+                kr->delta_rule(DK, dv, S, k, q, v, beta, decay, o);
+                for (int e = 0; e < dv; e++) {
+                    double u = 0, acc = 0;
+                    for (int i = 0; i < DK; i++) {
+                        R[i * dv + e] *= decay;
+                        u += R[i * dv + e] * k[i];
+                    }
+                    const double d = (v[e] - u) * beta;
+                    for (int i = 0; i < DK; i++) {
+                        R[i * dv + e] += k[i] * d;
+                        acc += R[i * dv + e] * q[i];
+                    }
+                    worst = fmax(worst, fabs(acc - o[e]));
+                }
+                for (int i = 0; i < DK * dv; i++) worst = fmax(worst, fabs(R[i] - S[i]));
+            }
+            CHECK_MSG(worst < 1e-5, "%s delta rule dv=%d err %g", isas[ii], dv, worst);
+        }
+    }
+}
+
 static void test_scan(void)
 {
     unsigned seed = 5;
@@ -623,6 +664,7 @@ int main(int argc, char **argv)
     RUN(test_matmul_bf16_dp_exact);
     RUN(test_conv);
     RUN(test_scan);
+    RUN(test_delta_rule);
     RUN(test_rmsnorm);
     RUN(test_pool);
     return rcd_test_summary();

@@ -50,7 +50,8 @@ cleanup:
 static const wrk_family_i *const families[] = {&wrk_family_mamba, &wrk_family_mamba2,
                                                &wrk_family_granite, &wrk_family_recurrentgemma,
                                                &wrk_family_nemotronh, &wrk_family_jamba,
-                                               &wrk_family_falconh1};
+                                               &wrk_family_falconh1,
+                                               &wrk_family_qwen3next};
 #define N_FAMILIES (sizeof families / sizeof families[0])
 
 /* Reads architectures[0] and picks the family by model_type. */

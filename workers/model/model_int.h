@@ -94,6 +94,7 @@ extern const wrk_family_i wrk_family_granite;
 extern const wrk_family_i wrk_family_recurrentgemma;
 extern const wrk_family_i wrk_family_nemotronh;
 extern const wrk_family_i wrk_family_falconh1;
+extern const wrk_family_i wrk_family_qwen3next;
 
 /* Hashes config (canonical form), the tensor table and every weight byte into m->info's
  * fingerprint and weight_bytes (fingerprint.c). */
