@@ -247,6 +247,23 @@ static void attention(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_granite_laye
     wrk_attn_cpu(f->c, ith, nth, &w, &a->ab, f->T, a->u, a->o);
 }
 
+void wrk_topk(const float *v, int n, int k, int32_t *idx, float *val)
+{
+    int have = 0;
+    for (int e = 0; e < n; e++) {
+        const float x = v[e];
+        if (have == k && !(x > val[k - 1])) continue;
+        int j = have < k ? have++ : k - 1;
+        while (j > 0 && x > val[j - 1]) {
+            val[j] = val[j - 1];
+            idx[j] = idx[j - 1];
+            j--;
+        }
+        val[j] = x;
+        idx[j] = e;
+    }
+}
+
 /* Router of one token: top-k of the E logits (descending, ties to the lower index, as
  * torch.topk), softmax over those k only; stored in ascending expert order, the order
  * transformers sums the experts in. */
@@ -254,19 +271,7 @@ static void route(const float *rl, int E, int k, int32_t *sel, float *wt)
 {
     int32_t idx[WRK_GRANITE_MAX_TOPK];
     float lg[WRK_GRANITE_MAX_TOPK];
-    int n = 0;
-    for (int e = 0; e < E; e++) {
-        const float v = rl[e];
-        if (n == k && !(v > lg[k - 1])) continue;
-        int j = n < k ? n++ : k - 1;
-        while (j > 0 && v > lg[j - 1]) {
-            lg[j] = lg[j - 1];
-            idx[j] = idx[j - 1];
-            j--;
-        }
-        lg[j] = v;
-        idx[j] = e;
-    }
+    wrk_topk(rl, E, k, idx, lg);
     double sum = 0.0;
     float ex[WRK_GRANITE_MAX_TOPK];
     for (int j = 0; j < k; j++) {
@@ -284,30 +289,33 @@ static void route(const float *rl, int E, int k, int32_t *sel, float *wt)
     }
 }
 
+void wrk_moe_group(const int32_t *sel, int E, int K, int T, int32_t *start, int32_t *row_of,
+                   int32_t *row_tok)
+{
+    memset(start, 0, (size_t)(E + 1) * sizeof *start);
+    for (int r = 0; r < T * K; r++)
+        start[sel[r] + 1]++;
+    for (int e = 0; e < E; e++)
+        start[e + 1] += start[e];
+    for (int t = 0; t < T; t++)
+        for (int j = 0; j < K; j++) {
+            const int e = sel[(size_t)t * K + j];
+            const int32_t row = start[e]++;
+            row_of[(size_t)t * K + j] = row;
+            row_tok[row] = t;
+        }
+    for (int e = E; e > 0; e--)
+        start[e] = start[e - 1]; /* undo the fill's advance */
+    start[0] = 0;
+}
+
 void wrk_moe_cpu(struct wrk_cpu *c, int ith, int nth, const wrk_moe_bufs_t *a,
                  wrk_moe_expert_fn expert, const void *ctx, int H, int F, int E, int K, int T,
                  const float *u, float *out)
 {
     int t0, t1;
     wrk_split(T, 1, ith, nth, &t0, &t1);
-    if (ith == 0) { /* group the (token, expert) pairs by expert: a counting sort */
-        int32_t *st = a->start;
-        memset(st, 0, (size_t)(E + 1) * sizeof *st);
-        for (int r = 0; r < T * K; r++)
-            st[a->sel[r] + 1]++;
-        for (int e = 0; e < E; e++)
-            st[e + 1] += st[e];
-        for (int t = 0; t < T; t++)
-            for (int j = 0; j < K; j++) {
-                const int e = a->sel[(size_t)t * K + j];
-                const int32_t row = st[e]++;
-                a->row_of[(size_t)t * K + j] = row;
-                a->row_tok[row] = t;
-            }
-        for (int e = E; e > 0; e--)
-            st[e] = st[e - 1]; /* undo the fill's advance */
-        st[0] = 0;
-    }
+    if (ith == 0) wrk_moe_group(a->sel, E, K, T, a->start, a->row_of, a->row_tok);
     wrk_pool_barrier(c->pool);
     int r0, r1;
     wrk_split(T * K, 1, ith, nth, &r0, &r1);

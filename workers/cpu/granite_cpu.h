@@ -55,6 +55,16 @@ void wrk_moe_bufs_free(wrk_moe_bufs_t *b);
 typedef void (*wrk_moe_expert_fn)(const void *ctx, int e, wrk_mat_t *gate, wrk_mat_t *up,
                                   wrk_mat_t *down);
 
+/* The k largest of v[0..n) (k <= n), descending, ties to the lower index (as torch.topk):
+ * their indices into idx[k] and values into val[k]. */
+void wrk_topk(const float *v, int n, int k, int32_t *idx, float *val);
+
+/* Groups the T x k (token, expert) pairs of sel by expert, a counting sort: start [E + 1]
+ * gets each expert's first grouped row, row_of [T x k] the row of (token, j), row_tok [T k]
+ * the token of each row (rows of one expert in token order). One thread. */
+void wrk_moe_group(const int32_t *sel, int E, int k, int T, int32_t *start, int32_t *row_of,
+                   int32_t *row_tok);
+
 /* out [T x H] += sum over each token's k experts of wt * down(silu(gate u) * up u), with
  * b->sel / b->wt filled and a barrier passed since. Tokens are grouped per expert (a counting
  * sort) so each expert's weights are read once. All pool threads; ends after a barrier. */

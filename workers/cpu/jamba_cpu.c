@@ -76,19 +76,7 @@ static void route(const float *rl, int E, int k, int32_t *sel, float *wt)
         sum += expf(rl[e] - mx);
     int32_t idx[WRK_JAMBA_MAX_TOPK];
     float lg[WRK_JAMBA_MAX_TOPK];
-    int n = 0;
-    for (int e = 0; e < E; e++) {
-        const float v = rl[e];
-        if (n == k && !(v > lg[k - 1])) continue;
-        int j = n < k ? n++ : k - 1;
-        while (j > 0 && v > lg[j - 1]) {
-            lg[j] = lg[j - 1];
-            idx[j] = idx[j - 1];
-            j--;
-        }
-        lg[j] = v;
-        idx[j] = e;
-    }
+    wrk_topk(rl, E, k, idx, lg);
     for (int j = 0; j < k; j++) {
         int best = -1;
         for (int i = 0; i < k; i++)

@@ -218,24 +218,7 @@ static void moe(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_nemotronh_layer_t 
         route(cfg, L->corr, a->rl + (size_t)t * E, a->sc + (size_t)t * E, a->sel + (size_t)t * K,
               a->wt + (size_t)t * K);
     wrk_pool_barrier(c->pool);
-    if (ith == 0) { /* group the (token, expert) pairs by expert: a counting sort */
-        int32_t *st = a->start;
-        memset(st, 0, (size_t)(E + 1) * sizeof *st);
-        for (int r = 0; r < T * K; r++)
-            st[a->sel[r] + 1]++;
-        for (int e = 0; e < E; e++)
-            st[e + 1] += st[e];
-        for (int t = 0; t < T; t++)
-            for (int j = 0; j < K; j++) {
-                const int e = a->sel[(size_t)t * K + j];
-                const int32_t row = st[e]++;
-                a->row_of[(size_t)t * K + j] = row;
-                a->row_tok[row] = t;
-            }
-        for (int e = E; e > 0; e--)
-            st[e] = st[e - 1]; /* undo the fill's advance */
-        st[0] = 0;
-    }
+    if (ith == 0) wrk_moe_group(a->sel, E, K, T, a->start, a->row_of, a->row_tok);
     wrk_pool_barrier(c->pool);
     int r0, r1;
     wrk_split(T * K, 1, ith, nth, &r0, &r1);
