@@ -54,18 +54,8 @@ static int parse_layer_types(const cJSON *root, wrk_granite_config_t *cfg, char 
     return 0;
 }
 
-/* position_embedding_type: only "rope" enables positions (Granite 4.0-H says "nope"). */
-static int parse_positions(const cJSON *root, wrk_granite_config_t *cfg, char *err, size_t errlen)
+int wrk_granite_rope_theta(const cJSON *root, float *rope_theta, char *err, size_t errlen)
 {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "position_embedding_type");
-    cfg->rope = false;
-    cfg->rope_theta = 10000.f;
-    if (!v || cJSON_IsNull(v) || (cJSON_IsString(v) && !strcmp(v->valuestring, "nope"))) return 0;
-    if (!cJSON_IsString(v) || strcmp(v->valuestring, "rope") != 0)
-        return rcd_fail(RCD_EUNSUPPORTED, err, errlen,
-                        "config.json: \"position_embedding_type\" must be null, \"nope\" or "
-                        "\"rope\"");
-    cfg->rope = true;
     double theta = 10000.0;
     int rc;
     const cJSON *rp = cJSON_GetObjectItemCaseSensitive(root, "rope_parameters");
@@ -85,8 +75,23 @@ static int parse_positions(const cJSON *root, wrk_granite_config_t *cfg, char *e
     } else if ((rc = wrk_cfg_num(root, "rope_theta", theta, 1e-3, 1e12, &theta, err, errlen))) {
         return rc;
     }
-    cfg->rope_theta = (float)theta;
+    *rope_theta = (float)theta;
     return 0;
+}
+
+/* position_embedding_type: only "rope" enables positions (Granite 4.0-H says "nope"). */
+static int parse_positions(const cJSON *root, wrk_granite_config_t *cfg, char *err, size_t errlen)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "position_embedding_type");
+    cfg->rope = false;
+    cfg->rope_theta = 10000.f;
+    if (!v || cJSON_IsNull(v) || (cJSON_IsString(v) && !strcmp(v->valuestring, "nope"))) return 0;
+    if (!cJSON_IsString(v) || strcmp(v->valuestring, "rope") != 0)
+        return rcd_fail(RCD_EUNSUPPORTED, err, errlen,
+                        "config.json: \"position_embedding_type\" must be null, \"nope\" or "
+                        "\"rope\"");
+    cfg->rope = true;
+    return wrk_granite_rope_theta(root, &cfg->rope_theta, err, errlen);
 }
 
 /* Fields that depend on others or on a structure: layer_types, the KV heads (default: the
@@ -220,15 +225,9 @@ static int bind_layer(wrk_binder_t *b, const wrk_granite_config_t *c, int l, wrk
         (rc = wrk_bind_vec(b, NAME("post_attention_layernorm.weight"), H, &L->post_norm)))
         return rc;
     if (L->attn) {
-        if ((rc = wrk_bind_mat(b, NAME("self_attn.q_proj.weight"), qd, H, &L->q)) ||
-            (rc = wrk_bind_mat(b, NAME("self_attn.k_proj.weight"), kvd, H, &L->k)) ||
-            (rc = wrk_bind_mat(b, NAME("self_attn.v_proj.weight"), kvd, H, &L->v)) ||
-            (rc = wrk_bind_mat(b, NAME("self_attn.o_proj.weight"), H, qd, &L->o)))
-            return rc;
-        if (c->attn_bias && ((rc = wrk_bind_vec(b, NAME("self_attn.q_proj.bias"), qd, &L->qb)) ||
-                             (rc = wrk_bind_vec(b, NAME("self_attn.k_proj.bias"), kvd, &L->kb)) ||
-                             (rc = wrk_bind_vec(b, NAME("self_attn.v_proj.bias"), kvd, &L->vb)) ||
-                             (rc = wrk_bind_vec(b, NAME("self_attn.o_proj.bias"), H, &L->ob))))
+        if ((rc = wrk_bind_attn(
+                 b, NAME("self_attn."), H, qd, kvd, (wrk_mat_t *[]){&L->q, &L->k, &L->v, &L->o},
+                 c->attn_bias ? (const float **[]){&L->qb, &L->kb, &L->vb, &L->ob} : NULL)))
             return rc;
     } else {
         snprintf(name, sizeof name, "%smamba.", prefix);
@@ -252,27 +251,11 @@ static int bind_layer(wrk_binder_t *b, const wrk_granite_config_t *c, int l, wrk
  * layout), then, with attention layers, the position count the KV part holds. */
 static int describe_state(wrk_model_t *m, const wrk_granite_config_t *c, char *err, size_t errlen)
 {
-    const wrk_mamba2_config_t *mx = &c->mx;
-    const int n = 2 * c->n_mamba + (c->n_attn > 0);
-    m->state_tensors = wrk_model_alloc(m, (size_t)(n ? n : 1), sizeof *m->state_tensors);
-    if (!m->state_tensors) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
-    size_t off = 0;
-    int i = 0;
-    for (int l = 0; l < mx->n_layers; l++) {
-        if (c->attn[l]) continue;
-        off = wrk_mamba2_describe_state(mx, l, &m->state_tensors[i], off);
-        i += 2;
-    }
-    if (c->n_attn > 0) /* one uint64, not fp32 */
-        off = wrk_state_tensor_set(&m->state_tensors[i++], -1, "kv.n_tokens", 1, (int64_t[]){1},
-                                   sizeof(uint64_t), off);
-    m->info.state_bytes = off;
-    m->info.n_state_tensors = i;
-    m->info.state_tensors = m->state_tensors;
-    m->info.n_kv_layers = c->n_attn;
-    m->info.kv_width = c->n_kv * c->head_dim;
-    m->info.kv_bytes_per_token = (size_t)c->n_attn * 2 * m->info.kv_width * sizeof(float);
-    return 0;
+    bool mixer[WRK_GRANITE_MAX_LAYERS];
+    for (int l = 0; l < c->mx.n_layers; l++)
+        mixer[l] = !c->attn[l];
+    return wrk_describe_hybrid_state(m, c->mx.n_layers, mixer, wrk_mamba2_describe_state, &c->mx,
+                                     c->n_attn, c->n_kv * c->head_dim, err, errlen);
 }
 
 static int granite_load(wrk_model_t *m, char *err, size_t errlen)

@@ -58,6 +58,13 @@ static inline wrk_mat_t wrk_granite_expert(const wrk_mat_t *base, int e)
     return w;
 }
 
+struct cJSON;
+
+/* RoPE's theta from config.json's root: rope_parameters {"rope_type": "default", "rope_theta"}
+ * (what transformers 5.x writes) or a top-level rope_theta (default 10000); rope_scaling and
+ * any other rope_type are refused (RCD_EUNSUPPORTED). Shared with Falcon-H1. */
+int wrk_granite_rope_theta(const struct cJSON *root, float *rope_theta, char *err, size_t errlen);
+
 int wrk_granite_config_parse(const char *json, size_t len, wrk_granite_config_t *cfg, char *err,
                              size_t errlen);
 
