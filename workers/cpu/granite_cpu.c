@@ -404,6 +404,30 @@ static void mlp(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_granite_layer_t *L
     wrk_moe_cpu(c, ith, nth, &a->moe, granite_expert, L, H, F, E, K, T, a->u, a->f);
 }
 
+void wrk_hybrid_begin(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_attn_bufs_t *ab, int *t0,
+                      int *t1)
+{
+    wrk_cpu_t *c = f->c;
+    wrk_cpu_embed(c, ith, nth, f->seqs, f->n_seqs);
+    if (ith == 0 && ab) wrk_attn_positions(c, f->seqs, f->n_seqs, ab);
+    wrk_split(f->T, 1, ith, nth, t0, t1);
+    wrk_pool_barrier(c->pool);
+}
+
+void wrk_residual_norm(struct wrk_cpu *c, int t0, int t1, int H, const float *o, float m,
+                       const float *w, float eps, float *u)
+{
+    for (int t = t0; t < t1; t++) {
+        float *r = c->res + (size_t)t * H;
+        if (o) {
+            const float *ot = o + (size_t)t * H;
+            for (int i = 0; i < H; i++)
+                r[i] += ot[i] * m;
+        }
+        if (w) c->k->rmsnorm(u + (size_t)t * H, r, w, H, eps);
+    }
+}
+
 static void forward(void *arg, int ith, int nth)
 {
     wrk_cpu_fwd_t *f = arg;
@@ -412,19 +436,14 @@ static void forward(void *arg, int ith, int nth)
     const wrk_granite_t *g = c->m->priv;
     const wrk_granite_config_t *cfg = &g->cfg;
     const int H = cfg->mx.hidden, T = f->T;
-    const float rm = cfg->resid_mult;
+    const float rm = cfg->resid_mult, eps = cfg->mx.eps;
     const size_t layer_floats = wrk_mamba2_layer_state_floats(&cfg->mx);
     int t0, t1;
 
-    wrk_cpu_embed(c, ith, nth, f->seqs, f->n_seqs);
-    if (ith == 0 && cfg->n_attn) wrk_attn_positions(c, f->seqs, f->n_seqs, &a->ab);
-    wrk_split(T, 1, ith, nth, &t0, &t1);
-    wrk_pool_barrier(c->pool);
-
+    wrk_hybrid_begin(f, ith, nth, cfg->n_attn ? &a->ab : NULL, &t0, &t1);
     for (int l = 0; l < cfg->mx.n_layers; l++) {
         const wrk_granite_layer_t *L = &g->layers[l];
-        for (int t = t0; t < t1; t++)
-            c->k->rmsnorm(a->u + (size_t)t * H, c->res + (size_t)t * H, L->in_norm, H, cfg->mx.eps);
+        wrk_residual_norm(c, t0, t1, H, NULL, 0.f, L->in_norm, eps, a->u);
         wrk_pool_barrier(c->pool);
         if (L->attn)
             attention(f, ith, nth, L);
@@ -433,21 +452,10 @@ static void forward(void *arg, int ith, int nth)
                                      (size_t)L->idx * layer_floats,
                                      (size_t)L->idx * wrk_mamba2_spec_layer_floats(&cfg->mx),
                                      a->u, &a->mb, a->o, false);
-        for (int t = t0; t < t1; t++) {
-            float *r = c->res + (size_t)t * H;
-            const float *o = a->o + (size_t)t * H;
-            for (int i = 0; i < H; i++)
-                r[i] += o[i] * rm;
-            c->k->rmsnorm(a->u + (size_t)t * H, r, L->post_norm, H, cfg->mx.eps);
-        }
+        wrk_residual_norm(c, t0, t1, H, a->o, rm, L->post_norm, eps, a->u);
         wrk_pool_barrier(c->pool);
         mlp(f, ith, nth, L);
-        for (int t = t0; t < t1; t++) {
-            float *r = c->res + (size_t)t * H;
-            const float *o = a->f + (size_t)t * H;
-            for (int i = 0; i < H; i++)
-                r[i] += o[i] * rm;
-        }
+        wrk_residual_norm(c, t0, t1, H, a->f, rm, NULL, eps, NULL);
         wrk_pool_barrier(c->pool);
     }
     wrk_cpu_logits(c, ith, nth, f->seqs, f->n_seqs, f->n_rows);

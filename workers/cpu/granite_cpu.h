@@ -37,6 +37,16 @@ void wrk_attn_positions(struct wrk_cpu *c, const wrk_seq_t *seqs, int n_seqs,
 void wrk_attn_cpu(struct wrk_cpu *c, int ith, int nth, const wrk_attn_w_t *w,
                   const wrk_attn_bufs_t *b, int T, const float *u, float *out);
 
+/* The start of a hybrid's forward: the embeddings into c->res, with ab (not NULL) the step's
+ * tok_slot / tok_pos (thread 0), and this thread's tokens [*t0, *t1). Ends after a barrier. */
+void wrk_hybrid_begin(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_attn_bufs_t *ab, int *t0,
+                      int *t1);
+
+/* For tokens [t0, t1) of width H: c->res[t] += o[t] * m (o NULL: nothing added), then with w
+ * (not NULL) u[t] = rmsnorm(c->res[t]) * w. No barrier. */
+void wrk_residual_norm(struct wrk_cpu *c, int t0, int t1, int H, const float *o, float m,
+                       const float *w, float eps, float *u);
+
 /* Top-k MoE activations for up to T tokens. */
 typedef struct wrk_moe_bufs {
     float *rl;                /* [T x E] router logits */

@@ -277,15 +277,10 @@ static void forward(void *arg, int ith, int nth)
     const size_t layer_floats = wrk_mamba2_layer_state_floats(&cfg->mx);
     int t0, t1;
 
-    wrk_cpu_embed(c, ith, nth, f->seqs, f->n_seqs);
-    if (ith == 0 && cfg->n_attn) wrk_attn_positions(c, f->seqs, f->n_seqs, &a->ab);
-    wrk_split(T, 1, ith, nth, &t0, &t1);
-    wrk_pool_barrier(c->pool);
-
+    wrk_hybrid_begin(f, ith, nth, cfg->n_attn ? &a->ab : NULL, &t0, &t1);
     for (int l = 0; l < cfg->mx.n_layers; l++) {
         const wrk_nemotronh_layer_t *L = &g->layers[l];
-        for (int t = t0; t < t1; t++)
-            c->k->rmsnorm(a->u + (size_t)t * H, c->res + (size_t)t * H, L->norm, H, cfg->mx.eps);
+        wrk_residual_norm(c, t0, t1, H, NULL, 0.f, L->norm, cfg->mx.eps, a->u);
         wrk_pool_barrier(c->pool);
         switch (L->kind) {
         case WRK_NH_MAMBA:
@@ -314,12 +309,7 @@ static void forward(void *arg, int ith, int nth)
             moe(f, ith, nth, L, a->o);
             break;
         }
-        for (int t = t0; t < t1; t++) {
-            float *r = c->res + (size_t)t * H;
-            const float *o = a->o + (size_t)t * H;
-            for (int i = 0; i < H; i++)
-                r[i] += o[i];
-        }
+        wrk_residual_norm(c, t0, t1, H, a->o, 1.f, NULL, cfg->mx.eps, NULL);
         wrk_pool_barrier(c->pool);
     }
     wrk_cpu_logits(c, ith, nth, f->seqs, f->n_seqs, f->n_rows);
