@@ -99,16 +99,7 @@ static int derive(const cJSON *root, void *out, char *err, size_t errlen)
     long v;
     int rc;
     /* num_key_value_heads: absent is the class default 8, null is num_attention_heads. */
-    const cJSON *kv = cJSON_GetObjectItemCaseSensitive(root, "num_key_value_heads");
-    if ((rc = wrk_cfg_int(root, "num_key_value_heads", kv ? cfg->n_q : 8, 1, 1 << 12, &v, err,
-                          errlen)))
-        return rc;
-    cfg->n_kv = (int)v;
-    if (cfg->n_q % cfg->n_kv != 0)
-        return rcd_fail(RCD_EFORMAT, err, errlen,
-                        "config.json: num_attention_heads (%d) must be a multiple of "
-                        "num_key_value_heads (%d)",
-                        cfg->n_q, cfg->n_kv);
+    if ((rc = wrk_granite_kv_heads(root, cfg->n_q, 8, &cfg->n_kv, err, errlen))) return rc;
     const cJSON *hd = cJSON_GetObjectItemCaseSensitive(root, "head_dim");
     if (mx->hidden / cfg->n_q < 1 && (!hd || cJSON_IsNull(hd)))
         return rcd_fail(RCD_EFORMAT, err, errlen,

@@ -79,6 +79,23 @@ int wrk_granite_rope_theta(const cJSON *root, float *rope_theta, char *err, size
     return 0;
 }
 
+int wrk_granite_kv_heads(const cJSON *root, int n_q, int absent, int *n_kv, char *err,
+                         size_t errlen)
+{
+    long v;
+    const cJSON *kv = cJSON_GetObjectItemCaseSensitive(root, "num_key_value_heads");
+    int rc =
+        wrk_cfg_int(root, "num_key_value_heads", kv ? n_q : absent, 1, 1 << 12, &v, err, errlen);
+    if (rc) return rc;
+    *n_kv = (int)v;
+    if (n_q % *n_kv != 0)
+        return rcd_fail(RCD_EFORMAT, err, errlen,
+                        "config.json: num_attention_heads (%d) must be a multiple of "
+                        "num_key_value_heads (%d)",
+                        n_q, *n_kv);
+    return 0;
+}
+
 /* position_embedding_type: only "rope" enables positions (Granite 4.0-H says "nope"). */
 static int parse_positions(const cJSON *root, wrk_granite_config_t *cfg, char *err, size_t errlen)
 {
@@ -104,14 +121,7 @@ static int derive(const cJSON *root, void *out, char *err, size_t errlen)
     long v;
     int rc;
     if ((rc = parse_layer_types(root, cfg, err, errlen))) return rc;
-    if ((rc = wrk_cfg_int(root, "num_key_value_heads", cfg->n_q, 1, 1 << 12, &v, err, errlen)))
-        return rc;
-    cfg->n_kv = (int)v;
-    if (cfg->n_q % cfg->n_kv != 0)
-        return rcd_fail(RCD_EFORMAT, err, errlen,
-                        "config.json: num_attention_heads (%d) must be a multiple of "
-                        "num_key_value_heads (%d)",
-                        cfg->n_q, cfg->n_kv);
+    if ((rc = wrk_granite_kv_heads(root, cfg->n_q, cfg->n_q, &cfg->n_kv, err, errlen))) return rc;
     /* transformers takes config.head_dim when present, else hidden_size / heads. */
     if (mx->hidden / cfg->n_q < 1 && !cJSON_GetObjectItemCaseSensitive(root, "head_dim"))
         return rcd_fail(RCD_EFORMAT, err, errlen,

@@ -65,6 +65,11 @@ struct cJSON;
  * any other rope_type are refused (RCD_EUNSUPPORTED). Shared with Falcon-H1. */
 int wrk_granite_rope_theta(const struct cJSON *root, float *rope_theta, char *err, size_t errlen);
 
+/* num_key_value_heads into *n_kv: `absent` when the key is absent, n_q when it is null; it
+ * must divide n_q (RCD_EFORMAT). Shared with Nemotron-H, Jamba and Falcon-H1. */
+int wrk_granite_kv_heads(const struct cJSON *root, int n_q, int absent, int *n_kv, char *err,
+                         size_t errlen);
+
 int wrk_granite_config_parse(const char *json, size_t len, wrk_granite_config_t *cfg, char *err,
                              size_t errlen);
 

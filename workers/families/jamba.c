@@ -10,6 +10,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "workers/families/granite.h"
 #include "workers/families/jamba.h"
 #include "workers/model/cfg_json.h"
 
@@ -47,16 +48,7 @@ static int derive(const cJSON *root, void *out, char *err, size_t errlen)
         cfg->n_mamba += !cfg->attn[l];
         cfg->n_moe += cfg->moe[l];
     }
-    const cJSON *kvh = cJSON_GetObjectItemCaseSensitive(root, "num_key_value_heads");
-    if ((rc = wrk_cfg_int(root, "num_key_value_heads", kvh ? cfg->n_q : 8, 1, 1 << 12, &v, err,
-                          errlen)))
-        return rc;
-    cfg->n_kv = (int)v;
-    if (cfg->n_q % cfg->n_kv != 0)
-        return rcd_fail(RCD_EFORMAT, err, errlen,
-                        "config.json: num_attention_heads (%d) must be a multiple of "
-                        "num_key_value_heads (%d)",
-                        cfg->n_q, cfg->n_kv);
+    if ((rc = wrk_granite_kv_heads(root, cfg->n_q, 8, &cfg->n_kv, err, errlen))) return rc;
     /* transformers takes config.head_dim when present, else hidden_size / heads. */
     if (mx->hidden / cfg->n_q < 1 && !cJSON_GetObjectItemCaseSensitive(root, "head_dim"))
         return rcd_fail(RCD_EFORMAT, err, errlen,

@@ -10,6 +10,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "workers/families/granite.h"
 #include "workers/families/nemotronh.h"
 #include "workers/model/cfg_json.h"
 
@@ -126,14 +127,7 @@ static int derive(const cJSON *root, void *out, char *err, size_t errlen)
         (rc = wrk_cfg_int(root, "moe_latent_size", 1, 1, 1 << 16, &v, err, errlen)))
         return rc;
     cfg->latent = (int)v;
-    if ((rc = wrk_cfg_int(root, "num_key_value_heads", cfg->n_q, 1, 1 << 12, &v, err, errlen)))
-        return rc;
-    cfg->n_kv = (int)v;
-    if (cfg->n_q % cfg->n_kv != 0)
-        return rcd_fail(RCD_EFORMAT, err, errlen,
-                        "config.json: num_attention_heads (%d) must be a multiple of "
-                        "num_key_value_heads (%d)",
-                        cfg->n_q, cfg->n_kv);
+    if ((rc = wrk_granite_kv_heads(root, cfg->n_q, cfg->n_q, &cfg->n_kv, err, errlen))) return rc;
     cfg->attn_scale = (float)pow((double)cfg->head_dim, -0.5);
     /* transformers 5.23 builds exactly one shared expert whatever n_shared_experts says, and
      * drops the multi-token-prediction layers' weights. */
