@@ -41,7 +41,6 @@ static int parse_list(const cJSON *root, const char *key, int n, float *out, cha
 static int derive_mixer(const cJSON *root, wrk_falconh1_config_t *cfg, char *err, size_t errlen)
 {
     wrk_mamba2_config_t *mx = &cfg->mx;
-    long v;
     int rc;
     long I = (long)mx->expand * mx->hidden;
     const cJSON *ds = cJSON_GetObjectItemCaseSensitive(root, "mamba_d_ssm");
@@ -49,16 +48,7 @@ static int derive_mixer(const cJSON *root, wrk_falconh1_config_t *cfg, char *err
     if (ds && !cJSON_IsNull(ds) &&
         (rc = wrk_cfg_int(root, "mamba_d_ssm", 0, 1, 1 << 18, &I, err, errlen)))
         return rc;
-    if (I > 1 << 18)
-        return rcd_fail(RCD_EFORMAT, err, errlen,
-                        "config.json: mamba_expand * hidden_size (%ld) is larger than %d", I,
-                        1 << 18);
-    const cJSON *dh = cJSON_GetObjectItemCaseSensitive(root, "mamba_d_head");
-    v = I / mx->n_heads;
-    if (!(!dh || cJSON_IsNull(dh) || (cJSON_IsString(dh) && !strcmp(dh->valuestring, "auto"))) &&
-        (rc = wrk_cfg_int(root, "mamba_d_head", 0, 1, 4096, &v, err, errlen)))
-        return rc;
-    mx->head_dim = (int)v;
+    if ((rc = wrk_granite_mamba_d_head(root, I, mx, err, errlen))) return rc;
     if ((long)mx->n_heads * mx->head_dim != I)
         return rcd_fail(RCD_EFORMAT, err, errlen,
                         "config.json: mamba_n_heads * mamba_d_head (%ld) must equal mamba_d_ssm "

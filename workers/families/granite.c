@@ -96,6 +96,24 @@ int wrk_granite_kv_heads(const cJSON *root, int n_q, int absent, int *n_kv, char
     return 0;
 }
 
+int wrk_granite_mamba_d_head(const cJSON *root, long I, wrk_mamba2_config_t *mx, char *err,
+                             size_t errlen)
+{
+    long v;
+    int rc;
+    if (I > 1 << 18)
+        return rcd_fail(RCD_EFORMAT, err, errlen,
+                        "config.json: mamba_expand * hidden_size (%ld) is larger than %d", I,
+                        1 << 18);
+    const cJSON *dh = cJSON_GetObjectItemCaseSensitive(root, "mamba_d_head");
+    v = I / mx->n_heads;
+    if (!(!dh || cJSON_IsNull(dh) || (cJSON_IsString(dh) && !strcmp(dh->valuestring, "auto"))) &&
+        (rc = wrk_cfg_int(root, "mamba_d_head", 0, 1, 4096, &v, err, errlen)))
+        return rc;
+    mx->head_dim = (int)v;
+    return 0;
+}
+
 /* position_embedding_type: only "rope" enables positions (Granite 4.0-H says "nope"). */
 static int parse_positions(const cJSON *root, wrk_granite_config_t *cfg, char *err, size_t errlen)
 {
@@ -142,16 +160,7 @@ static int derive(const cJSON *root, void *out, char *err, size_t errlen)
                         "(%d)] (at most %d)",
                         cfg->top_k, cfg->n_experts, WRK_GRANITE_MAX_TOPK);
     const long I = (long)mx->expand * mx->hidden;
-    if (I > 1 << 18)
-        return rcd_fail(RCD_EFORMAT, err, errlen,
-                        "config.json: mamba_expand * hidden_size (%ld) is larger than %d", I,
-                        1 << 18);
-    const cJSON *dh = cJSON_GetObjectItemCaseSensitive(root, "mamba_d_head");
-    v = I / mx->n_heads;
-    if (!(!dh || cJSON_IsNull(dh) || (cJSON_IsString(dh) && !strcmp(dh->valuestring, "auto"))) &&
-        (rc = wrk_cfg_int(root, "mamba_d_head", 0, 1, 4096, &v, err, errlen)))
-        return rc;
-    mx->head_dim = (int)v;
+    if ((rc = wrk_granite_mamba_d_head(root, I, mx, err, errlen))) return rc;
     if ((long)mx->n_heads * mx->head_dim != I)
         return rcd_fail(RCD_EFORMAT, err, errlen,
                         "config.json: mamba_n_heads * mamba_d_head (%ld) must equal mamba_expand * "

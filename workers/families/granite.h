@@ -70,6 +70,12 @@ int wrk_granite_rope_theta(const struct cJSON *root, float *rope_theta, char *er
 int wrk_granite_kv_heads(const struct cJSON *root, int n_q, int absent, int *n_kv, char *err,
                          size_t errlen);
 
+/* The Mamba2 mixer's inner width I (at most 2^18, RCD_EFORMAT) and its head width
+ * mx->head_dim: mamba_d_head, or I / mamba_n_heads when it is absent, null or "auto". Shared
+ * with Falcon-H1. */
+int wrk_granite_mamba_d_head(const struct cJSON *root, long I, wrk_mamba2_config_t *mx, char *err,
+                             size_t errlen);
+
 int wrk_granite_config_parse(const char *json, size_t len, wrk_granite_config_t *cfg, char *err,
                              size_t errlen);
 
