@@ -1,5 +1,6 @@
-/* workers/cpu: Granite 4.0-H's attention over the paged KV cache and its grouped top-k MoE,
- * shared with the hybrids that have the same blocks (Nemotron-H, Jamba, Falcon-H1). */
+/* workers/cpu: Granite 4.0-H's attention over the paged KV cache, its grouped top-k MoE and
+ * its forward loop's steps, shared with the hybrids that have the same blocks (Nemotron-H,
+ * Jamba, Falcon-H1). */
 #ifndef RCD_WRK_GRANITE_CPU_H
 #define RCD_WRK_GRANITE_CPU_H
 
