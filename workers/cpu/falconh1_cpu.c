@@ -98,15 +98,10 @@ static void forward(void *arg, int ith, int nth)
     const float so = cfg->ssm_out_mult, ao = cfg->attn_out_mult, dm = cfg->mlp_down_mult;
     int t0, t1;
 
-    wrk_cpu_embed(c, ith, nth, f->seqs, f->n_seqs);
-    if (ith == 0) wrk_attn_positions(c, f->seqs, f->n_seqs, &a->ab);
-    wrk_split(T, 1, ith, nth, &t0, &t1);
-    wrk_pool_barrier(c->pool);
-
+    wrk_hybrid_begin(f, ith, nth, &a->ab, &t0, &t1);
     for (int l = 0; l < cfg->mx.n_layers; l++) {
         const wrk_falconh1_layer_t *L = &g->layers[l];
-        for (int t = t0; t < t1; t++)
-            c->k->rmsnorm(a->u + (size_t)t * H, c->res + (size_t)t * H, L->in_norm, H, cfg->mx.eps);
+        wrk_residual_norm(c, t0, t1, H, NULL, 0.f, L->in_norm, cfg->mx.eps, a->u);
         scale_rows(a->us, a->u, t0, t1, H, cfg->ssm_in_mult);
         scale_rows(a->ua, a->u, t0, t1, H, cfg->attn_in_mult);
         wrk_pool_barrier(c->pool);
@@ -138,12 +133,7 @@ static void forward(void *arg, int ith, int nth)
         }
         wrk_pool_barrier(c->pool);
         mlp(f, ith, nth, L, t0, t1);
-        for (int t = t0; t < t1; t++) {
-            float *r = c->res + (size_t)t * H;
-            const float *o = a->oa + (size_t)t * H;
-            for (int i = 0; i < H; i++)
-                r[i] += o[i] * dm;
-        }
+        wrk_residual_norm(c, t0, t1, H, a->oa, dm, NULL, cfg->mx.eps, NULL);
         wrk_pool_barrier(c->pool);
     }
     wrk_cpu_logits(c, ith, nth, f->seqs, f->n_seqs, f->n_rows);

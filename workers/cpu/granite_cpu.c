@@ -247,6 +247,23 @@ static void attention(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_granite_laye
     wrk_attn_cpu(f->c, ith, nth, &w, &a->ab, f->T, a->u, a->o);
 }
 
+void wrk_topk(const float *v, int n, int k, int32_t *idx, float *val)
+{
+    int have = 0;
+    for (int e = 0; e < n; e++) {
+        const float x = v[e];
+        if (have == k && !(x > val[k - 1])) continue;
+        int j = have < k ? have++ : k - 1;
+        while (j > 0 && x > val[j - 1]) {
+            val[j] = val[j - 1];
+            idx[j] = idx[j - 1];
+            j--;
+        }
+        val[j] = x;
+        idx[j] = e;
+    }
+}
+
 /* Router of one token: top-k of the E logits (descending, ties to the lower index, as
  * torch.topk), softmax over those k only; stored in ascending expert order, the order
  * transformers sums the experts in. */
@@ -254,19 +271,7 @@ static void route(const float *rl, int E, int k, int32_t *sel, float *wt)
 {
     int32_t idx[WRK_GRANITE_MAX_TOPK];
     float lg[WRK_GRANITE_MAX_TOPK];
-    int n = 0;
-    for (int e = 0; e < E; e++) {
-        const float v = rl[e];
-        if (n == k && !(v > lg[k - 1])) continue;
-        int j = n < k ? n++ : k - 1;
-        while (j > 0 && v > lg[j - 1]) {
-            lg[j] = lg[j - 1];
-            idx[j] = idx[j - 1];
-            j--;
-        }
-        lg[j] = v;
-        idx[j] = e;
-    }
+    wrk_topk(rl, E, k, idx, lg);
     double sum = 0.0;
     float ex[WRK_GRANITE_MAX_TOPK];
     for (int j = 0; j < k; j++) {
@@ -284,30 +289,33 @@ static void route(const float *rl, int E, int k, int32_t *sel, float *wt)
     }
 }
 
+void wrk_moe_group(const int32_t *sel, int E, int K, int T, int32_t *start, int32_t *row_of,
+                   int32_t *row_tok)
+{
+    memset(start, 0, (size_t)(E + 1) * sizeof *start);
+    for (int r = 0; r < T * K; r++)
+        start[sel[r] + 1]++;
+    for (int e = 0; e < E; e++)
+        start[e + 1] += start[e];
+    for (int t = 0; t < T; t++)
+        for (int j = 0; j < K; j++) {
+            const int e = sel[(size_t)t * K + j];
+            const int32_t row = start[e]++;
+            row_of[(size_t)t * K + j] = row;
+            row_tok[row] = t;
+        }
+    for (int e = E; e > 0; e--)
+        start[e] = start[e - 1]; /* undo the fill's advance */
+    start[0] = 0;
+}
+
 void wrk_moe_cpu(struct wrk_cpu *c, int ith, int nth, const wrk_moe_bufs_t *a,
                  wrk_moe_expert_fn expert, const void *ctx, int H, int F, int E, int K, int T,
                  const float *u, float *out)
 {
     int t0, t1;
     wrk_split(T, 1, ith, nth, &t0, &t1);
-    if (ith == 0) { /* group the (token, expert) pairs by expert: a counting sort */
-        int32_t *st = a->start;
-        memset(st, 0, (size_t)(E + 1) * sizeof *st);
-        for (int r = 0; r < T * K; r++)
-            st[a->sel[r] + 1]++;
-        for (int e = 0; e < E; e++)
-            st[e + 1] += st[e];
-        for (int t = 0; t < T; t++)
-            for (int j = 0; j < K; j++) {
-                const int e = a->sel[(size_t)t * K + j];
-                const int32_t row = st[e]++;
-                a->row_of[(size_t)t * K + j] = row;
-                a->row_tok[row] = t;
-            }
-        for (int e = E; e > 0; e--)
-            st[e] = st[e - 1]; /* undo the fill's advance */
-        st[0] = 0;
-    }
+    if (ith == 0) wrk_moe_group(a->sel, E, K, T, a->start, a->row_of, a->row_tok);
     wrk_pool_barrier(c->pool);
     int r0, r1;
     wrk_split(T * K, 1, ith, nth, &r0, &r1);
@@ -396,6 +404,30 @@ static void mlp(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_granite_layer_t *L
     wrk_moe_cpu(c, ith, nth, &a->moe, granite_expert, L, H, F, E, K, T, a->u, a->f);
 }
 
+void wrk_hybrid_begin(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_attn_bufs_t *ab, int *t0,
+                      int *t1)
+{
+    wrk_cpu_t *c = f->c;
+    wrk_cpu_embed(c, ith, nth, f->seqs, f->n_seqs);
+    if (ith == 0 && ab) wrk_attn_positions(c, f->seqs, f->n_seqs, ab);
+    wrk_split(f->T, 1, ith, nth, t0, t1);
+    wrk_pool_barrier(c->pool);
+}
+
+void wrk_residual_norm(struct wrk_cpu *c, int t0, int t1, int H, const float *o, float m,
+                       const float *w, float eps, float *u)
+{
+    for (int t = t0; t < t1; t++) {
+        float *r = c->res + (size_t)t * H;
+        if (o) {
+            const float *ot = o + (size_t)t * H;
+            for (int i = 0; i < H; i++)
+                r[i] += ot[i] * m;
+        }
+        if (w) c->k->rmsnorm(u + (size_t)t * H, r, w, H, eps);
+    }
+}
+
 static void forward(void *arg, int ith, int nth)
 {
     wrk_cpu_fwd_t *f = arg;
@@ -404,19 +436,14 @@ static void forward(void *arg, int ith, int nth)
     const wrk_granite_t *g = c->m->priv;
     const wrk_granite_config_t *cfg = &g->cfg;
     const int H = cfg->mx.hidden, T = f->T;
-    const float rm = cfg->resid_mult;
+    const float rm = cfg->resid_mult, eps = cfg->mx.eps;
     const size_t layer_floats = wrk_mamba2_layer_state_floats(&cfg->mx);
     int t0, t1;
 
-    wrk_cpu_embed(c, ith, nth, f->seqs, f->n_seqs);
-    if (ith == 0 && cfg->n_attn) wrk_attn_positions(c, f->seqs, f->n_seqs, &a->ab);
-    wrk_split(T, 1, ith, nth, &t0, &t1);
-    wrk_pool_barrier(c->pool);
-
+    wrk_hybrid_begin(f, ith, nth, cfg->n_attn ? &a->ab : NULL, &t0, &t1);
     for (int l = 0; l < cfg->mx.n_layers; l++) {
         const wrk_granite_layer_t *L = &g->layers[l];
-        for (int t = t0; t < t1; t++)
-            c->k->rmsnorm(a->u + (size_t)t * H, c->res + (size_t)t * H, L->in_norm, H, cfg->mx.eps);
+        wrk_residual_norm(c, t0, t1, H, NULL, 0.f, L->in_norm, eps, a->u);
         wrk_pool_barrier(c->pool);
         if (L->attn)
             attention(f, ith, nth, L);
@@ -425,21 +452,10 @@ static void forward(void *arg, int ith, int nth)
                                      (size_t)L->idx * layer_floats,
                                      (size_t)L->idx * wrk_mamba2_spec_layer_floats(&cfg->mx),
                                      a->u, &a->mb, a->o, false);
-        for (int t = t0; t < t1; t++) {
-            float *r = c->res + (size_t)t * H;
-            const float *o = a->o + (size_t)t * H;
-            for (int i = 0; i < H; i++)
-                r[i] += o[i] * rm;
-            c->k->rmsnorm(a->u + (size_t)t * H, r, L->post_norm, H, cfg->mx.eps);
-        }
+        wrk_residual_norm(c, t0, t1, H, a->o, rm, L->post_norm, eps, a->u);
         wrk_pool_barrier(c->pool);
         mlp(f, ith, nth, L);
-        for (int t = t0; t < t1; t++) {
-            float *r = c->res + (size_t)t * H;
-            const float *o = a->f + (size_t)t * H;
-            for (int i = 0; i < H; i++)
-                r[i] += o[i] * rm;
-        }
+        wrk_residual_norm(c, t0, t1, H, a->f, rm, NULL, eps, NULL);
         wrk_pool_barrier(c->pool);
     }
     wrk_cpu_logits(c, ith, nth, f->seqs, f->n_seqs, f->n_rows);

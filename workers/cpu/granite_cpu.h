@@ -1,5 +1,6 @@
-/* workers/cpu: Granite 4.0-H's attention over the paged KV cache and its grouped top-k MoE,
- * shared with the hybrids that have the same blocks (Nemotron-H, Jamba, Falcon-H1). */
+/* workers/cpu: Granite 4.0-H's attention over the paged KV cache, its grouped top-k MoE and
+ * its forward loop's steps, shared with the hybrids that have the same blocks (Nemotron-H,
+ * Jamba, Falcon-H1). */
 #ifndef RCD_WRK_GRANITE_CPU_H
 #define RCD_WRK_GRANITE_CPU_H
 
@@ -37,6 +38,16 @@ void wrk_attn_positions(struct wrk_cpu *c, const wrk_seq_t *seqs, int n_seqs,
 void wrk_attn_cpu(struct wrk_cpu *c, int ith, int nth, const wrk_attn_w_t *w,
                   const wrk_attn_bufs_t *b, int T, const float *u, float *out);
 
+/* The start of a hybrid's forward: the embeddings into c->res, with ab (not NULL) the step's
+ * tok_slot / tok_pos (thread 0), and this thread's tokens [*t0, *t1). Ends after a barrier. */
+void wrk_hybrid_begin(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_attn_bufs_t *ab, int *t0,
+                      int *t1);
+
+/* For tokens [t0, t1) of width H: c->res[t] += o[t] * m (o NULL: nothing added), then with w
+ * (not NULL) u[t] = rmsnorm(c->res[t]) * w. No barrier. */
+void wrk_residual_norm(struct wrk_cpu *c, int t0, int t1, int H, const float *o, float m,
+                       const float *w, float eps, float *u);
+
 /* Top-k MoE activations for up to T tokens. */
 typedef struct wrk_moe_bufs {
     float *rl;                /* [T x E] router logits */
@@ -54,6 +65,16 @@ void wrk_moe_bufs_free(wrk_moe_bufs_t *b);
  * NULL) or as two [F x H] matrices, and its down projection [H x F]. */
 typedef void (*wrk_moe_expert_fn)(const void *ctx, int e, wrk_mat_t *gate, wrk_mat_t *up,
                                   wrk_mat_t *down);
+
+/* The k largest of v[0..n) (k <= n), descending, ties to the lower index (as torch.topk):
+ * their indices into idx[k] and values into val[k]. */
+void wrk_topk(const float *v, int n, int k, int32_t *idx, float *val);
+
+/* Groups the T x k (token, expert) pairs of sel by expert, a counting sort: start [E + 1]
+ * gets each expert's first grouped row, row_of [T x k] the row of (token, j), row_tok [T k]
+ * the token of each row (rows of one expert in token order). One thread. */
+void wrk_moe_group(const int32_t *sel, int E, int k, int T, int32_t *start, int32_t *row_of,
+                   int32_t *row_tok);
 
 /* out [T x H] += sum over each token's k experts of wt * down(silu(gate u) * up u), with
  * b->sel / b->wt filled and a barrier passed since. Tokens are grouped per expert (a counting

@@ -76,19 +76,7 @@ static void route(const float *rl, int E, int k, int32_t *sel, float *wt)
         sum += expf(rl[e] - mx);
     int32_t idx[WRK_JAMBA_MAX_TOPK];
     float lg[WRK_JAMBA_MAX_TOPK];
-    int n = 0;
-    for (int e = 0; e < E; e++) {
-        const float v = rl[e];
-        if (n == k && !(v > lg[k - 1])) continue;
-        int j = n < k ? n++ : k - 1;
-        while (j > 0 && v > lg[j - 1]) {
-            lg[j] = lg[j - 1];
-            idx[j] = idx[j - 1];
-            j--;
-        }
-        lg[j] = v;
-        idx[j] = e;
-    }
+    wrk_topk(rl, E, k, idx, lg);
     for (int j = 0; j < k; j++) {
         int best = -1;
         for (int i = 0; i < k; i++)
@@ -151,18 +139,14 @@ static void forward(void *arg, int ith, int nth)
     const wrk_jamba_t *g = c->m->priv;
     const wrk_jamba_config_t *cfg = &g->cfg;
     const int H = cfg->mx.hidden, T = f->T;
+    const float eps = cfg->mx.eps;
     const size_t layer_floats = wrk_mamba_layer_state_floats(&cfg->mx);
     int t0, t1;
 
-    wrk_cpu_embed(c, ith, nth, f->seqs, f->n_seqs);
-    if (ith == 0 && cfg->n_attn) wrk_attn_positions(c, f->seqs, f->n_seqs, &a->ab);
-    wrk_split(T, 1, ith, nth, &t0, &t1);
-    wrk_pool_barrier(c->pool);
-
+    wrk_hybrid_begin(f, ith, nth, cfg->n_attn ? &a->ab : NULL, &t0, &t1);
     for (int l = 0; l < cfg->mx.n_layers; l++) {
         const wrk_jamba_layer_t *L = &g->layers[l];
-        for (int t = t0; t < t1; t++)
-            c->k->rmsnorm(a->u + (size_t)t * H, c->res + (size_t)t * H, L->in_norm, H, cfg->mx.eps);
+        wrk_residual_norm(c, t0, t1, H, NULL, 0.f, L->in_norm, eps, a->u);
         wrk_pool_barrier(c->pool);
         if (L->attn) {
             const wrk_attn_w_t w = {.q = L->q,
@@ -181,21 +165,10 @@ static void forward(void *arg, int ith, int nth)
                 c, ith, nth, &cfg->mx, &L->mx, f->seqs, f->n_seqs, T, (size_t)L->idx * layer_floats,
                 0 /* no verify entries: Jamba has no rollback yet */, a->u, &a->mb, a->o, false);
         }
-        for (int t = t0; t < t1; t++) {
-            float *r = c->res + (size_t)t * H;
-            const float *o = a->o + (size_t)t * H;
-            for (int i = 0; i < H; i++)
-                r[i] += o[i];
-            c->k->rmsnorm(a->u + (size_t)t * H, r, L->ff_norm, H, cfg->mx.eps);
-        }
+        wrk_residual_norm(c, t0, t1, H, a->o, 1.f, L->ff_norm, eps, a->u);
         wrk_pool_barrier(c->pool);
         feed_forward(f, ith, nth, L);
-        for (int t = t0; t < t1; t++) {
-            float *r = c->res + (size_t)t * H;
-            const float *o = a->o + (size_t)t * H;
-            for (int i = 0; i < H; i++)
-                r[i] += o[i];
-        }
+        wrk_residual_norm(c, t0, t1, H, a->o, 1.f, NULL, eps, NULL);
         wrk_pool_barrier(c->pool);
     }
     wrk_cpu_logits(c, ith, nth, f->seqs, f->n_seqs, f->n_rows);

@@ -218,24 +218,7 @@ static void moe(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_nemotronh_layer_t 
         route(cfg, L->corr, a->rl + (size_t)t * E, a->sc + (size_t)t * E, a->sel + (size_t)t * K,
               a->wt + (size_t)t * K);
     wrk_pool_barrier(c->pool);
-    if (ith == 0) { /* group the (token, expert) pairs by expert: a counting sort */
-        int32_t *st = a->start;
-        memset(st, 0, (size_t)(E + 1) * sizeof *st);
-        for (int r = 0; r < T * K; r++)
-            st[a->sel[r] + 1]++;
-        for (int e = 0; e < E; e++)
-            st[e + 1] += st[e];
-        for (int t = 0; t < T; t++)
-            for (int j = 0; j < K; j++) {
-                const int e = a->sel[(size_t)t * K + j];
-                const int32_t row = st[e]++;
-                a->row_of[(size_t)t * K + j] = row;
-                a->row_tok[row] = t;
-            }
-        for (int e = E; e > 0; e--)
-            st[e] = st[e - 1]; /* undo the fill's advance */
-        st[0] = 0;
-    }
+    if (ith == 0) wrk_moe_group(a->sel, E, K, T, a->start, a->row_of, a->row_tok);
     wrk_pool_barrier(c->pool);
     int r0, r1;
     wrk_split(T * K, 1, ith, nth, &r0, &r1);
@@ -294,15 +277,10 @@ static void forward(void *arg, int ith, int nth)
     const size_t layer_floats = wrk_mamba2_layer_state_floats(&cfg->mx);
     int t0, t1;
 
-    wrk_cpu_embed(c, ith, nth, f->seqs, f->n_seqs);
-    if (ith == 0 && cfg->n_attn) wrk_attn_positions(c, f->seqs, f->n_seqs, &a->ab);
-    wrk_split(T, 1, ith, nth, &t0, &t1);
-    wrk_pool_barrier(c->pool);
-
+    wrk_hybrid_begin(f, ith, nth, cfg->n_attn ? &a->ab : NULL, &t0, &t1);
     for (int l = 0; l < cfg->mx.n_layers; l++) {
         const wrk_nemotronh_layer_t *L = &g->layers[l];
-        for (int t = t0; t < t1; t++)
-            c->k->rmsnorm(a->u + (size_t)t * H, c->res + (size_t)t * H, L->norm, H, cfg->mx.eps);
+        wrk_residual_norm(c, t0, t1, H, NULL, 0.f, L->norm, cfg->mx.eps, a->u);
         wrk_pool_barrier(c->pool);
         switch (L->kind) {
         case WRK_NH_MAMBA:
@@ -331,12 +309,7 @@ static void forward(void *arg, int ith, int nth)
             moe(f, ith, nth, L, a->o);
             break;
         }
-        for (int t = t0; t < t1; t++) {
-            float *r = c->res + (size_t)t * H;
-            const float *o = a->o + (size_t)t * H;
-            for (int i = 0; i < H; i++)
-                r[i] += o[i];
-        }
+        wrk_residual_norm(c, t0, t1, H, a->o, 1.f, NULL, cfg->mx.eps, NULL);
         wrk_pool_barrier(c->pool);
     }
     wrk_cpu_logits(c, ith, nth, f->seqs, f->n_seqs, f->n_rows);

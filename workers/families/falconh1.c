@@ -36,39 +36,11 @@ static int parse_list(const cJSON *root, const char *key, int n, float *out, cha
     return 0;
 }
 
-/* RoPE is always on: rope_parameters {"rope_type": "default", "rope_theta"} (what
- * transformers 5.x writes) or a top-level rope_theta; scaling is refused. */
-static int parse_rope(const cJSON *root, wrk_falconh1_config_t *cfg, char *err, size_t errlen)
-{
-    double theta = 10000.0;
-    int rc;
-    const cJSON *rp = cJSON_GetObjectItemCaseSensitive(root, "rope_parameters");
-    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
-    if (rs && !cJSON_IsNull(rs))
-        return rcd_fail(RCD_EUNSUPPORTED, err, errlen,
-                        "config.json: \"rope_scaling\" is not supported (plain RoPE only)");
-    if (rp && !cJSON_IsNull(rp)) {
-        if (!cJSON_IsObject(rp))
-            return rcd_fail(RCD_EFORMAT, err, errlen,
-                            "config.json: \"rope_parameters\" must be an object");
-        const cJSON *t = cJSON_GetObjectItemCaseSensitive(rp, "rope_type");
-        if (t && !cJSON_IsNull(t) && !(cJSON_IsString(t) && !strcmp(t->valuestring, "default")))
-            return rcd_fail(RCD_EUNSUPPORTED, err, errlen,
-                            "config.json: rope_parameters.rope_type must be \"default\"");
-        if ((rc = wrk_cfg_num(rp, "rope_theta", theta, 1e-3, 1e12, &theta, err, errlen))) return rc;
-    } else if ((rc = wrk_cfg_num(root, "rope_theta", theta, 1e-3, 1e12, &theta, err, errlen))) {
-        return rc;
-    }
-    cfg->rope_theta = (float)theta;
-    return 0;
-}
-
 /* The mixer: I = mamba_d_ssm (null: mamba_expand * hidden_size), P = mamba_d_head ("auto":
  * I / mamba_n_heads), the gate, the in_proj multipliers and time_step_limit. */
 static int derive_mixer(const cJSON *root, wrk_falconh1_config_t *cfg, char *err, size_t errlen)
 {
     wrk_mamba2_config_t *mx = &cfg->mx;
-    long v;
     int rc;
     long I = (long)mx->expand * mx->hidden;
     const cJSON *ds = cJSON_GetObjectItemCaseSensitive(root, "mamba_d_ssm");
@@ -76,16 +48,7 @@ static int derive_mixer(const cJSON *root, wrk_falconh1_config_t *cfg, char *err
     if (ds && !cJSON_IsNull(ds) &&
         (rc = wrk_cfg_int(root, "mamba_d_ssm", 0, 1, 1 << 18, &I, err, errlen)))
         return rc;
-    if (I > 1 << 18)
-        return rcd_fail(RCD_EFORMAT, err, errlen,
-                        "config.json: mamba_expand * hidden_size (%ld) is larger than %d", I,
-                        1 << 18);
-    const cJSON *dh = cJSON_GetObjectItemCaseSensitive(root, "mamba_d_head");
-    v = I / mx->n_heads;
-    if (!(!dh || cJSON_IsNull(dh) || (cJSON_IsString(dh) && !strcmp(dh->valuestring, "auto"))) &&
-        (rc = wrk_cfg_int(root, "mamba_d_head", 0, 1, 4096, &v, err, errlen)))
-        return rc;
-    mx->head_dim = (int)v;
+    if ((rc = wrk_granite_mamba_d_head(root, I, mx, err, errlen))) return rc;
     if ((long)mx->n_heads * mx->head_dim != I)
         return rcd_fail(RCD_EFORMAT, err, errlen,
                         "config.json: mamba_n_heads * mamba_d_head (%ld) must equal mamba_d_ssm "
@@ -126,16 +89,7 @@ static int derive(const cJSON *root, void *out, char *err, size_t errlen)
     long v;
     int rc;
     /* num_key_value_heads: absent is the class default 8, null is num_attention_heads. */
-    const cJSON *kv = cJSON_GetObjectItemCaseSensitive(root, "num_key_value_heads");
-    if ((rc = wrk_cfg_int(root, "num_key_value_heads", kv ? cfg->n_q : 8, 1, 1 << 12, &v, err,
-                          errlen)))
-        return rc;
-    cfg->n_kv = (int)v;
-    if (cfg->n_q % cfg->n_kv != 0)
-        return rcd_fail(RCD_EFORMAT, err, errlen,
-                        "config.json: num_attention_heads (%d) must be a multiple of "
-                        "num_key_value_heads (%d)",
-                        cfg->n_q, cfg->n_kv);
+    if ((rc = wrk_granite_kv_heads(root, cfg->n_q, 8, &cfg->n_kv, err, errlen))) return rc;
     const cJSON *hd = cJSON_GetObjectItemCaseSensitive(root, "head_dim");
     if (mx->hidden / cfg->n_q < 1 && (!hd || cJSON_IsNull(hd)))
         return rcd_fail(RCD_EFORMAT, err, errlen,
@@ -147,7 +101,8 @@ static int derive(const cJSON *root, void *out, char *err, size_t errlen)
     if (cfg->head_dim % 2)
         return rcd_fail(RCD_EFORMAT, err, errlen,
                         "config.json: RoPE needs an even head_dim (got %d)", cfg->head_dim);
-    if ((rc = parse_rope(root, cfg, err, errlen))) return rc;
+    /* RoPE is always on (wrk_granite_rope_theta: rope_parameters or rope_theta). */
+    if ((rc = wrk_granite_rope_theta(root, &cfg->rope_theta, err, errlen))) return rc;
     float mm[2];
     if ((rc = parse_list(root, "mlp_multipliers", 2, mm, err, errlen))) return rc;
     cfg->mlp_gate_mult = mm[0];
@@ -227,15 +182,9 @@ static int bind_layer(wrk_binder_t *b, const wrk_falconh1_config_t *c, int l,
     if (c->out_bias && (rc = wrk_bind_vec(b, NAME("mamba.out_proj.bias"), H, &L->mx.out_b)))
         return rc;
     wrk_granite_layer_t *A = &L->at;
-    if ((rc = wrk_bind_mat(b, NAME("self_attn.q_proj.weight"), qd, H, &A->q)) ||
-        (rc = wrk_bind_mat(b, NAME("self_attn.k_proj.weight"), kvd, H, &A->k)) ||
-        (rc = wrk_bind_mat(b, NAME("self_attn.v_proj.weight"), kvd, H, &A->v)) ||
-        (rc = wrk_bind_mat(b, NAME("self_attn.o_proj.weight"), H, qd, &A->o)))
-        return rc;
-    if (c->attn_bias && ((rc = wrk_bind_vec(b, NAME("self_attn.q_proj.bias"), qd, &A->qb)) ||
-                         (rc = wrk_bind_vec(b, NAME("self_attn.k_proj.bias"), kvd, &A->kb)) ||
-                         (rc = wrk_bind_vec(b, NAME("self_attn.v_proj.bias"), kvd, &A->vb)) ||
-                         (rc = wrk_bind_vec(b, NAME("self_attn.o_proj.bias"), H, &A->ob))))
+    if ((rc = wrk_bind_attn(
+             b, NAME("self_attn."), H, qd, kvd, (wrk_mat_t *[]){&A->q, &A->k, &A->v, &A->o},
+             c->attn_bias ? (const float **[]){&A->qb, &A->kb, &A->vb, &A->ob} : NULL)))
         return rc;
     if ((rc = wrk_bind_mat(b, NAME("feed_forward.gate_proj.weight"), F, H, &L->gate)) ||
         (rc = wrk_bind_mat(b, NAME("feed_forward.up_proj.weight"), F, H, &L->up)) ||
@@ -254,22 +203,8 @@ static int bind_layer(wrk_binder_t *b, const wrk_falconh1_config_t *c, int l,
  * layout), then the position count the KV part holds (every layer has attention). */
 static int describe_state(wrk_model_t *m, const wrk_falconh1_config_t *c, char *err, size_t errlen)
 {
-    const wrk_mamba2_config_t *mx = &c->mx;
-    const int n = 2 * mx->n_layers + 1;
-    m->state_tensors = wrk_model_alloc(m, (size_t)n, sizeof *m->state_tensors);
-    if (!m->state_tensors) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
-    size_t off = 0;
-    for (int l = 0; l < mx->n_layers; l++)
-        off = wrk_mamba2_describe_state(mx, l, &m->state_tensors[2 * l], off);
-    off = wrk_state_tensor_set(&m->state_tensors[n - 1], -1, "kv.n_tokens", 1, (int64_t[]){1},
-                               sizeof(uint64_t), off);
-    m->info.state_bytes = off;
-    m->info.n_state_tensors = n;
-    m->info.state_tensors = m->state_tensors;
-    m->info.n_kv_layers = mx->n_layers;
-    m->info.kv_width = c->n_kv * c->head_dim;
-    m->info.kv_bytes_per_token = (size_t)mx->n_layers * 2 * m->info.kv_width * sizeof(float);
-    return 0;
+    return wrk_describe_hybrid_state(m, c->mx.n_layers, NULL, wrk_mamba2_describe_state, &c->mx,
+                                     c->mx.n_layers, c->n_kv * c->head_dim, err, errlen);
 }
 
 static int falconh1_load(wrk_model_t *m, char *err, size_t errlen)

@@ -54,18 +54,8 @@ static int parse_layer_types(const cJSON *root, wrk_granite_config_t *cfg, char 
     return 0;
 }
 
-/* position_embedding_type: only "rope" enables positions (Granite 4.0-H says "nope"). */
-static int parse_positions(const cJSON *root, wrk_granite_config_t *cfg, char *err, size_t errlen)
+int wrk_granite_rope_theta(const cJSON *root, float *rope_theta, char *err, size_t errlen)
 {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "position_embedding_type");
-    cfg->rope = false;
-    cfg->rope_theta = 10000.f;
-    if (!v || cJSON_IsNull(v) || (cJSON_IsString(v) && !strcmp(v->valuestring, "nope"))) return 0;
-    if (!cJSON_IsString(v) || strcmp(v->valuestring, "rope") != 0)
-        return rcd_fail(RCD_EUNSUPPORTED, err, errlen,
-                        "config.json: \"position_embedding_type\" must be null, \"nope\" or "
-                        "\"rope\"");
-    cfg->rope = true;
     double theta = 10000.0;
     int rc;
     const cJSON *rp = cJSON_GetObjectItemCaseSensitive(root, "rope_parameters");
@@ -85,8 +75,58 @@ static int parse_positions(const cJSON *root, wrk_granite_config_t *cfg, char *e
     } else if ((rc = wrk_cfg_num(root, "rope_theta", theta, 1e-3, 1e12, &theta, err, errlen))) {
         return rc;
     }
-    cfg->rope_theta = (float)theta;
+    *rope_theta = (float)theta;
     return 0;
+}
+
+int wrk_granite_kv_heads(const cJSON *root, int n_q, int absent, int *n_kv, char *err,
+                         size_t errlen)
+{
+    long v;
+    const cJSON *kv = cJSON_GetObjectItemCaseSensitive(root, "num_key_value_heads");
+    int rc =
+        wrk_cfg_int(root, "num_key_value_heads", kv ? n_q : absent, 1, 1 << 12, &v, err, errlen);
+    if (rc) return rc;
+    *n_kv = (int)v;
+    if (n_q % *n_kv != 0)
+        return rcd_fail(RCD_EFORMAT, err, errlen,
+                        "config.json: num_attention_heads (%d) must be a multiple of "
+                        "num_key_value_heads (%d)",
+                        n_q, *n_kv);
+    return 0;
+}
+
+int wrk_granite_mamba_d_head(const cJSON *root, long I, wrk_mamba2_config_t *mx, char *err,
+                             size_t errlen)
+{
+    long v;
+    int rc;
+    if (I > 1 << 18)
+        return rcd_fail(RCD_EFORMAT, err, errlen,
+                        "config.json: mamba_expand * hidden_size (%ld) is larger than %d", I,
+                        1 << 18);
+    const cJSON *dh = cJSON_GetObjectItemCaseSensitive(root, "mamba_d_head");
+    v = I / mx->n_heads;
+    if (!(!dh || cJSON_IsNull(dh) || (cJSON_IsString(dh) && !strcmp(dh->valuestring, "auto"))) &&
+        (rc = wrk_cfg_int(root, "mamba_d_head", 0, 1, 4096, &v, err, errlen)))
+        return rc;
+    mx->head_dim = (int)v;
+    return 0;
+}
+
+/* position_embedding_type: only "rope" enables positions (Granite 4.0-H says "nope"). */
+static int parse_positions(const cJSON *root, wrk_granite_config_t *cfg, char *err, size_t errlen)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "position_embedding_type");
+    cfg->rope = false;
+    cfg->rope_theta = 10000.f;
+    if (!v || cJSON_IsNull(v) || (cJSON_IsString(v) && !strcmp(v->valuestring, "nope"))) return 0;
+    if (!cJSON_IsString(v) || strcmp(v->valuestring, "rope") != 0)
+        return rcd_fail(RCD_EUNSUPPORTED, err, errlen,
+                        "config.json: \"position_embedding_type\" must be null, \"nope\" or "
+                        "\"rope\"");
+    cfg->rope = true;
+    return wrk_granite_rope_theta(root, &cfg->rope_theta, err, errlen);
 }
 
 /* Fields that depend on others or on a structure: layer_types, the KV heads (default: the
@@ -99,14 +139,7 @@ static int derive(const cJSON *root, void *out, char *err, size_t errlen)
     long v;
     int rc;
     if ((rc = parse_layer_types(root, cfg, err, errlen))) return rc;
-    if ((rc = wrk_cfg_int(root, "num_key_value_heads", cfg->n_q, 1, 1 << 12, &v, err, errlen)))
-        return rc;
-    cfg->n_kv = (int)v;
-    if (cfg->n_q % cfg->n_kv != 0)
-        return rcd_fail(RCD_EFORMAT, err, errlen,
-                        "config.json: num_attention_heads (%d) must be a multiple of "
-                        "num_key_value_heads (%d)",
-                        cfg->n_q, cfg->n_kv);
+    if ((rc = wrk_granite_kv_heads(root, cfg->n_q, cfg->n_q, &cfg->n_kv, err, errlen))) return rc;
     /* transformers takes config.head_dim when present, else hidden_size / heads. */
     if (mx->hidden / cfg->n_q < 1 && !cJSON_GetObjectItemCaseSensitive(root, "head_dim"))
         return rcd_fail(RCD_EFORMAT, err, errlen,
@@ -127,16 +160,7 @@ static int derive(const cJSON *root, void *out, char *err, size_t errlen)
                         "(%d)] (at most %d)",
                         cfg->top_k, cfg->n_experts, WRK_GRANITE_MAX_TOPK);
     const long I = (long)mx->expand * mx->hidden;
-    if (I > 1 << 18)
-        return rcd_fail(RCD_EFORMAT, err, errlen,
-                        "config.json: mamba_expand * hidden_size (%ld) is larger than %d", I,
-                        1 << 18);
-    const cJSON *dh = cJSON_GetObjectItemCaseSensitive(root, "mamba_d_head");
-    v = I / mx->n_heads;
-    if (!(!dh || cJSON_IsNull(dh) || (cJSON_IsString(dh) && !strcmp(dh->valuestring, "auto"))) &&
-        (rc = wrk_cfg_int(root, "mamba_d_head", 0, 1, 4096, &v, err, errlen)))
-        return rc;
-    mx->head_dim = (int)v;
+    if ((rc = wrk_granite_mamba_d_head(root, I, mx, err, errlen))) return rc;
     if ((long)mx->n_heads * mx->head_dim != I)
         return rcd_fail(RCD_EFORMAT, err, errlen,
                         "config.json: mamba_n_heads * mamba_d_head (%ld) must equal mamba_expand * "
@@ -220,15 +244,9 @@ static int bind_layer(wrk_binder_t *b, const wrk_granite_config_t *c, int l, wrk
         (rc = wrk_bind_vec(b, NAME("post_attention_layernorm.weight"), H, &L->post_norm)))
         return rc;
     if (L->attn) {
-        if ((rc = wrk_bind_mat(b, NAME("self_attn.q_proj.weight"), qd, H, &L->q)) ||
-            (rc = wrk_bind_mat(b, NAME("self_attn.k_proj.weight"), kvd, H, &L->k)) ||
-            (rc = wrk_bind_mat(b, NAME("self_attn.v_proj.weight"), kvd, H, &L->v)) ||
-            (rc = wrk_bind_mat(b, NAME("self_attn.o_proj.weight"), H, qd, &L->o)))
-            return rc;
-        if (c->attn_bias && ((rc = wrk_bind_vec(b, NAME("self_attn.q_proj.bias"), qd, &L->qb)) ||
-                             (rc = wrk_bind_vec(b, NAME("self_attn.k_proj.bias"), kvd, &L->kb)) ||
-                             (rc = wrk_bind_vec(b, NAME("self_attn.v_proj.bias"), kvd, &L->vb)) ||
-                             (rc = wrk_bind_vec(b, NAME("self_attn.o_proj.bias"), H, &L->ob))))
+        if ((rc = wrk_bind_attn(
+                 b, NAME("self_attn."), H, qd, kvd, (wrk_mat_t *[]){&L->q, &L->k, &L->v, &L->o},
+                 c->attn_bias ? (const float **[]){&L->qb, &L->kb, &L->vb, &L->ob} : NULL)))
             return rc;
     } else {
         snprintf(name, sizeof name, "%smamba.", prefix);
@@ -252,27 +270,11 @@ static int bind_layer(wrk_binder_t *b, const wrk_granite_config_t *c, int l, wrk
  * layout), then, with attention layers, the position count the KV part holds. */
 static int describe_state(wrk_model_t *m, const wrk_granite_config_t *c, char *err, size_t errlen)
 {
-    const wrk_mamba2_config_t *mx = &c->mx;
-    const int n = 2 * c->n_mamba + (c->n_attn > 0);
-    m->state_tensors = wrk_model_alloc(m, (size_t)(n ? n : 1), sizeof *m->state_tensors);
-    if (!m->state_tensors) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
-    size_t off = 0;
-    int i = 0;
-    for (int l = 0; l < mx->n_layers; l++) {
-        if (c->attn[l]) continue;
-        off = wrk_mamba2_describe_state(mx, l, &m->state_tensors[i], off);
-        i += 2;
-    }
-    if (c->n_attn > 0) /* one uint64, not fp32 */
-        off = wrk_state_tensor_set(&m->state_tensors[i++], -1, "kv.n_tokens", 1, (int64_t[]){1},
-                                   sizeof(uint64_t), off);
-    m->info.state_bytes = off;
-    m->info.n_state_tensors = i;
-    m->info.state_tensors = m->state_tensors;
-    m->info.n_kv_layers = c->n_attn;
-    m->info.kv_width = c->n_kv * c->head_dim;
-    m->info.kv_bytes_per_token = (size_t)c->n_attn * 2 * m->info.kv_width * sizeof(float);
-    return 0;
+    bool mixer[WRK_GRANITE_MAX_LAYERS];
+    for (int l = 0; l < c->mx.n_layers; l++)
+        mixer[l] = !c->attn[l];
+    return wrk_describe_hybrid_state(m, c->mx.n_layers, mixer, wrk_mamba2_describe_state, &c->mx,
+                                     c->n_attn, c->n_kv * c->head_dim, err, errlen);
 }
 
 static int granite_load(wrk_model_t *m, char *err, size_t errlen)

@@ -58,6 +58,24 @@ static inline wrk_mat_t wrk_granite_expert(const wrk_mat_t *base, int e)
     return w;
 }
 
+struct cJSON;
+
+/* RoPE's theta from config.json's root: rope_parameters {"rope_type": "default", "rope_theta"}
+ * (what transformers 5.x writes) or a top-level rope_theta (default 10000); rope_scaling and
+ * any other rope_type are refused (RCD_EUNSUPPORTED). Shared with Falcon-H1. */
+int wrk_granite_rope_theta(const struct cJSON *root, float *rope_theta, char *err, size_t errlen);
+
+/* num_key_value_heads into *n_kv: `absent` when the key is absent, n_q when it is null; it
+ * must divide n_q (RCD_EFORMAT). Shared with Nemotron-H, Jamba and Falcon-H1. */
+int wrk_granite_kv_heads(const struct cJSON *root, int n_q, int absent, int *n_kv, char *err,
+                         size_t errlen);
+
+/* The Mamba2 mixer's inner width I (at most 2^18, RCD_EFORMAT) and its head width
+ * mx->head_dim: mamba_d_head, or I / mamba_n_heads when it is absent, null or "auto". Shared
+ * with Falcon-H1. */
+int wrk_granite_mamba_d_head(const struct cJSON *root, long I, wrk_mamba2_config_t *mx, char *err,
+                             size_t errlen);
+
 int wrk_granite_config_parse(const char *json, size_t len, wrk_granite_config_t *cfg, char *err,
                              size_t errlen);
 

@@ -10,6 +10,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "workers/families/granite.h"
 #include "workers/families/jamba.h"
 #include "workers/model/cfg_json.h"
 
@@ -47,16 +48,7 @@ static int derive(const cJSON *root, void *out, char *err, size_t errlen)
         cfg->n_mamba += !cfg->attn[l];
         cfg->n_moe += cfg->moe[l];
     }
-    const cJSON *kvh = cJSON_GetObjectItemCaseSensitive(root, "num_key_value_heads");
-    if ((rc = wrk_cfg_int(root, "num_key_value_heads", kvh ? cfg->n_q : 8, 1, 1 << 12, &v, err,
-                          errlen)))
-        return rc;
-    cfg->n_kv = (int)v;
-    if (cfg->n_q % cfg->n_kv != 0)
-        return rcd_fail(RCD_EFORMAT, err, errlen,
-                        "config.json: num_attention_heads (%d) must be a multiple of "
-                        "num_key_value_heads (%d)",
-                        cfg->n_q, cfg->n_kv);
+    if ((rc = wrk_granite_kv_heads(root, cfg->n_q, 8, &cfg->n_kv, err, errlen))) return rc;
     /* transformers takes config.head_dim when present, else hidden_size / heads. */
     if (mx->hidden / cfg->n_q < 1 && !cJSON_GetObjectItemCaseSensitive(root, "head_dim"))
         return rcd_fail(RCD_EFORMAT, err, errlen,
@@ -135,10 +127,8 @@ static int bind_layer(wrk_binder_t *b, const wrk_jamba_config_t *c, int l, wrk_j
         (rc = wrk_bind_vec(b, NAME("pre_ff_layernorm.weight"), H, &L->ff_norm)))
         return rc;
     if (L->attn) {
-        if ((rc = wrk_bind_mat(b, NAME("self_attn.q_proj.weight"), qd, H, &L->q)) ||
-            (rc = wrk_bind_mat(b, NAME("self_attn.k_proj.weight"), kvd, H, &L->k)) ||
-            (rc = wrk_bind_mat(b, NAME("self_attn.v_proj.weight"), kvd, H, &L->v)) ||
-            (rc = wrk_bind_mat(b, NAME("self_attn.o_proj.weight"), H, qd, &L->o)))
+        if ((rc = wrk_bind_attn(b, NAME("self_attn."), H, qd, kvd,
+                                (wrk_mat_t *[]){&L->q, &L->k, &L->v, &L->o}, NULL)))
             return rc;
     } else {
         snprintf(name, sizeof name, "%smamba.", prefix);
@@ -177,32 +167,21 @@ static int bind_layer(wrk_binder_t *b, const wrk_jamba_config_t *c, int l, wrk_j
 
 /* State: per Mamba layer the conv window [K-1][I] and SSM state [N][I] (the Mamba layout),
  * then, with attention layers, the position count the KV part holds. */
+static size_t mamba_state(const void *cfg, int layer, wrk_state_tensor_t *t, size_t off)
+{
+    const wrk_mamba_config_t *mx = cfg;
+    const int K = mx->d_conv, I = mx->inner, N = mx->d_state;
+    off = wrk_state_tensor_set(&t[0], layer, "conv", 2, (int64_t[]){K - 1, I}, sizeof(float), off);
+    return wrk_state_tensor_set(&t[1], layer, "ssm", 2, (int64_t[]){N, I}, sizeof(float), off);
+}
+
 static int describe_state(wrk_model_t *m, const wrk_jamba_config_t *c, char *err, size_t errlen)
 {
-    const wrk_mamba_config_t *mx = &c->mx;
-    const int n = 2 * c->n_mamba + (c->n_attn > 0);
-    const int K = mx->d_conv, I = mx->inner, N = mx->d_state;
-    m->state_tensors = wrk_model_alloc(m, (size_t)(n ? n : 1), sizeof *m->state_tensors);
-    if (!m->state_tensors) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
-    size_t off = 0;
-    int i = 0;
-    for (int l = 0; l < mx->n_layers; l++) {
-        if (c->attn[l]) continue;
-        off = wrk_state_tensor_set(&m->state_tensors[i++], l, "conv", 2, (int64_t[]){K - 1, I},
-                                   sizeof(float), off);
-        off = wrk_state_tensor_set(&m->state_tensors[i++], l, "ssm", 2, (int64_t[]){N, I},
-                                   sizeof(float), off);
-    }
-    if (c->n_attn > 0) /* one uint64, not fp32 */
-        off = wrk_state_tensor_set(&m->state_tensors[i++], -1, "kv.n_tokens", 1, (int64_t[]){1},
-                                   sizeof(uint64_t), off);
-    m->info.state_bytes = off;
-    m->info.n_state_tensors = i;
-    m->info.state_tensors = m->state_tensors;
-    m->info.n_kv_layers = c->n_attn;
-    m->info.kv_width = c->n_kv * c->head_dim;
-    m->info.kv_bytes_per_token = (size_t)c->n_attn * 2 * m->info.kv_width * sizeof(float);
-    return 0;
+    bool mixer[WRK_JAMBA_MAX_LAYERS];
+    for (int l = 0; l < c->mx.n_layers; l++)
+        mixer[l] = !c->attn[l];
+    return wrk_describe_hybrid_state(m, c->mx.n_layers, mixer, mamba_state, &c->mx, c->n_attn,
+                                     c->n_kv * c->head_dim, err, errlen);
 }
 
 static int jamba_load(wrk_model_t *m, char *err, size_t errlen)

@@ -117,9 +117,9 @@ int wrk_mamba2_bind_mixer(wrk_model_t *m, const wrk_mamba2_config_t *c, const ch
     return 0;
 }
 
-size_t wrk_mamba2_describe_state(const wrk_mamba2_config_t *c, int layer, wrk_state_tensor_t *t,
-                                 size_t off)
+size_t wrk_mamba2_describe_state(const void *cfg, int layer, wrk_state_tensor_t *t, size_t off)
 {
+    const wrk_mamba2_config_t *c = cfg;
     off = wrk_state_tensor_set(&t[0], layer, "conv", 2, (int64_t[]){c->d_conv - 1, c->conv_dim},
                                sizeof(float), off);
     return wrk_state_tensor_set(&t[1], layer, "ssm", 3,

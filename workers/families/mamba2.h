@@ -85,9 +85,9 @@ static inline size_t wrk_mamba2_layer_state_floats(const wrk_mamba2_config_t *c)
 /* ---- the Mamba2 mixer, shared with the hybrids that use it (Granite 4.0-H, Nemotron-H) ---- */
 
 /* Describes one mixer layer's two state tensors, t[0] "layers.<layer>.conv" and t[1]
- * "layers.<layer>.ssm", from byte `off`; returns the offset after them. */
-size_t wrk_mamba2_describe_state(const wrk_mamba2_config_t *c, int layer, wrk_state_tensor_t *t,
-                                 size_t off);
+ * "layers.<layer>.ssm", from byte `off`; returns the offset after them. cfg is a
+ * wrk_mamba2_config_t (a wrk_mixer_state_fn, for wrk_describe_hybrid_state). */
+size_t wrk_mamba2_describe_state(const void *cfg, int layer, wrk_state_tensor_t *t, size_t off);
 
 /* Binds one mixer's tensors, named prefix + "in_proj.weight", "conv1d.weight"/".bias",
  * "dt_bias", "A_log", "D", "norm.weight" (not with WRK_MAMBA2_GATE_ONLY), "out_proj.weight"

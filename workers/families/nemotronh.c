@@ -10,6 +10,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "workers/families/granite.h"
 #include "workers/families/nemotronh.h"
 #include "workers/model/cfg_json.h"
 
@@ -126,14 +127,7 @@ static int derive(const cJSON *root, void *out, char *err, size_t errlen)
         (rc = wrk_cfg_int(root, "moe_latent_size", 1, 1, 1 << 16, &v, err, errlen)))
         return rc;
     cfg->latent = (int)v;
-    if ((rc = wrk_cfg_int(root, "num_key_value_heads", cfg->n_q, 1, 1 << 12, &v, err, errlen)))
-        return rc;
-    cfg->n_kv = (int)v;
-    if (cfg->n_q % cfg->n_kv != 0)
-        return rcd_fail(RCD_EFORMAT, err, errlen,
-                        "config.json: num_attention_heads (%d) must be a multiple of "
-                        "num_key_value_heads (%d)",
-                        cfg->n_q, cfg->n_kv);
+    if ((rc = wrk_granite_kv_heads(root, cfg->n_q, cfg->n_q, &cfg->n_kv, err, errlen))) return rc;
     cfg->attn_scale = (float)pow((double)cfg->head_dim, -0.5);
     /* transformers 5.23 builds exactly one shared expert whatever n_shared_experts says, and
      * drops the multi-token-prediction layers' weights. */
@@ -278,12 +272,8 @@ static int bind_layer(wrk_binder_t *b, const wrk_nemotronh_config_t *c, const ch
         L->mx.norm_w = L->norm;
         return 0;
     case WRK_NH_ATTN:
-        if ((rc = wrk_bind_mat(b, NAME("q_proj.weight"), qd, H, &L->q)) ||
-            (rc = wrk_bind_mat(b, NAME("k_proj.weight"), kvd, H, &L->k)) ||
-            (rc = wrk_bind_mat(b, NAME("v_proj.weight"), kvd, H, &L->v)) ||
-            (rc = wrk_bind_mat(b, NAME("o_proj.weight"), H, qd, &L->o)))
-            return rc;
-        return 0;
+        return wrk_bind_attn(b, prefix, H, qd, kvd, (wrk_mat_t *[]){&L->q, &L->k, &L->v, &L->o},
+                             NULL);
     case WRK_NH_MLP:
         return bind_mlp(b, c, prefix, c->mlp_dim, L);
     default:
@@ -319,27 +309,11 @@ static int bind_layer(wrk_binder_t *b, const wrk_nemotronh_config_t *c, const ch
  * layout), then, with attention layers, the position count the KV part holds. */
 static int describe_state(wrk_model_t *m, const wrk_nemotronh_config_t *c, char *err, size_t errlen)
 {
-    const wrk_mamba2_config_t *mx = &c->mx;
-    const int n = 2 * c->n_mamba + (c->n_attn > 0);
-    m->state_tensors = wrk_model_alloc(m, (size_t)(n ? n : 1), sizeof *m->state_tensors);
-    if (!m->state_tensors) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
-    size_t off = 0;
-    int i = 0;
-    for (int l = 0; l < mx->n_layers; l++) {
-        if (c->kind[l] != WRK_NH_MAMBA) continue;
-        off = wrk_mamba2_describe_state(mx, l, &m->state_tensors[i], off);
-        i += 2;
-    }
-    if (c->n_attn > 0) /* one uint64, not fp32 */
-        off = wrk_state_tensor_set(&m->state_tensors[i++], -1, "kv.n_tokens", 1, (int64_t[]){1},
-                                   sizeof(uint64_t), off);
-    m->info.state_bytes = off;
-    m->info.n_state_tensors = i;
-    m->info.state_tensors = m->state_tensors;
-    m->info.n_kv_layers = c->n_attn;
-    m->info.kv_width = c->n_kv * c->head_dim;
-    m->info.kv_bytes_per_token = (size_t)c->n_attn * 2 * m->info.kv_width * sizeof(float);
-    return 0;
+    bool mixer[WRK_NEMOTRONH_MAX_LAYERS];
+    for (int l = 0; l < c->mx.n_layers; l++)
+        mixer[l] = c->kind[l] == WRK_NH_MAMBA;
+    return wrk_describe_hybrid_state(m, c->mx.n_layers, mixer, wrk_mamba2_describe_state, &c->mx,
+                                     c->n_attn, c->n_kv * c->head_dim, err, errlen);
 }
 
 static int nemotronh_load(wrk_model_t *m, char *err, size_t errlen)

@@ -84,6 +84,35 @@ size_t wrk_state_tensor_set(wrk_state_tensor_t *t, int layer, const char *what, 
     return off + t->bytes;
 }
 
+int wrk_describe_hybrid_state(wrk_model_t *m, int n_layers, const bool *mixer,
+                              wrk_mixer_state_fn describe, const void *mx, int n_attn, int kv_width,
+                              char *err, size_t errlen)
+{
+    int n_mixer = 0;
+    for (int l = 0; l < n_layers; l++)
+        n_mixer += !mixer || mixer[l];
+    const int n = 2 * n_mixer + (n_attn > 0);
+    m->state_tensors = wrk_model_alloc(m, (size_t)(n ? n : 1), sizeof *m->state_tensors);
+    if (!m->state_tensors) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
+    size_t off = 0;
+    int i = 0;
+    for (int l = 0; l < n_layers; l++) {
+        if (mixer && !mixer[l]) continue;
+        off = describe(mx, l, &m->state_tensors[i], off);
+        i += 2;
+    }
+    if (n_attn > 0) /* one uint64, not fp32 */
+        off = wrk_state_tensor_set(&m->state_tensors[i++], -1, "kv.n_tokens", 1, (int64_t[]){1},
+                                   sizeof(uint64_t), off);
+    m->info.state_bytes = off;
+    m->info.n_state_tensors = i;
+    m->info.state_tensors = m->state_tensors;
+    m->info.n_kv_layers = n_attn;
+    m->info.kv_width = kv_width;
+    m->info.kv_bytes_per_token = (size_t)n_attn * 2 * m->info.kv_width * sizeof(float);
+    return 0;
+}
+
 void *wrk_model_alloc(wrk_model_t *m, size_t n, size_t size)
 {
     if (m->n_owned == WRK_MODEL_MAX_OWNED) return NULL; /* a family's bug: it says so as ENOMEM */
@@ -166,6 +195,24 @@ int wrk_bind_conv(wrk_binder_t *b, const char *name, int C, int K, const float *
         for (int k = 0; k < K; k++)
             dst[(size_t)k * C + ch] = wrk_tensor_f32(t, (size_t)ch * K + k);
     *out = dst;
+    return 0;
+}
+
+int wrk_bind_attn(wrk_binder_t *b, const char *prefix, int H, int qd, int kvd,
+                  wrk_mat_t *const w[4], const float **const bias[4])
+{
+    static const char *const proj[4] = {"q_proj", "k_proj", "v_proj", "o_proj"};
+    const int rows[4] = {qd, kvd, kvd, H}, cols[4] = {H, H, H, qd};
+    char name[192];
+    int rc;
+    for (int j = 0; j < 4; j++) {
+        snprintf(name, sizeof name, "%s%s.weight", prefix, proj[j]);
+        if ((rc = wrk_bind_mat(b, name, rows[j], cols[j], w[j]))) return rc;
+    }
+    for (int j = 0; bias && j < 4; j++) {
+        snprintf(name, sizeof name, "%s%s.bias", prefix, proj[j]);
+        if ((rc = wrk_bind_vec(b, name, rows[j], bias[j]))) return rc;
+    }
     return 0;
 }
 

@@ -127,6 +127,18 @@ void wrk_model_set_lm(wrk_model_t *m, int vocab, int hidden, int n_layers, int b
 size_t wrk_state_tensor_set(wrk_state_tensor_t *t, int layer, const char *what, int ndim,
                             const int64_t *shape, size_t elem_bytes, size_t off);
 
+/* Sets a mixer layer's two state tensors (conv, ssm) at `off`; returns the offset after them. */
+typedef size_t (*wrk_mixer_state_fn)(const void *mx, int layer, wrk_state_tensor_t *t, size_t off);
+
+/* The state of a model of mixer and attention layers: for each layer l < n_layers with
+ * mixer[l] (mixer NULL: every layer) the two tensors describe(mx, l, ...) sets, one after the
+ * other, then with n_attn > 0 "kv.n_tokens" (one uint64); m->state_tensors and m->info's
+ * state_bytes, state tensor list, n_kv_layers (n_attn), kv_width and kv_bytes_per_token (fp32
+ * K and V rows per attention layer). RCD_ENOMEM when out of memory. */
+int wrk_describe_hybrid_state(wrk_model_t *m, int n_layers, const bool *mixer,
+                              wrk_mixer_state_fn describe, const void *mx, int n_attn, int kv_width,
+                              char *err, size_t errlen);
+
 /* Binding a family's tensors in its load. Matrices stay zero-copy views into the mmapped
  * files; small parameters (norms, biases, conv, A, D, gates) are converted to fp32 into one
  * pool the family sizes up front and fills through a bump pointer. */
@@ -163,6 +175,10 @@ int wrk_bind_vec(wrk_binder_t *b, const char *name, int64_t n, const float **out
 int wrk_bind_mat(wrk_binder_t *b, const char *name, int rows, int cols, wrk_mat_t *out);
 /* A depthwise conv1d weight [C][1][K], stored [K][C] (tap-major) in the pool. */
 int wrk_bind_conv(wrk_binder_t *b, const char *name, int C, int K, const float **out);
+/* An attention block's projections <prefix>{q,k,v,o}_proj.weight, [qd x H], [kvd x H] twice
+ * and [H x qd], into *w[0..3]; with bias (not NULL) then their biases into *bias[0..3]. */
+int wrk_bind_attn(wrk_binder_t *b, const char *prefix, int H, int qd, int kvd,
+                  wrk_mat_t *const w[4], const float **const bias[4]);
 /* m->lm_head: lm_head.weight [vocab x hidden], or the embedding when tied (a tied checkpoint
  * may carry a duplicate head, as transformers ties over it; it must have the right shape). */
 int wrk_bind_lm_head(wrk_binder_t *b, bool tied, int vocab, int hidden);
