@@ -490,6 +490,44 @@ void golden_test_bf16_matmul(const golden_suite_t *s, const char *golden_case,
         bf16_matmul_mode(s, golden_case, model_case, tol, "bf16-avx512", dp->isa);
 }
 
+float golden_run_variant(const golden_suite_t *s, const char *name, int which,
+                         golden_mutate_fn mutate)
+{
+    golden_t g;
+    char err[512];
+    float d = -1.f;
+    if (golden_load(s->family, name, &g)) return d;
+    wrk_model_t *m = NULL;
+    if (wrk_model_load(g.dir, &m, err, sizeof err) == 0) {
+        if (mutate(m, which)) {
+            wrk_backend_t *b = golden_backend(s, m, NULL, 1);
+            d = golden_run_chunked(b, &g.seqs[g.n_seqs - 1], g.V, 8);
+            wrk_backend_destroy(b);
+        }
+        wrk_model_free(m);
+    }
+    golden_free(&g);
+    return d;
+}
+
+void golden_test_discriminate(const golden_suite_t *s, const char *const *what, int n,
+                              golden_mutate_fn mutate, const float *min_diff)
+{
+    for (int w = 0; w < n; w++) {
+        float best = -1.f;
+        const char *where = "";
+        for (int ci = 0; ci < s->n_cases; ci++) {
+            float d = golden_run_variant(s, s->cases[ci], w, mutate);
+            if (d > best) {
+                best = d;
+                where = s->cases[ci];
+            }
+        }
+        fprintf(stderr, "  %s: max |dlogit| %.2e (%s)\n", what[w], best, where);
+        CHECK_MSG(best > (min_diff ? min_diff[w] : 100 * s->tol), "%s: %g", what[w], best);
+    }
+}
+
 void golden_check_state_layout(const wrk_model_info_t *mi)
 {
     size_t sum = 0;

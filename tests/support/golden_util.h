@@ -138,6 +138,23 @@ void golden_test_bf16_matmul(const golden_suite_t *s, const char *golden_case,
 void golden_test_quantized(const golden_suite_t *s, const char *golden_case, float tol_q8,
                            float tol_q4);
 
+/* A family's change to a loaded model for golden_test_discriminate: variant `which` applied in
+ * place; false where it does not apply to this model (the fixture is skipped for it). */
+typedef bool (*golden_mutate_fn)(wrk_model_t *m, int which);
+
+/* Variant `which` (mutate) of the model of fixture <family>/<name>: the max |dlogit| of its
+ * last sequence in chunks of 8 on 1 thread; -1 where the fixture or model cannot be loaded or
+ * the variant does not apply. */
+float golden_run_variant(const golden_suite_t *s, const char *name, int which,
+                         golden_mutate_fn mutate);
+
+/* The goldens must be able to fail: each of the n variants (named what[w]), applied by mutate
+ * to the model of every fp32 case, runs the case's last sequence in chunks of 8 on 1 thread;
+ * the largest max |dlogit| over the cases is printed ("  what: max |dlogit| ...") and must
+ * exceed min_diff[w] (min_diff NULL: 100 x the suite's tol for every variant). */
+void golden_test_discriminate(const golden_suite_t *s, const char *const *what, int n,
+                              golden_mutate_fn mutate, const float *min_diff);
+
 /* The state tensors tile the blob in order, without gaps. */
 void golden_check_state_layout(const wrk_model_info_t *mi);
 

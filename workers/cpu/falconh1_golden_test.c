@@ -143,96 +143,70 @@ static void test_state_roundtrip(void)
 /* The goldens must be able to fail: each multiplier or variant, changed, moves the logits of
  * at least one fixture far beyond the tolerance. */
 enum { N_VARIANTS = 12 };
-static float run_variant(const char *name, int which)
+static bool mutate(wrk_model_t *m, int which)
 {
-    golden_t g;
-    char err[512];
-    float d = -1.f;
-    if (golden_load(suite.family, name, &g)) return d;
-    wrk_model_t *m = NULL;
-    if (wrk_model_load(g.dir, &m, err, sizeof err) == 0) {
-        wrk_falconh1_t *fh = ((struct wrk_model *)m)->priv;
-        wrk_falconh1_config_t *c = &fh->cfg;
-        bool applies = true;
-        switch (which) {
-        case 0:
-            c->ssm_in_mult = 1.f;
-            break;
-        case 1:
-            c->ssm_out_mult = 1.f;
-            break;
-        case 2:
-            c->attn_in_mult = 1.f;
-            break;
-        case 3:
-            c->attn_out_mult = 1.f;
-            break;
-        case 4:
-            c->key_mult = 1.f;
-            break;
-        case 5:
-            c->mx.proj_mult_on = false;
-            break;
-        case 6:
-            c->mlp_gate_mult = 1.f;
-            break;
-        case 7:
-            c->mlp_down_mult = 1.f;
-            break;
-        case 8: /* the other norm order */
-            applies = c->mx.gate != WRK_MAMBA2_GATE_ONLY;
-            c->mx.gate =
-                c->mx.gate == WRK_MAMBA2_NORM_GATE ? WRK_MAMBA2_GATE_NORM : WRK_MAMBA2_NORM_GATE;
-            break;
-        case 9: /* full-width gated norm instead of per group */
-            applies = c->mx.gate != WRK_MAMBA2_GATE_ONLY && c->mx.n_groups > 1;
-            c->mx.norm_group = c->mx.inner;
-            break;
-        case 10:
-            ((struct wrk_model *)m)->logit_scale = 1.f;
-            break;
-        case 11:
-            ((struct wrk_model *)m)->embed_scale = 1.f;
-            break;
-        }
-        if (applies) {
-            wrk_backend_t *b = golden_backend(&suite, m, NULL, 1);
-            d = golden_run_chunked(b, &g.seqs[g.n_seqs - 1], g.V, 8);
-            wrk_backend_destroy(b);
-        }
-        wrk_model_free(m);
+    wrk_falconh1_t *fh = ((struct wrk_model *)m)->priv;
+    wrk_falconh1_config_t *c = &fh->cfg;
+    bool applies = true;
+    switch (which) {
+    case 0:
+        c->ssm_in_mult = 1.f;
+        break;
+    case 1:
+        c->ssm_out_mult = 1.f;
+        break;
+    case 2:
+        c->attn_in_mult = 1.f;
+        break;
+    case 3:
+        c->attn_out_mult = 1.f;
+        break;
+    case 4:
+        c->key_mult = 1.f;
+        break;
+    case 5:
+        c->mx.proj_mult_on = false;
+        break;
+    case 6:
+        c->mlp_gate_mult = 1.f;
+        break;
+    case 7:
+        c->mlp_down_mult = 1.f;
+        break;
+    case 8: /* the other norm order */
+        applies = c->mx.gate != WRK_MAMBA2_GATE_ONLY;
+        c->mx.gate =
+            c->mx.gate == WRK_MAMBA2_NORM_GATE ? WRK_MAMBA2_GATE_NORM : WRK_MAMBA2_NORM_GATE;
+        break;
+    case 9: /* full-width gated norm instead of per group */
+        applies = c->mx.gate != WRK_MAMBA2_GATE_ONLY && c->mx.n_groups > 1;
+        c->mx.norm_group = c->mx.inner;
+        break;
+    case 10:
+        ((struct wrk_model *)m)->logit_scale = 1.f;
+        break;
+    case 11:
+        ((struct wrk_model *)m)->embed_scale = 1.f;
+        break;
     }
-    golden_free(&g);
-    return d;
+    return applies;
 }
 
 static void test_goldens_discriminate(void)
 {
-    static const char *what[N_VARIANTS] = {"ssm_in_multiplier",
-                                           "ssm_out_multiplier",
-                                           "attention_in_multiplier",
-                                           "attention_out_multiplier",
-                                           "key_multiplier",
-                                           "ssm_multipliers",
-                                           "mlp_multipliers[0] (gate)",
-                                           "mlp_multipliers[1] (down)",
-                                           "the other norm/gate order",
-                                           "full-width gated norm",
-                                           "lm_head_multiplier",
-                                           "embedding_multiplier"};
-    for (int w = 0; w < N_VARIANTS; w++) {
-        float best = -1.f;
-        const char *where = "";
-        for (int ci = 0; ci < N_CASES; ci++) {
-            float d = run_variant(fp32_cases[ci], w);
-            if (d > best) {
-                best = d;
-                where = fp32_cases[ci];
-            }
-        }
-        fprintf(stderr, "  %s ignored: max |dlogit| %.2e (%s)\n", what[w], best, where);
-        CHECK_MSG(best > 100 * TOL_F32, "%s: %g", what[w], best);
-    }
+    static const char *const what[N_VARIANTS] = {"ssm_in_multiplier ignored",
+                                                 "ssm_out_multiplier ignored",
+                                                 "attention_in_multiplier ignored",
+                                                 "attention_out_multiplier ignored",
+                                                 "key_multiplier ignored",
+                                                 "ssm_multipliers ignored",
+                                                 "mlp_multipliers[0] (gate) ignored",
+                                                 "mlp_multipliers[1] (down) ignored",
+                                                 "the other norm/gate order ignored",
+                                                 "full-width gated norm ignored",
+                                                 "lm_head_multiplier ignored",
+                                                 "embedding_multiplier ignored"};
+    golden_test_discriminate(&suite, what, N_VARIANTS, mutate, NULL);
 }
 
 static int parse(const char *json, char *err, size_t errlen)

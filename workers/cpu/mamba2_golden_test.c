@@ -128,36 +128,24 @@ static void test_state_roundtrip(void)
 
 /* The goldens must be able to fail: computing the gated norm over the full width (G > 1) or
  * dropping the dt clamp moves the logits far beyond the tolerance. */
-static float run_variant(const char *name, int which)
+static bool mutate(wrk_model_t *m, int which)
 {
-    golden_t g;
-    char err[512];
-    float d = -1.f;
-    if (golden_load(suite.family, name, &g)) return d;
-    wrk_model_t *m = NULL;
-    if (wrk_model_load(g.dir, &m, err, sizeof err) == 0) {
-        wrk_mamba2_config_t *c = &((wrk_mamba2_t *)((struct wrk_model *)m)->priv)->cfg;
-        if (which == 0)
-            c->norm_group = c->inner;
-        else {
-            c->dt_min = 0.f;
-            c->dt_max = INFINITY;
-        }
-        wrk_backend_t *b = golden_backend(&suite, m, NULL, 1);
-        d = golden_run_chunked(b, &g.seqs[g.n_seqs - 1], g.V, 8);
-        wrk_backend_destroy(b);
-        wrk_model_free(m);
+    wrk_mamba2_config_t *c = &((wrk_mamba2_t *)((struct wrk_model *)m)->priv)->cfg;
+    if (which == 0)
+        c->norm_group = c->inner;
+    else {
+        c->dt_min = 0.f;
+        c->dt_max = INFINITY;
     }
-    golden_free(&g);
-    return d;
+    return true;
 }
 
 static void test_goldens_discriminate(void)
 {
-    float d = run_variant("tiny_g2_untied", 0);
+    float d = golden_run_variant(&suite, "tiny_g2_untied", 0, mutate);
     fprintf(stderr, "  full-width gated norm on G=2: max |dlogit| %.2e\n", d);
     CHECK(d > 100 * TOL_F32);
-    d = run_variant("odd_sizes", 1);
+    d = golden_run_variant(&suite, "odd_sizes", 1, mutate);
     fprintf(stderr, "  no dt clamp on odd_sizes: max |dlogit| %.2e\n", d);
     CHECK(d > 10 * TOL_F32);
 }
