@@ -169,6 +169,16 @@ void golden_check_resume(wrk_backend_t *b, int slot, const golden_seq_t *q, int 
 void golden_check_state_roundtrip(wrk_backend_t *b, const golden_seq_t *q, int V, int cut,
                                   float tol, void *blob);
 
+/* Variable-size state (fixed part ending in the 8-byte "kv.n_tokens" count, then the KV of
+ * every position), on a backend of m with 2 threads: the layout tiles the blob; q's first `cut`
+ * tokens on slot 0 grow the state by cut x kv_bytes_per_token; reads into a short buffer
+ * (one byte short, or the fixed size) are refused, an unaligned read holds the count; slot 0
+ * reset, writes of the wrong length or of the fixed part alone are refused, the blob written
+ * into slot 5 and slot 5 copied to 6 (a fork) both continue to q's golden logits (within the
+ * suite's tol); a fresh state goes through the fixed-size API. */
+void golden_check_kv_state_roundtrip(const golden_suite_t *s, const wrk_model_t *m,
+                                     const golden_seq_t *q, int V, int cut);
+
 /* Loads <family>/<name>'s weights next to its config.json with the first `from` replaced by
  * `to` (a checkpoint whose config disagrees with its tensors); wrk_model_load's result. */
 int golden_load_edited(const char *family, const char *name, const char *from, const char *to,

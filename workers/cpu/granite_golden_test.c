@@ -87,7 +87,6 @@ static void test_state_roundtrip(void)
     golden_t g;
     wrk_model_t *m = golden_open(suite.family, "moe_nope_tied", &g);
     if (!m) return;
-    char err[512];
     const wrk_model_info_t *mi = wrk_model_info(m);
     CHECK(strcmp(mi->architecture, "GraniteMoeHybridForCausalLM") == 0);
     /* 2 mamba layers of conv [K-1=3][C=64+2*2*16=128] and ssm [8][8][16], then the count. */
@@ -95,42 +94,9 @@ static void test_state_roundtrip(void)
     CHECK(mi->n_state_tensors == 5);
     CHECK(strcmp(mi->state_tensors[0].name, "layers.0.conv") == 0);
     CHECK(strcmp(mi->state_tensors[3].name, "layers.2.ssm") == 0);
-    CHECK(strcmp(mi->state_tensors[4].name, "kv.n_tokens") == 0 && mi->state_tensors[4].bytes == 8);
     /* 2 attention layers x K,V x 2 kv heads x hd 8 x 4 bytes. */
     CHECK(mi->n_kv_layers == 2 && mi->kv_width == 16 && mi->kv_bytes_per_token == 2 * 2 * 16 * 4);
-    golden_check_state_layout(mi);
-    wrk_backend_t *b = golden_backend(&suite, m, NULL, 2);
-    const golden_seq_t *q = &g.seqs[g.n_seqs - 1];
-    const int V = g.V, cut = 10;
-    CHECK(wrk_state_bytes(b, 0) == mi->state_bytes);
-    wrk_seq_t s = {.slot = 0, .n_tokens = cut, .tokens = q->tokens, .n_logits = 0};
-    CHECK(wrk_step(b, &s, 1, err, sizeof err) == 0);
-    const size_t n = wrk_state_bytes(b, 0);
-    CHECK(n == mi->state_bytes + (size_t)cut * mi->kv_bytes_per_token);
-    char *blob = malloc(n + 1);
-    size_t len = 0;
-    CHECK(wrk_state_read_n(b, 0, blob, n - 1, &len) == RCD_ETOOBIG);
-    CHECK(wrk_state_read_n(b, 0, blob, mi->state_bytes, NULL) ==
-          RCD_ETOOBIG); /* a fixed-size buffer is too small */
-    CHECK(wrk_state_read_n(b, 0, blob + 1, n, &len) == 0 && len == n); /* unaligned too */
-    uint64_t count;
-    memcpy(&count, blob + 1 + mi->state_bytes - 8, 8);
-    CHECK(count == (uint64_t)cut);
-    wrk_state_reset(b, 0); /* the original is gone; only the blob remains */
-    CHECK(wrk_state_bytes(b, 0) == mi->state_bytes);
-    CHECK(wrk_state_write_n(b, 5, blob + 1, n - 4) == RCD_EFORMAT);           /* length disagrees */
-    CHECK(wrk_state_write_n(b, 5, blob + 1, mi->state_bytes) == RCD_EFORMAT); /* count > 0 */
-    CHECK(wrk_state_write_n(b, 5, blob + 1, n) == 0);
-    CHECK(wrk_state_copy(b, 6, 5) == 0);
-    CHECK(wrk_state_bytes(b, 6) == n);
-    for (int slot = 5; slot <= 6; slot++)
-        golden_check_resume(b, slot, q, V, cut, TOL_F32);
-    /* A fresh state goes through the fixed-size API (no positions yet). */
-    wrk_state_reset(b, 7);
-    CHECK(wrk_state_read_n(b, 7, blob, mi->state_bytes, NULL) == 0);
-    CHECK(wrk_state_write_n(b, 4, blob, mi->state_bytes) == 0);
-    free(blob);
-    wrk_backend_destroy(b);
+    golden_check_kv_state_roundtrip(&suite, m, &g.seqs[g.n_seqs - 1], g.V, 10);
     wrk_model_free(m);
     golden_free(&g);
 }
