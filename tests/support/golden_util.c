@@ -652,3 +652,16 @@ cleanup:
     free(w);
     return rc;
 }
+
+void golden_test_edits(const golden_suite_t *s, const golden_edit_t *edits, int n)
+{
+    for (int i = 0; i < n; i++) {
+        const golden_edit_t *e = &edits[i];
+        char err[1024] = "";
+        const int rc = golden_load_edited(s->family, e->name, e->from, e->to, err, sizeof err);
+        bool ok = e->rc == GOLDEN_EDIT_FAILS ? rc != 0 : rc == e->rc;
+        for (int k = 0; k < 3; k++)
+            if (e->want[k] && !strstr(err, e->want[k])) ok = false;
+        CHECK_MSG(ok, "%s: %s -> %s: rc %d: %s", e->name, e->from, e->to, rc, err);
+    }
+}

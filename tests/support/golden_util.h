@@ -184,4 +184,17 @@ void golden_check_kv_state_roundtrip(const golden_suite_t *s, const wrk_model_t 
 int golden_load_edited(const char *family, const char *name, const char *from, const char *to,
                        char *err, size_t errlen);
 
+/* One edited checkpoint for golden_test_edits: fixture <family>/<name> with the first `from`
+ * of its config.json replaced by `to`; the load must return rc (GOLDEN_EDIT_FAILS: any error)
+ * with every non-NULL want[] in the message. */
+#define GOLDEN_EDIT_FAILS 1
+typedef struct golden_edit {
+    const char *name, *from, *to;
+    int rc;
+    const char *want[3];
+} golden_edit_t;
+
+/* Every edit loads (golden_load_edited) as it says. */
+void golden_test_edits(const golden_suite_t *s, const golden_edit_t *edits, int n);
+
 #endif

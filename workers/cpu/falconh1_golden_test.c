@@ -262,32 +262,45 @@ static void test_config(void)
  * the tensor. */
 static void test_bad_checkpoints(void)
 {
-    char err[1024];
-    int rc = golden_load_edited(suite.family, "mqa_nonorm_tied", "\"mamba_rms_norm\": false",
-                                "\"mamba_rms_norm\": false", err, sizeof err);
-    CHECK_MSG(rc == 0, "%s", err);
-    rc = golden_load_edited(suite.family, "mqa_nonorm_tied", "\"mamba_rms_norm\": false",
-                            "\"mamba_rms_norm\": true", err, sizeof err);
-    CHECK_MSG(rc == RCD_ENOTFOUND && strstr(err, "mamba.norm.weight"), "%s", err);
-    rc = golden_load_edited(suite.family, "gqa_norm_before_gate", "\"mamba_rms_norm\": true",
-                            "\"mamba_rms_norm\": false", err, sizeof err);
-    CHECK_MSG(rc == RCD_EFORMAT && strstr(err, "unexpected tensor") && strstr(err, "norm.weight"),
-              "%s", err);
-    rc = golden_load_edited(suite.family, "gqa_norm_before_gate", "\"projectors_bias\": false",
-                            "\"projectors_bias\": true", err, sizeof err);
-    CHECK_MSG(rc == RCD_ENOTFOUND && strstr(err, "mamba.out_proj.bias"), "%s", err);
-    rc = golden_load_edited(suite.family, "odd_bias_gate_first", "\"projectors_bias\": true",
-                            "\"projectors_bias\": false", err, sizeof err);
-    CHECK_MSG(rc == RCD_EFORMAT && strstr(err, "out_proj.bias"), "%s", err);
-    rc = golden_load_edited(suite.family, "gqa_norm_before_gate", "\"num_key_value_heads\": 2",
-                            "\"num_key_value_heads\": 4", err, sizeof err);
-    CHECK_MSG(rc == RCD_EFORMAT && strstr(err, "self_attn.k_proj.weight"), "%s", err);
-    rc = golden_load_edited(suite.family, "mqa_nonorm_tied", "\"tie_word_embeddings\": true",
-                            "\"tie_word_embeddings\": false", err, sizeof err);
-    CHECK_MSG(rc == RCD_ENOTFOUND && strstr(err, "lm_head.weight"), "%s", err);
-    rc = golden_load_edited(suite.family, "gqa_norm_before_gate", "\"intermediate_size\": 48",
-                            "\"intermediate_size\": 40", err, sizeof err);
-    CHECK_MSG(rc == RCD_EFORMAT && strstr(err, "feed_forward.gate_proj.weight"), "%s", err);
+    static const golden_edit_t edits[] = {
+        {"mqa_nonorm_tied", "\"mamba_rms_norm\": false", "\"mamba_rms_norm\": false", 0, {NULL}},
+        {"mqa_nonorm_tied",
+         "\"mamba_rms_norm\": false",
+         "\"mamba_rms_norm\": true",
+         RCD_ENOTFOUND,
+         {"mamba.norm.weight"}},
+        {"gqa_norm_before_gate",
+         "\"mamba_rms_norm\": true",
+         "\"mamba_rms_norm\": false",
+         RCD_EFORMAT,
+         {"unexpected tensor", "norm.weight"}},
+        {"gqa_norm_before_gate",
+         "\"projectors_bias\": false",
+         "\"projectors_bias\": true",
+         RCD_ENOTFOUND,
+         {"mamba.out_proj.bias"}},
+        {"odd_bias_gate_first",
+         "\"projectors_bias\": true",
+         "\"projectors_bias\": false",
+         RCD_EFORMAT,
+         {"out_proj.bias"}},
+        {"gqa_norm_before_gate",
+         "\"num_key_value_heads\": 2",
+         "\"num_key_value_heads\": 4",
+         RCD_EFORMAT,
+         {"self_attn.k_proj.weight"}},
+        {"mqa_nonorm_tied",
+         "\"tie_word_embeddings\": true",
+         "\"tie_word_embeddings\": false",
+         RCD_ENOTFOUND,
+         {"lm_head.weight"}},
+        {"gqa_norm_before_gate",
+         "\"intermediate_size\": 48",
+         "\"intermediate_size\": 40",
+         RCD_EFORMAT,
+         {"feed_forward.gate_proj.weight"}},
+    };
+    golden_test_edits(&suite, edits, (int)(sizeof edits / sizeof edits[0]));
 }
 
 int main(int argc, char **argv)

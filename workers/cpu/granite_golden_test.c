@@ -354,43 +354,58 @@ static void test_config(void)
 
 /* A checkpoint whose config.json disagrees with its tensors is refused with a message naming
  * the tensor: moe_nope_tied's weights next to an edited config.json. */
-static int load_edited(const char *from, const char *to, char *err, size_t errlen)
-{
-    return golden_load_edited(suite.family, "moe_nope_tied", from, to, err, errlen);
-}
-
 static void test_bad_checkpoints(void)
 {
-    char err[1024];
-    int rc =
-        load_edited("\"num_experts_per_tok\": 2", "\"num_experts_per_tok\": 2", err, sizeof err);
-    CHECK_MSG(rc == 0, "%s", err); /* the unedited copy loads */
-    rc = load_edited("\"num_local_experts\": 4", "\"num_local_experts\": 5", err, sizeof err);
-    CHECK_MSG(rc == RCD_EFORMAT && strstr(err, "block_sparse_moe.router.layer.weight") &&
-                  strstr(err, "model.safetensors"),
-              "%s", err);
-    rc = load_edited("\"num_local_experts\": 4", "\"num_local_experts\": 0", err, sizeof err);
-    CHECK_MSG(rc == RCD_EFORMAT && strstr(err, "unexpected tensor") &&
-                  strstr(err, "block_sparse_moe"),
-              "%s", err);
-    rc = load_edited("\"intermediate_size\": 16", "\"intermediate_size\": 8", err, sizeof err);
-    CHECK_MSG(rc == RCD_EFORMAT && strstr(err, "input_linear.weight") && strstr(err, "[4,32,32]"),
-              "%s", err);
-    rc = load_edited("\"num_key_value_heads\": 2", "\"num_key_value_heads\": 4", err, sizeof err);
-    CHECK_MSG(rc == RCD_EFORMAT && strstr(err, "self_attn.k_proj.weight"), "%s", err);
-    rc = load_edited("\"full_attention\",\n    \"linear_attention\"",
-                     "\"linear_attention\",\n    \"linear_attention\"", err, sizeof err);
-    CHECK_MSG(rc != 0 && strstr(err, "layers.1."), "%s", err);
-    rc = load_edited("\"mamba_d_state\": 16", "\"mamba_d_state\": 8", err, sizeof err);
-    CHECK_MSG(rc == RCD_EFORMAT && strstr(err, "mamba.in_proj.weight"), "%s", err);
-    rc = load_edited("\"attention_bias\": false", "\"attention_bias\": true", err, sizeof err);
-    CHECK_MSG(rc == RCD_ENOTFOUND && strstr(err, "self_attn.q_proj.bias"), "%s", err);
-    rc = load_edited("\"tie_word_embeddings\": true", "\"tie_word_embeddings\": false", err,
-                     sizeof err);
-    CHECK_MSG(rc == RCD_ENOTFOUND && strstr(err, "lm_head.weight"), "%s", err);
-    rc = load_edited("\"shared_intermediate_size\": 48", "\"shared_intermediate_size\": 1e9", err,
-                     sizeof err);
-    CHECK_MSG(rc == RCD_EFORMAT && strstr(err, "shared_intermediate_size"), "%s", err);
+    static const golden_edit_t edits[] = {
+        /* the unedited copy loads */
+        {"moe_nope_tied", "\"num_experts_per_tok\": 2", "\"num_experts_per_tok\": 2", 0, {NULL}},
+        {"moe_nope_tied",
+         "\"num_local_experts\": 4",
+         "\"num_local_experts\": 5",
+         RCD_EFORMAT,
+         {"block_sparse_moe.router.layer.weight", "model.safetensors"}},
+        {"moe_nope_tied",
+         "\"num_local_experts\": 4",
+         "\"num_local_experts\": 0",
+         RCD_EFORMAT,
+         {"unexpected tensor", "block_sparse_moe"}},
+        {"moe_nope_tied",
+         "\"intermediate_size\": 16",
+         "\"intermediate_size\": 8",
+         RCD_EFORMAT,
+         {"input_linear.weight", "[4,32,32]"}},
+        {"moe_nope_tied",
+         "\"num_key_value_heads\": 2",
+         "\"num_key_value_heads\": 4",
+         RCD_EFORMAT,
+         {"self_attn.k_proj.weight"}},
+        {"moe_nope_tied",
+         "\"full_attention\",\n    \"linear_attention\"",
+         "\"linear_attention\",\n    \"linear_attention\"",
+         GOLDEN_EDIT_FAILS,
+         {"layers.1."}},
+        {"moe_nope_tied",
+         "\"mamba_d_state\": 16",
+         "\"mamba_d_state\": 8",
+         RCD_EFORMAT,
+         {"mamba.in_proj.weight"}},
+        {"moe_nope_tied",
+         "\"attention_bias\": false",
+         "\"attention_bias\": true",
+         RCD_ENOTFOUND,
+         {"self_attn.q_proj.bias"}},
+        {"moe_nope_tied",
+         "\"tie_word_embeddings\": true",
+         "\"tie_word_embeddings\": false",
+         RCD_ENOTFOUND,
+         {"lm_head.weight"}},
+        {"moe_nope_tied",
+         "\"shared_intermediate_size\": 48",
+         "\"shared_intermediate_size\": 1e9",
+         RCD_EFORMAT,
+         {"shared_intermediate_size"}},
+    };
+    golden_test_edits(&suite, edits, (int)(sizeof edits / sizeof edits[0]));
 }
 
 /* The opt-in bf16 matmul on the BF16 copy (golden_util.h): within TOL_BF16_MATMUL. */

@@ -179,32 +179,44 @@ static void test_config(void)
 
 /* A checkpoint whose config.json disagrees with its tensors is refused with a message naming
  * the tensor: alt_moe_gqa's weights next to an edited config.json. */
-static int load_edited(const char *from, const char *to, char *err, size_t errlen)
-{
-    return golden_load_edited(suite.family, "alt_moe_gqa", from, to, err, errlen);
-}
-
 static void test_bad_checkpoints(void)
 {
-    char err[1024];
-    int rc = load_edited("\"num_experts\": 4", "\"num_experts\": 4", err, sizeof err);
-    CHECK_MSG(rc == 0, "%s", err); /* the unedited copy loads */
-    rc = load_edited("\"num_experts\": 4", "\"num_experts\": 5", err, sizeof err);
-    CHECK_MSG(rc == RCD_EFORMAT && strstr(err, "feed_forward.router.weight") &&
-                  strstr(err, "model.safetensors"),
-              "%s", err);
-    rc = load_edited("\"num_experts\": 4", "\"num_experts\": 1", err, sizeof err);
-    CHECK_MSG(rc != 0 && strstr(err, "feed_forward"), "%s", err);
-    rc = load_edited("\"expert_layer_offset\": 0", "\"expert_layer_offset\": 1", err, sizeof err);
-    CHECK_MSG(rc != 0 && strstr(err, "feed_forward"), "%s", err);
-    rc = load_edited("\"attn_layer_offset\": 1", "\"attn_layer_offset\": 0", err, sizeof err);
-    CHECK_MSG(rc != 0 && strstr(err, "layers.0."), "%s", err);
-    rc = load_edited("\"num_key_value_heads\": 2", "\"num_key_value_heads\": 4", err, sizeof err);
-    CHECK_MSG(rc == RCD_EFORMAT && strstr(err, "self_attn.k_proj.weight"), "%s", err);
-    rc = load_edited("\"mamba_d_state\": 8", "\"mamba_d_state\": 4", err, sizeof err);
-    CHECK_MSG(rc == RCD_EFORMAT && strstr(err, "mamba."), "%s", err);
-    rc = load_edited("\"mamba_proj_bias\": false", "\"mamba_proj_bias\": true", err, sizeof err);
-    CHECK_MSG(rc == RCD_ENOTFOUND && strstr(err, "mamba.in_proj.bias"), "%s", err);
+    static const golden_edit_t edits[] = {
+        /* the unedited copy loads */
+        {"alt_moe_gqa", "\"num_experts\": 4", "\"num_experts\": 4", 0, {NULL}},
+        {"alt_moe_gqa",
+         "\"num_experts\": 4",
+         "\"num_experts\": 5",
+         RCD_EFORMAT,
+         {"feed_forward.router.weight", "model.safetensors"}},
+        {"alt_moe_gqa",
+         "\"num_experts\": 4",
+         "\"num_experts\": 1",
+         GOLDEN_EDIT_FAILS,
+         {"feed_forward"}},
+        {"alt_moe_gqa",
+         "\"expert_layer_offset\": 0",
+         "\"expert_layer_offset\": 1",
+         GOLDEN_EDIT_FAILS,
+         {"feed_forward"}},
+        {"alt_moe_gqa",
+         "\"attn_layer_offset\": 1",
+         "\"attn_layer_offset\": 0",
+         GOLDEN_EDIT_FAILS,
+         {"layers.0."}},
+        {"alt_moe_gqa",
+         "\"num_key_value_heads\": 2",
+         "\"num_key_value_heads\": 4",
+         RCD_EFORMAT,
+         {"self_attn.k_proj.weight"}},
+        {"alt_moe_gqa", "\"mamba_d_state\": 8", "\"mamba_d_state\": 4", RCD_EFORMAT, {"mamba."}},
+        {"alt_moe_gqa",
+         "\"mamba_proj_bias\": false",
+         "\"mamba_proj_bias\": true",
+         RCD_ENOTFOUND,
+         {"mamba.in_proj.bias"}},
+    };
+    golden_test_edits(&suite, edits, (int)(sizeof edits / sizeof edits[0]));
 }
 
 int main(int argc, char **argv)

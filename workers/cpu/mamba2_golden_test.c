@@ -200,40 +200,62 @@ static void test_config(void)
 
 /* A checkpoint whose config.json disagrees with its tensors is refused with a message naming
  * the tensor: tiny_g2_untied's weights next to an edited config.json. */
-static int load_edited(const char *from, const char *to, char *err, size_t errlen)
-{
-    return golden_load_edited(suite.family, "tiny_g2_untied", from, to, err, errlen);
-}
-
 static void test_bad_checkpoints(void)
 {
-    char err[1024];
-    /* Geometry that disagrees with itself (I != NH * P) or with the tensors. */
-    int rc = load_edited("\"head_dim\": 8", "\"head_dim\": 4", err, sizeof err);
-    CHECK(rc == RCD_EFORMAT); /* expand*H = 64 != 8*4 */
-    CHECK(strstr(err, "num_heads * head_dim") != NULL);
-    rc = load_edited("\"n_groups\": 2", "\"n_groups\": 4", err, sizeof err);
-    CHECK_MSG(rc == RCD_EFORMAT && strstr(err, "mixer.in_proj.weight") && strstr(err, "[200,32]"),
-              "%s", err);
-    rc = load_edited("\"state_size\": 16", "\"state_size\": 8", err, sizeof err);
-    CHECK_MSG(rc == RCD_EFORMAT && strstr(err, "mixer.in_proj.weight"), "%s", err);
-    rc = load_edited("\"conv_kernel\": 4", "\"conv_kernel\": 3", err, sizeof err);
-    CHECK_MSG(rc == RCD_EFORMAT && strstr(err, "mixer.conv1d.weight"), "%s", err);
-    rc = load_edited("\"tie_word_embeddings\": false", "\"tie_word_embeddings\": true", err,
-                     sizeof err);
-    /* Tied with a (right-shaped) head in the file loads, as transformers ties over it. */
-    CHECK_MSG(rc == 0, "%s", err);
-    rc = load_edited("\"use_bias\": false", "\"use_bias\": true", err, sizeof err);
-    CHECK_MSG(rc == RCD_ENOTFOUND && strstr(err, "mixer.in_proj.bias"), "%s", err);
-    rc = load_edited("\"use_conv_bias\": true", "\"use_conv_bias\": false", err, sizeof err);
-    CHECK_MSG(rc == RCD_EFORMAT && strstr(err, "conv1d.bias"), "%s", err); /* unused tensor */
-    rc = load_edited("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3", err, sizeof err);
-    CHECK_MSG(rc != 0, "%s", err);
-    rc = load_edited("\"time_step_limit\": [\n    0.0,", "\"time_step_limit\": [\n    0.9,", err,
-                     sizeof err);
-    CHECK_MSG(rc == 0, "%s", err); /* a valid limit loads */
-    rc = load_edited("\"Infinity\"", "\"-Infinity\"", err, sizeof err);
-    CHECK_MSG(rc == RCD_EFORMAT && strstr(err, "time_step_limit"), "%s", err);
+    static const golden_edit_t edits[] = {
+        /* Geometry that disagrees with itself (I != NH * P) or with the tensors. */
+        /* expand*H = 64 != 8*4 */
+        {"tiny_g2_untied",
+         "\"head_dim\": 8",
+         "\"head_dim\": 4",
+         RCD_EFORMAT,
+         {"num_heads * head_dim"}},
+        {"tiny_g2_untied",
+         "\"n_groups\": 2",
+         "\"n_groups\": 4",
+         RCD_EFORMAT,
+         {"mixer.in_proj.weight", "[200,32]"}},
+        {"tiny_g2_untied",
+         "\"state_size\": 16",
+         "\"state_size\": 8",
+         RCD_EFORMAT,
+         {"mixer.in_proj.weight"}},
+        {"tiny_g2_untied",
+         "\"conv_kernel\": 4",
+         "\"conv_kernel\": 3",
+         RCD_EFORMAT,
+         {"mixer.conv1d.weight"}},
+        /* Tied with a (right-shaped) head in the file loads, as transformers ties over it. */
+        {"tiny_g2_untied",
+         "\"tie_word_embeddings\": false",
+         "\"tie_word_embeddings\": true",
+         0,
+         {NULL}},
+        {"tiny_g2_untied",
+         "\"use_bias\": false",
+         "\"use_bias\": true",
+         RCD_ENOTFOUND,
+         {"mixer.in_proj.bias"}},
+        /* unused tensor */
+        {"tiny_g2_untied",
+         "\"use_conv_bias\": true",
+         "\"use_conv_bias\": false",
+         RCD_EFORMAT,
+         {"conv1d.bias"}},
+        {"tiny_g2_untied",
+         "\"num_hidden_layers\": 2",
+         "\"num_hidden_layers\": 3",
+         GOLDEN_EDIT_FAILS,
+         {NULL}},
+        /* a valid limit loads */
+        {"tiny_g2_untied",
+         "\"time_step_limit\": [\n    0.0,",
+         "\"time_step_limit\": [\n    0.9,",
+         0,
+         {NULL}},
+        {"tiny_g2_untied", "\"Infinity\"", "\"-Infinity\"", RCD_EFORMAT, {"time_step_limit"}},
+    };
+    golden_test_edits(&suite, edits, (int)(sizeof edits / sizeof edits[0]));
 }
 
 /* The opt-in bf16 matmul on the BF16 copy (golden_util.h): within TOL_BF16_MATMUL. */

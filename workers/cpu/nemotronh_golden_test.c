@@ -199,23 +199,31 @@ static void test_config(void)
  * the tensor. */
 static void test_bad_checkpoints(void)
 {
-    char err[1024];
-    int rc = golden_load_edited(suite.family, "moe_gqa_tied", "\"n_routed_experts\": 8",
-                                "\"n_routed_experts\": 8", err, sizeof err);
-    CHECK_MSG(rc == 0, "%s", err);
-    rc = golden_load_edited(suite.family, "moe_gqa_tied", "\"moe_intermediate_size\": 12",
-                            "\"moe_intermediate_size\": 16", err, sizeof err);
-    CHECK_MSG(rc == RCD_EFORMAT && strstr(err, "experts.0.up_proj.weight"), "%s", err);
-    rc = golden_load_edited(suite.family, "moe_gqa_tied", "\"num_key_value_heads\": 2",
-                            "\"num_key_value_heads\": 4", err, sizeof err);
-    CHECK_MSG(rc == RCD_EFORMAT && strstr(err, "mixer.k_proj.weight"), "%s", err);
-    /* transformers never ties Nemotron-H's head: the flag changes nothing. */
-    rc = golden_load_edited(suite.family, "moe_gqa_tied", "\"tie_word_embeddings\": true",
-                            "\"tie_word_embeddings\": false", err, sizeof err);
-    CHECK_MSG(rc == 0, "%s", err);
-    rc = golden_load_edited(suite.family, "moe_gqa_tied", "\"mlp_bias\": false",
-                            "\"mlp_bias\": true", err, sizeof err);
-    CHECK_MSG(rc == RCD_ENOTFOUND && strstr(err, "up_proj.bias"), "%s", err);
+    static const golden_edit_t edits[] = {
+        {"moe_gqa_tied", "\"n_routed_experts\": 8", "\"n_routed_experts\": 8", 0, {NULL}},
+        {"moe_gqa_tied",
+         "\"moe_intermediate_size\": 12",
+         "\"moe_intermediate_size\": 16",
+         RCD_EFORMAT,
+         {"experts.0.up_proj.weight"}},
+        {"moe_gqa_tied",
+         "\"num_key_value_heads\": 2",
+         "\"num_key_value_heads\": 4",
+         RCD_EFORMAT,
+         {"mixer.k_proj.weight"}},
+        /* transformers never ties Nemotron-H's head: the flag changes nothing. */
+        {"moe_gqa_tied",
+         "\"tie_word_embeddings\": true",
+         "\"tie_word_embeddings\": false",
+         0,
+         {NULL}},
+        {"moe_gqa_tied",
+         "\"mlp_bias\": false",
+         "\"mlp_bias\": true",
+         RCD_ENOTFOUND,
+         {"up_proj.bias"}},
+    };
+    golden_test_edits(&suite, edits, (int)(sizeof edits / sizeof edits[0]));
 }
 
 int main(int argc, char **argv)
