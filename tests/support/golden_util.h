@@ -123,6 +123,22 @@ int golden_greedy(const golden_suite_t *s, const char *model_dir, const golden_t
 /* Every fp32 case: 32 greedy tokens identical, their logits within tol. */
 void golden_test_greedy(const golden_suite_t *s);
 
+/* The three drivers above as the test cases of a golden test (RUN(test_chunkings); etc. in its
+ * main): test_chunkings, test_ragged and test_greedy on `suite`. */
+#define GOLDEN_SUITE_CASES(suite)                                                                  \
+    static void test_chunkings(void)                                                               \
+    {                                                                                              \
+        golden_test_chunkings(&(suite));                                                           \
+    }                                                                                              \
+    static void test_ragged(void)                                                                  \
+    {                                                                                              \
+        golden_test_ragged(&(suite));                                                              \
+    }                                                                                              \
+    static void test_greedy(void)                                                                  \
+    {                                                                                              \
+        golden_test_greedy(&(suite));                                                              \
+    }
+
 /* The opt-in bf16 matmul (x rounded to bf16) on the BF16 checkpoint <family>/<model_case>
  * against the goldens of <family>/<golden_case>: every chunking within tol of them and
  * bit-identical to each other, with 1 and 2 threads, and the fixture's greedy ids up to

@@ -26,18 +26,7 @@ static const golden_suite_t suite = {
     .ragged_pattern = {1, 3, 7, 2, 5, 1, 1, 4},
 };
 
-static void test_chunkings(void)
-{
-    golden_test_chunkings(&suite);
-}
-static void test_ragged(void)
-{
-    golden_test_ragged(&suite);
-}
-static void test_greedy(void)
-{
-    golden_test_greedy(&suite);
-}
+GOLDEN_SUITE_CASES(suite)
 
 /* Batch invariance: every sequence's logits in ragged batches (all of a fixture's sequences
  * together, uneven chunks, 2 threads) are bit-identical to the same sequence run alone. */

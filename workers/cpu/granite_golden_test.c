@@ -38,18 +38,7 @@ static const golden_suite_t suite = {
     .ragged_pattern = {1, 3, 7, 2, 5, 1, 1, 4},
 };
 
-static void test_chunkings(void)
-{
-    golden_test_chunkings(&suite);
-}
-static void test_ragged(void)
-{
-    golden_test_ragged(&suite);
-}
-static void test_greedy(void)
-{
-    golden_test_greedy(&suite);
-}
+GOLDEN_SUITE_CASES(suite)
 
 /* The MoE checkpoint in BF16 (3-D expert tensors included): exact reference is the fp32
  * forward of the upcast weights; greedy tokens equal the fp32 model's. */

@@ -26,18 +26,7 @@ static const golden_suite_t suite = {
     .ragged_pattern = {1, 3, 7, 2, 5, 1, 1, 4},
 };
 
-static void test_chunkings(void)
-{
-    golden_test_chunkings(&suite);
-}
-static void test_ragged(void)
-{
-    golden_test_ragged(&suite);
-}
-static void test_greedy(void)
-{
-    golden_test_greedy(&suite);
-}
+GOLDEN_SUITE_CASES(suite)
 
 /* The state layout and the variable-size state: read after a prefix (fixed Mamba part +
  * position count + KV of every position), written into another slot, continued exactly; a

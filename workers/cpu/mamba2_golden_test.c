@@ -33,18 +33,7 @@ static const golden_suite_t suite = {
     .ragged_pattern = {1, 3, 7, 2, 5, 1, 1, 4},
 };
 
-static void test_chunkings(void)
-{
-    golden_test_chunkings(&suite);
-}
-static void test_ragged(void)
-{
-    golden_test_ragged(&suite);
-}
-static void test_greedy(void)
-{
-    golden_test_greedy(&suite);
-}
+GOLDEN_SUITE_CASES(suite)
 
 /* The same checkpoint in BF16. The engine computes in fp32 from the rounded weights, so its
  * exact reference is transformers' fp32 forward of the upcast bf16 weights (goldens in the

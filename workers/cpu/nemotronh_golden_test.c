@@ -26,18 +26,7 @@ static const golden_suite_t suite = {
     .ragged_pattern = {1, 3, 7, 2, 5, 1, 1, 4},
 };
 
-static void test_chunkings(void)
-{
-    golden_test_chunkings(&suite);
-}
-static void test_ragged(void)
-{
-    golden_test_ragged(&suite);
-}
-static void test_greedy(void)
-{
-    golden_test_greedy(&suite);
-}
+GOLDEN_SUITE_CASES(suite)
 
 /* The state layout (M - M E * -: two Mamba layers, one attention layer) and the variable-size
  * state: read after a prefix, written into another slot, continued exactly; a fork too. */

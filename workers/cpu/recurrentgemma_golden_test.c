@@ -37,19 +37,8 @@ static const golden_suite_t suite = {
     .ragged_last_row = true,
 };
 
-static void test_chunkings(void)
-{
-    golden_test_chunkings(&suite);
-}
-static void test_ragged(void)
-{
-    golden_test_ragged(&suite);
-}
-/* 32 greedy tokens, all past the window for W <= 8, crossing it for W = 16. */
-static void test_greedy(void)
-{
-    golden_test_greedy(&suite);
-}
+/* test_greedy: 32 greedy tokens, all past the window for W <= 8, crossing it for W = 16. */
+GOLDEN_SUITE_CASES(suite)
 
 /* The tiny model in BF16. The engine computes in fp32 from the rounded weights, so its exact
  * reference is transformers' fp32 forward of the upcast bf16 weights (goldens in the _bf16
