@@ -665,3 +665,13 @@ void golden_test_edits(const golden_suite_t *s, const golden_edit_t *edits, int 
         CHECK_MSG(ok, "%s: %s -> %s: rc %d: %s", e->name, e->from, e->to, rc, err);
     }
 }
+
+void golden_test_refusals(golden_parse_fn parse, const golden_refusal_t *r, int n)
+{
+    for (int i = 0; i < n; i++) {
+        char err[512] = "";
+        const int rc = parse(r[i].json, err, sizeof err);
+        CHECK_MSG(rc == r[i].rc && (!r[i].field || strstr(err, r[i].field)),
+                  "case %d (%s): rc %d: %s", i, r[i].json, rc, err);
+    }
+}

@@ -200,6 +200,19 @@ void golden_check_kv_state_roundtrip(const golden_suite_t *s, const wrk_model_t 
 int golden_load_edited(const char *family, const char *name, const char *from, const char *to,
                        char *err, size_t errlen);
 
+/* A family's config parser for golden_test_refusals (wrk_*_config_parse of a string). */
+typedef int (*golden_parse_fn)(const char *json, char *err, size_t errlen);
+
+/* One config.json the parser must refuse: with rc, and (field non-NULL) naming field. */
+typedef struct golden_refusal {
+    const char *json;
+    int rc;
+    const char *field;
+} golden_refusal_t;
+
+/* Every refusal parses (parse, err cleared first) to its rc, the message naming its field. */
+void golden_test_refusals(golden_parse_fn parse, const golden_refusal_t *r, int n);
+
 /* One edited checkpoint for golden_test_edits: fixture <family>/<name> with the first `from`
  * of its config.json replaced by `to`; the load must return rc (GOLDEN_EDIT_FAILS: any error)
  * with every non-NULL want[] in the message. */

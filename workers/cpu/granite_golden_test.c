@@ -309,16 +309,16 @@ static void test_config(void)
             "\"attention\"],\"position_embedding_type\":\"rope\",\"rope_theta\":500,");
     CHECK(wrk_granite_config_parse(alias, strlen(alias), &c, err, sizeof err) == 0);
     CHECK(c.n_attn == 1 && c.attn[2] && c.rope && c.rope_theta == 500.f);
-    CHECK(parse(CFG("\"layer_types\":[\"mamba\",\"attention\"],"), err, sizeof err) == RCD_EFORMAT);
-    CHECK(parse(CFG("\"layer_types\":[\"mamba\",\"moe\",\"mamba\"],"), err, sizeof err) ==
-          RCD_EUNSUPPORTED);
-    CHECK(strstr(err, "layer_types") != NULL);
-    CHECK(parse(CFG("\"num_key_value_heads\":3,"), err, sizeof err) == RCD_EFORMAT);
-    CHECK(parse(CFG("\"mamba_d_head\":4,"), err, sizeof err) == RCD_EFORMAT);
-    CHECK(strstr(err, "mamba_n_heads * mamba_d_head") != NULL);
-    CHECK(parse(CFG("\"mamba_n_groups\":3,"), err, sizeof err) == RCD_EFORMAT);
-    CHECK(parse(CFG("\"num_experts_per_tok\":5,"), err, sizeof err) == RCD_EFORMAT);
-    CHECK(parse(CFG("\"num_experts_per_tok\":0,"), err, sizeof err) == RCD_EFORMAT);
+    static const golden_refusal_t refusals[] = {
+        {CFG("\"layer_types\":[\"mamba\",\"attention\"],"), RCD_EFORMAT, NULL},
+        {CFG("\"layer_types\":[\"mamba\",\"moe\",\"mamba\"],"), RCD_EUNSUPPORTED, "layer_types"},
+        {CFG("\"num_key_value_heads\":3,"), RCD_EFORMAT, NULL},
+        {CFG("\"mamba_d_head\":4,"), RCD_EFORMAT, "mamba_n_heads * mamba_d_head"},
+        {CFG("\"mamba_n_groups\":3,"), RCD_EFORMAT, NULL},
+        {CFG("\"num_experts_per_tok\":5,"), RCD_EFORMAT, NULL},
+        {CFG("\"num_experts_per_tok\":0,"), RCD_EFORMAT, NULL},
+    };
+    golden_test_refusals(parse, refusals, (int)(sizeof refusals / sizeof refusals[0]));
     CHECK(parse(CFG("\"num_local_experts\":0,\"num_experts_per_tok\":0,"), err, sizeof err) == 0);
     CHECK(parse(CFG("\"position_embedding_type\":\"alibi\","), err, sizeof err) ==
           RCD_EUNSUPPORTED);
@@ -328,16 +328,18 @@ static void test_config(void)
     CHECK(parse(CFG("\"position_embedding_type\":\"rope\",\"num_attention_heads\":32,"
                     "\"num_key_value_heads\":32,"),
                 err, sizeof err) == RCD_EFORMAT); /* head dim 1 is odd */
-    CHECK(parse(CFG("\"num_attention_heads\":64,\"num_key_value_heads\":64,"), err, sizeof err) ==
-          RCD_EFORMAT);
-    CHECK(parse(CFG("\"logits_scaling\":0,"), err, sizeof err) == RCD_EFORMAT);
-    CHECK(parse(CFG("\"logits_scaling\":\"8\","), err, sizeof err) == RCD_EFORMAT);
-    CHECK(parse(CFG("\"rms_norm_eps\":0,"), err, sizeof err) == RCD_EFORMAT);
-    CHECK(parse(CFG("\"hidden_act\":\"gelu\","), err, sizeof err) == RCD_EUNSUPPORTED);
-    CHECK(parse(CFG("\"num_hidden_layers\":2000,"), err, sizeof err) == RCD_EFORMAT);
-    CHECK(parse(CFG("\"time_step_limit\":[0.5,0.1],"), err, sizeof err) == RCD_EFORMAT);
-    CHECK(parse("{\"model_type\":\"mamba2\"}", err, sizeof err) == RCD_EUNSUPPORTED);
-    CHECK(parse("[1]", err, sizeof err) == RCD_EFORMAT);
+    static const golden_refusal_t refusals2[] = {
+        {CFG("\"num_attention_heads\":64,\"num_key_value_heads\":64,"), RCD_EFORMAT, NULL},
+        {CFG("\"logits_scaling\":0,"), RCD_EFORMAT, NULL},
+        {CFG("\"logits_scaling\":\"8\","), RCD_EFORMAT, NULL},
+        {CFG("\"rms_norm_eps\":0,"), RCD_EFORMAT, NULL},
+        {CFG("\"hidden_act\":\"gelu\","), RCD_EUNSUPPORTED, NULL},
+        {CFG("\"num_hidden_layers\":2000,"), RCD_EFORMAT, NULL},
+        {CFG("\"time_step_limit\":[0.5,0.1],"), RCD_EFORMAT, NULL},
+        {"{\"model_type\":\"mamba2\"}", RCD_EUNSUPPORTED, NULL},
+        {"[1]", RCD_EFORMAT, NULL},
+    };
+    golden_test_refusals(parse, refusals2, (int)(sizeof refusals2 / sizeof refusals2[0]));
 #undef CFG
 }
 

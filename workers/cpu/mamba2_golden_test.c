@@ -162,28 +162,35 @@ static void test_config(void)
     CHECK(wrk_mamba2_config_parse(lim, strlen(lim), &c, err, sizeof err) == 0);
     CHECK(c.dt_min == 0.001f && isinf(c.dt_max));
     CHECK(parse(CFG(""), err, sizeof err) == 0);
-    CHECK(parse(CFG("\"num_heads\":7,"), err, sizeof err) == RCD_EFORMAT); /* 64 != 7*8 */
-    CHECK(strstr(err, "num_heads * head_dim") != NULL);
-    CHECK(parse(CFG("\"n_groups\":3,"), err, sizeof err) == RCD_EFORMAT);
-    CHECK(parse(CFG("\"n_groups\":0,"), err, sizeof err) == RCD_EFORMAT);
-    CHECK(parse(CFG("\"state_size\":-1,"), err, sizeof err) == RCD_EFORMAT);
-    CHECK(parse(CFG("\"conv_kernel\":0,"), err, sizeof err) == RCD_EFORMAT);
-    CHECK(parse(CFG("\"head_dim\":8.5,"), err, sizeof err) == RCD_EFORMAT);
-    CHECK(parse(CFG("\"time_step_limit\":[0.1],"), err, sizeof err) == RCD_EFORMAT);
-    CHECK(parse(CFG("\"time_step_limit\":[0.0,\"-inf\"],"), err, sizeof err) == RCD_EFORMAT);
+    static const golden_refusal_t refusals[] = {
+        /* 64 != 7*8 */
+        {CFG("\"num_heads\":7,"), RCD_EFORMAT, "num_heads * head_dim"},
+        {CFG("\"n_groups\":3,"), RCD_EFORMAT, NULL},
+        {CFG("\"n_groups\":0,"), RCD_EFORMAT, NULL},
+        {CFG("\"state_size\":-1,"), RCD_EFORMAT, NULL},
+        {CFG("\"conv_kernel\":0,"), RCD_EFORMAT, NULL},
+        {CFG("\"head_dim\":8.5,"), RCD_EFORMAT, NULL},
+        {CFG("\"time_step_limit\":[0.1],"), RCD_EFORMAT, NULL},
+        {CFG("\"time_step_limit\":[0.0,\"-inf\"],"), RCD_EFORMAT, NULL},
+    };
+    golden_test_refusals(parse, refusals, (int)(sizeof refusals / sizeof refusals[0]));
     CHECK(parse(CFG("\"time_step_limit\":[0.0,\"INF\"],"), err, sizeof err) == 0);
-    CHECK(parse(CFG("\"time_step_limit\":[0.0,\"big\"],"), err, sizeof err) == RCD_EFORMAT);
-    CHECK(parse(CFG("\"time_step_limit\":[0.5,0.1],"), err, sizeof err) == RCD_EFORMAT);
-    CHECK(parse(CFG("\"time_step_limit\":[0,{\"__float__\":\"NaN\"}],"), err, sizeof err) ==
-          RCD_EFORMAT);
-    CHECK(parse(CFG("\"norm_before_gate\":true,"), err, sizeof err) == RCD_EUNSUPPORTED);
-    CHECK(strstr(err, "norm_before_gate") != NULL);
+    static const golden_refusal_t refusals2[] = {
+        {CFG("\"time_step_limit\":[0.0,\"big\"],"), RCD_EFORMAT, NULL},
+        {CFG("\"time_step_limit\":[0.5,0.1],"), RCD_EFORMAT, NULL},
+        {CFG("\"time_step_limit\":[0,{\"__float__\":\"NaN\"}],"), RCD_EFORMAT, NULL},
+        {CFG("\"norm_before_gate\":true,"), RCD_EUNSUPPORTED, "norm_before_gate"},
+    };
+    golden_test_refusals(parse, refusals2, (int)(sizeof refusals2 / sizeof refusals2[0]));
     CHECK(parse(CFG("\"norm_before_gate\":false,"), err, sizeof err) == 0);
-    CHECK(parse(CFG("\"rms_norm\":false,"), err, sizeof err) == RCD_EUNSUPPORTED);
-    CHECK(parse(CFG("\"hidden_act\":\"gelu\","), err, sizeof err) == RCD_EUNSUPPORTED);
-    CHECK(parse(CFG("\"layer_norm_epsilon\":0,"), err, sizeof err) == RCD_EFORMAT);
-    CHECK(parse("{\"model_type\":\"mamba\"}", err, sizeof err) == RCD_EUNSUPPORTED);
-    CHECK(parse("[1]", err, sizeof err) == RCD_EFORMAT);
+    static const golden_refusal_t refusals3[] = {
+        {CFG("\"rms_norm\":false,"), RCD_EUNSUPPORTED, NULL},
+        {CFG("\"hidden_act\":\"gelu\","), RCD_EUNSUPPORTED, NULL},
+        {CFG("\"layer_norm_epsilon\":0,"), RCD_EFORMAT, NULL},
+        {"{\"model_type\":\"mamba\"}", RCD_EUNSUPPORTED, NULL},
+        {"[1]", RCD_EFORMAT, NULL},
+    };
+    golden_test_refusals(parse, refusals3, (int)(sizeof refusals3 / sizeof refusals3[0]));
 #undef CFG
 }
 

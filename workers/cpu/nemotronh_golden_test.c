@@ -148,35 +148,28 @@ static void test_config(void)
     CHECK(wrk_nemotronh_config_parse(dflt, strlen(dflt), &c, err, sizeof err) == 0);
     CHECK(c.mx.n_layers == 4 && c.kind[0] == 'M' && c.kind[1] == 'E' && c.kind[2] == '*');
     /* Refusals name the field. */
-    static const struct {
-        const char *json, *field;
-        int rc;
-    } bad[] = {
-        {CFG("\"mlp_hidden_act\":\"silu\","), "mlp_hidden_act", RCD_EUNSUPPORTED},
-        {CFG("\"mamba_hidden_act\":\"gelu\","), "mamba_hidden_act", RCD_EUNSUPPORTED},
-        {CFG("\"moe_latent_size\":0,"), "moe_latent_size", RCD_EFORMAT},
-        {CFG("\"n_shared_experts\":2,"), "n_shared_experts", RCD_EUNSUPPORTED},
-        {CFG("\"n_shared_experts\":0,"), "n_shared_experts", RCD_EUNSUPPORTED},
-        {CFG("\"num_nextn_predict_layers\":1,"), "num_nextn_predict_layers", RCD_EUNSUPPORTED},
-        {CFG("\"attention_bias\":true,"), "attention_bias", RCD_EUNSUPPORTED},
-        {CFG("\"sliding_window\":128,"), "sliding_window", RCD_EUNSUPPORTED},
-        {CFG("\"mamba_ssm_cache_dtype\":\"bfloat16\","), "mamba_ssm_cache_dtype", RCD_EUNSUPPORTED},
-        {CFG("\"hybrid_override_pattern\":\"M*X\","), "hybrid_override_pattern", RCD_EUNSUPPORTED},
-        {CFG("\"layers_block_type\":[\"mamba\"],"), "layers_block_type", RCD_EUNSUPPORTED},
-        {CFG("\"hybrid_override_pattern\":\"\","), "hybrid_override_pattern", RCD_EFORMAT},
-        {CFG("\"num_key_value_heads\":3,"), "num_key_value_heads", RCD_EFORMAT},
-        {CFG("\"n_groups\":3,"), "n_groups", RCD_EFORMAT},
-        {CFG("\"n_group\":3,"), "n_group", RCD_EFORMAT},
-        {CFG("\"topk_group\":3,"), "topk_group", RCD_EFORMAT},
-        {CFG("\"num_experts_per_tok\":5,"), "num_experts_per_tok", RCD_EFORMAT},
-        {CFG("\"layer_norm_epsilon\":0,"), "layer_norm_epsilon", RCD_EFORMAT},
-        {CFG("\"model_type\":\"mamba2\","), "model_type", RCD_EUNSUPPORTED},
+    static const golden_refusal_t bad[] = {
+        {CFG("\"mlp_hidden_act\":\"silu\","), RCD_EUNSUPPORTED, "mlp_hidden_act"},
+        {CFG("\"mamba_hidden_act\":\"gelu\","), RCD_EUNSUPPORTED, "mamba_hidden_act"},
+        {CFG("\"moe_latent_size\":0,"), RCD_EFORMAT, "moe_latent_size"},
+        {CFG("\"n_shared_experts\":2,"), RCD_EUNSUPPORTED, "n_shared_experts"},
+        {CFG("\"n_shared_experts\":0,"), RCD_EUNSUPPORTED, "n_shared_experts"},
+        {CFG("\"num_nextn_predict_layers\":1,"), RCD_EUNSUPPORTED, "num_nextn_predict_layers"},
+        {CFG("\"attention_bias\":true,"), RCD_EUNSUPPORTED, "attention_bias"},
+        {CFG("\"sliding_window\":128,"), RCD_EUNSUPPORTED, "sliding_window"},
+        {CFG("\"mamba_ssm_cache_dtype\":\"bfloat16\","), RCD_EUNSUPPORTED, "mamba_ssm_cache_dtype"},
+        {CFG("\"hybrid_override_pattern\":\"M*X\","), RCD_EUNSUPPORTED, "hybrid_override_pattern"},
+        {CFG("\"layers_block_type\":[\"mamba\"],"), RCD_EUNSUPPORTED, "layers_block_type"},
+        {CFG("\"hybrid_override_pattern\":\"\","), RCD_EFORMAT, "hybrid_override_pattern"},
+        {CFG("\"num_key_value_heads\":3,"), RCD_EFORMAT, "num_key_value_heads"},
+        {CFG("\"n_groups\":3,"), RCD_EFORMAT, "n_groups"},
+        {CFG("\"n_group\":3,"), RCD_EFORMAT, "n_group"},
+        {CFG("\"topk_group\":3,"), RCD_EFORMAT, "topk_group"},
+        {CFG("\"num_experts_per_tok\":5,"), RCD_EFORMAT, "num_experts_per_tok"},
+        {CFG("\"layer_norm_epsilon\":0,"), RCD_EFORMAT, "layer_norm_epsilon"},
+        {CFG("\"model_type\":\"mamba2\","), RCD_EUNSUPPORTED, "model_type"},
     };
-    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        err[0] = 0;
-        const int rc = parse(bad[i].json, err, sizeof err);
-        CHECK_MSG(rc == bad[i].rc && strstr(err, bad[i].field), "case %zu: rc %d: %s", i, rc, err);
-    }
+    golden_test_refusals(parse, bad, (int)(sizeof bad / sizeof bad[0]));
     /* No MoE block: the expert fields are not checked. */
     CHECK(parse(CFG("\"hybrid_override_pattern\":\"M*\",\"n_routed_experts\":0,"), err,
                 sizeof err) == 0);
