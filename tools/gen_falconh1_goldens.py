@@ -22,7 +22,7 @@ import torch
 from transformers import FalconH1Config, FalconH1ForCausalLM
 
 import golden_common as gc
-from golden_common import log, save
+from golden_common import log
 
 SEQ_LENGTHS = (1, 3, 8, 21, 37)
 GREEDY_PROMPT_LEN = 8
@@ -167,19 +167,7 @@ def run_case(outdir, name):
         f"rms_norm={cfg.mamba_rms_norm} before_gate={cfg.mamba_norm_before_gate} "
         f"tied={cfg.tie_word_embeddings}")
     cdir = os.path.join(outdir, name)
-    save(model, cdir)
-    reloaded = FalconH1ForCausalLM.from_pretrained(cdir, dtype=torch.float32).eval()
-
-    gen = torch.Generator().manual_seed(seed + 7000)
-    sequences, seq_logits, max_abs, reload_d = gc.write_sequences(model, reloaded, cdir, V, SEQ_LENGTHS, gen, name)
-    assert reload_d < 1e-5, "the saved checkpoint does not reproduce the model"
-    toks_long, lg_long = seq_logits[max(SEQ_LENGTHS)]
-    gc.log_self_consistency(model, toks_long, lg_long, (1, 2, 3, 5, 8, 13, 21, 36))
-
-    prompt, g_ff, lg_g = gc.write_greedy(model, cdir, V, gen, GREEDY_PROMPT_LEN, GREEDY_NEW_TOKENS)
-    gc.log_generate_agrees(model, prompt, g_ff, lg_g, GREEDY_NEW_TOKENS)
-    log(f"   max |logit| = {max(max_abs, float(lg_g.abs().max())):.4f}")
-    gc.write_goldens_json(cdir, V, sequences, prompt, g_ff)
+    gc.write_case(model, FalconH1ForCausalLM, cdir, V, seed, name, SEQ_LENGTHS, GREEDY_PROMPT_LEN, GREEDY_NEW_TOKENS)
 
 
 def main():

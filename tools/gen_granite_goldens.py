@@ -206,22 +206,7 @@ def run_case(outdir, name):
         f"NH={cfg.mamba_n_heads} P={cfg.mamba_d_head} G={cfg.mamba_n_groups} N={cfg.mamba_d_state} "
         f"K={cfg.mamba_d_conv} pos={cfg.position_embedding_type} tied={cfg.tie_word_embeddings}")
     cdir = os.path.join(outdir, name)
-    save(model, cdir)
-    reloaded = GraniteMoeHybridForCausalLM.from_pretrained(cdir, dtype=torch.float32).eval()
-
-    gen = torch.Generator().manual_seed(seed + 7000)
-    sequences, seq_logits, max_abs, reload_d = gc.write_sequences(model, reloaded, cdir, V, SEQ_LENGTHS, gen, name)
-    assert reload_d < 1e-5, "the saved checkpoint does not reproduce the model"
-    toks_long, lg_long = seq_logits[max(SEQ_LENGTHS)]
-    gc.log_self_consistency(model, toks_long, lg_long, (1, 2, 3, 5, 8, 13, 21, 36))
-    m = router_margin(model, toks_long)
-    if m is not None:
-        log(f"   router: smallest k-th vs (k+1)-th logit gap {m:.3e}")
-
-    prompt, g_ff, lg_g = gc.write_greedy(model, cdir, V, gen, GREEDY_PROMPT_LEN, GREEDY_NEW_TOKENS)
-    gc.log_generate_agrees(model, prompt, g_ff, lg_g, GREEDY_NEW_TOKENS)
-    log(f"   max |logit| = {max(max_abs, float(lg_g.abs().max())):.4f}")
-    gc.write_goldens_json(cdir, V, sequences, prompt, g_ff)
+    seq_logits, prompt, g_ff = gc.write_case(model, GraniteMoeHybridForCausalLM, cdir, V, seed, name, SEQ_LENGTHS, GREEDY_PROMPT_LEN, GREEDY_NEW_TOKENS, router_margin)
 
     if extras.get("bf16_copy"):
         hdir = os.path.join(outdir, name + "_bf16")

@@ -224,6 +224,33 @@ def write_rounded_weight_goldens(up, hdir, kind, V, seq_logits, lengths, prompt,
                        reference=f"the {kind} weights upcast to fp32, fp32 forward")
 
 
+def write_case(model, cls, cdir, V, seed, name, lengths, prompt_len, n_new, router_margin=None,
+               margin_of="logit"):
+    """What every family's run_case does once its model is built: save it to cdir, reload it
+    with cls (it must reproduce the model), one random sequence per length (generator seeded
+    seed + 7000), the self-consistency log, the router margin where router_margin is given
+    (logged as the gap of `margin_of`), the greedy continuation, goldens.json. Returns
+    (seq_logits, prompt, generated) for further fixtures of the case."""
+    save(model, cdir)
+    reloaded = cls.from_pretrained(cdir, dtype=torch.float32).eval()
+
+    gen = torch.Generator().manual_seed(seed + 7000)
+    sequences, seq_logits, max_abs, reload_d = write_sequences(model, reloaded, cdir, V, lengths, gen, name)
+    assert reload_d < 1e-5, "the saved checkpoint does not reproduce the model"
+    toks_long, lg_long = seq_logits[max(lengths)]
+    log_self_consistency(model, toks_long, lg_long, (1, 2, 3, 5, 8, 13, 21, 36))
+    if router_margin is not None:
+        m = router_margin(model, toks_long)
+        if m is not None:
+            log(f"   router: smallest k-th vs (k+1)-th {margin_of} gap {m:.3e}")
+
+    prompt, g_ff, lg_g = write_greedy(model, cdir, V, gen, prompt_len, n_new)
+    log_generate_agrees(model, prompt, g_ff, lg_g, n_new)
+    log(f"   max |logit| = {max(max_abs, float(lg_g.abs().max())):.4f}")
+    write_goldens_json(cdir, V, sequences, prompt, g_ff)
+    return seq_logits, prompt, g_ff
+
+
 def main(doc, default_out, cases, run_case):
     """The generators' command line: --out DIR, --cases a,b (default all), in a deterministic
     single-threaded torch."""

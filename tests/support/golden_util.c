@@ -490,6 +490,44 @@ void golden_test_bf16_matmul(const golden_suite_t *s, const char *golden_case,
         bf16_matmul_mode(s, golden_case, model_case, tol, "bf16-avx512", dp->isa);
 }
 
+float golden_run_variant(const golden_suite_t *s, const char *name, int which,
+                         golden_mutate_fn mutate)
+{
+    golden_t g;
+    char err[512];
+    float d = -1.f;
+    if (golden_load(s->family, name, &g)) return d;
+    wrk_model_t *m = NULL;
+    if (wrk_model_load(g.dir, &m, err, sizeof err) == 0) {
+        if (mutate(m, which)) {
+            wrk_backend_t *b = golden_backend(s, m, NULL, 1);
+            d = golden_run_chunked(b, &g.seqs[g.n_seqs - 1], g.V, 8);
+            wrk_backend_destroy(b);
+        }
+        wrk_model_free(m);
+    }
+    golden_free(&g);
+    return d;
+}
+
+void golden_test_discriminate(const golden_suite_t *s, const char *const *what, int n,
+                              golden_mutate_fn mutate, const float *min_diff)
+{
+    for (int w = 0; w < n; w++) {
+        float best = -1.f;
+        const char *where = "";
+        for (int ci = 0; ci < s->n_cases; ci++) {
+            float d = golden_run_variant(s, s->cases[ci], w, mutate);
+            if (d > best) {
+                best = d;
+                where = s->cases[ci];
+            }
+        }
+        fprintf(stderr, "  %s: max |dlogit| %.2e (%s)\n", what[w], best, where);
+        CHECK_MSG(best > (min_diff ? min_diff[w] : 100 * s->tol), "%s: %g", what[w], best);
+    }
+}
+
 void golden_check_state_layout(const wrk_model_info_t *mi)
 {
     size_t sum = 0;
@@ -531,6 +569,49 @@ void golden_check_state_roundtrip(wrk_backend_t *b, const golden_seq_t *q, int V
         golden_check_resume(b, slot, q, V, cut, tol);
 }
 
+void golden_check_kv_state_roundtrip(const golden_suite_t *s, const wrk_model_t *m,
+                                     const golden_seq_t *q, int V, int cut)
+{
+    char err[512];
+    const wrk_model_info_t *mi = wrk_model_info(m);
+    CHECK(mi->n_state_tensors > 0);
+    if (mi->n_state_tensors <= 0) return;
+    const wrk_state_tensor_t *last = &mi->state_tensors[mi->n_state_tensors - 1];
+    CHECK(strcmp(last->name, "kv.n_tokens") == 0 && last->bytes == 8);
+    golden_check_state_layout(mi);
+    wrk_backend_t *b = golden_backend(s, m, NULL, 2);
+    if (!b) return;
+    CHECK(wrk_state_bytes(b, 0) == mi->state_bytes);
+    wrk_seq_t st = {.slot = 0, .n_tokens = cut, .tokens = q->tokens, .n_logits = 0};
+    CHECK(wrk_step(b, &st, 1, err, sizeof err) == 0);
+    const size_t n = wrk_state_bytes(b, 0);
+    CHECK(n == mi->state_bytes + (size_t)cut * mi->kv_bytes_per_token);
+    char *blob = malloc(n + 1);
+    size_t len = 0;
+    CHECK(wrk_state_read_n(b, 0, blob, n - 1, &len) == RCD_ETOOBIG);
+    CHECK(wrk_state_read_n(b, 0, blob, mi->state_bytes, NULL) ==
+          RCD_ETOOBIG); /* a fixed-size buffer is too small */
+    CHECK(wrk_state_read_n(b, 0, blob + 1, n, &len) == 0 && len == n); /* unaligned too */
+    uint64_t count;
+    memcpy(&count, blob + 1 + mi->state_bytes - 8, 8);
+    CHECK(count == (uint64_t)cut);
+    wrk_state_reset(b, 0); /* the original is gone; only the blob remains */
+    CHECK(wrk_state_bytes(b, 0) == mi->state_bytes);
+    CHECK(wrk_state_write_n(b, 5, blob + 1, n - 4) == RCD_EFORMAT);           /* length disagrees */
+    CHECK(wrk_state_write_n(b, 5, blob + 1, mi->state_bytes) == RCD_EFORMAT); /* count > 0 */
+    CHECK(wrk_state_write_n(b, 5, blob + 1, n) == 0);
+    CHECK(wrk_state_copy(b, 6, 5) == 0);
+    CHECK(wrk_state_bytes(b, 6) == n);
+    for (int slot = 5; slot <= 6; slot++)
+        golden_check_resume(b, slot, q, V, cut, s->tol);
+    /* A fresh state goes through the fixed-size API (no positions yet). */
+    wrk_state_reset(b, 7);
+    CHECK(wrk_state_read_n(b, 7, blob, mi->state_bytes, NULL) == 0);
+    CHECK(wrk_state_write_n(b, 4, blob, mi->state_bytes) == 0);
+    free(blob);
+    wrk_backend_destroy(b);
+}
+
 int golden_load_edited(const char *family, const char *name, const char *from, const char *to,
                        char *err, size_t errlen)
 {
@@ -570,4 +651,27 @@ cleanup:
     free(cfg);
     free(w);
     return rc;
+}
+
+void golden_test_edits(const golden_suite_t *s, const golden_edit_t *edits, int n)
+{
+    for (int i = 0; i < n; i++) {
+        const golden_edit_t *e = &edits[i];
+        char err[1024] = "";
+        const int rc = golden_load_edited(s->family, e->name, e->from, e->to, err, sizeof err);
+        bool ok = e->rc == GOLDEN_EDIT_FAILS ? rc != 0 : rc == e->rc;
+        for (int k = 0; k < 3; k++)
+            if (e->want[k] && !strstr(err, e->want[k])) ok = false;
+        CHECK_MSG(ok, "%s: %s -> %s: rc %d: %s", e->name, e->from, e->to, rc, err);
+    }
+}
+
+void golden_test_refusals(golden_parse_fn parse, const golden_refusal_t *r, int n)
+{
+    for (int i = 0; i < n; i++) {
+        char err[512] = "";
+        const int rc = parse(r[i].json, err, sizeof err);
+        CHECK_MSG(rc == r[i].rc && (!r[i].field || strstr(err, r[i].field)),
+                  "case %d (%s): rc %d: %s", i, r[i].json, rc, err);
+    }
 }

@@ -123,6 +123,22 @@ int golden_greedy(const golden_suite_t *s, const char *model_dir, const golden_t
 /* Every fp32 case: 32 greedy tokens identical, their logits within tol. */
 void golden_test_greedy(const golden_suite_t *s);
 
+/* The three drivers above as the test cases of a golden test (RUN(test_chunkings); etc. in its
+ * main): test_chunkings, test_ragged and test_greedy on `suite`. */
+#define GOLDEN_SUITE_CASES(suite)                                                                  \
+    static void test_chunkings(void)                                                               \
+    {                                                                                              \
+        golden_test_chunkings(&(suite));                                                           \
+    }                                                                                              \
+    static void test_ragged(void)                                                                  \
+    {                                                                                              \
+        golden_test_ragged(&(suite));                                                              \
+    }                                                                                              \
+    static void test_greedy(void)                                                                  \
+    {                                                                                              \
+        golden_test_greedy(&(suite));                                                              \
+    }
+
 /* The opt-in bf16 matmul (x rounded to bf16) on the BF16 checkpoint <family>/<model_case>
  * against the goldens of <family>/<golden_case>: every chunking within tol of them and
  * bit-identical to each other, with 1 and 2 threads, and the fixture's greedy ids up to
@@ -138,6 +154,23 @@ void golden_test_bf16_matmul(const golden_suite_t *s, const char *golden_case,
 void golden_test_quantized(const golden_suite_t *s, const char *golden_case, float tol_q8,
                            float tol_q4);
 
+/* A family's change to a loaded model for golden_test_discriminate: variant `which` applied in
+ * place; false where it does not apply to this model (the fixture is skipped for it). */
+typedef bool (*golden_mutate_fn)(wrk_model_t *m, int which);
+
+/* Variant `which` (mutate) of the model of fixture <family>/<name>: the max |dlogit| of its
+ * last sequence in chunks of 8 on 1 thread; -1 where the fixture or model cannot be loaded or
+ * the variant does not apply. */
+float golden_run_variant(const golden_suite_t *s, const char *name, int which,
+                         golden_mutate_fn mutate);
+
+/* The goldens must be able to fail: each of the n variants (named what[w]), applied by mutate
+ * to the model of every fp32 case, runs the case's last sequence in chunks of 8 on 1 thread;
+ * the largest max |dlogit| over the cases is printed ("  what: max |dlogit| ...") and must
+ * exceed min_diff[w] (min_diff NULL: 100 x the suite's tol for every variant). */
+void golden_test_discriminate(const golden_suite_t *s, const char *const *what, int n,
+                              golden_mutate_fn mutate, const float *min_diff);
+
 /* The state tensors tile the blob in order, without gaps. */
 void golden_check_state_layout(const wrk_model_info_t *mi);
 
@@ -152,9 +185,45 @@ void golden_check_resume(wrk_backend_t *b, int slot, const golden_seq_t *q, int 
 void golden_check_state_roundtrip(wrk_backend_t *b, const golden_seq_t *q, int V, int cut,
                                   float tol, void *blob);
 
+/* Variable-size state (fixed part ending in the 8-byte "kv.n_tokens" count, then the KV of
+ * every position), on a backend of m with 2 threads: the layout tiles the blob; q's first `cut`
+ * tokens on slot 0 grow the state by cut x kv_bytes_per_token; reads into a short buffer
+ * (one byte short, or the fixed size) are refused, an unaligned read holds the count; slot 0
+ * reset, writes of the wrong length or of the fixed part alone are refused, the blob written
+ * into slot 5 and slot 5 copied to 6 (a fork) both continue to q's golden logits (within the
+ * suite's tol); a fresh state goes through the fixed-size API. */
+void golden_check_kv_state_roundtrip(const golden_suite_t *s, const wrk_model_t *m,
+                                     const golden_seq_t *q, int V, int cut);
+
 /* Loads <family>/<name>'s weights next to its config.json with the first `from` replaced by
  * `to` (a checkpoint whose config disagrees with its tensors); wrk_model_load's result. */
 int golden_load_edited(const char *family, const char *name, const char *from, const char *to,
                        char *err, size_t errlen);
+
+/* A family's config parser for golden_test_refusals (wrk_*_config_parse of a string). */
+typedef int (*golden_parse_fn)(const char *json, char *err, size_t errlen);
+
+/* One config.json the parser must refuse: with rc, and (field non-NULL) naming field. */
+typedef struct golden_refusal {
+    const char *json;
+    int rc;
+    const char *field;
+} golden_refusal_t;
+
+/* Every refusal parses (parse, err cleared first) to its rc, the message naming its field. */
+void golden_test_refusals(golden_parse_fn parse, const golden_refusal_t *r, int n);
+
+/* One edited checkpoint for golden_test_edits: fixture <family>/<name> with the first `from`
+ * of its config.json replaced by `to`; the load must return rc (GOLDEN_EDIT_FAILS: any error)
+ * with every non-NULL want[] in the message. */
+#define GOLDEN_EDIT_FAILS 1
+typedef struct golden_edit {
+    const char *name, *from, *to;
+    int rc;
+    const char *want[3];
+} golden_edit_t;
+
+/* Every edit loads (golden_load_edited) as it says. */
+void golden_test_edits(const golden_suite_t *s, const golden_edit_t *edits, int n);
 
 #endif

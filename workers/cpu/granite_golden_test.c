@@ -38,18 +38,7 @@ static const golden_suite_t suite = {
     .ragged_pattern = {1, 3, 7, 2, 5, 1, 1, 4},
 };
 
-static void test_chunkings(void)
-{
-    golden_test_chunkings(&suite);
-}
-static void test_ragged(void)
-{
-    golden_test_ragged(&suite);
-}
-static void test_greedy(void)
-{
-    golden_test_greedy(&suite);
-}
+GOLDEN_SUITE_CASES(suite)
 
 /* The MoE checkpoint in BF16 (3-D expert tensors included): exact reference is the fp32
  * forward of the upcast weights; greedy tokens equal the fp32 model's. */
@@ -87,7 +76,6 @@ static void test_state_roundtrip(void)
     golden_t g;
     wrk_model_t *m = golden_open(suite.family, "moe_nope_tied", &g);
     if (!m) return;
-    char err[512];
     const wrk_model_info_t *mi = wrk_model_info(m);
     CHECK(strcmp(mi->architecture, "GraniteMoeHybridForCausalLM") == 0);
     /* 2 mamba layers of conv [K-1=3][C=64+2*2*16=128] and ssm [8][8][16], then the count. */
@@ -95,42 +83,9 @@ static void test_state_roundtrip(void)
     CHECK(mi->n_state_tensors == 5);
     CHECK(strcmp(mi->state_tensors[0].name, "layers.0.conv") == 0);
     CHECK(strcmp(mi->state_tensors[3].name, "layers.2.ssm") == 0);
-    CHECK(strcmp(mi->state_tensors[4].name, "kv.n_tokens") == 0 && mi->state_tensors[4].bytes == 8);
     /* 2 attention layers x K,V x 2 kv heads x hd 8 x 4 bytes. */
     CHECK(mi->n_kv_layers == 2 && mi->kv_width == 16 && mi->kv_bytes_per_token == 2 * 2 * 16 * 4);
-    golden_check_state_layout(mi);
-    wrk_backend_t *b = golden_backend(&suite, m, NULL, 2);
-    const golden_seq_t *q = &g.seqs[g.n_seqs - 1];
-    const int V = g.V, cut = 10;
-    CHECK(wrk_state_bytes(b, 0) == mi->state_bytes);
-    wrk_seq_t s = {.slot = 0, .n_tokens = cut, .tokens = q->tokens, .n_logits = 0};
-    CHECK(wrk_step(b, &s, 1, err, sizeof err) == 0);
-    const size_t n = wrk_state_bytes(b, 0);
-    CHECK(n == mi->state_bytes + (size_t)cut * mi->kv_bytes_per_token);
-    char *blob = malloc(n + 1);
-    size_t len = 0;
-    CHECK(wrk_state_read_n(b, 0, blob, n - 1, &len) == RCD_ETOOBIG);
-    CHECK(wrk_state_read_n(b, 0, blob, mi->state_bytes, NULL) ==
-          RCD_ETOOBIG); /* a fixed-size buffer is too small */
-    CHECK(wrk_state_read_n(b, 0, blob + 1, n, &len) == 0 && len == n); /* unaligned too */
-    uint64_t count;
-    memcpy(&count, blob + 1 + mi->state_bytes - 8, 8);
-    CHECK(count == (uint64_t)cut);
-    wrk_state_reset(b, 0); /* the original is gone; only the blob remains */
-    CHECK(wrk_state_bytes(b, 0) == mi->state_bytes);
-    CHECK(wrk_state_write_n(b, 5, blob + 1, n - 4) == RCD_EFORMAT);           /* length disagrees */
-    CHECK(wrk_state_write_n(b, 5, blob + 1, mi->state_bytes) == RCD_EFORMAT); /* count > 0 */
-    CHECK(wrk_state_write_n(b, 5, blob + 1, n) == 0);
-    CHECK(wrk_state_copy(b, 6, 5) == 0);
-    CHECK(wrk_state_bytes(b, 6) == n);
-    for (int slot = 5; slot <= 6; slot++)
-        golden_check_resume(b, slot, q, V, cut, TOL_F32);
-    /* A fresh state goes through the fixed-size API (no positions yet). */
-    wrk_state_reset(b, 7);
-    CHECK(wrk_state_read_n(b, 7, blob, mi->state_bytes, NULL) == 0);
-    CHECK(wrk_state_write_n(b, 4, blob, mi->state_bytes) == 0);
-    free(blob);
-    wrk_backend_destroy(b);
+    golden_check_kv_state_roundtrip(&suite, m, &g.seqs[g.n_seqs - 1], g.V, 10);
     wrk_model_free(m);
     golden_free(&g);
 }
@@ -288,67 +243,42 @@ static void test_fixed_state_without_attention(void)
 /* The goldens must be able to fail: each Granite detail, changed, moves the logits of at
  * least one fixture far beyond the tolerance (variants that do not apply to a fixture, e.g.
  * RoPE on a "nope" model, are skipped). */
-static float run_variant(const char *name, int which)
+static bool mutate(wrk_model_t *m, int which)
 {
-    golden_t g;
-    char err[512];
-    float d = -1.f;
-    if (golden_load(suite.family, name, &g)) return d;
-    wrk_model_t *m = NULL;
-    if (wrk_model_load(g.dir, &m, err, sizeof err) == 0) {
-        wrk_granite_t *gr = ((struct wrk_model *)m)->priv;
-        wrk_granite_config_t *c = &gr->cfg;
-        bool applies = true;
-        switch (which) {
-        case 0: /* llama's 1/sqrt(hd) instead of attention_multiplier */
-            applies = c->n_attn > 0;
-            c->attn_mult = 1.f / sqrtf((float)c->head_dim);
-            break;
-        case 1: /* the spec's full-width gated norm instead of transformers' I/G groups */
-            applies = c->mx.n_groups > 1 && c->n_mamba > 0;
-            c->mx.norm_group = c->mx.inner;
-            break;
-        case 2:
-            applies = c->rope;
-            c->rope = false;
-            break;
-        case 3:
-            applies = c->resid_mult != 1.f;
-            c->resid_mult = 1.f;
-            break;
-        case 4: /* one expert fewer per token */
-            applies = c->n_experts > 0 && c->top_k > 1;
-            c->top_k--;
-            break;
-        }
-        if (applies) {
-            wrk_backend_t *b = golden_backend(&suite, m, NULL, 1);
-            d = golden_run_chunked(b, &g.seqs[g.n_seqs - 1], g.V, 8);
-            wrk_backend_destroy(b);
-        }
-        wrk_model_free(m);
+    wrk_granite_t *gr = ((struct wrk_model *)m)->priv;
+    wrk_granite_config_t *c = &gr->cfg;
+    bool applies = true;
+    switch (which) {
+    case 0: /* llama's 1/sqrt(hd) instead of attention_multiplier */
+        applies = c->n_attn > 0;
+        c->attn_mult = 1.f / sqrtf((float)c->head_dim);
+        break;
+    case 1: /* the spec's full-width gated norm instead of transformers' I/G groups */
+        applies = c->mx.n_groups > 1 && c->n_mamba > 0;
+        c->mx.norm_group = c->mx.inner;
+        break;
+    case 2:
+        applies = c->rope;
+        c->rope = false;
+        break;
+    case 3:
+        applies = c->resid_mult != 1.f;
+        c->resid_mult = 1.f;
+        break;
+    case 4: /* one expert fewer per token */
+        applies = c->n_experts > 0 && c->top_k > 1;
+        c->top_k--;
+        break;
     }
-    golden_free(&g);
-    return d;
+    return applies;
 }
 
 static void test_goldens_discriminate(void)
 {
-    static const char *what[] = {"1/sqrt(hd) attention scale", "full-width gated norm", "no RoPE",
-                                 "residual_multiplier ignored", "one expert fewer per token"};
-    for (int w = 0; w < 5; w++) {
-        float best = -1.f;
-        const char *where = "";
-        for (int ci = 0; ci < N_CASES; ci++) {
-            float d = run_variant(fp32_cases[ci], w);
-            if (d > best) {
-                best = d;
-                where = fp32_cases[ci];
-            }
-        }
-        fprintf(stderr, "  %s: max |dlogit| %.2e (%s)\n", what[w], best, where);
-        CHECK_MSG(best > 100 * TOL_F32, "%s: %g", what[w], best);
-    }
+    static const char *const what[] = {"1/sqrt(hd) attention scale", "full-width gated norm",
+                                       "no RoPE", "residual_multiplier ignored",
+                                       "one expert fewer per token"};
+    golden_test_discriminate(&suite, what, 5, mutate, NULL);
 }
 
 static int parse(const char *json, char *err, size_t errlen)
@@ -379,16 +309,16 @@ static void test_config(void)
             "\"attention\"],\"position_embedding_type\":\"rope\",\"rope_theta\":500,");
     CHECK(wrk_granite_config_parse(alias, strlen(alias), &c, err, sizeof err) == 0);
     CHECK(c.n_attn == 1 && c.attn[2] && c.rope && c.rope_theta == 500.f);
-    CHECK(parse(CFG("\"layer_types\":[\"mamba\",\"attention\"],"), err, sizeof err) == RCD_EFORMAT);
-    CHECK(parse(CFG("\"layer_types\":[\"mamba\",\"moe\",\"mamba\"],"), err, sizeof err) ==
-          RCD_EUNSUPPORTED);
-    CHECK(strstr(err, "layer_types") != NULL);
-    CHECK(parse(CFG("\"num_key_value_heads\":3,"), err, sizeof err) == RCD_EFORMAT);
-    CHECK(parse(CFG("\"mamba_d_head\":4,"), err, sizeof err) == RCD_EFORMAT);
-    CHECK(strstr(err, "mamba_n_heads * mamba_d_head") != NULL);
-    CHECK(parse(CFG("\"mamba_n_groups\":3,"), err, sizeof err) == RCD_EFORMAT);
-    CHECK(parse(CFG("\"num_experts_per_tok\":5,"), err, sizeof err) == RCD_EFORMAT);
-    CHECK(parse(CFG("\"num_experts_per_tok\":0,"), err, sizeof err) == RCD_EFORMAT);
+    static const golden_refusal_t refusals[] = {
+        {CFG("\"layer_types\":[\"mamba\",\"attention\"],"), RCD_EFORMAT, NULL},
+        {CFG("\"layer_types\":[\"mamba\",\"moe\",\"mamba\"],"), RCD_EUNSUPPORTED, "layer_types"},
+        {CFG("\"num_key_value_heads\":3,"), RCD_EFORMAT, NULL},
+        {CFG("\"mamba_d_head\":4,"), RCD_EFORMAT, "mamba_n_heads * mamba_d_head"},
+        {CFG("\"mamba_n_groups\":3,"), RCD_EFORMAT, NULL},
+        {CFG("\"num_experts_per_tok\":5,"), RCD_EFORMAT, NULL},
+        {CFG("\"num_experts_per_tok\":0,"), RCD_EFORMAT, NULL},
+    };
+    golden_test_refusals(parse, refusals, (int)(sizeof refusals / sizeof refusals[0]));
     CHECK(parse(CFG("\"num_local_experts\":0,\"num_experts_per_tok\":0,"), err, sizeof err) == 0);
     CHECK(parse(CFG("\"position_embedding_type\":\"alibi\","), err, sizeof err) ==
           RCD_EUNSUPPORTED);
@@ -398,58 +328,75 @@ static void test_config(void)
     CHECK(parse(CFG("\"position_embedding_type\":\"rope\",\"num_attention_heads\":32,"
                     "\"num_key_value_heads\":32,"),
                 err, sizeof err) == RCD_EFORMAT); /* head dim 1 is odd */
-    CHECK(parse(CFG("\"num_attention_heads\":64,\"num_key_value_heads\":64,"), err, sizeof err) ==
-          RCD_EFORMAT);
-    CHECK(parse(CFG("\"logits_scaling\":0,"), err, sizeof err) == RCD_EFORMAT);
-    CHECK(parse(CFG("\"logits_scaling\":\"8\","), err, sizeof err) == RCD_EFORMAT);
-    CHECK(parse(CFG("\"rms_norm_eps\":0,"), err, sizeof err) == RCD_EFORMAT);
-    CHECK(parse(CFG("\"hidden_act\":\"gelu\","), err, sizeof err) == RCD_EUNSUPPORTED);
-    CHECK(parse(CFG("\"num_hidden_layers\":2000,"), err, sizeof err) == RCD_EFORMAT);
-    CHECK(parse(CFG("\"time_step_limit\":[0.5,0.1],"), err, sizeof err) == RCD_EFORMAT);
-    CHECK(parse("{\"model_type\":\"mamba2\"}", err, sizeof err) == RCD_EUNSUPPORTED);
-    CHECK(parse("[1]", err, sizeof err) == RCD_EFORMAT);
+    static const golden_refusal_t refusals2[] = {
+        {CFG("\"num_attention_heads\":64,\"num_key_value_heads\":64,"), RCD_EFORMAT, NULL},
+        {CFG("\"logits_scaling\":0,"), RCD_EFORMAT, NULL},
+        {CFG("\"logits_scaling\":\"8\","), RCD_EFORMAT, NULL},
+        {CFG("\"rms_norm_eps\":0,"), RCD_EFORMAT, NULL},
+        {CFG("\"hidden_act\":\"gelu\","), RCD_EUNSUPPORTED, NULL},
+        {CFG("\"num_hidden_layers\":2000,"), RCD_EFORMAT, NULL},
+        {CFG("\"time_step_limit\":[0.5,0.1],"), RCD_EFORMAT, NULL},
+        {"{\"model_type\":\"mamba2\"}", RCD_EUNSUPPORTED, NULL},
+        {"[1]", RCD_EFORMAT, NULL},
+    };
+    golden_test_refusals(parse, refusals2, (int)(sizeof refusals2 / sizeof refusals2[0]));
 #undef CFG
 }
 
 /* A checkpoint whose config.json disagrees with its tensors is refused with a message naming
  * the tensor: moe_nope_tied's weights next to an edited config.json. */
-static int load_edited(const char *from, const char *to, char *err, size_t errlen)
-{
-    return golden_load_edited(suite.family, "moe_nope_tied", from, to, err, errlen);
-}
-
 static void test_bad_checkpoints(void)
 {
-    char err[1024];
-    int rc =
-        load_edited("\"num_experts_per_tok\": 2", "\"num_experts_per_tok\": 2", err, sizeof err);
-    CHECK_MSG(rc == 0, "%s", err); /* the unedited copy loads */
-    rc = load_edited("\"num_local_experts\": 4", "\"num_local_experts\": 5", err, sizeof err);
-    CHECK_MSG(rc == RCD_EFORMAT && strstr(err, "block_sparse_moe.router.layer.weight") &&
-                  strstr(err, "model.safetensors"),
-              "%s", err);
-    rc = load_edited("\"num_local_experts\": 4", "\"num_local_experts\": 0", err, sizeof err);
-    CHECK_MSG(rc == RCD_EFORMAT && strstr(err, "unexpected tensor") &&
-                  strstr(err, "block_sparse_moe"),
-              "%s", err);
-    rc = load_edited("\"intermediate_size\": 16", "\"intermediate_size\": 8", err, sizeof err);
-    CHECK_MSG(rc == RCD_EFORMAT && strstr(err, "input_linear.weight") && strstr(err, "[4,32,32]"),
-              "%s", err);
-    rc = load_edited("\"num_key_value_heads\": 2", "\"num_key_value_heads\": 4", err, sizeof err);
-    CHECK_MSG(rc == RCD_EFORMAT && strstr(err, "self_attn.k_proj.weight"), "%s", err);
-    rc = load_edited("\"full_attention\",\n    \"linear_attention\"",
-                     "\"linear_attention\",\n    \"linear_attention\"", err, sizeof err);
-    CHECK_MSG(rc != 0 && strstr(err, "layers.1."), "%s", err);
-    rc = load_edited("\"mamba_d_state\": 16", "\"mamba_d_state\": 8", err, sizeof err);
-    CHECK_MSG(rc == RCD_EFORMAT && strstr(err, "mamba.in_proj.weight"), "%s", err);
-    rc = load_edited("\"attention_bias\": false", "\"attention_bias\": true", err, sizeof err);
-    CHECK_MSG(rc == RCD_ENOTFOUND && strstr(err, "self_attn.q_proj.bias"), "%s", err);
-    rc = load_edited("\"tie_word_embeddings\": true", "\"tie_word_embeddings\": false", err,
-                     sizeof err);
-    CHECK_MSG(rc == RCD_ENOTFOUND && strstr(err, "lm_head.weight"), "%s", err);
-    rc = load_edited("\"shared_intermediate_size\": 48", "\"shared_intermediate_size\": 1e9", err,
-                     sizeof err);
-    CHECK_MSG(rc == RCD_EFORMAT && strstr(err, "shared_intermediate_size"), "%s", err);
+    static const golden_edit_t edits[] = {
+        /* the unedited copy loads */
+        {"moe_nope_tied", "\"num_experts_per_tok\": 2", "\"num_experts_per_tok\": 2", 0, {NULL}},
+        {"moe_nope_tied",
+         "\"num_local_experts\": 4",
+         "\"num_local_experts\": 5",
+         RCD_EFORMAT,
+         {"block_sparse_moe.router.layer.weight", "model.safetensors"}},
+        {"moe_nope_tied",
+         "\"num_local_experts\": 4",
+         "\"num_local_experts\": 0",
+         RCD_EFORMAT,
+         {"unexpected tensor", "block_sparse_moe"}},
+        {"moe_nope_tied",
+         "\"intermediate_size\": 16",
+         "\"intermediate_size\": 8",
+         RCD_EFORMAT,
+         {"input_linear.weight", "[4,32,32]"}},
+        {"moe_nope_tied",
+         "\"num_key_value_heads\": 2",
+         "\"num_key_value_heads\": 4",
+         RCD_EFORMAT,
+         {"self_attn.k_proj.weight"}},
+        {"moe_nope_tied",
+         "\"full_attention\",\n    \"linear_attention\"",
+         "\"linear_attention\",\n    \"linear_attention\"",
+         GOLDEN_EDIT_FAILS,
+         {"layers.1."}},
+        {"moe_nope_tied",
+         "\"mamba_d_state\": 16",
+         "\"mamba_d_state\": 8",
+         RCD_EFORMAT,
+         {"mamba.in_proj.weight"}},
+        {"moe_nope_tied",
+         "\"attention_bias\": false",
+         "\"attention_bias\": true",
+         RCD_ENOTFOUND,
+         {"self_attn.q_proj.bias"}},
+        {"moe_nope_tied",
+         "\"tie_word_embeddings\": true",
+         "\"tie_word_embeddings\": false",
+         RCD_ENOTFOUND,
+         {"lm_head.weight"}},
+        {"moe_nope_tied",
+         "\"shared_intermediate_size\": 48",
+         "\"shared_intermediate_size\": 1e9",
+         RCD_EFORMAT,
+         {"shared_intermediate_size"}},
+    };
+    golden_test_edits(&suite, edits, (int)(sizeof edits / sizeof edits[0]));
 }
 
 /* The opt-in bf16 matmul on the BF16 copy (golden_util.h): within TOL_BF16_MATMUL. */

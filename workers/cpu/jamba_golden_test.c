@@ -26,18 +26,7 @@ static const golden_suite_t suite = {
     .ragged_pattern = {1, 3, 7, 2, 5, 1, 1, 4},
 };
 
-static void test_chunkings(void)
-{
-    golden_test_chunkings(&suite);
-}
-static void test_ragged(void)
-{
-    golden_test_ragged(&suite);
-}
-static void test_greedy(void)
-{
-    golden_test_greedy(&suite);
-}
+GOLDEN_SUITE_CASES(suite)
 
 /* The state layout and the variable-size state: read after a prefix (fixed Mamba part +
  * position count + KV of every position), written into another slot, continued exactly; a
@@ -47,7 +36,6 @@ static void test_state_roundtrip(void)
     golden_t g;
     wrk_model_t *m = golden_open(suite.family, "alt_moe_gqa", &g);
     if (!m) return;
-    char err[512];
     const wrk_model_info_t *mi = wrk_model_info(m);
     CHECK(strcmp(mi->architecture, "JambaForCausalLM") == 0);
     /* 2 mamba layers (0, 2) of conv [K-1=3][I=64] and ssm [N=8][64], then the count. */
@@ -55,31 +43,9 @@ static void test_state_roundtrip(void)
     CHECK(mi->n_state_tensors == 5);
     CHECK(strcmp(mi->state_tensors[0].name, "layers.0.conv") == 0);
     CHECK(strcmp(mi->state_tensors[3].name, "layers.2.ssm") == 0);
-    CHECK(strcmp(mi->state_tensors[4].name, "kv.n_tokens") == 0 && mi->state_tensors[4].bytes == 8);
     /* 2 attention layers x K,V x 2 kv heads x hd 8 x 4 bytes. */
     CHECK(mi->n_kv_layers == 2 && mi->kv_width == 16 && mi->kv_bytes_per_token == 2 * 2 * 16 * 4);
-    golden_check_state_layout(mi);
-    wrk_backend_t *b = golden_backend(&suite, m, NULL, 2);
-    const golden_seq_t *q = &g.seqs[g.n_seqs - 1];
-    const int V = g.V, cut = 10;
-    wrk_seq_t s = {.slot = 0, .n_tokens = cut, .tokens = q->tokens, .n_logits = 0};
-    CHECK(wrk_step(b, &s, 1, err, sizeof err) == 0);
-    const size_t n = wrk_state_bytes(b, 0);
-    CHECK(n == mi->state_bytes + (size_t)cut * mi->kv_bytes_per_token);
-    char *blob = malloc(n);
-    size_t len = 0;
-    CHECK(wrk_state_read_n(b, 0, blob, n, &len) == 0 && len == n);
-    uint64_t count;
-    memcpy(&count, blob + mi->state_bytes - 8, 8);
-    CHECK(count == (uint64_t)cut);
-    wrk_state_reset(b, 0);
-    CHECK(wrk_state_write_n(b, 5, blob, n - 4) == RCD_EFORMAT);
-    CHECK(wrk_state_write_n(b, 5, blob, n) == 0);
-    CHECK(wrk_state_copy(b, 6, 5) == 0);
-    for (int slot = 5; slot <= 6; slot++)
-        golden_check_resume(b, slot, q, V, cut, TOL_F32);
-    free(blob);
-    wrk_backend_destroy(b);
+    golden_check_kv_state_roundtrip(&suite, m, &g.seqs[g.n_seqs - 1], g.V, 10);
     wrk_model_free(m);
     golden_free(&g);
 }
@@ -114,60 +80,34 @@ static void test_layouts(void)
 
 /* The goldens must be able to fail: each Jamba detail, changed, moves the logits of at least
  * one fixture far beyond the tolerance. */
-static float run_variant(const char *name, int which)
+static bool mutate(wrk_model_t *m, int which)
 {
-    golden_t g;
-    char err[512];
-    float d = -1.f;
-    if (golden_load(suite.family, name, &g)) return d;
-    wrk_model_t *m = NULL;
-    if (wrk_model_load(g.dir, &m, err, sizeof err) == 0) {
-        wrk_jamba_t *j = ((struct wrk_model *)m)->priv;
-        wrk_jamba_config_t *c = &j->cfg;
-        bool applies = true;
-        switch (which) {
-        case 0: /* plain Mamba: no dt/B/C norms */
-            applies = c->n_mamba > 0;
-            for (int l = 0; l < c->mx.n_layers; l++)
-                j->layers[l].mx.dt_norm = NULL;
-            break;
-        case 1: /* one expert fewer per token */
-            applies = c->n_moe > 0 && c->top_k > 1;
-            c->top_k--;
-            break;
-        case 2: /* the head dim read as hidden / heads (p4o2_mqa_odd sets head_dim): scale */
-            applies = c->n_attn > 0 && c->head_dim != c->mx.hidden / c->n_q;
-            c->head_dim = c->mx.hidden / c->n_q;
-            break;
-        }
-        if (applies) {
-            wrk_backend_t *b = golden_backend(&suite, m, NULL, 1);
-            d = golden_run_chunked(b, &g.seqs[g.n_seqs - 1], g.V, 8);
-            wrk_backend_destroy(b);
-        }
-        wrk_model_free(m);
+    wrk_jamba_t *j = ((struct wrk_model *)m)->priv;
+    wrk_jamba_config_t *c = &j->cfg;
+    bool applies = true;
+    switch (which) {
+    case 0: /* plain Mamba: no dt/B/C norms */
+        applies = c->n_mamba > 0;
+        for (int l = 0; l < c->mx.n_layers; l++)
+            j->layers[l].mx.dt_norm = NULL;
+        break;
+    case 1: /* one expert fewer per token */
+        applies = c->n_moe > 0 && c->top_k > 1;
+        c->top_k--;
+        break;
+    case 2: /* the head dim read as hidden / heads (p4o2_mqa_odd sets head_dim): scale */
+        applies = c->n_attn > 0 && c->head_dim != c->mx.hidden / c->n_q;
+        c->head_dim = c->mx.hidden / c->n_q;
+        break;
     }
-    golden_free(&g);
-    return d;
+    return applies;
 }
 
 static void test_goldens_discriminate(void)
 {
-    static const char *what[] = {"no dt/B/C norms", "one expert fewer per token",
-                                 "another head dim"};
-    for (int w = 0; w < 3; w++) {
-        float best = -1.f;
-        const char *where = "";
-        for (int ci = 0; ci < N_CASES; ci++) {
-            float d = run_variant(fp32_cases[ci], w);
-            if (d > best) {
-                best = d;
-                where = fp32_cases[ci];
-            }
-        }
-        fprintf(stderr, "  %s: max |dlogit| %.2e (%s)\n", what[w], best, where);
-        CHECK_MSG(best > 100 * TOL_F32, "%s: %g", what[w], best);
-    }
+    static const char *const what[] = {"no dt/B/C norms", "one expert fewer per token",
+                                       "another head dim"};
+    golden_test_discriminate(&suite, what, 3, mutate, NULL);
 }
 
 static int parse(const char *json, char *err, size_t errlen)
@@ -203,57 +143,66 @@ static void test_config(void)
     const char *alias = CFG("\"num_experts\":null,\"num_local_experts\":6,");
     CHECK(wrk_jamba_config_parse(alias, strlen(alias), &c, err, sizeof err) == 0);
     CHECK(c.n_experts == 6 && c.n_moe == 4);
-    CHECK(parse(CFG("\"hidden_act\":\"gelu\","), err, sizeof err) == RCD_EUNSUPPORTED);
-    CHECK(strstr(err, "hidden_act") != NULL);
-    CHECK(parse(CFG("\"attn_layer_offset\":8,"), err, sizeof err) == RCD_EFORMAT);
-    CHECK(strstr(err, "attn_layer_offset") != NULL);
-    CHECK(parse(CFG("\"expert_layer_offset\":2,"), err, sizeof err) == RCD_EFORMAT);
-    CHECK(strstr(err, "expert_layer_offset") != NULL);
-    CHECK(parse(CFG("\"attn_layer_period\":0,"), err, sizeof err) == RCD_EFORMAT);
-    CHECK(parse(CFG("\"num_key_value_heads\":3,"), err, sizeof err) == RCD_EFORMAT);
-    CHECK(parse(CFG("\"num_experts_per_tok\":5,"), err, sizeof err) == RCD_EFORMAT);
-    CHECK(strstr(err, "num_experts_per_tok") != NULL);
-    CHECK(parse(CFG("\"num_experts_per_tok\":0,"), err, sizeof err) == RCD_EFORMAT);
-    CHECK(parse(CFG("\"mamba_dt_rank\":\"full\","), err, sizeof err) == RCD_EFORMAT);
-    CHECK(strstr(err, "mamba_dt_rank") != NULL);
-    CHECK(parse(CFG("\"mamba_expand\":0,"), err, sizeof err) == RCD_EFORMAT);
-    CHECK(parse(CFG("\"rms_norm_eps\":0,"), err, sizeof err) == RCD_EFORMAT);
-    CHECK(parse(CFG("\"num_hidden_layers\":2000,"), err, sizeof err) == RCD_EFORMAT);
-    CHECK(parse(CFG("\"num_attention_heads\":64,\"num_key_value_heads\":64,"), err, sizeof err) ==
-          RCD_EFORMAT);
-    CHECK(parse("{\"model_type\":\"mamba\"}", err, sizeof err) == RCD_EUNSUPPORTED);
-    CHECK(parse("[1]", err, sizeof err) == RCD_EFORMAT);
+    static const golden_refusal_t refusals[] = {
+        {CFG("\"hidden_act\":\"gelu\","), RCD_EUNSUPPORTED, "hidden_act"},
+        {CFG("\"attn_layer_offset\":8,"), RCD_EFORMAT, "attn_layer_offset"},
+        {CFG("\"expert_layer_offset\":2,"), RCD_EFORMAT, "expert_layer_offset"},
+        {CFG("\"attn_layer_period\":0,"), RCD_EFORMAT, NULL},
+        {CFG("\"num_key_value_heads\":3,"), RCD_EFORMAT, NULL},
+        {CFG("\"num_experts_per_tok\":5,"), RCD_EFORMAT, "num_experts_per_tok"},
+        {CFG("\"num_experts_per_tok\":0,"), RCD_EFORMAT, NULL},
+        {CFG("\"mamba_dt_rank\":\"full\","), RCD_EFORMAT, "mamba_dt_rank"},
+        {CFG("\"mamba_expand\":0,"), RCD_EFORMAT, NULL},
+        {CFG("\"rms_norm_eps\":0,"), RCD_EFORMAT, NULL},
+        {CFG("\"num_hidden_layers\":2000,"), RCD_EFORMAT, NULL},
+        {CFG("\"num_attention_heads\":64,\"num_key_value_heads\":64,"), RCD_EFORMAT, NULL},
+        {"{\"model_type\":\"mamba\"}", RCD_EUNSUPPORTED, NULL},
+        {"[1]", RCD_EFORMAT, NULL},
+    };
+    golden_test_refusals(parse, refusals, (int)(sizeof refusals / sizeof refusals[0]));
 #undef CFG
 }
 
 /* A checkpoint whose config.json disagrees with its tensors is refused with a message naming
  * the tensor: alt_moe_gqa's weights next to an edited config.json. */
-static int load_edited(const char *from, const char *to, char *err, size_t errlen)
-{
-    return golden_load_edited(suite.family, "alt_moe_gqa", from, to, err, errlen);
-}
-
 static void test_bad_checkpoints(void)
 {
-    char err[1024];
-    int rc = load_edited("\"num_experts\": 4", "\"num_experts\": 4", err, sizeof err);
-    CHECK_MSG(rc == 0, "%s", err); /* the unedited copy loads */
-    rc = load_edited("\"num_experts\": 4", "\"num_experts\": 5", err, sizeof err);
-    CHECK_MSG(rc == RCD_EFORMAT && strstr(err, "feed_forward.router.weight") &&
-                  strstr(err, "model.safetensors"),
-              "%s", err);
-    rc = load_edited("\"num_experts\": 4", "\"num_experts\": 1", err, sizeof err);
-    CHECK_MSG(rc != 0 && strstr(err, "feed_forward"), "%s", err);
-    rc = load_edited("\"expert_layer_offset\": 0", "\"expert_layer_offset\": 1", err, sizeof err);
-    CHECK_MSG(rc != 0 && strstr(err, "feed_forward"), "%s", err);
-    rc = load_edited("\"attn_layer_offset\": 1", "\"attn_layer_offset\": 0", err, sizeof err);
-    CHECK_MSG(rc != 0 && strstr(err, "layers.0."), "%s", err);
-    rc = load_edited("\"num_key_value_heads\": 2", "\"num_key_value_heads\": 4", err, sizeof err);
-    CHECK_MSG(rc == RCD_EFORMAT && strstr(err, "self_attn.k_proj.weight"), "%s", err);
-    rc = load_edited("\"mamba_d_state\": 8", "\"mamba_d_state\": 4", err, sizeof err);
-    CHECK_MSG(rc == RCD_EFORMAT && strstr(err, "mamba."), "%s", err);
-    rc = load_edited("\"mamba_proj_bias\": false", "\"mamba_proj_bias\": true", err, sizeof err);
-    CHECK_MSG(rc == RCD_ENOTFOUND && strstr(err, "mamba.in_proj.bias"), "%s", err);
+    static const golden_edit_t edits[] = {
+        /* the unedited copy loads */
+        {"alt_moe_gqa", "\"num_experts\": 4", "\"num_experts\": 4", 0, {NULL}},
+        {"alt_moe_gqa",
+         "\"num_experts\": 4",
+         "\"num_experts\": 5",
+         RCD_EFORMAT,
+         {"feed_forward.router.weight", "model.safetensors"}},
+        {"alt_moe_gqa",
+         "\"num_experts\": 4",
+         "\"num_experts\": 1",
+         GOLDEN_EDIT_FAILS,
+         {"feed_forward"}},
+        {"alt_moe_gqa",
+         "\"expert_layer_offset\": 0",
+         "\"expert_layer_offset\": 1",
+         GOLDEN_EDIT_FAILS,
+         {"feed_forward"}},
+        {"alt_moe_gqa",
+         "\"attn_layer_offset\": 1",
+         "\"attn_layer_offset\": 0",
+         GOLDEN_EDIT_FAILS,
+         {"layers.0."}},
+        {"alt_moe_gqa",
+         "\"num_key_value_heads\": 2",
+         "\"num_key_value_heads\": 4",
+         RCD_EFORMAT,
+         {"self_attn.k_proj.weight"}},
+        {"alt_moe_gqa", "\"mamba_d_state\": 8", "\"mamba_d_state\": 4", RCD_EFORMAT, {"mamba."}},
+        {"alt_moe_gqa",
+         "\"mamba_proj_bias\": false",
+         "\"mamba_proj_bias\": true",
+         RCD_ENOTFOUND,
+         {"mamba.in_proj.bias"}},
+    };
+    golden_test_edits(&suite, edits, (int)(sizeof edits / sizeof edits[0]));
 }
 
 int main(int argc, char **argv)

@@ -33,18 +33,7 @@ static const golden_suite_t suite = {
     .ragged_pattern = {1, 3, 7, 2, 5, 1, 1, 4},
 };
 
-static void test_chunkings(void)
-{
-    golden_test_chunkings(&suite);
-}
-static void test_ragged(void)
-{
-    golden_test_ragged(&suite);
-}
-static void test_greedy(void)
-{
-    golden_test_greedy(&suite);
-}
+GOLDEN_SUITE_CASES(suite)
 
 /* The same checkpoint in BF16. The engine computes in fp32 from the rounded weights, so its
  * exact reference is transformers' fp32 forward of the upcast bf16 weights (goldens in the
@@ -128,36 +117,24 @@ static void test_state_roundtrip(void)
 
 /* The goldens must be able to fail: computing the gated norm over the full width (G > 1) or
  * dropping the dt clamp moves the logits far beyond the tolerance. */
-static float run_variant(const char *name, int which)
+static bool mutate(wrk_model_t *m, int which)
 {
-    golden_t g;
-    char err[512];
-    float d = -1.f;
-    if (golden_load(suite.family, name, &g)) return d;
-    wrk_model_t *m = NULL;
-    if (wrk_model_load(g.dir, &m, err, sizeof err) == 0) {
-        wrk_mamba2_config_t *c = &((wrk_mamba2_t *)((struct wrk_model *)m)->priv)->cfg;
-        if (which == 0)
-            c->norm_group = c->inner;
-        else {
-            c->dt_min = 0.f;
-            c->dt_max = INFINITY;
-        }
-        wrk_backend_t *b = golden_backend(&suite, m, NULL, 1);
-        d = golden_run_chunked(b, &g.seqs[g.n_seqs - 1], g.V, 8);
-        wrk_backend_destroy(b);
-        wrk_model_free(m);
+    wrk_mamba2_config_t *c = &((wrk_mamba2_t *)((struct wrk_model *)m)->priv)->cfg;
+    if (which == 0)
+        c->norm_group = c->inner;
+    else {
+        c->dt_min = 0.f;
+        c->dt_max = INFINITY;
     }
-    golden_free(&g);
-    return d;
+    return true;
 }
 
 static void test_goldens_discriminate(void)
 {
-    float d = run_variant("tiny_g2_untied", 0);
+    float d = golden_run_variant(&suite, "tiny_g2_untied", 0, mutate);
     fprintf(stderr, "  full-width gated norm on G=2: max |dlogit| %.2e\n", d);
     CHECK(d > 100 * TOL_F32);
-    d = run_variant("odd_sizes", 1);
+    d = golden_run_variant(&suite, "odd_sizes", 1, mutate);
     fprintf(stderr, "  no dt clamp on odd_sizes: max |dlogit| %.2e\n", d);
     CHECK(d > 10 * TOL_F32);
 }
@@ -185,67 +162,96 @@ static void test_config(void)
     CHECK(wrk_mamba2_config_parse(lim, strlen(lim), &c, err, sizeof err) == 0);
     CHECK(c.dt_min == 0.001f && isinf(c.dt_max));
     CHECK(parse(CFG(""), err, sizeof err) == 0);
-    CHECK(parse(CFG("\"num_heads\":7,"), err, sizeof err) == RCD_EFORMAT); /* 64 != 7*8 */
-    CHECK(strstr(err, "num_heads * head_dim") != NULL);
-    CHECK(parse(CFG("\"n_groups\":3,"), err, sizeof err) == RCD_EFORMAT);
-    CHECK(parse(CFG("\"n_groups\":0,"), err, sizeof err) == RCD_EFORMAT);
-    CHECK(parse(CFG("\"state_size\":-1,"), err, sizeof err) == RCD_EFORMAT);
-    CHECK(parse(CFG("\"conv_kernel\":0,"), err, sizeof err) == RCD_EFORMAT);
-    CHECK(parse(CFG("\"head_dim\":8.5,"), err, sizeof err) == RCD_EFORMAT);
-    CHECK(parse(CFG("\"time_step_limit\":[0.1],"), err, sizeof err) == RCD_EFORMAT);
-    CHECK(parse(CFG("\"time_step_limit\":[0.0,\"-inf\"],"), err, sizeof err) == RCD_EFORMAT);
+    static const golden_refusal_t refusals[] = {
+        /* 64 != 7*8 */
+        {CFG("\"num_heads\":7,"), RCD_EFORMAT, "num_heads * head_dim"},
+        {CFG("\"n_groups\":3,"), RCD_EFORMAT, NULL},
+        {CFG("\"n_groups\":0,"), RCD_EFORMAT, NULL},
+        {CFG("\"state_size\":-1,"), RCD_EFORMAT, NULL},
+        {CFG("\"conv_kernel\":0,"), RCD_EFORMAT, NULL},
+        {CFG("\"head_dim\":8.5,"), RCD_EFORMAT, NULL},
+        {CFG("\"time_step_limit\":[0.1],"), RCD_EFORMAT, NULL},
+        {CFG("\"time_step_limit\":[0.0,\"-inf\"],"), RCD_EFORMAT, NULL},
+    };
+    golden_test_refusals(parse, refusals, (int)(sizeof refusals / sizeof refusals[0]));
     CHECK(parse(CFG("\"time_step_limit\":[0.0,\"INF\"],"), err, sizeof err) == 0);
-    CHECK(parse(CFG("\"time_step_limit\":[0.0,\"big\"],"), err, sizeof err) == RCD_EFORMAT);
-    CHECK(parse(CFG("\"time_step_limit\":[0.5,0.1],"), err, sizeof err) == RCD_EFORMAT);
-    CHECK(parse(CFG("\"time_step_limit\":[0,{\"__float__\":\"NaN\"}],"), err, sizeof err) ==
-          RCD_EFORMAT);
-    CHECK(parse(CFG("\"norm_before_gate\":true,"), err, sizeof err) == RCD_EUNSUPPORTED);
-    CHECK(strstr(err, "norm_before_gate") != NULL);
+    static const golden_refusal_t refusals2[] = {
+        {CFG("\"time_step_limit\":[0.0,\"big\"],"), RCD_EFORMAT, NULL},
+        {CFG("\"time_step_limit\":[0.5,0.1],"), RCD_EFORMAT, NULL},
+        {CFG("\"time_step_limit\":[0,{\"__float__\":\"NaN\"}],"), RCD_EFORMAT, NULL},
+        {CFG("\"norm_before_gate\":true,"), RCD_EUNSUPPORTED, "norm_before_gate"},
+    };
+    golden_test_refusals(parse, refusals2, (int)(sizeof refusals2 / sizeof refusals2[0]));
     CHECK(parse(CFG("\"norm_before_gate\":false,"), err, sizeof err) == 0);
-    CHECK(parse(CFG("\"rms_norm\":false,"), err, sizeof err) == RCD_EUNSUPPORTED);
-    CHECK(parse(CFG("\"hidden_act\":\"gelu\","), err, sizeof err) == RCD_EUNSUPPORTED);
-    CHECK(parse(CFG("\"layer_norm_epsilon\":0,"), err, sizeof err) == RCD_EFORMAT);
-    CHECK(parse("{\"model_type\":\"mamba\"}", err, sizeof err) == RCD_EUNSUPPORTED);
-    CHECK(parse("[1]", err, sizeof err) == RCD_EFORMAT);
+    static const golden_refusal_t refusals3[] = {
+        {CFG("\"rms_norm\":false,"), RCD_EUNSUPPORTED, NULL},
+        {CFG("\"hidden_act\":\"gelu\","), RCD_EUNSUPPORTED, NULL},
+        {CFG("\"layer_norm_epsilon\":0,"), RCD_EFORMAT, NULL},
+        {"{\"model_type\":\"mamba\"}", RCD_EUNSUPPORTED, NULL},
+        {"[1]", RCD_EFORMAT, NULL},
+    };
+    golden_test_refusals(parse, refusals3, (int)(sizeof refusals3 / sizeof refusals3[0]));
 #undef CFG
 }
 
 /* A checkpoint whose config.json disagrees with its tensors is refused with a message naming
  * the tensor: tiny_g2_untied's weights next to an edited config.json. */
-static int load_edited(const char *from, const char *to, char *err, size_t errlen)
-{
-    return golden_load_edited(suite.family, "tiny_g2_untied", from, to, err, errlen);
-}
-
 static void test_bad_checkpoints(void)
 {
-    char err[1024];
-    /* Geometry that disagrees with itself (I != NH * P) or with the tensors. */
-    int rc = load_edited("\"head_dim\": 8", "\"head_dim\": 4", err, sizeof err);
-    CHECK(rc == RCD_EFORMAT); /* expand*H = 64 != 8*4 */
-    CHECK(strstr(err, "num_heads * head_dim") != NULL);
-    rc = load_edited("\"n_groups\": 2", "\"n_groups\": 4", err, sizeof err);
-    CHECK_MSG(rc == RCD_EFORMAT && strstr(err, "mixer.in_proj.weight") && strstr(err, "[200,32]"),
-              "%s", err);
-    rc = load_edited("\"state_size\": 16", "\"state_size\": 8", err, sizeof err);
-    CHECK_MSG(rc == RCD_EFORMAT && strstr(err, "mixer.in_proj.weight"), "%s", err);
-    rc = load_edited("\"conv_kernel\": 4", "\"conv_kernel\": 3", err, sizeof err);
-    CHECK_MSG(rc == RCD_EFORMAT && strstr(err, "mixer.conv1d.weight"), "%s", err);
-    rc = load_edited("\"tie_word_embeddings\": false", "\"tie_word_embeddings\": true", err,
-                     sizeof err);
-    /* Tied with a (right-shaped) head in the file loads, as transformers ties over it. */
-    CHECK_MSG(rc == 0, "%s", err);
-    rc = load_edited("\"use_bias\": false", "\"use_bias\": true", err, sizeof err);
-    CHECK_MSG(rc == RCD_ENOTFOUND && strstr(err, "mixer.in_proj.bias"), "%s", err);
-    rc = load_edited("\"use_conv_bias\": true", "\"use_conv_bias\": false", err, sizeof err);
-    CHECK_MSG(rc == RCD_EFORMAT && strstr(err, "conv1d.bias"), "%s", err); /* unused tensor */
-    rc = load_edited("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3", err, sizeof err);
-    CHECK_MSG(rc != 0, "%s", err);
-    rc = load_edited("\"time_step_limit\": [\n    0.0,", "\"time_step_limit\": [\n    0.9,", err,
-                     sizeof err);
-    CHECK_MSG(rc == 0, "%s", err); /* a valid limit loads */
-    rc = load_edited("\"Infinity\"", "\"-Infinity\"", err, sizeof err);
-    CHECK_MSG(rc == RCD_EFORMAT && strstr(err, "time_step_limit"), "%s", err);
+    static const golden_edit_t edits[] = {
+        /* Geometry that disagrees with itself (I != NH * P) or with the tensors. */
+        /* expand*H = 64 != 8*4 */
+        {"tiny_g2_untied",
+         "\"head_dim\": 8",
+         "\"head_dim\": 4",
+         RCD_EFORMAT,
+         {"num_heads * head_dim"}},
+        {"tiny_g2_untied",
+         "\"n_groups\": 2",
+         "\"n_groups\": 4",
+         RCD_EFORMAT,
+         {"mixer.in_proj.weight", "[200,32]"}},
+        {"tiny_g2_untied",
+         "\"state_size\": 16",
+         "\"state_size\": 8",
+         RCD_EFORMAT,
+         {"mixer.in_proj.weight"}},
+        {"tiny_g2_untied",
+         "\"conv_kernel\": 4",
+         "\"conv_kernel\": 3",
+         RCD_EFORMAT,
+         {"mixer.conv1d.weight"}},
+        /* Tied with a (right-shaped) head in the file loads, as transformers ties over it. */
+        {"tiny_g2_untied",
+         "\"tie_word_embeddings\": false",
+         "\"tie_word_embeddings\": true",
+         0,
+         {NULL}},
+        {"tiny_g2_untied",
+         "\"use_bias\": false",
+         "\"use_bias\": true",
+         RCD_ENOTFOUND,
+         {"mixer.in_proj.bias"}},
+        /* unused tensor */
+        {"tiny_g2_untied",
+         "\"use_conv_bias\": true",
+         "\"use_conv_bias\": false",
+         RCD_EFORMAT,
+         {"conv1d.bias"}},
+        {"tiny_g2_untied",
+         "\"num_hidden_layers\": 2",
+         "\"num_hidden_layers\": 3",
+         GOLDEN_EDIT_FAILS,
+         {NULL}},
+        /* a valid limit loads */
+        {"tiny_g2_untied",
+         "\"time_step_limit\": [\n    0.0,",
+         "\"time_step_limit\": [\n    0.9,",
+         0,
+         {NULL}},
+        {"tiny_g2_untied", "\"Infinity\"", "\"-Infinity\"", RCD_EFORMAT, {"time_step_limit"}},
+    };
+    golden_test_edits(&suite, edits, (int)(sizeof edits / sizeof edits[0]));
 }
 
 /* The opt-in bf16 matmul on the BF16 copy (golden_util.h): within TOL_BF16_MATMUL. */

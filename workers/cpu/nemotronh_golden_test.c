@@ -12,8 +12,8 @@
 
 #define TOL_F32 1e-4f
 
-static const char *fp32_cases[] = {"moe_gqa_tied", "dense_mha_untied", "mqa_odd", "all_mamba",
-                                   "moe_groups4", "moe_latent_bias"};
+static const char *fp32_cases[] = {"moe_gqa_tied", "dense_mha_untied", "mqa_odd",
+                                   "all_mamba",    "moe_groups4",      "moe_latent_bias"};
 #define N_CASES (int)(sizeof fp32_cases / sizeof fp32_cases[0])
 static const golden_suite_t suite = {
     .family = "nemotronh",
@@ -26,18 +26,7 @@ static const golden_suite_t suite = {
     .ragged_pattern = {1, 3, 7, 2, 5, 1, 1, 4},
 };
 
-static void test_chunkings(void)
-{
-    golden_test_chunkings(&suite);
-}
-static void test_ragged(void)
-{
-    golden_test_ragged(&suite);
-}
-static void test_greedy(void)
-{
-    golden_test_greedy(&suite);
-}
+GOLDEN_SUITE_CASES(suite)
 
 /* The state layout (M - M E * -: two Mamba layers, one attention layer) and the variable-size
  * state: read after a prefix, written into another slot, continued exactly; a fork too. */
@@ -46,7 +35,6 @@ static void test_state_roundtrip(void)
     golden_t g;
     wrk_model_t *m = golden_open(suite.family, "moe_gqa_tied", &g);
     if (!m) return;
-    char err[512];
     const wrk_model_info_t *mi = wrk_model_info(m);
     CHECK(strcmp(mi->architecture, "NemotronHForCausalLM") == 0);
     /* 2 mamba layers of conv [K-1=3][C=64+2*2*16=128] and ssm [8][8][16], then the count. */
@@ -54,28 +42,9 @@ static void test_state_roundtrip(void)
     CHECK(mi->n_state_tensors == 5);
     CHECK(strcmp(mi->state_tensors[0].name, "layers.0.conv") == 0);
     CHECK(strcmp(mi->state_tensors[3].name, "layers.2.ssm") == 0);
-    CHECK(strcmp(mi->state_tensors[4].name, "kv.n_tokens") == 0 && mi->state_tensors[4].bytes == 8);
     /* 1 attention layer x K,V x 2 kv heads x hd 8 x 4 bytes. */
     CHECK(mi->n_kv_layers == 1 && mi->kv_width == 16 && mi->kv_bytes_per_token == 2 * 16 * 4);
-    golden_check_state_layout(mi);
-    wrk_backend_t *b = golden_backend(&suite, m, NULL, 2);
-    const golden_seq_t *q = &g.seqs[g.n_seqs - 1];
-    const int V = g.V, cut = 10;
-    wrk_seq_t s = {.slot = 0, .n_tokens = cut, .tokens = q->tokens, .n_logits = 0};
-    CHECK(wrk_step(b, &s, 1, err, sizeof err) == 0);
-    const size_t n = wrk_state_bytes(b, 0);
-    CHECK(n == mi->state_bytes + (size_t)cut * mi->kv_bytes_per_token);
-    char *blob = malloc(n);
-    size_t len = 0;
-    CHECK(wrk_state_read_n(b, 0, blob, n, &len) == 0 && len == n);
-    wrk_state_reset(b, 0);
-    CHECK(wrk_state_write_n(b, 5, blob, n - 4) == RCD_EFORMAT);
-    CHECK(wrk_state_write_n(b, 5, blob, n) == 0);
-    CHECK(wrk_state_copy(b, 6, 5) == 0);
-    for (int slot = 5; slot <= 6; slot++)
-        golden_check_resume(b, slot, q, V, cut, TOL_F32);
-    free(blob);
-    wrk_backend_destroy(b);
+    golden_check_kv_state_roundtrip(&suite, m, &g.seqs[g.n_seqs - 1], g.V, 10);
     wrk_model_free(m);
     golden_free(&g);
 }
@@ -95,74 +64,50 @@ static void test_fixed_state_without_attention(void)
 
 /* The goldens must be able to fail: each Nemotron-H detail, changed, moves the logits of at
  * least one fixture far beyond the tolerance. */
-static float run_variant(const char *name, int which)
+static bool mutate(wrk_model_t *m, int which)
 {
-    golden_t g;
-    char err[512];
-    float d = -1.f;
-    if (golden_load(suite.family, name, &g)) return d;
-    wrk_model_t *m = NULL;
-    if (wrk_model_load(g.dir, &m, err, sizeof err) == 0) {
-        wrk_nemotronh_t *nh = ((struct wrk_model *)m)->priv;
-        wrk_nemotronh_config_t *c = &nh->cfg;
-        bool applies = true;
-        switch (which) {
-        case 0: /* full-width gated norm instead of transformers' I/G groups */
-            applies = c->mx.n_groups > 1 && c->n_mamba > 0;
-            c->mx.norm_group = c->mx.inner;
-            break;
-        case 1: /* no top-k normalization */
-            applies = c->n_moe > 0 && c->norm_topk;
-            c->norm_topk = false;
-            break;
-        case 2: /* routed_scaling_factor ignored */
-            applies = c->n_moe > 0 && c->routed_scale != 1.f;
-            c->routed_scale = 1.f;
-            break;
-        case 3: /* no group-limited routing */
-            applies = c->n_moe > 0 && c->n_group > 1;
-            c->topk_group = c->n_group;
-            break;
-        case 4: /* time_step_min not applied */
-            applies = c->n_mamba > 0 && c->mx.dt_min > 0.f;
-            c->mx.dt_min = 0.f;
-            break;
-        case 5: /* the correction bias added to the weights too: drop it from the choice */
-            applies = c->n_moe > 0;
-            for (int l = 0; l < c->mx.n_layers; l++)
-                if (nh->layers[l].kind == WRK_NH_MOE) nh->layers[l].corr = nh->layers[l].norm;
-            break;
-        }
-        if (applies) {
-            wrk_backend_t *b = golden_backend(&suite, m, NULL, 1);
-            d = golden_run_chunked(b, &g.seqs[g.n_seqs - 1], g.V, 8);
-            wrk_backend_destroy(b);
-        }
-        wrk_model_free(m);
+    wrk_nemotronh_t *nh = ((struct wrk_model *)m)->priv;
+    wrk_nemotronh_config_t *c = &nh->cfg;
+    bool applies = true;
+    switch (which) {
+    case 0: /* full-width gated norm instead of transformers' I/G groups */
+        applies = c->mx.n_groups > 1 && c->n_mamba > 0;
+        c->mx.norm_group = c->mx.inner;
+        break;
+    case 1: /* no top-k normalization */
+        applies = c->n_moe > 0 && c->norm_topk;
+        c->norm_topk = false;
+        break;
+    case 2: /* routed_scaling_factor ignored */
+        applies = c->n_moe > 0 && c->routed_scale != 1.f;
+        c->routed_scale = 1.f;
+        break;
+    case 3: /* no group-limited routing */
+        applies = c->n_moe > 0 && c->n_group > 1;
+        c->topk_group = c->n_group;
+        break;
+    case 4: /* time_step_min not applied */
+        applies = c->n_mamba > 0 && c->mx.dt_min > 0.f;
+        c->mx.dt_min = 0.f;
+        break;
+    case 5: /* the correction bias added to the weights too: drop it from the choice */
+        applies = c->n_moe > 0;
+        for (int l = 0; l < c->mx.n_layers; l++)
+            if (nh->layers[l].kind == WRK_NH_MOE) nh->layers[l].corr = nh->layers[l].norm;
+        break;
     }
-    golden_free(&g);
-    return d;
+    return applies;
 }
 
 static void test_goldens_discriminate(void)
 {
-    static const char *what[] = {"full-width gated norm",     "no top-k normalization",
-                                 "routed_scaling_factor 1",   "no group-limited routing",
-                                 "time_step_min not applied", "another correction bias"};
-    for (int w = 0; w < 6; w++) {
-        float best = -1.f;
-        const char *where = "";
-        for (int ci = 0; ci < N_CASES; ci++) {
-            float d = run_variant(fp32_cases[ci], w);
-            if (d > best) {
-                best = d;
-                where = fp32_cases[ci];
-            }
-        }
-        fprintf(stderr, "  %s: max |dlogit| %.2e (%s)\n", what[w], best, where);
-        /* dt rarely falls under time_step_min in the fixtures: only check it moves at all. */
-        CHECK_MSG(best > (w == 4 ? 0.f : 100 * TOL_F32), "%s: %g", what[w], best);
-    }
+    static const char *const what[] = {"full-width gated norm",     "no top-k normalization",
+                                       "routed_scaling_factor 1",   "no group-limited routing",
+                                       "time_step_min not applied", "another correction bias"};
+    /* dt rarely falls under time_step_min in the fixtures: only check it moves at all. */
+    static const float min_diff[] = {100 * TOL_F32, 100 * TOL_F32, 100 * TOL_F32,
+                                     100 * TOL_F32, 0.f,           100 * TOL_F32};
+    golden_test_discriminate(&suite, what, 6, mutate, min_diff);
 }
 
 static int parse(const char *json, char *err, size_t errlen)
@@ -203,35 +148,28 @@ static void test_config(void)
     CHECK(wrk_nemotronh_config_parse(dflt, strlen(dflt), &c, err, sizeof err) == 0);
     CHECK(c.mx.n_layers == 4 && c.kind[0] == 'M' && c.kind[1] == 'E' && c.kind[2] == '*');
     /* Refusals name the field. */
-    static const struct {
-        const char *json, *field;
-        int rc;
-    } bad[] = {
-        {CFG("\"mlp_hidden_act\":\"silu\","), "mlp_hidden_act", RCD_EUNSUPPORTED},
-        {CFG("\"mamba_hidden_act\":\"gelu\","), "mamba_hidden_act", RCD_EUNSUPPORTED},
-        {CFG("\"moe_latent_size\":0,"), "moe_latent_size", RCD_EFORMAT},
-        {CFG("\"n_shared_experts\":2,"), "n_shared_experts", RCD_EUNSUPPORTED},
-        {CFG("\"n_shared_experts\":0,"), "n_shared_experts", RCD_EUNSUPPORTED},
-        {CFG("\"num_nextn_predict_layers\":1,"), "num_nextn_predict_layers", RCD_EUNSUPPORTED},
-        {CFG("\"attention_bias\":true,"), "attention_bias", RCD_EUNSUPPORTED},
-        {CFG("\"sliding_window\":128,"), "sliding_window", RCD_EUNSUPPORTED},
-        {CFG("\"mamba_ssm_cache_dtype\":\"bfloat16\","), "mamba_ssm_cache_dtype", RCD_EUNSUPPORTED},
-        {CFG("\"hybrid_override_pattern\":\"M*X\","), "hybrid_override_pattern", RCD_EUNSUPPORTED},
-        {CFG("\"layers_block_type\":[\"mamba\"],"), "layers_block_type", RCD_EUNSUPPORTED},
-        {CFG("\"hybrid_override_pattern\":\"\","), "hybrid_override_pattern", RCD_EFORMAT},
-        {CFG("\"num_key_value_heads\":3,"), "num_key_value_heads", RCD_EFORMAT},
-        {CFG("\"n_groups\":3,"), "n_groups", RCD_EFORMAT},
-        {CFG("\"n_group\":3,"), "n_group", RCD_EFORMAT},
-        {CFG("\"topk_group\":3,"), "topk_group", RCD_EFORMAT},
-        {CFG("\"num_experts_per_tok\":5,"), "num_experts_per_tok", RCD_EFORMAT},
-        {CFG("\"layer_norm_epsilon\":0,"), "layer_norm_epsilon", RCD_EFORMAT},
-        {CFG("\"model_type\":\"mamba2\","), "model_type", RCD_EUNSUPPORTED},
+    static const golden_refusal_t bad[] = {
+        {CFG("\"mlp_hidden_act\":\"silu\","), RCD_EUNSUPPORTED, "mlp_hidden_act"},
+        {CFG("\"mamba_hidden_act\":\"gelu\","), RCD_EUNSUPPORTED, "mamba_hidden_act"},
+        {CFG("\"moe_latent_size\":0,"), RCD_EFORMAT, "moe_latent_size"},
+        {CFG("\"n_shared_experts\":2,"), RCD_EUNSUPPORTED, "n_shared_experts"},
+        {CFG("\"n_shared_experts\":0,"), RCD_EUNSUPPORTED, "n_shared_experts"},
+        {CFG("\"num_nextn_predict_layers\":1,"), RCD_EUNSUPPORTED, "num_nextn_predict_layers"},
+        {CFG("\"attention_bias\":true,"), RCD_EUNSUPPORTED, "attention_bias"},
+        {CFG("\"sliding_window\":128,"), RCD_EUNSUPPORTED, "sliding_window"},
+        {CFG("\"mamba_ssm_cache_dtype\":\"bfloat16\","), RCD_EUNSUPPORTED, "mamba_ssm_cache_dtype"},
+        {CFG("\"hybrid_override_pattern\":\"M*X\","), RCD_EUNSUPPORTED, "hybrid_override_pattern"},
+        {CFG("\"layers_block_type\":[\"mamba\"],"), RCD_EUNSUPPORTED, "layers_block_type"},
+        {CFG("\"hybrid_override_pattern\":\"\","), RCD_EFORMAT, "hybrid_override_pattern"},
+        {CFG("\"num_key_value_heads\":3,"), RCD_EFORMAT, "num_key_value_heads"},
+        {CFG("\"n_groups\":3,"), RCD_EFORMAT, "n_groups"},
+        {CFG("\"n_group\":3,"), RCD_EFORMAT, "n_group"},
+        {CFG("\"topk_group\":3,"), RCD_EFORMAT, "topk_group"},
+        {CFG("\"num_experts_per_tok\":5,"), RCD_EFORMAT, "num_experts_per_tok"},
+        {CFG("\"layer_norm_epsilon\":0,"), RCD_EFORMAT, "layer_norm_epsilon"},
+        {CFG("\"model_type\":\"mamba2\","), RCD_EUNSUPPORTED, "model_type"},
     };
-    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        err[0] = 0;
-        const int rc = parse(bad[i].json, err, sizeof err);
-        CHECK_MSG(rc == bad[i].rc && strstr(err, bad[i].field), "case %zu: rc %d: %s", i, rc, err);
-    }
+    golden_test_refusals(parse, bad, (int)(sizeof bad / sizeof bad[0]));
     /* No MoE block: the expert fields are not checked. */
     CHECK(parse(CFG("\"hybrid_override_pattern\":\"M*\",\"n_routed_experts\":0,"), err,
                 sizeof err) == 0);
@@ -243,23 +181,31 @@ static void test_config(void)
  * the tensor. */
 static void test_bad_checkpoints(void)
 {
-    char err[1024];
-    int rc = golden_load_edited(suite.family, "moe_gqa_tied", "\"n_routed_experts\": 8",
-                                "\"n_routed_experts\": 8", err, sizeof err);
-    CHECK_MSG(rc == 0, "%s", err);
-    rc = golden_load_edited(suite.family, "moe_gqa_tied", "\"moe_intermediate_size\": 12",
-                            "\"moe_intermediate_size\": 16", err, sizeof err);
-    CHECK_MSG(rc == RCD_EFORMAT && strstr(err, "experts.0.up_proj.weight"), "%s", err);
-    rc = golden_load_edited(suite.family, "moe_gqa_tied", "\"num_key_value_heads\": 2",
-                            "\"num_key_value_heads\": 4", err, sizeof err);
-    CHECK_MSG(rc == RCD_EFORMAT && strstr(err, "mixer.k_proj.weight"), "%s", err);
-    /* transformers never ties Nemotron-H's head: the flag changes nothing. */
-    rc = golden_load_edited(suite.family, "moe_gqa_tied", "\"tie_word_embeddings\": true",
-                            "\"tie_word_embeddings\": false", err, sizeof err);
-    CHECK_MSG(rc == 0, "%s", err);
-    rc = golden_load_edited(suite.family, "moe_gqa_tied", "\"mlp_bias\": false",
-                            "\"mlp_bias\": true", err, sizeof err);
-    CHECK_MSG(rc == RCD_ENOTFOUND && strstr(err, "up_proj.bias"), "%s", err);
+    static const golden_edit_t edits[] = {
+        {"moe_gqa_tied", "\"n_routed_experts\": 8", "\"n_routed_experts\": 8", 0, {NULL}},
+        {"moe_gqa_tied",
+         "\"moe_intermediate_size\": 12",
+         "\"moe_intermediate_size\": 16",
+         RCD_EFORMAT,
+         {"experts.0.up_proj.weight"}},
+        {"moe_gqa_tied",
+         "\"num_key_value_heads\": 2",
+         "\"num_key_value_heads\": 4",
+         RCD_EFORMAT,
+         {"mixer.k_proj.weight"}},
+        /* transformers never ties Nemotron-H's head: the flag changes nothing. */
+        {"moe_gqa_tied",
+         "\"tie_word_embeddings\": true",
+         "\"tie_word_embeddings\": false",
+         0,
+         {NULL}},
+        {"moe_gqa_tied",
+         "\"mlp_bias\": false",
+         "\"mlp_bias\": true",
+         RCD_ENOTFOUND,
+         {"up_proj.bias"}},
+    };
+    golden_test_edits(&suite, edits, (int)(sizeof edits / sizeof edits[0]));
 }
 
 int main(int argc, char **argv)

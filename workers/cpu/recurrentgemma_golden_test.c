@@ -37,19 +37,8 @@ static const golden_suite_t suite = {
     .ragged_last_row = true,
 };
 
-static void test_chunkings(void)
-{
-    golden_test_chunkings(&suite);
-}
-static void test_ragged(void)
-{
-    golden_test_ragged(&suite);
-}
-/* 32 greedy tokens, all past the window for W <= 8, crossing it for W = 16. */
-static void test_greedy(void)
-{
-    golden_test_greedy(&suite);
-}
+/* test_greedy: 32 greedy tokens, all past the window for W <= 8, crossing it for W = 16. */
+GOLDEN_SUITE_CASES(suite)
 
 /* The tiny model in BF16. The engine computes in fp32 from the rounded weights, so its exact
  * reference is transformers' fp32 forward of the upcast bf16 weights (goldens in the _bf16
@@ -145,8 +134,8 @@ static void test_state_roundtrip(void)
     golden_check_state_roundtrip(b, q, V, cut, TOL_F32, blob);
     CHECK(blob[0] == (float)cut && blob[1] == 0.f); /* the position */
     /* Corrupt positions: the rest of the blob is stale state of another sequence. */
-    static const float bad[][2] = {{NAN, 0.f}, {-1.f, 0.f}, {2.5f, 0.f}, {3.f, INFINITY},
-                                   {16777216.f, 0.f}};
+    static const float bad[][2] = {
+        {NAN, 0.f}, {-1.f, 0.f}, {2.5f, 0.f}, {3.f, INFINITY}, {16777216.f, 0.f}};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         blob[0] = bad[i][0];
         blob[1] = bad[i][1];
@@ -283,8 +272,7 @@ static void test_config(void)
     CHECK(strstr(err, "block_types") != NULL);
     CHECK(parse(CFG("\"block_types\":[],"), &c, err, sizeof err) == RCD_EFORMAT);
     CHECK(parse(CFG("\"block_types\":\"recurrent\","), &c, err, sizeof err) == RCD_EFORMAT);
-    CHECK(parse(CFG("\"hidden_activation\":\"gelu\","), &c, err, sizeof err) ==
-          RCD_EUNSUPPORTED);
+    CHECK(parse(CFG("\"hidden_activation\":\"gelu\","), &c, err, sizeof err) == RCD_EUNSUPPORTED);
     CHECK(parse(CFG("\"logits_soft_cap\":0,"), &c, err, sizeof err) == RCD_EFORMAT);
     CHECK(parse(CFG("\"logits_soft_cap\":null,"), &c, err, sizeof err) == 0);
     CHECK(parse(CFG("\"rms_norm_eps\":0,"), &c, err, sizeof err) == RCD_EFORMAT);
@@ -307,60 +295,75 @@ static void test_config(void)
 
 /* A checkpoint whose config.json disagrees with its tensors is refused with a message naming
  * the tensor: a case's weights next to an edited config.json. */
-static int load_edited(const char *name, const char *from, const char *to, char *err, size_t errlen)
-{
-    return golden_load_edited(suite.family, name, from, to, err, errlen);
-}
-
 static void test_bad_checkpoints(void)
 {
-    char err[1024];
-    int rc = load_edited("tiny_mqa_w16", "\"conv1d_width\": 4", "\"conv1d_width\": 3", err,
-                         sizeof err);
-    CHECK_MSG(rc == RCD_EFORMAT && strstr(err, "model.layers.0.temporal_block.conv_1d.weight") &&
-                  strstr(err, "model.safetensors") && strstr(err, "[48,1,4]"),
-              "%s", err);
-    rc = load_edited("tiny_mqa_w16", "\"num_key_value_heads\": 1", "\"num_key_value_heads\": 2",
-                     err, sizeof err);
-    CHECK_MSG(rc == RCD_EFORMAT && strstr(err, "model.layers.2.temporal_block.k_proj.weight"),
-              "%s", err);
-    rc = load_edited("tiny_mqa_w16", "\"lru_width\": 48", "\"lru_width\": 24", err, sizeof err);
-    CHECK_MSG(rc == RCD_EFORMAT && strstr(err, "linear_y.weight"), "%s", err);
-    rc = load_edited("tiny_mqa_w16", "\"intermediate_size\": 144", "\"intermediate_size\": 146",
-                     err, sizeof err);
-    CHECK_MSG(rc == RCD_EFORMAT && strstr(err, "mlp_block.gate_proj.weight"), "%s", err);
-    /* The pattern decides which tensors a layer has. */
-    rc = load_edited("tiny_mqa_w16", "\"block_types\": [\n    \"recurrent\",",
-                     "\"block_types\": [\n    \"attention\",", err, sizeof err);
-    CHECK_MSG(rc == RCD_ENOTFOUND && strstr(err, "model.layers.0.temporal_block.q_proj.weight"),
-              "%s", err);
-    rc = load_edited("tiny_mqa_w16", "\"attention_bias\": false", "\"attention_bias\": true", err,
-                     sizeof err);
-    CHECK_MSG(rc == RCD_ENOTFOUND && strstr(err, "q_proj.bias"), "%s", err);
-    rc = load_edited("attn_first_w4", "\"attention_bias\": true", "\"attention_bias\": false", err,
-                     sizeof err);
-    CHECK_MSG(rc == RCD_EFORMAT && strstr(err, "unexpected tensor") && strstr(err, "_proj.bias"),
-              "%s", err);
-    rc = load_edited("attn_first_w4", "\"tie_word_embeddings\": false",
-                     "\"tie_word_embeddings\": true", err, sizeof err);
-    CHECK_MSG(rc == 0, "%s", err); /* tied with a right-shaped head in the file loads */
-    rc = load_edited("tiny_mqa_w16", "\"tie_word_embeddings\": true",
-                     "\"tie_word_embeddings\": false", err, sizeof err);
-    CHECK_MSG(rc == RCD_ENOTFOUND && strstr(err, "lm_head.weight"), "%s", err);
-    rc = load_edited("tiny_mqa_w16", "\"num_hidden_layers\": 4", "\"num_hidden_layers\": 5", err,
-                     sizeof err);
-    CHECK_MSG(rc != 0 && strstr(err, "model.layers.4"), "%s", err);
-    rc = load_edited("attn_only_hd16", "\"head_dim\": 16", "\"head_dim\": 8", err, sizeof err);
-    CHECK_MSG(rc == RCD_EFORMAT && strstr(err, "q_proj.weight"), "%s", err);
-    rc = load_edited("tiny_mqa_w16", "\"hidden_activation\": \"gelu_pytorch_tanh\"",
-                     "\"hidden_activation\": \"relu\"", err, sizeof err);
-    CHECK_MSG(rc == RCD_EUNSUPPORTED && strstr(err, "config.json") &&
-                  strstr(err, "hidden_activation"),
-              "%s", err);
-    /* A window change is state layout only: the weights load, the state grows. */
-    rc = load_edited("tiny_mqa_w16", "\"attention_window_size\": 16",
-                     "\"attention_window_size\": 32", err, sizeof err);
-    CHECK_MSG(rc == 0, "%s", err);
+    static const golden_edit_t edits[] = {
+        {"tiny_mqa_w16",
+         "\"conv1d_width\": 4",
+         "\"conv1d_width\": 3",
+         RCD_EFORMAT,
+         {"model.layers.0.temporal_block.conv_1d.weight", "model.safetensors", "[48,1,4]"}},
+        {"tiny_mqa_w16",
+         "\"num_key_value_heads\": 1",
+         "\"num_key_value_heads\": 2",
+         RCD_EFORMAT,
+         {"model.layers.2.temporal_block.k_proj.weight"}},
+        {"tiny_mqa_w16",
+         "\"lru_width\": 48",
+         "\"lru_width\": 24",
+         RCD_EFORMAT,
+         {"linear_y.weight"}},
+        {"tiny_mqa_w16",
+         "\"intermediate_size\": 144",
+         "\"intermediate_size\": 146",
+         RCD_EFORMAT,
+         {"mlp_block.gate_proj.weight"}},
+        /* The pattern decides which tensors a layer has. */
+        {"tiny_mqa_w16",
+         "\"block_types\": [\n    \"recurrent\",",
+         "\"block_types\": [\n    \"attention\",",
+         RCD_ENOTFOUND,
+         {"model.layers.0.temporal_block.q_proj.weight"}},
+        {"tiny_mqa_w16",
+         "\"attention_bias\": false",
+         "\"attention_bias\": true",
+         RCD_ENOTFOUND,
+         {"q_proj.bias"}},
+        {"attn_first_w4",
+         "\"attention_bias\": true",
+         "\"attention_bias\": false",
+         RCD_EFORMAT,
+         {"unexpected tensor", "_proj.bias"}},
+        /* tied with a right-shaped head in the file loads */
+        {"attn_first_w4",
+         "\"tie_word_embeddings\": false",
+         "\"tie_word_embeddings\": true",
+         0,
+         {NULL}},
+        {"tiny_mqa_w16",
+         "\"tie_word_embeddings\": true",
+         "\"tie_word_embeddings\": false",
+         RCD_ENOTFOUND,
+         {"lm_head.weight"}},
+        {"tiny_mqa_w16",
+         "\"num_hidden_layers\": 4",
+         "\"num_hidden_layers\": 5",
+         GOLDEN_EDIT_FAILS,
+         {"model.layers.4"}},
+        {"attn_only_hd16", "\"head_dim\": 16", "\"head_dim\": 8", RCD_EFORMAT, {"q_proj.weight"}},
+        {"tiny_mqa_w16",
+         "\"hidden_activation\": \"gelu_pytorch_tanh\"",
+         "\"hidden_activation\": \"relu\"",
+         RCD_EUNSUPPORTED,
+         {"config.json", "hidden_activation"}},
+        /* A window change is state layout only: the weights load, the state grows. */
+        {"tiny_mqa_w16",
+         "\"attention_window_size\": 16",
+         "\"attention_window_size\": 32",
+         0,
+         {NULL}},
+    };
+    golden_test_edits(&suite, edits, (int)(sizeof edits / sizeof edits[0]));
 }
 
 /* The opt-in bf16 matmul on the BF16 copy (golden_util.h): within TOL_BF16_MATMUL. */
