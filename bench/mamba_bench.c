@@ -1,7 +1,9 @@
 /* bench: Mamba engine throughput on the CPU backend next to the machine's limits measured
  * in the same run — read bandwidth (a vectorized read of a buffer far larger than the
- * caches) and GEMM peak (OpenBLAS sgemm, large square). Prints decode tokens/s at several
- * batch sizes with step-latency percentiles, prefill tokens/s, and memory. */
+ * caches), the fp32 FMA peak (bench_peak.h: every thread's FMA units busy) and OpenBLAS
+ * sgemm (large square). Prints decode tokens/s at several batch sizes with step-latency
+ * percentiles, prefill tokens/s, and memory. For a mixture-of-experts model batch 1's
+ * bandwidth limit counts the bytes one token reads (top_k of n_experts routed experts). */
 #include <getopt.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -15,6 +17,7 @@
 
 #include <cblas.h>
 
+#include "bench/bench_peak.h"
 #include "workers/cpu/pool.h"
 #include "workers/wrk.h"
 
@@ -350,10 +353,20 @@ int main(int argc, char **argv)
                "using sysfs, as lscpu does\n",
                (double)llc_cpuid / 1048576, llc_level, (double)llc / 1048576, llc_inst);
     size_t big = llc > 0 && (size_t)llc * 4 > ((size_t)1 << 30) ? (size_t)llc * 4 : (size_t)1 << 30;
-    const size_t ws = (size_t)(weight_b + 2 * state_b);
+    /* a batch-1 step of an MoE model reads top_k of the n_experts routed experts */
+    int n_experts = 0, top_k = 0;
+    const double moe_share = bench_moe_read_share(model_dir, &n_experts, &top_k);
+    const double read_b = weight_b * moe_share;
+    const size_t ws = (size_t)(read_b + 2 * state_b);
     double bw_mem = read_bandwidth(pool, big);
     double bw = read_bandwidth(pool, ws);
-    double peak = gemm_peak(nth);
+    double sgemm = gemm_peak(nth);
+    int fma_lanes = 0;
+    const double fma = bench_fma_peak(pool, &fma_lanes);
+    /* the compute limit: the FMA peak where it was measured (sgemm reaches a share of it,
+     * often a small one on these VMs), else sgemm */
+    const double peak = fma > sgemm ? fma : sgemm;
+    const char *peak_name = fma > sgemm ? "FMA peak" : "sgemm peak";
     const double lm_flops = 2.0 * mi->vocab_size * mi->hidden_size;
     printf("cpu: %s, %d threads\n", cpu, nth);
     printf("model: %s, %d layers, hidden %d, vocab %d, weights %s --weights %s %.1f MB read per "
@@ -361,9 +374,15 @@ int main(int argc, char **argv)
            model_dir, mi->n_layers, mi->hidden_size, mi->vocab_size,
            wrk_dtype_name(mi->weight_dtype), weights ? weights : "native", weight_b / 1e6,
            (double)mi->weight_bytes / 1e6, state_b / 1e6);
-    printf("limits: read bandwidth %.1f GB/s over the weights' size (%.1f GB/s over %.0f MiB, "
-           "last-level cache %.0f MiB), sgemm peak %.1f GFLOP/s (2048^3, %d threads)\n",
-           bw, bw_mem, (double)big / 1048576, llc > 0 ? (double)llc / 1048576 : 0, peak, nth);
+    if (moe_share < 1.0)
+        printf("moe: %d routed experts, top %d: a batch-1 step reads %.1f MB of the %.1f MB "
+               "(%.1f%%)\n",
+               n_experts, top_k, read_b / 1e6, weight_b / 1e6, 100 * moe_share);
+    printf("limits: read bandwidth %.1f GB/s over the bytes a step reads (%.1f GB/s over %.0f "
+           "MiB, last-level cache %.0f MiB), fp32 FMA peak %.1f GFLOP/s (%d-lane FMA chains, %d "
+           "threads), sgemm %.1f GFLOP/s (2048^3); compute limit: %s\n",
+           bw, bw_mem, (double)big / 1048576, llc > 0 ? (double)llc / 1048576 : 0, fma,
+           fma_lanes, nth, sgemm, peak_name);
 
     const int V = mi->vocab_size;
     float *logits = malloc(sizeof(float) * (size_t)max_batch * V);
@@ -420,16 +439,16 @@ int main(int argc, char **argv)
             /* batch 1 is bandwidth-bound: limit = bandwidth / (weights + state read and
              * written); larger batches are compared with the GEMM peak. */
             if (B == 1) {
-                double limit = bw * 1e9 / (weight_b + 2 * state_b);
-                double limit_mem = bw_mem * 1e9 / (weight_b + 2 * state_b);
+                double limit = bw * 1e9 / (read_b + 2 * state_b);
+                double limit_mem = bw_mem * 1e9 / (read_b + 2 * state_b);
                 printf("%-8d %10.1f %8.2fms %8.2fms %10.1f %8.1f%% (%.1f tok/s bw) %.2fms "
                        "[%.1f%% of %.1f tok/s from memory]\n",
                        B, tps, lat[steps / 2] * 1e3, lat[steps * 99 / 100] * 1e3, gflops,
                        100 * tps / limit, limit, lat[0] * 1e3, 100 * tps / limit_mem, limit_mem);
             } else {
-                printf("%-8d %10.1f %8.2fms %8.2fms %10.1f %8.1f%% (of sgemm peak) %.2fms\n", B,
-                       tps, lat[steps / 2] * 1e3, lat[steps * 99 / 100] * 1e3, gflops,
-                       100 * gflops / peak, lat[0] * 1e3);
+                printf("%-8d %10.1f %8.2fms %8.2fms %10.1f %8.1f%% (of %s) %.2fms\n", B, tps,
+                       lat[steps / 2] * 1e3, lat[steps * 99 / 100] * 1e3, gflops,
+                       100 * gflops / peak, peak_name, lat[0] * 1e3);
             }
             fflush(stdout);
         }
@@ -456,9 +475,9 @@ int main(int argc, char **argv)
             tps_at[md][16] = tps;
             qsort(lat, steps, sizeof *lat, cmp_d);
             double gflops = (tps * mi->layer_flops + steps * lm_flops / el) / 1e9;
-            printf("prefill%-4d %7.1f %8.2fms %8.2fms %10.1f %8.1f%% (of sgemm peak) %.2fms\n",
+            printf("prefill%-4d %7.1f %8.2fms %8.2fms %10.1f %8.1f%% (of %s) %.2fms\n",
                    prefill_len, tps, lat[steps / 2] * 1e3, lat[steps * 99 / 100] * 1e3, gflops,
-                   100 * gflops / peak, lat[0] * 1e3);
+                   100 * gflops / peak, peak_name, lat[0] * 1e3);
             free(ptoks);
         }
         /* Bandwidth noise: the read rate of these VMs moves by up to 2x between runs, so batch

@@ -173,8 +173,19 @@ class RedisSecurity(unittest.TestCase):
                                       timeout=120))[3]
 
     def session(self, d, sid):
-        """Creates sid and commits one turn; the acknowledgement waits for Redis's reply."""
-        d.api.CreateSession(pb.CreateSessionRequest(session_id=sid))
+        """Creates sid and commits one turn; the acknowledgement waits for Redis's reply. The
+        tier connects in the background (TLS, AUTH, PING): until then a create is refused
+        UNAVAILABLE "...unreachable; retry", and a client retries, as here (a loaded machine can
+        take over a second for the handshake)."""
+        deadline = time.time() + 20
+        while True:
+            try:
+                d.api.CreateSession(pb.CreateSessionRequest(session_id=sid))
+                break
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.UNAVAILABLE or time.time() > deadline:
+                    raise
+                time.sleep(0.1)
         self.assertEqual(self.turn(d, sid, P1).session_version, 1)
 
     def wait_log(self, d, pattern, timeout=10):

@@ -2,7 +2,7 @@
 # and one ctest test per test case, so each case runs in its own process.
 #
 #   rcd_unit_test(<name> <source>... [LIBS <target>...] [LABELS <label>...]
-#                 [ALONE <fn>...] [PROPERTIES <property> <value>...])
+#                 [ALONE <fn>...] [PROPERTIES <property> <value>...] [NO_TSAN])
 #
 # The cases are the `RUN(fn);` lines of the sources, read here at configure time (editing a
 # source re-runs CMake): each becomes the test <name>/<fn>, running `<name> <fn>`. The test
@@ -13,14 +13,20 @@
 # is dear (those that map the CUDA libraries) and whose short cases outnumber the long ones.
 # Every test runs in the source root with RCD_GOLDEN_DIR set;
 # LABELS default to `unit`; PROPERTIES go to set_tests_properties (e.g. SKIP_RETURN_CODE 77).
+# NO_TSAN: code with no threads of its own; under RCD_SANITIZE=thread it is built, not run.
 function(rcd_unit_test name)
-  cmake_parse_arguments(PARSE_ARGV 1 arg "" "" "LIBS;LABELS;PROPERTIES;ALONE")
+  cmake_parse_arguments(PARSE_ARGV 1 arg "NO_TSAN" "" "LIBS;LABELS;PROPERTIES;ALONE")
   set(sources ${arg_UNPARSED_ARGUMENTS})
   if(NOT arg_LABELS)
     set(arg_LABELS unit)
   endif()
   add_executable(${name} ${sources})
   target_link_libraries(${name} rcd_test ${arg_LIBS})
+  # NO_TSAN: single-threaded code, checked by the release and ASan runs; TSan (10-30x slower)
+  # would only spend CI time on it, so the test is built but not registered there.
+  if(arg_NO_TSAN AND RCD_SANITIZE STREQUAL "thread")
+    return()
+  endif()
 
   set(cases "")
   foreach(src IN LISTS sources)
