@@ -14,6 +14,7 @@ strings inside an accepted run, and the OpenAI usage details."""
 import json
 import os
 import struct
+import subprocess
 import unittest
 import urllib.request
 
@@ -110,6 +111,35 @@ class Granite(Fixture):
 
 class RecurrentGemma(Fixture):
     model = os.path.join(G, "recurrentgemma", "attn_first_w4")
+
+
+class Unsupported(OwnDaemonsTest):
+    """A family without verify entries (Nemotron-H) never speculates and never fails for it."""
+
+    def test_serves_without_speculating(self):
+        d = self.spawn("--model", os.path.join(G, "nemotronh", "all_mamba"), "--state-dir",
+                       self.dir, "--speculate", "ngram")
+        ids = [5, 17, 42, 99, 3, 7, 64, 128, 11] * 3
+        r = collect(d.api.Generate(gen_request(tokens=ids, temperature=0, max_tokens=12,
+                                               ignore_eos=True), timeout=120))
+        self.assertEqual(len(r[1]), 12)
+        self.assertEqual(r[3].usage.draft_tokens, 0)
+        self.assertIn("speculative decoding off", d.logs())
+
+
+class Eval(unittest.TestCase):
+    def test_recurd_eval_speculate(self):
+        ev = os.environ.get("RECURD_EVAL_BIN") or os.path.join(ROOT, "build", "release", "tools",
+                                                                "recurd-eval")
+        args = [ev, "--model", os.path.join(G, "granite", "mha_moe8"), "--tokens",
+                ",".join(map(str, PASSAGE * 2)), "--greedy", "40"]
+        plain = subprocess.run(args, capture_output=True, text=True, check=True)
+        spec = subprocess.run(args + ["--speculate", "ngram"], capture_output=True, text=True,
+                              check=True)
+        self.assertEqual(spec.stdout, plain.stdout)
+        self.assertEqual(len(plain.stdout.strip().split(",")), 40)
+        acc = int(spec.stderr.split(" accepted")[0].rsplit(" ", 1)[1])
+        self.assertGreater(acc, 0, spec.stderr)
 
 
 class Bundled(OwnDaemonsTest):
