@@ -10,7 +10,9 @@ byte); concurrent speculating streams equal the reference; seeded sampling (temp
 top-k/p, penalties) gives the same tokens; max_tokens and stop token ids landing inside an
 accepted run end exactly where the reference does; after a SIGKILL between turns the resumed
 session's next turn equals the reference. On the bundled model (it has a tokenizer): stop
-strings inside an accepted run, and the OpenAI usage details."""
+strings inside an accepted run, the OpenAI usage details and the /metrics counters. A family
+without verify entries (Nemotron-H) serves with --speculate ngram without speculating, and
+recurd-eval --speculate ngram prints the ids it prints without."""
 import json
 import os
 import struct
@@ -177,6 +179,13 @@ class Bundled(OwnDaemonsTest):
         det = u["completion_tokens_details"]
         self.assertGreater(det["accepted_prediction_tokens"], 0, u)
         self.assertGreaterEqual(det["rejected_prediction_tokens"], 0, u)
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=60) as resp:
+            m = {line.split("{")[0].split(" ")[0]: line.rsplit(" ", 1)[1]
+                 for line in resp.read().decode().splitlines()
+                 if line.startswith("recurd_spec_decode_")}
+        drafted = float(m["recurd_spec_decode_draft_tokens_total"])
+        self.assertGreater(float(m["recurd_spec_decode_accepted_tokens_total"]), 0, m)
+        self.assertGreaterEqual(drafted, float(m["recurd_spec_decode_accepted_tokens_total"]))
 
 
 if __name__ == "__main__":
