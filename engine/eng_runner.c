@@ -448,9 +448,8 @@ int eng_runner_submit(eng_runner_t *r, eng_seq_t *s, char *err, size_t errlen)
     }
     s->n_snapped = 0;
     s->spec_drafted = s->spec_accepted = 0;
-    if (r->draft && !s->no_speculate) {
-        q->spec_logits = malloc(sizeof(float) * (size_t)r->vocab * (size_t)(r->cfg.spec_tokens + 1));
-        q->spec = q->spec_logits != NULL; /* no memory for the rows: plain decoding */
+    if (r->draft && !s->no_speculate) { /* its logit rows are allocated at its first verify */
+        q->spec = true;
         eng_spec_policy_init(&q->pol, r->cfg.spec_tokens, r->cfg.spec_max_batch);
     }
     r->n_held++;
@@ -815,6 +814,10 @@ static void submit_plan(eng_runner_t *r)
             int32_t k = eng_spec_policy_next(&q->pol, p->n_entries), left = q->max_new - q->n_gen - 1;
             if (k > e->n_draft) k = e->n_draft;
             if (k > left) k = left;
+            if (k > 0 && !q->spec_logits) /* no memory for the rows: a plain decode */
+                q->spec_logits = malloc(sizeof(float) * (size_t)r->vocab *
+                                        (size_t)(r->cfg.spec_tokens + 1));
+            if (k > 0 && !q->spec_logits) k = 0;
             if (k > 0) k = eng_draft_propose(r->draft, q->toks, q->n_toks, k, q->w_toks + 1);
             if (k > 0) {
                 q->w_toks[0] = q->toks[q->n_toks - 1];
