@@ -207,7 +207,7 @@ static void test_batched_equals_alone(void)
 /* One slot: a long low-priority sequence is running when a high-priority one arrives. The low
  * one is swapped out to host memory, the high one runs to the end, the low one resumes: both
  * produce exactly what they produce alone, and the low one's committed state is identical. */
-static void preempt_case(bool pipelined)
+static void preempt_case(bool pipelined, bool spec)
 {
     fixture_t f;
     if (!fx_open(&f, 1, 16)) return;
@@ -217,13 +217,20 @@ static void preempt_case(bool pipelined)
     eng_runner_config_default(&c, f.be, 8);
     c.min_run_steps = 2;
     c.max_inflight = pipelined ? 2 : 1;
+    if (spec) { /* speculating: the swap-out follows a verify's rollback */
+        c.spec_mode = ENG_SPEC_NGRAM;
+        c.spec_tokens = 4;
+        c.spec_max_batch = 0;
+    }
     eng_runner_t *r = NULL;
     char err[160];
     CHECK(eng_runner_create_cfg(&f.loop, f.be, &c, &r, err, sizeof(err)) == 0);
     t_seq_t low_alone, high_alone, low, high;
     setup(&low_alone, r, 3, 40, V, SB, true);
+    low_alone.seq.no_speculate = true;
     run(&f.loop, r, &low_alone, 1);
     setup(&high_alone, r, 1, 8, V, SB, true);
+    high_alone.seq.no_speculate = true;
     high_alone.seq.priority = 3;
     run(&f.loop, r, &high_alone, 1);
 
@@ -245,6 +252,7 @@ static void preempt_case(bool pipelined)
     eng_runner_stats_t st;
     eng_runner_stats(r, &st);
     CHECK(st.swap_outs == 1 && st.swap_ins == 1 && st.sched.preemptions == 1);
+    if (spec) CHECK_MSG(st.spec_verifies > 0, "no verify ran");
     teardown(&low_alone);
     teardown(&high_alone);
     teardown(&low);
@@ -255,8 +263,10 @@ static void preempt_case(bool pipelined)
 
 static void test_preempt_resumes_exactly(void)
 {
-    preempt_case(true);
-    preempt_case(false);
+    preempt_case(true, false);
+    preempt_case(false, false);
+    preempt_case(true, true);
+    preempt_case(false, true);
 }
 
 /* A commit buffer for a variable-size state of n positions. */
