@@ -642,7 +642,8 @@ static int gen_prepare(dmn_gen_t *g, const Recurd__V1__GenerateRequest *req, cha
     if ((rc = dmn_validate_generate(req, g->call->text_len, &lim, err, errlen))) return rc;
     if ((rc = check_sampling(s, req->sampling, g, &sp, err, errlen))) return rc;
     g->seq.priority = (int32_t)req->priority;
-    g->seq.no_speculate = req->sampling && req->sampling->speculate == RECURD__V1__SPECULATE__SPECULATE_OFF;
+    g->seq.no_speculate =
+        req->sampling && req->sampling->speculate == RECURD__V1__SPECULATE__SPECULATE_OFF;
     if (s->keys && req->tenant[0] && strcmp(req->tenant, g->call->auth_tenant))
         /* with API keys the turn's tenant is the authenticated one (dmn_tenant_of) */
         return rcd_fail(RCD_EFORBIDDEN, err, errlen, "tenant '%s' is not the API key's tenant",

@@ -257,10 +257,10 @@ int eng_runner_create_cfg(uv_loop_t *loop, wrk_backend_t *be, const eng_runner_c
         const wrk_model_info_t *mi = wrk_model_info(wrk_backend_model(be));
         if (cfg->spec_mode != ENG_SPEC_NGRAM || cfg->spec_tokens < 1 ||
             cfg->spec_tokens > ENG_DRAFT_MAX || cfg->spec_max_batch < 0) {
-            rc = rcd_fail(RCD_EINVAL, err, errlen,
-                          "runner: speculation mode %d with %d tokens (1..%d), max batch %d",
-                          (int)cfg->spec_mode, cfg->spec_tokens, ENG_DRAFT_MAX,
-                          cfg->spec_max_batch);
+            rc =
+                rcd_fail(RCD_EINVAL, err, errlen,
+                         "runner: speculation mode %d with %d tokens (1..%d), max batch %d",
+                         (int)cfg->spec_mode, cfg->spec_tokens, ENG_DRAFT_MAX, cfg->spec_max_batch);
             goto fail;
         }
         if (!wrk_spec_supported(be)) {
@@ -811,12 +811,13 @@ static void submit_plan(eng_runner_t *r)
         q->w_k = 0;
         if (q->spec && e->decode && e->n_logits == 1 && e->n_draft > 0) {
             /* speculate: the policy's k, within the reservation and what max_new leaves */
-            int32_t k = eng_spec_policy_next(&q->pol, p->n_entries), left = q->max_new - q->n_gen - 1;
+            int32_t k = eng_spec_policy_next(&q->pol, p->n_entries),
+                    left = q->max_new - q->n_gen - 1;
             if (k > e->n_draft) k = e->n_draft;
             if (k > left) k = left;
             if (k > 0 && !q->spec_logits) /* no memory for the rows: a plain decode */
-                q->spec_logits = malloc(sizeof(float) * (size_t)r->vocab *
-                                        (size_t)(r->cfg.spec_tokens + 1));
+                q->spec_logits =
+                    malloc(sizeof(float) * (size_t)r->vocab * (size_t)(r->cfg.spec_tokens + 1));
             if (k > 0 && !q->spec_logits) k = 0;
             if (k > 0) k = eng_draft_propose(r->draft, q->toks, q->n_toks, k, q->w_toks + 1);
             if (k > 0) {

@@ -480,8 +480,8 @@ static int validate(sched_t *s, int64_t now, const sched_event_t *ev, int32_t n,
                     e->done.results[j].outcome > SCHED_OUT_FAILED ||
                     e->done.results[j].n_extra < 0 || e->done.results[j].n_drafted > 16 ||
                     e->done.results[j].n_extra > e->done.results[j].n_drafted ||
-                    (e->done.results[j].set_spec && (e->done.results[j].spec_tokens < 0 ||
-                                                     e->done.results[j].spec_tokens > 16)))
+                    (e->done.results[j].set_spec &&
+                     (e->done.results[j].spec_tokens < 0 || e->done.results[j].spec_tokens > 16)))
                     return rcd_fail(
                         RCD_EINVAL, err, errlen, "sched_step: step %llu result %d has outcome %d",
                         (unsigned long long)e->done.step, j, (int)e->done.results[j].outcome);

@@ -260,8 +260,8 @@ static void build_batch(sched_t *s)
         sched_entry_t *e = &s->entries[i];
         sched__req_t *r = sched__lookup(s, e->id);
         if (!e->n_logits || !e->decode || r->spec <= 0) continue;
-        int32_t n = r->spec, room = budget - n_pre, left = r->max_new - r->generated -
-                                                          r->inflight_logits - 1;
+        int32_t n = r->spec, room = budget - n_pre,
+                left = r->max_new - r->generated - r->inflight_logits - 1;
         if (s->cfg.no_chunking && n_pre > 0) room = 0;
         if (n > room) n = room;
         if (n > left) n = left;

@@ -128,8 +128,12 @@ static int spec_greedy(wrk_backend_t *b, const int32_t *ids, size_t n, size_t V,
         if (k > greedy - emitted - 1) k = (int)(greedy - emitted - 1);
         int m = k > 0 ? eng_draft_propose(d, hist, nh, k, w + 1) : 0;
         w[0] = tok;
-        wrk_seq_t s = {.slot = 0, .n_tokens = m + 1, .tokens = w, .n_logits = m + 1,
-                       .logits = rows, .verify = m > 0};
+        wrk_seq_t s = {.slot = 0,
+                       .n_tokens = m + 1,
+                       .tokens = w,
+                       .n_logits = m + 1,
+                       .logits = rows,
+                       .verify = m > 0};
         if ((rc = wrk_step(b, &s, 1, err, errlen))) goto out;
         steps++;
         int j = 0;
@@ -260,7 +264,8 @@ int main(int argc, char **argv)
     if (chunk == 0 || (size_t)chunk > n) chunk = (long)n;
     wrk_backend_opts_t bo = {.n_threads = (int)threads,
                              .n_slots = 1,
-                             .max_step_tokens = (int)(chunk > WRK_SPEC_MAX_TOKENS ? chunk : WRK_SPEC_MAX_TOKENS),
+                             .max_step_tokens =
+                                 (int)(chunk > WRK_SPEC_MAX_TOKENS ? chunk : WRK_SPEC_MAX_TOKENS),
                              .isa = isa,
                              .tp = (int)tp,
                              .matmul = matmul,
