@@ -25,6 +25,8 @@ from rcd_harness import ROOT, OwnDaemonsTest, collect, concurrently, gen_request
 G = os.path.join(ROOT, "tests", "golden")
 PASSAGE = [5, 17, 42, 99, 3, 250, 7, 64, 128, 11, 33, 8]
 OFF = 1  # SPECULATE_OFF
+# Under the sanitizers (their CTest environment sets RECURD_ABUSE_SCALE) fewer repetitions.
+SAN = "RECURD_ABUSE_SCALE" in os.environ
 
 
 def payload(state_dir, sid, version):
@@ -72,8 +74,9 @@ class Fixture(OwnDaemonsTest):
         self.assertGreaterEqual(on[3].usage.draft_tokens, on[3].usage.accepted_tokens)
         self.assertEqual(payload(self.dir, "on", 1), payload(self.dir, "off", 1))
         # concurrent speculating streams (ragged verify entries) and a second turn
-        res = concurrently(lambda: norm(self.gen(d, PROMPT)), 3)
-        self.assertEqual(res, [norm(off)] * 3)
+        n_streams = 2 if SAN else 3
+        res = concurrently(lambda: norm(self.gen(d, PROMPT)), n_streams)
+        self.assertEqual(res, [norm(off)] * n_streams)
         t2 = PASSAGE[2:9]
         self.assertEqual(norm(self.gen(d, t2, "on")), norm(self.gen(d, t2, "off", off=True)))
         self.assertEqual(payload(self.dir, "on", 2), payload(self.dir, "off", 2))
@@ -83,7 +86,7 @@ class Fixture(OwnDaemonsTest):
                          norm(self.gen(d, PROMPT, off=True, **samp)))
         # max_tokens and a stop token id inside an accepted run
         ref = off[1]
-        for m in (1, 2, 3, 5, 8, 13):
+        for m in (1, 5) if SAN else (1, 2, 3, 5, 8, 13):
             self.assertEqual(self.gen(d, PROMPT, max_tokens=m)[1], ref[:m])
         firsts = [t for i, t in enumerate(ref) if i >= 3 and t not in ref[:i]]
         stop_id = firsts[0] if firsts else ref[0]
