@@ -124,7 +124,7 @@ typedef struct rcd_metrics {
     rcd_hist_t group_commit_size; /* statestore: checkpoints per group flush */
     rcd_hist_t commit_ns;         /* daemon: a turn's checkpoint commit (store call -> ack) */
     rcd_hist_t resume_ns[RCD_RESUME__COUNT];               /* a session's state ready, by source */
-    rcd_counter_t spec_draft_tokens, spec_accepted_tokens; /* speculative decoding (none yet) */
+    rcd_counter_t spec_draft_tokens, spec_accepted_tokens; /* speculative decoding (the runner) */
 } rcd_metrics_t;
 
 extern rcd_metrics_t rcd_metrics;

@@ -294,6 +294,8 @@ static void gen_pump(dmn_gen_t *g)
         u.total_ms = (double)(g->t_end - t0) / 1e6;
         u.preemptions = (uint32_t)g->seq.n_preemptions;
         u.cached_prompt_tokens = (uint32_t)g->cached;
+        u.draft_tokens = g->seq.spec_drafted;
+        u.accepted_tokens = g->seq.spec_accepted;
         r.usage = &u;
         r.session_version = g->new_version;
         r.session_id = g->has_session ? (char *)store_unscope_id(g->sid) : "";
@@ -520,6 +522,10 @@ static int check_sampling(dmn_server_t *s, const Recurd__V1__SamplingParams *p, 
                  ? p->seed
                  : (uint64_t)uv_hrtime() ^ (uint64_t)(uintptr_t)g;
     if (p->max_tokens) g->max_tokens = p->max_tokens;
+    if (p->speculate != RECURD__V1__SPECULATE__SPECULATE_SERVER &&
+        p->speculate != RECURD__V1__SPECULATE__SPECULATE_OFF)
+        return rcd_fail(RCD_EINVAL, err, errlen, "sampling.speculate %d is not a Speculate value",
+                        (int)p->speculate);
     g->n_lp = p->logprobs ? (int)p->logprobs : -1;
     g->stops = calloc(p->n_stop + 1, sizeof(char *));
     if (!g->stops) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
@@ -636,6 +642,8 @@ static int gen_prepare(dmn_gen_t *g, const Recurd__V1__GenerateRequest *req, cha
     if ((rc = dmn_validate_generate(req, g->call->text_len, &lim, err, errlen))) return rc;
     if ((rc = check_sampling(s, req->sampling, g, &sp, err, errlen))) return rc;
     g->seq.priority = (int32_t)req->priority;
+    g->seq.no_speculate =
+        req->sampling && req->sampling->speculate == RECURD__V1__SPECULATE__SPECULATE_OFF;
     if (s->keys && req->tenant[0] && strcmp(req->tenant, g->call->auth_tenant))
         /* with API keys the turn's tenant is the authenticated one (dmn_tenant_of) */
         return rcd_fail(RCD_EFORBIDDEN, err, errlen, "tenant '%s' is not the API key's tenant",

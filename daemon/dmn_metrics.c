@@ -348,10 +348,10 @@ static void render_engine(rcd_mw_t *w, dmn_server_t *s)
     family_u(w, "recurd_kv_blocks_free", RCD_MT_GAUGE, NULL, "KV-cache blocks free.",
              (uint64_t)free_b);
     family_u(w, "recurd_spec_decode_draft_tokens", RCD_MT_COUNTER, NULL,
-             "Speculative decoding: draft tokens proposed (0 until speculation lands).",
+             "Speculative decoding: draft tokens verified.",
              rcd_counter_get(&rcd_metrics.spec_draft_tokens));
     family_u(w, "recurd_spec_decode_accepted_tokens", RCD_MT_COUNTER, NULL,
-             "Speculative decoding: draft tokens accepted (0 until speculation lands).",
+             "Speculative decoding: draft tokens accepted (sampled without a step of their own).",
              rcd_counter_get(&rcd_metrics.spec_accepted_tokens));
 }
 

@@ -153,6 +153,14 @@ static cJSON *usage_json(const dmn_oai_acc_t *a)
                             (double)a->usage.prompt_tokens + a->usage.completion_tokens);
     cJSON *d = cJSON_AddObjectToObject(u, "prompt_tokens_details");
     if (d) cJSON_AddNumberToObject(d, "cached_tokens", a->usage.cached_prompt_tokens);
+    if (a->usage.draft_tokens) { /* speculative decoding: drafts kept and dropped */
+        cJSON *c = cJSON_AddObjectToObject(u, "completion_tokens_details");
+        if (c) {
+            cJSON_AddNumberToObject(c, "accepted_prediction_tokens", a->usage.accepted_tokens);
+            cJSON_AddNumberToObject(c, "rejected_prediction_tokens",
+                                    (double)a->usage.draft_tokens - a->usage.accepted_tokens);
+        }
+    }
     return u;
 }
 

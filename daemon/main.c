@@ -373,6 +373,9 @@ static int serve(dmn_server_t *srv, bool *grpc_up)
     rc_cfg.kv_blocks = srv->kv_blocks; /* the pool eng_backend_opts_fill gave the backend */
     rc_cfg.kv_block_tokens = srv->kv_block_tokens;
     rc_cfg.log = engine_log;
+    rc_cfg.spec_mode = strcmp(o->speculate, "ngram") == 0 ? ENG_SPEC_NGRAM : ENG_SPEC_OFF;
+    rc_cfg.spec_tokens = (int)o->spec_tokens;
+    rc_cfg.spec_max_batch = (int)o->spec_max_batch;
     if ((rc = eng_runner_create_cfg(srv->loop, srv->backend, &rc_cfg, &srv->runner, err,
                                     sizeof(err)))) {
         dmn_log(DMN_ERROR, "runner", NULL, NULL, "%s", err);
@@ -489,6 +492,12 @@ int main(int argc, char **argv)
         goto cleanup;
     }
     dmn_log_set_level(opts.log_level); /* one of DMN_OPTIONS' choices: cannot fail */
+    if (strcmp(opts.speculate, "draft") == 0) { /* issue 18: the draft model is not built */
+        fprintf(stderr, "recurd: --speculate draft needs a draft model, which recurd does not "
+                        "support yet; use --speculate ngram or off\n");
+        exit_code = 2;
+        goto cleanup;
+    }
     srv.opts = &opts;
     /* SIGHUP means reload (dmn_reload, once the server listens), never exit: ignored till then. */
     signal(SIGHUP, SIG_IGN);

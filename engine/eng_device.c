@@ -31,6 +31,16 @@ static void run_plan(eng_runner_t *r)
 {
     uint64_t t0 = uv_hrtime();
     int rc = 0;
+    /* Speculative rollbacks first: each slot's state becomes exactly its kept tokens' before
+     * anything else reads, moves or steps it. */
+    for (int32_t i = 0; i < r->n_acc; i++) {
+        int arc = wrk_spec_accept(r->be, r->acc_slot[i], r->acc_keep[i]);
+        if (arc) { /* cannot happen: the verify ran in the previous step of this slot */
+            rc = arc;
+            snprintf(r->w_err, sizeof(r->w_err), "speculative rollback of slot %d failed: %s",
+                     r->acc_slot[i], rcd_strerror(arc));
+        }
+    }
     for (int32_t i = 0; i < r->w_n_resets; i++) /* ended occupants' KV blocks back to the pool */
         wrk_state_reset(r->be, r->w_resets[i]);
     for (int32_t i = 0; i < r->w_n_moves && !rc; i++) {

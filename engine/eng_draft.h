@@ -2,7 +2,7 @@
  * A draft source proposes up to k tokens that continue a sequence's history; the engine
  * verifies them as one (k + 1)-token verify entry (workers/wrk.h, wrk_seq_t.verify) and rolls
  * the slot back with wrk_spec_accept. Pure code: no threads, no allocation after create.
- * Not wired into the runner yet (engine/README.md, "Speculative decoding"). */
+ * The runner uses them for --speculate ngram (engine/README.md, "Speculative decoding"). */
 #ifndef ENG_DRAFT_H
 #define ENG_DRAFT_H
 

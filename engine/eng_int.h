@@ -4,6 +4,7 @@
 #ifndef ENG_INT_H
 #define ENG_INT_H
 
+#include "engine/eng_draft.h"
 #include "engine/eng_runner.h"
 
 /* The device thread of one backend: it waits for a plan, runs it, and wakes the loop.
@@ -62,6 +63,14 @@ struct eng__req {
     void *snap_out[ENG_SEQ_SNAPS];
     size_t snap_cap[ENG_SEQ_SNAPS], snap_len[ENG_SEQ_SNAPS]; /* bytes of the buffer, read */
     size_t snap_need; /* nonzero: a snapshot did not fit its buffer (logged after the step) */
+    /* speculative decoding: spec (the turn speculates), its policy, the logit rows of a verify
+     * entry, the entry's tokens (the last sampled one, then w_k drafts) in the device's step;
+     * extra: drafts kept so far (decode entries then feed the stream's last token) */
+    bool spec, finished;
+    eng_spec_policy_t pol;
+    float *spec_logits;
+    int32_t w_toks[WRK_SPEC_MAX_TOKENS];
+    int32_t w_k, extra;
 };
 
 typedef struct plan_copy {
@@ -135,6 +144,11 @@ struct eng_runner {
     uint64_t last_issued; /* the newest plan's step */
     uint64_t last_stats_ns;
     eng_runner_stats_t st;
+    /* speculative decoding: the draft source (NULL: off), the vocabulary, and the rollbacks
+     * (wrk_spec_accept) the device runs first in its next run, before any move or step */
+    eng_draft_t *draft;
+    int32_t vocab;
+    int32_t *acc_slot, *acc_keep, n_acc;
 };
 
 /* ---- eng_device.c: the device thread ---------------------------------------------------- */

@@ -75,6 +75,7 @@ static void rec_release(eng_runner_t *r, eng__req_t *q)
         if (i == r->n_pend) r->n_pend++;
     }
     free(q->toks);
+    free(q->spec_logits);
     int32_t i = (int32_t)(q - r->reqs);
     memset(q, 0, sizeof(*q));
     r->free_recs[r->n_free_recs++] = i;
@@ -248,6 +249,34 @@ int eng_runner_create_cfg(uv_loop_t *loop, wrk_backend_t *be, const eng_runner_c
     r->pend_id = calloc((size_t)r->n_slots, sizeof(uint64_t));
     r->pend_slot = calloc((size_t)r->n_slots, sizeof(int32_t));
     r->w_resets = calloc((size_t)r->n_slots, sizeof(int32_t));
+    r->acc_slot = calloc((size_t)r->n_slots, sizeof(int32_t));
+    r->acc_keep = calloc((size_t)r->n_slots, sizeof(int32_t));
+    r->vocab = wrk_model_info(wrk_backend_model(be))->vocab_size;
+    if (!r->acc_slot || !r->acc_keep) goto oom;
+    if (cfg->spec_mode != ENG_SPEC_OFF) {
+        const wrk_model_info_t *mi = wrk_model_info(wrk_backend_model(be));
+        if (cfg->spec_mode != ENG_SPEC_NGRAM || cfg->spec_tokens < 1 ||
+            cfg->spec_tokens > ENG_DRAFT_MAX || cfg->spec_max_batch < 0) {
+            rc =
+                rcd_fail(RCD_EINVAL, err, errlen,
+                         "runner: speculation mode %d with %d tokens (1..%d), max batch %d",
+                         (int)cfg->spec_mode, cfg->spec_tokens, ENG_DRAFT_MAX, cfg->spec_max_batch);
+            goto fail;
+        }
+        if (!wrk_spec_supported(be)) {
+            eng__log(r, ENG_INFO, "speculate",
+                     "speculative decoding off: the %s backend has no verify entries for %s",
+                     wrk_backend_name(be), mi->architecture);
+        } else {
+            eng_ngram_opts_t no = {0};
+            if ((rc = eng_draft_ngram_create(&no, &r->draft))) goto oom;
+            r->st.spec_on = true;
+            eng__log(r, ENG_INFO, "speculate",
+                     "speculative decoding: n-gram drafts, up to %d per verify, none in steps "
+                     "of more than %d sequences",
+                     cfg->spec_tokens, cfg->spec_max_batch);
+        }
+    }
     if (!r->reqs || !r->free_recs || !r->host_free || !r->hbufs || !r->ev || !r->results || !r->q ||
         !r->w_moves || !r->w_seqs || !r->w_reqs || !r->w_commit || !r->slot_owner || !r->pend_id ||
         !r->pend_slot || !r->w_resets)
@@ -296,7 +325,8 @@ static void log_stats(eng_runner_t *r, eng_level_t lvl)
              "budget use %.3f, mean batch %.2f, step ms mean %.2f max %.2f, worker ms %.1f, "
              "gap ms %.1f, arrived %llu, completed %llu, cancelled %llu, expired %llu, rejected "
              "%llu, failed %llu, preemptions %llu, swap-ins %llu, loads %llu, running %d, "
-             "waiting %d, swapped %d, kv blocks free %lld of %lld",
+             "waiting %d, swapped %d, kv blocks free %lld of %lld, spec verifies %llu drafted %llu "
+             "accepted %llu (acceptance %.3f)",
              (unsigned long long)s->steps, (unsigned long long)st.steps_run,
              (unsigned long long)st.planned_ahead, (unsigned long long)s->tokens,
              (unsigned long long)s->decode_tokens, (unsigned long long)s->prefill_tokens,
@@ -309,7 +339,10 @@ static void log_stats(eng_runner_t *r, eng_level_t lvl)
              (unsigned long long)s->rejected, (unsigned long long)s->failed,
              (unsigned long long)s->preemptions, (unsigned long long)s->swap_ins,
              (unsigned long long)s->loads, s->running, s->waiting, s->swapped,
-             (long long)st.kv_free_blocks, (long long)st.kv_total_blocks);
+             (long long)st.kv_free_blocks, (long long)st.kv_total_blocks,
+             (unsigned long long)st.spec_verifies, (unsigned long long)s->spec_drafted,
+             (unsigned long long)s->spec_accepted,
+             s->spec_drafted ? (double)s->spec_accepted / (double)s->spec_drafted : 0.0);
 }
 
 void eng_runner_destroy(eng_runner_t *r)
@@ -343,6 +376,9 @@ void eng_runner_destroy(eng_runner_t *r)
     free(r->pend_id);
     free(r->pend_slot);
     free(r->w_resets);
+    free(r->acc_slot);
+    free(r->acc_keep);
+    eng_draft_destroy(r->draft);
     free(r);
 }
 
@@ -411,6 +447,11 @@ int eng_runner_submit(eng_runner_t *r, eng_seq_t *s, char *err, size_t errlen)
             q->n_snaps = j; /* malformed: take the well-formed ones before it */
     }
     s->n_snapped = 0;
+    s->spec_drafted = s->spec_accepted = 0;
+    if (r->draft && !s->no_speculate) { /* its logit rows are allocated at its first verify */
+        q->spec = true;
+        eng_spec_policy_init(&q->pol, r->cfg.spec_tokens, r->cfg.spec_max_batch);
+    }
     r->n_held++;
     s->req = q;
     s->rc = 0;
@@ -425,6 +466,7 @@ int eng_runner_submit(eng_runner_t *r, eng_seq_t *s, char *err, size_t errlen)
     e.arrive.deadline_us = (int64_t)(s->deadline_ns / 1000);
     e.arrive.resume = s->init_state != NULL;
     e.arrive.commit = s->state_out != NULL;
+    e.arrive.spec_tokens = q->spec ? r->cfg.spec_tokens : 0;
     push_event(r, &e);
     /* Nested in a runner callback, the arrival is planned when that returns, and a refusal
      * arrives as ENG_SEQ_FAILED; otherwise it is decided here. */
@@ -469,6 +511,7 @@ int eng_runner_finish(eng_runner_t *r, eng_seq_t *s, int32_t last)
     if (!q) return 0;
     append(q, last);
     q->decided = true;
+    q->finished = true;
     /* At max_new the scheduler ends it anyway, and a commit feed it planned ahead stays
      * valid; earlier it is a STOP, and entries planned past it are dropped. */
     if (q->n_gen >= q->max_new) {
@@ -512,9 +555,69 @@ static void report_done(eng_runner_t *r, uint64_t step, int status, int32_t n_re
     push_event(r, &e);
 }
 
+/* The draft tokens the scheduler reserves beside the turn's next decode entries: the policy's
+ * k, none while it pauses (one near the pause's end, so it can resume). */
+static int32_t spec_reserve(const eng__req_t *q)
+{
+    if (q->pol.paused > 2) return 0;
+    return q->pol.paused > 0 ? 1 : q->pol.k;
+}
+
+/* A verify entry of the last sampled token and k drafts ran: its rows are sampled in order, one
+ * LOGITS callback each exactly as plain decoding would (so stops, max_tokens, logprobs,
+ * penalties, seeds and cancellation behave the same), while each sampled token equals the
+ * next draft; the first that differs (or the row after the last draft, or a stop) ends it.
+ * The slot is rolled back to the tokens kept (wrk_spec_accept, first thing in the device's
+ * next run) and the scheduler is told how many extra tokens the entry sampled. */
+static void spec_sample(eng_runner_t *r, eng__req_t *q, int32_t slot, int32_t k,
+                        sched_result_t *res)
+{
+    const int32_t n0 = q->n_gen;
+    eng_seq_t *s = q->seq;
+    s->spec_drafted += (uint32_t)k;
+    int32_t j = 0;
+    for (;; j++) {
+        memcpy(q->logits, q->spec_logits + (size_t)j * (size_t)r->vocab,
+               sizeof(float) * (size_t)r->vocab);
+        q->decided = false;
+        q->outcome = SCHED_OUT_TOKEN;
+        s->cb(s, ENG_SEQ_LOGITS);
+        if (!q->decided) {
+            fail_req(r, q, "the sampler neither fed nor finished the sequence");
+            return;
+        }
+        if (q->cancelled) return; /* the slot is reset or refilled: no rollback needed */
+        if (q->finished || j == k || q->toks[q->n_toks - 1] != q->w_toks[j + 1]) break;
+        s->spec_accepted++; /* draft j + 1 was the token sampled: its row is next */
+    }
+    const int32_t emitted = q->n_gen - n0, kept = emitted - 1;
+    r->st.spec_verifies++;
+    rcd_counter_add(&rcd_metrics.spec_draft_tokens, (uint64_t)k);
+    rcd_counter_add(&rcd_metrics.spec_accepted_tokens, (uint64_t)kept);
+    eng_spec_policy_update(&q->pol, k, kept);
+    q->extra += kept;
+    if (emitted < k + 1) { /* keep the entry's first `emitted` tokens */
+        r->acc_slot[r->n_acc] = slot;
+        r->acc_keep[r->n_acc++] = emitted;
+    }
+    /* A turn that ended inside a run of accepted drafts: entries planned past it are dropped
+     * (the scheduler planned one token per step; STOP rewinds what it planned) */
+    if (q->finished && kept > 0) {
+        q->outcome = SCHED_OUT_STOP;
+        q->stop_upto = r->last_issued;
+    }
+    *res = (sched_result_t){.id = q->id,
+                            .outcome = q->outcome,
+                            .n_drafted = k,
+                            .n_extra = kept,
+                            .set_spec = true,
+                            .spec_tokens = spec_reserve(q)};
+}
+
 void eng__plan_done(eng_runner_t *r)
 {
     r->busy = false;
+    r->n_acc = 0; /* the run that ended made the rollbacks asked for before it */
     r->st.kv_free_blocks = r->w_kv_free;
     r->st.kv_total_blocks = r->w_kv_total;
     if (r->w_flush) { /* only resets ran: no step to report */
@@ -558,7 +661,14 @@ void eng__plan_done(eng_runner_t *r)
     int32_t n_res = 0;
     for (int32_t i = 0; i < r->w_n && !rc; i++) {
         eng__req_t *q = r->w_reqs[i];
+        int32_t k = q->w_k;
+        q->w_k = 0;
         if (!r->w_seqs[i].n_logits || !q->seq || rec_dead(q)) continue;
+        if (k > 0) {
+            spec_sample(r, q, r->w_seqs[i].slot, k, &r->results[n_res]);
+            if (!q->cancelled && q->decided) n_res++;
+            continue;
+        }
         q->decided = false;
         q->outcome = SCHED_OUT_TOKEN;
         q->seq->cb(q->seq, ENG_SEQ_LOGITS);
@@ -567,8 +677,12 @@ void eng__plan_done(eng_runner_t *r)
             continue;
         }
         if (q->cancelled) continue;
-        r->results[n_res].id = q->id;
-        r->results[n_res++].outcome = q->outcome;
+        r->results[n_res] = (sched_result_t){.id = q->id, .outcome = q->outcome};
+        if (q->spec) { /* a plain decode of a speculating turn: its reservation may change */
+            r->results[n_res].set_spec = true;
+            r->results[n_res].spec_tokens = spec_reserve(q);
+        }
+        n_res++;
     }
     /* Sequences cancelled while the device held them are told now. */
     for (int32_t i = 0; i < r->w_n_moves + r->w_n; i++) {
@@ -680,16 +794,41 @@ static void submit_plan(eng_runner_t *r)
             r->st.dropped++;
             continue;
         }
-        if (e->start < 0 || e->start + e->n_tokens > q->n_toks || (e->commit && !q->state_out)) {
+        /* A decode (or commit) entry feeds the last token sampled; once drafts were kept the
+         * plan's start (made before their step's results) lags the stream: the stream decides. */
+        int32_t start = q->extra > 0 && e->decode ? q->n_toks - 1 : e->start;
+        if (start < 0 || start + e->n_tokens > q->n_toks || (e->commit && !q->state_out)) {
             fail_req(r, q, "planned tokens were never sampled");
             continue;
         }
         wrk_seq_t *ws = &r->w_seqs[r->w_n];
         ws->slot = e->slot;
         ws->n_tokens = e->n_tokens;
-        ws->tokens = q->toks + e->start;
+        ws->tokens = q->toks + start;
         ws->n_logits = e->n_logits;
         ws->logits = q->logits;
+        ws->verify = false;
+        q->w_k = 0;
+        if (q->spec && e->decode && e->n_logits == 1 && e->n_draft > 0) {
+            /* speculate: the policy's k, within the reservation and what max_new leaves */
+            int32_t k = eng_spec_policy_next(&q->pol, p->n_entries),
+                    left = q->max_new - q->n_gen - 1;
+            if (k > e->n_draft) k = e->n_draft;
+            if (k > left) k = left;
+            if (k > 0 && !q->spec_logits) /* no memory for the rows: a plain decode */
+                q->spec_logits =
+                    malloc(sizeof(float) * (size_t)r->vocab * (size_t)(r->cfg.spec_tokens + 1));
+            if (k > 0 && !q->spec_logits) k = 0;
+            if (k > 0) k = eng_draft_propose(r->draft, q->toks, q->n_toks, k, q->w_toks + 1);
+            if (k > 0) {
+                q->w_toks[0] = q->toks[q->n_toks - 1];
+                q->w_k = k;
+                ws->tokens = q->w_toks;
+                ws->n_tokens = ws->n_logits = k + 1;
+                ws->logits = q->spec_logits;
+                ws->verify = true;
+            }
+        }
         q->w_snap_lo = q->w_snap_hi = q->next_snap; /* boundaries in (start, start + n] */
         while (q->w_snap_hi < q->n_snaps && q->snap_at[q->w_snap_hi] <= e->start + e->n_tokens)
             q->w_snap_hi++;

@@ -67,7 +67,10 @@ struct eng_seq {
     uint64_t deadline_ns; /* uv_hrtime() clock, 0 = none: refused if it passes while queued */
     eng_seq_cb cb;
     void *user;
+    bool no_speculate; /* never speculate for this turn (the runner's spec_mode otherwise) */
     /* set by the runner */
+    uint32_t spec_drafted;  /* draft tokens verified for this turn */
+    uint32_t spec_accepted; /* of them, kept (each one a token sampled without its own step) */
     int rc;                         /* for ENG_SEQ_FAILED */
     char msg[112];                  /* for ENG_SEQ_FAILED */
     int32_t n_preemptions;          /* times swapped out to host memory so far */
@@ -78,6 +81,12 @@ struct eng_seq {
 };
 
 #define ENG_RUNNER_PRIORITIES 4
+
+/* Speculative decoding (engine/README.md, "Speculative decoding"): where drafts come from. */
+typedef enum eng_spec_mode {
+    ENG_SPEC_OFF = 0,
+    ENG_SPEC_NGRAM, /* prompt lookup over the turn's prompt and generated tokens */
+} eng_spec_mode_t;
 
 typedef struct eng_runner_config {
     int max_queue;      /* sequences held (waiting + running), as --max-queue */
@@ -102,6 +111,13 @@ typedef struct eng_runner_config {
     int64_t kv_blocks, kv_block_tokens;
     eng_log_cb log; /* where the engine's logs go; NULL: info and above to stderr */
     void *log_user;
+    /* Speculative decoding: decode entries become verify entries of 1 + k tokens, k <=
+     * spec_tokens (1..ENG_DRAFT_MAX) adapting per sequence to its acceptance, none in a step of
+     * more than spec_max_batch sequences (0: no limit). A backend without verify entries
+     * (wrk_spec_supported false) does not speculate (logged once at create). */
+    eng_spec_mode_t spec_mode;
+    int spec_tokens;
+    int spec_max_batch;
 } eng_runner_config_t;
 
 /* What the engine decides in the backend's options, before the backend is created from them:
@@ -114,7 +130,9 @@ int eng_backend_opts_fill(wrk_backend_opts_t *bo, int prefill_chunk, int max_pro
                           size_t errlen);
 
 /* Defaults: n_host_slots = backend slots, aging 5 s, min_run_steps 8, max_inflight 2,
- * tenant_fair, stats every 10 s, prefill_chunk -1, max_prompt 0, no KV pool, logs to stderr. */
+ * tenant_fair, stats every 10 s, prefill_chunk -1, max_prompt 0, no KV pool, logs to stderr,
+ * speculation off (spec_tokens 4, spec_max_batch ENG_SPEC_MAX_BATCH when turned on). */
+#define ENG_SPEC_MAX_BATCH 4
 void eng_runner_config_default(eng_runner_config_t *c, const wrk_backend_t *be, int max_queue);
 /* Starts the backend's device thread (one per runner; every wrk_step and state move of `be`
  * runs on it from now on) and a wake-up handle on `loop`, which keeps the loop alive only
@@ -163,6 +181,8 @@ typedef struct eng_runner_stats {
      * ended go back before the next step, or at once when the runner falls idle) */
     int64_t kv_free_blocks, kv_total_blocks;
     uint64_t worker_us; /* time the device thread spent running plans */
+    uint64_t spec_verifies; /* verify entries run (sched.spec_drafted / spec_accepted: tokens) */
+    bool spec_on;           /* the runner speculates (spec_mode on and the backend verifies) */
     uint64_t gap_us;    /* device idle time between steps while work was ready */
 } eng_runner_stats_t;
 void eng_runner_stats(const eng_runner_t *r, eng_runner_stats_t *out);

@@ -207,7 +207,7 @@ static void test_batched_equals_alone(void)
 /* One slot: a long low-priority sequence is running when a high-priority one arrives. The low
  * one is swapped out to host memory, the high one runs to the end, the low one resumes: both
  * produce exactly what they produce alone, and the low one's committed state is identical. */
-static void preempt_case(bool pipelined)
+static void preempt_case(bool pipelined, bool spec)
 {
     fixture_t f;
     if (!fx_open(&f, 1, 16)) return;
@@ -217,13 +217,20 @@ static void preempt_case(bool pipelined)
     eng_runner_config_default(&c, f.be, 8);
     c.min_run_steps = 2;
     c.max_inflight = pipelined ? 2 : 1;
+    if (spec) { /* speculating: the swap-out follows a verify's rollback */
+        c.spec_mode = ENG_SPEC_NGRAM;
+        c.spec_tokens = 4;
+        c.spec_max_batch = 0;
+    }
     eng_runner_t *r = NULL;
     char err[160];
     CHECK(eng_runner_create_cfg(&f.loop, f.be, &c, &r, err, sizeof(err)) == 0);
     t_seq_t low_alone, high_alone, low, high;
     setup(&low_alone, r, 3, 40, V, SB, true);
+    low_alone.seq.no_speculate = true;
     run(&f.loop, r, &low_alone, 1);
     setup(&high_alone, r, 1, 8, V, SB, true);
+    high_alone.seq.no_speculate = true;
     high_alone.seq.priority = 3;
     run(&f.loop, r, &high_alone, 1);
 
@@ -245,6 +252,7 @@ static void preempt_case(bool pipelined)
     eng_runner_stats_t st;
     eng_runner_stats(r, &st);
     CHECK(st.swap_outs == 1 && st.swap_ins == 1 && st.sched.preemptions == 1);
+    if (spec) CHECK_MSG(st.spec_verifies > 0, "no verify ran");
     teardown(&low_alone);
     teardown(&high_alone);
     teardown(&low);
@@ -255,8 +263,10 @@ static void preempt_case(bool pipelined)
 
 static void test_preempt_resumes_exactly(void)
 {
-    preempt_case(true);
-    preempt_case(false);
+    preempt_case(true, false);
+    preempt_case(false, false);
+    preempt_case(true, true);
+    preempt_case(false, true);
 }
 
 /* A commit buffer for a variable-size state of n positions. */
@@ -804,6 +814,100 @@ static void test_steps_beside_a_blocked_pool(void)
     fx_close(&f);
 }
 
+/* Speculative decoding in the runner (n-gram drafts, issue 18): on a copy-heavy prompt (a
+ * passage, its own greedy continuation, the passage again) three sequences in ragged batches
+ * beside a prefill give the tokens and the committed state (memcmp) of plain decoding, drafts
+ * are accepted, and the scheduler's stats count them; a finish inside an accepted run (at
+ * token 5 of max_new 24) commits the state of exactly those tokens; a turn with no_speculate
+ * verifies nothing. Runs on the bundled model (Mamba) and the Granite fixture (paged KV). */
+static void spec_case(const char *model, int slots)
+{
+    fixture_t f;
+    if (!fx_open_model(&f, model, slots, 64)) return;
+    const int V = f.mi->vocab_size;
+    const int n_gen = 24;
+    eng_runner_config_t c;
+    char err[200];
+    t_seq_t ref[4], on[4];
+    eng_runner_t *r = NULL;
+    int32_t passage[10];
+    for (int i = 0; i < 10; i++)
+        passage[i] = (int32_t)((i * 37 + 5) % V);
+    for (int pass = 0; pass < 2; pass++) {
+        eng_runner_config_default(&c, f.be, 16);
+        c.kv_blocks = 64;
+        c.kv_block_tokens = 4;
+        c.spec_mode = pass ? ENG_SPEC_NGRAM : ENG_SPEC_OFF;
+        c.spec_tokens = 4;
+        c.spec_max_batch = 0;
+        CHECK(eng_runner_create_cfg(&f.loop, f.be, &c, &r, err, sizeof(err)) == 0);
+        eng_runner_stats_t st;
+        eng_runner_stats(r, &st);
+        CHECK(st.spec_on == (pass == 1));
+        size_t SB = eng_runner_state_bound(r, 64);
+        t_seq_t *ts = pass ? on : ref;
+        t_seq_t cont; /* the passage's greedy continuation (plain decoding) */
+        setup(&cont, r, 0, 12, V, SB, false);
+        memcpy(cont.prompt, passage, sizeof(passage));
+        cont.seq.n_prompt = 10;
+        cont.seq.max_new = 12;
+        cont.seq.no_speculate = true;
+        run(&f.loop, r, &cont, 1);
+        CHECK(cont.seq.spec_drafted == 0);
+        for (int k = 0; k < 4; k++) {
+            setup(&ts[k], r, k, k == 3 ? 5 : n_gen, V, SB, k != 1);
+            int n = 0;
+            for (int i = 0; i < 10; i++)
+                ts[k].prompt[n++] = passage[i];
+            for (int i = 0; i < 12; i++)
+                ts[k].prompt[n++] = cont.out[i];
+            for (int i = 0; i < 10 - k; i++)
+                ts[k].prompt[n++] = passage[i];
+            ts[k].seq.n_prompt = n;
+            ts[k].seq.max_new = n_gen; /* seq 3 finishes at 5, inside an accepted run */
+            ts[k].seq.kv_positions = (uint64_t)(n + n_gen);
+            ts[k].seq.state_cap = SB;
+        }
+        run(&f.loop, r, ts, 4);
+        eng_runner_stats(r, &st);
+        if (pass) {
+            CHECK_MSG(st.sched.spec_accepted > 0 && st.spec_verifies > 0,
+                      "verifies %llu accepted %llu", (unsigned long long)st.spec_verifies,
+                      (unsigned long long)st.sched.spec_accepted);
+            CHECK(st.sched.spec_accepted <= st.sched.spec_drafted);
+            uint32_t acc = 0;
+            for (int k = 0; k < 4; k++)
+                acc += ts[k].seq.spec_accepted;
+            CHECK(acc == st.sched.spec_accepted);
+        } else {
+            CHECK(st.sched.spec_drafted == 0 && st.spec_verifies == 0);
+        }
+        teardown(&cont);
+        eng_runner_destroy(r);
+        uv_run(&f.loop, UV_RUN_NOWAIT);
+    }
+    for (int k = 0; k < 4; k++) {
+        int n = k == 3 ? 5 : n_gen;
+        CHECK_MSG(on[k].n_out == n && ref[k].n_out == n, "seq %d: %d / %d tokens", k, on[k].n_out,
+                  ref[k].n_out);
+        CHECK_MSG(memcmp(on[k].out, ref[k].out, sizeof(int32_t) * (size_t)n) == 0, "seq %d", k);
+        if (k != 1) {
+            CHECK(on[k].seq.state_len == ref[k].seq.state_len);
+            CHECK_MSG(memcmp(on[k].state, ref[k].state, ref[k].seq.state_len) == 0,
+                      "seq %d: committed state differs", k);
+        }
+        teardown(&on[k]);
+        teardown(&ref[k]);
+    }
+    fx_close(&f);
+}
+
+static void test_speculate(void)
+{
+    spec_case(RCD_DEFAULT_MODEL, 3);
+    spec_case("tests/golden/granite/mha_moe8", 3);
+}
+
 int main(int argc, char **argv)
 {
     rcd_test_init(argc, argv);
@@ -819,5 +923,6 @@ int main(int argc, char **argv)
     RUN(test_kv_prefix_snapshots);
     RUN(test_step_failure_is_contained);
     RUN(test_steps_beside_a_blocked_pool);
+    RUN(test_speculate);
     return rcd_test_summary();
 }

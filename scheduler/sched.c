@@ -344,6 +344,7 @@ static int on_arrive(sched_t *s, int64_t now, const sched_event_t *e)
     r->prio = a->priority;
     r->prompt = a->prompt_tokens;
     r->max_new = a->max_new_tokens;
+    r->spec = a->spec_tokens < 0 ? 0 : a->spec_tokens > 16 ? 16 : a->spec_tokens;
     r->deadline_us = a->deadline_us;
     r->arrival_us = now;
     r->wait_since_us = now;
@@ -378,11 +379,12 @@ static sched__flight_t *find_flight(sched_t *s, uint64_t step)
     return NULL;
 }
 
-static sched_outcome_t outcome_of(const sched_event_t *e, uint64_t id)
+static const sched_result_t *result_of(const sched_event_t *e, uint64_t id)
 {
+    static const sched_result_t token = {.outcome = SCHED_OUT_TOKEN};
     for (int32_t i = 0; i < e->done.n_results; i++)
-        if (e->done.results[i].id == id) return e->done.results[i].outcome;
-    return SCHED_OUT_TOKEN;
+        if (e->done.results[i].id == id) return &e->done.results[i];
+    return &token;
 }
 
 static void on_step_done(sched_t *s, int64_t now, const sched_event_t *e)
@@ -407,7 +409,8 @@ static void on_step_done(sched_t *s, int64_t now, const sched_event_t *e)
             continue;
         }
         if (it->logits && fl->step > r->ignore_upto) {
-            sched_outcome_t o = outcome_of(e, r->id);
+            const sched_result_t *res = result_of(e, r->id);
+            sched_outcome_t o = res->outcome;
             if (o == SCHED_OUT_FAILED) {
                 sched__finish(s, r, now, RCD_EINTERNAL, "sequence failed in step %llu",
                               (unsigned long long)fl->step);
@@ -416,6 +419,12 @@ static void on_step_done(sched_t *s, int64_t now, const sched_event_t *e)
             if (r->generated == 0) r->first_token_us = now;
             r->last_token_us = now;
             r->generated++;
+            /* accepted drafts: more tokens sampled, and fed (the verify kept them) */
+            r->generated += res->n_extra;
+            r->fed += res->n_extra;
+            s->stats.spec_drafted += (uint64_t)res->n_drafted;
+            s->stats.spec_accepted += (uint64_t)res->n_extra;
+            if (res->set_spec) r->spec = res->spec_tokens;
             if (o == SCHED_OUT_STOP) {
                 /* Plans already issued may feed it further; the daemon drops those entries
                  * (it sampled the stop first), so forget them: results ignored, fed rewound. */
@@ -468,7 +477,11 @@ static int validate(sched_t *s, int64_t now, const sched_event_t *ev, int32_t n,
                                 (unsigned long long)e->done.step);
             for (int32_t j = 0; j < e->done.n_results; j++)
                 if (e->done.results[j].outcome < SCHED_OUT_TOKEN ||
-                    e->done.results[j].outcome > SCHED_OUT_FAILED)
+                    e->done.results[j].outcome > SCHED_OUT_FAILED ||
+                    e->done.results[j].n_extra < 0 || e->done.results[j].n_drafted > 16 ||
+                    e->done.results[j].n_extra > e->done.results[j].n_drafted ||
+                    (e->done.results[j].set_spec &&
+                     (e->done.results[j].spec_tokens < 0 || e->done.results[j].spec_tokens > 16)))
                     return rcd_fail(
                         RCD_EINVAL, err, errlen, "sched_step: step %llu result %d has outcome %d",
                         (unsigned long long)e->done.step, j, (int)e->done.results[j].outcome);

@@ -65,6 +65,8 @@ typedef struct sched_arrival {
                              * LOADs it instead of RESETting the slot */
     bool commit;            /* the turn's final state is wanted: after the last token is sampled
                              * (stop or max_new_tokens) one more entry feeds it, flagged commit */
+    int32_t spec_tokens;    /* speculative decoding: draft tokens to reserve in the budget beside
+                             * each decode entry (sched_entry_t.n_draft), 0..16; 0: none */
 } sched_arrival_t;
 
 typedef enum sched_outcome {
@@ -76,6 +78,13 @@ typedef enum sched_outcome {
 typedef struct sched_result {
     uint64_t id;
     sched_outcome_t outcome;
+    /* Speculative decoding (all 0 otherwise): the entry verified n_drafted draft tokens and
+     * n_extra of them were kept, so it sampled 1 + n_extra tokens (the stream advanced by as
+     * many; n_extra <= n_drafted <= 16). With set_spec, spec_tokens (0..16) replaces the draft
+     * tokens reserved beside the request's later decode entries. */
+    int32_t n_drafted, n_extra;
+    bool set_spec;
+    int32_t spec_tokens;
 } sched_result_t;
 
 typedef struct sched_event {
@@ -121,6 +130,9 @@ typedef struct sched_entry {
     bool decode; /* start >= prompt_tokens */
     bool commit; /* after this step the slot holds the request's final state: read it out (the
                   * turn's commit) before reporting STEP_DONE. n_logits is then 0 */
+    int32_t n_draft; /* decode entries of a speculating request: up to this many draft tokens
+                      * may follow the entry's token (a verify entry of 1 + n_draft tokens);
+                      * they are charged to the step budget (plan.n_tokens) */
 } sched_entry_t;
 
 /* A request the scheduler is done with: completed, cancelled, expired, refused or failed. The
@@ -152,7 +164,7 @@ typedef struct sched_plan {
     const sched_move_t *moves;
     int32_t n_entries; /* at most one per slot */
     const sched_entry_t *entries;
-    int32_t n_tokens; /* sum of n_tokens, <= step_tokens */
+    int32_t n_tokens; /* sum of n_tokens + n_draft, <= step_tokens */
     int32_t n_finished;
     const sched_finish_t *finished; /* requests ended by this call (rejections included) */
 } sched_plan_t;
@@ -164,6 +176,7 @@ typedef struct sched_stats {
     uint64_t budget_tokens; /* steps * step_tokens: tokens / budget_tokens = budget use */
     uint64_t arrived, admitted, completed, cancelled, expired, rejected, failed;
     uint64_t preemptions, swap_ins, loads;
+    uint64_t spec_drafted, spec_accepted; /* draft tokens verified / kept (STEP_DONE results) */
     uint64_t steps_done;
     int64_t step_us_sum, step_us_max;            /* plan issued -> STEP_DONE processed */
     int32_t running, waiting, swapped, inflight; /* now */

@@ -25,6 +25,7 @@ typedef struct sched__req {
     int32_t wait_pos;        /* index in s->wait[] while WAITING or SWAPPED */
     int32_t fed;             /* input positions planned so far */
     int32_t generated;       /* sampled tokens reported */
+    int32_t spec;            /* draft tokens reserved beside each decode entry */
     int32_t inflight_logits; /* planned entries with logits not yet reported */
     int32_t inflight_items;  /* planned entries and moves not yet reported */
     int32_t run_steps;       /* entries since the last admission */

@@ -210,7 +210,7 @@ static void admit_all(sched_t *s, int64_t now, int32_t *n_out, int32_t *n_in)
 static sched_entry_t *add_entry(sched_t *s, sched__req_t *r, int32_t n, int32_t logits, bool commit)
 {
     sched_entry_t *e = &s->entries[s->plan.n_entries++];
-    *e = (sched_entry_t){r->id, r->slot, r->fed, n, logits, r->fed >= r->prompt, commit};
+    *e = (sched_entry_t){r->id, r->slot, r->fed, n, logits, r->fed >= r->prompt, commit, 0};
     r->has_entry = true;
     return e;
 }
@@ -253,6 +253,24 @@ static void build_batch(sched_t *s)
         }
     }
 
+    /* Speculating decodes reserve their draft tokens next (verify entries), from what is
+     * left once every prefill has its one token; without chunking none while a prompt waits
+     * (it must fit whole). At most what max_new leaves after the entry's own token. */
+    for (int32_t i = 0; i < s->plan.n_entries; i++) {
+        sched_entry_t *e = &s->entries[i];
+        sched__req_t *r = sched__lookup(s, e->id);
+        if (!e->n_logits || !e->decode || r->spec <= 0) continue;
+        int32_t n = r->spec, room = budget - n_pre,
+                left = r->max_new - r->generated - r->inflight_logits - 1;
+        if (s->cfg.no_chunking && n_pre > 0) room = 0;
+        if (n > room) n = room;
+        if (n > left) n = left;
+        if (n > 0) {
+            e->n_draft = n;
+            budget -= n;
+        }
+    }
+
     /* Prefill chunks share the rest: one token each (so every admitted sequence moves), then up
      * to max_chunk each in order — or the whole rest of a prompt that fits in what is left of
      * the budget, so a short prompt reaches its first token in one step even when it is longer
@@ -291,7 +309,7 @@ static void build_batch(sched_t *s)
         r->fed += e->n_tokens;
         r->run_steps++;
         if (e->n_logits) r->inflight_logits++;
-        s->plan.n_tokens += e->n_tokens;
+        s->plan.n_tokens += e->n_tokens + e->n_draft;
         if (e->decode)
             s->stats.decode_tokens += (uint64_t)e->n_tokens;
         else

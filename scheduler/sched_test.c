@@ -375,7 +375,7 @@ static void test_cancel_frees_slot(void)
     ev[1] = ev_cancel(999); /* unknown: ignored */
     const sched_plan_t *q = step(s, 3, ev, 2);
     CHECK(q->step == 0 && (f = fin_of(q, 2)) && f->status == RCD_ECANCELLED);
-    sched_result_t r = {2, SCHED_OUT_TOKEN};
+    sched_result_t r = {.id = 2, .outcome = SCHED_OUT_TOKEN};
     ev[0] = ev_done(in_flight, 0, &r, 1);
     q = step(s, 4, ev, 1);
     CHECK(q->step == 0 && q->n_finished == 0);
@@ -475,7 +475,7 @@ static void test_pipelined(void)
     p = step(s, 4, ev, 1);
     CHECK(p->step == 4 && entry_of(p, 1)->start == 13);
     /* A stop sampled from step 3 ends request 1 (the daemon drops its step-4 entry). */
-    sched_result_t r = {1, SCHED_OUT_STOP};
+    sched_result_t r = {.id = 1, .outcome = SCHED_OUT_STOP};
     ev[0] = ev_done(3, 0, &r, 1);
     p = step(s, 5, ev, 1);
     const sched_finish_t *f = fin_of(p, 1);
@@ -497,7 +497,7 @@ static void test_step_failure(void)
     sched_event_t ev[3] = {ev_arrive(1, 0, 0, 4, 3), ev_arrive(2, 0, 0, 4, 3),
                            ev_arrive(3, 0, 0, 4, 3)};
     const sched_plan_t *p = step(s, 0, ev, 3);
-    sched_result_t r = {3, SCHED_OUT_FAILED};
+    sched_result_t r = {.id = 3, .outcome = SCHED_OUT_FAILED};
     ev[0] = ev_done(p->step, 0, &r, 1);
     p = step(s, 1, ev, 1);
     const sched_finish_t *f = fin_of(p, 3);
@@ -763,7 +763,7 @@ static void test_commit(void)
     CHECK(p->step == 3 && e && e->commit && e->start == 4 && e->n_logits == 0 && e->decode);
     CHECK(entry_of(p, 2) && entry_of(p, 2)->start == 4 && entry_of(p, 2)->n_logits == 1);
     /* 2 stops on its step-2 token: the daemon drops 2's step-3 entry */
-    sched_result_t r = {2, SCHED_OUT_STOP};
+    sched_result_t r = {.id = 2, .outcome = SCHED_OUT_STOP};
     ev[0] = ev_done(2, 0, &r, 1);
     p = step(s, 3, ev, 1);
     CHECK(!fin_of(p, 1) && !fin_of(p, 2));
@@ -832,7 +832,7 @@ static void test_abuse(void)
         int n_inflight = 0;
         int64_t now = 0;
         sched_event_t ev[32];
-        sched_result_t res[16];
+        sched_result_t res[16] = {{0}};
         for (int it = 0; it < 300; it++) {
             int n = sim_uniform(&rng, 0, 6);
             for (int k = 0; k < n; k++) {
@@ -876,7 +876,7 @@ static void test_abuse(void)
                 memcpy(bad, ev, (size_t)n * sizeof(sched_event_t));
                 int m = n, kind = sim_uniform(&rng, 0, 5);
                 int64_t t = now;
-                sched_result_t odd = {1, (sched_outcome_t)7};
+                sched_result_t odd = {.id = 1, .outcome = (sched_outcome_t)7};
                 if (kind == 0) bad[m++] = (sched_event_t){.kind = 99};
                 if (kind == 1) bad[m++] = ev_done(123456, 0, NULL, 0);
                 if (kind == 2) bad[m++] = ev_done(inflight[0], 0, &odd, n_inflight ? 1 : 0);
@@ -923,6 +923,58 @@ static void test_abuse(void)
     CHECK(refused > 1000 && bad_calls > 1000);
 }
 
+/* Speculative decoding: a decode entry of a speculating request reserves its draft tokens in the
+ * budget after every prefill's one token (at most what max_new leaves); a result's n_extra
+ * advances its generated and fed counts, spec_tokens changes the reservation, and the commit
+ * feed lands on the stream's last token. A malformed speculative result is refused whole. */
+static void test_speculative(void)
+{
+    sched_config_t c;
+    sched_config_default(&c);
+    c.n_slots = 2;
+    c.step_tokens = 10;
+    c.max_inflight = 1;
+    sched_t *s = mk(&c);
+    sched_event_t ev[2] = {ev_arrive(1, 0, 0, 3, 8)};
+    ev[0].arrive.spec_tokens = 4;
+    ev[0].arrive.commit = true;
+    const sched_plan_t *p = step(s, 0, ev, 1);
+    CHECK(p->step == 1 && entry_of(p, 1)->n_tokens == 3 && entry_of(p, 1)->n_draft == 0);
+    ev[0] = ev_done(1, 0, NULL, 0);
+    ev[1] = ev_arrive(2, 0, 0, 20, 1); /* a prefill beside it: one token of it comes first */
+    p = step(s, 1, ev, 2);
+    const sched_entry_t *e = entry_of(p, 1);
+    CHECK(p->step == 2 && e && e->decode && e->start == 3 && e->n_tokens == 1 && e->n_draft == 4);
+    CHECK(entry_of(p, 2) && entry_of(p, 2)->n_tokens == 5 && p->n_tokens == 10);
+    sched_result_t bad = {.id = 1, .outcome = SCHED_OUT_TOKEN, .n_drafted = 2, .n_extra = 3};
+    ev[0] = ev_done(2, 0, &bad, 1);
+    const sched_plan_t *q = NULL;
+    CHECK(sched_step(s, 2, ev, 1, &q, err, sizeof(err)) == RCD_EINVAL);
+    sched_result_t r = {.id = 1,
+                        .outcome = SCHED_OUT_TOKEN,
+                        .n_drafted = 4,
+                        .n_extra = 2,
+                        .set_spec = true,
+                        .spec_tokens = 3};
+    ev[0] = ev_done(2, 0, &r, 1);
+    p = step(s, 2, ev, 1); /* 1 sampled 3 tokens: 4 of 8 generated, 6 positions fed */
+    e = entry_of(p, 1);
+    CHECK(p->step == 3 && e && e->start == 6 && e->n_draft == 3);
+    r = (sched_result_t){.id = 1, .outcome = SCHED_OUT_TOKEN, .n_drafted = 3, .n_extra = 3};
+    ev[0] = ev_done(3, 0, &r, 1);
+    p = step(s, 3, ev, 1); /* 8 of 8: the commit feed of the last token (position 10) */
+    e = entry_of(p, 1);
+    CHECK(p->step == 4 && e && e->commit && e->start == 10 && e->n_tokens == 1 && e->n_draft == 0);
+    ev[0] = ev_done(4, 0, NULL, 0);
+    p = step(s, 4, ev, 1);
+    const sched_finish_t *f = fin_of(p, 1);
+    CHECK(f && f->status == 0 && f->n_generated == 8);
+    sched_stats_t st;
+    sched_get_stats(s, &st);
+    CHECK(st.spec_drafted == 7 && st.spec_accepted == 5);
+    sched_destroy(s);
+}
+
 int main(int argc, char **argv)
 {
     rcd_test_init(argc, argv);
@@ -947,5 +999,6 @@ int main(int argc, char **argv)
     RUN(test_commit);
     RUN(test_too_many_events);
     RUN(test_abuse);
+    RUN(test_speculative);
     return rcd_test_summary();
 }

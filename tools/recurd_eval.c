@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/eng_draft.h"
 #include "workers/wrk.h"
 
 static void usage(FILE *f)
@@ -15,7 +16,8 @@ static void usage(FILE *f)
         f, "usage: recurd-eval --model DIR (--tokens 1,2,3,... | --tokens-file F)\n"
            "                   [--chunk N] [--dump-logits FILE] [--greedy N] [--threads N]\n"
            "                   [--isa auto|avx512|avx2|portable] [--matmul fp32|bf16|bf16-avx512]\n"
-           "                   [--backend cpu|cuda] [--tp N]\n"
+           "                   [--backend cpu|cuda] [--tp N] [--speculate off|ngram]\n"
+           "                   [--spec-tokens K]\n"
            "  Runs the prompt in chunks of N tokens (default: the whole prompt in one step)\n"
            "  and writes the logits of every position to FILE as raw little-endian float32,\n"
            "  row-major [n_tokens x vocab]. --greedy N then decodes N tokens greedily and\n"
@@ -24,7 +26,11 @@ static void usage(FILE *f)
            "  them): the logits must match --tp 1 within fp32 rounding. --matmul bf16 rounds\n"
            "  the matmuls' inputs to bf16 (BF16 weights; AMX, else AVX512_BF16);\n"
            "  bf16-avx512 forces the AVX512_BF16 kernel (no AMX). --weights q8|q4 quantizes\n"
-           "  the projections when packing (CPU, --tp 1; workers/README.md).\n");
+           "  the projections when packing (CPU, --tp 1; workers/README.md).\n"
+           "  --speculate ngram decodes --greedy N with speculative verify entries: up to K\n"
+           "  (default 4, 1..15) n-gram drafts from the prompt and the tokens so far, checked\n"
+           "  in one step, the slot rolled back to the accepted ones; the ids printed are the\n"
+           "  same as without, and the acceptance figures go to stderr.\n");
 }
 
 /* Parses ids separated by commas or whitespace; returns count or a negative error. */
@@ -83,11 +89,90 @@ static char *slurp(const char *path)
     return buf;
 }
 
+static int32_t argmax(const float *row, size_t V)
+{
+    int32_t best = 0;
+    for (size_t v = 1; v < V; v++)
+        if (row[v] > row[best]) best = (int32_t)v;
+    return best;
+}
+
+/* --greedy N with --speculate ngram: each step feeds the last token and up to k n-gram drafts
+ * as one verify entry, keeps the drafts the target's argmax agrees with (wrk_spec_accept) and
+ * prints exactly the ids plain greedy decoding prints. */
+static int spec_greedy(wrk_backend_t *b, const int32_t *ids, size_t n, size_t V, const float *last,
+                       long greedy, int k_max, char *err, size_t errlen)
+{
+    int rc = 0;
+    eng_draft_t *d = NULL;
+    eng_spec_policy_t pol;
+    eng_spec_policy_init(&pol, k_max, 0);
+    int32_t *hist = malloc((n + (size_t)greedy + 1) * sizeof(int32_t));
+    float *rows = malloc((size_t)WRK_SPEC_MAX_TOKENS * V * sizeof(float));
+    if (!hist || !rows) {
+        rc = rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
+        goto out;
+    }
+    if ((rc = eng_draft_ngram_create(NULL, &d))) {
+        rcd_fail(rc, err, errlen, "cannot create the n-gram draft source");
+        goto out;
+    }
+    memcpy(hist, ids, n * sizeof(int32_t));
+    int32_t nh = (int32_t)n, tok = argmax(last, V), w[WRK_SPEC_MAX_TOKENS];
+    long emitted = 0, steps = 0;
+    for (;;) {
+        printf("%s%d", emitted ? "," : "", tok);
+        hist[nh++] = tok;
+        if (++emitted == greedy) break;
+        int k = eng_spec_policy_next(&pol, 1);
+        if (k > greedy - emitted - 1) k = (int)(greedy - emitted - 1);
+        int m = k > 0 ? eng_draft_propose(d, hist, nh, k, w + 1) : 0;
+        w[0] = tok;
+        wrk_seq_t s = {.slot = 0,
+                       .n_tokens = m + 1,
+                       .tokens = w,
+                       .n_logits = m + 1,
+                       .logits = rows,
+                       .verify = m > 0};
+        if ((rc = wrk_step(b, &s, 1, err, errlen))) goto out;
+        steps++;
+        int j = 0;
+        while (j < m && argmax(rows + (size_t)j * V, V) == w[j + 1]) {
+            printf(",%d", w[j + 1]);
+            hist[nh++] = w[j + 1];
+            j++;
+            if (++emitted == greedy) break;
+        }
+        if (m > 0) {
+            eng_spec_policy_update(&pol, m, j);
+            if ((rc = wrk_spec_accept(b, 0, j + 1))) {
+                rcd_fail(rc, err, errlen, "speculative rollback failed");
+                goto out;
+            }
+        }
+        if (emitted == greedy) break;
+        tok = argmax(rows + (size_t)j * V, V);
+    }
+    printf("\n");
+    fprintf(stderr,
+            "recurd-eval: speculative decoding: %ld tokens in %ld steps, %llu verifies, %llu "
+            "drafted, %llu accepted (acceptance %.3f)\n",
+            emitted, steps, (unsigned long long)pol.verifies, (unsigned long long)pol.drafted,
+            (unsigned long long)pol.accepted,
+            pol.drafted ? (double)pol.accepted / (double)pol.drafted : 0.0);
+out:
+    eng_draft_destroy(d);
+    free(hist);
+    free(rows);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     const char *model_dir = NULL, *tokens_arg = NULL, *tokens_file = NULL, *dump = NULL;
     const char *isa = NULL, *backend = "cpu", *matmul = NULL, *weights = NULL;
-    long chunk = 0, greedy = 0, threads = 0, tp = 1;
+    long chunk = 0, greedy = 0, threads = 0, tp = 1, spec_k = 4;
+    const char *speculate = "off";
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},       {"tokens", required_argument, 0, 't'},
         {"tokens-file", required_argument, 0, 'f'}, {"chunk", required_argument, 0, 'c'},
@@ -95,8 +180,9 @@ int main(int argc, char **argv)
         {"threads", required_argument, 0, 'j'},     {"isa", required_argument, 0, 'i'},
         {"backend", required_argument, 0, 'b'},     {"tp", required_argument, 0, 'p'},
         {"matmul", required_argument, 0, 'x'},      {"help", no_argument, 0, 'h'},
-        {"weights", required_argument, 0, 'w'},     {0, 0, 0, 0}};
-    for (int o; (o = getopt_long(argc, argv, "m:t:f:c:d:g:j:i:b:p:x:w:h", opts, NULL)) != -1;) {
+        {"weights", required_argument, 0, 'w'},     {"speculate", required_argument, 0, 's'},
+        {"spec-tokens", required_argument, 0, 'k'}, {0, 0, 0, 0}};
+    for (int o; (o = getopt_long(argc, argv, "m:t:f:c:d:g:j:i:b:p:x:w:s:k:h", opts, NULL)) != -1;) {
         switch (o) {
         case 'm':
             model_dir = optarg;
@@ -134,6 +220,12 @@ int main(int argc, char **argv)
         case 'w':
             weights = optarg;
             break;
+        case 's':
+            speculate = optarg;
+            break;
+        case 'k':
+            spec_k = strtol(optarg, NULL, 10);
+            break;
         case 'h':
             usage(stdout);
             return 0;
@@ -143,7 +235,9 @@ int main(int argc, char **argv)
         }
     }
     if (!model_dir || (!tokens_arg == !tokens_file) || chunk < 0 || greedy < 0 ||
-        greedy > 1000000 || threads < 0 || tp < 1 || tp > 256 || optind != argc) {
+        greedy > 1000000 || threads < 0 || tp < 1 || tp > 256 || optind != argc ||
+        (strcmp(speculate, "off") && strcmp(speculate, "ngram")) || spec_k < 1 ||
+        spec_k > ENG_DRAFT_MAX) {
         usage(stderr);
         return 2;
     }
@@ -170,14 +264,15 @@ int main(int argc, char **argv)
     if (chunk == 0 || (size_t)chunk > n) chunk = (long)n;
     wrk_backend_opts_t bo = {.n_threads = (int)threads,
                              .n_slots = 1,
-                             .max_step_tokens = (int)chunk,
+                             .max_step_tokens =
+                                 (int)(chunk > WRK_SPEC_MAX_TOKENS ? chunk : WRK_SPEC_MAX_TOKENS),
                              .isa = isa,
                              .tp = (int)tp,
                              .matmul = matmul,
                              .weights = weights};
     /* Models with a KV cache (Granite 4.0-H): room for the prompt and the greedy tokens. */
     if (mi->n_kv_layers > 0 && n + (size_t)greedy <= (size_t)1 << 30)
-        bo.n_kv_blocks = (int)((n + (size_t)greedy + 15) / 16);
+        bo.n_kv_blocks = (int)((n + (size_t)greedy + WRK_SPEC_MAX_TOKENS + 15) / 16);
     if ((rc = wrk_backend_create_by_name(backend, m, &bo, &b, err, sizeof err))) goto fail;
     fprintf(stderr,
             "recurd-eval: %s, %d layers, vocab %d, %s weights, state %zu bytes, "
@@ -211,7 +306,11 @@ int main(int argc, char **argv)
         out = NULL;
         fprintf(stderr, "recurd-eval: wrote %zu x %zu logits to %s\n", n, V, dump);
     }
-    if (greedy) {
+    if (greedy && strcmp(speculate, "ngram") == 0) {
+        if ((rc = spec_greedy(b, ids, n, V, logits + (n - 1) * V, greedy, (int)spec_k, err,
+                              sizeof err)))
+            goto fail;
+    } else if (greedy) {
         const float *row = logits + (n - 1) * V;
         float *next = malloc(V * sizeof(float));
         if (!next) goto cleanup;

@@ -144,6 +144,11 @@ int wrk_spec_accept(wrk_backend_t *b, int slot, int n_keep)
     if (slot < 0 || slot >= b->n_slots) return RCD_ERANGE;
     return b->vt->spec_accept(b, slot, n_keep);
 }
+bool wrk_spec_supported(const wrk_backend_t *b)
+{
+    if (!b->vt->spec_accept) return false;
+    return b->vt->spec_ok ? b->vt->spec_ok(b) : true;
+}
 void wrk_kv_blocks(wrk_backend_t *b, int64_t *n_free, int64_t *n_total)
 {
     *n_free = *n_total = 0;

@@ -23,6 +23,8 @@ typedef struct wrk_backend_i {
     void (*kv_blocks)(wrk_backend_t *b, int64_t *n_free, int64_t *n_total);
     /* wrk_spec_accept; NULL: no speculative rollback, verify entries are refused. */
     int (*spec_accept)(wrk_backend_t *b, int slot, int n_keep);
+    /* wrk_spec_supported; NULL: spec_accept alone decides. */
+    bool (*spec_ok)(const wrk_backend_t *b);
 } wrk_backend_i;
 
 /* Fields every backend shares (its own struct starts with one); set at creation. */

@@ -165,6 +165,10 @@ int wrk_state_write_n(wrk_backend_t *b, int slot, const void *src, size_t len);
  * parallelism). Like the state calls, only on the thread that steps the backend (it runs the
  * replay on the backend's pool). Memory per slot: workers/README.md, "Speculative verify". */
 int wrk_spec_accept(wrk_backend_t *b, int slot, int n_keep);
+/* Whether this backend runs verify entries for its model (false: they are refused with
+ * RCD_EUNSUPPORTED, as on CUDA, the CPU tensor-parallel group and families without the
+ * rollback hooks). */
+bool wrk_spec_supported(const wrk_backend_t *b);
 /* The KV pool's free and total blocks (both 0 without a pool). Like the state calls, only
  * on the thread that steps the backend (or while nothing steps it). */
 void wrk_kv_blocks(wrk_backend_t *b, int64_t *n_free, int64_t *n_total);

@@ -178,7 +178,7 @@ static void sim_exec(sim_t *m, const sim_spec_t *sp)
                 q->stopped = true;
                 q->drop_upto = m->last_step; /* every plan received before it reports */
             }
-            m->res[n_res++] = (sched_result_t){q->id, o};
+            m->res[n_res++] = (sched_result_t){.id = q->id, .outcome = o};
         }
     }
     m->now += 20 + tokens; /* the step's cost on the simulated clock */
@@ -310,7 +310,7 @@ bool sim_run(sim_t *m, const sim_spec_t *sp, int64_t max_steps)
             a->kind = SCHED_EV_ARRIVE;
             a->id = q->id;
             a->arrive = (sched_arrival_t){q->prio,     q->tenant, q->prompt, q->max_new,
-                                          q->deadline, q->resume, q->commit};
+                                          q->deadline, q->resume, q->commit, 0};
             q->arrived = true;
             q->t_delivered = m->now;
         }

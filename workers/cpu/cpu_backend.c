@@ -205,6 +205,12 @@ static int cpu_spec_accept(wrk_backend_t *b, int slot, int n_keep)
     return 0;
 }
 
+static bool cpu_spec_ok(const wrk_backend_t *b)
+{
+    const wrk_cpu_t *c = (const wrk_cpu_t *)b;
+    return c->spec && c->fam->spec_replay;
+}
+
 static const wrk_backend_i cpu_vt = {
     .name = "cpu",
     .destroy = cpu_destroy,
@@ -216,6 +222,7 @@ static const wrk_backend_i cpu_vt = {
     .state_write_n = cpu_state_write_n,
     .kv_blocks = cpu_kv_blocks,
     .spec_accept = cpu_spec_accept,
+    .spec_ok = cpu_spec_ok,
 };
 
 int wrk_cpu_backend_create(const wrk_model_t *m, const wrk_backend_opts_t *opts,

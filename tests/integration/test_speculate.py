@@ -1,0 +1,195 @@
+"""recurd integration: speculative decoding (--speculate ngram, issue 18) never changes output.
+
+One daemon per model runs with --speculate ngram; the same requests with sampling.speculate =
+SPECULATE_OFF are the reference (a per-request switch: the same process, the same kernels).
+For the Mamba, Mamba2, Granite (paged KV) and RecurrentGemma golden fixtures, with a
+copy-heavy prompt (a passage, the model's own greedy continuation of it, and the passage again:
+the answer repeats what followed it, so drafts get accepted: Usage.accepted_tokens > 0):
+greedy tokens and logprobs are identical, and so is every checkpoint's payload (byte for
+byte); concurrent speculating streams equal the reference; seeded sampling (temperature,
+top-k/p, penalties) gives the same tokens; max_tokens and stop token ids landing inside an
+accepted run end exactly where the reference does; after a SIGKILL between turns the resumed
+session's next turn equals the reference. On the bundled model (it has a tokenizer): stop
+strings inside an accepted run, the OpenAI usage details and the /metrics counters. A family
+without verify entries (Nemotron-H) serves with --speculate ngram without speculating, and
+recurd-eval --speculate ngram prints the ids it prints without."""
+import json
+import os
+import struct
+import subprocess
+import unittest
+import urllib.request
+
+from rcd_harness import ROOT, OwnDaemonsTest, collect, concurrently, gen_request, pb
+
+G = os.path.join(ROOT, "tests", "golden")
+PASSAGE = [5, 17, 42, 99, 3, 250, 7, 64, 128, 11, 33, 8]
+OFF = 1  # SPECULATE_OFF
+# Under the sanitizers (their CTest environment sets RECURD_ABUSE_SCALE) fewer repetitions.
+SAN = "RECURD_ABUSE_SCALE" in os.environ
+
+
+def payload(state_dir, sid, version):
+    with open(os.path.join(state_dir, "s_" + sid, "%020d.ckpt" % version), "rb") as f:
+        b = f.read()
+    (hb,) = struct.unpack_from("<I", b, 12)
+    (n,) = struct.unpack_from("<Q", b, 56)
+    return b[hb:hb + n]
+
+
+def norm(res):
+    return res[1], [(lp.token_id, lp.logprob, [(t.token_id, t.logprob) for t in lp.top])
+                    for lp in res[2]]
+
+
+class Fixture(OwnDaemonsTest):
+    model = None
+    extra = ()
+    n = 40
+
+    def start(self):
+        return self.spawn("--model", self.model, "--state-dir", self.dir, "--speculate", "ngram",
+                          "--spec-tokens", "4", *self.extra)
+
+    def gen(self, d, ids, sid=None, off=False, **kw):
+        kw.setdefault("temperature", 0)
+        kw.setdefault("max_tokens", self.n)
+        r = gen_request(tokens=ids, session=sid, ignore_eos=True, logprobs=2, **kw)
+        if off:
+            r.sampling.speculate = OFF
+        return collect(d.api.Generate(r, timeout=120))
+
+    def test_same_output_and_checkpoints(self):
+        if self.model is None:
+            self.skipTest("base class")
+        d = self.start()
+        PROMPT = PASSAGE + self.gen(d, PASSAGE, off=True, max_tokens=24)[1] + PASSAGE
+        for sid in ("on", "off"):
+            d.api.CreateSession(pb.CreateSessionRequest(session_id=sid))
+        on = self.gen(d, PROMPT, "on")
+        off = self.gen(d, PROMPT, "off", off=True)
+        self.assertEqual(norm(on), norm(off))
+        self.assertEqual(off[3].usage.draft_tokens, 0)
+        self.assertGreater(on[3].usage.accepted_tokens, 0, on[3].usage)
+        self.assertGreaterEqual(on[3].usage.draft_tokens, on[3].usage.accepted_tokens)
+        self.assertEqual(payload(self.dir, "on", 1), payload(self.dir, "off", 1))
+        # concurrent speculating streams (ragged verify entries) and a second turn
+        n_streams = 2 if SAN else 3
+        res = concurrently(lambda: norm(self.gen(d, PROMPT)), n_streams)
+        self.assertEqual(res, [norm(off)] * n_streams)
+        t2 = PASSAGE[2:9]
+        self.assertEqual(norm(self.gen(d, t2, "on")), norm(self.gen(d, t2, "off", off=True)))
+        self.assertEqual(payload(self.dir, "on", 2), payload(self.dir, "off", 2))
+        # seeded sampling: the same draws, consumed the same way per emitted token
+        samp = dict(temperature=0.7, top_k=20, top_p=0.95, repetition_penalty=1.1, seed=11)
+        self.assertEqual(norm(self.gen(d, PROMPT, **samp)),
+                         norm(self.gen(d, PROMPT, off=True, **samp)))
+        # max_tokens and a stop token id inside an accepted run
+        ref = off[1]
+        for m in (1, 5) if SAN else (1, 2, 3, 5, 8, 13):
+            self.assertEqual(self.gen(d, PROMPT, max_tokens=m)[1], ref[:m])
+        firsts = [t for i, t in enumerate(ref) if i >= 3 and t not in ref[:i]]
+        stop_id = firsts[0] if firsts else ref[0]
+        got = self.gen(d, PROMPT, stop_token_ids=[stop_id])
+        self.assertEqual(got[1], self.gen(d, PROMPT, off=True, stop_token_ids=[stop_id])[1])
+        self.assertLess(len(got[1]), len(ref))
+        # SIGKILL between turns: the resumed session goes on as the reference
+        self.kill(d)
+        d = self.start()
+        t3 = PASSAGE[:6] * 2
+        self.assertEqual(norm(self.gen(d, t3, "on")), norm(self.gen(d, t3, "off", off=True)))
+        self.assertEqual(payload(self.dir, "on", 3), payload(self.dir, "off", 3))
+
+
+class Mamba(Fixture):
+    model = os.path.join(G, "mamba", "tiny_nobias_untied")
+
+
+class Mamba2(Fixture):
+    model = os.path.join(G, "mamba2", "tiny_g2_untied")
+
+
+class Granite(Fixture):
+    model = os.path.join(G, "granite", "mha_moe8")
+    extra = ("--kv-blocks", "128", "--kv-block-tokens", "4")
+
+
+class RecurrentGemma(Fixture):
+    model = os.path.join(G, "recurrentgemma", "attn_first_w4")
+
+
+class Unsupported(OwnDaemonsTest):
+    """A family without verify entries (Nemotron-H) never speculates and never fails for it."""
+
+    def test_serves_without_speculating(self):
+        d = self.spawn("--model", os.path.join(G, "nemotronh", "all_mamba"), "--state-dir",
+                       self.dir, "--speculate", "ngram")
+        ids = [5, 17, 42, 99, 3, 7, 64, 128, 11] * 3
+        r = collect(d.api.Generate(gen_request(tokens=ids, temperature=0, max_tokens=12,
+                                               ignore_eos=True), timeout=120))
+        self.assertEqual(len(r[1]), 12)
+        self.assertEqual(r[3].usage.draft_tokens, 0)
+        self.assertIn("speculative decoding off", d.logs())
+
+
+class Eval(unittest.TestCase):
+    def test_recurd_eval_speculate(self):
+        ev = os.environ.get("RECURD_EVAL_BIN") or os.path.join(ROOT, "build", "release", "tools",
+                                                                "recurd-eval")
+        args = [ev, "--model", os.path.join(G, "granite", "mha_moe8"), "--tokens",
+                ",".join(map(str, PASSAGE * 2)), "--greedy", "40"]
+        plain = subprocess.run(args, capture_output=True, text=True, check=True)
+        spec = subprocess.run(args + ["--speculate", "ngram"], capture_output=True, text=True,
+                              check=True)
+        self.assertEqual(spec.stdout, plain.stdout)
+        self.assertEqual(len(plain.stdout.strip().split(",")), 40)
+        acc = int(spec.stderr.split(" accepted")[0].rsplit(" ", 1)[1])
+        self.assertGreater(acc, 0, spec.stderr)
+
+
+class Bundled(OwnDaemonsTest):
+    """The bundled model has a tokenizer: stop strings and the HTTP usage."""
+
+    def test_stop_strings_and_openai_usage(self):
+        port_file = os.path.join(self.dir, "http.port")
+        d = self.spawn("--state-dir", self.dir, "--speculate", "ngram", "--http-port", "0",
+                       "--http-port-file", port_file)
+        text = "Once upon a time"
+
+        def gen(off=False, **kw):
+            kw.setdefault("max_tokens", 40)
+            r = gen_request(prompt=text, temperature=0, ignore_eos=True, **kw)
+            if off:
+                r.sampling.speculate = OFF
+            return collect(d.api.Generate(r, timeout=120))
+
+        text = text + gen(off=True, max_tokens=30)[0] + text  # copy-heavy, as above
+        ref = gen(off=True)
+        on = gen()
+        self.assertEqual(on[:2], ref[:2])
+        self.assertGreater(on[3].usage.accepted_tokens, 0, on[3].usage)
+        s = ref[0]
+        for stop in {s[len(s) // 3:len(s) // 3 + 3], s[len(s) // 2:len(s) // 2 + 2]}:
+            self.assertEqual(gen(stop=[stop])[:2], gen(off=True, stop=[stop])[:2])
+        with open(port_file) as f:
+            port = int(f.read())
+        body = json.dumps({"prompt": text, "max_tokens": 40, "temperature": 0})
+        req = urllib.request.Request("http://127.0.0.1:%d/v1/completions" % port,
+                                     data=body.encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            u = json.load(resp)["usage"]
+        det = u["completion_tokens_details"]
+        self.assertGreater(det["accepted_prediction_tokens"], 0, u)
+        self.assertGreaterEqual(det["rejected_prediction_tokens"], 0, u)
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=60) as resp:
+            m = {line.split("{")[0].split(" ")[0]: line.rsplit(" ", 1)[1]
+                 for line in resp.read().decode().splitlines()
+                 if line.startswith("recurd_spec_decode_")}
+        drafted = float(m["recurd_spec_decode_draft_tokens_total"])
+        self.assertGreater(float(m["recurd_spec_decode_accepted_tokens_total"]), 0, m)
+        self.assertGreaterEqual(drafted, float(m["recurd_spec_decode_accepted_tokens_total"]))
+
+
+if __name__ == "__main__":
+    unittest.main()
