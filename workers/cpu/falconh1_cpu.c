@@ -106,10 +106,9 @@ static void forward(void *arg, int ith, int nth)
         scale_rows(a->us, a->u, t0, t1, H, cfg->ssm_in_mult);
         scale_rows(a->ua, a->u, t0, t1, H, cfg->attn_in_mult);
         wrk_pool_barrier(c->pool);
-        wrk_mamba2_cpu_mixer_rec(c, ith, nth, &cfg->mx, &L->mx, f->seqs, f->n_seqs, T,
-                                 (size_t)l * layer_floats,
-                                 (size_t)l * wrk_mamba2_spec_layer_floats(&cfg->mx), a->us,
-                                 &a->mb, a->om, false);
+        wrk_mamba2_cpu_mixer_rec(
+            c, ith, nth, &cfg->mx, &L->mx, f->seqs, f->n_seqs, T, (size_t)l * layer_floats,
+            (size_t)l * wrk_mamba2_spec_layer_floats(&cfg->mx), a->us, &a->mb, a->om, false);
         const wrk_attn_w_t w = {.q = L->at.q,
                                 .k = L->at.k,
                                 .v = L->at.v,
@@ -163,8 +162,7 @@ static void spec_replay(void *arg, int ith, int nth)
     for (int l = 0; l < cfg->mx.n_layers; l++)
         wrk_mamba2_cpu_replay(r->c, ith, nth, &cfg->mx, &g->layers[l].mx, r->slot, r->n,
                               (size_t)l * layer_floats,
-                              r->rec + (size_t)l * wrk_mamba2_spec_layer_floats(&cfg->mx),
-                              r->tmp);
+                              r->rec + (size_t)l * wrk_mamba2_spec_layer_floats(&cfg->mx), r->tmp);
 }
 
 const wrk_cpu_family_i wrk_cpu_falconh1 = {

@@ -163,10 +163,9 @@ static void forward(void *arg, int ith, int nth)
                                     .kv_layer = L->idx};
             wrk_attn_cpu(c, ith, nth, &w, &a->ab, T, a->u, a->o);
         } else {
-            wrk_mamba_cpu_mixer(c, ith, nth, &cfg->mx, &L->mx, f->seqs, f->n_seqs, T,
-                                (size_t)L->idx * layer_floats,
-                                (size_t)L->idx * wrk_mamba_spec_layer_floats(&cfg->mx), a->u,
-                                &a->mb, a->o, false);
+            wrk_mamba_cpu_mixer(
+                c, ith, nth, &cfg->mx, &L->mx, f->seqs, f->n_seqs, T, (size_t)L->idx * layer_floats,
+                (size_t)L->idx * wrk_mamba_spec_layer_floats(&cfg->mx), a->u, &a->mb, a->o, false);
         }
         wrk_residual_norm(c, t0, t1, H, a->o, 1.f, L->ff_norm, eps, a->u);
         wrk_pool_barrier(c->pool);
@@ -196,10 +195,9 @@ static void spec_replay(void *arg, int ith, int nth)
     for (int l = 0; l < cfg->mx.n_layers; l++) {
         const wrk_jamba_layer_t *L = &g->layers[l];
         if (L->attn) continue;
-        wrk_mamba_cpu_replay(r->c, ith, nth, &cfg->mx, &L->mx, r->slot, r->n,
-                             (size_t)L->idx * layer_floats,
-                             r->rec + (size_t)L->idx * wrk_mamba_spec_layer_floats(&cfg->mx),
-                             r->tmp);
+        wrk_mamba_cpu_replay(
+            r->c, ith, nth, &cfg->mx, &L->mx, r->slot, r->n, (size_t)L->idx * layer_floats,
+            r->rec + (size_t)L->idx * wrk_mamba_spec_layer_floats(&cfg->mx), r->tmp);
     }
 }
 

@@ -177,9 +177,8 @@ static void spec_replay(void *arg, int ith, int nth)
     const wrk_mamba_config_t *cfg = &mb->cfg;
     const size_t layer_floats = wrk_mamba_layer_state_floats(cfg);
     for (int l = 0; l < cfg->n_layers; l++)
-        wrk_mamba_cpu_replay(r->c, ith, nth, cfg, &mb->layers[l], r->slot, r->n,
-                             l * layer_floats, r->rec + (size_t)l * wrk_mamba_spec_layer_floats(cfg),
-                             r->tmp);
+        wrk_mamba_cpu_replay(r->c, ith, nth, cfg, &mb->layers[l], r->slot, r->n, l * layer_floats,
+                             r->rec + (size_t)l * wrk_mamba_spec_layer_floats(cfg), r->tmp);
 }
 
 static void forward(void *arg, int ith, int nth)
@@ -206,7 +205,8 @@ static void forward(void *arg, int ith, int nth)
         wrk_pool_barrier(c->pool);
         /* TP: rank 0 adds its partial product (and the bias) to the residual. */
         wrk_mamba_cpu_mixer(c, ith, nth, cfg, L, f->seqs, f->n_seqs, T, l * layer_floats,
-                            (size_t)l * wrk_mamba_spec_layer_floats(cfg), a->u, &a->mb, c->res, lead);
+                            (size_t)l * wrk_mamba_spec_layer_floats(cfg), a->u, &a->mb, c->res,
+                            lead);
     }
     if (lead) wrk_cpu_logits(c, ith, nth, f->seqs, f->n_seqs, f->n_rows);
 }

@@ -23,7 +23,8 @@ void wrk_mamba_bufs_free(wrk_mamba_bufs_t *b);
  * C are RMS-normed after x_proj. out [T x H] = (acc ? out : 0) + out_proj(...); under TP the
  * partial sums are all-reduced. A verify entry (speculative decoding) records its conv input,
  * dt and B, C at `rec_off` floats into the slot's record (wrk_cpu_spec_rec; the Mamba and Jamba
- * families' rollback replays them with wrk_mamba_cpu_replay). Returns after a barrier, out complete. */
+ * families' rollback replays them with wrk_mamba_cpu_replay). Returns after a barrier, out
+ * complete. */
 void wrk_mamba_cpu_mixer(struct wrk_cpu *c, int ith, int nth, const wrk_mamba_config_t *cfg,
                          const wrk_mamba_layer_t *L, const wrk_seq_t *seqs, int n_seqs, int T,
                          size_t state_off, size_t rec_off, const float *u,

@@ -286,10 +286,9 @@ static void forward(void *arg, int ith, int nth)
         wrk_pool_barrier(c->pool);
         switch (L->kind) {
         case WRK_NH_MAMBA:
-            wrk_mamba2_cpu_mixer_rec(c, ith, nth, &cfg->mx, &L->mx, f->seqs, f->n_seqs, T,
-                                     (size_t)L->idx * layer_floats,
-                                     (size_t)L->idx * wrk_mamba2_spec_layer_floats(&cfg->mx),
-                                     a->u, &a->mb, a->o, false);
+            wrk_mamba2_cpu_mixer_rec(
+                c, ith, nth, &cfg->mx, &L->mx, f->seqs, f->n_seqs, T, (size_t)L->idx * layer_floats,
+                (size_t)L->idx * wrk_mamba2_spec_layer_floats(&cfg->mx), a->u, &a->mb, a->o, false);
             break;
         case WRK_NH_ATTN: {
             const wrk_attn_w_t w = {.q = L->q,
@@ -338,10 +337,9 @@ static void spec_replay(void *arg, int ith, int nth)
     for (int l = 0; l < cfg->mx.n_layers; l++) {
         const wrk_nemotronh_layer_t *L = &g->layers[l];
         if (L->kind != WRK_NH_MAMBA) continue;
-        wrk_mamba2_cpu_replay(r->c, ith, nth, &cfg->mx, &L->mx, r->slot, r->n,
-                              (size_t)L->idx * layer_floats,
-                              r->rec + (size_t)L->idx * wrk_mamba2_spec_layer_floats(&cfg->mx),
-                              r->tmp);
+        wrk_mamba2_cpu_replay(
+            r->c, ith, nth, &cfg->mx, &L->mx, r->slot, r->n, (size_t)L->idx * layer_floats,
+            r->rec + (size_t)L->idx * wrk_mamba2_spec_layer_floats(&cfg->mx), r->tmp);
     }
 }
 

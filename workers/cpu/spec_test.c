@@ -319,8 +319,7 @@ static void test_nemotronh(void)
 static void test_falconh1(void)
 {
     /* Norm before the gate with d_ssm; odd sizes with in_proj bias and the gate first; no norm. */
-    static const char *cases[] = {"gqa_norm_before_gate", "odd_bias_gate_first",
-                                  "mqa_nonorm_tied"};
+    static const char *cases[] = {"gqa_norm_before_gate", "odd_bias_gate_first", "mqa_nonorm_tied"};
     check_family("falconh1", cases, 3);
 }
 
