@@ -357,6 +357,22 @@ static void test_threads(void)
         }
 }
 
+/* The hybrids' odd fixtures on 3 threads (uneven splits of heads, channels and tokens). */
+static void test_threads_hybrid(void)
+{
+    static const char *dirs[][2] = {
+        {"nemotronh", "mqa_odd"}, {"falconh1", "odd_bias_gate_first"}, {"jamba", "p4o2_mqa_odd"}};
+    for (int i = SANITIZED ? 2 : 0; i < 3; i++) {
+        char dir[RCD_PATH_MAX], label[96];
+        CHECK(rcd_path_fmt(dir, sizeof dir, "%s/%s/%s", golden_root(), dirs[i][0], dirs[i][1]) ==
+              0);
+        snprintf(label, sizeof label, "%s/%s/3 threads", dirs[i][0], dirs[i][1]);
+        wrk_backend_opts_t o = opts;
+        o.n_threads = 3;
+        check_model(dir, label, &o);
+    }
+}
+
 /* The KV pool gets back the blocks of rejected positions. */
 static void test_kv_blocks_back(void)
 {
@@ -439,6 +455,7 @@ int main(int argc, char **argv)
     RUN(test_jamba);
     RUN(test_bundled);
     RUN(test_threads);
+    RUN(test_threads_hybrid);
     RUN(test_kv_blocks_back);
     RUN(test_unsupported);
     return rcd_test_summary();
