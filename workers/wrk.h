@@ -162,8 +162,9 @@ int wrk_state_write_n(wrk_backend_t *b, int slot, const void *src, size_t len);
  * verify ends with the call; any other step, reset, write or copy into the slot before it
  * keeps every token. RCD_ERANGE for a bad slot or n_keep, RCD_EINVAL when the slot has no
  * pending verify, RCD_EUNSUPPORTED on a backend without rollback (CUDA, CPU tensor
- * parallelism). Like the state calls, only on the thread that steps the backend (it runs the
- * replay on the backend's pool). Memory per slot: workers/README.md, "Speculative verify". */
+ * parallelism, a CPU family without it: Qwen3-Next). Like the state calls, only on the thread
+ * that steps the backend (it runs the replay on the backend's pool). Memory per slot:
+ * workers/README.md, "Speculative verify". */
 int wrk_spec_accept(wrk_backend_t *b, int slot, int n_keep);
 /* Whether this backend runs verify entries for its model (false: they are refused with
  * RCD_EUNSUPPORTED, as on CUDA, the CPU tensor-parallel group and families without the

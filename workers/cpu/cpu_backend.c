@@ -188,8 +188,9 @@ static int cpu_spec_accept(wrk_backend_t *b, int slot, int n_keep)
 {
     wrk_cpu_t *c = (wrk_cpu_t *)b;
     if (check_slot(b, slot)) return RCD_ERANGE;
-    wrk_cpu_spec_t *sp = c->spec ? &c->spec[slot] : NULL;
-    if (!sp || sp->n_tokens == 0) return RCD_EINVAL;
+    if (!c->spec) return RCD_EUNSUPPORTED; /* a family without rollback hooks */
+    wrk_cpu_spec_t *sp = &c->spec[slot];
+    if (sp->n_tokens == 0) return RCD_EINVAL;
     if (n_keep < 0 || n_keep > sp->n_tokens) return RCD_ERANGE;
     if (n_keep < sp->n_tokens) {
         if (c->fam->spec_restore)

@@ -3,7 +3,8 @@
  * layer runs the Mamba2 mixer (mamba2_cpu.c, on the slot's fixed state) and Granite's GQA
  * attention (granite_cpu.c, over the slot's paged KV blocks) on the same normed input, adds
  * both, with their multipliers, to the residual, then runs the SwiGLU MLP. The multipliers
- * sit where transformers' forward applies them (none is folded into a weight). */
+ * sit where transformers' forward applies them (none is folded into a weight). Speculative
+ * rollback as Granite's: the mixers' recurrence inputs replayed, the paged KV truncated. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -105,8 +106,9 @@ static void forward(void *arg, int ith, int nth)
         scale_rows(a->us, a->u, t0, t1, H, cfg->ssm_in_mult);
         scale_rows(a->ua, a->u, t0, t1, H, cfg->attn_in_mult);
         wrk_pool_barrier(c->pool);
-        wrk_mamba2_cpu_mixer(c, ith, nth, &cfg->mx, &L->mx, f->seqs, f->n_seqs, T,
-                             (size_t)l * layer_floats, a->us, &a->mb, a->om, false);
+        wrk_mamba2_cpu_mixer_rec(
+            c, ith, nth, &cfg->mx, &L->mx, f->seqs, f->n_seqs, T, (size_t)l * layer_floats,
+            (size_t)l * wrk_mamba2_spec_layer_floats(&cfg->mx), a->us, &a->mb, a->om, false);
         const wrk_attn_w_t w = {.q = L->at.q,
                                 .k = L->at.k,
                                 .v = L->at.v,
@@ -139,9 +141,35 @@ static void forward(void *arg, int ith, int nth)
     wrk_cpu_logits(c, ith, nth, f->seqs, f->n_seqs, f->n_rows);
 }
 
+/* Speculative rollback: every layer's Mamba2 mixer keeps its conv input xBC and raw dt as the
+ * forward used them (after in_proj's bias and the ssm multipliers), so the replay's conv and
+ * scan see the very same numbers; the gate / norm after the scan changes no state. The
+ * attention half keeps nothing (the backend truncates the paged KV). */
+static void spec_sizes(const struct wrk_cpu *c, size_t *rec, size_t *tmp, size_t *saved)
+{
+    (void)saved; /* the whole fixed state */
+    const wrk_falconh1_config_t *cfg = &((const wrk_falconh1_t *)c->m->priv)->cfg;
+    *rec = (size_t)cfg->mx.n_layers * wrk_mamba2_spec_layer_floats(&cfg->mx);
+    *tmp = wrk_mamba2_spec_tmp_floats(&cfg->mx);
+}
+
+static void spec_replay(void *arg, int ith, int nth)
+{
+    const wrk_cpu_replay_t *r = arg;
+    const wrk_falconh1_t *g = r->c->m->priv;
+    const wrk_falconh1_config_t *cfg = &g->cfg;
+    const size_t layer_floats = wrk_mamba2_layer_state_floats(&cfg->mx);
+    for (int l = 0; l < cfg->mx.n_layers; l++)
+        wrk_mamba2_cpu_replay(r->c, ith, nth, &cfg->mx, &g->layers[l].mx, r->slot, r->n,
+                              (size_t)l * layer_floats,
+                              r->rec + (size_t)l * wrk_mamba2_spec_layer_floats(&cfg->mx), r->tmp);
+}
+
 const wrk_cpu_family_i wrk_cpu_falconh1 = {
     .family = WRK_FAMILY_FALCON_H1,
     .init = cpu_init,
     .free = cpu_free,
     .forward = forward,
+    .spec_sizes = spec_sizes,
+    .spec_replay = spec_replay,
 };

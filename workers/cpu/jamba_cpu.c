@@ -3,7 +3,9 @@
  * run the Mamba family's mixer (with Jamba's dt/B/C RMSNorms) on the slot's fixed state;
  * attention layers run Granite's attention over the paged KV cache (no positions, scale
  * head_dim^-0.5); each layer then runs its dense SwiGLU MLP or Granite's grouped top-k MoE
- * with Jamba's router (softmax over every expert, top-k, weights not renormalized). */
+ * with Jamba's router (softmax over every expert, top-k, weights not renormalized).
+ * Speculative rollback as Granite's: the Mamba layers' recurrence inputs replayed, the paged KV
+ * truncated. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -163,7 +165,7 @@ static void forward(void *arg, int ith, int nth)
         } else {
             wrk_mamba_cpu_mixer(
                 c, ith, nth, &cfg->mx, &L->mx, f->seqs, f->n_seqs, T, (size_t)L->idx * layer_floats,
-                0 /* no verify entries: Jamba has no rollback yet */, a->u, &a->mb, a->o, false);
+                (size_t)L->idx * wrk_mamba_spec_layer_floats(&cfg->mx), a->u, &a->mb, a->o, false);
         }
         wrk_residual_norm(c, t0, t1, H, a->o, 1.f, L->ff_norm, eps, a->u);
         wrk_pool_barrier(c->pool);
@@ -174,9 +176,36 @@ static void forward(void *arg, int ith, int nth)
     wrk_cpu_logits(c, ith, nth, f->seqs, f->n_seqs, f->n_rows);
 }
 
+/* Speculative rollback: the Mamba layers keep what the Mamba mixer's replay needs; the
+ * attention layers keep nothing (the backend truncates their paged KV), nor do the MLP / MoE. */
+static void spec_sizes(const struct wrk_cpu *c, size_t *rec, size_t *tmp, size_t *saved)
+{
+    (void)saved; /* the whole fixed state */
+    const wrk_jamba_config_t *cfg = &((const wrk_jamba_t *)c->m->priv)->cfg;
+    *rec = (size_t)cfg->n_mamba * wrk_mamba_spec_layer_floats(&cfg->mx);
+    *tmp = cfg->n_mamba ? wrk_mamba_spec_tmp_floats(&cfg->mx) : 0;
+}
+
+static void spec_replay(void *arg, int ith, int nth)
+{
+    const wrk_cpu_replay_t *r = arg;
+    const wrk_jamba_t *g = r->c->m->priv;
+    const wrk_jamba_config_t *cfg = &g->cfg;
+    const size_t layer_floats = wrk_mamba_layer_state_floats(&cfg->mx);
+    for (int l = 0; l < cfg->mx.n_layers; l++) {
+        const wrk_jamba_layer_t *L = &g->layers[l];
+        if (L->attn) continue;
+        wrk_mamba_cpu_replay(
+            r->c, ith, nth, &cfg->mx, &L->mx, r->slot, r->n, (size_t)L->idx * layer_floats,
+            r->rec + (size_t)L->idx * wrk_mamba_spec_layer_floats(&cfg->mx), r->tmp);
+    }
+}
+
 const wrk_cpu_family_i wrk_cpu_jamba = {
     .family = WRK_FAMILY_JAMBA,
     .init = cpu_init,
     .free = cpu_free,
     .forward = forward,
+    .spec_sizes = spec_sizes,
+    .spec_replay = spec_replay,
 };

@@ -63,20 +63,15 @@ static int cpu_init(struct wrk_cpu *c, void **ctx)
     return 0;
 }
 
-/* Speculative rollback: per layer, for WRK_SPEC_MAX_TOKENS positions, the conv input x
- * [MAXT][I], the dt_proj output [MAXT][I] and B, C [MAXT][2N] of the verify pass. */
+/* Speculative rollback: per layer, the conv input, dt and B, C (wrk_mamba_spec_layer_floats). */
 #define MAXT WRK_SPEC_MAX_TOKENS
-static size_t spec_layer_floats(const wrk_mamba_config_t *cfg)
-{
-    return (size_t)MAXT * (2 * (size_t)cfg->inner + 2 * (size_t)cfg->d_state);
-}
 
 static void spec_sizes(const struct wrk_cpu *c, size_t *rec, size_t *tmp, size_t *saved)
 {
     (void)saved; /* the whole fixed state */
     const wrk_mamba_config_t *cfg = &((const wrk_mamba_t *)wrk_cpu_layout(c))->cfg;
-    *rec = (size_t)cfg->n_layers * spec_layer_floats(cfg);
-    *tmp = (size_t)MAXT * 2 * cfg->inner; /* conv output, scan output */
+    *rec = (size_t)cfg->n_layers * wrk_mamba_spec_layer_floats(cfg);
+    *tmp = wrk_mamba_spec_tmp_floats(cfg);
 }
 
 /* Rows [t0, t0 + n) of `src` (stride lds), columns [c0, c1), into dst (stride ldd). */
@@ -158,28 +153,32 @@ void wrk_mamba_cpu_mixer(struct wrk_cpu *c, int ith, int nth, const wrk_mamba_co
     wrk_cpu_all_reduce(c, ith, out, (size_t)T * H);
 }
 
-static void spec_replay(void *arg, int ith, int nth)
+void wrk_mamba_cpu_replay(struct wrk_cpu *c, int ith, int nth, const wrk_mamba_config_t *cfg,
+                          const wrk_mamba_layer_t *L, int slot, int n, size_t state_off,
+                          const float *rec, float *tmp)
 {
-    const wrk_cpu_replay_t *r = arg;
-    wrk_cpu_t *c = r->c;
-    const wrk_mamba_t *mb = wrk_cpu_layout(c);
-    const wrk_mamba_config_t *cfg = &mb->cfg;
     const int I = cfg->inner, N = cfg->d_state, K = cfg->d_conv;
-    const size_t layer_floats = wrk_mamba_layer_state_floats(cfg);
-    float *xc = r->tmp, *y = r->tmp + (size_t)MAXT * I;
+    const float *x = rec, *dt = x + (size_t)MAXT * I, *bc = dt + (size_t)MAXT * I;
+    float *xc = tmp, *y = tmp + (size_t)MAXT * I;
+    float *win = wrk_cpu_slot(c, slot) + state_off;
     int c0, c1;
     wrk_split(I, 16, ith, nth, &c0, &c1);
     if (c1 <= c0) return;
-    for (int l = 0; l < cfg->n_layers; l++) {
-        const wrk_mamba_layer_t *L = &mb->layers[l];
-        const float *x = r->rec + (size_t)l * spec_layer_floats(cfg);
-        const float *dt = x + (size_t)MAXT * I, *bc = dt + (size_t)MAXT * I;
-        float *win = wrk_cpu_slot(c, r->slot) + l * layer_floats;
-        c->k->conv_silu(r->n, c0, c1, I, K, x, I, L->conv_w, L->conv_b, win, xc);
-        /* z only gates y, which is dropped: x stands in for it. */
-        c->k->scan(r->n, c0, c1, I, N, dt, L->dt_b, xc, x, I, bc, 2 * N, L->A, L->D,
-                   win + (size_t)(K - 1) * I, y);
-    }
+    c->k->conv_silu(n, c0, c1, I, K, x, I, L->conv_w, L->conv_b, win, xc);
+    /* z only gates y, which is dropped: x stands in for it. */
+    c->k->scan(n, c0, c1, I, N, dt, L->dt_b, xc, x, I, bc, 2 * N, L->A, L->D,
+               win + (size_t)(K - 1) * I, y);
+}
+
+static void spec_replay(void *arg, int ith, int nth)
+{
+    const wrk_cpu_replay_t *r = arg;
+    const wrk_mamba_t *mb = wrk_cpu_layout(r->c);
+    const wrk_mamba_config_t *cfg = &mb->cfg;
+    const size_t layer_floats = wrk_mamba_layer_state_floats(cfg);
+    for (int l = 0; l < cfg->n_layers; l++)
+        wrk_mamba_cpu_replay(r->c, ith, nth, cfg, &mb->layers[l], r->slot, r->n, l * layer_floats,
+                             r->rec + (size_t)l * wrk_mamba_spec_layer_floats(cfg), r->tmp);
 }
 
 static void forward(void *arg, int ith, int nth)
@@ -206,7 +205,8 @@ static void forward(void *arg, int ith, int nth)
         wrk_pool_barrier(c->pool);
         /* TP: rank 0 adds its partial product (and the bias) to the residual. */
         wrk_mamba_cpu_mixer(c, ith, nth, cfg, L, f->seqs, f->n_seqs, T, l * layer_floats,
-                            (size_t)l * spec_layer_floats(cfg), a->u, &a->mb, c->res, lead);
+                            (size_t)l * wrk_mamba_spec_layer_floats(cfg), a->u, &a->mb, c->res,
+                            lead);
     }
     if (lead) wrk_cpu_logits(c, ith, nth, f->seqs, f->n_seqs, f->n_rows);
 }

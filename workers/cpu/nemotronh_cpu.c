@@ -4,7 +4,9 @@
  * the slot's fixed state; attention blocks run Granite's attention code (no positions) over
  * the slot's paged KV blocks; MLP blocks a relu² MLP; MoE blocks a grouped sigmoid router,
  * relu² experts (tokens grouped per expert so each expert's weights are read once) and the
- * shared relu² expert. Every per-token step is independent of the batch's composition. */
+ * shared relu² expert. Every per-token step is independent of the batch's composition.
+ * Speculative rollback as Granite's: the Mamba blocks' recurrence inputs replayed, the paged KV
+ * truncated. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -284,8 +286,9 @@ static void forward(void *arg, int ith, int nth)
         wrk_pool_barrier(c->pool);
         switch (L->kind) {
         case WRK_NH_MAMBA:
-            wrk_mamba2_cpu_mixer(c, ith, nth, &cfg->mx, &L->mx, f->seqs, f->n_seqs, T,
-                                 (size_t)L->idx * layer_floats, a->u, &a->mb, a->o, false);
+            wrk_mamba2_cpu_mixer_rec(
+                c, ith, nth, &cfg->mx, &L->mx, f->seqs, f->n_seqs, T, (size_t)L->idx * layer_floats,
+                (size_t)L->idx * wrk_mamba2_spec_layer_floats(&cfg->mx), a->u, &a->mb, a->o, false);
             break;
         case WRK_NH_ATTN: {
             const wrk_attn_w_t w = {.q = L->q,
@@ -315,9 +318,36 @@ static void forward(void *arg, int ith, int nth)
     wrk_cpu_logits(c, ith, nth, f->seqs, f->n_seqs, f->n_rows);
 }
 
+/* Speculative rollback: the Mamba blocks keep what the Mamba2 mixer's replay needs; the
+ * attention blocks keep nothing (the backend truncates their paged KV), nor do the MLP / MoE. */
+static void spec_sizes(const struct wrk_cpu *c, size_t *rec, size_t *tmp, size_t *saved)
+{
+    (void)saved; /* the whole fixed state */
+    const wrk_nemotronh_config_t *cfg = &((const wrk_nemotronh_t *)c->m->priv)->cfg;
+    *rec = (size_t)cfg->n_mamba * wrk_mamba2_spec_layer_floats(&cfg->mx);
+    *tmp = cfg->n_mamba ? wrk_mamba2_spec_tmp_floats(&cfg->mx) : 0;
+}
+
+static void spec_replay(void *arg, int ith, int nth)
+{
+    const wrk_cpu_replay_t *r = arg;
+    const wrk_nemotronh_t *g = r->c->m->priv;
+    const wrk_nemotronh_config_t *cfg = &g->cfg;
+    const size_t layer_floats = wrk_mamba2_layer_state_floats(&cfg->mx);
+    for (int l = 0; l < cfg->mx.n_layers; l++) {
+        const wrk_nemotronh_layer_t *L = &g->layers[l];
+        if (L->kind != WRK_NH_MAMBA) continue;
+        wrk_mamba2_cpu_replay(
+            r->c, ith, nth, &cfg->mx, &L->mx, r->slot, r->n, (size_t)L->idx * layer_floats,
+            r->rec + (size_t)L->idx * wrk_mamba2_spec_layer_floats(&cfg->mx), r->tmp);
+    }
+}
+
 const wrk_cpu_family_i wrk_cpu_nemotronh = {
     .family = WRK_FAMILY_NEMOTRON_H,
     .init = cpu_init,
     .free = cpu_free,
     .forward = forward,
+    .spec_sizes = spec_sizes,
+    .spec_replay = spec_replay,
 };

@@ -14,6 +14,7 @@
 #define SEQ_LEN 56
 #define N_SEQ 4
 #define MAX_K 8
+#define QWEN3NEXT_CASE "dense_bias_untied"
 
 /* Under a sanitizer (10-30x slower) the runs shrink: sequences of SAN_LEN tokens, the first
  * two fixtures of a family, the random draft mode only (which mixes right and wrong). */
@@ -306,6 +307,29 @@ static void test_recurrentgemma(void)
     check_family("recurrentgemma", cases, 5);
 }
 
+/* The hybrids of issue 20 (Qwen3-Next still refuses verify entries: test_unsupported). */
+static void test_nemotronh(void)
+{
+    /* Mamba2 + MLP + MoE + GQA attention; MQA attention first, odd sizes, 3 groups; no Mamba
+     * block at all (nothing recorded: the rollback is the KV truncation alone). */
+    static const char *cases[] = {"moe_gqa_tied", "mqa_odd", "moe_groups4"};
+    check_family("nemotronh", cases, 3);
+}
+
+static void test_falconh1(void)
+{
+    /* Norm before the gate with d_ssm; odd sizes with in_proj bias and the gate first; no norm. */
+    static const char *cases[] = {"gqa_norm_before_gate", "odd_bias_gate_first", "mqa_nonorm_tied"};
+    check_family("falconh1", cases, 3);
+}
+
+static void test_jamba(void)
+{
+    /* Mamba, attention and MoE alternating; odd sizes with MQA and biases. */
+    static const char *cases[] = {"alt_moe_gqa", "p4o2_mqa_odd"};
+    check_family("jamba", cases, 2);
+}
+
 static void test_bundled(void)
 {
     char dir[RCD_PATH_MAX];
@@ -331,6 +355,22 @@ static void test_threads(void)
             o.n_threads = nt;
             check_model(dir, label, &o);
         }
+}
+
+/* The hybrids' odd fixtures on 3 threads (uneven splits of heads, channels and tokens). */
+static void test_threads_hybrid(void)
+{
+    static const char *dirs[][2] = {
+        {"nemotronh", "mqa_odd"}, {"falconh1", "odd_bias_gate_first"}, {"jamba", "p4o2_mqa_odd"}};
+    for (int i = SANITIZED ? 2 : 0; i < 3; i++) {
+        char dir[RCD_PATH_MAX], label[96];
+        CHECK(rcd_path_fmt(dir, sizeof dir, "%s/%s/%s", golden_root(), dirs[i][0], dirs[i][1]) ==
+              0);
+        snprintf(label, sizeof label, "%s/%s/3 threads", dirs[i][0], dirs[i][1]);
+        wrk_backend_opts_t o = opts;
+        o.n_threads = 3;
+        check_model(dir, label, &o);
+    }
 }
 
 /* The KV pool gets back the blocks of rejected positions. */
@@ -360,9 +400,28 @@ static void test_kv_blocks_back(void)
     wrk_model_free(m);
 }
 
-/* Tensor parallelism has no rollback: verify entries and accept are refused. */
+/* Tensor parallelism has no rollback: verify entries and accept are refused; so does
+ * Qwen3-Next (no hooks yet), while its plain steps run. */
 static void test_unsupported(void)
 {
+    char qdir[RCD_PATH_MAX], qerr[512];
+    CHECK(rcd_path_fmt(qdir, sizeof qdir, "%s/qwen3next/%s", golden_root(), QWEN3NEXT_CASE) == 0);
+    wrk_model_t *qm = golden_model(qdir);
+    if (qm) {
+        wrk_backend_t *qb = NULL;
+        CHECK_MSG(wrk_cpu_backend_create(qm, &opts, &qb, qerr, sizeof qerr) == 0, "%s", qerr);
+        if (qb) {
+            int32_t t[3] = {1, 2, 3};
+            wrk_seq_t s = {.slot = 0, .n_tokens = 3, .tokens = t, .verify = true};
+            CHECK(wrk_step(qb, &s, 1, qerr, sizeof qerr) == RCD_EUNSUPPORTED);
+            CHECK(wrk_spec_accept(qb, 0, 1) == RCD_EUNSUPPORTED);
+            s.verify = false;
+            CHECK(wrk_step(qb, &s, 1, qerr, sizeof qerr) == 0);
+            wrk_backend_destroy(qb);
+        }
+        wrk_model_free(qm);
+    }
+
     char dir[RCD_PATH_MAX], err[512];
     CHECK(rcd_path_fmt(dir, sizeof dir, "%s/mamba/tiny_bias_tied", golden_root()) == 0);
     wrk_model_t *m = golden_model(dir);
@@ -391,8 +450,12 @@ int main(int argc, char **argv)
     RUN(test_mamba2);
     RUN(test_granite);
     RUN(test_recurrentgemma);
+    RUN(test_nemotronh);
+    RUN(test_falconh1);
+    RUN(test_jamba);
     RUN(test_bundled);
     RUN(test_threads);
+    RUN(test_threads_hybrid);
     RUN(test_kv_blocks_back);
     RUN(test_unsupported);
     return rcd_test_summary();
