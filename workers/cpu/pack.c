@@ -113,6 +113,13 @@ int wrk_cpu_pack_model(wrk_model_t *m, wrk_wq_t weights, char *err, size_t errle
                           wrk_wq_name(m->packs->weights), wrk_wq_name(weights));
         goto out;
     }
+    if (m->pq && weights != WRK_WQ_NATIVE) { /* no second quantization of s * (q - z) */
+        rc = rcd_fail(RCD_EUNSUPPORTED, err, errlen,
+                      "backend: the checkpoint is already quantized (quantization_config: %s); "
+                      "--weights %s is refused for it (use --weights native)",
+                      wrk__pq_desc(m->pq), wrk_wq_name(weights));
+        goto out;
+    }
     struct wrk_packs *p = calloc(1, sizeof *p);
     pack_ent_t *e = calloc((size_t)(m->n_mats ? m->n_mats : 1), sizeof *e);
     if (!p || !e) {

@@ -84,6 +84,7 @@ struct wrk_model {
     void *owned[WRK_MODEL_MAX_OWNED]; /* the family's allocations (wrk_model_alloc) */
     int n_owned;
     struct wrk_packs *packs; /* owned; NULL until a CPU backend asks */
+    struct wrk_pq *pq; /* owned; config.json's quantization_config, NULL when none (prequant.c) */
     void (*packs_free)(struct wrk_packs *p); /* set with packs, by the backend that made them */
 };
 
@@ -104,7 +105,20 @@ void wrk__fingerprint_weights(wrk_model_t *m, const char *fmt);
 int wrk__fingerprint(wrk_model_t *m, const char *config, size_t config_len, char *err,
                      size_t errlen);
 
-/* Reads a small fp32 parameter out of a tensor of any dtype (element i). */
+/* Pre-quantized checkpoints (prequant.c; workers/README.md, "Pre-quantized checkpoints").
+ * wrk__pq_parse: config.json's quantization_config into *out (NULL when absent), or
+ * RCD_EUNSUPPORTED naming the field and value it refuses. wrk__pq_take_mat: when `name`
+ * (<prefix>.weight) is stored quantized, its matrix dequantized to fp32 (*done true); *done
+ * false for a matrix stored as floats. wrk__pq_desc: a short name of the format, or NULL. */
+struct wrk_pq;
+int wrk__pq_parse(const char *config, size_t len, const char *path, struct wrk_pq **out,
+                  char *err, size_t errlen);
+int wrk__pq_take_mat(wrk_model_t *m, const char *name, int rows, int cols, wrk_mat_t *out,
+                     bool *done, char *err, size_t errlen);
+const char *wrk__pq_desc(const struct wrk_pq *pq);
+void wrk__pq_free(struct wrk_pq *pq);
+
+/* Reads a small fp32 parameter out of a tensor of any float dtype (element i). */
 float wrk_tensor_f32(const wrk_st_tensor_t *t, size_t i);
 
 /* Helper for families' load: take tensor `name` with exactly this shape, or fail with a
