@@ -132,6 +132,7 @@ int wrk_model_load(const char *dir, wrk_model_t **out, char *err, size_t errlen)
     if ((rc = wrk__fingerprint(m, config, config_len, err, errlen))) goto cleanup;
     m->info.family = m->fam->family;
     m->info.architecture = m->arch;
+    m->info.quantization = wrk__pq_desc(m->pq);
     *out = m;
     m = NULL;
 cleanup:
