@@ -111,6 +111,18 @@ int wrk__fingerprint(wrk_model_t *m, const char *config, size_t config_len, char
  * (<prefix>.weight) is stored quantized, its matrix dequantized to fp32 (*done true); *done
  * false for a matrix stored as floats. wrk__pq_desc: a short name of the format, or NULL. */
 struct wrk_pq;
+/* A quantized matrix as the file gives it (for the CPU backend's qg pack, kernels_qg.h):
+ * w[o][i] = s[o][g] * (q[o][i] - z[o][g]), g = gidx[i]; q unsigned codes < 2^bits, z the zero
+ * point as an exact float of an integer (GPTQ v1's +1 included), in the file's column order. */
+typedef struct wrk_pq_src {
+    const float *w; /* the dequantized fp32 matrix: the wrk_mat_t's data */
+    int rows, cols, bits, G;
+    uint8_t *q;     /* [rows x cols] */
+    float *s, *z;   /* [rows x G] */
+    int32_t *gidx;  /* [cols], each in [0, G) */
+} wrk_pq_src_t;
+/* The source of the matrix whose data is `data`, or NULL (not from a quantized tensor). */
+const wrk_pq_src_t *wrk__pq_source(const wrk_model_t *m, const void *data);
 int wrk__pq_parse(const char *config, size_t len, const char *path, struct wrk_pq **out,
                   char *err, size_t errlen);
 int wrk__pq_take_mat(wrk_model_t *m, const char *name, int rows, int cols, wrk_mat_t *out,

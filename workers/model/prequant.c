@@ -33,8 +33,10 @@ struct wrk_pq {
     int group; /* -1: one group per row (per channel) */
     bool sym, desc_act, v2;
     char desc[96];
-    void **bufs; /* the dequantized matrices */
+    void **bufs; /* the dequantized matrices and their sources' arrays */
     int n_bufs, cap_bufs;
+    wrk_pq_src_t *src; /* one per quantized matrix, in load order */
+    int n_src, cap_src;
 };
 
 void wrk__pq_free(struct wrk_pq *pq)
@@ -42,7 +44,15 @@ void wrk__pq_free(struct wrk_pq *pq)
     if (!pq) return;
     for (int i = 0; i < pq->n_bufs; i++) free(pq->bufs[i]);
     free(pq->bufs);
+    free(pq->src);
     free(pq);
+}
+
+const wrk_pq_src_t *wrk__pq_source(const wrk_model_t *m, const void *data)
+{
+    for (int i = 0; m->pq && data && i < m->pq->n_src; i++)
+        if (m->pq->src[i].w == data) return &m->pq->src[i];
+    return NULL;
 }
 
 const char *wrk__pq_desc(const struct wrk_pq *pq)
@@ -403,8 +413,32 @@ static int keep_buf(struct wrk_pq *pq, void *p)
     return 0;
 }
 
+/* Allocates d's arrays (kept with the model: the CPU backend packs them, kernels_qg.h). */
+static int src_alloc(struct wrk_pq *pq, wrk_pq_src_t *d, int rows, int cols, int G, char *err,
+                     size_t errlen)
+{
+    d->rows = rows;
+    d->cols = cols;
+    d->G = G;
+    d->bits = pq->bits;
+    d->q = malloc((size_t)rows * cols);
+    d->s = malloc((size_t)rows * G * sizeof *d->s);
+    d->z = malloc((size_t)rows * G * sizeof *d->z);
+    d->gidx = malloc((size_t)cols * sizeof *d->gidx);
+    int bad = !d->q || !d->s || !d->z || !d->gidx;
+    void *a[4] = {d->q, d->s, d->z, d->gidx};
+    for (int i = 0; i < 4; i++)
+        if (a[i] && keep_buf(pq, a[i])) {
+            free(a[i]);
+            bad = 1;
+        } else if (!a[i]) {
+            bad = 1;
+        }
+    return bad ? rcd_fail(RCD_ENOMEM, err, errlen, "out of memory dequantizing") : 0;
+}
+
 static int dequant_gptq(wrk_model_t *m, const struct wrk_pq *pq, const char *prefix, int rows,
-                        int cols, float *w, char *err, size_t errlen)
+                        int cols, wrk_pq_src_t *d, char *err, size_t errlen)
 {
     const int bits = pq->bits, per = 32 / bits;
     const int gs = pq->group > 0 ? pq->group : cols;
@@ -432,20 +466,23 @@ static int dequant_gptq(wrk_model_t *m, const struct wrk_pq *pq, const char *pre
     }
     const int zadd = pq->v2 ? 0 : 1;
     const size_t zw = (size_t)(rows * (int64_t)bits + 31) / 32;
+    if ((rc = src_alloc(m->pq, d, rows, cols, G, err, errlen))) return rc;
     for (int i = 0; i < cols; i++) {
-        const int g = gi ? (int)rd_i32(gi, (size_t)i) : i / gs;
-        for (int o = 0; o < rows; o++) {
-            const int q = (int)unpack(qw, (size_t)(i / per) * (size_t)rows + (size_t)o,
-                                      (int64_t)(i % per), bits);
-            const int z = (int)unpack(qz, (size_t)g * zw, o, bits) + zadd;
-            w[(size_t)o * cols + i] = wrk_tensor_f32(sc, (size_t)g * rows + o) * (float)(q - z);
-        }
+        d->gidx[i] = gi ? rd_i32(gi, (size_t)i) : i / gs;
+        for (int o = 0; o < rows; o++)
+            d->q[(size_t)o * cols + i] = (uint8_t)unpack(
+                qw, (size_t)(i / per) * (size_t)rows + (size_t)o, (int64_t)(i % per), bits);
     }
+    for (int g = 0; g < G; g++)
+        for (int o = 0; o < rows; o++) {
+            d->z[(size_t)o * G + g] = (float)((int)unpack(qz, (size_t)g * zw, o, bits) + zadd);
+            d->s[(size_t)o * G + g] = wrk_tensor_f32(sc, (size_t)g * rows + o);
+        }
     return 0;
 }
 
 static int dequant_ct(wrk_model_t *m, const struct wrk_pq *pq, const char *prefix, int rows,
-                      int cols, float *w, char *err, size_t errlen)
+                      int cols, wrk_pq_src_t *d, char *err, size_t errlen)
 {
     const int bits = pq->bits, gs = pq->group > 0 ? pq->group : cols;
     if (cols % gs)
@@ -485,23 +522,34 @@ static int dequant_ct(wrk_model_t *m, const struct wrk_pq *pq, const char *prefi
                         err, errlen);
         if (rc) return rc;
     }
-    for (int o = 0; o < rows; o++)
-        for (int i = 0; i < cols; i++) {
-            const int g = i / gs;
-            const int qv = pq->method == PQ_CT_PACK
-                               ? (int)unpack(q, (size_t)o * words, i, bits) - off
-                               : (int)((const int8_t *)q->data)[(size_t)o * cols + i];
+    /* codes kept unsigned (q + 2^(bits-1)), zero points likewise: q - zp unchanged */
+    if ((rc = src_alloc(m->pq, d, rows, cols, G, err, errlen))) return rc;
+    for (int i = 0; i < cols; i++) d->gidx[i] = i / gs;
+    for (int o = 0; o < rows; o++) {
+        for (int i = 0; i < cols; i++)
+            d->q[(size_t)o * cols + i] =
+                pq->method == PQ_CT_PACK
+                    ? (uint8_t)unpack(q, (size_t)o * words, i, bits)
+                    : (uint8_t)(((const int8_t *)q->data)[(size_t)o * cols + i] + off);
+        for (int g = 0; g < G; g++) {
             int z = 0;
             if (zp && pq->method == PQ_CT_PACK) {
-                /* packed along dim 0: column g of the transposed [G, rows] packing */
+                /* packed along dim 0: element o of column g of [ceil(rows*bits/32), G] */
                 const int64_t e = o;
                 const uint32_t word = (uint32_t)rd_i32(zp, (size_t)(e * bits / 32) * G + g);
                 z = (int)((word >> (e * bits % 32)) & ((1u << bits) - 1)) - off;
             } else if (zp) {
                 z = (int)rd_int(zp, (size_t)o * G + g);
+                if (z < -off || z >= off)
+                    return rcd_fail(RCD_EFORMAT, err, errlen,
+                                    "%s: tensor %s.weight_zero_point[%d][%d] = %d is outside "
+                                    "[%d, %d)",
+                                    zp->file, prefix, o, g, z, -off, off);
             }
-            w[(size_t)o * cols + i] = wrk_tensor_f32(sc, (size_t)o * G + g) * (float)(qv - z);
+            d->z[(size_t)o * G + g] = (float)(z + off);
+            d->s[(size_t)o * G + g] = wrk_tensor_f32(sc, (size_t)o * G + g);
         }
+    }
     return 0;
 }
 
@@ -538,9 +586,24 @@ int wrk__pq_take_mat(wrk_model_t *m, const char *name, int rows, int cols, wrk_m
         free(w);
         return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory dequantizing %s", prefix);
     }
-    int rc = pq->method == PQ_GPTQ ? dequant_gptq(m, pq, prefix, rows, cols, w, err, errlen)
-                                   : dequant_ct(m, pq, prefix, rows, cols, w, err, errlen);
+    if (pq->n_src == pq->cap_src) {
+        int cap = pq->cap_src ? 2 * pq->cap_src : 32;
+        wrk_pq_src_t *n = realloc(pq->src, (size_t)cap * sizeof *n);
+        if (!n) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
+        pq->src = n;
+        pq->cap_src = cap;
+    }
+    wrk_pq_src_t d = {.w = w};
+    int rc = pq->method == PQ_GPTQ ? dequant_gptq(m, pq, prefix, rows, cols, &d, err, errlen)
+                                   : dequant_ct(m, pq, prefix, rows, cols, &d, err, errlen);
     if (rc) return rc;
+    /* the values served: s * (q - z), the integer difference exact in fp32, one rounding */
+    for (int o = 0; o < rows; o++)
+        for (int i = 0; i < cols; i++) {
+            const size_t sg = (size_t)o * d.G + (size_t)d.gidx[i];
+            w[(size_t)o * cols + i] = d.s[sg] * ((float)d.q[(size_t)o * cols + i] - d.z[sg]);
+        }
+    pq->src[pq->n_src++] = d;
     *out = (wrk_mat_t){.dt = WRK_DT_F32, .data = w, .rows = rows, .cols = cols};
     *done = true;
     return 0;
