@@ -8,7 +8,8 @@
 
 /* The CPU backend's weight format (--weights): as stored, or quantized when packed
  * (workers/cpu/kernels_q.h). */
-typedef enum wrk_wq { WRK_WQ_NATIVE = 0, WRK_WQ_Q8 = 1, WRK_WQ_Q4 = 2 } wrk_wq_t;
+/* WRK_WQ_QG: a pre-quantized checkpoint's matrix in its own packed groups (kernels_qg.h). */
+typedef enum wrk_wq { WRK_WQ_NATIVE = 0, WRK_WQ_Q8 = 1, WRK_WQ_Q4 = 2, WRK_WQ_QG = 3 } wrk_wq_t;
 
 /* A weight matrix [rows x cols], row-major, as stored in the checkpoint (zero-copy view
  * into the mmapped file; may be unaligned). */
@@ -17,7 +18,8 @@ typedef struct wrk_mat {
     const void *data;
     int rows, cols;
     const void *pk; /* CPU: the same rows repacked in panels (workers/cpu/kernels.h), or NULL */
-    wrk_wq_t qf;    /* with pk: WRK_WQ_Q8/Q4 when pk holds quantized panels (kernels_q.h) */
+    wrk_wq_t qf;    /* with pk: WRK_WQ_Q8/Q4 when pk holds quantized panels (kernels_q.h),
+                     * WRK_WQ_QG a pre-quantized matrix's groups (kernels_qg.h) */
 } wrk_mat_t;
 
 /* Tensor parallelism: one rank's share of a model (workers/README.md, "Tensor parallelism").

@@ -1,9 +1,11 @@
 /* Pre-quantized checkpoints (GPTQ, compressed-tensors; prequant.c): every fixture of
  * tools/gen_prequant_fixtures.py (tests/golden/prequant/<case>) loads to matrices equal bit for
  * bit to its reference model (the same model with those matrices stored as the fp32 values
- * the reference dequantizers give), the CPU backend's logits equal the reference model's bit
- * for bit, the fingerprint differs from the reference's, --weights q8 is refused, and every
- * refused quantization_config names its field. */
+ * the reference dequantizers give), the qg pack (kernels_qg.h) dequantizes to the same values
+ * and its matmul is exact on every ISA, batch invariant and AVX2 = AVX-512 bit for bit, the
+ * CPU backend's logits equal the reference model's within 1e-5, the fingerprint differs from
+ * the reference's, --weights q8 is refused, and every refused quantization_config names its
+ * field. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,8 +13,11 @@
 
 #include <cjson/cJSON.h>
 
+#include <math.h>
+
 #include "common/rcd_path.h"
 #include "tests/support/rcd_test.h"
+#include "workers/cpu/kernels_qg.h"
 #include "workers/model/model_int.h"
 
 static char gdir[RCD_PATH_MAX];
@@ -75,7 +80,11 @@ static void test_dequant_exact(void)
         float *lq = calloc((size_t)2 * V, sizeof *lq), *lr = calloc((size_t)2 * V, sizeof *lr);
         logits(q, NULL, lq, 2);
         logits(r, NULL, lr, 2);
-        CHECK_MSG(memcmp(lq, lr, (size_t)2 * V * sizeof *lq) == 0, "%s: logits differ", cases[c]);
+        /* the qg kernels sum per group, then scale: within fp32 rounding of the reference */
+        float dmax = 0.f;
+        for (int i = 0; i < 2 * V; i++) dmax = fmaxf(dmax, fabsf(lq[i] - lr[i]));
+        CHECK_MSG(dmax <= 1e-5f, "%s: logits differ by %g", cases[c], (double)dmax);
+        if (getenv("RCD_PQ_VERBOSE")) printf("%s: max |dlogit| %g\n", cases[c], (double)dmax);
         free(lq);
         free(lr);
         /* no second quantization */
@@ -88,6 +97,92 @@ static void test_dequant_exact(void)
         wrk_model_free(q2);
         wrk_model_free(q);
         wrk_model_free(r);
+    }
+}
+
+/* The qg pack of every quantized matrix of every case: dequantizes to the loader's fp32
+ * values bit for bit; its matmul against a double reference on those values (relative 1e-5)
+ * on every ISA, T = 1..19 bit-identical to T = 1 per token, row ranges off the panel edges
+ * with bias and accumulate, and AVX2 = AVX-512 bit for bit. */
+static void test_qg_kernels(void)
+{
+    static const char *const isas[] = {"portable", "avx2", "avx512"};
+    for (int c = 0; c < N_CASES; c++) {
+        char dir[RCD_PATH_MAX];
+        CHECK(rcd_path_fmt(dir, sizeof dir, "%s/prequant/%s", gdir, cases[c]) == 0);
+        wrk_model_t *m = load(dir);
+        if (!m) continue;
+        for (int i = 0; i < m->n_mats; i++) {
+            const wrk_pq_src_t *src = wrk__pq_source(m, m->mats[i].data);
+            if (!src) continue;
+            const int R = src->rows, K = src->cols, TMAX = 19;
+            const size_t nb = wrk_pack_qg_bytes(src);
+            CHECK(nb > 0);
+            void *pk = aligned_alloc(64, (nb + 63) / 64 * 64);
+            CHECK(pk && wrk_pack_qg(src, pk) == 0);
+            float *row = malloc((size_t)K * sizeof *row);
+            for (int r = 0; r < R; r++) {
+                wrk_dequant_qg_row(pk, r, row);
+                CHECK_MSG(memcmp(row, src->w + (size_t)r * K, (size_t)K * 4) == 0,
+                          "%s: matrix %d row %d", cases[c], i, r);
+            }
+            free(row);
+            float *x = malloc((size_t)TMAX * K * sizeof *x), *bias = malloc((size_t)R * 4);
+            float *scratch = malloc((size_t)WRK_GEMM_BLOCK_ROWS * K * sizeof *scratch);
+            float *y1 = calloc((size_t)TMAX * R, 4), *yt = calloc((size_t)TMAX * R, 4);
+            float *y2 = calloc((size_t)TMAX * R, 4);
+            for (int j = 0; j < TMAX * K; j++) x[j] = sinf(0.37f * (float)j) * 1.5f;
+            for (int r = 0; r < R; r++) bias[r] = 0.01f * (float)(r % 7);
+            const wrk_mat_t W = {.dt = WRK_DT_F32, .data = src->w, .rows = R, .cols = K,
+                                 .pk = pk, .qf = WRK_WQ_QG};
+            bool have2 = false;
+            for (int a = 0; a < 3; a++) {
+                const wrk_kern_t *k = wrk_kern_select(isas[a]);
+                if (!k) continue;
+                for (int t = 0; t < TMAX; t++) /* one token at a time */
+                    wrk_matmul(k, scratch, &W, 0, R, x + (size_t)t * K, K, 1, y1 + (size_t)t * R,
+                               R, NULL, false);
+                for (int t = 0; t < TMAX; t++)
+                    for (int r = 0; r < R; r++) {
+                        double ref = 0;
+                        for (int j = 0; j < K; j++)
+                            ref += (double)src->w[(size_t)r * K + j] * x[(size_t)t * K + j];
+                        const double got = y1[(size_t)t * R + r];
+                        CHECK_MSG(fabs(got - ref) <= 1e-5 * (1 + fabs(ref)) * sqrt((double)K),
+                                  "%s %s matrix %d: y[%d][%d] %g vs %g", isas[a], cases[c], i,
+                                  t, r, got, ref);
+                    }
+                for (int T = 2; T <= TMAX; T += 5) {
+                    wrk_matmul(k, scratch, &W, 0, R, x, K, T, yt, R, NULL, false);
+                    CHECK_MSG(memcmp(yt, y1, (size_t)T * R * 4) == 0, "%s %s: T=%d differs",
+                              isas[a], cases[c], T);
+                }
+                /* rows 3 .. R-2 with bias, accumulated onto y1 */
+                memcpy(yt, y1, (size_t)TMAX * R * 4);
+                wrk_matmul(k, scratch, &W, 3, R - 2, x, K, TMAX, yt, R, bias, true);
+                for (int t = 0; t < TMAX; t++)
+                    for (int r = 0; r < R; r++) {
+                        const float v = y1[(size_t)t * R + r];
+                        const float want = r >= 3 && r < R - 2 ? v + (v + bias[r]) : v;
+                        CHECK(yt[(size_t)t * R + r] == want);
+                    }
+                if (!strcmp(isas[a], "avx2")) {
+                    memcpy(y2, y1, (size_t)TMAX * R * 4);
+                    have2 = true;
+                } else if (!strcmp(isas[a], "avx512") && have2) {
+                    CHECK_MSG(memcmp(y2, y1, (size_t)TMAX * R * 4) == 0, "%s: avx2 != avx512",
+                              cases[c]);
+                }
+            }
+            free(x);
+            free(bias);
+            free(scratch);
+            free(y1);
+            free(yt);
+            free(y2);
+            free(pk);
+        }
+        wrk_model_free(m);
     }
 }
 
@@ -201,6 +296,7 @@ int main(int argc, char **argv)
     const char *g = getenv("RCD_GOLDEN_DIR");
     CHECK(rcd_path_fmt(gdir, sizeof gdir, "%s", g ? g : "tests/golden") == 0);
     RUN(test_dequant_exact);
+    RUN(test_qg_kernels);
     RUN(test_refusals);
     return rcd_test_summary();
 }
