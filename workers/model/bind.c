@@ -34,6 +34,20 @@ int wrk_take_tensor(wrk_model_t *m, const char *name, int ndim, const int64_t *s
                     const wrk_st_tensor_t **out, char *err, size_t errlen)
 {
     const wrk_st_tensor_t *t = wrk_st_take(m->st, name);
+    const size_t nl = strlen(name);
+    if (!t && nl > 7 && nl < 200 && strcmp(name + nl - 7, ".weight") == 0) {
+        /* stored quantized where the family reads a plain tensor (not a bound matrix) */
+        static const char *const q[] = {"qweight", "weight_packed", "weight_scale"};
+        char probe[256];
+        for (int i = 0; i < 3; i++) {
+            snprintf(probe, sizeof probe, "%.*s.%s", (int)(nl - 7), name, q[i]);
+            if (wrk_st_find(m->st, probe))
+                return rcd_fail(RCD_EUNSUPPORTED, err, errlen,
+                                "checkpoint: %s is stored quantized (%s), which is not supported "
+                                "for this tensor (only the 2-D projection matrices)",
+                                name, probe);
+        }
+    }
     if (!t)
         return rcd_fail(RCD_ENOTFOUND, err, errlen, "checkpoint: tensor %s is missing", name);
     if (t->dtype != WRK_DT_F32 && t->dtype != WRK_DT_F16 && t->dtype != WRK_DT_BF16)
