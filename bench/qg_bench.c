@@ -37,12 +37,17 @@ int main(int argc, char **argv)
     }
     float *w = malloc((size_t)R * K * 4), *x = malloc((size_t)32 * K * 4);
     float *y = malloc((size_t)32 * R * 4), *scratch = malloc((size_t)WRK_GEMM_BLOCK_ROWS * K * 4);
-    for (int i = 0; i < 32 * K; i++) x[i] = (float)(rnd() % 2001) / 1000.f - 1.f;
+    for (int i = 0; i < 32 * K; i++)
+        x[i] = (float)(rnd() % 2001) / 1000.f - 1.f;
     printf("isa %s, %d x %d, best of %d\n", k->isa, R, K, reps);
     printf("| weights | T | us/call | GB/s of weights |\n|---|---|---|---|\n");
-    struct { const char *name; int bits, gs; bool act; } cfgs[] = {
-        {"qg int4 g128", 4, 128, false}, {"qg int4 g128 act-order", 4, 128, true},
-        {"qg int8 channel", 8, 768, false}};
+    struct {
+        const char *name;
+        int bits, gs;
+        bool act;
+    } cfgs[] = {{"qg int4 g128", 4, 128, false},
+                {"qg int4 g128 act-order", 4, 128, true},
+                {"qg int8 channel", 8, 768, false}};
     for (int c = 0; c < 3; c++) {
         const int G = K / cfgs[c].gs;
         wrk_pq_src_t src = {.w = w, .rows = R, .cols = K, .bits = cfgs[c].bits, .G = G};
@@ -50,7 +55,8 @@ int main(int argc, char **argv)
         src.s = malloc((size_t)R * G * 4);
         src.z = malloc((size_t)R * G * 4);
         src.gidx = malloc((size_t)K * 4);
-        for (int i = 0; i < K; i++) src.gidx[i] = i / cfgs[c].gs;
+        for (int i = 0; i < K; i++)
+            src.gidx[i] = i / cfgs[c].gs;
         for (int i = 0; cfgs[c].act && i < K; i++) { /* shuffled groups */
             int j = (int)(rnd() % (unsigned)(i + 1)), t = src.gidx[i];
             src.gidx[i] = src.gidx[j];
@@ -60,7 +66,8 @@ int main(int argc, char **argv)
             src.s[i] = 0.01f;
             src.z[i] = (float)(1 << (cfgs[c].bits - 1));
         }
-        for (size_t i = 0; i < (size_t)R * K; i++) src.q[i] = (uint8_t)(rnd() & ((1u << cfgs[c].bits) - 1));
+        for (size_t i = 0; i < (size_t)R * K; i++)
+            src.q[i] = (uint8_t)(rnd() & ((1u << cfgs[c].bits) - 1));
         for (int r = 0; r < R; r++)
             for (int i = 0; i < K; i++)
                 w[(size_t)r * K + i] = src.s[(size_t)r * G + src.gidx[i]] *
@@ -70,12 +77,14 @@ int main(int argc, char **argv)
         wrk_pack_qg(&src, qpk);
         const wrk_mat_t F = {.dt = WRK_DT_F32, .data = w, .rows = R, .cols = K};
         const size_t fb = wrk_pack_bytes(&F), q4b = wrk_pack_q_bytes(WRK_WQ_Q4, R, K);
-        void *fpk = aligned_alloc(64, (fb + 63) / 64 * 64), *q4pk = aligned_alloc(64, (q4b + 63) / 64 * 64);
+        void *fpk = aligned_alloc(64, (fb + 63) / 64 * 64),
+             *q4pk = aligned_alloc(64, (q4b + 63) / 64 * 64);
         wrk_pack(&F, fpk);
         wrk_pack_q(&F, WRK_WQ_Q4, q4pk);
-        const wrk_mat_t mats[3] = {{.dt = WRK_DT_F32, .data = w, .rows = R, .cols = K, .pk = qpk, .qf = WRK_WQ_QG},
-                                   {.dt = WRK_DT_F32, .data = w, .rows = R, .cols = K, .pk = fpk},
-                                   {.dt = WRK_DT_F32, .data = w, .rows = R, .cols = K, .pk = q4pk, .qf = WRK_WQ_Q4}};
+        const wrk_mat_t mats[3] = {
+            {.dt = WRK_DT_F32, .data = w, .rows = R, .cols = K, .pk = qpk, .qf = WRK_WQ_QG},
+            {.dt = WRK_DT_F32, .data = w, .rows = R, .cols = K, .pk = fpk},
+            {.dt = WRK_DT_F32, .data = w, .rows = R, .cols = K, .pk = q4pk, .qf = WRK_WQ_Q4}};
         const size_t bytes[3] = {qb, fb, q4b};
         const char *names[3] = {cfgs[c].name, "fp32 (same values)", "q4 (--weights q4)"};
         for (int T = 1; T <= 32; T += 31) {

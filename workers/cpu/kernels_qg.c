@@ -14,13 +14,16 @@ static bool sorted_perm(const wrk_pq_src_t *src, int32_t *perm, int32_t *start)
     for (int i = 1; i < K; i++)
         if (src->gidx[i] < src->gidx[i - 1]) sorted = false;
     memset(start, 0, (size_t)(G + 1) * sizeof *start);
-    for (int i = 0; i < K; i++) start[src->gidx[i] + 1]++;
-    for (int g = 0; g < G; g++) start[g + 1] += start[g];
+    for (int i = 0; i < K; i++)
+        start[src->gidx[i] + 1]++;
+    for (int g = 0; g < G; g++)
+        start[g + 1] += start[g];
     if (perm) {
         int32_t *next = malloc((size_t)(G ? G : 1) * sizeof *next);
         if (next) {
             memcpy(next, start, (size_t)G * sizeof *next);
-            for (int i = 0; i < K; i++) perm[next[src->gidx[i]]++] = i;
+            for (int i = 0; i < K; i++)
+                perm[next[src->gidx[i]]++] = i;
             free(next);
         }
     }
@@ -36,7 +39,8 @@ static size_t meta_bytes(int K, int G, bool has_perm)
 static size_t panel_bytes(const int32_t *start, int G, int bits)
 {
     size_t b = 0;
-    for (int g = 0; g < G; g++) b += wrk_qg_group_bytes(bits, start[g + 1] - start[g]);
+    for (int g = 0; g < G; g++)
+        b += wrk_qg_group_bytes(bits, start[g + 1] - start[g]);
     return b;
 }
 
@@ -47,7 +51,8 @@ size_t wrk_pack_qg_bytes(const wrk_pq_src_t *src)
     if (!start) return 0;
     const bool sorted = sorted_perm(src, NULL, start);
     const size_t np = (size_t)(src->rows + WRK_PANEL - 1) / WRK_PANEL;
-    const size_t b = meta_bytes(src->cols, src->G, !sorted) + np * panel_bytes(start, src->G, src->bits);
+    const size_t b =
+        meta_bytes(src->cols, src->G, !sorted) + np * panel_bytes(start, src->G, src->bits);
     free(start);
     return b;
 }
@@ -65,8 +70,12 @@ int wrk_pack_qg(const wrk_pq_src_t *src, void *dst)
     const size_t mb = meta_bytes(K, G, has_perm), pb = panel_bytes(start, G, bits);
     const int np = (src->rows + WRK_PANEL - 1) / WRK_PANEL;
     memset(dst, 0, mb + (size_t)np * pb);
-    wrk_qg_hdr_t h = {.rows = src->rows, .cols = K, .bits = bits, .G = G,
-                      .has_perm = has_perm, .data_off = (int32_t)mb};
+    wrk_qg_hdr_t h = {.rows = src->rows,
+                      .cols = K,
+                      .bits = bits,
+                      .G = G,
+                      .has_perm = has_perm,
+                      .data_off = (int32_t)mb};
     unsigned char *base = dst;
     memcpy(base, &h, sizeof h);
     size_t off = sizeof h;
@@ -108,7 +117,8 @@ void wrk_dequant_qg_row(const void *pk, int r, float *out)
     memcpy(&h, pk, sizeof h);
     const unsigned char *base = pk;
     const int32_t *perm = h.has_perm ? (const int32_t *)(base + sizeof h) : NULL;
-    const int32_t *start = (const int32_t *)(base + sizeof h + (h.has_perm ? (size_t)h.cols * 4 : 0));
+    const int32_t *start =
+        (const int32_t *)(base + sizeof h + (h.has_perm ? (size_t)h.cols * 4 : 0));
     const size_t pb = panel_bytes(start, h.G, h.bits);
     const unsigned char *gp = base + h.data_off + (size_t)(r / WRK_PANEL) * pb;
     const int lane = r % WRK_PANEL;
@@ -156,7 +166,8 @@ void wrk_qgmm(const wrk_kern_t *k, float *scratch, const wrk_mat_t *W, int o0, i
         for (int t = 0; t < n; t++) {
             const float *xs = x + (size_t)(t0 + t) * ldx;
             float *xd = scratch + (size_t)t * K;
-            for (int j = 0; j < K; j++) xd[j] = xs[perm[j]];
+            for (int j = 0; j < K; j++)
+                xd[j] = xs[perm[j]];
         }
         f(W, o0, o1, scratch, K, n, y + (size_t)t0 * ldy, ldy, bias, acc);
     }

@@ -56,7 +56,8 @@ KFN(qg_panel)(const unsigned char *gp0, size_t pb, const int NP, const int32_t *
 #pragma GCC unroll 4
         for (int v = 0; v < QGPV; v++)
 #pragma GCC unroll 8
-            for (int t = 0; t < T; t++) a[q][v][t] = KFN(gsplat)(0.f);
+            for (int t = 0; t < T; t++)
+                a[q][v][t] = KFN(gsplat)(0.f);
     size_t go = 0; /* the group's offset in every panel */
     for (int g = 0; g < G; g++) {
         const int k0 = start[g], n = start[g + 1] - k0;
@@ -67,7 +68,8 @@ KFN(qg_panel)(const unsigned char *gp0, size_t pb, const int NP, const int32_t *
             for (int v = 0; v < QGPV; v++) {
                 zv[q][v] = KFN(gld)(gp0 + q * pb + go + WRK_PANEL * 4 + (size_t)v * VW * 4);
 #pragma GCC unroll 8
-                for (int t = 0; t < T; t++) ga[q][v][t] = KFN(gsplat)(0.f);
+                for (int t = 0; t < T; t++)
+                    ga[q][v][t] = KFN(gsplat)(0.f);
             }
         const unsigned char *cp = gp0 + go + WRK_PANEL * 8;
         if (bits == 8) {
@@ -77,17 +79,18 @@ KFN(qg_panel)(const unsigned char *gp0, size_t pb, const int NP, const int32_t *
                 for (int q = 0; q < NP; q++)
 #pragma GCC unroll 4
                     for (int v = 0; v < QGPV; v++)
-                        w[q][v] = __builtin_convertvector(
-                                      (vi)LOAD_U8(cp + q * pb + (size_t)j * WRK_PANEL + v * VW),
-                                      vf) -
-                                  zv[q][v];
+                        w[q][v] =
+                            __builtin_convertvector(
+                                (vi)LOAD_U8(cp + q * pb + (size_t)j * WRK_PANEL + v * VW), vf) -
+                            zv[q][v];
 #pragma GCC unroll 8
                 for (int t = 0; t < T; t++) {
                     const vf xb = KFN(gsplat)(x[(size_t)t * ldx + k0 + j]);
 #pragma GCC unroll 4
                     for (int q = 0; q < NP; q++)
 #pragma GCC unroll 4
-                        for (int v = 0; v < QGPV; v++) ga[q][v][t] += w[q][v] * xb;
+                        for (int v = 0; v < QGPV; v++)
+                            ga[q][v][t] += w[q][v] * xb;
                 }
             }
         } else {
@@ -108,7 +111,8 @@ KFN(qg_panel)(const unsigned char *gp0, size_t pb, const int NP, const int32_t *
 #pragma GCC unroll 4
                     for (int q = 0; q < NP; q++)
 #pragma GCC unroll 4
-                        for (int v = 0; v < QGPV; v++) ga[q][v][t] += lo[q][v] * xb;
+                        for (int v = 0; v < QGPV; v++)
+                            ga[q][v][t] += lo[q][v] * xb;
                 }
                 if (j + 1 >= n) break;
 #pragma GCC unroll 8
@@ -117,7 +121,8 @@ KFN(qg_panel)(const unsigned char *gp0, size_t pb, const int NP, const int32_t *
 #pragma GCC unroll 4
                     for (int q = 0; q < NP; q++)
 #pragma GCC unroll 4
-                        for (int v = 0; v < QGPV; v++) ga[q][v][t] += hi[q][v] * xb;
+                        for (int v = 0; v < QGPV; v++)
+                            ga[q][v][t] += hi[q][v] * xb;
                 }
             }
         }
@@ -127,37 +132,39 @@ KFN(qg_panel)(const unsigned char *gp0, size_t pb, const int NP, const int32_t *
             for (int v = 0; v < QGPV; v++) {
                 const vf s = KFN(gld)(gp0 + q * pb + go + (size_t)v * VW * 4);
 #pragma GCC unroll 8
-                for (int t = 0; t < T; t++) a[q][v][t] += ga[q][v][t] * s;
+                for (int t = 0; t < T; t++)
+                    a[q][v][t] += ga[q][v][t] * s;
             }
         go += wrk_qg_group_bytes(bits, n);
     }
     for (int q = 0; q < NP; q++)
-    for (int v = 0; v < QGPV; v++) {
-        const int r0 = (p + q) * WRK_PANEL + v * VW;
-        if (r0 >= o1 || r0 + VW <= o0) continue;
-        for (int t = 0; t < T; t++) {
-            float *dst = y + (size_t)t * ldy + r0;
-            vf r = a[q][v][t];
-            if (r0 >= o0 && r0 + VW <= o1) {
-                if (bias) r += KFN(gld)(bias + r0);
-                if (acc) r = KFN(gld)(dst) + r;
-                memcpy(dst, &r, sizeof r);
-                continue;
-            }
-            for (int l = 0; l < VW; l++) {
-                if (r0 + l < o0 || r0 + l >= o1) continue;
-                float sv = r[l];
-                if (bias) sv += bias[r0 + l];
-                dst[l] = acc ? dst[l] + sv : sv;
+        for (int v = 0; v < QGPV; v++) {
+            const int r0 = (p + q) * WRK_PANEL + v * VW;
+            if (r0 >= o1 || r0 + VW <= o0) continue;
+            for (int t = 0; t < T; t++) {
+                float *dst = y + (size_t)t * ldy + r0;
+                vf r = a[q][v][t];
+                if (r0 >= o0 && r0 + VW <= o1) {
+                    if (bias) r += KFN(gld)(bias + r0);
+                    if (acc) r = KFN(gld)(dst) + r;
+                    memcpy(dst, &r, sizeof r);
+                    continue;
+                }
+                for (int l = 0; l < VW; l++) {
+                    if (r0 + l < o0 || r0 + l >= o1) continue;
+                    float sv = r[l];
+                    if (bias) sv += bias[r0 + l];
+                    dst[l] = acc ? dst[l] + sv : sv;
+                }
             }
         }
-    }
 }
 
 /* Panels [p, p + NP) x tokens [t, t + n), NP and n fixed at compile time per instance. */
 #define QGRUN(NP, n)                                                                               \
-    KFN(qg_panel)(base + h.data_off + (size_t)p * pb, pb, NP, start, h.G, h.bits,                   \
-                  x + (size_t)t * ldx, ldx, n, y + (size_t)t * ldy, ldy, bias, acc, o0, o1, p)
+    KFN(qg_panel)                                                                                  \
+    (base + h.data_off + (size_t)p * pb, pb, NP, start, h.G, h.bits, x + (size_t)t * ldx, ldx, n,  \
+     y + (size_t)t * ldy, ldy, bias, acc, o0, o1, p)
 #define QGCASE(n)                                                                                  \
     case n:                                                                                        \
         if (QGNP(n) > 1 && p + QGNP(n) <= p1) {                                                    \
@@ -178,7 +185,8 @@ static void KFN(qgmm)(const wrk_mat_t *W, int o0, int o1, const float *x, int ld
     const int32_t *start =
         (const int32_t *)(base + sizeof h + (h.has_perm ? (size_t)h.cols * 4 : 0));
     size_t pb = 0;
-    for (int g = 0; g < h.G; g++) pb += wrk_qg_group_bytes(h.bits, start[g + 1] - start[g]);
+    for (int g = 0; g < h.G; g++)
+        pb += wrk_qg_group_bytes(h.bits, start[g + 1] - start[g]);
     const int p0 = o0 / WRK_PANEL, p1 = (o1 + WRK_PANEL - 1) / WRK_PANEL;
     for (int t = 0; t < T; t += QGT) {
         const int n = T - t < QGT ? T - t : QGT;
@@ -191,10 +199,10 @@ static void KFN(qgmm)(const wrk_mat_t *W, int o0, int o1, const float *x, int ld
                 QGCASE(3)
 #endif
 #if QGT >= 8
-                QGCASE(4) QGCASE(5) QGCASE(6) QGCASE(7) QGCASE(8)
+                QGCASE(4)
+                QGCASE(5) QGCASE(6) QGCASE(7) QGCASE(8)
 #endif
-            default:
-                break;
+                    default : break;
             }
         }
     }

@@ -42,7 +42,8 @@ struct wrk_pq {
 void wrk__pq_free(struct wrk_pq *pq)
 {
     if (!pq) return;
-    for (int i = 0; i < pq->n_bufs; i++) free(pq->bufs[i]);
+    for (int i = 0; i < pq->n_bufs; i++)
+        free(pq->bufs[i]);
     free(pq->bufs);
     free(pq->src);
     free(pq);
@@ -65,8 +66,8 @@ const char *wrk__pq_desc(const struct wrk_pq *pq)
 static int refuse(char *err, size_t errlen, const char *path, const char *field, const char *val,
                   const char *allowed)
 {
-    return rcd_fail(RCD_EUNSUPPORTED, err, errlen,
-                    "%s: " QC ".%s %.64s is not supported (%s)", path, field, val, allowed);
+    return rcd_fail(RCD_EUNSUPPORTED, err, errlen, "%s: " QC ".%s %.64s is not supported (%s)",
+                    path, field, val, allowed);
 }
 
 /* The JSON value as short text for messages. */
@@ -84,8 +85,9 @@ static bool j_null_or_empty(const cJSON *v)
 }
 
 /* An integer field in [lo, hi] (or the default when absent and dflt_ok). */
-static int j_int(const cJSON *o, const char *name, int dflt, bool dflt_ok, int *out, const char *path,
-                 const char *prefix, const char *allowed, char *err, size_t errlen)
+static int j_int(const cJSON *o, const char *name, int dflt, bool dflt_ok, int *out,
+                 const char *path, const char *prefix, const char *allowed, char *err,
+                 size_t errlen)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
     char field[96], t[80];
@@ -160,13 +162,12 @@ static int parse_gptq(const cJSON *qc, struct wrk_pq *pq, const char *path, char
         jtext(dyn, t, sizeof t);
         return refuse(err, errlen, path, "dynamic", t, "per-module overrides: none");
     }
-    snprintf(pq->desc, sizeof pq->desc, "gptq%s int%d group %d %s%s", pq->v2 ? "_v2" : "",
-             pq->bits, pq->group, pq->sym ? "sym" : "asym", pq->desc_act ? " act-order" : "");
+    snprintf(pq->desc, sizeof pq->desc, "gptq%s int%d group %d %s%s", pq->v2 ? "_v2" : "", pq->bits,
+             pq->group, pq->sym ? "sym" : "asym", pq->desc_act ? " act-order" : "");
     return 0;
 }
 
-static int parse_ct(const cJSON *qc, struct wrk_pq *pq, const char *path, char *err,
-                    size_t errlen)
+static int parse_ct(const cJSON *qc, struct wrk_pq *pq, const char *path, char *err, size_t errlen)
 {
     int rc;
     char t[80];
@@ -181,7 +182,8 @@ static int parse_ct(const cJSON *qc, struct wrk_pq *pq, const char *path, char *
                       "compressed-tensors: \"pack-quantized\" or \"int-quantized\"");
     }
     const cJSON *st = cJSON_GetObjectItemCaseSensitive(qc, "quantization_status");
-    if (st && !cJSON_IsNull(st) && !(cJSON_IsString(st) && !strcmp(st->valuestring, "compressed"))) {
+    if (st && !cJSON_IsNull(st) &&
+        !(cJSON_IsString(st) && !strcmp(st->valuestring, "compressed"))) {
         jtext(st, t, sizeof t);
         return refuse(err, errlen, path, "quantization_status", t, "\"compressed\"");
     }
@@ -288,8 +290,8 @@ static int parse_ct(const cJSON *qc, struct wrk_pq *pq, const char *path, char *
     return 0;
 }
 
-int wrk__pq_parse(const char *config, size_t len, const char *path, struct wrk_pq **out,
-                  char *err, size_t errlen)
+int wrk__pq_parse(const char *config, size_t len, const char *path, struct wrk_pq **out, char *err,
+                  size_t errlen)
 {
     *out = NULL;
     cJSON *root = cJSON_ParseWithLength(config, len);
@@ -383,7 +385,8 @@ static int take(wrk_model_t *m, const char *prefix, const char *suffix, int want
                         : want == 3 ? "I32 or I64"
                                     : "I8");
     bool same = t->ndim == ndim;
-    for (int i = 0; same && i < ndim; i++) same = t->shape[i] == shape[i];
+    for (int i = 0; same && i < ndim; i++)
+        same = t->shape[i] == shape[i];
     if (!same) {
         char got[96] = "", exp[96] = "";
         for (int i = 0; i < t->ndim; i++)
@@ -393,8 +396,8 @@ static int take(wrk_model_t *m, const char *prefix, const char *suffix, int want
             snprintf(exp + strlen(exp), sizeof exp - strlen(exp), "%s%lld", i ? "," : "",
                      (long long)shape[i]);
         return rcd_fail(RCD_EFORMAT, err, errlen,
-                        "%s: tensor %s has shape [%s], config.json and " QC " imply [%s]",
-                        t->file, name, got, exp);
+                        "%s: tensor %s has shape [%s], config.json and " QC " imply [%s]", t->file,
+                        name, got, exp);
     }
     *out = t;
     return 0;
@@ -455,14 +458,14 @@ static int dequant_gptq(wrk_model_t *m, const struct wrk_pq *pq, const char *pre
         (rc = take(m, prefix, "qzeros", 1, 2, (int64_t[]){G, (rows * (int64_t)bits + 31) / 32},
                    false, &qz, err, errlen)) ||
         (rc = take(m, prefix, "scales", 0, 2, (int64_t[]){G, rows}, false, &sc, err, errlen)) ||
-        (rc = take(m, prefix, "g_idx", 1, 1, (int64_t[]){cols}, !pq->desc_act, &gi, err,
-                   errlen)))
+        (rc = take(m, prefix, "g_idx", 1, 1, (int64_t[]){cols}, !pq->desc_act, &gi, err, errlen)))
         return rc;
     for (int i = 0; gi && i < cols; i++) {
         const int32_t g = rd_i32(gi, (size_t)i);
         if (g < 0 || g >= G)
-            return rcd_fail(RCD_EFORMAT, err, errlen, "%s: tensor %s.g_idx[%d] = %d is outside [0, %d)",
-                            gi->file, prefix, i, (int)g, G);
+            return rcd_fail(RCD_EFORMAT, err, errlen,
+                            "%s: tensor %s.g_idx[%d] = %d is outside [0, %d)", gi->file, prefix, i,
+                            (int)g, G);
     }
     const int zadd = pq->v2 ? 0 : 1;
     const size_t zw = (size_t)(rows * (int64_t)bits + 31) / 32;
@@ -487,9 +490,8 @@ static int dequant_ct(wrk_model_t *m, const struct wrk_pq *pq, const char *prefi
     const int bits = pq->bits, gs = pq->group > 0 ? pq->group : cols;
     if (cols % gs)
         return rcd_fail(RCD_EUNSUPPORTED, err, errlen,
-                        "%s: input dimension %d is not a multiple of " QC
-                        " group_size %d",
-                        prefix, cols, pq->group);
+                        "%s: input dimension %d is not a multiple of " QC " group_size %d", prefix,
+                        cols, pq->group);
     const int G = cols / gs, off = 1 << (bits - 1);
     const wrk_st_tensor_t *q, *sc, *zp = NULL, *shp;
     int rc;
@@ -497,34 +499,32 @@ static int dequant_ct(wrk_model_t *m, const struct wrk_pq *pq, const char *prefi
     if (pq->method == PQ_CT_PACK) {
         if ((rc = take(m, prefix, "weight_packed", 1, 2, (int64_t[]){rows, (int64_t)words}, false,
                        &q, err, errlen)) ||
-            (rc = take(m, prefix, "weight_shape", 3, 1, (int64_t[]){2}, false, &shp, err,
-                       errlen)))
+            (rc = take(m, prefix, "weight_shape", 3, 1, (int64_t[]){2}, false, &shp, err, errlen)))
             return rc;
         if (rd_int(shp, 0) != rows || rd_int(shp, 1) != cols)
             return rcd_fail(RCD_EFORMAT, err, errlen,
                             "%s: tensor %s.weight_shape is [%lld,%lld], config.json implies "
                             "[%d,%d]",
-                            shp->file, prefix, (long long)rd_int(shp, 0),
-                            (long long)rd_int(shp, 1), rows, cols);
+                            shp->file, prefix, (long long)rd_int(shp, 0), (long long)rd_int(shp, 1),
+                            rows, cols);
     } else {
-        if ((rc = take(m, prefix, "weight", 4, 2, (int64_t[]){rows, cols}, false, &q, err,
-                       errlen)))
+        if ((rc = take(m, prefix, "weight", 4, 2, (int64_t[]){rows, cols}, false, &q, err, errlen)))
             return rc;
     }
-    if ((rc = take(m, prefix, "weight_scale", 0, 2, (int64_t[]){rows, G}, false, &sc, err,
-                   errlen)))
+    if ((rc = take(m, prefix, "weight_scale", 0, 2, (int64_t[]){rows, G}, false, &sc, err, errlen)))
         return rc;
     if (!pq->sym) {
         rc = pq->method == PQ_CT_PACK
                  ? take(m, prefix, "weight_zero_point", 1, 2,
                         (int64_t[]){(rows * (int64_t)bits + 31) / 32, G}, false, &zp, err, errlen)
-                 : take(m, prefix, "weight_zero_point", 2, 2, (int64_t[]){rows, G}, false, &zp,
-                        err, errlen);
+                 : take(m, prefix, "weight_zero_point", 2, 2, (int64_t[]){rows, G}, false, &zp, err,
+                        errlen);
         if (rc) return rc;
     }
     /* codes kept unsigned (q + 2^(bits-1)), zero points likewise: q - zp unchanged */
     if ((rc = src_alloc(m->pq, d, rows, cols, G, err, errlen))) return rc;
-    for (int i = 0; i < cols; i++) d->gidx[i] = i / gs;
+    for (int i = 0; i < cols; i++)
+        d->gidx[i] = i / gs;
     for (int o = 0; o < rows; o++) {
         for (int i = 0; i < cols; i++)
             d->q[(size_t)o * cols + i] =
@@ -573,7 +573,7 @@ int wrk__pq_take_mat(wrk_model_t *m, const char *name, int rows, int cols, wrk_m
     if (!pq)
         return rcd_fail(RCD_EFORMAT, err, errlen,
                         "checkpoint: tensor %s is quantized but config.json has no " QC, probe);
-    const bool want = pq->method == PQ_GPTQ ? !strcmp(mark, "qweight")
+    const bool want = pq->method == PQ_GPTQ      ? !strcmp(mark, "qweight")
                       : pq->method == PQ_CT_PACK ? !strcmp(mark, "weight_packed")
                                                  : !strcmp(mark, "weight_scale");
     if (!want)

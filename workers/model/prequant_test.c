@@ -23,8 +23,8 @@
 static char gdir[RCD_PATH_MAX];
 
 static const char *const cases[] = {
-    "gptq_w4_g32_sym",    "gptq_w4_g32_asym_actorder", "gptq_w8_chan_asym",
-    "gptq_v2_w4_g32_asym", "ct_pack_w4_g32_sym",       "ct_pack_w4_g32_asym",
+    "gptq_w4_g32_sym",      "gptq_w4_g32_asym_actorder", "gptq_w8_chan_asym",
+    "gptq_v2_w4_g32_asym",  "ct_pack_w4_g32_sym",        "ct_pack_w4_g32_asym",
     "ct_pack_w8_chan_asym", "ct_int_w8_chan_sym",
 };
 #define N_CASES (int)(sizeof cases / sizeof cases[0])
@@ -70,8 +70,8 @@ static void test_dequant_exact(void)
             CHECK(a->rows == b->rows && a->cols == b->cols && a->dt == b->dt);
             n_quant += a->data != NULL && b->dt == WRK_DT_F32 && a->cols >= 32;
             const size_t n = (size_t)a->rows * a->cols * wrk_dtype_size(a->dt);
-            CHECK_MSG(memcmp(a->data, b->data, n) == 0, "%s: matrix %d (%dx%d) differs",
-                      cases[c], i, a->rows, a->cols);
+            CHECK_MSG(memcmp(a->data, b->data, n) == 0, "%s: matrix %d (%dx%d) differs", cases[c],
+                      i, a->rows, a->cols);
         }
         CHECK_MSG(n_quant == 3, "%s: %d quantized matrices", cases[c], n_quant);
         CHECK(strcmp(q->info.fingerprint_hex, r->info.fingerprint_hex) != 0);
@@ -82,7 +82,8 @@ static void test_dequant_exact(void)
         logits(r, NULL, lr, 2);
         /* the qg kernels sum per group, then scale: within fp32 rounding of the reference */
         float dmax = 0.f;
-        for (int i = 0; i < 2 * V; i++) dmax = fmaxf(dmax, fabsf(lq[i] - lr[i]));
+        for (int i = 0; i < 2 * V; i++)
+            dmax = fmaxf(dmax, fabsf(lq[i] - lr[i]));
         CHECK_MSG(dmax <= 1e-5f, "%s: logits differ by %g", cases[c], (double)dmax);
         if (getenv("RCD_PQ_VERBOSE")) printf("%s: max |dlogit| %g\n", cases[c], (double)dmax);
         free(lq);
@@ -131,17 +132,19 @@ static void test_qg_kernels(void)
             float *scratch = malloc((size_t)WRK_GEMM_BLOCK_ROWS * K * sizeof *scratch);
             float *y1 = calloc((size_t)TMAX * R, 4), *yt = calloc((size_t)TMAX * R, 4);
             float *y2 = calloc((size_t)TMAX * R, 4);
-            for (int j = 0; j < TMAX * K; j++) x[j] = sinf(0.37f * (float)j) * 1.5f;
-            for (int r = 0; r < R; r++) bias[r] = 0.01f * (float)(r % 7);
-            const wrk_mat_t W = {.dt = WRK_DT_F32, .data = src->w, .rows = R, .cols = K,
-                                 .pk = pk, .qf = WRK_WQ_QG};
+            for (int j = 0; j < TMAX * K; j++)
+                x[j] = sinf(0.37f * (float)j) * 1.5f;
+            for (int r = 0; r < R; r++)
+                bias[r] = 0.01f * (float)(r % 7);
+            const wrk_mat_t W = {
+                .dt = WRK_DT_F32, .data = src->w, .rows = R, .cols = K, .pk = pk, .qf = WRK_WQ_QG};
             bool have2 = false;
             for (int a = 0; a < 3; a++) {
                 const wrk_kern_t *k = wrk_kern_select(isas[a]);
                 if (!k) continue;
                 for (int t = 0; t < TMAX; t++) /* one token at a time */
-                    wrk_matmul(k, scratch, &W, 0, R, x + (size_t)t * K, K, 1, y1 + (size_t)t * R,
-                               R, NULL, false);
+                    wrk_matmul(k, scratch, &W, 0, R, x + (size_t)t * K, K, 1, y1 + (size_t)t * R, R,
+                               NULL, false);
                 for (int t = 0; t < TMAX; t++)
                     for (int r = 0; r < R; r++) {
                         double ref = 0;
@@ -149,8 +152,8 @@ static void test_qg_kernels(void)
                             ref += (double)src->w[(size_t)r * K + j] * x[(size_t)t * K + j];
                         const double got = y1[(size_t)t * R + r];
                         CHECK_MSG(fabs(got - ref) <= 1e-5 * (1 + fabs(ref)) * sqrt((double)K),
-                                  "%s %s matrix %d: y[%d][%d] %g vs %g", isas[a], cases[c], i,
-                                  t, r, got, ref);
+                                  "%s %s matrix %d: y[%d][%d] %g vs %g", isas[a], cases[c], i, t, r,
+                                  got, ref);
                     }
                 for (int T = 2; T <= TMAX; T += 5) {
                     wrk_matmul(k, scratch, &W, 0, R, x, K, T, yt, R, NULL, false);
