@@ -293,6 +293,58 @@ static void test_refusals(void)
     expect(I, "config_groups.group_0.weights.num_bits", "4", U, "weights.num_bits 4");
 }
 
+/* A tensor a family reads as a plain tensor (the conv weight) stored quantized is refused
+ * naming it: the fixture's safetensors header with conv1d.weight renamed conv1d.qweight. */
+static void test_quantized_plain_tensor(void)
+{
+    char src[RCD_PATH_MAX], dir[64] = "/tmp/rcd_pq_conv_XXXXXX", path[RCD_PATH_MAX];
+    CHECK(rcd_path_fmt(src, sizeof src, "%s/prequant/gptq_w4_g32_sym/model.safetensors", gdir) ==
+          0);
+    size_t len = 0;
+    char *buf = rcd_test_read_file(src, &len);
+    CHECK(buf && len > 8 && mkdtemp(dir));
+    if (!buf || len <= 8) return;
+    uint64_t n;
+    memcpy(&n, buf, 8);
+    CHECK(n < len - 8);
+    const char *from = "backbone.layers.0.mixer.conv1d.weight\"";
+    char *hdr = malloc(n + 2), *hit;
+    memcpy(hdr, buf + 8, n);
+    hdr[n] = 0;
+    hit = strstr(hdr, from);
+    CHECK(hit != NULL);
+    if (hit) {
+        CHECK(rcd_path_fmt(path, sizeof path, "%s/model.safetensors", dir) == 0);
+        FILE *f = fopen(path, "wb");
+        const uint64_t n2 = n + 1;
+        const size_t pre = (size_t)(hit - hdr) + strlen(from) - 7;
+        fwrite(&n2, 8, 1, f);
+        fwrite(hdr, 1, pre, f);
+        fputs("qweight", f);
+        fwrite(hdr + pre + 6, 1, n - pre - 6, f);
+        fwrite(buf + 8 + n, 1, len - 8 - n, f);
+        fclose(f);
+        char cfg[RCD_PATH_MAX];
+        CHECK(rcd_path_fmt(cfg, sizeof cfg, "%s/prequant/gptq_w4_g32_sym/config.json", gdir) == 0);
+        char *abs = realpath(cfg, NULL);
+        CHECK(rcd_path_fmt(path, sizeof path, "%s/config.json", dir) == 0);
+        CHECK(abs && symlink(abs, path) == 0);
+        free(abs);
+        char err[1024] = "";
+        wrk_model_t *m = NULL;
+        const int rc = wrk_model_load(dir, &m, err, sizeof err);
+        CHECK_MSG(rc == RCD_EUNSUPPORTED, "got %s (%s)", rcd_errname(rc), err);
+        CHECK_MSG(strstr(err, "conv1d.weight is stored quantized") != NULL, "%s", err);
+        wrk_model_free(m);
+        unlink(path);
+        CHECK(rcd_path_fmt(path, sizeof path, "%s/model.safetensors", dir) == 0);
+        unlink(path);
+    }
+    rmdir(dir);
+    free(hdr);
+    free(buf);
+}
+
 int main(int argc, char **argv)
 {
     rcd_test_init(argc, argv);
@@ -301,5 +353,6 @@ int main(int argc, char **argv)
     RUN(test_dequant_exact);
     RUN(test_qg_kernels);
     RUN(test_refusals);
+    RUN(test_quantized_plain_tensor);
     return rcd_test_summary();
 }
