@@ -414,9 +414,11 @@ static int serve(dmn_server_t *srv, bool *grpc_up)
     }
     dmn_log(DMN_INFO, "ready", NULL, NULL,
             "model %s (%s, vocab %d, state %zu bytes, fingerprint %s), backend %s/%s, "
-            "weights %s, %d slots",
+            "weights %s%s%s%s, %d slots",
             srv->model_id, mi->architecture, mi->vocab_size, mi->state_bytes, mi->fingerprint_hex,
             wrk_backend_name(srv->backend), wrk_backend_isa(srv->backend), o->weights,
+            mi->quantization ? " (checkpoint quantized: " : "",
+            mi->quantization ? mi->quantization : "", mi->quantization ? ")" : "",
             wrk_backend_n_slots(srv->backend));
     if (o->port_file[0] && write_port_file(o->port_file, srv->port))
         dmn_log(DMN_WARN, "port_file", NULL, NULL, "cannot write %s", o->port_file);

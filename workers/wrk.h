@@ -59,6 +59,10 @@ typedef struct wrk_model_info {
     uint64_t fingerprint;
     char fingerprint_hex[17];
     int bos_token_id, eos_token_id, pad_token_id; /* from config.json, -1 when absent */
+    /* A pre-quantized checkpoint's format from config.json's quantization_config ("gptq int4
+     * group 128 sym", "compressed-tensors pack-quantized int4 group 32 sym", ...; owned by the
+     * model), NULL for a float checkpoint (workers/README.md, "Pre-quantized checkpoints"). */
+    const char *quantization;
 } wrk_model_info_t;
 
 typedef struct wrk_model wrk_model_t;

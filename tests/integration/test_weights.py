@@ -3,12 +3,15 @@
 A bad --weights value stops the daemon at start naming the choices; a --weights q8 daemon
 serves turns (and q4 too); its model fingerprint differs from the native one, so a session
 checkpointed under q8 is refused (FAILED_PRECONDITION naming both fingerprints) by a daemon
-started on the same state dir with native weights, and the checkpoint resumes again under q8."""
+started on the same state dir with native weights, and the checkpoint resumes again under q8.
+A pre-quantized GPTQ checkpoint (tests/golden/prequant) is served with the tokens of its fp32
+reference model (log-probabilities within 1e-5), and refuses --weights q8."""
+import os
 import unittest
 
 import grpc
 
-from rcd_harness import OwnDaemonsTest, collect, gen_request, pb
+from rcd_harness import ROOT, OwnDaemonsTest, collect, gen_request, pb
 
 C = grpc.StatusCode
 
@@ -59,6 +62,37 @@ class Weights(OwnDaemonsTest):
         c = self.start("--weights", "q8")  # the same format resumes it
         self.assertEqual(self.fp(c), fp_q8)
         self.assertEqual(self.turn(c, "q")[1].session_version, 2)
+
+
+PREQ = os.path.join(ROOT, "tests", "golden", "prequant", "gptq_w4_g32_asym_actorder")
+
+
+class PreQuantized(OwnDaemonsTest):
+    state_prefix = "recurd-prequant-"
+
+    def gen(self, d):
+        return collect(d.api.Generate(gen_request(tokens=[5, 17, 3, 99, 42], max_tokens=6,
+                                                  temperature=0, ignore_eos=True, logprobs=2),
+                                      timeout=120))
+
+    def test_gptq_served_as_its_reference(self):
+        a = self.spawn("--model", PREQ, "--ephemeral")
+        b = self.spawn("--model", os.path.join(PREQ, "reference"), "--ephemeral")
+        ra, rb = self.gen(a), self.gen(b)
+        self.assertEqual(len(ra[1]), 6)
+        self.assertEqual(ra[1], rb[1])
+        for x, y in zip(ra[2], rb[2]):  # the qg kernels sum per group, then scale
+            self.assertEqual(x.token_id, y.token_id)
+            self.assertAlmostEqual(x.logprob, y.logprob, delta=1e-5)
+        fa = a.api.ListModels(pb.ListModelsRequest()).models[0].fingerprint
+        fb = b.api.ListModels(pb.ListModelsRequest()).models[0].fingerprint
+        self.assertNotEqual(fa, fb)
+        self.assertIn("gptq", a.logs())
+
+    def test_weights_q8_refused(self):
+        with self.assertRaises(RuntimeError) as cm:
+            self.spawn("--model", PREQ, "--ephemeral", "--weights", "q8")
+        self.assertIn("already quantized", str(cm.exception))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@
 
 #include "workers/cpu/kernels.h"
 #include "workers/cpu/kernels_q.h"
+#include "workers/cpu/kernels_qg.h"
 
 static bool cpu_has_avx2(void)
 {
@@ -51,6 +52,10 @@ void wrk_matmul(const wrk_kern_t *k, float *scratch, const wrk_mat_t *W, int o0,
                 const float *x, int ldx, int T, float *y, int ldy, const float *bias, bool acc)
 {
     if (o1 <= o0 || T <= 0) return;
+    if (W->pk && W->qf == WRK_WQ_QG) { /* a pre-quantized checkpoint: kernels_qg.h */
+        wrk_qgmm(k, scratch, W, o0, o1, x, ldx, T, y, ldy, bias, acc);
+        return;
+    }
     if (W->pk && W->qf != WRK_WQ_NATIVE) { /* --weights q8|q4: kernels_q.h */
         wrk_qmm(k, W, o0, o1, x, ldx, T, y, ldy, bias, acc);
         return;

@@ -9,6 +9,7 @@
 #include "workers/cpu/cpu_int.h"
 #include "workers/cpu/kernels.h"
 #include "workers/cpu/kernels_q.h"
+#include "workers/cpu/kernels_qg.h"
 
 typedef struct pack_ent {
     const void *data;
@@ -16,6 +17,7 @@ typedef struct pack_ent {
     int rows, cols;
     void *pk;
     wrk_wq_t qf; /* the format pk holds */
+    const wrk_pq_src_t *src; /* WRK_WQ_QG: the pre-quantized source (kernels_qg.h) */
 } pack_ent_t;
 
 struct wrk_packs {
@@ -60,7 +62,9 @@ static void *pack_worker(void *arg)
     for (int i; (i = atomic_fetch_add(&j->next, 1)) < j->p->n;) {
         const pack_ent_t *e = &j->p->e[i];
         const wrk_mat_t W = {.dt = e->dt, .data = e->data, .rows = e->rows, .cols = e->cols};
-        if (e->qf) {
+        if (e->qf == WRK_WQ_QG) {
+            if (wrk_pack_qg(e->src, e->pk)) atomic_store(&j->failed, 1);
+        } else if (e->qf) {
             if (wrk_pack_q(&W, e->qf, e->pk)) atomic_store(&j->failed, 1);
         } else {
             wrk_pack(&W, e->pk);
@@ -113,6 +117,13 @@ int wrk_cpu_pack_model(wrk_model_t *m, wrk_wq_t weights, char *err, size_t errle
                           wrk_wq_name(m->packs->weights), wrk_wq_name(weights));
         goto out;
     }
+    if (m->pq && weights != WRK_WQ_NATIVE) { /* no second quantization of s * (q - z) */
+        rc = rcd_fail(RCD_EUNSUPPORTED, err, errlen,
+                      "backend: the checkpoint is already quantized (quantization_config: %s); "
+                      "--weights %s is refused for it (use --weights native)",
+                      wrk__pq_desc(m->pq), wrk_wq_name(weights));
+        goto out;
+    }
     struct wrk_packs *p = calloc(1, sizeof *p);
     pack_ent_t *e = calloc((size_t)(m->n_mats ? m->n_mats : 1), sizeof *e);
     if (!p || !e) {
@@ -126,7 +137,7 @@ int wrk_cpu_pack_model(wrk_model_t *m, wrk_wq_t weights, char *err, size_t errle
     /* by data pointer, so a tensor bound twice (a tied head) is packed once */
     for (int i = 0; i < m->n_mats; i++) {
         const wrk_mat_t *W = &m->mats[i];
-        e[i] = (pack_ent_t){W->data, W->dt, W->rows, W->cols, NULL, WRK_WQ_NATIVE};
+        e[i] = (pack_ent_t){W->data, W->dt, W->rows, W->cols, NULL, WRK_WQ_NATIVE, NULL};
     }
     qsort(e, (size_t)m->n_mats, sizeof *e, ent_cmp);
     for (int i = 0; i < m->n_mats; i++) {
@@ -137,7 +148,13 @@ int wrk_cpu_pack_model(wrk_model_t *m, wrk_wq_t weights, char *err, size_t errle
          * above 4 bits (workers/README.md, "Quantized weights") */
         wrk_wq_t qf = weights;
         if (qf == WRK_WQ_Q4 && e[i].data == m->lm_head.data) qf = WRK_WQ_Q8;
-        size_t bytes = qf ? wrk_pack_q_bytes(qf, W.rows, W.cols) : wrk_pack_bytes(&W);
+        /* a pre-quantized checkpoint's matrix: its own groups, served from its codes */
+        const wrk_pq_src_t *src = wrk__pq_source(m, e[i].data);
+        size_t qgb = src ? wrk_pack_qg_bytes(src) : 0;
+        if (qgb) qf = WRK_WQ_QG;
+        size_t bytes = qgb                ? qgb
+                       : qf ? wrk_pack_q_bytes(qf, W.rows, W.cols)
+                            : wrk_pack_bytes(&W);
         void *pk = aligned_alloc(64, (bytes + 63) / 64 * 64);
         if (!pk) {
             packs_free(p);
@@ -148,6 +165,7 @@ int wrk_cpu_pack_model(wrk_model_t *m, wrk_wq_t weights, char *err, size_t errle
         }
         e[p->n] = e[i];
         e[p->n].qf = qf;
+        e[p->n].src = qgb ? src : NULL;
         e[p->n++].pk = pk;
     }
     if (pack_all(p)) {
@@ -193,7 +211,9 @@ void wrk_cpu_pack_stats(const wrk_model_t *m, size_t *native, size_t *packed)
     for (int i = 0; p && i < p->n; i++) {
         const pack_ent_t *e = &p->e[i];
         *native += (size_t)e->rows * (size_t)e->cols * wrk_dtype_size(e->dt);
-        if (e->qf) {
+        if (e->qf == WRK_WQ_QG) {
+            *packed += wrk_pack_qg_bytes(e->src);
+        } else if (e->qf) {
             *packed += wrk_pack_q_bytes(e->qf, e->rows, e->cols);
         } else {
             const wrk_mat_t W = {.dt = e->dt, .rows = e->rows, .cols = e->cols};

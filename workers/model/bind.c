@@ -17,6 +17,7 @@ float wrk_tensor_f32(const wrk_st_tensor_t *t, size_t i)
     case WRK_DT_F32: memcpy(&f, p + 4 * i, 4); return f;
     case WRK_DT_BF16: memcpy(&h, p + 2 * i, 2); return wrk_bf16_to_f32(h);
     case WRK_DT_F16: memcpy(&h, p + 2 * i, 2); return wrk_f16_to_f32(h);
+    default: break; /* integer dtypes: refused by wrk_take_tensor */
     }
     return 0.f;
 }
@@ -33,8 +34,26 @@ int wrk_take_tensor(wrk_model_t *m, const char *name, int ndim, const int64_t *s
                     const wrk_st_tensor_t **out, char *err, size_t errlen)
 {
     const wrk_st_tensor_t *t = wrk_st_take(m->st, name);
+    const size_t nl = strlen(name);
+    if (!t && nl > 7 && nl < 200 && strcmp(name + nl - 7, ".weight") == 0) {
+        /* stored quantized where the family reads a plain tensor (not a bound matrix) */
+        static const char *const q[] = {"qweight", "weight_packed", "weight_scale"};
+        char probe[256];
+        for (int i = 0; i < 3; i++) {
+            snprintf(probe, sizeof probe, "%.*s.%s", (int)(nl - 7), name, q[i]);
+            if (wrk_st_find(m->st, probe))
+                return rcd_fail(RCD_EUNSUPPORTED, err, errlen,
+                                "checkpoint: %s is stored quantized (%s), which is not supported "
+                                "for this tensor (only the 2-D projection matrices)",
+                                name, probe);
+        }
+    }
     if (!t)
         return rcd_fail(RCD_ENOTFOUND, err, errlen, "checkpoint: tensor %s is missing", name);
+    if (t->dtype != WRK_DT_F32 && t->dtype != WRK_DT_F16 && t->dtype != WRK_DT_BF16)
+        return rcd_fail(RCD_EUNSUPPORTED, err, errlen,
+                        "%s: tensor %s has dtype %s (F32, F16 or BF16 expected here)", t->file,
+                        name, wrk_dtype_name(t->dtype));
     bool ok = t->ndim == ndim;
     for (int i = 0; ok && i < ndim; i++) ok = t->shape[i] == shape[i];
     if (!ok) {
@@ -53,9 +72,14 @@ int wrk_take_mat(wrk_model_t *m, const char *name, int rows, int cols, wrk_mat_t
                  size_t errlen)
 {
     const wrk_st_tensor_t *t = NULL;
-    int rc = wrk_take_tensor(m, name, 2, (int64_t[]){rows, cols}, &t, err, errlen);
+    bool pq_done = false;
+    int rc = wrk__pq_take_mat(m, name, rows, cols, out, &pq_done, err, errlen);
     if (rc) return rc;
-    *out = (wrk_mat_t){.dt = t->dtype, .data = t->data, .rows = rows, .cols = cols};
+    if (!pq_done) {
+        if ((rc = wrk_take_tensor(m, name, 2, (int64_t[]){rows, cols}, &t, err, errlen)))
+            return rc;
+        *out = (wrk_mat_t){.dt = t->dtype, .data = t->data, .rows = rows, .cols = cols};
+    }
     if (m->n_mats == m->cap_mats) {
         int cap = m->cap_mats ? 2 * m->cap_mats : 64;
         wrk_mat_t *n = realloc(m->mats, (size_t)cap * sizeof *n);

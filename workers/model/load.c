@@ -106,6 +106,7 @@ int wrk_model_load(const char *dir, wrk_model_t **out, char *err, size_t errlen)
     }
     if ((rc = read_small_file(path, &config, &config_len, err, errlen))) goto cleanup;
     if ((rc = pick_family(m, config, config_len, path, err, errlen))) goto cleanup;
+    if ((rc = wrk__pq_parse(config, config_len, path, &m->pq, err, errlen))) goto cleanup;
     if ((rc = wrk_st_open_dir(dir, &m->st, err, errlen))) goto cleanup;
     char sub[1024];
     if (!(m->priv = wrk_model_alloc(m, 1, m->fam->layout_size))) {
@@ -131,6 +132,7 @@ int wrk_model_load(const char *dir, wrk_model_t **out, char *err, size_t errlen)
     if ((rc = wrk__fingerprint(m, config, config_len, err, errlen))) goto cleanup;
     m->info.family = m->fam->family;
     m->info.architecture = m->arch;
+    m->info.quantization = wrk__pq_desc(m->pq);
     *out = m;
     m = NULL;
 cleanup:
@@ -145,6 +147,7 @@ void wrk_model_free(wrk_model_t *m)
     wrk_st_close(m->st);
     free(m->mats);
     if (m->packs) m->packs_free(m->packs);
+    wrk__pq_free(m->pq);
     for (int i = 0; i < m->n_owned; i++)
         free(m->owned[i]);
     free(m);

@@ -8,7 +8,8 @@
 
 /* The CPU backend's weight format (--weights): as stored, or quantized when packed
  * (workers/cpu/kernels_q.h). */
-typedef enum wrk_wq { WRK_WQ_NATIVE = 0, WRK_WQ_Q8 = 1, WRK_WQ_Q4 = 2 } wrk_wq_t;
+/* WRK_WQ_QG: a pre-quantized checkpoint's matrix in its own packed groups (kernels_qg.h). */
+typedef enum wrk_wq { WRK_WQ_NATIVE = 0, WRK_WQ_Q8 = 1, WRK_WQ_Q4 = 2, WRK_WQ_QG = 3 } wrk_wq_t;
 
 /* A weight matrix [rows x cols], row-major, as stored in the checkpoint (zero-copy view
  * into the mmapped file; may be unaligned). */
@@ -17,7 +18,8 @@ typedef struct wrk_mat {
     const void *data;
     int rows, cols;
     const void *pk; /* CPU: the same rows repacked in panels (workers/cpu/kernels.h), or NULL */
-    wrk_wq_t qf;    /* with pk: WRK_WQ_Q8/Q4 when pk holds quantized panels (kernels_q.h) */
+    wrk_wq_t qf;    /* with pk: WRK_WQ_Q8/Q4 when pk holds quantized panels (kernels_q.h),
+                     * WRK_WQ_QG a pre-quantized matrix's groups (kernels_qg.h) */
 } wrk_mat_t;
 
 /* Tensor parallelism: one rank's share of a model (workers/README.md, "Tensor parallelism").
@@ -84,6 +86,7 @@ struct wrk_model {
     void *owned[WRK_MODEL_MAX_OWNED]; /* the family's allocations (wrk_model_alloc) */
     int n_owned;
     struct wrk_packs *packs; /* owned; NULL until a CPU backend asks */
+    struct wrk_pq *pq; /* owned; config.json's quantization_config, NULL when none (prequant.c) */
     void (*packs_free)(struct wrk_packs *p); /* set with packs, by the backend that made them */
 };
 
@@ -104,7 +107,32 @@ void wrk__fingerprint_weights(wrk_model_t *m, const char *fmt);
 int wrk__fingerprint(wrk_model_t *m, const char *config, size_t config_len, char *err,
                      size_t errlen);
 
-/* Reads a small fp32 parameter out of a tensor of any dtype (element i). */
+/* Pre-quantized checkpoints (prequant.c; workers/README.md, "Pre-quantized checkpoints").
+ * wrk__pq_parse: config.json's quantization_config into *out (NULL when absent), or
+ * RCD_EUNSUPPORTED naming the field and value it refuses. wrk__pq_take_mat: when `name`
+ * (<prefix>.weight) is stored quantized, its matrix dequantized to fp32 (*done true); *done
+ * false for a matrix stored as floats. wrk__pq_desc: a short name of the format, or NULL. */
+struct wrk_pq;
+/* A quantized matrix as the file gives it (for the CPU backend's qg pack, kernels_qg.h):
+ * w[o][i] = s[o][g] * (q[o][i] - z[o][g]), g = gidx[i]; q unsigned codes < 2^bits, z the zero
+ * point as an exact float of an integer (GPTQ v1's +1 included), in the file's column order. */
+typedef struct wrk_pq_src {
+    const float *w; /* the dequantized fp32 matrix: the wrk_mat_t's data */
+    int rows, cols, bits, G;
+    uint8_t *q;     /* [rows x cols] */
+    float *s, *z;   /* [rows x G] */
+    int32_t *gidx;  /* [cols], each in [0, G) */
+} wrk_pq_src_t;
+/* The source of the matrix whose data is `data`, or NULL (not from a quantized tensor). */
+const wrk_pq_src_t *wrk__pq_source(const wrk_model_t *m, const void *data);
+int wrk__pq_parse(const char *config, size_t len, const char *path, struct wrk_pq **out,
+                  char *err, size_t errlen);
+int wrk__pq_take_mat(wrk_model_t *m, const char *name, int rows, int cols, wrk_mat_t *out,
+                     bool *done, char *err, size_t errlen);
+const char *wrk__pq_desc(const struct wrk_pq *pq);
+void wrk__pq_free(struct wrk_pq *pq);
+
+/* Reads a small fp32 parameter out of a tensor of any float dtype (element i). */
 float wrk_tensor_f32(const wrk_st_tensor_t *t, size_t i);
 
 /* Helper for families' load: take tensor `name` with exactly this shape, or fail with a

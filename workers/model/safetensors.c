@@ -107,6 +107,12 @@ size_t wrk_dtype_size(wrk_dtype_t dt)
     case WRK_DT_F16:
     case WRK_DT_BF16:
         return 2;
+    case WRK_DT_I8:
+        return 1;
+    case WRK_DT_I32:
+        return 4;
+    case WRK_DT_I64:
+        return 8;
     }
     return 0;
 }
@@ -120,6 +126,12 @@ const char *wrk_dtype_name(wrk_dtype_t dt)
         return "F16";
     case WRK_DT_BF16:
         return "BF16";
+    case WRK_DT_I8:
+        return "I8";
+    case WRK_DT_I32:
+        return "I32";
+    case WRK_DT_I64:
+        return "I64";
     }
     return "?";
 }
@@ -218,9 +230,15 @@ static int parse_dtype(const cJSON *v, const char *fname, const char *name, wrk_
         *dt = WRK_DT_F16;
     } else if (!strcmp(s, "BF16")) {
         *dt = WRK_DT_BF16;
+    } else if (!strcmp(s, "I8")) {
+        *dt = WRK_DT_I8;
+    } else if (!strcmp(s, "I32")) {
+        *dt = WRK_DT_I32;
+    } else if (!strcmp(s, "I64")) {
+        *dt = WRK_DT_I64;
     } else {
         return st_fail(RCD_EUNSUPPORTED, err, errlen,
-                       "%s: tensor '%s': dtype '%.32s' is not supported (F32, F16, BF16 only)",
+                       "%s: tensor '%s': dtype '%.32s' is not supported (F32, F16, BF16, I8, I32, I64)",
                        fname, name, s);
     }
     return 0;

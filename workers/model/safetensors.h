@@ -6,10 +6,19 @@
 #include <stddef.h>
 #include <stdint.h>
 
-typedef enum wrk_dtype { WRK_DT_F32 = 0, WRK_DT_F16 = 1, WRK_DT_BF16 = 2 } wrk_dtype_t;
+/* The integer dtypes are read only for pre-quantized checkpoints (workers/model/prequant.c);
+ * every other tensor a family takes must be F32/F16/BF16 (wrk_take_tensor refuses the rest). */
+typedef enum wrk_dtype {
+    WRK_DT_F32 = 0,
+    WRK_DT_F16 = 1,
+    WRK_DT_BF16 = 2,
+    WRK_DT_I8 = 3,
+    WRK_DT_I32 = 4,
+    WRK_DT_I64 = 5
+} wrk_dtype_t;
 
-size_t wrk_dtype_size(wrk_dtype_t dt);      /* 4, 2, 2; 0 for a value outside the enum */
-const char *wrk_dtype_name(wrk_dtype_t dt); /* "F32", "F16", "BF16"; "?" outside the enum */
+size_t wrk_dtype_size(wrk_dtype_t dt);      /* 4, 2, 2, 1, 4, 8; 0 outside the enum */
+const char *wrk_dtype_name(wrk_dtype_t dt); /* "F32", "F16", "BF16", "I8", "I32", "I64"; "?" */
 
 #define WRK_ST_MAX_DIMS 8
 /* Header length cap: real checkpoints have headers of a few hundred kB. */
@@ -37,7 +46,7 @@ typedef struct wrk_st_set wrk_st_set_t;
  *                    escaping the directory
  *   RCD_ETOOBIG      header (or index.json) larger than WRK_ST_MAX_HEADER
  *   RCD_ERANGE       a number above 2^53 - 1, or shape whose byte size overflows
- *   RCD_EUNSUPPORTED dtype other than F32/F16/BF16, or more than WRK_ST_MAX_DIMS dims
+ *   RCD_EUNSUPPORTED dtype other than F32/F16/BF16/I8/I32/I64, or more than WRK_ST_MAX_DIMS dims
  *   RCD_ENOMEM       allocation failed
  *   RCD_EINVAL       NULL arguments */
 

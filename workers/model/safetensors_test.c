@@ -290,8 +290,8 @@ static void test_bad_headers(void)
     expect_bad(T("w3", "\"dtype\":\"F32\",\"shape\":[2]"), 8, RCD_EFORMAT, "'w3'");
     expect_bad(T("w4", "\"dtype\":32,\"shape\":[2],\"data_offsets\":[0,8]"), 8, RCD_EFORMAT,
                "'w4'");
-    expect_bad(T("w5", "\"dtype\":\"I64\",\"shape\":[1],\"data_offsets\":[0,8]"), 8,
-               RCD_EUNSUPPORTED, "I64");
+    expect_bad(T("w5", "\"dtype\":\"U64\",\"shape\":[1],\"data_offsets\":[0,8]"), 8,
+               RCD_EUNSUPPORTED, "U64");
     expect_bad(T("w5b", "\"dtype\":\"F64\",\"shape\":[1],\"data_offsets\":[0,8]"), 8,
                RCD_EUNSUPPORTED, "'w5b'");
     expect_bad(T("w6", "\"dtype\":\"F32\",\"shape\":2,\"data_offsets\":[0,8]"), 8, RCD_EFORMAT,
@@ -510,10 +510,10 @@ static void test_bad_sharded(void)
     /* A bad shard's own error names the shard and the tensor. */
     dir = make_sharded("i17", "{\"weight_map\":{" MAP_OK "}}");
     CHECK(write_st(tpath("i17/sub", "m-2.safetensors"),
-                   T("l1.w", "\"dtype\":\"I8\",\"shape\":[3],\"data_offsets\":[0,3]"), 0, "abc",
+                   T("l1.w", "\"dtype\":\"U8\",\"shape\":[3],\"data_offsets\":[0,3]"), 0, "abc",
                    3) == 0);
     CHECK(wrk_st_open_dir(dir, &set, err, sizeof err) == RCD_EUNSUPPORTED);
-    CHECK(strstr(err, "sub/m-2.safetensors") && strstr(err, "'l1.w'") && strstr(err, "I8"));
+    CHECK(strstr(err, "sub/m-2.safetensors") && strstr(err, "'l1.w'") && strstr(err, "U8"));
 
     /* Nothing to open. */
     CHECK(wrk_st_open_dir(mkdir_sub("none"), &set, err, sizeof err) == RCD_ENOTFOUND);
