@@ -166,20 +166,32 @@ void wrk_dequant_row(const void *pk, wrk_wq_t qf, int cols, int r, float *out)
 
 void wrk_quant_x(const float *x, int K, void *dst)
 {
+    /* the same arithmetic as quant_block (division, round to nearest even, clamp), written to
+     * vectorize: rint by adding and subtracting 1.5 * 2^23 (exact for |v| <= 2^22, and |v| <=
+     * 127 here), no libm call per element */
     const int G = (K + 31) / 32;
     int8_t *xq = dst;
-    unsigned char *sx = (unsigned char *)dst + (size_t)G * 32, *sum = sx + (size_t)G * 4;
+    unsigned char *sxp = (unsigned char *)dst + (size_t)G * 32, *sump = sxp + (size_t)G * 4;
     for (int g = 0; g < G; g++) {
         const int k0 = g * 32, kn = K - k0 < 32 ? K - k0 : 32;
-        float s;
-        quant_block(x + k0, kn, 127.f, -127, xq + k0, &s);
+        float v[32], amax = 0.f;
+        for (int i = 0; i < 32; i++) {
+            v[i] = i < kn ? x[k0 + i] : 0.f;
+            const float a = fabsf(v[i]);
+            amax = a > amax ? a : amax; /* NaN compares false: skipped */
+        }
+        const float s = amax / 127.f;
         int32_t S = 0;
-        for (int i = 0; i < kn; i++)
-            S += xq[k0 + i];
-        for (int i = kn; i < 32; i++)
-            xq[k0 + i] = 0;
-        memcpy(sx + (size_t)g * 4, &s, 4);
-        memcpy(sum + (size_t)g * 4, &S, 4);
+        for (int i = 0; i < 32; i++) {
+            float q = s > 0.f ? v[i] / s : 0.f;
+            q = q >= -127.f ? q : -127.f; /* also NaN */
+            q = q <= 127.f ? q : 127.f;
+            q = (q + 12582912.f) - 12582912.f;
+            xq[k0 + i] = (int8_t)q;
+            S += (int8_t)q;
+        }
+        memcpy(sxp + (size_t)g * 4, &s, 4);
+        memcpy(sump + (size_t)g * 4, &S, 4);
     }
 }
 
