@@ -57,7 +57,7 @@ void wrk_matmul(const wrk_kern_t *k, float *scratch, const wrk_mat_t *W, int o0,
         return;
     }
     if (W->pk && W->qf != WRK_WQ_NATIVE) { /* --weights q8|q4: kernels_q.h */
-        wrk_qmm(k, W, o0, o1, x, ldx, T, y, ldy, bias, acc);
+        wrk_qmm(k, W, o0, o1, x, ldx, T, y, ldy, bias, acc, scratch);
         return;
     }
     k->mm(W, o0, o1, x, ldx, T, y, ldy, bias, acc, scratch);

@@ -9,20 +9,29 @@
  *   q4: per group of 32 columns of a row: s = max|w| / 7, q = rint(w / s) clamped to
  *       [-8, 7]; w ~ q * s. Symmetric (no zero point).
  *
- * Packed layouts, in panels of WRK_PANEL (16) rows like the native packs (rows past the end
- * and columns past the end of the last q4 group are zero):
- *   q8: 16 fp32 scales (64 bytes), then for each column k the 16 rows' int8 (16 bytes).
- *   q4: per group g of 32 columns: 16 fp32 scales (64 bytes), then for each column pair j
- *       of the group (16 pairs) 16 bytes, byte r = (q[r][2j] + 8) | (q[r][2j+1] + 8) << 4.
+ * Activations (wrk_quant_x): every token's row on its own, per group of 32 columns
+ * (Q8_0-style): sx = max|x| / 127, xq = rint(x / sx) in [-127, 127] (sx = 0, xq = 0 for an
+ * all-zero group; NaN -> -127), and the group's sum S = sum(xq). Columns past K are 0. One
+ * token's record is WRK_QX_BYTES(K) bytes: Kp int8 (Kp = K rounded up to 32), then G fp32
+ * scales, then G int32 sums (G = Kp / 32).
  *
- * Matmul (the kernel table's mm when W->qf is set, kernels.c): weights converted to fp32 in
- * registers, fp32 x (no activation quantization), outer products over the panels.
- *   q8: acc = fma(q[k], x[k], acc) for k = 0..K-1 from 0, then y = acc * s (+ bias, + y).
- *   q4: per group g: a_g = fma(q[k], x[k], a_g) over its columns from 0; acc = fma(a_g, s_g,
- *       acc) from 0; then (+ bias, + y).
- * Each output is that fixed sequence whatever T, the tile or the other tokens: batch and
- * chunking invariant, and bit-identical between the AVX2 and AVX-512 kernels (both FMA);
- * the portable kernels (no FMA on SSE2) round each product. */
+ * Packed layouts, in panels of WRK_PANEL (16) rows like the native packs (rows past the end
+ * and columns past K are q = 0). Weights are stored unsigned, u = q + 128 (q8) or q + 8 (q4),
+ * so that vpdpbusd's unsigned operand is the weight and its signed one the activation:
+ *   q8: 16 fp32 scales (64 bytes), then per 4 columns k = 4j.. (Kp / 4 blocks) 64 bytes:
+ *       lane r (bytes 4r .. 4r+3) = u[r][4j .. 4j+3].
+ *   q4: per group g of 32 columns: 16 fp32 scales (64 bytes), then 4 blocks b of 64 bytes:
+ *       lane r byte i = u[r][32g + 8b + i] | u[r][32g + 8b + 4 + i] << 4 (i < 4).
+ *
+ * Matmul (the kernel table's mm when W->qf is set, kernels.c): x quantized per token
+ * (above), then per output row r, token t and group g the exact integer
+ *   d = sum_{k in g} q[r][k] * xq[t][k]
+ * (VNNI: sum u * xq - off * S; AVX2: vpmaddubsw, never saturating, see kernels_q_impl.h;
+ * portable: int loops; all exact), and the fp32 epilogue, from acc = 0, g = 0, 1, ...:
+ *   acc = fma((float)d, sw * sx[t][g], acc)      (sw: q8 the row's scale, q4 the group's)
+ * then y = acc (+ bias) (+ y). Each output is that fixed sequence whatever T, the tile or
+ * the other tokens: batch and chunking invariant, and bit-identical between the portable
+ * (fmaf), AVX2, AVX-VNNI and AVX-512 VNNI kernels. */
 #ifndef RCD_WRK_KERNELS_Q_H
 #define RCD_WRK_KERNELS_Q_H
 
@@ -38,9 +47,13 @@
 int wrk_wq_parse(const char *s);
 const char *wrk_wq_name(wrk_wq_t qf);
 
+/* Bytes of one token's quantized activations (above). */
+#define WRK_QX_BYTES(K) ((size_t)((K) + 31) / 32 * (32 + 8))
+
 static inline size_t wrk_pack_q_panel_bytes(wrk_wq_t qf, int cols)
 {
-    if (qf == WRK_WQ_Q8) return (size_t)WRK_PANEL * 4 + (size_t)cols * WRK_PANEL;
+    if (qf == WRK_WQ_Q8)
+        return (size_t)WRK_PANEL * 4 + (size_t)(cols + 31) / 32 * 32 * WRK_PANEL;
     return (size_t)((cols + WRK_Q4_GROUP - 1) / WRK_Q4_GROUP) *
            (WRK_PANEL * 4 + WRK_Q4_GROUP / 2 * WRK_PANEL);
 }
@@ -57,16 +70,22 @@ int wrk_pack_q(const wrk_mat_t *W, wrk_wq_t qf, void *dst);
 /* Row r of a quantized pack as fp32 (q * s, the values the kernels multiply by). */
 void wrk_dequant_row(const void *pk, wrk_wq_t qf, int cols, int r, float *out);
 
-/* The matmul over a quantized pack (W->pk, W->qf) with kernel table k's instruction set;
- * wrk_matmul calls it. */
-void wrk_qmm(const wrk_kern_t *k, const wrk_mat_t *W, int o0, int o1, const float *x, int ldx,
-             int T, float *y, int ldy, const float *bias, bool acc);
+/* Quantizes one token's row x[0..K) into the record at dst (WRK_QX_BYTES(K) bytes). */
+void wrk_quant_x(const float *x, int K, void *dst);
 
-/* Per-ISA quantized matmuls (kernels_q_<isa>.c; NULL where the compiler could not build). */
-typedef void (*wrk_qmm_fn)(const wrk_mat_t *W, int o0, int o1, const float *x, int ldx, int T,
-                           float *y, int ldy, const float *bias, bool acc);
+/* The matmul over a quantized pack (W->pk, W->qf) with kernel table k's instruction set;
+ * wrk_matmul calls it. scratch (NULL: its own buffer) holds the quantized tokens: at least
+ * WRK_GEMM_BLOCK_ROWS x W->cols floats when given. */
+void wrk_qmm(const wrk_kern_t *k, const wrk_mat_t *W, int o0, int o1, const float *x, int ldx,
+             int T, float *y, int ldy, const float *bias, bool acc, float *scratch);
+
+/* Per-ISA quantized matmuls over T quantized token records xq (WRK_QX_BYTES(W->cols) apart)
+ * (kernels_q_<isa>.c; NULL where the compiler could not build it or the CPU cannot run it). */
+typedef void (*wrk_qmm_fn)(const wrk_mat_t *W, int o0, int o1, const void *xq, int T, float *y,
+                           int ldy, const float *bias, bool acc);
 wrk_qmm_fn wrk__qmm_portable(void);
-wrk_qmm_fn wrk__qmm_avx2(void);
-wrk_qmm_fn wrk__qmm_avx512(void);
+wrk_qmm_fn wrk__qmm_avx2(void);    /* vpmaddubsw + vpmaddwd */
+wrk_qmm_fn wrk__qmm_avxvnni(void); /* AVX-VNNI vpdpbusd ymm */
+wrk_qmm_fn wrk__qmm_avx512(void);  /* AVX512_VNNI vpdpbusd zmm */
 
 #endif

@@ -1,8 +1,9 @@
 /* Quantized weights (--weights q8|q4, kernels_q.h): the C quantizer against the Python
- * reference (tools/quant_ref.py's fixture, bit for bit), the quantized matmul against a
- * double-precision reference over the dequantized weights on every ISA this CPU runs, batch
- * invariance (a token's row is bit-identical whatever T and rows range), AVX2 = AVX-512 bit
- * for bit, and the option's refusals. */
+ * reference (tools/quant_ref.py's fixture, bit for bit), the per-token activation quantizer,
+ * the int8 matmul against its definition (kernels_q.h) bit for bit on every kernel this CPU
+ * runs (portable, AVX2, AVX-VNNI, AVX-512 VNNI: so all equal) and within the activation
+ * quantization's bound of a double product, batch invariance (a token's row is bit-identical
+ * whatever T and rows range), and the option's refusals. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -87,20 +88,69 @@ static void test_quant_error_bound(void)
     }
 }
 
-/* y = x W^T over the dequantized weights in double: every ISA within a relative bound, every
- * T's rows bit-identical to T = 1's, row ranges [o0, o1) off panel edges, bias and acc. */
+/* The activation quantizer (kernels_q.h): per 32-group |x - xq sx| <= sx / 2, xq in
+ * [-127, 127], the group's max at +-127, S = sum xq, pads 0, an all-zero group 0. */
+static void test_quant_x(void)
+{
+    unsigned seed = 11;
+    enum { K = 83 };
+    float x[K];
+    for (int k = 0; k < K; k++)
+        x[k] = frand(&seed) * (k < 32 ? 0.01f : 5.f);
+    for (int k = 32; k < 64; k++)
+        x[k] = 0.f;
+    unsigned char rec[WRK_QX_BYTES(K)];
+    CHECK(sizeof rec == 3 * 40);
+    wrk_quant_x(x, K, rec);
+    const int8_t *xq = (const int8_t *)rec;
+    for (int g = 0; g < 3; g++) {
+        float sx;
+        int32_t S, sum = 0, qmax = 0;
+        memcpy(&sx, rec + 96 + 4 * g, 4);
+        memcpy(&S, rec + 108 + 4 * g, 4);
+        for (int k = 32 * g; k < 32 * g + 32; k++) {
+            CHECK(xq[k] >= -127 && xq[k] <= 127);
+            if (k >= K) CHECK(xq[k] == 0);
+            if (k < K) CHECK(fabsf(x[k] - xq[k] * sx) <= sx * 0.5f * 1.0001f);
+            sum += xq[k];
+            if (abs(xq[k]) > qmax) qmax = abs(xq[k]);
+        }
+        CHECK_MSG(S == sum, "group %d: S %d, sum %d", g, S, sum);
+        CHECK(g == 1 ? sx == 0.f && qmax == 0 : sx > 0.f && qmax == 127);
+    }
+}
+
+static bool cpu_runs(int v)
+{
+    __builtin_cpu_init();
+    if (v == 1) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (v == 2) return __builtin_cpu_supports("avxvnni") && __builtin_cpu_supports("fma");
+    if (v == 3) return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw");
+    return true;
+}
+
+/* y = x W^T: the reference is kernels_q.h's definition written out here (the quantizer's
+ * q and s, wrk_quant_x's records, int sums and fmaf); every kernel (portable, AVX2, AVX-VNNI,
+ * AVX-512 VNNI directly, and every ISA's table through wrk_matmul) equals it bit for bit,
+ * every T's rows equal T = 1's, row ranges off panel edges with bias and acc. The reference
+ * is within the activation quantization's bound of the double product over dequantized
+ * weights: sum_k |dq| sx_g / 2. */
 static void check_shape(wrk_wq_t qf, int R, int K, const int *Ts, int nT)
 {
     unsigned seed = (unsigned)(R * 131 + K);
+    const int G = (K + 31) / 32;
+    const size_t rb = WRK_QX_BYTES(K);
     float *w = malloc((size_t)R * K * 4), *dq = malloc((size_t)R * K * 4);
     const int TM = 40;
     float *x = malloc((size_t)TM * K * 4), *bias = malloc((size_t)R * 4);
     float *y = malloc((size_t)TM * R * 4), *y1 = malloc((size_t)TM * R * 4);
-    float *avx2_y = malloc((size_t)TM * R * 4);
+    float *want = malloc((size_t)TM * R * 4), *s = malloc((size_t)G * 4);
+    int8_t *q = malloc((size_t)K);
+    unsigned char *rec = malloc((size_t)TM * rb);
     for (size_t i = 0; i < (size_t)R * K; i++)
         w[i] = frand(&seed) * 0.1f;
     for (size_t i = 0; i < (size_t)TM * K; i++)
-        x[i] = frand(&seed);
+        x[i] = frand(&seed) * (i % 7 == 0 ? 4.f : 1.f);
     for (int i = 0; i < R; i++)
         bias[i] = frand(&seed);
     const wrk_mat_t W0 = {.dt = WRK_DT_F32, .data = w, .rows = R, .cols = K};
@@ -108,28 +158,54 @@ static void check_shape(wrk_wq_t qf, int R, int K, const int *Ts, int nT)
     CHECK(wrk_pack_q(&W0, qf, pk) == 0);
     for (int r = 0; r < R; r++)
         wrk_dequant_row(pk, qf, K, r, dq + (size_t)r * K);
+    for (int t = 0; t < TM; t++)
+        wrk_quant_x(x + (size_t)t * K, K, rec + (size_t)t * rb);
+    for (int o = 0; o < R; o++) {
+        wrk_quant_row(qf, w + (size_t)o * K, K, q, s);
+        for (int t = 0; t < TM; t++) {
+            const int8_t *xq = (const int8_t *)(rec + (size_t)t * rb);
+            float a = 0.f;
+            double ref = bias[o], qbound = 1e-5 * fabs(bias[o]) + 1e-6;
+            for (int g = 0; g < G; g++) {
+                int32_t d = 0;
+                float sx;
+                memcpy(&sx, rec + (size_t)t * rb + (size_t)G * 32 + 4 * (size_t)g, 4);
+                for (int k = 32 * g; k < K && k < 32 * g + 32; k++) {
+                    d += q[k] * xq[k];
+                    ref += (double)dq[(size_t)o * K + k] * x[(size_t)t * K + k];
+                    qbound += fabs((double)dq[(size_t)o * K + k]) * sx * 0.5;
+                }
+                const float ws = s[qf == WRK_WQ_Q8 ? 0 : g] * sx;
+                a = fmaf((float)d, ws, a);
+            }
+            a += bias[o];
+            want[(size_t)t * R + o] = a;
+            CHECK_MSG(fabs(a - ref) <= qbound * 1.01 + 1e-5 * fabs(ref),
+                      "%s %dx%d t%d o%d: %g vs double %g (bound %g)", wrk_wq_name(qf), R, K, t, o,
+                      a, ref, qbound);
+        }
+    }
     wrk_mat_t W = W0;
     W.pk = pk;
     W.qf = qf;
-    bool have_avx2 = false;
+    static const char *vnames[] = {"portable", "avx2", "avxvnni", "avx512vnni"};
+    const wrk_qmm_fn vfn[] = {wrk__qmm_portable(), wrk__qmm_avx2(), wrk__qmm_avxvnni(),
+                              wrk__qmm_avx512()};
+    for (int v = 0; v < 4; v++) {
+        if (!vfn[v] || !cpu_runs(v)) continue;
+        memset(y, 0, (size_t)TM * R * 4);
+        vfn[v](&W, 0, R, rec, TM, y, R, bias, false);
+        CHECK_MSG(memcmp(y, want, (size_t)TM * R * 4) == 0, "%s %s %dx%d differs from the reference",
+                  vnames[v], wrk_wq_name(qf), R, K);
+    }
     for (int ii = 0; ii < 3; ii++) {
         const wrk_kern_t *k = wrk_kern_select(isas[ii]);
         if (!k) continue;
-        /* T = 1 row by row: the reference of every other T */
         for (int t = 0; t < TM; t++)
             wrk_matmul(k, NULL, &W, 0, R, x + (size_t)t * K, K, 1, y1 + (size_t)t * R, R, bias,
                        false);
-        for (int t = 0; t < TM; t++)
-            for (int o = 0; o < R; o++) {
-                double ref = bias[o], mag = fabs(bias[o]);
-                for (int c = 0; c < K; c++) {
-                    ref += (double)dq[(size_t)o * K + c] * x[(size_t)t * K + c];
-                    mag += fabs((double)dq[(size_t)o * K + c] * x[(size_t)t * K + c]);
-                }
-                const double got = y1[(size_t)t * R + o];
-                CHECK_MSG(fabs(got - ref) <= 1e-5 * mag + 1e-6, "%s %s %dx%d t%d o%d: %g vs %g",
-                          isas[ii], wrk_wq_name(qf), R, K, t, o, got, ref);
-            }
+        CHECK_MSG(memcmp(y1, want, (size_t)TM * R * 4) == 0, "%s %s %dx%d T=1 differs",
+                  isas[ii], wrk_wq_name(qf), R, K);
         for (int ti = 0; ti < nT; ti++) {
             const int T = Ts[ti];
             memset(y, 0, (size_t)TM * R * 4);
@@ -143,18 +219,11 @@ static void check_shape(wrk_wq_t qf, int R, int K, const int *Ts, int nT)
             wrk_matmul(k, NULL, &W, o0, o1, x, K, T, y, R, bias, true);
             for (int t = 0; t < T; t++)
                 for (int o = 0; o < R; o++) {
-                    const float want = o >= o0 && o < o1 ? 1.0f + y1[(size_t)t * R + o] : 1.0f;
-                    CHECK_MSG(y[(size_t)t * R + o] == want, "%s %s acc T=%d o=%d", isas[ii],
+                    const float wv = o >= o0 && o < o1 ? 1.0f + y1[(size_t)t * R + o] : 1.0f;
+                    CHECK_MSG(y[(size_t)t * R + o] == wv, "%s %s acc T=%d o=%d", isas[ii],
                               wrk_wq_name(qf), T, o);
                 }
         }
-        if (ii == 1) {
-            memcpy(avx2_y, y1, (size_t)TM * R * 4);
-            have_avx2 = true;
-        }
-        if (ii == 2 && have_avx2) /* both FMA, same sequence per output */
-            CHECK_MSG(memcmp(avx2_y, y1, (size_t)TM * R * 4) == 0,
-                      "%s %dx%d: avx512 differs from avx2", wrk_wq_name(qf), R, K);
     }
     free(pk);
     free(w);
@@ -163,7 +232,44 @@ static void check_shape(wrk_wq_t qf, int R, int K, const int *Ts, int nT)
     free(bias);
     free(y);
     free(y1);
-    free(avx2_y);
+    free(want);
+    free(s);
+    free(q);
+    free(rec);
+}
+
+/* With a scratch buffer (the backend's: WRK_GEMM_BLOCK_ROWS x cols floats) T past what it
+ * holds at once is cut into blocks: the same rows. */
+static void test_qmm_scratch(void)
+{
+    enum { R = 24, K = 5, TM = 1200 };
+    unsigned seed = 3;
+    float w[R * K], *x = malloc((size_t)TM * K * 4), *y = malloc((size_t)TM * R * 4),
+                    *y2 = malloc((size_t)TM * R * 4);
+    float *scratch = malloc((size_t)WRK_GEMM_BLOCK_ROWS * K * 4);
+    for (int i = 0; i < R * K; i++)
+        w[i] = frand(&seed);
+    for (int i = 0; i < TM * K; i++)
+        x[i] = frand(&seed);
+    for (int f = 0; f < 2; f++) {
+        const wrk_wq_t qf = f ? WRK_WQ_Q4 : WRK_WQ_Q8;
+        wrk_mat_t W = {.dt = WRK_DT_F32, .data = w, .rows = R, .cols = K, .qf = qf};
+        void *pk = aligned_alloc(64, (wrk_pack_q_bytes(qf, R, K) + 63) / 64 * 64);
+        CHECK(wrk_pack_q(&W, qf, pk) == 0);
+        W.pk = pk;
+        const wrk_kern_t *k = wrk_kern_select("auto");
+        wrk_matmul(k, scratch, &W, 0, R, x, K, TM, y, R, NULL, false);
+        for (int t = 0; t < TM; t++)
+            wrk_matmul(k, NULL, &W, 0, R, x + (size_t)t * K, K, 1, y2 + (size_t)t * R, R, NULL,
+                       false);
+        CHECK_MSG(memcmp(y, y2, (size_t)TM * R * 4) == 0, "%s: blocked T differs",
+                  wrk_wq_name(qf));
+        free(pk);
+    }
+    free(x);
+    free(y);
+    free(y2);
+    free(scratch);
 }
 
 static void test_qmm(void)
@@ -192,7 +298,9 @@ int main(int argc, char **argv)
     rcd_test_init(argc, argv);
     RUN(test_matches_python_reference);
     RUN(test_quant_error_bound);
+    RUN(test_quant_x);
     RUN(test_qmm);
+    RUN(test_qmm_scratch);
     RUN(test_parse);
     return rcd_test_summary();
 }

@@ -6,11 +6,11 @@
 #include "common/rcd_path.h"
 #include "tests/support/golden_util.h"
 
-/* --weights q8 / q4 against the fp32 goldens: max |dlogit| measured 1.67e-2 (q8) and 1.55e-1 (q4)
- * over all ISAs and chunkings (Sapphire Rapids); bound about 2x that: the quantization error
+/* --weights q8 / q4 against the fp32 goldens: max |dlogit| measured 2.58e-2 (q8) and 1.59e-1 (q4)
+ * over all ISAs and chunkings (Sapphire Rapids; weights and per-token int8 activations); bound about 2x that: the quantization error
  * is the same on every CPU, what else moves is fp32 rounding, orders of magnitude smaller,
  * while a wrong scale or nibble order moves logits by O(1) (workers/README.md). */
-#define TOL_Q8 0.04f
+#define TOL_Q8 0.05f
 #define TOL_Q4 0.35f
 
 /* The bf16 matmul must be no further from the goldens than transformers' own bf16 forward of

@@ -1,8 +1,13 @@
 /* workers/cpu: the load-time quantizer and packer of --weights q8|q4 and the dispatch of the
  * quantized matmul (layout and arithmetic in kernels_q.h). */
 #include <math.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 
 #include "common/rcd_error.h"
 #include "workers/cpu/kernels_q.h"
@@ -74,11 +79,31 @@ static void row_f32(const wrk_mat_t *W, int r, float *out)
     }
 }
 
+/* Byte offset, in a panel, of weight (lane, k): the layouts of kernels_q.h. */
+static size_t q_off(wrk_wq_t qf, int K, int lane, int k, bool *hi)
+{
+    *hi = false;
+    if (qf == WRK_WQ_Q8) {
+        (void)K;
+        return WRK_PANEL * 4 + (size_t)(k / 4) * 64 + (size_t)lane * 4 + (size_t)(k % 4);
+    }
+    const size_t gb = WRK_PANEL * 4 + WRK_Q4_GROUP / 2 * WRK_PANEL; /* one q4 group */
+    const int kg = k % WRK_Q4_GROUP, b = kg / 8, i = kg % 8;
+    *hi = i >= 4;
+    return (size_t)(k / WRK_Q4_GROUP) * gb + WRK_PANEL * 4 + (size_t)b * 64 + (size_t)lane * 4 +
+           (size_t)(i % 4);
+}
+
+static size_t q_scale_off(wrk_wq_t qf, int lane, int k)
+{
+    const size_t gb = WRK_PANEL * 4 + WRK_Q4_GROUP / 2 * WRK_PANEL;
+    return (qf == WRK_WQ_Q8 ? 0 : (size_t)(k / WRK_Q4_GROUP) * gb) + (size_t)lane * 4;
+}
+
 int wrk_pack_q(const wrk_mat_t *W, wrk_wq_t qf, void *dst)
 {
     const int K = W->cols, G = (K + WRK_Q4_GROUP - 1) / WRK_Q4_GROUP;
     const size_t pb = wrk_pack_q_panel_bytes(qf, K);
-    const size_t gb = WRK_PANEL * 4 + WRK_Q4_GROUP / 2 * WRK_PANEL; /* one q4 group */
     float *w = malloc((size_t)K * sizeof *w), *s = malloc((size_t)(G + 1) * sizeof *s);
     int8_t *q = malloc((size_t)K);
     if (!w || !s || !q) {
@@ -87,33 +112,35 @@ int wrk_pack_q(const wrk_mat_t *W, wrk_wq_t qf, void *dst)
         free(q);
         return RCD_ENOMEM;
     }
-    memset(dst, 0, wrk_pack_q_bytes(qf, W->rows, K));
-    if (qf == WRK_WQ_Q4) /* zero pads are q = 0, stored as 8 */
-        for (int p = 0; p < (W->rows + WRK_PANEL - 1) / WRK_PANEL; p++)
+    /* q = 0 everywhere first (pads included): u = 128 (q8) or nibbles 8 (q4) */
+    const size_t np = (size_t)(W->rows + WRK_PANEL - 1) / WRK_PANEL;
+    if (qf == WRK_WQ_Q8) {
+        memset(dst, 0x80, np * pb);
+        for (size_t p = 0; p < np; p++)
+            memset((char *)dst + p * pb, 0, WRK_PANEL * 4);
+    } else {
+        memset(dst, 0x88, np * pb);
+        for (size_t p = 0; p < np; p++)
             for (int g = 0; g < G; g++)
-                memset((char *)dst + (size_t)p * pb + (size_t)g * gb + WRK_PANEL * 4, 0x88,
-                       WRK_Q4_GROUP / 2 * WRK_PANEL);
+                memset((char *)dst + p * pb + q_scale_off(qf, 0, g * WRK_Q4_GROUP), 0,
+                       WRK_PANEL * 4);
+    }
     for (int r = 0; r < W->rows; r++) {
         row_f32(W, r, w);
         wrk_quant_row(qf, w, K, q, s);
         unsigned char *panel = (unsigned char *)dst + (size_t)(r / WRK_PANEL) * pb;
         const int lane = r % WRK_PANEL;
-        if (qf == WRK_WQ_Q8) {
-            memcpy(panel + (size_t)lane * 4, &s[0], 4);
-            for (int k = 0; k < K; k++)
-                panel[WRK_PANEL * 4 + (size_t)k * WRK_PANEL + lane] = (unsigned char)q[k];
-            continue;
-        }
-        for (int g = 0; g < G; g++) {
-            unsigned char *gp = panel + (size_t)g * gb;
-            memcpy(gp + (size_t)lane * 4, &s[g], 4);
-            for (int k = g * WRK_Q4_GROUP; k < K && k < (g + 1) * WRK_Q4_GROUP; k++) {
-                unsigned char *b =
-                    gp + WRK_PANEL * 4 + (size_t)((k % WRK_Q4_GROUP) / 2) * WRK_PANEL + lane;
-                const unsigned char nib = (unsigned char)(q[k] + 8);
-                *b = (k & 1) ? (unsigned char)((*b & 0x0f) | nib << 4)
-                             : (unsigned char)((*b & 0xf0) | nib);
+        for (int g = 0; g < (qf == WRK_WQ_Q8 ? 1 : G); g++)
+            memcpy(panel + q_scale_off(qf, lane, g * WRK_Q4_GROUP), &s[g], 4);
+        for (int k = 0; k < K; k++) {
+            bool hi;
+            unsigned char *b = panel + q_off(qf, K, lane, k, &hi);
+            if (qf == WRK_WQ_Q8) {
+                *b = (unsigned char)(q[k] + 128);
+                continue;
             }
+            const unsigned char nib = (unsigned char)(q[k] + 8);
+            *b = hi ? (unsigned char)((*b & 0x0f) | nib << 4) : (unsigned char)((*b & 0xf0) | nib);
         }
     }
     free(w);
@@ -125,33 +152,106 @@ int wrk_pack_q(const wrk_mat_t *W, wrk_wq_t qf, void *dst)
 void wrk_dequant_row(const void *pk, wrk_wq_t qf, int cols, int r, float *out)
 {
     const size_t pb = wrk_pack_q_panel_bytes(qf, cols);
-    const size_t gb = WRK_PANEL * 4 + WRK_Q4_GROUP / 2 * WRK_PANEL;
     const unsigned char *panel = (const unsigned char *)pk + (size_t)(r / WRK_PANEL) * pb;
     const int lane = r % WRK_PANEL;
-    float s;
-    if (qf == WRK_WQ_Q8) {
-        memcpy(&s, panel + (size_t)lane * 4, 4);
-        for (int k = 0; k < cols; k++)
-            out[k] = (float)(int8_t)panel[WRK_PANEL * 4 + (size_t)k * WRK_PANEL + lane] * s;
-        return;
-    }
     for (int k = 0; k < cols; k++) {
-        const unsigned char *gp = panel + (size_t)(k / WRK_Q4_GROUP) * gb;
-        memcpy(&s, gp + (size_t)lane * 4, 4);
-        const unsigned char b =
-            gp[WRK_PANEL * 4 + (size_t)((k % WRK_Q4_GROUP) / 2) * WRK_PANEL + lane];
-        out[k] = (float)(((k & 1) ? b >> 4 : b & 15) - 8) * s;
+        float s;
+        bool hi;
+        memcpy(&s, panel + q_scale_off(qf, lane, k), 4);
+        const unsigned char b = panel[q_off(qf, cols, lane, k, &hi)];
+        const int q = qf == WRK_WQ_Q8 ? b - 128 : (hi ? b >> 4 : b & 15) - 8;
+        out[k] = (float)q * s;
     }
 }
 
-void wrk_qmm(const wrk_kern_t *k, const wrk_mat_t *W, int o0, int o1, const float *x, int ldx,
-             int T, float *y, int ldy, const float *bias, bool acc)
+void wrk_quant_x(const float *x, int K, void *dst)
 {
+    /* the same arithmetic as quant_block (division, round to nearest even, clamp), written to
+     * vectorize: rint by adding and subtracting 1.5 * 2^23 (exact for |v| <= 2^22, and |v| <=
+     * 127 here), no libm call per element */
+    const int G = (K + 31) / 32;
+    int8_t *xq = dst;
+    unsigned char *sxp = (unsigned char *)dst + (size_t)G * 32, *sump = sxp + (size_t)G * 4;
+    for (int g = 0; g < G; g++) {
+        const int k0 = g * 32, kn = K - k0 < 32 ? K - k0 : 32;
+        float v[32], amax = 0.f;
+        for (int i = 0; i < 32; i++) {
+            v[i] = i < kn ? x[k0 + i] : 0.f;
+            const float a = fabsf(v[i]);
+            amax = a > amax ? a : amax; /* NaN compares false: skipped */
+        }
+        const float s = amax / 127.f;
+        int32_t S = 0;
+        for (int i = 0; i < 32; i++) {
+            float q = s > 0.f ? v[i] / s : 0.f;
+            q = q >= -127.f ? q : -127.f; /* also NaN */
+            q = q <= 127.f ? q : 127.f;
+            q = (q + 12582912.f) - 12582912.f;
+            xq[k0 + i] = (int8_t)q;
+            S += (int8_t)q;
+        }
+        memcpy(sxp + (size_t)g * 4, &s, 4);
+        memcpy(sump + (size_t)g * 4, &S, 4);
+    }
+}
+
+static bool cpu_has_vnni(bool zmm)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    unsigned a, b, c, d;
+    if (zmm) return __get_cpuid_count(7, 0, &a, &b, &c, &d) && (c & (1u << 11)); /* AVX512_VNNI */
+    return __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a & (1u << 4));          /* AVX_VNNI */
+#else
+    (void)zmm;
+    return false;
+#endif
+}
+
+/* The quantized matmul for kernel table k's ISA: AVX-512 VNNI, else AVX-VNNI, else AVX2, else
+ * portable (same results on all of them, kernels_q.h). */
+static wrk_qmm_fn qmm_for(const wrk_kern_t *k)
+{
+    static _Atomic int have[2] = {-1, -1}; /* AVX512_VNNI, AVX_VNNI */
+    for (int i = 0; i < 2; i++)
+        if (atomic_load_explicit(&have[i], memory_order_relaxed) < 0)
+            atomic_store_explicit(&have[i], cpu_has_vnni(i == 0), memory_order_relaxed);
     wrk_qmm_fn f = NULL;
-    if (strncmp(k->isa, "avx512", 6) == 0)
-        f = wrk__qmm_avx512();
-    else if (strcmp(k->isa, "avx2") == 0)
-        f = wrk__qmm_avx2();
-    if (!f) f = wrk__qmm_portable();
-    f(W, o0, o1, x, ldx, T, y, ldy, bias, acc);
+    const bool avx512 = strncmp(k->isa, "avx512", 6) == 0;
+    if (avx512 && atomic_load_explicit(&have[0], memory_order_relaxed)) f = wrk__qmm_avx512();
+    if (!f && (avx512 || strcmp(k->isa, "avx2") == 0)) {
+        if (atomic_load_explicit(&have[1], memory_order_relaxed)) f = wrk__qmm_avxvnni();
+        if (!f) f = wrk__qmm_avx2();
+    }
+    return f ? f : wrk__qmm_portable();
+}
+
+void wrk_qmm(const wrk_kern_t *k, const wrk_mat_t *W, int o0, int o1, const float *x, int ldx,
+             int T, float *y, int ldy, const float *bias, bool acc, float *scratch)
+{
+    if (o1 <= o0 || T <= 0) return;
+    const wrk_qmm_fn f = qmm_for(k);
+    const size_t rb = WRK_QX_BYTES(W->cols);
+    /* tokens per block: what scratch holds (WRK_GEMM_BLOCK_ROWS x cols floats), else a stack
+     * buffer; every token is quantized on its own, so the blocking changes nothing */
+    _Alignas(64) unsigned char stack[32768];
+    unsigned char *buf = stack, *heap = NULL;
+    size_t cap = sizeof stack;
+    if (scratch) {
+        buf = (unsigned char *)scratch;
+        cap = (size_t)WRK_GEMM_BLOCK_ROWS * (size_t)W->cols * sizeof(float);
+    }
+    if (cap < rb) {
+        heap = malloc(rb);
+        if (!heap) abort(); /* scratch NULL and a matrix over 26000 columns: tests only */
+        buf = heap;
+        cap = rb;
+    }
+    const int tb = (int)(cap / rb < (size_t)T ? cap / rb : (size_t)T);
+    for (int t0 = 0; t0 < T; t0 += tb) {
+        const int n = T - t0 < tb ? T - t0 : tb;
+        for (int t = 0; t < n; t++)
+            wrk_quant_x(x + (size_t)(t0 + t) * ldx, W->cols, buf + (size_t)t * rb);
+        f(W, o0, o1, buf, n, y + (size_t)t0 * ldy, ldy, bias, acc);
+    }
+    free(heap);
 }

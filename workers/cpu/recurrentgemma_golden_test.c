@@ -7,11 +7,11 @@
 
 #include "tests/support/golden_util.h"
 
-/* --weights q8 / q4 against the fp32 goldens: max |dlogit| measured 1.16e-2 (q8) and 1.86e-1 (q4)
- * over all ISAs and chunkings (Sapphire Rapids); bound about 2x that: the quantization error
+/* --weights q8 / q4 against the fp32 goldens: max |dlogit| measured 1.64e-2 (q8) and 1.86e-1 (q4)
+ * over all ISAs and chunkings (Sapphire Rapids; weights and per-token int8 activations); bound about 2x that: the quantization error
  * is the same on every CPU, what else moves is fp32 rounding, orders of magnitude smaller,
  * while a wrong scale or nibble order moves logits by O(1) (workers/README.md). */
-#define TOL_Q8 0.025f
+#define TOL_Q8 0.033f
 #define TOL_Q4 0.4f
 
 /* The bf16 matmul must be no further from the goldens than transformers' own bf16 forward of

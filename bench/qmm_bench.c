@@ -1,0 +1,137 @@
+/* bench: the matmul kernels alone on one thread, per weight format (--weights native BF16
+ * packs, q8, q4), on a model's matrix shapes: L layers of an in_proj [2E x D] and an
+ * out_proj [D x E] (default the mamba-130m shape: D 768, E 1536, 24 layers), random
+ * weights, T tokens per call. Times are the thread's CPU time (CLOCK_THREAD_CPUTIME_ID),
+ * the minimum over the repeats: on a machine shared with other jobs that counts only the
+ * time this thread ran (still slowed by the others' use of caches and memory). It uses
+ * only the kernel API (wrk_pack / wrk_pack_q / wrk_matmul), so the same file builds against
+ * an older tree to compare kernels in one run.
+ *
+ *   qmm_bench [--dim D] [--expand E] [--layers L] [--tokens 1,8,32,128] [--seconds S]
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "workers/cpu/kernels.h"
+#include "workers/cpu/kernels_q.h"
+
+static double cpu_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static float frand(unsigned *s)
+{
+    *s = *s * 1103515245u + 12345u;
+    return ((*s >> 8) & 0xffff) / 32768.0f - 1.0f;
+}
+
+int main(int argc, char **argv)
+{
+    int D = 768, E = 1536, L = 24, Ts[8] = {1, 8, 32, 128}, nT = 4;
+    double secs = 1.0;
+    static const struct option opts[] = {{"dim", required_argument, 0, 'd'},
+                                         {"expand", required_argument, 0, 'e'},
+                                         {"layers", required_argument, 0, 'l'},
+                                         {"tokens", required_argument, 0, 't'},
+                                         {"seconds", required_argument, 0, 's'},
+                                         {0, 0, 0, 0}};
+    for (int o; (o = getopt_long(argc, argv, "d:e:l:t:s:", opts, NULL)) != -1;) {
+        if (o == 'd')
+            D = atoi(optarg);
+        else if (o == 'e')
+            E = atoi(optarg);
+        else if (o == 'l')
+            L = atoi(optarg);
+        else if (o == 's')
+            secs = atof(optarg);
+        else if (o == 't') {
+            nT = 0;
+            for (char *q = optarg; *q && nT < 8;) {
+                Ts[nT++] = (int)strtol(q, &q, 10);
+                if (*q == ',') q++;
+            }
+        } else
+            return 2;
+    }
+    if (D < 16 || E < 16 || L < 1 || nT < 1 || secs <= 0) return 2;
+    int Tmax = 0;
+    for (int i = 0; i < nT; i++) {
+        if (Ts[i] < 1 || Ts[i] > 4096) return 2;
+        if (Ts[i] > Tmax) Tmax = Ts[i];
+    }
+    const wrk_kern_t *k = wrk_kern_select("auto");
+    const int rows[2] = {2 * E, D}, cols[2] = {D, E};
+    unsigned seed = 1;
+    uint16_t *src[2];
+    for (int m = 0; m < 2; m++) {
+        src[m] = malloc((size_t)rows[m] * cols[m] * 2);
+        for (size_t i = 0; i < (size_t)rows[m] * cols[m]; i++) {
+            float f = frand(&seed) * 0.05f;
+            uint32_t u;
+            memcpy(&u, &f, 4);
+            src[m][i] = (uint16_t)(u >> 16);
+        }
+    }
+    float *x = malloc((size_t)Tmax * 2 * E * 4), *y = malloc((size_t)Tmax * 2 * E * 4);
+    float *scratch = malloc((size_t)WRK_GEMM_BLOCK_ROWS * E * 4);
+    for (size_t i = 0; i < (size_t)Tmax * 2 * E; i++)
+        x[i] = frand(&seed);
+    printf("qmm_bench: kernels %s, 1 thread, %d layers of [%d x %d] + [%d x %d], CPU time, min "
+           "of repeats\n",
+           k->isa, L, 2 * E, D, D, E);
+    printf("%-7s %6s %12s %10s %12s\n", "weights", "T", "ms/pass", "tok/s", "GB/s(weights)");
+    static const char *names[] = {"native", "q8", "q4"};
+    for (int f = 0; f < 3; f++) {
+        const wrk_wq_t qf = f == 0 ? WRK_WQ_NATIVE : f == 1 ? WRK_WQ_Q8 : WRK_WQ_Q4;
+        wrk_mat_t *W = calloc((size_t)L * 2, sizeof *W);
+        size_t bytes = 0;
+        for (int l = 0; l < L; l++)
+            for (int m = 0; m < 2; m++) {
+                wrk_mat_t *w = &W[l * 2 + m];
+                *w = (wrk_mat_t){.dt = WRK_DT_BF16, .data = src[m], .rows = rows[m],
+                                 .cols = cols[m]};
+                const size_t b =
+                    qf ? wrk_pack_q_bytes(qf, rows[m], cols[m]) : wrk_pack_bytes(w);
+                void *pk = aligned_alloc(64, (b + 63) / 64 * 64);
+                if (qf) {
+                    if (wrk_pack_q(w, qf, pk)) return 1;
+                } else
+                    wrk_pack(w, pk);
+                w->pk = pk;
+                w->qf = qf;
+                bytes += b;
+            }
+        for (int ti = 0; ti < nT; ti++) {
+            const int T = Ts[ti];
+            double best = 1e30, t_end = cpu_now() + secs;
+            int reps = 0;
+            while (reps < 3 || cpu_now() < t_end) {
+                const double t0 = cpu_now();
+                for (int l = 0; l < L; l++) {
+                    wrk_matmul(k, scratch, &W[l * 2], 0, 2 * E, x, D, T, y, 2 * E, NULL, false);
+                    wrk_matmul(k, scratch, &W[l * 2 + 1], 0, D, x, E, T, y, D, NULL, false);
+                }
+                const double dt = cpu_now() - t0;
+                if (dt < best) best = dt;
+                reps++;
+            }
+            printf("%-7s %6d %12.3f %10.1f %12.1f\n", names[f], T, best * 1e3, T / best,
+                   bytes / best / 1e9);
+        }
+        for (int i = 0; i < L * 2; i++)
+            free((void *)W[i].pk);
+        free(W);
+    }
+    free(src[0]);
+    free(src[1]);
+    free(x);
+    free(y);
+    free(scratch);
+    return 0;
+}
