@@ -85,6 +85,17 @@ static void test_state_roundtrip(void)
     memcpy(&pending, blob + mi->state_bytes - 16, 8);
     CHECK(count == (uint64_t)cut && pending == (uint64_t)cut);
     wrk_state_reset(b, 0);
+    /* A blob of the recurrent form's layout (no open-block rows, no gdn.n_pending: 3,592 fixed
+     * bytes) is refused by its length, short or long (its KV then read as the count). */
+    for (int P = 10; P <= 100; P += 90) {
+        const size_t old = 3592 + (size_t)P * mi->kv_bytes_per_token;
+        char *ob = calloc(1, old);
+        const uint64_t oc = (uint64_t)P;
+        memcpy(ob + 3592 - 8, &oc, 8);
+        const int rc = wrk_state_write_n(b, 5, ob, old);
+        CHECK_MSG(rc == RCD_EFORMAT || rc == RCD_ETOOBIG, "old layout, %d positions: rc %d", P, rc);
+        free(ob);
+    }
     CHECK(wrk_state_write_n(b, 5, blob, n - 4) == RCD_EFORMAT);
     CHECK(wrk_state_write_n(b, 5, blob, n) == 0);
     CHECK(wrk_state_copy(b, 6, 5) == 0);
