@@ -5,7 +5,7 @@
  * rule's (normed k, scaled q, v, beta, log-decay); the projections, conv and norms around it
  * are not included. Single thread; times are the thread's CPU time.
  * Usage: gdn_bench [--isa auto|avx512|avx2|portable] [--dk 128] [--dv 128] [--heads 8]
- *                  [--reps 5] */
+ *                  [--reps 5] [--decay 0.05 (mean -log-decay per token)] */
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
@@ -81,24 +81,27 @@ int main(int argc, char **argv)
 {
     const char *isa = "auto";
     int dk = 128, dv = 128, heads = 8, reps = 5;
+    double decay = 0.05; /* mean -log-decay per token */
     static const struct option opts[] = {{"isa", required_argument, 0, 'i'},
                                          {"dk", required_argument, 0, 'k'},
                                          {"dv", required_argument, 0, 'v'},
                                          {"heads", required_argument, 0, 'h'},
                                          {"reps", required_argument, 0, 'r'},
+                                         {"decay", required_argument, 0, 'd'},
                                          {0, 0, 0, 0}};
-    for (int o; (o = getopt_long(argc, argv, "i:k:v:h:r:", opts, NULL)) != -1;) {
+    for (int o; (o = getopt_long(argc, argv, "i:k:v:h:r:d:", opts, NULL)) != -1;) {
         switch (o) {
         case 'i': isa = optarg; break;
         case 'k': dk = atoi(optarg); break;
         case 'v': dv = atoi(optarg); break;
         case 'h': heads = atoi(optarg); break;
         case 'r': reps = atoi(optarg); break;
+        case 'd': decay = atof(optarg); break;
         default: goto usage;
         }
     }
     if (dk < 1 || dk > 1024 || dv < 1 || dv > 1024 || heads < 1 || heads > 256 || reps < 1 ||
-        reps > 100)
+        reps > 100 || !(decay > 0 && decay < 1000))
         goto usage;
     const wrk_kern_t *kr = wrk_kern_select(isa);
     if (!kr) {
@@ -116,7 +119,7 @@ int main(int argc, char **argv)
     b.Ub = malloc(sizeof(float) * heads * B * dv);
     b.G = malloc(sizeof(float) * heads * B);
     b.o = malloc(sizeof(float) * TMAX * dv);
-    b.ks = malloc(sizeof(float) * 2 * B * (dv + 1));
+    b.ks = malloc(sizeof(float) * (2 * B * (dv + 1) + B * (dk + 2)));
     if (!b.k || !b.q || !b.v || !b.beta || !b.g || !b.S || !b.Kb || !b.Ub || !b.G || !b.o || !b.ks) {
         fprintf(stderr, "gdn_bench: out of memory\n");
         return 1;
@@ -132,11 +135,11 @@ int main(int argc, char **argv)
             b.k[t * dk + i] /= (float)sqrt(nk), b.q[t * dk + i] /= (float)sqrt(nq * dk);
         for (int e = 0; e < dv; e++) b.v[t * dv + e] = frand(&seed);
         b.beta[t] = 0.5f + 0.4f * frand(&seed);
-        b.g[t] = -0.05f + 0.04f * frand(&seed);
+        b.g[t] = (float)(-decay * (1.0 + 0.8 * frand(&seed)));
     }
-    printf("gdn_bench: kernels %s, dk %d, dv %d, %d heads, best of %d, single thread (CPU "
-           "time)\n",
-           kr->isa, dk, dv, heads, reps);
+    printf("gdn_bench: kernels %s, dk %d, dv %d, %d heads, log-decay -%g per token (+-80%%), "
+           "best of %d, single thread (CPU time)\n",
+           kr->isa, dk, dv, heads, decay, reps);
     printf("%-22s %14s %14s %8s\n", "calls", "recurrent ns", "chunked ns", "ratio");
     static const int Ts[][2] = {{64, 1}, {256, 64}, {1024, 256}, {1024, 1024}};
     for (size_t c = 0; c < sizeof Ts / sizeof Ts[0]; c++) {
@@ -155,6 +158,6 @@ int main(int argc, char **argv)
     return 0;
 usage:
     fprintf(stderr, "usage: gdn_bench [--isa auto|avx512|avx2|portable] [--dk N] [--dv N] "
-                    "[--heads N] [--reps N]\n");
+                    "[--heads N] [--reps N] [--decay X]\n");
     return 2;
 }

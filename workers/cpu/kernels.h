@@ -82,7 +82,8 @@ typedef struct wrk_kern {
                       float *Ub, const float *G, const float *q, const float *v, int ldv,
                       const float *beta, float *o, float *scratch);
     /* Closes a block of n tokens: S <- e^G_{n-1} S + sum_j e^(G_{n-1}-G_j) k_j (x) u_j
-     * (j ascending). scratch: 2 WRK_GDN_BLOCK floats. */
+     * (j ascending). Both kernels set coefficients below 2^-100 in magnitude to 0 (no
+     * subnormal operands). scratch: WRK_GDN_BLOCK (dk + 2) floats. */
     void (*gdn_close)(int dk, int dv, float *S, int n, const float *Kb, const float *Ub,
                       const float *G, float *scratch);
     /* Vector exp/softplus/silu, exposed for the kernel tests. */

@@ -758,6 +758,15 @@ static inline float KFN(dot)(const float *a, const float *b, int n)
     return s;
 }
 
+/* The chunked delta rule's coefficients (decay factors times dots) below 2^-100 in
+ * magnitude become 0: with strong decays they would otherwise reach the subnormal range, where
+ * every FMA that reads them takes a microcode assist (tens of times slower). What is dropped is
+ * below 2^-100 times a value, far under fp32's rounding of the sums it joins. */
+static inline float KFN(gdn_flush)(float c)
+{
+    return fabsf(c) < 0x1p-100f ? 0.f : c;
+}
+
 /* W[t] = S0^T x[t], P[t] = S0^T y[t] for t < m (x, y rows of dk): lanes over dv, tokens in
  * tiles of 4 or 1, each output summed over i ascending from 0 (the same for any tile). */
 static void KFN(gdn_s0)(int dk, int dv, const float *S0, const float *x, const float *y, int m,
@@ -832,8 +841,8 @@ static void KFN(gdn_chunk)(int dk, int dv, const float *S0, int j0, int j1, cons
         const float eg = KFN(exp_s)(G[j]), bt = beta[t];
         for (int i = 0; i <= j; i++) {
             const float *ki = Kb + (size_t)i * dk;
-            a[i] = i < j ? b[i] * KFN(dot)(ki, kj, dk) : 0.f;
-            b[i] = b[i] * KFN(dot)(ki, qt, dk);
+            a[i] = i < j ? KFN(gdn_flush)(b[i] * KFN(dot)(ki, kj, dk)) : 0.f;
+            b[i] = KFN(gdn_flush)(b[i] * KFN(dot)(ki, qt, dk));
         }
         float *uj = Ub + (size_t)j * dv, *ot = o + (size_t)t * dv;
         int e = 0;
@@ -863,10 +872,14 @@ static void KFN(gdn_chunk)(int dk, int dv, const float *S0, int j0, int j1, cons
 static void KFN(gdn_close)(int dk, int dv, float *S, int n, const float *Kb, const float *Ub,
                            const float *G, float *scratch)
 {
-    float *c = scratch, *d = c + WRK_GDN_BLOCK;
+    float *c = scratch, *d = c + WRK_GDN_BLOCK, *kc = d + WRK_GDN_BLOCK;
     for (int j = 0; j < n; j++) d[j] = G[n - 1] - G[j];
     KFN(vexp)(c, d, n);
     const float eg = KFN(exp_s)(G[n - 1]);
+    /* kc[j][i] = e^(G_{n-1}-G_j) k_j[i], flushed as the chunk's coefficients */
+    for (int j = 0; j < n; j++)
+        for (int i = 0; i < dk; i++)
+            kc[(size_t)j * dk + i] = KFN(gdn_flush)(c[j] * Kb[(size_t)j * dk + i]);
     int e = 0;
     for (; e + VW <= dv; e += VW) {
         int i = 0;
@@ -876,11 +889,11 @@ static void KFN(gdn_close)(int dk, int dv, float *S, int n, const float *Kb, con
             vf a2 = KFN(splat)(eg) * KFN(ld)(s0 + 2 * dv), a3 = KFN(splat)(eg) * KFN(ld)(s0 + 3 * dv);
             for (int j = 0; j < n; j++) {
                 const vf u = KFN(ld)(Ub + (size_t)j * dv + e);
-                const float *kj = Kb + (size_t)j * dk + i;
-                a0 += KFN(splat)(c[j] * kj[0]) * u;
-                a1 += KFN(splat)(c[j] * kj[1]) * u;
-                a2 += KFN(splat)(c[j] * kj[2]) * u;
-                a3 += KFN(splat)(c[j] * kj[3]) * u;
+                const float *kj = kc + (size_t)j * dk + i;
+                a0 += KFN(splat)(kj[0]) * u;
+                a1 += KFN(splat)(kj[1]) * u;
+                a2 += KFN(splat)(kj[2]) * u;
+                a3 += KFN(splat)(kj[3]) * u;
             }
             KFN(st)(s0, a0);
             KFN(st)(s0 + dv, a1);
@@ -891,7 +904,7 @@ static void KFN(gdn_close)(int dk, int dv, float *S, int n, const float *Kb, con
             float *s0 = S + (size_t)i * dv + e;
             vf a0 = KFN(splat)(eg) * KFN(ld)(s0);
             for (int j = 0; j < n; j++)
-                a0 += KFN(splat)(c[j] * Kb[(size_t)j * dk + i]) * KFN(ld)(Ub + (size_t)j * dv + e);
+                a0 += KFN(splat)(kc[(size_t)j * dk + i]) * KFN(ld)(Ub + (size_t)j * dv + e);
             KFN(st)(s0, a0);
         }
     }
@@ -899,7 +912,7 @@ static void KFN(gdn_close)(int dk, int dv, float *S, int n, const float *Kb, con
         for (int i = 0; i < dk; i++) {
             float *s0 = S + (size_t)i * dv + e;
             float a0 = eg * *s0;
-            for (int j = 0; j < n; j++) a0 += (c[j] * Kb[(size_t)j * dk + i]) * Ub[(size_t)j * dv + e];
+            for (int j = 0; j < n; j++) a0 += kc[(size_t)j * dk + i] * Ub[(size_t)j * dv + e];
             *s0 = a0;
         }
 }

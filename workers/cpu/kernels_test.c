@@ -548,7 +548,7 @@ static void gdn_run(const wrk_kern_t *kr, int dv, int split, const float *k, con
                     const float *v, const float *beta, const float *g, float *o, float *S)
 {
     enum { B = WRK_GDN_BLOCK };
-    static float Kb[B * GC_DK], Ub[B * GC_DV], G[B], ks[2 * B * (GC_DV + 1)];
+    static float Kb[B * GC_DK], Ub[B * GC_DV], G[B], ks[2 * B * (GC_DV + 1) + B * GC_DK];
     memset(S, 0, sizeof(float) * GC_DK * dv);
     int j = 0;
     for (int t0 = 0; t0 < GC_TOK;) {
@@ -593,7 +593,7 @@ static void test_gdn_chunk(void)
             k[t * GC_DK + i] /= (float)sqrt(nk), q[t * GC_DK + i] /= (float)sqrt(nq * GC_DK);
         for (int e = 0; e < GC_DV; e++) v[t * GC_DV + e] = frand(&seed);
         beta[t] = 0.5f + 0.4f * frand(&seed);
-        g[t] = t % 17 == 3 ? -4.f : -0.05f + 0.04f * frand(&seed); /* some strong decays */
+        g[t] = t % 17 == 3 ? -30.f : -0.05f + 0.04f * frand(&seed); /* strong decays: flushed */
     }
     const int dvs[] = {GC_DV, 16, 5}, splits[] = {0, 5, 13};
     for (int ii = 0; ii < 3; ii++) {

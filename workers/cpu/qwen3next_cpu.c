@@ -67,9 +67,10 @@ static int cpu_init(struct wrk_cpu *c, void **ctx)
               (a->t2 = wrk_cpu_alloc_floats(T * FM));
     if (ok && cfg->n_gdn) {
         const size_t B = WRK_GDN_BLOCK, dk = (size_t)cfg->dk, dv = (size_t)cfg->dv;
-        /* queries, outputs, betas of a block's run; gdn_chunk's scratch; the recurrent form's
-         * q, k */
-        a->hs_floats = B * dk + B * dv + B + 2 * B * (dv + 1) + 2 * dk;
+        /* queries, outputs, betas of a block's run; gdn_chunk's / gdn_close's scratch; the
+         * recurrent form's q, k */
+        const size_t kscr = 2 * B * (dv + 1) > B * (dk + 2) ? 2 * B * (dv + 1) : B * (dk + 2);
+        a->hs_floats = B * dk + B * dv + B + kscr + 2 * dk;
         const char *rec = getenv("RCD_GDN_RECURRENT");
         a->recurrent = rec && strcmp(rec, "1") == 0;
         ok = (a->pz = wrk_cpu_alloc_floats(T * (2 * cfg->key_dim + 2 * VD))) &&
@@ -183,7 +184,7 @@ static void gdn(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_qwen3next_layer_t 
     const size_t B = WRK_GDN_BLOCK, SD = (size_t)dk * dv;
     float *hs = a->hs + (size_t)ith * a->hs_floats;
     float *qb = hs, *ob = qb + B * dk, *bb = ob + B * dv, *ks = bb + B;
-    float *qn = ks + 2 * B * (dv + 1), *kn = qn + dk;
+    float *qn = hs + a->hs_floats - 2 * (size_t)dk, *kn = qn + dk;
     const float qscale = 1.f / sqrtf((float)dk);
     for (int w = w0; w < w1; w++) {
         const int s = w / NV, h = w % NV, kh = h / r;
