@@ -91,13 +91,26 @@ int main(int argc, char **argv)
                                          {0, 0, 0, 0}};
     for (int o; (o = getopt_long(argc, argv, "i:k:v:h:r:d:", opts, NULL)) != -1;) {
         switch (o) {
-        case 'i': isa = optarg; break;
-        case 'k': dk = atoi(optarg); break;
-        case 'v': dv = atoi(optarg); break;
-        case 'h': heads = atoi(optarg); break;
-        case 'r': reps = atoi(optarg); break;
-        case 'd': decay = atof(optarg); break;
-        default: goto usage;
+        case 'i':
+            isa = optarg;
+            break;
+        case 'k':
+            dk = atoi(optarg);
+            break;
+        case 'v':
+            dv = atoi(optarg);
+            break;
+        case 'h':
+            heads = atoi(optarg);
+            break;
+        case 'r':
+            reps = atoi(optarg);
+            break;
+        case 'd':
+            decay = atof(optarg);
+            break;
+        default:
+            goto usage;
         }
     }
     if (dk < 1 || dk > 1024 || dv < 1 || dv > 1024 || heads < 1 || heads > 256 || reps < 1 ||
@@ -120,7 +133,8 @@ int main(int argc, char **argv)
     b.G = malloc(sizeof(float) * heads * B);
     b.o = malloc(sizeof(float) * TMAX * dv);
     b.ks = malloc(sizeof(float) * (2 * B * (dv + 1) + B * (dk + 2)));
-    if (!b.k || !b.q || !b.v || !b.beta || !b.g || !b.S || !b.Kb || !b.Ub || !b.G || !b.o || !b.ks) {
+    if (!b.k || !b.q || !b.v || !b.beta || !b.g || !b.S || !b.Kb || !b.Ub || !b.G || !b.o ||
+        !b.ks) {
         fprintf(stderr, "gdn_bench: out of memory\n");
         return 1;
     }
@@ -133,7 +147,8 @@ int main(int argc, char **argv)
         }
         for (int i = 0; i < dk; i++)
             b.k[t * dk + i] /= (float)sqrt(nk), b.q[t * dk + i] /= (float)sqrt(nq * dk);
-        for (int e = 0; e < dv; e++) b.v[t * dv + e] = frand(&seed);
+        for (int e = 0; e < dv; e++)
+            b.v[t * dv + e] = frand(&seed);
         b.beta[t] = 0.5f + 0.4f * frand(&seed);
         b.g[t] = (float)(-decay * (1.0 + 0.8 * frand(&seed)));
     }

@@ -294,11 +294,12 @@ int main(int argc, char **argv)
     }
     if (!model_dir || prefill_len < 0 || secs <= 0 || repeat < 0 || repeat > 100 || n_modes == 0 ||
         (matmul && strlen(matmul) >= sizeof modes_buf)) {
-        fprintf(stderr, "usage: mamba_bench --model DIR [--threads N] [--seconds S] "
-                        "[--prefill TOKENS (0: skip)] [--batches 1,2,4,... (each <= 32)] "
-                        "[--matmul fp32|bf16|bf16-avx512[:gdn-recurrent][,...] (several: each in "
-                        "turn, with ratios to the first)] [--repeat N (batch 1 N more times, each after a "
-                        "bandwidth measurement)] [--weights native|q8|q4]\n");
+        fprintf(stderr,
+                "usage: mamba_bench --model DIR [--threads N] [--seconds S] "
+                "[--prefill TOKENS (0: skip)] [--batches 1,2,4,... (each <= 32)] "
+                "[--matmul fp32|bf16|bf16-avx512[:gdn-recurrent][,...] (several: each in "
+                "turn, with ratios to the first)] [--repeat N (batch 1 N more times, each after a "
+                "bandwidth measurement)] [--weights native|q8|q4]\n");
         return 2;
     }
     char err[1024], cpu[256];

@@ -202,8 +202,8 @@ static void gdn(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_qwen3next_layer_t 
         int j = (int)q3n_pending(c, st);
         for (int j0 = 0; j0 < f->seqs[s].n_tokens;) {
             /* tokens [j0, j0 + n) of the sequence: rows [j, j + n) of the open block */
-            const int n = f->seqs[s].n_tokens - j0 < (int)B - j ? f->seqs[s].n_tokens - j0
-                                                                : (int)B - j;
+            const int n =
+                f->seqs[s].n_tokens - j0 < (int)B - j ? f->seqs[s].n_tokens - j0 : (int)B - j;
             for (int i = 0; i < n; i++) {
                 const size_t t = (size_t)(tb + j0 + i);
                 const float *y = a->yc + t * C;
@@ -217,8 +217,8 @@ static void gdn(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_qwen3next_layer_t 
                 const float beta = sigmoid(ba[h % r]);
                 const float g = A * softplus(ba[r + h % r] + dtb);
                 if (a->recurrent) {
-                    c->k->delta_rule(dk, dv, S, kn, qn, y + 2 * KD + (size_t)h * dv, beta,
-                                     expf(g), ob + (size_t)i * dv);
+                    c->k->delta_rule(dk, dv, S, kn, qn, y + 2 * KD + (size_t)h * dv, beta, expf(g),
+                                     ob + (size_t)i * dv);
                     continue;
                 }
                 bb[i] = beta;

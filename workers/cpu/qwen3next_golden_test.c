@@ -66,7 +66,8 @@ static void test_state_roundtrip(void)
     CHECK(strcmp(mi->state_tensors[6].name, "layers.2.recurrent") == 0);
     CHECK(strcmp(mi->state_tensors[10].name, "gdn.n_pending") == 0 &&
           mi->state_tensors[10].bytes == 8);
-    CHECK(strcmp(mi->state_tensors[11].name, "kv.n_tokens") == 0 && mi->state_tensors[11].bytes == 8);
+    CHECK(strcmp(mi->state_tensors[11].name, "kv.n_tokens") == 0 &&
+          mi->state_tensors[11].bytes == 8);
     /* 2 attention layers x K,V x 2 kv heads x hd 16 x 4 bytes. */
     CHECK(mi->n_kv_layers == 2 && mi->kv_width == 32 && mi->kv_bytes_per_token == 2 * 2 * 32 * 4);
     golden_check_state_layout(mi);
@@ -160,7 +161,8 @@ static void test_block_boundaries(void)
                        .n_logits = q->n - cut,
                        .logits = out};
         CHECK(wrk_step(b, &s, 1, err, sizeof err) == 0);
-        CHECK_MSG(memcmp(out, first + (size_t)cut * V, (size_t)(q->n - cut) * V * sizeof(float)) == 0,
+        CHECK_MSG(memcmp(out, first + (size_t)cut * V, (size_t)(q->n - cut) * V * sizeof(float)) ==
+                      0,
                   "slot %d resumed at %d differs from the single-token run", slot, cut);
     }
     free(blob);

@@ -303,8 +303,8 @@ static int describe_state(wrk_model_t *m, const wrk_qwen3next_config_t *c, char 
                                    (int64_t[]){c->nv, B, c->dk}, sizeof(float), off);
         off = wrk_state_tensor_set(&m->state_tensors[i++], l, "pending_u", 3,
                                    (int64_t[]){c->nv, B, c->dv}, sizeof(float), off);
-        off = wrk_state_tensor_set(&m->state_tensors[i++], l, "pending_g", 2,
-                                   (int64_t[]){c->nv, B}, sizeof(float), off);
+        off = wrk_state_tensor_set(&m->state_tensors[i++], l, "pending_g", 2, (int64_t[]){c->nv, B},
+                                   sizeof(float), off);
     }
     if (c->n_gdn > 0)
         off = wrk_state_tensor_set(&m->state_tensors[i++], -1, "gdn.n_pending", 1, (int64_t[]){1},
