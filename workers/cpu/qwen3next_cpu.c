@@ -137,8 +137,9 @@ static uint64_t q3n_pending(const wrk_cpu_t *c, float *st)
 
 /* One GDN layer: in_proj_qkvz and in_proj_ba, the per-key-head split into conv channels
  * q | k | v and the gate z, the depthwise causal conv (state: the last K-1 inputs) with SiLU,
- * then per (sequence, value head) the gated delta rule token by token, the gated RMSNorm
- * and out_proj into a->o. Ends after a barrier. */
+ * then per (sequence, value head) the chunked gated delta rule (the open block's rows in the
+ * state, a call split at block boundaries; the token-by-token form with RCD_GDN_RECURRENT=1),
+ * the gated RMSNorm and out_proj into a->o. Ends after a barrier. */
 static void gdn(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_qwen3next_layer_t *L)
 {
     wrk_cpu_t *c = f->c;
