@@ -7,6 +7,7 @@
  * rule; the engine's chunked form (64-token blocks at absolute positions, the open block's
  * tokens pending in the state) matches it within the tolerance; long_blocks' 150-token prompt
  * completes blocks mid-prompt, also in calls that straddle a block boundary. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "tests/support/golden_util.h"
@@ -169,6 +170,33 @@ static void test_block_boundaries(void)
     free(first);
     free(out);
 out:
+    wrk_backend_destroy(b);
+    wrk_model_free(m);
+    golden_free(&g);
+}
+
+/* The bench/test switch RCD_GDN_RECURRENT=1 (read at backend creation): the token-by-token
+ * form matches the goldens too and is chunking-invariant; the open block stays empty. */
+static void test_recurrent_switch(void)
+{
+    golden_t g;
+    wrk_model_t *m = golden_open(suite.family, "long_blocks", &g);
+    if (!m) return;
+    setenv("RCD_GDN_RECURRENT", "1", 1);
+    wrk_backend_t *b = golden_backend(&suite, m, NULL, 2);
+    unsetenv("RCD_GDN_RECURRENT");
+    if (b) {
+        const float worst = golden_check_chunks(b, &g, TOL_F32, "long_blocks recurrent");
+        fprintf(stderr, "  long_blocks recurrent form: max |dlogit| %.2e over all chunkings\n",
+                worst);
+        const wrk_model_info_t *mi = wrk_model_info(m);
+        char *blob = malloc(wrk_state_bytes(b, 0));
+        uint64_t pending = 1;
+        CHECK(wrk_state_read_n(b, 0, blob, wrk_state_bytes(b, 0), NULL) == 0);
+        memcpy(&pending, blob + mi->state_bytes - 16, 8);
+        CHECK(pending == 0);
+        free(blob);
+    }
     wrk_backend_destroy(b);
     wrk_model_free(m);
     golden_free(&g);
@@ -371,6 +399,7 @@ int main(int argc, char **argv)
     RUN(test_state_roundtrip);
     RUN(test_fixed_state_without_attention);
     RUN(test_block_boundaries);
+    RUN(test_recurrent_switch);
     RUN(test_goldens_discriminate);
     RUN(test_bad_checkpoints);
     RUN(test_refused_backends);
