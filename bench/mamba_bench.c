@@ -297,11 +297,12 @@ int main(int argc, char **argv)
     }
     if (!model_dir || prefill_len < 0 || secs <= 0 || repeat < 0 || repeat > 100 || n_modes == 0 ||
         (matmul && strlen(matmul) >= sizeof modes_buf)) {
-        fprintf(stderr, "usage: mamba_bench --model DIR [--threads N] [--seconds S] "
-                        "[--prefill TOKENS (0: skip)] [--batches 1,2,4,... (each <= 32)] "
-                        "[--matmul fp32|bf16|bf16-avx512[,...] (several: each in turn, with "
-                        "ratios to the first)] [--repeat N (batch 1 N more times, each after a "
-                        "bandwidth measurement)] [--weights native|q8|q4]\n");
+        fprintf(stderr,
+                "usage: mamba_bench --model DIR [--threads N] [--seconds S] "
+                "[--prefill TOKENS (0: skip)] [--batches 1,2,4,... (each <= 32)] "
+                "[--matmul fp32|bf16|bf16-avx512[:gdn-recurrent][,...] (several: each in "
+                "turn, with ratios to the first)] [--repeat N (batch 1 N more times, each after a "
+                "bandwidth measurement)] [--weights native|q8|q4]\n");
         return 2;
     }
     char err[1024], cpu[256];
@@ -392,9 +393,20 @@ int main(int argc, char **argv)
     const char *isa_of[MAX_MODES] = {0};
     for (int md = 0; md < n_modes; md++) {
         wrk_backend_t *b = NULL;
+        /* a mode "<matmul>:gdn-recurrent" creates its backend with RCD_GDN_RECURRENT=1 (the
+         * Gated DeltaNet's token-by-token form; workers/README.md, "Qwen3-Next") */
+        char mm[64];
+        const char *suf = modes[md] ? strstr(modes[md], ":gdn-recurrent") : NULL;
+        if (suf && (size_t)(suf - modes[md]) < sizeof mm) {
+            snprintf(mm, sizeof mm, "%.*s", (int)(suf - modes[md]), modes[md]);
+            setenv("RCD_GDN_RECURRENT", "1", 1);
+        } else {
+            snprintf(mm, sizeof mm, "%s", modes[md] ? modes[md] : "");
+            unsetenv("RCD_GDN_RECURRENT");
+        }
         wrk_backend_opts_t bo = {.n_threads = threads,
                                  .n_slots = max_batch,
-                                 .matmul = modes[md],
+                                 .matmul = mm[0] ? mm : NULL,
                                  .weights = weights,
                                  .max_step_tokens =
                                      prefill_len > max_batch ? prefill_len : max_batch};

@@ -7,8 +7,9 @@ gated full-attention layers (several layer patterns, GQA in both the attention a
 heads, MoE with and without the shared expert, dense MLPs, decoder_sparse_step and
 mlp_only_layers, partial RoPE, odd sizes), saves them with save_pretrained and writes
 full-forward fp32 logits for a few token sequences plus a greedy continuation (full forward at
-every step). transformers runs its chunked gated-delta-rule (64-token chunks) for these full
-forwards; the engine's token-by-token form must match it within 1e-4. Same file format as
+every step), one case with prompts longer than two 64-token blocks. transformers runs its
+chunked gated-delta-rule (64-token chunks) for these full forwards; the engine's chunked form
+(blocks at absolute positions, pending tokens of the open block) must match it within 1e-4. Same file format as
 tools/gen_granite_goldens.py; see tools/README.md ("Qwen3-Next goldens").
 
 Deterministic: running it twice produces byte-identical files (same library versions).
@@ -127,7 +128,22 @@ CASES = {
             num_experts_per_tok=0,
         ),
     ),
+    # Prompts longer than two 64-token blocks (the engine's chunked delta rule completes blocks
+    # mid-prompt and, in the greedy run, mid-decode): GDN / attention / GDN, dense, vocab 64.
+    "long_blocks": (
+        4005,
+        dict(
+            vocab_size=64,
+            num_hidden_layers=3,
+            layer_types=["linear_attention", "full_attention", "linear_attention"],
+            num_experts=0,
+            num_experts_per_tok=0,
+        ),
+    ),
 }
+
+# Per-case sequence lengths and greedy prompt length where they differ from the defaults.
+CASE_LENGTHS = {"long_blocks": ((3, 150), 100)}
 
 
 def build_model(seed, overrides):
@@ -176,12 +192,13 @@ def run_case(outdir, name):
     reloaded = Qwen3NextForCausalLM.from_pretrained(cdir, dtype=torch.float32,
                                                     experts_implementation="eager").eval()
     gen = torch.Generator().manual_seed(seed + 7000)
+    lengths, greedy_prompt = CASE_LENGTHS.get(name, (SEQ_LENGTHS, GREEDY_PROMPT_LEN))
     sequences, seq_logits, max_abs, reload_d = gc.write_sequences(model, reloaded, cdir, V,
-                                                                  SEQ_LENGTHS, gen, name)
+                                                                  lengths, gen, name)
     assert reload_d < 1e-5, "the saved checkpoint does not reproduce the model"
-    toks_long, lg_long = seq_logits[max(SEQ_LENGTHS)]
+    toks_long, lg_long = seq_logits[max(lengths)]
     gc.log_self_consistency(model, toks_long, lg_long, (1, 2, 3, 5, 8, 13, 21, 36))
-    prompt, g_ff, lg_g = gc.write_greedy(model, cdir, V, gen, GREEDY_PROMPT_LEN, GREEDY_NEW_TOKENS)
+    prompt, g_ff, lg_g = gc.write_greedy(model, cdir, V, gen, greedy_prompt, GREEDY_NEW_TOKENS)
     gc.log_generate_agrees(model, prompt, g_ff, lg_g, GREEDY_NEW_TOKENS)
     log(f"   max |logit| = {max(max_abs, float(lg_g.abs().max())):.4f}")
     gc.write_goldens_json(cdir, V, sequences, prompt, g_ff)

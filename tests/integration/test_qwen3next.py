@@ -1,12 +1,14 @@
 """recurd integration: Qwen3-Next (tests/golden/qwen3next/moe_shared_tied: Gated DeltaNet
-layers with a fixed conv + delta-rule state, and gated attention layers over the paged KV
+layers with a fixed conv + delta-rule state (S at the last 64-token block boundary plus the
+open block's rows), and gated attention layers over the paged KV
 cache) served end to end by token ids (the golden checkpoint has no tokenizer).
 
 A session runs two turns, the daemon is SIGKILLed and restarted, and turn 3 equals turn 3 of a
 session that never stopped (tokens and logprobs); a fork continues like its source; a
 sessionless run over the whole history equals the session's turn 3; a prompt sharing a
 >= 64-token prefix with an earlier one is a prefix-cache hit whose greedy tokens and logprobs
-equal those of a daemon with --prefix-cache-bytes 0."""
+equal those of a daemon with --prefix-cache-bytes 0 (prompts of 150-190 tokens in
+48-token chunks: GDN blocks complete inside chunks, and snapshots sit at block boundaries)."""
 import os
 import unittest
 
@@ -48,8 +50,8 @@ class Qwen3Next(OwnDaemonsTest):
         r1 = self.turn(a, "ref", T1)[:2]
         r2 = self.turn(a, "ref", T2)[:2]
         r3 = self.turn(a, "ref", T3)[:2]
-        # the recurrent form is chunking-invariant: a sessionless run over the whole history
-        # gives turn 3 exactly
+        # the chunked delta rule (64-token blocks at absolute positions) is chunking-invariant:
+        # a sessionless run over the whole history gives turn 3 exactly
         hist = T1 + r1[0] + T2 + r2[0] + T3
         self.assertEqual(self.turn(a, None, hist)[:2], r3)
         a.api.CreateSession(pb.CreateSessionRequest(session_id="s"))

@@ -21,7 +21,7 @@
 #include "workers/wrk.h"
 
 #define GOLDEN_MAX_SEQS 8
-#define GOLDEN_MAX_TOKENS 64
+#define GOLDEN_MAX_TOKENS 160
 #define GOLDEN_MAX_GREEDY 160
 
 typedef struct golden_seq {

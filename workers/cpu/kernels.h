@@ -22,6 +22,8 @@
  *   F16, F32: for each column k, W[r][k] for the 16 rows (32 or 64 bytes).
  * The layout does not depend on the instruction set. */
 #define WRK_PANEL 16
+/* Tokens per block of the chunked gated delta rule (gdn_chunk), at absolute positions. */
+#define WRK_GDN_BLOCK 64
 #define WRK_PACK_BF16_PAIRS(cols) ((((cols) + 1) / 2 + 15) / 16 * 16)
 static inline size_t wrk_pack_panel_bytes(wrk_dtype_t dt, int cols)
 {
@@ -64,6 +66,26 @@ typedef struct wrk_kern {
      * output's arithmetic depends only on its column, never on how many tokens a step has. */
     void (*delta_rule)(int dk, int dv, float *S, const float *k, const float *q, const float *v,
                        float beta, float decay, float *o);
+    /* The chunked gated delta rule of one head (Gated DeltaNet; the math in
+     * docs/specs/qwen3_next.md): tokens j0 <= j < j1 of a block of at most WRK_GDN_BLOCK
+     * tokens whose start state is S0 [dk][dv]. Kb [WRK_GDN_BLOCK][dk]: the block's L2-normed
+     * keys (rows < j1); Ub [WRK_GDN_BLOCK][dv]: the corrected values of rows < j0, rows
+     * [j0, j1) written; G: the cumulative log-decay from the block start (rows < j1); q
+     * [j1 - j0][dk] the scaled queries, v rows of stride ldv, beta [j1 - j0]. For each j:
+     *   u_j = beta_j (v_j - e^G_j S0^T k_j - sum_{i<j} e^(G_j-G_i) (k_i.k_j) u_i)
+     *   o_j = e^G_j S0^T q_j + sum_{i<=j} e^(G_j-G_i) (k_i.q_j) u_i      into o [j1 - j0][dv].
+     * The S0 products run as a small matmul (tokens in register tiles, the sum over dk in one
+     * fixed order); every output's arithmetic depends only on its column and the block's
+     * rows, never on j0, j1 or how the block was split between calls.
+     * scratch: 2 WRK_GDN_BLOCK (dv + 1) floats. */
+    void (*gdn_chunk)(int dk, int dv, const float *S0, int j0, int j1, const float *Kb,
+                      float *Ub, const float *G, const float *q, const float *v, int ldv,
+                      const float *beta, float *o, float *scratch);
+    /* Closes a block of n tokens: S <- e^G_{n-1} S + sum_j e^(G_{n-1}-G_j) k_j (x) u_j
+     * (j ascending). Both kernels set coefficients below 2^-100 in magnitude to 0 (no
+     * subnormal operands). scratch: WRK_GDN_BLOCK (dk + 2) floats. */
+    void (*gdn_close)(int dk, int dv, float *S, int n, const float *Kb, const float *Ub,
+                      const float *G, float *scratch);
     /* Vector exp/softplus/silu, exposed for the kernel tests. */
     void (*vexp)(float *y, const float *x, int n);
     void (*vsoftplus)(float *y, const float *x, int n);

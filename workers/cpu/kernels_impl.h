@@ -747,6 +747,176 @@ static void KFN(delta_rule)(int dk, int dv, float *S, const float *k, const floa
     }
 }
 
+/* a . b over n floats: lanes of VW, one horizontal sum, then the tail; a fixed order. */
+static inline float KFN(dot)(const float *a, const float *b, int n)
+{
+    vf acc = KFN(splat)(0.f);
+    int i = 0;
+    for (; i + VW <= n; i += VW) acc += KFN(ld)(a + i) * KFN(ld)(b + i);
+    float s = KFN(hsum)(acc);
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+/* The chunked delta rule's coefficients (decay factors times dots) below 2^-100 in
+ * magnitude become 0: with strong decays they would otherwise reach the subnormal range, where
+ * every FMA that reads them takes a microcode assist (tens of times slower). What is dropped is
+ * below 2^-100 times a value, far under fp32's rounding of the sums it joins. */
+static inline float KFN(gdn_flush)(float c)
+{
+    return fabsf(c) < 0x1p-100f ? 0.f : c;
+}
+
+/* W[t] = S0^T x[t], P[t] = S0^T y[t] for t < m (x, y rows of dk): lanes over dv, tokens in
+ * tiles of 4 or 1, each output summed over i ascending from 0 (the same for any tile). */
+static void KFN(gdn_s0)(int dk, int dv, const float *S0, const float *x, const float *y, int m,
+                        float *W, float *P)
+{
+    int e = 0;
+    for (; e + VW <= dv; e += VW) {
+        int t = 0;
+        for (; t + 4 <= m; t += 4) {
+            const float *x0 = x + (size_t)t * dk, *y0 = y + (size_t)t * dk;
+            vf a0 = KFN(splat)(0.f), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+            for (int i = 0; i < dk; i++) {
+                const vf s = KFN(ld)(S0 + (size_t)i * dv + e);
+                a0 += s * KFN(splat)(x0[i]);
+                a1 += s * KFN(splat)(x0[dk + i]);
+                a2 += s * KFN(splat)(x0[2 * dk + i]);
+                a3 += s * KFN(splat)(x0[3 * dk + i]);
+                b0 += s * KFN(splat)(y0[i]);
+                b1 += s * KFN(splat)(y0[dk + i]);
+                b2 += s * KFN(splat)(y0[2 * dk + i]);
+                b3 += s * KFN(splat)(y0[3 * dk + i]);
+            }
+            KFN(st)(W + (size_t)t * dv + e, a0);
+            KFN(st)(W + (size_t)(t + 1) * dv + e, a1);
+            KFN(st)(W + (size_t)(t + 2) * dv + e, a2);
+            KFN(st)(W + (size_t)(t + 3) * dv + e, a3);
+            KFN(st)(P + (size_t)t * dv + e, b0);
+            KFN(st)(P + (size_t)(t + 1) * dv + e, b1);
+            KFN(st)(P + (size_t)(t + 2) * dv + e, b2);
+            KFN(st)(P + (size_t)(t + 3) * dv + e, b3);
+        }
+        for (; t < m; t++) {
+            const float *x0 = x + (size_t)t * dk, *y0 = y + (size_t)t * dk;
+            vf a0 = KFN(splat)(0.f), b0 = a0;
+            for (int i = 0; i < dk; i++) {
+                const vf s = KFN(ld)(S0 + (size_t)i * dv + e);
+                a0 += s * KFN(splat)(x0[i]);
+                b0 += s * KFN(splat)(y0[i]);
+            }
+            KFN(st)(W + (size_t)t * dv + e, a0);
+            KFN(st)(P + (size_t)t * dv + e, b0);
+        }
+    }
+    for (; e < dv; e++)
+        for (int t = 0; t < m; t++) {
+            const float *x0 = x + (size_t)t * dk, *y0 = y + (size_t)t * dk;
+            float a0 = 0.f, b0 = 0.f;
+            for (int i = 0; i < dk; i++) {
+                const float s = S0[(size_t)i * dv + e];
+                a0 += s * x0[i];
+                b0 += s * y0[i];
+            }
+            W[(size_t)t * dv + e] = a0;
+            P[(size_t)t * dv + e] = b0;
+        }
+}
+
+static void KFN(gdn_chunk)(int dk, int dv, const float *S0, int j0, int j1, const float *Kb,
+                           float *Ub, const float *G, const float *q, const float *v, int ldv,
+                           const float *beta, float *o, float *scratch)
+{
+    const int m = j1 - j0;
+    float *W = scratch, *P = W + (size_t)WRK_GDN_BLOCK * dv;
+    float *a = P + (size_t)WRK_GDN_BLOCK * dv, *b = a + WRK_GDN_BLOCK;
+    KFN(gdn_s0)(dk, dv, S0, Kb + (size_t)j0 * dk, q, m, W, P);
+    for (int j = j0; j < j1; j++) {
+        const int t = j - j0;
+        const float *kj = Kb + (size_t)j * dk, *qt = q + (size_t)t * dk;
+        const float *vt = v + (size_t)t * ldv, *wt = W + (size_t)t * dv, *pt = P + (size_t)t * dv;
+        for (int i = 0; i <= j; i++) a[i] = G[j] - G[i];
+        KFN(vexp)(b, a, j + 1);
+        const float eg = KFN(exp_s)(G[j]), bt = beta[t];
+        for (int i = 0; i <= j; i++) {
+            const float *ki = Kb + (size_t)i * dk;
+            a[i] = i < j ? KFN(gdn_flush)(b[i] * KFN(dot)(ki, kj, dk)) : 0.f;
+            b[i] = KFN(gdn_flush)(b[i] * KFN(dot)(ki, qt, dk));
+        }
+        float *uj = Ub + (size_t)j * dv, *ot = o + (size_t)t * dv;
+        int e = 0;
+        for (; e + VW <= dv; e += VW) {
+            vf x = KFN(ld)(vt + e) - KFN(splat)(eg) * KFN(ld)(wt + e);
+            for (int i = 0; i < j; i++) x -= KFN(splat)(a[i]) * KFN(ld)(Ub + (size_t)i * dv + e);
+            const vf u = x * KFN(splat)(bt);
+            KFN(st)(uj + e, u);
+            vf y = KFN(splat)(eg) * KFN(ld)(pt + e);
+            for (int i = 0; i < j; i++) y += KFN(splat)(b[i]) * KFN(ld)(Ub + (size_t)i * dv + e);
+            y += KFN(splat)(b[j]) * u;
+            KFN(st)(ot + e, y);
+        }
+        for (; e < dv; e++) {
+            float x = vt[e] - eg * wt[e];
+            for (int i = 0; i < j; i++) x -= a[i] * Ub[(size_t)i * dv + e];
+            const float u = x * bt;
+            uj[e] = u;
+            float y = eg * pt[e];
+            for (int i = 0; i < j; i++) y += b[i] * Ub[(size_t)i * dv + e];
+            y += b[j] * u;
+            ot[e] = y;
+        }
+    }
+}
+
+static void KFN(gdn_close)(int dk, int dv, float *S, int n, const float *Kb, const float *Ub,
+                           const float *G, float *scratch)
+{
+    float *c = scratch, *d = c + WRK_GDN_BLOCK, *kc = d + WRK_GDN_BLOCK;
+    for (int j = 0; j < n; j++) d[j] = G[n - 1] - G[j];
+    KFN(vexp)(c, d, n);
+    const float eg = KFN(exp_s)(G[n - 1]);
+    /* kc[j][i] = e^(G_{n-1}-G_j) k_j[i], flushed as the chunk's coefficients */
+    for (int j = 0; j < n; j++)
+        for (int i = 0; i < dk; i++)
+            kc[(size_t)j * dk + i] = KFN(gdn_flush)(c[j] * Kb[(size_t)j * dk + i]);
+    int e = 0;
+    for (; e + VW <= dv; e += VW) {
+        int i = 0;
+        for (; i + 4 <= dk; i += 4) {
+            float *s0 = S + (size_t)i * dv + e;
+            vf a0 = KFN(splat)(eg) * KFN(ld)(s0), a1 = KFN(splat)(eg) * KFN(ld)(s0 + dv);
+            vf a2 = KFN(splat)(eg) * KFN(ld)(s0 + 2 * dv), a3 = KFN(splat)(eg) * KFN(ld)(s0 + 3 * dv);
+            for (int j = 0; j < n; j++) {
+                const vf u = KFN(ld)(Ub + (size_t)j * dv + e);
+                const float *kj = kc + (size_t)j * dk + i;
+                a0 += KFN(splat)(kj[0]) * u;
+                a1 += KFN(splat)(kj[1]) * u;
+                a2 += KFN(splat)(kj[2]) * u;
+                a3 += KFN(splat)(kj[3]) * u;
+            }
+            KFN(st)(s0, a0);
+            KFN(st)(s0 + dv, a1);
+            KFN(st)(s0 + 2 * dv, a2);
+            KFN(st)(s0 + 3 * dv, a3);
+        }
+        for (; i < dk; i++) {
+            float *s0 = S + (size_t)i * dv + e;
+            vf a0 = KFN(splat)(eg) * KFN(ld)(s0);
+            for (int j = 0; j < n; j++)
+                a0 += KFN(splat)(kc[(size_t)j * dk + i]) * KFN(ld)(Ub + (size_t)j * dv + e);
+            KFN(st)(s0, a0);
+        }
+    }
+    for (; e < dv; e++)
+        for (int i = 0; i < dk; i++) {
+            float *s0 = S + (size_t)i * dv + e;
+            float a0 = eg * *s0;
+            for (int j = 0; j < n; j++) a0 += kc[(size_t)j * dk + i] * Ub[(size_t)j * dv + e];
+            *s0 = a0;
+        }
+}
+
 static void KFN(scan)(int T, int c0, int c1, int I, int N, const float *dt, const float *dt_b,
                       const float *xc, const float *z, int ldz, const float *bc, int ldbc,
                       const float *A, const float *D, float *h, float *y)
@@ -796,6 +966,8 @@ static const wrk_kern_t KFN(table) = {
     .conv_silu = KFN(conv_silu),
     .scan = KFN(scan),
     .delta_rule = KFN(delta_rule),
+    .gdn_chunk = KFN(gdn_chunk),
+    .gdn_close = KFN(gdn_close),
     .vexp = KFN(vexp),
     .vsoftplus = KFN(vsoftplus),
 };

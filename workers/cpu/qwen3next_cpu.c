@@ -1,8 +1,9 @@
 /* workers/cpu: the Qwen3-Next forward pass over a ragged batch. All sequences' tokens are
  * stacked into one [T x H] activation so every projection is one matmul over the batch.
- * Gated DeltaNet layers run the short causal conv and the gated delta rule token by token
- * (the recurrent form: every token's arithmetic is the same whatever the chunking or batch,
- * so logits are bit-identical across them); attention layers append K/V to the slot's paged
+ * Gated DeltaNet layers run the short causal conv and the chunked gated delta rule over
+ * 64-token blocks at absolute positions (the kernels' gdn_chunk / gdn_close: a token's
+ * arithmetic depends only on the block's start state and its earlier tokens, so logits are
+ * bit-identical for any chunking or batch); attention layers append K/V to the slot's paged
  * KV blocks and attend causally over them; each layer then runs its dense MLP or its MoE
  * (tokens grouped per expert so each expert's weights are read once per step). */
 #include <math.h>
@@ -13,6 +14,8 @@
 #include "workers/cpu/granite_cpu.h"
 #include "workers/families/qwen3next.h"
 
+_Static_assert(WRK_QWEN3NEXT_GDN_BLOCK == WRK_GDN_BLOCK, "one block size");
+
 typedef struct q3n_ctx {
     float *u, *o, *f; /* [T x H]: normed sublayer input, sublayer output, MLP output */
     /* Gated DeltaNet */
@@ -22,8 +25,9 @@ typedef struct q3n_ctx {
     float *yc;   /* [T x C] conv output (SiLU) */
     float *z;    /* [T x value_dim] output gate */
     float *core; /* [T x value_dim] gated-normed delta-rule output */
-    float *hs;   /* per thread: 2 dk + 2 dv floats */
+    float *hs;   /* per thread: the delta rule's scratch (gdn_hs_floats) */
     size_t hs_floats;
+    bool recurrent; /* RCD_GDN_RECURRENT=1: the token-by-token form (bench/test switch) */
     /* attention */
     float *qg;          /* [T x 2 qd]: per head query, gate */
     wrk_attn_bufs_t ab; /* q (normed, rotated), k, v, att, scores, positions */
@@ -62,7 +66,13 @@ static int cpu_init(struct wrk_cpu *c, void **ctx)
               (a->f = wrk_cpu_alloc_floats(T * H)) && (a->t1 = wrk_cpu_alloc_floats(T * FM)) &&
               (a->t2 = wrk_cpu_alloc_floats(T * FM));
     if (ok && cfg->n_gdn) {
-        a->hs_floats = 2 * (size_t)cfg->dk + 2 * (size_t)cfg->dv;
+        const size_t B = WRK_GDN_BLOCK, dk = (size_t)cfg->dk, dv = (size_t)cfg->dv;
+        /* queries, outputs, betas of a block's run; gdn_chunk's / gdn_close's scratch; the
+         * recurrent form's q, k */
+        const size_t kscr = 2 * B * (dv + 1) > B * (dk + 2) ? 2 * B * (dv + 1) : B * (dk + 2);
+        a->hs_floats = B * dk + B * dv + B + kscr + 2 * dk;
+        const char *rec = getenv("RCD_GDN_RECURRENT");
+        a->recurrent = rec && strcmp(rec, "1") == 0;
         ok = (a->pz = wrk_cpu_alloc_floats(T * (2 * cfg->key_dim + 2 * VD))) &&
              (a->pba = wrk_cpu_alloc_floats(T * 2 * cfg->nv)) &&
              (a->xc = wrk_cpu_alloc_floats(T * C)) && (a->yc = wrk_cpu_alloc_floats(T * C)) &&
@@ -112,10 +122,24 @@ static void l2norm(float *y, const float *x, int n)
 
 /* ---- Gated DeltaNet ----------------------------------------------------------------------- */
 
+/* "gdn.n_pending" of a slot's state st: the open block's tokens. */
+static uint64_t *q3n_pending_at(const wrk_cpu_t *c, float *st)
+{
+    const wrk_qwen3next_config_t *cfg = &((const wrk_qwen3next_t *)c->m->priv)->cfg;
+    return (uint64_t *)(void *)(st + (size_t)cfg->n_gdn * wrk_qwen3next_layer_state_floats(cfg));
+}
+static uint64_t q3n_pending(const wrk_cpu_t *c, float *st)
+{
+    uint64_t n;
+    memcpy(&n, q3n_pending_at(c, st), sizeof n);
+    return n < WRK_GDN_BLOCK ? n : 0;
+}
+
 /* One GDN layer: in_proj_qkvz and in_proj_ba, the per-key-head split into conv channels
  * q | k | v and the gate z, the depthwise causal conv (state: the last K-1 inputs) with SiLU,
- * then per (sequence, value head) the gated delta rule token by token, the gated RMSNorm
- * and out_proj into a->o. Ends after a barrier. */
+ * then per (sequence, value head) the chunked gated delta rule (the open block's rows in the
+ * state, a call split at block boundaries; the token-by-token form with RCD_GDN_RECURRENT=1),
+ * the gated RMSNorm and out_proj into a->o. Ends after a barrier. */
 static void gdn(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_qwen3next_layer_t *L)
 {
     wrk_cpu_t *c = f->c;
@@ -158,37 +182,72 @@ static void gdn(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_qwen3next_layer_t 
     /* The delta rule, one (sequence, value head) per work item. */
     int w0, w1;
     wrk_split(f->n_seqs * NV, 1, ith, nth, &w0, &w1);
+    const size_t B = WRK_GDN_BLOCK, SD = (size_t)dk * dv;
     float *hs = a->hs + (size_t)ith * a->hs_floats;
-    float *qn = hs, *kn = hs + dk, *ov = hs + 2 * dk;
+    float *qb = hs, *ob = qb + B * dk, *bb = ob + B * dv, *ks = bb + B;
+    float *qn = hs + a->hs_floats - 2 * (size_t)dk, *kn = qn + dk;
     const float qscale = 1.f / sqrtf((float)dk);
     for (int w = w0; w < w1; w++) {
         const int s = w / NV, h = w % NV, kh = h / r;
         int tb = 0;
         for (int i = 0; i < s; i++)
             tb += f->seqs[i].n_tokens;
-        float *S = wrk_cpu_slot(c, f->seqs[s].slot) + lay_off + conv_n + (size_t)h * dk * dv;
+        float *st = wrk_cpu_slot(c, f->seqs[s].slot);
+        float *lay = st + lay_off + conv_n;
+        float *S = lay + (size_t)h * SD;
+        float *Kb = lay + NV * SD + (size_t)h * B * dk;
+        float *Ub = lay + NV * SD + NV * B * dk + (size_t)h * B * dv;
+        float *G = lay + NV * SD + NV * B * (dk + dv) + (size_t)h * B;
         const float A = L->A[h], dtb = L->dt_b[h];
-        for (int j = 0; j < f->seqs[s].n_tokens; j++) {
-            const size_t t = (size_t)(tb + j);
-            const float *y = a->yc + t * C;
-            l2norm(qn, y + (size_t)kh * dk, dk);
-            l2norm(kn, y + KD + (size_t)kh * dk, dk);
-            for (int i = 0; i < dk; i++)
-                qn[i] *= qscale;
-            const float *v = y + 2 * KD + (size_t)h * dv;
-            const float *ba = a->pba + t * 2 * NV + (size_t)kh * 2 * r;
-            const float beta = sigmoid(ba[h % r]);
-            const float decay = expf(A * softplus(ba[r + h % r] + dtb));
-            c->k->delta_rule(dk, dv, S, kn, qn, v, beta, decay, ov);
+        const float *gn = L->gnorm;
+        int j = (int)q3n_pending(c, st);
+        for (int j0 = 0; j0 < f->seqs[s].n_tokens;) {
+            /* tokens [j0, j0 + n) of the sequence: rows [j, j + n) of the open block */
+            const int n =
+                f->seqs[s].n_tokens - j0 < (int)B - j ? f->seqs[s].n_tokens - j0 : (int)B - j;
+            for (int i = 0; i < n; i++) {
+                const size_t t = (size_t)(tb + j0 + i);
+                const float *y = a->yc + t * C;
+                const float *ba = a->pba + t * 2 * NV + (size_t)kh * 2 * r;
+                float *q = a->recurrent ? qn : qb + (size_t)i * dk;
+                float *k = a->recurrent ? kn : Kb + (size_t)(j + i) * dk;
+                l2norm(q, y + (size_t)kh * dk, dk);
+                l2norm(k, y + KD + (size_t)kh * dk, dk);
+                for (int e = 0; e < dk; e++)
+                    q[e] *= qscale;
+                const float beta = sigmoid(ba[h % r]);
+                const float g = A * softplus(ba[r + h % r] + dtb);
+                if (a->recurrent) {
+                    c->k->delta_rule(dk, dv, S, kn, qn, y + 2 * KD + (size_t)h * dv, beta, expf(g),
+                                     ob + (size_t)i * dv);
+                    continue;
+                }
+                bb[i] = beta;
+                G[j + i] = (j + i > 0 ? G[j + i - 1] : 0.f) + g;
+            }
+            if (!a->recurrent) {
+                const float *v = a->yc + (size_t)(tb + j0) * C + 2 * KD + (size_t)h * dv;
+                c->k->gdn_chunk(dk, dv, S, j, j + n, Kb, Ub, G, qb, v, C, bb, ob, ks);
+                j += n;
+                if (j == (int)B) {
+                    c->k->gdn_close(dk, dv, S, (int)B, Kb, Ub, G, ks);
+                    j = 0;
+                }
+            }
             /* gated RMSNorm over the head: w * (o / rms(o)) * silu(z) */
-            float ss = 0.f;
-            for (int e = 0; e < dv; e++)
-                ss += ov[e] * ov[e];
-            const float rs = 1.f / sqrtf(ss / (float)dv + cfg->eps);
-            const float *zz = a->z + t * VD + (size_t)h * dv;
-            float *out = a->core + t * VD + (size_t)h * dv;
-            for (int e = 0; e < dv; e++)
-                out[e] = L->gnorm[e] * (ov[e] * rs) * silu(zz[e]);
+            for (int i = 0; i < n; i++) {
+                const size_t t = (size_t)(tb + j0 + i);
+                const float *o = ob + (size_t)i * dv;
+                float ss = 0.f;
+                for (int e = 0; e < dv; e++)
+                    ss += o[e] * o[e];
+                const float rs = 1.f / sqrtf(ss / (float)dv + cfg->eps);
+                const float *zz = a->z + t * VD + (size_t)h * dv;
+                float *out = a->core + t * VD + (size_t)h * dv;
+                for (int e = 0; e < dv; e++)
+                    out[e] = gn[e] * (o[e] * rs) * silu(zz[e]);
+            }
+            j0 += n;
         }
     }
     wrk_pool_barrier(c->pool);
@@ -457,6 +516,13 @@ static void forward(void *arg, int ith, int nth)
         }
         wrk_pool_barrier(c->pool);
     }
+    /* Every GDN layer has read the open block's length: advance it. */
+    if (ith == 0 && cfg->n_gdn && !a->recurrent)
+        for (int s = 0; s < f->n_seqs; s++) {
+            float *st = wrk_cpu_slot(c, f->seqs[s].slot);
+            const uint64_t n = (q3n_pending(c, st) + (uint64_t)f->seqs[s].n_tokens) % WRK_GDN_BLOCK;
+            memcpy(q3n_pending_at(c, st), &n, sizeof n);
+        }
     wrk_cpu_logits(c, ith, nth, f->seqs, f->n_seqs, f->n_rows);
 }
 

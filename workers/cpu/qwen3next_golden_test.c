@@ -4,7 +4,10 @@
  * every chunking, ragged batches, greedy decode; the state layout and the variable-size state
  * round trip; config validation and refusals, and checks that the goldens see each
  * Qwen3-Next-specific detail. transformers' full forward runs its chunked (64-token) delta
- * rule; the engine's token-by-token form matches it within the tolerance. */
+ * rule; the engine's chunked form (64-token blocks at absolute positions, the open block's
+ * tokens pending in the state) matches it within the tolerance; long_blocks' 150-token prompt
+ * completes blocks mid-prompt, also in calls that straddle a block boundary. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "tests/support/golden_util.h"
@@ -13,7 +16,7 @@
 #define TOL_F32 1e-4f
 
 static const char *fp32_cases[] = {"moe_shared_tied", "dense_bias_untied", "moe_noshared_odd",
-                                   "all_linear_dense"};
+                                   "all_linear_dense", "long_blocks"};
 #define N_CASES (int)(sizeof fp32_cases / sizeof fp32_cases[0])
 static const golden_suite_t suite = {
     .family = "qwen3next",
@@ -21,7 +24,7 @@ static const golden_suite_t suite = {
     .cases = fp32_cases,
     .n_cases = N_CASES,
     .tol = TOL_F32,
-    .opts = {.n_slots = 8, .max_step_tokens = 64, .kv_block_tokens = 4, .n_kv_blocks = 96},
+    .opts = {.n_slots = 8, .max_step_tokens = 160, .kv_block_tokens = 4, .n_kv_blocks = 96},
     .ragged_pattern = {1, 3, 7, 2, 5, 1, 1, 4},
 };
 
@@ -49,13 +52,23 @@ static void test_state_roundtrip(void)
     char err[512];
     const wrk_model_info_t *mi = wrk_model_info(m);
     CHECK(strcmp(mi->architecture, "Qwen3NextForCausalLM") == 0);
-    /* 2 GDN layers of conv [K-1=3][C=2*16+32=64] and recurrent [4][8][8], then the count. */
-    CHECK(mi->state_bytes == (size_t)2 * (3 * 64 + 4 * 8 * 8) * 4 + 8);
-    CHECK(mi->n_state_tensors == 5);
+    /* 2 GDN layers of conv [K-1=3][C=2*16+32=64], recurrent [4][8][8] and the open block's
+     * pending_k [4][64][8], pending_u [4][64][8], pending_g [4][64]; gdn.n_pending; the count. */
+    const size_t gdn_layer = (size_t)(3 * 64 + 4 * 8 * 8 + 4 * 64 * (8 + 8 + 1)) * 4;
+    CHECK(mi->state_bytes == 2 * gdn_layer + 8 + 8);
+    CHECK(mi->n_state_tensors == 12);
     CHECK(strcmp(mi->state_tensors[0].name, "layers.0.conv") == 0);
     CHECK(strcmp(mi->state_tensors[1].name, "layers.0.recurrent") == 0);
-    CHECK(strcmp(mi->state_tensors[3].name, "layers.2.recurrent") == 0);
-    CHECK(strcmp(mi->state_tensors[4].name, "kv.n_tokens") == 0 && mi->state_tensors[4].bytes == 8);
+    CHECK(strcmp(mi->state_tensors[2].name, "layers.0.pending_k") == 0 &&
+          mi->state_tensors[2].bytes == 4 * 64 * 8 * 4);
+    CHECK(strcmp(mi->state_tensors[3].name, "layers.0.pending_u") == 0);
+    CHECK(strcmp(mi->state_tensors[4].name, "layers.0.pending_g") == 0 &&
+          mi->state_tensors[4].bytes == 4 * 64 * 4);
+    CHECK(strcmp(mi->state_tensors[6].name, "layers.2.recurrent") == 0);
+    CHECK(strcmp(mi->state_tensors[10].name, "gdn.n_pending") == 0 &&
+          mi->state_tensors[10].bytes == 8);
+    CHECK(strcmp(mi->state_tensors[11].name, "kv.n_tokens") == 0 &&
+          mi->state_tensors[11].bytes == 8);
     /* 2 attention layers x K,V x 2 kv heads x hd 16 x 4 bytes. */
     CHECK(mi->n_kv_layers == 2 && mi->kv_width == 32 && mi->kv_bytes_per_token == 2 * 2 * 32 * 4);
     golden_check_state_layout(mi);
@@ -69,16 +82,121 @@ static void test_state_roundtrip(void)
     char *blob = malloc(n);
     size_t len = 0;
     CHECK(wrk_state_read_n(b, 0, blob, n, &len) == 0 && len == n);
-    uint64_t count;
+    uint64_t count, pending;
     memcpy(&count, blob + mi->state_bytes - 8, 8);
-    CHECK(count == (uint64_t)cut);
+    memcpy(&pending, blob + mi->state_bytes - 16, 8);
+    CHECK(count == (uint64_t)cut && pending == (uint64_t)cut);
     wrk_state_reset(b, 0);
+    /* A blob of the recurrent form's layout (no open-block rows, no gdn.n_pending: 3,592 fixed
+     * bytes) is refused by its length, short or long (its KV then read as the count). */
+    for (int P = 10; P <= 100; P += 90) {
+        const size_t old = 3592 + (size_t)P * mi->kv_bytes_per_token;
+        char *ob = calloc(1, old);
+        const uint64_t oc = (uint64_t)P;
+        memcpy(ob + 3592 - 8, &oc, 8);
+        const int rc = wrk_state_write_n(b, 5, ob, old);
+        CHECK_MSG(rc == RCD_EFORMAT || rc == RCD_ETOOBIG, "old layout, %d positions: rc %d", P, rc);
+        free(ob);
+    }
     CHECK(wrk_state_write_n(b, 5, blob, n - 4) == RCD_EFORMAT);
     CHECK(wrk_state_write_n(b, 5, blob, n) == 0);
     CHECK(wrk_state_copy(b, 6, 5) == 0);
     for (int slot = 5; slot <= 6; slot++)
         golden_check_resume(b, slot, q, V, cut, TOL_F32);
     free(blob);
+    wrk_backend_destroy(b);
+    wrk_model_free(m);
+    golden_free(&g);
+}
+
+/* Blocks complete in calls of any length: chunkings that straddle the 64-token block
+ * boundaries (5, 7, 48, 63, whole) give logits bit-identical to one token per call, within the
+ * tolerance of the goldens; a state read mid-block (pending tokens) and written into another
+ * slot continues exactly, across the next block boundary. */
+static void test_block_boundaries(void)
+{
+    golden_t g;
+    wrk_model_t *m = golden_open(suite.family, "long_blocks", &g);
+    if (!m) return;
+    const golden_seq_t *q = NULL;
+    for (int i = 0; i < g.n_seqs; i++)
+        if (g.seqs[i].n > 2 * 64) q = &g.seqs[i];
+    CHECK(q != NULL);
+    wrk_backend_t *b = golden_backend(&suite, m, NULL, 2);
+    if (!q || !b) goto out;
+    const int V = g.V;
+    const size_t n = (size_t)q->n * V;
+    float *first = malloc(n * sizeof(float)), *out = malloc(n * sizeof(float));
+    CHECK(golden_run_into(b, 0, q, V, 1, first) == 0);
+    CHECK(golden_max_diff(first, q->logits, n) <= TOL_F32);
+    static const int chunks[] = {5, 7, 48, 63, 160};
+    for (int k = 0; k < 5; k++) {
+        CHECK(golden_run_into(b, 0, q, V, chunks[k], out) == 0);
+        CHECK_MSG(memcmp(first, out, n * sizeof(float)) == 0,
+                  "chunk %d logits differ bitwise from chunk 1 (max %g)", chunks[k],
+                  golden_max_diff(first, out, n));
+    }
+    /* Mid-block (100 = 64 + 36 pending) state read, written into another slot and forked:
+     * both continue across position 128 bit-identical to the single-token run. */
+    char err[512];
+    const int cut = 100;
+    wrk_state_reset(b, 0);
+    for (int p = 0; p < cut; p += 50) {
+        wrk_seq_t s = {.slot = 0, .n_tokens = 50, .tokens = q->tokens + p, .n_logits = 0};
+        CHECK(wrk_step(b, &s, 1, err, sizeof err) == 0);
+    }
+    const size_t sn = wrk_state_bytes(b, 0);
+    char *blob = malloc(sn);
+    CHECK(wrk_state_read_n(b, 0, blob, sn, NULL) == 0);
+    const wrk_model_info_t *mi = wrk_model_info(m);
+    uint64_t pending;
+    memcpy(&pending, blob + mi->state_bytes - 16, 8);
+    CHECK(pending == (uint64_t)(cut - 64));
+    wrk_state_reset(b, 0);
+    CHECK(wrk_state_write_n(b, 3, blob, sn) == 0);
+    CHECK(wrk_state_copy(b, 4, 3) == 0);
+    for (int slot = 3; slot <= 4; slot++) {
+        wrk_seq_t s = {.slot = slot,
+                       .n_tokens = q->n - cut,
+                       .tokens = q->tokens + cut,
+                       .n_logits = q->n - cut,
+                       .logits = out};
+        CHECK(wrk_step(b, &s, 1, err, sizeof err) == 0);
+        CHECK_MSG(memcmp(out, first + (size_t)cut * V, (size_t)(q->n - cut) * V * sizeof(float)) ==
+                      0,
+                  "slot %d resumed at %d differs from the single-token run", slot, cut);
+    }
+    free(blob);
+    free(first);
+    free(out);
+out:
+    wrk_backend_destroy(b);
+    wrk_model_free(m);
+    golden_free(&g);
+}
+
+/* The bench/test switch RCD_GDN_RECURRENT=1 (read at backend creation): the token-by-token
+ * form matches the goldens too and is chunking-invariant; the open block stays empty. */
+static void test_recurrent_switch(void)
+{
+    golden_t g;
+    wrk_model_t *m = golden_open(suite.family, "long_blocks", &g);
+    if (!m) return;
+    setenv("RCD_GDN_RECURRENT", "1", 1);
+    wrk_backend_t *b = golden_backend(&suite, m, NULL, 2);
+    unsetenv("RCD_GDN_RECURRENT");
+    if (b) {
+        const float worst = golden_check_chunks(b, &g, TOL_F32, "long_blocks recurrent");
+        fprintf(stderr, "  long_blocks recurrent form: max |dlogit| %.2e over all chunkings\n",
+                worst);
+        const wrk_model_info_t *mi = wrk_model_info(m);
+        char *blob = malloc(wrk_state_bytes(b, 0));
+        uint64_t pending = 1;
+        CHECK(wrk_state_read_n(b, 0, blob, wrk_state_bytes(b, 0), NULL) == 0);
+        memcpy(&pending, blob + mi->state_bytes - 16, 8);
+        CHECK(pending == 0);
+        free(blob);
+    }
     wrk_backend_destroy(b);
     wrk_model_free(m);
     golden_free(&g);
@@ -91,8 +209,8 @@ static void test_fixed_state_without_attention(void)
     wrk_model_t *m = golden_open(suite.family, "all_linear_dense", &g);
     if (!m) return;
     const wrk_model_info_t *mi = wrk_model_info(m);
-    CHECK(mi->n_kv_layers == 0 && mi->kv_bytes_per_token == 0 && mi->n_state_tensors == 4);
-    CHECK(mi->state_bytes == (size_t)2 * (3 * 64 + 4 * 8 * 8) * 4);
+    CHECK(mi->n_kv_layers == 0 && mi->kv_bytes_per_token == 0 && mi->n_state_tensors == 11);
+    CHECK(mi->state_bytes == (size_t)2 * (3 * 64 + 4 * 8 * 8 + 4 * 64 * 17) * 4 + 8);
     wrk_backend_t *b = golden_backend(&suite, m, NULL, 2);
     void *blob = malloc(mi->state_bytes);
     golden_check_state_roundtrip(b, &g.seqs[g.n_seqs - 1], g.V, 13, TOL_F32, blob);
@@ -280,6 +398,8 @@ int main(int argc, char **argv)
     RUN(test_greedy);
     RUN(test_state_roundtrip);
     RUN(test_fixed_state_without_attention);
+    RUN(test_block_boundaries);
+    RUN(test_recurrent_switch);
     RUN(test_goldens_discriminate);
     RUN(test_bad_checkpoints);
     RUN(test_refused_backends);

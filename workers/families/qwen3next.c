@@ -280,22 +280,35 @@ static int bind_layer(wrk_binder_t *b, const wrk_qwen3next_config_t *c, int l,
     return 0;
 }
 
-/* State: per GDN layer "layers.<l>.conv" [K-1][C] and "layers.<l>.recurrent" [nv][dk][dv],
- * then, with attention layers, "kv.n_tokens" (the positions the KV part holds). */
+/* State: per GDN layer "layers.<l>.conv" [K-1][C], "layers.<l>.recurrent" [nv][dk][dv] (S at
+ * the last block boundary), "layers.<l>.pending_k" [nv][B][dk], "layers.<l>.pending_u"
+ * [nv][B][dv], "layers.<l>.pending_g" [nv][B] (the open block, B = 64), then with GDN layers
+ * "gdn.n_pending" (uint64: the open block's tokens) and with attention layers "kv.n_tokens"
+ * (the positions the KV part holds). */
 static int describe_state(wrk_model_t *m, const wrk_qwen3next_config_t *c, char *err, size_t errlen)
 {
-    const int n = 2 * c->n_gdn + (c->n_attn > 0);
+    const int n = 5 * c->n_gdn + (c->n_gdn > 0) + (c->n_attn > 0);
     m->state_tensors = wrk_model_alloc(m, (size_t)(n ? n : 1), sizeof *m->state_tensors);
     if (!m->state_tensors) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
     size_t off = 0;
     int i = 0;
+    const int64_t B = WRK_QWEN3NEXT_GDN_BLOCK;
     for (int l = 0; l < c->n_layers; l++) {
         if (c->attn[l]) continue;
         off = wrk_state_tensor_set(&m->state_tensors[i++], l, "conv", 2,
                                    (int64_t[]){c->d_conv - 1, c->conv_dim}, sizeof(float), off);
         off = wrk_state_tensor_set(&m->state_tensors[i++], l, "recurrent", 3,
                                    (int64_t[]){c->nv, c->dk, c->dv}, sizeof(float), off);
+        off = wrk_state_tensor_set(&m->state_tensors[i++], l, "pending_k", 3,
+                                   (int64_t[]){c->nv, B, c->dk}, sizeof(float), off);
+        off = wrk_state_tensor_set(&m->state_tensors[i++], l, "pending_u", 3,
+                                   (int64_t[]){c->nv, B, c->dv}, sizeof(float), off);
+        off = wrk_state_tensor_set(&m->state_tensors[i++], l, "pending_g", 2, (int64_t[]){c->nv, B},
+                                   sizeof(float), off);
     }
+    if (c->n_gdn > 0)
+        off = wrk_state_tensor_set(&m->state_tensors[i++], -1, "gdn.n_pending", 1, (int64_t[]){1},
+                                   sizeof(uint64_t), off);
     if (c->n_attn > 0)
         off = wrk_state_tensor_set(&m->state_tensors[i++], -1, "kv.n_tokens", 1, (int64_t[]){1},
                                    sizeof(uint64_t), off);

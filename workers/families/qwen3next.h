@@ -64,15 +64,24 @@ typedef struct wrk_qwen3next {
     float *inv_freq; /* [rot_dim / 2] used (head_dim / 2 allocated) */
 } wrk_qwen3next_t;
 
-/* Per GDN layer the state: conv window [K-1][C] (pre-conv inputs, oldest first), then the
- * delta-rule state [nv][dk][dv]; fp32. */
+/* Per GDN layer the state: conv window [K-1][C] (pre-conv inputs, oldest first), the
+ * delta-rule state S [nv][dk][dv] at the last WRK_GDN_BLOCK boundary (absolute positions),
+ * then the open block's rows per value head: keys [nv][WRK_GDN_BLOCK][dk], corrected values
+ * [nv][WRK_GDN_BLOCK][dv] and cumulative log-decays [nv][WRK_GDN_BLOCK]; fp32. After the
+ * layers one uint64 "gdn.n_pending": the open block's tokens (position mod WRK_GDN_BLOCK). */
+#define WRK_QWEN3NEXT_GDN_BLOCK 64 /* = WRK_GDN_BLOCK (workers/cpu/kernels.h) */
 static inline size_t wrk_qwen3next_conv_floats(const wrk_qwen3next_config_t *c)
 {
     return (size_t)(c->d_conv - 1) * c->conv_dim;
 }
+static inline size_t wrk_qwen3next_pending_floats(const wrk_qwen3next_config_t *c)
+{
+    return (size_t)c->nv * WRK_QWEN3NEXT_GDN_BLOCK * (size_t)(c->dk + c->dv + 1);
+}
 static inline size_t wrk_qwen3next_layer_state_floats(const wrk_qwen3next_config_t *c)
 {
-    return wrk_qwen3next_conv_floats(c) + (size_t)c->nv * c->dk * c->dv;
+    return wrk_qwen3next_conv_floats(c) + (size_t)c->nv * c->dk * c->dv +
+           wrk_qwen3next_pending_floats(c);
 }
 
 int wrk_qwen3next_config_parse(const char *json, size_t len, wrk_qwen3next_config_t *cfg, char *err,
