@@ -2,8 +2,8 @@
  * in the same run — read bandwidth (a vectorized read of a buffer far larger than the
  * caches), the fp32 FMA peak (bench_peak.h: every thread's FMA units busy) and OpenBLAS
  * sgemm (large square). Prints decode tokens/s at several batch sizes with step-latency
- * percentiles, prefill tokens/s, and memory. For a mixture-of-experts model batch 1's
- * bandwidth limit counts the bytes one token reads (top_k of n_experts routed experts). */
+ * percentiles, prefill tokens/s, and memory. Batch 1's bandwidth limit counts the bytes one
+ * token reads: one row of an untied embedding, and top_k of n_experts routed experts. */
 #include <getopt.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -354,10 +354,12 @@ int main(int argc, char **argv)
                "using sysfs, as lscpu does\n",
                (double)llc_cpuid / 1048576, llc_level, (double)llc / 1048576, llc_inst);
     size_t big = llc > 0 && (size_t)llc * 4 > ((size_t)1 << 30) ? (size_t)llc * 4 : (size_t)1 << 30;
-    /* a batch-1 step of an MoE model reads top_k of the n_experts routed experts */
+    /* a batch-1 step reads one row of an untied embedding, and top_k of the n_experts routed
+     * experts of an MoE model */
     int n_experts = 0, top_k = 0;
-    const double moe_share = bench_moe_read_share(model_dir, &n_experts, &top_k);
-    const double read_b = weight_b * moe_share;
+    double embed_unread = 0;
+    const double unread = bench_unread_bytes(model_dir, &n_experts, &top_k, &embed_unread);
+    const double read_b = weight_b - unread;
     const size_t ws = (size_t)(read_b + 2 * state_b);
     double bw_mem = read_bandwidth(pool, big);
     double bw = read_bandwidth(pool, ws);
@@ -375,10 +377,15 @@ int main(int argc, char **argv)
            model_dir, mi->n_layers, mi->hidden_size, mi->vocab_size,
            wrk_dtype_name(mi->weight_dtype), weights ? weights : "native", weight_b / 1e6,
            (double)mi->weight_bytes / 1e6, state_b / 1e6);
-    if (moe_share < 1.0)
-        printf("moe: %d routed experts, top %d: a batch-1 step reads %.1f MB of the %.1f MB "
-               "(%.1f%%)\n",
-               n_experts, top_k, read_b / 1e6, weight_b / 1e6, 100 * moe_share);
+    if (unread > 0) {
+        printf("read per batch-1 step: %.1f MB of the %.1f MB; not read: %.1f MB of the untied "
+               "embedding (all but one row)",
+               read_b / 1e6, weight_b / 1e6, embed_unread / 1e6);
+        if (unread > embed_unread)
+            printf(", %.1f MB of routed experts (%d experts, top %d)",
+                   (unread - embed_unread) / 1e6, n_experts, top_k);
+        printf("\n");
+    }
     printf("limits: read bandwidth %.1f GB/s over the bytes a step reads (%.1f GB/s over %.0f "
            "MiB, last-level cache %.0f MiB), fp32 FMA peak %.1f GFLOP/s (%d-lane FMA chains, %d "
            "threads), sgemm %.1f GFLOP/s (2048^3); compute limit: %s\n",
