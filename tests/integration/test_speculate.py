@@ -2,8 +2,9 @@
 
 One daemon per model runs with --speculate ngram; the same requests with sampling.speculate =
 SPECULATE_OFF are the reference (a per-request switch: the same process, the same kernels).
-For the Mamba, Mamba2, Granite (paged KV), RecurrentGemma, Nemotron-H, Falcon-H1 and Jamba
-golden fixtures, with a
+For the Mamba, Mamba2, Granite (paged KV), RecurrentGemma, Nemotron-H, Falcon-H1, Jamba and
+Qwen3-Next golden fixtures (Qwen3-Next's prompt and answer run past its first 64-token Gated
+DeltaNet block), with a
 copy-heavy prompt (a passage, the model's own greedy continuation of it, and the passage again:
 the answer repeats what followed it, so drafts get accepted: Usage.accepted_tokens > 0):
 greedy tokens and logprobs are identical, and so is every checkpoint's payload (byte for
@@ -11,8 +12,7 @@ byte); concurrent speculating streams equal the reference; seeded sampling (temp
 top-k/p, penalties) gives the same tokens; max_tokens and stop token ids landing inside an
 accepted run end exactly where the reference does; after a SIGKILL between turns the resumed
 session's next turn equals the reference. On the bundled model (it has a tokenizer): stop
-strings inside an accepted run, the OpenAI usage details and the /metrics counters. A family
-without verify entries (Qwen3-Next) serves with --speculate ngram without speculating, and
+strings inside an accepted run, the OpenAI usage details and the /metrics counters.
 recurd-eval --speculate ngram prints the ids it prints without."""
 import json
 import os
@@ -144,18 +144,11 @@ class Jamba(Fixture):
     passage = SMALL_VOCAB_PASSAGE
 
 
-class Unsupported(OwnDaemonsTest):
-    """A family without verify entries (Qwen3-Next) never speculates and never fails for it."""
-
-    def test_serves_without_speculating(self):
-        d = self.spawn("--model", os.path.join(G, "qwen3next", "dense_bias_untied"), "--state-dir",
-                       self.dir, "--speculate", "ngram")
-        ids = [5, 17, 42, 99, 3, 7, 64, 128, 11] * 3
-        r = collect(d.api.Generate(gen_request(tokens=ids, temperature=0, max_tokens=12,
-                                               ignore_eos=True), timeout=120))
-        self.assertEqual(len(r[1]), 12)
-        self.assertEqual(r[3].usage.draft_tokens, 0)
-        self.assertIn("speculative decoding off", d.logs())
+class Qwen3Next(Fixture):
+    # Gated DeltaNet + attention + MoE; vocabulary 256. The first test's prompt is 48 tokens
+    # and its answer 40: verify entries cross the 64-token block boundary.
+    model = os.path.join(G, "qwen3next", "moe_shared_tied")
+    extra = KV
 
 
 class Eval(unittest.TestCase):

@@ -5,7 +5,9 @@
  * arithmetic depends only on the block's start state and its earlier tokens, so logits are
  * bit-identical for any chunking or batch); attention layers append K/V to the slot's paged
  * KV blocks and attend causally over them; each layer then runs its dense MLP or its MoE
- * (tokens grouped per expert so each expert's weights are read once per step). */
+ * (tokens grouped per expert so each expert's weights are read once per step). Verify entries
+ * keep each GDN layer's conv inputs and in_proj_ba rows; the rollback reruns the conv and the
+ * delta rule over the kept positions from them (spec_replay). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -135,6 +137,86 @@ static uint64_t q3n_pending(const wrk_cpu_t *c, float *st)
     return n < WRK_GDN_BLOCK ? n : 0;
 }
 
+/* A verify pass keeps per GDN layer what its recurrence reads from the matmuls, for
+ * WRK_SPEC_MAX_TOKENS positions: the conv inputs [.. x conv_dim] (q | k | v before the conv),
+ * then the in_proj_ba rows [.. x 2 nv] (β and the decay's inputs). */
+static size_t q3n_spec_layer_floats(const wrk_qwen3next_config_t *cfg)
+{
+    return (size_t)WRK_SPEC_MAX_TOKENS * ((size_t)cfg->conv_dim + 2 * (size_t)cfg->nv);
+}
+
+/* The gated delta rule of value head h over n tokens of one sequence whose layer state (after
+ * the conv window) is lay and whose open block holds j rows: y the tokens' conv outputs
+ * (stride conv_dim), ba their in_proj_ba rows (stride 2 nv); calls split at block boundaries
+ * as the absolute positions fall. With z, the gated RMSNorm of the outputs into core (stride
+ * value_dim); without (the speculative replay), the outputs are dropped. hs: the thread's
+ * scratch. The forward and the replay both run this, so their arithmetic is the same. */
+static void gdn_rule(const wrk_cpu_t *c, const q3n_ctx_t *a, const wrk_qwen3next_layer_t *L,
+                     float *lay, int j, int h, int n_tok, const float *y0, const float *ba0,
+                     const float *z0, float *core, float *hs)
+{
+    const wrk_qwen3next_config_t *cfg = &((const wrk_qwen3next_t *)c->m->priv)->cfg;
+    const int C = cfg->conv_dim, NK = cfg->nk, NV = cfg->nv, dk = cfg->dk, dv = cfg->dv;
+    const int r = NV / NK, kh = h / r, KD = cfg->key_dim, VD = cfg->value_dim;
+    const size_t B = WRK_GDN_BLOCK, SD = (size_t)dk * dv;
+    float *qb = hs, *ob = qb + B * dk, *bb = ob + B * dv, *ks = bb + B;
+    float *qn = hs + a->hs_floats - 2 * (size_t)dk, *kn = qn + dk;
+    const float qscale = 1.f / sqrtf((float)dk);
+    float *S = lay + (size_t)h * SD;
+    float *Kb = lay + NV * SD + (size_t)h * B * dk;
+    float *Ub = lay + NV * SD + NV * B * dk + (size_t)h * B * dv;
+    float *G = lay + NV * SD + NV * B * (dk + dv) + (size_t)h * B;
+    const float A = L->A[h], dtb = L->dt_b[h];
+    const float *gn = L->gnorm;
+    for (int j0 = 0; j0 < n_tok;) {
+        /* tokens [j0, j0 + n) of the sequence: rows [j, j + n) of the open block */
+        const int n = n_tok - j0 < (int)B - j ? n_tok - j0 : (int)B - j;
+        for (int i = 0; i < n; i++) {
+            const size_t t = (size_t)(j0 + i);
+            const float *y = y0 + t * C;
+            const float *ba = ba0 + t * 2 * NV + (size_t)kh * 2 * r;
+            float *q = a->recurrent ? qn : qb + (size_t)i * dk;
+            float *k = a->recurrent ? kn : Kb + (size_t)(j + i) * dk;
+            l2norm(q, y + (size_t)kh * dk, dk);
+            l2norm(k, y + KD + (size_t)kh * dk, dk);
+            for (int e = 0; e < dk; e++)
+                q[e] *= qscale;
+            const float beta = sigmoid(ba[h % r]);
+            const float g = A * softplus(ba[r + h % r] + dtb);
+            if (a->recurrent) {
+                c->k->delta_rule(dk, dv, S, kn, qn, y + 2 * KD + (size_t)h * dv, beta, expf(g),
+                                 ob + (size_t)i * dv);
+                continue;
+            }
+            bb[i] = beta;
+            G[j + i] = (j + i > 0 ? G[j + i - 1] : 0.f) + g;
+        }
+        if (!a->recurrent) {
+            const float *v = y0 + (size_t)j0 * C + 2 * KD + (size_t)h * dv;
+            c->k->gdn_chunk(dk, dv, S, j, j + n, Kb, Ub, G, qb, v, C, bb, ob, ks);
+            j += n;
+            if (j == (int)B) {
+                c->k->gdn_close(dk, dv, S, (int)B, Kb, Ub, G, ks);
+                j = 0;
+            }
+        }
+        /* gated RMSNorm over the head: w * (o / rms(o)) * silu(z) */
+        for (int i = 0; z0 && i < n; i++) {
+            const size_t t = (size_t)(j0 + i);
+            const float *o = ob + (size_t)i * dv;
+            float ss = 0.f;
+            for (int e = 0; e < dv; e++)
+                ss += o[e] * o[e];
+            const float rs = 1.f / sqrtf(ss / (float)dv + cfg->eps);
+            const float *zz = z0 + t * VD + (size_t)h * dv;
+            float *out = core + t * VD + (size_t)h * dv;
+            for (int e = 0; e < dv; e++)
+                out[e] = gn[e] * (o[e] * rs) * silu(zz[e]);
+        }
+        j0 += n;
+    }
+}
+
 /* One GDN layer: in_proj_qkvz and in_proj_ba, the per-key-head split into conv channels
  * q | k | v and the gate z, the depthwise causal conv (state: the last K-1 inputs) with SiLU,
  * then per (sequence, value head) the chunked gated delta rule (the open block's rows in the
@@ -174,81 +256,36 @@ static void gdn(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_qwen3next_layer_t 
      * threads in blocks of 16 so a channel's vector/scalar path does not depend on T. */
     int c0, c1;
     wrk_split(C, 16, ith, nth, &c0, &c1);
-    for (int s = 0, tb = 0; s < f->n_seqs; tb += f->seqs[s].n_tokens, s++)
-        c->k->conv_silu(f->seqs[s].n_tokens, c0, c1, C, K, a->xc + (size_t)tb * C, C, L->conv_w,
-                        NULL, wrk_cpu_slot(c, f->seqs[s].slot) + lay_off, a->yc + (size_t)tb * C);
+    for (int s = 0, tb = 0; s < f->n_seqs; tb += f->seqs[s].n_tokens, s++) {
+        const int n = f->seqs[s].n_tokens;
+        float *keep = wrk_cpu_spec_rec(c, &f->seqs[s]);
+        if (keep) { /* a verify entry: the conv inputs and the gate inputs, for the replay */
+            keep += (size_t)L->idx * q3n_spec_layer_floats(cfg);
+            for (int i = 0; i < n && c1 > c0; i++)
+                memcpy(keep + (size_t)i * C + c0, a->xc + (size_t)(tb + i) * C + c0,
+                       (size_t)(c1 - c0) * sizeof(float));
+            if (ith == 0)
+                memcpy(keep + (size_t)WRK_SPEC_MAX_TOKENS * C, a->pba + (size_t)tb * 2 * NV,
+                       (size_t)n * 2 * NV * sizeof(float));
+        }
+        c->k->conv_silu(n, c0, c1, C, K, a->xc + (size_t)tb * C, C, L->conv_w, NULL,
+                        wrk_cpu_slot(c, f->seqs[s].slot) + lay_off, a->yc + (size_t)tb * C);
+    }
     wrk_pool_barrier(c->pool);
 
     /* The delta rule, one (sequence, value head) per work item. */
     int w0, w1;
     wrk_split(f->n_seqs * NV, 1, ith, nth, &w0, &w1);
-    const size_t B = WRK_GDN_BLOCK, SD = (size_t)dk * dv;
     float *hs = a->hs + (size_t)ith * a->hs_floats;
-    float *qb = hs, *ob = qb + B * dk, *bb = ob + B * dv, *ks = bb + B;
-    float *qn = hs + a->hs_floats - 2 * (size_t)dk, *kn = qn + dk;
-    const float qscale = 1.f / sqrtf((float)dk);
     for (int w = w0; w < w1; w++) {
-        const int s = w / NV, h = w % NV, kh = h / r;
+        const int s = w / NV, h = w % NV;
         int tb = 0;
         for (int i = 0; i < s; i++)
             tb += f->seqs[i].n_tokens;
         float *st = wrk_cpu_slot(c, f->seqs[s].slot);
-        float *lay = st + lay_off + conv_n;
-        float *S = lay + (size_t)h * SD;
-        float *Kb = lay + NV * SD + (size_t)h * B * dk;
-        float *Ub = lay + NV * SD + NV * B * dk + (size_t)h * B * dv;
-        float *G = lay + NV * SD + NV * B * (dk + dv) + (size_t)h * B;
-        const float A = L->A[h], dtb = L->dt_b[h];
-        const float *gn = L->gnorm;
-        int j = (int)q3n_pending(c, st);
-        for (int j0 = 0; j0 < f->seqs[s].n_tokens;) {
-            /* tokens [j0, j0 + n) of the sequence: rows [j, j + n) of the open block */
-            const int n =
-                f->seqs[s].n_tokens - j0 < (int)B - j ? f->seqs[s].n_tokens - j0 : (int)B - j;
-            for (int i = 0; i < n; i++) {
-                const size_t t = (size_t)(tb + j0 + i);
-                const float *y = a->yc + t * C;
-                const float *ba = a->pba + t * 2 * NV + (size_t)kh * 2 * r;
-                float *q = a->recurrent ? qn : qb + (size_t)i * dk;
-                float *k = a->recurrent ? kn : Kb + (size_t)(j + i) * dk;
-                l2norm(q, y + (size_t)kh * dk, dk);
-                l2norm(k, y + KD + (size_t)kh * dk, dk);
-                for (int e = 0; e < dk; e++)
-                    q[e] *= qscale;
-                const float beta = sigmoid(ba[h % r]);
-                const float g = A * softplus(ba[r + h % r] + dtb);
-                if (a->recurrent) {
-                    c->k->delta_rule(dk, dv, S, kn, qn, y + 2 * KD + (size_t)h * dv, beta, expf(g),
-                                     ob + (size_t)i * dv);
-                    continue;
-                }
-                bb[i] = beta;
-                G[j + i] = (j + i > 0 ? G[j + i - 1] : 0.f) + g;
-            }
-            if (!a->recurrent) {
-                const float *v = a->yc + (size_t)(tb + j0) * C + 2 * KD + (size_t)h * dv;
-                c->k->gdn_chunk(dk, dv, S, j, j + n, Kb, Ub, G, qb, v, C, bb, ob, ks);
-                j += n;
-                if (j == (int)B) {
-                    c->k->gdn_close(dk, dv, S, (int)B, Kb, Ub, G, ks);
-                    j = 0;
-                }
-            }
-            /* gated RMSNorm over the head: w * (o / rms(o)) * silu(z) */
-            for (int i = 0; i < n; i++) {
-                const size_t t = (size_t)(tb + j0 + i);
-                const float *o = ob + (size_t)i * dv;
-                float ss = 0.f;
-                for (int e = 0; e < dv; e++)
-                    ss += o[e] * o[e];
-                const float rs = 1.f / sqrtf(ss / (float)dv + cfg->eps);
-                const float *zz = a->z + t * VD + (size_t)h * dv;
-                float *out = a->core + t * VD + (size_t)h * dv;
-                for (int e = 0; e < dv; e++)
-                    out[e] = gn[e] * (o[e] * rs) * silu(zz[e]);
-            }
-            j0 += n;
-        }
+        gdn_rule(c, a, L, st + lay_off + conv_n, (int)q3n_pending(c, st), h, f->seqs[s].n_tokens,
+                 a->yc + (size_t)tb * C, a->pba + (size_t)tb * 2 * NV, a->z + (size_t)tb * VD,
+                 a->core + (size_t)tb * VD, hs);
     }
     wrk_pool_barrier(c->pool);
     wrk_cpu_mm(c, ith, nth, &L->out, a->core, VD, T, a->o, H, NULL, false);
@@ -526,9 +563,118 @@ static void forward(void *arg, int ith, int nth)
     wrk_cpu_logits(c, ith, nth, f->seqs, f->n_seqs, f->n_rows);
 }
 
+static void spec_sizes(const struct wrk_cpu *c, size_t *rec, size_t *tmp, size_t *saved)
+{
+    (void)tmp;   /* the replay runs in the forward's own buffers (yc, hs) */
+    (void)saved; /* room for the whole fixed state (spec_save keeps less when it can) */
+    const wrk_qwen3next_config_t *cfg = &((const wrk_qwen3next_t *)c->m->priv)->cfg;
+    *rec = (size_t)cfg->n_gdn * q3n_spec_layer_floats(cfg);
+}
+
+/* n floats from st to p (out) or back; returns p + n. */
+static float *spec_move(float *p, float *st, size_t n, bool out)
+{
+    memcpy(out ? p : st, out ? st : p, n * sizeof(float));
+    return p + n;
+}
+
+/* Copies between a slot's state and `saved` (to saved when `out`) what a verify of n tokens
+ * from an open block of j rows changes when it closes no block: per GDN layer the conv window
+ * and rows [j, j + n) of every head's pending_k / pending_u / pending_g (S is untouched), then
+ * gdn.n_pending. */
+static void spec_part(wrk_cpu_t *c, int slot, int j, int n, float *saved, bool out)
+{
+    const wrk_qwen3next_config_t *cfg = &((const wrk_qwen3next_t *)c->m->priv)->cfg;
+    const size_t lay_floats = wrk_qwen3next_layer_state_floats(cfg);
+    const size_t conv_n = wrk_qwen3next_conv_floats(cfg), B = WRK_GDN_BLOCK;
+    const size_t NV = (size_t)cfg->nv, dk = (size_t)cfg->dk, dv = (size_t)cfg->dv;
+    float *st = wrk_cpu_slot(c, slot), *p = saved;
+    for (int l = 0; l < cfg->n_gdn; l++) {
+        float *lay = st + (size_t)l * lay_floats;
+        float *Kb = lay + conv_n + NV * dk * dv, *Ub = Kb + NV * B * dk, *G = Ub + NV * B * dv;
+        p = spec_move(p, lay, conv_n, out);
+        for (size_t h = 0; h < NV; h++) {
+            p = spec_move(p, Kb + (h * B + (size_t)j) * dk, (size_t)n * dk, out);
+            p = spec_move(p, Ub + (h * B + (size_t)j) * dv, (size_t)n * dv, out);
+            p = spec_move(p, G + h * B + (size_t)j, (size_t)n, out);
+        }
+    }
+    p = spec_move(p, (float *)(void *)q3n_pending_at(c, st), sizeof(uint64_t) / sizeof(float), out);
+}
+
+/* What a verify of n tokens may change: without a block closing inside it (the open block's j
+ * rows + n < 64), spec_part's rows; else (or without GDN layers, or in the recurrent form)
+ * the whole fixed state. At 80B widths a 5-token verify then copies ~9.5 MB, not 155 MB. */
+static void spec_save(struct wrk_cpu *c, int slot, int n, float *saved)
+{
+    const q3n_ctx_t *a = c->fam_ctx;
+    const int n_gdn = ((const wrk_qwen3next_t *)c->m->priv)->cfg.n_gdn;
+    const int j = (int)q3n_pending(c, wrk_cpu_slot(c, slot));
+    if (n_gdn && !a->recurrent && j + n < WRK_GDN_BLOCK)
+        spec_part(c, slot, j, n, saved, true);
+    else
+        memcpy(saved, wrk_cpu_slot(c, slot), c->state_floats * sizeof(float));
+}
+
+/* spec_save's inverse, after the verify advanced gdn.n_pending to p: p >= n means it closed
+ * no block (p = j + n); p < n that it did (p = j + n - 64), or the recurrent form (p = 0). */
+static void spec_restore(struct wrk_cpu *c, int slot, int n, const float *saved)
+{
+    const q3n_ctx_t *a = c->fam_ctx;
+    const int n_gdn = ((const wrk_qwen3next_t *)c->m->priv)->cfg.n_gdn;
+    const int p = (int)q3n_pending(c, wrk_cpu_slot(c, slot));
+    if (n_gdn && !a->recurrent && p >= n)
+        spec_part(c, slot, p - n, n, (float *)saved, false);
+    else
+        memcpy(wrk_cpu_slot(c, slot), saved, c->state_floats * sizeof(float));
+}
+
+/* After the backend restored the slot's fixed state (n_pending included): per GDN layer, the
+ * conv over the kept positions' recorded inputs (the window advances), then the delta rule of
+ * every value head from the recorded gate inputs, cut at the absolute block boundaries as the
+ * forward cuts them (gdn_chunk / gdn_close); n_pending advances last. Attention layers: the
+ * backend truncates the KV; the MLPs keep nothing. */
+static void spec_replay(void *arg, int ith, int nth)
+{
+    const wrk_cpu_replay_t *r = arg;
+    wrk_cpu_t *c = r->c;
+    q3n_ctx_t *a = c->fam_ctx;
+    const wrk_qwen3next_t *g = c->m->priv;
+    const wrk_qwen3next_config_t *cfg = &g->cfg;
+    const int C = cfg->conv_dim, K = cfg->d_conv, n = r->n;
+    const size_t lay_floats = wrk_qwen3next_layer_state_floats(cfg);
+    const size_t conv_n = wrk_qwen3next_conv_floats(cfg);
+    float *st = wrk_cpu_slot(c, r->slot);
+    const int j = (int)q3n_pending(c, st);
+    float *hs = cfg->n_gdn ? a->hs + (size_t)ith * a->hs_floats : NULL;
+    int c0, c1, h0, h1;
+    wrk_split(C, 16, ith, nth, &c0, &c1);
+    wrk_split(cfg->nv, 1, ith, nth, &h0, &h1);
+    for (int l = 0; l < cfg->n_layers; l++) {
+        const wrk_qwen3next_layer_t *L = &g->layers[l];
+        if (L->attn) continue;
+        const float *rec = r->rec + (size_t)L->idx * q3n_spec_layer_floats(cfg);
+        float *lay = st + (size_t)L->idx * lay_floats;
+        c->k->conv_silu(n, c0, c1, C, K, rec, C, L->conv_w, NULL, lay, a->yc);
+        wrk_pool_barrier(c->pool);
+        for (int h = h0; h < h1; h++)
+            gdn_rule(c, a, L, lay + conv_n, j, h, n, a->yc, rec + (size_t)WRK_SPEC_MAX_TOKENS * C,
+                     NULL, NULL, hs);
+        wrk_pool_barrier(c->pool);
+    }
+    if (ith == 0 && cfg->n_gdn && !a->recurrent) {
+        const uint64_t p = ((uint64_t)j + (uint64_t)n) % WRK_GDN_BLOCK;
+        memcpy(q3n_pending_at(c, st), &p, sizeof p);
+    }
+}
+
 const wrk_cpu_family_i wrk_cpu_qwen3next = {
     .family = WRK_FAMILY_QWEN3_NEXT,
     .init = cpu_init,
     .free = cpu_free,
     .forward = forward,
+    .spec_sizes = spec_sizes,
+    .spec_replay = spec_replay,
+    .spec_save = spec_save,
+    .spec_restore = spec_restore,
 };

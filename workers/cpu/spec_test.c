@@ -4,17 +4,19 @@
  * after every accept the slot's state blob is bit-identical (memcmp) to a token-by-token run
  * over the same tokens, and every logit row of a kept position bit-identical to that run's.
  * The drafts are judged against a fixed token sequence (what a greedy engine would accept is
- * the engine's business; this checks the worker's contract for any n_keep). Also: a pending
- * verify that is not accepted keeps every token, the call's errors, and a backend without
- * rollback (CPU tensor parallelism) refusing verify entries. */
+ * the engine's business; this checks the worker's contract for any n_keep). Qwen3-Next's
+ * sequences are longer than its 64-token Gated DeltaNet block, and verify entries that cross
+ * the block boundary are checked for every n_keep. Also: a pending verify that is not accepted
+ * keeps every token, the call's errors, and a backend without rollback (CPU tensor
+ * parallelism) refusing verify entries. */
 #include <string.h>
 
 #include "tests/support/golden_util.h"
 
 #define SEQ_LEN 56
+#define LONG_LEN 72 /* Qwen3-Next: past its first 64-token block */
 #define N_SEQ 4
 #define MAX_K 8
-#define QWEN3NEXT_CASE "dense_bias_untied"
 
 /* Under a sanitizer (10-30x slower) the runs shrink: sequences of SAN_LEN tokens, the first
  * two fixtures of a family, the random draft mode only (which mixes right and wrong). */
@@ -24,14 +26,14 @@
 #define SANITIZED 0
 #endif
 #define SAN_LEN 24
-static const int seq_len = SANITIZED ? SAN_LEN : SEQ_LEN;
+static int seq_len = SANITIZED ? SAN_LEN : SEQ_LEN;
 static int n_seq = N_SEQ; /* the bundled model under a sanitizer: 2 */
 
 typedef struct ref_run {
-    int32_t tokens[SEQ_LEN];
-    float *logits;            /* SEQ_LEN x V: row p is the logits after tokens [0, p] */
-    void *state[SEQ_LEN + 1]; /* the state after p tokens */
-    size_t len[SEQ_LEN + 1];
+    int32_t tokens[LONG_LEN];
+    float *logits;             /* seq_len x V: row p is the logits after tokens [0, p] */
+    void *state[LONG_LEN + 1]; /* the state after p tokens */
+    size_t len[LONG_LEN + 1];
 } ref_run_t;
 
 static uint64_t rng_state;
@@ -56,7 +58,7 @@ static void *read_state(wrk_backend_t *b, int slot, size_t *len)
 static int ref_build(wrk_backend_t *b, ref_run_t *r, int V)
 {
     char err[512];
-    r->logits = malloc((size_t)SEQ_LEN * V * sizeof(float));
+    r->logits = malloc((size_t)LONG_LEN * V * sizeof(float));
     wrk_state_reset(b, 0);
     r->state[0] = read_state(b, 0, &r->len[0]);
     for (int p = 0; p < seq_len; p++) {
@@ -76,7 +78,7 @@ static int ref_build(wrk_backend_t *b, ref_run_t *r, int V)
 static void ref_free(ref_run_t *r)
 {
     free(r->logits);
-    for (int p = 0; p <= SEQ_LEN; p++)
+    for (int p = 0; p <= LONG_LEN; p++)
         free(r->state[p]);
 }
 
@@ -225,6 +227,49 @@ static void check_contract(wrk_backend_t *b, const ref_run_t *r, int V, const ch
     free(lg);
 }
 
+/* Verify entries at a 64-token block boundary (Qwen3-Next's Gated DeltaNet closes the block
+ * inside the entry): a prefill up to `at`, a verify of MAX_K + 1 tokens, every n_keep, then a
+ * decode. */
+static void check_block_cross(wrk_backend_t *b, const ref_run_t *r, int V, int at,
+                              const char *label)
+{
+    char err[512];
+    const int nv = MAX_K + 1;
+    float *lg = malloc((size_t)nv * V * sizeof(float));
+    for (int keep = 0; keep <= nv; keep++) {
+        wrk_state_reset(b, 0);
+        wrk_seq_t p = {.slot = 0, .n_tokens = at, .tokens = r->tokens};
+        CHECK(wrk_step(b, &p, 1, err, sizeof err) == 0);
+        wrk_seq_t s = {.slot = 0,
+                       .n_tokens = nv,
+                       .tokens = r->tokens + at,
+                       .n_logits = nv,
+                       .logits = lg,
+                       .verify = true};
+        int rc = wrk_step(b, &s, 1, err, sizeof err);
+        CHECK_MSG(rc == 0, "%s: verify at %d: %s", label, at, err);
+        if (rc) break;
+        for (int j = 0; j < nv; j++)
+            CHECK_MSG(memcmp(lg + (size_t)j * V, r->logits + (size_t)(at + j) * V,
+                             (size_t)V * sizeof(float)) == 0,
+                      "%s: verify at %d: logits of position %d differ", label, at, at + j);
+        CHECK(wrk_spec_accept(b, 0, keep) == 0);
+        CHECK_MSG(state_is(b, 0, r, at + keep), "%s: verify at %d keeping %d: state differs", label,
+                  at, keep);
+        /* and the slot goes on from there as the reference does */
+        if (at + keep < seq_len) {
+            wrk_seq_t d = {.slot = 0,
+                           .n_tokens = 1,
+                           .tokens = r->tokens + at + keep,
+                           .n_logits = 1,
+                           .logits = lg};
+            CHECK(wrk_step(b, &d, 1, err, sizeof err) == 0);
+            CHECK_MSG(state_is(b, 0, r, at + keep + 1), "%s: decode after keeping %d", label, keep);
+        }
+    }
+    free(lg);
+}
+
 /* One model: reference, contract, then the mixed runs with every draft mode. */
 static void check_model(const char *dir, const char *label, const wrk_backend_opts_t *opts)
 {
@@ -253,6 +298,14 @@ static void check_model(const char *dir, const char *label, const wrk_backend_op
     }
     if (ok) {
         check_contract(b, &refs[0], V, label);
+        if (seq_len >= 64 + MAX_K + 1) {
+            /* crossing the boundary; ending on it (the close with every token kept); ending
+             * one short of it (no close: the partial copy) */
+            check_block_cross(b, &refs[0], V, 64 - 4, label);
+            check_block_cross(b, &refs[1], V, 64 - MAX_K, label);
+            check_block_cross(b, &refs[2], V, 64 - MAX_K - 1, label);
+            check_block_cross(b, &refs[3], V, 64 - MAX_K - 2, label);
+        }
         char l2[160];
         static const char *names[] = {"right", "wrong", "random"};
         for (int mode = SANITIZED ? DRAFT_RANDOM : DRAFT_RIGHT; mode <= DRAFT_RANDOM; mode++) {
@@ -307,7 +360,7 @@ static void test_recurrentgemma(void)
     check_family("recurrentgemma", cases, 5);
 }
 
-/* The hybrids of issue 20 (Qwen3-Next still refuses verify entries: test_unsupported). */
+/* The hybrids of issue 20. */
 static void test_nemotronh(void)
 {
     /* Mamba2 + MLP + MoE + GQA attention; MQA attention first, odd sizes, 3 groups; no Mamba
@@ -328,6 +381,29 @@ static void test_jamba(void)
     /* Mamba, attention and MoE alternating; odd sizes with MQA and biases. */
     static const char *cases[] = {"alt_moe_gqa", "p4o2_mqa_odd"};
     check_family("jamba", cases, 2);
+}
+
+/* Qwen3-Next: Gated DeltaNet (conv + chunked delta rule in 64-token blocks) with attention and
+ * MoE / dense MLPs; sequences of LONG_LEN tokens so verify entries cross a block boundary
+ * (check_block_cross too); odd sizes on 3 threads (3 value heads, 42 conv channels); the
+ * token-by-token form (RCD_GDN_RECURRENT=1) once. */
+static void test_qwen3next(void)
+{
+    static const char *cases[] = {"moe_shared_tied", "moe_noshared_odd", "dense_bias_untied"};
+    seq_len = LONG_LEN;
+    check_family("qwen3next", cases, 3);
+    if (!SANITIZED) {
+        char dir[RCD_PATH_MAX];
+        CHECK(rcd_path_fmt(dir, sizeof dir, "%s/qwen3next/moe_noshared_odd", golden_root()) == 0);
+        wrk_backend_opts_t o = opts;
+        o.n_threads = 3;
+        check_model(dir, "qwen3next/moe_noshared_odd/3 threads", &o);
+        CHECK(rcd_path_fmt(dir, sizeof dir, "%s/qwen3next/all_linear_dense", golden_root()) == 0);
+        setenv("RCD_GDN_RECURRENT", "1", 1);
+        check_model(dir, "qwen3next/all_linear_dense/recurrent", &opts);
+        unsetenv("RCD_GDN_RECURRENT");
+    }
+    seq_len = SANITIZED ? SAN_LEN : SEQ_LEN;
 }
 
 static void test_bundled(void)
@@ -400,28 +476,10 @@ static void test_kv_blocks_back(void)
     wrk_model_free(m);
 }
 
-/* Tensor parallelism has no rollback: verify entries and accept are refused; so does
- * Qwen3-Next (no hooks yet), while its plain steps run. */
+/* Tensor parallelism has no rollback: verify entries and accept are refused, while its
+ * plain steps run. */
 static void test_unsupported(void)
 {
-    char qdir[RCD_PATH_MAX], qerr[512];
-    CHECK(rcd_path_fmt(qdir, sizeof qdir, "%s/qwen3next/%s", golden_root(), QWEN3NEXT_CASE) == 0);
-    wrk_model_t *qm = golden_model(qdir);
-    if (qm) {
-        wrk_backend_t *qb = NULL;
-        CHECK_MSG(wrk_cpu_backend_create(qm, &opts, &qb, qerr, sizeof qerr) == 0, "%s", qerr);
-        if (qb) {
-            int32_t t[3] = {1, 2, 3};
-            wrk_seq_t s = {.slot = 0, .n_tokens = 3, .tokens = t, .verify = true};
-            CHECK(wrk_step(qb, &s, 1, qerr, sizeof qerr) == RCD_EUNSUPPORTED);
-            CHECK(wrk_spec_accept(qb, 0, 1) == RCD_EUNSUPPORTED);
-            s.verify = false;
-            CHECK(wrk_step(qb, &s, 1, qerr, sizeof qerr) == 0);
-            wrk_backend_destroy(qb);
-        }
-        wrk_model_free(qm);
-    }
-
     char dir[RCD_PATH_MAX], err[512];
     CHECK(rcd_path_fmt(dir, sizeof dir, "%s/mamba/tiny_bias_tied", golden_root()) == 0);
     wrk_model_t *m = golden_model(dir);
@@ -453,6 +511,7 @@ int main(int argc, char **argv)
     RUN(test_nemotronh);
     RUN(test_falconh1);
     RUN(test_jamba);
+    RUN(test_qwen3next);
     RUN(test_bundled);
     RUN(test_threads);
     RUN(test_threads_hybrid);
