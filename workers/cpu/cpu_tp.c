@@ -179,8 +179,12 @@ int wrk__cpu_tp_create(const wrk_model_t *m, const wrk_backend_opts_t *opts, wrk
         goto fail;
     }
     if ((rc = wrk_comm_inproc_create(n, t->comm, err, errlen))) goto fail;
-    for (int r = 0; r < n; r++)
-        if ((rc = m->fam->shard(m, r, n, &t->shards[r], err, errlen))) goto fail;
+    /* a pre-quantized checkpoint's fp32 copies, filled while the shards copy their slices */
+    if ((rc = wrk__pq_f32_hold(m, err, errlen))) goto fail;
+    for (int r = 0; r < n && !rc; r++)
+        rc = m->fam->shard(m, r, n, &t->shards[r], err, errlen);
+    wrk__pq_f32_release(m);
+    if (rc) goto fail;
     if ((rc = check_cover(t, m->info.state_bytes / sizeof(float), err, errlen))) goto fail;
     /* Each rank gets an equal share of the threads (at least one): its rank thread is thread
      * 0 of its pool, so the group runs n_threads threads in all when tp divides it. */

@@ -18,6 +18,7 @@ typedef struct pack_ent {
     void *pk;
     wrk_wq_t qf; /* the format pk holds */
     const wrk_pq_src_t *src; /* WRK_WQ_QG: the pre-quantized source (kernels_qg.h) */
+    size_t qg_bytes;         /* WRK_WQ_QG: pk's size */
 } pack_ent_t;
 
 struct wrk_packs {
@@ -52,6 +53,7 @@ void wrk_pack(const wrk_mat_t *W, void *dst)
 /* Packing (and quantizing) the entries on up to 16 threads, one matrix at a time each. */
 typedef struct pack_job {
     struct wrk_packs *p;
+    const wrk_model_t *m;
     atomic_int next;
     atomic_int failed;
 } pack_job_t;
@@ -63,7 +65,11 @@ static void *pack_worker(void *arg)
         const pack_ent_t *e = &j->p->e[i];
         const wrk_mat_t W = {.dt = e->dt, .data = e->data, .rows = e->rows, .cols = e->cols};
         if (e->qf == WRK_WQ_QG) {
-            if (wrk_pack_qg(e->src, e->pk)) atomic_store(&j->failed, 1);
+            /* the codes decoded from the file for this matrix only, dropped once packed */
+            wrk_pq_src_t d;
+            if (wrk__pq_src_load(j->m, e->src, &d) || wrk_pack_qg(&d, e->pk))
+                atomic_store(&j->failed, 1);
+            wrk__pq_src_done(&d);
         } else if (e->qf) {
             if (wrk_pack_q(&W, e->qf, e->pk)) atomic_store(&j->failed, 1);
         } else {
@@ -73,9 +79,9 @@ static void *pack_worker(void *arg)
     return NULL;
 }
 
-static int pack_all(struct wrk_packs *p)
+static int pack_all(const wrk_model_t *m, struct wrk_packs *p)
 {
-    pack_job_t j = {.p = p};
+    pack_job_t j = {.p = p, .m = m};
     atomic_init(&j.next, 0);
     atomic_init(&j.failed, 0);
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
@@ -137,7 +143,7 @@ int wrk_cpu_pack_model(wrk_model_t *m, wrk_wq_t weights, char *err, size_t errle
     /* by data pointer, so a tensor bound twice (a tied head) is packed once */
     for (int i = 0; i < m->n_mats; i++) {
         const wrk_mat_t *W = &m->mats[i];
-        e[i] = (pack_ent_t){W->data, W->dt, W->rows, W->cols, NULL, WRK_WQ_NATIVE, NULL};
+        e[i] = (pack_ent_t){W->data, W->dt, W->rows, W->cols, NULL, WRK_WQ_NATIVE, NULL, 0};
     }
     qsort(e, (size_t)m->n_mats, sizeof *e, ent_cmp);
     for (int i = 0; i < m->n_mats; i++) {
@@ -152,6 +158,11 @@ int wrk_cpu_pack_model(wrk_model_t *m, wrk_wq_t weights, char *err, size_t errle
         const wrk_pq_src_t *src = wrk__pq_source(m, e[i].data);
         size_t qgb = src ? wrk_pack_qg_bytes(src) : 0;
         if (qgb) qf = WRK_WQ_QG;
+        if (src && !qgb) { /* never the fp32 pack: its fp32 copy is not filled */
+            packs_free(p);
+            rc = rcd_fail(RCD_ENOMEM, err, errlen, "out of memory packing weights");
+            goto out;
+        }
         size_t bytes = qgb                ? qgb
                        : qf ? wrk_pack_q_bytes(qf, W.rows, W.cols)
                             : wrk_pack_bytes(&W);
@@ -166,9 +177,10 @@ int wrk_cpu_pack_model(wrk_model_t *m, wrk_wq_t weights, char *err, size_t errle
         e[p->n] = e[i];
         e[p->n].qf = qf;
         e[p->n].src = qgb ? src : NULL;
+        e[p->n].qg_bytes = qgb;
         e[p->n++].pk = pk;
     }
-    if (pack_all(p)) {
+    if (pack_all(m, p)) {
         packs_free(p);
         rc = rcd_fail(RCD_ENOMEM, err, errlen, "out of memory quantizing weights");
         goto out;
@@ -212,7 +224,7 @@ void wrk_cpu_pack_stats(const wrk_model_t *m, size_t *native, size_t *packed)
         const pack_ent_t *e = &p->e[i];
         *native += (size_t)e->rows * (size_t)e->cols * wrk_dtype_size(e->dt);
         if (e->qf == WRK_WQ_QG) {
-            *packed += wrk_pack_qg_bytes(e->src);
+            *packed += e->qg_bytes;
         } else if (e->qf) {
             *packed += wrk_pack_q_bytes(e->qf, e->rows, e->cols);
         } else {

@@ -530,7 +530,11 @@ int wrk_cuda_backend_create_ex(const wrk_model_t *m, const wrk_backend_opts_t *o
         rc = rcd_fail(rc, err, errlen, "cuda: cannot upload lm_head (%s)", rcd_strerror(rc));
         goto fail;
     }
-    if ((rc = fam->init(c, &c->fam_ctx, err, errlen))) goto fail;
+    /* a pre-quantized checkpoint's fp32 copies, filled while they are uploaded */
+    if ((rc = wrk__pq_f32_hold(m, err, errlen))) goto fail;
+    rc = fam->init(c, &c->fam_ctx, err, errlen);
+    wrk__pq_f32_release(m);
+    if (rc) goto fail;
     c->max_graph = o.n_slots < o.max_step_tokens ? o.n_slots : o.max_step_tokens;
     c->graphs = calloc((size_t)c->max_graph + 1, sizeof *c->graphs);
     c->graph_bad = calloc((size_t)c->max_graph + 1, 1);

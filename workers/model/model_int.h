@@ -110,21 +110,36 @@ int wrk__fingerprint(wrk_model_t *m, const char *config, size_t config_len, char
 /* Pre-quantized checkpoints (prequant.c; workers/README.md, "Pre-quantized checkpoints").
  * wrk__pq_parse: config.json's quantization_config into *out (NULL when absent), or
  * RCD_EUNSUPPORTED naming the field and value it refuses. wrk__pq_take_mat: when `name`
- * (<prefix>.weight) is stored quantized, its matrix dequantized to fp32 (*done true); *done
- * false for a matrix stored as floats. wrk__pq_desc: a short name of the format, or NULL. */
+ * (<prefix>.weight) is stored quantized, its matrix (*done true: data is the reserved fp32
+ * copy, see wrk__pq_f32_hold); *done false for a matrix stored as floats. wrk__pq_desc: a short name of the format, or NULL. */
 struct wrk_pq;
 /* A quantized matrix as the file gives it (for the CPU backend's qg pack, kernels_qg.h):
  * w[o][i] = s[o][g] * (q[o][i] - z[o][g]), g = gidx[i]; q unsigned codes < 2^bits, z the zero
  * point as an exact float of an integer (GPTQ v1's +1 included), in the file's column order. */
 typedef struct wrk_pq_src {
-    const float *w; /* the dequantized fp32 matrix: the wrk_mat_t's data */
+    const float *w; /* the wrk_mat_t's data: the fp32 matrix s * (q - z), readable only while
+                     * held (wrk__pq_f32_hold); the CPU backend packs q, s, z instead */
     int rows, cols, bits, G;
-    uint8_t *q;     /* [rows x cols] */
-    float *s, *z;   /* [rows x G] */
-    int32_t *gidx;  /* [cols], each in [0, G) */
+    uint8_t *q;     /* [rows x cols]; NULL in the model's sources (wrk__pq_src_load) */
+    float *s, *z;   /* [rows x G]; likewise */
+    int32_t *gidx;  /* [cols], each in [0, G); kept */
 } wrk_pq_src_t;
+/* The model keeps a source's shape and groups only; its codes, scales and zero points are
+ * decoded from the mapped file into *out on demand (out's q, s, z malloc'd: RCD_ENOMEM;
+ * freed by wrk__pq_src_done), so nothing of the size of the matrix stays in memory but the
+ * CPU backend's qg pack. */
+int wrk__pq_src_load(const wrk_model_t *m, const wrk_pq_src_t *src, wrk_pq_src_t *out);
+void wrk__pq_src_done(wrk_pq_src_t *d);
 /* The source of the matrix whose data is `data`, or NULL (not from a quantized tensor). */
 const wrk_pq_src_t *wrk__pq_source(const wrk_model_t *m, const void *data);
+/* The fp32 copies of the quantized matrices are reserved at load, not filled (the CPU
+ * backend serves the codes): a reader of their values (TP shards, the CUDA upload, tests)
+ * holds them while it reads. The first hold fills every copy (RCD_ENOMEM), the last release
+ * frees the pages and makes them unreadable again; a read without a hold faults. No-ops
+ * without quantized matrices. wrk__pq_f32_bytes: the bytes of fp32 copies filled now. */
+int wrk__pq_f32_hold(const wrk_model_t *m, char *err, size_t errlen);
+void wrk__pq_f32_release(const wrk_model_t *m);
+size_t wrk__pq_f32_bytes(const wrk_model_t *m);
 int wrk__pq_parse(const char *config, size_t len, const char *path, struct wrk_pq **out,
                   char *err, size_t errlen);
 int wrk__pq_take_mat(wrk_model_t *m, const char *name, int rows, int cols, wrk_mat_t *out,

@@ -1,6 +1,8 @@
 /* workers/model: pre-quantized checkpoints (config.json `quantization_config`): GPTQ and
- * compressed-tensors weight-only int4/int8, read at load into fp32 matrices whose every value
- * is exactly s * (q - z) of the file (workers/README.md, "Pre-quantized checkpoints").
+ * compressed-tensors weight-only int4/int8, checked at load; their codes are decoded from the
+ * mapped file on demand (the CPU backend's qg packs), and fp32 matrices whose every value is
+ * exactly s * (q - z) of the file are filled only while held (TP shards, the CUDA upload;
+ * workers/README.md, "Pre-quantized checkpoints").
  *
  * Layouts read (tensor names are the Linear's `<prefix>`, i.e. the family's `<prefix>.weight`):
  *   GPTQ (AutoGPTQ / GPTQModel / transformers): qweight I32 [in*bits/32, out], packed along
@@ -17,9 +19,11 @@
  *     weight_scale [out, G], weight_zero_point I8/I32 [out, G] (asymmetric only).
  *     Dequant: w[o][i] = scale[o][g] * (q - zp), g = i / group_size (0 for channel).
  * (q - z) is an exact integer; one fp32 multiply by the scale (converted exactly to fp32). */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include <cjson/cJSON.h>
 
@@ -27,25 +31,45 @@
 
 enum { PQ_GPTQ = 1, PQ_CT_PACK = 2, PQ_CT_INT = 3 };
 
+/* A quantized matrix's tensors in the mapped file: GPTQ qweight, qzeros, scales;
+ * compressed-tensors weight_packed or weight, weight_zero_point (NULL: symmetric),
+ * weight_scale. */
+typedef struct pq_tensors {
+    const wrk_st_tensor_t *q, *z, *s;
+} pq_tensors_t;
+
 struct wrk_pq {
     int method;
     int bits;
     int group; /* -1: one group per row (per channel) */
     bool sym, desc_act, v2;
     char desc[96];
-    void **bufs; /* the dequantized matrices and their sources' arrays */
+    void **bufs; /* the sources' arrays */
     int n_bufs, cap_bufs;
-    wrk_pq_src_t *src; /* one per quantized matrix, in load order */
+    wrk_pq_src_t *src; /* one per quantized matrix, in load order (codes not kept) */
+    pq_tensors_t *tens; /* [n_src]: where src[i]'s codes are decoded from */
     int n_src, cap_src;
+    /* The fp32 copies (each src's w, a reserved PROT_NONE range): filled while holds > 0. */
+    pthread_mutex_t mu;
+    int holds;
 };
+
+static size_t f32_bytes(const wrk_pq_src_t *d)
+{
+    return (size_t)d->rows * (size_t)d->cols * sizeof(float);
+}
 
 void wrk__pq_free(struct wrk_pq *pq)
 {
     if (!pq) return;
+    for (int i = 0; i < pq->n_src; i++)
+        munmap((void *)pq->src[i].w, f32_bytes(&pq->src[i]));
+    pthread_mutex_destroy(&pq->mu);
     for (int i = 0; i < pq->n_bufs; i++)
         free(pq->bufs[i]);
     free(pq->bufs);
     free(pq->src);
+    free(pq->tens);
     free(pq);
 }
 
@@ -54,6 +78,78 @@ const wrk_pq_src_t *wrk__pq_source(const wrk_model_t *m, const void *data)
     for (int i = 0; m->pq && data && i < m->pq->n_src; i++)
         if (m->pq->src[i].w == data) return &m->pq->src[i];
     return NULL;
+}
+
+/* Drops src d's fp32 copy: its pages freed, the range unreadable again. */
+static void f32_drop(const wrk_pq_src_t *d)
+{
+    void *w = (void *)d->w;
+    (void)madvise(w, f32_bytes(d), MADV_DONTNEED);
+    (void)mprotect(w, f32_bytes(d), PROT_NONE);
+}
+
+int wrk__pq_f32_hold(const wrk_model_t *m, char *err, size_t errlen)
+{
+    struct wrk_pq *pq = m->pq;
+    if (!pq || !pq->n_src) return 0;
+    int rc = 0;
+    pthread_mutex_lock(&pq->mu);
+    for (int i = 0; !pq->holds && i < pq->n_src; i++) {
+        const wrk_pq_src_t *d = &pq->src[i];
+        float *w = (float *)d->w;
+        if (mprotect(w, f32_bytes(d), PROT_READ | PROT_WRITE)) {
+            for (int j = 0; j <= i; j++)
+                f32_drop(&pq->src[j]);
+            rc = rcd_fail(RCD_ENOMEM, err, errlen,
+                          "out of memory for the fp32 copy of a %dx%d quantized matrix", d->rows,
+                          d->cols);
+            goto out;
+        }
+        wrk_pq_src_t k;
+        if (wrk__pq_src_load(m, d, &k)) {
+            for (int j = 0; j <= i; j++)
+                f32_drop(&pq->src[j]);
+            rc = rcd_fail(RCD_ENOMEM, err, errlen, "out of memory decoding a %dx%d matrix",
+                          d->rows, d->cols);
+            goto out;
+        }
+        /* the values served: s * (q - z), the integer difference exact in fp32, one rounding */
+        for (int o = 0; o < d->rows; o++)
+            for (int c = 0; c < d->cols; c++) {
+                const size_t sg = (size_t)o * d->G + (size_t)d->gidx[c];
+                w[(size_t)o * d->cols + c] =
+                    k.s[sg] * ((float)k.q[(size_t)o * d->cols + c] - k.z[sg]);
+            }
+        wrk__pq_src_done(&k);
+        (void)mprotect(w, f32_bytes(d), PROT_READ);
+    }
+    pq->holds++;
+out:
+    pthread_mutex_unlock(&pq->mu);
+    return rc;
+}
+
+void wrk__pq_f32_release(const wrk_model_t *m)
+{
+    struct wrk_pq *pq = m->pq;
+    if (!pq || !pq->n_src) return;
+    pthread_mutex_lock(&pq->mu);
+    if (pq->holds > 0 && --pq->holds == 0)
+        for (int i = 0; i < pq->n_src; i++)
+            f32_drop(&pq->src[i]);
+    pthread_mutex_unlock(&pq->mu);
+}
+
+size_t wrk__pq_f32_bytes(const wrk_model_t *m)
+{
+    struct wrk_pq *pq = m->pq;
+    size_t n = 0;
+    if (!pq) return 0;
+    pthread_mutex_lock(&pq->mu);
+    for (int i = 0; pq->holds && i < pq->n_src; i++)
+        n += f32_bytes(&pq->src[i]);
+    pthread_mutex_unlock(&pq->mu);
+    return n;
 }
 
 const char *wrk__pq_desc(const struct wrk_pq *pq)
@@ -308,6 +404,7 @@ int wrk__pq_parse(const char *config, size_t len, const char *path, struct wrk_p
         rc = rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
         goto cleanup;
     }
+    pthread_mutex_init(&pq->mu, NULL);
     const cJSON *qm = cJSON_GetObjectItemCaseSensitive(qc, "quant_method");
     char t[80];
     if (cJSON_IsString(qm) && strcmp(qm->valuestring, "gptq") == 0) {
@@ -416,32 +513,26 @@ static int keep_buf(struct wrk_pq *pq, void *p)
     return 0;
 }
 
-/* Allocates d's arrays (kept with the model: the CPU backend packs them, kernels_qg.h). */
-static int src_alloc(struct wrk_pq *pq, wrk_pq_src_t *d, int rows, int cols, int G, char *err,
-                     size_t errlen)
+/* d's shape and its column groups (kept with the model; the codes are decoded on demand by
+ * wrk__pq_src_load from the tensors in *t). */
+static int src_init(struct wrk_pq *pq, wrk_pq_src_t *d, int rows, int cols, int G, char *err,
+                    size_t errlen)
 {
     d->rows = rows;
     d->cols = cols;
     d->G = G;
     d->bits = pq->bits;
-    d->q = malloc((size_t)rows * cols);
-    d->s = malloc((size_t)rows * G * sizeof *d->s);
-    d->z = malloc((size_t)rows * G * sizeof *d->z);
     d->gidx = malloc((size_t)cols * sizeof *d->gidx);
-    int bad = !d->q || !d->s || !d->z || !d->gidx;
-    void *a[4] = {d->q, d->s, d->z, d->gidx};
-    for (int i = 0; i < 4; i++)
-        if (a[i] && keep_buf(pq, a[i])) {
-            free(a[i]);
-            bad = 1;
-        } else if (!a[i]) {
-            bad = 1;
-        }
-    return bad ? rcd_fail(RCD_ENOMEM, err, errlen, "out of memory dequantizing") : 0;
+    if (!d->gidx || keep_buf(pq, d->gidx)) {
+        free(d->gidx);
+        d->gidx = NULL;
+        return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
+    }
+    return 0;
 }
 
-static int dequant_gptq(wrk_model_t *m, const struct wrk_pq *pq, const char *prefix, int rows,
-                        int cols, wrk_pq_src_t *d, char *err, size_t errlen)
+static int bind_gptq(wrk_model_t *m, const struct wrk_pq *pq, const char *prefix, int rows,
+                     int cols, wrk_pq_src_t *d, pq_tensors_t *t, char *err, size_t errlen)
 {
     const int bits = pq->bits, per = 32 / bits;
     const int gs = pq->group > 0 ? pq->group : cols;
@@ -451,13 +542,13 @@ static int dequant_gptq(wrk_model_t *m, const struct wrk_pq *pq, const char *pre
                         ".group_size %d, %d-bit packing)",
                         prefix, cols, cols % gs ? gs : per, pq->group, bits);
     const int G = cols / gs;
-    const wrk_st_tensor_t *qw, *qz, *sc, *gi;
+    const wrk_st_tensor_t *gi;
     int rc;
-    if ((rc = take(m, prefix, "qweight", 1, 2, (int64_t[]){cols / per, rows}, false, &qw, err,
+    if ((rc = take(m, prefix, "qweight", 1, 2, (int64_t[]){cols / per, rows}, false, &t->q, err,
                    errlen)) ||
         (rc = take(m, prefix, "qzeros", 1, 2, (int64_t[]){G, (rows * (int64_t)bits + 31) / 32},
-                   false, &qz, err, errlen)) ||
-        (rc = take(m, prefix, "scales", 0, 2, (int64_t[]){G, rows}, false, &sc, err, errlen)) ||
+                   false, &t->z, err, errlen)) ||
+        (rc = take(m, prefix, "scales", 0, 2, (int64_t[]){G, rows}, false, &t->s, err, errlen)) ||
         (rc = take(m, prefix, "g_idx", 1, 1, (int64_t[]){cols}, !pq->desc_act, &gi, err, errlen)))
         return rc;
     for (int i = 0; gi && i < cols; i++) {
@@ -467,25 +558,30 @@ static int dequant_gptq(wrk_model_t *m, const struct wrk_pq *pq, const char *pre
                             "%s: tensor %s.g_idx[%d] = %d is outside [0, %d)", gi->file, prefix, i,
                             (int)g, G);
     }
-    const int zadd = pq->v2 ? 0 : 1;
-    const size_t zw = (size_t)(rows * (int64_t)bits + 31) / 32;
-    if ((rc = src_alloc(m->pq, d, rows, cols, G, err, errlen))) return rc;
-    for (int i = 0; i < cols; i++) {
+    if ((rc = src_init(m->pq, d, rows, cols, G, err, errlen))) return rc;
+    for (int i = 0; i < cols; i++)
         d->gidx[i] = gi ? rd_i32(gi, (size_t)i) : i / gs;
-        for (int o = 0; o < rows; o++)
-            d->q[(size_t)o * cols + i] = (uint8_t)unpack(
-                qw, (size_t)(i / per) * (size_t)rows + (size_t)o, (int64_t)(i % per), bits);
-    }
-    for (int g = 0; g < G; g++)
-        for (int o = 0; o < rows; o++) {
-            d->z[(size_t)o * G + g] = (float)((int)unpack(qz, (size_t)g * zw, o, bits) + zadd);
-            d->s[(size_t)o * G + g] = wrk_tensor_f32(sc, (size_t)g * rows + o);
-        }
     return 0;
 }
 
-static int dequant_ct(wrk_model_t *m, const struct wrk_pq *pq, const char *prefix, int rows,
-                      int cols, wrk_pq_src_t *d, char *err, size_t errlen)
+static void decode_gptq(const struct wrk_pq *pq, const pq_tensors_t *t, wrk_pq_src_t *d)
+{
+    const int bits = pq->bits, per = 32 / bits, rows = d->rows, cols = d->cols;
+    const int zadd = pq->v2 ? 0 : 1;
+    const size_t zw = (size_t)(rows * (int64_t)bits + 31) / 32;
+    for (int i = 0; i < cols; i++)
+        for (int o = 0; o < rows; o++)
+            d->q[(size_t)o * cols + i] = (uint8_t)unpack(
+                t->q, (size_t)(i / per) * (size_t)rows + (size_t)o, (int64_t)(i % per), bits);
+    for (int g = 0; g < d->G; g++)
+        for (int o = 0; o < rows; o++) {
+            d->z[(size_t)o * d->G + g] = (float)((int)unpack(t->z, (size_t)g * zw, o, bits) + zadd);
+            d->s[(size_t)o * d->G + g] = wrk_tensor_f32(t->s, (size_t)g * rows + o);
+        }
+}
+
+static int bind_ct(wrk_model_t *m, const struct wrk_pq *pq, const char *prefix, int rows, int cols,
+                   wrk_pq_src_t *d, pq_tensors_t *t, char *err, size_t errlen)
 {
     const int bits = pq->bits, gs = pq->group > 0 ? pq->group : cols;
     if (cols % gs)
@@ -493,12 +589,12 @@ static int dequant_ct(wrk_model_t *m, const struct wrk_pq *pq, const char *prefi
                         "%s: input dimension %d is not a multiple of " QC " group_size %d", prefix,
                         cols, pq->group);
     const int G = cols / gs, off = 1 << (bits - 1);
-    const wrk_st_tensor_t *q, *sc, *zp = NULL, *shp;
+    const wrk_st_tensor_t *shp;
     int rc;
     const size_t words = (size_t)(cols * (int64_t)bits + 31) / 32;
     if (pq->method == PQ_CT_PACK) {
         if ((rc = take(m, prefix, "weight_packed", 1, 2, (int64_t[]){rows, (int64_t)words}, false,
-                       &q, err, errlen)) ||
+                       &t->q, err, errlen)) ||
             (rc = take(m, prefix, "weight_shape", 3, 1, (int64_t[]){2}, false, &shp, err, errlen)))
             return rc;
         if (rd_int(shp, 0) != rows || rd_int(shp, 1) != cols)
@@ -508,51 +604,94 @@ static int dequant_ct(wrk_model_t *m, const struct wrk_pq *pq, const char *prefi
                             shp->file, prefix, (long long)rd_int(shp, 0), (long long)rd_int(shp, 1),
                             rows, cols);
     } else {
-        if ((rc = take(m, prefix, "weight", 4, 2, (int64_t[]){rows, cols}, false, &q, err, errlen)))
+        if ((rc = take(m, prefix, "weight", 4, 2, (int64_t[]){rows, cols}, false, &t->q, err,
+                       errlen)))
             return rc;
     }
-    if ((rc = take(m, prefix, "weight_scale", 0, 2, (int64_t[]){rows, G}, false, &sc, err, errlen)))
+    if ((rc = take(m, prefix, "weight_scale", 0, 2, (int64_t[]){rows, G}, false, &t->s, err,
+                   errlen)))
         return rc;
     if (!pq->sym) {
         rc = pq->method == PQ_CT_PACK
                  ? take(m, prefix, "weight_zero_point", 1, 2,
-                        (int64_t[]){(rows * (int64_t)bits + 31) / 32, G}, false, &zp, err, errlen)
-                 : take(m, prefix, "weight_zero_point", 2, 2, (int64_t[]){rows, G}, false, &zp, err,
-                        errlen);
+                        (int64_t[]){(rows * (int64_t)bits + 31) / 32, G}, false, &t->z, err,
+                        errlen)
+                 : take(m, prefix, "weight_zero_point", 2, 2, (int64_t[]){rows, G}, false, &t->z,
+                        err, errlen);
         if (rc) return rc;
     }
-    /* codes kept unsigned (q + 2^(bits-1)), zero points likewise: q - zp unchanged */
-    if ((rc = src_alloc(m->pq, d, rows, cols, G, err, errlen))) return rc;
+    for (int o = 0; t->z && pq->method == PQ_CT_INT && o < rows; o++)
+        for (int g = 0; g < G; g++) {
+            const int64_t z = rd_int(t->z, (size_t)o * G + g);
+            if (z < -off || z >= off)
+                return rcd_fail(RCD_EFORMAT, err, errlen,
+                                "%s: tensor %s.weight_zero_point[%d][%d] = %lld is outside "
+                                "[%d, %d)",
+                                t->z->file, prefix, o, g, (long long)z, -off, off);
+        }
+    if ((rc = src_init(m->pq, d, rows, cols, G, err, errlen))) return rc;
     for (int i = 0; i < cols; i++)
         d->gidx[i] = i / gs;
+    return 0;
+}
+
+/* codes kept unsigned (q + 2^(bits-1)), zero points likewise: q - zp unchanged */
+static void decode_ct(const struct wrk_pq *pq, const pq_tensors_t *t, wrk_pq_src_t *d)
+{
+    const int bits = pq->bits, rows = d->rows, cols = d->cols, G = d->G, off = 1 << (bits - 1);
+    const size_t words = (size_t)(cols * (int64_t)bits + 31) / 32;
     for (int o = 0; o < rows; o++) {
         for (int i = 0; i < cols; i++)
             d->q[(size_t)o * cols + i] =
                 pq->method == PQ_CT_PACK
-                    ? (uint8_t)unpack(q, (size_t)o * words, i, bits)
-                    : (uint8_t)(((const int8_t *)q->data)[(size_t)o * cols + i] + off);
+                    ? (uint8_t)unpack(t->q, (size_t)o * words, i, bits)
+                    : (uint8_t)(((const int8_t *)t->q->data)[(size_t)o * cols + i] + off);
         for (int g = 0; g < G; g++) {
             int z = 0;
-            if (zp && pq->method == PQ_CT_PACK) {
+            if (t->z && pq->method == PQ_CT_PACK) {
                 /* packed along dim 0: element o of column g of [ceil(rows*bits/32), G] */
                 const int64_t e = o;
-                const uint32_t word = (uint32_t)rd_i32(zp, (size_t)(e * bits / 32) * G + g);
+                const uint32_t word = (uint32_t)rd_i32(t->z, (size_t)(e * bits / 32) * G + g);
                 z = (int)((word >> (e * bits % 32)) & ((1u << bits) - 1)) - off;
-            } else if (zp) {
-                z = (int)rd_int(zp, (size_t)o * G + g);
-                if (z < -off || z >= off)
-                    return rcd_fail(RCD_EFORMAT, err, errlen,
-                                    "%s: tensor %s.weight_zero_point[%d][%d] = %d is outside "
-                                    "[%d, %d)",
-                                    zp->file, prefix, o, g, z, -off, off);
+            } else if (t->z) {
+                z = (int)rd_int(t->z, (size_t)o * G + g); /* in [-off, off): checked at load */
             }
             d->z[(size_t)o * G + g] = (float)(z + off);
-            d->s[(size_t)o * G + g] = wrk_tensor_f32(sc, (size_t)o * G + g);
+            d->s[(size_t)o * G + g] = wrk_tensor_f32(t->s, (size_t)o * G + g);
         }
     }
-    return 0;
 }
 
+void wrk__pq_src_done(wrk_pq_src_t *d)
+{
+    free(d->q);
+    free(d->s);
+    free(d->z);
+    d->q = NULL;
+    d->s = d->z = NULL;
+}
+
+int wrk__pq_src_load(const wrk_model_t *m, const wrk_pq_src_t *src, wrk_pq_src_t *out)
+{
+    const struct wrk_pq *pq = m->pq;
+    *out = *src;
+    out->q = NULL;
+    out->s = out->z = NULL;
+    if (!pq || src < pq->src || src >= pq->src + pq->n_src) return RCD_EINVAL;
+    const pq_tensors_t *t = &pq->tens[src - pq->src];
+    out->q = malloc((size_t)src->rows * (size_t)src->cols);
+    out->s = malloc((size_t)src->rows * (size_t)src->G * sizeof *out->s);
+    out->z = malloc((size_t)src->rows * (size_t)src->G * sizeof *out->z);
+    if (!out->q || !out->s || !out->z) {
+        wrk__pq_src_done(out);
+        return RCD_ENOMEM;
+    }
+    if (pq->method == PQ_GPTQ)
+        decode_gptq(pq, t, out);
+    else
+        decode_ct(pq, t, out);
+    return 0;
+}
 int wrk__pq_take_mat(wrk_model_t *m, const char *name, int rows, int cols, wrk_mat_t *out,
                      bool *done, char *err, size_t errlen)
 {
@@ -581,28 +720,32 @@ int wrk__pq_take_mat(wrk_model_t *m, const char *name, int rows, int cols, wrk_m
                         "checkpoint: tensor %s does not belong to " QC " (%s)", probe, pq->desc);
     if (rows <= 0 || cols <= 0)
         return rcd_fail(RCD_EFORMAT, err, errlen, "checkpoint: %s: empty matrix", prefix);
-    float *w = malloc((size_t)rows * (size_t)cols * sizeof *w);
-    if (!w || keep_buf(pq, w)) {
-        free(w);
-        return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory dequantizing %s", prefix);
-    }
     if (pq->n_src == pq->cap_src) {
         int cap = pq->cap_src ? 2 * pq->cap_src : 32;
         wrk_pq_src_t *n = realloc(pq->src, (size_t)cap * sizeof *n);
-        if (!n) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
-        pq->src = n;
+        if (n) pq->src = n;
+        pq_tensors_t *nt = n ? realloc(pq->tens, (size_t)cap * sizeof *nt) : NULL;
+        if (!nt) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
+        pq->tens = nt;
         pq->cap_src = cap;
     }
+    /* The fp32 matrix's address, reserved, not filled: the CPU backend serves the codes, and
+     * whatever reads the values (TP shards, CUDA) fills it with wrk__pq_f32_hold. Unreadable
+     * until then, so a reader that does not hold it faults instead of reading zeros. */
+    const size_t wb = (size_t)rows * (size_t)cols * sizeof(float);
+    void *w = mmap(NULL, wb, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (w == MAP_FAILED)
+        return rcd_fail(RCD_ENOMEM, err, errlen, "out of address space for %s (%dx%d)", prefix,
+                        rows, cols);
     wrk_pq_src_t d = {.w = w};
-    int rc = pq->method == PQ_GPTQ ? dequant_gptq(m, pq, prefix, rows, cols, &d, err, errlen)
-                                   : dequant_ct(m, pq, prefix, rows, cols, &d, err, errlen);
-    if (rc) return rc;
-    /* the values served: s * (q - z), the integer difference exact in fp32, one rounding */
-    for (int o = 0; o < rows; o++)
-        for (int i = 0; i < cols; i++) {
-            const size_t sg = (size_t)o * d.G + (size_t)d.gidx[i];
-            w[(size_t)o * cols + i] = d.s[sg] * ((float)d.q[(size_t)o * cols + i] - d.z[sg]);
-        }
+    pq_tensors_t t = {0};
+    int rc = pq->method == PQ_GPTQ ? bind_gptq(m, pq, prefix, rows, cols, &d, &t, err, errlen)
+                                   : bind_ct(m, pq, prefix, rows, cols, &d, &t, err, errlen);
+    if (rc) {
+        munmap(w, wb);
+        return rc;
+    }
+    pq->tens[pq->n_src] = t;
     pq->src[pq->n_src++] = d;
     *out = (wrk_mat_t){.dt = WRK_DT_F32, .data = w, .rows = rows, .cols = cols};
     *done = true;

@@ -17,6 +17,7 @@
 
 #include "common/rcd_path.h"
 #include "tests/support/rcd_test.h"
+#include "workers/cpu/cpu_int.h"
 #include "workers/cpu/kernels_qg.h"
 #include "workers/model/model_int.h"
 
@@ -38,9 +39,9 @@ static wrk_model_t *load(const char *dir)
     return m;
 }
 
-static void logits(const wrk_model_t *m, const char *weights, float *out, int n)
+static void logits_tp(const wrk_model_t *m, const char *weights, int tp, float *out, int n)
 {
-    wrk_backend_opts_t o = {.n_threads = 1, .n_slots = 1, .weights = weights};
+    wrk_backend_opts_t o = {.n_threads = tp, .n_slots = 1, .weights = weights, .tp = tp};
     wrk_backend_t *b = NULL;
     char err[512] = "";
     CHECK_MSG(wrk_cpu_backend_create(m, &o, &b, err, sizeof err) == 0, "%s", err);
@@ -49,6 +50,32 @@ static void logits(const wrk_model_t *m, const char *weights, float *out, int n)
     wrk_seq_t s = {.slot = 0, .n_tokens = 5, .tokens = toks, .n_logits = n, .logits = out};
     CHECK_MSG(wrk_step(b, &s, 1, err, sizeof err) == 0, "%s", err);
     wrk_backend_destroy(b);
+}
+
+static void logits(const wrk_model_t *m, const char *weights, float *out, int n)
+{
+    logits_tp(m, weights, 1, out, n);
+}
+
+/* The fp32 copies: unfilled after load, filled by the first hold (the sum of the quantized
+ * matrices' fp32 bytes) and kept through a nested hold, freed by the last release. */
+static size_t check_holds(const wrk_model_t *m, const char *name)
+{
+    size_t want = 0;
+    char err[256] = "";
+    for (int i = 0; i < m->n_mats; i++) {
+        const wrk_pq_src_t *src = wrk__pq_source(m, m->mats[i].data);
+        if (src) want += (size_t)src->rows * (size_t)src->cols * sizeof(float);
+    }
+    CHECK_MSG(want > 0 && wrk__pq_f32_bytes(m) == 0, "%s: %zu bytes filled after load", name,
+              wrk__pq_f32_bytes(m));
+    CHECK(wrk__pq_f32_hold(m, err, sizeof err) == 0 && wrk__pq_f32_bytes(m) == want);
+    CHECK(wrk__pq_f32_hold(m, err, sizeof err) == 0 && wrk__pq_f32_bytes(m) == want);
+    wrk__pq_f32_release(m);
+    CHECK(wrk__pq_f32_bytes(m) == want);
+    wrk__pq_f32_release(m);
+    CHECK(wrk__pq_f32_bytes(m) == 0);
+    return want;
 }
 
 static void test_dequant_exact(void)
@@ -64,6 +91,9 @@ static void test_dequant_exact(void)
             continue;
         }
         CHECK(q->n_mats == r->n_mats);
+        const size_t f32b = check_holds(q, cases[c]);
+        char herr[256] = "";
+        CHECK_MSG(wrk__pq_f32_hold(q, herr, sizeof herr) == 0, "%s", herr);
         int n_quant = 0;
         for (int i = 0; i < q->n_mats && i < r->n_mats; i++) {
             const wrk_mat_t *a = &q->mats[i], *b = &r->mats[i];
@@ -74,6 +104,8 @@ static void test_dequant_exact(void)
                       i, a->rows, a->cols);
         }
         CHECK_MSG(n_quant == 3, "%s: %d quantized matrices", cases[c], n_quant);
+        wrk__pq_f32_release(q);
+        CHECK(wrk__pq_f32_bytes(q) == 0);
         CHECK(strcmp(q->info.fingerprint_hex, r->info.fingerprint_hex) != 0);
         /* served exactly: the logits of the reference model, bit for bit */
         const int V = q->info.vocab_size;
@@ -86,6 +118,24 @@ static void test_dequant_exact(void)
             dmax = fmaxf(dmax, fabsf(lq[i] - lr[i]));
         CHECK_MSG(dmax <= 1e-5f, "%s: logits differ by %g", cases[c], (double)dmax);
         if (getenv("RCD_PQ_VERBOSE")) printf("%s: max |dlogit| %g\n", cases[c], (double)dmax);
+        /* the CPU backend serves the codes: it never filled the fp32 copies (a read of them
+         * would have faulted), and the packs hold no fp32 matrix of them */
+        CHECK_MSG(wrk__pq_f32_bytes(q) == 0, "%s: the CPU backend filled the fp32 copies",
+                  cases[c]);
+        size_t native = 0, packed = 0, rnative = 0, rpacked = 0;
+        wrk_cpu_pack_stats(q, &native, &packed);
+        wrk_cpu_pack_stats(r, &rnative, &rpacked);
+        CHECK_MSG(packed < rpacked && rpacked - packed >= f32b / 2, "%s: packs %zu vs %zu",
+                  cases[c], packed, rpacked);
+        /* TP ranks slice the values: filled while the shards are cut, freed after; the
+         * shards run the same fp32 values as the reference's, bit for bit */
+        memset(lq, 0, (size_t)2 * V * sizeof *lq);
+        memset(lr, 0, (size_t)2 * V * sizeof *lr);
+        logits_tp(q, NULL, 2, lq, 2);
+        logits_tp(r, NULL, 2, lr, 2);
+        CHECK_MSG(memcmp(lq, lr, (size_t)2 * V * sizeof *lq) == 0, "%s: tp 2 logits differ",
+                  cases[c]);
+        CHECK(wrk__pq_f32_bytes(q) == 0);
         free(lq);
         free(lr);
         /* no second quantization */
@@ -113,9 +163,17 @@ static void test_qg_kernels(void)
         CHECK(rcd_path_fmt(dir, sizeof dir, "%s/prequant/%s", gdir, cases[c]) == 0);
         wrk_model_t *m = load(dir);
         if (!m) continue;
+        char herr[256] = "";
+        CHECK_MSG(wrk__pq_f32_hold(m, herr, sizeof herr) == 0, "%s", herr);
+        wrk_pq_src_t dec;
         for (int i = 0; i < m->n_mats; i++) {
-            const wrk_pq_src_t *src = wrk__pq_source(m, m->mats[i].data);
-            if (!src) continue;
+            const wrk_pq_src_t *msrc = wrk__pq_source(m, m->mats[i].data), *src = &dec;
+            if (!msrc) continue;
+            CHECK(!msrc->q && !msrc->s && !msrc->z); /* the model keeps no codes */
+            if (wrk__pq_src_load(m, msrc, &dec)) {
+                CHECK_MSG(0, "%s: cannot decode matrix %d", cases[c], i);
+                continue;
+            }
             const int R = src->rows, K = src->cols, TMAX = 19;
             const size_t nb = wrk_pack_qg_bytes(src);
             CHECK(nb > 0);
@@ -184,7 +242,9 @@ static void test_qg_kernels(void)
             free(yt);
             free(y2);
             free(pk);
+            wrk__pq_src_done(&dec);
         }
+        wrk__pq_f32_release(m);
         wrk_model_free(m);
     }
 }
