@@ -7,6 +7,9 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 
 #include "common/rcd_error.h"
 #include "common/rcd_path.h"
@@ -120,13 +123,27 @@ static void test_quant_x(void)
     }
 }
 
+/* CPUID leaf 7 directly, as quant.c does: clang 14 (the fuzz build) knows no "avxvnni" for
+ * __builtin_cpu_supports. */
+#if defined(__x86_64__) || defined(__i386__)
+static bool cpuid7(unsigned sub, int reg, int bit)
+{
+    unsigned r[4];
+    return __get_cpuid_count(7, sub, &r[0], &r[1], &r[2], &r[3]) && (r[reg] & (1u << bit));
+}
+#endif
+
 static bool cpu_runs(int v)
 {
+#if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
-    if (v == 1) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    if (v == 2) return __builtin_cpu_supports("avxvnni") && __builtin_cpu_supports("fma");
-    if (v == 3) return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw");
-    return true;
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (v == 1) return avx2;
+    if (v == 2) return avx2 && cpuid7(1, 0, 4); /* AVX_VNNI: leaf 7.1 EAX bit 4 */
+    if (v == 3)                                 /* AVX512_VNNI: leaf 7.0 ECX bit 11 */
+        return __builtin_cpu_supports("avx512bw") && cpuid7(0, 2, 11);
+#endif
+    return v == 0;
 }
 
 /* y = x W^T: the reference is kernels_q.h's definition written out here (the quantizer's
@@ -195,8 +212,8 @@ static void check_shape(wrk_wq_t qf, int R, int K, const int *Ts, int nT)
         if (!vfn[v] || !cpu_runs(v)) continue;
         memset(y, 0, (size_t)TM * R * 4);
         vfn[v](&W, 0, R, rec, TM, y, R, bias, false);
-        CHECK_MSG(memcmp(y, want, (size_t)TM * R * 4) == 0, "%s %s %dx%d differs from the reference",
-                  vnames[v], wrk_wq_name(qf), R, K);
+        CHECK_MSG(memcmp(y, want, (size_t)TM * R * 4) == 0,
+                  "%s %s %dx%d differs from the reference", vnames[v], wrk_wq_name(qf), R, K);
     }
     for (int ii = 0; ii < 3; ii++) {
         const wrk_kern_t *k = wrk_kern_select(isas[ii]);
@@ -204,8 +221,8 @@ static void check_shape(wrk_wq_t qf, int R, int K, const int *Ts, int nT)
         for (int t = 0; t < TM; t++)
             wrk_matmul(k, NULL, &W, 0, R, x + (size_t)t * K, K, 1, y1 + (size_t)t * R, R, bias,
                        false);
-        CHECK_MSG(memcmp(y1, want, (size_t)TM * R * 4) == 0, "%s %s %dx%d T=1 differs",
-                  isas[ii], wrk_wq_name(qf), R, K);
+        CHECK_MSG(memcmp(y1, want, (size_t)TM * R * 4) == 0, "%s %s %dx%d T=1 differs", isas[ii],
+                  wrk_wq_name(qf), R, K);
         for (int ti = 0; ti < nT; ti++) {
             const int T = Ts[ti];
             memset(y, 0, (size_t)TM * R * 4);
@@ -262,8 +279,7 @@ static void test_qmm_scratch(void)
         for (int t = 0; t < TM; t++)
             wrk_matmul(k, NULL, &W, 0, R, x + (size_t)t * K, K, 1, y2 + (size_t)t * R, R, NULL,
                        false);
-        CHECK_MSG(memcmp(y, y2, (size_t)TM * R * 4) == 0, "%s: blocked T differs",
-                  wrk_wq_name(qf));
+        CHECK_MSG(memcmp(y, y2, (size_t)TM * R * 4) == 0, "%s: blocked T differs", wrk_wq_name(qf));
         free(pk);
     }
     free(x);
