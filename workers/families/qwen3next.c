@@ -71,8 +71,9 @@ static int parse_moe_layers(const cJSON *root, wrk_qwen3next_config_t *cfg, char
         const cJSON *it;
         cJSON_ArrayForEach(it, v)
         {
-            if (!cJSON_IsNumber(it) || it->valuedouble != (double)(long)it->valuedouble ||
-                it->valuedouble < 0 || it->valuedouble >= cfg->n_layers)
+            /* the range first: casting an out-of-range double is undefined */
+            if (!cJSON_IsNumber(it) || !(it->valuedouble >= 0) ||
+                it->valuedouble >= cfg->n_layers || it->valuedouble != floor(it->valuedouble))
                 return rcd_fail(RCD_EFORMAT, err, errlen,
                                 "config.json: \"mlp_only_layers\" must hold layer indices in "
                                 "[0, %d)",

@@ -19,6 +19,8 @@
  *     weight_scale [out, G], weight_zero_point I8/I32 [out, G] (asymmetric only).
  *     Dequant: w[o][i] = scale[o][g] * (q - zp), g = i / group_size (0 for channel).
  * (q - z) is an exact integer; one fp32 multiply by the scale (converted exactly to fp32). */
+#include <limits.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -192,7 +194,8 @@ static int j_int(const cJSON *o, const char *name, int dflt, bool dflt_ok, int *
         *out = dflt;
         return 0;
     }
-    if (!cJSON_IsNumber(v) || v->valuedouble != (double)(int)v->valuedouble) {
+    if (!cJSON_IsNumber(v) || !(v->valuedouble >= INT_MIN && v->valuedouble <= INT_MAX) ||
+        v->valuedouble != floor(v->valuedouble)) {
         jtext(v, t, sizeof t);
         return refuse(err, errlen, path, field, t, allowed);
     }
