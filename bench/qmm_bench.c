@@ -3,9 +3,11 @@
  * out_proj [D x E] (default the mamba-130m shape: D 768, E 1536, 24 layers), random
  * weights, T tokens per call. Times are the thread's CPU time (CLOCK_THREAD_CPUTIME_ID),
  * the minimum over the repeats: on a machine shared with other jobs that counts only the
- * time this thread ran (still slowed by the others' use of caches and memory). It uses
- * only the kernel API (wrk_pack / wrk_pack_q / wrk_matmul), so the same file builds against
- * an older tree to compare kernels in one run.
+ * time this thread ran (still slowed by the others' use of caches and memory).
+ * Kernels, each row in the same run: native BF16 packs on the fp32 kernels ("fp32") and on
+ * the opt-in bf16 matmul ("bf16": AMX, else AVX512_BF16; skipped where neither runs); q8 and
+ * q4 on the AMX-INT8 kernel ("amx-int8", VNNI below WRK_QMM_AMX_MIN_T tokens), the AVX-512
+ * VNNI kernel ("vnni") and the AVX2 one ("avx2"), each where this CPU runs it.
  *
  *   qmm_bench [--dim D] [--expand E] [--layers L] [--tokens 1,8,32,128] [--seconds S]
  */
@@ -85,7 +87,10 @@ int main(int argc, char **argv)
     printf("qmm_bench: kernels %s, 1 thread, %d layers of [%d x %d] + [%d x %d], CPU time, min "
            "of repeats\n",
            k->isa, L, 2 * E, D, D, E);
-    printf("%-7s %6s %12s %10s %12s\n", "weights", "T", "ms/pass", "tok/s", "GB/s(weights)");
+    printf("%-7s %-9s %6s %12s %10s %12s\n", "weights", "kernel", "T", "ms/pass", "tok/s",
+           "GB/s(weights)");
+    const char *why = "";
+    const wrk_kern_t *kb = wrk_kern_for(NULL, "bf16", &why);
     static const char *names[] = {"native", "q8", "q4"};
     for (int f = 0; f < 3; f++) {
         const wrk_wq_t qf = f == 0 ? WRK_WQ_NATIVE : f == 1 ? WRK_WQ_Q8 : WRK_WQ_Q4;
@@ -107,22 +112,37 @@ int main(int argc, char **argv)
                 w->qf = qf;
                 bytes += b;
             }
-        for (int ti = 0; ti < nT; ti++) {
-            const int T = Ts[ti];
-            double best = 1e30, t_end = cpu_now() + secs;
-            int reps = 0;
-            while (reps < 3 || cpu_now() < t_end) {
-                const double t0 = cpu_now();
-                for (int l = 0; l < L; l++) {
-                    wrk_matmul(k, scratch, &W[l * 2], 0, 2 * E, x, D, T, y, 2 * E, NULL, false);
-                    wrk_matmul(k, scratch, &W[l * 2 + 1], 0, D, x, E, T, y, D, NULL, false);
+        /* the kernels of this format: 0/1 fp32/bf16 tables, 2..4 quantized per ISA */
+        static const char *kname[] = {"fp32", "bf16", "amx-int8", "vnni", "avx2"};
+        const wrk_qmm_fn qfn[] = {NULL, NULL, wrk__qmm_amx(NULL), wrk__qmm_avx512(),
+                                  wrk__qmm_avx2()};
+        for (int ki = 0; ki < 5; ki++) {
+            if (qf == WRK_WQ_NATIVE ? ki > 1 || (ki == 1 && !kb) : ki < 2 || !qfn[ki]) continue;
+            if (ki == 3 && strncmp(k->isa, "avx512", 6) != 0) continue;
+            if (ki == 4 && strcmp(k->isa, "portable") == 0) continue;
+            for (int ti = 0; ti < nT; ti++) {
+                const int T = Ts[ti];
+                double best = 1e30, t_end = cpu_now() + secs;
+                int reps = 0;
+                while (reps < 3 || cpu_now() < t_end) {
+                    const double t0 = cpu_now();
+                    for (int l = 0; l < L; l++)
+                        for (int m = 0; m < 2; m++) {
+                            const wrk_mat_t *w = &W[l * 2 + m];
+                            if (ki < 2)
+                                wrk_matmul(ki ? kb : k, scratch, w, 0, rows[m], x, cols[m], T, y,
+                                           rows[m], NULL, false);
+                            else
+                                wrk_qmm_with(qfn[ki], w, 0, rows[m], x, cols[m], T, y, rows[m],
+                                             NULL, false, scratch);
+                        }
+                    const double dt = cpu_now() - t0;
+                    if (dt < best) best = dt;
+                    reps++;
                 }
-                const double dt = cpu_now() - t0;
-                if (dt < best) best = dt;
-                reps++;
+                printf("%-7s %-9s %6d %12.3f %10.1f %12.1f\n", names[f], kname[ki], T,
+                       best * 1e3, T / best, bytes / best / 1e9);
             }
-            printf("%-7s %6d %12.3f %10.1f %12.1f\n", names[f], T, best * 1e3, T / best,
-                   bytes / best / 1e9);
         }
         for (int i = 0; i < L * 2; i++)
             free((void *)W[i].pk);

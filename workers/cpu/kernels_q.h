@@ -87,5 +87,16 @@ wrk_qmm_fn wrk__qmm_portable(void);
 wrk_qmm_fn wrk__qmm_avx2(void);    /* vpmaddubsw + vpmaddwd */
 wrk_qmm_fn wrk__qmm_avxvnni(void); /* AVX-VNNI vpdpbusd ymm */
 wrk_qmm_fn wrk__qmm_avx512(void);  /* AVX512_VNNI vpdpbusd zmm */
+/* AMX-INT8 (kernels_q_amx.c, TDPBSUD): calls of WRK_QMM_AMX_MIN_T tokens or more run on tiles
+ * (16-token blocks; the T % 16 left and smaller calls on the AVX-512 VNNI kernel), with the
+ * same results. NULL, with *why, where the compiler, the CPU or the OS cannot run it. */
+#ifndef WRK_QMM_AMX_MIN_T
+#define WRK_QMM_AMX_MIN_T 16
+#endif
+wrk_qmm_fn wrk__qmm_amx(const char **why);
+
+/* wrk_qmm with the per-ISA kernel f instead of the table's choice (bench/qmm_bench). */
+void wrk_qmm_with(wrk_qmm_fn f, const wrk_mat_t *W, int o0, int o1, const float *x, int ldx,
+                  int T, float *y, int ldy, const float *bias, bool acc, float *scratch);
 
 #endif

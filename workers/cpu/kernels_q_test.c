@@ -1,7 +1,7 @@
 /* Quantized weights (--weights q8|q4, kernels_q.h): the C quantizer against the Python
  * reference (tools/quant_ref.py's fixture, bit for bit), the per-token activation quantizer,
  * the int8 matmul against its definition (kernels_q.h) bit for bit on every kernel this CPU
- * runs (portable, AVX2, AVX-VNNI, AVX-512 VNNI: so all equal) and within the activation
+ * runs (portable, AVX2, AVX-VNNI, AVX-512 VNNI, AMX-INT8: so all equal) and within the activation
  * quantization's bound of a double product, batch invariance (a token's row is bit-identical
  * whatever T and rows range), and the option's refusals. */
 #include <math.h>
@@ -143,12 +143,13 @@ static bool cpu_runs(int v)
     if (v == 3)                                 /* AVX512_VNNI: leaf 7.0 ECX bit 11 */
         return __builtin_cpu_supports("avx512bw") && cpuid7(0, 2, 11);
 #endif
+    if (v == 4) return true; /* AMX-INT8: wrk__qmm_amx is NULL where it cannot run */
     return v == 0;
 }
 
 /* y = x W^T: the reference is kernels_q.h's definition written out here (the quantizer's
  * q and s, wrk_quant_x's records, int sums and fmaf); every kernel (portable, AVX2, AVX-VNNI,
- * AVX-512 VNNI directly, and every ISA's table through wrk_matmul) equals it bit for bit,
+ * AVX-512 VNNI, AMX-INT8 (16-token tiles from T = 16; 40 = two tiles and 8 on VNNI) directly, and every ISA's table through wrk_matmul) equals it bit for bit,
  * every T's rows equal T = 1's, row ranges off panel edges with bias and acc. The reference
  * is within the activation quantization's bound of the double product over dequantized
  * weights: sum_k |dq| sx_g / 2. */
@@ -205,10 +206,10 @@ static void check_shape(wrk_wq_t qf, int R, int K, const int *Ts, int nT)
     wrk_mat_t W = W0;
     W.pk = pk;
     W.qf = qf;
-    static const char *vnames[] = {"portable", "avx2", "avxvnni", "avx512vnni"};
+    static const char *vnames[] = {"portable", "avx2", "avxvnni", "avx512vnni", "amx-int8"};
     const wrk_qmm_fn vfn[] = {wrk__qmm_portable(), wrk__qmm_avx2(), wrk__qmm_avxvnni(),
-                              wrk__qmm_avx512()};
-    for (int v = 0; v < 4; v++) {
+                              wrk__qmm_avx512(), wrk__qmm_amx(NULL)};
+    for (int v = 0; v < 5; v++) {
         if (!vfn[v] || !cpu_runs(v)) continue;
         memset(y, 0, (size_t)TM * R * 4);
         vfn[v](&W, 0, R, rec, TM, y, R, bias, false);
@@ -290,12 +291,16 @@ static void test_qmm_scratch(void)
 
 static void test_qmm(void)
 {
-    static const int Ts[] = {2, 3, 5, 6, 7, 13, 37, 40};
-    static const int shapes[][2] = {{16, 32}, {37, 83}, {64, 130}, {48, 33}, {5, 7}, {200, 96}};
+    static const int Ts[] = {2, 3, 5, 6, 7, 13, 15, 16, 17, 32, 37, 40};
+    enum { NT = sizeof Ts / sizeof Ts[0] };
+    static const int shapes[][2] = {{16, 32},  {37, 83}, {64, 130}, {48, 33},
+                                    {5, 7},    {200, 96}, {40, 256}, {35, 200}};
     for (int s = 0; s < (int)(sizeof shapes / sizeof shapes[0]); s++) {
-        check_shape(WRK_WQ_Q8, shapes[s][0], shapes[s][1], Ts, 8);
-        check_shape(WRK_WQ_Q4, shapes[s][0], shapes[s][1], Ts, 8);
+        check_shape(WRK_WQ_Q8, shapes[s][0], shapes[s][1], Ts, NT);
+        check_shape(WRK_WQ_Q4, shapes[s][0], shapes[s][1], Ts, NT);
     }
+    const char *why = "";
+    if (!wrk__qmm_amx(&why)) fprintf(stderr, "  (AMX-INT8 kernel not tested here: %s)\n", why);
 }
 
 static void test_parse(void)

@@ -1,0 +1,240 @@
+/* workers/cpu: the quantized matmul (--weights q8|q4, kernels_q.h) on AMX-INT8 tiles, for
+ * calls of many tokens (prefill chunks, big batches).
+ *
+ * TDPBSUD multiplies signed A by unsigned B and sums 4 products per int32 lane: with A = 16
+ * tokens x 32 columns of int8 activations (their records, kernels_q.h) and B = one group of a
+ * panel's unsigned weights u as the pack stores them (q8: 8 rows of 64 bytes, the 4-column
+ * blocks, exactly AMX's B layout; q4: the nibbles unpacked to the same 8 rows), C[t][r] =
+ * sum_k xq[t][k] u[r][k], exact in int32. d = C - off * S (off 128 or 8) is then the same
+ * integer the VNNI kernel computes, and the fp32 epilogue below is kernels_q.h's, in the same
+ * order (acc = fma((float)d, sw * sx, acc), g = 0, 1, ...; + bias; + y): the results are
+ * bit-identical to the portable, AVX2 and VNNI kernels, for every T and tiling.
+ *
+ * One group per TDPBSUD (its 32 columns), so C is stored after every group and the epilogue
+ * runs on AVX-512 with a 16-token x 16-row tile's fp32 sums in 16 registers; two C tiles
+ * alternate so that one group's TDPBSUD overlaps the previous group's epilogue. Calls of
+ * fewer than WRK_QMM_AMX_MIN_T tokens, and the last T % 16 tokens of the others, run the
+ * AVX-512 VNNI kernel (same results). */
+#include <errno.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+#include <unistd.h>
+#if defined(__x86_64__)
+#include <cpuid.h>
+#include <immintrin.h>
+#include <sys/syscall.h>
+#endif
+
+#include "workers/cpu/kernels_q.h"
+
+/* GCC spells the feature macros __AMX_TILE__/__AMX_INT8__, clang 14 __AMXTILE__/__AMXINT8__. */
+#if defined(__x86_64__) && (defined(__AMX_TILE__) || defined(__AMXTILE__)) && \
+    (defined(__AMX_INT8__) || defined(__AMXINT8__)) && defined(__AVX512F__)
+#define RCD_HAVE_AMX_INT8 1
+#endif
+
+#ifdef RCD_HAVE_AMX_INT8
+
+#ifndef QAMX_PANEL_BYTES
+#define QAMX_PANEL_BYTES (256 * 1024) /* weights a group of panels holds for its token blocks */
+#endif
+
+typedef struct qamx_cfg {
+    uint8_t palette, start_row, rsvd[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} __attribute__((aligned(64))) qamx_cfg_t;
+
+static wrk_qmm_fn g_vnni;
+
+/* B tile of group g of the panel at pn: q8 in place, q4 unpacked to buf (8 x 64 bytes). */
+static inline __attribute__((always_inline)) const void *
+qamx_b(const unsigned char *pn, int g, const wrk_wq_t qf, unsigned char *buf)
+{
+    if (qf == WRK_WQ_Q8) return pn + WRK_PANEL * 4 + (size_t)g * 512;
+    const unsigned char *gp =
+        pn + (size_t)g * (WRK_PANEL * 4 + WRK_Q4_GROUP / 2 * WRK_PANEL) + WRK_PANEL * 4;
+    const __m512i m = _mm512_set1_epi8(0x0f);
+    for (int b = 0; b < 4; b++) {
+        const __m512i raw = _mm512_loadu_si512(gp + (size_t)b * 64);
+        _mm512_storeu_si512(buf + (size_t)b * 128, _mm512_and_si512(raw, m));
+        _mm512_storeu_si512(buf + (size_t)b * 128 + 64,
+                            _mm512_and_si512(_mm512_srli_epi16(raw, 4), m));
+    }
+    return buf;
+}
+
+/* acc[t] = fma((float)(c[t] - off * S[t]), sw * sx[t], acc[t]) for the 16 tokens. */
+static inline __attribute__((always_inline)) void
+qamx_epi(__m512 acc[16], const int32_t *c, __m512 sw, const unsigned char *sxp,
+         const unsigned char *sump, size_t rb, int shift)
+{
+#pragma GCC unroll 16
+    for (int t = 0; t < 16; t++) {
+        float sx;
+        int32_t S;
+        memcpy(&sx, sxp + (size_t)t * rb, 4);
+        memcpy(&S, sump + (size_t)t * rb, 4);
+        const __m512i d = _mm512_sub_epi32(_mm512_load_si512(c + 16 * t),
+                                           _mm512_set1_epi32((int32_t)((uint32_t)S << shift)));
+        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(sw, _mm512_set1_ps(sx)),
+                                 acc[t]);
+    }
+}
+
+/* 16 tokens (records at xq, rb apart) x panel p: y rows of those tokens, outputs in [o0, o1)
+ * (+ bias, then + y when acc). */
+static inline __attribute__((always_inline)) void
+qamx_tile(const wrk_mat_t *W, const wrk_wq_t qf, int p, size_t pb, const unsigned char *xq,
+          size_t rb, float *y, int ldy, const float *bias, bool acc, int o0, int o1)
+{
+    const int G = (W->cols + 31) / 32;
+    const unsigned char *pn = (const unsigned char *)W->pk + (size_t)p * pb;
+    const unsigned char *sxp = xq + (size_t)G * 32, *sump = sxp + (size_t)G * 4;
+    const size_t q4gb = WRK_PANEL * 4 + WRK_Q4_GROUP / 2 * WRK_PANEL;
+    const int shift = qf == WRK_WQ_Q8 ? 7 : 3; /* off = 128 or 8 */
+    int32_t c[2][256] __attribute__((aligned(64)));
+    unsigned char bb[2][512] __attribute__((aligned(64)));
+    __m512 a[16];
+    for (int t = 0; t < 16; t++)
+        a[t] = _mm512_setzero_ps();
+    __m512 sw = _mm512_loadu_ps(pn);
+    /* tiles: C 0/1, A 2/3, B 4/5 for even/odd groups */
+    _tile_loadd(2, xq, rb);
+    _tile_loadd(4, qamx_b(pn, 0, qf, bb[0]), 64);
+    _tile_zero(0);
+    _tile_dpbsud(0, 2, 4);
+    for (int g = 0; g < G; g += 2) {
+        if (g + 1 < G) {
+            _tile_loadd(3, xq + (size_t)(g + 1) * 32, rb);
+            _tile_loadd(5, qamx_b(pn, g + 1, qf, bb[1]), 64);
+            _tile_zero(1);
+            _tile_dpbsud(1, 3, 5);
+        }
+        _tile_stored(0, c[0], 64);
+        if (qf == WRK_WQ_Q4) sw = _mm512_loadu_ps(pn + (size_t)g * q4gb);
+        qamx_epi(a, c[0], sw, sxp + (size_t)g * 4, sump + (size_t)g * 4, rb, shift);
+        if (g + 1 >= G) break;
+        if (g + 2 < G) {
+            _tile_loadd(2, xq + (size_t)(g + 2) * 32, rb);
+            _tile_loadd(4, qamx_b(pn, g + 2, qf, bb[0]), 64);
+            _tile_zero(0);
+            _tile_dpbsud(0, 2, 4);
+        }
+        _tile_stored(1, c[1], 64);
+        if (qf == WRK_WQ_Q4) sw = _mm512_loadu_ps(pn + (size_t)(g + 1) * q4gb);
+        qamx_epi(a, c[1], sw, sxp + (size_t)(g + 1) * 4, sump + (size_t)(g + 1) * 4, rb, shift);
+    }
+    const int r0 = p * WRK_PANEL;
+    const bool full = r0 >= o0 && r0 + WRK_PANEL <= o1;
+    for (int t = 0; t < 16; t++) {
+        float *dst = y + (size_t)t * ldy + r0;
+        __m512 v = a[t];
+        if (full) {
+            if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias + r0));
+            if (acc) v = _mm512_add_ps(_mm512_loadu_ps(dst), v);
+            _mm512_storeu_ps(dst, v);
+            continue;
+        }
+        float s[16];
+        _mm512_storeu_ps(s, v);
+        for (int l = 0; l < WRK_PANEL; l++) {
+            if (r0 + l < o0 || r0 + l >= o1) continue;
+            float sv = s[l];
+            if (bias) sv += bias[r0 + l];
+            dst[l] = acc ? dst[l] + sv : sv;
+        }
+    }
+}
+
+static void qamx_run(const wrk_mat_t *W, const wrk_wq_t qf, int o0, int o1,
+                     const unsigned char *xq, int T16, float *y, int ldy, const float *bias,
+                     bool acc)
+{
+    const size_t rb = WRK_QX_BYTES(W->cols), pb = wrk_pack_q_panel_bytes(qf, W->cols);
+    const int p0 = o0 / WRK_PANEL, p1 = (o1 + WRK_PANEL - 1) / WRK_PANEL;
+    int group = (int)(QAMX_PANEL_BYTES / pb);
+    if (group < 1) group = 1;
+    /* panels in groups that stay in L2 while every 16-token block passes over them */
+    for (int g = p0; g < p1; g += group) {
+        const int ge = p1 - g < group ? p1 : g + group;
+        for (int t = 0; t < T16; t += 16)
+            for (int p = g; p < ge; p++)
+                qamx_tile(W, qf, p, pb, xq + (size_t)t * rb, rb, y + (size_t)t * ldy, ldy, bias,
+                          acc, o0, o1);
+    }
+}
+
+static void qamx_qmm(const wrk_mat_t *W, int o0, int o1, const void *xqv, int T, float *y,
+                     int ldy, const float *bias, bool acc)
+{
+    if (o1 <= o0 || T <= 0) return;
+    if (T < WRK_QMM_AMX_MIN_T) {
+        g_vnni(W, o0, o1, xqv, T, y, ldy, bias, acc);
+        return;
+    }
+    const int T16 = T / 16 * 16;
+    qamx_cfg_t cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int i = 0; i < 6; i++) {
+        cfg.rows[i] = i >= 4 ? 8 : 16;     /* B: 8 rows of 4-column blocks */
+        cfg.colsb[i] = i == 2 || i == 3 ? 32 : 64; /* A: 32 columns of int8 */
+    }
+    _tile_loadconfig(&cfg);
+    if (W->qf == WRK_WQ_Q8)
+        qamx_run(W, WRK_WQ_Q8, o0, o1, xqv, T16, y, ldy, bias, acc);
+    else
+        qamx_run(W, WRK_WQ_Q4, o0, o1, xqv, T16, y, ldy, bias, acc);
+    _tile_release();
+    if (T16 < T)
+        g_vnni(W, o0, o1, (const unsigned char *)xqv + (size_t)T16 * WRK_QX_BYTES(W->cols),
+               T - T16, y + (size_t)T16 * ldy, ldy, bias, acc);
+}
+
+static const char *g_why = "not probed";
+
+static void qamx_init(void)
+{
+    unsigned a, b, cx, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &cx, &d) || !(d & (1u << 24)) || !(d & (1u << 25))) {
+        g_why = "this CPU has no AMX-INT8";
+        return;
+    }
+    if (!(cx & (1u << 11)) || !__builtin_cpu_supports("avx512bw")) {
+        g_why = "this CPU has no AVX512_VNNI";
+        return;
+    }
+    g_vnni = wrk__qmm_avx512();
+    if (!g_vnni) {
+        g_why = "this build has no AVX512_VNNI kernel";
+        return;
+    }
+    /* Linux hands out the AMX tile state only on request (ARCH_REQ_XCOMP_PERM, 5.16+); the
+     * grant is per process, so this and the bf16 AMX path (kernels_amx.c) share it. */
+    if (syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) != 0) {
+        g_why = errno == ENOSPC ? "the kernel refused AMX state (a signal stack is too small)"
+                                : "the kernel does not grant AMX state (Linux 5.16 or later)";
+        return;
+    }
+    g_why = NULL;
+}
+
+wrk_qmm_fn wrk__qmm_amx(const char **why)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, qamx_init);
+    if (g_why && why) *why = g_why;
+    return g_why ? NULL : qamx_qmm;
+}
+
+#else
+
+wrk_qmm_fn wrk__qmm_amx(const char **why)
+{
+    if (why) *why = "this build has no AMX-INT8 kernel (the compiler lacks -mamx-int8)";
+    return NULL;
+}
+
+#endif
