@@ -140,8 +140,8 @@ int main(int argc, char **argv)
                     if (dt < best) best = dt;
                     reps++;
                 }
-                printf("%-7s %-9s %6d %12.3f %10.1f %12.1f\n", names[f], kname[ki], T,
-                       best * 1e3, T / best, bytes / best / 1e9);
+                printf("%-7s %-9s %6d %12.3f %10.1f %12.1f\n", names[f], kname[ki], T, best * 1e3,
+                       T / best, bytes / best / 1e9);
             }
         }
         for (int i = 0; i < L * 2; i++)

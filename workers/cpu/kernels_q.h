@@ -70,8 +70,12 @@ int wrk_pack_q(const wrk_mat_t *W, wrk_wq_t qf, void *dst);
 /* Row r of a quantized pack as fp32 (q * s, the values the kernels multiply by). */
 void wrk_dequant_row(const void *pk, wrk_wq_t qf, int cols, int r, float *out);
 
-/* Quantizes one token's row x[0..K) into the record at dst (WRK_QX_BYTES(K) bytes). */
+/* Quantizes one token's row x[0..K) into the record at dst (WRK_QX_BYTES(K) bytes): the
+ * AVX-512 version where the CPU runs it, else the scalar one (the same bytes). */
 void wrk_quant_x(const float *x, int K, void *dst);
+typedef void (*wrk_quant_x_fn)(const float *x, int K, void *dst);
+wrk_quant_x_fn wrk__quant_x_portable(void);
+wrk_quant_x_fn wrk__quant_x_avx512(void); /* kernels_q_avx512.c */
 
 /* The matmul over a quantized pack (W->pk, W->qf) with kernel table k's instruction set;
  * wrk_matmul calls it. scratch (NULL: its own buffer) holds the quantized tokens: at least
@@ -96,7 +100,7 @@ wrk_qmm_fn wrk__qmm_avx512(void);  /* AVX512_VNNI vpdpbusd zmm */
 wrk_qmm_fn wrk__qmm_amx(const char **why);
 
 /* wrk_qmm with the per-ISA kernel f instead of the table's choice (bench/qmm_bench). */
-void wrk_qmm_with(wrk_qmm_fn f, const wrk_mat_t *W, int o0, int o1, const float *x, int ldx,
-                  int T, float *y, int ldy, const float *bias, bool acc, float *scratch);
+void wrk_qmm_with(wrk_qmm_fn f, const wrk_mat_t *W, int o0, int o1, const float *x, int ldx, int T,
+                  float *y, int ldy, const float *bias, bool acc, float *scratch);
 
 #endif

@@ -11,13 +11,16 @@
  * bit-identical to the portable, AVX2 and VNNI kernels, for every T and tiling.
  *
  * One group per TDPBSUD (its 32 columns), so C is stored after every group and the epilogue
- * runs on AVX-512 with a 16-token x 16-row tile's fp32 sums in 16 registers; two C tiles
- * alternate so that one group's TDPBSUD overlaps the previous group's epilogue. Calls of
+ * runs on AVX-512 with a 16-token x 16-row tile's fp32 sums in 16 registers (each 16-token
+ * block's records rearranged first: A tiles of contiguous 512 bytes, off * S and sx in arrays
+ * the epilogue broadcasts from); four C tiles rotate so that the TDPBSUD of group g + 3 runs
+ * during group g's epilogue. Calls of
  * fewer than WRK_QMM_AMX_MIN_T tokens, and the last T % 16 tokens of the others, run the
  * AVX-512 VNNI kernel (same results). */
 #include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #if defined(__x86_64__)
@@ -29,7 +32,7 @@
 #include "workers/cpu/kernels_q.h"
 
 /* GCC spells the feature macros __AMX_TILE__/__AMX_INT8__, clang 14 __AMXTILE__/__AMXINT8__. */
-#if defined(__x86_64__) && (defined(__AMX_TILE__) || defined(__AMXTILE__)) && \
+#if defined(__x86_64__) && (defined(__AMX_TILE__) || defined(__AMXTILE__)) &&                      \
     (defined(__AMX_INT8__) || defined(__AMXINT8__)) && defined(__AVX512F__)
 #define RCD_HAVE_AMX_INT8 1
 #endif
@@ -65,67 +68,89 @@ qamx_b(const unsigned char *pn, int g, const wrk_wq_t qf, unsigned char *buf)
     return buf;
 }
 
+/* A 16-token block's records rearranged for the tiles (qamx_blk): per group g, the 16 tokens'
+ * 32 int8 (512 bytes, one A tile at stride 32), then per group the 16 tokens' off * S (int32)
+ * and sx (fp32), broadcast from memory by the epilogue. */
+#define QAMX_BLK_BYTES(G) ((size_t)(G) * (512 + 64 + 64))
+#define QAMX_STACK_G 96  /* groups the stack buffer holds in one block (K <= 3072) */
+#define QAMX_MAX_BLKS 64 /* blocks rearranged at a time (1024 tokens) */
+
+static void qamx_blk(unsigned char *blk, const unsigned char *xq, size_t rb, int G, int shift)
+{
+    int32_t *corr = (int32_t *)(void *)(blk + (size_t)G * 512);
+    float *sx = (float *)(void *)(blk + (size_t)G * 576);
+    for (int t = 0; t < 16; t++) {
+        const unsigned char *r = xq + (size_t)t * rb;
+        for (int g = 0; g < G; g++) {
+            int32_t S;
+            memcpy(blk + (size_t)g * 512 + (size_t)t * 32, r + (size_t)g * 32, 32);
+            memcpy(&S, r + (size_t)G * 36 + (size_t)g * 4, 4);
+            memcpy(&sx[g * 16 + t], r + (size_t)G * 32 + (size_t)g * 4, 4);
+            corr[g * 16 + t] = (int32_t)((uint32_t)S << shift);
+        }
+    }
+}
+
 /* acc[t] = fma((float)(c[t] - off * S[t]), sw * sx[t], acc[t]) for the 16 tokens. */
 static inline __attribute__((always_inline)) void
-qamx_epi(__m512 acc[16], const int32_t *c, __m512 sw, const unsigned char *sxp,
-         const unsigned char *sump, size_t rb, int shift)
+qamx_epi(__m512 acc[16], const int32_t *c, __m512 sw, const int32_t *corr, const float *sx)
 {
 #pragma GCC unroll 16
     for (int t = 0; t < 16; t++) {
-        float sx;
-        int32_t S;
-        memcpy(&sx, sxp + (size_t)t * rb, 4);
-        memcpy(&S, sump + (size_t)t * rb, 4);
-        const __m512i d = _mm512_sub_epi32(_mm512_load_si512(c + 16 * t),
-                                           _mm512_set1_epi32((int32_t)((uint32_t)S << shift)));
-        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(sw, _mm512_set1_ps(sx)),
+        const __m512i d =
+            _mm512_sub_epi32(_mm512_load_si512(c + 16 * t), _mm512_set1_epi32(corr[t]));
+        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(sw, _mm512_set1_ps(sx[t])),
                                  acc[t]);
     }
 }
 
-/* 16 tokens (records at xq, rb apart) x panel p: y rows of those tokens, outputs in [o0, o1)
+/* 16 tokens (their block, qamx_blk) x panel p: y rows of those tokens, outputs in [o0, o1)
  * (+ bias, then + y when acc). */
 static inline __attribute__((always_inline)) void
-qamx_tile(const wrk_mat_t *W, const wrk_wq_t qf, int p, size_t pb, const unsigned char *xq,
-          size_t rb, float *y, int ldy, const float *bias, bool acc, int o0, int o1)
+qamx_tile(const wrk_mat_t *W, const wrk_wq_t qf, int p, size_t pb, const unsigned char *blk,
+          float *y, int ldy, const float *bias, bool acc, int o0, int o1)
 {
     const int G = (W->cols + 31) / 32;
     const unsigned char *pn = (const unsigned char *)W->pk + (size_t)p * pb;
-    const unsigned char *sxp = xq + (size_t)G * 32, *sump = sxp + (size_t)G * 4;
+    const int32_t *corr = (const int32_t *)(const void *)(blk + (size_t)G * 512);
+    const float *sx = (const float *)(const void *)(blk + (size_t)G * 576);
     const size_t q4gb = WRK_PANEL * 4 + WRK_Q4_GROUP / 2 * WRK_PANEL;
-    const int shift = qf == WRK_WQ_Q8 ? 7 : 3; /* off = 128 or 8 */
-    int32_t c[2][256] __attribute__((aligned(64)));
+    int32_t c[4][256] __attribute__((aligned(64)));
     unsigned char bb[2][512] __attribute__((aligned(64)));
     __m512 a[16];
     for (int t = 0; t < 16; t++)
         a[t] = _mm512_setzero_ps();
     __m512 sw = _mm512_loadu_ps(pn);
-    /* tiles: C 0/1, A 2/3, B 4/5 for even/odd groups */
-    _tile_loadd(2, xq, rb);
-    _tile_loadd(4, qamx_b(pn, 0, qf, bb[0]), 64);
-    _tile_zero(0);
-    _tile_dpbsud(0, 2, 4);
-    for (int g = 0; g < G; g += 2) {
-        if (g + 1 < G) {
-            _tile_loadd(3, xq + (size_t)(g + 1) * 32, rb);
-            _tile_loadd(5, qamx_b(pn, g + 1, qf, bb[1]), 64);
-            _tile_zero(1);
-            _tile_dpbsud(1, 3, 5);
-        }
-        _tile_stored(0, c[0], 64);
-        if (qf == WRK_WQ_Q4) sw = _mm512_loadu_ps(pn + (size_t)g * q4gb);
-        qamx_epi(a, c[0], sw, sxp + (size_t)g * 4, sump + (size_t)g * 4, rb, shift);
-        if (g + 1 >= G) break;
-        if (g + 2 < G) {
-            _tile_loadd(2, xq + (size_t)(g + 2) * 32, rb);
-            _tile_loadd(4, qamx_b(pn, g + 2, qf, bb[0]), 64);
-            _tile_zero(0);
-            _tile_dpbsud(0, 2, 4);
-        }
-        _tile_stored(1, c[1], 64);
-        if (qf == WRK_WQ_Q4) sw = _mm512_loadu_ps(pn + (size_t)(g + 1) * q4gb);
-        qamx_epi(a, c[1], sw, sxp + (size_t)(g + 1) * 4, sump + (size_t)(g + 1) * 4, rb, shift);
+    /* tiles: C 0..3 for groups g % 4, A 4/5 and B 6/7 for even/odd groups; group g + 3's
+     * TDPBSUD is issued before group g's epilogue (the TDPBSUD's latency, not the epilogue,
+     * was the limit with one group ahead) */
+#define QAMX_DP(CT, AT, BT, gg)                                                                    \
+    if ((gg) < G) {                                                                                \
+        _tile_loadd(AT, blk + (size_t)(gg)*512, 32);                                               \
+        _tile_loadd(BT, qamx_b(pn, (gg), qf, bb[(gg)&1]), 64);                                     \
+        _tile_zero(CT);                                                                            \
+        _tile_dpbsud(CT, AT, BT);                                                                  \
     }
+#define QAMX_EP(CT, gg)                                                                            \
+    _tile_stored(CT, c[CT], 64);                                                                   \
+    if (qf == WRK_WQ_Q4) sw = _mm512_loadu_ps(pn + (size_t)(gg)*q4gb);                             \
+    qamx_epi(a, c[CT], sw, corr + (gg)*16, sx + (gg)*16);                                          \
+    if ((gg) + 1 >= G) break;
+    QAMX_DP(0, 4, 6, 0)
+    QAMX_DP(1, 5, 7, 1)
+    QAMX_DP(2, 4, 6, 2)
+    for (int g = 0; g < G; g += 4) {
+        QAMX_DP(3, 5, 7, g + 3)
+        QAMX_EP(0, g)
+        QAMX_DP(0, 4, 6, g + 4)
+        QAMX_EP(1, g + 1)
+        QAMX_DP(1, 5, 7, g + 5)
+        QAMX_EP(2, g + 2)
+        QAMX_DP(2, 4, 6, g + 6)
+        QAMX_EP(3, g + 3)
+    }
+#undef QAMX_DP
+#undef QAMX_EP
     const int r0 = p * WRK_PANEL;
     const bool full = r0 >= o0 && r0 + WRK_PANEL <= o1;
     for (int t = 0; t < 16; t++) {
@@ -137,60 +162,99 @@ qamx_tile(const wrk_mat_t *W, const wrk_wq_t qf, int p, size_t pb, const unsigne
             _mm512_storeu_ps(dst, v);
             continue;
         }
-        float s[16];
-        _mm512_storeu_ps(s, v);
+        float sv[16];
+        _mm512_storeu_ps(sv, v);
         for (int l = 0; l < WRK_PANEL; l++) {
             if (r0 + l < o0 || r0 + l >= o1) continue;
-            float sv = s[l];
-            if (bias) sv += bias[r0 + l];
-            dst[l] = acc ? dst[l] + sv : sv;
+            float o = sv[l];
+            if (bias) o += bias[r0 + l];
+            dst[l] = acc ? dst[l] + o : o;
         }
     }
 }
 
-static void qamx_run(const wrk_mat_t *W, const wrk_wq_t qf, int o0, int o1,
-                     const unsigned char *xq, int T16, float *y, int ldy, const float *bias,
-                     bool acc)
+/* Panels [pa, pe) for the 16-token block blk. */
+static void qamx_rows(const wrk_mat_t *W, const wrk_wq_t qf, int pa, int pe, size_t pb,
+                      const unsigned char *blk, float *y, int ldy, const float *bias, bool acc,
+                      int o0, int o1)
 {
+    for (int p = pa; p < pe; p++)
+        qamx_tile(W, qf, p, pb, blk, y, ldy, bias, acc, o0, o1);
+}
+
+/* T16 tokens (a multiple of 16) on tiles; blk: room for T16 / 16 blocks (QAMX_BLK_BYTES). */
+static void qamx_run(const wrk_mat_t *W, int o0, int o1, const unsigned char *xq, int T16, float *y,
+                     int ldy, const float *bias, bool acc, unsigned char *blk, int nblk)
+{
+    const wrk_wq_t qf = W->qf;
+    const int G = (W->cols + 31) / 32;
     const size_t rb = WRK_QX_BYTES(W->cols), pb = wrk_pack_q_panel_bytes(qf, W->cols);
+    const size_t bb = QAMX_BLK_BYTES(G);
     const int p0 = o0 / WRK_PANEL, p1 = (o1 + WRK_PANEL - 1) / WRK_PANEL;
     int group = (int)(QAMX_PANEL_BYTES / pb);
     if (group < 1) group = 1;
-    /* panels in groups that stay in L2 while every 16-token block passes over them */
-    for (int g = p0; g < p1; g += group) {
-        const int ge = p1 - g < group ? p1 : g + group;
-        for (int t = 0; t < T16; t += 16)
-            for (int p = g; p < ge; p++)
-                qamx_tile(W, qf, p, pb, xq + (size_t)t * rb, rb, y + (size_t)t * ldy, ldy, bias,
-                          acc, o0, o1);
+    for (int t0 = 0; t0 < T16; t0 += 16 * nblk) {
+        const int nb = (T16 - t0) / 16 < nblk ? (T16 - t0) / 16 : nblk;
+        for (int b = 0; b < nb; b++)
+            qamx_blk(blk + (size_t)b * bb, xq + (size_t)(t0 + 16 * b) * rb, rb, G,
+                     qf == WRK_WQ_Q8 ? 7 : 3); /* off = 128 or 8 */
+        /* panels in groups that stay in L2 while every block passes over them */
+        for (int g = p0; g < p1; g += group) {
+            const int ge = p1 - g < group ? p1 : g + group;
+            for (int b = 0; b < nb; b++) {
+                float *yb = y + (size_t)(t0 + 16 * b) * ldy;
+                if (qf == WRK_WQ_Q8)
+                    qamx_rows(W, WRK_WQ_Q8, g, ge, pb, blk + (size_t)b * bb, yb, ldy, bias, acc, o0,
+                              o1);
+                else
+                    qamx_rows(W, WRK_WQ_Q4, g, ge, pb, blk + (size_t)b * bb, yb, ldy, bias, acc, o0,
+                              o1);
+            }
+        }
     }
 }
 
-static void qamx_qmm(const wrk_mat_t *W, int o0, int o1, const void *xqv, int T, float *y,
-                     int ldy, const float *bias, bool acc)
+static void qamx_qmm(const wrk_mat_t *W, int o0, int o1, const void *xqv, int T, float *y, int ldy,
+                     const float *bias, bool acc)
 {
     if (o1 <= o0 || T <= 0) return;
     if (T < WRK_QMM_AMX_MIN_T) {
         g_vnni(W, o0, o1, xqv, T, y, ldy, bias, acc);
         return;
     }
-    const int T16 = T / 16 * 16;
+    const int T16 = T / 16 * 16, G = (W->cols + 31) / 32;
+    /* every 16-token block rearranged before the panels pass (so a group of panels is read
+     * from memory once per call, not once per few blocks): in 64 KiB of stack where they fit,
+     * else malloc'd (up to QAMX_MAX_BLKS blocks at a time; failing that, one at a time) */
+    _Alignas(64) unsigned char stack[QAMX_STACK_G * (512 + 128)];
+    unsigned char *blk = stack, *heap = NULL;
+    int nblk = T16 / 16 < QAMX_MAX_BLKS ? T16 / 16 : QAMX_MAX_BLKS;
+    if ((size_t)nblk * QAMX_BLK_BYTES(G) > sizeof stack) {
+        heap = aligned_alloc(64, ((size_t)nblk * QAMX_BLK_BYTES(G) + 63) / 64 * 64);
+        if (!heap) {
+            nblk = (int)(sizeof stack / QAMX_BLK_BYTES(G));
+            if (nblk < 1) {
+                g_vnni(W, o0, o1, xqv, T, y, ldy, bias, acc);
+                return;
+            }
+        } else {
+            blk = heap;
+        }
+    }
     qamx_cfg_t cfg;
     memset(&cfg, 0, sizeof cfg);
     cfg.palette = 1;
-    for (int i = 0; i < 6; i++) {
-        cfg.rows[i] = i >= 4 ? 8 : 16;     /* B: 8 rows of 4-column blocks */
-        cfg.colsb[i] = i == 2 || i == 3 ? 32 : 64; /* A: 32 columns of int8 */
+    for (int i = 0; i < 8; i++) {
+        cfg.rows[i] = i >= 6 ? 8 : 16;             /* B: 8 rows of 4-column blocks */
+        cfg.colsb[i] = i == 4 || i == 5 ? 32 : 64; /* A: 32 columns of int8 */
     }
     _tile_loadconfig(&cfg);
-    if (W->qf == WRK_WQ_Q8)
-        qamx_run(W, WRK_WQ_Q8, o0, o1, xqv, T16, y, ldy, bias, acc);
-    else
-        qamx_run(W, WRK_WQ_Q4, o0, o1, xqv, T16, y, ldy, bias, acc);
+    qamx_run(W, o0, o1, xqv, T16, y, ldy, bias, acc, blk, nblk);
     _tile_release();
+    free(heap);
     if (T16 < T)
-        g_vnni(W, o0, o1, (const unsigned char *)xqv + (size_t)T16 * WRK_QX_BYTES(W->cols),
-               T - T16, y + (size_t)T16 * ldy, ldy, bias, acc);
+        g_vnni(W, o0, o1, (const unsigned char *)xqv + (size_t)T16 * WRK_QX_BYTES(W->cols), T - T16,
+               y + (size_t)T16 * ldy, ldy, bias, acc);
 }
 
 static const char *g_why = "not probed";

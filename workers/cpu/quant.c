@@ -164,7 +164,7 @@ void wrk_dequant_row(const void *pk, wrk_wq_t qf, int cols, int r, float *out)
     }
 }
 
-void wrk_quant_x(const float *x, int K, void *dst)
+static void quant_x_scalar(const float *x, int K, void *dst)
 {
     /* the same arithmetic as quant_block (division, round to nearest even, clamp), written to
      * vectorize: rint by adding and subtracting 1.5 * 2^23 (exact for |v| <= 2^22, and |v| <=
@@ -193,6 +193,29 @@ void wrk_quant_x(const float *x, int K, void *dst)
         memcpy(sxp + (size_t)g * 4, &s, 4);
         memcpy(sump + (size_t)g * 4, &S, 4);
     }
+}
+
+wrk_quant_x_fn wrk__quant_x_portable(void)
+{
+    return quant_x_scalar;
+}
+
+void wrk_quant_x(const float *x, int K, void *dst)
+{
+    static _Atomic(wrk_quant_x_fn) fn = NULL;
+    wrk_quant_x_fn f = atomic_load_explicit(&fn, memory_order_relaxed);
+    if (!f) {
+        f = quant_x_scalar;
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_cpu_init();
+        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+            __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+            wrk__quant_x_avx512())
+            f = wrk__quant_x_avx512();
+#endif
+        atomic_store_explicit(&fn, f, memory_order_relaxed);
+    }
+    f(x, K, dst);
 }
 
 static bool cpu_has_vnni(bool zmm)
@@ -233,8 +256,7 @@ static wrk_qmm_fn qmm_for(const wrk_kern_t *k)
     const bool avx512 = strncmp(k->isa, "avx512", 6) == 0;
     if (avx512 && atomic_load_explicit(&have[0], memory_order_relaxed) && amx_allowed())
         f = wrk__qmm_amx(NULL);
-    if (!f && avx512 && atomic_load_explicit(&have[0], memory_order_relaxed))
-        f = wrk__qmm_avx512();
+    if (!f && avx512 && atomic_load_explicit(&have[0], memory_order_relaxed)) f = wrk__qmm_avx512();
     if (!f && (avx512 || strcmp(k->isa, "avx2") == 0)) {
         if (atomic_load_explicit(&have[1], memory_order_relaxed)) f = wrk__qmm_avxvnni();
         if (!f) f = wrk__qmm_avx2();
@@ -249,8 +271,8 @@ void wrk_qmm(const wrk_kern_t *k, const wrk_mat_t *W, int o0, int o1, const floa
     wrk_qmm_with(qmm_for(k), W, o0, o1, x, ldx, T, y, ldy, bias, acc, scratch);
 }
 
-void wrk_qmm_with(wrk_qmm_fn f, const wrk_mat_t *W, int o0, int o1, const float *x, int ldx,
-                  int T, float *y, int ldy, const float *bias, bool acc, float *scratch)
+void wrk_qmm_with(wrk_qmm_fn f, const wrk_mat_t *W, int o0, int o1, const float *x, int ldx, int T,
+                  float *y, int ldy, const float *bias, bool acc, float *scratch)
 {
     if (o1 <= o0 || T <= 0) return;
     const size_t rb = WRK_QX_BYTES(W->cols);
