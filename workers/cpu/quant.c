@@ -202,20 +202,19 @@ wrk_quant_x_fn wrk__quant_x_portable(void)
 
 void wrk_quant_x(const float *x, int K, void *dst)
 {
-    static _Atomic(wrk_quant_x_fn) fn = NULL;
-    wrk_quant_x_fn f = atomic_load_explicit(&fn, memory_order_relaxed);
-    if (!f) {
-        f = quant_x_scalar;
+    static _Atomic int avx512 = -1; /* the CPU runs the AVX-512 one: probed once */
+    int v = atomic_load_explicit(&avx512, memory_order_relaxed);
+    if (v < 0) {
+        v = 0;
 #if defined(__x86_64__) || defined(__i386__)
         __builtin_cpu_init();
-        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        v = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
             __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
-            wrk__quant_x_avx512())
-            f = wrk__quant_x_avx512();
+            wrk__quant_x_avx512();
 #endif
-        atomic_store_explicit(&fn, f, memory_order_relaxed);
+        atomic_store_explicit(&avx512, v, memory_order_relaxed);
     }
-    f(x, K, dst);
+    (v ? wrk__quant_x_avx512() : quant_x_scalar)(x, K, dst);
 }
 
 static bool cpu_has_vnni(bool zmm)
