@@ -51,11 +51,15 @@ typedef struct qamx_cfg {
 
 static wrk_qmm_fn g_vnni;
 
-/* B tile of group g of the panel at pn: q8 in place, q4 unpacked to buf (8 x 64 bytes). */
-static inline __attribute__((always_inline)) const void *
-qamx_b(const unsigned char *pn, int g, const wrk_wq_t qf, unsigned char *buf)
+/* B tile of group g of the panel at pn: q8 in place; q4 from ub (the panel unpacked before,
+ * qamx_unpack) or unpacked now to buf (8 x 64 bytes). */
+static inline __attribute__((always_inline)) const void *qamx_b(const unsigned char *pn, int g,
+                                                                const wrk_wq_t qf,
+                                                                unsigned char *buf,
+                                                                const unsigned char *ub)
 {
     if (qf == WRK_WQ_Q8) return pn + WRK_PANEL * 4 + (size_t)g * 512;
+    if (ub) return ub + (size_t)g * 512;
     const unsigned char *gp =
         pn + (size_t)g * (WRK_PANEL * 4 + WRK_Q4_GROUP / 2 * WRK_PANEL) + WRK_PANEL * 4;
     const __m512i m = _mm512_set1_epi8(0x0f);
@@ -66,6 +70,13 @@ qamx_b(const unsigned char *pn, int g, const wrk_wq_t qf, unsigned char *buf)
                             _mm512_and_si512(_mm512_srli_epi16(raw, 4), m));
     }
     return buf;
+}
+
+/* Every group of a q4 panel unpacked to dst (G x 512 bytes), read by all the call's blocks. */
+static void qamx_unpack(const unsigned char *pn, int G, unsigned char *dst)
+{
+    for (int g = 0; g < G; g++)
+        qamx_b(pn, g, WRK_WQ_Q4, dst + (size_t)g * 512, NULL);
 }
 
 /* A 16-token block's records rearranged for the tiles (qamx_blk): per group g, the 16 tokens'
@@ -108,7 +119,7 @@ qamx_epi(__m512 acc[16], const int32_t *c, __m512 sw, const int32_t *corr, const
  * (+ bias, then + y when acc). */
 static inline __attribute__((always_inline)) void
 qamx_tile(const wrk_mat_t *W, const wrk_wq_t qf, int p, size_t pb, const unsigned char *blk,
-          float *y, int ldy, const float *bias, bool acc, int o0, int o1)
+          const unsigned char *ub, float *y, int ldy, const float *bias, bool acc, int o0, int o1)
 {
     const int G = (W->cols + 31) / 32;
     const unsigned char *pn = (const unsigned char *)W->pk + (size_t)p * pb;
@@ -127,7 +138,7 @@ qamx_tile(const wrk_mat_t *W, const wrk_wq_t qf, int p, size_t pb, const unsigne
 #define QAMX_DP(CT, AT, BT, gg)                                                                    \
     if ((gg) < G) {                                                                                \
         _tile_loadd(AT, blk + (size_t)(gg)*512, 32);                                               \
-        _tile_loadd(BT, qamx_b(pn, (gg), qf, bb[(gg)&1]), 64);                                     \
+        _tile_loadd(BT, qamx_b(pn, (gg), qf, bb[(gg)&1], ub), 64);                                 \
         _tile_zero(CT);                                                                            \
         _tile_dpbsud(CT, AT, BT);                                                                  \
     }
@@ -173,13 +184,15 @@ qamx_tile(const wrk_mat_t *W, const wrk_wq_t qf, int p, size_t pb, const unsigne
     }
 }
 
-/* Panels [pa, pe) for the 16-token block blk. */
+/* Panels [pa, pe) for the 16-token block blk (ub: q4 panels pa.. unpacked, or NULL). */
 static void qamx_rows(const wrk_mat_t *W, const wrk_wq_t qf, int pa, int pe, size_t pb,
-                      const unsigned char *blk, float *y, int ldy, const float *bias, bool acc,
-                      int o0, int o1)
+                      const unsigned char *blk, const unsigned char *ub, float *y, int ldy,
+                      const float *bias, bool acc, int o0, int o1)
 {
+    const size_t G = (size_t)(W->cols + 31) / 32;
     for (int p = pa; p < pe; p++)
-        qamx_tile(W, qf, p, pb, blk, y, ldy, bias, acc, o0, o1);
+        qamx_tile(W, qf, p, pb, blk, ub ? ub + (size_t)(p - pa) * G * 512 : NULL, y, ldy, bias, acc,
+                  o0, o1);
 }
 
 /* T16 tokens (a multiple of 16) on tiles; blk: room for T16 / 16 blocks (QAMX_BLK_BYTES). */
@@ -191,7 +204,14 @@ static void qamx_run(const wrk_mat_t *W, int o0, int o1, const unsigned char *xq
     const size_t rb = WRK_QX_BYTES(W->cols), pb = wrk_pack_q_panel_bytes(qf, W->cols);
     const size_t bb = QAMX_BLK_BYTES(G);
     const int p0 = o0 / WRK_PANEL, p1 = (o1 + WRK_PANEL - 1) / WRK_PANEL;
-    int group = (int)(QAMX_PANEL_BYTES / pb);
+    /* q4 with several blocks: each group of panels unpacked once (G x 512 bytes a panel) for
+     * all of them, not per block and tile */
+    unsigned char *ub = NULL;
+    if (qf == WRK_WQ_Q4 && T16 > 16) {
+        const int ug = (int)(QAMX_PANEL_BYTES / ((size_t)G * 512));
+        ub = aligned_alloc(64, (size_t)(ug < 1 ? 1 : ug) * (size_t)G * 512);
+    }
+    int group = (int)(QAMX_PANEL_BYTES / (ub ? (size_t)G * 512 : pb));
     if (group < 1) group = 1;
     for (int t0 = 0; t0 < T16; t0 += 16 * nblk) {
         const int nb = (T16 - t0) / 16 < nblk ? (T16 - t0) / 16 : nblk;
@@ -201,17 +221,21 @@ static void qamx_run(const wrk_mat_t *W, int o0, int o1, const unsigned char *xq
         /* panels in groups that stay in L2 while every block passes over them */
         for (int g = p0; g < p1; g += group) {
             const int ge = p1 - g < group ? p1 : g + group;
+            for (int p = g; ub && p < ge; p++)
+                qamx_unpack((const unsigned char *)W->pk + (size_t)p * pb, G,
+                            ub + (size_t)(p - g) * G * 512);
             for (int b = 0; b < nb; b++) {
                 float *yb = y + (size_t)(t0 + 16 * b) * ldy;
                 if (qf == WRK_WQ_Q8)
-                    qamx_rows(W, WRK_WQ_Q8, g, ge, pb, blk + (size_t)b * bb, yb, ldy, bias, acc, o0,
-                              o1);
+                    qamx_rows(W, WRK_WQ_Q8, g, ge, pb, blk + (size_t)b * bb, NULL, yb, ldy, bias,
+                              acc, o0, o1);
                 else
-                    qamx_rows(W, WRK_WQ_Q4, g, ge, pb, blk + (size_t)b * bb, yb, ldy, bias, acc, o0,
-                              o1);
+                    qamx_rows(W, WRK_WQ_Q4, g, ge, pb, blk + (size_t)b * bb, ub, yb, ldy, bias, acc,
+                              o0, o1);
             }
         }
     }
+    free(ub);
 }
 
 static void qamx_qmm(const wrk_mat_t *W, int o0, int o1, const void *xqv, int T, float *y, int ldy,
