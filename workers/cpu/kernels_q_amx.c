@@ -8,15 +8,16 @@
  * sum_k xq[t][k] u[r][k], exact in int32. d = C - off * S (off 128 or 8) is then the same
  * integer the VNNI kernel computes, and the fp32 epilogue below is kernels_q.h's, in the same
  * order (acc = fma((float)d, sw * sx, acc), g = 0, 1, ...; + bias; + y): the results are
- * bit-identical to the portable, AVX2 and VNNI kernels, for every T and tiling.
+ * bit-identical to the portable, AVX2 and VNNI kernels, for every T and tiling. With more
+ * than one 16-token block, each group of panels is first converted to signed q (q8 u - 128,
+ * q4 unpacked - 8) once for all blocks, and TDPBSSD gives d = sum xq q directly.
  *
- * One group per TDPBSUD (its 32 columns), so C is stored after every group and the epilogue
- * runs on AVX-512 with a 16-token x 16-row tile's fp32 sums in 16 registers (each 16-token
- * block's records rearranged first: A tiles of contiguous 512 bytes, off * S and sx in arrays
- * the epilogue broadcasts from); four C tiles rotate so that the TDPBSUD of group g + 3 runs
- * during group g's epilogue. Calls of
- * fewer than WRK_QMM_AMX_MIN_T tokens, and the last T % 16 tokens of the others, run the
- * AVX-512 VNNI kernel (same results). */
+ * One group per tile product (its 32 columns), so C is stored after every group and the
+ * epilogue runs on AVX-512 with a 16-token x 16-row tile's fp32 sums in 16 registers (each
+ * 16-token block's records rearranged first: A tiles of contiguous 512 bytes, off * S and sx
+ * in arrays the epilogue broadcasts from); four C tiles rotate so that group g + 3's product
+ * runs during group g's epilogue. Calls of fewer than WRK_QMM_AMX_MIN_T tokens, and the last
+ * T % 16 tokens of the others, run the AVX-512 VNNI kernel (same results). */
 #include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -51,15 +52,11 @@ typedef struct qamx_cfg {
 
 static wrk_qmm_fn g_vnni;
 
-/* B tile of group g of the panel at pn: q8 in place; q4 from ub (the panel unpacked before,
- * qamx_unpack) or unpacked now to buf (8 x 64 bytes). */
-static inline __attribute__((always_inline)) const void *qamx_b(const unsigned char *pn, int g,
-                                                                const wrk_wq_t qf,
-                                                                unsigned char *buf,
-                                                                const unsigned char *ub)
+/* B tile of group g of the panel at pn: q8 in place, q4 unpacked to buf (8 x 64 bytes). */
+static inline __attribute__((always_inline)) const void *
+qamx_b(const unsigned char *pn, int g, const wrk_wq_t qf, unsigned char *buf)
 {
     if (qf == WRK_WQ_Q8) return pn + WRK_PANEL * 4 + (size_t)g * 512;
-    if (ub) return ub + (size_t)g * 512;
     const unsigned char *gp =
         pn + (size_t)g * (WRK_PANEL * 4 + WRK_Q4_GROUP / 2 * WRK_PANEL) + WRK_PANEL * 4;
     const __m512i m = _mm512_set1_epi8(0x0f);
@@ -72,11 +69,17 @@ static inline __attribute__((always_inline)) const void *qamx_b(const unsigned c
     return buf;
 }
 
-/* Every group of a q4 panel unpacked to dst (G x 512 bytes), read by all the call's blocks. */
-static void qamx_unpack(const unsigned char *pn, int G, unsigned char *dst)
+/* Every group of a panel as signed q (u - 128 or u - 8) to dst (G x 512 bytes), read by all
+ * the call's blocks with TDPBSSD: then C = sum xq q = d directly, no off * S to subtract. */
+static void qamx_signed(const unsigned char *pn, int G, const wrk_wq_t qf, unsigned char *dst)
 {
-    for (int g = 0; g < G; g++)
-        qamx_b(pn, g, WRK_WQ_Q4, dst + (size_t)g * 512, NULL);
+    const __m512i off = _mm512_set1_epi8(qf == WRK_WQ_Q8 ? (char)0x80 : 8);
+    for (int g = 0; g < G; g++) {
+        unsigned char *d = dst + (size_t)g * 512;
+        const unsigned char *b = qamx_b(pn, g, qf, d);
+        for (int i = 0; i < 512; i += 64)
+            _mm512_storeu_si512(d + i, _mm512_sub_epi8(_mm512_loadu_si512(b + i), off));
+    }
 }
 
 /* A 16-token block's records rearranged for the tiles (qamx_blk): per group g, the 16 tokens'
@@ -103,23 +106,26 @@ static void qamx_blk(unsigned char *blk, const unsigned char *xq, size_t rb, int
 }
 
 /* acc[t] = fma((float)(c[t] - off * S[t]), sw * sx[t], acc[t]) for the 16 tokens. */
-static inline __attribute__((always_inline)) void
-qamx_epi(__m512 acc[16], const int32_t *c, __m512 sw, const int32_t *corr, const float *sx)
+static inline __attribute__((always_inline)) void qamx_epi(__m512 acc[16], const int32_t *c,
+                                                           __m512 sw, const int32_t *corr,
+                                                           const float *sx, const bool sgn)
 {
 #pragma GCC unroll 16
     for (int t = 0; t < 16; t++) {
-        const __m512i d =
-            _mm512_sub_epi32(_mm512_load_si512(c + 16 * t), _mm512_set1_epi32(corr[t]));
+        __m512i d = _mm512_load_si512(c + 16 * t);
+        if (!sgn) d = _mm512_sub_epi32(d, _mm512_set1_epi32(corr[t]));
         acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(sw, _mm512_set1_ps(sx[t])),
                                  acc[t]);
     }
 }
 
 /* 16 tokens (their block, qamx_blk) x panel p: y rows of those tokens, outputs in [o0, o1)
- * (+ bias, then + y when acc). */
+ * (+ bias, then + y when acc). sb: the panel as signed q (qamx_signed; TDPBSSD), or NULL
+ * (the pack's unsigned u, q4 unpacked per group; TDPBSUD and - off * S). */
 static inline __attribute__((always_inline)) void
 qamx_tile(const wrk_mat_t *W, const wrk_wq_t qf, int p, size_t pb, const unsigned char *blk,
-          const unsigned char *ub, float *y, int ldy, const float *bias, bool acc, int o0, int o1)
+          const unsigned char *sb, const bool sgn, float *y, int ldy, const float *bias, bool acc,
+          int o0, int o1)
 {
     const int G = (W->cols + 31) / 32;
     const unsigned char *pn = (const unsigned char *)W->pk + (size_t)p * pb;
@@ -138,14 +144,17 @@ qamx_tile(const wrk_mat_t *W, const wrk_wq_t qf, int p, size_t pb, const unsigne
 #define QAMX_DP(CT, AT, BT, gg)                                                                    \
     if ((gg) < G) {                                                                                \
         _tile_loadd(AT, blk + (size_t)(gg)*512, 32);                                               \
-        _tile_loadd(BT, qamx_b(pn, (gg), qf, bb[(gg)&1], ub), 64);                                 \
+        _tile_loadd(BT, sgn ? sb + (size_t)(gg)*512 : qamx_b(pn, (gg), qf, bb[(gg)&1]), 64);       \
         _tile_zero(CT);                                                                            \
-        _tile_dpbsud(CT, AT, BT);                                                                  \
+        if (sgn)                                                                                   \
+            _tile_dpbssd(CT, AT, BT);                                                              \
+        else                                                                                       \
+            _tile_dpbsud(CT, AT, BT);                                                              \
     }
 #define QAMX_EP(CT, gg)                                                                            \
     _tile_stored(CT, c[CT], 64);                                                                   \
     if (qf == WRK_WQ_Q4) sw = _mm512_loadu_ps(pn + (size_t)(gg)*q4gb);                             \
-    qamx_epi(a, c[CT], sw, corr + (gg)*16, sx + (gg)*16);                                          \
+    qamx_epi(a, c[CT], sw, corr + (gg)*16, sx + (gg)*16, sgn);                                     \
     if ((gg) + 1 >= G) break;
     QAMX_DP(0, 4, 6, 0)
     QAMX_DP(1, 5, 7, 1)
@@ -184,15 +193,18 @@ qamx_tile(const wrk_mat_t *W, const wrk_wq_t qf, int p, size_t pb, const unsigne
     }
 }
 
-/* Panels [pa, pe) for the 16-token block blk (ub: q4 panels pa.. unpacked, or NULL). */
+/* Panels [pa, pe) for the 16-token block blk (sb: panels pa.. as signed q, or NULL). */
 static void qamx_rows(const wrk_mat_t *W, const wrk_wq_t qf, int pa, int pe, size_t pb,
-                      const unsigned char *blk, const unsigned char *ub, float *y, int ldy,
+                      const unsigned char *blk, const unsigned char *sb, float *y, int ldy,
                       const float *bias, bool acc, int o0, int o1)
 {
     const size_t G = (size_t)(W->cols + 31) / 32;
     for (int p = pa; p < pe; p++)
-        qamx_tile(W, qf, p, pb, blk, ub ? ub + (size_t)(p - pa) * G * 512 : NULL, y, ldy, bias, acc,
-                  o0, o1);
+        if (sb)
+            qamx_tile(W, qf, p, pb, blk, sb + (size_t)(p - pa) * G * 512, true, y, ldy, bias, acc,
+                      o0, o1);
+        else
+            qamx_tile(W, qf, p, pb, blk, NULL, false, y, ldy, bias, acc, o0, o1);
 }
 
 /* T16 tokens (a multiple of 16) on tiles; blk: room for T16 / 16 blocks (QAMX_BLK_BYTES). */
@@ -204,10 +216,10 @@ static void qamx_run(const wrk_mat_t *W, int o0, int o1, const unsigned char *xq
     const size_t rb = WRK_QX_BYTES(W->cols), pb = wrk_pack_q_panel_bytes(qf, W->cols);
     const size_t bb = QAMX_BLK_BYTES(G);
     const int p0 = o0 / WRK_PANEL, p1 = (o1 + WRK_PANEL - 1) / WRK_PANEL;
-    /* q4 with several blocks: each group of panels unpacked once (G x 512 bytes a panel) for
-     * all of them, not per block and tile */
+    /* several blocks: each group of panels converted once to signed q (G x 512 bytes a panel;
+     * q4 unpacked) for all of them, not per block and tile (one block: the pack as it is) */
     unsigned char *ub = NULL;
-    if (qf == WRK_WQ_Q4 && T16 > 16) {
+    if (T16 > 16) {
         const int ug = (int)(QAMX_PANEL_BYTES / ((size_t)G * 512));
         ub = aligned_alloc(64, (size_t)(ug < 1 ? 1 : ug) * (size_t)G * 512);
     }
@@ -222,13 +234,13 @@ static void qamx_run(const wrk_mat_t *W, int o0, int o1, const unsigned char *xq
         for (int g = p0; g < p1; g += group) {
             const int ge = p1 - g < group ? p1 : g + group;
             for (int p = g; ub && p < ge; p++)
-                qamx_unpack((const unsigned char *)W->pk + (size_t)p * pb, G,
+                qamx_signed((const unsigned char *)W->pk + (size_t)p * pb, G, qf,
                             ub + (size_t)(p - g) * G * 512);
             for (int b = 0; b < nb; b++) {
                 float *yb = y + (size_t)(t0 + 16 * b) * ldy;
                 if (qf == WRK_WQ_Q8)
-                    qamx_rows(W, WRK_WQ_Q8, g, ge, pb, blk + (size_t)b * bb, NULL, yb, ldy, bias,
-                              acc, o0, o1);
+                    qamx_rows(W, WRK_WQ_Q8, g, ge, pb, blk + (size_t)b * bb, ub, yb, ldy, bias, acc,
+                              o0, o1);
                 else
                     qamx_rows(W, WRK_WQ_Q4, g, ge, pb, blk + (size_t)b * bb, ub, yb, ldy, bias, acc,
                               o0, o1);
