@@ -5,6 +5,7 @@
 #define ENG_INT_H
 
 #include "engine/eng_draft.h"
+#include "engine/eng_draft_model.h"
 #include "engine/eng_runner.h"
 
 /* The device thread of one backend: it waits for a plan, runs it, and wakes the loop.
@@ -71,6 +72,16 @@ struct eng__req {
     float *spec_logits;
     int32_t w_toks[WRK_SPEC_MAX_TOKENS];
     int32_t w_k, extra;
+    /* a draft model (device thread): d_fed tokens of toks are in the draft's slot; d_buf holds
+     * its state while swapped out (d_saved); spec_q: w_k x vocab, the distributions the drafts
+     * were drawn from (temperature > 0); w_ntoks: the stream's length when the plan went over */
+    int32_t d_fed, w_ntoks;
+    bool d_saved;
+    void *d_buf;
+    size_t d_cap, d_len;
+    uint64_t d_rng;
+    eng_draft_sampling_t d_smp;
+    float *spec_q;
 };
 
 typedef struct plan_copy {
@@ -149,6 +160,11 @@ struct eng_runner {
     eng_draft_t *draft;
     int32_t vocab;
     int32_t *acc_slot, *acc_keep, n_acc;
+    /* a draft model: the device's proposal jobs (n_slots), and a failed proposal's reason (the
+     * step's entries then decode plainly; logged by the loop) */
+    eng_draft_job_t *w_jobs;
+    int w_draft_rc;
+    char w_draft_err[256];
 };
 
 /* ---- eng_device.c: the device thread ---------------------------------------------------- */

@@ -76,6 +76,8 @@ static void rec_release(eng_runner_t *r, eng__req_t *q)
     }
     free(q->toks);
     free(q->spec_logits);
+    free(q->spec_q);
+    free(q->d_buf);
     int32_t i = (int32_t)(q - r->reqs);
     memset(q, 0, sizeof(*q));
     r->free_recs[r->n_free_recs++] = i;
@@ -255,7 +257,8 @@ int eng_runner_create_cfg(uv_loop_t *loop, wrk_backend_t *be, const eng_runner_c
     if (!r->acc_slot || !r->acc_keep) goto oom;
     if (cfg->spec_mode != ENG_SPEC_OFF) {
         const wrk_model_info_t *mi = wrk_model_info(wrk_backend_model(be));
-        if (cfg->spec_mode != ENG_SPEC_NGRAM || cfg->spec_tokens < 1 ||
+        if ((cfg->spec_mode != ENG_SPEC_NGRAM && cfg->spec_mode != ENG_SPEC_DRAFT) ||
+            (cfg->spec_mode == ENG_SPEC_DRAFT && !cfg->draft_be) || cfg->spec_tokens < 1 ||
             cfg->spec_tokens > ENG_DRAFT_MAX || cfg->spec_max_batch < 0) {
             rc =
                 rcd_fail(RCD_EINVAL, err, errlen,
@@ -267,6 +270,23 @@ int eng_runner_create_cfg(uv_loop_t *loop, wrk_backend_t *be, const eng_runner_c
             eng__log(r, ENG_INFO, "speculate",
                      "speculative decoding off: the %s backend has no verify entries for %s",
                      wrk_backend_name(be), mi->architecture);
+        } else if (cfg->spec_mode == ENG_SPEC_DRAFT) {
+            const wrk_model_info_t *di = wrk_model_info(wrk_backend_model(cfg->draft_be));
+            if (di->vocab_size != mi->vocab_size) {
+                rc = rcd_fail(RCD_EMISMATCH, err, errlen,
+                              "runner: the draft model's vocabulary (%d) is not the model's (%d)",
+                              di->vocab_size, mi->vocab_size);
+                goto fail;
+            }
+            if ((rc = eng_draft_model_create(cfg->draft_be, r->n_slots, &r->draft, err, errlen)))
+                goto fail;
+            if (!(r->w_jobs = calloc((size_t)r->n_slots, sizeof(*r->w_jobs)))) goto oom;
+            r->st.spec_on = true;
+            eng__log(r, ENG_INFO, "speculate",
+                     "speculative decoding: a draft model (%s, %s, %zu state bytes per slot), up "
+                     "to %d drafts per verify, none in steps of more than %d sequences",
+                     di->architecture, di->fingerprint_hex, di->state_bytes, cfg->spec_tokens,
+                     cfg->spec_max_batch);
         } else {
             eng_ngram_opts_t no = {0};
             if ((rc = eng_draft_ngram_create(&no, &r->draft))) goto oom;
@@ -378,6 +398,7 @@ void eng_runner_destroy(eng_runner_t *r)
     free(r->w_resets);
     free(r->acc_slot);
     free(r->acc_keep);
+    free(r->w_jobs);
     eng_draft_destroy(r->draft);
     free(r);
 }
@@ -448,9 +469,13 @@ int eng_runner_submit(eng_runner_t *r, eng_seq_t *s, char *err, size_t errlen)
     }
     s->n_snapped = 0;
     s->spec_drafted = s->spec_accepted = 0;
+    s->spec_draft = -1;
+    s->spec_q = NULL;
     if (r->draft && !s->no_speculate) { /* its logit rows are allocated at its first verify */
         q->spec = true;
         eng_spec_policy_init(&q->pol, r->cfg.spec_tokens, r->cfg.spec_max_batch);
+        q->d_smp = s->draft_sampling;
+        q->d_rng = eng_draft_rng_seed(s->draft_sampling.seed);
     }
     r->n_held++;
     s->req = q;
@@ -579,6 +604,10 @@ static void spec_sample(eng_runner_t *r, eng__req_t *q, int32_t slot, int32_t k,
     for (;; j++) {
         memcpy(q->logits, q->spec_logits + (size_t)j * (size_t)r->vocab,
                sizeof(float) * (size_t)r->vocab);
+        s->spec_draft = j < k ? q->w_toks[j + 1] : -1;
+        s->spec_q = j < k && q->spec_q && q->d_smp.temperature > 0.0f
+                        ? q->spec_q + (size_t)j * (size_t)r->vocab
+                        : NULL;
         q->decided = false;
         q->outcome = SCHED_OUT_TOKEN;
         s->cb(s, ENG_SEQ_LOGITS);
@@ -586,6 +615,8 @@ static void spec_sample(eng_runner_t *r, eng__req_t *q, int32_t slot, int32_t k,
             fail_req(r, q, "the sampler neither fed nor finished the sequence");
             return;
         }
+        s->spec_draft = -1;
+        s->spec_q = NULL;
         if (q->cancelled) return; /* the slot is reset or refilled: no rollback needed */
         if (q->finished || j == k || q->toks[q->n_toks - 1] != q->w_toks[j + 1]) break;
         s->spec_accepted++; /* draft j + 1 was the token sampled: its row is next */
@@ -620,6 +651,11 @@ void eng__plan_done(eng_runner_t *r)
     r->n_acc = 0; /* the run that ended made the rollbacks asked for before it */
     r->st.kv_free_blocks = r->w_kv_free;
     r->st.kv_total_blocks = r->w_kv_total;
+    if (r->w_draft_rc) { /* the step's entries decoded plainly */
+        eng__log(r, ENG_WARN, "speculate", "draft model step failed (%s): decoded plainly",
+                 r->w_draft_err);
+        r->w_draft_rc = 0;
+    }
     if (r->w_flush) { /* only resets ran: no step to report */
         r->w_flush = false;
         r->w_n_resets = 0;
@@ -819,7 +855,14 @@ static void submit_plan(eng_runner_t *r)
                 q->spec_logits =
                     malloc(sizeof(float) * (size_t)r->vocab * (size_t)(r->cfg.spec_tokens + 1));
             if (k > 0 && !q->spec_logits) k = 0;
-            if (k > 0) k = eng_draft_propose(r->draft, q->toks, q->n_toks, k, q->w_toks + 1);
+            if (k > 0 && r->draft->vt->propose_batch) { /* the device thread drafts */
+                if (q->d_smp.temperature > 0.0f && !q->spec_q)
+                    q->spec_q = malloc(sizeof(float) * (size_t)r->vocab *
+                                       (size_t)r->cfg.spec_tokens);
+                if (q->d_smp.temperature > 0.0f && !q->spec_q) k = 0;
+            } else if (k > 0) {
+                k = eng_draft_propose(r->draft, q->toks, q->n_toks, k, q->w_toks + 1);
+            }
             if (k > 0) {
                 q->w_toks[0] = q->toks[q->n_toks - 1];
                 q->w_k = k;
@@ -829,6 +872,7 @@ static void submit_plan(eng_runner_t *r)
                 ws->verify = true;
             }
         }
+        q->w_ntoks = q->n_toks;
         q->w_snap_lo = q->w_snap_hi = q->next_snap; /* boundaries in (start, start + n] */
         while (q->w_snap_hi < q->n_snaps && q->snap_at[q->w_snap_hi] <= e->start + e->n_tokens)
             q->w_snap_hi++;

@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "engine/eng_draft.h"
 #include "scheduler/sched.h"
 #include "workers/wrk.h"
 
@@ -68,6 +69,16 @@ struct eng_seq {
     eng_seq_cb cb;
     void *user;
     bool no_speculate; /* never speculate for this turn (the runner's spec_mode otherwise) */
+    /* ENG_SPEC_DRAFT: how the draft model draws this turn's drafts (the caller's temperature,
+     * top-k/p, min-p and seed; zeros: greedy) */
+    eng_draft_sampling_t draft_sampling;
+    /* Set by the runner for each ENG_SEQ_LOGITS: spec_draft is the draft token this row of a
+     * verify entry checks (-1: a plain row, or the row after the last draft); spec_q, with a
+     * draft model at temperature > 0, the distribution (vocab floats) the draft drew it from:
+     * the caller then samples with the speculative rule (accept spec_draft with probability
+     * min(1, p/q), else draw from norm(max(0, p - q))); NULL: sample plainly. */
+    int32_t spec_draft;
+    const float *spec_q;
     /* set by the runner */
     uint32_t spec_drafted;  /* draft tokens verified for this turn */
     uint32_t spec_accepted; /* of them, kept (each one a token sampled without its own step) */
@@ -86,6 +97,7 @@ struct eng_seq {
 typedef enum eng_spec_mode {
     ENG_SPEC_OFF = 0,
     ENG_SPEC_NGRAM, /* prompt lookup over the turn's prompt and generated tokens */
+    ENG_SPEC_DRAFT, /* a draft model (eng_runner_config_t.draft_be) */
 } eng_spec_mode_t;
 
 typedef struct eng_runner_config {
@@ -118,6 +130,10 @@ typedef struct eng_runner_config {
     eng_spec_mode_t spec_mode;
     int spec_tokens;
     int spec_max_batch;
+    /* ENG_SPEC_DRAFT: the draft model's backend (borrowed; outlives the runner; stepped on the
+     * runner's device thread): the target's vocabulary, 2 x the target's slots, a step budget
+     * of at least the target's slots (engine/README.md, "The draft model"). */
+    wrk_backend_t *draft_be;
 } eng_runner_config_t;
 
 /* What the engine decides in the backend's options, before the backend is created from them:
