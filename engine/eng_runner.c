@@ -258,7 +258,7 @@ int eng_runner_create_cfg(uv_loop_t *loop, wrk_backend_t *be, const eng_runner_c
     if (cfg->spec_mode != ENG_SPEC_OFF) {
         const wrk_model_info_t *mi = wrk_model_info(wrk_backend_model(be));
         if ((cfg->spec_mode != ENG_SPEC_NGRAM && cfg->spec_mode != ENG_SPEC_DRAFT) ||
-            (cfg->spec_mode == ENG_SPEC_DRAFT && !cfg->draft_be) || cfg->spec_tokens < 1 ||
+            cfg->spec_tokens < 1 ||
             cfg->spec_tokens > ENG_DRAFT_MAX || cfg->spec_max_batch < 0) {
             rc =
                 rcd_fail(RCD_EINVAL, err, errlen,
@@ -271,6 +271,11 @@ int eng_runner_create_cfg(uv_loop_t *loop, wrk_backend_t *be, const eng_runner_c
                      "speculative decoding off: the %s backend has no verify entries for %s",
                      wrk_backend_name(be), mi->architecture);
         } else if (cfg->spec_mode == ENG_SPEC_DRAFT) {
+            if (!cfg->draft_be) {
+                rc = rcd_fail(RCD_EINVAL, err, errlen, "runner: --speculate draft without a "
+                                                       "draft model's backend");
+                goto fail;
+            }
             const wrk_model_info_t *di = wrk_model_info(wrk_backend_model(cfg->draft_be));
             if (di->vocab_size != mi->vocab_size) {
                 rc = rcd_fail(RCD_EMISMATCH, err, errlen,
