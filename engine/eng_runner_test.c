@@ -26,6 +26,9 @@ struct t_seq {
     void *state;
     /* fires once when n_out reaches at_out (submits `then` from inside the callback) */
     int at_out;
+    /* cancels in the callback that samples token cancel_at (cancel_row: it checked a draft) */
+    int cancel_at;
+    bool cancel_row;
     t_seq_t *then;
 };
 
@@ -51,7 +54,12 @@ static void on_ev(eng_seq_t *s, eng_seq_ev_t ev)
         char err[160];
         CHECK(eng_runner_submit(t->r, &t->then->seq, err, sizeof(err)) == 0);
     }
-    if (t->stop) {
+    if (t->cancel_at && t->n_out == t->cancel_at) {
+        t->cancel_row = s->spec_draft >= 0;
+        CHECK(eng_runner_cancel(t->r, s) == 0); /* sampling: the device does not hold it */
+        t->done = true;
+        t->done_order = ++g_order;
+    } else if (t->stop) {
         CHECK(eng_runner_cancel(t->r, s) == 0); /* between steps nothing holds it */
         t->done = true;
         t->done_order = ++g_order;
@@ -961,6 +969,42 @@ static void test_speculate(void)
  * another (the draft's scratch slots hold KV too): plain decoding's tokens and states. */
 static void test_draft_model(void)
 {
+    /* a cancel inside an accepted run of drafts (the bundled model drafting for itself): the
+     * turn ends there, and the next turn in the slot gets its solo tokens */
+    fixture_t f;
+    if (!fx_open(&f, 1, 64)) return;
+    wrk_model_t *dm = NULL;
+    wrk_backend_t *dbe = draft_open(RCD_DEFAULT_MODEL, 1, &dm);
+    eng_runner_config_t c;
+    eng_runner_config_default(&c, f.be, 8);
+    c.spec_mode = ENG_SPEC_DRAFT;
+    c.spec_tokens = 4;
+    c.draft_be = dbe;
+    eng_runner_t *r = NULL;
+    char err[200];
+    CHECK_MSG(eng_runner_create_cfg(&f.loop, f.be, &c, &r, err, sizeof(err)) == 0, "%s", err);
+    t_seq_t solo, cut, next;
+    setup(&solo, r, 2, 12, f.mi->vocab_size, f.mi->state_bytes, false);
+    solo.seq.no_speculate = true;
+    run(&f.loop, r, &solo, 1);
+    setup(&cut, r, 1, 12, f.mi->vocab_size, f.mi->state_bytes, false);
+    cut.cancel_at = 3; /* token 1 from the prefill; 2, 3 from rows of one verify */
+    CHECK(eng_runner_submit(r, &cut.seq, err, sizeof(err)) == 0);
+    uv_run(&f.loop, UV_RUN_DEFAULT);
+    CHECK(cut.done && cut.n_out == 3 && cut.cancel_row);
+    CHECK(eng_runner_held(r) == 0);
+    setup(&next, r, 2, 12, f.mi->vocab_size, f.mi->state_bytes, false);
+    run(&f.loop, r, &next, 1);
+    CHECK(memcmp(next.out, solo.out, sizeof(int32_t) * 12) == 0);
+    CHECK(next.seq.spec_accepted > 0);
+    teardown(&solo);
+    teardown(&cut);
+    teardown(&next);
+    eng_runner_destroy(r);
+    fx_close(&f);
+    wrk_backend_destroy(dbe);
+    wrk_model_free(dm);
+
     spec_case(RCD_DEFAULT_MODEL, 3, RCD_DEFAULT_MODEL);
     spec_case("tests/golden/mamba/tiny_bias_tied", 3, "tests/golden/mamba2/tiny_g2_untied");
     spec_case("tests/golden/granite/mha_moe8", 3, "tests/golden/granite/dense_rope_untied");
