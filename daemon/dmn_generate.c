@@ -722,6 +722,8 @@ static int gen_prepare(dmn_gen_t *g, const Recurd__V1__GenerateRequest *req, cha
          * (state_bytes for fixed-size models). A KV model's prompt must also fit its pool. */
         uint64_t mn = g->max_tokens < g->ctx_left ? g->max_tokens : g->ctx_left;
         g->state_cap = eng_runner_state_bound(s->runner, used + mn + 1);
+        if (g->state_cap != SIZE_MAX) /* and the sections after it (the token history) */
+            g->state_cap += eng_runner_ext_bound(s->runner);
         if (g->state_cap == SIZE_MAX || !(g->state_out = malloc(g->state_cap ? g->state_cap : sb)))
             return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory for the session state");
     }
@@ -771,6 +773,8 @@ static int gen_submit(dmn_gen_t *g, char *err, size_t errlen)
     int rc;
     g->seq.prompt = g->prompt + g->cached; /* a cached prefix is not fed again */
     g->seq.n_prompt = g->n_prompt - g->cached;
+    g->seq.pre_fed = g->prompt; /* but it joins the session's history */
+    g->seq.n_pre_fed = g->cached;
     g->seq.n_snaps = g->n_snaps;
     for (int32_t j = 0; j < g->n_snaps; j++) {
         g->seq.snap_at[j] = g->snap_abs[j] - g->cached;

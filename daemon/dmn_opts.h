@@ -90,8 +90,9 @@
       "prefill tokens a prompt gets per step before others get theirs (leftover budget is "        \
       "shared); 0: no chunking, a prompt's prefill runs whole in one step")                        \
     X(speculate, STR, "off", "RECURD_SPECULATE", DMN_ONE_OF("off|ngram|draft"),                    \
-      "speculative decoding: off, ngram (drafts by prompt lookup in the turn's tokens) or draft "  \
-      "(a small model of the same vocabulary, --draft-model), verified in one step; same output")  \
+      "speculative decoding: off, ngram (drafts by prompt lookup in the session's tokens) or "     \
+      "draft (a small model of the same vocabulary, --draft-model), verified in one step; same "   \
+      "output")                                                                                    \
     X(spec_tokens, INT, "4", "RECURD_SPEC_TOKENS", DMN_RANGE(1, 15),                               \
       "speculative decoding: most draft tokens one verify step checks (k adapts per turn)")        \
     X(spec_max_batch, INT, "4", "RECURD_SPEC_MAX_BATCH", DMN_RANGE(0, DMN_INT_MAX),                \
@@ -99,6 +100,9 @@
     X(draft_model, STR, "", "RECURD_DRAFT_MODEL", DMN_ANY,                                         \
       "--speculate draft: the draft model's directory (any supported family, the model's "         \
       "vocabulary and tokenizer; runs on the CPU beside the model)")                               \
+    X(spec_history, INT, "8192", "RECURD_SPEC_HISTORY", DMN_RANGE(0, 1048576),                     \
+      "tokens of each session's history kept in its checkpoints for n-gram drafts, whatever "     \
+      "--speculate is (0: none; checkpoints then have no history section)")                       \
     X(aging_ms, INT, "5000", "RECURD_AGING_MS", DMN_RANGE(0, DMN_LONG_MAX),                        \
       "waiting this long raises a turn's priority by one (0: strict priority)")                    \
     X(pipeline, INT, "2", "RECURD_PIPELINE", DMN_RANGE(1, 2),                                      \

@@ -36,7 +36,10 @@ typedef struct hbuf {
 struct eng__req {
     uint64_t id;    /* scheduler id: generation << 24 | index; 0: free record */
     eng_seq_t *seq; /* NULL once the caller was told it ended (or let it go) */
-    int32_t *toks;  /* the input stream: prompt, then every sampled token */
+    int32_t *ctx;   /* the session's history (n_hist tokens: the loaded section, then the
+                     * turn's pre-fed tokens), then toks: one buffer, what n-gram drafts see */
+    int32_t n_hist;
+    int32_t *toks;  /* the input stream: prompt, then every sampled token (ctx + n_hist) */
     int32_t n_toks, cap_toks, n_gen, max_new;
     const void *init_state; /* borrowed from the seq */
     size_t init_len;        /* its bytes */

@@ -6,6 +6,10 @@
  * N's logits). */
 #include "engine/eng_int.h"
 #include "common/rcd_metrics.h"
+#include "statestore/ckpt_ext.h"
+
+/* Sections hold int32 little-endian (ckpt_ext.h): copied as they are on this host. */
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "little-endian host");
 
 #include <limits.h>
 #include <stdarg.h>
@@ -74,7 +78,7 @@ static void rec_release(eng_runner_t *r, eng__req_t *q)
         r->pend_id[i] = q->id;
         if (i == r->n_pend) r->n_pend++;
     }
-    free(q->toks);
+    free(q->ctx);
     free(q->spec_logits);
     free(q->spec_q);
     free(q->d_buf);
@@ -178,6 +182,15 @@ void eng_runner_config_default(eng_runner_config_t *c, const wrk_backend_t *be, 
     c->tenant_fair = true;
     c->stats_every_ms = 10000;
     c->prefill_chunk = -1;
+    c->spec_history = ENG_SPEC_HISTORY_DEFAULT;
+}
+
+size_t eng_runner_ext_bound(const eng_runner_t *r)
+{
+    if (r->cfg.spec_history <= 0) return 0;
+    ckpt_ext_sec_t h = {.name = CKPT_EXT_HIST, .data = r, .elem = 4,
+                        .bytes = (uint64_t)r->cfg.spec_history * 4};
+    return ckpt_ext_size(&h, 1);
 }
 
 int eng_runner_create(uv_loop_t *loop, wrk_backend_t *be, int max_queue, eng_runner_t **out)
@@ -255,6 +268,11 @@ int eng_runner_create_cfg(uv_loop_t *loop, wrk_backend_t *be, const eng_runner_c
     r->acc_keep = calloc((size_t)r->n_slots, sizeof(int32_t));
     r->vocab = wrk_model_info(wrk_backend_model(be))->vocab_size;
     if (!r->acc_slot || !r->acc_keep) goto oom;
+    if (cfg->spec_history < 0 || cfg->spec_history > ENG_SPEC_HISTORY_MAX) {
+        rc = rcd_fail(RCD_EINVAL, err, errlen, "runner: spec history %d tokens (0..%d)",
+                      (int)cfg->spec_history, ENG_SPEC_HISTORY_MAX);
+        goto fail;
+    }
     if (cfg->spec_mode != ENG_SPEC_OFF) {
         const wrk_model_info_t *mi = wrk_model_info(wrk_backend_model(be));
         if ((cfg->spec_mode != ENG_SPEC_NGRAM && cfg->spec_mode != ENG_SPEC_DRAFT) ||
@@ -293,7 +311,10 @@ int eng_runner_create_cfg(uv_loop_t *loop, wrk_backend_t *be, const eng_runner_c
                      di->architecture, di->fingerprint_hex, di->state_bytes, cfg->spec_tokens,
                      cfg->spec_max_batch);
         } else {
-            eng_ngram_opts_t no = {0};
+            /* the lookup window: the history kept and about a turn beside it */
+            eng_ngram_opts_t no = {.window = cfg->spec_history > ENG_SPEC_HISTORY_DEFAULT
+                                                 ? cfg->spec_history + ENG_SPEC_HISTORY_DEFAULT
+                                                 : 0};
             if ((rc = eng_draft_ngram_create(&no, &r->draft))) goto oom;
             r->st.spec_on = true;
             eng__log(r, ENG_INFO, "speculate",
@@ -443,20 +464,59 @@ int eng_runner_submit(eng_runner_t *r, eng_seq_t *s, char *err, size_t errlen)
                             (long long)r->kv_pool_blocks, (long long)r->kv_reserved,
                             (long long)kvb);
     }
-    int32_t *toks = malloc(sizeof(int32_t) * (size_t)cap);
-    if (!toks) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
+    /* A loaded payload: the state goes to the slot, the sections (the history) stay here. */
+    size_t init_len = s->init_len ? s->init_len : r->state_bytes;
+    const int32_t *hist = NULL;
+    int32_t n_hist = 0, n_pre = s->n_pre_fed > 0 && s->pre_fed ? s->n_pre_fed : 0;
+    if (s->init_state) {
+        ckpt_ext_t ext;
+        char why[160];
+        int rc = ckpt_ext_split(s->init_state, init_len, r->state_bytes, r->kv_bpt, &init_len,
+                                &ext, why, sizeof(why));
+        if (rc) return rcd_fail(rc, err, errlen, "session state: %s", why);
+        const ckpt_ext_sec_t *h = ckpt_ext_find(&ext, CKPT_EXT_HIST);
+        if (h && h->elem != 4)
+            return rcd_fail(RCD_ECORRUPT, err, errlen, "session state: history of %u-byte "
+                            "elements", h->elem);
+        if (h) {
+            hist = h->data;
+            n_hist = (int32_t)(h->bytes / 4 < (uint64_t)INT32_MAX ? h->bytes / 4 : INT32_MAX);
+            for (int32_t j = 0; j < n_hist; j++) { /* every id is fed to the model as a draft */
+                int32_t t;
+                memcpy(&t, (const uint8_t *)hist + 4 * (size_t)j, 4);
+                if (t < 0 || t >= r->vocab)
+                    return rcd_fail(RCD_ECORRUPT, err, errlen,
+                                    "session state: history token %d out of the vocabulary (%d)",
+                                    t, r->vocab);
+            }
+        }
+    }
+    /* bounded: the newest spec_history tokens of (history, pre-fed) */
+    int32_t keep_pre = n_pre < r->cfg.spec_history ? n_pre : r->cfg.spec_history;
+    int32_t keep_hist = n_hist < r->cfg.spec_history - keep_pre ? n_hist
+                                                                 : r->cfg.spec_history - keep_pre;
+    int32_t *ctx = malloc(sizeof(int32_t) * ((size_t)keep_hist + (size_t)keep_pre + (size_t)cap));
+    if (!ctx) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
+    if (keep_hist) /* unaligned in the blob: copied */
+        memcpy(ctx, (const uint8_t *)hist + 4 * (size_t)(n_hist - keep_hist),
+               sizeof(int32_t) * (size_t)keep_hist);
+    if (keep_pre)
+        memcpy(ctx + keep_hist, s->pre_fed + (n_pre - keep_pre), sizeof(int32_t) * (size_t)keep_pre);
+    int32_t *toks = ctx + keep_hist + keep_pre;
     memcpy(toks, s->prompt, sizeof(int32_t) * (size_t)s->n_prompt);
     int32_t i = r->free_recs[--r->n_free_recs];
     eng__req_t *q = &r->reqs[i];
     memset(q, 0, sizeof(*q));
     q->id = (++r->gen << 24) | (uint64_t)i;
     q->seq = s;
+    q->ctx = ctx;
+    q->n_hist = keep_hist + keep_pre;
     q->toks = toks;
     q->n_toks = s->n_prompt;
     q->cap_toks = cap;
     q->max_new = s->max_new;
     q->init_state = s->init_state;
-    q->init_len = s->init_len ? s->init_len : r->state_bytes;
+    q->init_len = init_len;
     q->logits = s->logits;
     q->state_out = s->state_out;
     q->state_cap = s->state_cap ? s->state_cap : r->state_bytes;
@@ -866,7 +926,9 @@ static void submit_plan(eng_runner_t *r)
                                        (size_t)r->cfg.spec_tokens);
                 if (q->d_smp.temperature > 0.0f && !q->spec_q) k = 0;
             } else if (k > 0) {
-                k = eng_draft_propose(r->draft, q->toks, q->n_toks, k, q->w_toks + 1);
+                /* over the session's history and this turn */
+                k = eng_draft_propose(r->draft, q->ctx, q->n_hist + q->n_toks, k,
+                                      q->w_toks + 1);
             }
             if (k > 0) {
                 q->w_toks[0] = q->toks[q->n_toks - 1];
@@ -905,6 +967,30 @@ static void submit_plan(eng_runner_t *r)
 
 /* ---- the scheduler's side ---------------------------------------------------------------- */
 
+/* A commit: the session's sections go after the state read into state_out (the history: the
+ * newest spec_history tokens of the loaded history and this turn's tokens, int32 little-endian,
+ * the host's order: see submit). Returns the bytes appended; 0 with spec_history 0 (the format
+ * without sections), or when state_out has no room for them (the state goes alone; logged when
+ * the caller left some room, but too little). */
+static size_t append_sections(eng_runner_t *r, eng__req_t *q)
+{
+    int32_t n = q->n_hist + q->n_toks, keep = n < r->cfg.spec_history ? n : r->cfg.spec_history;
+    if (keep <= 0 || q->state_len >= q->state_cap) return 0; /* no room asked: the state alone */
+    ckpt_ext_sec_t h = {.name = CKPT_EXT_HIST, .data = q->ctx + (n - keep), .elem = 4,
+                        .bytes = (uint64_t)keep * 4};
+    size_t wrote = 0;
+    int rc = ckpt_ext_write((uint8_t *)q->state_out + q->state_len, q->state_cap - q->state_len,
+                            &h, 1, &wrote);
+    if (rc) {
+        eng__log(r, ENG_WARN, "runner",
+                 "commit: no room for the session's history (%zu bytes after a %zu-byte state, "
+                 "buffer %zu): committed without it",
+                 ckpt_ext_size(&h, 1), q->state_len, q->state_cap);
+        return 0;
+    }
+    return wrote;
+}
+
 static void on_finished(eng_runner_t *r, const sched_finish_t *f)
 {
     eng__req_t *q = lookup(r, f->id);
@@ -917,7 +1003,7 @@ static void on_finished(eng_runner_t *r, const sched_finish_t *f)
         q->seq = NULL;
     } else if (q->seq && !q->cancel_event) {
         if (f->status == 0 && q->state_out) {
-            q->seq->state_len = q->state_len;
+            q->seq->state_len = q->state_len + append_sections(r, q);
             deliver(q, ENG_SEQ_DONE, 0, NULL);
         } else if (f->status == 0) /* the caller finishes every sequence it does not commit */
             deliver(q, ENG_SEQ_FAILED, RCD_EINTERNAL, "ended without a final token");

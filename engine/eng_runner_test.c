@@ -4,6 +4,7 @@
  * high-priority arrival preempts a running sequence, which resumes from host memory with the
  * same tokens and the same final state bit for bit; refusals come back with their codes. */
 #include "engine/eng_runner.h"
+#include "statestore/ckpt_ext.h"
 #include "tests/support/rcd_test.h"
 #include "workers/backend_int.h" /* the vtable, to inject step failures */
 
@@ -1010,6 +1011,170 @@ static void test_draft_model(void)
     spec_case("tests/golden/granite/mha_moe8", 3, "tests/golden/granite/dense_rope_untied");
 }
 
+/* The history section of a committed payload (n tokens into out), or -1 without one. */
+static int hist_of(const void *blob, size_t len, size_t sb, size_t kv, int32_t *out, int cap)
+{
+    size_t sl;
+    ckpt_ext_t e;
+    if (ckpt_ext_split(blob, len, sb, kv, &sl, &e, NULL, 0)) return -2;
+    const ckpt_ext_sec_t *h = ckpt_ext_find(&e, CKPT_EXT_HIST);
+    if (!h) return -1;
+    int n = (int)(h->bytes / 4);
+    if (n > cap) return -3;
+    memcpy(out, h->data, h->bytes);
+    return n;
+}
+
+/* The session's token history (--spec-history): turn 1 (a passage) commits its prompt and
+ * answer as the history section after the state; turn 2 (the passage again, whose answer
+ * repeats turn 1's answer, which is not in turn 2's prompt) gets n-gram drafts from it:
+ * accepted drafts with the history, fewer without, the same tokens and states either way, and
+ * with speculation off the very same payload bytes. A bounded history keeps the newest
+ * tokens (pre-fed prefix tokens included); a corrupt history is refused at submit. */
+typedef struct hist_run {
+    int32_t out1[24], out2[24];
+    uint32_t acc2;
+    void *blob2;
+    size_t len2;
+} hist_run_t;
+
+static void hist_turns(fixture_t *f, int32_t spec_history, bool spec, const int32_t *p, int np,
+                       hist_run_t *o)
+{
+    const int V = f->mi->vocab_size;
+    eng_runner_config_t c;
+    char err[200];
+    eng_runner_config_default(&c, f->be, 8);
+    c.spec_mode = spec ? ENG_SPEC_NGRAM : ENG_SPEC_OFF;
+    c.spec_tokens = 4;
+    c.spec_max_batch = 0;
+    c.spec_history = spec_history;
+    eng_runner_t *r = NULL;
+    CHECK(eng_runner_create_cfg(&f->loop, f->be, &c, &r, err, sizeof(err)) == 0);
+    size_t SB = f->mi->state_bytes, cap = eng_runner_state_bound(r, 0) + eng_runner_ext_bound(r);
+    CHECK(spec_history ? eng_runner_ext_bound(r) == (size_t)spec_history * 4 + 72
+                       : eng_runner_ext_bound(r) == 0);
+    t_seq_t t1, t2;
+    setup(&t1, r, 0, 24, V, cap, true);
+    memcpy(t1.prompt, p, sizeof(int32_t) * (size_t)np);
+    t1.seq.n_prompt = np;
+    t1.seq.state_cap = cap;
+    run(&f->loop, r, &t1, 1);
+    memcpy(o->out1, t1.out, sizeof(o->out1));
+    int32_t h[128];
+    if (spec_history) {
+        CHECK(t1.seq.state_len > SB);
+        CHECK(hist_of(t1.state, t1.seq.state_len, SB, 0, h, 128) == np + 24);
+        CHECK(!memcmp(h, p, sizeof(int32_t) * (size_t)np) && !memcmp(h + np, t1.out, 24 * 4));
+    } else {
+        CHECK(t1.seq.state_len == SB); /* the format without sections */
+    }
+    setup(&t2, r, 0, 24, V, cap, true);
+    memcpy(t2.prompt, p, sizeof(int32_t) * (size_t)np);
+    t2.seq.n_prompt = np;
+    t2.seq.state_cap = cap;
+    t2.seq.init_state = t1.state;
+    t2.seq.init_len = t1.seq.state_len;
+    run(&f->loop, r, &t2, 1);
+    memcpy(o->out2, t2.out, sizeof(o->out2));
+    o->acc2 = t2.seq.spec_accepted;
+    o->len2 = t2.seq.state_len;
+    o->blob2 = malloc(o->len2);
+    memcpy(o->blob2, t2.state, o->len2);
+    if (spec_history) {
+        int n = hist_of(t2.state, t2.seq.state_len, SB, 0, h, 128), want = 2 * (np + 24);
+        CHECK(n == want);
+        CHECK(n == want && !memcmp(h + np + 24, p, sizeof(int32_t) * (size_t)np) &&
+              !memcmp(h + 2 * np + 24, t2.out, 24 * 4) && !memcmp(h + np, t1.out, 24 * 4));
+    }
+    teardown(&t1);
+    teardown(&t2);
+    eng_runner_destroy(r);
+    uv_run(&f->loop, UV_RUN_NOWAIT);
+}
+
+static void test_history(void)
+{
+    fixture_t f;
+    if (!fx_open_model(&f, "tests/golden/mamba/tiny_nobias_untied", 2, 64)) return;
+    const int V = f.mi->vocab_size;
+    size_t SB = f.mi->state_bytes;
+    int32_t p[12];
+    for (int i = 0; i < 12; i++)
+        p[i] = (int32_t)((i * 37 + 5) % V);
+    hist_run_t with, without, off;
+    hist_turns(&f, ENG_SPEC_HISTORY_DEFAULT, true, p, 12, &with);
+    hist_turns(&f, 0, true, p, 12, &without);
+    hist_turns(&f, ENG_SPEC_HISTORY_DEFAULT, false, p, 12, &off);
+    CHECK(!memcmp(with.out1, without.out1, sizeof(with.out1)) &&
+          !memcmp(with.out2, without.out2, sizeof(with.out2)));
+    CHECK(!memcmp(with.out2, off.out2, sizeof(with.out2)));
+    CHECK_MSG(with.acc2 > without.acc2, "accepted with history %u, without %u", with.acc2,
+              without.acc2);
+    CHECK(off.acc2 == 0);
+    /* the state parts agree; with speculation off the whole payload is the same bytes */
+    CHECK(without.len2 == SB && with.len2 > SB && !memcmp(with.blob2, without.blob2, SB));
+    CHECK(off.len2 == with.len2 && !memcmp(off.blob2, with.blob2, with.len2));
+    free(with.blob2);
+    free(without.blob2);
+    free(off.blob2);
+
+    /* bounded: 10 tokens kept, the newest; the pre-fed tokens come before the prompt */
+    eng_runner_config_t c;
+    char err[200];
+    eng_runner_config_default(&c, f.be, 8);
+    c.spec_history = 10;
+    eng_runner_t *r = NULL;
+    CHECK(eng_runner_create_cfg(&f.loop, f.be, &c, &r, err, sizeof(err)) == 0);
+    size_t cap = SB + eng_runner_ext_bound(r);
+    t_seq_t t;
+    int32_t pre[3] = {1, 2, 3}, h[16];
+    setup(&t, r, 0, 4, V, cap, true);
+    t.seq.n_prompt = 2;
+    t.seq.state_cap = cap;
+    t.seq.pre_fed = pre;
+    t.seq.n_pre_fed = 3;
+    run(&f.loop, r, &t, 1);
+    CHECK(hist_of(t.state, t.seq.state_len, SB, 0, h, 16) == 9);
+    CHECK(!memcmp(h, pre, 12) && !memcmp(h + 3, t.prompt, 8) && !memcmp(h + 5, t.out, 16));
+    t_seq_t u;
+    setup(&u, r, 0, 4, V, cap, true);
+    u.seq.n_prompt = 2;
+    u.seq.state_cap = cap;
+    u.seq.init_state = t.state;
+    u.seq.init_len = t.seq.state_len;
+    run(&f.loop, r, &u, 1);
+    CHECK(hist_of(u.state, u.seq.state_len, SB, 0, h, 16) == 10);
+    CHECK(!memcmp(h, t.out, 16) && !memcmp(h + 4, u.prompt, 8) && !memcmp(h + 6, u.out, 16));
+    /* a corrupt or malformed payload is refused at submit, never loaded */
+    uint8_t *bad = malloc(u.seq.state_len);
+    memcpy(bad, u.state, u.seq.state_len);
+    int32_t big = V + 5;
+    memcpy(bad + SB, &big, 4); /* the first history token */
+    t_seq_t v;
+    setup(&v, r, 0, 4, V, cap, true);
+    v.seq.init_state = bad;
+    v.seq.init_len = u.seq.state_len;
+    CHECK(eng_runner_submit(r, &v.seq, err, sizeof(err)) == RCD_ECORRUPT);
+    CHECK(strstr(err, "vocabulary") != NULL);
+    memcpy(bad, u.state, u.seq.state_len);
+    for (size_t k = SB + 1; k < u.seq.state_len; k++) {
+        v.seq.init_len = k;
+        CHECK_MSG(eng_runner_submit(r, &v.seq, err, sizeof(err)) == RCD_ECORRUPT, "len %zu", k);
+    }
+    CHECK(eng_runner_held(r) == 0);
+    free(bad);
+    teardown(&t);
+    teardown(&u);
+    teardown(&v);
+    /* out of range */
+    eng_runner_destroy(r);
+    uv_run(&f.loop, UV_RUN_NOWAIT);
+    c.spec_history = ENG_SPEC_HISTORY_MAX + 1;
+    CHECK(eng_runner_create_cfg(&f.loop, f.be, &c, &r, err, sizeof(err)) == RCD_EINVAL);
+    fx_close(&f);
+}
+
 int main(int argc, char **argv)
 {
     rcd_test_init(argc, argv);
@@ -1027,5 +1192,6 @@ int main(int argc, char **argv)
     RUN(test_steps_beside_a_blocked_pool);
     RUN(test_speculate);
     RUN(test_draft_model);
+    RUN(test_history);
     return rcd_test_summary();
 }
