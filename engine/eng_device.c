@@ -43,6 +43,15 @@ static void draft_move(eng_runner_t *r, const wmove_t *m)
         d->vt->slot_reset(d, m->slot); /* not saved: rebuilt */
         q->d_fed = 0;
         break;
+    case SCHED_MOVE_LOAD: /* the checkpoint's draft state, else rebuilt over the history */
+        if (q->d_init &&
+            d->vt->slot_load(d, m->slot, q->d_init, r->draft_state_bytes) == 0) {
+            q->d_fed = q->d_init_fed;
+            break;
+        }
+        d->vt->slot_reset(d, m->slot);
+        q->d_fed = 0;
+        break;
     default:
         d->vt->slot_reset(d, m->slot);
         q->d_fed = 0;
@@ -62,8 +71,8 @@ static void draft_propose(eng_runner_t *r)
         eng__req_t *q = r->w_reqs[i];
         if (q->w_k <= 0) continue;
         r->w_jobs[n++] = (eng_draft_job_t){.slot = r->w_seqs[i].slot,
-                                           .toks = q->toks,
-                                           .n_toks = q->w_ntoks,
+                                           .toks = q->ctx, /* the session's history, the turn */
+                                           .n_toks = q->n_hist + q->w_ntoks,
                                            .fed = &q->d_fed,
                                            .k = q->w_k,
                                            .out = q->w_toks + 1,
@@ -179,6 +188,12 @@ static void run_plan(eng_runner_t *r)
                                   &q->state_len);
             /* the turn is over: a KV model's slot gives its blocks back */
             if (!rc && r->kv_bpt) wrk_state_reset(r->be, r->w_seqs[i].slot);
+            /* a fixed-size draft's state goes with it (not read: the commit goes without) */
+            q->d_commit = !rc && q->spec && r->draft_state_bytes && r->draft->vt->slot_save &&
+                          r->draft->vt->slot_save(r->draft, r->w_seqs[i].slot, &q->d_buf,
+                                                  &q->d_cap, &q->d_len) == 0 &&
+                          q->d_len == r->draft_state_bytes;
+            q->d_commit_fed = q->d_fed;
             if (rc)
                 snprintf(r->w_err, sizeof(r->w_err),
                          "commit read failed: the state is %zu bytes, the buffer %zu (%s)",

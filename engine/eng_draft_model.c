@@ -2,6 +2,7 @@
 #include "engine/eng_draft_model.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -310,4 +311,26 @@ int eng_draft_model_check(const wrk_model_t *target, const char *target_dir,
     free(a);
     free(b);
     return rc;
+}
+
+/* ---- the checkpoint section ------------------------------------------------------------------ */
+
+void eng_draft_section_head(void *dst, uint64_t fingerprint, uint64_t lag)
+{
+    memcpy(dst, &fingerprint, 8); /* little-endian hosts, as the history section */
+    memcpy((uint8_t *)dst + 8, &lag, 8);
+}
+
+bool eng_draft_section_use(const void *data, uint64_t bytes, uint64_t fingerprint,
+                           size_t state_bytes, int32_t max_lag, const void **state,
+                           int32_t *lag)
+{
+    uint64_t fp, lg;
+    if (!data || bytes != ENG_DRAFT_SECTION_HEAD + (uint64_t)state_bytes) return false;
+    memcpy(&fp, data, 8);
+    memcpy(&lg, (const uint8_t *)data + 8, 8);
+    if (fp != fingerprint || lg < 1 || lg > (uint64_t)(max_lag > 0 ? max_lag : 0)) return false;
+    *state = (const uint8_t *)data + ENG_DRAFT_SECTION_HEAD;
+    *lag = (int32_t)lg;
+    return true;
 }

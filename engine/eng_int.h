@@ -85,6 +85,12 @@ struct eng__req {
     uint64_t d_rng;
     eng_draft_sampling_t d_smp;
     float *spec_q;
+    /* the draft state a loaded checkpoint carried (borrowed from init_state; NULL: rebuilt)
+     * and the tokens of ctx it holds; d_commit: the commit read the draft's state into d_buf
+     * (d_len bytes) holding d_commit_fed tokens of ctx */
+    const void *d_init;
+    int32_t d_init_fed, d_commit_fed;
+    bool d_commit;
 };
 
 typedef struct plan_copy {
@@ -166,6 +172,10 @@ struct eng_runner {
     /* a draft model: the device's proposal jobs (n_slots), and a failed proposal's reason (the
      * step's entries then decode plainly; logged by the loop) */
     eng_draft_job_t *w_jobs;
+    /* a fixed-size draft model's state rides in commits (ENG_DRAFT_SECTION): its fingerprint
+     * and bytes (0: a KV draft, always rebuilt) */
+    uint64_t draft_fp;
+    size_t draft_state_bytes;
     int w_draft_rc;
     char w_draft_err[256];
 };

@@ -188,9 +188,11 @@ void eng_runner_config_default(eng_runner_config_t *c, const wrk_backend_t *be, 
 size_t eng_runner_ext_bound(const eng_runner_t *r)
 {
     if (r->cfg.spec_history <= 0) return 0;
-    ckpt_ext_sec_t h = {.name = CKPT_EXT_HIST, .data = r, .elem = 4,
-                        .bytes = (uint64_t)r->cfg.spec_history * 4};
-    return ckpt_ext_size(&h, 1);
+    ckpt_ext_sec_t h[2] = {{.name = CKPT_EXT_HIST, .data = r, .elem = 4,
+                            .bytes = (uint64_t)r->cfg.spec_history * 4},
+                           {.name = ENG_DRAFT_SECTION, .data = r, .elem = 1,
+                            .bytes = ENG_DRAFT_SECTION_HEAD + r->draft_state_bytes}};
+    return ckpt_ext_size(h, r->draft_state_bytes ? 2 : 1);
 }
 
 int eng_runner_create(uv_loop_t *loop, wrk_backend_t *be, int max_queue, eng_runner_t **out)
@@ -304,6 +306,9 @@ int eng_runner_create_cfg(uv_loop_t *loop, wrk_backend_t *be, const eng_runner_c
             if ((rc = eng_draft_model_create(cfg->draft_be, r->n_slots, &r->draft, err, errlen)))
                 goto fail;
             if (!(r->w_jobs = calloc((size_t)r->n_slots, sizeof(*r->w_jobs)))) goto oom;
+            r->draft_fp = di->fingerprint; /* with a history to resume it at, a fixed-size */
+            r->draft_state_bytes =         /* draft's state rides in commits */
+                di->n_kv_layers == 0 && cfg->spec_history > 0 ? di->state_bytes : 0;
             r->st.spec_on = true;
             eng__log(r, ENG_INFO, "speculate",
                      "speculative decoding: a draft model (%s, %s, %zu state bytes per slot), up "
@@ -468,6 +473,7 @@ int eng_runner_submit(eng_runner_t *r, eng_seq_t *s, char *err, size_t errlen)
     size_t init_len = s->init_len ? s->init_len : r->state_bytes;
     const int32_t *hist = NULL;
     int32_t n_hist = 0, n_pre = s->n_pre_fed > 0 && s->pre_fed ? s->n_pre_fed : 0;
+    const ckpt_ext_sec_t *dsec = NULL; /* a draft model's state (eng_draft_model.h) */
     if (s->init_state) {
         ckpt_ext_t ext;
         char why[160];
@@ -475,6 +481,7 @@ int eng_runner_submit(eng_runner_t *r, eng_seq_t *s, char *err, size_t errlen)
                                 &ext, why, sizeof(why));
         if (rc) return rcd_fail(rc, err, errlen, "session state: %s", why);
         const ckpt_ext_sec_t *h = ckpt_ext_find(&ext, CKPT_EXT_HIST);
+        dsec = ckpt_ext_find(&ext, ENG_DRAFT_SECTION);
         if (h && h->elem != 4)
             return rcd_fail(RCD_ECORRUPT, err, errlen, "session state: history of %u-byte "
                             "elements", h->elem);
@@ -511,6 +518,7 @@ int eng_runner_submit(eng_runner_t *r, eng_seq_t *s, char *err, size_t errlen)
     q->seq = s;
     q->ctx = ctx;
     q->n_hist = keep_hist + keep_pre;
+    const int32_t n_pre_kept = keep_pre;
     q->toks = toks;
     q->n_toks = s->n_prompt;
     q->cap_toks = cap;
@@ -541,6 +549,11 @@ int eng_runner_submit(eng_runner_t *r, eng_seq_t *s, char *err, size_t errlen)
         eng_spec_policy_init(&q->pol, r->cfg.spec_tokens, r->cfg.spec_max_batch);
         q->d_smp = s->draft_sampling;
         q->d_rng = eng_draft_rng_seed(s->draft_sampling.seed);
+        int32_t lag; /* the stored history's newest `lag` tokens are not in the draft state */
+        if (dsec && r->draft_state_bytes &&
+            eng_draft_section_use(dsec->data, dsec->bytes, r->draft_fp, r->draft_state_bytes,
+                                  q->n_hist - n_pre_kept, &q->d_init, &lag))
+            q->d_init_fed = q->n_hist - n_pre_kept - lag;
     }
     r->n_held++;
     s->req = q;
@@ -978,9 +991,21 @@ static size_t append_sections(eng_runner_t *r, eng__req_t *q)
     if (keep <= 0 || q->state_len >= q->state_cap) return 0; /* no room asked: the state alone */
     ckpt_ext_sec_t h = {.name = CKPT_EXT_HIST, .data = q->ctx + (n - keep), .elem = 4,
                         .bytes = (uint64_t)keep * 4};
+    /* the draft's state, when the history kept holds the tokens it still lacks */
+    ckpt_ext_sec_t secs[2] = {h};
+    uint8_t *dsec = NULL;
+    int32_t lag = n - q->d_commit_fed;
+    if (q->d_commit && lag >= 1 && lag <= keep &&
+        (dsec = malloc(ENG_DRAFT_SECTION_HEAD + q->d_len))) {
+        eng_draft_section_head(dsec, r->draft_fp, (uint64_t)lag);
+        memcpy(dsec + ENG_DRAFT_SECTION_HEAD, q->d_buf, q->d_len);
+        secs[1] = (ckpt_ext_sec_t){.name = ENG_DRAFT_SECTION, .data = dsec, .elem = 1,
+                                   .bytes = ENG_DRAFT_SECTION_HEAD + q->d_len};
+    }
     size_t wrote = 0;
     int rc = ckpt_ext_write((uint8_t *)q->state_out + q->state_len, q->state_cap - q->state_len,
-                            &h, 1, &wrote);
+                            secs, dsec ? 2 : 1, &wrote);
+    free(dsec);
     if (rc) {
         eng__log(r, ENG_WARN, "runner",
                  "commit: no room for the session's history (%zu bytes after a %zu-byte state, "

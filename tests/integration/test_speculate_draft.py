@@ -36,6 +36,34 @@ def payload(state_dir, sid, version):
     return b[hb:hb + n]
 
 
+def sections(p):
+    """(state part, {name: bytes}) of a payload (statestore/ckpt_ext.h)."""
+    import struct
+    if len(p) < 24 or p[-8:] != b"RCDEXT1\0":
+        return p, {}
+    n, _, region = struct.unpack_from("<IIQ", p, len(p) - 24)
+    base = len(p) - region
+    out = {}
+    for i in range(n):
+        rec = base + region - 24 - 48 * (n - i)
+        name = p[rec:rec + 24].rstrip(b"\0").decode()
+        off, nb = struct.unpack_from("<QQ", p, rec + 24)
+        out[name] = p[base + off:base + off + nb]
+    return p[:base], out
+
+
+def same_but_draft(test, on, off, draft_fp=None):
+    """The payloads agree but for the draft's own section, which the draft's turn has."""
+    s_on, x_on = sections(on)
+    s_off, x_off = sections(off)
+    test.assertEqual(s_on, s_off)
+    draft = x_on.pop("draft.state", None)
+    test.assertEqual(x_on, x_off)
+    if draft_fp is not None:
+        test.assertIsNotNone(draft, "no draft.state section")
+        test.assertEqual(draft[:8], bytes.fromhex(draft_fp)[::-1])
+
+
 def norm(res):
     return res[1], [(lp.token_id, lp.logprob, [(t.token_id, t.logprob) for t in lp.top])
                     for lp in res[2]]
@@ -55,6 +83,7 @@ class Greedy(OwnDaemonsTest):
         args = ("--state-dir", self.dir, "--speculate", "draft", "--draft-model", draft,
                 "--spec-tokens", "4")
         d = self.spawn(*args)
+        fp = FP[draft]
         for sid in ("on", "off"):
             d.api.CreateSession(pb_session(sid))
         on, off = gen(d, PROMPT, "on"), gen(d, PROMPT, "off", off=True)
@@ -64,23 +93,35 @@ class Greedy(OwnDaemonsTest):
         if self_draft:  # its own draft: right (but where a near tie falls the other way)
             u = on[3].usage
             self.assertGreaterEqual(u.accepted_tokens * 10, u.draft_tokens * 9, u)
-        self.assertEqual(payload(self.dir, "on", 1), payload(self.dir, "off", 1))
+        same_but_draft(self, payload(self.dir, "on", 1), payload(self.dir, "off", 1), fp)
         for m in (1, 2, 5) if SAN else (1, 2, 3, 5, 8):  # max_tokens inside an accepted run
             self.assertEqual(gen(d, PROMPT, max_tokens=m)[1], off[1][:m])
         if not SAN:  # concurrent streams: ragged draft and verify steps
             self.assertEqual(concurrently(lambda: norm(gen(d, PROMPT)), 3), [norm(off)] * 3)
-        # SIGKILL between turns: the draft state is rebuilt from the turn; output unchanged
+        # SIGKILL between turns: the draft state resumes from the checkpoint; output unchanged
         self.kill(d)
         d = self.spawn(*args)
         t2 = PROMPT[3:9]
         self.assertEqual(norm(gen(d, t2, "on")), norm(gen(d, t2, "off", off=True)))
-        self.assertEqual(payload(self.dir, "on", 2), payload(self.dir, "off", 2))
+        same_but_draft(self, payload(self.dir, "on", 2), payload(self.dir, "off", 2), fp)
+        # another draft model: its section does not match, the draft is rebuilt from the
+        # session's history; never an error, output unchanged
+        self.kill(d)
+        other = FIXTURE_DRAFT if self_draft else BUNDLED
+        d = self.spawn(*args[:5], other, *args[6:])
+        t3 = PROMPT[1:7]
+        self.assertEqual(norm(gen(d, t3, "on")), norm(gen(d, t3, "off", off=True)))
+        same_but_draft(self, payload(self.dir, "on", 3), payload(self.dir, "off", 3),
+                       FP[other])
 
     def test_bundled_as_its_own_draft(self):
         self.check(BUNDLED, True)
 
     def test_fixture_draft(self):
         self.check(FIXTURE_DRAFT, False)
+
+
+FP = {BUNDLED: "79ababf8b58eb1da", FIXTURE_DRAFT: "c14d69ab2aed6bf4"}
 
 
 def pb_session(sid):
