@@ -553,7 +553,7 @@ int eng_runner_submit(eng_runner_t *r, eng_seq_t *s, char *err, size_t errlen)
         if (dsec && r->draft_state_bytes &&
             eng_draft_section_use(dsec->data, dsec->bytes, r->draft_fp, r->draft_state_bytes,
                                   q->n_hist - n_pre_kept, &q->d_init, &lag))
-            q->d_init_fed = q->n_hist - n_pre_kept - lag;
+            q->d_init_fed = q->n_hist - n_pre_kept - lag, r->st.draft_resumed++;
     }
     r->n_held++;
     s->req = q;

@@ -222,6 +222,8 @@ typedef struct eng_runner_stats {
     uint64_t worker_us; /* time the device thread spent running plans */
     uint64_t spec_verifies; /* verify entries run (sched.spec_drafted / spec_accepted: tokens) */
     bool spec_on;           /* the runner speculates (spec_mode on and the backend verifies) */
+    uint64_t draft_resumed; /* turns whose draft-model state came from their checkpoint (the
+                             * others' drafts are rebuilt over the session's history) */
     uint64_t gap_us;    /* device idle time between steps while work was ready */
 } eng_runner_stats_t;
 void eng_runner_stats(const eng_runner_t *r, eng_runner_stats_t *out);

@@ -3,6 +3,7 @@
  * give the same greedy tokens as each run alone; a committed state continues the text; a
  * high-priority arrival preempts a running sequence, which resumes from host memory with the
  * same tokens and the same final state bit for bit; refusals come back with their codes. */
+#include "engine/eng_draft_model.h"
 #include "engine/eng_runner.h"
 #include "statestore/ckpt_ext.h"
 #include "tests/support/rcd_test.h"
@@ -1175,6 +1176,67 @@ static void test_history(void)
     fx_close(&f);
 }
 
+/* The draft model's state rides in the commit (ENG_DRAFT_SECTION, with the draft's
+ * fingerprint) and the next turn resumes it; a section of another draft model is never an
+ * error (the draft is rebuilt over the history). Output equals plain decoding's either way. */
+static void test_draft_checkpoint(void)
+{
+    fixture_t f;
+    if (!fx_open(&f, 1, 64)) return;
+    wrk_model_t *dm = NULL;
+    wrk_backend_t *dbe = draft_open(RCD_DEFAULT_MODEL, 1, &dm);
+    const int V = f.mi->vocab_size;
+    const size_t SB = f.mi->state_bytes;
+    eng_runner_config_t c;
+    eng_runner_config_default(&c, f.be, 8);
+    c.spec_mode = ENG_SPEC_DRAFT;
+    c.spec_tokens = 4;
+    c.draft_be = dbe;
+    eng_runner_t *r = NULL;
+    char err[200];
+    CHECK_MSG(eng_runner_create_cfg(&f.loop, f.be, &c, &r, err, sizeof(err)) == 0, "%s", err);
+    size_t cap = SB + eng_runner_ext_bound(r);
+    CHECK(eng_runner_ext_bound(r) > SB); /* room for the history and the draft's state */
+    t_seq_t t1, ref, on, bad;
+    setup(&t1, r, 2, 8, V, cap, true);
+    t1.seq.state_cap = cap;
+    run(&f.loop, r, &t1, 1);
+    ckpt_ext_t ext;
+    size_t sl = 0;
+    CHECK(ckpt_ext_split(t1.state, t1.seq.state_len, SB, 0, &sl, &ext, err, sizeof(err)) == 0);
+    const ckpt_ext_sec_t *ds = ckpt_ext_find(&ext, ENG_DRAFT_SECTION);
+    CHECK(sl == SB && ds && ds->bytes == ENG_DRAFT_SECTION_HEAD + SB &&
+          !memcmp(ds->data, &f.mi->fingerprint, 8));
+    uint8_t *other = malloc(t1.seq.state_len);
+    memcpy(other, t1.state, t1.seq.state_len);
+    other[(const uint8_t *)ds->data - (const uint8_t *)t1.state] ^= 1; /* another draft */
+    eng_runner_stats_t st;
+    t_seq_t *ts[3] = {&ref, &on, &bad};
+    for (int i = 0; i < 3; i++) {
+        setup(ts[i], r, 4, 12, V, cap, true);
+        ts[i]->seq.state_cap = cap;
+        ts[i]->seq.init_state = i == 2 ? (const void *)other : t1.state;
+        ts[i]->seq.init_len = t1.seq.state_len;
+        ts[i]->seq.no_speculate = i == 0;
+        run(&f.loop, r, ts[i], 1);
+        eng_runner_stats(r, &st);
+        CHECK_MSG(st.draft_resumed == (i == 0 ? 0u : 1u), "turn %d: %llu resumed", i,
+                  (unsigned long long)st.draft_resumed);
+        CHECK(memcmp(ts[i]->out, ref.out, sizeof(int32_t) * 12) == 0);
+    }
+    CHECK(on.seq.spec_accepted * 10 >= on.seq.spec_drafted * 9 && on.seq.spec_accepted > 0);
+    CHECK(bad.seq.spec_accepted * 10 >= bad.seq.spec_drafted * 9 && bad.seq.spec_accepted > 0);
+    CHECK(!memcmp(on.state, ref.state, SB) && !memcmp(bad.state, ref.state, SB));
+    free(other);
+    teardown(&t1);
+    for (int i = 0; i < 3; i++)
+        teardown(ts[i]);
+    eng_runner_destroy(r);
+    fx_close(&f);
+    wrk_backend_destroy(dbe);
+    wrk_model_free(dm);
+}
+
 int main(int argc, char **argv)
 {
     rcd_test_init(argc, argv);
@@ -1192,6 +1254,7 @@ int main(int argc, char **argv)
     RUN(test_steps_beside_a_blocked_pool);
     RUN(test_speculate);
     RUN(test_draft_model);
+    RUN(test_draft_checkpoint);
     RUN(test_history);
     return rcd_test_summary();
 }
