@@ -473,7 +473,8 @@ int eng_runner_submit(eng_runner_t *r, eng_seq_t *s, char *err, size_t errlen)
     size_t init_len = s->init_len ? s->init_len : r->state_bytes;
     const int32_t *hist = NULL;
     int32_t n_hist = 0, n_pre = s->n_pre_fed > 0 && s->pre_fed ? s->n_pre_fed : 0;
-    const ckpt_ext_sec_t *dsec = NULL; /* a draft model's state (eng_draft_model.h) */
+    const void *dsec = NULL; /* a draft model's state (eng_draft_model.h): dsec_bytes */
+    uint64_t dsec_bytes = 0;
     if (s->init_state) {
         ckpt_ext_t ext;
         char why[160];
@@ -481,7 +482,8 @@ int eng_runner_submit(eng_runner_t *r, eng_seq_t *s, char *err, size_t errlen)
                                 &ext, why, sizeof(why));
         if (rc) return rcd_fail(rc, err, errlen, "session state: %s", why);
         const ckpt_ext_sec_t *h = ckpt_ext_find(&ext, CKPT_EXT_HIST);
-        dsec = ckpt_ext_find(&ext, ENG_DRAFT_SECTION);
+        const ckpt_ext_sec_t *ds = ckpt_ext_find(&ext, ENG_DRAFT_SECTION);
+        if (ds) dsec = ds->data, dsec_bytes = ds->bytes; /* views into init_state */
         if (h && h->elem != 4)
             return rcd_fail(RCD_ECORRUPT, err, errlen, "session state: history of %u-byte "
                             "elements", h->elem);
@@ -551,7 +553,7 @@ int eng_runner_submit(eng_runner_t *r, eng_seq_t *s, char *err, size_t errlen)
         q->d_rng = eng_draft_rng_seed(s->draft_sampling.seed);
         int32_t lag; /* the stored history's newest `lag` tokens are not in the draft state */
         if (dsec && r->draft_state_bytes &&
-            eng_draft_section_use(dsec->data, dsec->bytes, r->draft_fp, r->draft_state_bytes,
+            eng_draft_section_use(dsec, dsec_bytes, r->draft_fp, r->draft_state_bytes,
                                   q->n_hist - n_pre_kept, &q->d_init, &lag))
             q->d_init_fed = q->n_hist - n_pre_kept - lag, r->st.draft_resumed++;
     }
