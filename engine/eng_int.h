@@ -188,6 +188,16 @@ void eng__dev_run(eng_runner_t *r);  /* loop: hands the w_* plan to the thread (
 
 /* ---- eng_runner.c: called on the loop by eng_device.c ----------------------------------- */
 void eng__plan_done(eng_runner_t *r); /* the thread ran the plan: sample, report, pump */
+/* An inconsistency between a plan and what the runner holds: the request ends cleanly. */
+void eng__fail_req(eng_runner_t *r, eng__req_t *q, const char *why);
+
+/* ---- eng_spec.c: speculative decoding on the loop ----------------------------------------- */
+/* The draft tokens the scheduler reserves beside the turn's next decode entries. */
+int32_t eng__spec_reserve(const eng__req_t *q);
+/* Samples the rows of q's verify entry of k drafts (in slot) and fills its result. */
+void eng__spec_sample(eng_runner_t *r, eng__req_t *q, int32_t slot, int32_t k,
+                      sched_result_t *res);
+
 void eng__log(const eng_runner_t *r, eng_level_t lvl, const char *event, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 

@@ -128,7 +128,7 @@ static void deliver(eng__req_t *q, eng_seq_ev_t ev, int rc, const char *msg)
 }
 
 /* An inconsistency between the plan and what the runner holds: end the request cleanly. */
-static void fail_req(eng_runner_t *r, eng__req_t *q, const char *why)
+void eng__fail_req(eng_runner_t *r, eng__req_t *q, const char *why)
 {
     eng__log(r, ENG_ERROR, "runner", "request %llx: %s", (unsigned long long)q->id, why);
     send_cancel(r, q);
@@ -660,71 +660,6 @@ static void report_done(eng_runner_t *r, uint64_t step, int status, int32_t n_re
     push_event(r, &e);
 }
 
-/* The draft tokens the scheduler reserves beside the turn's next decode entries: the policy's
- * k, none while it pauses (one near the pause's end, so it can resume). */
-static int32_t spec_reserve(const eng__req_t *q)
-{
-    if (q->pol.paused > 2) return 0;
-    return q->pol.paused > 0 ? 1 : q->pol.k;
-}
-
-/* A verify entry of the last sampled token and k drafts ran: its rows are sampled in order, one
- * LOGITS callback each exactly as plain decoding would (so stops, max_tokens, logprobs,
- * penalties, seeds and cancellation behave the same), while each sampled token equals the
- * next draft; the first that differs (or the row after the last draft, or a stop) ends it.
- * The slot is rolled back to the tokens kept (wrk_spec_accept, first thing in the device's
- * next run) and the scheduler is told how many extra tokens the entry sampled. */
-static void spec_sample(eng_runner_t *r, eng__req_t *q, int32_t slot, int32_t k,
-                        sched_result_t *res)
-{
-    const int32_t n0 = q->n_gen;
-    eng_seq_t *s = q->seq;
-    s->spec_drafted += (uint32_t)k;
-    int32_t j = 0;
-    for (;; j++) {
-        memcpy(q->logits, q->spec_logits + (size_t)j * (size_t)r->vocab,
-               sizeof(float) * (size_t)r->vocab);
-        s->spec_draft = j < k ? q->w_toks[j + 1] : -1;
-        s->spec_q = j < k && q->spec_q && q->d_smp.temperature > 0.0f
-                        ? q->spec_q + (size_t)j * (size_t)r->vocab
-                        : NULL;
-        q->decided = false;
-        q->outcome = SCHED_OUT_TOKEN;
-        s->cb(s, ENG_SEQ_LOGITS);
-        if (!q->decided) {
-            fail_req(r, q, "the sampler neither fed nor finished the sequence");
-            return;
-        }
-        s->spec_draft = -1;
-        s->spec_q = NULL;
-        if (q->cancelled) return; /* the slot is reset or refilled: no rollback needed */
-        if (q->finished || j == k || q->toks[q->n_toks - 1] != q->w_toks[j + 1]) break;
-        s->spec_accepted++; /* draft j + 1 was the token sampled: its row is next */
-    }
-    const int32_t emitted = q->n_gen - n0, kept = emitted - 1;
-    r->st.spec_verifies++;
-    rcd_counter_add(&rcd_metrics.spec_draft_tokens, (uint64_t)k);
-    rcd_counter_add(&rcd_metrics.spec_accepted_tokens, (uint64_t)kept);
-    eng_spec_policy_update(&q->pol, k, kept);
-    q->extra += kept;
-    if (emitted < k + 1) { /* keep the entry's first `emitted` tokens */
-        r->acc_slot[r->n_acc] = slot;
-        r->acc_keep[r->n_acc++] = emitted;
-    }
-    /* A turn that ended inside a run of accepted drafts: entries planned past it are dropped
-     * (the scheduler planned one token per step; STOP rewinds what it planned) */
-    if (q->finished && kept > 0) {
-        q->outcome = SCHED_OUT_STOP;
-        q->stop_upto = r->last_issued;
-    }
-    *res = (sched_result_t){.id = q->id,
-                            .outcome = q->outcome,
-                            .n_drafted = k,
-                            .n_extra = kept,
-                            .set_spec = true,
-                            .spec_tokens = spec_reserve(q)};
-}
-
 void eng__plan_done(eng_runner_t *r)
 {
     r->busy = false;
@@ -781,7 +716,7 @@ void eng__plan_done(eng_runner_t *r)
         q->w_k = 0;
         if (!r->w_seqs[i].n_logits || !q->seq || rec_dead(q)) continue;
         if (k > 0) {
-            spec_sample(r, q, r->w_seqs[i].slot, k, &r->results[n_res]);
+            eng__spec_sample(r, q, r->w_seqs[i].slot, k, &r->results[n_res]);
             if (!q->cancelled && q->decided) n_res++;
             continue;
         }
@@ -789,14 +724,14 @@ void eng__plan_done(eng_runner_t *r)
         q->outcome = SCHED_OUT_TOKEN;
         q->seq->cb(q->seq, ENG_SEQ_LOGITS);
         if (!q->decided) {
-            fail_req(r, q, "the sampler neither fed nor finished the sequence");
+            eng__fail_req(r, q, "the sampler neither fed nor finished the sequence");
             continue;
         }
         if (q->cancelled) continue;
         r->results[n_res] = (sched_result_t){.id = q->id, .outcome = q->outcome};
         if (q->spec) { /* a plain decode of a speculating turn: its reservation may change */
             r->results[n_res].set_spec = true;
-            r->results[n_res].spec_tokens = spec_reserve(q);
+            r->results[n_res].spec_tokens = eng__spec_reserve(q);
         }
         n_res++;
     }
@@ -873,7 +808,7 @@ static void submit_plan(eng_runner_t *r)
         switch (m->kind) {
         case SCHED_MOVE_SWAP_OUT:
             if (q->host || r->n_host_free == 0) {
-                fail_req(r, q, "host tier exhausted for a swap-out");
+                eng__fail_req(r, q, "host tier exhausted for a swap-out");
                 continue;
             }
             q->host = wm->hb = r->host_free[--r->n_host_free];
@@ -882,7 +817,7 @@ static void submit_plan(eng_runner_t *r)
             break;
         case SCHED_MOVE_SWAP_IN:
             if (!q->host) {
-                fail_req(r, q, "swap-in without a host copy");
+                eng__fail_req(r, q, "swap-in without a host copy");
                 continue;
             }
             wm->hb = q->host;
@@ -914,7 +849,7 @@ static void submit_plan(eng_runner_t *r)
          * plan's start (made before their step's results) lags the stream: the stream decides. */
         int32_t start = q->extra > 0 && e->decode ? q->n_toks - 1 : e->start;
         if (start < 0 || start + e->n_tokens > q->n_toks || (e->commit && !q->state_out)) {
-            fail_req(r, q, "planned tokens were never sampled");
+            eng__fail_req(r, q, "planned tokens were never sampled");
             continue;
         }
         wrk_seq_t *ws = &r->w_seqs[r->w_n];
