@@ -61,7 +61,8 @@ static void draft_move(eng_runner_t *r, const wmove_t *m)
 }
 
 /* The draft model proposes for every verify entry of the step at once (its drafts go into the
- * entries' token rows). If it fails, those entries decode plainly and the loop logs why. */
+ * entries' token rows). If it fails (a KV draft whose pool cannot hold the history), those
+ * entries decode plainly, their turns speculate no more, and the loop logs why. */
 static void draft_propose(eng_runner_t *r)
 {
     eng_draft_t *d = r->draft;
@@ -89,6 +90,7 @@ static void draft_propose(eng_runner_t *r)
         wrk_seq_t *ws = &r->w_seqs[i];
         if (q->w_k <= 0) continue;
         q->w_k = 0;
+        q->pol.k_max = q->pol.k = 0; /* no more drafts for this turn (the loop reads it after) */
         ws->tokens = q->toks + q->w_ntoks - 1;
         ws->n_tokens = ws->n_logits = 1;
         ws->logits = q->logits;
