@@ -6,6 +6,7 @@ repeats what followed the passage) and free generation (a passage that does not 
 stream and at N concurrent streams; prints decode tokens/s off and on, their ratio and the
 acceptance.
   python3 bench/spec_daemon.py --model DIR [--tokens 64] [--streams 8] [--reps 3]
+                               [--draft-model DIR]   (--speculate draft instead of ngram)
 Needs a built daemon (RECURD_BIN, default build/release/daemon/recurd)."""
 import argparse
 import os
@@ -27,8 +28,10 @@ def main():
     ap.add_argument("--streams", type=int, default=8)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--draft-model")
     a = ap.parse_args()
-    d = Daemon("--model", a.model, "--speculate", "ngram", "--state-dir", "",
+    spec = ("draft", "--draft-model", a.draft_model) if a.draft_model else ("ngram",)
+    d = Daemon("--model", a.model, "--speculate", *spec, "--state-dir", "",
                "--threads", str(a.threads), "--spec-max-batch", "0")
     try:
         def gen(ids, off, n):

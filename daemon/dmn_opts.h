@@ -100,6 +100,9 @@
     X(draft_model, STR, "", "RECURD_DRAFT_MODEL", DMN_ANY,                                         \
       "--speculate draft: the draft model's directory (any supported family, the model's "         \
       "vocabulary and tokenizer; runs on the CPU beside the model)")                               \
+    X(draft_threads, INT, "1", "RECURD_DRAFT_THREADS", DMN_RANGE(0, DMN_INT_MAX),                  \
+      "--speculate draft: CPU threads for the draft model (0: all; a small draft runs best on "    \
+      "one, its pool idle while the model's runs)")                                                \
     X(spec_history, INT, "8192", "RECURD_SPEC_HISTORY", DMN_RANGE(0, 1048576),                     \
       "tokens of each session's history kept in its checkpoints for n-gram drafts, whatever "     \
       "--speculate is (0: none; checkpoints then have no history section)")                       \

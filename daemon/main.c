@@ -359,7 +359,7 @@ static int load_draft(dmn_server_t *srv)
     if (!wrk_spec_supported(srv->backend)) return 0; /* the runner says so, once */
     const wrk_model_info_t *di = wrk_model_info(srv->draft_model);
     int slots = wrk_backend_n_slots(srv->backend), budget = (int)o->max_step_tokens;
-    wrk_backend_opts_t bo = {.n_threads = (int)o->threads,
+    wrk_backend_opts_t bo = {.n_threads = (int)o->draft_threads,
                              .n_slots = 2 * slots, /* beside each slot: its state, a scratch */
                              .max_step_tokens = budget > slots ? budget : slots,
                              .isa = o->isa};
@@ -370,9 +370,9 @@ static int load_draft(dmn_server_t *srv)
     }
     dmn_log(DMN_INFO, "draft_model", NULL, NULL,
             "draft model %s (%s, vocab %d, %d layers, state %zu bytes, fingerprint %s): %d slots "
-            "on the CPU",
+            "on the CPU, %ld threads",
             o->draft_model, di->architecture, di->vocab_size, di->n_layers, di->state_bytes,
-            di->fingerprint_hex, 2 * slots);
+            di->fingerprint_hex, 2 * slots, o->draft_threads);
     return 0;
 }
 
