@@ -43,11 +43,14 @@ def main():
     ap.add_argument("--streams", type=int, default=8)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--speculate", choices=["ngram", "draft"], default="ngram")
+    ap.add_argument("--speculate", choices=["ngram", "draft"],
+                    help="default: draft with --draft-model, else ngram")
     ap.add_argument("--draft-model")
     ap.add_argument("--spec-max-batch", type=int)
     ap.add_argument("--text", action="store_true")
     a = ap.parse_args()
+    if not a.speculate:
+        a.speculate = "draft" if a.draft_model else "ngram"
     args = ["--model", a.model, "--speculate", a.speculate, "--state-dir", "",
             "--threads", str(a.threads)]
     if a.draft_model:

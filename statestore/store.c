@@ -244,11 +244,11 @@ static int create_common(store_t *s, const char *id, const char *src_id, const s
     x->rec.has_state = src && src->rec.has_state;
     if (x->rec.has_state) {
         j->h.payload_bytes = src->rec.state_len; /* a variable-size blob is copied whole */
-        store__kv_tensors(s, j);
         if (!(j->state = malloc((size_t)src->rec.state_len))) goto fail;
         if (src->state) {
             memcpy(j->state, src->state, (size_t)src->rec.state_len);
             j->h.payload_hash = XXH3_64bits(j->state, (size_t)src->rec.state_len);
+            store__kv_tensors(s, j); /* sections included: the fork keeps them */
         } else {
             j->from_disk = true;
             snprintf(j->src, sizeof(j->src), "%s", src_id);
@@ -330,8 +330,11 @@ int store_commit_n(store_t *s, const char *id, uint64_t expected_version, void *
     sess_t *x = lookup(s, id);
     int rc = 0;
     job_t *j = NULL;
-    if (len == 0 || !ckpt_payload_ok(len, s->state_bytes, s->kv_bpt))
-        rc = RCD_EINVAL;
+    size_t sl;
+    ckpt_ext_t ext;
+    if (len == 0 || !state ||
+        ckpt_ext_split(state, len, s->state_bytes, s->kv_bpt, &sl, &ext, NULL, 0))
+        rc = RCD_EINVAL; /* the state part off the size rule, or malformed sections */
     else if (!x)
         rc = RCD_ENOTFOUND;
     else if (x->rec.foreign)
@@ -354,8 +357,8 @@ int store_commit_n(store_t *s, const char *id, uint64_t expected_version, void *
     j->h.updated_ms = now_ms;
     j->h.payload_bytes = len;
     j->h.payload_hash = s->dir || s->rds ? XXH3_64bits(state, len) : 0;
-    store__kv_tensors(s, j);
     j->state = state;
+    store__kv_tensors(s, j);
     if (s->authority) { /* the commit script replaces exactly this version */
         store__ident(x, j->expect);
         j->has_expect = true;
@@ -551,9 +554,9 @@ int store__shared_check(const char *id, uint64_t fingerprint, size_t state_bytes
                       "; the loaded model's fingerprint is %016" PRIx64,
                       h->id, h->fingerprint, fingerprint);
     else if (h->payload_bytes &&
-             (!ckpt_payload_ok(h->payload_bytes, state_bytes, kv_bpt) ||
-              h->dtype != CKPT_DTYPE_F32 ||
-              XXH3_64bits(data + *hl, (size_t)h->payload_bytes) != h->payload_hash))
+             (!ckpt_hdr_payload_ok(h, state_bytes, kv_bpt) || h->dtype != CKPT_DTYPE_F32 ||
+              XXH3_64bits(data + *hl, (size_t)h->payload_bytes) != h->payload_hash ||
+              ckpt_payload_check(h, data + *hl, state_bytes, kv_bpt, NULL, 0)))
         rc = rcd_fail(RCD_ECORRUPT, why, whylen, "shared-tier checkpoint fails its checks");
     return rc;
 }
