@@ -7,7 +7,8 @@ accepted drafts > 0 with the default history and fewer with --spec-history 0, th
 tokens either way; the history section in the checkpoint (prompt and answer of both turns);
 speculation on vs off (per request) gives the same tokens and the same payload bytes, history
 included; the history survives a SIGKILL and restart between turns, a fork, and the Redis tier
-(a second daemon on the same Redis loads the session); a checkpoint written with
+(a second daemon on the same Redis loads the session); a first turn that starts from a cached
+prompt prefix keeps the prefix's tokens in its history; a checkpoint written with
 --spec-history 0 is the old format (no section) and loads under the default."""
 import os
 import shutil
@@ -87,6 +88,15 @@ class History(OwnDaemonsTest):
         # a fork carries the history
         self.assertEqual(turn(d, "fk"), (a2, acc))
         self.assertEqual(payload(self.dir, "fk", 2), payload(self.dir, "h", 2))
+        # a first turn that starts from a cached prompt prefix: its tokens join the history
+        long = [(i * 37 + 5) % 250 + 3 for i in range(80)]
+        collect(d.api.Generate(gen_request(tokens=long, temperature=0, max_tokens=2,
+                                           ignore_eos=True), timeout=120))  # captures 64
+        create(d, "px")
+        _, out, _, last = collect(d.api.Generate(gen_request(
+            tokens=long, session="px", temperature=0, max_tokens=N, ignore_eos=True), timeout=120))
+        self.assertEqual(last.usage.cached_prompt_tokens, 64)
+        self.assertEqual(history(payload(self.dir, "px", 1)), long + out)
         # SIGKILL between turns: the history survived on disk
         self.kill(d)
         d = self.start()
