@@ -620,7 +620,9 @@ static int gen_quota_admit(dmn_gen_t *g, const char *tenant, const char *owner, 
     if (!dmn_quota_enabled(s->quota)) return 0;
     uint64_t n_sess = 0, stored = 0, grow = 0;
     if (g->has_session && dmn_quota_limits(s->quota)->max_state_bytes) {
-        uint64_t next = g->state_cap ? g->state_cap : store_state_bytes(s->store);
+        /* the model state after the turn: its bound, without the sections (the history) */
+        uint64_t next = g->state_cap ? g->state_cap - eng_runner_ext_bound(s->runner)
+                                     : store_state_bytes(s->store);
         grow = next > cur_len ? next - cur_len : 0;
         dmn_tenant_usage(g->call, owner, &n_sess, &stored);
     }
@@ -683,7 +685,7 @@ static int gen_prepare(dmn_gen_t *g, const Recurd__V1__GenerateRequest *req, cha
             return rcd_fail(rc, err, errlen, "session '%s' not found", req->session_id);
         store_session_clear(&ss);
         snprintf(owner, sizeof(owner), "%s", ss.owner);
-        cur_len = ss.has_state ? (ss.state_len ? ss.state_len : sb) : 0;
+        cur_len = ss.has_state ? (ss.state_len ? ss.state_len - ss.ext_len : sb) : 0;
         if (req->_expected_version_case ==
                 RECURD__V1__GENERATE_REQUEST___EXPECTED_VERSION_EXPECTED_VERSION &&
             req->expected_version != ss.version)

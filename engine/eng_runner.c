@@ -316,10 +316,8 @@ int eng_runner_create_cfg(uv_loop_t *loop, wrk_backend_t *be, const eng_runner_c
                      di->architecture, di->fingerprint_hex, di->state_bytes, cfg->spec_tokens,
                      cfg->spec_max_batch);
         } else {
-            /* the lookup window: the history kept and about a turn beside it */
-            eng_ngram_opts_t no = {.window = cfg->spec_history > ENG_SPEC_HISTORY_DEFAULT
-                                                 ? cfg->spec_history + ENG_SPEC_HISTORY_DEFAULT
-                                                 : 0};
+            /* the lookup window: the history kept and 8,192 tokens of the turn beside it */
+            eng_ngram_opts_t no = {.window = cfg->spec_history + 8192};
             if ((rc = eng_draft_ngram_create(&no, &r->draft))) goto oom;
             r->st.spec_on = true;
             eng__log(r, ENG_INFO, "speculate",

@@ -177,6 +177,7 @@ int store__insert(store_t *s, const ckpt_hdr_t *h, sess_t **out)
     x->rec.updated_ms = h->updated_ms;
     x->rec.has_state = h->payload_bytes > 0;
     x->rec.state_len = h->payload_bytes;
+    x->rec.ext_len = h->ext_bytes;
     x->rec.fingerprint = h->fingerprint;
     x->rec.foreign = h->fingerprint != s->fingerprint;
     x->phash = h->payload_hash;
@@ -232,6 +233,7 @@ static int create_common(store_t *s, const char *id, const char *src_id, const s
         h.version = src->rec.version;
         h.n_tokens = src->rec.n_tokens;
         h.payload_bytes = src->rec.has_state ? src->rec.state_len : 0;
+        h.ext_bytes = src->rec.has_state ? src->rec.ext_len : 0;
     }
     if ((rc = ckpt_meta_pack(meta, n_meta, &h.meta))) return rc;
     h.n_meta = n_meta;
@@ -457,7 +459,7 @@ void store_owner_usage(const store_t *s, const char *owner, uint64_t *sessions, 
         for (const sess_t *x = s->buckets[i]; x; x = x->next)
             if (!strcmp(x->rec.owner, owner)) {
                 n++;
-                b += x->rec.has_state ? x->rec.state_len : 0;
+                b += x->rec.has_state ? x->rec.state_len - x->rec.ext_len : 0;
             }
     *sessions = n;
     *bytes = b;
@@ -471,7 +473,7 @@ void store_scope_usage(const store_t *s, const char *tenant, uint64_t *sessions,
         for (const sess_t *x = s->buckets[i]; x; x = x->next)
             if (!strncmp(x->rec.id, tenant, tl) && x->rec.id[tl] == '~') {
                 n++;
-                b += x->rec.has_state ? x->rec.state_len : 0;
+                b += x->rec.has_state ? x->rec.state_len - x->rec.ext_len : 0;
             }
     *sessions = n;
     *bytes = b;
@@ -483,7 +485,7 @@ void store_total_usage(const store_t *s, uint64_t *sessions, uint64_t *bytes)
     for (size_t i = 0; i < s->n_buckets; i++)
         for (const sess_t *x = s->buckets[i]; x; x = x->next) {
             n++;
-            b += x->rec.has_state ? x->rec.state_len : 0;
+            b += x->rec.has_state ? x->rec.state_len - x->rec.ext_len : 0;
         }
     *sessions = n;
     *bytes = b;

@@ -424,6 +424,7 @@ static bool job_finish(store_t *s, job_t *j)
         x->rec.updated_ms = j->h.updated_ms;
         x->rec.has_state = true;
         x->rec.state_len = j->h.payload_bytes;
+        x->rec.ext_len = j->h.ext_bytes;
         store__cache_put(s, x, j->state, (size_t)j->h.payload_bytes);
         j->state = NULL;
         s->st.commits++;
@@ -447,6 +448,7 @@ static bool job_finish(store_t *s, job_t *j)
             x->rec.updated_ms = j->fb.updated_ms;
             x->rec.has_state = j->fb.payload_bytes > 0;
             x->rec.state_len = j->fb.payload_bytes;
+            x->rec.ext_len = j->fb.ext_bytes;
         } else if (j->lost) {
             store__unindex(s, x);
             version = 0;
@@ -562,9 +564,10 @@ void store__kv_tensors(store_t *s, job_t *j)
 {
     size_t sl = (size_t)j->h.payload_bytes;
     ckpt_ext_t ext = {0};
-    if (!s->n_tensors || !j->state ||
-        ckpt_ext_split(j->state, sl, s->state_bytes, s->kv_bpt, &sl, &ext, NULL, 0))
+    if (!j->state || ckpt_ext_split(j->state, sl, s->state_bytes, s->kv_bpt, &sl, &ext, NULL, 0))
         return;
+    j->h.ext_bytes = ext.region_bytes; /* the record's ext_len */
+    if (!s->n_tensors) return;
     j->h.n_tensors = s->n_tensors;
     if (s->kv_bpt && s->n_kv_layers && sl >= s->state_bytes) {
         uint64_t p = (sl - s->state_bytes) / s->kv_bpt;

@@ -376,8 +376,11 @@ static void test_sections(void)
           h.tensors[2].bytes == 200 && h.tensors[2].shape[0] == 50 && h.tensors[2].ndim == 1);
     ckpt_hdr_free(&h);
     store_session_t rec = {0};
-    CHECK(store_get(s, "a", &rec) == 0 && rec.state_len == len);
+    CHECK(store_get(s, "a", &rec) == 0 && rec.state_len == len && rec.ext_len == len - SB);
     store_session_clear(&rec);
+    uint64_t n_s, n_b; /* usage counts the model state, not the sections */
+    store_total_usage(s, &n_s, &n_b);
+    CHECK(n_s == 1 && n_b == SB);
     void *back;
     CHECK(vload(s, "a", &back, &l2) == 0 && l2 == len && !memcmp(back, want, len));
     free(back);
@@ -398,7 +401,8 @@ static void test_sections(void)
     store_close(s);
     /* reopen with no cache: the scan indexes the length, loads and a fork read the disk */
     s = open_store(dir, FP, 0, 2);
-    CHECK(store_get(s, "a", &rec) == 0 && rec.version == 2 && rec.state_len == len);
+    CHECK(store_get(s, "a", &rec) == 0 && rec.version == 2 && rec.state_len == len &&
+          rec.ext_len == len - SB);
     store_session_clear(&rec);
     CHECK(vload(s, "a", &back, &l2) == 0 && l2 == len && !memcmp(back, want, len));
     free(back);
@@ -409,10 +413,14 @@ static void test_sections(void)
     CHECK(ckpt_read_v(dir, "f2", 2, FP, SB, 0, &h, NULL, 0, err, sizeof(err)) == 0);
     CHECK(h.ext_bytes == len - SB && h.n_tensors == 3); /* its own table, from the blob read */
     ckpt_hdr_free(&h);
+    CHECK(store_get(s, "f2", &rec) == 0 && rec.ext_len == len - SB);
+    store_session_clear(&rec);
     CHECK(vload(s, "f2", &back, &l2) == 0 && l2 == len && !memcmp(back, want, len));
     free(back);
     /* back to no sections: the next version is the old format again */
     CHECK(commit(s, "a", 2, 4, &r) == 0);
+    CHECK(store_get(s, "a", &rec) == 0 && rec.ext_len == 0 && rec.state_len == SB);
+    store_session_clear(&rec);
     CHECK(ckpt_read_v(dir, "a", 3, FP, SB, 0, &h, NULL, 0, err, sizeof(err)) == 0);
     CHECK(h.n_tensors == 1 && h.ext_bytes == 0 && h.payload_bytes == SB);
     ckpt_hdr_free(&h);
