@@ -176,6 +176,10 @@ static void gen_complete(dmn_gen_t *g, int rc, const char *msg)
     dmn_quota_turn_end(g->call->srv->quota, &g->quota, mono_ms());
     snprintf(g->final_msg, sizeof(g->final_msg), "%s", msg ? msg : "");
     g->t_end = uv_hrtime();
+    /* Counted before the final message goes out, so a scrape after it sees the turn (gen_free
+     * counts the turns that end without it: a second call does nothing). */
+    dmn_metrics_turn_end(&g->mt, g->final_rc, g->finished, g->finish_reason,
+                         g->t_start ? g->n_prompt : 0, g->t_start, g->t_first, g->t_end);
     const char *fr[] = {"unspecified", "length", "stop", "eos", "context"};
     if (rc)
         dmn_log(DMN_INFO, "turn_failed", g->call->rid, g->sid, "%s: %s", rcd_errname(rc),
