@@ -15,7 +15,7 @@ Figures:
   * teacher-forced top-1 agreement on the text: the fraction of positions where
     argmax(draft) == argmax(target), both given the text's prefix;
   * greedy agreement: the target continues --prompts prompts (the first --prompt-len tokens of
-    held-out windows) greedily for --gen-len tokens; on that sequence argmax(draft) ==
+    held-out windows) greedily for up to --gen-len tokens (until its EOS); on that sequence argmax(draft) ==
     argmax(target) at each generated position. In greedy speculative decoding every accepted
     prefix is the target's own greedy output, so this is the exact per-position acceptance;
   * for k = 1..--max-k: accepted drafts per verify and tokens per verify (accepted + the
@@ -127,9 +127,9 @@ def greedy_pass(target, draft, ids, seq_len, prompts, prompt_len, gen_len, eos):
     agree = cnt = mism = 0
     for w in range(n):
         p = ids[w * seq_len:w * seq_len + prompt_len].unsqueeze(0)
-        out = target.generate(p, attention_mask=torch.ones_like(p), max_new_tokens=gen_len,
-                              min_new_tokens=gen_len, do_sample=False, pad_token_id=eos)
-        seq = out[:, :prompt_len + gen_len]
+        # Stops at the target's EOS, as a served greedy turn does.
+        seq = target.generate(p, attention_mask=torch.ones_like(p), max_new_tokens=gen_len,
+                              do_sample=False, pad_token_id=eos)
         lt = target(seq).logits.float()[0, prompt_len - 1:-1]
         ld = draft(seq).logits.float()[0, prompt_len - 1:-1]
         gen = seq[0, prompt_len:]
@@ -150,7 +150,7 @@ def fmt(res):
                  f"({tf['tokens']} tokens, {tf['windows']} windows of {res['seq_len']})")
     lines.append(f"top-1 agreement: teacher-forced on the text {tf['top1_agreement']:.4f}; "
                  f"on the target's greedy continuations {res['greedy']['top1_agreement']:.4f} "
-                 f"({res['greedy']['prompts']} prompts x {res['greedy']['gen_len']} tokens)")
+                 f"({res['greedy']['prompts']} prompts, up to {res['greedy']['gen_len']} tokens, {res['greedy']['positions']} positions)")
     lines.append("| k | accepted/verify (text) | tokens/verify (text) | accepted/verify (greedy) | tokens/verify (greedy) |")
     lines.append("|---|---|---|---|---|")
     for a, b in zip(res["teacher_forced"]["spec"], res["greedy"]["spec"]):

@@ -635,9 +635,18 @@ shared CPU), so a rerun reaches a similar but not bit-identical model.
 """
 
 
-def acceptance_md(acc):
+def acceptance_md(acc, other=None):
     if not acc:
         return ""
+    extra = ""
+    if other:  # draft_acceptance.py --text FILE: the same figures on another text
+        o_tf, o_gr = other["teacher_forced"], other["greedy"]
+        extra = (f"On `{other['source']}` ({o_tf['tokens']} tokens, not in the training text): "
+                 f"perplexity draft {o_tf['draft_ppl']:.1f}, target {o_tf['target_ppl']:.1f}; top-1 "
+                 f"agreement {o_tf['top1_agreement']:.3f} on the text, {o_gr['top1_agreement']:.3f} on "
+                 f"the target's greedy continuations; tokens per verify at k = 4: "
+                 f"{o_tf['spec'][3]['tokens_per_verify']:.2f} (text), "
+                 f"{o_gr['spec'][3]['tokens_per_verify']:.2f} (greedy).\n\n")
     tf, gr = acc["teacher_forced"], acc["greedy"]
     rows = "\n".join(f"| {a['k']} | {a['accepted_per_verify']:.2f} | {a['tokens_per_verify']:.2f} | "
                      f"{b['accepted_per_verify']:.2f} | {b['tokens_per_verify']:.2f} |"
@@ -646,7 +655,8 @@ def acceptance_md(acc):
 On the held-out split ({tf['tokens']} tokens; both models through `transformers`, fp32):
 top-1 agreement (argmax draft = argmax target, both given the text) **{tf['top1_agreement']:.3f}**.
 On the bundled model's own greedy continuations ({gr['prompts']} held-out prompts of
-{gr['prompt_len']} tokens, {gr['gen_len']} tokens each; what greedy speculative decoding verifies):
+{gr['prompt_len']} tokens, continued for up to {gr['gen_len']} tokens or to EOS: {gr['positions']}
+positions; what greedy speculative decoding verifies):
 **{gr['top1_agreement']:.3f}**. Accepted drafts per verify for greedy speculation with k drafts
 (replaying verify rounds over the agreement run lengths; tokens per verify = accepted + the
 target's own token):
@@ -655,7 +665,7 @@ target's own token):
 |---|---|---|---|---|
 {rows}
 
-"""
+{extra}"""
 
 
 def write_card(out, stats):
@@ -728,7 +738,7 @@ def write_draft_card(out, stats):
         py=stats["versions"]["python"], torch=stats["versions"]["torch"],
         tf=stats["versions"]["transformers"], tk=stats["versions"]["tokenizers"],
         ppl=stats["val_ppl"], loss=stats["val_loss"], bpb=stats["val_bits_per_byte"],
-        acceptance=acceptance_md(stats.get("acceptance")), samples="\n".join(samples),
+        acceptance=acceptance_md(stats.get("acceptance"), stats.get("acceptance_text")), samples="\n".join(samples),
         cmd=" ".join(flags), stats=a.get("stats") or "models/train_stats.json")
     with open(os.path.join(out, "README.md"), "w") as f:
         f.write(text)
