@@ -569,8 +569,9 @@ A draft model for speculative decoding with recurd's bundled model `{teacher}`: 
 language model (`MambaForCausalLM`, {params_m:.2f}M parameters, {size_mb:.2f} MB) with the
 bundled model's tokenizer (the same `tokenizer.json` / `tokenizer_config.json`, byte for byte;
 vocabulary {vocab}), trained on CPU by `tools/train_default_model.py` with the bundled model as
-its teacher. Serve it as `recurd --speculate draft --draft-model {out}` beside the bundled model;
-on its own it is a weaker copy of the bundled model (smoke tests, not real use).
+its teacher. It is meant for `recurd --speculate draft --draft-model {out}` beside the bundled
+model (daemon/README.md, "Speculative decoding"); on its own it is a weaker copy of the bundled
+model (smoke tests, not real use). Any Mamba checkpoint loads in recurd as a model of its own.
 
 ## Files
 Ordinary Hugging Face checkpoint (`save_pretrained`), {size_mb:.2f} MB in total:
@@ -617,6 +618,12 @@ Held-out perplexity ({val_tok} tokens, windows of {seq_len} tokens, each startin
 state): **{ppl:.1f}** (loss {loss:.3f} nats/token, {bpb:.3f} bits/byte); the bundled model: {tppl:.1f}.
 
 {acceptance}
+## In recurd
+recurd loads it like any Mamba checkpoint: `build/release/tools/recurd-eval --model {out}
+--tokens IDS --greedy 32` prints the same ids as `transformers`' greedy decoding for the four
+prompts of `tools/gen_bundled_goldens.py` (`tests/integration/test_draft_model.py`, with the
+fixture `tests/golden/bundled-draft/greedy.json`).
+
 ## Samples
 Generated with `transformers` from this directory (`max_new_tokens=60`, `torch.manual_seed({seed})`
 before each):
@@ -628,7 +635,10 @@ before each):
 apt-get install -y fortunes fortunes-min python3.11-doc gcc
 python3 tools/train_default_model.py {cmd}
 python3 tools/draft_acceptance.py --target {teacher} --draft {out} --stats {stats}
+python3 tools/draft_acceptance.py --target {teacher} --draft {out} --stats {stats} \\
+    --text /usr/share/common-licenses/GPL-3
 python3 tools/train_default_model.py --out {out} --write-card {stats}
+python3 tools/gen_draft_goldens.py --model {out}   # the fixture of tests/integration/test_draft_model.py
 ```
 The cosine schedule follows wall time when the `--minutes` cap binds before `--steps` (a
 shared CPU), so a rerun reaches a similar but not bit-identical model.
