@@ -622,7 +622,10 @@ state): **{ppl:.1f}** (loss {loss:.3f} nats/token, {bpb:.3f} bits/byte); the bun
 recurd loads it like any Mamba checkpoint: `build/release/tools/recurd-eval --model {out}
 --tokens IDS --greedy 32` prints the same ids as `transformers`' greedy decoding for the four
 prompts of `tools/gen_bundled_goldens.py` (`tests/integration/test_draft_model.py`, with the
-fixture `tests/golden/bundled-draft/greedy.json`).
+fixture `tests/golden/bundled-draft/greedy.json`). As a draft: `recurd-eval --model {teacher}
+--greedy N --speculate draft --draft-model {out}` prints the same ids as without speculation;
+its acceptance in recurd's engine is in bench/RESULTS.md ("Draft-model speculation through the
+daemon").
 
 ## Samples
 Generated with `transformers` from this directory (`max_new_tokens=60`, `torch.manual_seed({seed})`
