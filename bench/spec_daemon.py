@@ -6,6 +6,12 @@ repeats what followed the passage) and free generation (a passage that does not 
 stream and at N concurrent streams; prints decode tokens/s off and on, their ratio and the
 acceptance.
   python3 bench/spec_daemon.py --model DIR [--tokens 64] [--streams 8] [--reps 3]
+      [--speculate ngram|draft] [--draft-model DIR] [--spec-max-batch N] [--text]
+--text (a model with a tokenizer, e.g. the bundled one): the workloads are prose instead of
+token ids: copy-heavy asks to continue a passage given in full and then again cut short (the
+answer can copy the rest), free generation continues short prompts, a different one per
+stream. Without --spec-max-batch the daemon's default back-off policy applies (by ids the
+bench turns it off with 0, as before).
 Needs a built daemon (RECURD_BIN, default build/release/daemon/recurd)."""
 import argparse
 import os
@@ -20,6 +26,16 @@ from benchlib import cpu_model  # noqa: E402
 from rcd_harness import Daemon, collect, gen_request  # noqa: E402
 
 
+# Prose written for this bench (no outside text): the copy-heavy passage and free prompts.
+PASSAGE = ("The lighthouse keeper wrote in the log every evening. He noted the wind, the height "
+           "of the waves and the ships that passed. When the lamp failed he climbed the stairs "
+           "with a candle and cleaned the glass by hand. In the spring the supply boat brought "
+           "oil, flour and letters from the town, and he read them slowly by the window.")
+FREE = ["The function returns", "A man walks into a bar", "Once upon a time",
+        "The best way to learn", "In the morning the", "This module provides",
+        "When the program starts", "She opened the door and"]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
@@ -27,22 +43,48 @@ def main():
     ap.add_argument("--streams", type=int, default=8)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--speculate", choices=["ngram", "draft"],
+                    help="default: draft with --draft-model, else ngram")
+    ap.add_argument("--draft-model")
+    ap.add_argument("--spec-max-batch", type=int)
+    ap.add_argument("--text", action="store_true")
     a = ap.parse_args()
-    d = Daemon("--model", a.model, "--speculate", "ngram", "--state-dir", "",
-               "--threads", str(a.threads), "--spec-max-batch", "0")
+    if not a.speculate:
+        a.speculate = "draft" if a.draft_model else "ngram"
+    args = ["--model", a.model, "--speculate", a.speculate, "--state-dir", "",
+            "--threads", str(a.threads)]
+    if a.draft_model:
+        args += ["--draft-model", a.draft_model]
+    smb = a.spec_max_batch if a.spec_max_batch is not None else (None if a.text else 0)
+    if smb is not None:
+        args += ["--spec-max-batch", str(smb)]
+    d = Daemon(*args)
     try:
         def gen(ids, off, n):
-            r = gen_request(tokens=ids, temperature=0, max_tokens=n, ignore_eos=True)
+            if isinstance(ids, str):
+                r = gen_request(prompt=ids, temperature=0, max_tokens=n, ignore_eos=True)
+            else:
+                r = gen_request(tokens=ids, temperature=0, max_tokens=n, ignore_eos=True)
             if off:
                 r.sampling.speculate = 1
             return collect(d.api.Generate(r, timeout=600))
 
-        passage = [(i * 7919 + 13) % 1000 + 100 for i in range(24)]
-        cont = gen(passage, True, 48)[1]
-        work = {"copy-heavy": passage + cont + passage, "free": passage}
-        print("cpu: %s, model %s, %d tokens per request" % (cpu_model(), a.model, a.tokens))
+        if a.text:
+            work = {"copy-heavy": [PASSAGE + "\n\n" + PASSAGE[:len(PASSAGE) // 3]],
+                    "free": FREE}
+        else:
+            passage = [(i * 7919 + 13) % 1000 + 100 for i in range(24)]
+            cont = gen(passage, True, 48)[1]
+            work = {"copy-heavy": [passage + cont + passage], "free": [passage]}
+        print("cpu: %s, model %s, %d tokens per request, --speculate %s%s, --spec-max-batch %s"
+              % (cpu_model(), a.model, a.tokens, a.speculate,
+                 " --draft-model " + a.draft_model if a.draft_model else "",
+                 "default" if smb is None else smb))
         print("workload     streams  off_tok/s  on_tok/s  ratio  same  accepted/drafted")
-        for name, ids in work.items():
+        for prompts in work.values():  # warm-up: the first requests pay one-time costs
+            for off in (True, False):
+                gen(prompts[0], off, a.tokens)
+        for name, prompts in work.items():
             for streams in (1, a.streams):
                 t = {True: 0.0, False: 0.0}
                 outs, acc, dr = {}, 0, 0
@@ -51,7 +93,7 @@ def main():
                         res = [None] * streams
 
                         def one(i, off=off):
-                            res[i] = gen(ids, off, a.tokens)
+                            res[i] = gen(prompts[i % len(prompts)], off, a.tokens)
 
                         ths = [threading.Thread(target=one, args=(i,)) for i in range(streams)]
                         t0 = time.monotonic()
@@ -60,7 +102,7 @@ def main():
                         for th in ths:
                             th.join()
                         t[off] += time.monotonic() - t0
-                        outs.setdefault(off, res[0][1])
+                        outs.setdefault(off, [r[1] for r in res])
                         if not off:
                             acc += sum(r[3].usage.accepted_tokens for r in res)
                             dr += sum(r[3].usage.draft_tokens for r in res)

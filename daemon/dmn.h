@@ -122,6 +122,10 @@ struct dmn_server {
     uv_loop_t *loop;
     wrk_model_t *model;
     wrk_backend_t *backend;
+    /* --speculate draft: the draft model and its CPU backend (2 x --slots slots; NULL when
+     * the model's backend cannot speculate) */
+    wrk_model_t *draft_model;
+    wrk_backend_t *draft_backend;
     tok_t *tok;
     /* Chat requests (issue 16): the compiled template (--chat-template, else the model's
      * tokenizer_config.json chat_template, else CHAT_TMPL_DEFAULT; never NULL once loaded) and

@@ -176,6 +176,10 @@ static void gen_complete(dmn_gen_t *g, int rc, const char *msg)
     dmn_quota_turn_end(g->call->srv->quota, &g->quota, mono_ms());
     snprintf(g->final_msg, sizeof(g->final_msg), "%s", msg ? msg : "");
     g->t_end = uv_hrtime();
+    /* Counted before the final message goes out, so a scrape after it sees the turn (gen_free
+     * counts the turns that end without it: a second call does nothing). */
+    dmn_metrics_turn_end(&g->mt, g->final_rc, g->finished, g->finish_reason,
+                         g->t_start ? g->n_prompt : 0, g->t_start, g->t_first, g->t_end);
     const char *fr[] = {"unspecified", "length", "stop", "eos", "context"};
     if (rc)
         dmn_log(DMN_INFO, "turn_failed", g->call->rid, g->sid, "%s: %s", rcd_errname(rc),
@@ -382,7 +386,10 @@ static void on_logits(dmn_gen_t *g)
         gen_complete(g, RCD_EDEADLINE, "deadline exceeded during generation");
         return;
     }
-    int32_t t = dmn_sample(&g->smp, g->logits);
+    /* a verify row checking a draft model's token: the speculative rule (engine/README.md) */
+    int32_t t = g->seq.spec_q && g->seq.spec_draft >= 0
+                    ? dmn_sample_spec(&g->smp, g->logits, g->seq.spec_draft, g->seq.spec_q)
+                    : dmn_sample(&g->smp, g->logits);
     dmn_sampler_accept(&g->smp, t);
     dmn_quota_turn_tokens(s->quota, &g->quota, mono_ms(), 1);
     dmn_metrics_token(&g->mt);
@@ -617,7 +624,9 @@ static int gen_quota_admit(dmn_gen_t *g, const char *tenant, const char *owner, 
     if (!dmn_quota_enabled(s->quota)) return 0;
     uint64_t n_sess = 0, stored = 0, grow = 0;
     if (g->has_session && dmn_quota_limits(s->quota)->max_state_bytes) {
-        uint64_t next = g->state_cap ? g->state_cap : store_state_bytes(s->store);
+        /* the model state after the turn: its bound, without the sections (the history) */
+        uint64_t next = g->state_cap ? g->state_cap - eng_runner_ext_bound(s->runner)
+                                     : store_state_bytes(s->store);
         grow = next > cur_len ? next - cur_len : 0;
         dmn_tenant_usage(g->call, owner, &n_sess, &stored);
     }
@@ -680,7 +689,7 @@ static int gen_prepare(dmn_gen_t *g, const Recurd__V1__GenerateRequest *req, cha
             return rcd_fail(rc, err, errlen, "session '%s' not found", req->session_id);
         store_session_clear(&ss);
         snprintf(owner, sizeof(owner), "%s", ss.owner);
-        cur_len = ss.has_state ? (ss.state_len ? ss.state_len : sb) : 0;
+        cur_len = ss.has_state ? (ss.state_len ? ss.state_len - ss.ext_len : sb) : 0;
         if (req->_expected_version_case ==
                 RECURD__V1__GENERATE_REQUEST___EXPECTED_VERSION_EXPECTED_VERSION &&
             req->expected_version != ss.version)
@@ -719,6 +728,8 @@ static int gen_prepare(dmn_gen_t *g, const Recurd__V1__GenerateRequest *req, cha
          * (state_bytes for fixed-size models). A KV model's prompt must also fit its pool. */
         uint64_t mn = g->max_tokens < g->ctx_left ? g->max_tokens : g->ctx_left;
         g->state_cap = eng_runner_state_bound(s->runner, used + mn + 1);
+        if (g->state_cap != SIZE_MAX) /* and the sections after it (the token history) */
+            g->state_cap += eng_runner_ext_bound(s->runner);
         if (g->state_cap == SIZE_MAX || !(g->state_out = malloc(g->state_cap ? g->state_cap : sb)))
             return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory for the session state");
     }
@@ -739,6 +750,12 @@ static int gen_prepare(dmn_gen_t *g, const Recurd__V1__GenerateRequest *req, cha
         return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
     if ((rc = dmn_sampler_init(&g->smp, &sp, s->vocab)))
         return rcd_fail(rc, err, errlen, "out of memory");
+    /* --speculate draft: the draft model draws with the same processing, without penalties */
+    g->seq.draft_sampling = (eng_draft_sampling_t){.temperature = sp.temperature,
+                                                   .top_k = sp.top_k,
+                                                   .top_p = sp.top_p,
+                                                   .min_p = sp.min_p,
+                                                   .seed = sp.seed};
     for (int32_t i = 0; i < g->n_prompt; i++)
         dmn_sampler_seen(&g->smp, g->prompt[i]);
     if (s->tok && (rc = tok_stream_new(s->tok, TOK_SKIP_SPECIAL, &g->ts, err, errlen)))
@@ -762,6 +779,8 @@ static int gen_submit(dmn_gen_t *g, char *err, size_t errlen)
     int rc;
     g->seq.prompt = g->prompt + g->cached; /* a cached prefix is not fed again */
     g->seq.n_prompt = g->n_prompt - g->cached;
+    g->seq.pre_fed = g->prompt; /* but it joins the session's history */
+    g->seq.n_pre_fed = g->cached;
     g->seq.n_snaps = g->n_snaps;
     for (int32_t j = 0; j < g->n_snaps; j++) {
         g->seq.snap_at[j] = g->snap_abs[j] - g->cached;

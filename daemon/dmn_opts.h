@@ -90,12 +90,22 @@
       "prefill tokens a prompt gets per step before others get theirs (leftover budget is "        \
       "shared); 0: no chunking, a prompt's prefill runs whole in one step")                        \
     X(speculate, STR, "off", "RECURD_SPECULATE", DMN_ONE_OF("off|ngram|draft"),                    \
-      "speculative decoding: off, or ngram (drafts by prompt lookup in the turn's tokens, "        \
-      "verified in one step; same output); draft is refused until the draft model is built")       \
+      "speculative decoding: off, ngram (drafts by prompt lookup in the session's tokens) or "     \
+      "draft (a small model of the same vocabulary, --draft-model), verified in one step; same "   \
+      "output")                                                                                    \
     X(spec_tokens, INT, "4", "RECURD_SPEC_TOKENS", DMN_RANGE(1, 15),                               \
       "speculative decoding: most draft tokens one verify step checks (k adapts per turn)")        \
     X(spec_max_batch, INT, "4", "RECURD_SPEC_MAX_BATCH", DMN_RANGE(0, DMN_INT_MAX),                \
       "speculative decoding: no drafts in a step of more sequences than this (0: no limit)")       \
+    X(draft_model, STR, "", "RECURD_DRAFT_MODEL", DMN_ANY,                                         \
+      "--speculate draft: the draft model's directory (any supported family, the model's "         \
+      "vocabulary and tokenizer; runs on the CPU beside the model)")                               \
+    X(draft_threads, INT, "1", "RECURD_DRAFT_THREADS", DMN_RANGE(0, DMN_INT_MAX),                  \
+      "--speculate draft: CPU threads for the draft model (0: all; a small draft runs best on "    \
+      "one, its pool idle while the model's runs)")                                                \
+    X(spec_history, INT, "8192", "RECURD_SPEC_HISTORY", DMN_RANGE(0, 1048576),                     \
+      "tokens of each session's history kept in its checkpoints for n-gram drafts, whatever "     \
+      "--speculate is (0: none; checkpoints then have no history section)")                       \
     X(aging_ms, INT, "5000", "RECURD_AGING_MS", DMN_RANGE(0, DMN_LONG_MAX),                        \
       "waiting this long raises a turn's priority by one (0: strict priority)")                    \
     X(pipeline, INT, "2", "RECURD_PIPELINE", DMN_RANGE(1, 2),                                      \

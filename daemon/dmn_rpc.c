@@ -407,7 +407,7 @@ static void fork_session_req(dmn_call_t *c, ProtobufCMessage *m, int fetch_rc, c
     p->c = c;
     /* the fork belongs to its own owner, else the source's, and starts with the source's state */
     if (!session_quota_ok(c, req->owner[0] ? req->owner : src.owner,
-                          src.has_state ? src.state_len : 0))
+                          src.has_state ? src.state_len - src.ext_len : 0))
         goto cleanup;
     snprintf(p->src, sizeof(p->src), "%s", srcid);
     store_attrs_t attrs = {req->owner, req->ttl_seconds};

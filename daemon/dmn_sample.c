@@ -108,7 +108,10 @@ static int32_t argmax_finite(const float *w, int V)
     return 0;
 }
 
-int32_t dmn_sample(dmn_sampler_t *s, const float *logits)
+/* The distribution dmn_sample draws from: its kept ids idx[0, *n) with unnormalized
+ * probabilities w[idx[i]] summing to *sum; returns -1, or the token itself when the choice is
+ * certain (greedy, nothing finite). */
+static int32_t dist(dmn_sampler_t *s, const float *logits, int *n_out, double *sum_out)
 {
     const dmn_sampling_t *p = &s->p;
     int V = s->vocab;
@@ -163,13 +166,70 @@ int32_t dmn_sample(dmn_sampler_t *s, const float *logits)
     sum = 0;
     for (int i = 0; i < n; i++)
         sum += w[s->idx[i]];
-    double u = (double)(next_u64(s->rng) >> 11) * (1.0 / 9007199254740992.0) * sum;
+    *n_out = n;
+    *sum_out = sum;
+    return -1;
+}
+
+static double uniform(dmn_sampler_t *s)
+{
+    return (double)(next_u64(s->rng) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+int32_t dmn_sample(dmn_sampler_t *s, const float *logits)
+{
+    int n = 0;
+    double sum = 0;
+    int32_t t = dist(s, logits, &n, &sum);
+    if (t >= 0) return t;
+    const float *w = s->work;
+    double u = uniform(s) * sum;
     double acc = 0;
     for (int i = 0; i < n; i++) {
         acc += w[s->idx[i]];
         if (u < acc) return s->idx[i];
     }
     return s->idx[n - 1];
+}
+
+int32_t dmn_sample_spec(dmn_sampler_t *s, const float *logits, int32_t draft, const float *q)
+{
+    if (s->p.temperature <= 0.0f || !q || draft < 0 || draft >= s->vocab)
+        return dmn_sample(s, logits);
+    int n = 0;
+    double sum = 0;
+    int32_t t = dist(s, logits, &n, &sum);
+    if (t >= 0) return t;
+    const float *w = s->work;
+    double px = 0;
+    for (int i = 0; i < n; i++)
+        if (s->idx[i] == draft) px = w[draft] / sum;
+    double qx = q[draft];
+    if (uniform(s) * qx < px) return draft; /* accept with probability min(1, p / q) */
+    double rsum = 0; /* rejected: the residual norm(max(0, p - q)), over p's kept ids */
+    for (int i = 0; i < n; i++) {
+        double r = w[s->idx[i]] / sum - q[s->idx[i]];
+        rsum += r > 0 ? r : 0;
+    }
+    double u = uniform(s), acc = 0;
+    if (!(rsum > 0)) { /* p and q agree: draw from p */
+        u *= sum;
+        for (int i = 0; i < n; i++) {
+            acc += w[s->idx[i]];
+            if (u < acc) return s->idx[i];
+        }
+        return s->idx[n - 1];
+    }
+    u *= rsum;
+    int32_t last = s->idx[0];
+    for (int i = 0; i < n; i++) {
+        double r = w[s->idx[i]] / sum - q[s->idx[i]];
+        if (!(r > 0)) continue;
+        last = s->idx[i];
+        acc += r;
+        if (u < acc) return last;
+    }
+    return last;
 }
 
 float dmn_logprobs(dmn_sampler_t *s, const float *logits, int32_t id, int n, int32_t *top_ids,

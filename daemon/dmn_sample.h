@@ -33,6 +33,12 @@ void dmn_sampler_seen(dmn_sampler_t *s, int32_t id);   /* a prompt token */
 void dmn_sampler_accept(dmn_sampler_t *s, int32_t id); /* a generated token */
 /* Samples from logits (not modified). */
 int32_t dmn_sample(dmn_sampler_t *s, const float *logits);
+/* A verify row that checks `draft`, drawn by a draft model from q (vocab floats, summing to 1):
+ * p is the distribution dmn_sample draws from (penalties, temperature, top-k, min-p, top-p).
+ * Temperature > 0: accepts draft with probability min(1, p(draft) / q(draft)) (one draw),
+ * else draws from norm(max(0, p - q)) (a second draw; from p when that is all zero): the
+ * token is then distributed exactly as p. Greedy: dmn_sample. */
+int32_t dmn_sample_spec(dmn_sampler_t *s, const float *logits, int32_t draft, const float *q);
 /* log-softmax of the raw logits at id, and the n most likely ids with theirs. */
 float dmn_logprobs(dmn_sampler_t *s, const float *logits, int32_t id, int n, int32_t *top_ids,
                    float *top_lp);

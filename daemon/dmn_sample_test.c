@@ -136,12 +136,73 @@ static void test_logprobs(void)
     dmn_sampler_free(&s);
 }
 
+/* The speculative rule (dmn_sample_spec): drafts x drawn from a q unlike p, each checked
+ * against p's row, give tokens distributed as p (chi-square over p's 5 kept ids at top_k 5;
+ * the draft's q puts mass where p has none). The same counts tested against q (what "always
+ * accept the draft" would give) fail, so the test can tell the two apart. */
+static double chi2(const int *cnt, const double *e, int n_draws)
+{
+    double x = 0;
+    for (int i = 0; i < V; i++) {
+        if (e[i] <= 0) {
+            if (cnt[i]) return INFINITY; /* a token the distribution never gives */
+            continue;
+        }
+        double d = cnt[i] - e[i] * n_draws;
+        x += d * d / (e[i] * n_draws);
+    }
+    return x;
+}
+
+static void test_spec_rule(void)
+{
+    float l[V];
+    fill(l);
+    dmn_sampling_t sp = {.temperature = 1.0f, .top_k = 5, .top_p = 1.0f, .seed = 7};
+    dmn_sampler_t s;
+    CHECK(dmn_sampler_init(&s, &sp, V) == 0);
+    /* p: softmax over the 5 largest logits (ids 7, 14, 21, 28, 35 hold 4.9 .. 4.5) */
+    double p[V] = {0}, qd[V] = {0}, z = 0;
+    for (int i = 0; i < V; i++)
+        if (l[i] >= 4.45f) z += exp(l[i]);
+    for (int i = 0; i < V; i++)
+        if (l[i] >= 4.45f) p[i] = exp(l[i]) / z;
+    /* q: uniform over ids 0..7 (7 is p's favourite; 0..6 are outside p's support) plus 21 */
+    float q[V] = {0};
+    for (int i = 0; i < 8; i++)
+        q[i] = 1.0f / 9;
+    q[21] = 1.0f / 9;
+    for (int i = 0; i < V; i++)
+        qd[i] = q[i];
+    uint64_t x = 12345;
+    int cnt[V] = {0}, n = 20000, accepted = 0;
+    for (int d = 0; d < n; d++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        int r = (int)((x >> 33) % 9), draft = r < 8 ? r : 21;
+        int32_t t = dmn_sample_spec(&s, l, draft, q);
+        CHECK(t >= 0 && t < V);
+        cnt[t]++;
+        accepted += t == draft;
+    }
+    double c = chi2(cnt, p, n); /* 4 degrees of freedom: 30 is p < 1e-5 */
+    CHECK_MSG(c < 30.0, "chi-square %.1f against p", c);
+    CHECK_MSG(chi2(cnt, qd, n) > 1000.0, "the counts also fit q");
+    CHECK(accepted > 0 && accepted < n);
+    /* greedy: the argmax, whatever the draft */
+    dmn_sampler_free(&s);
+    sp.temperature = 0;
+    CHECK(dmn_sampler_init(&s, &sp, V) == 0);
+    CHECK(dmn_sample_spec(&s, l, 3, q) == 7);
+    dmn_sampler_free(&s);
+}
+
 int main(int argc, char **argv)
 {
     rcd_test_init(argc, argv);
     RUN(test_greedy);
     RUN(test_greedy_edges);
     RUN(test_seeded);
+    RUN(test_spec_rule);
     RUN(test_limits);
     RUN(test_logprobs);
     return rcd_test_summary();

@@ -7,6 +7,7 @@
 #include "daemon/dmn_openai.h"
 #include "daemon/dmn_quota.h"
 #include "daemon/dmn_tls.h"
+#include "engine/eng_draft_model.h"
 #include "engine/eng_runner.h"
 #include "statestore/prefix.h"
 
@@ -330,6 +331,51 @@ static int load(dmn_server_t *srv)
     return 0;
 }
 
+/* Phase 1b, --speculate draft: the draft model, checked against the model (vocabulary and
+ * tokenizer: a mismatch is a startup error, exit 2), and its CPU backend beside the model's
+ * (none where the model's backend cannot speculate: the runner logs it and decodes plainly). */
+static int load_draft(dmn_server_t *srv)
+{
+    const dmn_opts_t *o = srv->opts;
+    char err[512] = "";
+    int rc;
+    if (strcmp(o->speculate, "draft") != 0) {
+        if (o->draft_model[0])
+            dmn_log(DMN_WARN, "draft_model", NULL, NULL,
+                    "--draft-model is used by --speculate draft only (--speculate is %s)",
+                    o->speculate);
+        return 0;
+    }
+    if ((rc = wrk_model_load(o->draft_model, &srv->draft_model, err, sizeof(err)))) {
+        dmn_log(DMN_ERROR, "draft_model", NULL, NULL, "--draft-model %s: %s", o->draft_model,
+                err);
+        return rc;
+    }
+    if ((rc = eng_draft_model_check(srv->model, o->model, srv->draft_model, o->draft_model, err,
+                                    sizeof(err)))) {
+        dmn_log(DMN_ERROR, "draft_model", NULL, NULL, "%s", err);
+        return rc;
+    }
+    if (!wrk_spec_supported(srv->backend)) return 0; /* the runner says so, once */
+    const wrk_model_info_t *di = wrk_model_info(srv->draft_model);
+    int slots = wrk_backend_n_slots(srv->backend), budget = (int)o->max_step_tokens;
+    wrk_backend_opts_t bo = {.n_threads = (int)o->draft_threads,
+                             .n_slots = 2 * slots, /* beside each slot: its state, a scratch */
+                             .max_step_tokens = budget > slots ? budget : slots,
+                             .isa = o->isa};
+    if ((rc = wrk_cpu_backend_create(srv->draft_model, &bo, &srv->draft_backend, err,
+                                     sizeof(err)))) {
+        dmn_log(DMN_ERROR, "draft_model", NULL, NULL, "draft backend: %s", err);
+        return rc;
+    }
+    dmn_log(DMN_INFO, "draft_model", NULL, NULL,
+            "draft model %s (%s, vocab %d, %d layers, state %zu bytes, fingerprint %s): %d slots "
+            "on the CPU, %ld threads",
+            o->draft_model, di->architecture, di->vocab_size, di->n_layers, di->state_bytes,
+            di->fingerprint_hex, 2 * slots, o->draft_threads);
+    return 0;
+}
+
 /* Phase 2, open the store: the session store on srv->loop and the prompt-prefix cache. */
 static int open_store(dmn_server_t *srv)
 {
@@ -373,9 +419,13 @@ static int serve(dmn_server_t *srv, bool *grpc_up)
     rc_cfg.kv_blocks = srv->kv_blocks; /* the pool eng_backend_opts_fill gave the backend */
     rc_cfg.kv_block_tokens = srv->kv_block_tokens;
     rc_cfg.log = engine_log;
-    rc_cfg.spec_mode = strcmp(o->speculate, "ngram") == 0 ? ENG_SPEC_NGRAM : ENG_SPEC_OFF;
+    rc_cfg.spec_mode = strcmp(o->speculate, "ngram") == 0   ? ENG_SPEC_NGRAM
+                       : strcmp(o->speculate, "draft") == 0 ? ENG_SPEC_DRAFT
+                                                            : ENG_SPEC_OFF;
+    rc_cfg.draft_be = srv->draft_backend;
     rc_cfg.spec_tokens = (int)o->spec_tokens;
     rc_cfg.spec_max_batch = (int)o->spec_max_batch;
+    rc_cfg.spec_history = (int32_t)o->spec_history;
     if ((rc = eng_runner_create_cfg(srv->loop, srv->backend, &rc_cfg, &srv->runner, err,
                                     sizeof(err)))) {
         dmn_log(DMN_ERROR, "runner", NULL, NULL, "%s", err);
@@ -473,6 +523,10 @@ static void unload(dmn_server_t *srv)
     srv->bos_token = srv->eos_token = NULL;
     wrk_backend_destroy(srv->backend);
     wrk_model_free(srv->model);
+    wrk_backend_destroy(srv->draft_backend);
+    wrk_model_free(srv->draft_model);
+    srv->draft_backend = NULL;
+    srv->draft_model = NULL;
     free(srv->evs);
     free(srv->evs_spare);
     if (srv->cq_thread_started) pthread_mutex_destroy(&srv->mu);
@@ -494,9 +548,9 @@ int main(int argc, char **argv)
         goto cleanup;
     }
     dmn_log_set_level(opts.log_level); /* one of DMN_OPTIONS' choices: cannot fail */
-    if (strcmp(opts.speculate, "draft") == 0) { /* issue 18: the draft model is not built */
-        fprintf(stderr, "recurd: --speculate draft needs a draft model, which recurd does not "
-                        "support yet; use --speculate ngram or off\n");
+    if (strcmp(opts.speculate, "draft") == 0 && !opts.draft_model[0]) {
+        fprintf(stderr, "recurd: --speculate draft needs --draft-model DIR (a draft model of the "
+                        "model's vocabulary)\n");
         exit_code = 2;
         goto cleanup;
     }
@@ -523,6 +577,10 @@ int main(int argc, char **argv)
         goto cleanup;
     }
     if (load(&srv)) goto cleanup;
+    if (load_draft(&srv)) { /* a draft model that cannot draft for this model */
+        exit_code = 2;
+        goto cleanup;
+    }
     if ((rc = uv_loop_init(&loop))) {
         dmn_log(DMN_ERROR, "loop", NULL, NULL, "uv_loop_init: %s", uv_strerror(rc));
         goto cleanup;

@@ -25,6 +25,81 @@ static bool read_snap(eng_runner_t *r, eng__req_t *q, int32_t slot, int32_t j)
     return false;
 }
 
+/* A draft model's state follows its sequence's slot moves (speculating turns only): saved
+ * beside the host copy at a swap-out and written back at the swap-in; a fresh or loaded slot
+ * starts the draft empty (its first proposal prefills it over the turn's stream). Failures
+ * only cost drafts: the draft is rebuilt from the stream. */
+static void draft_move(eng_runner_t *r, const wmove_t *m)
+{
+    eng_draft_t *d = r->draft;
+    eng__req_t *q = m->req;
+    if (!d || !d->vt->propose_batch || !q->spec) return;
+    switch (m->kind) {
+    case SCHED_MOVE_SWAP_OUT:
+        q->d_saved = d->vt->slot_save(d, m->slot, &q->d_buf, &q->d_cap, &q->d_len) == 0;
+        break;
+    case SCHED_MOVE_SWAP_IN:
+        if (q->d_saved && d->vt->slot_load(d, m->slot, q->d_buf, q->d_len) == 0) break;
+        d->vt->slot_reset(d, m->slot); /* not saved: rebuilt */
+        q->d_fed = 0;
+        break;
+    case SCHED_MOVE_LOAD: /* the checkpoint's draft state, else rebuilt over the history */
+        if (q->d_init &&
+            d->vt->slot_load(d, m->slot, q->d_init, r->draft_state_bytes) == 0) {
+            q->d_fed = q->d_init_fed;
+            break;
+        }
+        d->vt->slot_reset(d, m->slot);
+        q->d_fed = 0;
+        break;
+    default:
+        d->vt->slot_reset(d, m->slot);
+        q->d_fed = 0;
+        break;
+    }
+    q->d_saved = m->kind == SCHED_MOVE_SWAP_OUT && q->d_saved;
+}
+
+/* The draft model proposes for every verify entry of the step at once (its drafts go into the
+ * entries' token rows). If it fails (a KV draft whose pool cannot hold the history), those
+ * entries decode plainly, their turns speculate no more, and the loop logs why. */
+static void draft_propose(eng_runner_t *r)
+{
+    eng_draft_t *d = r->draft;
+    if (!d || !d->vt->propose_batch) return;
+    int n = 0;
+    for (int32_t i = 0; i < r->w_n; i++) {
+        eng__req_t *q = r->w_reqs[i];
+        if (q->w_k <= 0) continue;
+        r->w_jobs[n++] = (eng_draft_job_t){.slot = r->w_seqs[i].slot,
+                                           .toks = q->ctx, /* the session's history, the turn */
+                                           .n_toks = q->n_hist + q->w_ntoks,
+                                           .fed = &q->d_fed,
+                                           .k = q->w_k,
+                                           .out = q->w_toks + 1,
+                                           .q = q->spec_q,
+                                           .smp = &q->d_smp,
+                                           .rng = &q->d_rng};
+    }
+    if (!n) return;
+    int rc = d->vt->propose_batch(d, r->w_jobs, n, r->w_draft_err, sizeof(r->w_draft_err));
+    if (!rc) return;
+    r->w_draft_rc = rc;
+    for (int32_t i = 0; i < r->w_n; i++) {
+        eng__req_t *q = r->w_reqs[i];
+        wrk_seq_t *ws = &r->w_seqs[i];
+        if (q->w_k <= 0) continue;
+        q->w_k = 0;
+        q->pol.k_max = q->pol.k = 0; /* no more drafts for this turn (the loop reads it after) */
+        ws->tokens = q->toks + q->w_ntoks - 1;
+        ws->n_tokens = ws->n_logits = 1;
+        ws->logits = q->logits;
+        ws->verify = false;
+        d->vt->slot_reset(d, ws->slot); /* unknown now: rebuilt at the next proposal */
+        q->d_fed = 0;
+    }
+}
+
 /* The plan the loop handed over (the runner's w_* fields): resets, moves in order, prefix
  * snapshot heads, one ragged step, snapshot and commit reads. */
 static void run_plan(eng_runner_t *r)
@@ -78,6 +153,8 @@ static void run_plan(eng_runner_t *r)
         if (rc)
             snprintf(r->w_err, sizeof(r->w_err), "slot move %d of slot %d failed: %s", m->kind,
                      m->slot, rcd_strerror(rc));
+        else
+            draft_move(r, m);
     }
     /* Prefix snapshots inside a chunk: run the chunk's head alone up to the boundary and read
      * the state there; the batch step below runs the rest. */
@@ -97,6 +174,7 @@ static void run_plan(eng_runner_t *r)
             if (!rc && !read_snap(r, q, ws->slot, j)) break;
         }
     }
+    if (!rc) draft_propose(r);
     if (!rc && r->w_n) rc = wrk_step(r->be, r->w_seqs, r->w_n, r->w_err, sizeof(r->w_err));
     for (int32_t i = 0; i < r->w_n && !rc; i++) {
         eng__req_t *q = r->w_reqs[i];
@@ -112,6 +190,12 @@ static void run_plan(eng_runner_t *r)
                                   &q->state_len);
             /* the turn is over: a KV model's slot gives its blocks back */
             if (!rc && r->kv_bpt) wrk_state_reset(r->be, r->w_seqs[i].slot);
+            /* a fixed-size draft's state goes with it (not read: the commit goes without) */
+            q->d_commit = !rc && q->spec && r->draft_state_bytes && r->draft->vt->slot_save &&
+                          r->draft->vt->slot_save(r->draft, r->w_seqs[i].slot, &q->d_buf,
+                                                  &q->d_cap, &q->d_len) == 0 &&
+                          q->d_len == r->draft_state_bytes;
+            q->d_commit_fed = q->d_fed;
             if (rc)
                 snprintf(r->w_err, sizeof(r->w_err),
                          "commit read failed: the state is %zu bytes, the buffer %zu (%s)",

@@ -22,37 +22,45 @@ typedef struct ngram {
     eng_ngram_opts_t o;
 } ngram_t;
 
-/* Among the i in [lo, n_hist - n) with hist[i, i + n) equal to the last n tokens: the most
- * recent one followed by at least k tokens, else the one followed by the most (the earliest);
- * -1 if none. */
-static int32_t find_match(const int32_t *hist, int32_t n_hist, int n, int k, int32_t lo)
-{
-    const int32_t *suf = hist + n_hist - n;
-    int32_t best = -1;
-    for (int32_t i = n_hist - n - 1; i >= lo; i--) {
-        if (hist[i] != suf[0] || memcmp(hist + i, suf, (size_t)n * sizeof *suf) != 0) continue;
-        best = i;
-        if (n_hist - (i + n) >= k) break;
-    }
-    return best;
-}
-
+/* The rule (eng_draft.h): the largest n in [min_ngram, max_ngram] whose last n tokens occur
+ * earlier, starting at or after lo; of those occurrences, the most recent one followed by at
+ * least k tokens, else the one followed by the most (the earliest). An occurrence of length n
+ * ending at e (hist[e] == the last token) is followed by n_hist - 1 - e tokens, whatever n, and
+ * proposes hist[e + 1 ...]: so one backward pass over the window finds, for every n at once,
+ * the most recent e with at least k followers and the earliest e, where a scan per n (from
+ * max_ngram down) would cost up to max_ngram passes (the session's history makes windows of
+ * thousands of tokens). */
 static int ngram_propose(eng_draft_t *d, const int32_t *hist, int32_t n_hist, int k, int32_t *out)
 {
     const ngram_t *g = (const ngram_t *)d;
     if (k < 1 || !hist || n_hist < 2) return 0;
     if (k > ENG_DRAFT_MAX) k = ENG_DRAFT_MAX;
     const int32_t lo = n_hist > g->o.window ? n_hist - g->o.window : 0;
-    for (int n = g->o.max_ngram; n >= g->o.min_ngram; n--) {
-        if (n >= n_hist - lo) continue;
-        const int32_t i = find_match(hist, n_hist, n, k, lo);
-        if (i < 0) continue;
-        int m = 0;
-        for (int32_t j = i + n; j < n_hist && m < k; j++)
-            out[m++] = hist[j];
-        return m;
+    const int nmax = g->o.max_ngram, nmin = g->o.min_ngram;
+    const int32_t last = hist[n_hist - 1], k_end = n_hist - 1 - k; /* e <= k_end: k followers */
+    int32_t recent[65], earliest[65]; /* per n: the chosen ends, -1: none yet */
+    for (int n = 0; n <= nmax; n++)
+        recent[n] = earliest[n] = -1;
+    int best_n = 0; /* the largest n with an occurrence so far */
+    for (int32_t e = n_hist - 2; e >= lo; e--) {
+        if (hist[e] != last) continue;
+        int len = 1; /* how many tokens match backwards from e, within [lo, e] */
+        while (len < nmax && e - len >= lo && hist[e - len] == hist[n_hist - 1 - len])
+            len++;
+        if (len < nmin) continue;
+        for (int n = nmin; n <= len; n++) {
+            if (recent[n] < 0 && e <= k_end) recent[n] = e;
+            earliest[n] = e;
+        }
+        if (len > best_n) best_n = len;
+        if (best_n == nmax && recent[nmax] >= 0) break; /* nothing can beat it */
     }
-    return 0;
+    if (best_n < nmin) return 0;
+    const int32_t e = recent[best_n] >= 0 ? recent[best_n] : earliest[best_n];
+    int m = 0;
+    for (int32_t j = e + 1; j < n_hist && m < k; j++)
+        out[m++] = hist[j];
+    return m;
 }
 
 static const eng_draft_i ngram_vt = {

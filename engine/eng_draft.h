@@ -16,12 +16,44 @@
 
 typedef struct eng_draft eng_draft_t;
 
+/* How a draft model draws its tokens: the request's temperature, top-k, top-p and min-p (its
+ * penalties apply to the target only), and a seed for the draft's own generator. */
+typedef struct eng_draft_sampling {
+    float temperature; /* 0: greedy (the draft proposes its argmax) */
+    int top_k;         /* 0: off */
+    float top_p;       /* 1 (or 0): off */
+    float min_p;       /* 0: off */
+    uint64_t seed;
+} eng_draft_sampling_t;
+
+/* One sequence of a draft model's batched proposal (engine/eng_draft_model.c). The draft keeps
+ * one state per target slot; `*fed` counts the tokens of toks it holds. */
+typedef struct eng_draft_job {
+    int32_t slot;                   /* the target's slot (the draft's state lives in the same) */
+    const int32_t *toks;            /* the stream: prompt, then every sampled token */
+    int32_t n_toks;                 /* its length; *fed < n_toks */
+    int32_t *fed;                   /* in/out: tokens of toks the draft's slot has consumed */
+    int k;                          /* drafts wanted, 1..ENG_DRAFT_MAX */
+    int32_t *out;                   /* k drafts */
+    float *q;                       /* temperature > 0: k x vocab, the distribution each draft
+                                     * was drawn from (zeros outside the kept ids); else unused */
+    const eng_draft_sampling_t *smp;
+    uint64_t *rng;                  /* the sequence's draft generator state */
+} eng_draft_job_t;
+
 typedef struct eng_draft_i {
-    const char *name; /* "ngram", "oracle" */
+    const char *name; /* "ngram", "oracle", "model" */
     /* Up to k (1..ENG_DRAFT_MAX) tokens that may follow hist[0, n_hist) into out; returns how
-     * many (0: nothing to propose). hist is borrowed for the call. */
+     * many (0: nothing to propose). hist is borrowed for the call. NULL for a draft model. */
     int (*propose)(eng_draft_t *d, const int32_t *hist, int32_t n_hist, int k, int32_t *out);
     void (*destroy)(eng_draft_t *d);
+    /* Draft models only (NULL otherwise), called on the device thread: propose exactly k drafts
+     * for every job in one batch of k draft steps; the per-slot state follows the target's
+     * slot moves (reset; save to / load from a host buffer it grows). */
+    int (*propose_batch)(eng_draft_t *d, eng_draft_job_t *jobs, int n, char *err, size_t errlen);
+    int (*slot_reset)(eng_draft_t *d, int32_t slot);
+    int (*slot_save)(eng_draft_t *d, int32_t slot, void **buf, size_t *cap, size_t *len);
+    int (*slot_load)(eng_draft_t *d, int32_t slot, const void *buf, size_t len);
 } eng_draft_i;
 
 struct eng_draft {

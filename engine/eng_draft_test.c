@@ -64,6 +64,60 @@ static void test_ngram(void)
     eng_draft_destroy(NULL);
 }
 
+/* The rule as first written (one backward scan per n-gram length, longest first), against
+ * which the one-pass lookup is checked on random histories (small vocabularies: many
+ * matches, of every length), windows, k and n-gram bounds. */
+static int ref_propose(const int32_t *hist, int32_t n_hist, int k, int nmax, int nmin,
+                       int32_t window, int32_t *out)
+{
+    if (k < 1 || n_hist < 2) return 0;
+    if (k > ENG_DRAFT_MAX) k = ENG_DRAFT_MAX;
+    int32_t lo = n_hist > window ? n_hist - window : 0;
+    for (int n = nmax; n >= nmin; n--) {
+        if (n >= n_hist - lo) continue;
+        const int32_t *suf = hist + n_hist - n;
+        int32_t best = -1;
+        for (int32_t i = n_hist - n - 1; i >= lo; i--) {
+            if (memcmp(hist + i, suf, (size_t)n * sizeof *suf) != 0) continue;
+            best = i;
+            if (n_hist - (i + n) >= k) break;
+        }
+        if (best < 0) continue;
+        int m = 0;
+        for (int32_t j = best + n; j < n_hist && m < k; j++)
+            out[m++] = hist[j];
+        return m;
+    }
+    return 0;
+}
+
+static void test_ngram_matches_reference(void)
+{
+    uint64_t x = 12345;
+    int32_t h[300], a[ENG_DRAFT_MAX + 1], b[ENG_DRAFT_MAX + 1];
+    int bad = 0, found = 0;
+    for (int t = 0; t < 20000; t++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        int vocab = 2 + (int)(x >> 60), n = 2 + (int)((x >> 40) % 299);
+        int nmax = 1 + (int)((x >> 20) % 6), nmin = 1 + (int)((x >> 30) % (uint64_t)nmax);
+        int32_t window = (x >> 10) % 3 ? (int32_t)(1 + (x >> 12) % 300) : 0;
+        int k = 1 + (int)((x >> 50) % ENG_DRAFT_MAX);
+        for (int i = 0; i < n; i++) {
+            x = x * 6364136223846793005ull + 1442695040888963407ull;
+            h[i] = (int32_t)((x >> 33) % (uint64_t)vocab);
+        }
+        eng_ngram_opts_t o = {.max_ngram = nmax, .min_ngram = nmin, .window = window};
+        eng_draft_t *d = NULL;
+        CHECK(eng_draft_ngram_create(&o, &d) == 0);
+        int m = propose(d, h, n, k, a), r = ref_propose(h, n, k, nmax, nmin, window ? window : 8192, b);
+        if (m != r || memcmp(a, b, sizeof(int32_t) * (size_t)(m > 0 ? m : 0))) bad++;
+        found += m > 0;
+        eng_draft_destroy(d);
+    }
+    CHECK_MSG(bad == 0, "%d of 20000 proposals differ from the reference", bad);
+    CHECK(found > 10000); /* most histories had something to propose */
+}
+
 static void test_oracle(void)
 {
     int32_t truth[40], out[ENG_DRAFT_MAX];
@@ -303,6 +357,7 @@ int main(int argc, char **argv)
 {
     rcd_test_init(argc, argv);
     RUN(test_ngram);
+    RUN(test_ngram_matches_reference);
     RUN(test_oracle);
     RUN(test_greedy_keep);
     RUN(test_policy);

@@ -5,6 +5,7 @@
 #define ENG_INT_H
 
 #include "engine/eng_draft.h"
+#include "engine/eng_draft_model.h"
 #include "engine/eng_runner.h"
 
 /* The device thread of one backend: it waits for a plan, runs it, and wakes the loop.
@@ -35,7 +36,10 @@ typedef struct hbuf {
 struct eng__req {
     uint64_t id;    /* scheduler id: generation << 24 | index; 0: free record */
     eng_seq_t *seq; /* NULL once the caller was told it ended (or let it go) */
-    int32_t *toks;  /* the input stream: prompt, then every sampled token */
+    int32_t *ctx;   /* the session's history (n_hist tokens: the loaded section, then the
+                     * turn's pre-fed tokens), then toks: one buffer, what n-gram drafts see */
+    int32_t n_hist;
+    int32_t *toks;  /* the input stream: prompt, then every sampled token (ctx + n_hist) */
     int32_t n_toks, cap_toks, n_gen, max_new;
     const void *init_state; /* borrowed from the seq */
     size_t init_len;        /* its bytes */
@@ -71,6 +75,22 @@ struct eng__req {
     float *spec_logits;
     int32_t w_toks[WRK_SPEC_MAX_TOKENS];
     int32_t w_k, extra;
+    /* a draft model (device thread): d_fed tokens of toks are in the draft's slot; d_buf holds
+     * its state while swapped out (d_saved); spec_q: w_k x vocab, the distributions the drafts
+     * were drawn from (temperature > 0); w_ntoks: the stream's length when the plan went over */
+    int32_t d_fed, w_ntoks;
+    bool d_saved;
+    void *d_buf;
+    size_t d_cap, d_len;
+    uint64_t d_rng;
+    eng_draft_sampling_t d_smp;
+    float *spec_q;
+    /* the draft state a loaded checkpoint carried (borrowed from init_state; NULL: rebuilt)
+     * and the tokens of ctx it holds; d_commit: the commit read the draft's state into d_buf
+     * (d_len bytes) holding d_commit_fed tokens of ctx */
+    const void *d_init;
+    int32_t d_init_fed, d_commit_fed;
+    bool d_commit;
 };
 
 typedef struct plan_copy {
@@ -149,6 +169,15 @@ struct eng_runner {
     eng_draft_t *draft;
     int32_t vocab;
     int32_t *acc_slot, *acc_keep, n_acc;
+    /* a draft model: the device's proposal jobs (n_slots), and a failed proposal's reason (the
+     * step's entries then decode plainly; logged by the loop) */
+    eng_draft_job_t *w_jobs;
+    /* a fixed-size draft model's state rides in commits (ENG_DRAFT_SECTION): its fingerprint
+     * and bytes (0: a KV draft, always rebuilt) */
+    uint64_t draft_fp;
+    size_t draft_state_bytes;
+    int w_draft_rc;
+    char w_draft_err[256];
 };
 
 /* ---- eng_device.c: the device thread ---------------------------------------------------- */
@@ -159,6 +188,16 @@ void eng__dev_run(eng_runner_t *r);  /* loop: hands the w_* plan to the thread (
 
 /* ---- eng_runner.c: called on the loop by eng_device.c ----------------------------------- */
 void eng__plan_done(eng_runner_t *r); /* the thread ran the plan: sample, report, pump */
+/* An inconsistency between a plan and what the runner holds: the request ends cleanly. */
+void eng__fail_req(eng_runner_t *r, eng__req_t *q, const char *why);
+
+/* ---- eng_spec.c: speculative decoding on the loop ----------------------------------------- */
+/* The draft tokens the scheduler reserves beside the turn's next decode entries. */
+int32_t eng__spec_reserve(const eng__req_t *q);
+/* Samples the rows of q's verify entry of k drafts (in slot) and fills its result. */
+void eng__spec_sample(eng_runner_t *r, eng__req_t *q, int32_t slot, int32_t k,
+                      sched_result_t *res);
+
 void eng__log(const eng_runner_t *r, eng_level_t lvl, const char *event, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 

@@ -6,6 +6,10 @@
  * N's logits). */
 #include "engine/eng_int.h"
 #include "common/rcd_metrics.h"
+#include "statestore/ckpt_ext.h"
+
+/* Sections hold int32 little-endian (ckpt_ext.h): copied as they are on this host. */
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "little-endian host");
 
 #include <limits.h>
 #include <stdarg.h>
@@ -74,8 +78,10 @@ static void rec_release(eng_runner_t *r, eng__req_t *q)
         r->pend_id[i] = q->id;
         if (i == r->n_pend) r->n_pend++;
     }
-    free(q->toks);
+    free(q->ctx);
     free(q->spec_logits);
+    free(q->spec_q);
+    free(q->d_buf);
     int32_t i = (int32_t)(q - r->reqs);
     memset(q, 0, sizeof(*q));
     r->free_recs[r->n_free_recs++] = i;
@@ -122,7 +128,7 @@ static void deliver(eng__req_t *q, eng_seq_ev_t ev, int rc, const char *msg)
 }
 
 /* An inconsistency between the plan and what the runner holds: end the request cleanly. */
-static void fail_req(eng_runner_t *r, eng__req_t *q, const char *why)
+void eng__fail_req(eng_runner_t *r, eng__req_t *q, const char *why)
 {
     eng__log(r, ENG_ERROR, "runner", "request %llx: %s", (unsigned long long)q->id, why);
     send_cancel(r, q);
@@ -176,6 +182,17 @@ void eng_runner_config_default(eng_runner_config_t *c, const wrk_backend_t *be, 
     c->tenant_fair = true;
     c->stats_every_ms = 10000;
     c->prefill_chunk = -1;
+    c->spec_history = ENG_SPEC_HISTORY_DEFAULT;
+}
+
+size_t eng_runner_ext_bound(const eng_runner_t *r)
+{
+    if (r->cfg.spec_history <= 0) return 0;
+    ckpt_ext_sec_t h[2] = {{.name = CKPT_EXT_HIST, .data = r, .elem = 4,
+                            .bytes = (uint64_t)r->cfg.spec_history * 4},
+                           {.name = ENG_DRAFT_SECTION, .data = r, .elem = 1,
+                            .bytes = ENG_DRAFT_SECTION_HEAD + r->draft_state_bytes}};
+    return ckpt_ext_size(h, r->draft_state_bytes ? 2 : 1);
 }
 
 int eng_runner_create(uv_loop_t *loop, wrk_backend_t *be, int max_queue, eng_runner_t **out)
@@ -253,9 +270,15 @@ int eng_runner_create_cfg(uv_loop_t *loop, wrk_backend_t *be, const eng_runner_c
     r->acc_keep = calloc((size_t)r->n_slots, sizeof(int32_t));
     r->vocab = wrk_model_info(wrk_backend_model(be))->vocab_size;
     if (!r->acc_slot || !r->acc_keep) goto oom;
+    if (cfg->spec_history < 0 || cfg->spec_history > ENG_SPEC_HISTORY_MAX) {
+        rc = rcd_fail(RCD_EINVAL, err, errlen, "runner: spec history %d tokens (0..%d)",
+                      (int)cfg->spec_history, ENG_SPEC_HISTORY_MAX);
+        goto fail;
+    }
     if (cfg->spec_mode != ENG_SPEC_OFF) {
         const wrk_model_info_t *mi = wrk_model_info(wrk_backend_model(be));
-        if (cfg->spec_mode != ENG_SPEC_NGRAM || cfg->spec_tokens < 1 ||
+        if ((cfg->spec_mode != ENG_SPEC_NGRAM && cfg->spec_mode != ENG_SPEC_DRAFT) ||
+            cfg->spec_tokens < 1 ||
             cfg->spec_tokens > ENG_DRAFT_MAX || cfg->spec_max_batch < 0) {
             rc =
                 rcd_fail(RCD_EINVAL, err, errlen,
@@ -267,8 +290,34 @@ int eng_runner_create_cfg(uv_loop_t *loop, wrk_backend_t *be, const eng_runner_c
             eng__log(r, ENG_INFO, "speculate",
                      "speculative decoding off: the %s backend has no verify entries for %s",
                      wrk_backend_name(be), mi->architecture);
+        } else if (cfg->spec_mode == ENG_SPEC_DRAFT) {
+            if (!cfg->draft_be) {
+                rc = rcd_fail(RCD_EINVAL, err, errlen, "runner: --speculate draft without a "
+                                                       "draft model's backend");
+                goto fail;
+            }
+            const wrk_model_info_t *di = wrk_model_info(wrk_backend_model(cfg->draft_be));
+            if (di->vocab_size != mi->vocab_size) {
+                rc = rcd_fail(RCD_EMISMATCH, err, errlen,
+                              "runner: the draft model's vocabulary (%d) is not the model's (%d)",
+                              di->vocab_size, mi->vocab_size);
+                goto fail;
+            }
+            if ((rc = eng_draft_model_create(cfg->draft_be, r->n_slots, &r->draft, err, errlen)))
+                goto fail;
+            if (!(r->w_jobs = calloc((size_t)r->n_slots, sizeof(*r->w_jobs)))) goto oom;
+            r->draft_fp = di->fingerprint; /* with a history to resume it at, a fixed-size */
+            r->draft_state_bytes =         /* draft's state rides in commits */
+                di->n_kv_layers == 0 && cfg->spec_history > 0 ? di->state_bytes : 0;
+            r->st.spec_on = true;
+            eng__log(r, ENG_INFO, "speculate",
+                     "speculative decoding: a draft model (%s, %s, %zu state bytes per slot), up "
+                     "to %d drafts per verify, none in steps of more than %d sequences",
+                     di->architecture, di->fingerprint_hex, di->state_bytes, cfg->spec_tokens,
+                     cfg->spec_max_batch);
         } else {
-            eng_ngram_opts_t no = {0};
+            /* the lookup window: the history kept and 8,192 tokens of the turn beside it */
+            eng_ngram_opts_t no = {.window = cfg->spec_history + 8192};
             if ((rc = eng_draft_ngram_create(&no, &r->draft))) goto oom;
             r->st.spec_on = true;
             eng__log(r, ENG_INFO, "speculate",
@@ -378,6 +427,7 @@ void eng_runner_destroy(eng_runner_t *r)
     free(r->w_resets);
     free(r->acc_slot);
     free(r->acc_keep);
+    free(r->w_jobs);
     eng_draft_destroy(r->draft);
     free(r);
 }
@@ -417,20 +467,64 @@ int eng_runner_submit(eng_runner_t *r, eng_seq_t *s, char *err, size_t errlen)
                             (long long)r->kv_pool_blocks, (long long)r->kv_reserved,
                             (long long)kvb);
     }
-    int32_t *toks = malloc(sizeof(int32_t) * (size_t)cap);
-    if (!toks) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
+    /* A loaded payload: the state goes to the slot, the sections (the history) stay here. */
+    size_t init_len = s->init_len ? s->init_len : r->state_bytes;
+    const int32_t *hist = NULL;
+    int32_t n_hist = 0, n_pre = s->n_pre_fed > 0 && s->pre_fed ? s->n_pre_fed : 0;
+    const void *dsec = NULL; /* a draft model's state (eng_draft_model.h): dsec_bytes */
+    uint64_t dsec_bytes = 0;
+    if (s->init_state) {
+        ckpt_ext_t ext;
+        char why[160];
+        int rc = ckpt_ext_split(s->init_state, init_len, r->state_bytes, r->kv_bpt, &init_len,
+                                &ext, why, sizeof(why));
+        if (rc) return rcd_fail(rc, err, errlen, "session state: %s", why);
+        const ckpt_ext_sec_t *h = ckpt_ext_find(&ext, CKPT_EXT_HIST);
+        const ckpt_ext_sec_t *ds = ckpt_ext_find(&ext, ENG_DRAFT_SECTION);
+        if (ds) dsec = ds->data, dsec_bytes = ds->bytes; /* views into init_state */
+        if (h && h->elem != 4)
+            return rcd_fail(RCD_ECORRUPT, err, errlen, "session state: history of %u-byte "
+                            "elements", h->elem);
+        if (h) {
+            hist = h->data;
+            n_hist = (int32_t)(h->bytes / 4 < (uint64_t)INT32_MAX ? h->bytes / 4 : INT32_MAX);
+            for (int32_t j = 0; j < n_hist; j++) { /* every id is fed to the model as a draft */
+                int32_t t;
+                memcpy(&t, (const uint8_t *)hist + 4 * (size_t)j, 4);
+                if (t < 0 || t >= r->vocab)
+                    return rcd_fail(RCD_ECORRUPT, err, errlen,
+                                    "session state: history token %d out of the vocabulary (%d)",
+                                    t, r->vocab);
+            }
+        }
+    }
+    /* bounded: the newest spec_history tokens of (history, pre-fed) */
+    int32_t keep_pre = n_pre < r->cfg.spec_history ? n_pre : r->cfg.spec_history;
+    int32_t keep_hist = n_hist < r->cfg.spec_history - keep_pre ? n_hist
+                                                                 : r->cfg.spec_history - keep_pre;
+    int32_t *ctx = malloc(sizeof(int32_t) * ((size_t)keep_hist + (size_t)keep_pre + (size_t)cap));
+    if (!ctx) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
+    if (keep_hist) /* unaligned in the blob: copied */
+        memcpy(ctx, (const uint8_t *)hist + 4 * (size_t)(n_hist - keep_hist),
+               sizeof(int32_t) * (size_t)keep_hist);
+    if (keep_pre)
+        memcpy(ctx + keep_hist, s->pre_fed + (n_pre - keep_pre), sizeof(int32_t) * (size_t)keep_pre);
+    int32_t *toks = ctx + keep_hist + keep_pre;
     memcpy(toks, s->prompt, sizeof(int32_t) * (size_t)s->n_prompt);
     int32_t i = r->free_recs[--r->n_free_recs];
     eng__req_t *q = &r->reqs[i];
     memset(q, 0, sizeof(*q));
     q->id = (++r->gen << 24) | (uint64_t)i;
     q->seq = s;
+    q->ctx = ctx;
+    q->n_hist = keep_hist + keep_pre;
+    const int32_t n_pre_kept = keep_pre;
     q->toks = toks;
     q->n_toks = s->n_prompt;
     q->cap_toks = cap;
     q->max_new = s->max_new;
     q->init_state = s->init_state;
-    q->init_len = s->init_len ? s->init_len : r->state_bytes;
+    q->init_len = init_len;
     q->logits = s->logits;
     q->state_out = s->state_out;
     q->state_cap = s->state_cap ? s->state_cap : r->state_bytes;
@@ -448,9 +542,18 @@ int eng_runner_submit(eng_runner_t *r, eng_seq_t *s, char *err, size_t errlen)
     }
     s->n_snapped = 0;
     s->spec_drafted = s->spec_accepted = 0;
+    s->spec_draft = -1;
+    s->spec_q = NULL;
     if (r->draft && !s->no_speculate) { /* its logit rows are allocated at its first verify */
         q->spec = true;
         eng_spec_policy_init(&q->pol, r->cfg.spec_tokens, r->cfg.spec_max_batch);
+        q->d_smp = s->draft_sampling;
+        q->d_rng = eng_draft_rng_seed(s->draft_sampling.seed);
+        int32_t lag; /* the stored history's newest `lag` tokens are not in the draft state */
+        if (dsec && r->draft_state_bytes &&
+            eng_draft_section_use(dsec, dsec_bytes, r->draft_fp, r->draft_state_bytes,
+                                  q->n_hist - n_pre_kept, &q->d_init, &lag))
+            q->d_init_fed = q->n_hist - n_pre_kept - lag, r->st.draft_resumed++;
     }
     r->n_held++;
     s->req = q;
@@ -555,71 +658,17 @@ static void report_done(eng_runner_t *r, uint64_t step, int status, int32_t n_re
     push_event(r, &e);
 }
 
-/* The draft tokens the scheduler reserves beside the turn's next decode entries: the policy's
- * k, none while it pauses (one near the pause's end, so it can resume). */
-static int32_t spec_reserve(const eng__req_t *q)
-{
-    if (q->pol.paused > 2) return 0;
-    return q->pol.paused > 0 ? 1 : q->pol.k;
-}
-
-/* A verify entry of the last sampled token and k drafts ran: its rows are sampled in order, one
- * LOGITS callback each exactly as plain decoding would (so stops, max_tokens, logprobs,
- * penalties, seeds and cancellation behave the same), while each sampled token equals the
- * next draft; the first that differs (or the row after the last draft, or a stop) ends it.
- * The slot is rolled back to the tokens kept (wrk_spec_accept, first thing in the device's
- * next run) and the scheduler is told how many extra tokens the entry sampled. */
-static void spec_sample(eng_runner_t *r, eng__req_t *q, int32_t slot, int32_t k,
-                        sched_result_t *res)
-{
-    const int32_t n0 = q->n_gen;
-    eng_seq_t *s = q->seq;
-    s->spec_drafted += (uint32_t)k;
-    int32_t j = 0;
-    for (;; j++) {
-        memcpy(q->logits, q->spec_logits + (size_t)j * (size_t)r->vocab,
-               sizeof(float) * (size_t)r->vocab);
-        q->decided = false;
-        q->outcome = SCHED_OUT_TOKEN;
-        s->cb(s, ENG_SEQ_LOGITS);
-        if (!q->decided) {
-            fail_req(r, q, "the sampler neither fed nor finished the sequence");
-            return;
-        }
-        if (q->cancelled) return; /* the slot is reset or refilled: no rollback needed */
-        if (q->finished || j == k || q->toks[q->n_toks - 1] != q->w_toks[j + 1]) break;
-        s->spec_accepted++; /* draft j + 1 was the token sampled: its row is next */
-    }
-    const int32_t emitted = q->n_gen - n0, kept = emitted - 1;
-    r->st.spec_verifies++;
-    rcd_counter_add(&rcd_metrics.spec_draft_tokens, (uint64_t)k);
-    rcd_counter_add(&rcd_metrics.spec_accepted_tokens, (uint64_t)kept);
-    eng_spec_policy_update(&q->pol, k, kept);
-    q->extra += kept;
-    if (emitted < k + 1) { /* keep the entry's first `emitted` tokens */
-        r->acc_slot[r->n_acc] = slot;
-        r->acc_keep[r->n_acc++] = emitted;
-    }
-    /* A turn that ended inside a run of accepted drafts: entries planned past it are dropped
-     * (the scheduler planned one token per step; STOP rewinds what it planned) */
-    if (q->finished && kept > 0) {
-        q->outcome = SCHED_OUT_STOP;
-        q->stop_upto = r->last_issued;
-    }
-    *res = (sched_result_t){.id = q->id,
-                            .outcome = q->outcome,
-                            .n_drafted = k,
-                            .n_extra = kept,
-                            .set_spec = true,
-                            .spec_tokens = spec_reserve(q)};
-}
-
 void eng__plan_done(eng_runner_t *r)
 {
     r->busy = false;
     r->n_acc = 0; /* the run that ended made the rollbacks asked for before it */
     r->st.kv_free_blocks = r->w_kv_free;
     r->st.kv_total_blocks = r->w_kv_total;
+    if (r->w_draft_rc) { /* the step's entries decoded plainly */
+        eng__log(r, ENG_WARN, "speculate", "draft model step failed (%s): decoded plainly",
+                 r->w_draft_err);
+        r->w_draft_rc = 0;
+    }
     if (r->w_flush) { /* only resets ran: no step to report */
         r->w_flush = false;
         r->w_n_resets = 0;
@@ -665,7 +714,7 @@ void eng__plan_done(eng_runner_t *r)
         q->w_k = 0;
         if (!r->w_seqs[i].n_logits || !q->seq || rec_dead(q)) continue;
         if (k > 0) {
-            spec_sample(r, q, r->w_seqs[i].slot, k, &r->results[n_res]);
+            eng__spec_sample(r, q, r->w_seqs[i].slot, k, &r->results[n_res]);
             if (!q->cancelled && q->decided) n_res++;
             continue;
         }
@@ -673,14 +722,14 @@ void eng__plan_done(eng_runner_t *r)
         q->outcome = SCHED_OUT_TOKEN;
         q->seq->cb(q->seq, ENG_SEQ_LOGITS);
         if (!q->decided) {
-            fail_req(r, q, "the sampler neither fed nor finished the sequence");
+            eng__fail_req(r, q, "the sampler neither fed nor finished the sequence");
             continue;
         }
         if (q->cancelled) continue;
         r->results[n_res] = (sched_result_t){.id = q->id, .outcome = q->outcome};
         if (q->spec) { /* a plain decode of a speculating turn: its reservation may change */
             r->results[n_res].set_spec = true;
-            r->results[n_res].spec_tokens = spec_reserve(q);
+            r->results[n_res].spec_tokens = eng__spec_reserve(q);
         }
         n_res++;
     }
@@ -757,7 +806,7 @@ static void submit_plan(eng_runner_t *r)
         switch (m->kind) {
         case SCHED_MOVE_SWAP_OUT:
             if (q->host || r->n_host_free == 0) {
-                fail_req(r, q, "host tier exhausted for a swap-out");
+                eng__fail_req(r, q, "host tier exhausted for a swap-out");
                 continue;
             }
             q->host = wm->hb = r->host_free[--r->n_host_free];
@@ -766,7 +815,7 @@ static void submit_plan(eng_runner_t *r)
             break;
         case SCHED_MOVE_SWAP_IN:
             if (!q->host) {
-                fail_req(r, q, "swap-in without a host copy");
+                eng__fail_req(r, q, "swap-in without a host copy");
                 continue;
             }
             wm->hb = q->host;
@@ -798,7 +847,7 @@ static void submit_plan(eng_runner_t *r)
          * plan's start (made before their step's results) lags the stream: the stream decides. */
         int32_t start = q->extra > 0 && e->decode ? q->n_toks - 1 : e->start;
         if (start < 0 || start + e->n_tokens > q->n_toks || (e->commit && !q->state_out)) {
-            fail_req(r, q, "planned tokens were never sampled");
+            eng__fail_req(r, q, "planned tokens were never sampled");
             continue;
         }
         wrk_seq_t *ws = &r->w_seqs[r->w_n];
@@ -819,7 +868,16 @@ static void submit_plan(eng_runner_t *r)
                 q->spec_logits =
                     malloc(sizeof(float) * (size_t)r->vocab * (size_t)(r->cfg.spec_tokens + 1));
             if (k > 0 && !q->spec_logits) k = 0;
-            if (k > 0) k = eng_draft_propose(r->draft, q->toks, q->n_toks, k, q->w_toks + 1);
+            if (k > 0 && r->draft->vt->propose_batch) { /* the device thread drafts */
+                if (q->d_smp.temperature > 0.0f && !q->spec_q)
+                    q->spec_q = malloc(sizeof(float) * (size_t)r->vocab *
+                                       (size_t)r->cfg.spec_tokens);
+                if (q->d_smp.temperature > 0.0f && !q->spec_q) k = 0;
+            } else if (k > 0) {
+                /* over the session's history and this turn */
+                k = eng_draft_propose(r->draft, q->ctx, q->n_hist + q->n_toks, k,
+                                      q->w_toks + 1);
+            }
             if (k > 0) {
                 q->w_toks[0] = q->toks[q->n_toks - 1];
                 q->w_k = k;
@@ -829,6 +887,7 @@ static void submit_plan(eng_runner_t *r)
                 ws->verify = true;
             }
         }
+        q->w_ntoks = q->n_toks;
         q->w_snap_lo = q->w_snap_hi = q->next_snap; /* boundaries in (start, start + n] */
         while (q->w_snap_hi < q->n_snaps && q->snap_at[q->w_snap_hi] <= e->start + e->n_tokens)
             q->w_snap_hi++;
@@ -856,6 +915,42 @@ static void submit_plan(eng_runner_t *r)
 
 /* ---- the scheduler's side ---------------------------------------------------------------- */
 
+/* A commit: the session's sections go after the state read into state_out (the history: the
+ * newest spec_history tokens of the loaded history and this turn's tokens, int32 little-endian,
+ * the host's order: see submit). Returns the bytes appended; 0 with spec_history 0 (the format
+ * without sections), or when state_out has no room for them (the state goes alone; logged when
+ * the caller left some room, but too little). */
+static size_t append_sections(eng_runner_t *r, eng__req_t *q)
+{
+    int32_t n = q->n_hist + q->n_toks, keep = n < r->cfg.spec_history ? n : r->cfg.spec_history;
+    if (keep <= 0 || q->state_len >= q->state_cap) return 0; /* no room asked: the state alone */
+    ckpt_ext_sec_t h = {.name = CKPT_EXT_HIST, .data = q->ctx + (n - keep), .elem = 4,
+                        .bytes = (uint64_t)keep * 4};
+    /* the draft's state, when the history kept holds the tokens it still lacks */
+    ckpt_ext_sec_t secs[2] = {h};
+    uint8_t *dsec = NULL;
+    int32_t lag = n - q->d_commit_fed;
+    if (q->d_commit && lag >= 1 && lag <= keep &&
+        (dsec = malloc(ENG_DRAFT_SECTION_HEAD + q->d_len))) {
+        eng_draft_section_head(dsec, r->draft_fp, (uint64_t)lag);
+        memcpy(dsec + ENG_DRAFT_SECTION_HEAD, q->d_buf, q->d_len);
+        secs[1] = (ckpt_ext_sec_t){.name = ENG_DRAFT_SECTION, .data = dsec, .elem = 1,
+                                   .bytes = ENG_DRAFT_SECTION_HEAD + q->d_len};
+    }
+    size_t wrote = 0;
+    int rc = ckpt_ext_write((uint8_t *)q->state_out + q->state_len, q->state_cap - q->state_len,
+                            secs, dsec ? 2 : 1, &wrote);
+    free(dsec);
+    if (rc) {
+        eng__log(r, ENG_WARN, "runner",
+                 "commit: no room for the session's history (%zu bytes after a %zu-byte state, "
+                 "buffer %zu): committed without it",
+                 ckpt_ext_size(&h, 1), q->state_len, q->state_cap);
+        return 0;
+    }
+    return wrote;
+}
+
 static void on_finished(eng_runner_t *r, const sched_finish_t *f)
 {
     eng__req_t *q = lookup(r, f->id);
@@ -868,7 +963,7 @@ static void on_finished(eng_runner_t *r, const sched_finish_t *f)
         q->seq = NULL;
     } else if (q->seq && !q->cancel_event) {
         if (f->status == 0 && q->state_out) {
-            q->seq->state_len = q->state_len;
+            q->seq->state_len = q->state_len + append_sections(r, q);
             deliver(q, ENG_SEQ_DONE, 0, NULL);
         } else if (f->status == 0) /* the caller finishes every sequence it does not commit */
             deliver(q, ENG_SEQ_FAILED, RCD_EINTERNAL, "ended without a final token");

@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "engine/eng_draft.h"
 #include "scheduler/sched.h"
 #include "workers/wrk.h"
 
@@ -42,12 +43,18 @@ struct eng_seq {
     int32_t n_prompt;
     int32_t max_new;        /* tokens the caller may sample, >= 1 (it calls _finish at the
                              * latest on the max_new-th) */
-    const void *init_state; /* borrowed until a terminal event; NULL: the zero state */
+    const void *init_state; /* borrowed until a terminal event; NULL: the zero state. A
+                             * session's committed payload: the state, then its extension
+                             * sections (statestore/ckpt_ext.h; the token history), which the
+                             * runner splits off at submit (malformed: RCD_ECORRUPT) */
     size_t init_len;        /* bytes of init_state; 0: state_bytes (a fixed-size model) */
     void *state_out;        /* caller-owned, state_cap bytes; non-NULL: the turn commits (the
-                             * last sampled token is fed and the state after it copied here) */
+                             * last sampled token is fed and the state after it copied here,
+                             * followed by the session's sections: the updated history) */
     size_t state_cap;       /* bytes of state_out; 0: state_bytes. Models with a KV cache
-                             * (variable-size state): at least eng_runner_state_bound() */
+                             * (variable-size state): at least eng_runner_state_bound(). Add
+                             * eng_runner_ext_bound() for the sections (without room for them
+                             * the state is committed alone, and the history is lost) */
     uint64_t kv_positions;  /* KV models: positions the turn may reach (session + prompt +
                              * max_new); 0: n_prompt + max_new */
     float *logits;          /* caller-owned, vocab floats */
@@ -65,16 +72,32 @@ struct eng_seq {
     int32_t priority;     /* 0..ENG_RUNNER_PRIORITIES-1, higher first (and may preempt) */
     uint64_t tenant;      /* per-tenant share among equal priorities */
     uint64_t deadline_ns; /* uv_hrtime() clock, 0 = none: refused if it passes while queued */
+    /* Tokens of this turn that init_state already holds and that are not fed again (a cached
+     * prompt prefix before `prompt`): they join the session's token history ahead of the
+     * prompt. Borrowed until submit returns. */
+    const int32_t *pre_fed;
+    int32_t n_pre_fed;
     eng_seq_cb cb;
     void *user;
     bool no_speculate; /* never speculate for this turn (the runner's spec_mode otherwise) */
+    /* ENG_SPEC_DRAFT: how the draft model draws this turn's drafts (the caller's temperature,
+     * top-k/p, min-p and seed; zeros: greedy) */
+    eng_draft_sampling_t draft_sampling;
+    /* Set by the runner for each ENG_SEQ_LOGITS: spec_draft is the draft token this row of a
+     * verify entry checks (-1: a plain row, or the row after the last draft); spec_q, with a
+     * draft model at temperature > 0, the distribution (vocab floats) the draft drew it from:
+     * the caller then samples with the speculative rule (accept spec_draft with probability
+     * min(1, p/q), else draw from norm(max(0, p - q))); NULL: sample plainly. */
+    int32_t spec_draft;
+    const float *spec_q;
     /* set by the runner */
     uint32_t spec_drafted;  /* draft tokens verified for this turn */
     uint32_t spec_accepted; /* of them, kept (each one a token sampled without its own step) */
     int rc;                         /* for ENG_SEQ_FAILED */
     char msg[112];                  /* for ENG_SEQ_FAILED */
     int32_t n_preemptions;          /* times swapped out to host memory so far */
-    size_t state_len;               /* for ENG_SEQ_DONE: bytes of the state in state_out */
+    size_t state_len;               /* for ENG_SEQ_DONE: bytes in state_out (state and
+                                     * sections: the payload to commit) */
     int32_t n_snapped;              /* prefix snapshots taken (the first n_snapped of snap_at) */
     size_t snap_len[ENG_SEQ_SNAPS]; /* bytes read into snap_out[j], j < n_snapped */
     eng__req_t *req;                /* private */
@@ -86,6 +109,7 @@ struct eng_seq {
 typedef enum eng_spec_mode {
     ENG_SPEC_OFF = 0,
     ENG_SPEC_NGRAM, /* prompt lookup over the turn's prompt and generated tokens */
+    ENG_SPEC_DRAFT, /* a draft model (eng_runner_config_t.draft_be) */
 } eng_spec_mode_t;
 
 typedef struct eng_runner_config {
@@ -118,7 +142,18 @@ typedef struct eng_runner_config {
     eng_spec_mode_t spec_mode;
     int spec_tokens;
     int spec_max_batch;
+    /* ENG_SPEC_DRAFT: the draft model's backend (borrowed; outlives the runner; stepped on the
+     * runner's device thread): the target's vocabulary, 2 x the target's slots, a step budget
+     * of at least the target's slots (engine/README.md, "The draft model"). */
+    wrk_backend_t *draft_be;
+    /* Session token history (--spec-history): the last spec_history tokens a session has seen
+     * (every turn's prompt and generated tokens, in order) ride in its checkpoint as the
+     * CKPT_EXT_HIST section, whatever spec_mode is; n-gram drafts look them up with the turn's
+     * own. 0..ENG_SPEC_HISTORY_MAX; 0 keeps none (commits write the format without sections). */
+    int32_t spec_history;
 } eng_runner_config_t;
+#define ENG_SPEC_HISTORY_DEFAULT 8192
+#define ENG_SPEC_HISTORY_MAX 1048576
 
 /* What the engine decides in the backend's options, before the backend is created from them:
  * every default filled in (wrk_backend_opts_resolve, so the pool below is the one the backend
@@ -131,7 +166,8 @@ int eng_backend_opts_fill(wrk_backend_opts_t *bo, int prefill_chunk, int max_pro
 
 /* Defaults: n_host_slots = backend slots, aging 5 s, min_run_steps 8, max_inflight 2,
  * tenant_fair, stats every 10 s, prefill_chunk -1, max_prompt 0, no KV pool, logs to stderr,
- * speculation off (spec_tokens 4, spec_max_batch ENG_SPEC_MAX_BATCH when turned on). */
+ * speculation off (spec_tokens 4, spec_max_batch ENG_SPEC_MAX_BATCH when turned on), history
+ * ENG_SPEC_HISTORY_DEFAULT tokens. */
 #define ENG_SPEC_MAX_BATCH 4
 void eng_runner_config_default(eng_runner_config_t *c, const wrk_backend_t *be, int max_queue);
 /* Starts the backend's device thread (one per runner; every wrk_step and state move of `be`
@@ -165,6 +201,9 @@ int eng_runner_held(const eng_runner_t *r); /* sequences the runner holds */
 /* Bytes of the state of a sequence holding n_positions positions: state_bytes, plus
  * n_positions * kv_bytes_per_token for a model with a KV cache (wrk_state_bytes). */
 size_t eng_runner_state_bound(const eng_runner_t *r, uint64_t n_positions);
+/* Bytes a commit appends after the state for the session's sections, at most (the history of
+ * spec_history tokens: 4 per token plus 72; 0 when spec_history is 0). */
+size_t eng_runner_ext_bound(const eng_runner_t *r);
 /* Models with a KV cache: refuses (RCD_ETOOBIG, a message naming the options) a turn whose
  * session, prompt and max tokens need more positions than the pool; 0 otherwise. */
 int eng_runner_check_positions(const eng_runner_t *r, uint64_t n_positions, char *err,
@@ -183,6 +222,8 @@ typedef struct eng_runner_stats {
     uint64_t worker_us; /* time the device thread spent running plans */
     uint64_t spec_verifies; /* verify entries run (sched.spec_drafted / spec_accepted: tokens) */
     bool spec_on;           /* the runner speculates (spec_mode on and the backend verifies) */
+    uint64_t draft_resumed; /* turns whose draft-model state came from their checkpoint (the
+                             * others' drafts are rebuilt over the session's history) */
     uint64_t gap_us;    /* device idle time between steps while work was ready */
 } eng_runner_stats_t;
 void eng_runner_stats(const eng_runner_t *r, eng_runner_stats_t *out);

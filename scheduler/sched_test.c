@@ -1,83 +1,7 @@
-/* scheduler unit tests: hand-built scenarios on a simulated clock. The randomized property
- * tests with a fake worker are sched_sim_test.c. */
-#include <stdlib.h>
-#include <string.h>
-
-#include "scheduler/sched.h"
-#include "tests/support/rcd_test.h"
-
-#include "tests/support/sched_sim.h"
-
-static char err[256];
-
-static sched_t *mk(const sched_config_t *c)
-{
-    sched_t *s = NULL;
-    int rc = sched_create(c, &s, err, sizeof(err));
-    CHECK_MSG(rc == 0 && s, "sched_create: %s", err);
-    return s;
-}
-
-static sched_event_t ev_arrive(uint64_t id, int prio, uint64_t tenant, int prompt, int max_new)
-{
-    sched_event_t e = {.kind = SCHED_EV_ARRIVE, .id = id};
-    e.arrive.priority = prio;
-    e.arrive.tenant = tenant;
-    e.arrive.prompt_tokens = prompt;
-    e.arrive.max_new_tokens = max_new;
-    return e;
-}
-
-static sched_event_t ev_cancel(uint64_t id)
-{
-    return (sched_event_t){.kind = SCHED_EV_CANCEL, .id = id};
-}
-
-static sched_event_t ev_done(uint64_t step, int status, const sched_result_t *res, int n)
-{
-    sched_event_t e = {.kind = SCHED_EV_STEP_DONE};
-    e.done.step = step;
-    e.done.status = status;
-    e.done.results = res;
-    e.done.n_results = n;
-    return e;
-}
-
-static const sched_plan_t *step(sched_t *s, int64_t now, const sched_event_t *ev, int n)
-{
-    const sched_plan_t *p = NULL;
-    int rc = sched_step(s, now, ev, n, &p, err, sizeof(err));
-    CHECK_MSG(rc == 0, "sched_step: %s", err);
-    return p;
-}
-
-/* Reports plan p done with every logits entry producing a plain token. */
-static const sched_plan_t *step_done(sched_t *s, int64_t now, const sched_plan_t *p)
-{
-    sched_event_t e = ev_done(p->step, 0, NULL, 0);
-    return step(s, now, &e, 1);
-}
-
-static const sched_entry_t *entry_of(const sched_plan_t *p, uint64_t id)
-{
-    for (int i = 0; i < p->n_entries; i++)
-        if (p->entries[i].id == id) return &p->entries[i];
-    return NULL;
-}
-
-static const sched_move_t *move_of(const sched_plan_t *p, uint64_t id)
-{
-    for (int i = 0; i < p->n_moves; i++)
-        if (p->moves[i].id == id) return &p->moves[i];
-    return NULL;
-}
-
-static const sched_finish_t *fin_of(const sched_plan_t *p, uint64_t id)
-{
-    for (int i = 0; i < p->n_finished; i++)
-        if (p->finished[i].id == id) return &p->finished[i];
-    return NULL;
-}
+/* scheduler unit tests: hand-built scenarios on a simulated clock. Event limits and abuse are
+ * sched_abuse_test.c, speculative draft reservation sched_spec_test.c, the randomized property
+ * tests with a fake worker sched_sim_test.c. */
+#include "scheduler/sched_test_util.h"
 
 static void test_config(void)
 {
@@ -234,7 +158,8 @@ static void test_short_prompt_whole(void)
     CHECK((e = entry_of(p, 3)) && e->start == 0 && e->n_tokens < 70 && e->n_tokens >= 16);
     CHECK(p->n_tokens == 64);
     int guard = 0;
-    while (p->step && guard++ < 200) p = step_done(s, 40 + guard, p);
+    while (p->step && guard++ < 200)
+        p = step_done(s, 40 + guard, p);
     sched_stats_t st;
     sched_get_stats(s, &st);
     CHECK(st.completed == 3 && st.running == 0);
@@ -268,7 +193,8 @@ static void test_short_prompt_first(void)
     p = step_done(s, 20, p);
     CHECK((e = entry_of(p, 3)) && e->decode); /* its first token came from the last step */
     int guard = 0;
-    while (p->step && guard++ < 200) p = step_done(s, 30 + guard, p);
+    while (p->step && guard++ < 200)
+        p = step_done(s, 30 + guard, p);
     sched_stats_t st;
     sched_get_stats(s, &st);
     CHECK(st.completed == 3 && st.running == 0);
@@ -783,198 +709,6 @@ static void test_commit(void)
     sched_destroy(s);
 }
 
-static void test_too_many_events(void)
-{
-    sched_config_t c;
-    sched_config_default(&c);
-    c.max_events = 2;
-    sched_t *s = mk(&c);
-    sched_event_t ev[3] = {ev_arrive(1, 0, 0, 1, 1), ev_arrive(2, 0, 0, 1, 1),
-                           ev_arrive(3, 0, 0, 1, 1)};
-    const sched_plan_t *p = NULL;
-    CHECK(sched_step(s, 0, ev, 3, &p, err, sizeof(err)) == RCD_ETOOBIG);
-    CHECK(p && p->step == 0 && p->n_finished == 0);
-    sched_stats_t st;
-    sched_get_stats(s, &st);
-    CHECK(st.arrived == 0);
-    sched_destroy(s);
-}
-
-static bool stats_balanced(const sched_stats_t *st)
-{
-    return st->completed + st->cancelled + st->expired + st->rejected + st->failed +
-               (uint64_t)st->running + (uint64_t)st->waiting + (uint64_t)st->swapped ==
-           st->arrived;
-}
-
-/* Random abuse over 200 seeds: malformed calls are refused and change nothing; odd but legal
- * events (unknown or duplicate ids, bad arrival fields, results for ids not in the step,
- * steps reported out of order, stops and failures anywhere) never break the invariants. */
-static void test_abuse(void)
-{
-    int refused = 0, bad_calls = 0;
-    for (uint64_t seed = 1; seed <= 200; seed++) {
-        uint64_t rng = seed * 977;
-        sched_config_t c;
-        sched_config_default(&c);
-        c.n_slots = sim_uniform(&rng, 1, 5);
-        c.n_host_slots = sim_uniform(&rng, 0, 3);
-        c.max_queue = sim_uniform(&rng, 0, 8);
-        c.step_tokens = sim_uniform(&rng, c.n_slots, 20);
-        c.max_inflight = sim_uniform(&rng, 1, 3);
-        c.min_run_steps = sim_uniform(&rng, 0, 2);
-        c.aging_us = sim_uniform(&rng, 0, 1) * 50;
-        c.max_prompt_tokens = sim_uniform(&rng, 0, 1) * 30;
-        c.max_new_tokens = sim_uniform(&rng, 0, 1) * 10;
-        c.max_events = 32;
-        sched_t *s = mk(&c);
-        uint64_t inflight[8] = {0};
-        int n_inflight = 0;
-        int64_t now = 0;
-        sched_event_t ev[32];
-        sched_result_t res[16] = {{0}};
-        for (int it = 0; it < 300; it++) {
-            int n = sim_uniform(&rng, 0, 6);
-            for (int k = 0; k < n; k++) {
-                uint64_t id = (uint64_t)sim_uniform(&rng, 1, 24);
-                int what = sim_uniform(&rng, 0, 9);
-                if (what < 5) {
-                    /* one draw per statement: argument order is unspecified in C */
-                    int prio = sim_uniform(&rng, -1, 4);
-                    uint64_t tenant = (uint64_t)sim_uniform(&rng, 0, 2);
-                    int prompt = sim_uniform(&rng, -1, 40);
-                    int max_new = sim_uniform(&rng, -1, 12);
-                    ev[k] = ev_arrive(id, prio, tenant, prompt, max_new);
-                    int has_deadline = sim_uniform(&rng, 0, 1);
-                    ev[k].arrive.deadline_us = has_deadline * (now + sim_uniform(&rng, -5, 200));
-                    ev[k].arrive.resume = sim_uniform(&rng, 0, 1);
-                    ev[k].arrive.commit = sim_uniform(&rng, 0, 1);
-                } else if (what < 7) {
-                    ev[k] = ev_cancel(id);
-                } else {
-                    ev[k] = ev_cancel(id + 1000); /* never existed */
-                }
-            }
-            /* report one in-flight step, oldest or not, with random outcomes */
-            if (n_inflight > 0 && sim_uniform(&rng, 0, 3) > 0) {
-                int j = sim_uniform(&rng, 0, n_inflight - 1);
-                int nr = sim_uniform(&rng, 0, 4);
-                for (int k = 0; k < nr; k++) {
-                    res[k].id = (uint64_t)sim_uniform(&rng, 1, 24);
-                    res[k].outcome = (sched_outcome_t)sim_uniform(&rng, 0, 2);
-                }
-                ev[n++] = ev_done(inflight[j], sim_uniform(&rng, 0, 9) ? 0 : RCD_EIO, res, nr);
-                inflight[j] = inflight[--n_inflight];
-            }
-            now += sim_uniform(&rng, 0, 30);
-            sched_stats_t before, after;
-            sched_get_stats(s, &before);
-            const sched_plan_t *p = NULL;
-            if (sim_uniform(&rng, 0, 9) == 0) {
-                /* a malformed call: refused whole, nothing applied */
-                sched_event_t bad[33];
-                memcpy(bad, ev, (size_t)n * sizeof(sched_event_t));
-                int m = n, kind = sim_uniform(&rng, 0, 5);
-                int64_t t = now;
-                sched_result_t odd = {.id = 1, .outcome = (sched_outcome_t)7};
-                if (kind == 0) bad[m++] = (sched_event_t){.kind = 99};
-                if (kind == 1) bad[m++] = ev_done(123456, 0, NULL, 0);
-                if (kind == 2) bad[m++] = ev_done(inflight[0], 0, &odd, n_inflight ? 1 : 0);
-                if (kind == 3) bad[m++] = ev_done(inflight[0], 0, NULL, n_inflight ? 2 : -1);
-                if (kind == 4) t = before.steps ? -1 : -5;
-                if (kind == 5) m = 33;
-                if (kind == 2 && !n_inflight) bad[m - 1] = ev_done(0, 0, NULL, 0);
-                int rc = sched_step(s, t, bad, m, &p, err, sizeof(err));
-                CHECK_MSG(rc < 0 && p && p->step == 0 && p->n_finished == 0, "kind %d rc %d", kind,
-                          rc);
-                sched_get_stats(s, &after);
-                CHECK(memcmp(&before, &after, sizeof(before)) == 0);
-                bad_calls++;
-            }
-            p = step(s, now, ev, n);
-            if (!p) break;
-            for (int k = 0; k < p->n_finished; k++) {
-                CHECK(p->finished[k].status == 0 || p->finished[k].msg[0]);
-                refused += p->finished[k].status != 0;
-            }
-            CHECK(p->n_tokens <= c.step_tokens && p->n_entries <= c.n_slots);
-            if (p->step) {
-                CHECK(n_inflight < c.max_inflight);
-                inflight[n_inflight++] = p->step;
-            }
-            sched_get_stats(s, &after);
-            CHECK(after.running <= c.n_slots && after.swapped <= c.n_host_slots);
-            CHECK(after.waiting <= c.max_queue + c.n_slots);
-            CHECK(after.inflight == n_inflight);
-            CHECK(stats_balanced(&after));
-        }
-        /* drain: cancel everyone and report every step, in one call */
-        for (int k = 0; k < 24; k++)
-            ev[k] = ev_cancel((uint64_t)k + 1);
-        for (int k = 0; k < n_inflight; k++)
-            ev[24 + k] = ev_done(inflight[k], 0, NULL, 0);
-        const sched_plan_t *p = step(s, now, ev, 24 + n_inflight);
-        sched_stats_t st;
-        sched_get_stats(s, &st);
-        CHECK(p && p->step == 0 && st.running == 0 && st.waiting == 0 && st.swapped == 0 &&
-              st.inflight == 0 && stats_balanced(&st));
-        sched_destroy(s);
-    }
-    CHECK(refused > 1000 && bad_calls > 1000);
-}
-
-/* Speculative decoding: a decode entry of a speculating request reserves its draft tokens in the
- * budget after every prefill's one token (at most what max_new leaves); a result's n_extra
- * advances its generated and fed counts, spec_tokens changes the reservation, and the commit
- * feed lands on the stream's last token. A malformed speculative result is refused whole. */
-static void test_speculative(void)
-{
-    sched_config_t c;
-    sched_config_default(&c);
-    c.n_slots = 2;
-    c.step_tokens = 10;
-    c.max_inflight = 1;
-    sched_t *s = mk(&c);
-    sched_event_t ev[2] = {ev_arrive(1, 0, 0, 3, 8)};
-    ev[0].arrive.spec_tokens = 4;
-    ev[0].arrive.commit = true;
-    const sched_plan_t *p = step(s, 0, ev, 1);
-    CHECK(p->step == 1 && entry_of(p, 1)->n_tokens == 3 && entry_of(p, 1)->n_draft == 0);
-    ev[0] = ev_done(1, 0, NULL, 0);
-    ev[1] = ev_arrive(2, 0, 0, 20, 1); /* a prefill beside it: one token of it comes first */
-    p = step(s, 1, ev, 2);
-    const sched_entry_t *e = entry_of(p, 1);
-    CHECK(p->step == 2 && e && e->decode && e->start == 3 && e->n_tokens == 1 && e->n_draft == 4);
-    CHECK(entry_of(p, 2) && entry_of(p, 2)->n_tokens == 5 && p->n_tokens == 10);
-    sched_result_t bad = {.id = 1, .outcome = SCHED_OUT_TOKEN, .n_drafted = 2, .n_extra = 3};
-    ev[0] = ev_done(2, 0, &bad, 1);
-    const sched_plan_t *q = NULL;
-    CHECK(sched_step(s, 2, ev, 1, &q, err, sizeof(err)) == RCD_EINVAL);
-    sched_result_t r = {.id = 1,
-                        .outcome = SCHED_OUT_TOKEN,
-                        .n_drafted = 4,
-                        .n_extra = 2,
-                        .set_spec = true,
-                        .spec_tokens = 3};
-    ev[0] = ev_done(2, 0, &r, 1);
-    p = step(s, 2, ev, 1); /* 1 sampled 3 tokens: 4 of 8 generated, 6 positions fed */
-    e = entry_of(p, 1);
-    CHECK(p->step == 3 && e && e->start == 6 && e->n_draft == 3);
-    r = (sched_result_t){.id = 1, .outcome = SCHED_OUT_TOKEN, .n_drafted = 3, .n_extra = 3};
-    ev[0] = ev_done(3, 0, &r, 1);
-    p = step(s, 3, ev, 1); /* 8 of 8: the commit feed of the last token (position 10) */
-    e = entry_of(p, 1);
-    CHECK(p->step == 4 && e && e->commit && e->start == 10 && e->n_tokens == 1 && e->n_draft == 0);
-    ev[0] = ev_done(4, 0, NULL, 0);
-    p = step(s, 4, ev, 1);
-    const sched_finish_t *f = fin_of(p, 1);
-    CHECK(f && f->status == 0 && f->n_generated == 8);
-    sched_stats_t st;
-    sched_get_stats(s, &st);
-    CHECK(st.spec_drafted == 7 && st.spec_accepted == 5);
-    sched_destroy(s);
-}
-
 int main(int argc, char **argv)
 {
     rcd_test_init(argc, argv);
@@ -997,8 +731,5 @@ int main(int argc, char **argv)
     RUN(test_tenant_flood);
     RUN(test_deadline_while_swapped);
     RUN(test_commit);
-    RUN(test_too_many_events);
-    RUN(test_abuse);
-    RUN(test_speculative);
     return rcd_test_summary();
 }

@@ -281,6 +281,14 @@ int ckpt_parse(const uint8_t *buf, size_t len, ckpt_hdr_t *out, char *err, size_
         t->ndim = (int)nd;
         for (int d = 0; d < 3; d++)
             t->shape[d] = (int64_t)get64(p + 72 + 8 * d);
+        /* the extension region: once, non-empty, ending exactly at the payload's end */
+        if (!strcmp(t->name, CKPT_EXT_RECORD)) {
+            if (out->ext_bytes || !out->payload_bytes ||
+                t->bytes < CKPT_EXT_DIRREC + CKPT_EXT_TRAILER ||
+                t->offset + t->bytes != out->payload_bytes)
+                goto bad_tensor;
+            out->ext_bytes = t->bytes;
+        }
     }
     /* metadata: exactly n_meta "key\0value\0" pairs filling meta_bytes, keys non-empty */
     if (n_meta) {
@@ -575,6 +583,28 @@ bool ckpt_payload_ok(uint64_t payload_bytes, size_t state_bytes, size_t kv_bpt)
     return kv_bpt > 0 && payload_bytes > state_bytes && (payload_bytes - state_bytes) % kv_bpt == 0;
 }
 
+bool ckpt_hdr_payload_ok(const ckpt_hdr_t *h, size_t state_bytes, size_t kv_bpt)
+{
+    if (h->payload_bytes == 0) return h->ext_bytes == 0;
+    return h->ext_bytes < h->payload_bytes &&
+           ckpt_payload_ok(h->payload_bytes - h->ext_bytes, state_bytes, kv_bpt);
+}
+
+int ckpt_payload_check(const ckpt_hdr_t *h, const void *payload, size_t state_bytes, size_t kv_bpt,
+                       char *err, size_t errlen)
+{
+    size_t sl;
+    ckpt_ext_t ext;
+    int rc = ckpt_ext_split(payload, (size_t)h->payload_bytes, state_bytes, kv_bpt, &sl, &ext, err,
+                            errlen);
+    if (rc) return rc;
+    if (ext.region_bytes != h->ext_bytes)
+        return rcd_fail(RCD_ECORRUPT, err, errlen,
+                        "extension sections: %llu bytes in the payload, the header says %llu",
+                        (unsigned long long)ext.region_bytes, (unsigned long long)h->ext_bytes);
+    return 0;
+}
+
 /* Reads n bytes into dst and checks their XXH3-64, a chunk at a time: each chunk is hashed
  * while it is still in the CPU cache, instead of a second pass over the whole state. */
 static int read_payload(int fd, uint8_t *dst, size_t n, uint64_t hash, const char *path, char *err,
@@ -670,7 +700,7 @@ int ckpt_read_v(const char *dir, const char *id, uint64_t version, uint64_t fing
         goto cleanup;
     }
     if (h->payload_bytes != 0 &&
-        (!ckpt_payload_ok(h->payload_bytes, state_bytes, kv_bpt) || h->dtype != CKPT_DTYPE_F32)) {
+        (!ckpt_hdr_payload_ok(h, state_bytes, kv_bpt) || h->dtype != CKPT_DTYPE_F32)) {
         rc = rcd_fail(RCD_ECORRUPT, err, errlen,
                       "%s: payload is %" PRIu64 " bytes of dtype %u, the model's state is %zu f32"
                       " + n x %zu (KV per position)",
@@ -687,6 +717,10 @@ int ckpt_read_v(const char *dir, const char *id, uint64_t version, uint64_t fing
         if ((rc = read_payload(fd, payload, (size_t)h->payload_bytes, h->payload_hash, path, err,
                                errlen)))
             goto cleanup;
+        if ((rc = ckpt_payload_check(h, payload, state_bytes, kv_bpt, why, sizeof(why)))) {
+            rc = rcd_fail(rc, err, errlen, "%s: %s", path, why);
+            goto cleanup;
+        }
     }
 cleanup:
     if (rc && rc != RCD_EMISMATCH) ckpt_hdr_free(h);

@@ -32,7 +32,16 @@
  * predates them sees two more metadata pairs. They count against the same limits as the
  * caller's metadata (STORE_META_MAX entries, STORE_META_BYTES), so an older reader never
  * refuses a newer file. ckpt_encode adds them from ckpt_hdr_t.owner/ttl_s; ckpt_parse takes
- * them out of `meta` again (a duplicate or a malformed value is RCD_ECORRUPT). */
+ * them out of `meta` again (a duplicate or a malformed value is RCD_ECORRUPT).
+ *
+ * Extension sections (ckpt_ext.h): a payload may end with a region of named sections after
+ * the state (the session's token history, "hist.tokens"). The tensor table then records the
+ * region as CKPT_EXT_RECORD ("recurd.ext", offset = the state's length, ending exactly at the
+ * payload's end) and each section under its name ([n] elements), so the header alone gives
+ * the state's length (payload_bytes - ext_bytes, which must satisfy ckpt_payload_ok) and a
+ * loaded payload must split (ckpt_ext_split) into exactly that: ckpt_payload_check. A
+ * payload without sections has no such record: the file is byte for byte the format from
+ * before sections, and a reader from before refuses a sectioned file by its payload size. */
 #ifndef RCD_CKPT_H
 #define RCD_CKPT_H
 
@@ -40,6 +49,7 @@
 #include <stdint.h>
 
 #include "common/rcd_path.h"
+#include "statestore/ckpt_ext.h"
 #include "statestore/store.h"
 
 #define CKPT_MAGIC "RCDCKPT"
@@ -67,6 +77,8 @@ typedef struct ckpt_hdr {
     store_meta_t *meta; /* entries followed by their strings, one block; no reserved keys */
     char owner[STORE_OWNER_MAX + 1]; /* "": none */
     uint32_t ttl_s;                  /* the session's own idle TTL; 0: not recorded */
+    uint64_t ext_bytes; /* parsed: bytes of the payload's extension sections (the tensor
+                         * table's CKPT_EXT_RECORD, ckpt_ext.h); 0: none */
 } ckpt_hdr_t;
 
 /* Serializes h (payload_hash and payload_bytes as given) into a malloc'd buffer. */
@@ -126,8 +138,15 @@ int ckpt_read(const char *dir, const char *id, uint64_t version, uint64_t finger
 int ckpt_read_v(const char *dir, const char *id, uint64_t version, uint64_t fingerprint,
                 size_t state_bytes, size_t kv_bpt, ckpt_hdr_t *h, void *payload, size_t cap,
                 char *err, size_t errlen);
-/* Whether payload_bytes is a valid state size under that rule (0: no state). */
+/* Whether payload_bytes is a valid state size under that rule (0: no state). Sections come on
+ * top: ckpt_hdr_payload_ok. */
 bool ckpt_payload_ok(uint64_t payload_bytes, size_t state_bytes, size_t kv_bpt);
+/* Whether a header's payload_bytes, less its ext_bytes, is a valid state size (0: no state). */
+bool ckpt_hdr_payload_ok(const ckpt_hdr_t *h, size_t state_bytes, size_t kv_bpt);
+/* Checks a payload (h->payload_bytes bytes, hash already verified) against its header: its
+ * sections split (ckpt_ext_split) into exactly h->ext_bytes. RCD_ECORRUPT with a message. */
+int ckpt_payload_check(const ckpt_hdr_t *h, const void *payload, size_t state_bytes, size_t kv_bpt,
+                       char *err, size_t errlen);
 /* Renames a version to *.corrupt (kept for inspection, never loaded). */
 int ckpt_quarantine(const char *dir, const char *id, uint64_t version);
 /* Newest version < below whose header and size check out (payload not read); the ones that

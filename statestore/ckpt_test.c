@@ -225,6 +225,191 @@ static void test_files(void)
     CHECK(rmdir(dir) == 0); /* nothing left behind */
 }
 
+/* ---- extension sections (ckpt_ext.h) ------------------------------------------------------ */
+
+/* A 128-byte state (the fixed model of these tests), then a history of n tokens and a 3-byte
+ * second section: a malloc'd payload of *len bytes. */
+static uint8_t *sectioned(int n_hist, size_t *len)
+{
+    int32_t hist[64];
+    for (int i = 0; i < n_hist; i++)
+        hist[i] = 1000 + i;
+    ckpt_ext_sec_t sec[2] = {{CKPT_EXT_HIST, hist, (uint64_t)n_hist * 4, 4}, {"x.y", "abc", 3, 1}};
+    size_t ext = ckpt_ext_size(sec, 2);
+    uint8_t *b = malloc(128 + ext);
+    for (int i = 0; i < 128; i++)
+        b[i] = (uint8_t)(i * 7);
+    size_t w = 0;
+    CHECK(ckpt_ext_write(b + 128, ext, sec, 2, &w) == 0 && w == ext);
+    *len = 128 + ext;
+    return b;
+}
+
+static void test_ext_blob(void)
+{
+    size_t len, sl;
+    ckpt_ext_t e;
+    uint8_t *b = sectioned(5, &len);
+    /* 5 x 4 = 20 bytes -> 24, "abc" -> 8, two 48-byte records, the 24-byte trailer */
+    CHECK(len == 128 + 24 + 8 + 96 + 24);
+    CHECK(ckpt_ext_split(b, len, 128, 0, &sl, &e, NULL, 0) == 0);
+    CHECK(sl == 128 && e.n == 2 && e.region_bytes == len - 128);
+    const ckpt_ext_sec_t *h = ckpt_ext_find(&e, CKPT_EXT_HIST);
+    CHECK(h && h->bytes == 20 && h->elem == 4 && h->data == b + 128);
+    int32_t t;
+    memcpy(&t, (const uint8_t *)h->data + 16, 4);
+    CHECK(t == 1004);
+    const ckpt_ext_sec_t *x = ckpt_ext_find(&e, "x.y");
+    CHECK(x && x->bytes == 3 && !memcmp(x->data, "abc", 3) && !ckpt_ext_find(&e, "nope"));
+    /* with a KV tail (state 64 + 4 x 16) the same region splits off the same way */
+    CHECK(ckpt_ext_split(b, len, 64, 16, &sl, &e, NULL, 0) == 0 && sl == 128 && e.n == 2);
+    /* no sections: the state alone, byte for byte; an empty region is never written */
+    CHECK(ckpt_ext_split(b, 128, 128, 0, &sl, &e, NULL, 0) == 0 && sl == 128 && e.n == 0);
+    CHECK(ckpt_ext_size(NULL, 0) == 0);
+    size_t w = 1;
+    CHECK(ckpt_ext_write(b, 0, NULL, 0, &w) == 0 && w == 0);
+    /* every truncation is refused, except the empty payload and the bare state */
+    int missed = 0;
+    for (size_t k = 1; k < len; k++)
+        if (k != 128 && ckpt_ext_split(b, k, 128, 0, &sl, &e, NULL, 0) != RCD_ECORRUPT) missed++;
+    CHECK_MSG(missed == 0, "%d truncations accepted", missed);
+    /* every byte flip outside the sections' own data (padding, directory, trailer) is refused;
+     * a flip inside the data is the payload hash's to find (test_ext_files) */
+    missed = 0;
+    size_t data_end = 128 + 24 + 8;
+    for (size_t i = 128; i < len; i++) {
+        bool in_data = (i >= 128 && i < 148) || (i >= 152 && i < 155);
+        b[i] ^= 0x21;
+        int rc = ckpt_ext_split(b, len, 128, 0, &sl, &e, NULL, 0);
+        if (!in_data && rc != RCD_ECORRUPT) missed++;
+        b[i] ^= 0x21;
+    }
+    CHECK_MSG(missed == 0, "%d flips accepted (data ends at %zu)", missed, data_end);
+    /* a state part off the size rule */
+    char err[200];
+    CHECK(ckpt_ext_split(b, len, 120, 0, &sl, &e, err, sizeof(err)) == RCD_ECORRUPT);
+    CHECK(strstr(err, "state part") != NULL);
+    CHECK(ckpt_ext_split(b, len, 120, 3, &sl, &e, NULL, 0) == RCD_ECORRUPT);
+    /* bad sections are refused when written */
+    ckpt_ext_sec_t bad[2] = {{"Caps", "abcd", 4, 4}, {"ok", "abcd", 4, 4}};
+    CHECK(ckpt_ext_size(bad, 1) == SIZE_MAX && ckpt_ext_write(b, len, bad, 1, &w) == RCD_EINVAL);
+    bad[0] = bad[1];
+    CHECK(ckpt_ext_size(bad, 2) == SIZE_MAX); /* a duplicate name */
+    bad[0].elem = 3;
+    CHECK(ckpt_ext_size(bad, 1) == SIZE_MAX);
+    bad[0] = bad[1];
+    CHECK(ckpt_ext_write(b, 10, bad, 1, &w) == RCD_ETOOBIG);
+    free(b);
+}
+
+/* A sectioned checkpoint on disk: round trip, its tensor-table record, and every byte flip
+ * and every truncation of the file refused when read with its payload. */
+static void test_ext_files(void)
+{
+    char dir[] = "/tmp/ckpt-ext-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    size_t len;
+    uint8_t *pl = sectioned(7, &len);
+    ckpt_hdr_t h, r;
+    store_tensor_t tt[4] = {k_tensors[0], k_tensors[1]};
+    fill(&h, NULL);
+    h.n_meta = 0;
+    h.version = 1;
+    h.tensors = tt;
+    h.n_tensors = 4;
+    tt[2] = (store_tensor_t){CKPT_EXT_RECORD, 128, len - 128, 1, {(int64_t)(len - 128), 0, 0}};
+    tt[3] = (store_tensor_t){CKPT_EXT_HIST, 128, 28, 1, {7, 0, 0}};
+    h.payload_bytes = len;
+    h.payload_hash = XXH3_64bits(pl, len);
+    char err[1000];
+    CHECK(ckpt_write(dir, &h, pl, 2, err, sizeof(err)) == 0);
+    uint8_t back[512];
+    CHECK(ckpt_read_v(dir, h.id, 1, h.fingerprint, 128, 0, &r, back, sizeof(back), err, sizeof(err)) == 0);
+    CHECK(r.payload_bytes == len && r.ext_bytes == len - 128 && !memcmp(back, pl, len));
+    CHECK(ckpt_hdr_payload_ok(&r, 128, 0) && !ckpt_payload_ok(r.payload_bytes, 128, 0));
+    ckpt_hdr_free(&r);
+    /* a reader that predates sections refuses it by size (the bare state rule) and the
+     * header alone is checked too: its region record must end the payload */
+    char path[RCD_PATH_MAX];
+    CHECK(rcd_path_fmt(path, sizeof(path), "%s/s_%s/%020d.ckpt", dir, h.id, 1) == 0);
+    FILE *f = fopen(path, "rb");
+    CHECK(f != NULL);
+    uint8_t file[4096];
+    size_t fl = fread(file, 1, sizeof(file), f);
+    fclose(f);
+    CHECK(fl > len && fl < sizeof(file));
+    int missed = 0;
+    for (size_t i = 0; i < fl; i++) {
+        file[i] ^= 0x10;
+        f = fopen(path, "wb");
+        fwrite(file, 1, fl, f);
+        fclose(f);
+        int rc = ckpt_read_v(dir, h.id, 1, h.fingerprint, 128, 0, &r, back, sizeof(back), err, sizeof(err));
+        if (rc == 0) {
+            missed++;
+            ckpt_hdr_free(&r);
+        }
+        file[i] ^= 0x10;
+    }
+    CHECK_MSG(missed == 0, "%d flipped bytes accepted", missed);
+    missed = 0;
+    for (size_t k = 0; k < fl; k++) {
+        f = fopen(path, "wb");
+        fwrite(file, 1, k, f);
+        fclose(f);
+        int rc = ckpt_read_v(dir, h.id, 1, h.fingerprint, 128, 0, &r, back, sizeof(back), err, sizeof(err));
+        if (rc == 0) {
+            missed++;
+            ckpt_hdr_free(&r);
+        }
+    }
+    CHECK_MSG(missed == 0, "%d truncations accepted", missed);
+    /* hash-valid lies: a header whose region record disagrees with the payload's own */
+    tt[2].offset = 136;
+    tt[2].bytes = len - 136;
+    h.version = 2;
+    CHECK(ckpt_write(dir, &h, pl, 2, err, sizeof(err)) == 0);
+    CHECK(ckpt_read(dir, h.id, 2, h.fingerprint, 128, &r, NULL, err, sizeof(err)) ==
+          RCD_ECORRUPT); /* the state part (136) is off the rule: the header alone says so */
+    tt[2].offset = 64;
+    tt[2].bytes = len - 64;
+    h.version = 3;
+    CHECK(ckpt_write(dir, &h, pl, 2, err, sizeof(err)) == 0);
+    /* (a KV model of 64 + n x 64: both the header's 64 and the payload's 128 are states) */
+    CHECK(ckpt_read_v(dir, h.id, 3, h.fingerprint, 64, 64, &r, NULL, 0, err, sizeof(err)) == 0);
+    ckpt_hdr_free(&r);
+    CHECK(ckpt_read_v(dir, h.id, 3, h.fingerprint, 64, 64, &r, back, sizeof(back), err,
+                      sizeof(err)) == RCD_ECORRUPT);
+    CHECK(strstr(err, "header says") != NULL);
+    /* a region record that does not end the payload */
+    tt[2].bytes = len - 128 - 8;
+    tt[2].offset = 128;
+    h.version = 4;
+    CHECK(ckpt_write(dir, &h, pl, 2, err, sizeof(err)) == 0);
+    CHECK(ckpt_read(dir, h.id, 4, h.fingerprint, 128, &r, NULL, err, sizeof(err)) == RCD_ECORRUPT);
+    /* a payload without sections is the old format, byte for byte: no record, no region */
+    h.version = 5;
+    h.n_tensors = 2;
+    h.payload_bytes = 128;
+    h.payload_hash = XXH3_64bits(pl, 128);
+    CHECK(ckpt_write(dir, &h, pl, 2, err, sizeof(err)) == 0);
+    CHECK(ckpt_read_v(dir, h.id, 5, h.fingerprint, 128, 0, &r, back, sizeof(back), err, sizeof(err)) == 0);
+    CHECK(r.ext_bytes == 0 && r.n_tensors == 2 && !memcmp(back, pl, 128));
+    ckpt_hdr_free(&r);
+    uint8_t *hb;
+    size_t hn;
+    CHECK(ckpt_encode(&h, &hb, &hn) == 0);
+    CHECK(rcd_path_fmt(path, sizeof(path), "%s/s_%s/%020d.ckpt", dir, h.id, 5) == 0);
+    f = fopen(path, "rb");
+    fl = fread(file, 1, sizeof(file), f);
+    fclose(f);
+    CHECK(fl == hn + 128 && !memcmp(file, hb, hn) && !memcmp(file + hn, pl, 128));
+    free(hb);
+    free(pl);
+    CHECK(ckpt_remove_session(dir, h.id, err, sizeof(err)) == 0);
+    CHECK(rmdir(dir) == 0);
+}
+
 /* A state dir so long that the checkpoint paths under it do not fit: each file operation
  * fails with RCD_ERANGE and says why, instead of touching a shortened name. */
 static void test_path_too_long(void)
@@ -255,5 +440,7 @@ int main(int argc, char **argv)
     RUN(test_owner_ttl);
     RUN(test_files);
     RUN(test_path_too_long);
+    RUN(test_ext_blob);
+    RUN(test_ext_files);
     return rcd_test_summary();
 }

@@ -177,6 +177,7 @@ int store__insert(store_t *s, const ckpt_hdr_t *h, sess_t **out)
     x->rec.updated_ms = h->updated_ms;
     x->rec.has_state = h->payload_bytes > 0;
     x->rec.state_len = h->payload_bytes;
+    x->rec.ext_len = h->ext_bytes;
     x->rec.fingerprint = h->fingerprint;
     x->rec.foreign = h->fingerprint != s->fingerprint;
     x->phash = h->payload_hash;
@@ -232,6 +233,7 @@ static int create_common(store_t *s, const char *id, const char *src_id, const s
         h.version = src->rec.version;
         h.n_tokens = src->rec.n_tokens;
         h.payload_bytes = src->rec.has_state ? src->rec.state_len : 0;
+        h.ext_bytes = src->rec.has_state ? src->rec.ext_len : 0;
     }
     if ((rc = ckpt_meta_pack(meta, n_meta, &h.meta))) return rc;
     h.n_meta = n_meta;
@@ -244,11 +246,11 @@ static int create_common(store_t *s, const char *id, const char *src_id, const s
     x->rec.has_state = src && src->rec.has_state;
     if (x->rec.has_state) {
         j->h.payload_bytes = src->rec.state_len; /* a variable-size blob is copied whole */
-        store__kv_tensors(s, j);
         if (!(j->state = malloc((size_t)src->rec.state_len))) goto fail;
         if (src->state) {
             memcpy(j->state, src->state, (size_t)src->rec.state_len);
             j->h.payload_hash = XXH3_64bits(j->state, (size_t)src->rec.state_len);
+            store__kv_tensors(s, j); /* sections included: the fork keeps them */
         } else {
             j->from_disk = true;
             snprintf(j->src, sizeof(j->src), "%s", src_id);
@@ -330,8 +332,11 @@ int store_commit_n(store_t *s, const char *id, uint64_t expected_version, void *
     sess_t *x = lookup(s, id);
     int rc = 0;
     job_t *j = NULL;
-    if (len == 0 || !ckpt_payload_ok(len, s->state_bytes, s->kv_bpt))
-        rc = RCD_EINVAL;
+    size_t sl;
+    ckpt_ext_t ext;
+    if (len == 0 || !state ||
+        ckpt_ext_split(state, len, s->state_bytes, s->kv_bpt, &sl, &ext, NULL, 0))
+        rc = RCD_EINVAL; /* the state part off the size rule, or malformed sections */
     else if (!x)
         rc = RCD_ENOTFOUND;
     else if (x->rec.foreign)
@@ -354,8 +359,8 @@ int store_commit_n(store_t *s, const char *id, uint64_t expected_version, void *
     j->h.updated_ms = now_ms;
     j->h.payload_bytes = len;
     j->h.payload_hash = s->dir || s->rds ? XXH3_64bits(state, len) : 0;
-    store__kv_tensors(s, j);
     j->state = state;
+    store__kv_tensors(s, j);
     if (s->authority) { /* the commit script replaces exactly this version */
         store__ident(x, j->expect);
         j->has_expect = true;
@@ -454,7 +459,7 @@ void store_owner_usage(const store_t *s, const char *owner, uint64_t *sessions, 
         for (const sess_t *x = s->buckets[i]; x; x = x->next)
             if (!strcmp(x->rec.owner, owner)) {
                 n++;
-                b += x->rec.has_state ? x->rec.state_len : 0;
+                b += x->rec.has_state ? x->rec.state_len - x->rec.ext_len : 0;
             }
     *sessions = n;
     *bytes = b;
@@ -468,7 +473,7 @@ void store_scope_usage(const store_t *s, const char *tenant, uint64_t *sessions,
         for (const sess_t *x = s->buckets[i]; x; x = x->next)
             if (!strncmp(x->rec.id, tenant, tl) && x->rec.id[tl] == '~') {
                 n++;
-                b += x->rec.has_state ? x->rec.state_len : 0;
+                b += x->rec.has_state ? x->rec.state_len - x->rec.ext_len : 0;
             }
     *sessions = n;
     *bytes = b;
@@ -480,7 +485,7 @@ void store_total_usage(const store_t *s, uint64_t *sessions, uint64_t *bytes)
     for (size_t i = 0; i < s->n_buckets; i++)
         for (const sess_t *x = s->buckets[i]; x; x = x->next) {
             n++;
-            b += x->rec.has_state ? x->rec.state_len : 0;
+            b += x->rec.has_state ? x->rec.state_len - x->rec.ext_len : 0;
         }
     *sessions = n;
     *bytes = b;
@@ -551,9 +556,9 @@ int store__shared_check(const char *id, uint64_t fingerprint, size_t state_bytes
                       "; the loaded model's fingerprint is %016" PRIx64,
                       h->id, h->fingerprint, fingerprint);
     else if (h->payload_bytes &&
-             (!ckpt_payload_ok(h->payload_bytes, state_bytes, kv_bpt) ||
-              h->dtype != CKPT_DTYPE_F32 ||
-              XXH3_64bits(data + *hl, (size_t)h->payload_bytes) != h->payload_hash))
+             (!ckpt_hdr_payload_ok(h, state_bytes, kv_bpt) || h->dtype != CKPT_DTYPE_F32 ||
+              XXH3_64bits(data + *hl, (size_t)h->payload_bytes) != h->payload_hash ||
+              ckpt_payload_check(h, data + *hl, state_bytes, kv_bpt, NULL, 0)))
         rc = rcd_fail(RCD_ECORRUPT, why, whylen, "shared-tier checkpoint fails its checks");
     return rc;
 }

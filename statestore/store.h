@@ -41,7 +41,10 @@ typedef struct store_session {
     int64_t created_ms, updated_ms;   /* Unix milliseconds */
     bool has_state;                   /* false until the first commit: start from zeros */
     uint64_t state_len;               /* bytes of the committed state (0: none); always
-                                       * state_bytes unless the model has a KV cache */
+                                       * state_bytes unless the model has a KV cache, plus
+                                       * the payload's extension sections (ckpt_ext.h) */
+    uint64_t ext_len;                 /* of state_len, the sections' bytes (0: none): the
+                                       * model state itself is state_len - ext_len */
     /* Found on disk with another model's fingerprint (`fingerprint`): listed, never loaded. */
     bool foreign;
     uint64_t fingerprint; /* of the model that wrote the checkpoint */
@@ -254,7 +257,8 @@ size_t store_expire(store_t *s, int64_t now_ms, store_busy_fn busy, store_expire
                     void *user, int64_t *next_ms);
 size_t store_count(const store_t *s);
 /* Sessions whose owner is `owner` ("": none) and the bytes of their committed states (each
- * session's newest version, state_len; none yet: 0), for per-tenant quotas. Walks the whole
+ * session's newest version, state_len - ext_len: the model state, not its sections; none
+ * yet: 0), for per-tenant quotas. Walks the whole
  * index: O(sessions). Sessions being created count at once. */
 void store_owner_usage(const store_t *s, const char *owner, uint64_t *sessions, uint64_t *bytes);
 /* The same for the sessions in tenant `tenant`'s scope (store ids "tenant~id", API keys). */

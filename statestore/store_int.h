@@ -113,7 +113,9 @@ job_t *store__job_new(store_t *s, job_kind_t kind, sess_t *x, store_done_cb cb, 
 void store__job_free(job_t *j);
 /* The checkpoint header for x's current record (version, tokens, metadata, layout). */
 int store__job_header(store_t *s, job_t *j, const sess_t *x);
-/* Appends the layout of a variable-size blob's KV tail (payload_bytes set) to j's table. */
+/* Appends the layout of j's blob (j->state, payload_bytes set; already checked) past the
+ * model's fixed tensors: a variable-size blob's KV tail, then its extension sections (the
+ * region as CKPT_EXT_RECORD and each section by name). */
 void store__kv_tensors(store_t *s, job_t *j);
 /* Queues j; it runs in the next batch, after every job queued before it. */
 void store__enqueue(store_t *s, job_t *j);

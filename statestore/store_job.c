@@ -33,6 +33,7 @@ static int fork_read(store_t *s, job_t *j)
                       j->src);
     ckpt_hdr_free(&src);
     if (!rc) j->h.payload_hash = XXH3_64bits(j->state, j->h.payload_bytes);
+    if (!rc) store__kv_tensors(s, j); /* the blob's own layout, now that it is here */
     return rc;
 }
 
@@ -423,6 +424,7 @@ static bool job_finish(store_t *s, job_t *j)
         x->rec.updated_ms = j->h.updated_ms;
         x->rec.has_state = true;
         x->rec.state_len = j->h.payload_bytes;
+        x->rec.ext_len = j->h.ext_bytes;
         store__cache_put(s, x, j->state, (size_t)j->h.payload_bytes);
         j->state = NULL;
         s->st.commits++;
@@ -446,6 +448,7 @@ static bool job_finish(store_t *s, job_t *j)
             x->rec.updated_ms = j->fb.updated_ms;
             x->rec.has_state = j->fb.payload_bytes > 0;
             x->rec.state_len = j->fb.payload_bytes;
+            x->rec.ext_len = j->fb.ext_bytes;
         } else if (j->lost) {
             store__unindex(s, x);
             version = 0;
@@ -540,7 +543,8 @@ int store__job_header(store_t *s, job_t *j, const sess_t *x)
     j->h.ttl_s = x->rec.ttl_s;
     if (s->n_tensors) {
         /* room for the KV tail's records (kv_tensors) */
-        size_t n = (size_t)s->n_tensors + (s->kv_bpt ? 2 * (size_t)s->n_kv_layers : 0);
+        size_t n = (size_t)s->n_tensors + (s->kv_bpt ? 2 * (size_t)s->n_kv_layers : 0) + 1 +
+                   CKPT_EXT_MAX;
         j->h.tensors = malloc(sizeof(*j->h.tensors) * n);
         if (!j->h.tensors) return RCD_ENOMEM;
         memcpy(j->h.tensors, s->tensors, sizeof(*j->h.tensors) * (size_t)s->n_tensors);
@@ -552,26 +556,51 @@ int store__job_header(store_t *s, job_t *j, const sess_t *x)
     return 0;
 }
 
-/* Appends the layout of a variable-size blob's KV tail (payload_bytes set) to j's table:
- * per attention layer i, kv.k.<i> then kv.v.<i>, [P][kv_width] f32 (workers/README.md). */
+/* Appends the layout of j's blob past the model's fixed tensors: a variable-size blob's KV
+ * tail (per attention layer i, kv.k.<i> then kv.v.<i>, [P][kv_width] f32, workers/README.md),
+ * then its extension sections (ckpt_ext.h): CKPT_EXT_RECORD for the region, each section by
+ * name. Needs j->state (a fork from disk calls it after the read). */
 void store__kv_tensors(store_t *s, job_t *j)
 {
-    if (!s->kv_bpt || !s->n_tensors || !s->n_kv_layers || j->h.payload_bytes < s->state_bytes)
+    size_t sl = (size_t)j->h.payload_bytes;
+    ckpt_ext_t ext = {0};
+    if (!j->state || ckpt_ext_split(j->state, sl, s->state_bytes, s->kv_bpt, &sl, &ext, NULL, 0))
         return;
-    uint64_t p = (j->h.payload_bytes - s->state_bytes) / s->kv_bpt;
-    uint64_t per = p * (uint64_t)s->kv_width * sizeof(float), off = s->state_bytes;
+    j->h.ext_bytes = ext.region_bytes; /* the record's ext_len */
+    if (!s->n_tensors) return;
     j->h.n_tensors = s->n_tensors;
-    for (int l = 0; l < s->n_kv_layers; l++)
-        for (int v = 0; v < 2; v++, off += per) {
-            store_tensor_t *t = &j->h.tensors[j->h.n_tensors++];
-            memset(t, 0, sizeof(*t));
-            snprintf(t->name, sizeof(t->name), "kv.%c.%d", v ? 'v' : 'k', l);
-            t->offset = off;
-            t->bytes = per;
-            t->ndim = 2;
-            t->shape[0] = (int64_t)p;
-            t->shape[1] = s->kv_width;
-        }
+    if (s->kv_bpt && s->n_kv_layers && sl >= s->state_bytes) {
+        uint64_t p = (sl - s->state_bytes) / s->kv_bpt;
+        uint64_t per = p * (uint64_t)s->kv_width * sizeof(float), off = s->state_bytes;
+        for (int l = 0; l < s->n_kv_layers; l++)
+            for (int v = 0; v < 2; v++, off += per) {
+                store_tensor_t *t = &j->h.tensors[j->h.n_tensors++];
+                memset(t, 0, sizeof(*t));
+                snprintf(t->name, sizeof(t->name), "kv.%c.%d", v ? 'v' : 'k', l);
+                t->offset = off;
+                t->bytes = per;
+                t->ndim = 2;
+                t->shape[0] = (int64_t)p;
+                t->shape[1] = s->kv_width;
+            }
+    }
+    if (!ext.n) return;
+    store_tensor_t *t = &j->h.tensors[j->h.n_tensors++];
+    memset(t, 0, sizeof(*t));
+    snprintf(t->name, sizeof(t->name), "%s", CKPT_EXT_RECORD);
+    t->offset = sl;
+    t->bytes = ext.region_bytes;
+    t->ndim = 1;
+    t->shape[0] = (int64_t)ext.region_bytes;
+    for (int i = 0; i < ext.n; i++) {
+        t = &j->h.tensors[j->h.n_tensors++];
+        memset(t, 0, sizeof(*t));
+        snprintf(t->name, sizeof(t->name), "%s", ext.sec[i].name);
+        t->offset = (uint64_t)((const uint8_t *)ext.sec[i].data - (const uint8_t *)j->state);
+        t->bytes = ext.sec[i].bytes;
+        t->ndim = 1;
+        t->shape[0] = (int64_t)(ext.sec[i].bytes / ext.sec[i].elem);
+    }
 }
 
 void store__rds_key(const store_t *s, char key[STORE_RDS_KEY_MAX], const char *id)

@@ -323,6 +323,135 @@ static void test_variable_size(void)
     CHECK(system(err) == 0);
 }
 
+/* ---- extension sections (ckpt_ext.h): the store checks, describes and carries them ------ */
+
+/* A state of st bytes (vblob(seed)) followed by a history of n tokens: *len bytes. */
+static void *sblob(int seed, size_t st, int n, size_t *len)
+{
+    int32_t hist[100];
+    for (int i = 0; i < n; i++)
+        hist[i] = seed * 100 + i;
+    ckpt_ext_sec_t h = {CKPT_EXT_HIST, hist, (uint64_t)n * 4, 4};
+    size_t ext = ckpt_ext_size(&h, 1), w;
+    uint8_t *b = vblob(seed, st + ext);
+    CHECK(ckpt_ext_write(b + st, ext, &h, 1, &w) == 0);
+    *len = st + ext;
+    return b;
+}
+
+static int scommit(store_t *s, const char *id, uint64_t expect, void *b, size_t len, res_t *r)
+{
+    memset(r, 0, sizeof(*r));
+    int rc = store_commit_n(s, id, expect, b, len, 10, 600, done, r);
+    run();
+    return rc ? rc : r->rc;
+}
+
+static void test_sections(void)
+{
+    char dir[] = "/tmp/rcd-store-ext-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    store_t *s = open_store(dir, FP, 1 << 20, 2);
+    res_t r;
+    size_t len, l2;
+    void *b;
+    ckpt_hdr_t h;
+    char err[600];
+    CHECK(store_create(s, "a", NULL, 0, NULL, 1, NULL, NULL, NULL) == 0);
+    run();
+    /* the format without sections: the model's table alone, header + state bytes */
+    CHECK(commit(s, "a", 0, 1, &r) == 0);
+    CHECK(ckpt_read_v(dir, "a", 1, FP, SB, 0, &h, NULL, 0, err, sizeof(err)) == 0);
+    CHECK(h.n_tensors == 1 && h.ext_bytes == 0 && h.payload_bytes == SB);
+    ckpt_hdr_free(&h);
+    /* with a history: accepted, described, loaded back whole (cache, then disk) */
+    void *want = sblob(2, SB, 50, &len);
+    b = malloc(len);
+    memcpy(b, want, len);
+    CHECK(scommit(s, "a", 1, b, len, &r) == 0 && r.version == 2);
+    CHECK(ckpt_read_v(dir, "a", 2, FP, SB, 0, &h, NULL, 0, err, sizeof(err)) == 0);
+    CHECK(h.payload_bytes == len && h.ext_bytes == len - SB && h.n_tensors == 3);
+    CHECK(!strcmp(h.tensors[1].name, CKPT_EXT_RECORD) && h.tensors[1].offset == SB);
+    CHECK(!strcmp(h.tensors[2].name, CKPT_EXT_HIST) && h.tensors[2].offset == SB &&
+          h.tensors[2].bytes == 200 && h.tensors[2].shape[0] == 50 && h.tensors[2].ndim == 1);
+    ckpt_hdr_free(&h);
+    store_session_t rec = {0};
+    CHECK(store_get(s, "a", &rec) == 0 && rec.state_len == len && rec.ext_len == len - SB);
+    store_session_clear(&rec);
+    uint64_t n_s, n_b; /* usage counts the model state, not the sections */
+    store_total_usage(s, &n_s, &n_b);
+    CHECK(n_s == 1 && n_b == SB);
+    void *back;
+    CHECK(vload(s, "a", &back, &l2) == 0 && l2 == len && !memcmp(back, want, len));
+    free(back);
+    /* fork from the cache keeps them */
+    CHECK(store_fork(s, "a", "f1", NULL, 0, NULL, 1, &rec, done, &r) == 0);
+    run();
+    store_session_clear(&rec);
+    CHECK(vload(s, "f1", &back, &l2) == 0 && l2 == len && !memcmp(back, want, len));
+    free(back);
+    /* malformed sections, or a state part off the rule, are refused at commit */
+    b = malloc(len);
+    memcpy(b, want, len);
+    ((uint8_t *)b)[len - 16] ^= 1; /* the region length in the trailer */
+    CHECK(scommit(s, "a", 2, b, len, &r) == RCD_EINVAL);
+    size_t l3;
+    b = sblob(3, SB - 4, 10, &l3);
+    CHECK(scommit(s, "a", 2, b, l3, &r) == RCD_EINVAL);
+    store_close(s);
+    /* reopen with no cache: the scan indexes the length, loads and a fork read the disk */
+    s = open_store(dir, FP, 0, 2);
+    CHECK(store_get(s, "a", &rec) == 0 && rec.version == 2 && rec.state_len == len &&
+          rec.ext_len == len - SB);
+    store_session_clear(&rec);
+    CHECK(vload(s, "a", &back, &l2) == 0 && l2 == len && !memcmp(back, want, len));
+    free(back);
+    CHECK(store_fork(s, "a", "f2", NULL, 0, NULL, 1, &rec, done, &r) == 0);
+    run();
+    CHECK(r.rc == 0);
+    store_session_clear(&rec);
+    CHECK(ckpt_read_v(dir, "f2", 2, FP, SB, 0, &h, NULL, 0, err, sizeof(err)) == 0);
+    CHECK(h.ext_bytes == len - SB && h.n_tensors == 3); /* its own table, from the blob read */
+    ckpt_hdr_free(&h);
+    CHECK(store_get(s, "f2", &rec) == 0 && rec.ext_len == len - SB);
+    store_session_clear(&rec);
+    CHECK(vload(s, "f2", &back, &l2) == 0 && l2 == len && !memcmp(back, want, len));
+    free(back);
+    /* back to no sections: the next version is the old format again */
+    CHECK(commit(s, "a", 2, 4, &r) == 0);
+    CHECK(store_get(s, "a", &rec) == 0 && rec.ext_len == 0 && rec.state_len == SB);
+    store_session_clear(&rec);
+    CHECK(ckpt_read_v(dir, "a", 3, FP, SB, 0, &h, NULL, 0, err, sizeof(err)) == 0);
+    CHECK(h.n_tensors == 1 && h.ext_bytes == 0 && h.payload_bytes == SB);
+    ckpt_hdr_free(&h);
+    store_close(s);
+    free(want);
+    /* a variable-size state (KV) with a history: the KV layout counts the state part only */
+    s = open_kv_store(dir, 1 << 20);
+    CHECK(store_create(s, "kv", NULL, 0, NULL, 1, NULL, NULL, NULL) == 0);
+    run();
+    want = sblob(5, SB + 3 * KVB, 20, &len);
+    b = malloc(len);
+    memcpy(b, want, len);
+    CHECK(scommit(s, "kv", 0, b, len, &r) == 0);
+    CHECK(ckpt_read_v(dir, "kv", 1, FP, SB, KVB, &h, NULL, 0, err, sizeof(err)) == 0);
+    CHECK(h.n_tensors == 5 && !strcmp(h.tensors[1].name, "kv.k.0") && h.tensors[1].shape[0] == 3);
+    CHECK(!strcmp(h.tensors[3].name, CKPT_EXT_RECORD) && h.tensors[3].offset == SB + 3 * KVB);
+    CHECK(h.tensors[4].shape[0] == 20);
+    ckpt_hdr_free(&h);
+    /* a fixed-size reader refuses it (its state part is not state_bytes) */
+    CHECK(ckpt_read(dir, "kv", 1, FP, SB, &h, NULL, err, sizeof(err)) == RCD_ECORRUPT);
+    CHECK(store_fork(s, "kv", "kv2", NULL, 0, NULL, 1, &rec, done, &r) == 0);
+    run();
+    store_session_clear(&rec);
+    CHECK(vload(s, "kv2", &back, &l2) == 0 && l2 == len && !memcmp(back, want, len));
+    free(back);
+    free(want);
+    store_close(s);
+    snprintf(err, sizeof(err), "rm -rf '%s'", dir);
+    CHECK(system(err) == 0);
+}
+
 /* ---- expiry: the clock is the test's (every call takes now_ms) -------------------------- */
 
 typedef struct sweep {
@@ -697,6 +826,7 @@ int main(int argc, char **argv)
     RUN(test_memory);
     RUN(test_disk);
     RUN(test_variable_size);
+    RUN(test_sections);
     RUN(test_expiry);
     RUN(test_dir_too_long);
     RUN(test_group_commit);

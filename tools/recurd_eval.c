@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "engine/eng_draft.h"
+#include "engine/eng_draft_model.h"
 #include "workers/wrk.h"
 
 static void usage(FILE *f)
@@ -16,8 +17,8 @@ static void usage(FILE *f)
         f, "usage: recurd-eval --model DIR (--tokens 1,2,3,... | --tokens-file F)\n"
            "                   [--chunk N] [--dump-logits FILE] [--greedy N] [--threads N]\n"
            "                   [--isa auto|avx512|avx2|portable] [--matmul fp32|bf16|bf16-avx512]\n"
-           "                   [--backend cpu|cuda] [--tp N] [--speculate off|ngram]\n"
-           "                   [--spec-tokens K]\n"
+           "                   [--backend cpu|cuda] [--tp N] [--speculate off|ngram|draft]\n"
+           "                   [--spec-tokens K] [--draft-model DIR]\n"
            "  Runs the prompt in chunks of N tokens (default: the whole prompt in one step)\n"
            "  and writes the logits of every position to FILE as raw little-endian float32,\n"
            "  row-major [n_tokens x vocab]. --greedy N then decodes N tokens greedily and\n"
@@ -30,7 +31,10 @@ static void usage(FILE *f)
            "  --speculate ngram decodes --greedy N with speculative verify entries: up to K\n"
            "  (default 4, 1..15) n-gram drafts from the prompt and the tokens so far, checked\n"
            "  in one step, the slot rolled back to the accepted ones; the ids printed are the\n"
-           "  same as without, and the acceptance figures go to stderr.\n");
+           "  same as without, and the acceptance figures go to stderr. --speculate draft\n"
+           "  takes its drafts from --draft-model DIR instead (a model of the same vocabulary\n"
+           "  and tokenizer, any supported family, on the CPU): its greedy tokens, k\n"
+           "  single-token draft steps per verify.\n");
 }
 
 /* Parses ids separated by commas or whitespace; returns count or a negative error. */
@@ -101,10 +105,13 @@ static int32_t argmax(const float *row, size_t V)
  * as one verify entry, keeps the drafts the target's argmax agrees with (wrk_spec_accept) and
  * prints exactly the ids plain greedy decoding prints. */
 static int spec_greedy(wrk_backend_t *b, const int32_t *ids, size_t n, size_t V, const float *last,
-                       long greedy, int k_max, char *err, size_t errlen)
+                       long greedy, int k_max, wrk_backend_t *dbe, char *err, size_t errlen)
 {
     int rc = 0;
     eng_draft_t *d = NULL;
+    int32_t fed = 0; /* a draft model: the tokens of hist in its slot */
+    uint64_t rng = 0;
+    const eng_draft_sampling_t greedy_smp = {0};
     eng_spec_policy_t pol;
     eng_spec_policy_init(&pol, k_max, 0);
     int32_t *hist = malloc((n + (size_t)greedy + 1) * sizeof(int32_t));
@@ -113,7 +120,8 @@ static int spec_greedy(wrk_backend_t *b, const int32_t *ids, size_t n, size_t V,
         rc = rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
         goto out;
     }
-    if ((rc = eng_draft_ngram_create(NULL, &d))) {
+    if (dbe && (rc = eng_draft_model_create(dbe, 1, &d, err, errlen))) goto out;
+    if (!dbe && (rc = eng_draft_ngram_create(NULL, &d))) {
         rcd_fail(rc, err, errlen, "cannot create the n-gram draft source");
         goto out;
     }
@@ -126,7 +134,15 @@ static int spec_greedy(wrk_backend_t *b, const int32_t *ids, size_t n, size_t V,
         if (++emitted == greedy) break;
         int k = eng_spec_policy_next(&pol, 1);
         if (k > greedy - emitted - 1) k = (int)(greedy - emitted - 1);
-        int m = k > 0 ? eng_draft_propose(d, hist, nh, k, w + 1) : 0;
+        int m = 0;
+        if (k > 0 && dbe) { /* the draft model: exactly k */
+            eng_draft_job_t job = {.slot = 0, .toks = hist, .n_toks = nh, .fed = &fed, .k = k,
+                                   .out = w + 1, .smp = &greedy_smp, .rng = &rng};
+            if ((rc = d->vt->propose_batch(d, &job, 1, err, errlen))) goto out;
+            m = k;
+        } else if (k > 0) {
+            m = eng_draft_propose(d, hist, nh, k, w + 1);
+        }
         w[0] = tok;
         wrk_seq_t s = {.slot = 0,
                        .n_tokens = m + 1,
@@ -172,7 +188,7 @@ int main(int argc, char **argv)
     const char *model_dir = NULL, *tokens_arg = NULL, *tokens_file = NULL, *dump = NULL;
     const char *isa = NULL, *backend = "cpu", *matmul = NULL, *weights = NULL;
     long chunk = 0, greedy = 0, threads = 0, tp = 1, spec_k = 4;
-    const char *speculate = "off";
+    const char *speculate = "off", *draft_dir = NULL;
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},       {"tokens", required_argument, 0, 't'},
         {"tokens-file", required_argument, 0, 'f'}, {"chunk", required_argument, 0, 'c'},
@@ -181,8 +197,10 @@ int main(int argc, char **argv)
         {"backend", required_argument, 0, 'b'},     {"tp", required_argument, 0, 'p'},
         {"matmul", required_argument, 0, 'x'},      {"help", no_argument, 0, 'h'},
         {"weights", required_argument, 0, 'w'},     {"speculate", required_argument, 0, 's'},
-        {"spec-tokens", required_argument, 0, 'k'}, {0, 0, 0, 0}};
-    for (int o; (o = getopt_long(argc, argv, "m:t:f:c:d:g:j:i:b:p:x:w:s:k:h", opts, NULL)) != -1;) {
+        {"spec-tokens", required_argument, 0, 'k'}, {"draft-model", required_argument, 0, 'D'},
+        {0, 0, 0, 0}};
+    for (int o; (o = getopt_long(argc, argv, "m:t:f:c:d:g:j:i:b:p:x:w:s:k:D:h", opts, NULL)) !=
+                -1;) {
         switch (o) {
         case 'm':
             model_dir = optarg;
@@ -226,6 +244,9 @@ int main(int argc, char **argv)
         case 'k':
             spec_k = strtol(optarg, NULL, 10);
             break;
+        case 'D':
+            draft_dir = optarg;
+            break;
         case 'h':
             usage(stdout);
             return 0;
@@ -236,8 +257,8 @@ int main(int argc, char **argv)
     }
     if (!model_dir || (!tokens_arg == !tokens_file) || chunk < 0 || greedy < 0 ||
         greedy > 1000000 || threads < 0 || tp < 1 || tp > 256 || optind != argc ||
-        (strcmp(speculate, "off") && strcmp(speculate, "ngram")) || spec_k < 1 ||
-        spec_k > ENG_DRAFT_MAX) {
+        (strcmp(speculate, "off") && strcmp(speculate, "ngram") && strcmp(speculate, "draft")) ||
+        spec_k < 1 || spec_k > ENG_DRAFT_MAX || (!strcmp(speculate, "draft") && !draft_dir)) {
         usage(stderr);
         return 2;
     }
@@ -247,8 +268,8 @@ int main(int argc, char **argv)
     size_t n = 0;
     char *text = NULL;
     float *logits = NULL;
-    wrk_model_t *m = NULL;
-    wrk_backend_t *b = NULL;
+    wrk_model_t *m = NULL, *dm = NULL;
+    wrk_backend_t *b = NULL, *dbe = NULL;
     FILE *out = NULL;
     if (tokens_file && !(text = slurp(tokens_file))) {
         fprintf(stderr, "recurd-eval: %s: %s\n", tokens_file, strerror(errno));
@@ -306,8 +327,20 @@ int main(int argc, char **argv)
         out = NULL;
         fprintf(stderr, "recurd-eval: wrote %zu x %zu logits to %s\n", n, V, dump);
     }
-    if (greedy && strcmp(speculate, "ngram") == 0) {
-        if ((rc = spec_greedy(b, ids, n, V, logits + (n - 1) * V, greedy, (int)spec_k, err,
+    if (greedy && strcmp(speculate, "draft") == 0) {
+        if ((rc = wrk_model_load(draft_dir, &dm, err, sizeof err)) ||
+            (rc = eng_draft_model_check(m, model_dir, dm, draft_dir, err, sizeof err)))
+            goto fail;
+        wrk_backend_opts_t dbo = {.n_threads = (int)threads, .n_slots = 2, .max_step_tokens = 512};
+        if (wrk_model_info(dm)->n_kv_layers > 0 && n + (size_t)greedy <= (size_t)1 << 30)
+            dbo.n_kv_blocks = (int)(2 * (n + (size_t)greedy + WRK_SPEC_MAX_TOKENS + 15) / 16);
+        if ((rc = wrk_cpu_backend_create(dm, &dbo, &dbe, err, sizeof err))) goto fail;
+        fprintf(stderr, "recurd-eval: draft model %s (%s, %d layers, fingerprint %s)\n",
+                draft_dir, wrk_model_info(dm)->architecture, wrk_model_info(dm)->n_layers,
+                wrk_model_info(dm)->fingerprint_hex);
+    }
+    if (greedy && strcmp(speculate, "off") != 0) {
+        if ((rc = spec_greedy(b, ids, n, V, logits + (n - 1) * V, greedy, (int)spec_k, dbe, err,
                               sizeof err)))
             goto fail;
     } else if (greedy) {
@@ -338,6 +371,8 @@ cleanup:
     if (out) fclose(out);
     wrk_backend_destroy(b);
     wrk_model_free(m);
+    wrk_backend_destroy(dbe);
+    wrk_model_free(dm);
     free(logits);
     free(ids);
     free(text);

@@ -433,7 +433,11 @@ def evaluate(model, data, seq_len, max_windows=None, hf=False):
     return tot / max(cnt, 1), cnt
 
 
-def save_checkpoint(model, tokenizer, out, dtype):
+# Files copied byte for byte from --tokenizer DIR (the ones that exist there).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def save_checkpoint(model, tokenizer, out, dtype, tokenizer_dir=None):
     tmp = out.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     if dtype == "bf16":
@@ -443,6 +447,19 @@ def save_checkpoint(model, tokenizer, out, dtype):
         m.save_pretrained(tmp, safe_serialization=True)
     else:
         model.save_pretrained(tmp, safe_serialization=True)
+    if tokenizer_dir:
+        # A draft reuses its target's tokenizer: the exact files, not a re-serialization.
+        for name in TOKENIZER_FILES:
+            src = os.path.join(tokenizer_dir, name)
+            if os.path.exists(src):
+                shutil.copyfile(src, os.path.join(tmp, name))
+        keep = os.path.join(out, "README.md")
+        if os.path.exists(keep):
+            shutil.copy(keep, os.path.join(tmp, "README.md"))
+        if os.path.exists(out):
+            shutil.rmtree(out)
+        os.rename(tmp, out)
+        return
     tokenizer.save_pretrained(tmp)
     # transformers 5 writes "TokenizersBackend"; "PreTrainedTokenizerFast" loads in 4.x and 5.x.
     tc = os.path.join(tmp, "tokenizer_config.json")
@@ -546,8 +563,128 @@ script).
 """
 
 
+DRAFT_CARD = """# {name}
+
+A draft model for speculative decoding with recurd's bundled model `{teacher}`: a Mamba-1
+language model (`MambaForCausalLM`, {params_m:.2f}M parameters, {size_mb:.2f} MB) with the
+bundled model's tokenizer (the same `tokenizer.json` / `tokenizer_config.json`, byte for byte;
+vocabulary {vocab}), trained on CPU by `tools/train_default_model.py` with the bundled model as
+its teacher. It is meant for `recurd --speculate draft --draft-model {out}` beside the bundled
+model (daemon/README.md, "Speculative decoding"); on its own it is a weaker copy of the bundled
+model (smoke tests, not real use). Any Mamba checkpoint loads in recurd as a model of its own.
+
+## Files
+Ordinary Hugging Face checkpoint (`save_pretrained`), {size_mb:.2f} MB in total:
+`config.json`, `generation_config.json`, `model.safetensors` ({dtype_name}, tied embeddings, no
+`lm_head.weight` tensor), `tokenizer.json`, `tokenizer_config.json` (copied from `{teacher}`).
+
+## Architecture (config.json)
+| field | value |
+|---|---|
+| vocab_size | {vocab} |
+| hidden_size | {hidden} |
+| num_hidden_layers | {layers} |
+| intermediate_size (expand) | {inter} ({expand}) |
+| state_size | {state} |
+| conv_kernel | 4 |
+| time_step_rank | {rank} |
+| use_bias / use_conv_bias | false / true |
+| layer_norm_epsilon | 1e-5 |
+| residual_in_fp32 | true |
+| tie_word_embeddings | true |
+| bos / eos / pad token | `<|endoftext|>` (id {eos}) |
+
+## Training data
+The bundled model's text and split (see `{teacher}/README.md`: Debian's `fortunes`,
+`fortunes-min` (BSD) and prose from `python3.11-doc` (PSF License)): {ndocs} documents,
+{nchar_m:.2f}M characters; the same 2% of documents (seed {seed}) held out, so neither model
+saw the held-out text. Train split: {train_tok_m:.2f}M tokens; held-out split: {val_tok} tokens.
+
+## Training
+From scratch, fp32, 1 CPU thread (shared machine, AMD EPYC, AVX2), {minutes} minutes,
+{steps} AdamW steps (betas 0.9/0.95, weight decay {wd} on matrices), batch {batch} x {seq_len}
+tokens, peak lr {lr} with {warmup}-step warmup and cosine decay to {min_lr_frac}x, grad clip 1.0:
+**{tokens_m:.2f}M tokens seen** (~{epochs:.1f} epochs). Loss: distillation,
+`(1 - {kd_alpha}) * CE(next token) + {kd_alpha} * T^2 * KL(teacher || draft)` at T = {kd_temp},
+the teacher `{teacher}` loaded with `MambaForCausalLM.from_pretrained` in fp32, no grad (its
+logits through the script's fast forward, checked against HF's at start: max |diff|
+{tdiff:.1e}; teacher held-out perplexity {tppl:.2f}). After saving, HF (fp32) vs the training
+implementation: max |logit difference| {maxdiff:.1e}.
+
+Versions: Python {py}, torch {torch}, transformers {tf}, tokenizers {tk}.
+
+## Evaluation
+Held-out perplexity ({val_tok} tokens, windows of {seq_len} tokens, each starting from an empty
+state): **{ppl:.1f}** (loss {loss:.3f} nats/token, {bpb:.3f} bits/byte); the bundled model: {tppl:.1f}.
+
+{acceptance}
+## In recurd
+recurd loads it like any Mamba checkpoint: `build/release/tools/recurd-eval --model {out}
+--tokens IDS --greedy 32` prints the same ids as `transformers`' greedy decoding for the four
+prompts of `tools/gen_bundled_goldens.py` (`tests/integration/test_draft_model.py`, with the
+fixture `tests/golden/bundled-draft/greedy.json`). As a draft: `recurd-eval --model {teacher}
+--greedy N --speculate draft --draft-model {out}` prints the same ids as without speculation;
+its acceptance in recurd's engine is in bench/RESULTS.md ("Draft-model speculation through the
+daemon").
+
+## Samples
+Generated with `transformers` from this directory (`max_new_tokens=60`, `torch.manual_seed({seed})`
+before each):
+
+{samples}
+
+## Reproduce
+```sh
+apt-get install -y fortunes fortunes-min python3.11-doc gcc
+python3 tools/train_default_model.py {cmd}
+python3 tools/draft_acceptance.py --target {teacher} --draft {out} --stats {stats}
+python3 tools/draft_acceptance.py --target {teacher} --draft {out} --stats {stats} \\
+    --text /usr/share/common-licenses/GPL-3
+python3 tools/train_default_model.py --out {out} --write-card {stats}
+python3 tools/gen_draft_goldens.py --model {out}   # the fixture of tests/integration/test_draft_model.py
+```
+The cosine schedule follows wall time when the `--minutes` cap binds before `--steps` (a
+shared CPU), so a rerun reaches a similar but not bit-identical model.
+"""
+
+
+def acceptance_md(acc, other=None):
+    if not acc:
+        return ""
+    extra = ""
+    if other:  # draft_acceptance.py --text FILE: the same figures on another text
+        o_tf, o_gr = other["teacher_forced"], other["greedy"]
+        extra = (f"On `{other['source']}` ({o_tf['tokens']} tokens, not in the training text): "
+                 f"perplexity draft {o_tf['draft_ppl']:.1f}, target {o_tf['target_ppl']:.1f}; top-1 "
+                 f"agreement {o_tf['top1_agreement']:.3f} on the text, {o_gr['top1_agreement']:.3f} on "
+                 f"the target's greedy continuations; tokens per verify at k = 4: "
+                 f"{o_tf['spec'][3]['tokens_per_verify']:.2f} (text), "
+                 f"{o_gr['spec'][3]['tokens_per_verify']:.2f} (greedy).\n\n")
+    tf, gr = acc["teacher_forced"], acc["greedy"]
+    rows = "\n".join(f"| {a['k']} | {a['accepted_per_verify']:.2f} | {a['tokens_per_verify']:.2f} | "
+                     f"{b['accepted_per_verify']:.2f} | {b['tokens_per_verify']:.2f} |"
+                     for a, b in zip(tf["spec"], gr["spec"]))
+    return f"""## Agreement with the bundled model (`tools/draft_acceptance.py`)
+On the held-out split ({tf['tokens']} tokens; both models through `transformers`, fp32):
+top-1 agreement (argmax draft = argmax target, both given the text) **{tf['top1_agreement']:.3f}**.
+On the bundled model's own greedy continuations ({gr['prompts']} held-out prompts of
+{gr['prompt_len']} tokens, continued for up to {gr['gen_len']} tokens or to EOS: {gr['positions']}
+positions; what greedy speculative decoding verifies):
+**{gr['top1_agreement']:.3f}**. Accepted drafts per verify for greedy speculation with k drafts
+(replaying verify rounds over the agreement run lengths; tokens per verify = accepted + the
+target's own token):
+
+| k | accepted / verify (text) | tokens / verify (text) | accepted / verify (greedy) | tokens / verify (greedy) |
+|---|---|---|---|---|
+{rows}
+
+{extra}"""
+
+
 def write_card(out, stats):
     a = stats["args"]
+    if a.get("tokenizer"):
+        return write_draft_card(out, stats)
     cfg = json.load(open(os.path.join(out, "config.json")))
     samples = []
     for s_ in stats["samples"]:
@@ -574,6 +711,48 @@ def write_card(out, stats):
         tf=stats["versions"]["transformers"], tk=stats["versions"]["tokenizers"],
         ppl=stats["val_ppl"], loss=stats["val_loss"], bpb=stats["val_bits_per_byte"],
         samples="\n".join(samples), cmd=" ".join(flags))
+    with open(os.path.join(out, "README.md"), "w") as f:
+        f.write(text)
+
+
+# Options added for draft models; a run without --tokenizer/--teacher leaves them out of its stats.
+DRAFT_ARGS = ("tokenizer", "teacher", "kd_alpha", "kd_temp", "stats")
+
+
+def write_draft_card(out, stats):
+    a = stats["args"]
+    cfg = json.load(open(os.path.join(out, "config.json")))
+    samples = []
+    for s_ in stats["samples"]:
+        kw = ", ".join(f"{k}={v}" for k, v in s_["settings"].items())
+        body = s_["text"].replace("\n", "\n> ")
+        samples.append(f"*Prompt* `{s_['prompt']}` ({kw}):\n\n> {body}\n")
+    flags = []
+    for k in ["out", "tokenizer", "teacher", "kd_alpha", "kd_temp", "steps", "minutes", "hidden",
+              "layers", "state", "expand", "seq_len", "batch", "lr", "warmup", "max_mb", "seed",
+              "stats"]:
+        if a.get(k) is not None:
+            flags.append(f"--{k.replace('_', '-')} {a[k]}")
+    t = stats.get("teacher", {})
+    text = DRAFT_CARD.format(
+        name=os.path.basename(out.rstrip("/")), out=a["out"], teacher=a["teacher"] or a["tokenizer"],
+        params_m=stats["params"] / 1e6, size_mb=stats["size_bytes"] / 1e6,
+        dtype_name={"f32": "F32", "bf16": "BF16"}[stats["saved_dtype"]],
+        vocab=cfg["vocab_size"], hidden=cfg["hidden_size"], layers=cfg["num_hidden_layers"],
+        inter=cfg["intermediate_size"], expand=cfg["expand"], state=cfg["state_size"],
+        rank=cfg["time_step_rank"], eos=cfg["eos_token_id"],
+        ndocs=stats.get("ndocs", "?"), nchar_m=stats.get("nchar", 0) / 1e6, seed=a["seed"],
+        train_tok_m=stats["train_tokens"] / 1e6, val_tok=stats["val_tokens"],
+        minutes=stats["train_minutes"], steps=stats["steps"], wd=a["wd"], batch=a["batch"],
+        seq_len=a["seq_len"], lr=a["lr"], warmup=a["warmup"], min_lr_frac=a["min_lr_frac"],
+        tokens_m=stats["tokens_seen"] / 1e6, epochs=stats["tokens_seen"] / stats["train_tokens"],
+        kd_alpha=a["kd_alpha"], kd_temp=a["kd_temp"], tdiff=t.get("hf_vs_fast_max_logit_diff", float("nan")),
+        tppl=t.get("val_ppl", float("nan")), maxdiff=stats["hf_vs_ours_max_logit_diff"],
+        py=stats["versions"]["python"], torch=stats["versions"]["torch"],
+        tf=stats["versions"]["transformers"], tk=stats["versions"]["tokenizers"],
+        ppl=stats["val_ppl"], loss=stats["val_loss"], bpb=stats["val_bits_per_byte"],
+        acceptance=acceptance_md(stats.get("acceptance"), stats.get("acceptance_text")), samples="\n".join(samples),
+        cmd=" ".join(flags), stats=a.get("stats") or "models/train_stats.json")
     with open(os.path.join(out, "README.md"), "w") as f:
         f.write(text)
 
@@ -609,12 +788,27 @@ def main():
     ap.add_argument("--check-scan", action="store_true", help="test C scan vs torch scan and exit")
     ap.add_argument("--write-card", metavar="STATS_JSON",
                     help="only (re)write OUT/README.md from a train_stats.json and exit")
+    # Draft models (speculative decoding): reuse a target's tokenizer, distil from the target.
+    ap.add_argument("--tokenizer", metavar="DIR",
+                    help="reuse DIR's tokenizer.json/tokenizer_config.json exactly (copied byte "
+                         "for byte; no tokenizer training; --vocab is ignored)")
+    ap.add_argument("--teacher", metavar="DIR",
+                    help="distil from this MambaForCausalLM (fp32, no grad): the loss mixes "
+                         "next-token CE with KL to the teacher's logits; needs the teacher's "
+                         "vocabulary (implies --tokenizer DIR unless given)")
+    ap.add_argument("--kd-alpha", type=float, default=0.5,
+                    help="with --teacher: loss = (1-a)*CE + a*T^2*KL(teacher || model) at T")
+    ap.add_argument("--kd-temp", type=float, default=1.0, help="with --teacher: KL temperature T")
+    ap.add_argument("--stats", metavar="JSON",
+                    help="where to write the run's stats (default: train_stats.json beside OUT)")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
     random.seed(args.seed)
     torch.manual_seed(args.seed)
 
+    if args.teacher and not args.tokenizer:
+        args.tokenizer = args.teacher
     if args.write_card:
         with open(args.write_card) as f:
             write_card(args.out, json.load(f))
@@ -649,7 +843,13 @@ def main():
           f"{sum(1 for s,_ in docs if s=='pydoc')} pydoc chunks), {nchar/1e6:.2f}M chars; "
           f"held out {len(val_docs)} docs", flush=True)
 
-    tokenizer = train_tokenizer([d for _, d in train_docs], args.vocab, args.seq_len * 8)
+    if args.tokenizer:
+        from transformers import AutoTokenizer
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+        if not os.path.exists(os.path.join(args.tokenizer, "tokenizer.json")):
+            sys.exit(f"--tokenizer {args.tokenizer}: no tokenizer.json there")
+    else:
+        tokenizer = train_tokenizer([d for _, d in train_docs], args.vocab, args.seq_len * 8)
     eos = tokenizer.eos_token_id
 
     def encode(ds):
@@ -669,6 +869,24 @@ def main():
 
     model = build_model(args, tokenizer)
     nparams = sum(p.numel() for p in model.parameters())
+    teacher = None
+    if args.teacher:
+        from transformers import MambaForCausalLM
+        teacher = MambaForCausalLM.from_pretrained(args.teacher, dtype=torch.float32)
+        teacher.eval()
+        teacher.requires_grad_(False)
+        if teacher.config.vocab_size != model.config.vocab_size:
+            sys.exit(f"--teacher vocab {teacher.config.vocab_size} != model vocab "
+                     f"{model.config.vocab_size}")
+        load_scan_lib()
+        with torch.no_grad():  # the teacher runs through the fast path: check it against HF
+            x = val[:129].unsqueeze(0)
+            tdiff = (teacher(x).logits.float() - fast_logits(teacher, x)).abs().max().item()
+        tvl, _ = evaluate(teacher, val, args.seq_len)
+        teacher.eval()
+        print(f"[teacher] {args.teacher}: {sum(p.numel() for p in teacher.parameters())/1e6:.3f}M "
+              f"params; HF vs fast max |logit diff| {tdiff:.2e}; held-out ppl {math.exp(tvl):.2f}",
+              flush=True)
     print(f"[model] {nparams/1e6:.3f}M params; config: {model.config.to_json_string()}", flush=True)
     dtype = args.dtype
     if dtype == "auto":
@@ -724,6 +942,15 @@ def main():
         y = torch.stack([train[o + 1:o + L + 1] for o in off])
         logits = fast_logits(model, x)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        if teacher is not None:
+            with torch.no_grad():
+                tlog = fast_logits(teacher, x)
+            T_ = args.kd_temp
+            V = logits.shape[-1]
+            kd = F.kl_div(F.log_softmax(logits.reshape(-1, V) / T_, -1),
+                          F.log_softmax(tlog.reshape(-1, V) / T_, -1),
+                          log_target=True, reduction="batchmean") * (T_ * T_)
+            loss = (1 - args.kd_alpha) * loss + args.kd_alpha * kd
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -740,14 +967,14 @@ def main():
             vl, _ = evaluate(model, val, L, max_windows=64)
             print(f"[eval] step {step+1} val loss {vl:.3f} ppl {math.exp(vl):.1f}", flush=True)
         if time.time() - last_ckpt > args.ckpt_minutes * 60:
-            save_checkpoint(model, tokenizer, args.out, dtype)
+            save_checkpoint(model, tokenizer, args.out, dtype, args.tokenizer)
             last_ckpt = time.time()
             print(f"[ckpt] saved {args.out} at step {step+1}", flush=True)
     if args.bench:
         return
     train_min = (time.time() - t_start) / 60
     steps_done = step + 1
-    save_checkpoint(model, tokenizer, args.out, dtype)
+    save_checkpoint(model, tokenizer, args.out, dtype, args.tokenizer)
     print(f"[done] {steps_done} steps, {tokens_seen/1e6:.2f}M tokens, {train_min:.1f} min; "
           f"saved {args.out} ({dir_size(args.out)/1e6:.2f} MB)", flush=True)
 
@@ -784,6 +1011,10 @@ def main():
         print(f"[sample] {json.dumps(samples[-1])}", flush=True)
     import tokenizers
     import transformers
+    stats_args = vars(args).copy()
+    if not args.tokenizer:  # a default run records exactly the arguments it always did
+        for k in DRAFT_ARGS:
+            stats_args.pop(k, None)
     stats = {
         "params": nparams, "saved_dtype": dtype, "size_bytes": dir_size(args.out),
         "steps": steps_done, "tokens_seen": tokens_seen, "train_minutes": round(train_min, 1),
@@ -793,10 +1024,15 @@ def main():
         "ours_ppl_32win": math.exp(vl_fast32), "samples": samples,
         "versions": {"python": sys.version.split()[0], "torch": torch.__version__,
                      "transformers": transformers.__version__, "tokenizers": tokenizers.__version__},
-        "args": vars(args), "ndocs": len(docs), "nchar": nchar,
+        "args": stats_args, "ndocs": len(docs), "nchar": nchar,
         "bytes_per_token": val_bytes / len(val),
     }
-    with open(os.path.join(os.path.dirname(args.out.rstrip("/")) or ".", "train_stats.json"), "w") as f:
+    if teacher is not None:
+        stats["teacher"] = {"dir": args.teacher, "val_loss": tvl, "val_ppl": math.exp(tvl),
+                            "hf_vs_fast_max_logit_diff": tdiff}
+    stats_path = args.stats or os.path.join(os.path.dirname(args.out.rstrip("/")) or ".",
+                                            "train_stats.json")
+    with open(stats_path, "w") as f:
         json.dump(stats, f, indent=1)
     write_card(args.out, stats)
     print("[done] stats and model card written", flush=True)

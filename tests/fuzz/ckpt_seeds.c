@@ -101,6 +101,21 @@ int main(int argc, char **argv)
     h.n_tensors = 4;
     h.ttl_s = 60;
     if (!rc) rc = seed(dir, "kv_state", &h, payload, CKPT_FIXED);
+    /* a fixed state followed by extension sections (ckpt_ext.h): the token history, 5 ids */
+    static uint8_t sect[128 + 128];
+    memcpy(sect, payload, 128);
+    int32_t hist[5] = {5, 17, 42, 99, 3};
+    ckpt_ext_sec_t hs = {CKPT_EXT_HIST, hist, sizeof(hist), 4};
+    size_t ext = ckpt_ext_size(&hs, 1), wrote = 0;
+    store_tensor_t ts[4] = {t[0], t[1]};
+    ts[2] = (store_tensor_t){CKPT_EXT_RECORD, 128, ext, 1, {(int64_t)ext, 0, 0}};
+    ts[3] = (store_tensor_t){CKPT_EXT_HIST, 128, sizeof(hist), 1, {5, 0, 0}};
+    if (!rc && (ext > sizeof(sect) - 128 || ckpt_ext_write(sect + 128, ext, &hs, 1, &wrote)))
+        rc = -1;
+    h.payload_bytes = 128 + ext;
+    h.tensors = ts;
+    h.n_tensors = 4;
+    if (!rc) rc = seed(dir, "sections", &h, sect, 0);
     if (rc) fprintf(stderr, "cannot write the seeds under %s\n", dir);
     return rc ? 1 : 0;
 }

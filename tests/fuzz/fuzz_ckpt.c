@@ -3,7 +3,8 @@
  * or parse into a header whose every field is in range, that re-encodes and parses back to the
  * same values. The input is also judged as a whole checkpoint (header + payload) the way the
  * store judges one: exact size, a payload length valid for the model (the variable-size rule,
- * ckpt_payload_ok), payload hash. */
+ * ckpt_payload_ok), payload hash, and the extension sections after the state (ckpt_ext.h:
+ * the header's region record and the payload's own split agree, or are refused). */
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -127,6 +128,32 @@ static void one(const uint8_t *data, size_t size)
         if (ok && h.payload_bytes && (uint64_t)size - (uint64_t)hl == h.payload_bytes &&
             XXH3_64bits(data + hl, (size_t)h.payload_bytes) == h.payload_hash)
             g_sink += h.payload_bytes; /* a checkpoint the store would load */
+        /* extension sections (ckpt_ext.h): the header's rule, and the payload's own split,
+         * which must agree with it or be refused with a message */
+        bool hok = ckpt_hdr_payload_ok(&h, (size_t)sb[m], (size_t)kv[m]);
+        FZ_REQUIRE(!hok || h.payload_bytes == 0 ||
+                   payload_rule(h.payload_bytes - h.ext_bytes, sb[m], kv[m]));
+        if (hok && h.payload_bytes && (uint64_t)size - (uint64_t)hl == h.payload_bytes) {
+            err[0] = 0;
+            rc = ckpt_payload_check(&h, data + hl, (size_t)sb[m], (size_t)kv[m], err,
+                                    sizeof(err));
+            if (rc) {
+                FZ_REQUIRE(rc == RCD_ECORRUPT);
+                check_msg(err);
+            }
+            size_t sl;
+            ckpt_ext_t e;
+            if (!rc) {
+                FZ_REQUIRE(ckpt_ext_split(data + hl, (size_t)h.payload_bytes, (size_t)sb[m],
+                                          (size_t)kv[m], &sl, &e, NULL, 0) == 0);
+                FZ_REQUIRE(sl + e.region_bytes == h.payload_bytes && e.n <= CKPT_EXT_MAX);
+                for (int i = 0; i < e.n; i++) /* every view inside the payload */
+                    FZ_REQUIRE((const uint8_t *)e.sec[i].data >= data + hl + sl &&
+                               e.sec[i].bytes <= h.payload_bytes &&
+                               (const uint8_t *)e.sec[i].data + e.sec[i].bytes <=
+                                   data + hl + h.payload_bytes);
+            }
+        }
     }
     ckpt_hdr_free(&h);
 }

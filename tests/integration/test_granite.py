@@ -39,12 +39,19 @@ def ckpt(state_dir, sid, version):
 
 
 def payload_bytes(path):
+    """Bytes of the checkpoint's model state: its payload without the extension sections
+    after it (the session's token history; the tensor table's "recurd.ext" record)."""
     with open(path, "rb") as f:
-        head = f.read(96)
+        head = f.read()
     assert head[:7] == b"RCDCKPT", path
     (fmt,) = struct.unpack_from("<I", head, 8)
     assert fmt == 1, fmt
     (n,) = struct.unpack_from("<Q", head, 56)
+    n_t, id_len, par_len = struct.unpack_from("<III", head, 76)
+    for i in range(n_t):
+        rec = 96 + id_len + par_len + 96 * i
+        if head[rec:rec + 48].rstrip(b"\0") == b"recurd.ext":
+            n -= struct.unpack_from("<Q", head, rec + 56)[0]
     return n
 
 

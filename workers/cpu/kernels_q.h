@@ -78,8 +78,8 @@ wrk_quant_x_fn wrk__quant_x_portable(void);
 wrk_quant_x_fn wrk__quant_x_avx512(void); /* kernels_q_avx512.c */
 
 /* The matmul over a quantized pack (W->pk, W->qf) with kernel table k's instruction set;
- * wrk_matmul calls it. scratch (NULL: its own buffer) holds the quantized tokens: at least
- * WRK_GEMM_BLOCK_ROWS x W->cols floats when given. */
+ * wrk_matmul calls it. scratch holds the quantized tokens: WRK_GEMM_BLOCK_ROWS x W->cols
+ * floats, required (the backend's per-thread buffer, as for the qg and fp32 paths). */
 void wrk_qmm(const wrk_kern_t *k, const wrk_mat_t *W, int o0, int o1, const float *x, int ldx,
              int T, float *y, int ldy, const float *bias, bool acc, float *scratch);
 

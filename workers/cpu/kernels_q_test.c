@@ -200,6 +200,7 @@ static bool cpu_runs(int v)
  * bound of the double product over dequantized weights: sum_k |dq| sx_g / 2. */
 static void check_shape(wrk_wq_t qf, int R, int K, const int *Ts, int nT)
 {
+    float *scr = malloc((size_t)WRK_GEMM_BLOCK_ROWS * (size_t)K * sizeof(float));
     unsigned seed = (unsigned)(R * 131 + K);
     const int G = (K + 31) / 32;
     const size_t rb = WRK_QX_BYTES(K);
@@ -265,21 +266,21 @@ static void check_shape(wrk_wq_t qf, int R, int K, const int *Ts, int nT)
         const wrk_kern_t *k = wrk_kern_select(isas[ii]);
         if (!k) continue;
         for (int t = 0; t < TM; t++)
-            wrk_matmul(k, NULL, &W, 0, R, x + (size_t)t * K, K, 1, y1 + (size_t)t * R, R, bias,
+            wrk_matmul(k, scr, &W, 0, R, x + (size_t)t * K, K, 1, y1 + (size_t)t * R, R, bias,
                        false);
         CHECK_MSG(memcmp(y1, want, (size_t)TM * R * 4) == 0, "%s %s %dx%d T=1 differs", isas[ii],
                   wrk_wq_name(qf), R, K);
         for (int ti = 0; ti < nT; ti++) {
             const int T = Ts[ti];
             memset(y, 0, (size_t)TM * R * 4);
-            wrk_matmul(k, NULL, &W, 0, R, x, K, T, y, R, bias, false);
+            wrk_matmul(k, scr, &W, 0, R, x, K, T, y, R, bias, false);
             CHECK_MSG(memcmp(y, y1, (size_t)T * R * 4) == 0, "%s %s %dx%d: T=%d differs from T=1",
                       isas[ii], wrk_wq_name(qf), R, K, T);
             /* a row range off the panel edges, accumulating onto y */
             const int o0 = R > 20 ? 5 : 0, o1 = R > 20 ? R - 3 : R;
             for (size_t i = 0; i < (size_t)T * R; i++)
                 y[i] = 1.0f;
-            wrk_matmul(k, NULL, &W, o0, o1, x, K, T, y, R, bias, true);
+            wrk_matmul(k, scr, &W, o0, o1, x, K, T, y, R, bias, true);
             for (int t = 0; t < T; t++)
                 for (int o = 0; o < R; o++) {
                     const float wv = o >= o0 && o < o1 ? 1.0f + y1[(size_t)t * R + o] : 1.0f;
@@ -299,10 +300,11 @@ static void check_shape(wrk_wq_t qf, int R, int K, const int *Ts, int nT)
     free(s);
     free(q);
     free(rec);
+    free(scr);
 }
 
-/* With a scratch buffer (the backend's: WRK_GEMM_BLOCK_ROWS x cols floats) T past what it
- * holds at once is cut into blocks: the same rows. */
+/* T past what the scratch buffer (the backend's: WRK_GEMM_BLOCK_ROWS x cols floats) holds at
+ * once is cut into blocks: the same rows as one token at a time. */
 static void test_qmm_scratch(void)
 {
     enum { R = 24, K = 5, TM = 1200 };
@@ -323,7 +325,7 @@ static void test_qmm_scratch(void)
         const wrk_kern_t *k = wrk_kern_select("auto");
         wrk_matmul(k, scratch, &W, 0, R, x, K, TM, y, R, NULL, false);
         for (int t = 0; t < TM; t++)
-            wrk_matmul(k, NULL, &W, 0, R, x + (size_t)t * K, K, 1, y2 + (size_t)t * R, R, NULL,
+            wrk_matmul(k, scratch, &W, 0, R, x + (size_t)t * K, K, 1, y2 + (size_t)t * R, R, NULL,
                        false);
         CHECK_MSG(memcmp(y, y2, (size_t)TM * R * 4) == 0, "%s: blocked T differs", wrk_wq_name(qf));
         free(pk);

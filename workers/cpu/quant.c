@@ -275,21 +275,10 @@ void wrk_qmm_with(wrk_qmm_fn f, const wrk_mat_t *W, int o0, int o1, const float 
 {
     if (o1 <= o0 || T <= 0) return;
     const size_t rb = WRK_QX_BYTES(W->cols);
-    /* tokens per block: what scratch holds (WRK_GEMM_BLOCK_ROWS x cols floats), else a stack
-     * buffer; every token is quantized on its own, so the blocking changes nothing */
-    _Alignas(64) unsigned char stack[32768];
-    unsigned char *buf = stack, *heap = NULL;
-    size_t cap = sizeof stack;
-    if (scratch) {
-        buf = (unsigned char *)scratch;
-        cap = (size_t)WRK_GEMM_BLOCK_ROWS * (size_t)W->cols * sizeof(float);
-    }
-    if (cap < rb) {
-        heap = malloc(rb);
-        if (!heap) abort(); /* scratch NULL and a matrix over 26000 columns: tests only */
-        buf = heap;
-        cap = rb;
-    }
+    /* tokens per block: what scratch (WRK_GEMM_BLOCK_ROWS x cols floats) holds; every token is
+     * quantized on its own, so the blocking changes nothing */
+    unsigned char *buf = (unsigned char *)scratch;
+    const size_t cap = (size_t)WRK_GEMM_BLOCK_ROWS * (size_t)W->cols * sizeof(float);
     const int tb = (int)(cap / rb < (size_t)T ? cap / rb : (size_t)T);
     for (int t0 = 0; t0 < T; t0 += tb) {
         const int n = T - t0 < tb ? T - t0 : tb;
@@ -297,5 +286,4 @@ void wrk_qmm_with(wrk_qmm_fn f, const wrk_mat_t *W, int o0, int o1, const float 
             wrk_quant_x(x + (size_t)(t0 + t) * ldx, W->cols, buf + (size_t)t * rb);
         f(W, o0, o1, buf, n, y + (size_t)t0 * ldy, ldy, bias, acc);
     }
-    free(heap);
 }
