@@ -3,9 +3,12 @@
  * out_proj [D x E] (default the mamba-130m shape: D 768, E 1536, 24 layers), random
  * weights, T tokens per call. Times are the thread's CPU time (CLOCK_THREAD_CPUTIME_ID),
  * the minimum over the repeats: on a machine shared with other jobs that counts only the
- * time this thread ran (still slowed by the others' use of caches and memory). It uses
- * only the kernel API (wrk_pack / wrk_pack_q / wrk_matmul), so the same file builds against
- * an older tree to compare kernels in one run.
+ * time this thread ran (still slowed by the others' use of caches and memory).
+ * Kernels, each row in the same run: native BF16 packs on the fp32 kernels ("fp32") and on
+ * the opt-in bf16 matmul ("bf16": AMX, else AVX512_BF16; skipped where neither runs); q8 and
+ * q4 on the AMX-INT8 kernel ("amx-int8", VNNI below WRK_QMM_AMX_MIN_T tokens), the AVX-512
+ * VNNI kernel ("vnni") and the AVX2 one ("avx2"), each where this CPU runs it. Per T every
+ * configuration runs one pass in turn, repeated for --seconds per configuration.
  *
  *   qmm_bench [--dim D] [--expand E] [--layers L] [--tokens 1,8,32,128] [--seconds S]
  */
@@ -85,19 +88,22 @@ int main(int argc, char **argv)
     printf("qmm_bench: kernels %s, 1 thread, %d layers of [%d x %d] + [%d x %d], CPU time, min "
            "of repeats\n",
            k->isa, L, 2 * E, D, D, E);
-    printf("%-7s %6s %12s %10s %12s\n", "weights", "T", "ms/pass", "tok/s", "GB/s(weights)");
+    printf("%-7s %-9s %6s %12s %10s %12s\n", "weights", "kernel", "T", "ms/pass", "tok/s",
+           "GB/s(weights)");
+    const char *why = "";
+    const wrk_kern_t *kb = wrk_kern_for(NULL, "bf16", &why);
     static const char *names[] = {"native", "q8", "q4"};
+    wrk_mat_t *W[3];
+    size_t bytes[3] = {0, 0, 0};
     for (int f = 0; f < 3; f++) {
         const wrk_wq_t qf = f == 0 ? WRK_WQ_NATIVE : f == 1 ? WRK_WQ_Q8 : WRK_WQ_Q4;
-        wrk_mat_t *W = calloc((size_t)L * 2, sizeof *W);
-        size_t bytes = 0;
+        W[f] = calloc((size_t)L * 2, sizeof *W[f]);
         for (int l = 0; l < L; l++)
             for (int m = 0; m < 2; m++) {
-                wrk_mat_t *w = &W[l * 2 + m];
-                *w = (wrk_mat_t){.dt = WRK_DT_BF16, .data = src[m], .rows = rows[m],
-                                 .cols = cols[m]};
-                const size_t b =
-                    qf ? wrk_pack_q_bytes(qf, rows[m], cols[m]) : wrk_pack_bytes(w);
+                wrk_mat_t *w = &W[f][l * 2 + m];
+                *w = (wrk_mat_t){
+                    .dt = WRK_DT_BF16, .data = src[m], .rows = rows[m], .cols = cols[m]};
+                const size_t b = qf ? wrk_pack_q_bytes(qf, rows[m], cols[m]) : wrk_pack_bytes(w);
                 void *pk = aligned_alloc(64, (b + 63) / 64 * 64);
                 if (qf) {
                     if (wrk_pack_q(w, qf, pk)) return 1;
@@ -105,28 +111,53 @@ int main(int argc, char **argv)
                     wrk_pack(w, pk);
                 w->pk = pk;
                 w->qf = qf;
-                bytes += b;
+                bytes[f] += b;
             }
-        for (int ti = 0; ti < nT; ti++) {
-            const int T = Ts[ti];
-            double best = 1e30, t_end = cpu_now() + secs;
-            int reps = 0;
-            while (reps < 3 || cpu_now() < t_end) {
-                const double t0 = cpu_now();
-                for (int l = 0; l < L; l++) {
-                    wrk_matmul(k, scratch, &W[l * 2], 0, 2 * E, x, D, T, y, 2 * E, NULL, false);
-                    wrk_matmul(k, scratch, &W[l * 2 + 1], 0, D, x, E, T, y, D, NULL, false);
-                }
-                const double dt = cpu_now() - t0;
-                if (dt < best) best = dt;
-                reps++;
-            }
-            printf("%-7s %6d %12.3f %10.1f %12.1f\n", names[f], T, best * 1e3, T / best,
-                   bytes / best / 1e9);
+    }
+    /* the kernels: 0/1 the fp32/bf16 tables on the native packs, 2..4 the quantized per ISA
+     * (q8 and q4 each); every configuration runs one pass in turn, so the other jobs' load
+     * falls on all of them alike, and each keeps its fastest pass */
+    static const char *kname[] = {"fp32", "bf16", "amx-int8", "vnni", "avx2"};
+    const wrk_qmm_fn qfn[] = {NULL, NULL, wrk__qmm_amx(NULL), wrk__qmm_avx512(), wrk__qmm_avx2()};
+    int cf[16], ck[16], nc = 0;
+    for (int f = 0; f < 3; f++)
+        for (int ki = 0; ki < 5; ki++) {
+            if (f == 0 ? ki > 1 || (ki == 1 && !kb) : ki < 2 || !qfn[ki]) continue;
+            if (ki == 3 && strncmp(k->isa, "avx512", 6) != 0) continue;
+            if (ki == 4 && strcmp(k->isa, "portable") == 0) continue;
+            cf[nc] = f;
+            ck[nc++] = ki;
         }
+    for (int ti = 0; ti < nT; ti++) {
+        const int T = Ts[ti];
+        double best[16];
+        for (int c = 0; c < nc; c++)
+            best[c] = 1e30;
+        const double t_end = cpu_now() + secs * nc;
+        for (int reps = 0; reps < 3 || cpu_now() < t_end; reps++)
+            for (int c = 0; c < nc; c++) {
+                const double t0 = cpu_now();
+                for (int l = 0; l < L; l++)
+                    for (int m = 0; m < 2; m++) {
+                        const wrk_mat_t *w = &W[cf[c]][l * 2 + m];
+                        if (ck[c] < 2)
+                            wrk_matmul(ck[c] ? kb : k, scratch, w, 0, rows[m], x, cols[m], T, y,
+                                       rows[m], NULL, false);
+                        else
+                            wrk_qmm_with(qfn[ck[c]], w, 0, rows[m], x, cols[m], T, y, rows[m], NULL,
+                                         false, scratch);
+                    }
+                const double dt = cpu_now() - t0;
+                if (dt < best[c]) best[c] = dt;
+            }
+        for (int c = 0; c < nc; c++)
+            printf("%-7s %-9s %6d %12.3f %10.1f %12.1f\n", names[cf[c]], kname[ck[c]], T,
+                   best[c] * 1e3, T / best[c], bytes[cf[c]] / best[c] / 1e9);
+    }
+    for (int f = 0; f < 3; f++) {
         for (int i = 0; i < L * 2; i++)
-            free((void *)W[i].pk);
-        free(W);
+            free((void *)W[f][i].pk);
+        free(W[f]);
     }
     free(src[0]);
     free(src[1]);

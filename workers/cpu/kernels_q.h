@@ -70,8 +70,12 @@ int wrk_pack_q(const wrk_mat_t *W, wrk_wq_t qf, void *dst);
 /* Row r of a quantized pack as fp32 (q * s, the values the kernels multiply by). */
 void wrk_dequant_row(const void *pk, wrk_wq_t qf, int cols, int r, float *out);
 
-/* Quantizes one token's row x[0..K) into the record at dst (WRK_QX_BYTES(K) bytes). */
+/* Quantizes one token's row x[0..K) into the record at dst (WRK_QX_BYTES(K) bytes): the
+ * AVX-512 version where the CPU runs it, else the scalar one (the same bytes). */
 void wrk_quant_x(const float *x, int K, void *dst);
+typedef void (*wrk_quant_x_fn)(const float *x, int K, void *dst);
+wrk_quant_x_fn wrk__quant_x_portable(void);
+wrk_quant_x_fn wrk__quant_x_avx512(void); /* kernels_q_avx512.c */
 
 /* The matmul over a quantized pack (W->pk, W->qf) with kernel table k's instruction set;
  * wrk_matmul calls it. scratch holds the quantized tokens: WRK_GEMM_BLOCK_ROWS x W->cols
@@ -87,5 +91,16 @@ wrk_qmm_fn wrk__qmm_portable(void);
 wrk_qmm_fn wrk__qmm_avx2(void);    /* vpmaddubsw + vpmaddwd */
 wrk_qmm_fn wrk__qmm_avxvnni(void); /* AVX-VNNI vpdpbusd ymm */
 wrk_qmm_fn wrk__qmm_avx512(void);  /* AVX512_VNNI vpdpbusd zmm */
+/* AMX-INT8 (kernels_q_amx.c, TDPBSUD): calls of WRK_QMM_AMX_MIN_T tokens or more run on tiles
+ * (16-token blocks; the T % 16 left and smaller calls on the AVX-512 VNNI kernel), with the
+ * same results. NULL, with *why, where the compiler, the CPU or the OS cannot run it. */
+#ifndef WRK_QMM_AMX_MIN_T
+#define WRK_QMM_AMX_MIN_T 16
+#endif
+wrk_qmm_fn wrk__qmm_amx(const char **why);
+
+/* wrk_qmm with the per-ISA kernel f instead of the table's choice (bench/qmm_bench). */
+void wrk_qmm_with(wrk_qmm_fn f, const wrk_mat_t *W, int o0, int o1, const float *x, int ldx, int T,
+                  float *y, int ldy, const float *bias, bool acc, float *scratch);
 
 #endif

@@ -1,7 +1,7 @@
 /* Quantized weights (--weights q8|q4, kernels_q.h): the C quantizer against the Python
  * reference (tools/quant_ref.py's fixture, bit for bit), the per-token activation quantizer,
  * the int8 matmul against its definition (kernels_q.h) bit for bit on every kernel this CPU
- * runs (portable, AVX2, AVX-VNNI, AVX-512 VNNI: so all equal) and within the activation
+ * runs (portable, AVX2, AVX-VNNI, AVX-512 VNNI, AMX-INT8: so all equal) and within the activation
  * quantization's bound of a double product, batch invariance (a token's row is bit-identical
  * whatever T and rows range), and the option's refusals. */
 #include <math.h>
@@ -123,6 +123,51 @@ static void test_quant_x(void)
     }
 }
 
+/* The AVX-512 activation quantizer writes the scalar one's bytes: ragged K, NaN, +-inf,
+ * all-zero and subnormal groups, values at the rounding ties. */
+static void test_quant_x_isas(void)
+{
+    const wrk_quant_x_fn ref = wrk__quant_x_portable();
+    bool avx512 = false;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+#endif
+    static const int Ks[] = {1, 5, 16, 17, 31, 32, 33, 83, 200, 1000};
+    unsigned seed = 5;
+    for (int ki = 0; ki < (int)(sizeof Ks / sizeof Ks[0]); ki++) {
+        const int K = Ks[ki];
+        float *x = malloc((size_t)K * 4);
+        unsigned char *a = malloc(WRK_QX_BYTES(K)), *b = malloc(WRK_QX_BYTES(K));
+        for (int rep = 0; rep < 8; rep++) {
+            for (int k = 0; k < K; k++) {
+                x[k] = frand(&seed) * (rep == 1 ? 1e-40f : rep == 2 ? 3e38f : 2.f);
+                if (rep == 3 && k % 7 == 3) x[k] = NAN;
+                if (rep == 4 && k % 11 == 5) x[k] = k % 2 ? INFINITY : -INFINITY;
+                if (rep == 5 && k / 32 % 2 == 0) x[k] = 0.f;
+                if (rep == 6) x[k] = (float)((int)(frand(&seed) * 254.f)) * 0.5f; /* ties */
+                if (rep == 7 && k % 3 == 0) x[k] = -0.f;
+            }
+            memset(a, 0xa5, WRK_QX_BYTES(K));
+            memset(b, 0x5a, WRK_QX_BYTES(K));
+            ref(x, K, a);
+            wrk_quant_x(x, K, b);
+            CHECK_MSG(memcmp(a, b, WRK_QX_BYTES(K)) == 0, "wrk_quant_x != scalar, K %d rep %d", K,
+                      rep);
+            if (avx512) {
+                memset(b, 0x5a, WRK_QX_BYTES(K));
+                wrk__quant_x_avx512()(x, K, b);
+                CHECK_MSG(memcmp(a, b, WRK_QX_BYTES(K)) == 0, "avx512 != scalar, K %d rep %d", K,
+                          rep);
+            }
+        }
+        free(x);
+        free(a);
+        free(b);
+    }
+}
+
 /* CPUID leaf 7 directly, as quant.c does: clang 14 (the fuzz build) knows no "avxvnni" for
  * __builtin_cpu_supports. */
 #if defined(__x86_64__) || defined(__i386__)
@@ -143,15 +188,16 @@ static bool cpu_runs(int v)
     if (v == 3)                                 /* AVX512_VNNI: leaf 7.0 ECX bit 11 */
         return __builtin_cpu_supports("avx512bw") && cpuid7(0, 2, 11);
 #endif
+    if (v == 4) return true; /* AMX-INT8: wrk__qmm_amx is NULL where it cannot run */
     return v == 0;
 }
 
 /* y = x W^T: the reference is kernels_q.h's definition written out here (the quantizer's
  * q and s, wrk_quant_x's records, int sums and fmaf); every kernel (portable, AVX2, AVX-VNNI,
- * AVX-512 VNNI directly, and every ISA's table through wrk_matmul) equals it bit for bit,
- * every T's rows equal T = 1's, row ranges off panel edges with bias and acc. The reference
- * is within the activation quantization's bound of the double product over dequantized
- * weights: sum_k |dq| sx_g / 2. */
+ * AVX-512 VNNI, AMX-INT8 (16-token tiles from T = 16; 40 = two tiles and 8 on VNNI) directly, and
+ * every ISA's table through wrk_matmul) equals it bit for bit, every T's rows equal T = 1's, row
+ * ranges off panel edges with bias and acc. The reference is within the activation quantization's
+ * bound of the double product over dequantized weights: sum_k |dq| sx_g / 2. */
 static void check_shape(wrk_wq_t qf, int R, int K, const int *Ts, int nT)
 {
     float *scr = malloc((size_t)WRK_GEMM_BLOCK_ROWS * (size_t)K * sizeof(float));
@@ -206,10 +252,10 @@ static void check_shape(wrk_wq_t qf, int R, int K, const int *Ts, int nT)
     wrk_mat_t W = W0;
     W.pk = pk;
     W.qf = qf;
-    static const char *vnames[] = {"portable", "avx2", "avxvnni", "avx512vnni"};
+    static const char *vnames[] = {"portable", "avx2", "avxvnni", "avx512vnni", "amx-int8"};
     const wrk_qmm_fn vfn[] = {wrk__qmm_portable(), wrk__qmm_avx2(), wrk__qmm_avxvnni(),
-                              wrk__qmm_avx512()};
-    for (int v = 0; v < 4; v++) {
+                              wrk__qmm_avx512(), wrk__qmm_amx(NULL)};
+    for (int v = 0; v < 5; v++) {
         if (!vfn[v] || !cpu_runs(v)) continue;
         memset(y, 0, (size_t)TM * R * 4);
         vfn[v](&W, 0, R, rec, TM, y, R, bias, false);
@@ -292,12 +338,16 @@ static void test_qmm_scratch(void)
 
 static void test_qmm(void)
 {
-    static const int Ts[] = {2, 3, 5, 6, 7, 13, 37, 40};
-    static const int shapes[][2] = {{16, 32}, {37, 83}, {64, 130}, {48, 33}, {5, 7}, {200, 96}};
+    static const int Ts[] = {2, 3, 5, 6, 7, 13, 15, 16, 17, 32, 37, 40};
+    enum { NT = sizeof Ts / sizeof Ts[0] };
+    static const int shapes[][2] = {{16, 32},  {37, 83},  {64, 130}, {48, 33},  {5, 7},
+                                    {200, 96}, {40, 256}, {35, 200}, {20, 3100}};
     for (int s = 0; s < (int)(sizeof shapes / sizeof shapes[0]); s++) {
-        check_shape(WRK_WQ_Q8, shapes[s][0], shapes[s][1], Ts, 8);
-        check_shape(WRK_WQ_Q4, shapes[s][0], shapes[s][1], Ts, 8);
+        check_shape(WRK_WQ_Q8, shapes[s][0], shapes[s][1], Ts, NT);
+        check_shape(WRK_WQ_Q4, shapes[s][0], shapes[s][1], Ts, NT);
     }
+    const char *why = "";
+    if (!wrk__qmm_amx(&why)) fprintf(stderr, "  (AMX-INT8 kernel not tested here: %s)\n", why);
 }
 
 static void test_parse(void)
@@ -317,6 +367,7 @@ int main(int argc, char **argv)
     RUN(test_matches_python_reference);
     RUN(test_quant_error_bound);
     RUN(test_quant_x);
+    RUN(test_quant_x_isas);
     RUN(test_qmm);
     RUN(test_qmm_scratch);
     RUN(test_parse);

@@ -17,7 +17,10 @@
  * Matmul: per group, a_g = fma((float)q - z, x[k], a_g) over its columns in order from 0
  * ((float)q - z is exact); acc = fma(a_g, s, acc) over the groups from 0; then (+ bias, + y).
  * A fixed sequence per output whatever T, the tile or the other tokens: batch and chunking
- * invariant, AVX2 = AVX-512 bit for bit; portable (no FMA) rounds each product. */
+ * invariant, AVX2 = AVX-512 bit for bit; portable (no FMA) rounds each product.
+ * Tiles (kernels_qg_impl.h): up to 8 tokens x 1-4 panels with every sum in registers; on
+ * AVX-512 from T = 16, blocks of 24 (or 16) tokens x one panel over x transposed per block,
+ * so the widening of each code (convert, - z) serves 24 tokens' FMAs. */
 #ifndef RCD_WRK_KERNELS_QG_H
 #define RCD_WRK_KERNELS_QG_H
 

@@ -164,7 +164,7 @@ void wrk_dequant_row(const void *pk, wrk_wq_t qf, int cols, int r, float *out)
     }
 }
 
-void wrk_quant_x(const float *x, int K, void *dst)
+static void quant_x_scalar(const float *x, int K, void *dst)
 {
     /* the same arithmetic as quant_block (division, round to nearest even, clamp), written to
      * vectorize: rint by adding and subtracting 1.5 * 2^23 (exact for |v| <= 2^22, and |v| <=
@@ -195,6 +195,28 @@ void wrk_quant_x(const float *x, int K, void *dst)
     }
 }
 
+wrk_quant_x_fn wrk__quant_x_portable(void)
+{
+    return quant_x_scalar;
+}
+
+void wrk_quant_x(const float *x, int K, void *dst)
+{
+    static _Atomic int avx512 = -1; /* the CPU runs the AVX-512 one: probed once */
+    int v = atomic_load_explicit(&avx512, memory_order_relaxed);
+    if (v < 0) {
+        v = 0;
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_cpu_init();
+        v = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+            __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+            wrk__quant_x_avx512();
+#endif
+        atomic_store_explicit(&avx512, v, memory_order_relaxed);
+    }
+    (v ? wrk__quant_x_avx512() : quant_x_scalar)(x, K, dst);
+}
+
 static bool cpu_has_vnni(bool zmm)
 {
 #if defined(__x86_64__) || defined(__i386__)
@@ -207,8 +229,22 @@ static bool cpu_has_vnni(bool zmm)
 #endif
 }
 
-/* The quantized matmul for kernel table k's ISA: AVX-512 VNNI, else AVX-VNNI, else AVX2, else
- * portable (same results on all of them, kernels_q.h). */
+/* AMX-INT8 unless RCD_MATMUL_NO_AMX is set (non-empty, not "0"): read once. */
+static bool amx_allowed(void)
+{
+    static _Atomic int ok = -1;
+    int v = atomic_load_explicit(&ok, memory_order_relaxed);
+    if (v < 0) {
+        const char *e = getenv("RCD_MATMUL_NO_AMX");
+        v = !(e && *e && strcmp(e, "0") != 0);
+        atomic_store_explicit(&ok, v, memory_order_relaxed);
+    }
+    return v;
+}
+
+/* The quantized matmul for kernel table k's ISA: AMX-INT8 (many tokens; fewer run its AVX-512
+ * VNNI fallback), else AVX-512 VNNI, else AVX-VNNI, else AVX2, else portable (same results on
+ * all of them, kernels_q.h). */
 static wrk_qmm_fn qmm_for(const wrk_kern_t *k)
 {
     static _Atomic int have[2] = {-1, -1}; /* AVX512_VNNI, AVX_VNNI */
@@ -217,7 +253,9 @@ static wrk_qmm_fn qmm_for(const wrk_kern_t *k)
             atomic_store_explicit(&have[i], cpu_has_vnni(i == 0), memory_order_relaxed);
     wrk_qmm_fn f = NULL;
     const bool avx512 = strncmp(k->isa, "avx512", 6) == 0;
-    if (avx512 && atomic_load_explicit(&have[0], memory_order_relaxed)) f = wrk__qmm_avx512();
+    if (avx512 && atomic_load_explicit(&have[0], memory_order_relaxed) && amx_allowed())
+        f = wrk__qmm_amx(NULL);
+    if (!f && avx512 && atomic_load_explicit(&have[0], memory_order_relaxed)) f = wrk__qmm_avx512();
     if (!f && (avx512 || strcmp(k->isa, "avx2") == 0)) {
         if (atomic_load_explicit(&have[1], memory_order_relaxed)) f = wrk__qmm_avxvnni();
         if (!f) f = wrk__qmm_avx2();
@@ -229,7 +267,13 @@ void wrk_qmm(const wrk_kern_t *k, const wrk_mat_t *W, int o0, int o1, const floa
              int T, float *y, int ldy, const float *bias, bool acc, float *scratch)
 {
     if (o1 <= o0 || T <= 0) return;
-    const wrk_qmm_fn f = qmm_for(k);
+    wrk_qmm_with(qmm_for(k), W, o0, o1, x, ldx, T, y, ldy, bias, acc, scratch);
+}
+
+void wrk_qmm_with(wrk_qmm_fn f, const wrk_mat_t *W, int o0, int o1, const float *x, int ldx, int T,
+                  float *y, int ldy, const float *bias, bool acc, float *scratch)
+{
+    if (o1 <= o0 || T <= 0) return;
     const size_t rb = WRK_QX_BYTES(W->cols);
     /* tokens per block: what scratch (WRK_GEMM_BLOCK_ROWS x cols floats) holds; every token is
      * quantized on its own, so the blocking changes nothing */
