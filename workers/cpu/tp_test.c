@@ -22,9 +22,11 @@
  * - TOL_TPQ_ALIGNED: q4 where every rank's first input column is a multiple of 32 (the
  *   slices quantize in the whole matrix's groups and scales, the activations in its groups):
  *   the integer dots are the TP=1 ones and only the fp32 sum order of the all-reduce
- *   differs (measured <= 7.2e-7). 1e-3 leaves room for a rare activation code that rounds
- *   the other way, and is an order below the smallest difference of slices quantized on
- *   their own (1.6e-2), so a slice quantized in the wrong groups fails.
+ *   differs (measured <= 7.2e-7), except that this fp32 difference can make an activation
+ *   code round the other way in a later layer: one such code moved the logits by 6.6e-3 (the
+ *   ASan build, tiny_bias_tied). 2e-2 leaves room for about three, and is 3x below the
+ *   smallest q4 difference of slices quantized in their own groups (6.6e-2), so a slice
+ *   quantized in the wrong groups fails.
  * - TOL_TPQ8 / TOL_TPQ4 otherwise (q8 always: its row scale is the slice's max|w| / 127 for a
  *   column-split matrix): another, equally fine quantization of the same weights, so the
  *   difference is of the order of the quantization error itself; measured at most 5.9e-2
@@ -33,7 +35,7 @@
  * - vs the fp32 goldens, on the cases the golden tests bound (mamba tiny_bias_tied, mamba2
  *   tiny_g2_untied), their bounds (mamba_golden_test.c, mamba2_golden_test.c).
  * Every chunking of a TP run gives the whole-sequence run's logits bit for bit. */
-#define TOL_TPQ_ALIGNED 1e-3f
+#define TOL_TPQ_ALIGNED 2e-2f
 #define TOL_TPQ8 0.13f
 #define TOL_TPQ4 0.7f
 
