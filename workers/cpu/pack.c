@@ -111,9 +111,9 @@ static int ent_cmp(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-/* The weight format the model runs with, recorded once (and in the fingerprint: checkpoints
- * of a quantized model are its own; the state layout is unchanged). Under g_pack_mu. */
-static int note_weights(wrk_model_t *m, wrk_wq_t weights, char *err, size_t errlen)
+/* Whether the model can run with `weights`: not after another format, not requantized.
+ * Under g_pack_mu. */
+static int check_weights(const wrk_model_t *m, wrk_wq_t weights, char *err, size_t errlen)
 {
     if (m->weights_fmt && m->weights_fmt != 1 + (int)weights)
         return rcd_fail(RCD_EINVAL, err, errlen,
@@ -125,9 +125,16 @@ static int note_weights(wrk_model_t *m, wrk_wq_t weights, char *err, size_t errl
                         "backend: the checkpoint is already quantized (quantization_config: %s); "
                         "--weights %s is refused for it (use --weights native)",
                         wrk__pq_desc(m->pq), wrk_wq_name(weights));
+    return 0;
+}
+
+/* The weight format the model runs with, recorded once packs of it exist (and in the
+ * fingerprint: checkpoints of a quantized model are its own; the state layout is unchanged).
+ * Under g_pack_mu, after check_weights. */
+static void note_weights(wrk_model_t *m, wrk_wq_t weights)
+{
     if (!m->weights_fmt && weights) wrk__fingerprint_weights(m, wrk_wq_name(weights));
     m->weights_fmt = 1 + (int)weights;
-    return 0;
 }
 
 /* Packs the n matrices (each data pointer once) in `weights`; lm_head: the model's head. */
@@ -194,13 +201,14 @@ static int packs_build(const wrk_model_t *m, const wrk_mat_t *mats, int n_mats,
 int wrk_cpu_pack_model(wrk_model_t *m, wrk_wq_t weights, char *err, size_t errlen)
 {
     pthread_mutex_lock(&g_pack_mu);
-    int rc = note_weights(m, weights, err, errlen);
+    int rc = check_weights(m, weights, err, errlen);
     struct wrk_packs *p = NULL;
     if (!rc && !m->packs &&
         !(rc = packs_build(m, m->mats, m->n_mats, m->lm_head.data, weights, &p, err, errlen))) {
         m->packs = p;
         m->packs_free = packs_free;
     }
+    if (!rc) note_weights(m, weights);
     pthread_mutex_unlock(&g_pack_mu);
     return rc;
 }
@@ -210,7 +218,7 @@ int wrk_cpu_pack_shard(const wrk_model_t *m, const wrk_shard_t *s, wrk_wq_t weig
 {
     *out = NULL;
     pthread_mutex_lock(&g_pack_mu);
-    int rc = note_weights((wrk_model_t *)m, weights, err, errlen);
+    int rc = check_weights(m, weights, err, errlen);
     pthread_mutex_unlock(&g_pack_mu);
     if (rc) return rc;
     /* the slices, and on the group leader (which computes the logits) the replicated head */
@@ -221,6 +229,14 @@ int wrk_cpu_pack_shard(const wrk_model_t *m, const wrk_shard_t *s, wrk_wq_t weig
     if (s->rank == 0 && m->lm_head.data) mats[n++] = m->lm_head;
     rc = packs_build(m, mats, n, m->lm_head.data, weights, out, err, errlen);
     free(mats);
+    if (rc) return rc;
+    pthread_mutex_lock(&g_pack_mu); /* again: another backend may have come in between */
+    if (!(rc = check_weights(m, weights, err, errlen))) note_weights((wrk_model_t *)m, weights);
+    pthread_mutex_unlock(&g_pack_mu);
+    if (rc) {
+        packs_free(*out);
+        *out = NULL;
+    }
     return rc;
 }
 
