@@ -239,7 +239,7 @@ static int cmp_d(const void *a, const void *b)
 int main(int argc, char **argv)
 {
     const char *model_dir = NULL, *matmul = NULL, *weights = NULL;
-    int threads = 0, prefill_len = 512, repeat = 0;
+    int threads = 0, prefill_len = 512, repeat = 0, tp = 1;
     double secs = 3.0;
     int batches[16] = {1, 2, 4, 8, 16, 32}, n_batches = 6;
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},
@@ -250,8 +250,9 @@ int main(int argc, char **argv)
                                          {"matmul", required_argument, 0, 'x'},
                                          {"repeat", required_argument, 0, 'r'},
                                          {"weights", required_argument, 0, 'w'},
+                                         {"tp", required_argument, 0, 't'},
                                          {0, 0, 0, 0}};
-    for (int o; (o = getopt_long(argc, argv, "m:j:s:p:b:x:r:w:", opts, NULL)) != -1;) {
+    for (int o; (o = getopt_long(argc, argv, "m:j:s:p:b:x:r:w:t:", opts, NULL)) != -1;) {
         if (o == 'm')
             model_dir = optarg;
         else if (o == 'j')
@@ -266,6 +267,8 @@ int main(int argc, char **argv)
             repeat = atoi(optarg);
         else if (o == 'w')
             weights = optarg;
+        else if (o == 't')
+            tp = atoi(optarg);
         else if (o == 'b') {
             n_batches = 0;
             for (char *q = optarg; *q && n_batches < 16;) {
@@ -296,13 +299,15 @@ int main(int argc, char **argv)
                 return 2;
     }
     if (!model_dir || prefill_len < 0 || secs <= 0 || repeat < 0 || repeat > 100 || n_modes == 0 ||
+        tp < 1 || tp > 64 ||
         (matmul && strlen(matmul) >= sizeof modes_buf)) {
         fprintf(stderr,
                 "usage: mamba_bench --model DIR [--threads N] [--seconds S] "
                 "[--prefill TOKENS (0: skip)] [--batches 1,2,4,... (each <= 32)] "
                 "[--matmul fp32|bf16|bf16-avx512[:gdn-recurrent][,...] (several: each in "
                 "turn, with ratios to the first)] [--repeat N (batch 1 N more times, each after a "
-                "bandwidth measurement)] [--weights native|q8|q4]\n");
+                "bandwidth measurement)] [--weights native|q8|q4] [--tp N (tensor-parallel ranks, "
+                "threads split between them)]\n");
         return 2;
     }
     char err[1024], cpu[256];
@@ -412,6 +417,7 @@ int main(int argc, char **argv)
             unsetenv("RCD_GDN_RECURRENT");
         }
         wrk_backend_opts_t bo = {.n_threads = threads,
+                                 .tp = tp,
                                  .n_slots = max_batch,
                                  .matmul = mm[0] ? mm : NULL,
                                  .weights = weights,
@@ -422,7 +428,8 @@ int main(int argc, char **argv)
             return 1;
         }
         isa_of[md] = wrk_backend_isa(b);
-        printf("--- matmul %s: kernels %s\n", modes[md] ? modes[md] : "fp32", isa_of[md]);
+        printf("--- matmul %s: kernels %s, tp %d\n", modes[md] ? modes[md] : "fp32", isa_of[md],
+               tp);
         printf("%-8s %10s %10s %10s %10s %9s %s\n", "batch", "tok/s", "step_p50", "step_p99",
                "GFLOP/s", "limit%", "(limit) step_min");
         for (int bi = 0; bi < n_batches; bi++) {

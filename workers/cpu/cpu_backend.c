@@ -39,6 +39,7 @@ static void cpu_destroy(wrk_backend_t *b)
         }
     free(c->spec);
     free(c->spec_tmp);
+    wrk_cpu_packs_free(c->packs);
     free(c);
 }
 
@@ -252,25 +253,24 @@ int wrk__cpu_create(const wrk_model_t *m, const wrk_backend_opts_t *opts,
         return rcd_fail(RCD_EUNSUPPORTED, err, errlen,
                         "backend: cannot run the \"%s\" kernels with the %s matmul: %s",
                         o.isa ? o.isa : "auto", o.matmul ? o.matmul : "fp32", why);
-    /* The model's matrices in the matmul's panel layout, once per model (a TP rank's shard
-     * holds its own slices, which run unpacked). */
+    /* The model's matrices in the matmul's panel layout (quantized with --weights q8|q4),
+     * once per model; a TP rank packs its shard's own slices (and rank 0 the lm_head). */
     const int wq = wrk_wq_parse(o.weights);
     if (wq < 0)
         return rcd_fail(RCD_EINVAL, err, errlen, "backend: weights must be native, q8 or q4");
-    if (wq != WRK_WQ_NATIVE && (shard || o.tp > 1))
-        return rcd_fail(RCD_EUNSUPPORTED, err, errlen,
-                        "backend: --weights %s does not run with tensor parallelism yet (--tp 1)",
-                        o.weights);
-    if (!shard) {
-        int prc = wrk_cpu_pack_model((wrk_model_t *)m, (wrk_wq_t)wq, err, errlen);
-        if (prc) return prc;
-    }
+    struct wrk_packs *rank_packs = NULL;
+    int prc = shard ? wrk_cpu_pack_shard(m, shard, (wrk_wq_t)wq, &rank_packs, err, errlen)
+                    : wrk_cpu_pack_model((wrk_model_t *)m, (wrk_wq_t)wq, err, errlen);
+    if (prc) return prc;
     const wrk_cpu_family_i *fam = find_family(m->info.family);
-    if (!fam)
-        return rcd_fail(RCD_EUNSUPPORTED, err, errlen, "backend: the cpu backend has no %s forward",
-                        m->info.architecture);
-    wrk_cpu_t *c = calloc(1, sizeof *c);
-    if (!c) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
+    wrk_cpu_t *c = fam ? calloc(1, sizeof *c) : NULL;
+    if (!c) {
+        wrk_cpu_packs_free(rank_packs);
+        return fam ? rcd_fail(RCD_ENOMEM, err, errlen, "out of memory")
+                   : rcd_fail(RCD_EUNSUPPORTED, err, errlen,
+                              "backend: the cpu backend has no %s forward", m->info.architecture);
+    }
+    c->packs = rank_packs;
     c->fam = fam;
     c->base = (wrk_backend_t){.vt = &cpu_vt, .model = m, .n_slots = o.n_slots,
                               .max_step_tokens = o.max_step_tokens, .isa = k->isa};

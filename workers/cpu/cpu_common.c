@@ -45,7 +45,8 @@ void wrk_cpu_matmul(wrk_cpu_t *c, int ith, const wrk_mat_t *W, int o0, int o1, c
                     int ldx, int T, float *y, int ldy, const float *bias, bool acc)
 {
     wrk_mat_t w = *W;
-    if (!w.pk) w.pk = wrk_cpu_packed(c->m, W, &w.qf);
+    if (!w.pk)
+        w.pk = c->packs ? wrk_cpu_packed_in(c->packs, W, &w.qf) : wrk_cpu_packed(c->m, W, &w.qf);
     wrk_matmul(c->k, wrk_cpu_scratch(c, ith), &w, o0, o1, x, ldx, T, y, ldy, bias, acc);
 }
 

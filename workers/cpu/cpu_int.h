@@ -91,6 +91,7 @@ typedef struct wrk_cpu {
     const wrk_shard_t *shard;
     wrk_comm_t *comm;
     int comm_rc;         /* first communicator error of the step */
+    struct wrk_packs *packs; /* owned: a TP rank's packed slices (wrk_cpu_pack_shard) */
     wrk_cpu_spec_t *spec; /* n_slots, speculative rollback; NULL under TP */
     float *spec_tmp;      /* the replay's scratch, allocated with the first verify */
     size_t spec_rec_floats, spec_tmp_floats, spec_saved_floats;
@@ -165,6 +166,14 @@ void wrk_cpu_embed(wrk_cpu_t *c, int ith, int nth, const wrk_seq_t *seqs, int n_
  * format in *qf, or NULL. */
 int wrk_cpu_pack_model(wrk_model_t *m, wrk_wq_t weights, char *err, size_t errlen);
 const void *wrk_cpu_packed(const wrk_model_t *m, const wrk_mat_t *W, wrk_wq_t *qf);
+/* A TP rank's own packs (*out; NULL on error): its shard's sliced matrices, each quantized
+ * per slice with `weights` as wrk_cpu_pack_model does the whole (q8 scales per row of the
+ * slice, q4 groups of 32 from the slice's first column), plus the lm_head on rank 0. The
+ * format is recorded on the model as by wrk_cpu_pack_model (same refusals). */
+int wrk_cpu_pack_shard(const wrk_model_t *m, const wrk_shard_t *s, wrk_wq_t weights,
+                       struct wrk_packs **out, char *err, size_t errlen);
+void wrk_cpu_packs_free(struct wrk_packs *p); /* NULL-safe */
+const void *wrk_cpu_packed_in(const struct wrk_packs *p, const wrk_mat_t *W, wrk_wq_t *qf);
 /* Bytes of the packed matrices as stored in the checkpoint and as packed (quantized or not):
  * what a batch-1 decode step reads is weight_bytes - native + packed (bench/mamba_bench). */
 void wrk_cpu_pack_stats(const wrk_model_t *m, size_t *native, size_t *packed);

@@ -111,57 +111,68 @@ static int ent_cmp(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-int wrk_cpu_pack_model(wrk_model_t *m, wrk_wq_t weights, char *err, size_t errlen)
+/* Whether the model can run with `weights`: not after another format, not requantized.
+ * Under g_pack_mu. */
+static int check_weights(const wrk_model_t *m, wrk_wq_t weights, char *err, size_t errlen)
 {
-    pthread_mutex_lock(&g_pack_mu);
-    int rc = 0;
-    if (m->packs) {
-        if (m->packs->weights != weights)
-            rc = rcd_fail(RCD_EINVAL, err, errlen,
-                          "backend: this model is already packed with --weights %s; a backend "
-                          "with --weights %s needs its own load of the model",
-                          wrk_wq_name(m->packs->weights), wrk_wq_name(weights));
-        goto out;
-    }
-    if (m->pq && weights != WRK_WQ_NATIVE) { /* no second quantization of s * (q - z) */
-        rc = rcd_fail(RCD_EUNSUPPORTED, err, errlen,
-                      "backend: the checkpoint is already quantized (quantization_config: %s); "
-                      "--weights %s is refused for it (use --weights native)",
-                      wrk__pq_desc(m->pq), wrk_wq_name(weights));
-        goto out;
-    }
+    if (m->weights_fmt && m->weights_fmt != 1 + (int)weights)
+        return rcd_fail(RCD_EINVAL, err, errlen,
+                        "backend: this model is already packed with --weights %s; a backend "
+                        "with --weights %s needs its own load of the model",
+                        wrk_wq_name((wrk_wq_t)(m->weights_fmt - 1)), wrk_wq_name(weights));
+    if (m->pq && weights != WRK_WQ_NATIVE) /* no second quantization of s * (q - z) */
+        return rcd_fail(RCD_EUNSUPPORTED, err, errlen,
+                        "backend: the checkpoint is already quantized (quantization_config: %s); "
+                        "--weights %s is refused for it (use --weights native)",
+                        wrk__pq_desc(m->pq), wrk_wq_name(weights));
+    return 0;
+}
+
+/* The weight format the model runs with, recorded once packs of it exist (and in the
+ * fingerprint: checkpoints of a quantized model are its own; the state layout is unchanged).
+ * Under g_pack_mu, after check_weights. */
+static void note_weights(wrk_model_t *m, wrk_wq_t weights)
+{
+    if (!m->weights_fmt && weights) wrk__fingerprint_weights(m, wrk_wq_name(weights));
+    m->weights_fmt = 1 + (int)weights;
+}
+
+/* Packs the n matrices (each data pointer once) in `weights`; lm_head: the model's head. */
+static int packs_build(const wrk_model_t *m, const wrk_mat_t *mats, int n_mats,
+                       const void *lm_head, wrk_wq_t weights, struct wrk_packs **out,
+                       char *err, size_t errlen)
+{
+    *out = NULL;
     struct wrk_packs *p = calloc(1, sizeof *p);
-    pack_ent_t *e = calloc((size_t)(m->n_mats ? m->n_mats : 1), sizeof *e);
+    pack_ent_t *e = calloc((size_t)(n_mats ? n_mats : 1), sizeof *e);
     if (!p || !e) {
         free(p);
         free(e);
-        rc = rcd_fail(RCD_ENOMEM, err, errlen, "out of memory packing weights");
-        goto out;
+        return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory packing weights");
     }
     p->e = e;
     p->weights = weights;
     /* by data pointer, so a tensor bound twice (a tied head) is packed once */
-    for (int i = 0; i < m->n_mats; i++) {
-        const wrk_mat_t *W = &m->mats[i];
+    for (int i = 0; i < n_mats; i++) {
+        const wrk_mat_t *W = &mats[i];
         e[i] = (pack_ent_t){W->data, W->dt, W->rows, W->cols, NULL, WRK_WQ_NATIVE, NULL, 0};
     }
-    qsort(e, (size_t)m->n_mats, sizeof *e, ent_cmp);
-    for (int i = 0; i < m->n_mats; i++) {
+    qsort(e, (size_t)n_mats, sizeof *e, ent_cmp);
+    for (int i = 0; i < n_mats; i++) {
         if (e[i].rows <= 0 || e[i].cols <= 0 || (p->n && e[p->n - 1].data == e[i].data)) continue;
         const wrk_mat_t W = {.dt = e[i].dt, .data = e[i].data, .rows = e[i].rows,
                              .cols = e[i].cols};
         /* q4: the lm_head (the embedding when tied) is q8, as llama.cpp keeps output.weight
          * above 4 bits (workers/README.md, "Quantized weights") */
         wrk_wq_t qf = weights;
-        if (qf == WRK_WQ_Q4 && e[i].data == m->lm_head.data) qf = WRK_WQ_Q8;
+        if (qf == WRK_WQ_Q4 && e[i].data == lm_head) qf = WRK_WQ_Q8;
         /* a pre-quantized checkpoint's matrix: its own groups, served from its codes */
         const wrk_pq_src_t *src = wrk__pq_source(m, e[i].data);
         size_t qgb = src ? wrk_pack_qg_bytes(src) : 0;
         if (qgb) qf = WRK_WQ_QG;
         if (src && !qgb) { /* never the fp32 pack: its fp32 copy is not filled */
             packs_free(p);
-            rc = rcd_fail(RCD_ENOMEM, err, errlen, "out of memory packing weights");
-            goto out;
+            return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory packing weights");
         }
         size_t bytes = qgb                ? qgb
                        : qf ? wrk_pack_q_bytes(qf, W.rows, W.cols)
@@ -169,10 +180,9 @@ int wrk_cpu_pack_model(wrk_model_t *m, wrk_wq_t weights, char *err, size_t errle
         void *pk = aligned_alloc(64, (bytes + 63) / 64 * 64);
         if (!pk) {
             packs_free(p);
-            rc = rcd_fail(RCD_ENOMEM, err, errlen,
-                          "out of memory packing weights (%zu bytes for a %dx%d matrix)", bytes,
-                          W.rows, W.cols);
-            goto out;
+            return rcd_fail(RCD_ENOMEM, err, errlen,
+                            "out of memory packing weights (%zu bytes for a %dx%d matrix)", bytes,
+                            W.rows, W.cols);
         }
         e[p->n] = e[i];
         e[p->n].qf = qf;
@@ -182,22 +192,67 @@ int wrk_cpu_pack_model(wrk_model_t *m, wrk_wq_t weights, char *err, size_t errle
     }
     if (pack_all(m, p)) {
         packs_free(p);
-        rc = rcd_fail(RCD_ENOMEM, err, errlen, "out of memory quantizing weights");
-        goto out;
+        return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory quantizing weights");
     }
-    m->packs = p;
-    m->packs_free = packs_free;
-    /* checkpoints of a quantized model are its own (the state layout is unchanged) */
-    if (weights) wrk__fingerprint_weights(m, wrk_wq_name(weights));
-out:
+    *out = p;
+    return 0;
+}
+
+int wrk_cpu_pack_model(wrk_model_t *m, wrk_wq_t weights, char *err, size_t errlen)
+{
+    pthread_mutex_lock(&g_pack_mu);
+    int rc = check_weights(m, weights, err, errlen);
+    struct wrk_packs *p = NULL;
+    if (!rc && !m->packs &&
+        !(rc = packs_build(m, m->mats, m->n_mats, m->lm_head.data, weights, &p, err, errlen))) {
+        m->packs = p;
+        m->packs_free = packs_free;
+    }
+    if (!rc) note_weights(m, weights);
     pthread_mutex_unlock(&g_pack_mu);
     return rc;
 }
 
+int wrk_cpu_pack_shard(const wrk_model_t *m, const wrk_shard_t *s, wrk_wq_t weights,
+                       struct wrk_packs **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    pthread_mutex_lock(&g_pack_mu);
+    int rc = check_weights(m, weights, err, errlen);
+    pthread_mutex_unlock(&g_pack_mu);
+    if (rc) return rc;
+    /* the slices, and on the group leader (which computes the logits) the replicated head */
+    wrk_mat_t *mats = calloc((size_t)s->n_mats + 1, sizeof *mats);
+    if (!mats) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory packing weights");
+    memcpy(mats, s->mats, (size_t)s->n_mats * sizeof *mats);
+    int n = s->n_mats;
+    if (s->rank == 0 && m->lm_head.data) mats[n++] = m->lm_head;
+    rc = packs_build(m, mats, n, m->lm_head.data, weights, out, err, errlen);
+    free(mats);
+    if (rc) return rc;
+    pthread_mutex_lock(&g_pack_mu); /* again: another backend may have come in between */
+    if (!(rc = check_weights(m, weights, err, errlen))) note_weights((wrk_model_t *)m, weights);
+    pthread_mutex_unlock(&g_pack_mu);
+    if (rc) {
+        packs_free(*out);
+        *out = NULL;
+    }
+    return rc;
+}
+
+void wrk_cpu_packs_free(struct wrk_packs *p)
+{
+    packs_free(p);
+}
+
 const void *wrk_cpu_packed(const wrk_model_t *m, const wrk_mat_t *W, wrk_wq_t *qf)
 {
+    return wrk_cpu_packed_in(m->packs, W, qf);
+}
+
+const void *wrk_cpu_packed_in(const struct wrk_packs *p, const wrk_mat_t *W, wrk_wq_t *qf)
+{
     *qf = WRK_WQ_NATIVE;
-    const struct wrk_packs *p = m->packs;
     if (!p || !W->data) return NULL;
     int lo = 0, hi = p->n - 1;
     while (lo <= hi) {

@@ -18,6 +18,26 @@
 #define TOL_TP 1e-5f     /* TP=N vs TP=1, relative to max(1, |logit|) */
 #define TOL_GOLDEN 1e-4f /* vs transformers, as the golden tests */
 #define MAX_SEQS 8
+/* --weights q8|q4 under TP vs the same format at TP=1, max |dlogit| (test_quantized):
+ * - TOL_TPQ_ALIGNED: q4 where every rank's first input column is a multiple of 32 (the
+ *   slices quantize in the whole matrix's groups and scales, the activations in its groups):
+ *   the integer dots are the TP=1 ones and only the fp32 sum order of the all-reduce
+ *   differs (measured <= 7.2e-7), except that this fp32 difference can make an activation
+ *   code round the other way in a later layer: one such code moved the logits by 6.6e-3 (the
+ *   ASan build, tiny_bias_tied). 2e-2 leaves room for about three, and is 3x below the
+ *   smallest q4 difference of slices quantized in their own groups (6.6e-2), so a slice
+ *   quantized in the wrong groups fails.
+ * - TOL_TPQ8 / TOL_TPQ4 otherwise (q8 always: its row scale is the slice's max|w| / 127 for a
+ *   column-split matrix): another, equally fine quantization of the same weights, so the
+ *   difference is of the order of the quantization error itself; measured at most 5.9e-2
+ *   (q8) and 3.3e-1 (q4) over these fixtures at TP 2 and 3, bound about 2x that, as the golden
+ *   tests bound theirs (a wrong scale or nibble moves logits by O(1)).
+ * - vs the fp32 goldens, on the cases the golden tests bound (mamba tiny_bias_tied, mamba2
+ *   tiny_g2_untied), their bounds (mamba_golden_test.c, mamba2_golden_test.c).
+ * Every chunking of a TP run gives the whole-sequence run's logits bit for bit. */
+#define TOL_TPQ_ALIGNED 2e-2f
+#define TOL_TPQ8 0.13f
+#define TOL_TPQ4 0.7f
 
 typedef struct fixture {
     const char *family; /* folder under tests/golden */
@@ -106,12 +126,30 @@ static void fix_free(fix_t *x)
     wrk_model_free(x->m);
 }
 
-static wrk_backend_t *make(const wrk_model_t *m, int tp, int threads, char *err, size_t errlen)
+static wrk_backend_t *make_w(const wrk_model_t *m, int tp, int threads, const char *weights,
+                             char *err, size_t errlen)
 {
     wrk_backend_t *b = NULL;
-    wrk_backend_opts_t o = {.n_threads = threads, .n_slots = 8, .max_step_tokens = 64, .tp = tp};
+    wrk_backend_opts_t o = {.n_threads = threads, .n_slots = 8, .max_step_tokens = 64, .tp = tp,
+                            .weights = weights};
     if (wrk_cpu_backend_create(m, &o, &b, err, errlen)) return NULL;
     return b;
+}
+
+static wrk_backend_t *make(const wrk_model_t *m, int tp, int threads, char *err, size_t errlen)
+{
+    return make_w(m, tp, threads, NULL, err, errlen);
+}
+
+/* max |a - b|; NaN counts as a failure. */
+static float abs_diff(const float *a, const float *b, size_t n)
+{
+    float m = 0.f;
+    for (size_t i = 0; i < n; i++) {
+        float d = fabsf(a[i] - b[i]);
+        if (!(d <= m)) m = d;
+    }
+    return m;
 }
 
 /* max |a - b| / max(1, |b|); NaN counts as a failure. */
@@ -462,6 +500,141 @@ static void test_shard_layout(void)
     }
 }
 
+/* --weights q8|q4 under TP: every rank quantizes its own slices (workers/README.md, "Tensor
+ * parallelism"). Each TP run is checked against the same format at TP=1 and, on the cases
+ * the golden tests bound, against the fp32 goldens; every chunking of a sequence against
+ * the whole-sequence TP run. */
+/* Whether every rank's slice of the row-parallel matrices starts on a q4 group. */
+static bool q4_aligned(const wrk_model_t *m, int tp)
+{
+    bool ok = true;
+    for (int r = 0; r < tp && ok; r++) {
+        wrk_shard_t *s = NULL;
+        char err[256];
+        if (m->fam->shard(m, r, tp, &s, err, sizeof err)) return false;
+        if (m->info.family == WRK_FAMILY_MAMBA2) {
+            const wrk_mamba2_config_t *c = &((const wrk_mamba2_t *)s->layout)->cfg;
+            ok = c->tp_head0 * c->head_dim % 32 == 0;
+        } else { /* the last rank's width may be odd; the others' are whole blocks */
+            ok = r == tp - 1 || ((const wrk_mamba_t *)s->layout)->cfg.inner % 32 == 0;
+        }
+        wrk_shard_free(s);
+    }
+    return ok;
+}
+
+static void test_quantized(void)
+{
+    static const int chunks[] = {1, 5, 64}, qtps[] = {2, 3};
+    static const char *fmts[] = {"q8", "q4"};
+    static const float tol_golden[2][2] = {{0.05f, 0.35f}, {0.13f, 1.3f}}; /* mamba, mamba2 */
+    for (int fi = 0; fi < N_FIXTURES; fi++)
+        for (int f = 0; f < 2; f++) {
+            fix_t x;
+            if (fix_load(&fixtures[fi], &x)) { /* a model per format: packs are per model */
+                CHECK(0);
+                continue;
+            }
+            char err[512];
+            const size_t sf = wrk_model_info(x.m)->state_bytes / sizeof(float);
+            float *ref = malloc(64 * (size_t)x.V * sizeof(float));
+            float *whole = malloc(64 * (size_t)x.V * sizeof(float));
+            float *out = malloc(64 * (size_t)x.V * sizeof(float));
+            float *st = malloc(sf * sizeof(float));
+            wrk_backend_t *b1 = make_w(x.m, 1, 1, fmts[f], err, sizeof err);
+            CHECK_MSG(b1 != NULL, "%s", err);
+            for (int ti = 0; b1 && ti < 2; ti++) {
+                const int tp = qtps[ti];
+                wrk_backend_t *b = make_w(x.m, tp, 2 * tp, fmts[f], err, sizeof err);
+                CHECK_MSG(b != NULL, "%s tp %d %s: %s", fixtures[fi].name, tp, fmts[f], err);
+                if (!b) continue;
+                const bool m2 = !strcmp(fixtures[fi].family, "mamba2");
+                const bool aligned = f == 1 && q4_aligned(x.m, tp);
+                const float tol = aligned ? TOL_TPQ_ALIGNED : f == 0 ? TOL_TPQ8 : TOL_TPQ4;
+                const bool bounded = !strcmp(fixtures[fi].name, m2 ? "tiny_g2_untied"
+                                                                   : "tiny_bias_tied");
+                float worst = 0.f, worst_chunk = 0.f, worst_golden = 0.f;
+                for (int si = 0; si < x.n_seqs; si++) {
+                    const seq_t *q = &x.seqs[si];
+                    const size_t nv = (size_t)q->n * x.V;
+                    if (run_chunked(b1, q, x.V, 64, ref, st) ||
+                        run_chunked(b, q, x.V, 64, whole, st)) {
+                        CHECK(0);
+                        continue;
+                    }
+                    float d = abs_diff(whole, ref, nv);
+                    if (d > worst) worst = d;
+                    if (q->golden) {
+                        float g = abs_diff(whole, q->golden, nv);
+                        if (g > worst_golden) worst_golden = g;
+                    }
+                    for (int k = 0; k < 2; k++) {
+                        if (run_chunked(b, q, x.V, chunks[k], out, st)) {
+                            CHECK(0);
+                            continue;
+                        }
+                        float dc = abs_diff(out, whole, nv);
+                        if (dc > worst_chunk) worst_chunk = dc;
+                    }
+                }
+                CHECK_MSG(worst <= tol, "%s/%s %s tp %d: %g from tp 1 (bound %g%s)",
+                          fixtures[fi].family, fixtures[fi].name, fmts[f], tp, worst, tol,
+                          aligned ? ", q4 groups aligned" : "");
+                CHECK_MSG(worst_chunk == 0.f, "%s/%s %s tp %d: chunkings differ by %g",
+                          fixtures[fi].family, fixtures[fi].name, fmts[f], tp, worst_chunk);
+                if (bounded)
+                    CHECK_MSG(worst_golden <= tol_golden[m2][f], "%s/%s %s tp %d: %g from golden",
+                              fixtures[fi].family, fixtures[fi].name, fmts[f], tp, worst_golden);
+                fprintf(stderr,
+                        "  %-6s %-20s %s tp %d%s: vs tp1 %.2e; chunkings %.2e; vs golden %.2e\n",
+                        fixtures[fi].family, fixtures[fi].name, fmts[f], tp,
+                        aligned ? " (aligned)" : "", worst, worst_chunk, worst_golden);
+                wrk_backend_destroy(b);
+            }
+            wrk_backend_destroy(b1);
+            free(ref);
+            free(whole);
+            free(out);
+            free(st);
+            fix_free(&x);
+        }
+}
+
+/* The weight format under TP is the model's as at TP=1: the same fingerprint as a TP=1
+ * backend of that format (once, however many groups), and another format refused. */
+static void test_quantized_model(void)
+{
+    fix_t a, b1, n;
+    char err[512];
+    if (fix_load(&fixtures[5], &a) || fix_load(&fixtures[5], &b1) || fix_load(&fixtures[5], &n)) {
+        CHECK(0);
+        return;
+    }
+    const uint64_t native = wrk_model_info(n.m)->fingerprint;
+    wrk_backend_t *t = make_w(a.m, 2, 2, "q8", err, sizeof err), *o = NULL;
+    CHECK_MSG(t != NULL, "%s", err);
+    const uint64_t fa = wrk_model_info(a.m)->fingerprint;
+    wrk_backend_t *t2 = make_w(a.m, 3, 3, "q8", err, sizeof err);
+    CHECK_MSG(t2 != NULL, "%s", err);
+    CHECK(wrk_model_info(a.m)->fingerprint == fa);
+    CHECK((o = make_w(b1.m, 1, 1, "q8", err, sizeof err)) != NULL);
+    CHECK(wrk_model_info(b1.m)->fingerprint == fa && fa != native);
+    CHECK(make_w(a.m, 1, 1, "q4", err, sizeof err) == NULL);
+    CHECK_MSG(strstr(err, "already packed with --weights q8"), "%s", err);
+    CHECK(make_w(a.m, 2, 2, "native", err, sizeof err) == NULL);
+    CHECK_MSG(strstr(err, "already packed with --weights q8"), "%s", err);
+    wrk_backend_t *t1 = make_w(a.m, 1, 1, "q8", err, sizeof err); /* TP=1 after TP: fine */
+    CHECK_MSG(t1 != NULL, "%s", err);
+    CHECK(wrk_model_info(a.m)->fingerprint == fa);
+    wrk_backend_destroy(t1);
+    wrk_backend_destroy(o);
+    wrk_backend_destroy(t2);
+    wrk_backend_destroy(t);
+    fix_free(&a);
+    fix_free(&b1);
+    fix_free(&n);
+}
+
 int main(int argc, char **argv)
 {
     rcd_test_init(argc, argv);
@@ -470,5 +643,7 @@ int main(int argc, char **argv)
     RUN(test_ragged);
     RUN(test_state_portable);
     RUN(test_refusals);
+    RUN(test_quantized);
+    RUN(test_quantized_model);
     return rcd_test_summary();
 }

@@ -2,6 +2,7 @@
  * a rank owns, its copies of the sliced weights (in their stored dtype) and where its slice
  * of a sequence's state sits in the full state blob. Backend-independent: the CPU backend
  * runs ranks as threads; a GPU rank would upload the same slices. */
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -111,6 +112,23 @@ void wrk_shard_free(wrk_shard_t *s)
     free(s);
 }
 
+/* s->mats: the n sliced matrices at each layer's byte offsets `offs` from `layers` (stride
+ * `lsize`), kept in alloc[3]. */
+static int list_mats(wrk_shard_t *s, const void *layers, int n_layers, size_t lsize,
+                     const size_t *offs, int n_offs)
+{
+    wrk_mat_t *m = calloc((size_t)n_layers * (size_t)n_offs + 1, sizeof *m);
+    if (!m) return -1;
+    s->alloc[3] = m;
+    for (int l = 0; l < n_layers; l++)
+        for (int i = 0; i < n_offs; i++)
+            memcpy(&m[l * n_offs + i], (const char *)layers + (size_t)l * lsize + offs[i],
+                   sizeof *m);
+    s->mats = m;
+    s->n_mats = n_layers * n_offs;
+    return 0;
+}
+
 static void add_run(wrk_shard_t *s, size_t local, size_t global, size_t n, bool owner)
 {
     if (n) s->runs[s->n_runs++] = (wrk_shard_run_t){local, global, n, owner};
@@ -159,7 +177,9 @@ int wrk_mamba_shard(const wrk_model_t *m, int rank, int size, wrk_shard_t **out,
                         "at least one inner channel",
                         size, I);
     int c0, c1;
-    split(I, I / size >= 16 ? 16 : 1, rank, size, &c0, &c1);
+    /* in blocks of 32 (a q4 group, kernels_q.h) when every rank gets one, so the row-parallel
+     * x_proj and out_proj slices quantize in the groups of the whole matrix; else of 16 */
+    split(I, I / size >= 32 ? 32 : I / size >= 16 ? 16 : 1, rank, size, &c0, &c1);
     const int Ir = c1 - c0;
     wrk_shard_t *s = shard_new(rank, size, c->n_layers * (K - 1 + N));
     wrk_mamba_t *lay = calloc(1, sizeof *lay);
@@ -174,6 +194,10 @@ int wrk_mamba_shard(const wrk_model_t *m, int rank, int size, wrk_shard_t **out,
     a = (arena_t){.base = aligned_alloc(64, (a.used + 63) / 64 * 64)};
     if (!(s->alloc[2] = a.base)) goto nomem;
     mamba_fill(&a, g, c0, c1, rank == 0, layers);
+    static const size_t mamba_mats[] = {
+        offsetof(wrk_mamba_layer_t, in_proj), offsetof(wrk_mamba_layer_t, x_proj),
+        offsetof(wrk_mamba_layer_t, dt_proj), offsetof(wrk_mamba_layer_t, out_proj)};
+    if (list_mats(s, layers, c->n_layers, sizeof *layers, mamba_mats, 4)) goto nomem;
     lay->cfg = *c;
     lay->cfg.inner = Ir;
     lay->layers = layers;
@@ -290,6 +314,9 @@ int wrk_mamba2_shard(const wrk_model_t *m, int rank, int size, wrk_shard_t **out
     a = (arena_t){.base = aligned_alloc(64, (a.used + 63) / 64 * 64)};
     if (!(s->alloc[2] = a.base)) goto nomem;
     mamba2_fill(&a, g, sp, rank == 0, layers);
+    static const size_t mamba2_mats[] = {offsetof(wrk_mamba2_layer_t, in_proj),
+                                         offsetof(wrk_mamba2_layer_t, out_proj)};
+    if (list_mats(s, layers, c->n_layers, sizeof *layers, mamba2_mats, 2)) goto nomem;
     wrk_mamba2_config_t *lc = &lay->cfg;
     *lc = *c;
     lc->inner = hr * P;

@@ -38,6 +38,10 @@ typedef struct wrk_shard {
     int n_runs;
     wrk_shard_run_t *runs;
     void *alloc[4];         /* what the family allocated for it; freed by wrk_shard_free */
+    /* The sliced matrices of the layout (by value, data in alloc), for a backend to pack
+     * (workers/cpu/pack.c wrk_cpu_pack_shard). */
+    const wrk_mat_t *mats;
+    int n_mats;
 } wrk_shard_t;
 
 void wrk_shard_free(wrk_shard_t *s); /* NULL-safe */
@@ -88,6 +92,8 @@ struct wrk_model {
     struct wrk_packs *packs; /* owned; NULL until a CPU backend asks */
     struct wrk_pq *pq; /* owned; config.json's quantization_config, NULL when none (prequant.c) */
     void (*packs_free)(struct wrk_packs *p); /* set with packs, by the backend that made them */
+    int weights_fmt; /* 1 + the --weights format (wrk_wq_t) a CPU backend ran the model with,
+                      * which the fingerprint includes; 0 before any (pack.c) */
 };
 
 extern const wrk_family_i wrk_family_mamba;

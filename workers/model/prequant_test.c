@@ -145,6 +145,12 @@ static void test_dequant_exact(void)
         wrk_model_t *q2 = load(dir);
         CHECK(q2 && wrk_cpu_backend_create(q2, &o, &b, err, sizeof err) == RCD_EUNSUPPORTED);
         CHECK_MSG(strstr(err, "already quantized") && strstr(err, "--weights q8"), "%s", err);
+        /* nor under TP, where every rank would quantize its slices */
+        o.tp = 2;
+        o.weights = "q4";
+        err[0] = 0;
+        CHECK(q2 && wrk_cpu_backend_create(q2, &o, &b, err, sizeof err) == RCD_EUNSUPPORTED);
+        CHECK_MSG(strstr(err, "already quantized") && strstr(err, "--weights q4"), "%s", err);
         wrk_model_free(q2);
         wrk_model_free(q);
         wrk_model_free(r);
