@@ -7,6 +7,7 @@
  * acceptance rate a at which a verify's expected output, (1 - a^(k+1)) / (1 - a) tokens, equals
  * its cost in decode steps; speculation pays at that batch only above it.
  *   spec_bench --model DIR [--threads N] [--reps R] [--kmax K] [--batches 1,8]
+ *              [--matmul fp32|bf16] [--weights native|q8|q4]
  * Figures: bench/RESULTS.md ("Speculative verify"). */
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,7 +40,7 @@ static double median(double *v, int n)
 
 int main(int argc, char **argv)
 {
-    const char *dir = NULL;
+    const char *dir = NULL, *matmul = NULL, *weights = NULL;
     int threads = 0, reps = 15, kmax = MAX_K, batches[MAX_B], nb = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--model") && i + 1 < argc)
@@ -50,6 +51,10 @@ int main(int argc, char **argv)
             reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--kmax") && i + 1 < argc)
             kmax = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--matmul") && i + 1 < argc)
+            matmul = argv[++i];
+        else if (!strcmp(argv[i], "--weights") && i + 1 < argc)
+            weights = argv[++i];
         else if (!strcmp(argv[i], "--batches") && i + 1 < argc) {
             for (char *p = argv[++i], *e; *p && nb < MAX_B; p = *e ? e + 1 : e) {
                 batches[nb++] = (int)strtol(p, &e, 10);
@@ -61,7 +66,7 @@ int main(int argc, char **argv)
             }
         } else {
             fprintf(stderr, "usage: spec_bench --model DIR [--threads N] [--reps R] [--kmax K] "
-                            "[--batches 1,8]\n");
+                            "[--batches 1,8] [--matmul fp32|bf16] [--weights native|q8|q4]\n");
             return 2;
         }
     }
@@ -81,8 +86,11 @@ int main(int argc, char **argv)
     }
     const wrk_model_info_t *mi = wrk_model_info(m);
     const int V = mi->vocab_size;
-    wrk_backend_opts_t o = {
-        .n_threads = threads, .n_slots = MAX_B, .max_step_tokens = MAX_B * (MAX_K + 1)};
+    wrk_backend_opts_t o = {.n_threads = threads,
+                            .n_slots = MAX_B,
+                            .max_step_tokens = MAX_B * (MAX_K + 1),
+                            .matmul = matmul,
+                            .weights = weights};
     wrk_backend_t *b = NULL;
     if (wrk_cpu_backend_create(m, &o, &b, err, sizeof err)) {
         fprintf(stderr, "spec_bench: %s\n", err);
@@ -98,8 +106,10 @@ int main(int argc, char **argv)
     for (int s = 0; s < MAX_B; s++)
         for (int j = 0; j <= MAX_K; j++)
             toks[s][j] = (s * 131 + j * 17 + 5) % V;
-    printf("model %s (%s), backend %s/%s, state %zu B per sequence, median of %d\n", dir,
-           mi->architecture, wrk_backend_name(b), wrk_backend_isa(b), mi->state_bytes, reps);
+    printf("model %s (%s), backend %s/%s, matmul %s, weights %s, state %zu B per sequence, "
+           "median of %d\n",
+           dir, mi->architecture, wrk_backend_name(b), wrk_backend_isa(b), matmul ? matmul : "fp32",
+           weights ? weights : "native", mi->state_bytes, reps);
     printf("batch  k  step_ms  vs_decode  break_even  accept1_ms  acceptk_ms (per sequence)\n");
     wrk_seq_t seqs[MAX_B];
     int rc = 0;
