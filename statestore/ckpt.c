@@ -14,35 +14,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
-/* ---- little-endian fields --------------------------------------------------------------- */
-
-static void put32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void put64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint32_t get32(const uint8_t *p)
-{
-    uint32_t v = 0;
-    for (int i = 3; i >= 0; i--)
-        v = (v << 8) | p[i];
-    return v;
-}
-
-static uint64_t get64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = (v << 8) | p[i];
-    return v;
-}
+#include "statestore/ckpt_le.h"
 
 /* ---- metadata --------------------------------------------------------------------------- */
 
@@ -242,8 +214,8 @@ int ckpt_parse(const uint8_t *buf, size_t len, ckpt_hdr_t *out, char *err, size_
     /* The hash matched, but a checkpoint is outside data: every field is still checked. */
     uint32_t n_t = get32(buf + 76), id_len = get32(buf + 80), par_len = get32(buf + 84),
              n_meta = get32(buf + 88), meta_bytes = get32(buf + 92);
-    if (n_t > CKPT_MAX_TENSORS || id_len == 0 || id_len > STORE_SID_MAX || par_len > STORE_SID_MAX ||
-        n_meta > STORE_META_MAX || meta_bytes > STORE_META_BYTES ||
+    if (n_t > CKPT_MAX_TENSORS || id_len == 0 || id_len > STORE_SID_MAX ||
+        par_len > STORE_SID_MAX || n_meta > STORE_META_MAX || meta_bytes > STORE_META_BYTES ||
         (uint64_t)CKPT_FIXED + id_len + par_len + (uint64_t)n_t * CKPT_TENSOR_REC + meta_bytes +
                 8 !=
             n)

@@ -4,34 +4,7 @@
 #include <string.h>
 
 #include "common/rcd_error.h"
-
-static void put32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void put64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint32_t get32(const uint8_t *p)
-{
-    uint32_t v = 0;
-    for (int i = 3; i >= 0; i--)
-        v = (v << 8) | p[i];
-    return v;
-}
-
-static uint64_t get64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = (v << 8) | p[i];
-    return v;
-}
+#include "statestore/ckpt_le.h"
 
 static uint64_t pad8(uint64_t n)
 {
@@ -56,8 +29,7 @@ bool ckpt_ext_name_ok(const char *name)
     if (n == 0 || n > CKPT_EXT_NAME_MAX) return false;
     for (size_t i = 0; i < n; i++) {
         char c = name[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
-              c == '-'))
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-'))
             return false;
     }
     return true;
@@ -89,8 +61,10 @@ int ckpt_ext_split(const void *blob, size_t len, size_t state_bytes, size_t kv_b
     uint32_t n = get32(t), ver = get32(t + 4);
     uint64_t region = get64(t + 8);
     if (ver != CKPT_EXT_VERSION)
-        return rcd_fail(RCD_ECORRUPT, err, errlen, "extension sections: version %u, this build "
-                        "reads %d", ver, CKPT_EXT_VERSION);
+        return rcd_fail(RCD_ECORRUPT, err, errlen,
+                        "extension sections: version %u, this build "
+                        "reads %d",
+                        ver, CKPT_EXT_VERSION);
     if (n < 1 || n > CKPT_EXT_MAX)
         return rcd_fail(RCD_ECORRUPT, err, errlen, "extension sections: count %u out of range", n);
     uint64_t meta = (uint64_t)n * CKPT_EXT_DIRREC + CKPT_EXT_TRAILER;
@@ -114,8 +88,8 @@ int ckpt_ext_split(const void *blob, size_t len, size_t state_bytes, size_t kv_b
             if (d[k]) goto bad_dir; /* NUL-padded */
         uint64_t so = get64(d + 24), sb = get64(d + 32);
         s->elem = get32(d + 40);
-        if (!ckpt_ext_name_ok(s->name) || get32(d + 44) != 0 || !elem_ok(s->elem) ||
-            so != off || sb > data_bytes - off || sb % s->elem || pad8(sb) > data_bytes - off)
+        if (!ckpt_ext_name_ok(s->name) || get32(d + 44) != 0 || !elem_ok(s->elem) || so != off ||
+            sb > data_bytes - off || sb % s->elem || pad8(sb) > data_bytes - off)
             goto bad_dir;
         for (uint32_t k = 0; k < i; k++)
             if (!strcmp(ext->sec[k].name, s->name)) goto bad_dir;

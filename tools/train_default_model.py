@@ -479,20 +479,8 @@ def save_checkpoint(model, tokenizer, out, dtype, tokenizer_dir=None):
 
 # --------------------------------------------------------------------------- model card
 
-CARD = """# recurd-mamba-tiny
-
-recurd's bundled default model: a tiny Mamba-1 language model (`MambaForCausalLM`, {params_m:.2f}M
-parameters) with its own {vocab}-entry byte-level BPE tokenizer, trained from scratch on CPU by
-`tools/train_default_model.py`. It is meant for smoke tests, demos and benchmarks of the serving
-path, not for real use: it writes English-looking sentences, mostly in the style of Unix fortune
-cookies and the Python documentation, with little meaning.
-
-## Files
-Ordinary Hugging Face checkpoint (`save_pretrained`), {size_mb:.1f} MB in total:
-`config.json`, `generation_config.json`, `model.safetensors` ({dtype_name}, tied embeddings, no
-`lm_head.weight` tensor), `tokenizer.json`, `tokenizer_config.json`.
-
-## Architecture (config.json)
+# The architecture table both model cards share (a format string, filled with the card).
+ARCH_TABLE = """## Architecture (config.json)
 | field | value |
 |---|---|
 | vocab_size | {vocab} |
@@ -507,7 +495,22 @@ Ordinary Hugging Face checkpoint (`save_pretrained`), {size_mb:.1f} MB in total:
 | residual_in_fp32 | true |
 | tie_word_embeddings | true |
 | bos / eos / pad token | `<|endoftext|>` (id {eos}) |
+"""
 
+CARD = """# recurd-mamba-tiny
+
+recurd's bundled default model: a tiny Mamba-1 language model (`MambaForCausalLM`, {params_m:.2f}M
+parameters) with its own {vocab}-entry byte-level BPE tokenizer, trained from scratch on CPU by
+`tools/train_default_model.py`. It is meant for smoke tests, demos and benchmarks of the serving
+path, not for real use: it writes English-looking sentences, mostly in the style of Unix fortune
+cookies and the Python documentation, with little meaning.
+
+## Files
+Ordinary Hugging Face checkpoint (`save_pretrained`), {size_mb:.1f} MB in total:
+`config.json`, `generation_config.json`, `model.safetensors` ({dtype_name}, tied embeddings, no
+`lm_head.weight` tensor), `tokenizer.json`, `tokenizer_config.json`.
+
+""" + ARCH_TABLE + """
 Tokenizer: HF `tokenizers` BPE, ByteLevel pre-tokenizer (no prefix space) + ByteLevel decoder +
 ByteLevel post-processor (GPT-NeoX style), one special token `<|endoftext|>` used as
 bos/eos/pad/unk; `model_max_length` {max_len} (Mamba itself has no length limit). No BOS is
@@ -578,22 +581,7 @@ Ordinary Hugging Face checkpoint (`save_pretrained`), {size_mb:.2f} MB in total:
 `config.json`, `generation_config.json`, `model.safetensors` ({dtype_name}, tied embeddings, no
 `lm_head.weight` tensor), `tokenizer.json`, `tokenizer_config.json` (copied from `{teacher}`).
 
-## Architecture (config.json)
-| field | value |
-|---|---|
-| vocab_size | {vocab} |
-| hidden_size | {hidden} |
-| num_hidden_layers | {layers} |
-| intermediate_size (expand) | {inter} ({expand}) |
-| state_size | {state} |
-| conv_kernel | 4 |
-| time_step_rank | {rank} |
-| use_bias / use_conv_bias | false / true |
-| layer_norm_epsilon | 1e-5 |
-| residual_in_fp32 | true |
-| tie_word_embeddings | true |
-| bos / eos / pad token | `<|endoftext|>` (id {eos}) |
-
+""" + ARCH_TABLE + """
 ## Training data
 The bundled model's text and split (see `{teacher}/README.md`: Debian's `fortunes`,
 `fortunes-min` (BSD) and prose from `python3.11-doc` (PSF License)): {ndocs} documents,
