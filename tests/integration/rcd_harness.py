@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -324,6 +325,33 @@ class OwnDaemonsTest(unittest.TestCase):
         d.proc.wait()
         d.log.close()
         shutil.rmtree(d.tmp, ignore_errors=True)
+
+
+def ckpt_payload(state_dir, sid, version):
+    """The payload bytes of a session's checkpoint file (statestore/ckpt.h's header fields:
+    header length at 12, payload length at 56)."""
+    with open(os.path.join(state_dir, "s_" + sid, "%020d.ckpt" % version), "rb") as f:
+        b = f.read()
+    (hb,) = struct.unpack_from("<I", b, 12)
+    (n,) = struct.unpack_from("<Q", b, 56)
+    return b[hb:hb + n]
+
+
+def ckpt_sections(p):
+    """(state part, {name: bytes}) of a payload: its extension sections (statestore/ckpt_ext.h:
+    section data, one 48-byte record per section, a 24-byte trailer ending in RCDEXT1)."""
+    if len(p) < 24 or p[-8:] != b"RCDEXT1\0":
+        return p, {}
+    n, ver, region = struct.unpack_from("<IIQ", p, len(p) - 24)
+    assert ver == 1, ver
+    base = len(p) - region
+    out = {}
+    for i in range(n):
+        rec = len(p) - 24 - 48 * (n - i)
+        name = p[rec:rec + 24].rstrip(b"\0").decode()
+        off, nb = struct.unpack_from("<QQ", p, rec + 24)
+        out[name] = p[base + off:base + off + nb]
+    return p[:base], out
 
 
 def concurrently(fn, n):

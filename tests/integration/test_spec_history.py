@@ -16,6 +16,8 @@ import struct
 import tempfile
 import unittest
 
+from rcd_harness import ckpt_payload as payload
+from rcd_harness import ckpt_sections as sections
 from rcd_harness import ROOT, Daemon, OwnDaemonsTest, collect, free_port, gen_request, pb, \
     start_redis
 
@@ -25,30 +27,12 @@ N = 24
 OFF = 1  # SPECULATE_OFF
 
 
-def payload(state_dir, sid, version):
-    with open(os.path.join(state_dir, "s_" + sid, "%020d.ckpt" % version), "rb") as f:
-        b = f.read()
-    (hb,) = struct.unpack_from("<I", b, 12)
-    (n,) = struct.unpack_from("<Q", b, 56)
-    return b[hb:hb + n]
 
 
 def history(pl):
-    """The hist.tokens section of a payload (ckpt_ext.h), or None without sections."""
-    if len(pl) < 24 or pl[-8:] != b"RCDEXT1\0":
-        return None
-    n, ver, region = struct.unpack_from("<IIQ", pl, len(pl) - 24)
-    assert ver == 1
-    base = len(pl) - region
-    d = len(pl) - 24 - 48 * n
-    for i in range(n):
-        rec = pl[d + 48 * i:d + 48 * (i + 1)]
-        name = rec[:24].rstrip(b"\0").decode()
-        off, size, elem = struct.unpack_from("<QQI", rec, 24)
-        if name == "hist.tokens":
-            assert elem == 4
-            return list(struct.unpack_from("<%di" % (size // 4), pl, base + off))
-    return None
+    """The hist.tokens section of a payload (ckpt_ext.h), or None without it."""
+    h = sections(pl)[1].get("hist.tokens")
+    return None if h is None else list(struct.unpack("<%di" % (len(h) // 4), h))
 
 
 def turn(d, sid, ids=P, off=False):

@@ -16,11 +16,11 @@ strings inside an accepted run, the OpenAI usage details and the /metrics counte
 recurd-eval --speculate ngram prints the ids it prints without."""
 import json
 import os
-import struct
 import subprocess
 import unittest
 import urllib.request
 
+from rcd_harness import ckpt_payload as payload
 from rcd_harness import ROOT, OwnDaemonsTest, collect, concurrently, gen_request, pb
 
 G = os.path.join(ROOT, "tests", "golden")
@@ -30,12 +30,6 @@ OFF = 1  # SPECULATE_OFF
 SAN = "RECURD_ABUSE_SCALE" in os.environ
 
 
-def payload(state_dir, sid, version):
-    with open(os.path.join(state_dir, "s_" + sid, "%020d.ckpt" % version), "rb") as f:
-        b = f.read()
-    (hb,) = struct.unpack_from("<I", b, 12)
-    (n,) = struct.unpack_from("<Q", b, 56)
-    return b[hb:hb + n]
 
 
 def norm(res):

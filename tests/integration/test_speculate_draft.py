@@ -17,6 +17,8 @@ import subprocess
 import tempfile
 import unittest
 
+from rcd_harness import ckpt_payload as payload
+from rcd_harness import ckpt_sections as sections
 from rcd_harness import ROOT, OwnDaemonsTest, collect, concurrently, daemon_binary, gen_request
 
 G = os.path.join(ROOT, "tests", "golden")
@@ -27,29 +29,8 @@ SAN = "RECURD_ABUSE_SCALE" in os.environ
 PROMPT = [5, 17, 42, 99, 3, 250, 7, 64, 128, 11, 33, 8, 900, 1500]
 
 
-def payload(state_dir, sid, version):
-    import struct
-    with open(os.path.join(state_dir, "s_" + sid, "%020d.ckpt" % version), "rb") as f:
-        b = f.read()
-    (hb,) = struct.unpack_from("<I", b, 12)
-    (n,) = struct.unpack_from("<Q", b, 56)
-    return b[hb:hb + n]
 
 
-def sections(p):
-    """(state part, {name: bytes}) of a payload (statestore/ckpt_ext.h)."""
-    import struct
-    if len(p) < 24 or p[-8:] != b"RCDEXT1\0":
-        return p, {}
-    n, _, region = struct.unpack_from("<IIQ", p, len(p) - 24)
-    base = len(p) - region
-    out = {}
-    for i in range(n):
-        rec = base + region - 24 - 48 * (n - i)
-        name = p[rec:rec + 24].rstrip(b"\0").decode()
-        off, nb = struct.unpack_from("<QQ", p, rec + 24)
-        out[name] = p[base + off:base + off + nb]
-    return p[:base], out
 
 
 def same_but_draft(test, on, off, draft_fp=None):
