@@ -51,7 +51,7 @@ class Fixture(OwnDaemonsTest):
 
     def start(self):
         return self.spawn("--model", self.model, "--state-dir", self.dir, "--speculate", "ngram",
-                          "--spec-tokens", "4", *self.extra)
+                          "--spec-tokens", "4", "--spec-adaptive", "off", *self.extra)
 
     def gen(self, d, ids, sid=None, off=False, **kw):
         kw.setdefault("temperature", 0)
@@ -172,6 +172,7 @@ class Bundled(OwnDaemonsTest):
     def test_stop_strings_and_openai_usage(self):
         port_file = os.path.join(self.dir, "http.port")
         d = self.spawn("--state-dir", self.dir, "--speculate", "ngram", "--http-port", "0",
+                       "--spec-adaptive", "off",
                        "--http-port-file", port_file)
         text = "Once upon a time"
 
