@@ -258,7 +258,8 @@ static void test_gate(void)
     CHECK(!eng_spec_gate_observe(&g, true, 0.0, 5.0) && !eng_spec_gate_observe(&g, false, -1, 1));
     CHECK(eng_spec_gate_bucket(1) == 0 && eng_spec_gate_bucket(2) == 1 &&
           eng_spec_gate_bucket(4) == 2 && eng_spec_gate_bucket(5) == 3 &&
-          eng_spec_gate_bucket(0) == 0 && eng_spec_gate_bucket(100000) == ENG_SPEC_GATE_BUCKETS - 1);
+          eng_spec_gate_bucket(0) == 0 &&
+          eng_spec_gate_bucket(100000) == ENG_SPEC_GATE_BUCKETS - 1);
 }
 
 /* ---- greedy speculative decoding on a real model --------------------------------------- */
