@@ -7,6 +7,7 @@ stream and at N concurrent streams; prints decode tokens/s off and on, their rat
 acceptance.
   python3 bench/spec_daemon.py --model DIR [--tokens 64] [--streams 8] [--reps 3]
       [--speculate ngram|draft] [--draft-model DIR] [--spec-max-batch N] [--text]
+      [--spec-adaptive on|off]
 --text (a model with a tokenizer, e.g. the bundled one): the workloads are prose instead of
 token ids: copy-heavy asks to continue a passage given in full and then again cut short (the
 answer can copy the rest), free generation continues short prompts, a different one per
@@ -48,6 +49,8 @@ def main():
     ap.add_argument("--draft-model")
     ap.add_argument("--spec-max-batch", type=int)
     ap.add_argument("--text", action="store_true")
+    ap.add_argument("--spec-adaptive", choices=["on", "off"],
+                    help="the daemon's gain check (default: the daemon's, on)")
     a = ap.parse_args()
     if not a.speculate:
         a.speculate = "draft" if a.draft_model else "ngram"
@@ -58,6 +61,8 @@ def main():
     smb = a.spec_max_batch if a.spec_max_batch is not None else (None if a.text else 0)
     if smb is not None:
         args += ["--spec-max-batch", str(smb)]
+    if a.spec_adaptive:
+        args += ["--spec-adaptive", a.spec_adaptive]
     d = Daemon(*args)
     try:
         def gen(ids, off, n):
@@ -112,6 +117,10 @@ def main():
                        outs[True] == outs[False], acc, dr))
     finally:
         d.stop()
+    import re
+    m = re.findall(r"spec pauses \d+ paused steps \d+", getattr(d, "exit_logs", "") or "")
+    if m:
+        print("gain check: " + m[-1])
 
 
 if __name__ == "__main__":

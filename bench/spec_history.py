@@ -38,8 +38,9 @@ def main():
           (cpu_model(), a.model, a.tokens, a.sessions))
     print("daemon          turn-2 off tok/s  on tok/s  on/off  same  accepted/drafted  payload B")
     for hist in ("8192", "0"):
+        # every step speculates (no back-off, no gain check): the acceptance is what is measured
         d = Daemon("--model", a.model, "--speculate", "ngram", "--spec-max-batch", "0",
-                   "--threads", str(a.threads), "--spec-history", hist)
+                   "--spec-adaptive", "off", "--threads", str(a.threads), "--spec-history", hist)
         try:
             def gen(ids, sid, off):
                 r = gen_request(tokens=ids, session=sid, temperature=0, max_tokens=a.tokens,

@@ -97,6 +97,9 @@
       "speculative decoding: most draft tokens one verify step checks (k adapts per turn)")        \
     X(spec_max_batch, INT, "4", "RECURD_SPEC_MAX_BATCH", DMN_RANGE(0, DMN_INT_MAX),                \
       "speculative decoding: no drafts in a step of more sequences than this (0: no limit)")       \
+    X(spec_adaptive, STR, "on", "RECURD_SPEC_ADAPTIVE", DMN_ONE_OF("on|off"),                      \
+      "speculative decoding: time steps with and without drafts and pause speculation (per "      \
+      "batch size, back-off 16..1024 steps) while it emits fewer tokens per second")              \
     X(draft_model, STR, "", "RECURD_DRAFT_MODEL", DMN_ANY,                                         \
       "--speculate draft: the draft model's directory (any supported family, the model's "         \
       "vocabulary and tokenizer; runs on the CPU beside the model)")                               \

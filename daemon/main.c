@@ -425,6 +425,7 @@ static int serve(dmn_server_t *srv, bool *grpc_up)
     rc_cfg.draft_be = srv->draft_backend;
     rc_cfg.spec_tokens = (int)o->spec_tokens;
     rc_cfg.spec_max_batch = (int)o->spec_max_batch;
+    rc_cfg.spec_adaptive = strcmp(o->spec_adaptive, "on") == 0;
     rc_cfg.spec_history = (int32_t)o->spec_history;
     if ((rc = eng_runner_create_cfg(srv->loop, srv->backend, &rc_cfg, &srv->runner, err,
                                     sizeof(err)))) {

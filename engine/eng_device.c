@@ -176,6 +176,7 @@ static void run_plan(eng_runner_t *r)
     }
     if (!rc) draft_propose(r);
     if (!rc && r->w_n) rc = wrk_step(r->be, r->w_seqs, r->w_n, r->w_err, sizeof(r->w_err));
+    r->w_step_ns = uv_hrtime() - t0; /* rollbacks, the draft's proposal and the step */
     for (int32_t i = 0; i < r->w_n && !rc; i++) {
         eng__req_t *q = r->w_reqs[i];
         const wrk_seq_t *ws = &r->w_seqs[i];

@@ -193,3 +193,80 @@ void eng_spec_policy_update(eng_spec_policy_t *p, int k, int accepted)
         p->paused = p->pause_steps;
     }
 }
+
+/* ---- the runner-wide gain check ------------------------------------------------------------ */
+
+#define GATE_ALPHA 0.125
+
+void eng_spec_gate_init(eng_spec_gate_t *g)
+{
+    *g = (eng_spec_gate_t){.probe_every = 16,
+                           .min_samples = 8,
+                           .backoff_min = 16,
+                           .backoff_max = 1024,
+                           .margin = 1.0,
+                           .backoff = 16};
+}
+
+bool eng_spec_gate_next(eng_spec_gate_t *g)
+{
+    if (g->paused > 0) {
+        g->paused--;
+        g->paused_steps++;
+        return false;
+    }
+    /* until the baseline has its samples, one step in 4 runs plainly */
+    int every = g->n_plain < g->min_samples && g->probe_every > 4 ? 4 : g->probe_every;
+    if (++g->since_probe >= every) {
+        g->since_probe = 0;
+        return false;
+    }
+    return true;
+}
+
+static void gate_ewma(double *us, double *tok, int n, double x_us, double x_tok)
+{
+    if (n == 0) {
+        *us = x_us;
+        *tok = x_tok;
+        return;
+    }
+    *us += GATE_ALPHA * (x_us - *us);
+    *tok += GATE_ALPHA * (x_tok - *tok);
+}
+
+bool eng_spec_gate_observe(eng_spec_gate_t *g, bool spec, double us, double tokens)
+{
+    if (!(us > 0.0) || !(tokens >= 0.0)) return false;
+    if (!spec) {
+        gate_ewma(&g->plain_us, &g->plain_tok, g->n_plain, us, tokens);
+        if (g->n_plain < g->min_samples) g->n_plain++;
+        return false;
+    }
+    if (g->paused > 0) return false; /* a step planned before the pause */
+    gate_ewma(&g->spec_us, &g->spec_tok, g->n_spec, us, tokens);
+    if (g->n_spec < g->min_samples) g->n_spec++;
+    if (g->n_spec < g->min_samples || g->n_plain < g->min_samples) return false;
+    /* rates compared as spec_tok / spec_us < margin * plain_tok / plain_us */
+    if (g->spec_tok * g->plain_us < g->margin * g->plain_tok * g->spec_us) {
+        g->paused = g->backoff;
+        g->backoff = g->backoff * 2 < g->backoff_max ? g->backoff * 2 : g->backoff_max;
+        g->pauses++;
+        g->n_spec = 0; /* the probe after the pause is judged on fresh samples */
+        g->probing = true;
+        return true;
+    }
+    if (g->probing) { /* a probe that pays: the next pause starts short again */
+        g->probing = false;
+        g->backoff = g->backoff_min;
+    }
+    return false;
+}
+
+int eng_spec_gate_bucket(int batch)
+{
+    int b = 0;
+    for (int n = 1; n < batch && b < ENG_SPEC_GATE_BUCKETS - 1; n *= 2)
+        b++;
+    return b;
+}

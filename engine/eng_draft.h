@@ -121,4 +121,38 @@ int eng_spec_policy_next(eng_spec_policy_t *p, int batch);
 /* A verify of k drafts kept `accepted` of them (0..k). */
 void eng_spec_policy_update(eng_spec_policy_t *p, int k, int accepted);
 
+/* Runner-wide gain check (engine/README.md, "Speculation that pays"): the runner times every
+ * pure decode step on its device thread (the draft model's proposal and the target's step) and
+ * counts the tokens it emitted, separately for steps with verify entries ("spec") and steps
+ * without ("plain"), as EWMAs (weight 1/8) per batch-size bucket. While speculating, one step
+ * in probe_every (one in 4 until the baseline has min_samples) runs plainly to keep the
+ * baseline fresh. Once both kinds have min_samples
+ * samples (spec ones counted since the last decision), a spec sample whose EWMA rate (tokens
+ * per microsecond) is below margin x the plain rate pauses speculation for `backoff` steps
+ * (plain steps, which also refresh the baseline); the next back-off doubles, up to
+ * backoff_max. After a pause speculation resumes as a probe: min_samples fresh spec samples,
+ * then the same check; a probe that pays resets the back-off to backoff_min. Pure: no clock,
+ * the caller passes the measured times. */
+typedef struct eng_spec_gate {
+    int probe_every, min_samples, backoff_min, backoff_max;
+    double margin;
+    /* state */
+    double spec_us, spec_tok, plain_us, plain_tok; /* EWMAs per step */
+    int n_spec, n_plain, since_probe, paused, backoff;
+    bool probing; /* resumed after a pause and not yet judged */
+    /* counters */
+    uint64_t pauses, paused_steps;
+} eng_spec_gate_t;
+/* probe_every 16, min_samples 8, back-off 16..1024, margin 1.0 */
+void eng_spec_gate_init(eng_spec_gate_t *g);
+/* Whether the next step may speculate (false: a plain step; a paused gate counts it). */
+bool eng_spec_gate_next(eng_spec_gate_t *g);
+/* A pure decode step ran for `us` microseconds (> 0) and emitted `tokens`; spec: it had
+ * verify entries. Returns true when this sample paused speculation. */
+bool eng_spec_gate_observe(eng_spec_gate_t *g, bool spec, double us, double tokens);
+/* The bucket of a step of `batch` sequences: 0 for 1, 1 for 2, 2 for 3-4, ... up to
+ * ENG_SPEC_GATE_BUCKETS - 1. */
+#define ENG_SPEC_GATE_BUCKETS 6
+int eng_spec_gate_bucket(int batch);
+
 #endif

@@ -191,6 +191,77 @@ static void test_policy(void)
     CHECK(p.k_max == ENG_DRAFT_MAX && eng_spec_policy_next(&p, 1000) == ENG_DRAFT_MAX);
 }
 
+
+/* ---- the runner-wide gain check with synthetic timings ----------------------------------- */
+
+/* Runs n steps through the gate: a spec step takes spec_us and emits spec_tok, a plain one
+ * plain_us and 1 token; noise (0..1) scales every other step's time by 1 +- noise. Returns the
+ * spec steps run. */
+static int gate_run(eng_spec_gate_t *g, int n, double spec_us, double spec_tok, double plain_us,
+                    double noise)
+{
+    int spec = 0;
+    for (int i = 0; i < n; i++) {
+        bool s = eng_spec_gate_next(g);
+        double f = 1.0 + (i % 2 ? noise : -noise);
+        eng_spec_gate_observe(g, s, (s ? spec_us : plain_us) * f, s ? spec_tok : 1.0);
+        spec += s;
+    }
+    return spec;
+}
+
+static void test_gate(void)
+{
+    eng_spec_gate_t g;
+    /* paying speculation (1.8 tokens for 1.2x a plain step's time) stays on; the baseline is
+     * refreshed by one plain step in 16 */
+    eng_spec_gate_init(&g);
+    int spec = gate_run(&g, 1000, 1200.0, 1.8, 1000.0, 0.0);
+    CHECK(g.pauses == 0 && g.paused_steps == 0);
+    CHECK(spec > 900 && spec < 1000);
+    /* noise (+-25% on alternate steps) around a 1.3x gain does not flap it */
+    eng_spec_gate_init(&g);
+    gate_run(&g, 2000, 1000.0, 1.3, 1000.0, 0.25);
+    CHECK(g.pauses == 0);
+    /* losing speculation (1.4 tokens for 2x the time) pauses after min_samples, back-off
+     * doubling 16, 32, 64, ... */
+    eng_spec_gate_init(&g);
+    int steps = 0;
+    while (g.pauses == 0 && steps < 1000) {
+        bool s = eng_spec_gate_next(&g);
+        eng_spec_gate_observe(&g, s, s ? 2000.0 : 1000.0, s ? 1.4 : 1.0);
+        steps++;
+    }
+    CHECK(g.pauses == 1 && g.paused == 16 && g.backoff == 32);
+    CHECK(steps < 64); /* the first decision comes after a handful of samples of each kind */
+    for (int i = 0; i < 16; i++)
+        CHECK(!eng_spec_gate_next(&g));
+    CHECK(g.paused_steps == 16);
+    CHECK(eng_spec_gate_next(&g)); /* the probe */
+    eng_spec_gate_observe(&g, true, 2000.0, 1.4);
+    gate_run(&g, 12, 2000.0, 1.4, 1000.0, 0.0); /* probe still losing: 32 next */
+    CHECK(g.pauses == 2 && g.backoff == 64 && g.paused > 0);
+    gate_run(&g, 5000, 2000.0, 1.4, 1000.0, 0.0); /* stays mostly off, back-off capped */
+    CHECK(g.backoff == 1024 && g.paused_steps > 4500);
+    /* a later probe that pays resumes and resets the back-off */
+    while (g.paused > 0)
+        gate_run(&g, 1, 2000.0, 1.4, 1000.0, 0.0);
+    spec = gate_run(&g, 500, 900.0, 1.6, 1000.0, 0.0);
+    CHECK(g.backoff == g.backoff_min && g.paused == 0 && spec > 450);
+    uint64_t pauses = g.pauses;
+    gate_run(&g, 1000, 900.0, 1.6, 1000.0, 0.1);
+    CHECK(g.pauses == pauses);
+    /* a spec step planned before the pause and measured during it is not counted */
+    eng_spec_gate_init(&g);
+    g.paused = 3;
+    CHECK(!eng_spec_gate_observe(&g, true, 1.0, 5.0) && g.n_spec == 0);
+    CHECK(!eng_spec_gate_observe(&g, true, 0.0, 5.0) && !eng_spec_gate_observe(&g, false, -1, 1));
+    CHECK(eng_spec_gate_bucket(1) == 0 && eng_spec_gate_bucket(2) == 1 &&
+          eng_spec_gate_bucket(4) == 2 && eng_spec_gate_bucket(5) == 3 &&
+          eng_spec_gate_bucket(0) == 0 &&
+          eng_spec_gate_bucket(100000) == ENG_SPEC_GATE_BUCKETS - 1);
+}
+
 /* ---- greedy speculative decoding on a real model --------------------------------------- */
 
 #define N_PROMPT 48
@@ -361,6 +432,7 @@ int main(int argc, char **argv)
     RUN(test_oracle);
     RUN(test_greedy_keep);
     RUN(test_policy);
+    RUN(test_gate);
     RUN(test_spec_greedy);
     return rcd_test_summary();
 }

@@ -178,6 +178,15 @@ struct eng_runner {
     size_t draft_state_bytes;
     int w_draft_rc;
     char w_draft_err[256];
+    /* the gain check (spec_adaptive; engine/README.md, "Speculation that pays"), one gate per
+     * batch-size bucket: the step in hand's bucket (-1: not a pure decode step, not measured)
+     * and kind (loop), its run time up to the end of the target's step (device), the tokens
+     * its entries emitted (loop, after sampling) */
+    eng_spec_gate_t gate[ENG_SPEC_GATE_BUCKETS];
+    int w_gate;
+    bool w_spec;
+    uint64_t w_step_ns;
+    int32_t w_emitted;
 };
 
 /* ---- eng_device.c: the device thread ---------------------------------------------------- */

@@ -268,6 +268,9 @@ int eng_runner_create_cfg(uv_loop_t *loop, wrk_backend_t *be, const eng_runner_c
     r->w_resets = calloc((size_t)r->n_slots, sizeof(int32_t));
     r->acc_slot = calloc((size_t)r->n_slots, sizeof(int32_t));
     r->acc_keep = calloc((size_t)r->n_slots, sizeof(int32_t));
+    for (int b = 0; b < ENG_SPEC_GATE_BUCKETS; b++)
+        eng_spec_gate_init(&r->gate[b]);
+    r->w_gate = -1;
     r->vocab = wrk_model_info(wrk_backend_model(be))->vocab_size;
     if (!r->acc_slot || !r->acc_keep) goto oom;
     if (cfg->spec_history < 0 || cfg->spec_history > ENG_SPEC_HISTORY_MAX) {
@@ -375,7 +378,7 @@ static void log_stats(eng_runner_t *r, eng_level_t lvl)
              "gap ms %.1f, arrived %llu, completed %llu, cancelled %llu, expired %llu, rejected "
              "%llu, failed %llu, preemptions %llu, swap-ins %llu, loads %llu, running %d, "
              "waiting %d, swapped %d, kv blocks free %lld of %lld, spec verifies %llu drafted %llu "
-             "accepted %llu (acceptance %.3f)",
+             "accepted %llu (acceptance %.3f), spec pauses %llu paused steps %llu",
              (unsigned long long)s->steps, (unsigned long long)st.steps_run,
              (unsigned long long)st.planned_ahead, (unsigned long long)s->tokens,
              (unsigned long long)s->decode_tokens, (unsigned long long)s->prefill_tokens,
@@ -391,7 +394,8 @@ static void log_stats(eng_runner_t *r, eng_level_t lvl)
              (long long)st.kv_free_blocks, (long long)st.kv_total_blocks,
              (unsigned long long)st.spec_verifies, (unsigned long long)s->spec_drafted,
              (unsigned long long)s->spec_accepted,
-             s->spec_drafted ? (double)s->spec_accepted / (double)s->spec_drafted : 0.0);
+             s->spec_drafted ? (double)s->spec_accepted / (double)s->spec_drafted : 0.0,
+             (unsigned long long)st.spec_pauses, (unsigned long long)st.spec_paused_steps);
 }
 
 void eng_runner_destroy(eng_runner_t *r)
@@ -441,6 +445,10 @@ void eng_runner_stats(const eng_runner_t *r, eng_runner_stats_t *out)
 {
     *out = r->st;
     sched_get_stats(r->sched, &out->sched);
+    for (int b = 0; b < ENG_SPEC_GATE_BUCKETS; b++) {
+        out->spec_pauses += r->gate[b].pauses;
+        out->spec_paused_steps += r->gate[b].paused_steps;
+    }
 }
 
 /* ---- the caller's side ------------------------------------------------------------------ */
@@ -658,6 +666,18 @@ static void report_done(eng_runner_t *r, uint64_t step, int status, int32_t n_re
     push_event(r, &e);
 }
 
+/* The gain check: the pure decode step that just ran, into its bucket's gate. */
+static void gate_observe(eng_runner_t *r)
+{
+    eng_spec_gate_t *g = &r->gate[r->w_gate];
+    if (!eng_spec_gate_observe(g, r->w_spec, (double)r->w_step_ns / 1e3, (double)r->w_emitted))
+        return;
+    eng__log(r, ENG_INFO, "speculate",
+             "speculation does not pay in steps of bucket %d (%.3f tokens/ms speculating, %.3f "
+             "plain): paused for %d steps", r->w_gate, g->spec_tok * 1e3 / g->spec_us,
+             g->plain_tok * 1e3 / g->plain_us, g->paused);
+}
+
 void eng__plan_done(eng_runner_t *r)
 {
     r->busy = false;
@@ -665,6 +685,7 @@ void eng__plan_done(eng_runner_t *r)
     r->st.kv_free_blocks = r->w_kv_free;
     r->st.kv_total_blocks = r->w_kv_total;
     if (r->w_draft_rc) { /* the step's entries decoded plainly */
+        r->w_gate = -1;
         eng__log(r, ENG_WARN, "speculate", "draft model step failed (%s): decoded plainly",
                  r->w_draft_err);
         r->w_draft_rc = 0;
@@ -725,6 +746,7 @@ void eng__plan_done(eng_runner_t *r)
             eng__fail_req(r, q, "the sampler neither fed nor finished the sequence");
             continue;
         }
+        r->w_emitted++;
         if (q->cancelled) continue;
         r->results[n_res] = (sched_result_t){.id = q->id, .outcome = q->outcome};
         if (q->spec) { /* a plain decode of a speculating turn: its reservation may change */
@@ -742,6 +764,8 @@ void eng__plan_done(eng_runner_t *r)
                     q->cancel_rc == RCD_ECANCELLED ? "cancelled" : "internal error");
         }
     }
+    if (r->w_gate >= 0 && !rc) gate_observe(r);
+    r->w_gate = -1;
     report_done(r, r->w_step, rc, n_res);
     for (int32_t i = 0; i < r->w_n_moves + r->w_n; i++)
         rec_maybe_release(r, i < r->w_n_moves ? r->w_moves[i].req : r->w_reqs[i - r->w_n_moves]);
@@ -836,6 +860,21 @@ static void submit_plan(eng_runner_t *r)
         q->slot = m->kind == SCHED_MOVE_SWAP_OUT ? -1 : m->slot;
         r->w_n_moves++;
     }
+    /* The gain check: a step of decodes only (no moves, prefill or commit) is timed (a step
+     * that cannot speculate, e.g. of SPECULATE_OFF turns, as a plain sample) and one that
+     * could speculate asks its bucket's gate whether it may. */
+    bool pure = r->cfg.spec_adaptive && r->st.spec_on && r->w_n_moves == 0 && p->n_entries > 0,
+         may_spec = false, gate_ok = true;
+    for (int32_t i = 0; i < p->n_entries && pure; i++) {
+        const sched_entry_t *e = &p->entries[i];
+        eng__req_t *q = lookup(r, e->id);
+        pure = e->decode && e->n_logits == 1 && e->n_tokens == 1 && !e->commit;
+        if (q && q->spec && e->n_draft > 0) may_spec = true;
+    }
+    r->w_gate = pure ? eng_spec_gate_bucket(p->n_entries) : -1;
+    if (r->w_gate >= 0 && may_spec) gate_ok = eng_spec_gate_next(&r->gate[r->w_gate]);
+    r->w_spec = false;
+    r->w_emitted = 0;
     for (int32_t i = 0; i < p->n_entries; i++) {
         const sched_entry_t *e = &p->entries[i];
         eng__req_t *q = lookup(r, e->id);
@@ -858,7 +897,7 @@ static void submit_plan(eng_runner_t *r)
         ws->logits = q->logits;
         ws->verify = false;
         q->w_k = 0;
-        if (q->spec && e->decode && e->n_logits == 1 && e->n_draft > 0) {
+        if (q->spec && e->decode && e->n_logits == 1 && e->n_draft > 0 && gate_ok) {
             /* speculate: the policy's k, within the reservation and what max_new leaves */
             int32_t k = eng_spec_policy_next(&q->pol, p->n_entries),
                     left = q->max_new - q->n_gen - 1;
@@ -885,6 +924,7 @@ static void submit_plan(eng_runner_t *r)
                 ws->n_tokens = ws->n_logits = k + 1;
                 ws->logits = q->spec_logits;
                 ws->verify = true;
+                r->w_spec = true;
             }
         }
         q->w_ntoks = q->n_toks;
@@ -902,6 +942,7 @@ static void submit_plan(eng_runner_t *r)
         started(q);
     }
     if (r->w_n_moves + r->w_n == 0 && r->w_n_resets == 0) { /* nothing to run: done at once */
+        r->w_gate = -1;
         report_done(r, r->w_step, 0, 0);
         return;
     }

@@ -142,6 +142,10 @@ typedef struct eng_runner_config {
     eng_spec_mode_t spec_mode;
     int spec_tokens;
     int spec_max_batch;
+    /* The gain check (--spec-adaptive): time decode steps with and without verify entries and
+     * pause speculation (per batch-size bucket, exponential back-off) while it emits fewer
+     * tokens per second than plain decoding (eng_spec_gate_t). Off in the defaults. */
+    bool spec_adaptive;
     /* ENG_SPEC_DRAFT: the draft model's backend (borrowed; outlives the runner; stepped on the
      * runner's device thread): the target's vocabulary, 2 x the target's slots, a step budget
      * of at least the target's slots (engine/README.md, "The draft model"). */
@@ -225,6 +229,8 @@ typedef struct eng_runner_stats {
     uint64_t draft_resumed; /* turns whose draft-model state came from their checkpoint (the
                              * others' drafts are rebuilt over the session's history) */
     uint64_t gap_us;    /* device idle time between steps while work was ready */
+    uint64_t spec_pauses;       /* spec_adaptive: times a gate paused speculation */
+    uint64_t spec_paused_steps; /* steps planned plainly because their bucket was paused */
 } eng_runner_stats_t;
 void eng_runner_stats(const eng_runner_t *r, eng_runner_stats_t *out);
 

@@ -873,26 +873,29 @@ static void spec_case(const char *model, int slots, const char *draft)
     const int n_gen = 24;
     eng_runner_config_t c;
     char err[200];
-    t_seq_t ref[4], on[4];
+    t_seq_t ref[4], on[4], gated[4];
     eng_runner_t *r = NULL;
     int32_t passage[10];
     for (int i = 0; i < 10; i++)
         passage[i] = (int32_t)((i * 37 + 5) % V);
-    for (int pass = 0; pass < 2; pass++) {
+    /* pass 0 plain, 1 speculating, 2 speculating with the gain check (its plain probe steps
+     * inside speculating turns: the same tokens and committed states) */
+    for (int pass = 0; pass < 3; pass++) {
         eng_runner_config_default(&c, f.be, 16);
         c.kv_blocks = 64;
         c.kv_block_tokens = 4;
         c.spec_mode = pass ? (draft ? ENG_SPEC_DRAFT : ENG_SPEC_NGRAM) : ENG_SPEC_OFF;
         c.spec_tokens = 4;
         c.spec_max_batch = 0;
+        c.spec_adaptive = pass == 2;
         c.draft_be = dbe;
         CHECK_MSG(eng_runner_create_cfg(&f.loop, f.be, &c, &r, err, sizeof(err)) == 0, "%s",
                   err);
         eng_runner_stats_t st;
         eng_runner_stats(r, &st);
-        CHECK(st.spec_on == (pass == 1));
+        CHECK(st.spec_on == (pass >= 1));
         size_t SB = eng_runner_state_bound(r, 64);
-        t_seq_t *ts = pass ? on : ref;
+        t_seq_t *ts = pass == 2 ? gated : pass ? on : ref;
         t_seq_t cont; /* the passage's greedy continuation (plain decoding) */
         setup(&cont, r, 0, 12, V, SB, false);
         memcpy(cont.prompt, passage, sizeof(passage));
@@ -917,7 +920,9 @@ static void spec_case(const char *model, int slots, const char *draft)
         }
         run(&f.loop, r, ts, 4);
         eng_runner_stats(r, &st);
-        if (pass) {
+        if (pass == 2) {
+            CHECK(st.spec_verifies > 0);
+        } else if (pass) {
             /* a random fixture drafting for another is (almost) never right */
             bool self = !draft || strcmp(draft, model) == 0;
             CHECK_MSG((!self || st.sched.spec_accepted > 0) && st.spec_verifies > 0,
@@ -944,16 +949,22 @@ static void spec_case(const char *model, int slots, const char *draft)
     }
     for (int k = 0; k < 4; k++) {
         int n = k == 3 ? 5 : n_gen;
-        CHECK_MSG(on[k].n_out == n && ref[k].n_out == n, "seq %d: %d / %d tokens", k, on[k].n_out,
-                  ref[k].n_out);
+        CHECK_MSG(on[k].n_out == n && ref[k].n_out == n && gated[k].n_out == n,
+                  "seq %d: %d / %d / %d tokens", k, on[k].n_out, ref[k].n_out, gated[k].n_out);
         CHECK_MSG(memcmp(on[k].out, ref[k].out, sizeof(int32_t) * (size_t)n) == 0, "seq %d", k);
+        CHECK_MSG(memcmp(gated[k].out, ref[k].out, sizeof(int32_t) * (size_t)n) == 0,
+                  "seq %d (gain check on)", k);
         if (k != 1) {
             CHECK(on[k].seq.state_len == ref[k].seq.state_len);
             CHECK_MSG(memcmp(on[k].state, ref[k].state, ref[k].seq.state_len) == 0,
                       "seq %d: committed state differs", k);
+            CHECK(gated[k].seq.state_len == ref[k].seq.state_len);
+            CHECK_MSG(memcmp(gated[k].state, ref[k].state, ref[k].seq.state_len) == 0,
+                      "seq %d: committed state differs (gain check on)", k);
         }
         teardown(&on[k]);
         teardown(&ref[k]);
+        teardown(&gated[k]);
     }
     fx_close(&f);
     wrk_backend_destroy(dbe);

@@ -49,6 +49,7 @@ void eng__spec_sample(eng_runner_t *r, eng__req_t *q, int32_t slot, int32_t k,
     }
     const int32_t emitted = q->n_gen - n0, kept = emitted - 1;
     r->st.spec_verifies++;
+    r->w_emitted += emitted;
     rcd_counter_add(&rcd_metrics.spec_draft_tokens, (uint64_t)k);
     rcd_counter_add(&rcd_metrics.spec_accepted_tokens, (uint64_t)kept);
     eng_spec_policy_update(&q->pol, k, kept);

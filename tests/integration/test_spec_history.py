@@ -51,7 +51,7 @@ def create(d, *sids):
 class History(OwnDaemonsTest):
     def start(self, *extra, state=None):
         return self.spawn("--model", M, "--state-dir", state or self.dir, "--speculate", "ngram",
-                          "--spec-tokens", "4", *extra)
+                          "--spec-tokens", "4", "--spec-adaptive", "off", *extra)
 
     def test_history_turns_restart_fork(self):
         d = self.start()
@@ -122,7 +122,8 @@ class RedisTier(unittest.TestCase):
         self.addCleanup(redis.wait)
         self.addCleanup(redis.terminate)
         addr = "127.0.0.1:%d" % port
-        args = ("--model", M, "--speculate", "ngram", "--spec-tokens", "4", "--redis", addr)
+        args = ("--model", M, "--speculate", "ngram", "--spec-tokens", "4", "--redis", addr,
+                "--spec-adaptive", "off")
         a = Daemon(*args)
         try:
             create(a, "r")

@@ -12,7 +12,9 @@ byte); concurrent speculating streams equal the reference; seeded sampling (temp
 top-k/p, penalties) gives the same tokens; max_tokens and stop token ids landing inside an
 accepted run end exactly where the reference does; after a SIGKILL between turns the resumed
 session's next turn equals the reference. On the bundled model (it has a tokenizer): stop
-strings inside an accepted run, the OpenAI usage details and the /metrics counters.
+strings inside an accepted run, the OpenAI usage details and the /metrics counters; with the
+gain check on (--spec-adaptive, the default; the other tests turn it off so that every eligible
+step speculates) the output equals the reference and the exit stats report its pauses.
 recurd-eval --speculate ngram prints the ids it prints without."""
 import json
 import os
@@ -21,7 +23,7 @@ import unittest
 import urllib.request
 
 from rcd_harness import ckpt_payload as payload
-from rcd_harness import ROOT, OwnDaemonsTest, collect, concurrently, gen_request, pb
+from rcd_harness import ROOT, OwnDaemonsTest, collect, concurrently, daemon_binary, gen_request, pb
 
 G = os.path.join(ROOT, "tests", "golden")
 PASSAGE = [5, 17, 42, 99, 3, 250, 7, 64, 128, 11, 33, 8]
@@ -45,7 +47,7 @@ class Fixture(OwnDaemonsTest):
 
     def start(self):
         return self.spawn("--model", self.model, "--state-dir", self.dir, "--speculate", "ngram",
-                          "--spec-tokens", "4", *self.extra)
+                          "--spec-tokens", "4", "--spec-adaptive", "off", *self.extra)
 
     def gen(self, d, ids, sid=None, off=False, **kw):
         kw.setdefault("temperature", 0)
@@ -160,12 +162,39 @@ class Eval(unittest.TestCase):
         self.assertGreater(acc, 0, spec.stderr)
 
 
+class Adaptive(OwnDaemonsTest):
+    """--spec-adaptive (the gain check, on by default): whatever it pauses, the output equals
+    the reference; the exit stats report its pauses; a value other than on|off is refused."""
+
+    def test_gain_check(self):
+        d = self.spawn("--state-dir", self.dir, "--speculate", "ngram", "--spec-tokens", "4")
+        text = "Once upon a time"
+
+        def gen(off=False):
+            r = gen_request(prompt=text, temperature=0, ignore_eos=True, max_tokens=48)
+            if off:
+                r.sampling.speculate = OFF
+            return collect(d.api.Generate(r, timeout=120))[:2]
+
+        text = text + gen(off=True)[0] + text  # copy-heavy
+        for _ in range(2 if SAN else 4):
+            self.assertEqual(gen(), gen(off=True))
+        self.assertEqual(concurrently(gen, 3), [gen(off=True)] * 3)
+        self.assertEqual(d.stop(), 0)
+        self.assertRegex(d.exit_logs, r"spec pauses \d+ paused steps \d+")
+        bad = subprocess.run([daemon_binary(), "--spec-adaptive", "maybe"], capture_output=True,
+                             text=True, timeout=60)
+        self.assertEqual(bad.returncode, 2, bad.stderr)
+        self.assertIn("spec-adaptive", bad.stderr)
+
+
 class Bundled(OwnDaemonsTest):
     """The bundled model has a tokenizer: stop strings and the HTTP usage."""
 
     def test_stop_strings_and_openai_usage(self):
         port_file = os.path.join(self.dir, "http.port")
         d = self.spawn("--state-dir", self.dir, "--speculate", "ngram", "--http-port", "0",
+                       "--spec-adaptive", "off",
                        "--http-port-file", port_file)
         text = "Once upon a time"
 

@@ -62,7 +62,7 @@ def gen(d, ids, sid=None, off=False, **kw):
 class Greedy(OwnDaemonsTest):
     def check(self, draft, self_draft):
         args = ("--state-dir", self.dir, "--speculate", "draft", "--draft-model", draft,
-                "--spec-tokens", "4")
+                "--spec-tokens", "4", "--spec-adaptive", "off")
         d = self.spawn(*args)
         fp = FP[draft]
         for sid in ("on", "off"):
@@ -137,7 +137,7 @@ class Sampling(OwnDaemonsTest):
         d = self.spawn("--ephemeral", "--model", os.path.join(G, "mamba", "tiny_bias_tied"),
                        "--speculate", "draft", "--draft-model",
                        os.path.join(G, "mamba2", "tiny_g2_untied"), "--spec-tokens", "3",
-                       "--spec-max-batch", "0")
+                       "--spec-max-batch", "0", "--spec-adaptive", "off")
         samp = dict(temperature=1.0, top_k=3, max_tokens=3)
         n = 120 if SAN else 900  # under the sanitizers: the mechanism, with less power
         seeds = iter(range(1, 2 * n + 1))
