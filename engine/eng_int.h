@@ -39,7 +39,7 @@ struct eng__req {
     int32_t *ctx;   /* the session's history (n_hist tokens: the loaded section, then the
                      * turn's pre-fed tokens), then toks: one buffer, what n-gram drafts see */
     int32_t n_hist;
-    int32_t *toks;  /* the input stream: prompt, then every sampled token (ctx + n_hist) */
+    int32_t *toks; /* the input stream: prompt, then every sampled token (ctx + n_hist) */
     int32_t n_toks, cap_toks, n_gen, max_new;
     const void *init_state; /* borrowed from the seq */
     size_t init_len;        /* its bytes */
@@ -199,13 +199,17 @@ void eng__dev_run(eng_runner_t *r);  /* loop: hands the w_* plan to the thread (
 void eng__plan_done(eng_runner_t *r); /* the thread ran the plan: sample, report, pump */
 /* An inconsistency between a plan and what the runner holds: the request ends cleanly. */
 void eng__fail_req(eng_runner_t *r, eng__req_t *q, const char *why);
+/* eng_ext.c: the session's sections of a loaded payload (submit) and of a commit. */
+int eng__ext_split(const eng_runner_t *r, const void *payload, size_t *init_len,
+                   const int32_t **hist, int32_t *n_hist, const void **dsec, uint64_t *dsec_bytes,
+                   char *err, size_t errlen);
+size_t eng__ext_append(eng_runner_t *r, eng__req_t *q);
 
 /* ---- eng_spec.c: speculative decoding on the loop ----------------------------------------- */
 /* The draft tokens the scheduler reserves beside the turn's next decode entries. */
 int32_t eng__spec_reserve(const eng__req_t *q);
 /* Samples the rows of q's verify entry of k drafts (in slot) and fills its result. */
-void eng__spec_sample(eng_runner_t *r, eng__req_t *q, int32_t slot, int32_t k,
-                      sched_result_t *res);
+void eng__spec_sample(eng_runner_t *r, eng__req_t *q, int32_t slot, int32_t k, sched_result_t *res);
 
 void eng__log(const eng_runner_t *r, eng_level_t lvl, const char *event, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));

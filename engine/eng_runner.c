@@ -4,12 +4,8 @@
  * max_inflight = 2, plan N+1 is made while step N runs; only sampling of step N and the
  * submission of N+1 sit between two device steps (N+1's decodes feed the tokens sampled from
  * N's logits). */
-#include "engine/eng_int.h"
 #include "common/rcd_metrics.h"
-#include "statestore/ckpt_ext.h"
-
-/* Sections hold int32 little-endian (ckpt_ext.h): copied as they are on this host. */
-_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "little-endian host");
+#include "engine/eng_int.h"
 
 #include <limits.h>
 #include <stdarg.h>
@@ -185,16 +181,6 @@ void eng_runner_config_default(eng_runner_config_t *c, const wrk_backend_t *be, 
     c->spec_history = ENG_SPEC_HISTORY_DEFAULT;
 }
 
-size_t eng_runner_ext_bound(const eng_runner_t *r)
-{
-    if (r->cfg.spec_history <= 0) return 0;
-    ckpt_ext_sec_t h[2] = {{.name = CKPT_EXT_HIST, .data = r, .elem = 4,
-                            .bytes = (uint64_t)r->cfg.spec_history * 4},
-                           {.name = ENG_DRAFT_SECTION, .data = r, .elem = 1,
-                            .bytes = ENG_DRAFT_SECTION_HEAD + r->draft_state_bytes}};
-    return ckpt_ext_size(h, r->draft_state_bytes ? 2 : 1);
-}
-
 int eng_runner_create(uv_loop_t *loop, wrk_backend_t *be, int max_queue, eng_runner_t **out)
 {
     eng_runner_config_t c;
@@ -281,8 +267,7 @@ int eng_runner_create_cfg(uv_loop_t *loop, wrk_backend_t *be, const eng_runner_c
     if (cfg->spec_mode != ENG_SPEC_OFF) {
         const wrk_model_info_t *mi = wrk_model_info(wrk_backend_model(be));
         if ((cfg->spec_mode != ENG_SPEC_NGRAM && cfg->spec_mode != ENG_SPEC_DRAFT) ||
-            cfg->spec_tokens < 1 ||
-            cfg->spec_tokens > ENG_DRAFT_MAX || cfg->spec_max_batch < 0) {
+            cfg->spec_tokens < 1 || cfg->spec_tokens > ENG_DRAFT_MAX || cfg->spec_max_batch < 0) {
             rc =
                 rcd_fail(RCD_EINVAL, err, errlen,
                          "runner: speculation mode %d with %d tokens (1..%d), max batch %d",
@@ -295,8 +280,9 @@ int eng_runner_create_cfg(uv_loop_t *loop, wrk_backend_t *be, const eng_runner_c
                      wrk_backend_name(be), mi->architecture);
         } else if (cfg->spec_mode == ENG_SPEC_DRAFT) {
             if (!cfg->draft_be) {
-                rc = rcd_fail(RCD_EINVAL, err, errlen, "runner: --speculate draft without a "
-                                                       "draft model's backend");
+                rc = rcd_fail(RCD_EINVAL, err, errlen,
+                              "runner: --speculate draft without a "
+                              "draft model's backend");
                 goto fail;
             }
             const wrk_model_info_t *di = wrk_model_info(wrk_backend_model(cfg->draft_be));
@@ -482,41 +468,22 @@ int eng_runner_submit(eng_runner_t *r, eng_seq_t *s, char *err, size_t errlen)
     const void *dsec = NULL; /* a draft model's state (eng_draft_model.h): dsec_bytes */
     uint64_t dsec_bytes = 0;
     if (s->init_state) {
-        ckpt_ext_t ext;
-        char why[160];
-        int rc = ckpt_ext_split(s->init_state, init_len, r->state_bytes, r->kv_bpt, &init_len,
-                                &ext, why, sizeof(why));
-        if (rc) return rcd_fail(rc, err, errlen, "session state: %s", why);
-        const ckpt_ext_sec_t *h = ckpt_ext_find(&ext, CKPT_EXT_HIST);
-        const ckpt_ext_sec_t *ds = ckpt_ext_find(&ext, ENG_DRAFT_SECTION);
-        if (ds) dsec = ds->data, dsec_bytes = ds->bytes; /* views into init_state */
-        if (h && h->elem != 4)
-            return rcd_fail(RCD_ECORRUPT, err, errlen, "session state: history of %u-byte "
-                            "elements", h->elem);
-        if (h) {
-            hist = h->data;
-            n_hist = (int32_t)(h->bytes / 4 < (uint64_t)INT32_MAX ? h->bytes / 4 : INT32_MAX);
-            for (int32_t j = 0; j < n_hist; j++) { /* every id is fed to the model as a draft */
-                int32_t t;
-                memcpy(&t, (const uint8_t *)hist + 4 * (size_t)j, 4);
-                if (t < 0 || t >= r->vocab)
-                    return rcd_fail(RCD_ECORRUPT, err, errlen,
-                                    "session state: history token %d out of the vocabulary (%d)",
-                                    t, r->vocab);
-            }
-        }
+        int rc = eng__ext_split(r, s->init_state, &init_len, &hist, &n_hist, &dsec, &dsec_bytes,
+                                err, errlen);
+        if (rc) return rc;
     }
     /* bounded: the newest spec_history tokens of (history, pre-fed) */
     int32_t keep_pre = n_pre < r->cfg.spec_history ? n_pre : r->cfg.spec_history;
-    int32_t keep_hist = n_hist < r->cfg.spec_history - keep_pre ? n_hist
-                                                                 : r->cfg.spec_history - keep_pre;
+    int32_t keep_hist =
+        n_hist < r->cfg.spec_history - keep_pre ? n_hist : r->cfg.spec_history - keep_pre;
     int32_t *ctx = malloc(sizeof(int32_t) * ((size_t)keep_hist + (size_t)keep_pre + (size_t)cap));
     if (!ctx) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
     if (keep_hist) /* unaligned in the blob: copied */
         memcpy(ctx, (const uint8_t *)hist + 4 * (size_t)(n_hist - keep_hist),
                sizeof(int32_t) * (size_t)keep_hist);
     if (keep_pre)
-        memcpy(ctx + keep_hist, s->pre_fed + (n_pre - keep_pre), sizeof(int32_t) * (size_t)keep_pre);
+        memcpy(ctx + keep_hist, s->pre_fed + (n_pre - keep_pre),
+               sizeof(int32_t) * (size_t)keep_pre);
     int32_t *toks = ctx + keep_hist + keep_pre;
     memcpy(toks, s->prompt, sizeof(int32_t) * (size_t)s->n_prompt);
     int32_t i = r->free_recs[--r->n_free_recs];
@@ -674,8 +641,9 @@ static void gate_observe(eng_runner_t *r)
         return;
     eng__log(r, ENG_INFO, "speculate",
              "speculation does not pay in steps of bucket %d (%.3f tokens/ms speculating, %.3f "
-             "plain): paused for %d steps", r->w_gate, g->spec_tok * 1e3 / g->spec_us,
-             g->plain_tok * 1e3 / g->plain_us, g->paused);
+             "plain): paused for %d steps",
+             r->w_gate, g->spec_tok * 1e3 / g->spec_us, g->plain_tok * 1e3 / g->plain_us,
+             g->paused);
 }
 
 void eng__plan_done(eng_runner_t *r)
@@ -909,13 +877,12 @@ static void submit_plan(eng_runner_t *r)
             if (k > 0 && !q->spec_logits) k = 0;
             if (k > 0 && r->draft->vt->propose_batch) { /* the device thread drafts */
                 if (q->d_smp.temperature > 0.0f && !q->spec_q)
-                    q->spec_q = malloc(sizeof(float) * (size_t)r->vocab *
-                                       (size_t)r->cfg.spec_tokens);
+                    q->spec_q =
+                        malloc(sizeof(float) * (size_t)r->vocab * (size_t)r->cfg.spec_tokens);
                 if (q->d_smp.temperature > 0.0f && !q->spec_q) k = 0;
             } else if (k > 0) {
                 /* over the session's history and this turn */
-                k = eng_draft_propose(r->draft, q->ctx, q->n_hist + q->n_toks, k,
-                                      q->w_toks + 1);
+                k = eng_draft_propose(r->draft, q->ctx, q->n_hist + q->n_toks, k, q->w_toks + 1);
             }
             if (k > 0) {
                 q->w_toks[0] = q->toks[q->n_toks - 1];
@@ -956,42 +923,6 @@ static void submit_plan(eng_runner_t *r)
 
 /* ---- the scheduler's side ---------------------------------------------------------------- */
 
-/* A commit: the session's sections go after the state read into state_out (the history: the
- * newest spec_history tokens of the loaded history and this turn's tokens, int32 little-endian,
- * the host's order: see submit). Returns the bytes appended; 0 with spec_history 0 (the format
- * without sections), or when state_out has no room for them (the state goes alone; logged when
- * the caller left some room, but too little). */
-static size_t append_sections(eng_runner_t *r, eng__req_t *q)
-{
-    int32_t n = q->n_hist + q->n_toks, keep = n < r->cfg.spec_history ? n : r->cfg.spec_history;
-    if (keep <= 0 || q->state_len >= q->state_cap) return 0; /* no room asked: the state alone */
-    ckpt_ext_sec_t h = {.name = CKPT_EXT_HIST, .data = q->ctx + (n - keep), .elem = 4,
-                        .bytes = (uint64_t)keep * 4};
-    /* the draft's state, when the history kept holds the tokens it still lacks */
-    ckpt_ext_sec_t secs[2] = {h};
-    uint8_t *dsec = NULL;
-    int32_t lag = n - q->d_commit_fed;
-    if (q->d_commit && lag >= 1 && lag <= keep &&
-        (dsec = malloc(ENG_DRAFT_SECTION_HEAD + q->d_len))) {
-        eng_draft_section_head(dsec, r->draft_fp, (uint64_t)lag);
-        memcpy(dsec + ENG_DRAFT_SECTION_HEAD, q->d_buf, q->d_len);
-        secs[1] = (ckpt_ext_sec_t){.name = ENG_DRAFT_SECTION, .data = dsec, .elem = 1,
-                                   .bytes = ENG_DRAFT_SECTION_HEAD + q->d_len};
-    }
-    size_t wrote = 0;
-    int rc = ckpt_ext_write((uint8_t *)q->state_out + q->state_len, q->state_cap - q->state_len,
-                            secs, dsec ? 2 : 1, &wrote);
-    free(dsec);
-    if (rc) {
-        eng__log(r, ENG_WARN, "runner",
-                 "commit: no room for the session's history (%zu bytes after a %zu-byte state, "
-                 "buffer %zu): committed without it",
-                 ckpt_ext_size(&h, 1), q->state_len, q->state_cap);
-        return 0;
-    }
-    return wrote;
-}
-
 static void on_finished(eng_runner_t *r, const sched_finish_t *f)
 {
     eng__req_t *q = lookup(r, f->id);
@@ -1004,7 +935,7 @@ static void on_finished(eng_runner_t *r, const sched_finish_t *f)
         q->seq = NULL;
     } else if (q->seq && !q->cancel_event) {
         if (f->status == 0 && q->state_out) {
-            q->seq->state_len = q->state_len + append_sections(r, q);
+            q->seq->state_len = q->state_len + eng__ext_append(r, q);
             deliver(q, ENG_SEQ_DONE, 0, NULL);
         } else if (f->status == 0) /* the caller finishes every sequence it does not commit */
             deliver(q, ENG_SEQ_FAILED, RCD_EINTERNAL, "ended without a final token");
