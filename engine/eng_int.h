@@ -207,6 +207,9 @@ size_t eng__ext_append(eng_runner_t *r, eng__req_t *q);
 
 /* ---- eng_spec.c: speculative decoding on the loop ----------------------------------------- */
 /* The draft tokens the scheduler reserves beside the turn's next decode entries. */
+int32_t eng__spec_verify_k(eng_runner_t *r, eng__req_t *q, const sched_entry_t *e,
+                           int32_t n_entries);
+void eng__spec_gate_observe(eng_runner_t *r);
 int32_t eng__spec_reserve(const eng__req_t *q);
 /* Samples the rows of q's verify entry of k drafts (in slot) and fills its result. */
 void eng__spec_sample(eng_runner_t *r, eng__req_t *q, int32_t slot, int32_t k, sched_result_t *res);

@@ -634,18 +634,6 @@ static void report_done(eng_runner_t *r, uint64_t step, int status, int32_t n_re
 }
 
 /* The gain check: the pure decode step that just ran, into its bucket's gate. */
-static void gate_observe(eng_runner_t *r)
-{
-    eng_spec_gate_t *g = &r->gate[r->w_gate];
-    if (!eng_spec_gate_observe(g, r->w_spec, (double)r->w_step_ns / 1e3, (double)r->w_emitted))
-        return;
-    eng__log(r, ENG_INFO, "speculate",
-             "speculation does not pay in steps of bucket %d (%.3f tokens/ms speculating, %.3f "
-             "plain): paused for %d steps",
-             r->w_gate, g->spec_tok * 1e3 / g->spec_us, g->plain_tok * 1e3 / g->plain_us,
-             g->paused);
-}
-
 void eng__plan_done(eng_runner_t *r)
 {
     r->busy = false;
@@ -732,7 +720,7 @@ void eng__plan_done(eng_runner_t *r)
                     q->cancel_rc == RCD_ECANCELLED ? "cancelled" : "internal error");
         }
     }
-    if (r->w_gate >= 0 && !rc) gate_observe(r);
+    if (r->w_gate >= 0 && !rc) eng__spec_gate_observe(r);
     r->w_gate = -1;
     report_done(r, r->w_step, rc, n_res);
     for (int32_t i = 0; i < r->w_n_moves + r->w_n; i++)
@@ -866,24 +854,7 @@ static void submit_plan(eng_runner_t *r)
         ws->verify = false;
         q->w_k = 0;
         if (q->spec && e->decode && e->n_logits == 1 && e->n_draft > 0 && gate_ok) {
-            /* speculate: the policy's k, within the reservation and what max_new leaves */
-            int32_t k = eng_spec_policy_next(&q->pol, p->n_entries),
-                    left = q->max_new - q->n_gen - 1;
-            if (k > e->n_draft) k = e->n_draft;
-            if (k > left) k = left;
-            if (k > 0 && !q->spec_logits) /* no memory for the rows: a plain decode */
-                q->spec_logits =
-                    malloc(sizeof(float) * (size_t)r->vocab * (size_t)(r->cfg.spec_tokens + 1));
-            if (k > 0 && !q->spec_logits) k = 0;
-            if (k > 0 && r->draft->vt->propose_batch) { /* the device thread drafts */
-                if (q->d_smp.temperature > 0.0f && !q->spec_q)
-                    q->spec_q =
-                        malloc(sizeof(float) * (size_t)r->vocab * (size_t)r->cfg.spec_tokens);
-                if (q->d_smp.temperature > 0.0f && !q->spec_q) k = 0;
-            } else if (k > 0) {
-                /* over the session's history and this turn */
-                k = eng_draft_propose(r->draft, q->ctx, q->n_hist + q->n_toks, k, q->w_toks + 1);
-            }
+            const int32_t k = eng__spec_verify_k(r, q, e, p->n_entries);
             if (k > 0) {
                 q->w_toks[0] = q->toks[q->n_toks - 1];
                 q->w_k = k;

@@ -1,9 +1,11 @@
 /* engine: speculative decoding on the loop side — sampling a verify entry's rows in order
  * and the scheduler's reservation (engine/README.md, "Speculative decoding"); the runner
- * (eng_runner.c) calls it from eng__plan_done. */
+ * (eng_runner.c) calls it from eng__plan_done, and from submit_plan for a verify entry's k and
+ * the gain check's samples. */
 #include "common/rcd_metrics.h"
 #include "engine/eng_int.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 /* The draft tokens the scheduler reserves beside the turn's next decode entries: the policy's
@@ -20,8 +22,7 @@ int32_t eng__spec_reserve(const eng__req_t *q)
  * next draft; the first that differs (or the row after the last draft, or a stop) ends it.
  * The slot is rolled back to the tokens kept (wrk_spec_accept, first thing in the device's
  * next run) and the scheduler is told how many extra tokens the entry sampled. */
-void eng__spec_sample(eng_runner_t *r, eng__req_t *q, int32_t slot, int32_t k,
-                      sched_result_t *res)
+void eng__spec_sample(eng_runner_t *r, eng__req_t *q, int32_t slot, int32_t k, sched_result_t *res)
 {
     const int32_t n0 = q->n_gen;
     eng_seq_t *s = q->seq;
@@ -72,3 +73,40 @@ void eng__spec_sample(eng_runner_t *r, eng__req_t *q, int32_t slot, int32_t k,
                             .spec_tokens = eng__spec_reserve(q)};
 }
 
+/* The k drafts of a decode entry that may speculate: the policy's k within the reservation and
+ * what max_new leaves, 0 where its rows (or the draft's q rows) cannot be allocated; n-gram
+ * drafts are proposed here into q->w_toks + 1 (over the session's history and this turn), a
+ * draft model's on the device thread. */
+int32_t eng__spec_verify_k(eng_runner_t *r, eng__req_t *q, const sched_entry_t *e,
+                           int32_t n_entries)
+{
+    int32_t k = eng_spec_policy_next(&q->pol, n_entries), left = q->max_new - q->n_gen - 1;
+    if (k > e->n_draft) k = e->n_draft;
+    if (k > left) k = left;
+    if (k > 0 && !q->spec_logits) /* no memory for the rows: a plain decode */
+        q->spec_logits =
+            malloc(sizeof(float) * (size_t)r->vocab * (size_t)(r->cfg.spec_tokens + 1));
+    if (k > 0 && !q->spec_logits) k = 0;
+    if (k > 0 && r->draft->vt->propose_batch) { /* the device thread drafts */
+        if (q->d_smp.temperature > 0.0f && !q->spec_q)
+            q->spec_q = malloc(sizeof(float) * (size_t)r->vocab * (size_t)r->cfg.spec_tokens);
+        if (q->d_smp.temperature > 0.0f && !q->spec_q) k = 0;
+    } else if (k > 0) {
+        /* over the session's history and this turn */
+        k = eng_draft_propose(r->draft, q->ctx, q->n_hist + q->n_toks, k, q->w_toks + 1);
+    }
+    return k;
+}
+
+/* The gain check's sample of the step just run (r->w_gate's bucket): logged when it pauses. */
+void eng__spec_gate_observe(eng_runner_t *r)
+{
+    eng_spec_gate_t *g = &r->gate[r->w_gate];
+    if (!eng_spec_gate_observe(g, r->w_spec, (double)r->w_step_ns / 1e3, (double)r->w_emitted))
+        return;
+    eng__log(r, ENG_INFO, "speculate",
+             "speculation does not pay in steps of bucket %d (%.3f tokens/ms speculating, %.3f "
+             "plain): paused for %d steps",
+             r->w_gate, g->spec_tok * 1e3 / g->spec_us, g->plain_tok * 1e3 / g->plain_us,
+             g->paused);
+}
