@@ -34,6 +34,24 @@ static inline vf KFN(gld)(const void *p)
     memcpy(&v, p, sizeof v);
     return v;
 }
+
+/* Writes one vector of outputs (rows r0 .. r0+VW-1 of token row dst): r (+ bias) (+ dst). */
+static inline __attribute__((always_inline)) void
+KFN(gstore)(vf r, int r0, float *dst, const float *bias, bool acc, int o0, int o1)
+{
+    if (r0 >= o0 && r0 + VW <= o1) {
+        if (bias) r += KFN(gld)(bias + r0);
+        if (acc) r = KFN(gld)(dst) + r;
+        memcpy(dst, &r, sizeof r);
+        return;
+    }
+    for (int l = 0; l < VW; l++) {
+        if (r0 + l < o0 || r0 + l >= o1) continue;
+        float sv = r[l];
+        if (bias) sv += bias[r0 + l];
+        dst[l] = acc ? dst[l] + sv : sv;
+    }
+}
 static inline vf KFN(gsplat)(float x)
 {
     vf v = {x};
@@ -143,20 +161,7 @@ KFN(qg_panel)(const unsigned char *gp0, size_t pb, const int NP, const int32_t *
             const int r0 = (p + q) * WRK_PANEL + v * VW;
             if (r0 >= o1 || r0 + VW <= o0) continue;
             for (int t = 0; t < T; t++) {
-                float *dst = y + (size_t)t * ldy + r0;
-                vf r = a[q][v][t];
-                if (r0 >= o0 && r0 + VW <= o1) {
-                    if (bias) r += KFN(gld)(bias + r0);
-                    if (acc) r = KFN(gld)(dst) + r;
-                    memcpy(dst, &r, sizeof r);
-                    continue;
-                }
-                for (int l = 0; l < VW; l++) {
-                    if (r0 + l < o0 || r0 + l >= o1) continue;
-                    float sv = r[l];
-                    if (bias) sv += bias[r0 + l];
-                    dst[l] = acc ? dst[l] + sv : sv;
-                }
+                KFN(gstore)(a[q][v][t], r0, y + (size_t)t * ldy + r0, bias, acc, o0, o1);
             }
         }
 }
@@ -215,20 +220,7 @@ KFN(qg_tile)(const unsigned char *gp0, const int32_t *start, int G, int bits, co
     }
     const int r0 = p * WRK_PANEL;
     for (int t = 0; t < NB; t++) {
-        float *dst = y + (size_t)t * ldy + r0;
-        vf r = a[t];
-        if (r0 >= o0 && r0 + VW <= o1) {
-            if (bias) r += KFN(gld)(bias + r0);
-            if (acc) r = KFN(gld)(dst) + r;
-            memcpy(dst, &r, sizeof r);
-            continue;
-        }
-        for (int l = 0; l < VW; l++) {
-            if (r0 + l < o0 || r0 + l >= o1) continue;
-            float sv = r[l];
-            if (bias) sv += bias[r0 + l];
-            dst[l] = acc ? dst[l] + sv : sv;
-        }
+        KFN(gstore)(a[t], r0, y + (size_t)t * ldy + r0, bias, acc, o0, o1);
     }
 }
 
@@ -246,14 +238,11 @@ static int KFN(qg_tiles)(const unsigned char *panels, size_t pb, int p0, int p1,
             for (int i = 0; i < NB; i++)
                 xt[(size_t)k * NB + i] = x[(size_t)(t + i) * ldx + k];
         for (int p = p0; p < p1; p++) {
-            if (NB == 24)
-                KFN(qg_tile)
-                (panels + (size_t)p * pb, start, G, bits, xt, 24, y + (size_t)t * ldy, ldy, bias,
-                 acc, o0, o1, p);
-            else
-                KFN(qg_tile)
-                (panels + (size_t)p * pb, start, G, bits, xt, 16, y + (size_t)t * ldy, ldy, bias,
-                 acc, o0, o1, p);
+            if (NB == 24) KFN(qg_tile)
+            (panels + (size_t)p * pb, start, G, bits, xt, 24, y + (size_t)t * ldy, ldy, bias, acc,
+             o0, o1, p);
+            else KFN(qg_tile)(panels + (size_t)p * pb, start, G, bits, xt, 16, y + (size_t)t * ldy,
+                              ldy, bias, acc, o0, o1, p);
         }
         t += NB;
     }
@@ -314,7 +303,8 @@ static void KFN(qgmm)(const wrk_mat_t *W, int o0, int o1, const float *x, int ld
 #if QGT >= 8
                 QGCASE(4)
                 QGCASE(5)
-                QGCASE(6) QGCASE(7) QGCASE(8)
+                QGCASE(6)
+                QGCASE(7) QGCASE(8)
 #endif
                     default : break;
             }
