@@ -1,5 +1,6 @@
 /* engine: the draft-model source (eng_draft_model.h). Runs on the device thread only. */
 #include "engine/eng_draft_model.h"
+#include "common/rcd_path.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -256,9 +257,9 @@ int eng_draft_model_create(wrk_backend_t *be, int n_slots, eng_draft_t **out, ch
 /* The whole file into *buf (malloc'd), or RCD_ENOTFOUND when it does not exist. */
 static int slurp(const char *dir, char **buf, size_t *len)
 {
-    char path[4096];
-    if (snprintf(path, sizeof path, "%s/tokenizer.json", dir) >= (int)sizeof path)
-        return RCD_EINVAL;
+    char path[RCD_PATH_MAX];
+    int prc = rcd_path_join(path, sizeof path, dir, "tokenizer.json");
+    if (prc) return prc;
     FILE *f = fopen(path, "rb");
     if (!f) return RCD_ENOTFOUND;
     size_t cap = 1 << 16, n = 0;
