@@ -126,6 +126,20 @@ static void test_speculate(void)
     spec_case("tests/golden/granite/mha_moe8", 3, NULL);
 }
 
+/* A runner on f drafting from dbe (ENG_SPEC_DRAFT, k 4, queue 8). */
+static eng_runner_t *draft_runner(fixture_t *f, wrk_backend_t *dbe)
+{
+    eng_runner_config_t c;
+    eng_runner_config_default(&c, f->be, 8);
+    c.spec_mode = ENG_SPEC_DRAFT;
+    c.spec_tokens = 4;
+    c.draft_be = dbe;
+    eng_runner_t *r = NULL;
+    char err[200];
+    CHECK_MSG(eng_runner_create_cfg(&f->loop, f->be, &c, &r, err, sizeof(err)) == 0, "%s", err);
+    return r;
+}
+
 /* --speculate draft: the bundled model as its own draft (every draft accepted), a Mamba2
  * fixture drafting for a Mamba fixture, and a Granite fixture with paged KV drafting for
  * another (the draft's scratch slots hold KV too): plain decoding's tokens and states. */
@@ -137,14 +151,8 @@ static void test_draft_model(void)
     if (!fx_open(&f, 1, 64)) return;
     wrk_model_t *dm = NULL;
     wrk_backend_t *dbe = draft_open(RCD_DEFAULT_MODEL, 1, &dm);
-    eng_runner_config_t c;
-    eng_runner_config_default(&c, f.be, 8);
-    c.spec_mode = ENG_SPEC_DRAFT;
-    c.spec_tokens = 4;
-    c.draft_be = dbe;
-    eng_runner_t *r = NULL;
+    eng_runner_t *r = draft_runner(&f, dbe);
     char err[200];
-    CHECK_MSG(eng_runner_create_cfg(&f.loop, f.be, &c, &r, err, sizeof(err)) == 0, "%s", err);
     t_seq_t solo, cut, next;
     setup(&solo, r, 2, 12, f.mi->vocab_size, f.mi->state_bytes, false);
     solo.seq.no_speculate = true;
@@ -167,7 +175,8 @@ static void test_draft_model(void)
     wrk_backend_destroy(dbe);
     wrk_model_free(dm);
 
-#if !defined(__SANITIZE_THREAD__) /* TSan (10-30x slower): the fixtures' cases check the threads */
+#if !defined(__SANITIZE_THREAD__) /* TSan (10-30x slower): the fixtures' cases check the threads   \
+                                   */
     spec_case(RCD_DEFAULT_MODEL, 3, RCD_DEFAULT_MODEL);
 #endif
     spec_case("tests/golden/mamba/tiny_bias_tied", 3, "tests/golden/mamba2/tiny_g2_untied");
@@ -349,14 +358,8 @@ static void test_draft_checkpoint(void)
     wrk_backend_t *dbe = draft_open(RCD_DEFAULT_MODEL, 1, &dm);
     const int V = f.mi->vocab_size;
     const size_t SB = f.mi->state_bytes;
-    eng_runner_config_t c;
-    eng_runner_config_default(&c, f.be, 8);
-    c.spec_mode = ENG_SPEC_DRAFT;
-    c.spec_tokens = 4;
-    c.draft_be = dbe;
-    eng_runner_t *r = NULL;
+    eng_runner_t *r = draft_runner(&f, dbe);
     char err[200];
-    CHECK_MSG(eng_runner_create_cfg(&f.loop, f.be, &c, &r, err, sizeof(err)) == 0, "%s", err);
     size_t cap = SB + eng_runner_ext_bound(r);
     CHECK(eng_runner_ext_bound(r) > SB); /* room for the history and the draft's state */
     t_seq_t t1, ref, on, bad;
