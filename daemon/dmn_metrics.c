@@ -353,6 +353,13 @@ static void render_engine(rcd_mw_t *w, dmn_server_t *s)
     family_u(w, "recurd_spec_decode_accepted_tokens", RCD_MT_COUNTER, NULL,
              "Speculative decoding: draft tokens accepted (sampled without a step of their own).",
              rcd_counter_get(&rcd_metrics.spec_accepted_tokens));
+    family_u(w, "recurd_spec_decode_pauses", RCD_MT_COUNTER, NULL,
+             "Speculative decoding: pauses of the gain check (--spec-adaptive), each after "
+             "speculating steps measured fewer tokens per second than plain ones.",
+             st.spec_pauses);
+    family_u(w, "recurd_spec_decode_paused_steps", RCD_MT_COUNTER, NULL,
+             "Speculative decoding: steps run plainly while the gain check paused speculation.",
+             st.spec_paused_steps);
 }
 
 static void render_store(rcd_mw_t *w, dmn_server_t *s)

@@ -125,6 +125,8 @@ static void test_render_known(void)
     HAS("recurd_rpc_requests_total{%s,method=\"Generate\",code=\"OK\"} 1\n", M);
     HAS("recurd_rpc_requests_total{%s,method=\"CreateSession\",code=\"ALREADY_EXISTS\"} 1\n", M);
     HAS("recurd_spec_decode_draft_tokens_total{%s} 0\n", M);
+    HAS("recurd_spec_decode_pauses_total{%s} 0\n", M);
+    HAS("recurd_spec_decode_paused_steps_total{%s} 0\n", M);
     HAS("process_open_fds ");
     CHECK(!strstr(text, "tenant=")); /* no API keys: no tenant label */
     CHECK(!strstr(text, "# EOF"));

@@ -18,6 +18,7 @@ step speculates) the output equals the reference and the exit stats report its p
 recurd-eval --speculate ngram prints the ids it prints without."""
 import json
 import os
+import re
 import subprocess
 import unittest
 import urllib.request
@@ -167,7 +168,9 @@ class Adaptive(OwnDaemonsTest):
     the reference; the exit stats report its pauses; a value other than on|off is refused."""
 
     def test_gain_check(self):
-        d = self.spawn("--state-dir", self.dir, "--speculate", "ngram", "--spec-tokens", "4")
+        port_file = os.path.join(self.dir, "http.port")
+        d = self.spawn("--state-dir", self.dir, "--speculate", "ngram", "--spec-tokens", "4",
+                       "--http-port", "0", "--http-port-file", port_file)
         text = "Once upon a time"
 
         def gen(off=False):
@@ -180,8 +183,19 @@ class Adaptive(OwnDaemonsTest):
         for _ in range(2 if SAN else 4):
             self.assertEqual(gen(), gen(off=True))
         self.assertEqual(concurrently(gen, 3), [gen(off=True)] * 3)
+        with open(port_file) as f:
+            port = int(f.read())
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=60) as resp:
+            m = {line.split("{")[0]: line.rsplit(" ", 1)[1]
+                 for line in resp.read().decode().splitlines()
+                 if line.startswith("recurd_spec_decode_pause")}
         self.assertEqual(d.stop(), 0)
-        self.assertRegex(d.exit_logs, r"spec pauses \d+ paused steps \d+")
+        # /metrics counts the pauses and paused steps the exit stats report (no step since)
+        got = re.search(r"spec pauses (\d+) paused steps (\d+)", d.exit_logs)
+        self.assertIsNotNone(got, d.exit_logs[-2000:])
+        self.assertEqual(int(float(m["recurd_spec_decode_pauses_total"])), int(got.group(1)), m)
+        self.assertEqual(int(float(m["recurd_spec_decode_paused_steps_total"])), int(got.group(2)),
+                         m)
         bad = subprocess.run([daemon_binary(), "--spec-adaptive", "maybe"], capture_output=True,
                              text=True, timeout=60)
         self.assertEqual(bad.returncode, 2, bad.stderr)
