@@ -225,8 +225,8 @@ typedef struct refetch {
     ProtobufCMessage *req;
     dmn_refetch_fn again;
     char id[STORE_SID_MAX + 1];
-    bool sync;           /* authority mode: store_sync (else store_fetch) */
-    bool had_local;      /* sync: the index held the session before (at local_version) */
+    bool sync;      /* authority mode: store_sync (else store_fetch) */
+    bool had_local; /* sync: the index held the session before (at local_version) */
     uint64_t local_version;
 } refetch_t;
 
@@ -344,14 +344,31 @@ cleanup:
     protobuf_c_message_free_unpacked(&req->base, NULL);
 }
 
+/* A session RPC's continuation after dmn_session_fetch: a failed lookup (other than "no
+ * such session", which the RPC reports itself) fails the call and frees the request. */
+static bool fetch_failed(dmn_call_t *c, ProtobufCMessage *m, int fetch_rc, const char *msg)
+{
+    if (!fetch_rc || fetch_rc == RCD_ENOTFOUND) return false;
+    dmn_call_fail(c, fetch_rc, "%s", msg);
+    protobuf_c_message_free_unpacked(m, NULL);
+    return true;
+}
+
+/* Runs `then` on the unpacked request once the session `id` is known here: at once, or after
+ * dmn_session_fetch brought it from the shared tier (only where `fetch`). */
+static void session_rpc(dmn_call_t *c, ProtobufCMessage *req, const char *id, bool fetch,
+                        dmn_refetch_fn then)
+{
+    if (!req) return;
+    char sid[STORE_SID_MAX + 1];
+    if (dmn_scope(c, id, sid)) sid[0] = 0;
+    if (!(fetch && dmn_session_fetch(c, sid, req, then))) then(c, req, 0, "");
+}
+
 static void get_session_req(dmn_call_t *c, ProtobufCMessage *m, int fetch_rc, const char *msg)
 {
     Recurd__V1__GetSessionRequest *req = (Recurd__V1__GetSessionRequest *)m;
-    if (fetch_rc && fetch_rc != RCD_ENOTFOUND) {
-        dmn_call_fail(c, fetch_rc, "%s", msg);
-        protobuf_c_message_free_unpacked(m, NULL);
-        return;
-    }
+    if (fetch_failed(c, m, fetch_rc, msg)) return;
     store_session_t ss = {0};
     char sid[STORE_SID_MAX + 1];
     int rc = store_check_id(req->session_id, NULL, 0);
@@ -369,20 +386,13 @@ static void get_session(dmn_call_t *c, grpc_byte_buffer *bb)
 {
     Recurd__V1__GetSessionRequest *req = (Recurd__V1__GetSessionRequest *)dmn_call_unpack(
         c, bb, &recurd__v1__get_session_request__descriptor);
-    char sid[STORE_SID_MAX + 1];
-    if (req && dmn_scope(c, req->session_id, sid)) sid[0] = 0;
-    if (req && !dmn_session_fetch(c, sid, &req->base, get_session_req))
-        get_session_req(c, &req->base, 0, "");
+    if (req) session_rpc(c, &req->base, req->session_id, true, get_session_req);
 }
 
 static void fork_session_req(dmn_call_t *c, ProtobufCMessage *m, int fetch_rc, const char *msg)
 {
     Recurd__V1__ForkSessionRequest *req = (Recurd__V1__ForkSessionRequest *)m;
-    if (fetch_rc && fetch_rc != RCD_ENOTFOUND) {
-        dmn_call_fail(c, fetch_rc, "%s", msg);
-        protobuf_c_message_free_unpacked(m, NULL);
-        return;
-    }
+    if (fetch_failed(c, m, fetch_rc, msg)) return;
     store_meta_t md[STORE_META_MAX];
     sess_pending_t *p = NULL;
     char id[STORE_ID_MAX + 1], err[512], srcid[STORE_SID_MAX + 1], sid[STORE_SID_MAX + 1];
@@ -434,20 +444,13 @@ static void fork_session(dmn_call_t *c, grpc_byte_buffer *bb)
 {
     Recurd__V1__ForkSessionRequest *req = (Recurd__V1__ForkSessionRequest *)dmn_call_unpack(
         c, bb, &recurd__v1__fork_session_request__descriptor);
-    char sid[STORE_SID_MAX + 1];
-    if (req && dmn_scope(c, req->session_id, sid)) sid[0] = 0;
-    if (req && !dmn_session_fetch(c, sid, &req->base, fork_session_req))
-        fork_session_req(c, &req->base, 0, "");
+    if (req) session_rpc(c, &req->base, req->session_id, true, fork_session_req);
 }
 
 static void delete_session_req(dmn_call_t *c, ProtobufCMessage *m, int fetch_rc, const char *msg)
 {
     Recurd__V1__DeleteSessionRequest *req = (Recurd__V1__DeleteSessionRequest *)m;
-    if (fetch_rc && fetch_rc != RCD_ENOTFOUND) {
-        dmn_call_fail(c, fetch_rc, "%s", msg);
-        protobuf_c_message_free_unpacked(m, NULL);
-        return;
-    }
+    if (fetch_failed(c, m, fetch_rc, msg)) return;
     char sid[STORE_SID_MAX + 1];
     int rc = store_check_id(req->session_id, NULL, 0);
     if (!rc) rc = dmn_scope(c, req->session_id, sid);
@@ -476,13 +479,11 @@ static void delete_session(dmn_call_t *c, grpc_byte_buffer *bb)
 {
     Recurd__V1__DeleteSessionRequest *req = (Recurd__V1__DeleteSessionRequest *)dmn_call_unpack(
         c, bb, &recurd__v1__delete_session_request__descriptor);
-    char sid[STORE_SID_MAX + 1];
-    if (req && dmn_scope(c, req->session_id, sid)) sid[0] = 0;
     /* authority mode: the delete is checked against Redis like a turn (a session another
      * replica holds is deleted there too) */
-    if (req && !(store_authority(c->srv->store) &&
-                 dmn_session_fetch(c, sid, &req->base, delete_session_req)))
-        delete_session_req(c, &req->base, 0, "");
+    if (req)
+        session_rpc(c, &req->base, req->session_id, store_authority(c->srv->store),
+                    delete_session_req);
 }
 
 /* ---- tokenizer ----------------------------------------------------------------------------
