@@ -37,7 +37,7 @@ static void test_memory(void)
     CHECK(store_delete(s, "a", NULL, NULL) == 0);
     CHECK(store_get(s, "a", NULL) == RCD_ENOTFOUND && store_count(s) == 1);
     for (int i = 0; i < 7; i++) {
-        char id[8];
+        char id[16];
         snprintf(id, sizeof(id), "m%d", i);
         CHECK(store_create(s, id, NULL, 0, NULL, 1, NULL, NULL, NULL) == (i < 7 ? 0 : RCD_ETOOBIG));
     }
