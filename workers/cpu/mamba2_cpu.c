@@ -164,8 +164,8 @@ static void proj_mult(const wrk_mamba2_config_t *cfg, float *zx)
 /* Gated RMSNorm when a TP rank boundary cuts a norm group: each rank's sums of squares per
  * (token, norm group of the model) are all-reduced before the scale. Called by every pool
  * thread; tokens [t0, t1) are this thread's. */
-static void gated_norm_tp(struct wrk_cpu *c, int ith, const wrk_mamba2_config_t *cfg, int T,
-                          int t0, int t1, const float *zx, float *y, const float *w, float *ss)
+static void gated_norm_tp(struct wrk_cpu *c, int ith, const wrk_mamba2_config_t *cfg, int T, int t0,
+                          int t1, const float *zx, float *y, const float *w, float *ss)
 {
     const int I = cfg->inner, Dp = cfg->proj_dim, gs = cfg->norm_group;
     const int NG = cfg->tp_norm_groups, ch0 = cfg->tp_head0 * cfg->head_dim;
@@ -191,7 +191,8 @@ static void gated_norm_tp(struct wrk_cpu *c, int ith, const wrk_mamba2_config_t 
         for (int i = 0; i < I;) {
             const int g = (ch0 + i) / gs, end = (g + 1) * gs - ch0 < I ? (g + 1) * gs - ch0 : I;
             const float r = 1.f / sqrtf(sr[g] / (float)gs + cfg->eps);
-            for (; i < end; i++) yr[i] = w[i] * (yr[i] * r);
+            for (; i < end; i++)
+                yr[i] = w[i] * (yr[i] * r);
         }
     }
 }
@@ -217,8 +218,7 @@ void wrk_mamba2_cpu_replay(struct wrk_cpu *c, int ith, int nth, const wrk_mamba2
     wrk_split(NH, 1, ith, nth, &h0, &h1);
     if (c1 > c0) c->k->conv_silu(n, c0, c1, C, K, xin, C, L->conv_w, L->conv_b, win, xbc);
     wrk_pool_barrier(c->pool);
-    if (h1 > h0)
-        ssd_scan(cfg, L, n, h0, h1, dt, NH, xbc, win + wrk_mamba2_conv_floats(cfg), y);
+    if (h1 > h0) ssd_scan(cfg, L, n, h0, h1, dt, NH, xbc, win + wrk_mamba2_conv_floats(cfg), y);
     wrk_pool_barrier(c->pool);
 }
 
@@ -239,12 +239,26 @@ static void mixer(struct wrk_cpu *c, int ith, int nth, const wrk_mamba2_config_t
     wrk_split(C, 16, ith, nth, &c0, &c1);
     wrk_split(cfg->n_heads, 1, ith, nth, &h0, &h1);
 
-    wrk_cpu_mm(c, ith, nth, &L->in_proj, u, H, T, a->zx, Dp, L->in_b, false);
-    wrk_pool_barrier(c->pool);
-    if (cfg->proj_mult_on) {
-        for (int t = t0; t < t1; t++)
-            proj_mult(cfg, a->zx + (size_t)t * Dp);
+    if (cfg->proj_mult_on || nth == 1) {
+        wrk_cpu_mm(c, ith, nth, &L->in_proj, u, H, T, a->zx, Dp, L->in_b, false);
         wrk_pool_barrier(c->pool);
+        if (cfg->proj_mult_on) {
+            for (int t = t0; t < t1; t++)
+                proj_mult(cfg, a->zx + (size_t)t * Dp);
+            wrk_pool_barrier(c->pool);
+        }
+    } else {
+        /* in_proj: the rows of this thread's conv channels, xBC [I + c0, I + c1), so the conv
+         * reads only rows this thread wrote (no barrier between them), and its share of z
+         * [0, I) and of dt [I + C, Dp) (each row's values do not depend on which thread
+         * computes it) */
+        int z0, z1, d0, d1;
+        wrk_split(I, 16, ith, nth, &z0, &z1);
+        wrk_split(Dp - I - C, 16, ith, nth, &d0, &d1);
+        wrk_cpu_matmul(c, ith, &L->in_proj, z0, z1, u, H, T, a->zx, Dp, L->in_b, false);
+        wrk_cpu_matmul(c, ith, &L->in_proj, I + c0, I + c1, u, H, T, a->zx, Dp, L->in_b, false);
+        wrk_cpu_matmul(c, ith, &L->in_proj, I + C + d0, I + C + d1, u, H, T, a->zx, Dp, L->in_b,
+                       false);
     }
     if (c1 > c0) {
         int t = 0;
@@ -274,34 +288,44 @@ static void mixer(struct wrk_cpu *c, int ith, int nth, const wrk_mamba2_config_t
         }
     }
     wrk_pool_barrier(c->pool);
+    /* The gate and norm: at decode (and no TP norm reduce) every thread gates every token
+     * into its own buffer (u, the in_proj input, is no longer read), so out_proj follows
+     * without a barrier; else split by token. */
+    float *yg = cfg->tp_norm_reduce ? NULL : wrk_cpu_local(c, ith, T);
+    if (yg) {
+        t0 = 0;
+        t1 = T;
+        memcpy(yg, a->y, (size_t)T * I * sizeof(float));
+    } else {
+        yg = a->y;
+    }
     if (cfg->tp_norm_reduce)
         gated_norm_tp(c, ith, cfg, T, t0, t1, a->zx, a->y, L->gnorm_w, a->ss);
     else if (cfg->gate != WRK_MAMBA2_GATE_NORM)
         for (int t = t0; t < t1; t++)
-            norm_gate(a->y + (size_t)t * I, a->zx + (size_t)t * Dp, L->gnorm_w, I,
+            norm_gate(yg + (size_t)t * I, a->zx + (size_t)t * Dp, L->gnorm_w, I,
                       cfg->gate == WRK_MAMBA2_GATE_ONLY ? 0 : cfg->norm_group, cfg->eps);
     else
         for (int t = t0; t < t1; t++)
-            gated_norm(a->y + (size_t)t * I, a->zx + (size_t)t * Dp, L->gnorm_w, I,
-                       cfg->norm_group, cfg->eps);
-    wrk_pool_barrier(c->pool);
-    wrk_cpu_mm(c, ith, nth, &L->out_proj, a->y, I, T, out, H, L->out_b, acc);
+            gated_norm(yg + (size_t)t * I, a->zx + (size_t)t * Dp, L->gnorm_w, I, cfg->norm_group,
+                       cfg->eps);
+    if (yg == a->y) wrk_pool_barrier(c->pool);
+    wrk_cpu_mm(c, ith, nth, &L->out_proj, yg, I, T, out, H, L->out_b, acc);
     wrk_pool_barrier(c->pool);
 }
 
 void wrk_mamba2_cpu_mixer(struct wrk_cpu *c, int ith, int nth, const wrk_mamba2_config_t *cfg,
                           const wrk_mamba2_layer_t *L, const wrk_seq_t *seqs, int n_seqs, int T,
-                          size_t state_off, const float *u, const wrk_mamba2_bufs_t *b,
-                          float *out, bool acc)
+                          size_t state_off, const float *u, const wrk_mamba2_bufs_t *b, float *out,
+                          bool acc)
 {
     mixer(c, ith, nth, cfg, L, seqs, n_seqs, T, state_off, NO_REC, u, b, out, acc);
 }
 
-void wrk_mamba2_cpu_mixer_rec(struct wrk_cpu *c, int ith, int nth,
-                              const wrk_mamba2_config_t *cfg, const wrk_mamba2_layer_t *L,
-                              const wrk_seq_t *seqs, int n_seqs, int T, size_t state_off,
-                              size_t rec_off, const float *u, const wrk_mamba2_bufs_t *b,
-                              float *out, bool acc)
+void wrk_mamba2_cpu_mixer_rec(struct wrk_cpu *c, int ith, int nth, const wrk_mamba2_config_t *cfg,
+                              const wrk_mamba2_layer_t *L, const wrk_seq_t *seqs, int n_seqs, int T,
+                              size_t state_off, size_t rec_off, const float *u,
+                              const wrk_mamba2_bufs_t *b, float *out, bool acc)
 {
     mixer(c, ith, nth, cfg, L, seqs, n_seqs, T, state_off, rec_off, u, b, out, acc);
 }
@@ -324,14 +348,21 @@ static void forward(void *arg, int ith, int nth)
 
     for (int l = 0; l < cfg->n_layers; l++) {
         const wrk_mamba2_layer_t *L = &mb->layers[l];
-        for (int t = t0; t < t1; t++)
-            c->k->rmsnorm(a->u + (size_t)t * H, c->res + (size_t)t * H, L->norm_w, H, cfg->eps);
-        wrk_pool_barrier(c->pool);
+        /* decode: every thread normalizes every token into its own buffer (no barrier) */
+        float *u = wrk_cpu_local(c, ith, T);
+        if (u) {
+            for (int t = 0; t < T; t++)
+                c->k->rmsnorm(u + (size_t)t * H, c->res + (size_t)t * H, L->norm_w, H, cfg->eps);
+        } else {
+            u = a->u;
+            for (int t = t0; t < t1; t++)
+                c->k->rmsnorm(u + (size_t)t * H, c->res + (size_t)t * H, L->norm_w, H, cfg->eps);
+            wrk_pool_barrier(c->pool);
+        }
         /* TP: rank 0 adds its partial out_proj (and the bias) to the residual, the others
          * overwrite theirs; the all-reduce sums the lot: one per layer. */
         wrk_mamba2_cpu_mixer_rec(c, ith, nth, cfg, L, f->seqs, f->n_seqs, T, l * layer_floats,
-                                 l * wrk_mamba2_spec_layer_floats(cfg), a->u, &a->b, c->res,
-                                 lead);
+                                 l * wrk_mamba2_spec_layer_floats(cfg), u, &a->b, c->res, lead);
         wrk_cpu_all_reduce(c, ith, c->res, (size_t)T * H);
     }
     if (lead) wrk_cpu_logits(c, ith, nth, f->seqs, f->n_seqs, f->n_rows);
@@ -352,9 +383,8 @@ static void spec_replay(void *arg, int ith, int nth)
     const wrk_mamba2_config_t *cfg = &mb->cfg;
     const size_t layer_floats = wrk_mamba2_layer_state_floats(cfg);
     for (int l = 0; l < cfg->n_layers; l++)
-        wrk_mamba2_cpu_replay(r->c, ith, nth, cfg, &mb->layers[l], r->slot, r->n,
-                              l * layer_floats, r->rec + l * wrk_mamba2_spec_layer_floats(cfg),
-                              r->tmp);
+        wrk_mamba2_cpu_replay(r->c, ith, nth, cfg, &mb->layers[l], r->slot, r->n, l * layer_floats,
+                              r->rec + l * wrk_mamba2_spec_layer_floats(cfg), r->tmp);
 }
 
 const wrk_cpu_family_i wrk_cpu_mamba2 = {
