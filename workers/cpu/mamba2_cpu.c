@@ -71,12 +71,15 @@ static inline float silu(float v)
     return v / (1.f + expf(-v));
 }
 
+#define SCAN_PF_ROWS 4
+
 /* SSM recurrence of one sequence over T tokens for heads [h0, h1):
  * dt = clamp(softplus(dt_raw + dt_b), lo, hi); S = exp(dt A) S + dt B (x) x;
  * y = C . S + D x. S is [NH][P][N]; head h reads B, C of group h / (NH / G) (under TP, of
  * the model's heads and groups: this rank's start at tp_head0, tp_group0). */
-static void ssd_scan(const wrk_mamba2_config_t *cfg, const wrk_mamba2_layer_t *L, int T, int h0,
-                     int h1, const float *dt_raw, int lddt, const float *xbc, float *S, float *y)
+static inline __attribute__((always_inline)) void
+ssd_scan_body(const wrk_mamba2_config_t *cfg, const wrk_mamba2_layer_t *L, int T, int h0, int h1,
+              const float *dt_raw, int lddt, const float *xbc, float *S, float *y)
 {
     const int I = cfg->inner, P = cfg->head_dim, N = cfg->d_state, G = cfg->n_groups;
     const int C = cfg->conv_dim;
@@ -95,6 +98,11 @@ static void ssd_scan(const wrk_mamba2_config_t *cfg, const wrk_mamba2_layer_t *L
             for (int p = 0; p < P; p++) {
                 const float xv = xr[h * P + p], dx = dt * xv;
                 float *s = S + ((size_t)h * P + p) * N;
+                /* the state rows SCAN_PF_ROWS ahead, into L1 (read, then written): at decode
+                 * the scan streams the whole state, and this loop is load-latency bound
+                 * without it */
+                for (int q = 0; q < N; q += 16)
+                    __builtin_prefetch(s + (size_t)SCAN_PF_ROWS * N + q, 1, 3);
                 /* Eight partial sums so the compiler vectorizes the C . S reduction. */
                 float acc8[8] = {0};
                 int n = 0;
@@ -114,6 +122,39 @@ static void ssd_scan(const wrk_mamba2_config_t *cfg, const wrk_mamba2_layer_t *L
             }
         }
     }
+}
+
+static void ssd_scan_portable(const wrk_mamba2_config_t *cfg, const wrk_mamba2_layer_t *L, int T,
+                              int h0, int h1, const float *dt_raw, int lddt, const float *xbc,
+                              float *S, float *y)
+{
+    ssd_scan_body(cfg, L, T, h0, h1, dt_raw, lddt, xbc, S, y);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+/* The same loop compiled for AVX2 (8-lane vectors: acc8 is one register). Not FMA: every
+ * product and sum is rounded as in the portable build (the compiler does not reassociate),
+ * so the two give the same bits. */
+__attribute__((target("avx2"))) static void
+ssd_scan_avx2(const wrk_mamba2_config_t *cfg, const wrk_mamba2_layer_t *L, int T, int h0, int h1,
+              const float *dt_raw, int lddt, const float *xbc, float *S, float *y)
+{
+    ssd_scan_body(cfg, L, T, h0, h1, dt_raw, lddt, xbc, S, y);
+}
+#endif
+
+/* The scan for kernel table k: the AVX2 build on the avx2/avx512 tables (whose CPUs run it). */
+static void ssd_scan(const wrk_kern_t *k, const wrk_mamba2_config_t *cfg,
+                     const wrk_mamba2_layer_t *L, int T, int h0, int h1, const float *dt_raw,
+                     int lddt, const float *xbc, float *S, float *y)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (strncmp(k->isa, "avx", 3) == 0) {
+        ssd_scan_avx2(cfg, L, T, h0, h1, dt_raw, lddt, xbc, S, y);
+        return;
+    }
+#endif
+    ssd_scan_portable(cfg, L, T, h0, h1, dt_raw, lddt, xbc, S, y);
 }
 
 /* Gated RMSNorm of one token, in place: q = y silu(z), normalized per group of `gs`
@@ -218,7 +259,8 @@ void wrk_mamba2_cpu_replay(struct wrk_cpu *c, int ith, int nth, const wrk_mamba2
     wrk_split(NH, 1, ith, nth, &h0, &h1);
     if (c1 > c0) c->k->conv_silu(n, c0, c1, C, K, xin, C, L->conv_w, L->conv_b, win, xbc);
     wrk_pool_barrier(c->pool);
-    if (h1 > h0) ssd_scan(cfg, L, n, h0, h1, dt, NH, xbc, win + wrk_mamba2_conv_floats(cfg), y);
+    if (h1 > h0)
+        ssd_scan(c->k, cfg, L, n, h0, h1, dt, NH, xbc, win + wrk_mamba2_conv_floats(cfg), y);
     wrk_pool_barrier(c->pool);
 }
 
@@ -282,7 +324,7 @@ static void mixer(struct wrk_cpu *c, int ith, int nth, const wrk_mamba2_config_t
             if (keep)
                 keep_rows(keep + rec_off + (size_t)WRK_SPEC_MAX_TOKENS * C, cfg->n_heads,
                           a->zx + (size_t)t * Dp + I + C, Dp, seqs[s].n_tokens, h0, h1);
-            ssd_scan(cfg, L, seqs[s].n_tokens, h0, h1, a->zx + (size_t)t * Dp + I + C, Dp,
+            ssd_scan(k, cfg, L, seqs[s].n_tokens, h0, h1, a->zx + (size_t)t * Dp + I + C, Dp,
                      a->xbc + (size_t)t * C, S, a->y + (size_t)t * I);
             t += seqs[s].n_tokens;
         }
