@@ -205,8 +205,8 @@ static void proj_mult(const wrk_mamba2_config_t *cfg, float *zx)
 /* Gated RMSNorm when a TP rank boundary cuts a norm group: each rank's sums of squares per
  * (token, norm group of the model) are all-reduced before the scale. Called by every pool
  * thread; tokens [t0, t1) are this thread's. */
-static void gated_norm_tp(struct wrk_cpu *c, int ith, const wrk_mamba2_config_t *cfg, int T, int t0,
-                          int t1, const float *zx, float *y, const float *w, float *ss)
+static void gated_norm_tp(struct wrk_cpu *c, int ith, const wrk_mamba2_config_t *cfg, int T,
+                          int t0, int t1, const float *zx, float *y, const float *w, float *ss)
 {
     const int I = cfg->inner, Dp = cfg->proj_dim, gs = cfg->norm_group;
     const int NG = cfg->tp_norm_groups, ch0 = cfg->tp_head0 * cfg->head_dim;
@@ -232,8 +232,7 @@ static void gated_norm_tp(struct wrk_cpu *c, int ith, const wrk_mamba2_config_t 
         for (int i = 0; i < I;) {
             const int g = (ch0 + i) / gs, end = (g + 1) * gs - ch0 < I ? (g + 1) * gs - ch0 : I;
             const float r = 1.f / sqrtf(sr[g] / (float)gs + cfg->eps);
-            for (; i < end; i++)
-                yr[i] = w[i] * (yr[i] * r);
+            for (; i < end; i++) yr[i] = w[i] * (yr[i] * r);
         }
     }
 }
@@ -425,8 +424,9 @@ static void spec_replay(void *arg, int ith, int nth)
     const wrk_mamba2_config_t *cfg = &mb->cfg;
     const size_t layer_floats = wrk_mamba2_layer_state_floats(cfg);
     for (int l = 0; l < cfg->n_layers; l++)
-        wrk_mamba2_cpu_replay(r->c, ith, nth, cfg, &mb->layers[l], r->slot, r->n, l * layer_floats,
-                              r->rec + l * wrk_mamba2_spec_layer_floats(cfg), r->tmp);
+        wrk_mamba2_cpu_replay(r->c, ith, nth, cfg, &mb->layers[l], r->slot, r->n,
+                              l * layer_floats, r->rec + l * wrk_mamba2_spec_layer_floats(cfg),
+                              r->tmp);
 }
 
 const wrk_cpu_family_i wrk_cpu_mamba2 = {
