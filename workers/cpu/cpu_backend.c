@@ -31,6 +31,7 @@ static void cpu_destroy(wrk_backend_t *b)
     free(c->logit_in);
     free(c->logit_out);
     free(c->scratch);
+    free(c->local);
     wrk_kv_destroy(c->kv);
     if (c->spec)
         for (int i = 0; i < c->base.n_slots; i++) {
@@ -288,6 +289,9 @@ int wrk__cpu_create(const wrk_model_t *m, const wrk_backend_opts_t *opts,
     c->logit_in = wrk_cpu_alloc_floats(WRK_LOGIT_CHUNK * H);
     c->logit_out = wrk_cpu_alloc_floats(WRK_LOGIT_CHUNK * V);
     c->scratch = wrk_cpu_alloc_floats((size_t)o.n_threads * c->scratch_floats);
+    c->local_floats =
+        (size_t)WRK_CPU_LOCAL_T * ((size_t)m->max_matmul_cols > H ? (size_t)m->max_matmul_cols : H);
+    c->local = wrk_cpu_alloc_floats((size_t)o.n_threads * c->local_floats);
     if (m->info.n_kv_layers > 0 &&
         wrk_kv_create(o.n_slots, m->info.n_kv_layers, m->info.kv_width, o.kv_block_tokens,
                       o.n_kv_blocks, &c->kv)) {
@@ -297,7 +301,7 @@ int wrk__cpu_create(const wrk_model_t *m, const wrk_backend_opts_t *opts,
                         "bytes",
                         o.n_kv_blocks, o.kv_block_tokens, m->info.kv_bytes_per_token);
     }
-    if (!c->slots || !c->res || !c->logit_in || !c->logit_out || !c->scratch ||
+    if (!c->slots || !c->res || !c->logit_in || !c->logit_out || !c->scratch || !c->local ||
         wrk_pool_create(o.n_threads, &c->pool) || c->fam->init(c, &c->fam_ctx)) {
         cpu_destroy(&c->base);
         return rcd_fail(RCD_ENOMEM, err, errlen,

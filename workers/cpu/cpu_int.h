@@ -11,6 +11,10 @@
 #include "workers/model/model_int.h"
 
 #define WRK_LOGIT_CHUNK 64 /* logit rows computed per lm_head pass */
+/* Steps of at most this many tokens (decode) compute the per-layer norms on every thread,
+ * each into its own buffer (wrk_cpu_local), instead of splitting them by token behind a
+ * barrier: O(T H) repeated work for one barrier less per norm. */
+#define WRK_CPU_LOCAL_T 8
 
 struct wrk_cpu;
 struct wrk_cpu_fwd;
@@ -84,6 +88,8 @@ typedef struct wrk_cpu {
     float *logit_out;    /* WRK_LOGIT_CHUNK x V */
     float *scratch;      /* per thread: WRK_GEMM_BLOCK_ROWS x m->max_matmul_cols */
     size_t scratch_floats;
+    float *local;                /* per thread: local_floats (wrk_cpu_local) */
+    size_t local_floats;         /* WRK_CPU_LOCAL_T x max(hidden, m->max_matmul_cols) */
     const wrk_cpu_family_i *fam; /* the model family's forward */
     void *fam_ctx;       /* its activation buffers */
     wrk_kv_t *kv;        /* paged KV of models with n_kv_layers > 0, else NULL */
@@ -151,6 +157,13 @@ static inline float *wrk_cpu_slot(wrk_cpu_t *c, int slot)
 static inline float *wrk_cpu_scratch(wrk_cpu_t *c, int ith)
 {
     return c->scratch + (size_t)ith * c->scratch_floats;
+}
+/* Thread ith's own buffer for a step of T tokens (T x max(hidden, widest matmul input)
+ * floats) where T <= WRK_CPU_LOCAL_T, else NULL: what a thread computes there only it reads,
+ * so no barrier follows it. */
+static inline float *wrk_cpu_local(wrk_cpu_t *c, int ith, int T)
+{
+    return T <= WRK_CPU_LOCAL_T ? c->local + (size_t)ith * c->local_floats : NULL;
 }
 
 /* Total tokens and logit rows of a batch. */

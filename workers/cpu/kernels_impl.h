@@ -917,6 +917,9 @@ static void KFN(gdn_close)(int dk, int dv, float *S, int n, const float *Kb, con
         }
 }
 
+#ifndef SCAN_PF
+#define SCAN_PF 64
+#endif
 static void KFN(scan)(int T, int c0, int c1, int I, int N, const float *dt, const float *dt_b,
                       const float *xc, const float *z, int ldz, const float *bc, int ldbc,
                       const float *A, const float *D, float *h, float *y)
@@ -924,6 +927,14 @@ static void KFN(scan)(int T, int c0, int c1, int I, int N, const float *dt, cons
     int c = c0;
     for (; c + VW <= c1; c += VW) {
         const vf db = KFN(ld)(dt_b + c), dd = KFN(ld)(D + c);
+        /* A and the state are N rows I apart: 2N streams, more than the hardware prefetcher
+         * follows at once; fetch their columns SCAN_PF floats ahead (decode streams the whole
+         * state through here) */
+        if (c + SCAN_PF < c1)
+            for (int n = 0; n < N; n++) {
+                __builtin_prefetch(h + (size_t)n * I + c + SCAN_PF, 1, 3);
+                __builtin_prefetch(A + (size_t)n * I + c + SCAN_PF, 0, 3);
+            }
         for (int t = 0; t < T; t++) {
             const vf delta = KFN(softplus_v)(KFN(ld)(dt + (size_t)t * I + c) + db);
             const vf u = KFN(ld)(xc + (size_t)t * I + c);

@@ -71,12 +71,15 @@ static inline float silu(float v)
     return v / (1.f + expf(-v));
 }
 
+#define SCAN_PF_ROWS 4
+
 /* SSM recurrence of one sequence over T tokens for heads [h0, h1):
  * dt = clamp(softplus(dt_raw + dt_b), lo, hi); S = exp(dt A) S + dt B (x) x;
  * y = C . S + D x. S is [NH][P][N]; head h reads B, C of group h / (NH / G) (under TP, of
  * the model's heads and groups: this rank's start at tp_head0, tp_group0). */
-static void ssd_scan(const wrk_mamba2_config_t *cfg, const wrk_mamba2_layer_t *L, int T, int h0,
-                     int h1, const float *dt_raw, int lddt, const float *xbc, float *S, float *y)
+static inline __attribute__((always_inline)) void
+ssd_scan_body(const wrk_mamba2_config_t *cfg, const wrk_mamba2_layer_t *L, int T, int h0, int h1,
+              const float *dt_raw, int lddt, const float *xbc, float *S, float *y)
 {
     const int I = cfg->inner, P = cfg->head_dim, N = cfg->d_state, G = cfg->n_groups;
     const int C = cfg->conv_dim;
@@ -95,6 +98,11 @@ static void ssd_scan(const wrk_mamba2_config_t *cfg, const wrk_mamba2_layer_t *L
             for (int p = 0; p < P; p++) {
                 const float xv = xr[h * P + p], dx = dt * xv;
                 float *s = S + ((size_t)h * P + p) * N;
+                /* the state rows SCAN_PF_ROWS ahead, into L1 (read, then written): at decode
+                 * the scan streams the whole state, and this loop is load-latency bound
+                 * without it */
+                for (int q = 0; q < N; q += 16)
+                    __builtin_prefetch(s + (size_t)SCAN_PF_ROWS * N + q, 1, 3);
                 /* Eight partial sums so the compiler vectorizes the C . S reduction. */
                 float acc8[8] = {0};
                 int n = 0;
@@ -114,6 +122,39 @@ static void ssd_scan(const wrk_mamba2_config_t *cfg, const wrk_mamba2_layer_t *L
             }
         }
     }
+}
+
+static void ssd_scan_portable(const wrk_mamba2_config_t *cfg, const wrk_mamba2_layer_t *L, int T,
+                              int h0, int h1, const float *dt_raw, int lddt, const float *xbc,
+                              float *S, float *y)
+{
+    ssd_scan_body(cfg, L, T, h0, h1, dt_raw, lddt, xbc, S, y);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+/* The same loop compiled for AVX2 (8-lane vectors: acc8 is one register). Not FMA: every
+ * product and sum is rounded as in the portable build (the compiler does not reassociate),
+ * so the two give the same bits. */
+__attribute__((target("avx2"))) static void
+ssd_scan_avx2(const wrk_mamba2_config_t *cfg, const wrk_mamba2_layer_t *L, int T, int h0, int h1,
+              const float *dt_raw, int lddt, const float *xbc, float *S, float *y)
+{
+    ssd_scan_body(cfg, L, T, h0, h1, dt_raw, lddt, xbc, S, y);
+}
+#endif
+
+/* The scan for kernel table k: the AVX2 build on the avx2/avx512 tables (whose CPUs run it). */
+static void ssd_scan(const wrk_kern_t *k, const wrk_mamba2_config_t *cfg,
+                     const wrk_mamba2_layer_t *L, int T, int h0, int h1, const float *dt_raw,
+                     int lddt, const float *xbc, float *S, float *y)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (strncmp(k->isa, "avx", 3) == 0) {
+        ssd_scan_avx2(cfg, L, T, h0, h1, dt_raw, lddt, xbc, S, y);
+        return;
+    }
+#endif
+    ssd_scan_portable(cfg, L, T, h0, h1, dt_raw, lddt, xbc, S, y);
 }
 
 /* Gated RMSNorm of one token, in place: q = y silu(z), normalized per group of `gs`
@@ -218,7 +259,7 @@ void wrk_mamba2_cpu_replay(struct wrk_cpu *c, int ith, int nth, const wrk_mamba2
     if (c1 > c0) c->k->conv_silu(n, c0, c1, C, K, xin, C, L->conv_w, L->conv_b, win, xbc);
     wrk_pool_barrier(c->pool);
     if (h1 > h0)
-        ssd_scan(cfg, L, n, h0, h1, dt, NH, xbc, win + wrk_mamba2_conv_floats(cfg), y);
+        ssd_scan(c->k, cfg, L, n, h0, h1, dt, NH, xbc, win + wrk_mamba2_conv_floats(cfg), y);
     wrk_pool_barrier(c->pool);
 }
 
@@ -239,12 +280,26 @@ static void mixer(struct wrk_cpu *c, int ith, int nth, const wrk_mamba2_config_t
     wrk_split(C, 16, ith, nth, &c0, &c1);
     wrk_split(cfg->n_heads, 1, ith, nth, &h0, &h1);
 
-    wrk_cpu_mm(c, ith, nth, &L->in_proj, u, H, T, a->zx, Dp, L->in_b, false);
-    wrk_pool_barrier(c->pool);
-    if (cfg->proj_mult_on) {
-        for (int t = t0; t < t1; t++)
-            proj_mult(cfg, a->zx + (size_t)t * Dp);
+    if (cfg->proj_mult_on || nth == 1) {
+        wrk_cpu_mm(c, ith, nth, &L->in_proj, u, H, T, a->zx, Dp, L->in_b, false);
         wrk_pool_barrier(c->pool);
+        if (cfg->proj_mult_on) {
+            for (int t = t0; t < t1; t++)
+                proj_mult(cfg, a->zx + (size_t)t * Dp);
+            wrk_pool_barrier(c->pool);
+        }
+    } else {
+        /* in_proj: the rows of this thread's conv channels, xBC [I + c0, I + c1), so the conv
+         * reads only rows this thread wrote (no barrier between them), and its share of z
+         * [0, I) and of dt [I + C, Dp) (each row's values do not depend on which thread
+         * computes it) */
+        int z0, z1, d0, d1;
+        wrk_split(I, 16, ith, nth, &z0, &z1);
+        wrk_split(Dp - I - C, 16, ith, nth, &d0, &d1);
+        wrk_cpu_matmul(c, ith, &L->in_proj, z0, z1, u, H, T, a->zx, Dp, L->in_b, false);
+        wrk_cpu_matmul(c, ith, &L->in_proj, I + c0, I + c1, u, H, T, a->zx, Dp, L->in_b, false);
+        wrk_cpu_matmul(c, ith, &L->in_proj, I + C + d0, I + C + d1, u, H, T, a->zx, Dp, L->in_b,
+                       false);
     }
     if (c1 > c0) {
         int t = 0;
@@ -268,40 +323,50 @@ static void mixer(struct wrk_cpu *c, int ith, int nth, const wrk_mamba2_config_t
             if (keep)
                 keep_rows(keep + rec_off + (size_t)WRK_SPEC_MAX_TOKENS * C, cfg->n_heads,
                           a->zx + (size_t)t * Dp + I + C, Dp, seqs[s].n_tokens, h0, h1);
-            ssd_scan(cfg, L, seqs[s].n_tokens, h0, h1, a->zx + (size_t)t * Dp + I + C, Dp,
+            ssd_scan(k, cfg, L, seqs[s].n_tokens, h0, h1, a->zx + (size_t)t * Dp + I + C, Dp,
                      a->xbc + (size_t)t * C, S, a->y + (size_t)t * I);
             t += seqs[s].n_tokens;
         }
     }
     wrk_pool_barrier(c->pool);
+    /* The gate and norm: at decode (and no TP norm reduce) every thread gates every token
+     * into its own buffer (u, the in_proj input, is no longer read), so out_proj follows
+     * without a barrier; else split by token. */
+    float *yg = cfg->tp_norm_reduce ? NULL : wrk_cpu_local(c, ith, T);
+    if (yg) {
+        t0 = 0;
+        t1 = T;
+        memcpy(yg, a->y, (size_t)T * I * sizeof(float));
+    } else {
+        yg = a->y;
+    }
     if (cfg->tp_norm_reduce)
         gated_norm_tp(c, ith, cfg, T, t0, t1, a->zx, a->y, L->gnorm_w, a->ss);
     else if (cfg->gate != WRK_MAMBA2_GATE_NORM)
         for (int t = t0; t < t1; t++)
-            norm_gate(a->y + (size_t)t * I, a->zx + (size_t)t * Dp, L->gnorm_w, I,
+            norm_gate(yg + (size_t)t * I, a->zx + (size_t)t * Dp, L->gnorm_w, I,
                       cfg->gate == WRK_MAMBA2_GATE_ONLY ? 0 : cfg->norm_group, cfg->eps);
     else
         for (int t = t0; t < t1; t++)
-            gated_norm(a->y + (size_t)t * I, a->zx + (size_t)t * Dp, L->gnorm_w, I,
-                       cfg->norm_group, cfg->eps);
-    wrk_pool_barrier(c->pool);
-    wrk_cpu_mm(c, ith, nth, &L->out_proj, a->y, I, T, out, H, L->out_b, acc);
+            gated_norm(yg + (size_t)t * I, a->zx + (size_t)t * Dp, L->gnorm_w, I, cfg->norm_group,
+                       cfg->eps);
+    if (yg == a->y) wrk_pool_barrier(c->pool);
+    wrk_cpu_mm(c, ith, nth, &L->out_proj, yg, I, T, out, H, L->out_b, acc);
     wrk_pool_barrier(c->pool);
 }
 
 void wrk_mamba2_cpu_mixer(struct wrk_cpu *c, int ith, int nth, const wrk_mamba2_config_t *cfg,
                           const wrk_mamba2_layer_t *L, const wrk_seq_t *seqs, int n_seqs, int T,
-                          size_t state_off, const float *u, const wrk_mamba2_bufs_t *b,
-                          float *out, bool acc)
+                          size_t state_off, const float *u, const wrk_mamba2_bufs_t *b, float *out,
+                          bool acc)
 {
     mixer(c, ith, nth, cfg, L, seqs, n_seqs, T, state_off, NO_REC, u, b, out, acc);
 }
 
-void wrk_mamba2_cpu_mixer_rec(struct wrk_cpu *c, int ith, int nth,
-                              const wrk_mamba2_config_t *cfg, const wrk_mamba2_layer_t *L,
-                              const wrk_seq_t *seqs, int n_seqs, int T, size_t state_off,
-                              size_t rec_off, const float *u, const wrk_mamba2_bufs_t *b,
-                              float *out, bool acc)
+void wrk_mamba2_cpu_mixer_rec(struct wrk_cpu *c, int ith, int nth, const wrk_mamba2_config_t *cfg,
+                              const wrk_mamba2_layer_t *L, const wrk_seq_t *seqs, int n_seqs, int T,
+                              size_t state_off, size_t rec_off, const float *u,
+                              const wrk_mamba2_bufs_t *b, float *out, bool acc)
 {
     mixer(c, ith, nth, cfg, L, seqs, n_seqs, T, state_off, rec_off, u, b, out, acc);
 }
@@ -324,14 +389,21 @@ static void forward(void *arg, int ith, int nth)
 
     for (int l = 0; l < cfg->n_layers; l++) {
         const wrk_mamba2_layer_t *L = &mb->layers[l];
-        for (int t = t0; t < t1; t++)
-            c->k->rmsnorm(a->u + (size_t)t * H, c->res + (size_t)t * H, L->norm_w, H, cfg->eps);
-        wrk_pool_barrier(c->pool);
+        /* decode: every thread normalizes every token into its own buffer (no barrier) */
+        float *u = wrk_cpu_local(c, ith, T);
+        if (u) {
+            for (int t = 0; t < T; t++)
+                c->k->rmsnorm(u + (size_t)t * H, c->res + (size_t)t * H, L->norm_w, H, cfg->eps);
+        } else {
+            u = a->u;
+            for (int t = t0; t < t1; t++)
+                c->k->rmsnorm(u + (size_t)t * H, c->res + (size_t)t * H, L->norm_w, H, cfg->eps);
+            wrk_pool_barrier(c->pool);
+        }
         /* TP: rank 0 adds its partial out_proj (and the bias) to the residual, the others
          * overwrite theirs; the all-reduce sums the lot: one per layer. */
         wrk_mamba2_cpu_mixer_rec(c, ith, nth, cfg, L, f->seqs, f->n_seqs, T, l * layer_floats,
-                                 l * wrk_mamba2_spec_layer_floats(cfg), a->u, &a->b, c->res,
-                                 lead);
+                                 l * wrk_mamba2_spec_layer_floats(cfg), u, &a->b, c->res, lead);
         wrk_cpu_all_reduce(c, ith, c->res, (size_t)T * H);
     }
     if (lead) wrk_cpu_logits(c, ith, nth, f->seqs, f->n_seqs, f->n_rows);

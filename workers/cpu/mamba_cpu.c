@@ -95,8 +95,15 @@ void wrk_mamba_cpu_mixer(struct wrk_cpu *c, int ith, int nth, const wrk_mamba_co
      * scan reads only dt values this thread wrote. */
     wrk_split(I, 16, ith, nth, &c0, &c1);
 
-    wrk_cpu_mm(c, ith, nth, &L->in_proj, u, H, T, a->xz, 2 * I, L->in_b, false);
-    wrk_pool_barrier(c->pool);
+    /* in_proj: the rows of this thread's channels, x [c0, c1) and z [I + c0, I + c1), so the
+     * conv reads only rows this thread wrote: no barrier between them (each row's values do
+     * not depend on which thread computes it) */
+    if (c0 == 0 && c1 == I) {
+        wrk_cpu_matmul(c, ith, &L->in_proj, 0, 2 * I, u, H, T, a->xz, 2 * I, L->in_b, false);
+    } else {
+        wrk_cpu_matmul(c, ith, &L->in_proj, c0, c1, u, H, T, a->xz, 2 * I, L->in_b, false);
+        wrk_cpu_matmul(c, ith, &L->in_proj, I + c0, I + c1, u, H, T, a->xz, 2 * I, L->in_b, false);
+    }
     if (c1 > c0) {
         int t = 0;
         for (int s = 0; s < n_seqs; s++) {
@@ -200,13 +207,20 @@ static void forward(void *arg, int ith, int nth)
 
     for (int l = 0; l < cfg->n_layers; l++) {
         const wrk_mamba_layer_t *L = &mb->layers[l];
-        for (int t = t0; t < t1; t++)
-            k->rmsnorm(a->u + (size_t)t * H, c->res + (size_t)t * H, L->norm_w, H, cfg->eps);
-        wrk_pool_barrier(c->pool);
+        /* decode: every thread normalizes every token into its own buffer (no barrier) */
+        float *u = wrk_cpu_local(c, ith, T);
+        if (u) {
+            for (int t = 0; t < T; t++)
+                k->rmsnorm(u + (size_t)t * H, c->res + (size_t)t * H, L->norm_w, H, cfg->eps);
+        } else {
+            u = a->u;
+            for (int t = t0; t < t1; t++)
+                k->rmsnorm(u + (size_t)t * H, c->res + (size_t)t * H, L->norm_w, H, cfg->eps);
+            wrk_pool_barrier(c->pool);
+        }
         /* TP: rank 0 adds its partial product (and the bias) to the residual. */
         wrk_mamba_cpu_mixer(c, ith, nth, cfg, L, f->seqs, f->n_seqs, T, l * layer_floats,
-                            (size_t)l * wrk_mamba_spec_layer_floats(cfg), a->u, &a->mb, c->res,
-                            lead);
+                            (size_t)l * wrk_mamba_spec_layer_floats(cfg), u, &a->mb, c->res, lead);
     }
     if (lead) wrk_cpu_logits(c, ith, nth, f->seqs, f->n_seqs, f->n_rows);
 }
