@@ -149,9 +149,18 @@ static void show_ids(const char *what, const int32_t *ids, size_t n)
     fprintf(stderr, n > 48 ? " ...\n" : "\n");
 }
 
+/* Under ASan/TSan the code-point sweep (unicode.bin: every code point through every kind) is
+ * 10-20x slower: there every SAN_STRIDE-th string is checked, in Release every one. */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define SAN_STRIDE 4
+#else
+#define SAN_STRIDE 1
+#endif
+
 static void check_kind(const char *golden, const char *kind, const corpus_t *c,
                        const char *file)
 {
+    const uint32_t stride = strcmp(file, "unicode.bin") == 0 ? SAN_STRIDE : 1;
     char path[RCD_PATH_MAX], src[RCD_PATH_MAX], err[512];
     size_t n;
     CHECK(rcd_path_fmt(path, sizeof(path), "%s/%s/source", golden, kind) == 0);
@@ -228,6 +237,7 @@ static void check_kind(const char *golden, const char *kind, const corpus_t *c,
                 want.v[want.n++] = (int32_t)v;
             }
         }
+        if (i % stride) continue; /* read, not checked (sanitized builds, unicode.bin) */
         const char *s = c->s[i];
         size_t len = c->len[i];
         rc = tok_encode(tok, s, len, (flags & 1) ? TOK_ADD_SPECIAL : 0, &ids, err, sizeof(err));
