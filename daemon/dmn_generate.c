@@ -25,6 +25,7 @@ typedef struct dmn_gen {
     int32_t n_prompt;
     void *init_state, *state_out;
     size_t init_len, state_cap; /* bytes (variable for models with a KV cache) */
+    size_t ext_cap;             /* of state_cap: the sections' (history, draft state) */
     float *logits;
     char sid[STORE_SID_MAX + 1]; /* the store id (tenant-scoped with API keys) */
     bool has_session, in_runner, finished, freed;
@@ -625,8 +626,7 @@ static int gen_quota_admit(dmn_gen_t *g, const char *tenant, const char *owner, 
     uint64_t n_sess = 0, stored = 0, grow = 0;
     if (g->has_session && dmn_quota_limits(s->quota)->max_state_bytes) {
         /* the model state after the turn: its bound, without the sections (the history) */
-        uint64_t next = g->state_cap ? g->state_cap - eng_runner_ext_bound(s->runner)
-                                     : store_state_bytes(s->store);
+        uint64_t next = g->state_cap ? g->state_cap - g->ext_cap : store_state_bytes(s->store);
         grow = next > cur_len ? next - cur_len : 0;
         dmn_tenant_usage(g->call, owner, &n_sess, &stored);
     }
@@ -728,8 +728,12 @@ static int gen_prepare(dmn_gen_t *g, const Recurd__V1__GenerateRequest *req, cha
          * (state_bytes for fixed-size models). A KV model's prompt must also fit its pool. */
         uint64_t mn = g->max_tokens < g->ctx_left ? g->max_tokens : g->ctx_left;
         g->state_cap = eng_runner_state_bound(s->runner, used + mn + 1);
-        if (g->state_cap != SIZE_MAX) /* and the sections after it (the token history) */
-            g->state_cap += eng_runner_ext_bound(s->runner);
+        g->ext_cap = eng_runner_ext_bound(s->runner, used + mn + 1);
+        /* and the sections after it (the token history, a draft model's state) */
+        if (g->state_cap != SIZE_MAX && g->ext_cap < SIZE_MAX - g->state_cap)
+            g->state_cap += g->ext_cap;
+        else
+            g->state_cap = SIZE_MAX;
         if (g->state_cap == SIZE_MAX || !(g->state_out = malloc(g->state_cap ? g->state_cap : sb)))
             return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory for the session state");
     }

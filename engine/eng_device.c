@@ -26,9 +26,12 @@ static bool read_snap(eng_runner_t *r, eng__req_t *q, int32_t slot, int32_t j)
 }
 
 /* A draft model's state follows its sequence's slot moves (speculating turns only): saved
- * beside the host copy at a swap-out and written back at the swap-in; a fresh or loaded slot
- * starts the draft empty (its first proposal prefills it over the turn's stream). Failures
- * only cost drafts: the draft is rebuilt from the stream. */
+ * beside the host copy at a swap-out (with its KV: the draft's slot gives its blocks back)
+ * and written back at the swap-in; a loaded slot gets the draft state its checkpoint carried
+ * (a KV draft's blocks come from the draft's pool), a fresh one starts the draft empty (its
+ * first proposal prefills it over the turn's stream). Failures only cost drafts: the draft is
+ * rebuilt from the stream (a checkpoint's that does not load is counted, and logged by the
+ * loop). */
 static void draft_move(eng_runner_t *r, const wmove_t *m)
 {
     eng_draft_t *d = r->draft;
@@ -39,15 +42,23 @@ static void draft_move(eng_runner_t *r, const wmove_t *m)
         q->d_saved = d->vt->slot_save(d, m->slot, &q->d_buf, &q->d_cap, &q->d_len) == 0;
         break;
     case SCHED_MOVE_SWAP_IN:
-        if (q->d_saved && d->vt->slot_load(d, m->slot, q->d_buf, q->d_len) == 0) break;
+        if (q->d_saved && d->vt->slot_load(d, m->slot, q->d_buf, q->d_len) == 0) {
+            r->w_draft_swapped_in++;
+            break;
+        }
         d->vt->slot_reset(d, m->slot); /* not saved: rebuilt */
         q->d_fed = 0;
         break;
     case SCHED_MOVE_LOAD: /* the checkpoint's draft state, else rebuilt over the history */
-        if (q->d_init &&
-            d->vt->slot_load(d, m->slot, q->d_init, r->draft_state_bytes) == 0) {
-            q->d_fed = q->d_init_fed;
-            break;
+        if (q->d_init) {
+            int rc = d->vt->slot_load(d, m->slot, q->d_init, q->d_init_len);
+            if (!rc) {
+                q->d_fed = q->d_init_fed;
+                r->w_draft_loaded++;
+                break;
+            }
+            r->w_draft_load_failed++;
+            r->w_draft_load_rc = rc;
         }
         d->vt->slot_reset(d, m->slot);
         q->d_fed = 0;
@@ -191,11 +202,13 @@ static void run_plan(eng_runner_t *r)
                                   &q->state_len);
             /* the turn is over: a KV model's slot gives its blocks back */
             if (!rc && r->kv_bpt) wrk_state_reset(r->be, r->w_seqs[i].slot);
-            /* a fixed-size draft's state goes with it (not read: the commit goes without) */
+            /* the draft's state goes with it, a KV draft's with its positions (which go back
+             * to the draft's pool); not read: the commit goes without */
             q->d_commit = !rc && q->spec && r->draft_state_bytes && r->draft->vt->slot_save &&
-                          r->draft->vt->slot_save(r->draft, r->w_seqs[i].slot, &q->d_buf,
-                                                  &q->d_cap, &q->d_len) == 0 &&
-                          q->d_len == r->draft_state_bytes;
+                          r->draft->vt->slot_save(r->draft, r->w_seqs[i].slot, &q->d_buf, &q->d_cap,
+                                                  &q->d_len) == 0 &&
+                          (r->draft_kv_bpt ? q->d_len >= r->draft_state_bytes
+                                           : q->d_len == r->draft_state_bytes);
             q->d_commit_fed = q->d_fed;
             if (rc)
                 snprintf(r->w_err, sizeof(r->w_err),

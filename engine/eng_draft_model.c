@@ -323,15 +323,18 @@ void eng_draft_section_head(void *dst, uint64_t fingerprint, uint64_t lag)
 }
 
 bool eng_draft_section_use(const void *data, uint64_t bytes, uint64_t fingerprint,
-                           size_t state_bytes, int32_t max_lag, const void **state,
-                           int32_t *lag)
+                           size_t state_bytes, size_t kv_bpt, int32_t max_lag, const void **state,
+                           size_t *state_len, int32_t *lag)
 {
     uint64_t fp, lg;
-    if (!data || bytes != ENG_DRAFT_SECTION_HEAD + (uint64_t)state_bytes) return false;
+    if (!data || bytes < ENG_DRAFT_SECTION_HEAD + (uint64_t)state_bytes) return false;
+    uint64_t kv = bytes - ENG_DRAFT_SECTION_HEAD - (uint64_t)state_bytes; /* the positions' */
+    if (kv_bpt ? kv % kv_bpt != 0 || kv > SIZE_MAX - state_bytes : kv != 0) return false;
     memcpy(&fp, data, 8);
     memcpy(&lg, (const uint8_t *)data + 8, 8);
     if (fp != fingerprint || lg < 1 || lg > (uint64_t)(max_lag > 0 ? max_lag : 0)) return false;
     *state = (const uint8_t *)data + ENG_DRAFT_SECTION_HEAD;
+    *state_len = state_bytes + (size_t)kv;
     *lag = (int32_t)lg;
     return true;
 }

@@ -32,19 +32,22 @@ int32_t eng_draft_sample(const eng_draft_sampling_t *sp, float *w, int V, int32_
 uint64_t eng_draft_rng_seed(uint64_t seed);
 
 /* The draft state in a session's checkpoint: the extension section ENG_DRAFT_SECTION
- * (statestore/ckpt_ext.h), elem 1, of ENG_DRAFT_SECTION_HEAD + state_bytes bytes: u64 the
+ * (statestore/ckpt_ext.h), elem 1, of ENG_DRAFT_SECTION_HEAD + the state's bytes: u64 the
  * draft model's fingerprint, u64 lag (the newest `lag` tokens of the session's history are not
- * in the state yet; 1 or more), then the draft's state (fixed-size drafts only: a draft with a
- * KV cache is always rebuilt). */
+ * in the state yet; 1 or more), then the draft's state as wrk_state_read_n gives it: its
+ * state_bytes, and for a draft with a KV cache the KV of every position it holds after them
+ * (kv_bytes_per_token each). */
 #define ENG_DRAFT_SECTION "draft.state"
 #define ENG_DRAFT_SECTION_HEAD 16
 /* Writes the header into dst (ENG_DRAFT_SECTION_HEAD bytes). */
 void eng_draft_section_head(void *dst, uint64_t fingerprint, uint64_t lag);
-/* The state in a section's bytes and its lag, or false when the section is not one this draft
- * model can use (another fingerprint or size, a lag outside [1, max_lag]): then the draft is
- * rebuilt from the history, never an error. */
+/* The state in a section's bytes (*state, *state_len) and its lag, or false when the section
+ * is not one this draft model can use (another fingerprint, a size that is not state_bytes +
+ * a whole number of positions of kv_bpt bytes — kv_bpt 0: exactly state_bytes —, a lag
+ * outside [1, max_lag]): then the draft is rebuilt from the history, never an error. The
+ * state's own position count is checked where it is loaded (wrk_state_write_n). */
 bool eng_draft_section_use(const void *data, uint64_t bytes, uint64_t fingerprint,
-                           size_t state_bytes, int32_t max_lag, const void **state,
-                           int32_t *lag);
+                           size_t state_bytes, size_t kv_bpt, int32_t max_lag, const void **state,
+                           size_t *state_len, int32_t *lag);
 
 #endif

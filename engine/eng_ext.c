@@ -11,17 +11,19 @@ _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "little-endian host");
 #include <stdlib.h>
 #include <string.h>
 
-/* eng_runner.h: the bytes a commit buffer needs past the state for the sections. */
-size_t eng_runner_ext_bound(const eng_runner_t *r)
+/* eng_runner.h: the bytes a commit buffer needs past the state for the sections. A draft
+ * state whose bound does not fit a size_t is left out (such a draft is rebuilt). */
+size_t eng_runner_ext_bound(const eng_runner_t *r, uint64_t n_positions)
 {
     if (r->cfg.spec_history <= 0) return 0;
     ckpt_ext_sec_t h[2] = {
         {.name = CKPT_EXT_HIST, .data = r, .elem = 4, .bytes = (uint64_t)r->cfg.spec_history * 4},
-        {.name = ENG_DRAFT_SECTION,
-         .data = r,
-         .elem = 1,
-         .bytes = ENG_DRAFT_SECTION_HEAD + r->draft_state_bytes}};
-    return ckpt_ext_size(h, r->draft_state_bytes ? 2 : 1);
+        {.name = ENG_DRAFT_SECTION, .data = r, .elem = 1, .bytes = 0}};
+    size_t room = SIZE_MAX / 2 - ENG_DRAFT_SECTION_HEAD - r->draft_state_bytes; /* and padding */
+    if (!r->draft_state_bytes || (r->draft_kv_bpt && n_positions > room / r->draft_kv_bpt))
+        return ckpt_ext_size(h, 1);
+    h[1].bytes = ENG_DRAFT_SECTION_HEAD + r->draft_state_bytes + n_positions * r->draft_kv_bpt;
+    return ckpt_ext_size(h, 2);
 }
 
 /* A loaded payload of *init_len bytes: *init_len becomes the state's own length; *hist /
@@ -61,37 +63,54 @@ int eng__ext_split(const eng_runner_t *r, const void *payload, size_t *init_len,
 
 /* A commit: the session's sections go after the state read into state_out (the history: the
  * newest spec_history tokens of the loaded history and this turn's tokens, int32 little-endian,
- * the host's order: see submit). Returns the bytes appended; 0 with spec_history 0 (the format
- * without sections), or when state_out has no room for them (the state goes alone; logged when
- * the caller left some room, but too little). */
+ * the host's order: see submit; the draft model's state when the commit read it and the
+ * history kept holds the tokens it still lacks). Returns the bytes appended; 0 with
+ * spec_history 0 (the format without sections), or when state_out has no room for them (the
+ * state goes alone; logged when the caller left some room, but too little). Without room for
+ * the draft's state the history goes alone (the next turn rebuilds the draft). */
 size_t eng__ext_append(eng_runner_t *r, eng__req_t *q)
 {
     int32_t n = q->n_hist + q->n_toks, keep = n < r->cfg.spec_history ? n : r->cfg.spec_history;
     if (keep <= 0 || q->state_len >= q->state_cap) return 0; /* no room asked: the state alone */
-    ckpt_ext_sec_t h = {
-        .name = CKPT_EXT_HIST, .data = q->ctx + (n - keep), .elem = 4, .bytes = (uint64_t)keep * 4};
-    /* the draft's state, when the history kept holds the tokens it still lacks */
-    ckpt_ext_sec_t secs[2] = {h};
-    uint8_t *dsec = NULL;
+    ckpt_ext_sec_t secs[2] = {{.name = CKPT_EXT_HIST,
+                               .data = q->ctx + (n - keep),
+                               .elem = 4,
+                               .bytes = (uint64_t)keep * 4}};
+    uint8_t *dst = (uint8_t *)q->state_out + q->state_len;
+    size_t cap = q->state_cap - q->state_len, wrote = 0;
     int32_t lag = n - q->d_commit_fed;
-    if (q->d_commit && lag >= 1 && lag <= keep &&
-        (dsec = malloc(ENG_DRAFT_SECTION_HEAD + q->d_len))) {
-        eng_draft_section_head(dsec, r->draft_fp, (uint64_t)lag);
-        memcpy(dsec + ENG_DRAFT_SECTION_HEAD, q->d_buf, q->d_len);
+    if (q->d_commit && lag >= 1 && lag <= keep) {
+        uint8_t *dsec = NULL;
         secs[1] = (ckpt_ext_sec_t){.name = ENG_DRAFT_SECTION,
-                                   .data = dsec,
+                                   .data = q->d_buf, /* sized now, written from dsec */
                                    .elem = 1,
-                                   .bytes = ENG_DRAFT_SECTION_HEAD + q->d_len};
+                                   .bytes = ENG_DRAFT_SECTION_HEAD + (uint64_t)q->d_len};
+        size_t need = ckpt_ext_size(secs, 2);
+        if (need <= cap && (dsec = malloc(ENG_DRAFT_SECTION_HEAD + q->d_len))) {
+            eng_draft_section_head(dsec, r->draft_fp, (uint64_t)lag);
+            memcpy(dsec + ENG_DRAFT_SECTION_HEAD, q->d_buf, q->d_len);
+            secs[1].data = dsec;
+            int rc = ckpt_ext_write(dst, cap, secs, 2, &wrote);
+            free(dsec);
+            if (!rc) return wrote;
+        }
+        if (need <= cap) /* the copy's memory */
+            eng__log(r, ENG_WARN, "speculate",
+                     "commit: out of memory for the draft model's state (%zu bytes): the "
+                     "history goes alone, the draft is rebuilt next turn",
+                     q->d_len);
+        else
+            eng__log(r, ENG_INFO, "speculate",
+                     "commit: no room for the draft model's state (%zu bytes of sections, %zu "
+                     "left after the state): the history goes alone, the draft is rebuilt next "
+                     "turn",
+                     need, cap);
     }
-    size_t wrote = 0;
-    int rc = ckpt_ext_write((uint8_t *)q->state_out + q->state_len, q->state_cap - q->state_len,
-                            secs, dsec ? 2 : 1, &wrote);
-    free(dsec);
-    if (rc) {
+    if (ckpt_ext_write(dst, cap, secs, 1, &wrote)) {
         eng__log(r, ENG_WARN, "runner",
                  "commit: no room for the session's history (%zu bytes after a %zu-byte state, "
                  "buffer %zu): committed without it",
-                 ckpt_ext_size(&h, 1), q->state_len, q->state_cap);
+                 ckpt_ext_size(secs, 1), q->state_len, q->state_cap);
         return 0;
     }
     return wrote;

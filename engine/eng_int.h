@@ -85,10 +85,11 @@ struct eng__req {
     uint64_t d_rng;
     eng_draft_sampling_t d_smp;
     float *spec_q;
-    /* the draft state a loaded checkpoint carried (borrowed from init_state; NULL: rebuilt)
-     * and the tokens of ctx it holds; d_commit: the commit read the draft's state into d_buf
-     * (d_len bytes) holding d_commit_fed tokens of ctx */
+    /* the draft state a loaded checkpoint carried (borrowed from init_state, d_init_len bytes;
+     * NULL: rebuilt) and the tokens of ctx it holds; d_commit: the commit read the draft's
+     * state into d_buf (d_len bytes) holding d_commit_fed tokens of ctx */
     const void *d_init;
+    size_t d_init_len;
     int32_t d_init_fed, d_commit_fed;
     bool d_commit;
 };
@@ -172,12 +173,18 @@ struct eng_runner {
     /* a draft model: the device's proposal jobs (n_slots), and a failed proposal's reason (the
      * step's entries then decode plainly; logged by the loop) */
     eng_draft_job_t *w_jobs;
-    /* a fixed-size draft model's state rides in commits (ENG_DRAFT_SECTION): its fingerprint
-     * and bytes (0: a KV draft, always rebuilt) */
+    /* a draft model's state rides in commits (ENG_DRAFT_SECTION): its fingerprint, the fixed
+     * part of its state (0: no section, spec_history 0) and, for a draft with a KV cache, the
+     * bytes per position after it */
     uint64_t draft_fp;
-    size_t draft_state_bytes;
+    size_t draft_state_bytes, draft_kv_bpt;
     int w_draft_rc;
     char w_draft_err[256];
+    /* the device's run: draft states a checkpoint carried that were loaded, and that could not
+     * be (the last one's code: a KV draft's pool short of blocks, a malformed blob: rebuilt);
+     * draft states written back at a swap-in */
+    int32_t w_draft_loaded, w_draft_load_failed, w_draft_swapped_in;
+    int w_draft_load_rc;
     /* the gain check (spec_adaptive; engine/README.md, "Speculation that pays"), one gate per
      * batch-size bucket: the step in hand's bucket (-1: not a pure decode step, not measured)
      * and kind (loop), its run time up to the end of the target's step (device), the tokens

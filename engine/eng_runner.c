@@ -295,14 +295,18 @@ int eng_runner_create_cfg(uv_loop_t *loop, wrk_backend_t *be, const eng_runner_c
             if ((rc = eng_draft_model_create(cfg->draft_be, r->n_slots, &r->draft, err, errlen)))
                 goto fail;
             if (!(r->w_jobs = calloc((size_t)r->n_slots, sizeof(*r->w_jobs)))) goto oom;
-            r->draft_fp = di->fingerprint; /* with a history to resume it at, a fixed-size */
-            r->draft_state_bytes =         /* draft's state rides in commits */
-                di->n_kv_layers == 0 && cfg->spec_history > 0 ? di->state_bytes : 0;
+            r->draft_fp = di->fingerprint; /* with a history to resume it at, the draft's */
+            if (cfg->spec_history > 0) {   /* state (and its KV) rides in commits */
+                r->draft_state_bytes = di->state_bytes;
+                r->draft_kv_bpt = di->n_kv_layers > 0 ? di->kv_bytes_per_token : 0;
+            }
             r->st.spec_on = true;
             eng__log(r, ENG_INFO, "speculate",
-                     "speculative decoding: a draft model (%s, %s, %zu state bytes per slot), up "
-                     "to %d drafts per verify, none in steps of more than %d sequences",
-                     di->architecture, di->fingerprint_hex, di->state_bytes, cfg->spec_tokens,
+                     "speculative decoding: a draft model (%s, %s, %zu state bytes per slot + "
+                     "%zu per KV position), up to %d drafts per verify, none in steps of more "
+                     "than %d sequences",
+                     di->architecture, di->fingerprint_hex, di->state_bytes,
+                     di->n_kv_layers > 0 ? di->kv_bytes_per_token : (size_t)0, cfg->spec_tokens,
                      cfg->spec_max_batch);
         } else {
             /* the lookup window: the history kept and 8,192 tokens of the turn beside it */
@@ -527,8 +531,9 @@ int eng_runner_submit(eng_runner_t *r, eng_seq_t *s, char *err, size_t errlen)
         int32_t lag; /* the stored history's newest `lag` tokens are not in the draft state */
         if (dsec && r->draft_state_bytes &&
             eng_draft_section_use(dsec, dsec_bytes, r->draft_fp, r->draft_state_bytes,
-                                  q->n_hist - n_pre_kept, &q->d_init, &lag))
-            q->d_init_fed = q->n_hist - n_pre_kept - lag, r->st.draft_resumed++;
+                                  r->draft_kv_bpt, q->n_hist - n_pre_kept, &q->d_init,
+                                  &q->d_init_len, &lag))
+            q->d_init_fed = q->n_hist - n_pre_kept - lag; /* loaded (and counted) at its LOAD */
     }
     r->n_held++;
     s->req = q;
@@ -646,6 +651,13 @@ void eng__plan_done(eng_runner_t *r)
                  r->w_draft_err);
         r->w_draft_rc = 0;
     }
+    r->st.draft_resumed += (uint64_t)r->w_draft_loaded;
+    r->st.draft_swap_ins += (uint64_t)r->w_draft_swapped_in;
+    if (r->w_draft_load_failed) /* a KV draft's pool short of blocks, or a malformed state */
+        eng__log(r, ENG_INFO, "speculate",
+                 "%d checkpointed draft state(s) not loaded (%s): rebuilt over the history",
+                 r->w_draft_load_failed, rcd_strerror(r->w_draft_load_rc));
+    r->w_draft_loaded = r->w_draft_load_failed = r->w_draft_swapped_in = 0;
     if (r->w_flush) { /* only resets ran: no step to report */
         r->w_flush = false;
         r->w_n_resets = 0;

@@ -205,9 +205,14 @@ int eng_runner_held(const eng_runner_t *r); /* sequences the runner holds */
 /* Bytes of the state of a sequence holding n_positions positions: state_bytes, plus
  * n_positions * kv_bytes_per_token for a model with a KV cache (wrk_state_bytes). */
 size_t eng_runner_state_bound(const eng_runner_t *r, uint64_t n_positions);
-/* Bytes a commit appends after the state for the session's sections, at most (the history of
- * spec_history tokens: 4 per token plus 72; 0 when spec_history is 0). */
-size_t eng_runner_ext_bound(const eng_runner_t *r);
+/* Bytes a commit appends after the state for the session's sections, at most, for a turn
+ * whose state holds up to n_positions positions (as eng_runner_state_bound's): the history of
+ * spec_history tokens (4 per token plus 72), and with a draft model its state (16 + the
+ * draft's state_bytes, + n_positions x its kv_bytes_per_token for a draft with a KV cache: the
+ * draft holds no more positions than the model) and 48 more; 0 when spec_history is 0. A
+ * commit buffer without room for the draft's state commits the history alone (the next turn
+ * rebuilds the draft), without room for the history the state alone. */
+size_t eng_runner_ext_bound(const eng_runner_t *r, uint64_t n_positions);
 /* Models with a KV cache: refuses (RCD_ETOOBIG, a message naming the options) a turn whose
  * session, prompt and max tokens need more positions than the pool; 0 otherwise. */
 int eng_runner_check_positions(const eng_runner_t *r, uint64_t n_positions, char *err,
@@ -223,13 +228,15 @@ typedef struct eng_runner_stats {
     /* KV models: the backend's KV pool after the last device run (blocks of slots whose turn
      * ended go back before the next step, or at once when the runner falls idle) */
     int64_t kv_free_blocks, kv_total_blocks;
-    uint64_t worker_us; /* time the device thread spent running plans */
-    uint64_t spec_verifies; /* verify entries run (sched.spec_drafted / spec_accepted: tokens) */
-    bool spec_on;           /* the runner speculates (spec_mode on and the backend verifies) */
-    uint64_t draft_resumed; /* turns whose draft-model state came from their checkpoint (the
-                             * others' drafts are rebuilt over the session's history) */
-    uint64_t gap_us;    /* device idle time between steps while work was ready */
-    uint64_t spec_pauses;       /* spec_adaptive: times a gate paused speculation */
+    uint64_t worker_us;      /* time the device thread spent running plans */
+    uint64_t spec_verifies;  /* verify entries run (sched.spec_drafted / spec_accepted: tokens) */
+    bool spec_on;            /* the runner speculates (spec_mode on and the backend verifies) */
+    uint64_t draft_resumed;  /* turns whose draft-model state came from their checkpoint (the
+                              * others' drafts are rebuilt over the session's history) */
+    uint64_t draft_swap_ins; /* draft-model states written back at a swap-in (the others are
+                              * rebuilt over the stream) */
+    uint64_t gap_us;         /* device idle time between steps while work was ready */
+    uint64_t spec_pauses;    /* spec_adaptive: times a gate paused speculation */
     uint64_t spec_paused_steps; /* steps planned plainly because their bucket was paused */
 } eng_runner_stats_t;
 void eng_runner_stats(const eng_runner_t *r, eng_runner_stats_t *out);

@@ -57,18 +57,27 @@ static void test_batched_equals_alone(void)
     fx_close(&f);
 }
 
+/* A commit buffer for a variable-size state of n positions (no sections). */
+static void kv_commit_buf(t_seq_t *t, eng_runner_t *r, uint64_t n)
+{
+    kv_commit_buf_ext(t, r, n, false);
+}
+
 /* One slot: a long low-priority sequence is running when a high-priority one arrives. The low
  * one is swapped out to host memory, the high one runs to the end, the low one resumes: both
  * produce exactly what they produce alone, and the low one's committed state is identical. */
 
 /* spec: 0 off, 1 n-gram drafts, 2 the model as its own draft (its state swaps with the
- * target's: every draft is still accepted after the swap-in) */
+ * target's: every draft is still accepted after the swap-in), 3 a Granite fixture (paged KV)
+ * with another as its draft: the draft's state, KV included, moves with the slot (written
+ * back at the swap-in, not rebuilt) and drafts exactly what it drafts without the swap. */
 static void preempt_case(bool pipelined, int spec)
 {
     fixture_t f;
-    if (!fx_open(&f, 1, 16)) return;
+    if (!fx_open_model(&f, spec == 3 ? KV_TARGET : RCD_DEFAULT_MODEL, 1, 16)) return;
     wrk_model_t *dm = NULL;
-    wrk_backend_t *dbe = spec == 2 ? draft_open(RCD_DEFAULT_MODEL, 1, &dm) : NULL;
+    wrk_backend_t *dbe =
+        spec >= 2 ? draft_open(spec == 3 ? KV_DRAFT : RCD_DEFAULT_MODEL, 1, &dm) : NULL;
     int V = f.mi->vocab_size;
     size_t SB = f.mi->state_bytes;
     eng_runner_config_t c;
@@ -76,7 +85,7 @@ static void preempt_case(bool pipelined, int spec)
     c.min_run_steps = 2;
     c.max_inflight = pipelined ? 2 : 1;
     if (spec) { /* speculating: the swap-out follows a verify's rollback */
-        c.spec_mode = spec == 2 ? ENG_SPEC_DRAFT : ENG_SPEC_NGRAM;
+        c.spec_mode = spec >= 2 ? ENG_SPEC_DRAFT : ENG_SPEC_NGRAM;
         c.spec_tokens = 4;
         c.spec_max_batch = 0;
         c.draft_be = dbe;
@@ -84,17 +93,29 @@ static void preempt_case(bool pipelined, int spec)
     eng_runner_t *r = NULL;
     char err[160];
     CHECK(eng_runner_create_cfg(&f.loop, f.be, &c, &r, err, sizeof(err)) == 0);
-    t_seq_t low_alone, high_alone, low, high;
+    t_seq_t low_alone, high_alone, low, high, low_spec;
     setup(&low_alone, r, 3, 40, V, SB, true);
+    kv_commit_buf(&low_alone, r, 24 + 40);
     low_alone.seq.no_speculate = true;
     run(&f.loop, r, &low_alone, 1);
     setup(&high_alone, r, 1, 8, V, SB, true);
+    kv_commit_buf(&high_alone, r, 10 + 8);
     high_alone.seq.no_speculate = true;
     high_alone.seq.priority = 3;
     run(&f.loop, r, &high_alone, 1);
+    if (spec == 3) { /* its drafts without the swap */
+        setup(&low_spec, r, 3, 40, V, SB, true);
+        kv_commit_buf(&low_spec, r, 24 + 40);
+        low_spec.seq.draft_sampling = (eng_draft_sampling_t){.temperature = 1.0f, .seed = 3};
+        run(&f.loop, r, &low_spec, 1);
+    }
 
     setup(&low, r, 3, 40, V, SB, true);
+    kv_commit_buf(&low, r, 24 + 40);
+    if (spec == 3) /* drafts drawn at temperature 1: the test compares the draft's rows */
+        low.seq.draft_sampling = (eng_draft_sampling_t){.temperature = 1.0f, .seed = 3};
     setup(&high, r, 1, 8, V, SB, true);
+    kv_commit_buf(&high, r, 10 + 8);
     high.seq.priority = 3;
     low.at_out = 5;
     low.then = &high;
@@ -106,8 +127,10 @@ static void preempt_case(bool pipelined, int spec)
     CHECK_MSG(high.done_order < low.done_order, "high %d, low %d", high.done_order, low.done_order);
     CHECK(memcmp(low.out, low_alone.out, sizeof(int32_t) * 40) == 0);
     CHECK(memcmp(high.out, high_alone.out, sizeof(int32_t) * 8) == 0);
-    CHECK(memcmp(low.state, low_alone.state, SB) == 0);
-    CHECK(memcmp(high.state, high_alone.state, SB) == 0);
+    CHECK(low.seq.state_len == low_alone.seq.state_len);
+    CHECK(memcmp(low.state, low_alone.state, low.seq.state_len) == 0);
+    CHECK(high.seq.state_len == high_alone.seq.state_len);
+    CHECK(memcmp(high.state, high_alone.state, high.seq.state_len) == 0);
     eng_runner_stats_t st;
     eng_runner_stats(r, &st);
     CHECK(st.swap_outs == 1 && st.swap_ins == 1 && st.sched.preemptions == 1);
@@ -116,6 +139,19 @@ static void preempt_case(bool pipelined, int spec)
         CHECK_MSG(st.sched.spec_accepted == st.sched.spec_drafted, "%llu of %llu accepted",
                   (unsigned long long)st.sched.spec_accepted,
                   (unsigned long long)st.sched.spec_drafted);
+    if (spec >= 2) CHECK(st.draft_swap_ins == 1);
+    if (spec == 3) {
+        CHECK(f.mi->n_kv_layers > 0 && wrk_model_info(dm)->n_kv_layers > 0);
+        CHECK_MSG(low.seq.spec_drafted == low_spec.seq.spec_drafted &&
+                      low.seq.spec_accepted == low_spec.seq.spec_accepted &&
+                      low.seq.spec_drafted > 0,
+                  "drafted %u / %u, accepted %u / %u", low.seq.spec_drafted,
+                  low_spec.seq.spec_drafted, low.seq.spec_accepted, low_spec.seq.spec_accepted);
+        CHECK(memcmp(low.drafts, low_spec.drafts, sizeof(int32_t) * 40) == 0);
+        CHECK(memcmp(low.qhash, low_spec.qhash, sizeof(uint64_t) * 40) == 0);
+        CHECK(memcmp(low_spec.out, low_alone.out, sizeof(int32_t) * 40) == 0);
+        teardown(&low_spec);
+    }
     teardown(&low_alone);
     teardown(&high_alone);
     teardown(&low);
@@ -134,15 +170,8 @@ static void test_preempt_resumes_exactly(void)
     preempt_case(false, 1);
     preempt_case(true, 2);
     preempt_case(false, 2);
-}
-
-/* A commit buffer for a variable-size state of n positions. */
-static void kv_commit_buf(t_seq_t *t, eng_runner_t *r, uint64_t n)
-{
-    free(t->state);
-    t->seq.state_cap = eng_runner_state_bound(r, n);
-    t->state = calloc(1, t->seq.state_cap);
-    t->seq.state_out = t->state;
+    preempt_case(true, 3);
+    preempt_case(false, 3);
 }
 
 /* Granite 4.0-H (a KV cache: variable-size state). A committed state is state_bytes plus the

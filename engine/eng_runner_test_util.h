@@ -23,6 +23,8 @@ struct t_seq {
     eng_runner_t *r;
     int32_t prompt[64];
     int32_t out[MAX_GEN];
+    int32_t drafts[MAX_GEN]; /* the draft each row checked (seq.spec_draft; -1: none) */
+    uint64_t qhash[MAX_GEN]; /* FNV-1a of the distribution it was drawn from (seq.spec_q; 0) */
     int n_out, n_gen, vocab, done_order, fail_rc;
     bool done, failed, forever, stop;
     void *state;
@@ -50,7 +52,18 @@ static inline void on_ev(eng_seq_t *s, eng_seq_ev_t ev)
     int best = 0;
     for (int i = 1; i < t->vocab; i++)
         if (s->logits[i] > s->logits[best]) best = i;
-    if (t->n_out < MAX_GEN) t->out[t->n_out] = best;
+    if (t->n_out < MAX_GEN) {
+        t->out[t->n_out] = best;
+        t->drafts[t->n_out] = s->spec_draft;
+        uint64_t h = 0;
+        if (s->spec_q) { /* the draft's row, bit for bit */
+            const uint8_t *b = (const uint8_t *)s->spec_q;
+            h = 0xcbf29ce484222325ull;
+            for (size_t i = 0; i < sizeof(float) * (size_t)t->vocab; i++)
+                h = (h ^ b[i]) * 0x100000001b3ull;
+        }
+        t->qhash[t->n_out] = h;
+    }
     t->n_out++;
     if (t->then && t->n_out == t->at_out) {
         char err[160];
@@ -162,8 +175,10 @@ static inline bool state_close(const void *a, const void *b, size_t bytes)
     return true;
 }
 
-/* A draft model's backend beside a target of `slots` slots (eng_runner_config_t.draft_be). */
-static inline wrk_backend_t *draft_open(const char *dir, int slots, wrk_model_t **dm)
+/* A draft model's backend beside a target of `slots` slots (eng_runner_config_t.draft_be);
+ * a draft with a KV cache gets a pool of kv_blocks blocks of 4 positions. */
+static inline wrk_backend_t *draft_open_pool(const char *dir, int slots, int kv_blocks,
+                                             wrk_model_t **dm)
 {
     char err[256];
     wrk_backend_t *be = NULL;
@@ -173,9 +188,28 @@ static inline wrk_backend_t *draft_open(const char *dir, int slots, wrk_model_t 
                              .n_slots = 2 * slots,
                              .max_step_tokens = 64,
                              .kv_block_tokens = 4,
-                             .n_kv_blocks = 128};
+                             .n_kv_blocks = kv_blocks};
     CHECK_MSG(wrk_cpu_backend_create(*dm, &bo, &be, err, sizeof(err)) == 0, "%s", err);
     return be;
+}
+
+static inline wrk_backend_t *draft_open(const char *dir, int slots, wrk_model_t **dm)
+{
+    return draft_open_pool(dir, slots, 128, dm);
+}
+
+/* A Granite fixture (paged KV) and another as its draft (a KV draft, issue 18). */
+#define KV_TARGET "tests/golden/granite/mha_moe8"
+#define KV_DRAFT "tests/golden/granite/dense_rope_untied"
+
+/* A commit buffer for a variable-size state of n positions, and with ext, room for the
+ * session's sections (the history, a draft model's state of up to n positions). */
+static inline void kv_commit_buf_ext(t_seq_t *t, eng_runner_t *r, uint64_t n, bool ext)
+{
+    free(t->state);
+    t->seq.state_cap = eng_runner_state_bound(r, n) + (ext ? eng_runner_ext_bound(r, n) : 0);
+    t->state = calloc(1, t->seq.state_cap);
+    t->seq.state_out = t->state;
 }
 
 #endif

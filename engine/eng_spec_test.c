@@ -126,18 +126,28 @@ static void test_speculate(void)
     spec_case("tests/golden/granite/mha_moe8", 3, NULL);
 }
 
-/* A runner on f drafting from dbe (ENG_SPEC_DRAFT, k 4, queue 8). */
-static eng_runner_t *draft_runner(fixture_t *f, wrk_backend_t *dbe)
+/* A runner on f drafting from dbe (ENG_SPEC_DRAFT, k 4, queue 8) keeping spec_history tokens
+ * of history, its logs to log (NULL: stderr). */
+static eng_runner_t *draft_runner_cfg(fixture_t *f, wrk_backend_t *dbe, int32_t spec_history,
+                                      eng_log_cb log, void *log_user)
 {
     eng_runner_config_t c;
     eng_runner_config_default(&c, f->be, 8);
     c.spec_mode = ENG_SPEC_DRAFT;
     c.spec_tokens = 4;
     c.draft_be = dbe;
+    c.spec_history = spec_history;
+    c.log = log;
+    c.log_user = log_user;
     eng_runner_t *r = NULL;
     char err[200];
     CHECK_MSG(eng_runner_create_cfg(&f->loop, f->be, &c, &r, err, sizeof(err)) == 0, "%s", err);
     return r;
+}
+
+static eng_runner_t *draft_runner(fixture_t *f, wrk_backend_t *dbe)
+{
+    return draft_runner_cfg(f, dbe, ENG_SPEC_HISTORY_DEFAULT, NULL, NULL);
 }
 
 /* --speculate draft: the bundled model as its own draft (every draft accepted), a Mamba2
@@ -223,9 +233,9 @@ static void hist_turns(fixture_t *f, int32_t spec_history, bool spec, const int3
     c.spec_history = spec_history;
     eng_runner_t *r = NULL;
     CHECK(eng_runner_create_cfg(&f->loop, f->be, &c, &r, err, sizeof(err)) == 0);
-    size_t SB = f->mi->state_bytes, cap = eng_runner_state_bound(r, 0) + eng_runner_ext_bound(r);
-    CHECK(spec_history ? eng_runner_ext_bound(r) == (size_t)spec_history * 4 + 72
-                       : eng_runner_ext_bound(r) == 0);
+    size_t SB = f->mi->state_bytes, cap = eng_runner_state_bound(r, 0) + eng_runner_ext_bound(r, 0);
+    CHECK(spec_history ? eng_runner_ext_bound(r, 0) == (size_t)spec_history * 4 + 72
+                       : eng_runner_ext_bound(r, 0) == 0);
     t_seq_t t1, t2;
     setup(&t1, r, 0, 24, V, cap, true);
     memcpy(t1.prompt, p, sizeof(int32_t) * (size_t)np);
@@ -298,7 +308,7 @@ static void test_history(void)
     c.spec_history = 10;
     eng_runner_t *r = NULL;
     CHECK(eng_runner_create_cfg(&f.loop, f.be, &c, &r, err, sizeof(err)) == 0);
-    size_t cap = SB + eng_runner_ext_bound(r);
+    size_t cap = SB + eng_runner_ext_bound(r, 0);
     t_seq_t t;
     int32_t pre[3] = {1, 2, 3}, h[16];
     setup(&t, r, 0, 4, V, cap, true);
@@ -360,8 +370,8 @@ static void test_draft_checkpoint(void)
     const size_t SB = f.mi->state_bytes;
     eng_runner_t *r = draft_runner(&f, dbe);
     char err[200];
-    size_t cap = SB + eng_runner_ext_bound(r);
-    CHECK(eng_runner_ext_bound(r) > SB); /* room for the history and the draft's state */
+    size_t cap = SB + eng_runner_ext_bound(r, 0);
+    CHECK(eng_runner_ext_bound(r, 0) > SB); /* room for the history and the draft's state */
     t_seq_t t1, ref, on, bad;
     setup(&t1, r, 2, 8, V, cap, true);
     t1.seq.state_cap = cap;
@@ -402,6 +412,177 @@ static void test_draft_checkpoint(void)
     wrk_model_free(dm);
 }
 
+/* A draft with a KV cache (a Granite fixture drafting for another): the commit's draft.state
+ * section holds its state and the KV of every position it has seen (the fingerprint, the lag),
+ * sized within eng_runner_ext_bound; the next turn loads it into the draft's slot (its blocks
+ * from the draft's pool) and drafts exactly what one uninterrupted turn over the same tokens
+ * drafts — with a history of 16 tokens, which a rebuilt draft sees alone, so a rebuilt one
+ * drafts otherwise —; a section of the wrong size, another fingerprint, a truncated KV, a
+ * draft pool too small for it, or a bound with no room for it: rebuilt (a load that fails is
+ * logged). Plain decoding's tokens and committed state every time. */
+typedef struct log_seen {
+    int n;
+    const char *want;
+} log_seen_t;
+
+static void log_count(void *user, eng_level_t lvl, const char *event, const char *msg)
+{
+    log_seen_t *l = user;
+    if (strstr(msg, l->want)) l->n++;
+}
+
+/* blob's payload with its draft section cut to `bytes` (out: malloc'd, *len its bytes) */
+static uint8_t *recut_draft(const t_seq_t *t, size_t sb, size_t kv, uint64_t bytes, size_t *len)
+{
+    ckpt_ext_t e;
+    size_t sl = 0;
+    CHECK(ckpt_ext_split(t->state, t->seq.state_len, sb, kv, &sl, &e, NULL, 0) == 0);
+    ckpt_ext_sec_t secs[CKPT_EXT_MAX];
+    for (int i = 0; i < e.n; i++) {
+        secs[i] = e.sec[i];
+        if (!strcmp(secs[i].name, ENG_DRAFT_SECTION)) secs[i].bytes = bytes;
+    }
+    size_t n = sl + ckpt_ext_size(secs, e.n);
+    uint8_t *b = malloc(n);
+    memcpy(b, t->state, sl);
+    size_t w = 0;
+    CHECK(ckpt_ext_write(b + sl, n - sl, secs, e.n, &w) == 0 && w == n - sl);
+    *len = n;
+    return b;
+}
+
+static void test_kv_draft_checkpoint(void)
+{
+    fixture_t f;
+    if (!fx_open_model(&f, KV_TARGET, 1, 64)) return;
+    wrk_model_t *dm = NULL;
+    wrk_backend_t *dbe = draft_open(KV_DRAFT, 1, &dm);
+    const wrk_model_info_t *di = wrk_model_info(dm);
+    const int V = f.mi->vocab_size, n_gen = 16;
+    const size_t SB = f.mi->state_bytes, KV = f.mi->kv_bytes_per_token;
+    const size_t DSB = di->state_bytes, DKV = di->kv_bytes_per_token;
+    CHECK(f.mi->n_kv_layers > 0 && di->n_kv_layers > 0 && DKV > 0);
+    log_seen_t seen = {.want = "not loaded"};
+    eng_runner_t *r = draft_runner_cfg(&f, dbe, 16, log_count, &seen);
+    char err[200];
+    /* the bound: the history, the draft's state and the KV of as many positions as the model's */
+    CHECK(eng_runner_ext_bound(r, 10) - eng_runner_ext_bound(r, 0) == 10 * DKV);
+    t_seq_t t1, small;
+    setup(&t1, r, 2, 12, V, SB, true); /* 17 prompt tokens, 12 generated */
+    kv_commit_buf_ext(&t1, r, 17 + 12, true);
+    run(&f.loop, r, &t1, 1);
+    ckpt_ext_t ext1, ext; /* turn 1's sections (ds views them), the others' */
+    size_t sl = 0;
+    CHECK(ckpt_ext_split(t1.state, t1.seq.state_len, SB, KV, &sl, &ext1, err, sizeof(err)) == 0);
+    const ckpt_ext_sec_t *ds = ckpt_ext_find(&ext1, ENG_DRAFT_SECTION);
+    CHECK(sl == SB + 29 * KV && ckpt_ext_find(&ext1, CKPT_EXT_HIST));
+    uint64_t lag = 0, npos = 0;
+    if (ds) {
+        memcpy(&lag, (const uint8_t *)ds->data + 8, 8);
+        npos = (ds->bytes - ENG_DRAFT_SECTION_HEAD - DSB) / DKV;
+    }
+    CHECK_MSG(ds && !memcmp(ds->data, &di->fingerprint, 8) && lag >= 1 && lag <= 16 &&
+                  ds->bytes == ENG_DRAFT_SECTION_HEAD + DSB + npos * DKV && npos + lag == 29,
+              "draft section: %llu bytes, lag %llu", ds ? (unsigned long long)ds->bytes : 0ull,
+              (unsigned long long)lag);
+    /* a commit buffer with room for the model's positions but not the draft's: history only */
+    setup(&small, r, 2, 12, V, SB, true);
+    kv_commit_buf_ext(&small, r, 17 + 12, false);
+    free(small.state);
+    small.seq.state_cap += eng_runner_ext_bound(r, 0);
+    small.seq.state_out = small.state = calloc(1, small.seq.state_cap);
+    run(&f.loop, r, &small, 1);
+    CHECK(memcmp(small.out, t1.out, sizeof(int32_t) * 12) == 0);
+    CHECK(ckpt_ext_split(small.state, small.seq.state_len, SB, KV, &sl, &ext, err, sizeof(err)) ==
+          0);
+    CHECK(ckpt_ext_find(&ext, CKPT_EXT_HIST) && !ckpt_ext_find(&ext, ENG_DRAFT_SECTION));
+
+    /* turn 2 from each payload; the uninterrupted turn: turn 1's tokens and turn 2's prompt */
+    enum { REF, ON, SIZE, FP, TRUNC, SMALLBUF, POOL, UNINT, N };
+    size_t lens[N] = {0};
+    const void *init[N] = {0};
+    uint8_t *bad[N] = {0};
+    for (int i = 0; i < N; i++)
+        init[i] = t1.state, lens[i] = t1.seq.state_len;
+    if (ds) {
+        bad[SIZE] = recut_draft(&t1, SB, KV, ds->bytes - 1, &lens[SIZE]);
+        bad[TRUNC] = recut_draft(&t1, SB, KV, ds->bytes - DKV, &lens[TRUNC]);
+        bad[FP] = malloc(t1.seq.state_len);
+        memcpy(bad[FP], t1.state, t1.seq.state_len);
+        bad[FP][(const uint8_t *)ds->data - (const uint8_t *)t1.state] ^= 1;
+        init[SIZE] = bad[SIZE], init[TRUNC] = bad[TRUNC], init[FP] = bad[FP];
+    }
+    init[SMALLBUF] = small.state, lens[SMALLBUF] = small.seq.state_len;
+    wrk_model_t *dm2 = NULL; /* the same draft model, a pool of 16 positions: too few */
+    wrk_backend_t *dbe2 = draft_open_pool(KV_DRAFT, 1, 4, &dm2);
+    eng_runner_t *r2 = draft_runner_cfg(&f, dbe2, 16, log_count, &seen);
+    t_seq_t ts[N];
+    eng_runner_stats_t st, st2;
+    for (int i = 0; i < N; i++) {
+        eng_runner_t *ri = i == POOL ? r2 : r;
+        setup(&ts[i], ri, 1, n_gen, V, SB, true); /* 10 prompt tokens */
+        if (i == UNINT) {
+            int n = 0;
+            for (int j = 0; j < 17; j++)
+                ts[i].prompt[n++] = t1.prompt[j];
+            for (int j = 0; j < 12; j++)
+                ts[i].prompt[n++] = t1.out[j];
+            for (int j = 0; j < 10; j++)
+                ts[i].prompt[n++] = (int32_t)((131 + j * 17) % V); /* setup's k = 1 prompt */
+            ts[i].seq.n_prompt = n;
+        } else {
+            ts[i].seq.init_state = init[i];
+            ts[i].seq.init_len = lens[i];
+        }
+        ts[i].seq.no_speculate = i == REF;
+        /* drafts drawn at temperature 1: the test compares the draft's rows (seq.spec_q) */
+        ts[i].seq.draft_sampling = (eng_draft_sampling_t){.temperature = 1.0f, .seed = 7};
+        kv_commit_buf_ext(&ts[i], ri, 29 + 10 + n_gen, true);
+        eng_runner_stats(r, &st);
+        eng_runner_stats(r2, &st2);
+        uint64_t before = st.draft_resumed + st2.draft_resumed;
+        int logged = seen.n;
+        run(&f.loop, ri, &ts[i], 1);
+        eng_runner_stats(r, &st);
+        eng_runner_stats(r2, &st2);
+        CHECK_MSG(st.draft_resumed + st2.draft_resumed - before == (i == ON ? 1u : 0u),
+                  "turn %d: %llu resumed", i,
+                  (unsigned long long)(st.draft_resumed + st2.draft_resumed - before));
+        CHECK_MSG(seen.n - logged == (i == TRUNC || i == POOL ? 1 : 0), "turn %d: %d logged", i,
+                  seen.n - logged);
+        CHECK_MSG(memcmp(ts[i].out, ts[REF].out, sizeof(int32_t) * (size_t)n_gen) == 0,
+                  "turn %d: other tokens", i);
+        if (i != REF) CHECK_MSG(ts[i].seq.spec_drafted > 0 || i == POOL, "turn %d: no drafts", i);
+        /* the model's state is plain decoding's (the history differs for the uninterrupted) */
+        CHECK(ckpt_ext_split(ts[i].state, ts[i].seq.state_len, SB, KV, &sl, &ext, err,
+                             sizeof(err)) == 0);
+        CHECK(sl == SB + (29 + 10 + (size_t)n_gen) * KV && !memcmp(ts[i].state, ts[REF].state, sl));
+    }
+    /* resumed: the uninterrupted turn's drafts, the draft's rows bit for bit, and acceptance;
+     * rebuilt over the 16 tokens of history: other rows */
+    const size_t nb = sizeof(uint64_t) * (size_t)n_gen;
+    CHECK(memcmp(ts[ON].drafts, ts[UNINT].drafts, sizeof(int32_t) * (size_t)n_gen) == 0);
+    CHECK(memcmp(ts[ON].qhash, ts[UNINT].qhash, nb) == 0 && ts[ON].qhash[1] != 0);
+    CHECK(ts[ON].seq.spec_drafted == ts[UNINT].seq.spec_drafted &&
+          ts[ON].seq.spec_accepted == ts[UNINT].seq.spec_accepted);
+    for (int i = SIZE; i <= SMALLBUF; i++)
+        CHECK_MSG(memcmp(ts[i].qhash, ts[UNINT].qhash, nb) != 0,
+                  "turn %d: a draft rebuilt over 16 tokens drafts as the uninterrupted one", i);
+    for (int i = 0; i < N; i++) {
+        teardown(&ts[i]);
+        free(bad[i]);
+    }
+    teardown(&t1);
+    teardown(&small);
+    eng_runner_destroy(r2);
+    eng_runner_destroy(r);
+    fx_close(&f);
+    wrk_backend_destroy(dbe2);
+    wrk_model_free(dm2);
+    wrk_backend_destroy(dbe);
+    wrk_model_free(dm);
+}
+
 int main(int argc, char **argv)
 {
     rcd_test_init(argc, argv);
@@ -409,6 +590,7 @@ int main(int argc, char **argv)
     RUN(test_speculate);
     RUN(test_draft_model);
     RUN(test_draft_checkpoint);
+    RUN(test_kv_draft_checkpoint);
     RUN(test_history);
     return rcd_test_summary();
 }

@@ -9,17 +9,24 @@ between turns the resumed session's next turn equals the reference. Sampling at 
 (top-k 3) on a 256-token Mamba fixture with a Mamba2 fixture as its draft: the distribution of
 generated tokens 2 and 3 with the draft matches the one without (a chi-square test of the two
 samples; the rule that always accepts the draft fails it), and a seed repeats its tokens.
+A draft with a KV cache (a Granite fixture drafting for another, --spec-history 40): its
+state and the KV of every position it has seen ride in the draft.state section; after a
+SIGKILL and restart (the disk tier), in a fork, and on a second daemon through the Redis tier
+the next turn resumes it (the section after turn 2 holds every session token but its lag; a
+draft rebuilt over the 40 tokens of history would hold fewer), with the reference's tokens.
 Startup: --speculate draft without --draft-model, a draft of another vocabulary and one with
 another tokenizer.json exit 2 with the reason."""
 import os
 import shutil
+import struct
 import subprocess
 import tempfile
 import unittest
 
 from rcd_harness import ckpt_payload as payload
 from rcd_harness import ckpt_sections as sections
-from rcd_harness import ROOT, OwnDaemonsTest, collect, concurrently, daemon_binary, gen_request
+from rcd_harness import ROOT, Daemon, OwnDaemonsTest, collect, concurrently, daemon_binary, \
+    free_port, gen_request, pb, start_redis
 
 G = os.path.join(ROOT, "tests", "golden")
 BUNDLED = os.path.join(ROOT, "models", "recurd-mamba-tiny")
@@ -160,6 +167,74 @@ class Sampling(OwnDaemonsTest):
         r2 = gen(d, PROMPT[:6], seed=77, temperature=1.0, top_k=3, max_tokens=12)
         self.assertEqual(norm(r1), norm(r2))
         self.assertGreater(r1[3].usage.draft_tokens, 0, r1[3].usage)
+
+
+GRANITE = os.path.join(G, "granite", "mha_moe8")
+KV_DRAFT = os.path.join(G, "granite", "dense_rope_untied")
+KV_FP, KV_DSB, KV_DKV = "87e9c0d9b3f8ee6e", 10504, 256  # its state bytes, KV bytes a position
+KP = [5, 17, 42, 99, 3, 250, 7, 64, 128, 11, 33, 8] * 4  # ids of the fixture's 256
+KV_ARGS = ("--model", GRANITE, "--speculate", "draft", "--draft-model", KV_DRAFT,
+           "--spec-tokens", "4", "--spec-max-batch", "0", "--spec-adaptive", "off",
+           "--spec-history", "40")
+
+
+def kv_draft_resumed(test, pl, n_tokens):
+    """The payload's draft.state section holds the KV draft's state and the KV of all n_tokens
+    session tokens but the newest `lag` (a draft rebuilt over the 40-token history holds
+    fewer), tagged with the draft's fingerprint."""
+    d = sections(pl)[1].get("draft.state")
+    test.assertIsNotNone(d, "no draft.state section")
+    fp, lag = struct.unpack_from("<QQ", d, 0)
+    test.assertEqual(fp, int(KV_FP, 16))
+    npos, rest = divmod(len(d) - 16 - KV_DSB, KV_DKV)
+    test.assertEqual((rest, npos + lag), (0, n_tokens), (len(d), lag))
+
+
+class KVDraft(OwnDaemonsTest):
+    def test_restart_and_fork_resume_the_kv_draft(self):
+        d = self.spawn("--state-dir", self.dir, *KV_ARGS)
+        for sid in ("on", "off"):
+            d.api.CreateSession(pb_session(sid))
+        on, off = gen(d, KP, "on"), gen(d, KP, "off", off=True)
+        self.assertEqual(norm(on), norm(off))
+        self.assertGreater(on[3].usage.draft_tokens, 0, on[3].usage)
+        n1 = len(KP) + 24
+        kv_draft_resumed(self, payload(self.dir, "on", 1), n1)
+        same_but_draft(self, payload(self.dir, "on", 1), payload(self.dir, "off", 1), KV_FP)
+        d.api.ForkSession(pb.ForkSessionRequest(session_id="on", new_session_id="fk"))
+        self.kill(d)  # SIGKILL between turns: the checkpoints on disk carry the draft
+        d = self.spawn("--state-dir", self.dir, *KV_ARGS)
+        t2 = KP[3:9]
+        ref = gen(d, t2, "off", off=True)
+        for sid, v in (("on", 2), ("fk", 2)):
+            self.assertEqual(norm(gen(d, t2, sid)), norm(ref), sid)
+            kv_draft_resumed(self, payload(self.dir, sid, v), n1 + len(t2) + 24)
+            same_but_draft(self, payload(self.dir, sid, v), payload(self.dir, "off", 2), KV_FP)
+        self.assertEqual(payload(self.dir, "fk", 2), payload(self.dir, "on", 2))
+
+    def test_redis_tier_resumes_the_kv_draft(self):
+        if not shutil.which("redis-server"):
+            self.skipTest("redis-server is not installed")
+        port = free_port()
+        redis = start_redis(port, self.dir, "--appendonly", "no")
+        self.addCleanup(redis.wait)
+        self.addCleanup(redis.terminate)
+        args = KV_ARGS + ("--redis", "127.0.0.1:%d" % port)
+        a = Daemon(*args)
+        try:
+            a.api.CreateSession(pb_session("r"))
+            a1 = gen(a, KP, "r")
+        finally:
+            self.assertEqual(a.stop(), 0)
+        b = Daemon(*args)  # another state dir, the same Redis
+        try:
+            t2 = KP[3:9]
+            self.assertEqual(gen(b, t2, "r")[1], gen(b, KP + a1[1] + t2, off=True)[1])
+            self.assertIn("session_fetched", b.logs())
+            kv_draft_resumed(self, payload(os.path.join(b.tmp, "state"), "r", 2),
+                             len(KP) + 24 + len(t2) + 24)
+        finally:
+            self.assertEqual(b.stop(), 0)
 
 
 class Startup(unittest.TestCase):
