@@ -113,10 +113,10 @@ each given as `<|endoftext|>` + passage + separator + the passage's first third;
 continues greedily (`transformers`, fp32) for as many tokens as the rest of the passage has.
 Matched prefix: the share of the rest reproduced before the first difference (mean over
 passages); matched positions: the share of positions equal; full copies: passages reproduced to
-the end.
+the end; teacher-forced: top-1 accuracy on the rest given the true prefix.
 
-| separator | model | matched prefix | matched positions | full copies |
-|---|---|---|---|---|
+| separator | model | matched prefix | matched positions | full copies | teacher-forced |
+|---|---|---|---|---|---|
 {rows}
 """
 
@@ -248,7 +248,8 @@ def _copy_md(copy, stages=()):
         for r in src.get(who, []):
             sep = r["sep"].replace("\n", "\\n")
             rows.append(f"| `{sep}` | {name} | {r['matched_prefix']:.3f} | "
-                        f"{r['matched_positions']:.3f} | {r['full_copies']}/{r['passages']} |")
+                        f"{r['matched_positions']:.3f} | {r['full_copies']}/{r['passages']} | "
+                        + (f"{r['teacher_forced_top1']:.3f} |" if "teacher_forced_top1" in r else "– |"))
     r0 = copy["model"][0]
     return COPY.format(n=r0["passages"], mlen=r0["mean_len"], rows="\n".join(rows))
 
