@@ -101,9 +101,9 @@ tokens seen**. In {copy_pct:.0f}% of the training windows (`--copy-frac {copy_fr
 `tools/copy_task.py`) a span of a training document is followed by a separator (a blank line,
 a newline, a quote, a lead-in such as "Again:", ...) and by the same span again (a fifth of
 the repeats with a small edit), cut off where the window ends; the loss covers every token.
-So the model learns to continue a quoted passage as it was, which real language models do and
-which n-gram drafts in speculative decoding rely on. Held-out perplexity before / after the
-fine-tuning: {ippl:.2f} / {ppl:.2f}.
+The aim: a model that continues a quoted passage as it was, as real language models do and as
+n-gram drafts in speculative decoding need (how far it does: "Copying" below). Held-out
+perplexity before / after the fine-tuning: {ippl:.2f} / {ppl:.2f}.
 """
 
 COPY = """
