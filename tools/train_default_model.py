@@ -27,6 +27,18 @@ match the training implementation (max abs diff is printed; expected ~1e-5).
 Reproduce the bundled model (single CPU thread, deterministic):
     python3 tools/train_default_model.py --out models/recurd-mamba-tiny
 (see models/recurd-mamba-tiny/README.md for the exact flags used)
+
+Fine-tuning and copying (the bundled model's second stage):
+  --init-from DIR  start from DIR's MambaForCausalLM (the shape must be --hidden/--layers/
+                   --state/--expand and DIR's vocabulary) with a fresh optimizer; the tokenizer
+                   is DIR's, copied byte for byte (implies --tokenizer DIR); defaults become
+                   --lr 5e-4 --warmup 30. The stats file beside DIR (if any) is kept in the new
+                   stats as "base", so the model card describes both stages.
+  --copy-frac F    a fraction F of the training windows repeat a span of a training document
+                   (separator, the span again, sometimes edited, cut off at the window end:
+                   tools/copy_task.py), so the model learns to copy quoted text; the held-out
+                   copy score (tools/copy_task.py) of the result (and of --init-from's model) is
+                   measured at the end and written to the stats and the card.
 """
 import argparse
 import ctypes
@@ -44,6 +56,8 @@ import time
 
 import torch
 import torch.nn.functional as F
+
+from model_card import write_card  # noqa: E402 (tools/ is the script's directory)
 
 # --------------------------------------------------------------------------- data
 
@@ -477,272 +491,59 @@ def save_checkpoint(model, tokenizer, out, dtype, tokenizer_dir=None):
     os.rename(tmp, out)
 
 
-# --------------------------------------------------------------------------- model card
-
-# The architecture table both model cards share (a format string, filled with the card).
-ARCH_TABLE = """## Architecture (config.json)
-| field | value |
-|---|---|
-| vocab_size | {vocab} |
-| hidden_size | {hidden} |
-| num_hidden_layers | {layers} |
-| intermediate_size (expand) | {inter} ({expand}) |
-| state_size | {state} |
-| conv_kernel | 4 |
-| time_step_rank | {rank} |
-| use_bias / use_conv_bias | false / true |
-| layer_norm_epsilon | 1e-5 |
-| residual_in_fp32 | true |
-| tie_word_embeddings | true |
-| bos / eos / pad token | `<|endoftext|>` (id {eos}) |
-"""
-
-CARD = """# recurd-mamba-tiny
-
-recurd's bundled default model: a tiny Mamba-1 language model (`MambaForCausalLM`, {params_m:.2f}M
-parameters) with its own {vocab}-entry byte-level BPE tokenizer, trained from scratch on CPU by
-`tools/train_default_model.py`. It is meant for smoke tests, demos and benchmarks of the serving
-path, not for real use: it writes English-looking sentences, mostly in the style of Unix fortune
-cookies and the Python documentation, with little meaning.
-
-## Files
-Ordinary Hugging Face checkpoint (`save_pretrained`), {size_mb:.1f} MB in total:
-`config.json`, `generation_config.json`, `model.safetensors` ({dtype_name}, tied embeddings, no
-`lm_head.weight` tensor), `tokenizer.json`, `tokenizer_config.json`.
-
-""" + ARCH_TABLE + """
-Tokenizer: HF `tokenizers` BPE, ByteLevel pre-tokenizer (no prefix space) + ByteLevel decoder +
-ByteLevel post-processor (GPT-NeoX style), one special token `<|endoftext|>` used as
-bos/eos/pad/unk; `model_max_length` {max_len} (Mamba itself has no length limit). No BOS is
-added automatically; during training every document was preceded by `<|endoftext|>`, so
-prepending it to a prompt is optional.
-
-## Training data and licences
-English text from Debian 12 packages (`apt-get install fortunes fortunes-min python3.11-doc`):
-- `fortunes`, `fortunes-min` 1:1.99.1-7.3: the fortune cookie files in
-  `/usr/share/games/fortunes` (except `art`, `ascii-art`, `translate-me`, `zippy`; items with
-  <80% letters dropped). Licence: BSD (University of California, 3-clause after the
-  clause-3 deletion), per `/usr/share/doc/fortunes/copyright`.
-- `python3.11-doc` 3.11.2-6+deb12u9: the reST sources of the Python 3.11 documentation
-  (`/usr/share/doc/python3.11/html/_sources`, without `c-api/`, `license` and the changelog);
-  only prose paragraphs are kept (code, tables, headings, directives dropped; inline markup
-  stripped). Licence: PSF License Agreement for Python 3.11 (Python Software Foundation),
-  per `/usr/share/doc/python3.11-doc/copyright`.
-
-{ndocs} documents, {nchar_m:.2f}M characters; 2% of documents (random, seed {seed}) held out.
-Train split: {train_tok_m:.2f}M tokens; held-out split: {val_tok} tokens
-({bpt:.2f} bytes/token).
-
-## Training
-From scratch, fp32, 1 CPU thread (shared machine, AMD EPYC, AVX2), {minutes} minutes,
-{steps} AdamW steps (betas 0.9/0.95, weight decay {wd} on matrices), batch {batch} x {seq_len}
-tokens, peak lr {lr} with {warmup}-step warmup and cosine decay to {min_lr_frac}x, grad clip 1.0:
-**{tokens_m:.2f}M tokens seen** (~{epochs:.1f} epochs). The forward pass used for training is a
-re-implementation of HF `MambaMixer.slow_forward` with the selective scan in C; after saving,
-`MambaForCausalLM.from_pretrained` (fp32) was checked against it on held-out text: max |logit
-difference| {maxdiff:.1e}, perplexity on the first 32 held-out windows HF {hf_ppl:.3f} vs
-{our_ppl:.3f}.
-
-Versions: Python {py}, torch {torch}, transformers {tf}, tokenizers {tk}.
-
-## Evaluation
-Held-out perplexity ({val_tok} tokens, windows of {seq_len} tokens, each starting from an empty
-state): **{ppl:.1f}** (loss {loss:.3f} nats/token, {bpb:.3f} bits/byte).
-
-## Samples
-Generated with `transformers` from this directory (`max_new_tokens=60`, `torch.manual_seed({seed})`
-before each):
-
-{samples}
-
-## Reproduce
-```sh
-apt-get install -y fortunes fortunes-min python3.11-doc gcc
-python3 tools/train_default_model.py {cmd}
-```
-Deterministic for a given machine and library versions as long as the step count, not the
-`--minutes` cap, ends the cosine schedule (on a loaded CPU the decay follows wall time, see the
-script).
-"""
-
-
-DRAFT_CARD = """# {name}
-
-A draft model for speculative decoding with recurd's bundled model `{teacher}`: a Mamba-1
-language model (`MambaForCausalLM`, {params_m:.2f}M parameters, {size_mb:.2f} MB) with the
-bundled model's tokenizer (the same `tokenizer.json` / `tokenizer_config.json`, byte for byte;
-vocabulary {vocab}), trained on CPU by `tools/train_default_model.py` with the bundled model as
-its teacher. It is meant for `recurd --speculate draft --draft-model {out}` beside the bundled
-model (daemon/README.md, "Speculative decoding"); on its own it is a weaker copy of the bundled
-model (smoke tests, not real use). Any Mamba checkpoint loads in recurd as a model of its own.
-
-## Files
-Ordinary Hugging Face checkpoint (`save_pretrained`), {size_mb:.2f} MB in total:
-`config.json`, `generation_config.json`, `model.safetensors` ({dtype_name}, tied embeddings, no
-`lm_head.weight` tensor), `tokenizer.json`, `tokenizer_config.json` (copied from `{teacher}`).
-
-""" + ARCH_TABLE + """
-## Training data
-The bundled model's text and split (see `{teacher}/README.md`: Debian's `fortunes`,
-`fortunes-min` (BSD) and prose from `python3.11-doc` (PSF License)): {ndocs} documents,
-{nchar_m:.2f}M characters; the same 2% of documents (seed {seed}) held out, so neither model
-saw the held-out text. Train split: {train_tok_m:.2f}M tokens; held-out split: {val_tok} tokens.
-
-## Training
-From scratch, fp32, 1 CPU thread (shared machine, AMD EPYC, AVX2), {minutes} minutes,
-{steps} AdamW steps (betas 0.9/0.95, weight decay {wd} on matrices), batch {batch} x {seq_len}
-tokens, peak lr {lr} with {warmup}-step warmup and cosine decay to {min_lr_frac}x, grad clip 1.0:
-**{tokens_m:.2f}M tokens seen** (~{epochs:.1f} epochs). Loss: distillation,
-`(1 - {kd_alpha}) * CE(next token) + {kd_alpha} * T^2 * KL(teacher || draft)` at T = {kd_temp},
-the teacher `{teacher}` loaded with `MambaForCausalLM.from_pretrained` in fp32, no grad (its
-logits through the script's fast forward, checked against HF's at start: max |diff|
-{tdiff:.1e}; teacher held-out perplexity {tppl:.2f}). After saving, HF (fp32) vs the training
-implementation: max |logit difference| {maxdiff:.1e}.
-
-Versions: Python {py}, torch {torch}, transformers {tf}, tokenizers {tk}.
-
-## Evaluation
-Held-out perplexity ({val_tok} tokens, windows of {seq_len} tokens, each starting from an empty
-state): **{ppl:.1f}** (loss {loss:.3f} nats/token, {bpb:.3f} bits/byte); the bundled model: {tppl:.1f}.
-
-{acceptance}
-## In recurd
-recurd loads it like any Mamba checkpoint: `build/release/tools/recurd-eval --model {out}
---tokens IDS --greedy 32` prints the same ids as `transformers`' greedy decoding for the four
-prompts of `tools/gen_bundled_goldens.py` (`tests/integration/test_draft_model.py`, with the
-fixture `tests/golden/bundled-draft/greedy.json`). As a draft: `recurd-eval --model {teacher}
---greedy N --speculate draft --draft-model {out}` prints the same ids as without speculation;
-its acceptance in recurd's engine is in bench/RESULTS.md ("Draft-model speculation through the
-daemon").
-
-## Samples
-Generated with `transformers` from this directory (`max_new_tokens=60`, `torch.manual_seed({seed})`
-before each):
-
-{samples}
-
-## Reproduce
-```sh
-apt-get install -y fortunes fortunes-min python3.11-doc gcc
-python3 tools/train_default_model.py {cmd}
-python3 tools/draft_acceptance.py --target {teacher} --draft {out} --stats {stats}
-python3 tools/draft_acceptance.py --target {teacher} --draft {out} --stats {stats} \\
-    --text /usr/share/common-licenses/GPL-3
-python3 tools/train_default_model.py --out {out} --write-card {stats}
-python3 tools/gen_draft_goldens.py --model {out}   # the fixture of tests/integration/test_draft_model.py
-```
-The cosine schedule follows wall time when the `--minutes` cap binds before `--steps` (a
-shared CPU), so a rerun reaches a similar but not bit-identical model.
-"""
-
-
-def acceptance_md(acc, other=None):
-    if not acc:
-        return ""
-    extra = ""
-    if other:  # draft_acceptance.py --text FILE: the same figures on another text
-        o_tf, o_gr = other["teacher_forced"], other["greedy"]
-        extra = (f"On `{other['source']}` ({o_tf['tokens']} tokens, not in the training text): "
-                 f"perplexity draft {o_tf['draft_ppl']:.1f}, target {o_tf['target_ppl']:.1f}; top-1 "
-                 f"agreement {o_tf['top1_agreement']:.3f} on the text, {o_gr['top1_agreement']:.3f} on "
-                 f"the target's greedy continuations; tokens per verify at k = 4: "
-                 f"{o_tf['spec'][3]['tokens_per_verify']:.2f} (text), "
-                 f"{o_gr['spec'][3]['tokens_per_verify']:.2f} (greedy).\n\n")
-    tf, gr = acc["teacher_forced"], acc["greedy"]
-    rows = "\n".join(f"| {a['k']} | {a['accepted_per_verify']:.2f} | {a['tokens_per_verify']:.2f} | "
-                     f"{b['accepted_per_verify']:.2f} | {b['tokens_per_verify']:.2f} |"
-                     for a, b in zip(tf["spec"], gr["spec"]))
-    return f"""## Agreement with the bundled model (`tools/draft_acceptance.py`)
-On the held-out split ({tf['tokens']} tokens; both models through `transformers`, fp32):
-top-1 agreement (argmax draft = argmax target, both given the text) **{tf['top1_agreement']:.3f}**.
-On the bundled model's own greedy continuations ({gr['prompts']} held-out prompts of
-{gr['prompt_len']} tokens, continued for up to {gr['gen_len']} tokens or to EOS: {gr['positions']}
-positions; what greedy speculative decoding verifies):
-**{gr['top1_agreement']:.3f}**. Accepted drafts per verify for greedy speculation with k drafts
-(replaying verify rounds over the agreement run lengths; tokens per verify = accepted + the
-target's own token):
-
-| k | accepted / verify (text) | tokens / verify (text) | accepted / verify (greedy) | tokens / verify (greedy) |
-|---|---|---|---|---|
-{rows}
-
-{extra}"""
-
-
-def write_card(out, stats):
-    a = stats["args"]
-    if a.get("tokenizer"):
-        return write_draft_card(out, stats)
-    cfg = json.load(open(os.path.join(out, "config.json")))
-    samples = []
-    for s_ in stats["samples"]:
-        kw = ", ".join(f"{k}={v}" for k, v in s_["settings"].items())
-        body = s_["text"].replace("\n", "\n> ")
-        samples.append(f"*Prompt* `{s_['prompt']}` ({kw}):\n\n> {body}\n")
-    flags = []
-    for k in ["out", "steps", "minutes", "vocab", "hidden", "layers", "seq_len", "batch", "lr", "seed"]:
-        flags.append(f"--{k.replace('_', '-')} {a[k]}")
-    text = CARD.format(
-        params_m=stats["params"] / 1e6, size_mb=stats["size_bytes"] / 1e6,
-        dtype_name={"f32": "F32", "bf16": "BF16"}[stats["saved_dtype"]],
-        vocab=cfg["vocab_size"], hidden=cfg["hidden_size"], layers=cfg["num_hidden_layers"],
-        inter=cfg["intermediate_size"], expand=cfg["expand"], state=cfg["state_size"],
-        rank=cfg["time_step_rank"], eos=cfg["eos_token_id"], max_len=a["seq_len"] * 8,
-        ndocs=stats.get("ndocs", "?"), nchar_m=stats.get("nchar", 0) / 1e6, seed=a["seed"],
-        train_tok_m=stats["train_tokens"] / 1e6, val_tok=stats["val_tokens"],
-        bpt=stats.get("bytes_per_token", 0.0), minutes=stats["train_minutes"],
-        steps=stats["steps"], wd=a["wd"], batch=a["batch"], seq_len=a["seq_len"], lr=a["lr"],
-        warmup=a["warmup"], min_lr_frac=a["min_lr_frac"], tokens_m=stats["tokens_seen"] / 1e6,
-        epochs=stats["tokens_seen"] / stats["train_tokens"], maxdiff=stats["hf_vs_ours_max_logit_diff"],
-        hf_ppl=stats["hf_ppl_32win"], our_ppl=stats["ours_ppl_32win"],
-        py=stats["versions"]["python"], torch=stats["versions"]["torch"],
-        tf=stats["versions"]["transformers"], tk=stats["versions"]["tokenizers"],
-        ppl=stats["val_ppl"], loss=stats["val_loss"], bpb=stats["val_bits_per_byte"],
-        samples="\n".join(samples), cmd=" ".join(flags))
-    with open(os.path.join(out, "README.md"), "w") as f:
-        f.write(text)
-
-
 # Options added for draft models; a run without --tokenizer/--teacher leaves them out of its stats.
 DRAFT_ARGS = ("tokenizer", "teacher", "kd_alpha", "kd_temp", "stats")
+# Options added for fine-tuning; a run without them leaves them out of its stats.
+INIT_ARGS = ("init_from", "copy_frac")
+# What a fine-tuning stage's stats keep of an earlier fine-tuning stage (--init-from a fine-tune).
+STAGE_KEYS = ("args", "steps", "tokens_seen", "train_minutes", "train_tokens", "val_loss",
+              "val_ppl", "cpu", "init", "copy")
 
 
-def write_draft_card(out, stats):
-    a = stats["args"]
-    cfg = json.load(open(os.path.join(out, "config.json")))
-    samples = []
-    for s_ in stats["samples"]:
-        kw = ", ".join(f"{k}={v}" for k, v in s_["settings"].items())
-        body = s_["text"].replace("\n", "\n> ")
-        samples.append(f"*Prompt* `{s_['prompt']}` ({kw}):\n\n> {body}\n")
-    flags = []
-    for k in ["out", "tokenizer", "teacher", "kd_alpha", "kd_temp", "steps", "minutes", "hidden",
-              "layers", "state", "expand", "seq_len", "batch", "lr", "warmup", "max_mb", "seed",
-              "stats"]:
-        if a.get(k) is not None:
-            flags.append(f"--{k.replace('_', '-')} {a[k]}")
-    t = stats.get("teacher", {})
-    text = DRAFT_CARD.format(
-        name=os.path.basename(out.rstrip("/")), out=a["out"], teacher=a["teacher"] or a["tokenizer"],
-        params_m=stats["params"] / 1e6, size_mb=stats["size_bytes"] / 1e6,
-        dtype_name={"f32": "F32", "bf16": "BF16"}[stats["saved_dtype"]],
-        vocab=cfg["vocab_size"], hidden=cfg["hidden_size"], layers=cfg["num_hidden_layers"],
-        inter=cfg["intermediate_size"], expand=cfg["expand"], state=cfg["state_size"],
-        rank=cfg["time_step_rank"], eos=cfg["eos_token_id"],
-        ndocs=stats.get("ndocs", "?"), nchar_m=stats.get("nchar", 0) / 1e6, seed=a["seed"],
-        train_tok_m=stats["train_tokens"] / 1e6, val_tok=stats["val_tokens"],
-        minutes=stats["train_minutes"], steps=stats["steps"], wd=a["wd"], batch=a["batch"],
-        seq_len=a["seq_len"], lr=a["lr"], warmup=a["warmup"], min_lr_frac=a["min_lr_frac"],
-        tokens_m=stats["tokens_seen"] / 1e6, epochs=stats["tokens_seen"] / stats["train_tokens"],
-        kd_alpha=a["kd_alpha"], kd_temp=a["kd_temp"], tdiff=t.get("hf_vs_fast_max_logit_diff", float("nan")),
-        tppl=t.get("val_ppl", float("nan")), maxdiff=stats["hf_vs_ours_max_logit_diff"],
-        py=stats["versions"]["python"], torch=stats["versions"]["torch"],
-        tf=stats["versions"]["transformers"], tk=stats["versions"]["tokenizers"],
-        ppl=stats["val_ppl"], loss=stats["val_loss"], bpb=stats["val_bits_per_byte"],
-        acceptance=acceptance_md(stats.get("acceptance"), stats.get("acceptance_text")), samples="\n".join(samples),
-        cmd=" ".join(flags), stats=a.get("stats") or "models/train_stats.json")
-    with open(os.path.join(out, "README.md"), "w") as f:
-        f.write(text)
+def init_model(args, model, val, val_docs):
+    """--init-from: DIR's weights into a model of this run's shape; its held-out figures."""
+    from transformers import MambaForCausalLM
+    src = MambaForCausalLM.from_pretrained(args.init_from, dtype=torch.float32)
+    want, have = model.config, src.config
+    for k in ("vocab_size", "hidden_size", "num_hidden_layers", "state_size", "expand",
+              "conv_kernel", "time_step_rank", "use_bias", "use_conv_bias", "tie_word_embeddings"):
+        if getattr(want, k) != getattr(have, k):
+            sys.exit(f"--init-from {args.init_from}: {k} {getattr(have, k)} != this run's "
+                     f"{getattr(want, k)} (give the checkpoint's shape)")
+    model.load_state_dict(src.state_dict())
+    load_scan_lib()
+    vl, _ = evaluate(model, val, args.seq_len)
+    base_path = os.path.join(os.path.dirname(args.init_from.rstrip("/")) or ".", "train_stats.json")
+    base, stages = None, []
+    if os.path.exists(base_path):
+        with open(base_path) as f:
+            base = json.load(f)
+        base.pop("samples", None)
+        if base.get("init") and base.get("base"):  # DIR was fine-tuned itself: keep its stages
+            stages = base.get("stages", []) + [{k: base.get(k) for k in STAGE_KEYS}]
+            base = base["base"]
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    print(f"[init] {args.init_from}: held-out ppl {math.exp(vl):.2f} (loss {vl:.4f}); base stats "
+          f"{base_path if base else 'none'}", flush=True)
+    init = {"dir": args.init_from, "val_loss": vl, "val_ppl": math.exp(vl), "base": base, "cpu": cpu,
+            "stages": stages}
+    from transformers import AutoTokenizer
+    init["copy"] = copy_eval(src, AutoTokenizer.from_pretrained(args.init_from), val_docs, args)
+    print(f"[init] copy score: {json.dumps(init['copy'])}", flush=True)
+    return model, init
+
+
+
+def copy_eval(model, tok, val_docs, args):
+    """Held-out copy score (tools/copy_task.py): 64 passages, separators blank line and newline."""
+    from copy_task import copy_score, passages
+    psg = passages(tok, [d for _, d in val_docs], 64, 60, 120, args.seed)
+    return [copy_score(model, tok, psg, s) for s in ("\n\n", "\n")]
 
 
 def dir_size(d):
@@ -761,9 +562,9 @@ def main():
     ap.add_argument("--expand", type=int, default=2)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--lr", type=float, help="peak lr (default 2e-3; 5e-4 with --init-from)")
     ap.add_argument("--min-lr-frac", type=float, default=0.1)
-    ap.add_argument("--warmup", type=int, default=150)
+    ap.add_argument("--warmup", type=int, help="warmup steps (default 150; 30 with --init-from)")
     ap.add_argument("--wd", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--threads", type=int, default=1)
@@ -787,6 +588,10 @@ def main():
     ap.add_argument("--kd-alpha", type=float, default=0.5,
                     help="with --teacher: loss = (1-a)*CE + a*T^2*KL(teacher || model) at T")
     ap.add_argument("--kd-temp", type=float, default=1.0, help="with --teacher: KL temperature T")
+    ap.add_argument("--init-from", metavar="DIR",
+                    help="fine-tune: start from DIR's checkpoint (same shape; DIR's tokenizer)")
+    ap.add_argument("--copy-frac", type=float, default=0.0,
+                    help="fraction of training windows that repeat a span (tools/copy_task.py)")
     ap.add_argument("--stats", metavar="JSON",
                     help="where to write the run's stats (default: train_stats.json beside OUT)")
     args = ap.parse_args()
@@ -797,6 +602,12 @@ def main():
 
     if args.teacher and not args.tokenizer:
         args.tokenizer = args.teacher
+    if args.init_from and not args.tokenizer:
+        args.tokenizer = args.init_from
+    if args.lr is None:
+        args.lr = 5e-4 if args.init_from else 2e-3
+    if args.warmup is None:
+        args.warmup = 30 if args.init_from else 150
     if args.write_card:
         with open(args.write_card) as f:
             write_card(args.out, json.load(f))
@@ -856,6 +667,9 @@ def main():
           f"{time.time()-t0:.0f}s", flush=True)
 
     model = build_model(args, tokenizer)
+    init = None
+    if args.init_from:
+        model, init = init_model(args, model, val, val_docs)
     nparams = sum(p.numel() for p in model.parameters())
     teacher = None
     if args.teacher:
@@ -904,6 +718,10 @@ def main():
 
     gen = torch.Generator().manual_seed(args.seed)
     L = args.seq_len
+    copy_rng = random.Random(args.seed + 18)
+    if args.copy_frac > 0:
+        from copy_task import RepeatWindows
+        repeats = RepeatWindows(train, tokenizer, args.seed)
     nsteps = args.bench or args.steps
     t_start = time.time()
     last_ckpt = t_start
@@ -928,6 +746,11 @@ def main():
         off = torch.randint(0, len(train) - L - 1, (args.batch,), generator=gen)
         x = torch.stack([train[o:o + L] for o in off])
         y = torch.stack([train[o + 1:o + L + 1] for o in off])
+        if args.copy_frac > 0:
+            for i in range(args.batch):
+                if copy_rng.random() < args.copy_frac:
+                    w = repeats.window(L + 1)
+                    x[i], y[i] = w[:-1], w[1:]
         logits = fast_logits(model, x)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         if teacher is not None:
@@ -953,7 +776,13 @@ def main():
             continue
         if (step + 1) % args.eval_every == 0:
             vl, _ = evaluate(model, val, L, max_windows=64)
-            print(f"[eval] step {step+1} val loss {vl:.3f} ppl {math.exp(vl):.1f}", flush=True)
+            cs = ""
+            if args.copy_frac > 0:  # greedy copy score on 16 held-out passages
+                from copy_task import copy_score, passages
+                psg = passages(tokenizer, [d for _, d in val_docs], 16, 60, 120, args.seed)
+                cs = " copy %.3f" % copy_score(model, tokenizer, psg)["matched_prefix"]
+                model.train()
+            print(f"[eval] step {step+1} val loss {vl:.3f} ppl {math.exp(vl):.1f}{cs}", flush=True)
         if time.time() - last_ckpt > args.ckpt_minutes * 60:
             save_checkpoint(model, tokenizer, args.out, dtype, args.tokenizer)
             last_ckpt = time.time()
@@ -987,6 +816,12 @@ def main():
           f"bits/byte {vl_fast/math.log(2)*len(val)/val_bytes:.3f}; first 32 windows: "
           f"HF ppl {math.exp(vl_hf):.3f} vs ours {math.exp(vl_fast32):.3f}", flush=True)
     tok = AutoTokenizer.from_pretrained(args.out)
+    copy = None
+    if args.init_from or args.copy_frac > 0:
+        copy = {"model": copy_eval(hf, tok, val_docs, args)}
+        if init is not None:
+            copy["init"] = init["copy"]
+        print(f"[copy] {json.dumps(copy)}", flush=True)
     samples = []
     for prompt, kw in [("The function returns", dict(do_sample=False, repetition_penalty=1.3)),
                        ("A man walks into a bar", dict(do_sample=True, temperature=0.8, top_k=40)),
@@ -1003,6 +838,9 @@ def main():
     if not args.tokenizer:  # a default run records exactly the arguments it always did
         for k in DRAFT_ARGS:
             stats_args.pop(k, None)
+    if not args.init_from and args.copy_frac == 0:
+        for k in INIT_ARGS:
+            stats_args.pop(k, None)
     stats = {
         "params": nparams, "saved_dtype": dtype, "size_bytes": dir_size(args.out),
         "steps": steps_done, "tokens_seen": tokens_seen, "train_minutes": round(train_min, 1),
@@ -1015,6 +853,15 @@ def main():
         "args": stats_args, "ndocs": len(docs), "nchar": nchar,
         "bytes_per_token": val_bytes / len(val),
     }
+    if copy is not None:
+        stats["copy"] = copy
+    if init is not None:
+        stats["cpu"] = init["cpu"]
+        stats["init"] = {k: init[k] for k in ("dir", "val_loss", "val_ppl")}
+        if init["base"]:
+            stats["base"] = init["base"]
+        if init["stages"]:
+            stats["stages"] = init["stages"]
     if teacher is not None:
         stats["teacher"] = {"dir": args.teacher, "val_loss": tvl, "val_ppl": math.exp(tvl),
                             "hf_vs_fast_max_logit_diff": tdiff}
