@@ -52,8 +52,8 @@ typedef struct wrk_kern {
     /* Causal depthwise conv + SiLU over T tokens of one sequence for channels [c0, c1):
      * x rows have stride ldx; win is the [K-1][I] window of earlier inputs (oldest first),
      * updated to the last K-1 inputs on return; out is [T][I]. */
-    void (*conv_silu)(int T, int c0, int c1, int I, int K, const float *x, int ldx,
-                      const float *w, const float *b, float *win, float *out);
+    void (*conv_silu)(int T, int c0, int c1, int I, int K, const float *x, int ldx, const float *w,
+                      const float *b, float *win, float *out);
     /* Selective scan over T tokens of one sequence for channels [c0, c1):
      * delta = softplus(dt[t][c] + dt_b[c]); h[n][c] = exp(A[n][c]*delta) h + delta B[t][n] u;
      * y[t][c] = (sum_n h[n][c] C[t][n] + D[c] u) * silu(z[t][c]), u = xc[t][c].
@@ -61,6 +61,22 @@ typedef struct wrk_kern {
     void (*scan)(int T, int c0, int c1, int I, int N, const float *dt, const float *dt_b,
                  const float *xc, const float *z, int ldz, const float *bc, int ldbc,
                  const float *A, const float *D, float *h, float *y);
+    /* Mamba2's SSD recurrence for one head over T tokens of one sequence:
+     * dt_t = min(max(softplus(dt[t*lddt] + dt_b), dt_min), dt_max);
+     * S = exp(dt_t A) S + dt_t x_t (x) B_t;  y_t = C_t . S + D x_t   (A <= 0).
+     * S is [P][N]; x_t (P floats), B_t, C_t (N floats) at x, B, Cm + t*ldx; y_t at
+     * y + t*ldy. Lanes run over N; each output's arithmetic depends only on its token's
+     * inputs and the state, never on T or on how tokens are split between calls. */
+    void (*ssd)(int T, int P, int N, const float *x, const float *B, const float *Cm, int ldx,
+                const float *dt, int lddt, float dt_b, float A, float D, float dt_min, float dt_max,
+                float *S, float *y, int ldy);
+    /* Attention over the n rows of one KV block (row p at k + p*ldk, v + p*ldv, d floats):
+     * s[p] = (q . k_p) scale (the dot in VW lanes, one horizontal sum, then the tail), and
+     * o += sum_p (w[p] wscale) v_p, p ascending, one multiply-add per element and row. Each
+     * result depends only on its own row's inputs (and o), never on n or the block split. */
+    void (*attn_scores)(const float *q, const float *k, int ldk, int n, int d, float scale,
+                        float *s);
+    void (*attn_mix)(float *o, const float *v, int ldv, int n, int d, const float *w, float wscale);
     /* One token of the gated delta rule on one head's state S [dk][dv] (Gated DeltaNet):
      * S <- decay S; d = beta (v - S^T k); S += k (x) d; o = S^T q. Lanes run over dv; each
      * output's arithmetic depends only on its column, never on how many tokens a step has. */
@@ -78,9 +94,9 @@ typedef struct wrk_kern {
      * fixed order); every output's arithmetic depends only on its column and the block's
      * rows, never on j0, j1 or how the block was split between calls.
      * scratch: 2 WRK_GDN_BLOCK (dv + 1) floats. */
-    void (*gdn_chunk)(int dk, int dv, const float *S0, int j0, int j1, const float *Kb,
-                      float *Ub, const float *G, const float *q, const float *v, int ldv,
-                      const float *beta, float *o, float *scratch);
+    void (*gdn_chunk)(int dk, int dv, const float *S0, int j0, int j1, const float *Kb, float *Ub,
+                      const float *G, const float *q, const float *v, int ldv, const float *beta,
+                      float *o, float *scratch);
     /* Closes a block of n tokens: S <- e^G_{n-1} S + sum_j e^(G_{n-1}-G_j) k_j (x) u_j
      * (j ascending). Both kernels set coefficients below 2^-100 in magnitude to 0 (no
      * subnormal operands). scratch: WRK_GDN_BLOCK (dk + 2) floats. */

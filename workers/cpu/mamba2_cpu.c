@@ -1,8 +1,9 @@
 /* workers/cpu: the Mamba2 forward pass over a ragged batch. All sequences' tokens are stacked
  * into one [T x H] activation so in_proj and out_proj are one matmul over the batch; the conv
  * (over x, B and C together) and the per-head SSM recurrence run per sequence against its own
- * state slot. Prefill uses the same sequential recurrence as decode: it is algebraically what
- * transformers' chunked SSD computes (differences are fp32 rounding, ~1e-6 relative). */
+ * state slot. Prefill uses the same sequential recurrence as decode (the kernels' `ssd`, state
+ * rows in L1-sized blocks over chunks of tokens): it is algebraically what transformers'
+ * chunked SSD computes (differences are fp32 rounding, ~1e-6 relative). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,59 +61,28 @@ static int cpu_init(struct wrk_cpu *c, void **ctx)
     return 0;
 }
 
-/* torch.nn.functional.softplus (beta 1, threshold 20). */
-static inline float softplus(float v)
-{
-    return v > 20.f ? v : log1pf(expf(v));
-}
-
 static inline float silu(float v)
 {
     return v / (1.f + expf(-v));
 }
 
-/* SSM recurrence of one sequence over T tokens for heads [h0, h1):
- * dt = clamp(softplus(dt_raw + dt_b), lo, hi); S = exp(dt A) S + dt B (x) x;
- * y = C . S + D x. S is [NH][P][N]; head h reads B, C of group h / (NH / G) (under TP, of
- * the model's heads and groups: this rank's start at tp_head0, tp_group0). */
-static void ssd_scan(const wrk_mamba2_config_t *cfg, const wrk_mamba2_layer_t *L, int T, int h0,
-                     int h1, const float *dt_raw, int lddt, const float *xbc, float *S, float *y)
+/* SSM recurrence of one sequence over T tokens for heads [h0, h1), head by head through the
+ * kernel's `ssd` (kernels.h): dt = clamp(softplus(dt_raw + dt_b), lo, hi);
+ * S = exp(dt A) S + dt B (x) x; y = C . S + D x. S is [NH][P][N]; head h reads B, C of group
+ * h / (NH / G) (under TP, of the model's heads and groups: this rank's start at tp_head0,
+ * tp_group0). */
+static void ssd_scan(const wrk_kern_t *k, const wrk_mamba2_config_t *cfg,
+                     const wrk_mamba2_layer_t *L, int T, int h0, int h1, const float *dt_raw,
+                     int lddt, const float *xbc, float *S, float *y)
 {
     const int I = cfg->inner, P = cfg->head_dim, N = cfg->d_state, G = cfg->n_groups;
     const int C = cfg->conv_dim;
     const int hpg = cfg->tp_hpg ? cfg->tp_hpg : cfg->n_heads / G;
-    for (int t = 0; t < T; t++) {
-        const float *xr = xbc + (size_t)t * C;
-        const float *dtr = dt_raw + (size_t)t * lddt;
-        float *yr = y + (size_t)t * I;
-        for (int h = h0; h < h1; h++) {
-            float dt = softplus(dtr[h] + L->dt_b[h]);
-            dt = fminf(fmaxf(dt, cfg->dt_min), cfg->dt_max);
-            const float dA = expf(dt * L->A[h]);
-            const int g = (h + cfg->tp_head0) / hpg - cfg->tp_group0;
-            const float *B = xr + I + (size_t)g * N;
-            const float *Cm = xr + I + (size_t)G * N + (size_t)g * N;
-            for (int p = 0; p < P; p++) {
-                const float xv = xr[h * P + p], dx = dt * xv;
-                float *s = S + ((size_t)h * P + p) * N;
-                /* Eight partial sums so the compiler vectorizes the C . S reduction. */
-                float acc8[8] = {0};
-                int n = 0;
-                for (; n + 8 <= N; n += 8)
-                    for (int j = 0; j < 8; j++) {
-                        const float v = dA * s[n + j] + dx * B[n + j];
-                        s[n + j] = v;
-                        acc8[j] += Cm[n + j] * v;
-                    }
-                for (; n < N; n++) {
-                    s[n] = dA * s[n] + dx * B[n];
-                    acc8[0] += Cm[n] * s[n];
-                }
-                const float acc = ((acc8[0] + acc8[4]) + (acc8[1] + acc8[5])) +
-                                  ((acc8[2] + acc8[6]) + (acc8[3] + acc8[7]));
-                yr[h * P + p] = acc + L->D[h] * xv;
-            }
-        }
+    for (int h = h0; h < h1; h++) {
+        const int g = (h + cfg->tp_head0) / hpg - cfg->tp_group0;
+        k->ssd(T, P, N, xbc + (size_t)h * P, xbc + I + (size_t)g * N,
+               xbc + I + (size_t)G * N + (size_t)g * N, C, dt_raw + h, lddt, L->dt_b[h], L->A[h],
+               L->D[h], cfg->dt_min, cfg->dt_max, S + (size_t)h * P * N, y + (size_t)h * P, I);
     }
 }
 
@@ -164,8 +134,8 @@ static void proj_mult(const wrk_mamba2_config_t *cfg, float *zx)
 /* Gated RMSNorm when a TP rank boundary cuts a norm group: each rank's sums of squares per
  * (token, norm group of the model) are all-reduced before the scale. Called by every pool
  * thread; tokens [t0, t1) are this thread's. */
-static void gated_norm_tp(struct wrk_cpu *c, int ith, const wrk_mamba2_config_t *cfg, int T,
-                          int t0, int t1, const float *zx, float *y, const float *w, float *ss)
+static void gated_norm_tp(struct wrk_cpu *c, int ith, const wrk_mamba2_config_t *cfg, int T, int t0,
+                          int t1, const float *zx, float *y, const float *w, float *ss)
 {
     const int I = cfg->inner, Dp = cfg->proj_dim, gs = cfg->norm_group;
     const int NG = cfg->tp_norm_groups, ch0 = cfg->tp_head0 * cfg->head_dim;
@@ -191,7 +161,8 @@ static void gated_norm_tp(struct wrk_cpu *c, int ith, const wrk_mamba2_config_t 
         for (int i = 0; i < I;) {
             const int g = (ch0 + i) / gs, end = (g + 1) * gs - ch0 < I ? (g + 1) * gs - ch0 : I;
             const float r = 1.f / sqrtf(sr[g] / (float)gs + cfg->eps);
-            for (; i < end; i++) yr[i] = w[i] * (yr[i] * r);
+            for (; i < end; i++)
+                yr[i] = w[i] * (yr[i] * r);
         }
     }
 }
@@ -218,7 +189,7 @@ void wrk_mamba2_cpu_replay(struct wrk_cpu *c, int ith, int nth, const wrk_mamba2
     if (c1 > c0) c->k->conv_silu(n, c0, c1, C, K, xin, C, L->conv_w, L->conv_b, win, xbc);
     wrk_pool_barrier(c->pool);
     if (h1 > h0)
-        ssd_scan(cfg, L, n, h0, h1, dt, NH, xbc, win + wrk_mamba2_conv_floats(cfg), y);
+        ssd_scan(c->k, cfg, L, n, h0, h1, dt, NH, xbc, win + wrk_mamba2_conv_floats(cfg), y);
     wrk_pool_barrier(c->pool);
 }
 
@@ -268,7 +239,7 @@ static void mixer(struct wrk_cpu *c, int ith, int nth, const wrk_mamba2_config_t
             if (keep)
                 keep_rows(keep + rec_off + (size_t)WRK_SPEC_MAX_TOKENS * C, cfg->n_heads,
                           a->zx + (size_t)t * Dp + I + C, Dp, seqs[s].n_tokens, h0, h1);
-            ssd_scan(cfg, L, seqs[s].n_tokens, h0, h1, a->zx + (size_t)t * Dp + I + C, Dp,
+            ssd_scan(k, cfg, L, seqs[s].n_tokens, h0, h1, a->zx + (size_t)t * Dp + I + C, Dp,
                      a->xbc + (size_t)t * C, S, a->y + (size_t)t * I);
             t += seqs[s].n_tokens;
         }
@@ -282,8 +253,8 @@ static void mixer(struct wrk_cpu *c, int ith, int nth, const wrk_mamba2_config_t
                       cfg->gate == WRK_MAMBA2_GATE_ONLY ? 0 : cfg->norm_group, cfg->eps);
     else
         for (int t = t0; t < t1; t++)
-            gated_norm(a->y + (size_t)t * I, a->zx + (size_t)t * Dp, L->gnorm_w, I,
-                       cfg->norm_group, cfg->eps);
+            gated_norm(a->y + (size_t)t * I, a->zx + (size_t)t * Dp, L->gnorm_w, I, cfg->norm_group,
+                       cfg->eps);
     wrk_pool_barrier(c->pool);
     wrk_cpu_mm(c, ith, nth, &L->out_proj, a->y, I, T, out, H, L->out_b, acc);
     wrk_pool_barrier(c->pool);
@@ -291,17 +262,16 @@ static void mixer(struct wrk_cpu *c, int ith, int nth, const wrk_mamba2_config_t
 
 void wrk_mamba2_cpu_mixer(struct wrk_cpu *c, int ith, int nth, const wrk_mamba2_config_t *cfg,
                           const wrk_mamba2_layer_t *L, const wrk_seq_t *seqs, int n_seqs, int T,
-                          size_t state_off, const float *u, const wrk_mamba2_bufs_t *b,
-                          float *out, bool acc)
+                          size_t state_off, const float *u, const wrk_mamba2_bufs_t *b, float *out,
+                          bool acc)
 {
     mixer(c, ith, nth, cfg, L, seqs, n_seqs, T, state_off, NO_REC, u, b, out, acc);
 }
 
-void wrk_mamba2_cpu_mixer_rec(struct wrk_cpu *c, int ith, int nth,
-                              const wrk_mamba2_config_t *cfg, const wrk_mamba2_layer_t *L,
-                              const wrk_seq_t *seqs, int n_seqs, int T, size_t state_off,
-                              size_t rec_off, const float *u, const wrk_mamba2_bufs_t *b,
-                              float *out, bool acc)
+void wrk_mamba2_cpu_mixer_rec(struct wrk_cpu *c, int ith, int nth, const wrk_mamba2_config_t *cfg,
+                              const wrk_mamba2_layer_t *L, const wrk_seq_t *seqs, int n_seqs, int T,
+                              size_t state_off, size_t rec_off, const float *u,
+                              const wrk_mamba2_bufs_t *b, float *out, bool acc)
 {
     mixer(c, ith, nth, cfg, L, seqs, n_seqs, T, state_off, rec_off, u, b, out, acc);
 }
@@ -330,8 +300,7 @@ static void forward(void *arg, int ith, int nth)
         /* TP: rank 0 adds its partial out_proj (and the bias) to the residual, the others
          * overwrite theirs; the all-reduce sums the lot: one per layer. */
         wrk_mamba2_cpu_mixer_rec(c, ith, nth, cfg, L, f->seqs, f->n_seqs, T, l * layer_floats,
-                                 l * wrk_mamba2_spec_layer_floats(cfg), a->u, &a->b, c->res,
-                                 lead);
+                                 l * wrk_mamba2_spec_layer_floats(cfg), a->u, &a->b, c->res, lead);
         wrk_cpu_all_reduce(c, ith, c->res, (size_t)T * H);
     }
     if (lead) wrk_cpu_logits(c, ith, nth, f->seqs, f->n_seqs, f->n_rows);
@@ -352,9 +321,8 @@ static void spec_replay(void *arg, int ith, int nth)
     const wrk_mamba2_config_t *cfg = &mb->cfg;
     const size_t layer_floats = wrk_mamba2_layer_state_floats(cfg);
     for (int l = 0; l < cfg->n_layers; l++)
-        wrk_mamba2_cpu_replay(r->c, ith, nth, cfg, &mb->layers[l], r->slot, r->n,
-                              l * layer_floats, r->rec + l * wrk_mamba2_spec_layer_floats(cfg),
-                              r->tmp);
+        wrk_mamba2_cpu_replay(r->c, ith, nth, cfg, &mb->layers[l], r->slot, r->n, l * layer_floats,
+                              r->rec + l * wrk_mamba2_spec_layer_floats(cfg), r->tmp);
 }
 
 const wrk_cpu_family_i wrk_cpu_mamba2 = {
