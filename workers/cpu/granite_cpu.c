@@ -464,9 +464,10 @@ static void forward(void *arg, int ith, int nth)
         if (L->attn)
             attention(f, ith, nth, L);
         else
-            wrk_mamba2_cpu_mixer_rec(
-                c, ith, nth, &cfg->mx, &L->mx, f->seqs, f->n_seqs, T, (size_t)L->idx * layer_floats,
-                (size_t)L->idx * wrk_mamba2_spec_layer_floats(&cfg->mx), a->u, &a->mb, a->o, false);
+            wrk_mamba2_cpu_mixer_rec(c, ith, nth, &cfg->mx, &L->mx, f->seqs, f->n_seqs, T,
+                                     (size_t)L->idx * layer_floats,
+                                     (size_t)L->idx * wrk_mamba2_spec_layer_floats(&cfg->mx),
+                                     a->u, &a->mb, a->o, false);
         wrk_residual_norm(c, t0, t1, H, a->o, rm, L->post_norm, eps, a->u);
         wrk_pool_barrier(c->pool);
         mlp(f, ith, nth, L);
@@ -495,9 +496,10 @@ static void spec_replay(void *arg, int ith, int nth)
     for (int l = 0; l < cfg->mx.n_layers; l++) {
         const wrk_granite_layer_t *L = &g->layers[l];
         if (L->attn) continue;
-        wrk_mamba2_cpu_replay(
-            r->c, ith, nth, &cfg->mx, &L->mx, r->slot, r->n, (size_t)L->idx * layer_floats,
-            r->rec + (size_t)L->idx * wrk_mamba2_spec_layer_floats(&cfg->mx), r->tmp);
+        wrk_mamba2_cpu_replay(r->c, ith, nth, &cfg->mx, &L->mx, r->slot, r->n,
+                              (size_t)L->idx * layer_floats,
+                              r->rec + (size_t)L->idx * wrk_mamba2_spec_layer_floats(&cfg->mx),
+                              r->tmp);
     }
 }
 

@@ -52,8 +52,8 @@ typedef struct wrk_kern {
     /* Causal depthwise conv + SiLU over T tokens of one sequence for channels [c0, c1):
      * x rows have stride ldx; win is the [K-1][I] window of earlier inputs (oldest first),
      * updated to the last K-1 inputs on return; out is [T][I]. */
-    void (*conv_silu)(int T, int c0, int c1, int I, int K, const float *x, int ldx, const float *w,
-                      const float *b, float *win, float *out);
+    void (*conv_silu)(int T, int c0, int c1, int I, int K, const float *x, int ldx,
+                      const float *w, const float *b, float *win, float *out);
     /* Selective scan over T tokens of one sequence for channels [c0, c1):
      * delta = softplus(dt[t][c] + dt_b[c]); h[n][c] = exp(A[n][c]*delta) h + delta B[t][n] u;
      * y[t][c] = (sum_n h[n][c] C[t][n] + D[c] u) * silu(z[t][c]), u = xc[t][c].
@@ -94,9 +94,9 @@ typedef struct wrk_kern {
      * fixed order); every output's arithmetic depends only on its column and the block's
      * rows, never on j0, j1 or how the block was split between calls.
      * scratch: 2 WRK_GDN_BLOCK (dv + 1) floats. */
-    void (*gdn_chunk)(int dk, int dv, const float *S0, int j0, int j1, const float *Kb, float *Ub,
-                      const float *G, const float *q, const float *v, int ldv, const float *beta,
-                      float *o, float *scratch);
+    void (*gdn_chunk)(int dk, int dv, const float *S0, int j0, int j1, const float *Kb,
+                      float *Ub, const float *G, const float *q, const float *v, int ldv,
+                      const float *beta, float *o, float *scratch);
     /* Closes a block of n tokens: S <- e^G_{n-1} S + sum_j e^(G_{n-1}-G_j) k_j (x) u_j
      * (j ascending). Both kernels set coefficients below 2^-100 in magnitude to 0 (no
      * subnormal operands). scratch: WRK_GDN_BLOCK (dk + 2) floats. */

@@ -46,14 +46,13 @@ typedef float KFN(v4) __attribute__((vector_size(16)));
 static inline float KFN(hsum)(vf v)
 {
 #if VW == 16
-    KFN(v8)
-    h8 = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
-         __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-    KFN(v4)
-    h4 = __builtin_shufflevector(h8, h8, 0, 1, 2, 3) + __builtin_shufflevector(h8, h8, 4, 5, 6, 7);
+    KFN(v8) h8 = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+                 __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+    KFN(v4) h4 = __builtin_shufflevector(h8, h8, 0, 1, 2, 3) +
+                 __builtin_shufflevector(h8, h8, 4, 5, 6, 7);
 #elif VW == 8
-    KFN(v4)
-    h4 = __builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7);
+    KFN(v4) h4 = __builtin_shufflevector(v, v, 0, 1, 2, 3) +
+                 __builtin_shufflevector(v, v, 4, 5, 6, 7);
 #else
     KFN(v4) h4 = v;
 #endif
@@ -76,12 +75,9 @@ static inline vf KFN(ld_bf16)(const void *p)
 static inline vf KFN(ld_w)(const void *row, wrk_dtype_t dt, int k)
 {
     switch (dt) {
-    case WRK_DT_BF16:
-        return KFN(ld_bf16)((const uint16_t *)row + k);
-    case WRK_DT_F16:
-        return LOAD_F16((const uint16_t *)row + k);
-    default:
-        return KFN(ld)((const float *)row + k);
+    case WRK_DT_BF16: return KFN(ld_bf16)((const uint16_t *)row + k);
+    case WRK_DT_F16: return LOAD_F16((const uint16_t *)row + k);
+    default: return KFN(ld)((const float *)row + k);
     }
 }
 /* One weight element; rows may be unaligned (safetensors offsets are arbitrary). */
@@ -90,15 +86,9 @@ static inline float KFN(w1)(const void *row, wrk_dtype_t dt, int k)
     uint16_t h;
     float f;
     switch (dt) {
-    case WRK_DT_BF16:
-        memcpy(&h, (const uint16_t *)row + k, 2);
-        return wrk_bf16_to_f32(h);
-    case WRK_DT_F16:
-        memcpy(&h, (const uint16_t *)row + k, 2);
-        return wrk_f16_to_f32(h);
-    default:
-        memcpy(&f, (const float *)row + k, 4);
-        return f;
+    case WRK_DT_BF16: memcpy(&h, (const uint16_t *)row + k, 2); return wrk_bf16_to_f32(h);
+    case WRK_DT_F16: memcpy(&h, (const uint16_t *)row + k, 2); return wrk_f16_to_f32(h);
+    default: memcpy(&f, (const float *)row + k, 4); return f;
     }
 }
 static inline vf KFN(vsel)(vi mask, vf a, vf b)
@@ -117,7 +107,7 @@ static inline vf KFN(vsel)(vi mask, vf a, vf b)
 static inline vf KFN(exp_v)(vf x)
 {
     const vf hi = KFN(splat)(88.72283935546875f), lo = KFN(splat)(-87.33654022216797f);
-    vi under = x<lo, over = x> hi;
+    vi under = x < lo, over = x > hi;
     x = KFN(vsel)(over, hi, KFN(vsel)(under, lo, x));
     /* n = round(x / ln2) via the 1.5 * 2^23 trick (round-to-nearest-even). */
     const vf magic = KFN(splat)(12582912.0f);
@@ -242,19 +232,15 @@ static inline float KFN(silu_s)(float x)
 static void KFN(vexp)(float *y, const float *x, int n)
 {
     int i = 0;
-    for (; i + VW <= n; i += VW)
-        KFN(st)(y + i, KFN(exp_v)(KFN(ld)(x + i)));
-    for (; i < n; i++)
-        y[i] = KFN(exp_s)(x[i]);
+    for (; i + VW <= n; i += VW) KFN(st)(y + i, KFN(exp_v)(KFN(ld)(x + i)));
+    for (; i < n; i++) y[i] = KFN(exp_s)(x[i]);
 }
 
 static void KFN(vsoftplus)(float *y, const float *x, int n)
 {
     int i = 0;
-    for (; i + VW <= n; i += VW)
-        KFN(st)(y + i, KFN(softplus_v)(KFN(ld)(x + i)));
-    for (; i < n; i++)
-        y[i] = KFN(softplus_s)(x[i]);
+    for (; i + VW <= n; i += VW) KFN(st)(y + i, KFN(softplus_v)(KFN(ld)(x + i)));
+    for (; i < n; i++) y[i] = KFN(softplus_s)(x[i]);
 }
 
 static void KFN(to_f32)(float *dst, const void *src, wrk_dtype_t dt, size_t n)
@@ -264,10 +250,8 @@ static void KFN(to_f32)(float *dst, const void *src, wrk_dtype_t dt, size_t n)
         memcpy(dst, src, n * sizeof(float));
         return;
     }
-    for (; i + VW <= n; i += VW)
-        KFN(st)(dst + i, KFN(ld_w)(src, dt, (int)i));
-    for (; i < n; i++)
-        dst[i] = KFN(w1)(src, dt, (int)i);
+    for (; i + VW <= n; i += VW) KFN(st)(dst + i, KFN(ld_w)(src, dt, (int)i));
+    for (; i < n; i++) dst[i] = KFN(w1)(src, dt, (int)i);
 }
 
 static void KFN(rmsnorm)(float *y, const float *x, const float *w, int n, float eps)
@@ -279,14 +263,11 @@ static void KFN(rmsnorm)(float *y, const float *x, const float *w, int n, float 
         acc += v * v;
     }
     float ss = KFN(hsum)(acc);
-    for (; i < n; i++)
-        ss += x[i] * x[i];
+    for (; i < n; i++) ss += x[i] * x[i];
     float s = 1.0f / sqrtf(ss / (float)n + eps);
     i = 0;
-    for (; i + VW <= n; i += VW)
-        KFN(st)(y + i, KFN(ld)(w + i) * (KFN(ld)(x + i) * s));
-    for (; i < n; i++)
-        y[i] = w[i] * (x[i] * s);
+    for (; i + VW <= n; i += VW) KFN(st)(y + i, KFN(ld)(w + i) * (KFN(ld)(x + i) * s));
+    for (; i < n; i++) y[i] = w[i] * (x[i] * s);
 }
 
 /* ---- matmul: y[t][o] = (acc ? y : 0) + x[t] . W[o] (+ bias[o]) ------------------------
@@ -329,8 +310,8 @@ static void KFN(rmsnorm)(float *y, const float *x, const float *w, int n, float 
 #endif
 
 /* The two fp32 weight vectors of columns [k, k + 2*VW) of a row, in x's order for dt. */
-static inline __attribute__((always_inline)) void KFN(ld_w2)(const char *row, wrk_dtype_t dt, int k,
-                                                             vf *we, vf *wo)
+static inline __attribute__((always_inline)) void
+KFN(ld_w2)(const char *row, wrk_dtype_t dt, int k, vf *we, vf *wo)
 {
     if (dt == WRK_DT_BF16) {
         vu u;
@@ -348,21 +329,20 @@ static inline __attribute__((always_inline)) void KFN(ld_w2)(const char *row, wr
 }
 
 static inline __attribute__((always_inline)) void
-KFN(mm_tile)(const wrk_mat_t *W, int o, int nr, const int R, const float *x, int ldx, const int T,
-             const wrk_dtype_t dt, float *y, int ldy, const float *bias, bool acc, int pf)
+KFN(mm_tile)(const wrk_mat_t *W, int o, int nr, const int R, const float *x, int ldx,
+             const int T, const wrk_dtype_t dt, float *y, int ldy, const float *bias, bool acc,
+             int pf)
 {
     const int K = W->cols, KB = K / (2 * VW) * (2 * VW);
     const size_t rb = (size_t)K * (dt == WRK_DT_F32 ? 4 : 2);
     const char *rows[4];
 #pragma GCC unroll 4
-    for (int r = 0; r < 4; r++)
-        rows[r] = (const char *)W->data + (size_t)(o + (r < nr ? r : 0)) * rb;
+    for (int r = 0; r < 4; r++) rows[r] = (const char *)W->data + (size_t)(o + (r < nr ? r : 0)) * rb;
     vf a[4][MM_TR];
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 8
-        for (int t = 0; t < T; t++)
-            a[r][t] = KFN(splat)(0.f);
+        for (int t = 0; t < T; t++) a[r][t] = KFN(splat)(0.f);
     for (int k = 0; k < KB; k += 2 * VW) {
         vf we[4], wo[4];
 #pragma GCC unroll 4
@@ -378,8 +358,7 @@ KFN(mm_tile)(const wrk_mat_t *W, int o, int nr, const int R, const float *x, int
         }
 #pragma GCC unroll 8
         for (int t = 0; t < T; t++) {
-            const vf xe = KFN(ld)(x + (size_t)t * ldx + k),
-                     xo = KFN(ld)(x + (size_t)t * ldx + k + VW);
+            const vf xe = KFN(ld)(x + (size_t)t * ldx + k), xo = KFN(ld)(x + (size_t)t * ldx + k + VW);
 #pragma GCC unroll 4
             for (int r = 0; r < R; r++) {
                 a[r][t] += we[r] * xe;
@@ -393,16 +372,14 @@ KFN(mm_tile)(const wrk_mat_t *W, int o, int nr, const int R, const float *x, int
         for (int r = 0; r < R; r++) {
             const vf w = KFN(ld_w)(rows[r], dt, KB);
 #pragma GCC unroll 8
-            for (int t = 0; t < T; t++)
-                a[r][t] += w * KFN(ld)(x + (size_t)t * ldx + KB);
+            for (int t = 0; t < T; t++) a[r][t] += w * KFN(ld)(x + (size_t)t * ldx + KB);
         }
         kt += VW;
     }
     for (int r = 0; r < nr; r++)
         for (int t = 0; t < T; t++) {
             float s = KFN(hsum)(a[r][t]);
-            for (int kk = kt; kk < K; kk++)
-                s += KFN(w1)(rows[r], dt, kk) * x[(size_t)t * ldx + kk];
+            for (int kk = kt; kk < K; kk++) s += KFN(w1)(rows[r], dt, kk) * x[(size_t)t * ldx + kk];
             if (bias) s += bias[o + r];
             float *dst = y + (size_t)t * ldy + o + r;
             *dst = acc ? *dst + s : s;
@@ -419,23 +396,13 @@ KFN(mm_rows)(const wrk_mat_t *W, int o0, int o1, const float *x, int ldx, const 
         KFN(mm_tile)(W, o, o1 - o < R ? o1 - o : R, R, x, ldx, T, dt, y, ldy, bias, acc, pf);
 }
 
-#define KMM_T(DT)                                                                                  \
-    switch (T) {                                                                                   \
-    case 1:                                                                                        \
-        KFN(mm_rows)(W, o0, o1, x, ldx, 1, DT, y, ldy, bias, acc, pf);                             \
-        break;                                                                                     \
-    case 2:                                                                                        \
-        KFN(mm_rows)(W, o0, o1, x, ldx, 2, DT, y, ldy, bias, acc, pf);                             \
-        break;                                                                                     \
-    case 3:                                                                                        \
-        KFN(mm_rows)(W, o0, o1, x, ldx, 3, DT, y, ldy, bias, acc, pf);                             \
-        break;                                                                                     \
-    case 4:                                                                                        \
-        KFN(mm_rows)(W, o0, o1, x, ldx, 4, DT, y, ldy, bias, acc, pf);                             \
-        break;                                                                                     \
-    default:                                                                                       \
-        KFN(mm_rows)(W, o0, o1, x, ldx, MM_TR, DT, y, ldy, bias, acc, pf);                         \
-        break;                                                                                     \
+#define KMM_T(DT)                                                                            \
+    switch (T) {                                                                             \
+    case 1: KFN(mm_rows)(W, o0, o1, x, ldx, 1, DT, y, ldy, bias, acc, pf); break;                \
+    case 2: KFN(mm_rows)(W, o0, o1, x, ldx, 2, DT, y, ldy, bias, acc, pf); break;                \
+    case 3: KFN(mm_rows)(W, o0, o1, x, ldx, 3, DT, y, ldy, bias, acc, pf); break;                \
+    case 4: KFN(mm_rows)(W, o0, o1, x, ldx, 4, DT, y, ldy, bias, acc, pf); break;                \
+    default: KFN(mm_rows)(W, o0, o1, x, ldx, MM_TR, DT, y, ldy, bias, acc, pf); break;           \
     }
 
 /* Rows [o0, o1), T <= MM_TR tokens. */
@@ -443,15 +410,9 @@ static void KFN(mm_block)(const wrk_mat_t *W, int o0, int o1, const float *x, in
                           float *y, int ldy, const float *bias, bool acc, int pf)
 {
     switch (W->dt) {
-    case WRK_DT_BF16:
-        KMM_T(WRK_DT_BF16);
-        break;
-    case WRK_DT_F16:
-        KMM_T(WRK_DT_F16);
-        break;
-    default:
-        KMM_T(WRK_DT_F32);
-        break;
+    case WRK_DT_BF16: KMM_T(WRK_DT_BF16); break;
+    case WRK_DT_F16: KMM_T(WRK_DT_F16); break;
+    default: KMM_T(WRK_DT_F32); break;
     }
 }
 #undef KMM_T
@@ -498,8 +459,8 @@ static void KFN(pack_x)(float *xp, const float *x, int ldx, int T, int K)
 
 static inline __attribute__((always_inline)) void
 KFN(pk_tile)(const wrk_mat_t *W, int p, const int NP, const float *x, int ldx, const int T,
-             const wrk_dtype_t dt, float *y, int ldy, const float *bias, bool acc, int o0, int o1,
-             int pf)
+             const wrk_dtype_t dt, float *y, int ldy, const float *bias, bool acc, int o0,
+             int o1, int pf)
 {
     const int K = W->cols;
     const size_t pb = wrk_pack_panel_bytes(dt, K);
@@ -510,8 +471,7 @@ KFN(pk_tile)(const wrk_mat_t *W, int p, const int NP, const float *x, int ldx, c
 #pragma GCC unroll 4
         for (int v = 0; v < PV; v++)
 #pragma GCC unroll 12
-            for (int t = 0; t < T; t++)
-                a[q][v][t] = KFN(splat)(0.f);
+            for (int t = 0; t < T; t++) a[q][v][t] = KFN(splat)(0.f);
     if (dt == WRK_DT_BF16) {
         /* per pair of columns: 16 rows x (k, k+1) as 32-bit words */
         const int KP = K / 2;
@@ -537,8 +497,7 @@ KFN(pk_tile)(const wrk_mat_t *W, int p, const int NP, const float *x, int ldx, c
 #pragma GCC unroll 4
                 for (int q = 0; q < NP; q++)
 #pragma GCC unroll 4
-                    for (int v = 0; v < PV; v++)
-                        a[q][v][t] += we[q][v] * xb;
+                    for (int v = 0; v < PV; v++) a[q][v][t] += we[q][v] * xb;
             }
             if (j == KP) break; /* odd K: the last column has no pair */
 #pragma GCC unroll 12
@@ -547,8 +506,7 @@ KFN(pk_tile)(const wrk_mat_t *W, int p, const int NP, const float *x, int ldx, c
 #pragma GCC unroll 4
                 for (int q = 0; q < NP; q++)
 #pragma GCC unroll 4
-                    for (int v = 0; v < PV; v++)
-                        a[q][v][t] += wo[q][v] * xb;
+                    for (int v = 0; v < PV; v++) a[q][v][t] += wo[q][v] * xb;
             }
         }
     } else {
@@ -570,8 +528,7 @@ KFN(pk_tile)(const wrk_mat_t *W, int p, const int NP, const float *x, int ldx, c
 #pragma GCC unroll 4
                 for (int q = 0; q < NP; q++)
 #pragma GCC unroll 4
-                    for (int v = 0; v < PV; v++)
-                        a[q][v][t] += w[q][v] * xb;
+                    for (int v = 0; v < PV; v++) a[q][v][t] += w[q][v] * xb;
             }
         }
     }
@@ -600,73 +557,41 @@ KFN(pk_tile)(const wrk_mat_t *W, int p, const int NP, const float *x, int ldx, c
 }
 
 /* Panels [pa, pb) for T <= PTR tokens, T and dt fixed at compile time per instance. */
-static inline __attribute__((always_inline)) void KFN(pk_rows)(const wrk_mat_t *W, int pa, int pe,
-                                                               const float *x, int ldx, const int T,
-                                                               const wrk_dtype_t dt, float *y,
-                                                               int ldy, const float *bias, bool acc,
-                                                               int o0, int o1, int pf)
+static inline __attribute__((always_inline)) void
+KFN(pk_rows)(const wrk_mat_t *W, int pa, int pe, const float *x, int ldx, const int T,
+             const wrk_dtype_t dt, float *y, int ldy, const float *bias, bool acc, int o0, int o1,
+             int pf)
 {
     const int NP = PNP(T);
     int p = pa;
     for (; p + NP <= pe; p += NP)
         KFN(pk_tile)(W, p, NP, x, ldx, T, dt, y, ldy, bias, acc, o0, o1, pf);
-    for (; p < pe; p++)
-        KFN(pk_tile)(W, p, 1, x, ldx, T, dt, y, ldy, bias, acc, o0, o1, pf);
+    for (; p < pe; p++) KFN(pk_tile)(W, p, 1, x, ldx, T, dt, y, ldy, bias, acc, o0, o1, pf);
 }
 
-#define KPK_T(DT)                                                                                  \
-    switch (T) {                                                                                   \
-    case 1:                                                                                        \
-        KFN(pk_rows)(W, pa, pe, x, ldx, 1, DT, y, ldy, bias, acc, o0, o1, pf);                     \
-        break;                                                                                     \
-    case 2:                                                                                        \
-        KFN(pk_rows)(W, pa, pe, x, ldx, 2, DT, y, ldy, bias, acc, o0, o1, pf);                     \
-        break;                                                                                     \
-        PK_CASES_ABOVE_2(DT)                                                                       \
-    default:                                                                                       \
-        KFN(pk_rows)(W, pa, pe, x, ldx, PTR, DT, y, ldy, bias, acc, o0, o1, pf);                   \
-        break;                                                                                     \
+#define KPK_T(DT)                                                                            \
+    switch (T) {                                                                             \
+    case 1: KFN(pk_rows)(W, pa, pe, x, ldx, 1, DT, y, ldy, bias, acc, o0, o1, pf); break;    \
+    case 2: KFN(pk_rows)(W, pa, pe, x, ldx, 2, DT, y, ldy, bias, acc, o0, o1, pf); break;    \
+    PK_CASES_ABOVE_2(DT)                                                                     \
+    default: KFN(pk_rows)(W, pa, pe, x, ldx, PTR, DT, y, ldy, bias, acc, o0, o1, pf); break; \
     }
 #if PTR == 12
-#define PK_CASES_ABOVE_2(DT)                                                                       \
-    case 3:                                                                                        \
-        KFN(pk_rows)(W, pa, pe, x, ldx, 3, DT, y, ldy, bias, acc, o0, o1, pf);                     \
-        break;                                                                                     \
-    case 4:                                                                                        \
-        KFN(pk_rows)(W, pa, pe, x, ldx, 4, DT, y, ldy, bias, acc, o0, o1, pf);                     \
-        break;                                                                                     \
-    case 5:                                                                                        \
-        KFN(pk_rows)(W, pa, pe, x, ldx, 5, DT, y, ldy, bias, acc, o0, o1, pf);                     \
-        break;                                                                                     \
-    case 6:                                                                                        \
-        KFN(pk_rows)(W, pa, pe, x, ldx, 6, DT, y, ldy, bias, acc, o0, o1, pf);                     \
-        break;                                                                                     \
-    case 7:                                                                                        \
-        KFN(pk_rows)(W, pa, pe, x, ldx, 7, DT, y, ldy, bias, acc, o0, o1, pf);                     \
-        break;                                                                                     \
-    case 8:                                                                                        \
-        KFN(pk_rows)(W, pa, pe, x, ldx, 8, DT, y, ldy, bias, acc, o0, o1, pf);                     \
-        break;                                                                                     \
-    case 9:                                                                                        \
-        KFN(pk_rows)(W, pa, pe, x, ldx, 9, DT, y, ldy, bias, acc, o0, o1, pf);                     \
-        break;                                                                                     \
-    case 10:                                                                                       \
-        KFN(pk_rows)(W, pa, pe, x, ldx, 10, DT, y, ldy, bias, acc, o0, o1, pf);                    \
-        break;                                                                                     \
-    case 11:                                                                                       \
-        KFN(pk_rows)(W, pa, pe, x, ldx, 11, DT, y, ldy, bias, acc, o0, o1, pf);                    \
-        break;
+#define PK_CASES_ABOVE_2(DT)                                                                 \
+    case 3: KFN(pk_rows)(W, pa, pe, x, ldx, 3, DT, y, ldy, bias, acc, o0, o1, pf); break;    \
+    case 4: KFN(pk_rows)(W, pa, pe, x, ldx, 4, DT, y, ldy, bias, acc, o0, o1, pf); break;    \
+    case 5: KFN(pk_rows)(W, pa, pe, x, ldx, 5, DT, y, ldy, bias, acc, o0, o1, pf); break;    \
+    case 6: KFN(pk_rows)(W, pa, pe, x, ldx, 6, DT, y, ldy, bias, acc, o0, o1, pf); break;    \
+    case 7: KFN(pk_rows)(W, pa, pe, x, ldx, 7, DT, y, ldy, bias, acc, o0, o1, pf); break;    \
+    case 8: KFN(pk_rows)(W, pa, pe, x, ldx, 8, DT, y, ldy, bias, acc, o0, o1, pf); break;    \
+    case 9: KFN(pk_rows)(W, pa, pe, x, ldx, 9, DT, y, ldy, bias, acc, o0, o1, pf); break;    \
+    case 10: KFN(pk_rows)(W, pa, pe, x, ldx, 10, DT, y, ldy, bias, acc, o0, o1, pf); break;  \
+    case 11: KFN(pk_rows)(W, pa, pe, x, ldx, 11, DT, y, ldy, bias, acc, o0, o1, pf); break;
 #elif PTR == 6
-#define PK_CASES_ABOVE_2(DT)                                                                       \
-    case 3:                                                                                        \
-        KFN(pk_rows)(W, pa, pe, x, ldx, 3, DT, y, ldy, bias, acc, o0, o1, pf);                     \
-        break;                                                                                     \
-    case 4:                                                                                        \
-        KFN(pk_rows)(W, pa, pe, x, ldx, 4, DT, y, ldy, bias, acc, o0, o1, pf);                     \
-        break;                                                                                     \
-    case 5:                                                                                        \
-        KFN(pk_rows)(W, pa, pe, x, ldx, 5, DT, y, ldy, bias, acc, o0, o1, pf);                     \
-        break;
+#define PK_CASES_ABOVE_2(DT)                                                                 \
+    case 3: KFN(pk_rows)(W, pa, pe, x, ldx, 3, DT, y, ldy, bias, acc, o0, o1, pf); break;    \
+    case 4: KFN(pk_rows)(W, pa, pe, x, ldx, 4, DT, y, ldy, bias, acc, o0, o1, pf); break;    \
+    case 5: KFN(pk_rows)(W, pa, pe, x, ldx, 5, DT, y, ldy, bias, acc, o0, o1, pf); break;
 #else
 #define PK_CASES_ABOVE_2(DT)
 #endif
@@ -675,15 +600,9 @@ static void KFN(pk_block)(const wrk_mat_t *W, int pa, int pe, const float *x, in
                           float *y, int ldy, const float *bias, bool acc, int o0, int o1, int pf)
 {
     switch (W->dt) {
-    case WRK_DT_BF16:
-        KPK_T(WRK_DT_BF16);
-        break;
-    case WRK_DT_F16:
-        KPK_T(WRK_DT_F16);
-        break;
-    default:
-        KPK_T(WRK_DT_F32);
-        break;
+    case WRK_DT_BF16: KPK_T(WRK_DT_BF16); break;
+    case WRK_DT_F16: KPK_T(WRK_DT_F16); break;
+    default: KPK_T(WRK_DT_F32); break;
     }
 }
 #undef KPK_T
@@ -707,14 +626,14 @@ static void KFN(mm_packed)(const wrk_mat_t *W, int o0, int o1, const float *x, i
         const int ge = p1 - g < group ? p1 : g + group;
         const int next = ge < p1 ? (int)((size_t)(ge - g) * pb) : 0;
         for (int t = 0; t < T; t += PTR)
-            KFN(pk_block)
-            (W, g, ge, x + (size_t)t * ldx, ldx, T - t < PTR ? T - t : PTR, y + (size_t)t * ldy,
-             ldy, bias, acc, o0, o1, t == 0 ? MM_PK_PF_DIST : next);
+            KFN(pk_block)(W, g, ge, x + (size_t)t * ldx, ldx, T - t < PTR ? T - t : PTR,
+                          y + (size_t)t * ldy, ldy, bias, acc, o0, o1,
+                          t == 0 ? MM_PK_PF_DIST : next);
     }
 }
 
-static void KFN(mm)(const wrk_mat_t *W, int o0, int o1, const float *x, int ldx, int T, float *y,
-                    int ldy, const float *bias, bool acc, float *xpack)
+static void KFN(mm)(const wrk_mat_t *W, int o0, int o1, const float *x, int ldx, int T,
+                    float *y, int ldy, const float *bias, bool acc, float *xpack)
 {
     if (W->pk) {
         KFN(mm_packed)(W, o0, o1, x, ldx, T, y, ldy, bias, acc);
@@ -741,9 +660,8 @@ static void KFN(mm)(const wrk_mat_t *W, int o0, int o1, const float *x, int ldx,
         for (int p = o0; p < o1; p += panel) {
             const int pe = o1 - p < panel ? o1 : p + panel;
             for (int t = 0; t < tn; t += MM_TR)
-                KFN(mm_block)
-                (W, p, pe, xs + (size_t)t * lds, lds, tn - t < MM_TR ? tn - t : MM_TR,
-                 yt + (size_t)t * ldy, ldy, bias, acc, t == 0);
+                KFN(mm_block)(W, p, pe, xs + (size_t)t * lds, lds, tn - t < MM_TR ? tn - t : MM_TR,
+                              yt + (size_t)t * ldy, ldy, bias, acc, t == 0);
         }
     }
 }
@@ -784,8 +702,7 @@ static void KFN(conv_silu)(int T, int c0, int c1, int I, int K, const float *x, 
         if (j >= 0) {
             memcpy(dst + c0, x + (size_t)j * ldx + c0, (size_t)(c1 - c0) * sizeof(float));
         } else {
-            /* j < 0: an older window row W + j, always at or after row s: moving forward is safe.
-             */
+            /* j < 0: an older window row W + j, always at or after row s: moving forward is safe. */
             memmove(dst + c0, win + (size_t)(W + j) * I + c0, (size_t)(c1 - c0) * sizeof(float));
         }
     }
@@ -918,11 +835,9 @@ static inline float KFN(dot)(const float *a, const float *b, int n)
 {
     vf acc = KFN(splat)(0.f);
     int i = 0;
-    for (; i + VW <= n; i += VW)
-        acc += KFN(ld)(a + i) * KFN(ld)(b + i);
+    for (; i + VW <= n; i += VW) acc += KFN(ld)(a + i) * KFN(ld)(b + i);
     float s = KFN(hsum)(acc);
-    for (; i < n; i++)
-        s += a[i] * b[i];
+    for (; i < n; i++) s += a[i] * b[i];
     return s;
 }
 
@@ -1004,8 +919,7 @@ static void KFN(gdn_chunk)(int dk, int dv, const float *S0, int j0, int j1, cons
         const int t = j - j0;
         const float *kj = Kb + (size_t)j * dk, *qt = q + (size_t)t * dk;
         const float *vt = v + (size_t)t * ldv, *wt = W + (size_t)t * dv, *pt = P + (size_t)t * dv;
-        for (int i = 0; i <= j; i++)
-            a[i] = G[j] - G[i];
+        for (int i = 0; i <= j; i++) a[i] = G[j] - G[i];
         KFN(vexp)(b, a, j + 1);
         const float eg = KFN(exp_s)(G[j]), bt = beta[t];
         for (int i = 0; i <= j; i++) {
@@ -1017,25 +931,21 @@ static void KFN(gdn_chunk)(int dk, int dv, const float *S0, int j0, int j1, cons
         int e = 0;
         for (; e + VW <= dv; e += VW) {
             vf x = KFN(ld)(vt + e) - KFN(splat)(eg) * KFN(ld)(wt + e);
-            for (int i = 0; i < j; i++)
-                x -= KFN(splat)(a[i]) * KFN(ld)(Ub + (size_t)i * dv + e);
+            for (int i = 0; i < j; i++) x -= KFN(splat)(a[i]) * KFN(ld)(Ub + (size_t)i * dv + e);
             const vf u = x * KFN(splat)(bt);
             KFN(st)(uj + e, u);
             vf y = KFN(splat)(eg) * KFN(ld)(pt + e);
-            for (int i = 0; i < j; i++)
-                y += KFN(splat)(b[i]) * KFN(ld)(Ub + (size_t)i * dv + e);
+            for (int i = 0; i < j; i++) y += KFN(splat)(b[i]) * KFN(ld)(Ub + (size_t)i * dv + e);
             y += KFN(splat)(b[j]) * u;
             KFN(st)(ot + e, y);
         }
         for (; e < dv; e++) {
             float x = vt[e] - eg * wt[e];
-            for (int i = 0; i < j; i++)
-                x -= a[i] * Ub[(size_t)i * dv + e];
+            for (int i = 0; i < j; i++) x -= a[i] * Ub[(size_t)i * dv + e];
             const float u = x * bt;
             uj[e] = u;
             float y = eg * pt[e];
-            for (int i = 0; i < j; i++)
-                y += b[i] * Ub[(size_t)i * dv + e];
+            for (int i = 0; i < j; i++) y += b[i] * Ub[(size_t)i * dv + e];
             y += b[j] * u;
             ot[e] = y;
         }
@@ -1046,8 +956,7 @@ static void KFN(gdn_close)(int dk, int dv, float *S, int n, const float *Kb, con
                            const float *G, float *scratch)
 {
     float *c = scratch, *d = c + WRK_GDN_BLOCK, *kc = d + WRK_GDN_BLOCK;
-    for (int j = 0; j < n; j++)
-        d[j] = G[n - 1] - G[j];
+    for (int j = 0; j < n; j++) d[j] = G[n - 1] - G[j];
     KFN(vexp)(c, d, n);
     const float eg = KFN(exp_s)(G[n - 1]);
     /* kc[j][i] = e^(G_{n-1}-G_j) k_j[i], flushed as the chunk's coefficients */
@@ -1060,8 +969,7 @@ static void KFN(gdn_close)(int dk, int dv, float *S, int n, const float *Kb, con
         for (; i + 4 <= dk; i += 4) {
             float *s0 = S + (size_t)i * dv + e;
             vf a0 = KFN(splat)(eg) * KFN(ld)(s0), a1 = KFN(splat)(eg) * KFN(ld)(s0 + dv);
-            vf a2 = KFN(splat)(eg) * KFN(ld)(s0 + 2 * dv),
-               a3 = KFN(splat)(eg) * KFN(ld)(s0 + 3 * dv);
+            vf a2 = KFN(splat)(eg) * KFN(ld)(s0 + 2 * dv), a3 = KFN(splat)(eg) * KFN(ld)(s0 + 3 * dv);
             for (int j = 0; j < n; j++) {
                 const vf u = KFN(ld)(Ub + (size_t)j * dv + e);
                 const float *kj = kc + (size_t)j * dk + i;
@@ -1087,8 +995,7 @@ static void KFN(gdn_close)(int dk, int dv, float *S, int n, const float *Kb, con
         for (int i = 0; i < dk; i++) {
             float *s0 = S + (size_t)i * dv + e;
             float a0 = eg * *s0;
-            for (int j = 0; j < n; j++)
-                a0 += kc[(size_t)j * dk + i] * Ub[(size_t)j * dv + e];
+            for (int j = 0; j < n; j++) a0 += kc[(size_t)j * dk + i] * Ub[(size_t)j * dv + e];
             *s0 = a0;
         }
 }
