@@ -77,6 +77,8 @@ typedef struct wrk_kern {
     void (*attn_scores)(const float *q, const float *k, int ldk, int n, int d, float scale,
                         float *s);
     void (*attn_mix)(float *o, const float *v, int ldv, int n, int d, const float *w, float wscale);
+    /* y[i] = u[i] silu(g[i] m) for i < n, lane by lane (y may be u or g). */
+    void (*swiglu)(float *y, const float *g, const float *u, size_t n, float m);
     /* One token of the gated delta rule on one head's state S [dk][dv] (Gated DeltaNet):
      * S <- decay S; d = beta (v - S^T k); S += k (x) d; o = S^T q. Lanes run over dv; each
      * output's arithmetic depends only on its column, never on how many tokens a step has. */

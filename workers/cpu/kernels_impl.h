@@ -1041,6 +1041,16 @@ static void KFN(scan)(int T, int c0, int c1, int I, int N, const float *dt, cons
     }
 }
 
+/* y[i] = u[i] silu(g[i] m) (kernels.h, `swiglu`); y may be u or g. */
+static void KFN(swiglu)(float *y, const float *g, const float *u, size_t n, float m)
+{
+    const vf mv = KFN(splat)(m);
+    size_t i = 0;
+    for (; i + VW <= n; i += VW)
+        KFN(st)(y + i, KFN(ld)(u + i) * KFN(silu_v)(KFN(ld)(g + i) * mv));
+    for (; i < n; i++) y[i] = u[i] * KFN(silu_s)(g[i] * m);
+}
+
 /* Attention over the rows of one KV block (kernels.h, `attn_scores` / `attn_mix`). */
 static void KFN(attn_scores)(const float *q, const float *k, int ldk, int n, int d, float scale,
                              float *s)
@@ -1087,6 +1097,7 @@ static const wrk_kern_t KFN(table) = {
     .ssd = KFN(ssd),
     .attn_scores = KFN(attn_scores),
     .attn_mix = KFN(attn_mix),
+    .swiglu = KFN(swiglu),
     .delta_rule = KFN(delta_rule),
     .gdn_chunk = KFN(gdn_chunk),
     .gdn_close = KFN(gdn_close),

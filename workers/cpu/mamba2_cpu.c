@@ -104,11 +104,11 @@ static void gated_norm(float *y, const float *z, const float *w, int I, int gs, 
 
 /* Falcon-H1's variants of the above: RMSNorm(y) w silu(z) per group (norm before gate), or
  * y silu(z) alone (gs == 0: no norm). */
-static void norm_gate(float *y, const float *z, const float *w, int I, int gs, float eps)
+static void norm_gate(const wrk_kern_t *k, float *y, const float *z, const float *w, int I, int gs,
+                      float eps)
 {
     if (!gs) {
-        for (int i = 0; i < I; i++)
-            y[i] *= silu(z[i]);
+        k->swiglu(y, z, y, (size_t)I, 1.f);
         return;
     }
     for (int g0 = 0; g0 < I; g0 += gs) {
@@ -249,7 +249,7 @@ static void mixer(struct wrk_cpu *c, int ith, int nth, const wrk_mamba2_config_t
         gated_norm_tp(c, ith, cfg, T, t0, t1, a->zx, a->y, L->gnorm_w, a->ss);
     else if (cfg->gate != WRK_MAMBA2_GATE_NORM)
         for (int t = t0; t < t1; t++)
-            norm_gate(a->y + (size_t)t * I, a->zx + (size_t)t * Dp, L->gnorm_w, I,
+            norm_gate(k, a->y + (size_t)t * I, a->zx + (size_t)t * Dp, L->gnorm_w, I,
                       cfg->gate == WRK_MAMBA2_GATE_ONLY ? 0 : cfg->norm_group, cfg->eps);
     else
         for (int t = t0; t < t1; t++)
