@@ -709,63 +709,96 @@ static void KFN(conv_silu)(int T, int c0, int c1, int I, int K, const float *x, 
 }
 
 /* ---- Mamba2's SSD recurrence (kernels.h, `ssd`) ---------------------------------------
- * One head at a time. The state rows are walked in blocks of SSD_PR rows, each block over a
- * chunk of SSD_TB tokens, so a block's rows (SSD_PR N floats) stay in L1 for the whole chunk
- * and each token's B and C vectors are loaded once for SSD_PR rows. Per row and token the
+ * One head at a time, over chunks of SSD_TB tokens. A tile of the state (SSD_PR rows x SSD_NT
+ * vectors of N) sits in registers for the whole chunk: per token, B and C are loaded once for
+ * the tile's rows and nothing of the state goes to memory; each row's C . S partial sums
+ * (VW lanes) carry from one tile to the next through `accm`. Per row and token the
  * arithmetic is fixed: v = dA s + dx B lane by lane over n (dx = dt x rounded once), C . S
  * summed in VW lanes (n ascending within each lane), one hsum, then the tail n ascending,
- * then + D x. None of it depends on the blocking, on T or on how tokens are split between
+ * then + D x. None of it depends on the tiling, on T or on how tokens are split between
  * calls. */
 #define SSD_TB 64
+#if VW >= 16
 #define SSD_PR 4
+#define SSD_NT 4
+#else
+#define SSD_PR 2
+#define SSD_NT 2
+#endif
 
 static inline __attribute__((always_inline)) void
-KFN(ssd_rows)(const int NR, int n, int N, const float *x, const float *B, const float *Cm, int ldx,
-              const float *dtv, const float *dav, float D, float *S, float *y, int ldy)
+KFN(ssd_tile)(const int NR, const int NV, int n, int N, int i0, const float *B, const float *Cm,
+              int ldx, const float *dav, const float *dxs, float *S, vf *accm, bool first)
 {
+    vf st[SSD_PR][SSD_NT];
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) st[r][v] = KFN(ld)(S + (size_t)r * N + i0 + v * VW);
     for (int t = 0; t < n; t++) {
-        const float *Bt = B + (size_t)t * ldx, *Ct = Cm + (size_t)t * ldx;
-        const float *xt = x + (size_t)t * ldx;
+        const float *Bt = B + (size_t)t * ldx + i0, *Ct = Cm + (size_t)t * ldx + i0;
         const vf da = KFN(splat)(dav[t]);
         vf dx[SSD_PR], acc[SSD_PR];
-        float dxs[SSD_PR];
 #pragma GCC unroll 4
         for (int r = 0; r < NR; r++) {
-            dxs[r] = dtv[t] * xt[r];
-            dx[r] = KFN(splat)(dxs[r]);
-            acc[r] = KFN(splat)(0.f);
+            dx[r] = KFN(splat)(dxs[t * SSD_PR + r]);
+            acc[r] = first ? KFN(splat)(0.f) : accm[t * SSD_PR + r];
         }
-        int i = 0;
-        for (; i + VW <= N; i += VW) {
-            const vf b = KFN(ld)(Bt + i), cv = KFN(ld)(Ct + i);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) {
+            const vf b = KFN(ld)(Bt + v * VW), cv = KFN(ld)(Ct + v * VW);
 #pragma GCC unroll 4
             for (int r = 0; r < NR; r++) {
-                float *s = S + (size_t)r * N + i;
-                const vf v = da * KFN(ld)(s) + dx[r] * b;
-                KFN(st)(s, v);
-                acc[r] += cv * v;
+                st[r][v] = da * st[r][v] + dx[r] * b;
+                acc[r] += cv * st[r][v];
             }
         }
 #pragma GCC unroll 4
+        for (int r = 0; r < NR; r++) accm[t * SSD_PR + r] = acc[r];
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) KFN(st)(S + (size_t)r * N + i0 + v * VW, st[r][v]);
+}
+
+/* Rows [0, NR) of the state from S over the chunk's n tokens. */
+static inline __attribute__((always_inline)) void
+KFN(ssd_rows)(const int NR, int n, int N, const float *x, const float *B, const float *Cm,
+              int ldx, const float *dtv, const float *dav, float D, float *S, float *y, int ldy,
+              float *dxs, vf *accm)
+{
+    for (int t = 0; t < n; t++)
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; r++) dxs[t * SSD_PR + r] = dtv[t] * x[(size_t)t * ldx + r];
+    int i = 0;
+    for (; i + SSD_NT * VW <= N; i += SSD_NT * VW)
+        KFN(ssd_tile)(NR, SSD_NT, n, N, i, B, Cm, ldx, dav, dxs, S, accm, i == 0);
+    for (; i + VW <= N; i += VW) KFN(ssd_tile)(NR, 1, n, N, i, B, Cm, ldx, dav, dxs, S, accm, i == 0);
+    for (int t = 0; t < n; t++) {
+        const float *Bt = B + (size_t)t * ldx, *Ct = Cm + (size_t)t * ldx;
+#pragma GCC unroll 4
         for (int r = 0; r < NR; r++) {
-            float sum = KFN(hsum)(acc[r]);
+            float sum = i ? KFN(hsum)(accm[t * SSD_PR + r]) : 0.f;
             float *s = S + (size_t)r * N;
+            const float dx = dxs[t * SSD_PR + r];
             for (int j = i; j < N; j++) {
-                const float v = dav[t] * s[j] + dxs[r] * Bt[j];
+                const float v = dav[t] * s[j] + dx * Bt[j];
                 s[j] = v;
                 sum += Ct[j] * v;
             }
-            y[(size_t)t * ldy + r] = sum + D * xt[r];
+            y[(size_t)t * ldy + r] = sum + D * x[(size_t)t * ldx + r];
         }
     }
 }
 
-static void KFN(ssd)(int T, int P, int N, const float *x, const float *B, const float *Cm, int ldx,
-                     const float *dt, int lddt, float dt_b, float A, float D, float dt_min,
-                     float dt_max, float *S, float *y, int ldy)
+static void KFN(ssd)(int T, int P, int N, const float *x, const float *B, const float *Cm,
+                     int ldx, const float *dt, int lddt, float dt_b, float A, float D,
+                     float dt_min, float dt_max, float *S, float *y, int ldy)
 {
     /* padded to whole vectors: lanes past the chunk are computed and never read */
-    float dtv[SSD_TB + VW] = {0}, dav[SSD_TB + VW];
+    float dtv[SSD_TB + VW] = {0}, dav[SSD_TB + VW], dxs[SSD_TB * SSD_PR];
+    vf accm[SSD_TB * SSD_PR];
     for (int tb = 0; tb < T; tb += SSD_TB) {
         const int n = T - tb < SSD_TB ? T - tb : SSD_TB;
         for (int t = 0; t < n; t++)
@@ -781,13 +814,11 @@ static void KFN(ssd)(int T, int P, int N, const float *x, const float *B, const 
         const size_t off = (size_t)tb * ldx;
         int p = 0;
         for (; p + SSD_PR <= P; p += SSD_PR)
-            KFN(ssd_rows)
-            (SSD_PR, n, N, x + off + p, B + off, Cm + off, ldx, dtv, dav, D, S + (size_t)p * N,
-             y + (size_t)tb * ldy + p, ldy);
+            KFN(ssd_rows)(SSD_PR, n, N, x + off + p, B + off, Cm + off, ldx, dtv, dav, D,
+                          S + (size_t)p * N, y + (size_t)tb * ldy + p, ldy, dxs, accm);
         for (; p < P; p++)
-            KFN(ssd_rows)
-            (1, n, N, x + off + p, B + off, Cm + off, ldx, dtv, dav, D, S + (size_t)p * N,
-             y + (size_t)tb * ldy + p, ldy);
+            KFN(ssd_rows)(1, n, N, x + off + p, B + off, Cm + off, ldx, dtv, dav, D,
+                          S + (size_t)p * N, y + (size_t)tb * ldy + p, ldy, dxs, accm);
     }
 }
 
