@@ -56,11 +56,6 @@ static int cpu_init(struct wrk_cpu *c, void **ctx)
     return 0;
 }
 
-static inline float silu(float v)
-{
-    return v / (1.f + expf(-v));
-}
-
 /* out[t] = in[t] * m for this thread's tokens. */
 static void scale_rows(float *out, const float *in, int t0, int t1, int H, float m)
 {
@@ -80,8 +75,8 @@ static void mlp(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_falconh1_layer_t *
     wrk_cpu_mm(c, ith, nth, &L->gate, a->u, H, T, a->gt, F, L->gate_b, false);
     wrk_cpu_mm(c, ith, nth, &L->up, a->u, H, T, a->up, F, L->up_b, false);
     wrk_pool_barrier(c->pool);
-    for (size_t i = (size_t)t0 * F; i < (size_t)t1 * F; i++)
-        a->gt[i] = a->up[i] * silu(a->gt[i] * gm);
+    c->k->swiglu(a->gt + (size_t)t0 * F, a->gt + (size_t)t0 * F, a->up + (size_t)t0 * F,
+                 (size_t)(t1 - t0) * F, gm);
     wrk_pool_barrier(c->pool);
     wrk_cpu_mm(c, ith, nth, &L->down, a->gt, F, T, a->oa, H, L->down_b, false);
     wrk_pool_barrier(c->pool);
@@ -103,12 +98,15 @@ static void forward(void *arg, int ith, int nth)
     for (int l = 0; l < cfg->mx.n_layers; l++) {
         const wrk_falconh1_layer_t *L = &g->layers[l];
         wrk_residual_norm(c, t0, t1, H, NULL, 0.f, L->in_norm, cfg->mx.eps, a->u);
-        scale_rows(a->us, a->u, t0, t1, H, cfg->ssm_in_mult);
-        scale_rows(a->ua, a->u, t0, t1, H, cfg->attn_in_mult);
+        /* a multiplier of 1 is the normed input itself (x * 1 == x): no copy */
+        const float *us = cfg->ssm_in_mult == 1.f ? a->u : a->us;
+        const float *ua = cfg->attn_in_mult == 1.f ? a->u : a->ua;
+        if (us != a->u) scale_rows(a->us, a->u, t0, t1, H, cfg->ssm_in_mult);
+        if (ua != a->u) scale_rows(a->ua, a->u, t0, t1, H, cfg->attn_in_mult);
         wrk_pool_barrier(c->pool);
         wrk_mamba2_cpu_mixer_rec(
             c, ith, nth, &cfg->mx, &L->mx, f->seqs, f->n_seqs, T, (size_t)l * layer_floats,
-            (size_t)l * wrk_mamba2_spec_layer_floats(&cfg->mx), a->us, &a->mb, a->om, false);
+            (size_t)l * wrk_mamba2_spec_layer_floats(&cfg->mx), us, &a->mb, a->om, false);
         const wrk_attn_w_t w = {.q = L->at.q,
                                 .k = L->at.k,
                                 .v = L->at.v,
@@ -125,7 +123,7 @@ static void forward(void *arg, int ith, int nth)
                                 .inv_freq = g->inv_freq,
                                 .kv_layer = L->at.idx,
                                 .k_mult = cfg->key_mult};
-        wrk_attn_cpu(c, ith, nth, &w, &a->ab, T, a->ua, a->oa);
+        wrk_attn_cpu(c, ith, nth, &w, &a->ab, T, ua, a->oa);
         for (int t = t0; t < t1; t++) {
             float *r = c->res + (size_t)t * H;
             const float *om = a->om + (size_t)t * H, *oa = a->oa + (size_t)t * H;

@@ -146,6 +146,28 @@ static void rope(float *x, int hd, int32_t pos, const float *inv_freq)
     }
 }
 
+/* Thread ith's share [w0, w1) of the T x NQ (token, head) items, token-major, cut where the
+ * running count of key positions read (pos + 1 per item, plus a fixed 16 for the item's own
+ * work) crosses ith / nth of the total. */
+static void attn_split(const int32_t *pos, int T, int NQ, int ith, int nth, int *w0, int *w1)
+{
+    double total = 0;
+    for (int t = 0; t < T; t++)
+        total += (double)NQ * (pos[t] + 17);
+    const double lo = total * ith / nth, hi = total * (ith + 1) / nth;
+    double run = 0;
+    *w0 = *w1 = T * NQ;
+    for (int wi = 0; wi < T * NQ; wi++) {
+        if (*w0 == T * NQ && run >= lo) *w0 = wi;
+        if (ith + 1 < nth && run >= hi) {
+            *w1 = wi;
+            break;
+        }
+        run += pos[wi / NQ] + 17;
+    }
+    if (*w1 < *w0) *w1 = *w0;
+}
+
 void wrk_attn_cpu(struct wrk_cpu *c, int ith, int nth, const wrk_attn_w_t *w,
                   const wrk_attn_bufs_t *a, int T, const float *u, float *out)
 {
@@ -179,27 +201,25 @@ void wrk_attn_cpu(struct wrk_cpu *c, int ith, int nth, const wrk_attn_w_t *w,
     }
     wrk_pool_barrier(c->pool);
 
+    /* (token, head) items split so each thread gets about the same number of key positions
+     * (a causal prefill's later tokens read more): every thread computes the same split. */
     int w0, w1;
+    attn_split(a->tok_pos, T, NQ, ith, nth, &w0, &w1);
     float *sc = a->scores + (size_t)ith * a->scores_floats;
-    wrk_split(T * NQ, 1, ith, nth, &w0, &w1);
+    const wrk_kern_t *k = c->k;
     for (int wi = w0; wi < w1; wi++) {
         const int t = wi / NQ, h = wi % NQ, kh = h / rep;
         const int slot = a->tok_slot[t];
         const int32_t n = a->tok_pos[t] + 1; /* causal: every position up to this one */
         const float *q = a->q + (size_t)t * qd + (size_t)h * hd;
-        float mx = -INFINITY;
         for (int32_t p0 = 0; p0 < n; p0 += bs) {
             const float *kb = wrk_kv_at(kv, slot, layer, 0, p0) + (size_t)kh * hd;
             const int32_t pe = p0 + bs < n ? p0 + bs : n;
-            for (int32_t p = p0; p < pe; p++, kb += kvd) {
-                float s = 0.f;
-                for (int i = 0; i < hd; i++)
-                    s += q[i] * kb[i];
-                s *= w->scale;
-                sc[p] = s;
-                if (s > mx) mx = s;
-            }
+            k->attn_scores(q, kb, kvd, pe - p0, hd, w->scale, sc + p0);
         }
+        float mx = -INFINITY;
+        for (int32_t p = 0; p < n; p++)
+            if (sc[p] > mx) mx = sc[p];
         double sum = 0.0;
         for (int32_t p = 0; p < n; p++) {
             sc[p] = expf(sc[p] - mx);
@@ -211,11 +231,7 @@ void wrk_attn_cpu(struct wrk_cpu *c, int ith, int nth, const wrk_attn_w_t *w,
         for (int32_t p0 = 0; p0 < n; p0 += bs) {
             const float *vb = wrk_kv_at(kv, slot, layer, 1, p0) + (size_t)kh * hd;
             const int32_t pe = p0 + bs < n ? p0 + bs : n;
-            for (int32_t p = p0; p < pe; p++, vb += kvd) {
-                const float pr = sc[p] * inv;
-                for (int i = 0; i < hd; i++)
-                    o[i] += pr * vb[i];
-            }
+            k->attn_mix(o, vb, kvd, pe - p0, hd, sc + p0, inv);
         }
     }
     wrk_pool_barrier(c->pool);

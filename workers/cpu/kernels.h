@@ -61,6 +61,24 @@ typedef struct wrk_kern {
     void (*scan)(int T, int c0, int c1, int I, int N, const float *dt, const float *dt_b,
                  const float *xc, const float *z, int ldz, const float *bc, int ldbc,
                  const float *A, const float *D, float *h, float *y);
+    /* Mamba2's SSD recurrence for one head over T tokens of one sequence:
+     * dt_t = min(max(softplus(dt[t*lddt] + dt_b), dt_min), dt_max);
+     * S = exp(dt_t A) S + dt_t x_t (x) B_t;  y_t = C_t . S + D x_t   (A <= 0).
+     * S is [P][N]; x_t (P floats), B_t, C_t (N floats) at x, B, Cm + t*ldx; y_t at
+     * y + t*ldy. Lanes run over N; each output's arithmetic depends only on its token's
+     * inputs and the state, never on T or on how tokens are split between calls. */
+    void (*ssd)(int T, int P, int N, const float *x, const float *B, const float *Cm, int ldx,
+                const float *dt, int lddt, float dt_b, float A, float D, float dt_min, float dt_max,
+                float *S, float *y, int ldy);
+    /* Attention over the n rows of one KV block (row p at k + p*ldk, v + p*ldv, d floats):
+     * s[p] = (q . k_p) scale (the dot in VW lanes, one horizontal sum, then the tail), and
+     * o += sum_p (w[p] wscale) v_p, p ascending, one multiply-add per element and row. Each
+     * result depends only on its own row's inputs (and o), never on n or the block split. */
+    void (*attn_scores)(const float *q, const float *k, int ldk, int n, int d, float scale,
+                        float *s);
+    void (*attn_mix)(float *o, const float *v, int ldv, int n, int d, const float *w, float wscale);
+    /* y[i] = u[i] silu(g[i] m) for i < n, lane by lane (y may be u or g). */
+    void (*swiglu)(float *y, const float *g, const float *u, size_t n, float m);
     /* One token of the gated delta rule on one head's state S [dk][dv] (Gated DeltaNet):
      * S <- decay S; d = beta (v - S^T k); S += k (x) d; o = S^T q. Lanes run over dv; each
      * output's arithmetic depends only on its column, never on how many tokens a step has. */

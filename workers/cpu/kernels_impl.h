@@ -708,6 +708,120 @@ static void KFN(conv_silu)(int T, int c0, int c1, int I, int K, const float *x, 
     }
 }
 
+/* ---- Mamba2's SSD recurrence (kernels.h, `ssd`) ---------------------------------------
+ * One head at a time, over chunks of SSD_TB tokens. A tile of the state (SSD_PR rows x SSD_NT
+ * vectors of N) sits in registers for the whole chunk: per token, B and C are loaded once for
+ * the tile's rows and nothing of the state goes to memory; each row's C . S partial sums
+ * (VW lanes) carry from one tile to the next through `accm`. Per row and token the
+ * arithmetic is fixed: v = dA s + dx B lane by lane over n (dx = dt x rounded once), C . S
+ * summed in VW lanes (n ascending within each lane), one hsum, then the tail n ascending,
+ * then + D x. None of it depends on the tiling, on T or on how tokens are split between
+ * calls. */
+#define SSD_TB 64
+#if VW >= 16
+#define SSD_PR 4
+#define SSD_NT 4
+#else
+#define SSD_PR 2
+#define SSD_NT 2
+#endif
+
+static inline __attribute__((always_inline)) void
+KFN(ssd_tile)(const int NR, const int NV, int n, int N, int i0, const float *B, const float *Cm,
+              int ldx, const float *dav, const float *dxs, float *S, vf *accm, bool first)
+{
+    vf st[SSD_PR][SSD_NT];
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) st[r][v] = KFN(ld)(S + (size_t)r * N + i0 + v * VW);
+    for (int t = 0; t < n; t++) {
+        const float *Bt = B + (size_t)t * ldx + i0, *Ct = Cm + (size_t)t * ldx + i0;
+        const vf da = KFN(splat)(dav[t]);
+        vf dx[SSD_PR], acc[SSD_PR];
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; r++) {
+            dx[r] = KFN(splat)(dxs[t * SSD_PR + r]);
+            acc[r] = first ? KFN(splat)(0.f) : accm[t * SSD_PR + r];
+        }
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) {
+            const vf b = KFN(ld)(Bt + v * VW), cv = KFN(ld)(Ct + v * VW);
+#pragma GCC unroll 4
+            for (int r = 0; r < NR; r++) {
+                st[r][v] = da * st[r][v] + dx[r] * b;
+                acc[r] += cv * st[r][v];
+            }
+        }
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; r++) accm[t * SSD_PR + r] = acc[r];
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) KFN(st)(S + (size_t)r * N + i0 + v * VW, st[r][v]);
+}
+
+/* Rows [0, NR) of the state from S over the chunk's n tokens. */
+static inline __attribute__((always_inline)) void
+KFN(ssd_rows)(const int NR, int n, int N, const float *x, const float *B, const float *Cm,
+              int ldx, const float *dtv, const float *dav, float D, float *S, float *y, int ldy,
+              float *dxs, vf *accm)
+{
+    for (int t = 0; t < n; t++)
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; r++) dxs[t * SSD_PR + r] = dtv[t] * x[(size_t)t * ldx + r];
+    int i = 0;
+    for (; i + SSD_NT * VW <= N; i += SSD_NT * VW)
+        KFN(ssd_tile)(NR, SSD_NT, n, N, i, B, Cm, ldx, dav, dxs, S, accm, i == 0);
+    for (; i + VW <= N; i += VW) KFN(ssd_tile)(NR, 1, n, N, i, B, Cm, ldx, dav, dxs, S, accm, i == 0);
+    for (int t = 0; t < n; t++) {
+        const float *Bt = B + (size_t)t * ldx, *Ct = Cm + (size_t)t * ldx;
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; r++) {
+            float sum = i ? KFN(hsum)(accm[t * SSD_PR + r]) : 0.f;
+            float *s = S + (size_t)r * N;
+            const float dx = dxs[t * SSD_PR + r];
+            for (int j = i; j < N; j++) {
+                const float v = dav[t] * s[j] + dx * Bt[j];
+                s[j] = v;
+                sum += Ct[j] * v;
+            }
+            y[(size_t)t * ldy + r] = sum + D * x[(size_t)t * ldx + r];
+        }
+    }
+}
+
+static void KFN(ssd)(int T, int P, int N, const float *x, const float *B, const float *Cm,
+                     int ldx, const float *dt, int lddt, float dt_b, float A, float D,
+                     float dt_min, float dt_max, float *S, float *y, int ldy)
+{
+    /* padded to whole vectors: lanes past the chunk are computed and never read */
+    float dtv[SSD_TB + VW] = {0}, dav[SSD_TB + VW], dxs[SSD_TB * SSD_PR];
+    vf accm[SSD_TB * SSD_PR];
+    for (int tb = 0; tb < T; tb += SSD_TB) {
+        const int n = T - tb < SSD_TB ? T - tb : SSD_TB;
+        for (int t = 0; t < n; t++)
+            dtv[t] = dt[(size_t)(tb + t) * lddt] + dt_b;
+        for (int t = 0; t < n; t += VW) {
+            vf d = KFN(softplus_v)(KFN(ld)(dtv + t));
+            const vf lo = KFN(splat)(dt_min), hi = KFN(splat)(dt_max);
+            d = KFN(vsel)(d < lo, lo, d);
+            d = KFN(vsel)(d > hi, hi, d);
+            KFN(st)(dtv + t, d);
+            KFN(st)(dav + t, KFN(exp_neg_v)(d * KFN(splat)(A)));
+        }
+        const size_t off = (size_t)tb * ldx;
+        int p = 0;
+        for (; p + SSD_PR <= P; p += SSD_PR)
+            KFN(ssd_rows)(SSD_PR, n, N, x + off + p, B + off, Cm + off, ldx, dtv, dav, D,
+                          S + (size_t)p * N, y + (size_t)tb * ldy + p, ldy, dxs, accm);
+        for (; p < P; p++)
+            KFN(ssd_rows)(1, n, N, x + off + p, B + off, Cm + off, ldx, dtv, dav, D,
+                          S + (size_t)p * N, y + (size_t)tb * ldy + p, ldy, dxs, accm);
+    }
+}
+
 static void KFN(delta_rule)(int dk, int dv, float *S, const float *k, const float *q,
                             const float *v, float beta, float decay, float *o)
 {
@@ -969,6 +1083,52 @@ static void KFN(scan)(int T, int c0, int c1, int I, int N, const float *dt, cons
     }
 }
 
+/* y[i] = u[i] silu(g[i] m) (kernels.h, `swiglu`); y may be u or g. */
+static void KFN(swiglu)(float *y, const float *g, const float *u, size_t n, float m)
+{
+    const vf mv = KFN(splat)(m);
+    size_t i = 0;
+    for (; i + VW <= n; i += VW)
+        KFN(st)(y + i, KFN(ld)(u + i) * KFN(silu_v)(KFN(ld)(g + i) * mv));
+    for (; i < n; i++) y[i] = u[i] * KFN(silu_s)(g[i] * m);
+}
+
+/* Attention over the rows of one KV block (kernels.h, `attn_scores` / `attn_mix`). */
+static void KFN(attn_scores)(const float *q, const float *k, int ldk, int n, int d, float scale,
+                             float *s)
+{
+    for (int p = 0; p < n; p++)
+        s[p] = KFN(dot)(q, k + (size_t)p * ldk, d) * scale;
+}
+
+static void KFN(attn_mix)(float *o, const float *v, int ldv, int n, int d, const float *w,
+                          float wscale)
+{
+    int i = 0;
+    for (; i + 2 * VW <= d; i += 2 * VW) {
+        vf a0 = KFN(ld)(o + i), a1 = KFN(ld)(o + i + VW);
+        for (int p = 0; p < n; p++) {
+            const vf pr = KFN(splat)(w[p] * wscale);
+            a0 += pr * KFN(ld)(v + (size_t)p * ldv + i);
+            a1 += pr * KFN(ld)(v + (size_t)p * ldv + i + VW);
+        }
+        KFN(st)(o + i, a0);
+        KFN(st)(o + i + VW, a1);
+    }
+    for (; i + VW <= d; i += VW) {
+        vf a0 = KFN(ld)(o + i);
+        for (int p = 0; p < n; p++)
+            a0 += KFN(splat)(w[p] * wscale) * KFN(ld)(v + (size_t)p * ldv + i);
+        KFN(st)(o + i, a0);
+    }
+    for (; i < d; i++) {
+        float a = o[i];
+        for (int p = 0; p < n; p++)
+            a += (w[p] * wscale) * v[(size_t)p * ldv + i];
+        o[i] = a;
+    }
+}
+
 static const wrk_kern_t KFN(table) = {
     .isa = KISA,
     .mm = KFN(mm),
@@ -976,6 +1136,10 @@ static const wrk_kern_t KFN(table) = {
     .rmsnorm = KFN(rmsnorm),
     .conv_silu = KFN(conv_silu),
     .scan = KFN(scan),
+    .ssd = KFN(ssd),
+    .attn_scores = KFN(attn_scores),
+    .attn_mix = KFN(attn_mix),
+    .swiglu = KFN(swiglu),
     .delta_rule = KFN(delta_rule),
     .gdn_chunk = KFN(gdn_chunk),
     .gdn_close = KFN(gdn_close),

@@ -1,6 +1,6 @@
 /* CPU kernels against plain scalar references, for every ISA this CPU runs: exp and
  * softplus accuracy, GEMV/GEMM for every weight dtype and token count, conv window updates,
- * the scan, and the thread pool's barrier. */
+ * the scan, Mamba2's SSD recurrence, and the thread pool's barrier. */
 #include <float.h>
 #include <math.h>
 #include <stdatomic.h>
@@ -689,6 +689,76 @@ static void test_scan(void)
     }
 }
 
+/* Mamba2's SSD recurrence of one head against a double reference, and bit-identical state
+ * and outputs whether the tokens come in one call or in calls of 1, 5 or 64 (sizes with
+ * every path: register tiles, single vectors, a scalar tail, a chunk boundary, odd P). */
+static void test_ssd(void)
+{
+    enum { T = 70, PMAX = 7, NMAX = 83, LDX = 2 * PMAX + 2 * NMAX + 3, LDDT = 3 };
+    static const int Ps[] = {7, 4, 1}, Ns[] = {83, 37, 5};
+    static const int calls[] = {1, 5, 64};
+    unsigned seed = 11;
+    float *xb = malloc(sizeof(float) * T * LDX), dt[T * LDDT];
+    for (int i = 0; i < T * LDX; i++)
+        xb[i] = frand(&seed);
+    for (int i = 0; i < T * LDDT; i++)
+        dt[i] = 3 * frand(&seed);
+    const float dt_b = 0.3f, A = -1.7f, D = 0.6f;
+    float S0[PMAX * NMAX];
+    for (int i = 0; i < PMAX * NMAX; i++)
+        S0[i] = frand(&seed);
+    for (int ci = 0; ci < 3; ci++) {
+        const int P = Ps[ci], N = Ns[ci];
+        const float *x = xb, *B = xb + PMAX, *C = xb + PMAX + NMAX;
+        double Sr[PMAX * NMAX], yr[T * PMAX];
+        for (int i = 0; i < P * N; i++)
+            Sr[i] = S0[i];
+        for (int t = 0; t < T; t++) {
+            const double v = (double)dt[t * LDDT + 1] + dt_b;
+            const double d = v > 20 ? v : log1p(exp(v)), da = exp(d * A);
+            for (int p = 0; p < P; p++) {
+                double acc = 0;
+                for (int n = 0; n < N; n++) {
+                    double *sp = &Sr[p * N + n];
+                    *sp = da * *sp + d * x[t * LDX + p] * B[t * LDX + n];
+                    acc += C[t * LDX + n] * *sp;
+                }
+                yr[t * PMAX + p] = acc + D * x[t * LDX + p];
+            }
+        }
+        for (int ii = 0; ii < 3; ii++) {
+            const wrk_kern_t *k = wrk_kern_select(isas[ii]);
+            if (!k) continue;
+            float S1[PMAX * NMAX], y1[T * PMAX], S2[PMAX * NMAX], y2[T * PMAX];
+            memcpy(S1, S0, sizeof S1);
+            memset(y1, 0, sizeof y1);
+            k->ssd(T, P, N, x, B, C, LDX, dt + 1, LDDT, dt_b, A, D, 0.f, INFINITY, S1, y1, PMAX);
+            double worst = 0;
+            for (int t = 0; t < T; t++)
+                for (int p = 0; p < P; p++)
+                    worst = fmax(worst, fabs(y1[t * PMAX + p] - yr[t * PMAX + p]));
+            for (int i = 0; i < P * N; i++)
+                worst = fmax(worst, fabs(S1[i] - Sr[i]));
+            CHECK_MSG(worst < 1e-4, "%s ssd P=%d N=%d err %g", isas[ii], P, N, worst);
+            for (int si = 0; si < 3; si++) {
+                memcpy(S2, S0, sizeof S2);
+                memset(y2, 0, sizeof y2);
+                for (int t = 0; t < T; t += calls[si]) {
+                    const int n = T - t < calls[si] ? T - t : calls[si];
+                    k->ssd(n, P, N, x + t * LDX, B + t * LDX, C + t * LDX, LDX,
+                           dt + 1 + t * LDDT, LDDT, dt_b, A, D, 0.f, INFINITY, S2,
+                           y2 + t * PMAX, PMAX);
+                }
+                CHECK_MSG(memcmp(S1, S2, sizeof(float) * P * N) == 0 &&
+                              memcmp(y1, y2, sizeof y1) == 0,
+                          "%s ssd P=%d N=%d: calls of %d differ from one call", isas[ii], P, N,
+                          calls[si]);
+            }
+        }
+    }
+    free(xb);
+}
+
 static void test_rmsnorm(void)
 {
     float x[53], w[53], y[53];
@@ -761,6 +831,7 @@ int main(int argc, char **argv)
     RUN(test_matmul_bf16_dp_exact);
     RUN(test_conv);
     RUN(test_scan);
+    RUN(test_ssd);
     RUN(test_delta_rule);
     RUN(test_gdn_chunk);
     RUN(test_rmsnorm);

@@ -1,8 +1,9 @@
 /* workers/cpu: the Mamba2 forward pass over a ragged batch. All sequences' tokens are stacked
  * into one [T x H] activation so in_proj and out_proj are one matmul over the batch; the conv
  * (over x, B and C together) and the per-head SSM recurrence run per sequence against its own
- * state slot. Prefill uses the same sequential recurrence as decode: it is algebraically what
- * transformers' chunked SSD computes (differences are fp32 rounding, ~1e-6 relative). */
+ * state slot. Prefill uses the same sequential recurrence as decode (the kernels' `ssd`, state
+ * rows in L1-sized blocks over chunks of tokens): it is algebraically what transformers'
+ * chunked SSD computes (differences are fp32 rounding, ~1e-6 relative). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,101 +61,29 @@ static int cpu_init(struct wrk_cpu *c, void **ctx)
     return 0;
 }
 
-/* torch.nn.functional.softplus (beta 1, threshold 20). */
-static inline float softplus(float v)
-{
-    return v > 20.f ? v : log1pf(expf(v));
-}
-
 static inline float silu(float v)
 {
     return v / (1.f + expf(-v));
 }
 
-#define SCAN_PF_ROWS 4
-
-/* SSM recurrence of one sequence over T tokens for heads [h0, h1):
- * dt = clamp(softplus(dt_raw + dt_b), lo, hi); S = exp(dt A) S + dt B (x) x;
- * y = C . S + D x. S is [NH][P][N]; head h reads B, C of group h / (NH / G) (under TP, of
- * the model's heads and groups: this rank's start at tp_head0, tp_group0). */
-static inline __attribute__((always_inline)) void
-ssd_scan_body(const wrk_mamba2_config_t *cfg, const wrk_mamba2_layer_t *L, int T, int h0, int h1,
-              const float *dt_raw, int lddt, const float *xbc, float *S, float *y)
-{
-    const int I = cfg->inner, P = cfg->head_dim, N = cfg->d_state, G = cfg->n_groups;
-    const int C = cfg->conv_dim;
-    const int hpg = cfg->tp_hpg ? cfg->tp_hpg : cfg->n_heads / G;
-    for (int t = 0; t < T; t++) {
-        const float *xr = xbc + (size_t)t * C;
-        const float *dtr = dt_raw + (size_t)t * lddt;
-        float *yr = y + (size_t)t * I;
-        for (int h = h0; h < h1; h++) {
-            float dt = softplus(dtr[h] + L->dt_b[h]);
-            dt = fminf(fmaxf(dt, cfg->dt_min), cfg->dt_max);
-            const float dA = expf(dt * L->A[h]);
-            const int g = (h + cfg->tp_head0) / hpg - cfg->tp_group0;
-            const float *B = xr + I + (size_t)g * N;
-            const float *Cm = xr + I + (size_t)G * N + (size_t)g * N;
-            for (int p = 0; p < P; p++) {
-                const float xv = xr[h * P + p], dx = dt * xv;
-                float *s = S + ((size_t)h * P + p) * N;
-                /* the state rows SCAN_PF_ROWS ahead, into L1 (read, then written): at decode
-                 * the scan streams the whole state, and this loop is load-latency bound
-                 * without it */
-                for (int q = 0; q < N; q += 16)
-                    __builtin_prefetch(s + (size_t)SCAN_PF_ROWS * N + q, 1, 3);
-                /* Eight partial sums so the compiler vectorizes the C . S reduction. */
-                float acc8[8] = {0};
-                int n = 0;
-                for (; n + 8 <= N; n += 8)
-                    for (int j = 0; j < 8; j++) {
-                        const float v = dA * s[n + j] + dx * B[n + j];
-                        s[n + j] = v;
-                        acc8[j] += Cm[n + j] * v;
-                    }
-                for (; n < N; n++) {
-                    s[n] = dA * s[n] + dx * B[n];
-                    acc8[0] += Cm[n] * s[n];
-                }
-                const float acc = ((acc8[0] + acc8[4]) + (acc8[1] + acc8[5])) +
-                                  ((acc8[2] + acc8[6]) + (acc8[3] + acc8[7]));
-                yr[h * P + p] = acc + L->D[h] * xv;
-            }
-        }
-    }
-}
-
-static void ssd_scan_portable(const wrk_mamba2_config_t *cfg, const wrk_mamba2_layer_t *L, int T,
-                              int h0, int h1, const float *dt_raw, int lddt, const float *xbc,
-                              float *S, float *y)
-{
-    ssd_scan_body(cfg, L, T, h0, h1, dt_raw, lddt, xbc, S, y);
-}
-
-#if defined(__x86_64__) && defined(__GNUC__)
-/* The same loop compiled for AVX2 (8-lane vectors: acc8 is one register). Not FMA: every
- * product and sum is rounded as in the portable build (the compiler does not reassociate),
- * so the two give the same bits. */
-__attribute__((target("avx2"))) static void
-ssd_scan_avx2(const wrk_mamba2_config_t *cfg, const wrk_mamba2_layer_t *L, int T, int h0, int h1,
-              const float *dt_raw, int lddt, const float *xbc, float *S, float *y)
-{
-    ssd_scan_body(cfg, L, T, h0, h1, dt_raw, lddt, xbc, S, y);
-}
-#endif
-
-/* The scan for kernel table k: the AVX2 build on the avx2/avx512 tables (whose CPUs run it). */
+/* SSM recurrence of one sequence over T tokens for heads [h0, h1), head by head through the
+ * kernel's `ssd` (kernels.h): dt = clamp(softplus(dt_raw + dt_b), lo, hi);
+ * S = exp(dt A) S + dt B (x) x; y = C . S + D x. S is [NH][P][N]; head h reads B, C of group
+ * h / (NH / G) (under TP, of the model's heads and groups: this rank's start at tp_head0,
+ * tp_group0). */
 static void ssd_scan(const wrk_kern_t *k, const wrk_mamba2_config_t *cfg,
                      const wrk_mamba2_layer_t *L, int T, int h0, int h1, const float *dt_raw,
                      int lddt, const float *xbc, float *S, float *y)
 {
-#if defined(__x86_64__) && defined(__GNUC__)
-    if (strncmp(k->isa, "avx", 3) == 0) {
-        ssd_scan_avx2(cfg, L, T, h0, h1, dt_raw, lddt, xbc, S, y);
-        return;
+    const int I = cfg->inner, P = cfg->head_dim, N = cfg->d_state, G = cfg->n_groups;
+    const int C = cfg->conv_dim;
+    const int hpg = cfg->tp_hpg ? cfg->tp_hpg : cfg->n_heads / G;
+    for (int h = h0; h < h1; h++) {
+        const int g = (h + cfg->tp_head0) / hpg - cfg->tp_group0;
+        k->ssd(T, P, N, xbc + (size_t)h * P, xbc + I + (size_t)g * N,
+               xbc + I + (size_t)G * N + (size_t)g * N, C, dt_raw + h, lddt, L->dt_b[h], L->A[h],
+               L->D[h], cfg->dt_min, cfg->dt_max, S + (size_t)h * P * N, y + (size_t)h * P, I);
     }
-#endif
-    ssd_scan_portable(cfg, L, T, h0, h1, dt_raw, lddt, xbc, S, y);
 }
 
 /* Gated RMSNorm of one token, in place: q = y silu(z), normalized per group of `gs`
@@ -175,11 +104,11 @@ static void gated_norm(float *y, const float *z, const float *w, int I, int gs, 
 
 /* Falcon-H1's variants of the above: RMSNorm(y) w silu(z) per group (norm before gate), or
  * y silu(z) alone (gs == 0: no norm). */
-static void norm_gate(float *y, const float *z, const float *w, int I, int gs, float eps)
+static void norm_gate(const wrk_kern_t *k, float *y, const float *z, const float *w, int I, int gs,
+                      float eps)
 {
     if (!gs) {
-        for (int i = 0; i < I; i++)
-            y[i] *= silu(z[i]);
+        k->swiglu(y, z, y, (size_t)I, 1.f);
         return;
     }
     for (int g0 = 0; g0 < I; g0 += gs) {
@@ -205,8 +134,8 @@ static void proj_mult(const wrk_mamba2_config_t *cfg, float *zx)
 /* Gated RMSNorm when a TP rank boundary cuts a norm group: each rank's sums of squares per
  * (token, norm group of the model) are all-reduced before the scale. Called by every pool
  * thread; tokens [t0, t1) are this thread's. */
-static void gated_norm_tp(struct wrk_cpu *c, int ith, const wrk_mamba2_config_t *cfg, int T,
-                          int t0, int t1, const float *zx, float *y, const float *w, float *ss)
+static void gated_norm_tp(struct wrk_cpu *c, int ith, const wrk_mamba2_config_t *cfg, int T, int t0,
+                          int t1, const float *zx, float *y, const float *w, float *ss)
 {
     const int I = cfg->inner, Dp = cfg->proj_dim, gs = cfg->norm_group;
     const int NG = cfg->tp_norm_groups, ch0 = cfg->tp_head0 * cfg->head_dim;
@@ -232,7 +161,8 @@ static void gated_norm_tp(struct wrk_cpu *c, int ith, const wrk_mamba2_config_t 
         for (int i = 0; i < I;) {
             const int g = (ch0 + i) / gs, end = (g + 1) * gs - ch0 < I ? (g + 1) * gs - ch0 : I;
             const float r = 1.f / sqrtf(sr[g] / (float)gs + cfg->eps);
-            for (; i < end; i++) yr[i] = w[i] * (yr[i] * r);
+            for (; i < end; i++)
+                yr[i] = w[i] * (yr[i] * r);
         }
     }
 }
@@ -344,7 +274,7 @@ static void mixer(struct wrk_cpu *c, int ith, int nth, const wrk_mamba2_config_t
         gated_norm_tp(c, ith, cfg, T, t0, t1, a->zx, a->y, L->gnorm_w, a->ss);
     else if (cfg->gate != WRK_MAMBA2_GATE_NORM)
         for (int t = t0; t < t1; t++)
-            norm_gate(yg + (size_t)t * I, a->zx + (size_t)t * Dp, L->gnorm_w, I,
+            norm_gate(k, yg + (size_t)t * I, a->zx + (size_t)t * Dp, L->gnorm_w, I,
                       cfg->gate == WRK_MAMBA2_GATE_ONLY ? 0 : cfg->norm_group, cfg->eps);
     else
         for (int t = t0; t < t1; t++)
@@ -424,9 +354,8 @@ static void spec_replay(void *arg, int ith, int nth)
     const wrk_mamba2_config_t *cfg = &mb->cfg;
     const size_t layer_floats = wrk_mamba2_layer_state_floats(cfg);
     for (int l = 0; l < cfg->n_layers; l++)
-        wrk_mamba2_cpu_replay(r->c, ith, nth, cfg, &mb->layers[l], r->slot, r->n,
-                              l * layer_floats, r->rec + l * wrk_mamba2_spec_layer_floats(cfg),
-                              r->tmp);
+        wrk_mamba2_cpu_replay(r->c, ith, nth, cfg, &mb->layers[l], r->slot, r->n, l * layer_floats,
+                              r->rec + l * wrk_mamba2_spec_layer_floats(cfg), r->tmp);
 }
 
 const wrk_cpu_family_i wrk_cpu_mamba2 = {
