@@ -21,6 +21,7 @@ if not shutil.which("redis-server"):
 
 from rcd_harness import (ROOT, OwnDaemonsTest, collect, free_port, gen_request, pb,  # noqa: E402
                          start_redis)
+from test_granite import ids_of  # noqa: E402
 
 GOLDEN = os.path.join(ROOT, "tests", "golden")
 FAMILIES = {  # fixture, vocabulary size
@@ -32,14 +33,6 @@ FAMILIES = {  # fixture, vocabulary size
 KV = ("--kv-blocks", "128", "--kv-block-tokens", "4")  # 512 positions
 N = 6  # tokens per turn
 LOW_N = 400  # the low-priority turn: long enough to be running when the high one comes
-
-
-def ids_of(seed, n, vocab):
-    x, out = seed, []
-    for _ in range(n):
-        x = (x * 1103515245 + 12345) & 0x7FFFFFFF
-        out.append((x >> 8) % vocab)
-    return out
 
 
 class HybridTiers(OwnDaemonsTest):

@@ -13,6 +13,7 @@ import os
 import unittest
 
 from rcd_harness import ROOT, OwnDaemonsTest, collect, gen_request, pb
+from test_granite import ids_of
 
 MODEL = os.path.join(ROOT, "tests", "golden", "qwen3next", "moe_shared_tied")
 T1 = [5, 17, 42, 99, 3, 250, 7, 64, 128, 11]
@@ -20,14 +21,6 @@ T2 = [33, 8, 190, 77]
 T3 = [201, 4, 56]
 N = 6  # tokens generated per turn
 KV = ("--kv-blocks", "96", "--kv-block-tokens", "4")  # 384 positions
-
-
-def ids_of(seed, n, vocab=256):
-    x, out = seed, []
-    for _ in range(n):
-        x = (x * 1103515245 + 12345) & 0x7FFFFFFF
-        out.append((x >> 8) % vocab)
-    return out
 
 
 class Qwen3Next(OwnDaemonsTest):
