@@ -93,13 +93,10 @@ class RepeatWindows:
 
 def held_out_docs(seed):
     import train_default_model as tdm
-    docs = [("fortunes", d) for d in tdm.load_fortunes()] + [("pydoc", d) for d in tdm.load_pydoc()]
-    if not docs:
+    _, val, _ = tdm.split_docs(seed)
+    if not val:
         sys.exit("no training text found: apt-get install fortunes fortunes-min python3.11-doc")
-    rng = random.Random(seed)
-    rng.shuffle(docs)
-    n_val = max(1, int(0.02 * len(docs)))
-    return [d for _, d in docs[:n_val]]
+    return [d for _, d in val]
 
 
 def passages(tokenizer, docs, n, min_len, max_len, seed):

@@ -34,7 +34,6 @@ import argparse
 import json
 import math
 import os
-import random
 import sys
 import time
 
@@ -46,14 +45,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 def held_out_ids(tok, seed):
     import train_default_model as tdm
-    docs = [("fortunes", d) for d in tdm.load_fortunes()] + [("pydoc", d) for d in tdm.load_pydoc()]
-    if not docs:
+    _, val, _ = tdm.split_docs(seed)
+    if not val:
         sys.exit("no training text found: apt-get install fortunes fortunes-min python3.11-doc")
-    rng = random.Random(seed)
-    rng.shuffle(docs)
-    n_val = max(1, int(0.02 * len(docs)))
+    n_val = len(val)
     ids = []
-    for _, d in docs[:n_val]:  # the same encoding as the training script's held-out split
+    for _, d in val:  # the same encoding as the training script's held-out split
         ids.append(tok.eos_token_id)
         ids.extend(tok(d)["input_ids"])
     ids.append(tok.eos_token_id)

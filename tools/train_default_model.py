@@ -307,6 +307,16 @@ void scan_bwd(const float* x, const float* dt, const float* At, const float* Bm,
 _LIB = None
 
 
+def split_docs(seed):
+    """The corpus as (source, text) documents shuffled with `seed`: (all, the held-out 2%, the
+    training rest). copy_task.py and draft_acceptance.py take their held-out text from here."""
+    docs = [("fortunes", d) for d in load_fortunes()] + [("pydoc", d) for d in load_pydoc()]
+    rng = random.Random(seed)
+    rng.shuffle(docs)
+    n_val = max(1, int(0.02 * len(docs)))
+    return docs, docs[:n_val], docs[n_val:]
+
+
 def load_scan_lib():
     global _LIB
     if _LIB is not None:
@@ -632,11 +642,7 @@ def main():
         return
 
     t0 = time.time()
-    docs = [("fortunes", d) for d in load_fortunes()] + [("pydoc", d) for d in load_pydoc()]
-    rng = random.Random(args.seed)
-    rng.shuffle(docs)
-    n_val = max(1, int(0.02 * len(docs)))
-    val_docs, train_docs = docs[:n_val], docs[n_val:]
+    docs, val_docs, train_docs = split_docs(args.seed)
     nchar = sum(len(d) for _, d in docs)
     print(f"[data] {len(docs)} docs ({sum(1 for s,_ in docs if s=='fortunes')} fortunes, "
           f"{sum(1 for s,_ in docs if s=='pydoc')} pydoc chunks), {nchar/1e6:.2f}M chars; "
