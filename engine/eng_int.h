@@ -213,6 +213,15 @@ int eng__ext_split(const eng_runner_t *r, const void *payload, size_t *init_len,
 size_t eng__ext_append(eng_runner_t *r, eng__req_t *q);
 
 /* ---- eng_spec.c: speculative decoding on the loop ----------------------------------------- */
+/* create: the speculation options checked, the draft source made (r->draft; NULL: off) */
+int eng__spec_create(eng_runner_t *r, char *err, size_t errlen);
+/* submit: q speculates (its policy; a draft state its checkpoint carried, of n_loaded history
+ * tokens, kept for its LOAD) */
+void eng__spec_turn_init(eng_runner_t *r, eng__req_t *q, const eng_seq_t *s, const void *dsec,
+                         uint64_t dsec_bytes, int32_t n_loaded);
+/* plan done: the draft model's failures, loads and swap-ins in the device's run, logged and
+ * counted */
+void eng__spec_run_done(eng_runner_t *r);
 /* The draft tokens the scheduler reserves beside the turn's next decode entries. */
 int32_t eng__spec_verify_k(eng_runner_t *r, eng__req_t *q, const sched_entry_t *e,
                            int32_t n_entries);

@@ -259,66 +259,7 @@ int eng_runner_create_cfg(uv_loop_t *loop, wrk_backend_t *be, const eng_runner_c
     r->w_gate = -1;
     r->vocab = wrk_model_info(wrk_backend_model(be))->vocab_size;
     if (!r->acc_slot || !r->acc_keep) goto oom;
-    if (cfg->spec_history < 0 || cfg->spec_history > ENG_SPEC_HISTORY_MAX) {
-        rc = rcd_fail(RCD_EINVAL, err, errlen, "runner: spec history %d tokens (0..%d)",
-                      (int)cfg->spec_history, ENG_SPEC_HISTORY_MAX);
-        goto fail;
-    }
-    if (cfg->spec_mode != ENG_SPEC_OFF) {
-        const wrk_model_info_t *mi = wrk_model_info(wrk_backend_model(be));
-        if ((cfg->spec_mode != ENG_SPEC_NGRAM && cfg->spec_mode != ENG_SPEC_DRAFT) ||
-            cfg->spec_tokens < 1 || cfg->spec_tokens > ENG_DRAFT_MAX || cfg->spec_max_batch < 0) {
-            rc =
-                rcd_fail(RCD_EINVAL, err, errlen,
-                         "runner: speculation mode %d with %d tokens (1..%d), max batch %d",
-                         (int)cfg->spec_mode, cfg->spec_tokens, ENG_DRAFT_MAX, cfg->spec_max_batch);
-            goto fail;
-        }
-        if (!wrk_spec_supported(be)) {
-            eng__log(r, ENG_INFO, "speculate",
-                     "speculative decoding off: the %s backend has no verify entries for %s",
-                     wrk_backend_name(be), mi->architecture);
-        } else if (cfg->spec_mode == ENG_SPEC_DRAFT) {
-            if (!cfg->draft_be) {
-                rc = rcd_fail(RCD_EINVAL, err, errlen,
-                              "runner: --speculate draft without a "
-                              "draft model's backend");
-                goto fail;
-            }
-            const wrk_model_info_t *di = wrk_model_info(wrk_backend_model(cfg->draft_be));
-            if (di->vocab_size != mi->vocab_size) {
-                rc = rcd_fail(RCD_EMISMATCH, err, errlen,
-                              "runner: the draft model's vocabulary (%d) is not the model's (%d)",
-                              di->vocab_size, mi->vocab_size);
-                goto fail;
-            }
-            if ((rc = eng_draft_model_create(cfg->draft_be, r->n_slots, &r->draft, err, errlen)))
-                goto fail;
-            if (!(r->w_jobs = calloc((size_t)r->n_slots, sizeof(*r->w_jobs)))) goto oom;
-            r->draft_fp = di->fingerprint; /* with a history to resume it at, the draft's */
-            if (cfg->spec_history > 0) {   /* state (and its KV) rides in commits */
-                r->draft_state_bytes = di->state_bytes;
-                r->draft_kv_bpt = di->n_kv_layers > 0 ? di->kv_bytes_per_token : 0;
-            }
-            r->st.spec_on = true;
-            eng__log(r, ENG_INFO, "speculate",
-                     "speculative decoding: a draft model (%s, %s, %zu state bytes per slot + "
-                     "%zu per KV position), up to %d drafts per verify, none in steps of more "
-                     "than %d sequences",
-                     di->architecture, di->fingerprint_hex, di->state_bytes,
-                     di->n_kv_layers > 0 ? di->kv_bytes_per_token : (size_t)0, cfg->spec_tokens,
-                     cfg->spec_max_batch);
-        } else {
-            /* the lookup window: the history kept and 8,192 tokens of the turn beside it */
-            eng_ngram_opts_t no = {.window = cfg->spec_history + 8192};
-            if ((rc = eng_draft_ngram_create(&no, &r->draft))) goto oom;
-            r->st.spec_on = true;
-            eng__log(r, ENG_INFO, "speculate",
-                     "speculative decoding: n-gram drafts, up to %d per verify, none in steps "
-                     "of more than %d sequences",
-                     cfg->spec_tokens, cfg->spec_max_batch);
-        }
-    }
+    if ((rc = eng__spec_create(r, err, errlen))) goto fail;
     if (!r->reqs || !r->free_recs || !r->host_free || !r->hbufs || !r->ev || !r->results || !r->q ||
         !r->w_moves || !r->w_seqs || !r->w_reqs || !r->w_commit || !r->slot_owner || !r->pend_id ||
         !r->pend_slot || !r->w_resets)
@@ -523,18 +464,7 @@ int eng_runner_submit(eng_runner_t *r, eng_seq_t *s, char *err, size_t errlen)
     s->spec_drafted = s->spec_accepted = 0;
     s->spec_draft = -1;
     s->spec_q = NULL;
-    if (r->draft && !s->no_speculate) { /* its logit rows are allocated at its first verify */
-        q->spec = true;
-        eng_spec_policy_init(&q->pol, r->cfg.spec_tokens, r->cfg.spec_max_batch);
-        q->d_smp = s->draft_sampling;
-        q->d_rng = eng_draft_rng_seed(s->draft_sampling.seed);
-        int32_t lag; /* the stored history's newest `lag` tokens are not in the draft state */
-        if (dsec && r->draft_state_bytes &&
-            eng_draft_section_use(dsec, dsec_bytes, r->draft_fp, r->draft_state_bytes,
-                                  r->draft_kv_bpt, q->n_hist - n_pre_kept, &q->d_init,
-                                  &q->d_init_len, &lag))
-            q->d_init_fed = q->n_hist - n_pre_kept - lag; /* loaded (and counted) at its LOAD */
-    }
+    eng__spec_turn_init(r, q, s, dsec, dsec_bytes, q->n_hist - n_pre_kept);
     r->n_held++;
     s->req = q;
     s->rc = 0;
@@ -645,19 +575,7 @@ void eng__plan_done(eng_runner_t *r)
     r->n_acc = 0; /* the run that ended made the rollbacks asked for before it */
     r->st.kv_free_blocks = r->w_kv_free;
     r->st.kv_total_blocks = r->w_kv_total;
-    if (r->w_draft_rc) { /* the step's entries decoded plainly */
-        r->w_gate = -1;
-        eng__log(r, ENG_WARN, "speculate", "draft model step failed (%s): decoded plainly",
-                 r->w_draft_err);
-        r->w_draft_rc = 0;
-    }
-    r->st.draft_resumed += (uint64_t)r->w_draft_loaded;
-    r->st.draft_swap_ins += (uint64_t)r->w_draft_swapped_in;
-    if (r->w_draft_load_failed) /* a KV draft's pool short of blocks, or a malformed state */
-        eng__log(r, ENG_INFO, "speculate",
-                 "%d checkpointed draft state(s) not loaded (%s): rebuilt over the history",
-                 r->w_draft_load_failed, rcd_strerror(r->w_draft_load_rc));
-    r->w_draft_loaded = r->w_draft_load_failed = r->w_draft_swapped_in = 0;
+    eng__spec_run_done(r);
     if (r->w_flush) { /* only resets ran: no step to report */
         r->w_flush = false;
         r->w_n_resets = 0;
