@@ -216,6 +216,84 @@ def start_redis(port, dir, *extra):
         time.sleep(0.05)
 
 
+def require_redis(*tools):
+    """Exits 77 (ctest: skipped) unless redis-server (and every other named tool) is on the
+    PATH: for a test file whose every test needs it."""
+    missing = [t for t in ("redis-server",) + tools if not shutil.which(t)]
+    if missing:
+        print("SKIP: %s is not installed (tools/install-deps.sh installs %s)"
+              % (" or ".join(missing), "it" if len(missing) == 1 else "them"))
+        sys.exit(77)
+
+
+class RedisTest(unittest.TestCase):
+    """A real redis-server for the test class, on a free loopback port (no RDB saves,
+    `redis_args` after that; its files in a temporary directory): cls.redis (the process),
+    cls.redis_port, cls.redis_addr ("127.0.0.1:port", what --redis takes), cls.redis_dir.
+    Stopped and removed after the class. Combine with a daemon base first in the bases:
+    class T(RedisTest, OwnDaemonsTest)."""
+    redis_args = ("--appendonly", "no")
+    redis_prefix = "recurd-redis-"
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.redis_dir = tempfile.mkdtemp(prefix=cls.redis_prefix)
+        cls.redis_port = free_port()
+        try:
+            cls.redis = start_redis(cls.redis_port, cls.redis_dir, *cls.redis_args)
+        except BaseException:
+            shutil.rmtree(cls.redis_dir, ignore_errors=True)
+            raise
+        cls.redis_addr = "127.0.0.1:%d" % cls.redis_port
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.redis.terminate()
+        cls.redis.wait()
+        shutil.rmtree(cls.redis_dir, ignore_errors=True)
+        super().tearDownClass()
+
+
+def run_preempted(tc, api, low_req, high, start_timeout=300):
+    """A low-priority turn preempted by a high-priority one, for a daemon with one state slot:
+    streams low_req on a thread; once it has streamed 3 token ids, high() runs the
+    high-priority turn to its end here (high: a function returning that turn's result), then
+    the low turn is awaited. Returns (low, high's result, low's end, high's end): low as
+    collect() gives it (text, ids, logprobs, last message), the ends by time.monotonic().
+    Checked through tc (a TestCase): the low turn streams 3 tokens within start_timeout s,
+    has not ended before high() starts, and raises nothing."""
+    out, errors = {}, []
+    started = threading.Event()
+
+    def low():
+        try:
+            text, ids, lps, last = [], [], [], None
+            for m in api.Generate(low_req, timeout=300):
+                text.append(m.text)
+                ids.extend(m.token_ids)
+                lps.extend(m.logprobs)
+                last = m
+                if len(ids) >= 3:
+                    started.set()
+            out["low"] = ("".join(text), ids, lps, last)
+            out["low_end"] = time.monotonic()
+        except Exception as e:  # noqa: BLE001
+            errors.append(repr(e))
+        started.set()
+
+    t = threading.Thread(target=low)
+    t.start()
+    tc.assertTrue(started.wait(start_timeout))
+    tc.assertEqual(errors, [])
+    tc.assertNotIn("low", out, "the low-priority turn ended before the high one came")
+    res = high()
+    high_end = time.monotonic()
+    t.join(300)
+    tc.assertEqual(errors, [])
+    return out["low"], res, out["low_end"], high_end
+
+
 PYCLIENT_DIR = os.path.join(ROOT, "clients", "python")
 
 

@@ -17,13 +17,13 @@ leaks."""
 import os
 import re
 import struct
-import threading
 import time
 import unittest
 
 import grpc
 
-from rcd_harness import ROOT, OwnDaemonsTest, collect, concurrently, gen_request, pb
+from rcd_harness import (ROOT, OwnDaemonsTest, collect, concurrently, gen_request, pb,
+                         run_preempted)
 
 C = grpc.StatusCode
 GRANITE = os.path.join(ROOT, "tests", "golden", "granite", "mha_moe8")
@@ -168,30 +168,11 @@ class Granite(Base):
             self.create(d, sid)
         ref_low = collect(d.api.Generate(req(T1, 150, "solo"), timeout=120))
         ref_high = collect(d.api.Generate(req(T3, 8, prio=3), timeout=120))
-        out, errors, started = {}, [], threading.Event()
-
-        def low():
-            try:
-                ids, lps, last = [], [], None
-                for m in d.api.Generate(req(T1, 150, "pre"), timeout=300):
-                    ids.extend(m.token_ids)
-                    lps.extend(m.logprobs)
-                    last = m
-                    if len(ids) >= 3:
-                        started.set()
-                out["low"] = ("", ids, lps, last)
-            except Exception as e:  # noqa: BLE001
-                errors.append(repr(e))
-            started.set()
-
-        t = threading.Thread(target=low)
-        t.start()
-        self.assertTrue(started.wait(120))
-        high = collect(d.api.Generate(req(T3, 8, prio=3), timeout=120))
-        t.join(300)
-        self.assertEqual(errors, [])
-        self.assertGreaterEqual(out["low"][3].usage.preemptions, 1)
-        self.assertEqual(norm(out["low"]), norm(ref_low))
+        low, high, _, _ = run_preempted(
+            self, d.api, req(T1, 150, "pre"),
+            lambda: collect(d.api.Generate(req(T3, 8, prio=3), timeout=120)), start_timeout=120)
+        self.assertGreaterEqual(low[3].usage.preemptions, 1)
+        self.assertEqual(norm(low), norm(ref_low))
         self.assertEqual(norm(high), norm(ref_high))
         # the preempted session's checkpoint equals the solo one's: the next turn agrees
         self.assertEqual(self.turn(d, "pre", T2), self.turn(d, "solo", T2))

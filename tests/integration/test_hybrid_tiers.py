@@ -9,18 +9,14 @@ state paths their own tests (test_<family>.py) do not take:
   turn out to host memory (fixed state and KV blocks); both outputs equal the turns run alone.
 Skipped (exit 77) when redis-server is not installed."""
 import os
-import shutil
-import sys
-import tempfile
-import threading
 import unittest
 
-if not shutil.which("redis-server"):
-    print("SKIP: redis-server is not installed (tools/install-deps.sh installs it)")
-    sys.exit(77)
+from rcd_harness import require_redis
 
-from rcd_harness import (ROOT, OwnDaemonsTest, collect, free_port, gen_request, pb,  # noqa: E402
-                         start_redis)
+require_redis()
+
+from rcd_harness import (ROOT, OwnDaemonsTest, RedisTest, collect, gen_request,  # noqa: E402
+                         pb, run_preempted)
 from test_granite import ids_of  # noqa: E402
 
 GOLDEN = os.path.join(ROOT, "tests", "golden")
@@ -35,21 +31,14 @@ N = 6  # tokens per turn
 LOW_N = 400  # the low-priority turn: long enough to be running when the high one comes
 
 
-class HybridTiers(OwnDaemonsTest):
+def lp_tuples(lps):
+    """Logprobs as comparable tuples: (token, logprob, [(top token, logprob)])."""
+    return [(lp.token_id, lp.logprob, [(t.token_id, t.logprob) for t in lp.top]) for lp in lps]
+
+
+class HybridTiers(RedisTest, OwnDaemonsTest):
     state_prefix = "recurd-hybrid-"
-
-    @classmethod
-    def setUpClass(cls):
-        cls.rdir = tempfile.mkdtemp(prefix="recurd-hybrid-redis-")
-        cls.rport = free_port()
-        cls.redis = start_redis(cls.rport, cls.rdir, "--appendonly", "no")
-        cls.raddr = "127.0.0.1:%d" % cls.rport
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.redis.terminate()
-        cls.redis.wait()
-        shutil.rmtree(cls.rdir, ignore_errors=True)
+    redis_prefix = "recurd-hybrid-redis-"
 
     def turn(self, d, sid, ids, n=N, **kw):
         req = gen_request(tokens=ids, session=sid, max_tokens=n, temperature=0, ignore_eos=True,
@@ -58,15 +47,14 @@ class HybridTiers(OwnDaemonsTest):
             setattr(req, k, v)
         _, out, lps, last = collect(d.api.Generate(req, timeout=300))
         self.assertEqual(len(out), n)
-        return out, [(lp.token_id, lp.logprob, [(t.token_id, t.logprob) for t in lp.top])
-                     for lp in lps], last
+        return out, lp_tuples(lps), last
 
     def test_redis_resume_and_fork(self):
         for fam, (rel, vocab) in FAMILIES.items():
             with self.subTest(family=fam):
                 model = ("--model", os.path.join(GOLDEN, rel), *KV)
                 t1, t2, t3 = ids_of(1, 10, vocab), ids_of(2, 4, vocab), ids_of(3, 3, vocab)
-                a = self.spawn(*model, "--redis", self.raddr)  # each its own --state-dir
+                a = self.spawn(*model, "--redis", self.redis_addr)  # each its own --state-dir
                 ref, s = fam + "-ref", fam + "-s"
                 for sid in (ref, s):
                     a.api.CreateSession(pb.CreateSessionRequest(session_id=sid))
@@ -75,7 +63,7 @@ class HybridTiers(OwnDaemonsTest):
                 self.assertEqual(self.turn(a, s, t2)[:2], r[1])
                 self.kill(a)  # A's disk is gone with it: only Redis holds the session now
 
-                b = self.spawn(*model, "--redis", self.raddr)
+                b = self.spawn(*model, "--redis", self.redis_addr)
                 got = b.api.GetSession(pb.GetSessionRequest(session_id=s))
                 self.assertEqual(got.version, 2)
                 b.api.ForkSession(pb.ForkSessionRequest(session_id=s, new_session_id=fam + "-f"))
@@ -93,35 +81,12 @@ class HybridTiers(OwnDaemonsTest):
                 ref_high = self.turn(d, None, high_ids, n=8, priority=3)
                 self.assertEqual(ref_low[2].usage.preemptions, 0)
 
-                out, errors, started = {}, [], threading.Event()
-
-                def low():
-                    try:
-                        req = gen_request(tokens=low_ids, max_tokens=LOW_N, temperature=0,
-                                          ignore_eos=True, logprobs=3)
-                        msgs = []
-                        for m in d.api.Generate(req, timeout=300):
-                            msgs.append(m)
-                            if sum(len(x.token_ids) for x in msgs) >= 3:
-                                started.set()
-                        out["low"] = msgs
-                    except Exception as e:  # noqa: BLE001
-                        errors.append(repr(e))
-                    started.set()
-
-                t = threading.Thread(target=low)
-                t.start()
-                self.assertTrue(started.wait(300))
-                self.assertNotIn("low", out, "the low-priority turn ended before the high one")
-                high = self.turn(d, None, high_ids, n=8, priority=3)
-                t.join(300)
-                self.assertEqual(errors, [])
-                msgs = out["low"]
-                low_ids_out = [i for m in msgs for i in m.token_ids]
-                low_lps = [(lp.token_id, lp.logprob, [(x.token_id, x.logprob) for x in lp.top])
-                           for m in msgs for lp in m.logprobs]
-                self.assertGreaterEqual(msgs[-1].usage.preemptions, 1)
-                self.assertEqual((low_ids_out, low_lps), ref_low[:2])
+                req = gen_request(tokens=low_ids, max_tokens=LOW_N, temperature=0,
+                                  ignore_eos=True, logprobs=3)
+                low, high, _, _ = run_preempted(
+                    self, d.api, req, lambda: self.turn(d, None, high_ids, n=8, priority=3))
+                self.assertGreaterEqual(low[3].usage.preemptions, 1)
+                self.assertEqual((low[1], lp_tuples(low[2])), ref_low[:2])
                 self.assertEqual(high[:2], ref_high[:2])
 
 

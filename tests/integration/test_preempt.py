@@ -2,13 +2,12 @@
 high-priority turn arriving while a long low-priority one runs swaps the low one out to host
 memory; it resumes afterwards and its output (greedy, or seeded sampling with logprobs) and its
 committed session state are exactly those of the same turn run alone."""
-import threading
 import time
 import unittest
 
 import grpc
 
-from rcd_harness import DaemonTest, collect, gen_request, pb
+from rcd_harness import DaemonTest, collect, gen_request, pb, run_preempted
 
 C = grpc.StatusCode
 
@@ -20,37 +19,9 @@ class Preempt(DaemonTest):
         return collect(self.api.Generate(req, timeout=timeout))
 
     def run_preempted(self, low_req, high_req):
-        """Starts low_req, sends high_req once low has streamed a few tokens; returns
-        (low result, high result, low end time, high end time)."""
-        out, errors = {}, []
-        started = threading.Event()
-
-        def low():
-            try:
-                text, ids, lps, last = [], [], [], None
-                for m in self.api.Generate(low_req, timeout=300):
-                    text.append(m.text)
-                    ids.extend(m.token_ids)
-                    lps.extend(m.logprobs)
-                    last = m
-                    if len(ids) >= 3:
-                        started.set()
-                out["low"] = ("".join(text), ids, lps, last)
-                out["low_end"] = time.monotonic()
-            except Exception as e:  # noqa: BLE001
-                errors.append(repr(e))
-            started.set()
-
-        t = threading.Thread(target=low)
-        t.start()
-        self.assertTrue(started.wait(120))
-        self.assertEqual(errors, [])
-        self.assertNotIn("low", out, "the low-priority turn ended before the high one came")
-        high = self.gen(high_req)
-        high_end = time.monotonic()
-        t.join(300)
-        self.assertEqual(errors, [])
-        return out["low"], high, out["low_end"], high_end
+        """(low result, high result, low end time, high end time): rcd_harness.run_preempted."""
+        return run_preempted(self, self.api, low_req, lambda: self.gen(high_req),
+                             start_timeout=120)
 
     def assert_same(self, got, ref):
         self.assertEqual(got[1], ref[1])  # token ids

@@ -5,53 +5,25 @@ knows, deletes reach Redis, and a daemon whose Redis is down (or silent) keeps s
 its disk with --redis-authority off (the default, authority mode, is test_fencing.py's).
 Skipped (exit 77) when redis-server is not installed."""
 import os
-import shutil
 import socket
-import subprocess
-import sys
-import tempfile
 import time
 import unittest
 
-if not shutil.which("redis-server"):
-    print("SKIP: redis-server is not installed (tools/install-deps.sh installs it)")
-    sys.exit(77)
+from rcd_harness import require_redis
+
+require_redis()
 
 import grpc  # noqa: E402
 
-from rcd_harness import (Daemon, collect, free_port, gen_request, pb, redis_cmd,  # noqa: E402
-                         start_redis)
+from rcd_harness import (OwnDaemonsTest, RedisTest, collect, free_port, gen_request,  # noqa: E402
+                         pb, redis_cmd)
 
 C = grpc.StatusCode
 P1, P2, P3 = "Once upon a time, there was", " a little dog who", " and the next day"
 
 
-class Redis(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.tmp = tempfile.mkdtemp(prefix="recurd-redis-")
-        cls.port = free_port()
-        cls.redis = start_redis(cls.port, cls.tmp, "--appendonly", "no")
-        cls.addr = "127.0.0.1:%d" % cls.port
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.redis.terminate()
-        cls.redis.wait()
-        shutil.rmtree(cls.tmp, ignore_errors=True)
-
-    def setUp(self):
-        self.daemons = []
-
-    def tearDown(self):
-        for d in self.daemons:
-            if d.proc.poll() is None:
-                self.assertEqual(d.stop(), 0, d.logs()[-3000:])
-
-    def start(self, *extra):
-        d = Daemon(*extra)  # its own temporary --state-dir
-        self.daemons.append(d)
-        return d
+class Redis(RedisTest, OwnDaemonsTest):
+    """Every daemon on its own temporary --state-dir; all share the class's redis-server."""
 
     def tok(self, d, text):
         return list(d.api.Tokenize(pb.TokenizeRequest(text=text)).token_ids)
@@ -63,7 +35,7 @@ class Redis(unittest.TestCase):
         return out, [(lp.token_id, lp.logprob, [t.token_id for t in lp.top]) for lp in lps], last
 
     def test_second_daemon_resumes_and_deletes(self):
-        a = self.start("--redis", self.addr)
+        a = self.spawn("--redis", self.redis_addr)
         a.api.CreateSession(pb.CreateSessionRequest(session_id="ref"))
         self.turn(a, "ref", P1)
         self.turn(a, "ref", P2)
@@ -72,8 +44,9 @@ class Redis(unittest.TestCase):
         self.turn(a, "r", P1)
         self.assertEqual(self.turn(a, "r", P2)[2].session_version, 2)
         # acknowledged means written through: Redis holds it now
-        self.assertTrue(redis_cmd(self.port, b"EXISTS", b"recurd:ckpt:r").startswith(b":1"))
-        b = self.start("--redis", self.addr)  # another state dir, same Redis
+        self.assertTrue(
+            redis_cmd(self.redis_port, b"EXISTS", b"recurd:ckpt:r").startswith(b":1"))
+        b = self.spawn("--redis", self.redis_addr)  # another state dir, same Redis
         o3 = self.turn(b, "r", P3)
         self.assertEqual(o3[2].session_version, 3)
         self.assertEqual(o3[0], r3[0])
@@ -82,7 +55,7 @@ class Redis(unittest.TestCase):
         self.assertTrue(os.path.exists(os.path.join(b.tmp, "state", "s_r")))
         # Get and Fork of a session only Redis knows (for b: "ref")
         self.assertEqual(b.api.GetSession(pb.GetSessionRequest(session_id="ref")).version, 3)
-        c = self.start("--redis", self.addr)
+        c = self.spawn("--redis", self.redis_addr)
         f = c.api.ForkSession(pb.ForkSessionRequest(session_id="ref", new_session_id="ref2"))
         self.assertEqual((f.version, f.parent_session_id), (3, "ref"))
         # a delete reaches Redis: a third daemon does not find the session any more
@@ -92,8 +65,8 @@ class Redis(unittest.TestCase):
         self.assertEqual(cm.exception.code(), C.NOT_FOUND)
 
     def test_corrupt_value_in_redis_is_refused(self):
-        a = self.start("--redis", self.addr)
-        redis_cmd(self.port, b"SET", b"recurd:ckpt:junk", b"RCDCKPT\0" + b"\x01" * 200)
+        a = self.spawn("--redis", self.redis_addr)
+        redis_cmd(self.redis_port, b"SET", b"recurd:ckpt:junk", b"RCDCKPT\0" + b"\x01" * 200)
         with self.assertRaises(grpc.RpcError) as cm:
             self.turn(a, "junk", P1)
         self.assertEqual(cm.exception.code(), C.DATA_LOSS, cm.exception.details())
@@ -109,7 +82,7 @@ class Redis(unittest.TestCase):
         srv.bind(("127.0.0.1", 0))
         srv.listen(8)
         self.addCleanup(srv.close)
-        d = self.start("--redis", "127.0.0.1:%d" % srv.getsockname()[1], "--redis-authority=off")
+        d = self.spawn("--redis", "127.0.0.1:%d" % srv.getsockname()[1], "--redis-authority=off")
         t0 = time.time()
         d.api.CreateSession(pb.CreateSessionRequest(session_id="q"), timeout=30)
         self.assertEqual(self.turn(d, "q", P1, n=2)[2].session_version, 1)
@@ -119,7 +92,7 @@ class Redis(unittest.TestCase):
     def test_redis_down_keeps_serving(self):
         """--redis-authority off (write-through only): a Redis outage never fails a turn. The
         default (authority) refuses session calls instead: test_fencing.py."""
-        d = self.start("--redis", "127.0.0.1:%d" % free_port(), "--redis-authority=off")
+        d = self.spawn("--redis", "127.0.0.1:%d" % free_port(), "--redis-authority=off")
         d.api.CreateSession(pb.CreateSessionRequest(session_id="x"))
         self.assertEqual(self.turn(d, "x", P1, n=2)[2].session_version, 1)
         self.assertEqual(self.turn(d, "x", P2, n=2)[2].session_version, 2)
