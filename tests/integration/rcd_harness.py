@@ -66,12 +66,20 @@ class Stub:
                                        response_deserializer=resp.FromString))
 
 
-def daemon_binary():
-    b = os.environ.get("RECURD_BIN") or os.path.join(ROOT, "build", "release", "daemon",
-                                                       "recurd")
+def _binary(env, name):
+    """The program `name` at $env, else in the Release build's daemon/."""
+    b = os.environ.get(env) or os.path.join(ROOT, "build", "release", "daemon", name)
     if not os.path.exists(b):
-        raise RuntimeError("recurd binary not found: set RECURD_BIN")
+        raise RuntimeError("%s binary not found: set %s" % (name, env))
     return b
+
+
+def daemon_binary():
+    return _binary("RECURD_BIN", "recurd")
+
+
+def recurctl_binary():
+    return _binary("RECURCTL_BIN", "recurctl")
 
 
 class Daemon:
@@ -216,13 +224,11 @@ def start_redis(port, dir, *extra):
         time.sleep(0.05)
 
 
-def require_redis(*tools):
-    """Exits 77 (ctest: skipped) unless redis-server (and every other named tool) is on the
-    PATH: for a test file whose every test needs it."""
-    missing = [t for t in ("redis-server",) + tools if not shutil.which(t)]
-    if missing:
-        print("SKIP: %s is not installed (tools/install-deps.sh installs %s)"
-              % (" or ".join(missing), "it" if len(missing) == 1 else "them"))
+def require_redis():
+    """Exits 77 (ctest: skipped) without redis-server on the PATH: for a test file whose every
+    test needs it (a RedisTest class alone is skipped)."""
+    if not shutil.which("redis-server"):
+        print("SKIP: redis-server is not installed (tools/install-deps.sh installs it)")
         sys.exit(77)
 
 
@@ -230,14 +236,16 @@ class RedisTest(unittest.TestCase):
     """A real redis-server for the test class, on a free loopback port (no RDB saves,
     `redis_args` after that; its files in a temporary directory): cls.redis (the process),
     cls.redis_port, cls.redis_addr ("127.0.0.1:port", what --redis takes), cls.redis_dir.
-    Stopped and removed after the class. Combine with a daemon base first in the bases:
-    class T(RedisTest, OwnDaemonsTest)."""
+    Stopped and removed after the class; the class is skipped without redis-server. Put it
+    before a daemon base in the bases: class T(RedisTest, OwnDaemonsTest)."""
     redis_args = ("--appendonly", "no")
     redis_prefix = "recurd-redis-"
 
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
+        if not shutil.which("redis-server"):
+            raise unittest.SkipTest("redis-server not installed")
         cls.redis_dir = tempfile.mkdtemp(prefix=cls.redis_prefix)
         cls.redis_port = free_port()
         try:

@@ -23,7 +23,8 @@ import unittest
 
 import grpc
 
-from rcd_harness import Daemon, OwnDaemonsTest, collect, free_port, gen_request, hpb, pb
+from rcd_harness import (Daemon, OwnDaemonsTest, collect, free_port, gen_request, hpb, pb,
+                         recurctl_binary)
 
 C = grpc.StatusCode
 PROMPT = "Zebras quietly audit the moonlit harbour"
@@ -452,9 +453,7 @@ class Restarts(OwnDaemonsTest):
 
 class Recurctl(unittest.TestCase):
     def test_keys_new_and_api_key(self):
-        ctl = os.environ.get("RECURCTL_BIN") or os.path.join(
-            os.path.dirname(os.path.abspath(__file__)), "..", "..", "build", "release", "daemon",
-            "recurctl")
+        ctl = recurctl_binary()
         out = subprocess.run([ctl, "keys", "new", "--tenant", "dave", "--role", "admin"],
                              capture_output=True, text=True, check=True).stdout.splitlines()
         self.assertEqual(len(out), 2)

@@ -17,7 +17,7 @@ import unittest
 
 import grpc
 
-from rcd_harness import Daemon, collect, free_port, gen_request, pb, start_redis
+from rcd_harness import Daemon, OwnDaemonsTest, RedisTest, collect, gen_request, pb
 
 OM = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
@@ -282,42 +282,28 @@ class Tenants(unittest.TestCase):
             self.assertEqual(rc, 0, d.logs()[-4000:])
 
 
-class RedisResume(unittest.TestCase):
+class RedisResume(RedisTest, OwnDaemonsTest):
     """A session another replica committed is resumed here from Redis: source "redis"."""
+    redis_prefix = "recurd-metrics-redis-"
 
     def test_resume_from_redis(self):
-        if not shutil.which("redis-server"):
-            self.skipTest("redis-server not installed")
-        tmp = tempfile.mkdtemp(prefix="recurd-metrics-redis-")
-        port = free_port()
-        redis = start_redis(port, tmp, "--appendonly", "no")
-        daemons = []
-        try:
-            for _ in range(2):  # Redis as the authority (the default)
-                daemons.append(Daemon("--redis", "127.0.0.1:%d" % port))
-            a, b = daemons
-            a.api.CreateSession(pb.CreateSessionRequest(session_id="r1"), timeout=30)
-            for p in ([5, 6, 7], [8, 9]):
-                collect(a.api.Generate(gen_request(tokens=p, session="r1", max_tokens=2,
-                                                   temperature=0, ignore_eos=True), timeout=120))
-            last = collect(b.api.Generate(gen_request(tokens=[10, 11], session="r1",
-                                                      max_tokens=2, temperature=0,
-                                                      ignore_eos=True), timeout=120))[3]
-            self.assertEqual(last.session_version, 3)
-            sa, sb = samples(scrape(a)[1]), samples(scrape(b)[1])
-            self.assertEqual(value(sa, "recurd_session_resumes_total", source="host_cache"), 1)
-            self.assertEqual(value(sa, "recurd_session_resumes_total", source="redis"), 0)
-            self.assertEqual(value(sb, "recurd_session_resumes_total", source="redis"), 1)
-            self.assertEqual(value(sb, "recurd_session_resume_seconds_count", source="redis"), 1)
-            self.assertEqual(value(sb, "recurd_session_resumes_total", source="disk"), 0)
-            self.assertEqual(value(sa, "recurd_redis_errors_total"), 0)
-        finally:
-            for d in daemons:
-                self.assertEqual(d.stop(), 0, d.logs()[-3000:])
-            redis.terminate()
-            redis.wait()
-            shutil.rmtree(tmp, ignore_errors=True)
-
+        # Redis as the authority (the default)
+        a, b = (self.spawn("--redis", self.redis_addr) for _ in range(2))
+        a.api.CreateSession(pb.CreateSessionRequest(session_id="r1"), timeout=30)
+        for p in ([5, 6, 7], [8, 9]):
+            collect(a.api.Generate(gen_request(tokens=p, session="r1", max_tokens=2,
+                                               temperature=0, ignore_eos=True), timeout=120))
+        last = collect(b.api.Generate(gen_request(tokens=[10, 11], session="r1",
+                                                  max_tokens=2, temperature=0,
+                                                  ignore_eos=True), timeout=120))[3]
+        self.assertEqual(last.session_version, 3)
+        sa, sb = samples(scrape(a)[1]), samples(scrape(b)[1])
+        self.assertEqual(value(sa, "recurd_session_resumes_total", source="host_cache"), 1)
+        self.assertEqual(value(sa, "recurd_session_resumes_total", source="redis"), 0)
+        self.assertEqual(value(sb, "recurd_session_resumes_total", source="redis"), 1)
+        self.assertEqual(value(sb, "recurd_session_resume_seconds_count", source="redis"), 1)
+        self.assertEqual(value(sb, "recurd_session_resumes_total", source="disk"), 0)
+        self.assertEqual(value(sa, "recurd_redis_errors_total"), 0)
 
 if __name__ == "__main__":
     unittest.main()

@@ -14,7 +14,7 @@ import unittest
 import urllib.error
 import urllib.request
 
-from rcd_harness import ROOT, DaemonTest, collect, gen_request, pb
+from rcd_harness import ROOT, DaemonTest, OwnDaemonsTest, RedisTest, collect, gen_request, pb
 
 try:
     import openai
@@ -371,55 +371,38 @@ class OpenAIKeys(DaemonTest):
 
 
 
-class OpenAIReplicas(unittest.TestCase):
+class OpenAIReplicas(RedisTest, OwnDaemonsTest):
     """A chat session's second turn on another replica (one redis-server as the authority):
     the session is looked up in Redis before the new messages are rendered, so they render as
     a continuation (not as a first turn), equal to both turns on one daemon."""
+    redis_prefix = "recurd-oai-redis-"
 
     def test_chat_turn_on_other_replica(self):
-        import shutil
-        from rcd_harness import Daemon, free_port, start_redis
-        if not shutil.which("redis-server"):
-            self.skipTest("redis-server not installed")
         tmpl = tempfile.NamedTemporaryFile("w", suffix=".jinja", delete=False)
         tmpl.write(TEMPLATE)
         tmpl.close()
-        tmp = tempfile.mkdtemp(prefix="recurd-oai-redis-")
-        port = free_port()
-        redis = start_redis(port, tmp, "--appendonly", "no")
-        daemons = []
-        try:
-            for _ in range(2):
-                daemons.append(Daemon("--redis", "127.0.0.1:%d" % port, "--chat-template",
-                                      tmpl.name))
-            ref = Daemon("--ephemeral", "--chat-template", tmpl.name)
-            daemons.append(ref)
-            a, b = daemons[0], daemons[1]
-            u1 = [{"role": "user", "content": "Tell me a story."}]
-            u2 = [{"role": "user", "content": "And then?"}]
+        self.addCleanup(os.unlink, tmpl.name)
+        a, b = (self.spawn("--redis", self.redis_addr, "--chat-template", tmpl.name)
+                for _ in range(2))
+        ref = self.spawn("--ephemeral", "--chat-template", tmpl.name)
+        u1 = [{"role": "user", "content": "Tell me a story."}]
+        u2 = [{"role": "user", "content": "And then?"}]
 
-            def chat(d, sid, msgs):
-                c = openai.OpenAI(base_url="http://127.0.0.1:%d/v1" % d.http_port,
-                                  api_key="unused", max_retries=0, timeout=60)
-                r = c.chat.completions.create(model="", messages=msgs, max_tokens=6,
-                                              temperature=0, extra_body={"session_id": sid})
-                return r.choices[0].message.content, r.model_extra["session_version"], r.usage
+        def chat(d, sid, msgs):
+            c = openai.OpenAI(base_url="http://127.0.0.1:%d/v1" % d.http_port,
+                              api_key="unused", max_retries=0, timeout=60)
+            r = c.chat.completions.create(model="", messages=msgs, max_tokens=6,
+                                          temperature=0, extra_body={"session_id": sid})
+            return r.choices[0].message.content, r.model_extra["session_version"], r.usage
 
-            for d, sid in ((a, "moved"), (ref, "ref")):
-                d.api.CreateSession(pb.CreateSessionRequest(session_id=sid), timeout=30)
-            self.assertEqual(chat(a, "moved", u1)[:2], chat(ref, "ref", u1)[:2])
-            t_b, v_b, use_b = chat(b, "moved", u2)  # b has never seen the session
-            t_r, v_r, use_r = chat(ref, "ref", u2)
-            self.assertEqual((t_b, v_b), (t_r, v_r))
-            self.assertEqual(v_b, 2)
-            self.assertEqual(use_b.prompt_tokens, use_r.prompt_tokens)
-        finally:
-            for d in daemons:
-                self.assertEqual(d.stop(), 0, d.logs()[-3000:])
-            redis.terminate()
-            redis.wait()
-            shutil.rmtree(tmp, ignore_errors=True)
-            os.unlink(tmpl.name)
+        for d, sid in ((a, "moved"), (ref, "ref")):
+            d.api.CreateSession(pb.CreateSessionRequest(session_id=sid), timeout=30)
+        self.assertEqual(chat(a, "moved", u1)[:2], chat(ref, "ref", u1)[:2])
+        t_b, v_b, use_b = chat(b, "moved", u2)  # b has never seen the session
+        t_r, v_r, use_r = chat(ref, "ref", u2)
+        self.assertEqual((t_b, v_b), (t_r, v_r))
+        self.assertEqual(v_b, 2)
+        self.assertEqual(use_b.prompt_tokens, use_r.prompt_tokens)
 
 
 class OpenAIDrain(unittest.TestCase):

@@ -1,19 +1,10 @@
 """recurd integration through the C client: recurctl (gRPC C core + protobuf-c) against the
 real daemon — health, models, session lifecycle, streamed generation, error statuses."""
 import json
-import os
 import subprocess
 import unittest
 
-from rcd_harness import ROOT, DaemonTest, collect, gen_request
-
-
-def recurctl_binary():
-    b = os.environ.get("RECURCTL_BIN") or os.path.join(ROOT, "build", "release", "daemon",
-                                                         "recurctl")
-    if not os.path.exists(b):
-        raise RuntimeError("recurctl binary not found: set RECURCTL_BIN")
-    return b
+from rcd_harness import DaemonTest, collect, gen_request, recurctl_binary
 
 
 class Recurctl(DaemonTest):

@@ -15,8 +15,8 @@ import unittest
 
 import grpc
 
-from rcd_harness import ROOT, Daemon, DaemonTest, OwnDaemonsTest, Stub, collect, daemon_binary, \
-    gen_request, hpb, pb
+from rcd_harness import Daemon, DaemonTest, OwnDaemonsTest, Stub, collect, daemon_binary, \
+    gen_request, hpb, pb, recurctl_binary
 
 if not shutil.which("openssl"):
     print("SKIP: the openssl command is not installed (tools/install-deps.sh installs it)")
@@ -86,14 +86,6 @@ def channel(addr, c=None):
 def health(ch, timeout=10):
     h = Stub(ch, hpb.DESCRIPTOR.services_by_name["Health"], hpb)
     return h.Check(hpb.HealthCheckRequest(), timeout=timeout).status
-
-
-def recurctl_binary():
-    b = os.environ.get("RECURCTL_BIN") or os.path.join(ROOT, "build", "release", "daemon",
-                                                         "recurctl")
-    if not os.path.exists(b):
-        raise RuntimeError("recurctl binary not found: set RECURCTL_BIN")
-    return b
 
 
 class TlsMixin:
