@@ -441,7 +441,14 @@ static void KFN(pack_x)(float *xp, const float *x, int ldx, int T, int K)
  * Outer products: a tile of NP panels (16 rows each, PV vectors) x up to PTR tokens of
  * accumulators; per column k, one weight vector per panel and one broadcast x[t][k] per
  * token. Each output element is a plain sequence of FMAs over k = 0, 1, ..., K-1 from 0,
- * then + bias, then + y (acc): the same whatever T and tile, and no horizontal sums. */
+ * then + bias, then + y (acc): the same whatever T and tile, and no horizontal sums.
+ *
+ * x comes transposed per block of tokens ([K][n], pk_xt), so the tile reads every token's
+ * x at a constant offset from one pointer. Prefill runs the columns in blocks of MM_KC when
+ * K is larger (the blocks' x for a whole chunk of tokens and the group's weights then stay
+ * in L2): a tile stores its sums after a block and loads them again for the next, which
+ * leaves every output's sequence of FMAs as it was (a float stored and loaded is the same
+ * float), so the results do not depend on the blocking either. */
 #define PV (WRK_PANEL / VW)
 #if VW >= 16
 #ifndef PTR
@@ -459,27 +466,62 @@ static void KFN(pack_x)(float *xp, const float *x, int ldx, int T, int K)
 #ifndef MM_PK_PF_DIST
 #define MM_PK_PF_DIST 1024
 #endif
+/* Columns per block in prefill (even: bf16 panels hold column pairs), and the tokens of a
+ * chunk (a multiple of every ISA's PTR): chunk x (256 x 1024 floats) and the sums of a group
+ * (MM_PK_CHUNK x MM_PK_GROUP_ROWS floats) share xpack's WRK_MM_XPACK_T x K floats. */
+#ifndef MM_KC
+#define MM_KC 1024
+#endif
+#define MM_PK_CHUNK 240
+#define MM_PK_GROUP_ROWS 64
+
+/* What a tile call does besides its panels and tokens. */
+typedef struct {
+    const float *xt;   /* [K][T] */
+    float *y;          /* final outputs: y[t * ldy + row] */
+    int ldy;
+    const float *bias;
+    bool acc;
+    int o0, o1;        /* the rows to write */
+    int pf;            /* prefetch distance in bytes, 0 for none */
+    int k0, k1;        /* the columns of this call */
+    float *sum;        /* running sums [t * MM_PK_GROUP_ROWS + row - sum_row0] */
+    int sum_row0;
+    bool first, last;  /* start from 0 (else from sum); finish into y (else into sum) */
+} KFN(pk_arg);
 
 static inline __attribute__((always_inline)) void
-KFN(pk_tile)(const wrk_mat_t *W, int p, const int NP, const float *x, int ldx, const int T,
-             const wrk_dtype_t dt, float *y, int ldy, const float *bias, bool acc, int o0,
-             int o1, int pf)
+KFN(pk_tile)(const wrk_mat_t *W, int p, const int NP, const int T, const wrk_dtype_t dt,
+             const KFN(pk_arg) *g)
 {
     const int K = W->cols;
     const size_t pb = wrk_pack_panel_bytes(dt, K);
     const char *base = (const char *)W->pk + (size_t)p * pb;
+    const float *xt = g->xt;
+    const int pf = g->pf;
     vf a[PNP_MAX][PV][PTR];
+    float *const sum = g->first && g->last ? NULL : g->sum + (p * WRK_PANEL - g->sum_row0);
+    if (g->first) {
 #pragma GCC unroll 4
-    for (int q = 0; q < NP; q++)
+        for (int q = 0; q < NP; q++)
 #pragma GCC unroll 4
-        for (int v = 0; v < PV; v++)
+            for (int v = 0; v < PV; v++)
 #pragma GCC unroll 12
-            for (int t = 0; t < T; t++) a[q][v][t] = KFN(splat)(0.f);
+                for (int t = 0; t < T; t++) a[q][v][t] = KFN(splat)(0.f);
+    } else {
+#pragma GCC unroll 4
+        for (int q = 0; q < NP; q++)
+#pragma GCC unroll 4
+            for (int v = 0; v < PV; v++)
+#pragma GCC unroll 12
+                for (int t = 0; t < T; t++)
+                    a[q][v][t] = KFN(ld)(sum + (size_t)t * MM_PK_GROUP_ROWS + q * WRK_PANEL + v * VW);
+    }
     if (dt == WRK_DT_BF16) {
         /* per pair of columns: 16 rows x (k, k+1) as 32-bit words */
-        const int KP = K / 2;
-        for (int j = 0; j <= KP; j++) {
-            if (j == KP && !(K & 1)) break;
+        /* pairs [k0/2, k1/2), and an odd k1's last column (K's: the even half of its pair) */
+        const int je = g->k1 / 2, jend = je + (g->k1 & 1);
+        for (int j = g->k0 / 2; j < jend; j++) {
             vf we[PNP_MAX][PV], wo[PNP_MAX][PV];
 #pragma GCC unroll 4
             for (int q = 0; q < NP; q++) {
@@ -496,16 +538,16 @@ KFN(pk_tile)(const wrk_mat_t *W, int p, const int NP, const float *x, int ldx, c
             }
 #pragma GCC unroll 12
             for (int t = 0; t < T; t++) {
-                const vf xb = KFN(splat)(x[(size_t)t * ldx + 2 * j]);
+                const vf xb = KFN(splat)(xt[(size_t)(2 * j) * T + t]);
 #pragma GCC unroll 4
                 for (int q = 0; q < NP; q++)
 #pragma GCC unroll 4
                     for (int v = 0; v < PV; v++) a[q][v][t] += we[q][v] * xb;
             }
-            if (j == KP) break; /* odd K: the last column has no pair */
+            if (j == je) break; /* odd K: the last column has no pair */
 #pragma GCC unroll 12
             for (int t = 0; t < T; t++) {
-                const vf xb = KFN(splat)(x[(size_t)t * ldx + 2 * j + 1]);
+                const vf xb = KFN(splat)(xt[(size_t)(2 * j + 1) * T + t]);
 #pragma GCC unroll 4
                 for (int q = 0; q < NP; q++)
 #pragma GCC unroll 4
@@ -514,7 +556,7 @@ KFN(pk_tile)(const wrk_mat_t *W, int p, const int NP, const float *x, int ldx, c
         }
     } else {
         const size_t esz = dt == WRK_DT_F32 ? 4 : 2;
-        for (int k = 0; k < K; k++) {
+        for (int k = g->k0; k < g->k1; k++) {
             vf w[PNP_MAX][PV];
 #pragma GCC unroll 4
             for (int q = 0; q < NP; q++) {
@@ -527,7 +569,7 @@ KFN(pk_tile)(const wrk_mat_t *W, int p, const int NP, const float *x, int ldx, c
             }
 #pragma GCC unroll 12
             for (int t = 0; t < T; t++) {
-                const vf xb = KFN(splat)(x[(size_t)t * ldx + k]);
+                const vf xb = KFN(splat)(xt[(size_t)k * T + t]);
 #pragma GCC unroll 4
                 for (int q = 0; q < NP; q++)
 #pragma GCC unroll 4
@@ -535,25 +577,33 @@ KFN(pk_tile)(const wrk_mat_t *W, int p, const int NP, const float *x, int ldx, c
             }
         }
     }
+    if (!g->last) {
+        for (int q = 0; q < NP; q++)
+            for (int v = 0; v < PV; v++)
+                for (int t = 0; t < T; t++)
+                    KFN(st)(sum + (size_t)t * MM_PK_GROUP_ROWS + q * WRK_PANEL + v * VW, a[q][v][t]);
+        return;
+    }
+    const int o0 = g->o0, o1 = g->o1;
     for (int q = 0; q < NP; q++)
         for (int v = 0; v < PV; v++) {
             const int r0 = (p + q) * WRK_PANEL + v * VW;
             if (r0 >= o1 || r0 + VW <= o0) continue;
             const bool full = r0 >= o0 && r0 + VW <= o1;
             for (int t = 0; t < T; t++) {
-                float *dst = y + (size_t)t * ldy + r0;
+                float *dst = g->y + (size_t)t * g->ldy + r0;
                 vf r = a[q][v][t];
                 if (full) {
-                    if (bias) r += KFN(ld)(bias + r0);
-                    if (acc) r = KFN(ld)(dst) + r;
+                    if (g->bias) r += KFN(ld)(g->bias + r0);
+                    if (g->acc) r = KFN(ld)(dst) + r;
                     KFN(st)(dst, r);
                     continue;
                 }
                 for (int l = 0; l < VW; l++) {
                     if (r0 + l < o0 || r0 + l >= o1) continue;
                     float s = r[l];
-                    if (bias) s += bias[r0 + l];
-                    dst[l] = acc ? dst[l] + s : s;
+                    if (g->bias) s += g->bias[r0 + l];
+                    dst[l] = g->acc ? dst[l] + s : s;
                 }
             }
         }
@@ -561,46 +611,43 @@ KFN(pk_tile)(const wrk_mat_t *W, int p, const int NP, const float *x, int ldx, c
 
 /* Panels [pa, pb) for T <= PTR tokens, T and dt fixed at compile time per instance. */
 static inline __attribute__((always_inline)) void
-KFN(pk_rows)(const wrk_mat_t *W, int pa, int pe, const float *x, int ldx, const int T,
-             const wrk_dtype_t dt, float *y, int ldy, const float *bias, bool acc, int o0, int o1,
-             int pf)
+KFN(pk_rows)(const wrk_mat_t *W, int pa, int pe, const int T, const wrk_dtype_t dt,
+             const KFN(pk_arg) *g)
 {
     const int NP = PNP(T);
     int p = pa;
-    for (; p + NP <= pe; p += NP)
-        KFN(pk_tile)(W, p, NP, x, ldx, T, dt, y, ldy, bias, acc, o0, o1, pf);
-    for (; p < pe; p++) KFN(pk_tile)(W, p, 1, x, ldx, T, dt, y, ldy, bias, acc, o0, o1, pf);
+    for (; p + NP <= pe; p += NP) KFN(pk_tile)(W, p, NP, T, dt, g);
+    for (; p < pe; p++) KFN(pk_tile)(W, p, 1, T, dt, g);
 }
 
 #define KPK_T(DT)                                                                            \
     switch (T) {                                                                             \
-    case 1: KFN(pk_rows)(W, pa, pe, x, ldx, 1, DT, y, ldy, bias, acc, o0, o1, pf); break;    \
-    case 2: KFN(pk_rows)(W, pa, pe, x, ldx, 2, DT, y, ldy, bias, acc, o0, o1, pf); break;    \
+    case 1: KFN(pk_rows)(W, pa, pe, 1, DT, g); break;                                        \
+    case 2: KFN(pk_rows)(W, pa, pe, 2, DT, g); break;                                        \
     PK_CASES_ABOVE_2(DT)                                                                     \
-    default: KFN(pk_rows)(W, pa, pe, x, ldx, PTR, DT, y, ldy, bias, acc, o0, o1, pf); break; \
+    default: KFN(pk_rows)(W, pa, pe, PTR, DT, g); break;                                     \
     }
 #if PTR == 12
 #define PK_CASES_ABOVE_2(DT)                                                                 \
-    case 3: KFN(pk_rows)(W, pa, pe, x, ldx, 3, DT, y, ldy, bias, acc, o0, o1, pf); break;    \
-    case 4: KFN(pk_rows)(W, pa, pe, x, ldx, 4, DT, y, ldy, bias, acc, o0, o1, pf); break;    \
-    case 5: KFN(pk_rows)(W, pa, pe, x, ldx, 5, DT, y, ldy, bias, acc, o0, o1, pf); break;    \
-    case 6: KFN(pk_rows)(W, pa, pe, x, ldx, 6, DT, y, ldy, bias, acc, o0, o1, pf); break;    \
-    case 7: KFN(pk_rows)(W, pa, pe, x, ldx, 7, DT, y, ldy, bias, acc, o0, o1, pf); break;    \
-    case 8: KFN(pk_rows)(W, pa, pe, x, ldx, 8, DT, y, ldy, bias, acc, o0, o1, pf); break;    \
-    case 9: KFN(pk_rows)(W, pa, pe, x, ldx, 9, DT, y, ldy, bias, acc, o0, o1, pf); break;    \
-    case 10: KFN(pk_rows)(W, pa, pe, x, ldx, 10, DT, y, ldy, bias, acc, o0, o1, pf); break;  \
-    case 11: KFN(pk_rows)(W, pa, pe, x, ldx, 11, DT, y, ldy, bias, acc, o0, o1, pf); break;
+    case 3: KFN(pk_rows)(W, pa, pe, 3, DT, g); break;                                        \
+    case 4: KFN(pk_rows)(W, pa, pe, 4, DT, g); break;                                        \
+    case 5: KFN(pk_rows)(W, pa, pe, 5, DT, g); break;                                        \
+    case 6: KFN(pk_rows)(W, pa, pe, 6, DT, g); break;                                        \
+    case 7: KFN(pk_rows)(W, pa, pe, 7, DT, g); break;                                        \
+    case 8: KFN(pk_rows)(W, pa, pe, 8, DT, g); break;                                        \
+    case 9: KFN(pk_rows)(W, pa, pe, 9, DT, g); break;                                        \
+    case 10: KFN(pk_rows)(W, pa, pe, 10, DT, g); break;                                      \
+    case 11: KFN(pk_rows)(W, pa, pe, 11, DT, g); break;
 #elif PTR == 6
 #define PK_CASES_ABOVE_2(DT)                                                                 \
-    case 3: KFN(pk_rows)(W, pa, pe, x, ldx, 3, DT, y, ldy, bias, acc, o0, o1, pf); break;    \
-    case 4: KFN(pk_rows)(W, pa, pe, x, ldx, 4, DT, y, ldy, bias, acc, o0, o1, pf); break;    \
-    case 5: KFN(pk_rows)(W, pa, pe, x, ldx, 5, DT, y, ldy, bias, acc, o0, o1, pf); break;
+    case 3: KFN(pk_rows)(W, pa, pe, 3, DT, g); break;                                        \
+    case 4: KFN(pk_rows)(W, pa, pe, 4, DT, g); break;                                        \
+    case 5: KFN(pk_rows)(W, pa, pe, 5, DT, g); break;
 #else
 #define PK_CASES_ABOVE_2(DT)
 #endif
 
-static void KFN(pk_block)(const wrk_mat_t *W, int pa, int pe, const float *x, int ldx, int T,
-                          float *y, int ldy, const float *bias, bool acc, int o0, int o1, int pf)
+static void KFN(pk_block)(const wrk_mat_t *W, int pa, int pe, int T, const KFN(pk_arg) *g)
 {
     switch (W->dt) {
     case WRK_DT_BF16: KPK_T(WRK_DT_BF16); break;
@@ -611,27 +658,74 @@ static void KFN(pk_block)(const wrk_mat_t *W, int pa, int pe, const float *x, in
 #undef KPK_T
 #undef PK_CASES_ABOVE_2
 
-static void KFN(mm_packed)(const wrk_mat_t *W, int o0, int o1, const float *x, int ldx, int T,
-                           float *y, int ldy, const float *bias, bool acc)
+/* x rows [0, T) transposed to [K][T] (token t of column k at xt[k * T + t]). */
+static void KFN(pk_xt)(float *xt, const float *x, int ldx, int T, int K)
 {
+    for (int k = 0; k < K; k++)
+        for (int t = 0; t < T; t++) xt[(size_t)k * T + t] = x[(size_t)t * ldx + k];
+}
+
+/* Bytes from column k0 of a panel to column k1 of the same panel. */
+static inline size_t KFN(pk_col_bytes)(wrk_dtype_t dt, int k0, int k1)
+{
+    return (size_t)(k1 - k0) * WRK_PANEL * (dt == WRK_DT_F32 ? 4 : 2);
+}
+
+static void KFN(mm_packed)(const wrk_mat_t *W, int o0, int o1, const float *x, int ldx, int T,
+                           float *y, int ldy, const float *bias, bool acc, float *xpack)
+{
+    const int K = W->cols;
     const int p0 = o0 / WRK_PANEL, p1 = (o1 + WRK_PANEL - 1) / WRK_PANEL;
     const size_t pb = wrk_pack_panel_bytes(W->dt, W->cols);
-    int group = (int)(MM_PANEL_BYTES / (pb ? pb : 1));
-    if (group < PNP_MAX) group = PNP_MAX;
-    if (T <= PTR) { /* decode: every panel once */
-        KFN(pk_block)(W, p0, p1, x, ldx, T, y, ldy, bias, acc, o0, o1, MM_PK_PF_DIST);
+    KFN(pk_arg) g = {.ldy = ldy, .bias = bias, .acc = acc, .o0 = o0, .o1 = o1, .k0 = 0, .k1 = K,
+                     .first = true, .last = true};
+    if (T <= PTR) { /* decode: every panel once, a single token from its own row */
+        if (T > 1) KFN(pk_xt)(xpack, x, ldx, T, K);
+        g.xt = T > 1 ? xpack : x;
+        g.y = y;
+        g.pf = MM_PK_PF_DIST;
+        KFN(pk_block)(W, p0, p1, T, &g);
         return;
     }
-    /* The first token block streams the group from memory (prefetching just ahead); the later
-     * ones find it in L2 and prefetch the same place in the next group, so the memory traffic
-     * is spread over the whole group's compute instead of bunched in its first pass. */
-    for (int g = p0; g < p1; g += group) {
-        const int ge = p1 - g < group ? p1 : g + group;
-        const int next = ge < p1 ? (int)((size_t)(ge - g) * pb) : 0;
-        for (int t = 0; t < T; t += PTR)
-            KFN(pk_block)(W, g, ge, x + (size_t)t * ldx, ldx, T - t < PTR ? T - t : PTR,
-                          y + (size_t)t * ldy, ldy, bias, acc, o0, o1,
-                          t == 0 ? MM_PK_PF_DIST : next);
+    /* Prefill: chunks of MM_PK_CHUNK tokens, transposed per block of PTR into xpack (block t
+     * at t * K); the sums of a group's rows after each column block behind them. */
+    const bool kblk = K > MM_KC;
+    const int kc = kblk ? MM_KC : K;
+    int group = kblk ? MM_PK_GROUP_ROWS / WRK_PANEL : (int)(MM_PANEL_BYTES / (pb ? pb : 1));
+    if (group < PNP_MAX) group = PNP_MAX;
+    for (int c = 0; c < T; c += MM_PK_CHUNK) {
+        const int tn = T - c < MM_PK_CHUNK ? T - c : MM_PK_CHUNK;
+        const float *xc = x + (size_t)c * ldx;
+        for (int t = 0; t < tn; t += PTR) {
+            const int n = tn - t < PTR ? tn - t : PTR;
+            if (n > 1) KFN(pk_xt)(xpack + (size_t)t * K, xc + (size_t)t * ldx, ldx, n, K);
+        }
+        /* The first token block streams a group's columns from memory (prefetching just
+         * ahead); the later ones find them in L2 and prefetch the same place in what comes
+         * next, so the memory traffic is spread over the group's compute instead of bunched
+         * in its first pass. */
+        for (int p = p0; p < p1; p += group) {
+            const int pe = p1 - p < group ? p1 : p + group;
+            g.sum_row0 = p * WRK_PANEL;
+            for (int k = 0; k < K; k += kc) {
+                const int ke = K - k < kc ? K : k + kc;
+                size_t next = 0; /* bytes from here to the same place in the next block */
+                if (ke < K) next = KFN(pk_col_bytes)(W->dt, k, ke);
+                else if (pe < p1) next = (size_t)(pe - p) * pb - KFN(pk_col_bytes)(W->dt, 0, k);
+                g.k0 = k;
+                g.k1 = ke;
+                g.first = k == 0;
+                g.last = ke == K;
+                for (int t = 0; t < tn; t += PTR) {
+                    const int n = tn - t < PTR ? tn - t : PTR;
+                    g.xt = n > 1 ? xpack + (size_t)t * K : xc + (size_t)t * ldx;
+                    g.y = y + (size_t)(c + t) * ldy;
+                    if (kblk) g.sum = xpack + (size_t)MM_PK_CHUNK * K + (size_t)t * MM_PK_GROUP_ROWS;
+                    g.pf = t == 0 ? MM_PK_PF_DIST : (int)next;
+                    KFN(pk_block)(W, p, pe, n, &g);
+                }
+            }
+        }
     }
 }
 
@@ -639,7 +733,7 @@ static void KFN(mm)(const wrk_mat_t *W, int o0, int o1, const float *x, int ldx,
                     float *y, int ldy, const float *bias, bool acc, float *xpack)
 {
     if (W->pk) {
-        KFN(mm_packed)(W, o0, o1, x, ldx, T, y, ldy, bias, acc);
+        KFN(mm_packed)(W, o0, o1, x, ldx, T, y, ldy, bias, acc, xpack);
         return;
     }
     const int K = W->cols;

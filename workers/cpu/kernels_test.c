@@ -186,6 +186,94 @@ static void test_matmul(void)
     free(packed_one);
 }
 
+/* The packed matmul past its column block (kernels_impl.h, MM_KC = 1024: prefill runs K in
+ * blocks and carries the sums between them) and past its 240-token chunk: even and odd K,
+ * rows split inside a panel, bias and accumulate; every token bit-identical to a T = 1 call
+ * (which runs K in one piece), and near a double-precision reference. The scratch is exactly
+ * the WRK_MM_XPACK_T x K floats the kernels may use, so ASan sees any write past it. */
+static void test_matmul_packed_kblocks(void)
+{
+    static const int shapes[][2] = {{40, 1030}, {21, 2049}, {70, 2300}};
+    static const int Ts[] = {2, 12, 13, 40, 241, 250};
+    const char *isas[] = {"portable", "avx2", "avx512"};
+    unsigned seed = 31;
+    for (int ii = 0; ii < 3; ii++) {
+        const wrk_kern_t *k = wrk_kern_select(isas[ii]);
+        if (!k) {
+            fprintf(stderr, "  skip: %s kernels (this CPU lacks the instructions)\n", isas[ii]);
+            continue;
+        }
+        for (int dt = 0; dt < 3; dt++)
+            for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+                const int O = shapes[si][0], K = shapes[si][1];
+                float *scratch = malloc((size_t)WRK_MM_XPACK_T * K * sizeof(float));
+                float *ref = malloc((size_t)O * K * sizeof(float));
+                char *w = malloc((size_t)O * K * 4);
+                for (int i = 0; i < O * K; i++)
+                    ref[i] = frand(&seed);
+                fill_weights(w, (wrk_dtype_t)dt, ref, (size_t)O * K);
+                float bias[80];
+                for (int o = 0; o < O; o++)
+                    bias[o] = frand(&seed);
+                wrk_mat_t P = {.dt = (wrk_dtype_t)dt, .data = w, .rows = O, .cols = K};
+                void *pk = aligned_alloc(64, (wrk_pack_bytes(&P) + 63) / 64 * 64);
+                wrk_pack(&P, pk);
+                P.pk = pk;
+                for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
+                    const int T = Ts[ti], ldx = K + 3, ldy = O + 5;
+                    float *x = malloc((size_t)T * ldx * sizeof(float));
+                    float *y = malloc((size_t)T * ldy * sizeof(float));
+                    float *one = malloc((size_t)T * ldy * sizeof(float));
+                    float *y0 = malloc((size_t)T * ldy * sizeof(float));
+                    for (int i = 0; i < T * ldx; i++)
+                        x[i] = frand(&seed);
+                    for (int i = 0; i < T * ldy; i++)
+                        y[i] = one[i] = y0[i] = frand(&seed);
+                    const bool acc = ti % 2 == 0;
+                    const float *b = ti % 3 != 1 ? bias : NULL;
+                    const int cut = O / 2 + (int)ti % 3; /* inside a panel */
+                    k->mm(&P, 0, cut, x, ldx, T, y, ldy, b, acc, scratch);
+                    k->mm(&P, cut, O, x, ldx, T, y, ldy, b, acc, scratch);
+                    bool same = true;
+                    for (int t = 0; t < T; t++) {
+                        k->mm(&P, 0, O, x + (size_t)t * ldx, ldx, 1, one + (size_t)t * ldy, ldy, b,
+                              acc, scratch);
+                        same &= memcmp(one + (size_t)t * ldy, y + (size_t)t * ldy,
+                                       (size_t)O * sizeof(float)) == 0;
+                    }
+                    CHECK_MSG(same, "%s dt %d %dx%d T=%d: differs from T=1 calls", isas[ii], dt, O,
+                              K, T);
+                    double worst = 0; /* error over the sum of |terms| */
+                    for (int t = 0; t < T; t += T > 40 ? 7 : 1)
+                        for (int o = 0; o < O; o++) {
+                            double s = b ? b[o] : 0, mag = fabs(s);
+                            for (int kk = 0; kk < K; kk++) {
+                                const double p = (double)weight_value(w, (wrk_dtype_t)dt,
+                                                                      (size_t)o * K + kk) *
+                                                 x[(size_t)t * ldx + kk];
+                                s += p;
+                                mag += fabs(p);
+                            }
+                            const double y0v = acc ? y0[(size_t)t * ldy + o] : 0;
+                            const double d = fabs(y0v + s - y[(size_t)t * ldy + o]) /
+                                             (mag + fabs(y0v) + 1e-30);
+                            if (d > worst) worst = d;
+                        }
+                    CHECK_MSG(worst < 1e-5, "%s dt %d %dx%d T=%d: relative err %g", isas[ii], dt, O,
+                              K, T, worst);
+                    free(x);
+                    free(y);
+                    free(one);
+                    free(y0);
+                }
+                free(pk);
+                free(w);
+                free(ref);
+                free(scratch);
+            }
+    }
+}
+
 /* The bf16 matmul kernel k (AMX or AVX512_BF16): against a double-precision reference of x
  * rounded to bf16 (the products are exact, so only the fp32 sums differ), shapes around its
  * 32-column blocks, 16-token (AMX) and 12-token (AVX512_BF16) tiles, token counts past its x
@@ -827,6 +915,7 @@ int main(int argc, char **argv)
     rcd_test_init(argc, argv);
     RUN(test_exp_softplus);
     RUN(test_matmul);
+    RUN(test_matmul_packed_kblocks);
     RUN(test_matmul_bf16);
     RUN(test_matmul_bf16_dp_exact);
     RUN(test_conv);
