@@ -152,7 +152,7 @@ int main(int argc, char **argv)
         for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
             const int T = Ts[ti];
             float *x = malloc(sizeof(float) * (size_t)T * K), *y = malloc(sizeof(float) * (size_t)T * O);
-            float *scr = malloc(sizeof(float) * WRK_GEMM_BLOCK_ROWS * (size_t)K);
+            float *scr = malloc(sizeof(float) * wrk_mm_scratch_floats(K));
             for (int i = 0; i < T * K; i++) x[i] = (float)(i % 37) / 37.f - 0.5f;
             double best[3] = {1e30, 1e30, 1e30};
             for (int r = 0; r < reps; r++)

@@ -283,7 +283,7 @@ int wrk__cpu_create(const wrk_model_t *m, const wrk_backend_opts_t *opts,
     c->state_floats = shard ? shard->state_floats : m->info.state_bytes / sizeof(float);
     const size_t T = (size_t)o.max_step_tokens, H = m->info.hidden_size;
     const size_t V = m->info.vocab_size;
-    c->scratch_floats = (size_t)WRK_GEMM_BLOCK_ROWS * (size_t)m->max_matmul_cols;
+    c->scratch_floats = wrk_mm_scratch_floats(m->max_matmul_cols);
     c->slots = wrk_cpu_alloc_floats((size_t)o.n_slots * c->state_floats);
     c->res = wrk_cpu_alloc_floats(T * H);
     c->logit_in = wrk_cpu_alloc_floats(WRK_LOGIT_CHUNK * H);

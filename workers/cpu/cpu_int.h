@@ -86,7 +86,7 @@ typedef struct wrk_cpu {
     float *res;          /* residual stream, max_step_tokens x H */
     float *logit_in;     /* WRK_LOGIT_CHUNK x H */
     float *logit_out;    /* WRK_LOGIT_CHUNK x V */
-    float *scratch;      /* per thread: WRK_GEMM_BLOCK_ROWS x m->max_matmul_cols */
+    float *scratch;      /* per thread: wrk_mm_scratch_floats(m->max_matmul_cols) */
     size_t scratch_floats;
     float *local;                /* per thread: local_floats (wrk_cpu_local) */
     size_t local_floats;         /* WRK_CPU_LOCAL_T x max(hidden, m->max_matmul_cols) */

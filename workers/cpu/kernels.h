@@ -8,10 +8,17 @@
 
 #include "workers/model/model_int.h"
 
-/* Scratch rows the matmul takes (bf16 weights de-interleave x into it, this many tokens
- * at a time): the backend gives each thread WRK_GEMM_BLOCK_ROWS x max_matmul_cols floats. */
+/* Scratch rows the matmul takes (x transposed or de-interleaved into it, this many tokens
+ * at a time), and behind them the packed matmul's running sums of a chunk (WRK_MM_XPACK_T
+ * tokens x a 64-row group, kernels_impl.h): the backend gives each thread
+ * wrk_mm_scratch_floats(max_matmul_cols) floats. */
 #define WRK_GEMM_BLOCK_ROWS 256
 #define WRK_MM_XPACK_T WRK_GEMM_BLOCK_ROWS
+#define WRK_MM_SUM_ROWS 64
+static inline size_t wrk_mm_scratch_floats(int cols)
+{
+    return (size_t)WRK_MM_XPACK_T * (size_t)cols + (size_t)WRK_MM_XPACK_T * WRK_MM_SUM_ROWS;
+}
 
 /* Packed weights: the CPU backend repacks every bound matrix once (workers/cpu/pack.c) so the
  * matmul can run outer products over contiguous 16-row panels. Panel p holds rows
@@ -42,7 +49,7 @@ typedef struct wrk_kern {
     /* y[t*ldy + o] = (acc ? y : 0) + x[t] . W[o] (+ bias[o]) for t < T (any T) and o in
      * [o0, o1): register tiles over row panels, weights read from memory once and converted
      * in registers, fp32 sums in an order that does not depend on T (kernels_impl.h).
-     * `xpack`: WRK_MM_XPACK_T x W->cols floats of scratch. */
+     * `xpack`: wrk_mm_scratch_floats(W->cols) floats of scratch. */
     void (*mm)(const wrk_mat_t *W, int o0, int o1, const float *x, int ldx, int T, float *y,
                int ldy, const float *bias, bool acc, float *xpack);
     /* dst[i] = float(src[i]) for a row of any weight dtype. */

@@ -466,14 +466,14 @@ static void KFN(pack_x)(float *xp, const float *x, int ldx, int T, int K)
 #ifndef MM_PK_PF_DIST
 #define MM_PK_PF_DIST 1024
 #endif
-/* Columns per block in prefill (even: bf16 panels hold column pairs), and the tokens of a
- * chunk (a multiple of every ISA's PTR): chunk x (256 x 1024 floats) and the sums of a group
- * (MM_PK_CHUNK x MM_PK_GROUP_ROWS floats) share xpack's WRK_MM_XPACK_T x K floats. */
+/* Columns per block in prefill (even: bf16 panels hold column pairs). A chunk's x, its
+ * WRK_MM_XPACK_T tokens transposed, then the sums of a group of rows (WRK_MM_XPACK_T x
+ * MM_PK_GROUP_ROWS floats) fill xpack (wrk_mm_scratch_floats). */
 #ifndef MM_KC
 #define MM_KC 1024
 #endif
-#define MM_PK_CHUNK 240
-#define MM_PK_GROUP_ROWS 64
+#define MM_PK_CHUNK WRK_MM_XPACK_T
+#define MM_PK_GROUP_ROWS WRK_MM_SUM_ROWS
 
 /* What a tile call does besides its panels and tokens. */
 typedef struct {

@@ -93,7 +93,7 @@ static void test_matmul(void)
     static const int shapes[][2] = {{37, 29}, {64, 48}, {130, 257}, {16, 8}, {5, 3}, {33, 1}};
     static const int Ts[] = {1, 2, 3, 4, 5, 7, 8, 9, 12, 13, 16, 17, 25, 33};
     unsigned seed = 7;
-    float *scratch = malloc(WRK_GEMM_BLOCK_ROWS * 300 * sizeof(float));
+    float *scratch = malloc(wrk_mm_scratch_floats(300) * sizeof(float));
     float *packed_one = malloc(40 * 300 * sizeof(float));
     for (int ii = 0; ii < 3; ii++) {
         const wrk_kern_t *k = wrk_kern_select(isas[ii]);
@@ -187,14 +187,14 @@ static void test_matmul(void)
 }
 
 /* The packed matmul past its column block (kernels_impl.h, MM_KC = 1024: prefill runs K in
- * blocks and carries the sums between them) and past its 240-token chunk: even and odd K,
+ * blocks and carries the sums between them) and past its 256-token chunk: even and odd K,
  * rows split inside a panel, bias and accumulate; every token bit-identical to a T = 1 call
  * (which runs K in one piece), and near a double-precision reference. The scratch is exactly
- * the WRK_MM_XPACK_T x K floats the kernels may use, so ASan sees any write past it. */
+ * the wrk_mm_scratch_floats(K) the kernels may use, so ASan sees any write past it. */
 static void test_matmul_packed_kblocks(void)
 {
     static const int shapes[][2] = {{40, 1030}, {21, 2049}, {70, 2300}};
-    static const int Ts[] = {2, 12, 13, 40, 241, 250};
+    static const int Ts[] = {2, 12, 13, 40, 250, 300};
     const char *isas[] = {"portable", "avx2", "avx512"};
     unsigned seed = 31;
     for (int ii = 0; ii < 3; ii++) {
@@ -206,7 +206,7 @@ static void test_matmul_packed_kblocks(void)
         for (int dt = 0; dt < 3; dt++)
             for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
                 const int O = shapes[si][0], K = shapes[si][1];
-                float *scratch = malloc((size_t)WRK_MM_XPACK_T * K * sizeof(float));
+                float *scratch = malloc(wrk_mm_scratch_floats(K) * sizeof(float));
                 float *ref = malloc((size_t)O * K * sizeof(float));
                 char *w = malloc((size_t)O * K * 4);
                 for (int i = 0; i < O * K; i++)
@@ -286,7 +286,7 @@ static void check_bf16_kernel(const wrk_kern_t *k)
                                     {5, 3},   {33, 1},  {48, 300}};
     static const int Ts[] = {1, 2, 11, 12, 13, 15, 16, 17, 31, 32, 33, 40, 48, 50, 100};
     unsigned seed = 11;
-    float *scratch = malloc(WRK_GEMM_BLOCK_ROWS * 300 * sizeof(float));
+    float *scratch = malloc(wrk_mm_scratch_floats(300) * sizeof(float));
     float *one = malloc((size_t)100 * 300 * sizeof(float));
     for (int dt = 0; dt < 3; dt++)
         for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
@@ -449,7 +449,7 @@ static void test_matmul_bf16_dp_exact(void)
     static const int Ts[] = {1, 2, 3, 12, 13, 40, 300};
     unsigned seed = 23;
     int checked = 0, mode = -1; /* dp_step's mode, found on the first shape */
-    float *scratch = malloc((size_t)WRK_GEMM_BLOCK_ROWS * 768 * sizeof(float));
+    float *scratch = malloc(wrk_mm_scratch_floats(768) * sizeof(float));
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
         const int O = shapes[si][0], K = shapes[si][1];
         float *ref = malloc((size_t)O * K * sizeof(float));
