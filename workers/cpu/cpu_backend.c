@@ -32,6 +32,7 @@ static void cpu_destroy(wrk_backend_t *b)
     free(c->logit_out);
     free(c->scratch);
     free(c->local);
+    free(c->pf_next);
     wrk_kv_destroy(c->kv);
     if (c->spec)
         for (int i = 0; i < c->base.n_slots; i++) {
@@ -292,6 +293,7 @@ int wrk__cpu_create(const wrk_model_t *m, const wrk_backend_opts_t *opts,
     c->local_floats =
         (size_t)WRK_CPU_LOCAL_T * ((size_t)m->max_matmul_cols > H ? (size_t)m->max_matmul_cols : H);
     c->local = wrk_cpu_alloc_floats((size_t)o.n_threads * c->local_floats);
+    c->pf_next = calloc((size_t)o.n_threads, sizeof *c->pf_next);
     if (m->info.n_kv_layers > 0 &&
         wrk_kv_create(o.n_slots, m->info.n_kv_layers, m->info.kv_width, o.kv_block_tokens,
                       o.n_kv_blocks, &c->kv)) {
@@ -302,6 +304,7 @@ int wrk__cpu_create(const wrk_model_t *m, const wrk_backend_opts_t *opts,
                         o.n_kv_blocks, o.kv_block_tokens, m->info.kv_bytes_per_token);
     }
     if (!c->slots || !c->res || !c->logit_in || !c->logit_out || !c->scratch || !c->local ||
+        !c->pf_next ||
         wrk_pool_create(o.n_threads, &c->pool) || c->fam->init(c, &c->fam_ctx)) {
         cpu_destroy(&c->base);
         return rcd_fail(RCD_ENOMEM, err, errlen,

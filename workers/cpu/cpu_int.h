@@ -89,6 +89,7 @@ typedef struct wrk_cpu {
     float *scratch;      /* per thread: WRK_GEMM_BLOCK_ROWS x m->max_matmul_cols */
     size_t scratch_floats;
     float *local;                /* per thread: local_floats (wrk_cpu_local) */
+    struct wrk_cpu_pf *pf_next;  /* per thread: what it reads after the mixer (wrk_cpu_pf_set) */
     size_t local_floats;         /* WRK_CPU_LOCAL_T x max(hidden, m->max_matmul_cols) */
     const wrk_cpu_family_i *fam; /* the model family's forward */
     void *fam_ctx;       /* its activation buffers */
@@ -195,6 +196,40 @@ void wrk_cpu_matmul(wrk_cpu_t *c, int ith, const wrk_mat_t *W, int o0, int o1, c
                     int ldx, int T, float *y, int ldy, const float *bias, bool acc);
 void wrk_cpu_mm(wrk_cpu_t *c, int ith, int nth, const wrk_mat_t *W, const float *x, int ldx,
                 int T, float *y, int ldy, const float *bias, bool acc);
+
+/* A byte range a thread reads next (its share of a matmul's packed weights, a state slice):
+ * what it prefetches while it waits at a barrier (wrk_pool_barrier_pf). */
+typedef struct wrk_cpu_pf {
+    const void *p;
+    size_t n;
+} wrk_cpu_pf_t;
+/* At most this many bytes are prefetched per barrier (into L2; the kernels prefetch the rest
+ * as they stream). */
+#define WRK_CPU_PF_MAX (256 * 1024)
+/* The packed bytes of W's rows [o0, o1) (native or q8/q4 panels); {0} where W has no such
+ * pack (pre-quantized checkpoints, unpacked matrices). */
+wrk_cpu_pf_t wrk_cpu_pf_rows(const wrk_cpu_t *c, const wrk_mat_t *W, int o0, int o1);
+/* Thread ith's rows of W as wrk_cpu_mm splits them. */
+wrk_cpu_pf_t wrk_cpu_pf_mm(const wrk_cpu_t *c, int ith, int nth, const wrk_mat_t *W);
+/* A barrier during whose wait the thread prefetches pf (at most WRK_CPU_PF_MAX bytes). */
+static inline void wrk_cpu_barrier_pf(wrk_cpu_t *c, wrk_cpu_pf_t pf)
+{
+    wrk_pool_barrier_pf(c->pool, pf.p, pf.n < WRK_CPU_PF_MAX ? pf.n : WRK_CPU_PF_MAX);
+}
+/* What thread ith reads first after the mixer it is about to run (the next layer's first
+ * matmul, the lm_head): set by a family's forward before the call, taken (and cleared) by
+ * the mixer's last barrier (wrk_cpu_barrier_next). Families that set nothing get a plain
+ * barrier. */
+static inline void wrk_cpu_pf_set(wrk_cpu_t *c, int ith, wrk_cpu_pf_t pf)
+{
+    c->pf_next[ith] = pf;
+}
+static inline void wrk_cpu_barrier_next(wrk_cpu_t *c, int ith)
+{
+    const wrk_cpu_pf_t pf = c->pf_next[ith];
+    c->pf_next[ith] = (wrk_cpu_pf_t){0};
+    wrk_cpu_barrier_pf(c, pf);
+}
 
 /* Final RMSNorm and lm_head for every row that wants logits (reads c->res), written into
  * each sequence's buffer with logit_scale and softcap applied. All threads call it. */

@@ -135,6 +135,15 @@ void wrk_pool_run(wrk_pool_t *p, wrk_pool_cb fn, void *arg)
 
 void wrk_pool_barrier(wrk_pool_t *p)
 {
+    wrk_pool_barrier_pf(p, NULL, 0);
+}
+
+/* Lines prefetched per turn of the wait loop: a few at a time, so that the release is seen
+ * (and the loop left) after at most these few are issued. */
+#define PF_LINES_PER_TURN 4
+
+void wrk_pool_barrier_pf(wrk_pool_t *p, const void *pf, size_t bytes)
+{
     if (p->n == 1) return;
     unsigned sense = atomic_load_explicit(&p->bar_sense, memory_order_acquire);
     if (atomic_fetch_add_explicit(&p->bar_count, 1, memory_order_acq_rel) == p->n - 1) {
@@ -142,8 +151,16 @@ void wrk_pool_barrier(wrk_pool_t *p)
         atomic_store_explicit(&p->bar_sense, sense + 1, memory_order_release);
         return;
     }
+    const char *a = pf;
+    size_t off = 0;
+    if (!a) bytes = 0;
     int spins = 0;
     while (atomic_load_explicit(&p->bar_sense, memory_order_acquire) == sense) {
+        if (off < bytes) {
+            for (int i = 0; i < PF_LINES_PER_TURN && off < bytes; i++, off += 64)
+                __builtin_prefetch(a + off, 0, 2);
+            continue;
+        }
         if (++spins > SPIN_BEFORE_YIELD) sched_yield();
         else cpu_relax();
     }
