@@ -30,12 +30,13 @@ void wrk_cpu_embed(wrk_cpu_t *c, int ith, int nth, const wrk_seq_t *seqs, int n_
             c->k->to_f32(row, (const char *)m->embed.data + (size_t)seqs[s].tokens[j] * H * esz,
                          m->embed.dt, (size_t)H);
             if (m->embed_scale != 1.0f)
-                for (int i = 0; i < H; i++) row[i] *= m->embed_scale;
+                for (int i = 0; i < H; i++)
+                    row[i] *= m->embed_scale;
         }
 }
 
-void wrk_cpu_mm(wrk_cpu_t *c, int ith, int nth, const wrk_mat_t *W, const float *x, int ldx,
-                int T, float *y, int ldy, const float *bias, bool acc)
+void wrk_cpu_mm(wrk_cpu_t *c, int ith, int nth, const wrk_mat_t *W, const float *x, int ldx, int T,
+                float *y, int ldy, const float *bias, bool acc)
 {
     int o0, o1;
     wrk_split(W->rows, WRK_PANEL, ith, nth, &o0, &o1);
@@ -73,8 +74,7 @@ wrk_cpu_pf_t wrk_cpu_pf_mm(const wrk_cpu_t *c, int ith, int nth, const wrk_mat_t
     return wrk_cpu_pf_rows(c, W, o0, o1);
 }
 
-void wrk_cpu_logits(wrk_cpu_t *c, int ith, int nth, const wrk_seq_t *seqs, int n_seqs,
-                    int n_rows)
+void wrk_cpu_logits(wrk_cpu_t *c, int ith, int nth, const wrk_seq_t *seqs, int n_seqs, int n_rows)
 {
     const wrk_model_t *m = c->m;
     const int H = m->info.hidden_size, V = m->info.vocab_size;
@@ -119,7 +119,8 @@ void wrk_cpu_logits(wrk_cpu_t *c, int ith, int nth, const wrk_seq_t *seqs, int n
             const float *src = c->logit_out + (size_t)r * V;
             if (nr > 1) memcpy(dst + v0, src + v0, (size_t)(v1 - v0) * sizeof(float));
             if (m->logit_scale != 1.0f)
-                for (int v = v0; v < v1; v++) dst[v] *= m->logit_scale;
+                for (int v = v0; v < v1; v++)
+                    dst[v] *= m->logit_scale;
             if (m->logit_softcap > 0.0f)
                 for (int v = v0; v < v1; v++)
                     dst[v] = m->logit_softcap * tanhf(dst[v] / m->logit_softcap);

@@ -213,9 +213,10 @@ static void forward(void *arg, int ith, int nth)
     for (int l = 0; l < cfg->n_layers; l++) {
         const wrk_mamba_layer_t *L = &mb->layers[l];
         wrk_cpu_pf_set(c, ith,
-                       l + 1 < cfg->n_layers ? wrk_cpu_pf_rows(c, &mb->layers[l + 1].in_proj, c0, c1)
-                       : lead                ? wrk_cpu_pf_rows(c, &c->m->lm_head, v0, v1)
-                                             : (wrk_cpu_pf_t){0});
+                       l + 1 < cfg->n_layers
+                           ? wrk_cpu_pf_rows(c, &mb->layers[l + 1].in_proj, c0, c1)
+                       : lead ? wrk_cpu_pf_rows(c, &c->m->lm_head, v0, v1)
+                              : (wrk_cpu_pf_t){0});
         /* decode: every thread normalizes every token into its own buffer (no barrier) */
         float *u = wrk_cpu_local(c, ith, T);
         if (u) {
