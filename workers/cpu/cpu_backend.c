@@ -8,11 +8,9 @@
 #include "workers/cpu/kernels_q.h"
 
 /* The families this backend runs: a new family adds its forward here. */
-static const wrk_cpu_family_i *const families[] = {&wrk_cpu_mamba, &wrk_cpu_mamba2,
-                                                   &wrk_cpu_granite, &wrk_cpu_recurrentgemma,
-                                                   &wrk_cpu_nemotronh, &wrk_cpu_jamba,
-                                                   &wrk_cpu_falconh1,
-                                                   &wrk_cpu_qwen3next};
+static const wrk_cpu_family_i *const families[] = {
+    &wrk_cpu_mamba,     &wrk_cpu_mamba2, &wrk_cpu_granite,  &wrk_cpu_recurrentgemma,
+    &wrk_cpu_nemotronh, &wrk_cpu_jamba,  &wrk_cpu_falconh1, &wrk_cpu_qwen3next};
 
 static const wrk_cpu_family_i *find_family(wrk_family_t f)
 {
@@ -32,6 +30,7 @@ static void cpu_destroy(wrk_backend_t *b)
     free(c->logit_out);
     free(c->scratch);
     free(c->local);
+    free(c->pf_next);
     wrk_kv_destroy(c->kv);
     if (c->spec)
         for (int i = 0; i < c->base.n_slots; i++) {
@@ -199,8 +198,8 @@ static int cpu_spec_accept(wrk_backend_t *b, int slot, int n_keep)
             c->fam->spec_restore(c, slot, sp->n_tokens, sp->saved);
         else
             memcpy(wrk_cpu_slot(c, slot), sp->saved, c->state_floats * sizeof(float));
-        wrk_cpu_replay_t r = {.c = c, .slot = slot, .n = n_keep, .rec = sp->rec,
-                              .tmp = c->spec_tmp};
+        wrk_cpu_replay_t r = {
+            .c = c, .slot = slot, .n = n_keep, .rec = sp->rec, .tmp = c->spec_tmp};
         if (n_keep > 0) wrk_pool_run(c->pool, c->fam->spec_replay, &r);
         if (c->kv) wrk_kv_truncate(c->kv, slot, sp->kv0 + n_keep);
     }
@@ -242,9 +241,8 @@ int wrk_cpu_backend_create(const wrk_model_t *m, const wrk_backend_opts_t *opts,
     return rc;
 }
 
-int wrk__cpu_create(const wrk_model_t *m, const wrk_backend_opts_t *opts,
-                    const wrk_shard_t *shard, wrk_comm_t *comm, wrk_cpu_t **out, char *err,
-                    size_t errlen)
+int wrk__cpu_create(const wrk_model_t *m, const wrk_backend_opts_t *opts, const wrk_shard_t *shard,
+                    wrk_comm_t *comm, wrk_cpu_t **out, char *err, size_t errlen)
 {
     const wrk_backend_opts_t o = *opts; /* defaults already filled in */
     *out = NULL;
@@ -273,8 +271,11 @@ int wrk__cpu_create(const wrk_model_t *m, const wrk_backend_opts_t *opts,
     }
     c->packs = rank_packs;
     c->fam = fam;
-    c->base = (wrk_backend_t){.vt = &cpu_vt, .model = m, .n_slots = o.n_slots,
-                              .max_step_tokens = o.max_step_tokens, .isa = k->isa};
+    c->base = (wrk_backend_t){.vt = &cpu_vt,
+                              .model = m,
+                              .n_slots = o.n_slots,
+                              .max_step_tokens = o.max_step_tokens,
+                              .isa = k->isa};
     c->m = m;
     c->k = k;
     c->n_threads = o.n_threads;
@@ -292,9 +293,9 @@ int wrk__cpu_create(const wrk_model_t *m, const wrk_backend_opts_t *opts,
     c->local_floats =
         (size_t)WRK_CPU_LOCAL_T * ((size_t)m->max_matmul_cols > H ? (size_t)m->max_matmul_cols : H);
     c->local = wrk_cpu_alloc_floats((size_t)o.n_threads * c->local_floats);
-    if (m->info.n_kv_layers > 0 &&
-        wrk_kv_create(o.n_slots, m->info.n_kv_layers, m->info.kv_width, o.kv_block_tokens,
-                      o.n_kv_blocks, &c->kv)) {
+    c->pf_next = calloc((size_t)o.n_threads, sizeof *c->pf_next);
+    if (m->info.n_kv_layers > 0 && wrk_kv_create(o.n_slots, m->info.n_kv_layers, m->info.kv_width,
+                                                 o.kv_block_tokens, o.n_kv_blocks, &c->kv)) {
         cpu_destroy(&c->base);
         return rcd_fail(RCD_ENOMEM, err, errlen,
                         "backend: cannot allocate the KV cache: %d blocks of %d tokens x %zu "
@@ -302,7 +303,7 @@ int wrk__cpu_create(const wrk_model_t *m, const wrk_backend_opts_t *opts,
                         o.n_kv_blocks, o.kv_block_tokens, m->info.kv_bytes_per_token);
     }
     if (!c->slots || !c->res || !c->logit_in || !c->logit_out || !c->scratch || !c->local ||
-        wrk_pool_create(o.n_threads, &c->pool) || c->fam->init(c, &c->fam_ctx)) {
+        !c->pf_next || wrk_pool_create(o.n_threads, &c->pool) || c->fam->init(c, &c->fam_ctx)) {
         cpu_destroy(&c->base);
         return rcd_fail(RCD_ENOMEM, err, errlen,
                         "backend: cannot allocate %d state slots of %zu bytes and buffers for "

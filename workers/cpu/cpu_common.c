@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "workers/cpu/cpu_int.h"
+#include "workers/cpu/kernels_q.h"
 
 void wrk_cpu_batch_size(const wrk_seq_t *seqs, int n_seqs, int *T, int *n_rows)
 {
@@ -29,12 +30,13 @@ void wrk_cpu_embed(wrk_cpu_t *c, int ith, int nth, const wrk_seq_t *seqs, int n_
             c->k->to_f32(row, (const char *)m->embed.data + (size_t)seqs[s].tokens[j] * H * esz,
                          m->embed.dt, (size_t)H);
             if (m->embed_scale != 1.0f)
-                for (int i = 0; i < H; i++) row[i] *= m->embed_scale;
+                for (int i = 0; i < H; i++)
+                    row[i] *= m->embed_scale;
         }
 }
 
-void wrk_cpu_mm(wrk_cpu_t *c, int ith, int nth, const wrk_mat_t *W, const float *x, int ldx,
-                int T, float *y, int ldy, const float *bias, bool acc)
+void wrk_cpu_mm(wrk_cpu_t *c, int ith, int nth, const wrk_mat_t *W, const float *x, int ldx, int T,
+                float *y, int ldy, const float *bias, bool acc)
 {
     int o0, o1;
     wrk_split(W->rows, WRK_PANEL, ith, nth, &o0, &o1);
@@ -50,8 +52,29 @@ void wrk_cpu_matmul(wrk_cpu_t *c, int ith, const wrk_mat_t *W, int o0, int o1, c
     wrk_matmul(c->k, wrk_cpu_scratch(c, ith), &w, o0, o1, x, ldx, T, y, ldy, bias, acc);
 }
 
-void wrk_cpu_logits(wrk_cpu_t *c, int ith, int nth, const wrk_seq_t *seqs, int n_seqs,
-                    int n_rows)
+wrk_cpu_pf_t wrk_cpu_pf_rows(const wrk_cpu_t *c, const wrk_mat_t *W, int o0, int o1)
+{
+    wrk_cpu_pf_t pf = {0};
+    wrk_wq_t qf = W->qf;
+    const void *pk = W->pk;
+    if (!pk) pk = c->packs ? wrk_cpu_packed_in(c->packs, W, &qf) : wrk_cpu_packed(c->m, W, &qf);
+    if (!pk || o1 <= o0 || qf == WRK_WQ_QG) return pf;
+    const size_t pb = qf == WRK_WQ_NATIVE ? wrk_pack_panel_bytes(W->dt, W->cols)
+                                          : wrk_pack_q_panel_bytes(qf, W->cols);
+    const int p0 = o0 / WRK_PANEL, p1 = (o1 + WRK_PANEL - 1) / WRK_PANEL;
+    pf.p = (const char *)pk + (size_t)p0 * pb;
+    pf.n = (size_t)(p1 - p0) * pb;
+    return pf;
+}
+
+wrk_cpu_pf_t wrk_cpu_pf_mm(const wrk_cpu_t *c, int ith, int nth, const wrk_mat_t *W)
+{
+    int o0, o1;
+    wrk_split(W->rows, WRK_PANEL, ith, nth, &o0, &o1);
+    return wrk_cpu_pf_rows(c, W, o0, o1);
+}
+
+void wrk_cpu_logits(wrk_cpu_t *c, int ith, int nth, const wrk_seq_t *seqs, int n_seqs, int n_rows)
 {
     const wrk_model_t *m = c->m;
     const int H = m->info.hidden_size, V = m->info.vocab_size;
@@ -59,7 +82,7 @@ void wrk_cpu_logits(wrk_cpu_t *c, int ith, int nth, const wrk_seq_t *seqs, int n
     while (row < n_rows) {
         int nr = 0;
         const wrk_seq_t *owner[WRK_LOGIT_CHUNK];
-        int owner_row[WRK_LOGIT_CHUNK];
+        int owner_row[WRK_LOGIT_CHUNK], tok[WRK_LOGIT_CHUNK];
         /* Gather up to a chunk of rows (every thread computes the same walk). */
         while (nr < WRK_LOGIT_CHUNK && row + nr < n_rows) {
             const wrk_seq_t *q = &seqs[s];
@@ -69,32 +92,43 @@ void wrk_cpu_logits(wrk_cpu_t *c, int ith, int nth, const wrk_seq_t *seqs, int n
                 j = 0;
                 continue;
             }
-            int tok = t + q->n_tokens - q->n_logits + j;
-            if (nr % nth == ith)
-                c->k->rmsnorm(c->logit_in + (size_t)nr * H, c->res + (size_t)tok * H, m->norm_f,
-                              H, m->norm_eps);
+            tok[nr] = t + q->n_tokens - q->n_logits + j;
             owner[nr] = q;
             owner_row[nr] = j;
             nr++;
             j++;
         }
-        wrk_pool_barrier(c->pool);
+        /* The final norm: for a few rows (decode) every thread normalizes all of them into
+         * its own buffer, and no barrier follows (nor precedes the next chunk: every buffer
+         * a thread then writes, only it reads); else split by row behind a barrier. */
+        float *in = wrk_cpu_local(c, ith, nr);
+        const bool local = in != NULL;
+        if (!local) in = c->logit_in;
+        for (int r = 0; r < nr; r++)
+            if (local || r % nth == ith)
+                c->k->rmsnorm(in + (size_t)r * H, c->res + (size_t)tok[r] * H, m->norm_f, H,
+                              m->norm_eps);
+        if (!local) wrk_pool_barrier(c->pool);
         int v0, v1;
         wrk_split(V, WRK_PANEL, ith, nth, &v0, &v1);
-        wrk_cpu_matmul(c, ith, &m->lm_head, v0, v1, c->logit_in, H, nr, c->logit_out, V, NULL,
-                       false);
+        /* one row: straight into the sequence's logits (no copy) */
+        float *out = nr == 1 ? owner[0]->logits + (size_t)owner_row[0] * V : c->logit_out;
+        wrk_cpu_matmul(c, ith, &m->lm_head, v0, v1, in, H, nr, out, V, NULL, false);
         for (int r = 0; r < nr; r++) {
             float *dst = owner[r]->logits + (size_t)owner_row[r] * V;
             const float *src = c->logit_out + (size_t)r * V;
-            memcpy(dst + v0, src + v0, (size_t)(v1 - v0) * sizeof(float));
+            if (nr > 1) memcpy(dst + v0, src + v0, (size_t)(v1 - v0) * sizeof(float));
             if (m->logit_scale != 1.0f)
-                for (int v = v0; v < v1; v++) dst[v] *= m->logit_scale;
+                for (int v = v0; v < v1; v++)
+                    dst[v] *= m->logit_scale;
             if (m->logit_softcap > 0.0f)
                 for (int v = v0; v < v1; v++)
                     dst[v] = m->logit_softcap * tanhf(dst[v] / m->logit_softcap);
         }
         row += nr;
-        wrk_pool_barrier(c->pool);
+        /* the next chunk overwrites logit_in / logit_out; after the last one the pool's join
+         * (wrk_pool_run) orders every thread's writes before the caller reads them */
+        if (!local && row < n_rows) wrk_pool_barrier(c->pool);
     }
 }
 

@@ -81,25 +81,26 @@ typedef struct wrk_cpu {
     const wrk_kern_t *k;
     wrk_pool_t *pool;
     int n_threads;
-    float *slots;        /* n_slots x state_floats */
+    float *slots; /* n_slots x state_floats */
     size_t state_floats;
-    float *res;          /* residual stream, max_step_tokens x H */
-    float *logit_in;     /* WRK_LOGIT_CHUNK x H */
-    float *logit_out;    /* WRK_LOGIT_CHUNK x V */
-    float *scratch;      /* per thread: wrk_mm_scratch_floats(m->max_matmul_cols) */
+    float *res;       /* residual stream, max_step_tokens x H */
+    float *logit_in;  /* WRK_LOGIT_CHUNK x H */
+    float *logit_out; /* WRK_LOGIT_CHUNK x V */
+    float *scratch;   /* per thread: wrk_mm_scratch_floats(m->max_matmul_cols) */
     size_t scratch_floats;
     float *local;                /* per thread: local_floats (wrk_cpu_local) */
+    struct wrk_cpu_pf *pf_next;  /* per thread: what it reads after the mixer (wrk_cpu_pf_set) */
     size_t local_floats;         /* WRK_CPU_LOCAL_T x max(hidden, m->max_matmul_cols) */
     const wrk_cpu_family_i *fam; /* the model family's forward */
-    void *fam_ctx;       /* its activation buffers */
-    wrk_kv_t *kv;        /* paged KV of models with n_kv_layers > 0, else NULL */
+    void *fam_ctx;               /* its activation buffers */
+    wrk_kv_t *kv;                /* paged KV of models with n_kv_layers > 0, else NULL */
     /* Tensor parallelism (cpu_tp.c): this rank's shard and communicator; NULL at TP=1. */
     const wrk_shard_t *shard;
     wrk_comm_t *comm;
-    int comm_rc;         /* first communicator error of the step */
+    int comm_rc;             /* first communicator error of the step */
     struct wrk_packs *packs; /* owned: a TP rank's packed slices (wrk_cpu_pack_shard) */
-    wrk_cpu_spec_t *spec; /* n_slots, speculative rollback; NULL under TP */
-    float *spec_tmp;      /* the replay's scratch, allocated with the first verify */
+    wrk_cpu_spec_t *spec;    /* n_slots, speculative rollback; NULL under TP */
+    float *spec_tmp;         /* the replay's scratch, allocated with the first verify */
     size_t spec_rec_floats, spec_tmp_floats, spec_saved_floats;
 } wrk_cpu_t;
 
@@ -126,9 +127,8 @@ static inline bool wrk_cpu_lead(const wrk_cpu_t *c)
 void wrk_cpu_all_reduce(wrk_cpu_t *c, int ith, float *buf, size_t n);
 
 /* One CPU backend; with a shard and a communicator, one rank of a TP group (cpu_tp.c). */
-int wrk__cpu_create(const wrk_model_t *m, const wrk_backend_opts_t *opts,
-                    const wrk_shard_t *shard, wrk_comm_t *comm, wrk_cpu_t **out, char *err,
-                    size_t errlen);
+int wrk__cpu_create(const wrk_model_t *m, const wrk_backend_opts_t *opts, const wrk_shard_t *shard,
+                    wrk_comm_t *comm, wrk_cpu_t **out, char *err, size_t errlen);
 /* The TP group behind one wrk_backend_t (opts->tp > 1). */
 int wrk__cpu_tp_create(const wrk_model_t *m, const wrk_backend_opts_t *opts, wrk_backend_t **out,
                        char *err, size_t errlen);
@@ -193,12 +193,45 @@ void wrk_cpu_pack_stats(const wrk_model_t *m, size_t *native, size_t *packed);
 /* wrk_matmul on this backend: W's packed copy when it has one. */
 void wrk_cpu_matmul(wrk_cpu_t *c, int ith, const wrk_mat_t *W, int o0, int o1, const float *x,
                     int ldx, int T, float *y, int ldy, const float *bias, bool acc);
-void wrk_cpu_mm(wrk_cpu_t *c, int ith, int nth, const wrk_mat_t *W, const float *x, int ldx,
-                int T, float *y, int ldy, const float *bias, bool acc);
+void wrk_cpu_mm(wrk_cpu_t *c, int ith, int nth, const wrk_mat_t *W, const float *x, int ldx, int T,
+                float *y, int ldy, const float *bias, bool acc);
+
+/* A byte range a thread reads next (its share of a matmul's packed weights, a state slice):
+ * what it prefetches while it waits at a barrier (wrk_pool_barrier_pf). */
+typedef struct wrk_cpu_pf {
+    const void *p;
+    size_t n;
+} wrk_cpu_pf_t;
+/* At most this many bytes are prefetched per barrier (into L2; the kernels prefetch the rest
+ * as they stream). */
+#define WRK_CPU_PF_MAX (256 * 1024)
+/* The packed bytes of W's rows [o0, o1) (native or q8/q4 panels); {0} where W has no such
+ * pack (pre-quantized checkpoints, unpacked matrices). */
+wrk_cpu_pf_t wrk_cpu_pf_rows(const wrk_cpu_t *c, const wrk_mat_t *W, int o0, int o1);
+/* Thread ith's rows of W as wrk_cpu_mm splits them. */
+wrk_cpu_pf_t wrk_cpu_pf_mm(const wrk_cpu_t *c, int ith, int nth, const wrk_mat_t *W);
+/* A barrier during whose wait the thread prefetches pf (at most WRK_CPU_PF_MAX bytes). */
+static inline void wrk_cpu_barrier_pf(wrk_cpu_t *c, wrk_cpu_pf_t pf)
+{
+    wrk_pool_barrier_pf(c->pool, pf.p, pf.n < WRK_CPU_PF_MAX ? pf.n : WRK_CPU_PF_MAX);
+}
+/* What thread ith reads first after the mixer it is about to run (the next layer's first
+ * matmul, the lm_head): set by a family's forward before the call, taken (and cleared) by
+ * the mixer's last barrier (wrk_cpu_barrier_next). Families that set nothing get a plain
+ * barrier. */
+static inline void wrk_cpu_pf_set(wrk_cpu_t *c, int ith, wrk_cpu_pf_t pf)
+{
+    c->pf_next[ith] = pf;
+}
+static inline void wrk_cpu_barrier_next(wrk_cpu_t *c, int ith)
+{
+    const wrk_cpu_pf_t pf = c->pf_next[ith];
+    c->pf_next[ith] = (wrk_cpu_pf_t){0};
+    wrk_cpu_barrier_pf(c, pf);
+}
 
 /* Final RMSNorm and lm_head for every row that wants logits (reads c->res), written into
  * each sequence's buffer with logit_scale and softcap applied. All threads call it. */
-void wrk_cpu_logits(wrk_cpu_t *c, int ith, int nth, const wrk_seq_t *seqs, int n_seqs,
-                    int n_rows);
+void wrk_cpu_logits(wrk_cpu_t *c, int ith, int nth, const wrk_seq_t *seqs, int n_seqs, int n_rows);
 
 #endif

@@ -244,7 +244,15 @@ static void mixer(struct wrk_cpu *c, int ith, int nth, const wrk_mamba2_config_t
             t += seqs[s].n_tokens;
         }
     }
-    wrk_pool_barrier(c->pool);
+    /* the wait prefetches what this thread reads next: its heads' state of the first
+     * sequence (the scan streams it) */
+    wrk_cpu_pf_t pf = {0};
+    if (h1 > h0 && n_seqs > 0) {
+        const size_t PN = (size_t)cfg->head_dim * cfg->d_state;
+        pf.p = wrk_cpu_slot(c, seqs[0].slot) + state_off + conv_floats + (size_t)h0 * PN;
+        pf.n = (size_t)(h1 - h0) * PN * sizeof(float);
+    }
+    wrk_cpu_barrier_pf(c, pf);
     if (h1 > h0) {
         int t = 0;
         for (int s = 0; s < n_seqs; s++) {
@@ -258,11 +266,12 @@ static void mixer(struct wrk_cpu *c, int ith, int nth, const wrk_mamba2_config_t
             t += seqs[s].n_tokens;
         }
     }
-    wrk_pool_barrier(c->pool);
+    /* at decode out_proj follows (its share prefetched in the wait), else the norms */
+    float *yg = cfg->tp_norm_reduce ? NULL : wrk_cpu_local(c, ith, T);
+    wrk_cpu_barrier_pf(c, yg ? wrk_cpu_pf_mm(c, ith, nth, &L->out_proj) : (wrk_cpu_pf_t){0});
     /* The gate and norm: at decode (and no TP norm reduce) every thread gates every token
      * into its own buffer (u, the in_proj input, is no longer read), so out_proj follows
      * without a barrier; else split by token. */
-    float *yg = cfg->tp_norm_reduce ? NULL : wrk_cpu_local(c, ith, T);
     if (yg) {
         t0 = 0;
         t1 = T;
@@ -282,7 +291,7 @@ static void mixer(struct wrk_cpu *c, int ith, int nth, const wrk_mamba2_config_t
                        cfg->eps);
     if (yg == a->y) wrk_pool_barrier(c->pool);
     wrk_cpu_mm(c, ith, nth, &L->out_proj, yg, I, T, out, H, L->out_b, acc);
-    wrk_pool_barrier(c->pool);
+    wrk_cpu_barrier_next(c, ith);
 }
 
 void wrk_mamba2_cpu_mixer(struct wrk_cpu *c, int ith, int nth, const wrk_mamba2_config_t *cfg,
@@ -311,14 +320,25 @@ static void forward(void *arg, int ith, int nth)
     const int H = cfg->hidden, T = f->T;
     const bool lead = wrk_cpu_lead(c);
     const size_t layer_floats = wrk_mamba2_layer_state_floats(cfg);
-    int t0, t1;
+    int t0, t1, z0, z1, v0, v1;
+    /* what this thread reads first in a layer (its in_proj z rows, as the mixer splits them at
+     * more than one thread) and after the last one (its lm_head rows): prefetched at the
+     * barrier before */
+    wrk_split(cfg->inner, 16, ith, nth, &z0, &z1);
+    wrk_split(c->m->info.vocab_size, WRK_PANEL, ith, nth, &v0, &v1);
+    if (cfg->proj_mult_on) z0 = z1 = 0;
 
     wrk_cpu_embed(c, ith, nth, f->seqs, f->n_seqs);
     wrk_split(T, 1, ith, nth, &t0, &t1);
-    wrk_pool_barrier(c->pool);
+    wrk_cpu_barrier_pf(c, wrk_cpu_pf_rows(c, &mb->layers[0].in_proj, z0, z1));
 
     for (int l = 0; l < cfg->n_layers; l++) {
         const wrk_mamba2_layer_t *L = &mb->layers[l];
+        wrk_cpu_pf_set(c, ith,
+                       l + 1 < cfg->n_layers
+                           ? wrk_cpu_pf_rows(c, &mb->layers[l + 1].in_proj, z0, z1)
+                       : lead ? wrk_cpu_pf_rows(c, &c->m->lm_head, v0, v1)
+                              : (wrk_cpu_pf_t){0});
         /* decode: every thread normalizes every token into its own buffer (no barrier) */
         float *u = wrk_cpu_local(c, ith, T);
         if (u) {

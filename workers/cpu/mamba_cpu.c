@@ -117,9 +117,10 @@ void wrk_mamba_cpu_mixer(struct wrk_cpu *c, int ith, int nth, const wrk_mamba_co
             t += seqs[s].n_tokens;
         }
     }
-    wrk_pool_barrier(c->pool);
+    /* each barrier's wait prefetches this thread's share of the next matmul */
+    wrk_cpu_barrier_pf(c, wrk_cpu_pf_mm(c, ith, nth, &L->x_proj));
     wrk_cpu_mm(c, ith, nth, &L->x_proj, a->xc, I, T, a->dbc, ldbc, NULL, false);
-    wrk_pool_barrier(c->pool);
+    wrk_cpu_barrier_pf(c, L->dt_norm ? (wrk_cpu_pf_t){0} : wrk_cpu_pf_rows(c, &L->dt_proj, c0, c1));
     wrk_cpu_all_reduce(c, ith, a->dbc, (size_t)T * ldbc);
     if (L->dt_norm) { /* Jamba: RMSNorm of dt, B and C, each over its own width, in place */
         int t0, t1;
@@ -152,11 +153,11 @@ void wrk_mamba_cpu_mixer(struct wrk_cpu *c, int ith, int nth, const wrk_mamba_co
             t += seqs[s].n_tokens;
         }
     }
-    wrk_pool_barrier(c->pool);
+    wrk_cpu_barrier_pf(c, wrk_cpu_pf_mm(c, ith, nth, &L->out_proj));
     /* TP: rank 0 adds its partial product (and the bias) to out, the others overwrite theirs
      * with their partial product; the all-reduce sums the lot. */
     wrk_cpu_mm(c, ith, nth, &L->out_proj, a->y, I, T, out, H, L->out_b, acc);
-    wrk_pool_barrier(c->pool);
+    wrk_cpu_barrier_next(c, ith);
     wrk_cpu_all_reduce(c, ith, out, (size_t)T * H);
 }
 
@@ -199,14 +200,23 @@ static void forward(void *arg, int ith, int nth)
     const wrk_kern_t *k = c->k;
     const int H = cfg->hidden, T = f->T;
     const size_t layer_floats = wrk_mamba_layer_state_floats(cfg);
-    int t0, t1;
+    int t0, t1, c0, c1, v0, v1;
+    /* what this thread reads first in a layer (its in_proj x rows, as the mixer splits them)
+     * and after the last one (its lm_head rows): prefetched at the barrier before */
+    wrk_split(cfg->inner, 16, ith, nth, &c0, &c1);
+    wrk_split(c->m->info.vocab_size, WRK_PANEL, ith, nth, &v0, &v1);
 
     wrk_cpu_embed(c, ith, nth, f->seqs, f->n_seqs);
     wrk_split(T, 1, ith, nth, &t0, &t1);
-    wrk_pool_barrier(c->pool);
+    wrk_cpu_barrier_pf(c, wrk_cpu_pf_rows(c, &mb->layers[0].in_proj, c0, c1));
 
     for (int l = 0; l < cfg->n_layers; l++) {
         const wrk_mamba_layer_t *L = &mb->layers[l];
+        wrk_cpu_pf_set(c, ith,
+                       l + 1 < cfg->n_layers
+                           ? wrk_cpu_pf_rows(c, &mb->layers[l + 1].in_proj, c0, c1)
+                       : lead ? wrk_cpu_pf_rows(c, &c->m->lm_head, v0, v1)
+                              : (wrk_cpu_pf_t){0});
         /* decode: every thread normalizes every token into its own buffer (no barrier) */
         float *u = wrk_cpu_local(c, ith, T);
         if (u) {

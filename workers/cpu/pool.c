@@ -16,10 +16,10 @@ struct wrk_pool {
     pthread_t *threads;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    atomic_uint gen;     /* bumped once per job */
-    atomic_int pending;  /* workers still running the current job */
+    atomic_uint gen;    /* bumped once per job */
+    atomic_int pending; /* workers still running the current job */
     atomic_int quit;
-    wrk_pool_cb fn;      /* written before gen is bumped (release), read after (acquire) */
+    wrk_pool_cb fn; /* written before gen is bumped (release), read after (acquire) */
     void *arg;
     /* sense-reversing barrier */
     atomic_int bar_count;
@@ -51,8 +51,10 @@ static void *worker_main(void *a)
         while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen &&
                !atomic_load(&p->quit)) {
             if (++spins < SPIN_BEFORE_SLEEP) {
-                if (spins > SPIN_BEFORE_YIELD) sched_yield();
-                else cpu_relax();
+                if (spins > SPIN_BEFORE_YIELD)
+                    sched_yield();
+                else
+                    cpu_relax();
                 continue;
             }
             pthread_mutex_lock(&p->mu);
@@ -82,7 +84,8 @@ int wrk_pool_create(int n_threads, wrk_pool_t **out)
     pthread_cond_init(&p->cv, NULL);
     for (int i = 1; i < n_threads; i++) {
         worker_arg_t *wa = malloc(sizeof *wa);
-        if (!wa || (wa->p = p, wa->ith = i, pthread_create(&p->threads[i], NULL, worker_main, wa))) {
+        if (!wa ||
+            (wa->p = p, wa->ith = i, pthread_create(&p->threads[i], NULL, worker_main, wa))) {
             free(wa);
             p->n = i; /* destroy joins only the threads that started */
             wrk_pool_destroy(p);
@@ -100,7 +103,8 @@ void wrk_pool_destroy(wrk_pool_t *p)
     atomic_store(&p->quit, 1);
     pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
-    for (int i = 1; i < p->n; i++) pthread_join(p->threads[i], NULL);
+    for (int i = 1; i < p->n; i++)
+        pthread_join(p->threads[i], NULL);
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->cv);
     free(p->threads);
@@ -128,12 +132,23 @@ void wrk_pool_run(wrk_pool_t *p, wrk_pool_cb fn, void *arg)
     fn(arg, 0, p->n);
     int spins = 0;
     while (atomic_load_explicit(&p->pending, memory_order_acquire) > 0) {
-        if (++spins > SPIN_BEFORE_YIELD) sched_yield();
-        else cpu_relax();
+        if (++spins > SPIN_BEFORE_YIELD)
+            sched_yield();
+        else
+            cpu_relax();
     }
 }
 
 void wrk_pool_barrier(wrk_pool_t *p)
+{
+    wrk_pool_barrier_pf(p, NULL, 0);
+}
+
+/* Lines prefetched per turn of the wait loop: a few at a time, so that the release is seen
+ * (and the loop left) after at most these few are issued. */
+#define PF_LINES_PER_TURN 4
+
+void wrk_pool_barrier_pf(wrk_pool_t *p, const void *pf, size_t bytes)
 {
     if (p->n == 1) return;
     unsigned sense = atomic_load_explicit(&p->bar_sense, memory_order_acquire);
@@ -142,9 +157,19 @@ void wrk_pool_barrier(wrk_pool_t *p)
         atomic_store_explicit(&p->bar_sense, sense + 1, memory_order_release);
         return;
     }
+    const char *a = pf;
+    size_t off = 0;
+    if (!a) bytes = 0;
     int spins = 0;
     while (atomic_load_explicit(&p->bar_sense, memory_order_acquire) == sense) {
-        if (++spins > SPIN_BEFORE_YIELD) sched_yield();
-        else cpu_relax();
+        if (off < bytes) {
+            for (int i = 0; i < PF_LINES_PER_TURN && off < bytes; i++, off += 64)
+                __builtin_prefetch(a + off, 0, 2);
+            continue;
+        }
+        if (++spins > SPIN_BEFORE_YIELD)
+            sched_yield();
+        else
+            cpu_relax();
     }
 }

@@ -14,6 +14,11 @@ int wrk_pool_size(const wrk_pool_t *p);
 void wrk_pool_run(wrk_pool_t *p, wrk_pool_cb fn, void *arg);
 /* Called by every thread inside fn: waits until all threads have reached it. */
 void wrk_pool_barrier(wrk_pool_t *p);
+/* wrk_pool_barrier that, while this thread waits for the others, prefetches into L2 up to
+ * `bytes` bytes from `pf` (what it reads next: its share of the next matmul's weights), so
+ * a wait for a slower thread streams the next phase's first bytes instead of spinning. The
+ * last thread to arrive prefetches nothing; pf NULL or bytes 0: a plain barrier. */
+void wrk_pool_barrier_pf(wrk_pool_t *p, const void *pf, size_t bytes);
 
 /* [*lo, *hi) of n items for thread ith of nth, in multiples of `align` items. */
 static inline void wrk_split(int n, int align, int ith, int nth, int *lo, int *hi)
