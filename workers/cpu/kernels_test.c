@@ -84,6 +84,30 @@ static float weight_value(const void *w, wrk_dtype_t dt, size_t i)
     return dt == WRK_DT_BF16 ? wrk_bf16_to_f32(h) : wrk_f16_to_f32(h);
 }
 
+/* The kernels of an ISA, or NULL (saying so) where this CPU lacks its instructions. */
+static const wrk_kern_t *kern_or_skip(const char *isa)
+{
+    const wrk_kern_t *k = wrk_kern_select(isa);
+    if (!k) fprintf(stderr, "  skip: %s kernels (this CPU lacks the instructions)\n", isa);
+    return k;
+}
+
+/* An O x K matrix of random weights of dtype dt, packed (kernels.h); free P->pk and *wbuf. */
+static wrk_mat_t packed_random(wrk_dtype_t dt, int O, int K, unsigned *seed, char **wbuf)
+{
+    float *ref = malloc((size_t)O * K * sizeof(float));
+    *wbuf = malloc((size_t)O * K * 4);
+    for (int i = 0; i < O * K; i++)
+        ref[i] = frand(seed);
+    fill_weights(*wbuf, dt, ref, (size_t)O * K);
+    free(ref);
+    wrk_mat_t P = {.dt = dt, .data = *wbuf, .rows = O, .cols = K};
+    void *pk = aligned_alloc(64, (wrk_pack_bytes(&P) + 63) / 64 * 64);
+    wrk_pack(&P, pk);
+    P.pk = pk;
+    return P;
+}
+
 /* Every dtype, token counts on every side of the kernels' register tiles (5 and 12 tokens),
  * odd shapes, bias and accumulate, unaligned weight rows: wrk_matmul, the row-major `mm`, and
  * `mm` over the packed layout (split at and inside a panel), each against a double-precision
@@ -96,11 +120,8 @@ static void test_matmul(void)
     float *scratch = malloc(wrk_mm_scratch_floats(300) * sizeof(float));
     float *packed_one = malloc(40 * 300 * sizeof(float));
     for (int ii = 0; ii < 3; ii++) {
-        const wrk_kern_t *k = wrk_kern_select(isas[ii]);
-        if (!k) {
-            fprintf(stderr, "  skip: %s kernels (this CPU lacks the instructions)\n", isas[ii]);
-            continue;
-        }
+        const wrk_kern_t *k = kern_or_skip(isas[ii]);
+        if (!k) continue;
         for (int dt = 0; dt < 3; dt++)
             for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
                 const int O = shapes[si][0], K = shapes[si][1];
@@ -198,27 +219,17 @@ static void test_matmul_packed_kblocks(void)
     const char *isas[] = {"portable", "avx2", "avx512"};
     unsigned seed = 31;
     for (int ii = 0; ii < 3; ii++) {
-        const wrk_kern_t *k = wrk_kern_select(isas[ii]);
-        if (!k) {
-            fprintf(stderr, "  skip: %s kernels (this CPU lacks the instructions)\n", isas[ii]);
-            continue;
-        }
+        const wrk_kern_t *k = kern_or_skip(isas[ii]);
+        if (!k) continue;
         for (int dt = 0; dt < 3; dt++)
             for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
                 const int O = shapes[si][0], K = shapes[si][1];
                 float *scratch = malloc(wrk_mm_scratch_floats(K) * sizeof(float));
-                float *ref = malloc((size_t)O * K * sizeof(float));
-                char *w = malloc((size_t)O * K * 4);
-                for (int i = 0; i < O * K; i++)
-                    ref[i] = frand(&seed);
-                fill_weights(w, (wrk_dtype_t)dt, ref, (size_t)O * K);
+                char *w;
+                wrk_mat_t P = packed_random((wrk_dtype_t)dt, O, K, &seed, &w);
                 float bias[80];
                 for (int o = 0; o < O; o++)
                     bias[o] = frand(&seed);
-                wrk_mat_t P = {.dt = (wrk_dtype_t)dt, .data = w, .rows = O, .cols = K};
-                void *pk = aligned_alloc(64, (wrk_pack_bytes(&P) + 63) / 64 * 64);
-                wrk_pack(&P, pk);
-                P.pk = pk;
                 for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
                     const int T = Ts[ti], ldx = K + 3, ldy = O + 5;
                     float *x = malloc((size_t)T * ldx * sizeof(float));
@@ -266,9 +277,8 @@ static void test_matmul_packed_kblocks(void)
                     free(one);
                     free(y0);
                 }
-                free(pk);
+                free((void *)P.pk);
                 free(w);
-                free(ref);
                 free(scratch);
             }
     }
@@ -291,18 +301,11 @@ static void check_bf16_kernel(const wrk_kern_t *k)
     for (int dt = 0; dt < 3; dt++)
         for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
             const int O = shapes[si][0], K = shapes[si][1];
-            float *ref = malloc((size_t)O * K * sizeof(float));
-            char *wbuf = malloc((size_t)O * K * 4);
-            for (int i = 0; i < O * K; i++)
-                ref[i] = frand(&seed);
-            fill_weights(wbuf, (wrk_dtype_t)dt, ref, (size_t)O * K);
+            char *wbuf;
+            wrk_mat_t P = packed_random((wrk_dtype_t)dt, O, K, &seed, &wbuf);
             float bias[300];
             for (int o = 0; o < O; o++)
                 bias[o] = frand(&seed);
-            wrk_mat_t P = {.dt = (wrk_dtype_t)dt, .data = wbuf, .rows = O, .cols = K};
-            void *pk = aligned_alloc(64, (wrk_pack_bytes(&P) + 63) / 64 * 64);
-            wrk_pack(&P, pk);
-            P.pk = pk;
             for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
                 const int T = Ts[ti], ldx = K + 3, ldy = O + 5;
                 float *x = malloc((size_t)T * ldx * sizeof(float));
@@ -357,8 +360,7 @@ static void check_bf16_kernel(const wrk_kern_t *k)
                 free(x);
                 free(y);
             }
-            free(pk);
-            free(ref);
+            free((void *)P.pk);
             free(wbuf);
         }
     free(scratch);
