@@ -24,6 +24,21 @@ ARCH_TABLE = """## Architecture (config.json)
 | bos / eos / pad token | `<|endoftext|>` (id {eos}) |
 """
 
+# Shared by both cards: the held-out perplexity sentence and the samples / reproduce head.
+HELDOUT_PPL = """Held-out perplexity ({val_tok} tokens, windows of {seq_len} tokens, each starting from an empty
+state): **{ppl:.1f}** (loss {loss:.3f} nats/token, {bpb:.3f} bits/byte)"""
+SAMPLES_REPRODUCE = """## Samples
+Generated with `transformers` from this directory (`max_new_tokens=60`, `torch.manual_seed({seed})`
+before each):
+
+{samples}
+
+## Reproduce
+```sh
+apt-get install -y fortunes fortunes-min python3.11-doc gcc
+python3 tools/train_default_model.py {cmd}
+"""
+
 CARD = """# recurd-mamba-tiny
 
 recurd's bundled default model: a tiny Mamba-1 language model (`MambaForCausalLM`, {params_m:.2f}M
@@ -73,20 +88,9 @@ difference| {maxdiff:.1e}, perplexity on the first 32 held-out windows HF {hf_pp
 Versions: Python {py}, torch {torch}, transformers {tf}, tokenizers {tk}.
 
 ## Evaluation
-Held-out perplexity ({val_tok} tokens, windows of {seq_len} tokens, each starting from an empty
-state): **{ppl:.1f}** (loss {loss:.3f} nats/token, {bpb:.3f} bits/byte).
+""" + HELDOUT_PPL + """.
 {copy}
-## Samples
-Generated with `transformers` from this directory (`max_new_tokens=60`, `torch.manual_seed({seed})`
-before each):
-
-{samples}
-
-## Reproduce
-```sh
-apt-get install -y fortunes fortunes-min python3.11-doc gcc
-python3 tools/train_default_model.py {cmd}
-```
+""" + SAMPLES_REPRODUCE + """```
 Deterministic for a given machine and library versions as long as the step count, not the
 `--minutes` cap, ends the cosine schedule (on a loaded CPU the decay follows wall time, see the
 script).
@@ -157,8 +161,7 @@ implementation: max |logit difference| {maxdiff:.1e}.
 Versions: Python {py}, torch {torch}, transformers {tf}, tokenizers {tk}.
 
 ## Evaluation
-Held-out perplexity ({val_tok} tokens, windows of {seq_len} tokens, each starting from an empty
-state): **{ppl:.1f}** (loss {loss:.3f} nats/token, {bpb:.3f} bits/byte); the bundled model: {tppl:.1f}{now}.
+""" + HELDOUT_PPL + """; the bundled model: {tppl:.1f}{now}.
 
 {acceptance}
 ## In recurd
@@ -170,17 +173,7 @@ fixture `tests/golden/bundled-draft/greedy.json`). As a draft: `recurd-eval --mo
 its acceptance in recurd's engine is in bench/RESULTS.md ("Draft-model speculation through the
 daemon").
 
-## Samples
-Generated with `transformers` from this directory (`max_new_tokens=60`, `torch.manual_seed({seed})`
-before each):
-
-{samples}
-
-## Reproduce
-```sh
-apt-get install -y fortunes fortunes-min python3.11-doc gcc
-python3 tools/train_default_model.py {cmd}
-python3 tools/draft_acceptance.py --target {teacher} --draft {out} --stats {stats}
+""" + SAMPLES_REPRODUCE + """python3 tools/draft_acceptance.py --target {teacher} --draft {out} --stats {stats}
 python3 tools/draft_acceptance.py --target {teacher} --draft {out} --stats {stats} \\
     --text /usr/share/common-licenses/GPL-3
 python3 tools/train_default_model.py --out {out} --write-card {stats}
