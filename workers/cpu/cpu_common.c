@@ -43,21 +43,29 @@ void wrk_cpu_mm(wrk_cpu_t *c, int ith, int nth, const wrk_mat_t *W, const float 
     wrk_cpu_matmul(c, ith, W, o0, o1, x, ldx, T, y, ldy, bias, acc);
 }
 
-void wrk_cpu_matmul(wrk_cpu_t *c, int ith, const wrk_mat_t *W, int o0, int o1, const float *x,
-                    int ldx, int T, float *y, int ldy, const float *bias, bool acc)
+/* W with its packed copy (this backend's packs: a TP rank's, else the model's) where W has
+ * none of its own. */
+static wrk_mat_t with_pack(const wrk_cpu_t *c, const wrk_mat_t *W)
 {
     wrk_mat_t w = *W;
     if (!w.pk)
         w.pk = c->packs ? wrk_cpu_packed_in(c->packs, W, &w.qf) : wrk_cpu_packed(c->m, W, &w.qf);
+    return w;
+}
+
+void wrk_cpu_matmul(wrk_cpu_t *c, int ith, const wrk_mat_t *W, int o0, int o1, const float *x,
+                    int ldx, int T, float *y, int ldy, const float *bias, bool acc)
+{
+    const wrk_mat_t w = with_pack(c, W);
     wrk_matmul(c->k, wrk_cpu_scratch(c, ith), &w, o0, o1, x, ldx, T, y, ldy, bias, acc);
 }
 
 wrk_cpu_pf_t wrk_cpu_pf_rows(const wrk_cpu_t *c, const wrk_mat_t *W, int o0, int o1)
 {
     wrk_cpu_pf_t pf = {0};
-    wrk_wq_t qf = W->qf;
-    const void *pk = W->pk;
-    if (!pk) pk = c->packs ? wrk_cpu_packed_in(c->packs, W, &qf) : wrk_cpu_packed(c->m, W, &qf);
+    const wrk_mat_t w = with_pack(c, W);
+    const void *pk = w.pk;
+    const wrk_wq_t qf = w.qf;
     if (!pk || o1 <= o0 || qf == WRK_WQ_QG) return pf;
     const size_t pb = qf == WRK_WQ_NATIVE ? wrk_pack_panel_bytes(W->dt, W->cols)
                                           : wrk_pack_q_panel_bytes(qf, W->cols);
