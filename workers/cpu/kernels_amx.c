@@ -12,15 +12,12 @@
  * bit-identical for every batch composition and chunking, as in the fp32 kernels. From 16
  * tokens x is padded to whole 16-token blocks with zero rows; columns to the packed 32 with
  * zeros. */
-#include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <string.h>
-#include <unistd.h>
 #if defined(__x86_64__)
 #include <cpuid.h>
 #include <immintrin.h>
-#include <sys/syscall.h>
 #endif
 
 #include "workers/cpu/kernels.h"
@@ -33,18 +30,14 @@
 
 #ifdef RCD_HAVE_AMX
 
+#include "workers/cpu/amx_util.h"
+
 #ifndef AMX_PANEL_BYTES
 #define AMX_PANEL_BYTES (256 * 1024) /* weights a group of panels holds for its token blocks */
 #endif
 #ifndef AMX_PF_DIST
 #define AMX_PF_DIST 4096 /* bytes ahead, per panel, while a group streams from memory */
 #endif
-
-typedef struct amx_cfg {
-    uint8_t palette, start_row, rsvd[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} __attribute__((aligned(64))) amx_cfg_t;
 
 static const wrk_kern_t *g_base;
 static wrk_kern_t g_table;
@@ -145,9 +138,8 @@ static void amx_mm(const wrk_mat_t *W, int o0, int o1, const float *x, int ldx, 
     const int p0 = o0 / WRK_PANEL, p1 = (o1 + WRK_PANEL - 1) / WRK_PANEL;
     int group = (int)(AMX_PANEL_BYTES / pb) & ~1;
     if (group < 2) group = 2;
-    amx_cfg_t cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.palette = 1;
+    wrk_amx_cfg_t cfg;
+    wrk_amx_cfg_init(&cfg);
     /* Fewer than 16 tokens: A and C tiles of T rows, so batch-1 decode does not multiply 15
      * rows of zeros (measured: with 16-row tiles batch 1 ran ~10% below the fp32 kernels, with
      * T-row tiles level with them). A row's result does not depend on the tile's rows. */
@@ -214,10 +206,9 @@ static void amx_init(void)
         g_why = "the AVX-512 kernels are not available";
         return;
     }
-    /* Linux hands out the AMX tile state only on request (ARCH_REQ_XCOMP_PERM, 5.16+). */
-    if (syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) != 0) {
-        g_why = errno == ENOSPC ? "the kernel refused AMX state (a signal stack is too small)"
-                                : "the kernel does not grant AMX state (Linux 5.16 or later)";
+    const char *why = wrk_amx_request(); /* amx_util.h */
+    if (why) {
+        g_why = why;
         return;
     }
     g_table = *g_base;

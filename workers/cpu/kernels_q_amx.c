@@ -18,16 +18,13 @@
  * in arrays the epilogue broadcasts from); four C tiles rotate so that group g + 3's product
  * runs during group g's epilogue. Calls of fewer than WRK_QMM_AMX_MIN_T tokens, and the last
  * T % 16 tokens of the others, run the AVX-512 VNNI kernel (same results). */
-#include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 #if defined(__x86_64__)
 #include <cpuid.h>
 #include <immintrin.h>
-#include <sys/syscall.h>
 #endif
 
 #include "workers/cpu/kernels_q.h"
@@ -40,15 +37,11 @@
 
 #ifdef RCD_HAVE_AMX_INT8
 
+#include "workers/cpu/amx_util.h"
+
 #ifndef QAMX_PANEL_BYTES
 #define QAMX_PANEL_BYTES (256 * 1024) /* weights a group of panels holds for its token blocks */
 #endif
-
-typedef struct qamx_cfg {
-    uint8_t palette, start_row, rsvd[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} __attribute__((aligned(64))) qamx_cfg_t;
 
 static wrk_qmm_fn g_vnni;
 
@@ -277,9 +270,8 @@ static void qamx_qmm(const wrk_mat_t *W, int o0, int o1, const void *xqv, int T,
             blk = heap;
         }
     }
-    qamx_cfg_t cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.palette = 1;
+    wrk_amx_cfg_t cfg;
+    wrk_amx_cfg_init(&cfg);
     for (int i = 0; i < 8; i++) {
         cfg.rows[i] = i >= 6 ? 8 : 16;             /* B: 8 rows of 4-column blocks */
         cfg.colsb[i] = i == 4 || i == 5 ? 32 : 64; /* A: 32 columns of int8 */
@@ -311,11 +303,9 @@ static void qamx_init(void)
         g_why = "this build has no AVX512_VNNI kernel";
         return;
     }
-    /* Linux hands out the AMX tile state only on request (ARCH_REQ_XCOMP_PERM, 5.16+); the
-     * grant is per process, so this and the bf16 AMX path (kernels_amx.c) share it. */
-    if (syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) != 0) {
-        g_why = errno == ENOSPC ? "the kernel refused AMX state (a signal stack is too small)"
-                                : "the kernel does not grant AMX state (Linux 5.16 or later)";
+    const char *why = wrk_amx_request(); /* amx_util.h */
+    if (why) {
+        g_why = why;
         return;
     }
     g_why = NULL;
