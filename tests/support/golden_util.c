@@ -216,6 +216,36 @@ float golden_check_chunks(wrk_backend_t *b, const golden_t *g, float tol, const 
     return worst;
 }
 
+void golden_test_bundled(const golden_suite_t *s, const char *sub, const char *model_name,
+                         float tol)
+{
+    char gdir[RCD_PATH_MAX], mdir[RCD_PATH_MAX], err[512];
+    CHECK(rcd_path_fmt(gdir, sizeof gdir, "%s/%s", golden_root(), sub) == 0);
+    CHECK(rcd_path_fmt(mdir, sizeof mdir, "%s/../../models/%s", golden_root(), model_name) == 0);
+    golden_t g;
+    if (golden_load_dir(gdir, &g)) {
+        CHECK_MSG(0, "%s: no fixture", gdir);
+        return;
+    }
+    wrk_model_t *m = NULL;
+    int rc = wrk_model_load(mdir, &m, err, sizeof err);
+    CHECK_MSG(rc == 0, "%s: %s", model_name, err);
+    if (rc) {
+        golden_free(&g);
+        return;
+    }
+    CHECK(g.n_seqs >= 3 && g.n_gen == 64);
+    wrk_backend_t *b = golden_backend(s, m, NULL, 2);
+    float worst = b ? golden_check_chunks(b, &g, tol, sub) : NAN;
+    fprintf(stderr, "  %s: max |dlogit| %.2e over %d prompts\n", model_name, worst, g.n_seqs);
+    wrk_backend_destroy(b);
+    wrk_model_free(m);
+    int mis;
+    if (golden_greedy(s, mdir, &g, &worst, &mis) == 0)
+        CHECK_MSG(mis < 0, "%s: greedy token %d of 64 differs", model_name, mis);
+    golden_free(&g);
+}
+
 /* Under TSan (races, not numerics: the release and ASan runs check every ISA and thread
  * count) only the fastest kernels this CPU has run, with 2 threads: that is where the pool's
  * threads share work, at a sixth of the cost. */

@@ -120,6 +120,12 @@ void golden_test_ragged(const golden_suite_t *s);
 int golden_greedy(const golden_suite_t *s, const char *model_dir, const golden_t *g, float *worst,
                   int *mismatch_at);
 
+/* A model shipped in models/ (`model_name`) against its fixture <golden root>/<sub>
+ * (tools/gen_bundled_goldens.py): every prompt within tol and bit-identical at every chunking
+ * (golden_check_chunks), and the 64 greedy tokens identical. */
+void golden_test_bundled(const golden_suite_t *s, const char *sub, const char *model_name,
+                         float tol);
+
 /* Every fp32 case: 32 greedy tokens identical, their logits within tol. */
 void golden_test_greedy(const golden_suite_t *s);
 

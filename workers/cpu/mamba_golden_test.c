@@ -166,40 +166,10 @@ static void test_bad_batches(void)
 }
 
 /* The bundled default model (models/recurd-mamba-tiny) against transformers: every prompt
- * at chunk sizes 1, 4 and whole, and 64 greedy tokens identical. */
+ * at every chunking and 64 greedy tokens identical. */
 static void test_bundled(void)
 {
-    char gdir[RCD_PATH_MAX], mdir[RCD_PATH_MAX], err[512];
-    CHECK(rcd_path_fmt(gdir, sizeof gdir, "%s/bundled", golden_root()) == 0);
-    CHECK(rcd_path_fmt(mdir, sizeof mdir, "%s/../../models/recurd-mamba-tiny", golden_root()) == 0);
-    golden_t g;
-    if (golden_load_dir(gdir, &g)) {
-        CHECK(0);
-        return;
-    }
-    wrk_model_t *m = NULL;
-    int rc = wrk_model_load(mdir, &m, err, sizeof err);
-    CHECK_MSG(rc == 0, "%s", err);
-    if (rc) {
-        golden_free(&g);
-        return;
-    }
-    CHECK(g.n_seqs >= 3 && g.n_gen == 64);
-    wrk_backend_t *b = golden_backend(&suite, m, NULL, 2);
-    float worst = 0.f;
-    for (int si = 0; si < g.n_seqs; si++)
-        for (int chunk = 1; chunk <= 64; chunk *= 4) {
-            float d = golden_run_chunked(b, &g.seqs[si], g.V, chunk);
-            CHECK_MSG(d <= TOL_F32, "bundled %s chunk %d: max diff %g", g.seqs[si].name, chunk, d);
-            if (d > worst) worst = d;
-        }
-    fprintf(stderr, "  bundled model: max |dlogit| %.2e over %d prompts\n", worst, g.n_seqs);
-    wrk_backend_destroy(b);
-    wrk_model_free(m);
-    int mis;
-    if (golden_greedy(&suite, mdir, &g, &worst, &mis) == 0)
-        CHECK_MSG(mis < 0, "bundled: greedy token %d of 64 differs", mis);
-    golden_free(&g);
+    golden_test_bundled(&suite, "bundled", "recurd-mamba-tiny", TOL_F32);
 }
 
 /* The opt-in bf16 matmul on the BF16 copy (golden_util.h): within TOL_BF16_MATMUL. */
