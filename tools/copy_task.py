@@ -148,7 +148,7 @@ def copy_score(model, tokenizer, psg, sep="\n\n"):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", action="append", required=True, help="a MambaForCausalLM dir (repeatable)")
+    ap.add_argument("--model", action="append", required=True, help="a causal LM dir, e.g. models/recurd-hybrid-tiny (repeatable)")
     ap.add_argument("--passages", type=int, default=64)
     ap.add_argument("--min-len", type=int, default=60)
     ap.add_argument("--max-len", type=int, default=120)
@@ -158,13 +158,13 @@ def main():
     ap.add_argument("--json")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    from transformers import AutoTokenizer, MambaForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     docs = held_out_docs(a.seed)
     res = {}
     for d in a.model:
         tok = AutoTokenizer.from_pretrained(d)
         psg = passages(tok, docs, a.passages, a.min_len, a.max_len, a.seed)
-        m = MambaForCausalLM.from_pretrained(d, dtype=torch.float32)
+        m = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
         res[d] = [copy_score(m, tok, psg, s) for s in (a.sep or ["\n\n", "\n"])]
         for r in res[d]:
             print(f"{d}: sep {r['sep']!r}: {r['passages']} passages (mean {r['mean_len']:.1f} tokens): "
