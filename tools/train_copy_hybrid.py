@@ -113,6 +113,19 @@ def build(args, src):
     return model
 
 
+def dbc_rms(m, u):
+    """Mean RMS of the dt, B and C inputs a bundled Mamba mixer computes from u: where Jamba's
+    dt/B/C norms start, so that they begin near the identity they replace."""
+    T, I = u.shape[1], m.intermediate_size
+    xz = m.in_proj(u)
+    xc = F.silu(F.conv1d(xz[..., :I].transpose(1, 2), m.conv1d.weight, m.conv1d.bias,
+                         padding=m.conv_kernel_size - 1, groups=I)[..., :T]).transpose(1, 2)
+    R, N = m.time_step_rank, m.ssm_state_size
+    dbc = m.x_proj(xc)
+    return {name: part.pow(2).mean(-1).sqrt().mean().item()
+            for name, part in (("dt", dbc[..., :R]), ("b", dbc[..., R:R + N]), ("c", dbc[..., R + N:]))}
+
+
 @torch.no_grad()
 def warm_start(model, src, sample):
     """The bundled model's weights into the hybrid (see the module docstring); returns the names
@@ -129,15 +142,7 @@ def warm_start(model, src, sample):
     for li, (sl, dl) in enumerate(zip(bb.layers, mamba_layers)):
         m = sl.mixer
         u = sl.norm(h)
-        I = m.intermediate_size
-        xz = m.in_proj(u)
-        T = u.shape[1]
-        xc = F.silu(F.conv1d(xz[..., :I].transpose(1, 2), m.conv1d.weight, m.conv1d.bias,
-                             padding=m.conv_kernel_size - 1, groups=I)[..., :T]).transpose(1, 2)
-        R, N = m.time_step_rank, m.ssm_state_size
-        dbc = m.x_proj(xc)
-        for name, part in (("dt", dbc[..., :R]), ("b", dbc[..., R:R + N]), ("c", dbc[..., R + N:])):
-            rms[(li, name)] = part.pow(2).mean(-1).sqrt().mean().item()
+        rms.update({(li, k): v for k, v in dbc_rms(m, u).items()})
         h = h + tdm.mixer_forward(m, u)
         dl.input_layernorm.weight.copy_(sl.norm.weight)
         dm = dl.mamba
@@ -217,14 +222,7 @@ def wire(model, src, sample, args):
     for li, sl in enumerate(bb.layers):
         m, dl = sl.mixer, jm.layers[li + 1]
         u = sl.norm(h)
-        T = u.shape[1]
-        xz = m.in_proj(u)
-        xc = F.silu(F.conv1d(xz[..., :I0].transpose(1, 2), m.conv1d.weight, m.conv1d.bias,
-                             padding=m.conv_kernel_size - 1, groups=I0)[..., :T]).transpose(1, 2)
-        R, N = m.time_step_rank, m.ssm_state_size
-        dbc = m.x_proj(xc)
-        for name, part in (("dt", dbc[..., :R]), ("b", dbc[..., R:R + N]), ("c", dbc[..., R + N:])):
-            rms[(li, name)] = part.pow(2).mean(-1).sqrt().mean().item()
+        rms.update({(li, k): v for k, v in dbc_rms(m, u).items()})
         h = h + tdm.mixer_forward(m, u)
         dm = dl.mamba
         dl.input_layernorm.weight[:H] = sl.norm.weight * keep
@@ -434,17 +432,7 @@ def main():
     t0 = time.time()
     _, val_docs, train_docs = tdm.split_docs(args.seed)
     tok = AutoTokenizer.from_pretrained(args.base)
-    eos = tok.eos_token_id
-
-    def encode(ds):
-        ids = []
-        for _, d in ds:
-            ids.append(eos)
-            ids.extend(tok(d)["input_ids"])
-        ids.append(eos)
-        return torch.tensor(ids, dtype=torch.long)
-
-    train, val = encode(train_docs), encode(val_docs)
+    train, val = tdm.encode_docs(tok, train_docs), tdm.encode_docs(tok, val_docs)
     print(f"[data] train {len(train)/1e6:.2f}M tokens, val {len(val)} tokens; {time.time()-t0:.0f}s",
           flush=True)
     src = MambaForCausalLM.from_pretrained(args.base, dtype=torch.float32).eval()

@@ -317,6 +317,17 @@ def split_docs(seed):
     return docs, docs[:n_val], docs[n_val:]
 
 
+def encode_docs(tokenizer, docs):
+    """(source, text) documents as one id stream, each document after an eos and one at the end."""
+    eos = tokenizer.eos_token_id
+    ids = []
+    for _, d in docs:
+        ids.append(eos)
+        ids.extend(tokenizer(d)["input_ids"])
+    ids.append(eos)
+    return torch.tensor(ids, dtype=torch.long)
+
+
 def load_scan_lib():
     global _LIB
     if _LIB is not None:
@@ -655,18 +666,8 @@ def main():
             sys.exit(f"--tokenizer {args.tokenizer}: no tokenizer.json there")
     else:
         tokenizer = train_tokenizer([d for _, d in train_docs], args.vocab, args.seq_len * 8)
-    eos = tokenizer.eos_token_id
-
-    def encode(ds):
-        ids = []
-        for _, d in ds:
-            ids.append(eos)
-            ids.extend(tokenizer(d)["input_ids"])
-        ids.append(eos)
-        return torch.tensor(ids, dtype=torch.long)
-
-    train = encode(train_docs)
-    val = encode(val_docs)
+    train = encode_docs(tokenizer, train_docs)
+    val = encode_docs(tokenizer, val_docs)
     val_bytes = sum(len(d.encode()) for _, d in val_docs)
     print(f"[tok] vocab {len(tokenizer)}; train {len(train)/1e6:.2f}M tokens, "
           f"val {len(val)/1e3:.1f}k tokens ({val_bytes/len(val):.2f} bytes/token); "
