@@ -15,7 +15,10 @@ session's next turn equals the reference. On the bundled model (it has a tokeniz
 strings inside an accepted run, the OpenAI usage details and the /metrics counters; with the
 gain check on (--spec-adaptive, the default; the other tests turn it off so that every eligible
 step speculates) the output equals the reference and the exit stats report its pauses.
-recurd-eval --speculate ngram prints the ids it prints without."""
+recurd-eval --speculate ngram prints the ids it prints without; with --tp 2 (no verify entries)
+it says "speculative decoding off" and prints them too; bad --spec-tokens / --speculate values
+exit 2. A SamplingParams.speculate other than SPECULATE_SERVER/SPECULATE_OFF is
+INVALID_ARGUMENT."""
 import json
 import os
 import re
@@ -25,6 +28,8 @@ import urllib.request
 
 from rcd_harness import ckpt_payload as payload
 from rcd_harness import ROOT, OwnDaemonsTest, collect, concurrently, daemon_binary, gen_request, pb
+
+import grpc  # noqa: E402 (after rcd_harness, which skips the test without grpcio)
 
 G = os.path.join(ROOT, "tests", "golden")
 PASSAGE = [5, 17, 42, 99, 3, 250, 7, 64, 128, 11, 33, 8]
@@ -161,6 +166,24 @@ class Eval(unittest.TestCase):
         self.assertEqual(len(plain.stdout.strip().split(",")), 40)
         acc = int(spec.stderr.split(" accepted")[0].rsplit(" ", 1)[1])
         self.assertGreater(acc, 0, spec.stderr)
+        # a backend without verify entries (CPU tensor parallelism): "speculative decoding
+        # off" and plain decoding, the same ids (as the daemon does)
+        margs = [ev, "--model", os.path.join(G, "mamba", "tiny_nobias_untied"), "--tokens",
+                 ",".join(map(str, PASSAGE * 2)), "--greedy", "24", "--tp", "2"]
+        mplain = subprocess.run(margs, capture_output=True, text=True, check=True)
+        tp = subprocess.run(margs + ["--speculate", "ngram"], capture_output=True, text=True)
+        self.assertEqual(tp.returncode, 0, tp.stderr)
+        self.assertIn("speculative decoding off", tp.stderr)
+        self.assertEqual(tp.stdout, mplain.stdout)
+        self.assertEqual(len(tp.stdout.strip().split(",")), 24)
+        # bad options exit 2 naming the option
+        for bad in (["--spec-tokens", "0"], ["--spec-tokens", "16"], ["--spec-tokens", "abc"],
+                    ["--spec-tokens", "4x"], ["--speculate", "maybe"]):
+            r = subprocess.run(args + ["--speculate", "ngram"] + bad, capture_output=True,
+                               text=True)
+            self.assertEqual(r.returncode, 2, (bad, r.stderr))
+            self.assertIn(bad[0], r.stderr)
+            self.assertEqual(r.stdout, "")
 
 
 class Adaptive(OwnDaemonsTest):
@@ -224,6 +247,14 @@ class Bundled(OwnDaemonsTest):
         on = gen()
         self.assertEqual(on[:2], ref[:2])
         self.assertGreater(on[3].usage.accepted_tokens, 0, on[3].usage)
+        # SamplingParams.speculate: SPECULATE_SERVER (0) and SPECULATE_OFF (1) only
+        for v in (2, 99, -1):
+            r = gen_request(prompt=text, temperature=0, max_tokens=4)
+            r.sampling.speculate = v
+            with self.assertRaises(grpc.RpcError) as cm:
+                collect(d.api.Generate(r, timeout=60))
+            self.assertEqual(cm.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+            self.assertIn("speculate", cm.exception.details())
         s = ref[0]
         for stop in {s[len(s) // 3:len(s) // 3 + 3], s[len(s) // 2:len(s) // 2 + 2]}:
             self.assertEqual(gen(stop=[stop])[:2], gen(off=True, stop=[stop])[:2])
