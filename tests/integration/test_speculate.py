@@ -4,7 +4,8 @@ One daemon per model runs with --speculate ngram; the same requests with samplin
 SPECULATE_OFF are the reference (a per-request switch: the same process, the same kernels).
 For the Mamba, Mamba2, Granite (paged KV), RecurrentGemma, Nemotron-H, Falcon-H1, Jamba and
 Qwen3-Next golden fixtures (Qwen3-Next's prompt and answer run past its first 64-token Gated
-DeltaNet block), with a
+DeltaNet block), the Mamba fixture with --weights q8, the Granite one with --weights q4 and a
+pre-quantized GPTQ act-order checkpoint, with a
 copy-heavy prompt (a passage, the model's own greedy continuation of it, and the passage again:
 the answer repeats what followed it, so drafts get accepted: Usage.accepted_tokens > 0):
 greedy tokens and logprobs are identical, and so is every checkpoint's payload (byte for
@@ -121,6 +122,22 @@ class Granite(Fixture):
 
 class RecurrentGemma(Fixture):
     model = os.path.join(G, "recurrentgemma", "attn_first_w4")
+
+
+# Quantized weights (issue 19) under speculation: the verify entries run the same int8 / qg
+# kernels, which are batch-invariant, so the same bits as SPECULATE_OFF.
+class MambaQ8(Fixture):
+    model = os.path.join(G, "mamba", "tiny_nobias_untied")
+    extra = ("--weights", "q8")
+
+
+class GraniteQ4(Fixture):
+    model = os.path.join(G, "granite", "mha_moe8")
+    extra = ("--weights", "q4", "--kv-blocks", "128", "--kv-block-tokens", "4")
+
+
+class PreQuantizedGPTQ(Fixture):
+    model = os.path.join(G, "prequant", "gptq_w4_g32_asym_actorder")
 
 
 # The hybrids' fixtures have vocabularies of 131-160 tokens: the passage without its 250.
