@@ -293,6 +293,15 @@ class Bundled(OwnDaemonsTest):
         drafted = float(m["recurd_spec_decode_draft_tokens_total"])
         self.assertGreater(float(m["recurd_spec_decode_accepted_tokens_total"]), 0, m)
         self.assertGreaterEqual(drafted, float(m["recurd_spec_decode_accepted_tokens_total"]))
+        # the exit stats: the same totals and their ratio, the acceptance rate
+        self.assertEqual(d.stop(), 0)
+        got = re.search(r"spec verifies \d+ drafted (\d+) accepted (\d+) \(acceptance ([0-9.]+)\)",
+                        d.exit_logs)
+        self.assertIsNotNone(got, d.exit_logs[-2000:])
+        self.assertEqual(int(got.group(1)), int(drafted))
+        accepted = int(float(m["recurd_spec_decode_accepted_tokens_total"]))
+        self.assertEqual(int(got.group(2)), accepted)
+        self.assertAlmostEqual(float(got.group(3)), int(got.group(2)) / int(got.group(1)), places=3)
 
 
 if __name__ == "__main__":
