@@ -13,7 +13,8 @@ byte); concurrent speculating streams equal the reference; seeded sampling (temp
 top-k/p, penalties) gives the same tokens; max_tokens and stop token ids landing inside an
 accepted run end exactly where the reference does; after a SIGKILL between turns the resumed
 session's next turn equals the reference. On the bundled model (it has a tokenizer): stop
-strings inside an accepted run, the OpenAI usage details and the /metrics counters; with the
+strings inside an accepted run, the OpenAI usage details, the /metrics counters and the exit
+stats (the same totals, the acceptance their ratio); with the
 gain check on (--spec-adaptive, the default; the other tests turn it off so that every eligible
 step speculates) the output equals the reference and the exit stats report its pauses.
 recurd-eval --speculate ngram prints the ids it prints without; with --tp 2 (no verify entries)
