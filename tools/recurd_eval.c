@@ -298,6 +298,10 @@ int main(int argc, char **argv)
                 speculate);
         return 2;
     }
+    if (weights && strcmp(weights, "native") && strcmp(weights, "q8") && strcmp(weights, "q4")) {
+        fprintf(stderr, "recurd-eval: --weights must be native, q8 or q4, got '%s'\n", weights);
+        return 2;
+    }
     if (!strcmp(speculate, "draft") && !draft_dir) {
         fprintf(stderr, "recurd-eval: --speculate draft needs --draft-model DIR (a draft model of "
                         "the model's vocabulary)\n");

@@ -196,7 +196,7 @@ class Eval(unittest.TestCase):
         self.assertEqual(len(tp.stdout.strip().split(",")), 24)
         # bad options exit 2 naming the option
         for bad in (["--spec-tokens", "0"], ["--spec-tokens", "16"], ["--spec-tokens", "abc"],
-                    ["--spec-tokens", "4x"], ["--speculate", "maybe"]):
+                    ["--spec-tokens", "4x"], ["--speculate", "maybe"], ["--weights", "int4"]):
             r = subprocess.run(args + ["--speculate", "ngram"] + bad, capture_output=True,
                                text=True)
             self.assertEqual(r.returncode, 2, (bad, r.stderr))
