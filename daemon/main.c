@@ -241,26 +241,25 @@ static int load_chat_template(dmn_server_t *srv)
         rc = chat_tmpl_compile_file(o->chat_template, &srv->chat_tmpl, err, sizeof(err));
     } else if (model_tmpl) {
         source = "tokenizer_config.json";
-        rc = chat_tmpl_compile(model_tmpl, strlen(model_tmpl), &srv->chat_tmpl, err,
-                               sizeof(err));
+        rc = chat_tmpl_compile(model_tmpl, strlen(model_tmpl), &srv->chat_tmpl, err, sizeof(err));
     } else {
         source = "default (ChatML)";
-        rc = chat_tmpl_compile(CHAT_TMPL_DEFAULT, strlen(CHAT_TMPL_DEFAULT), &srv->chat_tmpl,
-                               err, sizeof(err));
+        rc = chat_tmpl_compile(CHAT_TMPL_DEFAULT, strlen(CHAT_TMPL_DEFAULT), &srv->chat_tmpl, err,
+                               sizeof(err));
     }
     if (rc) {
         if (model_tmpl && !(o->chat_template && *o->chat_template))
-            dmn_log(DMN_ERROR, "chat_template", NULL, NULL,
-                    "%s/tokenizer_config.json chat_template: %s (--chat-template FILE overrides it)",
-                    o->model, err);
+            dmn_log(
+                DMN_ERROR, "chat_template", NULL, NULL,
+                "%s/tokenizer_config.json chat_template: %s (--chat-template FILE overrides it)",
+                o->model, err);
         else
             dmn_log(DMN_ERROR, "chat_template", NULL, NULL, "--chat-template %s", err);
         return rc;
     }
     srv->bos_token = strdup(bos ? bos : "");
     srv->eos_token = strdup(eos ? eos : "");
-    if (!srv->bos_token || !srv->eos_token)
-        return RCD_ENOMEM;
+    if (!srv->bos_token || !srv->eos_token) return RCD_ENOMEM;
     dmn_log(DMN_INFO, "chat_template", NULL, NULL, "chat template: %s", source);
     return 0;
 }
@@ -300,7 +299,12 @@ static int load(dmn_server_t *srv)
         dmn_log(DMN_ERROR, "backend", NULL, NULL, "%s", err);
         return rc;
     }
-    if (strcmp(o->matmul, "bf16") == 0 && mi->weight_dtype != WRK_DT_BF16)
+    if (strcmp(o->matmul, "bf16") == 0 && strcmp(o->weights, "native") != 0)
+        dmn_log(DMN_WARN, "backend", NULL, NULL,
+                "--matmul bf16 does not apply to --weights %s: every matrix is quantized and "
+                "runs the int8 kernels, as with --matmul fp32",
+                o->weights);
+    else if (strcmp(o->matmul, "bf16") == 0 && mi->weight_dtype != WRK_DT_BF16)
         dmn_log(DMN_WARN, "backend", NULL, NULL,
                 "--matmul bf16 applies to BF16 weights; this model's are %s, so its matmuls "
                 "run in fp32",
@@ -322,8 +326,7 @@ static int load(dmn_server_t *srv)
         dmn_log(DMN_ERROR, "tokenizer_load", NULL, NULL, "%s", err);
         return rc;
     }
-    if ((rc = load_chat_template(srv)))
-        return rc;
+    if ((rc = load_chat_template(srv))) return rc;
     progress(o, 100, "ready");
     srv->vocab = mi->vocab_size;
     srv->eos_id = srv->tok && tok_eos_id(srv->tok) >= 0 ? tok_eos_id(srv->tok) : mi->eos_token_id;
@@ -347,8 +350,7 @@ static int load_draft(dmn_server_t *srv)
         return 0;
     }
     if ((rc = wrk_model_load(o->draft_model, &srv->draft_model, err, sizeof(err)))) {
-        dmn_log(DMN_ERROR, "draft_model", NULL, NULL, "--draft-model %s: %s", o->draft_model,
-                err);
+        dmn_log(DMN_ERROR, "draft_model", NULL, NULL, "--draft-model %s: %s", o->draft_model, err);
         return rc;
     }
     if ((rc = eng_draft_model_check(srv->model, o->model, srv->draft_model, o->draft_model, err,

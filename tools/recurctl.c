@@ -4,12 +4,12 @@
 #include <errno.h>
 #include <grpc/grpc.h>
 #include <openssl/evp.h>
-#include <sys/random.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 #include "grpc/health/v1/health.pb-c.h"
 #include "rcd_client.h"
@@ -30,7 +30,8 @@ static void usage(void)
         "usage: recurctl [--addr HOST:PORT] [--timeout SECONDS] [--tls-ca FILE]\n"
         "                [--tls-cert FILE --tls-key FILE] [--tls-server-name NAME] COMMAND ...\n"
         "  generate [--session ID] [--max-tokens N] [--temperature T] [--seed N]\n"
-        "           [--stop STR] [--expected-version V] [--priority N] PROMPT\n"
+        "           [--stop STR] [--expected-version V] [--priority N] [--no-speculate]\n"
+        "           PROMPT   (stderr: finish, tokens, ms; drafts when speculating)\n"
         "  session create [--id ID] [--owner NAME] [--ttl SECONDS] [--meta KEY=VALUE]...\n"
         "  session get ID | session fork ID [--id NEW] | session delete ID\n"
         "  models | tokenize TEXT | health\n"
@@ -60,9 +61,9 @@ static void route(const ProtobufCMessage *req)
 {
     const ProtobufCFieldDescriptor *f =
         protobuf_c_message_descriptor_get_field_by_name(req->descriptor, "session_id");
-    const char *sid =
-        f && f->type == PROTOBUF_C_TYPE_STRING ? *(char *const *)((const char *)req + f->offset)
-                                               : NULL;
+    const char *sid = f && f->type == PROTOBUF_C_TYPE_STRING
+                          ? *(char *const *)((const char *)req + f->offset)
+                          : NULL;
     size_t n = g_n_auth;
     if (sid && *sid) {
         memset(&g_md[n], 0, sizeof(g_md[n]));
@@ -175,6 +176,8 @@ static int cmd_generate(int argc, char **argv)
             sp.seed = strtoull(argv[++i], NULL, 10);
         } else if (!strcmp(a, "--stop") && more && sp.n_stop < 16)
             stops[sp.n_stop++] = argv[++i];
+        else if (!strcmp(a, "--no-speculate")) /* SamplingParams.speculate = SPECULATE_OFF */
+            sp.speculate = RECURD__V1__SPECULATE__SPECULATE_OFF;
         else if (!strcmp(a, "--priority") && more) /* 0..3, higher first; the daemon checks */
             req.priority = (uint32_t)strtoul(argv[++i], NULL, 10);
         else if (!strcmp(a, "--expected-version") && more) {
@@ -207,11 +210,15 @@ static int cmd_generate(int argc, char **argv)
                 static const char *fr[] = {"unspecified", "length", "stop", "eos", "context"};
                 fprintf(stderr,
                         "\n[finish %s, %u prompt + %u completion tokens, %.1f ms, session %s "
-                        "version %llu]\n",
+                        "version %llu",
                         fr[(unsigned)m->finish_reason % 5], m->usage->prompt_tokens,
                         m->usage->completion_tokens, m->usage->total_ms,
                         m->session_id[0] ? m->session_id : "-",
                         (unsigned long long)m->session_version);
+                if (m->usage->draft_tokens) /* speculative decoding: verified, kept */
+                    fprintf(stderr, ", %u drafts %u accepted", m->usage->draft_tokens,
+                            m->usage->accepted_tokens);
+                fprintf(stderr, "]\n");
             }
             protobuf_c_message_free_unpacked(&m->base, NULL);
         }

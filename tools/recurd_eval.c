@@ -3,6 +3,7 @@
  * parity of any checkpoint against another implementation. */
 #include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,7 +19,7 @@ static void usage(FILE *f)
            "                   [--chunk N] [--dump-logits FILE] [--greedy N] [--threads N]\n"
            "                   [--isa auto|avx512|avx2|portable] [--matmul fp32|bf16|bf16-avx512]\n"
            "                   [--backend cpu|cuda] [--tp N] [--speculate off|ngram|draft]\n"
-           "                   [--spec-tokens K] [--draft-model DIR]\n"
+           "                   [--spec-tokens K] [--draft-model DIR] [--weights native|q8|q4]\n"
            "  Runs the prompt in chunks of N tokens (default: the whole prompt in one step)\n"
            "  and writes the logits of every position to FILE as raw little-endian float32,\n"
            "  row-major [n_tokens x vocab]. --greedy N then decodes N tokens greedily and\n"
@@ -36,7 +37,25 @@ static void usage(FILE *f)
            "  same as without, and the acceptance figures go to stderr. --speculate draft\n"
            "  takes its drafts from --draft-model DIR instead (a model of the same vocabulary\n"
            "  and tokenizer, any supported family, on the CPU): its greedy tokens, k\n"
-           "  single-token draft steps per verify.\n");
+           "  single-token draft steps per verify. A backend without verify entries (--tp N,\n"
+           "  cuda) says \"speculative decoding off\" on stderr and decodes plainly.\n"
+           "  Bad options exit 2 with the reason.\n");
+}
+
+/* Parses option --name's integer value s into *out; false (after saying why) unless it is a
+ * whole decimal integer in [lo, hi]. */
+static bool num_opt(const char *name, const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    long x = strtol(s, &end, 10);
+    if (end == s || *end || errno || x < lo || x > hi) {
+        fprintf(stderr, "recurd-eval: --%s must be an integer from %ld to %ld, got '%s'\n", name,
+                lo, hi, s);
+        return false;
+    }
+    *out = x;
+    return true;
 }
 
 /* Parses ids separated by commas or whitespace; returns count or a negative error. */
@@ -138,8 +157,14 @@ static int spec_greedy(wrk_backend_t *b, const int32_t *ids, size_t n, size_t V,
         if (k > greedy - emitted - 1) k = (int)(greedy - emitted - 1);
         int m = 0;
         if (k > 0 && dbe) { /* the draft model: exactly k */
-            eng_draft_job_t job = {.slot = 0, .toks = hist, .n_toks = nh, .fed = &fed, .k = k,
-                                   .out = w + 1, .smp = &greedy_smp, .rng = &rng};
+            eng_draft_job_t job = {.slot = 0,
+                                   .toks = hist,
+                                   .n_toks = nh,
+                                   .fed = &fed,
+                                   .k = k,
+                                   .out = w + 1,
+                                   .smp = &greedy_smp,
+                                   .rng = &rng};
             if ((rc = d->vt->propose_batch(d, &job, 1, err, errlen))) goto out;
             m = k;
         } else if (k > 0) {
@@ -191,18 +216,25 @@ int main(int argc, char **argv)
     const char *isa = NULL, *backend = "cpu", *matmul = NULL, *weights = NULL;
     long chunk = 0, greedy = 0, threads = 0, tp = 1, spec_k = 4;
     const char *speculate = "off", *draft_dir = NULL;
-    static const struct option opts[] = {
-        {"model", required_argument, 0, 'm'},       {"tokens", required_argument, 0, 't'},
-        {"tokens-file", required_argument, 0, 'f'}, {"chunk", required_argument, 0, 'c'},
-        {"dump-logits", required_argument, 0, 'd'}, {"greedy", required_argument, 0, 'g'},
-        {"threads", required_argument, 0, 'j'},     {"isa", required_argument, 0, 'i'},
-        {"backend", required_argument, 0, 'b'},     {"tp", required_argument, 0, 'p'},
-        {"matmul", required_argument, 0, 'x'},      {"help", no_argument, 0, 'h'},
-        {"weights", required_argument, 0, 'w'},     {"speculate", required_argument, 0, 's'},
-        {"spec-tokens", required_argument, 0, 'k'}, {"draft-model", required_argument, 0, 'D'},
-        {0, 0, 0, 0}};
-    for (int o; (o = getopt_long(argc, argv, "m:t:f:c:d:g:j:i:b:p:x:w:s:k:D:h", opts, NULL)) !=
-                -1;) {
+    static const struct option opts[] = {{"model", required_argument, 0, 'm'},
+                                         {"tokens", required_argument, 0, 't'},
+                                         {"tokens-file", required_argument, 0, 'f'},
+                                         {"chunk", required_argument, 0, 'c'},
+                                         {"dump-logits", required_argument, 0, 'd'},
+                                         {"greedy", required_argument, 0, 'g'},
+                                         {"threads", required_argument, 0, 'j'},
+                                         {"isa", required_argument, 0, 'i'},
+                                         {"backend", required_argument, 0, 'b'},
+                                         {"tp", required_argument, 0, 'p'},
+                                         {"matmul", required_argument, 0, 'x'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {"weights", required_argument, 0, 'w'},
+                                         {"speculate", required_argument, 0, 's'},
+                                         {"spec-tokens", required_argument, 0, 'k'},
+                                         {"draft-model", required_argument, 0, 'D'},
+                                         {0, 0, 0, 0}};
+    for (int o;
+         (o = getopt_long(argc, argv, "m:t:f:c:d:g:j:i:b:p:x:w:s:k:D:h", opts, NULL)) != -1;) {
         switch (o) {
         case 'm':
             model_dir = optarg;
@@ -214,16 +246,16 @@ int main(int argc, char **argv)
             tokens_file = optarg;
             break;
         case 'c':
-            chunk = strtol(optarg, NULL, 10);
+            if (!num_opt("chunk", optarg, 0, INT_MAX, &chunk)) return 2;
             break;
         case 'd':
             dump = optarg;
             break;
         case 'g':
-            greedy = strtol(optarg, NULL, 10);
+            if (!num_opt("greedy", optarg, 0, 1000000, &greedy)) return 2;
             break;
         case 'j':
-            threads = strtol(optarg, NULL, 10);
+            if (!num_opt("threads", optarg, 0, INT_MAX, &threads)) return 2;
             break;
         case 'i':
             isa = optarg;
@@ -232,7 +264,7 @@ int main(int argc, char **argv)
             backend = optarg;
             break;
         case 'p':
-            tp = strtol(optarg, NULL, 10);
+            if (!num_opt("tp", optarg, 1, 256, &tp)) return 2;
             break;
         case 'x':
             matmul = optarg;
@@ -244,7 +276,7 @@ int main(int argc, char **argv)
             speculate = optarg;
             break;
         case 'k':
-            spec_k = strtol(optarg, NULL, 10);
+            if (!num_opt("spec-tokens", optarg, 1, ENG_DRAFT_MAX, &spec_k)) return 2;
             break;
         case 'D':
             draft_dir = optarg;
@@ -257,13 +289,29 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (!model_dir || (!tokens_arg == !tokens_file) || chunk < 0 || greedy < 0 ||
-        greedy > 1000000 || threads < 0 || tp < 1 || tp > 256 || optind != argc ||
-        (strcmp(speculate, "off") && strcmp(speculate, "ngram") && strcmp(speculate, "draft")) ||
-        spec_k < 1 || spec_k > ENG_DRAFT_MAX || (!strcmp(speculate, "draft") && !draft_dir)) {
+    if (!model_dir || (!tokens_arg == !tokens_file) || optind != argc) {
         usage(stderr);
         return 2;
     }
+    if (strcmp(speculate, "off") && strcmp(speculate, "ngram") && strcmp(speculate, "draft")) {
+        fprintf(stderr, "recurd-eval: --speculate must be off, ngram or draft, got '%s'\n",
+                speculate);
+        return 2;
+    }
+    if (weights && strcmp(weights, "native") && strcmp(weights, "q8") && strcmp(weights, "q4")) {
+        fprintf(stderr, "recurd-eval: --weights must be native, q8 or q4, got '%s'\n", weights);
+        return 2;
+    }
+    if (!strcmp(speculate, "draft") && !draft_dir) {
+        fprintf(stderr, "recurd-eval: --speculate draft needs --draft-model DIR (a draft model of "
+                        "the model's vocabulary)\n");
+        return 2;
+    }
+    if (draft_dir && strcmp(speculate, "draft"))
+        fprintf(stderr,
+                "recurd-eval: --draft-model is used by --speculate draft only (--speculate is "
+                "%s)\n",
+                speculate);
     char err[1024] = "";
     int rc, status = 1;
     int32_t *ids = NULL;
@@ -337,11 +385,19 @@ int main(int argc, char **argv)
         if (wrk_model_info(dm)->n_kv_layers > 0 && n + (size_t)greedy <= (size_t)1 << 30)
             dbo.n_kv_blocks = (int)(2 * (n + (size_t)greedy + WRK_SPEC_MAX_TOKENS + 15) / 16);
         if ((rc = wrk_cpu_backend_create(dm, &dbo, &dbe, err, sizeof err))) goto fail;
-        fprintf(stderr, "recurd-eval: draft model %s (%s, %d layers, fingerprint %s)\n",
-                draft_dir, wrk_model_info(dm)->architecture, wrk_model_info(dm)->n_layers,
+        fprintf(stderr, "recurd-eval: draft model %s (%s, %d layers, fingerprint %s)\n", draft_dir,
+                wrk_model_info(dm)->architecture, wrk_model_info(dm)->n_layers,
                 wrk_model_info(dm)->fingerprint_hex);
     }
-    if (greedy && strcmp(speculate, "off") != 0) {
+    bool spec = greedy && strcmp(speculate, "off") != 0;
+    if (spec && !wrk_spec_supported(b)) { /* as the daemon: plain decoding, the same ids */
+        fprintf(stderr,
+                "recurd-eval: speculative decoding off: the %s backend has no verify entries "
+                "for %s\n",
+                wrk_backend_name(b), mi->architecture);
+        spec = false;
+    }
+    if (spec) {
         if ((rc = spec_greedy(b, ids, n, V, logits + (n - 1) * V, greedy, (int)spec_k, dbe, err,
                               sizeof err)))
             goto fail;

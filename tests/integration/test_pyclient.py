@@ -5,7 +5,9 @@ x-session-id on every session call (recorded by a grpcio server; the daemon refu
 mismatch), x-recurd-replica, API keys, a new Client resuming a session by id, and retries:
 a daemon SIGKILLed and restarted between calls (UNAVAILABLE retried), a stream cut before
 its final message (retried, restart delta), and a turn that committed while its stream was
-cut (retried with expected_version: refused, TurnConflict, never applied twice)."""
+cut (retried with expected_version: refused, TurnConflict, never applied twice). With
+--speculate ngram: usage.draft_tokens / accepted_tokens, and speculate=False (SPECULATE_OFF)
+gives the same tokens with no drafts."""
 import os
 import shutil
 import socket
@@ -251,6 +253,28 @@ class Api(DaemonTest):
         self.assertEqual(a.token_ids, b.token_ids)
         s.delete()
         ref.delete()
+
+
+class Speculating(DaemonTest):
+    """Speculative decoding through the client: usage.draft_tokens / accepted_tokens, and
+    speculate=False (SPECULATE_OFF) with the same tokens and no drafts."""
+    daemon_args = ("--ephemeral", "--speculate", "ngram", "--spec-adaptive", "off")
+
+    def test_usage_and_speculate_off(self):
+        with rc.Client(self.d.addr, timeout=120) as c:
+            kw = dict(max_tokens=40, temperature=0, ignore_eos=True)
+            first = c.generate("Once upon a time", speculate=False, **kw).collect()
+            text = "Once upon a time" + first.text + "Once upon a time"  # copy-heavy
+            on = c.generate(text, **kw).collect()
+            off = c.generate(text, speculate=False, **kw).collect()
+            self.assertEqual(on.token_ids, off.token_ids)
+            self.assertGreater(on.usage.accepted_tokens, 0, on.usage)
+            self.assertGreaterEqual(on.usage.draft_tokens, on.usage.accepted_tokens)
+            self.assertEqual((off.usage.draft_tokens, off.usage.accepted_tokens), (0, 0))
+            s = c.create_session()
+            t = s.turn(text, speculate=False, **kw).collect()
+            self.assertEqual(t.token_ids, off.token_ids)
+            self.assertEqual(t.usage.draft_tokens, 0)
 
 
 class Example(DaemonTest):

@@ -4,7 +4,8 @@ One daemon per model runs with --speculate ngram; the same requests with samplin
 SPECULATE_OFF are the reference (a per-request switch: the same process, the same kernels).
 For the Mamba, Mamba2, Granite (paged KV), RecurrentGemma, Nemotron-H, Falcon-H1, Jamba and
 Qwen3-Next golden fixtures (Qwen3-Next's prompt and answer run past its first 64-token Gated
-DeltaNet block), with a
+DeltaNet block), the Mamba fixture with --weights q8, the Granite one with --weights q4 and a
+pre-quantized GPTQ act-order checkpoint, with a
 copy-heavy prompt (a passage, the model's own greedy continuation of it, and the passage again:
 the answer repeats what followed it, so drafts get accepted: Usage.accepted_tokens > 0):
 greedy tokens and logprobs are identical, and so is every checkpoint's payload (byte for
@@ -12,10 +13,14 @@ byte); concurrent speculating streams equal the reference; seeded sampling (temp
 top-k/p, penalties) gives the same tokens; max_tokens and stop token ids landing inside an
 accepted run end exactly where the reference does; after a SIGKILL between turns the resumed
 session's next turn equals the reference. On the bundled model (it has a tokenizer): stop
-strings inside an accepted run, the OpenAI usage details and the /metrics counters; with the
+strings inside an accepted run, the OpenAI usage details, the /metrics counters and the exit
+stats (the same totals, the acceptance their ratio); with the
 gain check on (--spec-adaptive, the default; the other tests turn it off so that every eligible
 step speculates) the output equals the reference and the exit stats report its pauses.
-recurd-eval --speculate ngram prints the ids it prints without."""
+recurd-eval --speculate ngram prints the ids it prints without; with --tp 2 (no verify entries)
+it says "speculative decoding off" and prints them too; bad --spec-tokens / --speculate values
+exit 2. A SamplingParams.speculate other than SPECULATE_SERVER/SPECULATE_OFF is
+INVALID_ARGUMENT."""
 import json
 import os
 import re
@@ -25,6 +30,8 @@ import urllib.request
 
 from rcd_harness import ckpt_payload as payload
 from rcd_harness import ROOT, OwnDaemonsTest, collect, concurrently, daemon_binary, gen_request, pb
+
+import grpc  # noqa: E402 (after rcd_harness, which skips the test without grpcio)
 
 G = os.path.join(ROOT, "tests", "golden")
 PASSAGE = [5, 17, 42, 99, 3, 250, 7, 64, 128, 11, 33, 8]
@@ -118,6 +125,22 @@ class RecurrentGemma(Fixture):
     model = os.path.join(G, "recurrentgemma", "attn_first_w4")
 
 
+# Quantized weights (issue 19) under speculation: the verify entries run the same int8 / qg
+# kernels, which are batch-invariant, so the same bits as SPECULATE_OFF.
+class MambaQ8(Fixture):
+    model = os.path.join(G, "mamba", "tiny_nobias_untied")
+    extra = ("--weights", "q8")
+
+
+class GraniteQ4(Fixture):
+    model = os.path.join(G, "granite", "mha_moe8")
+    extra = ("--weights", "q4", "--kv-blocks", "128", "--kv-block-tokens", "4")
+
+
+class PreQuantizedGPTQ(Fixture):
+    model = os.path.join(G, "prequant", "gptq_w4_g32_asym_actorder")
+
+
 # The hybrids' fixtures have vocabularies of 131-160 tokens: the passage without its 250.
 SMALL_VOCAB_PASSAGE = [120 if t == 250 else t for t in PASSAGE]
 KV = ("--kv-blocks", "128", "--kv-block-tokens", "4")
@@ -161,6 +184,24 @@ class Eval(unittest.TestCase):
         self.assertEqual(len(plain.stdout.strip().split(",")), 40)
         acc = int(spec.stderr.split(" accepted")[0].rsplit(" ", 1)[1])
         self.assertGreater(acc, 0, spec.stderr)
+        # a backend without verify entries (CPU tensor parallelism): "speculative decoding
+        # off" and plain decoding, the same ids (as the daemon does)
+        margs = [ev, "--model", os.path.join(G, "mamba", "tiny_nobias_untied"), "--tokens",
+                 ",".join(map(str, PASSAGE * 2)), "--greedy", "24", "--tp", "2"]
+        mplain = subprocess.run(margs, capture_output=True, text=True, check=True)
+        tp = subprocess.run(margs + ["--speculate", "ngram"], capture_output=True, text=True)
+        self.assertEqual(tp.returncode, 0, tp.stderr)
+        self.assertIn("speculative decoding off", tp.stderr)
+        self.assertEqual(tp.stdout, mplain.stdout)
+        self.assertEqual(len(tp.stdout.strip().split(",")), 24)
+        # bad options exit 2 naming the option
+        for bad in (["--spec-tokens", "0"], ["--spec-tokens", "16"], ["--spec-tokens", "abc"],
+                    ["--spec-tokens", "4x"], ["--speculate", "maybe"], ["--weights", "int4"]):
+            r = subprocess.run(args + ["--speculate", "ngram"] + bad, capture_output=True,
+                               text=True)
+            self.assertEqual(r.returncode, 2, (bad, r.stderr))
+            self.assertIn(bad[0], r.stderr)
+            self.assertEqual(r.stdout, "")
 
 
 class Adaptive(OwnDaemonsTest):
@@ -224,6 +265,14 @@ class Bundled(OwnDaemonsTest):
         on = gen()
         self.assertEqual(on[:2], ref[:2])
         self.assertGreater(on[3].usage.accepted_tokens, 0, on[3].usage)
+        # SamplingParams.speculate: SPECULATE_SERVER (0) and SPECULATE_OFF (1) only
+        for v in (2, 99, -1):
+            r = gen_request(prompt=text, temperature=0, max_tokens=4)
+            r.sampling.speculate = v
+            with self.assertRaises(grpc.RpcError) as cm:
+                collect(d.api.Generate(r, timeout=60))
+            self.assertEqual(cm.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+            self.assertIn("speculate", cm.exception.details())
         s = ref[0]
         for stop in {s[len(s) // 3:len(s) // 3 + 3], s[len(s) // 2:len(s) // 2 + 2]}:
             self.assertEqual(gen(stop=[stop])[:2], gen(off=True, stop=[stop])[:2])
@@ -245,6 +294,15 @@ class Bundled(OwnDaemonsTest):
         drafted = float(m["recurd_spec_decode_draft_tokens_total"])
         self.assertGreater(float(m["recurd_spec_decode_accepted_tokens_total"]), 0, m)
         self.assertGreaterEqual(drafted, float(m["recurd_spec_decode_accepted_tokens_total"]))
+        # the exit stats: the same totals and their ratio, the acceptance rate
+        self.assertEqual(d.stop(), 0)
+        got = re.search(r"spec verifies \d+ drafted (\d+) accepted (\d+) \(acceptance ([0-9.]+)\)",
+                        d.exit_logs)
+        self.assertIsNotNone(got, d.exit_logs[-2000:])
+        self.assertEqual(int(got.group(1)), int(drafted))
+        accepted = int(float(m["recurd_spec_decode_accepted_tokens_total"]))
+        self.assertEqual(int(got.group(2)), accepted)
+        self.assertAlmostEqual(float(got.group(3)), int(got.group(2)) / int(got.group(1)), places=3)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ SIGKILL and restart (the disk tier), in a fork, and on a second daemon through t
 the next turn resumes it (the section after turn 2 holds every session token but its lag; a
 draft rebuilt over the 40 tokens of history would hold fewer), with the reference's tokens.
 Startup: --speculate draft without --draft-model, a draft of another vocabulary and one with
-another tokenizer.json exit 2 with the reason."""
+another tokenizer.json exit 2 with the reason; recurd-eval --speculate draft prints the plain ids
+and, without --draft-model, exits 2 with the reason."""
 import os
 import shutil
 import struct
@@ -281,6 +282,11 @@ class Eval(unittest.TestCase):
             self.assertIn("drafted", spec.stderr)
         acc = int(spec.stderr.split(" accepted")[0].rsplit(" ", 1)[1])
         self.assertEqual(acc, 0)  # the random fixture is never right
+        # --speculate draft without --draft-model: exit 2 with the reason, nothing printed
+        r = subprocess.run(args + ["--speculate", "draft"], capture_output=True, text=True)
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("--speculate draft needs --draft-model", r.stderr)
+        self.assertEqual(r.stdout, "")
 
 
 if __name__ == "__main__":

@@ -121,6 +121,8 @@ class Usage:
     total_ms: float
     preemptions: int
     cached_prompt_tokens: int
+    draft_tokens: int = 0      # speculative decoding: draft tokens verified
+    accepted_tokens: int = 0   # of them, accepted
 
 
 @dataclass(frozen=True)
@@ -319,8 +321,9 @@ class Client:
                  presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
                  seed: Optional[int] = None, stop: Sequence[str] = (),
                  stop_token_ids: Sequence[int] = (), ignore_eos: bool = False,
-                 logprobs: int = 0, add_special_tokens: bool = False, priority: int = 0,
-                 tenant: str = "", model: str = "", request_id: Optional[str] = None,
+                 logprobs: int = 0, speculate: bool = True, add_special_tokens: bool = False,
+                 priority: int = 0, tenant: str = "", model: str = "",
+                 request_id: Optional[str] = None,
                  timeout: Optional[float] = None) -> "TurnStream":
         """A stateless completion (no session): a TurnStream of Deltas. Sampling parameters as
         in the proto's SamplingParams (temperature None: 1.0, 0: greedy; seed None: random)."""
@@ -330,7 +333,7 @@ class Client:
                        repetition_penalty=repetition_penalty,
                        presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
                        seed=seed, stop=stop, stop_token_ids=stop_token_ids,
-                       ignore_eos=ignore_eos, logprobs=logprobs)
+                       ignore_eos=ignore_eos, logprobs=logprobs, speculate=_spec(speculate))
         return TurnStream(self, req, None, timeout, request_id, retry=True)
 
     # -- sessions -----------------------------------------------------------------------
@@ -406,6 +409,11 @@ class Client:
         return s
 
 
+def _spec(speculate: bool) -> int:
+    """SamplingParams.speculate: SPECULATE_SERVER (the daemon's --speculate) or SPECULATE_OFF."""
+    return pb.SPECULATE_SERVER if speculate else pb.SPECULATE_OFF
+
+
 def _request(prompt: Prompt, *, model: str, add_special_tokens: bool, priority: int,
              tenant: str, session_id: str = "", expected_version: Optional[int] = None,
              **sampling: Any) -> Any:
@@ -469,7 +477,8 @@ class Session:
              presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
              seed: Optional[int] = None, stop: Sequence[str] = (),
              stop_token_ids: Sequence[int] = (), ignore_eos: bool = False, logprobs: int = 0,
-             add_special_tokens: bool = False, priority: int = 0, tenant: str = "",
+             speculate: bool = True, add_special_tokens: bool = False, priority: int = 0,
+             tenant: str = "",
              model: str = "", expected_version: Optional[int] = _AUTO,
              request_id: Optional[str] = None,
              timeout: Optional[float] = None) -> "TurnStream":
@@ -491,7 +500,7 @@ class Session:
                        repetition_penalty=repetition_penalty,
                        presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
                        seed=seed, stop=stop, stop_token_ids=stop_token_ids,
-                       ignore_eos=ignore_eos, logprobs=logprobs)
+                       ignore_eos=ignore_eos, logprobs=logprobs, speculate=_spec(speculate))
         return TurnStream(self.client, req, self, timeout, request_id, retry=ev is not None)
 
 
@@ -597,7 +606,8 @@ class TurnStream(Iterator[Delta]):
                     "".join(text), tuple(ids), tuple(lps), _FINISH.get(final.finish_reason,
                                                                       "unspecified"),
                     Usage(u.prompt_tokens, u.completion_tokens, u.queue_ms, u.prefill_ms,
-                          u.decode_ms, u.total_ms, u.preemptions, u.cached_prompt_tokens),
+                          u.decode_ms, u.total_ms, u.preemptions, u.cached_prompt_tokens,
+                          u.draft_tokens, u.accepted_tokens),
                     final.session_id, final.session_version, final.request_id, self.replica,
                     self.attempts)
                 if self._session is not None:
