@@ -22,10 +22,11 @@ random ids repeated (only copying predicts them), new parameters at --lr, warm-s
 --induction-len tokens. The Mamba mixers run through train_default_model.py's C scan.
 
 --wire instead builds the copy circuit in by hand (build_wired, wire): new residual dims that a
-new first Mamba layer fills with features of the previous and of this token (conv taps), the
-bundled Mamba layers padded with zeros around them, and a last attention head that matches this
-token against each position's predecessor and adds what followed there to the logits
-(--wire-beta: sharpness, --wire-gamma: boost; --wire-grid measures pairs and exits).
+new first Mamba layer fills with features of the last two tokens (conv taps) and a linear copy
+of the token's embedding, the bundled Mamba layers padded with zeros around them, and a last
+attention head that matches the last two tokens against every earlier pair and adds the copy of
+the token that followed there to the final residual (--wire-beta: sharpness, --wire-gamma: boost;
+--wire-grid measures pairs and exits; with --steps it then trains as above).
 
 --probe prints which token identities the bundled model's layers keep (a linear read-out).
 
@@ -178,21 +179,23 @@ def random_repeats(rng, length, vocab, seps):
 
 
 def build_wired(args, src):
-    """The hybrid with a copy circuit built in (--wire): hidden = the bundled model's H plus RA
-    "previous token" dims plus RB "this token" dims; layer 0 a new Mamba layer that writes them;
-    the bundled model's Mamba layers next, reading and writing only the first H dims; last, one
-    attention head that matches this token against each position's previous token and adds the
-    token that followed there to the logits."""
+    """The hybrid with a copy circuit built in (--wire). Hidden = the bundled model's H dims, RA
+    "previous token" key dims, RA "this token" query dims and H "copy" dims (a linear copy of the
+    token's normalised embedding). Layer 0: a new Mamba layer that writes the three from the
+    embedding (conv taps t-1 and t); then the bundled Mamba layers, reading and writing only the
+    first H dims; last, one attention head that matches this token against each position's
+    previous token and adds the embedding of the token found there (from the copy dims) to the
+    final residual, so to its logit."""
     from transformers import JambaConfig, JambaForCausalLM
     sc = src.config
-    H, ra, rb = sc.hidden_size, args.wire_prev, args.wire_cur
-    Hn = H + ra + rb
+    H, ra = sc.hidden_size, args.wire_prev
+    Hn = 2 * H + 4 * ra
     if sc.intermediate_size > Hn:
         sys.exit(f"--wire: {sc.intermediate_size} Mamba channels do not fit a hidden size of {Hn}")
     n = sc.num_hidden_layers + 2
     cfg = JambaConfig(
         vocab_size=sc.vocab_size, hidden_size=Hn, intermediate_size=args.mlp, num_hidden_layers=n,
-        num_attention_heads=1, num_key_value_heads=1, head_dim=rb, attn_layer_period=n,
+        num_attention_heads=1, num_key_value_heads=1, head_dim=H, attn_layer_period=n,
         attn_layer_offset=n - 1, num_experts=1, num_experts_per_tok=1, expert_layer_period=1,
         expert_layer_offset=0, mamba_d_state=sc.state_size, mamba_d_conv=sc.conv_kernel,
         mamba_expand=1, mamba_dt_rank=sc.time_step_rank, mamba_conv_bias=True,
@@ -205,18 +208,18 @@ def build_wired(args, src):
 
 @torch.no_grad()
 def wire(model, src, sample, args):
-    """Weights of build_wired's model (see there); returns the features' fit quality."""
+    """Weights of build_wired's model (see there)."""
     bb, jm = src.backbone, model.model
-    H, ra, rb = src.config.hidden_size, args.wire_prev, args.wire_cur
+    H, ra = src.config.hidden_size, args.wire_prev
     Hn = model.config.hidden_size
-    I0 = src.config.intermediate_size
-    In = Hn  # mamba_expand 1
-    A0, B0 = H, H + ra  # first "previous token" dim, first "this token" dim
+    I0, In = src.config.intermediate_size, Hn  # mamba_expand 1
+    A0, Q0, C0 = H, H + 2 * ra, H + 4 * ra  # first key, query and copy dim
+    s = args.wire_scale
     keep = math.sqrt(H / Hn)  # an RMS over Hn dims of which only H are set, back to H's scale
     for p in model.parameters():
         p.zero_()
     model.model.embed_tokens.weight[:, :H] = bb.embeddings.weight
-    # --- the bundled Mamba layers, padded with zeros (exactly their function on the first H dims)
+    # --- the bundled Mamba layers, padded with zeros (their function on the first H dims)
     rms = {}
     h = bb.embeddings(sample)
     for li, sl in enumerate(bb.layers):
@@ -242,52 +245,62 @@ def wire(model, src, sample, args):
         dm.c_layernorm.weight.fill_(rms[(li, "c")])
         dl.pre_ff_layernorm.weight.fill_(1.0)
     jm.final_layernorm.weight[:H] = bb.norm_f.weight * keep
-    # --- layer 0: the previous token's and this token's features into the new dims
+    # --- layer 0: key, query and copy features of the (normalised) embedding into the new dims
     gen = torch.Generator().manual_seed(args.seed + 7)
-    P = torch.linalg.qr(torch.randn(H, H, generator=gen))[0][:rb] * args.wire_proj  # rb x H
+    P = torch.linalg.qr(torch.randn(H, H, generator=gen))[0][:2 * ra] * args.wire_proj
     l0 = jm.layers[0]
     l0.input_layernorm.weight[:H] = 1.0
     l0.pre_ff_layernorm.weight.fill_(1.0)
     m0 = l0.mamba
-    zb = 4.0
+    zb, cb = 4.0, 12.0  # the gate's bias; the copy channels' conv bias (silu ~ linear there)
     gate = F.silu(torch.tensor(zb)).item()
     K = m0.conv_kernel_size
-    for c in range(ra):  # channels 0..ra-1: the previous token (conv tap t-1)
-        m0.in_proj.weight[c, :H] = P[c]
-        m0.conv1d.weight[c, 0, K - 2] = 1.0
-        m0.out_proj.weight[A0 + c, c] = args.wire_scale / gate
-    for c in range(rb):  # channels ra..ra+rb-1: this token (tap t); the first ra share P's rows
-        m0.in_proj.weight[ra + c, :H] = P[c]
-        m0.conv1d.weight[ra + c, 0, K - 1] = 1.0
-        m0.out_proj.weight[B0 + c, ra + c] = args.wire_scale / gate
-    m0.D[:ra + rb] = 1.0
-    m0.in_proj.bias[In:In + ra + rb] = zb  # the gate: silu(z) = silu(4) on those channels
+    # Two tokens per key: a position's key holds features of the token before it (rows P[:ra],
+    # conv tap t-1) and of the one before that (P[ra:], tap t-2); a query holds the same
+    # features of this token (tap t) and of the previous one (tap t-1). A key matches a query
+    # when both tokens do: the last two tokens seen again.
+    # Like the copy dims below, the features are linear in the embedding (silu's near-linear
+    # range, its constant removed by out_proj's bias): different tokens' features are then
+    # nearly orthogonal, and a key at the first position (conv padding) is zero.
+    for c in range(2 * ra):
+        lag = 1 if c < ra else 2
+        for ch, dim, tap in ((c, A0 + c, K - 1 - lag), (2 * ra + c, Q0 + c, K - lag)):
+            m0.in_proj.weight[ch, :H] = P[c]
+            m0.conv1d.weight[ch, 0, tap] = 1.0
+            m0.conv1d.bias[ch] = cb
+            m0.out_proj.weight[dim, ch] = s / gate
+            m0.out_proj.bias[dim] = -s * cb
+    for c in range(H):  # the copy: silu(u + cb) * silu(zb), scaled, minus its constant part
+        ch = 4 * ra + c
+        m0.in_proj.weight[ch, c] = 1.0
+        m0.conv1d.weight[ch, 0, K - 1] = 1.0
+        m0.conv1d.bias[ch] = cb
+        m0.out_proj.weight[C0 + c, ch] = s / gate
+        m0.out_proj.bias[C0 + c] = -s * cb
+    nch = 4 * ra + H
+    m0.D[:nch] = 1.0
+    m0.in_proj.bias[In:In + nch] = zb
     m0.A_log.copy_(torch.log(torch.arange(1, m0.ssm_state_size + 1).float()).expand_as(m0.A_log))
     for nm in ("dt_layernorm", "b_layernorm", "c_layernorm"):
         getattr(m0, nm).weight.fill_(1.0)
-    # --- the attention head, last: q = this token's first ra features, k = the previous token's,
-    # v = this token's rb features, o = a least-squares map from them to the token's embedding
+    # --- the attention head, last: q = this token's features, k = the previous token's,
+    # v = the copy dims, o = the value into the first H dims (the final norm and the tied head
+    # turn it into a boost of the copied token's logit)
     la = jm.layers[-1]
     la.pre_ff_layernorm.weight.fill_(1.0)
     x = torch.cat([torch.zeros_like(sample[:, :1]), sample], 1)
     out = model(x, use_cache=False, output_hidden_states=True)
     hl = out.hidden_states[-2]  # the attention layer's input
-    rms_typ = hl.pow(2).mean(-1).sqrt().mean().item()
-    la.input_layernorm.weight[A0:] = rms_typ / args.wire_scale  # new dims back to ~feature scale
+    rms_in = hl.pow(2).mean(-1).sqrt().mean().item()
+    la.input_layernorm.weight[H:] = rms_in / s  # the new dims back to the features' scale
     at = la.self_attn
-    at.q_proj.weight[:ra, B0:B0 + ra] = torch.eye(ra) * args.wire_beta
-    at.k_proj.weight[:ra, A0:A0 + ra] = torch.eye(ra)
-    at.v_proj.weight[:rb, B0:B0 + rb] = torch.eye(rb)
-    E = bb.embeddings.weight
-    u = E * torch.rsqrt(E.pow(2).sum(-1, keepdim=True) / Hn + model.config.rms_norm_eps)
-    feats = F.silu(u @ P.t())  # V x rb: what v holds for each token
-    wf = jm.final_layernorm.weight[:H]
-    target = E * wf / (wf * wf + 1e-2 * (wf * wf).mean())  # w_f * target = E (where w_f allows)
-    W = torch.linalg.lstsq(feats, target).solution  # rb x H
-    hit = ((feats @ W * wf) @ E.t()).argmax(1).eq(torch.arange(E.shape[0])).float().mean().item()
-    at.o_proj.weight[:H, :rb] = W.t() * (args.wire_gamma * rms_typ)
-    return {"value_top1": hit, "rms_attn_input": rms_typ}
-
+    at.q_proj.weight[:2 * ra, Q0:Q0 + 2 * ra] = torch.eye(2 * ra) * args.wire_beta
+    at.k_proj.weight[:2 * ra, A0:A0 + 2 * ra] = torch.eye(2 * ra)
+    at.v_proj.weight[:H, C0:C0 + H] = torch.eye(H)
+    at.o_proj.weight[:H, :H] = torch.eye(H) * (args.wire_gamma * rms_in)
+    new = out.hidden_states[1][..., H:]
+    return {"rms_attn_input": rms_in, "new_dims_rms_layer1": new.pow(2).mean().sqrt().item(),
+            "old_dims_rms_layer1": out.hidden_states[1][..., :H].pow(2).mean().sqrt().item()}
 
 def evaluate(model, data, L, max_windows=None):
     model.eval()
@@ -387,10 +400,9 @@ def main():
     ap.add_argument("--random-frac", type=float, default=0.0,
                     help="of all windows, this fraction (part of --copy-frac) repeats random ids")
     ap.add_argument("--wire", action="store_true", help="build the copy circuit in (build_wired)")
-    ap.add_argument("--wire-prev", type=int, default=128, help="--wire: previous-token dims")
-    ap.add_argument("--wire-cur", type=int, default=256, help="--wire: this-token dims")
+    ap.add_argument("--wire-prev", type=int, default=24, help="--wire: key dims per token (x2 tokens)")
     ap.add_argument("--wire-proj", type=float, default=1.0, help="--wire: feature projection scale")
-    ap.add_argument("--wire-scale", type=float, default=0.01, help="--wire: new dims' size")
+    ap.add_argument("--wire-scale", type=float, default=0.002, help="--wire: new dims' size")
     ap.add_argument("--wire-beta", type=float, default=1.0, help="--wire: attention sharpness")
     ap.add_argument("--wire-gamma", type=float, default=1.0, help="--wire: copy boost")
     ap.add_argument("--wire-grid", metavar="B,G;B,G;...",
@@ -455,7 +467,10 @@ def main():
     sample = torch.stack([train[o:o + L] for o in torch.randint(0, len(train) - L, (16,), generator=gen)])
     if args.wire:
         info = wire(model, src, sample, args)
-        old = set()
+        # the bundled model's layers (1 .. n-2), embeddings and final norm train at --lr-old
+        warm = tuple(f"model.layers.{i}." for i in range(1, model.config.num_hidden_layers - 1))
+        old = {n_ for n_, _ in model.named_parameters()
+               if n_.startswith(warm) or n_ == "model.final_layernorm.weight"}
         print(f"[wire] {json.dumps(info)}", flush=True)
     else:
         old, rms = warm_start(model, src, sample)
