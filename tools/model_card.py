@@ -1,6 +1,7 @@
-"""Model cards (README.md) of the bundled model and of its draft, from a train_stats.json.
+"""Model cards (README.md) of the bundled model, of its draft and of train_copy_hybrid.py's experiments.
 
-Used by tools/train_default_model.py: at the end of a run, and alone with `--write-card STATS`.
+Used by tools/train_default_model.py and tools/train_copy_hybrid.py: at the end of a run, and
+alone with `--write-card STATS`.
 """
 import json
 import os
@@ -359,70 +360,43 @@ def write_draft_card(out, stats):
         f.write(text)
 
 
-HYBRID_CARD = """# recurd-hybrid-tiny
 
-recurd's bundled copy-capable hybrid: the bundled model `models/recurd-mamba-tiny` with one
-attention layer added (`JambaForCausalLM`, {params_m:.2f}M parameters, {size_mb:.1f} MB), trained on
-CPU by `tools/train_copy_hybrid.py` to continue a passage it has seen. It exists for speculative
-decoding (issue 18): n-gram drafts predict text that repeats, and the bundled Mamba-1 model does
-not repeat a quoted passage (its copy score below), so on that model they have little to
-draft. Like the bundled model it is for demos, tests and benchmarks, not for real use.
+HYBRID_CARD = """# {name}
+
+An experimental hybrid made by `tools/train_copy_hybrid.py` (issue 18): recurd's bundled model
+`models/recurd-mamba-tiny` as a `JambaForCausalLM` with attention added ({how}), {params_m:.2f}M
+parameters, {size_mb:.1f} MB, meant to continue a passage it has seen so that n-gram drafts in
+speculative decoding have something to predict. recurd does not ship it; what such runs gave is
+in bench/RESULTS.md, "A copy-capable hybrid from the bundled model". Not for real use.
 
 ## Files
 Ordinary Hugging Face checkpoint (`save_pretrained`): `config.json`, `generation_config.json`,
-`model.safetensors` ({dtype_name}, tied embeddings, no `lm_head.weight` tensor), and the bundled
-model's `tokenizer.json` / `tokenizer_config.json`, byte for byte (the same vocabulary and ids:
-the bundled draft `models/recurd-mamba-tiny-draft` drafts for it too).
+`model.safetensors` ({dtype_name}, tied embeddings), and the bundled model's `tokenizer.json` /
+`tokenizer_config.json`, byte for byte.
 
 ## Architecture (config.json)
-| field | value |
-|---|---|
-| layers | {layers}: {pattern} |
-| vocab_size / hidden_size | {vocab} / {hidden} |
-| Mamba layers | the bundled model's: d_state {state}, d_conv {conv}, expand {expand}, dt rank {rank}, plus Jamba's RMSNorms on dt, B and C |
-| attention | layer {attn_at}: {heads} heads of {head_dim} ({kv} KV heads), no positional encoding (Jamba's: the Mamba layers carry position) |
-| MLPs | dense (`num_experts` 1), intermediate {mlp}, on every layer |
-| rms_norm_eps | {eps} |
-| tie_word_embeddings | true |
+{n_layers} layers: {pattern}; hidden size {hidden}; Mamba: d_state {state}, d_conv {conv},
+{channels} channels, dt rank {rank}, Jamba's RMSNorms on dt, B and C; attention at layer(s)
+{attn_at}: {heads} head(s) of {head_dim} ({kv} KV), no positional encoding; dense MLPs of
+{mlp}. recurd keeps the Mamba layers' conv windows and SSM states per sequence, and
+{kv_bytes} bytes of KV per token per attention layer (fp32).
 
-Fixed state per sequence in recurd: the {n_mamba} Mamba layers' conv windows and SSM states (as the
-bundled model's); each attention layer adds a KV cache of {kv_bytes} bytes per token (fp32).
-
-## How it was made
-1. **Warm start from the bundled model** (nothing of it is thrown away): its embeddings, final
-   norm, {n_mamba} Mamba mixers and their pre-norms become the hybrid's; Jamba's dt/B/C norms start
-   at the mean RMS of those inputs over training text; the attention layer's output projection
-   and every MLP's down projection start at zero. At step 0 the hybrid's held-out perplexity is
-   {step0_ppl:.2f} (the bundled model's {base_ppl:.2f}; the difference is the dt/B/C norms).
-2. **Training** on the bundled model's training split (the same corpus and held-out 2%:
-   `models/recurd-mamba-tiny/README.md`), fp32, {threads} CPU thread (`{cpu}`): {minutes} minutes,
-   {steps} AdamW steps, batch {batch} x {seq_len} tokens: **{tokens_m:.2f}M tokens seen**. Peak lr {lr}
-   for the new parameters (attention, MLPs, the three norms) and {lr_old} for the warm-started
-   ones, {warmup}-step warmup, cosine decay to {min_lr_frac}x, weight decay {wd}. In {copy_pct:.0f}% of the
-   windows (`--copy-frac {copy_frac}`, `tools/copy_task.py`) a span of a training document is
-   followed by a separator and by the same span again (a fifth of the repeats edited).
-
-The saved checkpoint, reloaded with plain `transformers`, gives the training forward's logits
-within {maxdiff:.1e} (max abs, on held-out text).
+## Training
+{threads} CPU thread(s) (`{cpu}`): {minutes} minutes, {steps} AdamW steps, batch {batch} x
+{seq_len} tokens, **{tokens_m:.2f}M tokens seen**; the bundled model's training split with
+`--copy-frac {copy_frac}` (`--random-frac {random_frac}`). Held-out perplexity at step 0:
+{step0_ppl:.2f} (the bundled model: {base_ppl:.2f}). The saved checkpoint, reloaded with plain
+`transformers`, gives the training forward's logits within {maxdiff:.1e}.
 
 ## Quality
-Held-out perplexity ({val_tok} tokens, windows of {seq_len} tokens from an empty state):
-**{ppl:.2f}** (the bundled model: {base_ppl:.2f}).
-
-During training (64 held-out windows; teacher-forced top-1 on the repeated part of 32
-held-out passages):
+Held-out perplexity ({val_tok} tokens, windows of {seq_len} tokens): **{ppl:.2f}** (the bundled
+model: {base_ppl:.2f}). During training (64 held-out windows; teacher-forced top-1 on the
+repeated part of 32 held-out passages):
 
 | step | perplexity (64 windows) | teacher-forced copy top-1 |
 |---|---|---|
 {history}
 {copy}
-## Use
-```sh
-build/release/daemon/recurd --model models/recurd-hybrid-tiny --speculate ngram
-build/release/tools/recurd-eval --model models/recurd-hybrid-tiny --tokens ... --greedy 64 --speculate ngram
-```
-Figures with speculation: `bench/RESULTS.md`.
-
 ## Reproduce
 ```sh
 apt-get install -y fortunes fortunes-min python3.11-doc gcc
@@ -433,11 +407,12 @@ python3 tools/train_copy_hybrid.py {cmd}
 
 
 def write_hybrid_card(out, stats):
+    """OUT/README.md for a train_copy_hybrid.py run, from its train_stats_hybrid.json."""
     a = stats["args"]
     cfg = json.load(open(os.path.join(out, "config.json")))
     types = ["attention" if i % cfg["attn_layer_period"] == cfg["attn_layer_offset"] else "Mamba"
              for i in range(cfg["num_hidden_layers"])]
-    head_dim = cfg["hidden_size"] // cfg["num_attention_heads"]
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
     hist = "\n".join(f"| {h['step']} | {h['val_ppl_64win']:.2f} | {h['tf_copy']:.3f} |"
                      for h in stats["history"])
     rows = []
@@ -449,31 +424,36 @@ def write_hybrid_card(out, stats):
                         f"{r['teacher_forced_top1']:.3f} |")
     r0 = stats["copy"]["model"][0]
     copy = COPY.format(n=r0["passages"], mlen=r0["mean_len"], rows="\n".join(rows))
-    flags = [f"--out models/{os.path.basename(a['out'].rstrip('/'))}"]
-    for k in ("attn_at", "attn_period", "heads", "kv_heads", "mlp", "steps", "minutes", "batch", "lr", "lr_old",
-              "warmup", "copy_frac", "random_frac", "seed", "threads", "dtype"):
-        flags.append(f"--{k.replace('_', '-')} {a[k]}")
+    keys = ["wire", "wire_prev", "wire_proj", "wire_scale", "wire_beta", "wire_gamma"] if a.get(
+        "wire") else ["attn_at", "attn_period", "heads", "kv_heads"]
+    keys += ["mlp", "steps", "minutes", "batch", "lr", "lr_old", "warmup", "copy_frac",
+             "random_frac", "induction_steps", "induction_len", "seed", "threads", "dtype"]
+    flags = [f"--out {a['out']}"]
+    for k in keys:
+        if k == "wire":
+            flags.append("--wire")
+        elif k in a:
+            flags.append(f"--{k.replace('_', '-')} {a[k]}")
     note = ""
     if stats["steps"] < a["steps"]:
         note = (f"The {a['minutes']:g}-minute cap, not the {a['steps']}-step count, ended the "
-                f"schedule (at step {stats['steps']}), so a rerun on another CPU reaches a similar "
-                f"but not bit-identical model.\n")
+                f"schedule (at step {stats['steps']}).\n")
     text = HYBRID_CARD.format(
+        name=os.path.basename(out.rstrip("/")),
+        how="a wired induction circuit, `--wire`" if a.get("wire") else "warm-started, `--attn-at`",
         params_m=stats["params"] / 1e6, size_mb=stats["size_bytes"] / 1e6,
         dtype_name={"f32": "F32", "bf16": "BF16"}[stats["saved_dtype"]],
-        n_mamba=types.count("Mamba"), layers=cfg["num_hidden_layers"], pattern=", ".join(types),
-        vocab=cfg["vocab_size"],
-        hidden=cfg["hidden_size"], state=cfg["mamba_d_state"], conv=cfg["mamba_d_conv"],
-        expand=cfg["mamba_expand"], rank=cfg["mamba_dt_rank"], attn_at=", ".join(str(i) for i, t in enumerate(types) if t == "attention"),
+        n_layers=cfg["num_hidden_layers"], pattern=", ".join(types), hidden=cfg["hidden_size"],
+        state=cfg["mamba_d_state"], conv=cfg["mamba_d_conv"],
+        channels=cfg["mamba_expand"] * cfg["hidden_size"], rank=cfg["mamba_dt_rank"],
+        attn_at=", ".join(str(i) for i, t in enumerate(types) if t == "attention"),
         heads=cfg["num_attention_heads"], head_dim=head_dim, kv=cfg["num_key_value_heads"],
-        mlp=cfg["intermediate_size"], eps=cfg["rms_norm_eps"],
-        kv_bytes=2 * cfg["num_key_value_heads"] * head_dim * 4,
-        step0_ppl=stats["step0_val_ppl"], base_ppl=stats["base_val_ppl"],
+        mlp=cfg["intermediate_size"], kv_bytes=2 * cfg["num_key_value_heads"] * head_dim * 4,
         threads=a["threads"], cpu=stats.get("cpu", "?"), minutes=stats["train_minutes"],
         steps=stats["steps"], batch=a["batch"], seq_len=a["seq_len"],
-        tokens_m=stats["tokens_seen"] / 1e6, lr=a["lr"], lr_old=a["lr_old"], warmup=a["warmup"],
-        min_lr_frac=a["min_lr_frac"], wd=a["wd"], copy_pct=100 * a["copy_frac"],
-        copy_frac=a["copy_frac"], maxdiff=stats["hf_vs_train_max_logit_diff"],
+        tokens_m=stats["tokens_seen"] / 1e6, copy_frac=a["copy_frac"],
+        random_frac=a.get("random_frac", 0.0), step0_ppl=stats["step0_val_ppl"],
+        base_ppl=stats["base_val_ppl"], maxdiff=stats["hf_vs_train_max_logit_diff"],
         val_tok=stats["val_tokens"], ppl=stats["val_ppl"], history=hist, copy=copy,
         cmd=" ".join(flags), note=note, torch=stats["versions"]["torch"],
         tf=stats["versions"]["transformers"])
