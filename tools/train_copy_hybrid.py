@@ -28,6 +28,9 @@ attention head that matches the last two tokens against every earlier pair and a
 the token that followed there to the final residual (--wire-beta: sharpness, --wire-gamma: boost;
 --wire-grid measures pairs and exits; with --steps it then trains as above).
 
+--granite KINDS instead trains a Granite 4.0-H hybrid (Mamba2 and attention with RoPE, which can
+attend to the previous position by itself) from a random init, with the bundled tokenizer.
+
 --probe prints which token identities the bundled model's layers keep (a linear read-out).
 
 At the end of a training run the checkpoint is saved (--dtype), reloaded with plain
@@ -125,6 +128,32 @@ def dbc_rms(m, u):
     dbc = m.x_proj(xc)
     return {name: part.pow(2).mean(-1).sqrt().mean().item()
             for name, part in (("dt", dbc[..., :R]), ("b", dbc[..., R:R + N]), ("c", dbc[..., R + N:]))}
+
+
+def build_granite(args, src):
+    """--granite: a Granite 4.0-H hybrid (Mamba2 layers and attention with RoPE, a dense shared
+    MLP on every layer) from a random init, with the bundled model's vocabulary and tokenizer.
+    RoPE lets an attention layer attend to the previous position by itself (a fixed relative
+    offset), which the Jamba hybrids above cannot: no warm start, every weight is trained."""
+    from transformers import GraniteMoeHybridConfig, GraniteMoeHybridForCausalLM
+    sc = src.config
+    kinds = args.granite.split(",")
+    if any(k not in ("mamba", "attention") for k in kinds):
+        sys.exit("--granite: a comma-separated list of mamba and attention")
+    H = args.granite_hidden
+    cfg = GraniteMoeHybridConfig(
+        vocab_size=sc.vocab_size, hidden_size=H, num_hidden_layers=len(kinds), layer_types=kinds,
+        num_attention_heads=args.heads, num_key_value_heads=args.kv_heads, attention_bias=False,
+        intermediate_size=args.mlp, shared_intermediate_size=args.mlp, num_local_experts=0,
+        mamba_n_heads=2 * H // 32, mamba_d_head=32, mamba_n_groups=1, mamba_d_state=32,
+        mamba_d_conv=4, mamba_expand=2, mamba_chunk_size=64, mamba_conv_bias=True,
+        mamba_proj_bias=False, embedding_multiplier=1.0, residual_multiplier=1.0,
+        attention_multiplier=1.0 / math.sqrt(H // args.heads), logits_scaling=1.0,
+        rms_norm_eps=1e-5, position_embedding_type="rope", rope_theta=10000.0, hidden_act="silu",
+        tie_word_embeddings=True, bos_token_id=sc.bos_token_id, eos_token_id=sc.eos_token_id,
+        pad_token_id=sc.pad_token_id)
+    torch.manual_seed(args.seed)
+    return GraniteMoeHybridForCausalLM(cfg).float()
 
 
 @torch.no_grad()
@@ -399,6 +428,10 @@ def main():
     ap.add_argument("--copy-frac", type=float, default=0.5)
     ap.add_argument("--random-frac", type=float, default=0.0,
                     help="of all windows, this fraction (part of --copy-frac) repeats random ids")
+    ap.add_argument("--granite", metavar="KINDS",
+                    help="instead: a Granite 4.0-H hybrid from scratch, layers e.g. "
+                         "mamba,attention,mamba,attention (build_granite)")
+    ap.add_argument("--granite-hidden", type=int, default=256)
     ap.add_argument("--wire", action="store_true", help="build the copy circuit in (build_wired)")
     ap.add_argument("--wire-prev", type=int, default=24, help="--wire: key dims per token (x2 tokens)")
     ap.add_argument("--wire-proj", type=float, default=1.0, help="--wire: feature projection scale")
@@ -439,7 +472,7 @@ def main():
         with open(args.write_card) as f:
             write_hybrid_card(args.out, json.load(f))
         return
-    from transformers import AutoTokenizer, JambaForCausalLM, MambaForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer, MambaForCausalLM
 
     t0 = time.time()
     _, val_docs, train_docs = tdm.split_docs(args.seed)
@@ -452,7 +485,7 @@ def main():
     L = args.seq_len
     base_vl, _ = tdm.evaluate(src, val, L)
     if args.finish_from:
-        model = JambaForCausalLM.from_pretrained(args.finish_from, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(args.finish_from, dtype=torch.float32)
         with open(os.path.join(os.path.dirname(args.finish_from.rstrip("/")) or ".",
                                "train_stats_hybrid.json")) as f:
             old_stats = json.load(f)
@@ -462,10 +495,13 @@ def main():
         from transformers.models.jamba import modeling_jamba as mj
         finish(args, model, tok, src, val, val_docs, base_vl, tstats, mj.JambaMambaMixer.forward)
         return
-    model = build_wired(args, src) if args.wire else build(args, src)
+    model = (build_granite(args, src) if args.granite else
+             build_wired(args, src) if args.wire else build(args, src))
     gen = torch.Generator().manual_seed(args.seed)
     sample = torch.stack([train[o:o + L] for o in torch.randint(0, len(train) - L, (16,), generator=gen)])
-    if args.wire:
+    if args.granite:
+        old = set()
+    elif args.wire:
         info = wire(model, src, sample, args)
         # the bundled model's layers (1 .. n-2), embeddings and final norm train at --lr-old
         warm = tuple(f"model.layers.{i}." for i in range(1, model.config.num_hidden_layers - 1))
@@ -475,7 +511,8 @@ def main():
     else:
         old, rms = warm_start(model, src, sample)
     if args.resume:  # a checkpoint of an earlier run of this script (same flags): its weights
-        model.load_state_dict(JambaForCausalLM.from_pretrained(args.resume, dtype=torch.float32).state_dict())
+        model.load_state_dict(AutoModelForCausalLM.from_pretrained(
+            args.resume, dtype=torch.float32).state_dict())
         print(f"[resume] weights of {args.resume}", flush=True)
     orig_forward = patch_mixers()
     # The patched forward against HF's own (sequential scan) on held-out text.
@@ -606,11 +643,11 @@ def finish(args, model, tok, src, val, val_docs, base_vl, tstats, orig_forward):
     score of it and of the bundled model; stats file and model card."""
     import transformers
     import transformers.models.jamba.modeling_jamba as mj
-    from transformers import JambaForCausalLM
+    from transformers import AutoModelForCausalLM
     L = args.seq_len
     tdm.save_checkpoint(model, tok, args.out, args.dtype, args.base)
     mj.JambaMambaMixer.forward = orig_forward  # HF's own forward for the reloaded model
-    hf = JambaForCausalLM.from_pretrained(args.out, dtype=torch.float32).eval()
+    hf = AutoModelForCausalLM.from_pretrained(args.out, dtype=torch.float32).eval()
     with torch.no_grad():
         model.load_state_dict(hf.state_dict())  # the saved (maybe rounded) weights
         x = val[:129].unsqueeze(0)
