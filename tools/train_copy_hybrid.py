@@ -331,24 +331,6 @@ def wire(model, src, sample, args):
     return {"rms_attn_input": rms_in, "new_dims_rms_layer1": new.pow(2).mean().sqrt().item(),
             "old_dims_rms_layer1": out.hidden_states[1][..., :H].pow(2).mean().sqrt().item()}
 
-def evaluate(model, data, L, max_windows=None):
-    model.eval()
-    n = (len(data) - 1) // L
-    if max_windows:
-        n = min(n, max_windows)
-    tot, cnt = 0.0, 0
-    with torch.no_grad():
-        for i in range(0, n, 16):
-            j = min(n, i + 16)
-            x = torch.stack([data[k * L:(k + 1) * L] for k in range(i, j)])
-            y = torch.stack([data[k * L + 1:(k + 1) * L + 1] for k in range(i, j)])
-            lg = model(x, use_cache=False).logits.float()
-            tot += F.cross_entropy(lg.reshape(-1, lg.shape[-1]), y.reshape(-1), reduction="sum").item()
-            cnt += y.numel()
-    model.train()
-    return tot / max(cnt, 1), cnt
-
-
 @torch.no_grad()
 def tf_copy(model, tok, psg, sep="\n\n"):
     """Teacher-forced top-1 on the repeated part of passages (cheap copy probe during training)."""
@@ -409,7 +391,7 @@ def cpu_model():
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", default="models/recurd-mamba-tiny", help="the bundled Mamba model")
-    ap.add_argument("--out", default="models/recurd-hybrid-tiny")
+    ap.add_argument("--out", default="build/copy-hybrid", help="the checkpoint (nothing here ships)")
     ap.add_argument("--attn-at", type=int, default=4, help="index of the (first) attention layer")
     ap.add_argument("--attn-period", type=int, default=0,
                     help="an attention layer every N layers from --attn-at (0: only one)")
@@ -534,11 +516,11 @@ def main():
             with torch.no_grad():
                 at.q_proj.weight.copy_(q0 * (b_ / args.wire_beta))
                 at.o_proj.weight.copy_(o0 * (g_ / args.wire_gamma))
-            vl, _ = evaluate(model, val, L, max_windows=64)
+            vl, _ = tdm.evaluate(model, val, L, max_windows=64, hf=True)
             print(f"[grid] beta {b_} gamma {g_}: ppl(64 win) {math.exp(vl):.2f} tf copy "
                   f"{tf_copy(model, tok, psg16):.3f}", flush=True)
         return
-    vl0, _ = evaluate(model, val, L)
+    vl0, _ = tdm.evaluate(model, val, L, hf=True)
     print(f"[init] bundled model held-out ppl {math.exp(base_vl):.2f}; hybrid at step 0 "
           f"{math.exp(vl0):.2f}; tf copy {tf_copy(model, tok, psg16):.3f}", flush=True)
     nparams = sum(p.numel() for p in model.parameters())
@@ -620,7 +602,7 @@ def main():
                   f"ema {rand_ema if rand_ema is not None else float('nan'):.3f} lr x{f:.2f} "
                   f"{tokens_seen/el:.0f} tok/s {el/60:.1f} min", flush=True)
         if (step + 1) % args.eval_every == 0:
-            vl, _ = evaluate(model, val, L, max_windows=64)
+            vl, _ = tdm.evaluate(model, val, L, max_windows=64, hf=True)
             tc = tf_copy(model, tok, psg16)
             history.append({"step": step + 1, "val_ppl_64win": math.exp(vl), "tf_copy": tc})
             print(f"[eval] step {step+1} ppl(64 win) {math.exp(vl):.2f} tf copy {tc:.3f}", flush=True)
@@ -656,7 +638,7 @@ def finish(args, model, tok, src, val, val_docs, base_vl, tstats, orig_forward):
         maxdiff = (ref - model.eval()(x, use_cache=False).logits).abs().max().item()
     print(f"[check] saved {args.dtype} (HF, sequential scan) vs training forward: {maxdiff:.2e}",
           flush=True)
-    vl, ntok = evaluate(hf, val, L)
+    vl, ntok = tdm.evaluate(hf, val, L, hf=True)
     psg = passages(tok, [d for _, d in val_docs], 64, 60, 120, args.seed)
     copy = {"model": [copy_score(hf, tok, psg, s) for s in ("\n\n", "\n")],
             "base": [copy_score(src, tok, psg, s) for s in ("\n\n", "\n")]}

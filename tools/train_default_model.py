@@ -460,7 +460,7 @@ def evaluate(model, data, seq_len, max_windows=None, hf=False):
         j = min(n, i + bs)
         x = torch.stack([data[k * seq_len:(k + 1) * seq_len] for k in range(i, j)])
         y = torch.stack([data[k * seq_len + 1:(k + 1) * seq_len + 1] for k in range(i, j)])
-        logits = model(x).logits.float() if hf else fast_logits(model, x)
+        logits = model(x, use_cache=False).logits.float() if hf else fast_logits(model, x)
         tot += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
                                reduction="sum").item()
         cnt += y.numel()
