@@ -160,7 +160,9 @@ struct dmn_server {
     bool draining, shutting_down, server_shutdown_started;
     dmn_op_t op_shutdown;
     bool shutdown_done;
-    uv_timer_t grace_timer;
+    uv_timer_t grace_timer;      /* the drain's grace period, then the shutdown's settle time */
+    uv_timer_t quiet_timer;      /* a drain with nothing left waits for calls to stop coming */
+    uint64_t last_call_ns;       /* uv_hrtime() of the last call (not a health probe) to arrive */
     uv_signal_t sig_term, sig_int;
     uv_signal_t sig_hup;     /* SIGHUP: dmn_reload */
     struct dmn_tls *tls;     /* TLS files and their reload; NULL: plaintext (main owns it) */

@@ -108,6 +108,7 @@ static void on_wake(uv_async_t *a)
             s->cq = NULL;
             uv_close((uv_handle_t *)&s->wake, on_closed_handle);
             uv_close((uv_handle_t *)&s->grace_timer, on_closed_handle);
+            uv_close((uv_handle_t *)&s->quiet_timer, on_closed_handle);
             uv_close((uv_handle_t *)&s->sig_term, on_closed_handle);
             uv_close((uv_handle_t *)&s->sig_int, on_closed_handle);
             uv_close((uv_handle_t *)&s->sig_hup, on_closed_handle);
@@ -555,6 +556,8 @@ static void on_new_call(dmn_op_t *op, bool ok)
         return;
     }
     arm(s, p->method);
+    if (p->method != DMN_M_HEALTH_CHECK && p->method != DMN_M_HEALTH_WATCH)
+        s->last_call_ns = uv_hrtime(); /* probes come forever: they never hold a drain open */
     dmn_call_t *c = calloc(1, sizeof(*c));
     if (!c) {
         grpc_call_cancel_with_status(p->call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory",
@@ -625,11 +628,30 @@ static void on_new_call(dmn_op_t *op, bool ok)
 
 static void on_shutdown_cb(dmn_op_t *op, bool ok);
 
+/* What is still open this long after the shutdown started is cancelled (CANCELLED). */
+#define DMN_SETTLE_MS 1000
+
+static void on_settle(uv_timer_t *t)
+{
+    dmn_server_t *s = t->data;
+    if (!s->server) return;
+    dmn_log(DMN_WARN, "drain_cancel_rest", NULL, NULL,
+            "calls still open %d ms after the shutdown began: cancelling them", DMN_SETTLE_MS);
+    grpc_server_cancel_all_calls(s->server);
+}
+
+/* The end of a drain: every turn done (or the grace period over). Every call still open or yet
+ * to be seen ends UNAVAILABLE, the status a client retries on another replica, never CANCELLED
+ * (which reads as the client's own cancellation): turns are cancelled with it, health watches
+ * end with it, and calls the core matched before the shutdown but this loop has not seen yet
+ * are refused with it by on_new_call (s->draining). Unary calls in flight finish. Only what is
+ * left after DMN_SETTLE_MS is cancelled wholesale. */
 static void finish_drain(dmn_server_t *s)
 {
     if (s->shutting_down) return;
     s->shutting_down = true;
     uv_timer_stop(&s->grace_timer);
+    uv_timer_stop(&s->quiet_timer);
     dmn_log(DMN_INFO, "drain_cancel", NULL, NULL, "cancelling %d turn(s) and all open calls",
             s->n_turns);
     /* Until now the server kept accepting so that new calls got a clear UNAVAILABLE. */
@@ -637,7 +659,11 @@ static void finish_drain(dmn_server_t *s)
     s->op_shutdown.cb = on_shutdown_cb;
     grpc_server_shutdown_and_notify(s->server, s->cq, &s->op_shutdown);
     dmn_generate_cancel_all(s, RCD_EUNAVAILABLE);
-    grpc_server_cancel_all_calls(s->server);
+    for (dmn_call_t *c = s->calls; c; c = c->next)
+        if (c->call && c->method == DMN_M_HEALTH_WATCH && c->ext)
+            grpc_call_cancel_with_status(c->call, GRPC_STATUS_UNAVAILABLE,
+                                         "server shutting down", NULL);
+    uv_timer_start(&s->grace_timer, on_settle, DMN_SETTLE_MS, 0);
     dmn_http_stop(s); /* closes every HTTP connection; the listener's handles go with them */
     maybe_exit(s);
 }
@@ -645,6 +671,7 @@ static void finish_drain(dmn_server_t *s)
 static void maybe_exit(dmn_server_t *s)
 {
     if (!s->shutting_down || !s->shutdown_done || s->calls || !s->server) return;
+    uv_timer_stop(&s->grace_timer); /* on_settle has nothing left to cancel */
     grpc_server_destroy(s->server);
     s->server = NULL;
     grpc_completion_queue_shutdown(s->cq);
@@ -666,9 +693,34 @@ static void on_grace(uv_timer_t *t)
     finish_drain(s);
 }
 
+/* The drain's work is done (no turn, no HTTP request) once no call has arrived for this long:
+ * clients and balancers that saw UNAVAILABLE (or a failing health check) have gone elsewhere,
+ * so the shutdown races no call in flight. The core cancels (CANCELLED) a call whose headers
+ * it read before grpc_server_shutdown_and_notify but had not yet matched to a request. */
+#define DMN_DRAIN_QUIET_MS 250
+
+static void drain_maybe_done(dmn_server_t *s);
+
+static void on_quiet(uv_timer_t *t)
+{
+    drain_maybe_done(t->data);
+}
+
+static void drain_maybe_done(dmn_server_t *s)
+{
+    if (!s->draining || s->shutting_down || s->n_turns > 0 || dmn_http_active(s)) return;
+    uint64_t now = uv_hrtime(), quiet_ns = (uint64_t)DMN_DRAIN_QUIET_MS * 1000000u;
+    uint64_t since = now - s->last_call_ns;
+    if (since >= quiet_ns) {
+        finish_drain(s);
+        return;
+    }
+    uv_timer_start(&s->quiet_timer, on_quiet, (quiet_ns - since) / 1000000u + 1, 0);
+}
+
 void dmn_server_turn_done(dmn_server_t *s)
 {
-    if (s->draining && s->n_turns == 0 && !dmn_http_active(s)) finish_drain(s);
+    drain_maybe_done(s);
 }
 
 void dmn_server_drain(dmn_server_t *s, const char *why)
@@ -687,7 +739,7 @@ void dmn_server_drain(dmn_server_t *s, const char *why)
     dmn_health_notify(s);
     dmn_http_drain(s); /* stops accepting; /health answers 503 */
     uv_timer_start(&s->grace_timer, on_grace, (uint64_t)s->opts->drain_grace_ms, 0);
-    if (s->n_turns == 0 && !dmn_http_active(s)) finish_drain(s);
+    drain_maybe_done(s);
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -754,7 +806,7 @@ int dmn_server_start(dmn_server_t *s, char *err, size_t errlen)
                         s->tls ? " or the TLS setup failed: see gRPC's message" : "");
     }
     /* The loop's handles and the CQ thread, before the server starts taking calls. */
-    uv_handle_t *opened[5];
+    uv_handle_t *opened[6];
     int n_open = 0, urc;
     const char *what = "";
     if ((urc = -pthread_mutex_init(&s->mu, NULL))) {
@@ -770,6 +822,9 @@ int dmn_server_start(dmn_server_t *s, char *err, size_t errlen)
     uv_timer_init(s->loop, &s->grace_timer); /* cannot fail */
     opened[n_open++] = (uv_handle_t *)&s->grace_timer;
     s->grace_timer.data = s;
+    uv_timer_init(s->loop, &s->quiet_timer); /* cannot fail */
+    opened[n_open++] = (uv_handle_t *)&s->quiet_timer;
+    s->quiet_timer.data = s;
     if ((urc = uv_signal_init(s->loop, &s->sig_term))) {
         what = "the SIGTERM handler";
         goto fail;

@@ -13,7 +13,7 @@ if ! diff -u "$root/deploy/k8s/base/haproxy.cfg" "$tmp/k8s.cfg"; then
   exit 1
 fi
 python3 "$here/render.py" --listen 127.0.0.1:18000 --monitor 127.0.0.1:18404 \
-  --server r0=127.0.0.1:18001 --server r1=127.0.0.1:18002 --server r2=127.0.0.1:18003 \
+  --server r0=127.0.0.1:18001/18101 --server r1=127.0.0.1:18002/18102 --server r2=127.0.0.1:18003 \
   -o "$tmp/test.cfg"
 if ! command -v haproxy >/dev/null; then
   echo "check.sh: haproxy not installed (tools/install-deps.sh): rendering is current," \

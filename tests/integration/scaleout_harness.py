@@ -112,6 +112,7 @@ class Replica:
         self.name = "r%d" % index
         self.port = free_port()
         self.addr = "127.0.0.1:%d" % self.port
+        self.http_port = free_port()  # the balancer's health check (closes when draining)
         self.dir = os.path.join(tmp, self.name)
         self.state_dir = os.path.join(self.dir, "state")
         os.makedirs(self.state_dir)
@@ -134,7 +135,8 @@ class Replica:
         cmd = [daemon_binary(), "--port", str(self.port), "--port-file", port_file,
                "--no-progress", "--threads", "1", "--state-dir", self.state_dir,
                "--redis", self.redis_addr, "--replica-name", self.name,
-               "--drain-grace-ms", "20000", "--http-port", "0"] + self.extra + list(extra)
+               "--drain-grace-ms", "20000", "--http-port", str(self.http_port)] + \
+            self.extra + list(extra)
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 120
         while not os.path.exists(port_file):
@@ -180,7 +182,7 @@ class HAProxy:
         self.cfg = os.path.join(tmp, "haproxy.cfg")
         args = [sys.executable, RENDER, "--listen", self.addr, "-o", self.cfg]
         for r in replicas:
-            args += ["--server", "%s=%s" % (r.name, r.addr)]
+            args += ["--server", "%s=%s/%d" % (r.name, r.addr, r.http_port)]
         subprocess.check_call(args)
         subprocess.check_call(["haproxy", "-c", "-q", "-f", self.cfg])
         self.log_path = os.path.join(tmp, "haproxy.log")

@@ -36,6 +36,48 @@ class Drain(unittest.TestCase):
         finally:
             d.stop()
 
+    def test_calls_racing_the_drain_get_unavailable(self):
+        """Calls racing a drain that has nothing to finish are refused UNAVAILABLE, the status a
+        client retries elsewhere, never CANCELLED (the client's own cancellation, to gRPC).
+        The daemon shuts its server down only once calls stopped coming (DMN_DRAIN_QUIET_MS):
+        gRPC core cancels a call whose headers it read just before the shutdown. Repeated over
+        several daemons: without the quiet period the window is a few microseconds wide."""
+        for round_ in range(4):
+            d = Daemon()
+            codes, stop = [], threading.Event()
+            sid = d.api.CreateSession(pb.CreateSessionRequest()).session_id
+
+            def hammer(i):
+                while not stop.is_set():
+                    try:
+                        if i % 2:
+                            collect(d.api.Generate(gen_request(tokens=[5, 6, 7], max_tokens=1,
+                                                               temperature=0), timeout=30))
+                        else:
+                            d.api.GetSession(pb.GetSessionRequest(session_id=sid), timeout=30)
+                        codes.append(C.OK)
+                    except grpc.RpcError as e:
+                        codes.append(e.code())
+                        return  # UNAVAILABLE: a client goes elsewhere (or backs off)
+            threads = [threading.Thread(target=hammer, args=(i,)) for i in range(6)]
+            try:
+                for t in threads:
+                    t.start()
+                time.sleep(0.3 + 0.1 * round_)
+                d.proc.send_signal(signal.SIGTERM)
+                d.proc.wait(timeout=60)
+                time.sleep(0.2)
+            finally:
+                stop.set()
+                for t in threads:
+                    t.join(60)
+                d.stop()
+            self.assertEqual(d.proc.returncode, 0, d.exit_logs[-3000:])
+            bad = [c for c in codes if c not in (C.OK, C.UNAVAILABLE)]
+            self.assertFalse(bad, "round %d: %d calls, not OK/UNAVAILABLE: %s\n%s"
+                             % (round_, len(codes), bad, d.exit_logs[-3000:]))
+            self.assertIn(C.OK, codes)
+
     def test_grace_expiry_cancels(self):
         d = Daemon("--drain-grace-ms", "300")
         try:
