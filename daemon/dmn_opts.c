@@ -271,6 +271,11 @@ int dmn_opts_parse(dmn_opts_t *o, int argc, char **argv, char *err, size_t errle
             return rc;
     if (strlen(o->state_dir) > 3000)
         return rcd_fail(RCD_EINVAL, err, errlen, "--state-dir is longer than 3000 bytes");
+    if (o->max_step_tokens < o->slots) /* every running sequence feeds a token each step */
+        return rcd_fail(RCD_EINVAL, err, errlen,
+                        "--max-step-tokens (%ld) must be at least --slots (%ld): each running "
+                        "sequence takes a token of every step", (long)o->max_step_tokens,
+                        (long)o->slots);
     return 0;
 }
 

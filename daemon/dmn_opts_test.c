@@ -155,6 +155,9 @@ static void test_ranges(void)
     refused(2, hi7, "--host-cache-bytes wants an integer", NULL);
     char *hi8[] = {"--drain-grace-ms", "99999999999999999999999"};
     refused(2, hi8, "--drain-grace-ms must be at least 0", NULL); /* overflows a long */
+    char *few[] = {"--slots", "4", "--max-step-tokens", "3"}, *few2[] = {"--slots", "600"};
+    refused(4, few, "--max-step-tokens (3) must be at least --slots (4)", NULL);
+    refused(2, few2, "--max-step-tokens (512) must be at least --slots (600)", NULL);
     /* both ends are allowed */
     dmn_opts_t o;
     char err[256];
