@@ -93,8 +93,24 @@ def patch_mixers():
     return orig
 
 
-def build(args, src):
+def jamba_like(sc, args, **over):
+    """A seeded f32 JambaForCausalLM with the bundled Mamba config sc's vocabulary, state, conv,
+    dt rank, norms and special ids and a dense MLP (--mlp) in every layer; over: what differs."""
     from transformers import JambaConfig, JambaForCausalLM
+    kw = dict(
+        vocab_size=sc.vocab_size, hidden_size=sc.hidden_size, intermediate_size=args.mlp,
+        num_experts=1, num_experts_per_tok=1, expert_layer_period=1, expert_layer_offset=0,
+        mamba_d_state=sc.state_size, mamba_d_conv=sc.conv_kernel, mamba_expand=sc.expand,
+        mamba_dt_rank=sc.time_step_rank, mamba_conv_bias=sc.use_conv_bias,
+        mamba_proj_bias=sc.use_bias, rms_norm_eps=sc.layer_norm_epsilon, hidden_act="silu",
+        tie_word_embeddings=True, bos_token_id=sc.bos_token_id, eos_token_id=sc.eos_token_id,
+        pad_token_id=sc.pad_token_id)
+    kw.update(over)
+    torch.manual_seed(args.seed)
+    return JambaForCausalLM(JambaConfig(**kw)).float()
+
+
+def build(args, src):
     sc = src.config
     n = sc.num_hidden_layers
     period = args.attn_period
@@ -102,19 +118,9 @@ def build(args, src):
               not period and i != args.attn_at) < sc.num_hidden_layers:
         n += 1
     period = period or n
-    cfg = JambaConfig(
-        vocab_size=sc.vocab_size, hidden_size=sc.hidden_size, intermediate_size=args.mlp,
-        num_hidden_layers=n, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
-        attn_layer_period=period, attn_layer_offset=args.attn_at, num_experts=1, num_experts_per_tok=1,
-        expert_layer_period=1, expert_layer_offset=0, mamba_d_state=sc.state_size,
-        mamba_d_conv=sc.conv_kernel, mamba_expand=sc.expand, mamba_dt_rank=sc.time_step_rank,
-        mamba_conv_bias=sc.use_conv_bias, mamba_proj_bias=sc.use_bias,
-        rms_norm_eps=sc.layer_norm_epsilon, hidden_act="silu", tie_word_embeddings=True,
-        use_mamba_kernels=False, bos_token_id=sc.bos_token_id, eos_token_id=sc.eos_token_id,
-        pad_token_id=sc.pad_token_id)
-    torch.manual_seed(args.seed)
-    model = JambaForCausalLM(cfg).float()
-    return model
+    return jamba_like(sc, args, num_hidden_layers=n, num_attention_heads=args.heads,
+                      num_key_value_heads=args.kv_heads, attn_layer_period=period,
+                      attn_layer_offset=args.attn_at)
 
 
 def dbc_rms(m, u):
@@ -215,24 +221,16 @@ def build_wired(args, src):
     first H dims; last, one attention head that matches this token against each position's
     previous token and adds the embedding of the token found there (from the copy dims) to the
     final residual, so to its logit."""
-    from transformers import JambaConfig, JambaForCausalLM
     sc = src.config
     H, ra = sc.hidden_size, args.wire_prev
     Hn = 2 * H + 4 * ra
     if sc.intermediate_size > Hn:
         sys.exit(f"--wire: {sc.intermediate_size} Mamba channels do not fit a hidden size of {Hn}")
     n = sc.num_hidden_layers + 2
-    cfg = JambaConfig(
-        vocab_size=sc.vocab_size, hidden_size=Hn, intermediate_size=args.mlp, num_hidden_layers=n,
-        num_attention_heads=1, num_key_value_heads=1, head_dim=H, attn_layer_period=n,
-        attn_layer_offset=n - 1, num_experts=1, num_experts_per_tok=1, expert_layer_period=1,
-        expert_layer_offset=0, mamba_d_state=sc.state_size, mamba_d_conv=sc.conv_kernel,
-        mamba_expand=1, mamba_dt_rank=sc.time_step_rank, mamba_conv_bias=True,
-        mamba_proj_bias=True, rms_norm_eps=sc.layer_norm_epsilon, hidden_act="silu",
-        tie_word_embeddings=True, bos_token_id=sc.bos_token_id, eos_token_id=sc.eos_token_id,
-        pad_token_id=sc.pad_token_id)
-    torch.manual_seed(args.seed)
-    return JambaForCausalLM(cfg).float()
+    return jamba_like(sc, args, hidden_size=Hn, num_hidden_layers=n, num_attention_heads=1,
+                      num_key_value_heads=1, head_dim=H, attn_layer_period=n,
+                      attn_layer_offset=n - 1, mamba_expand=1, mamba_conv_bias=True,
+                      mamba_proj_bias=True)
 
 
 @torch.no_grad()
@@ -500,14 +498,16 @@ def main():
     # The patched forward against HF's own (sequential scan) on held-out text.
     psg16 = passages(tok, [d for _, d in val_docs], 32, 60, 120, args.seed)
     x = val[:129].unsqueeze(0)
-    with torch.no_grad():
-        a = model(x, use_cache=False).logits
-        import transformers.models.jamba.modeling_jamba as mj
-        patched = mj.JambaMambaMixer.forward
-        mj.JambaMambaMixer.forward = orig_forward
-        b = model(x, use_cache=False).logits
-        mj.JambaMambaMixer.forward = patched
-    print(f"[check] fast vs HF Jamba forward: max |logit diff| {(a - b).abs().max().item():.2e}", flush=True)
+    if not args.granite:  # patch_mixers speeds up Jamba's mixer only: Granite runs HF's own
+        with torch.no_grad():
+            a = model(x, use_cache=False).logits
+            import transformers.models.jamba.modeling_jamba as mj
+            patched = mj.JambaMambaMixer.forward
+            mj.JambaMambaMixer.forward = orig_forward
+            b = model(x, use_cache=False).logits
+            mj.JambaMambaMixer.forward = patched
+        print(f"[check] fast vs HF Jamba forward: max |logit diff| {(a - b).abs().max().item():.2e}",
+              flush=True)
     if args.wire_grid:  # (beta, gamma) pairs: held-out perplexity and copying, then exit
         at = model.model.layers[-1].self_attn
         q0, o0 = at.q_proj.weight.clone(), at.o_proj.weight.clone()
