@@ -9,10 +9,10 @@ acceptance.
       [--speculate ngram|draft] [--draft-model DIR] [--spec-max-batch N] [--text]
       [--spec-adaptive on|off]
 --text (a model with a tokenizer, e.g. the bundled one): the workloads are prose instead of
-token ids: copy-heavy asks to continue a passage given in full and then again cut short (the
-answer can copy the rest), free generation continues short prompts, a different one per
-stream. Without --spec-max-batch the daemon's default back-off policy applies (by ids the
-bench turns it off with 0, as before).
+token ids: copy-heavy asks to continue a passage given in full and then again cut short at a
+word (copy_prompt(): the answer can copy the rest), free generation continues short prompts,
+a different one per stream. Without --spec-max-batch the daemon's default back-off policy
+applies (by ids the bench turns it off with 0, as before).
 Needs a built daemon (RECURD_BIN, default build/release/daemon/recurd)."""
 import argparse
 import os
@@ -35,6 +35,13 @@ PASSAGE = ("The lighthouse keeper wrote in the log every evening. He noted the w
 FREE = ["The function returns", "A man walks into a bar", "Once upon a time",
         "The best way to learn", "In the morning the", "This module provides",
         "When the program starts", "She opened the door and"]
+
+
+def copy_prompt():
+    """The copy-heavy prose prompt: PASSAGE, a blank line, then its first third again, cut at a
+    word boundary (so its tokens are the passage's own): a model that copies continues with
+    the rest of the passage. tools/gen_draft_goldens.py --copy records the same prompt."""
+    return PASSAGE + "\n\n" + PASSAGE[:len(PASSAGE) // 3].rsplit(" ", 1)[0]
 
 
 def main():
@@ -75,7 +82,7 @@ def main():
             return collect(d.api.Generate(r, timeout=600))
 
         if a.text:
-            work = {"copy-heavy": [PASSAGE + "\n\n" + PASSAGE[:len(PASSAGE) // 3]],
+            work = {"copy-heavy": [copy_prompt()],
                     "free": FREE}
         else:
             passage = [(i * 7919 + 13) % 1000 + 100 for i in range(24)]
