@@ -406,24 +406,128 @@ python3 tools/train_copy_hybrid.py {cmd}
 """
 
 
+def _copy_vs_base_md(copy):
+    """The copy table of a train_copy_hybrid.py model: the bundled model's rows, then its own."""
+    rows = []
+    for who, name in (("base", "recurd-mamba-tiny"), ("model", "this model")):
+        for r in copy[who]:
+            sep = r["sep"].replace("\n", "\\n")
+            rows.append(f"| `{sep}` | {name} | {r['matched_prefix']:.3f} | "
+                        f"{r['matched_positions']:.3f} | {r['full_copies']}/{r['passages']} | "
+                        f"{r['teacher_forced_top1']:.3f} |")
+    r0 = copy["model"][0]
+    return COPY.format(n=r0["passages"], mlen=r0["mean_len"], rows="\n".join(rows))
+
+
+GRANITE_CARD = """# {name}
+
+recurd's copy-capable hybrid (issue 18): a small Granite 4.0-H model
+(`GraniteMoeHybridForCausalLM`: Mamba2 layers and attention with RoPE) trained from a random
+init by `tools/train_copy_hybrid.py --granite`, on the bundled model's training text and with
+its tokenizer, with copy windows beside the text: given a passage and then its beginning again,
+it continues with the rest of the passage. That is what n-gram drafts in speculative decoding
+predict, and the bundled Mamba model does not do it, so this model is the target of the
+copy-heavy speculation bench and tests (bench/RESULTS.md, "A copy-capable hybrid";
+tests/integration/test_hybrid_model.py). {params_m:.2f}M parameters, {size_mb:.1f} MB. Its
+language is weaker than the bundled model's (held-out perplexity {ppl:.2f} against
+{base_ppl:.2f}): not for real use.
+
+## Files
+Ordinary Hugging Face checkpoint (`save_pretrained`): `config.json`, `generation_config.json`,
+`model.safetensors` ({dtype_name}, tied embeddings), and the bundled model's `tokenizer.json` /
+`tokenizer_config.json`, byte for byte.
+
+## Architecture (config.json)
+{n_layers} layers: {pattern}; hidden size {hidden}; Mamba2: {mheads} heads of {mhead_dim},
+{groups} group(s), d_state {state}, d_conv {conv}; attention: {heads} heads of {head_dim} ({kv}
+KV), RoPE (theta {theta:g}); a dense shared MLP of {mlp} on every layer. recurd keeps the Mamba2
+layers' conv windows and SSM states per sequence, and {kv_bytes} bytes of KV per token per
+attention layer (fp32).
+
+## Training
+{runs}
+
+The saved checkpoint, reloaded with plain `transformers`, gives the training forward's logits
+within {maxdiff:.1e}.
+
+## Quality
+Held-out perplexity ({val_tok} tokens, windows of {seq_len} tokens): **{ppl:.2f}** (the bundled
+model: {base_ppl:.2f}). During the last run (64 held-out windows; teacher-forced top-1 on the
+repeated part of 32 held-out passages):
+
+| step | perplexity (64 windows) | teacher-forced copy top-1 |
+|---|---|---|
+{history}
+{copy}
+## Reproduce
+```sh
+apt-get install -y fortunes fortunes-min python3.11-doc gcc
+{cmds}
+```
+Versions: torch {torch}, transformers {tf}.
+"""
+
+
+def write_granite_card(out, stats, cfg):
+    """OUT/README.md for a train_copy_hybrid.py --granite model: the runs that made it (the
+    stats' "previous_runs", oldest first, then this one), then its quality."""
+    a = stats["args"]
+    kinds = cfg["layer_types"]
+    names = {"linear_attention": "Mamba2", "mamba": "Mamba2", "full_attention": "attention",
+             "attention": "attention"}
+    head_dim = cfg["hidden_size"] // cfg["num_attention_heads"]
+    base = ("python3 tools/train_copy_hybrid.py --granite {g} --mlp {m}"
+            .format(g=a["granite"], m=a["mlp"]))
+    runs, cmds, prev = [], [], None
+    for r in stats.get("previous_runs", []) + [{
+            "flags": " ".join(f"--{k.replace('_', '-')} {a[k]}" for k in
+                              ("steps", "minutes", "batch", "lr", "warmup", "copy_frac",
+                               "random_frac", "induction_steps", "seed", "threads")),
+            "steps": stats["steps"], "tokens_m": stats["tokens_seen"] / 1e6,
+            "minutes": stats["train_minutes"], "what": stats.get("what", "")}]:
+        out_dir = f"build/granite-run{len(runs) + 1}"
+        resume = f" --resume {prev}" if prev else ""
+        cmds.append(f"{base} {r['flags']}{resume} --out {out_dir}")
+        runs.append(f"{len(runs) + 1}. {r['minutes']} minutes, {r['steps']} AdamW steps, "
+                    f"**{r['tokens_m']:.2f}M tokens**{': ' + r['what'] if r['what'] else ''}")
+        prev = out_dir
+    cmds[-1] += f" --dtype {a['dtype']}"
+    runs_text = (f"{a['threads']} CPU thread(s) in the last run (`{stats.get('cpu', '?')}`), "
+                 f"batch {a['batch']} x {a['seq_len']} tokens; each run resumes the last one's "
+                 "weights (`--resume`, a fresh optimizer and schedule):\n\n" + "\n".join(runs))
+    hist = "\n".join(f"| {h['step']} | {h['val_ppl_64win']:.2f} | {h['tf_copy']:.3f} |"
+                     for h in stats["history"])
+    text = GRANITE_CARD.format(
+        name=os.path.basename(out.rstrip("/")), params_m=stats["params"] / 1e6,
+        size_mb=stats["size_bytes"] / 1e6, ppl=stats["val_ppl"], base_ppl=stats["base_val_ppl"],
+        dtype_name={"f32": "F32", "bf16": "BF16"}[stats["saved_dtype"]],
+        n_layers=len(kinds), pattern=", ".join(names.get(k, k) for k in kinds),
+        hidden=cfg["hidden_size"], mheads=cfg["mamba_n_heads"], mhead_dim=cfg["mamba_d_head"],
+        groups=cfg["mamba_n_groups"], state=cfg["mamba_d_state"], conv=cfg["mamba_d_conv"],
+        heads=cfg["num_attention_heads"], head_dim=head_dim, kv=cfg["num_key_value_heads"],
+        theta=(cfg.get("rope_parameters") or {}).get("rope_theta", cfg.get("rope_theta", 0)),
+        mlp=cfg["shared_intermediate_size"], kv_bytes=2 * cfg["num_key_value_heads"] * head_dim * 4,
+        runs=runs_text, maxdiff=stats["hf_vs_train_max_logit_diff"], val_tok=stats["val_tokens"],
+        seq_len=a["seq_len"], history=hist,
+        copy=_copy_vs_base_md(stats["copy"]),
+        cmds="\n".join(cmds), torch=stats["versions"]["torch"],
+        tf=stats["versions"]["transformers"])
+    with open(os.path.join(out, "README.md"), "w") as f:
+        f.write(text)
+
+
 def write_hybrid_card(out, stats):
     """OUT/README.md for a train_copy_hybrid.py run, from its train_stats_hybrid.json."""
     a = stats["args"]
     cfg = json.load(open(os.path.join(out, "config.json")))
+    if cfg.get("model_type") == "granitemoehybrid":
+        return write_granite_card(out, stats, cfg)
     types = ["attention" if i % cfg["attn_layer_period"] == cfg["attn_layer_offset"] else "Mamba"
              for i in range(cfg["num_hidden_layers"])]
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
     hist = "\n".join(f"| {h['step']} | {h['val_ppl_64win']:.2f} | {h['tf_copy']:.3f} |"
                      for h in stats["history"])
-    rows = []
-    for who, name in (("base", "recurd-mamba-tiny"), ("model", "this model")):
-        for r in stats["copy"][who]:
-            sep = r["sep"].replace("\n", "\\n")
-            rows.append(f"| `{sep}` | {name} | {r['matched_prefix']:.3f} | "
-                        f"{r['matched_positions']:.3f} | {r['full_copies']}/{r['passages']} | "
-                        f"{r['teacher_forced_top1']:.3f} |")
-    r0 = stats["copy"]["model"][0]
-    copy = COPY.format(n=r0["passages"], mlen=r0["mean_len"], rows="\n".join(rows))
+    copy = _copy_vs_base_md(stats["copy"])
     keys = ["wire", "wire_prev", "wire_proj", "wire_scale", "wire_beta", "wire_gamma"] if a.get(
         "wire") else ["attn_at", "attn_period", "heads", "kv_heads"]
     keys += ["mlp", "steps", "minutes", "batch", "lr", "lr_old", "warmup", "copy_frac",
