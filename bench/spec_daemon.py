@@ -9,10 +9,10 @@ acceptance.
       [--speculate ngram|draft] [--draft-model DIR] [--spec-max-batch N] [--text]
       [--spec-adaptive on|off]
 --text (a model with a tokenizer, e.g. the bundled one): the workloads are prose instead of
-token ids: copy-heavy asks to continue a passage given in full and then again cut short at a
-word (copy_prompt(): the answer can copy the rest), free generation continues short prompts,
-a different one per stream. Without --spec-max-batch the daemon's default back-off policy
-applies (by ids the bench turns it off with 0, as before).
+token ids: copy-heavy (a row per PASSAGES entry) asks to continue a passage given in full and
+then again cut short at a word (copy_prompt(): the answer can copy the rest), free generation
+continues short prompts, a different one per stream. Without --spec-max-batch the daemon's
+default back-off policy applies (by ids the bench turns it off with 0, as before).
 Needs a built daemon (RECURD_BIN, default build/release/daemon/recurd)."""
 import argparse
 import os
@@ -27,21 +27,30 @@ from benchlib import cpu_model  # noqa: E402
 from rcd_harness import Daemon, collect, gen_request  # noqa: E402
 
 
-# Prose written for this bench (no outside text): the copy-heavy passage and free prompts.
-PASSAGE = ("The lighthouse keeper wrote in the log every evening. He noted the wind, the height "
-           "of the waves and the ships that passed. When the lamp failed he climbed the stairs "
-           "with a candle and cleaned the glass by hand. In the spring the supply boat brought "
-           "oil, flour and letters from the town, and he read them slowly by the window.")
+# Prose written for this bench (no outside text): the copy-heavy passages and free prompts. Two
+# registers: narrative on one long line, and reference-manual prose wrapped at 80 columns (the
+# shape of most text a small model is trained on: a model copies text like its own better).
+PASSAGES = {
+    "story": ("The lighthouse keeper wrote in the log every evening. He noted the wind, the height "
+              "of the waves and the ships that passed. When the lamp failed he climbed the stairs "
+              "with a candle and cleaned the glass by hand. In the spring the supply boat brought "
+              "oil, flour and letters from the town, and he read them slowly by the window."),
+    "manual": ("The open() function returns a file object whose type depends on the mode. When the\n"
+               "file is opened in text mode, the object reads and writes strings, and the encoding is\n"
+               "taken from the locale unless it is given. In binary mode the object reads and writes\n"
+               "bytes, and no translation of line endings is done. Close the file when you are done,\n"
+               "or use it in a with statement so that it is closed for you."),
+}
 FREE = ["The function returns", "A man walks into a bar", "Once upon a time",
         "The best way to learn", "In the morning the", "This module provides",
         "When the program starts", "She opened the door and"]
 
 
-def copy_prompt():
-    """The copy-heavy prose prompt: PASSAGE, a blank line, then its first third again, cut at a
-    word boundary (so its tokens are the passage's own): a model that copies continues with
-    the rest of the passage. tools/gen_draft_goldens.py --copy records the same prompt."""
-    return PASSAGE + "\n\n" + PASSAGE[:len(PASSAGE) // 3].rsplit(" ", 1)[0]
+def copy_prompt(passage):
+    """A copy-heavy prose prompt: the passage, a blank line, then its first third again, cut at
+    a word boundary (so its tokens are the passage's own): a model that copies continues with
+    the rest of the passage. tools/gen_draft_goldens.py --copy records the same prompts."""
+    return passage + "\n\n" + passage[:len(passage) // 3].rsplit(" ", 1)[0]
 
 
 def main():
@@ -82,8 +91,8 @@ def main():
             return collect(d.api.Generate(r, timeout=600))
 
         if a.text:
-            work = {"copy-heavy": [copy_prompt()],
-                    "free": FREE}
+            work = {"copy-" + k: [copy_prompt(p)] for k, p in PASSAGES.items()}
+            work["free"] = FREE
         else:
             passage = [(i * 7919 + 13) % 1000 + 100 for i in range(24)]
             cont = gen(passage, True, 48)[1]

@@ -6,10 +6,10 @@
 Writes OUT/greedy.json: for each prompt of tools/gen_bundled_goldens.py (encoded with the
 model's tokenizer via HF `tokenizers`), --tokens greedy tokens by repeated full forwards of
 the checkpoint's own transformers class (AutoModelForCausalLM: any family; fp32, no cache,
-EOS not special). --copy adds the copy-heavy prompt of bench/spec_daemon.py (copy_prompt():
-a passage, a blank line, its first third again; read from that file, not imported), after the
-EOS id as a document start, with --copy-tokens greedy tokens: a model that copies continues
-with the rest of the passage. Integration tests check that `recurd-eval --greedy N` on the
+EOS not special). --copy adds the copy-heavy prompts of bench/spec_daemon.py (copy_prompt() of
+each of its PASSAGES: a passage, a blank line, its first third again; read from that file, not
+imported), after the EOS id as a document start, with --copy-tokens greedy tokens: a model that
+copies continues with the rest of the passage. Integration tests check that `recurd-eval --greedy N` on the
 model prints the same ids (tests/integration/test_draft_model.py, test_hybrid_model.py).
 Rerun whenever the model changes:
 
@@ -32,15 +32,15 @@ from gen_bundled_goldens import PROMPTS
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def bench_copy_prompt():
-    """bench/spec_daemon.py's copy_prompt(), from its PASSAGE (the same cut at a word)."""
+def bench_copy_prompts():
+    """bench/spec_daemon.py's copy_prompt() of each of its PASSAGES: (name, passage, prompt)."""
     with open(os.path.join(HERE, "..", "bench", "spec_daemon.py")) as f:
         tree = ast.parse(f.read())
     for node in ast.walk(tree):
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "PASSAGE":
-            p = ast.literal_eval(node.value)
-            return p, p + "\n\n" + p[:len(p) // 3].rsplit(" ", 1)[0]
-    raise SystemExit("bench/spec_daemon.py has no PASSAGE")
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "PASSAGES":
+            return [(k, p, p + "\n\n" + p[:len(p) // 3].rsplit(" ", 1)[0])
+                    for k, p in ast.literal_eval(node.value).items()]
+    raise SystemExit("bench/spec_daemon.py has no PASSAGES")
 
 
 def greedy(model, ids, n):
@@ -60,7 +60,7 @@ def main():
     ap.add_argument("--model", default="models/recurd-mamba-tiny-draft")
     ap.add_argument("--out", default="tests/golden/bundled-draft")
     ap.add_argument("--tokens", type=int, default=32)
-    ap.add_argument("--copy", action="store_true", help="also the bench's copy-heavy prompt")
+    ap.add_argument("--copy", action="store_true", help="also the bench's copy-heavy prompts")
     ap.add_argument("--copy-tokens", type=int, default=48)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -68,20 +68,20 @@ def main():
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
     tok = Tokenizer.from_file(os.path.join(args.model, "tokenizer.json"))
     eos = model.config.eos_token_id
-    work = [(text, tok.encode(text, add_special_tokens=False).ids, args.tokens, None)
+    work = [(text, tok.encode(text, add_special_tokens=False).ids, args.tokens, None, None)
             for text in PROMPTS]
     if args.copy:
-        passage, text = bench_copy_prompt()
-        work.append((text, [eos] + tok.encode(text, add_special_tokens=False).ids,
-                     args.copy_tokens, passage))
+        for name, passage, text in bench_copy_prompts():
+            work.append((text, [eos] + tok.encode(text, add_special_tokens=False).ids,
+                         args.copy_tokens, passage, name))
     cases = []
     with torch.no_grad():
-        for text, ids, n, passage in work:
+        for text, ids, n, passage, name in work:
             gen, margin = greedy(model, ids, n)
             c = {"text": text, "tokens": ids, "generated": gen, "min_top2_margin": margin,
                  "decoded": tok.decode(ids + gen)}
             if passage is not None:
-                c["copy"] = True
+                c["copy"] = name  # bench/spec_daemon.py's PASSAGES key
                 c["passage"] = passage
                 c["continuation"] = tok.decode(gen)
             cases.append(c)
