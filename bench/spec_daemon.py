@@ -3,11 +3,13 @@
 server's setting, alternately, and the output must be identical. Two workloads, by token ids:
 copy-heavy (a passage, the model's own greedy continuation of it, the passage again: the answer
 repeats what followed the passage) and free generation (a passage that does not repeat). At 1
-stream and at N concurrent streams; prints decode tokens/s off and on, their ratio and the
-acceptance.
+stream and at N concurrent streams; prints tokens/s off and on (whole requests, prefill
+included), their ratio, the decode ratio (tokens after each request's first streamed message
+over the time after it: the prompt's prefill left out), whether the outputs are the same, and
+the acceptance.
   python3 bench/spec_daemon.py --model DIR [--tokens 64] [--streams 8] [--reps 3]
       [--speculate ngram|draft] [--draft-model DIR] [--spec-max-batch N] [--text]
-      [--spec-adaptive on|off]
+      [--spec-adaptive on|off] [--spec-tokens K]
 --text (a model with a tokenizer, e.g. the bundled one): the workloads are prose instead of
 token ids: copy-heavy (a row per PASSAGES entry) asks to continue a passage given in full and
 then again cut short at a word (copy_prompt(): the answer can copy the rest), free generation
@@ -24,7 +26,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "integration"))
 sys.path.insert(0, HERE)
 from benchlib import cpu_model  # noqa: E402
-from rcd_harness import Daemon, collect, gen_request  # noqa: E402
+from rcd_harness import Daemon, gen_request  # noqa: E402
 
 
 # Prose written for this bench (no outside text): the copy-heavy passages and free prompts. Two
@@ -65,6 +67,7 @@ def main():
     ap.add_argument("--draft-model")
     ap.add_argument("--spec-max-batch", type=int)
     ap.add_argument("--text", action="store_true")
+    ap.add_argument("--spec-tokens", type=int, help="the daemon's --spec-tokens (default its own)")
     ap.add_argument("--spec-adaptive", choices=["on", "off"],
                     help="the daemon's gain check (default: the daemon's, on)")
     a = ap.parse_args()
@@ -79,6 +82,8 @@ def main():
         args += ["--spec-max-batch", str(smb)]
     if a.spec_adaptive:
         args += ["--spec-adaptive", a.spec_adaptive]
+    if a.spec_tokens:
+        args += ["--spec-tokens", str(a.spec_tokens)]
     d = Daemon(*args)
     try:
         def gen(ids, off, n):
@@ -88,26 +93,35 @@ def main():
                 r = gen_request(tokens=ids, temperature=0, max_tokens=n, ignore_eos=True)
             if off:
                 r.sampling.speculate = 1
-            return collect(d.api.Generate(r, timeout=600))
+            ids, last, first = [], None, None
+            for m in d.api.Generate(r, timeout=600):
+                if first is None:  # the prompt's prefill and the first token(s)
+                    first = (time.monotonic(), len(m.token_ids))
+                ids.extend(m.token_ids)
+                last = m
+            # ids, the final message, decode seconds and tokens after the first message
+            return ids, last, time.monotonic() - first[0], len(ids) - first[1]
 
         if a.text:
             work = {"copy-" + k: [copy_prompt(p)] for k, p in PASSAGES.items()}
             work["free"] = FREE
         else:
             passage = [(i * 7919 + 13) % 1000 + 100 for i in range(24)]
-            cont = gen(passage, True, 48)[1]
+            cont = gen(passage, True, 48)[0]
             work = {"copy-heavy": [passage + cont + passage], "free": [passage]}
-        print("cpu: %s, model %s, %d tokens per request, --speculate %s%s, --spec-max-batch %s"
-              % (cpu_model(), a.model, a.tokens, a.speculate,
+        print("cpu: %s, model %s, %d tokens per request, --speculate %s%s, --spec-max-batch %s, "
+              "--spec-tokens %s" % (cpu_model(), a.model, a.tokens, a.speculate,
                  " --draft-model " + a.draft_model if a.draft_model else "",
-                 "default" if smb is None else smb))
-        print("workload     streams  off_tok/s  on_tok/s  ratio  same  accepted/drafted")
+                 "default" if smb is None else smb, a.spec_tokens or "default"))
+        print("workload     streams  off_tok/s  on_tok/s  ratio  decode  same  accepted/drafted")
         for prompts in work.values():  # warm-up: the first requests pay one-time costs
             for off in (True, False):
                 gen(prompts[0], off, a.tokens)
         for name, prompts in work.items():
             for streams in (1, a.streams):
                 t = {True: 0.0, False: 0.0}
+                dt = {True: 0.0, False: 0.0}  # decode seconds, summed over the requests
+                dn = {True: 0, False: 0}  # decode tokens
                 outs, acc, dr = {}, 0, 0
                 for _ in range(a.reps):
                     for off in (True, False):
@@ -123,13 +137,16 @@ def main():
                         for th in ths:
                             th.join()
                         t[off] += time.monotonic() - t0
-                        outs.setdefault(off, [r[1] for r in res])
+                        dt[off] += sum(r[2] for r in res)
+                        dn[off] += sum(r[3] for r in res)
+                        outs.setdefault(off, [r[0] for r in res])
                         if not off:
-                            acc += sum(r[3].usage.accepted_tokens for r in res)
-                            dr += sum(r[3].usage.draft_tokens for r in res)
+                            acc += sum(r[1].usage.accepted_tokens for r in res)
+                            dr += sum(r[1].usage.draft_tokens for r in res)
                 n = a.reps * streams * a.tokens
-                print("%-12s %7d  %9.1f  %8.1f  %5.2f  %-4s  %d/%d" %
-                      (name, streams, n / t[True], n / t[False], t[True] / t[False],
+                dec = (dn[False] / dt[False]) / (dn[True] / dt[True])
+                print("%-12s %7d  %9.1f  %8.1f  %5.2f  %6.2f  %-4s  %d/%d" %
+                      (name, streams, n / t[True], n / t[False], t[True] / t[False], dec,
                        outs[True] == outs[False], acc, dr))
     finally:
         d.stop()
