@@ -2,6 +2,7 @@
 builds gRPC stubs from the service descriptors, and starts/stops a real recurd on a free
 loopback port (--port 0 --port-file)."""
 import atexit
+import json
 import os
 import shutil
 import signal
@@ -66,9 +67,9 @@ class Stub:
                                        response_deserializer=resp.FromString))
 
 
-def _binary(env, name):
-    """The program `name` at $env, else in the Release build's daemon/."""
-    b = os.environ.get(env) or os.path.join(ROOT, "build", "release", "daemon", name)
+def _binary(env, name, folder="daemon"):
+    """The program `name` at $env, else in the Release build's folder (daemon/)."""
+    b = os.environ.get(env) or os.path.join(ROOT, "build", "release", folder, name)
     if not os.path.exists(b):
         raise RuntimeError("%s binary not found: set %s" % (name, env))
     return b
@@ -80,6 +81,23 @@ def daemon_binary():
 
 def recurctl_binary():
     return _binary("RECURCTL_BIN", "recurctl")
+
+
+def eval_binary():
+    return _binary("RECURD_EVAL_BIN", "recurd-eval", "tools")
+
+
+def assert_shares_tokenizer(tc, model, target):
+    """model's tokenizer files are target's byte for byte, with the same vocabulary and special
+    ids (a draft or a second model beside the bundled one); returns model's config.json."""
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        with open(os.path.join(model, name), "rb") as a, open(os.path.join(target, name), "rb") as b:
+            tc.assertEqual(a.read(), b.read(), name)
+    with open(os.path.join(model, "config.json")) as a, open(os.path.join(target, "config.json")) as b:
+        m, t = json.load(a), json.load(b)
+    for k in ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id"):
+        tc.assertEqual(m[k], t[k], k)
+    return m
 
 
 class Daemon:

@@ -12,7 +12,7 @@ import re
 import subprocess
 import unittest
 
-from rcd_harness import ROOT
+from rcd_harness import ROOT, assert_shares_tokenizer, eval_binary
 
 TARGET = os.path.join(ROOT, "models", "recurd-mamba-tiny")
 DRAFT = os.path.join(ROOT, "models", "recurd-mamba-tiny-draft")
@@ -28,13 +28,8 @@ def read(path, mode="rb"):
 
 class DraftModel(unittest.TestCase):
     def test_same_tokenizer_and_vocab(self):
-        for name in ("tokenizer.json", "tokenizer_config.json"):
-            self.assertEqual(read(os.path.join(DRAFT, name)), read(os.path.join(TARGET, name)),
-                             name)
+        d = assert_shares_tokenizer(self, DRAFT, TARGET)
         t = json.loads(read(os.path.join(TARGET, "config.json"), "r"))
-        d = json.loads(read(os.path.join(DRAFT, "config.json"), "r"))
-        for k in ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id"):
-            self.assertEqual(d[k], t[k], k)
         self.assertEqual(d["model_type"], "mamba")
         self.assertTrue(d["tie_word_embeddings"])
         self.assertLess(d["hidden_size"] * d["num_hidden_layers"],
@@ -45,8 +40,7 @@ class DraftModel(unittest.TestCase):
         self.assertLessEqual(total, 5_000_000)
 
     def test_recurd_eval_greedy_matches_transformers(self):
-        ev = os.environ.get("RECURD_EVAL_BIN") or os.path.join(ROOT, "build", "release", "tools",
-                                                                "recurd-eval")
+        ev = eval_binary()
         g = json.loads(read(GOLDEN, "r"))
         self.assertGreaterEqual(len(g["cases"]), 3)
         for c in g["cases"][:2] if SAN else g["cases"]:
@@ -59,8 +53,7 @@ class DraftModel(unittest.TestCase):
     def test_drafts_for_the_bundled_model(self):
         # Speculation with this draft prints the bundled model's own greedy ids, and the
         # draft is right often enough to be accepted (its greedy agreement is ~0.5-0.6).
-        ev = os.environ.get("RECURD_EVAL_BIN") or os.path.join(ROOT, "build", "release", "tools",
-                                                                "recurd-eval")
+        ev = eval_binary()
         g = json.loads(read(GOLDEN, "r"))
         for c in g["cases"][:1 if SAN else 2]:
             args = [ev, "--model", TARGET, "--tokens", ",".join(map(str, [0] + c["tokens"])),

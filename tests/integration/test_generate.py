@@ -11,7 +11,7 @@ import unittest
 
 import grpc
 
-from rcd_harness import ROOT, DaemonTest, collect, gen_request, pb
+from rcd_harness import ROOT, DaemonTest, collect, eval_binary, gen_request, pb
 
 C = grpc.StatusCode
 FR = pb.FinishReason
@@ -84,8 +84,7 @@ class Generate(DaemonTest):
     def test_matches_engine_run_directly(self):
         """The daemon (runner batching, sampling, streaming) gives the same greedy tokens and
         log-probabilities as the engine run directly by recurd-eval."""
-        ev = os.environ.get("RECURD_EVAL_BIN") or os.path.join(ROOT, "build", "release",
-                                                                "tools", "recurd-eval")
+        ev = eval_binary()
         if not os.path.exists(ev):
             self.skipTest("recurd-eval not built")
         p = self.tok("Once upon a time, in a small town,")

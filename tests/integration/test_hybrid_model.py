@@ -15,7 +15,7 @@ import re
 import subprocess
 import unittest
 
-from rcd_harness import ROOT
+from rcd_harness import ROOT, assert_shares_tokenizer, eval_binary
 
 BUNDLED = os.path.join(ROOT, "models", "recurd-mamba-tiny")
 MODEL = os.path.join(ROOT, "models", "recurd-hybrid-tiny")
@@ -30,9 +30,7 @@ def read(path, mode="rb"):
 
 
 def recurd_eval(*args):
-    ev = os.environ.get("RECURD_EVAL_BIN") or os.path.join(ROOT, "build", "release", "tools",
-                                                            "recurd-eval")
-    return subprocess.run([ev, *args], capture_output=True, text=True, check=True)
+    return subprocess.run([eval_binary(), *args], capture_output=True, text=True, check=True)
 
 
 def ids_of(out):
@@ -46,13 +44,7 @@ class HybridModel(unittest.TestCase):
         cls.copy = {c["copy"]: c for c in cls.g["cases"] if c.get("copy")}
 
     def test_same_tokenizer_and_vocab(self):
-        for name in ("tokenizer.json", "tokenizer_config.json"):
-            self.assertEqual(read(os.path.join(MODEL, name)), read(os.path.join(BUNDLED, name)),
-                             name)
-        b = json.loads(read(os.path.join(BUNDLED, "config.json"), "r"))
-        h = json.loads(read(os.path.join(MODEL, "config.json"), "r"))
-        for k in ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id"):
-            self.assertEqual(h[k], b[k], k)
+        h = assert_shares_tokenizer(self, MODEL, BUNDLED)
         self.assertEqual(h["model_type"], "granitemoehybrid")
         self.assertEqual(h["position_embedding_type"], "rope")
         # both kinds of layer: a hybrid (transformers 5 names them so in config.json)

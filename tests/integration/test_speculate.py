@@ -29,7 +29,8 @@ import unittest
 import urllib.request
 
 from rcd_harness import ckpt_payload as payload
-from rcd_harness import ROOT, OwnDaemonsTest, collect, concurrently, daemon_binary, gen_request, pb
+from rcd_harness import ROOT, OwnDaemonsTest, collect, concurrently, daemon_binary, eval_binary, \
+    gen_request, pb
 
 import grpc  # noqa: E402 (after rcd_harness, which skips the test without grpcio)
 
@@ -173,8 +174,7 @@ class Qwen3Next(Fixture):
 
 class Eval(unittest.TestCase):
     def test_recurd_eval_speculate(self):
-        ev = os.environ.get("RECURD_EVAL_BIN") or os.path.join(ROOT, "build", "release", "tools",
-                                                                "recurd-eval")
+        ev = eval_binary()
         args = [ev, "--model", os.path.join(G, "granite", "mha_moe8"), "--tokens",
                 ",".join(map(str, PASSAGE * 2)), "--greedy", "40"]
         plain = subprocess.run(args, capture_output=True, text=True, check=True)

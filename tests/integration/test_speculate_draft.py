@@ -27,7 +27,7 @@ import unittest
 from rcd_harness import ckpt_payload as payload
 from rcd_harness import ckpt_sections as sections
 from rcd_harness import ROOT, Daemon, OwnDaemonsTest, collect, concurrently, daemon_binary, \
-    free_port, gen_request, pb, start_redis
+    eval_binary, free_port, gen_request, pb, start_redis
 
 G = os.path.join(ROOT, "tests", "golden")
 BUNDLED = os.path.join(ROOT, "models", "recurd-mamba-tiny")
@@ -271,8 +271,7 @@ class Startup(unittest.TestCase):
 
 class Eval(unittest.TestCase):
     def test_recurd_eval_draft(self):
-        ev = os.environ.get("RECURD_EVAL_BIN") or os.path.join(ROOT, "build", "release", "tools",
-                                                                "recurd-eval")
+        ev = eval_binary()
         args = [ev, "--model", BUNDLED, "--tokens", ",".join(map(str, PROMPT)), "--greedy", "30"]
         plain = subprocess.run(args, capture_output=True, text=True, check=True)
         for draft in (BUNDLED, FIXTURE_DRAFT):
