@@ -406,6 +406,12 @@ python3 tools/train_copy_hybrid.py {cmd}
 """
 
 
+def _history_md(stats):
+    """The rows of a train_copy_hybrid.py run's evaluations: step, perplexity, tf copy."""
+    return "\n".join(f"| {h['step']} | {h['val_ppl_64win']:.2f} | {h['tf_copy']:.3f} |"
+                     for h in stats["history"])
+
+
 def _copy_vs_base_md(copy):
     """The copy table of a train_copy_hybrid.py model: the bundled model's rows, then its own."""
     rows = []
@@ -427,10 +433,10 @@ init by `tools/train_copy_hybrid.py --granite`, on the bundled model's training 
 its tokenizer, with copy windows beside the text: given a passage and then its beginning again,
 it continues with the rest of the passage. That is what n-gram drafts in speculative decoding
 predict, and the bundled Mamba model does not do it, so this model is the target of the
-copy-heavy speculation bench and tests (bench/RESULTS.md, "A copy-capable hybrid";
-tests/integration/test_hybrid_model.py). {params_m:.2f}M parameters, {size_mb:.1f} MB. Its
-language is weaker than the bundled model's (held-out perplexity {ppl:.2f} against
-{base_ppl:.2f}): not for real use.
+copy-heavy speculation bench and tests (bench/RESULTS.md, "recurd-hybrid-tiny";
+tests/integration/test_hybrid_model.py). {params_m:.2f}M parameters, {size_mb:.1f} MB, held-out
+perplexity {ppl:.2f} (the bundled model: {base_ppl:.2f}). A model for tests and benchmarks, too
+small for real use.
 
 ## Files
 Ordinary Hugging Face checkpoint (`save_pretrained`): `config.json`, `generation_config.json`,
@@ -495,8 +501,6 @@ def write_granite_card(out, stats, cfg):
     runs_text = (f"{a['threads']} CPU thread(s) in the last run (`{stats.get('cpu', '?')}`), "
                  f"batch {a['batch']} x {a['seq_len']} tokens; each run resumes the last one's "
                  "weights (`--resume`, a fresh optimizer and schedule):\n\n" + "\n".join(runs))
-    hist = "\n".join(f"| {h['step']} | {h['val_ppl_64win']:.2f} | {h['tf_copy']:.3f} |"
-                     for h in stats["history"])
     text = GRANITE_CARD.format(
         name=os.path.basename(out.rstrip("/")), params_m=stats["params"] / 1e6,
         size_mb=stats["size_bytes"] / 1e6, ppl=stats["val_ppl"], base_ppl=stats["base_val_ppl"],
@@ -508,7 +512,7 @@ def write_granite_card(out, stats, cfg):
         theta=(cfg.get("rope_parameters") or {}).get("rope_theta", cfg.get("rope_theta", 0)),
         mlp=cfg["shared_intermediate_size"], kv_bytes=2 * cfg["num_key_value_heads"] * head_dim * 4,
         runs=runs_text, maxdiff=stats["hf_vs_train_max_logit_diff"], val_tok=stats["val_tokens"],
-        seq_len=a["seq_len"], history=hist,
+        seq_len=a["seq_len"], history=_history_md(stats),
         copy=_copy_vs_base_md(stats["copy"]),
         cmds="\n".join(cmds), torch=stats["versions"]["torch"],
         tf=stats["versions"]["transformers"])
@@ -525,9 +529,8 @@ def write_hybrid_card(out, stats):
     types = ["attention" if i % cfg["attn_layer_period"] == cfg["attn_layer_offset"] else "Mamba"
              for i in range(cfg["num_hidden_layers"])]
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
-    hist = "\n".join(f"| {h['step']} | {h['val_ppl_64win']:.2f} | {h['tf_copy']:.3f} |"
-                     for h in stats["history"])
     copy = _copy_vs_base_md(stats["copy"])
+    hist = _history_md(stats)
     keys = ["wire", "wire_prev", "wire_proj", "wire_scale", "wire_beta", "wire_gamma"] if a.get(
         "wire") else ["attn_at", "attn_period", "heads", "kv_heads"]
     keys += ["mlp", "steps", "minutes", "batch", "lr", "lr_old", "warmup", "copy_frac",
