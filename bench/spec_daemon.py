@@ -11,10 +11,10 @@ the acceptance.
       [--speculate ngram|draft] [--draft-model DIR] [--spec-max-batch N] [--text]
       [--spec-adaptive on|off] [--spec-tokens K]
 --text (a model with a tokenizer, e.g. the bundled one): the workloads are prose instead of
-token ids: copy-heavy (a row per PASSAGES entry) asks to continue a passage given in full and
-then again cut short at a word (copy_prompt(): the answer can copy the rest), free generation
-continues short prompts, a different one per stream. Without --spec-max-batch the daemon's
-default back-off policy applies (by ids the bench turns it off with 0, as before).
+token ids: copy-heavy (a row per passage of bench/spec_prompts.py) asks to continue a passage
+given in full and then again cut short at a word (the answer can copy the rest), free
+generation continues short prompts, a different one per stream. Without --spec-max-batch the
+daemon's default back-off policy applies (by ids the bench turns it off with 0, as before).
 Needs a built daemon (RECURD_BIN, default build/release/daemon/recurd)."""
 import argparse
 import os
@@ -26,33 +26,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "integration"))
 sys.path.insert(0, HERE)
 from benchlib import cpu_model  # noqa: E402
+from spec_prompts import PASSAGES, copy_prompt  # noqa: E402
 from rcd_harness import Daemon, gen_request  # noqa: E402
 
 
-# Prose written for this bench (no outside text): the copy-heavy passages and free prompts. Two
-# registers: narrative on one long line, and reference-manual prose wrapped at 80 columns (the
-# shape of most text a small model is trained on: a model copies text like its own better).
-PASSAGES = {
-    "story": ("The lighthouse keeper wrote in the log every evening. He noted the wind, the height "
-              "of the waves and the ships that passed. When the lamp failed he climbed the stairs "
-              "with a candle and cleaned the glass by hand. In the spring the supply boat brought "
-              "oil, flour and letters from the town, and he read them slowly by the window."),
-    "manual": ("The open() function returns a file object whose type depends on the mode. When the\n"
-               "file is opened in text mode, the object reads and writes strings, and the encoding is\n"
-               "taken from the locale unless it is given. In binary mode the object reads and writes\n"
-               "bytes, and no translation of line endings is done. Close the file when you are done,\n"
-               "or use it in a with statement so that it is closed for you."),
-}
+# Free-generation prompts written for this bench.
 FREE = ["The function returns", "A man walks into a bar", "Once upon a time",
         "The best way to learn", "In the morning the", "This module provides",
         "When the program starts", "She opened the door and"]
-
-
-def copy_prompt(passage):
-    """A copy-heavy prose prompt: the passage, a blank line, then its first third again, cut at
-    a word boundary (so its tokens are the passage's own): a model that copies continues with
-    the rest of the passage. tools/gen_draft_goldens.py --copy records the same prompts."""
-    return passage + "\n\n" + passage[:len(passage) // 3].rsplit(" ", 1)[0]
 
 
 def main():
@@ -93,14 +74,14 @@ def main():
                 r = gen_request(tokens=ids, temperature=0, max_tokens=n, ignore_eos=True)
             if off:
                 r.sampling.speculate = 1
-            ids, last, first = [], None, None
+            out, last, first = [], None, None
             for m in d.api.Generate(r, timeout=600):
                 if first is None:  # the prompt's prefill and the first token(s)
                     first = (time.monotonic(), len(m.token_ids))
-                ids.extend(m.token_ids)
+                out.extend(m.token_ids)
                 last = m
             # ids, the final message, decode seconds and tokens after the first message
-            return ids, last, time.monotonic() - first[0], len(ids) - first[1]
+            return out, last, time.monotonic() - first[0], len(out) - first[1]
 
         if a.text:
             work = {"copy-" + k: [copy_prompt(p)] for k, p in PASSAGES.items()}
@@ -144,7 +125,9 @@ def main():
                             acc += sum(r[1].usage.accepted_tokens for r in res)
                             dr += sum(r[1].usage.draft_tokens for r in res)
                 n = a.reps * streams * a.tokens
-                dec = (dn[False] / dt[False]) / (dn[True] / dt[True])
+                # no decode to time when every request fits its first message (--tokens 1)
+                dec = ((dn[False] / dt[False]) / (dn[True] / dt[True])
+                       if min(dn.values()) and min(dt.values()) > 0 else float("nan"))
                 print("%-12s %7d  %9.1f  %8.1f  %5.2f  %6.2f  %-4s  %d/%d" %
                       (name, streams, n / t[True], n / t[False], t[True] / t[False], dec,
                        outs[True] == outs[False], acc, dr))

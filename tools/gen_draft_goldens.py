@@ -6,11 +6,11 @@
 Writes OUT/greedy.json: for each prompt of tools/gen_bundled_goldens.py (encoded with the
 model's tokenizer via HF `tokenizers`), --tokens greedy tokens by repeated full forwards of
 the checkpoint's own transformers class (AutoModelForCausalLM: any family; fp32, no cache,
-EOS not special). --copy adds the copy-heavy prompts of bench/spec_daemon.py (copy_prompt() of
-each of its PASSAGES: a passage, a blank line, its first third again; read from that file, not
-imported), after the EOS id as a document start, with --copy-tokens greedy tokens: a model that
-copies continues with the rest of the passage. Integration tests check that `recurd-eval --greedy N` on the
-model prints the same ids (tests/integration/test_draft_model.py, test_hybrid_model.py).
+EOS not special). --copy adds the copy-heavy prompts of bench/spec_daemon.py (bench/
+spec_prompts.py: copy_prompt() of each of PASSAGES, a passage, a blank line, its first third
+again), after the EOS id as a document start, with --copy-tokens greedy tokens: a model that
+copies continues with the rest of the passage. Integration tests check that `recurd-eval
+--greedy N` on the model prints the same ids (test_draft_model.py, test_hybrid_model.py).
 Rerun whenever the model changes:
 
     /opt/rcdvenv/bin/python tools/gen_draft_goldens.py [--model models/recurd-mamba-tiny-draft]
@@ -18,9 +18,9 @@ Rerun whenever the model changes:
         --out tests/golden/bundled-hybrid --copy
 """
 import argparse
-import ast
 import json
 import os
+import sys
 
 import torch
 import transformers
@@ -33,14 +33,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def bench_copy_prompts():
-    """bench/spec_daemon.py's copy_prompt() of each of its PASSAGES: (name, passage, prompt)."""
-    with open(os.path.join(HERE, "..", "bench", "spec_daemon.py")) as f:
-        tree = ast.parse(f.read())
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "PASSAGES":
-            return [(k, p, p + "\n\n" + p[:len(p) // 3].rsplit(" ", 1)[0])
-                    for k, p in ast.literal_eval(node.value).items()]
-    raise SystemExit("bench/spec_daemon.py has no PASSAGES")
+    """bench/spec_daemon.py's copy-heavy prompts: (name, passage, copy_prompt(passage))."""
+    sys.path.insert(0, os.path.join(HERE, "..", "bench"))
+    from spec_prompts import PASSAGES, copy_prompt
+    return [(k, p, copy_prompt(p)) for k, p in PASSAGES.items()]
 
 
 def greedy(model, ids, n):
