@@ -241,6 +241,7 @@ bool eng_spec_gate_observe(eng_spec_gate_t *g, bool spec, double us, double toke
     if (!spec) {
         gate_ewma(&g->plain_us, &g->plain_tok, g->n_plain, us, tokens);
         if (g->n_plain < g->min_samples) g->n_plain++;
+        g->since_probe = 0; /* a fresh baseline sample: the next forced plain step can wait */
         return false;
     }
     if (g->paused > 0) return false; /* a step planned before the pause */

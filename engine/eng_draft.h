@@ -124,9 +124,10 @@ void eng_spec_policy_update(eng_spec_policy_t *p, int k, int accepted);
 /* Runner-wide gain check (engine/README.md, "Speculation that pays"): the runner times every
  * pure decode step on its device thread (the draft model's proposal and the target's step) and
  * counts the tokens it emitted, separately for steps with verify entries ("spec") and steps
- * without ("plain"), as EWMAs (weight 1/8) per batch-size bucket. While speculating, one step
- * in probe_every (one in 4 until the baseline has min_samples) runs plainly to keep the
- * baseline fresh. Once both kinds have min_samples
+ * without ("plain"), as EWMAs (weight 1/8) per batch-size bucket. While speculating, a step
+ * runs plainly to keep the baseline fresh when no plain sample came in the last probe_every - 1
+ * steps (4 - 1 until the baseline has min_samples): a step that could have speculated but ran
+ * plainly (no drafts found) is such a sample. Once both kinds have min_samples
  * samples (spec ones counted since the last decision), a spec sample whose EWMA rate (tokens
  * per microsecond) is below margin x the plain rate pauses speculation for `backoff` steps
  * (plain steps, which also refresh the baseline); the next back-off doubles, up to

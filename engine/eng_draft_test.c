@@ -251,6 +251,20 @@ static void test_gate(void)
     uint64_t pauses = g.pauses;
     gate_run(&g, 1000, 900.0, 1.6, 1000.0, 0.1);
     CHECK(g.pauses == pauses);
+    /* plain steps that come anyway (no drafts found) keep the baseline fresh: none is forced;
+     * without them one step in probe_every is */
+    for (int natural = 0; natural <= 1; natural++) {
+        eng_spec_gate_init(&g);
+        int forced = 0;
+        for (int i = 0; i < 400; i++) {
+            bool s = eng_spec_gate_next(&g);
+            if (!s && i >= 64) forced++;
+            if (s && natural && i % 5 == 0) s = false; /* asked, but no drafts: ran plainly */
+            eng_spec_gate_observe(&g, s, s ? 900.0 : 1000.0, s ? 1.6 : 1.0);
+        }
+        CHECK(g.pauses == 0 && g.n_plain == g.min_samples);
+        CHECK(natural ? forced == 0 : forced == (400 - 64) / g.probe_every);
+    }
     /* a spec step planned before the pause and measured during it is not counted */
     eng_spec_gate_init(&g);
     g.paused = 3;
