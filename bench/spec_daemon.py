@@ -11,9 +11,12 @@ the acceptance.
       [--speculate ngram|draft] [--draft-model DIR] [--spec-max-batch N] [--text]
       [--spec-adaptive on|off] [--spec-tokens K]
 --text (a model with a tokenizer, e.g. the bundled one): the workloads are prose instead of
-token ids: copy-heavy (a row per passage of bench/spec_prompts.py) asks to continue a passage
-given in full and then again cut short at a word (the answer can copy the rest), free
-generation continues short prompts, a different one per stream. Without --spec-max-batch the
+token ids: copy-heavy (a row per passage of bench/spec_prompts.py, and "copy-heldout": the 12
+passages of bench/spec_heldout.json, Python documentation the bundled models' training held
+out) asks to continue a passage given in full and then again cut short at a word (the answer
+can copy the rest), free generation continues short prompts. A workload of several prompts
+gives each request the next one (streams and repetitions), so --reps 12 at 1 stream runs each
+held-out passage once. Without --spec-max-batch the
 daemon's default back-off policy applies (by ids the bench turns it off with 0, as before).
 Needs a built daemon (RECURD_BIN, default build/release/daemon/recurd)."""
 import argparse
@@ -26,7 +29,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "integration"))
 sys.path.insert(0, HERE)
 from benchlib import cpu_model  # noqa: E402
-from spec_prompts import PASSAGES, copy_prompt  # noqa: E402
+from spec_prompts import PASSAGES, copy_prompt, heldout_passages  # noqa: E402
 from rcd_harness import Daemon, gen_request  # noqa: E402
 
 
@@ -85,6 +88,7 @@ def main():
 
         if a.text:
             work = {"copy-" + k: [copy_prompt(p)] for k, p in PASSAGES.items()}
+            work["copy-heldout"] = [copy_prompt(p) for p in heldout_passages()]
             work["free"] = FREE
         else:
             passage = [(i * 7919 + 13) % 1000 + 100 for i in range(24)]
@@ -104,12 +108,12 @@ def main():
                 dt = {True: 0.0, False: 0.0}  # decode seconds, summed over the requests
                 dn = {True: 0, False: 0}  # decode tokens
                 outs, acc, dr = {}, 0, 0
-                for _ in range(a.reps):
+                for rep in range(a.reps):
                     for off in (True, False):
                         res = [None] * streams
 
-                        def one(i, off=off):
-                            res[i] = gen(prompts[i % len(prompts)], off, a.tokens)
+                        def one(i, off=off, rep=rep):  # each rep the next prompts of the list
+                            res[i] = gen(prompts[(rep * streams + i) % len(prompts)], off, a.tokens)
 
                         ths = [threading.Thread(target=one, args=(i,)) for i in range(streams)]
                         t0 = time.monotonic()
@@ -120,7 +124,7 @@ def main():
                         t[off] += time.monotonic() - t0
                         dt[off] += sum(r[2] for r in res)
                         dn[off] += sum(r[3] for r in res)
-                        outs.setdefault(off, [r[0] for r in res])
+                        outs.setdefault(off, []).extend(r[0] for r in res)  # every request
                         if not off:
                             acc += sum(r[1].usage.accepted_tokens for r in res)
                             dr += sum(r[1].usage.draft_tokens for r in res)

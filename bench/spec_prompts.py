@@ -24,3 +24,12 @@ def copy_prompt(passage):
     the rest of the passage. tools/gen_draft_goldens.py --copy records the same prompts for
     tests/integration/test_hybrid_model.py."""
     return passage + "\n\n" + passage[:len(passage) // 3].rsplit(" ", 1)[0]
+
+
+def heldout_passages():
+    """The "copy-heldout" passages: bench/spec_heldout.json, from the documents the bundled
+    models' training held out (tools/heldout_passages.py writes it)."""
+    import json
+    import os
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "spec_heldout.json")) as f:
+        return [p["text"] for p in json.load(f)["passages"]]

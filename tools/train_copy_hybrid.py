@@ -427,7 +427,11 @@ def main():
                          "windows only (--induction-random of them random ids)")
     ap.add_argument("--induction-random", type=float, default=0.75)
     ap.add_argument("--induction-len", type=int, default=64, help="phase A's window length")
-    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--seed", type=int, default=1234,
+                    help="the held-out split (keep 1234: the bundled model's), and the rest")
+    ap.add_argument("--data-seed", type=int, default=None,
+                    help="the order of the training windows (default: --seed); a resumed run "
+                         "takes a new one so it does not see its predecessor's windows again")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--ckpt-minutes", type=float, default=10.0)
@@ -477,7 +481,8 @@ def main():
         return
     model = (build_granite(args, src) if args.granite else
              build_wired(args, src) if args.wire else build(args, src))
-    gen = torch.Generator().manual_seed(args.seed)
+    ds = args.seed if args.data_seed is None else args.data_seed
+    gen = torch.Generator().manual_seed(ds)
     sample = torch.stack([train[o:o + L] for o in torch.randint(0, len(train) - L, (16,), generator=gen)])
     if args.granite:
         old = set()
@@ -548,8 +553,8 @@ def main():
         p = max(p, min(1.0, (el - warm_min) / max(1e-6, args.minutes - warm_min)))
         return args.min_lr_frac + (1 - args.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * p))
 
-    repeats = RepeatWindows(train, tok, args.seed)
-    copy_rng = random.Random(args.seed + 18)
+    repeats = RepeatWindows(train, tok, ds)
+    copy_rng = random.Random(ds + 18)
     tokens_seen, loss_ema, last_ckpt, step = 0, None, t_start, 0
     history = []
     model.train()
