@@ -9,7 +9,7 @@ over the time after it: the prompt's prefill left out), whether the outputs are 
 the acceptance.
   python3 bench/spec_daemon.py --model DIR [--tokens 64] [--streams 8] [--reps 3]
       [--speculate ngram|draft] [--draft-model DIR] [--spec-max-batch N] [--text]
-      [--spec-adaptive on|off] [--spec-tokens K]
+      [--spec-adaptive on|off] [--spec-tokens K] [--matmul fp32|bf16] [--weights native|q8|q4]
 --text (a model with a tokenizer, e.g. the bundled one): the workloads are prose instead of
 token ids: copy-heavy (a row per passage of bench/spec_prompts.py, and "copy-heldout": the 12
 passages of bench/spec_heldout.json, Python documentation the bundled models' training held
@@ -52,6 +52,8 @@ def main():
     ap.add_argument("--spec-max-batch", type=int)
     ap.add_argument("--text", action="store_true")
     ap.add_argument("--spec-tokens", type=int, help="the daemon's --spec-tokens (default its own)")
+    ap.add_argument("--matmul", choices=["fp32", "bf16"], help="the daemon's --matmul")
+    ap.add_argument("--weights", choices=["native", "q8", "q4"], help="the daemon's --weights")
     ap.add_argument("--spec-adaptive", choices=["on", "off"],
                     help="the daemon's gain check (default: the daemon's, on)")
     a = ap.parse_args()
@@ -68,6 +70,9 @@ def main():
         args += ["--spec-adaptive", a.spec_adaptive]
     if a.spec_tokens:
         args += ["--spec-tokens", str(a.spec_tokens)]
+    for flag in ("matmul", "weights"):
+        if getattr(a, flag):
+            args += ["--" + flag, getattr(a, flag)]
     d = Daemon(*args)
     try:
         def gen(ids, off, n):
@@ -95,9 +100,11 @@ def main():
             cont = gen(passage, True, 48)[0]
             work = {"copy-heavy": [passage + cont + passage], "free": [passage]}
         print("cpu: %s, model %s, %d tokens per request, --speculate %s%s, --spec-max-batch %s, "
-              "--spec-tokens %s" % (cpu_model(), a.model, a.tokens, a.speculate,
-                 " --draft-model " + a.draft_model if a.draft_model else "",
-                 "default" if smb is None else smb, a.spec_tokens or "default"))
+              "--spec-tokens %s, --matmul %s, --weights %s" % (
+                  cpu_model(), a.model, a.tokens, a.speculate,
+                  " --draft-model " + a.draft_model if a.draft_model else "",
+                  "default" if smb is None else smb, a.spec_tokens or "default",
+                  a.matmul or "fp32", a.weights or "native"))
         print("workload     streams  off_tok/s  on_tok/s  ratio  decode  same  accepted/drafted")
         for prompts in work.values():  # warm-up: the first requests pay one-time costs
             for off in (True, False):
