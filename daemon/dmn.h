@@ -138,6 +138,8 @@ struct dmn_server {
     struct dmn_quota *quota;     /* per-tenant quotas (dmn_quota.h); NULL: none */
     eng_runner_t *runner;
     int kv_blocks, kv_block_tokens; /* the KV pool the engine sized for the backend (0: none) */
+    int n_threads;                  /* the backend's threads, and where the figure came from */
+    char threads_why[128];
     char model_id[128];
     char replica[256]; /* --replica-name, else the host name (x-recurd-replica) */
     int vocab;

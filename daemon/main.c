@@ -1,6 +1,7 @@
 /* daemon: recurd's main — options, then three phases: load (model, backend, tokenizer), open
  * the store (sessions, prefix cache), serve (engine, gRPC server on the libuv loop until a
  * drain); then an orderly teardown (exit 0). Each phase logs its own failure. */
+#include "common/rcd_cpus.h"
 #include "common/rcd_path.h"
 #include "daemon/dmn.h"
 #include "daemon/dmn_http.h"
@@ -278,7 +279,11 @@ static int load(dmn_server_t *srv)
     }
     progress(o, 60, "creating backend");
     const wrk_model_info_t *mi = wrk_model_info(srv->model);
-    wrk_backend_opts_t bo = {.n_threads = (int)o->threads,
+    /* --threads 0: the CPUs this process can count on (affinity mask, cgroup CPU quota) */
+    srv->n_threads = o->threads > 0 ? (int)o->threads
+                                    : rcd_cpus_available(srv->threads_why, sizeof srv->threads_why);
+    if (o->threads > 0) snprintf(srv->threads_why, sizeof srv->threads_why, "--threads");
+    wrk_backend_opts_t bo = {.n_threads = srv->n_threads,
                              .n_slots = (int)o->slots,
                              .max_step_tokens = (int)o->max_step_tokens,
                              .isa = o->isa,
@@ -467,12 +472,13 @@ static int serve(dmn_server_t *srv, bool *grpc_up)
     }
     dmn_log(DMN_INFO, "ready", NULL, NULL,
             "model %s (%s, vocab %d, state %zu bytes, fingerprint %s), backend %s/%s, "
-            "weights %s%s%s%s, %d slots",
+            "weights %s%s%s%s, %d slots, %d thread%s (%s)",
             srv->model_id, mi->architecture, mi->vocab_size, mi->state_bytes, mi->fingerprint_hex,
             wrk_backend_name(srv->backend), wrk_backend_isa(srv->backend), o->weights,
             mi->quantization ? " (checkpoint quantized: " : "",
             mi->quantization ? mi->quantization : "", mi->quantization ? ")" : "",
-            wrk_backend_n_slots(srv->backend));
+            wrk_backend_n_slots(srv->backend), srv->n_threads, srv->n_threads == 1 ? "" : "s",
+            srv->threads_why);
     if (o->port_file[0] && write_port_file(o->port_file, srv->port))
         dmn_log(DMN_WARN, "port_file", NULL, NULL, "cannot write %s", o->port_file);
     uv_run(srv->loop, UV_RUN_DEFAULT);

@@ -2,18 +2,15 @@
  * wrk_backend_i, the option defaults and the batch validation (backend_int.h). */
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
+#include "common/rcd_cpus.h"
 #include "workers/backend_int.h"
 
 int wrk_backend_opts_resolve(const wrk_backend_opts_t *opts, wrk_backend_opts_t *out, char *err,
                              size_t errlen)
 {
     wrk_backend_opts_t o = opts ? *opts : (wrk_backend_opts_t){0};
-    if (o.n_threads <= 0) {
-        long n = sysconf(_SC_NPROCESSORS_ONLN);
-        o.n_threads = n > 0 ? (int)n : 1;
-    }
+    if (o.n_threads <= 0) o.n_threads = rcd_cpus_available(NULL, 0);
     if (o.n_threads > 256) o.n_threads = 256;
     if (o.n_slots <= 0) o.n_slots = 8;
     if (o.max_step_tokens <= 0) o.max_step_tokens = 512;

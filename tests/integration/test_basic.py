@@ -178,5 +178,32 @@ class SecondOnSamePort(unittest.TestCase):
             self.assertEqual(d.stop(), 0)
 
 
+class DefaultThreads(unittest.TestCase):
+    def test_threads_follow_the_affinity_mask(self):
+        """--threads 0 takes the CPUs the process may run on, not the machine's: under
+        `taskset -c 0` one thread, and the ready line says why."""
+        import shutil
+        import subprocess
+        from rcd_harness import daemon_binary
+        if not shutil.which("taskset"):
+            self.skipTest("no taskset (util-linux)")
+        p = subprocess.Popen(["taskset", "-c", "0", daemon_binary(), "--threads", "0",
+                              "--ephemeral", "--port", "0", "--http-port", "-1", "--no-progress"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            ready = ""
+            deadline = time.time() + 120
+            for line in p.stdout:
+                if '"event":"ready"' in line:
+                    ready = line
+                    break
+                self.assertLess(time.time(), deadline)
+            self.assertIn("1 thread (affinity mask)", ready)
+        finally:
+            p.terminate()
+            p.communicate(timeout=60)
+        self.assertEqual(p.returncode, 0)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)

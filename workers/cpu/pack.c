@@ -6,6 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/rcd_cpus.h"
 #include "workers/cpu/cpu_int.h"
 #include "workers/cpu/kernels.h"
 #include "workers/cpu/kernels_q.h"
@@ -84,8 +85,8 @@ static int pack_all(const wrk_model_t *m, struct wrk_packs *p)
     pack_job_t j = {.p = p, .m = m};
     atomic_init(&j.next, 0);
     atomic_init(&j.failed, 0);
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    int nth = ncpu < 1 ? 1 : ncpu > 16 ? 16 : (int)ncpu;
+    int ncpu = rcd_cpus_available(NULL, 0);
+    int nth = ncpu > 16 ? 16 : ncpu;
     if (nth > p->n) nth = p->n > 0 ? p->n : 1;
     pthread_t th[16];
     int started = 0;
