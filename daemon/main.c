@@ -280,9 +280,12 @@ static int load(dmn_server_t *srv)
     progress(o, 60, "creating backend");
     const wrk_model_info_t *mi = wrk_model_info(srv->model);
     /* --threads 0: the CPUs this process can count on (affinity mask, cgroup CPU quota) */
-    srv->n_threads = o->threads > 0 ? (int)o->threads
-                                    : rcd_cpus_available(srv->threads_why, sizeof srv->threads_why);
-    if (o->threads > 0) snprintf(srv->threads_why, sizeof srv->threads_why, "--threads");
+    if (o->threads > 0) {
+        srv->n_threads = (int)o->threads;
+        snprintf(srv->threads_why, sizeof srv->threads_why, "--threads");
+    } else {
+        srv->n_threads = rcd_cpus_available(srv->threads_why, sizeof srv->threads_why);
+    }
     wrk_backend_opts_t bo = {.n_threads = srv->n_threads,
                              .n_slots = (int)o->slots,
                              .max_step_tokens = (int)o->max_step_tokens,

@@ -6,7 +6,7 @@ speculation has something to accept. It must share the bundled model's tokenizer
 for byte (and its vocabulary and special ids), stay small, and recurd's engine (recurd-eval)
 must compute it as transformers does: the greedy ids after each prompt equal the ids
 tools/gen_draft_goldens.py --copy recorded from transformers (tests/golden/bundled-hybrid).
-On the bench's copy-heavy prompt (bench/spec_daemon.py copy_prompt()) the model reproduces the
+On the bench's copy-heavy prompt (bench/spec_prompts.py copy_prompt()) the model reproduces the
 rest of the passage, and with --speculate ngram recurd-eval prints the same ids while most
 drafts are accepted."""
 import json
