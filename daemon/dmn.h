@@ -165,8 +165,7 @@ struct dmn_server {
     uv_timer_t grace_timer;      /* the drain's grace period, then the shutdown's settle time */
     uv_timer_t quiet_timer;      /* a drain with nothing left waits for calls to stop coming */
     uint64_t last_call_ns;       /* uv_hrtime() of the last call (not a health probe) to arrive */
-    uv_signal_t sig_term, sig_int;
-    uv_signal_t sig_hup;     /* SIGHUP: dmn_reload */
+    uv_async_t sig_wake;     /* SIGTERM, SIGINT (drain) and SIGHUP (dmn_reload) arrived */
     struct dmn_tls *tls;     /* TLS files and their reload; NULL: plaintext (main owns it) */
     dmn_keys_t *keys;        /* --api-keys; NULL: no keys, sessions are unprotected */
     struct dmn_http *http;   /* the HTTP listener (dmn_http.h); NULL: none */
@@ -219,6 +218,7 @@ void dmn_call_gone(dmn_call_t *c);          /* the sink's client went away */
 /* ---- dmn_rpc.c: unary methods and health ---------------------------------------------- */
 void dmn_rpc_dispatch(dmn_call_t *c, grpc_byte_buffer *payload);
 void dmn_health_notify(dmn_server_t *s); /* serving status changed: tell Watch streams */
+void dmn_health_end(dmn_server_t *s);    /* shutdown: Watch streams end UNAVAILABLE */
 void dmn_health_cancel_all(dmn_server_t *s);
 int64_t dmn_now_ms(void);
 void dmn_limits_get(const dmn_server_t *s, dmn_limits_t *out); /* what requests are checked against */

@@ -601,6 +601,7 @@ fail:
 typedef struct dmn_watch {
     int last_sent; /* -1: nothing sent yet */
     bool known;
+    bool ending; /* the server shuts down: end with UNAVAILABLE once the last status is sent */
 } dmn_watch_t;
 
 static int health_status(dmn_server_t *s, const char *service, bool *known)
@@ -618,10 +619,14 @@ static void watch_pump(dmn_call_t *c)
     bool known;
     int st = w->known ? health_status(c->srv, "", &known)
                       : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN;
-    if (st == w->last_sent) return;
+    if (st == w->last_sent) {
+        if (w->ending) dmn_call_send(c, NULL, true, RCD_EUNAVAILABLE, "server shutting down");
+        return;
+    }
     Grpc__Health__V1__HealthCheckResponse r = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
     r.status = (Grpc__Health__V1__HealthCheckResponse__ServingStatus)st;
-    if (dmn_call_send(c, &r.base, false, 0, NULL) == 0) w->last_sent = st;
+    if (dmn_call_send(c, &r.base, w->ending, RCD_EUNAVAILABLE, "server shutting down") == 0)
+        w->last_sent = st;
 }
 
 static void watch_send_done(dmn_call_t *c, bool ok)
@@ -676,6 +681,18 @@ void dmn_health_notify(dmn_server_t *s)
 {
     for (dmn_call_t *c = s->calls; c; c = c->next)
         if (c->method == DMN_M_HEALTH_WATCH && c->ext) watch_pump(c);
+}
+
+/* Each Watch sends its last status, then ends UNAVAILABLE in order behind it (a send still in
+ * flight finishes first: watch_send_done pumps again). Cancelling the call instead could drop a
+ * NOT_SERVING message the transport had not yet written. */
+void dmn_health_end(dmn_server_t *s)
+{
+    for (dmn_call_t *c = s->calls; c; c = c->next)
+        if (c->method == DMN_M_HEALTH_WATCH && c->ext) {
+            ((dmn_watch_t *)c->ext)->ending = true;
+            watch_pump(c);
+        }
 }
 
 void dmn_rpc_dispatch(dmn_call_t *c, grpc_byte_buffer *payload)

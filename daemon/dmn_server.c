@@ -11,7 +11,11 @@
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc_security.h>
 #include <grpc/support/time.h>
+#include <errno.h>
+#include <sched.h>
+#include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -88,6 +92,8 @@ static void on_closed_handle(uv_handle_t *h)
     (void)h;
 }
 
+static void signals_stop(dmn_server_t *s);
+
 static void on_wake(uv_async_t *a)
 {
     dmn_server_t *s = a->data;
@@ -109,9 +115,8 @@ static void on_wake(uv_async_t *a)
             uv_close((uv_handle_t *)&s->wake, on_closed_handle);
             uv_close((uv_handle_t *)&s->grace_timer, on_closed_handle);
             uv_close((uv_handle_t *)&s->quiet_timer, on_closed_handle);
-            uv_close((uv_handle_t *)&s->sig_term, on_closed_handle);
-            uv_close((uv_handle_t *)&s->sig_int, on_closed_handle);
-            uv_close((uv_handle_t *)&s->sig_hup, on_closed_handle);
+            signals_stop(s);
+            uv_close((uv_handle_t *)&s->sig_wake, on_closed_handle);
             dmn_expiry_close(s);
             continue;
         }
@@ -659,10 +664,7 @@ static void finish_drain(dmn_server_t *s)
     s->op_shutdown.cb = on_shutdown_cb;
     grpc_server_shutdown_and_notify(s->server, s->cq, &s->op_shutdown);
     dmn_generate_cancel_all(s, RCD_EUNAVAILABLE);
-    for (dmn_call_t *c = s->calls; c; c = c->next)
-        if (c->call && c->method == DMN_M_HEALTH_WATCH && c->ext)
-            grpc_call_cancel_with_status(c->call, GRPC_STATUS_UNAVAILABLE,
-                                         "server shutting down", NULL);
+    dmn_health_end(s);
     uv_timer_start(&s->grace_timer, on_settle, DMN_SETTLE_MS, 0);
     dmn_http_stop(s); /* closes every HTTP connection; the listener's handles go with them */
     maybe_exit(s);
@@ -742,16 +744,70 @@ void dmn_server_drain(dmn_server_t *s, const char *why)
     drain_maybe_done(s);
 }
 
-static void on_signal(uv_signal_t *h, int signum)
+/* ---- signals ---------------------------------------------------------------------------
+ * SIGTERM and SIGINT drain (a second one ends the drain at once); SIGHUP reloads, never drains.
+ * The daemon's own handler counts each signal and wakes the loop (uv_async_send is
+ * async-signal-safe), rather than libuv's uv_signal_t: closing the last uv_signal_t of a
+ * signal puts back its default action, which for SIGTERM is death, so a signal during the
+ * teardown after the drain (the store's close, the workers' join) killed a daemon that was
+ * exiting cleanly. signals_stop sets the three to SIG_IGN in one step each, with no window. */
+
+enum { SIG_I_TERM, SIG_I_INT, SIG_I_HUP, SIG_I__N };
+static const int g_signums[SIG_I__N] = {SIGTERM, SIGINT, SIGHUP};
+static atomic_int g_sig_count[SIG_I__N];
+static _Atomic(uv_async_t *) g_sig_wake;
+static atomic_int g_sig_in_handler;
+
+static void on_posix_signal(int signum)
 {
-    dmn_server_drain(h->data, signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    int saved = errno;
+    atomic_fetch_add(&g_sig_in_handler, 1);
+    for (int i = 0; i < SIG_I__N; i++)
+        if (g_signums[i] == signum) atomic_fetch_add(&g_sig_count[i], 1);
+    uv_async_t *w = atomic_load(&g_sig_wake);
+    if (w) uv_async_send(w);
+    atomic_fetch_sub(&g_sig_in_handler, 1);
+    errno = saved;
 }
 
-/* SIGHUP reloads; it never drains. */
-static void on_sighup(uv_signal_t *h, int signum)
+static void on_sig_wake(uv_async_t *h)
 {
-    (void)signum;
-    dmn_reload(h->data);
+    dmn_server_t *s = h->data;
+    int n = atomic_exchange(&g_sig_count[SIG_I_HUP], 0);
+    if (n > 0) dmn_reload(s); /* several SIGHUPs at once: one reload reads the files */
+    for (int i = SIG_I_TERM; i <= SIG_I_INT; i++) {
+        n = atomic_exchange(&g_sig_count[i], 0);
+        for (int k = 0; k < n && k < 2; k++) /* the second one ends the drain */
+            dmn_server_drain(s, i == SIG_I_TERM ? "SIGTERM" : "SIGINT");
+    }
+}
+
+/* 0, or -errno. */
+static int signals_start(dmn_server_t *s)
+{
+    for (int i = 0; i < SIG_I__N; i++)
+        atomic_store(&g_sig_count[i], 0);
+    atomic_store(&g_sig_wake, &s->sig_wake);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_posix_signal;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    for (int i = 0; i < SIG_I__N; i++)
+        if (sigaction(g_signums[i], &sa, NULL) != 0) return -errno;
+    return 0;
+}
+
+/* The drain is over: later signals have nothing left to do. Returns once no handler can still
+ * touch s->sig_wake, which the caller then closes. */
+static void signals_stop(dmn_server_t *s)
+{
+    (void)s;
+    for (int i = 0; i < SIG_I__N; i++)
+        signal(g_signums[i], SIG_IGN);
+    atomic_store(&g_sig_wake, NULL);
+    while (atomic_load(&g_sig_in_handler) > 0)
+        sched_yield();
 }
 
 /* Drops the listening server and its completion queue before anything started on them. */
@@ -825,25 +881,13 @@ int dmn_server_start(dmn_server_t *s, char *err, size_t errlen)
     uv_timer_init(s->loop, &s->quiet_timer); /* cannot fail */
     opened[n_open++] = (uv_handle_t *)&s->quiet_timer;
     s->quiet_timer.data = s;
-    if ((urc = uv_signal_init(s->loop, &s->sig_term))) {
-        what = "the SIGTERM handler";
+    if ((urc = uv_async_init(s->loop, &s->sig_wake, on_sig_wake))) {
+        what = "the signal wake-up";
         goto fail;
     }
-    opened[n_open++] = (uv_handle_t *)&s->sig_term;
-    if ((urc = uv_signal_init(s->loop, &s->sig_int))) {
-        what = "the SIGINT handler";
-        goto fail;
-    }
-    opened[n_open++] = (uv_handle_t *)&s->sig_int;
-    if ((urc = uv_signal_init(s->loop, &s->sig_hup))) {
-        what = "the SIGHUP handler";
-        goto fail;
-    }
-    opened[n_open++] = (uv_handle_t *)&s->sig_hup;
-    s->sig_term.data = s->sig_int.data = s->sig_hup.data = s;
-    if ((urc = uv_signal_start(&s->sig_term, on_signal, SIGTERM)) ||
-        (urc = uv_signal_start(&s->sig_int, on_signal, SIGINT)) ||
-        (urc = uv_signal_start(&s->sig_hup, on_sighup, SIGHUP))) {
+    opened[n_open++] = (uv_handle_t *)&s->sig_wake;
+    s->sig_wake.data = s;
+    if ((urc = signals_start(s))) {
         what = "the signal handlers";
         goto fail;
     }
@@ -868,6 +912,7 @@ int dmn_server_start(dmn_server_t *s, char *err, size_t errlen)
                 s->opts->listen_all ? "0.0.0.0 (--listen-all)" : s->opts->host);
     return 0;
 fail: /* the handles opened so far close on the loop's last turn (main's cleanup) */
+    signals_stop(s);
     for (int i = 0; i < n_open; i++)
         uv_close(opened[i], on_closed_handle);
     unlisten(s);

@@ -78,6 +78,32 @@ class Drain(unittest.TestCase):
                              % (round_, len(codes), bad, d.exit_logs[-3000:]))
             self.assertIn(C.OK, codes)
 
+    def test_idle_drain_ends_watch_in_order(self):
+        """A drain with nothing to finish shuts down at once. A Watch still hears NOT_SERVING
+        first, then ends UNAVAILABLE; it is never cut off with its last status unsent (the
+        shutdown once cancelled it while the NOT_SERVING message was in flight). More SIGTERMs
+        until the process is gone (an impatient operator, a test harness's own stop) never
+        turn the clean exit into death by signal. Repeated: the races are narrow."""
+        for round_ in range(6):
+            d = Daemon()
+            try:
+                watch = d.health.Watch(hpb.HealthCheckRequest(), timeout=60)
+                self.assertEqual(next(watch).status, hpb.HealthCheckResponse.SERVING)
+                d.proc.send_signal(signal.SIGTERM)
+                self.assertEqual(next(watch).status, hpb.HealthCheckResponse.NOT_SERVING,
+                                 "round %d" % round_)
+                with self.assertRaises(grpc.RpcError) as cm:
+                    next(watch)
+                self.assertEqual(cm.exception.code(), C.UNAVAILABLE, "round %d" % round_)
+                self.assertIn("shutting down", cm.exception.details())
+                deadline = time.time() + 60
+                while d.proc.poll() is None and time.time() < deadline:
+                    d.proc.send_signal(signal.SIGTERM)
+                    time.sleep(0.002)
+                self.assertEqual(d.proc.wait(timeout=5), 0, d.logs()[-3000:])
+            finally:
+                d.stop()
+
     def test_grace_expiry_cancels(self):
         d = Daemon("--drain-grace-ms", "300")
         try:
