@@ -103,9 +103,14 @@ float golden_run_chunked(wrk_backend_t *b, const golden_seq_t *q, int V, int chu
  * a step, so every chunking must also give bit-identical logits (what makes a resumed or
  * prefix-restored sequence continue exactly as an uninterrupted one). */
 float golden_check_chunks(wrk_backend_t *b, const golden_t *g, float tol, const char *label);
+/* golden_check_chunks that also compares each sequence's logits bitwise with ref[seq] (an
+ * array of g->n_seqs pointers): a NULL entry is filled with this run's (malloc'd; the caller
+ * frees), so one backend's run becomes the reference for the next (other thread counts). */
+float golden_check_chunks_ref(wrk_backend_t *b, const golden_t *g, float tol, const char *label,
+                              float **ref);
 
 /* Every fp32 case loads as the family and matches at every chunking, on every ISA this CPU
- * has, with 1 and 2 threads. */
+ * has, with 1, 2 and 3 threads, each thread count's logits bit-identical to the others'. */
 void golden_test_chunkings(const golden_suite_t *s);
 
 /* Ragged batches: the sequences of each fp32 case share every step at different lengths and
@@ -147,7 +152,7 @@ void golden_test_greedy(const golden_suite_t *s);
 
 /* The opt-in bf16 matmul (x rounded to bf16) on the BF16 checkpoint <family>/<model_case>
  * against the goldens of <family>/<golden_case>: every chunking within tol of them and
- * bit-identical to each other, with 1 and 2 threads, and the fixture's greedy ids up to
+ * bit-identical to each other and between 1 and 2 threads, and the fixture's greedy ids up to
  * near-ties. Run as "bf16" picks it (AMX, else AVX512_BF16) and, where that was AMX, again on
  * the AVX512_BF16 path ("bf16-avx512"). Skipped, with the reason, where the CPU has neither. */
 void golden_test_bf16_matmul(const golden_suite_t *s, const char *golden_case,
