@@ -12,7 +12,8 @@
 #include "common/rcd_cpus.h"
 #include "common/rcd_path.h"
 
-/* The quota in CPUs that file `dir/name` (and, for v1, its period file) sets, or 0. */
+/* The quota in CPUs that directory `dir` sets (v2: cpu.max; v1: cpu.cfs_quota_us over
+ * cpu.cfs_period_us), or 0. */
 static double read_quota(const char *dir, int v2)
 {
     char path[RCD_PATH_MAX], buf[128];

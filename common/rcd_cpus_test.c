@@ -30,13 +30,19 @@ static void put(const char *rel, const char *text)
     }
 }
 
-static void fresh(void)
+/* Removes the fake tree, if any. */
+static void cleanup(void)
 {
     char cmd[RCD_PATH_MAX + 16];
-    if (*root) {
-        snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
-        CHECK(system(cmd) == 0);
-    }
+    if (!*root) return;
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
+    CHECK(system(cmd) == 0);
+    *root = 0;
+}
+
+static void fresh(void)
+{
+    cleanup();
     snprintf(root, sizeof root, "/tmp/rcd_cpus_XXXXXX");
     CHECK(mkdtemp(root) != NULL);
 }
@@ -100,9 +106,7 @@ static void test_nothing_and_this_process(void)
     long online = sysconf(_SC_NPROCESSORS_ONLN);
     CHECK(n >= 1 && (online < 1 || n <= online));
     CHECK(*why != 0);
-    char cmd[RCD_PATH_MAX + 16];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
-    CHECK(system(cmd) == 0);
+    cleanup();
 }
 
 int main(int argc, char **argv)

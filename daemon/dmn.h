@@ -219,7 +219,6 @@ void dmn_call_gone(dmn_call_t *c);          /* the sink's client went away */
 void dmn_rpc_dispatch(dmn_call_t *c, grpc_byte_buffer *payload);
 void dmn_health_notify(dmn_server_t *s); /* serving status changed: tell Watch streams */
 void dmn_health_end(dmn_server_t *s);    /* shutdown: Watch streams end UNAVAILABLE */
-void dmn_health_cancel_all(dmn_server_t *s);
 int64_t dmn_now_ms(void);
 void dmn_limits_get(const dmn_server_t *s, dmn_limits_t *out); /* what requests are checked against */
 void dmn_random_id(char *buf, size_t len, const char *prefix);

@@ -92,7 +92,7 @@ static void on_closed_handle(uv_handle_t *h)
     (void)h;
 }
 
-static void signals_stop(dmn_server_t *s);
+static void signals_stop(void);
 
 static void on_wake(uv_async_t *a)
 {
@@ -115,7 +115,7 @@ static void on_wake(uv_async_t *a)
             uv_close((uv_handle_t *)&s->wake, on_closed_handle);
             uv_close((uv_handle_t *)&s->grace_timer, on_closed_handle);
             uv_close((uv_handle_t *)&s->quiet_timer, on_closed_handle);
-            signals_stop(s);
+            signals_stop();
             uv_close((uv_handle_t *)&s->sig_wake, on_closed_handle);
             dmn_expiry_close(s);
             continue;
@@ -799,10 +799,9 @@ static int signals_start(dmn_server_t *s)
 }
 
 /* The drain is over: later signals have nothing left to do. Returns once no handler can still
- * touch s->sig_wake, which the caller then closes. */
-static void signals_stop(dmn_server_t *s)
+ * touch the server's sig_wake, which the caller then closes. */
+static void signals_stop(void)
 {
-    (void)s;
     for (int i = 0; i < SIG_I__N; i++)
         signal(g_signums[i], SIG_IGN);
     atomic_store(&g_sig_wake, NULL);
@@ -912,7 +911,7 @@ int dmn_server_start(dmn_server_t *s, char *err, size_t errlen)
                 s->opts->listen_all ? "0.0.0.0 (--listen-all)" : s->opts->host);
     return 0;
 fail: /* the handles opened so far close on the loop's last turn (main's cleanup) */
-    signals_stop(s);
+    signals_stop();
     for (int i = 0; i < n_open; i++)
         uv_close(opened[i], on_closed_handle);
     unlisten(s);

@@ -1,12 +1,14 @@
 """recurd integration: health, models, tokenizer, sessions, unknown methods, garbage bytes."""
 import os
+import shutil
 import socket
+import subprocess
 import time
 import unittest
 
 import grpc
 
-from rcd_harness import ROOT, DaemonTest, Daemon, pb, hpb, pyclient
+from rcd_harness import ROOT, DaemonTest, Daemon, daemon_binary, pb, hpb, pyclient
 
 C = grpc.StatusCode
 rc = pyclient()  # the Python client package, clients/python
@@ -182,9 +184,6 @@ class DefaultThreads(unittest.TestCase):
     def test_threads_follow_the_affinity_mask(self):
         """--threads 0 takes the CPUs the process may run on, not the machine's: under
         `taskset -c 0` one thread, and the ready line says why."""
-        import shutil
-        import subprocess
-        from rcd_harness import daemon_binary
         if not shutil.which("taskset"):
             self.skipTest("no taskset (util-linux)")
         p = subprocess.Popen(["taskset", "-c", "0", daemon_binary(), "--threads", "0",

@@ -4,7 +4,6 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "common/rcd_cpus.h"
 #include "workers/cpu/cpu_int.h"
