@@ -240,6 +240,7 @@ int main(int argc, char **argv)
 {
     const char *model_dir = NULL, *matmul = NULL, *weights = NULL;
     int threads = 0, prefill_len = 512, repeat = 0, tp = 1;
+    bool adapt = false;
     double secs = 3.0;
     int batches[16] = {1, 2, 4, 8, 16, 32}, n_batches = 6;
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},
@@ -251,8 +252,9 @@ int main(int argc, char **argv)
                                          {"repeat", required_argument, 0, 'r'},
                                          {"weights", required_argument, 0, 'w'},
                                          {"tp", required_argument, 0, 't'},
+                                         {"adapt", no_argument, 0, 'a'},
                                          {0, 0, 0, 0}};
-    for (int o; (o = getopt_long(argc, argv, "m:j:s:p:b:x:r:w:t:", opts, NULL)) != -1;) {
+    for (int o; (o = getopt_long(argc, argv, "m:j:s:p:b:x:r:w:t:a", opts, NULL)) != -1;) {
         if (o == 'm')
             model_dir = optarg;
         else if (o == 'j')
@@ -269,6 +271,8 @@ int main(int argc, char **argv)
             weights = optarg;
         else if (o == 't')
             tp = atoi(optarg);
+        else if (o == 'a')
+            adapt = true;
         else if (o == 'b') {
             n_batches = 0;
             for (char *q = optarg; *q && n_batches < 16;) {
@@ -307,7 +311,8 @@ int main(int argc, char **argv)
                 "[--matmul fp32|bf16|bf16-avx512[:gdn-recurrent][,...] (several: each in "
                 "turn, with ratios to the first)] [--repeat N (batch 1 N more times, each after a "
                 "bandwidth measurement)] [--weights native|q8|q4] [--tp N (tensor-parallel ranks, "
-                "threads split between them)]\n");
+                "threads split between them)] [--adapt (adapt_threads: fewer threads while they wait for "
+                "CPUs)]\n");
         return 2;
     }
     char err[1024], cpu[256];
@@ -421,6 +426,7 @@ int main(int argc, char **argv)
                                  .n_slots = max_batch,
                                  .matmul = mm[0] ? mm : NULL,
                                  .weights = weights,
+                                 .adapt_threads = adapt,
                                  .max_step_tokens =
                                      prefill_len > max_batch ? prefill_len : max_batch};
         if (wrk_cpu_backend_create(m, &bo, &b, err, sizeof err)) {
@@ -475,6 +481,13 @@ int main(int argc, char **argv)
                 printf("%-8d %10.1f %8.2fms %8.2fms %10.1f %8.1f%% (of %s) %.2fms\n", B, tps,
                        lat[steps / 2] * 1e3, lat[steps * 99 / 100] * 1e3, gflops,
                        100 * gflops / peak, peak_name, lat[0] * 1e3);
+            }
+            if (adapt) {
+                int act = 0, mx = 0;
+                uint64_t ch = 0;
+                wrk_threads(b, &act, &mx, &ch, NULL, NULL);
+                printf("  (--adapt: %d of %d threads at the end, %llu changes)\n", act, mx,
+                       (unsigned long long)ch);
             }
             fflush(stdout);
         }

@@ -347,6 +347,13 @@ static void render_engine(rcd_mw_t *w, dmn_server_t *s)
              (uint64_t)(total - free_b));
     family_u(w, "recurd_kv_blocks_free", RCD_MT_GAUGE, NULL, "KV-cache blocks free.",
              (uint64_t)free_b);
+    family_u(w, "recurd_cpu_threads_active", RCD_MT_GAUGE, NULL,
+             "CPU pool threads running the steps (fewer than --threads while other processes "
+             "hold the CPUs, with --adapt-threads).",
+             (uint64_t)(st.threads_active > 0 ? st.threads_active : s ? s->n_threads : 0));
+    family_u(w, "recurd_cpu_thread_changes", RCD_MT_COUNTER, NULL,
+             "Times --adapt-threads changed the CPU pool threads running the steps.",
+             st.thread_changes);
     family_u(w, "recurd_spec_decode_draft_tokens", RCD_MT_COUNTER, NULL,
              "Speculative decoding: draft tokens verified.",
              rcd_counter_get(&rcd_metrics.spec_draft_tokens));

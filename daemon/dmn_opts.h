@@ -74,6 +74,9 @@
     X(backend, STR, "cpu", "RECURD_BACKEND", DMN_ONE_OF("cpu|cuda"), "compute backend")            \
     X(threads, INT, "0", "RECURD_THREADS", DMN_RANGE(0, DMN_INT_MAX),                              \
       "CPU threads for the engine; 0: all")                                                        \
+    X(adapt_threads, BOOL, "true", "RECURD_ADAPT_THREADS", DMN_ANY,                                \
+      "run fewer of the CPU threads while they wait for CPUs other processes hold (Linux "        \
+      "schedstat), trying more again later; outputs do not change")                              \
     X(isa, STR, "auto", "RECURD_ISA", DMN_ONE_OF("auto|avx512|avx2|portable"), "CPU kernels")      \
     X(matmul, STR, "fp32", "RECURD_MATMUL", DMN_ONE_OF("fp32|bf16"),                               \
       "CPU matmul precision: fp32 (logits match transformers in fp32) or bf16 (BF16 weights: "     \

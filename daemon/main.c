@@ -292,6 +292,7 @@ static int load(dmn_server_t *srv)
                              .isa = o->isa,
                              .matmul = o->matmul,
                              .weights = o->weights,
+                             .adapt_threads = o->adapt_threads,
                              .n_kv_blocks = (int)o->kv_blocks,
                              .kv_block_tokens = (int)o->kv_block_tokens};
     /* The engine's derived sizes: the step budget without chunking, the KV pool. */
@@ -473,15 +474,24 @@ static int serve(dmn_server_t *srv, bool *grpc_up)
         uv_run(srv->loop, UV_RUN_DEFAULT);
         return rc;
     }
+    /* --adapt-threads: said where it applies (a pool of 2 or more CPU threads) */
+    bool adapting = false;
+    const char *adapt_why = NULL;
+    wrk_threads(srv->backend, NULL, NULL, NULL, &adapting, &adapt_why);
+    const char *adapt_note = adapting ? ", adaptive" : "";
+    if (!adapting && o->adapt_threads && adapt_why && srv->n_threads > 1)
+        adapt_note = ", fixed: ";
+    else
+        adapt_why = "";
     dmn_log(DMN_INFO, "ready", NULL, NULL,
             "model %s (%s, vocab %d, state %zu bytes, fingerprint %s), backend %s/%s, "
-            "weights %s%s%s%s, %d slots, %d thread%s (%s)",
+            "weights %s%s%s%s, %d slots, %d thread%s (%s)%s%s",
             srv->model_id, mi->architecture, mi->vocab_size, mi->state_bytes, mi->fingerprint_hex,
             wrk_backend_name(srv->backend), wrk_backend_isa(srv->backend), o->weights,
             mi->quantization ? " (checkpoint quantized: " : "",
             mi->quantization ? mi->quantization : "", mi->quantization ? ")" : "",
             wrk_backend_n_slots(srv->backend), srv->n_threads, srv->n_threads == 1 ? "" : "s",
-            srv->threads_why);
+            srv->threads_why, adapt_note, adapt_why);
     if (o->port_file[0] && write_port_file(o->port_file, srv->port))
         dmn_log(DMN_WARN, "port_file", NULL, NULL, "cannot write %s", o->port_file);
     uv_run(srv->loop, UV_RUN_DEFAULT);

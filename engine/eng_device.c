@@ -217,6 +217,7 @@ static void run_plan(eng_runner_t *r)
         }
     r->w_rc = rc;
     wrk_kv_blocks(r->be, &r->w_kv_free, &r->w_kv_total);
+    wrk_threads(r->be, &r->w_threads, NULL, &r->w_thread_changes, NULL, NULL);
     r->w_us = uv_hrtime() - t0;
 }
 

@@ -126,6 +126,8 @@ struct eng_runner {
     int32_t *pend_slot, n_pend, *w_resets, w_n_resets;
     bool w_flush;                  /* the device runs only w_resets (the runner fell idle) */
     int64_t w_kv_free, w_kv_total; /* the KV pool after the device's run */
+    int w_threads;                 /* the backend's active pool threads after it */
+    uint64_t w_thread_changes;
     int n_slots, max_moves;
     /* request records */
     eng__req_t *reqs;

@@ -575,6 +575,8 @@ void eng__plan_done(eng_runner_t *r)
     r->n_acc = 0; /* the run that ended made the rollbacks asked for before it */
     r->st.kv_free_blocks = r->w_kv_free;
     r->st.kv_total_blocks = r->w_kv_total;
+    r->st.threads_active = r->w_threads;
+    r->st.thread_changes = r->w_thread_changes;
     eng__spec_run_done(r);
     if (r->w_flush) { /* only resets ran: no step to report */
         r->w_flush = false;

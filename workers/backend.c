@@ -151,3 +151,18 @@ void wrk_kv_blocks(wrk_backend_t *b, int64_t *n_free, int64_t *n_total)
     *n_free = *n_total = 0;
     if (b->vt->kv_blocks) b->vt->kv_blocks(b, n_free, n_total);
 }
+
+void wrk_threads(wrk_backend_t *b, int *active, int *max, uint64_t *changes, bool *adapting,
+                 const char **why)
+{
+    int a = 0, m = 0;
+    uint64_t ch = 0;
+    bool ad = false;
+    const char *w = NULL;
+    if (b->vt->threads) b->vt->threads(b, &a, &m, &ch, &ad, &w);
+    if (active) *active = a;
+    if (max) *max = m;
+    if (changes) *changes = ch;
+    if (adapting) *adapting = ad;
+    if (why) *why = w;
+}

@@ -25,6 +25,9 @@ typedef struct wrk_backend_i {
     int (*spec_accept)(wrk_backend_t *b, int slot, int n_keep);
     /* wrk_spec_supported; NULL: spec_accept alone decides. */
     bool (*spec_ok)(const wrk_backend_t *b);
+    /* wrk_threads; NULL: no pool. */
+    void (*threads)(wrk_backend_t *b, int *active, int *max, uint64_t *changes, bool *adapting,
+                    const char **why);
 } wrk_backend_i;
 
 /* Fields every backend shares (its own struct starts with one); set at creation. */

@@ -109,6 +109,11 @@ typedef struct wrk_backend_opts {
     const char *weights;  /* CPU: NULL/"native" (as stored), "q8" or "q4": the bound matrices
                            * quantized when packed (workers/README.md, "Quantized weights");
                            * the model's fingerprint then names the format */
+    bool adapt_threads;   /* CPU (no TP): run fewer of the n_threads pool threads while they
+                           * wait for CPUs that other processes hold, and try more again later
+                           * (workers/cpu/adapt.h; workers/README.md, "Threads under
+                           * contention"); outputs do not change. Off where the system does
+                           * not report scheduler delays (wrk_threads' *why) */
 } wrk_backend_opts_t;
 
 /* A model on one backend: state slots and the step. Opaque; the accessors below read it. */
@@ -177,6 +182,12 @@ bool wrk_spec_supported(const wrk_backend_t *b);
 /* The KV pool's free and total blocks (both 0 without a pool). Like the state calls, only
  * on the thread that steps the backend (or while nothing steps it). */
 void wrk_kv_blocks(wrk_backend_t *b, int64_t *n_free, int64_t *n_total);
+/* The CPU pool's threads: *active of *max run the steps now, *changes times the count has
+ * changed (adapt_threads); a backend without a pool: 0, 0, 0. *adapting: whether the count
+ * follows contention; where adapt_threads was asked for and is not possible, *why (may be
+ * NULL). Any of the pointers may be NULL. */
+void wrk_threads(wrk_backend_t *b, int *active, int *max, uint64_t *changes, bool *adapting,
+                 const char **why);
 void wrk_backend_destroy(wrk_backend_t *b); /* NULL-safe */
 
 #endif

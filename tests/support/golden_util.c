@@ -1,6 +1,7 @@
 /* tests/support: the fixture reader, backends and drivers of golden_util.h. */
 #include "tests/support/golden_util.h"
 #include "common/rcd_path.h"
+#include "workers/cpu/cpu_int.h" /* the pool's active count, cycled between steps */
 
 const char *golden_root(void)
 {
@@ -162,6 +163,18 @@ wrk_backend_t *golden_backend(const golden_suite_t *s, const wrk_model_t *m, con
     return b;
 }
 
+/* Nonzero: golden_run_into changes the CPU pool's active count after every step (3, 1, 2, ...
+ * of a 3-thread pool), as --adapt-threads may between any two steps. */
+static int cycle_threads;
+
+static void cycle_active(wrk_backend_t *b)
+{
+    if (!cycle_threads || strcmp(wrk_backend_name(b), "cpu") != 0) return;
+    wrk_pool_t *p = ((wrk_cpu_t *)b)->pool;
+    const int n = wrk_pool_size(p), a = wrk_pool_active(p);
+    wrk_pool_set_active(p, a == n ? 1 : a + 1);
+}
+
 int golden_run_into(wrk_backend_t *b, int slot, const golden_seq_t *q, int V, int chunk, float *out)
 {
     char err[512];
@@ -176,6 +189,7 @@ int golden_run_into(wrk_backend_t *b, int slot, const golden_seq_t *q, int V, in
         int rc = wrk_step(b, &s, 1, err, sizeof err);
         CHECK_MSG(rc == 0, "%s", err);
         if (rc) return rc;
+        cycle_active(b);
     }
     return 0;
 }
@@ -300,16 +314,22 @@ void golden_test_chunkings(const golden_suite_t *s)
             }
             /* 1, 2 and 3 threads give bit-identical logits: a row's result never depends on
              * which thread computed it, so replicas with different CPU counts (--threads 0
-             * follows the CPU quota) serve a moved session exactly as its first one would. */
+             * follows the CPU quota) serve a moved session exactly as its first one would.
+             * Round 4: 3 threads whose active count changes after every step (3, 1, 2, ...),
+             * as --adapt-threads may do while a sequence runs. */
             float **ref = calloc((size_t)g.n_seqs, sizeof(float *));
-            for (int threads = GOLDEN_TSAN ? 2 : 1; ref && threads <= 3; threads++) {
+            for (int round = GOLDEN_TSAN ? 2 : 1; ref && round <= 4; round++) {
+                const int threads = round < 4 ? round : 3;
                 wrk_backend_t *b = golden_backend(s, m, isas[ii], threads);
                 if (!b) continue;
                 char label[128];
-                snprintf(label, sizeof label, "%s %s/%d threads", s->cases[ci], isas[ii], threads);
+                snprintf(label, sizeof label, "%s %s/%d threads%s", s->cases[ci], isas[ii],
+                         threads, round == 4 ? ", cycled" : "");
+                cycle_threads = round == 4;
                 float worst = golden_check_chunks_ref(b, &g, s->tol, label, ref);
-                fprintf(stderr, "  %-18s %-8s %d thr: max |dlogit| %.2e over all chunkings\n",
-                        s->cases[ci], isas[ii], threads, worst);
+                cycle_threads = 0;
+                fprintf(stderr, "  %-18s %-8s %d thr%s: max |dlogit| %.2e over all chunkings\n",
+                        s->cases[ci], isas[ii], threads, round == 4 ? " cycled" : "", worst);
                 wrk_backend_destroy(b);
             }
             if (ref) golden_ref_free(ref, g.n_seqs);

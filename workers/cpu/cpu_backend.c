@@ -173,9 +173,22 @@ static int cpu_step(wrk_backend_t *b, const wrk_seq_t *seqs, int n_seqs, char *e
         sp->n_tokens = seqs[i].n_tokens;
         sp->kv0 = c->kv ? c->kv->n_tokens[slot] : 0;
     }
+    if (c->adapt_on) wrk_adapt_begin(&c->adapt, c->pool, wrk_adapt_now());
     wrk__cpu_forward(c, seqs, n_seqs);
+    if (c->adapt_on) wrk_adapt_end(&c->adapt, wrk_adapt_now());
     if (c->kv) wrk_kv_advance(c->kv, seqs, n_seqs);
     return 0;
+}
+
+static void cpu_threads(wrk_backend_t *b, int *active, int *max, uint64_t *changes,
+                        bool *adapting, const char **why)
+{
+    const wrk_cpu_t *c = (const wrk_cpu_t *)b;
+    *active = wrk_pool_active(c->pool);
+    *max = wrk_pool_size(c->pool);
+    *changes = c->adapt.changes;
+    *adapting = c->adapt_on;
+    *why = c->adapt_why;
 }
 
 static void cpu_kv_blocks(wrk_backend_t *b, int64_t *n_free, int64_t *n_total)
@@ -225,6 +238,7 @@ static const wrk_backend_i cpu_vt = {
     .kv_blocks = cpu_kv_blocks,
     .spec_accept = cpu_spec_accept,
     .spec_ok = cpu_spec_ok,
+    .threads = cpu_threads,
 };
 
 int wrk_cpu_backend_create(const wrk_model_t *m, const wrk_backend_opts_t *opts,
@@ -311,6 +325,15 @@ int wrk__cpu_create(const wrk_model_t *m, const wrk_backend_opts_t *opts, const 
                         o.n_slots, m->info.state_bytes, o.max_step_tokens);
     }
     memset(c->slots, 0, (size_t)o.n_slots * c->state_floats * sizeof(float));
+    wrk_adapt_init(&c->adapt, o.n_threads, NULL);
+    if (o.adapt_threads) {
+        if (shard)
+            c->adapt_why = "not under tensor parallelism";
+        else if (o.n_threads < 2)
+            c->adapt_why = "one thread";
+        else
+            c->adapt_on = wrk_adapt_available(&c->adapt_why);
+    }
     /* Speculative rollback on one rank only (the TP group refuses verify entries). */
     if (!shard && fam->spec_sizes) {
         fam->spec_sizes(c, &c->spec_rec_floats, &c->spec_tmp_floats, &c->spec_saved_floats);

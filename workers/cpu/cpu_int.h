@@ -5,6 +5,7 @@
 
 #include "workers/backend_int.h"
 #include "workers/comm.h"
+#include "workers/cpu/adapt.h"
 #include "workers/cpu/kernels.h"
 #include "workers/cpu/kv_cache.h"
 #include "workers/cpu/pool.h"
@@ -81,6 +82,9 @@ typedef struct wrk_cpu {
     const wrk_kern_t *k;
     wrk_pool_t *pool;
     int n_threads;
+    bool adapt_on;         /* opts.adapt_threads, where possible (adapt_why when not) */
+    const char *adapt_why;
+    wrk_adapt_t adapt;     /* the pool's active count (device thread only) */
     float *slots; /* n_slots x state_floats */
     size_t state_floats;
     float *res;       /* residual stream, max_step_tokens x H */

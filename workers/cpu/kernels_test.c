@@ -903,6 +903,28 @@ static void test_pool(void)
         }
         wrk_pool_destroy(p);
     }
+    /* fewer active threads: jobs see nth = active, and the others neither run nor count at
+     * the barriers; growing again wakes them for the next job (not an earlier one) */
+    wrk_pool_t *p = NULL;
+    CHECK(wrk_pool_create(4, &p) == 0);
+    static const int seq[] = {4, 1, 2, 4, 3, 1, 1, 4, 2, 3, 4};
+    for (int rep = 0; rep < 3; rep++)
+        for (size_t i = 0; i < sizeof seq / sizeof *seq; i++) {
+            wrk_pool_set_active(p, seq[i]);
+            CHECK(wrk_pool_active(p) == seq[i]);
+            pool_ctx_t c = {.p = p};
+            wrk_pool_run(p, pool_job, &c);
+            CHECK(atomic_load(&c.errors) == 0);
+            for (int ph = 0; ph < 64; ph++)
+                CHECK_MSG(atomic_load(&c.phase_count[ph]) == seq[i], "active %d: phase %d saw %d",
+                          seq[i], ph, atomic_load(&c.phase_count[ph]));
+        }
+    wrk_pool_set_active(p, 0); /* clamped to 1..size */
+    CHECK(wrk_pool_active(p) == 1);
+    wrk_pool_set_active(p, 9);
+    CHECK(wrk_pool_active(p) == 4);
+    wrk_pool_set_active(p, 1); /* destroy wakes sleeping inactive threads */
+    wrk_pool_destroy(p);
     int lo, hi, covered = 0;
     for (int i = 0; i < 3; i++) {
         wrk_split(100, 16, i, 3, &lo, &hi);

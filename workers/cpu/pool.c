@@ -1,9 +1,15 @@
 /* workers/cpu: the thread pool (see pool.h). Workers spin briefly for the next job, then
- * sleep on a condition variable; barriers spin, yielding when the machine is oversubscribed. */
+ * sleep on a condition variable; barriers spin, yielding when the machine is oversubscribed.
+ * Workers past the active count (wrk_pool_set_active) sleep on a second condition variable,
+ * so a job does not wake them. */
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#ifdef __linux__
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #include "common/rcd_error.h"
 #include "workers/cpu/pool.h"
@@ -14,12 +20,18 @@
 struct wrk_pool {
     int n;
     pthread_t *threads;
+    atomic_int *tids; /* per worker: its kernel thread id once it runs (0 before, and for
+                       * thread 0, the caller) */
     pthread_mutex_t mu;
-    pthread_cond_t cv;
-    atomic_uint gen;    /* bumped once per job */
-    atomic_int pending; /* workers still running the current job */
+    pthread_cond_t cv;      /* a job was posted */
+    pthread_cond_t cv_idle; /* workers at or past `active` wait here for more threads */
+    atomic_uint gen;        /* bumped once per job */
+    atomic_int pending;     /* workers still running the current job */
     atomic_int quit;
-    wrk_pool_cb fn; /* written before gen is bumped (release), read after (acquire) */
+    atomic_int active;  /* threads the next job runs on, 1..n (set between jobs, under mu) */
+    unsigned act_gen;   /* gen when `active` last changed (under mu) */
+    int run_n;          /* threads of the current job: written before gen is bumped */
+    wrk_pool_cb fn;     /* written before gen is bumped (release), read after (acquire) */
     void *arg;
     /* sense-reversing barrier */
     atomic_int bar_count;
@@ -38,18 +50,39 @@ static inline void cpu_relax(void)
 #endif
 }
 
+static int this_tid(void)
+{
+#ifdef __linux__
+    return (int)syscall(SYS_gettid);
+#else
+    return 0;
+#endif
+}
+
 static void *worker_main(void *a)
 {
     worker_arg_t *wa = a;
     wrk_pool_t *p = wa->p;
     int ith = wa->ith;
     free(wa);
+    atomic_store(&p->tids[ith], this_tid());
     unsigned seen = 0; /* gen starts at 0: a job posted before this thread ran is not missed */
     for (;;) {
         unsigned g;
         int spins = 0;
         while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen &&
                !atomic_load(&p->quit)) {
+            if (ith >= atomic_load_explicit(&p->active, memory_order_relaxed)) {
+                /* not needed: sleep until the pool grows again, then wait for the first job
+                 * posted after that (no job is in flight while `active` changes) */
+                pthread_mutex_lock(&p->mu);
+                while (ith >= atomic_load(&p->active) && !atomic_load(&p->quit))
+                    pthread_cond_wait(&p->cv_idle, &p->mu);
+                seen = p->act_gen;
+                pthread_mutex_unlock(&p->mu);
+                spins = 0;
+                continue;
+            }
             if (++spins < SPIN_BEFORE_SLEEP) {
                 if (spins > SPIN_BEFORE_YIELD)
                     sched_yield();
@@ -64,7 +97,9 @@ static void *worker_main(void *a)
         }
         if (atomic_load(&p->quit)) return NULL;
         seen = g;
-        p->fn(p->arg, ith, p->n);
+        const int run_n = p->run_n;
+        if (ith >= run_n) continue; /* a job on fewer threads */
+        p->fn(p->arg, ith, run_n);
         atomic_fetch_sub_explicit(&p->pending, 1, memory_order_acq_rel);
     }
 }
@@ -75,13 +110,18 @@ int wrk_pool_create(int n_threads, wrk_pool_t **out)
     wrk_pool_t *p = calloc(1, sizeof *p);
     if (!p) return RCD_ENOMEM;
     p->n = n_threads;
+    atomic_init(&p->active, n_threads);
     p->threads = calloc((size_t)n_threads, sizeof *p->threads);
-    if (!p->threads) {
+    p->tids = calloc((size_t)n_threads, sizeof *p->tids);
+    if (!p->threads || !p->tids) {
+        free(p->threads);
+        free(p->tids);
         free(p);
         return RCD_ENOMEM;
     }
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);
+    pthread_cond_init(&p->cv_idle, NULL);
     for (int i = 1; i < n_threads; i++) {
         worker_arg_t *wa = malloc(sizeof *wa);
         if (!wa ||
@@ -102,12 +142,15 @@ void wrk_pool_destroy(wrk_pool_t *p)
     pthread_mutex_lock(&p->mu);
     atomic_store(&p->quit, 1);
     pthread_cond_broadcast(&p->cv);
+    pthread_cond_broadcast(&p->cv_idle);
     pthread_mutex_unlock(&p->mu);
     for (int i = 1; i < p->n; i++)
         pthread_join(p->threads[i], NULL);
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->cv);
+    pthread_cond_destroy(&p->cv_idle);
     free(p->threads);
+    free(p->tids);
     free(p);
 }
 
@@ -116,20 +159,44 @@ int wrk_pool_size(const wrk_pool_t *p)
     return p->n;
 }
 
+int wrk_pool_active(const wrk_pool_t *p)
+{
+    return atomic_load_explicit(&p->active, memory_order_relaxed);
+}
+
+void wrk_pool_set_active(wrk_pool_t *p, int n)
+{
+    if (n < 1) n = 1;
+    if (n > p->n) n = p->n;
+    if (n == atomic_load_explicit(&p->active, memory_order_relaxed)) return;
+    pthread_mutex_lock(&p->mu);
+    atomic_store(&p->active, n);
+    p->act_gen = atomic_load(&p->gen);
+    pthread_cond_broadcast(&p->cv_idle);
+    pthread_mutex_unlock(&p->mu);
+}
+
+int wrk_pool_tid(const wrk_pool_t *p, int ith)
+{
+    return ith >= 0 && ith < p->n ? atomic_load(&p->tids[ith]) : 0;
+}
+
 void wrk_pool_run(wrk_pool_t *p, wrk_pool_cb fn, void *arg)
 {
-    if (p->n == 1) {
+    const int n = atomic_load_explicit(&p->active, memory_order_relaxed);
+    p->run_n = n;
+    if (n == 1) {
         fn(arg, 0, 1);
         return;
     }
     p->fn = fn;
     p->arg = arg;
-    atomic_store_explicit(&p->pending, p->n - 1, memory_order_relaxed);
+    atomic_store_explicit(&p->pending, n - 1, memory_order_relaxed);
     pthread_mutex_lock(&p->mu);
     atomic_fetch_add_explicit(&p->gen, 1, memory_order_release);
     pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
-    fn(arg, 0, p->n);
+    fn(arg, 0, n);
     int spins = 0;
     while (atomic_load_explicit(&p->pending, memory_order_acquire) > 0) {
         if (++spins > SPIN_BEFORE_YIELD)
@@ -150,9 +217,10 @@ void wrk_pool_barrier(wrk_pool_t *p)
 
 void wrk_pool_barrier_pf(wrk_pool_t *p, const void *pf, size_t bytes)
 {
-    if (p->n == 1) return;
+    const int n = p->run_n;
+    if (n == 1) return;
     unsigned sense = atomic_load_explicit(&p->bar_sense, memory_order_acquire);
-    if (atomic_fetch_add_explicit(&p->bar_count, 1, memory_order_acq_rel) == p->n - 1) {
+    if (atomic_fetch_add_explicit(&p->bar_count, 1, memory_order_acq_rel) == n - 1) {
         atomic_store_explicit(&p->bar_count, 0, memory_order_relaxed);
         atomic_store_explicit(&p->bar_sense, sense + 1, memory_order_release);
         return;

@@ -3,6 +3,8 @@
 #ifndef RCD_WRK_POOL_H
 #define RCD_WRK_POOL_H
 
+#include <stddef.h>
+
 typedef struct wrk_pool wrk_pool_t;
 typedef void (*wrk_pool_cb)(void *arg, int ith, int nth);
 
@@ -10,9 +12,18 @@ typedef void (*wrk_pool_cb)(void *arg, int ith, int nth);
 int wrk_pool_create(int n_threads, wrk_pool_t **out);
 void wrk_pool_destroy(wrk_pool_t *p); /* NULL-safe */
 int wrk_pool_size(const wrk_pool_t *p);
-/* Runs fn(arg, ith, nth) on every thread; returns when all have returned. Not reentrant. */
+/* Threads the next runs use, 1..size (default: size). Set by the caller between runs: the
+ * threads past it sleep until it grows again (a job does not wake them). Jobs see it as their
+ * nth, so a forward whose result does not depend on nth may change it at any step. */
+void wrk_pool_set_active(wrk_pool_t *p, int n);
+int wrk_pool_active(const wrk_pool_t *p);
+/* Linux: worker ith's kernel thread id (for /proc/self/task/TID), 0 before it has started,
+ * for ith 0 (the caller's thread) and elsewhere. */
+int wrk_pool_tid(const wrk_pool_t *p, int ith);
+/* Runs fn(arg, ith, nth) on the first nth = wrk_pool_active() threads; returns when all have
+ * returned. Not reentrant. */
 void wrk_pool_run(wrk_pool_t *p, wrk_pool_cb fn, void *arg);
-/* Called by every thread inside fn: waits until all threads have reached it. */
+/* Called by every thread inside fn: waits until all nth threads have reached it. */
 void wrk_pool_barrier(wrk_pool_t *p);
 /* wrk_pool_barrier that, while this thread waits for the others, prefetches into L2 up to
  * `bytes` bytes from `pf` (what it reads next: its share of the next matmul's weights), so
