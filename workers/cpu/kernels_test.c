@@ -888,6 +888,17 @@ static void pool_job(void *arg, int ith, int nth)
     }
 }
 
+typedef struct {
+    atomic_int ran, bad;
+} count_ctx_t;
+
+static void count_job(void *arg, int ith, int nth)
+{
+    count_ctx_t *c = arg;
+    atomic_fetch_add(&c->ran, 1);
+    if (ith >= nth) atomic_fetch_add(&c->bad, 1);
+}
+
 static void test_pool(void)
 {
     for (int n = 1; n <= 4; n++) {
@@ -919,6 +930,17 @@ static void test_pool(void)
                 CHECK_MSG(atomic_load(&c.phase_count[ph]) == seq[i], "active %d: phase %d saw %d",
                           seq[i], ph, atomic_load(&c.phase_count[ph]));
         }
+    /* many short jobs, the count changing before most: a worker that has not yet parked, or
+     * is skipping a narrower job, must never run a job it is not part of, nor miss one */
+    for (int i = 0; i < 3000; i++) {
+        const int a = 1 + (i * 7 / 3) % 4;
+        wrk_pool_set_active(p, a);
+        count_ctx_t c = {0};
+        wrk_pool_run(p, count_job, &c);
+        CHECK_MSG(atomic_load(&c.ran) == a && atomic_load(&c.bad) == 0,
+                  "job %d on %d threads: %d ran, %d saw another nth", i, a, atomic_load(&c.ran),
+                  atomic_load(&c.bad));
+    }
     wrk_pool_set_active(p, 0); /* clamped to 1..size */
     CHECK(wrk_pool_active(p) == 1);
     wrk_pool_set_active(p, 9);

@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #ifdef __linux__
 #include <sys/syscall.h>
@@ -16,6 +17,8 @@
 
 #define SPIN_BEFORE_SLEEP 20000
 #define SPIN_BEFORE_YIELD 2000
+#define GEN_SEQ_SHIFT 16
+#define GEN_THREADS 0xffffu
 
 struct wrk_pool {
     int n;
@@ -25,12 +28,14 @@ struct wrk_pool {
     pthread_mutex_t mu;
     pthread_cond_t cv;      /* a job was posted */
     pthread_cond_t cv_idle; /* workers at or past `active` wait here for more threads */
-    atomic_uint gen;        /* bumped once per job */
+    /* one word per job, so a worker reads both with one load: the job's sequence number
+     * (bits 16 and up, +1 per job) and the threads it runs on (bits 0-15) */
+    _Atomic uint64_t gen;
     atomic_int pending;     /* workers still running the current job */
     atomic_int quit;
     atomic_int active;  /* threads the next job runs on, 1..n (set between jobs, under mu) */
-    unsigned act_gen;   /* gen when `active` last changed (under mu) */
-    int run_n;          /* threads of the current job: written before gen is bumped */
+    uint64_t act_gen;   /* gen when `active` last changed (under mu) */
+    int run_n;          /* threads of the current job, for its barriers (its threads only) */
     wrk_pool_cb fn;     /* written before gen is bumped (release), read after (acquire) */
     void *arg;
     /* sense-reversing barrier */
@@ -66,9 +71,9 @@ static void *worker_main(void *a)
     int ith = wa->ith;
     free(wa);
     atomic_store(&p->tids[ith], this_tid());
-    unsigned seen = 0; /* gen starts at 0: a job posted before this thread ran is not missed */
+    uint64_t seen = 0; /* gen starts at 0: a job posted before this thread ran is not missed */
     for (;;) {
-        unsigned g;
+        uint64_t g;
         int spins = 0;
         while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen &&
                !atomic_load(&p->quit)) {
@@ -97,7 +102,7 @@ static void *worker_main(void *a)
         }
         if (atomic_load(&p->quit)) return NULL;
         seen = g;
-        const int run_n = p->run_n;
+        const int run_n = (int)(g & GEN_THREADS);
         if (ith >= run_n) continue; /* a job on fewer threads */
         p->fn(p->arg, ith, run_n);
         atomic_fetch_sub_explicit(&p->pending, 1, memory_order_acq_rel);
@@ -107,6 +112,7 @@ static void *worker_main(void *a)
 int wrk_pool_create(int n_threads, wrk_pool_t **out)
 {
     if (n_threads < 1) n_threads = 1;
+    if (n_threads > (int)GEN_THREADS) n_threads = (int)GEN_THREADS;
     wrk_pool_t *p = calloc(1, sizeof *p);
     if (!p) return RCD_ENOMEM;
     p->n = n_threads;
@@ -193,7 +199,10 @@ void wrk_pool_run(wrk_pool_t *p, wrk_pool_cb fn, void *arg)
     p->arg = arg;
     atomic_store_explicit(&p->pending, n - 1, memory_order_relaxed);
     pthread_mutex_lock(&p->mu);
-    atomic_fetch_add_explicit(&p->gen, 1, memory_order_release);
+    /* only this thread writes gen */
+    const uint64_t g = atomic_load_explicit(&p->gen, memory_order_relaxed);
+    atomic_store_explicit(&p->gen, ((g >> GEN_SEQ_SHIFT) + 1) << GEN_SEQ_SHIFT | (uint64_t)n,
+                          memory_order_release);
     pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
     fn(arg, 0, n);
