@@ -2,8 +2,10 @@
 #include "workers/cpu/adapt.h"
 
 #include <fcntl.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -19,14 +21,16 @@ void wrk_adapt_init(wrk_adapt_t *a, int max, const wrk_adapt_cfg_t *cfg)
     if (a->cfg.windows_down <= 0) a->cfg.windows_down = 2;
     if (a->cfg.probe_ns <= 0) a->cfg.probe_ns = 1000 * MS;
     if (a->cfg.probe_max_ns < a->cfg.probe_ns) a->cfg.probe_max_ns = 32 * a->cfg.probe_ns;
+    if (a->cfg.idle_probe <= 0) a->cfg.idle_probe = 0.5;
     a->max = a->active = max < 1 ? 1 : max;
     a->probe_wait_ns = a->cfg.probe_ns;
 }
 
-int wrk_adapt_window(wrk_adapt_t *a, double share, int64_t now_ns)
+int wrk_adapt_window(wrk_adapt_t *a, double share, double idle_cpus, int64_t now_ns)
 {
     const bool high = share > a->cfg.high;
     a->last_share = share;
+    a->last_idle_cpus = idle_cpus;
     if (a->probing) {
         /* one thread more was tried for this window: keep it, or go back and wait longer */
         a->probing = false;
@@ -53,11 +57,16 @@ int wrk_adapt_window(wrk_adapt_t *a, double share, int64_t now_ns)
     }
     a->over = 0;
     /* Waiting little at this width: after the wait, try one thread more (never while waiting
-     * much already: more threads would only wait more). */
-    if (a->active < a->max && now_ns >= a->next_probe_ns) {
+     * much already: more threads would only wait more). A CPU that stood idle through the
+     * window says the contention may be over: try at once, if the last try was not within
+     * the first wait (a competitor that comes and goes costs at most a window per probe_ns). */
+    const bool idle = idle_cpus >= a->cfg.idle_probe &&
+                      (a->last_probe_ns == 0 || now_ns - a->last_probe_ns >= a->cfg.probe_ns);
+    if (a->active < a->max && (now_ns >= a->next_probe_ns || idle)) {
         a->active++;
         a->changes++;
         a->probing = true;
+        a->last_probe_ns = now_ns;
     }
     return a->active;
 }
@@ -104,6 +113,40 @@ bool wrk_adapt_read(const wrk_pool_t *p, uint64_t *run_ns, uint64_t *wait_ns)
     return true;
 }
 
+bool wrk_adapt_read_idle(uint64_t *idle, uint64_t *total, int *n_cpus)
+{
+    cpu_set_t mask;
+    if (sched_getaffinity(0, sizeof mask, &mask)) return false;
+    FILE *f = fopen("/proc/stat", "re");
+    if (!f) return false;
+    char line[512];
+    uint64_t I = 0, T = 0;
+    int n = 0;
+    while (fgets(line, sizeof line, f)) {
+        if (strncmp(line, "cpu", 3) != 0) break; /* the cpu lines come first */
+        char *p = line + 3, *end;
+        if (*p < '0' || *p > '9') continue; /* the "cpu" total */
+        const unsigned long cpu = strtoul(p, &end, 10);
+        if (cpu >= CPU_SETSIZE || !CPU_ISSET(cpu, &mask)) continue;
+        /* user nice system idle iowait irq softirq steal (guest time is inside user) */
+        uint64_t v[8] = {0};
+        for (int k = 0; k < 8; k++) {
+            p = end;
+            v[k] = strtoull(p, &end, 10);
+            if (end == p) break;
+        }
+        I += v[3] + v[4];
+        for (int k = 0; k < 8; k++) T += v[k];
+        n++;
+    }
+    fclose(f);
+    if (!n) return false;
+    *idle = I;
+    *total = T;
+    *n_cpus = n;
+    return true;
+}
+
 int64_t wrk_adapt_now(void)
 {
     struct timespec ts;
@@ -125,6 +168,8 @@ void wrk_adapt_begin(wrk_adapt_t *a, wrk_pool_t *p, int64_t now_ns)
     if (!a->in_window || now_ns - a->last_end > a->cfg.idle_ns) {
         /* idle workers sleep and wait for nothing: measure stepping only */
         a->in_window = wrk_adapt_read(p, &a->run0, &a->wait0);
+        int n;
+        if (!wrk_adapt_read_idle(&a->idle0, &a->total0, &n)) a->idle0 = a->total0 = 0;
         a->win_t0 = now_ns;
         return;
     }
@@ -137,9 +182,19 @@ void wrk_adapt_begin(wrk_adapt_t *a, wrk_pool_t *p, int64_t now_ns)
     a->run0 = r;
     a->wait0 = w;
     a->win_t0 = now_ns;
+    /* the CPUs left idle meanwhile: idle jiffies over all jiffies, times the CPUs */
+    uint64_t idle, total;
+    int n_cpus;
+    double idle_cpus = 0;
+    if (wrk_adapt_read_idle(&idle, &total, &n_cpus)) {
+        if (a->total0 && total > a->total0 && idle >= a->idle0)
+            idle_cpus = (double)(idle - a->idle0) / (double)(total - a->total0) * n_cpus;
+        a->idle0 = idle;
+        a->total0 = total;
+    }
     if (dr + dw == 0) return;
     const int was = a->active;
-    wrk_adapt_window(a, (double)dw / (double)(dr + dw), now_ns);
+    wrk_adapt_window(a, (double)dw / (double)(dr + dw), idle_cpus, now_ns);
     if (a->active != was) wrk_pool_set_active(p, a->active);
 }
 

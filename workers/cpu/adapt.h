@@ -24,6 +24,9 @@ typedef struct wrk_adapt_cfg {
     int windows_down;     /* windows in a row above `high` before a thread is dropped (2) */
     int64_t probe_ns;     /* after a drop, stepping time before one more thread is tried (1 s) */
     int64_t probe_max_ns; /* the wait doubles after each failed try, up to this (32 s) */
+    double idle_probe;    /* CPUs of the process's affinity mask idle on average over a window
+                           * at or above which one more thread is tried without the doubled
+                           * wait (at most once per probe_ns): contention that ended (0.5) */
 } wrk_adapt_cfg_t;
 
 typedef struct wrk_adapt {
@@ -36,18 +39,22 @@ typedef struct wrk_adapt {
     bool in_window;
     int64_t win_t0, last_end;
     uint64_t run0, wait0;
+    uint64_t idle0, total0; /* /proc/stat jiffies of the affinity mask's CPUs (0, 0: unread) */
+    int64_t last_probe_ns;
     /* figures for stats and logs */
     uint64_t changes;     /* active count changes */
     double last_share;    /* the last window's waiting share */
+    double last_idle_cpus; /* and its idle CPUs */
 } wrk_adapt_t;
 
 /* A controller for a pool of max threads (all active), with cfg's zero fields defaulted. */
 void wrk_adapt_init(wrk_adapt_t *a, int max, const wrk_adapt_cfg_t *cfg);
 
 /* The decision at the end of a window: `share` = the pool's time waiting for a CPU over its
- * time running or waiting; returns the new active count (also in a->active). Pure: no clock,
- * no pool. */
-int wrk_adapt_window(wrk_adapt_t *a, double share, int64_t now_ns);
+ * time running or waiting, `idle_cpus` = the CPUs it may run on that were idle, on average over
+ * the window (0 when not known); returns the new active count (also in a->active). Pure: no
+ * clock, no pool. */
+int wrk_adapt_window(wrk_adapt_t *a, double share, double idle_cpus, int64_t now_ns);
 
 /* Before and after each step, on the thread that runs the pool (thread 0 is read through
  * /proc/thread-self). begin ends a window when one is due and sets the pool's active count. */
@@ -63,5 +70,8 @@ bool wrk_adapt_available(const char **why);
 /* The pool threads' summed run and wait nanoseconds (thread 0 = the calling thread); false
  * when a thread's figures cannot be read. */
 bool wrk_adapt_read(const wrk_pool_t *p, uint64_t *run_ns, uint64_t *wait_ns);
+/* Idle (idle + iowait) and all jiffies summed over the CPUs of this thread's affinity mask
+ * (/proc/stat); false when they cannot be read. */
+bool wrk_adapt_read_idle(uint64_t *idle, uint64_t *total, int *n_cpus);
 
 #endif

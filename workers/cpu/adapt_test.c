@@ -15,7 +15,7 @@ static int64_t windows(wrk_adapt_t *a, double share, int n, int64_t t)
 {
     for (int i = 0; i < n; i++) {
         t += 100 * MS;
-        wrk_adapt_window(a, share, t);
+        wrk_adapt_window(a, share, 0, t);
     }
     return t;
 }
@@ -97,6 +97,45 @@ static void test_probe_and_backoff(void)
     CHECK(a.active == 2 && !a.probing);
 }
 
+/* A CPU left idle through a window: the next try comes at once, not after the doubled wait,
+ * but not within probe_ns of the last try. */
+static void test_idle_cpus_probe_early(void)
+{
+    wrk_adapt_t a;
+    wrk_adapt_init(&a, 2, NULL);
+    int64_t t = windows(&a, 0.5, 2, 0);
+    CHECK(a.active == 1);
+    int n;
+    for (int i = 0; i < 4; i++) { /* four failed tries: the wait is 16 s */
+        t = until_probe(&a, t, 1000, &n);
+        t = windows(&a, 0.4, 1, t);
+    }
+    CHECK(a.active == 1 && a.probe_wait_ns == 16000 * MS);
+    /* half a CPU idle: not enough */
+    t += 100 * MS;
+    wrk_adapt_window(&a, 0.0, 0.5, t);
+    CHECK(a.active == 1);
+    /* a whole idle CPU, but within 1 s of the last try: not yet */
+    const int64_t last = a.last_probe_ns;
+    t = last + 900 * MS;
+    wrk_adapt_window(&a, 0.0, 1.0, t);
+    CHECK(a.active == 1 && !a.probing);
+    t = last + 1000 * MS;
+    wrk_adapt_window(&a, 0.0, 1.0, t);
+    CHECK(a.active == 2 && a.probing && a.last_idle_cpus == 1.0);
+    t += 100 * MS; /* the try waits little: kept, the wait back at 1 s */
+    wrk_adapt_window(&a, 0.02, 0.0, t);
+    CHECK(a.active == 2 && !a.probing && a.probe_wait_ns == 1000 * MS);
+    /* never while the narrow width waits much, idle CPUs or not */
+    t = windows(&a, 0.5, 2, t);
+    CHECK(a.active == 1);
+    for (int i = 0; i < 30; i++) {
+        t += 100 * MS;
+        wrk_adapt_window(&a, 0.4, 1.5, t);
+        CHECK(a.active == 1);
+    }
+}
+
 static void test_config(void)
 {
     wrk_adapt_t a;
@@ -104,19 +143,19 @@ static void test_config(void)
     wrk_adapt_init(&a, 0, &cfg); /* max clamped to 1 */
     CHECK(a.max == 1 && a.active == 1);
     wrk_adapt_init(&a, 3, &cfg);
-    wrk_adapt_window(&a, 0.45, 1); /* under 0.5 */
+    wrk_adapt_window(&a, 0.45, 0, 1); /* under 0.5 */
     CHECK(a.active == 3);
-    wrk_adapt_window(&a, 0.55, 2); /* one window is enough */
+    wrk_adapt_window(&a, 0.55, 0, 2); /* one window is enough */
     CHECK(a.active == 2);
-    wrk_adapt_window(&a, 0.0, 3); /* before the 10 ms wait */
+    wrk_adapt_window(&a, 0.0, 0, 3); /* before the 10 ms wait */
     CHECK(a.active == 2);
-    wrk_adapt_window(&a, 0.0, 2 + 10 * MS);
+    wrk_adapt_window(&a, 0.0, 0, 2 + 10 * MS);
     CHECK(a.active == 3 && a.probing);
-    wrk_adapt_window(&a, 0.9, 3 + 10 * MS);
+    wrk_adapt_window(&a, 0.9, 0, 3 + 10 * MS);
     CHECK(a.active == 2 && a.probe_wait_ns == 20 * MS);
-    wrk_adapt_window(&a, 0.0, 3 + 30 * MS);
+    wrk_adapt_window(&a, 0.0, 0, 3 + 30 * MS);
     CHECK(a.active == 3);
-    wrk_adapt_window(&a, 0.9, 4 + 30 * MS);
+    wrk_adapt_window(&a, 0.9, 0, 4 + 30 * MS);
     CHECK(a.probe_wait_ns == 20 * MS); /* capped */
 }
 
@@ -172,6 +211,10 @@ static void test_live_pool(void)
     CHECK(wrk_pool_active(p) == a.active);
     fprintf(stderr, "  live: active %d after %llu changes, last share %.3f\n", a.active,
             (unsigned long long)a.changes, a.last_share);
+    uint64_t idle, total;
+    int n_cpus;
+    CHECK(wrk_adapt_read_idle(&idle, &total, &n_cpus));
+    CHECK(n_cpus >= 1 && total >= idle && total > 0);
     /* an idle gap longer than idle_ns restarts the window: no decision from it */
     const uint64_t ch = a.changes;
     wrk_adapt_begin(&a, p, t + a.cfg.idle_ns + 1);
@@ -184,6 +227,7 @@ int main(int argc, char **argv)
     rcd_test_init(argc, argv);
     RUN(test_drop_needs_two_windows);
     RUN(test_probe_and_backoff);
+    RUN(test_idle_cpus_probe_early);
     RUN(test_config);
     RUN(test_live_pool);
     return rcd_test_summary();
