@@ -3,7 +3,8 @@
 pinned to the same CPUs as the competing busy loops (taskset -a), take the same greedy requests
 one at a time with 0, 1, ... busy loops beside them. Prints milliseconds per token (whole
 requests, prefill included: the prompts are short), the pool's active threads at the end
-(recurd_cpu_threads_active) and whether both daemons gave the same tokens.
+(recurd_cpu_threads_active), the count's changes during the run (recurd_cpu_thread_changes_total)
+and whether both daemons gave the same tokens. The two daemons take turns going first.
   python3 bench/threads_daemon.py [--model DIR] [--threads 2] [--hogs 0,1,2] [--requests 30]
       [--tokens 64] [--reps 1]
 Needs a built daemon (RECURD_BIN, default build/release/daemon/recurd) and taskset."""
@@ -54,8 +55,8 @@ def main():
                        stdout=subprocess.DEVNULL)
         run(d, 2, 8)  # warm
         daemons[mode] = d
-    print("%-5s %-5s %-6s %10s %8s %6s %s" % ("rep", "hogs", "mode", "ms/token", "vs fixed",
-                                            "active", "same"))
+    print("%-5s %-5s %-6s %10s %8s %6s %7s %s" % ("rep", "hogs", "mode", "ms/token", "vs fixed",
+                                                  "active", "changes", "same"))
     try:
         for rep in range(a.reps):
             for h in [int(x) for x in a.hogs.split(",")]:
@@ -64,19 +65,25 @@ def main():
                         for _ in range(h)]
                 try:
                     res = {}
-                    for mode in ("fixed", "adapt"):
+                    order = ("fixed", "adapt") if rep % 2 == 0 else ("adapt", "fixed")
+                    for mode in order:
+                        def changes():
+                            return value(samples(scrape(daemons[mode])[1]),
+                                         "recurd_cpu_thread_changes_total")
+                        c0 = changes()
                         secs, ids = run(daemons[mode], a.requests, a.tokens)
                         act = value(samples(scrape(daemons[mode])[1]), "recurd_cpu_threads_active")
-                        res[mode] = (1e3 * secs / (a.requests * a.tokens), ids, act)
+                        res[mode] = (1e3 * secs / (a.requests * a.tokens), ids, act,
+                                     changes() - c0)
                 finally:
                     for p in hogs:
                         p.kill()
                         p.wait()
                 same = res["adapt"][1] == res["fixed"][1]
                 for mode in ("fixed", "adapt"):
-                    ms, _, act = res[mode]
-                    print("%-5d %-5d %-6s %10.3f %7.2fx %6d %s" % (
-                        rep, h, mode, ms, res["fixed"][0] / ms, act, same), flush=True)
+                    ms, _, act, ch = res[mode]
+                    print("%-5d %-5d %-6s %10.3f %7.2fx %6d %7d %s" % (
+                        rep, h, mode, ms, res["fixed"][0] / ms, act, ch, same), flush=True)
     finally:
         for d in daemons.values():
             d.stop()

@@ -17,7 +17,7 @@ void wrk_adapt_init(wrk_adapt_t *a, int max, const wrk_adapt_cfg_t *cfg)
     if (cfg) a->cfg = *cfg;
     if (a->cfg.window_ns <= 0) a->cfg.window_ns = 100 * MS;
     if (a->cfg.idle_ns <= 0) a->cfg.idle_ns = 20 * MS;
-    if (a->cfg.high <= 0) a->cfg.high = 0.25;
+    if (a->cfg.high <= 0) a->cfg.high = 0.4;
     if (a->cfg.windows_down <= 0) a->cfg.windows_down = 2;
     if (a->cfg.probe_ns <= 0) a->cfg.probe_ns = 1000 * MS;
     if (a->cfg.probe_max_ns < a->cfg.probe_ns) a->cfg.probe_max_ns = 32 * a->cfg.probe_ns;
@@ -32,10 +32,14 @@ int wrk_adapt_window(wrk_adapt_t *a, double share, double idle_cpus, int64_t now
     a->last_share = share;
     a->last_idle_cpus = idle_cpus;
     if (a->probing) {
-        /* one thread more was tried for this window: keep it, or go back and wait longer */
+        /* one thread more is tried for windows_down windows: then keep it, or go back and
+         * wait longer, by their mean (the first may still hold the woken thread's start) */
+        a->probe_sum += share;
+        if (++a->probe_windows < a->cfg.windows_down) return a->active;
+        const double mean = a->probe_sum / a->probe_windows;
         a->probing = false;
         a->over = 0;
-        if (high) {
+        if (mean > a->cfg.high) {
             a->active--;
             a->changes++;
             a->probe_wait_ns *= 2;
@@ -66,6 +70,8 @@ int wrk_adapt_window(wrk_adapt_t *a, double share, double idle_cpus, int64_t now
         a->active++;
         a->changes++;
         a->probing = true;
+        a->probe_windows = 0;
+        a->probe_sum = 0;
         a->last_probe_ns = now_ns;
     }
     return a->active;

@@ -20,8 +20,13 @@
 typedef struct wrk_adapt_cfg {
     int64_t window_ns;    /* stepping time per measurement (100 ms) */
     int64_t idle_ns;      /* a gap between steps longer than this starts a new window (20 ms) */
-    double high;          /* waiting share above which the pool is too wide (0.25) */
-    int windows_down;     /* windows in a row above `high` before a thread is dropped (2) */
+    double high;          /* waiting share above which the pool is too wide (0.4; measured
+                           * at 2 threads on 2 vCPUs: a daemon beside its own client 0.03 with
+                           * the 130m shape, 0.33 with the 4M-parameter hybrid, where 2 threads
+                           * were still the faster; one busy loop beside it 0.38 and 0.49,
+                           * two 0.51 and 0.93) */
+    int windows_down;     /* windows in a row above `high` before a thread is dropped, and
+                           * windows a try of one more lasts (their mean decides) (2) */
     int64_t probe_ns;     /* after a drop, stepping time before one more thread is tried (1 s) */
     int64_t probe_max_ns; /* the wait doubles after each failed try, up to this (32 s) */
     double idle_probe;    /* CPUs of the process's affinity mask idle on average over a window
@@ -33,7 +38,9 @@ typedef struct wrk_adapt {
     wrk_adapt_cfg_t cfg;
     int max, active;
     int over;       /* windows in a row above cfg.high */
-    bool probing;   /* the current window tries one thread more */
+    bool probing;   /* the current windows try one thread more */
+    int probe_windows;
+    double probe_sum; /* their shares */
     int64_t probe_wait_ns, next_probe_ns;
     /* the window */
     bool in_window;

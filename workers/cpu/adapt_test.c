@@ -51,26 +51,33 @@ static void test_drop_needs_two_windows(void)
     CHECK(a.last_share == 0.6);
 }
 
+/* Shares of the pool's time spent waiting for a CPU: over the default 0.4, and under it. */
+#define BUSY 0.6
+#define SOME 0.3
+
 static void test_probe_and_backoff(void)
 {
     wrk_adapt_t a;
     wrk_adapt_init(&a, 2, NULL); /* 100 ms windows, probe after 1 s, up to 32 s */
-    int64_t t = windows(&a, 0.5, 2, 0);
+    int64_t t = windows(&a, BUSY, 2, 0);
     CHECK(a.active == 1);
     /* still busy at one thread: no try, however long */
-    t = windows(&a, 0.4, 30, t);
+    t = windows(&a, BUSY, 30, t);
     CHECK(a.active == 1 && !a.probing);
     /* quiet at one thread: one more is tried at the first quiet window after the wait */
     t = windows(&a, 0.0, 1, t);
     CHECK(a.active == 2 && a.probing);
-    /* the try finds the threads waiting: back, and the next try waits 2 s */
-    t = windows(&a, 0.4, 1, t);
+    /* the try lasts two windows and their mean decides: waiting, so back, and the next try
+     * waits 2 s */
+    t = windows(&a, 0.9, 1, t);
+    CHECK(a.active == 2 && a.probing);
+    t = windows(&a, 0.1, 1, t); /* mean 0.5 */
     CHECK(a.active == 1 && !a.probing && a.probe_wait_ns == 2000 * MS);
     t = windows(&a, 0.0, 19, t); /* 1.9 s */
     CHECK(a.active == 1);
     t = windows(&a, 0.0, 1, t);
     CHECK(a.active == 2 && a.probing);
-    t = windows(&a, 0.4, 1, t); /* fails again: 4 s */
+    t = windows(&a, BUSY, 2, t); /* fails again: 4 s */
     CHECK(a.active == 1 && a.probe_wait_ns == 4000 * MS);
     int n;
     static const int want[] = {40, 80, 160, 320, 320, 320}; /* windows of 100 ms: 4 s ... 32 s */
@@ -78,21 +85,26 @@ static void test_probe_and_backoff(void)
         t = until_probe(&a, t, 1000, &n);
         CHECK_MSG(a.active == 2 && n == want[i], "try %d after %d windows, want %d", i, n,
                   want[i]);
-        t = windows(&a, 0.4, 1, t);
+        t = windows(&a, BUSY, 2, t);
         CHECK(a.active == 1);
     }
     CHECK(a.probe_wait_ns == 32000 * MS);
-    /* a try that finds the CPUs free keeps the thread and resets the wait */
+    /* a try that finds the CPUs free enough keeps the thread and resets the wait (one busy
+     * window of the two: the mean 0.35 decides) */
     t = until_probe(&a, t, 1000, &n);
     CHECK(a.active == 2 && a.probing && n == 320);
-    t = windows(&a, 0.05, 1, t);
+    t = windows(&a, BUSY, 1, t);
+    t = windows(&a, 0.1, 1, t);
     CHECK(a.active == 2 && !a.probing && a.probe_wait_ns == 1000 * MS);
+    /* some waiting, under the threshold: stays */
+    t = windows(&a, SOME, 50, t);
+    CHECK(a.active == 2);
     /* busy again: down after two windows, the next try 1 s later */
-    t = windows(&a, 0.5, 2, t);
+    t = windows(&a, BUSY, 2, t);
     CHECK(a.active == 1);
     t = until_probe(&a, t, 1000, &n);
     CHECK(a.active == 2 && n == 10);
-    t = windows(&a, 0.0, 1, t);
+    t = windows(&a, 0.0, 2, t);
     t = windows(&a, 0.05, 100, t); /* at max: nothing more to try */
     CHECK(a.active == 2 && !a.probing);
 }
@@ -103,35 +115,34 @@ static void test_idle_cpus_probe_early(void)
 {
     wrk_adapt_t a;
     wrk_adapt_init(&a, 2, NULL);
-    int64_t t = windows(&a, 0.5, 2, 0);
+    int64_t t = windows(&a, BUSY, 2, 0);
     CHECK(a.active == 1);
     int n;
     for (int i = 0; i < 4; i++) { /* four failed tries: the wait is 16 s */
         t = until_probe(&a, t, 1000, &n);
-        t = windows(&a, 0.4, 1, t);
+        t = windows(&a, BUSY, 2, t);
     }
     CHECK(a.active == 1 && a.probe_wait_ns == 16000 * MS);
-    /* half a CPU idle: not enough */
-    t += 100 * MS;
-    wrk_adapt_window(&a, 0.0, 0.5, t);
-    CHECK(a.active == 1);
-    /* a whole idle CPU, but within 1 s of the last try: not yet */
     const int64_t last = a.last_probe_ns;
+    /* a whole idle CPU, but within 1 s of the last try: not yet */
     t = last + 900 * MS;
     wrk_adapt_window(&a, 0.0, 1.0, t);
     CHECK(a.active == 1 && !a.probing);
-    t = last + 1000 * MS;
-    wrk_adapt_window(&a, 0.0, 1.0, t);
-    CHECK(a.active == 2 && a.probing && a.last_idle_cpus == 1.0);
-    t += 100 * MS; /* the try waits little: kept, the wait back at 1 s */
-    wrk_adapt_window(&a, 0.02, 0.0, t);
+    /* under half a CPU idle: not enough */
+    t = last + 2000 * MS;
+    wrk_adapt_window(&a, 0.0, 0.45, t);
+    CHECK(a.active == 1);
+    t = last + 2100 * MS;
+    wrk_adapt_window(&a, 0.0, 0.5, t);
+    CHECK(a.active == 2 && a.probing && a.last_idle_cpus == 0.5);
+    t = windows(&a, 0.02, 2, t); /* the try waits little: kept, the wait back at 1 s */
     CHECK(a.active == 2 && !a.probing && a.probe_wait_ns == 1000 * MS);
     /* never while the narrow width waits much, idle CPUs or not */
-    t = windows(&a, 0.5, 2, t);
+    t = windows(&a, BUSY, 2, t);
     CHECK(a.active == 1);
     for (int i = 0; i < 30; i++) {
         t += 100 * MS;
-        wrk_adapt_window(&a, 0.4, 1.5, t);
+        wrk_adapt_window(&a, BUSY, 1.5, t);
         CHECK(a.active == 1);
     }
 }
