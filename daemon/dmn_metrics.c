@@ -350,7 +350,7 @@ static void render_engine(rcd_mw_t *w, dmn_server_t *s)
     family_u(w, "recurd_cpu_threads_active", RCD_MT_GAUGE, NULL,
              "CPU pool threads running the steps (fewer than --threads while other processes "
              "hold the CPUs, with --adapt-threads).",
-             (uint64_t)(st.threads_active > 0 ? st.threads_active : s ? s->n_threads : 0));
+             (uint64_t)(st.threads_active > 0 ? st.threads_active : 0));
     family_u(w, "recurd_cpu_thread_changes", RCD_MT_COUNTER, NULL,
              "Times --adapt-threads changed the CPU pool threads running the steps.",
              st.thread_changes);

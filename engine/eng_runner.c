@@ -199,6 +199,7 @@ int eng_runner_create_cfg(uv_loop_t *loop, wrk_backend_t *be, const eng_runner_c
     if (!r) return rcd_fail(RCD_ENOMEM, err, errlen, "out of memory");
     r->loop = loop;
     r->be = be;
+    wrk_threads(be, &r->st.threads_active, NULL, &r->st.thread_changes, NULL, NULL);
     r->cfg = *cfg;
     r->n_slots = wrk_backend_n_slots(be);
     r->state_bytes = wrk_model_info(wrk_backend_model(be))->state_bytes;

@@ -228,8 +228,8 @@ typedef struct eng_runner_stats {
     /* KV models: the backend's KV pool after the last device run (blocks of slots whose turn
      * ended go back before the next step, or at once when the runner falls idle) */
     int64_t kv_free_blocks, kv_total_blocks;
-    /* The backend's pool threads running steps after the last device run (0 before the first
-     * run, or without a pool) and how often that count has changed (adapt_threads) */
+    /* The backend's pool threads running steps after the last device run (0 without a pool)
+     * and how often that count has changed (adapt_threads) */
     int threads_active;
     uint64_t thread_changes;
     uint64_t worker_us;      /* time the device thread spent running plans */

@@ -26,6 +26,12 @@ void wrk_adapt_init(wrk_adapt_t *a, int max, const wrk_adapt_cfg_t *cfg)
     a->probe_wait_ns = a->cfg.probe_ns;
 }
 
+/* changes is read from other threads (wrk_threads: the daemon's ready line, stats) */
+static void count_change(wrk_adapt_t *a)
+{
+    __atomic_store_n(&a->changes, a->changes + 1, __ATOMIC_RELAXED);
+}
+
 int wrk_adapt_window(wrk_adapt_t *a, double share, double idle_cpus, int64_t now_ns)
 {
     const bool high = share > a->cfg.high;
@@ -41,7 +47,7 @@ int wrk_adapt_window(wrk_adapt_t *a, double share, double idle_cpus, int64_t now
         a->over = 0;
         if (mean > a->cfg.high) {
             a->active--;
-            a->changes++;
+            count_change(a);
             a->probe_wait_ns *= 2;
             if (a->probe_wait_ns > a->cfg.probe_max_ns) a->probe_wait_ns = a->cfg.probe_max_ns;
         } else {
@@ -53,7 +59,7 @@ int wrk_adapt_window(wrk_adapt_t *a, double share, double idle_cpus, int64_t now
     if (high) {
         if (++a->over >= a->cfg.windows_down && a->active > 1) {
             a->active--;
-            a->changes++;
+            count_change(a);
             a->over = 0;
             a->next_probe_ns = now_ns + a->probe_wait_ns;
         }
@@ -68,7 +74,7 @@ int wrk_adapt_window(wrk_adapt_t *a, double share, double idle_cpus, int64_t now
                       (a->last_probe_ns == 0 || now_ns - a->last_probe_ns >= a->cfg.probe_ns);
     if (a->active < a->max && (now_ns >= a->next_probe_ns || idle)) {
         a->active++;
-        a->changes++;
+        count_change(a);
         a->probing = true;
         a->probe_windows = 0;
         a->probe_sum = 0;
@@ -172,8 +178,11 @@ void wrk_adapt_begin(wrk_adapt_t *a, wrk_pool_t *p, int64_t now_ns)
 {
     uint64_t r, w;
     if (!a->in_window || now_ns - a->last_end > a->cfg.idle_ns) {
-        /* idle workers sleep and wait for nothing: measure stepping only */
+        /* idle workers sleep and wait for nothing: measure stepping only; after a failed
+         * read (a worker not started yet), again after a window, not at every step */
+        if (!a->in_window && now_ns < a->retry_ns) return;
         a->in_window = wrk_adapt_read(p, &a->run0, &a->wait0);
+        if (!a->in_window) a->retry_ns = now_ns + a->cfg.window_ns;
         int n;
         if (!wrk_adapt_read_idle(&a->idle0, &a->total0, &n)) a->idle0 = a->total0 = 0;
         a->win_t0 = now_ns;
@@ -182,6 +191,7 @@ void wrk_adapt_begin(wrk_adapt_t *a, wrk_pool_t *p, int64_t now_ns)
     if (now_ns - a->win_t0 < a->cfg.window_ns) return;
     if (!wrk_adapt_read(p, &r, &w)) {
         a->in_window = false;
+        a->retry_ns = now_ns + a->cfg.window_ns;
         return;
     }
     const uint64_t dr = r - a->run0, dw = w - a->wait0;

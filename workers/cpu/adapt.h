@@ -45,11 +45,12 @@ typedef struct wrk_adapt {
     /* the window */
     bool in_window;
     int64_t win_t0, last_end;
+    int64_t retry_ns; /* after a failed read: when to read again */
     uint64_t run0, wait0;
     uint64_t idle0, total0; /* /proc/stat jiffies of the affinity mask's CPUs (0, 0: unread) */
     int64_t last_probe_ns;
     /* figures for stats and logs */
-    uint64_t changes;     /* active count changes */
+    uint64_t changes;     /* active count changes (written atomically: other threads read it) */
     double last_share;    /* the last window's waiting share */
     double last_idle_cpus; /* and its idle CPUs */
 } wrk_adapt_t;

@@ -186,7 +186,7 @@ static void cpu_threads(wrk_backend_t *b, int *active, int *max, uint64_t *chang
     const wrk_cpu_t *c = (const wrk_cpu_t *)b;
     *active = wrk_pool_active(c->pool);
     *max = wrk_pool_size(c->pool);
-    *changes = c->adapt.changes;
+    *changes = __atomic_load_n(&c->adapt.changes, __ATOMIC_RELAXED);
     *adapting = c->adapt_on;
     *why = c->adapt_why;
 }
