@@ -183,9 +183,9 @@ bool wrk_spec_supported(const wrk_backend_t *b);
  * on the thread that steps the backend (or while nothing steps it). */
 void wrk_kv_blocks(wrk_backend_t *b, int64_t *n_free, int64_t *n_total);
 /* The CPU pool's threads: *active of *max run the steps now, *changes times the count has
- * changed (adapt_threads); a backend without a pool: 0, 0, 0. *adapting: whether the count
- * follows contention; where adapt_threads was asked for and is not possible, *why (may be
- * NULL). Any of the pointers may be NULL. */
+ * changed (adapt_threads); a backend without one pool (CUDA, a TP group): 0, 0, 0. *adapting:
+ * whether the count follows contention; where adapt_threads was asked for and is not possible,
+ * *why (may be NULL). Any of the pointers may be NULL. Any thread may call it. */
 void wrk_threads(wrk_backend_t *b, int *active, int *max, uint64_t *changes, bool *adapting,
                  const char **why);
 void wrk_backend_destroy(wrk_backend_t *b); /* NULL-safe */

@@ -27,7 +27,8 @@ typedef struct wrk_adapt_cfg {
                            * two 0.51 and 0.93) */
     int windows_down;     /* windows in a row above `high` before a thread is dropped, and
                            * windows a try of one more lasts (their mean decides) (2) */
-    int64_t probe_ns;     /* after a drop, stepping time before one more thread is tried (1 s) */
+    int64_t probe_ns;     /* after a drop, the time before one more thread is tried, at the
+                           * first window of stepping after it (1 s) */
     int64_t probe_max_ns; /* the wait doubles after each failed try, up to this (32 s) */
     double idle_probe;    /* CPUs of the process's affinity mask idle on average over a window
                            * at or above which one more thread is tried without the doubled
