@@ -8,7 +8,6 @@
 #include <stdint.h>
 #include <stdlib.h>
 #ifdef __linux__
-#include <sys/syscall.h>
 #include <unistd.h>
 #endif
 
@@ -58,7 +57,7 @@ static inline void cpu_relax(void)
 static int this_tid(void)
 {
 #ifdef __linux__
-    return (int)syscall(SYS_gettid);
+    return (int)gettid(); /* glibc 2.30+ */
 #else
     return 0;
 #endif
