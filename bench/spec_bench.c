@@ -6,8 +6,10 @@
  * median over repetitions. For each k it prints the break-even acceptance: the per-token
  * acceptance rate a at which a verify's expected output, (1 - a^(k+1)) / (1 - a) tokens, equals
  * its cost in decode steps; speculation pays at that batch only above it.
+ * --ctx N first prefills every sequence with N tokens, so attention layers read a context of
+ * that length (the steps then grow it by about (kmax + 1)(kmax + 2) / 2 per repetition).
  *   spec_bench --model DIR [--threads N] [--reps R] [--kmax K] [--batches 1,8]
- *              [--matmul fp32|bf16] [--weights native|q8|q4]
+ *              [--matmul fp32|bf16] [--weights native|q8|q4] [--ctx N]
  * Figures: bench/RESULTS.md ("Speculative verify"). */
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,7 +43,7 @@ static double median(double *v, int n)
 int main(int argc, char **argv)
 {
     const char *dir = NULL, *matmul = NULL, *weights = NULL;
-    int threads = 0, reps = 15, kmax = MAX_K, batches[MAX_B], nb = 0;
+    int threads = 0, reps = 15, kmax = MAX_K, batches[MAX_B], nb = 0, ctx = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--model") && i + 1 < argc)
             dir = argv[++i];
@@ -51,6 +53,8 @@ int main(int argc, char **argv)
             reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--kmax") && i + 1 < argc)
             kmax = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--ctx") && i + 1 < argc)
+            ctx = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--matmul") && i + 1 < argc)
             matmul = argv[++i];
         else if (!strcmp(argv[i], "--weights") && i + 1 < argc)
@@ -66,12 +70,14 @@ int main(int argc, char **argv)
             }
         } else {
             fprintf(stderr, "usage: spec_bench --model DIR [--threads N] [--reps R] [--kmax K] "
-                            "[--batches 1,8] [--matmul fp32|bf16] [--weights native|q8|q4]\n");
+                            "[--batches 1,8] [--matmul fp32|bf16] [--weights native|q8|q4] "
+                            "[--ctx N]\n");
             return 2;
         }
     }
-    if (!dir || reps < 3 || reps > 1000 || kmax < 1 || kmax > MAX_K) {
-        fprintf(stderr, "spec_bench: --model DIR needed; reps 3..1000, kmax 1..%d\n", MAX_K);
+    if (!dir || reps < 3 || reps > 1000 || kmax < 1 || kmax > MAX_K || ctx < 0 || ctx > 65536) {
+        fprintf(stderr, "spec_bench: --model DIR needed; reps 3..1000, kmax 1..%d, ctx 0..65536\n",
+                MAX_K);
         return 2;
     }
     if (!nb) {
@@ -86,7 +92,15 @@ int main(int argc, char **argv)
     }
     const wrk_model_info_t *mi = wrk_model_info(m);
     const int V = mi->vocab_size;
+    int maxb = 0;
+    for (int i = 0; i < nb; i++)
+        if (batches[i] > maxb) maxb = batches[i];
+    /* positions per slot: the prefill, then every batch size's repetitions add at most
+     * (kmax + 1)(kmax + 2) / 2 + kmax each */
+    const int per_slot = ctx + nb * (reps + 2) * ((kmax + 1) * (kmax + 2) / 2 + kmax) + 16;
     wrk_backend_opts_t o = {.n_threads = threads,
+                            .kv_block_tokens = 16,
+                            .n_kv_blocks = MAX_B * ((per_slot + 15) / 16),
                             .n_slots = MAX_B,
                             .max_step_tokens = MAX_B * (MAX_K + 1),
                             .matmul = matmul,
@@ -107,12 +121,26 @@ int main(int argc, char **argv)
         for (int j = 0; j <= MAX_K; j++)
             toks[s][j] = (s * 131 + j * 17 + 5) % V;
     printf("model %s (%s), backend %s/%s, matmul %s, weights %s, state %zu B per sequence, "
-           "median of %d\n",
+           "context %d, median of %d\n",
            dir, mi->architecture, wrk_backend_name(b), wrk_backend_isa(b), matmul ? matmul : "fp32",
-           weights ? weights : "native", mi->state_bytes, reps);
+           weights ? weights : "native", mi->state_bytes, ctx, reps);
     printf("batch  k  step_ms  vs_decode  break_even  accept1_ms  acceptk_ms (per sequence)\n");
     wrk_seq_t seqs[MAX_B];
     int rc = 0;
+    if (ctx > 0) { /* prefill: every used slot gets ctx tokens, in steps of the step budget */
+        int32_t *pt = malloc((size_t)ctx * sizeof *pt);
+        for (int j = 0; j < ctx; j++)
+            pt[j] = (j * 37 + 11) % V;
+        const int chunk = o.max_step_tokens;
+        for (int s = 0; s < maxb && !rc; s++)
+            for (int j = 0; j < ctx && !rc; j += chunk) {
+                seqs[0] = (wrk_seq_t){.slot = s,
+                                      .n_tokens = ctx - j < chunk ? ctx - j : chunk,
+                                      .tokens = pt + j};
+                rc = wrk_step(b, seqs, 1, err, sizeof err);
+            }
+        free(pt);
+    }
     for (int bi = 0; bi < nb && !rc; bi++) {
         const int B = batches[bi];
         for (int r = -2; r < reps && !rc; r++) { /* two warm-up repetitions */

@@ -63,17 +63,26 @@ static int cpu_init(struct wrk_cpu *c, void **ctx)
 
 /* ---- attention and MoE, exported through granite_cpu.h -------------------------------- */
 
+/* Score rows an item may need beyond the KV capacity (one query per row): enough for
+ * WRK_ATTN_MQ queries over this many positions; longer contexts get fewer queries per item. */
+#define ATTN_MQ_POSITIONS 16384
+
 int wrk_attn_bufs_alloc(struct wrk_cpu *c, int n_q, int n_kv, int head_dim, size_t T,
                         wrk_attn_bufs_t *b)
 {
     const size_t qd = (size_t)n_q * head_dim, kvd = (size_t)n_kv * head_dim;
     *b = (wrk_attn_bufs_t){0};
-    b->scores_floats = c->kv ? (size_t)wrk_kv_capacity(c->kv) : 0;
+    const size_t cap = c->kv ? (size_t)wrk_kv_capacity(c->kv) : 0;
+    const size_t mq = WRK_ATTN_MQ * (cap < ATTN_MQ_POSITIONS ? cap : ATTN_MQ_POSITIONS);
+    b->scores_floats = cap > mq ? cap : mq;
+    b->qo_floats = 2 * WRK_ATTN_MQ * (size_t)head_dim;
     bool ok =
         c->kv && (b->q = wrk_cpu_alloc_floats(T * qd)) && (b->k = wrk_cpu_alloc_floats(T * kvd)) &&
         (b->v = wrk_cpu_alloc_floats(T * kvd)) && (b->att = wrk_cpu_alloc_floats(T * qd)) &&
         (b->scores = wrk_cpu_alloc_floats((size_t)c->n_threads * b->scores_floats)) &&
-        (b->tok_slot = malloc(T * sizeof(int32_t))) && (b->tok_pos = malloc(T * sizeof(int32_t)));
+        (b->qo = wrk_cpu_alloc_floats((size_t)c->n_threads * b->qo_floats)) &&
+        (b->tok_slot = malloc(T * sizeof(int32_t))) && (b->tok_pos = malloc(T * sizeof(int32_t))) &&
+        (b->items = malloc(T * (size_t)n_q * sizeof *b->items));
     if (!ok) {
         wrk_attn_bufs_free(b);
         return RCD_ENOMEM;
@@ -83,7 +92,7 @@ int wrk_attn_bufs_alloc(struct wrk_cpu *c, int n_q, int n_kv, int head_dim, size
 
 void wrk_attn_bufs_free(wrk_attn_bufs_t *b)
 {
-    void *bufs[] = {b->q, b->k, b->v, b->att, b->scores, b->tok_slot, b->tok_pos};
+    void *bufs[] = {b->q, b->k, b->v, b->att, b->scores, b->qo, b->tok_slot, b->tok_pos, b->items};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         free(bufs[i]);
     *b = (wrk_attn_bufs_t){0};
@@ -146,34 +155,133 @@ static void rope(float *x, int hd, int32_t pos, const float *inv_freq)
     }
 }
 
-/* Thread ith's share [w0, w1) of the T x NQ (token, head) items, token-major, cut where the
- * running count of key positions read (pos + 1 per item, plus a fixed 16 for the item's own
- * work) crosses ith / nth of the total. */
-static void attn_split(const int32_t *pos, int T, int NQ, int ith, int nth, int *w0, int *w1)
+/* The items with at most mq queries each. */
+static int attn_items(wrk_attn_bufs_t *b, int T, int NQ, int NKV, int mq)
 {
+    const int rep = NQ / NKV;
+    const size_t room = b->scores_floats;
+    int n = 0;
+    for (int t = 0; t < T;) {
+        const int slot = b->tok_slot[t];
+        const int32_t pos0 = b->tok_pos[t];
+        /* heads per item: all of the KV head's while their score rows fit */
+        int nh = rep < mq ? rep : mq;
+        if ((size_t)nh * (size_t)(pos0 + 1) > room) nh = (int)(room / (size_t)(pos0 + 1));
+        if (nh < 1) nh = 1; /* room >= the KV capacity >= pos0 + 1 */
+        /* tokens per item: the sequence's next ones while the queries and rows fit */
+        int m = 1;
+        while (t + m < T && b->tok_slot[t + m] == slot && b->tok_pos[t + m] == pos0 + m &&
+               (m + 1) * nh <= mq && (size_t)(m + 1) * nh * (size_t)(pos0 + m + 1) <= room)
+            m++;
+        for (int kh = 0; kh < NKV; kh++)
+            for (int r = 0; r < rep; r += nh)
+                b->items[n++] = (wrk_attn_item_t){
+                    .t0 = t, .m = m, .h0 = kh * rep + r, .nh = rep - r < nh ? rep - r : nh};
+        t += m;
+    }
+    return n;
+}
+
+void wrk_attn_plan(wrk_attn_bufs_t *b, int T, int NQ, int NKV, int nth)
+{
+    /* Queries that share an item share every K/V row it reads; but a step with few items
+     * (batch 1) would leave threads idle: fewer queries per item until each thread has two. */
+    int mq = WRK_ATTN_MQ;
+    b->n_items = attn_items(b, T, NQ, NKV, mq);
+    while (b->n_items < 2 * nth && mq > 1) {
+        mq /= 2;
+        b->n_items = attn_items(b, T, NQ, NKV, mq);
+    }
+}
+
+/* Key positions an item reads, summed over its queries, plus a fixed 16 per query for the
+ * query's own work. */
+static double item_cost(const wrk_attn_bufs_t *b, const wrk_attn_item_t *it)
+{
+    const double n0 = b->tok_pos[it->t0] + 1;
+    return (double)it->nh * it->m * (n0 + 16) + (double)it->nh * it->m * (it->m - 1) / 2;
+}
+
+/* Thread ith's share [w0, w1) of the items, cut where the running cost crosses ith / nth of
+ * the total (a causal prefill's later tokens read more): every thread computes the same. */
+static void attn_split(const wrk_attn_bufs_t *b, int ith, int nth, int *w0, int *w1)
+{
+    const int n = b->n_items;
     double total = 0;
-    for (int t = 0; t < T; t++)
-        total += (double)NQ * (pos[t] + 17);
+    for (int i = 0; i < n; i++)
+        total += item_cost(b, &b->items[i]);
     const double lo = total * ith / nth, hi = total * (ith + 1) / nth;
     double run = 0;
-    *w0 = *w1 = T * NQ;
-    for (int wi = 0; wi < T * NQ; wi++) {
-        if (*w0 == T * NQ && run >= lo) *w0 = wi;
+    *w0 = *w1 = n;
+    for (int i = 0; i < n; i++) {
+        if (*w0 == n && run >= lo) *w0 = i;
         if (ith + 1 < nth && run >= hi) {
-            *w1 = wi;
+            *w1 = i;
             break;
         }
-        run += pos[wi / NQ] + 17;
+        run += item_cost(b, &b->items[i]);
     }
     if (*w1 < *w0) *w1 = *w0;
 }
 
+void wrk_attn_core(struct wrk_cpu *c, int ith, int nth, const wrk_attn_bufs_t *a, int layer,
+                   int NQ, int NKV, int hd, float scale)
+{
+    wrk_kv_t *kv = c->kv;
+    const wrk_kern_t *k = c->k;
+    const int qd = NQ * hd, kvd = NKV * hd, rep = NQ / NKV, bs = kv->block_tokens;
+    float *sc = a->scores + (size_t)ith * a->scores_floats;
+    float *qs = a->qo + (size_t)ith * a->qo_floats, *os = qs + (size_t)WRK_ATTN_MQ * hd;
+    int w0, w1;
+    attn_split(a, ith, nth, &w0, &w1);
+    for (int wi = w0; wi < w1; wi++) {
+        const wrk_attn_item_t *it = &a->items[wi];
+        const int m = it->m, nh = it->nh, nq = m * nh, kh = it->h0 / rep;
+        const int slot = a->tok_slot[it->t0];
+        const int32_t n0 = a->tok_pos[it->t0] + 1; /* rows every query reads; query j reads */
+        const size_t lds = (size_t)n0 + m - 1;     /* n0 + j / nh of them (causal) */
+        for (int i = 0; i < m; i++)
+            memcpy(qs + (size_t)i * nh * hd, a->q + (size_t)(it->t0 + i) * qd + (size_t)it->h0 * hd,
+                   (size_t)nh * hd * sizeof(float));
+        for (int32_t p0 = 0; p0 < n0; p0 += bs) {
+            const float *kb = wrk_kv_at(kv, slot, layer, 0, p0) + (size_t)kh * hd;
+            const int32_t pe = p0 + bs < n0 ? p0 + bs : n0;
+            k->attn_scores(qs, nq, kb, kvd, pe - p0, hd, scale, sc + p0, lds);
+        }
+        for (int i = 1; i < m; i++) { /* row n0 - 1 + i: the queries of tokens i.. */
+            const int32_t p = n0 - 1 + i;
+            const int j0 = i * nh;
+            k->attn_scores(qs + (size_t)j0 * hd, nq - j0,
+                           wrk_kv_at(kv, slot, layer, 0, p) + (size_t)kh * hd, kvd, 1, hd, scale,
+                           sc + j0 * lds + p, lds);
+        }
+        for (int j = 0; j < nq; j++)
+            k->softmax(sc + j * lds, n0 + j / nh);
+        memset(os, 0, (size_t)nq * hd * sizeof(float));
+        for (int32_t p0 = 0; p0 < n0; p0 += bs) {
+            const float *vb = wrk_kv_at(kv, slot, layer, 1, p0) + (size_t)kh * hd;
+            const int32_t pe = p0 + bs < n0 ? p0 + bs : n0;
+            k->attn_mix(os, nq, vb, kvd, pe - p0, hd, sc + p0, lds);
+        }
+        for (int i = 1; i < m; i++) {
+            const int32_t p = n0 - 1 + i;
+            const int j0 = i * nh;
+            k->attn_mix(os + (size_t)j0 * hd, nq - j0,
+                        wrk_kv_at(kv, slot, layer, 1, p) + (size_t)kh * hd, kvd, 1, hd,
+                        sc + j0 * lds + p, lds);
+        }
+        for (int i = 0; i < m; i++)
+            memcpy(a->att + (size_t)(it->t0 + i) * qd + (size_t)it->h0 * hd,
+                   os + (size_t)i * nh * hd, (size_t)nh * hd * sizeof(float));
+    }
+}
+
 void wrk_attn_cpu(struct wrk_cpu *c, int ith, int nth, const wrk_attn_w_t *w,
-                  const wrk_attn_bufs_t *a, int T, const float *u, float *out)
+                  wrk_attn_bufs_t *a, int T, const float *u, float *out)
 {
     wrk_kv_t *kv = c->kv;
     const int H = w->hidden, hd = w->head_dim, NQ = w->n_q, NKV = w->n_kv;
-    const int qd = NQ * hd, kvd = NKV * hd, rep = NQ / NKV, bs = kv->block_tokens;
+    const int qd = NQ * hd, kvd = NKV * hd;
     const int layer = w->kv_layer;
     int t0, t1;
 
@@ -199,41 +307,9 @@ void wrk_attn_cpu(struct wrk_cpu *c, int ith, int nth, const wrk_attn_w_t *w,
         memcpy(wrk_kv_at(kv, slot, layer, 1, pos), a->v + (size_t)t * kvd,
                (size_t)kvd * sizeof(float));
     }
+    if (ith == 0) wrk_attn_plan(a, T, NQ, NKV, nth);
     wrk_pool_barrier(c->pool);
-
-    /* (token, head) items split so each thread gets about the same number of key positions
-     * (a causal prefill's later tokens read more): every thread computes the same split. */
-    int w0, w1;
-    attn_split(a->tok_pos, T, NQ, ith, nth, &w0, &w1);
-    float *sc = a->scores + (size_t)ith * a->scores_floats;
-    const wrk_kern_t *k = c->k;
-    for (int wi = w0; wi < w1; wi++) {
-        const int t = wi / NQ, h = wi % NQ, kh = h / rep;
-        const int slot = a->tok_slot[t];
-        const int32_t n = a->tok_pos[t] + 1; /* causal: every position up to this one */
-        const float *q = a->q + (size_t)t * qd + (size_t)h * hd;
-        for (int32_t p0 = 0; p0 < n; p0 += bs) {
-            const float *kb = wrk_kv_at(kv, slot, layer, 0, p0) + (size_t)kh * hd;
-            const int32_t pe = p0 + bs < n ? p0 + bs : n;
-            k->attn_scores(q, kb, kvd, pe - p0, hd, w->scale, sc + p0);
-        }
-        float mx = -INFINITY;
-        for (int32_t p = 0; p < n; p++)
-            if (sc[p] > mx) mx = sc[p];
-        double sum = 0.0;
-        for (int32_t p = 0; p < n; p++) {
-            sc[p] = expf(sc[p] - mx);
-            sum += sc[p];
-        }
-        const float inv = (float)(1.0 / sum);
-        float *o = a->att + (size_t)t * qd + (size_t)h * hd;
-        memset(o, 0, (size_t)hd * sizeof(float));
-        for (int32_t p0 = 0; p0 < n; p0 += bs) {
-            const float *vb = wrk_kv_at(kv, slot, layer, 1, p0) + (size_t)kh * hd;
-            const int32_t pe = p0 + bs < n ? p0 + bs : n;
-            k->attn_mix(o, vb, kvd, pe - p0, hd, sc + p0, inv);
-        }
-    }
+    wrk_attn_core(c, ith, nth, a, layer, NQ, NKV, hd, w->scale);
     wrk_pool_barrier(c->pool);
     wrk_cpu_mm(c, ith, nth, &w->o, a->att, qd, T, out, H, w->ob, false);
     wrk_pool_barrier(c->pool);

@@ -17,13 +17,26 @@ typedef struct wrk_attn_w {
     float k_mult;          /* multiplies k_proj's output before RoPE (Falcon-H1); 0 or 1: none */
 } wrk_attn_w_t;
 
+/* One work item of attention: tokens [t0, t0 + m) of one sequence (consecutive positions) and
+ * query heads [h0, h0 + nh) of one KV head, scored together over each K/V row. */
+typedef struct wrk_attn_item {
+    int32_t t0, m, h0, nh;
+} wrk_attn_item_t;
+
+/* At most this many queries (tokens x heads) in one item. */
+#define WRK_ATTN_MQ 16
+
 /* Attention activations for up to T tokens. tok_slot / tok_pos (slot and absolute position
  * of every token of the step) are filled by the family before its first attention layer. */
 typedef struct wrk_attn_bufs {
     float *q, *k, *v, *att;
-    float *scores; /* per thread: the KV capacity */
+    float *scores; /* per thread: scores_floats, at least the KV capacity */
     size_t scores_floats;
+    float *qo; /* per thread: an item's queries and outputs, 2 x WRK_ATTN_MQ x head_dim */
+    size_t qo_floats;
     int32_t *tok_slot, *tok_pos;
+    wrk_attn_item_t *items; /* [T x n_q]: the step's items (thread 0 fills them) */
+    int n_items;
 } wrk_attn_bufs_t;
 int wrk_attn_bufs_alloc(struct wrk_cpu *c, int n_q, int n_kv, int head_dim, size_t T,
                         wrk_attn_bufs_t *b);
@@ -32,11 +45,20 @@ void wrk_attn_bufs_free(wrk_attn_bufs_t *b);
 void wrk_attn_positions(struct wrk_cpu *c, const wrk_seq_t *seqs, int n_seqs,
                         const wrk_attn_bufs_t *b);
 
+/* The step's attention items (b->items, b->n_items) from tok_slot / tok_pos, for nth threads:
+ * thread 0, after the positions are filled and before the barrier ahead of wrk_attn_core. */
+void wrk_attn_plan(wrk_attn_bufs_t *b, int T, int NQ, int NKV, int nth);
+/* Causal softmax attention of every token's query heads (b->q, [T][NQ][hd]) over the stored
+ * K/V of attention layer `layer` (head h reads KV head h / (NQ / NKV)), into b->att; items
+ * split between the pool threads by the positions they read. No barrier at the end. Each
+ * query's output is bitwise the same whichever item carries it (kernels.h, attn_scores). */
+void wrk_attn_core(struct wrk_cpu *c, int ith, int nth, const wrk_attn_bufs_t *b, int layer,
+                   int NQ, int NKV, int hd, float scale);
 /* q, k, v projections of u [T x H], RoPE when inv_freq, K/V appended to the paged cache,
  * causal softmax attention over every stored position (query head h reads KV head
  * h / (NQ / NKV)), o_proj into out [T x H]. All pool threads; ends after a barrier. */
 void wrk_attn_cpu(struct wrk_cpu *c, int ith, int nth, const wrk_attn_w_t *w,
-                  const wrk_attn_bufs_t *b, int T, const float *u, float *out);
+                  wrk_attn_bufs_t *b, int T, const float *u, float *out);
 
 /* The start of a hybrid's forward: the embeddings into c->res, with ab (not NULL) the step's
  * tok_slot / tok_pos (thread 0), and this thread's tokens [*t0, *t1). Ends after a barrier. */

@@ -77,13 +77,20 @@ typedef struct wrk_kern {
     void (*ssd)(int T, int P, int N, const float *x, const float *B, const float *Cm, int ldx,
                 const float *dt, int lddt, float dt_b, float A, float D, float dt_min, float dt_max,
                 float *S, float *y, int ldy);
-    /* Attention over the n rows of one KV block (row p at k + p*ldk, v + p*ldv, d floats):
-     * s[p] = (q . k_p) scale (the dot in VW lanes, one horizontal sum, then the tail), and
-     * o += sum_p (w[p] wscale) v_p, p ascending, one multiply-add per element and row. Each
-     * result depends only on its own row's inputs (and o), never on n or the block split. */
-    void (*attn_scores)(const float *q, const float *k, int ldk, int n, int d, float scale,
-                        float *s);
-    void (*attn_mix)(float *o, const float *v, int ldv, int n, int d, const float *w, float wscale);
+    /* Attention over the n rows of one KV block (row p at k + p*ldk, v + p*ldv, d floats) for
+     * nq queries (query j at q + j*d): s[j*lds + p] = (q_j . k_p) scale, the dot in VW lanes
+     * (one multiply-add per lane and chunk, in order), their sum by halving as KFN(hsum) does,
+     * then the tail; o_j (at o + j*d) += sum_p w[j*ldw + p] v_p, p ascending, one multiply-add
+     * per element and row. Each result depends only on its own query's and row's inputs (and
+     * o_j), never on nq, n or how rows are split between calls: a query scored with others
+     * (a verify entry, a prefill chunk) gets exactly the values it gets alone (a decode). */
+    void (*attn_scores)(const float *q, int nq, const float *k, int ldk, int n, int d,
+                        float scale, float *s, size_t lds);
+    void (*attn_mix)(float *o, int nq, const float *v, int ldv, int n, int d, const float *w,
+                     size_t ldw);
+    /* s[p] <- exp(s[p] - max_p s) / sum, p < n (n >= 1): the max, exp as `vexp`, the sum in
+     * double in a fixed order; a function of s[0..n) alone (attention's weights). */
+    void (*softmax)(float *s, int n);
     /* y[i] = u[i] silu(g[i] m) for i < n, lane by lane (y may be u or g). */
     void (*swiglu)(float *y, const float *g, const float *u, size_t n, float m);
     /* One token of the gated delta rule on one head's state S [dk][dv] (Gated DeltaNet):

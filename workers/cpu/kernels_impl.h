@@ -870,6 +870,7 @@ static const wrk_kern_t KFN(table) = {
     .ssd = KFN(ssd),
     .attn_scores = KFN(attn_scores),
     .attn_mix = KFN(attn_mix),
+    .softmax = KFN(softmax),
     .swiglu = KFN(swiglu),
     .delta_rule = KFN(delta_rule),
     .gdn_chunk = KFN(gdn_chunk),

@@ -341,38 +341,175 @@ static void KFN(swiglu)(float *y, const float *g, const float *u, size_t n, floa
     for (; i < n; i++) y[i] = u[i] * KFN(silu_s)(g[i] * m);
 }
 
-/* Attention over the rows of one KV block (kernels.h, `attn_scores` / `attn_mix`). */
-static void KFN(attn_scores)(const float *q, const float *k, int ldk, int n, int d, float scale,
-                             float *s)
+/* Attention over the rows of one KV block for nq queries (kernels.h, `attn_scores` /
+ * `attn_mix`). */
+
+/* The VW sums of VW accumulators at once: lane r of the result is KFN(hsum)(A[r]) exactly —
+ * each level adds the same lane pairs hsum does (lane l and l + half of what is left), for VW
+ * keys side by side, so a score does not depend on whether its key went through here or
+ * through KFN(dot). */
+static inline vf KFN(hsum_vw)(const vf *A)
 {
-    for (int p = 0; p < n; p++)
-        s[p] = KFN(dot)(q, k + (size_t)p * ldk, d) * scale;
+#if VW == 16
+    vf x[8], y[4], z[2];
+    for (int r = 0; r < 8; r++)
+        x[r] = __builtin_shufflevector(A[2 * r], A[2 * r + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17,
+                                       18, 19, 20, 21, 22, 23) +
+               __builtin_shufflevector(A[2 * r], A[2 * r + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24,
+                                       25, 26, 27, 28, 29, 30, 31);
+    for (int r = 0; r < 4; r++)
+        y[r] = __builtin_shufflevector(x[2 * r], x[2 * r + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17,
+                                       18, 19, 24, 25, 26, 27) +
+               __builtin_shufflevector(x[2 * r], x[2 * r + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20,
+                                       21, 22, 23, 28, 29, 30, 31);
+    for (int r = 0; r < 2; r++)
+        z[r] = __builtin_shufflevector(y[2 * r], y[2 * r + 1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17,
+                                       20, 21, 24, 25, 28, 29) +
+               __builtin_shufflevector(y[2 * r], y[2 * r + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18,
+                                       19, 22, 23, 26, 27, 30, 31);
+    return __builtin_shufflevector(z[0], z[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26,
+                                   28, 30) +
+           __builtin_shufflevector(z[0], z[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27,
+                                   29, 31);
+#elif VW == 8
+    vf x[4], y[2];
+    for (int r = 0; r < 4; r++)
+        x[r] = __builtin_shufflevector(A[2 * r], A[2 * r + 1], 0, 1, 2, 3, 8, 9, 10, 11) +
+               __builtin_shufflevector(A[2 * r], A[2 * r + 1], 4, 5, 6, 7, 12, 13, 14, 15);
+    for (int r = 0; r < 2; r++)
+        y[r] = __builtin_shufflevector(x[2 * r], x[2 * r + 1], 0, 1, 4, 5, 8, 9, 12, 13) +
+               __builtin_shufflevector(x[2 * r], x[2 * r + 1], 2, 3, 6, 7, 10, 11, 14, 15);
+    return __builtin_shufflevector(y[0], y[1], 0, 2, 4, 6, 8, 10, 12, 14) +
+           __builtin_shufflevector(y[0], y[1], 1, 3, 5, 7, 9, 11, 13, 15);
+#else
+    vf x[2];
+    for (int r = 0; r < 2; r++)
+        x[r] = __builtin_shufflevector(A[2 * r], A[2 * r + 1], 0, 1, 4, 5) +
+               __builtin_shufflevector(A[2 * r], A[2 * r + 1], 2, 3, 6, 7);
+    return __builtin_shufflevector(x[0], x[1], 0, 2, 4, 6) +
+           __builtin_shufflevector(x[0], x[1], 1, 3, 5, 7);
+#endif
 }
 
-static void KFN(attn_mix)(float *o, const float *v, int ldv, int n, int d, const float *w,
-                          float wscale)
+static void KFN(attn_scores)(const float *q, int nq, const float *k, int ldk, int n, int d,
+                             float scale, float *s, size_t lds)
 {
-    int i = 0;
-    for (; i + 2 * VW <= d; i += 2 * VW) {
-        vf a0 = KFN(ld)(o + i), a1 = KFN(ld)(o + i + VW);
-        for (int p = 0; p < n; p++) {
-            const vf pr = KFN(splat)(w[p] * wscale);
-            a0 += pr * KFN(ld)(v + (size_t)p * ldv + i);
-            a1 += pr * KFN(ld)(v + (size_t)p * ldv + i + VW);
+    int p = 0;
+    if (d % VW == 0) /* VW keys at a time: one transposed sum instead of VW horizontal ones */
+        for (; p + VW <= n; p += VW) {
+            const float *kp = k + (size_t)p * ldk;
+            for (int j = 0; j < nq; j++) {
+                const float *qj = q + (size_t)j * d;
+                vf A[VW];
+                for (int r = 0; r < VW; r++) A[r] = KFN(splat)(0.f);
+                for (int i = 0; i < d; i += VW) {
+                    const vf qv = KFN(ld)(qj + i);
+#pragma GCC unroll 16
+                    for (int r = 0; r < VW; r++) A[r] += qv * KFN(ld)(kp + (size_t)r * ldk + i);
+                }
+                KFN(st)(s + (size_t)j * lds + p, KFN(hsum_vw)(A) * KFN(splat)(scale));
+            }
         }
-        KFN(st)(o + i, a0);
-        KFN(st)(o + i + VW, a1);
+    for (; p < n; p++)
+        for (int j = 0; j < nq; j++)
+            s[(size_t)j * lds + p] = KFN(dot)(q + (size_t)j * d, k + (size_t)p * ldk, d) * scale;
+}
+
+/* s[p] <- exp(s[p] - max) / sum over p < n (kernels.h, `softmax`). */
+static void KFN(softmax)(float *s, int n)
+{
+    vf mv = KFN(splat)(-INFINITY);
+    int p = 0;
+    for (; p + VW <= n; p += VW) {
+        const vf x = KFN(ld)(s + p);
+        mv = KFN(vsel)(x > mv, x, mv);
     }
-    for (; i + VW <= d; i += VW) {
-        vf a0 = KFN(ld)(o + i);
-        for (int p = 0; p < n; p++)
-            a0 += KFN(splat)(w[p] * wscale) * KFN(ld)(v + (size_t)p * ldv + i);
-        KFN(st)(o + i, a0);
+    float mx = -INFINITY;
+    for (int l = 0; l < VW; l++)
+        if (mv[l] > mx) mx = mv[l];
+    for (; p < n; p++)
+        if (s[p] > mx) mx = s[p];
+    /* the sum in double, element p in lane p % VW, the lanes added in order at the end */
+    typedef float vfh __attribute__((vector_size(VW * 2)));
+    typedef double vd __attribute__((vector_size(VW * 4)));
+    const vf mxv = KFN(splat)(mx);
+    vd lo = {0}, hi = {0};
+    for (p = 0; p + VW <= n; p += VW) {
+        const vf e = KFN(exp_v)(KFN(ld)(s + p) - mxv);
+        KFN(st)(s + p, e);
+        vfh h0, h1;
+        memcpy(&h0, &e, sizeof h0);
+        memcpy(&h1, (const char *)&e + sizeof h0, sizeof h1);
+        lo += __builtin_convertvector(h0, vd);
+        hi += __builtin_convertvector(h1, vd);
     }
-    for (; i < d; i++) {
-        float a = o[i];
-        for (int p = 0; p < n; p++)
-            a += (w[p] * wscale) * v[(size_t)p * ldv + i];
-        o[i] = a;
+    double lane[VW];
+    memcpy(lane, &lo, sizeof lo);
+    memcpy(lane + VW / 2, &hi, sizeof hi);
+    for (; p < n; p++) {
+        s[p] = KFN(exp_s)(s[p] - mx);
+        lane[p % VW] += s[p];
+    }
+    double sum = 0;
+    for (int l = 0; l < VW; l++) sum += lane[l];
+    const float inv = (float)(1.0 / sum);
+    const vf iv = KFN(splat)(inv);
+    for (p = 0; p + VW <= n; p += VW) KFN(st)(s + p, KFN(ld)(s + p) * iv);
+    for (; p < n; p++) s[p] *= inv;
+}
+
+/* Up to MIX_Q queries share each loaded row of v. */
+#define MIX_Q 4
+static void KFN(attn_mix)(float *o, int nq, const float *v, int ldv, int n, int d, const float *w,
+                          size_t ldw)
+{
+    for (int j0 = 0; j0 < nq; j0 += MIX_Q) {
+        const int jn = nq - j0 < MIX_Q ? nq - j0 : MIX_Q;
+        float *oj = o + (size_t)j0 * d;
+        const float *wj = w + (size_t)j0 * ldw;
+        int i = 0;
+        for (; i + 2 * VW <= d; i += 2 * VW) {
+            vf a0[MIX_Q], a1[MIX_Q];
+            for (int j = 0; j < jn; j++) {
+                a0[j] = KFN(ld)(oj + (size_t)j * d + i);
+                a1[j] = KFN(ld)(oj + (size_t)j * d + i + VW);
+            }
+            for (int p = 0; p < n; p++) {
+                const vf v0 = KFN(ld)(v + (size_t)p * ldv + i);
+                const vf v1 = KFN(ld)(v + (size_t)p * ldv + i + VW);
+#pragma GCC unroll 4
+                for (int j = 0; j < jn; j++) {
+                    const vf pr = KFN(splat)(wj[(size_t)j * ldw + p]);
+                    a0[j] += pr * v0;
+                    a1[j] += pr * v1;
+                }
+            }
+            for (int j = 0; j < jn; j++) {
+                KFN(st)(oj + (size_t)j * d + i, a0[j]);
+                KFN(st)(oj + (size_t)j * d + i + VW, a1[j]);
+            }
+        }
+        for (; i + VW <= d; i += VW)
+            for (int j = 0; j < jn; j++) {
+                vf a0 = KFN(ld)(oj + (size_t)j * d + i);
+                for (int p = 0; p < n; p++)
+                    a0 += KFN(splat)(wj[(size_t)j * ldw + p]) * KFN(ld)(v + (size_t)p * ldv + i);
+                KFN(st)(oj + (size_t)j * d + i, a0);
+            }
+        /* The tail with an explicit fused multiply-add where the ISA has one: left to
+         * contraction, the compiler vectorizes this loop for some jn and not others, and
+         * contracts only some of the versions. */
+        for (; i < d; i++)
+            for (int j = 0; j < jn; j++) {
+                float a = oj[(size_t)j * d + i];
+                for (int p = 0; p < n; p++)
+#ifdef __FMA__
+                    a = __builtin_fmaf(wj[(size_t)j * ldw + p], v[(size_t)p * ldv + i], a);
+#else
+                    a += wj[(size_t)j * ldw + p] * v[(size_t)p * ldv + i];
+#endif
+                oj[(size_t)j * d + i] = a;
+            }
     }
 }
+#undef MIX_Q

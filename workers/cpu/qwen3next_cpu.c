@@ -329,7 +329,7 @@ static void attention(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_qwen3next_la
     const wrk_qwen3next_config_t *cfg = &g->cfg;
     wrk_kv_t *kv = c->kv;
     const int H = cfg->hidden, hd = cfg->head_dim, NQ = cfg->n_q, NKV = cfg->n_kv;
-    const int qd = NQ * hd, kvd = NKV * hd, rep = NQ / NKV, T = f->T, bs = kv->block_tokens;
+    const int qd = NQ * hd, kvd = NKV * hd, T = f->T;
     const float scale = 1.f / sqrtf((float)hd);
     int t0, t1;
 
@@ -356,46 +356,16 @@ static void attention(wrk_cpu_fwd_t *f, int ith, int nth, const wrk_qwen3next_la
         memcpy(wrk_kv_at(kv, slot, L->idx, 1, pos), a->ab.v + (size_t)t * kvd,
                (size_t)kvd * sizeof(float));
     }
+    if (ith == 0) wrk_attn_plan(&a->ab, T, NQ, NKV, nth);
     wrk_pool_barrier(c->pool);
 
+    wrk_attn_core(c, ith, nth, &a->ab, L->idx, NQ, NKV, hd, scale);
+    wrk_pool_barrier(c->pool);
     int w0, w1;
-    float *sc = a->ab.scores + (size_t)ith * a->ab.scores_floats;
     wrk_split(T * NQ, 1, ith, nth, &w0, &w1);
     for (int w = w0; w < w1; w++) {
-        const int t = w / NQ, h = w % NQ, kh = h / rep;
-        const int slot = a->ab.tok_slot[t];
-        const int32_t n = a->ab.tok_pos[t] + 1;
-        const float *q = a->ab.q + (size_t)t * qd + (size_t)h * hd;
-        float mx = -INFINITY;
-        for (int32_t p0 = 0; p0 < n; p0 += bs) {
-            const float *kb = wrk_kv_at(kv, slot, L->idx, 0, p0) + (size_t)kh * hd;
-            const int32_t pe = p0 + bs < n ? p0 + bs : n;
-            for (int32_t p = p0; p < pe; p++, kb += kvd) {
-                float s = 0.f;
-                for (int i = 0; i < hd; i++)
-                    s += q[i] * kb[i];
-                s *= scale;
-                sc[p] = s;
-                if (s > mx) mx = s;
-            }
-        }
-        double sum = 0.0;
-        for (int32_t p = 0; p < n; p++) {
-            sc[p] = expf(sc[p] - mx);
-            sum += sc[p];
-        }
-        const float inv = (float)(1.0 / sum);
+        const int t = w / NQ, h = w % NQ;
         float *out = a->ab.att + (size_t)t * qd + (size_t)h * hd;
-        memset(out, 0, (size_t)hd * sizeof(float));
-        for (int32_t p0 = 0; p0 < n; p0 += bs) {
-            const float *vb = wrk_kv_at(kv, slot, L->idx, 1, p0) + (size_t)kh * hd;
-            const int32_t pe = p0 + bs < n ? p0 + bs : n;
-            for (int32_t p = p0; p < pe; p++, vb += kvd) {
-                const float pr = sc[p] * inv;
-                for (int i = 0; i < hd; i++)
-                    out[i] += pr * vb[i];
-            }
-        }
         const float *gate = a->qg + (size_t)t * 2 * qd + (size_t)h * 2 * hd + hd;
         for (int i = 0; i < hd; i++)
             out[i] *= sigmoid(gate[i]);
