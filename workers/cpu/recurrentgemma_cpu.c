@@ -12,6 +12,9 @@
 #include "workers/cpu/cpu_int.h"
 #include "workers/families/recurrentgemma.h"
 
+/* Most queries in one attention item (rg_items). */
+#define RG_MQ 16
+
 typedef struct rg_ctx {
     float *u;          /* [T x D] normed input of a block */
     float *yb;         /* [T x Lw] gelu(linear_y), then RG-LRU output times it */
@@ -21,7 +24,10 @@ typedef struct rg_ctx {
     float *q, *att;    /* [T x NQ hd] */
     float *k, *v;      /* [T x NKV hd] */
     float *g, *up;     /* [T x M] MLP */
-    float *scores;     /* per thread: W */
+    float *scores;     /* per thread: RG_MQ x (W + RG_MQ) */
+    float *qo;         /* per thread: an item's queries and outputs, 2 x RG_MQ x head_dim */
+    int *items;        /* [T x n_heads][4]: t0, m, h0, nh of every attention item */
+    int n_items;
     int64_t *tok_pos;  /* [T] absolute position of every token */
     int *tok_seq;      /* [T] its sequence in the batch */
     int *seq_t0;       /* [T] first token row of every sequence */
@@ -44,6 +50,8 @@ static void cpu_free(void *ctx)
     free(a->g);
     free(a->up);
     free(a->scores);
+    free(a->qo);
+    free(a->items);
     free(a->tok_pos);
     free(a->tok_seq);
     free(a->seq_t0);
@@ -71,14 +79,16 @@ static int cpu_init(struct wrk_cpu *c, void **ctx)
     a->v = wrk_cpu_alloc_floats(T * KVD);
     a->g = wrk_cpu_alloc_floats(T * M);
     a->up = wrk_cpu_alloc_floats(T * M);
-    a->scores = wrk_cpu_alloc_floats(nth * (size_t)cfg->window);
+    a->scores = wrk_cpu_alloc_floats(nth * RG_MQ * ((size_t)cfg->window + RG_MQ));
+    a->qo = wrk_cpu_alloc_floats(nth * 2 * RG_MQ * (size_t)cfg->head_dim);
+    a->items = malloc(T * (size_t)cfg->n_heads * 4 * sizeof *a->items);
     a->tok_pos = malloc(T * sizeof *a->tok_pos);
     a->tok_seq = malloc(T * sizeof *a->tok_seq);
     a->seq_t0 = malloc(T * sizeof *a->seq_t0);
     a->seq_pos0 = malloc(T * sizeof *a->seq_pos0);
     if (!a->u || !a->yb || !a->xb || !a->cb || !a->ga || !a->q || !a->att || !a->k || !a->v ||
-        !a->g || !a->up || !a->scores || !a->tok_pos || !a->tok_seq || !a->seq_t0 ||
-        !a->seq_pos0) {
+        !a->g || !a->up || !a->scores || !a->qo || !a->items || !a->tok_pos || !a->tok_seq ||
+        !a->seq_t0 || !a->seq_pos0) {
         cpu_free(a);
         return RCD_ENOMEM;
     }
@@ -175,43 +185,89 @@ static void rope(float *x, int n_heads, int hd, int nf, const float *inv_freq, i
 
 /* One query head of one token: softmax(q . k / sqrt(hd)) v over positions
  * max(0, p-W+1)..p; before the chunk start p0 from the rings, else from this step's rows. */
-static void attend(const wrk_rg_config_t *cfg, const float *qh, int g, int64_t p, int64_t p0,
-                   const float *kring, const float *vring, const float *kchunk,
-                   const float *vchunk, float scale, float *scores, float *out)
+/* Attention items: up to RG_MQ queries — consecutive tokens of one sequence times the query
+ * heads of one KV head — that read (mostly) the same ring and chunk rows. */
+static int rg_items(rg_ctx_t *a, const wrk_rg_config_t *cfg, int T, int mq)
 {
-    const int hd = cfg->head_dim, W = cfg->window, KVD = cfg->n_kv_heads * hd;
-    const int64_t lo = p - W + 1 > 0 ? p - W + 1 : 0;
-    const int n = (int)(p - lo + 1);
-    float mx = -INFINITY;
-    for (int i = 0; i < n; i++) {
-        const int64_t j = lo + i;
-        const float *kr = j < p0 ? kring + (size_t)(j % W) * KVD : kchunk + (size_t)(j - p0) * KVD;
-        kr += (size_t)g * hd;
-        /* Eight partial sums so the compiler vectorizes the dot product. */
-        float acc8[8] = {0};
-        int d = 0;
-        for (; d + 8 <= hd; d += 8)
-            for (int e = 0; e < 8; e++) acc8[e] += qh[d + e] * kr[d + e];
-        for (; d < hd; d++) acc8[0] += qh[d] * kr[d];
-        const float s = (((acc8[0] + acc8[4]) + (acc8[1] + acc8[5])) +
-                         ((acc8[2] + acc8[6]) + (acc8[3] + acc8[7]))) *
-                        scale;
-        scores[i] = s;
-        if (s > mx) mx = s;
+    const int rep = cfg->n_heads / cfg->n_kv_heads;
+    const int nh = rep < mq ? rep : mq;
+    int n = 0;
+    for (int t = 0; t < T;) {
+        int m = 1;
+        while (t + m < T && a->tok_seq[t + m] == a->tok_seq[t] && (m + 1) * nh <= mq) m++;
+        for (int g = 0; g < cfg->n_kv_heads; g++)
+            for (int r = 0; r < rep; r += nh) {
+                int *it = a->items + 4 * (size_t)n++;
+                it[0] = t;
+                it[1] = m;
+                it[2] = g * rep + r;
+                it[3] = rep - r < nh ? rep - r : nh;
+            }
+        t += m;
     }
-    float sum = 0.f;
-    for (int i = 0; i < n; i++) {
-        scores[i] = expf(scores[i] - mx);
-        sum += scores[i];
+    return n;
+}
+
+/* Thread 0, before the barrier ahead of the attention: fewer queries per item while that
+ * leaves a thread with fewer than two (batch-1 decode of an MQA model is one item). */
+static void rg_plan(rg_ctx_t *a, const wrk_rg_config_t *cfg, int T, int nth)
+{
+    int mq = RG_MQ;
+    a->n_items = rg_items(a, cfg, T, mq);
+    while (a->n_items < 2 * nth && mq > 1) {
+        mq /= 2;
+        a->n_items = rg_items(a, cfg, T, mq);
     }
-    const float inv = 1.0f / sum;
-    memset(out, 0, (size_t)hd * sizeof(float));
-    for (int i = 0; i < n; i++) {
-        const int64_t j = lo + i;
-        const float *vr = j < p0 ? vring + (size_t)(j % W) * KVD : vchunk + (size_t)(j - p0) * KVD;
-        vr += (size_t)g * hd;
-        const float w = scores[i] * inv;
-        for (int d = 0; d < hd; d++) out[d] += w * vr[d];
+}
+
+/* Local attention of one item: the queries of tokens [0, m) of one sequence (positions
+ * pf..pf+m-1; query j = i nh + r is token i's r-th head of KV head g, packed at qs + j hd), each
+ * over the last W positions up to its own. Position j is ring row j % W below the chunk's first
+ * position p0, else chunk row j - p0. The rows go to the kernels in runs that share the set of
+ * queries reading them ([i_lo, i_hi]) and are contiguous in memory, ascending, so every query
+ * sees exactly the calls it would alone (kernels.h, attn_scores: bitwise the same). */
+static void attend(const wrk_kern_t *k, const wrk_rg_config_t *cfg, const float *qs, int m,
+                   int nh, int g, int64_t pf, int64_t p0, const float *kring,
+                   const float *vring, const float *kchunk, const float *vchunk, float scale,
+                   float *sc, float *os)
+{
+    const int hd = cfg->head_dim, W = cfg->window, KVD = cfg->n_kv_heads * hd, nq = m * nh;
+    const int64_t base = pf - W + 1 > 0 ? pf - W + 1 : 0, pl = pf + m - 1;
+    const size_t lds = (size_t)(pl - base + 1);
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass) {
+            for (int i = 0; i < m; i++) {
+                const int64_t lo = pf + i - W + 1 > 0 ? pf + i - W + 1 : 0;
+                for (int r = 0; r < nh; r++)
+                    k->softmax(sc + (size_t)(i * nh + r) * lds + (lo - base), (int)(pf + i - lo + 1));
+            }
+            memset(os, 0, (size_t)nq * hd * sizeof(float));
+        }
+        for (int64_t j = base; j <= pl;) {
+            /* token i reads j when j <= pf + i and j > pf + i - W */
+            const int il = j - pf > 0 ? (int)(j - pf) : 0;
+            const int ih = j - pf + W - 1 < m - 1 ? (int)(j - pf + W - 1) : m - 1;
+            /* the run: rows with the same [il, ih] (il grows by one per row past pf, ih
+             * while below m - 1), contiguous in memory (the ring wraps; the chunk follows) */
+            int64_t e = j <= pf ? pf + 1 : j + 1;
+            if (j - pf + W - 1 < m - 1) e = j + 1;
+            if (j < p0) {
+                const int64_t wrap = j + (W - j % W);
+                e = e < p0 ? e : p0;
+                e = e < wrap ? e : wrap;
+            }
+            const int n = (int)(e - j);
+            const size_t row = j < p0 ? (size_t)(j % W) * KVD : (size_t)(j - p0) * KVD;
+            const float *kr = (j < p0 ? kring : kchunk) + row + (size_t)g * hd;
+            const float *vr = (j < p0 ? vring : vchunk) + row + (size_t)g * hd;
+            const int q0 = il * nh, qn = (ih + 1) * nh - q0;
+            float *w = sc + (size_t)q0 * lds + (size_t)(j - base);
+            if (!pass)
+                k->attn_scores(qs + (size_t)q0 * hd, qn, kr, KVD, n, hd, scale, w, lds);
+            else
+                k->attn_mix(os + (size_t)q0 * hd, qn, vr, KVD, n, hd, w, lds);
+            j = e;
+        }
     }
 }
 
@@ -328,17 +384,25 @@ static void attention_block(wrk_cpu_fwd_t *f, const wrk_rg_layer_t *L, int ith, 
         rope(a->k + (size_t)t * KVD, cfg->n_kv_heads, hd, cfg->rot_freqs, rg->inv_freq,
              a->tok_pos[t]);
     }
+    if (ith == 0) rg_plan(a, cfg, T, nth);
     wrk_pool_barrier(c->pool);
-    /* One work item per (token, query head); T x NQ may pass INT_MAX. */
-    const int64_t items = (int64_t)T * NQ, i0 = items * ith / nth, i1 = items * (ith + 1) / nth;
-    float *scores = a->scores + (size_t)ith * W;
-    for (int64_t i = i0; i < i1; i++) {
-        const int t = (int)(i / NQ), h = (int)(i % NQ), s = a->tok_seq[t];
+    int w0, w1;
+    wrk_split(a->n_items, 1, ith, nth, &w0, &w1);
+    float *scores = a->scores + (size_t)ith * RG_MQ * ((size_t)W + RG_MQ);
+    float *qs = a->qo + (size_t)ith * 2 * RG_MQ * hd, *os = qs + (size_t)RG_MQ * hd;
+    for (int i = w0; i < w1; i++) {
+        const int *it = a->items + 4 * (size_t)i, t0 = it[0], m = it[1], h0 = it[2], nh = it[3];
+        const int s = a->tok_seq[t0];
         const float *st = wrk_cpu_slot(c, f->seqs[s].slot) + L->state_off;
         const size_t r0 = (size_t)a->seq_t0[s];
-        attend(cfg, a->q + (size_t)t * QD + (size_t)h * hd, h / per_kv, a->tok_pos[t],
-               a->seq_pos0[s], st, st + ring, a->k + r0 * KVD, a->v + r0 * KVD, scale, scores,
-               a->att + (size_t)t * QD + (size_t)h * hd);
+        for (int j = 0; j < m; j++)
+            memcpy(qs + (size_t)j * nh * hd, a->q + (size_t)(t0 + j) * QD + (size_t)h0 * hd,
+                   (size_t)nh * hd * sizeof(float));
+        attend(c->k, cfg, qs, m, nh, h0 / per_kv, a->tok_pos[t0], a->seq_pos0[s], st, st + ring,
+               a->k + r0 * KVD, a->v + r0 * KVD, scale, scores, os);
+        for (int j = 0; j < m; j++)
+            memcpy(a->att + (size_t)(t0 + j) * QD + (size_t)h0 * hd, os + (size_t)j * nh * hd,
+                   (size_t)nh * hd * sizeof(float));
     }
     wrk_pool_barrier(c->pool);
     /* Every query has read the rings: store the chunk's last min(n, W) keys and values (a
