@@ -4,6 +4,7 @@
  * append K/V to the slot's paged KV blocks (reserved by the backend before the step) and
  * attend causally over all of them; each layer then runs the shared MLP and, with experts,
  * the top-k MoE (tokens grouped per expert so each expert's weights are read once). */
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,6 +83,7 @@ int wrk_attn_bufs_alloc(struct wrk_cpu *c, int n_q, int n_kv, int head_dim, size
         (b->scores = wrk_cpu_alloc_floats((size_t)c->n_threads * b->scores_floats)) &&
         (b->qo = wrk_cpu_alloc_floats((size_t)c->n_threads * b->qo_floats)) &&
         (b->tok_slot = malloc(T * sizeof(int32_t))) && (b->tok_pos = malloc(T * sizeof(int32_t))) &&
+        (uint64_t)T * (uint64_t)n_q <= INT_MAX && /* items are counted in an int */
         (b->items = malloc(T * (size_t)n_q * sizeof *b->items));
     if (!ok) {
         wrk_attn_bufs_free(b);

@@ -5,6 +5,7 @@
  * position p attends to positions max(0, p-W+1)..p, read from the ring for positions before
  * the chunk and from this step's k/v rows for the chunk itself; the ring is written after all
  * of the chunk's queries have read it, so a chunk may be longer than the window. */
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -81,7 +82,9 @@ static int cpu_init(struct wrk_cpu *c, void **ctx)
     a->up = wrk_cpu_alloc_floats(T * M);
     a->scores = wrk_cpu_alloc_floats(nth * RG_MQ * ((size_t)cfg->window + RG_MQ));
     a->qo = wrk_cpu_alloc_floats(nth * 2 * RG_MQ * (size_t)cfg->head_dim);
-    a->items = malloc(T * (size_t)cfg->n_heads * 4 * sizeof *a->items);
+    /* at most T x n_heads items, counted in an int */
+    if ((uint64_t)T * (uint64_t)cfg->n_heads <= INT_MAX)
+        a->items = malloc(T * (size_t)cfg->n_heads * 4 * sizeof *a->items);
     a->tok_pos = malloc(T * sizeof *a->tok_pos);
     a->tok_seq = malloc(T * sizeof *a->tok_seq);
     a->seq_t0 = malloc(T * sizeof *a->seq_t0);
@@ -183,8 +186,6 @@ static void rope(float *x, int n_heads, int hd, int nf, const float *inv_freq, i
     }
 }
 
-/* One query head of one token: softmax(q . k / sqrt(hd)) v over positions
- * max(0, p-W+1)..p; before the chunk start p0 from the rings, else from this step's rows. */
 /* Attention items: up to RG_MQ queries — consecutive tokens of one sequence times the query
  * heads of one KV head — that read (mostly) the same ring and chunk rows. */
 static int rg_items(rg_ctx_t *a, const wrk_rg_config_t *cfg, int T, int mq)
