@@ -128,6 +128,7 @@ struct eng_runner {
     int64_t w_kv_free, w_kv_total; /* the KV pool after the device's run */
     int w_threads;                 /* the backend's active pool threads after it */
     uint64_t w_thread_changes;
+    uint64_t threads_log_ns; /* when a pool-size change was last logged (uv_hrtime) */
     int n_slots, max_moves;
     /* request records */
     eng__req_t *reqs;

@@ -576,6 +576,21 @@ void eng__plan_done(eng_runner_t *r)
     r->n_acc = 0; /* the run that ended made the rollbacks asked for before it */
     r->st.kv_free_blocks = r->w_kv_free;
     r->st.kv_total_blocks = r->w_kv_total;
+    if (r->w_thread_changes != r->st.thread_changes) {
+        /* One line per 10 s at most: a probe for one more thread that fails comes back within
+         * seconds; the metrics count every change. */
+        const uint64_t now = uv_hrtime();
+        if (!r->threads_log_ns || now - r->threads_log_ns >= 10000000000ull) {
+            int max = 0;
+            wrk_threads(r->be, NULL, &max, NULL, NULL, NULL);
+            r->threads_log_ns = now;
+            eng__log(r, ENG_INFO, "cpu_threads",
+                     "%d of %d pool threads run the steps (were %d; %llu changes): "
+                     "--adapt-threads follows what other processes take of the CPUs",
+                     r->w_threads, max, r->st.threads_active,
+                     (unsigned long long)r->w_thread_changes);
+        }
+    }
     r->st.threads_active = r->w_threads;
     r->st.thread_changes = r->w_thread_changes;
     eng__spec_run_done(r);

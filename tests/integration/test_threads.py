@@ -3,8 +3,8 @@
 The daemon and two busy-loop processes are pinned to the same two CPUs (taskset on every thread
 of the daemon): the pool's two threads then wait for a CPU about half the time, so the daemon
 runs its steps on one thread — `recurd_cpu_threads_active` reads 1 and
-`recurd_cpu_thread_changes_total` counts the change — and every greedy answer meanwhile is the
-one it gave alone, bit for bit (token ids and logprobs). The ready line says whether the count
+`recurd_cpu_thread_changes_total` counts the change, a `cpu_threads` log line says so — and every
+greedy answer meanwhile is the one it gave alone, bit for bit (token ids and logprobs). The ready line says whether the count
 adapts; `--no-adapt-threads` and `--threads 1` keep it fixed. Skipped where taskset is missing,
 fewer than two CPUs are usable, or the system reports no scheduler delays (the ready line says
 "fixed: ..."). The controller's decisions on scripted figures, including when it tries more
@@ -90,6 +90,10 @@ class AdaptThreads(OwnDaemonsTest):
                     break
             self.assertTrue(narrowed, "still %s threads after %d answers with the CPUs busy:\n%s"
                             % (metric(d, "recurd_cpu_threads_active"), i, d.logs()[-2000:]))
+            # the change is in the log too (one line per 10 s at most)
+            lines = [l for l in d.logs().splitlines() if '"cpu_threads"' in l]
+            self.assertTrue(any("1 of 2 pool threads" in l for l in lines),
+                            "no cpu_threads line saying 1 of 2:\n" + "\n".join(lines))
             # after the change, answers are still the same bits
             for k in range(3):
                 self.assertEqual(answer(d, k), ref[k])
