@@ -10,6 +10,7 @@ the acceptance.
   python3 bench/spec_daemon.py --model DIR [--tokens 64] [--streams 8] [--reps 3]
       [--speculate ngram|draft] [--draft-model DIR] [--spec-max-batch N] [--text]
       [--spec-adaptive on|off] [--spec-tokens K] [--matmul fp32|bf16] [--weights native|q8|q4]
+      [--long]
 --text (a model with a tokenizer, e.g. the bundled one): the workloads are prose instead of
 token ids: copy-heavy (a row per passage of bench/spec_prompts.py, and "copy-heldout": the 12
 passages of bench/spec_heldout.json, Python documentation the bundled models' training held
@@ -51,6 +52,9 @@ def main():
     ap.add_argument("--draft-model")
     ap.add_argument("--spec-max-batch", type=int)
     ap.add_argument("--text", action="store_true")
+    ap.add_argument("--long", action="store_true",
+                    help="with --text: only copy-long, each held-out copy prompt after the other "
+                         "11 held-out passages (~1,300 tokens of context)")
     ap.add_argument("--spec-tokens", type=int, help="the daemon's --spec-tokens (default its own)")
     ap.add_argument("--matmul", choices=["fp32", "bf16"], help="the daemon's --matmul")
     ap.add_argument("--weights", choices=["native", "q8", "q4"], help="the daemon's --weights")
@@ -93,8 +97,13 @@ def main():
 
         if a.text:
             work = {"copy-" + k: [copy_prompt(p)] for k, p in PASSAGES.items()}
-            work["copy-heldout"] = [copy_prompt(p) for p in heldout_passages()]
-            work["free"] = FREE
+            held = heldout_passages()
+            work["copy-heldout"] = [copy_prompt(p) for p in held]
+            if a.long:  # the other 11 passages ahead of each: ~1,300 tokens of context
+                work = {"copy-long": ["\n\n".join(held[:i] + held[i + 1:] + [copy_prompt(p)])
+                                      for i, p in enumerate(held)]}
+            else:
+                work["free"] = FREE
         else:
             passage = [(i * 7919 + 13) % 1000 + 100 for i in range(24)]
             cont = gen(passage, True, 48)[0]
@@ -116,7 +125,10 @@ def main():
                 dn = {True: 0, False: 0}  # decode tokens
                 outs, acc, dr = {}, 0, 0
                 for rep in range(a.reps):
-                    for off in (True, False):
+                    # the order alternates: the second request of a prompt may resume from the
+                    # first one's prefix snapshot (its prefill skipped), so neither side always
+                    # gets that
+                    for off in ((True, False) if rep % 2 == 0 else (False, True)):
                         res = [None] * streams
 
                         def one(i, off=off, rep=rep):  # each rep the next prompts of the list
