@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "workers/cpu/cpu_int.h"
+#include "workers/cpu/granite_cpu.h" /* wrk_attn_item_t */
 #include "workers/families/recurrentgemma.h"
 
 /* Most queries in one attention item (rg_items). */
@@ -27,7 +28,7 @@ typedef struct rg_ctx {
     float *g, *up;     /* [T x M] MLP */
     float *scores;     /* per thread: RG_MQ x (W + RG_MQ) */
     float *qo;         /* per thread: an item's queries and outputs, 2 x RG_MQ x head_dim */
-    int *items;        /* [T x n_heads][4]: t0, m, h0, nh of every attention item */
+    wrk_attn_item_t *items; /* [T x n_heads]: the step's attention items */
     int n_items;
     int64_t *tok_pos;  /* [T] absolute position of every token */
     int *tok_seq;      /* [T] its sequence in the batch */
@@ -84,7 +85,7 @@ static int cpu_init(struct wrk_cpu *c, void **ctx)
     a->qo = wrk_cpu_alloc_floats(nth * 2 * RG_MQ * (size_t)cfg->head_dim);
     /* at most T x n_heads items, counted in an int */
     if ((uint64_t)T * (uint64_t)cfg->n_heads <= INT_MAX)
-        a->items = malloc(T * (size_t)cfg->n_heads * 4 * sizeof *a->items);
+        a->items = malloc(T * (size_t)cfg->n_heads * sizeof *a->items);
     a->tok_pos = malloc(T * sizeof *a->tok_pos);
     a->tok_seq = malloc(T * sizeof *a->tok_seq);
     a->seq_t0 = malloc(T * sizeof *a->seq_t0);
@@ -198,11 +199,8 @@ static int rg_items(rg_ctx_t *a, const wrk_rg_config_t *cfg, int T, int mq)
         while (t + m < T && a->tok_seq[t + m] == a->tok_seq[t] && (m + 1) * nh <= mq) m++;
         for (int g = 0; g < cfg->n_kv_heads; g++)
             for (int r = 0; r < rep; r += nh) {
-                int *it = a->items + 4 * (size_t)n++;
-                it[0] = t;
-                it[1] = m;
-                it[2] = g * rep + r;
-                it[3] = rep - r < nh ? rep - r : nh;
+                a->items[n++] = (wrk_attn_item_t){
+                    .t0 = t, .m = m, .h0 = g * rep + r, .nh = rep - r < nh ? rep - r : nh};
             }
         t += m;
     }
@@ -392,7 +390,8 @@ static void attention_block(wrk_cpu_fwd_t *f, const wrk_rg_layer_t *L, int ith, 
     float *scores = a->scores + (size_t)ith * RG_MQ * ((size_t)W + RG_MQ);
     float *qs = a->qo + (size_t)ith * 2 * RG_MQ * hd, *os = qs + (size_t)RG_MQ * hd;
     for (int i = w0; i < w1; i++) {
-        const int *it = a->items + 4 * (size_t)i, t0 = it[0], m = it[1], h0 = it[2], nh = it[3];
+        const wrk_attn_item_t *it = &a->items[i];
+        const int t0 = it->t0, m = it->m, h0 = it->h0, nh = it->nh;
         const int s = a->tok_seq[t0];
         const float *st = wrk_cpu_slot(c, f->seqs[s].slot) + L->state_off;
         const size_t r0 = (size_t)a->seq_t0[s];
